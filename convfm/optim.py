@@ -1,0 +1,53 @@
+"""Optimizers for ConvFM: Adam for dense parameters, SparseAdam for sparse embedding tables."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class CombinedOptimizer:
+    """Steps several optimizers as one; state_dict/load_state_dict round-trip all of them."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+
+
+def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float = 0.0) -> CombinedOptimizer:
+    """Adam(W) over dense parameters plus SparseAdam over the parameters ``model.sparse_parameters()`` names.
+
+    Weight decay applies to dense parameters only (SparseAdam has none); with sparse embeddings this is the
+    usual choice, since decaying every row on every step would defeat the sparse update.
+    """
+    core = getattr(model, "module", model)  # unwrap DDP
+    sparse_ids = {id(p) for p in core.sparse_parameters()}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
+    sparse = [p for p in model.parameters() if id(p) in sparse_ids]
+    optimizers: list[torch.optim.Optimizer] = [
+        torch.optim.AdamW(dense, lr=learning_rate, weight_decay=weight_decay)
+        if weight_decay
+        else torch.optim.Adam(dense, lr=learning_rate)
+    ]
+    if sparse:
+        optimizers.append(torch.optim.SparseAdam(sparse, lr=learning_rate))
+    return CombinedOptimizer(optimizers)

@@ -1,0 +1,138 @@
+"""ConvFM parts: shapes, the FM identity, pooling, sparse gradients, seeded golden behaviour."""
+import itertools
+
+import pytest
+import torch
+
+from convfm.config import ModelConfig
+from convfm.fields import FeatureMap, FieldSpec
+from convfm.model import ConvFM, FieldConv, FMInteraction
+from convfm.optim import build_optimizer
+
+B, L = 4, 5
+
+
+def feature_map() -> FeatureMap:
+    return FeatureMap((
+        FieldSpec("user_id", "categorical", "user", "user", 10),
+        FieldSpec("user_skills", "multi", "user", "skill", 20, max_len=L),
+        FieldSpec("job_id", "categorical", "job", "job", 12),
+        FieldSpec("job_skills", "multi", "job", "skill", 20, max_len=L),
+        FieldSpec("company", "categorical", "job", "company", 6),
+        FieldSpec("salary", "dense", "job", width=3),
+    ))
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    cat = torch.stack([torch.randint(0, 10, (B,), generator=g), torch.randint(0, 12, (B,), generator=g),
+                       torch.randint(0, 6, (B,), generator=g)], dim=1)
+    multi = torch.randint(0, 20, (B, 2, L), generator=g)
+    dense = torch.randn(B, 3, generator=g)
+    return cat, multi, dense
+
+
+def small_config(**overrides) -> ModelConfig:
+    return ModelConfig(**{"embedding_dim": 8, "conv_filters": 6, "hidden_dims": (16, 8), **overrides})
+
+
+def test_fm_term_equals_brute_force_pairwise_sum():
+    emb = torch.randn(3, 7, 5, dtype=torch.float64)
+    brute = sum((emb[:, i] * emb[:, j]).sum(-1) for i, j in itertools.combinations(range(7), 2))
+    assert torch.allclose(FMInteraction()(emb), brute)
+
+
+def test_part_shapes():
+    torch.manual_seed(0)
+    model = ConvFM(small_config(), feature_map()).eval()
+    cat, multi, dense = batch()
+    emb = model.field_embeddings(cat, multi, dense)
+    assert emb.shape == (B, 6, 8)
+    assert model.conv(emb).shape == (B, 6)
+    assert model.fm(emb).shape == (B,)
+    assert model.linear_term(cat, multi, dense).shape == (B,)
+    assert model(cat, multi, dense).shape == (B,)
+    assert model.pairwise_interactions(cat, multi, dense).shape == (B, 6, 6)
+
+
+def test_field_axis_follows_feature_map_order():
+    model = ConvFM(small_config(), feature_map())
+    # grouped [cat: user_id, job_id, company | multi: user_skills, job_skills | dense: salary]
+    assert model.field_order.tolist() == [0, 3, 1, 4, 2, 5]
+
+
+def test_shared_vocab_shares_rows():
+    model = ConvFM(small_config(), feature_map()).eval()
+    cat, multi, dense = batch()
+    multi[:, 0] = 0
+    multi[:, 1] = 0
+    multi[:, 0, 0] = 7
+    multi[:, 1, 0] = 7
+    emb = model.field_embeddings(cat, multi, dense)
+    assert torch.equal(emb[:, 1], emb[:, 3])  # user_skills and job_skills: the same skill, the same vector
+
+
+def test_multi_valued_mean_ignores_padding():
+    model = ConvFM(small_config(), feature_map()).eval()
+    cat, multi, dense = batch()
+    multi[:, 0] = torch.tensor([3, 4, 0, 0, 0])
+    padded = model.field_embeddings(cat, multi, dense)[:, 1]
+    rows = model.embedding.table.weight[model.embedding.multi_offsets[0] + torch.tensor([3, 4])]
+    assert torch.allclose(padded, rows.mean(0).expand_as(padded), atol=1e-6)
+
+
+def test_all_padding_list_gives_zero_vector():
+    model = ConvFM(small_config(), feature_map()).eval()
+    cat, multi, dense = batch()
+    multi[:] = 0
+    assert torch.count_nonzero(model.field_embeddings(cat, multi, dense)[:, 1]) == 0
+
+
+def test_conv_max_pool_over_fields():
+    conv = FieldConv(dim=4, filters=3, kernel_size=3)
+    emb = torch.randn(2, 5, 4)
+    positions = torch.relu(conv.conv(emb.transpose(1, 2)))
+    assert torch.equal(conv(emb), positions.amax(dim=2))
+    assert positions.shape == (2, 3, 5)  # padding keeps one position per field
+
+
+def test_forward_is_deterministic_in_eval_and_seeded():
+    torch.manual_seed(3)
+    a = ConvFM(small_config(), feature_map()).eval()
+    torch.manual_seed(3)
+    b = ConvFM(small_config(), feature_map()).eval()
+    assert torch.equal(a(*batch()), b(*batch()))
+
+
+def test_sparse_embeddings_get_sparse_gradients_and_train():
+    torch.manual_seed(0)
+    model = ConvFM(small_config(sparse_embeddings=True), feature_map())
+    optimizer = build_optimizer(model, 1e-2)
+    cat, multi, dense = batch()
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(cat, multi, dense), labels)
+        loss.backward()
+        assert model.embedding.table.weight.grad.is_sparse
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.5
+    assert len(optimizer.optimizers) == 2
+
+
+def test_optimizer_state_round_trip():
+    model = ConvFM(small_config(sparse_embeddings=True), feature_map())
+    optimizer = build_optimizer(model, 1e-2)
+    loss = model(*batch()).sum()
+    loss.backward()
+    optimizer.step()
+    other = build_optimizer(model, 1e-2)
+    other.load_state_dict(optimizer.state_dict())
+    assert other.state_dict()["optimizers"][0]["state"].keys() == optimizer.state_dict()["optimizers"][0]["state"].keys()
+
+
+def test_empty_feature_map_is_rejected():
+    with pytest.raises(ValueError, match="at least one field"):
+        ConvFM(small_config(), FeatureMap(()))
