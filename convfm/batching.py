@@ -6,6 +6,7 @@ examples at a few MB, and shards cheaply across Ray Train workers.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -28,9 +29,17 @@ class FieldBatch(NamedTuple):
         return FieldBatch(*(t.pin_memory() for t in self))
 
 
+def _shared_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory. Arrays read from Ray's object store are read-only; these tensors
+    are only ever indexed (which copies), never written, so torch's non-writable warning does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
 def table_tensors(table: EncodedTable) -> FieldBatch:
     """An encoded table as tensors (shares memory with the numpy arrays)."""
-    return FieldBatch(torch.from_numpy(table.cat), torch.from_numpy(table.multi), torch.from_numpy(table.dense))
+    return FieldBatch(_shared_tensor(table.cat), _shared_tensor(table.multi), _shared_tensor(table.dense))
 
 
 def join_batches(parts: Sequence[FieldBatch]) -> FieldBatch:
@@ -56,26 +65,33 @@ class ExampleSet:
         self.rows = np.asarray(self.rows, dtype=np.int64).reshape(len(self.labels), len(self.tables))
         self.labels = np.asarray(self.labels, dtype=np.float32)
         self._tensors = [table_tensors(t) for t in self.tables]
+        self._rows, self._labels = _shared_tensor(self.rows), _shared_tensor(self.labels)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __reduce__(self) -> tuple:
+        # Pickle (e.g. into Ray's object store) the arrays only; the tensor views are rebuilt on load.
+        return (ExampleSet, (self.tables, self.rows, self.labels))
 
     def subset(self, index: np.ndarray) -> "ExampleSet":
         """Examples ``index`` (the side tables are shared, not copied)."""
         return ExampleSet(self.tables, self.rows[index], self.labels[index])
 
-    def shard(self, rank: int, world_size: int) -> "ExampleSet":
-        """Every ``world_size``-th example starting at ``rank`` (DDP data split)."""
-        return self.subset(np.arange(rank, len(self), world_size))
+    def shard(self, rank: int, world_size: int, equal: bool = False) -> "ExampleSet":
+        """Every ``world_size``-th example starting at ``rank`` (DDP data split). ``equal`` drops the last
+        ``len % world_size`` examples so all shards have one length: DDP ranks must take equal steps."""
+        stop = len(self) - (len(self) % world_size if equal else 0)
+        return self.subset(np.arange(rank, stop, world_size))
 
     def gather(self, index: np.ndarray | torch.Tensor) -> tuple[FieldBatch, torch.Tensor]:
         """Model input and labels for examples ``index``: ((B, ...), (B,))."""
         index = torch.as_tensor(index, dtype=torch.int64)
-        rows = torch.from_numpy(self.rows)[index]
+        rows = self._rows[index]
         parts = [
             FieldBatch(*(t[rows[:, s]] for t in tensors)) for s, tensors in enumerate(self._tensors)
         ]
-        return join_batches(parts), torch.from_numpy(self.labels)[index]
+        return join_batches(parts), self._labels[index]
 
     def batches(
         self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False

@@ -195,6 +195,7 @@ class TrainConfig(BaseConfig):
     batch_size: int = 1024
     num_epochs: int = 50
     patience: int = 10
+    min_delta: float = 0.0  # a validation AUC gain below this does not reset early stopping's patience
     lr_schedule: str = "none"
     seed: int = 0
     num_workers: int = 1
@@ -216,6 +217,8 @@ class TrainConfig(BaseConfig):
                "num_epochs", f"must be an integer in [1, 10000], got {self.num_epochs!r}")
         _check(isinstance(self.patience, int) and 1 <= self.patience <= 10_000,
                "patience", f"must be an integer in [1, 10000], got {self.patience!r}")
+        _check(isinstance(self.min_delta, (int, float)) and 0.0 <= self.min_delta <= 1.0,
+               "min_delta", f"must be in [0, 1], got {self.min_delta!r}")
         _check(self.lr_schedule in ("none", "cosine", "plateau"), "lr_schedule",
                f"must be 'none', 'cosine' or 'plateau', got {self.lr_schedule!r}")
         _check(isinstance(self.seed, int), "seed", f"must be an integer, got {self.seed!r}")

@@ -51,3 +51,46 @@ def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float 
     if sparse:
         optimizers.append(torch.optim.SparseAdam(sparse, lr=learning_rate))
     return CombinedOptimizer(optimizers)
+
+
+class LRSchedule:
+    """An epoch-level learning-rate schedule over every optimizer of a CombinedOptimizer.
+
+    ``cosine`` anneals from the initial rate towards 0 over ``num_epochs``; ``plateau`` halves the rate
+    after ``patience`` epochs without a better validation AUC (mode max); ``none`` keeps it constant.
+    ``step(val_auc)`` is called once per epoch, after validation, on every rank with the same value.
+    """
+
+    def __init__(self, optimizer: CombinedOptimizer, kind: str, num_epochs: int, patience: int) -> None:
+        self.kind = kind
+        self.schedulers: list[Any] = []
+        for opt in optimizer.optimizers:
+            if kind == "cosine":
+                self.schedulers.append(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(num_epochs, 1)))
+            elif kind == "plateau":
+                self.schedulers.append(torch.optim.lr_scheduler.ReduceLROnPlateau(
+                    opt, mode="max", factor=0.5, patience=max(patience // 2, 1)))
+            elif kind != "none":
+                raise ValueError(f"lr_schedule: unknown schedule {kind!r}")
+        self._optimizer = optimizer
+
+    def step(self, val_auc: float) -> None:
+        for scheduler in self.schedulers:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val_auc)
+            else:
+                scheduler.step()
+
+    @property
+    def learning_rate(self) -> float:
+        """The first parameter group's current rate (all groups share it)."""
+        return float(self._optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["kind"] != self.kind:
+            raise ValueError(f"lr_schedule: checkpoint used {state['kind']!r}, this run {self.kind!r}")
+        for scheduler, scheduler_state in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(scheduler_state)

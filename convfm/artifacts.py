@@ -1,0 +1,135 @@
+"""Self-describing model directories: weights + JSON/NPZ, checked by a SHA-256 manifest, never pickled.
+
+A model directory holds ``weights.pt`` (a state_dict read with ``weights_only=True``), ``model_config.json``,
+``feature_map.json``, the extractor's ``extractor.json``/``extractor.npz``, ``metrics.json``, any extra JSON
+the caller adds (``train_config.json``), and ``manifest.json`` listing every file's SHA-256.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from convfm.config import ModelConfig
+from convfm.errors import ArtifactError, ConfigError
+from convfm.features import load_extractor
+from convfm.fields import FeatureMap
+from convfm.model import ConvFM
+
+MANIFEST = "manifest.json"
+ARTIFACT_VERSION = 1
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """Everything serving or evaluation needs, rebuilt from files only."""
+
+    model: ConvFM
+    extractor: Any
+    metrics: dict[str, Any]
+    extra: dict[str, Any]
+    path: Path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_model_dir(
+    out_dir: str | Path,
+    model: ConvFM,
+    extractor: Any,
+    metrics: Mapping[str, Any] | None = None,
+    extra_json: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write a complete model directory atomically (temp dir, then rename) and return its path."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        core = getattr(model, "module", model)
+        state = {k: v.detach().cpu() for k, v in core.state_dict().items()}
+        torch.save(state, tmp / "weights.pt")
+        core.config.save_json(tmp / "model_config.json")
+        core.feature_map.save(tmp / "feature_map.json")
+        extractor.save(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(dict(metrics or {}), indent=2, default=float) + "\n")
+        for name, payload in (extra_json or {}).items():
+            (tmp / f"{name}.json").write_text(json.dumps(dict(payload), indent=2, default=str) + "\n")
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps({"version": ARTIFACT_VERSION, "files": files}, indent=2) + "\n")
+        if out_dir.exists():
+            backup = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(out_dir, backup)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def verify_model_dir(path: str | Path) -> dict[str, str]:
+    """Check every file against the manifest; raise ArtifactError naming the first missing/changed one."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: model directory not found")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        raise ArtifactError(f"{path / MANIFEST}: missing; not a complete convfm model directory") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ArtifactError(f"{path / MANIFEST}: unreadable manifest") from None
+    if manifest.get("version") != ARTIFACT_VERSION:
+        raise ArtifactError(f"{path / MANIFEST}: artifact version {manifest.get('version')!r}, expected {ARTIFACT_VERSION}")
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            raise ArtifactError(f"{file}: listed in the manifest but missing")
+        if _sha256(file) != expected:
+            raise ArtifactError(f"{file}: checksum mismatch (truncated or modified after export)")
+    return files
+
+
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild model and extractor from a model directory; refuse anything inconsistent with ArtifactError."""
+    path = Path(path)
+    verify_model_dir(path)
+    try:
+        config = ModelConfig.load_json(path / "model_config.json")
+    except ConfigError as exc:
+        raise ArtifactError(str(exc)) from None
+    feature_map = FeatureMap.load(path / "feature_map.json")
+    extractor = load_extractor(path)
+    if extractor.feature_map != feature_map:
+        raise ArtifactError(f"{path}: extractor's fields differ from feature_map.json (mismatched extractor)")
+    model = ConvFM(config, feature_map)
+    try:
+        state = torch.load(path / "weights.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:300]
+        raise ArtifactError(f"{path / 'weights.pt'}: cannot load weights ({first})") from None
+    model.to(device).eval()
+    extra = {
+        p.stem: json.loads(p.read_text())
+        for p in sorted(path.glob("*.json"))
+        if p.name not in {MANIFEST, "model_config.json", "feature_map.json", "metrics.json", "extractor.json"}
+    }
+    metrics = json.loads((path / "metrics.json").read_text())
+    return LoadedModel(model=model, extractor=extractor, metrics=metrics, extra=extra, path=path)

@@ -1,0 +1,47 @@
+"""`convfm evaluate`: metrics of a saved model on a split, beside the popularity baseline (and the oracle)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from convfm.artifacts import load_model_dir
+from convfm.commands.common import add_data_arguments, load_table_spec
+from convfm.config import DataConfig, TrainConfig
+from convfm.evaluation import evaluate_split
+from convfm.metrics import format_report
+from convfm.prepare import prepare_data
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help="model directory (e.g. runs/NAME/best)")
+    add_data_arguments(parser)
+    parser.add_argument("--split", choices=("train", "valid", "test"), default="test", help="split (default test)")
+    parser.add_argument("--out", metavar="FILE", help="report JSON path (default MODEL/eval_SPLIT.json)")
+    parser.add_argument("--negatives", type=int, help="sampled negatives per ranked user (default: training's)")
+
+
+def saved_data_config(model_dir: Path, args: argparse.Namespace) -> DataConfig:
+    """The data config the model was trained with, with --data/--table overriding the source."""
+    if args.table:
+        return load_table_spec(args.table)
+    config = DataConfig.load_json(model_dir / "data_config.json")
+    if args.data:
+        config = DataConfig.from_dict({**config.to_dict(), "path": args.data})
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    model_dir = Path(args.model)
+    loaded = load_model_dir(model_dir)
+    train_config = TrainConfig.from_dict(loaded.extra.get("train_config", {}))
+    data = prepare_data(saved_data_config(model_dir, args), extractor=loaded.extractor)
+    report = evaluate_split(
+        loaded.model, data, args.split,
+        negatives=args.negatives or train_config.eval_negatives, k=train_config.ranking_k, seed=train_config.seed,
+    )
+    out = Path(args.out) if args.out else model_dir / f"eval_{args.split}.json"
+    out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    print(format_report(report))
+    print(f"report written to {out}")
+    return 0

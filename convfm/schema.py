@@ -1,0 +1,98 @@
+"""Canonical column names and kinds of the jobs, users and interactions tables.
+
+Names are the ones after ``DataConfig.columns`` mapping. Kinds say how a column is parsed and later encoded:
+``id`` stripped string, never empty; ``text`` free text; ``list`` ``;``-separated values; ``number`` float;
+``category`` one string value; ``datetime`` parsed date/time. After loading, missing text/list/category values
+are empty strings, missing numbers NaN, missing datetimes NaT.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from convfm.config import EVENTS
+
+__all__ = [
+    "EVENTS", "ID", "TEXT", "LIST", "NUMBER", "CATEGORY", "DATETIME", "KINDS", "LIST_SEPARATOR",
+    "Column", "TableSchema", "JOBS", "USERS", "INTERACTIONS", "TABLES",
+]
+
+ID = "id"
+TEXT = "text"
+LIST = "list"
+NUMBER = "number"
+CATEGORY = "category"
+DATETIME = "datetime"
+KINDS = (ID, TEXT, LIST, NUMBER, CATEGORY, DATETIME)
+
+LIST_SEPARATOR = ";"
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One canonical column: its name, kind and whether a file must have it."""
+
+    name: str
+    kind: str
+    required: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSchema:
+    """The canonical columns of one table, in canonical order."""
+
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.required)
+
+    @property
+    def optional(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if not c.required)
+
+    def kind(self, name: str) -> str:
+        """Kind of canonical column ``name`` (KeyError if the table has no such column)."""
+        for column in self.columns:
+            if column.name == name:
+                return column.kind
+        raise KeyError(f"table {self.name!r} has no column {name!r}; columns: {list(self.names)}")
+
+    def of_kind(self, *kinds: str) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.kind in kinds)
+
+
+JOBS = TableSchema("jobs", (
+    Column("job_id", ID, required=True),
+    Column("title", TEXT),
+    Column("description", TEXT),
+    Column("skills", LIST),
+    Column("location", CATEGORY),
+    Column("company", CATEGORY),
+    Column("salary_min", NUMBER),
+    Column("salary_max", NUMBER),
+    Column("job_type", CATEGORY),
+    Column("experience_level", CATEGORY),
+    Column("posted_at", DATETIME),
+))
+
+USERS = TableSchema("users", (
+    Column("user_id", ID, required=True),
+    Column("skills", LIST),
+    Column("location", CATEGORY),
+    Column("experience_level", CATEGORY),
+))
+
+# ``event`` values must be in EVENTS; ``timestamp`` is a number or a date/time, loaded as an int64 order key.
+INTERACTIONS = TableSchema("interactions", (
+    Column("user_id", ID, required=True),
+    Column("job_id", ID, required=True),
+    Column("event", CATEGORY),
+    Column("timestamp", DATETIME),
+))
+
+TABLES: dict[str, TableSchema] = {t.name: t for t in (JOBS, USERS, INTERACTIONS)}

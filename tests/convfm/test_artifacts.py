@@ -1,0 +1,97 @@
+"""Model directories and the registry: exact round trips, tamper detection, atomic publishing."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from convfm.artifacts import load_model_dir, save_model_dir
+from convfm.config import DataConfig, ModelConfig
+from convfm.errors import ArtifactError
+from convfm.model import ConvFM
+from convfm.prepare import prepare_data
+from convfm.registry import publish, resolve, versions
+from convfm.training import predict_proba
+
+
+@pytest.fixture(scope="module")
+def saved(market_dir, tmp_path_factory):
+    data = prepare_data(DataConfig(path=str(market_dir)))
+    torch.manual_seed(0)
+    model = ConvFM(ModelConfig(embedding_dim=8, conv_filters=4, hidden_dims=(8,)), data.extractor.feature_map).eval()
+    out = save_model_dir(tmp_path_factory.mktemp("art") / "model", model, data.extractor, metrics={"val_roc_auc": 0.5},
+                         extra_json={"train_config": {"seed": 0}})
+    return data, model, out
+
+
+def test_round_trip_gives_identical_scores(saved):
+    data, model, out = saved
+    loaded = load_model_dir(out)
+    before = predict_proba(model, data.sets["valid"], 512, torch.device("cpu"))
+    reloaded_set = loaded.extractor.example_set(data.frames["valid"])
+    after = predict_proba(loaded.model, reloaded_set, 512, torch.device("cpu"))
+    assert np.array_equal(before, after)
+    assert loaded.metrics == {"val_roc_auc": 0.5} and loaded.extra["train_config"] == {"seed": 0}
+
+
+def test_no_pickle_in_model_dir(saved):
+    _, _, out = saved
+    for path in out.iterdir():
+        if path.suffix != ".pt":  # weights.pt is torch's zip format, loaded with weights_only=True
+            assert not path.read_bytes().startswith(b"\x80"), path
+
+
+def copy_dir(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_weights_are_refused(saved, tmp_path):
+    bad = copy_dir(saved[2], tmp_path / "m")
+    weights = bad / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ArtifactError, match="weights.pt: checksum mismatch"):
+        load_model_dir(bad)
+
+
+def test_tampered_config_is_refused(saved, tmp_path):
+    bad = copy_dir(saved[2], tmp_path / "m")
+    config = json.loads((bad / "model_config.json").read_text())
+    config["embedding_dim"] = 16
+    (bad / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="model_config.json: checksum mismatch"):
+        load_model_dir(bad)
+
+
+def test_missing_manifest_is_refused(saved, tmp_path):
+    bad = copy_dir(saved[2], tmp_path / "m")
+    (bad / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="manifest.json: missing"):
+        load_model_dir(bad)
+
+
+def test_registry_publishes_versions_and_latest(saved, tmp_path):
+    _, _, out = saved
+    first = publish(out, tmp_path / "models", "jobs")
+    second = publish(out, tmp_path / "models", "jobs")
+    assert (first.name, second.name) == ("v0001", "v0002")
+    assert versions(tmp_path / "models" / "jobs") == ["v0001", "v0002"]
+    assert resolve(tmp_path / "models" / "jobs") == second
+    assert load_model_dir(resolve(tmp_path / "models" / "jobs")).metrics == {"val_roc_auc": 0.5}
+
+
+def test_registry_refuses_dangling_latest_and_partial_models(saved, tmp_path):
+    _, _, out = saved
+    root = tmp_path / "models" / "jobs"
+    publish(out, tmp_path / "models", "jobs")
+    (root / "latest").write_text("v0009\n")
+    with pytest.raises(ArtifactError, match="points to version 'v0009', which does not exist"):
+        resolve(root)
+    partial = copy_dir(out, tmp_path / "partial")
+    (partial / "weights.pt").unlink()
+    with pytest.raises(ArtifactError, match="weights.pt: listed in the manifest but missing"):
+        publish(partial, tmp_path / "models", "jobs")
+    assert versions(root) == ["v0001"]
+    with pytest.raises(ArtifactError, match="model name"):
+        publish(out, tmp_path / "models", "../evil")

@@ -1,0 +1,351 @@
+"""convfm.data: reading, validation messages, column mapping, labels, negative sampling, splits, tables."""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from convfm.config import DataConfig
+from convfm.data import JobMarket, build_examples, load_job_market, load_table, read_frame, split_examples
+from convfm.errors import ConfigError, DataValidationError
+
+BAD = Path(__file__).resolve().parents[1] / "data" / "bad"
+
+JOBS = """job_id,title,skills,location,salary_min,salary_max,posted_at
+j1,Backend Engineer,python;sql,Boston,90000,120000,2024-01-05
+j2,Nurse,patient care,Denver,,,2024-02-01
+j3,Data Scientist,python;statistics,Boston,100000,140000,2024-03-10
+j4,Cook,food safety,Miami,30000,35000,2024-03-11
+j5,Designer,figma,Remote,70000,90000,2024-04-01
+"""
+USERS = """user_id,skills,location,experience_level
+u1,python;sql,Boston,mid
+u2,patient care,,entry
+"""
+INTERACTIONS = """user_id,job_id,event,timestamp
+u1,j1,view,2024-05-01T10:00:00
+u1,j1,apply,2024-05-01T11:00:00
+u1,j2,dismiss,2024-05-02T09:00:00
+u2,j2,save,2024-05-03T09:00:00
+u2,j3,click,2024-05-03T10:00:00
+u2,j3,view,2024-05-04T10:00:00
+"""
+
+
+def write_market(root: Path, jobs: str = JOBS, users: str | None = USERS, interactions: str = INTERACTIONS,
+                 names: tuple[str, str, str] = ("jobs.csv", "users.csv", "interactions.csv")) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in zip(names, (jobs, users, interactions)):
+        if text is not None:
+            (root / name).write_text(text)
+    return root
+
+
+def with_fixture(root: Path, fixture: str, as_name: str) -> DataConfig:
+    """A valid market in ``root`` whose ``as_name`` file is replaced by tests/data/bad/``fixture``."""
+    write_market(root)
+    shutil.copy(BAD / fixture, root / as_name)
+    return DataConfig(path=str(root))
+
+
+# ------------------------------------------------------------------------------------------ reading files
+def test_read_frame_csv_parquet_and_suffixless(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("job_id,n\n 12 ,3\nj2,4\n")
+    frame = read_frame(tmp_path / "a", id_columns=["job_id"])
+    assert frame["job_id"].tolist() == ["12", "j2"]
+    pd.DataFrame({"job_id": [12, 13], "n": [1.0, 2.0]}).to_parquet(tmp_path / "b.parquet")
+    frame = read_frame(tmp_path / "b", id_columns=["job_id"])
+    assert frame["job_id"].tolist() == ["12", "13"] and frame["n"].dtype == np.float64
+
+
+def test_read_frame_missing_file_names_tried_paths(tmp_path: Path) -> None:
+    tried = r"nothere: file not found \(tried .*nothere\.csv and .*nothere\.parquet"
+    with pytest.raises(DataValidationError, match=tried):
+        read_frame(tmp_path / "nothere")
+    with pytest.raises(DataValidationError, match=r"nothere\.csv: file not found"):
+        read_frame(tmp_path / "nothere.csv")
+
+
+@pytest.mark.parametrize("fixture, pattern", [
+    ("jobs_empty.csv", r"jobs_empty\.csv: file is empty \(0 bytes\)"),
+    ("jobs_header_only.csv", r"jobs_header_only\.csv: no data rows"),
+    ("jobs_non_utf8.csv", r"jobs_non_utf8\.csv: not valid UTF-8: byte 0xe9 at byte offset 55 \(line 3\)"),
+    ("jobs_truncated.csv", r"jobs_truncated\.csv: malformed CSV: quoted field opened on line 4 .*truncated"),
+    ("jobs_truncated_last_line.csv", r"jobs_truncated_last_line\.csv: malformed CSV: line 3 has 3 of 4 fields"),
+    ("jobs_malformed.csv", r"jobs_malformed\.csv: malformed CSV: line 3 has 4 fields but the header has 3"),
+])
+def test_unreadable_files_are_named(fixture: str, pattern: str) -> None:
+    with pytest.raises(DataValidationError, match=pattern):
+        read_frame(BAD / fixture)
+
+
+# ------------------------------------------------------------------------------------------ validation
+@pytest.mark.parametrize("fixture, as_name, pattern", [
+    ("jobs_missing_job_id.csv", "jobs.csv",
+     r"jobs\.csv: missing required column 'job_id'; columns in the file: \['title', 'location', 'company'\]"),
+    ("jobs_duplicate_ids.csv", "jobs.csv", r"jobs\.csv: column 'job_id': duplicate id 'j1' in rows 1 and 3"),
+    ("users_duplicate_ids.csv", "users.csv", r"users\.csv: column 'user_id': duplicate id 'u1' in rows 1 and 3"),
+    ("jobs_bad_salary.csv", "jobs.csv", r"jobs\.csv: column 'salary_min', row 2: 'eighty thousand' is not a number"),
+    ("interactions_nan_user.csv", "interactions.csv", r"interactions\.csv: column 'user_id', row 2: empty id"),
+    ("interactions_unknown_event.csv", "interactions.csv",
+     r"interactions\.csv: column 'event', row 3: unknown event 'applied'; allowed: \['view', 'click', 'save', "),
+    ("interactions_bad_timestamp.csv", "interactions.csv",
+     r"interactions\.csv: column 'timestamp', row 2: cannot parse 'yesterday' as a date/time"),
+    ("jobs_empty.csv", "jobs.csv", r"jobs\.csv: file is empty"),
+    ("jobs_truncated.csv", "jobs.csv", r"jobs\.csv: malformed CSV"),
+])
+def test_market_validation_errors_name_file_column_row(tmp_path: Path, fixture: str, as_name: str,
+                                                       pattern: str) -> None:
+    config = with_fixture(tmp_path, fixture, as_name)
+    with pytest.raises(DataValidationError, match=pattern):
+        load_job_market(config)
+
+
+def test_missing_directory_and_bad_numeric_timestamp(tmp_path: Path) -> None:
+    with pytest.raises(DataValidationError, match="data directory not found"):
+        load_job_market(DataConfig(path=str(tmp_path / "nope")))
+    write_market(tmp_path, interactions="user_id,job_id,timestamp\nu1,j1,5\nu1,j2,6\nu2,j1,late\n")
+    with pytest.raises(DataValidationError, match=r"column 'timestamp', row 3: 'late' is not a number"):
+        load_job_market(DataConfig(path=str(tmp_path)))
+
+
+def test_bad_posted_at_empty_event_and_missing_mapped_column(tmp_path: Path) -> None:
+    write_market(tmp_path / "a", jobs="job_id,posted_at\nj1,2024-01-01\nj2,soon\n")
+    with pytest.raises(DataValidationError, match=r"jobs\.csv: column 'posted_at', row 2: cannot parse 'soon'"):
+        load_job_market(DataConfig(path=str(tmp_path / "a")))
+    write_market(tmp_path / "b", interactions="user_id,job_id,event\nu1,j1,view\nu1,j2, \n")
+    with pytest.raises(DataValidationError, match=r"column 'event', row 2: empty event; allowed: \["):
+        load_job_market(DataConfig(path=str(tmp_path / "b")))
+    config = DataConfig(path=str(tmp_path / "b"), columns={"interactions": {"event": "action"}})
+    missing = r"interactions\.csv: missing column 'action' \(canonical 'event'\)"
+    with pytest.raises(DataValidationError, match=missing):
+        load_job_market(config)
+
+
+def test_loaded_market_types(tmp_path: Path) -> None:
+    market = load_job_market(DataConfig(path=str(write_market(tmp_path))))
+    jobs = market.jobs
+    assert jobs["salary_min"].dtype == np.float64 and np.isnan(jobs["salary_min"].iloc[1])
+    assert str(jobs["posted_at"].dtype).startswith("datetime64")
+    assert market.users is not None and market.users["location"].tolist() == ["Boston", ""]
+    assert market.interactions["timestamp"].dtype == np.int64
+    assert market.interactions["timestamp"].is_monotonic_increasing
+    assert market.source["jobs"].endswith("jobs.csv")
+
+
+def test_column_mapping(tmp_path: Path) -> None:
+    write_market(tmp_path, jobs="id,name\nj1,Backend\nj2,Nurse\n", users=None,
+                 interactions="uid,jid,action\nu1,j1,apply\nu1,j2,view\n")
+    config = DataConfig(path=str(tmp_path), columns={"jobs": {"job_id": "id", "title": "name"},
+                                                     "interactions": {"user_id": "uid", "job_id": "jid",
+                                                                      "event": "action"}})
+    market = load_job_market(config)
+    assert list(market.jobs.columns) == ["job_id", "title"]
+    assert list(market.interactions.columns) == ["user_id", "job_id", "event", "timestamp"]
+    assert market.interactions["event"].tolist() == ["apply", "view"]
+    broken = DataConfig(path=str(tmp_path), columns={"jobs": {"job_id": "identifier"}})
+    with pytest.raises(DataValidationError, match=r"jobs\.csv: missing required column 'identifier' "
+                                                  r"\(canonical 'job_id'\); columns in the file: \['id', 'name'\]"):
+        load_job_market(broken)
+    with pytest.raises(ConfigError, match=r"columns\.jobs: unknown canonical column\(s\) \['salary'\]"):
+        load_job_market(DataConfig(path=str(tmp_path), columns={"jobs": {"salary": "pay"}}))
+
+
+def test_extra_columns_kept_and_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_market(tmp_path, jobs="job_id,title,internal_code\nj1,Nurse,X1\nj2,Cook,X2\nj3,Dev,X3\n")
+    with caplog.at_level(logging.WARNING, logger="convfm.data"):
+        market = load_job_market(DataConfig(path=str(tmp_path)))
+    assert "ignoring extra column(s) ['internal_code']" in caplog.text
+    assert market.jobs["internal_code"].tolist() == ["X1", "X2", "X3"]
+
+
+def test_minimal_files_work(tmp_path: Path) -> None:
+    write_market(tmp_path, jobs="job_id\nj1\nj2\n", users=None, interactions="user_id,job_id\nu1,j2\nu2,j1\nu1,j1\n")
+    config = DataConfig(path=str(tmp_path), default_event="save")
+    market = load_job_market(config)
+    assert market.users is None and list(market.jobs.columns) == ["job_id"]
+    assert market.interactions["event"].tolist() == ["save"] * 3
+    assert market.interactions["timestamp"].tolist() == [0, 1, 2]
+    examples = build_examples(market, config)
+    assert examples["label"].tolist() == [1.0, 1.0, 1.0]
+    assert examples[["user_id", "job_id"]].values.tolist() == [["u1", "j2"], ["u2", "j1"], ["u1", "j1"]]
+
+
+def test_unknown_jobs_are_kept_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_market(tmp_path, interactions=INTERACTIONS + "u2,j99,apply,2024-06-01T00:00:00\n")
+    with caplog.at_level(logging.WARNING, logger="convfm.data"):
+        market = load_job_market(DataConfig(path=str(tmp_path)))
+    assert "1 interaction(s) name job_id(s) absent from" in caplog.text and "j99" in caplog.text
+    examples = build_examples(market, DataConfig(path=str(tmp_path)))
+    assert "j99" in set(examples["job_id"])
+
+
+def test_parquet_market(tmp_path: Path) -> None:
+    pd.DataFrame({"job_id": [1, 2, 3], "salary_min": [1.0, None, 3.0]}).to_parquet(tmp_path / "jobs.parquet")
+    pd.DataFrame({"user_id": [7, 7, 8], "job_id": [1, 2, 3], "event": ["apply", "view", "Apply "],
+                  "timestamp": [3, 1, 2]}).to_parquet(tmp_path / "interactions.parquet")
+    market = load_job_market(DataConfig(path=str(tmp_path)))
+    assert market.jobs["job_id"].tolist() == ["1", "2", "3"]
+    assert market.interactions["user_id"].tolist() == ["7", "7", "8"]
+    assert market.interactions["event"].tolist() == ["apply", "view", "apply"]
+
+
+# ------------------------------------------------------------------------------------------ examples
+def make_market(rows: list[tuple[str, str, str, int]], jobs: list[str]) -> JobMarket:
+    interactions = pd.DataFrame(rows, columns=["user_id", "job_id", "event", "timestamp"])
+    return JobMarket(jobs=pd.DataFrame({"job_id": jobs}), users=None, interactions=interactions)
+
+
+def test_label_rules() -> None:
+    market = make_market([
+        ("u1", "j1", "view", 1), ("u1", "j1", "apply", 5), ("u1", "j1", "view", 9),  # any positive wins
+        ("u1", "j2", "click", 2), ("u1", "j2", "dismiss", 7),  # negative, latest negative time
+        ("u1", "j3", "save", 3), ("u1", "j3", "apply", 4),  # positive, latest positive time
+        ("u2", "j1", "view", 6),  # dropped: view is in neither list below
+    ], jobs=["j1", "j2", "j3"])
+    config = DataConfig(negative_events=("click", "dismiss"))
+    examples = build_examples(market, config)
+    got = {(u, j): (lab, ts) for u, j, lab, ts in examples.itertuples(index=False)}
+    assert got == {("u1", "j1"): (1.0, 5), ("u1", "j2"): (0.0, 7), ("u1", "j3"): (1.0, 4)}
+    assert examples["label"].dtype == np.float32 and examples["timestamp"].dtype == np.int64
+    assert examples["timestamp"].is_monotonic_increasing
+
+
+def random_market(n_users: int, n_jobs: int, n_rows: int, seed: int = 0) -> JobMarket:
+    rng = np.random.default_rng(seed)
+    users = np.char.add("u", rng.integers(0, n_users, n_rows).astype(str))
+    jobs = np.char.add("j", rng.integers(0, n_jobs, n_rows).astype(str))
+    events = np.array(["view", "click", "dismiss", "apply", "save"])[rng.integers(0, 5, n_rows)]
+    rows = pd.DataFrame({"user_id": users, "job_id": jobs, "event": events,
+                         "timestamp": rng.permutation(n_rows).astype(np.int64)})
+    return JobMarket(jobs=pd.DataFrame({"job_id": [f"j{i}" for i in range(n_jobs)]}), users=None,
+                     interactions=rows)
+
+
+def test_negative_sampling_count_unseen_and_deterministic() -> None:
+    market = random_market(50, 200, 2000)
+    config = DataConfig(negative_ratio=3, seed=1)
+    plain = build_examples(market, DataConfig())
+    examples = build_examples(market, config)
+    seen = set(zip(market.interactions["user_id"], market.interactions["job_id"]))
+    pairs = list(zip(examples["user_id"], examples["job_id"]))
+    sampled = examples[[p not in seen for p in pairs]]
+    assert len(sampled) == 3 * int(plain["label"].sum())
+    assert (sampled["label"] == 0).all()
+    assert len(set(pairs)) == len(pairs)  # sampled pairs are unique and never an interacted pair
+    assert set(sampled["job_id"]) <= set(market.jobs["job_id"])
+    positive_times = plain[plain["label"] == 1].groupby("user_id")["timestamp"].apply(set)
+    assert all(t in positive_times[u] for u, t in zip(sampled["user_id"], sampled["timestamp"]))
+    pd.testing.assert_frame_equal(examples, build_examples(market, config))
+    assert not examples.equals(build_examples(market, config, rng_seed=2))
+
+
+def test_negative_sampling_gives_up_when_catalog_is_exhausted(caplog: pytest.LogCaptureFixture) -> None:
+    market = make_market([("u1", "j1", "apply", 1), ("u1", "j2", "view", 2)], jobs=["j1", "j2", "j3"])
+    with caplog.at_level(logging.WARNING, logger="convfm.data"):
+        examples = build_examples(market, DataConfig(negative_ratio=5))
+    assert examples[["job_id", "label"]].values.tolist() == [["j1", 1.0], ["j3", 0.0], ["j2", 0.0]]
+    assert "sampled 1 of 5 negatives" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ splits
+def test_time_split_has_no_leakage() -> None:
+    market = random_market(40, 300, 3000)
+    config = DataConfig(negative_ratio=1, valid_fraction=0.2, test_fraction=0.2)
+    examples = build_examples(market, config)
+    splits = split_examples(examples, config)
+    assert sum(len(s) for s in (splits.train, splits.valid, splits.test)) == len(examples)
+    keys = [set(zip(s["user_id"], s["job_id"])) for s in (splits.train, splits.valid, splits.test)]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    last_train = splits.train.groupby("user_id")["timestamp"].max()
+    first_valid = splits.valid.groupby("user_id")["timestamp"].min()
+    first_test = splits.test.groupby("user_id")["timestamp"].min()
+    last_valid = splits.valid.groupby("user_id")["timestamp"].max()
+    assert (first_test >= last_train[first_test.index]).all()
+    assert (first_valid >= last_train[first_valid.index]).all()
+    assert (first_test >= last_valid.reindex(first_test.index).fillna(-1)).all()
+    sizes = examples.groupby("user_id").size()
+    test_sizes = splits.test.groupby("user_id").size().reindex(sizes.index, fill_value=0)
+    assert (test_sizes == np.maximum(1, np.floor(sizes * 0.2 + 0.5))).all()
+
+
+def test_time_split_small_users_stay_in_train() -> None:
+    examples = pd.DataFrame({"user_id": ["a", "a", "b", "b", "b"], "job_id": ["j1", "j2", "j1", "j2", "j3"],
+                             "label": np.ones(5, np.float32), "timestamp": [1, 2, 3, 1, 2]})
+    splits = split_examples(examples, DataConfig())
+    assert splits.train["user_id"].tolist() == ["a", "a", "b"] and splits.train["job_id"].tolist()[2] == "j2"
+    assert splits.valid[["user_id", "job_id"]].values.tolist() == [["b", "j3"]]
+    assert splits.test[["user_id", "job_id"]].values.tolist() == [["b", "j1"]]
+
+
+def test_random_split_is_seeded_and_disjoint() -> None:
+    examples = build_examples(random_market(30, 100, 1500), DataConfig())
+    config = DataConfig(split="random", valid_fraction=0.1, test_fraction=0.2, seed=3)
+    one, two = split_examples(examples, config), split_examples(examples, config)
+    pd.testing.assert_frame_equal(one.test, two.test)
+    assert len(one.test) == round(len(examples) * 0.2) and len(one.valid) == round(len(examples) * 0.1)
+    keys = [set(zip(s["user_id"], s["job_id"])) for s in (one.train, one.valid, one.test)]
+    assert sum(map(len, keys)) == len(set().union(*keys)) == len(examples)
+
+
+def test_examples_and_split_are_fast() -> None:
+    market = random_market(20_000, 20_000, 300_000)
+    config = DataConfig(negative_ratio=2)
+    start = time.perf_counter()
+    splits = split_examples(build_examples(market, config), config)
+    assert time.perf_counter() - start < 8.0
+    assert len(splits.train) > len(splits.test) > 0
+
+
+# ------------------------------------------------------------------------------------------ tables
+TABLE = "color,size,price,tags,label\nred,S,1.5,a;b,1\n,M,2.0,,0\nblue,L,3.5,c,true\nred,M,1.0,a,False\n"
+
+
+def table_config(path: Path, **overrides: object) -> DataConfig:
+    values = dict(kind="table", path=str(path), categorical=("color", "size"), multi_valued=("tags",),
+                  numeric=("price",), valid_fraction=0.25, test_fraction=0.25)
+    values.update(overrides)
+    return DataConfig(**values)
+
+
+def test_table_single_file(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text(TABLE)
+    splits = load_table(table_config(tmp_path / "t.csv"))
+    frames = pd.concat([splits.train, splits.valid, splits.test])
+    assert [len(splits.train), len(splits.valid), len(splits.test)] == [2, 1, 1]
+    assert list(frames.columns) == ["color", "size", "tags", "price", "label"]
+    assert frames["label"].dtype == np.float32 and sorted(frames["label"]) == [0, 0, 1, 1]
+    assert "" in set(frames["color"]) and "" in set(frames["tags"])  # NaN categorical -> missing value
+
+
+def test_table_directory_and_renamed_label(tmp_path: Path) -> None:
+    for name in ("train.csv", "valid.csv", "test.csv"):
+        (tmp_path / name).write_text(TABLE.replace("label", "clicked"))
+    splits = load_table(table_config(tmp_path, label="clicked"))
+    assert len(splits.train) == len(splits.valid) == len(splits.test) == 4
+    assert splits.test["label"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    (tmp_path / "valid.csv").unlink()
+    with pytest.raises(DataValidationError, match=r"valid: file not found"):
+        load_table(table_config(tmp_path, label="clicked"))
+
+
+def test_table_errors(tmp_path: Path) -> None:
+    config = table_config(BAD / "table_bad_label.csv", multi_valued=())
+    with pytest.raises(DataValidationError, match=r"table_bad_label\.csv: column 'label', row 3: label '2' "
+                                                  r"is not binary; expected 0/1 or true/false"):
+        load_table(config)
+    with pytest.raises(DataValidationError, match=r"table_bad_label\.csv: missing field column\(s\) \['tags'\]"):
+        load_table(table_config(BAD / "table_bad_label.csv"))
+    with pytest.raises(DataValidationError, match=r"table_bad_label\.csv: missing label column 'y'"):
+        load_table(table_config(BAD / "table_bad_label.csv", multi_valued=(), label="y"))
+    with pytest.raises(DataValidationError, match=r"table_bad_numeric\.csv: column 'price', row 2: 'cheap' is "
+                                                  r"not a number"):
+        load_table(table_config(BAD / "table_bad_numeric.csv", multi_valued=()))
+    (tmp_path / "t.csv").write_text("color,price,label\nred,1,1\nblue,,0\n")
+    with pytest.raises(DataValidationError, match=r"t\.csv: column 'price', row 2: missing value"):
+        load_table(table_config(tmp_path / "t.csv", categorical=("color",), multi_valued=()))
