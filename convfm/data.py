@@ -1,17 +1,15 @@
 """Load and validate the job market (jobs, users, interactions) or a generic labelled table; make examples.
 
 Every problem with an input file raises ``DataValidationError`` naming the file, the column and the first bad
-1-based data row (the header is not counted). Everything is vectorised pandas/numpy.
+1-based data row (the header is not counted; reading and column typing live in ``convfm.readers``). Everything is
+vectorised pandas/numpy.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
-import re
-import warnings
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -20,11 +18,13 @@ import pyarrow.compute as pc
 
 from convfm.config import DataConfig
 from convfm.errors import ConfigError, DataValidationError
+from convfm.readers import (  # noqa: F401  (read_frame, resolve_path: re-exported)
+    SUFFIXES, cell_error, first_true, order_key, read_frame, read_located, resolve_path, to_datetimes, to_numbers,
+)
 from convfm.schema import DATETIME, EVENTS, ID, INTERACTIONS, JOBS, NUMBER, USERS, TableSchema
 
 logger = logging.getLogger(__name__)
 
-SUFFIXES = (".csv", ".parquet")
 _LABELS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
 _MAX_SAMPLING_ROUNDS = 20
 
@@ -48,169 +48,7 @@ class Splits:
     test: pd.DataFrame
 
 
-# ---------------------------------------------------------------------------------------------- reading files
-def resolve_path(path: str | Path) -> Path:
-    """``path`` itself if it ends in .csv/.parquet, else the first of ``path``.csv, ``path``.parquet that exists."""
-    path = Path(path)
-    if path.suffix.lower() in SUFFIXES:
-        if not path.is_file():
-            raise DataValidationError(f"{path}: file not found")
-        return path
-    for suffix in SUFFIXES:
-        candidate = path.with_name(path.name + suffix)
-        if candidate.is_file():
-            return candidate
-    if path.is_file():
-        raise DataValidationError(f"{path}: unsupported file type; expected a .csv or .parquet file")
-    raise DataValidationError(f"{path}: file not found (tried {path}.csv and {path}.parquet)")
-
-
-def read_frame(path: str | Path, id_columns: Iterable[str] = ()) -> pd.DataFrame:
-    """Read a .csv or .parquet file (a path without suffix tries NAME.csv, then NAME.parquet).
-
-    CSV columns are read as strings (typing is the schema's job, so nothing is lost to inference); parquet keeps
-    its types. ``id_columns`` that exist become stripped strings with empty values as NaN.
-    """
-    frame, _ = _read(path, id_columns)
-    return frame
-
-
-def _read(path: str | Path, id_columns: Iterable[str] = ()) -> tuple[pd.DataFrame, Path]:
-    path = resolve_path(path)
-    if path.stat().st_size == 0:
-        raise DataValidationError(f"{path}: file is empty (0 bytes)")
-    if path.suffix.lower() == ".parquet":
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises many types for corrupt files
-            raise DataValidationError(f"{path}: cannot read parquet file ({type(exc).__name__}: {exc})") from None
-    else:
-        frame = _read_csv(path)
-    if len(frame) == 0:
-        raise DataValidationError(f"{path}: no data rows (columns: {list(frame.columns)})")
-    frame.columns = [str(c).strip() for c in frame.columns]
-    for column in id_columns:
-        if column in frame.columns:
-            frame[column] = _id_strings(frame[column])
-    return frame, path
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataValidationError(_utf8_error(path)) from None
-    except pd.errors.EmptyDataError:
-        raise DataValidationError(f"{path}: file is empty (no header, no rows)") from None
-    except pd.errors.ParserError as exc:
-        raise DataValidationError(f"{path}: malformed CSV: {_parser_detail(exc)}") from None
-    _check_tail(path, frame.shape[1])
-    return frame
-
-
-def _utf8_error(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        return (f"{path}: not valid UTF-8: byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
-                f"(line {line}); save the file as UTF-8")
-    return f"{path}: not valid UTF-8; save the file as UTF-8"
-
-
-def _parser_detail(exc: Exception) -> str:
-    message = str(exc).strip()
-    eof = re.search(r"EOF inside string starting at row (\d+)", message)
-    if eof:  # pandas counts that row from 0 with the header as row 0
-        return f"quoted field opened on line {int(eof.group(1)) + 1} never closes; the file looks truncated"
-    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
-    if fields:
-        expected, line, saw = fields.groups()
-        return f"line {line} has {saw} fields but the header has {expected}"
-    return message
-
-
-def _check_tail(path: Path, n_columns: int) -> None:
-    """A last line without newline and with too few fields is a cut-off file (pandas would pad it with NaN)."""
-    with path.open("rb") as handle:
-        handle.seek(max(0, path.stat().st_size - 65536))
-        tail = handle.read()
-    if tail.endswith(b"\n") or n_columns <= 1:
-        return
-    last = tail.rsplit(b"\n", 1)[-1]
-    if b'"' in last or not last.strip():
-        return
-    n_fields = len(next(csv.reader([last.decode("utf-8", "replace")])))
-    if n_fields < n_columns:
-        line = path.read_bytes().count(b"\n") + 1
-        raise DataValidationError(f"{path}: malformed CSV: line {line} has {n_fields} of {n_columns} fields and "
-                                  f"no final newline; the file looks truncated")
-
-
-def _id_strings(series: pd.Series) -> pd.Series:
-    if series.dtype.kind == "f":  # an integer id column with gaps comes back from parquet as float
-        whole = series.dropna()
-        if (whole == np.floor(whole)).all():
-            series = series.astype("Int64")
-    out = series.astype("str").str.strip()
-    return out.mask(out == "")
-
-
-def _first(mask: pd.Series | np.ndarray) -> int:
-    return int(np.flatnonzero(np.asarray(mask))[0])
-
-
-def _bad(path: Path, column: str, row: int, message: str) -> DataValidationError:
-    return DataValidationError(f"{path}: column {column!r}, row {row + 1}: {message}")
-
-
-# ------------------------------------------------------------------------------------------ typed columns
-def _numbers(series: pd.Series, path: Path, column: str, allow_missing: bool = True) -> pd.Series:
-    values = pd.to_numeric(series, errors="coerce").astype("float64")
-    bad = values.isna() & series.notna()
-    if bad.any():
-        i = _first(bad)
-        raise _bad(path, column, i, f"{series.iloc[i]!r} is not a number")
-    if not allow_missing and values.isna().any():
-        raise _bad(path, column, _first(values.isna()), "missing value in a numeric column")
-    return values
-
-
-def _looks_numeric(series: pd.Series) -> bool:
-    """Whether most of the first 1000 non-empty values are numbers (to_numeric is slow on failing strings)."""
-    head = series.dropna().iloc[:1000]
-    return len(head) > 0 and pd.to_numeric(head, errors="coerce").notna().mean() >= 0.5
-
-
-def _datetimes(series: pd.Series, path: Path, column: str) -> pd.Series:
-    if series.dtype.kind not in "mM" and _looks_numeric(series):  # epoch seconds
-        return pd.to_datetime(_numbers(series, path, column), unit="s")
-    with warnings.catch_warnings():  # "could not infer format": fine, rows are then parsed one by one
-        warnings.simplefilter("ignore", UserWarning)
-        parsed = pd.to_datetime(series, errors="coerce", utc=True)
-        if (parsed.isna() & series.notna()).any():  # the inferred format did not fit every row
-            parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
-    bad = parsed.isna() & series.notna()
-    if bad.any():
-        i = _first(bad)
-        raise _bad(path, column, i, f"cannot parse {series.iloc[i]!r} as a date/time")
-    return parsed.dt.tz_convert(None)
-
-
-def _order_key(series: pd.Series, path: Path, column: str) -> np.ndarray:
-    """int64 order key: whole numbers as given, fractional numbers x 1e6, dates as microseconds since epoch."""
-    if series.isna().any():
-        raise _bad(path, column, _first(series.isna()), "empty timestamp")
-    if series.dtype.kind in "iu":
-        return series.to_numpy(np.int64)
-    if series.dtype.kind not in "mM" and _looks_numeric(series):
-        values = _numbers(series, path, column).to_numpy()
-        whole = np.all(values == np.floor(values))
-        return (values if whole else np.round(values * 1e6)).astype(np.int64)
-    return _datetimes(series, path, column).to_numpy().astype("datetime64[us]").astype(np.int64)
-
-
+# ------------------------------------------------------------------------------------------ schema tables
 def _index_in(values: pd.Series, unique: pd.Series) -> np.ndarray:
     """Position of each value in ``unique``, -1 when absent (pyarrow: pandas loops in Python on arrow strings)."""
     found = pc.index_in(pa.array(values.array), value_set=pa.array(unique.array))
@@ -224,7 +62,7 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
         raise ConfigError(f"columns.{schema.name}: unknown canonical column(s) {unknown}; "
                           f"allowed: {list(schema.names)}")
     source = {c: str(mapping.get(c, c)) for c in schema.names}
-    frame, path = _read(path, [source[c] for c in schema.of_kind(ID)])
+    frame, path = read_located(path, [source[c] for c in schema.of_kind(ID)])
     for name in schema.names:  # a required column, or one the mapping names explicitly, must exist
         if source[name] not in frame.columns and (name in schema.required or name in mapping):
             mapped = f" (canonical {name!r})" if source[name] != name else ""
@@ -234,13 +72,13 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
     for column in (c for c in schema.columns if source[c.name] in frame.columns):
         name, actual, values = column.name, source[column.name], frame[source[column.name]]
         if column.kind == ID and values.isna().any():
-            raise _bad(path, actual, _first(values.isna()), "empty id")
+            raise cell_error(path, actual, first_true(values.isna()), "empty id")
         if column.kind == ID:
             out[name] = values
         elif column.kind == NUMBER:
-            out[name] = _numbers(values, path, actual)
+            out[name] = to_numbers(values, path, actual)
         elif column.kind == DATETIME:
-            out[name] = (_order_key if schema is INTERACTIONS else _datetimes)(values, path, actual)
+            out[name] = (order_key if schema is INTERACTIONS else to_datetimes)(values, path, actual)
         else:
             out[name] = values.astype("str").fillna("")
     if schema is not INTERACTIONS:
@@ -256,8 +94,8 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
 def _check_unique(ids: pd.Series, path: Path, column: str) -> None:
     duplicated = ids.duplicated()
     if duplicated.any():
-        later = _first(duplicated)
-        earlier = _first(ids.to_numpy() == ids.iloc[later])
+        later = first_true(duplicated)
+        earlier = first_true(ids.to_numpy() == ids.iloc[later])
         raise DataValidationError(f"{path}: column {column!r}: duplicate id {ids.iloc[later]!r} in rows "
                                   f"{earlier + 1} and {later + 1}")
 
@@ -302,11 +140,11 @@ def _set_events(interactions: pd.DataFrame, path: str, config: DataConfig) -> No
     events = interactions["event"].str.strip().str.lower()
     bad = ~events.isin(EVENTS)
     if bad.any():
-        i = _first(bad)
+        i = first_true(bad)
         value, stripped = interactions["event"].iloc[i], events.iloc[i]
         what = "empty event" if pd.isna(stripped) or stripped == "" else f"unknown event {value!r}"
         column = config.columns.get("interactions", {}).get("event", "event")
-        raise _bad(Path(path), column, i, f"{what}; allowed: {list(EVENTS)}")
+        raise cell_error(Path(path), column, i, f"{what}; allowed: {list(EVENTS)}")
     interactions["event"] = events
 
 
@@ -454,7 +292,7 @@ def load_table(config: DataConfig) -> Splits:
 
 
 def _read_labelled(path: Path, config: DataConfig) -> pd.DataFrame:
-    frame, path = _read(path)
+    frame, path = read_located(path)
     if config.label not in frame.columns:
         raise DataValidationError(f"{path}: missing label column {config.label!r}; "
                                   f"columns in the file: {list(frame.columns)}")
@@ -470,12 +308,12 @@ def _read_labelled(path: Path, config: DataConfig) -> pd.DataFrame:
     for column in config.categorical + config.multi_valued:
         out[column] = frame[column].astype("str").fillna("")
     for column in config.numeric:
-        out[column] = _numbers(frame[column], path, column, allow_missing=False)
+        out[column] = to_numbers(frame[column], path, column, allow_missing=False)
     raw = frame[config.label]
     labels = raw.astype("str").str.strip().str.lower().map(_LABELS)
     if labels.isna().any():
-        i = _first(labels.isna())
+        i = first_true(labels.isna())
         what = "missing label" if pd.isna(raw.iloc[i]) else f"label {raw.iloc[i]!r} is not binary"
-        raise _bad(path, config.label, i, f"{what}; expected 0/1 or true/false")
+        raise cell_error(path, config.label, i, f"{what}; expected 0/1 or true/false")
     out["label"] = labels.astype(np.float32)
     return out.reset_index(drop=True)

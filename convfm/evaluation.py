@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from sklearn.metrics import roc_auc_score
 
 from convfm.metrics import (
     PopularityBaseline,
@@ -23,17 +22,8 @@ from convfm.metrics import (
     sample_ranking_candidates,
 )
 from convfm.prepare import PreparedData
+from convfm.synth import oracle_auc
 from convfm.training import predict_proba
-
-
-def oracle_auc(frame: pd.DataFrame, truth: Optional[pd.DataFrame]) -> Optional[float]:
-    """ROC-AUC of the generator's true probabilities on ``frame``'s labels (synthetic data only)."""
-    if truth is None or frame.empty:
-        return None
-    joined = frame.merge(truth, on=["user_id", "job_id"], how="inner")
-    if len(joined) < len(frame) or joined["label"].nunique() < 2:
-        return None
-    return float(roc_auc_score(joined["label"], joined["p_positive"]))
 
 
 def _ranking_candidates(

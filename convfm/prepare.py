@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -14,6 +13,7 @@ from convfm.config import DataConfig
 from convfm.data import build_examples, load_job_market, load_table, split_examples
 from convfm.features import JobFeatureExtractor, TableFeatureExtractor
 from convfm.metrics import PopularityBaseline
+from convfm.synth import load_truth
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -57,15 +57,6 @@ class PreparedData:
                             catalog=self.catalog, truth=truth, seen=seen, popularity=popularity)
 
 
-def _read_truth(directory: Path) -> Optional[pd.DataFrame]:
-    for suffix in (".csv", ".parquet"):
-        path = directory / f"truth{suffix}"
-        if path.exists():
-            frame = pd.read_csv(path, dtype={"user_id": str, "job_id": str}) if suffix == ".csv" else pd.read_parquet(path)
-            return frame[["user_id", "job_id", "p_positive"]]
-    return None
-
-
 def prepare_data(
     config: DataConfig, extractor: Any = None, extractor_options: Optional[dict[str, Any]] = None
 ) -> PreparedData:
@@ -91,4 +82,4 @@ def prepare_data(
     sets = {name: extractor.example_set(frame) for name, frame in frames.items()}
     log.info("prepared %s", {name: len(s) for name, s in sets.items()})
     catalog = market.jobs["job_id"].to_numpy()
-    return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=_read_truth(Path(config.path)))
+    return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path))

@@ -1,0 +1,184 @@
+"""Read a .csv or .parquet file into a frame and coerce its columns, with messages that name the file.
+
+Every problem raises ``DataValidationError`` naming the file, the column and the first bad 1-based data row
+(the header is not counted).
+"""
+from __future__ import annotations
+
+import csv
+import re
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from convfm.errors import DataValidationError
+
+SUFFIXES = (".csv", ".parquet")
+
+
+def resolve_path(path: str | Path) -> Path:
+    """``path`` itself if it ends in .csv/.parquet, else the first of ``path``.csv, ``path``.parquet that exists."""
+    path = Path(path)
+    if path.suffix.lower() in SUFFIXES:
+        if not path.is_file():
+            raise DataValidationError(f"{path}: file not found")
+        return path
+    for suffix in SUFFIXES:
+        candidate = path.with_name(path.name + suffix)
+        if candidate.is_file():
+            return candidate
+    if path.is_file():
+        raise DataValidationError(f"{path}: unsupported file type; expected a .csv or .parquet file")
+    raise DataValidationError(f"{path}: file not found (tried {path}.csv and {path}.parquet)")
+
+
+def read_frame(path: str | Path, id_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a .csv or .parquet file (a path without suffix tries NAME.csv, then NAME.parquet).
+
+    CSV columns are read as strings (typing is the schema's job, so nothing is lost to inference); parquet keeps
+    its types. ``id_columns`` that exist become stripped strings with empty values as NaN.
+    """
+    frame, _ = read_located(path, id_columns)
+    return frame
+
+
+def read_located(path: str | Path, id_columns: Iterable[str] = ()) -> tuple[pd.DataFrame, Path]:
+    """``read_frame`` plus the file actually read (for messages)."""
+    path = resolve_path(path)
+    if path.stat().st_size == 0:
+        raise DataValidationError(f"{path}: file is empty (0 bytes)")
+    if path.suffix.lower() == ".parquet":
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise DataValidationError(f"{path}: cannot read parquet file ({type(exc).__name__}: {exc})") from None
+    else:
+        frame = _read_csv(path)
+    if len(frame) == 0:
+        raise DataValidationError(f"{path}: no data rows (columns: {list(frame.columns)})")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    for column in id_columns:
+        if column in frame.columns:
+            frame[column] = _id_strings(frame[column])
+    return frame, path
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataValidationError(_utf8_error(path)) from None
+    except pd.errors.EmptyDataError:
+        raise DataValidationError(f"{path}: file is empty (no header, no rows)") from None
+    except pd.errors.ParserError as exc:
+        raise DataValidationError(f"{path}: malformed CSV: {_parser_detail(exc)}") from None
+    _check_tail(path, frame.shape[1])
+    return frame
+
+
+def _utf8_error(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return (f"{path}: not valid UTF-8: byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
+                f"(line {line}); save the file as UTF-8")
+    return f"{path}: not valid UTF-8; save the file as UTF-8"
+
+
+def _parser_detail(exc: Exception) -> str:
+    message = str(exc).strip()
+    eof = re.search(r"EOF inside string starting at row (\d+)", message)
+    if eof:  # pandas counts that row from 0 with the header as row 0
+        return f"quoted field opened on line {int(eof.group(1)) + 1} never closes; the file looks truncated"
+    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+    if fields:
+        expected, line, saw = fields.groups()
+        return f"line {line} has {saw} fields but the header has {expected}"
+    return message
+
+
+def _check_tail(path: Path, n_columns: int) -> None:
+    """A last line without newline and with too few fields is a cut-off file (pandas would pad it with NaN)."""
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 65536))
+        tail = handle.read()
+    if tail.endswith(b"\n") or n_columns <= 1:
+        return
+    last = tail.rsplit(b"\n", 1)[-1]
+    if b'"' in last or not last.strip():
+        return
+    n_fields = len(next(csv.reader([last.decode("utf-8", "replace")])))
+    if n_fields < n_columns:
+        line = path.read_bytes().count(b"\n") + 1
+        raise DataValidationError(f"{path}: malformed CSV: line {line} has {n_fields} of {n_columns} fields and "
+                                  f"no final newline; the file looks truncated")
+
+
+def _id_strings(series: pd.Series) -> pd.Series:
+    if series.dtype.kind == "f":  # an integer id column with gaps comes back from parquet as float
+        whole = series.dropna()
+        if (whole == np.floor(whole)).all():
+            series = series.astype("Int64")
+    out = series.astype("str").str.strip()
+    return out.mask(out == "")
+
+
+def first_true(mask: pd.Series | np.ndarray) -> int:
+    """0-based position of the first True in ``mask`` (which has one)."""
+    return int(np.flatnonzero(np.asarray(mask))[0])
+
+
+def cell_error(path: Path, column: str, row: int, message: str) -> DataValidationError:
+    """An error naming the file, the column and 0-based data ``row`` (shown 1-based)."""
+    return DataValidationError(f"{path}: column {column!r}, row {row + 1}: {message}")
+
+
+# ------------------------------------------------------------------------------------------ typed columns
+def to_numbers(series: pd.Series, path: Path, column: str, allow_missing: bool = True) -> pd.Series:
+    values = pd.to_numeric(series, errors="coerce").astype("float64")
+    bad = values.isna() & series.notna()
+    if bad.any():
+        i = first_true(bad)
+        raise cell_error(path, column, i, f"{series.iloc[i]!r} is not a number")
+    if not allow_missing and values.isna().any():
+        raise cell_error(path, column, first_true(values.isna()), "missing value in a numeric column")
+    return values
+
+
+def _looks_numeric(series: pd.Series) -> bool:
+    """Whether most of the first 1000 non-empty values are numbers (to_numeric is slow on failing strings)."""
+    head = series.dropna().iloc[:1000]
+    return len(head) > 0 and pd.to_numeric(head, errors="coerce").notna().mean() >= 0.5
+
+
+def to_datetimes(series: pd.Series, path: Path, column: str) -> pd.Series:
+    if series.dtype.kind not in "mM" and _looks_numeric(series):  # epoch seconds
+        return pd.to_datetime(to_numbers(series, path, column), unit="s")
+    with warnings.catch_warnings():  # "could not infer format": fine, rows are then parsed one by one
+        warnings.simplefilter("ignore", UserWarning)
+        parsed = pd.to_datetime(series, errors="coerce", utc=True)
+        if (parsed.isna() & series.notna()).any():  # the inferred format did not fit every row
+            parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
+    bad = parsed.isna() & series.notna()
+    if bad.any():
+        i = first_true(bad)
+        raise cell_error(path, column, i, f"cannot parse {series.iloc[i]!r} as a date/time")
+    return parsed.dt.tz_convert(None)
+
+
+def order_key(series: pd.Series, path: Path, column: str) -> np.ndarray:
+    """int64 order key: whole numbers as given, fractional numbers x 1e6, dates as microseconds since epoch."""
+    if series.isna().any():
+        raise cell_error(path, column, first_true(series.isna()), "empty timestamp")
+    if series.dtype.kind in "iu":
+        return series.to_numpy(np.int64)
+    if series.dtype.kind not in "mM" and _looks_numeric(series):
+        values = to_numbers(series, path, column).to_numpy()
+        whole = np.all(values == np.floor(values))
+        return (values if whole else np.round(values * 1e6)).astype(np.int64)
+    return to_datetimes(series, path, column).to_numpy().astype("datetime64[us]").astype(np.int64)

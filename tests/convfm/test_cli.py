@@ -1,0 +1,34 @@
+"""The `convfm` command: help, data synth, and one-line errors (tracebacks only with --debug)."""
+import subprocess
+import sys
+
+import pytest
+
+from convfm.cli import SUBCOMMANDS, build_parser, main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "convfm.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_every_subcommand_has_help(capsys):
+    for name in SUBCOMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args([name, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: convfm " + name in capsys.readouterr().out
+
+
+def test_data_synth_writes_a_market(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path), "--users", "50", "--jobs", "30",
+                 "--interactions", "500", "--seed", "3"]) == 0
+    assert {p.name for p in tmp_path.iterdir()} >= {"jobs.csv", "users.csv", "interactions.csv", "truth.csv"}
+    assert "wrote 50 users" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    result = run_cli("evaluate", "--model", str(tmp_path / "missing"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"convfm evaluate: error: {tmp_path / 'missing'}: model directory not found"]
+    debug = run_cli("--debug", "evaluate", "--model", str(tmp_path / "missing"))
+    assert "Traceback" in debug.stderr
