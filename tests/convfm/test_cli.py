@@ -32,3 +32,14 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert result.stderr.strip().splitlines() == [f"convfm evaluate: error: {tmp_path / 'missing'}: model directory not found"]
     debug = run_cli("--debug", "evaluate", "--model", str(tmp_path / "missing"))
     assert "Traceback" in debug.stderr
+
+
+def test_library_imports_no_ray():
+    code = ("import importlib, pkgutil, sys, convfm\n"
+            "for m in pkgutil.walk_packages(convfm.__path__, 'convfm.'):\n"
+            "    if not m.name.startswith('convfm.commands'): importlib.import_module(m.name)\n"
+            "import convfm.cli; convfm.cli.build_parser()\n"
+            "print(sorted(n for n in sys.modules if n == 'ray' or n.startswith('ray.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
