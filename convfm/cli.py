@@ -16,7 +16,11 @@ from convfm.errors import ConvFMError
 # subcommand -> (module with add_arguments(parser) and run(args), help line)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("convfm.commands.data", "data utilities: 'data synth' writes a synthetic job market"),
+    "train": ("convfm.commands.train", "train ConvFM with Ray Train on local CPU workers, GPUs or a cluster"),
+    "tune": ("convfm.commands.tune", "hyperparameter search with Ray Tune (ASHA); publishes the best model"),
     "evaluate": ("convfm.commands.evaluate", "evaluate a saved model on a data split, beside a popularity baseline"),
+    "serve": ("convfm.commands.serve", "run the recommendation service (Ray Serve) until Ctrl-C"),
+    "recommend": ("convfm.commands.recommend", "ask a running service for a user's top-k jobs"),
     "demo": ("convfm.commands.demo", "end-to-end demo: synthesize, train, tune, serve, query"),
 }
 

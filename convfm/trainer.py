@@ -67,14 +67,16 @@ def _plain(value: Any) -> Any:
 
 
 def epoch_record(epoch: int, train_stats: dict[str, float], report: dict[str, Any]) -> dict[str, Any]:
-    """Flat per-epoch metrics: train loss, val_* of the model, popularity AUC beside it."""
+    """Flat per-epoch metrics: train loss, val_* of the model, popularity_* (AUC, HR@k, NDCG@k) and the
+    oracle AUC (synthetic data) beside it."""
     record: dict[str, Any] = {"epoch": int(epoch), "train_loss": train_stats["train_loss"],
                               "samples_per_s": train_stats["samples"] / max(train_stats["train_seconds"], 1e-9)}
     for key, value in report["model"].items():
         record[f"val_{key}"] = value
     record["val_loss"] = report["model"]["log_loss"]
-    if "popularity" in report:
-        record["popularity_roc_auc"] = report["popularity"]["roc_auc"]
+    for key, value in report.get("popularity", {}).items():
+        if key == "roc_auc" or key.startswith(("hr@", "ndcg@")):
+            record[f"popularity_{key}"] = value
     if report.get("oracle_auc") is not None:
         record["oracle_roc_auc"] = report["oracle_auc"]
     return {key: _plain(value) for key, value in record.items()}

@@ -1,0 +1,45 @@
+"""Ray Train runs shared by the tests of train/: each is trained once per session on the small market.
+
+A Ray Train fit costs ~12 s of worker start-up on a 2-core box before its first epoch, so tests read these
+runs instead of training their own wherever one can answer the question.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from convfm.config import DataConfig, ModelConfig, TrainConfig
+
+TINY_MODEL = {"embedding_dim": 16, "conv_filters": 16, "hidden_dims": [32, 16]}
+FAST_TRAIN = {"batch_size": 256, "learning_rate": 0.01, "num_epochs": 3, "patience": 3}
+
+
+def configs(market_dir: Path, model: dict[str, Any] | None = None,
+            **train: Any) -> tuple[DataConfig, ModelConfig, TrainConfig]:
+    return (DataConfig(path=str(market_dir)), ModelConfig.from_dict({**TINY_MODEL, **(model or {})}),
+            TrainConfig.from_dict({**FAST_TRAIN, **train}))
+
+
+@pytest.fixture(scope="session")
+def make_configs(market_dir):
+    """configs(model_overrides=None, **train_overrides) on the session's small market."""
+    return lambda model=None, **train: configs(market_dir, model, **train)
+
+
+@pytest.fixture(scope="session")
+def run_one_worker(ray_local, market_dir, tmp_path_factory):
+    """1 CPU worker, dense embeddings, 3 epochs."""
+    from train.driver import run_training
+
+    return run_training(*configs(market_dir, num_workers=1), tmp_path_factory.mktemp("runs") / "one")
+
+
+@pytest.fixture(scope="session")
+def run_two_workers(ray_local, market_dir, tmp_path_factory):
+    """2 CPU workers (DDP on gloo) with sparse embedding gradients and a cosine schedule, 3 epochs."""
+    from train.driver import run_training
+
+    return run_training(*configs(market_dir, {"sparse_embeddings": True}, num_workers=2, lr_schedule="cosine"),
+                        tmp_path_factory.mktemp("runs") / "two")

@@ -1,0 +1,340 @@
+"""Driver of a Ray Train run: validate, prepare data once, start (or join) Ray, fit, write the run directory.
+
+Order matters: configs, the run directory and the data are all checked before Ray starts, so a bad field
+fails in a second with a message naming it, not after a cluster spins up. The extractor is fitted once,
+here, on the training split; workers receive their shard of the examples and (rank 0) the validation
+bundle through the object store, never the whole dataset.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import re
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Type, TypeVar
+
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+from ray.util.queue import Empty, Queue
+
+import convfm
+import train as train_package
+from convfm.config import BaseConfig, DataConfig, ModelConfig, TrainConfig
+from convfm.errors import ConfigError, ConvFMError
+from convfm.features import load_extractor
+from convfm.prepare import PreparedData, prepare_data
+from train.loop import MODEL_DIR, TRAIN_STATE, train_loop_per_worker
+from train.outputs import copy_model_dir, plot_curves, read_run, write_metrics_csv, write_run
+
+log = logging.getLogger(__name__)
+C = TypeVar("C", bound=BaseConfig)
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+class TrainingError(ConvFMError):
+    """Ray Train gave up on the run (a worker kept failing, or max_failures was reached)."""
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    out_dir: Path
+    best_dir: Path
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    stopped_early: bool
+    wall_seconds: float
+    restarts: list[int]  # epochs at which a worker group started from a checkpoint (failures, --resume)
+
+    @property
+    def validation_metrics(self) -> dict[str, Any]:
+        """The best epoch's validation metrics without the ``val_`` prefix (accuracy, ..., roc_auc)."""
+        return {k[4:]: v for k, v in self.best_metrics.items() if k.startswith("val_")}
+
+
+def _as_config(value: Any, cls: Type[C], section: str) -> C:
+    if isinstance(value, cls):
+        return value
+    if value is None:
+        return cls()
+    if isinstance(value, Mapping):
+        return cls.from_dict(value, source=section)
+    raise ConfigError(f"{section}: expected a {cls.__name__} or a mapping, got {type(value).__name__}")
+
+
+def run_training(
+    data_config: DataConfig | Mapping[str, Any],
+    model_config: ModelConfig | Mapping[str, Any],
+    train_config: TrainConfig | Mapping[str, Any],
+    out_dir: str | Path,
+    address: Optional[str] = None,
+    resume: bool = False,
+    storage_path: Optional[str] = None,
+    *,
+    on_epoch: Optional[EpochCallback] = None,
+    loop_options: Optional[Mapping[str, Any]] = None,
+    resources_per_worker: Optional[Mapping[str, float]] = None,
+    extractor_options: Optional[Mapping[str, Any]] = None,
+    prepared: Optional[PreparedData] = None,
+    quiet: bool = True,
+) -> TrainingResult:
+    """Train with ``TorchTrainer`` and write ``out_dir`` (best/, metrics.csv, curves.png, run.json).
+
+    Configs may be config objects or plain mappings (validated here, before Ray). ``resume`` continues the
+    run in ``out_dir`` from its latest checkpoint: its data and model configs must match, the train config
+    may differ (more epochs, more workers). ``storage_path`` is where Ray Train keeps checkpoints (default
+    ``out_dir/ray``; on a multi-node cluster a shared path or URI). ``on_epoch`` gets rank 0's metrics of
+    each epoch as it is reported. ``loop_options`` adds keys to the worker config (``crash_at_epoch``...).
+    ``extractor_options`` go to the extractor fitted for a new run (a resumed run reuses its own);
+    ``prepared`` is data the caller already prepared from ``data_config``. ``quiet`` keeps worker and
+    controller logs off the terminal when this call starts Ray.
+    """
+    started = time.perf_counter()
+    data_config = _as_config(data_config, DataConfig, "data")
+    model_config = _as_config(model_config, ModelConfig, "model")
+    train_config = _as_config(train_config, TrainConfig, "train")
+    _check_configs(model_config, train_config)
+    out_dir = Path(out_dir).expanduser().resolve()
+    run = _run_identity(out_dir, resume, data_config, model_config, storage_path)
+    if resume:
+        data = prepare_data(data_config, extractor=_check_resumable(run, train_config))
+    elif prepared is not None:
+        if prepared.config != data_config:
+            raise ConfigError("prepared: data was prepared from a different DataConfig than data_config")
+        data = prepared
+    else:
+        data = prepare_data(data_config, extractor_options=dict(extractor_options or {}))
+    _check_data(data, train_config)
+    run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_run(out_dir, run)
+
+    _init_ray(address, quiet)
+    progress = Queue(actor_options={"num_cpus": 0}) if on_epoch is not None else None
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(data, model_config, train_config, loop_options),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=train_config.num_workers, use_gpu=train_config.use_gpu,
+            resources_per_worker=dict(resources_per_worker) if resources_per_worker else None),
+        run_config=_run_config(run, train_config, [] if progress is None else [_ProgressCallback(progress)]),
+    )
+    with _relay_progress(progress, on_epoch):
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as exc:
+            write_run(out_dir, {**run, "status": "failed", "error": str(exc)[:4000]})
+            raise TrainingError(f"training failed after {train_config.max_failures} restart(s): "
+                                f"{_failure_summary(exc)} (full error in {out_dir / 'run.json'})") from exc
+    return _finish(out_dir, run, result, train_config, time.perf_counter() - started)
+
+
+def _failure_summary(exc: Exception) -> str:
+    """The exception lines of Ray's multi-rank error report, e.g. "RuntimeError: ... Connection reset"."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    causes = [line[:200] for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", line) or "died" in line]
+    return "; ".join(dict.fromkeys(causes[:3])) or (lines[0] if lines else type(exc).__name__)
+
+
+def _run_config(run: Mapping[str, Any], config: TrainConfig, callbacks: list[Any]) -> ray.train.RunConfig:
+    """Same name + storage as an earlier attempt = Ray resumes it (latest checkpoint via get_checkpoint)."""
+    return ray.train.RunConfig(
+        name=run["name"], storage_path=run["storage_path"], callbacks=callbacks,
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=config.keep_checkpoints, checkpoint_score_attribute="val_roc_auc",
+            checkpoint_score_order="max"),
+        failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+    )
+
+
+def loop_config(data: PreparedData, model_config: ModelConfig, train_config: TrainConfig,
+                options: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """The worker config: plain dicts plus object refs of one equal-length train shard per rank."""
+    world = train_config.num_workers
+    shards = [data.sets["train"].shard(rank, world, equal=True) for rank in range(world)]
+    return {
+        "model": model_config.to_dict(), "train": train_config.to_dict(), "data": data.config.to_dict(),
+        "feature_map": data.extractor.feature_map.to_dict(),
+        "train_shards": [ray.put(shard) for shard in shards],
+        "eval_bundle": [ray.put(data.for_split("valid"))],
+        **dict(options or {}),
+    }
+
+
+def _run_identity(out_dir: Path, resume: bool, data_config: DataConfig, model_config: ModelConfig,
+                  storage_path: Optional[str]) -> dict[str, Any]:
+    """run.json's identity part: a new run must not reuse a run directory (Ray would silently resume it);
+    a resumed one must exist and have the same data and model."""
+    if not resume:
+        if (out_dir / "run.json").exists():
+            raise ConfigError(f"{out_dir} already holds a run; pass --resume {out_dir} or choose another --out")
+        storage = storage_path or str(out_dir / "ray")
+        if "://" not in storage:
+            storage = str(Path(storage).expanduser().resolve())
+        return {"name": out_dir.name, "storage_path": storage, "data": data_config.to_dict(),
+                "model": model_config.to_dict(), "attempts": 1}
+    run = read_run(out_dir)
+    for section, config in (("model", model_config), ("data", data_config)):
+        saved = {k: v for k, v in run[section].items() if k != "path"}
+        changed = sorted(k for k, v in config.to_dict().items() if k != "path" and saved.get(k) != v)
+        if changed:
+            raise ConfigError(f"--resume {out_dir}: {section} field(s) {changed} differ from the run's; "
+                              "a resumed run keeps its data and model")
+    run.update(data=data_config.to_dict(), storage_path=storage_path or run["storage_path"],
+               attempts=int(run.get("attempts", 1)) + 1)
+    return run
+
+
+def _latest_checkpoint(run: Mapping[str, Any]) -> Optional[ray.train.Checkpoint]:
+    from ray.train import Result
+
+    try:
+        return Result.from_path(f"{run['storage_path'].rstrip('/')}/{run['name']}").checkpoint
+    except (FileNotFoundError, RuntimeError, ValueError):
+        return None
+
+
+def _check_resumable(run: Mapping[str, Any], train_config: TrainConfig) -> Any:
+    """The extractor of the run's latest checkpoint (so data encodes as before); refuses a finished run."""
+    checkpoint = _latest_checkpoint(run)
+    if checkpoint is None:
+        return None  # nothing was checkpointed: the run starts over
+    with checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / TRAIN_STATE, map_location="cpu", weights_only=True)
+        extractor = load_extractor(Path(directory) / MODEL_DIR)
+    done, bad = int(state["next_epoch"]), int(state["stopper"]["bad_epochs"])
+    if done >= train_config.num_epochs:
+        raise ConfigError(f"num_epochs: the run already trained {done} epoch(s); pass --epochs > {done} to continue")
+    if bad >= train_config.patience:
+        raise ConfigError(f"patience: the run stopped early after {bad} epoch(s) without improvement; "
+                          f"raise patience above {bad} to continue")
+    return extractor
+
+
+def _check_configs(model: ModelConfig, train: TrainConfig) -> None:
+    """Combinations each config cannot check alone."""
+    if model.sparse_embeddings and train.use_gpu and train.num_workers > 1:
+        raise ConfigError("sparse_embeddings: DDP cannot all-reduce sparse gradients over NCCL (GPU workers); "
+                          "use dense embeddings with use_gpu and num_workers > 1, or CPU workers (gloo)")
+
+
+def _check_data(data: PreparedData, config: TrainConfig) -> None:
+    if len(data.sets["train"]) < config.num_workers:
+        raise ConfigError(f"num_workers: {config.num_workers} workers but only {len(data.sets['train'])} "
+                          "training examples")
+    labels = data.sets["valid"].labels
+    if len(labels) == 0 or labels.min() == labels.max():
+        raise ConfigError("valid_fraction: the validation split needs positive and negative examples "
+                          f"(has {len(labels)} example(s)); raise data.valid_fraction or add data")
+
+
+def _init_ray(address: Optional[str], quiet: bool) -> None:
+    """Join the caller's Ray, or the cluster at ``address``, or start a local one (dashboard on: Ray
+    Train's cleanup queries the State API through it)."""
+    if ray.is_initialized():
+        return
+    if address is None:
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # reports return in ~0.5 s, not 2 s
+        ray.init(include_dashboard=True, configure_logging=False, log_to_driver=not quiet)
+    else:  # workers on other nodes import convfm and train from the uploaded packages
+        ray.init(address=address, runtime_env={"py_modules": [convfm, train_package]}, log_to_driver=not quiet)
+
+
+class _ProgressCallback(ray.train.UserCallback):
+    """Runs in the Train controller: forwards rank 0's epoch metrics to the driver through a Ray queue."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if metrics and "val_roc_auc" in metrics[0]:
+            self.queue.put_nowait(dict(metrics[0]))
+
+
+@contextmanager
+def _relay_progress(progress: Optional[Queue], on_epoch: Optional[EpochCallback]) -> Iterator[None]:
+    """Call ``on_epoch`` on the driver for each epoch the controller forwards, while fit() blocks."""
+    if progress is None or on_epoch is None:
+        yield
+        return
+    done = threading.Event()
+
+    def drain(block: bool) -> None:
+        while True:
+            try:
+                record = progress.get(block=block, timeout=0.2 if block else None)
+            except Empty:
+                return
+            try:
+                on_epoch(record)
+            except Exception:  # a printing error must not kill training
+                log.exception("on_epoch callback failed")
+
+    def relay() -> None:
+        while not done.is_set():
+            drain(block=True)
+
+    thread = threading.Thread(target=relay, name="convfm-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        drain(block=False)
+        progress.shutdown()
+
+
+def _finish(out_dir: Path, run: dict[str, Any], result: Any, config: TrainConfig,
+            wall_seconds: float) -> TrainingResult:
+    scored = [(c, m) for c, m in result.best_checkpoints if not math.isnan(float(m.get("val_roc_auc", math.nan)))]
+    if not scored or result.checkpoint is None:
+        raise TrainingError(f"run {run['name']} produced no checkpoint with a validation AUC")
+    best_checkpoint, best_metrics = max(scored, key=lambda cm: float(cm[1]["val_roc_auc"]))
+    with best_checkpoint.as_directory() as directory:
+        best_dir = copy_model_dir(Path(directory) / MODEL_DIR, out_dir / "best")
+    with result.checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / TRAIN_STATE, map_location="cpu", weights_only=True)
+    history = state["history"]
+    write_metrics_csv(history, out_dir / "metrics.csv")
+    plot_curves(history, out_dir / "curves.png")
+    stopped_early = bool(state["stopper"]["bad_epochs"] >= config.patience and state["next_epoch"] < config.num_epochs)
+    restarts = sorted({int(r["run_start_epoch"]) for r in history} - {0})
+    best_metrics = dict(best_metrics)
+    run.update(
+        status="finished", best_epoch=int(best_metrics["epoch"]), best_metrics=best_metrics,
+        epochs_trained=len(history), stopped_early=stopped_early, restarts=restarts,
+        wall_seconds=round(wall_seconds, 2), result_path=str(result.path), best_dir=str(best_dir),
+    )
+    write_run(out_dir, run)
+    return TrainingResult(out_dir, best_dir, int(best_metrics["epoch"]), best_metrics, history, stopped_early,
+                          wall_seconds, restarts)
+
+
+def format_epoch(record: Mapping[str, Any]) -> str:
+    """One progress line per epoch (the CLI and the demo print it)."""
+    line = (f"epoch {int(record['epoch']) + 1:3d}  train_loss {record['train_loss']:.4f}  "
+            f"val_loss {record['val_loss']:.4f}  val_auc {record['val_roc_auc']:.4f}")
+    if "val_ndcg@10" in record:
+        line += f"  ndcg@10 {record['val_ndcg@10']:.4f}"
+    return line + f"  ({record['samples_per_s']:,.0f} samples/s/worker, {int(record['world_size'])} worker(s))"
+
+
+def format_summary(result: TrainingResult) -> str:
+    best = result.best_metrics
+    lines = [
+        f"best epoch {result.best_epoch + 1} of {len(result.history)}: val_auc {best['val_roc_auc']:.4f}"
+        + (f"  popularity {best['popularity_roc_auc']:.4f}" if "popularity_roc_auc" in best else "")
+        + (f"  oracle {best['oracle_roc_auc']:.4f}" if "oracle_roc_auc" in best else ""),
+        f"stopped early: {'yes' if result.stopped_early else 'no'}; resumed at epoch(s): "
+        f"{', '.join(str(e + 1) for e in result.restarts) or 'none'}; wall time {result.wall_seconds:.1f}s",
+        f"best model: {result.best_dir}",
+        f"metrics: {result.out_dir / 'metrics.csv'}  curves: {result.out_dir / 'curves.png'}",
+    ]
+    return "\n".join(lines)

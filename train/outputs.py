@@ -1,0 +1,95 @@
+"""What a finished run leaves in its directory (Ray-free): metrics.csv, curves.png, run.json, best/.
+
+  runs/NAME/run.json      configs, Ray run name and storage, status, best epoch, stopped_early, wall time
+  runs/NAME/metrics.csv   one row per epoch (resumed runs included, each epoch once)
+  runs/NAME/curves.png    train/validation loss and validation AUC (popularity and oracle beside it)
+  runs/NAME/best/         the best checkpoint's model directory (loads with convfm.artifacts.load_model_dir)
+  runs/NAME/ray/NAME/     Ray Train's storage: checkpoints (kept best N by validation AUC, plus the latest)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from convfm.artifacts import verify_model_dir
+from convfm.errors import ConfigError
+
+RUN_FILE = "run.json"
+
+
+def read_run(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / RUN_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; {out_dir} is not a convfm training run") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+
+
+def write_run(out_dir: Path, run: Mapping[str, Any]) -> None:
+    """Atomically (temp file + rename), so an interrupted run never leaves half a run.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=".run.", suffix=".json", dir=out_dir)
+    with os.fdopen(handle, "w") as file:
+        file.write(json.dumps(dict(run), indent=2, default=_json_default) + "\n")
+    os.replace(tmp, out_dir / RUN_FILE)
+
+
+def _json_default(value: Any) -> Any:
+    return float(value) if isinstance(value, (int, float)) else str(value)
+
+
+def write_metrics_csv(history: Sequence[Mapping[str, Any]], path: Path) -> None:
+    epochs = [int(r["epoch"]) for r in history]
+    if epochs != list(range(len(epochs))):  # resume must neither skip nor repeat an epoch
+        raise RuntimeError(f"run history has gaps or duplicates: epochs {epochs}")
+    pd.DataFrame(list(history)).to_csv(path, index=False)
+
+
+def plot_curves(history: Sequence[Mapping[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    frame = pd.DataFrame(list(history))
+    epochs = frame["epoch"] + 1
+    fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot(epochs, frame["train_loss"], marker="o", label="train loss")
+    loss_ax.plot(epochs, frame["val_loss"], marker="o", label="validation log loss")
+    loss_ax.set(xlabel="epoch", ylabel="binary cross-entropy", title="Loss")
+    auc_ax.plot(epochs, frame["val_roc_auc"], marker="o", label="ConvFM")
+    if "popularity_roc_auc" in frame:
+        auc_ax.plot(epochs, frame["popularity_roc_auc"], linestyle="--", label="popularity baseline")
+    if "oracle_roc_auc" in frame and not math.isnan(frame["oracle_roc_auc"].iloc[-1]):
+        auc_ax.axhline(frame["oracle_roc_auc"].iloc[-1], color="grey", linestyle=":", label="oracle (true p)")
+    auc_ax.set(xlabel="epoch", ylabel="ROC-AUC", title="Validation ROC-AUC")
+    for ax in (loss_ax, auc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def copy_model_dir(source: Path, target: Path) -> Path:
+    """Copy a model directory, verify it against its manifest, then swap it in place of ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    shutil.rmtree(tmp)
+    shutil.copytree(source, tmp)
+    verify_model_dir(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
