@@ -1,0 +1,262 @@
+"""Serving benchmark on loopback, in one run:
+
+1. a bounded load (fixed request count and concurrency; asyncio + httpx) on POST /recommend against
+   (a) a no-op Ray Serve endpoint (Serve's own overhead), (b) a plain FastAPI/uvicorn process calling the same
+   scorer (no Ray, no batching) and (c) the convfm Serve app (ingress -> batched Ranker);
+2. ranking a 100k-job catalog for one user: the precomputed fast path vs the model's full forward.
+
+    python benchmarks/serve_load.py                       # ~2-3 minutes on 2 cores
+    python benchmarks/serve_load.py --model models/NAME   # an existing registry entry instead of a fresh model
+    python benchmarks/serve_load.py --smoke-test          # seconds: tiny numbers, checks that it runs
+
+The client shares the machine with the servers, so absolute req/s mostly measure this box; compare rows.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------ model
+def build_model(workdir: Path, users: int, jobs: int, interactions: int) -> Path:
+    """A default-size ConvFM trained one epoch on a synthetic market, published as workdir/models/bench."""
+    from convfm.artifacts import save_model_dir
+    from convfm.config import DataConfig, ModelConfig, TrainConfig
+    from convfm.prepare import prepare_data
+    from convfm.registry import publish
+    from convfm.serving import serving_extra_json
+    from convfm.synth import generate_market, write_market
+    from convfm.trainer import fit_in_process
+
+    write_market(generate_market(users=users, jobs=jobs, interactions=interactions, seed=0), workdir / "data")
+    data = prepare_data(DataConfig(path=str(workdir / "data")))
+    train = TrainConfig(num_epochs=1, batch_size=1024, eval_negatives=20, use_amp=False)
+    model, history = fit_in_process(data, ModelConfig(), train)
+    export = save_model_dir(workdir / "export", model, data.extractor, metrics=history[-1],
+                            extra_json=serving_extra_json(data))
+    publish(export, workdir / "models", "bench")
+    return workdir / "models" / "bench"
+
+
+# ------------------------------------------------------------------------------------------- load
+async def load(url: str, bodies: list[dict], requests: int, concurrency: int) -> dict[str, float]:
+    """``requests`` POSTs by ``concurrency`` workers -> req/s, latency percentiles (ms), errors."""
+    import httpx
+
+    latencies: list[float] = []
+    errors, issued = 0, 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        async def worker() -> None:
+            nonlocal errors, issued
+            while issued < requests:
+                body = bodies[issued % len(bodies)]
+                issued += 1
+                start = time.perf_counter()
+                try:
+                    response = await client.post("/recommend", json=body)
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - start)
+                errors += not ok
+
+        for _ in range(min(50, requests)):  # warm-up, not counted
+            await client.post("/recommend", json=bodies[0])
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    q = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
+    return {"requests": len(latencies), "req_s": len(latencies) / elapsed, "p50": q[0], "p95": q[1], "p99": q[2],
+            "errors": errors}
+
+
+def wait_healthy(url: str, timeout_s: float = 180.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not healthy after {timeout_s:.0f}s")
+
+
+def plain_server(model: str, port: int) -> None:
+    """(b): the same HTTP app and scorer under plain uvicorn, one process, no Ray."""
+    import uvicorn
+
+    from serve.http import LocalBackend, build_http_app
+    from serve.scorer import ModelSlot
+
+    slot = ModelSlot(model)
+    report = slot.load()
+    if not report["ok"]:
+        raise SystemExit(report["error"])
+    uvicorn.run(build_http_app(LocalBackend(slot)), host="127.0.0.1", port=port, log_level="warning",
+                access_log=False)
+
+
+def serve_targets(model: str, port: int, cpus: int):
+    """Start Ray Serve with (a) a no-op app under /noop and (c) the convfm app under /."""
+    import ray
+    from fastapi import FastAPI
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.config import ServeConfig
+
+    noop = FastAPI()
+
+    @noop.post("/recommend")
+    async def recommend() -> dict:
+        return {"items": []}
+
+    @noop.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    noop_app = serve.deployment(serve.ingress(noop)(), name="NoOp", ray_actor_options={"num_cpus": 0.1},
+                                logging_config={"enable_access_log": False})
+    serve.run(noop_app.bind(), name="noop", route_prefix="/noop")
+    config = ServeConfig(model=model, port=port, num_cpus=1, max_batch_size=16, batch_wait_timeout_s=0.002)
+    serve.run(build_app(config), name="convfm", route_prefix="/")
+    return serve, ray
+
+
+# ---------------------------------------------------------------------------------------- catalog
+def catalog_timing(model_path: str, n_jobs: int, repeats: int) -> dict[str, float]:
+    """Top-10 over ``n_jobs`` jobs (the fitted catalog tiled) for one user: fast path vs full forward."""
+    import torch
+
+    from convfm.ranking import CatalogRanker
+    from convfm.registry import resolve
+    from serve.scorer import Scorer
+
+    scorer = Scorer.load(resolve(model_path))
+    extractor, model = scorer.extractor, scorer.ranker.model
+    rows = np.random.default_rng(0).integers(1, len(extractor.job_catalog), size=n_jobs)
+    jobs = extractor.job_catalog.take(np.concatenate([[0], rows]))
+    started = time.perf_counter()
+    ranker = CatalogRanker(model, extractor, jobs=jobs)
+    precompute = time.perf_counter() - started
+    user = extractor.user_catalog.take([1])
+
+    def fast() -> np.ndarray:
+        return ranker.top_k(user, 10)[0]
+
+    def full() -> np.ndarray:
+        scores = ranker.full_scores(user)[0]
+        scores[0] = -torch.inf
+        return torch.topk(scores, 10).indices.numpy()
+
+    fast()  # warm-up
+    fast_s = min(_timed(fast) for _ in range(repeats))
+    full_s = min(_timed(full) for _ in range(max(1, repeats // 3)))
+    gap = float((ranker.score_all(user) - ranker.full_scores(user)).abs().max())
+    same = bool(np.array_equal(np.sort(fast()), np.sort(full())))
+    return {"jobs": n_jobs, "precompute_s": precompute, "fast_s": fast_s, "full_s": full_s, "max_abs_diff": gap,
+            "same_top10": same, "threads": torch.get_num_threads()}
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------------------- main
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="registry entry or model dir (default: train a fresh one)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per target (default 2000)")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default 16)")
+    parser.add_argument("--catalog-jobs", type=int, default=100_000, help="catalog size to rank (default 100000)")
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs for the local Ray")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks that everything runs")
+    parser.add_argument("--plain-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain_server:
+        plain_server(args.model, args.plain_server)
+        return 0
+    if args.smoke_test:
+        args.requests, args.concurrency, args.catalog_jobs = 100, 4, 5_000
+
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="convfm-bench-"))
+    model = str(Path(args.model).absolute()) if args.model else str(build_model(
+        workdir, *((300, 200, 5_000) if args.smoke_test else (2_000, 1_000, 30_000))))
+    print(f"model {model} ready after {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    from serve.scorer import ModelSlot
+
+    slot = ModelSlot(model)
+    slot.load()
+    users = list(slot.require().extractor.user_rows)[:200]
+    bodies = [{"user_id": u, "k": 10} for u in users]
+    del slot
+
+    catalog = catalog_timing(model, args.catalog_jobs, repeats=3 if args.smoke_test else 6)
+    results = {}
+    plain_port, serve_port = free_port(), free_port()
+    plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(plain_port), "--model", model],
+                             cwd=ROOT)
+    try:
+        wait_healthy(f"http://127.0.0.1:{plain_port}")
+        results["plain FastAPI/uvicorn + scorer"] = asyncio.run(
+            load(f"http://127.0.0.1:{plain_port}", bodies, args.requests, args.concurrency))
+    finally:
+        plain.terminate()
+        plain.wait(30)
+    serve, ray = serve_targets(model, serve_port, args.cpus)
+    try:
+        base = f"http://127.0.0.1:{serve_port}"
+        wait_healthy(base)
+        results["Ray Serve no-op endpoint"] = asyncio.run(load(f"{base}/noop", bodies, args.requests, args.concurrency))
+        results["Ray Serve convfm (batched Ranker)"] = asyncio.run(load(base, bodies, args.requests, args.concurrency))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    print(f"\n### POST /recommend (k=10), {args.requests} requests at concurrency {args.concurrency}, loopback\n")
+    print("| target | requests | req/s | p50 ms | p95 ms | p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['requests']} | {r['req_s']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} "
+              f"| {r['errors']} |")
+    c = catalog
+    print(f"\n### Top-10 over a {c['jobs']:,}-job catalog for one user (torch threads: {c['threads']})\n")
+    print("| path | time | speedup |")
+    print("|---|---:|---:|")
+    print(f"| full forward (model over every pair) | {c['full_s'] * 1000:.0f} ms | 1.0x |")
+    print(f"| fast path (job side precomputed) | {c['fast_s'] * 1000:.1f} ms | {c['full_s'] / c['fast_s']:.1f}x |")
+    print(f"| job-side precompute, once per model load | {c['precompute_s']:.2f} s | |")
+    print(f"\nmax |fast - full| logit over the catalog: {c['max_abs_diff']:.1e}; same top-10: {c['same_top10']}; "
+          f"total run {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""`convfm recommend`: ask a running service for a user's top-k jobs and print them as a table."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from typing import Any
+
+from convfm.errors import ConvFMError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user", metavar="ID", help="user id (unknown ids get popular jobs unless a profile is given)")
+    parser.add_argument("-k", type=int, default=10, help="number of jobs, 1..100 (default 10)")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="service URL (default http://127.0.0.1:8000)")
+    parser.add_argument("--skills", help="cold-start profile: comma-separated skills")
+    parser.add_argument("--location", help="cold-start profile: location")
+    parser.add_argument("--experience", help="cold-start profile: experience level")
+    parser.add_argument("--filter-location", help="only jobs in this location")
+    parser.add_argument("--job-type", help="only jobs of this type (full_time, contract, ...)")
+    parser.add_argument("--salary-min", type=float, help="only jobs whose salary range reaches this")
+    parser.add_argument("--include-seen", action="store_true", help="keep jobs the user already interacted with")
+    parser.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
+
+
+def request_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"k": args.k, "exclude_seen": not args.include_seen}
+    if args.user:
+        body["user_id"] = args.user
+    profile = {"skills": [s.strip() for s in (args.skills or "").split(",") if s.strip()],
+               "location": args.location, "experience_level": args.experience}
+    if profile["skills"] or args.location or args.experience:
+        body["profile"] = {key: value for key, value in profile.items() if value}
+    filters = {"location": args.filter_location, "job_type": args.job_type, "salary_min": args.salary_min}
+    body["filters"] = {key: value for key, value in filters.items() if value is not None}
+    if "user_id" not in body and "profile" not in body:
+        raise ConvFMError("give --user or a profile (--skills/--location/--experience)")
+    return body
+
+
+def format_table(result: dict[str, Any], width: int = 0) -> str:
+    """Rank, title, company, location, score, why; the why column is cut to the terminal width."""
+    width = width or shutil.get_terminal_size((140, 20)).columns
+    rows = [(str(n), i.get("title") or i["job_id"], i.get("company") or "", i.get("location") or "",
+             f"{i['score']:.3f}", i.get("why") or "") for n, i in enumerate(result["items"], 1)]
+    header = ("#", "title", "company", "location", "score", "why")
+    widths = [max(len(r[c]) for r in rows + [header]) for c in range(5)]
+    room = max(20, width - sum(widths) - 2 * 5)
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths + [0])).rstrip()]
+    for row in rows:
+        why = row[5] if len(row[5]) <= room else row[5][: room - 3] + "..."
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + why)
+    notes = [f"model {result['model_version']}"]
+    if result.get("fallback"):
+        notes.append(f"fallback: {result['fallback']} (user unknown, no profile)")
+    if result.get("cold_start"):
+        notes.append("cold start: scored from the profile")
+    return "\n".join(lines + ["", "; ".join(notes)])
+
+
+def run(args: argparse.Namespace) -> int:
+    import requests
+
+    body = request_body(args)
+    headers = {}
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise ConvFMError(f"--api-key-env: environment variable {args.api_key_env} is not set")
+        headers["X-API-Key"] = key
+    try:
+        response = requests.post(f"{args.url.rstrip('/')}/recommend", json=body, headers=headers, timeout=60)
+    except requests.RequestException as exc:
+        raise ConvFMError(f"cannot reach {args.url}: {type(exc).__name__} (is `convfm serve` running?)") from None
+    if response.status_code != 200:
+        try:
+            detail = response.json()
+            detail = detail.get("message") or detail.get("detail")
+        except ValueError:
+            detail = response.text[:300]
+        raise ConvFMError(f"{args.url} answered {response.status_code}: {detail}")
+    result = response.json()
+    if not result["items"]:
+        print("no jobs match")
+        return 0
+    print(format_table(result))
+    return 0

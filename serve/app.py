@@ -1,0 +1,221 @@
+"""The Ray Serve application: a FastAPI ingress (``Api``) in front of a batched ranking deployment (``Ranker``).
+
+    serve run serve.app:app_builder model=models/NAME [port=...]     # builder args are ServeConfig fields
+    serve run serve.app:app                                          # model from $CONVFM_MODEL
+    serve deploy serve/config.yaml                                   # against `ray start --head`
+    convfm serve --model models/NAME                                 # the same, from the CLI
+
+``Ranker`` replicas each hold a ``ModelSlot``; the model loads in a background thread, so ``/healthz`` answers
+503 until it is ready. ``@serve.batch`` gathers concurrent requests and scores them in one pass over the
+catalog. Model versions change through ``POST /admin/reload`` or the ``Api`` deployment's
+``user_config: {model_version: vNNNN}`` (``serve deploy``): both broadcast a reload to every Ranker replica; a
+replica whose load fails keeps its model. The ingress then tags requests with the version it wants, so
+replicas started later (autoscaling, restarts) catch up in the background. Run one ``Api`` replica: it owns
+that version (it is thin; the Ranker is what scales).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ray import serve
+from ray.exceptions import RayError
+from ray.serve.handle import DeploymentHandle
+
+from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, ServeConfig
+from serve.http import build_http_app, reload_outcome, unwrap, wrap
+from serve.scorer import ModelSlot, ServiceError
+
+log = logging.getLogger(__name__)
+APP_NAME = "convfm"
+RETRY_FAILED_VERSION_S = 60.0
+
+
+@serve.deployment(name="Ranker")
+class Ranker:
+    """Scores requests in batches with the model of this replica's ``ModelSlot``."""
+
+    def __init__(self, model: str, version: Optional[str], max_batch_size: int, batch_wait_timeout_s: float,
+                 device: str = "cpu") -> None:
+        self.slot = ModelSlot(model, device)
+        for method in (self._recommend_batch, self._score_batch):
+            method.set_max_batch_size(max_batch_size)
+            method.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.stats = {"batches": 0, "requests": 0, "largest_batch": 0, "compute_s": 0.0}
+        self._following: Optional[str] = None
+        self._failed: dict[str, float] = {}  # version -> time before which it is not retried
+        threading.Thread(target=self.slot.load, args=(version,), name="convfm-model-load", daemon=True).start()
+
+    # ------------------------------------------------------------------------------------------ scoring
+    async def recommend(self, request: Any, want: Optional[str] = None) -> dict[str, Any]:
+        self._follow(want)
+        return await self._recommend_batch(request)
+
+    async def score(self, request: Any, want: Optional[str] = None) -> dict[str, Any]:
+        self._follow(want)
+        return await self._score_batch(request)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _recommend_batch(self, requests: list[Any]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._run_batch, "recommend_many", requests)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _score_batch(self, requests: list[Any]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._run_batch, "score_many", requests)
+
+    def _run_batch(self, method: str, requests: list[Any]) -> list[dict[str, Any]]:
+        """Exactly one wrapped result per request (a length mismatch would hang @serve.batch callers)."""
+        self.stats["batches"] += 1
+        self.stats["requests"] += len(requests)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
+        started = time.perf_counter()
+        try:
+            results = getattr(self.slot.require(), method)(requests)
+        except ServiceError as exc:
+            results = [exc] * len(requests)
+        except Exception:  # noqa: BLE001 - one bad batch must not take the replica down
+            log.exception("%s failed for a batch of %d", method, len(requests))
+            results = [ServiceError(500, "internal error while scoring")] * len(requests)
+        self.stats["compute_s"] += time.perf_counter() - started
+        return [wrap(r) for r in results]
+
+    # --------------------------------------------------------------------------------------- model state
+    def _follow(self, want: Optional[str]) -> None:
+        """Load the ingress's wanted version in the background; keep serving the current one meanwhile."""
+        current = self.slot.current
+        if (want is None or self._following is not None or (current is not None and current.version == want)
+                or time.monotonic() < self._failed.get(want, 0.0)):
+            return
+        self._following = want
+        threading.Thread(target=self._load_wanted, args=(want,), name="convfm-model-follow", daemon=True).start()
+
+    def _load_wanted(self, want: str) -> None:
+        try:
+            if not self.slot.load(want)["ok"]:
+                self._failed[want] = time.monotonic() + RETRY_FAILED_VERSION_S
+        finally:
+            self._following = None
+
+    async def reload(self, version: Optional[str]) -> dict[str, Any]:
+        report = await asyncio.to_thread(self.slot.load, version)
+        report["replica"] = serve.get_replica_context().replica_tag
+        return report
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        try:
+            return wrap(self.slot.require().job(job_id))
+        except ServiceError as exc:
+            return wrap(exc)
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        return self.slot.health()
+
+    def info(self) -> dict[str, Any]:
+        try:
+            return wrap({**self.slot.info(), "batching": dict(self.stats)})
+        except ServiceError as exc:
+            return wrap(exc)
+
+
+@serve.deployment(name="Api", num_replicas=1)
+@serve.ingress()
+class Api:
+    """HTTP ingress: validation, auth and limits (``serve.http``), then calls into ``Ranker``."""
+
+    def __init__(self, ranker: DeploymentHandle, settings: dict[str, Any]) -> None:
+        self.ranker, self.settings = ranker, settings
+        self.want: Optional[str] = settings.get("model_version")
+        self._configured = False
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return build_http_app(self, api_key_digest=self.settings.get("api_key_digest"),
+                              auth_all=self.settings.get("auth_all_endpoints", False),
+                              max_body_bytes=self.settings["max_body_bytes"])
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """``user_config: {model_version: vNNNN}``; a change after start-up reloads every Ranker replica."""
+        version = (user_config or {}).get("model_version")
+        if not self._configured:
+            self._configured, self.want = True, version or self.want
+            return
+        if version != self.want:
+            status, body = await self.reload(version)
+            log.warning("user_config reload to %s: %s", version, "ok" if status == 200 else body["error"])
+
+    async def _call(self, method: str, *args: Any, timeout: Optional[float] = None) -> Any:
+        async def call() -> Any:
+            return await getattr(self.ranker, method).remote(*args)
+
+        try:
+            return await asyncio.wait_for(call(), timeout or self.settings["request_timeout_s"])
+        except asyncio.TimeoutError:
+            raise ServiceError(504, f"{method} timed out") from None
+        except RayError as exc:  # a replica died or is restarting: retryable, not a bug in the request
+            log.warning("%s failed: %s", method, type(exc).__name__)
+            raise ServiceError(503, f"ranking replica unavailable ({type(exc).__name__}); retry") from None
+
+    async def recommend(self, request: Any) -> dict[str, Any]:
+        return unwrap(await self._call("recommend", request, self.want))
+
+    async def score(self, request: Any) -> dict[str, Any]:
+        return unwrap(await self._call("score", request, self.want))
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return unwrap(await self._call("job", job_id))
+
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        try:
+            return tuple(await self._call("health", timeout=5.0))
+        except ServiceError:
+            return 503, {"status": "starting"}
+
+    async def model_info(self) -> dict[str, Any]:
+        return unwrap(await self._call("info"))
+
+    async def reload(self, version: Optional[str]) -> tuple[int, dict[str, Any]]:
+        previous = self.want
+        response = self.ranker.broadcast("reload", version)
+        try:
+            results = await response.results_async(timeout_s=600.0, return_exceptions=True)
+        except TimeoutError:
+            results = [TimeoutError("reload timed out")]
+        reports = [r if isinstance(r, dict) else {"ok": False, "version": None, "error": repr(r)} for r in results]
+        status, body = reload_outcome(reports, previous)
+        if status == 200:
+            self.want = body["version"]
+        return status, body
+
+
+def build_app(config: ServeConfig) -> Any:
+    """The application graph for ``config`` (checks that the model path exists; reads the API key env var)."""
+    model = str(Path(config.model).expanduser().absolute())
+    ModelSlot(model).resolve(config.model_version)  # fail now, not inside a replica, on a wrong path/version
+    device = "cuda" if config.num_gpus > 0 else "cpu"
+    logging_config = {"enable_access_log": config.access_log}
+    ranker = Ranker.options(**config.ranker_options(), logging_config=logging_config).bind(
+        model, config.model_version, config.max_batch_size, config.batch_wait_timeout_s, device)
+    settings = {"model_version": config.model_version, "api_key_digest": config.api_key_digest(),
+                "auth_all_endpoints": config.auth_all_endpoints, "max_body_bytes": config.max_body_bytes,
+                "request_timeout_s": config.request_timeout_s}
+    # The ingress only forwards: let it hold as many requests as the Rankers can batch.
+    ingress_limit = config.max_ongoing_requests * (config.max_replicas if config.replicas == "auto" else config.replicas)
+    return Api.options(ray_actor_options={"num_cpus": config.ingress_num_cpus}, logging_config=logging_config,
+                       max_ongoing_requests=ingress_limit,
+                       user_config={"model_version": config.model_version}).bind(ranker, settings)
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """``serve run serve.app:app_builder key=value ...``: ServeConfig fields as builder args; ``model``
+    defaults to $CONVFM_MODEL, then models/convfm."""
+    args = dict(args or {})
+    args.setdefault("model", os.environ.get(DEFAULT_MODEL_ENV, DEFAULT_MODEL))
+    return build_app(ServeConfig.from_args(args))
+
+
+# `serve run serve.app:app`: Serve calls a builder function with the (possibly empty) CLI args.
+app = app_builder

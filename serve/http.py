@@ -1,0 +1,215 @@
+"""The HTTP API: one FastAPI app over a backend, run by the Serve ingress (``serve/app.py``) or by plain
+uvicorn over a ``LocalBackend`` (benchmarks, tests without Ray).
+
+Security (see the README): bodies over ``max_body_bytes`` get 413 before they are parsed; ``/admin/*`` needs
+the ``X-API-Key`` header matching the configured key (401 missing, 403 wrong, 403 when no key is configured:
+admin is then off); with ``auth_all`` every endpoint but ``/healthz`` and the docs needs it. Only the key's
+SHA-256 is held here. Bad input is 422 with a one-line ``message`` plus per-field ``detail``.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+from typing import Annotated, Any, Optional, Protocol
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+
+from serve.schemas import (
+    Health, Job, ModelInfo, RecommendRequest, RecommendResponse, ReloadRequest, ReloadResponse, ScoreRequest,
+    ScoreResponse,
+)
+from serve.scorer import ModelSlot, ServiceError
+
+log = logging.getLogger(__name__)
+API_KEY_HEADER = "X-API-Key"
+ERRORS = {code: {"description": text} for code, text in (
+    (401, "missing API key"), (403, "wrong API key"), (413, "body too large"), (422, "invalid request"),
+    (503, "model not loaded yet"), (504, "timed out"))}
+
+
+class Backend(Protocol):
+    async def recommend(self, request: RecommendRequest) -> dict[str, Any]: ...
+    async def score(self, request: ScoreRequest) -> dict[str, Any]: ...
+    async def job(self, job_id: str) -> dict[str, Any]: ...
+    async def health(self) -> tuple[int, dict[str, Any]]: ...
+    async def model_info(self) -> dict[str, Any]: ...
+    async def reload(self, version: Optional[str]) -> tuple[int, dict[str, Any]]: ...
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over ``max_bytes`` (by Content-Length, or counted while buffering a
+    chunked body), before anything parses them."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._reject(send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                return await self._reject(send)
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _reject(self, send: Any) -> None:
+        response = JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413)
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    """422 with per-field errors (no echo of the input: it may be huge) and a one-line summary."""
+    detail = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+              for e in exc.errors()]
+    if any(d["type"] == "json_invalid" for d in detail):
+        message = "body is not valid JSON"
+    else:
+        message = "; ".join(f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in detail[:5])
+    return JSONResponse({"message": message, "detail": detail}, status_code=422)
+
+
+def _key_checker(digest: Optional[str]) -> Any:
+    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the service's API key")
+
+    # No Annotated[...] here: with postponed annotations FastAPI could not resolve the local `header`.
+    def check(key: Optional[str] = Security(header)) -> None:
+        if digest is None:
+            raise HTTPException(403, "admin endpoints are disabled: start the service with an API key (api_key_env)")
+        if not key:
+            raise HTTPException(401, f"missing {API_KEY_HEADER} header", headers={"WWW-Authenticate": API_KEY_HEADER})
+        if not hmac.compare_digest(hashlib.sha256(key.encode()).hexdigest(), digest):
+            raise HTTPException(403, "invalid API key")
+
+    return check
+
+
+def build_http_app(
+    backend: Backend, api_key_digest: Optional[str] = None, auth_all: bool = False, max_body_bytes: int = 262_144
+) -> FastAPI:
+    """The FastAPI app of the service (OpenAPI at /docs) calling ``backend``."""
+    require_key = Depends(_key_checker(api_key_digest))
+    guarded = [require_key] if auth_all else []
+    app = FastAPI(title="convfm recommendations", version="1", responses=ERRORS,
+                  description="ConvFM job recommendations: top-k for a user or profile, scores, model admin.")
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(exc)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.post("/recommend", response_model=RecommendResponse, dependencies=guarded)
+    async def recommend(request: RecommendRequest) -> dict[str, Any]:
+        """Top-k jobs for a known user, a cold-start profile, or (unknown user) popular jobs."""
+        return await backend.recommend(request)
+
+    @app.post("/score", response_model=ScoreResponse, dependencies=guarded)
+    async def score(request: ScoreRequest) -> dict[str, Any]:
+        """Scores of given jobs in request order; unknown job ids get null and are listed."""
+        return await backend.score(request)
+
+    @app.get("/jobs/{job_id}", response_model=Job, dependencies=guarded)
+    async def job(job_id: Annotated[str, Path(min_length=1, max_length=200)]) -> dict[str, Any]:
+        return await backend.job(job_id)
+
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
+    async def healthz() -> JSONResponse:
+        """200 once a model is loaded and serving, 503 before (loading) or if the first load failed."""
+        status, body = await backend.health()
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/model", response_model=ModelInfo, dependencies=guarded)
+    async def model() -> dict[str, Any]:
+        """Name, version, training metrics and load time of the serving model, and the last reload."""
+        return await backend.model_info()
+
+    @app.post("/admin/reload", response_model=ReloadResponse, dependencies=[require_key],
+              responses={409: {"model": ReloadResponse}})
+    async def reload(body: Optional[ReloadRequest] = None) -> JSONResponse:
+        """Load a registry version (default: latest) on every replica; on failure the old one keeps serving."""
+        status, result = await backend.reload(body.version if body else None)
+        return JSONResponse(ReloadResponse(**result).model_dump(), status_code=status)
+
+    return app
+
+
+def unwrap(result: dict[str, Any]) -> Any:
+    """Backend results travel as {"ok": value} or {"error": {"status", "detail"}} (picklable, no exceptions)."""
+    if "error" in result:
+        raise ServiceError(result["error"]["status"], result["error"]["detail"])
+    return result["ok"]
+
+
+def wrap(value: Any) -> dict[str, Any]:
+    if isinstance(value, ServiceError):
+        return {"error": {"status": value.status, "detail": value.detail}}
+    return {"ok": value}
+
+
+def reload_outcome(reports: list[dict[str, Any]], previous: Optional[str]) -> tuple[int, dict[str, Any]]:
+    """One reload answer from per-replica reports: 200 when every replica serves the new version."""
+    ok = bool(reports) and all(r.get("ok") for r in reports)
+    previous = previous or next((r["previous_version"] for r in reports if r.get("previous_version")), None)
+    versions = {r.get("version") for r in reports}
+    error = next((r.get("error") for r in reports if not r.get("ok")), None if reports else "no replica answered")
+    version = versions.pop() if len(versions) == 1 else None
+    body = {"ok": ok, "version": version, "previous_version": previous, "error": error, "replicas": reports}
+    return (200 if ok else 409), body
+
+
+class LocalBackend:
+    """Backend over a ``ModelSlot`` in this process (no Ray): each request scored on its own."""
+
+    def __init__(self, slot: ModelSlot) -> None:
+        self.slot = slot
+
+    async def _run(self, method: str, request: Any) -> dict[str, Any]:
+        result = (await asyncio.to_thread(getattr(self.slot.require(), method), [request]))[0]
+        return unwrap(wrap(result))
+
+    async def recommend(self, request: RecommendRequest) -> dict[str, Any]:
+        return await self._run("recommend_many", request)
+
+    async def score(self, request: ScoreRequest) -> dict[str, Any]:
+        return await self._run("score_many", request)
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return self.slot.require().job(job_id)
+
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        return self.slot.health()
+
+    async def model_info(self) -> dict[str, Any]:
+        return self.slot.info()
+
+    async def reload(self, version: Optional[str]) -> tuple[int, dict[str, Any]]:
+        previous = self.slot.current.version if self.slot.current else None
+        return reload_outcome([await asyncio.to_thread(self.slot.load, version)], previous)

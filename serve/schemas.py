@@ -1,0 +1,162 @@
+"""Request and response models of the HTTP API (pydantic v2). Bounds live here, so bad input is a 422.
+
+Requests are strict (no "10" for 10, no true for 1) and forbid unknown keys, so a typo such as ``"filter"``
+is reported instead of silently ignored. Ids may be strings or integers; both mean the same id (``12`` ==
+``"12"``), as everywhere in convfm.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+
+MAX_K = 100
+MAX_JOB_IDS = 1000
+
+
+def _id_text(value: Any) -> Any:
+    """Ids are strings; an integer id is its decimal string; anything else is refused."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"an id must be a string or an integer, got {type(value).__name__}")
+    return value
+
+
+Id = Annotated[str, BeforeValidator(_id_text), StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+ShortText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+Skill = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Profile(Request):
+    """A user the model may never have seen: skills, location and experience level (any subset, not none)."""
+
+    skills: list[Skill] = Field(default_factory=list, max_length=100, examples=[["python", "sql"]])
+    location: Optional[ShortText] = Field(None, examples=["Berlin"])
+    experience_level: Optional[ShortText] = Field(None, examples=["senior"])
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "Profile":
+        if not self.skills and not self.location and not self.experience_level:
+            raise ValueError("profile needs at least one of skills, location, experience_level")
+        return self
+
+
+class Filters(Request):
+    """Only jobs matching every given filter (case-insensitive); salary_min keeps jobs whose salary range
+    reaches it (salary_max, else salary_min, >= salary_min; jobs without a salary are dropped)."""
+
+    location: Optional[ShortText] = None
+    job_type: Optional[ShortText] = None
+    experience_level: Optional[ShortText] = None
+    salary_min: Optional[Annotated[float, Field(ge=0, le=1e9)]] = None
+
+
+class UserRequest(Request):
+    user_id: Optional[Id] = Field(None, examples=["u000001"])
+    profile: Optional[Profile] = None
+
+    @model_validator(mode="after")
+    def _user_or_profile(self) -> "UserRequest":
+        if self.user_id is None and self.profile is None:
+            raise ValueError("give user_id or profile (or both: the profile then overrides the stored one)")
+        return self
+
+
+class RecommendRequest(UserRequest):
+    k: int = Field(10, ge=1, le=MAX_K, description=f"number of jobs, 1..{MAX_K}")
+    filters: Filters = Field(default_factory=Filters)
+    exclude_seen: bool = Field(True, description="drop jobs the user already interacted with")
+
+
+class ScoreRequest(UserRequest):
+    job_ids: list[Id] = Field(min_length=1, max_length=MAX_JOB_IDS, description=f"1..{MAX_JOB_IDS} job ids")
+
+
+class ReloadRequest(Request):
+    version: Optional[Annotated[str, StringConstraints(pattern=r"^v\d{4,}$")]] = Field(
+        None, description="registry version such as v0002; omitted: the registry entry's latest")
+
+
+# ------------------------------------------------------------------------------------------- responses
+class Interaction(BaseModel):
+    user_field: str
+    job_field: str
+    value: float = Field(description="FM pair term <e_user_field, e_job_field>, in logit units")
+
+
+class Explanation(BaseModel):
+    interactions: list[Interaction] = Field(default_factory=list)
+    matching_skills: list[str] = Field(default_factory=list)
+    matching: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class Job(BaseModel):
+    job_id: str
+    title: Optional[str] = None
+    company: Optional[str] = None
+    location: Optional[str] = None
+    job_type: Optional[str] = None
+    experience_level: Optional[str] = None
+    salary_min: Optional[float] = None
+    salary_max: Optional[float] = None
+
+
+class RecommendedJob(Job):
+    score: float = Field(description="probability of a positive interaction (popularity for fallbacks)")
+    why: str = ""
+    explanation: Explanation = Field(default_factory=Explanation)
+
+
+class RecommendResponse(BaseModel):
+    user_id: Optional[str]
+    model_version: str
+    cold_start: bool = Field(description="scored from the request's profile, not a known user's history")
+    fallback: Optional[str] = Field(None, description="'popular' when the user is unknown and has no profile")
+    items: list[RecommendedJob]
+
+
+class JobScore(BaseModel):
+    job_id: str
+    score: Optional[float] = Field(description="None for job ids the catalog does not know")
+
+
+class ScoreResponse(BaseModel):
+    user_id: Optional[str]
+    model_version: str
+    cold_start: bool
+    fallback: Optional[str] = None
+    scores: list[JobScore] = Field(description="one per requested job id, in request order")
+    unknown_job_ids: list[str]
+
+
+class Health(BaseModel):
+    status: str
+    model: Optional[str] = None
+    version: Optional[str] = None
+    error: Optional[str] = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    path: str
+    loaded_at: str
+    metrics: dict[str, Any]
+    jobs: int
+    users: int
+    fields: list[str]
+    last_reload: Optional[dict[str, Any]] = None
+    batching: Optional[dict[str, Any]] = None
+
+
+class ReloadResponse(BaseModel):
+    ok: bool
+    version: Optional[str] = Field(description="the version serving after this call")
+    previous_version: Optional[str] = None
+    error: Optional[str] = None
+    replicas: list[dict[str, Any]] = Field(default_factory=list)

@@ -1,0 +1,337 @@
+"""The scoring code under the service: plain Python and torch, no Ray, so it is tested on its own.
+
+``Scorer`` is one loaded model version: ``CatalogRanker`` (fast full-catalog path), job metadata for responses,
+seen jobs per user and a popularity fallback (from the model directory's ``serving.json``; see
+``convfm.serving``). Its ``*_many`` methods take a list of requests and answer each in one batched pass;
+a request that cannot be answered gets a ``ServiceError`` in its slot, never an exception for the batch.
+
+``ModelSlot`` holds the serving ``Scorer`` and replaces it: a version that fails to load or validate leaves
+the current one serving and is reported.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import math
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from convfm.artifacts import LoadedModel, load_model_dir
+from convfm.errors import ArtifactError
+from convfm.extractor_base import concat_rows
+from convfm.fields import EncodedTable
+from convfm.ranking import CatalogRanker
+from convfm.registry import LATEST, resolve as resolve_model, versions
+from convfm.serving import SERVING_NAME, ServingData
+from convfm.text import clean_value
+from serve.schemas import Filters, RecommendRequest, ScoreRequest
+
+log = logging.getLogger(__name__)
+_VERSION = re.compile(r"^v\d{4,}$")
+META_COLUMNS = ("title", "company", "location", "job_type", "experience_level", "salary_min", "salary_max")
+FILTER_COLUMNS = ("location", "job_type", "experience_level")
+DECODABLE = {"job_location": "location", "company": "company", "job_type": "job_type",
+             "job_experience": "experience_level"}
+
+
+class ServiceError(Exception):
+    """An answer that is not a result: HTTP status + one-line detail (404 unknown job, 503 not loaded...)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats -> None (JSON has no NaN), numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def model_identity(path: Path) -> tuple[str, str]:
+    """(name, version): registry layout ``NAME/vNNNN``, else the directory name and a manifest hash."""
+    if _VERSION.match(path.name):
+        return path.parent.name, path.name
+    digest = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()[:12]
+    return path.name, f"sha-{digest}"
+
+
+class Scorer:
+    """One loaded, validated model version and everything needed to answer requests with it."""
+
+    def __init__(self, loaded: LoadedModel, serving: ServingData) -> None:
+        extractor = loaded.extractor
+        if getattr(extractor, "kind", None) != "jobs" or extractor.job_catalog is None:
+            raise ArtifactError(f"{loaded.path}: serving needs a job-market model (JobFeatureExtractor)")
+        self.extractor, self.path, self.metrics = extractor, loaded.path, _plain(loaded.metrics)
+        self.name, self.version = model_identity(loaded.path)
+        self.ranker = CatalogRanker(loaded.model, extractor)
+        self.n_jobs = self.ranker.n_jobs
+        meta = serving.jobs.set_index("job_id").reindex(pd.Index(extractor.job_ids, dtype=object))
+        for column, values in _decoded_columns(extractor).items():
+            if column not in meta.columns:  # no serving.json: normalised values from the encoded catalog
+                meta[column] = values
+        self.columns = {c: [None if pd.isna(v) else v for v in meta[c]] for c in META_COLUMNS if c in meta.columns}
+        self.filter_values = {c: np.array([clean_value(v) if isinstance(v, str) else "" for v in meta[c]])
+                              for c in FILTER_COLUMNS if c in meta.columns}
+        salary = [meta[c].to_numpy(dtype=np.float64) for c in ("salary_max", "salary_min") if c in meta.columns]
+        self.salary_top = np.fmax(*salary) if len(salary) == 2 else (salary[0] if salary else None)
+        rows = extractor.job_rows
+        self.seen = {user: np.array([rows[j] for j in jobs if j in rows], dtype=np.int64)
+                     for user, jobs in serving.seen.items()}
+        if serving.popularity is not None:
+            popular = serving.popularity.score(np.array(extractor.job_ids, dtype=object)).astype(np.float64)
+        else:  # no serving.json: the model's own scores for a user it knows nothing about
+            log.warning("%s: no %s.json; popularity fallback uses the unknown-user scores", loaded.path, SERVING_NAME)
+            popular = torch.sigmoid(self.ranker.score_all(extractor.user_catalog.take([0]))[0]).cpu().numpy()
+        popular[0] = -np.inf
+        self.popular = popular
+        self.loaded_at = _now()
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "Scorer":
+        """Load a model directory (ArtifactError if anything is missing, tampered or inconsistent), validate."""
+        loaded = load_model_dir(path, device=device)
+        payload = loaded.extra.get(SERVING_NAME)
+        source = str(Path(path) / f"{SERVING_NAME}.json")
+        serving = ServingData.empty() if payload is None else ServingData.from_payload(payload, source)
+        scorer = cls(loaded, serving)
+        scorer.validate()
+        return scorer
+
+    def validate(self) -> None:
+        """Refuse a model whose scores are not finite or whose fast path disagrees with its forward."""
+        if self.n_jobs < 2:
+            raise ArtifactError(f"{self.path}: the job catalog is empty")
+        users = self.extractor.user_catalog.take(np.arange(min(3, len(self.extractor.user_catalog))))
+        rows = np.arange(min(64, self.n_jobs))
+        fast, full = self.ranker.score_all(users, rows), self.ranker.full_scores(users, rows)
+        everything = self.ranker.score_all(users.take([0]))  # the whole catalog, unknown user
+        if not (torch.isfinite(fast).all() and torch.isfinite(everything).all()):
+            raise ArtifactError(f"{self.path}: model produces non-finite scores (NaN/inf weights?)")
+        gap = float((fast - full).abs().max())
+        if gap > 1e-3:
+            raise ArtifactError(f"{self.path}: fast ranking path differs from the model by {gap:.2e}")
+
+    # -------------------------------------------------------------------------------------------- helpers
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "path": str(self.path), "loaded_at": self.loaded_at,
+                "metrics": self.metrics, "jobs": self.n_jobs - 1, "users": len(self.extractor.user_catalog) - 1,
+                "fields": [f.name for f in self.extractor.feature_map.fields]}
+
+    def job_record(self, row: int) -> dict[str, Any]:
+        record = {"job_id": self.extractor.job_ids[row]}
+        record.update({c: values[row] for c, values in self.columns.items()})
+        return record
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        row = self.extractor.job_rows.get(str(job_id))
+        if row is None:
+            raise ServiceError(404, f"unknown job id {job_id!r}")
+        return self.job_record(row)
+
+    def _user(self, user_id: Optional[str], profile: Any) -> tuple[bool, Optional[EncodedTable]]:
+        """(known id?, user-side row): a profile is encoded as given (cold start); a known id uses the
+        catalog row; an unknown id without a profile has no row (popular fallback)."""
+        known = user_id is not None and user_id in self.extractor.user_rows
+        if profile is not None:
+            frame = pd.DataFrame({"user_id": [user_id or ""], "skills": [";".join(profile.skills)],
+                                  "location": [profile.location or ""],
+                                  "experience_level": [profile.experience_level or ""]})
+            return known, self.extractor.transform_users(frame)
+        if known:
+            return True, self.extractor.user_catalog.take([self.extractor.user_rows[user_id]])
+        return False, None
+
+    def _mask(self, filters: Filters) -> Optional[np.ndarray]:
+        """(N,) bool of catalog rows passing every filter; None when there are no filters."""
+        mask = None
+        for column in FILTER_COLUMNS:
+            value = getattr(filters, column)
+            if value is None:
+                continue
+            if column not in self.filter_values:
+                raise ServiceError(422, f"filters.{column}: this model's jobs have no {column} column")
+            hit = self.filter_values[column] == clean_value(value)
+            mask = hit if mask is None else mask & hit
+        if filters.salary_min is not None:
+            if self.salary_top is None:
+                raise ServiceError(422, "filters.salary_min: this model's jobs have no salary columns")
+            with np.errstate(invalid="ignore"):
+                hit = self.salary_top >= filters.salary_min
+            mask = hit if mask is None else mask & hit
+        return mask
+
+    # ---------------------------------------------------------------------------------------- recommend
+    def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[Any]:
+        """One result dict (or ServiceError) per request; all model-scored users in one catalog pass."""
+        results: list[Any] = [None] * len(requests)
+        pending = []  # (request index, known, user row, mask)
+        for i, request in enumerate(requests):
+            try:
+                known, user = self._user(request.user_id, request.profile)
+                mask = self._mask(request.filters)
+            except ServiceError as exc:
+                results[i] = exc
+                continue
+            if user is None:
+                results[i] = self._popular(request, mask)
+            else:
+                pending.append((i, known, user, mask))
+        if pending:
+            scores = self.ranker.score_all(concat_rows([user for _, _, user, _ in pending]))  # (U, N)
+            for u, (i, known, user, mask) in enumerate(pending):
+                request = requests[i]
+                seen = self.seen.get(request.user_id, ()) if known and request.exclude_seen else ()
+                rows, logits = self.ranker.top_k(user, request.k, seen, mask, scores=scores[u])
+                explanations = self.ranker.explain(user, rows)
+                items = [{**self.job_record(int(r)), "score": float(1 / (1 + np.exp(-l))), "why": _why(e),
+                          "explanation": e} for r, l, e in zip(rows, logits, explanations)]
+                results[i] = {"user_id": request.user_id, "model_version": self.version,
+                              "cold_start": request.profile is not None and not known, "fallback": None,
+                              "items": items}
+        return results
+
+    def _popular(self, request: RecommendRequest, mask: Optional[np.ndarray]) -> dict[str, Any]:
+        scores = self.popular if mask is None else np.where(mask, self.popular, -np.inf)
+        order = np.argsort(-scores, kind="stable")[: request.k]
+        items = [{**self.job_record(int(r)), "score": float(scores[r]), "why": "popular with other users"}
+                 for r in order if np.isfinite(scores[r])]
+        return {"user_id": request.user_id, "model_version": self.version, "cold_start": False,
+                "fallback": "popular", "items": items}
+
+    # -------------------------------------------------------------------------------------------- score
+    def score_many(self, requests: Sequence[ScoreRequest]) -> list[Any]:
+        """Scores of the requested jobs in request order (None for unknown ids), all pairs in one pass."""
+        job_rows = self.extractor.job_rows
+        results: list[Any] = [None] * len(requests)
+        users, user_index, pair_rows, spans = [], [], [], []
+        for i, request in enumerate(requests):
+            rows = [job_rows.get(j) for j in request.job_ids]
+            known, user = self._user(request.user_id, request.profile)
+            results[i] = {"user_id": request.user_id, "model_version": self.version,
+                          "cold_start": request.profile is not None and not known,
+                          "fallback": None if user is not None else "popular",
+                          "scores": [{"job_id": j, "score": None} for j in request.job_ids],
+                          "unknown_job_ids": [j for j, r in zip(request.job_ids, rows) if r is None]}
+            hits = [(slot, r) for slot, r in enumerate(rows) if r is not None]
+            if user is None:
+                for slot, r in hits:
+                    results[i]["scores"][slot]["score"] = float(self.popular[r])
+                continue
+            start = len(pair_rows)
+            user_index += [len(users)] * len(hits)
+            pair_rows += [r for _, r in hits]
+            users.append(user)
+            spans.append((i, [slot for slot, _ in hits], start))
+        if pair_rows:
+            logits = self.ranker.score_pairs(concat_rows(users), np.array(user_index), np.array(pair_rows))
+            probabilities = torch.sigmoid(logits).cpu().numpy()
+            for i, slots, start in spans:
+                for offset, slot in enumerate(slots):
+                    results[i]["scores"][slot]["score"] = float(probabilities[start + offset])
+        return results
+
+
+def _decoded_columns(extractor: Any) -> dict[str, list[Optional[str]]]:
+    """Job categorical columns decoded from the encoded catalog (lower-cased vocabulary values)."""
+    fields = extractor.feature_map.of_kind("categorical", "job")
+    out = {}
+    for i, field in enumerate(fields):
+        column = DECODABLE.get(field.name)
+        if column is not None:
+            names = extractor.vocabs[field.vocab].values
+            out[column] = [names[x - 2] if x >= 2 else None for x in extractor.job_catalog.cat[:, i].tolist()]
+    return out
+
+
+def _why(explanation: dict[str, Any]) -> str:
+    parts = []
+    if explanation["matching_skills"]:
+        parts.append("matching skills: " + ", ".join(explanation["matching_skills"][:5]))
+    parts += [f"same {vocab.replace('_', ' ')}: {', '.join(values)}" for vocab, values in explanation["matching"].items()]
+    parts += [f"{x['user_field']} x {x['job_field']} ({x['value']:+.3g})" for x in explanation["interactions"][:2]]
+    return "; ".join(parts)
+
+
+class ModelSlot:
+    """The serving Scorer of one process and its replacement; thread-safe, loads never raise."""
+
+    def __init__(self, model_path: str | Path, device: str = "cpu") -> None:
+        self.model_path, self.device = Path(model_path), device
+        self.current: Optional[Scorer] = None
+        self.error: Optional[str] = None  # why the *first* load failed (later failures keep the old model)
+        self.last_reload: Optional[dict[str, Any]] = None
+        self._lock = threading.Lock()
+
+    def resolve(self, version: Optional[str] = None) -> Path:
+        """The model directory of ``version`` (a registry version next to the configured model), or of the
+        configured path itself (following ``latest``) when ``version`` is None."""
+        if version is None:
+            return resolve_model(self.model_path)
+        if not isinstance(version, str) or not _VERSION.match(version):
+            raise ArtifactError(f"version {version!r}: must look like v0001")
+        base = self.model_path
+        root = base if (base / LATEST).is_file() else base.parent if _VERSION.match(base.name) else None
+        if root is None:
+            raise ArtifactError(f"{base}: a single model directory, not a registry entry; it has no versions")
+        if not (root / version).is_dir():
+            raise ArtifactError(f"{root / version}: no such version; available: {versions(root)}")
+        return root / version
+
+    def load(self, version: Optional[str] = None) -> dict[str, Any]:
+        """Load + validate ``version`` and swap it in; on any failure keep serving the current model."""
+        with self._lock:
+            previous = self.current.version if self.current is not None else None
+            started = time.perf_counter()
+            try:
+                scorer = Scorer.load(self.resolve(version), self.device)
+            except Exception as exc:  # noqa: BLE001 - any failure of a new version must leave the old one serving
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("model load failed (%s); still serving %s", error, previous)
+                if self.current is None:
+                    self.error = error
+                self.last_reload = {"ok": False, "requested": version, "version": previous,
+                                    "previous_version": previous, "error": error, "at": _now()}
+                return dict(self.last_reload)
+            self.current, self.error = scorer, None
+            self.last_reload = {"ok": True, "requested": version, "version": scorer.version,
+                                "previous_version": previous, "error": None, "at": _now(),
+                                "seconds": round(time.perf_counter() - started, 3)}
+            return dict(self.last_reload)
+
+    def require(self) -> Scorer:
+        scorer = self.current
+        if scorer is None:
+            raise ServiceError(503, f"model failed to load: {self.error}" if self.error else "model is loading")
+        return scorer
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        scorer = self.current
+        if scorer is not None:
+            return 200, {"status": "ok", "model": scorer.name, "version": scorer.version}
+        if self.error:
+            return 503, {"status": "failed", "error": self.error}
+        return 503, {"status": "loading"}
+
+    def info(self) -> dict[str, Any]:
+        return {**self.require().info(), "last_reload": self.last_reload}

@@ -1,0 +1,74 @@
+"""The FastAPI layer without Ray (LocalBackend): auth, body limits, 503 before load, error shapes."""
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import pytest
+
+with warnings.catch_warnings():  # starlette's note about its httpx-based TestClient
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from serve.http import LocalBackend, build_http_app
+from serve.scorer import ModelSlot
+
+pytestmark = pytest.mark.timeout(60)
+KEY = "local-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def slot(tiny) -> ModelSlot:
+    slot = ModelSlot(tiny.entry)
+    assert slot.load()["ok"]
+    return slot
+
+
+def client(slot: ModelSlot, **options) -> TestClient:
+    return TestClient(build_http_app(LocalBackend(slot), **options))
+
+
+def test_auth_all_guards_everything_but_health_and_docs(slot):
+    c = client(slot, api_key_digest=hashlib.sha256(KEY.encode()).hexdigest(), auth_all=True)
+    body = {"user_id": "someone", "k": 2}
+    assert c.post("/recommend", json=body).status_code == 401
+    assert c.post("/recommend", json=body, headers={"X-API-Key": KEY + "x"}).status_code == 403
+    assert c.post("/recommend", json=body, headers={"X-API-Key": KEY}).status_code == 200
+    assert c.get("/model").status_code == 401 and c.get("/jobs/j000001").status_code == 401
+    assert c.get("/healthz").status_code == 200 and c.get("/docs").status_code == 200
+    schemes = c.get("/openapi.json").json()["components"]["securitySchemes"]
+    assert schemes["APIKeyHeader"]["name"] == "X-API-Key"
+
+
+def test_admin_is_off_without_a_configured_key(slot):
+    response = client(slot).post("/admin/reload", json={}, headers={"X-API-Key": "anything"})
+    assert response.status_code == 403 and "disabled" in response.json()["detail"]
+    assert client(slot).post("/recommend", json={"user_id": "someone"}).status_code == 200
+
+
+def test_bodies_over_the_limit_are_413_with_or_without_content_length(slot):
+    c = client(slot, max_body_bytes=2048)
+    big = {"user_id": "u", "job_ids": [f"job-{i:06d}" for i in range(400)]}
+    assert c.post("/score", json=big).status_code == 413
+
+    def chunks():
+        yield b'{"user_id": "u", "job_ids": ['
+        for i in range(400):
+            yield b'"job-%06d",' % i
+        yield b'"x"]}'
+
+    response = c.post("/score", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "2048" in response.json()["detail"]
+    assert c.post("/score", json={"user_id": "u", "job_ids": ["x"]}).status_code == 200
+
+
+def test_before_the_model_is_loaded_health_and_requests_are_503(tmp_path):
+    c = client(ModelSlot(tmp_path / "not-yet"))
+    assert c.get("/healthz").status_code == 503 and c.get("/healthz").json()["status"] == "loading"
+    response = c.post("/recommend", json={"user_id": "u"})
+    assert response.status_code == 503 and response.json()["detail"] == "model is loading"
+
+
+def test_malformed_json_is_422_not_500(slot):
+    response = client(slot).post("/recommend", content=b'{"user_id": ', headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["message"] == "body is not valid JSON"

@@ -1,0 +1,113 @@
+"""CatalogRanker: the precomputed fast path equals the model's forward; top-k, filters, explanations."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from convfm.batching import join_batches, table_tensors
+from convfm.config import ModelConfig
+from convfm.model import ConvFM
+from convfm.ranking import CatalogRanker
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def randomized(model: ConvFM, seed: int) -> ConvFM:
+    """Large random weights and BatchNorm statistics, so every part of the logit matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if "embedding" in name else 0.2))
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=g) * 0.2)
+                module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
+    return model.eval()
+
+
+def users_of(extractor, n: int = 5):
+    return extractor.user_catalog.take(np.arange(n))
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, 7])
+def test_fast_path_equals_forward_on_random_models(tiny, kernel):
+    extractor = tiny.data.extractor
+    config = ModelConfig(embedding_dim=6, conv_filters=5, conv_kernel_size=kernel, hidden_dims=(12, 7, 4))
+    model = randomized(ConvFM(config, extractor.feature_map), seed=kernel)
+    ranker = CatalogRanker(model, extractor)
+    users = users_of(extractor)
+    fast, full = ranker.score_all(users), ranker.full_scores(users)
+    assert fast.shape == (5, len(extractor.job_catalog))
+    assert full.abs().max() > 1.0  # the check is not vacuous
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=0)
+
+
+def test_fast_path_equals_forward_on_trained_model_and_cold_start_profile(tiny):
+    extractor = tiny.data.extractor
+    ranker = CatalogRanker(tiny.model, extractor)
+    profile = extractor.transform_users(pd.DataFrame(
+        {"user_id": ["nobody"], "skills": ["python;sql;docker"], "location": ["Remote"], "experience_level": ["senior"]}))
+    for users in (users_of(extractor, 8), profile):
+        torch.testing.assert_close(ranker.score_all(users), ranker.full_scores(users), atol=1e-5, rtol=0)
+
+
+def test_score_pairs_and_job_subsets_match_score_all(tiny):
+    ranker = CatalogRanker(tiny.model, tiny.data.extractor)
+    users = users_of(tiny.data.extractor, 3)
+    everything = ranker.score_all(users)
+    rows = np.array([5, 1, 17, 5, 200])
+    torch.testing.assert_close(ranker.score_all(users, rows), everything[:, rows], atol=1e-6, rtol=0)
+    user_index = np.array([0, 2, 1, 1, 0])
+    pairs = ranker.score_pairs(users, user_index, rows)
+    torch.testing.assert_close(pairs, everything[user_index, rows], atol=1e-6, rtol=0)
+
+
+def test_top_k_matches_argsort_of_full_forward(tiny):
+    ranker = CatalogRanker(tiny.model, tiny.data.extractor)
+    user = users_of(tiny.data.extractor, 2).take([1])
+    full = ranker.full_scores(user)[0].numpy()
+    full[0] = -np.inf  # the unknown-job row is never recommended
+    rows, logits = ranker.top_k(user, 10)
+    expected = np.argsort(-full, kind="stable")[:10]
+    np.testing.assert_allclose(logits, full[expected], atol=1e-5)
+    assert list(rows) == list(expected) or np.allclose(full[rows], full[expected], atol=1e-5)
+
+
+def test_top_k_honours_exclusions_and_candidate_mask(tiny):
+    ranker = CatalogRanker(tiny.model, tiny.data.extractor)
+    user = users_of(tiny.data.extractor, 1)
+    best, _ = ranker.top_k(user, 5)
+    rows, _ = ranker.top_k(user, 5, exclude=set(best[:3].tolist()))
+    assert not set(rows) & set(best[:3]) and len(rows) == 5
+    mask = np.zeros(ranker.n_jobs, dtype=bool)
+    mask[[0, 3, 4, 9]] = True
+    rows, _ = ranker.top_k(user, 10, candidate_mask=mask)
+    assert sorted(rows) == [3, 4, 9]  # row 0 stays out even when the mask lets it in
+    assert len(ranker.top_k(user, 10, candidate_mask=np.zeros(ranker.n_jobs, dtype=bool))[0]) == 0
+
+
+def test_explain_names_user_job_pairs_and_matching_skills(tiny):
+    extractor = tiny.data.extractor
+    ranker = CatalogRanker(tiny.model, extractor)
+    user = users_of(extractor, 2).take([1])
+    rows, _ = ranker.top_k(user, 5)
+    explanations = ranker.explain(user, rows)
+    assert len(explanations) == 5
+    user_fields = {f.name for f in extractor.feature_map.of_side("user").fields}
+    job_fields = {f.name for f in extractor.feature_map.of_side("job").fields}
+    skill_names = extractor.vocabs["skill"].values
+    pairs = tiny.model.pairwise_interactions(
+        *join_batches([table_tensors(user), table_tensors(extractor.job_catalog.take(rows[:1]))]))[0]
+    for e, row in zip(explanations, rows):
+        assert e["interactions"] and all(x["user_field"] in user_fields and x["job_field"] in job_fields
+                                         for x in e["interactions"])
+        user_skills = {skill_names[i - 2] for i in user.multi[0, 0] if i > 1}
+        job_skills = {skill_names[i - 2] for i in extractor.job_catalog.multi[row, 0] if i > 1}
+        assert set(e["matching_skills"]) == user_skills & job_skills
+    # the reported value is the model's own pairwise FM term for that field pair
+    names = [f.name for f in extractor.feature_map.fields]
+    top = explanations[0]["interactions"][0]
+    value = pairs[names.index(top["user_field"]), names.index(top["job_field"])]
+    assert top["value"] == pytest.approx(float(value), abs=1e-5)

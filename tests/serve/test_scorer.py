@@ -1,0 +1,137 @@
+"""Scorer and ModelSlot without Ray: batched answers, fallbacks, filters, and reloads that fail safely."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from convfm.artifacts import save_model_dir
+from convfm.model import ConvFM
+from serve.schemas import RecommendRequest, ScoreRequest
+from serve.scorer import ModelSlot, Scorer, ServiceError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny) -> Scorer:
+    return Scorer.load(tiny.entry / "v0001")
+
+
+def rec(**body) -> RecommendRequest:
+    return RecommendRequest.model_validate(body)
+
+
+def test_identity_and_info(scorer, tiny):
+    info = scorer.info()
+    assert (info["name"], info["version"]) == ("tiny", "v0001")
+    assert info["jobs"] == 300 and info["fields"][0] == "user_id" and "val_roc_auc" in info["metrics"]
+
+
+def test_a_batch_answers_like_single_requests(scorer, tiny):
+    users = list(tiny.data.frames["train"]["user_id"].unique()[:4])
+    requests = [rec(user_id=u, k=7) for u in users] + [
+        rec(profile={"skills": ["python", "sql"]}, k=3), rec(user_id="stranger", k=2),
+        rec(user_id=users[0], k=5, filters={"job_type": "contract"})]
+    together = scorer.recommend_many(requests)
+    for request, batched in zip(requests, together):
+        alone = scorer.recommend_many([request])[0]
+        assert [i["job_id"] for i in alone["items"]] == [i["job_id"] for i in batched["items"]]
+        assert [i["score"] for i in alone["items"]] == pytest.approx([i["score"] for i in batched["items"]], abs=1e-6)
+
+
+def test_scores_are_the_models_probabilities(scorer, tiny):
+    user = tiny.data.frames["train"]["user_id"].iloc[0]
+    job_ids = tiny.data.extractor.job_ids[1:30]
+    result = scorer.score_many([ScoreRequest(user_id=user, job_ids=job_ids)])[0]
+    users = tiny.data.extractor.user_catalog.take([tiny.data.extractor.user_rows[user]])
+    expected = torch.sigmoid(scorer.ranker.full_scores(users, np.arange(1, 30))[0]).numpy()
+    assert [s["score"] for s in result["scores"]] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_recommendations_skip_seen_jobs_and_honour_filters(scorer, tiny):
+    user = tiny.data.frames["train"]["user_id"].value_counts().index[0]
+    seen = set(tiny.data.frames["train"].query("user_id == @user")["job_id"])
+    items = scorer.recommend_many([rec(user_id=user, k=100)])[0]["items"]
+    assert len(items) == 100 and not {i["job_id"] for i in items} & seen
+    items = scorer.recommend_many([rec(user_id=user, k=100, filters={"experience_level": "Senior",
+                                                                        "salary_min": 150000})])[0]["items"]
+    assert items and all(i["experience_level"] == "senior" and i["salary_max"] >= 150000 for i in items)
+
+
+def test_a_filter_on_a_column_the_model_lacks_is_a_422(scorer):
+    values = scorer.filter_values.pop("job_type")
+    try:
+        [result] = scorer.recommend_many([rec(user_id="x", filters={"job_type": "contract"})])
+    finally:
+        scorer.filter_values["job_type"] = values
+    assert isinstance(result, ServiceError) and result.status == 422 and "job_type" in result.detail
+
+
+def test_unknown_job_is_404(scorer):
+    with pytest.raises(ServiceError, match="unknown job id 'nope'") as info:
+        scorer.job("nope")
+    assert info.value.status == 404
+
+
+def test_model_without_serving_json_still_serves(tiny, tmp_path):
+    bare = save_model_dir(tmp_path / "bare", tiny.model, tiny.data.extractor, metrics={"val_roc_auc": float("nan")})
+    scorer = Scorer.load(bare)
+    assert scorer.version.startswith("sha-") and scorer.info()["metrics"]["val_roc_auc"] is None
+    [popular] = scorer.recommend_many([rec(user_id="stranger", k=3)])
+    assert popular["fallback"] == "popular" and len(popular["items"]) == 3
+    assert scorer.seen == {} and "title" not in popular["items"][0]
+    # display columns come from the encoded catalog (normalised case), so filters still work
+    [filtered] = scorer.recommend_many([rec(user_id="stranger", k=5, filters={"location": "Remote"})])
+    assert filtered["items"] and all(i["location"] == "remote" for i in filtered["items"])
+
+
+def copy_entry(tiny, tmp_path):
+    entry = tmp_path / "registry" / "tiny"
+    shutil.copytree(tiny.entry, entry)
+    return entry
+
+
+def test_failed_reloads_keep_the_serving_model(tiny, tmp_path, break_version):
+    entry = copy_entry(tiny, tmp_path)
+    slot = ModelSlot(entry)
+    assert slot.health()[0] == 503 and slot.load()["ok"] and slot.health() == (
+        200, {"status": "ok", "model": "tiny", "version": "v0001"})
+    broken = break_version(entry)
+    report = slot.load(broken)
+    assert not report["ok"] and "weights.pt" in report["error"] and slot.current.version == "v0001"
+    for bad, message in (("v0042", "no such version"), ("../../etc", "must look like v0001")):
+        report = slot.load(bad)
+        assert not report["ok"] and message in report["error"] and slot.current.version == "v0001"
+    assert slot.info()["last_reload"]["requested"] == "../../etc"
+
+
+def test_a_model_with_nan_weights_fails_validation(tiny, tmp_path):
+    entry = copy_entry(tiny, tmp_path)
+    poisoned = ConvFM(tiny.model.config, tiny.model.feature_map)
+    poisoned.load_state_dict(tiny.model.state_dict())
+    with torch.no_grad():
+        poisoned.deep.mlp[0].weight[0, 0] = float("nan")
+    from convfm.registry import publish
+
+    version = publish(save_model_dir(tmp_path / "nan", poisoned, tiny.data.extractor), entry.parent, "tiny").name
+    slot = ModelSlot(entry / "v0001")  # a version dir: its siblings are reachable by name
+    assert slot.load()["ok"]
+    report = slot.load(version)
+    assert not report["ok"] and "non-finite" in report["error"] and slot.current.version == "v0001"
+
+
+def test_first_load_failure_is_reported_by_health(tmp_path):
+    slot = ModelSlot(tmp_path / "missing")
+    assert not slot.load()["ok"]
+    status, body = slot.health()
+    assert status == 503 and body["status"] == "failed" and "missing" in body["error"]
+    with pytest.raises(ServiceError, match="failed to load"):
+        slot.require()
+
+
+def test_versions_need_a_registry(tiny):
+    with pytest.raises(Exception, match="not a registry entry"):
+        ModelSlot(tiny.model_dir).resolve("v0001")

@@ -1,0 +1,80 @@
+"""ServeConfig validation, builder-arg parsing, serve/config.yaml, and the serve/recommend CLI glue."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from convfm.cli import build_parser
+from convfm.commands.recommend import format_table, request_body
+from convfm.commands.serve import serve_config
+from convfm.errors import ConfigError
+from serve.config import ServeConfig
+
+pytestmark = pytest.mark.timeout(60)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_bind_loopback():
+    config = ServeConfig()
+    assert config.host == "127.0.0.1" and config.port == 8000 and config.api_key_env is None
+
+
+@pytest.mark.parametrize("values,field", [
+    ({"port": 0}, "port"), ({"replicas": "many"}, "replicas"), ({"replicas": 0}, "replicas"),
+    ({"max_batch_size": 64, "max_ongoing_requests": 8}, "max_ongoing_requests"),
+    ({"auth_all_endpoints": True}, "auth_all_endpoints"), ({"model_version": "latest"}, "model_version"),
+    ({"api_key_env": "not a name"}, "api_key_env"), ({"max_body_bytes": 10}, "max_body_bytes"),
+    ({"min_replicas": 3, "max_replicas": 2}, "max_replicas"), ({"replica": 2}, "unknown key"),
+])
+def test_bad_values_name_the_field(values, field):
+    with pytest.raises(ConfigError, match=field):
+        ServeConfig.from_dict(values)
+
+
+def test_builder_args_arrive_as_strings():
+    config = ServeConfig.from_args({"model": "m", "port": "9000", "replicas": "auto", "auth_all_endpoints": "false",
+                                    "batch_wait_timeout_s": "0.01", "model_version": "null"})
+    assert (config.port, config.replicas, config.auth_all_endpoints, config.batch_wait_timeout_s) == (9000, "auto", False, 0.01)
+    assert config.ranker_options()["autoscaling_config"]["max_replicas"] == 2
+    assert ServeConfig(replicas=3).ranker_options()["num_replicas"] == 3
+    with pytest.raises(ConfigError, match="port: must be an integer"):
+        ServeConfig.from_args({"port": "eighty"})
+
+
+def test_api_key_is_read_from_the_environment_and_only_its_digest_kept():
+    config = ServeConfig(api_key_env="MY_KEY")
+    assert config.api_key_digest({"MY_KEY": "s3cret-s3cret-s3cret"}) == hashlib.sha256(b"s3cret-s3cret-s3cret").hexdigest()
+    with pytest.raises(ConfigError, match=r"MY_KEY must hold a key of at least 16 characters \(too short\)"):
+        config.api_key_digest({"MY_KEY": "not-long-enough"})
+    with pytest.raises(ConfigError, match=r"\(unset\)"):
+        config.api_key_digest({})
+    assert "s3cret" not in repr(config)
+
+
+def test_config_yaml_is_a_valid_serve_deploy_file():
+    from ray.serve.schema import ServeDeploySchema
+
+    document = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(document)
+    assert schema.http_options.host == "127.0.0.1"
+    [app] = schema.applications
+    assert app.import_path == "serve.app:app_builder"
+    assert ServeConfig.from_args(app.args).replicas == "auto"
+
+
+def test_cli_serve_and_recommend_arguments(tmp_path):
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--model", "models/x", "--replicas", "auto", "--api-key-env", "K", "--auth-all"])
+    config = serve_config(args)
+    assert (config.model, config.replicas, config.api_key_env, config.auth_all_endpoints) == ("models/x", "auto", "K", True)
+    args = parser.parse_args(["recommend", "--skills", "python, sql", "--location", "Berlin", "-k", "3",
+                              "--job-type", "contract"])
+    assert request_body(args) == {"k": 3, "exclude_seen": True, "filters": {"job_type": "contract"},
+                                  "profile": {"skills": ["python", "sql"], "location": "Berlin"}}
+    table = format_table({"model_version": "v0001", "fallback": "popular", "items": [
+        {"job_id": "j1", "title": "Data Engineer", "company": "Acme", "location": "Remote", "score": 0.91,
+         "why": "popular with other users"}]}, width=100)
+    assert "Data Engineer" in table and "0.910" in table and "fallback: popular" in table
