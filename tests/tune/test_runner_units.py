@@ -1,0 +1,60 @@
+"""Parts of the runner that need no running Ray: seeded suggestions, trial concurrency, trial outcomes."""
+from __future__ import annotations
+
+import pytest
+
+from convfm.errors import ConfigError
+from tune.config import TuneConfig
+from tune.results import ASHA, COMPLETED, ERROR, PATIENCE, trial_row
+from tune.runner import suggest_configs, trial_concurrency
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("search_alg", ["random", "optuna", "hyperopt"])
+def test_same_seed_suggests_the_same_configs(search_alg, tiny_tune, tiny_space):
+    if search_alg == "hyperopt":
+        pytest.importorskip("hyperopt")
+    config = TuneConfig.from_dict({**tiny_tune, "search_alg": search_alg, "space": tiny_space})
+    first, again = suggest_configs(config, 6), suggest_configs(config, 6)
+    assert first == again
+    other = suggest_configs(TuneConfig.from_dict({**config.to_dict(), "seed": 99}), 6)
+    assert other != first
+    assert {c["hidden_dims"] == [16] or c["hidden_dims"] == [32, 16] for c in first} == {True}  # lists again
+
+
+def test_default_space_suggestions_are_valid_configs():
+    from convfm.config import ModelConfig, TrainConfig
+
+    config = TuneConfig()
+    space = config.search_space()
+    for values in suggest_configs(config, 8):
+        space.apply(ModelConfig(), TrainConfig(), values)  # raises on an invalid sample
+
+
+def test_concurrency_fits_workers_into_the_cluster():
+    two_cpus = {"CPU": 2.0}
+    assert trial_concurrency(TuneConfig(max_concurrent=4), two_cpus) == 2  # 2 x (0.99 + 0.01)
+    assert trial_concurrency(TuneConfig(max_concurrent=4, workers_per_trial=2), two_cpus) == 1
+    assert trial_concurrency(TuneConfig(max_concurrent=1), two_cpus) == 1
+    with pytest.raises(ConfigError, match=r"workers_per_trial: one trial needs 2\.98 CPU"):
+        trial_concurrency(TuneConfig(workers_per_trial=3), two_cpus)
+    gpus = TuneConfig(max_concurrent=8, use_gpu=True, workers_per_trial=2, space={"sparse_embeddings": False})
+    assert trial_concurrency(gpus, {"CPU": 16.0, "GPU": 4.0}) == 2
+    with pytest.raises(ConfigError, match="and 2 GPU"):
+        trial_concurrency(gpus, {"CPU": 16.0})
+
+
+def test_trial_outcomes():
+    def history(aucs, stop_last=0):
+        return [{"epoch": i, "val_roc_auc": a, "stop": int(stop_last and i == len(aucs) - 1)}
+                for i, a in enumerate(aucs)]
+
+    full = trial_row("a", {"learning_rate": 0.01}, history([0.6, 0.7, 0.65, 0.68]), None, "val_roc_auc", "max", 4)
+    assert (full["ended"], full["epochs"], full["best_val_roc_auc"], full["best_epoch"]) == (COMPLETED, 4, 0.7, 2)
+    asha = trial_row("b", {}, history([0.5]), None, "val_roc_auc", "max", 4)
+    assert asha["ended"] == ASHA and asha["stopped_by_asha"] and asha["epochs"] == 1
+    patience = trial_row("c", {}, history([0.6, 0.6], stop_last=1), None, "val_roc_auc", "max", 4)
+    assert patience["ended"] == PATIENCE and not patience["stopped_by_asha"]
+    failed = trial_row("d", {}, [], "Traceback...\n  ...\nConfigError: trial d: bad\n", "val_roc_auc", "max", 4)
+    assert failed["ended"] == ERROR and failed["error"] == "ConfigError: trial d: bad" and failed["epochs"] == 0

@@ -1,0 +1,104 @@
+"""``TuneConfig``: how a hyperparameter search runs (the ``tune:`` section of configs/tune.yaml).
+
+Same contract as convfm/config.py: frozen, validated in ``__post_init__``, ``ConfigError`` naming the field;
+``space`` is the YAML ``space:`` section (overrides of ``tune.space.DEFAULT_SPACE``), parsed and range-checked
+here so a bad search space fails before Ray starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping
+
+from convfm.config import BaseConfig, ModelConfig, TrainConfig
+from convfm.errors import ConfigError
+from tune.space import SearchSpace
+
+SEARCH_ALGS = ("random", "optuna", "hyperopt")
+DRIVER_CPU = 0.01  # each trial's driver (it only waits on its TorchTrainer): a sliver, since {"cpu": 0} is refused
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field}: {message}")
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig(BaseConfig):
+    """One hyperparameter search: trials, search algorithm, ASHA, resources, where the best model goes."""
+
+    num_samples: int = 8
+    max_concurrent: int = 2
+    search_alg: str = "optuna"
+    # ASHA on `metric`, one Tune iteration per epoch: every trial trains at most max_t epochs (this replaces
+    # train.num_epochs), none is stopped before grace_period epochs, each rung keeps 1/reduction_factor.
+    max_t: int = 10
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    metric: str = "val_roc_auc"
+    mode: str = "max"
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0 - DRIVER_CPU  # worker + driver sliver = 1 CPU per 1-worker trial
+    use_gpu: bool = False
+    seed: int = 0
+    registry: str = "models"
+    name: str = "convfm"  # -> registry/name/vNNNN and registry/name/latest
+    max_failures: int = 1  # Tune retries of a failed trial (it resumes from its checkpoint); replaces train.max_failures
+    space: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(_int_in(self.num_samples, 1, 10_000), "num_samples",
+               f"must be an integer in [1, 10000], got {self.num_samples!r}")
+        _check(_int_in(self.max_concurrent, 1, 1024), "max_concurrent",
+               f"must be an integer in [1, 1024], got {self.max_concurrent!r}")
+        _check(self.search_alg in SEARCH_ALGS, "search_alg",
+               f"must be one of {list(SEARCH_ALGS)}, got {self.search_alg!r}")
+        _check(_int_in(self.max_t, 1, 10_000), "max_t", f"must be an integer in [1, 10000], got {self.max_t!r}")
+        _check(_int_in(self.grace_period, 1, 10_000) and self.grace_period <= self.max_t, "grace_period",
+               f"must be an integer in [1, max_t={self.max_t}], got {self.grace_period!r}")
+        _check(isinstance(self.reduction_factor, (int, float)) and not isinstance(self.reduction_factor, bool)
+               and 1.0 < self.reduction_factor <= 100.0, "reduction_factor",
+               f"must be a number in (1, 100], got {self.reduction_factor!r}")
+        _check(isinstance(self.metric, str) and self.metric.startswith("val_"), "metric",
+               f"must be a validation metric reported each epoch (val_roc_auc, val_loss, val_ndcg@10...), "
+               f"got {self.metric!r}")
+        _check(self.mode in ("max", "min"), "mode", f"must be 'max' or 'min', got {self.mode!r}")
+        _check(_int_in(self.workers_per_trial, 1, 1024), "workers_per_trial",
+               f"must be an integer in [1, 1024], got {self.workers_per_trial!r}")
+        _check(isinstance(self.cpus_per_worker, (int, float)) and not isinstance(self.cpus_per_worker, bool)
+               and 0.0 < self.cpus_per_worker <= 256.0, "cpus_per_worker",
+               f"must be a number in (0, 256], got {self.cpus_per_worker!r}")
+        _check(isinstance(self.use_gpu, bool), "use_gpu", f"must be true or false, got {self.use_gpu!r}")
+        _check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed",
+               f"must be an integer, got {self.seed!r}")
+        _check(isinstance(self.registry, str) and bool(self.registry.strip()), "registry",
+               f"must be a non-empty path, got {self.registry!r}")
+        _check(isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) is not None,
+               "name", f"use letters, digits, '.', '_' and '-' (a registry folder name), got {self.name!r}")
+        _check(_int_in(self.max_failures, 0, 100), "max_failures",
+               f"must be an integer in [0, 100], got {self.max_failures!r}")
+        _check(isinstance(self.space, Mapping), "space", "must map field name -> spec")
+        self.search_space().validate()  # the ranges themselves, against the configs' defaults
+
+    def search_space(self) -> SearchSpace:
+        return SearchSpace.from_overrides(self.space)
+
+    def trial_base(self, model: ModelConfig, train: TrainConfig) -> tuple[ModelConfig, TrainConfig]:
+        """The configs every trial starts from: the space's fixed values applied, and epochs, workers and GPU
+        from this section. ConfigError (naming ``space.<field>``) when the space does not fit them."""
+        space = self.search_space()
+        space.validate(model, train)
+        model, train = space.apply(model, train, space.fixed)
+        train = TrainConfig.from_dict({**train.to_dict(), "num_epochs": self.max_t,
+                                       "num_workers": self.workers_per_trial, "use_gpu": self.use_gpu},
+                                      source="tune")
+        sparse = space.params.get("sparse_embeddings")
+        can_be_sparse = True in (sparse.candidates() if sparse else [model.sparse_embeddings])
+        if can_be_sparse and self.use_gpu and self.workers_per_trial > 1:
+            raise ConfigError("space.sparse_embeddings: DDP cannot all-reduce sparse gradients over NCCL; "
+                              "fix sparse_embeddings: false for use_gpu with workers_per_trial > 1")
+        return model, train

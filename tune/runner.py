@@ -1,0 +1,380 @@
+"""Hyperparameter search with Ray Tune: one function trainable per trial, each fitting its own TorchTrainer.
+
+Order matters, as in ``train.driver``: configs and the search space are validated, the run directory is
+claimed and the data is prepared (extractor fitted once, on the driver) before Ray starts. The prepared
+shards go to the object store once and reach every trial through ``tune.with_parameters``; a trial only
+adds its sampled ModelConfig / TrainConfig to the worker config built by ``train.driver.loop_config``.
+
+Resources: a trial's driver holds a 0.01-CPU sliver and its Train workers ``cpus_per_worker`` each, but
+Tune reserves only the sliver (Train V2 places its workers itself). So the number of trials running at once
+is capped here by what the cluster can hold, workers included: more would start trial drivers whose
+workers never get CPUs, and every trial would wait on the others forever.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Type, TypeVar
+
+import pandas as pd
+import ray
+import ray.train
+from ray import tune as ray_tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
+
+import convfm
+import train as train_package
+import tune as tune_package
+from convfm.config import BaseConfig, DataConfig, ModelConfig, TrainConfig
+from convfm.errors import ConfigError, ConvFMError
+from convfm.prepare import PreparedData, prepare_data
+from convfm.registry import publish
+from convfm.serving import serving_extra_json
+from train.driver import loop_config
+from train.loop import train_loop_per_worker
+from tune.config import DRIVER_CPU, TuneConfig
+from tune.results import (ASHA, EXPERIMENT_FILE, best_checkpoint_dir, export_model, plot_trials, read_experiment,
+                          trial_row, write_json)
+from tune.space import SearchSpace, format_params
+
+log = logging.getLogger(__name__)
+C = TypeVar("C", bound=BaseConfig)
+
+
+class TuneError(ConvFMError):
+    """The search ended without any trial that reported the metric."""
+
+
+@dataclasses.dataclass
+class TuneSummary:
+    out_dir: Path
+    trials: pd.DataFrame  # trials.csv
+    best_trial: str
+    best_params: dict[str, Any]  # the best trial's sampled field values
+    best_metrics: dict[str, Any]  # metrics.json of the exported checkpoint (its epoch's record)
+    model_dir: Path  # registry/name/vNNNN
+    concurrency: int
+    wall_seconds: float
+
+
+def run_tune(
+    data_config: DataConfig | Mapping[str, Any],
+    model_config: ModelConfig | Mapping[str, Any],
+    train_config: TrainConfig | Mapping[str, Any],
+    tune_config: TuneConfig | Mapping[str, Any],
+    out_dir: str | Path,
+    resume: bool = False,
+    *,
+    address: Optional[str] = None,
+    prepared: Optional[PreparedData] = None,
+    progress: bool = False,
+    quiet: bool = True,
+) -> TuneSummary:
+    """Search, then write ``out_dir`` (trials.csv/png, summary.json, best/) and publish the best model to
+    ``tune_config.registry/name``. ``model_config``/``train_config`` are the base every trial starts from.
+    ``resume`` continues the interrupted experiment in ``out_dir`` (same configs). ``progress`` prints one
+    line per trial epoch; ``quiet`` keeps worker logs off the terminal when this call starts Ray."""
+    started = time.perf_counter()
+    data_config = _as_config(data_config, DataConfig, "data")
+    tune_config = _as_config(tune_config, TuneConfig, "tune")
+    base_model, base_train = tune_config.trial_base(_as_config(model_config, ModelConfig, "model"),
+                                                    _as_config(train_config, TrainConfig, "train"))
+    _check_search_alg(tune_config.search_alg)
+    out_dir = Path(out_dir).expanduser().resolve()
+    experiment = _experiment(out_dir, resume, data_config, base_model, base_train, tune_config)
+    if prepared is not None and prepared.config != data_config:
+        raise ConfigError("prepared: data was prepared from a different DataConfig than data_config")
+    data = prepared or prepare_data(data_config)
+    _check_data(data, base_train)
+    write_json(out_dir / EXPERIMENT_FILE, {**experiment, "status": "running"})
+
+    _init_ray(address, quiet)
+    _pin_state_api_address()
+    concurrency = trial_concurrency(tune_config, ray.cluster_resources())
+    space = tune_config.search_space()
+    setup = {"model": base_model.to_dict(), "train": base_train.to_dict(), "space": space.to_dict(),
+             "storage": str(out_dir / "train"), "metric": tune_config.metric, "mode": tune_config.mode,
+             "cpus_per_worker": tune_config.cpus_per_worker}
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(run_trial, shared=loop_config(data, base_model, base_train), setup=setup),
+        {"cpu": DRIVER_CPU, "gpu": 0})
+    experiment_path = out_dir / "ray" / experiment["name"]
+    if resume and ray_tune.Tuner.can_restore(str(experiment_path)):
+        tuner = ray_tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_errored=True)
+    else:
+        tuner = ray_tune.Tuner(
+            trainable, param_space=space.param_space(),
+            tune_config=ray_tune.TuneConfig(
+                metric=tune_config.metric, mode=tune_config.mode, num_samples=tune_config.num_samples,
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=tune_config.max_t,
+                                        grace_period=tune_config.grace_period,
+                                        reduction_factor=tune_config.reduction_factor),
+                search_alg=ConcurrencyLimiter(make_searcher(tune_config), max_concurrent=concurrency),
+                trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
+            run_config=ray_tune.RunConfig(
+                name=experiment["name"], storage_path=str(out_dir / "ray"), verbose=0,
+                failure_config=ray_tune.FailureConfig(max_failures=tune_config.max_failures),
+                callbacks=[_ProgressPrinter(tune_config.metric)] if progress else None),
+        )
+    grid = tuner.fit()
+    return _finish(out_dir, experiment, grid, space, tune_config, data, concurrency, started)
+
+
+def run_trial(config: dict[str, Any], shared: dict[str, Any], setup: dict[str, Any]) -> None:
+    """One trial (runs in its Tune actor): sampled config -> validated configs -> a TorchTrainer whose
+    epoch reports reach Tune through TuneReportCallback (one Tune iteration per epoch, so ASHA counts epochs).
+    Same name + storage when Tune retries the trial or ``--resume`` restarts it = Ray Train continues the
+    trial's run from its last checkpoint."""
+    trial_id = ray_tune.get_context().get_trial_id()
+    space = SearchSpace.from_overrides(setup["space"])
+    try:
+        model, train = space.configs(ModelConfig.from_dict(setup["model"]), TrainConfig.from_dict(setup["train"]),
+                                     config)
+    except ConfigError as exc:
+        raise ConfigError(f"trial {trial_id}: sampled configuration refused: {exc}") from None
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**shared, "model": model.to_dict(), "train": train.to_dict()},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=train.num_workers, use_gpu=train.use_gpu,
+            resources_per_worker={"CPU": setup["cpus_per_worker"]}),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}", storage_path=setup["storage"], callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=train.keep_checkpoints, checkpoint_score_attribute=setup["metric"],
+                checkpoint_score_order=setup["mode"]),
+            # No worker-group restarts inside a trial: when Tune stops a trial (ASHA, or max_t reached) its
+            # workers die first, and a controller that restarts them creates a placement group that nobody
+            # frees once the controller dies a moment later; the next trial then waits for CPUs forever.
+            # Tune retries a failed trial instead (tune.max_failures), resuming this run from its checkpoint.
+            failure_config=ray.train.FailureConfig(max_failures=0)),
+    )
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise TuneError(f"trial {trial_id}: training failed: {_root_cause(str(exc))}") from exc
+
+
+def _root_cause(text: str) -> str:
+    """The first worker exception line of a Train failure ("KeyError: 'x'"), not its generic header."""
+    for line in text.splitlines():
+        line = line.strip()
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line) and not line.startswith("ray."):
+            return line[:500]
+    return (text.strip().splitlines() or ["unknown error"])[0][:500]
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial-{trial.trial_id}"
+
+
+def make_searcher(config: TuneConfig) -> Searcher:
+    """The seeded search algorithm: the same seed suggests the same configs in the same order (for TPE and
+    HyperOpt: their random start-up suggestions; later ones also depend on the trials' results)."""
+    if config.search_alg == "hyperopt":
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        return HyperOptSearch(random_state_seed=config.seed)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one "study created" line per search
+
+    if config.search_alg == "random":
+        return OptunaSearch(sampler=optuna.samplers.RandomSampler(seed=config.seed))
+    return OptunaSearch(seed=config.seed)  # TPE
+
+
+def suggest_configs(config: TuneConfig, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` configs the seeded searcher proposes, decoded to field values, without Ray
+    running anything (how tests and ``--dry-run``-style checks see what a search would try)."""
+    space = config.search_space()
+    searcher = make_searcher(config)
+    searcher.set_search_properties(config.metric, config.mode, space.param_space())
+    return [space.decode(searcher.suggest(f"preview_{i:05d}")) for i in range(count)]
+
+
+def trial_concurrency(config: TuneConfig, resources: Mapping[str, float]) -> int:
+    """Trials that can run at once with all their workers placed: min(max_concurrent, what fits)."""
+    cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+    per_trial = config.workers_per_trial * config.cpus_per_worker + DRIVER_CPU
+    fits = math.floor(cpus / per_trial + 1e-6)
+    need = f"{per_trial:g} CPU"
+    if config.use_gpu:
+        fits = min(fits, math.floor(gpus / config.workers_per_trial + 1e-6))
+        need += f" and {config.workers_per_trial} GPU(s)"
+    if fits < 1:
+        raise ConfigError(f"workers_per_trial: one trial needs {need} ({config.workers_per_trial} worker(s) x "
+                          f"cpus_per_worker {config.cpus_per_worker:g} + {DRIVER_CPU} for its driver) but the "
+                          f"cluster has {cpus:g} CPU and {gpus:g} GPU")
+    if fits < config.max_concurrent:
+        log.info("max_concurrent %d lowered to %d: that many trials fit", config.max_concurrent, fits)
+    return min(config.max_concurrent, fits)
+
+
+def _as_config(value: Any, cls: Type[C], section: str) -> C:
+    if isinstance(value, cls):
+        return value
+    if value is None:
+        return cls()
+    if isinstance(value, Mapping):
+        return cls.from_dict(value, source=section)
+    raise ConfigError(f"{section}: expected a {cls.__name__} or a mapping, got {type(value).__name__}")
+
+
+def _check_search_alg(name: str) -> None:
+    import importlib.util
+
+    package = "hyperopt" if name == "hyperopt" else "optuna"
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(f"search_alg: {name!r} needs the {package} package (pip install {package})")
+
+
+def _experiment(out_dir: Path, resume: bool, data: DataConfig, model: ModelConfig, train: TrainConfig,
+                tune_config: TuneConfig) -> dict[str, Any]:
+    """experiment.json's identity: a new search must not reuse a directory, a resumed one keeps its configs."""
+    identity = {"name": out_dir.name, "data": data.to_dict(), "model": model.to_dict(), "train": train.to_dict(),
+                "tune": tune_config.to_dict()}
+    if not resume:
+        if (out_dir / EXPERIMENT_FILE).exists():
+            raise ConfigError(f"{out_dir} already holds a search; pass --resume {out_dir} or choose another --out")
+        return {**identity, "attempts": 1}
+    saved = read_experiment(out_dir)
+    if saved.get("status") == "finished":
+        raise ConfigError(f"--resume {out_dir}: the search already finished (best model {saved.get('model_dir')}); "
+                          "start a new one with another --out")
+    for section in ("model", "train", "tune", "data"):
+        changed = sorted(k for k, v in identity[section].items()
+                         if k != "path" and saved.get(section, {}).get(k) != v)
+        if changed:
+            raise ConfigError(f"--resume {out_dir}: {section} field(s) {changed} differ from the experiment's; "
+                              "a resumed search keeps its configs")
+    return {**saved, "data": identity["data"], "attempts": int(saved.get("attempts", 1)) + 1}
+
+
+def _check_data(data: PreparedData, train: TrainConfig) -> None:
+    if len(data.sets["train"]) < train.num_workers:
+        raise ConfigError(f"workers_per_trial: {train.num_workers} workers but only {len(data.sets['train'])} "
+                          "training examples")
+    labels = data.sets["valid"].labels
+    if len(labels) == 0 or labels.min() == labels.max():
+        raise ConfigError("valid_fraction: the validation split needs positive and negative examples "
+                          f"(has {len(labels)} example(s)); raise data.valid_fraction or add data")
+
+
+def _init_ray(address: Optional[str], quiet: bool) -> None:
+    """Join the caller's Ray, the cluster at ``address``, or start a local one. The dashboard stays on:
+    without the State API, Train's cleanup never frees a stopped trial's workers and the next trial hangs."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # epoch reports return in ~0.5 s, not 2 s
+    if address is None:
+        ray.init(include_dashboard=True, configure_logging=False, log_to_driver=not quiet)
+    else:
+        ray.init(address=address, runtime_env={"py_modules": [convfm, train_package, tune_package]},
+                 log_to_driver=not quiet)
+
+
+def _pin_state_api_address() -> None:
+    """Point every trial at this cluster's GCS for Ray's State API.
+
+    When ASHA kills a trial, Ray Train's PlacementGroupCleaner (a detached actor its controller started)
+    frees the trial's worker CPUs once the State API says the controller is dead. It finds the State API
+    through RAY_ADDRESS, else by scanning ``ps`` for GCS processes, which fails when another Ray runs on the
+    same machine: the CPUs are never freed and the next trial waits for workers forever (seen on a shared
+    2-core box). Tune starts trial actors with ``class_cache.DEFAULT_ENV_VARS`` in their runtime env, and
+    the controller and cleaner a trial starts inherit it, so the address set there reaches the cleaner.
+    """
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # moved in a later Ray: trials still run; only the shared-machine case can hang
+        log.warning("cannot pin RAY_ADDRESS for trials; ASHA-stopped trials may leak CPUs if several Ray "
+                    "instances run on this machine")
+        return
+    class_cache.DEFAULT_ENV_VARS["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
+class _ProgressPrinter(ray_tune.Callback):
+    """One line per trial epoch and per trial end, on the driver."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if self.metric in result:
+            print(f"trial {trial.trial_id}  epoch {int(result.get('epoch', 0)) + 1:3d}  "
+                  f"{self.metric} {float(result[self.metric]):.4f}  ({format_params(_sampled(trial.config))})",
+                  flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"trial {trial.trial_id}  done", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"trial {trial.trial_id}  FAILED (see trials.csv)", flush=True)
+
+
+def _sampled(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def _finish(out_dir: Path, experiment: dict[str, Any], grid: Any, space: SearchSpace, config: TuneConfig,
+            data: PreparedData, concurrency: int, started: float) -> TuneSummary:
+    done = grid.num_terminated + grid.num_errors
+    if len(grid) < config.num_samples or done < len(grid):  # Ctrl-C: Tune saved its state and returned
+        write_json(out_dir / EXPERIMENT_FILE, {**experiment, "status": "interrupted"})
+        raise TuneError(f"search interrupted with {done} of {config.num_samples} trial(s) finished; "
+                        f"continue it with: convfm tune --resume {out_dir}")
+    rows, histories, params = [], {}, {}
+    for result in grid:
+        trial_id = Path(result.path).name.removeprefix("trial-")
+        frame = result.metrics_dataframe
+        history = [] if frame is None else frame.to_dict("records")
+        try:
+            params[trial_id] = space.decode(result.config)
+        except ConfigError:
+            params[trial_id] = _sampled(result.config)
+        error = None if result.error is None else str(result.error)
+        histories[trial_id] = history
+        rows.append(trial_row(trial_id, params[trial_id], history, error, config.metric, config.mode, config.max_t))
+    table = pd.DataFrame(rows).sort_values("trial_id", ignore_index=True)
+    table.to_csv(out_dir / "trials.csv", index=False)
+    column = f"best_{config.metric}"
+    scored = table[table[column].notna()]
+    if scored.empty:
+        write_json(out_dir / EXPERIMENT_FILE, {**experiment, "status": "failed"})
+        first = next((e for e in table["error"] if e), "no trial reported a metric")
+        raise TuneError(f"no trial reported {config.metric}; first error: {first}")
+    best = scored.loc[scored[column].idxmax() if config.mode == "max" else scored[column].idxmin()]
+    best_trial = str(best["trial_id"])
+    plot_trials(histories, params, config.metric, out_dir / "trials.png", best_trial, config.max_t)
+
+    checkpoint_dir, best_metrics = best_checkpoint_dir(out_dir / "train" / f"train-{best_trial}",
+                                                       config.metric, config.mode)
+    extra = {"tune": {"experiment": experiment["name"], "trial_id": best_trial, "params": params[best_trial],
+                      "metric": config.metric, "mode": config.mode}}
+    if data.config.kind == "jobs":
+        extra.update(serving_extra_json(data))
+    best_dir = export_model(checkpoint_dir, out_dir / "best", extra)
+    model_dir = publish(best_dir, config.registry, config.name)
+    wall = time.perf_counter() - started
+    summary = TuneSummary(out_dir, table, best_trial, params[best_trial], best_metrics, model_dir.resolve(),
+                          concurrency, wall)
+    write_json(out_dir / "summary.json", {
+        "experiment": experiment["name"], "best_trial": best_trial, "best_params": params[best_trial],
+        "metric": config.metric, "mode": config.mode, f"best_{config.metric}": float(best[column]),
+        "best_epoch": int(best["best_epoch"]), "best_metrics": best_metrics, "model_dir": str(model_dir.resolve()),
+        "registry_version": model_dir.name, "trials": len(table), "stopped_by_asha": int((table["ended"] == ASHA).sum()),
+        "errored": int((table["ended"] == "error").sum()), "search_alg": config.search_alg, "seed": config.seed,
+        "concurrency": concurrency, "wall_seconds": round(wall, 2),
+    })
+    write_json(out_dir / EXPERIMENT_FILE, {**experiment, "status": "finished", "best_trial": best_trial,
+                                           "model_dir": str(model_dir.resolve())})
+    return summary
