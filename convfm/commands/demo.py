@@ -1,64 +1,138 @@
-"""`convfm demo`: the newcomer's tour on synthetic data, stage by stage."""
+"""`convfm demo`: the newcomer's tour on synthetic data: synthesize, train (Ray Train), evaluate, tune
+(Ray Tune + ASHA), serve (Ray Serve) and query over real HTTP, then shut everything down."""
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import socket
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from convfm.artifacts import load_model_dir
 from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.evaluation import evaluate_split
 from convfm.metrics import format_report
-from convfm.prepare import prepare_data
+from convfm.prepare import PreparedData, prepare_data
 from convfm.synth import generate_market, write_market
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", default="runs/demo", metavar="DIR", help="where data and models go")
+    parser.add_argument("--workdir", default="runs/demo", metavar="DIR", help="where data, runs and models go "
+                        "(default runs/demo; replaced on every run)")
     parser.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
     parser.add_argument("--jobs", type=int, default=1000, help="synthetic jobs (default 1000)")
     parser.add_argument("--interactions", type=int, default=60_000, help="synthetic interactions (default 60000)")
     parser.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train CPU workers (default 2)")
+    parser.add_argument("--trials", type=int, default=4, help="Tune trials, 2 epochs each (default 4; 0 skips)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 def stage(number: int, title: str) -> float:
-    print(f"\n== [{number}] {title}", flush=True)
+    print(f"\n== [{number}/6] {title}", flush=True)
     return time.perf_counter()
 
 
 def run(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir)
+    workdir = Path(args.workdir).absolute()
+    shutil.rmtree(workdir, ignore_errors=True)  # the demo owns its workdir: a fresh tour every time
     data_dir = workdir / "data"
 
     started = stage(1, f"synthesize a job market ({args.users} users, {args.jobs} jobs, {args.interactions} interactions)")
     write_market(generate_market(args.users, args.jobs, args.interactions, seed=args.seed), data_dir)
-    print(f"   wrote {data_dir} in {time.perf_counter() - started:.1f}s")
-
-    started = stage(2, "fit the feature extractor on the training split")
     data_config = DataConfig(path=str(data_dir), seed=args.seed)
     data = prepare_data(data_config)
     fields = ", ".join(f.name for f in data.extractor.feature_map.fields)
-    print(f"   examples {data.summary()}; fields: {fields} ({time.perf_counter() - started:.1f}s)")
+    print(f"   {data_dir}: examples {data.summary()}\n   fields: {fields} ({time.perf_counter() - started:.1f}s)")
 
-    started = stage(3, f"train ConvFM with Ray Train: {args.workers} CPU workers (DDP), up to {args.epochs} epochs")
+    best_dir = train_stage(args, data, workdir)
+    model_dir = tune_stage(args, data, workdir) if args.trials else best_dir
+    serve_stage(model_dir, data)
+    print("\n== done. To serve and query the model yourself:\n"
+          f"   convfm serve --model {model_dir.parent if model_dir.parent.name != 'train' else model_dir}\n"
+          "   convfm recommend --user u000001 -k 10          # in another terminal\n"
+          "   open http://127.0.0.1:8000/docs                 # the API, with a form to try each endpoint")
+    return 0
+
+
+def train_stage(args: argparse.Namespace, data: PreparedData, workdir: Path) -> Path:
+    started = stage(2, f"train ConvFM with Ray Train: {args.workers} CPU workers (DDP), up to {args.epochs} epochs")
     from train.driver import format_epoch, run_training  # Ray from here on; the library stays Ray-free
 
     run_dir = workdir / "train"
-    shutil.rmtree(run_dir, ignore_errors=True)  # the demo owns its workdir: start a fresh run every time
     train_config = TrainConfig(num_epochs=args.epochs, patience=3, seed=args.seed, num_workers=args.workers)
-    result = run_training(data_config, ModelConfig(), train_config, run_dir, prepared=data,
+    result = run_training(data.config, ModelConfig(), train_config, run_dir, prepared=data,
                           on_epoch=lambda record: print("   " + format_epoch(record), flush=True))
-    best = result.best_metrics
-    print(f"   best epoch {result.best_epoch + 1}: val_auc {best['val_roc_auc']:.4f} (popularity "
-          f"{best.get('popularity_roc_auc', float('nan')):.4f}); model {result.best_dir}; "
-          f"curves {run_dir / 'curves.png'} ({time.perf_counter() - started:.1f}s)")
+    print(f"   best epoch {result.best_epoch + 1}; model {result.best_dir}; curves {run_dir / 'curves.png'} "
+          f"({time.perf_counter() - started:.1f}s)")
 
-    stage(4, "evaluate the best checkpoint on the held-out test split")
+    stage(3, "evaluate the best checkpoint on the held-out test split (popularity baseline and oracle beside it)")
     loaded = load_model_dir(result.best_dir)
     print(format_report(evaluate_split(loaded.model, data, "test", negatives=train_config.eval_negatives,
                                        seed=args.seed)))
-    print(f"\nNext: convfm evaluate --model {result.best_dir} --split test")
-    return 0
+    return result.best_dir
+
+
+def tune_stage(args: argparse.Namespace, data: PreparedData, workdir: Path) -> Path:
+    started = stage(4, f"tune: {args.trials} Ray Tune trials (ASHA, 2 epochs max), best one published to the registry")
+    from tune.config import TuneConfig
+    from tune.results import format_trials
+    from tune.runner import run_tune
+
+    tune_config = TuneConfig(num_samples=args.trials, max_concurrent=2, max_t=2, seed=args.seed,
+                             registry=str(workdir / "models"), name="convfm")
+    summary = run_tune(data.config, ModelConfig(), TrainConfig(seed=args.seed), tune_config, workdir / "tune",
+                       prepared=data, progress=True)
+    print(format_trials(summary.trials, tune_config.metric, summary.best_trial))
+    print(f"   published {summary.model_dir} ({time.perf_counter() - started:.1f}s)")
+    return summary.model_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def serve_stage(model_dir: Path, data: PreparedData) -> None:
+    started = stage(5, f"serve {model_dir} with Ray Serve on 127.0.0.1 and ask it for recommendations")
+    import ray
+    from ray import serve
+
+    from convfm.commands.recommend import format_table
+    from convfm.commands.serve import wait_ready
+    from serve.app import APP_NAME, build_app
+    from serve.config import ServeConfig
+
+    config = ServeConfig(model=str(model_dir), port=_free_port(), num_cpus=0.5)
+    url = f"http://{config.host}:{config.port}"
+    try:
+        serve.start(http_options={"host": config.host, "port": config.port})
+        serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+        health = wait_ready(url)
+        print(f"   {url} ready: {health.get('model')} {health.get('version')} ({time.perf_counter() - started:.1f}s)")
+        user = str(data.frames["test"]["user_id"].iloc[0])
+        queries = [
+            (f"known user {user}", {"user_id": user, "k": 5}),
+            ("cold-start profile: python, sql, docker in Chicago", {
+                "profile": {"skills": ["python", "sql", "docker"], "location": "Chicago",
+                            "experience_level": "mid"}, "k": 5}),
+            ("unknown user without a profile", {"user_id": "somebody-new", "k": 5}),
+        ]
+        for title, body in queries:
+            print(f"\n   POST /recommend  {title}")
+            print("   " + format_table(_post(f"{url}/recommend", body), width=150).replace("\n", "\n   "))
+    finally:
+        stage(6, "shut down Ray Serve and Ray")
+        serve.shutdown()
+        ray.shutdown()
