@@ -98,7 +98,7 @@ def run_tune(
 
     _init_ray(address, quiet)
     _pin_state_api_address()
-    concurrency = trial_concurrency(tune_config, ray.cluster_resources())
+    concurrency = trial_concurrency(tune_config, ray.cluster_resources(), may_autoscale=address is not None)
     space = tune_config.search_space()
     setup = {"model": base_model.to_dict(), "train": base_train.to_dict(), "space": space.to_dict(),
              "storage": str(out_dir / "train"), "metric": tune_config.metric, "mode": tune_config.mode,
@@ -202,8 +202,11 @@ def suggest_configs(config: TuneConfig, count: int) -> list[dict[str, Any]]:
     return [space.decode(searcher.suggest(f"preview_{i:05d}")) for i in range(count)]
 
 
-def trial_concurrency(config: TuneConfig, resources: Mapping[str, float]) -> int:
-    """Trials that can run at once with all their workers placed: min(max_concurrent, what fits)."""
+def trial_concurrency(config: TuneConfig, resources: Mapping[str, float], may_autoscale: bool = False) -> int:
+    """Trials that can run at once with all their workers placed: min(max_concurrent, what fits).
+
+    ``may_autoscale`` (a joined cluster, not a local Ray): a cluster whose GPU/CPU workers scale up from zero
+    holds no trial yet; then ``max_concurrent`` stands and the autoscaler adds nodes as trials ask for them."""
     cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
     per_trial = config.workers_per_trial * config.cpus_per_worker + DRIVER_CPU
     fits = math.floor(cpus / per_trial + 1e-6)
@@ -211,6 +214,10 @@ def trial_concurrency(config: TuneConfig, resources: Mapping[str, float]) -> int
     if config.use_gpu:
         fits = min(fits, math.floor(gpus / config.workers_per_trial + 1e-6))
         need += f" and {config.workers_per_trial} GPU(s)"
+    if fits < 1 and may_autoscale:
+        log.warning("the cluster holds no trial now (%g CPU, %g GPU); running %d at once as the autoscaler "
+                    "adds nodes", cpus, gpus, config.max_concurrent)
+        return config.max_concurrent
     if fits < 1:
         raise ConfigError(f"workers_per_trial: one trial needs {need} ({config.workers_per_trial} worker(s) x "
                           f"cpus_per_worker {config.cpus_per_worker:g} + {DRIVER_CPU} for its driver) but the "

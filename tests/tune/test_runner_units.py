@@ -58,3 +58,10 @@ def test_trial_outcomes():
     assert patience["ended"] == PATIENCE and not patience["stopped_by_asha"]
     failed = trial_row("d", {}, [], "Traceback...\n  ...\nConfigError: trial d: bad\n", "val_roc_auc", "max", 4)
     assert failed["ended"] == ERROR and failed["error"] == "ConfigError: trial d: bad" and failed["epochs"] == 0
+
+
+def test_concurrency_on_a_cluster_that_scales_up_from_zero():
+    config = TuneConfig(max_concurrent=3, use_gpu=True)
+    assert trial_concurrency(config, {"CPU": 4.0, "GPU": 0.0}, may_autoscale=True) == 3
+    with pytest.raises(ConfigError, match="cluster has 4 CPU and 0 GPU"):
+        trial_concurrency(config, {"CPU": 4.0, "GPU": 0.0})
