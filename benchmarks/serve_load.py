@@ -8,6 +8,12 @@
     python benchmarks/serve_load.py                       # ~2-3 minutes on 2 cores
     python benchmarks/serve_load.py --model models/NAME   # an existing registry entry instead of a fresh model
     python benchmarks/serve_load.py --smoke-test          # seconds: tiny numbers, checks that it runs
+    python benchmarks/serve_load.py --duration 30 --rounds 3 --concurrency 8   # soak: see below
+
+``--duration S`` is a soak check of the convfm Serve app alone: ``--rounds`` runs of S seconds each at a fixed
+concurrency on loopback, reporting per run the errors and the RSS of every Serve replica process (Ranker, Api)
+before the first run and after each. It exits 1 on any error or when a replica's RSS grew by more than
+``--max-rss-growth-mb`` from the end of the first run (warm-up allocations) to the end of the last.
 
 The client shares the machine with the servers, so absolute req/s mostly measure this box; compare rows.
 """
@@ -57,8 +63,10 @@ def build_model(workdir: Path, users: int, jobs: int, interactions: int) -> Path
 
 
 # ------------------------------------------------------------------------------------------- load
-async def load(url: str, bodies: list[dict], requests: int, concurrency: int) -> dict[str, float]:
-    """``requests`` POSTs by ``concurrency`` workers -> req/s, latency percentiles (ms), errors."""
+async def load(url: str, bodies: list[dict], requests: int, concurrency: int,
+               duration: float | None = None, warmup: bool = True) -> dict[str, float]:
+    """``requests`` POSTs by ``concurrency`` workers (with ``duration``: as many as fit in that many seconds,
+    at most ``requests``) -> req/s, latency percentiles (ms), errors."""
     import httpx
 
     latencies: list[float] = []
@@ -67,7 +75,7 @@ async def load(url: str, bodies: list[dict], requests: int, concurrency: int) ->
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
         async def worker() -> None:
             nonlocal errors, issued
-            while issued < requests:
+            while issued < requests and (deadline is None or time.perf_counter() < deadline):
                 body = bodies[issued % len(bodies)]
                 issued += 1
                 start = time.perf_counter()
@@ -79,9 +87,10 @@ async def load(url: str, bodies: list[dict], requests: int, concurrency: int) ->
                 latencies.append(time.perf_counter() - start)
                 errors += not ok
 
-        for _ in range(min(50, requests)):  # warm-up, not counted
+        for _ in range(min(50, requests) if warmup else 0):  # warm-up, not counted
             await client.post("/recommend", json=bodies[0])
         started = time.perf_counter()
+        deadline = None if duration is None else started + duration
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     q = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
@@ -147,6 +156,78 @@ def serve_targets(model: str, port: int, cpus: int):
     return serve, ray
 
 
+# ------------------------------------------------------------------------------------------- soak
+def replica_processes() -> dict[str, "psutil.Process"]:
+    """Serve replica processes on this machine by their Ray process title (works without the dashboard)."""
+    import psutil
+
+    found = {}
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if title.startswith("ray::ServeReplica:convfm:"):
+            name = title.split()[0].removeprefix("ray::ServeReplica:convfm:").split(".")[0]
+            found[f"{name} (pid {process.info['pid']})"] = process
+    return found
+
+
+def rss_mb(processes: dict) -> dict[str, float]:
+    import psutil
+
+    out = {}
+    for name, process in processes.items():
+        try:
+            out[name] = process.memory_info().rss / 2**20
+        except psutil.NoSuchProcess:
+            out[name] = float("nan")
+    return out
+
+
+def soak(model: str, args: argparse.Namespace, bodies: list[dict]) -> int:
+    """``--duration``: rounds of fixed-duration load on the convfm app; errors and replica RSS per round."""
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.config import ServeConfig
+
+    port = free_port()
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        config = ServeConfig(model=model, port=port, replicas=args.replicas, num_cpus=min(1.0, args.cpus / (
+            args.replicas + 1)), max_batch_size=16, batch_wait_timeout_s=0.002)
+        serve.run(build_app(config), name="convfm", route_prefix="/")
+        base = f"http://127.0.0.1:{port}"
+        wait_healthy(base)
+        asyncio.run(load(base, bodies, 50, 4))  # warm-up: every replica scores a few batches
+        processes = replica_processes()
+        rows = [("before", None, rss_mb(processes))]
+        for n in range(1, args.rounds + 1):
+            result = asyncio.run(load(base, bodies, 10**9, args.concurrency, duration=args.duration, warmup=False))
+            rows.append((f"run {n}", result, rss_mb(processes)))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    names = list(processes)
+    print(f"\n### Soak: POST /recommend for {args.duration:.0f}s x {args.rounds} at concurrency {args.concurrency}, "
+          f"{args.replicas} Ranker replica(s), loopback\n")
+    print("| after | requests | req/s | p50 ms | p99 ms | errors | " + " | ".join(f"RSS MB {n}" for n in names) + " |")
+    print("|---|---:|---:|---:|---:|---:|" + "---:|" * len(names))
+    for label, r, rss in rows:
+        numbers = "| | | | | " if r is None else (f"| {r['requests']} | {r['req_s']:.0f} | {r['p50']:.1f} | "
+                                                   f"{r['p99']:.1f} | {r['errors']} ")
+        print(f"| {label} {numbers}| " + " | ".join(f"{rss[n]:.0f}" for n in names) + " |")
+    errors = sum(r["errors"] for _, r, _ in rows if r is not None)
+    growth = {n: rows[-1][2][n] - rows[1][2][n] for n in names}
+    worst = max(growth.values(), default=0.0)
+    print(f"\nerrors: {errors}; RSS growth from the end of run 1 to the end of run {args.rounds}: "
+          + ", ".join(f"{n} {g:+.1f} MB" for n, g in growth.items()))
+    if not names:
+        print("no Serve replica processes found (is this the machine running Ray?)")
+    return 1 if errors or worst > args.max_rss_growth_mb or not names else 0
+
+
 # ---------------------------------------------------------------------------------------- catalog
 def catalog_timing(model_path: str, n_jobs: int, repeats: int) -> dict[str, float]:
     """Top-10 over ``n_jobs`` jobs (the fitted catalog tiled) for one user: fast path vs full forward."""
@@ -197,6 +278,12 @@ def main() -> int:
     parser.add_argument("--catalog-jobs", type=int, default=100_000, help="catalog size to rank (default 100000)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs for the local Ray")
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks that everything runs")
+    parser.add_argument("--duration", type=float, metavar="S", help="soak mode: runs of S seconds on the convfm app "
+                        "only, errors and replica RSS per run (see the module docstring)")
+    parser.add_argument("--rounds", type=int, default=3, help="soak runs (default 3)")
+    parser.add_argument("--replicas", type=int, default=2, help="Ranker replicas in soak mode (default 2)")
+    parser.add_argument("--max-rss-growth-mb", type=float, default=64.0,
+                        help="soak: fail when a replica grows more than this from run 1 to the last (default 64)")
     parser.add_argument("--plain-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_server:
@@ -204,6 +291,8 @@ def main() -> int:
         return 0
     if args.smoke_test:
         args.requests, args.concurrency, args.catalog_jobs = 100, 4, 5_000
+    if args.duration is not None and not 0 < args.duration <= 3600 or not 1 <= args.rounds <= 100:
+        parser.error("--duration must be in (0, 3600] seconds and --rounds in [1, 100]")
 
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="convfm-bench-"))
@@ -217,6 +306,8 @@ def main() -> int:
     users = list(slot.require().extractor.user_rows)[:200]
     bodies = [{"user_id": u, "k": 10} for u in users]
     del slot
+    if args.duration is not None:
+        return soak(model, args, bodies)
 
     catalog = catalog_timing(model, args.catalog_jobs, repeats=3 if args.smoke_test else 6)
     results = {}

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -122,8 +123,11 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     try:
         state = torch.load(path / "weights.pt", map_location=device, weights_only=True)
         model.load_state_dict(state)
+    except pickle.UnpicklingError:  # torch's advice to load it unsafely is not for a model server to give
+        raise ArtifactError(f"{path / 'weights.pt'}: cannot load weights (not a plain tensor state_dict: "
+                            "weights_only loading refused it; the file may be crafted)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0][:300]
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         raise ArtifactError(f"{path / 'weights.pt'}: cannot load weights ({first})") from None
     model.to(device).eval()
     extra = {

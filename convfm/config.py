@@ -22,7 +22,7 @@ EVENTS = ("view", "click", "save", "apply", "dismiss")
 
 def _check(ok: bool, field: str, message: str) -> None:
     if not ok:
-        raise ConfigError(f"{field}: {message}")
+        raise ConfigError(f"{field}: {message}", field=field.split(".")[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,7 @@ class BaseConfig:
         where = f"{source}: " if source else ""
         if unknown:
             raise ConfigError(
-                f"{where}unknown key(s) {unknown} for {cls.__name__}; allowed: {sorted(known)}"
+                f"{where}unknown key(s) {unknown} for {cls.__name__}; allowed: {sorted(known)}", field=unknown[0]
             )
         kwargs = {}
         for f in dataclasses.fields(cls):
@@ -51,7 +51,7 @@ class BaseConfig:
         try:
             return cls(**kwargs)
         except ConfigError as exc:
-            raise ConfigError(f"{where}{exc}") from None
+            raise ConfigError(f"{where}{exc}", field=exc.field) from None
         except TypeError as exc:
             raise ConfigError(f"{where}{cls.__name__}: {exc}") from None
 
@@ -165,25 +165,66 @@ class DataConfig(BaseConfig):
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file whose top level is a mapping; ConfigError names the file otherwise."""
+    """A YAML file whose top level is a mapping; ConfigError names the file (and line) otherwise."""
     path = Path(path)
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(document, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(document).__name__}")
     return document
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line (PyYAML's own message spans several): the problem and where."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def yaml_key_lines(path: str | Path, section: str | None = None) -> dict[str, int]:
+    """1-based line of each key of the file's top-level mapping, or of its ``section`` mapping ({} if unknown)."""
+    try:
+        node = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    if section is not None and isinstance(node, yaml.MappingNode):
+        node = next((value for key, value in node.value if getattr(key, "value", None) == section), None)
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(key.value): key.start_mark.line + 1 for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
+
+
+def config_from_yaml(cls: Type[T], values: Mapping[str, Any], path: str | Path, section: str | None = None) -> T:
+    """``cls.from_dict(values)`` for values read from ``path`` (its ``section``): errors name the file, the
+    section and the line of the offending key, e.g. ``train.yaml [train] line 7: learning_rate: ...``."""
+    where = f"{path}" + (f" [{section}]" if section else "")
+    try:
+        return cls.from_dict(values, source=where)
+    except ConfigError as exc:
+        line = yaml_key_lines(path, section).get(exc.field) if exc.field else None
+        if line is None:
+            raise
+        message = str(exc)
+        message = f"{where} line {line}{message[len(where):]}" if message.startswith(where) else message
+        raise ConfigError(message, field=exc.field) from None
 
 
 def load_yaml_config(path: str | Path, section: str, cls: Type[T]) -> T:
     """Read ``section`` of a YAML file into ``cls``; a missing section means all defaults."""
     values = read_yaml(path).get(section) or {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{path}: section {section!r} must be a mapping")
-    return cls.from_dict(values, source=f"{path} [{section}]")
+        line = yaml_key_lines(path).get(section)
+        raise ConfigError(f"{path}{f' line {line}' if line else ''}: section {section!r} must be a mapping",
+                          field=section)
+    return config_from_yaml(cls, values, path, section)
 
 
 @dataclasses.dataclass(frozen=True)

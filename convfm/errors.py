@@ -1,4 +1,5 @@
 """Errors that are part of convfm's interface: each names what is wrong and where."""
+from __future__ import annotations
 
 
 class ConvFMError(Exception):
@@ -6,7 +7,13 @@ class ConvFMError(Exception):
 
 
 class ConfigError(ConvFMError, ValueError):
-    """A configuration value or key is invalid; the message names the field and the allowed range."""
+    """A configuration value or key is invalid; the message names the field and the allowed range.
+
+    ``field`` is the offending key when one is known (lets YAML loaders add the key's line number)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class DataValidationError(ConvFMError, ValueError):

@@ -34,6 +34,9 @@ from serve.scorer import ModelSlot, ServiceError
 log = logging.getLogger(__name__)
 APP_NAME = "convfm"
 RETRY_FAILED_VERSION_S = 60.0
+# Serve routes to a new replica (a replacement, an autoscaled one) as soon as __init__ returns, while its model
+# still loads in the background: requests wait up to this long for that first load instead of failing 503.
+FIRST_LOAD_WAIT_S = 15.0
 
 
 @serve.deployment(name="Ranker")
@@ -52,11 +55,19 @@ class Ranker:
         threading.Thread(target=self.slot.load, args=(version,), name="convfm-model-load", daemon=True).start()
 
     # ------------------------------------------------------------------------------------------ scoring
+    async def _first_load(self) -> None:
+        """Wait (bounded) while this replica's first model load runs; after it, or on failure, go on."""
+        deadline = time.monotonic() + FIRST_LOAD_WAIT_S
+        while self.slot.current is None and self.slot.error is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
     async def recommend(self, request: Any, want: Optional[str] = None) -> dict[str, Any]:
+        await self._first_load()
         self._follow(want)
         return await self._recommend_batch(request)
 
     async def score(self, request: Any, want: Optional[str] = None) -> dict[str, Any]:
+        await self._first_load()
         self._follow(want)
         return await self._score_batch(request)
 
@@ -106,7 +117,8 @@ class Ranker:
         report["replica"] = serve.get_replica_context().replica_tag
         return report
 
-    def job(self, job_id: str) -> dict[str, Any]:
+    async def job(self, job_id: str) -> dict[str, Any]:
+        await self._first_load()
         try:
             return wrap(self.slot.require().job(job_id))
         except ServiceError as exc:
@@ -115,7 +127,8 @@ class Ranker:
     def health(self) -> tuple[int, dict[str, Any]]:
         return self.slot.health()
 
-    def info(self) -> dict[str, Any]:
+    async def info(self) -> dict[str, Any]:
+        await self._first_load()
         try:
             return wrap({**self.slot.info(), "batching": dict(self.stats)})
         except ServiceError as exc:
@@ -149,13 +162,17 @@ class Api:
 
     async def _call(self, method: str, *args: Any, timeout: Optional[float] = None) -> Any:
         async def call() -> Any:
-            return await getattr(self.ranker, method).remote(*args)
+            try:
+                return await getattr(self.ranker, method).remote(*args)
+            except RayError as exc:  # the replica died mid-call; every method sent here is read-only: once more
+                log.warning("%s failed on a replica (%s); retrying once", method, type(exc).__name__)
+                return await getattr(self.ranker, method).remote(*args)
 
         try:
             return await asyncio.wait_for(call(), timeout or self.settings["request_timeout_s"])
         except asyncio.TimeoutError:
             raise ServiceError(504, f"{method} timed out") from None
-        except RayError as exc:  # a replica died or is restarting: retryable, not a bug in the request
+        except RayError as exc:  # replicas died or are restarting: retryable, not a bug in the request
             log.warning("%s failed: %s", method, type(exc).__name__)
             raise ServiceError(503, f"ranking replica unavailable ({type(exc).__name__}); retry") from None
 

@@ -4,7 +4,9 @@ uvicorn over a ``LocalBackend`` (benchmarks, tests without Ray).
 Security (see the README): bodies over ``max_body_bytes`` get 413 before they are parsed; ``/admin/*`` needs
 the ``X-API-Key`` header matching the configured key (401 missing, 403 wrong, 403 when no key is configured:
 admin is then off); with ``auth_all`` every endpoint but ``/healthz`` and the docs needs it. Only the key's
-SHA-256 is held here. Bad input is 422 with a one-line ``message`` plus per-field ``detail``.
+SHA-256 is held here. Bad input is 422 with a one-line ``message`` plus per-field ``detail``, also for bodies
+that are not JSON at all (non-UTF-8 bytes, absurd nesting). Every status an endpoint can answer is declared in
+its OpenAPI ``responses`` with a body model; ``tests/reliability/test_fuzz_api.py`` holds the app to that.
 """
 from __future__ import annotations
 
@@ -15,21 +17,41 @@ import logging
 from typing import Annotated, Any, Optional, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, Security
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.schemas import (
-    Health, Job, ModelInfo, RecommendRequest, RecommendResponse, ReloadRequest, ReloadResponse, ScoreRequest,
-    ScoreResponse,
+    ErrorResponse, Health, Job, ModelInfo, RecommendRequest, RecommendResponse, ReloadRequest, ReloadResponse,
+    ScoreRequest, ScoreResponse, ValidationErrorResponse,
 )
 from serve.scorer import ModelSlot, ServiceError
 
 log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"
-ERRORS = {code: {"description": text} for code, text in (
-    (401, "missing API key"), (403, "wrong API key"), (413, "body too large"), (422, "invalid request"),
-    (503, "model not loaded yet"), (504, "timed out"))}
+# Every status an endpoint can answer besides 200 is declared in the OpenAPI schema (the fuzz tests in
+# tests/reliability check each response against it); a 5xx other than these is a bug.
+ERRORS: dict[int, tuple[Any, str]] = {
+    401: (ErrorResponse, "missing API key"),
+    403: (ErrorResponse, "wrong API key, or admin endpoints disabled (no key configured)"),
+    404: (ErrorResponse, "unknown job id"),
+    409: (ReloadResponse, "reload failed on some replica; the old model keeps serving"),
+    413: (ErrorResponse, "request body larger than max_body_bytes"),
+    422: (ValidationErrorResponse, "invalid request: a one-line message and per-field errors"),
+    503: (ErrorResponse, "model not loaded yet, or a ranking replica is unavailable (retry)"),
+    504: (ErrorResponse, "the ranking replica did not answer in request_timeout_s"),
+}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ERRORS[code][0], "description": ERRORS[code][1]} for code in codes}
+
+
+def _text(value: Any) -> str:
+    """A string that can be encoded as UTF-8 (JSON allows lone surrogates such as "\\ud800"; UTF-8 does not)."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Backend(Protocol):
@@ -84,13 +106,18 @@ class BodySizeLimit:
 
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
     """422 with per-field errors (no echo of the input: it may be huge) and a one-line summary."""
-    detail = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+    detail = [{"loc": [_text(p) for p in e.get("loc", ())], "msg": _text(e.get("msg", "")), "type": e.get("type", "")}
               for e in exc.errors()]
     if any(d["type"] == "json_invalid" for d in detail):
         message = "body is not valid JSON"
     else:
         message = "; ".join(f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in detail[:5])
     return JSONResponse({"message": message, "detail": detail}, status_code=422)
+
+
+def _invalid_body(reason: str, loc: tuple[str, ...] = ("body",)) -> JSONResponse:
+    return JSONResponse({"message": reason, "detail": [{"loc": list(loc), "msg": reason, "type": "value_error"}]},
+                        status_code=422)
 
 
 def _key_checker(digest: Optional[str]) -> Any:
@@ -114,7 +141,8 @@ def build_http_app(
     """The FastAPI app of the service (OpenAPI at /docs) calling ``backend``."""
     require_key = Depends(_key_checker(api_key_digest))
     guarded = [require_key] if auth_all else []
-    app = FastAPI(title="convfm recommendations", version="1", responses=ERRORS,
+    auth = (401, 403) if auth_all else ()
+    app = FastAPI(title="convfm recommendations", version="1",
                   description="ConvFM job recommendations: top-k for a user or profile, scores, model admin.")
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
@@ -122,37 +150,58 @@ def build_http_app(
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _validation_response(exc)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        # FastAPI answers 400 "error parsing the body" for JSON that json.loads rejects with a ValueError other
+        # than JSONDecodeError: bytes that are not UTF-8, integers over 4300 digits (and RecursionError for
+        # nesting thousands deep). That is bad input like any other: 422 with a message.
+        if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+            cause = exc.__cause__
+            reason = ("not valid UTF-8" if isinstance(cause, UnicodeDecodeError) else
+                      "nested too deeply" if isinstance(cause, RecursionError) else
+                      _text(cause).splitlines()[0].split(";")[0][:200])
+            return _invalid_body(f"body is not valid JSON: {reason}")
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        if exc.status == 422:  # the model cannot honour a valid-looking request (e.g. a filter it has no column for)
+            field = exc.detail.split(":", 1)[0] if ": " in exc.detail else ""
+            return _invalid_body(exc.detail, ("body", *field.split("."))) if field else _invalid_body(exc.detail)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
-    @app.post("/recommend", response_model=RecommendResponse, dependencies=guarded)
+    @app.post("/recommend", response_model=RecommendResponse, dependencies=guarded,
+              responses=_responses(*auth, 413, 422, 503, 504))
     async def recommend(request: RecommendRequest) -> dict[str, Any]:
         """Top-k jobs for a known user, a cold-start profile, or (unknown user) popular jobs."""
         return await backend.recommend(request)
 
-    @app.post("/score", response_model=ScoreResponse, dependencies=guarded)
+    @app.post("/score", response_model=ScoreResponse, dependencies=guarded,
+              responses=_responses(*auth, 413, 422, 503, 504))
     async def score(request: ScoreRequest) -> dict[str, Any]:
         """Scores of given jobs in request order; unknown job ids get null and are listed."""
         return await backend.score(request)
 
-    @app.get("/jobs/{job_id}", response_model=Job, dependencies=guarded)
+    @app.get("/jobs/{job_id}", response_model=Job, dependencies=guarded,
+             responses=_responses(*auth, 404, 422, 503, 504))
     async def job(job_id: Annotated[str, Path(min_length=1, max_length=200)]) -> dict[str, Any]:
+        """Metadata of one job of the serving model's catalog."""
         return await backend.job(job_id)
 
-    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
+    @app.get("/healthz", response_model=Health,
+             responses={503: {"model": Health, "description": "loading, starting, or the first load failed"}})
     async def healthz() -> JSONResponse:
         """200 once a model is loaded and serving, 503 before (loading) or if the first load failed."""
         status, body = await backend.health()
         return JSONResponse(body, status_code=status)
 
-    @app.get("/model", response_model=ModelInfo, dependencies=guarded)
+    @app.get("/model", response_model=ModelInfo, dependencies=guarded, responses=_responses(*auth, 503, 504))
     async def model() -> dict[str, Any]:
         """Name, version, training metrics and load time of the serving model, and the last reload."""
         return await backend.model_info()
 
     @app.post("/admin/reload", response_model=ReloadResponse, dependencies=[require_key],
-              responses={409: {"model": ReloadResponse}})
+              responses=_responses(401, 403, 409, 413, 422))
     async def reload(body: Optional[ReloadRequest] = None) -> JSONResponse:
         """Load a registry version (default: latest) on every replica; on failure the old one keeps serving."""
         status, result = await backend.reload(body.version if body else None)

@@ -154,6 +154,25 @@ class ModelInfo(BaseModel):
     batching: Optional[dict[str, Any]] = None
 
 
+class ErrorResponse(BaseModel):
+    """Any refusal that is not a validation error: 401/403 auth, 404, 409, 413, 503, 504."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str] = Field(description="where: 'body', 'path' or 'query', then the field path")
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(BaseModel):
+    """422: a one-line summary and the per-field errors (the input is never echoed)."""
+
+    message: str
+    detail: list[FieldError]
+
+
 class ReloadResponse(BaseModel):
     ok: bool
     version: Optional[str] = Field(description="the version serving after this call")

@@ -1,4 +1,5 @@
-"""Shared fixtures: small synthetic job markets (generated once) and one local Ray per test session."""
+"""Shared fixtures: a small synthetic job market (generated once), one local Ray per test session, and a tiny
+trained job-market model exported and published once (used by tests/serve and tests/reliability)."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,8 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
+import shutil  # noqa: E402
+import types  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -39,3 +42,48 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny(market_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+    """A tiny job-market model (2 epochs, small dims): data, model, model_dir (an export with serving.json and
+    train_config.json) and the registry entry ``registry/tiny`` holding v0001."""
+    from convfm.artifacts import save_model_dir
+    from convfm.config import DataConfig, ModelConfig, TrainConfig
+    from convfm.prepare import prepare_data
+    from convfm.registry import publish
+    from convfm.serving import serving_extra_json
+    from convfm.trainer import fit_in_process
+
+    model_config = ModelConfig(embedding_dim=8, conv_filters=8, hidden_dims=(16, 8), dropout_rate=0.1)
+    train_config = TrainConfig(num_epochs=2, batch_size=512, eval_negatives=20, use_amp=False, patience=2)
+    data = prepare_data(DataConfig(path=str(market_dir)))
+    model, history = fit_in_process(data, model_config, train_config)
+    root = tmp_path_factory.mktemp("serve_models")
+    model_dir = save_model_dir(root / "export", model, data.extractor, metrics=history[-1],
+                               extra_json={**serving_extra_json(data), "train_config": train_config.to_dict(),
+                                           "data_config": data.config.to_dict()})
+    publish(model_dir, root / "registry", "tiny")
+    return types.SimpleNamespace(data=data, model=model, model_dir=model_dir, registry=root / "registry",
+                                 entry=root / "registry" / "tiny", root=root, market=market_dir)
+
+
+def publish_broken(entry: Path, kind: str = "truncated") -> str:
+    """Publish a copy of the latest version, then break it on disk; returns the new version name."""
+    from convfm.registry import publish, resolve
+
+    latest = resolve(entry)
+    staging = entry.parent.parent / f"broken-{kind}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(latest, staging)
+    version = publish(staging, entry.parent, entry.name).name
+    (entry / "latest").write_text(latest.name + "\n")  # keep `latest` on the good version
+    weights = entry / version / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return version
+
+
+@pytest.fixture(scope="session")
+def break_version():
+    """``break_version(entry) -> version``: a published copy of the latest version with truncated weights."""
+    return publish_broken

@@ -11,10 +11,12 @@ from convfm.config import DataConfig, TrainConfig
 from convfm.evaluation import evaluate_split
 from convfm.metrics import format_report
 from convfm.prepare import prepare_data
+from convfm.registry import LATEST, resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help="model directory (e.g. runs/NAME/best)")
+    parser.add_argument("--model", required=True, metavar="DIR", help="model directory (e.g. runs/NAME/best), "
+                        "registry entry (models/NAME: its latest) or version (models/NAME/v0002)")
     add_data_arguments(parser)
     parser.add_argument("--split", choices=("train", "valid", "test"), default="test", help="split (default test)")
     parser.add_argument("--out", metavar="FILE", help="report JSON path (default MODEL/eval_SPLIT.json)")
@@ -33,6 +35,8 @@ def saved_data_config(model_dir: Path, args: argparse.Namespace) -> DataConfig:
 
 def run(args: argparse.Namespace) -> int:
     model_dir = Path(args.model)
+    if (model_dir / LATEST).is_file():  # a registry entry: its latest version (refused if that is missing)
+        model_dir = resolve(model_dir)
     loaded = load_model_dir(model_dir)
     train_config = TrainConfig.from_dict(loaded.extra.get("train_config", {}))
     data = prepare_data(saved_data_config(model_dir, args), extractor=loaded.extractor)

@@ -42,7 +42,7 @@ def test_yaml_sections_and_json_round_trip(tmp_path):
 def test_yaml_errors_name_the_file_and_section(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 0.1\n")
-    with pytest.raises(ConfigError, match=r"c.yaml \[train\]: unknown key\(s\) \['lr'\]"):
+    with pytest.raises(ConfigError, match=r"c.yaml \[train\] line 2: unknown key\(s\) \['lr'\]"):
         load_yaml_config(path, "train", TrainConfig)
     with pytest.raises(ConfigError, match="config file not found"):
         load_yaml_config(tmp_path / "missing.yaml", "train", TrainConfig)

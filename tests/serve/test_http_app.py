@@ -72,3 +72,43 @@ def test_before_the_model_is_loaded_health_and_requests_are_503(tmp_path):
 def test_malformed_json_is_422_not_500(slot):
     response = client(slot).post("/recommend", content=b'{"user_id": ', headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["message"] == "body is not valid JSON"
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"user_id": "caf\xe9"}', "body is not valid JSON: not valid UTF-8"),
+    (b'{"user_id": ' + b"9" * 5000 + b"}", "body is not valid JSON: Exceeds the limit (4300 digits)"),
+    (b'{"user_id": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "body is not valid JSON: nested too deeply"),
+    (b'{"user_id": "u", "\\ud800": 1}', "body: Input should be a valid string"),
+])
+def test_undecodable_bodies_are_422_not_an_undocumented_400(tmp_path, body, message):
+    """Found by fuzzing: FastAPI answered 400 (not in the schema) for bodies json.loads rejects with a
+    ValueError (non-UTF-8 bytes, 5000-digit integers) or a RecursionError."""
+    response = client(ModelSlot(tmp_path)).post("/recommend", content=body,
+                                                headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["message"].startswith(message) and response.json()["detail"][0]["loc"] == ["body"]
+
+
+def test_service_422_has_the_validation_error_shape():
+    """A request the model cannot honour (a filter on a column it lacks) answers like any other 422."""
+    from serve.scorer import ServiceError
+
+    class NoLocation(LocalBackend):
+        async def recommend(self, request):
+            raise ServiceError(422, "filters.location: this model's jobs have no location column")
+
+    response = TestClient(build_http_app(NoLocation(None))).post("/recommend", json={"user_id": "u"})
+    assert response.status_code == 422
+    assert response.json() == {"message": "filters.location: this model's jobs have no location column", "detail": [
+        {"loc": ["body", "filters", "location"], "msg": "filters.location: this model's jobs have no location column",
+         "type": "value_error"}]}
+
+
+def test_every_error_status_is_in_the_schema():
+    paths = build_http_app(LocalBackend(None), auth_all=True).openapi()["paths"]
+    declared = {(method.upper(), path): set(op["responses"])
+                for path, ops in paths.items() for method, op in ops.items()}
+    assert declared[("GET", "/jobs/{job_id}")] >= {"200", "401", "403", "404", "422", "503", "504"}
+    assert declared[("POST", "/recommend")] >= {"200", "401", "403", "413", "422", "503", "504"}
+    assert declared[("POST", "/admin/reload")] >= {"200", "401", "403", "409", "413", "422"}
+    assert declared[("GET", "/healthz")] == {"200", "503"}
