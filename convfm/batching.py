@@ -12,7 +12,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from convfm.fields import EncodedTable
+from convfm.fields import PAD, EncodedTable
 
 
 class FieldBatch(NamedTuple):
@@ -42,6 +42,20 @@ def table_tensors(table: EncodedTable) -> FieldBatch:
     return FieldBatch(_shared_tensor(table.cat), _shared_tensor(table.multi), _shared_tensor(table.dense))
 
 
+def used_list_length(multi: np.ndarray) -> int:
+    """1 + the last list position that holds a value in any row and field of ``multi`` (N, Fm, L), at least
+    1 (0 only when L is 0), so batches keep a list axis.
+
+    Lists are left-aligned and padded to the field's ``max_len`` (50 skills by default) while real lists
+    are much shorter (at most 14 in the synthetic market): the positions past this length are padding in
+    every row, which the model masks out anyway.
+    """
+    if multi.shape[2] == 0:
+        return 0
+    used = np.flatnonzero((multi != PAD).reshape(-1, multi.shape[2]).any(axis=0))
+    return int(used[-1]) + 1 if len(used) else 1
+
+
 def join_batches(parts: Sequence[FieldBatch]) -> FieldBatch:
     """Concatenate sides along the field axis, padding lists to the longest length. (B, ...) each."""
     length = max(p.multi.shape[2] for p in parts)
@@ -64,7 +78,13 @@ class ExampleSet:
     def __post_init__(self) -> None:
         self.rows = np.asarray(self.rows, dtype=np.int64).reshape(len(self.labels), len(self.tables))
         self.labels = np.asarray(self.labels, dtype=np.float32)
-        self._tensors = [table_tensors(t) for t in self.tables]
+        # Batches carry lists padded to the longest list in the tables, not to max_len: the padding columns
+        # would cost embedding lookups, masking and gradient rows in every step (3x the list work at the
+        # default max_len of 50). Slicing views keeps sharing the (possibly read-only, shared) table memory.
+        self._tensors = []
+        for table in self.tables:
+            cat, multi, dense = table_tensors(table)
+            self._tensors.append(FieldBatch(cat, multi[:, :, :used_list_length(table.multi)], dense))
         self._rows, self._labels = _shared_tensor(self.rows), _shared_tensor(self.labels)
 
     def __len__(self) -> int:
@@ -85,7 +105,8 @@ class ExampleSet:
         return self.subset(np.arange(rank, stop, world_size))
 
     def gather(self, index: np.ndarray | torch.Tensor) -> tuple[FieldBatch, torch.Tensor]:
-        """Model input and labels for examples ``index``: ((B, ...), (B,))."""
+        """Model input and labels for examples ``index``: ((B, ...), (B,)). Lists are padded to the longest
+        list in the side tables (at most ``max_len``); the model's output does not depend on the padding."""
         index = torch.as_tensor(index, dtype=torch.int64)
         rows = self._rows[index]
         parts = [

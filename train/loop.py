@@ -3,7 +3,8 @@
 ``config`` is a plain dict built by ``train.driver.loop_config``:
   model, train, data   ModelConfig / TrainConfig / DataConfig as dicts (rebuilt and validated here)
   feature_map          FeatureMap.to_dict() of the driver's fitted extractor
-  train_shards         [ObjectRef] one ExampleSet per rank, all of equal length (so DDP ranks step together)
+  train_tables         [ObjectRef] the encoded side tables of the training set, put once, shared by all ranks
+  train_shards         [ObjectRef] (rows, labels) per rank, all of equal length (so DDP ranks step together)
   eval_bundle          [ObjectRef] PreparedData.for_split("valid"), read by rank 0 only
   crash_at_epoch       optional fault injection: rank 1 (rank 0 when alone) exits mid-epoch, once, ...
   crash_marker         ... the first time only (the file records that the crash happened)
@@ -30,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from convfm.artifacts import load_model_dir, save_model_dir
+from convfm.batching import ExampleSet
 from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.errors import ArtifactError
 from convfm.fields import FeatureMap
@@ -51,7 +53,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
 
-    train_set = ray.get(config["train_shards"][rank])
+    train_set = ExampleSet(ray.get(config["train_tables"][0]), *ray.get(config["train_shards"][rank]))
     bundle: Optional[PreparedData] = ray.get(config["eval_bundle"][0]) if rank == 0 else None
     torch.manual_seed(train_config.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
     model, saved_state = _restore(ray.train.get_checkpoint(), model_config, feature_map)
@@ -78,8 +80,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank != 0:
             ray.train.report({"epoch": epoch, "rank": rank})
         else:
-            record.update(diagnostics, world_size=world_size, run_start_epoch=start_epoch,
-                          best_epoch=state.stopper.best_epoch, stop=int(stop))
+            record.update(diagnostics, world_size=world_size, torch_threads=torch.get_num_threads(),
+                          run_start_epoch=start_epoch, best_epoch=state.stopper.best_epoch, stop=int(stop))
             state.history.append(record)
             _report_with_checkpoint(record, model, state, bundle.extractor, train_config, data_config)
         if stop:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from convfm.commands.common import add_data_arguments, data_config, model_and_train_configs
+from convfm.commands.common import add_data_arguments, check_sections, data_config, model_and_train_configs
 from convfm.config import DataConfig, ModelConfig, TrainConfig, load_yaml_config
 from convfm.errors import ConfigError
 
@@ -52,6 +52,8 @@ def resolve_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, 
         if args.data:
             data = DataConfig.from_dict({**data.to_dict(), "path": args.data})
         model = ModelConfig.from_dict(run["model"], source=f"{out_dir}/run.json [model]")
+        if args.config:
+            check_sections(args.config)
         train = (load_yaml_config(args.config, "train", TrainConfig) if args.config
                  else TrainConfig.from_dict(run["train"], source=f"{out_dir}/run.json [train]"))
     else:

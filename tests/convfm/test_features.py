@@ -221,8 +221,12 @@ def test_example_set_gathers_the_transform_interactions_rows(fitted, interaction
     assert examples.labels.tolist() == [1, 1, 0, 1, 0, 0]
     batch, labels = examples.gather(np.arange(len(examples)))
     table = fitted.transform_interactions(interactions)
-    assert batch.cat.shape == (6, 8) and batch.multi.shape == (6, 2, 50) and batch.dense.shape == (6, 6)
-    assert np.array_equal(batch.cat.numpy(), table.cat) and np.array_equal(batch.multi.numpy(), table.multi)
+    # lists come padded to the longest list in the catalogs, not to max_skills (50): only padding is cut
+    length = batch.multi.shape[2]
+    assert batch.cat.shape == (6, 8) and batch.multi.shape == (6, 2, length) and batch.dense.shape == (6, 6)
+    assert 0 < length < 50 and not table.multi[:, :, length:].any()
+    assert np.array_equal(batch.cat.numpy(), table.cat)
+    assert np.array_equal(batch.multi.numpy(), table.multi[:, :, :length])
     assert np.array_equal(batch.dense.numpy(), table.dense)
 
 

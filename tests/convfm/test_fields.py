@@ -67,3 +67,26 @@ def test_shards_partition_the_examples():
     order_a = [b.cat[:, 0].tolist() for b, _ in examples.batches(4, shuffle=True, seed=1)]
     order_b = [b.cat[:, 0].tolist() for b, _ in examples.batches(4, shuffle=True, seed=1)]
     assert order_a == order_b and sorted(sum(order_a, [])) == list(range(10))
+
+
+def test_batches_cut_list_padding_nobody_uses_without_changing_scores():
+    import torch
+
+    from convfm.config import ModelConfig
+    from convfm.model import ConvFM
+
+    fmap = FeatureMap((FieldSpec("user_skills", "multi", "user", "skill", 9, max_len=6),
+                       FieldSpec("job_id", "categorical", "job", "job", 4),
+                       FieldSpec("job_skills", "multi", "job", "skill", 9, max_len=6)))
+    users = EncodedTable(np.zeros((2, 0), np.int64), np.array([[[2, 0, 0, 0, 0, 0]], [[3, 4, 0, 0, 0, 0]]]),
+                         np.zeros((2, 0), np.float32))
+    jobs = EncodedTable(np.array([[2], [3]]), np.array([[[5, 6, 7, 0, 0, 0]], [[0, 0, 0, 0, 0, 0]]]),
+                        np.zeros((2, 0), np.float32))
+    examples = ExampleSet([users, jobs], rows=np.array([[0, 0], [1, 1], [1, 0]]), labels=np.zeros(3))
+    batch, _ = examples.gather(np.arange(3))
+    assert batch.multi.shape == (3, 2, 3)  # the longest list (job 0) has 3 skills, not max_len 6
+    assert batch.multi[2].tolist() == [[3, 4, 0], [5, 6, 7]]
+    full = torch.cat([batch.multi, torch.zeros(3, 2, 3, dtype=torch.int64)], dim=2)  # padded to max_len
+    torch.manual_seed(0)
+    model = ConvFM(ModelConfig(embedding_dim=4, conv_filters=3, hidden_dims=(5,)), fmap).eval()
+    assert torch.allclose(model(*batch), model(batch.cat, full, batch.dense), atol=1e-6)
