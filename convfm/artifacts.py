@@ -7,7 +7,6 @@ the caller adds (``train_config.json``), and ``manifest.json`` listing every fil
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pickle
@@ -18,6 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
+from convfm.checksums import sha256_file
 from convfm.config import ModelConfig
 from convfm.errors import ArtifactError, ConfigError
 from convfm.features import load_extractor
@@ -37,14 +37,6 @@ class LoadedModel:
     metrics: dict[str, Any]
     extra: dict[str, Any]
     path: Path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_model_dir(
@@ -68,7 +60,7 @@ def save_model_dir(
         (tmp / "metrics.json").write_text(json.dumps(dict(metrics or {}), indent=2, default=float) + "\n")
         for name, payload in (extra_json or {}).items():
             (tmp / f"{name}.json").write_text(json.dumps(dict(payload), indent=2, default=str) + "\n")
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps({"version": ARTIFACT_VERSION, "files": files}, indent=2) + "\n")
         if out_dir.exists():
             backup = out_dir.with_name(f".{out_dir.name}.old")
@@ -102,7 +94,7 @@ def verify_model_dir(path: str | Path) -> dict[str, str]:
         file = path / name
         if not file.is_file():
             raise ArtifactError(f"{file}: listed in the manifest but missing")
-        if _sha256(file) != expected:
+        if sha256_file(file) != expected:
             raise ArtifactError(f"{file}: checksum mismatch (truncated or modified after export)")
     return files
 

@@ -9,7 +9,6 @@ truncated or swapped array file is refused instead of half-loaded.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -19,19 +18,12 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from convfm.checksums import sha256_file
 from convfm.errors import ArtifactError, ConfigError, DataValidationError
 from convfm.fields import EncodedTable, FieldSpec
 
 EXTRACTOR_VERSION = 1
 DEFAULT_STEM = "extractor"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_directory(path: Path) -> bool:
@@ -72,7 +64,7 @@ def write_artifact(path: str | Path, meta: Mapping[str, Any], arrays: Mapping[st
     with tmp.open("wb") as handle:
         np.savez_compressed(handle, **arrays)
     os.replace(tmp, npz_path)
-    document = {"format_version": EXTRACTOR_VERSION, **meta, "npz_sha256": _sha256(npz_path)}
+    document = {"format_version": EXTRACTOR_VERSION, **meta, "npz_sha256": sha256_file(npz_path)}
     tmp = json_path.with_name(json_path.name + ".tmp")
     tmp.write_text(json.dumps(document, indent=1) + "\n")
     os.replace(tmp, json_path)
@@ -97,7 +89,7 @@ def read_artifact(path: str | Path, kind: Optional[str] = None) -> tuple[dict, d
         raise ArtifactError(f"{json_path}: extractor kind {meta.get('kind')!r}, expected {kind!r}")
     if not npz_path.is_file():
         raise ArtifactError(f"{npz_path}: extractor arrays not found (next to {json_path.name})")
-    if _sha256(npz_path) != meta.get("npz_sha256"):
+    if sha256_file(npz_path) != meta.get("npz_sha256"):
         raise ArtifactError(f"{npz_path}: checksum differs from {json_path.name} (truncated or modified)")
     try:
         with np.load(npz_path, allow_pickle=False) as archive:

@@ -111,7 +111,7 @@ def run_training(
         data = prepared
     else:
         data = prepare_data(data_config, extractor_options=dict(extractor_options or {}))
-    _check_data(data, train_config)
+    check_training_data(data, train_config)
     run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     write_run(out_dir, run)
 
@@ -230,9 +230,10 @@ def _check_configs(model: ModelConfig, train: TrainConfig) -> None:
                           "use dense embeddings with use_gpu and num_workers > 1, or CPU workers (gloo)")
 
 
-def _check_data(data: PreparedData, config: TrainConfig) -> None:
+def check_training_data(data: PreparedData, config: TrainConfig, workers_field: str = "num_workers") -> None:
+    """Enough training examples for the workers, and both classes in validation (else AUC is undefined)."""
     if len(data.sets["train"]) < config.num_workers:
-        raise ConfigError(f"num_workers: {config.num_workers} workers but only {len(data.sets['train'])} "
+        raise ConfigError(f"{workers_field}: {config.num_workers} workers but only {len(data.sets['train'])} "
                           "training examples")
     labels = data.sets["valid"].labels
     if len(labels) == 0 or labels.min() == labels.max():

@@ -38,7 +38,7 @@ from convfm.errors import ConfigError, ConvFMError
 from convfm.prepare import PreparedData, prepare_data
 from convfm.registry import publish
 from convfm.serving import serving_extra_json
-from train.driver import loop_config
+from train.driver import check_training_data, loop_config
 from train.loop import train_loop_per_worker
 from tune.config import DRIVER_CPU, TuneConfig
 from tune.results import (ASHA, EXPERIMENT_FILE, best_checkpoint_dir, export_model, plot_trials, read_experiment,
@@ -93,7 +93,7 @@ def run_tune(
     if prepared is not None and prepared.config != data_config:
         raise ConfigError("prepared: data was prepared from a different DataConfig than data_config")
     data = prepared or prepare_data(data_config)
-    _check_data(data, base_train)
+    check_training_data(data, base_train, workers_field="workers_per_trial")
     write_json(out_dir / EXPERIMENT_FILE, {**experiment, "status": "running"})
 
     _init_ray(address, quiet)
@@ -265,16 +265,6 @@ def _experiment(out_dir: Path, resume: bool, data: DataConfig, model: ModelConfi
             raise ConfigError(f"--resume {out_dir}: {section} field(s) {changed} differ from the experiment's; "
                               "a resumed search keeps its configs")
     return {**saved, "data": identity["data"], "attempts": int(saved.get("attempts", 1)) + 1}
-
-
-def _check_data(data: PreparedData, train: TrainConfig) -> None:
-    if len(data.sets["train"]) < train.num_workers:
-        raise ConfigError(f"workers_per_trial: {train.num_workers} workers but only {len(data.sets['train'])} "
-                          "training examples")
-    labels = data.sets["valid"].labels
-    if len(labels) == 0 or labels.min() == labels.max():
-        raise ConfigError("valid_fraction: the validation split needs positive and negative examples "
-                          f"(has {len(labels)} example(s)); raise data.valid_fraction or add data")
 
 
 def _init_ray(address: Optional[str], quiet: bool) -> None:
