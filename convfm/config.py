@@ -164,6 +164,17 @@ class DataConfig(BaseConfig):
             _check(isinstance(mapping, Mapping), f"columns.{table}", "must map canonical -> actual name")
 
 
+def as_config(value: Any, cls: Type[T], section: str) -> T:
+    """``value`` as a ``cls``: an instance as is, None as the defaults, a mapping validated by ``from_dict``."""
+    if isinstance(value, cls):
+        return value
+    if value is None:
+        return cls()
+    if isinstance(value, Mapping):
+        return cls.from_dict(value, source=section)
+    raise ConfigError(f"{section}: expected a {cls.__name__} or a mapping, got {type(value).__name__}")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file whose top level is a mapping; ConfigError names the file (and line) otherwise."""
     path = Path(path)

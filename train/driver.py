@@ -16,7 +16,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Type, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import ray
 import ray.train
@@ -26,7 +26,7 @@ from ray.util.queue import Empty, Queue
 
 import convfm
 import train as train_package
-from convfm.config import BaseConfig, DataConfig, ModelConfig, TrainConfig
+from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
 from convfm.errors import ConfigError, ConvFMError
 from convfm.features import load_extractor
 from convfm.prepare import PreparedData, prepare_data
@@ -34,7 +34,6 @@ from train.loop import MODEL_DIR, TRAIN_STATE, train_loop_per_worker
 from train.outputs import copy_model_dir, plot_curves, read_run, write_metrics_csv, write_run
 
 log = logging.getLogger(__name__)
-C = TypeVar("C", bound=BaseConfig)
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
@@ -57,16 +56,6 @@ class TrainingResult:
     def validation_metrics(self) -> dict[str, Any]:
         """The best epoch's validation metrics without the ``val_`` prefix (accuracy, ..., roc_auc)."""
         return {k[4:]: v for k, v in self.best_metrics.items() if k.startswith("val_")}
-
-
-def _as_config(value: Any, cls: Type[C], section: str) -> C:
-    if isinstance(value, cls):
-        return value
-    if value is None:
-        return cls()
-    if isinstance(value, Mapping):
-        return cls.from_dict(value, source=section)
-    raise ConfigError(f"{section}: expected a {cls.__name__} or a mapping, got {type(value).__name__}")
 
 
 def run_training(
@@ -97,9 +86,9 @@ def run_training(
     controller logs off the terminal when this call starts Ray.
     """
     started = time.perf_counter()
-    data_config = _as_config(data_config, DataConfig, "data")
-    model_config = _as_config(model_config, ModelConfig, "model")
-    train_config = _as_config(train_config, TrainConfig, "train")
+    data_config = as_config(data_config, DataConfig, "data")
+    model_config = as_config(model_config, ModelConfig, "model")
+    train_config = as_config(train_config, TrainConfig, "train")
     _check_configs(model_config, train_config)
     out_dir = Path(out_dir).expanduser().resolve()
     run = _run_identity(out_dir, resume, data_config, model_config, storage_path)

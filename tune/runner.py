@@ -19,7 +19,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional, Type, TypeVar
+from typing import Any, Mapping, Optional
 
 import pandas as pd
 import ray
@@ -33,7 +33,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 import convfm
 import train as train_package
 import tune as tune_package
-from convfm.config import BaseConfig, DataConfig, ModelConfig, TrainConfig
+from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
 from convfm.errors import ConfigError, ConvFMError
 from convfm.prepare import PreparedData, prepare_data
 from convfm.registry import publish
@@ -46,7 +46,6 @@ from tune.results import (ASHA, EXPERIMENT_FILE, best_checkpoint_dir, export_mod
 from tune.space import SearchSpace, format_params
 
 log = logging.getLogger(__name__)
-C = TypeVar("C", bound=BaseConfig)
 
 
 class TuneError(ConvFMError):
@@ -83,10 +82,10 @@ def run_tune(
     ``resume`` continues the interrupted experiment in ``out_dir`` (same configs). ``progress`` prints one
     line per trial epoch; ``quiet`` keeps worker logs off the terminal when this call starts Ray."""
     started = time.perf_counter()
-    data_config = _as_config(data_config, DataConfig, "data")
-    tune_config = _as_config(tune_config, TuneConfig, "tune")
-    base_model, base_train = tune_config.trial_base(_as_config(model_config, ModelConfig, "model"),
-                                                    _as_config(train_config, TrainConfig, "train"))
+    data_config = as_config(data_config, DataConfig, "data")
+    tune_config = as_config(tune_config, TuneConfig, "tune")
+    base_model, base_train = tune_config.trial_base(as_config(model_config, ModelConfig, "model"),
+                                                    as_config(train_config, TrainConfig, "train"))
     _check_search_alg(tune_config.search_alg)
     out_dir = Path(out_dir).expanduser().resolve()
     experiment = _experiment(out_dir, resume, data_config, base_model, base_train, tune_config)
@@ -225,16 +224,6 @@ def trial_concurrency(config: TuneConfig, resources: Mapping[str, float], may_au
     if fits < config.max_concurrent:
         log.info("max_concurrent %d lowered to %d: that many trials fit", config.max_concurrent, fits)
     return min(config.max_concurrent, fits)
-
-
-def _as_config(value: Any, cls: Type[C], section: str) -> C:
-    if isinstance(value, cls):
-        return value
-    if value is None:
-        return cls()
-    if isinstance(value, Mapping):
-        return cls.from_dict(value, source=section)
-    raise ConfigError(f"{section}: expected a {cls.__name__} or a mapping, got {type(value).__name__}")
 
 
 def _check_search_alg(name: str) -> None:
