@@ -141,12 +141,13 @@ def configurations(cpus: int, ray_sparse: bool) -> dict[str, Callable[[Setup], t
         PLAIN: plain,
         UNFUSED: lambda s: plain(s, fused=False),
         SPARSE: lambda s: plain(s, sparse=True),
-        f"Ray Train, 1 worker x {cpus} CPUs, dense": lambda s: ray_train(s, 1),
-        f"Ray Train, 2 workers x {max(1, cpus // 2)} CPU, dense (total)": lambda s: ray_train(s, 2),
     }
-    if ray_sparse:
-        configs[f"Ray Train, 1 worker x {cpus} CPUs, sparse"] = lambda s: ray_train(s, 1, sparse=True)
-        configs[f"Ray Train, 2 workers x {max(1, cpus // 2)} CPU, sparse (total)"] = lambda s: ray_train(s, 2, True)
+    for sparse in (False, True) if ray_sparse else (False,):
+        kind = "sparse" if sparse else "dense"
+        configs[f"Ray Train, 1 worker x {cpus} CPUs, {kind}"] = lambda s, sparse=sparse: ray_train(s, 1, sparse)
+        if cpus >= 2:  # two 1-CPU workers need two CPUs
+            configs[f"Ray Train, 2 workers x {cpus // 2} CPU, {kind} (total)"] = \
+                lambda s, sparse=sparse: ray_train(s, 2, sparse)
     return configs
 
 

@@ -128,6 +128,7 @@ def test_optimizer_state_round_trip():
     loss = model(*batch()).sum()
     loss.backward()
     optimizer.step()
+    assert optimizer.optimizers[0].defaults["fused"]  # one-pass Adam kernel for the dense parameters
     other = build_optimizer(model, 1e-2)
     other.load_state_dict(optimizer.state_dict())
     assert other.state_dict()["optimizers"][0]["state"].keys() == optimizer.state_dict()["optimizers"][0]["state"].keys()
