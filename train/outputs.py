@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -19,32 +18,18 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from convfm.artifacts import verify_model_dir
-from convfm.errors import ConfigError
+from convfm.jsonfile import read_json, write_json_atomic
 
 RUN_FILE = "run.json"
 
 
 def read_run(out_dir: Path) -> dict[str, Any]:
-    path = out_dir / RUN_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; {out_dir} is not a convfm training run") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    return read_json(out_dir / RUN_FILE, "a convfm training run")
 
 
 def write_run(out_dir: Path, run: Mapping[str, Any]) -> None:
-    """Atomically (temp file + rename), so an interrupted run never leaves half a run.json."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".run.", suffix=".json", dir=out_dir)
-    with os.fdopen(handle, "w") as file:
-        file.write(json.dumps(dict(run), indent=2, default=_json_default) + "\n")
-    os.replace(tmp, out_dir / RUN_FILE)
-
-
-def _json_default(value: Any) -> Any:
-    return float(value) if isinstance(value, (int, float)) else str(value)
+    """Atomically, so an interrupted run never leaves half a run.json."""
+    write_json_atomic(out_dir / RUN_FILE, run)
 
 
 def write_metrics_csv(history: Sequence[Mapping[str, Any]], path: Path) -> None:

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
 
 from convfm.artifacts import load_model_dir, save_model_dir
-from convfm.errors import ArtifactError, ConfigError
+from convfm.errors import ArtifactError
+from convfm.jsonfile import read_json, write_json_atomic
 from tune.space import format_params
 
 EXPERIMENT_FILE = "experiment.json"
@@ -31,26 +30,10 @@ COMPLETED, ASHA, PATIENCE, ERROR = "completed", "asha", "patience", "error"
 
 
 def read_experiment(out_dir: Path) -> dict[str, Any]:
-    path = out_dir / EXPERIMENT_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; {out_dir} is not a convfm tune experiment") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    return read_json(out_dir / EXPERIMENT_FILE, "a convfm tune experiment")
 
 
-def write_json(path: Path, document: Mapping[str, Any]) -> None:
-    """Atomically (temp file + rename): an interrupted search never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json", dir=path.parent)
-    with os.fdopen(handle, "w") as file:
-        file.write(json.dumps(dict(document), indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    return float(value) if isinstance(value, (int, float)) else str(value)
+write_json = write_json_atomic  # summary.json, experiment.json: an interrupted search never leaves half a file
 
 
 def trial_row(trial_id: str, params: Mapping[str, Any], history: Sequence[Mapping[str, Any]],

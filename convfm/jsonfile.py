@@ -1,0 +1,33 @@
+"""JSON documents on disk: written atomically (temp file + rename), read with errors that name the file."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from convfm.errors import ConfigError
+
+
+def _json_default(value: Any) -> Any:
+    return float(value) if isinstance(value, (int, float)) else str(value)
+
+
+def write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
+    """An interrupted writer never leaves half a file: write a temp file beside ``path``, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json", dir=path.parent)
+    with os.fdopen(handle, "w") as file:
+        file.write(json.dumps(dict(document), indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """The JSON document at ``path``; ConfigError saying the directory is not ``what`` when it is missing."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; {path.parent} is not {what}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
