@@ -22,3 +22,7 @@ class DataValidationError(ConvFMError, ValueError):
 
 class ArtifactError(ConvFMError):
     """A saved model/extractor/registry entry is missing, truncated, tampered or of another version."""
+
+
+class StorageError(ConvFMError):
+    """A storage URI cannot be used: unsupported scheme, missing bucket, bad credentials, unreachable store."""

@@ -1,8 +1,16 @@
-"""A file-system model registry: ``ROOT/<name>/<version>/`` model directories and a ``latest`` pointer.
+"""A model registry: ``ROOT/<name>/<version>/`` model directories and a ``latest`` pointer, on a local disk or
+behind a storage URI (``s3://``, ``gs://``, ``file://``; see ``convfm.storage``).
 
-Versions are ``v0001``, ``v0002``, ... Publishing copies a model directory into a temp folder beside the
-versions, verifies it, renames it into place, then replaces ``latest`` (a one-line text file) atomically, so
-a crash at any point never leaves ``latest`` naming a partial model.
+Versions are ``v0001``, ``v0002``, ... and a version counts as published once its ``manifest.json`` is there.
+Locally, publishing copies a model directory into a temp folder beside the versions, verifies it, renames it
+into place, then replaces ``latest`` (a one-line text file) atomically. Object stores have no atomic rename:
+there every file is uploaded, ``manifest.json`` last, then ``latest`` last of all; a version without its
+manifest (an interrupted upload) is never listed or resolved, and its number is not reused.
+
+``resolve`` of a URI downloads the version into a local cache (``$CONVFM_CACHE``, default ``~/.cache/convfm``,
+under ``models/<hash of the entry URI>/<name>/<version>``), reuses a cached copy whose manifest matches the
+remote one and still verifies, and returns the local directory. Either way, a crash at any point never
+leaves ``latest`` naming a partial model.
 """
 from __future__ import annotations
 
@@ -11,32 +19,43 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
-from convfm.artifacts import verify_model_dir
+from convfm import storage
+from convfm.artifacts import MANIFEST, verify_model_dir
 from convfm.errors import ArtifactError
 
 LATEST = "latest"
 _VERSION = re.compile(r"^v(\d{4,})$")
 
 
-def versions(model_root: str | Path) -> list[str]:
-    """Published versions of one model, oldest first."""
-    root = Path(model_root)
-    if not root.is_dir():
-        return []
-    found = [p.name for p in root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
+def _version_dirs(model_root: str | Path) -> list[str]:
+    """Every ``vNNNN`` directory, complete or not, oldest first."""
+    found = [d for d in storage.list_dirs(model_root) if _VERSION.match(d)]
     return sorted(found, key=lambda v: int(v[1:]))
 
 
-def publish(model_dir: str | Path, registry: str | Path, name: str) -> Path:
-    """Copy a verified model directory to ``registry/name/vNNNN`` and point ``latest`` at it."""
+def versions(model_root: str | Path) -> list[str]:
+    """Published versions of one model (those with a manifest.json), oldest first."""
+    return [v for v in _version_dirs(model_root) if storage.is_file(storage.join(model_root, v, MANIFEST))]
+
+
+def publish(model_dir: str | Path, registry: str | Path, name: str) -> str | Path:
+    """Copy a verified model directory to ``registry/name/vNNNN`` and point ``latest`` at it; returns the
+    version's location (a Path, or a URI for a URI registry)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ArtifactError(f"model name {name!r}: use letters, digits, '.', '_' and '-'")
     verify_model_dir(model_dir)
-    root = Path(registry) / name
-    root.mkdir(parents=True, exist_ok=True)
-    existing = versions(root)
+    root = storage.join(registry, name)
+    existing = _version_dirs(root)  # partial uploads included: their number is never reused
     version = f"v{(int(existing[-1][1:]) + 1 if existing else 1):04d}"
+    if storage.is_uri(root):
+        target = storage.join(root, version)
+        storage.upload_dir(model_dir, target, last=(MANIFEST,))
+        storage.write_text(storage.join(root, LATEST), version + "\n")
+        return target
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
     try:
         shutil.copytree(model_dir, staging, dirs_exist_ok=True)
@@ -45,24 +64,86 @@ def publish(model_dir: str | Path, registry: str | Path, name: str) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    pointer = root / f".{LATEST}.tmp"
-    pointer.write_text(version + "\n")
-    os.replace(pointer, root / LATEST)
+    storage.write_text(root / LATEST, version + "\n")  # temp file + rename
     return root / version
 
 
-def resolve(path: str | Path) -> Path:
-    """A model directory from ``registry/name`` (follows ``latest``), ``registry/name/vNNNN`` or any model dir."""
-    path = Path(path)
-    pointer = path / LATEST
-    if pointer.is_file():
-        version = pointer.read_text().strip()
-        target = path / version
-        if not _VERSION.match(version) or not target.is_dir():
-            raise ArtifactError(f"{pointer}: points to version {version!r}, which does not exist")
+def locate(path: str | Path, version: Optional[str] = None) -> str | Path:
+    """Where the model is, without downloading: ``version`` of the entry ``path`` belongs to (``path`` is
+    the entry or one of its versions), else ``registry/name`` -> its ``latest``, else a version or model dir."""
+    if version is not None:
+        return _version_of(path, version)
+    pointer = storage.join(path, LATEST)
+    if storage.is_file(pointer):
+        latest = storage.read_text(pointer).strip()
+        target = storage.join(path, latest)
+        if not _VERSION.match(latest) or not storage.is_file(storage.join(target, MANIFEST)):
+            raise ArtifactError(f"{pointer}: points to version {latest!r}, which does not exist")
         return target
-    if not path.exists():
+    if not storage.exists(path):
         raise ArtifactError(f"{path}: no such model or registry entry")
-    if not (path / "manifest.json").exists():
+    if not storage.is_file(storage.join(path, MANIFEST)):
         raise ArtifactError(f"{path}: neither a model directory (no manifest.json) nor a registry entry (no latest)")
     return path
+
+
+def _version_of(path: str | Path, version: str) -> str | Path:
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise ArtifactError(f"version {version!r}: must look like v0001")
+    if storage.is_file(storage.join(path, LATEST)):
+        root = path
+    elif _VERSION.match(storage.name(path)):
+        root = storage.parent(path)
+    else:
+        raise ArtifactError(f"{path}: a single model directory, not a registry entry; it has no versions")
+    target = storage.join(root, version)
+    if not storage.is_file(storage.join(target, MANIFEST)):
+        raise ArtifactError(f"{target}: no such version; available: {versions(root)}")
+    return target
+
+
+def resolve(path: str | Path, version: Optional[str] = None) -> Path:
+    """The local model directory of ``locate(path, version)``; a URI is downloaded to the cache first."""
+    found = locate(path, version)
+    return cached_copy(str(found)) if storage.is_uri(found) else Path(found)
+
+
+def cached_copy(uri: str) -> Path:
+    """A verified local copy of the model directory at ``uri``: reused when its manifest equals the remote
+    one and its files still check, else downloaded (temp dir, verified, renamed into place)."""
+    try:
+        manifest = storage.read_text(storage.join(uri, MANIFEST))
+    except FileNotFoundError:
+        raise ArtifactError(f"{uri}: no manifest.json; not a complete model directory") from None
+    entry = storage.parent(uri)
+    target = storage.cache_dir() / "models" / storage.uri_key(str(entry)) / storage.name(entry) / storage.name(uri)
+    if _is_copy_of(target, manifest):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        storage.download_dir(uri, tmp)
+        try:
+            verify_model_dir(tmp)
+        except ArtifactError as exc:  # name the remote file, not the temp copy
+            raise ArtifactError(str(exc).replace(str(tmp), uri.partition("?")[0])) from None
+        if (tmp / MANIFEST).read_text() != manifest:
+            raise ArtifactError(f"{uri}: changed while it was downloaded; try again")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except OSError:  # another process put a copy in place first
+        if not _is_copy_of(target, manifest):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _is_copy_of(local: Path, manifest: str) -> bool:
+    try:
+        if (local / MANIFEST).read_text() != manifest:
+            return False
+        verify_model_dir(local)
+    except (OSError, ArtifactError):
+        return False
+    return True

@@ -30,7 +30,7 @@ def _number(value: Any, integer: bool = False) -> bool:
 class ServeConfig(BaseConfig):
     """Service settings; ``replicas`` is a fixed count or ``"auto"`` (autoscaling between min and max)."""
 
-    model: str = DEFAULT_MODEL  # registry entry (models/NAME), a version (models/NAME/v0002) or a model dir
+    model: str = DEFAULT_MODEL  # registry entry (models/NAME or s3://.../NAME), a version (NAME/v0002) or a model dir
     model_version: Optional[str] = None  # vNNNN inside a registry entry; None: the entry's `latest`
     host: str = "127.0.0.1"
     port: int = 8000
@@ -52,7 +52,7 @@ class ServeConfig(BaseConfig):
 
     def __post_init__(self) -> None:
         _check(isinstance(self.model, str) and bool(self.model.strip()), "model",
-               f"must be a non-empty path, got {self.model!r}")
+               f"must be a non-empty path or URI, got {self.model!r}")
         _check(self.model_version is None or (isinstance(self.model_version, str)
                                               and bool(_VERSION.match(self.model_version))),
                "model_version", f"must look like v0001 or be null, got {self.model_version!r}")

@@ -29,8 +29,9 @@ from convfm.errors import ArtifactError
 from convfm.extractor_base import concat_rows
 from convfm.fields import EncodedTable
 from convfm.ranking import CatalogRanker
-from convfm.registry import LATEST, resolve as resolve_model, versions
+from convfm.registry import resolve as resolve_model
 from convfm.serving import SERVING_NAME, ServingData
+from convfm.storage import is_uri
 from convfm.text import clean_value
 from serve.schemas import Filters, RecommendRequest, ScoreRequest
 
@@ -277,26 +278,17 @@ class ModelSlot:
     """The serving Scorer of one process and its replacement; thread-safe, loads never raise."""
 
     def __init__(self, model_path: str | Path, device: str = "cpu") -> None:
-        self.model_path, self.device = Path(model_path), device
+        self.model_path = model_path if is_uri(model_path) else Path(model_path)  # a Path would mangle s3://
+        self.device = device
         self.current: Optional[Scorer] = None
         self.error: Optional[str] = None  # why the *first* load failed (later failures keep the old model)
         self.last_reload: Optional[dict[str, Any]] = None
         self._lock = threading.Lock()
 
     def resolve(self, version: Optional[str] = None) -> Path:
-        """The model directory of ``version`` (a registry version next to the configured model), or of the
-        configured path itself (following ``latest``) when ``version`` is None."""
-        if version is None:
-            return resolve_model(self.model_path)
-        if not isinstance(version, str) or not _VERSION.match(version):
-            raise ArtifactError(f"version {version!r}: must look like v0001")
-        base = self.model_path
-        root = base if (base / LATEST).is_file() else base.parent if _VERSION.match(base.name) else None
-        if root is None:
-            raise ArtifactError(f"{base}: a single model directory, not a registry entry; it has no versions")
-        if not (root / version).is_dir():
-            raise ArtifactError(f"{root / version}: no such version; available: {versions(root)}")
-        return root / version
+        """The local model directory of ``version`` (a registry version next to the configured model), or of
+        the configured path itself (following ``latest``) when ``version`` is None; URIs are downloaded."""
+        return resolve_model(self.model_path, version)
 
     def load(self, version: Optional[str] = None) -> dict[str, Any]:
         """Load + validate ``version`` and swap it in; on any failure keep serving the current model."""

@@ -13,9 +13,16 @@ for key, value in {
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
     "RAY_DEDUP_LOGS": "0",
+    # The S3 tests talk to moto's in-process server, which accepts any credentials: fake ones, set before Ray
+    # starts so its workers inherit them, and no EC2 metadata lookups (seconds of timeouts without AWS).
+    "AWS_ACCESS_KEY_ID": "convfm-test",
+    "AWS_SECRET_ACCESS_KEY": "convfm-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
 }.items():
     os.environ.setdefault(key, value)
 
+import logging  # noqa: E402
 import shutil  # noqa: E402
 import types  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -87,3 +94,19 @@ def publish_broken(entry: Path, kind: str = "truncated") -> str:
 def break_version():
     """``break_version(entry) -> version``: a published copy of the latest version with truncated weights."""
     return publish_broken
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """``uri(path) -> s3://convfm-test/path?endpoint_override=...`` on moto's S3 server (in this process,
+    on a free local port); the endpoint travels in the URI, so Ray workers reach the same server."""
+    server_module = pytest.importorskip("moto.server", reason="moto[server] is not installed (dev extra)")
+    import boto3
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request otherwise
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(Bucket="convfm-test")
+    yield lambda path="": f"s3://convfm-test/{path.strip('/')}?endpoint_override={host}:{port}&scheme=http"
+    server.stop()

@@ -12,14 +12,17 @@ from convfm.evaluation import evaluate_split
 from convfm.metrics import format_report
 from convfm.prepare import prepare_data
 from convfm.registry import LATEST, resolve
+from convfm.storage import is_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model directory (e.g. runs/NAME/best), "
-                        "registry entry (models/NAME: its latest) or version (models/NAME/v0002)")
+                        "registry entry (models/NAME: its latest) or version (models/NAME/v0002); local or a "
+                        "URI (s3://..., gs://...: downloaded to the local cache)")
     add_data_arguments(parser)
     parser.add_argument("--split", choices=("train", "valid", "test"), default="test", help="split (default test)")
-    parser.add_argument("--out", metavar="FILE", help="report JSON path (default MODEL/eval_SPLIT.json)")
+    parser.add_argument("--out", metavar="FILE", help="report JSON path (default MODEL/eval_SPLIT.json; for a URI "
+                        "model, in its local cached copy)")
     parser.add_argument("--negatives", type=int, help="sampled negatives per ranked user (default: training's)")
 
 
@@ -35,8 +38,8 @@ def saved_data_config(model_dir: Path, args: argparse.Namespace) -> DataConfig:
 
 def run(args: argparse.Namespace) -> int:
     model_dir = Path(args.model)
-    if (model_dir / LATEST).is_file():  # a registry entry: its latest version (refused if that is missing)
-        model_dir = resolve(model_dir)
+    if is_uri(args.model) or (model_dir / LATEST).is_file():  # a registry entry or a URI: resolved/downloaded
+        model_dir = resolve(args.model)
     loaded = load_model_dir(model_dir)
     train_config = TrainConfig.from_dict(loaded.extra.get("train_config", {}))
     data = prepare_data(saved_data_config(model_dir, args), extractor=loaded.extractor)

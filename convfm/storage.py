@@ -1,0 +1,237 @@
+"""Local paths and storage URIs (``s3://``, ``gs://``, ``file://``...) behind one small API, over ``pyarrow.fs``.
+
+A URI is resolved by ``pyarrow.fs.FileSystem.from_uri``: credentials come from the standard places (AWS/GCS
+environment variables, config files, instance roles), and query parameters configure the store, e.g.
+``s3://bucket/runs?endpoint_override=minio:9000&scheme=http``. ``join`` keeps that query at the end.
+
+Local paths keep plain-filesystem behaviour (``write_text`` is atomic there). Object stores have no atomic
+rename, so writers upload a directory's files one by one and the marker file last (``upload_dir(last=...)``);
+readers treat a directory without its marker as absent. ``StagedDir`` lets a command write its outputs to a
+local directory and mirror them to a URI.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow
+import pyarrow.fs as pafs
+
+from convfm.errors import StorageError
+
+CACHE_ENV = "CONVFM_CACHE"
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_CHUNK = 1 << 20
+
+
+def is_uri(path: str | Path) -> bool:
+    """True for ``scheme://...`` (``file://`` included), False for a plain local path."""
+    return isinstance(path, str) and bool(_SCHEME.match(path))
+
+
+def _split(uri: str) -> tuple[str, str]:
+    base, sep, query = uri.partition("?")
+    return base.rstrip("/"), sep + query
+
+
+def join(base: str | Path, *parts: str) -> str | Path:
+    """``base/part/...``: a Path for a local base, a URI (query kept at the end) for a URI base."""
+    if not is_uri(base):
+        return Path(base).joinpath(*parts)
+    path, query = _split(str(base))
+    return "/".join([path, *(p.strip("/") for p in parts)]) + query
+
+
+def name(path: str | Path) -> str:
+    """The last path segment (``s3://b/runs/x?q`` -> ``x``)."""
+    return _split(str(path))[0].rsplit("/", 1)[-1] if is_uri(path) else Path(path).name
+
+
+def parent(path: str | Path) -> str | Path:
+    """The enclosing directory, a URI for a URI."""
+    if not is_uri(path):
+        return Path(path).parent
+    base, query = _split(str(path))
+    return base.rsplit("/", 1)[0] + query
+
+
+def cache_dir() -> Path:
+    """Where remote models are downloaded: ``$CONVFM_CACHE``, else ``~/.cache/convfm``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "convfm").expanduser()
+
+
+def uri_key(uri: str) -> str:
+    """A short stable folder name for a URI (its cache slot)."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def _error(uri: str | Path, exc: BaseException) -> StorageError:
+    """One line naming the URI and what the store said (no request ids, no traceback)."""
+    text = re.sub(r"\s*\(Request ID: [^)]*\)", "", str(exc)).strip().splitlines()
+    return StorageError(f"{uri}: {text[0][:300] if text else type(exc).__name__}")
+
+
+def _fs(path: str | Path) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and in-filesystem path of a local path or URI; StorageError for an unusable URI."""
+    if not is_uri(path):
+        return pafs.LocalFileSystem(), str(Path(path).expanduser().absolute())
+    try:
+        fs, inner = pafs.FileSystem.from_uri(str(path))
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError, ValueError) as exc:
+        raise _error(path, exc) from None
+    return fs, inner.rstrip("/")
+
+
+def _info(path: str | Path) -> pafs.FileInfo:
+    fs, inner = _fs(path)
+    try:
+        return fs.get_file_info(inner)
+    except OSError as exc:
+        raise _error(path, exc) from None
+
+
+def exists(path: str | Path) -> bool:
+    """A file or directory at ``path``."""
+    return _info(path).type != pafs.FileType.NotFound
+
+
+def is_file(path: str | Path) -> bool:
+    return _info(path).type == pafs.FileType.File
+
+
+def read_text(path: str | Path) -> str:
+    """The file's text; FileNotFoundError when it does not exist, StorageError when the store fails."""
+    fs, inner = _fs(path)
+    try:
+        with fs.open_input_stream(inner) as stream:
+            return stream.read().decode()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if _info(path).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(str(path)) from None
+        raise _error(path, exc) from None
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a small text file: atomically (temp + rename) on a local disk, one PUT on an object store."""
+    if not is_uri(path):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(tmp, target)
+        return
+    fs, inner = _fs(path)
+    try:
+        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)  # a no-op on object stores, needed on file://
+        with fs.open_output_stream(inner) as stream:
+            stream.write(text.encode())
+    except OSError as exc:
+        raise _error(path, exc) from None
+
+
+def list_dirs(path: str | Path) -> list[str]:
+    """Names of the directories directly under ``path`` (sorted; [] when ``path`` does not exist)."""
+    fs, inner = _fs(path)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    except OSError as exc:
+        raise _error(path, exc) from None
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def _copy(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:
+    with src_fs.open_input_stream(src) as reader, dst_fs.open_output_stream(dst) as writer:
+        while chunk := reader.read(_CHUNK):
+            writer.write(chunk)
+
+
+def upload_file(local: Path, target: str | Path) -> None:
+    """Copy one local file to ``target``."""
+    fs, inner = _fs(target)
+    try:
+        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+        _copy(pafs.LocalFileSystem(), str(local), fs, inner)
+    except OSError as exc:
+        raise _error(target, exc) from None
+
+
+def upload_dir(local: str | Path, target: str | Path, last: Sequence[str] = ()) -> None:
+    """Copy every file under ``local`` to ``target``; the relative paths in ``last`` go after all others, in
+    that order (a reader that waits for them never sees a half-written directory)."""
+    local = Path(local)
+    files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    ordered = [f for f in files if f not in last] + [f for f in last if f in files]
+    fs, inner = _fs(target)
+    try:
+        fs.create_dir(inner, recursive=True)
+        for relative in ordered:
+            if "/" in relative:
+                fs.create_dir(f"{inner}/{relative.rsplit('/', 1)[0]}", recursive=True)
+            _copy(pafs.LocalFileSystem(), str(local / relative), fs, f"{inner}/{relative}")
+    except OSError as exc:
+        raise _error(target, exc) from None
+
+
+def download_dir(source: str | Path, local: str | Path) -> None:
+    """Copy every file under ``source`` into the local directory ``local`` (created if needed)."""
+    fs, inner = _fs(source)
+    local = Path(local)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+        for info in infos:
+            if info.type != pafs.FileType.File:
+                continue
+            target = local / info.path[len(inner):].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _copy(fs, info.path, pafs.LocalFileSystem(), str(target))
+    except FileNotFoundError:
+        raise StorageError(f"{source}: not found") from None
+    except OSError as exc:
+        raise _error(source, exc) from None
+
+
+class StagedDir:
+    """An output directory written locally and, when its target is a URI, mirrored there by ``sync``.
+
+    ``local`` is the directory to write into: the target itself for a local path, else a fresh temporary
+    directory (removed by ``close``). ``location(name)`` is where a file ends up (a Path or a URI)."""
+
+    def __init__(self, target: str | Path) -> None:
+        self.remote = is_uri(target)
+        if self.remote:
+            self.target: str | Path = str(target)
+            self.local = Path(tempfile.mkdtemp(prefix=f"convfm-{name(target)}-"))
+        else:
+            self.target = self.local = Path(target).expanduser().resolve()
+
+    @property
+    def name(self) -> str:
+        return name(self.target)
+
+    def location(self, *parts: str) -> str | Path:
+        return join(self.target, *parts)
+
+    def sync(self, *entries: str) -> None:
+        """Upload the named files/directories of ``local``, in the given order (a directory with its
+        ``manifest.json`` last, so a half-uploaded model directory never verifies); no-op for a local target."""
+        if not self.remote:
+            return
+        for entry in entries:
+            path = self.local / entry
+            if path.is_dir():
+                upload_dir(path, join(self.target, entry), last=("manifest.json",))
+            elif path.is_file():
+                upload_file(path, join(self.target, entry))
+
+    def close(self) -> None:
+        if self.remote:
+            shutil.rmtree(self.local, ignore_errors=True)
+

@@ -1,0 +1,173 @@
+"""Storage URIs and the registry behind them: ``file://`` (pyarrow's path, no server) and real S3 protocol
+against moto's in-process server. Publishing uploads the manifest last and ``latest`` after it; a version
+without its manifest is never listed or resolved; resolve downloads into the cache and verifies."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from convfm import storage
+from convfm.artifacts import load_model_dir, save_model_dir
+from convfm.config import DataConfig, ModelConfig
+from convfm.errors import ArtifactError, StorageError
+from convfm.model import ConvFM
+from convfm.prepare import prepare_data
+from convfm.registry import LATEST, publish, resolve, versions
+from convfm.training import predict_proba
+
+
+@pytest.fixture(scope="module")
+def saved(market_dir, tmp_path_factory):
+    data = prepare_data(DataConfig(path=str(market_dir)))
+    torch.manual_seed(0)
+    model = ConvFM(ModelConfig(embedding_dim=8, conv_filters=4, hidden_dims=(8,)), data.extractor.feature_map).eval()
+    out = save_model_dir(tmp_path_factory.mktemp("art") / "model", model, data.extractor, metrics={"val_roc_auc": 0.5})
+    return data, model, out
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def digests(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_uri_helpers_keep_the_query_at_the_end():
+    uri = "s3://bucket/runs/x?endpoint_override=localhost:9000&scheme=http"
+    assert storage.is_uri(uri) and storage.is_uri("file:///tmp/a") and storage.is_uri("gs://b")
+    assert not storage.is_uri("runs/x") and not storage.is_uri(Path("/tmp/a")) and not storage.is_uri("C:/x")
+    assert storage.join(uri, "ray", "best/") == "s3://bucket/runs/x/ray/best?endpoint_override=localhost:9000&scheme=http"
+    assert storage.name(uri) == "x" and storage.name("s3://bucket/runs/x/") == "x"
+    assert storage.parent(uri) == "s3://bucket/runs?endpoint_override=localhost:9000&scheme=http"
+    assert storage.join("runs/x", "ray") == Path("runs/x/ray") and storage.parent(Path("a/b")) == Path("a")
+
+
+def test_file_uri_round_trip_of_text_and_directories(tmp_path):
+    root = f"file://{tmp_path}/store"
+    assert not storage.exists(root) and storage.list_dirs(root) == []
+    storage.write_text(storage.join(root, "a", "note.txt"), "hello\n")
+    assert storage.read_text(storage.join(root, "a", "note.txt")) == "hello\n"
+    assert (tmp_path / "store" / "a" / "note.txt").read_text() == "hello\n"  # really on disk, via pyarrow
+    with pytest.raises(FileNotFoundError):
+        storage.read_text(storage.join(root, "a", "nope.txt"))
+    local = tmp_path / "local"
+    (local / "sub").mkdir(parents=True)
+    (local / "x.bin").write_bytes(bytes(range(256)) * 5000)
+    (local / "sub" / "y.txt").write_text("y")
+    storage.upload_dir(local, storage.join(root, "d"))
+    assert storage.list_dirs(root) == ["a", "d"] and storage.list_dirs(storage.join(root, "d")) == ["sub"]
+    storage.download_dir(storage.join(root, "d"), tmp_path / "back")
+    assert (tmp_path / "back" / "x.bin").read_bytes() == (local / "x.bin").read_bytes()
+    assert (tmp_path / "back" / "sub" / "y.txt").read_text() == "y"
+
+
+def test_upload_puts_the_named_files_last(tmp_path, monkeypatch):
+    local = tmp_path / "m"
+    local.mkdir()
+    for name in ("manifest.json", "a.json", "z.json", "weights.pt"):
+        (local / name).write_text(name)
+    order = []
+    real = storage._copy
+    monkeypatch.setattr(storage, "_copy", lambda sf, s, df, d: (order.append(Path(d).name), real(sf, s, df, d)))
+    storage.upload_dir(local, f"file://{tmp_path}/out", last=("manifest.json",))
+    assert order == ["a.json", "weights.pt", "z.json", "manifest.json"]
+
+
+def test_unusable_uris_fail_in_one_line_naming_them(tmp_path):
+    with pytest.raises(StorageError, match=r"^nosuch://bucket/x: .*") as error:
+        storage.exists("nosuch://bucket/x")
+    assert "\n" not in str(error.value)
+
+
+def test_registry_on_a_file_uri_publishes_resolves_and_caches(saved, tmp_path, cache):
+    data, model, out = saved
+    registry = f"file://{tmp_path}/registry"
+    first, second = publish(out, registry, "jobs"), publish(out, registry, "jobs")
+    assert (first, second) == (f"{registry}/jobs/v0001", f"{registry}/jobs/v0002")
+    entry = storage.join(registry, "jobs")
+    assert versions(entry) == ["v0001", "v0002"] and storage.read_text(storage.join(entry, LATEST)) == "v0002\n"
+    local = resolve(entry)
+    assert local.is_relative_to(cache) and local.name == "v0002" and local.parent.name == "jobs"
+    assert digests(local) == digests(out)
+    (local / "marker").write_text("cached")  # a verified cached copy is reused, not downloaded again
+    assert resolve(entry) == local and (local / "marker").exists()
+    assert resolve(entry, "v0001").name == "v0001" and resolve(f"{entry}/v0001").name == "v0001"
+    weights = local / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:100])  # a damaged cached copy is downloaded again
+    assert resolve(entry) == local and digests(local)["weights.pt"] == digests(out)["weights.pt"]
+
+
+def test_partial_upload_is_never_listed_or_resolved(saved, tmp_path):
+    _, _, out = saved
+    registry = f"file://{tmp_path}/registry"
+    entry = storage.join(registry, "jobs")
+    publish(out, registry, "jobs")
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    (partial / "manifest.json").unlink()
+    storage.upload_dir(partial, storage.join(entry, "v0002"))  # an upload killed before its manifest
+    assert versions(entry) == ["v0001"] and resolve(entry).name == "v0001"
+    with pytest.raises(ArtifactError, match=r"registry/jobs/v0002: no such version; available: \['v0001'\]"):
+        resolve(entry, "v0002")
+    assert storage.name(publish(out, registry, "jobs")) == "v0003"  # the partial number is not reused
+    assert versions(entry) == ["v0001", "v0003"] and resolve(entry).name == "v0003"
+
+
+def test_resolve_errors_name_the_uri(saved, tmp_path):
+    _, _, out = saved
+    registry = f"file://{tmp_path}/registry"
+    with pytest.raises(ArtifactError, match=f"^{registry}/nothing: no such model or registry entry$"):
+        resolve(f"{registry}/nothing")
+    publish(out, registry, "jobs")
+    storage.write_text(f"{registry}/jobs/{LATEST}", "v0007\n")
+    with pytest.raises(ArtifactError, match=f"^{registry}/jobs/latest: points to version 'v0007', which does not"):
+        resolve(f"{registry}/jobs")
+    with pytest.raises(ArtifactError, match="a single model directory, not a registry entry"):
+        resolve(f"file://{out}", "v0001")
+
+
+# ------------------------------------------------------------------------------------------------ real S3 (moto)
+def test_s3_registry_round_trip_gives_identical_scores(saved, s3_bucket, cache):
+    data, model, out = saved
+    registry = s3_bucket("registry-roundtrip")
+    first = publish(out, registry, "jobs")
+    assert storage.name(first) == "v0001" and storage.name(publish(out, registry, "jobs")) == "v0002"
+    entry = storage.join(registry, "jobs")
+    assert versions(entry) == ["v0001", "v0002"]
+    local = resolve(entry)
+    assert local.is_relative_to(cache) and local.name == "v0002" and digests(local) == digests(out)
+    loaded = load_model_dir(local)
+    before = predict_proba(model, data.sets["valid"], 512, torch.device("cpu"))
+    after = predict_proba(loaded.model, loaded.extractor.example_set(data.frames["valid"]), 512, torch.device("cpu"))
+    assert np.array_equal(before, after) and loaded.metrics == {"val_roc_auc": 0.5}
+    assert resolve(first).name == "v0001" and resolve(entry, "v0001") == resolve(first)
+
+
+def test_s3_partial_version_is_skipped_and_errors_name_the_uri(saved, s3_bucket, tmp_path):
+    _, _, out = saved
+    registry = s3_bucket("registry-partial")
+    entry = storage.join(registry, "jobs")
+    publish(out, registry, "jobs")
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    (partial / "manifest.json").unlink()
+    storage.upload_dir(partial, storage.join(entry, "v0002"))
+    storage.write_text(storage.join(entry, LATEST), "v0002\n")  # even a pointer to it is refused
+    assert versions(entry) == ["v0001"]
+    with pytest.raises(ArtifactError, match=r"^s3://convfm-test/registry-partial/jobs/latest\?.*: points to version "
+                                            r"'v0002', which does not exist$"):
+        resolve(entry)
+    assert storage.name(publish(out, registry, "jobs")) == "v0003" and resolve(entry).name == "v0003"
+    with pytest.raises(ArtifactError, match=r"^s3://convfm-test/registry-partial/nothing\?.*: no such model"):
+        resolve(s3_bucket("registry-partial/nothing"))
+    missing_bucket = entry.replace("convfm-test", "no-such-bucket")
+    with pytest.raises(StorageError, match=r"^s3://no-such-bucket/.*(not found|NO_SUCH_BUCKET|does not exist)"):
+        publish(out, storage.parent(missing_bucket), "jobs")
