@@ -1,4 +1,5 @@
-"""JSON documents on disk: written atomically (temp file + rename), read with errors that name the file."""
+"""JSON documents: written atomically to disk (temp file + rename), read from disk or a storage URI with errors
+that name the file."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from convfm import storage
 from convfm.errors import ConfigError
 
 
@@ -23,11 +25,12 @@ def write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """The JSON document at ``path``; ConfigError saying the directory is not ``what`` when it is missing."""
+def read_json(path: str | Path, what: str) -> dict[str, Any]:
+    """The JSON document at ``path`` (a local path or a storage URI); ConfigError saying the directory is
+    not ``what`` when it is missing."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(storage.read_text(path))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; {path.parent} is not {what}") from None
+        raise ConfigError(f"{path}: not found; {storage.parent(path)} is not {what}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None

@@ -39,6 +39,11 @@ def _split(uri: str) -> tuple[str, str]:
     return base.rstrip("/"), sep + query
 
 
+def local_or_uri(path: str) -> str | Path:
+    """A command-line path as a URI string or a Path (``Path("s3://b/x")`` would collapse to ``s3:/b/x``)."""
+    return path if is_uri(path) else Path(path)
+
+
 def join(base: str | Path, *parts: str) -> str | Path:
     """``base/part/...``: a Path for a local base, a URI (query kept at the end) for a URI base."""
     if not is_uri(base):
@@ -234,4 +239,10 @@ class StagedDir:
     def close(self) -> None:
         if self.remote:
             shutil.rmtree(self.local, ignore_errors=True)
+
+    def __enter__(self) -> "StagedDir":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 

@@ -211,7 +211,7 @@ class Api:
 
 def build_app(config: ServeConfig) -> Any:
     """The application graph for ``config`` (checks that the model path exists; reads the API key env var)."""
-    model = config.model if is_uri(config.model) else str(Path(config.model).expanduser().absolute())
+    model = config.model if is_uri(config.model) else str(Path(config.model).expanduser().absolute())  # s3:// stays
     ModelSlot(model).resolve(config.model_version)  # fail now, not inside a replica, on a wrong path/version
     device = "cuda" if config.num_gpus > 0 else "cpu"
     logging_config = {"enable_access_log": config.access_log}

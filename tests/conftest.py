@@ -107,6 +107,7 @@ def s3_bucket():
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(Bucket="convfm-test")
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1")
+    client.create_bucket(Bucket="convfm-test")
     yield lambda path="": f"s3://convfm-test/{path.strip('/')}?endpoint_override={host}:{port}&scheme=http"
     server.stop()

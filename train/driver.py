@@ -26,12 +26,14 @@ from ray.util.queue import Empty, Queue
 
 import convfm
 import train as train_package
+from convfm import storage
 from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
 from convfm.errors import ConfigError, ConvFMError
 from convfm.features import load_extractor
 from convfm.prepare import PreparedData, prepare_data
+from convfm.storage import StagedDir
 from train.loop import MODEL_DIR, TRAIN_STATE, train_loop_per_worker
-from train.outputs import copy_model_dir, plot_curves, read_run, write_metrics_csv, write_run
+from train.outputs import RUN_FILE, copy_model_dir, plot_curves, read_run, write_metrics_csv, write_run
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -43,8 +45,8 @@ class TrainingError(ConvFMError):
 
 @dataclasses.dataclass
 class TrainingResult:
-    out_dir: Path
-    best_dir: Path
+    out_dir: str | Path  # the run directory: a local path or the storage URI the outputs were uploaded to
+    best_dir: str | Path
     best_epoch: int
     best_metrics: dict[str, Any]
     history: list[dict[str, Any]]
@@ -74,13 +76,15 @@ def run_training(
     prepared: Optional[PreparedData] = None,
     quiet: bool = True,
 ) -> TrainingResult:
-    """Train with ``TorchTrainer`` and write ``out_dir`` (best/, metrics.csv, curves.png, run.json).
+    """Train with ``TorchTrainer`` and write ``out_dir`` (best/, metrics.csv, curves.png, run.json): a local
+    directory or a storage URI (``s3://...``, ``gs://...``; staged locally and uploaded, see ``train.outputs``).
 
     Configs may be config objects or plain mappings (validated here, before Ray). ``resume`` continues the
     run in ``out_dir`` from its latest checkpoint: its data and model configs must match, the train config
     may differ (more epochs, more workers). ``storage_path`` is where Ray Train keeps checkpoints (default
-    ``out_dir/ray``; on a multi-node cluster a shared path or URI). ``on_epoch`` gets rank 0's metrics of
-    each epoch as it is reported. ``loop_options`` adds keys to the worker config (``crash_at_epoch``...).
+    ``out_dir/ray``, a URI when ``out_dir`` is one; on a multi-node cluster a shared path or URI).
+    ``on_epoch`` gets rank 0's metrics of each epoch as it is reported. ``loop_options`` adds keys to the
+    worker config (``crash_at_epoch``...).
     ``extractor_options`` go to the extractor fitted for a new run (a resumed run reuses its own);
     ``prepared`` is data the caller already prepared from ``data_config``. ``quiet`` keeps worker and
     controller logs off the terminal when this call starts Ray.
@@ -90,38 +94,38 @@ def run_training(
     model_config = as_config(model_config, ModelConfig, "model")
     train_config = as_config(train_config, TrainConfig, "train")
     _check_configs(model_config, train_config)
-    out_dir = Path(out_dir).expanduser().resolve()
-    run = _run_identity(out_dir, resume, data_config, model_config, storage_path)
-    if resume:
-        data = prepare_data(data_config, extractor=_check_resumable(run, train_config))
-    elif prepared is not None:
-        if prepared.config != data_config:
-            raise ConfigError("prepared: data was prepared from a different DataConfig than data_config")
-        data = prepared
-    else:
-        data = prepare_data(data_config, extractor_options=dict(extractor_options or {}))
-    check_training_data(data, train_config)
-    run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    write_run(out_dir, run)
+    with StagedDir(out_dir) as out:  # a URI run directory: written here, uploaded as it goes
+        run = _run_identity(out, resume, data_config, model_config, storage_path)
+        if resume:
+            data = prepare_data(data_config, extractor=_check_resumable(run, train_config))
+        elif prepared is not None:
+            if prepared.config != data_config:
+                raise ConfigError("prepared: data was prepared from a different DataConfig than data_config")
+            data = prepared
+        else:
+            data = prepare_data(data_config, extractor_options=dict(extractor_options or {}))
+        check_training_data(data, train_config)
+        run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        write_run(out, run)
 
-    _init_ray(address, quiet)
-    progress = Queue(actor_options={"num_cpus": 0}) if on_epoch is not None else None
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config(data, model_config, train_config, loop_options),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=train_config.num_workers, use_gpu=train_config.use_gpu,
-            resources_per_worker=dict(resources_per_worker) if resources_per_worker else None),
-        run_config=_run_config(run, train_config, [] if progress is None else [_ProgressCallback(progress)]),
-    )
-    with _relay_progress(progress, on_epoch):
-        try:
-            result = trainer.fit()
-        except ray.train.TrainingFailedError as exc:
-            write_run(out_dir, {**run, "status": "failed", "error": str(exc)[:4000]})
-            raise TrainingError(f"training failed after {train_config.max_failures} restart(s): "
-                                f"{_failure_summary(exc)} (full error in {out_dir / 'run.json'})") from exc
-    return _finish(out_dir, run, result, train_config, time.perf_counter() - started)
+        _init_ray(address, quiet)
+        progress = Queue(actor_options={"num_cpus": 0}) if on_epoch is not None else None
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config(data, model_config, train_config, loop_options),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=train_config.num_workers, use_gpu=train_config.use_gpu,
+                resources_per_worker=dict(resources_per_worker) if resources_per_worker else None),
+            run_config=_run_config(run, train_config, [] if progress is None else [_ProgressCallback(progress)]),
+        )
+        with _relay_progress(progress, on_epoch):
+            try:
+                result = trainer.fit()
+            except ray.train.TrainingFailedError as exc:
+                write_run(out, {**run, "status": "failed", "error": str(exc)[:4000]})
+                raise TrainingError(f"training failed after {train_config.max_failures} restart(s): "
+                                    f"{_failure_summary(exc)} (full error in {out.location(RUN_FILE)})") from exc
+        return _finish(out, run, result, train_config, time.perf_counter() - started)
 
 
 def _failure_summary(exc: Exception) -> str:
@@ -162,17 +166,18 @@ def loop_config(data: PreparedData, model_config: ModelConfig, train_config: Tra
     }
 
 
-def _run_identity(out_dir: Path, resume: bool, data_config: DataConfig, model_config: ModelConfig,
+def _run_identity(out: StagedDir, resume: bool, data_config: DataConfig, model_config: ModelConfig,
                   storage_path: Optional[str]) -> dict[str, Any]:
     """run.json's identity part: a new run must not reuse a run directory (Ray would silently resume it);
     a resumed one must exist and have the same data and model."""
+    out_dir = out.target
     if not resume:
-        if (out_dir / "run.json").exists():
+        if storage.exists(out.location(RUN_FILE)):
             raise ConfigError(f"{out_dir} already holds a run; pass --resume {out_dir} or choose another --out")
-        storage = storage_path or str(out_dir / "ray")
-        if "://" not in storage:
-            storage = str(Path(storage).expanduser().resolve())
-        return {"name": out_dir.name, "storage_path": storage, "data": data_config.to_dict(),
+        checkpoints = str(storage_path or out.location("ray"))
+        if not storage.is_uri(checkpoints):
+            checkpoints = str(Path(checkpoints).expanduser().resolve())
+        return {"name": out.name, "storage_path": checkpoints, "data": data_config.to_dict(),
                 "model": model_config.to_dict(), "attempts": 1}
     run = read_run(out_dir)
     for section, config in (("model", model_config), ("data", data_config)):
@@ -190,7 +195,7 @@ def _latest_checkpoint(run: Mapping[str, Any]) -> Optional[ray.train.Checkpoint]
     from ray.train import Result
 
     try:
-        return Result.from_path(f"{run['storage_path'].rstrip('/')}/{run['name']}").checkpoint
+        return Result.from_path(str(storage.join(run["storage_path"], run["name"]))).checkpoint
     except (FileNotFoundError, RuntimeError, ValueError):
         return None
 
@@ -287,29 +292,30 @@ def _relay_progress(progress: Optional[Queue], on_epoch: Optional[EpochCallback]
         progress.shutdown()
 
 
-def _finish(out_dir: Path, run: dict[str, Any], result: Any, config: TrainConfig,
+def _finish(out: StagedDir, run: dict[str, Any], result: Any, config: TrainConfig,
             wall_seconds: float) -> TrainingResult:
     scored = [(c, m) for c, m in result.best_checkpoints if not math.isnan(float(m.get("val_roc_auc", math.nan)))]
     if not scored or result.checkpoint is None:
         raise TrainingError(f"run {run['name']} produced no checkpoint with a validation AUC")
     best_checkpoint, best_metrics = max(scored, key=lambda cm: float(cm[1]["val_roc_auc"]))
     with best_checkpoint.as_directory() as directory:
-        best_dir = copy_model_dir(Path(directory) / MODEL_DIR, out_dir / "best")
+        copy_model_dir(Path(directory) / MODEL_DIR, out.local / "best")
     with result.checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / TRAIN_STATE, map_location="cpu", weights_only=True)
     history = state["history"]
-    write_metrics_csv(history, out_dir / "metrics.csv")
-    plot_curves(history, out_dir / "curves.png")
+    write_metrics_csv(history, out.local / "metrics.csv")
+    plot_curves(history, out.local / "curves.png")
     stopped_early = bool(state["stopper"]["bad_epochs"] >= config.patience and state["next_epoch"] < config.num_epochs)
     restarts = sorted({int(r["run_start_epoch"]) for r in history} - {0})
     best_metrics = dict(best_metrics)
+    best_dir = out.location("best")
     run.update(
         status="finished", best_epoch=int(best_metrics["epoch"]), best_metrics=best_metrics,
         epochs_trained=len(history), stopped_early=stopped_early, restarts=restarts,
         wall_seconds=round(wall_seconds, 2), result_path=str(result.path), best_dir=str(best_dir),
     )
-    write_run(out_dir, run)
-    return TrainingResult(out_dir, best_dir, int(best_metrics["epoch"]), best_metrics, history, stopped_early,
+    write_run(out, run, "best", "metrics.csv", "curves.png")  # uploads (URI runs) with run.json last
+    return TrainingResult(out.target, best_dir, int(best_metrics["epoch"]), best_metrics, history, stopped_early,
                           wall_seconds, restarts)
 
 
@@ -331,6 +337,6 @@ def format_summary(result: TrainingResult) -> str:
         f"stopped early: {'yes' if result.stopped_early else 'no'}; resumed at epoch(s): "
         f"{', '.join(str(e + 1) for e in result.restarts) or 'none'}; wall time {result.wall_seconds:.1f}s",
         f"best model: {result.best_dir}",
-        f"metrics: {result.out_dir / 'metrics.csv'}  curves: {result.out_dir / 'curves.png'}",
+        f"metrics: {storage.join(result.out_dir, 'metrics.csv')}  curves: {storage.join(result.out_dir, 'curves.png')}",
     ]
     return "\n".join(lines)

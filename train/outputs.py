@@ -5,6 +5,10 @@
   runs/NAME/curves.png    train/validation loss and validation AUC (popularity and oracle beside it)
   runs/NAME/best/         the best checkpoint's model directory (loads with convfm.artifacts.load_model_dir)
   runs/NAME/ray/NAME/     Ray Train's storage: checkpoints (kept best N by validation AUC, plus the latest)
+
+The run directory may be a storage URI (``s3://bucket/runs/NAME``): the files are then written to a local
+staging directory (``convfm.storage.StagedDir``) and uploaded, run.json at start and failure, everything at the
+end with run.json last; Ray Train writes its checkpoints to ``URI/ray`` itself.
 """
 from __future__ import annotations
 
@@ -17,19 +21,23 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from convfm import storage
 from convfm.artifacts import verify_model_dir
 from convfm.jsonfile import read_json, write_json_atomic
+from convfm.storage import StagedDir
 
 RUN_FILE = "run.json"
 
 
-def read_run(out_dir: Path) -> dict[str, Any]:
-    return read_json(out_dir / RUN_FILE, "a convfm training run")
+def read_run(out_dir: str | Path) -> dict[str, Any]:
+    return read_json(storage.join(out_dir, RUN_FILE), "a convfm training run")
 
 
-def write_run(out_dir: Path, run: Mapping[str, Any]) -> None:
-    """Atomically, so an interrupted run never leaves half a run.json."""
-    write_json_atomic(out_dir / RUN_FILE, run)
+def write_run(out: StagedDir, run: Mapping[str, Any], *outputs: str) -> None:
+    """Atomically, so an interrupted run never leaves half a run.json; then upload ``outputs`` and run.json
+    last (for a URI run directory)."""
+    write_json_atomic(out.local / RUN_FILE, run)
+    out.sync(*outputs, RUN_FILE)
 
 
 def write_metrics_csv(history: Sequence[Mapping[str, Any]], path: Path) -> None:

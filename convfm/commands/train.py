@@ -13,6 +13,7 @@ from typing import Any
 from convfm.commands.common import add_data_arguments, check_sections, data_config, model_and_train_configs
 from convfm.config import DataConfig, ModelConfig, TrainConfig, load_yaml_config
 from convfm.errors import ConfigError
+from convfm.storage import local_or_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,13 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (train.use_gpu)")
     parser.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (train.num_epochs)")
     parser.add_argument("--batch-size", type=int, metavar="N", help="global batch size (train.batch_size)")
-    parser.add_argument("--out", metavar="DIR", help="run directory (default runs/train-YYYYmmdd-HHMMSS)")
+    parser.add_argument("--out", metavar="DIR", help="run directory, local or a URI such as s3://bucket/runs/NAME "
+                        "(default runs/train-YYYYmmdd-HHMMSS)")
     parser.add_argument("--address", metavar="ADDR", help="join a Ray cluster: 'auto' or ray://HOST:10001 "
                         "(default: this process's Ray, else a new local one)")
     parser.add_argument("--storage", metavar="PATH", help="checkpoint storage for Ray Train (shared path or "
                         "URI on multi-node clusters; default RUN/ray)")
-    parser.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its latest checkpoint "
-                        "(its data and model; --epochs etc. may change)")
+    parser.add_argument("--resume", metavar="RUN", help="continue the run in RUN (a path or URI) from its latest "
+                        "checkpoint (its data and model; --epochs etc. may change)")
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -38,7 +40,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in flags.items() if value is not None}
 
 
-def resolve_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, TrainConfig, Path]:
+def resolve_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, TrainConfig, str | Path]:
     """The three configs and the run directory, validated; ConfigError names the bad field."""
     if args.resume:
         from train.outputs import read_run  # Ray-free
@@ -46,7 +48,7 @@ def resolve_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, 
         if args.out or args.table:
             raise ConfigError("--resume: a resumed run keeps its directory and data; drop --out/--table "
                               "(--data may point at the same data's new location)")
-        out_dir = Path(args.resume)
+        out_dir = local_or_uri(args.resume)
         run = read_run(out_dir)
         data = DataConfig.from_dict(run["data"], source=f"{out_dir}/run.json [data]")
         if args.data:
@@ -59,7 +61,7 @@ def resolve_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, 
     else:
         data = data_config(args, args.config)
         model, train = model_and_train_configs(args.config)
-        out_dir = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
+        out_dir = local_or_uri(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     train = TrainConfig.from_dict({**train.to_dict(), **_train_overrides(args)}, source="command line")
     return data, model, train, out_dir
 
