@@ -8,6 +8,9 @@ checkpoint found on disk, and the exported model.
   runs/tune-NAME/best/             the best trial's best checkpoint as a model directory (+ serving.json)
   runs/tune-NAME/ray/tune-NAME/    Ray Tune's experiment state, one trial-<id>/ folder per trial
   runs/tune-NAME/train/train-<id>/ each trial's Ray Train run and checkpoints
+
+The directory may be a storage URI (``s3://bucket/runs/tune-NAME``): Tune and Train write ``ray/`` and ``train/``
+there themselves, the files above are written to a local staging directory and uploaded (experiment.json last).
 """
 from __future__ import annotations
 
@@ -18,9 +21,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
 
+from convfm import storage
 from convfm.artifacts import load_model_dir, save_model_dir
 from convfm.errors import ArtifactError
 from convfm.jsonfile import read_json, write_json_atomic
+from convfm.storage import StagedDir
 from tune.space import format_params
 
 EXPERIMENT_FILE = "experiment.json"
@@ -29,11 +34,17 @@ EXPERIMENT_FILE = "experiment.json"
 COMPLETED, ASHA, PATIENCE, ERROR = "completed", "asha", "patience", "error"
 
 
-def read_experiment(out_dir: Path) -> dict[str, Any]:
-    return read_json(out_dir / EXPERIMENT_FILE, "a convfm tune experiment")
+def read_experiment(out_dir: str | Path) -> dict[str, Any]:
+    return read_json(storage.join(out_dir, EXPERIMENT_FILE), "a convfm tune experiment")
 
 
 write_json = write_json_atomic  # summary.json, experiment.json: an interrupted search never leaves half a file
+
+
+def write_experiment(out: StagedDir, experiment: Mapping[str, Any], *outputs: str) -> None:
+    """Write experiment.json, then upload ``outputs`` and experiment.json last (for a URI directory)."""
+    write_json(out.local / EXPERIMENT_FILE, experiment)
+    out.sync(*outputs, EXPERIMENT_FILE)
 
 
 def trial_row(trial_id: str, params: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
@@ -149,6 +160,17 @@ def best_checkpoint_dir(train_run: Path, metric: str, mode: str) -> tuple[Path, 
     pick = max if mode == "max" else min
     _, model_dir, metrics = pick(found, key=lambda item: item[0])
     return model_dir, metrics
+
+
+def fetch_checkpoints(train_run: str | Path, local: Path) -> Path:
+    """``train_run`` itself when local; for a URI, a local copy of its checkpoints' model directories (the
+    optimizer state in each checkpoint is not needed to export the model)."""
+    if not storage.is_uri(train_run):
+        return Path(train_run)
+    for checkpoint in storage.list_dirs(train_run):
+        if checkpoint.startswith("checkpoint_"):
+            storage.download_dir(storage.join(train_run, checkpoint, "model"), local / checkpoint / "model")
+    return local
 
 
 def export_model(checkpoint_model_dir: Path, target: Path, extra_json: Mapping[str, Mapping[str, Any]]) -> Path:

@@ -36,13 +36,15 @@ import tune as tune_package
 from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
 from convfm.errors import ConfigError, ConvFMError
 from convfm.prepare import PreparedData, prepare_data
+from convfm import storage
 from convfm.registry import publish
 from convfm.serving import serving_extra_json
+from convfm.storage import StagedDir
 from train.driver import check_training_data, loop_config
 from train.loop import train_loop_per_worker
 from tune.config import DRIVER_CPU, TuneConfig
-from tune.results import (ASHA, EXPERIMENT_FILE, best_checkpoint_dir, export_model, plot_trials, read_experiment,
-                          trial_row, write_json)
+from tune.results import (ASHA, EXPERIMENT_FILE, best_checkpoint_dir, export_model, fetch_checkpoints, plot_trials,
+                          read_experiment, trial_row, write_experiment, write_json)
 from tune.space import SearchSpace, format_params
 
 log = logging.getLogger(__name__)
@@ -54,12 +56,12 @@ class TuneError(ConvFMError):
 
 @dataclasses.dataclass
 class TuneSummary:
-    out_dir: Path
+    out_dir: str | Path  # a local path, or the storage URI the outputs were uploaded to
     trials: pd.DataFrame  # trials.csv
     best_trial: str
     best_params: dict[str, Any]  # the best trial's sampled field values
     best_metrics: dict[str, Any]  # metrics.json of the exported checkpoint (its epoch's record)
-    model_dir: Path  # registry/name/vNNNN
+    model_dir: str | Path  # registry/name/vNNNN (a URI for a URI registry)
     concurrency: int
     wall_seconds: float
 
@@ -78,7 +80,9 @@ def run_tune(
     quiet: bool = True,
 ) -> TuneSummary:
     """Search, then write ``out_dir`` (trials.csv/png, summary.json, best/) and publish the best model to
-    ``tune_config.registry/name``. ``model_config``/``train_config`` are the base every trial starts from.
+    ``tune_config.registry/name``. Both may be storage URIs (``s3://...``): Tune and the trials' Train runs then
+    keep their state under ``out_dir/ray`` and ``out_dir/train``, and the summary files are uploaded.
+    ``model_config``/``train_config`` are the base every trial starts from.
     ``resume`` continues the interrupted experiment in ``out_dir`` (same configs). ``progress`` prints one
     line per trial epoch; ``quiet`` keeps worker logs off the terminal when this call starts Ray."""
     started = time.perf_counter()
@@ -87,44 +91,44 @@ def run_tune(
     base_model, base_train = tune_config.trial_base(as_config(model_config, ModelConfig, "model"),
                                                     as_config(train_config, TrainConfig, "train"))
     _check_search_alg(tune_config.search_alg)
-    out_dir = Path(out_dir).expanduser().resolve()
-    experiment = _experiment(out_dir, resume, data_config, base_model, base_train, tune_config)
-    if prepared is not None and prepared.config != data_config:
-        raise ConfigError("prepared: data was prepared from a different DataConfig than data_config")
-    data = prepared or prepare_data(data_config)
-    check_training_data(data, base_train, workers_field="workers_per_trial")
-    write_json(out_dir / EXPERIMENT_FILE, {**experiment, "status": "running"})
+    with StagedDir(out_dir) as out:  # a URI experiment directory: written here, uploaded as it goes
+        experiment = _experiment(out, resume, data_config, base_model, base_train, tune_config)
+        if prepared is not None and prepared.config != data_config:
+            raise ConfigError("prepared: data was prepared from a different DataConfig than data_config")
+        data = prepared or prepare_data(data_config)
+        check_training_data(data, base_train, workers_field="workers_per_trial")
+        write_experiment(out, {**experiment, "status": "running"})
 
-    _init_ray(address, quiet)
-    _pin_state_api_address()
-    concurrency = trial_concurrency(tune_config, ray.cluster_resources(), may_autoscale=address is not None)
-    space = tune_config.search_space()
-    setup = {"model": base_model.to_dict(), "train": base_train.to_dict(), "space": space.to_dict(),
-             "storage": str(out_dir / "train"), "metric": tune_config.metric, "mode": tune_config.mode,
-             "cpus_per_worker": tune_config.cpus_per_worker}
-    trainable = ray_tune.with_resources(
-        ray_tune.with_parameters(run_trial, shared=loop_config(data, base_model, base_train), setup=setup),
-        {"cpu": DRIVER_CPU, "gpu": 0})
-    experiment_path = out_dir / "ray" / experiment["name"]
-    if resume and ray_tune.Tuner.can_restore(str(experiment_path)):
-        tuner = ray_tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_errored=True)
-    else:
-        tuner = ray_tune.Tuner(
-            trainable, param_space=space.param_space(),
-            tune_config=ray_tune.TuneConfig(
-                metric=tune_config.metric, mode=tune_config.mode, num_samples=tune_config.num_samples,
-                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=tune_config.max_t,
-                                        grace_period=tune_config.grace_period,
-                                        reduction_factor=tune_config.reduction_factor),
-                search_alg=ConcurrencyLimiter(make_searcher(tune_config), max_concurrent=concurrency),
-                trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
-            run_config=ray_tune.RunConfig(
-                name=experiment["name"], storage_path=str(out_dir / "ray"), verbose=0,
-                failure_config=ray_tune.FailureConfig(max_failures=tune_config.max_failures),
-                callbacks=[_ProgressPrinter(tune_config.metric)] if progress else None),
-        )
-    grid = tuner.fit()
-    return _finish(out_dir, experiment, grid, space, tune_config, data, concurrency, started)
+        _init_ray(address, quiet)
+        _pin_state_api_address()
+        concurrency = trial_concurrency(tune_config, ray.cluster_resources(), may_autoscale=address is not None)
+        space = tune_config.search_space()
+        setup = {"model": base_model.to_dict(), "train": base_train.to_dict(), "space": space.to_dict(),
+                 "storage": str(out.location("train")), "metric": tune_config.metric, "mode": tune_config.mode,
+                 "cpus_per_worker": tune_config.cpus_per_worker}
+        trainable = ray_tune.with_resources(
+            ray_tune.with_parameters(run_trial, shared=loop_config(data, base_model, base_train), setup=setup),
+            {"cpu": DRIVER_CPU, "gpu": 0})
+        experiment_path = out.location("ray", experiment["name"])
+        if resume and ray_tune.Tuner.can_restore(str(experiment_path)):
+            tuner = ray_tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_errored=True)
+        else:
+            tuner = ray_tune.Tuner(
+                trainable, param_space=space.param_space(),
+                tune_config=ray_tune.TuneConfig(
+                    metric=tune_config.metric, mode=tune_config.mode, num_samples=tune_config.num_samples,
+                    scheduler=ASHAScheduler(time_attr="training_iteration", max_t=tune_config.max_t,
+                                            grace_period=tune_config.grace_period,
+                                            reduction_factor=tune_config.reduction_factor),
+                    search_alg=ConcurrencyLimiter(make_searcher(tune_config), max_concurrent=concurrency),
+                    trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
+                run_config=ray_tune.RunConfig(
+                    name=experiment["name"], storage_path=str(out.location("ray")), verbose=0,
+                    failure_config=ray_tune.FailureConfig(max_failures=tune_config.max_failures),
+                    callbacks=[_ProgressPrinter(tune_config.metric)] if progress else None),
+            )
+        grid = tuner.fit()
+        return _finish(out, experiment, grid, space, tune_config, data, concurrency, started)
 
 
 def run_trial(config: dict[str, Any], shared: dict[str, Any], setup: dict[str, Any]) -> None:
@@ -234,13 +238,14 @@ def _check_search_alg(name: str) -> None:
         raise ConfigError(f"search_alg: {name!r} needs the {package} package (pip install {package})")
 
 
-def _experiment(out_dir: Path, resume: bool, data: DataConfig, model: ModelConfig, train: TrainConfig,
+def _experiment(out: StagedDir, resume: bool, data: DataConfig, model: ModelConfig, train: TrainConfig,
                 tune_config: TuneConfig) -> dict[str, Any]:
     """experiment.json's identity: a new search must not reuse a directory, a resumed one keeps its configs."""
-    identity = {"name": out_dir.name, "data": data.to_dict(), "model": model.to_dict(), "train": train.to_dict(),
+    out_dir = out.target
+    identity = {"name": out.name, "data": data.to_dict(), "model": model.to_dict(), "train": train.to_dict(),
                 "tune": tune_config.to_dict()}
     if not resume:
-        if (out_dir / EXPERIMENT_FILE).exists():
+        if storage.exists(out.location(EXPERIMENT_FILE)):
             raise ConfigError(f"{out_dir} already holds a search; pass --resume {out_dir} or choose another --out")
         return {**identity, "attempts": 1}
     saved = read_experiment(out_dir)
@@ -311,13 +316,13 @@ def _sampled(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def _finish(out_dir: Path, experiment: dict[str, Any], grid: Any, space: SearchSpace, config: TuneConfig,
+def _finish(out: StagedDir, experiment: dict[str, Any], grid: Any, space: SearchSpace, config: TuneConfig,
             data: PreparedData, concurrency: int, started: float) -> TuneSummary:
     done = grid.num_terminated + grid.num_errors
     if len(grid) < config.num_samples or done < len(grid):  # Ctrl-C: Tune saved its state and returned
-        write_json(out_dir / EXPERIMENT_FILE, {**experiment, "status": "interrupted"})
+        write_experiment(out, {**experiment, "status": "interrupted"})
         raise TuneError(f"search interrupted with {done} of {config.num_samples} trial(s) finished; "
-                        f"continue it with: convfm tune --resume {out_dir}")
+                        f"continue it with: convfm tune --resume {out.target}")
     rows, histories, params = [], {}, {}
     for result in grid:
         trial_id = Path(result.path).name.removeprefix("trial-")
@@ -331,36 +336,37 @@ def _finish(out_dir: Path, experiment: dict[str, Any], grid: Any, space: SearchS
         histories[trial_id] = history
         rows.append(trial_row(trial_id, params[trial_id], history, error, config.metric, config.mode, config.max_t))
     table = pd.DataFrame(rows).sort_values("trial_id", ignore_index=True)
-    table.to_csv(out_dir / "trials.csv", index=False)
+    table.to_csv(out.local / "trials.csv", index=False)
     column = f"best_{config.metric}"
     scored = table[table[column].notna()]
     if scored.empty:
-        write_json(out_dir / EXPERIMENT_FILE, {**experiment, "status": "failed"})
+        write_experiment(out, {**experiment, "status": "failed"}, "trials.csv")
         first = next((e for e in table["error"] if e), "no trial reported a metric")
         raise TuneError(f"no trial reported {config.metric}; first error: {first}")
     best = scored.loc[scored[column].idxmax() if config.mode == "max" else scored[column].idxmin()]
     best_trial = str(best["trial_id"])
-    plot_trials(histories, params, config.metric, out_dir / "trials.png", best_trial, config.max_t)
+    plot_trials(histories, params, config.metric, out.local / "trials.png", best_trial, config.max_t)
 
-    checkpoint_dir, best_metrics = best_checkpoint_dir(out_dir / "train" / f"train-{best_trial}",
-                                                       config.metric, config.mode)
+    train_run = fetch_checkpoints(out.location("train", f"train-{best_trial}"), out.local / "train" / best_trial)
+    checkpoint_dir, best_metrics = best_checkpoint_dir(train_run, config.metric, config.mode)
     extra = {"tune": {"experiment": experiment["name"], "trial_id": best_trial, "params": params[best_trial],
                       "metric": config.metric, "mode": config.mode}}
     if data.config.kind == "jobs":
         extra.update(serving_extra_json(data))
-    best_dir = export_model(checkpoint_dir, out_dir / "best", extra)
-    model_dir = publish(best_dir, config.registry, config.name)
+    best_dir = export_model(checkpoint_dir, out.local / "best", extra)
+    published = publish(best_dir, config.registry, config.name)
+    model_dir = published if storage.is_uri(published) else Path(published).resolve()
     wall = time.perf_counter() - started
-    summary = TuneSummary(out_dir, table, best_trial, params[best_trial], best_metrics, model_dir.resolve(),
-                          concurrency, wall)
-    write_json(out_dir / "summary.json", {
+    summary = TuneSummary(out.target, table, best_trial, params[best_trial], best_metrics, model_dir, concurrency, wall)
+    write_json(out.local / "summary.json", {
         "experiment": experiment["name"], "best_trial": best_trial, "best_params": params[best_trial],
         "metric": config.metric, "mode": config.mode, f"best_{config.metric}": float(best[column]),
-        "best_epoch": int(best["best_epoch"]), "best_metrics": best_metrics, "model_dir": str(model_dir.resolve()),
-        "registry_version": model_dir.name, "trials": len(table), "stopped_by_asha": int((table["ended"] == ASHA).sum()),
+        "best_epoch": int(best["best_epoch"]), "best_metrics": best_metrics, "model_dir": str(model_dir),
+        "registry_version": storage.name(model_dir), "trials": len(table),
+        "stopped_by_asha": int((table["ended"] == ASHA).sum()),
         "errored": int((table["ended"] == "error").sum()), "search_alg": config.search_alg, "seed": config.seed,
         "concurrency": concurrency, "wall_seconds": round(wall, 2),
     })
-    write_json(out_dir / EXPERIMENT_FILE, {**experiment, "status": "finished", "best_trial": best_trial,
-                                           "model_dir": str(model_dir.resolve())})
+    write_experiment(out, {**experiment, "status": "finished", "best_trial": best_trial, "model_dir": str(model_dir)},
+                     "trials.csv", "trials.png", "best", "summary.json")  # experiment.json uploaded last
     return summary

@@ -13,6 +13,7 @@ from typing import Any, Optional
 from convfm.commands.common import add_data_arguments, data_config, model_and_train_configs
 from convfm.config import DataConfig, ModelConfig, TrainConfig, read_yaml
 from convfm.errors import ConfigError
+from convfm.storage import join, local_or_uri, parent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,12 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (tune.use_gpu)")
     parser.add_argument("--seed", type=int, metavar="N", help="search seed: same seed, same trial configs "
                         "(tune.seed)")
-    parser.add_argument("--out", metavar="DIR", help="experiment directory (default runs/tune-YYYYmmdd-HHMMSS)")
-    parser.add_argument("--registry", metavar="DIR", help="model registry root (tune.registry, default models)")
+    parser.add_argument("--out", metavar="DIR", help="experiment directory, local or a URI such as "
+                        "s3://bucket/runs/NAME (default runs/tune-YYYYmmdd-HHMMSS)")
+    parser.add_argument("--registry", metavar="DIR", help="model registry root, local or a URI (tune.registry, "
+                        "default models)")
     parser.add_argument("--name", metavar="NAME", help="model name in the registry (tune.name, default convfm)")
     parser.add_argument("--address", metavar="ADDR", help="join a Ray cluster: 'auto' or ray://HOST:10001 "
                         "(default: a new local Ray)")
-    parser.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR with its "
+    parser.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR (path or URI) with its "
                         "configs (--data may point at the same data's new location)")
 
 
@@ -63,7 +66,7 @@ def load_tune_config(path: Optional[str]) -> Any:
     return TuneConfig.from_dict(values, source=f"{path} [tune]")
 
 
-def resolve_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, TrainConfig, Any, Path]:
+def resolve_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, TrainConfig, Any, str | Path]:
     """The four configs and the experiment directory, validated; ConfigError names the bad field."""
     from tune.config import TuneConfig
 
@@ -74,7 +77,7 @@ def resolve_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, 
                  if value] + [FLAGS[field] for field in _tune_overrides(args)]
         if given:
             raise ConfigError(f"--resume: a resumed search keeps its directory and configs; drop {', '.join(given)}")
-        out_dir = Path(args.resume)
+        out_dir = local_or_uri(args.resume)
         saved = read_experiment(out_dir)
         source = f"{out_dir}/experiment.json"
         data = DataConfig.from_dict(saved["data"], source=f"{source} [data]")
@@ -88,7 +91,7 @@ def resolve_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, 
     tune = load_tune_config(args.config)
     tune = TuneConfig.from_dict({**tune.to_dict(), **_tune_overrides(args)}, source="command line")
     tune.trial_base(model, train)  # the space against these base configs, still before Ray
-    out_dir = Path(args.out or f"runs/tune-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir = local_or_uri(args.out or f"runs/tune-{time.strftime('%Y%m%d-%H%M%S')}")
     return data, model, train, tune, out_dir
 
 
@@ -108,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"best trial {summary.best_trial}: {tune.metric} {best[f'best_{tune.metric}']:.4f} at epoch "
           f"{int(best['best_epoch'])}; {int(summary.trials['stopped_by_asha'].sum())} of {len(summary.trials)} "
           f"trial(s) stopped by ASHA; {summary.concurrency} at a time; wall time {summary.wall_seconds:.1f}s")
-    print(f"published: {summary.model_dir}  (latest of {summary.model_dir.parent})")
-    print(f"table: {out_dir / 'trials.csv'}  plot: {out_dir / 'trials.png'}  summary: {out_dir / 'summary.json'}")
-    print(f"\nNext: convfm serve --model {summary.model_dir.parent}")
+    entry = parent(summary.model_dir)
+    print(f"published: {summary.model_dir}  (latest of {entry})")
+    print(f"table: {join(out_dir, 'trials.csv')}  plot: {join(out_dir, 'trials.png')}  "
+          f"summary: {join(out_dir, 'summary.json')}")
+    print(f"\nNext: convfm serve --model {entry}")
     return 0
