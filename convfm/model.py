@@ -6,6 +6,8 @@ W total dense width, D embedding size, C conv filters, V total vocabulary rows (
 """
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import torch
 from torch import nn
 
@@ -13,11 +15,25 @@ from convfm.config import ModelConfig
 from convfm.fields import PAD, FeatureMap
 
 
+class LookupPlan(NamedTuple):
+    """Which table rows a batch reads: computed once per batch, shared by the embedding and the linear term."""
+
+    unique: torch.Tensor  # (U,) distinct global row ids
+    cat_index: torch.Tensor  # (B, Fc) positions in ``unique``
+    multi_index: torch.Tensor  # (B * Fm, L) positions in ``unique``
+    multi_weights: torch.Tensor  # (B * Fm, L) 1 / non-padding count, 0 at padding: mean pooling as a sum
+
+
 class FieldEmbedding(nn.Module):
     """All categorical and multi-valued fields share one (V, dim) table, offset per vocabulary.
 
     Fields naming the same vocabulary (user and job skills) share rows. ``dim=1`` gives the linear term's
     per-value weights. Multi-valued fields are mean-pooled over their non-padding entries.
+
+    A batch reads its ~3k distinct rows once (of ~37k lookups at batch 1024) and every lookup indexes those,
+    so backward scatters into U rows instead of 37k, and a sparse gradient holds U rows: nothing for
+    SparseAdam to coalesce or DDP to all-reduce twice. Lists are pooled by ``embedding_bag`` with per-entry
+    weights, so the (B, Fm, L, dim) tensor of list entries never exists in forward or backward.
     """
 
     def __init__(self, feature_map: FeatureMap, dim: int, sparse: bool = False) -> None:
@@ -34,29 +50,30 @@ class FieldEmbedding(nn.Module):
         self.dense_widths = dense_widths
         self.dense = nn.ModuleList(nn.Linear(w, dim, bias=False) for w in dense_widths)
 
-    def forward(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """cat (B, Fc), multi (B, Fm, L), dense (B, W) -> (B, Fc + Fm + Fd, dim), grouped by kind."""
+    def plan(self, cat: torch.Tensor, multi: torch.Tensor) -> LookupPlan:
+        """cat (B, Fc), multi (B, Fm, L) local ids -> the batch's LookupPlan."""
         fc = cat.shape[1]
         ids = torch.cat([cat + self.cat_offsets, (multi + self.multi_offsets[:, None]).flatten(1)], dim=1)
-        cat_vectors, multi_vectors = torch.split(self.lookup(ids), [fc, ids.shape[1] - fc], dim=1)
-        parts = [cat_vectors]  # (B, Fc, dim)
+        unique, inverse = torch.unique(ids, return_inverse=True)  # (U,), (B, Fc + Fm * L)
+        present = (multi != PAD).to(torch.float32)  # (B, Fm, L)
+        weights = present / present.sum(2, keepdim=True).clamp(min=1.0)  # (B, Fm, L)
+        width = max(multi.shape[2], 1)
+        return LookupPlan(unique, inverse[:, :fc], inverse[:, fc:].reshape(-1, width), weights.reshape(-1, width))
+
+    def forward(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor,
+                plan: Optional[LookupPlan] = None) -> torch.Tensor:
+        """cat (B, Fc), multi (B, Fm, L), dense (B, W) -> (B, Fc + Fm + Fd, dim), grouped by kind."""
+        plan = self.plan(cat, multi) if plan is None else plan
+        rows = self.table(plan.unique)  # (U, dim)
+        parts = [nn.functional.embedding(plan.cat_index, rows)]  # (B, Fc, dim)
         if multi.shape[1]:
-            mask = (multi != PAD).unsqueeze(-1).to(cat_vectors.dtype)  # (B, Fm, L, 1)
-            values = multi_vectors.unflatten(1, multi.shape[1:]) * mask  # (B, Fm, L, dim)
-            parts.append(values.sum(2) / mask.sum(2).clamp(min=1.0))  # (B, Fm, dim)
+            pooled = nn.functional.embedding_bag(plan.multi_index, rows, mode="sum",
+                                                 per_sample_weights=plan.multi_weights.to(rows.dtype))  # (B*Fm, dim)
+            parts.append(pooled.view(multi.shape[0], multi.shape[1], -1))  # (B, Fm, dim)
         if self.dense_widths:
             chunks = torch.split(dense, self.dense_widths, dim=1)  # each (B, w)
             parts.append(torch.stack([layer(x) for layer, x in zip(self.dense, chunks)], dim=1))  # (B, Fd, dim)
         return torch.cat(parts, dim=1)
-
-    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, N) -> rows (B, N, dim), in one table call: one gradient per step, not one per field kind
-        (a dense gradient is the whole (V, dim) table). A sparse gradient holds one row per distinct id
-        (~3k of 37k lookups in a batch of 1024): less for SparseAdam to coalesce and DDP to all-reduce."""
-        if not self.table.sparse:
-            return self.table(ids)
-        unique, inverse = torch.unique(ids, return_inverse=True)  # (U,), (B, N)
-        return nn.functional.embedding(inverse, self.table(unique))  # (B, N, dim)
 
 
 class FMInteraction(nn.Module):
@@ -116,13 +133,15 @@ class ConvFM(nn.Module):
         self.conv = FieldConv(dim, config.conv_filters, config.conv_kernel_size)
         self.deep = DeepHead(fields * dim + config.conv_filters, config.hidden_dims, config.dropout_rate)
 
-    def field_embeddings(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    def field_embeddings(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor,
+                         plan: Optional[LookupPlan] = None) -> torch.Tensor:
         """cat (B, Fc), multi (B, Fm, L), dense (B, W) -> E (B, F, D) in FeatureMap order."""
-        return self.embedding(cat, multi, dense).index_select(1, self.field_order)
+        return self.embedding(cat, multi, dense, plan).index_select(1, self.field_order)
 
-    def linear_term(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    def linear_term(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor,
+                    plan: Optional[LookupPlan] = None) -> torch.Tensor:
         """First-order term incl. bias -> (B,)."""
-        return self.linear(cat, multi, dense).sum(dim=(1, 2)) + self.bias
+        return self.linear(cat, multi, dense, plan).sum(dim=(1, 2)) + self.bias
 
     def interaction_terms(self, emb: torch.Tensor) -> torch.Tensor:
         """FM + deep parts of the logit from E (B, F, D) -> (B,)."""
@@ -132,8 +151,9 @@ class ConvFM(nn.Module):
 
     def forward(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """cat (B, Fc) int64, multi (B, Fm, L) int64, dense (B, W) float -> logits (B,)."""
-        emb = self.field_embeddings(cat, multi, dense)  # (B, F, D)
-        return self.linear_term(cat, multi, dense) + self.interaction_terms(emb)
+        plan = self.embedding.plan(cat, multi)  # both tables have the same offsets: one plan per batch
+        emb = self.field_embeddings(cat, multi, dense, plan)  # (B, F, D)
+        return self.linear_term(cat, multi, dense, plan) + self.interaction_terms(emb)
 
     @torch.no_grad()
     def pairwise_interactions(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:

@@ -122,6 +122,26 @@ def test_sparse_embeddings_get_sparse_gradients_and_train():
     assert len(optimizer.optimizers) == 2
 
 
+def test_sparse_and_dense_modes_agree_on_logits_and_gradients():
+    torch.manual_seed(0)
+    dense_model = ConvFM(small_config(), feature_map())
+    sparse_model = ConvFM(small_config(sparse_embeddings=True), feature_map())
+    sparse_model.load_state_dict(dense_model.state_dict())
+    cat, multi, dense = batch()
+    for model in (dense_model, sparse_model):
+        model.eval()
+        model(cat, multi, dense).sum().backward()
+    assert torch.allclose(dense_model(cat, multi, dense), sparse_model(cat, multi, dense), atol=1e-6)
+    for table in ("embedding", "linear"):
+        dense_grad = getattr(dense_model, table).table.weight.grad
+        sparse_grad = getattr(sparse_model, table).table.weight.grad
+        assert sparse_grad.is_sparse and not dense_grad.is_sparse
+        assert torch.count_nonzero(dense_grad) > 0
+        assert torch.allclose(sparse_grad.to_dense(), dense_grad, atol=1e-6)
+        distinct_rows = sparse_model.embedding.plan(cat, multi).unique.numel()
+        assert sparse_grad._nnz() == distinct_rows < cat.numel() + multi.numel()  # one row per distinct id
+
+
 def test_optimizer_state_round_trip():
     model = ConvFM(small_config(sparse_embeddings=True), feature_map())
     optimizer = build_optimizer(model, 1e-2)
