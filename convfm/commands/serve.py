@@ -15,7 +15,8 @@ from convfm.errors import ConvFMError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="PATH",
-                        help="registry entry (models/NAME, follows `latest`), a version dir or a model dir")
+                        help="registry entry (models/NAME, follows `latest`), a version dir or a model dir; "
+                        "local or a URI (s3://bucket/models/NAME: downloaded to the local cache)")
     parser.add_argument("--version", dest="model_version", metavar="vNNNN", help="registry version to serve")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, help="HTTP port (default 8000)")
