@@ -238,6 +238,11 @@ def load_yaml_config(path: str | Path, section: str, cls: Type[T]) -> T:
     return config_from_yaml(cls, values, path, section)
 
 
+# Ray placement group strategies: PACK fills nodes in turn, SPREAD prefers one worker per node, STRICT_*
+# require it (STRICT_SPREAD fails to schedule when there are fewer nodes than workers).
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(BaseConfig):
     """Optimisation, early stopping, evaluation protocol and scaling of one training run."""
@@ -251,6 +256,8 @@ class TrainConfig(BaseConfig):
     lr_schedule: str = "none"
     seed: int = 0
     num_workers: int = 1
+    cpus_per_worker: float = 1.0  # Ray Train sets a worker's torch threads to its CPUs
+    placement_strategy: str = "PACK"  # Ray placement group strategy for the worker group
     use_gpu: bool = False
     use_amp: bool = True
     eval_negatives: int = 99
@@ -276,6 +283,11 @@ class TrainConfig(BaseConfig):
         _check(isinstance(self.seed, int), "seed", f"must be an integer, got {self.seed!r}")
         _check(isinstance(self.num_workers, int) and 1 <= self.num_workers <= 1024,
                "num_workers", f"must be an integer in [1, 1024], got {self.num_workers!r}")
+        _check(isinstance(self.cpus_per_worker, (int, float)) and not isinstance(self.cpus_per_worker, bool)
+               and 0.0 < self.cpus_per_worker <= 1024.0, "cpus_per_worker",
+               f"must be a number in (0, 1024], got {self.cpus_per_worker!r}")
+        _check(self.placement_strategy in PLACEMENT_STRATEGIES, "placement_strategy",
+               f"must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}")
         _check(isinstance(self.use_gpu, bool), "use_gpu", f"must be true or false, got {self.use_gpu!r}")
         _check(isinstance(self.use_amp, bool), "use_amp", f"must be true or false, got {self.use_amp!r}")
         _check(isinstance(self.eval_negatives, int) and 1 <= self.eval_negatives <= 100_000,

@@ -115,7 +115,8 @@ def run_training(
             train_loop_config=loop_config(data, model_config, train_config, loop_options),
             scaling_config=ray.train.ScalingConfig(
                 num_workers=train_config.num_workers, use_gpu=train_config.use_gpu,
-                resources_per_worker=dict(resources_per_worker) if resources_per_worker else None),
+                resources_per_worker=dict(resources_per_worker or {"CPU": train_config.cpus_per_worker}),
+                placement_strategy=train_config.placement_strategy),
             run_config=_run_config(run, train_config, [] if progress is None else [_ProgressCallback(progress)]),
         )
         with _relay_progress(progress, on_epoch):

@@ -148,7 +148,7 @@ def run_trial(config: dict[str, Any], shared: dict[str, Any], setup: dict[str, A
         train_loop_config={**shared, "model": model.to_dict(), "train": train.to_dict()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=train.num_workers, use_gpu=train.use_gpu,
-            resources_per_worker={"CPU": setup["cpus_per_worker"]}),
+            resources_per_worker={"CPU": setup["cpus_per_worker"]}, placement_strategy=train.placement_strategy),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}", storage_path=setup["storage"], callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from convfm.commands.common import add_data_arguments, check_sections, data_config, model_and_train_configs
-from convfm.config import DataConfig, ModelConfig, TrainConfig, load_yaml_config
+from convfm.config import PLACEMENT_STRATEGIES, DataConfig, ModelConfig, TrainConfig, load_yaml_config
 from convfm.errors import ConfigError
 from convfm.storage import local_or_uri
 
@@ -21,6 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(e.g. configs/train.yaml; default: built-in defaults)")
     add_data_arguments(parser)
     parser.add_argument("--workers", type=int, metavar="N", help="Ray Train workers (train.num_workers)")
+    parser.add_argument("--cpus-per-worker", type=float, metavar="N",
+                        help="CPUs per worker, also its torch threads (train.cpus_per_worker, default 1)")
+    parser.add_argument("--placement", choices=PLACEMENT_STRATEGIES, metavar="STRATEGY",
+                        help="worker placement: PACK (default), SPREAD (one per node where possible), "
+                        "STRICT_PACK, STRICT_SPREAD (train.placement_strategy)")
     parser.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (train.use_gpu)")
     parser.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (train.num_epochs)")
     parser.add_argument("--batch-size", type=int, metavar="N", help="global batch size (train.batch_size)")
@@ -36,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     flags = {"num_workers": args.workers, "use_gpu": args.gpu, "num_epochs": args.epochs,
-             "batch_size": args.batch_size}
+             "batch_size": args.batch_size, "cpus_per_worker": args.cpus_per_worker,
+             "placement_strategy": args.placement}
     return {key: value for key, value in flags.items() if value is not None}
 
 

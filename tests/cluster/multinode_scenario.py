@@ -129,12 +129,11 @@ class _Training(threading.Thread):
         data = DataConfig(path=str(self.market))
         model = ModelConfig.from_dict({"embedding_dim": 8, "conv_filters": 8, "hidden_dims": [16]})
         # batch 64: ~1 s epochs, so the node removal (~0.5 s) lands mid-run rather than after the last epoch
+        # One worker per node: SPREAD asks for it, and each worker needs a node's only CPU (the head has none).
         train = TrainConfig.from_dict({"num_workers": 2, "num_epochs": EPOCHS, "patience": EPOCHS, "batch_size": 64,
-                                       "learning_rate": 0.005, "eval_negatives": 19, "max_failures": 2})
-        # One worker per node: each worker needs a node's only CPU (the head has none). That is what
-        # ScalingConfig(placement_strategy="STRICT_SPREAD") asks for; run_training has no knob for it.
-        result = run_training(data, model, train, self.workdir / RUN_NAME, storage_path=str(self.workdir / "storage"),
-                              resources_per_worker={"CPU": 1})
+                                       "learning_rate": 0.005, "eval_negatives": 19, "max_failures": 2,
+                                       "cpus_per_worker": 1, "placement_strategy": "SPREAD"})
+        result = run_training(data, model, train, self.workdir / RUN_NAME, storage_path=str(self.workdir / "storage"))
         lines = (result.out_dir / "metrics.csv").read_text().splitlines()
         column = lines[0].split(",").index("epoch")
         return {"history": [{k: r.get(k) for k in ("epoch", "run_start_epoch", "world_size", "worker_pids",

@@ -43,3 +43,16 @@ def test_library_imports_no_ray():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_train_scaling_flags_reach_the_train_config(tmp_path):
+    from convfm.commands.train import resolve_configs
+
+    args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--workers",
+                                      "4", "--cpus-per-worker", "2", "--placement", "SPREAD"])
+    train = resolve_configs(args)[2]
+    assert (train.num_workers, train.cpus_per_worker, train.placement_strategy) == (4, 2.0, "SPREAD")
+    bad = run_cli("train", "--data", str(tmp_path), "--placement", "spread")
+    assert bad.returncode == 2 and "--placement: invalid choice: 'spread'" in bad.stderr
+    zero = run_cli("train", "--data", str(tmp_path), "--cpus-per-worker", "0")
+    assert zero.returncode == 2 and "cpus_per_worker: must be a number in (0, 1024]" in zero.stderr

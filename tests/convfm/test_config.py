@@ -13,6 +13,8 @@ from convfm.errors import ConfigError
     (TrainConfig, {"learning_rate": -0.1}, "learning_rate: must be in"),
     (TrainConfig, {"num_workers": 0}, "num_workers"),
     (TrainConfig, {"batch_size": 0}, "batch_size"),
+    (TrainConfig, {"cpus_per_worker": 0}, "cpus_per_worker: must be a number in"),
+    (TrainConfig, {"placement_strategy": "spread"}, "placement_strategy: must be one of PACK, SPREAD"),
     (DataConfig, {"kind": "graph"}, "kind: must be 'jobs' or 'table'"),
     (DataConfig, {"positive_events": ["applied"]}, r"positive_events: unknown event\(s\) \['applied'\]"),
     (DataConfig, {"negative_events": ["apply"]}, "also listed as positive"),
