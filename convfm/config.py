@@ -247,7 +247,7 @@ PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 class TrainConfig(BaseConfig):
     """Optimisation, early stopping, evaluation protocol and scaling of one training run."""
 
-    learning_rate: float = 1e-3
+    learning_rate: float = 4e-3  # with batch 1024; measured in benchmarks/batch_size.py (README)
     weight_decay: float = 0.0
     batch_size: int = 1024
     num_epochs: int = 50
