@@ -191,13 +191,14 @@ def report(results: Results) -> str:
         lines.append(f"| {name} | {statistics.median(values):,.0f} | {results.ratio(name):.2f}x "
                      f"| {max(values):,.0f} | {results.threads[name]} | {each} |")
     ray_one = next(name for name in results.samples_per_s if name.startswith("Ray Train, 1 worker"))
+    unfused = statistics.median(a / b for a, b in zip(results.ratios[SPARSE], results.ratios[UNFUSED]))
     checks = [(f"Ray Train 1 worker >= {RAY_TARGET:g}x the plain loop", results.ratio(ray_one), RAY_TARGET),
-              (f"sparse >= {SPARSE_TARGET:g}x dense Adam (plain loop)", results.ratio(SPARSE), SPARSE_TARGET)]
+              (f"sparse >= {SPARSE_TARGET:g}x dense torch.optim.Adam (its CPU default, unfused)", unfused, SPARSE_TARGET),
+              (f"sparse >= {SPARSE_TARGET:g}x dense fused Adam (this project's dense default)", results.ratio(SPARSE),
+               SPARSE_TARGET)]
     lines.append("")
     for what, value, target in checks:
         lines.append(f"target: {what}: {value:.2f}x -> {'met' if value >= target else 'MISSED'}")
-    unfused = statistics.median(a / b for a, b in zip(results.ratios[SPARSE], results.ratios[UNFUSED]))
-    lines.append(f"for reference: sparse vs dense Adam without the fused kernel: {unfused:.2f}x")
     return "\n".join(lines)
 
 
