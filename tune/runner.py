@@ -12,6 +12,7 @@ workers never get CPUs, and every trial would wait on the others forever.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -19,7 +20,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import pandas as pd
 import ray
@@ -48,6 +49,7 @@ from tune.results import (ASHA, EXPERIMENT_FILE, best_checkpoint_dir, export_mod
 from tune.space import SearchSpace, format_params
 
 log = logging.getLogger(__name__)
+_NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"  # "0": Tune's legacy console reporter
 
 
 class TuneError(ConvFMError):
@@ -127,7 +129,8 @@ def run_tune(
                     failure_config=ray_tune.FailureConfig(max_failures=tune_config.max_failures),
                     callbacks=[_ProgressPrinter(tune_config.metric)] if progress else None),
             )
-        grid = tuner.fit()
+        with _ray_tune_output(quiet=progress):  # our printer shows the trials; Ray's banner would repeat them
+            grid = tuner.fit()
         return _finish(out, experiment, grid, space, tune_config, data, concurrency, started)
 
 
@@ -259,6 +262,23 @@ def _experiment(out: StagedDir, resume: bool, data: DataConfig, model: ModelConf
             raise ConfigError(f"--resume {out_dir}: {section} field(s) {changed} differ from the experiment's; "
                               "a resumed search keeps its configs")
     return {**saved, "data": identity["data"], "attempts": int(saved.get("attempts", 1)) + 1}
+
+
+@contextlib.contextmanager
+def _ray_tune_output(quiet: bool) -> Iterator[None]:
+    """With ``quiet``, Tune's legacy reporter at verbose=0 (prints nothing) instead of its experiment banner."""
+    if not quiet:
+        yield
+        return
+    before = os.environ.get(_NEW_OUTPUT)
+    os.environ[_NEW_OUTPUT] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_NEW_OUTPUT, None)
+        else:
+            os.environ[_NEW_OUTPUT] = before
 
 
 def _init_ray(address: Optional[str], quiet: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import socket
 import time
@@ -114,6 +115,7 @@ def serve_stage(model_dir: Path, data: PreparedData) -> None:
     from serve.app import APP_NAME, build_app
     from serve.config import ServeConfig
 
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the stage prints its own ready line
     config = ServeConfig(model=str(model_dir), port=_free_port(), num_cpus=0.5)
     url = f"http://{config.host}:{config.port}"
     try:
