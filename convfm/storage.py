@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 from convfm.errors import StorageError
 
 CACHE_ENV = "CONVFM_CACHE"
+GCS_RETRY_ENV, GCS_RETRY_DEFAULT_S = "CONVFM_GCS_RETRY_S", 30.0
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _CHUNK = 1 << 20
 
@@ -81,12 +82,21 @@ def _error(uri: str | Path, exc: BaseException) -> StorageError:
     return StorageError(f"{uri}: {text[0][:300] if text else type(exc).__name__}")
 
 
+def with_store_defaults(uri: str) -> str:
+    """A ``gs://`` URI without ``retry_limit_seconds`` gets ``$CONVFM_GCS_RETRY_S`` (default 30): the GCS client
+    otherwise retries a failing request (no network, no credentials) for many minutes before it errors."""
+    if uri.split("://", 1)[0].lower() not in ("gs", "gcs") or "retry_limit_seconds=" in uri:
+        return uri
+    limit = float(os.environ.get(GCS_RETRY_ENV, GCS_RETRY_DEFAULT_S))
+    return f"{uri}{'&' if '?' in uri else '?'}retry_limit_seconds={limit:g}"
+
+
 def _fs(path: str | Path) -> tuple[pafs.FileSystem, str]:
     """The filesystem and in-filesystem path of a local path or URI; StorageError for an unusable URI."""
     if not is_uri(path):
         return pafs.LocalFileSystem(), str(Path(path).expanduser().absolute())
     try:
-        fs, inner = pafs.FileSystem.from_uri(str(path))
+        fs, inner = pafs.FileSystem.from_uri(with_store_defaults(str(path)))
     except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError, ValueError) as exc:
         raise _error(path, exc) from None
     return fs, inner.rstrip("/")

@@ -172,3 +172,24 @@ def test_s3_partial_version_is_skipped_and_errors_name_the_uri(saved, s3_bucket,
     missing_bucket = entry.replace("convfm-test", "no-such-bucket")
     with pytest.raises(StorageError, match=r"^s3://no-such-bucket/.*(not found|NO_SUCH_BUCKET|does not exist)"):
         publish(out, storage.parent(missing_bucket), "jobs")
+
+
+def test_gcs_uris_get_a_bounded_retry_unless_they_set_one(monkeypatch):
+    assert storage.with_store_defaults("gs://b/models") == "gs://b/models?retry_limit_seconds=30"
+    assert storage.with_store_defaults("gs://b/m?scheme=http") == "gs://b/m?scheme=http&retry_limit_seconds=30"
+    assert storage.with_store_defaults("gs://b/m?retry_limit_seconds=5") == "gs://b/m?retry_limit_seconds=5"
+    assert storage.with_store_defaults("s3://b/m") == "s3://b/m"
+    monkeypatch.setenv(storage.GCS_RETRY_ENV, "2")
+    assert storage.with_store_defaults("gs://b/m") == "gs://b/m?retry_limit_seconds=2"
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_gcs_fails_fast_with_the_uri_in_the_error(monkeypatch):
+    import time
+
+    monkeypatch.setenv(storage.GCS_RETRY_ENV, "2")  # no network, no credentials here: every request fails
+    uri = "gs://convfm-no-such-bucket/models/convfm"
+    started = time.perf_counter()
+    with pytest.raises(StorageError, match="gs://convfm-no-such-bucket/models/convfm"):
+        storage.read_text(storage.join(uri, LATEST))
+    assert time.perf_counter() - started < 30
