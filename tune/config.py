@@ -76,7 +76,7 @@ class TuneConfig(BaseConfig):
         _check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed",
                f"must be an integer, got {self.seed!r}")
         _check(isinstance(self.registry, str) and bool(self.registry.strip()), "registry",
-               f"must be a non-empty path, got {self.registry!r}")
+               f"must be a non-empty path or URI, got {self.registry!r}")
         _check(isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) is not None,
                "name", f"use letters, digits, '.', '_' and '-' (a registry folder name), got {self.name!r}")
         _check(_int_in(self.max_failures, 0, 100), "max_failures",
