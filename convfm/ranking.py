@@ -116,8 +116,9 @@ class CatalogRanker:
     def _embed(self, batch: FieldBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """E (B, F, D) and per-field linear weights (B, F), both in FeatureMap order."""
         model = self.model
-        emb = model.field_embeddings(*batch)
-        lin = model.linear(*batch).squeeze(-1).index_select(1, model.field_order)
+        plan = model.embedding.plan(batch.cat, batch.multi)  # one row lookup for both tables, as in forward
+        emb = model.field_embeddings(*batch, plan)
+        lin = model.linear(*batch, plan).squeeze(-1).index_select(1, model.field_order)
         return emb, lin
 
     def _side_batch(self, table: EncodedTable, side: str) -> FieldBatch:
