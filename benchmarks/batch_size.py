@@ -4,7 +4,7 @@ Trains the default ConvFM in-process (no Ray) on the demo's synthetic market at 
 wall-clock budget and prints, per batch size: samples/s (median epoch), epochs done, and the best validation
 ROC-AUC reached within the budget.
 
-    .venv/bin/python benchmarks/batch_size.py [--budget-s 60] [--runs 32,256,1024,1024@0.004]
+    .venv/bin/python benchmarks/batch_size.py [--budget-s 60] [--runs 32@0.001,1024@0.004,...]
 
 A run is ``SIZE`` (the default learning rate) or ``SIZE@LR``, to compare large batches with a raised rate.
 """
@@ -28,7 +28,8 @@ from convfm.training import train_epoch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-s", type=float, default=60.0, help="training seconds per batch size")
-    parser.add_argument("--runs", default="32,256,1024", help="comma-separated SIZE or SIZE@LEARNING_RATE")
+    parser.add_argument("--runs", default="32@0.001,256@0.001,1024@0.001,1024@0.004,1024@0.01",
+                        help="comma-separated SIZE (TrainConfig's learning rate) or SIZE@LEARNING_RATE")
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--interactions", type=int, default=60_000)
