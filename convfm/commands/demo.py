@@ -14,6 +14,7 @@ from typing import Any
 
 from convfm.artifacts import load_model_dir
 from convfm.config import DataConfig, ModelConfig, TrainConfig
+from convfm.errors import ConfigError
 from convfm.evaluation import evaluate_split
 from convfm.metrics import format_report
 from convfm.prepare import PreparedData, prepare_data
@@ -22,7 +23,7 @@ from convfm.synth import generate_market, write_market
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="runs/demo", metavar="DIR", help="where data, runs and models go "
-                        "(default runs/demo; replaced on every run)")
+                        "(default runs/demo; a previous demo's is replaced, any other non-empty one refused)")
     parser.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
     parser.add_argument("--jobs", type=int, default=1000, help="synthetic jobs (default 1000)")
     parser.add_argument("--interactions", type=int, default=60_000, help="synthetic interactions (default 60000)")
@@ -32,6 +33,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
+MARKER = ".convfm-demo"  # written first into every demo workdir: only such a directory may be wiped
+
+
+def claim_workdir(workdir: Path) -> None:
+    """Make `workdir` an empty demo directory, wiping it only when an earlier demo made it.
+
+    The path comes from the user (`--workdir ~` is one typo away), so a non-empty directory without the
+    marker is refused untouched."""
+    real = workdir.resolve()  # a symlinked workdir: judge and replace the directory it points at
+    if real.exists() and not real.is_dir():
+        raise ConfigError(f"--workdir {workdir} is not a directory: choose another --workdir", field="workdir")
+    if real.is_dir() and any(real.iterdir()):
+        if not (real / MARKER).is_file():
+            raise ConfigError(f"--workdir {workdir} is not empty and not a previous demo's (no {MARKER}): "
+                              "the demo replaces its workdir, so choose an empty or new directory",
+                              field="workdir")
+        shutil.rmtree(real)
+    real.mkdir(parents=True, exist_ok=True)
+    (real / MARKER).write_text("made by `convfm demo`; the next demo run with this --workdir replaces it\n")
+
+
 def stage(number: int, title: str) -> float:
     print(f"\n== [{number}/6] {title}", flush=True)
     return time.perf_counter()
@@ -39,7 +61,7 @@ def stage(number: int, title: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).absolute()
-    shutil.rmtree(workdir, ignore_errors=True)  # the demo owns its workdir: a fresh tour every time
+    claim_workdir(workdir)  # a fresh tour every time, in a directory the demo made
     data_dir = workdir / "data"
 
     started = stage(1, f"synthesize a job market ({args.users} users, {args.jobs} jobs, {args.interactions} interactions)")
