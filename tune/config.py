@@ -88,13 +88,15 @@ class TuneConfig(BaseConfig):
         return SearchSpace.from_overrides(self.space)
 
     def trial_base(self, model: ModelConfig, train: TrainConfig) -> tuple[ModelConfig, TrainConfig]:
-        """The configs every trial starts from: the space's fixed values applied, and epochs, workers and GPU
-        from this section. ConfigError (naming ``space.<field>``) when the space does not fit them."""
+        """The configs every trial starts from: the space's fixed values applied, and epochs, workers, CPUs
+        per worker and GPU from this section (so each trial's recorded TrainConfig is what it ran with).
+        ConfigError (naming ``space.<field>``) when the space does not fit them."""
         space = self.search_space()
         space.validate(model, train)
         model, train = space.apply(model, train, space.fixed)
         train = TrainConfig.from_dict({**train.to_dict(), "num_epochs": self.max_t,
-                                       "num_workers": self.workers_per_trial, "use_gpu": self.use_gpu},
+                                       "num_workers": self.workers_per_trial, "use_gpu": self.use_gpu,
+                                       "cpus_per_worker": self.cpus_per_worker},
                                       source="tune")
         sparse = space.params.get("sparse_embeddings")
         can_be_sparse = True in (sparse.candidates() if sparse else [model.sparse_embeddings])

@@ -106,8 +106,7 @@ def run_tune(
         concurrency = trial_concurrency(tune_config, ray.cluster_resources(), may_autoscale=address is not None)
         space = tune_config.search_space()
         setup = {"model": base_model.to_dict(), "train": base_train.to_dict(), "space": space.to_dict(),
-                 "storage": str(out.location("train")), "metric": tune_config.metric, "mode": tune_config.mode,
-                 "cpus_per_worker": tune_config.cpus_per_worker}
+                 "storage": str(out.location("train")), "metric": tune_config.metric, "mode": tune_config.mode}
         trainable = ray_tune.with_resources(
             ray_tune.with_parameters(run_trial, shared=loop_config(data, base_model, base_train), setup=setup),
             {"cpu": DRIVER_CPU, "gpu": 0})
@@ -151,7 +150,7 @@ def run_trial(config: dict[str, Any], shared: dict[str, Any], setup: dict[str, A
         train_loop_config={**shared, "model": model.to_dict(), "train": train.to_dict()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=train.num_workers, use_gpu=train.use_gpu,
-            resources_per_worker={"CPU": setup["cpus_per_worker"]}, placement_strategy=train.placement_strategy),
+            resources_per_worker={"CPU": train.cpus_per_worker}, placement_strategy=train.placement_strategy),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}", storage_path=setup["storage"], callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(

@@ -25,8 +25,10 @@ from convfm.errors import ConfigError
 KINDS = ("choice", "uniform", "loguniform", "randint", "lograndint", "fixed")
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-# TrainConfig fields the tune section sets for every trial; searching them would fight the scheduler.
-TUNE_OWNED = {"num_epochs": "tune.max_t", "num_workers": "tune.workers_per_trial", "use_gpu": "tune.use_gpu"}
+# TrainConfig fields set for every trial outside the space: searching them would fight the scheduler, or
+# (resources, placement) would change what a trial holds behind the concurrency cap's back.
+TUNE_OWNED = {"num_epochs": "tune.max_t", "num_workers": "tune.workers_per_trial", "use_gpu": "tune.use_gpu",
+              "cpus_per_worker": "tune.cpus_per_worker", "placement_strategy": "train.placement_strategy"}
 SEARCHABLE = tuple(sorted(set(MODEL_FIELDS + TRAIN_FIELDS) - set(TUNE_OWNED)))
 _MAX_ENUMERATED = 4096  # integer ranges up to this size are validated value by value (odd kernel sizes...)
 

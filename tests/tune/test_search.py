@@ -105,6 +105,15 @@ def test_best_trial_is_published_and_loads_in_a_fresh_process(search, market_dir
     assert (count, finite) == ("50", "True") and math.isclose(float(auc), metrics["val_roc_auc"])
 
 
+def test_trials_record_the_cpus_they_reserved(search):
+    """tune.cpus_per_worker (0.99 by default) owns a trial's worker CPUs; its recorded train config says so,
+    not train.cpus_per_worker (1 by default)."""
+    experiment = json.loads((search["out_dir"] / "experiment.json").read_text())
+    assert experiment["tune"]["cpus_per_worker"] == experiment["train"]["cpus_per_worker"] == 0.99
+    model_dir = resolve(search["registry"] / "tiny")
+    assert json.loads((model_dir / "train_config.json").read_text())["cpus_per_worker"] == 0.99
+
+
 def test_resume(search, tmp_path, capsys):
     from convfm.cli import main
 

@@ -50,6 +50,10 @@ def test_a_bad_sample_is_refused_naming_the_field():
 @pytest.mark.parametrize("space, message", [
     ({"embedding_size": 16}, r"space\.embedding_size: unknown parameter 'embedding_size'"),
     ({"num_epochs": 3}, r"space\.num_epochs: unknown parameter 'num_epochs' \(set by tune\.max_t\)"),
+    ({"cpus_per_worker": {"type": "choice", "values": [1, 2]}},
+     r"space\.cpus_per_worker: unknown parameter 'cpus_per_worker' \(set by tune\.cpus_per_worker\)"),
+    ({"placement_strategy": "SPREAD"},
+     r"space\.placement_strategy: unknown parameter 'placement_strategy' \(set by train\.placement_strategy\)"),
     ({"learning_rate": {"type": "normal", "low": 1e-4, "high": 1e-2}}, r"space\.learning_rate: unknown type 'normal'"),
     ({"learning_rate": {"type": "loguniform", "low": 1e-2, "high": 1e-4}},
      r"space\.learning_rate: low \(0\.01\) > high \(0\.0001\)"),
@@ -112,3 +116,15 @@ def test_sparse_embeddings_with_multi_gpu_trials_is_refused():
     fixed = TuneConfig(use_gpu=True, workers_per_trial=2, space={"sparse_embeddings": False})
     model, train = fixed.trial_base(ModelConfig(), TrainConfig())
     assert train.num_workers == 2 and train.use_gpu and model.sparse_embeddings is False
+
+
+def test_trials_run_with_tunes_cpus_per_worker_and_record_it():
+    """tune.cpus_per_worker is what each trial's workers reserve; the trial's TrainConfig (run by the workers,
+    saved in checkpoints and experiment.json) carries it instead of train.cpus_per_worker."""
+    config = TuneConfig(cpus_per_worker=0.5, space={"batch_size": 256})
+    model, base = config.trial_base(ModelConfig(), TrainConfig(cpus_per_worker=3.0, placement_strategy="SPREAD"))
+    assert base.cpus_per_worker == 0.5 and base.placement_strategy == "SPREAD"
+    sampled = {"hidden_dims": "[64, 32]", "embedding_dim": 16, "conv_filters": 16, "conv_kernel_size": 3,
+               "dropout_rate": 0.1, "learning_rate": 1e-3, "weight_decay": 0.0, "sparse_embeddings": False}
+    _, trial = config.search_space().configs(model, base, sampled)
+    assert trial.cpus_per_worker == 0.5 and trial.batch_size == 256
