@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -129,14 +130,29 @@ def cached_copy(uri: str) -> Path:
             raise ArtifactError(str(exc).replace(str(tmp), uri.partition("?")[0])) from None
         if (tmp / MANIFEST).read_text() != manifest:
             raise ArtifactError(f"{uri}: changed while it was downloaded; try again")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    except OSError:  # another process put a copy in place first
+        # Serve starts several replicas per node: another process may have put a copy in place meanwhile and
+        # be loading it, so a valid copy is never deleted, only a stale one moved aside.
         if not _is_copy_of(target, manifest):
-            raise
+            _replace_stale(tmp, target, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _replace_stale(tmp: Path, target: Path, manifest: str) -> None:
+    """Put ``tmp`` at ``target``, moving a stale ``target`` aside first (renames only, never a delete in place)."""
+    stale = target.with_name(f".{target.name}.stale-{uuid.uuid4().hex}")
+    try:
+        os.replace(target, stale)
+    except FileNotFoundError:
+        pass
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process put its copy in place between the two renames
+        if not _is_copy_of(target, manifest):
+            raise
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _is_copy_of(local: Path, manifest: str) -> bool:

@@ -106,6 +106,39 @@ def test_registry_on_a_file_uri_publishes_resolves_and_caches(saved, tmp_path, c
     assert resolve(entry) == local and digests(local)["weights.pt"] == digests(out)["weights.pt"]
 
 
+def test_a_copy_another_process_put_in_place_is_kept(saved, tmp_path, monkeypatch):
+    """Two replicas download the same version at once: the one that finishes second uses the first one's copy
+    (which that replica may be loading) instead of deleting it and renaming its own into place."""
+    _, _, out = saved
+    registry = f"file://{tmp_path}/registry"
+    publish(out, registry, "jobs")
+    local = resolve(f"{registry}/jobs")
+    theirs = tmp_path / "theirs"
+    local.rename(theirs)  # the other replica's finished download, not in place yet
+    (theirs / "marker").write_text("loading")
+    download = storage.download_dir
+
+    def download_while_the_other_finishes(uri, directory):
+        download(uri, directory)
+        theirs.rename(local)  # it wins the race while this download was running
+
+    monkeypatch.setattr(storage, "download_dir", download_while_the_other_finishes)
+    assert resolve(f"{registry}/jobs") == local
+    assert (local / "marker").read_text() == "loading" and digests(local)["weights.pt"] == digests(out)["weights.pt"]
+    assert sorted(p.name for p in local.parent.iterdir()) == ["v0001"]  # no temp or stale copies left
+
+
+def test_a_stale_cached_copy_is_moved_aside_and_replaced(saved, tmp_path):
+    _, _, out = saved
+    registry = f"file://{tmp_path}/registry"
+    publish(out, registry, "jobs")
+    local = resolve(f"{registry}/jobs")
+    manifest = local / "manifest.json"
+    manifest.write_text(manifest.read_text().replace("{", '{"stale": true, ', 1))  # another manifest: not a copy
+    assert resolve(f"{registry}/jobs") == local and digests(local) == digests(out)
+    assert sorted(p.name for p in local.parent.iterdir()) == ["v0001"]
+
+
 def test_partial_upload_is_never_listed_or_resolved(saved, tmp_path):
     _, _, out = saved
     registry = f"file://{tmp_path}/registry"
