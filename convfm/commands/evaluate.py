@@ -8,11 +8,12 @@ from pathlib import Path
 from convfm.artifacts import load_model_dir
 from convfm.commands.common import add_data_arguments, load_table_spec
 from convfm.config import DataConfig, TrainConfig
+from convfm.errors import ArtifactError
 from convfm.evaluation import evaluate_split
 from convfm.metrics import format_report
 from convfm.prepare import prepare_data
-from convfm.registry import LATEST, resolve
-from convfm.storage import is_uri
+from convfm.registry import resolve
+from convfm.storage import exists
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +38,9 @@ def saved_data_config(model_dir: Path, args: argparse.Namespace) -> DataConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    model_dir = Path(args.model)
-    if is_uri(args.model) or (model_dir / LATEST).is_file():  # a registry entry or a URI: resolved/downloaded
-        model_dir = resolve(args.model)
+    if not exists(args.model):  # the error a mistyped --model has always given
+        raise ArtifactError(f"{args.model}: model directory not found")
+    model_dir = resolve(args.model)  # entry -> latest, version, model dir; a URI is downloaded to the cache
     loaded = load_model_dir(model_dir)
     train_config = TrainConfig.from_dict(loaded.extra.get("train_config", {}))
     data = prepare_data(saved_data_config(model_dir, args), extractor=loaded.extractor)
