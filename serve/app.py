@@ -27,6 +27,7 @@ from ray import serve
 from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 
+from convfm.registry import locate
 from convfm.storage import is_uri
 from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, ServeConfig
 from serve.http import build_http_app, reload_outcome, unwrap, wrap
@@ -212,7 +213,7 @@ class Api:
 def build_app(config: ServeConfig) -> Any:
     """The application graph for ``config`` (checks that the model path exists; reads the API key env var)."""
     model = config.model if is_uri(config.model) else str(Path(config.model).expanduser().absolute())  # s3:// stays
-    ModelSlot(model).resolve(config.model_version)  # fail now, not inside a replica, on a wrong path/version
+    locate(model, config.model_version)  # fail now, not inside a replica, on a wrong path/version (no download)
     device = "cuda" if config.num_gpus > 0 else "cpu"
     logging_config = {"enable_access_log": config.access_log}
     ranker = Ranker.options(**config.ranker_options(), logging_config=logging_config).bind(

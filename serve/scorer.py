@@ -285,18 +285,15 @@ class ModelSlot:
         self.last_reload: Optional[dict[str, Any]] = None
         self._lock = threading.Lock()
 
-    def resolve(self, version: Optional[str] = None) -> Path:
-        """The local model directory of ``version`` (a registry version next to the configured model), or of
-        the configured path itself (following ``latest``) when ``version`` is None; URIs are downloaded."""
-        return resolve_model(self.model_path, version)
-
     def load(self, version: Optional[str] = None) -> dict[str, Any]:
-        """Load + validate ``version`` and swap it in; on any failure keep serving the current model."""
+        """Load + validate ``version`` (a registry version next to the configured model; None: the configured
+        path itself, following ``latest``; URIs are downloaded) and swap it in; on any failure keep serving
+        the current model."""
         with self._lock:
             previous = self.current.version if self.current is not None else None
             started = time.perf_counter()
             try:
-                scorer = Scorer.load(self.resolve(version), self.device)
+                scorer = Scorer.load(resolve_model(self.model_path, version), self.device)
             except Exception as exc:  # noqa: BLE001 - any failure of a new version must leave the old one serving
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning("model load failed (%s); still serving %s", error, previous)

@@ -133,5 +133,5 @@ def test_first_load_failure_is_reported_by_health(tmp_path):
 
 
 def test_versions_need_a_registry(tiny):
-    with pytest.raises(Exception, match="not a registry entry"):
-        ModelSlot(tiny.model_dir).resolve("v0001")
+    report = ModelSlot(tiny.model_dir).load("v0001")
+    assert not report["ok"] and "not a registry entry" in report["error"]
