@@ -27,12 +27,13 @@ from convfm.artifacts import MANIFEST, verify_model_dir
 from convfm.errors import ArtifactError
 
 LATEST = "latest"
-_VERSION = re.compile(r"^v(\d{4,})$")
+VERSION_PATTERN = r"^v(\d{4,})$"  # v0001, v0002, ...: the one definition, serve/ imports it
+VERSION_RE = re.compile(VERSION_PATTERN)
 
 
 def _version_dirs(model_root: str | Path) -> list[str]:
     """Every ``vNNNN`` directory, complete or not, oldest first."""
-    found = [d for d in storage.list_dirs(model_root) if _VERSION.match(d)]
+    found = [d for d in storage.list_dirs(model_root) if VERSION_RE.match(d)]
     return sorted(found, key=lambda v: int(v[1:]))
 
 
@@ -78,7 +79,7 @@ def locate(path: str | Path, version: Optional[str] = None) -> str | Path:
     if storage.is_file(pointer):
         latest = storage.read_text(pointer).strip()
         target = storage.join(path, latest)
-        if not _VERSION.match(latest) or not storage.is_file(storage.join(target, MANIFEST)):
+        if not VERSION_RE.match(latest) or not storage.is_file(storage.join(target, MANIFEST)):
             raise ArtifactError(f"{pointer}: points to version {latest!r}, which does not exist")
         return target
     if not storage.exists(path):
@@ -89,11 +90,11 @@ def locate(path: str | Path, version: Optional[str] = None) -> str | Path:
 
 
 def _version_of(path: str | Path, version: str) -> str | Path:
-    if not isinstance(version, str) or not _VERSION.match(version):
+    if not isinstance(version, str) or not VERSION_RE.match(version):
         raise ArtifactError(f"version {version!r}: must look like v0001")
     if storage.is_file(storage.join(path, LATEST)):
         root = path
-    elif _VERSION.match(storage.name(path)):
+    elif VERSION_RE.match(storage.name(path)):
         root = storage.parent(path)
     else:
         raise ArtifactError(f"{path}: a single model directory, not a registry entry; it has no versions")

@@ -15,11 +15,11 @@ from typing import Any, Mapping, Optional, Union
 
 from convfm.config import BaseConfig, _check
 from convfm.errors import ConfigError
+from convfm.registry import VERSION_RE
 
 DEFAULT_MODEL_ENV = "CONVFM_MODEL"
 DEFAULT_MODEL = "models/convfm"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_VERSION = re.compile(r"^v\d{4,}$")
 
 
 def _number(value: Any, integer: bool = False) -> bool:
@@ -54,7 +54,7 @@ class ServeConfig(BaseConfig):
         _check(isinstance(self.model, str) and bool(self.model.strip()), "model",
                f"must be a non-empty path or URI, got {self.model!r}")
         _check(self.model_version is None or (isinstance(self.model_version, str)
-                                              and bool(_VERSION.match(self.model_version))),
+                                              and bool(VERSION_RE.match(self.model_version))),
                "model_version", f"must look like v0001 or be null, got {self.model_version!r}")
         _check(isinstance(self.host, str) and bool(self.host), "host", f"must be a host name or IP, got {self.host!r}")
         _check(_number(self.port, True) and 1 <= self.port <= 65535, "port",

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
+from convfm.registry import VERSION_PATTERN
+
 MAX_K = 100
 MAX_JOB_IDS = 1000
 
@@ -78,7 +80,7 @@ class ScoreRequest(UserRequest):
 
 
 class ReloadRequest(Request):
-    version: Optional[Annotated[str, StringConstraints(pattern=r"^v\d{4,}$")]] = Field(
+    version: Optional[Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]] = Field(
         None, description="registry version such as v0002; omitted: the registry entry's latest")
 
 

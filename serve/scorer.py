@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import logging
 import math
-import re
 import threading
 import time
 from pathlib import Path
@@ -29,14 +28,13 @@ from convfm.errors import ArtifactError
 from convfm.extractor_base import concat_rows
 from convfm.fields import EncodedTable
 from convfm.ranking import CatalogRanker
-from convfm.registry import resolve as resolve_model
+from convfm.registry import VERSION_RE, resolve as resolve_model
 from convfm.serving import SERVING_NAME, ServingData
 from convfm.storage import is_uri
 from convfm.text import clean_value
 from serve.schemas import Filters, RecommendRequest, ScoreRequest
 
 log = logging.getLogger(__name__)
-_VERSION = re.compile(r"^v\d{4,}$")
 META_COLUMNS = ("title", "company", "location", "job_type", "experience_level", "salary_min", "salary_max")
 FILTER_COLUMNS = ("location", "job_type", "experience_level")
 DECODABLE = {"job_location": "location", "company": "company", "job_type": "job_type",
@@ -70,7 +68,7 @@ def _plain(value: Any) -> Any:
 
 def model_identity(path: Path) -> tuple[str, str]:
     """(name, version): registry layout ``NAME/vNNNN``, else the directory name and a manifest hash."""
-    if _VERSION.match(path.name):
+    if VERSION_RE.match(path.name):
         return path.parent.name, path.name
     digest = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()[:12]
     return path.name, f"sha-{digest}"
