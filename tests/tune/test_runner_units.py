@@ -13,8 +13,6 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.mark.parametrize("search_alg", ["random", "optuna", "hyperopt"])
 def test_same_seed_suggests_the_same_configs(search_alg, tiny_tune, tiny_space):
-    if search_alg == "hyperopt":
-        pytest.importorskip("hyperopt")
     config = TuneConfig.from_dict({**tiny_tune, "search_alg": search_alg, "space": tiny_space})
     first, again = suggest_configs(config, 6), suggest_configs(config, 6)
     assert first == again
