@@ -8,12 +8,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from convfm import storage
 from convfm.errors import ConfigError
 
 
 def _json_default(value: Any) -> Any:
-    return float(value) if isinstance(value, (int, float)) else str(value)
+    """Only called for types json does not know: numpy scalars become Python numbers, anything else its str."""
+    return value.item() if isinstance(value, np.generic) else str(value)
 
 
 def write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:

@@ -15,6 +15,7 @@ from convfm import storage
 from convfm.artifacts import load_model_dir, save_model_dir
 from convfm.config import DataConfig, ModelConfig
 from convfm.errors import ArtifactError, StorageError
+from convfm.jsonfile import read_json, write_json_atomic
 from convfm.model import ConvFM
 from convfm.prepare import prepare_data
 from convfm.registry import LATEST, publish, resolve, versions
@@ -68,6 +69,13 @@ def test_file_uri_round_trip_of_text_and_directories(tmp_path):
     storage.download_dir(storage.join(root, "d"), tmp_path / "back")
     assert (tmp_path / "back" / "x.bin").read_bytes() == (local / "x.bin").read_bytes()
     assert (tmp_path / "back" / "sub" / "y.txt").read_text() == "y"
+
+
+def test_json_files_keep_numpy_scalars_as_numbers(tmp_path):
+    path = tmp_path / "doc.json"
+    write_json_atomic(path, {"auc": np.float32(0.5), "rows": np.int64(7), "ok": np.bool_(True), "where": tmp_path})
+    assert read_json(path, "a document") == {"auc": 0.5, "rows": 7, "ok": True, "where": str(tmp_path)}
+    assert '"auc": 0.5' in path.read_text() and '"rows": 7' in path.read_text()
 
 
 def test_upload_puts_the_named_files_last(tmp_path, monkeypatch):
