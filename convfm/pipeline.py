@@ -43,11 +43,6 @@ class PipelineConfig:
     run_name: Optional[str] = None
     address: Optional[str] = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model.to_dict(), "train": self.train.to_dict(), "data": dict(self.data),
-                "extractor": dict(self.extractor), "output_dir": self.output_dir, "run_name": self.run_name,
-                "address": self.address}
-
 
 def create_training_config(
     embedding_dim: int = 64, batch_size: int = 32, num_epochs: int = 50, learning_rate: float = 0.001,
