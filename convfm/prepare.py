@@ -13,6 +13,7 @@ from convfm.config import DataConfig
 from convfm.data import build_examples, load_job_market, load_table, split_examples
 from convfm.features import JobFeatureExtractor, TableFeatureExtractor
 from convfm.metrics import PopularityBaseline
+from convfm.serving import JOB_DISPLAY_COLUMNS
 from convfm.synth import load_truth
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ class PreparedData:
     # Set by for_split(); None means "derive from frames" (all splits present).
     seen: Optional[pd.DataFrame] = None  # (user_id, job_id) pairs, any split, that ranking must not sample
     popularity: Optional[PopularityBaseline] = None  # fitted on the training split
+    # The catalog's display columns (kind "jobs"; serving.json's titles), kept so exporting a model need not
+    # re-read the market. None for table data and in for_split() copies (workers never need it).
+    jobs: Optional[pd.DataFrame] = None
 
     def summary(self) -> dict[str, int]:
         return {name: len(s) for name, s in self.sets.items()}
@@ -82,4 +86,5 @@ def prepare_data(
     sets = {name: extractor.example_set(frame) for name, frame in frames.items()}
     log.info("prepared %s", {name: len(s) for name, s in sets.items()})
     catalog = market.jobs["job_id"].to_numpy()
-    return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path))
+    jobs = market.jobs[[c for c in JOB_DISPLAY_COLUMNS if c in market.jobs.columns]]
+    return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path), jobs=jobs)

@@ -26,6 +26,7 @@ SERVING_NAME = "serving"  # -> serving.json in the model directory
 SERVING_FORMAT_VERSION = 1
 TEXT_COLUMNS = ("title", "company", "location", "job_type", "experience_level")
 SALARY_COLUMNS = ("salary_min", "salary_max")
+JOB_DISPLAY_COLUMNS = ("job_id", *TEXT_COLUMNS, *SALARY_COLUMNS)  # what jobs_metadata reads
 
 
 def jobs_metadata(jobs: pd.DataFrame) -> dict[str, list]:
@@ -42,11 +43,13 @@ def jobs_metadata(jobs: pd.DataFrame) -> dict[str, list]:
 
 
 def serving_payload(data: Any, jobs: Optional[pd.DataFrame] = None) -> dict[str, Any]:
-    """The ``serving.json`` document of a job-market ``PreparedData`` (jobs reloaded from its config if
-    not given)."""
+    """The ``serving.json`` document of a job-market ``PreparedData``: jobs from ``jobs``, else the table
+    ``prepare_data`` kept (``data.jobs``), else reloaded from its config (data prepared some other way)."""
     config: DataConfig = data.config
     if config.kind != "jobs":
         raise ConfigError(f"kind: serving needs a job-market model (kind 'jobs'), got {config.kind!r}")
+    if jobs is None:
+        jobs = getattr(data, "jobs", None)
     if jobs is None:
         jobs = load_job_market(config).jobs
     frames = [f[["user_id", "job_id"]] for f in data.frames.values() if len(f)]

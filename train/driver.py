@@ -33,7 +33,7 @@ from convfm.features import load_extractor
 from convfm.prepare import PreparedData, prepare_data
 from convfm.storage import StagedDir
 from train.loop import MODEL_DIR, TRAIN_STATE, train_loop_per_worker
-from train.outputs import RUN_FILE, copy_model_dir, plot_curves, read_run, write_metrics_csv, write_run
+from train.outputs import RUN_FILE, export_model, plot_curves, read_run, write_metrics_csv, write_run
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -126,7 +126,7 @@ def run_training(
                 write_run(out, {**run, "status": "failed", "error": str(exc)[:4000]})
                 raise TrainingError(f"training failed after {train_config.max_failures} restart(s): "
                                     f"{_failure_summary(exc)} (full error in {out.location(RUN_FILE)})") from exc
-        return _finish(out, run, result, train_config, time.perf_counter() - started)
+        return _finish(out, run, result, train_config, data, time.perf_counter() - started)
 
 
 def _failure_summary(exc: Exception) -> str:
@@ -293,14 +293,14 @@ def _relay_progress(progress: Optional[Queue], on_epoch: Optional[EpochCallback]
         progress.shutdown()
 
 
-def _finish(out: StagedDir, run: dict[str, Any], result: Any, config: TrainConfig,
+def _finish(out: StagedDir, run: dict[str, Any], result: Any, config: TrainConfig, data: PreparedData,
             wall_seconds: float) -> TrainingResult:
     scored = [(c, m) for c, m in result.best_checkpoints if not math.isnan(float(m.get("val_roc_auc", math.nan)))]
     if not scored or result.checkpoint is None:
         raise TrainingError(f"run {run['name']} produced no checkpoint with a validation AUC")
     best_checkpoint, best_metrics = max(scored, key=lambda cm: float(cm[1]["val_roc_auc"]))
     with best_checkpoint.as_directory() as directory:
-        copy_model_dir(Path(directory) / MODEL_DIR, out.local / "best")
+        export_model(Path(directory) / MODEL_DIR, out.local / "best", data)
     with result.checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / TRAIN_STATE, map_location="cpu", weights_only=True)
     history = state["history"]

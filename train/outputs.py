@@ -3,7 +3,8 @@
   runs/NAME/run.json      configs, Ray run name and storage, status, best epoch, stopped_early, wall time
   runs/NAME/metrics.csv   one row per epoch (resumed runs included, each epoch once)
   runs/NAME/curves.png    train/validation loss and validation AUC (popularity and oracle beside it)
-  runs/NAME/best/         the best checkpoint's model directory (loads with convfm.artifacts.load_model_dir)
+  runs/NAME/best/         the best checkpoint's model directory (loads with convfm.artifacts.load_model_dir;
+                          serving.json included for job-market data, so ``convfm serve`` can serve it)
   runs/NAME/ray/NAME/     Ray Train's storage: checkpoints (kept best N by validation AUC, plus the latest)
 
 The run directory may be a storage URI (``s3://bucket/runs/NAME``): the files are then written to a local
@@ -13,17 +14,16 @@ end with run.json last; Ray Train writes its checkpoints to ``URI/ray`` itself.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
 
 from convfm import storage
-from convfm.artifacts import verify_model_dir
+from convfm.artifacts import load_model_dir, save_model_dir
 from convfm.jsonfile import read_json, write_json_atomic
+from convfm.prepare import PreparedData
+from convfm.serving import serving_extra_json
 from convfm.storage import StagedDir
 
 RUN_FILE = "run.json"
@@ -75,14 +75,14 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def copy_model_dir(source: Path, target: Path) -> Path:
-    """Copy a model directory, verify it against its manifest, then swap it in place of ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    shutil.rmtree(tmp)
-    shutil.copytree(source, tmp)
-    verify_model_dir(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    return target
+def export_model(checkpoint_model_dir: Path, target: Path, data: PreparedData,
+                 extra_json: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Path:
+    """Write a checkpoint's model directory at ``target`` as a servable model: plus ``serving.json`` for
+    job-market data (titles, seen jobs, popularity fallback; what ``convfm serve`` reads) and ``extra_json``
+    (tune.json...), through save_model_dir so the manifest covers them and ``target`` is swapped in whole."""
+    extra = dict(extra_json or {})
+    if data.config.kind == "jobs":
+        extra.update(serving_extra_json(data))
+    loaded = load_model_dir(checkpoint_model_dir)
+    return save_model_dir(target, loaded.model, loaded.extractor, metrics=loaded.metrics,
+                          extra_json={**loaded.extra, **extra})

@@ -5,7 +5,8 @@ checkpoint found on disk, and the exported model.
   runs/tune-NAME/trials.csv        one row per trial: sampled values, best metric, epochs, how it ended
   runs/tune-NAME/trials.png        validation metric per epoch, one line per trial
   runs/tune-NAME/summary.json      best trial, its values and metrics, the published registry version
-  runs/tune-NAME/best/             the best trial's best checkpoint as a model directory (+ serving.json)
+  runs/tune-NAME/best/             the best trial's best checkpoint as a model directory (+ serving.json,
+                                   tune.json; written by train.outputs.export_model)
   runs/tune-NAME/ray/tune-NAME/    Ray Tune's experiment state, one trial-<id>/ folder per trial
   runs/tune-NAME/train/train-<id>/ each trial's Ray Train run and checkpoints
 
@@ -22,7 +23,7 @@ from typing import Any, Mapping, Optional, Sequence
 import pandas as pd
 
 from convfm import storage
-from convfm.artifacts import load_model_dir, save_model_dir
+from convfm.artifacts import load_model_dir
 from convfm.errors import ArtifactError
 from convfm.jsonfile import read_json, write_json_atomic
 from convfm.storage import StagedDir
@@ -171,11 +172,3 @@ def fetch_checkpoints(train_run: str | Path, local: Path) -> Path:
         if checkpoint.startswith("checkpoint_"):
             storage.download_dir(storage.join(train_run, checkpoint, "model"), local / checkpoint / "model")
     return local
-
-
-def export_model(checkpoint_model_dir: Path, target: Path, extra_json: Mapping[str, Mapping[str, Any]]) -> Path:
-    """Rewrite a checkpoint's model directory at ``target`` with extra JSON files (serving.json, tune.json),
-    through save_model_dir so the manifest covers them."""
-    loaded = load_model_dir(checkpoint_model_dir)
-    return save_model_dir(target, loaded.model, loaded.extractor, metrics=loaded.metrics,
-                          extra_json={**loaded.extra, **dict(extra_json)})

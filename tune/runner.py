@@ -39,12 +39,12 @@ from convfm.errors import ConfigError, ConvFMError
 from convfm.prepare import PreparedData, prepare_data
 from convfm import storage
 from convfm.registry import publish
-from convfm.serving import serving_extra_json
 from convfm.storage import StagedDir
 from train.driver import check_training_data, loop_config
 from train.loop import train_loop_per_worker
 from tune.config import DRIVER_CPU, TuneConfig
-from tune.results import (ASHA, EXPERIMENT_FILE, best_checkpoint_dir, export_model, fetch_checkpoints, plot_trials,
+from train.outputs import export_model
+from tune.results import (ASHA, EXPERIMENT_FILE, best_checkpoint_dir, fetch_checkpoints, plot_trials,
                           read_experiment, trial_row, write_experiment, write_json)
 from tune.space import SearchSpace, format_params
 
@@ -370,9 +370,7 @@ def _finish(out: StagedDir, experiment: dict[str, Any], grid: Any, space: Search
     checkpoint_dir, best_metrics = best_checkpoint_dir(train_run, config.metric, config.mode)
     extra = {"tune": {"experiment": experiment["name"], "trial_id": best_trial, "params": params[best_trial],
                       "metric": config.metric, "mode": config.mode}}
-    if data.config.kind == "jobs":
-        extra.update(serving_extra_json(data))
-    best_dir = export_model(checkpoint_dir, out.local / "best", extra)
+    best_dir = export_model(checkpoint_dir, out.local / "best", data, extra)
     published = publish(best_dir, config.registry, config.name)
     model_dir = published if storage.is_uri(published) else Path(published).resolve()
     wall = time.perf_counter() - started

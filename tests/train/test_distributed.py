@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from convfm.artifacts import load_model_dir
+from convfm.artifacts import load_model_dir, verify_model_dir
 from convfm.cli import main
 from convfm.config import DataConfig, TrainConfig
 from convfm.prepare import prepare_data
@@ -77,6 +77,21 @@ def test_run_directory_holds_metrics_curves_and_run_record(run_two_workers):
     assert {p.name for p in run_two_workers.best_dir.iterdir()} >= {
         "weights.pt", "model_config.json", "feature_map.json", "extractor.json", "extractor.npz",
         "metrics.json", "train_config.json", "data_config.json", "manifest.json"}
+
+
+def test_best_model_carries_serving_json_in_its_manifest(run_one_worker, market_dir):
+    """train's best/ is servable as is (convfm demo --trials 0 serves it): titles, seen jobs, popularity."""
+    from convfm.serving import ServingData
+
+    best = run_one_worker.best_dir
+    manifest = json.loads((best / "manifest.json").read_text())
+    assert "serving.json" in manifest["files"]
+    verify_model_dir(best)
+    serving = ServingData.from_payload(json.loads((best / "serving.json").read_text()))
+    jobs = pd.read_csv(market_dir / "jobs.csv", dtype=str)
+    assert sorted(serving.jobs["job_id"]) == sorted(jobs["job_id"]) and serving.jobs["title"].str.len().gt(0).all()
+    assert serving.seen and serving.popularity is not None
+    assert "train_config" in load_model_dir(best).extra  # the checkpoint's own extra files kept
 
 
 def test_checkpoint_train_state_loads_without_pickle(run_two_workers):
