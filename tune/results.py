@@ -39,12 +39,10 @@ def read_experiment(out_dir: str | Path) -> dict[str, Any]:
     return read_json(storage.join(out_dir, EXPERIMENT_FILE), "a convfm tune experiment")
 
 
-write_json = write_json_atomic  # summary.json, experiment.json: an interrupted search never leaves half a file
-
-
 def write_experiment(out: StagedDir, experiment: Mapping[str, Any], *outputs: str) -> None:
-    """Write experiment.json, then upload ``outputs`` and experiment.json last (for a URI directory)."""
-    write_json(out.local / EXPERIMENT_FILE, experiment)
+    """Write experiment.json atomically (an interrupted search never leaves half of it), then upload
+    ``outputs`` and experiment.json last (for a URI directory)."""
+    write_json_atomic(out.local / EXPERIMENT_FILE, experiment)
     out.sync(*outputs, EXPERIMENT_FILE)
 
 

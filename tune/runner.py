@@ -36,16 +36,17 @@ import train as train_package
 import tune as tune_package
 from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
 from convfm.errors import ConfigError, ConvFMError
+from convfm.jsonfile import write_json_atomic
 from convfm.prepare import PreparedData, prepare_data
 from convfm import storage
 from convfm.registry import publish
 from convfm.storage import StagedDir
 from train.driver import check_training_data, loop_config
 from train.loop import train_loop_per_worker
-from tune.config import DRIVER_CPU, TuneConfig
 from train.outputs import export_model
+from tune.config import DRIVER_CPU, TuneConfig
 from tune.results import (ASHA, EXPERIMENT_FILE, best_checkpoint_dir, fetch_checkpoints, plot_trials,
-                          read_experiment, trial_row, write_experiment, write_json)
+                          read_experiment, trial_row, write_experiment)
 from tune.space import SearchSpace, format_params
 
 log = logging.getLogger(__name__)
@@ -375,7 +376,7 @@ def _finish(out: StagedDir, experiment: dict[str, Any], grid: Any, space: Search
     model_dir = published if storage.is_uri(published) else Path(published).resolve()
     wall = time.perf_counter() - started
     summary = TuneSummary(out.target, table, best_trial, params[best_trial], best_metrics, model_dir, concurrency, wall)
-    write_json(out.local / "summary.json", {
+    write_json_atomic(out.local / "summary.json", {
         "experiment": experiment["name"], "best_trial": best_trial, "best_params": params[best_trial],
         "metric": config.metric, "mode": config.mode, f"best_{config.metric}": float(best[column]),
         "best_epoch": int(best["best_epoch"]), "best_metrics": best_metrics, "model_dir": str(model_dir),
