@@ -18,10 +18,9 @@ from convfm.fields import PAD, FeatureMap
 class LookupPlan(NamedTuple):
     """Which table rows a batch reads: computed once per batch, shared by the embedding and the linear term."""
 
-    unique: torch.Tensor  # (U,) distinct global row ids
-    cat_index: torch.Tensor  # (B, Fc) positions in ``unique``
-    multi_index: torch.Tensor  # (B * Fm, L) positions in ``unique``
-    multi_weights: torch.Tensor  # (B * Fm, L) 1 / non-padding count, 0 at padding: mean pooling as a sum
+    unique: Optional[torch.Tensor]  # (U,) distinct global row ids (sparse tables); None: ``index`` is global
+    index: torch.Tensor  # (B, Fc + Fm * L) every lookup: its position in ``unique``, or its global row id
+    weights: torch.Tensor  # (B, Fm, L) 1 / non-padding count, 0 at padding: mean pooling as a weighted sum
 
 
 class FieldEmbedding(nn.Module):
@@ -30,10 +29,12 @@ class FieldEmbedding(nn.Module):
     Fields naming the same vocabulary (user and job skills) share rows. ``dim=1`` gives the linear term's
     per-value weights. Multi-valued fields are mean-pooled over their non-padding entries.
 
-    A batch reads its ~3k distinct rows once (of ~37k lookups at batch 1024) and every lookup indexes those,
-    so backward scatters into U rows instead of 37k, and a sparse gradient holds U rows: nothing for
-    SparseAdam to coalesce or DDP to all-reduce twice. Lists are pooled by ``embedding_bag`` with per-entry
-    weights, so the (B, Fm, L, dim) tensor of list entries never exists in forward or backward.
+    Two lookup paths, each the faster one for its gradient (``benchmarks/step_profile.py``):
+    - dense: one gather of every lookup (~37k at batch 1024), then weighted pooling; the gradient is the whole
+      (V, dim) table either way, and its zero-fill dominates.
+    - sparse: the batch's ~3k distinct rows are read once and every lookup indexes those (lists pooled by
+      ``embedding_bag``), so the sparse gradient holds U rows: nothing for SparseAdam to coalesce or DDP to
+      all-reduce twice, and the (B, Fm, L, dim) tensor of list entries is never built.
     """
 
     def __init__(self, feature_map: FeatureMap, dim: int, sparse: bool = False) -> None:
@@ -52,24 +53,30 @@ class FieldEmbedding(nn.Module):
 
     def plan(self, cat: torch.Tensor, multi: torch.Tensor) -> LookupPlan:
         """cat (B, Fc), multi (B, Fm, L) local ids -> the batch's LookupPlan."""
-        fc = cat.shape[1]
         ids = torch.cat([cat + self.cat_offsets, (multi + self.multi_offsets[:, None]).flatten(1)], dim=1)
-        unique, inverse = torch.unique(ids, return_inverse=True)  # (U,), (B, Fc + Fm * L)
         present = (multi != PAD).to(torch.float32)  # (B, Fm, L)
         weights = present / present.sum(2, keepdim=True).clamp(min=1.0)  # (B, Fm, L)
-        width = max(multi.shape[2], 1)
-        return LookupPlan(unique, inverse[:, :fc], inverse[:, fc:].reshape(-1, width), weights.reshape(-1, width))
+        if not self.table.sparse:
+            return LookupPlan(None, ids, weights)
+        unique, inverse = torch.unique(ids, return_inverse=True)  # (U,), (B, Fc + Fm * L)
+        return LookupPlan(unique, inverse, weights)
 
     def forward(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor,
                 plan: Optional[LookupPlan] = None) -> torch.Tensor:
         """cat (B, Fc), multi (B, Fm, L), dense (B, W) -> (B, Fc + Fm + Fd, dim), grouped by kind."""
         plan = self.plan(cat, multi) if plan is None else plan
-        rows = self.table(plan.unique)  # (U, dim)
-        parts = [nn.functional.embedding(plan.cat_index, rows)]  # (B, Fc, dim)
-        if multi.shape[1]:
-            pooled = nn.functional.embedding_bag(plan.multi_index, rows, mode="sum",
-                                                 per_sample_weights=plan.multi_weights.to(rows.dtype))  # (B*Fm, dim)
-            parts.append(pooled.view(multi.shape[0], multi.shape[1], -1))  # (B, Fm, dim)
+        (batch, fc), (fm, length) = cat.shape, multi.shape[1:]
+        if plan.unique is None:
+            cat_vectors, multi_vectors = self.table(plan.index).split([fc, fm * length], dim=1)  # (B, Fc|Fm*L, dim)
+            weighted = multi_vectors.unflatten(1, (fm, length)) * plan.weights.unsqueeze(-1).to(multi_vectors.dtype)
+            parts = [cat_vectors, weighted.sum(2)]  # (B, Fc, dim), (B, Fm, dim)
+        else:
+            rows = self.table(plan.unique)  # (U, dim)
+            width = max(length, 1)
+            pooled = nn.functional.embedding_bag(  # (B * Fm, dim)
+                plan.index[:, fc:].reshape(-1, width), rows, mode="sum",
+                per_sample_weights=plan.weights.reshape(-1, width).to(rows.dtype))
+            parts = [nn.functional.embedding(plan.index[:, :fc], rows), pooled.view(batch, fm, rows.shape[1])]
         if self.dense_widths:
             chunks = torch.split(dense, self.dense_widths, dim=1)  # each (B, w)
             parts.append(torch.stack([layer(x) for layer, x in zip(self.dense, chunks)], dim=1))  # (B, Fd, dim)
