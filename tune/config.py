@@ -10,17 +10,12 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
-from convfm.config import BaseConfig, ModelConfig, TrainConfig
+from convfm.config import BaseConfig, ModelConfig, TrainConfig, _check  # one field-naming check for all configs
 from convfm.errors import ConfigError
 from tune.space import SearchSpace
 
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
 DRIVER_CPU = 0.01  # each trial's driver (it only waits on its TorchTrainer): a sliver, since {"cpu": 0} is refused
-
-
-def _check(ok: bool, field: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{field}: {message}")
 
 
 def _int_in(value: Any, low: int, high: int) -> bool:

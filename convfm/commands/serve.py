@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from convfm.commands.common import check_sections
 from convfm.config import read_yaml
 from convfm.errors import ConvFMError
 
@@ -33,6 +34,7 @@ def serve_config(args: argparse.Namespace) -> Any:
 
     values: dict[str, Any] = {}
     if args.config:
+        check_sections(args.config)  # a misspelt `serv:` must not fall back to defaults silently
         section = read_yaml(args.config).get("serve") or {}
         if not isinstance(section, dict):
             raise ConvFMError(f"{args.config}: section 'serve' must be a mapping")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from convfm.commands.common import add_data_arguments, data_config, model_and_train_configs
-from convfm.config import DataConfig, ModelConfig, TrainConfig, read_yaml
+from convfm.config import DataConfig, ModelConfig, TrainConfig, config_from_yaml, read_yaml
 from convfm.errors import ConfigError
 from convfm.storage import join, local_or_uri, parent
 
@@ -63,7 +63,7 @@ def load_tune_config(path: Optional[str]) -> Any:
         if "space" in values:
             raise ConfigError(f"{path}: give the search space once, as the top-level 'space:' section")
         values = {**values, "space": document["space"] or {}}
-    return TuneConfig.from_dict(values, source=f"{path} [tune]")
+    return config_from_yaml(TuneConfig, values, path, "tune")  # errors name the file, section and line
 
 
 def resolve_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, TrainConfig, Any, str | Path]:

@@ -54,3 +54,14 @@ def test_train_scaling_flags_reach_the_train_config(tmp_path):
     assert (train.num_workers, train.cpus_per_worker, train.placement_strategy) == (4, 2.0, "SPREAD")
     bad = run_cli("train", "--data", str(tmp_path), "--placement", "spread")  # range checks: test_config.py
     assert bad.returncode == 2 and "--placement: invalid choice: 'spread'" in bad.stderr
+
+
+def test_tune_and_serve_config_errors_name_the_line_and_misspelt_sections(tmp_path):
+    tune_yaml = tmp_path / "tune.yaml"
+    tune_yaml.write_text("tune:\n  search_alg: random\n  num_samples: 0\n")
+    tune = run_cli("tune", "--config", str(tune_yaml), "--data", str(tmp_path))
+    assert tune.returncode == 2 and f"{tune_yaml} [tune] line 3: num_samples:" in tune.stderr, tune.stderr
+    serve_yaml = tmp_path / "serve.yaml"
+    serve_yaml.write_text("serv:\n  port: 9000\n")
+    serve = run_cli("serve", "--model", str(tmp_path), "--config", str(serve_yaml))
+    assert serve.returncode == 2 and "unknown section(s) ['serv']" in serve.stderr, serve.stderr
