@@ -124,11 +124,11 @@ def ray_train(setup: Setup, workers: int, sparse: bool = False) -> tuple[float, 
     from train.driver import run_training
 
     out = Path(tempfile.mkdtemp(prefix=f"ray{workers}-", dir=setup.runs_dir)) / "run"
-    train = dataclasses.replace(setup.train, num_workers=workers, num_epochs=1 + setup.epochs, keep_checkpoints=1)
+    train = dataclasses.replace(setup.train, num_workers=workers, num_epochs=1 + setup.epochs, keep_checkpoints=1,
+                                cpus_per_worker=max(1, setup.cpus // workers))
     model = dataclasses.replace(setup.model, sparse_embeddings=sparse)
     try:
-        result = run_training(setup.data.config, model, train, out, prepared=setup.data,
-                              resources_per_worker={"CPU": max(1, setup.cpus // workers)})
+        result = run_training(setup.data.config, model, train, out, prepared=setup.data)
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)  # checkpoints: ~250 MB each at full size
     timed = result.history[1:]

@@ -16,7 +16,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import ray
 import ray.train
@@ -71,7 +71,6 @@ def run_training(
     *,
     on_epoch: Optional[EpochCallback] = None,
     loop_options: Optional[Mapping[str, Any]] = None,
-    resources_per_worker: Optional[Mapping[str, float]] = None,
     extractor_options: Optional[Mapping[str, Any]] = None,
     prepared: Optional[PreparedData] = None,
     quiet: bool = True,
@@ -108,14 +107,14 @@ def run_training(
         run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         write_run(out, run)
 
-        _init_ray(address, quiet)
+        init_ray(address, quiet)
         progress = Queue(actor_options={"num_cpus": 0}) if on_epoch is not None else None
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config(data, model_config, train_config, loop_options),
             scaling_config=ray.train.ScalingConfig(
                 num_workers=train_config.num_workers, use_gpu=train_config.use_gpu,
-                resources_per_worker=dict(resources_per_worker or {"CPU": train_config.cpus_per_worker}),
+                resources_per_worker={"CPU": train_config.cpus_per_worker},
                 placement_strategy=train_config.placement_strategy),
             run_config=_run_config(run, train_config, [] if progress is None else [_ProgressCallback(progress)]),
         )
@@ -125,11 +124,11 @@ def run_training(
             except ray.train.TrainingFailedError as exc:
                 write_run(out, {**run, "status": "failed", "error": str(exc)[:4000]})
                 raise TrainingError(f"training failed after {train_config.max_failures} restart(s): "
-                                    f"{_failure_summary(exc)} (full error in {out.location(RUN_FILE)})") from exc
+                                    f"{failure_summary(exc)} (full error in {out.location(RUN_FILE)})") from exc
         return _finish(out, run, result, train_config, data, time.perf_counter() - started)
 
 
-def _failure_summary(exc: Exception) -> str:
+def failure_summary(exc: BaseException) -> str:
     """The exception lines of Ray's multi-rank error report, e.g. "RuntimeError: ... Connection reset"."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     causes = [line[:200] for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", line) or "died" in line]
@@ -236,16 +235,18 @@ def check_training_data(data: PreparedData, config: TrainConfig, workers_field: 
                           f"(has {len(labels)} example(s)); raise data.valid_fraction or add data")
 
 
-def _init_ray(address: Optional[str], quiet: bool) -> None:
-    """Join the caller's Ray, or the cluster at ``address``, or start a local one (dashboard on: Ray
-    Train's cleanup queries the State API through it)."""
+def init_ray(address: Optional[str], quiet: bool, packages: Sequence[Any] = ()) -> None:
+    """Join the caller's Ray, or the cluster at ``address`` (shipping convfm, train and ``packages`` to its
+    nodes), or start a local one. The dashboard stays on: Ray Train's cleanup queries the State API through
+    it, and without it a stopped Tune trial's workers are never freed."""
     if ray.is_initialized():
         return
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # reports return in ~0.5 s, not 2 s
     if address is None:
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # reports return in ~0.5 s, not 2 s
         ray.init(include_dashboard=True, configure_logging=False, log_to_driver=not quiet)
-    else:  # workers on other nodes import convfm and train from the uploaded packages
-        ray.init(address=address, runtime_env={"py_modules": [convfm, train_package]}, log_to_driver=not quiet)
+    else:
+        ray.init(address=address, runtime_env={"py_modules": [convfm, train_package, *packages]},
+                 log_to_driver=not quiet)
 
 
 class _ProgressCallback(ray.train.UserCallback):

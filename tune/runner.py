@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -31,8 +30,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-import convfm
-import train as train_package
 import tune as tune_package
 from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
 from convfm.errors import ConfigError, ConvFMError
@@ -41,7 +38,7 @@ from convfm.prepare import PreparedData, prepare_data
 from convfm import storage
 from convfm.registry import publish
 from convfm.storage import StagedDir
-from train.driver import check_training_data, loop_config
+from train.driver import check_training_data, failure_summary, init_ray, loop_config
 from train.loop import train_loop_per_worker
 from train.outputs import export_model
 from tune.config import DRIVER_CPU, TuneConfig
@@ -102,7 +99,7 @@ def run_tune(
         check_training_data(data, base_train, workers_field="workers_per_trial")
         write_experiment(out, {**experiment, "status": "running"})
 
-        _init_ray(address, quiet)
+        init_ray(address, quiet, packages=[tune_package])
         _pin_state_api_address()
         concurrency = trial_concurrency(tune_config, ray.cluster_resources(), may_autoscale=address is not None)
         space = tune_config.search_space()
@@ -166,16 +163,7 @@ def run_trial(config: dict[str, Any], shared: dict[str, Any], setup: dict[str, A
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        raise TuneError(f"trial {trial_id}: training failed: {_root_cause(str(exc))}") from exc
-
-
-def _root_cause(text: str) -> str:
-    """The first worker exception line of a Train failure ("KeyError: 'x'"), not its generic header."""
-    for line in text.splitlines():
-        line = line.strip()
-        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line) and not line.startswith("ray."):
-            return line[:500]
-    return (text.strip().splitlines() or ["unknown error"])[0][:500]
+        raise TuneError(f"trial {trial_id}: training failed: {failure_summary(exc)}") from exc
 
 
 def trial_dirname(trial: Any) -> str:
@@ -279,19 +267,6 @@ def _ray_tune_output(quiet: bool) -> Iterator[None]:
             os.environ.pop(_NEW_OUTPUT, None)
         else:
             os.environ[_NEW_OUTPUT] = before
-
-
-def _init_ray(address: Optional[str], quiet: bool) -> None:
-    """Join the caller's Ray, the cluster at ``address``, or start a local one. The dashboard stays on:
-    without the State API, Train's cleanup never frees a stopped trial's workers and the next trial hangs."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # epoch reports return in ~0.5 s, not 2 s
-    if address is None:
-        ray.init(include_dashboard=True, configure_logging=False, log_to_driver=not quiet)
-    else:
-        ray.init(address=address, runtime_env={"py_modules": [convfm, train_package, tune_package]},
-                 log_to_driver=not quiet)
 
 
 def _pin_state_api_address() -> None:
