@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -49,6 +49,10 @@ class Vocabulary:
         if not value:
             return PAD
         return self._index.get(value, UNK)
+
+    def decode(self, index: int) -> Optional[str]:
+        """The value at ``index``; None for the padding and unknown slots (and out-of-range indices)."""
+        return self.values[index - 2] if 2 <= index < len(self.values) + 2 else None
 
     def lookup(self, values: Sequence[str]) -> np.ndarray:
         """Vectorised ``index`` for a sequence of strings -> int64 array."""

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from convfm.batching import FieldBatch, join_batches, table_tensors
-from convfm.fields import PAD, UNK, EncodedTable, FeatureMap
+from convfm.fields import PAD, EncodedTable, FeatureMap
 from convfm.model import ConvFM
 
 ELEMENT_BUDGET = 1 << 22  # floats per intermediate (U, chunk, width) tensor: ~16 MB
@@ -268,9 +268,8 @@ class CatalogRanker:
             for i, field in enumerate(side.of_kind(kind)):
                 if field.vocab in ("user", "job") or field.vocab not in vocabs:
                     continue
-                names = vocabs[field.vocab].values
-                known = values.setdefault(field.vocab, [])
-                for x in column(i):
-                    if UNK < x < len(names) + 2 and names[x - 2] not in known:
-                        known.append(names[x - 2])
+                vocab, known = vocabs[field.vocab], values.setdefault(field.vocab, [])
+                for name in map(vocab.decode, column(i)):
+                    if name is not None and name not in known:
+                        known.append(name)
         return values

@@ -258,8 +258,8 @@ def _decoded_columns(extractor: Any) -> dict[str, list[Optional[str]]]:
     for i, field in enumerate(fields):
         column = DECODABLE.get(field.name)
         if column is not None:
-            names = extractor.vocabs[field.vocab].values
-            out[column] = [names[x - 2] if x >= 2 else None for x in extractor.job_catalog.cat[:, i].tolist()]
+            decode = extractor.vocabs[field.vocab].decode
+            out[column] = [decode(x) for x in extractor.job_catalog.cat[:, i].tolist()]
     return out
 
 

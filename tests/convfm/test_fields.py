@@ -13,6 +13,7 @@ def test_vocabulary_reserves_padding_and_unknown():
     vocab = Vocabulary.build(["a", "b", "a", "c", "", "c"], min_freq=2)
     assert vocab.values == ["a", "c"] and len(vocab) == 4
     assert vocab.lookup(["a", "c", "b", "", "zzz"]).tolist() == [2, 3, UNK, PAD, UNK]
+    assert [vocab.decode(i) for i in (PAD, UNK, 2, 3, 4)] == [None, None, "a", "c", None]
 
 
 def test_lookup_lists_keeps_known_values_first_and_caps_length():
