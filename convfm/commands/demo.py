@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import shutil
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -114,12 +113,6 @@ def tune_stage(args: argparse.Namespace, data: PreparedData, workdir: Path) -> P
     return summary.model_dir
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -129,21 +122,14 @@ def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def serve_stage(model_dir: Path, data: PreparedData) -> None:
     started = stage(5, f"serve {model_dir} with Ray Serve on 127.0.0.1 and ask it for recommendations")
-    import ray
-    from ray import serve
-
     from convfm.commands.recommend import format_table
-    from convfm.commands.serve import wait_ready
-    from serve.app import APP_NAME, build_app
+    from convfm.commands.serve import free_port, running_service
+    from serve.app import build_app
     from serve.config import ServeConfig
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the stage prints its own ready line
-    config = ServeConfig(model=str(model_dir), port=_free_port(), num_cpus=0.5)
-    url = f"http://{config.host}:{config.port}"
-    try:
-        serve.start(http_options={"host": config.host, "port": config.port})
-        serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
-        health = wait_ready(url)
+    config = ServeConfig(model=str(model_dir), port=free_port(), num_cpus=0.5)
+    with running_service(config, build_app(config)) as (url, health):  # on the Ray that trained the model
         print(f"   {url} ready: {health.get('model')} {health.get('version')} ({time.perf_counter() - started:.1f}s)")
         user = str(data.frames["test"]["user_id"].iloc[0])
         queries = [
@@ -156,7 +142,4 @@ def serve_stage(model_dir: Path, data: PreparedData) -> None:
         for title, body in queries:
             print(f"\n   POST /recommend  {title}")
             print("   " + format_table(_post(f"{url}/recommend", body), width=150).replace("\n", "\n   "))
-    finally:
         stage(6, "shut down Ray Serve and Ray")
-        serve.shutdown()
-        ray.shutdown()

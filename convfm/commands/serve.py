@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Iterator
 
 from convfm.commands.common import check_sections
 from convfm.config import read_yaml
@@ -63,32 +65,52 @@ def wait_ready(url: str, timeout_s: float = 300.0) -> dict[str, Any]:
     raise ConvFMError(f"service not ready after {timeout_s:.0f}s (last health: {body})")
 
 
-def run(args: argparse.Namespace) -> int:
-    config = serve_config(args)
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_service(config: Any, application: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Serve ``application`` (``serve.app.build_app(config)``) on the caller's Ray at config.host:port and yield
+    (url, health) once it is ready; on exit shut Serve and Ray down, however the block ends."""
     import ray
     from ray import serve
 
-    from serve.app import APP_NAME, build_app
+    from serve.app import APP_NAME
+
+    url = f"http://{config.host}:{config.port}"
+    try:
+        serve.start(http_options={"host": config.host, "port": config.port})
+        serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
+        yield url, wait_ready(url)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def run(args: argparse.Namespace) -> int:
+    config = serve_config(args)
+    import ray
+
+    from serve.app import build_app
 
     application = build_app(config)  # checks the model path before starting anything
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` shuts down as cleanly as Ctrl-C
     try:
-        serve.start(http_options={"host": config.host, "port": config.port})
-        serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
-        url = f"http://{config.host}:{config.port}"
-        health = wait_ready(url)
-        print(f"convfm serving {health.get('model')} {health.get('version')} at {url}  (API docs: {url}/docs)")
-        if config.host not in ("127.0.0.1", "localhost", "::1"):
-            print(f"warning: bound to {config.host}: reachable from other machines", flush=True)
-        print("Ctrl-C to stop", flush=True)
-        while True:
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        print("\nshutting down", flush=True)
+        with running_service(config, application) as (url, health):
+            print(f"convfm serving {health.get('model')} {health.get('version')} at {url}  (API docs: {url}/docs)")
+            if config.host not in ("127.0.0.1", "localhost", "::1"):
+                print(f"warning: bound to {config.host}: reachable from other machines", flush=True)
+            print("Ctrl-C to stop", flush=True)
+            while True:
+                time.sleep(1.0)
+    except KeyboardInterrupt:  # also while starting: Serve and Ray are shut down either way
+        print("\nstopped: Serve and Ray shut down", flush=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        serve.shutdown()
-        ray.shutdown()
     return 0

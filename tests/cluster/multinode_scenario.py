@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import threading
 import time
 import traceback
@@ -36,6 +35,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from convfm.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from convfm.synth import generate_market, write_market  # noqa: E402
+from convfm.commands.serve import free_port  # noqa: E402
 
 # The GCS declares a killed node dead after 3 missed 0.5 s health checks instead of ~15 s.
 FAST_NODE_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
@@ -64,7 +64,7 @@ def run(workdir: Path, kill: bool) -> dict[str, Any]:
     write_market(generate_market(users=300, jobs=150, interactions=6000, seed=0), market)
     # Free ports, not 8265/52365: another Ray on this machine (a test session, a user) may hold those.
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": True, "dashboard_port": _free_port(),
+        "num_cpus": 0, "include_dashboard": True, "dashboard_port": free_port(),
         "dashboard_agent_listen_port": None, "object_store_memory": 100 * 2**20, "_system_config": FAST_NODE_DEATH})
     try:
         nodes = [cluster.add_node(**NODE) for _ in range(2)]
@@ -100,12 +100,6 @@ def _replace_node_after_checkpoint(cluster: Cluster, node: Any, training: "_Trai
                "training_alive_after_removal": training.is_alive()}
     removed["replacement"] = cluster.add_node(**NODE).node_id
     return removed
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class _Training(threading.Thread):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import threading
 import time
 import types
@@ -29,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
 from serve.config import ServeConfig
 from serve.http import LocalBackend, build_http_app
 from serve.scorer import ModelSlot
+from convfm.commands.serve import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 KEY = "faults-key-0123456789abcdef"
@@ -42,12 +42,6 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 EXPECTED_SCHEMA = build_http_app(LocalBackend(ModelSlot("unused")), api_key_digest=hashlib.sha256(
     KEY.encode()).hexdigest(), auth_all=True).openapi()
 schema = schemathesis.openapi.from_dict(EXPECTED_SCHEMA).exclude(path="/admin/reload")  # reloads: tests/serve
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ranker_replicas() -> list[str]:

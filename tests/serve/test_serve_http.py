@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -13,16 +12,11 @@ import pytest
 
 from convfm.registry import publish, resolve
 from serve.config import ServeConfig
+from convfm.commands.serve import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 API_KEY = "test-key-0123456789abcdef"
 KEY_ENV = "CONVFM_TEST_SERVE_KEY"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

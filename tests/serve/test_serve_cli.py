@@ -1,0 +1,44 @@
+"""`convfm serve` as users run it: a subprocess with its own local Ray serves the registry entry, answers
+HTTP, and on SIGTERM shuts Serve and Ray down and exits 0."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from convfm.commands.serve import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(240)
+def test_serve_command_answers_and_stops_cleanly_on_sigterm(tiny):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not the test session's
+    process = subprocess.Popen(
+        [sys.executable, "-m", "convfm.cli", "serve", "--model", str(tiny.entry), "--port", str(port),
+         "--num-cpus", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        started = []
+        for line in process.stdout:  # blocks until the command reports ready (or exits); the timeout bounds it
+            started.append(line)
+            if line.startswith("Ctrl-C to stop"):
+                break
+        assert any(f"at http://127.0.0.1:{port}" in line for line in started), (started, process.poll())
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/recommend", method="POST",
+                                         data=json.dumps({"user_id": "somebody-new", "k": 3}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.loads(response.read())
+        assert len(body["items"]) == 3 and body["fallback"] == "popular"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-3000:]
+    assert "stopped: Serve and Ray shut down" in out
+    assert "Traceback" not in err
