@@ -10,28 +10,27 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import re
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import ray
 import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Empty, Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-import convfm
-import train as train_package
 from convfm import storage
 from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
 from convfm.errors import ConfigError, ConvFMError
 from convfm.features import load_extractor
 from convfm.prepare import PreparedData, prepare_data
 from convfm.storage import StagedDir
+from train.cluster import init_ray
 from train.loop import MODEL_DIR, TRAIN_STATE, train_loop_per_worker
 from train.outputs import RUN_FILE, export_model, plot_curves, read_run, write_metrics_csv, write_run
 
@@ -108,7 +107,7 @@ def run_training(
         write_run(out, run)
 
         init_ray(address, quiet)
-        progress = Queue(actor_options={"num_cpus": 0}) if on_epoch is not None else None
+        progress = _progress_queue() if on_epoch is not None else None
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config(data, model_config, train_config, loop_options),
@@ -235,18 +234,11 @@ def check_training_data(data: PreparedData, config: TrainConfig, workers_field: 
                           f"(has {len(labels)} example(s)); raise data.valid_fraction or add data")
 
 
-def init_ray(address: Optional[str], quiet: bool, packages: Sequence[Any] = ()) -> None:
-    """Join the caller's Ray, or the cluster at ``address`` (shipping convfm, train and ``packages`` to its
-    nodes), or start a local one. The dashboard stays on: Ray Train's cleanup queries the State API through
-    it, and without it a stopped Tune trial's workers are never freed."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # reports return in ~0.5 s, not 2 s
-    if address is None:
-        ray.init(include_dashboard=True, configure_logging=False, log_to_driver=not quiet)
-    else:
-        ray.init(address=address, runtime_env={"py_modules": [convfm, train_package, *packages]},
-                 log_to_driver=not quiet)
+def _progress_queue() -> Queue:
+    """The epoch-progress queue, on the driver's own node: a queue actor placed on a worker node would die
+    with that node (a lost spot instance) and take the driver down with it."""
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
 
 class _ProgressCallback(ray.train.UserCallback):
@@ -257,7 +249,10 @@ class _ProgressCallback(ray.train.UserCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if metrics and "val_roc_auc" in metrics[0]:
-            self.queue.put_nowait(dict(metrics[0]))
+            try:
+                self.queue.put_nowait(dict(metrics[0]))
+            except Exception:  # progress lines are a courtesy: losing them must not fail the run
+                log.warning("could not forward epoch progress to the driver", exc_info=True)
 
 
 @contextmanager
@@ -273,6 +268,11 @@ def _relay_progress(progress: Optional[Queue], on_epoch: Optional[EpochCallback]
             try:
                 record = progress.get(block=block, timeout=0.2 if block else None)
             except Empty:
+                return
+            except ray.exceptions.RayError:  # the queue actor is gone: training goes on without progress lines
+                if not done.is_set():
+                    log.warning("epoch progress unavailable: its queue actor died")
+                done.set()
                 return
             try:
                 on_epoch(record)
@@ -291,7 +291,8 @@ def _relay_progress(progress: Optional[Queue], on_epoch: Optional[EpochCallback]
         done.set()
         thread.join(timeout=5)
         drain(block=False)
-        progress.shutdown()
+        with suppress(ray.exceptions.RayError):
+            progress.shutdown()
 
 
 def _finish(out: StagedDir, run: dict[str, Any], result: Any, config: TrainConfig, data: PreparedData,

@@ -38,7 +38,8 @@ from convfm.prepare import PreparedData, prepare_data
 from convfm import storage
 from convfm.registry import publish
 from convfm.storage import StagedDir
-from train.driver import check_training_data, failure_summary, init_ray, loop_config
+from train.cluster import init_ray
+from train.driver import check_training_data, failure_summary, loop_config
 from train.loop import train_loop_per_worker
 from train.outputs import export_model
 from tune.config import DRIVER_CPU, TuneConfig

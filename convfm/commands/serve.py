@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     from serve.app import build_app
 
     application = build_app(config)  # checks the model path before starting anything
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,  # never a
+             configure_logging=False)  # cluster an earlier `ray start` recorded: Serve and Ray stop with this command
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` shuts down as cleanly as Ctrl-C
     try:

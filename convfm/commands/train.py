@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, metavar="N", help="global batch size (train.batch_size)")
     parser.add_argument("--out", metavar="DIR", help="run directory, local or a URI such as s3://bucket/runs/NAME "
                         "(default runs/train-YYYYmmdd-HHMMSS)")
-    parser.add_argument("--address", metavar="ADDR", help="join a Ray cluster: 'auto' or ray://HOST:10001 "
-                        "(default: this process's Ray, else a new local one)")
+    parser.add_argument("--address", metavar="ADDR", help="join a Ray cluster: 'auto', HOST:PORT or ray://HOST:10001 "
+                        "(default: $RAY_ADDRESS if set, as in a `ray job submit` job; else a new local Ray)")
     parser.add_argument("--storage", metavar="PATH", help="checkpoint storage for Ray Train (shared path or "
                         "URI on multi-node clusters; default RUN/ray)")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in RUN (a path or URI) from its latest "

@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(tune.max_concurrent; lowered to what the cluster's CPUs/GPUs hold)")
     parser.add_argument("--workers-per-trial", type=int, metavar="N", help="Ray Train workers per trial "
                         "(tune.workers_per_trial)")
+    parser.add_argument("--epochs", type=int, metavar="N", help="epochs per trial at most (tune.max_t)")
     parser.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (tune.use_gpu)")
     parser.add_argument("--seed", type=int, metavar="N", help="search seed: same seed, same trial configs "
                         "(tune.seed)")
@@ -33,14 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", metavar="DIR", help="model registry root, local or a URI (tune.registry, "
                         "default models)")
     parser.add_argument("--name", metavar="NAME", help="model name in the registry (tune.name, default convfm)")
-    parser.add_argument("--address", metavar="ADDR", help="join a Ray cluster: 'auto' or ray://HOST:10001 "
-                        "(default: a new local Ray)")
+    parser.add_argument("--address", metavar="ADDR", help="join a Ray cluster: 'auto', HOST:PORT or ray://HOST:10001 "
+                        "(default: $RAY_ADDRESS if set, as in a `ray job submit` job; else a new local Ray)")
     parser.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR (path or URI) with its "
                         "configs (--data may point at the same data's new location)")
 
 
 # TuneConfig field -> the flag that overrides it
 FLAGS = {"num_samples": "--samples", "max_concurrent": "--max-concurrent", "workers_per_trial": "--workers-per-trial",
+         "max_t": "--epochs",
          "use_gpu": "--gpu", "seed": "--seed", "registry": "--registry", "name": "--name"}
 
 

@@ -1,0 +1,224 @@
+"""The cluster workflow as users run it: `ray start` nodes, `ray job submit`, `serve deploy`, token auth.
+
+The commands come from the documents themselves (the section "A local cluster, the same commands" of
+docs/CLUSTER.md, and the RayJob manifests in deploy/), so a documented command that breaks fails here. They are
+adapted in three ways only, by ``adapt``: the shared folder (``~/convfm-shared``; ``/mnt/shared`` in the
+manifests) is a temporary folder, ``--gpu`` is dropped (no GPU here), and sizes (users, epochs, trials) are
+made tiny. The cluster is a head with 2 CPUs and a
+second node with 1 CPU; every process runs with the documented token setup (``RAY_AUTH_MODE=token`` and a
+``~/.ray/auth_token`` from ``ray get-auth-token --generate``).
+
+One module-scoped cluster, the tests in the order a user works: data and a training run spread over both
+nodes (whose second node is lost mid-run), evaluation, a search, the manifests' entrypoints, the service.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shlex
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from convfm.commands.serve import free_port
+from real_cluster import RealCluster, read_json
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_DOC = REPO / "docs" / "CLUSTER.md"
+LOCAL_SECTION = "## A local cluster, the same commands"
+JOB_TIMEOUT = 300
+
+
+def documented(pattern: str) -> str:
+    """The one command line of docs/CLUSTER.md's local-cluster section that matches ``pattern`` (a regex)."""
+    text = CLUSTER_DOC.read_text()
+    section = text[text.index(LOCAL_SECTION):].split("\n## ")[0]
+    lines = [line.strip() for line in section.splitlines() if re.search(pattern, line)]
+    assert len(lines) == 1, f"docs/CLUSTER.md: expected one command matching {pattern!r}, found {lines}"
+    return lines[0]
+
+
+def adapt(command: str, shared: Path, **flags: Any) -> list[str]:
+    """The documented command for this machine: shared paths, no --gpu, flags set (``epochs=1`` -> ``--epochs 1``,
+    replacing the documented value or appended)."""
+    words = [word.replace("/mnt/shared", str(shared)).replace("~/convfm-shared", str(shared))
+             for word in shlex.split(command.split(" && ")[0].split("  #")[0]) if word != "--gpu"]
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        if flag in words:
+            words[words.index(flag) + 1] = str(value)
+        else:
+            words += [flag, str(value)]
+    return words
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
+    real = RealCluster(tmp_path_factory.mktemp("real_cluster"), REPO)
+    try:
+        real.start_head(num_cpus=2)
+        real.add_node("node2", num_cpus=1)
+        yield real
+    finally:
+        real.stop()
+
+
+@pytest.fixture(scope="module")
+def market(cluster: RealCluster) -> Path:
+    command = documented(r"^ray job submit .* convfm data synth ")
+    cluster.run(adapt(command, cluster.shared, users=800, jobs=300, interactions=24000), timeout=JOB_TIMEOUT)
+    path = cluster.shared / "data" / "synthetic"
+    assert (path / "interactions.csv").is_file()
+    return path
+
+
+@pytest.fixture(scope="module")
+def spread_run(cluster: RealCluster, market: Path) -> dict[str, Any]:
+    """The documented training job, 2 workers with --placement SPREAD; node2's raylet is killed as soon as
+    Ray Train registers the first checkpoint, and a new node joins once the job is over."""
+    command = adapt(documented(r"^ray job submit .* convfm train "), cluster.shared, workers=2, epochs=4,
+                    placement="SPREAD")
+    out = Path(command[command.index("--out") + 1])
+    snapshot = out / "ray" / out.name / "checkpoint_manager_snapshot.json"
+    job = cluster.popen(command, "train-spread.log")
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not snapshot.exists():
+        assert job.poll() is None, f"job ended before a checkpoint: {cluster.log_tail('train-spread.log')}"
+        assert time.monotonic() < deadline, "no checkpoint registered in time"
+        time.sleep(0.1)
+    node2_pids = {p.pid for p in cluster.descendants("node2")}
+    head_pids = {p.pid for p in cluster.descendants("head")}
+    raylet = cluster.kill_raylet("node2")
+    alive_at_kill = job.poll() is None
+    returncode = job.wait(timeout=max(1.0, deadline - time.monotonic()))
+    log = cluster.log_tail("train-spread.log", 10**7)
+    assert returncode == 0, log[-8000:]
+    cluster.add_node("node3", num_cpus=1)  # as an autoscaler replaces a lost instance
+    return {"out": out, "log": log, "node2_pids": node2_pids, "head_pids": head_pids, "raylet": raylet,
+            "alive_at_kill": alive_at_kill}
+
+
+def test_training_job_spreads_over_both_nodes_and_resumes_after_losing_one(spread_run: dict[str, Any]) -> None:
+    out = spread_run["out"]
+    run = read_json(out / "run.json")
+    assert run["status"] == "finished", run
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    epochs = [int(float(row["epoch"])) for row in rows]
+    assert epochs == list(range(len(epochs))) and len(epochs) >= 2, epochs  # every epoch once, in order
+    assert spread_run["alive_at_kill"], "the job had ended before node2 was lost"
+    assert run["restarts"], f"no restart after node2's raylet ({spread_run['raylet']}) was killed: {rows}"
+    first = [int(pid) for pid in rows[0]["worker_pids"].split(",")]
+    assert len(first) == 2 and set(first) & spread_run["node2_pids"] and set(first) & spread_run["head_pids"], (
+        f"workers {first} not one per node (node2 pids {sorted(spread_run['node2_pids'])})")
+    resumed = [row for row in rows if int(float(row["run_start_epoch"])) > 0]
+    assert resumed and int(float(resumed[0]["run_start_epoch"])) == int(float(resumed[0]["epoch"])), rows
+    assert int(float(resumed[0]["world_size"])) == 2
+    assert all(0.5 < float(row["val_roc_auc"]) <= 1.0 for row in rows), rows  # it learned: not a broken restore
+    assert (out / "best" / "manifest.json").is_file()
+    assert "epoch   1" in spread_run["log"] and "best model:" in spread_run["log"]
+
+
+def test_evaluate_job_reads_the_shared_run(cluster: RealCluster, spread_run: dict[str, Any], market: Path) -> None:
+    best = spread_run["out"] / "best"
+    command = adapt(documented(r"^ray job submit .* convfm evaluate "), cluster.shared)
+    assert command[command.index("--model") + 1] == str(best)
+    cluster.run(command, timeout=JOB_TIMEOUT)
+    report = read_json(best / "eval_test.json")
+    assert 0.5 < report["model"]["roc_auc"] <= 1.0, report
+
+
+@pytest.fixture(scope="module")
+def tuned(cluster: RealCluster, market: Path) -> Path:
+    command = adapt(documented(r"^ray job submit .* convfm tune "), cluster.shared, samples=1, max_concurrent=1,
+                    epochs=1)
+    cluster.run(command, timeout=JOB_TIMEOUT)
+    return Path(command[command.index("--registry") + 1]) / "convfm"
+
+
+def test_tune_job_publishes_to_the_shared_registry(tuned: Path) -> None:
+    assert (tuned / "latest").read_text().strip() == "v0001"
+    assert (tuned / "v0001" / "manifest.json").is_file()
+
+
+def rayjob_entrypoint(manifest: str, shared: Path, **flags: Any) -> list[str]:
+    """A RayJob's entrypoint as KubeRay submits it: `ray job submit -- ENTRYPOINT`, the code from the image
+    (here the installed checkout: /home/ray/convfm is this repository)."""
+    entrypoint = yaml.safe_load((REPO / "deploy" / manifest).read_text())["spec"]["entrypoint"]
+    entrypoint = entrypoint.replace("/home/ray/convfm", str(REPO))
+    return ["ray", "job", "submit", "--", *adapt(entrypoint, shared, **flags)]
+
+
+@pytest.fixture(scope="module")
+def manifests_run(cluster: RealCluster, market: Path, tuned: Path) -> dict[str, Path]:
+    train = rayjob_entrypoint("rayjob-train.yaml", cluster.shared, epochs=1)
+    cluster.run(train, timeout=JOB_TIMEOUT)
+    tune = rayjob_entrypoint("rayjob-tune.yaml", cluster.shared, samples=1, max_concurrent=1, epochs=1)
+    cluster.run(tune, timeout=JOB_TIMEOUT)
+    return {"train": Path(train[train.index("--out") + 1]), "registry": Path(tune[tune.index("--registry") + 1])}
+
+
+def test_rayjob_manifest_entrypoints_run(manifests_run: dict[str, Path]) -> None:
+    assert read_json(manifests_run["train"] / "run.json")["status"] == "finished"
+    entry = manifests_run["registry"] / "convfm"
+    assert (entry / "latest").read_text().strip() == "v0002"  # the docs' search published v0001
+
+
+def _http(url: str, body: dict[str, Any] | None = None, timeout: float = 30) -> tuple[int, dict[str, Any]]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _wait_for(url: str, check: Any, timeout: float = 180) -> dict[str, Any]:
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            status, body = _http(url, timeout=10)
+            last = (status, body)
+            if status == 200 and check(body):
+                return body
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last = repr(exc)
+        time.sleep(1)
+    raise AssertionError(f"{url}: not as expected after {timeout:.0f}s; last answer {last}")
+
+
+def test_serve_deploy_serves_the_registry_and_reloads_on_user_config(
+        cluster: RealCluster, manifests_run: dict[str, Path], market: Path) -> None:
+    command = documented(r"^serve deploy serve/config\.yaml")
+    config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port  # the one change: 8000 may be taken on this machine
+    deployed = cluster.workdir / "config.yaml"
+    words = adapt(command, cluster.shared)
+    words[words.index("serve/config.yaml")] = str(deployed)
+
+    deployed.write_text(yaml.safe_dump(config))
+    cluster.run(words, timeout=120)
+    url = f"http://127.0.0.1:{port}"
+    _wait_for(f"{url}/healthz", lambda body: True)  # 200 once the model is loaded
+    assert _wait_for(f"{url}/model", lambda body: True)["version"] == "v0002"  # null = latest at start-up
+    user = next(csv.DictReader(open(market / "users.csv")))["user_id"]
+    status, body = _http(f"{url}/recommend", {"user_id": user, "k": 5})
+    assert status == 200 and len(body["items"]) == 5 and body["model_version"] == "v0002", body
+
+    config["applications"][0]["deployments"][0]["user_config"]["model_version"] = "v0001"
+    deployed.write_text(yaml.safe_dump(config))
+    cluster.run(words, timeout=120)
+    _wait_for(f"{url}/model", lambda body: body.get("version") == "v0001", timeout=120)
+    status, body = _http(f"{url}/recommend", {"user_id": user, "k": 5})
+    assert status == 200 and body["model_version"] == "v0001", body
+    cluster.run(["serve", "shutdown", "-y"], timeout=120)
