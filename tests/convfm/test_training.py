@@ -6,7 +6,8 @@ import torch
 from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.evaluation import evaluate_split
 from convfm.prepare import prepare_data
-from convfm.trainer import EarlyStopping, fit_in_process
+from convfm.model import ConvFM
+from convfm.trainer import EarlyStopping, TrainingState, fit_in_process
 from convfm.training import predict_proba
 
 
@@ -30,6 +31,9 @@ def test_training_beats_popularity_and_approaches_oracle(prepared, trained):
     assert oracle is not None and auc > oracle - 0.15, report
     assert report["model"]["ndcg@10"] > 1.5 * report["popularity"]["ndcg@10"]
     assert history[0]["train_loss"] > history[-1]["train_loss"]
+    best = max(range(len(history)), key=lambda e: history[e]["val_roc_auc"])
+    assert history[-1]["best_epoch"] == best
+    assert history[-1]["stop"] == int(len(history) - 1 - best >= 3)  # patience 3
 
 
 def test_best_epoch_weights_are_returned(prepared, trained):
@@ -44,6 +48,21 @@ def test_prediction_is_deterministic(prepared, trained):
     a = predict_proba(model, prepared.sets["valid"], 512, torch.device("cpu"))
     b = predict_proba(model, prepared.sets["valid"], 97, torch.device("cpu"))
     assert np.allclose(a, b, atol=1e-6)  # batch size does not change eval-mode scores
+
+
+def test_epochs_run_from_next_epoch_until_num_epochs_or_an_early_stop(prepared):
+    model = ConvFM(ModelConfig(embedding_dim=4, conv_filters=4, hidden_dims=(8,)), prepared.extractor.feature_map)
+    state = TrainingState.create(model, TrainConfig(num_epochs=6, patience=1))
+    state.next_epoch = 2  # as restored from a checkpoint
+    seen = []
+    for epoch in state.epochs(6):
+        seen.append(epoch)
+        state.end_epoch(epoch, 0.5)  # best at 2, no gain at 3: patience 1 stops there
+    assert seen == [2, 3] and state.should_stop
+    assert list(TrainingState.create(model, TrainConfig()).epochs(0)) == []
+    with pytest.raises(RuntimeError, match="epoch 0 ended without run_epoch"):
+        for _ in TrainingState.create(model, TrainConfig()).epochs(3):
+            pass
 
 
 def test_early_stopping_counts_bad_epochs():
