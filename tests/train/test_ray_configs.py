@@ -6,8 +6,9 @@ import types
 from typing import Any
 
 import pytest
+import ray.train
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(240)
 
 
 class Built(Exception):
@@ -26,6 +27,10 @@ class RecordingTrainer:
 
     def fit(self) -> None:
         raise Built
+
+
+class TrialReports(ray.train.UserCallback):
+    """Takes TuneReportCallback's place in a trial run outside Tune (RunConfig accepts only Train callbacks)."""
 
 
 def test_train_and_tune_build_the_same_ray_configs(ray_local, make_configs, tmp_path, monkeypatch):
@@ -49,7 +54,7 @@ def test_train_and_tune_build_the_same_ray_configs(ray_local, make_configs, tmp_
              "space": SearchSpace.from_overrides(fixed).to_dict(), "storage": str(tmp_path / "tune" / "train"),
              "metric": "val_roc_auc", "mode": "max"}
     monkeypatch.setattr(runner.ray_tune, "get_context", lambda: types.SimpleNamespace(get_trial_id=lambda: "t1"))
-    monkeypatch.setattr(runner, "TuneReportCallback", lambda: "tune-report-callback")  # needs a Tune session
+    monkeypatch.setattr(runner, "TuneReportCallback", TrialReports)  # the real one needs a Tune session
     with pytest.raises(Built):
         runner.run_trial({}, shared={}, setup=setup)
 
@@ -67,4 +72,4 @@ def test_train_and_tune_build_the_same_ray_configs(ray_local, make_configs, tmp_
     assert run["run_config"].failure_config.max_failures == 2
     assert trial["run_config"].failure_config.max_failures == 0
     assert (run["run_config"].name, trial["run_config"].name) == ("run", "train-t1")
-    assert trial["run_config"].callbacks == ["tune-report-callback"]
+    assert [type(callback) for callback in trial["run_config"].callbacks] == [TrialReports]
