@@ -13,7 +13,7 @@ from convfm.config import DataConfig
 from convfm.data import build_examples, load_job_market, load_table, split_examples
 from convfm.features import JobFeatureExtractor, TableFeatureExtractor
 from convfm.metrics import PopularityBaseline
-from convfm.serving import JOB_DISPLAY_COLUMNS
+from convfm.serving_data import JOB_DISPLAY_COLUMNS
 from convfm.synth import load_truth
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 ``Scorer`` is one loaded model version: ``CatalogRanker`` (fast full-catalog path), job metadata for responses,
 seen jobs per user and a popularity fallback (from the model directory's ``serving.json``; see
-``convfm.serving``). Its ``*_many`` methods take a list of requests and answer each in one batched pass;
+``convfm.serving_data``). Its ``*_many`` methods take a list of requests and answer each in one batched pass;
 a request that cannot be answered gets a ``ServiceError`` in its slot, never an exception for the batch.
 
 ``ModelSlot`` holds the serving ``Scorer`` and replaces it: a version that fails to load or validate leaves
@@ -29,7 +29,7 @@ from convfm.extractor_base import concat_rows
 from convfm.fields import EncodedTable
 from convfm.ranking import CatalogRanker
 from convfm.registry import VERSION_RE, resolve as resolve_model
-from convfm.serving import SERVING_NAME, ServingData
+from convfm.serving_data import SERVING_NAME, ServingData
 from convfm.storage import is_uri
 from convfm.text import clean_value
 from serve.schemas import Filters, RecommendRequest, ScoreRequest

@@ -1,4 +1,5 @@
-"""What serving needs from the training data, saved beside the model as ``serving.json`` (never pickle).
+"""What serving needs from the training data, written at training time beside the model as ``serving.json``
+(never pickle) and read back by ``serve/``. This module builds and parses that file; it runs no service.
 
 - ``jobs``: display metadata per catalog job (title, company, location, job type, level, salary range);
   the extractor keeps only encoded features, so titles and original spelling come from here;
