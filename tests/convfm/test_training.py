@@ -55,9 +55,9 @@ def test_early_stopping_counts_bad_epochs():
 def test_serving_payload_uses_the_prepared_jobs_table(prepared, monkeypatch):
     """prepare_data keeps the catalog's display columns, so writing serving.json does not re-read the market."""
     import convfm.serving_data
-    from convfm.serving_data import JOB_DISPLAY_COLUMNS, serving_payload
+    from convfm.serving_data import DISPLAY_COLUMNS, serving_payload
 
-    assert prepared.jobs is not None and set(prepared.jobs.columns) <= set(JOB_DISPLAY_COLUMNS)
+    assert prepared.jobs is not None and set(prepared.jobs.columns) <= {"job_id", *DISPLAY_COLUMNS}
     assert "description" not in prepared.jobs.columns  # only what serving.json shows
     assert prepared.for_split("valid").jobs is None  # never shipped to workers
 
