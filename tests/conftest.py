@@ -59,7 +59,7 @@ def tiny(market_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> types.Si
     from convfm.config import DataConfig, ModelConfig, TrainConfig
     from convfm.prepare import prepare_data
     from convfm.registry import publish
-    from convfm.serving import serving_extra_json
+    from convfm.serving_data import serving_extra_json
     from convfm.trainer import fit_in_process
 
     model_config = ModelConfig(embedding_dim=8, conv_filters=8, hidden_dims=(16, 8), dropout_rate=0.1)
