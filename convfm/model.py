@@ -287,7 +287,8 @@ class ConvFM(nn.Module):
         """First-order term incl. bias -> (B,)."""
         return self.linear(cat, multi, dense, plan).sum(dim=(1, 2)) + self.bias
 
-    def field_terms(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def field_terms(self, cat: torch.Tensor, multi: torch.Tensor,
+                    dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per field, in FeatureMap order: E (B, F, D) and first-order weights (B, F) (their sum + bias is the
         linear term). Each field's entries depend on that field's inputs only; the logit on these alone."""
         plan = self.embedding.plan(cat, multi)  # one row lookup for both tables, as in forward
