@@ -180,15 +180,6 @@ def make_searcher(config: TuneConfig) -> Searcher:
     return OptunaSearch(seed=config.seed)  # TPE
 
 
-def suggest_configs(config: TuneConfig, count: int) -> list[dict[str, Any]]:
-    """The first ``count`` configs the seeded searcher proposes, decoded to field values, without Ray
-    running anything (how tests and ``--dry-run``-style checks see what a search would try)."""
-    space = config.search_space()
-    searcher = make_searcher(config)
-    searcher.set_search_properties(config.metric, config.mode, space.param_space())
-    return [space.decode(searcher.suggest(f"preview_{i:05d}")) for i in range(count)]
-
-
 def trial_concurrency(config: TuneConfig, resources: Mapping[str, float], may_autoscale: bool = False) -> int:
     """Trials that can run at once with all their workers placed: min(max_concurrent, what fits).
 

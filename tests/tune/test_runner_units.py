@@ -6,7 +6,8 @@ import pytest
 from convfm.errors import ConfigError
 from tune.config import TuneConfig
 from tune.results import ASHA, COMPLETED, ERROR, PATIENCE, trial_row
-from tune.runner import suggest_configs, trial_concurrency
+from search_preview import suggest_configs
+from tune.runner import trial_concurrency
 
 pytestmark = pytest.mark.timeout(60)
 

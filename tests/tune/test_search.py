@@ -16,7 +16,7 @@ import pytest
 
 from convfm.registry import resolve, versions
 from tune.config import TuneConfig
-from tune.runner import suggest_configs
+from search_preview import suggest_configs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # the first test pays for the shared search (~1 min)
 
