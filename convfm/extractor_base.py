@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from convfm.checksums import sha256_file
-from convfm.errors import ArtifactError, ConfigError, DataValidationError
+from convfm.errors import ArtifactError, DataValidationError
 from convfm.fields import EncodedTable, FieldSpec
 
 EXTRACTOR_VERSION = 1
@@ -161,7 +161,3 @@ def labels_of(df: pd.DataFrame, column: str, what: str) -> np.ndarray:
         )
     return labels.astype(np.float32)
 
-
-def check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{name}: must be an integer >= {low}, got {value!r}")

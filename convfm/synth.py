@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from convfm.readers import SUFFIXES, read_frame
 from convfm.synth_vocab import CLUSTERS, COMPANY_PREFIXES, COMPANY_SUFFIXES, LOCATIONS, REMOTE
+from convfm.validate import check_int
 
 GENERATOR_VERSION = "1.0"
 POSITIVE_RATE = 0.22
@@ -92,8 +93,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def generate_market(users: int, jobs: int, interactions: int, seed: int = 0) -> SyntheticMarket:
     """Generate a market of ``users`` users, ``jobs`` jobs and about ``interactions`` unique impressions."""
-    if users < 1 or jobs < 2 or interactions < 1:
-        raise ValueError(f"need users >= 1, jobs >= 2, interactions >= 1; got {users}, {jobs}, {interactions}")
+    for name, value, low in (("users", users, 1), ("jobs", jobs, 2), ("interactions", interactions, 1),
+                             ("seed", seed, 0)):
+        check_int(value, name, low)
     rng = np.random.default_rng(seed)
     names, table = _vocabulary()
     n_words = (len(names) + 63) // 64
