@@ -7,11 +7,11 @@ workers as plain dicts (``to_dict``) and are rebuilt with ``from_dict``, which r
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Mapping, Type, TypeVar
 
 from convfm.errors import ConfigError
+from convfm.jsonfile import read_json, to_plain, write_json_atomic
 from convfm.validate import check_bool, check_choice, check_int, check_int_list, check_number, require
 from convfm.yamlfile import ConfigFile
 
@@ -25,7 +25,7 @@ class BaseConfig:
     """Shared dict/JSON round trip for every stage's config."""
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls: Type[T], values: Mapping[str, Any], source: str = "") -> T:
@@ -51,17 +51,11 @@ class BaseConfig:
             raise ConfigError(f"{where}{cls.__name__}: {exc}") from None
 
     def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load_json(cls: Type[T], path: str | Path) -> T:
-        try:
-            values = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: file not found") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_json(path, f"{cls.__name__} file"), source=str(path))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,6 @@ with ``b`` set so that about 22% of impressions are positive (apply:save ~ 3:1; 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from convfm.jsonfile import write_json_atomic
 from convfm.readers import SUFFIXES, read_frame
 from convfm.synth_vocab import CLUSTERS, COMPANY_PREFIXES, COMPANY_SUFFIXES, LOCATIONS, REMOTE
 from convfm.validate import check_int
@@ -319,7 +319,7 @@ def write_market(market: SyntheticMarket, out_dir: str | Path, fmt: str = "csv")
             frame.to_parquet(path, index=False)
         written[name] = path
     written["meta"] = out / "meta.json"
-    written["meta"].write_text(json.dumps(market.meta, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(written["meta"], market.meta)
     return written
 
 

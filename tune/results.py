@@ -15,7 +15,6 @@ there themselves, the files above are written to a local staging directory and u
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -37,7 +36,7 @@ COMPLETED, ASHA, PATIENCE, ERROR = "completed", "asha", "patience", "error"
 
 
 def read_experiment(out_dir: str | Path) -> dict[str, Any]:
-    return read_json(storage.join(out_dir, EXPERIMENT_FILE), "a convfm tune experiment")
+    return read_json(storage.join(out_dir, EXPERIMENT_FILE), "record of a convfm tune experiment")
 
 
 def write_experiment(out: StagedDir, experiment: Mapping[str, Any], *outputs: str) -> None:
@@ -145,9 +144,8 @@ def best_checkpoint_dir(train_run: Path, metric: str, mode: str) -> tuple[Path, 
     for metrics_file in sorted(train_run.glob("checkpoint_*/model/metrics.json")):
         model_dir = metrics_file.parent
         try:
-            metrics = json.loads(metrics_file.read_text())
-            load_model_dir(model_dir)  # complete and consistent, not a half-copied checkpoint
-        except (ArtifactError, json.JSONDecodeError, OSError):
+            metrics = load_model_dir(model_dir).metrics  # complete and consistent, not a half-copied checkpoint
+        except (ArtifactError, OSError):
             continue
         if is_number(metrics.get(metric)):
             found.append((float(metrics[metric]), model_dir, metrics))

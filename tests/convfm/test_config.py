@@ -90,3 +90,9 @@ def test_table_spec_errors_name_file_section_line_and_key(tmp_path):
     spec.write_text("data:\n  path: t.csv\n  numeric: [price]\n")
     assert load_table_spec(spec).path == str(tmp_path / "t.csv")
 
+
+def test_a_corrupt_config_json_names_its_file(tmp_path):
+    path = tmp_path / "data_config.json"
+    path.write_text('{"path": ')
+    with pytest.raises(ConfigError, match=r"data_config\.json: DataConfig file is not valid JSON"):
+        DataConfig.load_json(path)
