@@ -48,7 +48,7 @@ def build_model(workdir: Path, users: int, jobs: int, interactions: int) -> Path
     from convfm.config import DataConfig, ModelConfig, TrainConfig
     from convfm.prepare import prepare_data
     from convfm.registry import publish
-    from convfm.serving import serving_extra_json
+    from convfm.serving_data import serving_extra_json
     from convfm.synth import generate_market, write_market
     from convfm.trainer import fit_in_process
 

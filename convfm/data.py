@@ -16,12 +16,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from convfm.config import DataConfig
+from convfm.config import EVENTS, DataConfig
 from convfm.errors import ConfigError, DataValidationError
 from convfm.readers import (  # noqa: F401  (read_frame, resolve_path: re-exported)
     SUFFIXES, cell_error, first_true, order_key, read_frame, read_located, resolve_path, to_datetimes, to_numbers,
 )
-from convfm.schema import DATETIME, EVENTS, ID, INTERACTIONS, JOBS, NUMBER, USERS, TableSchema
+from convfm.schema import DATETIME, ID, INTERACTIONS, JOBS, NUMBER, USERS, TableSchema
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from convfm.validate import check_bool, check_int
 __all__ = ["JobFeatureExtractor", "TableFeatureExtractor", "RowIndex", "load_extractor", "UNKNOWN_ROW"]
 
 UNKNOWN_ROW = 0
-TEXT_COLUMNS = ("title", "description")
+FREE_TEXT_COLUMNS = ("title", "description")  # embedded by TF-IDF + SVD, searched for skills
 SALARY_COLUMNS = ("salary_min", "salary_max")
 USER_FIELDS = ("user_id", "user_skills", "user_location", "user_experience")
 JOB_FIELDS = ("job_id", "job_skills", "job_location", "company", "job_type", "job_experience", "salary", "text")
@@ -154,7 +154,7 @@ class JobFeatureExtractor:
             require_frame(users_df, "users", ["user_id"])
         has_job = jobs_df.columns.__contains__
         has_user = (lambda c: False) if users_df is None else users_df.columns.__contains__
-        self._text_columns = tuple(c for c in TEXT_COLUMNS if has_job(c))
+        self._text_columns = tuple(c for c in FREE_TEXT_COLUMNS if has_job(c))
         text_skills = self.skills_from_text and bool(self._text_columns)
         self.vocabs = self._fit_vocabularies(jobs_df, interactions_df, users_df, text_skills)
         self._salary = None

@@ -343,32 +343,6 @@ class PopularityBaseline:
 # --------------------------------------------------------------------------- report
 
 
-def evaluation_report(
-    model_scores: np.ndarray,
-    baseline_scores: np.ndarray,
-    labels: np.ndarray,
-    ranking_model: np.ndarray,
-    ranking_baseline: np.ndarray,
-    oracle_auc: float | None = None,
-    *,
-    k: int = 10,
-    mask: np.ndarray | None = None,
-    threshold: float = 0.5,
-) -> dict[str, Any]:
-    """{"model": {...}, "popularity": {...}, "oracle_auc": float | None}.
-
-    ``*_scores``/``labels`` (n,) feed ``classification_metrics``; ``ranking_*`` (U, 1+N) score matrices
-    (with the shared ``mask``) feed ``ranking_metrics``. Each side's dict holds both metric sets.
-    """
-    sides = {"model": (model_scores, ranking_model), "popularity": (baseline_scores, ranking_baseline)}
-    report: dict[str, Any] = {
-        name: {**classification_metrics(labels, scores, threshold), **ranking_metrics(ranking, k, mask)}
-        for name, (scores, ranking) in sides.items()
-    }
-    report["oracle_auc"] = None if oracle_auc is None else float(oracle_auc)
-    return report
-
-
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

@@ -13,7 +13,7 @@ from convfm.config import DataConfig
 from convfm.data import build_examples, load_job_market, load_table, split_examples
 from convfm.features import JobFeatureExtractor, TableFeatureExtractor
 from convfm.metrics import PopularityBaseline
-from convfm.serving import JOB_DISPLAY_COLUMNS
+from convfm.serving_data import DISPLAY_COLUMNS
 from convfm.synth import load_truth
 
 log = logging.getLogger(__name__)
@@ -86,5 +86,5 @@ def prepare_data(
     sets = {name: extractor.example_set(frame) for name, frame in frames.items()}
     log.info("prepared %s", {name: len(s) for name, s in sets.items()})
     catalog = market.jobs["job_id"].to_numpy()
-    jobs = market.jobs[[c for c in JOB_DISPLAY_COLUMNS if c in market.jobs.columns]]
+    jobs = market.jobs[[c for c in ("job_id", *DISPLAY_COLUMNS) if c in market.jobs.columns]]
     return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path), jobs=jobs)

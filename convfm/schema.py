@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from convfm.config import EVENTS
-
 __all__ = [
-    "EVENTS", "ID", "TEXT", "LIST", "NUMBER", "CATEGORY", "DATETIME", "KINDS", "LIST_SEPARATOR",
-    "Column", "TableSchema", "JOBS", "USERS", "INTERACTIONS", "TABLES",
+    "ID", "TEXT", "LIST", "NUMBER", "CATEGORY", "DATETIME", "Column", "TableSchema", "JOBS", "USERS",
+    "INTERACTIONS",
 ]
 
 ID = "id"
@@ -22,9 +20,6 @@ LIST = "list"
 NUMBER = "number"
 CATEGORY = "category"
 DATETIME = "datetime"
-KINDS = (ID, TEXT, LIST, NUMBER, CATEGORY, DATETIME)
-
-LIST_SEPARATOR = ";"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,17 +46,6 @@ class TableSchema:
     def required(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.required)
 
-    @property
-    def optional(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns if not c.required)
-
-    def kind(self, name: str) -> str:
-        """Kind of canonical column ``name`` (KeyError if the table has no such column)."""
-        for column in self.columns:
-            if column.name == name:
-                return column.kind
-        raise KeyError(f"table {self.name!r} has no column {name!r}; columns: {list(self.names)}")
-
     def of_kind(self, *kinds: str) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.kind in kinds)
 
@@ -87,12 +71,11 @@ USERS = TableSchema("users", (
     Column("experience_level", CATEGORY),
 ))
 
-# ``event`` values must be in EVENTS; ``timestamp`` is a number or a date/time, loaded as an int64 order key.
+# ``event`` values must be in ``convfm.config.EVENTS``; ``timestamp`` is a number or a date/time, loaded as an
+# int64 order key.
 INTERACTIONS = TableSchema("interactions", (
     Column("user_id", ID, required=True),
     Column("job_id", ID, required=True),
     Column("event", CATEGORY),
     Column("timestamp", DATETIME),
 ))
-
-TABLES: dict[str, TableSchema] = {t.name: t for t in (JOBS, USERS, INTERACTIONS)}

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 
 from convfm.batching import ExampleSet
-from convfm.config import DataConfig
 from convfm.errors import ArtifactError, ConvFMError
 from convfm.extractor_base import encode_fields, labels_of, read_artifact, require_frame, write_artifact
 from convfm.fields import EncodedTable, FeatureMap, FieldSpec, Vocabulary
@@ -57,10 +56,6 @@ class TableFeatureExtractor:
         self.vocabs: dict[str, Vocabulary] = {}
         self._stats: dict[str, list[float]] = {}  # numeric column -> [mean, std]
         self._feature_map: Optional[FeatureMap] = None
-
-    @classmethod
-    def from_config(cls, config: DataConfig, **options: Any) -> "TableFeatureExtractor":
-        return cls(config.categorical, config.multi_valued, config.numeric, config.separator, **options)
 
     def get_config(self) -> dict[str, Any]:
         return {"categorical": list(self.categorical), "multi_valued": list(self.multi_valued),

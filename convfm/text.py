@@ -19,7 +19,6 @@ TFIDF_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 # Skill tokens keep '+' and '#' ("c++", "c#"); any other non-word character separates tokens, so
 # "node.js", "node js" and "Node-JS" are the same skill and matches are always whole words.
 _SKILL_TOKEN = re.compile(r"[\w+#]+")
-_SPACES = re.compile(r"\s+")
 
 
 def column_strings(df: Optional[pd.DataFrame], column: str) -> np.ndarray:

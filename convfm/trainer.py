@@ -1,20 +1,23 @@
-"""Training state shared by every trainer, and in-process training (one worker, no Ray).
+"""The epoch protocol every trainer follows, and in-process training (one worker, no Ray).
 
 ``TrainingState`` (optimizer, LR schedule, early stopping, per-epoch history) is what a checkpoint needs
-besides the weights; the in-process loop below and the Ray Train loop (``train/loop.py``) both drive it, so
-they stop, schedule and record epochs identically.
+besides the weights. ``run_epoch`` is one epoch of the protocol (train, validate and record, step stopper
+and schedule, append to history); the in-process loop below and the Ray Train loop (``train/loop.py``) both
+drive it through ``TrainingState.epochs``, so they stop, schedule and record epochs identically. The Ray
+loop only adds DDP, sharding, reporting and checkpoints around it.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from convfm.batching import ExampleSet
 from convfm.config import ModelConfig, TrainConfig
 from convfm.evaluation import evaluate_split
 from convfm.model import ConvFM
@@ -59,7 +62,12 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return seed * 100_003 + epoch + 7_919 * rank
 
 
-def _plain(value: Any) -> Any:
+def batch_per_rank(config: TrainConfig, world_size: int) -> int:
+    """``batch_size`` is the global batch: each of ``world_size`` ranks steps on its share."""
+    return max(1, config.batch_size // world_size)
+
+
+def _python_number(value: Any) -> Any:
     """numpy scalars -> Python numbers, so history loads with ``torch.load(weights_only=True)`` and JSON."""
     if isinstance(value, (np.floating, np.integer, np.bool_)):
         return value.item()
@@ -79,7 +87,7 @@ def epoch_record(epoch: int, train_stats: dict[str, float], report: dict[str, An
             record[f"popularity_{key}"] = value
     if report.get("oracle_auc") is not None:
         record["oracle_roc_auc"] = report["oracle_auc"]
-    return {key: _plain(value) for key, value in record.items()}
+    return {key: _python_number(value) for key, value in record.items()}
 
 
 def validate(model: nn.Module, data: PreparedData, config: TrainConfig, device: torch.device | str = "cpu",
@@ -117,6 +125,15 @@ class TrainingState:
     def should_stop(self) -> bool:
         return self.stopper.should_stop
 
+    def epochs(self, num_epochs: int) -> Iterator[int]:
+        """The epochs left to train: from ``next_epoch`` (0, or where a checkpoint left off) until
+        ``num_epochs`` or an early stop. Each must go through ``run_epoch``, which advances ``next_epoch``."""
+        while self.next_epoch < num_epochs and not self.should_stop:
+            epoch = self.next_epoch
+            yield epoch
+            if self.next_epoch == epoch:
+                raise RuntimeError(f"epoch {epoch} ended without run_epoch; the training state did not advance")
+
     def state_dict(self) -> dict[str, Any]:
         """Tensors, numbers, strings and containers only: loads with ``torch.load(weights_only=True)``."""
         return {
@@ -126,7 +143,7 @@ class TrainingState:
             "schedule": self.schedule.state_dict(),
             "stopper": {"best": self.stopper.best, "best_epoch": self.stopper.best_epoch,
                         "bad_epochs": self.stopper.bad_epochs},
-            "history": [{k: _plain(v) for k, v in record.items()} for record in self.history],
+            "history": [{k: _python_number(v) for k, v in record.items()} for record in self.history],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -141,6 +158,45 @@ class TrainingState:
         self.next_epoch = int(state["next_epoch"])
 
 
+def run_epoch(
+    model: nn.Module,
+    examples: ExampleSet,
+    state: TrainingState,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    validation: Optional[PreparedData],
+    rank: int = 0,
+    world_size: int = 1,
+    share_auc: Callable[[float], float] = float,
+    extras: Callable[[], dict[str, Any]] = dict,
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> Optional[dict[str, Any]]:
+    """One epoch (``state.next_epoch``) of the protocol; returns its history record, or None on a rank
+    without ``validation``.
+
+    Train this rank's ``examples`` in the epoch's seeded order; validate and record where ``validation``
+    is given (rank 0); ``share_auc`` makes every rank agree on rank 0's validation AUC (a DDP broadcast;
+    NaN stands in on the other ranks), so each steps the same stopper and schedule and stops at the same
+    epoch; ``extras`` adds the caller's keys to the record (worker diagnostics; it runs on every rank, so it
+    may be a collective); then the best epoch and the stop decision, and the record joins the history.
+    """
+    epoch = state.next_epoch
+    stats = train_epoch(model, examples, state.optimizer, batch_per_rank(config, world_size), device,
+                        epoch_seed=epoch_seed(config.seed, epoch, rank), use_amp=config.use_amp, on_batch=on_batch)
+    record = None
+    if validation is not None:
+        record = epoch_record(epoch, stats, validate(model, validation, config, device))
+        record["learning_rate"] = state.schedule.learning_rate  # the rate this epoch trained with
+    state.end_epoch(epoch, share_auc(math.nan if record is None else record["val_roc_auc"]))
+    added = extras()
+    if record is None:
+        return None
+    record.update(added, best_epoch=state.stopper.best_epoch, stop=int(state.should_stop))
+    state.history.append(record)
+    return record
+
+
 def fit_in_process(
     data: PreparedData,
     model_config: ModelConfig,
@@ -151,20 +207,15 @@ def fit_in_process(
     torch.manual_seed(train_config.seed)
     device = torch.device("cuda" if train_config.use_gpu and torch.cuda.is_available() else "cpu")
     model = ConvFM(model_config, data.extractor.feature_map).to(device)
-    state, best_state = TrainingState.create(model, train_config), None
-    for epoch in range(train_config.num_epochs):
-        stats = train_epoch(model, data.sets["train"], state.optimizer, train_config.batch_size, device,
-                            epoch_seed=epoch_seed(train_config.seed, epoch), use_amp=train_config.use_amp)
-        record = epoch_record(epoch, stats, validate(model, data, train_config, device))
-        record["learning_rate"] = state.schedule.learning_rate
-        state.history.append(record)
-        if on_epoch is not None:
+    state, best_weights = TrainingState.create(model, train_config), None
+    for epoch in state.epochs(train_config.num_epochs):
+        record = run_epoch(model, data.sets["train"], state, train_config, device, validation=data)
+        if on_epoch is not None and record is not None:
             on_epoch(record)
-        if state.end_epoch(epoch, record["val_roc_auc"]):
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if state.should_stop:
-            log.info("early stop at epoch %d (best %d)", epoch, state.stopper.best_epoch)
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if state.stopper.best_epoch == epoch:
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if state.should_stop:
+        log.info("early stop at epoch %d (best %d)", state.next_epoch - 1, state.stopper.best_epoch)
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
     return model.eval(), state.history

@@ -2,7 +2,7 @@
 
 ``Scorer`` is one loaded model version: ``CatalogRanker`` (fast full-catalog path), job metadata for responses,
 seen jobs per user and a popularity fallback (from the model directory's ``serving.json``; see
-``convfm.serving``). Its ``*_many`` methods take a list of requests and answer each in one batched pass;
+``convfm.serving_data``). Its ``*_many`` methods take a list of requests and answer each in one batched pass;
 a request that cannot be answered gets a ``ServiceError`` in its slot, never an exception for the batch.
 
 ``ModelSlot`` holds the serving ``Scorer`` and replaces it: a version that fails to load or validate leaves
@@ -29,13 +29,12 @@ from convfm.extractor_base import concat_rows
 from convfm.fields import EncodedTable
 from convfm.ranking import CatalogRanker
 from convfm.registry import VERSION_RE, resolve as resolve_model
-from convfm.serving import SERVING_NAME, ServingData
+from convfm.serving_data import DISPLAY_COLUMNS, SERVING_NAME, ServingData
 from convfm.storage import is_uri
 from convfm.text import clean_value
 from serve.schemas import Filters, RecommendRequest, ScoreRequest
 
 log = logging.getLogger(__name__)
-META_COLUMNS = ("title", "company", "location", "job_type", "experience_level", "salary_min", "salary_max")
 FILTER_COLUMNS = ("location", "job_type", "experience_level")
 DECODABLE = {"job_location": "location", "company": "company", "job_type": "job_type",
              "job_experience": "experience_level"}
@@ -89,7 +88,7 @@ class Scorer:
         for column, values in _decoded_columns(extractor).items():
             if column not in meta.columns:  # no serving.json: normalised values from the encoded catalog
                 meta[column] = values
-        self.columns = {c: [None if pd.isna(v) else v for v in meta[c]] for c in META_COLUMNS if c in meta.columns}
+        self.columns = {c: [None if pd.isna(v) else v for v in meta[c]] for c in DISPLAY_COLUMNS if c in meta.columns}
         self.filter_values = {c: np.array([clean_value(v) if isinstance(v, str) else "" for v in meta[c]])
                               for c in FILTER_COLUMNS if c in meta.columns}
         salary = [meta[c].to_numpy(dtype=np.float64) for c in ("salary_max", "salary_min") if c in meta.columns]

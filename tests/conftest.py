@@ -1,5 +1,6 @@
-"""Shared fixtures: a small synthetic job market (generated once), one local Ray per test session, and a tiny
-trained job-market model exported and published once (used by tests/serve and tests/reliability)."""
+"""Shared fixtures: a small synthetic job market (generated once), one local Ray per test session, a tiny
+trained job-market model exported and published once (used by tests/serve and tests/reliability), and
+``randomize`` for model tests."""
 from __future__ import annotations
 
 import os
@@ -59,7 +60,7 @@ def tiny(market_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> types.Si
     from convfm.config import DataConfig, ModelConfig, TrainConfig
     from convfm.prepare import prepare_data
     from convfm.registry import publish
-    from convfm.serving import serving_extra_json
+    from convfm.serving_data import serving_extra_json
     from convfm.trainer import fit_in_process
 
     model_config = ModelConfig(embedding_dim=8, conv_filters=8, hidden_dims=(16, 8), dropout_rate=0.1)
@@ -111,3 +112,25 @@ def s3_bucket():
     client.create_bucket(Bucket="convfm-test")
     yield lambda path="": f"s3://convfm-test/{path.strip('/')}?endpoint_override={host}:{port}&scheme=http"
     server.stop()
+
+
+def randomized(model, seed: int):
+    """``model`` (an nn.Module) with large random weights and BatchNorm statistics, in eval mode, so every
+    part of its output matters."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if "embedding" in name else 0.2))
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=g) * 0.2)
+                module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def randomize():
+    """``randomize(model, seed) -> model``: see ``randomized``."""
+    return randomized

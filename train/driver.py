@@ -20,7 +20,6 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import ray
 import ray.train
 import torch
-from ray.train.torch import TorchTrainer
 from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -30,9 +29,11 @@ from convfm.errors import ConfigError, ConvFMError
 from convfm.features import load_extractor
 from convfm.prepare import PreparedData, prepare_data
 from convfm.storage import StagedDir
+from train.checks import check_sparse_gradients, check_training_data, check_unchanged
 from train.cluster import init_ray
-from train.loop import MODEL_DIR, TRAIN_STATE, train_loop_per_worker
+from train.loop import MODEL_DIR, TRAIN_STATE
 from train.outputs import RUN_FILE, export_model, plot_curves, read_run, write_metrics_csv, write_run
+from train.ray_configs import build_trainer
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -91,7 +92,7 @@ def run_training(
     data_config = as_config(data_config, DataConfig, "data")
     model_config = as_config(model_config, ModelConfig, "model")
     train_config = as_config(train_config, TrainConfig, "train")
-    _check_configs(model_config, train_config)
+    check_sparse_gradients(model_config.sparse_embeddings, train_config.use_gpu, train_config.num_workers)
     with StagedDir(out_dir) as out:  # a URI run directory: written here, uploaded as it goes
         run = _run_identity(out, resume, data_config, model_config, storage_path)
         if resume:
@@ -108,15 +109,9 @@ def run_training(
 
         init_ray(address, quiet)
         progress = _progress_queue() if on_epoch is not None else None
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config(data, model_config, train_config, loop_options),
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=train_config.num_workers, use_gpu=train_config.use_gpu,
-                resources_per_worker={"CPU": train_config.cpus_per_worker},
-                placement_strategy=train_config.placement_strategy),
-            run_config=_run_config(run, train_config, [] if progress is None else [_ProgressCallback(progress)]),
-        )
+        trainer = build_trainer(loop_config(data, model_config, train_config, loop_options), train_config,
+                                name=run["name"], storage_path=run["storage_path"],
+                                callbacks=[] if progress is None else [_ProgressCallback(progress)])
         with _relay_progress(progress, on_epoch):
             try:
                 result = trainer.fit()
@@ -132,17 +127,6 @@ def failure_summary(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     causes = [line[:200] for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", line) or "died" in line]
     return "; ".join(dict.fromkeys(causes[:3])) or (lines[0] if lines else type(exc).__name__)
-
-
-def _run_config(run: Mapping[str, Any], config: TrainConfig, callbacks: list[Any]) -> ray.train.RunConfig:
-    """Same name + storage as an earlier attempt = Ray resumes it (latest checkpoint via get_checkpoint)."""
-    return ray.train.RunConfig(
-        name=run["name"], storage_path=run["storage_path"], callbacks=callbacks,
-        checkpoint_config=ray.train.CheckpointConfig(
-            num_to_keep=config.keep_checkpoints, checkpoint_score_attribute="val_roc_auc",
-            checkpoint_score_order="max"),
-        failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-    )
 
 
 def loop_config(data: PreparedData, model_config: ModelConfig, train_config: TrainConfig,
@@ -179,12 +163,8 @@ def _run_identity(out: StagedDir, resume: bool, data_config: DataConfig, model_c
         return {"name": out.name, "storage_path": checkpoints, "data": data_config.to_dict(),
                 "model": model_config.to_dict(), "attempts": 1}
     run = read_run(out_dir)
-    for section, config in (("model", model_config), ("data", data_config)):
-        saved = {k: v for k, v in run[section].items() if k != "path"}
-        changed = sorted(k for k, v in config.to_dict().items() if k != "path" and saved.get(k) != v)
-        if changed:
-            raise ConfigError(f"--resume {out_dir}: {section} field(s) {changed} differ from the run's; "
-                              "a resumed run keeps its data and model")
+    check_unchanged(out_dir, run, {"model": model_config.to_dict(), "data": data_config.to_dict()},
+                    "run", "a resumed run keeps its data and model")
     run.update(data=data_config.to_dict(), storage_path=storage_path or run["storage_path"],
                attempts=int(run.get("attempts", 1)) + 1)
     return run
@@ -214,24 +194,6 @@ def _check_resumable(run: Mapping[str, Any], train_config: TrainConfig) -> Any:
         raise ConfigError(f"patience: the run stopped early after {bad} epoch(s) without improvement; "
                           f"raise patience above {bad} to continue")
     return extractor
-
-
-def _check_configs(model: ModelConfig, train: TrainConfig) -> None:
-    """Combinations each config cannot check alone."""
-    if model.sparse_embeddings and train.use_gpu and train.num_workers > 1:
-        raise ConfigError("sparse_embeddings: DDP cannot all-reduce sparse gradients over NCCL (GPU workers); "
-                          "use dense embeddings with use_gpu and num_workers > 1, or CPU workers (gloo)")
-
-
-def check_training_data(data: PreparedData, config: TrainConfig, workers_field: str = "num_workers") -> None:
-    """Enough training examples for the workers, and both classes in validation (else AUC is undefined)."""
-    if len(data.sets["train"]) < config.num_workers:
-        raise ConfigError(f"{workers_field}: {config.num_workers} workers but only {len(data.sets['train'])} "
-                          "training examples")
-    labels = data.sets["valid"].labels
-    if len(labels) == 0 or labels.min() == labels.max():
-        raise ConfigError("valid_fraction: the validation split needs positive and negative examples "
-                          f"(has {len(labels)} example(s)); raise data.valid_fraction or add data")
 
 
 def _progress_queue() -> Queue:

@@ -9,14 +9,16 @@
   crash_at_epoch       optional fault injection: rank 1 (rank 0 when alone) exits mid-epoch, once, ...
   crash_marker         ... the first time only (the file records that the crash happened)
 
-Per epoch: every rank trains on its shard (DDP averages gradients), rank 0 validates, the validation AUC
-and the early-stop decision are broadcast so every rank schedules and stops together, and every rank
-calls ``ray.train.report`` once; rank 0 attaches a checkpoint:
+Each epoch is ``convfm.trainer.run_epoch``, the protocol the in-process trainer follows too: every rank trains
+on its shard (DDP averages gradients), rank 0 validates, its validation AUC is broadcast so every rank
+schedules and stops together. Around it this loop adds only DDP, the shards, worker diagnostics in rank 0's
+record, and one ``ray.train.report`` per rank and epoch; rank 0 attaches a checkpoint:
   model/           a complete model directory (save_model_dir: weights, configs, extractor, metrics)
   train_state.pt   TrainingState.state_dict(): epoch, optimizer, LR schedule, early stopping, history
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -37,8 +39,7 @@ from convfm.errors import ArtifactError
 from convfm.fields import FeatureMap
 from convfm.model import ConvFM
 from convfm.prepare import PreparedData
-from convfm.trainer import TrainingState, epoch_record, epoch_seed, validate
-from convfm.training import train_epoch
+from convfm.trainer import TrainingState, batch_per_rank, run_epoch
 
 log = logging.getLogger(__name__)
 MODEL_DIR = "model"
@@ -66,26 +67,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if start_epoch and rank == 0:
         log.info("resuming from the checkpoint of epoch %d", start_epoch - 1)
 
-    batch_size = max(1, train_config.batch_size // world_size)  # batch_size is the global batch
-    for epoch in range(start_epoch, train_config.num_epochs):
-        stats = train_epoch(model, train_set, state.optimizer, batch_size, device,
-                            epoch_seed=epoch_seed(train_config.seed, epoch, rank), use_amp=train_config.use_amp,
-                            on_batch=_crash_hook(config, epoch, rank, world_size, len(train_set) // batch_size))
-        record = None
-        if rank == 0:
-            record = epoch_record(epoch, stats, validate(model, bundle, train_config, device))
-            record["learning_rate"] = state.schedule.learning_rate
-        val_auc, stop = _decide(state, epoch, record, device, world_size)
-        diagnostics = _replica_diagnostics(model, device, world_size)
-        if rank != 0:
+    share_auc = functools.partial(_share_auc, device=device, world_size=world_size)
+    diagnostics = functools.partial(_worker_diagnostics, model, device, world_size, start_epoch)
+    steps = len(train_set) // batch_per_rank(train_config, world_size)
+    for epoch in state.epochs(train_config.num_epochs):
+        record = run_epoch(model, train_set, state, train_config, device, validation=bundle, rank=rank,
+                           world_size=world_size, share_auc=share_auc, extras=diagnostics,
+                           on_batch=_crash_hook(config, epoch, rank, world_size, steps))
+        if record is None:
             ray.train.report({"epoch": epoch, "rank": rank})
         else:
-            record.update(diagnostics, world_size=world_size, torch_threads=torch.get_num_threads(),
-                          run_start_epoch=start_epoch, best_epoch=state.stopper.best_epoch, stop=int(stop))
-            state.history.append(record)
             _report_with_checkpoint(record, model, state, bundle.extractor, train_config, data_config)
-        if stop:
-            break
 
 
 def _restore(checkpoint: Optional[ray.train.Checkpoint], model_config: ModelConfig,
@@ -103,25 +95,19 @@ def _restore(checkpoint: Optional[ray.train.Checkpoint], model_config: ModelConf
     return saved.train(), state
 
 
-def _decide(state: TrainingState, epoch: int, record: Optional[dict[str, Any]], device: torch.device,
-            world_size: int) -> tuple[float, bool]:
-    """Rank 0's validation AUC and stop decision, broadcast so every rank's schedule and stopper agree."""
-    if record is not None:
-        state.end_epoch(epoch, record["val_roc_auc"])
-        decision = torch.tensor([record["val_roc_auc"], float(state.should_stop)], dtype=torch.float64)
-    else:
-        decision = torch.zeros(2, dtype=torch.float64)
-    if world_size > 1:
-        decision = decision.to(device)
-        dist.broadcast(decision, src=0)
-        if record is None:
-            state.end_epoch(epoch, float(decision[0]))
-    return float(decision[0]), bool(decision[1])
+def _share_auc(val_auc: float, device: torch.device, world_size: int) -> float:
+    """Rank 0's validation AUC on every rank (the others pass NaN), so their schedules and stoppers agree."""
+    if world_size == 1:
+        return val_auc
+    shared = torch.tensor([val_auc], dtype=torch.float64, device=device)
+    dist.broadcast(shared, src=0)
+    return float(shared[0])
 
 
-def _replica_diagnostics(model: nn.Module, device: torch.device, world_size: int) -> dict[str, Any]:
-    """Process ids and parameter checksums of all ranks: distinct PIDs show real processes; equal
-    checksums after steps on different shards show that DDP averaged the gradients."""
+def _worker_diagnostics(model: nn.Module, device: torch.device, world_size: int, start_epoch: int) -> dict[str, Any]:
+    """Process ids and parameter checksums of all ranks (a collective: every rank calls it), world size,
+    threads and the epoch this worker group started at: distinct PIDs show real processes; equal checksums
+    after steps on different shards show that DDP averaged the gradients."""
     checksum = sum(float(p.detach().double().sum()) for p in model.parameters())
     mine = torch.tensor([float(os.getpid()), checksum], dtype=torch.float64, device=device)
     if world_size > 1:
@@ -132,7 +118,8 @@ def _replica_diagnostics(model: nn.Module, device: torch.device, world_size: int
     pids = [int(p[0]) for p in parts]
     sums = [float(p[1]) for p in parts]
     return {"worker_pids": ",".join(map(str, pids)), "distinct_pids": len(set(pids)),
-            "param_checksum": sums[0], "param_checksum_spread": max(sums) - min(sums)}
+            "param_checksum": sums[0], "param_checksum_spread": max(sums) - min(sums),
+            "world_size": world_size, "torch_threads": torch.get_num_threads(), "run_start_epoch": start_epoch}
 
 
 def _report_with_checkpoint(record: dict[str, Any], model: nn.Module, state: TrainingState, extractor: Any,

@@ -23,7 +23,7 @@ from convfm import storage
 from convfm.artifacts import load_model_dir, save_model_dir
 from convfm.jsonfile import read_json, write_json_atomic
 from convfm.prepare import PreparedData
-from convfm.serving import serving_extra_json
+from convfm.serving_data import serving_extra_json
 from convfm.storage import StagedDir
 
 RUN_FILE = "run.json"

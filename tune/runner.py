@@ -25,7 +25,6 @@ import pandas as pd
 import ray
 import ray.train
 from ray import tune as ray_tune
-from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
@@ -38,10 +37,11 @@ from convfm.prepare import PreparedData, prepare_data
 from convfm import storage
 from convfm.registry import publish
 from convfm.storage import StagedDir
+from train.checks import check_training_data, check_unchanged
 from train.cluster import init_ray
-from train.driver import check_training_data, failure_summary, loop_config
-from train.loop import train_loop_per_worker
+from train.driver import failure_summary, loop_config
 from train.outputs import export_model
+from train.ray_configs import build_trainer
 from tune.config import DRIVER_CPU, TuneConfig
 from tune.results import (ASHA, EXPERIMENT_FILE, best_checkpoint_dir, fetch_checkpoints, plot_trials,
                           read_experiment, trial_row, write_experiment)
@@ -144,23 +144,15 @@ def run_trial(config: dict[str, Any], shared: dict[str, Any], setup: dict[str, A
                                      config)
     except ConfigError as exc:
         raise ConfigError(f"trial {trial_id}: sampled configuration refused: {exc}") from None
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={**shared, "model": model.to_dict(), "train": train.to_dict()},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=train.num_workers, use_gpu=train.use_gpu,
-            resources_per_worker={"CPU": train.cpus_per_worker}, placement_strategy=train.placement_strategy),
-        run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}", storage_path=setup["storage"], callbacks=[TuneReportCallback()],
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=train.keep_checkpoints, checkpoint_score_attribute=setup["metric"],
-                checkpoint_score_order=setup["mode"]),
-            # No worker-group restarts inside a trial: when Tune stops a trial (ASHA, or max_t reached) its
-            # workers die first, and a controller that restarts them creates a placement group that nobody
-            # frees once the controller dies a moment later; the next trial then waits for CPUs forever.
-            # Tune retries a failed trial instead (tune.max_failures), resuming this run from its checkpoint.
-            failure_config=ray.train.FailureConfig(max_failures=0)),
-    )
+    trainer = build_trainer(
+        {**shared, "model": model.to_dict(), "train": train.to_dict()}, train,
+        name=f"train-{trial_id}", storage_path=setup["storage"], callbacks=[TuneReportCallback()],
+        metric=setup["metric"], mode=setup["mode"],
+        # No worker-group restarts inside a trial: when Tune stops a trial (ASHA, or max_t reached) its
+        # workers die first, and a controller that restarts them creates a placement group that nobody
+        # frees once the controller dies a moment later; the next trial then waits for CPUs forever.
+        # Tune retries a failed trial instead (tune.max_failures), resuming this run from its checkpoint.
+        max_failures=0)
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
@@ -244,12 +236,8 @@ def _experiment(out: StagedDir, resume: bool, data: DataConfig, model: ModelConf
     if saved.get("status") == "finished":
         raise ConfigError(f"--resume {out_dir}: the search already finished (best model {saved.get('model_dir')}); "
                           "start a new one with another --out")
-    for section in ("model", "train", "tune", "data"):
-        changed = sorted(k for k, v in identity[section].items()
-                         if k != "path" and saved.get(section, {}).get(k) != v)
-        if changed:
-            raise ConfigError(f"--resume {out_dir}: {section} field(s) {changed} differ from the experiment's; "
-                              "a resumed search keeps its configs")
+    check_unchanged(out_dir, saved, {section: identity[section] for section in ("model", "train", "tune", "data")},
+                    "experiment", "a resumed search keeps its configs")
     return {**saved, "data": identity["data"], "attempts": int(saved.get("attempts", 1)) + 1}
 
 

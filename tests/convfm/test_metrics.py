@@ -13,7 +13,6 @@ from convfm.errors import ArtifactError, ConfigError, DataValidationError
 from convfm.metrics import (
     PopularityBaseline,
     classification_metrics,
-    evaluation_report,
     format_report,
     held_out_last_positive,
     positive_ranks,
@@ -315,23 +314,15 @@ class TestPopularityBaseline:
 
 
 def _report(oracle_auc: float | None) -> dict:
+    """An ``evaluate_split``-shaped report: both metric sets per side, plus the oracle AUC."""
     labels = np.array([1, 0, 1, 0])
-    ranking_model = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.9]])
-    ranking_baseline = np.array([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]])
-    return evaluation_report(
-        np.array([0.9, 0.6, 0.4, 0.1]), np.full(4, 0.5), labels, ranking_model, ranking_baseline, oracle_auc
-    )
-
-
-def test_evaluation_report_combines_both_metric_sets() -> None:
-    report = _report(oracle_auc=0.91)
-    assert set(report) == {"model", "popularity", "oracle_auc"}
-    assert list(report["model"]) == CLASSIFICATION_KEYS + ["hr@10", "ndcg@10", "mrr", "users"]
-    assert report["model"]["roc_auc"] == pytest.approx(0.75)
-    assert report["model"]["mrr"] == pytest.approx((1 + 1 / 3) / 2)
-    assert report["popularity"]["roc_auc"] == 0.5 and report["popularity"]["mrr"] == pytest.approx(0.5)
-    assert report["oracle_auc"] == 0.91
-    assert _report(None)["oracle_auc"] is None
+    sides = {
+        "model": (np.array([0.9, 0.6, 0.4, 0.1]), np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.9]])),
+        "popularity": (np.full(4, 0.5), np.full((2, 3), 0.5)),
+    }
+    report: dict = {name: {**classification_metrics(labels, scores), **ranking_metrics(ranking, 10)}
+                    for name, (scores, ranking) in sides.items()}
+    return {**report, "oracle_auc": oracle_auc}
 
 
 def test_format_report_contains_the_numbers() -> None:

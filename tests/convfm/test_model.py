@@ -1,12 +1,14 @@
-"""ConvFM parts: shapes, the FM identity, pooling, sparse gradients, seeded golden behaviour."""
+"""ConvFM parts: shapes, the FM identity, pooling, sparse gradients, seeded golden behaviour, and each part's
+split over two field groups (what ranking precomputes) against its forward."""
 import itertools
 
 import pytest
 import torch
+from torch import nn
 
 from convfm.config import ModelConfig
 from convfm.fields import FeatureMap, FieldSpec
-from convfm.model import ConvFM, FieldConv, FMInteraction
+from convfm.model import ConvFM, DeepHead, FieldConv, FMInteraction
 from convfm.optim import build_optimizer
 
 B, L = 4, 5
@@ -157,3 +159,81 @@ def test_optimizer_state_round_trip():
 def test_empty_feature_map_is_rejected():
     with pytest.raises(ValueError, match="at least one field"):
         ConvFM(small_config(), FeatureMap(()))
+
+
+# ------------------------------------------------------------------ splits over two field groups (ranking)
+def test_field_terms_are_per_field_and_add_up_to_the_linear_term():
+    """Each field's vector and weight depend on its own inputs only: a group's terms can be computed with the
+    other group's inputs replaced (ranking pads them)."""
+    torch.manual_seed(0)
+    model = ConvFM(small_config(), feature_map()).eval()
+    users, jobs = batch(0), batch(1)
+    # user fields: user_id (cat column 0) and user_skills (multi 0); the rest are job fields
+    mixed = (torch.cat([users[0][:, :1], jobs[0][:, 1:]], 1), torch.stack([users[1][:, 0], jobs[1][:, 1]], 1), jobs[2])
+    for inputs, own, cut in ((users, slice(0, 2), 2), (jobs, slice(2, 6), 2)):
+        for expected, got in zip(model.field_terms(*inputs), model.field_terms(*mixed)):
+            assert torch.equal(got[:, own], expected[:, own])
+    emb, weights = model.field_terms(*users)
+    assert torch.equal(emb, model.field_embeddings(*users))
+    assert torch.allclose(weights.sum(1) + model.bias, model.linear_term(*users), atol=1e-6)
+
+
+def test_fm_split_and_pairs_recombine_to_forward():
+    emb = torch.randn(3, 7, 5, dtype=torch.float64)
+    fm = FMInteraction()
+    for cut in range(1, 7):
+        assert torch.allclose(fm.combine(fm.side(emb[:, :cut]), fm.side(emb[:, cut:])), fm(emb))
+    assert torch.allclose(torch.triu(fm.pairs(emb, emb), diagonal=1).sum((1, 2)), fm(emb))
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, 9])
+def test_conv_split_recombines_to_forward(kernel, randomize):
+    conv = randomize(FieldConv(dim=4, filters=3, kernel_size=kernel).double(), seed=kernel)
+    emb = torch.randn(5, 6, 4, dtype=torch.float64)
+    for cut in range(1, 6):
+        left, right = conv.side(emb[:, :cut], cut, 6, left=True), conv.side(emb[:, cut:], cut, 6, left=False)
+        assert torch.allclose(conv.combine(left, right), conv(emb))
+
+
+def with_layer_norms(head: DeepHead) -> DeepHead:
+    """``head`` edited to a LayerNorm after each BatchNorm, as a change to DeepHead alone would do."""
+    layers = [[layer, nn.LayerNorm(layer.num_features)] if isinstance(layer, nn.BatchNorm1d) else [layer]
+              for layer in head.mlp]
+    head.mlp = nn.Sequential(*(layer for group in layers for layer in group))
+    return head
+
+
+@pytest.mark.parametrize("edit", [lambda head: head, with_layer_norms], ids=["as built", "layer norms"])
+def test_deep_head_split_recombines_to_forward(edit, randomize):
+    head = randomize(edit(DeepHead(10, (8, 5), dropout=0.3)).double(), seed=1)
+    x = torch.randn(6, 10, dtype=torch.float64)
+    split = head.split([3, 4, 3])
+    first = split.partial(0, x[:, :3]) + split.partial(1, x[:, 3:7]) + split.partial(2, x[:, 7:])
+    assert torch.allclose(split.finish(first), head(x))
+
+
+def test_deep_head_split_refuses_what_it_cannot_cut():
+    head = DeepHead(10, (8,), dropout=0.3)
+    with pytest.raises(ValueError, match="needs eval mode"):
+        head.split([5, 5])
+    head.eval()
+    with pytest.raises(ValueError, match=r"column blocks \[5, 4\] do not add up to the input width 10"):
+        head.split([5, 4])
+    head.mlp = nn.Sequential(nn.LayerNorm(10), *head.mlp)
+    with pytest.raises(ValueError, match="its first layer is LayerNorm, not Linear"):
+        head.split([5, 5])
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_model_split_recombines_to_forward_at_every_cut(kernel, randomize):
+    model = randomize(ConvFM(small_config(conv_kernel_size=kernel), feature_map()).double(), seed=kernel)
+    cat, multi, dense = batch()
+    dense = dense.double()
+    expected = model(cat, multi, dense)
+    assert expected.abs().max() > 0.1  # not vacuous
+    for cut in range(1, 6):
+        split = model.split(cut)
+        left, right = split.side(cat, multi, dense, left=True), split.side(cat, multi, dense, left=False)
+        assert torch.allclose(split.combine(left, right), expected)
+    with pytest.raises(ValueError, match="a cut at field 6 leaves a group empty"):
+        model.split(6)

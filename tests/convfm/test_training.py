@@ -6,7 +6,8 @@ import torch
 from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.evaluation import evaluate_split
 from convfm.prepare import prepare_data
-from convfm.trainer import EarlyStopping, fit_in_process
+from convfm.model import ConvFM
+from convfm.trainer import EarlyStopping, TrainingState, fit_in_process
 from convfm.training import predict_proba
 
 
@@ -30,6 +31,9 @@ def test_training_beats_popularity_and_approaches_oracle(prepared, trained):
     assert oracle is not None and auc > oracle - 0.15, report
     assert report["model"]["ndcg@10"] > 1.5 * report["popularity"]["ndcg@10"]
     assert history[0]["train_loss"] > history[-1]["train_loss"]
+    best = max(range(len(history)), key=lambda e: history[e]["val_roc_auc"])
+    assert history[-1]["best_epoch"] == best
+    assert history[-1]["stop"] == int(len(history) - 1 - best >= 3)  # patience 3
 
 
 def test_best_epoch_weights_are_returned(prepared, trained):
@@ -46,6 +50,21 @@ def test_prediction_is_deterministic(prepared, trained):
     assert np.allclose(a, b, atol=1e-6)  # batch size does not change eval-mode scores
 
 
+def test_epochs_run_from_next_epoch_until_num_epochs_or_an_early_stop(prepared):
+    model = ConvFM(ModelConfig(embedding_dim=4, conv_filters=4, hidden_dims=(8,)), prepared.extractor.feature_map)
+    state = TrainingState.create(model, TrainConfig(num_epochs=6, patience=1))
+    state.next_epoch = 2  # as restored from a checkpoint
+    seen = []
+    for epoch in state.epochs(6):
+        seen.append(epoch)
+        state.end_epoch(epoch, 0.5)  # best at 2, no gain at 3: patience 1 stops there
+    assert seen == [2, 3] and state.should_stop
+    assert list(TrainingState.create(model, TrainConfig()).epochs(0)) == []
+    with pytest.raises(RuntimeError, match="epoch 0 ended without run_epoch"):
+        for _ in TrainingState.create(model, TrainConfig()).epochs(3):
+            pass
+
+
 def test_early_stopping_counts_bad_epochs():
     stopper = EarlyStopping(patience=2)
     assert stopper.update(0.7, 0) and not stopper.update(0.69, 1) and not stopper.should_stop
@@ -54,17 +73,17 @@ def test_early_stopping_counts_bad_epochs():
 
 def test_serving_payload_uses_the_prepared_jobs_table(prepared, monkeypatch):
     """prepare_data keeps the catalog's display columns, so writing serving.json does not re-read the market."""
-    import convfm.serving
-    from convfm.serving import JOB_DISPLAY_COLUMNS, serving_payload
+    import convfm.serving_data
+    from convfm.serving_data import DISPLAY_COLUMNS, serving_payload
 
-    assert prepared.jobs is not None and set(prepared.jobs.columns) <= set(JOB_DISPLAY_COLUMNS)
+    assert prepared.jobs is not None and set(prepared.jobs.columns) <= {"job_id", *DISPLAY_COLUMNS}
     assert "description" not in prepared.jobs.columns  # only what serving.json shows
     assert prepared.for_split("valid").jobs is None  # never shipped to workers
 
     def reload(config):
         raise AssertionError("serving_payload re-read the job market")
 
-    monkeypatch.setattr(convfm.serving, "load_job_market", reload)
+    monkeypatch.setattr(convfm.serving_data, "load_job_market", reload)
     payload = serving_payload(prepared)
     assert payload["jobs"]["job_id"] == prepared.jobs["job_id"].astype(str).tolist()
     assert payload["jobs"]["title"] and all(payload["jobs"]["title"])
@@ -73,7 +92,7 @@ def test_serving_payload_uses_the_prepared_jobs_table(prepared, monkeypatch):
 def test_serving_payload_reloads_jobs_for_data_prepared_without_them(prepared):
     import dataclasses
 
-    from convfm.serving import serving_payload
+    from convfm.serving_data import serving_payload
 
     bare = dataclasses.replace(prepared, jobs=None)  # e.g. PreparedData built by hand (benchmarks)
     assert serving_payload(bare)["jobs"] == serving_payload(prepared)["jobs"]
@@ -83,7 +102,7 @@ def test_table_data_keeps_no_jobs_table(tmp_path):
     import pandas as pd
 
     from convfm.errors import ConfigError
-    from convfm.serving import serving_payload
+    from convfm.serving_data import serving_payload
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"color": rng.choice(["red", "blue"], 200), "label": rng.integers(0, 2, 200)})

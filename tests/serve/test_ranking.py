@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from convfm.batching import join_batches, table_tensors
 from convfm.config import ModelConfig
@@ -14,34 +15,42 @@ from convfm.ranking import CatalogRanker
 pytestmark = pytest.mark.timeout(120)
 
 
-def randomized(model: ConvFM, seed: int) -> ConvFM:
-    """Large random weights and BatchNorm statistics, so every part of the logit matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if "embedding" in name else 0.2))
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm1d):
-                module.running_mean.copy_(torch.randn(module.num_features, generator=g) * 0.2)
-                module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 def users_of(extractor, n: int = 5):
     return extractor.user_catalog.take(np.arange(n))
 
 
 @pytest.mark.parametrize("kernel", [1, 3, 5, 7])
-def test_fast_path_equals_forward_on_random_models(tiny, kernel):
+def test_fast_path_equals_forward_on_random_models(tiny, randomize, kernel):
     extractor = tiny.data.extractor
     config = ModelConfig(embedding_dim=6, conv_filters=5, conv_kernel_size=kernel, hidden_dims=(12, 7, 4))
-    model = randomized(ConvFM(config, extractor.feature_map), seed=kernel)
+    model = randomize(ConvFM(config, extractor.feature_map), seed=kernel)
     ranker = CatalogRanker(model, extractor)
     users = users_of(extractor)
     fast, full = ranker.score_all(users), ranker.full_scores(users)
     assert fast.shape == (5, len(extractor.job_catalog))
     assert full.abs().max() > 1.0  # the check is not vacuous
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=0)
+
+
+def test_fast_path_follows_a_deep_head_with_an_extra_hidden_layer(tiny, randomize):
+    """A DeepHead edited to LayerNorm after each BatchNorm: the ranker's split runs the new layer too."""
+    extractor = tiny.data.extractor
+    model = ConvFM(ModelConfig(embedding_dim=6, conv_filters=5, hidden_dims=(12, 7)), extractor.feature_map)
+    layers = [[layer, nn.LayerNorm(layer.num_features)] if isinstance(layer, nn.BatchNorm1d) else [layer]
+              for layer in model.deep.mlp]
+    model.deep.mlp = nn.Sequential(*(layer for group in layers for layer in group))
+    ranker = CatalogRanker(randomize(model, seed=11), extractor)
+    users = users_of(extractor)
+    torch.testing.assert_close(ranker.score_all(users), ranker.full_scores(users), atol=1e-5, rtol=0)
+
+
+def test_ranker_refuses_a_deep_head_it_cannot_split(tiny):
+    """A LayerNorm on the MLP's input mixes user and job columns: no exact split, so no ranker."""
+    extractor = tiny.data.extractor
+    model = ConvFM(ModelConfig(embedding_dim=6, conv_filters=5, hidden_dims=(12,)), extractor.feature_map)
+    model.deep.mlp = nn.Sequential(nn.LayerNorm(model.deep.mlp[0].in_features), *model.deep.mlp)
+    with pytest.raises(ValueError, match="DeepHead cannot be split by input columns: its first layer is LayerNorm"):
+        CatalogRanker(model, extractor)
 
 
 def test_fast_path_equals_forward_on_trained_model_and_cold_start_profile(tiny):

@@ -81,7 +81,7 @@ def test_run_directory_holds_metrics_curves_and_run_record(run_two_workers):
 
 def test_best_model_carries_serving_json_in_its_manifest(run_one_worker, market_dir):
     """train's best/ is servable as is (convfm demo --trials 0 serves it): titles, seen jobs, popularity."""
-    from convfm.serving import ServingData
+    from convfm.serving_data import ServingData
 
     best = run_one_worker.best_dir
     manifest = json.loads((best / "manifest.json").read_text())

@@ -1,4 +1,5 @@
-"""What serving needs from the training data, saved beside the model as ``serving.json`` (never pickle).
+"""What serving needs from the training data, written at training time beside the model as ``serving.json``
+(never pickle) and read back by ``serve/``. This module builds and parses that file; it runs no service.
 
 - ``jobs``: display metadata per catalog job (title, company, location, job type, level, salary range);
   the extractor keeps only encoded features, so titles and original spelling come from here;
@@ -24,15 +25,15 @@ from convfm.text import column_strings
 
 SERVING_NAME = "serving"  # -> serving.json in the model directory
 SERVING_FORMAT_VERSION = 1
-TEXT_COLUMNS = ("title", "company", "location", "job_type", "experience_level")
+DISPLAY_TEXT_COLUMNS = ("title", "company", "location", "job_type", "experience_level")
 SALARY_COLUMNS = ("salary_min", "salary_max")
-JOB_DISPLAY_COLUMNS = ("job_id", *TEXT_COLUMNS, *SALARY_COLUMNS)  # what jobs_metadata reads
+DISPLAY_COLUMNS = (*DISPLAY_TEXT_COLUMNS, *SALARY_COLUMNS)  # what a response shows for a job, beside its job_id
 
 
 def jobs_metadata(jobs: pd.DataFrame) -> dict[str, list]:
     """Columns of the jobs table as JSON lists: strings ("" when missing) and salaries (None when missing)."""
     out: dict[str, list] = {"job_id": column_strings(jobs, "job_id").tolist()}
-    for column in TEXT_COLUMNS:
+    for column in DISPLAY_TEXT_COLUMNS:
         if column in jobs.columns:
             out[column] = column_strings(jobs, column).tolist()
     for column in SALARY_COLUMNS:

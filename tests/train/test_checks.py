@@ -1,0 +1,29 @@
+"""train.checks (Ray-free): what train and tune refuse before Ray starts, naming the field."""
+from __future__ import annotations
+
+import pytest
+
+from convfm.config import DataConfig, ModelConfig
+from convfm.errors import ConfigError
+from train.checks import check_sparse_gradients, check_unchanged
+
+
+def test_sparse_gradients_are_refused_only_on_several_gpu_workers():
+    with pytest.raises(ConfigError, match=r"^sparse_embeddings: DDP cannot all-reduce sparse gradients over NCCL"):
+        check_sparse_gradients(True, use_gpu=True, num_workers=2)
+    with pytest.raises(ConfigError, match=r"^space\.sparse_embeddings: .* with workers_per_trial > 1"):
+        check_sparse_gradients(True, True, 2, field="space.sparse_embeddings", workers_field="workers_per_trial")
+    for sparse, use_gpu, workers in [(True, False, 2), (True, True, 1), (False, True, 4)]:
+        check_sparse_gradients(sparse, use_gpu, workers)
+
+
+def test_a_resume_with_changed_fields_names_them_and_lets_the_data_move():
+    saved = {"model": ModelConfig().to_dict(), "data": DataConfig(path="old/market").to_dict()}
+    check_unchanged("runs/a", saved, {"model": ModelConfig().to_dict(),
+                                      "data": DataConfig(path="new/market").to_dict()}, "run", "keeps them")
+    changed = {"model": ModelConfig(embedding_dim=8, conv_filters=8).to_dict(), "data": saved["data"]}
+    with pytest.raises(ConfigError, match=r"^--resume runs/a: model field\(s\) \['conv_filters', 'embedding_dim'\] "
+                                          r"differ from the run's; keeps them$"):
+        check_unchanged("runs/a", saved, changed, "run", "keeps them")
+    with pytest.raises(ConfigError, match=r"tune field\(s\) \['seed'\] differ from the experiment's"):
+        check_unchanged("out", {}, {"tune": {"seed": 1}}, "experiment", "a resumed search keeps its configs")

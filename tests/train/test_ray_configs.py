@@ -1,0 +1,75 @@
+"""train.driver and tune.runner build their TorchTrainer in one place (train.ray_configs): the same TrainConfig
+gives a training run and a tune trial the same workers, resources and checkpoint policy."""
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import pytest
+import ray.train
+
+pytestmark = pytest.mark.timeout(240)
+
+
+class Built(Exception):
+    """Raised by the recording trainer's fit(): the configs are built, nothing needs to run."""
+
+
+class RecordingTrainer:
+    """Takes TorchTrainer's place: records what a path built, then stops that path at fit()."""
+
+    def __init__(self, built: list[tuple[Any, dict[str, Any]]]) -> None:
+        self.built = built
+
+    def __call__(self, train_loop_per_worker: Any, **configs: Any) -> "RecordingTrainer":
+        self.built.append((train_loop_per_worker, configs))
+        return self
+
+    def fit(self) -> None:
+        raise Built
+
+
+class TrialReports(ray.train.UserCallback):
+    """Takes TuneReportCallback's place in a trial run outside Tune (RunConfig accepts only Train callbacks)."""
+
+
+def test_train_and_tune_build_the_same_ray_configs(ray_local, make_configs, tmp_path, monkeypatch):
+    import train.ray_configs as ray_configs
+    import tune.runner as runner
+    from train.driver import run_training
+    from train.loop import train_loop_per_worker
+    from tune.space import DEFAULT_SPACE, MODEL_FIELDS, SearchSpace
+
+    data_config, model_config, train_config = make_configs(
+        num_workers=2, cpus_per_worker=0.5, placement_strategy="SPREAD", keep_checkpoints=3, max_failures=2)
+    built: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(ray_configs, "TorchTrainer", RecordingTrainer(built))
+
+    with pytest.raises(Built):
+        run_training(data_config, model_config, train_config, tmp_path / "run")
+
+    # A trial whose space fixes every field at the base configs' values runs with exactly train_config.
+    fixed = {name: getattr(model_config if name in MODEL_FIELDS else train_config, name) for name in DEFAULT_SPACE}
+    setup = {"model": model_config.to_dict(), "train": train_config.to_dict(),
+             "space": SearchSpace.from_overrides(fixed).to_dict(), "storage": str(tmp_path / "tune" / "train"),
+             "metric": "val_roc_auc", "mode": "max"}
+    monkeypatch.setattr(runner.ray_tune, "get_context", lambda: types.SimpleNamespace(get_trial_id=lambda: "t1"))
+    monkeypatch.setattr(runner, "TuneReportCallback", TrialReports)  # the real one needs a Tune session
+    with pytest.raises(Built):
+        runner.run_trial({}, shared={}, setup=setup)
+
+    (train_loop, run), (trial_loop, trial) = built
+    assert train_loop is trial_loop is train_loop_per_worker
+    assert trial["train_loop_config"]["train"] == run["train_loop_config"]["train"] == train_config.to_dict()
+    scaling = run["scaling_config"]
+    assert scaling == trial["scaling_config"]
+    assert (scaling.num_workers, scaling.resources_per_worker, scaling.placement_strategy) == (2, {"CPU": 0.5},
+                                                                                                "SPREAD")
+    checkpoints = run["run_config"].checkpoint_config
+    assert checkpoints == trial["run_config"].checkpoint_config
+    assert (checkpoints.num_to_keep, checkpoints.checkpoint_score_attribute) == (3, "val_roc_auc")
+    # by design: a run restarts its workers itself; a trial leaves retries to Tune (tune.max_failures)
+    assert run["run_config"].failure_config.max_failures == 2
+    assert trial["run_config"].failure_config.max_failures == 0
+    assert (run["run_config"].name, trial["run_config"].name) == ("run", "train-t1")
+    assert [type(callback) for callback in trial["run_config"].callbacks] == [TrialReports]

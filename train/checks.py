@@ -1,0 +1,41 @@
+"""What a Ray Train run checks before Ray starts, shared by ``train.driver`` and ``tune`` (Ray-free, so
+validating a config never loads Ray)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from convfm.config import TrainConfig
+from convfm.errors import ConfigError
+from convfm.prepare import PreparedData
+
+
+def check_sparse_gradients(sparse: bool, use_gpu: bool, num_workers: int, *, field: str = "sparse_embeddings",
+                           workers_field: str = "num_workers") -> None:
+    """Refuse sparse embedding gradients on several GPU workers: DDP all-reduces them over NCCL, which has no
+    sparse all-reduce (gloo, on CPU workers, has one). ``sparse``: whether the run (or any trial) may use them."""
+    if sparse and use_gpu and num_workers > 1:
+        raise ConfigError(f"{field}: DDP cannot all-reduce sparse gradients over NCCL (GPU workers); set "
+                          f"sparse_embeddings: false for use_gpu with {workers_field} > 1, or use CPU workers (gloo)")
+
+
+def check_unchanged(out_dir: str | Path, saved: Mapping[str, Any], current: Mapping[str, Mapping[str, Any]],
+                    owner: str, keeps: str) -> None:
+    """``--resume``: refuse when a field of ``current`` (section -> config dict) differs from the same section
+    of ``saved`` (run.json, experiment.json), naming the fields. ``path`` may differ: the same data, moved."""
+    for section, fields in current.items():
+        before = saved.get(section, {})
+        changed = sorted(k for k, v in fields.items() if k != "path" and before.get(k) != v)
+        if changed:
+            raise ConfigError(f"--resume {out_dir}: {section} field(s) {changed} differ from the {owner}'s; {keeps}")
+
+
+def check_training_data(data: PreparedData, config: TrainConfig, workers_field: str = "num_workers") -> None:
+    """Enough training examples for the workers, and both classes in validation (else AUC is undefined)."""
+    if len(data.sets["train"]) < config.num_workers:
+        raise ConfigError(f"{workers_field}: {config.num_workers} workers but only {len(data.sets['train'])} "
+                          "training examples")
+    labels = data.sets["valid"].labels
+    if len(labels) == 0 or labels.min() == labels.max():
+        raise ConfigError("valid_fraction: the validation split needs positive and negative examples "
+                          f"(has {len(labels)} example(s)); raise data.valid_fraction or add data")

@@ -1,0 +1,43 @@
+"""The ``TorchTrainer`` of a run, built in one place for ``train.driver`` (one run) and ``tune.runner`` (one run
+per trial), so a training run and a tune trial with the same TrainConfig get the same workers, resources and
+checkpoint policy."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from convfm.config import TrainConfig
+from train.loop import train_loop_per_worker
+
+
+def build_trainer(
+    loop_config: Mapping[str, Any],
+    config: TrainConfig,
+    *,
+    name: str,
+    storage_path: str,
+    callbacks: Sequence[Any] = (),
+    metric: str = "val_roc_auc",
+    mode: str = "max",
+    max_failures: Optional[int] = None,
+) -> TorchTrainer:
+    """``train_loop_per_worker`` on ``config.num_workers`` workers, keeping the ``keep_checkpoints`` best by
+    ``metric`` (plus the latest). ``max_failures`` replaces ``config.max_failures`` (tune trials: 0).
+
+    Same name + storage as an earlier attempt = Ray resumes it (latest checkpoint via get_checkpoint)."""
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=dict(loop_config),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.num_workers, use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker}, placement_strategy=config.placement_strategy),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, callbacks=list(callbacks),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=config.keep_checkpoints, checkpoint_score_attribute=metric,
+                checkpoint_score_order=mode),
+            failure_config=ray.train.FailureConfig(
+                max_failures=config.max_failures if max_failures is None else max_failures)),
+    )
