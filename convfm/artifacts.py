@@ -7,7 +7,6 @@ the caller adds (``train_config.json``), and ``manifest.json`` listing every fil
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pickle
 import shutil
@@ -22,6 +21,7 @@ from convfm.config import ModelConfig
 from convfm.errors import ArtifactError, ConfigError
 from convfm.features import load_extractor
 from convfm.fields import FeatureMap
+from convfm.jsonfile import read_json, write_json_atomic
 from convfm.model import ConvFM
 
 MANIFEST = "manifest.json"
@@ -57,11 +57,11 @@ def save_model_dir(
         core.config.save_json(tmp / "model_config.json")
         core.feature_map.save(tmp / "feature_map.json")
         extractor.save(tmp)
-        (tmp / "metrics.json").write_text(json.dumps(dict(metrics or {}), indent=2, default=float) + "\n")
+        write_json_atomic(tmp / "metrics.json", metrics or {})
         for name, payload in (extra_json or {}).items():
-            (tmp / f"{name}.json").write_text(json.dumps(dict(payload), indent=2, default=str) + "\n")
+            write_json_atomic(tmp / f"{name}.json", payload)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / MANIFEST).write_text(json.dumps({"version": ARTIFACT_VERSION, "files": files}, indent=2) + "\n")
+        write_json_atomic(tmp / MANIFEST, {"version": ARTIFACT_VERSION, "files": files})
         if out_dir.exists():
             backup = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
@@ -81,15 +81,14 @@ def verify_model_dir(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"{path}: model directory not found")
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-        files = manifest["files"]
-    except FileNotFoundError:
-        raise ArtifactError(f"{path / MANIFEST}: missing; not a complete convfm model directory") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise ArtifactError(f"{path / MANIFEST}: unreadable manifest") from None
+    if not (path / MANIFEST).is_file():
+        raise ArtifactError(f"{path / MANIFEST}: missing; not a complete convfm model directory")
+    manifest = read_json(path / MANIFEST, "model directory manifest", ArtifactError)
     if manifest.get("version") != ARTIFACT_VERSION:
         raise ArtifactError(f"{path / MANIFEST}: artifact version {manifest.get('version')!r}, expected {ARTIFACT_VERSION}")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{path / MANIFEST}: unreadable manifest (no 'files' mapping)")
     for name, expected in files.items():
         file = path / name
         if not file.is_file():
@@ -123,9 +122,9 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         raise ArtifactError(f"{path / 'weights.pt'}: cannot load weights ({first})") from None
     model.to(device).eval()
     extra = {
-        p.stem: json.loads(p.read_text())
+        p.stem: read_json(p, f"{p.stem} file", ArtifactError)
         for p in sorted(path.glob("*.json"))
         if p.name not in {MANIFEST, "model_config.json", "feature_map.json", "metrics.json", "extractor.json"}
     }
-    metrics = json.loads((path / "metrics.json").read_text())
+    metrics = read_json(path / "metrics.json", "metrics file", ArtifactError)
     return LoadedModel(model=model, extractor=extractor, metrics=metrics, extra=extra, path=path)

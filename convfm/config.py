@@ -1,28 +1,23 @@
-"""Frozen, validated configuration dataclasses and the one YAML loader that builds them.
+"""Frozen, validated configuration dataclasses.
 
-Every config validates itself in ``__post_init__`` and raises ``ConfigError`` naming the field and the
-allowed range. Configs travel to Ray workers as plain dicts (``to_dict``) and are rebuilt with ``from_dict``,
-which rejects unknown keys.
+Every config validates itself in ``__post_init__`` with the checks of ``convfm.validate`` (``ConfigError``
+naming the field and the allowed range) and is read from YAML by ``convfm.yamlfile``. Configs travel to Ray
+workers as plain dicts (``to_dict``) and are rebuilt with ``from_dict``, which rejects unknown keys.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Mapping, Type, TypeVar
 
-import yaml
-
 from convfm.errors import ConfigError
+from convfm.jsonfile import read_json, to_plain, write_json_atomic
+from convfm.validate import check_bool, check_choice, check_int, check_int_list, check_number, require
+from convfm.yamlfile import ConfigFile
 
 T = TypeVar("T", bound="BaseConfig")
 
 EVENTS = ("view", "click", "save", "apply", "dismiss")
-
-
-def _check(ok: bool, field: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{field}: {message}", field=field.split(".")[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +25,7 @@ class BaseConfig:
     """Shared dict/JSON round trip for every stage's config."""
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls: Type[T], values: Mapping[str, Any], source: str = "") -> T:
@@ -56,17 +51,11 @@ class BaseConfig:
             raise ConfigError(f"{where}{cls.__name__}: {exc}") from None
 
     def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load_json(cls: Type[T], path: str | Path) -> T:
-        try:
-            values = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: file not found") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_json(path, f"{cls.__name__} file"), source=str(path))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,21 +70,12 @@ class ModelConfig(BaseConfig):
     sparse_embeddings: bool = False
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.embedding_dim, int) and 1 <= self.embedding_dim <= 1024,
-               "embedding_dim", f"must be an integer in [1, 1024], got {self.embedding_dim!r}")
-        _check(isinstance(self.conv_filters, int) and 1 <= self.conv_filters <= 1024,
-               "conv_filters", f"must be an integer in [1, 1024], got {self.conv_filters!r}")
-        _check(isinstance(self.conv_kernel_size, int) and 1 <= self.conv_kernel_size <= 15
-               and self.conv_kernel_size % 2 == 1,
-               "conv_kernel_size", f"must be an odd integer in [1, 15], got {self.conv_kernel_size!r}")
-        _check(isinstance(self.dropout_rate, (int, float)) and 0.0 <= self.dropout_rate < 1.0,
-               "dropout_rate", f"must be in [0, 1), got {self.dropout_rate!r}")
-        dims = tuple(self.hidden_dims)
-        _check(len(dims) >= 1 and all(isinstance(d, int) and 1 <= d <= 8192 for d in dims),
-               "hidden_dims", f"must be a non-empty list of integers in [1, 8192], got {self.hidden_dims!r}")
-        object.__setattr__(self, "hidden_dims", dims)
-        _check(isinstance(self.sparse_embeddings, bool),
-               "sparse_embeddings", f"must be true or false, got {self.sparse_embeddings!r}")
+        check_int(self.embedding_dim, "embedding_dim", 1, 1024)
+        check_int(self.conv_filters, "conv_filters", 1, 1024)
+        check_int(self.conv_kernel_size, "conv_kernel_size", 1, 15, odd=True)
+        check_number(self.dropout_rate, "dropout_rate", 0, 1, high_open=True)
+        object.__setattr__(self, "hidden_dims", check_int_list(self.hidden_dims, "hidden_dims", 1, 8192))
+        check_bool(self.sparse_embeddings, "sparse_embeddings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,38 +110,35 @@ class DataConfig(BaseConfig):
     separator: str = ";"
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("jobs", "table"), "kind", f"must be 'jobs' or 'table', got {self.kind!r}")
-        _check(self.split in ("time", "random"), "split", f"must be 'time' or 'random', got {self.split!r}")
+        check_choice(self.kind, "kind", ("jobs", "table"))
+        check_choice(self.split, "split", ("time", "random"))
         for name in ("positive_events", "negative_events"):
             events = tuple(getattr(self, name))
             object.__setattr__(self, name, events)
             bad = [e for e in events if e not in EVENTS]
-            _check(not bad, name, f"unknown event(s) {bad}; allowed: {list(EVENTS)}")
-        _check(bool(self.positive_events), "positive_events", "must name at least one event")
+            require(not bad, name, f"unknown event(s) {bad}; allowed: {list(EVENTS)}")
+        require(bool(self.positive_events), "positive_events", "must name at least one event")
         overlap = set(self.positive_events) & set(self.negative_events)
-        _check(not overlap, "negative_events", f"{sorted(overlap)} also listed as positive")
-        _check(self.default_event in EVENTS, "default_event",
-               f"must be one of {list(EVENTS)}, got {self.default_event!r}")
-        _check(isinstance(self.negative_ratio, int) and 0 <= self.negative_ratio <= 100,
-               "negative_ratio", f"must be an integer in [0, 100], got {self.negative_ratio!r}")
+        require(not overlap, "negative_events", f"{sorted(overlap)} also listed as positive")
+        check_choice(self.default_event, "default_event", EVENTS)
+        check_int(self.negative_ratio, "negative_ratio", 0, 100)
         for name in ("valid_fraction", "test_fraction"):
-            value = getattr(self, name)
-            _check(isinstance(value, (int, float)) and 0.0 <= value < 0.5, name,
-                   f"must be in [0, 0.5), got {value!r}")
+            check_number(getattr(self, name), name, 0, 0.5, high_open=True)
+        check_int(self.seed, "seed")
         for name in ("categorical", "multi_valued", "numeric"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.kind == "table":
             fields = self.categorical + self.multi_valued + self.numeric
-            _check(bool(fields), "categorical",
-                   "a table needs at least one field in categorical, multi_valued or numeric")
+            require(bool(fields), "categorical",
+                    "a table needs at least one field in categorical, multi_valued or numeric")
             dupes = sorted({f for f in fields if fields.count(f) > 1})
-            _check(not dupes, "categorical", f"field(s) {dupes} listed more than once")
-            _check(self.label not in fields, "label", f"{self.label!r} is also listed as a field")
-        _check(isinstance(self.columns, Mapping), "columns", "must map table name -> {canonical: actual}")
+            require(not dupes, "categorical", f"field(s) {dupes} listed more than once")
+            require(self.label not in fields, "label", f"{self.label!r} is also listed as a field")
+        require(isinstance(self.columns, Mapping), "columns", "must map table name -> {canonical: actual}")
         for table, mapping in self.columns.items():
-            _check(table in ("jobs", "users", "interactions"), "columns",
-                   f"unknown table {table!r}; allowed: jobs, users, interactions")
-            _check(isinstance(mapping, Mapping), f"columns.{table}", "must map canonical -> actual name")
+            require(table in ("jobs", "users", "interactions"), f"columns.{table}",
+                    f"unknown table {table!r}; allowed: jobs, users, interactions")
+            require(isinstance(mapping, Mapping), f"columns.{table}", "must map canonical -> actual name")
 
 
 def as_config(value: Any, cls: Type[T], section: str) -> T:
@@ -175,67 +152,9 @@ def as_config(value: Any, cls: Type[T], section: str) -> T:
     raise ConfigError(f"{section}: expected a {cls.__name__} or a mapping, got {type(value).__name__}")
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file whose top level is a mapping; ConfigError names the file (and line) otherwise."""
-    path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a config file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
-    if not isinstance(document, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(document).__name__}")
-    return document
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """One line (PyYAML's own message spans several): the problem and where."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
-
-
-def yaml_key_lines(path: str | Path, section: str | None = None) -> dict[str, int]:
-    """1-based line of each key of the file's top-level mapping, or of its ``section`` mapping ({} if unknown)."""
-    try:
-        node = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
-    if section is not None and isinstance(node, yaml.MappingNode):
-        node = next((value for key, value in node.value if getattr(key, "value", None) == section), None)
-    if not isinstance(node, yaml.MappingNode):
-        return {}
-    return {str(key.value): key.start_mark.line + 1 for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
-
-
-def config_from_yaml(cls: Type[T], values: Mapping[str, Any], path: str | Path, section: str | None = None) -> T:
-    """``cls.from_dict(values)`` for values read from ``path`` (its ``section``): errors name the file, the
-    section and the line of the offending key, e.g. ``train.yaml [train] line 7: learning_rate: ...``."""
-    where = f"{path}" + (f" [{section}]" if section else "")
-    try:
-        return cls.from_dict(values, source=where)
-    except ConfigError as exc:
-        line = yaml_key_lines(path, section).get(exc.field) if exc.field else None
-        if line is None:
-            raise
-        message = str(exc)
-        message = f"{where} line {line}{message[len(where):]}" if message.startswith(where) else message
-        raise ConfigError(message, field=exc.field) from None
-
-
 def load_yaml_config(path: str | Path, section: str, cls: Type[T]) -> T:
     """Read ``section`` of a YAML file into ``cls``; a missing section means all defaults."""
-    values = read_yaml(path).get(section) or {}
-    if not isinstance(values, dict):
-        line = yaml_key_lines(path).get(section)
-        raise ConfigError(f"{path}{f' line {line}' if line else ''}: section {section!r} must be a mapping",
-                          field=section)
-    return config_from_yaml(cls, values, path, section)
+    return ConfigFile(path).load(cls, section)
 
 
 # Ray placement group strategies: PACK fills nodes in turn, SPREAD prefers one worker per node, STRICT_*
@@ -266,35 +185,20 @@ class TrainConfig(BaseConfig):
     max_failures: int = 1
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.learning_rate, (int, float)) and 0.0 < self.learning_rate <= 1.0,
-               "learning_rate", f"must be in (0, 1], got {self.learning_rate!r}")
-        _check(isinstance(self.weight_decay, (int, float)) and 0.0 <= self.weight_decay <= 1.0,
-               "weight_decay", f"must be in [0, 1], got {self.weight_decay!r}")
-        _check(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 1_048_576,
-               "batch_size", f"must be an integer in [1, 1048576], got {self.batch_size!r}")
-        _check(isinstance(self.num_epochs, int) and 1 <= self.num_epochs <= 10_000,
-               "num_epochs", f"must be an integer in [1, 10000], got {self.num_epochs!r}")
-        _check(isinstance(self.patience, int) and 1 <= self.patience <= 10_000,
-               "patience", f"must be an integer in [1, 10000], got {self.patience!r}")
-        _check(isinstance(self.min_delta, (int, float)) and 0.0 <= self.min_delta <= 1.0,
-               "min_delta", f"must be in [0, 1], got {self.min_delta!r}")
-        _check(self.lr_schedule in ("none", "cosine", "plateau"), "lr_schedule",
-               f"must be 'none', 'cosine' or 'plateau', got {self.lr_schedule!r}")
-        _check(isinstance(self.seed, int), "seed", f"must be an integer, got {self.seed!r}")
-        _check(isinstance(self.num_workers, int) and 1 <= self.num_workers <= 1024,
-               "num_workers", f"must be an integer in [1, 1024], got {self.num_workers!r}")
-        _check(isinstance(self.cpus_per_worker, (int, float)) and not isinstance(self.cpus_per_worker, bool)
-               and 0.0 < self.cpus_per_worker <= 1024.0, "cpus_per_worker",
-               f"must be a number in (0, 1024], got {self.cpus_per_worker!r}")
-        _check(self.placement_strategy in PLACEMENT_STRATEGIES, "placement_strategy",
-               f"must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}")
-        _check(isinstance(self.use_gpu, bool), "use_gpu", f"must be true or false, got {self.use_gpu!r}")
-        _check(isinstance(self.use_amp, bool), "use_amp", f"must be true or false, got {self.use_amp!r}")
-        _check(isinstance(self.eval_negatives, int) and 1 <= self.eval_negatives <= 100_000,
-               "eval_negatives", f"must be an integer in [1, 100000], got {self.eval_negatives!r}")
-        _check(isinstance(self.ranking_k, int) and 1 <= self.ranking_k <= 1000,
-               "ranking_k", f"must be an integer in [1, 1000], got {self.ranking_k!r}")
-        _check(isinstance(self.keep_checkpoints, int) and 1 <= self.keep_checkpoints <= 100,
-               "keep_checkpoints", f"must be an integer in [1, 100], got {self.keep_checkpoints!r}")
-        _check(isinstance(self.max_failures, int) and 0 <= self.max_failures <= 100,
-               "max_failures", f"must be an integer in [0, 100], got {self.max_failures!r}")
+        check_number(self.learning_rate, "learning_rate", 0, 1, low_open=True)
+        check_number(self.weight_decay, "weight_decay", 0, 1)
+        check_int(self.batch_size, "batch_size", 1, 1_048_576)
+        check_int(self.num_epochs, "num_epochs", 1, 10_000)
+        check_int(self.patience, "patience", 1, 10_000)
+        check_number(self.min_delta, "min_delta", 0, 1)
+        check_choice(self.lr_schedule, "lr_schedule", ("none", "cosine", "plateau"))
+        check_int(self.seed, "seed")
+        check_int(self.num_workers, "num_workers", 1, 1024)
+        check_number(self.cpus_per_worker, "cpus_per_worker", 0, 1024, low_open=True)
+        check_choice(self.placement_strategy, "placement_strategy", PLACEMENT_STRATEGIES)
+        check_bool(self.use_gpu, "use_gpu")
+        check_bool(self.use_amp, "use_amp")
+        check_int(self.eval_negatives, "eval_negatives", 1, 100_000)
+        check_int(self.ranking_k, "ranking_k", 1, 1000)
+        check_int(self.keep_checkpoints, "keep_checkpoints", 1, 100)
+        check_int(self.max_failures, "max_failures", 0, 100)

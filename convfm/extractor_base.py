@@ -9,7 +9,6 @@ truncated or swapped array file is refused instead of half-loaded.
 """
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from pathlib import Path
@@ -19,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from convfm.checksums import sha256_file
-from convfm.errors import ArtifactError, ConfigError, DataValidationError
+from convfm.errors import ArtifactError, DataValidationError
 from convfm.fields import EncodedTable, FieldSpec
+from convfm.jsonfile import read_json, write_json_atomic
 
 EXTRACTOR_VERSION = 1
 DEFAULT_STEM = "extractor"
@@ -51,7 +51,7 @@ def artifact_files(path: str | Path) -> tuple[Path, Path]:
 
 
 def write_artifact(path: str | Path, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write the pair (each file via a temp file + rename); returns the JSON path."""
+    """Write the pair (each file via a temp file + rename, the JSON last); returns the JSON path."""
     path = Path(path)
     if _is_directory(path):
         path.mkdir(parents=True, exist_ok=True)
@@ -64,24 +64,14 @@ def write_artifact(path: str | Path, meta: Mapping[str, Any], arrays: Mapping[st
     with tmp.open("wb") as handle:
         np.savez_compressed(handle, **arrays)
     os.replace(tmp, npz_path)
-    document = {"format_version": EXTRACTOR_VERSION, **meta, "npz_sha256": sha256_file(npz_path)}
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    os.replace(tmp, json_path)
+    write_json_atomic(json_path, {"format_version": EXTRACTOR_VERSION, **meta, "npz_sha256": sha256_file(npz_path)})
     return json_path
 
 
 def read_artifact(path: str | Path, kind: Optional[str] = None) -> tuple[dict, dict[str, np.ndarray], Path]:
     """(meta, arrays, json path); ArtifactError naming the file for anything missing, corrupt or foreign."""
     json_path, npz_path = artifact_files(path)
-    try:
-        meta = json.loads(json_path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{json_path}: extractor file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{json_path}: extractor file is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ArtifactError(f"{json_path}: extractor file must hold a JSON object")
+    meta = read_json(json_path, "extractor file", ArtifactError)
     version = meta.get("format_version")
     if version != EXTRACTOR_VERSION:
         raise ArtifactError(f"{json_path}: extractor format_version {version!r}, this convfm reads {EXTRACTOR_VERSION}")
@@ -161,7 +151,3 @@ def labels_of(df: pd.DataFrame, column: str, what: str) -> np.ndarray:
         )
     return labels.astype(np.float32)
 
-
-def check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{name}: must be an integer >= {low}, got {value!r}")

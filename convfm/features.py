@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from convfm.batching import ExampleSet
-from convfm.errors import ArtifactError, ConfigError, ConvFMError
+from convfm.errors import ArtifactError, ConvFMError
 from convfm.extractor_base import (
-    check_int, check_table, concat_rows, encode_fields, labels_of, read_artifact, require_frame, table_arrays,
+    check_table, concat_rows, encode_fields, labels_of, read_artifact, require_frame, table_arrays,
     table_from_arrays, write_artifact,
 )
 from convfm.fields import PAD, UNK, EncodedTable, FeatureMap, FieldSpec, Vocabulary
@@ -27,6 +27,7 @@ from convfm.table_features import TableFeatureExtractor
 from convfm.text import (
     TFIDF_TOKEN_PATTERN, SkillMatcher, TextEncoder, category_values, column_strings, joined_text, split_lists,
 )
+from convfm.validate import check_bool, check_int
 
 __all__ = ["JobFeatureExtractor", "TableFeatureExtractor", "RowIndex", "load_extractor", "UNKNOWN_ROW"]
 
@@ -97,13 +98,11 @@ class JobFeatureExtractor:
         skills_from_text: bool = True,
         seed: int = 0,
     ) -> None:
-        for name, value, low in (("max_skills", max_skills, 1), ("min_freq", min_freq, 1), ("text_dim", text_dim, 0),
-                                 ("max_text_features", max_text_features, 1), ("seed", seed, 0)):
-            check_int(name, value, low)
-        if not isinstance(skills_from_text, bool):
-            raise ConfigError(f"skills_from_text: must be true or false, got {skills_from_text!r}")
-        self.max_skills, self.min_freq, self.text_dim = int(max_skills), int(min_freq), int(text_dim)
-        self.max_text_features, self.skills_from_text, self.seed = int(max_text_features), skills_from_text, int(seed)
+        self.max_skills, self.min_freq = check_int(max_skills, "max_skills", 1), check_int(min_freq, "min_freq", 1)
+        self.text_dim = check_int(text_dim, "text_dim", 0)
+        self.max_text_features = check_int(max_text_features, "max_text_features", 1)
+        self.seed = check_int(seed, "seed", 0)
+        self.skills_from_text = check_bool(skills_from_text, "skills_from_text")
         self.vocabs: dict[str, Vocabulary] = {}
         self.job_catalog: Optional[EncodedTable] = None
         self.user_catalog: Optional[EncodedTable] = None

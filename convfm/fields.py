@@ -6,13 +6,13 @@ JSON beside every model and checked on load, so a model never runs against featu
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
 from convfm.errors import ArtifactError
+from convfm.jsonfile import read_json, write_json_atomic
 
 FEATURE_MAP_VERSION = 1
 KINDS = ("categorical", "multi", "dense")
@@ -159,17 +159,11 @@ class FeatureMap:
             raise ArtifactError(f"{source}: invalid feature map ({exc})") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureMap":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ArtifactError(f"{path}: feature map not found") from None
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{path}: feature map is not valid JSON ({exc})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, "feature map", ArtifactError), source=str(path))
 
 
 @dataclasses.dataclass

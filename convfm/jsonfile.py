@@ -1,17 +1,18 @@
-"""JSON documents: written atomically to disk (temp file + rename), read from disk or a storage URI with errors
-that name the file."""
+"""JSON documents, the one way convfm reads and writes them: written atomically (temp file + rename) with one
+policy for values JSON does not know, read from disk or a storage URI with errors that name the file and what
+it should have held."""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Type
 
 import numpy as np
 
 from convfm import storage
-from convfm.errors import ConfigError
+from convfm.errors import ConfigError, ConvFMError
 
 
 def _json_default(value: Any) -> Any:
@@ -19,21 +20,39 @@ def _json_default(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else str(value)
 
 
-def write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
+def to_plain(document: Any) -> Any:
+    """``document`` as it reads back from a file: tuples as lists, numpy scalars as numbers."""
+    return json.loads(json.dumps(document, default=_json_default))
+
+
+def write_json_atomic(path: str | Path, document: Mapping[str, Any]) -> None:
     """An interrupted writer never leaves half a file: write a temp file beside ``path``, then rename."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json", dir=path.parent)
-    with os.fdopen(handle, "w") as file:
-        file.write(json.dumps(dict(document), indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: str | Path, what: str) -> dict[str, Any]:
-    """The JSON document at ``path`` (a local path or a storage URI); ConfigError saying the directory is
-    not ``what`` when it is missing."""
+    # not mkstemp: its files are private (0600) and a served model's files must stay readable as before;
+    # the .tmp suffix keeps a leftover out of every "*.json" glob
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        return json.loads(storage.read_text(path))
+        with tmp.open("x") as file:
+            file.write(json.dumps(dict(document), indent=2, default=_json_default) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | Path, what: str, error: Type[ConvFMError] = ConfigError) -> dict[str, Any]:
+    """The JSON object at ``path`` (a local path or a storage URI). ``error`` (ConfigError for files a user
+    points at, ArtifactError inside a model directory) names the file and ``what`` it should hold when it is
+    missing, unreadable, not JSON or not an object."""
+    try:
+        document = json.loads(storage.read_text(path))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; {storage.parent(path)} is not {what}") from None
+        raise error(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: {what} is not valid JSON (not UTF-8 at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        raise error(f"{path}: {what} is not valid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise error(f"{path}: {what} must hold a JSON object, got {type(document).__name__}")
+    return document

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
-from convfm.errors import ArtifactError, ConfigError, DataValidationError
+from convfm.errors import ArtifactError, DataValidationError
+from convfm.validate import check_number
 
 LOG_LOSS_EPS = 1e-7  # float32 sigmoids saturate to exactly 0/1; clip so one such score costs ~16 nats
 POPULARITY_FORMAT_VERSION = 1
@@ -277,9 +278,7 @@ class PopularityBaseline:
     """
 
     def __init__(self, smoothing: float = 1.0) -> None:
-        if not smoothing >= 0:
-            raise ConfigError(f"smoothing: must be >= 0, got {smoothing}")
-        self.smoothing = float(smoothing)
+        self.smoothing = check_number(smoothing, "smoothing", 0)
         self.prior: float | None = None
 
     def fit(self, train_examples: pd.DataFrame) -> "PopularityBaseline":

@@ -14,7 +14,6 @@ with ``b`` set so that about 22% of impressions are positive (apply:save ~ 3:1; 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,8 +21,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from convfm.jsonfile import write_json_atomic
 from convfm.readers import SUFFIXES, read_frame
 from convfm.synth_vocab import CLUSTERS, COMPANY_PREFIXES, COMPANY_SUFFIXES, LOCATIONS, REMOTE
+from convfm.validate import check_int
 
 GENERATOR_VERSION = "1.0"
 POSITIVE_RATE = 0.22
@@ -92,8 +93,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def generate_market(users: int, jobs: int, interactions: int, seed: int = 0) -> SyntheticMarket:
     """Generate a market of ``users`` users, ``jobs`` jobs and about ``interactions`` unique impressions."""
-    if users < 1 or jobs < 2 or interactions < 1:
-        raise ValueError(f"need users >= 1, jobs >= 2, interactions >= 1; got {users}, {jobs}, {interactions}")
+    for name, value, low in (("users", users, 1), ("jobs", jobs, 2), ("interactions", interactions, 1),
+                             ("seed", seed, 0)):
+        check_int(value, name, low)
     rng = np.random.default_rng(seed)
     names, table = _vocabulary()
     n_words = (len(names) + 63) // 64
@@ -317,7 +319,7 @@ def write_market(market: SyntheticMarket, out_dir: str | Path, fmt: str = "csv")
             frame.to_parquet(path, index=False)
         written[name] = path
     written["meta"] = out / "meta.json"
-    written["meta"].write_text(json.dumps(market.meta, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(written["meta"], market.meta)
     return written
 
 

@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 
 from convfm.batching import ExampleSet
-from convfm.errors import ArtifactError, ConfigError, ConvFMError
-from convfm.extractor_base import check_int, encode_fields, labels_of, read_artifact, require_frame, write_artifact
+from convfm.errors import ArtifactError, ConvFMError
+from convfm.extractor_base import encode_fields, labels_of, read_artifact, require_frame, write_artifact
 from convfm.fields import EncodedTable, FeatureMap, FieldSpec, Vocabulary
 from convfm.text import column_strings, split_lists
+from convfm.validate import check_int, require
 
 
 def _numbers(df: pd.DataFrame, column: str) -> np.ndarray:
@@ -44,16 +45,14 @@ class TableFeatureExtractor:
             tuple(str(c) for c in columns) for columns in (categorical, multi_valued, numeric)
         )
         columns = self.categorical + self.multi_valued + self.numeric
-        if not columns:
-            raise ConfigError("categorical: a table needs at least one field in categorical, multi_valued or numeric")
+        require(bool(columns), "categorical",
+                "a table needs at least one field in categorical, multi_valued or numeric")
         repeated = sorted({c for c in columns if columns.count(c) > 1})
-        if repeated:
-            raise ConfigError(f"categorical: column(s) {repeated} listed more than once")
-        if not isinstance(separator, str) or not separator:
-            raise ConfigError(f"separator: must be a non-empty string, got {separator!r}")
-        check_int("min_freq", min_freq, 1)
-        check_int("max_len", max_len, 1)
-        self.separator, self.min_freq, self.max_len = separator, int(min_freq), int(max_len)
+        require(not repeated, "categorical", f"column(s) {repeated} listed more than once")
+        require(isinstance(separator, str) and bool(separator), "separator",
+                f"must be a non-empty string, got {separator!r}")
+        self.separator = separator
+        self.min_freq, self.max_len = check_int(min_freq, "min_freq", 1), check_int(max_len, "max_len", 1)
         self.vocabs: dict[str, Vocabulary] = {}
         self._stats: dict[str, list[float]] = {}  # numeric column -> [mean, std]
         self._feature_map: Optional[FeatureMap] = None

@@ -13,17 +13,14 @@ import os
 import re
 from typing import Any, Mapping, Optional, Union
 
-from convfm.config import BaseConfig, _check
+from convfm.config import BaseConfig
 from convfm.errors import ConfigError
 from convfm.registry import VERSION_RE
+from convfm.validate import check_bool, check_int, check_number, check_text, is_integer, require
 
 DEFAULT_MODEL_ENV = "CONVFM_MODEL"
 DEFAULT_MODEL = "models/convfm"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _number(value: Any, integer: bool = False) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,43 +48,32 @@ class ServeConfig(BaseConfig):
     access_log: bool = False
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.model, str) and bool(self.model.strip()), "model",
-               f"must be a non-empty path or URI, got {self.model!r}")
-        _check(self.model_version is None or (isinstance(self.model_version, str)
-                                              and bool(VERSION_RE.match(self.model_version))),
-               "model_version", f"must look like v0001 or be null, got {self.model_version!r}")
-        _check(isinstance(self.host, str) and bool(self.host), "host", f"must be a host name or IP, got {self.host!r}")
-        _check(_number(self.port, True) and 1 <= self.port <= 65535, "port",
-               f"must be an integer in [1, 65535], got {self.port!r}")
-        _check(self.replicas == "auto" or (_number(self.replicas, True) and 1 <= self.replicas <= 64),
-               "replicas", f"must be an integer in [1, 64] or 'auto', got {self.replicas!r}")
-        _check(_number(self.min_replicas, True) and 0 <= self.min_replicas <= 64, "min_replicas",
-               f"must be an integer in [0, 64], got {self.min_replicas!r}")
-        _check(_number(self.max_replicas, True) and max(1, self.min_replicas) <= self.max_replicas <= 64,
-               "max_replicas", f"must be an integer in [max(1, min_replicas), 64], got {self.max_replicas!r}")
-        _check(_number(self.target_ongoing_requests) and 0 < self.target_ongoing_requests <= 1000,
-               "target_ongoing_requests", f"must be in (0, 1000], got {self.target_ongoing_requests!r}")
-        _check(_number(self.max_batch_size, True) and 1 <= self.max_batch_size <= 256, "max_batch_size",
-               f"must be an integer in [1, 256], got {self.max_batch_size!r}")
-        _check(_number(self.max_ongoing_requests, True) and self.max_batch_size <= self.max_ongoing_requests <= 10_000,
-               "max_ongoing_requests",
-               f"must be an integer in [max_batch_size, 10000] so batches can fill, got {self.max_ongoing_requests!r}")
-        _check(_number(self.batch_wait_timeout_s) and 0 <= self.batch_wait_timeout_s <= 1, "batch_wait_timeout_s",
-               f"must be in [0, 1] seconds, got {self.batch_wait_timeout_s!r}")
+        check_text(self.model, "model", "a non-empty path or URI")
+        require(self.model_version is None or (isinstance(self.model_version, str)
+                                               and bool(VERSION_RE.match(self.model_version))),
+                "model_version", f"must look like v0001 or be null, got {self.model_version!r}")
+        check_text(self.host, "host", "a host name or IP")
+        check_int(self.port, "port", 1, 65535)
+        require(self.replicas == "auto" or (is_integer(self.replicas) and 1 <= self.replicas <= 64), "replicas",
+                f"must be an integer in [1, 64] or 'auto', got {self.replicas!r}")
+        check_int(self.min_replicas, "min_replicas", 0, 64)
+        check_int(self.max_replicas, "max_replicas", max(1, self.min_replicas), 64, low_from="max(1, min_replicas)")
+        check_number(self.target_ongoing_requests, "target_ongoing_requests", 0, 1000, low_open=True)
+        check_int(self.max_batch_size, "max_batch_size", 1, 256)
+        check_int(self.max_ongoing_requests, "max_ongoing_requests", self.max_batch_size, 10_000,
+                  low_from="max_batch_size")  # so batches can fill
+        check_number(self.batch_wait_timeout_s, "batch_wait_timeout_s", 0, 1)
         for name, high in (("num_cpus", 64), ("num_gpus", 8), ("ingress_num_cpus", 8)):
-            value = getattr(self, name)
-            _check(_number(value) and 0 <= value <= high, name, f"must be in [0, {high}], got {value!r}")
-        _check(self.api_key_env is None or (isinstance(self.api_key_env, str) and bool(_ENV_NAME.match(self.api_key_env))),
-               "api_key_env", f"must be an environment variable name or null, got {self.api_key_env!r}")
-        _check(isinstance(self.auth_all_endpoints, bool), "auth_all_endpoints",
-               f"must be true or false, got {self.auth_all_endpoints!r}")
-        _check(not self.auth_all_endpoints or self.api_key_env is not None, "auth_all_endpoints",
-               "needs api_key_env (the variable that holds the key)")
-        _check(_number(self.max_body_bytes, True) and 1024 <= self.max_body_bytes <= 64 * 2**20, "max_body_bytes",
-               f"must be an integer in [1024, 67108864], got {self.max_body_bytes!r}")
-        _check(_number(self.request_timeout_s) and 0 < self.request_timeout_s <= 600, "request_timeout_s",
-               f"must be in (0, 600] seconds, got {self.request_timeout_s!r}")
-        _check(isinstance(self.access_log, bool), "access_log", f"must be true or false, got {self.access_log!r}")
+            check_number(getattr(self, name), name, 0, high)
+        require(self.api_key_env is None or (isinstance(self.api_key_env, str)
+                                             and bool(_ENV_NAME.match(self.api_key_env))),
+                "api_key_env", f"must be an environment variable name or null, got {self.api_key_env!r}")
+        check_bool(self.auth_all_endpoints, "auth_all_endpoints")
+        require(not self.auth_all_endpoints or self.api_key_env is not None, "auth_all_endpoints",
+                "needs api_key_env (the variable that holds the key)")
+        check_int(self.max_body_bytes, "max_body_bytes", 1024, 64 * 2**20)
+        check_number(self.request_timeout_s, "request_timeout_s", 0, 600, low_open=True)
+        check_bool(self.access_log, "access_log")
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any], source: str = "serve args") -> "ServeConfig":
@@ -138,7 +124,7 @@ def _parse(key: str, text: str, default: Any) -> Any:
             return True
         if text.lower() in ("false", "0", "no"):
             return False
-        raise ConfigError(f"{key}: must be true or false, got {text!r}")
+        raise ConfigError(f"{key}: must be true or false, got {text!r}", field=key)
     if isinstance(default, int):
         return _convert(key, text, int)
     if isinstance(default, float):
@@ -150,4 +136,5 @@ def _convert(key: str, text: str, kind: type) -> Any:
     try:
         return kind(text)
     except ValueError:
-        raise ConfigError(f"{key}: must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        raise ConfigError(f"{key}: must be {'an integer' if kind is int else 'a number'}, got {text!r}",
+                          field=key) from None

@@ -30,7 +30,7 @@ RUN_FILE = "run.json"
 
 
 def read_run(out_dir: str | Path) -> dict[str, Any]:
-    return read_json(storage.join(out_dir, RUN_FILE), "a convfm training run")
+    return read_json(storage.join(out_dir, RUN_FILE), "record of a convfm training run")
 
 
 def write_run(out: StagedDir, run: Mapping[str, Any], *outputs: str) -> None:

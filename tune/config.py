@@ -10,16 +10,13 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
-from convfm.config import BaseConfig, ModelConfig, TrainConfig, _check  # one field-naming check for all configs
+from convfm.config import BaseConfig, ModelConfig, TrainConfig
 from convfm.errors import ConfigError
+from convfm.validate import check_bool, check_choice, check_int, check_number, check_text, require
 from tune.space import SearchSpace
 
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
 DRIVER_CPU = 0.01  # each trial's driver (it only waits on its TorchTrainer): a sliver, since {"cpu": 0} is refused
-
-
-def _int_in(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,37 +43,25 @@ class TuneConfig(BaseConfig):
     space: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(_int_in(self.num_samples, 1, 10_000), "num_samples",
-               f"must be an integer in [1, 10000], got {self.num_samples!r}")
-        _check(_int_in(self.max_concurrent, 1, 1024), "max_concurrent",
-               f"must be an integer in [1, 1024], got {self.max_concurrent!r}")
-        _check(self.search_alg in SEARCH_ALGS, "search_alg",
-               f"must be one of {list(SEARCH_ALGS)}, got {self.search_alg!r}")
-        _check(_int_in(self.max_t, 1, 10_000), "max_t", f"must be an integer in [1, 10000], got {self.max_t!r}")
-        _check(_int_in(self.grace_period, 1, 10_000) and self.grace_period <= self.max_t, "grace_period",
-               f"must be an integer in [1, max_t={self.max_t}], got {self.grace_period!r}")
-        _check(isinstance(self.reduction_factor, (int, float)) and not isinstance(self.reduction_factor, bool)
-               and 1.0 < self.reduction_factor <= 100.0, "reduction_factor",
-               f"must be a number in (1, 100], got {self.reduction_factor!r}")
-        _check(isinstance(self.metric, str) and self.metric.startswith("val_"), "metric",
-               f"must be a validation metric reported each epoch (val_roc_auc, val_loss, val_ndcg@10...), "
-               f"got {self.metric!r}")
-        _check(self.mode in ("max", "min"), "mode", f"must be 'max' or 'min', got {self.mode!r}")
-        _check(_int_in(self.workers_per_trial, 1, 1024), "workers_per_trial",
-               f"must be an integer in [1, 1024], got {self.workers_per_trial!r}")
-        _check(isinstance(self.cpus_per_worker, (int, float)) and not isinstance(self.cpus_per_worker, bool)
-               and 0.0 < self.cpus_per_worker <= 256.0, "cpus_per_worker",
-               f"must be a number in (0, 256], got {self.cpus_per_worker!r}")
-        _check(isinstance(self.use_gpu, bool), "use_gpu", f"must be true or false, got {self.use_gpu!r}")
-        _check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed",
-               f"must be an integer, got {self.seed!r}")
-        _check(isinstance(self.registry, str) and bool(self.registry.strip()), "registry",
-               f"must be a non-empty path or URI, got {self.registry!r}")
-        _check(isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) is not None,
-               "name", f"use letters, digits, '.', '_' and '-' (a registry folder name), got {self.name!r}")
-        _check(_int_in(self.max_failures, 0, 100), "max_failures",
-               f"must be an integer in [0, 100], got {self.max_failures!r}")
-        _check(isinstance(self.space, Mapping), "space", "must map field name -> spec")
+        check_int(self.num_samples, "num_samples", 1, 10_000)
+        check_int(self.max_concurrent, "max_concurrent", 1, 1024)
+        check_choice(self.search_alg, "search_alg", SEARCH_ALGS)
+        check_int(self.max_t, "max_t", 1, 10_000)
+        check_int(self.grace_period, "grace_period", 1, self.max_t, high_from="max_t")
+        check_number(self.reduction_factor, "reduction_factor", 1, 100, low_open=True)
+        require(isinstance(self.metric, str) and self.metric.startswith("val_"), "metric",
+                f"must be a validation metric reported each epoch (val_roc_auc, val_loss, val_ndcg@10...), "
+                f"got {self.metric!r}")
+        check_choice(self.mode, "mode", ("max", "min"))
+        check_int(self.workers_per_trial, "workers_per_trial", 1, 1024)
+        check_number(self.cpus_per_worker, "cpus_per_worker", 0, 256, low_open=True)
+        check_bool(self.use_gpu, "use_gpu")
+        check_int(self.seed, "seed")
+        check_text(self.registry, "registry", "a non-empty path or URI")
+        require(isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) is not None,
+                "name", f"use letters, digits, '.', '_' and '-' (a registry folder name), got {self.name!r}")
+        check_int(self.max_failures, "max_failures", 0, 100)
+        require(isinstance(self.space, Mapping), "space", "must map field name -> spec")
         self.search_space().validate()  # the ranges themselves, against the configs' defaults
 
     def search_space(self) -> SearchSpace:
@@ -97,5 +82,6 @@ class TuneConfig(BaseConfig):
         can_be_sparse = True in (sparse.candidates() if sparse else [model.sparse_embeddings])
         if can_be_sparse and self.use_gpu and self.workers_per_trial > 1:
             raise ConfigError("space.sparse_embeddings: DDP cannot all-reduce sparse gradients over NCCL; "
-                              "fix sparse_embeddings: false for use_gpu with workers_per_trial > 1")
+                              "fix sparse_embeddings: false for use_gpu with workers_per_trial > 1",
+                              field="space.sparse_embeddings")
         return model, train

@@ -15,7 +15,6 @@ there themselves, the files above are written to a local staging directory and u
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -27,6 +26,7 @@ from convfm.artifacts import load_model_dir
 from convfm.errors import ArtifactError
 from convfm.jsonfile import read_json, write_json_atomic
 from convfm.storage import StagedDir
+from convfm.validate import is_number
 from tune.space import format_params
 
 EXPERIMENT_FILE = "experiment.json"
@@ -36,7 +36,7 @@ COMPLETED, ASHA, PATIENCE, ERROR = "completed", "asha", "patience", "error"
 
 
 def read_experiment(out_dir: str | Path) -> dict[str, Any]:
-    return read_json(storage.join(out_dir, EXPERIMENT_FILE), "a convfm tune experiment")
+    return read_json(storage.join(out_dir, EXPERIMENT_FILE), "record of a convfm tune experiment")
 
 
 def write_experiment(out: StagedDir, experiment: Mapping[str, Any], *outputs: str) -> None:
@@ -50,7 +50,7 @@ def trial_row(trial_id: str, params: Mapping[str, Any], history: Sequence[Mappin
               error: Optional[str], metric: str, mode: str, max_t: int) -> dict[str, Any]:
     """One line of trials.csv from a trial's per-epoch records (as reported to Tune)."""
     epochs = sorted({int(r["epoch"]) for r in history if "epoch" in r})
-    scored = [r for r in history if _finite(r.get(metric))]
+    scored = [r for r in history if is_number(r.get(metric))]
     best = (max if mode == "max" else min)(scored, key=lambda r: float(r[metric])) if scored else None
     if error is not None:
         ended = ERROR
@@ -76,10 +76,6 @@ def _error_line(error: Optional[str]) -> str:
     """The exception's own line of a remote traceback (its last non-empty line), shortened."""
     lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _cell(value: Any) -> Any:
@@ -120,7 +116,7 @@ def plot_trials(histories: Mapping[str, Sequence[Mapping[str, Any]]], params: Ma
               if len({repr(p.get(name)) for p in params.values()}) > 1}  # the legend shows what differs
     fig, ax = plt.subplots(figsize=(11, 5.5))
     for trial_id, history in sorted(histories.items()):
-        points = sorted((int(r["epoch"]) + 1, float(r[metric])) for r in history if _finite(r.get(metric)))
+        points = sorted((int(r["epoch"]) + 1, float(r[metric])) for r in history if is_number(r.get(metric)))
         if not points:
             continue
         xs, ys = zip(*points)
@@ -148,11 +144,10 @@ def best_checkpoint_dir(train_run: Path, metric: str, mode: str) -> tuple[Path, 
     for metrics_file in sorted(train_run.glob("checkpoint_*/model/metrics.json")):
         model_dir = metrics_file.parent
         try:
-            metrics = json.loads(metrics_file.read_text())
-            load_model_dir(model_dir)  # complete and consistent, not a half-copied checkpoint
-        except (ArtifactError, json.JSONDecodeError, OSError):
+            metrics = load_model_dir(model_dir).metrics  # complete and consistent, not a half-copied checkpoint
+        except (ArtifactError, OSError):
             continue
-        if _finite(metrics.get(metric)):
+        if is_number(metrics.get(metric)):
             found.append((float(metrics[metric]), model_dir, metrics))
     if not found:
         raise ArtifactError(f"{train_run}: no complete checkpoint with a finite {metric}")

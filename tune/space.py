@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any, Mapping, Optional
 
 from convfm.config import ModelConfig, TrainConfig
 from convfm.errors import ConfigError
+from convfm.validate import check_number, require
 
 KINDS = ("choice", "uniform", "loguniform", "randint", "lograndint", "fixed")
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
@@ -103,34 +103,27 @@ DEFAULT_SPACE: dict[str, ParamSpec] = {
 def parse_spec(name: str, raw: Any) -> ParamSpec:
     """A YAML value -> ParamSpec; ConfigError naming ``space.<name>`` on anything malformed."""
     where = f"space.{name}"
-    if name not in SEARCHABLE:
-        hint = f" (set by {TUNE_OWNED[name]})" if name in TUNE_OWNED else ""
-        raise ConfigError(f"{where}: unknown parameter {name!r}{hint}; searchable fields: {list(SEARCHABLE)}")
+    hint = f" (set by {TUNE_OWNED[name]})" if name in TUNE_OWNED else ""
+    require(name in SEARCHABLE, where, f"unknown parameter {name!r}{hint}; searchable fields: {list(SEARCHABLE)}")
     if not isinstance(raw, Mapping):
         return ParamSpec("fixed", (_freeze(raw),))
     kind = raw.get("type")
-    if kind not in KINDS or kind == "fixed":
-        allowed = [k for k in KINDS if k != "fixed"]
-        raise ConfigError(f"{where}: unknown type {kind!r}; use one of {allowed} or a plain value to fix it")
+    allowed = [k for k in KINDS if k != "fixed"]
+    require(kind in allowed, where, f"unknown type {kind!r}; use one of {allowed} or a plain value to fix it")
     allowed_keys = {"type", "values"} if kind == "choice" else {"type", "low", "high"}
     extra = sorted(set(raw) - allowed_keys)
-    if extra:
-        raise ConfigError(f"{where}: unknown key(s) {extra} for type {kind}; allowed: {sorted(allowed_keys)}")
+    require(not extra, where, f"unknown key(s) {extra} for type {kind}; allowed: {sorted(allowed_keys)}")
     if kind == "choice":
         values = raw.get("values")
-        if not isinstance(values, (list, tuple)) or not values:
-            raise ConfigError(f"{where}: choice needs a non-empty list `values`")
+        require(isinstance(values, (list, tuple)) and bool(values), where, "choice needs a non-empty list `values`")
         return ParamSpec("choice", tuple(_freeze(v) for v in values))
     low, high = raw.get("low"), raw.get("high")
     for key, bound in (("low", low), ("high", high)):
-        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
-            raise ConfigError(f"{where}.{key}: {kind} needs a finite number, got {bound!r}")
-    if low > high:
-        raise ConfigError(f"{where}: low ({low}) > high ({high})")
-    if kind in ("loguniform", "lograndint") and low <= 0:
-        raise ConfigError(f"{where}.low: {kind} needs low > 0, got {low}")
-    if kind in ("randint", "lograndint") and not (float(low).is_integer() and float(high).is_integer()):
-        raise ConfigError(f"{where}: {kind} needs integer bounds, got low={low}, high={high}")
+        check_number(bound, f"{where}.{key}")
+    require(low <= high, where, f"low ({low}) > high ({high})")
+    require(kind not in ("loguniform", "lograndint") or low > 0, f"{where}.low", f"{kind} needs low > 0, got {low}")
+    require(kind not in ("randint", "lograndint") or (float(low).is_integer() and float(high).is_integer()), where,
+            f"{kind} needs integer bounds, got low={low}, high={high}")
     if kind in ("randint", "lograndint"):
         low, high = int(low), int(high)
     return ParamSpec(kind, low=low, high=high)
@@ -148,8 +141,8 @@ class SearchSpace:
 
     @classmethod
     def from_overrides(cls, overrides: Optional[Mapping[str, Any]] = None) -> "SearchSpace":
-        if overrides is not None and not isinstance(overrides, Mapping):
-            raise ConfigError(f"space: must map field name -> spec, got {type(overrides).__name__}")
+        require(overrides is None or isinstance(overrides, Mapping), "space",
+                f"must map field name -> spec, got {type(overrides).__name__}")
         params = dict(DEFAULT_SPACE)
         for name, raw in (overrides or {}).items():
             params[str(name)] = parse_spec(str(name), raw)
@@ -177,7 +170,8 @@ class SearchSpace:
                     type(base).from_dict({**base.to_dict(), name: _plain(value)})
                 except ConfigError as exc:
                     described = "value" if spec.kind == "fixed" else f"{spec.kind} value"
-                    raise ConfigError(f"space.{name}: {described} {_plain(value)!r} is not valid: {exc}") from None
+                    raise ConfigError(f"space.{name}: {described} {_plain(value)!r} is not valid: {exc}",
+                                      field=f"space.{name}") from None
 
     def param_space(self) -> dict[str, Any]:
         """Ray Tune domains of the searched fields (fixed fields go into the base configs instead)."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from convfm.artifacts import load_model_dir
@@ -10,6 +9,7 @@ from convfm.commands.common import add_data_arguments, load_table_spec
 from convfm.config import DataConfig, TrainConfig
 from convfm.errors import ArtifactError
 from convfm.evaluation import evaluate_split
+from convfm.jsonfile import write_json_atomic
 from convfm.metrics import format_report
 from convfm.prepare import prepare_data
 from convfm.registry import resolve
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         negatives=args.negatives or train_config.eval_negatives, k=train_config.ranking_k, seed=train_config.seed,
     )
     out = Path(args.out) if args.out else model_dir / f"eval_{args.split}.json"
-    out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    write_json_atomic(out, report)
     print(format_report(report))
     print(f"report written to {out}")
     return 0

@@ -11,8 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Iterator
 
-from convfm.commands.common import check_sections
-from convfm.config import read_yaml
+from convfm.commands.common import config_file
 from convfm.errors import ConvFMError
 
 
@@ -34,18 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def serve_config(args: argparse.Namespace) -> Any:
     from serve.config import ServeConfig
 
-    values: dict[str, Any] = {}
-    if args.config:
-        check_sections(args.config)  # a misspelt `serv:` must not fall back to defaults silently
-        section = read_yaml(args.config).get("serve") or {}
-        if not isinstance(section, dict):
-            raise ConvFMError(f"{args.config}: section 'serve' must be a mapping")
-        values.update(section)
-    overrides = {"model": args.model, "model_version": args.model_version, "host": args.host, "port": args.port,
-                 "replicas": args.replicas, "api_key_env": args.api_key_env,
-                 "auth_all_endpoints": True if args.auth_all else None}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return ServeConfig.from_args(values, source=args.config or "command line")
+    flags = {"model": args.model, "model_version": args.model_version, "host": args.host, "port": args.port,
+             "replicas": args.replicas, "api_key_env": args.api_key_env,
+             "auth_all_endpoints": True if args.auth_all else None}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if not args.config:
+        return ServeConfig.from_args(overrides, source="command line")
+    file = config_file(args.config)  # a misspelt `serv:` must not fall back to defaults silently
+    return file.build(ServeConfig, file.section("serve"), "serve", overrides=overrides,
+                      make=lambda values: ServeConfig.from_args(values, source=""))
 
 
 def wait_ready(url: str, timeout_s: float = 300.0) -> dict[str, Any]:

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from convfm.commands.common import add_data_arguments, check_sections, data_config, model_and_train_configs
-from convfm.config import PLACEMENT_STRATEGIES, DataConfig, ModelConfig, TrainConfig, load_yaml_config
+from convfm.commands.common import add_data_arguments, config_file, data_config, model_and_train_configs
+from convfm.config import PLACEMENT_STRATEGIES, DataConfig, ModelConfig, TrainConfig
 from convfm.errors import ConfigError
 from convfm.storage import local_or_uri
 
@@ -60,9 +60,7 @@ def resolve_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, 
         if args.data:
             data = DataConfig.from_dict({**data.to_dict(), "path": args.data})
         model = ModelConfig.from_dict(run["model"], source=f"{out_dir}/run.json [model]")
-        if args.config:
-            check_sections(args.config)
-        train = (load_yaml_config(args.config, "train", TrainConfig) if args.config
+        train = (config_file(args.config).load(TrainConfig, "train") if args.config
                  else TrainConfig.from_dict(run["train"], source=f"{out_dir}/run.json [train]"))
     else:
         data = data_config(args, args.config)

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from convfm.commands.common import add_data_arguments, data_config, model_and_train_configs
-from convfm.config import DataConfig, ModelConfig, TrainConfig, config_from_yaml, read_yaml
+from convfm.commands.common import add_data_arguments, config_file, data_config, model_and_train_configs
+from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.errors import ConfigError
 from convfm.storage import join, local_or_uri, parent
 
@@ -57,15 +57,14 @@ def load_tune_config(path: Optional[str]) -> Any:
 
     if not path:
         return TuneConfig()
-    document = read_yaml(path)
-    values = document.get("tune") or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: section 'tune' must be a mapping")
-    if "space" in document:
+    file = config_file(path)
+    values = file.section("tune")
+    if "space" in file.document:
         if "space" in values:
-            raise ConfigError(f"{path}: give the search space once, as the top-level 'space:' section")
-        values = {**values, "space": document["space"] or {}}
-    return config_from_yaml(TuneConfig, values, path, "tune")  # errors name the file, section and line
+            raise ConfigError(f"{file.where('tune', 'space')}: space: give the search space once, as the "
+                              "top-level 'space:' section", field="space")
+        values = {**values, "space": file.document["space"] or {}}
+    return file.build(TuneConfig, values, "tune", lifted=("space",))
 
 
 def resolve_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, TrainConfig, Any, str | Path]:

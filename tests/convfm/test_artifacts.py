@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from convfm.artifacts import load_model_dir, save_model_dir
+from convfm.checksums import sha256_file
 from convfm.config import DataConfig, ModelConfig
 from convfm.errors import ArtifactError
 from convfm.model import ConvFM
@@ -68,6 +69,22 @@ def test_missing_manifest_is_refused(saved, tmp_path):
     bad = copy_dir(saved[2], tmp_path / "m")
     (bad / "manifest.json").unlink()
     with pytest.raises(ArtifactError, match="manifest.json: missing"):
+        load_model_dir(bad)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("metrics.json", r"metrics\.json: metrics file is not valid JSON"),
+    ("model_config.json", r"model_config\.json: ModelConfig file is not valid JSON"),
+    ("train_config.json", r"train_config\.json: train_config file is not valid JSON"),
+])
+def test_corrupt_json_names_its_file(saved, tmp_path, name, expected):
+    """A file that passes the manifest (written corrupt, then signed) is still refused, naming itself."""
+    bad = copy_dir(saved[2], tmp_path / "m")
+    (bad / name).write_text('{"val_roc_auc": 0.5,')
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["files"][name] = sha256_file(bad / name)
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=expected):
         load_model_dir(bad)
 
 

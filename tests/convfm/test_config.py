@@ -10,12 +10,12 @@ from convfm.errors import ConfigError
     (ModelConfig, {"conv_kernel_size": 4}, "conv_kernel_size: must be an odd integer"),
     (ModelConfig, {"dropout_rate": 1.0}, "dropout_rate"),
     (ModelConfig, {"hidden_dims": []}, "hidden_dims"),
-    (TrainConfig, {"learning_rate": -0.1}, "learning_rate: must be in"),
+    (TrainConfig, {"learning_rate": -0.1}, r"learning_rate: must be a number in \(0, 1\], got -0.1"),
     (TrainConfig, {"num_workers": 0}, "num_workers"),
     (TrainConfig, {"batch_size": 0}, "batch_size"),
     (TrainConfig, {"cpus_per_worker": 0}, "cpus_per_worker: must be a number in"),
-    (TrainConfig, {"placement_strategy": "spread"}, "placement_strategy: must be one of PACK, SPREAD"),
-    (DataConfig, {"kind": "graph"}, "kind: must be 'jobs' or 'table'"),
+    (TrainConfig, {"placement_strategy": "spread"}, r"placement_strategy: must be one of \['PACK', 'SPREAD'"),
+    (DataConfig, {"kind": "graph"}, r"kind: must be one of \['jobs', 'table'\], got 'graph'"),
     (DataConfig, {"positive_events": ["applied"]}, r"positive_events: unknown event\(s\) \['applied'\]"),
     (DataConfig, {"negative_events": ["apply"]}, "also listed as positive"),
     (DataConfig, {"kind": "table"}, "a table needs at least one field"),
@@ -48,3 +48,51 @@ def test_yaml_errors_name_the_file_and_section(tmp_path):
         load_yaml_config(path, "train", TrainConfig)
     with pytest.raises(ConfigError, match="config file not found"):
         load_yaml_config(tmp_path / "missing.yaml", "train", TrainConfig)
+
+
+@pytest.mark.parametrize("cls, field, value", [
+    (ModelConfig, "embedding_dim", True), (ModelConfig, "hidden_dims", [64, True]),
+    (DataConfig, "negative_ratio", True), (DataConfig, "seed", True),
+    (TrainConfig, "batch_size", True), (TrainConfig, "seed", False), (TrainConfig, "learning_rate", True),
+])
+def test_booleans_are_refused_where_numbers_are_meant(cls, field, value):
+    """YAML reads `yes` as True, which Python would take as 1 (batch size 1, embedding width 1)."""
+    with pytest.raises(ConfigError, match=rf"^{field}: must be (an integer|a number|a non-empty list of integers)") \
+            as info:
+        cls.from_dict({field: value})
+    assert str(info.value).endswith(f"got {tuple(value) if isinstance(value, list) else value!r}")
+
+
+def test_train_yaml_errors_name_file_section_line_and_key(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("model:\n  embedding_dim: 16\ntrain:\n  num_epochs: 3\n  batch_size: yes\n")
+    with pytest.raises(ConfigError, match=r"train\.yaml \[train\] line 5: batch_size: must be an integer in "
+                                          r"\[1, 1048576\], got True"):
+        load_yaml_config(path, "train", TrainConfig)
+    path.write_text("data:\n  columns:\n    jobs: {job_id: id}\n    job: {job_id: id}\n")
+    with pytest.raises(ConfigError, match=r"train\.yaml \[data\] line 4: columns\.job: unknown table 'job'"):
+        load_yaml_config(path, "data", DataConfig)
+    path.write_text("model: [16]\n")
+    with pytest.raises(ConfigError, match=r"train\.yaml line 1: section 'model' must be a mapping, got list"):
+        load_yaml_config(path, "model", ModelConfig)
+
+
+def test_table_spec_errors_name_file_section_line_and_key(tmp_path):
+    from convfm.commands.common import load_table_spec
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("path: t.csv\ncategorical: [color]\nvalid_fraction: 0.7\n")
+    with pytest.raises(ConfigError, match=r"spec\.yaml line 3: valid_fraction: must be a number in \[0, 0\.5\)"):
+        load_table_spec(spec)
+    spec.write_text("data:\n  path: t.csv\n  categorical: [color]\n  seed: yes\n")
+    with pytest.raises(ConfigError, match=r"spec\.yaml \[data\] line 4: seed: must be an integer, got True"):
+        load_table_spec(spec)
+    spec.write_text("data:\n  path: t.csv\n  numeric: [price]\n")
+    assert load_table_spec(spec).path == str(tmp_path / "t.csv")
+
+
+def test_a_corrupt_config_json_names_its_file(tmp_path):
+    path = tmp_path / "data_config.json"
+    path.write_text('{"path": ')
+    with pytest.raises(ConfigError, match=r"data_config\.json: DataConfig file is not valid JSON"):
+        DataConfig.load_json(path)

@@ -307,7 +307,7 @@ class TestPopularityBaseline:
             PopularityBaseline.from_dict({k: v for k, v in state.items() if k != "prior"})
         with pytest.raises(RuntimeError, match="not fitted"):
             PopularityBaseline().score(np.array(["hot"]))
-        with pytest.raises(ConfigError, match="smoothing: must be >= 0"):
+        with pytest.raises(ConfigError, match="smoothing: must be a number >= 0"):
             PopularityBaseline(smoothing=-1.0)
         with pytest.raises(DataValidationError, match=r"missing column\(s\) \['label'\]"):
             PopularityBaseline().fit(self._train().drop(columns="label"))

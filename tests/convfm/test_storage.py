@@ -4,6 +4,7 @@ without its manifest is never listed or resolved; resolve downloads into the cac
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -76,6 +77,26 @@ def test_json_files_keep_numpy_scalars_as_numbers(tmp_path):
     write_json_atomic(path, {"auc": np.float32(0.5), "rows": np.int64(7), "ok": np.bool_(True), "where": tmp_path})
     assert read_json(path, "a document") == {"auc": 0.5, "rows": 7, "ok": True, "where": str(tmp_path)}
     assert '"auc": 0.5' in path.read_text() and '"rows": 7' in path.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["doc.json"]  # no temp file left beside it
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as readable as any other written file
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, r"doc\.json: test record not found"),
+    ('{"auc": ', r"doc\.json: test record is not valid JSON \(Expecting value: line 1"),
+    ("[1, 2]", r"doc\.json: test record must hold a JSON object, got list"),
+    (b"\xff\xfe", r"doc\.json: test record is not valid JSON \(not UTF-8 at byte 0\)"),
+])
+def test_json_read_errors_name_the_file_and_what_it_should_hold(tmp_path, text, message):
+    path = tmp_path / "doc.json"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
+        path.write_text(text)
+    with pytest.raises(ArtifactError, match=message):
+        read_json(path, "test record", ArtifactError)
 
 
 def test_upload_puts_the_named_files_last(tmp_path, monkeypatch):

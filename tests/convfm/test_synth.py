@@ -108,5 +108,5 @@ def test_parquet_output_loads(market: SyntheticMarket, tmp_path: Path) -> None:
 def test_small_and_invalid_sizes() -> None:
     tiny = generate_market(users=10, jobs=4, interactions=5, seed=0)
     assert len(tiny.interactions) == 5 and not tiny.interactions.duplicated(["user_id", "job_id"]).any()
-    with pytest.raises(ValueError, match="need users >= 1"):
+    with pytest.raises(ValueError, match=r"users: must be an integer >= 1, got 0"):
         generate_market(users=0, jobs=10, interactions=10)

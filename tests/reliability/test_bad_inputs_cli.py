@@ -54,7 +54,7 @@ FILES = {
 CONFIGS = {
     "config_unknown_key.yaml": ["config_unknown_key.yaml [train] line 4", "unknown key(s) ['learning_rat']"],
     "config_unknown_section.yaml": ["config_unknown_section.yaml line 4", "unknown section(s) ['trian']"],
-    "config_out_of_range.yaml": ["config_out_of_range.yaml [model] line 3", "dropout_rate: must be in [0, 1)"],
+    "config_out_of_range.yaml": ["config_out_of_range.yaml [model] line 3", "dropout_rate: must be a number in [0, 1)"],
     "config_wrong_type.yaml": ["config_wrong_type.yaml [train] line 3", "batch_size: must be an integer"],
     "config_invalid_yaml.yaml": ["config_invalid_yaml.yaml: not valid YAML", "line 4"],
 }
@@ -62,7 +62,8 @@ CONFIGS = {
 TABLES = {
     "table_spec_missing_column.yaml": ["table_bad_label.csv", "missing field column(s) ['tags']"],
     "table_spec_unknown_key.yaml": ["table_spec_unknown_key.yaml line 2", "unknown key(s) ['lable']"],
-    "table_spec_out_of_range.yaml": ["table_spec_out_of_range.yaml [data] line 5", "valid_fraction: must be in"],
+    "table_spec_out_of_range.yaml": ["table_spec_out_of_range.yaml [data] line 5",
+                                     "valid_fraction: must be a number in [0, 0.5)"],
     "table_spec_bad_label.yaml": ["table_bad_label.csv", "column 'label', row 3", "label '2' is not binary"],
     "table_spec_bad_numeric.yaml": ["table_bad_numeric.csv", "column 'price', row 2", "'cheap' is not a number"],
 }

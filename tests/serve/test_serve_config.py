@@ -34,6 +34,31 @@ def test_bad_values_name_the_field(values, field):
         ServeConfig.from_dict(values)
 
 
+@pytest.mark.parametrize("field", ["port", "max_batch_size", "num_cpus", "request_timeout_s"])
+def test_booleans_are_not_numbers(field):
+    with pytest.raises(ConfigError, match=rf"^{field}: must be (an integer|a number) in .*, got True$"):
+        ServeConfig.from_dict({field: True})
+
+
+def test_serve_yaml_errors_name_the_file_section_line_and_key(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("serve:\n  host: 127.0.0.1\n  max_batch_size: 64\n  max_ongoing_requests: 8\n")
+    args = build_parser().parse_args(["serve", "--model", "models/x", "--config", str(path)])
+    with pytest.raises(ConfigError, match=r"serve\.yaml \[serve\] line 4: max_ongoing_requests: must be an integer "
+                                          r"in \[max_batch_size=64, 10000\], got 8"):
+        serve_config(args)
+    path.write_text("serve:\n  port: 0\n")
+    with pytest.raises(ConfigError, match=r"serve\.yaml \[serve\] line 2: port: must be an integer"):
+        serve_config(args)
+    with pytest.raises(ConfigError, match=r"^command line: port: must be an integer"):  # the flag, not the file
+        serve_config(build_parser().parse_args(["serve", "--model", "m", "--config", str(path), "--port", "0"]))
+    path.write_text("serve:\n  port: '9000'\n  replicas: auto\n")  # strings parse as in `serve run` args
+    assert (serve_config(args).port, serve_config(args).replicas) == (9000, "auto")
+    path.write_text("serve: [port]\n")
+    with pytest.raises(ConfigError, match=r"serve\.yaml line 1: section 'serve' must be a mapping, got list"):
+        serve_config(args)
+
+
 def test_builder_args_arrive_as_strings():
     config = ServeConfig.from_args({"model": "m", "port": "9000", "replicas": "auto", "auth_all_endpoints": "false",
                                     "batch_wait_timeout_s": "0.01", "model_version": "null"})

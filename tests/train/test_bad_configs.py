@@ -51,7 +51,7 @@ def test_bad_configs_fail_before_ray_starts_naming_the_field(market_dir, tmp_pat
     results = json.loads(done.stdout.strip().splitlines()[-1])
     expected = {
         "zero_workers": "num_workers: must be an integer in [1, 1024], got 0",
-        "negative_lr": "learning_rate: must be in (0, 1], got -0.1",
+        "negative_lr": "learning_rate: must be a number in (0, 1], got -0.1",
         "unknown_field": "unknown key(s) ['learning_rat'] for TrainConfig",
         "api_zero_workers": "num_workers: must be an integer in [1, 1024], got 0",
     }

@@ -143,7 +143,7 @@ def test_training_config_refuses_unknown_options():
 
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['embeding_dim'\]"):
         create_training_config(embeding_dim=32)
-    with pytest.raises(ConfigError, match="learning_rate: must be in"):
+    with pytest.raises(ConfigError, match=r"learning_rate: must be a number in \(0, 1\]"):
         create_training_config(learning_rate=-1.0)
     config = create_training_config(num_workers=2, seed=3, max_skills=20)
     assert config.train.num_workers == 2 and config.train.seed == 3 and config.data["seed"] == 3

@@ -59,7 +59,7 @@ def test_a_bad_sample_is_refused_naming_the_field():
      r"space\.learning_rate: low \(0\.01\) > high \(0\.0001\)"),
     ({"learning_rate": {"type": "loguniform", "low": 0.0, "high": 1e-2}}, r"space\.learning_rate\.low: loguniform needs low > 0"),
     ({"dropout_rate": {"type": "uniform", "low": 0.0, "high": 1.5}},
-     r"space\.dropout_rate: uniform value 1\.5 is not valid: dropout_rate: must be in \[0, 1\)"),
+     r"space\.dropout_rate: uniform value 1\.5 is not valid: dropout_rate: must be a number in \[0, 1\)"),
     ({"conv_kernel_size": {"type": "randint", "low": 1, "high": 5}},
      r"space\.conv_kernel_size: randint value 2 is not valid: conv_kernel_size: must be an odd integer"),
     ({"embedding_dim": {"type": "uniform", "low": 16, "high": 128}},
@@ -75,7 +75,7 @@ def test_invalid_space_yaml_fails_before_any_trial(tmp_path, capsys, tune_yaml, 
     out_dir = tmp_path / "out"
     assert main(["tune", "--config", str(config), "--data", str(tmp_path), "--out", str(out_dir)]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith(f"convfm tune: error: {config} [tune]: ") and "\n" not in error
+    assert re.match(rf"convfm tune: error: {re.escape(str(config))} \[space\] line \d+: ", error) and "\n" not in error
     assert re.search(message, error), error
     assert not out_dir.exists()  # refused before the experiment directory, the data or Ray
 
@@ -103,6 +103,8 @@ def test_invalid_space_never_starts_ray(tmp_path, tune_yaml):
     ("metric", "roc_auc", r"metric: must be a validation metric"),
     ("name", "my model", r"name: use letters, digits"),
     ("cpus_per_worker", 0, r"cpus_per_worker: must be a number in \(0, 256\]"),
+    ("num_samples", True, r"num_samples: must be an integer in \[1, 10000\], got True"),
+    ("reduction_factor", True, r"reduction_factor: must be a number in \(1, 100\], got True"),
 ])
 def test_tune_config_names_the_bad_field(field, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -128,3 +130,24 @@ def test_trials_run_with_tunes_cpus_per_worker_and_record_it():
                "dropout_rate": 0.1, "learning_rate": 1e-3, "weight_decay": 0.0, "sparse_embeddings": False}
     _, trial = config.search_space().configs(model, base, sampled)
     assert trial.cpus_per_worker == 0.5 and trial.batch_size == 256
+
+
+def test_tune_yaml_errors_name_the_section_line_and_key(tmp_path):
+    from convfm.commands.tune import load_tune_config
+
+    path = tmp_path / "tune.yaml"
+    tune = "tune:\n  num_samples: 2\n  max_concurrent: {}\n"
+    space = "space:\n  dropout_rate: 0.1\n  learning_rate:\n    type: loguniform\n    low: {}\n    high: 0.01\n"
+    path.write_text(tune.format("yes") + space.format(1e-4))
+    with pytest.raises(ConfigError, match=r"tune\.yaml \[tune\] line 3: max_concurrent: must be an integer in "
+                                          r"\[1, 1024\], got True"):
+        load_tune_config(str(path))
+    path.write_text(tune.format(2) + space.format(0.0))
+    with pytest.raises(ConfigError, match=r"tune\.yaml \[space\] line 8: space\.learning_rate\.low: loguniform "
+                                          r"needs low > 0"):
+        load_tune_config(str(path))
+    path.write_text(tune.format(2) + "  space: {}\n" + space.format(1e-4))
+    with pytest.raises(ConfigError, match=r"tune\.yaml \[tune\] line 4: space: give the search space once"):
+        load_tune_config(str(path))
+    path.write_text(tune.format(2) + space.format(1e-4))
+    assert load_tune_config(str(path)).search_space().params["learning_rate"].low == 1e-4
