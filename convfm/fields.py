@@ -185,10 +185,6 @@ class EncodedTable:
     def __len__(self) -> int:
         return len(self.cat)
 
-    @classmethod
-    def empty(cls, rows: int = 0) -> "EncodedTable":
-        return cls(np.zeros((rows, 0), np.int64), np.zeros((rows, 0, 0), np.int64), np.zeros((rows, 0), np.float32))
-
     def take(self, rows: np.ndarray) -> "EncodedTable":
         return EncodedTable(self.cat[rows], self.multi[rows], self.dense[rows])
 

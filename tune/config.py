@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from convfm.config import BaseConfig, ModelConfig, TrainConfig
 from convfm.errors import ConfigError
 from convfm.validate import check_bool, check_choice, check_int, check_number, check_text, require
+from train.checks import check_sparse_gradients
 from tune.space import SearchSpace
 
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
@@ -79,9 +80,7 @@ class TuneConfig(BaseConfig):
                                        "cpus_per_worker": self.cpus_per_worker},
                                       source="tune")
         sparse = space.params.get("sparse_embeddings")
-        can_be_sparse = True in (sparse.candidates() if sparse else [model.sparse_embeddings])
-        if can_be_sparse and self.use_gpu and self.workers_per_trial > 1:
-            raise ConfigError("space.sparse_embeddings: DDP cannot all-reduce sparse gradients over NCCL; "
-                              "fix sparse_embeddings: false for use_gpu with workers_per_trial > 1",
-                              field="space.sparse_embeddings")
+        check_sparse_gradients(True in (sparse.candidates() if sparse else [model.sparse_embeddings]),
+                               self.use_gpu, self.workers_per_trial, field="space.sparse_embeddings",
+                               workers_field="workers_per_trial")
         return model, train
