@@ -17,12 +17,12 @@ import tempfile
 import torch
 
 from convfm.config import DataConfig, ModelConfig, TrainConfig
-from convfm.evaluation import evaluate_split
-from convfm.model import ConvFM
-from convfm.optim import build_optimizer
-from convfm.prepare import prepare_data
-from convfm.synth import generate_market, write_market
-from convfm.training import train_epoch
+from convfm.evaluation.report import evaluate_split
+from convfm.model.network import ConvFM
+from convfm.model.optim import build_optimizer
+from convfm.data.prepare import prepare_data
+from convfm.data.synth import generate_market, write_market
+from convfm.training.epoch import train_epoch
 
 
 def main() -> None:

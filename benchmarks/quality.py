@@ -15,11 +15,11 @@ import time
 import torch
 
 from convfm.config import DataConfig, ModelConfig, TrainConfig
-from convfm.evaluation import evaluate_split
-from convfm.metrics import format_report
-from convfm.prepare import prepare_data
-from convfm.synth import generate_market, write_market
-from convfm.trainer import fit_in_process
+from convfm.evaluation.report import evaluate_split
+from convfm.evaluation.metrics import format_report
+from convfm.data.prepare import prepare_data
+from convfm.data.synth import generate_market, write_market
+from convfm.training.in_process import fit_in_process
 
 
 def main() -> None:

@@ -44,13 +44,13 @@ def free_port() -> int:
 # ------------------------------------------------------------------------------------------ model
 def build_model(workdir: Path, users: int, jobs: int, interactions: int) -> Path:
     """A default-size ConvFM trained one epoch on a synthetic market, published as workdir/models/bench."""
-    from convfm.artifacts import save_model_dir
+    from convfm.store.artifacts import save_model_dir
     from convfm.config import DataConfig, ModelConfig, TrainConfig
-    from convfm.prepare import prepare_data
-    from convfm.registry import publish
-    from convfm.serving_data import serving_extra_json
-    from convfm.synth import generate_market, write_market
-    from convfm.trainer import fit_in_process
+    from convfm.data.prepare import prepare_data
+    from convfm.store.registry import publish
+    from convfm.store.serving_data import serving_extra_json
+    from convfm.data.synth import generate_market, write_market
+    from convfm.training.in_process import fit_in_process
 
     write_market(generate_market(users=users, jobs=jobs, interactions=interactions, seed=0), workdir / "data")
     data = prepare_data(DataConfig(path=str(workdir / "data")))
@@ -233,8 +233,8 @@ def catalog_timing(model_path: str, n_jobs: int, repeats: int) -> dict[str, floa
     """Top-10 over ``n_jobs`` jobs (the fitted catalog tiled) for one user: fast path vs full forward."""
     import torch
 
-    from convfm.ranking import CatalogRanker
-    from convfm.registry import resolve
+    from convfm.model.ranking import CatalogRanker
+    from convfm.store.registry import resolve
     from serve.scorer import Scorer
 
     scorer = Scorer.load(resolve(model_path))

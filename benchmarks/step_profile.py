@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from convfm.config import DataConfig, ModelConfig
-from convfm.model import ConvFM
-from convfm.optim import CombinedOptimizer, build_optimizer
-from convfm.prepare import prepare_data
+from convfm.model.network import ConvFM
+from convfm.model.optim import CombinedOptimizer, build_optimizer
+from convfm.data.prepare import prepare_data
 from train_throughput import market_dir, unfused_adam
 
 WARMUP = 10

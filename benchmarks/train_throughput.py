@@ -45,13 +45,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from convfm.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
-from convfm.metrics import PopularityBaseline  # noqa: E402
-from convfm.model import ConvFM  # noqa: E402
-from convfm.optim import CombinedOptimizer, build_optimizer  # noqa: E402
-from convfm.prepare import PreparedData, prepare_data  # noqa: E402
-from convfm.synth import generate_market, write_market  # noqa: E402
-from convfm.trainer import epoch_seed  # noqa: E402
-from convfm.training import train_epoch  # noqa: E402
+from convfm.evaluation.metrics import PopularityBaseline  # noqa: E402
+from convfm.model.network import ConvFM  # noqa: E402
+from convfm.model.optim import CombinedOptimizer, build_optimizer  # noqa: E402
+from convfm.data.prepare import PreparedData, prepare_data  # noqa: E402
+from convfm.data.synth import generate_market, write_market  # noqa: E402
+from convfm.training.in_process import epoch_seed  # noqa: E402
+from convfm.training.epoch import train_epoch  # noqa: E402
 
 PLAIN = "plain loop, dense, Adam"
 UNFUSED = "plain loop, dense, Adam without the fused kernel (torch's CPU default)"

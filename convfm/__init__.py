@@ -1,9 +1,9 @@
 """convfm: a Convolutional Factorization Machine for job recommendation (pure PyTorch/pandas, no Ray)."""
 from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.errors import ArtifactError, ConfigError, ConvFMError, DataValidationError
-from convfm.features import JobFeatureExtractor, TableFeatureExtractor, load_extractor
-from convfm.model import ConvFM
-from convfm.recommender import ConvFMJobRecommender
+from convfm.features.jobs import JobFeatureExtractor, TableFeatureExtractor, load_extractor
+from convfm.model.network import ConvFM
+from convfm.model.recommender import ConvFMJobRecommender
 
 __version__ = "0.1.0"
 __all__ = [

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Type
 
 import numpy as np
 
-from convfm import storage
+from convfm.store import storage
 from convfm.errors import ConfigError, ConvFMError
 
 

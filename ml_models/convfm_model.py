@@ -1,5 +1,5 @@
 """Seed API: ``from ml_models.convfm_model import ConvFMJobRecommender``."""
-from convfm.model import ConvFM
-from convfm.recommender import ConvFMJobRecommender
+from convfm.model.network import ConvFM
+from convfm.model.recommender import ConvFMJobRecommender
 
 __all__ = ["ConvFM", "ConvFMJobRecommender"]

@@ -1,4 +1,4 @@
 """Seed API: ``from ml_models.training_pipeline import ConvFMTrainingPipeline, create_training_config``."""
-from convfm.pipeline import ConvFMTrainingPipeline, PipelineConfig, create_training_config
+from convfm.training.pipeline import ConvFMTrainingPipeline, PipelineConfig, create_training_config
 
 __all__ = ["ConvFMTrainingPipeline", "PipelineConfig", "create_training_config"]

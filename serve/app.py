@@ -27,8 +27,8 @@ from ray import serve
 from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 
-from convfm.registry import locate
-from convfm.storage import is_uri
+from convfm.store.registry import locate
+from convfm.store.storage import is_uri
 from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, ServeConfig
 from serve.http import build_http_app, reload_outcome, unwrap, wrap
 from serve.scorer import ModelSlot, ServiceError

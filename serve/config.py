@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Union
 
 from convfm.config import BaseConfig
 from convfm.errors import ConfigError
-from convfm.registry import VERSION_RE
+from convfm.store.registry import VERSION_RE
 from convfm.validate import check_bool, check_int, check_number, check_text, is_integer, require
 
 DEFAULT_MODEL_ENV = "CONVFM_MODEL"

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
-from convfm.registry import VERSION_PATTERN
+from convfm.store.registry import VERSION_PATTERN
 
 MAX_K = 100
 MAX_JOB_IDS = 1000

@@ -2,7 +2,7 @@
 
 ``Scorer`` is one loaded model version: ``CatalogRanker`` (fast full-catalog path), job metadata for responses,
 seen jobs per user and a popularity fallback (from the model directory's ``serving.json``; see
-``convfm.serving_data``). Its ``*_many`` methods take a list of requests and answer each in one batched pass;
+``convfm.store.serving_data``). Its ``*_many`` methods take a list of requests and answer each in one batched pass;
 a request that cannot be answered gets a ``ServiceError`` in its slot, never an exception for the batch.
 
 ``ModelSlot`` holds the serving ``Scorer`` and replaces it: a version that fails to load or validate leaves
@@ -23,15 +23,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from convfm.artifacts import LoadedModel, load_model_dir
+from convfm.store.artifacts import LoadedModel, load_model_dir
 from convfm.errors import ArtifactError
-from convfm.extractor_base import concat_rows
-from convfm.fields import EncodedTable
-from convfm.ranking import CatalogRanker
-from convfm.registry import VERSION_RE, resolve as resolve_model
-from convfm.serving_data import DISPLAY_COLUMNS, SERVING_NAME, ServingData
-from convfm.storage import is_uri
-from convfm.text import clean_value
+from convfm.features.base import concat_rows
+from convfm.features.fields import EncodedTable
+from convfm.model.ranking import CatalogRanker
+from convfm.store.registry import VERSION_RE, resolve as resolve_model
+from convfm.store.serving_data import DISPLAY_COLUMNS, SERVING_NAME, ServingData
+from convfm.store.storage import is_uri
+from convfm.features.text import clean_value
 from serve.schemas import Filters, RecommendRequest, ScoreRequest
 
 log = logging.getLogger(__name__)

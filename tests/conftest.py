@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from convfm.synth import generate_market, write_market  # noqa: E402
+from convfm.data.synth import generate_market, write_market  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -56,12 +56,12 @@ def ray_local():
 def tiny(market_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
     """A tiny job-market model (2 epochs, small dims): data, model, model_dir (an export with serving.json and
     train_config.json) and the registry entry ``registry/tiny`` holding v0001."""
-    from convfm.artifacts import save_model_dir
+    from convfm.store.artifacts import save_model_dir
     from convfm.config import DataConfig, ModelConfig, TrainConfig
-    from convfm.prepare import prepare_data
-    from convfm.registry import publish
-    from convfm.serving_data import serving_extra_json
-    from convfm.trainer import fit_in_process
+    from convfm.data.prepare import prepare_data
+    from convfm.store.registry import publish
+    from convfm.store.serving_data import serving_extra_json
+    from convfm.training.in_process import fit_in_process
 
     model_config = ModelConfig(embedding_dim=8, conv_filters=8, hidden_dims=(16, 8), dropout_rate=0.1)
     train_config = TrainConfig(num_epochs=2, batch_size=512, eval_negatives=20, use_amp=False, patience=2)
@@ -78,7 +78,7 @@ def tiny(market_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> types.Si
 
 def publish_broken(entry: Path, kind: str = "truncated") -> str:
     """Publish a copy of the latest version, then break it on disk; returns the new version name."""
-    from convfm.registry import publish, resolve
+    from convfm.store.registry import publish, resolve
 
     latest = resolve(entry)
     staging = entry.parent.parent / f"broken-{kind}"

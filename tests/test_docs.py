@@ -165,17 +165,19 @@ def test_the_checks_catch_the_drift_they_were_written_for() -> None:
     drifted = """## Layout
 - `convfm/`: the library
   - `config.py`: `ModelConfig`, `TableSpec`, `load_yaml_config()`
-  - `schema.py`: canonical columns; `EVENTS`
-  - `model.py`: `ConvFM`, `ConvFMJobRecommender`
+  - `data/`: data
+    - `schema.py`: canonical columns; `EVENTS`
+  - `model/`: the model
+    - `network.py`: `ConvFM`, `ConvFMJobRecommender`
   - `serving.py`: job metadata
 ## Model
-`ConvFM` (`convfm/model.py`, `model.ConvFM`), not `model.NoSuchPart`, `convfm.metrics.evaluation_report()`,
+`ConvFM` (`convfm/model/network.py`, `network.ConvFM`), not `network.NoSuchPart`, `convfm.evaluation.metrics.evaluation_report()`,
 `NoSuchClass(x)`, `no_such_function()` or `convfm/no_such_module.py`; `config.yaml` and `column` are no names.
 """
     assert layout(drifted)[1] == Item("convfm/config.py", ": `ModelConfig`, `TableSpec`, `load_yaml_config()`")
     assert {span for span, _ in name_errors(drifted)} == {
-        "TableSpec", "EVENTS", "ConvFMJobRecommender", "model.NoSuchPart", "convfm.metrics.evaluation_report()",
+        "TableSpec", "EVENTS", "ConvFMJobRecommender", "network.NoSuchPart", "convfm.evaluation.metrics.evaluation_report()",
         "NoSuchClass(x)", "no_such_function()", "convfm/no_such_module.py",
     }
     assert missing_paths(drifted) == ["convfm/serving.py"]
-    assert "convfm/data.py" in unlisted_modules(drifted) and "convfm/model.py" not in unlisted_modules(drifted)
+    assert "convfm/data/loading.py" in unlisted_modules(drifted) and "convfm/model/network.py" not in unlisted_modules(drifted)

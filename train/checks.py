@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from convfm.config import TrainConfig
 from convfm.errors import ConfigError
-from convfm.prepare import PreparedData
+from convfm.data.prepare import PreparedData
 
 
 def check_sparse_gradients(sparse: bool, use_gpu: bool, num_workers: int, *, field: str = "sparse_embeddings",

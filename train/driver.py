@@ -23,12 +23,12 @@ import torch
 from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from convfm import storage
+from convfm.store import storage
 from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
 from convfm.errors import ConfigError, ConvFMError
-from convfm.features import load_extractor
-from convfm.prepare import PreparedData, prepare_data
-from convfm.storage import StagedDir
+from convfm.features.jobs import load_extractor
+from convfm.data.prepare import PreparedData, prepare_data
+from convfm.store.storage import StagedDir
 from train.checks import check_sparse_gradients, check_training_data, check_unchanged
 from train.cluster import init_ray
 from train.loop import MODEL_DIR, TRAIN_STATE

@@ -9,7 +9,7 @@
   crash_at_epoch       optional fault injection: rank 1 (rank 0 when alone) exits mid-epoch, once, ...
   crash_marker         ... the first time only (the file records that the crash happened)
 
-Each epoch is ``convfm.trainer.run_epoch``, the protocol the in-process trainer follows too: every rank trains
+Each epoch is ``convfm.training.in_process.run_epoch``, the protocol the in-process trainer follows too: every rank trains
 on its shard (DDP averages gradients), rank 0 validates, its validation AUC is broadcast so every rank
 schedules and stops together. Around it this loop adds only DDP, the shards, worker diagnostics in rank 0's
 record, and one ``ray.train.report`` per rank and epoch; rank 0 attaches a checkpoint:
@@ -32,14 +32,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from convfm.artifacts import load_model_dir, save_model_dir
-from convfm.batching import ExampleSet
+from convfm.store.artifacts import load_model_dir, save_model_dir
+from convfm.data.batching import ExampleSet
 from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.errors import ArtifactError
-from convfm.fields import FeatureMap
-from convfm.model import ConvFM
-from convfm.prepare import PreparedData
-from convfm.trainer import TrainingState, batch_per_rank, run_epoch
+from convfm.features.fields import FeatureMap
+from convfm.model.network import ConvFM
+from convfm.data.prepare import PreparedData
+from convfm.training.in_process import TrainingState, batch_per_rank, run_epoch
 
 log = logging.getLogger(__name__)
 MODEL_DIR = "model"

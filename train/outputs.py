@@ -3,12 +3,12 @@
   runs/NAME/run.json      configs, Ray run name and storage, status, best epoch, stopped_early, wall time
   runs/NAME/metrics.csv   one row per epoch (resumed runs included, each epoch once)
   runs/NAME/curves.png    train/validation loss and validation AUC (popularity and oracle beside it)
-  runs/NAME/best/         the best checkpoint's model directory (loads with convfm.artifacts.load_model_dir;
+  runs/NAME/best/         the best checkpoint's model directory (loads with convfm.store.artifacts.load_model_dir;
                           serving.json included for job-market data, so ``convfm serve`` can serve it)
   runs/NAME/ray/NAME/     Ray Train's storage: checkpoints (kept best N by validation AUC, plus the latest)
 
 The run directory may be a storage URI (``s3://bucket/runs/NAME``): the files are then written to a local
-staging directory (``convfm.storage.StagedDir``) and uploaded, run.json at start and failure, everything at the
+staging directory (``convfm.store.storage.StagedDir``) and uploaded, run.json at start and failure, everything at the
 end with run.json last; Ray Train writes its checkpoints to ``URI/ray`` itself.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from convfm import storage
-from convfm.artifacts import load_model_dir, save_model_dir
+from convfm.store import storage
+from convfm.store.artifacts import load_model_dir, save_model_dir
 from convfm.jsonfile import read_json, write_json_atomic
-from convfm.prepare import PreparedData
-from convfm.serving_data import serving_extra_json
-from convfm.storage import StagedDir
+from convfm.data.prepare import PreparedData
+from convfm.store.serving_data import serving_extra_json
+from convfm.store.storage import StagedDir
 
 RUN_FILE = "run.json"
 

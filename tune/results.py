@@ -21,11 +21,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from convfm import storage
-from convfm.artifacts import load_model_dir
+from convfm.store import storage
+from convfm.store.artifacts import load_model_dir
 from convfm.errors import ArtifactError
 from convfm.jsonfile import read_json, write_json_atomic
-from convfm.storage import StagedDir
+from convfm.store.storage import StagedDir
 from convfm.validate import is_number
 from tune.space import format_params
 

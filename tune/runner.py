@@ -33,10 +33,10 @@ import tune as tune_package
 from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
 from convfm.errors import ConfigError, ConvFMError
 from convfm.jsonfile import write_json_atomic
-from convfm.prepare import PreparedData, prepare_data
-from convfm import storage
-from convfm.registry import publish
-from convfm.storage import StagedDir
+from convfm.data.prepare import PreparedData, prepare_data
+from convfm.store import storage
+from convfm.store.registry import publish
+from convfm.store.storage import StagedDir
 from train.checks import check_training_data, check_unchanged
 from train.cluster import init_ray
 from train.driver import failure_summary, loop_config

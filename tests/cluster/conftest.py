@@ -12,7 +12,7 @@ import pytest
 def parse_convfm() -> Callable[[str], argparse.Namespace]:
     """``parse_convfm("convfm train --workers 2 ...")`` -> the CLI's Namespace. Stricter than the CLI: every
     ``--flag`` must be spelled out (argparse would also accept a unique prefix such as ``--worker``)."""
-    from convfm.cli import build_parser
+    from convfm.cli.main import build_parser
 
     parser = build_parser()
 

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 import psutil
 
-from convfm.commands.serve import free_port
+from convfm.cli.serve import free_port
 
 # The GCS declares a lost node dead after 3 missed 0.5 s health checks instead of ~15 s.
 FAST_NODE_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,

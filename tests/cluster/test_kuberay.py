@@ -1,7 +1,7 @@
 """deploy/ (KubeRay): manifests parse, carry the fields KubeRay needs, agree with each other, the CLI and Serve.
 
 No Kubernetes here: field names are checked against the KubeRay v1 API (ray-operator/apis/ray/v1/*_types.go),
-entrypoints against ``convfm.cli`` (and the configs they name are validated as the CLI would, before Ray),
+entrypoints against ``convfm.cli.main`` (and the configs they name are validated as the CLI would, before Ray),
 serveConfigV2 against Ray Serve's own schema, serve/config.yaml and ``ServeConfig``.
 """
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _configs_as_the_cli_resolves_them(parse_convfm, manifest: dict[str, Any], mo
 
 def test_train_job_configs_validate_and_the_gpu_group_fits_the_workers(manifests, parse_convfm):
     manifest = manifests["rayjob-train.yaml"]
-    data, model, train, out_dir = _configs_as_the_cli_resolves_them(parse_convfm, manifest, "convfm.commands.train")
+    data, model, train, out_dir = _configs_as_the_cli_resolves_them(parse_convfm, manifest, "convfm.cli.train")
     assert train.use_gpu and data.path.startswith(SHARED) and str(out_dir).startswith(SHARED)
     gpu_groups = [g for g in cluster_spec(manifest)["workerGroupSpecs"] if _gpus(g)]
     assert sum(g["replicas"] for g in gpu_groups) >= train.num_workers  # the run starts without waiting
@@ -165,7 +165,7 @@ def test_train_job_configs_validate_and_the_gpu_group_fits_the_workers(manifests
 def test_tune_job_configs_validate_and_the_gpus_are_there_when_it_starts(manifests, parse_convfm):
     manifest = manifests["rayjob-tune.yaml"]
     data, model, train, tune, out_dir = _configs_as_the_cli_resolves_them(parse_convfm, manifest,
-                                                                          "convfm.commands.tune")
+                                                                          "convfm.cli.tune")
     assert tune.use_gpu and tune.registry.startswith(SHARED) and str(out_dir).startswith(SHARED)
     # `convfm tune` sizes concurrency from the GPUs present at start: the initial replicas must hold them
     gpus = sum(g["replicas"] * _gpus(g) for g in cluster_spec(manifest)["workerGroupSpecs"])

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from convfm.commands.serve import free_port
+from convfm.cli.serve import free_port
 from real_cluster import RealCluster, read_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from convfm.artifacts import load_model_dir, save_model_dir
-from convfm.checksums import sha256_file
+from convfm.store.artifacts import load_model_dir, save_model_dir
+from convfm.store.checksums import sha256_file
 from convfm.config import DataConfig, ModelConfig
 from convfm.errors import ArtifactError
-from convfm.model import ConvFM
-from convfm.prepare import prepare_data
-from convfm.registry import publish, resolve, versions
-from convfm.training import predict_proba
+from convfm.model.network import ConvFM
+from convfm.data.prepare import prepare_data
+from convfm.store.registry import publish, resolve, versions
+from convfm.training.epoch import predict_proba
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ import sys
 
 import pytest
 
-from convfm.cli import SUBCOMMANDS, build_parser, main
+from convfm.cli.main import SUBCOMMANDS, build_parser, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convfm.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "convfm.cli.main", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_every_subcommand_has_help(capsys):
@@ -37,8 +37,8 @@ def test_errors_are_one_line_without_traceback(tmp_path):
 def test_library_imports_no_ray():
     code = ("import importlib, pkgutil, sys, convfm\n"
             "for m in pkgutil.walk_packages(convfm.__path__, 'convfm.'):\n"
-            "    if not m.name.startswith('convfm.commands'): importlib.import_module(m.name)\n"
-            "import convfm.cli; convfm.cli.build_parser()\n"
+            "    if not m.name.startswith('convfm.cli'): importlib.import_module(m.name)\n"
+            "import convfm.cli.main; convfm.cli.main.build_parser()\n"
             "print(sorted(n for n in sys.modules if n == 'ray' or n.startswith('ray.')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -46,7 +46,7 @@ def test_library_imports_no_ray():
 
 
 def test_train_scaling_flags_reach_the_train_config(tmp_path):
-    from convfm.commands.train import resolve_configs
+    from convfm.cli.train import resolve_configs
 
     args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--workers",
                                       "4", "--cpus-per-worker", "2", "--placement", "SPREAD"])

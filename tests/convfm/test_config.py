@@ -78,7 +78,7 @@ def test_train_yaml_errors_name_file_section_line_and_key(tmp_path):
 
 
 def test_table_spec_errors_name_file_section_line_and_key(tmp_path):
-    from convfm.commands.common import load_table_spec
+    from convfm.cli.common import load_table_spec
 
     spec = tmp_path / "spec.yaml"
     spec.write_text("path: t.csv\ncategorical: [color]\nvalid_fraction: 0.7\n")

@@ -1,4 +1,4 @@
-"""convfm.data: reading, validation messages, column mapping, labels, negative sampling, splits, tables."""
+"""convfm.data.loading: reading, validation messages, column mapping, labels, negative sampling, splits, tables."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from convfm.config import DataConfig
-from convfm.data import JobMarket, build_examples, load_job_market, load_table, read_frame, split_examples
+from convfm.data.loading import JobMarket, build_examples, load_job_market, load_table, read_frame, split_examples
 from convfm.errors import ConfigError, DataValidationError
 
 BAD = Path(__file__).resolve().parents[1] / "data" / "bad"
@@ -158,7 +158,7 @@ def test_column_mapping(tmp_path: Path) -> None:
 
 def test_extra_columns_kept_and_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_market(tmp_path, jobs="job_id,title,internal_code\nj1,Nurse,X1\nj2,Cook,X2\nj3,Dev,X3\n")
-    with caplog.at_level(logging.WARNING, logger="convfm.data"):
+    with caplog.at_level(logging.WARNING, logger="convfm.data.loading"):
         market = load_job_market(DataConfig(path=str(tmp_path)))
     assert "ignoring extra column(s) ['internal_code']" in caplog.text
     assert market.jobs["internal_code"].tolist() == ["X1", "X2", "X3"]
@@ -178,7 +178,7 @@ def test_minimal_files_work(tmp_path: Path) -> None:
 
 def test_unknown_jobs_are_kept_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_market(tmp_path, interactions=INTERACTIONS + "u2,j99,apply,2024-06-01T00:00:00\n")
-    with caplog.at_level(logging.WARNING, logger="convfm.data"):
+    with caplog.at_level(logging.WARNING, logger="convfm.data.loading"):
         market = load_job_market(DataConfig(path=str(tmp_path)))
     assert "1 interaction(s) name job_id(s) absent from" in caplog.text and "j99" in caplog.text
     examples = build_examples(market, DataConfig(path=str(tmp_path)))
@@ -247,7 +247,7 @@ def test_negative_sampling_count_unseen_and_deterministic() -> None:
 
 def test_negative_sampling_gives_up_when_catalog_is_exhausted(caplog: pytest.LogCaptureFixture) -> None:
     market = make_market([("u1", "j1", "apply", 1), ("u1", "j2", "view", 2)], jobs=["j1", "j2", "j3"])
-    with caplog.at_level(logging.WARNING, logger="convfm.data"):
+    with caplog.at_level(logging.WARNING, logger="convfm.data.loading"):
         examples = build_examples(market, DataConfig(negative_ratio=5))
     assert examples[["job_id", "label"]].values.tolist() == [["j1", 1.0], ["j3", 0.0], ["j2", 0.0]]
     assert "sampled 1 of 5 negatives" in caplog.text

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from convfm.commands.demo import MARKER, claim_workdir
+from convfm.cli.demo import MARKER, claim_workdir
 from convfm.errors import ConfigError
 
 
@@ -17,7 +17,7 @@ from convfm.errors import ConfigError
 def test_tiny_demo_runs_every_stage_and_answers_http(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not the test session's
     done = subprocess.run(
-        [sys.executable, "-m", "convfm.cli", "demo", "--workdir", str(tmp_path / "demo"), "--users", "300",
+        [sys.executable, "-m", "convfm.cli.main", "demo", "--workdir", str(tmp_path / "demo"), "--users", "300",
          "--jobs", "200", "--interactions", "6000", "--epochs", "2", "--trials", "2"],
         capture_output=True, text=True, timeout=400, env=env)
     out = done.stdout
@@ -36,7 +36,7 @@ def test_tiny_demo_runs_every_stage_and_answers_http(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_demo_refuses_a_foreign_non_empty_workdir_and_leaves_it_intact(tmp_path, capsys):
-    from convfm.cli import main
+    from convfm.cli.main import main
 
     home = tmp_path / "home"
     (home / "notes").mkdir(parents=True)

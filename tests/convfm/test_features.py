@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from convfm.errors import ArtifactError, ConfigError, DataValidationError
-from convfm.features import UNKNOWN_ROW, JobFeatureExtractor, TableFeatureExtractor, load_extractor
-from convfm.fields import PAD, UNK
+from convfm.features.jobs import UNKNOWN_ROW, JobFeatureExtractor, TableFeatureExtractor, load_extractor
+from convfm.features.fields import PAD, UNK
 
 USER_FIELDS = ["user_id", "user_skills", "user_location", "user_experience"]
 JOB_FIELDS = ["job_id", "job_skills", "job_location", "company", "job_type", "job_experience", "salary", "text"]

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from convfm.batching import ExampleSet
+from convfm.data.batching import ExampleSet
 from convfm.errors import ArtifactError
-from convfm.fields import PAD, UNK, EncodedTable, FeatureMap, FieldSpec, Vocabulary
+from convfm.features.fields import PAD, UNK, EncodedTable, FeatureMap, FieldSpec, Vocabulary
 
 
 def test_vocabulary_reserves_padding_and_unknown():
@@ -74,7 +74,7 @@ def test_batches_cut_list_padding_nobody_uses_without_changing_scores():
     import torch
 
     from convfm.config import ModelConfig
-    from convfm.model import ConvFM
+    from convfm.model.network import ConvFM
 
     fmap = FeatureMap((FieldSpec("user_skills", "multi", "user", "skill", 9, max_len=6),
                        FieldSpec("job_id", "categorical", "job", "job", 4),

@@ -1,4 +1,4 @@
-"""Golden values for convfm.metrics: ranks by hand, classification against sklearn, sampler invariants."""
+"""Golden values for convfm.evaluation.metrics: ranks by hand, classification against sklearn, sampler invariants."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 from sklearn import metrics as skm
 
 from convfm.errors import ArtifactError, ConfigError, DataValidationError
-from convfm.metrics import (
+from convfm.evaluation.metrics import (
     PopularityBaseline,
     classification_metrics,
     format_report,

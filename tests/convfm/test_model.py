@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from convfm.config import ModelConfig
-from convfm.fields import FeatureMap, FieldSpec
-from convfm.model import ConvFM, DeepHead, FieldConv, FMInteraction
-from convfm.optim import build_optimizer
+from convfm.features.fields import FeatureMap, FieldSpec
+from convfm.model.network import ConvFM, DeepHead, FieldConv, FMInteraction
+from convfm.model.optim import build_optimizer
 
 B, L = 4, 5
 

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from convfm import storage
-from convfm.artifacts import load_model_dir, save_model_dir
+from convfm.store import storage
+from convfm.store.artifacts import load_model_dir, save_model_dir
 from convfm.config import DataConfig, ModelConfig
 from convfm.errors import ArtifactError, StorageError
 from convfm.jsonfile import read_json, write_json_atomic
-from convfm.model import ConvFM
-from convfm.prepare import prepare_data
-from convfm.registry import LATEST, publish, resolve, versions
-from convfm.training import predict_proba
+from convfm.model.network import ConvFM
+from convfm.data.prepare import prepare_data
+from convfm.store.registry import LATEST, publish, resolve, versions
+from convfm.training.epoch import predict_proba
 
 
 @pytest.fixture(scope="module")

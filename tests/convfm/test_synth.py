@@ -1,4 +1,4 @@
-"""convfm.synth: deterministic, realistic, learnable synthetic job markets."""
+"""convfm.data.synth: deterministic, realistic, learnable synthetic job markets."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from convfm.config import DataConfig
-from convfm.data import build_examples, load_job_market, split_examples
-from convfm.synth import CLUSTERS, SyntheticMarket, generate_market, load_truth, oracle_auc, write_market
+from convfm.data.loading import build_examples, load_job_market, split_examples
+from convfm.data.synth import CLUSTERS, SyntheticMarket, generate_market, load_truth, oracle_auc, write_market
 
 FILES = ("jobs.csv", "users.csv", "interactions.csv", "truth.csv", "meta.json")
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from convfm.config import DataConfig, ModelConfig, TrainConfig
-from convfm.evaluation import evaluate_split
-from convfm.prepare import prepare_data
-from convfm.model import ConvFM
-from convfm.trainer import EarlyStopping, TrainingState, fit_in_process
-from convfm.training import predict_proba
+from convfm.evaluation.report import evaluate_split
+from convfm.data.prepare import prepare_data
+from convfm.model.network import ConvFM
+from convfm.training.in_process import EarlyStopping, TrainingState, fit_in_process
+from convfm.training.epoch import predict_proba
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,8 @@ def test_early_stopping_counts_bad_epochs():
 
 def test_serving_payload_uses_the_prepared_jobs_table(prepared, monkeypatch):
     """prepare_data keeps the catalog's display columns, so writing serving.json does not re-read the market."""
-    import convfm.serving_data
-    from convfm.serving_data import DISPLAY_COLUMNS, serving_payload
+    import convfm.store.serving_data
+    from convfm.store.serving_data import DISPLAY_COLUMNS, serving_payload
 
     assert prepared.jobs is not None and set(prepared.jobs.columns) <= {"job_id", *DISPLAY_COLUMNS}
     assert "description" not in prepared.jobs.columns  # only what serving.json shows
@@ -83,7 +83,7 @@ def test_serving_payload_uses_the_prepared_jobs_table(prepared, monkeypatch):
     def reload(config):
         raise AssertionError("serving_payload re-read the job market")
 
-    monkeypatch.setattr(convfm.serving_data, "load_job_market", reload)
+    monkeypatch.setattr(convfm.store.serving_data, "load_job_market", reload)
     payload = serving_payload(prepared)
     assert payload["jobs"]["job_id"] == prepared.jobs["job_id"].astype(str).tolist()
     assert payload["jobs"]["title"] and all(payload["jobs"]["title"])
@@ -92,7 +92,7 @@ def test_serving_payload_uses_the_prepared_jobs_table(prepared, monkeypatch):
 def test_serving_payload_reloads_jobs_for_data_prepared_without_them(prepared):
     import dataclasses
 
-    from convfm.serving_data import serving_payload
+    from convfm.store.serving_data import serving_payload
 
     bare = dataclasses.replace(prepared, jobs=None)  # e.g. PreparedData built by hand (benchmarks)
     assert serving_payload(bare)["jobs"] == serving_payload(prepared)["jobs"]
@@ -102,7 +102,7 @@ def test_table_data_keeps_no_jobs_table(tmp_path):
     import pandas as pd
 
     from convfm.errors import ConfigError
-    from convfm.serving_data import serving_payload
+    from convfm.store.serving_data import serving_payload
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"color": rng.choice(["red", "blue"], 200), "label": rng.integers(0, 2, 200)})

@@ -1,7 +1,7 @@
 """Helpers of the reliability tests: run many ``convfm`` command lines in one fresh interpreter.
 
 A fresh process per command line costs seconds of imports (torch, Ray) each; one child process runs them all
-through ``convfm.cli.main`` (the console script's function: its return value is the exit status), with
+through ``convfm.cli.main.main`` (the console script's function: its return value is the exit status), with
 stdout/stderr captured per command. In that child ``ray.init`` raises: a command that got past validation
 fails loudly instead of starting a cluster and training.
 """
@@ -26,7 +26,7 @@ RUNNER = textwrap.dedent("""
         raise RuntimeError("GUARD: validation passed and Ray was about to start")
 
     ray.init = refuse
-    from convfm.cli import main
+    from convfm.cli.main import main
 
     cases, results = json.load(open(sys.argv[1])), {}
     for case in cases:

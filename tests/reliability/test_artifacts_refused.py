@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from convfm.artifacts import load_model_dir
-from convfm.features import load_extractor
-from convfm.registry import resolve
+from convfm.store.artifacts import load_model_dir
+from convfm.features.jobs import load_extractor
+from convfm.store.registry import resolve
 from serve.scorer import ModelSlot
 
 pytestmark = pytest.mark.timeout(240)

@@ -97,7 +97,7 @@ def train_argv(name: str, case: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, tiny, cli_runner):
-    """Every case through ``convfm.cli.main`` in one child process; each case has its own working directory."""
+    """Every case through ``convfm.cli.main.main`` in one child process; each case has its own working directory."""
     root = tmp_path_factory.mktemp("bad_inputs")
     cases = []
     for name in [*FILES, *CONFIGS, *TABLES]:
@@ -143,7 +143,7 @@ def test_corpus_is_fully_covered():
 @pytest.mark.parametrize("name", PROCESSES)
 def test_real_process_exit_status_and_stderr(tmp_path, one_line_error, name):
     """The console entry point as its own process: exit status 2, one stderr line, no traceback."""
-    done = subprocess.run([sys.executable, "-m", "convfm.cli", *train_argv(name, tmp_path)], cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-m", "convfm.cli.main", *train_argv(name, tmp_path)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     fragments = FILES[name][1] if name in FILES else CONFIGS.get(name) or TABLES[name]
     one_line_error({"code": done.returncode, "stderr": done.stderr}, "train", fragments)

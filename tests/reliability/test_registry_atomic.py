@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from convfm.artifacts import verify_model_dir
-from convfm.registry import LATEST, publish, resolve, versions
+from convfm.store.artifacts import verify_model_dir
+from convfm.store.registry import LATEST, publish, resolve, versions
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,7 +82,7 @@ def test_crash_mid_publish_keeps_latest_on_the_last_complete_version(entry, tiny
 KILLED = textwrap.dedent("""
     import os, shutil, sys, time
     from pathlib import Path
-    from convfm.registry import publish
+    from convfm.store.registry import publish
 
     def slow_copytree(src, dst, *args, **kwargs):
         os.makedirs(dst, exist_ok=True)

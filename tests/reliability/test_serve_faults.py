@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 from serve.config import ServeConfig
 from serve.http import LocalBackend, build_http_app
 from serve.scorer import ModelSlot
-from convfm.commands.serve import free_port
+from convfm.cli.serve import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 KEY = "faults-key-0123456789abcdef"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from convfm import storage
+from convfm.store import storage
 from convfm.errors import ArtifactError
 from serve.config import ServeConfig
 

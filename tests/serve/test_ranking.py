@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from convfm.batching import join_batches, table_tensors
+from convfm.data.batching import join_batches, table_tensors
 from convfm.config import ModelConfig
-from convfm.model import ConvFM
-from convfm.ranking import CatalogRanker
+from convfm.model.network import ConvFM
+from convfm.model.ranking import CatalogRanker
 
 pytestmark = pytest.mark.timeout(120)
 

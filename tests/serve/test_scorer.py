@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from convfm.artifacts import save_model_dir
-from convfm.model import ConvFM
+from convfm.store.artifacts import save_model_dir
+from convfm.model.network import ConvFM
 from serve.schemas import RecommendRequest, ScoreRequest
 from serve.scorer import ModelSlot, Scorer, ServiceError
 
@@ -114,7 +114,7 @@ def test_a_model_with_nan_weights_fails_validation(tiny, tmp_path):
     poisoned.load_state_dict(tiny.model.state_dict())
     with torch.no_grad():
         poisoned.deep.mlp[0].weight[0, 0] = float("nan")
-    from convfm.registry import publish
+    from convfm.store.registry import publish
 
     version = publish(save_model_dir(tmp_path / "nan", poisoned, tiny.data.extractor), entry.parent, "tiny").name
     slot = ModelSlot(entry / "v0001")  # a version dir: its siblings are reachable by name

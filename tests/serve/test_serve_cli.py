@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from convfm.commands.serve import free_port
+from convfm.cli.serve import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_serve_command_answers_and_stops_cleanly_on_sigterm(tiny):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not the test session's
     process = subprocess.Popen(
-        [sys.executable, "-m", "convfm.cli", "serve", "--model", str(tiny.entry), "--port", str(port),
+        [sys.executable, "-m", "convfm.cli.main", "serve", "--model", str(tiny.entry), "--port", str(port),
          "--num-cpus", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         started = []

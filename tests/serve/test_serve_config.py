@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from convfm.cli import build_parser
-from convfm.commands.recommend import format_table, request_body
-from convfm.commands.serve import serve_config
+from convfm.cli.main import build_parser
+from convfm.cli.recommend import format_table, request_body
+from convfm.cli.serve import serve_config
 from convfm.errors import ConfigError
 from serve.config import ServeConfig
 

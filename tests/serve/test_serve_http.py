@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from convfm.registry import publish, resolve
+from convfm.store.registry import publish, resolve
 from serve.config import ServeConfig
-from convfm.commands.serve import free_port
+from convfm.cli.serve import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 API_KEY = "test-key-0123456789abcdef"

@@ -15,7 +15,7 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import contextlib, io, json, sys
     import ray
-    from convfm.cli import main
+    from convfm.cli.main import main
     from convfm.errors import ConfigError
     from train.driver import run_training
 

@@ -18,7 +18,7 @@ import pytest
 
 import convfm
 import train as train_package
-from convfm.commands.serve import free_port
+from convfm.cli.serve import free_port
 from convfm.errors import ConfigError
 from train import cluster
 
@@ -89,6 +89,7 @@ def test_auto_with_a_stale_recorded_cluster_fails_fast_naming_it(monkeypatch, tm
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     (tmp_path / "ray").mkdir()
     (tmp_path / "ray" / "ray_current_cluster").write_text(stale)
+    monkeypatch.setattr("ray._private.services.find_gcs_addresses", lambda: [])  # no live Ray here either
     with pytest.raises(ConfigError, match=rf"at \S+:{port} does not answer \(recorded by an earlier"):
         cluster.check_reachable("auto", "--address")
 
@@ -96,7 +97,7 @@ def test_auto_with_a_stale_recorded_cluster_fails_fast_naming_it(monkeypatch, tm
 def test_convfm_train_with_a_dead_address_exits_2_with_one_line(market_dir, tmp_path):
     port = free_port()
     address = f"127.0.0.1:{port}"
-    command = [sys.executable, "-m", "convfm.cli", "train", "--data", str(market_dir), "--epochs", "1",
+    command = [sys.executable, "-m", "convfm.cli.main", "train", "--data", str(market_dir), "--epochs", "1",
                "--out", str(tmp_path / "run"), "--address", address]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr

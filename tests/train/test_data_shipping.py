@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from convfm.batching import ExampleSet
+from convfm.data.batching import ExampleSet
 from convfm.config import DataConfig, ModelConfig, TrainConfig
-from convfm.prepare import prepare_data
+from convfm.data.prepare import prepare_data
 
 
 def test_side_tables_are_put_once_and_shards_carry_only_rows_and_labels(ray_local, market_dir):

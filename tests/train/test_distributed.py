@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from convfm.artifacts import load_model_dir, verify_model_dir
-from convfm.cli import main
+from convfm.store.artifacts import load_model_dir, verify_model_dir
+from convfm.cli.main import main
 from convfm.config import DataConfig, TrainConfig
-from convfm.prepare import prepare_data
-from convfm.trainer import validate
+from convfm.data.prepare import prepare_data
+from convfm.training.in_process import validate
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -81,7 +81,7 @@ def test_run_directory_holds_metrics_curves_and_run_record(run_two_workers):
 
 def test_best_model_carries_serving_json_in_its_manifest(run_one_worker, market_dir):
     """train's best/ is servable as is (convfm demo --trials 0 serves it): titles, seen jobs, popularity."""
-    from convfm.serving_data import ServingData
+    from convfm.store.serving_data import ServingData
 
     best = run_one_worker.best_dir
     manifest = json.loads((best / "manifest.json").read_text())

@@ -1,4 +1,4 @@
-"""The in-process trainer and the Ray Train loop drive one epoch protocol (convfm.trainer.run_epoch), so their
+"""The in-process trainer and the Ray Train loop drive one epoch protocol (convfm.training.in_process.run_epoch), so their
 histories hold the same keys in the same order; the Ray loop adds only its worker diagnostics."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from convfm.prepare import prepare_data
-from convfm.trainer import fit_in_process
+from convfm.data.prepare import prepare_data
+from convfm.training.in_process import fit_in_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 RAY_LOOP_ONLY = ["worker_pids", "distinct_pids", "param_checksum", "param_checksum_spread", "world_size",

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from convfm.cli import main
+from convfm.cli.main import main
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from convfm.artifacts import load_model_dir, verify_model_dir
+from convfm.store.artifacts import load_model_dir, verify_model_dir
 from train.outputs import export_model
 
 pytestmark = pytest.mark.timeout(120)

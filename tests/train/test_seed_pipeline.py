@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from convfm.artifacts import load_model_dir
+from convfm.store.artifacts import load_model_dir
 from convfm.errors import ConfigError
-from convfm.synth import generate_market
+from convfm.data.synth import generate_market
 
 BASIC_TRAINING = """
 from ml_models.training_pipeline import ConvFMTrainingPipeline, create_training_config
@@ -113,7 +113,7 @@ def test_basic_training_runs_the_ray_train_pipeline(ray_local, seed_data, tmp_pa
 
 
 def test_making_recommendations(seed_data, tmp_path, capsys):
-    from convfm.recommender import ConvFMJobRecommender
+    from convfm.model.recommender import ConvFMJobRecommender
 
     (tmp_path / "models").mkdir()
     trained = ConvFMJobRecommender(num_users=200, num_jobs=10, num_skills=40, num_locations=5, num_companies=8)

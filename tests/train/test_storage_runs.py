@@ -9,8 +9,8 @@ import json
 import pandas as pd
 import pytest
 
-from convfm import storage
-from convfm.cli import main
+from convfm.store import storage
+from convfm.cli.main import main
 
 pytestmark = pytest.mark.slow
 

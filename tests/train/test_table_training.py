@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from convfm.cli import main
+from convfm.cli.main import main
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

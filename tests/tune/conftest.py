@@ -39,7 +39,7 @@ def write_config(path: Path, registry: Path, space: dict[str, Any] | None = None
 @pytest.fixture(scope="session")
 def search(ray_local, market_dir, tmp_path_factory) -> dict[str, Any]:
     """Runs `convfm tune` in this process (it joins the session's Ray); returns paths, output and files."""
-    from convfm.cli import main
+    from convfm.cli.main import main
 
     root = tmp_path_factory.mktemp("tune")
     config = write_config(root / "tune.yaml", root / "models")

@@ -14,7 +14,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from convfm.registry import resolve, versions
+from convfm.store.registry import resolve, versions
 from tune.config import TuneConfig
 from search_preview import suggest_configs
 
@@ -90,9 +90,9 @@ def test_best_trial_is_published_and_loads_in_a_fresh_process(search, market_dir
 
     code = textwrap.dedent(f"""
         import numpy as np, pandas as pd, torch
-        from convfm.artifacts import load_model_dir
-        from convfm.registry import resolve
-        from convfm.training import predict_proba
+        from convfm.store.artifacts import load_model_dir
+        from convfm.store.registry import resolve
+        from convfm.training.epoch import predict_proba
         loaded = load_model_dir(resolve({str(registry / 'tiny')!r}))
         pairs = pd.read_csv({str(market_dir / 'interactions.csv')!r}, dtype=str).head(50)[["user_id", "job_id"]]
         pairs["label"] = np.float32(0)
@@ -115,7 +115,7 @@ def test_trials_record_the_cpus_they_reserved(search):
 
 
 def test_resume(search, tmp_path, capsys):
-    from convfm.cli import main
+    from convfm.cli.main import main
 
     # a finished search is not resumed
     assert main(["tune", "--resume", str(search["out_dir"])]) == 2

@@ -69,7 +69,7 @@ def test_a_bad_sample_is_refused_naming_the_field():
     ({"learning_rate": {"type": "loguniform", "low": 1e-4, "hgh": 1e-2}}, r"space\.learning_rate: unknown key\(s\) \['hgh'\]"),
 ])
 def test_invalid_space_yaml_fails_before_any_trial(tmp_path, capsys, tune_yaml, tiny_space, space, message):
-    from convfm.cli import main
+    from convfm.cli.main import main
 
     config = tune_yaml(tmp_path / "bad.yaml", tmp_path / "models", space={**tiny_space, **space})
     out_dir = tmp_path / "out"
@@ -85,7 +85,7 @@ def test_invalid_space_never_starts_ray(tmp_path, tune_yaml):
                           space={"dropout_rate": {"type": "uniform", "low": 0.6, "high": 0.2}})
     code = textwrap.dedent(f"""
         import sys
-        from convfm.cli import main
+        from convfm.cli.main import main
         code = main(["tune", "--config", {str(config)!r}, "--out", {str(tmp_path / 'out')!r}])
         ray = sys.modules.get("ray")
         print("ray started:", bool(ray and ray.is_initialized()))
@@ -133,7 +133,7 @@ def test_trials_run_with_tunes_cpus_per_worker_and_record_it():
 
 
 def test_tune_yaml_errors_name_the_section_line_and_key(tmp_path):
-    from convfm.commands.tune import load_tune_config
+    from convfm.cli.tune import load_tune_config
 
     path = tmp_path / "tune.yaml"
     tune = "tune:\n  num_samples: 2\n  max_concurrent: {}\n"

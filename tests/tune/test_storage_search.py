@@ -10,16 +10,16 @@ import math
 import pandas as pd
 import pytest
 
-from convfm import storage
-from convfm.artifacts import load_model_dir
-from convfm.registry import resolve, versions
+from convfm.store import storage
+from convfm.store.artifacts import load_model_dir
+from convfm.store.registry import resolve, versions
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_search_to_s3_publishes_the_best_model_there(ray_local, market_dir, s3_bucket, tune_yaml, tmp_path,
                                                      monkeypatch):
-    from convfm.cli import main
+    from convfm.cli.main import main
 
     monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
     out, registry = s3_bucket("tune/tune-s3"), s3_bucket("models")

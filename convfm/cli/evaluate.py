@@ -1,0 +1,55 @@
+"""`convfm evaluate`: metrics of a saved model on a split, beside the popularity baseline (and the oracle)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from convfm.store.artifacts import load_model_dir
+from convfm.cli.common import add_data_arguments, load_table_spec
+from convfm.config import DataConfig, TrainConfig
+from convfm.errors import ArtifactError
+from convfm.evaluation.report import evaluate_split
+from convfm.jsonfile import write_json_atomic
+from convfm.evaluation.metrics import format_report
+from convfm.data.prepare import prepare_data
+from convfm.store.registry import resolve
+from convfm.store.storage import exists
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help="model directory (e.g. runs/NAME/best), "
+                        "registry entry (models/NAME: its latest) or version (models/NAME/v0002); local or a "
+                        "URI (s3://..., gs://...: downloaded to the local cache)")
+    add_data_arguments(parser)
+    parser.add_argument("--split", choices=("train", "valid", "test"), default="test", help="split (default test)")
+    parser.add_argument("--out", metavar="FILE", help="report JSON path (default MODEL/eval_SPLIT.json; for a URI "
+                        "model, in its local cached copy)")
+    parser.add_argument("--negatives", type=int, help="sampled negatives per ranked user (default: training's)")
+
+
+def saved_data_config(model_dir: Path, args: argparse.Namespace) -> DataConfig:
+    """The data config the model was trained with, with --data/--table overriding the source."""
+    if args.table:
+        return load_table_spec(args.table)
+    config = DataConfig.load_json(model_dir / "data_config.json")
+    if args.data:
+        config = DataConfig.from_dict({**config.to_dict(), "path": args.data})
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    if not exists(args.model):  # the error a mistyped --model has always given
+        raise ArtifactError(f"{args.model}: model directory not found")
+    model_dir = resolve(args.model)  # entry -> latest, version, model dir; a URI is downloaded to the cache
+    loaded = load_model_dir(model_dir)
+    train_config = TrainConfig.from_dict(loaded.extra.get("train_config", {}))
+    data = prepare_data(saved_data_config(model_dir, args), extractor=loaded.extractor)
+    report = evaluate_split(
+        loaded.model, data, args.split,
+        negatives=args.negatives or train_config.eval_negatives, k=train_config.ranking_k, seed=train_config.seed,
+    )
+    out = Path(args.out) if args.out else model_dir / f"eval_{args.split}.json"
+    write_json_atomic(out, report)
+    print(format_report(report))
+    print(f"report written to {out}")
+    return 0

@@ -1,0 +1,62 @@
+"""The ``convfm`` command: one entry point for data, training, evaluation, tuning, serving and the demo.
+
+The library stays Ray-free: subcommands that need Ray import their package (train/tune/serve) only when run.
+Errors print one line (``--debug`` shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Callable, Sequence
+
+from convfm.errors import ConvFMError
+
+# subcommand -> (module with add_arguments(parser) and run(args), help line)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("convfm.cli.data", "data utilities: 'data synth' writes a synthetic job market"),
+    "train": ("convfm.cli.train", "train ConvFM with Ray Train on local CPU workers, GPUs or a cluster"),
+    "tune": ("convfm.cli.tune", "hyperparameter search with Ray Tune (ASHA); publishes the best model"),
+    "evaluate": ("convfm.cli.evaluate", "evaluate a saved model on a data split, beside a popularity baseline"),
+    "serve": ("convfm.cli.serve", "run the recommendation service (Ray Serve) until Ctrl-C"),
+    "recommend": ("convfm.cli.recommend", "ask a running service for a user's top-k jobs"),
+    "demo": ("convfm.cli.demo", "end-to-end demo: synthesize, train, tune, serve, query"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convfm",
+        description="Train, tune and serve a Convolutional Factorization Machine for job recommendation.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_line) in SUBCOMMANDS.items():
+        command = sub.add_parser(name, help=help_line, description=help_line)
+        mod = importlib.import_module(module)
+        mod.add_arguments(command)
+        command.set_defaults(run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    run: Callable[[argparse.Namespace], int | None] = args.run
+    try:
+        return int(run(args) or 0)
+    except ConvFMError as exc:
+        if args.debug:
+            raise
+        print(f"convfm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"convfm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""`convfm serve`: run the recommendation service (Ray Serve) until Ctrl-C."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Iterator
+
+from convfm.cli.common import config_file
+from convfm.errors import ConvFMError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="PATH",
+                        help="registry entry (models/NAME, follows `latest`), a version dir or a model dir; "
+                        "local or a URI (s3://bucket/models/NAME: downloaded to the local cache)")
+    parser.add_argument("--version", dest="model_version", metavar="vNNNN", help="registry version to serve")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    parser.add_argument("--replicas", metavar="N|auto", help="ranking replicas, or 'auto' to autoscale (default 1)")
+    parser.add_argument("--api-key-env", metavar="VAR",
+                        help="environment variable holding the API key (enables /admin/*)")
+    parser.add_argument("--auth-all", action="store_true", help="require the API key on every endpoint")
+    parser.add_argument("--config", metavar="YAML", help="YAML file whose `serve:` section sets ServeConfig fields")
+    parser.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
+
+
+def serve_config(args: argparse.Namespace) -> Any:
+    from serve.config import ServeConfig
+
+    flags = {"model": args.model, "model_version": args.model_version, "host": args.host, "port": args.port,
+             "replicas": args.replicas, "api_key_env": args.api_key_env,
+             "auth_all_endpoints": True if args.auth_all else None}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if not args.config:
+        return ServeConfig.from_args(overrides, source="command line")
+    file = config_file(args.config)  # a misspelt `serv:` must not fall back to defaults silently
+    return file.build(ServeConfig, file.section("serve"), "serve", overrides=overrides,
+                      make=lambda values: ServeConfig.from_args(values, source=""))
+
+
+def wait_ready(url: str, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Poll /healthz until 200; ConvFMError with the service's reason if it reports a failed load."""
+    deadline, body = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read() or b"{}")
+            if body.get("status") == "failed":
+                raise ConvFMError(f"the model failed to load: {body.get('error')}") from None
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise ConvFMError(f"service not ready after {timeout_s:.0f}s (last health: {body})")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_service(config: Any, application: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Serve ``application`` (``serve.app.build_app(config)``) on the caller's Ray at config.host:port and yield
+    (url, health) once it is ready; on exit shut Serve and Ray down, however the block ends."""
+    import ray
+    from ray import serve
+
+    from serve.app import APP_NAME
+
+    url = f"http://{config.host}:{config.port}"
+    try:
+        serve.start(http_options={"host": config.host, "port": config.port})
+        serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
+        yield url, wait_ready(url)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def run(args: argparse.Namespace) -> int:
+    config = serve_config(args)
+    import ray
+
+    from serve.app import build_app
+
+    application = build_app(config)  # checks the model path before starting anything
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,  # never a
+             configure_logging=False)  # cluster an earlier `ray start` recorded: Serve and Ray stop with this command
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` shuts down as cleanly as Ctrl-C
+    try:
+        with running_service(config, application) as (url, health):
+            print(f"convfm serving {health.get('model')} {health.get('version')} at {url}  (API docs: {url}/docs)")
+            if config.host not in ("127.0.0.1", "localhost", "::1"):
+                print(f"warning: bound to {config.host}: reachable from other machines", flush=True)
+            print("Ctrl-C to stop", flush=True)
+            while True:
+                time.sleep(1.0)
+    except KeyboardInterrupt:  # also while starting: Serve and Ray are shut down either way
+        print("\nstopped: Serve and Ray shut down", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0

@@ -1,0 +1,1 @@
+"""Data: the schema, validated loading, the synthetic market, examples, splits and batches."""

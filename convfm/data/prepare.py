@@ -1,0 +1,90 @@
+"""From a DataConfig to fitted extractor + train/valid/test ExampleSets (the same for every trainer)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from convfm.data.batching import ExampleSet
+from convfm.config import DataConfig
+from convfm.data.loading import build_examples, load_job_market, load_table, split_examples
+from convfm.features.jobs import JobFeatureExtractor, TableFeatureExtractor
+from convfm.evaluation.metrics import PopularityBaseline
+from convfm.store.serving_data import DISPLAY_COLUMNS
+from convfm.data.synth import load_truth
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "valid", "test")
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """Fitted extractor, ExampleSets per split, and the frames that ranking evaluation needs."""
+
+    config: DataConfig
+    extractor: Any
+    sets: dict[str, ExampleSet]
+    frames: dict[str, pd.DataFrame]
+    catalog: Optional[np.ndarray]  # job ids rankable for evaluation (kind "jobs")
+    truth: Optional[pd.DataFrame]  # (user_id, job_id, p_positive) of synthetic data
+    # Set by for_split(); None means "derive from frames" (all splits present).
+    seen: Optional[pd.DataFrame] = None  # (user_id, job_id) pairs, any split, that ranking must not sample
+    popularity: Optional[PopularityBaseline] = None  # fitted on the training split
+    # The catalog's display columns (kind "jobs"; serving.json's titles), kept so exporting a model need not
+    # re-read the market. None for table data and in for_split() copies (workers never need it).
+    jobs: Optional[pd.DataFrame] = None
+
+    def summary(self) -> dict[str, int]:
+        return {name: len(s) for name, s in self.sets.items()}
+
+    def for_split(self, split: str) -> "PreparedData":
+        """Only what evaluating ``split`` needs: its examples and frame, the popularity baseline fitted on
+        train, the seen pairs of that split's users and their ground truth. This is what a Ray worker that
+        validates receives instead of the whole dataset."""
+        frame = self.frames[split]
+        seen = popularity = truth = None
+        if "user_id" in frame and "job_id" in frame:
+            users = frame["user_id"].unique()
+            seen = pd.concat(
+                [f.loc[f["user_id"].isin(users), ["user_id", "job_id"]] for f in self.frames.values()],
+                ignore_index=True,
+            ).drop_duplicates()
+            popularity = self.popularity
+            if popularity is None:
+                popularity = PopularityBaseline().fit(self.frames["train"])
+            if self.truth is not None:
+                truth = self.truth.merge(frame[["user_id", "job_id"]].drop_duplicates(), on=["user_id", "job_id"])
+        return PreparedData(self.config, self.extractor, {split: self.sets[split]}, {split: frame},
+                            catalog=self.catalog, truth=truth, seen=seen, popularity=popularity)
+
+
+def prepare_data(
+    config: DataConfig, extractor: Any = None, extractor_options: Optional[dict[str, Any]] = None
+) -> PreparedData:
+    """Load, label, split and encode. Without ``extractor`` one is fitted on the training split only;
+    with one (a saved model's), it is used as is, so evaluation encodes exactly as training did."""
+    options = dict(extractor_options or {})
+    if config.kind == "table":
+        splits = load_table(config)
+        frames = {name: getattr(splits, name) for name in SPLITS}
+        if extractor is None:
+            extractor = TableFeatureExtractor(
+                categorical=list(config.categorical), multi_valued=list(config.multi_valued),
+                numeric=list(config.numeric), separator=config.separator, **options,
+            ).fit(frames["train"])
+        sets = {name: extractor.example_set(frame) for name, frame in frames.items()}
+        return PreparedData(config, extractor, sets, frames, catalog=None, truth=None)
+
+    market = load_job_market(config)
+    splits = split_examples(build_examples(market, config), config)
+    frames = {name: getattr(splits, name) for name in SPLITS}
+    if extractor is None:
+        extractor = JobFeatureExtractor(**options).fit(market.jobs, frames["train"], market.users)
+    sets = {name: extractor.example_set(frame) for name, frame in frames.items()}
+    log.info("prepared %s", {name: len(s) for name, s in sets.items()})
+    catalog = market.jobs["job_id"].to_numpy()
+    jobs = market.jobs[[c for c in ("job_id", *DISPLAY_COLUMNS) if c in market.jobs.columns]]
+    return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path), jobs=jobs)

@@ -1,0 +1,1 @@
+"""Evaluation: classification and ranking metrics, baselines and the report of a split."""

@@ -1,0 +1,1 @@
+"""Features: the FeatureMap contract, the job and table extractors, text encoding."""

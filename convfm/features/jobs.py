@@ -1,0 +1,357 @@
+"""Feature extraction: DataFrames -> encoded side tables (``EncodedTable``) and ``ExampleSet``s.
+
+``JobFeatureExtractor`` encodes the job market (a user side and a job side). It is fitted on training data
+only and keeps encoded catalogs of the fitted users and jobs, so an example is two row indices. Row 0 of each
+catalog is the *unknown* row (id = unknown index 1, every other field padding/missing): an id that was not
+fitted maps to it, so encoding never fails on new ids. ``TableFeatureExtractor`` encodes one generic table.
+
+Both save as JSON + NPZ (see ``convfm.features.base``) and ``load_extractor`` returns the right class.
+"""
+from __future__ import annotations
+
+from itertools import chain
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from convfm.data.batching import ExampleSet
+from convfm.errors import ArtifactError, ConvFMError
+from convfm.features.base import (
+    check_table, concat_rows, encode_fields, labels_of, read_artifact, require_frame, table_arrays,
+    table_from_arrays, write_artifact,
+)
+from convfm.features.fields import PAD, UNK, EncodedTable, FeatureMap, FieldSpec, Vocabulary
+from convfm.features.table import TableFeatureExtractor
+from convfm.features.text import (
+    TFIDF_TOKEN_PATTERN, SkillMatcher, TextEncoder, category_values, column_strings, joined_text, split_lists,
+)
+from convfm.validate import check_bool, check_int
+
+__all__ = ["JobFeatureExtractor", "TableFeatureExtractor", "RowIndex", "load_extractor", "UNKNOWN_ROW"]
+
+UNKNOWN_ROW = 0
+FREE_TEXT_COLUMNS = ("title", "description")  # embedded by TF-IDF + SVD, searched for skills
+SALARY_COLUMNS = ("salary_min", "salary_max")
+USER_FIELDS = ("user_id", "user_skills", "user_location", "user_experience")
+JOB_FIELDS = ("job_id", "job_skills", "job_location", "company", "job_type", "job_experience", "salary", "text")
+# categorical field -> (source column, vocabulary); fields sharing a vocabulary share embeddings
+CATEGORICAL = {
+    "user_id": ("user_id", "user"),
+    "user_location": ("location", "location"),
+    "user_experience": ("experience_level", "experience_level"),
+    "job_id": ("job_id", "job"),
+    "job_location": ("location", "location"),
+    "company": ("company", "company"),
+    "job_type": ("job_type", "job_type"),
+    "job_experience": ("experience_level", "experience_level"),
+}
+ID_FIELDS = ("user_id", "job_id")
+
+
+class RowIndex:
+    """id -> catalog row, vectorised (pandas hash index); unknown or missing ids -> ``UNKNOWN_ROW``."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        first: dict[str, int] = {}
+        for row, key in enumerate(ids):
+            if key:
+                first.setdefault(key, row)
+        self.mapping = first
+        self._index = pd.Index(list(first), dtype=object)
+        self._rows = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        if not len(self._rows):
+            return np.full(len(ids), UNKNOWN_ROW, dtype=np.int64)
+        position = self._index.get_indexer(ids)
+        return np.where(position >= 0, self._rows[position], UNKNOWN_ROW).astype(np.int64)
+
+
+def _log_salary(df: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in df.columns:
+        return np.full(len(df), np.nan)
+    values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        logs = np.log1p(np.clip(values, 0.0, None))
+    return np.where(np.isfinite(logs), logs, np.nan)
+
+
+class JobFeatureExtractor:
+    """Users x jobs features; see the module docstring for the catalogs and their unknown row 0.
+
+    Vocabularies: ``user``, ``job`` (every fitted id, ``min_freq`` does not apply to ids), ``skill`` (user and
+    job skills), ``location`` and ``experience_level`` (shared by both sides), ``company``, ``job_type``.
+    Categories and skills are lower-cased with single spaces. A job's skills are its ``skills`` column then the
+    known skills found in title + description; unknown skills go last and the list is cut at ``max_skills``.
+    """
+
+    kind = "jobs"
+
+    def __init__(
+        self,
+        max_skills: int = 50,
+        min_freq: int = 1,
+        text_dim: int = 16,
+        max_text_features: int = 5000,
+        skills_from_text: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.max_skills, self.min_freq = check_int(max_skills, "max_skills", 1), check_int(min_freq, "min_freq", 1)
+        self.text_dim = check_int(text_dim, "text_dim", 0)
+        self.max_text_features = check_int(max_text_features, "max_text_features", 1)
+        self.seed = check_int(seed, "seed", 0)
+        self.skills_from_text = check_bool(skills_from_text, "skills_from_text")
+        self.vocabs: dict[str, Vocabulary] = {}
+        self.job_catalog: Optional[EncodedTable] = None
+        self.user_catalog: Optional[EncodedTable] = None
+        self.job_ids: list[str] = []  # aligned with job_catalog rows; job_ids[0] == "" (the unknown row)
+        self.user_ids: list[str] = []
+        self._feature_map: Optional[FeatureMap] = None
+        self._text_columns: tuple[str, ...] = ()
+        self._salary: Optional[dict[str, list[float]]] = None  # {"mean": [min, max], "std": [min, max]}
+        self._text: Optional[TextEncoder] = None
+        self._matcher: Optional[SkillMatcher] = None
+        self._job_index = self._user_index = RowIndex([])
+
+    def get_config(self) -> dict[str, Any]:
+        return {"max_skills": self.max_skills, "min_freq": self.min_freq, "text_dim": self.text_dim,
+                "max_text_features": self.max_text_features, "skills_from_text": self.skills_from_text,
+                "seed": self.seed}
+
+    @property
+    def feature_map(self) -> FeatureMap:
+        self._check_fitted()
+        return self._feature_map
+
+    def _check_fitted(self) -> None:
+        if self._feature_map is None:
+            raise ConvFMError("JobFeatureExtractor is not fitted: call fit() or load() first")
+
+    @property
+    def job_rows(self) -> dict[str, int]:
+        """job id -> job_catalog row (first occurrence); ids not in it use row ``UNKNOWN_ROW``."""
+        return self._job_index.mapping
+
+    @property
+    def user_rows(self) -> dict[str, int]:
+        """user id -> user_catalog row; ids not in it use row ``UNKNOWN_ROW``."""
+        return self._user_index.mapping
+
+    # ----------------------------------------------------------------------------------------------- fit
+    def fit(
+        self,
+        jobs_df: pd.DataFrame,
+        interactions_df: Optional[pd.DataFrame] = None,
+        users_df: Optional[pd.DataFrame] = None,
+    ) -> "JobFeatureExtractor":
+        """Fit on training data only: vocabularies, salary statistics, text model, catalogs."""
+        require_frame(jobs_df, "jobs", ["job_id"])
+        if interactions_df is not None:
+            require_frame(interactions_df, "interactions", ["user_id", "job_id"])
+        if users_df is not None:
+            require_frame(users_df, "users", ["user_id"])
+        has_job = jobs_df.columns.__contains__
+        has_user = (lambda c: False) if users_df is None else users_df.columns.__contains__
+        self._text_columns = tuple(c for c in FREE_TEXT_COLUMNS if has_job(c))
+        text_skills = self.skills_from_text and bool(self._text_columns)
+        self.vocabs = self._fit_vocabularies(jobs_df, interactions_df, users_df, text_skills)
+        self._salary = None
+        if any(has_job(c) for c in SALARY_COLUMNS):
+            logs = np.stack([_log_salary(jobs_df, c) for c in SALARY_COLUMNS], axis=1)
+            seen = np.isfinite(logs)
+            mean = [float(logs[seen[:, i], i].mean()) if seen[:, i].any() else 0.0 for i in range(2)]
+            std = [float(logs[seen[:, i], i].std()) if seen[:, i].sum() > 1 else 0.0 for i in range(2)]
+            self._salary = {"mean": mean, "std": [s if s > 0 else 1.0 for s in std]}
+        self._text = None
+        if self._text_columns and self.text_dim > 0:
+            texts = joined_text(jobs_df, self._text_columns)
+            self._text = TextEncoder.fit(texts, self.text_dim, self.max_text_features, self.seed)
+        present = {
+            "user_id": True, "user_skills": has_user("skills"), "user_location": has_user("location"),
+            "user_experience": has_user("experience_level"), "job_id": True,
+            "job_skills": has_job("skills") or text_skills, "job_location": has_job("location"),
+            "company": has_job("company"), "job_type": has_job("job_type"),
+            "job_experience": has_job("experience_level"),
+            "salary": self._salary is not None, "text": self._text is not None,
+        }
+        self._feature_map = FeatureMap(tuple(self._spec(n) for n in USER_FIELDS + JOB_FIELDS if present[n]))
+        self._matcher = SkillMatcher(self.vocabs["skill"].values) if text_skills else None
+        self._fit_catalogs(jobs_df, interactions_df, users_df)
+        return self
+
+    def _fit_vocabularies(
+        self, jobs_df: pd.DataFrame, interactions_df: Optional[pd.DataFrame], users_df: Optional[pd.DataFrame],
+        text_skills: bool,
+    ) -> dict[str, Vocabulary]:
+        users = users_df if users_df is not None else pd.DataFrame()
+        vocabs = {
+            "user": Vocabulary.build(chain(column_strings(users_df, "user_id"),
+                                           column_strings(interactions_df, "user_id"))),
+            "job": Vocabulary.build(column_strings(jobs_df, "job_id")),
+        }
+        if "skills" in jobs_df.columns or "skills" in users.columns or text_skills:
+            lists = split_lists(chain(column_strings(jobs_df, "skills"), column_strings(users_df, "skills")))
+            vocabs["skill"] = Vocabulary.build(chain.from_iterable(lists), self.min_freq)
+        values: dict[str, list[str]] = {}
+        for field in ("job_location", "company", "job_type", "job_experience", "user_location", "user_experience"):
+            column, vocab = CATEGORICAL[field]
+            frame = users if field.startswith("user_") else jobs_df
+            if column in frame.columns:
+                values.setdefault(vocab, []).extend(category_values(frame, column))
+        vocabs.update({vocab: Vocabulary.build(v, self.min_freq) for vocab, v in values.items()})
+        return vocabs
+
+    def _spec(self, name: str) -> FieldSpec:
+        side = "user" if name in USER_FIELDS else "job"
+        if name in CATEGORICAL:
+            vocab = CATEGORICAL[name][1]
+            return FieldSpec(name, "categorical", side, vocab, len(self.vocabs[vocab]))
+        if name in ("user_skills", "job_skills"):
+            return FieldSpec(name, "multi", side, "skill", len(self.vocabs["skill"]), max_len=self.max_skills)
+        if name == "salary" and self._salary is not None:
+            return FieldSpec(name, "dense", side, width=3)
+        if name == "text" and self._text is not None:
+            return FieldSpec(name, "dense", side, width=self._text.width)
+        raise ValueError(f"unknown or unavailable field {name!r}")
+
+    def _fit_catalogs(
+        self, jobs_df: pd.DataFrame, interactions_df: Optional[pd.DataFrame], users_df: Optional[pd.DataFrame]
+    ) -> None:
+        unknown = self.transform_jobs(pd.DataFrame({"job_id": [""]}))
+        self.job_catalog = concat_rows([unknown, self.transform_jobs(jobs_df)])
+        self.job_ids = [""] + column_strings(jobs_df, "job_id").tolist()
+        profiles = column_strings(users_df, "user_id").tolist()
+        known = set(profiles)
+        extra = [u for u in dict.fromkeys(column_strings(interactions_df, "user_id")) if u and u not in known]
+        tables = [self.transform_users(pd.DataFrame({"user_id": [""]}))]
+        if users_df is not None:
+            tables.append(self.transform_users(users_df))
+        tables.append(self.transform_users(pd.DataFrame({"user_id": pd.Series(extra, dtype=object)})))
+        self.user_catalog = concat_rows(tables)
+        self.user_ids = [""] + profiles + extra
+        self._index_catalogs()
+
+    def _index_catalogs(self) -> None:
+        self._job_index, self._user_index = RowIndex(self.job_ids), RowIndex(self.user_ids)
+
+    # ------------------------------------------------------------------------------------------ transform
+    def transform_jobs(self, jobs_df: pd.DataFrame) -> EncodedTable:
+        """Job-side fields of each row; unseen values -> unknown (1), missing values/columns -> padding (0)."""
+        return self._encode_side("job", jobs_df)
+
+    def transform_users(self, users_df: pd.DataFrame) -> EncodedTable:
+        """User-side fields of each row, from the row itself (the cold-start path: profile, unknown id ok)."""
+        return self._encode_side("user", users_df)
+
+    def transform_interactions(self, interactions_df: pd.DataFrame) -> EncodedTable:
+        """Full rows (user fields, then job fields) looked up from the catalogs by ``user_id``/``job_id``."""
+        users, jobs = self._catalog_rows(interactions_df, "interactions")
+        return self.user_catalog.take(users).join(self.job_catalog.take(jobs))
+
+    def example_set(self, examples_df: pd.DataFrame, label: str = "label") -> ExampleSet:
+        """Examples as catalog rows: tables [user_catalog, job_catalog], rows (N, 2), labels from ``label``."""
+        users, jobs = self._catalog_rows(examples_df, "examples")
+        labels = labels_of(examples_df, label, "examples")
+        return ExampleSet([self.user_catalog, self.job_catalog], np.stack([users, jobs], axis=1), labels)
+
+    def _catalog_rows(self, df: pd.DataFrame, what: str) -> tuple[np.ndarray, np.ndarray]:
+        require_frame(df, what, ["user_id", "job_id"])
+        self._check_fitted()
+        return (self._user_index.rows(column_strings(df, "user_id")),
+                self._job_index.rows(column_strings(df, "job_id")))
+
+    def _encode_side(self, side: str, df: pd.DataFrame) -> EncodedTable:
+        require_frame(df, f"{side}s")
+        fields = self.feature_map.of_side(side).fields
+        return encode_fields(fields, {f.name: self._encode_field(f, df) for f in fields}, len(df))
+
+    def _encode_field(self, field: FieldSpec, df: pd.DataFrame) -> np.ndarray:
+        if field.name in ID_FIELDS:  # a missing id is an unknown id, not padding
+            ids = self.vocabs[CATEGORICAL[field.name][1]].lookup(column_strings(df, field.name))
+            return np.where(ids == PAD, UNK, ids)
+        if field.kind == "categorical":
+            column, vocab = CATEGORICAL[field.name]
+            return self.vocabs[vocab].lookup(category_values(df, column))
+        if field.kind == "multi":
+            lists = split_lists(column_strings(df, "skills"))
+            if field.side == "job" and self._matcher is not None:
+                found = self._matcher.find_all(joined_text(df, self._text_columns))
+                lists = [list(dict.fromkeys(a + b)) for a, b in zip(lists, found)]
+            return self.vocabs["skill"].lookup_lists(lists, self.max_skills)
+        if field.name == "salary":
+            return self._salary_features(df)
+        return self._text.transform(joined_text(df, self._text_columns))
+
+    def _salary_features(self, df: pd.DataFrame) -> np.ndarray:
+        """(N, 3): standardised log1p(salary_min), log1p(salary_max) (missing -> 0), any-missing flag."""
+        logs = np.stack([_log_salary(df, c) for c in SALARY_COLUMNS], axis=1)
+        missing = np.isnan(logs)
+        scaled = (logs - np.array(self._salary["mean"])) / np.array(self._salary["std"])
+        scaled[missing] = 0.0
+        return np.concatenate([scaled, missing.any(axis=1, keepdims=True)], axis=1).astype(np.float32)
+
+    # ------------------------------------------------------------------------------------------- save/load
+    def save(self, path: str | Path) -> Path:
+        """Write ``extractor.json``/``.npz`` into a directory, or ``<stem>.json``/``.npz`` for a file path."""
+        meta = {
+            "kind": self.kind, "config": self.get_config(),
+            "vocabularies": {name: v.values for name, v in self.vocabs.items()},
+            "text_columns": list(self._text_columns), "salary": self._salary,
+            "text": None if self._text is None else {"width": self._text.width, "token_pattern": TFIDF_TOKEN_PATTERN},
+            "feature_map": self.feature_map.to_dict(),
+        }
+        arrays = {**table_arrays(self.job_catalog, "job_catalog"), **table_arrays(self.user_catalog, "user_catalog"),
+                  "job_ids": np.array(self.job_ids, dtype=str), "user_ids": np.array(self.user_ids, dtype=str)}
+        if self._text is not None:
+            arrays.update(self._text.arrays("text"))
+        return write_artifact(path, meta, arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "JobFeatureExtractor":
+        """Rebuild from ``save``'s files (a directory or the same file path); ArtifactError when unusable."""
+        return cls.from_artifact(*read_artifact(path, kind=cls.kind))
+
+    @classmethod
+    def from_artifact(cls, meta: dict, arrays: dict[str, np.ndarray], source: Path) -> "JobFeatureExtractor":
+        try:
+            self = cls(**meta["config"])
+            self.vocabs = {name: Vocabulary(values) for name, values in meta["vocabularies"].items()}
+            self._text_columns = tuple(meta["text_columns"])
+            salary = meta["salary"]
+            if salary is not None:
+                salary = {key: [float(salary[key][0]), float(salary[key][1])] for key in ("mean", "std")}
+            self._salary = salary
+            if meta["text"] is not None:
+                if meta["text"]["token_pattern"] != TFIDF_TOKEN_PATTERN:
+                    raise ArtifactError(f"{source}: saved with another TF-IDF token pattern")
+                self._text = TextEncoder.from_arrays(arrays, "text")
+            self._feature_map = FeatureMap.from_dict(meta["feature_map"], source=str(source))
+            if self._feature_map != FeatureMap(tuple(self._spec(f.name) for f in self._feature_map.fields)):
+                raise ArtifactError(f"{source}: feature map disagrees with the saved vocabularies/config")
+            if "job_skills" in {f.name for f in self._feature_map.fields} and self.skills_from_text \
+                    and self._text_columns:
+                self._matcher = SkillMatcher(self.vocabs["skill"].values)
+            self.job_catalog = table_from_arrays(arrays, "job_catalog")
+            self.user_catalog = table_from_arrays(arrays, "user_catalog")
+            check_table(self.job_catalog, self._feature_map.of_side("job").fields, "job_catalog")
+            check_table(self.user_catalog, self._feature_map.of_side("user").fields, "user_catalog")
+            self.job_ids, self.user_ids = arrays["job_ids"].tolist(), arrays["user_ids"].tolist()
+            if (len(self.job_ids), len(self.user_ids)) != (len(self.job_catalog), len(self.user_catalog)):
+                raise ArtifactError(f"{source}: catalog ids and rows disagree")
+        except ArtifactError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ArtifactError(f"{source}: invalid extractor ({type(exc).__name__}: {exc})") from None
+        self._index_catalogs()
+        return self
+
+
+def load_extractor(path: str | Path) -> "JobFeatureExtractor | TableFeatureExtractor":
+    """Load a saved extractor of either kind (the kind is recorded in its JSON)."""
+    meta, arrays, source = read_artifact(path)
+    classes = {JobFeatureExtractor.kind: JobFeatureExtractor, TableFeatureExtractor.kind: TableFeatureExtractor}
+    if meta.get("kind") not in classes:
+        raise ArtifactError(f"{source}: unknown extractor kind {meta.get('kind')!r}; known: {sorted(classes)}")
+    return classes[meta["kind"]].from_artifact(meta, arrays, source)

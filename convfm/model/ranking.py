@@ -1,0 +1,198 @@
+"""Fast full-catalog ranking: everything that does not depend on the user is computed once per model load.
+
+Notation as in ``convfm.model.network``: U users, N jobs, F = Fu + Fj fields (user fields first).
+
+``ConvFM.split(Fu)`` cuts the logit exactly into a user side, a job side and a cheap combination (each model
+part says how it splits: linear and FM terms per side plus <sum_u, sum_j>, conv positions that see one side,
+the first MLP layer per input block). The job sides of the whole catalog are computed here once; a request
+costs one user-side pass plus, per job, the ~kernel - 1 conv positions around the cut and the MLP from the
+conv columns on, instead of the whole network.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from convfm.data.batching import FieldBatch, join_batches, table_tensors
+from convfm.features.fields import PAD, EncodedTable, FeatureMap
+from convfm.model.network import ConvFM, Side
+
+ELEMENT_BUDGET = 1 << 22  # floats per intermediate (U, chunk, width) tensor: ~16 MB
+
+
+def _zip_map(fn: Callable[[list[torch.Tensor]], torch.Tensor], sides: list[Any]) -> Any:
+    """``fn`` over the matching tensors of several Sides (nested NamedTuples of tensors or None) -> one Side."""
+    first = sides[0]
+    if first is None:
+        return None
+    if isinstance(first, tuple):
+        return type(first)(*(_zip_map(fn, list(parts)) for parts in zip(*sides)))
+    return fn(sides)
+
+
+def _leaves(side: Any) -> Iterator[torch.Tensor]:
+    """The tensors of a Side."""
+    for part in side:
+        if isinstance(part, tuple):
+            yield from _leaves(part)
+        elif part is not None:
+            yield part
+
+
+def _map(fn: Callable[[torch.Tensor], torch.Tensor], side: Side) -> Side:
+    return _zip_map(lambda tensors: fn(tensors[0]), [side])
+
+
+def _zeros_side(feature_map: FeatureMap, rows: int, device: torch.device) -> FieldBatch:
+    """Inputs for one side with every field padding/zero: (rows, Fc), (rows, Fm, L), (rows, W)."""
+    multi = feature_map.of_kind("multi")
+    length = max((f.max_len for f in multi), default=0)
+    return FieldBatch(
+        torch.full((rows, len(feature_map.of_kind("categorical"))), PAD, dtype=torch.int64, device=device),
+        torch.full((rows, len(multi), length), PAD, dtype=torch.int64, device=device),
+        torch.zeros((rows, feature_map.dense_width), dtype=torch.float32, device=device),
+    )
+
+
+class CatalogRanker:
+    """Scores users against a whole job catalog with the job side precomputed (see the module docstring).
+
+    ``model`` must be a ConvFM in eval mode (it is switched to eval); ``extractor`` a fitted
+    JobFeatureExtractor. ``jobs`` overrides the catalog (default ``extractor.job_catalog``; row 0 is the
+    unknown job and is never recommended). A model whose parts cannot be split exactly is refused here
+    (ValueError from ``ConvFM.split``).
+    """
+
+    def __init__(self, model: ConvFM, extractor: Any, jobs: Optional[EncodedTable] = None) -> None:
+        self.model, self.extractor = model.eval(), extractor
+        fmap = model.feature_map
+        self.user_map, self.job_map = fmap.of_side("user"), fmap.of_side("job")
+        self.fu, self.fj = len(self.user_map.fields), len(self.job_map.fields)
+        if self.fu + self.fj != len(fmap.fields):
+            raise ValueError("CatalogRanker needs a feature map of user and job fields only")
+        self.device = next(model.parameters()).device
+        self.split = model.split(self.fu)
+        self.jobs = extractor.job_catalog if jobs is None else jobs
+        self.n_jobs = len(self.jobs)
+        with torch.inference_mode():
+            sides = [self._side(self.jobs.take(np.arange(a, min(a + 8192, self.n_jobs))), "job")
+                     for a in range(0, self.n_jobs, 8192)]
+            self.job_side = _zip_map(torch.cat, sides)
+        self.job_width = max(t.shape[1:].numel() for t in _leaves(self.job_side))
+
+    # ------------------------------------------------------------------------------------- side passes
+    def _side_batch(self, table: EncodedTable, side: str) -> FieldBatch:
+        """Model inputs of ``table``'s rows with the other side's fields padding."""
+        own = table_tensors(table).to(self.device)
+        other = _zeros_side(self.job_map if side == "user" else self.user_map, len(table), self.device)
+        return join_batches([own, other] if side == "user" else [other, own])
+
+    def _side(self, table: EncodedTable, side: str) -> Side:
+        """Everything of ``side`` ("user": once per request; "job": once per catalog) for ``table``'s rows."""
+        return self.split.side(*self._side_batch(table, side), left=side == "user")
+
+    def _chunk(self, users: int) -> int:
+        """Jobs per combine step: the widest per-job piece (H1, C * Pm or D floats) times U within the budget."""
+        return max(1, ELEMENT_BUDGET // max(1, users * self.job_width))
+
+    def score_all(self, users: EncodedTable, job_rows: Optional[np.ndarray] = None) -> torch.Tensor:
+        """Logits (U, N) of every user against every catalog job (or against ``job_rows``)."""
+        with torch.inference_mode():
+            u = _map(lambda t: t[:, None], self._side(users, "user"))
+            rows = None if job_rows is None else torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
+            total = self.n_jobs if rows is None else len(rows)
+            step, out = self._chunk(len(users)), []
+            for start in range(0, total, step):
+                index = slice(start, start + step) if rows is None else rows[start : start + step]
+                out.append(self.split.combine(u, _map(lambda t: t[index][None], self.job_side)))
+            return torch.cat(out, dim=1) if out else torch.zeros((len(users), 0), device=self.device)
+
+    def score_pairs(self, users: EncodedTable, user_index: np.ndarray, job_rows: np.ndarray) -> torch.Tensor:
+        """Logits (P,) of pairs (users row ``user_index[p]``, catalog row ``job_rows[p]``): one pass for all."""
+        with torch.inference_mode():
+            u = self._side(users, "user")
+            ui = torch.as_tensor(user_index, dtype=torch.int64, device=self.device)
+            ji = torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
+            return self.split.combine(_map(lambda t: t[ui], u), _map(lambda t: t[ji], self.job_side))
+
+    def top_k(
+        self,
+        user: EncodedTable,
+        k: int,
+        exclude: Iterable[int] = (),
+        candidate_mask: Optional[np.ndarray] = None,
+        scores: Optional[torch.Tensor] = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` catalog rows for one user -> (rows, logits), best first. Row 0 (unknown job), rows in
+        ``exclude`` and rows where ``candidate_mask`` (N,) is False are never returned. ``scores`` (N,)
+        reuses logits already computed by ``score_all``."""
+        logits = (self.score_all(user)[0] if scores is None else scores).clone()
+        blocked = torch.zeros(self.n_jobs, dtype=torch.bool, device=logits.device)
+        blocked[0] = True
+        excluded = np.fromiter(exclude, dtype=np.int64)
+        if len(excluded):
+            blocked[torch.as_tensor(excluded, device=logits.device)] = True
+        if candidate_mask is not None:
+            blocked |= ~torch.as_tensor(np.asarray(candidate_mask, dtype=bool), device=logits.device)
+        available = int((~blocked).sum())
+        logits[blocked] = -torch.inf
+        values, rows = torch.topk(logits, min(k, available))
+        return rows.cpu().numpy(), values.cpu().numpy()
+
+    # ---------------------------------------------------------------------------------------- reference
+    def full_scores(self, users: EncodedTable, job_rows: Optional[np.ndarray] = None, chunk: int = 8192) -> torch.Tensor:
+        """Reference: the model's own forward over every (user, job) pair -> (U, N). Slow; for tests/benchmarks."""
+        rows = np.arange(self.n_jobs) if job_rows is None else np.asarray(job_rows)
+        user_tensors = table_tensors(users).to(self.device)
+        out = torch.empty((len(users), len(rows)), device=self.device)
+        with torch.inference_mode():
+            for start in range(0, len(rows), chunk):
+                jobs = table_tensors(self.jobs.take(rows[start : start + chunk])).to(self.device)
+                for i in range(len(users)):
+                    user = FieldBatch(*(t[i : i + 1].expand(len(jobs.cat), *t.shape[1:]) for t in user_tensors))
+                    out[i, start : start + len(jobs.cat)] = self.model(*join_batches([user, jobs]))
+        return out
+
+    # ------------------------------------------------------------------------------------------ explain
+    def explain(self, user: EncodedTable, job_rows: Sequence[int], top: int = 3) -> list[dict[str, Any]]:
+        """Per job: the user x job field pairs with the largest FM interaction <e_i, e_j> and the shared values
+        (skills, location, ...) of fields that share a vocabulary. ``user`` is one row."""
+        rows = np.asarray(job_rows, dtype=np.int64)
+        if not len(rows):
+            return []
+        with torch.inference_mode():
+            e_user = self.split.group(*self._side_batch(user, "user"), left=True)[0]  # (1, Fu, D)
+            e_jobs = self.split.group(*self._side_batch(self.jobs.take(rows), "job"), left=False)[0]  # (m, Fj, D)
+            pairs = self.model.fm.pairs(e_user, e_jobs).flatten(1).cpu().numpy()  # (m, Fu*Fj)
+        names_u = [f.name for f in self.user_map.fields]
+        names_j = [f.name for f in self.job_map.fields]
+        user_values = self._values(user, 0, self.user_map)
+        out = []
+        for m, row in enumerate(rows):
+            order = np.argsort(-pairs[m])[:top]
+            chosen = [i for i in order if pairs[m, i] > 0] or list(order[:1])
+            interactions = [{"user_field": names_u[i // self.fj], "job_field": names_j[i % self.fj],
+                             "value": float(pairs[m, i])} for i in chosen]
+            job_values = self._values(self.jobs, int(row), self.job_map)
+            shared = {vocab: sorted(set(values) & set(job_values.get(vocab, ())), key=values.index)
+                      for vocab, values in user_values.items()}
+            out.append({"interactions": interactions, "matching_skills": shared.pop("skill", []),
+                        "matching": {vocab: v for vocab, v in shared.items() if v}})
+        return out
+
+    def _values(self, table: EncodedTable, row: int, side: FeatureMap) -> dict[str, list[str]]:
+        """Known (non-id) vocabulary values of one encoded row, per vocabulary."""
+        values: dict[str, list[str]] = {}
+        vocabs = self.extractor.vocabs
+        groups = (("categorical", lambda i: table.cat[row, i : i + 1]), ("multi", lambda i: table.multi[row, i]))
+        for kind, column in groups:
+            for i, field in enumerate(side.of_kind(kind)):
+                if field.vocab in ("user", "job") or field.vocab not in vocabs:
+                    continue
+                vocab, known = vocabs[field.vocab], values.setdefault(field.vocab, [])
+                for name in map(vocab.decode, column(i)):
+                    if name is not None and name not in known:
+                        known.append(name)
+        return values

@@ -1,0 +1,1 @@
+"""Storage: model directories, the registry, local paths and URIs, serving.json."""

@@ -1,0 +1,166 @@
+"""A model registry: ``ROOT/<name>/<version>/`` model directories and a ``latest`` pointer, on a local disk or
+behind a storage URI (``s3://``, ``gs://``, ``file://``; see ``convfm.store.storage``).
+
+Versions are ``v0001``, ``v0002``, ... and a version counts as published once its ``manifest.json`` is there.
+Locally, publishing copies a model directory into a temp folder beside the versions, verifies it, renames it
+into place, then replaces ``latest`` (a one-line text file) atomically. Object stores have no atomic rename:
+there every file is uploaded, ``manifest.json`` last, then ``latest`` last of all; a version without its
+manifest (an interrupted upload) is never listed or resolved, and its number is not reused.
+
+``resolve`` of a URI downloads the version into a local cache (``$CONVFM_CACHE``, default ``~/.cache/convfm``,
+under ``models/<hash of the entry URI>/<name>/<version>``), reuses a cached copy whose manifest matches the
+remote one and still verifies, and returns the local directory. Either way, a crash at any point never
+leaves ``latest`` naming a partial model.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Optional
+
+from convfm.store import storage
+from convfm.store.artifacts import MANIFEST, verify_model_dir
+from convfm.errors import ArtifactError
+
+LATEST = "latest"
+VERSION_PATTERN = r"^v(\d{4,})$"  # v0001, v0002, ...: the one definition, serve/ imports it
+VERSION_RE = re.compile(VERSION_PATTERN)
+
+
+def _version_dirs(model_root: str | Path) -> list[str]:
+    """Every ``vNNNN`` directory, complete or not, oldest first."""
+    found = [d for d in storage.list_dirs(model_root) if VERSION_RE.match(d)]
+    return sorted(found, key=lambda v: int(v[1:]))
+
+
+def versions(model_root: str | Path) -> list[str]:
+    """Published versions of one model (those with a manifest.json), oldest first."""
+    return [v for v in _version_dirs(model_root) if storage.is_file(storage.join(model_root, v, MANIFEST))]
+
+
+def publish(model_dir: str | Path, registry: str | Path, name: str) -> str | Path:
+    """Copy a verified model directory to ``registry/name/vNNNN`` and point ``latest`` at it; returns the
+    version's location (a Path, or a URI for a URI registry)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ArtifactError(f"model name {name!r}: use letters, digits, '.', '_' and '-'")
+    verify_model_dir(model_dir)
+    root = storage.join(registry, name)
+    existing = _version_dirs(root)  # partial uploads included: their number is never reused
+    version = f"v{(int(existing[-1][1:]) + 1 if existing else 1):04d}"
+    if storage.is_uri(root):
+        target = storage.join(root, version)
+        storage.upload_dir(model_dir, target, last=(MANIFEST,))
+        storage.write_text(storage.join(root, LATEST), version + "\n")
+        return target
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
+    try:
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+        verify_model_dir(staging)
+        os.replace(staging, root / version)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    storage.write_text(root / LATEST, version + "\n")  # temp file + rename
+    return root / version
+
+
+def locate(path: str | Path, version: Optional[str] = None) -> str | Path:
+    """Where the model is, without downloading: ``version`` of the entry ``path`` belongs to (``path`` is
+    the entry or one of its versions), else ``registry/name`` -> its ``latest``, else a version or model dir."""
+    if version is not None:
+        return _version_of(path, version)
+    pointer = storage.join(path, LATEST)
+    if storage.is_file(pointer):
+        latest = storage.read_text(pointer).strip()
+        target = storage.join(path, latest)
+        if not VERSION_RE.match(latest) or not storage.is_file(storage.join(target, MANIFEST)):
+            raise ArtifactError(f"{pointer}: points to version {latest!r}, which does not exist")
+        return target
+    if not storage.exists(path):
+        raise ArtifactError(f"{path}: no such model or registry entry")
+    if not storage.is_file(storage.join(path, MANIFEST)):
+        raise ArtifactError(f"{path}: neither a model directory (no manifest.json) nor a registry entry (no latest)")
+    return path
+
+
+def _version_of(path: str | Path, version: str) -> str | Path:
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        raise ArtifactError(f"version {version!r}: must look like v0001")
+    if storage.is_file(storage.join(path, LATEST)):
+        root = path
+    elif VERSION_RE.match(storage.name(path)):
+        root = storage.parent(path)
+    else:
+        raise ArtifactError(f"{path}: a single model directory, not a registry entry; it has no versions")
+    target = storage.join(root, version)
+    if not storage.is_file(storage.join(target, MANIFEST)):
+        raise ArtifactError(f"{target}: no such version; available: {versions(root)}")
+    return target
+
+
+def resolve(path: str | Path, version: Optional[str] = None) -> Path:
+    """The local model directory of ``locate(path, version)``; a URI is downloaded to the cache first."""
+    found = locate(path, version)
+    return cached_copy(str(found)) if storage.is_uri(found) else Path(found)
+
+
+def cached_copy(uri: str) -> Path:
+    """A verified local copy of the model directory at ``uri``: reused when its manifest equals the remote
+    one and its files still check, else downloaded (temp dir, verified, renamed into place)."""
+    try:
+        manifest = storage.read_text(storage.join(uri, MANIFEST))
+    except FileNotFoundError:
+        raise ArtifactError(f"{uri}: no manifest.json; not a complete model directory") from None
+    entry = storage.parent(uri)
+    target = storage.cache_dir() / "models" / storage.uri_key(str(entry)) / storage.name(entry) / storage.name(uri)
+    if _is_copy_of(target, manifest):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        storage.download_dir(uri, tmp)
+        try:
+            verify_model_dir(tmp)
+        except ArtifactError as exc:  # name the remote file, not the temp copy
+            raise ArtifactError(str(exc).replace(str(tmp), uri.partition("?")[0])) from None
+        if (tmp / MANIFEST).read_text() != manifest:
+            raise ArtifactError(f"{uri}: changed while it was downloaded; try again")
+        # Serve starts several replicas per node: another process may have put a copy in place meanwhile and
+        # be loading it, so a valid copy is never deleted, only a stale one moved aside.
+        if not _is_copy_of(target, manifest):
+            _replace_stale(tmp, target, manifest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _replace_stale(tmp: Path, target: Path, manifest: str) -> None:
+    """Put ``tmp`` at ``target``, moving a stale ``target`` aside first (renames only, never a delete in place)."""
+    stale = target.with_name(f".{target.name}.stale-{uuid.uuid4().hex}")
+    try:
+        os.replace(target, stale)
+    except FileNotFoundError:
+        pass
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process put its copy in place between the two renames
+        if not _is_copy_of(target, manifest):
+            raise
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _is_copy_of(local: Path, manifest: str) -> bool:
+    try:
+        if (local / MANIFEST).read_text() != manifest:
+            return False
+        verify_model_dir(local)
+    except (OSError, ArtifactError):
+        return False
+    return True

@@ -1,0 +1,66 @@
+"""One process's training and evaluation steps, shared by the in-process trainer and the Ray Train loop."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from convfm.data.batching import ExampleSet
+from convfm.model.optim import CombinedOptimizer
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_epoch(
+    model: nn.Module,
+    examples: ExampleSet,
+    optimizer: CombinedOptimizer,
+    batch_size: int,
+    device: torch.device,
+    epoch_seed: int,
+    use_amp: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """One pass over ``examples`` in a seeded shuffle order -> {"train_loss", "train_seconds", "samples"}."""
+    model.train()
+    loss_fn = nn.BCEWithLogitsLoss()
+    total, count, start = 0.0, 0, time.perf_counter()
+    pin = device.type == "cuda"
+    for step, (batch, labels) in enumerate(examples.batches(batch_size, shuffle=True, seed=epoch_seed, drop_last=len(examples) > batch_size)):
+        if pin:
+            batch, labels = batch.pin_memory(), labels.pin_memory()
+        batch, labels = batch.to(device, non_blocking=pin), labels.to(device, non_blocking=pin)
+        optimizer.zero_grad()
+        with _autocast(device, use_amp):
+            logits = model(*batch)  # (B,)
+        loss = loss_fn(logits.float(), labels)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(labels)
+        count += len(labels)
+        if on_batch is not None:
+            on_batch(step)
+    seconds = time.perf_counter() - start
+    return {"train_loss": total / max(count, 1), "train_seconds": seconds, "samples": float(count)}
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module, examples: ExampleSet, batch_size: int, device: torch.device, use_amp: bool = False
+) -> np.ndarray:
+    """Sigmoid scores for every example, in order -> (N,) float64."""
+    model.eval()
+    out = []
+    for batch, _ in examples.batches(batch_size):
+        with _autocast(device, use_amp):
+            logits = model(*batch.to(device))
+        out.append(torch.sigmoid(logits.float()).cpu().numpy())
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
