@@ -13,13 +13,13 @@ import logging
 import math
 from typing import Any, Callable, Iterator, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
 from convfm.data.batching import ExampleSet
 from convfm.config import ModelConfig, TrainConfig
 from convfm.evaluation.report import evaluate_split
+from convfm.jsonfile import to_plain
 from convfm.model.network import ConvFM
 from convfm.model.optim import CombinedOptimizer, LRSchedule, build_optimizer
 from convfm.data.prepare import PreparedData
@@ -67,13 +67,6 @@ def batch_per_rank(config: TrainConfig, world_size: int) -> int:
     return max(1, config.batch_size // world_size)
 
 
-def _python_number(value: Any) -> Any:
-    """numpy scalars -> Python numbers, so history loads with ``torch.load(weights_only=True)`` and JSON."""
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
-    return value
-
-
 def epoch_record(epoch: int, train_stats: dict[str, float], report: dict[str, Any]) -> dict[str, Any]:
     """Flat per-epoch metrics: train loss, val_* of the model, popularity_* (AUC, HR@k, NDCG@k) and the
     oracle AUC (synthetic data) beside it."""
@@ -87,7 +80,7 @@ def epoch_record(epoch: int, train_stats: dict[str, float], report: dict[str, An
             record[f"popularity_{key}"] = value
     if report.get("oracle_auc") is not None:
         record["oracle_roc_auc"] = report["oracle_auc"]
-    return {key: _python_number(value) for key, value in record.items()}
+    return to_plain(record)  # plain numbers: history loads with torch.load(weights_only=True) and as JSON
 
 
 def validate(model: nn.Module, data: PreparedData, config: TrainConfig, device: torch.device | str = "cpu",
@@ -143,7 +136,7 @@ class TrainingState:
             "schedule": self.schedule.state_dict(),
             "stopper": {"best": self.stopper.best, "best_epoch": self.stopper.best_epoch,
                         "bad_epochs": self.stopper.bad_epochs},
-            "history": [{k: _python_number(v) for k, v in record.items()} for record in self.history],
+            "history": [to_plain(record) for record in self.history],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
