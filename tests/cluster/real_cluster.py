@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import psutil
 
@@ -171,7 +171,3 @@ def _kill(process: psutil.Process) -> None:
         process.kill()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         pass
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())

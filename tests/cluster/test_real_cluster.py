@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 from convfm.cli.serve import free_port
-from real_cluster import RealCluster, read_json
+from convfm.jsonfile import read_json
+from real_cluster import RealCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -108,7 +109,7 @@ def spread_run(cluster: RealCluster, market: Path) -> dict[str, Any]:
 
 def test_training_job_spreads_over_both_nodes_and_resumes_after_losing_one(spread_run: dict[str, Any]) -> None:
     out = spread_run["out"]
-    run = read_json(out / "run.json")
+    run = read_json(out / "run.json", "the run record")
     assert run["status"] == "finished", run
     with open(out / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -132,7 +133,7 @@ def test_evaluate_job_reads_the_shared_run(cluster: RealCluster, spread_run: dic
     command = adapt(documented(r"^ray job submit .* convfm evaluate "), cluster.shared)
     assert command[command.index("--model") + 1] == str(best)
     cluster.run(command, timeout=JOB_TIMEOUT)
-    report = read_json(best / "eval_test.json")
+    report = read_json(best / "eval_test.json", "the evaluation report")
     assert 0.5 < report["model"]["roc_auc"] <= 1.0, report
 
 
@@ -167,7 +168,7 @@ def manifests_run(cluster: RealCluster, market: Path, tuned: Path) -> dict[str, 
 
 
 def test_rayjob_manifest_entrypoints_run(manifests_run: dict[str, Path]) -> None:
-    assert read_json(manifests_run["train"] / "run.json")["status"] == "finished"
+    assert read_json(manifests_run["train"] / "run.json", "the run record")["status"] == "finished"
     entry = manifests_run["registry"] / "convfm"
     assert (entry / "latest").read_text().strip() == "v0002"  # the docs' search published v0001
 
