@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping, Type, TypeVar
+from typing import Any, Mapping, Optional, Type, TypeVar
 
 from convfm.errors import ConfigError
 from convfm.jsonfile import read_json, to_plain, write_json_atomic
@@ -98,6 +98,8 @@ class DataConfig(BaseConfig):
     negative_events: tuple[str, ...] = ("view", "click", "dismiss")
     default_event: str = "apply"
     negative_ratio: int = 0
+    # days a job stays live after posted_at when it has no expires_at (None: until expires_at, else forever)
+    job_lifetime_days: Optional[float] = 30.0
     split: str = "time"
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -122,6 +124,8 @@ class DataConfig(BaseConfig):
         require(not overlap, "negative_events", f"{sorted(overlap)} also listed as positive")
         check_choice(self.default_event, "default_event", EVENTS)
         check_int(self.negative_ratio, "negative_ratio", 0, 100)
+        if self.job_lifetime_days is not None:
+            check_number(self.job_lifetime_days, "job_lifetime_days", 0, 3650, low_open=True)
         for name in ("valid_fraction", "test_fraction"):
             check_number(getattr(self, name), name, 0, 0.5, high_open=True)
         check_int(self.seed, "seed")

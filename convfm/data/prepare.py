@@ -10,6 +10,7 @@ import pandas as pd
 
 from convfm.data.batching import ExampleSet
 from convfm.config import DataConfig
+from convfm.data.liveness import JobWindows, job_windows
 from convfm.data.loading import build_examples, load_job_market, load_table, split_examples
 from convfm.features.jobs import JobFeatureExtractor, TableFeatureExtractor
 from convfm.evaluation.metrics import PopularityBaseline
@@ -36,6 +37,8 @@ class PreparedData:
     # The catalog's display columns (kind "jobs"; serving.json's titles), kept so exporting a model need not
     # re-read the market. None for table data and in for_split() copies (workers never need it).
     jobs: Optional[pd.DataFrame] = None
+    # Live windows of ``catalog``'s jobs, in its order (kind "jobs"); kept by for_split().
+    windows: Optional[JobWindows] = None
 
     def summary(self) -> dict[str, int]:
         return {name: len(s) for name, s in self.sets.items()}
@@ -58,7 +61,8 @@ class PreparedData:
             if self.truth is not None:
                 truth = self.truth.merge(frame[["user_id", "job_id"]].drop_duplicates(), on=["user_id", "job_id"])
         return PreparedData(self.config, self.extractor, {split: self.sets[split]}, {split: frame},
-                            catalog=self.catalog, truth=truth, seen=seen, popularity=popularity)
+                            catalog=self.catalog, truth=truth, seen=seen, popularity=popularity,
+                            windows=self.windows)
 
 
 def prepare_data(
@@ -87,4 +91,5 @@ def prepare_data(
     log.info("prepared %s", {name: len(s) for name, s in sets.items()})
     catalog = market.jobs["job_id"].to_numpy()
     jobs = market.jobs[[c for c in ("job_id", *DISPLAY_COLUMNS) if c in market.jobs.columns]]
-    return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path), jobs=jobs)
+    return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path), jobs=jobs,
+                        windows=job_windows(market.jobs, config.job_lifetime_days))
