@@ -85,7 +85,7 @@ def market(cluster: RealCluster) -> Path:
 def spread_run(cluster: RealCluster, market: Path) -> dict[str, Any]:
     """The documented training job, 2 workers with --placement SPREAD; node2's raylet is killed as soon as
     Ray Train registers the first checkpoint, and a new node joins once the job is over."""
-    command = adapt(documented(r"^ray job submit .* convfm train "), cluster.shared, workers=2, epochs=4,
+    command = adapt(documented(r"^ray job submit .* convfm train "), cluster.shared, workers=2, epochs=3,
                     placement="SPREAD")
     out = Path(command[command.index("--out") + 1])
     snapshot = out / "ray" / out.name / "checkpoint_manager_snapshot.json"
@@ -160,10 +160,14 @@ def rayjob_entrypoint(manifest: str, shared: Path, **flags: Any) -> list[str]:
 
 @pytest.fixture(scope="module")
 def manifests_run(cluster: RealCluster, market: Path, tuned: Path) -> dict[str, Path]:
+    """Both entrypoints submitted at once (the cluster's 3 CPUs hold 2 training workers and 1 trial), as two
+    RayJobs would run side by side."""
     train = rayjob_entrypoint("rayjob-train.yaml", cluster.shared, epochs=1)
-    cluster.run(train, timeout=JOB_TIMEOUT)
     tune = rayjob_entrypoint("rayjob-tune.yaml", cluster.shared, samples=1, max_concurrent=1, epochs=1)
-    cluster.run(tune, timeout=JOB_TIMEOUT)
+    jobs = {"rayjob-train.log": cluster.popen(train, "rayjob-train.log"),
+            "rayjob-tune.log": cluster.popen(tune, "rayjob-tune.log")}
+    for log_name, job in jobs.items():
+        assert job.wait(timeout=JOB_TIMEOUT) == 0, cluster.log_tail(log_name, 8000)
     return {"train": Path(train[train.index("--out") + 1]), "registry": Path(tune[tune.index("--registry") + 1])}
 
 

@@ -77,3 +77,12 @@ def cli_runner():
 def one_line_error():
     """``one_line_error(result, command, fragments) -> line`` (see ``assert_one_line_error``)."""
     return assert_one_line_error
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """schemathesis 4 on pytest 9 gives every operation's item of one fuzz test the same node id; pytest-xdist
+    keys items by node id and would run one operation only. Give each item its operation as parameters."""
+    for item in items:
+        label = getattr(item, "operation_label", None)
+        if label and item.id.params is None:
+            item._id = item.id.with_params(label)
