@@ -140,7 +140,7 @@ def _start_leaving(sorted_times: np.ndarray, fraction: float, n: int, empty: Opt
 
 
 def _micros(iso: str) -> int:
-    return int(pd.Timestamp(iso).as_unit("us").value)
+    return int(np.datetime64(iso, "us").astype(np.int64))
 
 
 def _show(key: int, calendar: bool) -> str:
