@@ -41,6 +41,8 @@ def sample_negatives(positive_keys: np.ndarray, positive_times: np.ndarray, seen
     ``windows`` (aligned with the catalog) is needed by ``live``; ``events`` = (timestamps, catalog codes) of
     the interactions, by ``popularity``. Unfillable slots are dropped and counted in one warning.
     """
+    if (method == "live" and windows is None) or (method == "popularity" and events is None):
+        raise ValueError(f"negative sampling {method!r} needs {'windows' if method == 'live' else 'events'}")
     rng = np.random.default_rng(seed)
     slot_users = np.repeat(positive_keys // n_jobs, ratio)
     slot_times = np.repeat(positive_times, ratio)
