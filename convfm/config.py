@@ -7,6 +7,7 @@ workers as plain dicts (``to_dict``) and are rebuilt with ``from_dict``, which r
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from pathlib import Path
 from typing import Any, Mapping, Optional, Type, TypeVar
 
@@ -18,6 +19,8 @@ from convfm.yamlfile import ConfigFile
 T = TypeVar("T", bound="BaseConfig")
 
 EVENTS = ("view", "click", "save", "apply", "dismiss")
+SPLITS = ("time", "global_time", "random")
+NEGATIVE_SAMPLING = ("live", "uniform", "popularity")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +101,18 @@ class DataConfig(BaseConfig):
     negative_events: tuple[str, ...] = ("view", "click", "dismiss")
     default_event: str = "apply"
     negative_ratio: int = 0
+    # how training negatives are drawn (convfm.data.negatives): jobs live at the positive's time, any catalog
+    # job, or jobs in proportion to their interactions before the positive's time
+    negative_sampling: str = "live"
     # days a job stays live after posted_at when it has no expires_at (None: until expires_at, else forever)
     job_lifetime_days: Optional[float] = 30.0
     split: str = "time"
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
+    # split "global_time": ISO dates that start the valid and test periods (default: the time quantiles that
+    # leave valid_fraction / test_fraction of the examples after them)
+    valid_start: Optional[str] = None
+    test_start: Optional[str] = None
     seed: int = 0
     # kind "table" only
     label: str = "label"
@@ -113,7 +123,15 @@ class DataConfig(BaseConfig):
 
     def __post_init__(self) -> None:
         check_choice(self.kind, "kind", ("jobs", "table"))
-        check_choice(self.split, "split", ("time", "random"))
+        check_choice(self.split, "split", SPLITS)
+        check_choice(self.negative_sampling, "negative_sampling", NEGATIVE_SAMPLING)
+        for name in ("valid_start", "test_start"):
+            object.__setattr__(self, name, _iso_date(getattr(self, name), name))
+            require(getattr(self, name) is None or self.split == "global_time", name,
+                    f"only used with split: global_time, got split {self.split!r}")
+        if self.valid_start is not None and self.test_start is not None:
+            require(self.test_start > self.valid_start, "test_start",
+                    f"must be after valid_start {self.valid_start}, got {self.test_start}")
         for name in ("positive_events", "negative_events"):
             events = tuple(getattr(self, name))
             object.__setattr__(self, name, events)
@@ -143,6 +161,26 @@ class DataConfig(BaseConfig):
             require(table in ("jobs", "users", "interactions"), f"columns.{table}",
                     f"unknown table {table!r}; allowed: jobs, users, interactions")
             require(isinstance(mapping, Mapping), f"columns.{table}", "must map canonical -> actual name")
+
+
+def _iso_date(value: Any, field: str) -> Optional[str]:
+    """An ISO date/time (string, or the date YAML reads from an unquoted one) as its canonical ISO string, so
+    configs stay JSON and compare in time order; None stays None."""
+    if value is None:
+        return None
+    when = value
+    if isinstance(value, str):
+        try:
+            when = datetime.datetime.fromisoformat(value.strip())
+        except ValueError:
+            require(False, field, f"must be an ISO date such as 2024-03-01 or 2024-03-01T12:00:00, got {value!r}")
+    require(isinstance(when, datetime.date), field, f"must be an ISO date such as 2024-03-01, got {value!r}")
+    if not isinstance(when, datetime.datetime):
+        when = datetime.datetime.combine(when, datetime.time())
+    require(when.tzinfo is None, field, f"must be a date/time without a time zone (UTC), got {value!r}")
+    require(datetime.datetime(1970, 1, 1) <= when <= datetime.datetime(2100, 1, 1), field,
+            f"must be between 1970-01-01 and 2100-01-01, got {value!r}")
+    return when.isoformat()
 
 
 def as_config(value: Any, cls: Type[T], section: str) -> T:

@@ -18,34 +18,32 @@ import pyarrow.compute as pc
 
 from convfm.config import EVENTS, DataConfig
 from convfm.errors import ConfigError, DataValidationError
+from convfm.data.liveness import job_windows
+from convfm.data.negatives import sample_negatives
 from convfm.data.readers import (  # noqa: F401  (read_frame, resolve_path: re-exported)
-    SUFFIXES, cell_error, first_true, order_key, read_frame, read_located, resolve_path, to_datetimes, to_numbers,
+    SUFFIXES, cell_error, first_true, is_calendar, order_key, read_frame, read_located, resolve_path,
+    to_datetimes, to_numbers,
 )
 from convfm.data.schema import DATETIME, ID, INTERACTIONS, JOBS, NUMBER, USERS, TableSchema
+from convfm.data.splitting import Splits, random_parts, split_examples  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 _LABELS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
-_MAX_SAMPLING_ROUNDS = 20
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class JobMarket:
-    """Validated tables with canonical columns; ``source`` maps table name -> file path (for messages)."""
+    """Validated tables with canonical columns; ``source`` maps table name -> file path (for messages).
+
+    ``calendar``: interaction timestamps are date/times (microseconds since the epoch, comparable with the
+    jobs' live windows); False for plain numbers or row order, where liveness cannot be checked."""
 
     jobs: pd.DataFrame
     users: Optional[pd.DataFrame]
     interactions: pd.DataFrame
     source: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Splits:
-    """Train/valid/test frames of examples (or table rows), each with a float32 ``label`` column."""
-
-    train: pd.DataFrame
-    valid: pd.DataFrame
-    test: pd.DataFrame
+    calendar: bool = False
 
 
 # ------------------------------------------------------------------------------------------ schema tables
@@ -55,8 +53,10 @@ def _index_in(values: pd.Series, unique: pd.Series) -> np.ndarray:
     return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, str]) -> tuple[pd.DataFrame, Path]:
-    """Read one table, rename to canonical columns, type them by kind; a table's own id must be unique."""
+def _load_schema_table(path: Path, schema: TableSchema,
+                       mapping: Mapping[str, str]) -> tuple[pd.DataFrame, Path, bool]:
+    """Read one table, rename to canonical columns, type them by kind; a table's own id must be unique.
+    The flag says whether every date/time column read holds calendar dates (``readers.is_calendar``)."""
     unknown = sorted(set(mapping) - set(schema.names))
     if unknown:
         raise ConfigError(f"columns.{schema.name}: unknown canonical column(s) {unknown}; "
@@ -69,6 +69,7 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
             raise DataValidationError(f"{path}: missing {'required ' * (name in schema.required)}column "
                                       f"{source[name]!r}{mapped}; columns in the file: {list(frame.columns)}")
     out = pd.DataFrame(index=frame.index)
+    calendar = True
     for column in (c for c in schema.columns if source[c.name] in frame.columns):
         name, actual, values = column.name, source[column.name], frame[source[column.name]]
         if column.kind == ID and values.isna().any():
@@ -79,6 +80,7 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
             out[name] = to_numbers(values, path, actual)
         elif column.kind == DATETIME:
             out[name] = (order_key if schema is INTERACTIONS else to_datetimes)(values, path, actual)
+            calendar = calendar and (schema is not INTERACTIONS or is_calendar(values))
         else:
             out[name] = values.astype("str").fillna("")
     if schema is not INTERACTIONS:
@@ -88,7 +90,20 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
         logger.warning("%s: ignoring extra column(s) %s (known %s columns: %s)",
                        path, extras, schema.name, list(schema.names))
         out = pd.concat([out, frame[[c for c in extras if c not in out.columns]]], axis=1)
-    return out, path
+    if schema is JOBS:
+        _check_expiry(out, path, source)
+    return out, path, calendar and any(source[c] in frame.columns for c in schema.of_kind(DATETIME))
+
+
+def _check_expiry(jobs: pd.DataFrame, path: Path, source: Mapping[str, str]) -> None:
+    """A job must expire after it is posted: its live window ``[posted_at, expires_at)`` is otherwise empty."""
+    if "expires_at" not in jobs or "posted_at" not in jobs:
+        return
+    bad = (jobs["expires_at"] <= jobs["posted_at"]).to_numpy()  # NaT compares False
+    if bad.any():
+        i = first_true(bad)
+        raise cell_error(path, source["expires_at"], i, f"expires_at {jobs['expires_at'].iloc[i]} is not after "
+                                                        f"{source['posted_at']} {jobs['posted_at'].iloc[i]}")
 
 
 def _check_unique(ids: pd.Series, path: Path, column: str) -> None:
@@ -104,7 +119,8 @@ def _check_unique(ids: pd.Series, path: Path, column: str) -> None:
 def load_job_market(config: DataConfig) -> JobMarket:
     """Read and validate ``config.path``/{jobs, users (optional), interactions} with ``config.columns`` applied.
 
-    No event column: every row is ``config.default_event``; no timestamp column: row order is time order.
+    No event column: every row is ``config.default_event``; no timestamp column: row order is time order (and
+    the market has no calendar).
     Interactions naming jobs (or users) absent from their table are kept, with a warning.
     """
     root = Path(config.path)
@@ -112,14 +128,16 @@ def load_job_market(config: DataConfig) -> JobMarket:
         raise DataValidationError(f"{root}: data directory not found")
     tables: dict[str, pd.DataFrame] = {}
     source: dict[str, str] = {}
+    calendar = False
     files = ((JOBS, config.jobs_file), (USERS, config.users_file), (INTERACTIONS, config.interactions_file))
     for schema, name in files:
         candidates = [root / name, *(root / f"{name}{suffix}" for suffix in SUFFIXES)]
         if schema is USERS and not any(p.is_file() for p in candidates):
             logger.info("%s: no users file; users are known only by their interactions", root / name)
             continue
-        frame, path = _load_schema_table(root / name, schema, config.columns.get(schema.name, {}))
+        frame, path, dated = _load_schema_table(root / name, schema, config.columns.get(schema.name, {}))
         tables[schema.name], source[schema.name] = frame, str(path)
+        calendar = dated if schema is INTERACTIONS else calendar
     interactions = tables["interactions"]
     _set_events(interactions, source["interactions"], config)
     if "timestamp" not in interactions.columns:
@@ -130,7 +148,8 @@ def load_job_market(config: DataConfig) -> JobMarket:
             logger.warning("%s: %d interaction(s) name %s(s) absent from %s (e.g. %s); their features will be "
                            "unknown", source["interactions"], int(unknown.sum()), key, source[name],
                            pd.unique(interactions[key][unknown])[:3].tolist())
-    return JobMarket(jobs=tables["jobs"], users=tables.get("users"), interactions=interactions, source=source)
+    return JobMarket(jobs=tables["jobs"], users=tables.get("users"), interactions=interactions, source=source,
+                     calendar=calendar)
 
 
 def _set_events(interactions: pd.DataFrame, path: str, config: DataConfig) -> None:
@@ -155,7 +174,9 @@ def build_examples(market: JobMarket, config: DataConfig, rng_seed: Optional[int
     A pair is positive if it has any positive event, else negative if it has any negative event; other events
     are dropped. The timestamp is that of the pair's latest event of the deciding kind. With
     ``negative_ratio`` > 0, each positive adds that many catalog jobs the user never interacted with, as
-    negatives at the positive's timestamp (seeded by ``rng_seed``, default ``config.seed``).
+    negatives at the positive's timestamp, drawn by ``config.negative_sampling`` (``convfm.data.negatives``;
+    seeded by ``rng_seed``, default ``config.seed``). ``live`` needs a calendar: without one it samples
+    uniformly, with a warning.
     """
     inter = market.interactions
     user_codes, user_names = pd.factorize(inter["user_id"])
@@ -179,8 +200,17 @@ def build_examples(market: JobMarket, config: DataConfig, rng_seed: Optional[int
 
     if config.negative_ratio > 0 and labels.any():
         seed = config.seed if rng_seed is None else rng_seed
-        extra_keys, extra_times = _sample_negatives(pair_keys[labels == 1], times[labels == 1], np.sort(keys),
-                                                    len(catalog), n_jobs, config.negative_ratio, seed)
+        method, windows = config.negative_sampling, None
+        if method == "live" and not market.calendar:
+            logger.warning("negative_sampling 'live' needs date/time interaction timestamps (these are numbers "
+                           "or row order, so job liveness is unknown): sampling negatives uniformly")
+            method = "uniform"
+        if method == "live":
+            windows = job_windows(market.jobs, config.job_lifetime_days)
+        events = (inter["timestamp"].to_numpy(np.int64), np.where(job_codes < len(catalog), job_codes, -1))
+        extra_keys, extra_times = sample_negatives(
+            pair_keys[labels == 1], times[labels == 1], np.sort(keys), len(catalog), n_jobs, config.negative_ratio,
+            seed, method=method, windows=windows, events=events)
         pair_keys = np.concatenate([pair_keys, extra_keys])
         times = np.concatenate([times, extra_times])
         labels = np.concatenate([labels, np.zeros(len(extra_keys), np.float32)])
@@ -195,90 +225,6 @@ def build_examples(market: JobMarket, config: DataConfig, rng_seed: Optional[int
     })
 
 
-def _sample_negatives(positive_keys: np.ndarray, positive_times: np.ndarray, seen_keys: np.ndarray,
-                      n_catalog: int, n_jobs: np.int64, ratio: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``ratio`` unseen catalog jobs per positive, unique per user; slots still unfilled after a few rounds of
-    rejection sampling (users who saw almost the whole catalog) are dropped with a warning."""
-    rng = np.random.default_rng(seed)
-    slot_users = np.repeat(positive_keys // n_jobs, ratio)
-    slot_times = np.repeat(positive_times, ratio)
-    slot_jobs = np.full(len(slot_users), -1, dtype=np.int64)
-    accepted = np.zeros(0, dtype=np.int64)  # sorted keys sampled so far; seen_keys is sorted too
-    for _ in range(_MAX_SAMPLING_ROUNDS):
-        todo = np.flatnonzero(slot_jobs < 0)
-        if not len(todo):
-            break
-        candidates = rng.integers(0, n_catalog, size=len(todo))
-        cand_keys = slot_users[todo] * n_jobs + candidates
-        ok = ~(_in_sorted(cand_keys, seen_keys) | _in_sorted(cand_keys, accepted))
-        first = np.zeros(len(todo), dtype=bool)
-        first[np.unique(cand_keys, return_index=True)[1]] = True  # one draw per new pair this round
-        ok &= first
-        slot_jobs[todo[ok]] = candidates[ok]
-        new = np.sort(cand_keys[ok])
-        accepted = np.insert(accepted, np.searchsorted(accepted, new), new)  # O(n), no re-sort
-    filled = slot_jobs >= 0
-    if not filled.all():
-        logger.warning("sampled %d of %d negatives: some users have seen almost every job",
-                       int(filled.sum()), len(filled))
-    return slot_users[filled] * n_jobs + slot_jobs[filled], slot_times[filled]
-
-
-def _in_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    if not len(sorted_keys):
-        return np.zeros(len(values), dtype=bool)
-    where = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
-    return sorted_keys[where] == values
-
-
-def _split_counts(sizes: np.ndarray, fraction: float, room: np.ndarray) -> np.ndarray:
-    if fraction <= 0:
-        return np.zeros_like(sizes)
-    counts = np.maximum(1, np.floor(sizes * fraction + 0.5).astype(np.int64))
-    return np.minimum(counts, room)
-
-
-def _random_parts(n: int, valid_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
-    """0 train / 1 valid / 2 test per row, seeded; exact counts round(n * fraction)."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_test, n_valid = int(round(n * test_fraction)), int(round(n * valid_fraction))
-    parts = np.zeros(n, dtype=np.int8)
-    parts[perm[:n_test]] = 2
-    parts[perm[n_test:n_test + n_valid]] = 1
-    return parts
-
-
-def split_examples(examples: pd.DataFrame, config: DataConfig) -> Splits:
-    """Split examples by ``config.split``; no (user, job) pair lands in two splits.
-
-    "time": per user in timestamp order, the last ``test_fraction`` of the rows go to test and the
-    ``valid_fraction`` before them to valid (at least one row each, at least one left in train); users with
-    fewer than 3 rows stay in train. "random": a seeded split of the pairs.
-    """
-    user_codes, _ = pd.factorize(examples["user_id"])
-    job_codes, job_names = pd.factorize(examples["job_id"])
-    keys = user_codes.astype(np.int64) * max(len(job_names), 1) + job_codes
-    duplicated = pd.Series(keys).duplicated(keep="last").to_numpy()
-    if duplicated.any():  # only hand-made examples can repeat a pair; keep the last row of each
-        logger.warning("split_examples: dropping %d repeated (user_id, job_id) row(s)", int(duplicated.sum()))
-        examples, user_codes = examples[~duplicated], user_codes[~duplicated]
-    n = len(examples)
-    if config.split == "random":
-        parts = _random_parts(n, config.valid_fraction, config.test_fraction, config.seed)
-    else:
-        times = examples["timestamp"].to_numpy(np.int64)
-        order = np.lexsort((np.arange(n), times, user_codes))
-        sizes = np.bincount(user_codes, minlength=1) if n else np.zeros(0, np.int64)
-        starts = np.cumsum(sizes) - sizes
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n) - starts[user_codes[order]]
-        n_test = np.where(sizes >= 3, _split_counts(sizes, config.test_fraction, sizes - 1), 0)
-        n_valid = np.where(sizes >= 3, _split_counts(sizes, config.valid_fraction, sizes - 1 - n_test), 0)
-        size, test, valid = sizes[user_codes], n_test[user_codes], n_valid[user_codes]
-        parts = np.where(rank >= size - test, 2, np.where(rank >= size - test - valid, 1, 0))
-    return Splits(*(examples[parts == k].reset_index(drop=True) for k in range(3)))
-
-
 # ------------------------------------------------------------------------------------------ generic tables
 def load_table(config: DataConfig) -> Splits:
     """Load a labelled table: ``config.path`` is one file (split at random with the fractions) or a directory
@@ -287,7 +233,7 @@ def load_table(config: DataConfig) -> Splits:
     if path.is_dir():
         return Splits(*(_read_labelled(path / name, config) for name in ("train", "valid", "test")))
     frame = _read_labelled(path, config)
-    parts = _random_parts(len(frame), config.valid_fraction, config.test_fraction, config.seed)
+    parts = random_parts(len(frame), config.valid_fraction, config.test_fraction, config.seed)
     return Splits(*(frame[parts == k].reset_index(drop=True) for k in range(3)))
 
 

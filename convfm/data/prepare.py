@@ -37,8 +37,12 @@ class PreparedData:
     # The catalog's display columns (kind "jobs"; serving.json's titles), kept so exporting a model need not
     # re-read the market. None for table data and in for_split() copies (workers never need it).
     jobs: Optional[pd.DataFrame] = None
-    # Live windows of ``catalog``'s jobs, in its order (kind "jobs"); kept by for_split().
+    # Live windows of ``catalog``'s jobs, in its order (kind "jobs"); kept by for_split(). None when the
+    # interaction timestamps are plain numbers or row order: there is no calendar to check liveness against.
     windows: Optional[JobWindows] = None
+    # Split "global_time": where valid and test start (T1, T2), int64 order keys (microseconds since the epoch
+    # with a calendar); kept by for_split().
+    split_starts: Optional[tuple[int, int]] = None
 
     def summary(self) -> dict[str, int]:
         return {name: len(s) for name, s in self.sets.items()}
@@ -62,7 +66,7 @@ class PreparedData:
                 truth = self.truth.merge(frame[["user_id", "job_id"]].drop_duplicates(), on=["user_id", "job_id"])
         return PreparedData(self.config, self.extractor, {split: self.sets[split]}, {split: frame},
                             catalog=self.catalog, truth=truth, seen=seen, popularity=popularity,
-                            windows=self.windows)
+                            windows=self.windows, split_starts=self.split_starts)
 
 
 def prepare_data(
@@ -83,7 +87,7 @@ def prepare_data(
         return PreparedData(config, extractor, sets, frames, catalog=None, truth=None)
 
     market = load_job_market(config)
-    splits = split_examples(build_examples(market, config), config)
+    splits = split_examples(build_examples(market, config), config, calendar=market.calendar)
     frames = {name: getattr(splits, name) for name in SPLITS}
     if extractor is None:
         extractor = JobFeatureExtractor(**options).fit(market.jobs, frames["train"], market.users)
@@ -91,5 +95,9 @@ def prepare_data(
     log.info("prepared %s", {name: len(s) for name, s in sets.items()})
     catalog = market.jobs["job_id"].to_numpy()
     jobs = market.jobs[[c for c in ("job_id", *DISPLAY_COLUMNS) if c in market.jobs.columns]]
+    windows = job_windows(market.jobs, config.job_lifetime_days) if market.calendar else None
+    if windows is None:
+        log.info("%s: interaction timestamps are numbers or row order, not date/times: job liveness is not "
+                 "checked (windows=None)", market.source.get("interactions", config.path))
     return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path), jobs=jobs,
-                        windows=job_windows(market.jobs, config.job_lifetime_days))
+                        windows=windows, split_starts=splits.starts)

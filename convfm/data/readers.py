@@ -156,9 +156,27 @@ def _looks_numeric(series: pd.Series) -> bool:
     return len(head) > 0 and pd.to_numeric(head, errors="coerce").notna().mean() >= 0.5
 
 
+# Dates outside this range are typos (year 0001, 9999) or epoch numbers in the wrong unit (milliseconds).
+FIRST_DATE, LAST_DATE = pd.Timestamp("1970-01-01"), pd.Timestamp("2100-01-01")
+_EPOCH_RANGE = (0.0, float((LAST_DATE - FIRST_DATE).total_seconds()))
+
+
+def is_calendar(series: pd.Series) -> bool:
+    """Whether ``order_key`` reads ``series`` as date/times (microseconds since the epoch) rather than as plain
+    order numbers: a datetime column, or text that is not mostly numbers."""
+    return series.dtype.kind in "mM" or (series.dtype.kind not in "iu" and not _looks_numeric(series))
+
+
 def to_datetimes(series: pd.Series, path: Path, column: str) -> pd.Series:
+    """Numbers as epoch seconds, else date/time text; unparseable or out-of-range values name their row."""
     if series.dtype.kind not in "mM" and _looks_numeric(series):  # epoch seconds
-        return pd.to_datetime(to_numbers(series, path, column), unit="s")
+        seconds = to_numbers(series, path, column)
+        outside = (seconds < _EPOCH_RANGE[0]) | (seconds > _EPOCH_RANGE[1])
+        if outside.any():
+            i = first_true(outside)
+            raise cell_error(path, column, i, f"{series.iloc[i]!r} is out of range: epoch seconds must be in "
+                                              f"[0, {_EPOCH_RANGE[1]:.0f}] ({_date_range()})")
+        return pd.to_datetime(seconds, unit="s")
     with warnings.catch_warnings():  # "could not infer format": fine, rows are then parsed one by one
         warnings.simplefilter("ignore", UserWarning)
         parsed = pd.to_datetime(series, errors="coerce", utc=True)
@@ -168,17 +186,32 @@ def to_datetimes(series: pd.Series, path: Path, column: str) -> pd.Series:
     if bad.any():
         i = first_true(bad)
         raise cell_error(path, column, i, f"cannot parse {series.iloc[i]!r} as a date/time")
-    return parsed.dt.tz_convert(None)
+    parsed = parsed.dt.tz_convert(None)
+    outside = (parsed < FIRST_DATE) | (parsed > LAST_DATE)
+    if outside.any():
+        i = first_true(outside)
+        raise cell_error(path, column, i, f"{series.iloc[i]!r} is out of range ({_date_range()})")
+    return parsed
+
+
+def _date_range() -> str:
+    return f"dates must be between {FIRST_DATE.date()} and {LAST_DATE.date()}"
 
 
 def order_key(series: pd.Series, path: Path, column: str) -> np.ndarray:
-    """int64 order key: whole numbers as given, fractional numbers x 1e6, dates as microseconds since epoch."""
+    """int64 order key: whole numbers as given, fractional numbers x 1e6, dates (``is_calendar``) as
+    microseconds since the epoch."""
     if series.isna().any():
         raise cell_error(path, column, first_true(series.isna()), "empty timestamp")
     if series.dtype.kind in "iu":
         return series.to_numpy(np.int64)
-    if series.dtype.kind not in "mM" and _looks_numeric(series):
+    if not is_calendar(series):
         values = to_numbers(series, path, column).to_numpy()
         whole = np.all(values == np.floor(values))
-        return (values if whole else np.round(values * 1e6)).astype(np.int64)
+        scaled = values if whole else np.round(values * 1e6)
+        outside = ~(np.abs(scaled) < 2.0 ** 62)  # also inf; int64 would wrap silently
+        if outside.any():
+            i = first_true(outside)
+            raise cell_error(path, column, i, f"{series.iloc[i]!r} is out of range for a timestamp")
+        return scaled.astype(np.int64)
     return to_datetimes(series, path, column).to_numpy().astype("datetime64[us]").astype(np.int64)

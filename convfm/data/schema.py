@@ -2,8 +2,8 @@
 
 Names are the ones after ``DataConfig.columns`` mapping. Kinds say how a column is parsed and later encoded:
 ``id`` stripped string, never empty; ``text`` free text; ``list`` ``;``-separated values; ``number`` float;
-``category`` one string value; ``datetime`` parsed date/time. After loading, missing text/list/category values
-are empty strings, missing numbers NaN, missing datetimes NaT.
+``category`` one string value; ``datetime`` parsed date/time between 1970-01-01 and 2100-01-01. After loading,
+missing text/list/category values are empty strings, missing numbers NaN, missing datetimes NaT.
 """
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ JOBS = TableSchema("jobs", (
     Column("job_type", CATEGORY),
     Column("experience_level", CATEGORY),
     Column("posted_at", DATETIME),
+    Column("expires_at", DATETIME),  # end of the live window (exclusive); optional, see convfm.data.liveness
 ))
 
 USERS = TableSchema("users", (

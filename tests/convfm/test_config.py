@@ -19,6 +19,17 @@ from convfm.errors import ConfigError
     (DataConfig, {"positive_events": ["applied"]}, r"positive_events: unknown event\(s\) \['applied'\]"),
     (DataConfig, {"negative_events": ["apply"]}, "also listed as positive"),
     (DataConfig, {"kind": "table"}, "a table needs at least one field"),
+    (DataConfig, {"split": "global"}, r"split: must be one of \['time', 'global_time', 'random'\], got 'global'"),
+    (DataConfig, {"negative_sampling": "hard"},
+     r"negative_sampling: must be one of \['live', 'uniform', 'popularity'\], got 'hard'"),
+    (DataConfig, {"valid_start": "2024-03-01"}, r"valid_start: only used with split: global_time, got split 'time'"),
+    (DataConfig, {"split": "global_time", "test_start": "2024-02-30"}, r"test_start: must be an ISO date such as"),
+    (DataConfig, {"split": "global_time", "test_start": 20240301}, r"test_start: must be an ISO date .* 20240301"),
+    (DataConfig, {"split": "global_time", "valid_start": "9999-01-01"},
+     r"valid_start: must be between 1970-01-01 and 2100-01-01, got '9999-01-01'"),
+    (DataConfig, {"split": "global_time", "valid_start": "2024-03-01T00:00:00+02:00"}, "without a time zone"),
+    (DataConfig, {"split": "global_time", "valid_start": "2024-03-01", "test_start": "2024-03-01"},
+     r"test_start: must be after valid_start 2024-03-01T00:00:00, got 2024-03-01T00:00:00"),
 ])
 def test_invalid_values_name_the_field(cls, values, match):
     with pytest.raises(ConfigError, match=match):
@@ -96,3 +107,16 @@ def test_a_corrupt_config_json_names_its_file(tmp_path):
     path.write_text('{"path": ')
     with pytest.raises(ConfigError, match=r"data_config\.json: DataConfig file is not valid JSON"):
         DataConfig.load_json(path)
+
+
+def test_global_time_dates_from_yaml_are_canonical_iso_strings(tmp_path):
+    """YAML reads an unquoted date as a date object; the config keeps an ISO string, so it stays JSON."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  split: global_time\n  valid_start: 2024-03-01\n  test_start: '2024-04-01 12:30'\n"
+                    "  negative_sampling: popularity\n  job_lifetime_days: 14\n")
+    data = load_yaml_config(path, "data", DataConfig)
+    assert (data.valid_start, data.test_start) == ("2024-03-01T00:00:00", "2024-04-01T12:30:00")
+    assert data.negative_sampling == "popularity" and data.job_lifetime_days == 14
+    data.save_json(tmp_path / "d.json")
+    assert DataConfig.load_json(tmp_path / "d.json") == data
+    assert DataConfig().negative_sampling == "live" and DataConfig().split == "time"

@@ -96,6 +96,10 @@ def test_unreadable_files_are_named(fixture: str, pattern: str) -> None:
      r"interactions\.csv: column 'event', row 3: unknown event 'applied'; allowed: \['view', 'click', 'save', "),
     ("interactions_bad_timestamp.csv", "interactions.csv",
      r"interactions\.csv: column 'timestamp', row 2: cannot parse 'yesterday' as a date/time"),
+    ("jobs_expires_before_posted.csv", "jobs.csv", r"jobs\.csv: column 'expires_at', row 2: expires_at "
+     r"2024-01-20 00:00:00 is not after posted_at 2024-02-01 00:00:00"),
+    ("jobs_date_out_of_range.csv", "jobs.csv", r"jobs\.csv: column 'posted_at', row 3: '9999-03-01' is out of "
+     r"range \(dates must be between 1970-01-01 and 2100-01-01\)"),
     ("jobs_empty.csv", "jobs.csv", r"jobs\.csv: file is empty"),
     ("jobs_truncated.csv", "jobs.csv", r"jobs\.csv: malformed CSV"),
 ])
@@ -125,6 +129,48 @@ def test_bad_posted_at_empty_event_and_missing_mapped_column(tmp_path: Path) -> 
     missing = r"interactions\.csv: missing column 'action' \(canonical 'event'\)"
     with pytest.raises(DataValidationError, match=missing):
         load_job_market(config)
+
+
+@pytest.mark.parametrize("table, text, pattern", [
+    ("jobs", "job_id,posted_at\nj1,2024-01-01\nj2,0001-01-01\n", r"jobs\.csv: column 'posted_at', row 2: "
+     r"'0001-01-01' is out of range \(dates must be between 1970-01-01 and 2100-01-01\)"),
+    ("jobs", "job_id,posted_at\nj1,1704067200\nj2,1704067200000\n", r"column 'posted_at', row 2: "
+     r"'1704067200000' is out of range: epoch seconds must be in \[0, 4102444800\]"),
+    ("jobs", "job_id,posted_at,expires_at\nj1,2024-01-01,1969-12-31\n", r"column 'expires_at', row 1: "
+     r"'1969-12-31' is out of range"),
+    ("jobs", "job_id,posted_at,expires_at\nj1,2024-01-01,2024-01-01\n", r"column 'expires_at', row 1: expires_at "
+     r"2024-01-01 00:00:00 is not after posted_at 2024-01-01 00:00:00"),
+    ("interactions", "user_id,job_id,timestamp\nu1,j1,2024-05-01\nu1,j2,2150-01-01T10:00\n",
+     r"interactions\.csv: column 'timestamp', row 2: '2150-01-01T10:00' is out of range"),
+    ("interactions", "user_id,job_id,timestamp\nu1,j1,5\nu1,j2,1e300\n",
+     r"column 'timestamp', row 2: '1e300' is out of range for a timestamp"),
+])
+def test_out_of_range_dates_and_empty_windows_name_file_column_row(tmp_path: Path, table: str, text: str,
+                                                                  pattern: str) -> None:
+    write_market(tmp_path, **{table: text})
+    with pytest.raises(DataValidationError, match=pattern):
+        load_job_market(DataConfig(path=str(tmp_path)))
+
+
+def test_expires_at_is_loaded_and_mapped(tmp_path: Path) -> None:
+    jobs = "id,posted_at,ends\nj1,2024-01-01,2024-01-31T12:00:00\nj2,2024-02-01,\nj3,,2024-03-01\n"
+    write_market(tmp_path, jobs=jobs)
+    config = DataConfig(path=str(tmp_path), columns={"jobs": {"job_id": "id", "expires_at": "ends"}})
+    market = load_job_market(config)
+    assert market.jobs["expires_at"].tolist()[0] == pd.Timestamp("2024-01-31T12:00:00")
+    assert market.jobs["expires_at"].isna().tolist() == [False, True, False]
+    write_market(tmp_path, jobs="id,posted_at,ends\nj1,2024-03-01,2024-02-01\n")
+    with pytest.raises(DataValidationError, match=r"column 'ends', row 1: expires_at 2024-02-01 00:00:00 is not "
+                                                  r"after posted_at 2024-03-01 00:00:00"):
+        load_job_market(config)
+
+
+def test_market_knows_whether_timestamps_are_dates(tmp_path: Path) -> None:
+    assert load_job_market(DataConfig(path=str(write_market(tmp_path / "dates")))).calendar
+    numbers = write_market(tmp_path / "numbers", interactions="user_id,job_id,timestamp\nu1,j1,5\nu2,j2,6\n")
+    assert not load_job_market(DataConfig(path=str(numbers))).calendar
+    rows = write_market(tmp_path / "rows", interactions="user_id,job_id\nu1,j1\nu2,j2\n")
+    assert not load_job_market(DataConfig(path=str(rows))).calendar
 
 
 def test_loaded_market_types(tmp_path: Path) -> None:
@@ -229,7 +275,7 @@ def random_market(n_users: int, n_jobs: int, n_rows: int, seed: int = 0) -> JobM
 
 def test_negative_sampling_count_unseen_and_deterministic() -> None:
     market = random_market(50, 200, 2000)
-    config = DataConfig(negative_ratio=3, seed=1)
+    config = DataConfig(negative_ratio=3, seed=1, negative_sampling="uniform")
     plain = build_examples(market, DataConfig())
     examples = build_examples(market, config)
     seen = set(zip(market.interactions["user_id"], market.interactions["job_id"]))
@@ -247,8 +293,8 @@ def test_negative_sampling_count_unseen_and_deterministic() -> None:
 
 def test_negative_sampling_gives_up_when_catalog_is_exhausted(caplog: pytest.LogCaptureFixture) -> None:
     market = make_market([("u1", "j1", "apply", 1), ("u1", "j2", "view", 2)], jobs=["j1", "j2", "j3"])
-    with caplog.at_level(logging.WARNING, logger="convfm.data.loading"):
-        examples = build_examples(market, DataConfig(negative_ratio=5))
+    with caplog.at_level(logging.WARNING, logger="convfm.data.negatives"):
+        examples = build_examples(market, DataConfig(negative_ratio=5, negative_sampling="uniform"))
     assert examples[["job_id", "label"]].values.tolist() == [["j1", 1.0], ["j3", 0.0], ["j2", 0.0]]
     assert "sampled 1 of 5 negatives" in caplog.text
 

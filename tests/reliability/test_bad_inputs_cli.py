@@ -39,6 +39,10 @@ FILES = {
     "jobs_truncated.csv": ("jobs.csv", ["jobs.csv", "malformed CSV", "line 4"]),
     "jobs_truncated_last_line.csv": ("jobs.csv", ["jobs.csv", "malformed CSV", "line 3 has 3 of 4 fields"]),
     "jobs_malformed.csv": ("jobs.csv", ["jobs.csv", "malformed CSV", "line 3 has 4 fields"]),
+    "jobs_expires_before_posted.csv": ("jobs.csv", ["jobs.csv", "column 'expires_at', row 2",
+                                                    "2024-01-20 00:00:00 is not after posted_at 2024-02-01"]),
+    "jobs_date_out_of_range.csv": ("jobs.csv", ["jobs.csv", "column 'posted_at', row 3", "'9999-03-01' is out of "
+                                                "range"]),
     "users_duplicate_ids.csv": ("users.csv", ["users.csv", "column 'user_id'", "duplicate id 'u1' in rows 1 and 3"]),
     "users_missing_user_id.csv": ("users.csv", ["users.csv", "missing required column 'user_id'"]),
     "users_truncated.csv": ("users.csv", ["users.csv", "malformed CSV", "line 3"]),

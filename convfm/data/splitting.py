@@ -1,0 +1,148 @@
+"""Split examples into train/valid/test: per user in time ("time"), at two global times ("global_time") or at
+random ("random"). No (user, job) pair lands in two splits.
+
+"global_time" is the split a live market needs: every split sees the market as it was then, so test
+positives on jobs posted after training are counted as the model would meet them (issue 12).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from convfm.config import DataConfig
+from convfm.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Splits:
+    """Train/valid/test frames of examples (or table rows), each with a float32 ``label`` column.
+
+    ``starts``: for split "global_time", the order keys (microseconds since the epoch with a calendar) at which
+    valid and test begin: train < starts[0] <= valid < starts[1] <= test."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    starts: Optional[tuple[int, int]] = None
+
+
+def random_parts(n: int, valid_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """0 train / 1 valid / 2 test per row, seeded; exact counts round(n * fraction)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test, n_valid = int(round(n * test_fraction)), int(round(n * valid_fraction))
+    parts = np.zeros(n, dtype=np.int8)
+    parts[perm[:n_test]] = 2
+    parts[perm[n_test:n_test + n_valid]] = 1
+    return parts
+
+
+def split_examples(examples: pd.DataFrame, config: DataConfig, calendar: bool = True) -> Splits:
+    """Split examples by ``config.split``.
+
+    "time": per user in timestamp order, the last ``test_fraction`` of the rows go to test and the
+    ``valid_fraction`` before them to valid (at least one row each, at least one left in train); users with
+    fewer than 3 rows stay in train. "global_time": see ``global_starts``. "random": a seeded split of the
+    pairs. ``calendar``: the timestamps are date/times (needed for ``valid_start``/``test_start``).
+    """
+    user_codes, _ = pd.factorize(examples["user_id"])
+    job_codes, job_names = pd.factorize(examples["job_id"])
+    keys = user_codes.astype(np.int64) * max(len(job_names), 1) + job_codes
+    duplicated = pd.Series(keys).duplicated(keep="last").to_numpy()
+    if duplicated.any():  # only hand-made examples can repeat a pair; keep the last row of each
+        logger.warning("split_examples: dropping %d repeated (user_id, job_id) row(s)", int(duplicated.sum()))
+        examples, user_codes = examples[~duplicated], user_codes[~duplicated]
+    n, starts = len(examples), None
+    times = examples["timestamp"].to_numpy(np.int64)
+    if config.split == "random":
+        parts = random_parts(n, config.valid_fraction, config.test_fraction, config.seed)
+    elif config.split == "global_time":
+        starts = global_starts(times, config, calendar)
+        parts = np.searchsorted(np.asarray(starts), times, side="right").astype(np.int8)
+    else:
+        parts = _per_user_parts(times, user_codes, config)
+    return Splits(*(examples[parts == k].reset_index(drop=True) for k in range(3)), starts=starts)
+
+
+def _per_user_parts(times: np.ndarray, user_codes: np.ndarray, config: DataConfig) -> np.ndarray:
+    n = len(times)
+    order = np.lexsort((np.arange(n), times, user_codes))
+    sizes = np.bincount(user_codes, minlength=1) if n else np.zeros(0, np.int64)
+    starts = np.cumsum(sizes) - sizes
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - starts[user_codes[order]]
+    n_test = np.where(sizes >= 3, _split_counts(sizes, config.test_fraction, sizes - 1), 0)
+    n_valid = np.where(sizes >= 3, _split_counts(sizes, config.valid_fraction, sizes - 1 - n_test), 0)
+    size, test, valid = sizes[user_codes], n_test[user_codes], n_valid[user_codes]
+    return np.where(rank >= size - test, 2, np.where(rank >= size - test - valid, 1, 0))
+
+
+def _split_counts(sizes: np.ndarray, fraction: float, room: np.ndarray) -> np.ndarray:
+    if fraction <= 0:
+        return np.zeros_like(sizes)
+    counts = np.maximum(1, np.floor(sizes * fraction + 0.5).astype(np.int64))
+    return np.minimum(counts, room)
+
+
+def global_starts(times: np.ndarray, config: DataConfig, calendar: bool = True) -> tuple[int, int]:
+    """(T1, T2) for split "global_time": train before T1, valid in [T1, T2), test at or after T2.
+
+    ``config.test_start``/``valid_start`` fix them; otherwise T2 is the earliest time that leaves
+    round(n * test_fraction) of the n examples (times (n,)) at or after it (at least 1 when the fraction is
+    positive; ties at T2 all go to test), and T1 likewise for ``valid_fraction`` among the examples before T2.
+    A split left empty (valid or test only when its fraction is 0 and no date is given) is a ConfigError.
+    """
+    times = np.sort(np.asarray(times, dtype=np.int64))
+    for name in ("valid_start", "test_start"):
+        if getattr(config, name) is not None and not calendar:
+            raise ConfigError(f"{name}: needs date/time interaction timestamps; these are plain numbers or row "
+                              f"order (use valid_fraction/test_fraction)", field=name)
+    if not len(times):
+        raise ConfigError("split: global_time: no examples to split", field="split")
+    n = len(times)
+    t2 = _micros(config.test_start) if config.test_start else _start_leaving(times, config.test_fraction, n)
+    if config.valid_start is None:
+        t1 = _start_leaving(times[times < t2], config.valid_fraction, n, empty=t2)
+    else:
+        t1 = _micros(config.valid_start)
+        if t2 <= t1:
+            raise ConfigError(f"test_start: the test period would start at {_show(t2, calendar)}, not after "
+                              f"valid_start {config.valid_start}; set test_start", field="test_start")
+    counts = np.diff(np.searchsorted(times, [t1, t2]), prepend=0, append=n)
+    span = f"the examples run from {_show(times[0], calendar)} to {_show(times[-1], calendar)}"
+    wanted = (True, config.valid_fraction > 0 or config.valid_start is not None,
+              config.test_fraction > 0 or config.test_start is not None)
+    periods = (f"before {_show(t1, calendar)}", f"in [{_show(t1, calendar)}, {_show(t2, calendar)})",
+               f"at or after {_show(t2, calendar)}")
+    for name, count, want, period in zip(("train", "valid", "test"), counts, wanted, periods):
+        if want and count == 0:
+            raise ConfigError(f"split: global_time: the {name} split is empty (no examples {period}); {span}",
+                              field="split")
+    logger.info("global_time split: train before %s, valid from %s, test from %s (%d / %d / %d examples)",
+                _show(t1, calendar), _show(t1, calendar), _show(t2, calendar), *counts)
+    return int(t1), int(t2)
+
+
+def _start_leaving(sorted_times: np.ndarray, fraction: float, n: int, empty: Optional[int] = None) -> int:
+    """The earliest time with round(n * fraction) (>= 1 if fraction > 0) of ``sorted_times`` at or after it;
+    past the last time when the fraction is 0 (``empty`` when there are no times)."""
+    if not len(sorted_times):
+        return int(empty if empty is not None else 0)
+    k = 0 if fraction <= 0 else max(1, int(round(n * fraction)))
+    if k == 0:
+        return int(sorted_times[-1]) + 1
+    return int(sorted_times[max(len(sorted_times) - k, 0)])
+
+
+def _micros(iso: str) -> int:
+    return int(np.datetime64(iso, "us").astype(np.int64))
+
+
+def _show(key: int, calendar: bool) -> str:
+    """An order key as an ISO date/time when it is one, else the number."""
+    return pd.Timestamp(int(key), unit="us").isoformat() if calendar else str(int(key))

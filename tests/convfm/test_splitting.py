@@ -1,0 +1,118 @@
+"""convfm.data.splitting: the global_time split (train < T1 <= valid < T2 <= test) beside the per-user one."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from convfm.config import DataConfig
+from convfm.data.liveness import MICROS_PER_DAY
+from convfm.data.loading import build_examples, load_job_market
+from convfm.data.prepare import prepare_data
+from convfm.data.splitting import split_examples
+from convfm.errors import ConfigError
+
+DAY = MICROS_PER_DAY
+T0 = pd.Timestamp("2024-01-01").value // 1000  # microseconds
+
+
+def examples_at(times: list[int] | np.ndarray) -> pd.DataFrame:
+    n = len(times)
+    return pd.DataFrame({"user_id": [f"u{i % 7}" for i in range(n)], "job_id": [f"j{i}" for i in range(n)],
+                         "label": np.ones(n, np.float32), "timestamp": np.asarray(times, np.int64)})
+
+
+def test_default_starts_leave_the_fractions_after_them() -> None:
+    times = np.random.default_rng(0).permutation(100)
+    config = DataConfig(split="global_time", valid_fraction=0.1, test_fraction=0.2)
+    splits = split_examples(examples_at(times), config, calendar=False)
+    assert splits.starts == (70, 80)  # 20 times at or after 80, then 10 of the 80 before it at or after 70
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (70, 10, 20)
+    assert splits.train["timestamp"].max() < 70 <= splits.valid["timestamp"].min()
+    assert splits.valid["timestamp"].max() < 80 <= splits.test["timestamp"].min()
+
+
+def test_ties_at_a_start_all_go_to_the_later_split() -> None:
+    splits = split_examples(examples_at([1, 2, 3, 4, 5, 5, 5, 5, 6, 7]),
+                            DataConfig(split="global_time", valid_fraction=0.1, test_fraction=0.1), calendar=False)
+    assert splits.starts == (6, 7)
+    assert splits.test["timestamp"].tolist() == [7] and splits.valid["timestamp"].tolist() == [6]
+    splits = split_examples(examples_at([1, 2, 3, 4, 5, 5, 5, 5, 5, 5]),
+                            DataConfig(split="global_time", valid_fraction=0.1, test_fraction=0.1), calendar=False)
+    assert splits.starts == (4, 5) and len(splits.test) == 6 and splits.valid["timestamp"].tolist() == [4]
+
+
+def test_explicit_dates_are_honoured_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    times = T0 + np.arange(60) * DAY  # one example a day, 2024-01-01 .. 2024-02-29
+    config = DataConfig(split="global_time", valid_start="2024-02-01", test_start="2024-02-15T12:00")
+    with caplog.at_level(logging.INFO, logger="convfm.data.splitting"):
+        splits = split_examples(examples_at(times), config)
+    assert splits.starts == (T0 + 31 * DAY, T0 + 45 * DAY + DAY // 2)
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (31, 15, 14)
+    assert ("global_time split: train before 2024-02-01T00:00:00, valid from 2024-02-01T00:00:00, test from "
+            "2024-02-15T12:00:00 (31 / 15 / 14 examples)") in caplog.text
+    only_valid = split_examples(examples_at(times), DataConfig(split="global_time", valid_start="2024-02-20"))
+    assert only_valid.starts == (T0 + 50 * DAY, T0 + 54 * DAY)  # test keeps the default 10%: 6 of 60 days
+
+
+def test_empty_splits_and_dates_without_a_calendar_are_errors() -> None:
+    times = T0 + np.arange(60) * DAY
+    with pytest.raises(ConfigError, match=r"split: global_time: the test split is empty \(no examples at or after "
+                                          r"2024-06-01T00:00:00\); the examples run from 2024-01-01T00:00:00 to "
+                                          r"2024-02-29T00:00:00"):
+        split_examples(examples_at(times), DataConfig(split="global_time", test_start="2024-06-01"))
+    with pytest.raises(ConfigError, match=r"the train split is empty \(no examples before 2023-12-01T00:00:00\)"):
+        split_examples(examples_at(times), DataConfig(split="global_time", valid_start="2023-12-01",
+                                                       test_start="2024-01-15"))
+    with pytest.raises(ConfigError, match=r"the valid split is empty \(no examples in \[2024-01-10T06:00:00, "):
+        split_examples(examples_at(times), DataConfig(split="global_time", valid_start="2024-01-10T06:00",
+                                                       test_start="2024-01-10T12:00"))
+    with pytest.raises(ConfigError, match=r"test_start: the test period would start at 2024-02-24T00:00:00, not "
+                                          r"after valid_start 2024-02-26T00:00:00; set test_start"):
+        split_examples(examples_at(times), DataConfig(split="global_time", valid_start="2024-02-26"))
+    with pytest.raises(ConfigError, match=r"valid_start: needs date/time interaction timestamps"):
+        split_examples(examples_at(np.arange(60)), DataConfig(split="global_time", valid_start="2024-02-01"),
+                       calendar=False)
+    with pytest.raises(ConfigError, match=r"the train split is empty"):
+        split_examples(examples_at([5] * 10), DataConfig(split="global_time"), calendar=False)
+
+
+def test_global_time_through_loading_keeps_pairs_apart(tmp_path: Path) -> None:
+    """Negatives carry their positive's timestamp, so each (user, job) pair lands in exactly one period."""
+    rng = np.random.default_rng(1)
+    n_jobs, n_rows = 60, 600
+    posted = pd.to_datetime(T0 + np.arange(n_jobs) * DAY, unit="us")
+    pd.DataFrame({"job_id": [f"j{i}" for i in range(n_jobs)], "posted_at": posted}).to_csv(tmp_path / "jobs.csv",
+                                                                                        index=False)
+    job = rng.integers(0, n_jobs, n_rows)
+    stamps = pd.to_datetime(T0 + job * DAY + rng.integers(0, 5 * DAY, n_rows), unit="us")
+    pd.DataFrame({"user_id": np.char.add("u", rng.integers(0, 40, n_rows).astype(str)),
+                  "job_id": [f"j{i}" for i in job], "event": rng.choice(["apply", "view"], n_rows),
+                  "timestamp": stamps.strftime("%Y-%m-%dT%H:%M:%S")}).to_csv(tmp_path / "interactions.csv",
+                                                                             index=False)
+    config = DataConfig(path=str(tmp_path), split="global_time", negative_ratio=2, valid_fraction=0.15,
+                        test_fraction=0.15)
+    market = load_job_market(config)
+    examples = build_examples(market, config)
+    splits = split_examples(examples, config, calendar=market.calendar)
+    t1, t2 = splits.starts
+    assert splits.train["timestamp"].max() < t1 <= splits.valid["timestamp"].min()
+    assert splits.valid["timestamp"].max() < t2 <= splits.test["timestamp"].min()
+    keys = [set(zip(s["user_id"], s["job_id"])) for s in (splits.train, splits.valid, splits.test)]
+    assert sum(map(len, keys)) == len(set().union(*keys)) == len(examples)
+    assert abs(len(splits.test) / len(examples) - 0.15) < 0.02
+
+
+def test_prepared_data_keeps_starts_and_drops_windows_without_a_calendar(tmp_path: Path) -> None:
+    jobs = "job_id,title,posted_at\n" + "".join(f"j{i},Job {i},2024-01-{i + 1:02d}\n" for i in range(9))
+    rows = "".join(f"u{u},j{(u + k) % 9},apply,{10 * k + u}\n" for u in range(6) for k in range(5))
+    (tmp_path / "jobs.csv").write_text(jobs)
+    (tmp_path / "interactions.csv").write_text("user_id,job_id,event,timestamp\n" + rows)
+    data = prepare_data(DataConfig(path=str(tmp_path), split="global_time", negative_ratio=1))
+    assert data.windows is None and data.for_split("test").split_starts == data.split_starts
+    t1, t2 = data.split_starts
+    assert data.frames["valid"]["timestamp"].between(t1, t2 - 1).all()
+    assert (data.frames["test"]["timestamp"] >= t2).all() and (data.frames["train"]["timestamp"] < t1).all()
