@@ -15,8 +15,7 @@ import time
 import torch
 
 from convfm.config import DataConfig, ModelConfig, TrainConfig
-from convfm.evaluation.report import evaluate_split
-from convfm.evaluation.metrics import format_report
+from convfm.evaluation.report import evaluate_split, format_report
 from convfm.data.prepare import prepare_data
 from convfm.data.synth import generate_market, write_market
 from convfm.training.in_process import fit_in_process
