@@ -7,7 +7,9 @@ Candidates of an event: the catalog jobs live at t (``JobWindows.live``) minus e
 in any split (as the sampled protocol excludes seen jobs); the event's own job is ranked among them with the one
 tie-fair rank of ``metrics.positive_ranks``. Events whose job is not in the catalog, is not live at t, or that
 have no other live unseen job are skipped and counted. Each method scores the whole catalog per chunk of events
-(e, N); masking to live and unseen happens here, once for all methods.
+restricted to the M jobs live at any of the chunk's times (events are taken in time order, so M stays near the
+live catalog's size, not the whole catalog's): (e, M); masking to live and unseen happens here, once for all
+methods.
 
 Top-k lists (coverage@k, mean age) are taken over the ranked set (candidates and the positive), best first,
 ties broken by catalog order (a stable sort), so they are deterministic.
@@ -33,8 +35,9 @@ CHUNK_ELEMENTS = 1 << 22  # events x catalog floats per scored chunk: ~32 MB of 
 RECENT_DAYS = 7.0
 SKIP_REASONS = ("not_in_catalog", "not_live", "no_candidates")
 
-# A method: (user ids (e,), times (e,) int64 us) -> scores (e, N) of every catalog job, higher is better.
-Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# A method: (user ids (e,), times (e,) int64 us, catalog codes (M,)) -> scores (e, M) of those jobs, higher is
+# better.
+Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 class LiveEvents(NamedTuple):
@@ -67,8 +70,8 @@ def catalog_windows(catalog: np.ndarray, windows: Optional[JobWindows]) -> JobWi
 def select_events(
     frame: pd.DataFrame, seen: pd.DataFrame, catalog: np.ndarray, windows: JobWindows, max_events: int, seed: int
 ) -> LiveEvents:
-    """The split's positives (label > 0) that can be ranked, at most ``max_events`` (a seeded sample, kept in
-    frame order); ``seen`` holds (user_id, job_id) pairs of every split."""
+    """The split's positives (label > 0) that can be ranked, at most ``max_events`` (a seeded sample), in time
+    order; ``seen`` holds (user_id, job_id) pairs of every split."""
     positives = frame[frame["label"] > 0]
     index = pd.Index(_as_str(np.asarray(catalog)))
     codes = _lookup(index, positives["job_id"])
@@ -84,6 +87,7 @@ def select_events(
     if len(ranked) > max_events:
         chosen = np.sort(np.random.default_rng(seed).choice(len(ranked), max_events, replace=False))
         ranked = ranked.iloc[chosen]
+    ranked = ranked.sort_values("timestamp", kind="stable")
     rows, excluded = _excluded(ranked, seen, index)
     skipped = {"not_in_catalog": int((~in_catalog).sum()), "not_live": int((in_catalog & ~live).sum()),
                "no_candidates": int((available <= 0).sum())}
@@ -118,22 +122,24 @@ def evaluate_live(
     step = max(1, CHUNK_ELEMENTS // max(1, n_jobs))
     for start in range(0, n_events, step):
         stop = min(start + step, n_events)
-        rows = np.arange(stop - start)
-        times, codes = events.times[start:stop], events.codes[start:stop]
-        candidates = _candidates(events, windows, start, stop)  # (e, N)
-        live_any |= windows.live(times).any(axis=0)
+        rows, times = np.arange(stop - start), events.times[start:stop]
+        live = windows.live(times)  # (e, N)
+        columns = np.flatnonzero(live.any(axis=0))  # (M,) catalog codes live at some time of the chunk
+        live_any[columns] = True
+        codes = np.searchsorted(columns, events.codes[start:stop])  # (e,) the positives, as columns
+        candidates = _candidates(events, windows, start, stop)[:, columns]  # (e, M)
         ranked = candidates.copy()
         ranked[rows, codes] = True
         for name, scorer in scorers.items():
-            scores = np.asarray(scorer(events.users[start:stop], times), dtype=np.float64)  # (e, N)
+            scores = np.asarray(scorer(events.users[start:stop], times, columns), dtype=np.float64)  # (e, M)
             if scores.shape != candidates.shape:
                 raise ValueError(f"{name}: scores of shape {scores.shape}, expected {candidates.shape}")
-            with_positive = np.concatenate([scores[rows, codes][:, None], scores], axis=1)  # (e, 1+N)
+            with_positive = np.concatenate([scores[rows, codes][:, None], scores], axis=1)  # (e, 1+M)
             mask = np.concatenate([np.ones((len(rows), 1), dtype=bool), candidates], axis=1)
             ranks[name][start:stop] = positive_ranks(with_positive, mask)
-            top, valid = _top_k(scores, ranked, k)
-            shown[name][top[valid]] = True
-            ages = windows.age_days(times, top)[valid]
+            top, valid = _top_k(scores, ranked, k)  # (e, k) columns
+            shown[name][columns[top[valid]]] = True
+            ages = windows.age_days(times, columns[top])[valid]
             ages = ages[~np.isnan(ages)]
             age[name][0] += float(ages.sum())
             age[name][1] += ages.size
@@ -156,7 +162,7 @@ def mean_live_jobs(events: LiveEvents, windows: JobWindows) -> float:
 def popularity_scorer(baseline: PopularityBaseline, catalog: np.ndarray) -> Scorer:
     """All-time popularity (fitted on train), the same row for every event."""
     row = baseline.score(np.asarray(catalog))  # (N,)
-    return lambda users, times: np.broadcast_to(row, (len(times), row.size))
+    return lambda users, times, codes: np.broadcast_to(row[codes], (len(times), len(codes)))
 
 
 def recent_popularity_scorer(positives: pd.DataFrame, catalog: np.ndarray, days: float = RECENT_DAYS) -> Scorer:
@@ -168,10 +174,11 @@ def recent_popularity_scorer(positives: pd.DataFrame, catalog: np.ndarray, days:
     stamps, codes = stamps[order], codes[codes >= 0][order]
     width, size = np.int64(round(days * MICROS_PER_DAY)), len(catalog)
 
-    def score(users: np.ndarray, times: np.ndarray) -> np.ndarray:
+    def score(users: np.ndarray, times: np.ndarray, columns: np.ndarray) -> np.ndarray:
         lo = np.searchsorted(stamps, np.asarray(times, np.int64) - width, side="left")
         hi = np.searchsorted(stamps, times, side="left")
-        return np.stack([np.bincount(codes[a:b], minlength=size) for a, b in zip(lo, hi)]).astype(np.float64)
+        counts = [np.bincount(codes[a:b], minlength=size)[columns] for a, b in zip(lo, hi)]
+        return np.stack(counts).astype(np.float64) if counts else np.zeros((0, len(columns)))
 
     return score
 
@@ -179,11 +186,11 @@ def recent_popularity_scorer(positives: pd.DataFrame, catalog: np.ndarray, days:
 def newest_scorer(windows: JobWindows) -> Scorer:
     """Newest first: the score is ``posted_at`` (jobs without one, ``ALWAYS``, rank as the oldest)."""
     row = windows.start.astype(np.float64)  # microseconds < 2**53: exact
-    return lambda users, times: np.broadcast_to(row, (len(times), row.size))
+    return lambda users, times, codes: np.broadcast_to(row[codes], (len(times), len(codes)))
 
 
 def oracle_scorer(oracle: Any, catalog: np.ndarray) -> Scorer:
     """The generator's true probabilities (``PreparedData.oracle.score``) of every catalog job."""
     ids = np.asarray(catalog)
-    return lambda users, times: oracle.score(np.asarray(users), np.broadcast_to(ids, (len(users), ids.size)),
-                                             np.asarray(times, np.int64))
+    return lambda users, times, codes: oracle.score(
+        np.asarray(users), np.broadcast_to(ids[codes], (len(users), len(codes))), np.asarray(times, np.int64))

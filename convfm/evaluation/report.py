@@ -93,13 +93,13 @@ def model_scorer(model: nn.Module, data: PreparedData, batch_size: int, device: 
     try:
         ranker = CatalogRanker(model, extractor)
     except ValueError:
-        return lambda users, times: score_pairs(model, data, np.asarray(users),
-                                                np.broadcast_to(catalog, (len(users), catalog.size)), batch_size, device)
+        return lambda users, times, codes: score_pairs(
+            model, data, np.asarray(users), np.broadcast_to(catalog[codes], (len(users), len(codes))), batch_size, device)
     job_rows = np.array([extractor.job_rows.get(j, UNKNOWN_ROW) for j in _as_str(catalog)], dtype=np.int64)
 
-    def score(users: np.ndarray, times: np.ndarray) -> np.ndarray:
+    def score(users: np.ndarray, times: np.ndarray, codes: np.ndarray) -> np.ndarray:
         rows = np.array([extractor.user_rows.get(u, UNKNOWN_ROW) for u in _as_str(users)], dtype=np.int64)
-        return ranker.score_all(extractor.user_catalog.take(rows), job_rows).float().cpu().numpy()  # (e, N)
+        return ranker.score_all(extractor.user_catalog.take(rows), job_rows[codes]).float().cpu().numpy()  # (e, M)
 
     return score
 
