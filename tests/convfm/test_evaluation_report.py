@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from convfm.config import DataConfig, ModelConfig
+from convfm.cli.main import build_parser
+from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.data.prepare import prepare_data
 from convfm.errors import ConfigError
 from convfm.evaluation.metrics import held_out_last_positive, ranking_metrics, sample_ranking_candidates
@@ -107,3 +108,14 @@ def test_bad_protocol_and_max_events(model, data):
         evaluate_split(model, data, "test", protocol="all")
     with pytest.raises(ConfigError, match="max_events"):
         evaluate_split(model, data, "test", max_events=0)
+
+
+def test_train_config_and_cli_name_the_protocol():
+    assert TrainConfig().eval_protocol == "live" and TrainConfig(eval_protocol="sampled").eval_max_events == 1000
+    with pytest.raises(ConfigError, match="eval_protocol"):
+        TrainConfig(eval_protocol="all")
+    with pytest.raises(ConfigError, match="eval_max_events"):
+        TrainConfig(eval_max_events=0)
+    args = build_parser().parse_args(["evaluate", "--model", "m", "--protocol", "sampled", "--negatives", "20"])
+    assert (args.protocol, args.negatives, args.max_events) == ("sampled", 20, 5000)
+    assert build_parser().parse_args(["evaluate", "--model", "m"]).protocol is None  # training's protocol
