@@ -1,6 +1,7 @@
 """Classification and ranking metrics, the ranking-candidate sampler and a popularity baseline.
 
-Ranking protocol: each user's held-out positive (``held_out_last_positive``) is ranked against N negatives
+Sampled ranking protocol (the live one, which ranks against every live job, is ``convfm.evaluation.live``; both
+end in ``positive_ranks`` and ``rank_metrics``): each user's held-out positive (``held_out_last_positive``) is ranked against N negatives
 sampled uniformly from the catalog minus every job the user has seen, or against that whole remainder
 (``sample_ranking_candidates``). Scores form a matrix (U, 1+N): column 0 is the positive, columns 1.. the
 candidates.
