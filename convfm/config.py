@@ -202,6 +202,7 @@ def load_yaml_config(path: str | Path, section: str, cls: Type[T]) -> T:
 # Ray placement group strategies: PACK fills nodes in turn, SPREAD prefers one worker per node, STRICT_*
 # require it (STRICT_SPREAD fails to schedule when there are fewer nodes than workers).
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+EVAL_PROTOCOLS = ("live", "sampled")  # ranking protocols of convfm.evaluation.report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +222,9 @@ class TrainConfig(BaseConfig):
     placement_strategy: str = "PACK"  # Ray placement group strategy for the worker group
     use_gpu: bool = False
     use_amp: bool = True
-    eval_negatives: int = 99
+    eval_protocol: str = "live"  # ranking protocol of validation and `convfm evaluate`: live or sampled
+    eval_negatives: int = 99  # sampled protocol: unseen jobs per held-out positive
+    eval_max_events: int = 1000  # live protocol, per-epoch validation: positives ranked (a seeded sample)
     ranking_k: int = 10
     keep_checkpoints: int = 2
     max_failures: int = 1
@@ -240,7 +243,9 @@ class TrainConfig(BaseConfig):
         check_choice(self.placement_strategy, "placement_strategy", PLACEMENT_STRATEGIES)
         check_bool(self.use_gpu, "use_gpu")
         check_bool(self.use_amp, "use_amp")
+        check_choice(self.eval_protocol, "eval_protocol", EVAL_PROTOCOLS)
         check_int(self.eval_negatives, "eval_negatives", 1, 100_000)
+        check_int(self.eval_max_events, "eval_max_events", 1, 10_000_000)
         check_int(self.ranking_k, "ranking_k", 1, 1000)
         check_int(self.keep_checkpoints, "keep_checkpoints", 1, 100)
         check_int(self.max_failures, "max_failures", 0, 100)

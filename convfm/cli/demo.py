@@ -14,8 +14,7 @@ from typing import Any
 from convfm.store.artifacts import load_model_dir
 from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.errors import ConfigError
-from convfm.evaluation.report import evaluate_split
-from convfm.evaluation.metrics import format_report
+from convfm.evaluation.report import evaluate_split, format_report
 from convfm.data.prepare import PreparedData, prepare_data
 from convfm.data.synth import generate_market, write_market
 
@@ -94,7 +93,7 @@ def train_stage(args: argparse.Namespace, data: PreparedData, workdir: Path) -> 
     stage(3, "evaluate the best checkpoint on the held-out test split (popularity baseline and oracle beside it)")
     loaded = load_model_dir(result.best_dir)
     print(format_report(evaluate_split(loaded.model, data, "test", negatives=train_config.eval_negatives,
-                                       seed=args.seed)))
+                                       protocol=train_config.eval_protocol, seed=args.seed)))
     return result.best_dir
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from convfm.store.artifacts import load_model_dir
 from convfm.cli.common import add_data_arguments, load_table_spec
-from convfm.config import DataConfig, TrainConfig
+from convfm.config import EVAL_PROTOCOLS, DataConfig, TrainConfig
 from convfm.errors import ArtifactError
-from convfm.evaluation.report import evaluate_split
+from convfm.evaluation.report import evaluate_split, format_report
 from convfm.jsonfile import write_json_atomic
-from convfm.evaluation.metrics import format_report
+
 from convfm.data.prepare import prepare_data
 from convfm.store.registry import resolve
 from convfm.store.storage import exists
@@ -24,7 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("train", "valid", "test"), default="test", help="split (default test)")
     parser.add_argument("--out", metavar="FILE", help="report JSON path (default MODEL/eval_SPLIT.json; for a URI "
                         "model, in its local cached copy)")
-    parser.add_argument("--negatives", type=int, help="sampled negatives per ranked user (default: training's)")
+    parser.add_argument("--protocol", choices=EVAL_PROTOCOLS, help="ranking protocol: live (each positive vs every "
+                        "job live at its time the user never saw) or sampled (each user's last positive vs "
+                        "--negatives sampled unseen jobs); default: training's")
+    parser.add_argument("--negatives", type=int, help="sampled protocol: negatives per ranked user (default: "
+                        "training's)")
+    parser.add_argument("--max-events", type=int, default=5000, help="live protocol: positives ranked, a seeded "
+                        "sample (default 5000)")
 
 
 def saved_data_config(model_dir: Path, args: argparse.Namespace) -> DataConfig:
@@ -47,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_split(
         loaded.model, data, args.split,
         negatives=args.negatives or train_config.eval_negatives, k=train_config.ranking_k, seed=train_config.seed,
+        protocol=args.protocol or train_config.eval_protocol, max_events=args.max_events,
     )
     out = Path(args.out) if args.out else model_dir / f"eval_{args.split}.json"
     write_json_atomic(out, report)

@@ -43,6 +43,12 @@ class PreparedData:
     # Split "global_time": where valid and test start (T1, T2), int64 order keys (microseconds since the epoch
     # with a calendar); kept by for_split().
     split_starts: Optional[tuple[int, int]] = None
+    # Synthetic data's exact oracle: ``score(user_ids (U,), job_ids (U, W), times (U,) int64 us) -> (U, W)``
+    # true probabilities (``convfm.data.synth.load_oracle``); None for real data. Kept by for_split().
+    oracle: Optional[Any] = None
+    # (job_id, timestamp) of every split's positives, for recent popularity at an event's time. Set by
+    # for_split() (its copy keeps one frame); None means "derive from frames".
+    positives: Optional[pd.DataFrame] = None
 
     def summary(self) -> dict[str, int]:
         return {name: len(s) for name, s in self.sets.items()}
@@ -52,7 +58,7 @@ class PreparedData:
         train, the seen pairs of that split's users and their ground truth. This is what a Ray worker that
         validates receives instead of the whole dataset."""
         frame = self.frames[split]
-        seen = popularity = truth = None
+        seen = popularity = truth = positives = None
         if "user_id" in frame and "job_id" in frame:
             users = frame["user_id"].unique()
             seen = pd.concat(
@@ -62,11 +68,21 @@ class PreparedData:
             popularity = self.popularity
             if popularity is None:
                 popularity = PopularityBaseline().fit(self.frames["train"])
+            positives = all_positives(self)
             if self.truth is not None:
                 truth = self.truth.merge(frame[["user_id", "job_id"]].drop_duplicates(), on=["user_id", "job_id"])
         return PreparedData(self.config, self.extractor, {split: self.sets[split]}, {split: frame},
                             catalog=self.catalog, truth=truth, seen=seen, popularity=popularity,
-                            windows=self.windows, split_starts=self.split_starts)
+                            windows=self.windows, split_starts=self.split_starts, oracle=self.oracle,
+                            positives=positives)
+
+
+def all_positives(data: PreparedData) -> pd.DataFrame:
+    """(job_id, timestamp) of the positives (label > 0) of every split: ``data.positives`` when set."""
+    if data.positives is not None:
+        return data.positives
+    frames = [f.loc[f["label"] > 0, ["job_id", "timestamp"]] for f in data.frames.values()]
+    return pd.concat(frames, ignore_index=True)
 
 
 def prepare_data(

@@ -1,6 +1,7 @@
 """Classification and ranking metrics, the ranking-candidate sampler and a popularity baseline.
 
-Ranking protocol: each user's held-out positive (``held_out_last_positive``) is ranked against N negatives
+Sampled ranking protocol (the live one, which ranks against every live job, is ``convfm.evaluation.live``; both
+end in ``positive_ranks`` and ``rank_metrics``): each user's held-out positive (``held_out_last_positive``) is ranked against N negatives
 sampled uniformly from the catalog minus every job the user has seen, or against that whole remainder
 (``sample_ranking_candidates``). Scores form a matrix (U, 1+N): column 0 is the positive, columns 1.. the
 candidates.
@@ -119,15 +120,19 @@ def ranking_metrics(scores: np.ndarray, k: int = 10, mask: np.ndarray | None = N
 
     ``mask`` (U, 1+N) bool drops padded candidates (full-catalog mode of ``sample_ranking_candidates``).
     """
+    return {**rank_metrics(positive_ranks(scores, mask), k), "users": int(np.shape(scores)[0])}
+
+
+def rank_metrics(rank: np.ndarray, k: int = 10) -> dict[str, float]:
+    """``hr@k``, ``ndcg@k``, ``mrr`` of ranks (U,) from ``positive_ranks`` (every protocol ends here)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    rank = positive_ranks(scores, mask)
+    rank = np.asarray(rank, dtype=np.float64)
     hit = rank <= k
     return {
         f"hr@{k}": float(hit.mean()),
         f"ndcg@{k}": float(np.where(hit, 1.0 / np.log2(rank + 1.0), 0.0).mean()),
         "mrr": float((1.0 / rank).mean()),
-        "users": int(rank.size),
     }
 
 
@@ -338,33 +343,3 @@ class PopularityBaseline:
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"popularity baseline: bad state ({type(exc).__name__}: {exc})") from None
         return baseline
-
-
-# --------------------------------------------------------------------------- report
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    return str(value) if isinstance(value, (int, np.integer)) else f"{float(value):.4f}"
-
-
-def format_report(report: Mapping[str, Any]) -> str:
-    """Aligned text table: one row per metric, columns model / popularity (/ oracle, roc_auc only).
-
-    Other top-level keys are ignored; a missing ``popularity`` section shows as "-".
-    """
-    model, popularity = report["model"], report.get("popularity") or {}
-    oracle = report.get("oracle_auc")
-    header = ["metric", "model", "popularity"] + (["oracle"] if oracle is not None else [])
-    lines = [header] + [
-        [name, _cell(model[name]), _cell(popularity.get(name))]
-        + ([_cell(oracle) if name == "roc_auc" else "-"] if oracle is not None else [])
-        for name in model
-    ]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    lines.insert(1, ["-" * w for w in widths])
-    return "\n".join(
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
-        for line in lines
-    )

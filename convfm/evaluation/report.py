@@ -1,29 +1,58 @@
-"""Evaluation report of a model on one split: classification + ranking metrics beside a popularity baseline.
+"""Evaluation report of a model on one split: classification metrics and a ranking protocol, beside baselines.
 
-Ranking protocol: for each user in the split, the held-out last positive job is ranked against
-``eval_negatives`` jobs sampled uniformly from the catalog among those the user never interacted with
-(in any split). At most ``max_users`` users (seeded sample) keep per-epoch validation cheap.
+Protocols (``protocol``; every report names its own in ``report["protocol"]``):
+- ``live`` (default): every positive of the split (at most ``max_events``, a seeded sample) against all jobs
+  live at its timestamp that the user never interacted with (``convfm.evaluation.live``). Methods: the model,
+  all-time popularity, recent popularity (the 7 days before t), newest first, and the oracle on synthetic data.
+- ``sampled``: each user's last positive against ``negatives`` jobs sampled uniformly among those the user
+  never interacted with, at most ``max_users`` users. Methods: the model and all-time popularity.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from convfm.config import EVAL_PROTOCOLS
+from convfm.data.prepare import PreparedData, all_positives
+from convfm.data.synth import oracle_auc
+from convfm.evaluation.live import (
+    Scorer,
+    catalog_windows,
+    evaluate_live,
+    mean_live_jobs,
+    newest_scorer,
+    oracle_scorer,
+    popularity_scorer,
+    recent_popularity_scorer,
+    select_events,
+)
 from convfm.evaluation.metrics import (
     PopularityBaseline,
-    classification_metrics,
     RankingCandidates,
+    _as_str,
+    classification_metrics,
     held_out_last_positive,
     ranking_metrics,
     sample_ranking_candidates,
 )
-from convfm.data.prepare import PreparedData
-from convfm.data.synth import oracle_auc
+from convfm.features.jobs import UNKNOWN_ROW
+from convfm.model.ranking import CatalogRanker
 from convfm.training.epoch import predict_proba
+from convfm.validate import check_int
+
+METHODS = ("model", "popularity", "recent_popularity", "newest", "oracle")  # report sections, table columns
+
+
+def _seen(data: PreparedData) -> pd.DataFrame:
+    """(user_id, job_id) pairs of every split, unique: what no protocol may rank as a negative."""
+    seen = data.seen
+    if seen is None:
+        seen = pd.concat([f[["user_id", "job_id"]] for f in data.frames.values()], ignore_index=True)
+    return seen.drop_duplicates()
 
 
 def _ranking_candidates(
@@ -31,12 +60,7 @@ def _ranking_candidates(
 ) -> Optional[RankingCandidates]:
     """Candidates for users with at least ``negatives`` unseen catalog jobs (the others cannot be ranked
     on this protocol and are left out; the report's protocol line counts the users kept)."""
-    if data.catalog is None:
-        return None
-    seen = data.seen
-    if seen is None:
-        seen = pd.concat([f[["user_id", "job_id"]] for f in data.frames.values()], ignore_index=True)
-    seen = seen.drop_duplicates()
+    seen = _seen(data)
     negatives = min(negatives, len(data.catalog) - 1)
     unseen = len(data.catalog) - seen.groupby("user_id").size()
     held_out = held_out_last_positive(data.frames[split])
@@ -62,6 +86,48 @@ def score_pairs(
     return probs.reshape(job_ids.shape)
 
 
+def model_scorer(model: nn.Module, data: PreparedData, batch_size: int, device: torch.device) -> Scorer:
+    """The model against the whole catalog per event: ``CatalogRanker``'s fast path (logits; the job side is
+    computed once here), or the model's forward over every pair when its parts cannot be split."""
+    extractor, catalog = data.extractor, np.asarray(data.catalog)
+    try:
+        ranker = CatalogRanker(model, extractor)
+    except ValueError:
+        return lambda users, times, codes: score_pairs(
+            model, data, np.asarray(users), np.broadcast_to(catalog[codes], (len(users), len(codes))), batch_size, device)
+    job_rows = np.array([extractor.job_rows.get(j, UNKNOWN_ROW) for j in _as_str(catalog)], dtype=np.int64)
+
+    def score(users: np.ndarray, times: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        rows = np.array([extractor.user_rows.get(u, UNKNOWN_ROW) for u in _as_str(users)], dtype=np.int64)
+        return ranker.score_all(extractor.user_catalog.take(rows), job_rows[codes]).float().cpu().numpy()  # (e, M)
+
+    return score
+
+
+def _live_ranking(model: nn.Module, data: PreparedData, split: str, baseline: PopularityBaseline, k: int,
+                  max_events: int, seed: int, batch_size: int, device: torch.device) -> dict[str, Any]:
+    """The live protocol's sections: {"protocol": {...}, method: {...} per method}."""
+    catalog = np.asarray(data.catalog)
+    windows = catalog_windows(catalog, data.windows)
+    events = select_events(data.frames[split], _seen(data), catalog, windows, max_events, seed)
+    where = "live at its time" if data.windows is not None else "in the whole catalog (no job calendar)"
+    protocol = {"name": "live", "events": len(events.times), "positives": events.positives,
+                "skipped": events.skipped, "mean_live_jobs": mean_live_jobs(events, windows)}
+    protocol["description"] = (
+        f"each positive vs every job {where} the user never interacted with (mean {protocol['mean_live_jobs']:.0f} "
+        f"live), {protocol['events']} of {events.positives} positives, skipped {events.skipped}")
+    if not len(events.times):
+        return {"protocol": protocol}
+    scorers: dict[str, Scorer] = {"model": model_scorer(model, data, batch_size, device),
+                                  "popularity": popularity_scorer(baseline, catalog),
+                                  "recent_popularity": recent_popularity_scorer(all_positives(data), catalog)}
+    if data.windows is not None:
+        scorers["newest"] = newest_scorer(windows)
+    if data.oracle is not None:
+        scorers["oracle"] = oracle_scorer(data.oracle, catalog)
+    return {"protocol": protocol, **evaluate_live(events, windows, scorers, k)}
+
+
 def evaluate_split(
     model: nn.Module,
     data: PreparedData,
@@ -72,8 +138,15 @@ def evaluate_split(
     k: int = 10,
     max_users: int = 5000,
     seed: int = 0,
+    protocol: str = "live",
+    max_events: int = 5000,
 ) -> dict[str, Any]:
-    """{"model": {...}, "popularity": {...}, "oracle_auc": float|None, "split": str, "protocol": str}."""
+    """{"split", "protocol": {"name", "description", ...}, "model": {...}, "popularity": {...}, other methods'
+    sections (live), "oracle_auc": float|None}. "model" and "popularity" hold the classification metrics of
+    the split's examples and the protocol's ranking metrics; the other methods only ranking metrics."""
+    if protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {EVAL_PROTOCOLS}, got {protocol!r}")
+    check_int(max_events, "max_events", 1)
     device = torch.device(device)
     frame, examples = data.frames[split], data.sets[split]
     labels = examples.labels.astype(np.float64)
@@ -84,16 +157,55 @@ def evaluate_split(
         baseline = data.popularity
         if baseline is None:
             baseline = PopularityBaseline().fit(data.frames["train"])
-    if baseline is not None:
         report["popularity"] = classification_metrics(labels, baseline.score(frame["job_id"].to_numpy()))
-    candidates = _ranking_candidates(data, split, negatives, max_users, seed)
-    if candidates is not None:
-        users, job_ids, _ = candidates  # sampled negatives: the mask is all True
-        report["model"].update(ranking_metrics(score_pairs(model, data, users, job_ids, batch_size, device), k))
-        pop = baseline.score(job_ids.ravel()).reshape(job_ids.shape)
-        report["popularity"].update(ranking_metrics(pop, k))
-        report["protocol"] = (
-            f"last positive per user vs {job_ids.shape[1] - 1} sampled unseen jobs, {len(users)} users"
-        )
+    if data.catalog is not None and protocol == "live":
+        for name, section in _live_ranking(model, data, split, baseline, k, max_events, seed, batch_size,
+                                           device).items():
+            report[name] = {**report.get(name, {}), **section}
+    elif data.catalog is not None:
+        candidates = _ranking_candidates(data, split, negatives, max_users, seed)
+        report["protocol"] = {"name": "sampled", "users": 0,
+                              "description": "last positive per user vs sampled unseen jobs: no user to rank"}
+        if candidates is not None:
+            users, job_ids, _ = candidates  # sampled negatives: the mask is all True
+            report["model"].update(ranking_metrics(score_pairs(model, data, users, job_ids, batch_size, device), k))
+            report["popularity"].update(ranking_metrics(baseline.score(job_ids.ravel()).reshape(job_ids.shape), k))
+            report["protocol"] = {"name": "sampled", "users": len(users), "description": (
+                f"last positive per user vs {job_ids.shape[1] - 1} sampled unseen jobs, {len(users)} users")}
     report["oracle_auc"] = oracle_auc(frame, data.truth)
     return report
+
+
+# --------------------------------------------------------------------------------------------- text
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, (int, np.integer)) else f"{float(value):.4f}"
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """A protocol line, then an aligned table: one row per metric, one column per method present (model,
+    popularity, recent_popularity, newest, oracle; the oracle column also shows ``oracle_auc`` as roc_auc).
+
+    Other top-level keys are ignored; a metric a method lacks shows as "-".
+    """
+    oracle_auc_value = report.get("oracle_auc")
+    columns = [m for m in METHODS if report.get(m) or (m == "oracle" and oracle_auc_value is not None)]
+    sections = {m: dict(report.get(m) or {}) for m in columns}
+    if "oracle" in sections and oracle_auc_value is not None:
+        sections["oracle"]["roc_auc"] = oracle_auc_value
+    names = list(dict.fromkeys(name for m in columns for name in sections[m]))
+    header = ["metric", *columns]
+    lines = [header] + [[name, *(_cell(sections[m].get(name)) for m in columns)] for name in names]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    lines.insert(1, ["-" * w for w in widths])
+    table = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+        for line in lines
+    ]
+    protocol = report.get("protocol")
+    if isinstance(protocol, Mapping):
+        table.insert(0, f"protocol: {protocol.get('name')}: {protocol.get('description', '')}")
+    return "\n".join(table)

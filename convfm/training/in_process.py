@@ -68,16 +68,18 @@ def batch_per_rank(config: TrainConfig, world_size: int) -> int:
 
 
 def epoch_record(epoch: int, train_stats: dict[str, float], report: dict[str, Any]) -> dict[str, Any]:
-    """Flat per-epoch metrics: train loss, val_* of the model, popularity_* (AUC, HR@k, NDCG@k) and the
-    oracle AUC (synthetic data) beside it."""
+    """Flat per-epoch metrics: train loss, val_* of the model, popularity_* (AUC, HR@k, NDCG@k), the other
+    baselines' HR@k and NDCG@k (recent_popularity_*, newest_*, oracle_*: live protocol) and the oracle AUC
+    (synthetic data) beside it."""
     record: dict[str, Any] = {"epoch": int(epoch), "train_loss": train_stats["train_loss"],
                               "samples_per_s": train_stats["samples"] / max(train_stats["train_seconds"], 1e-9)}
     for key, value in report["model"].items():
         record[f"val_{key}"] = value
     record["val_loss"] = report["model"]["log_loss"]
-    for key, value in report.get("popularity", {}).items():
-        if key == "roc_auc" or key.startswith(("hr@", "ndcg@")):
-            record[f"popularity_{key}"] = value
+    for method in ("popularity", "recent_popularity", "newest", "oracle"):
+        for key, value in report.get(method, {}).items():
+            if key == "roc_auc" or key.startswith(("hr@", "ndcg@")):
+                record[f"{method}_{key}"] = value
     if report.get("oracle_auc") is not None:
         record["oracle_roc_auc"] = report["oracle_auc"]
     return to_plain(record)  # plain numbers: history loads with torch.load(weights_only=True) and as JSON
@@ -85,10 +87,12 @@ def epoch_record(epoch: int, train_stats: dict[str, float], report: dict[str, An
 
 def validate(model: nn.Module, data: PreparedData, config: TrainConfig, device: torch.device | str = "cpu",
              split: str = "valid") -> dict[str, Any]:
-    """evaluate_split under the run's evaluation protocol (negatives, k, seed)."""
+    """evaluate_split under the run's evaluation protocol (protocol, negatives, k, seed); the live protocol
+    ranks at most ``eval_max_events`` positives so that validating every epoch stays cheap."""
     core = getattr(model, "module", model)  # a DDP wrapper would sync buffers in forward: evaluate the module
     return evaluate_split(core, data, split, device=device, negatives=config.eval_negatives,
-                          k=config.ranking_k, seed=config.seed)
+                          k=config.ranking_k, seed=config.seed, protocol=config.eval_protocol,
+                          max_events=config.eval_max_events)
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""benchmarks/quality.py runs end to end on a tiny market and prints the model / popularity / oracle table."""
+"""benchmarks/quality.py runs end to end on a tiny market and prints, per protocol, its protocol line and the
+model / baselines / oracle table."""
 from __future__ import annotations
 
 import subprocess
@@ -8,12 +9,22 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
 
 
-def test_tiny_run_prints_model_popularity_and_oracle():
+def test_tiny_run_prints_both_protocols_with_model_baselines_and_oracle():
     done = subprocess.run([sys.executable, str(SCRIPT), "--users", "200", "--jobs", "100", "--interactions", "3000",
                            "--epochs", "1", "--negatives", "9"], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    header = lines.index("metric          model  popularity  oracle")
-    assert any(line.startswith("200 users, 100 jobs, 3000 interactions") for line in lines[:header])
-    auc = next(line.split() for line in lines if line.startswith("roc_auc"))
-    assert all(0.0 <= float(value) <= 1.0 for value in auc[1:4])  # model, popularity and the oracle
+    starts = [i for i, line in enumerate(lines) if line.startswith("protocol: ")]
+    assert [lines[i].split(":")[1].strip() for i in starts] == ["live", "sampled"]
+    assert any(line.startswith("200 users, 100 jobs, 3000 interactions") for line in lines[:starts[0]])
+    for i in starts:
+        assert lines[i + 1].split()[:3] == ["metric", "model", "popularity"] and lines[i + 1].split()[-1] == "oracle"
+    live_header = lines[starts[0] + 1].split()
+    if "hr@10" in (line.split()[0] for line in lines[starts[0]:starts[1]] if line):  # some positives were live
+        assert live_header == ["metric", "model", "popularity", "recent_popularity", "newest", "oracle"]
+    for i in starts:
+        auc = next(line.split() for line in lines[i:] if line.startswith("roc_auc"))
+        assert all(0.0 <= float(value) <= 1.0 for value in (auc[1], auc[2], auc[-1]))  # model, popularity, oracle
+    sampled = lines[starts[1]:]
+    assert lines[starts[1]].startswith("protocol: sampled: last positive per user vs 9 sampled unseen jobs")
+    assert any(line.startswith("hr@10") for line in sampled)

@@ -13,12 +13,12 @@ from convfm.errors import ArtifactError, ConfigError, DataValidationError
 from convfm.evaluation.metrics import (
     PopularityBaseline,
     classification_metrics,
-    format_report,
     held_out_last_positive,
     positive_ranks,
     ranking_metrics,
     sample_ranking_candidates,
 )
+from convfm.evaluation.report import format_report
 
 CLASSIFICATION_KEYS = [
     "accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "positive_rate", "count"
@@ -338,4 +338,4 @@ def test_format_report_contains_the_numbers() -> None:
     assert rows["count"] == ["4", "4", "-"] and rows["users"] == ["2", "2", "-"]
     assert "oracle" not in format_report(_report(None))
     model_only = format_report({"model": report["model"], "split": "test"}).splitlines()
-    assert model_only[6].split() == ["roc_auc", "0.7500", "-"]
+    assert model_only[0].split() == ["metric", "model"] and model_only[6].split() == ["roc_auc", "0.7500"]
