@@ -1,6 +1,9 @@
-"""Ray Train with 1 and 2 CPU workers: quality against the baselines, real DDP, restorable checkpoints."""
+"""Ray Train with 1 and 2 CPU workers: quality against the baselines, real DDP, restorable checkpoints, and the
+one epoch protocol the in-process trainer shares (these tests read the same two session runs, so they live in
+one file: pytest-xdist keeps a file on one worker and the runs are trained once)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -12,9 +15,11 @@ from convfm.store.artifacts import load_model_dir, verify_model_dir
 from convfm.cli.main import main
 from convfm.config import DataConfig, TrainConfig
 from convfm.data.prepare import prepare_data
-from convfm.training.in_process import validate
+from convfm.training.in_process import fit_in_process, validate
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+RAY_LOOP_ONLY = ["worker_pids", "distinct_pids", "param_checksum", "param_checksum_spread", "world_size",
+                 "torch_threads", "run_start_epoch"]
 
 
 def best_and_baselines(result) -> tuple[float, float, float]:
@@ -113,3 +118,15 @@ def test_evaluate_command_reads_the_best_model(run_one_worker, capsys, tmp_path)
     report = json.loads(report_path.read_text())
     assert report["model"]["roc_auc"] == pytest.approx(run_one_worker.best_metrics["val_roc_auc"], abs=1e-9)
     assert "roc_auc" in capsys.readouterr().out
+
+
+def test_in_process_and_ray_loops_record_the_same_history_keys(run_one_worker, make_configs):
+    """Both trainers drive convfm.training.in_process.run_epoch: the same history keys in the same order; the
+    Ray loop adds only its worker diagnostics."""
+    data_config, model_config, train_config = make_configs(num_workers=1)
+    _, history = fit_in_process(prepare_data(data_config), model_config,
+                                dataclasses.replace(train_config, num_epochs=1))
+    ray_keys = list(run_one_worker.history[0])
+    assert [key for key in ray_keys if key not in RAY_LOOP_ONLY] == list(history[0])
+    assert set(ray_keys) - set(history[0]) == set(RAY_LOOP_ONLY)
+    assert {"learning_rate", "best_epoch", "stop", "val_roc_auc"} <= set(history[0])
