@@ -1,27 +1,54 @@
-"""`convfm data synth`: write a synthetic job market with known ground truth."""
+"""`convfm data synth`: write a synthetic job market with known ground truth; `convfm data stats`: how a market
+(synthetic or a real log) unfolds in time."""
 from __future__ import annotations
 
 import argparse
 import time
 
+from convfm.config import DataConfig
+from convfm.data.loading import load_job_market
+from convfm.data.market_stats import format_stats, market_stats
 from convfm.data.synth import generate_market, write_market
+
+# The default market looks like a real job-view log: 5 impressions per user on average (median 4, a long tail),
+# about 2.5 per job, most positives late in the timeline on jobs posted late (see the README).
+USERS, JOBS, INTERACTIONS = 10_000, 20_000, 50_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    synth = sub.add_parser("synth", help="write jobs/users/interactions/truth files of a synthetic job market")
+    synth = sub.add_parser("synth", help="write jobs/users/interactions/truth/oracle files of a synthetic job market "
+                           "and print its statistics")
     synth.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    synth.add_argument("--users", type=int, default=2000, help="number of users (default 2000)")
-    synth.add_argument("--jobs", type=int, default=1000, help="number of jobs (default 1000)")
-    synth.add_argument("--interactions", type=int, default=50_000, help="number of interactions (default 50000)")
+    synth.add_argument("--users", type=int, default=USERS, help=f"number of users (default {USERS})")
+    synth.add_argument("--jobs", type=int, default=JOBS, help=f"number of jobs (default {JOBS})")
+    synth.add_argument("--interactions", type=int, default=INTERACTIONS,
+                       help=f"number of interactions (default {INTERACTIONS})")
     synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default 0)")
     synth.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format (default csv)")
+    stats = sub.add_parser("stats", help="print how a market directory (jobs, interactions) unfolds in time")
+    stats.add_argument("--data", required=True, metavar="DIR", help="directory with jobs and interactions files")
+    stats.add_argument("--positive-events", default="apply,save", metavar="E1,E2",
+                       help="comma-separated events that count as positives (default apply,save)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data_command == "stats":
+        return _stats(args)
     start = time.perf_counter()
     market = generate_market(users=args.users, jobs=args.jobs, interactions=args.interactions, seed=args.seed)
     write_market(market, args.out, fmt=args.format)
-    print(f"wrote {args.users} users, {args.jobs} jobs, {args.interactions} interactions to {args.out} "
-          f"in {time.perf_counter() - start:.1f}s")
+    print(f"wrote {args.users} users, {args.jobs} jobs, {len(market.interactions)} interactions to {args.out} "
+          f"in {time.perf_counter() - start:.1f}s\n")
+    print(format_stats(market.meta["stats"]))
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    positives = tuple(e.strip() for e in args.positive_events.split(",") if e.strip())
+    negatives = tuple(e for e in DataConfig.negative_events if e not in positives)
+    config = DataConfig(path=args.data, positive_events=positives, negative_events=negatives)
+    market = load_job_market(config)
+    print(format_stats(market_stats(market.jobs, market.interactions, config.positive_events,
+                                    config.job_lifetime_days)))
     return 0

@@ -15,7 +15,7 @@ from convfm.errors import ConvFMError
 
 # subcommand -> (module with add_arguments(parser) and run(args), help line)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("convfm.cli.data", "data utilities: 'data synth' writes a synthetic job market"),
+    "data": ("convfm.cli.data", "data utilities: 'data synth' writes a synthetic job market, 'data stats' describes one"),
     "train": ("convfm.cli.train", "train ConvFM with Ray Train on local CPU workers, GPUs or a cluster"),
     "tune": ("convfm.cli.tune", "hyperparameter search with Ray Tune (ASHA); publishes the best model"),
     "evaluate": ("convfm.cli.evaluate", "evaluate a saved model on a data split, beside a popularity baseline"),

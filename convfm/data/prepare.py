@@ -15,7 +15,7 @@ from convfm.data.loading import build_examples, load_job_market, load_table, spl
 from convfm.features.jobs import JobFeatureExtractor, TableFeatureExtractor
 from convfm.evaluation.metrics import PopularityBaseline
 from convfm.store.serving_data import DISPLAY_COLUMNS
-from convfm.data.synth import load_truth
+from convfm.data.synth import load_oracle, load_truth
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -116,4 +116,4 @@ def prepare_data(
         log.info("%s: interaction timestamps are numbers or row order, not date/times: job liveness is not "
                  "checked (windows=None)", market.source.get("interactions", config.path))
     return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path), jobs=jobs,
-                        windows=windows, split_starts=splits.starts)
+                        windows=windows, split_starts=splits.starts, oracle=load_oracle(config.path))

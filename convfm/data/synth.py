@@ -1,15 +1,14 @@
-"""A synthetic job market with a known ground truth (``convfm data synth``).
+"""A synthetic job market that unfolds in time, with a known ground truth (``convfm data synth``).
 
 Jobs belong to one of ~20 skill clusters; titles and descriptions are built from the cluster, the seniority and
 skills, and every description names in prose one or more cluster skills that the ``skills`` column leaves out.
 Users have latent preferences (main and maybe a secondary cluster, true skills, home, level, salary
-expectation, activity, bias); ``users.csv`` holds a noisy view of them. Each impression's event is drawn from
-
-    p_positive = sigmoid(w . [skill Jaccard, same cluster, second cluster, location match, level gap,
-                              salary fit, job popularity, user bias] + b)
-
-with ``b`` set so that about 22% of impressions are positive (apply:save ~ 3:1; else view/click/dismiss).
-``truth.csv`` holds p_positive per (user_id, job_id). Fully vectorised and deterministic for a seed.
+expectation, activity, bias); ``users.csv`` holds a noisy view of them. Jobs are posted throughout the
+timeline and expire (``posted_at``, ``expires_at``); users arrive over it and see live jobs, fresh ones most
+(``convfm.data.synth_time``). Each impression is positive (apply:save ~ 3:1; else view/click/dismiss) with the
+probability of ``convfm.data.synth_oracle``: profile fit, freshness and the user's own earlier positives.
+``truth.csv`` holds p_positive per (user_id, job_id), ``oracle.npz`` the state that scores any (user, job,
+time). Fully vectorised and deterministic for a seed.
 """
 from __future__ import annotations
 
@@ -21,13 +20,17 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from convfm.jsonfile import write_json_atomic
+from convfm.data.market_stats import market_stats
 from convfm.data.readers import SUFFIXES, read_frame
+from convfm.data.synth_oracle import (  # noqa: F401  (load_oracle: re-exported)
+    FEATURES, JOB_KEYS, STATIC_WEIGHTS, USER_KEYS, MarketOracle, load_oracle, simulate,
+)
+from convfm.data.synth_time import EPOCH, MarketShape, impressions, job_windows_seconds  # noqa: F401
 from convfm.data.synth_vocab import CLUSTERS, COMPANY_PREFIXES, COMPANY_SUFFIXES, LOCATIONS, REMOTE
+from convfm.jsonfile import write_json_atomic
 from convfm.validate import check_int
 
-GENERATOR_VERSION = "1.0"
-POSITIVE_RATE = 0.22
+GENERATOR_VERSION = "2.0"
 LEVELS = ("entry", "mid", "senior", "lead")
 JOB_TYPES = ("full_time", "part_time", "contract", "internship")
 _LEVEL_PAY = np.array([0.7, 1.0, 1.3, 1.6])
@@ -35,20 +38,18 @@ _TYPE_PAY = np.array([1.0, 0.55, 1.1, 0.4])
 _TITLE_PREFIX = ("Junior ", "", "Senior ", "Lead ")
 _CLOSING = ("This is a full-time {level}-level role.", "This is a part-time {level}-level role.",
             "This is a {level}-level contract role.", "This is a paid internship.")
-_EPOCH = np.datetime64("2024-01-01T00:00:00", "s")
-# weights of [skill Jaccard, same cluster, second cluster, location, level gap, salary fit, popularity, bias]
-_WEIGHTS = np.array([5.0, 1.2, 0.6, 0.9, -0.7, 1.5, 0.35, 1.0])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SyntheticMarket:
-    """Generated tables (canonical columns), the truth (user_id, job_id, p_positive) and meta facts."""
+    """Generated tables (canonical columns), the truth (user_id, job_id, p_positive), the oracle, meta facts."""
 
     jobs: pd.DataFrame
     users: pd.DataFrame
     interactions: pd.DataFrame
     truth: pd.DataFrame
     meta: dict[str, Any]
+    oracle: MarketOracle
 
 
 def _vocabulary() -> tuple[list[str], np.ndarray]:
@@ -87,78 +88,62 @@ def _ids(prefix: str, n: int) -> np.ndarray:
     return np.array([f"{prefix}{i:0{width}d}" for i in range(n)], dtype=object)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+def _iso(seconds: np.ndarray) -> np.ndarray:
+    """Seconds since EPOCH -> "YYYY-MM-DDTHH:MM:SS" strings."""
+    return np.datetime_as_string(EPOCH + seconds.astype("timedelta64[s]"), unit="s")
 
 
-def generate_market(users: int, jobs: int, interactions: int, seed: int = 0) -> SyntheticMarket:
-    """Generate a market of ``users`` users, ``jobs`` jobs and about ``interactions`` unique impressions."""
+def generate_market(users: int, jobs: int, interactions: int, seed: int = 0,
+                    shape: MarketShape = MarketShape()) -> SyntheticMarket:
+    """Generate a market of ``users`` users, ``jobs`` jobs and about ``interactions`` unique impressions
+    (fewer when the live catalog cannot give a user that many distinct jobs) over ``shape``'s timeline."""
     for name, value, low in (("users", users, 1), ("jobs", jobs, 2), ("interactions", interactions, 1),
                              ("seed", seed, 0)):
         check_int(value, name, low)
+    if not isinstance(shape, MarketShape):
+        raise TypeError(f"shape must be a MarketShape, got {type(shape).__name__}")
     rng = np.random.default_rng(seed)
     names, table = _vocabulary()
     n_words = (len(names) + 63) // 64
     cluster_p = np.array([c.weight for c in CLUSTERS], dtype=float)
     cluster_p /= cluster_p.sum()
-    job = _make_jobs(rng, jobs, cluster_p, table, names, n_words)
+    job = _make_jobs(rng, jobs, cluster_p, table, names, n_words, shape)
     user = _make_users(rng, users, cluster_p, table, names, n_words)
-    pairs_u, pairs_j, seconds = _impressions(rng, user, job, interactions)
+    u, j, seconds = impressions(rng, user, job, interactions, shape, len(CLUSTERS), len(LOCATIONS) + 1)
 
-    p = _p_positive(user, job, pairs_u, pairs_j)
-    positive = rng.random(len(p)) < p
+    weights = np.array([*STATIC_WEIGHTS, shape.freshness_weight, shape.history_cluster, shape.history_company,
+                        shape.history_location])
+    p, positive, intercept = simulate(user, job, weights, shape.freshness_days, len(LOCATIONS), shape.positive_rate,
+                                      u, j, seconds, rng.random(len(u)))
     r = rng.random(len(p))
     event = np.where(positive, np.where(r < 0.75, "apply", "save"),
                      np.where(r < 0.5, "view", np.where(r < 0.8, "click", "dismiss")))
 
     uid, jid = _ids("u", users), _ids("j", jobs)
-    stamps = np.datetime_as_string(_EPOCH + seconds.astype("timedelta64[s]"), unit="s")
-    interactions_df = pd.DataFrame({"user_id": uid[pairs_u], "job_id": jid[pairs_j], "event": event,
-                                    "timestamp": stamps})
-    truth = pd.DataFrame({"user_id": uid[pairs_u], "job_id": jid[pairs_j], "p_positive": p.round(6)})
+    interactions_df = pd.DataFrame({"user_id": uid[u], "job_id": jid[j], "event": event, "timestamp": _iso(seconds)})
+    truth = pd.DataFrame({"user_id": uid[u], "job_id": jid[j], "p_positive": p.round(6)})
+    jobs_df = job["frame"].assign(job_id=jid)[["job_id", *job["frame"].columns]]
+    users_df = user["frame"].assign(user_id=uid)[["user_id", *user["frame"].columns]]
+    oracle = MarketOracle(uid, jid, {k: user[k] for k in USER_KEYS}, {k: job[k] for k in JOB_KEYS}, weights,
+                          intercept, shape.freshness_days, len(LOCATIONS),
+                          np.r_[0, np.cumsum(np.bincount(u[positive], minlength=users))], j[positive],
+                          seconds[positive])
     meta = {
         "generator_version": GENERATOR_VERSION, "seed": int(seed),
         "sizes": {"users": int(users), "jobs": int(jobs), "interactions": int(len(p)),
                   "requested_interactions": int(interactions)},
+        "shape": shape.to_dict(),
+        "timeline": {"start": str(EPOCH), "end": str(EPOCH + np.timedelta64(shape.seconds, "s"))},
         "positive_rate": round(float(positive.mean()), 6), "mean_p_positive": round(float(p.mean()), 6),
         "positive_events": ["apply", "save"], "negative_events": ["view", "click", "dismiss"],
-        "weights": dict(zip(["skill_jaccard", "same_cluster", "second_cluster", "location", "level_gap",
-                             "salary_fit", "popularity", "user_bias"], _WEIGHTS.tolist())),
+        "weights": dict(zip(FEATURES, weights.tolist())), "intercept": round(intercept, 6),
+        "stats": market_stats(jobs_df, interactions_df),
     }
-    jobs_df = job["frame"].assign(job_id=jid)[["job_id", *job["frame"].columns]]
-    users_df = user["frame"].assign(user_id=uid)[["user_id", *user["frame"].columns]]
-    return SyntheticMarket(jobs_df, users_df, interactions_df, truth, meta)
-
-
-def _p_positive(user: dict[str, Any], job: dict[str, Any], u: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """The true probability of a positive event per impression (see the module docstring)."""
-    shared = _bitwise_count(user["mask"][u] & job["mask"][j])
-    union = _bitwise_count(user["mask"][u] | job["mask"][j])
-    cluster = job["cluster"][j]
-    features = np.stack([
-        shared / np.maximum(union, 1),
-        cluster == user["cluster"][u],
-        cluster == user["second"][u],
-        (job["loc"][j] == user["home"][u]) | (job["loc"][j] == len(LOCATIONS)),  # the last location is Remote
-        np.abs(job["level"][j] - user["level"][u]),
-        np.clip(np.log(job["pay"][j] / user["expect"][u]), -1.0, 0.3),
-        job["pop"][j],
-        user["bias"][u],
-    ], axis=1).astype(np.float64)
-    z = features @ _WEIGHTS
-    lo, hi = -30.0, 30.0
-    for _ in range(40):  # bisect the intercept so that the mean p_positive is POSITIVE_RATE
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _sigmoid(z + mid).mean() < POSITIVE_RATE else (lo, mid)
-    return _sigmoid(z + (lo + hi) / 2)
-
-
-def _bitwise_count(masks: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(masks).sum(axis=1).astype(np.float64)
+    return SyntheticMarket(jobs_df, users_df, interactions_df, truth, meta, oracle)
 
 
 def _make_jobs(rng: np.random.Generator, n: int, cluster_p: np.ndarray, table: np.ndarray, names: list[str],
-               n_words: int) -> dict[str, Any]:
+               n_words: int, shape: MarketShape) -> dict[str, Any]:
     cluster = rng.choice(len(CLUSTERS), n, p=cluster_p)
     jtype = rng.choice(4, n, p=[0.72, 0.1, 0.13, 0.05])
     level = np.where(jtype == 3, 0, rng.choice(4, n, p=[0.25, 0.4, 0.25, 0.1]))
@@ -184,7 +169,7 @@ def _make_jobs(rng: np.random.Generator, n: int, cluster_p: np.ndarray, table: n
     shown = rng.random(n) > 0.15
     salary_min = pd.array(np.where(shown, np.round(pay * 0.9, -3), np.nan), dtype="Int64")
     salary_max = pd.array(np.where(shown, np.round(pay * 1.15, -3), np.nan), dtype="Int64")
-    posted = np.datetime_as_string(_EPOCH.astype("datetime64[D]") + rng.integers(0, 366, n), unit="D")
+    posted, expires = job_windows_seconds(rng, n, shape)
     company_names = [f"{COMPANY_PREFIXES[i % 20]} {COMPANY_SUFFIXES[(i // 20) % 20]}"
                      + (f" {i // 400 + 1}" if i >= 400 else "") for i in range(n_companies)]
     variant = rng.integers(0, 4, n)
@@ -212,11 +197,11 @@ def _make_jobs(rng: np.random.Generator, n: int, cluster_p: np.ndarray, table: n
         "title": titles, "description": descriptions, "skills": _join(listed, names),
         "location": np.array(all_locations, dtype=object)[loc], "company": np.array(company_names, object)[company],
         "salary_min": salary_min, "salary_max": salary_max, "job_type": np.array(JOB_TYPES, object)[jtype],
-        "experience_level": np.array(LEVELS, object)[level], "posted_at": posted,
+        "experience_level": np.array(LEVELS, object)[level], "posted_at": _iso(posted), "expires_at": _iso(expires),
     })
     mask = _bitmask(np.concatenate([listed, prose], axis=1), n_words)
-    return {"frame": frame, "cluster": cluster, "level": level, "loc": loc, "pop": pop, "pay": pay,
-            "mask": mask, "weight": np.exp(0.8 * pop)}
+    return {"frame": frame, "cluster": cluster, "level": level, "loc": loc, "company": company, "pop": pop,
+            "pay": pay, "mask": mask, "weight": np.exp(0.8 * pop), "posted": posted, "expires": expires}
 
 
 def _make_users(rng: np.random.Generator, n: int, cluster_p: np.ndarray, table: np.ndarray, names: list[str],
@@ -245,67 +230,8 @@ def _make_users(rng: np.random.Generator, n: int, cluster_p: np.ndarray, table: 
             "activity": rng.lognormal(0, 0.8, n)}
 
 
-def _impressions(rng: np.random.Generator, user: dict[str, Any], job: dict[str, Any],
-                 total: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user index, job index, seconds since 2024-01-01) per impression: unique per user, time-ordered per user."""
-    n_users, n_jobs = len(user["cluster"]), len(job["cluster"])
-    share = user["activity"] / user["activity"].sum()
-    if total >= n_users:
-        counts = 1 + rng.multinomial(total - n_users, share)
-    else:
-        counts = np.bincount(rng.choice(n_users, total, replace=False, p=share), minlength=n_users)
-    counts = np.minimum(counts, max(1, n_jobs // 2))
-    u = np.repeat(np.arange(n_users), counts)
-    r = rng.random(len(u))
-    group_cluster = np.where((r < 0.6) & (user["second"][u] >= 0), user["second"][u], user["cluster"][u])
-    by_cluster = _grouped_sampler(job["cluster"], job["weight"], len(CLUSTERS))
-    by_location = _grouped_sampler(job["loc"], job["weight"], len(LOCATIONS) + 1)
-    anywhere = _grouped_sampler(np.zeros(n_jobs, np.int64), job["weight"], 1)
-    j = np.where(r < 0.45, by_cluster(rng, user["cluster"][u]),
-                 np.where(r < 0.6, by_cluster(rng, group_cluster),
-                          np.where(r < 0.72, by_location(rng, user["home"][u]), anywhere(rng, np.zeros_like(u)))))
-    keep = np.ones(len(u), dtype=bool)
-    for _ in range(10):  # redraw repeated (user, job) pairs from the whole catalog
-        repeated = np.ones(len(u), dtype=bool)
-        repeated[np.unique(u * n_jobs + j, return_index=True)[1]] = False
-        if not repeated.any():
-            break
-        j[repeated] = anywhere(rng, np.zeros(int(repeated.sum()), np.int64))
-    else:
-        keep[:] = False
-        keep[np.unique(u * n_jobs + j, return_index=True)[1]] = True
-    u, j = u[keep], j[keep]
-    gaps = rng.exponential(6 * 3600.0, len(u))
-    running = np.cumsum(gaps)
-    first = np.searchsorted(u, np.arange(n_users))
-    first_row = np.minimum(first, max(len(u) - 1, 0))
-    start = rng.uniform(0, 300 * 86400, n_users) - (running[first_row] - gaps[first_row])
-    return u, j, (start[u] + running).astype(np.int64)
-
-
-def _grouped_sampler(groups: np.ndarray, weights: np.ndarray, n_groups: int):
-    """A function (rng, group per draw) -> job index drawn by weight within the group (any job if it is empty)."""
-    order = np.argsort(groups, kind="stable")
-    cum = np.cumsum(weights[order])
-    ends = np.cumsum(np.bincount(groups, minlength=n_groups))
-    starts = ends - np.bincount(groups, minlength=n_groups)
-    before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)
-    mass = np.where(ends > starts, cum[np.maximum(ends - 1, 0)] - before, 0.0)
-    empty = mass <= 0
-
-    def draw(rng: np.random.Generator, g: np.ndarray) -> np.ndarray:
-        g = np.where(empty[g], -1, g)
-        lo = np.where(g >= 0, before[g], 0.0)
-        width = np.where(g >= 0, mass[g], cum[-1])
-        pos = np.searchsorted(cum, lo + rng.random(len(g)) * width, side="right")
-        lo_pos, hi_pos = np.where(g >= 0, starts[g], 0), np.where(g >= 0, ends[g] - 1, len(cum) - 1)
-        return order[np.clip(pos, lo_pos, hi_pos)]
-
-    return draw
-
-
 def write_market(market: SyntheticMarket, out_dir: str | Path, fmt: str = "csv") -> dict[str, Path]:
-    """Write jobs, users, interactions, truth (.csv or .parquet) and meta.json; returns name -> path."""
+    """Write jobs, users, interactions, truth (.csv or .parquet), oracle.npz and meta.json; returns name -> path."""
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"fmt must be 'csv' or 'parquet', got {fmt!r}")
     out = Path(out_dir)
@@ -318,6 +244,8 @@ def write_market(market: SyntheticMarket, out_dir: str | Path, fmt: str = "csv")
         else:
             frame.to_parquet(path, index=False)
         written[name] = path
+    written["oracle"] = out / "oracle.npz"
+    market.oracle.save(written["oracle"])
     written["meta"] = out / "meta.json"
     write_json_atomic(written["meta"], market.meta)
     return written

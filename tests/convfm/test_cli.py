@@ -1,4 +1,5 @@
 """The `convfm` command: help, data synth, and one-line errors (tracebacks only with --debug)."""
+import re
 import subprocess
 import sys
 
@@ -20,10 +21,16 @@ def test_every_subcommand_has_help(capsys):
 
 
 def test_data_synth_writes_a_market(tmp_path, capsys):
-    assert main(["data", "synth", "--out", str(tmp_path), "--users", "50", "--jobs", "30",
+    assert main(["data", "synth", "--out", str(tmp_path), "--users", "50", "--jobs", "200",
                  "--interactions", "500", "--seed", "3"]) == 0
-    assert {p.name for p in tmp_path.iterdir()} >= {"jobs.csv", "users.csv", "interactions.csv", "truth.csv"}
-    assert "wrote 50 users" in capsys.readouterr().out
+    assert {p.name for p in tmp_path.iterdir()} >= {"jobs.csv", "users.csv", "interactions.csv", "truth.csv",
+                                                    "oracle.npz", "meta.json"}
+    out = capsys.readouterr().out
+    assert "wrote 50 users, 200 jobs, 500 interactions" in out
+    assert re.search(r"^interactions per user, median +8\.00$", out, re.M)
+    assert re.search(r"^last-tenth positives on jobs posted in it +\d+\.\d%$", out, re.M)
+    assert main(["data", "stats", "--data", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == out.split("\n\n", 1)[1].strip()  # the same table from the files
 
 
 def test_errors_are_one_line_without_traceback(tmp_path):

@@ -1,4 +1,4 @@
-"""convfm.data.synth: deterministic, realistic, learnable synthetic job markets."""
+"""convfm.data.synth: deterministic synthetic job markets that unfold in time, with an exact oracle."""
 from __future__ import annotations
 
 import json
@@ -8,16 +8,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from convfm.cli.data import INTERACTIONS, JOBS, USERS
 from convfm.config import DataConfig
+from convfm.data.liveness import job_windows
 from convfm.data.loading import build_examples, load_job_market, split_examples
-from convfm.data.synth import CLUSTERS, SyntheticMarket, generate_market, load_truth, oracle_auc, write_market
+from convfm.data.market_stats import market_stats
+from convfm.data.readers import order_key
+from convfm.data.synth import (
+    CLUSTERS, MarketShape, SyntheticMarket, generate_market, load_oracle, load_truth, oracle_auc, write_market,
+)
 
-FILES = ("jobs.csv", "users.csv", "interactions.csv", "truth.csv", "meta.json")
+FILES = ("jobs.csv", "users.csv", "interactions.csv", "truth.csv", "oracle.npz", "meta.json")
 
 
 @pytest.fixture(scope="module")
 def market() -> SyntheticMarket:
-    return generate_market(users=2000, jobs=1000, interactions=50_000, seed=0)
+    """The `convfm data synth` default market."""
+    return generate_market(users=USERS, jobs=JOBS, interactions=INTERACTIONS, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -27,79 +34,128 @@ def written(market: SyntheticMarket, tmp_path_factory: pytest.TempPathFactory) -
     return out
 
 
-def test_same_seed_same_bytes_other_seed_other_files(written: Path, tmp_path: Path) -> None:
-    write_market(generate_market(users=2000, jobs=1000, interactions=50_000, seed=0), tmp_path / "same")
-    write_market(generate_market(users=2000, jobs=1000, interactions=50_000, seed=1), tmp_path / "other")
+def _micros(values: pd.Series) -> np.ndarray:
+    return order_key(values, Path("x"), "t")
+
+
+def test_same_seed_same_bytes_other_seed_other_files(tmp_path: Path) -> None:
+    for name, seed in (("a", 0), ("same", 0), ("other", 1)):
+        write_market(generate_market(users=800, jobs=600, interactions=5_000, seed=seed), tmp_path / name)
     for name in FILES:
-        assert (written / name).read_bytes() == (tmp_path / "same" / name).read_bytes(), name
-    for name in ("jobs.csv", "users.csv", "interactions.csv", "truth.csv"):
-        assert (written / name).read_bytes() != (tmp_path / "other" / name).read_bytes(), name
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "same" / name).read_bytes(), name
+        assert (tmp_path / "a" / name).read_bytes() != (tmp_path / "other" / name).read_bytes(), name
 
 
 def test_tables_shapes_ids_and_columns(market: SyntheticMarket) -> None:
-    assert len(market.jobs) == 1000 and len(market.users) == 2000 and len(market.interactions) == 50_000
+    assert len(market.jobs) == JOBS and len(market.users) == USERS and len(market.interactions) == INTERACTIONS
     assert list(market.jobs.columns) == ["job_id", "title", "description", "skills", "location", "company",
-                                         "salary_min", "salary_max", "job_type", "experience_level", "posted_at"]
+                                         "salary_min", "salary_max", "job_type", "experience_level", "posted_at",
+                                         "expires_at"]
     assert list(market.users.columns) == ["user_id", "skills", "location", "experience_level"]
     assert list(market.interactions.columns) == ["user_id", "job_id", "event", "timestamp"]
     assert market.jobs["job_id"].iloc[45] == "j000045" and market.users["user_id"].iloc[123] == "u000123"
     assert not market.interactions.duplicated(["user_id", "job_id"]).any()
     pd.testing.assert_frame_equal(market.truth[["user_id", "job_id"]], market.interactions[["user_id", "job_id"]])
+    assert market.interactions["timestamp"].str.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d").all()
+    assert market.jobs["expires_at"].str.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d").all()
     assert set(market.jobs["job_type"]) == {"full_time", "part_time", "contract", "internship"}
-    assert set(market.jobs["experience_level"]) == {"entry", "mid", "senior", "lead"}
     assert 20 <= len(CLUSTERS) and all(8 <= len(c.skills) <= 15 for c in CLUSTERS)
-    assert 28 <= market.jobs["location"].nunique() <= 31
 
 
-def test_positive_rate_and_events(market: SyntheticMarket) -> None:
-    events = market.interactions["event"].value_counts(normalize=True)
-    positive = events[["apply", "save"]].sum()
-    assert 0.15 <= positive <= 0.30 and abs(market.meta["positive_rate"] - positive) < 1e-9
-    assert 2.0 <= events["apply"] / events["save"] <= 4.5
-    assert set(events.index) == {"view", "click", "save", "apply", "dismiss"}
+def test_every_impression_is_of_a_live_job_and_jobs_expire_after_posting(market: SyntheticMarket) -> None:
+    posted, expires = _micros(market.jobs["posted_at"]), _micros(market.jobs["expires_at"])
+    assert (expires > posted).all()
+    lifetime_days = (expires - posted) / 86_400e6
+    assert 20 <= np.median(lifetime_days) <= 40 and lifetime_days.min() > 0
+    windows = job_windows(market.jobs, default_lifetime_days=None)
+    codes = pd.Index(market.jobs["job_id"]).get_indexer(market.interactions["job_id"])
+    times = _micros(market.interactions["timestamp"])
+    assert windows.live(times, codes[:, None]).all()
+    start, end = _micros(pd.Series(["2024-01-01T00:00:00", "2024-03-25T00:00:00"]))  # 12 weeks
+    assert start <= times.min() and times.max() <= end
+    assert (posted < start).mean() > 0.1 and (posted >= start).mean() > 0.6  # a catalog on day 1, then a flow
 
 
-def test_descriptions_mention_skills_missing_from_skills_column(market: SyntheticMarket) -> None:
-    vocabulary = {s for c in CLUSTERS for s in c.skills}
-    hidden = [any(s in desc and s not in listed.split(";") for s in vocabulary if len(s) > 3)
-              for desc, listed in zip(market.jobs["description"], market.jobs["skills"])]
-    assert np.mean(hidden) > 0.8
-    assert market.jobs["title"].str.contains("Senior|Lead|Junior|Intern").mean() > 0.4
-
-
-def test_realistic_marginals(market: SyntheticMarket) -> None:
-    jobs, users = market.jobs, market.users
-    company_share = jobs["company"].value_counts(normalize=True)
-    assert company_share.iloc[0] > 5 * company_share.median()  # Zipf-like popularity
-    pay = jobs.groupby("experience_level")["salary_min"].median()
-    assert pay["entry"] < pay["mid"] < pay["senior"] < pay["lead"]
-    assert 0.05 <= jobs["salary_min"].isna().mean() <= 0.25
-    assert 0.05 <= (users["location"] == "").mean() <= 0.15
-    times = pd.to_datetime(market.interactions["timestamp"])
-    assert times.groupby(market.interactions["user_id"]).apply(lambda t: t.is_monotonic_increasing).all()
+def test_default_market_looks_like_a_job_view_log(market: SyntheticMarket) -> None:
+    stats = market.meta["stats"]
+    assert stats["interactions_per_user_median"] <= 5
+    assert stats["interactions_per_user_mean"] == pytest.approx(INTERACTIONS / USERS)
     counts = market.interactions.groupby("user_id").size()
-    assert counts.max() > 4 * counts.median()  # active users see more jobs
+    assert counts.max() > 10 * counts.median()  # a long tail of active users
+    assert stats["last_tenth_new_job_share"] > 0.5
+    assert stats["positives_within_13_days"] > 0.85
+    assert 0.1 < stats["cold_last_positive_share"] < 0.6
+    events = market.interactions["event"].value_counts(normalize=True)
+    assert 0.18 <= events[["apply", "save"]].sum() <= 0.26
+    assert 2.0 <= events["apply"] / events["save"] <= 4.5
+    times = _micros(market.interactions["timestamp"])
+    assert (pd.Series(times).groupby(market.interactions["user_id"].to_numpy()).diff().dropna() > 0).all()
+
+
+def test_stats_from_the_written_tables_match_meta(market: SyntheticMarket, written: Path) -> None:
+    loaded = load_job_market(DataConfig(path=str(written)))
+    assert market_stats(loaded.jobs, loaded.interactions) == market.meta["stats"]
+    meta = json.loads((written / "meta.json").read_text())
+    assert meta["shape"]["weeks"] == 12 and meta["stats"]["users"] == USERS and meta["seed"] == 0
+
+
+def test_oracle_reproduces_truth_after_a_round_trip(written: Path) -> None:
+    oracle, truth = load_oracle(written), load_truth(written)
+    interactions = pd.read_csv(written / "interactions.csv")
+    p = oracle.score(interactions["user_id"].to_numpy(), interactions["job_id"].to_numpy()[:, None],
+                     _micros(interactions["timestamp"]))
+    assert p.shape == (len(truth), 1) and p.dtype == np.float64
+    np.testing.assert_allclose(p[:, 0], truth["p_positive"].to_numpy(), atol=1e-5)
+    assert load_oracle(written.parent) is None  # no oracle.npz: real data
+
+
+def test_oracle_ranks_the_catalog_and_history_moves_it(market: SyntheticMarket) -> None:
+    oracle, frame = market.oracle, market.interactions
+    positives = frame[frame["event"].isin(["apply", "save"])]
+    heavy = positives["user_id"].value_counts().index[0]
+    mine = positives[positives["user_id"] == heavy]
+    first, last = _micros(mine["timestamp"])[[0, -1]]
+    catalog = market.jobs["job_id"].to_numpy()[None, :200]
+    before, after = oracle.score(np.array([heavy, heavy]), np.repeat(catalog, 2, axis=0), np.array([first, last]))
+    assert ((before > 0) & (before < 1)).all() and not np.allclose(before, after)
+    with pytest.raises(ValueError, match=r"unknown user id 'nobody' \(2 unknown\)"):
+        oracle.score(np.array(["nobody", heavy, "nobody"]), np.repeat(catalog, 3, axis=0), np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match=r"unknown job id 'j9' \(1 unknown\)"):
+        oracle.score(np.array([heavy]), np.array([["j9", catalog[0, 0]]]), np.zeros(1, np.int64))
 
 
 def test_oracle_auc_is_high_but_not_perfect(written: Path) -> None:
     config = DataConfig(path=str(written))
-    market = load_job_market(config)
-    assert market.users is not None and len(market.users) == 2000
-    examples = build_examples(market, config)
-    assert len(examples) == 50_000
+    examples = build_examples(load_job_market(config), config)
     truth = load_truth(written)
-    auc = oracle_auc(examples, truth)
-    assert 0.75 <= auc <= 0.97
-    test = split_examples(examples, config).test
-    assert 0.75 <= oracle_auc(test, truth) <= 0.97
-    meta = json.loads((written / "meta.json").read_text())
-    assert meta["seed"] == 0 and meta["sizes"]["interactions"] == 50_000 and "generator_version" in meta
+    assert 0.75 <= oracle_auc(examples, truth) <= 0.97
+    assert 0.75 <= oracle_auc(split_examples(examples, config).test, truth) <= 0.97
 
 
-def test_parquet_output_loads(market: SyntheticMarket, tmp_path: Path) -> None:
+def test_knobs_give_long_histories_and_a_static_truth() -> None:
+    dense = generate_market(users=300, jobs=400, interactions=9_000, seed=2, shape=MarketShape(activity_sigma=0.3))
+    counts = dense.interactions.groupby("user_id").size()
+    assert counts.median() >= 20
+    flat = MarketShape(freshness_weight=0.0, history_cluster=0.0, history_company=0.0, history_location=0.0)
+    static = generate_market(users=300, jobs=400, interactions=9_000, seed=2, shape=flat)
+    assert static.meta["weights"]["freshness"] == 0.0 and static.meta["shape"]["activity_sigma"] == 1.6
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("weeks", 0, r"weeks: must be an integer in \[1, 520\], got 0"),
+    ("exposure_decay_days", 0.0, r"exposure_decay_days: must be a number in \[0.01, 3650\], got 0.0"),
+    ("activity_sigma", -1, r"activity_sigma: must be a number in \[0, 4\], got -1"),
+    ("positive_rate", 1.0, r"positive_rate: must be a number in \(0, 1\), got 1.0"),
+])
+def test_bad_knobs_name_the_field(field: str, value: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MarketShape(**{field: value})
+
+
+def test_parquet_output_loads(tmp_path: Path) -> None:
     small = generate_market(users=50, jobs=40, interactions=300, seed=5)
     written = write_market(small, tmp_path, fmt="parquet")
-    assert written["jobs"].name == "jobs.parquet"
+    assert written["jobs"].name == "jobs.parquet" and written["oracle"].name == "oracle.npz"
     loaded = load_job_market(DataConfig(path=str(tmp_path)))
     assert len(loaded.interactions) == len(small.interactions)
     assert load_truth(tmp_path)["p_positive"].between(0, 1).all()
@@ -107,6 +163,6 @@ def test_parquet_output_loads(market: SyntheticMarket, tmp_path: Path) -> None:
 
 def test_small_and_invalid_sizes() -> None:
     tiny = generate_market(users=10, jobs=4, interactions=5, seed=0)
-    assert len(tiny.interactions) == 5 and not tiny.interactions.duplicated(["user_id", "job_id"]).any()
+    assert 1 <= len(tiny.interactions) <= 5 and not tiny.interactions.duplicated(["user_id", "job_id"]).any()
     with pytest.raises(ValueError, match=r"users: must be an integer >= 1, got 0"):
         generate_market(users=0, jobs=10, interactions=10)
