@@ -34,8 +34,10 @@ def test_validation_auc_beats_popularity_well(run, request):
     # measured: 1 worker 0.73, 2 workers 0.76, popularity 0.55, oracle 0.85 (see the report in run.json)
     assert auc > popularity + 0.12, result.best_metrics
     assert auc > 0.68 and auc < oracle + 0.02, result.best_metrics
-    # ranking the held-out job among 100: measured 0.26-0.28 vs popularity 0.07 (chance ~0.04)
-    assert result.best_metrics["val_ndcg@10"] > 2.5 * result.best_metrics["popularity_ndcg@10"]
+    # each validation positive against the ~84 jobs live at its time (the live protocol): measured NDCG@10 0.33-0.34
+    # vs all-time popularity 0.23, oracle 0.69; newest-first (0.54) still beats the model here (issue 13's target)
+    best = result.best_metrics
+    assert 1.25 * best["popularity_ndcg@10"] < best["val_ndcg@10"] < best["oracle_ndcg@10"], best
     assert [r["epoch"] for r in result.history] == [0, 1, 2]
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
