@@ -24,9 +24,9 @@ import pandas as pd
 from convfm.data.liveness import ALWAYS, MICROS_PER_DAY, NEVER, JobWindows
 from convfm.evaluation.metrics import (
     PopularityBaseline,
-    _as_str,
-    _excluded,
-    _lookup,
+    as_str_ids,
+    excluded_pairs,
+    lookup_ids,
     positive_ranks,
     rank_metrics,
 )
@@ -73,14 +73,14 @@ def select_events(
     """The split's positives (label > 0) that can be ranked, at most ``max_events`` (a seeded sample), in time
     order; ``seen`` holds (user_id, job_id) pairs of every split."""
     positives = frame[frame["label"] > 0]
-    index = pd.Index(_as_str(np.asarray(catalog)))
-    codes = _lookup(index, positives["job_id"])
+    index = pd.Index(as_str_ids(np.asarray(catalog)))
+    codes = lookup_ids(index, positives["job_id"])
     times = positives["timestamp"].to_numpy(np.int64)
     in_catalog = codes >= 0
     live = np.zeros(len(codes), dtype=bool)
     live[in_catalog] = windows.live(times[in_catalog], codes[in_catalog, None])[:, 0]
     kept = positives[live]
-    rows, excluded = _excluded(kept, seen, index)
+    rows, excluded = excluded_pairs(kept, seen, index)
     live_excluded = windows.live(times[live][rows], excluded[:, None])[:, 0]
     available = windows.live_count(times[live]) - np.bincount(rows[live_excluded], minlength=len(kept))
     ranked = kept[available > 0]
@@ -88,11 +88,11 @@ def select_events(
         chosen = np.sort(np.random.default_rng(seed).choice(len(ranked), max_events, replace=False))
         ranked = ranked.iloc[chosen]
     ranked = ranked.sort_values("timestamp", kind="stable")
-    rows, excluded = _excluded(ranked, seen, index)
+    rows, excluded = excluded_pairs(ranked, seen, index)
     skipped = {"not_in_catalog": int((~in_catalog).sum()), "not_live": int((in_catalog & ~live).sum()),
                "no_candidates": int((available <= 0).sum())}
     return LiveEvents(ranked["user_id"].to_numpy(), ranked["timestamp"].to_numpy(np.int64),
-                      _lookup(index, ranked["job_id"]), rows, excluded, skipped, len(positives))
+                      lookup_ids(index, ranked["job_id"]), rows, excluded, skipped, len(positives))
 
 
 def _candidates(events: LiveEvents, windows: JobWindows, start: int, stop: int) -> np.ndarray:
@@ -168,7 +168,7 @@ def popularity_scorer(baseline: PopularityBaseline, catalog: np.ndarray) -> Scor
 def recent_popularity_scorer(positives: pd.DataFrame, catalog: np.ndarray, days: float = RECENT_DAYS) -> Scorer:
     """Positives per job in the ``days`` before t: [t - days, t), from ``positives`` (job_id, timestamp) of
     every split (only what was known before t)."""
-    codes = _lookup(pd.Index(_as_str(np.asarray(catalog))), positives["job_id"])
+    codes = lookup_ids(pd.Index(as_str_ids(np.asarray(catalog))), positives["job_id"])
     stamps = positives["timestamp"].to_numpy(np.int64)[codes >= 0]
     order = np.argsort(stamps, kind="stable")
     stamps, codes = stamps[order], codes[codes >= 0][order]

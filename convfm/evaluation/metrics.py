@@ -32,7 +32,7 @@ def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], name: str) -
         raise DataValidationError(f"{name}: missing column(s) {missing}; has {list(frame.columns)}")
 
 
-def _as_str(values: Any) -> np.ndarray:
+def as_str_ids(values: Any) -> np.ndarray:
     """Ids compare as strings everywhere (DESIGN: ``12`` and ``"12"`` are the same id)."""
     return np.asarray(values).astype(str)
 
@@ -40,11 +40,11 @@ def _as_str(values: Any) -> np.ndarray:
 def _factorize_str(values: Any) -> tuple[np.ndarray, np.ndarray]:
     """(codes, distinct str ids) of flattened ``values``; only distinct ids are stringified (fast)."""
     codes, uniques = pd.factorize(np.asarray(values).ravel())
-    str_codes, str_uniques = pd.factorize(_as_str(uniques))  # 12 and "12" merge here
+    str_codes, str_uniques = pd.factorize(as_str_ids(uniques))  # 12 and "12" merge here
     return np.append(str_codes, -1)[codes], np.asarray(str_uniques, dtype=object)
 
 
-def _lookup(index: pd.Index, values: Any) -> np.ndarray:
+def lookup_ids(index: pd.Index, values: Any) -> np.ndarray:
     """Position in ``index`` (of str ids) of each id in flattened ``values``, -1 if absent."""
     codes, uniques = _factorize_str(values)
     return np.append(index.get_indexer(uniques), -1)[codes]
@@ -181,11 +181,11 @@ def sample_ranking_candidates(
     if num_negatives is not None and num_negatives < 1:
         raise ValueError(f"num_negatives must be >= 1 or None (full catalog), got {num_negatives}")
     catalog = np.asarray(catalog)
-    catalog_index = pd.Index(_as_str(catalog.ravel()))
+    catalog_index = pd.Index(as_str_ids(catalog.ravel()))
     if catalog.ndim != 1 or catalog.size == 0 or not catalog_index.is_unique:
         raise ValueError("catalog must be a non-empty 1-D array of unique job ids")
     num_rows, size = len(held_out), len(catalog)
-    excluded_rows, excluded_codes = _excluded(held_out, seen, catalog_index)
+    excluded_rows, excluded_codes = excluded_pairs(held_out, seen, catalog_index)
     available = size - np.bincount(excluded_rows, minlength=num_rows)
 
     if num_negatives is None:
@@ -215,18 +215,18 @@ def sample_ranking_candidates(
     return RankingCandidates(held_out["user_id"].to_numpy(), job_ids, full_mask)
 
 
-def _excluded(
+def excluded_pairs(
     held_out: pd.DataFrame, seen: pd.DataFrame, catalog_index: pd.Index
 ) -> tuple[np.ndarray, np.ndarray]:
     """(row, catalog code) pairs each held-out row must not sample, sorted, unique: seen jobs + positive."""
     size = len(catalog_index)
-    user_codes, users = pd.factorize(_as_str(held_out["user_id"]))
+    user_codes, users = pd.factorize(as_str_ids(held_out["user_id"]))
     seen_pairs = pd.DataFrame({
-        "user": _lookup(pd.Index(users), seen["user_id"]),
-        "code": _lookup(catalog_index, seen["job_id"]),
+        "user": lookup_ids(pd.Index(users), seen["user_id"]),
+        "code": lookup_ids(catalog_index, seen["job_id"]),
     }).merge(pd.DataFrame({"user": user_codes, "row": np.arange(len(held_out))}), on="user")
     rows = np.concatenate([seen_pairs["row"].to_numpy(), np.arange(len(held_out))])
-    codes = np.concatenate([seen_pairs["code"].to_numpy(), _lookup(catalog_index, held_out["job_id"])])
+    codes = np.concatenate([seen_pairs["code"].to_numpy(), lookup_ids(catalog_index, held_out["job_id"])])
     keys = np.sort(rows[codes >= 0] * size + codes[codes >= 0])
     keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys
     return np.divmod(keys, size)
@@ -300,7 +300,7 @@ class PopularityBaseline:
 
     def _set(self, prior: float, job_ids: Any, positives: Any, interactions: Any) -> None:
         self.prior = float(prior)
-        self._index = pd.Index(_as_str(job_ids))
+        self._index = pd.Index(as_str_ids(job_ids))
         self._positives = np.asarray(positives, dtype=np.int64)
         self._interactions = np.asarray(interactions, dtype=np.int64)
         a = self.smoothing
@@ -311,7 +311,7 @@ class PopularityBaseline:
         if self.prior is None:
             raise RuntimeError("PopularityBaseline is not fitted; call fit() or from_dict() first")
         ids = np.asarray(job_ids)
-        return np.append(self._scores, self.prior)[_lookup(self._index, ids)].reshape(ids.shape)
+        return np.append(self._scores, self.prior)[lookup_ids(self._index, ids)].reshape(ids.shape)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state."""

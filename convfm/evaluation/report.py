@@ -33,7 +33,7 @@ from convfm.evaluation.live import (
 from convfm.evaluation.metrics import (
     PopularityBaseline,
     RankingCandidates,
-    _as_str,
+    as_str_ids,
     classification_metrics,
     held_out_last_positive,
     ranking_metrics,
@@ -95,10 +95,10 @@ def model_scorer(model: nn.Module, data: PreparedData, batch_size: int, device: 
     except ValueError:
         return lambda users, times, codes: score_pairs(
             model, data, np.asarray(users), np.broadcast_to(catalog[codes], (len(users), len(codes))), batch_size, device)
-    job_rows = np.array([extractor.job_rows.get(j, UNKNOWN_ROW) for j in _as_str(catalog)], dtype=np.int64)
+    job_rows = np.array([extractor.job_rows.get(j, UNKNOWN_ROW) for j in as_str_ids(catalog)], dtype=np.int64)
 
     def score(users: np.ndarray, times: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        rows = np.array([extractor.user_rows.get(u, UNKNOWN_ROW) for u in _as_str(users)], dtype=np.int64)
+        rows = np.array([extractor.user_rows.get(u, UNKNOWN_ROW) for u in as_str_ids(users)], dtype=np.int64)
         return ranker.score_all(extractor.user_catalog.take(rows), job_rows[codes]).float().cpu().numpy()  # (e, M)
 
     return score
