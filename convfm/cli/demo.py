@@ -22,9 +22,9 @@ from convfm.data.synth import generate_market, write_market
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="runs/demo", metavar="DIR", help="where data, runs and models go "
                         "(default runs/demo; a previous demo's is replaced, any other non-empty one refused)")
-    parser.add_argument("--users", type=int, default=12_000, help="synthetic users (default 12000)")
-    parser.add_argument("--jobs", type=int, default=12_000, help="synthetic jobs (default 12000)")
-    parser.add_argument("--interactions", type=int, default=60_000, help="synthetic interactions (default 60000)")
+    parser.add_argument("--users", type=int, default=6_000, help="synthetic users (default 6000)")
+    parser.add_argument("--jobs", type=int, default=6_000, help="synthetic jobs (default 6000)")
+    parser.add_argument("--interactions", type=int, default=30_000, help="synthetic interactions (default 30000)")
     parser.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train CPU workers (default 2)")
     parser.add_argument("--trials", type=int, default=4, help="Tune trials, 2 epochs each (default 4; 0 skips)")
