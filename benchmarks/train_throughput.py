@@ -49,7 +49,7 @@ from convfm.evaluation.metrics import PopularityBaseline  # noqa: E402
 from convfm.model.network import ConvFM  # noqa: E402
 from convfm.model.optim import CombinedOptimizer, build_optimizer  # noqa: E402
 from convfm.data.prepare import PreparedData, prepare_data  # noqa: E402
-from convfm.data.synth import generate_market, write_market  # noqa: E402
+from convfm.data.synth import GENERATOR_VERSION, generate_market, write_market  # noqa: E402
 from convfm.training.in_process import epoch_seed  # noqa: E402
 from convfm.training.epoch import train_epoch  # noqa: E402
 
@@ -73,8 +73,9 @@ class Setup:
 
 
 def market_dir(workdir: Path, users: int, jobs: int, interactions: int, seed: int) -> Path:
-    """The synthetic market, generated and written once per size into ``workdir`` (reused afterwards)."""
-    path = workdir / f"market-u{users}-j{jobs}-i{interactions}-s{seed}"
+    """The synthetic market, generated and written once per size and generator version into ``workdir`` (reused
+    afterwards; a new generator writes a new directory instead of reusing another world's files)."""
+    path = workdir / f"market-v{GENERATOR_VERSION}-u{users}-j{jobs}-i{interactions}-s{seed}"
     if not (path / "meta.json").is_file():
         started = time.perf_counter()
         partial = Path(tempfile.mkdtemp(prefix="market-", dir=workdir))
