@@ -64,7 +64,7 @@ def main() -> None:
         started = time.perf_counter()
         evaluate_live(events, windows, {name: scorer})
         seconds = time.perf_counter() - started
-        print(f"| {name} | {seconds:.2f} | {pairs / seconds:,.0f} |", flush=True)
+        print(f"| {name} | {seconds:.3f} | {pairs / seconds:,.0f} |", flush=True)
 
 
 if __name__ == "__main__":
