@@ -95,9 +95,9 @@ def select_events(
                       lookup_ids(index, ranked["job_id"]), rows, excluded, skipped, len(positives))
 
 
-def _candidates(events: LiveEvents, windows: JobWindows, start: int, stop: int) -> np.ndarray:
-    """(e, N) bool: live at the event's time and not excluded (seen jobs, the positive) for events start..stop."""
-    mask = windows.live(events.times[start:stop])
+def _candidates(events: LiveEvents, live: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """``live`` (e, N) of events start..stop with their excluded jobs (seen, the positive) removed -> (e, N)."""
+    mask = live.copy()
     lo, hi = np.searchsorted(events.excluded_rows, [start, stop])
     mask[events.excluded_rows[lo:hi] - start, events.excluded_codes[lo:hi]] = False
     return mask
@@ -127,7 +127,7 @@ def evaluate_live(
         columns = np.flatnonzero(live.any(axis=0))  # (M,) catalog codes live at some time of the chunk
         live_any[columns] = True
         codes = np.searchsorted(columns, events.codes[start:stop])  # (e,) the positives, as columns
-        candidates = _candidates(events, windows, start, stop)[:, columns]  # (e, M)
+        candidates = _candidates(events, live, start, stop)[:, columns]  # (e, M)
         ranked = candidates.copy()
         ranked[rows, codes] = True
         for name, scorer in scorers.items():

@@ -76,8 +76,8 @@ def test_events_skip_and_count_what_cannot_be_ranked():
 def test_candidates_are_live_and_unseen():
     events = _events()
     # u1 at 6: live a b c d, minus a (seen) and b (the positive); u2 at 15: live b d e, minus e (and a, not live)
-    assert _candidates(events, WINDOWS, 0, 2).astype(int).tolist() == [[0, 0, 1, 1, 0], [0, 1, 0, 1, 0]]
-    assert _candidates(events, WINDOWS, 1, 2).astype(int).tolist() == [[0, 1, 0, 1, 0]]
+    assert _candidates(events, WINDOWS.live(events.times), 0, 2).astype(int).tolist() == [[0, 0, 1, 1, 0], [0, 1, 0, 1, 0]]
+    assert _candidates(events, WINDOWS.live(events.times[1:2]), 1, 2).astype(int).tolist() == [[0, 1, 0, 1, 0]]
 
 
 def test_max_events_is_a_seeded_sample_in_time_order():
