@@ -106,6 +106,10 @@ class DataConfig(BaseConfig):
     negative_sampling: str = "live"
     # days a job stays live after posted_at when it has no expires_at (None: until expires_at, else forever)
     job_lifetime_days: Optional[float] = 30.0
+    # kind "jobs": features read at each example's time (convfm.features.context): the user's last
+    # history_length positive jobs before it (0: no history fields) and the job's age (with a job calendar)
+    history_length: int = 20
+    recency: bool = True
     split: str = "time"
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -142,6 +146,8 @@ class DataConfig(BaseConfig):
         require(not overlap, "negative_events", f"{sorted(overlap)} also listed as positive")
         check_choice(self.default_event, "default_event", EVENTS)
         check_int(self.negative_ratio, "negative_ratio", 0, 100)
+        check_int(self.history_length, "history_length", 0, 200)
+        check_bool(self.recency, "recency")
         if self.job_lifetime_days is not None:
             check_number(self.job_lifetime_days, "job_lifetime_days", 0, 3650, low_open=True)
         for name in ("valid_fraction", "test_fraction"):

@@ -14,6 +14,7 @@ from convfm.store.registry import VERSION_PATTERN
 
 MAX_K = 100
 MAX_JOB_IDS = 1000
+MAX_HISTORY = 200
 
 
 def _id_text(value: Any) -> Any:
@@ -61,11 +62,15 @@ class Filters(Request):
 class UserRequest(Request):
     user_id: Optional[Id] = Field(None, examples=["u000001"])
     profile: Optional[Profile] = None
+    history: Optional[list[Id]] = Field(
+        None, max_length=MAX_HISTORY, examples=[["j000012", "j000345"]],
+        description="job ids the user applied to or saved, oldest first; replaces the stored history (for a "
+                    "user the service does not know, or events newer than the model)")
 
     @model_validator(mode="after")
     def _user_or_profile(self) -> "UserRequest":
-        if self.user_id is None and self.profile is None:
-            raise ValueError("give user_id or profile (or both: the profile then overrides the stored one)")
+        if self.user_id is None and self.profile is None and not self.history:
+            raise ValueError("give user_id, profile or history (a profile or history overrides the stored one)")
         return self
 
 
@@ -91,10 +96,17 @@ class Interaction(BaseModel):
     value: float = Field(description="FM pair term <e_user_field, e_job_field>, in logit units")
 
 
+class SimilarJob(BaseModel):
+    job_id: str
+    title: Optional[str] = None
+    similarity: float = Field(description="cosine of the two jobs' summed field embeddings")
+
+
 class Explanation(BaseModel):
     interactions: list[Interaction] = Field(default_factory=list)
     matching_skills: list[str] = Field(default_factory=list)
     matching: dict[str, list[str]] = Field(default_factory=dict)
+    similar_to: Optional[SimilarJob] = Field(None, description="the most similar job in the user's history")
 
 
 class Job(BaseModel):
@@ -117,7 +129,7 @@ class RecommendedJob(Job):
 class RecommendResponse(BaseModel):
     user_id: Optional[str]
     model_version: str
-    cold_start: bool = Field(description="scored from the request's profile, not a known user's history")
+    cold_start: bool = Field(description="scored from the request's profile or history, not a known user's")
     fallback: Optional[str] = Field(None, description="'popular' when the user is unknown and has no profile")
     items: list[RecommendedJob]
 

@@ -26,6 +26,7 @@ import torch
 from convfm.store.artifacts import LoadedModel, load_model_dir
 from convfm.errors import ArtifactError
 from convfm.features.base import concat_rows
+from convfm.features.context import now_micros
 from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.store.registry import VERSION_RE, resolve as resolve_model
@@ -100,10 +101,12 @@ class Scorer:
             popular = serving.popularity.score(np.array(extractor.job_ids, dtype=object)).astype(np.float64)
         else:  # no serving.json: the model's own scores for a user it knows nothing about
             log.warning("%s: no %s.json; popularity fallback uses the unknown-user scores", loaded.path, SERVING_NAME)
-            popular = torch.sigmoid(self.ranker.score_all(extractor.user_catalog.take([0]))[0]).cpu().numpy()
+            nobody = extractor.user_side(extractor.user_catalog.take([0]), np.array([""]))
+            popular = torch.sigmoid(self.ranker.score_all(nobody)[0]).cpu().numpy()
         popular[0] = -np.inf
         self.popular = popular
         self.loaded_at = _now()
+        self._time_lock = threading.Lock()  # ranking at request time moves the ranker's job sides
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "Scorer":
@@ -120,7 +123,9 @@ class Scorer:
         """Refuse a model whose scores are not finite or whose fast path disagrees with its forward."""
         if self.n_jobs < 2:
             raise ArtifactError(f"{self.path}: the job catalog is empty")
-        users = self.extractor.user_catalog.take(np.arange(min(3, len(self.extractor.user_catalog))))
+        ids = np.arange(min(3, len(self.extractor.user_catalog)))
+        users = self.extractor.user_side(self.extractor.user_catalog.take(ids),
+                                         np.array(self.extractor.user_ids, dtype=object)[ids])
         rows = np.arange(min(64, self.n_jobs))
         fast, full = self.ranker.score_all(users, rows), self.ranker.full_scores(users, rows)
         everything = self.ranker.score_all(users.take([0]))  # the whole catalog, unknown user
@@ -147,18 +152,32 @@ class Scorer:
             raise ServiceError(404, f"unknown job id {job_id!r}")
         return self.job_record(row)
 
-    def _user(self, user_id: Optional[str], profile: Any) -> tuple[bool, Optional[EncodedTable]]:
-        """(known id?, user-side row): a profile is encoded as given (cold start); a known id uses the
-        catalog row; an unknown id without a profile has no row (popular fallback)."""
-        known = user_id is not None and user_id in self.extractor.user_rows
-        if profile is not None:
-            frame = pd.DataFrame({"user_id": [user_id or ""], "skills": [";".join(profile.skills)],
-                                  "location": [profile.location or ""],
-                                  "experience_level": [profile.experience_level or ""]})
-            return known, self.extractor.transform_users(frame)
-        if known:
-            return True, self.extractor.user_catalog.take([self.extractor.user_rows[user_id]])
-        return False, None
+    def _user(self, request: Any) -> tuple[bool, Optional[EncodedTable], np.ndarray]:
+        """(known id?, user-side row, catalog rows of the user's past jobs, most recent first). A profile is
+        encoded as given (cold start), a known id uses its catalog row, and the history is the request's or the
+        stored one (the training data's positives). An unknown id with neither profile nor history has no row
+        (popular fallback)."""
+        extractor, user_id, history = self.extractor, request.user_id, request.history
+        known = user_id is not None and user_id in extractor.user_rows
+        if request.profile is not None:
+            profile = request.profile
+            static = extractor.transform_users(pd.DataFrame({
+                "user_id": [user_id or ""], "skills": [";".join(profile.skills)], "location": [profile.location or ""],
+                "experience_level": [profile.experience_level or ""]}))
+        elif known or history:
+            static = extractor.user_catalog.take([extractor.user_rows.get(user_id, 0)])
+        else:
+            return False, None, np.zeros(0, dtype=np.int64)
+        length = max(extractor.history_length, 1)
+        if history:
+            recent = np.array([(history[::-1] + [""] * length)[:length]], dtype=object)
+            table = extractor.user_side(static, np.array([user_id or ""]), recent=recent)
+        else:
+            table = extractor.user_side(static, np.array([user_id or ""]))
+            start, count, _ = extractor.history.states(np.array([user_id or ""]), np.array([np.iinfo(np.int64).max]))
+            recent = extractor.history.recent(start, count, length)
+        rows = [extractor.job_rows.get(j, 0) for j in recent[0] if j]
+        return known, table, np.array(rows, dtype=np.int64)
 
     def _mask(self, filters: Filters) -> Optional[np.ndarray]:
         """(N,) bool of catalog rows passing every filter; None when there are no filters."""
@@ -183,10 +202,10 @@ class Scorer:
     def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[Any]:
         """One result dict (or ServiceError) per request; all model-scored users in one catalog pass."""
         results: list[Any] = [None] * len(requests)
-        pending = []  # (request index, known, user row, mask)
+        pending = []  # (request index, known, user row, past job rows, mask)
         for i, request in enumerate(requests):
             try:
-                known, user = self._user(request.user_id, request.profile)
+                known, user, past = self._user(request)
                 mask = self._mask(request.filters)
             except ServiceError as exc:
                 results[i] = exc
@@ -194,20 +213,34 @@ class Scorer:
             if user is None:
                 results[i] = self._popular(request, mask)
             else:
-                pending.append((i, known, user, mask))
-        if pending:
-            scores = self.ranker.score_all(concat_rows([user for _, _, user, _ in pending]))  # (U, N)
-            for u, (i, known, user, mask) in enumerate(pending):
+                pending.append((i, known, user, past, mask))
+        if not pending:
+            return results
+        with self._time_lock:  # job ages at request time
+            self.ranker.at(now_micros())
+            scores = self.ranker.score_all(concat_rows([p[2] for p in pending]))  # (U, N)
+            for u, (i, known, user, past, mask) in enumerate(pending):
                 request = requests[i]
-                seen = self.seen.get(request.user_id, ()) if known and request.exclude_seen else ()
+                seen = list(self.seen.get(request.user_id, ())) if known and request.exclude_seen else []
+                if request.exclude_seen and request.history:
+                    seen += past.tolist()
                 rows, logits = self.ranker.top_k(user, request.k, seen, mask, scores=scores[u])
-                explanations = self.ranker.explain(user, rows)
+                explanations = [self._cited(e) for e in self.ranker.explain(user, rows, history_rows=past)]
                 items = [{**self.job_record(int(r)), "score": float(1 / (1 + np.exp(-l))), "why": _why(e),
                           "explanation": e} for r, l, e in zip(rows, logits, explanations)]
                 results[i] = {"user_id": request.user_id, "model_version": self.version,
-                              "cold_start": request.profile is not None and not known, "fallback": None,
-                              "items": items}
+                              "cold_start": not known and (request.profile is not None or bool(request.history)),
+                              "fallback": None, "items": items}
         return results
+
+    def _cited(self, explanation: dict[str, Any]) -> dict[str, Any]:
+        """The explanation with its similar past job's title (None when the catalog has no titles)."""
+        similar = explanation.get("similar_to")
+        if similar is not None:
+            row = self.extractor.job_rows.get(similar["job_id"])
+            titles = self.columns.get("title")
+            similar["title"] = titles[row] if titles is not None and row is not None else None
+        return explanation
 
     def _popular(self, request: RecommendRequest, mask: Optional[np.ndarray]) -> dict[str, Any]:
         scores = self.popular if mask is None else np.where(mask, self.popular, -np.inf)
@@ -225,9 +258,9 @@ class Scorer:
         users, user_index, pair_rows, spans = [], [], [], []
         for i, request in enumerate(requests):
             rows = [job_rows.get(j) for j in request.job_ids]
-            known, user = self._user(request.user_id, request.profile)
+            known, user, _ = self._user(request)
             results[i] = {"user_id": request.user_id, "model_version": self.version,
-                          "cold_start": request.profile is not None and not known,
+                          "cold_start": not known and (request.profile is not None or bool(request.history)),
                           "fallback": None if user is not None else "popular",
                           "scores": [{"job_id": j, "score": None} for j in request.job_ids],
                           "unknown_job_ids": [j for j, r in zip(request.job_ids, rows) if r is None]}
@@ -242,7 +275,9 @@ class Scorer:
             users.append(user)
             spans.append((i, [slot for slot, _ in hits], start))
         if pair_rows:
-            logits = self.ranker.score_pairs(concat_rows(users), np.array(user_index), np.array(pair_rows))
+            with self._time_lock:
+                self.ranker.at(now_micros())
+                logits = self.ranker.score_pairs(concat_rows(users), np.array(user_index), np.array(pair_rows))
             probabilities = torch.sigmoid(logits).cpu().numpy()
             for i, slots, start in spans:
                 for offset, slot in enumerate(slots):
@@ -264,6 +299,9 @@ def _decoded_columns(extractor: Any) -> dict[str, list[Optional[str]]]:
 
 def _why(explanation: dict[str, Any]) -> str:
     parts = []
+    similar = explanation.get("similar_to")
+    if similar is not None and similar["similarity"] > 0:
+        parts.append(f"similar to a job you applied to: {similar.get('title') or similar['job_id']}")
     if explanation["matching_skills"]:
         parts.append("matching skills: " + ", ".join(explanation["matching_skills"][:5]))
     parts += [f"same {vocab.replace('_', ' ')}: {', '.join(values)}" for vocab, values in explanation["matching"].items()]

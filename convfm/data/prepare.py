@@ -12,6 +12,7 @@ from convfm.data.batching import ExampleSet
 from convfm.config import DataConfig
 from convfm.data.liveness import JobWindows, job_windows
 from convfm.data.loading import build_examples, load_job_market, load_table, split_examples
+from convfm.features.context import UserHistory
 from convfm.features.jobs import JobFeatureExtractor, TableFeatureExtractor
 from convfm.evaluation.metrics import PopularityBaseline
 from convfm.store.serving_data import DISPLAY_COLUMNS
@@ -105,13 +106,17 @@ def prepare_data(
     market = load_job_market(config)
     splits = split_examples(build_examples(market, config), config, calendar=market.calendar)
     frames = {name: getattr(splits, name) for name in SPLITS}
+    windows = job_windows(market.jobs, config.job_lifetime_days) if market.calendar else None
     if extractor is None:
-        extractor = JobFeatureExtractor(**options).fit(market.jobs, frames["train"], market.users)
+        options = {"history_length": config.history_length, "recency": config.recency, **options}
+        extractor = JobFeatureExtractor(**options).fit(market.jobs, frames["train"], market.users, windows)
+    # History features read every split's positives before each example's time (never its own label).
+    extractor.history = UserHistory.from_frame(
+        pd.concat([f.loc[f["label"] > 0, ["user_id", "job_id", "timestamp"]] for f in frames.values()]))
     sets = {name: extractor.example_set(frame) for name, frame in frames.items()}
     log.info("prepared %s", {name: len(s) for name, s in sets.items()})
     catalog = market.jobs["job_id"].to_numpy()
     jobs = market.jobs[[c for c in ("job_id", *DISPLAY_COLUMNS) if c in market.jobs.columns]]
-    windows = job_windows(market.jobs, config.job_lifetime_days) if market.calendar else None
     if windows is None:
         log.info("%s: interaction timestamps are numbers or row order, not date/times: job liveness is not "
                  "checked (windows=None)", market.source.get("interactions", config.path))

@@ -57,9 +57,10 @@ def _seen(data: PreparedData) -> pd.DataFrame:
 
 def _ranking_candidates(
     data: PreparedData, split: str, negatives: int, max_users: int, seed: int
-) -> Optional[RankingCandidates]:
-    """Candidates for users with at least ``negatives`` unseen catalog jobs (the others cannot be ranked
-    on this protocol and are left out; the report's protocol line counts the users kept)."""
+) -> Optional[tuple[RankingCandidates, np.ndarray]]:
+    """(candidates, the held-out positives' times) for users with at least ``negatives`` unseen catalog jobs
+    (the others cannot be ranked on this protocol and are left out; the report's protocol line counts the
+    users kept). Candidates are scored at their positive's time, so history features never see it."""
     seen = _seen(data)
     negatives = min(negatives, len(data.catalog) - 1)
     unseen = len(data.catalog) - seen.groupby("user_id").size()
@@ -69,19 +70,23 @@ def _ranking_candidates(
         return None
     if len(held_out) > max_users:
         held_out = held_out.sample(n=max_users, random_state=seed).sort_values("user_id")
-    return sample_ranking_candidates(held_out, seen, data.catalog, negatives, seed)
+    candidates = sample_ranking_candidates(held_out, seen, data.catalog, negatives, seed)
+    return candidates, held_out["timestamp"].to_numpy(np.int64)
 
 
 def score_pairs(
     model: nn.Module, data: PreparedData, users: np.ndarray, job_ids: np.ndarray,
-    batch_size: int, device: torch.device,
+    batch_size: int, device: torch.device, times: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """Model probabilities for each (users[i], job_ids[i, j]) -> job_ids' shape."""
+    """Model probabilities for each (users[i], job_ids[i, j]) at ``times[i]`` (int64 order keys; None: after
+    every known event, and now) -> job_ids' shape."""
     pairs = pd.DataFrame({
         "user_id": np.repeat(users, job_ids.shape[1]),
         "job_id": job_ids.ravel(),
         "label": np.zeros(job_ids.size, dtype=np.float32),
     })
+    if times is not None:
+        pairs["timestamp"] = np.repeat(np.asarray(times, dtype=np.int64), job_ids.shape[1])
     probs = predict_proba(model, data.extractor.example_set(pairs), batch_size, device)
     return probs.reshape(job_ids.shape)
 
@@ -94,12 +99,15 @@ def model_scorer(model: nn.Module, data: PreparedData, batch_size: int, device: 
         ranker = CatalogRanker(model, extractor)
     except ValueError:
         return lambda users, times, codes: score_pairs(
-            model, data, np.asarray(users), np.broadcast_to(catalog[codes], (len(users), len(codes))), batch_size, device)
+            model, data, np.asarray(users), np.broadcast_to(catalog[codes], (len(users), len(codes))), batch_size,
+            device, times)
     job_rows = np.array([extractor.job_rows.get(j, UNKNOWN_ROW) for j in as_str_ids(catalog)], dtype=np.int64)
 
     def score(users: np.ndarray, times: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        rows = np.array([extractor.user_rows.get(u, UNKNOWN_ROW) for u in as_str_ids(users)], dtype=np.int64)
-        return ranker.score_all(extractor.user_catalog.take(rows), job_rows[codes]).float().cpu().numpy()  # (e, M)
+        ids = as_str_ids(users)
+        rows = np.array([extractor.user_rows.get(u, UNKNOWN_ROW) for u in ids], dtype=np.int64)
+        table = extractor.user_side(extractor.user_catalog.take(rows), np.asarray(ids), times)  # history before t
+        return ranker.score_all(table, job_rows[codes], times).float().cpu().numpy()  # (e, M)
 
     return score
 
@@ -167,8 +175,9 @@ def evaluate_split(
         report["protocol"] = {"name": "sampled", "users": 0,
                               "description": "last positive per user vs sampled unseen jobs: no user to rank"}
         if candidates is not None:
-            users, job_ids, _ = candidates  # sampled negatives: the mask is all True
-            report["model"].update(ranking_metrics(score_pairs(model, data, users, job_ids, batch_size, device), k))
+            (users, job_ids, _), times = candidates  # sampled negatives: the mask is all True
+            scores = score_pairs(model, data, users, job_ids, batch_size, device, times)
+            report["model"].update(ranking_metrics(scores, k))
             report["popularity"].update(ranking_metrics(baseline.score(job_ids.ravel()).reshape(job_ids.shape), k))
             report["protocol"] = {"name": "sampled", "users": len(users), "description": (
                 f"last positive per user vs {job_ids.shape[1] - 1} sampled unseen jobs, {len(users)} users")}

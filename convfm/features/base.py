@@ -24,6 +24,7 @@ from convfm.jsonfile import read_json, write_json_atomic
 
 EXTRACTOR_VERSION = 1
 DEFAULT_STEM = "extractor"
+UNKNOWN_ROW = 0  # catalog row of ids that were not fitted
 
 
 def _is_directory(path: Path) -> bool:
@@ -98,6 +99,25 @@ def table_from_arrays(arrays: Mapping[str, np.ndarray], prefix: str) -> EncodedT
     if table.cat.ndim != 2 or table.multi.ndim != 3 or table.dense.ndim != 2:
         raise ValueError(f"{prefix}: encoded arrays have wrong ranks")
     return table
+
+
+class RowIndex:
+    """id -> catalog row, vectorised (pandas hash index); unknown or missing ids -> ``UNKNOWN_ROW``."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        first: dict[str, int] = {}
+        for row, key in enumerate(ids):
+            if key:
+                first.setdefault(key, row)
+        self.mapping = first
+        self._index = pd.Index(list(first), dtype=object)
+        self._rows = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        if not len(self._rows):
+            return np.full(len(ids), UNKNOWN_ROW, dtype=np.int64)
+        position = self._index.get_indexer(ids)
+        return np.where(position >= 0, self._rows[position], UNKNOWN_ROW).astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------- encoding

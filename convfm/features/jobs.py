@@ -9,6 +9,7 @@ Both save as JSON + NPZ (see ``convfm.features.base``) and ``load_extractor`` re
 """
 from __future__ import annotations
 
+import functools
 from itertools import chain
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -19,8 +20,17 @@ import pandas as pd
 from convfm.data.batching import ExampleSet
 from convfm.errors import ArtifactError, ConvFMError
 from convfm.features.base import (
-    check_table, concat_rows, encode_fields, labels_of, read_artifact, require_frame, table_arrays,
-    table_from_arrays, write_artifact,
+    UNKNOWN_ROW, RowIndex, check_table, concat_rows, encode_fields, labels_of, read_artifact, require_frame,
+    table_arrays, table_from_arrays, write_artifact,
+)
+from convfm.data.readers import order_key
+from convfm.data.liveness import ALWAYS, NEVER, JobWindows
+from convfm.features.context import (
+    HISTORY_FIELDS, RECENCY_FIELDS, HistoryEncoder, RecencyEncoder, UserHistory, history_states, now_micros,
+)
+from convfm.features.job_fields import (
+    CATEGORICAL, FREE_TEXT_COLUMNS, ID_FIELDS, JOB_FIELDS, USER_FIELDS, fit_vocabularies, salary_features,
+    salary_stats,
 )
 from convfm.features.fields import PAD, UNK, EncodedTable, FeatureMap, FieldSpec, Vocabulary
 from convfm.features.table import TableFeatureExtractor
@@ -31,51 +41,11 @@ from convfm.validate import check_bool, check_int
 
 __all__ = ["JobFeatureExtractor", "TableFeatureExtractor", "RowIndex", "load_extractor", "UNKNOWN_ROW"]
 
-UNKNOWN_ROW = 0
-FREE_TEXT_COLUMNS = ("title", "description")  # embedded by TF-IDF + SVD, searched for skills
-SALARY_COLUMNS = ("salary_min", "salary_max")
-USER_FIELDS = ("user_id", "user_skills", "user_location", "user_experience")
-JOB_FIELDS = ("job_id", "job_skills", "job_location", "company", "job_type", "job_experience", "salary", "text")
-# categorical field -> (source column, vocabulary); fields sharing a vocabulary share embeddings
-CATEGORICAL = {
-    "user_id": ("user_id", "user"),
-    "user_location": ("location", "location"),
-    "user_experience": ("experience_level", "experience_level"),
-    "job_id": ("job_id", "job"),
-    "job_location": ("location", "location"),
-    "company": ("company", "company"),
-    "job_type": ("job_type", "job_type"),
-    "job_experience": ("experience_level", "experience_level"),
-}
-ID_FIELDS = ("user_id", "job_id")
-
-
-class RowIndex:
-    """id -> catalog row, vectorised (pandas hash index); unknown or missing ids -> ``UNKNOWN_ROW``."""
-
-    def __init__(self, ids: Sequence[str]) -> None:
-        first: dict[str, int] = {}
-        for row, key in enumerate(ids):
-            if key:
-                first.setdefault(key, row)
-        self.mapping = first
-        self._index = pd.Index(list(first), dtype=object)
-        self._rows = np.fromiter(first.values(), dtype=np.int64, count=len(first))
-
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        if not len(self._rows):
-            return np.full(len(ids), UNKNOWN_ROW, dtype=np.int64)
-        position = self._index.get_indexer(ids)
-        return np.where(position >= 0, self._rows[position], UNKNOWN_ROW).astype(np.int64)
-
-
-def _log_salary(df: pd.DataFrame, column: str) -> np.ndarray:
-    if column not in df.columns:
-        return np.full(len(df), np.nan)
-    values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    with np.errstate(invalid="ignore"):
-        logs = np.log1p(np.clip(values, 0.0, None))
-    return np.where(np.isfinite(logs), logs, np.nan)
+def _times(df: pd.DataFrame, what: str) -> Optional[np.ndarray]:
+    """The ``timestamp`` column as int64 order keys (dates: microseconds since the epoch); None without it."""
+    if "timestamp" not in df.columns:
+        return None
+    return order_key(df["timestamp"], Path(what), "timestamp")
 
 
 class JobFeatureExtractor:
@@ -97,12 +67,20 @@ class JobFeatureExtractor:
         max_text_features: int = 5000,
         skills_from_text: bool = True,
         seed: int = 0,
+        history_length: int = 20,
+        recency: bool = True,
     ) -> None:
         self.max_skills, self.min_freq = check_int(max_skills, "max_skills", 1), check_int(min_freq, "min_freq", 1)
         self.text_dim = check_int(text_dim, "text_dim", 0)
         self.max_text_features = check_int(max_text_features, "max_text_features", 1)
         self.seed = check_int(seed, "seed", 0)
         self.skills_from_text = check_bool(skills_from_text, "skills_from_text")
+        self.history_length = check_int(history_length, "history_length", 0, 200)
+        self.recency = check_bool(recency, "recency")
+        # The positives that history features read (set by prepare_data; saved as each user's latest).
+        self.history = UserHistory.empty()
+        self._history: Optional[HistoryEncoder] = None
+        self._recency: Optional[RecencyEncoder] = None
         self.vocabs: dict[str, Vocabulary] = {}
         self.job_catalog: Optional[EncodedTable] = None
         self.user_catalog: Optional[EncodedTable] = None
@@ -118,7 +96,7 @@ class JobFeatureExtractor:
     def get_config(self) -> dict[str, Any]:
         return {"max_skills": self.max_skills, "min_freq": self.min_freq, "text_dim": self.text_dim,
                 "max_text_features": self.max_text_features, "skills_from_text": self.skills_from_text,
-                "seed": self.seed}
+                "seed": self.seed, "history_length": self.history_length, "recency": self.recency}
 
     @property
     def feature_map(self) -> FeatureMap:
@@ -145,8 +123,12 @@ class JobFeatureExtractor:
         jobs_df: pd.DataFrame,
         interactions_df: Optional[pd.DataFrame] = None,
         users_df: Optional[pd.DataFrame] = None,
+        windows: Optional[JobWindows] = None,
     ) -> "JobFeatureExtractor":
-        """Fit on training data only: vocabularies, salary statistics, text model, catalogs."""
+        """Fit on training data only: vocabularies, salary statistics, text model, catalogs.
+
+        ``windows`` (the jobs' live windows, in ``jobs_df`` order; ``convfm.data.liveness``) enables the recency
+        fields when ``recency`` is on and some job has a ``posted_at``: without a calendar a job has no age."""
         require_frame(jobs_df, "jobs", ["job_id"])
         if interactions_df is not None:
             require_frame(interactions_df, "interactions", ["user_id", "job_id"])
@@ -156,14 +138,8 @@ class JobFeatureExtractor:
         has_user = (lambda c: False) if users_df is None else users_df.columns.__contains__
         self._text_columns = tuple(c for c in FREE_TEXT_COLUMNS if has_job(c))
         text_skills = self.skills_from_text and bool(self._text_columns)
-        self.vocabs = self._fit_vocabularies(jobs_df, interactions_df, users_df, text_skills)
-        self._salary = None
-        if any(has_job(c) for c in SALARY_COLUMNS):
-            logs = np.stack([_log_salary(jobs_df, c) for c in SALARY_COLUMNS], axis=1)
-            seen = np.isfinite(logs)
-            mean = [float(logs[seen[:, i], i].mean()) if seen[:, i].any() else 0.0 for i in range(2)]
-            std = [float(logs[seen[:, i], i].std()) if seen[:, i].sum() > 1 else 0.0 for i in range(2)]
-            self._salary = {"mean": mean, "std": [s if s > 0 else 1.0 for s in std]}
+        self.vocabs = fit_vocabularies(jobs_df, interactions_df, users_df, text_skills, self.min_freq)
+        self._salary = salary_stats(jobs_df)
         self._text = None
         if self._text_columns and self.text_dim > 0:
             texts = joined_text(jobs_df, self._text_columns)
@@ -176,32 +152,13 @@ class JobFeatureExtractor:
             "job_experience": has_job("experience_level"),
             "salary": self._salary is not None, "text": self._text is not None,
         }
-        self._feature_map = FeatureMap(tuple(self._spec(n) for n in USER_FIELDS + JOB_FIELDS if present[n]))
+        user = [self._spec(n) for n in USER_FIELDS if present[n]]
+        job = [self._spec(n) for n in JOB_FIELDS if present[n]]
+        self._set_context(job, windows, "expires_at" in jobs_df.columns and jobs_df["expires_at"].notna().any())
+        self._feature_map = FeatureMap(tuple(user + self._history_fields() + job + self._recency_fields()))
         self._matcher = SkillMatcher(self.vocabs["skill"].values) if text_skills else None
         self._fit_catalogs(jobs_df, interactions_df, users_df)
         return self
-
-    def _fit_vocabularies(
-        self, jobs_df: pd.DataFrame, interactions_df: Optional[pd.DataFrame], users_df: Optional[pd.DataFrame],
-        text_skills: bool,
-    ) -> dict[str, Vocabulary]:
-        users = users_df if users_df is not None else pd.DataFrame()
-        vocabs = {
-            "user": Vocabulary.build(chain(column_strings(users_df, "user_id"),
-                                           column_strings(interactions_df, "user_id"))),
-            "job": Vocabulary.build(column_strings(jobs_df, "job_id")),
-        }
-        if "skills" in jobs_df.columns or "skills" in users.columns or text_skills:
-            lists = split_lists(chain(column_strings(jobs_df, "skills"), column_strings(users_df, "skills")))
-            vocabs["skill"] = Vocabulary.build(chain.from_iterable(lists), self.min_freq)
-        values: dict[str, list[str]] = {}
-        for field in ("job_location", "company", "job_type", "job_experience", "user_location", "user_experience"):
-            column, vocab = CATEGORICAL[field]
-            frame = users if field.startswith("user_") else jobs_df
-            if column in frame.columns:
-                values.setdefault(vocab, []).extend(category_values(frame, column))
-        vocabs.update({vocab: Vocabulary.build(v, self.min_freq) for vocab, v in values.items()})
-        return vocabs
 
     def _spec(self, name: str) -> FieldSpec:
         side = "user" if name in USER_FIELDS else "job"
@@ -215,6 +172,25 @@ class JobFeatureExtractor:
         if name == "text" and self._text is not None:
             return FieldSpec(name, "dense", side, width=self._text.width)
         raise ValueError(f"unknown or unavailable field {name!r}")
+
+    def _set_context(self, job_fields: list[FieldSpec], windows: Optional[JobWindows], expiry: bool) -> None:
+        """The history and recency encoders (None when off); ``windows`` in catalog order after row 0."""
+        self._history = HistoryEncoder(self.history_length, job_fields) if self.history_length else None
+        self._recency = None
+        if self.recency and windows is not None and (windows.start != ALWAYS).any():
+            self._recency = RecencyEncoder(np.concatenate([[ALWAYS], windows.start]),
+                                           np.concatenate([[NEVER], windows.end]), bool(expiry))
+
+    def _history_fields(self) -> list[FieldSpec]:
+        return [] if self._history is None else self._history.fields()
+
+    def _recency_fields(self) -> list[FieldSpec]:
+        return [] if self._recency is None else self._recency.fields()
+
+    def _static_fields(self, side: str) -> tuple[FieldSpec, ...]:
+        """The fields of ``side`` that describe the user or job alone (not history or recency at a time)."""
+        context = HISTORY_FIELDS + RECENCY_FIELDS
+        return tuple(f for f in self.feature_map.of_side(side).fields if f.name not in context)
 
     def _fit_catalogs(
         self, jobs_df: pd.DataFrame, interactions_df: Optional[pd.DataFrame], users_df: Optional[pd.DataFrame]
@@ -246,15 +222,66 @@ class JobFeatureExtractor:
         return self._encode_side("user", users_df)
 
     def transform_interactions(self, interactions_df: pd.DataFrame) -> EncodedTable:
-        """Full rows (user fields, then job fields) looked up from the catalogs by ``user_id``/``job_id``."""
-        users, jobs = self._catalog_rows(interactions_df, "interactions")
-        return self.user_catalog.take(users).join(self.job_catalog.take(jobs))
+        """Full rows (user fields, then job fields) looked up from the catalogs by ``user_id``/``job_id``, with
+        history and recency at each row's ``timestamp`` (see ``example_set``)."""
+        tables, rows = self._example_tables(interactions_df, "interactions", None)
+        parts = [table.take(rows[:, s]) for s, table in enumerate(tables)]
+        return functools.reduce(EncodedTable.join, parts)
 
-    def example_set(self, examples_df: pd.DataFrame, label: str = "label") -> ExampleSet:
-        """Examples as catalog rows: tables [user_catalog, job_catalog], rows (N, 2), labels from ``label``."""
-        users, jobs = self._catalog_rows(examples_df, "examples")
-        labels = labels_of(examples_df, label, "examples")
-        return ExampleSet([self.user_catalog, self.job_catalog], np.stack([users, jobs], axis=1), labels)
+    def example_set(self, examples_df: pd.DataFrame, label: str = "label",
+                    history: Optional[UserHistory] = None) -> ExampleSet:
+        """Examples as rows of [user_catalog, history states, job_catalog, recency buckets] (the context tables
+        only when those fields exist), labels from ``label``. History and recency are read at each example's
+        ``timestamp`` (int64 order key; without the column: after every known event, and now) from ``history``
+        (default ``self.history``)."""
+        tables, rows = self._example_tables(examples_df, "examples", history)
+        return ExampleSet(tables, rows, labels_of(examples_df, label, "examples"))
+
+    def _example_tables(self, df: pd.DataFrame, what: str,
+                        history: Optional[UserHistory]) -> tuple[list[EncodedTable], np.ndarray]:
+        users, jobs = self._catalog_rows(df, what)
+        times = _times(df, what)
+        tables, rows = [self.user_catalog], [users]
+        if self._history is not None:
+            state, table = self.history_table(column_strings(df, "user_id"), times, history)
+            tables.append(table)
+            rows.append(state)
+        tables.append(self.job_catalog)
+        rows.append(jobs)
+        if self._recency is not None:
+            tables.append(self._recency.table)
+            rows.append(self._recency.rows(jobs, now_micros() if times is None else times))
+        return tables, np.stack(rows, axis=1)
+
+    def history_table(self, user_ids: np.ndarray, times: Optional[np.ndarray],
+                      history: Optional[UserHistory] = None) -> tuple[np.ndarray, EncodedTable]:
+        """(state row of each query (n,), encoded history states): each user's positives strictly before t."""
+        history = self.history if history is None else history
+        state, start, count, total = history_states(history, user_ids, times)
+        return state, self.encode_history(history.recent(start, count, self.history_length), total)
+
+    def encode_history(self, recent: np.ndarray, counts: np.ndarray) -> EncodedTable:
+        """History fields of job-id lists ``recent`` (R, history_length), most recent first ("" padding), and
+        each row's positives before t ``counts`` (R,)."""
+        rows = self._job_index.rows(recent.ravel()).reshape(recent.shape)
+        return self._history.encode(self.job_catalog, np.where(recent == "", -1, rows), np.asarray(counts))
+
+    def user_side(self, static: EncodedTable, user_ids: np.ndarray, times: Optional[np.ndarray] = None,
+                  recent: Optional[np.ndarray] = None) -> EncodedTable:
+        """Every user-side field: ``static`` rows (catalog rows or ``transform_users``) joined with the history
+        of ``user_ids`` at ``times`` (None: after every known event), or of the given ``recent`` job-id lists
+        (R, history_length), most recent first ("" padding), for users the history does not know."""
+        if self._history is None:
+            return static
+        if recent is None:
+            state, table = self.history_table(np.asarray(user_ids), times)
+            return static.join(table.take(state))
+        return static.join(self.encode_history(recent, (recent != "").sum(axis=1)))
+
+    @property
+    def recency_encoder(self) -> Optional[RecencyEncoder]:
+        """Job age buckets at a time, or None without recency fields (ranking builds the job side with it)."""
+        return self._recency
 
     def _catalog_rows(self, df: pd.DataFrame, what: str) -> tuple[np.ndarray, np.ndarray]:
         require_frame(df, what, ["user_id", "job_id"])
@@ -264,7 +291,7 @@ class JobFeatureExtractor:
 
     def _encode_side(self, side: str, df: pd.DataFrame) -> EncodedTable:
         require_frame(df, f"{side}s")
-        fields = self.feature_map.of_side(side).fields
+        fields = self._static_fields(side)
         return encode_fields(fields, {f.name: self._encode_field(f, df) for f in fields}, len(df))
 
     def _encode_field(self, field: FieldSpec, df: pd.DataFrame) -> np.ndarray:
@@ -281,16 +308,8 @@ class JobFeatureExtractor:
                 lists = [list(dict.fromkeys(a + b)) for a, b in zip(lists, found)]
             return self.vocabs["skill"].lookup_lists(lists, self.max_skills)
         if field.name == "salary":
-            return self._salary_features(df)
+            return salary_features(df, self._salary)
         return self._text.transform(joined_text(df, self._text_columns))
-
-    def _salary_features(self, df: pd.DataFrame) -> np.ndarray:
-        """(N, 3): standardised log1p(salary_min), log1p(salary_max) (missing -> 0), any-missing flag."""
-        logs = np.stack([_log_salary(df, c) for c in SALARY_COLUMNS], axis=1)
-        missing = np.isnan(logs)
-        scaled = (logs - np.array(self._salary["mean"])) / np.array(self._salary["std"])
-        scaled[missing] = 0.0
-        return np.concatenate([scaled, missing.any(axis=1, keepdims=True)], axis=1).astype(np.float32)
 
     # ------------------------------------------------------------------------------------------- save/load
     def save(self, path: str | Path) -> Path:
@@ -301,9 +320,14 @@ class JobFeatureExtractor:
             "text_columns": list(self._text_columns), "salary": self._salary,
             "text": None if self._text is None else {"width": self._text.width, "token_pattern": TFIDF_TOKEN_PATTERN},
             "feature_map": self.feature_map.to_dict(),
+            "expiry": self._recency is not None and self._recency.expiry,
         }
         arrays = {**table_arrays(self.job_catalog, "job_catalog"), **table_arrays(self.user_catalog, "user_catalog"),
                   "job_ids": np.array(self.job_ids, dtype=str), "user_ids": np.array(self.user_ids, dtype=str)}
+        if self._history is not None:
+            arrays.update(self.history.latest(self.history_length).arrays("history"))
+        if self._recency is not None:
+            arrays.update({"job_posted": self._recency.posted, "job_expires": self._recency.expires})
         if self._text is not None:
             arrays.update(self._text.arrays("text"))
         return write_artifact(path, meta, arrays)
@@ -328,15 +352,26 @@ class JobFeatureExtractor:
                     raise ArtifactError(f"{source}: saved with another TF-IDF token pattern")
                 self._text = TextEncoder.from_arrays(arrays, "text")
             self._feature_map = FeatureMap.from_dict(meta["feature_map"], source=str(source))
-            if self._feature_map != FeatureMap(tuple(self._spec(f.name) for f in self._feature_map.fields)):
+            names = {f.name for f in self._feature_map.fields}
+            job = [self._spec(n) for n in JOB_FIELDS if n in names]
+            windows = None
+            if "job_posted" in arrays:
+                windows = JobWindows(np.zeros(len(arrays["job_posted"]) - 1), arrays["job_posted"][1:],
+                                     arrays["job_expires"][1:])
+            self._set_context(job, windows, bool(meta["expiry"]))
+            if self._history is not None:
+                self.history = UserHistory.from_arrays(arrays, "history")
+            expected = ([self._spec(n) for n in USER_FIELDS if n in names] + self._history_fields() + job
+                        + self._recency_fields())
+            if self._feature_map != FeatureMap(tuple(expected)):
                 raise ArtifactError(f"{source}: feature map disagrees with the saved vocabularies/config")
             if "job_skills" in {f.name for f in self._feature_map.fields} and self.skills_from_text \
                     and self._text_columns:
                 self._matcher = SkillMatcher(self.vocabs["skill"].values)
             self.job_catalog = table_from_arrays(arrays, "job_catalog")
             self.user_catalog = table_from_arrays(arrays, "user_catalog")
-            check_table(self.job_catalog, self._feature_map.of_side("job").fields, "job_catalog")
-            check_table(self.user_catalog, self._feature_map.of_side("user").fields, "user_catalog")
+            check_table(self.job_catalog, self._static_fields("job"), "job_catalog")
+            check_table(self.user_catalog, self._static_fields("user"), "user_catalog")
             self.job_ids, self.user_ids = arrays["job_ids"].tolist(), arrays["user_ids"].tolist()
             if (len(self.job_ids), len(self.user_ids)) != (len(self.job_catalog), len(self.user_catalog)):
                 raise ArtifactError(f"{source}: catalog ids and rows disagree")

@@ -14,8 +14,10 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from convfm.data.batching import FieldBatch, join_batches, table_tensors
+from convfm.features.context import HISTORY_FIELDS, now_micros
 from convfm.features.fields import PAD, EncodedTable, FeatureMap
 from convfm.model.network import ConvFM, Side
 
@@ -23,6 +25,8 @@ from convfm.model.network import ConvFM, Side
 # default model on 10k jobs (2 cores): 0.59-0.82 us per pair at 1 << 18 against 1.11-1.15 at 1 << 22 for 50-400
 # users, 1.8 against 2.1 for one user; 1 << 17 and 1 << 19 were slower.
 ELEMENT_BUDGET = 1 << 18
+# Users scored per precomputed time when each has its own: few jobs change age bucket within a group.
+TIME_GROUP = 32
 
 
 def _zip_map(fn: Callable[[list[torch.Tensor]], torch.Tensor], sides: list[Any]) -> Any:
@@ -63,12 +67,18 @@ class CatalogRanker:
     """Scores users against a whole job catalog with the job side precomputed (see the module docstring).
 
     ``model`` must be a ConvFM in eval mode (it is switched to eval); ``extractor`` a fitted
-    JobFeatureExtractor. ``jobs`` overrides the catalog (default ``extractor.job_catalog``; row 0 is the
-    unknown job and is never recommended). A model whose parts cannot be split exactly is refused here
-    (ValueError from ``ConvFM.split``).
+    JobFeatureExtractor. ``jobs`` overrides the catalog with every job-side field encoded (default
+    ``extractor.job_catalog`` with its recency fields; row 0 is the unknown job and is never recommended). A
+    model whose parts cannot be split exactly is refused here (ValueError from ``ConvFM.split``).
+
+    Recency fields make the job side depend on time, but only through day buckets: the precomputed sides are
+    those at ``time`` (default now), ``at(t)`` recomputes just the jobs whose bucket differs at t, and scoring
+    users at their own times corrects the few (user, job) pairs whose bucket differs from the precomputed one.
+    Every score stays the model's exact logit at the user's time.
     """
 
-    def __init__(self, model: ConvFM, extractor: Any, jobs: Optional[EncodedTable] = None) -> None:
+    def __init__(self, model: ConvFM, extractor: Any, jobs: Optional[EncodedTable] = None,
+                 time: Optional[int] = None) -> None:
         self.model, self.extractor = model.eval(), extractor
         fmap = model.feature_map
         self.user_map, self.job_map = fmap.of_side("user"), fmap.of_side("job")
@@ -77,13 +87,38 @@ class CatalogRanker:
             raise ValueError("CatalogRanker needs a feature map of user and job fields only")
         self.device = next(model.parameters()).device
         self.split = model.split(self.fu)
+        self.recency = getattr(extractor, "recency_encoder", None) if jobs is None else None
         self.jobs = extractor.job_catalog if jobs is None else jobs
         self.n_jobs = len(self.jobs)
+        self.time = now_micros() if time is None else int(time)
+        self.buckets = None if self.recency is None else self.recency.rows(np.arange(self.n_jobs), self.time)
         with torch.inference_mode():
-            sides = [self._side(self.jobs.take(np.arange(a, min(a + 8192, self.n_jobs))), "job")
+            sides = [self._side(self.job_table(np.arange(a, min(a + 8192, self.n_jobs))), "job")
                      for a in range(0, self.n_jobs, 8192)]
             self.job_side = _zip_map(torch.cat, sides)
         self.job_width = max(t.shape[1:].numel() for t in _leaves(self.job_side))
+
+    # ------------------------------------------------------------------------------------------ time
+    def job_table(self, rows: np.ndarray, buckets: Optional[np.ndarray] = None) -> EncodedTable:
+        """Every job-side field of catalog ``rows``, recency in ``buckets`` (default: the precomputed ones)."""
+        if self.recency is None:
+            return self.jobs.take(rows)
+        buckets = self.buckets[rows] if buckets is None else buckets
+        return self.jobs.take(rows).join(self.recency.table.take(buckets))
+
+    def at(self, time: int) -> None:
+        """Move the precomputed job sides to ``time``: only jobs whose recency bucket changed are recomputed."""
+        if self.recency is None or int(time) == self.time:
+            return
+        buckets = self.recency.rows(np.arange(self.n_jobs), int(time))
+        changed = np.flatnonzero(buckets != self.buckets)
+        self.time, self.buckets = int(time), buckets
+        if not len(changed):
+            return
+        with torch.inference_mode():
+            side, index = self._side(self.job_table(changed), "job"), torch.as_tensor(changed, device=self.device)
+            for old, new in zip(_leaves(self.job_side), _leaves(side)):
+                old[index] = new
 
     # ------------------------------------------------------------------------------------- side passes
     def _side_batch(self, table: EncodedTable, side: str) -> FieldBatch:
@@ -100,8 +135,38 @@ class CatalogRanker:
         """Jobs per combine step: the widest per-job piece (H1, C * Pm or D floats) times U within the budget."""
         return max(1, ELEMENT_BUDGET // max(1, users * self.job_width))
 
-    def score_all(self, users: EncodedTable, job_rows: Optional[np.ndarray] = None) -> torch.Tensor:
-        """Logits (U, N) of every user against every catalog job (or against ``job_rows``)."""
+    def score_all(self, users: EncodedTable, job_rows: Optional[np.ndarray] = None,
+                  times: Optional[np.ndarray] = None) -> torch.Tensor:
+        """Logits (U, N) of every user against every catalog job (or against ``job_rows``), at the precomputed
+        time or, with recency fields, at each user's ``times`` (U,) int64 order keys. Users at times in
+        ascending order are cheapest: each group of ``TIME_GROUP`` moves the precomputed sides to its first time
+        (``at``) and corrects only the jobs whose bucket changes within the group."""
+        if self.recency is None or times is None:
+            return self._score_all(users, job_rows)
+        times = np.asarray(times, dtype=np.int64)
+        parts = []
+        for start in range(0, len(times), TIME_GROUP):
+            group = np.arange(start, min(start + TIME_GROUP, len(times)))
+            self.at(int(times[group].min()))
+            parts.append(self._score_at(users.take(group), job_rows, times[group]))
+        return torch.cat(parts) if parts else self._score_all(users, job_rows)
+
+    def _score_at(self, users: EncodedTable, job_rows: Optional[np.ndarray], times: np.ndarray) -> torch.Tensor:
+        """``_score_all`` corrected, per user, for the jobs whose recency bucket at its time differs."""
+        scores = self._score_all(users, job_rows)
+        rows = np.arange(self.n_jobs) if job_rows is None else np.asarray(job_rows, dtype=np.int64)
+        with torch.inference_mode():
+            user_sides = self._side(users, "user")
+            for i, t in enumerate(times):
+                buckets = self.recency.rows(rows, t)
+                changed = np.flatnonzero(buckets != self.buckets[rows])
+                if len(changed):
+                    side = self._side(self.job_table(rows[changed], buckets[changed]), "job")
+                    user = _map(lambda x: x[i : i + 1], user_sides)
+                    scores[i, torch.as_tensor(changed, device=self.device)] = self.split.combine(user, side)
+        return scores
+
+    def _score_all(self, users: EncodedTable, job_rows: Optional[np.ndarray]) -> torch.Tensor:
         with torch.inference_mode():
             u = _map(lambda t: t[:, None], self._side(users, "user"))
             rows = None if job_rows is None else torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
@@ -152,23 +217,27 @@ class CatalogRanker:
         out = torch.empty((len(users), len(rows)), device=self.device)
         with torch.inference_mode():
             for start in range(0, len(rows), chunk):
-                jobs = table_tensors(self.jobs.take(rows[start : start + chunk])).to(self.device)
+                jobs = table_tensors(self.job_table(rows[start : start + chunk])).to(self.device)
                 for i in range(len(users)):
                     user = FieldBatch(*(t[i : i + 1].expand(len(jobs.cat), *t.shape[1:]) for t in user_tensors))
                     out[i, start : start + len(jobs.cat)] = self.model(*join_batches([user, jobs]))
         return out
 
     # ------------------------------------------------------------------------------------------ explain
-    def explain(self, user: EncodedTable, job_rows: Sequence[int], top: int = 3) -> list[dict[str, Any]]:
-        """Per job: the user x job field pairs with the largest FM interaction <e_i, e_j> and the shared values
-        (skills, location, ...) of fields that share a vocabulary. ``user`` is one row."""
+    def explain(self, user: EncodedTable, job_rows: Sequence[int], top: int = 3,
+                history_rows: Sequence[int] = ()) -> list[dict[str, Any]]:
+        """Per job: the user x job field pairs with the largest FM interaction <e_i, e_j>, the shared values
+        (skills, location, ...) of the user's own fields that share a vocabulary, and ``similar_to``: of the
+        user's past jobs (catalog ``history_rows``), the one whose summed job-side embeddings are closest in
+        cosine, or None. ``user`` is one row."""
         rows = np.asarray(job_rows, dtype=np.int64)
         if not len(rows):
             return []
         with torch.inference_mode():
             e_user = self.split.group(*self._side_batch(user, "user"), left=True)[0]  # (1, Fu, D)
-            e_jobs = self.split.group(*self._side_batch(self.jobs.take(rows), "job"), left=False)[0]  # (m, Fj, D)
+            e_jobs = self.split.group(*self._side_batch(self.job_table(rows), "job"), left=False)[0]  # (m, Fj, D)
             pairs = self.model.fm.pairs(e_user, e_jobs).flatten(1).cpu().numpy()  # (m, Fu*Fj)
+            similar = self._similar(e_jobs, np.asarray(history_rows, dtype=np.int64))
         names_u = [f.name for f in self.user_map.fields]
         names_j = [f.name for f in self.job_map.fields]
         user_values = self._values(user, 0, self.user_map)
@@ -178,12 +247,23 @@ class CatalogRanker:
             chosen = [i for i in order if pairs[m, i] > 0] or list(order[:1])
             interactions = [{"user_field": names_u[i // self.fj], "job_field": names_j[i % self.fj],
                              "value": float(pairs[m, i])} for i in chosen]
-            job_values = self._values(self.jobs, int(row), self.job_map)
+            job_values = self._values(self.job_table(rows[m : m + 1]), 0, self.job_map)
             shared = {vocab: sorted(set(values) & set(job_values.get(vocab, ())), key=values.index)
                       for vocab, values in user_values.items()}
             out.append({"interactions": interactions, "matching_skills": shared.pop("skill", []),
-                        "matching": {vocab: v for vocab, v in shared.items() if v}})
+                        "matching": {vocab: v for vocab, v in shared.items() if v}, "similar_to": similar[m]})
         return out
+
+    def _similar(self, e_jobs: torch.Tensor, history_rows: np.ndarray) -> list[Optional[dict[str, Any]]]:
+        """Per job of e_jobs (m, Fj, D): the history job (catalog row > 0) most similar to it, or None."""
+        history_rows = history_rows[history_rows > 0]
+        if not len(history_rows):
+            return [None] * len(e_jobs)
+        e_past = self.split.group(*self._side_batch(self.job_table(history_rows), "job"), left=False)[0]
+        cosine = nn.functional.normalize(e_jobs.sum(1), dim=1) @ nn.functional.normalize(e_past.sum(1), dim=1).T
+        best = cosine.argmax(1).cpu().numpy()  # (m,)
+        return [{"job_id": self.extractor.job_ids[int(history_rows[b])], "similarity": float(cosine[m, b])}
+                for m, b in enumerate(best)]
 
     def _values(self, table: EncodedTable, row: int, side: FeatureMap) -> dict[str, list[str]]:
         """Known (non-id) vocabulary values of one encoded row, per vocabulary."""
@@ -192,7 +272,7 @@ class CatalogRanker:
         groups = (("categorical", lambda i: table.cat[row, i : i + 1]), ("multi", lambda i: table.multi[row, i]))
         for kind, column in groups:
             for i, field in enumerate(side.of_kind(kind)):
-                if field.vocab in ("user", "job") or field.vocab not in vocabs:
+                if field.vocab in ("user", "job") or field.vocab not in vocabs or field.name in HISTORY_FIELDS:
                     continue
                 vocab, known = vocabs[field.vocab], values.setdefault(field.vocab, [])
                 for name in map(vocab.decode, column(i)):

@@ -88,7 +88,8 @@ def test_sampled_protocol_is_unchanged(model, data):
     held_out = held_out_last_positive(data.frames["test"])
     seen = pd.concat([f[["user_id", "job_id"]] for f in data.frames.values()], ignore_index=True).drop_duplicates()
     users, job_ids, _ = sample_ranking_candidates(held_out, seen, data.catalog, 20, seed=0)
-    expected = ranking_metrics(score_pairs(model, data, users, job_ids, 4096, torch.device("cpu")), 10)
+    times = held_out["timestamp"].to_numpy()
+    expected = ranking_metrics(score_pairs(model, data, users, job_ids, 4096, torch.device("cpu"), times), 10)
     assert {key: report["model"][key] for key in expected} == expected
     assert report["protocol"]["users"] == expected["users"] == len(held_out)
     assert format_report(report).splitlines()[0] == (
@@ -96,10 +97,11 @@ def test_sampled_protocol_is_unchanged(model, data):
 
 
 def test_the_fast_model_path_scores_as_the_forward_does(model, data):
-    users, codes = data.frames["test"]["user_id"].to_numpy()[:3], np.arange(0, len(data.catalog), 7)
-    fast = model_scorer(model, data, 4096, torch.device("cpu"))(users, np.zeros(3, np.int64), codes)
+    test = data.frames["test"].sort_values("timestamp")
+    users, times, codes = test["user_id"].to_numpy()[:3], test["timestamp"].to_numpy()[:3], np.arange(0, len(data.catalog), 7)
+    fast = model_scorer(model, data, 4096, torch.device("cpu"))(users, times, codes)
     forward = score_pairs(model, data, users, np.broadcast_to(data.catalog[codes], (3, len(codes))), 4096,
-                          torch.device("cpu"))
+                          torch.device("cpu"), times)
     assert np.allclose(1 / (1 + np.exp(-fast)), forward, atol=1e-5)
 
 

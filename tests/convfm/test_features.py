@@ -56,7 +56,7 @@ def interactions():
 
 @pytest.fixture
 def fitted(jobs, interactions, users):
-    return JobFeatureExtractor(text_dim=3).fit(jobs, interactions, users)
+    return JobFeatureExtractor(history_length=0, text_dim=3).fit(jobs, interactions, users)
 
 
 def names(extractor):
@@ -85,7 +85,7 @@ def test_seed_readme_feature_extraction_example(jobs, tmp_path, monkeypatch):
     jobs_df, new_jobs_df = jobs.iloc[:4], jobs.iloc[3:]
     interactions_df = pd.DataFrame({"user_id": [1, 2, 1], "job_id": ["j1", "j2", "j3"],
                                     "event": ["apply", "view", "save"]})
-    extractor = JobFeatureExtractor(max_skills=50)
+    extractor = JobFeatureExtractor(history_length=0, max_skills=50)
     extractor.fit(jobs_df, interactions_df)
     job_features = extractor.transform_jobs(new_jobs_df)
     interaction_features = extractor.transform_interactions(interactions_df.iloc[:2])
@@ -107,7 +107,7 @@ def test_vocabularies_reserve_padding_and_unknown_and_clean_values(fitted):
 
 
 def test_min_freq_drops_rare_values_but_never_ids(jobs, interactions, users):
-    extractor = JobFeatureExtractor(min_freq=2, text_dim=0).fit(jobs, interactions, users)
+    extractor = JobFeatureExtractor(history_length=0, min_freq=2, text_dim=0).fit(jobs, interactions, users)
     assert extractor.vocabs["location"].values == ["berlin", "paris"]
     assert extractor.vocabs["job"].values == ["j1", "j2", "j3", "j4", "j5"]
 
@@ -135,15 +135,15 @@ def test_skills_found_in_title_and_description(fitted, jobs):
 def test_skill_matching_is_whole_word_and_can_be_disabled(jobs, interactions):
     frame = jobs.assign(description=["gopher pythonic", "", "", "", ""], title="", skills="")
     frame.loc[1, "skills"] = "go;python"
-    extractor = JobFeatureExtractor(text_dim=0).fit(frame, interactions)
+    extractor = JobFeatureExtractor(history_length=0, text_dim=0).fit(frame, interactions)
     assert job_skills(extractor, extractor.transform_jobs(frame))[0] == []
-    off = JobFeatureExtractor(text_dim=0, skills_from_text=False).fit(jobs, interactions)
+    off = JobFeatureExtractor(history_length=0, text_dim=0, skills_from_text=False).fit(jobs, interactions)
     assert job_skills(off, off.transform_jobs(jobs))[2] == []
 
 
 def test_max_skills_caps_lists_keeping_column_skills_first(jobs, interactions):
     frame = jobs.assign(skills=["a;b;c;d;e"] + list(jobs["skills"][1:]))
-    extractor = JobFeatureExtractor(max_skills=3, text_dim=0).fit(frame, interactions)
+    extractor = JobFeatureExtractor(history_length=0, max_skills=3, text_dim=0).fit(frame, interactions)
     table = extractor.transform_jobs(frame)
     assert table.multi.shape == (5, 1, 3)
     assert job_skills(extractor, table)[0] == ["a", "b", "c"]
@@ -166,14 +166,14 @@ def test_feature_map_orders_user_fields_then_job_fields(fitted):
 
 
 def test_small_corpus_gets_fewer_text_components(jobs, interactions):
-    extractor = JobFeatureExtractor(text_dim=16).fit(jobs, interactions)
+    extractor = JobFeatureExtractor(history_length=0, text_dim=16).fit(jobs, interactions)
     assert extractor.feature_map.of_kind("dense")[1].width == 5  # 5 documents
     assert extractor.transform_jobs(jobs).dense.shape == (5, 3 + 5)
 
 
 def test_jobs_file_with_only_job_id(interactions):
     jobs = pd.DataFrame({"job_id": [1, 2, 3, 4, 5]})  # int ids read as the strings "1".."5"
-    extractor = JobFeatureExtractor().fit(jobs, interactions.assign(job_id=["1", "4", "2", "3", "5", "1"]))
+    extractor = JobFeatureExtractor(history_length=0).fit(jobs, interactions.assign(job_id=["1", "4", "2", "3", "5", "1"]))
     assert names(extractor) == ["user_id", "job_id"]
     table = extractor.transform_interactions(pd.DataFrame({"user_id": ["u1", "zz"], "job_id": [2, "7"]}))
     assert table.cat.tolist() == [[2, 3], [UNK, UNK]]
@@ -181,7 +181,7 @@ def test_jobs_file_with_only_job_id(interactions):
 
 
 def test_no_users_file_gives_only_user_id_on_the_user_side(jobs, interactions):
-    extractor = JobFeatureExtractor(text_dim=2).fit(jobs, interactions)
+    extractor = JobFeatureExtractor(history_length=0, text_dim=2).fit(jobs, interactions)
     assert names(extractor) == ["user_id"] + JOB_FIELDS
     assert extractor.user_ids == ["", "u1", "u2", "u3", "u9"]
 
@@ -244,8 +244,8 @@ def test_example_set_refuses_missing_columns_and_bad_labels(fitted):
 
 
 def test_transform_is_deterministic(jobs, interactions, users):
-    first = JobFeatureExtractor(text_dim=3).fit(jobs, interactions, users)
-    second = JobFeatureExtractor(text_dim=3).fit(jobs, interactions, users)
+    first = JobFeatureExtractor(history_length=0, text_dim=3).fit(jobs, interactions, users)
+    second = JobFeatureExtractor(history_length=0, text_dim=3).fit(jobs, interactions, users)
     assert first.feature_map == second.feature_map
     assert_tables_equal(first.transform_interactions(interactions), second.transform_interactions(interactions))
     assert_tables_equal(first.transform_jobs(jobs), first.transform_jobs(jobs))
@@ -253,9 +253,9 @@ def test_transform_is_deterministic(jobs, interactions, users):
 
 def test_invalid_options_and_unfitted_use_are_refused(jobs):
     with pytest.raises(ConfigError, match="max_skills: must be an integer >= 1"):
-        JobFeatureExtractor(max_skills=0)
+        JobFeatureExtractor(history_length=0, max_skills=0)
     with pytest.raises(DataValidationError, match="jobs: missing required column"):
-        JobFeatureExtractor().fit(jobs.drop(columns="job_id"))
+        JobFeatureExtractor(history_length=0).fit(jobs.drop(columns="job_id"))
     with pytest.raises(Exception, match="not fitted"):
         JobFeatureExtractor().transform_jobs(jobs)
 

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def users_of(extractor, n: int = 5):
-    return extractor.user_catalog.take(np.arange(n))
+    """The first ``n`` catalog users with every user-side field (their history after the data's end)."""
+    return extractor.user_side(extractor.user_catalog.take(np.arange(n)), np.array(extractor.user_ids[:n]))
 
 
 @pytest.mark.parametrize("kernel", [1, 3, 5, 7])
@@ -56,8 +57,9 @@ def test_ranker_refuses_a_deep_head_it_cannot_split(tiny):
 def test_fast_path_equals_forward_on_trained_model_and_cold_start_profile(tiny):
     extractor = tiny.data.extractor
     ranker = CatalogRanker(tiny.model, extractor)
-    profile = extractor.transform_users(pd.DataFrame(
-        {"user_id": ["nobody"], "skills": ["python;sql;docker"], "location": ["Remote"], "experience_level": ["senior"]}))
+    profile = extractor.user_side(extractor.transform_users(pd.DataFrame(
+        {"user_id": ["nobody"], "skills": ["python;sql;docker"], "location": ["Remote"], "experience_level": ["senior"]})),
+        np.array(["nobody"]))
     for users in (users_of(extractor, 8), profile):
         torch.testing.assert_close(ranker.score_all(users), ranker.full_scores(users), atol=1e-5, rtol=0)
 
@@ -108,7 +110,7 @@ def test_explain_names_user_job_pairs_and_matching_skills(tiny):
     job_fields = {f.name for f in extractor.feature_map.of_side("job").fields}
     skill_names = extractor.vocabs["skill"].values
     pairs = tiny.model.pairwise_interactions(
-        *join_batches([table_tensors(user), table_tensors(extractor.job_catalog.take(rows[:1]))]))[0]
+        *join_batches([table_tensors(user), table_tensors(ranker.job_table(rows[:1]))]))[0]
     for e, row in zip(explanations, rows):
         assert e["interactions"] and all(x["user_field"] in user_fields and x["job_field"] in job_fields
                                          for x in e["interactions"])

@@ -46,7 +46,8 @@ def test_scores_are_the_models_probabilities(scorer, tiny):
     user = tiny.data.frames["train"]["user_id"].iloc[0]
     job_ids = tiny.data.extractor.job_ids[1:30]
     result = scorer.score_many([ScoreRequest(user_id=user, job_ids=job_ids)])[0]
-    users = tiny.data.extractor.user_catalog.take([tiny.data.extractor.user_rows[user]])
+    extractor = tiny.data.extractor
+    users = extractor.user_side(extractor.user_catalog.take([extractor.user_rows[user]]), np.array([user]))
     expected = torch.sigmoid(scorer.ranker.full_scores(users, np.arange(1, 30))[0]).numpy()
     assert [s["score"] for s in result["scores"]] == pytest.approx(expected.tolist(), abs=1e-6)
 
