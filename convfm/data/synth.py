@@ -18,7 +18,6 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from convfm.data.market_stats import market_stats
 from convfm.data.readers import SUFFIXES, read_frame
@@ -265,6 +264,8 @@ def load_truth(directory: str | Path) -> Optional[pd.DataFrame]:
 def oracle_auc(examples: pd.DataFrame, truth: Optional[pd.DataFrame]) -> Optional[float]:
     """ROC-AUC of the true p_positive on ``examples``' labels; rows without a truth entry (such as sampled
     negatives) are left out. None without truth or when the rows left have a single class."""
+    from sklearn.metrics import roc_auc_score  # ~2 s to import: only where an oracle AUC is computed
+
     if truth is None:
         return None
     joined = examples[["user_id", "job_id", "label"]].merge(truth, on=["user_id", "job_id"], how="inner")

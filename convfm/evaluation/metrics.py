@@ -17,7 +17,6 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
 from convfm.errors import ArtifactError, DataValidationError
 from convfm.validate import check_number
@@ -60,6 +59,8 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: fl
     class is present; ``positive_rate`` is the fraction of positive labels; log loss clips scores to
     [eps, 1 - eps] with eps = 1e-7.
     """
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score  # ~2 s: on first use
+
     y = np.asarray(labels, dtype=np.float64).ravel()
     p = np.asarray(scores, dtype=np.float64).ravel()
     if y.size == 0 or y.shape != p.shape:

@@ -1,18 +1,17 @@
 """Column cleaning, skill matching in free text, and TF-IDF + SVD text embeddings.
 
 Everything here is deterministic and rebuilt exactly from plain arrays (no fitted sklearn object is kept),
-so a saved extractor transforms bit-for-bit like the one that was fitted.
+so a saved extractor transforms bit-for-bit like the one that was fitted. sklearn is imported inside the
+methods that use it: it costs ~2 s per process, and every Ray Train controller and worker imports this module
+(through ``convfm``) without fitting or transforming any text.
 """
 from __future__ import annotations
 
 import re
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
-from sklearn.preprocessing import normalize
 
 # sklearn's default word pattern; recorded in extractor.json so a change of default cannot go unnoticed.
 TFIDF_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
@@ -109,10 +108,7 @@ class TextEncoder:
                 f"text encoder arrays disagree: {len(self.terms)} terms, idf {self.idf.shape}, "
                 f"components {self.components.shape}"
             )
-        self._counter = CountVectorizer(
-            vocabulary={t: i for i, t in enumerate(self.terms.tolist())},
-            token_pattern=TFIDF_TOKEN_PATTERN, lowercase=True, dtype=np.float64,
-        )
+        self._counter: Any = None  # a CountVectorizer over ``terms``, built on the first transform
 
     @property
     def width(self) -> int:
@@ -124,6 +120,9 @@ class TextEncoder:
 
         The width is ``min(width, documents, terms)``: a small corpus gets fewer components.
         """
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         vectorizer = TfidfVectorizer(max_features=max_features, token_pattern=TFIDF_TOKEN_PATTERN, dtype=np.float64)
         try:
             tfidf = vectorizer.fit_transform(texts)
@@ -139,6 +138,14 @@ class TextEncoder:
         """(N,) texts -> (N, width) float32. Unknown words are ignored; an empty text maps to zeros."""
         if len(texts) == 0:
             return np.zeros((0, self.width), dtype=np.float32)
+        from sklearn.feature_extraction.text import CountVectorizer
+        from sklearn.preprocessing import normalize
+
+        if self._counter is None:
+            self._counter = CountVectorizer(
+                vocabulary={t: i for i, t in enumerate(self.terms.tolist())},
+                token_pattern=TFIDF_TOKEN_PATTERN, lowercase=True, dtype=np.float64,
+            )
         counts = self._counter.transform(texts).tocsr()
         counts.data *= self.idf[counts.indices]
         tfidf = normalize(counts, norm="l2", copy=False)

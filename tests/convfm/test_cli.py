@@ -1,4 +1,7 @@
-"""The `convfm` command: help, data synth, and one-line errors (tracebacks only with --debug)."""
+"""The `convfm` command: help, data synth, and one-line errors (tracebacks only with --debug).
+
+One error runs as users run it, in a fresh `python -m convfm.cli.main` process; the others call ``main`` in
+this process (a fresh interpreter costs seconds of torch imports each and tests nothing more)."""
 import re
 import subprocess
 import sys
@@ -6,6 +9,7 @@ import sys
 import pytest
 
 from convfm.cli.main import SUBCOMMANDS, build_parser, main
+from convfm.errors import ConvFMError
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -37,8 +41,8 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     result = run_cli("evaluate", "--model", str(tmp_path / "missing"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"convfm evaluate: error: {tmp_path / 'missing'}: model directory not found"]
-    debug = run_cli("--debug", "evaluate", "--model", str(tmp_path / "missing"))
-    assert "Traceback" in debug.stderr
+    with pytest.raises(ConvFMError, match="model directory not found"):  # --debug: the exception, traceback and all
+        main(["--debug", "evaluate", "--model", str(tmp_path / "missing")])
 
 
 def test_library_imports_no_ray():
@@ -52,23 +56,26 @@ def test_library_imports_no_ray():
     assert result.stdout.strip() == "[]"
 
 
-def test_train_scaling_flags_reach_the_train_config(tmp_path):
+def test_train_scaling_flags_reach_the_train_config(tmp_path, capsys):
     from convfm.cli.train import resolve_configs
 
     args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--workers",
                                       "4", "--cpus-per-worker", "2", "--placement", "SPREAD"])
     train = resolve_configs(args)[2]
     assert (train.num_workers, train.cpus_per_worker, train.placement_strategy) == (4, 2.0, "SPREAD")
-    bad = run_cli("train", "--data", str(tmp_path), "--placement", "spread")  # range checks: test_config.py
-    assert bad.returncode == 2 and "--placement: invalid choice: 'spread'" in bad.stderr
+    with pytest.raises(SystemExit) as exit_info:  # range checks: test_config.py
+        main(["train", "--data", str(tmp_path), "--placement", "spread"])
+    assert exit_info.value.code == 2 and "--placement: invalid choice: 'spread'" in capsys.readouterr().err
 
 
-def test_tune_and_serve_config_errors_name_the_line_and_misspelt_sections(tmp_path):
+def test_tune_and_serve_config_errors_name_the_line_and_misspelt_sections(tmp_path, capsys):
     tune_yaml = tmp_path / "tune.yaml"
     tune_yaml.write_text("tune:\n  search_alg: random\n  num_samples: 0\n")
-    tune = run_cli("tune", "--config", str(tune_yaml), "--data", str(tmp_path))
-    assert tune.returncode == 2 and f"{tune_yaml} [tune] line 3: num_samples:" in tune.stderr, tune.stderr
+    assert main(["tune", "--config", str(tune_yaml), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tune_yaml} [tune] line 3: num_samples:" in err, err
     serve_yaml = tmp_path / "serve.yaml"
     serve_yaml.write_text("serv:\n  port: 9000\n")
-    serve = run_cli("serve", "--model", str(tmp_path), "--config", str(serve_yaml))
-    assert serve.returncode == 2 and "unknown section(s) ['serv']" in serve.stderr, serve.stderr
+    assert main(["serve", "--model", str(tmp_path), "--config", str(serve_yaml)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown section(s) ['serv']" in err, err

@@ -18,7 +18,7 @@ def test_tiny_demo_runs_every_stage_and_answers_http(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not the test session's
     done = subprocess.run(
         [sys.executable, "-m", "convfm.cli.main", "demo", "--workdir", str(tmp_path / "demo"), "--users", "300",
-         "--jobs", "200", "--interactions", "6000", "--epochs", "2", "--trials", "2"],
+         "--jobs", "200", "--interactions", "6000", "--epochs", "1", "--trials", "1"],
         capture_output=True, text=True, timeout=400, env=env)
     out = done.stdout
     assert done.returncode == 0, (out[-3000:], done.stderr[-3000:])
