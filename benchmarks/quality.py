@@ -27,6 +27,31 @@ from convfm.data.synth import generate_market, write_market
 from convfm.training.in_process import fit_in_process
 
 
+VARIANTS = {  # ablation rows: (history_length, recency)
+    "static features": (0, False),
+    "+ history": (None, False),
+    "+ recency": (0, True),
+    "all three": (None, True),
+}
+ABLATION_METRICS = ("hr@10", "ndcg@10", "mrr", "roc_auc")
+
+
+def ablation_table(reports: dict[str, dict]) -> str:
+    """One row per model variant, then each baseline and the oracle (from the last report): live-protocol
+    HR@10, NDCG@10, MRR and ROC-AUC on the test examples."""
+    rows = [(name, report["model"]) for name, report in reports.items()]
+    last = list(reports.values())[-1]
+    rows += [(method, last[method]) for method in ("popularity", "recent_popularity", "newest", "oracle")
+             if last.get(method)]
+    cell = lambda section, key: "" if section.get(key) is None else f"{section[key]:.4f}"  # noqa: E731
+    lines = ["| method | " + " | ".join(ABLATION_METRICS) + " |", "|---|" + "---:|" * len(ABLATION_METRICS)]
+    for name, section in rows:
+        if name == "oracle":
+            section = {**section, "roc_auc": last.get("oracle_auc")}
+        lines.append(f"| {name} | " + " | ".join(cell(section, key) for key in ABLATION_METRICS) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=10_000)
@@ -37,26 +62,40 @@ def main() -> None:
     parser.add_argument("--negatives", type=int, default=99, help="sampled protocol: unseen jobs per held-out "
                         "positive")
     parser.add_argument("--max-events", type=int, default=5000, help="live protocol: positives ranked")
+    parser.add_argument("--ablation", action="store_true", help="also train without history and/or recency "
+                        "features and print the ablation table (live protocol)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     train = TrainConfig(num_epochs=args.epochs, seed=args.seed)
+    variants = VARIANTS if args.ablation else {"all three": VARIANTS["all three"]}
+    reports: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as workdir:
         write_market(generate_market(args.users, args.jobs, args.interactions, seed=args.seed), workdir)
-        data = prepare_data(DataConfig(path=workdir, seed=args.seed, split=args.split))
-        started = time.perf_counter()
-        model, history = fit_in_process(data, ModelConfig(), train)
-        seconds = time.perf_counter() - started
-        reports = {protocol: evaluate_split(model, data, "test", negatives=args.negatives, seed=args.seed,
-                                            protocol=protocol, max_events=args.max_events)
-                   for protocol in ("live", "sampled")}
-    best = max(history, key=lambda r: r["val_roc_auc"])
-    print(f"\n{args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed {args.seed}; default "
-          f"model; batch {train.batch_size}, learning rate {train.learning_rate:g}; {len(history)} epochs in "
-          f"{seconds:.0f}s, best epoch {int(best['epoch']) + 1} (val AUC {best['val_roc_auc']:.4f}); split {args.split}, "
-          f"examples {data.summary()}; test split")
-    for report in reports.values():
-        print(f"\n{format_report(report)}")
+        for name, (history, recency) in variants.items():
+            config = DataConfig(path=workdir, seed=args.seed, split=args.split, recency=recency,
+                                **({} if history is None else {"history_length": history}))
+            data = prepare_data(config)
+            started = time.perf_counter()
+            model, history_log = fit_in_process(data, ModelConfig(), train)
+            seconds = time.perf_counter() - started
+            protocols = ("live", "sampled") if name == "all three" else ("live",)
+            by_protocol = {protocol: evaluate_split(model, data, "test", negatives=args.negatives, seed=args.seed,
+                                                    protocol=protocol, max_events=args.max_events)
+                           for protocol in protocols}
+            reports[name] = by_protocol["live"]
+            best = max(history_log, key=lambda r: r["val_roc_auc"])
+            print(f"\n{name}: {args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed "
+                  f"{args.seed}; default model; history_length {config.history_length}, recency {config.recency}, "
+                  f"negative_ratio {config.negative_ratio}; batch {train.batch_size}, learning rate "
+                  f"{train.learning_rate:g}; {len(history_log)} epochs in {seconds:.0f}s, best epoch "
+                  f"{int(best['epoch']) + 1} (val AUC {best['val_roc_auc']:.4f}); split {args.split}, examples "
+                  f"{data.summary()}; test split", flush=True)
+            for report in by_protocol.values():
+                print(f"\n{format_report(report)}", flush=True)
+    if args.ablation:
+        print(f"\nablation (live protocol, test split):\n{ablation_table(reports)}")
 
 
 if __name__ == "__main__":

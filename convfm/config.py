@@ -100,7 +100,9 @@ class DataConfig(BaseConfig):
     positive_events: tuple[str, ...] = ("apply", "save")
     negative_events: tuple[str, ...] = ("view", "click", "dismiss")
     default_event: str = "apply"
-    negative_ratio: int = 0
+    # sampled negatives per positive (how: negative_sampling): ranking the live catalog needs them, and a log
+    # of positives only (views, applies) has no other negatives
+    negative_ratio: int = 2
     # how training negatives are drawn (convfm.data.negatives): jobs live at the positive's time, any catalog
     # job, or jobs in proportion to their interactions before the positive's time
     negative_sampling: str = "live"

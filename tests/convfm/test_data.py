@@ -212,7 +212,7 @@ def test_extra_columns_kept_and_warned(tmp_path: Path, caplog: pytest.LogCapture
 
 def test_minimal_files_work(tmp_path: Path) -> None:
     write_market(tmp_path, jobs="job_id\nj1\nj2\n", users=None, interactions="user_id,job_id\nu1,j2\nu2,j1\nu1,j1\n")
-    config = DataConfig(path=str(tmp_path), default_event="save")
+    config = DataConfig(path=str(tmp_path), default_event="save", negative_ratio=0)
     market = load_job_market(config)
     assert market.users is None and list(market.jobs.columns) == ["job_id"]
     assert market.interactions["event"].tolist() == ["save"] * 3

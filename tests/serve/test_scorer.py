@@ -56,7 +56,7 @@ def test_recommendations_skip_seen_jobs_and_honour_filters(scorer, tiny):
     user = tiny.data.frames["train"]["user_id"].value_counts().index[0]
     seen = set(tiny.data.frames["train"].query("user_id == @user")["job_id"])
     items = scorer.recommend_many([rec(user_id=user, k=100)])[0]["items"]
-    assert len(items) == 100 and not {i["job_id"] for i in items} & seen
+    assert len(items) == min(100, 300 - len(scorer.seen[user])) and not {i["job_id"] for i in items} & seen
     items = scorer.recommend_many([rec(user_id=user, k=100, filters={"experience_level": "Senior",
                                                                         "salary_min": 150000})])[0]["items"]
     assert items and all(i["experience_level"] == "senior" and i["salary_max"] >= 150000 for i in items)
@@ -136,3 +136,34 @@ def test_first_load_failure_is_reported_by_health(tmp_path):
 def test_versions_need_a_registry(tiny):
     report = ModelSlot(tiny.model_dir).load("v0001")
     assert not report["ok"] and "not a registry entry" in report["error"]
+
+
+def test_a_stranger_with_a_history_is_scored_from_it_and_the_why_cites_it(scorer, tiny):
+    past = tiny.data.extractor.job_ids[1:3]
+    stranger = scorer.recommend_many([rec(user_id="stranger", history=past, k=5)])[0]
+    assert stranger["fallback"] is None and stranger["cold_start"] is True
+    assert not {i["job_id"] for i in stranger["items"]} & set(past)  # the history counts as seen
+    cited = [i["explanation"]["similar_to"] for i in stranger["items"]]
+    assert all(c is not None and c["job_id"] in past and -1.0 <= c["similarity"] <= 1.0 for c in cited)
+    assert any(i["why"].startswith("similar to a job you applied to: ") for i in stranger["items"])
+    other = scorer.recommend_many([rec(user_id="stranger", history=tiny.data.extractor.job_ids[40:43], k=5)])[0]
+    assert [i["score"] for i in other["items"]] != [i["score"] for i in stranger["items"]]  # history matters
+    popular = scorer.recommend_many([rec(user_id="stranger", k=5)])[0]
+    assert popular["fallback"] == "popular"
+
+
+def test_a_known_user_is_scored_with_the_stored_history(scorer, tiny):
+    extractor = tiny.data.extractor
+    user = extractor.history.users[int(np.argmax(np.diff(extractor.history.offsets)))]  # the longest history
+    stored = scorer.recommend_many([rec(user_id=user, k=5, exclude_seen=False)])[0]
+    given = scorer.recommend_many([rec(user_id=user, k=5, exclude_seen=False, history=["nonexistent-job"])])[0]
+    assert [i["score"] for i in stored["items"]] != [i["score"] for i in given["items"]]
+    assert all(i["explanation"]["similar_to"] is not None for i in stored["items"])
+
+
+def test_history_is_validated_by_the_schema():
+    with pytest.raises(ValueError, match="history"):
+        rec(user_id="u", history=["j"] * 201)
+    with pytest.raises(ValueError, match="give user_id, profile or history"):
+        rec(history=[])
+    assert rec(history=["j1", 7]).history == ["j1", "7"]
