@@ -185,9 +185,9 @@ class RecencyEncoder:
 class HistoryEncoder:
     """A user's recent positive jobs -> the history fields, gathered from the encoded job catalog.
 
-    ``job_fields`` are the job side's static fields (FeatureMap order), ``catalog`` their encoded rows and
-    ``job_rows`` maps a job id to its catalog row. Unknown history jobs keep the unknown job id (a past event
-    the catalog lacks is still activity) and padding elsewhere.
+    ``job_fields`` are the job side's static fields (FeatureMap order); ``encode`` gathers from their encoded
+    catalog. Unknown history jobs (catalog row 0) keep the unknown job id (a past event the catalog lacks is
+    still activity) and padding elsewhere.
     """
 
     def __init__(self, length: int, job_fields: Sequence[FieldSpec]) -> None:
@@ -220,7 +220,7 @@ class HistoryEncoder:
         positives before t ``counts`` (R,) -> EncodedTable of ``fields()`` (multi lists of ``length``)."""
         present = rows >= 0
         safe = np.where(present, rows, 0)
-        cat, multi, dense = [], [], []
+        multi, dense = [], []
         for spec in self.fields():
             if spec.name == "activity":
                 dense.append(np.stack([np.log1p(counts) / ACTIVITY_SCALE, counts == 0], axis=1))
