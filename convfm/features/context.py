@@ -101,7 +101,8 @@ class UserHistory:
             keys = user_of * width + inverse[: len(self.times)]
             query = position[known].astype(np.int64) * width + inverse[len(self.times):]
             count[known] = np.searchsorted(keys, query, side="left") - start[known]
-        total = count + np.where(count > 0, self.earlier[np.maximum(position, 0)], 0)
+        earlier = self.earlier[np.maximum(position, 0)] if len(self.users) else 0
+        total = count + np.where(count > 0, earlier, 0)
         return start.astype(np.int64), count, total
 
     def recent(self, start: np.ndarray, count: np.ndarray, length: int) -> np.ndarray:

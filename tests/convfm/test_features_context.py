@@ -55,6 +55,8 @@ def test_history_counts_positives_strictly_before_t(market):
     assert count.tolist() == [0, 1, 1, 3, 1, 0]  # a positive at exactly t is not history
     assert history.recent(start, count, 2).tolist() == [["", ""], ["j0", ""], ["j0", ""], ["j5", "j2"],
                                                        ["j3", ""], ["", ""]]
+    empty = UserHistory.empty().states(np.array(["u1"]), np.array([T0]))
+    assert [x.tolist() for x in empty] == [[0], [0], [0]]
     state, _, _, _ = history_states(history, users, times.astype(np.int64))
     assert state[1] == state[2] and state[0] == state[5]  # one row per distinct (user, count); empty shared
     assert len(set(state.tolist())) == 4
