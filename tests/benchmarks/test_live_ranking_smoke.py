@@ -14,7 +14,8 @@ def test_tiny_run_prints_one_row_per_method():
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     summary = next(line for line in lines if " events, mean " in line)
-    assert summary.startswith("40 events") and "live jobs per event" in summary, summary
+    events = int(summary.split()[0])  # at most --events: the test split may hold fewer positives
+    assert 0 < events <= 40 and summary.startswith(f"{events} events") and "live jobs per event" in summary, summary
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| method")]
     assert [row.split("|")[1].strip() for row in rows] == ["model", "popularity", "recent_popularity", "newest",
                                                             "oracle"]
