@@ -28,6 +28,7 @@ from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
 from convfm.errors import ConfigError, ConvFMError
 from convfm.features.jobs import load_extractor
 from convfm.data.prepare import PreparedData, prepare_data
+from convfm.training.in_process import check_resumable_metric
 from convfm.store.storage import StagedDir
 from train.checks import check_sparse_gradients, check_training_data, check_unchanged
 from train.cluster import init_ray
@@ -180,13 +181,15 @@ def _latest_checkpoint(run: Mapping[str, Any]) -> Optional[ray.train.Checkpoint]
 
 
 def _check_resumable(run: Mapping[str, Any], train_config: TrainConfig) -> Any:
-    """The extractor of the run's latest checkpoint (so data encodes as before); refuses a finished run."""
+    """The extractor of the run's latest checkpoint (so data encodes as before); refuses a finished run, or
+    one that stopped on another early-stopping metric."""
     checkpoint = _latest_checkpoint(run)
     if checkpoint is None:
         return None  # nothing was checkpointed: the run starts over
     with checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / TRAIN_STATE, map_location="cpu", weights_only=True)
         extractor = load_extractor(Path(directory) / MODEL_DIR)
+    check_resumable_metric(state, train_config.early_stopping_metric)
     done, bad = int(state["next_epoch"]), int(state["stopper"]["bad_epochs"])
     if done >= train_config.num_epochs:
         raise ConfigError(f"num_epochs: the run already trained {done} epoch(s); pass --epochs > {done} to continue")
@@ -259,10 +262,11 @@ def _relay_progress(progress: Optional[Queue], on_epoch: Optional[EpochCallback]
 
 def _finish(out: StagedDir, run: dict[str, Any], result: Any, config: TrainConfig, data: PreparedData,
             wall_seconds: float) -> TrainingResult:
-    scored = [(c, m) for c, m in result.best_checkpoints if not math.isnan(float(m.get("val_roc_auc", math.nan)))]
+    metric, mode = config.early_stopping  # the best checkpoint is the stopper's best epoch
+    scored = [(c, m) for c, m in result.best_checkpoints if not math.isnan(float(m.get(metric, math.nan)))]
     if not scored or result.checkpoint is None:
-        raise TrainingError(f"run {run['name']} produced no checkpoint with a validation AUC")
-    best_checkpoint, best_metrics = max(scored, key=lambda cm: float(cm[1]["val_roc_auc"]))
+        raise TrainingError(f"run {run['name']} produced no checkpoint with a validation {metric}")
+    best_checkpoint, best_metrics = (max if mode == "max" else min)(scored, key=lambda cm: float(cm[1][metric]))
     with best_checkpoint.as_directory() as directory:
         export_model(Path(directory) / MODEL_DIR, out.local / "best", data)
     with result.checkpoint.as_directory() as directory:
@@ -296,7 +300,8 @@ def format_epoch(record: Mapping[str, Any]) -> str:
 def format_summary(result: TrainingResult) -> str:
     best = result.best_metrics
     lines = [
-        f"best epoch {result.best_epoch + 1} of {len(result.history)}: val_auc {best['val_roc_auc']:.4f}"
+        f"best epoch {result.best_epoch + 1} of {len(result.history)}: val_loss {best['val_loss']:.4f}  "
+        f"val_auc {best['val_roc_auc']:.4f}"
         + (f"  popularity {best['popularity_roc_auc']:.4f}" if "popularity_roc_auc" in best else "")
         + (f"  oracle {best['oracle_roc_auc']:.4f}" if "oracle_roc_auc" in best else ""),
         f"stopped early: {'yes' if result.stopped_early else 'no'}; resumed at epoch(s): "

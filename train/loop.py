@@ -10,8 +10,8 @@
   crash_marker         ... the first time only (the file records that the crash happened)
 
 Each epoch is ``convfm.training.in_process.run_epoch``, the protocol the in-process trainer follows too: every rank trains
-on its shard (DDP averages gradients), rank 0 validates, its validation AUC is broadcast so every rank
-schedules and stops together. Around it this loop adds only DDP, the shards, worker diagnostics in rank 0's
+on its shard (DDP averages gradients), rank 0 validates, its value of the early-stopping metric is broadcast
+so every rank schedules and stops together. Around it this loop adds only DDP, the shards, worker diagnostics in rank 0's
 record, and one ``ray.train.report`` per rank and epoch; rank 0 attaches a checkpoint:
   model/           a complete model directory (save_model_dir: weights, configs, extractor, metrics)
   train_state.pt   TrainingState.state_dict(): epoch, optimizer, LR schedule, early stopping, history
@@ -67,12 +67,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if start_epoch and rank == 0:
         log.info("resuming from the checkpoint of epoch %d", start_epoch - 1)
 
-    share_auc = functools.partial(_share_auc, device=device, world_size=world_size)
+    share_metric = functools.partial(_share_metric, device=device, world_size=world_size)
     diagnostics = functools.partial(_worker_diagnostics, model, device, world_size, start_epoch)
     steps = len(train_set) // batch_per_rank(train_config, world_size)
     for epoch in state.epochs(train_config.num_epochs):
         record = run_epoch(model, train_set, state, train_config, device, validation=bundle, rank=rank,
-                           world_size=world_size, share_auc=share_auc, extras=diagnostics,
+                           world_size=world_size, share_metric=share_metric, extras=diagnostics,
                            on_batch=_crash_hook(config, epoch, rank, world_size, steps))
         if record is None:
             ray.train.report({"epoch": epoch, "rank": rank})
@@ -95,11 +95,12 @@ def _restore(checkpoint: Optional[ray.train.Checkpoint], model_config: ModelConf
     return saved.train(), state
 
 
-def _share_auc(val_auc: float, device: torch.device, world_size: int) -> float:
-    """Rank 0's validation AUC on every rank (the others pass NaN), so their schedules and stoppers agree."""
+def _share_metric(value: float, device: torch.device, world_size: int) -> float:
+    """Rank 0's validation value of the early-stopping metric on every rank (the others pass NaN), so their
+    schedules and stoppers agree."""
     if world_size == 1:
-        return val_auc
-    shared = torch.tensor([val_auc], dtype=torch.float64, device=device)
+        return value
+    shared = torch.tensor([value], dtype=torch.float64, device=device)
     dist.broadcast(shared, src=0)
     return float(shared[0])
 

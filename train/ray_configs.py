@@ -19,14 +19,17 @@ def build_trainer(
     name: str,
     storage_path: str,
     callbacks: Sequence[Any] = (),
-    metric: str = "val_roc_auc",
-    mode: str = "max",
+    metric: Optional[str] = None,
+    mode: Optional[str] = None,
     max_failures: Optional[int] = None,
 ) -> TorchTrainer:
     """``train_loop_per_worker`` on ``config.num_workers`` workers, keeping the ``keep_checkpoints`` best by
-    ``metric`` (plus the latest). ``max_failures`` replaces ``config.max_failures`` (tune trials: 0).
+    ``metric``/``mode`` (plus the latest); by default the early-stopping metric's, so the kept checkpoints hold
+    the best epoch the stopper saw (tune passes its own). ``max_failures`` replaces ``config.max_failures``
+    (tune trials: 0).
 
     Same name + storage as an earlier attempt = Ray resumes it (latest checkpoint via get_checkpoint)."""
+    default_metric, default_mode = config.early_stopping
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=dict(loop_config),
@@ -36,8 +39,8 @@ def build_trainer(
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=list(callbacks),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=config.keep_checkpoints, checkpoint_score_attribute=metric,
-                checkpoint_score_order=mode),
+                num_to_keep=config.keep_checkpoints, checkpoint_score_attribute=metric or default_metric,
+                checkpoint_score_order=mode or default_mode),
             failure_config=ray.train.FailureConfig(
                 max_failures=config.max_failures if max_failures is None else max_failures)),
     )

@@ -1,10 +1,11 @@
 """ConvFM: field embeddings -> Conv1D over the field axis, FM second-order term, linear term and deep MLP.
 
 Notation: B batch, F fields (FeatureMap order), Fc/Fm/Fd categorical/multi/dense fields, L list length,
-W total dense width, D embedding size, C conv filters, V total vocabulary rows (all vocabs stacked);
+W total dense width, D embedding size, C conv filters;
 for a field axis cut in two groups: R rows of one group, Fg its fields, H1 width of the first MLP layer,
 Pm conv positions whose window crosses the cut.
-``forward`` returns logits; the sigmoid lives in the loss and in serving.
+``forward`` returns logits; the sigmoid lives in the loss and in serving. The field embedding (the table
+lookups, and the L2 penalty of the rows a batch reads) is ``convfm.model.embedding``.
 
 Each part also says how its output splits over a field axis cut in two groups (``side`` / ``combine``;
 ``DeepHead.split``) and ``ConvFM.split`` composes them, so ranking (``convfm.model.ranking``) precomputes the job
@@ -20,75 +21,8 @@ import torch
 from torch import nn
 
 from convfm.config import ModelConfig
-from convfm.features.fields import PAD, FeatureMap
-
-
-class LookupPlan(NamedTuple):
-    """Which table rows a batch reads: computed once per batch, shared by the embedding and the linear term."""
-
-    unique: Optional[torch.Tensor]  # (U,) distinct global row ids (sparse tables); None: ``index`` is global
-    index: torch.Tensor  # (B, Fc + Fm * L) every lookup: its position in ``unique``, or its global row id
-    weights: torch.Tensor  # (B, Fm, L) 1 / non-padding count, 0 at padding: mean pooling as a weighted sum
-
-
-class FieldEmbedding(nn.Module):
-    """All categorical and multi-valued fields share one (V, dim) table, offset per vocabulary.
-
-    Fields naming the same vocabulary (user and job skills) share rows. ``dim=1`` gives the linear term's
-    per-value weights. Multi-valued fields are mean-pooled over their non-padding entries.
-
-    Two lookup paths, each the faster one for its gradient (``benchmarks/step_profile.py``):
-    - dense: one gather of every lookup (~37k at batch 1024), then weighted pooling; the gradient is the whole
-      (V, dim) table either way, and its zero-fill dominates.
-    - sparse: the batch's ~3k distinct rows are read once and every lookup indexes those (lists pooled by
-      ``embedding_bag``), so the sparse gradient holds U rows: nothing for SparseAdam to coalesce or DDP to
-      all-reduce twice, and the (B, Fm, L, dim) tensor of list entries is never built.
-    """
-
-    def __init__(self, feature_map: FeatureMap, dim: int, sparse: bool = False) -> None:
-        super().__init__()
-        starts, total = {}, 0
-        for vocab, size in feature_map.vocab_sizes.items():
-            starts[vocab], total = total, total + size
-        cat_fields, multi_fields = feature_map.of_kind("categorical"), feature_map.of_kind("multi")
-        self.register_buffer("cat_offsets", torch.tensor([starts[f.vocab] for f in cat_fields], dtype=torch.int64))
-        self.register_buffer("multi_offsets", torch.tensor([starts[f.vocab] for f in multi_fields], dtype=torch.int64))
-        self.table = nn.Embedding(max(total, 1), dim, sparse=sparse)
-        nn.init.normal_(self.table.weight, std=0.01)
-        dense_widths = [f.width for f in feature_map.of_kind("dense")]
-        self.dense_widths = dense_widths
-        self.dense = nn.ModuleList(nn.Linear(w, dim, bias=False) for w in dense_widths)
-
-    def plan(self, cat: torch.Tensor, multi: torch.Tensor) -> LookupPlan:
-        """cat (B, Fc), multi (B, Fm, L) local ids -> the batch's LookupPlan."""
-        ids = torch.cat([cat + self.cat_offsets, (multi + self.multi_offsets[:, None]).flatten(1)], dim=1)
-        present = (multi != PAD).to(torch.float32)  # (B, Fm, L)
-        weights = present / present.sum(2, keepdim=True).clamp(min=1.0)  # (B, Fm, L)
-        if not self.table.sparse:
-            return LookupPlan(None, ids, weights)
-        unique, inverse = torch.unique(ids, return_inverse=True)  # (U,), (B, Fc + Fm * L)
-        return LookupPlan(unique, inverse, weights)
-
-    def forward(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor,
-                plan: Optional[LookupPlan] = None) -> torch.Tensor:
-        """cat (B, Fc), multi (B, Fm, L), dense (B, W) -> (B, Fc + Fm + Fd, dim), grouped by kind."""
-        plan = self.plan(cat, multi) if plan is None else plan
-        (batch, fc), (fm, length) = cat.shape, multi.shape[1:]
-        if plan.unique is None:
-            cat_vectors, multi_vectors = self.table(plan.index).split([fc, fm * length], dim=1)  # (B, Fc|Fm*L, dim)
-            weighted = multi_vectors.unflatten(1, (fm, length)) * plan.weights.unsqueeze(-1).to(multi_vectors.dtype)
-            parts = [cat_vectors, weighted.sum(2)]  # (B, Fc, dim), (B, Fm, dim)
-        else:
-            rows = self.table(plan.unique)  # (U, dim)
-            width = max(length, 1)
-            pooled = nn.functional.embedding_bag(  # (B * Fm, dim)
-                plan.index[:, fc:].reshape(-1, width), rows, mode="sum",
-                per_sample_weights=plan.weights.reshape(-1, width).to(rows.dtype))
-            parts = [nn.functional.embedding(plan.index[:, :fc], rows), pooled.view(batch, fm, rows.shape[1])]
-        if self.dense_widths:
-            chunks = torch.split(dense, self.dense_widths, dim=1)  # each (B, w)
-            parts.append(torch.stack([layer(x) for layer, x in zip(self.dense, chunks)], dim=1))  # (B, Fd, dim)
-        return torch.cat(parts, dim=1)
+from convfm.features.fields import FeatureMap
+from convfm.model.embedding import FieldEmbedding, LookupPlan
 
 
 class FMSide(NamedTuple):
@@ -237,6 +171,14 @@ class DeepHead(nn.Module):
         """features (B, F*D + C) -> (B,)."""
         return self.mlp(features).squeeze(1)
 
+    def scale_invariant_parameters(self) -> list[nn.Parameter]:
+        """Weights and biases of the Linear layers that feed a BatchNorm, which undoes their scale and shift:
+        weight decay cannot regularize them, it only shrinks their outputs until BatchNorm's eval statistics
+        go wrong (at weight decay 5 the validation log loss jumped by up to 15% between epochs)."""
+        layers = list(self.mlp)
+        return [p for layer, after in zip(layers, layers[1:])
+                if isinstance(layer, nn.Linear) and isinstance(after, nn.BatchNorm1d) for p in layer.parameters()]
+
     def split(self, widths: Sequence[int]) -> HeadSplit:
         """This head (eval mode) with its input cut into column blocks of ``widths``; ValueError when it cannot
         be cut exactly (training mode, or an input that does not go through a Linear first)."""
@@ -301,11 +243,18 @@ class ConvFM(nn.Module):
         deep_in = torch.cat([emb.flatten(1), conv], dim=1)  # (B, F*D + C)
         return self.fm(emb) + self.deep(deep_in)
 
-    def forward(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """cat (B, Fc) int64, multi (B, Fm, L) int64, dense (B, W) float -> logits (B,)."""
+    def forward(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor,
+                penalty: bool = False) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """cat (B, Fc) int64, multi (B, Fm, L) int64, dense (B, W) float -> logits (B,).
+
+        With ``penalty``, (logits, penalty ()): ||row||^2 summed over the embedding and first-order rows the
+        batch read, / B (``convfm.model.embedding``), from this pass's lookups. Training asks for it through
+        forward, so that a DDP wrapper sees the pass and all-reduces the gradients it adds."""
         plan = self.embedding.plan(cat, multi)  # both tables have the same offsets: one plan per batch
-        emb = self.field_embeddings(cat, multi, dense, plan)  # (B, F, D)
-        return self.linear_term(cat, multi, dense, plan) + self.interaction_terms(emb)
+        emb, first = (part.lookup(cat, multi, dense, plan, penalty) for part in (self.embedding, self.linear))
+        logits = first.fields.sum(dim=(1, 2)) + self.bias + self.interaction_terms(
+            emb.fields.index_select(1, self.field_order))  # E (B, F, D) in FeatureMap order
+        return (logits, (emb.squares + first.squares) / len(cat)) if penalty else logits
 
     @torch.no_grad()
     def pairwise_interactions(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
@@ -313,6 +262,10 @@ class ConvFM(nn.Module):
         emb = self.field_embeddings(cat, multi, dense)  # (B, F, D)
         pairs = self.fm.pairs(emb, emb)  # (B, F, F)
         return pairs - torch.diag_embed(torch.diagonal(pairs, dim1=1, dim2=2))
+
+    def decay_exempt_parameters(self) -> list[nn.Parameter]:
+        """Parameters weight decay leaves alone: the deep head's scale-invariant ones."""
+        return self.deep.scale_invariant_parameters()
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Parameters that receive sparse gradients (need SparseAdam); empty unless sparse_embeddings."""

@@ -28,8 +28,14 @@ def train_epoch(
     epoch_seed: int,
     use_amp: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    embedding_l2: float = 0.0,
 ) -> dict[str, float]:
-    """One pass over ``examples`` in a seeded shuffle order -> {"train_loss", "train_seconds", "samples"}."""
+    """One pass over ``examples`` in a seeded shuffle order -> {"train_loss", "train_seconds", "samples"}.
+
+    The step minimises log loss + ``embedding_l2`` * the model's embedding penalty (``ConvFM.forward`` with
+    ``penalty``: the rows each batch reads); ``embedding_l2`` 0 takes the plain log-loss step. ``train_loss``
+    is the log loss alone, so it stays comparable with the validation log loss whatever ``embedding_l2`` is.
+    """
     model.train()
     loss_fn = nn.BCEWithLogitsLoss()
     total, count, start = 0.0, 0, time.perf_counter()
@@ -40,11 +46,12 @@ def train_epoch(
         batch, labels = batch.to(device, non_blocking=pin), labels.to(device, non_blocking=pin)
         optimizer.zero_grad()
         with _autocast(device, use_amp):
-            logits = model(*batch)  # (B,)
-        loss = loss_fn(logits.float(), labels)
+            logits, penalty = model(*batch, penalty=True) if embedding_l2 else (model(*batch), None)  # (B,), ()
+        log_loss = loss_fn(logits.float(), labels)
+        loss = log_loss if penalty is None else log_loss + embedding_l2 * penalty.float()
         loss.backward()
         optimizer.step()
-        total += float(loss.detach()) * len(labels)
+        total += float(log_loss.detach()) * len(labels)
         count += len(labels)
         if on_batch is not None:
             on_batch(step)

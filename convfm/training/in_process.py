@@ -11,44 +11,57 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 from torch import nn
 
 from convfm.data.batching import ExampleSet
-from convfm.config import ModelConfig, TrainConfig
+from convfm.config import EARLY_STOPPING_METRICS, ModelConfig, TrainConfig
 from convfm.evaluation.report import evaluate_split
 from convfm.jsonfile import to_plain
 from convfm.model.network import ConvFM
 from convfm.model.optim import CombinedOptimizer, LRSchedule, build_optimizer
 from convfm.data.prepare import PreparedData
 from convfm.training.epoch import train_epoch
+from convfm.validate import check_choice, require
 
 log = logging.getLogger(__name__)
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2  # 2: the stopper records its metric
 
 
 @dataclasses.dataclass
 class EarlyStopping:
-    """Stops after ``patience`` epochs without a validation AUC gain of more than ``min_delta``.
+    """Stops after ``patience`` epochs without a gain of more than ``min_delta`` in the validation ``metric``
+    (``EARLY_STOPPING_METRICS``: roc_auc is maximized, log_loss minimized).
 
-    ``best``/``best_epoch`` always track the true maximum (the weights worth keeping); only a gain above
+    ``best``/``best_epoch`` always track the true best value (the weights worth keeping); only a gain above
     ``min_delta`` over the previous best resets the patience counter, so a slow creep counts as a plateau.
     """
 
     patience: int
     min_delta: float = 0.0
-    best: float = -math.inf
+    metric: str = "roc_auc"
+    best: Optional[float] = None  # None: -inf when maximizing, +inf when minimizing (nothing seen yet)
     best_epoch: int = -1
     bad_epochs: int = 0
 
+    def __post_init__(self) -> None:
+        check_choice(self.metric, "early_stopping_metric", tuple(EARLY_STOPPING_METRICS))
+        if self.best is None:
+            self.best = -math.inf if self.maximize else math.inf
+
+    @property
+    def maximize(self) -> bool:
+        return EARLY_STOPPING_METRICS[self.metric] == "max"
+
     def update(self, value: float, epoch: int) -> bool:
         """Record ``value`` for ``epoch``; True when it is the best so far."""
-        if math.isnan(value) or value <= self.best:
+        gain = value - self.best if self.maximize else self.best - value  # NaN for a NaN value
+        if not gain > 0:
             self.bad_epochs += 1
             return False
-        self.bad_epochs = 0 if value > self.best + self.min_delta else self.bad_epochs + 1
+        self.bad_epochs = 0 if gain > self.min_delta else self.bad_epochs + 1
         self.best, self.best_epoch = value, epoch
         return True
 
@@ -108,13 +121,15 @@ class TrainingState:
     @classmethod
     def create(cls, model: nn.Module, config: TrainConfig) -> "TrainingState":
         optimizer = build_optimizer(model, config.learning_rate, config.weight_decay)
-        schedule = LRSchedule(optimizer, config.lr_schedule, config.num_epochs, config.patience)
-        return cls(optimizer, schedule, EarlyStopping(config.patience, config.min_delta))
+        schedule = LRSchedule(optimizer, config.lr_schedule, config.num_epochs, config.patience,
+                              mode=config.early_stopping[1])
+        return cls(optimizer, schedule, EarlyStopping(config.patience, config.min_delta, config.early_stopping_metric))
 
-    def end_epoch(self, epoch: int, val_auc: float) -> bool:
-        """Advance stopper and schedule after validating ``epoch``; True when it is the best epoch so far."""
-        is_best = self.stopper.update(float(val_auc), epoch)
-        self.schedule.step(float(val_auc))
+    def end_epoch(self, epoch: int, value: float) -> bool:
+        """Advance stopper and schedule after validating ``epoch`` (``value``: its validation value of the
+        stopper's metric); True when it is the best epoch so far."""
+        is_best = self.stopper.update(float(value), epoch)
+        self.schedule.step(float(value))
         self.next_epoch = epoch + 1
         return is_best
 
@@ -138,21 +153,36 @@ class TrainingState:
             "next_epoch": self.next_epoch,
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
-            "stopper": {"best": self.stopper.best, "best_epoch": self.stopper.best_epoch,
-                        "bad_epochs": self.stopper.bad_epochs},
+            "stopper": {"metric": self.stopper.metric, "best": self.stopper.best,
+                        "best_epoch": self.stopper.best_epoch, "bad_epochs": self.stopper.bad_epochs},
             "history": [to_plain(record) for record in self.history],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a saved state; patience and min_delta stay this run's (raising them extends a stopped run)."""
-        if state.get("format_version") != STATE_FORMAT_VERSION:
-            raise ValueError(f"train state format_version {state.get('format_version')!r}, "
-                             f"expected {STATE_FORMAT_VERSION}")
+        """Restore a saved state; patience and min_delta stay this run's (raising them extends a stopped run).
+        ConfigError when it stopped on another metric than this run (``check_resumable_metric``)."""
+        check_resumable_metric(state, self.stopper.metric)
+        saved_groups = [len(opt["param_groups"]) for opt in state["optimizer"]["optimizers"]]
+        groups = [len(opt.param_groups) for opt in self.optimizer.optimizers]
+        require(saved_groups == groups, "weight_decay", f"the checkpoint's optimizer has {saved_groups} parameter "
+                f"group(s), this run's {groups}: with weight decay the scale-invariant parameters form a group of "
+                "their own; resume with the weight_decay the checkpoint's run used (0 or not), or start a new run")
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.stopper = dataclasses.replace(self.stopper, **state["stopper"])
         self.history = [dict(record) for record in state["history"]]
         self.next_epoch = int(state["next_epoch"])
+
+
+def check_resumable_metric(state: Mapping[str, Any], metric: str) -> None:
+    """A saved train state continues only under the early-stopping metric it was stopping on: its best value
+    and its plateau schedule mean nothing under another. Format 1 states predate the choice: roc_auc."""
+    version = state.get("format_version")
+    if version not in (1, STATE_FORMAT_VERSION):
+        raise ValueError(f"train state format_version {version!r}, expected 1 or {STATE_FORMAT_VERSION}")
+    saved = state["stopper"].get("metric", "roc_auc")
+    require(saved == metric, "early_stopping_metric", f"the checkpoint's run stopped on {saved!r}, this run "
+            f"on {metric!r}; resume with early_stopping_metric: {saved}, or start a new run")
 
 
 def run_epoch(
@@ -165,7 +195,7 @@ def run_epoch(
     validation: Optional[PreparedData],
     rank: int = 0,
     world_size: int = 1,
-    share_auc: Callable[[float], float] = float,
+    share_metric: Callable[[float], float] = float,
     extras: Callable[[], dict[str, Any]] = dict,
     on_batch: Optional[Callable[[int], None]] = None,
 ) -> Optional[dict[str, Any]]:
@@ -173,19 +203,21 @@ def run_epoch(
     without ``validation``.
 
     Train this rank's ``examples`` in the epoch's seeded order; validate and record where ``validation``
-    is given (rank 0); ``share_auc`` makes every rank agree on rank 0's validation AUC (a DDP broadcast;
-    NaN stands in on the other ranks), so each steps the same stopper and schedule and stops at the same
+    is given (rank 0); ``share_metric`` makes every rank agree on rank 0's value of the early-stopping metric
+    (a DDP broadcast; NaN stands in on the other ranks), so each steps the same stopper and schedule and stops
+    at the same
     epoch; ``extras`` adds the caller's keys to the record (worker diagnostics; it runs on every rank, so it
     may be a collective); then the best epoch and the stop decision, and the record joins the history.
     """
     epoch = state.next_epoch
     stats = train_epoch(model, examples, state.optimizer, batch_per_rank(config, world_size), device,
-                        epoch_seed=epoch_seed(config.seed, epoch, rank), use_amp=config.use_amp, on_batch=on_batch)
+                        epoch_seed=epoch_seed(config.seed, epoch, rank), use_amp=config.use_amp, on_batch=on_batch,
+                        embedding_l2=config.embedding_l2)
     record = None
     if validation is not None:
         record = epoch_record(epoch, stats, validate(model, validation, config, device))
         record["learning_rate"] = state.schedule.learning_rate  # the rate this epoch trained with
-    state.end_epoch(epoch, share_auc(math.nan if record is None else record["val_roc_auc"]))
+    state.end_epoch(epoch, share_metric(math.nan if record is None else record[config.early_stopping[0]]))
     added = extras()
     if record is None:
         return None
@@ -200,7 +232,8 @@ def fit_in_process(
     train_config: TrainConfig,
     on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> tuple[ConvFM, list[dict[str, Any]]]:
-    """Train on ``data.sets['train']`` with early stopping on validation AUC; return the best model + history."""
+    """Train on ``data.sets['train']`` with early stopping on ``early_stopping_metric``; return the model of
+    its best epoch + history."""
     torch.manual_seed(train_config.seed)
     device = torch.device("cuda" if train_config.use_gpu and torch.cuda.is_available() else "cpu")
     model = ConvFM(model_config, data.extractor.feature_map).to(device)

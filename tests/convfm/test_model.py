@@ -237,3 +237,84 @@ def test_model_split_recombines_to_forward_at_every_cut(kernel, randomize):
         assert torch.allclose(split.combine(left, right), expected)
     with pytest.raises(ValueError, match="a cut at field 6 leaves a group empty"):
         model.split(6)
+
+
+# ------------------------------------------------------------------ embedding L2 penalty (TrainConfig.embedding_l2)
+def one_table_map() -> FeatureMap:
+    return FeatureMap((FieldSpec("ad", "categorical", "row", "ad", 3), FieldSpec("tags", "multi", "row", "tag", 4, max_len=3)))
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_penalty_is_the_squared_norm_of_the_rows_read_per_example(sparse):
+    model = ConvFM(small_config(embedding_dim=2, sparse_embeddings=sparse), one_table_map()).eval()
+    with torch.no_grad():
+        model.embedding.table.weight.copy_(torch.tensor([[r, 0.0] for r in range(7)]))  # ||row r||^2 = r^2
+        model.linear.table.weight.fill_(1.0)
+    # rows: ad 0-2, tag 3-6 (tag 0, row 3, is padding). Example 0 reads ad 1, tags 1, 2 (+ a padding entry),
+    # example 1 reads ad 2, tag 3: embedding 1 + 16 + 25 + 4 + 36 = 82, first order 5 reads x 1, over 2 examples
+    cat, multi, dense = torch.tensor([[1], [2]]), torch.tensor([[[1, 2, 0]], [[3, 0, 0]]]), torch.zeros(2, 0)
+    logits, penalty = model(cat, multi, dense, penalty=True)
+    assert penalty.item() == pytest.approx(43.5)
+    assert torch.equal(logits, model(cat, multi, dense))  # the same pass as without the penalty
+
+
+def test_penalty_counts_a_row_once_per_read():
+    model = ConvFM(small_config(embedding_dim=2), one_table_map())
+    with torch.no_grad():
+        model.embedding.table.weight.copy_(torch.tensor([[r, 0.0] for r in range(7)]))
+        model.linear.table.weight.zero_()
+    cat, multi, dense = torch.tensor([[2], [2]]), torch.tensor([[[2, 2, 0]], [[0, 0, 0]]]), torch.zeros(2, 0)
+    assert model(cat, multi, dense, penalty=True)[1].item() == pytest.approx((4 + 4 + 25 + 25) / 2)
+
+
+def test_penalty_gradient_reaches_only_the_rows_the_batch_read():
+    torch.manual_seed(0)
+    model = ConvFM(small_config(), feature_map())
+    cat, multi, dense = batch()
+    model(cat, multi, dense, penalty=True)[1].backward()
+    for part in (model.embedding, model.linear):
+        plan = part.plan(cat, multi)
+        read = torch.zeros(part.table.num_embeddings, dtype=torch.bool)
+        read[plan.index[plan.counted() > 0]] = True  # padding list entries read row 0 of a vocab but do not count
+        grad = part.table.weight.grad
+        assert 0 < read.sum() < len(read)
+        assert torch.count_nonzero(grad[~read]) == 0 and bool((grad[read] != 0).any(1).all())
+
+
+def test_sparse_and_dense_modes_agree_on_the_penalty_and_its_gradients():
+    torch.manual_seed(0)
+    dense_model = ConvFM(small_config(), feature_map())
+    sparse_model = ConvFM(small_config(sparse_embeddings=True), feature_map())
+    sparse_model.load_state_dict(dense_model.state_dict())
+    cat, multi, dense = batch()
+    penalties = [model(cat, multi, dense, penalty=True)[1] for model in (dense_model, sparse_model)]
+    for penalty in penalties:
+        penalty.backward()
+    assert penalties[0].item() > 0 and torch.allclose(penalties[0], penalties[1], rtol=1e-6)
+    for table in ("embedding", "linear"):
+        sparse_grad = getattr(sparse_model, table).table.weight.grad
+        assert sparse_grad.is_sparse
+        assert torch.allclose(sparse_grad.to_dense(), getattr(dense_model, table).table.weight.grad, atol=1e-7)
+
+
+def test_weight_decay_skips_exactly_the_scale_invariant_layers():
+    torch.manual_seed(0)
+    model = ConvFM(small_config(), feature_map())
+    invariant = model.deep.scale_invariant_parameters()
+    in_dim = model.deep.mlp[0].in_features
+    assert [tuple(p.shape) for p in invariant] == [(16, in_dim), (16,), (8, 16), (8,)]  # not the output layer
+    head, x = model.deep.train(), torch.randn(32, in_dim)  # train mode: BatchNorm on the batch's statistics
+
+    def logits() -> torch.Tensor:
+        torch.manual_seed(1)  # the same dropout mask
+        return head(x)
+
+    before = logits()
+    with torch.no_grad():
+        for p in invariant:
+            p.mul_(3.0)  # BatchNorm undoes the scale (and shift) of the layer it follows
+    assert torch.allclose(logits(), before, atol=1e-4)
+    decayed, exempt = build_optimizer(model, 1e-2, weight_decay=0.5).optimizers[0].param_groups
+    assert [id(p) for p in exempt["params"]] == [id(p) for p in invariant] and exempt["weight_decay"] == 0.0
+    assert decayed["weight_decay"] == 0.5 and len(decayed["params"]) + len(invariant) == len(list(model.parameters()))
+    assert len(build_optimizer(model, 1e-2).optimizers[0].param_groups) == 1  # no decay: one group, as saved before

@@ -4,11 +4,13 @@ import pytest
 import torch
 
 from convfm.config import DataConfig, ModelConfig, TrainConfig
+from convfm.errors import ConfigError
 from convfm.evaluation.report import evaluate_split
 from convfm.data.prepare import prepare_data
 from convfm.model.network import ConvFM
+from convfm.model.optim import build_optimizer
 from convfm.training.in_process import EarlyStopping, TrainingState, fit_in_process
-from convfm.training.epoch import predict_proba
+from convfm.training.epoch import predict_proba, train_epoch
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +21,9 @@ def prepared(market_dir):
 @pytest.fixture(scope="module")
 def trained(prepared):
     config = ModelConfig(embedding_dim=16, conv_filters=16, hidden_dims=(32, 16))
-    return fit_in_process(prepared, config, TrainConfig(num_epochs=6, patience=3, batch_size=256))
+    # weight decay 0: the default 5 slows the first epochs, and 6 epochs check the loop, not the regularization
+    # (benchmarks/overfitting.py measures that)
+    return fit_in_process(prepared, config, TrainConfig(num_epochs=6, patience=3, batch_size=256, weight_decay=0.0))
 
 
 @pytest.mark.timeout(240)
@@ -31,15 +35,16 @@ def test_training_beats_popularity_and_approaches_oracle(prepared, trained):
     assert oracle is not None and auc > oracle - 0.15, report
     assert report["model"]["ndcg@10"] > 1.5 * report["popularity"]["ndcg@10"]
     assert history[0]["train_loss"] > history[-1]["train_loss"]
-    best = max(range(len(history)), key=lambda e: history[e]["val_roc_auc"])
+    best = min(range(len(history)), key=lambda e: history[e]["val_log_loss"])  # the default stopping metric
     assert history[-1]["best_epoch"] == best
     assert history[-1]["stop"] == int(len(history) - 1 - best >= 3)  # patience 3
 
 
-def test_best_epoch_weights_are_returned(prepared, trained):
+def test_the_lowest_validation_log_loss_epoch_is_returned(prepared, trained):
     model, history = trained
-    best = max(history, key=lambda r: r["val_roc_auc"])
+    best = min(history, key=lambda r: r["val_log_loss"])
     report = evaluate_split(model, prepared, "valid")
+    assert report["model"]["log_loss"] == pytest.approx(best["val_log_loss"], abs=1e-9)
     assert report["model"]["roc_auc"] == pytest.approx(best["val_roc_auc"], abs=1e-9)
 
 
@@ -69,6 +74,89 @@ def test_early_stopping_counts_bad_epochs():
     stopper = EarlyStopping(patience=2)
     assert stopper.update(0.7, 0) and not stopper.update(0.69, 1) and not stopper.should_stop
     assert not stopper.update(float("nan"), 2) and stopper.should_stop and stopper.best_epoch == 0
+
+
+def test_early_stopping_on_log_loss_keeps_the_minimum_and_stops_after_patience():
+    stopper = EarlyStopping(patience=2, min_delta=0.01, metric="log_loss")
+    assert stopper.update(0.50, 0) and stopper.bad_epochs == 0
+    assert stopper.update(0.495, 1) and stopper.bad_epochs == 1  # the best so far, but a gain below min_delta
+    assert not stopper.update(0.52, 2) and stopper.should_stop
+    assert (stopper.best, stopper.best_epoch) == (0.495, 1)
+    with pytest.raises(ConfigError, match=r"early_stopping_metric: must be one of \['roc_auc', 'log_loss'\]"):
+        EarlyStopping(patience=1, metric="loss")
+
+
+def small_model(data) -> ConvFM:
+    return ConvFM(ModelConfig(embedding_dim=4, conv_filters=4, hidden_dims=(8,), dropout_rate=0.0),
+                  data.extractor.feature_map)
+
+
+def test_a_resumed_training_state_keeps_its_metric(prepared, tmp_path):
+    model = small_model(prepared)
+    config = TrainConfig(early_stopping_metric="log_loss", lr_schedule="plateau")
+    state = TrainingState.create(model, config)
+    state.end_epoch(0, 0.40)
+    torch.save(state.state_dict(), tmp_path / "state.pt")
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    resumed = TrainingState.create(model, config)
+    resumed.load_state_dict(saved)
+    assert (resumed.stopper.metric, resumed.stopper.best, resumed.next_epoch) == ("log_loss", 0.40, 1)
+    assert not resumed.end_epoch(1, 0.45) and resumed.stopper.bad_epochs == 1  # a higher loss is worse
+    with pytest.raises(ConfigError, match="early_stopping_metric: the checkpoint's run stopped on 'log_loss', "
+                                          "this run on 'roc_auc'"):
+        TrainingState.create(model, TrainConfig(early_stopping_metric="roc_auc", lr_schedule="plateau")
+                             ).load_state_dict(saved)
+
+
+def test_a_state_saved_before_the_metric_choice_resumes_on_auc_only(prepared):
+    """Format 1: no metric in the stopper (it was AUC), one optimizer parameter group (weight decay 0)."""
+    model = small_model(prepared)
+    before = TrainConfig(early_stopping_metric="roc_auc", weight_decay=0.0)
+    old = TrainingState.create(model, before).state_dict()
+    old["format_version"] = 1
+    del old["stopper"]["metric"]
+    resumed = TrainingState.create(model, before)
+    resumed.load_state_dict(old)
+    assert resumed.stopper.metric == "roc_auc" and resumed.stopper.best == float("-inf")
+    with pytest.raises(ConfigError, match="stopped on 'roc_auc', this run on 'log_loss'"):
+        TrainingState.create(model, TrainConfig(weight_decay=0.0)).load_state_dict(old)
+    with pytest.raises(ConfigError, match=r"weight_decay: the checkpoint's optimizer has \[1\] parameter group\(s\), "
+                                          r"this run's \[2\]"):
+        TrainingState.create(model, TrainConfig(early_stopping_metric="roc_auc")).load_state_dict(old)
+
+
+def train_once(data, embedding_l2: float, learning_rate: float) -> tuple[ConvFM, dict[str, float]]:
+    torch.manual_seed(0)
+    model = small_model(data)
+    optimizer = build_optimizer(model, learning_rate)
+    stats = train_epoch(model, data.sets["train"], optimizer, 512, torch.device("cpu"), epoch_seed=1,
+                        embedding_l2=embedding_l2)
+    return model, stats
+
+
+def test_embedding_l2_zero_is_the_plain_log_loss_step(prepared):
+    model, stats = train_once(prepared, 0.0, 0.01)
+    torch.manual_seed(0)
+    plain = small_model(prepared)
+    optimizer, losses = build_optimizer(plain, 0.01), []
+    for batch, labels in prepared.sets["train"].batches(512, shuffle=True, seed=1, drop_last=True):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(plain(*batch), labels)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    for name, weight in plain.state_dict().items():
+        assert torch.equal(weight, model.state_dict()[name]), name
+    assert stats["train_loss"] == pytest.approx(np.mean(losses), rel=1e-6)
+    penalized, _ = train_once(prepared, 1e-2, 0.01)
+    assert not torch.equal(penalized.embedding.table.weight, model.embedding.table.weight)
+
+
+def test_reported_train_loss_leaves_the_penalty_out(prepared):
+    """At a learning rate of 0 no step changes the model, so both runs see the same log loss."""
+    _, plain = train_once(prepared, 0.0, 0.0)
+    _, penalized = train_once(prepared, 1.0, 0.0)
+    assert penalized["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-6)
 
 
 def test_serving_payload_uses_the_prepared_jobs_table(prepared, monkeypatch):

@@ -13,7 +13,9 @@ import pytest
 from convfm.config import DataConfig, ModelConfig, TrainConfig
 
 TINY_MODEL = {"embedding_dim": 16, "conv_filters": 16, "hidden_dims": [32, 16]}
-FAST_TRAIN = {"batch_size": 256, "learning_rate": 0.01, "num_epochs": 3, "patience": 3}
+# weight decay 0: at learning rate 0.01 the default 5 would shrink the weights 5% a step; these runs check the
+# Ray Train loop, benchmarks/overfitting.py the regularization
+FAST_TRAIN = {"batch_size": 256, "learning_rate": 0.01, "num_epochs": 3, "patience": 3, "weight_decay": 0.0}
 
 
 def configs(market_dir: Path, model: dict[str, Any] | None = None,

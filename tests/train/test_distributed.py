@@ -65,9 +65,11 @@ def test_best_checkpoint_restores_identical_scores(run_one_worker, market_dir):
     report = validate(loaded.model, data, TrainConfig.from_dict(loaded.extra["train_config"]))
     best = run_one_worker.best_metrics
     assert report["model"]["roc_auc"] == pytest.approx(best["val_roc_auc"], abs=1e-9)
+    assert report["model"]["log_loss"] == pytest.approx(best["val_log_loss"], abs=1e-9)
     assert report["model"]["ndcg@10"] == pytest.approx(best["val_ndcg@10"], abs=1e-9)
-    assert loaded.metrics["epoch"] == run_one_worker.best_epoch == max(
-        run_one_worker.history, key=lambda r: r["val_roc_auc"])["epoch"]
+    # the kept checkpoint is the early-stopping metric's best epoch (log loss by default), as the stopper saw it
+    assert loaded.metrics["epoch"] == run_one_worker.best_epoch == run_one_worker.history[-1]["best_epoch"] == min(
+        run_one_worker.history, key=lambda r: r["val_log_loss"])["epoch"]
 
 
 def test_run_directory_holds_metrics_curves_and_run_record(run_two_workers):

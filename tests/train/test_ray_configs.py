@@ -52,7 +52,7 @@ def test_train_and_tune_build_the_same_ray_configs(ray_local, make_configs, tmp_
     fixed = {name: getattr(model_config if name in MODEL_FIELDS else train_config, name) for name in DEFAULT_SPACE}
     setup = {"model": model_config.to_dict(), "train": train_config.to_dict(),
              "space": SearchSpace.from_overrides(fixed).to_dict(), "storage": str(tmp_path / "tune" / "train"),
-             "metric": "val_roc_auc", "mode": "max"}
+             "metric": train_config.early_stopping[0], "mode": train_config.early_stopping[1]}  # as the run's
     monkeypatch.setattr(runner.ray_tune, "get_context", lambda: types.SimpleNamespace(get_trial_id=lambda: "t1"))
     monkeypatch.setattr(runner, "TuneReportCallback", TrialReports)  # the real one needs a Tune session
     with pytest.raises(Built):
@@ -67,7 +67,8 @@ def test_train_and_tune_build_the_same_ray_configs(ray_local, make_configs, tmp_
                                                                                                 "SPREAD")
     checkpoints = run["run_config"].checkpoint_config
     assert checkpoints == trial["run_config"].checkpoint_config
-    assert (checkpoints.num_to_keep, checkpoints.checkpoint_score_attribute) == (3, "val_roc_auc")
+    assert (checkpoints.num_to_keep, checkpoints.checkpoint_score_attribute, checkpoints.checkpoint_score_order) == (
+        3, "val_log_loss", "min")  # a run keeps its early-stopping metric's best epochs (log loss by default)
     # by design: a run restarts its workers itself; a trial leaves retries to Tune (tune.max_failures)
     assert run["run_config"].failure_config.max_failures == 2
     assert trial["run_config"].failure_config.max_failures == 0

@@ -23,6 +23,8 @@ TINY_SPACE: dict[str, Any] = {
     "learning_rate": {"type": "choice", "values": [0.03, 1.0e-5]},
     "batch_size": 256,
     "weight_decay": 0.0,
+    "embedding_l2": 0.0,  # fixed, like weight_decay: more searched fields would change the proposals above
+    "early_stopping_metric": "log_loss",
 }
 TINY_TUNE: dict[str, Any] = {"num_samples": 4, "max_concurrent": 2, "search_alg": "optuna", "seed": 2,
                              "max_t": 4, "grace_period": 1, "reduction_factor": 2, "name": "tiny"}
