@@ -7,6 +7,9 @@ import os
 
 # Quieter, faster local Ray (see shared RAY_NOTES): set before anything imports ray.
 for key, value in {
+    # One torch (OpenMP) thread per process: the suite always has Ray processes beside the one training, and
+    # on a 2-core box two spinning OpenMP threads that share a core with them ran 10-15x slower (measured).
+    "OMP_NUM_THREADS": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
