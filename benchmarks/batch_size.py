@@ -34,7 +34,6 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--interactions", type=int, default=60_000)
     args = parser.parse_args()
-    torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as workdir:
         write_market(generate_market(args.users, args.jobs, args.interactions, seed=0), workdir)
         data = prepare_data(DataConfig(path=workdir))

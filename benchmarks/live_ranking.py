@@ -36,7 +36,6 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(2)
     jobs = int(args.live * 3.8)
     with tempfile.TemporaryDirectory() as workdir:
         write_market(generate_market(args.users, jobs, args.users * 5, seed=args.seed), workdir)

@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="num_epochs of every setting (default: TrainConfig's)")
     parser.add_argument("--patience", type=int, help="patience of every setting (default: TrainConfig's)")
     parser.add_argument("--eval-max-events", type=int, default=100, help="live protocol positives per epoch")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads (default: OMP_NUM_THREADS, else all cores)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = parse_settings(args.settings)

@@ -64,7 +64,8 @@ def main() -> None:
     parser.add_argument("--max-events", type=int, default=5000, help="live protocol: positives ranked")
     parser.add_argument("--ablation", action="store_true", help="also train without history and/or recency "
                         "features and print the ablation table (live protocol)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads (default: OMP_NUM_THREADS, else all cores)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -75,7 +75,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
 @pytest.fixture(scope="module")
 def market(cluster: RealCluster) -> Path:
     command = documented(r"^ray job submit .* convfm data synth ")
-    cluster.run(adapt(command, cluster.shared, users=800, jobs=300, interactions=24000), timeout=JOB_TIMEOUT)
+    cluster.run(adapt(command, cluster.shared, users=800, jobs=300, interactions=12000), timeout=JOB_TIMEOUT)
     path = cluster.shared / "data" / "synthetic"
     assert (path / "interactions.csv").is_file()
     return path
