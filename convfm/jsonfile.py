@@ -46,11 +46,18 @@ def read_json(path: str | Path, what: str, error: Type[ConvFMError] = ConfigErro
     points at, ArtifactError inside a model directory) names the file and ``what`` it should hold when it is
     missing, unreadable, not JSON or not an object."""
     try:
-        document = json.loads(storage.read_text(path))
+        text = storage.read_text(path)
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
     except UnicodeDecodeError as exc:
         raise error(f"{path}: {what} is not valid JSON (not UTF-8 at byte {exc.start})") from None
+    return parse_json(text, path, what, error)
+
+
+def parse_json(text: str, path: str | Path, what: str, error: Type[ConvFMError] = ConfigError) -> dict[str, Any]:
+    """``read_json`` of text already read from ``path`` (a caller that also compares the bytes)."""
+    try:
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{path}: {what} is not valid JSON ({exc})") from None
     if not isinstance(document, dict):

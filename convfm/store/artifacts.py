@@ -76,6 +76,21 @@ def save_model_dir(
     return out_dir
 
 
+def manifest_files(manifest: Mapping[str, Any], where: str | Path) -> dict[str, str]:
+    """The ``files`` of a parsed manifest (name -> SHA-256), checked before any of them is read or downloaded:
+    the artifact version, and names that are plain file names (no ``/``, no ``..``: a crafted manifest must not
+    point outside its directory)."""
+    if manifest.get("version") != ARTIFACT_VERSION:
+        raise ArtifactError(f"{where}: artifact version {manifest.get('version')!r}, expected {ARTIFACT_VERSION}")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{where}: unreadable manifest (no 'files' mapping)")
+    for name in files:
+        if name in ("", ".", "..", MANIFEST) or "/" in name or "\\" in name:
+            raise ArtifactError(f"{where}: entry {name!r} is not a plain file name of the model directory")
+    return files
+
+
 def verify_model_dir(path: str | Path) -> dict[str, str]:
     """Check every file against the manifest; raise ArtifactError naming the first missing/changed one."""
     path = Path(path)
@@ -83,12 +98,7 @@ def verify_model_dir(path: str | Path) -> dict[str, str]:
         raise ArtifactError(f"{path}: model directory not found")
     if not (path / MANIFEST).is_file():
         raise ArtifactError(f"{path / MANIFEST}: missing; not a complete convfm model directory")
-    manifest = read_json(path / MANIFEST, "model directory manifest", ArtifactError)
-    if manifest.get("version") != ARTIFACT_VERSION:
-        raise ArtifactError(f"{path / MANIFEST}: artifact version {manifest.get('version')!r}, expected {ARTIFACT_VERSION}")
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise ArtifactError(f"{path / MANIFEST}: unreadable manifest (no 'files' mapping)")
+    files = manifest_files(read_json(path / MANIFEST, "model directory manifest", ArtifactError), path / MANIFEST)
     for name, expected in files.items():
         file = path / name
         if not file.is_file():

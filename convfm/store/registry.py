@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Optional
 
 from convfm.store import storage
-from convfm.store.artifacts import MANIFEST, verify_model_dir
+from convfm.store.artifacts import MANIFEST, manifest_files, verify_model_dir
 from convfm.errors import ArtifactError
+from convfm.jsonfile import parse_json
 
 LATEST = "latest"
 VERSION_PATTERN = r"^v(\d{4,})$"  # v0001, v0002, ...: the one definition, serve/ imports it
@@ -124,7 +125,9 @@ def cached_copy(uri: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        storage.download_dir(uri, tmp)
+        listed = manifest_files(parse_json(manifest, storage.join(uri, MANIFEST), "model directory manifest",
+                                           ArtifactError), storage.join(uri, MANIFEST))
+        storage.download_dir(uri, tmp, [*listed, MANIFEST])  # only those: any other key may be crafted
         try:
             verify_model_dir(tmp)
         except ArtifactError as exc:  # name the remote file, not the temp copy
