@@ -2,7 +2,10 @@
 
 A model directory holds ``weights.pt`` (a state_dict read with ``weights_only=True``), ``model_config.json``,
 ``feature_map.json``, the extractor's ``extractor.json``/``extractor.npz``, ``metrics.json``, any extra JSON
-the caller adds (``train_config.json``), and ``manifest.json`` listing every file's SHA-256.
+the caller adds (``train_config.json``), and ``manifest.json`` listing every file's SHA-256. The manifest lists
+exactly the regular files present, core files included: loading reads files by name, so an unlisted, symlinked
+or nested one is refused rather than read unchecked. Nothing else writes into a model directory (evaluation
+reports go beside it).
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from convfm.model.network import ConvFM
 
 MANIFEST = "manifest.json"
 ARTIFACT_VERSION = 1
+# what load_model_dir reads whatever the manifest says: each must be listed (and so checked)
+CORE_FILES = ("weights.pt", "model_config.json", "feature_map.json", "extractor.json", "extractor.npz", "metrics.json")
 
 
 @dataclasses.dataclass
@@ -88,17 +93,28 @@ def manifest_files(manifest: Mapping[str, Any], where: str | Path) -> dict[str, 
     for name in files:
         if name in ("", ".", "..", MANIFEST) or "/" in name or "\\" in name:
             raise ArtifactError(f"{where}: entry {name!r} is not a plain file name of the model directory")
+    for name in CORE_FILES:
+        if name not in files:
+            raise ArtifactError(f"{where}: core file {name!r} is not listed")
     return files
 
 
 def verify_model_dir(path: str | Path) -> dict[str, str]:
-    """Check every file against the manifest; raise ArtifactError naming the first missing/changed one."""
+    """Check that the manifest lists exactly the regular files present (loading reads files by name, so an
+    unlisted or symlinked one would go unchecked) and every file's checksum; ArtifactError names the first
+    file that is wrong."""
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"{path}: model directory not found")
     if not (path / MANIFEST).is_file():
         raise ArtifactError(f"{path / MANIFEST}: missing; not a complete convfm model directory")
     files = manifest_files(read_json(path / MANIFEST, "model directory manifest", ArtifactError), path / MANIFEST)
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink() or not entry.is_file():
+            kind = "a symlink" if entry.is_symlink() else "a directory" if entry.is_dir() else "a special file"
+            raise ArtifactError(f"{entry}: {kind}, not a regular file; a model directory holds only its files")
+        if entry.name != MANIFEST and entry.name not in files:
+            raise ArtifactError(f"{entry}: present but not listed in the manifest")
     for name, expected in files.items():
         file = path / name
         if not file.is_file():

@@ -128,8 +128,10 @@ def test_registry_on_a_file_uri_publishes_resolves_and_caches(saved, tmp_path, c
     local = resolve(entry)
     assert local.is_relative_to(cache) and local.name == "v0002" and local.parent.name == "jobs"
     assert digests(local) == digests(out)
-    (local / "marker").write_text("cached")  # a verified cached copy is reused, not downloaded again
-    assert resolve(entry) == local and (local / "marker").exists()
+    inode = (local / "weights.pt").stat().st_ino  # a verified cached copy is reused, not downloaded again
+    assert resolve(entry) == local and (local / "weights.pt").stat().st_ino == inode
+    (local / "marker").write_text("unlisted")  # a file its manifest does not list: not a copy, fetched again
+    assert resolve(entry) == local and not (local / "marker").exists()
     assert resolve(entry, "v0001").name == "v0001" and resolve(f"{entry}/v0001").name == "v0001"
     weights = local / "weights.pt"
     weights.write_bytes(weights.read_bytes()[:100])  # a damaged cached copy is downloaded again
@@ -145,7 +147,7 @@ def test_a_copy_another_process_put_in_place_is_kept(saved, tmp_path, monkeypatc
     local = resolve(f"{registry}/jobs")
     theirs = tmp_path / "theirs"
     local.rename(theirs)  # the other replica's finished download, not in place yet
-    (theirs / "marker").write_text("loading")
+    inode = (theirs / "weights.pt").stat().st_ino  # the file it is loading
     download = storage.download_dir
 
     def download_while_the_other_finishes(uri, directory, names=None):
@@ -154,7 +156,7 @@ def test_a_copy_another_process_put_in_place_is_kept(saved, tmp_path, monkeypatc
 
     monkeypatch.setattr(storage, "download_dir", download_while_the_other_finishes)
     assert resolve(f"{registry}/jobs") == local
-    assert (local / "marker").read_text() == "loading" and digests(local)["weights.pt"] == digests(out)["weights.pt"]
+    assert (local / "weights.pt").stat().st_ino == inode and digests(local)["weights.pt"] == digests(out)["weights.pt"]
     assert sorted(p.name for p in local.parent.iterdir()) == ["v0001"]  # no temp or stale copies left
 
 
