@@ -13,7 +13,7 @@ import dataclasses
 import os
 import pickle
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -54,7 +54,8 @@ def save_model_dir(
     """Write a complete model directory atomically (temp dir, then rename) and return its path."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}")
+    tmp.mkdir()  # not mkdtemp: a model directory's mode follows the umask, as its files' do
     try:
         core = getattr(model, "module", model)
         state = {k: v.detach().cpu() for k, v in core.state_dict().items()}

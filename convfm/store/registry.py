@@ -3,7 +3,9 @@ behind a storage URI (``s3://``, ``gs://``, ``file://``; see ``convfm.store.stor
 
 Versions are ``v0001``, ``v0002``, ... and a version counts as published once its ``manifest.json`` is there.
 Locally, publishing copies a model directory into a temp folder beside the versions, verifies it, renames it
-into place, then replaces ``latest`` (a one-line text file) atomically. Object stores have no atomic rename:
+into place, then replaces ``latest`` (a one-line text file) atomically; folders and files get the modes the
+umask gives (a registry may be shared), and what killed publishes left (``.vNNNN.*``, ``.latest.*``) is
+deleted by the next publish once it is ``STALE_AFTER_S`` old. Object stores have no atomic rename:
 there every file is uploaded, ``manifest.json`` last, then ``latest`` last of all; a version without its
 manifest (an interrupted upload) is never listed or resolved, and its number is not reused.
 
@@ -18,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -30,6 +33,8 @@ from convfm.jsonfile import parse_json
 LATEST = "latest"
 VERSION_PATTERN = r"^v(\d{4,})$"  # v0001, v0002, ...: the one definition, serve/ imports it
 VERSION_RE = re.compile(VERSION_PATTERN)
+STAGING_RE = re.compile(r"^\.(v\d{4,}|latest)\..+")  # publish's staging folder, write_text's temp pointer
+STALE_AFTER_S = 3600.0  # a staging leftover this old is from a publish that died (copies take seconds)
 
 
 def _version_dirs(model_root: str | Path) -> list[str]:
@@ -59,9 +64,13 @@ def publish(model_dir: str | Path, registry: str | Path, name: str) -> str | Pat
         return target
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
+    remove_stale_staging(root)
+    staging = root / f".{version}.{uuid.uuid4().hex}"
+    staging.mkdir()  # not mkdtemp: its 0700 would hide a shared registry from everyone but the publisher
+    mode = staging.stat().st_mode  # what the umask gives
     try:
-        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True, copy_function=shutil.copyfile)  # file modes too
+        staging.chmod(mode)  # copytree copied the source folder's mode (save_model_dir's, a run's, anyone's)
         verify_model_dir(staging)
         os.replace(staging, root / version)
     except BaseException:
@@ -69,6 +78,25 @@ def publish(model_dir: str | Path, registry: str | Path, name: str) -> str | Pat
         raise
     storage.write_text(root / LATEST, version + "\n")  # temp file + rename
     return root / version
+
+
+def remove_stale_staging(root: Path) -> None:
+    """Delete what killed publishes left in an entry: ``.vNNNN.*`` staging folders and ``.latest.*`` temp files
+    untouched for ``STALE_AFTER_S`` (a younger one may belong to a publish still running)."""
+    cutoff = time.time() - STALE_AFTER_S
+    for path in root.iterdir():
+        if not STAGING_RE.match(path.name) or path.is_symlink():
+            continue
+        try:
+            inside = list(path.iterdir()) if path.is_dir() else []
+            if max(p.lstat().st_mtime for p in [path, *inside]) >= cutoff:
+                continue
+        except FileNotFoundError:  # another publish cleaned it meanwhile
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def locate(path: str | Path, version: Optional[str] = None) -> str | Path:

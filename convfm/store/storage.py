@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -138,10 +139,16 @@ def write_text(path: str | Path, text: str) -> None:
     if not is_uri(path):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(tmp, target)
+        # not mkstemp: its files are private (0600), and a registry's ``latest`` or a served model's files must
+        # stay readable as the umask says; the .tmp suffix keeps a leftover out of every "*.json" glob
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            with tmp.open("x") as file:
+                file.write(text)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return
     fs, inner = _fs(path)
     try:
