@@ -64,7 +64,7 @@ def publish(model_dir: str | Path, registry: str | Path, name: str) -> str | Pat
         return target
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(root)
+    _remove_stale_staging(root)
     staging = root / f".{version}.{uuid.uuid4().hex}"
     staging.mkdir()  # not mkdtemp: its 0700 would hide a shared registry from everyone but the publisher
     mode = staging.stat().st_mode  # what the umask gives
@@ -80,7 +80,7 @@ def publish(model_dir: str | Path, registry: str | Path, name: str) -> str | Pat
     return root / version
 
 
-def remove_stale_staging(root: Path) -> None:
+def _remove_stale_staging(root: Path) -> None:
     """Delete what killed publishes left in an entry: ``.vNNNN.*`` staging folders and ``.latest.*`` temp files
     untouched for ``STALE_AFTER_S`` (a younger one may belong to a publish still running)."""
     cutoff = time.time() - STALE_AFTER_S
