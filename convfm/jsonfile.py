@@ -4,8 +4,6 @@ it should have held."""
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Type
 
@@ -26,19 +24,9 @@ def to_plain(document: Any) -> Any:
 
 
 def write_json_atomic(path: str | Path, document: Mapping[str, Any]) -> None:
-    """An interrupted writer never leaves half a file: write a temp file beside ``path``, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # not mkstemp: its files are private (0600) and a served model's files must stay readable as before;
-    # the .tmp suffix keeps a leftover out of every "*.json" glob
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with tmp.open("x") as file:
-            file.write(json.dumps(dict(document), indent=2, default=_json_default) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """An interrupted writer never leaves half a file: ``storage.write_text`` (a temp file beside ``path``,
+    then a rename)."""
+    storage.write_text(Path(path), json.dumps(dict(document), indent=2, default=_json_default) + "\n")
 
 
 def read_json(path: str | Path, what: str, error: Type[ConvFMError] = ConfigError) -> dict[str, Any]:
@@ -46,11 +34,18 @@ def read_json(path: str | Path, what: str, error: Type[ConvFMError] = ConfigErro
     points at, ArtifactError inside a model directory) names the file and ``what`` it should hold when it is
     missing, unreadable, not JSON or not an object."""
     try:
-        document = json.loads(storage.read_text(path))
+        text = storage.read_text(path)
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
     except UnicodeDecodeError as exc:
         raise error(f"{path}: {what} is not valid JSON (not UTF-8 at byte {exc.start})") from None
+    return parse_json(text, path, what, error)
+
+
+def parse_json(text: str, path: str | Path, what: str, error: Type[ConvFMError] = ConfigError) -> dict[str, Any]:
+    """``read_json`` of text already read from ``path`` (a caller that also compares the bytes)."""
+    try:
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{path}: {what} is not valid JSON ({exc})") from None
     if not isinstance(document, dict):

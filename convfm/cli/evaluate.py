@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "URI (s3://..., gs://...: downloaded to the local cache)")
     add_data_arguments(parser)
     parser.add_argument("--split", choices=("train", "valid", "test"), default="test", help="split (default test)")
-    parser.add_argument("--out", metavar="FILE", help="report JSON path (default MODEL/eval_SPLIT.json; for a URI "
-                        "model, in its local cached copy)")
+    parser.add_argument("--out", metavar="FILE", help="report JSON path (default: beside the model directory, "
+                        "never inside it: runs/NAME/best.eval_SPLIT.json, models/NAME/v0002.eval_SPLIT.json; for a "
+                        "URI model, beside its local cached copy)")
     parser.add_argument("--protocol", choices=EVAL_PROTOCOLS, help="ranking protocol: live (each positive vs every "
                         "job live at its time the user never saw) or sampled (each user's last positive vs "
                         "--negatives sampled unseen jobs); default: training's")
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         negatives=args.negatives or train_config.eval_negatives, k=train_config.ranking_k, seed=train_config.seed,
         protocol=args.protocol or train_config.eval_protocol, max_events=args.max_events,
     )
-    out = Path(args.out) if args.out else model_dir / f"eval_{args.split}.json"
+    # a model directory holds exactly its manifest's files (anything else is refused on load): never write in it
+    out = Path(args.out) if args.out else model_dir.with_name(f"{model_dir.name}.eval_{args.split}.json")
     write_json_atomic(out, report)
     print(format_report(report))
     print(f"report written to {out}")

@@ -167,8 +167,15 @@ def is_calendar(series: pd.Series) -> bool:
     return series.dtype.kind in "mM" or (series.dtype.kind not in "iu" and not _looks_numeric(series))
 
 
+def _refuse_booleans(series: pd.Series, path: Path, column: str, what: str) -> None:
+    """A typed (parquet) boolean column is not ``what``: as numbers its values would pass as 1 and 0."""
+    if series.dtype.kind == "b" or (series.dtype == object and pd.api.types.infer_dtype(series) == "boolean"):
+        raise cell_error(path, column, first_true(series.notna()), f"booleans are not {what}")
+
+
 def to_datetimes(series: pd.Series, path: Path, column: str) -> pd.Series:
     """Numbers as epoch seconds, else date/time text; unparseable or out-of-range values name their row."""
+    _refuse_booleans(series, path, column, "dates")
     if series.dtype.kind not in "mM" and _looks_numeric(series):  # epoch seconds
         seconds = to_numbers(series, path, column)
         outside = (seconds < _EPOCH_RANGE[0]) | (seconds > _EPOCH_RANGE[1])
@@ -203,6 +210,7 @@ def order_key(series: pd.Series, path: Path, column: str) -> np.ndarray:
     microseconds since the epoch."""
     if series.isna().any():
         raise cell_error(path, column, first_true(series.isna()), "empty timestamp")
+    _refuse_booleans(series, path, column, "timestamps")
     if series.dtype.kind in "iu":
         return series.to_numpy(np.int64)
     if not is_calendar(series):

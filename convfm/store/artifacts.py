@@ -2,7 +2,10 @@
 
 A model directory holds ``weights.pt`` (a state_dict read with ``weights_only=True``), ``model_config.json``,
 ``feature_map.json``, the extractor's ``extractor.json``/``extractor.npz``, ``metrics.json``, any extra JSON
-the caller adds (``train_config.json``), and ``manifest.json`` listing every file's SHA-256.
+the caller adds (``train_config.json``), and ``manifest.json`` listing every file's SHA-256. The manifest lists
+exactly the regular files present, core files included: loading reads files by name, so an unlisted, symlinked
+or nested one is refused rather than read unchecked. Nothing else writes into a model directory (evaluation
+reports go beside it).
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import dataclasses
 import os
 import pickle
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,6 +29,8 @@ from convfm.model.network import ConvFM
 
 MANIFEST = "manifest.json"
 ARTIFACT_VERSION = 1
+# what load_model_dir reads whatever the manifest says: each must be listed (and so checked)
+CORE_FILES = ("weights.pt", "model_config.json", "feature_map.json", "extractor.json", "extractor.npz", "metrics.json")
 
 
 @dataclasses.dataclass
@@ -49,7 +54,8 @@ def save_model_dir(
     """Write a complete model directory atomically (temp dir, then rename) and return its path."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}")
+    tmp.mkdir()  # not mkdtemp: a model directory's mode follows the umask, as its files' do
     try:
         core = getattr(model, "module", model)
         state = {k: v.detach().cpu() for k, v in core.state_dict().items()}
@@ -76,19 +82,40 @@ def save_model_dir(
     return out_dir
 
 
+def manifest_files(manifest: Mapping[str, Any], where: str | Path) -> dict[str, str]:
+    """The ``files`` of a parsed manifest (name -> SHA-256), checked before any of them is read or downloaded:
+    the artifact version, and names that are plain file names (no ``/``, no ``..``: a crafted manifest must not
+    point outside its directory)."""
+    if manifest.get("version") != ARTIFACT_VERSION:
+        raise ArtifactError(f"{where}: artifact version {manifest.get('version')!r}, expected {ARTIFACT_VERSION}")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{where}: unreadable manifest (no 'files' mapping)")
+    for name in files:
+        if name in ("", ".", "..", MANIFEST) or "/" in name or "\\" in name:
+            raise ArtifactError(f"{where}: entry {name!r} is not a plain file name of the model directory")
+    for name in CORE_FILES:
+        if name not in files:
+            raise ArtifactError(f"{where}: core file {name!r} is not listed")
+    return files
+
+
 def verify_model_dir(path: str | Path) -> dict[str, str]:
-    """Check every file against the manifest; raise ArtifactError naming the first missing/changed one."""
+    """Check that the manifest lists exactly the regular files present (loading reads files by name, so an
+    unlisted or symlinked one would go unchecked) and every file's checksum; ArtifactError names the first
+    file that is wrong."""
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"{path}: model directory not found")
     if not (path / MANIFEST).is_file():
         raise ArtifactError(f"{path / MANIFEST}: missing; not a complete convfm model directory")
-    manifest = read_json(path / MANIFEST, "model directory manifest", ArtifactError)
-    if manifest.get("version") != ARTIFACT_VERSION:
-        raise ArtifactError(f"{path / MANIFEST}: artifact version {manifest.get('version')!r}, expected {ARTIFACT_VERSION}")
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise ArtifactError(f"{path / MANIFEST}: unreadable manifest (no 'files' mapping)")
+    files = manifest_files(read_json(path / MANIFEST, "model directory manifest", ArtifactError), path / MANIFEST)
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink() or not entry.is_file():
+            kind = "a symlink" if entry.is_symlink() else "a directory" if entry.is_dir() else "a special file"
+            raise ArtifactError(f"{entry}: {kind}, not a regular file; a model directory holds only its files")
+        if entry.name != MANIFEST and entry.name not in files:
+            raise ArtifactError(f"{entry}: present but not listed in the manifest")
     for name, expected in files.items():
         file = path / name
         if not file.is_file():

@@ -3,7 +3,9 @@ behind a storage URI (``s3://``, ``gs://``, ``file://``; see ``convfm.store.stor
 
 Versions are ``v0001``, ``v0002``, ... and a version counts as published once its ``manifest.json`` is there.
 Locally, publishing copies a model directory into a temp folder beside the versions, verifies it, renames it
-into place, then replaces ``latest`` (a one-line text file) atomically. Object stores have no atomic rename:
+into place, then replaces ``latest`` (a one-line text file) atomically; folders and files get the modes the
+umask gives (a registry may be shared), and what killed publishes left (``.vNNNN.*``, ``.latest.*``) is
+deleted by the next publish once it is ``STALE_AFTER_S`` old. Object stores have no atomic rename:
 there every file is uploaded, ``manifest.json`` last, then ``latest`` last of all; a version without its
 manifest (an interrupted upload) is never listed or resolved, and its number is not reused.
 
@@ -18,17 +20,21 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Optional
 
 from convfm.store import storage
-from convfm.store.artifacts import MANIFEST, verify_model_dir
+from convfm.store.artifacts import MANIFEST, manifest_files, verify_model_dir
 from convfm.errors import ArtifactError
+from convfm.jsonfile import parse_json
 
 LATEST = "latest"
 VERSION_PATTERN = r"^v(\d{4,})$"  # v0001, v0002, ...: the one definition, serve/ imports it
 VERSION_RE = re.compile(VERSION_PATTERN)
+STAGING_RE = re.compile(r"^\.(v\d{4,}|latest)\..+")  # publish's staging folder, write_text's temp pointer
+STALE_AFTER_S = 3600.0  # a staging leftover this old is from a publish that died (copies take seconds)
 
 
 def _version_dirs(model_root: str | Path) -> list[str]:
@@ -58,9 +64,13 @@ def publish(model_dir: str | Path, registry: str | Path, name: str) -> str | Pat
         return target
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
+    _remove_stale_staging(root)
+    staging = root / f".{version}.{uuid.uuid4().hex}"
+    staging.mkdir()  # not mkdtemp: its 0700 would hide a shared registry from everyone but the publisher
+    mode = staging.stat().st_mode  # what the umask gives
     try:
-        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True, copy_function=shutil.copyfile)  # file modes too
+        staging.chmod(mode)  # copytree copied the source folder's mode (save_model_dir's, a run's, anyone's)
         verify_model_dir(staging)
         os.replace(staging, root / version)
     except BaseException:
@@ -68,6 +78,25 @@ def publish(model_dir: str | Path, registry: str | Path, name: str) -> str | Pat
         raise
     storage.write_text(root / LATEST, version + "\n")  # temp file + rename
     return root / version
+
+
+def _remove_stale_staging(root: Path) -> None:
+    """Delete what killed publishes left in an entry: ``.vNNNN.*`` staging folders and ``.latest.*`` temp files
+    untouched for ``STALE_AFTER_S`` (a younger one may belong to a publish still running)."""
+    cutoff = time.time() - STALE_AFTER_S
+    for path in root.iterdir():
+        if not STAGING_RE.match(path.name) or path.is_symlink():
+            continue
+        try:
+            inside = list(path.iterdir()) if path.is_dir() else []
+            if max(p.lstat().st_mtime for p in [path, *inside]) >= cutoff:
+                continue
+        except FileNotFoundError:  # another publish cleaned it meanwhile
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def locate(path: str | Path, version: Optional[str] = None) -> str | Path:
@@ -124,7 +153,9 @@ def cached_copy(uri: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        storage.download_dir(uri, tmp)
+        listed = manifest_files(parse_json(manifest, storage.join(uri, MANIFEST), "model directory manifest",
+                                           ArtifactError), storage.join(uri, MANIFEST))
+        storage.download_dir(uri, tmp, [*listed, MANIFEST])  # only those: any other key may be crafted
         try:
             verify_model_dir(tmp)
         except ArtifactError as exc:  # name the remote file, not the temp copy

@@ -16,8 +16,9 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pyarrow
 import pyarrow.fs as pafs
@@ -138,10 +139,16 @@ def write_text(path: str | Path, text: str) -> None:
     if not is_uri(path):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(tmp, target)
+        # not mkstemp: its files are private (0600), and a registry's ``latest`` or a served model's files must
+        # stay readable as the umask says; the .tmp suffix keeps a leftover out of every "*.json" glob
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            with tmp.open("x") as file:
+                file.write(text)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return
     fs, inner = _fs(path)
     try:
@@ -195,22 +202,39 @@ def upload_dir(local: str | Path, target: str | Path, last: Sequence[str] = ()) 
         raise _error(target, exc) from None
 
 
-def download_dir(source: str | Path, local: str | Path) -> None:
-    """Copy every file under ``source`` into the local directory ``local`` (created if needed)."""
+def download_dir(source: str | Path, local: str | Path, names: Optional[Sequence[str]] = None) -> None:
+    """Copy the files under ``source`` into the local directory ``local`` (created if needed): the relative
+    paths ``names`` (a model's manifest says which), else every file listed there. Every path is checked
+    before anything is written: an object key is any string, and ``..`` in one would land outside ``local``."""
     fs, inner = _fs(source)
     local = Path(local)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
-        for info in infos:
-            if info.type != pafs.FileType.File:
-                continue
-            target = local / info.path[len(inner):].lstrip("/")
+        if names is None:
+            infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+            names = [i.path[len(inner):].lstrip("/") for i in infos if i.type == pafs.FileType.File]
+        targets = {relative: _inside(local, relative, source) for relative in names}
+        for relative, target in targets.items():
             target.parent.mkdir(parents=True, exist_ok=True)
-            _copy(fs, info.path, pafs.LocalFileSystem(), str(target))
+            try:
+                _copy(fs, f"{inner}/{relative}", pafs.LocalFileSystem(), str(target))
+            except FileNotFoundError:
+                raise StorageError(f"{join(source, relative)}: not found") from None
     except FileNotFoundError:
         raise StorageError(f"{source}: not found") from None
     except OSError as exc:
         raise _error(source, exc) from None
+
+
+def _inside(local: Path, relative: str, source: str | Path) -> Path:
+    """``local/relative`` when ``relative`` is a plain relative path that stays under ``local``; else a
+    StorageError naming ``source`` and the path (absolute, ``..``, empty parts, or a symlink out of ``local``)."""
+    parts = relative.split("/")
+    if relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(f"{source}: refusing to download {relative!r}: not a plain relative path")
+    target = local / relative
+    if not target.resolve().is_relative_to(local.resolve()):
+        raise StorageError(f"{source}: refusing to download {relative!r}: it resolves outside {local}")
+    return target
 
 
 class StagedDir:

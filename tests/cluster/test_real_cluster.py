@@ -133,7 +133,7 @@ def test_evaluate_job_reads_the_shared_run(cluster: RealCluster, spread_run: dic
     command = adapt(documented(r"^ray job submit .* convfm evaluate "), cluster.shared)
     assert command[command.index("--model") + 1] == str(best)
     cluster.run(command, timeout=JOB_TIMEOUT)
-    report = read_json(best / "eval_test.json", "the evaluation report")
+    report = read_json(best.with_name("best.eval_test.json"), "the evaluation report")
     assert 0.5 < report["model"]["roc_auc"] <= 1.0, report
 
 

@@ -1,5 +1,6 @@
 """Model directories and the registry: exact round trips, tamper detection, atomic publishing."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -63,6 +64,65 @@ def test_tampered_config_is_refused(saved, tmp_path):
     config["embedding_dim"] = 16
     (bad / "model_config.json").write_text(json.dumps(config))
     with pytest.raises(ArtifactError, match="model_config.json: checksum mismatch"):
+        load_model_dir(bad)
+
+
+def relist(model_dir, drop=(), add=()):
+    """Rewrite the manifest to list the directory's files minus ``drop`` plus ``add``, each with its hash."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    names = [n for n in manifest["files"] if n not in drop] + list(add)
+    manifest["files"] = {n: sha256_file(model_dir / n) if (model_dir / n).is_file() else "0" * 64 for n in names}
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_file_the_manifest_does_not_list_is_refused(saved, tmp_path):
+    bad = copy_dir(saved[2], tmp_path / "m")
+    (bad / "notes.json").write_text("{}")  # would be read into LoadedModel.extra
+    with pytest.raises(ArtifactError, match=r"m/notes\.json: present but not listed in the manifest"):
+        load_model_dir(bad)
+
+
+def test_an_unlisted_metrics_json_symlinked_elsewhere_is_refused(saved, tmp_path):
+    """The review's case: metrics.json dropped from the manifest and linked to any JSON file on the node."""
+    bad = copy_dir(saved[2], tmp_path / "m")
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"token": "s3cret"}')
+    (bad / "metrics.json").unlink()
+    (bad / "metrics.json").symlink_to(secret)
+    relist(bad, drop=("metrics.json",))
+    with pytest.raises(ArtifactError, match=r"manifest\.json: core file 'metrics\.json' is not listed"):
+        load_model_dir(bad)
+    relist(bad, add=("metrics.json",))  # listed, with the linked file's checksum
+    with pytest.raises(ArtifactError, match=r"m/metrics\.json: a symlink, not a regular file"):
+        load_model_dir(bad)
+    (bad / "metrics.json").unlink()
+    shutil.copy(secret, bad / "metrics.json")
+    relist(bad)
+    (bad / "train_config.json").unlink()
+    (bad / "train_config.json").symlink_to(secret)  # an extra JSON, unlisted
+    relist(bad, drop=("train_config.json",))
+    with pytest.raises(ArtifactError, match=r"m/train_config\.json: a symlink, not a regular file"):
+        load_model_dir(bad)
+
+
+def test_subfolders_and_subpaths_are_refused(saved, tmp_path):
+    bad = copy_dir(saved[2], tmp_path / "m")
+    (bad / "sub").mkdir()
+    (bad / "sub" / "x.json").write_text("{}")
+    with pytest.raises(ArtifactError, match=r"m/sub: a directory, not a regular file"):
+        load_model_dir(bad)
+    relist(bad, add=("sub/x.json",))
+    with pytest.raises(ArtifactError, match=r"entry 'sub/x\.json' is not a plain file name"):
+        load_model_dir(bad)
+
+
+@pytest.mark.parametrize("core", ["weights.pt", "model_config.json", "feature_map.json", "extractor.json",
+                                  "extractor.npz", "metrics.json"])
+def test_every_core_file_must_be_listed(saved, tmp_path, core):
+    bad = copy_dir(saved[2], tmp_path / "m")
+    (bad / core).unlink()
+    relist(bad, drop=(core,))
+    with pytest.raises(ArtifactError, match=f"manifest.json: core file {core!r} is not listed"):
         load_model_dir(bad)
 
 

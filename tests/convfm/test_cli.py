@@ -79,3 +79,18 @@ def test_tune_and_serve_config_errors_name_the_line_and_misspelt_sections(tmp_pa
     assert main(["serve", "--model", str(tmp_path), "--config", str(serve_yaml)]) == 2
     err = capsys.readouterr().err
     assert "unknown section(s) ['serv']" in err, err
+
+
+def test_evaluate_writes_its_report_beside_the_published_version_not_into_it(tiny, tmp_path, capsys):
+    """A published version is exactly its manifest's files: a report written into it would be an unlisted file
+    (refused by the next load), and a shared registry's versions are not the evaluator's to change."""
+    from convfm.store.artifacts import load_model_dir
+    from convfm.store.registry import publish
+
+    version = publish(tiny.model_dir, tmp_path / "models", "jobs")
+    before = sorted(p.name for p in version.iterdir())
+    assert main(["evaluate", "--model", str(tmp_path / "models" / "jobs"), "--max-events", "50"]) == 0
+    assert sorted(p.name for p in version.iterdir()) == before
+    load_model_dir(version)  # still exactly what was published
+    report = tmp_path / "models" / "jobs" / "v0001.eval_test.json"
+    assert report.is_file() and f"report written to {report}" in capsys.readouterr().out

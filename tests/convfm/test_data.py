@@ -144,6 +144,16 @@ def test_bad_posted_at_empty_event_and_missing_mapped_column(tmp_path: Path) -> 
      r"interactions\.csv: column 'timestamp', row 2: '2150-01-01T10:00' is out of range"),
     ("interactions", "user_id,job_id,timestamp\nu1,j1,5\nu1,j2,1e300\n",
      r"column 'timestamp', row 2: '1e300' is out of range for a timestamp"),
+    ("interactions", "user_id,job_id,timestamp\nu1,j1,5\nu1,j2,1e20\n",  # int64 would wrap to garbage
+     r"interactions\.csv: column 'timestamp', row 2: '1e20' is out of range for a timestamp"),
+    ("interactions", "user_id,job_id,timestamp\nu1,j1,5\nu2,j1,6\nu1,j2,inf\n",
+     r"interactions\.csv: column 'timestamp', row 3: 'inf' is out of range for a timestamp"),
+    ("interactions", "user_id,job_id,timestamp\nu1,j1,5\nu1,j2,-inf\n",
+     r"interactions\.csv: column 'timestamp', row 2: '-inf' is out of range for a timestamp"),
+    ("jobs", "job_id,posted_at\nj1,1704067200\nj2,inf\n", r"jobs\.csv: column 'posted_at', row 2: 'inf' is out "
+     r"of range: epoch seconds"),
+    ("jobs", "job_id,posted_at\nj1,2024-01-01\nj2,2300-01-01\n", r"jobs\.csv: column 'posted_at', row 2: "
+     r"'2300-01-01' is out of range"),  # past pandas' nanosecond limit (2262): no OutOfBoundsDatetime traceback
 ])
 def test_out_of_range_dates_and_empty_windows_name_file_column_row(tmp_path: Path, table: str, text: str,
                                                                   pattern: str) -> None:
@@ -239,6 +249,20 @@ def test_parquet_market(tmp_path: Path) -> None:
     assert market.jobs["job_id"].tolist() == ["1", "2", "3"]
     assert market.interactions["user_id"].tolist() == ["7", "7", "8"]
     assert market.interactions["event"].tolist() == ["apply", "view", "apply"]
+
+
+@pytest.mark.parametrize("table, column, frame, row", [
+    ("interactions", "timestamp", {"user_id": ["u1", "u2"], "job_id": ["j1", "j2"], "timestamp": [True, False]}, 1),
+    ("jobs", "posted_at", {"job_id": ["j1", "j2"], "posted_at": [True, False]}, 1),
+    ("jobs", "expires_at", {"job_id": ["j1", "j2"], "expires_at": [None, True]}, 2),  # nulls: an object column
+])
+def test_boolean_time_columns_are_refused(tmp_path: Path, table: str, column: str, frame: dict, row: int) -> None:
+    """A typed (parquet) boolean column would pass as 1/0: the epoch's first second, or order keys 1 and 0."""
+    write_market(tmp_path, **{table: None})
+    pd.DataFrame(frame).to_parquet(tmp_path / f"{table}.parquet")
+    with pytest.raises(DataValidationError, match=rf"{table}\.parquet: column '{column}', row {row}: "
+                                                  rf"booleans are not (timestamps|dates)"):
+        load_job_market(DataConfig(path=str(tmp_path)))
 
 
 # ------------------------------------------------------------------------------------------ examples

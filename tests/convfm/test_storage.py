@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -127,8 +128,10 @@ def test_registry_on_a_file_uri_publishes_resolves_and_caches(saved, tmp_path, c
     local = resolve(entry)
     assert local.is_relative_to(cache) and local.name == "v0002" and local.parent.name == "jobs"
     assert digests(local) == digests(out)
-    (local / "marker").write_text("cached")  # a verified cached copy is reused, not downloaded again
-    assert resolve(entry) == local and (local / "marker").exists()
+    inode = (local / "weights.pt").stat().st_ino  # a verified cached copy is reused, not downloaded again
+    assert resolve(entry) == local and (local / "weights.pt").stat().st_ino == inode
+    (local / "marker").write_text("unlisted")  # a file its manifest does not list: not a copy, fetched again
+    assert resolve(entry) == local and not (local / "marker").exists()
     assert resolve(entry, "v0001").name == "v0001" and resolve(f"{entry}/v0001").name == "v0001"
     weights = local / "weights.pt"
     weights.write_bytes(weights.read_bytes()[:100])  # a damaged cached copy is downloaded again
@@ -144,16 +147,16 @@ def test_a_copy_another_process_put_in_place_is_kept(saved, tmp_path, monkeypatc
     local = resolve(f"{registry}/jobs")
     theirs = tmp_path / "theirs"
     local.rename(theirs)  # the other replica's finished download, not in place yet
-    (theirs / "marker").write_text("loading")
+    inode = (theirs / "weights.pt").stat().st_ino  # the file it is loading
     download = storage.download_dir
 
-    def download_while_the_other_finishes(uri, directory):
-        download(uri, directory)
+    def download_while_the_other_finishes(uri, directory, names=None):
+        download(uri, directory, names)
         theirs.rename(local)  # it wins the race while this download was running
 
     monkeypatch.setattr(storage, "download_dir", download_while_the_other_finishes)
     assert resolve(f"{registry}/jobs") == local
-    assert (local / "marker").read_text() == "loading" and digests(local)["weights.pt"] == digests(out)["weights.pt"]
+    assert (local / "weights.pt").stat().st_ino == inode and digests(local)["weights.pt"] == digests(out)["weights.pt"]
     assert sorted(p.name for p in local.parent.iterdir()) == ["v0001"]  # no temp or stale copies left
 
 
@@ -235,6 +238,58 @@ def test_s3_partial_version_is_skipped_and_errors_name_the_uri(saved, s3_bucket,
     missing_bucket = entry.replace("convfm-test", "no-such-bucket")
     with pytest.raises(StorageError, match=r"^s3://no-such-bucket/.*(not found|NO_SUCH_BUCKET|does not exist)"):
         publish(out, storage.parent(missing_bucket), "jobs")
+
+
+def test_s3_keys_with_dot_dot_never_land_outside_the_download(saved, s3_bucket, tmp_path, cache):
+    """An object key is any string: ``v0001/../../../escaped.json`` lists under the version, S3 serves the
+    bucket's ``escaped.json`` for it, and a local path built from the key would lie three folders up."""
+    import boto3
+
+    _, _, out = saved
+    registry = s3_bucket("registry-escape")
+    publish(out, registry, "jobs")
+    endpoint = re.search(r"endpoint_override=([^&]+)", registry).group(1)
+    client = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1")
+    for key in ("registry-escape/jobs/v0001/../../../escaped.json", "escaped.json"):
+        client.put_object(Bucket="convfm-test", Key=key, Body=b"{}")
+    local = resolve(storage.join(registry, "jobs"))  # only the files its manifest names are fetched
+    assert digests(local) == digests(out) and not list(cache.rglob("escaped.json"))
+    with pytest.raises(StorageError, match=r"refusing to download '\.\./\.\./\.\./escaped\.json': not a plain "):
+        storage.download_dir(storage.join(registry, "jobs", "v0001"), tmp_path / "a" / "b" / "c" / "dl")
+    assert not list(tmp_path.rglob("escaped.json"))
+
+
+def test_a_remote_manifest_naming_a_path_outside_its_version_is_refused_before_download(saved, tmp_path, cache):
+    _, _, out = saved
+    registry = f"file://{tmp_path}/registry"
+    publish(out, registry, "jobs")
+    manifest = tmp_path / "registry" / "jobs" / "v0001" / "manifest.json"
+    document = read_json(manifest, "manifest")
+    document["files"]["../../escaped.json"] = hashlib.sha256(b"{}").hexdigest()
+    write_json_atomic(manifest, document)
+    (tmp_path / "registry" / "escaped.json").write_text("{}")
+    refused = r"v0001/manifest.json: entry '\.\./\.\./escaped\.json' is not a plain file name"
+    with pytest.raises(ArtifactError, match=refused):
+        resolve(f"{registry}/jobs")
+    assert not list(cache.rglob("escaped.json"))
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../x", "a/../../x", "a//b", "./a", ""])
+def test_download_refuses_names_that_are_not_plain_relative_paths(tmp_path, name):
+    (tmp_path / "src").mkdir()
+    with pytest.raises(StorageError, match=f"refusing to download {re.escape(repr(name))}: not a plain relative"):
+        storage.download_dir(f"file://{tmp_path}/src", tmp_path / "dl", names=[name])
+    assert not (tmp_path / "dl").exists()  # refused before anything is written
+
+
+def test_download_refuses_a_name_resolving_through_a_symlink_out_of_the_target(tmp_path):
+    (tmp_path / "src" / "link").mkdir(parents=True)
+    (tmp_path / "src" / "link" / "f").write_text("x")
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl" / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(StorageError, match=r"refusing to download 'link/f': it resolves outside"):
+        storage.download_dir(f"file://{tmp_path}/src", tmp_path / "dl", names=["link/f"])
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_gcs_uris_get_a_bounded_retry_unless_they_set_one(monkeypatch):

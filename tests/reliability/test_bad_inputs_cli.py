@@ -135,7 +135,7 @@ def test_evaluate_refuses_bad_data_in_one_line(results, one_line_error, tiny, na
     root, outcome = results
     one_line_error(outcome[f"evaluate:{name}"], "evaluate", EVALUATE[name])
     assert_nothing_left(root / f"evaluate-{name}")  # no report.json
-    assert not list(Path(tiny.model_dir).glob("eval_*.json"))
+    assert not list(Path(tiny.model_dir).parent.glob(f"{Path(tiny.model_dir).name}.eval_*.json"))  # nor beside it
 
 
 def test_corpus_is_fully_covered():

@@ -9,15 +9,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from convfm.store.artifacts import verify_model_dir
-from convfm.store.registry import LATEST, publish, resolve, versions
+from convfm.store.artifacts import save_model_dir, verify_model_dir
+from convfm.store.registry import LATEST, STALE_AFTER_S, publish, resolve, versions
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -109,5 +111,31 @@ def test_publish_killed_mid_copy_leaves_no_partial_version(entry, tiny):
     leftovers = [p.name for p in entry.iterdir() if p.name.startswith(".v0002.")]
     assert leftovers, "the kill was meant to land mid-copy, leaving the hidden staging dir"
     assert_intact(entry)  # the hidden staging dir is not a version and latest is untouched
+    (entry / ".latest.0123abcd.tmp").write_text("v0002\n")  # what a kill while moving the pointer leaves
     assert publish(tiny.model_dir, entry.parent, entry.name).name == "v0002"
     assert_intact(entry, latest="v0002", published=("v0001", "v0002"))
+    fresh = sorted(p.name for p in entry.iterdir() if p.name.startswith("."))
+    assert fresh == sorted([*leftovers, ".latest.0123abcd.tmp"]), "young leftovers may be a publish in progress"
+    old = time.time() - STALE_AFTER_S - 60
+    for path in entry.iterdir():
+        os.utime(path, (old, old))
+        for inner in path.iterdir() if path.is_dir() else ():
+            os.utime(inner, (old, old))
+    (entry / ".notes").write_text("someone's own file")  # hidden, but not a staging name: kept
+    assert publish(tiny.model_dir, entry.parent, entry.name).name == "v0003"
+    assert sorted(p.name for p in entry.iterdir() if p.name.startswith(".")) == [".notes"]
+    assert_intact(entry, latest="v0003", published=("v0001", "v0002", "v0003"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_published_versions_follow_the_umask(entry, tiny, umask):
+    """mkdtemp/mkstemp make 0700/0600: a registry shared by a group would be readable only by the publisher."""
+    previous = os.umask(umask)
+    try:
+        version = publish(tiny.model_dir, entry.parent, entry.name)
+        exported = save_model_dir(entry.parent / "export", tiny.model, tiny.data.extractor)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(version.stat().st_mode) == stat.S_IMODE(exported.stat().st_mode) == 0o777 & ~umask
+    for path in [*version.iterdir(), entry / LATEST, *exported.iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path

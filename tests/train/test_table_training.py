@@ -31,5 +31,5 @@ def test_generic_table_trains_and_evaluates(ray_local, tmp_path, capsys):
     assert saved["data"]["kind"] == "table" and saved["best_metrics"]["world_size"] == 2
 
     assert main(["evaluate", "--model", str(run / "best"), "--table", spec, "--split", "test"]) == 0
-    report = json.loads((run / "best" / "eval_test.json").read_text())
+    report = json.loads((run / "best.eval_test.json").read_text())
     assert report["model"]["roc_auc"] > 0.6 and report["model"]["count"] > 0
