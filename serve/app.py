@@ -31,7 +31,7 @@ from convfm.store.registry import locate
 from convfm.store.storage import is_uri
 from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, ServeConfig
 from serve.http import build_http_app, reload_outcome, unwrap, wrap
-from serve.scorer import ModelSlot, ServiceError
+from serve.scorer import ModelSlot, ServiceError, public_text
 
 log = logging.getLogger(__name__)
 APP_NAME = "convfm"
@@ -150,7 +150,8 @@ class Api:
     def __serve_build_asgi_app__(self) -> Any:
         return build_http_app(self, api_key_digest=self.settings.get("api_key_digest"),
                               auth_all=self.settings.get("auth_all_endpoints", False),
-                              max_body_bytes=self.settings["max_body_bytes"])
+                              max_body_bytes=self.settings["max_body_bytes"],
+                              allowed_hosts=self.settings["allowed_hosts"])
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """``user_config: {model_version: vNNNN}``; a change after start-up reloads every Ranker replica."""
@@ -203,7 +204,10 @@ class Api:
             results = await response.results_async(timeout_s=600.0, return_exceptions=True)
         except TimeoutError:
             results = [TimeoutError("reload timed out")]
-        reports = [r if isinstance(r, dict) else {"ok": False, "version": None, "error": repr(r)} for r in results]
+        for failure in (r for r in results if not isinstance(r, dict)):
+            log.warning("reload to %s failed on a replica: %r", version, failure)
+        reports = [r if isinstance(r, dict) else {"ok": False, "version": None, "error": public_text(repr(r))}
+                   for r in results]
         status, body = reload_outcome(reports, previous)
         if status == 200:
             self.want = body["version"]
@@ -220,7 +224,7 @@ def build_app(config: ServeConfig) -> Any:
         model, config.model_version, config.max_batch_size, config.batch_wait_timeout_s, device)
     settings = {"model_version": config.model_version, "api_key_digest": config.api_key_digest(),
                 "auth_all_endpoints": config.auth_all_endpoints, "max_body_bytes": config.max_body_bytes,
-                "request_timeout_s": config.request_timeout_s}
+                "request_timeout_s": config.request_timeout_s, "allowed_hosts": config.trusted_hosts()}
     # The ingress only forwards: let it hold as many requests as the Rankers can batch.
     ingress_limit = config.max_ongoing_requests * (config.max_replicas if config.replicas == "auto" else config.replicas)
     return Api.options(ray_actor_options={"num_cpus": config.ingress_num_cpus}, logging_config=logging_config,

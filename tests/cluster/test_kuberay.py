@@ -188,7 +188,7 @@ def test_serve_config_is_serve_config_yaml_on_the_shared_registry(manifests):
     assert len(deployed["applications"]) == len(local["applications"]) == 1
     app, reference = deployed["applications"][0], local["applications"][0]
     assert {k: v for k, v in app.items() if k != "args"} == {k: v for k, v in reference.items() if k != "args"}
-    deliberate = {"model", "api_key_env", "auth_all_endpoints"}  # see test_kuberay_security.py for the key
+    deliberate = {"model", "api_key_env", "auth_all_endpoints", "allowed_hosts"}  # test_kuberay_security.py
     assert {k: v for k, v in app["args"].items() if k not in deliberate} == \
            {k: v for k, v in reference["args"].items() if k not in deliberate}
     assert app["args"]["model"] == f"{SHARED}/models/convfm"  # where rayjob-tune.yaml publishes

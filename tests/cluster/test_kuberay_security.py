@@ -138,6 +138,7 @@ def test_the_service_requires_an_api_key_read_from_a_secret(manifests):
     manifest = manifests["rayservice.yaml"]
     args = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]["args"]
     assert args["api_key_env"] == API_KEY_ENV and args["auth_all_endpoints"] is True
+    assert "*" not in args["allowed_hosts"] and "convfm-serve-svc" in args["allowed_hosts"]  # KubeRay's Service
     for role, _, container in _containers(manifest):  # the app is built, and the Api runs, on any of them
         env = {e["name"]: e for e in container.get("env", [])}
         assert env.get(API_KEY_ENV, {}).get("valueFrom", {}).get("secretKeyRef", {}).get("name") \

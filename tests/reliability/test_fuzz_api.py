@@ -41,8 +41,8 @@ STATUSES: collections.Counter = collections.Counter()
 # The schema is loaded at import (schemathesis' lazy ``from_fixture`` breaks on pytest 9: ``Node._nodeid``); it
 # does not depend on the model, so the backend gets its loaded slot from the fixture below.
 BACKEND = LocalBackend(ModelSlot("model-not-loaded-yet"))
-schema = schemathesis.openapi.from_asgi("/openapi.json", build_http_app(
-    BACKEND, api_key_digest=hashlib.sha256(KEY.encode()).hexdigest(), auth_all=True))
+schema = schemathesis.openapi.from_asgi("/openapi.json", build_http_app(  # its ASGI client's Host is "testserver"
+    BACKEND, api_key_digest=hashlib.sha256(KEY.encode()).hexdigest(), auth_all=True, allowed_hosts=("testserver",)))
 
 
 @pytest.fixture(scope="module", autouse=True)
