@@ -116,8 +116,16 @@ class ServeConfig(BaseConfig):
         """``allowed_hosts`` plus the address the service is bound to (as clients on it write it)."""
         if self.host in _UNSPECIFIED:
             return self.allowed_hosts
-        host = f"[{self.host}]" if ":" in self.host else self.host.lower()
+        host = self._url_host()
         return self.allowed_hosts + (() if host in self.allowed_hosts else (host,))
+
+    def local_url(self) -> str:
+        """The service's URL for a client on this machine (loopback when bound to every address)."""
+        return f"http://{self._url_host()}:{self.port}"
+
+    def _url_host(self) -> str:
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host).lower()
+        return f"[{host}]" if ":" in host else host
 
     def api_key_digest(self, environ: Mapping[str, str] = os.environ) -> Optional[str]:
         """SHA-256 of the API key read from ``api_key_env`` (the key itself never leaves this process)."""

@@ -90,3 +90,13 @@ def test_allowed_hosts_config():
     for bad in ((), ("localhost:8000",), ("a b",), ("*foo.com",), ("",), "localhost", (7,)):
         with pytest.raises(ConfigError, match=r"^allowed_hosts: "):
             ServeConfig(allowed_hosts=bad)
+
+
+@pytest.mark.parametrize("host, url", [("127.0.0.1", "http://127.0.0.1:8000"), ("0.0.0.0", "http://127.0.0.1:8000"),
+                                       ("::", "http://[::1]:8000"), ("::1", "http://[::1]:8000"),
+                                       ("Recs.Example.com", "http://recs.example.com:8000")])
+def test_the_local_url_is_a_trusted_host(host, url):
+    """`convfm serve` polls /healthz at this URL: bound to 0.0.0.0 it must not send Host 0.0.0.0 (refused)."""
+    config = ServeConfig(host=host)
+    assert config.local_url() == url
+    assert url.split("//")[1].rsplit(":", 1)[0] in config.trusted_hosts()
