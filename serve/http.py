@@ -230,11 +230,14 @@ def wrap(value: Any) -> dict[str, Any]:
 
 
 def reload_outcome(reports: list[dict[str, Any]], previous: Optional[str]) -> tuple[int, dict[str, Any]]:
-    """One reload answer from per-replica reports: 200 when every replica serves the new version."""
-    ok = bool(reports) and all(r.get("ok") for r in reports)
-    previous = previous or next((r["previous_version"] for r in reports if r.get("previous_version")), None)
+    """One reload answer from per-replica reports: 200 when every replica serves the new version; 409 when one
+    failed or they ended on different versions (a 200 would let the ingress un-pin them)."""
     versions = {r.get("version") for r in reports}
+    ok = bool(reports) and all(r.get("ok") for r in reports) and len(versions) == 1
+    previous = previous or next((r["previous_version"] for r in reports if r.get("previous_version")), None)
     error = next((r.get("error") for r in reports if not r.get("ok")), None if reports else "no replica answered")
+    if error is None and not ok:
+        error = f"replicas ended on different versions: {sorted(versions, key=str)}"
     version = versions.pop() if len(versions) == 1 else None
     body = {"ok": ok, "version": version, "previous_version": previous, "error": error, "replicas": reports}
     return (200 if ok else 409), body

@@ -335,7 +335,24 @@ class ModelSlot:
         self.current: Optional[Scorer] = None
         self.error: Optional[str] = None  # why the *first* load failed (later failures keep the old model)
         self.last_reload: Optional[dict[str, Any]] = None
+        self.gave_up: Optional[str] = None  # set when the first load failed every attempt: see check()
         self._lock = threading.Lock()
+
+    def load_first(self, version: Optional[str], attempts: int = 4, backoff_s: float = 2.0) -> dict[str, Any]:
+        """The first load, retried ``attempts`` times with doubling waits (storage hiccups pass); then give up."""
+        for attempt in range(attempts):
+            report = self.load(version)
+            if report["ok"] or self.current is not None:
+                return report
+            if attempt + 1 < attempts:
+                time.sleep(backoff_s * 2**attempt)
+        self.gave_up = f"no model after {attempts} attempts: {self.error}"
+        return report
+
+    def check(self) -> None:
+        """Serve's health check: raise once the first load gave up, so Serve replaces the replica."""
+        if self.current is None and self.gave_up:
+            raise RuntimeError(self.gave_up)
 
     def load(self, version: Optional[str] = None) -> dict[str, Any]:
         """Load + validate ``version`` (a registry version next to the configured model; None: the configured
