@@ -23,7 +23,8 @@ DEFAULT_MODEL = "models/convfm"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 # A Host header name without port: "*", "*.domain", a DNS name, an IPv4 address or a bracketed IPv6 one.
-_HOST_NAME = re.compile(r"^(\*|(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\])$")
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+_HOST_NAME = re.compile(rf"^(\*|(\*\.)?{_LABEL}(\.{_LABEL})*|\[[0-9a-f:.]+\])$")
 _UNSPECIFIED = ("0.0.0.0", "::")
 
 

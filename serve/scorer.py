@@ -154,8 +154,9 @@ class Scorer:
 
     # -------------------------------------------------------------------------------------------- helpers
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "path": public_text(str(self.path)), "loaded_at": self.loaded_at,
-                "metrics": self.metrics, "jobs": self.n_jobs - 1, "users": len(self.extractor.user_catalog) - 1,
+        return {"name": self.name, "version": self.version, "path": public_text(str(self.path)),
+                "loaded_at": self.loaded_at, "metrics": self.metrics, "jobs": self.n_jobs - 1,
+                "users": len(self.extractor.user_catalog) - 1,
                 "fields": [f.name for f in self.extractor.feature_map.fields]}
 
     def job_record(self, row: int) -> dict[str, Any]:
