@@ -27,11 +27,12 @@ from ray import serve
 from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 
-from convfm.store.registry import locate
-from convfm.store.storage import is_uri
+from convfm.errors import ArtifactError
+from convfm.store import storage
+from convfm.store.registry import VERSION_RE, locate
 from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, ServeConfig
 from serve.http import build_http_app, reload_outcome, unwrap, wrap
-from serve.scorer import ModelSlot, ServiceError
+from serve.scorer import ModelSlot, ServiceError, public_text
 
 log = logging.getLogger(__name__)
 APP_NAME = "convfm"
@@ -54,7 +55,11 @@ class Ranker:
         self.stats = {"batches": 0, "requests": 0, "largest_batch": 0, "compute_s": 0.0}
         self._following: Optional[str] = None
         self._failed: dict[str, float] = {}  # version -> time before which it is not retried
-        threading.Thread(target=self.slot.load, args=(version,), name="convfm-model-load", daemon=True).start()
+        threading.Thread(target=self.slot.load_first, args=(version,), name="convfm-model-load", daemon=True).start()
+
+    def check_health(self) -> None:
+        """Called by Serve every few seconds: a replica that gave up loading is replaced, not routed to."""
+        self.slot.check()
 
     # ------------------------------------------------------------------------------------------ scoring
     async def _first_load(self) -> None:
@@ -150,7 +155,8 @@ class Api:
     def __serve_build_asgi_app__(self) -> Any:
         return build_http_app(self, api_key_digest=self.settings.get("api_key_digest"),
                               auth_all=self.settings.get("auth_all_endpoints", False),
-                              max_body_bytes=self.settings["max_body_bytes"])
+                              max_body_bytes=self.settings["max_body_bytes"],
+                              allowed_hosts=self.settings["allowed_hosts"])
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """``user_config: {model_version: vNNNN}``; a change after start-up reloads every Ranker replica."""
@@ -198,29 +204,47 @@ class Api:
 
     async def reload(self, version: Optional[str]) -> tuple[int, dict[str, Any]]:
         previous = self.want
+        if version is None:  # `latest`, read here once: replicas resolving it each could land on different ones
+            try:
+                version = await asyncio.to_thread(pinned_version, self.settings["model"], None)
+            except ArtifactError as exc:
+                log.warning("reload: %s", exc)
+                return reload_outcome([{"ok": False, "version": previous, "error": public_text(str(exc))}], previous)
         response = self.ranker.broadcast("reload", version)
         try:
             results = await response.results_async(timeout_s=600.0, return_exceptions=True)
         except TimeoutError:
             results = [TimeoutError("reload timed out")]
-        reports = [r if isinstance(r, dict) else {"ok": False, "version": None, "error": repr(r)} for r in results]
+        for failure in (r for r in results if not isinstance(r, dict)):
+            log.warning("reload to %s failed on a replica: %r", version, failure)
+        reports = [r if isinstance(r, dict) else {"ok": False, "version": None, "error": public_text(repr(r))}
+                   for r in results]
         status, body = reload_outcome(reports, previous)
         if status == 200:
             self.want = body["version"]
         return status, body
 
 
+def pinned_version(model: str, version: Optional[str]) -> Optional[str]:
+    """The registry version that ``model`` (and ``version``) name now, ``latest`` read once, so that every
+    replica loads that one (None for a plain model directory). Raises ArtifactError; downloads nothing."""
+    found = storage.name(locate(model, version))
+    return found if VERSION_RE.match(found) else None
+
+
 def build_app(config: ServeConfig) -> Any:
-    """The application graph for ``config`` (checks that the model path exists; reads the API key env var)."""
-    model = config.model if is_uri(config.model) else str(Path(config.model).expanduser().absolute())  # s3:// stays
-    locate(model, config.model_version)  # fail now, not inside a replica, on a wrong path/version (no download)
+    """The application graph for ``config`` (checks that the model path exists; reads the API key env var).
+    Replicas are pinned to the version ``latest`` names now: one started later (autoscaling, a restart) must not
+    load a version published since, while the others keep this one."""
+    model = config.model if storage.is_uri(config.model) else str(Path(config.model).expanduser().absolute())
+    version = pinned_version(model, config.model_version)  # fails now, not inside a replica, on a wrong path
     device = "cuda" if config.num_gpus > 0 else "cpu"
     logging_config = {"enable_access_log": config.access_log}
     ranker = Ranker.options(**config.ranker_options(), logging_config=logging_config).bind(
-        model, config.model_version, config.max_batch_size, config.batch_wait_timeout_s, device)
-    settings = {"model_version": config.model_version, "api_key_digest": config.api_key_digest(),
+        model, version, config.max_batch_size, config.batch_wait_timeout_s, device)
+    settings = {"model": model, "model_version": version, "api_key_digest": config.api_key_digest(),
                 "auth_all_endpoints": config.auth_all_endpoints, "max_body_bytes": config.max_body_bytes,
-                "request_timeout_s": config.request_timeout_s}
+                "request_timeout_s": config.request_timeout_s, "allowed_hosts": config.trusted_hosts()}
     # The ingress only forwards: let it hold as many requests as the Rankers can batch.
     ingress_limit = config.max_ongoing_requests * (config.max_replicas if config.replicas == "auto" else config.replicas)
     return Api.options(ray_actor_options={"num_cpus": config.ingress_num_cpus}, logging_config=logging_config,

@@ -21,6 +21,11 @@ from convfm.validate import check_bool, check_int, check_number, check_text, is_
 DEFAULT_MODEL_ENV = "CONVFM_MODEL"
 DEFAULT_MODEL = "models/convfm"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# A Host header name without port: "*", "*.domain", a DNS name, an IPv4 address or a bracketed IPv6 one.
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+_HOST_NAME = re.compile(rf"^(\*|(\*\.)?{_LABEL}(\.{_LABEL})*|\[[0-9a-f:.]+\])$")
+_UNSPECIFIED = ("0.0.0.0", "::")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,9 @@ class ServeConfig(BaseConfig):
     max_body_bytes: int = 262_144
     request_timeout_s: float = 30.0
     access_log: bool = False
+    # Host header names served (DNS rebinding: a web page must not read a loopback service through its own
+    # domain); the bound ``host`` is added unless it is 0.0.0.0 or ::. "*" turns the check off.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
 
     def __post_init__(self) -> None:
         check_text(self.model, "model", "a non-empty path or URI")
@@ -74,6 +82,10 @@ class ServeConfig(BaseConfig):
         check_int(self.max_body_bytes, "max_body_bytes", 1024, 64 * 2**20)
         check_number(self.request_timeout_s, "request_timeout_s", 0, 600, low_open=True)
         check_bool(self.access_log, "access_log")
+        require(isinstance(self.allowed_hosts, tuple) and bool(self.allowed_hosts)
+                and all(isinstance(h, str) and bool(_HOST_NAME.match(h)) for h in self.allowed_hosts),
+                "allowed_hosts", "must be a non-empty list of host names without port (lower case; '*', "
+                f"'*.example.com', an IP, '[::1]'), got {self.allowed_hosts!r}")
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any], source: str = "serve args") -> "ServeConfig":
@@ -101,6 +113,21 @@ class ServeConfig(BaseConfig):
             options["num_replicas"] = self.replicas
         return options
 
+    def trusted_hosts(self) -> tuple[str, ...]:
+        """``allowed_hosts`` plus the address the service is bound to (as clients on it write it)."""
+        if self.host in _UNSPECIFIED:
+            return self.allowed_hosts
+        host = self._url_host()
+        return self.allowed_hosts + (() if host in self.allowed_hosts else (host,))
+
+    def local_url(self) -> str:
+        """The service's URL for a client on this machine (loopback when bound to every address)."""
+        return f"http://{self._url_host()}:{self.port}"
+
+    def _url_host(self) -> str:
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host).lower()
+        return f"[{host}]" if ":" in host else host
+
     def api_key_digest(self, environ: Mapping[str, str] = os.environ) -> Optional[str]:
         """SHA-256 of the API key read from ``api_key_env`` (the key itself never leaves this process)."""
         if self.api_key_env is None:
@@ -119,6 +146,8 @@ def _parse(key: str, text: str, default: Any) -> Any:
         return None
     if key == "replicas":
         return text if text == "auto" else _convert(key, text, int)
+    if isinstance(default, tuple):  # a comma-separated list
+        return tuple(item.strip() for item in text.split(","))
     if isinstance(default, bool):
         if text.lower() in ("true", "1", "yes"):
             return True

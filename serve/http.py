@@ -1,7 +1,8 @@
 """The HTTP API: one FastAPI app over a backend, run by the Serve ingress (``serve/app.py``) or by plain
 uvicorn over a ``LocalBackend`` (benchmarks, tests without Ray).
 
-Security (see the README): bodies over ``max_body_bytes`` get 413 before they are parsed; ``/admin/*`` needs
+Security (docs/SERVING.md): a Host header not in ``allowed_hosts`` gets 400 before anything else (DNS
+rebinding); bodies over ``max_body_bytes`` get 413 before they are parsed; ``/admin/*`` needs
 the ``X-API-Key`` header matching the configured key (401 missing, 403 wrong, 403 when no key is configured:
 admin is then off); with ``auth_all`` every endpoint but ``/healthz`` and the docs needs it. Only the key's
 SHA-256 is held here. Bad input is 422 with a one-line ``message`` plus per-field ``detail``, also for bodies
@@ -14,7 +15,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
-from typing import Annotated, Any, Optional, Protocol
+from typing import Annotated, Any, Optional, Protocol, Sequence
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, Security
 from fastapi.exception_handlers import http_exception_handler
@@ -22,12 +23,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from serve.config import LOOPBACK_HOSTS
 from serve.schemas import (
     ErrorResponse, Health, Job, ModelInfo, RecommendRequest, RecommendResponse, ReloadRequest, ReloadResponse,
     ScoreRequest, ScoreResponse, ValidationErrorResponse,
 )
-from serve.scorer import ModelSlot, ServiceError
+from serve.scorer import ModelSlot, ServiceError, public_text
 
 log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"
@@ -136,15 +139,18 @@ def _key_checker(digest: Optional[str]) -> Any:
 
 
 def build_http_app(
-    backend: Backend, api_key_digest: Optional[str] = None, auth_all: bool = False, max_body_bytes: int = 262_144
+    backend: Backend, api_key_digest: Optional[str] = None, auth_all: bool = False, max_body_bytes: int = 262_144,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
 ) -> FastAPI:
-    """The FastAPI app of the service (OpenAPI at /docs) calling ``backend``."""
+    """The FastAPI app of the service (OpenAPI at /docs) calling ``backend``; requests whose Host header is not
+    in ``allowed_hosts`` get 400 before anything else runs."""
     require_key = Depends(_key_checker(api_key_digest))
     guarded = [require_key] if auth_all else []
     auth = (401, 403) if auth_all else ()
     app = FastAPI(title="convfm recommendations", version="1",
                   description="ConvFM job recommendations: top-k for a user or profile, scores, model admin.")
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)  # outermost
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -224,11 +230,14 @@ def wrap(value: Any) -> dict[str, Any]:
 
 
 def reload_outcome(reports: list[dict[str, Any]], previous: Optional[str]) -> tuple[int, dict[str, Any]]:
-    """One reload answer from per-replica reports: 200 when every replica serves the new version."""
-    ok = bool(reports) and all(r.get("ok") for r in reports)
-    previous = previous or next((r["previous_version"] for r in reports if r.get("previous_version")), None)
+    """One reload answer from per-replica reports: 200 when every replica serves the new version; 409 when one
+    failed or they ended on different versions (a 200 would let the ingress un-pin them)."""
     versions = {r.get("version") for r in reports}
+    ok = bool(reports) and all(r.get("ok") for r in reports) and len(versions) == 1
+    previous = previous or next((r["previous_version"] for r in reports if r.get("previous_version")), None)
     error = next((r.get("error") for r in reports if not r.get("ok")), None if reports else "no replica answered")
+    if error is None and not ok:
+        error = f"replicas ended on different versions: {sorted(versions, key=str)}"
     version = versions.pop() if len(versions) == 1 else None
     body = {"ok": ok, "version": version, "previous_version": previous, "error": error, "replicas": reports}
     return (200 if ok else 409), body

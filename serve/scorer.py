@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import logging
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 FILTER_COLUMNS = ("location", "job_type", "experience_level")
 DECODABLE = {"job_location": "location", "company": "company", "job_type": "job_type",
              "job_experience": "experience_level"}
+# Where a message names a location: a URI (scheme://..., with any query string) or an absolute path.
+_LOCATION = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]*|(?<![\w/.:~-])/[^\s'\":]+")
+LOAD_FAILED = "model failed to load (details in the service log)"
 
 
 class ServiceError(Exception):
@@ -64,6 +68,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def public_text(text: str) -> str:
+    """``text`` for a client: every URI or absolute path cut to its last two parts (``NAME/v0002``,
+    ``v0002/weights.pt``), without scheme, host, query string or the folders above. The log keeps the original."""
+    def cut(match: re.Match) -> str:
+        location, end = re.fullmatch(r"(.*?)([:,;.)]*)", match[0]).groups()  # sentence punctuation stays
+        path = location.split("?", 1)[0].split("#", 1)[0]
+        path = path.split("://", 1)[1] if "://" in path else path
+        parts = [p for p in path.split("/") if p][1 if "://" in location else 0:]  # a URI's host goes
+        return ("/".join(parts[-2:]) or "(location)") + end
+
+    return _LOCATION.sub(cut, text)
 
 
 def model_identity(path: Path) -> tuple[str, str]:
@@ -137,8 +154,9 @@ class Scorer:
 
     # -------------------------------------------------------------------------------------------- helpers
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "path": str(self.path), "loaded_at": self.loaded_at,
-                "metrics": self.metrics, "jobs": self.n_jobs - 1, "users": len(self.extractor.user_catalog) - 1,
+        return {"name": self.name, "version": self.version, "path": public_text(str(self.path)),
+                "loaded_at": self.loaded_at, "metrics": self.metrics, "jobs": self.n_jobs - 1,
+                "users": len(self.extractor.user_catalog) - 1,
                 "fields": [f.name for f in self.extractor.feature_map.fields]}
 
     def job_record(self, row: int) -> dict[str, Any]:
@@ -318,7 +336,24 @@ class ModelSlot:
         self.current: Optional[Scorer] = None
         self.error: Optional[str] = None  # why the *first* load failed (later failures keep the old model)
         self.last_reload: Optional[dict[str, Any]] = None
+        self.gave_up: Optional[str] = None  # set when the first load failed every attempt: see check()
         self._lock = threading.Lock()
+
+    def load_first(self, version: Optional[str], attempts: int = 4, backoff_s: float = 2.0) -> dict[str, Any]:
+        """The first load, retried ``attempts`` times with doubling waits (storage hiccups pass); then give up."""
+        for attempt in range(attempts):
+            report = self.load(version)
+            if report["ok"] or self.current is not None:
+                return report
+            if attempt + 1 < attempts:
+                time.sleep(backoff_s * 2**attempt)
+        self.gave_up = f"no model after {attempts} attempts: {self.error}"
+        return report
+
+    def check(self) -> None:
+        """Serve's health check: raise once the first load gave up, so Serve replaces the replica."""
+        if self.current is None and self.gave_up:
+            raise RuntimeError(self.gave_up)
 
     def load(self, version: Optional[str] = None) -> dict[str, Any]:
         """Load + validate ``version`` (a registry version next to the configured model; None: the configured
@@ -335,7 +370,7 @@ class ModelSlot:
                 if self.current is None:
                     self.error = error
                 self.last_reload = {"ok": False, "requested": version, "version": previous,
-                                    "previous_version": previous, "error": error, "at": _now()}
+                                    "previous_version": previous, "error": public_text(error), "at": _now()}
                 return dict(self.last_reload)
             self.current, self.error = scorer, None
             self.last_reload = {"ok": True, "requested": version, "version": scorer.version,
@@ -346,7 +381,7 @@ class ModelSlot:
     def require(self) -> Scorer:
         scorer = self.current
         if scorer is None:
-            raise ServiceError(503, f"model failed to load: {self.error}" if self.error else "model is loading")
+            raise ServiceError(503, LOAD_FAILED if self.error else "model is loading")
         return scorer
 
     def health(self) -> tuple[int, dict[str, Any]]:
@@ -354,7 +389,7 @@ class ModelSlot:
         if scorer is not None:
             return 200, {"status": "ok", "model": scorer.name, "version": scorer.version}
         if self.error:
-            return 503, {"status": "failed", "error": self.error}
+            return 503, {"status": "failed", "error": LOAD_FAILED}  # /healthz is open to anyone
         return 503, {"status": "loading"}
 
     def info(self) -> dict[str, Any]:

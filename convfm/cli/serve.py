@@ -77,7 +77,7 @@ def running_service(config: Any, application: Any) -> Iterator[tuple[str, dict[s
 
     from serve.app import APP_NAME
 
-    url = f"http://{config.host}:{config.port}"
+    url = config.local_url()  # an allowed Host header, also when bound to 0.0.0.0
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)

@@ -30,7 +30,7 @@ RAYJOB_SPEC = {"entrypoint", "runtimeEnvYAML", "jobId", "submissionMode", "entry
 RAYSERVICE_SPEC = {"serveConfigV2", "rayClusterConfig", "serveService", "upgradeStrategy",
                    "excludeHeadPodFromServeSvc"}
 CLUSTER_SPEC = {"headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling", "autoscalerOptions",
-                "headServiceAnnotations", "suspend", "gcsFaultToleranceOptions", "managedBy"}
+                "headServiceAnnotations", "suspend", "gcsFaultToleranceOptions", "managedBy", "authOptions"}
 AUTOSCALER = {"resources", "image", "imagePullPolicy", "env", "envFrom", "volumeMounts", "securityContext",
               "idleTimeoutSeconds", "upscalingMode", "version"}
 HEAD_GROUP = {"serviceType", "headService", "enableIngress", "rayStartParams", "template"}
@@ -188,8 +188,9 @@ def test_serve_config_is_serve_config_yaml_on_the_shared_registry(manifests):
     assert len(deployed["applications"]) == len(local["applications"]) == 1
     app, reference = deployed["applications"][0], local["applications"][0]
     assert {k: v for k, v in app.items() if k != "args"} == {k: v for k, v in reference.items() if k != "args"}
-    assert {k: v for k, v in app["args"].items() if k != "model"} == \
-           {k: v for k, v in reference["args"].items() if k != "model"}
+    deliberate = {"model", "api_key_env", "auth_all_endpoints", "allowed_hosts"}  # test_kuberay_security.py
+    assert {k: v for k, v in app["args"].items() if k not in deliberate} == \
+           {k: v for k, v in reference["args"].items() if k not in deliberate}
     assert app["args"]["model"] == f"{SHARED}/models/convfm"  # where rayjob-tune.yaml publishes
     tune_args = shlex.split(manifests["rayjob-tune.yaml"]["spec"]["entrypoint"])
     assert f"{tune_args[tune_args.index('--registry') + 1]}/{tune_args[tune_args.index('--name') + 1]}" \

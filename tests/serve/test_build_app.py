@@ -2,6 +2,9 @@
 ``.bind`` only describes the application)."""
 from __future__ import annotations
 
+import hashlib
+
+import cloudpickle
 import pytest
 
 from convfm.store import storage
@@ -24,3 +27,16 @@ def test_a_uri_model_is_checked_not_downloaded(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
     assert build_app(ServeConfig(model=f"file://{tiny.entry}", model_version="v0001")) is not None
     assert not (tmp_path / "cache").exists()  # the replicas download it, not the process that builds the app
+
+
+def test_the_api_key_never_travels_with_the_application(tiny, monkeypatch):
+    """What Serve ships to the replicas (the application and its bound arguments, pickled) holds the key's
+    SHA-256 only; the config names the variable, never the key."""
+    from serve.app import build_app
+
+    key = "s3cret-" * 4
+    monkeypatch.setenv("CONVFM_TEST_KEY", key)
+    config = ServeConfig(model=str(tiny.entry), api_key_env="CONVFM_TEST_KEY")
+    shipped = cloudpickle.dumps(build_app(config))
+    assert hashlib.sha256(key.encode()).hexdigest().encode() in shipped  # so the check below looks at the args
+    assert b"s3cret" not in shipped and "s3cret" not in repr(config)

@@ -25,7 +25,7 @@ def slot(tiny) -> ModelSlot:
 
 
 def client(slot: ModelSlot, **options) -> TestClient:
-    return TestClient(build_http_app(LocalBackend(slot), **options))
+    return TestClient(build_http_app(LocalBackend(slot), **options), base_url="http://localhost")
 
 
 def test_auth_all_guards_everything_but_health_and_docs(slot):
@@ -97,7 +97,8 @@ def test_service_422_has_the_validation_error_shape():
         async def recommend(self, request):
             raise ServiceError(422, "filters.location: this model's jobs have no location column")
 
-    response = TestClient(build_http_app(NoLocation(None))).post("/recommend", json={"user_id": "u"})
+    response = TestClient(build_http_app(NoLocation(None)), base_url="http://localhost").post(
+        "/recommend", json={"user_id": "u"})
     assert response.status_code == 422
     assert response.json() == {"message": "filters.location: this model's jobs have no location column", "detail": [
         {"loc": ["body", "filters", "location"], "msg": "filters.location: this model's jobs have no location column",

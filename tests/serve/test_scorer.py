@@ -128,7 +128,7 @@ def test_first_load_failure_is_reported_by_health(tmp_path):
     slot = ModelSlot(tmp_path / "missing")
     assert not slot.load()["ok"]
     status, body = slot.health()
-    assert status == 503 and body["status"] == "failed" and "missing" in body["error"]
+    assert status == 503 and body["status"] == "failed" and "missing" in slot.error  # the why: in the log only
     with pytest.raises(ServiceError, match="failed to load"):
         slot.require()
 
