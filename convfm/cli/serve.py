@@ -87,6 +87,17 @@ def running_service(config: Any, application: Any) -> Iterator[tuple[str, dict[s
         ray.shutdown()
 
 
+def check_local_model(config: Any) -> None:
+    """A local model is loaded once here, before Ray starts, so a broken one fails naming its file and what is
+    wrong: the service itself tells clients only that the load failed (the details go to its log)."""
+    from convfm.store import storage
+    from convfm.store.artifacts import load_model_dir
+    from convfm.store.registry import locate
+
+    if not storage.is_uri(config.model):
+        load_model_dir(locate(config.model, config.model_version))
+
+
 def run(args: argparse.Namespace) -> int:
     config = serve_config(args)
     import ray
@@ -94,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from serve.app import build_app
 
     application = build_app(config)  # checks the model path before starting anything
+    check_local_model(config)
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,  # never a
              configure_logging=False)  # cluster an earlier `ray start` recorded: Serve and Ray stop with this command
     previous = signal.getsignal(signal.SIGTERM)

@@ -1,6 +1,6 @@
-"""Broken model artifacts are refused with a clear error, by ``convfm evaluate --model`` and by the serving
-scorer (``ModelSlot``: first load -> 503 "failed"; reload -> the old version keeps serving); loading never
-unpickles anything.
+"""Broken model artifacts are refused with a clear error, by ``convfm evaluate --model``, by ``convfm serve``
+(before Ray starts) and by the serving scorer (``ModelSlot``: first load -> 503 "failed"; reload -> the old
+version keeps serving); loading never unpickles anything.
 
 The "hard" cases re-hash the manifest after breaking a file, so only the check named in the case can catch
 them: a crafted pickle in weights.pt, truncated weights, another extractor format_version, a pickled object
@@ -125,6 +125,8 @@ def evaluated(broken, tiny, cli_runner, tmp_path_factory):
     cases = [{"id": case, "cwd": str(work), "argv": ["evaluate", "--model", str(model), "--data", str(tiny.market),
                                                      "--out", str(work / f"{case}.json")]}
              for case, model in models.items()]
+    cases += [{"id": f"serve:{case}", "cwd": str(work), "argv": ["serve", "--model", str(model)]}
+              for case, model in models.items()]  # the child's ray.init raises: Ray must not start
     return work, cli_runner(cases, work)
 
 
@@ -133,6 +135,12 @@ def test_evaluate_refuses_a_broken_model(evaluated, one_line_error, case):
     work, results = evaluated
     one_line_error(results[case], "evaluate", [CASES[case][1] if case in CASES else DANGLING])
     assert not (work / f"{case}.json").exists()
+
+
+@pytest.mark.parametrize("case", [*CASES, "dangling"])
+def test_serve_refuses_a_broken_local_model_before_ray_starts(evaluated, one_line_error, case):
+    _, results = evaluated
+    one_line_error(results[f"serve:{case}"], "serve", [CASES[case][1] if case in CASES else DANGLING])
 
 
 @pytest.mark.parametrize("case", list(CASES))
