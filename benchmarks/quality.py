@@ -1,7 +1,7 @@
 """Model quality on the synthetic market beside every baseline (popularity, recent popularity, newest first and
 the oracle: the generator's true probabilities): the README's quality table.
 
-Trains the default ConvFM in-process (no Ray) with early stopping on validation AUC, then evaluates the best
+Trains the default ConvFM in-process (no Ray) with early stopping as configured (TrainConfig), then evaluates the kept
 epoch on the test split under the live protocol (each positive against every job live at its time that the user
 never interacted with, at most ``--max-events`` positives) and, for comparison, the sampled protocol (each user's
 last positive against ``--negatives`` sampled unseen jobs). Each table is headed by its protocol line.
@@ -86,12 +86,13 @@ def main() -> None:
                                                     protocol=protocol, max_events=args.max_events)
                            for protocol in protocols}
             reports[name] = by_protocol["live"]
-            best = max(history_log, key=lambda r: r["val_roc_auc"])
+            best = history_log[int(history_log[-1]["best_epoch"])]  # the epoch fit_in_process kept
             print(f"\n{name}: {args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed "
                   f"{args.seed}; default model; history_length {config.history_length}, recency {config.recency}, "
                   f"negative_ratio {config.negative_ratio}; batch {train.batch_size}, learning rate "
                   f"{train.learning_rate:g}; {len(history_log)} epochs in {seconds:.0f}s, best epoch "
-                  f"{int(best['epoch']) + 1} (val AUC {best['val_roc_auc']:.4f}); split {args.split}, examples "
+                  f"{int(best['epoch']) + 1} by validation {train.early_stopping_metric} (val AUC "
+                  f"{best['val_roc_auc']:.4f}, log loss {best['val_log_loss']:.4f}); split {args.split}, examples "
                   f"{data.summary()}; test split", flush=True)
             for report in by_protocol.values():
                 print(f"\n{format_report(report)}", flush=True)

@@ -71,6 +71,9 @@ class ModelConfig(BaseConfig):
     dropout_rate: float = 0.2
     hidden_dims: tuple[int, ...] = (128, 64, 32)
     sparse_embeddings: bool = False
+    # Training only: each user id, job id and history job id reads the unknown id's row with this probability,
+    # so the model learns to score the ids it has never seen (most users and jobs of a later period)
+    id_dropout: float = 0.5
 
     def __post_init__(self) -> None:
         check_int(self.embedding_dim, "embedding_dim", 1, 1024)
@@ -79,6 +82,7 @@ class ModelConfig(BaseConfig):
         check_number(self.dropout_rate, "dropout_rate", 0, 1, high_open=True)
         object.__setattr__(self, "hidden_dims", check_int_list(self.hidden_dims, "hidden_dims", 1, 8192))
         check_bool(self.sparse_embeddings, "sparse_embeddings")
+        check_number(self.id_dropout, "id_dropout", 0, 1, high_open=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@ statistics are fitted (training data only)."""
 from __future__ import annotations
 
 from itertools import chain
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import pandas as pd
@@ -59,16 +59,28 @@ def salary_features(df: pd.DataFrame, stats: dict[str, list[float]]) -> np.ndarr
     return np.concatenate([scaled, missing.any(axis=1, keepdims=True)], axis=1).astype(np.float32)
 
 
+def _trained(ids: Iterable[str], interactions_df: Optional[pd.DataFrame], column: str) -> Iterable[str]:
+    """``ids`` that occur in ``interactions_df[column]``; all of them without interactions."""
+    if interactions_df is None:
+        return ids
+    seen = set(column_strings(interactions_df, column).tolist())
+    return (i for i in ids if i in seen)
+
+
 def fit_vocabularies(
     jobs_df: pd.DataFrame, interactions_df: Optional[pd.DataFrame], users_df: Optional[pd.DataFrame],
     text_skills: bool, min_freq: int,
 ) -> dict[str, Vocabulary]:
-    """Every vocabulary of the job market's fields (see ``JobFeatureExtractor``), from training data."""
+    """Every vocabulary of the job market's fields (see ``JobFeatureExtractor``), from training data.
+
+    With ``interactions_df``, the id vocabularies hold only the ids that have a training example: any other
+    id's row would never be trained, so it reads the unknown row, which ``ModelConfig.id_dropout`` trains."""
     users = users_df if users_df is not None else pd.DataFrame()
     vocabs = {
-        "user": Vocabulary.build(chain(column_strings(users_df, "user_id"),
-                                       column_strings(interactions_df, "user_id"))),
-        "job": Vocabulary.build(column_strings(jobs_df, "job_id")),
+        "user": Vocabulary.build(_trained(chain(column_strings(users_df, "user_id"),
+                                                column_strings(interactions_df, "user_id")),
+                                          interactions_df, "user_id")),
+        "job": Vocabulary.build(_trained(column_strings(jobs_df, "job_id"), interactions_df, "job_id")),
     }
     if "skills" in jobs_df.columns or "skills" in users.columns or text_skills:
         lists = split_lists(chain(column_strings(jobs_df, "skills"), column_strings(users_df, "skills")))

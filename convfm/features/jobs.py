@@ -51,8 +51,9 @@ def _times(df: pd.DataFrame, what: str) -> Optional[np.ndarray]:
 class JobFeatureExtractor:
     """Users x jobs features; see the module docstring for the catalogs and their unknown row 0.
 
-    Vocabularies: ``user``, ``job`` (every fitted id, ``min_freq`` does not apply to ids), ``skill`` (user and
-    job skills), ``location`` and ``experience_level`` (shared by both sides), ``company``, ``job_type``.
+    Vocabularies: ``user``, ``job`` (the ids with a training example, ``min_freq`` does not apply to ids),
+    ``skill`` (user and job skills), ``location`` and ``experience_level`` (shared by both sides), ``company``,
+    ``job_type``.
     Categories and skills are lower-cased with single spaces. A job's skills are its ``skills`` column then the
     known skills found in title + description; unknown skills go last and the list is cut at ``max_skills``.
     """

@@ -15,7 +15,35 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from convfm.features.fields import PAD, FeatureMap
+from convfm.features.fields import PAD, UNK, FeatureMap
+from convfm.features.job_fields import ID_FIELDS
+
+
+class IdDropout(nn.Module):
+    """Training only: each id, categorical or list entry of an id vocabulary (the vocabularies of
+    ``ID_FIELDS``: users and jobs, so also the history's jobs), reads its vocabulary's unknown row with
+    probability ``rate``. An id with no training example reads the unknown row (``fit_vocabularies``), as most
+    users and jobs of a later period do on a job board: this is what trains that row."""
+
+    def __init__(self, feature_map: FeatureMap, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+        vocabs = {f.vocab for f in feature_map.fields if f.name in ID_FIELDS and f.kind != "dense"}
+        for kind in ("categorical", "multi"):  # derived from the feature map: not saved with the weights
+            reads = [f.vocab in vocabs for f in feature_map.of_kind(kind)]
+            self.register_buffer(f"{kind}_ids", torch.tensor(reads, dtype=torch.bool), persistent=False)
+
+    def forward(self, cat: torch.Tensor, multi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cat (B, Fc), multi (B, Fm, L) local ids -> the same with dropped ids set to UNK (as is in eval)."""
+        if not self.training or self.rate == 0:
+            return cat, multi
+        return self._drop(cat, self.categorical_ids), self._drop(multi, self.multi_ids[:, None])
+
+    def _drop(self, ids: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
+        if not fields.any():  # no id field of this kind: draw nothing, so such a model trains as without it
+            return ids
+        drop = (torch.rand(ids.shape, device=ids.device) < self.rate) & fields & (ids != PAD)
+        return torch.where(drop, torch.full_like(ids, UNK), ids)
 
 
 class LookupPlan(NamedTuple):

@@ -22,7 +22,7 @@ from torch import nn
 
 from convfm.config import ModelConfig
 from convfm.features.fields import FeatureMap
-from convfm.model.embedding import FieldEmbedding, LookupPlan
+from convfm.model.embedding import FieldEmbedding, IdDropout, LookupPlan
 
 
 class FMSide(NamedTuple):
@@ -212,6 +212,7 @@ class ConvFM(nn.Module):
         self.config, self.feature_map = config, feature_map
         dim, fields = config.embedding_dim, len(feature_map.fields)
         self.register_buffer("field_order", torch.tensor(feature_map.field_axis_order(), dtype=torch.int64))
+        self.id_dropout = IdDropout(feature_map, config.id_dropout)
         self.embedding = FieldEmbedding(feature_map, dim, sparse=config.sparse_embeddings)
         self.linear = FieldEmbedding(feature_map, 1, sparse=config.sparse_embeddings)
         self.bias = nn.Parameter(torch.zeros(()))
@@ -249,7 +250,9 @@ class ConvFM(nn.Module):
 
         With ``penalty``, (logits, penalty ()): ||row||^2 summed over the embedding and first-order rows the
         batch read, / B (``convfm.model.embedding``), from this pass's lookups. Training asks for it through
-        forward, so that a DDP wrapper sees the pass and all-reduces the gradients it adds."""
+        forward, so that a DDP wrapper sees the pass and all-reduces the gradients it adds. In training mode ids
+        are dropped first (``IdDropout``)."""
+        cat, multi = self.id_dropout(cat, multi)
         plan = self.embedding.plan(cat, multi)  # both tables have the same offsets: one plan per batch
         emb, first = (part.lookup(cat, multi, dense, plan, penalty) for part in (self.embedding, self.linear))
         logits = first.fields.sum(dim=(1, 2)) + self.bias + self.interaction_terms(

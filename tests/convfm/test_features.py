@@ -91,7 +91,7 @@ def test_seed_readme_feature_extraction_example(jobs, tmp_path, monkeypatch):
     interaction_features = extractor.transform_interactions(interactions_df.iloc[:2])
     extractor.save("artifacts/feature_extractor.pkl")
     assert len(job_features) == 2 and len(interaction_features) == 2
-    assert cat_column(extractor, job_features, "job_id", "job").tolist() == [5, UNK]
+    assert cat_column(extractor, job_features, "job_id", "job").tolist() == [UNK, UNK]  # j4, j5: no example
     assert not (tmp_path / "artifacts" / "feature_extractor.pkl").exists()
     assert_tables_equal(JobFeatureExtractor.load("artifacts/feature_extractor.pkl").transform_jobs(new_jobs_df),
                         job_features)
@@ -110,6 +110,18 @@ def test_min_freq_drops_rare_values_but_never_ids(jobs, interactions, users):
     extractor = JobFeatureExtractor(history_length=0, min_freq=2, text_dim=0).fit(jobs, interactions, users)
     assert extractor.vocabs["location"].values == ["berlin", "paris"]
     assert extractor.vocabs["job"].values == ["j1", "j2", "j3", "j4", "j5"]
+
+
+def test_ids_without_a_training_example_read_the_unknown_row(jobs, users):
+    interactions = pd.DataFrame({"user_id": ["u2", "u7"], "job_id": ["j3", "j1"], "label": [1, 0]})
+    extractor = JobFeatureExtractor(history_length=0, text_dim=0).fit(jobs, interactions, users)
+    assert extractor.vocabs["user"].values == ["u2", "u7"] and extractor.vocabs["job"].values == ["j1", "j3"]
+    table = extractor.transform_jobs(jobs)
+    assert cat_column(extractor, table, "job_id", "job").tolist() == [2, UNK, 3, UNK, UNK]
+    users_table = extractor.transform_users(users)
+    assert cat_column(extractor, users_table, "user_id", "user").tolist() == [UNK, 2, UNK]
+    # without interactions to judge by, every catalog id is kept
+    assert JobFeatureExtractor(history_length=0, text_dim=0).fit(jobs).vocabs["job"].values == list(jobs["job_id"])
 
 
 def test_unknown_ids_skills_and_locations_map_to_unknown(fitted):

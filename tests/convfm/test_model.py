@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from convfm.config import ModelConfig
-from convfm.features.fields import FeatureMap, FieldSpec
+from convfm.features.fields import PAD, UNK, FeatureMap, FieldSpec
 from convfm.model.network import ConvFM, DeepHead, FieldConv, FMInteraction
 from convfm.model.optim import build_optimizer
 
@@ -269,7 +269,7 @@ def test_penalty_counts_a_row_once_per_read():
 
 def test_penalty_gradient_reaches_only_the_rows_the_batch_read():
     torch.manual_seed(0)
-    model = ConvFM(small_config(), feature_map())
+    model = ConvFM(small_config(id_dropout=0.0), feature_map())  # training mode: the ids as given
     cat, multi, dense = batch()
     model(cat, multi, dense, penalty=True)[1].backward()
     for part in (model.embedding, model.linear):
@@ -283,8 +283,8 @@ def test_penalty_gradient_reaches_only_the_rows_the_batch_read():
 
 def test_sparse_and_dense_modes_agree_on_the_penalty_and_its_gradients():
     torch.manual_seed(0)
-    dense_model = ConvFM(small_config(), feature_map())
-    sparse_model = ConvFM(small_config(sparse_embeddings=True), feature_map())
+    dense_model = ConvFM(small_config(id_dropout=0.0), feature_map())  # training mode: the ids as given
+    sparse_model = ConvFM(small_config(sparse_embeddings=True, id_dropout=0.0), feature_map())
     sparse_model.load_state_dict(dense_model.state_dict())
     cat, multi, dense = batch()
     penalties = [model(cat, multi, dense, penalty=True)[1] for model in (dense_model, sparse_model)]
@@ -318,3 +318,32 @@ def test_weight_decay_skips_exactly_the_scale_invariant_layers():
     assert [id(p) for p in exempt["params"]] == [id(p) for p in invariant] and exempt["weight_decay"] == 0.0
     assert decayed["weight_decay"] == 0.5 and len(decayed["params"]) + len(invariant) == len(list(model.parameters()))
     assert len(build_optimizer(model, 1e-2).optimizers[0].param_groups) == 1  # no decay: one group, as saved before
+
+
+def test_id_dropout_sends_ids_to_the_unknown_row_in_training_only():
+    fields = FeatureMap((
+        FieldSpec("user_id", "categorical", "user", "user", 10),
+        FieldSpec("history_jobs", "multi", "user", "job", 12, max_len=L),
+        FieldSpec("user_skills", "multi", "user", "skill", 20, max_len=L),
+        FieldSpec("job_id", "categorical", "job", "job", 12),
+        FieldSpec("company", "categorical", "job", "company", 6),
+    ))
+    model = ConvFM(small_config(id_dropout=0.3), fields)
+    cat = torch.tensor([[5, 7, 4]]).repeat(4000, 1)  # user_id, job_id, company
+    multi = torch.tensor([[9, 8, 0, 0, 0], [3, 4, 0, 0, 0]]).repeat(4000, 1, 1)  # history_jobs, user_skills
+    torch.manual_seed(0)
+    dropped_cat, dropped_multi = model.id_dropout(cat, multi)
+    for column, value in ((0, 5), (1, 7)):  # each id alone, at the rate, to UNK
+        assert set(dropped_cat[:, column].tolist()) == {value, UNK}
+        assert abs((dropped_cat[:, column] == UNK).float().mean().item() - 0.3) < 0.03
+    entries = dropped_multi[:, 0, :2]
+    assert abs((entries == UNK).float().mean().item() - 0.3) < 0.03 and set(entries.unique().tolist()) == {UNK, 8, 9}
+    assert (dropped_cat[:, 2] == 4).all() and torch.equal(dropped_multi[:, 1], multi[:, 1])  # company, skills
+    assert (dropped_multi[:, 0, 2:] == PAD).all()  # padding stays padding
+    model.eval()
+    assert all(torch.equal(a, b) for a, b in zip(model.id_dropout(cat, multi), (cat, multi)))
+    # no dropout: training draws nothing (the same random stream as a model without it)
+    plain = ConvFM(small_config(id_dropout=0.0), fields).train()
+    state = torch.get_rng_state()
+    assert all(torch.equal(a, b) for a, b in zip(plain.id_dropout(cat, multi), (cat, multi)))
+    assert torch.equal(torch.get_rng_state(), state)
