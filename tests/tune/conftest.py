@@ -24,6 +24,7 @@ TINY_SPACE: dict[str, Any] = {
     "batch_size": 256,
     "weight_decay": 0.0,
     "embedding_l2": 0.0,  # fixed, like weight_decay: more searched fields would change the proposals above
+    "id_dropout": 0.5,
     "early_stopping_metric": "log_loss",
 }
 TINY_TUNE: dict[str, Any] = {"num_samples": 4, "max_concurrent": 2, "search_alg": "optuna", "seed": 2,
