@@ -29,7 +29,7 @@ from ray.serve.handle import DeploymentHandle
 
 from convfm.errors import ArtifactError
 from convfm.store import storage
-from convfm.store.registry import VERSION_RE, locate
+from convfm.store.registry import VERSION_RE, live_location, locate
 from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, ServeConfig
 from serve.http import build_http_app, reload_outcome, unwrap, wrap
 from serve.scorer import ModelSlot, ServiceError, public_text
@@ -242,7 +242,10 @@ def build_app(config: ServeConfig) -> Any:
     logging_config = {"enable_access_log": config.access_log}
     ranker = Ranker.options(**config.ranker_options(), logging_config=logging_config).bind(
         model, version, config.max_batch_size, config.batch_wait_timeout_s, device)
-    settings = {"model": model, "model_version": version, "api_key_digest": config.api_key_digest(),
+    live = config.live_store or live_location(model)
+    live = str(live) if storage.is_uri(live) else str(Path(live).expanduser().absolute())
+    settings = {"model": model, "model_version": version, "live_store": live,
+                "api_key_digest": config.api_key_digest(),
                 "auth_all_endpoints": config.auth_all_endpoints, "max_body_bytes": config.max_body_bytes,
                 "request_timeout_s": config.request_timeout_s, "allowed_hosts": config.trusted_hosts()}
     # The ingress only forwards: let it hold as many requests as the Rankers can batch.

@@ -54,6 +54,8 @@ class ServeConfig(BaseConfig):
     # Host header names served (DNS rebinding: a web page must not read a loopback service through its own
     # domain); the bound ``host`` is added unless it is 0.0.0.0 or ::. "*" turns the check off.
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    # Live catalog and event log (path or URI); None: ``live/`` in the model's registry entry (live_location).
+    live_store: Optional[str] = None
 
     def __post_init__(self) -> None:
         check_text(self.model, "model", "a non-empty path or URI")
@@ -86,6 +88,8 @@ class ServeConfig(BaseConfig):
                 and all(isinstance(h, str) and bool(_HOST_NAME.match(h)) for h in self.allowed_hosts),
                 "allowed_hosts", "must be a non-empty list of host names without port (lower case; '*', "
                 f"'*.example.com', an IP, '[::1]'), got {self.allowed_hosts!r}")
+        require(self.live_store is None or (isinstance(self.live_store, str) and bool(self.live_store.strip())),
+                "live_store", f"must be a non-empty path or URI, or null, got {self.live_store!r}")
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any], source: str = "serve args") -> "ServeConfig":

@@ -118,6 +118,21 @@ def locate(path: str | Path, version: Optional[str] = None) -> str | Path:
     return path
 
 
+LIVE = "live"  # the live catalog and the event log of a registry entry: ``ROOT/<name>/live/``
+
+
+def live_location(path: str | Path) -> str | Path:
+    """Where the service keeps what changes between model versions (live catalog, event log) for the model at
+    ``path``: ``live/`` in its registry entry (``path`` is the entry or one of its versions), shared by every
+    version so a traffic split and a promotion see the same state; beside a plain model directory,
+    ``<dir>.live`` (inside it, the manifest check would refuse the model)."""
+    if storage.is_file(storage.join(path, LATEST)):
+        return storage.join(path, LIVE)
+    if VERSION_RE.match(storage.name(path)):
+        return storage.join(storage.parent(path), LIVE)
+    return storage.join(storage.parent(path), storage.name(path) + ".live")
+
+
 def _version_of(path: str | Path, version: str) -> str | Path:
     if not isinstance(version, str) or not VERSION_RE.match(version):
         raise ArtifactError(f"version {version!r}: must look like v0001")

@@ -12,7 +12,7 @@ from convfm.config import DataConfig, ModelConfig
 from convfm.errors import ArtifactError
 from convfm.model.network import ConvFM
 from convfm.data.prepare import prepare_data
-from convfm.store.registry import publish, resolve, versions
+from convfm.store.registry import live_location, publish, resolve, versions
 from convfm.training.epoch import predict_proba
 
 
@@ -157,6 +157,14 @@ def test_registry_publishes_versions_and_latest(saved, tmp_path):
     assert versions(tmp_path / "models" / "jobs") == ["v0001", "v0002"]
     assert resolve(tmp_path / "models" / "jobs") == second
     assert load_model_dir(resolve(tmp_path / "models" / "jobs")).metrics == {"val_roc_auc": 0.5}
+
+
+def test_live_state_sits_in_the_registry_entry_for_every_version(saved, tmp_path):
+    _, _, out = saved
+    first = publish(out, tmp_path / "models", "jobs")
+    entry = tmp_path / "models" / "jobs"
+    assert live_location(entry) == live_location(first) == entry / "live"
+    assert live_location(out) == out.parent / f"{out.name}.live"  # never inside a model directory
 
 
 def test_registry_refuses_dangling_latest_and_partial_models(saved, tmp_path):
