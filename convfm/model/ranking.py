@@ -272,9 +272,10 @@ class CatalogRanker:
 
     @functools.cached_property
     def _constant_static(self) -> np.ndarray:
-        """(Fs,) bool per static job field (the first Fs, those of ``self.jobs``): one value over rows 1..N-1."""
+        """(Fs,) bool per static job field (the first Fs, those of ``self.jobs``): one value over rows 1..N-1.
+        Cached: a ranker holds one catalog."""
         fields = self.job_map.fields[: self.fj - (0 if self.recency is None else self.recency.table.cat.shape[1])]
-        catalog = self.jobs.take(np.arange(1, self.n_jobs))
+        catalog = EncodedTable(self.jobs.cat[1:], self.jobs.multi[1:], self.jobs.dense[1:])  # views, no copy
         return np.array([(v == v[:1]).all() for v in _per_field(catalog, fields, self._layout["job"][0])],
                         dtype=bool)
 
