@@ -121,7 +121,7 @@ def test_cli_serve_and_recommend_arguments(tmp_path):
     assert (config.model, config.replicas, config.api_key_env, config.auth_all_endpoints) == ("models/x", "auto", "K", True)
     args = parser.parse_args(["recommend", "--skills", "python, sql", "--location", "Berlin", "-k", "3",
                               "--job-type", "contract"])
-    assert request_body(args) == {"k": 3, "exclude_seen": True, "filters": {"job_type": "contract"},
+    assert request_body(args) == {"k": 3, "exclude_seen": True, "explain": True, "filters": {"job_type": "contract"},
                                   "profile": {"skills": ["python", "sql"], "location": "Berlin"}}
     table = format_table({"model_version": "v0001", "fallback": "popular", "items": [
         {"job_id": "j1", "title": "Data Engineer", "company": "Acme", "location": "Remote", "score": 0.91,
