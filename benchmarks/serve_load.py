@@ -241,7 +241,7 @@ def catalog_timing(model_path: str, n_jobs: int, repeats: int) -> dict[str, floa
     scorer = Scorer.load(resolve(model_path))
     extractor, model = scorer.extractor, scorer.ranker.model
     rows = np.random.default_rng(0).integers(1, len(extractor.job_catalog), size=n_jobs)
-    jobs = extractor.job_catalog.take(np.concatenate([[0], rows]))
+    jobs = scorer.ranker.job_table(np.concatenate([[0], rows]))  # every job-side field, recency now included
     started = time.perf_counter()
     ranker = CatalogRanker(model, extractor, jobs=jobs)
     precompute = time.perf_counter() - started

@@ -24,9 +24,9 @@ def to_plain(document: Any) -> Any:
 
 
 def write_json_atomic(path: str | Path, document: Mapping[str, Any]) -> None:
-    """An interrupted writer never leaves half a file: ``storage.write_text`` (a temp file beside ``path``,
-    then a rename)."""
-    storage.write_text(Path(path), json.dumps(dict(document), indent=2, default=_json_default) + "\n")
+    """An interrupted writer never leaves half a file: ``storage.write_text`` (locally a temp file beside
+    ``path``, then a rename; on an object store one PUT)."""
+    storage.write_text(path, json.dumps(dict(document), indent=2, default=_json_default) + "\n")
 
 
 def read_json(path: str | Path, what: str, error: Type[ConvFMError] = ConfigError) -> dict[str, Any]:

@@ -11,7 +11,6 @@ the current one serving and is reported.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import math
 import re
@@ -30,7 +29,7 @@ from convfm.features.base import concat_rows
 from convfm.features.context import now_micros
 from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
-from convfm.store.registry import VERSION_RE, resolve as resolve_model
+from convfm.store.registry import model_identity, resolve as resolve_model
 from convfm.store.serving_data import DISPLAY_COLUMNS, SERVING_NAME, ServingData
 from convfm.store.storage import is_uri
 from convfm.features.text import clean_value
@@ -81,14 +80,6 @@ def public_text(text: str) -> str:
         return ("/".join(parts[-2:]) or "(location)") + end
 
     return _LOCATION.sub(cut, text)
-
-
-def model_identity(path: Path) -> tuple[str, str]:
-    """(name, version): registry layout ``NAME/vNNNN``, else the directory name and a manifest hash."""
-    if VERSION_RE.match(path.name):
-        return path.parent.name, path.name
-    digest = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()[:12]
-    return path.name, f"sha-{digest}"
 
 
 class Scorer:

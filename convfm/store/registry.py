@@ -16,6 +16,7 @@ leaves ``latest`` naming a partial model.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -131,6 +132,15 @@ def live_location(path: str | Path) -> str | Path:
     if VERSION_RE.match(storage.name(path)):
         return storage.join(storage.parent(path), LIVE)
     return storage.join(storage.parent(path), storage.name(path) + ".live")
+
+
+def model_identity(path: Path) -> tuple[str, str]:
+    """(name, version) of a local model directory: registry layout ``NAME/vNNNN``, else the directory name and
+    a hash of its manifest (what responses and batch outputs record as the model version)."""
+    if VERSION_RE.match(path.name):
+        return path.parent.name, path.name
+    digest = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()[:12]
+    return path.name, f"sha-{digest}"
 
 
 def _version_of(path: str | Path, version: str) -> str | Path:

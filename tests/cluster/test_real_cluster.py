@@ -9,7 +9,8 @@ second node with 1 CPU; every process runs with the documented token setup (``RA
 ``~/.ray/auth_token`` from ``ray get-auth-token --generate``).
 
 One module-scoped cluster, the tests in the order a user works: data and a training run spread over both
-nodes (whose second node is lost mid-run), evaluation, a search, the manifests' entrypoints, the service.
+nodes (whose second node is lost mid-run), evaluation, a search, batch recommendations, the manifests'
+entrypoints, the service.
 """
 from __future__ import annotations
 
@@ -148,6 +149,16 @@ def tuned(cluster: RealCluster, market: Path) -> Path:
 def test_tune_job_publishes_to_the_shared_registry(tuned: Path) -> None:
     assert (tuned / "latest").read_text().strip() == "v0001"
     assert (tuned / "v0001" / "manifest.json").is_file()
+
+
+def test_batch_recommendations_job_writes_every_users_top_k(cluster: RealCluster, tuned: Path, market: Path) -> None:
+    command = adapt(documented(r"^ray job submit .* convfm recommend-batch "), cluster.shared, k=5)
+    out = Path(command[command.index("--out") + 1])
+    cluster.run(command, timeout=JOB_TIMEOUT)
+    summary = read_json(out / "_SUCCESS.json", "the batch summary")
+    users = sum(1 for _ in csv.DictReader(open(market / "users.csv")))
+    assert summary["users"] == summary["users_with_rows"] == users and summary["workers"] == 2, summary
+    assert summary["rows"] == 5 * users and summary["model_version"] == "v0001", summary
 
 
 def rayjob_entrypoint(manifest: str, shared: Path, **flags: Any) -> list[str]:

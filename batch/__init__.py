@@ -1,0 +1,1 @@
+"""Offline jobs on Ray Data (``convfm recommend-batch``)."""

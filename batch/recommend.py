@@ -1,0 +1,139 @@
+"""`convfm recommend-batch` on Ray Data: each user's top-k jobs for a dataset of users, written as Parquet.
+
+    read_parquet(users, columns=[user_id]) (or a .csv) -> map_batches(Recommender actors, one BatchRanker each)
+    -> write_parquet
+
+Bad input fails before any work: every Parquet file's schema is read first (a file without ``user_id``, or with
+user ids that are neither strings nor integers, is named), and the model is loaded once on the driver.
+The output is complete or absent: ``_SUCCESS.json`` (counts, model version, time) is written after every data
+file; a local output is written to a staging folder beside ``out`` and renamed into place at the end, so a
+killed run leaves only a ``.NAME.staging-*`` folder.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+
+from convfm.errors import ConfigError
+from convfm.jsonfile import write_json_atomic
+from convfm.model.batch_ranking import BatchRanker
+from convfm.store import storage
+from convfm.store.registry import locate, model_identity, resolve
+
+SUCCESS = "_SUCCESS.json"
+
+
+def users_format(users: str) -> str:
+    """"csv" for a path ending in .csv (e.g. a synthetic market's users.csv), else "parquet" (a file or folder)."""
+    return "csv" if str(users).split("?", 1)[0].endswith(".csv") else "parquet"
+
+
+def check_users(users: str) -> int:
+    """Rows of the users dataset; ConfigError naming the file and column if a file cannot feed the run."""
+    kind = users_format(users)
+    try:
+        dataset = pads.dataset(users, format=kind)
+        files = list(dataset.files)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ConfigError(f"--users {users}: not a readable {kind} file or folder ({exc})") from None
+    if not files:
+        raise ConfigError(f"--users {users}: no {kind} files")
+    rows = 0
+    for file in files:
+        try:
+            part = pads.dataset(file, format=kind, filesystem=dataset.filesystem)
+            schema = part.schema
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ConfigError(f"{file}: not a readable {kind} file ({exc})") from None
+        if "user_id" not in schema.names:
+            raise ConfigError(f"{file}: column 'user_id' is missing (columns: {', '.join(schema.names) or 'none'})")
+        id_type = schema.field("user_id").type
+        if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type) or pa.types.is_integer(id_type)):
+            raise ConfigError(f"{file}: column 'user_id' has type {id_type}; user ids are strings or integers")
+        rows += part.count_rows()
+    return rows
+
+
+class Recommender:
+    """A Ray Data actor: loads the model once, then ranks each batch of users."""
+
+    def __init__(self, model: str, at: int, k: int, exclude_seen: bool) -> None:
+        self.ranker = BatchRanker.load(resolve(model), at)
+        self.k, self.exclude_seen = k, exclude_seen
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        ids = batch["user_id"]
+        if ids.isna().any():
+            raise ValueError(f"user_id: {int(ids.isna().sum())} empty value(s) in the users dataset")
+        users = [str(u) for u in ids.tolist()]  # 12 and "12" are the same id, as everywhere in convfm
+        return self.ranker.recommend(users, self.k, self.exclude_seen)
+
+
+def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool = True,
+                    at: Optional[int] = None, workers: Optional[int] = None, batch_size: int = 512,
+                    version: Optional[str] = None, address: Optional[str] = None) -> dict[str, Any]:
+    """Check the inputs, then start or join Ray (``train.cluster.init_ray``) and run; returns the
+    ``_SUCCESS.json`` document."""
+    import ray
+
+    import batch as batch_package
+    from train.cluster import init_ray
+
+    n_users = check_users(users)
+    if storage.exists(out):
+        raise ConfigError(f"--out {out}: already exists; choose a new folder (outputs are never overwritten)")
+    located = locate(model, version)  # pinned: actors started later load this version, not a newer latest
+    probe = BatchRanker.load(resolve(located), at)  # a broken model fails here, in one line
+    at = probe.at
+    del probe
+    init_ray(address, quiet=True, packages=[batch_package])
+    if workers is None:
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+    target = out if storage.is_uri(out) else str(_staging(Path(out)))
+    started = time.perf_counter()
+    if users_format(users) == "csv":
+        source = ray.data.read_csv(users, convert_options=pacsv.ConvertOptions(
+            include_columns=["user_id"], column_types={"user_id": pa.string()}))
+    else:
+        source = ray.data.read_parquet(users, columns=["user_id"])
+    source.map_batches(
+        Recommender, fn_constructor_kwargs={"model": str(located), "at": at, "k": k, "exclude_seen": exclude_seen},
+        batch_size=batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
+    ).write_parquet(target)
+    seconds = time.perf_counter() - started
+    written = pads.dataset(target, format="parquet")
+    table = written.to_table(columns=["user_id"])
+    summary = {"users": n_users, "users_with_rows": len(pa.compute.unique(table["user_id"])),
+               "rows": written.count_rows(), "k": k, "exclude_seen": exclude_seen, "at": at,
+               "model": str(located), "model_version": model_identity(resolve(located))[1], "catalog_version": 0,
+               "workers": workers, "seconds": round(seconds, 3),
+               "users_per_s_per_worker": round(n_users / max(seconds, 1e-9) / workers, 2)}
+    write_json_atomic(storage.join(target, SUCCESS), summary)
+    if not storage.is_uri(out):
+        Path(target).rename(out)
+    return summary
+
+
+def _staging(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
+
+
+def parse_time(text: Optional[str]) -> Optional[int]:
+    """``--at`` (ISO-8601 date or time, UTC when no zone is given) -> int64 microseconds; None: now."""
+    if text is None:
+        return None
+    try:
+        stamp = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        raise ConfigError(f"--at {text!r}: not a date or time (e.g. 2026-12-01 or 2026-12-01T08:00)") from None
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return int(np.int64(stamp.value // 1000))

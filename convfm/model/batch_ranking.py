@@ -1,0 +1,107 @@
+"""Top-k jobs for many users at once, offline (the daily "jobs for you" email): ``CatalogRanker``'s fast path
+over blocks of users, with each user's seen jobs and the jobs not live at the run's time left out.
+
+Pure torch/pandas, so it is tested alone; ``batch/recommend.py`` runs it in Ray Data actors, one model per actor.
+The served catalog is the model's own (``catalog_version`` 0): live catalog changes are not applied here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from convfm.data.liveness import ALWAYS
+from convfm.errors import ArtifactError
+from convfm.model.ranking import CatalogRanker
+from convfm.store.artifacts import LoadedModel, load_model_dir
+from convfm.store.registry import model_identity
+from convfm.store.serving_data import SERVING_NAME, ServingData
+
+OUTPUT_COLUMNS = ("user_id", "rank", "job_id", "score", "source", "model_version", "catalog_version")
+USERS_PER_BLOCK = 256  # a (256, 100k) float block is ~100 MB
+
+
+class BatchRanker:
+    """One loaded model and the exclusions of a batch run at time ``at`` (int64 microseconds; default now)."""
+
+    def __init__(self, loaded: LoadedModel, serving: ServingData, at: Optional[int] = None) -> None:
+        extractor = loaded.extractor
+        if getattr(extractor, "kind", None) != "jobs" or extractor.job_catalog is None:
+            raise ArtifactError(f"{loaded.path}: batch recommendations need a job-market model (JobFeatureExtractor)")
+        self.extractor = extractor
+        self.ranker = CatalogRanker(loaded.model, extractor, time=at)
+        self.at = self.ranker.time
+        self.model_version = model_identity(Path(loaded.path))[1]
+        self.job_ids = np.array(extractor.job_ids, dtype=object)  # (N,), aligned with the ranker's rows
+        self.live = self._live_rows()
+        rows = extractor.job_rows
+        self.seen = {user: np.array([rows[j] for j in jobs if j in rows], dtype=np.int64)
+                     for user, jobs in serving.seen.items()}
+        self.popular = (serving.popularity.score(self.job_ids).astype(np.float64)
+                        if serving.popularity is not None else None)
+
+    @classmethod
+    def load(cls, path: str | Path, at: Optional[int] = None) -> "BatchRanker":
+        """A local model directory (ArtifactError if anything is missing or inconsistent)."""
+        loaded = load_model_dir(path)
+        payload = loaded.extra.get(SERVING_NAME)
+        serving = ServingData.empty() if payload is None else ServingData.from_payload(
+            payload, str(Path(path) / f"{SERVING_NAME}.json"))
+        return cls(loaded, serving, at)
+
+    def _live_rows(self) -> np.ndarray:
+        """(N,) bool: catalog rows live at ``at`` (posted, not expired); row 0, the unknown job, never."""
+        recency = self.ranker.recency
+        live = np.ones(self.ranker.n_jobs, dtype=bool)
+        if recency is not None:
+            live = ((recency.posted == ALWAYS) | (recency.posted <= self.at)) & (self.at < recency.expires)
+        live[0] = False
+        return live
+
+    def recommend(self, user_ids: Sequence[str], k: int, exclude_seen: bool = True) -> pd.DataFrame:
+        """OUTPUT_COLUMNS rows, k per user (fewer when fewer jobs are left), best first. Known users are ranked
+        by the model (``source`` "model", score a probability); unknown ones get the training split's popular
+        jobs (``source`` "popular"), or no rows when the model has no popularity data."""
+        ids = np.array([str(u) for u in user_ids], dtype=object)
+        known = np.array([u in self.extractor.user_rows for u in ids], dtype=bool)
+        frames = [self._ranked(ids[known][a : a + USERS_PER_BLOCK], k, exclude_seen)
+                  for a in range(0, int(known.sum()), USERS_PER_BLOCK)]
+        if (~known).any() and self.popular is not None:
+            frames.append(self._popular(ids[~known], k))
+        frames = [f for f in frames if len(f)]
+        out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+            {c: pd.Series(dtype=t) for c, t in zip(OUTPUT_COLUMNS, (object, np.int64, object, np.float64, object,
+                                                                     object, np.int64))})
+        out["model_version"], out["catalog_version"] = self.model_version, 0
+        return out[list(OUTPUT_COLUMNS)]
+
+    def _ranked(self, ids: np.ndarray, k: int, exclude_seen: bool) -> pd.DataFrame:
+        extractor = self.extractor
+        static = extractor.user_catalog.take(np.array([extractor.user_rows[u] for u in ids], dtype=np.int64))
+        users = extractor.user_side(static, ids, times=np.full(len(ids), self.at, dtype=np.int64))  # history < at
+        logits = self.ranker.score_all(users)  # (U, N), job ages at self.at
+        blocked = np.repeat(~self.live[None], len(ids), axis=0)  # (U, N)
+        if exclude_seen:
+            for u, user in enumerate(ids):
+                blocked[u, self.seen.get(user, ())] = True
+        logits = logits.masked_fill(torch.as_tensor(blocked, device=logits.device), -torch.inf)
+        values, rows = torch.topk(logits, min(k, logits.shape[1]), dim=1)  # (U, k)
+        keep = torch.isfinite(values).cpu().numpy()
+        ranks = np.broadcast_to(np.arange(1, values.shape[1] + 1), keep.shape)
+        users = np.broadcast_to(ids[:, None], keep.shape)
+        return pd.DataFrame({"user_id": users[keep], "rank": ranks[keep].astype(np.int64),
+                             "job_id": self.job_ids[rows.cpu().numpy()[keep]],
+                             "score": torch.sigmoid(values).cpu().numpy()[keep].astype(np.float64),
+                             "source": "model"})
+
+    def _popular(self, ids: np.ndarray, k: int) -> pd.DataFrame:
+        scores = np.where(self.live, self.popular, -np.inf)
+        order = np.argsort(-scores, kind="stable")[:k]
+        order = order[np.isfinite(scores[order])]
+        return pd.DataFrame({"user_id": np.repeat(ids, len(order)),
+                             "rank": np.tile(np.arange(1, len(order) + 1, dtype=np.int64), len(ids)),
+                             "job_id": np.tile(self.job_ids[order], len(ids)),
+                             "score": np.tile(scores[order], len(ids)), "source": "popular"})

@@ -1,0 +1,71 @@
+"""`convfm recommend-batch` on the session's Ray: Ray Data actors write every user's top-k as Parquet; bad input
+fails before any work, naming the file and column; a failed run leaves nothing that looks complete."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from convfm.cli.main import main
+from convfm.model.batch_ranking import BatchRanker
+from convfm.store.registry import resolve
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def at(tiny) -> str:
+    """The newest posting time as ISO text (the synthetic jobs have all expired by now)."""
+    posted = BatchRanker.load(resolve(tiny.entry)).ranker.recency.posted.max()
+    return pd.Timestamp(int(posted), unit="us").isoformat()
+
+
+def users_file(path, ids) -> str:
+    pd.DataFrame({"user_id": ids}).to_parquet(path)
+    return str(path)
+
+
+def test_every_user_gets_k_jobs_written_as_parquet_with_a_success_marker(ray_local, tiny, tmp_path, at, capsys):
+    ids = tiny.data.extractor.user_ids[1:121] + ["nobody"]
+    users = users_file(tmp_path / "users.parquet", ids)
+    code = main(["recommend-batch", "--model", str(tiny.entry), "--users", users, "-k", "5", "--out",
+                 str(tmp_path / "recs"), "--at", at, "--workers", "1", "--batch-size", "50"])
+    assert code == 0, capsys.readouterr().err
+    out = pd.read_parquet(tmp_path / "recs")
+    assert out["user_id"].nunique() == len(ids) and (out.groupby("user_id").size() == 5).all()
+    assert set(out["source"]) == {"model", "popular"} and set(out["model_version"]) == {"v0001"}
+    summary = json.loads((tmp_path / "recs" / "_SUCCESS.json").read_text())
+    assert (summary["users"], summary["rows"], summary["workers"]) == (len(ids), 5 * len(ids), 1)
+    assert not list(tmp_path.glob(".recs.staging-*"))
+    expected = BatchRanker.load(resolve(tiny.entry), at=summary["at"]).recommend(ids[:3], k=5)
+    got = out.set_index(["user_id", "rank"]).loc[expected.set_index(["user_id", "rank"]).index]
+    assert got["job_id"].tolist() == expected["job_id"].tolist()
+    assert "users/s per worker" in capsys.readouterr().out
+
+
+def test_a_file_without_user_ids_fails_before_any_work_naming_file_and_column(ray_local, tiny, tmp_path):
+    folder = tmp_path / "users"
+    folder.mkdir()
+    users_file(folder / "a.parquet", ["u000001"])
+    pd.DataFrame({"uid": ["u000002"]}).to_parquet(folder / "b.parquet")
+    with pytest.raises(Exception) as caught:
+        main(["--debug", "recommend-batch", "--model", str(tiny.entry), "--users", str(folder), "--out",
+              str(tmp_path / "recs")])
+    assert "b.parquet: column 'user_id' is missing (columns: uid)" in str(caught.value)
+    pd.DataFrame({"user_id": [1.5]}).to_parquet(folder / "b.parquet")
+    assert main(["recommend-batch", "--model", str(tiny.entry), "--users", str(folder), "--out",
+                 str(tmp_path / "recs")]) == 2
+    assert not (tmp_path / "recs").exists() and not list(tmp_path.glob(".recs.staging-*"))
+
+
+def test_a_run_that_fails_midway_leaves_no_output_that_looks_complete(ray_local, tiny, tmp_path, at):
+    users = users_file(tmp_path / "users.parquet", ["u000001", None, "u000003"])
+    with pytest.raises(Exception, match="user_id: 1 empty value"):
+        main(["--debug", "recommend-batch", "--model", str(tiny.entry), "--users", users, "--out",
+              str(tmp_path / "recs"), "--at", at, "--workers", "1"])
+    assert not (tmp_path / "recs").exists()
+    assert all(not (staging / "_SUCCESS.json").exists() for staging in tmp_path.glob(".recs.staging-*"))
+    (tmp_path / "taken").mkdir()
+    assert main(["recommend-batch", "--model", str(tiny.entry), "--users", users, "--out",
+                 str(tmp_path / "taken")]) == 2

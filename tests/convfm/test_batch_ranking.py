@@ -1,0 +1,63 @@
+"""BatchRanker: many users' top-k in blocks equals the fast path per user, without seen or non-live jobs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from convfm.model.batch_ranking import OUTPUT_COLUMNS, BatchRanker
+from convfm.store.registry import resolve
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def batch(tiny):
+    """Ranked at the newest posting: the synthetic market's jobs have all expired by now."""
+    now = BatchRanker.load(resolve(tiny.entry))
+    assert not now.live.any()
+    return BatchRanker.load(resolve(tiny.entry), at=int(now.ranker.recency.posted.max()))
+
+
+def test_top_k_per_user_equals_the_fast_path_without_seen_or_expired_jobs(batch):
+    extractor, ranker = batch.extractor, batch.ranker
+    users = extractor.user_ids[1:41]
+    out = batch.recommend(users, k=7)
+    assert 50 < batch.live.sum() < len(batch.live) - 1
+    assert list(out.columns) == list(OUTPUT_COLUMNS) and set(out["source"]) == {"model"}
+    assert (out.groupby("user_id").size() == 7).all() and out["user_id"].nunique() == 40
+    assert set(out["model_version"]) == {"v0001"} and set(out["catalog_version"]) == {0}
+    for user, rows in list(out.groupby("user_id", sort=False))[:5]:
+        static = extractor.user_catalog.take([extractor.user_rows[user]])
+        logits = ranker.score_all(extractor.user_side(static, np.array([user]), times=np.array([batch.at])))[0]
+        seen = batch.seen.get(user, np.zeros(0, np.int64))
+        expected, values = ranker.top_k(static, 7, seen, batch.live, scores=logits)
+        assert rows["job_id"].tolist() == [extractor.job_ids[r] for r in expected]
+        np.testing.assert_allclose(rows["score"], torch.sigmoid(torch.as_tensor(values)).numpy(), rtol=1e-5)
+        assert rows["rank"].tolist() == list(range(1, 8))
+    seen_pairs = {(u, extractor.job_ids[r]) for u in users for r in batch.seen.get(u, [])}
+    assert not seen_pairs & set(zip(out["user_id"], out["job_id"]))
+    live_ids = {extractor.job_ids[r] for r in np.flatnonzero(batch.live)}
+    assert set(out["job_id"]) <= live_ids
+
+
+def test_a_past_time_leaves_out_jobs_posted_after_it(tiny, batch):
+    recency = batch.ranker.recency
+    assert recency is not None, "the test market has posting times"
+    posted = recency.posted[1:]
+    middle = int(np.median(posted))
+    past = BatchRanker.load(resolve(tiny.entry), at=middle)
+    later = {batch.extractor.job_ids[r] for r in np.flatnonzero(recency.posted > middle)}
+    assert later and not past.live[np.flatnonzero(recency.posted > middle)].any()
+    out = past.recommend(batch.extractor.user_ids[1:21], k=10, exclude_seen=False)
+    assert len(out) and not set(out["job_id"]) & later
+
+
+def test_unknown_users_get_popular_jobs_and_seen_jobs_stay_with_include_seen(batch):
+    out = batch.recommend(["nobody-1", "nobody-2"], k=5)
+    assert set(out["source"]) == {"popular"} and (out.groupby("user_id").size() == 5).all()
+    assert out[out.user_id == "nobody-1"]["job_id"].tolist() == out[out.user_id == "nobody-2"]["job_id"].tolist()
+    user = next(u for u in batch.extractor.user_ids[1:] if len(batch.seen.get(u, ())))
+    kept = batch.recommend([user], k=batch.ranker.n_jobs, exclude_seen=False)
+    assert {batch.extractor.job_ids[r] for r in batch.seen[user] if batch.live[r]} <= set(kept["job_id"])
+    assert batch.recommend([], k=5).empty
