@@ -32,6 +32,7 @@ import pandas as pd
 
 from convfm.config import EVENTS
 from convfm.errors import DataValidationError
+from convfm.jsonfile import parse_json
 from convfm.store import storage
 
 EVENTS_DIR = "events"
@@ -104,12 +105,7 @@ def read_segment(root: str | Path, name: str) -> list[dict[str, Any]]:
 
 def check_record(line: str, where: str) -> dict[str, Any]:
     """One JSON line of a segment as a record, or DataValidationError naming ``where`` and the field."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataValidationError(f"{where}: not valid JSON ({exc.msg})") from None
-    if not isinstance(record, dict):
-        raise DataValidationError(f"{where}: an event must be a JSON object, got {type(record).__name__}")
+    record = parse_json(line, where, "event", DataValidationError)
     missing = [k for k in REQUIRED if not isinstance(record.get(k), str) or not record[k]]
     if missing:
         raise DataValidationError(f"{where}: missing or empty field(s) {missing}")

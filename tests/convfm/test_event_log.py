@@ -66,7 +66,7 @@ def test_segment_names_keep_increasing_after_a_reopen(tmp_path):
 def test_bad_records_name_the_segment_line_and_field(tmp_path):
     name = "0000000000000000001-00000000.jsonl"
     good = json.dumps(record("a"))
-    for line, message in [("{not json", "not valid JSON"), ("[1]", "an event must be a JSON object"),
+    for line, message in [("{not json", "event is not valid JSON"), ("[1]", "event must hold a JSON object"),
                           (json.dumps(record("b", kind="buy")), "field 'type': unknown event 'buy'"),
                           (json.dumps(record("b", when="yesterday")), "field 'timestamp'"),
                           (json.dumps({"event_id": "b"}), r"missing or empty field\(s\) \['type'")]:
