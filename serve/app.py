@@ -181,7 +181,7 @@ class Api:
         self.want: Optional[str] = settings.get("model_version")
         self._configured = False
         self.events = EventWriter(settings.get("live_store"))
-        self._broadcasts: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()
 
     def __serve_build_asgi_app__(self) -> Any:
         return build_http_app(self, api_key_digest=self.settings.get("api_key_digest"),
@@ -216,7 +216,11 @@ class Api:
             raise ServiceError(503, f"ranking replica unavailable ({type(exc).__name__}); retry") from None
 
     async def recommend(self, request: Any) -> dict[str, Any]:
-        return unwrap(await self._call("recommend", request, self.want, await self.events.position()))
+        result = unwrap(await self._call("recommend", request, self.want, await self.events.position()))
+        result = self.events.impression(result)
+        if self.events.due():
+            self._background(self._flush_impressions())
+        return result
 
     async def score(self, request: Any) -> dict[str, Any]:
         return unwrap(await self._call("score", request, self.want, await self.events.position()))
@@ -229,12 +233,22 @@ class Api:
         except ServiceError as exc:  # no replica can say: store the events anyway, known_job null
             log.warning("known_jobs: %s; storing events unflagged", exc.detail)
             known = None
+        await self._flush_impressions()  # the impressions these events may cite go first
         body, appended = await self.events.append(events, known)
         if appended.segment is not None:
-            task = asyncio.create_task(self._tell_rankers(appended.segment, appended.records))
-            self._broadcasts.add(task)
-            task.add_done_callback(self._broadcasts.discard)
+            self._background(self._tell_rankers(appended.segment, appended.records))
         return body
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)  # a reference until it is done
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush_impressions(self) -> None:
+        """Impression records, best effort; their segment is told to the Rankers like any (which skip them)."""
+        appended = await self.events.flush()
+        if appended is not None and appended.segment is not None:
+            self._background(self._tell_rankers(appended.segment, []))
 
     async def _tell_rankers(self, segment: str, records: list[dict[str, Any]]) -> None:
         try:

@@ -18,6 +18,8 @@ import bisect
 import datetime as dt
 import logging
 import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -26,6 +28,7 @@ from convfm.store import event_log
 from serve.scorer import ServiceError
 
 log = logging.getLogger(__name__)
+IMPRESSION_FLUSH_S, IMPRESSION_BATCH = 2.0, 500  # impression records wait at most this long, or this many
 
 
 def event_records(events: Sequence[Any], known: Optional[Mapping[str, bool]]) -> list[dict[str, Any]]:
@@ -46,6 +49,40 @@ class EventWriter:
         self.root = None if live_store is None else event_log.events_location(live_store)
         self._log: Optional[event_log.EventLog] = None
         self._opening = asyncio.Lock()
+        # writes in call order: impressions flushed before a body of events are in the log before those events
+        self._writing = asyncio.Lock()
+        self._impressions: list[dict[str, Any]] = []  # not yet written (best effort: lost if the process dies)
+        self._since = time.monotonic()
+
+    def impression(self, result: dict[str, Any]) -> dict[str, Any]:
+        """``result`` (a /recommend answer) with a fresh ``impression_id``; its impression record is buffered
+        for the log (``flush``)."""
+        result = {**result, "impression_id": uuid.uuid4().hex}
+        if self.root is not None:
+            if not self._impressions:
+                self._since = time.monotonic()
+            self._impressions.append({
+                "event_id": result["impression_id"], "type": event_log.IMPRESSION, "user_id": result["user_id"],
+                "job_ids": [i["job_id"] for i in result["items"]], "model_version": result["model_version"],
+                "timestamp": event_log.iso(dt.datetime.now(dt.timezone.utc)), "fallback": result.get("fallback")})
+        return result
+
+    def due(self, every_s: float = IMPRESSION_FLUSH_S, most: int = IMPRESSION_BATCH) -> bool:
+        """Whether buffered impressions should be written now (the oldest waited ``every_s``, or ``most``)."""
+        return bool(self._impressions) and (len(self._impressions) >= most or time.monotonic() - self._since >= every_s)
+
+    async def flush(self) -> Optional[event_log.Appended]:
+        """Write the buffered impressions as one segment; on a store failure they are dropped (logged)."""
+        async with self._writing:
+            pending, self._impressions = self._impressions, []
+            if not pending:
+                return None
+            try:
+                writer = await self._open()
+                return await self._storing(writer.append, pending)
+            except ServiceError:
+                log.warning("dropped %d impression record(s): the event log is unavailable", len(pending))
+                return None
 
     async def _open(self) -> event_log.EventLog:
         if self.root is None:
@@ -73,7 +110,8 @@ class EventWriter:
                      known: Optional[Mapping[str, bool]]) -> tuple[dict[str, Any], event_log.Appended]:
         """Store ``events``; returns the ``EventsResponse`` body once the segment is written."""
         writer = await self._open()
-        appended = await self._storing(writer.append, event_records(events, known))
+        async with self._writing:
+            appended = await self._storing(writer.append, event_records(events, known))
         unknown = sorted({r["job_id"] for r in appended.records if r["known_job"] is False})
         body = {"accepted": len(appended.records), "duplicates": appended.duplicates, "unknown_jobs": unknown,
                 "segment": appended.segment, "position": appended.position}
@@ -104,7 +142,7 @@ class LiveEvents:
         with self._lock:
             if segment in self._applied:
                 return False
-            for r in records:
+            for r in filter(event_log.is_event, records):
                 self._seen.setdefault(r["user_id"], set()).add(r["job_id"])
                 # the log's ISO-8601 UTC text sorts in time order
                 bisect.insort(self._events.setdefault(r["user_id"], []), (r["timestamp"], r["type"], r["job_id"]))

@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import logging
 import pathlib
-import uuid
 from typing import Annotated, Any, Optional, Protocol, Sequence
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, Security
@@ -185,7 +184,7 @@ def build_http_app(
               responses=_responses(*auth, 413, 422, 503, 504))
     async def recommend(request: RecommendRequest) -> dict[str, Any]:
         """Top-k jobs for a known user, a cold-start profile, or (unknown user) popular jobs."""
-        return {**await backend.recommend(request), "impression_id": uuid.uuid4().hex}
+        return await backend.recommend(request)
 
     @app.post("/score", response_model=ScoreResponse, dependencies=guarded,
               responses=_responses(*auth, 413, 422, 503, 504))
@@ -272,7 +271,10 @@ class LocalBackend:
 
     async def recommend(self, request: RecommendRequest) -> dict[str, Any]:
         await follow_log(self.slot.live, await self.events.position())
-        return await self._run("recommend_many", request)
+        result = self.events.impression(await self._run("recommend_many", request))
+        if self.events.due():
+            await self.events.flush()
+        return result
 
     async def score(self, request: ScoreRequest) -> dict[str, Any]:
         await follow_log(self.slot.live, await self.events.position())
@@ -292,6 +294,7 @@ class LocalBackend:
         return reload_outcome([await asyncio.to_thread(self.slot.load, version)], previous)
 
     async def post_events(self, events: list[Event]) -> dict[str, Any]:
+        await self.events.flush()  # the impressions these events may cite go first
         known = self.slot.current.known_jobs([e.job_id for e in events]) if self.slot.current else None
         body, appended = await self.events.append(events, known)
         if appended.segment is not None and self.slot.live is not None:

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("convfm.cli.evaluate", "evaluate a saved model on a data split, beside a popularity baseline"),
     "serve": ("convfm.cli.serve", "run the recommendation service (Ray Serve) until Ctrl-C"),
     "recommend": ("convfm.cli.recommend", "ask a running service for a user's top-k jobs"),
+    "report": ("convfm.cli.report", "click, save and apply rates per model version from the service's event log"),
     "demo": ("convfm.cli.demo", "end-to-end demo: synthesize, train, tune, serve, query"),
 }
 

@@ -12,7 +12,9 @@ single ingress replica); readers (serving replicas, ``convfm train``) may be man
 
 A record: ``event_id``, ``type`` (one of ``convfm.config.EVENTS``), ``user_id``, ``job_id``, ``timestamp``
 (ISO-8601 UTC), ``impression_id`` and ``model_version`` (or null), ``known_job`` (whether the serving catalog
-knew the job; null when it could not be asked) and ``received_at``.
+knew the job; null when it could not be asked) and ``received_at``. Impression records (``type:
+"impression"``, ``event_id`` the response's impression id, ``job_ids`` shown, ``user_id`` possibly null) are
+written beside them, best effort, for ``convfm report``; readers of events skip them (``is_event``).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from convfm.store import storage
 EVENTS_DIR = "events"
 SEGMENT_RE = re.compile(r"^(\d{19})-[0-9a-f]{8}\.jsonl$")
 REQUIRED = ("event_id", "type", "user_id", "job_id", "timestamp")
+IMPRESSION = "impression"
 OPTIONAL = ("impression_id", "model_version", "known_job", "received_at")
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 FUTURE_SLACK = dt.timedelta(days=1)  # client clocks drift; an event days ahead is a unit or typing mistake
@@ -106,16 +109,27 @@ def read_segment(root: str | Path, name: str) -> list[dict[str, Any]]:
 def check_record(line: str, where: str) -> dict[str, Any]:
     """One JSON line of a segment as a record, or DataValidationError naming ``where`` and the field."""
     record = parse_json(line, where, "event", DataValidationError)
-    missing = [k for k in REQUIRED if not isinstance(record.get(k), str) or not record[k]]
+    impression = record.get("type") == IMPRESSION
+    required = ("event_id", "type", "timestamp") if impression else REQUIRED
+    missing = [k for k in required if not isinstance(record.get(k), str) or not record[k]]
     if missing:
         raise DataValidationError(f"{where}: missing or empty field(s) {missing}")
-    if record["type"] not in EVENTS:
-        raise DataValidationError(f"{where}: field 'type': unknown event {record['type']!r}; allowed: {list(EVENTS)}")
+    shown = record.get("job_ids")
+    if impression and not (isinstance(shown, list) and all(isinstance(j, str) for j in shown)):
+        raise DataValidationError(f"{where}: field 'job_ids': an impression needs a list of job ids")
+    if not impression and record["type"] not in EVENTS:
+        raise DataValidationError(f"{where}: field 'type': unknown event {record['type']!r}; allowed: "
+                                  f"{[*EVENTS, IMPRESSION]}")
     try:
         parse_time(record["timestamp"])
     except ValueError as exc:
         raise DataValidationError(f"{where}: field 'timestamp': {exc}") from None
     return {**{k: None for k in OPTIONAL}, **record}
+
+
+def is_event(record: Mapping[str, Any]) -> bool:
+    """A user's event (not an impression record)."""
+    return record["type"] != IMPRESSION
 
 
 def read_log(root: str | Path, skip: Sequence[str] = ()) -> Iterator[tuple[str, list[dict[str, Any]]]]:
@@ -192,7 +206,7 @@ def interactions_frame(root: str | Path) -> pd.DataFrame:
     """The log as an interactions table (``convfm.data.schema.INTERACTIONS``): user_id, job_id, event (the
     event type: the data config's positive/negative events turn it into labels) and timestamp (int64
     microseconds since the epoch, the order key of calendar data), in log order."""
-    records = [r for _, segment in read_log(root) for r in segment]
+    records = [r for _, segment in read_log(root) for r in segment if is_event(r)]
     if not records:
         raise DataValidationError(f"{root}: the event log holds no events")
     times = [micros(parse_time(r["timestamp"])) for r in records]

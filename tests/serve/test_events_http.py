@@ -141,3 +141,20 @@ def _score(user: str, jobs: list[str]):
     from serve.schemas import ScoreRequest
 
     return ScoreRequest(user_id=user, job_ids=jobs)
+
+
+def test_impressions_are_logged_before_the_events_that_cite_them(tiny, tmp_path):
+    from convfm.evaluation.feedback import feedback_report
+
+    c = client(tmp_path, tiny=tiny)
+    answers = [c.post("/recommend", json={"user_id": "u000001", "k": 3}).json() for _ in range(3)]
+    assert not logged(tmp_path)  # buffered: written after IMPRESSION_FLUSH_S, IMPRESSION_BATCH, or before events
+    job = answers[0]["items"][0]["job_id"]
+    body = {"events": [event("click-1", job, "click", "u000001", impression_id=answers[0]["impression_id"])]}
+    assert c.post("/events", json=body, headers=HEADERS).json()["accepted"] == 1
+    records = logged(tmp_path)
+    assert [r["type"] for r in records] == ["impression"] * 3 + ["click"]
+    assert [r["event_id"] for r in records[:3]] == [a["impression_id"] for a in answers]
+    assert records[0]["job_ids"] == [i["job_id"] for i in answers[0]["items"]]
+    row = feedback_report(events_location(tmp_path))["versions"]["v0001"]
+    assert row["impressions"] == 3 and row["click"]["impressions_with"] == 1
