@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from convfm.cli.serve import free_port
-from convfm.store.event_log import events_location, read_log
+from convfm.store.event_log import events_location, is_event, read_log
 from serve.config import ServeConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -83,8 +83,10 @@ def test_acknowledged_events_survive_killed_replicas_and_count_on_the_new_ones(t
         wait_until(lambda: len(set(replicas("Ranker")) - set(killed)) == 2 and len(replicas("Api")) == 1
                    and healthy(), 180, "replaced")
 
-        records = [r for _, segment in read_log(events_location(live)) for r in segment]
+        logged = [r for _, segment in read_log(events_location(live)) for r in segment]
+        records = [r for r in logged if is_event(r)]
         assert [r["event_id"] for r in records] == [f"e{i}" for i in range(N)] + ["odd"]
+        assert logged[0]["type"] == "impression" and logged[0]["job_ids"] == shown  # flushed before e0
         assert [r["known_job"] for r in records] == [True] * N + [False]
         for _ in range(10):  # both new replicas: they read the log they never received a broadcast of
             assert not set(shown) & set(top(20))
