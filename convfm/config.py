@@ -99,6 +99,9 @@ class DataConfig(BaseConfig):
     jobs_file: str = "jobs"
     users_file: str = "users"
     interactions_file: str = "interactions"
+    # a feedback event log (a live store's events/ folder, path or URI; convfm.store.event_log) read as more
+    # interactions, after those of interactions_file (which may then be absent)
+    events: Optional[str] = None
     # canonical name -> name in the user's file, per table: {"jobs": {"job_id": "id"}}
     columns: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
     positive_events: tuple[str, ...] = ("apply", "save")
@@ -133,6 +136,9 @@ class DataConfig(BaseConfig):
 
     def __post_init__(self) -> None:
         check_choice(self.kind, "kind", ("jobs", "table"))
+        require(self.events is None or (isinstance(self.events, str) and bool(self.events.strip())
+                                        and self.kind == "jobs"), "events",
+                f"must be an event log path or URI (kind jobs only), or null, got {self.events!r}")
         check_choice(self.split, "split", SPLITS)
         check_choice(self.negative_sampling, "negative_sampling", NEGATIVE_SAMPLING)
         for name in ("valid_start", "test_start"):

@@ -11,7 +11,11 @@ catalog. Model versions change through ``POST /admin/reload`` or the ``Api`` dep
 ``user_config: {model_version: vNNNN}`` (``serve deploy``): both broadcast a reload to every Ranker replica; a
 replica whose load fails keeps its model. The ingress then tags requests with the version it wants, so
 replicas started later (autoscaling, restarts) catch up in the background. Run one ``Api`` replica: it owns
-that version (it is thin; the Ranker is what scales).
+that version and writes the event log (it is thin; the Ranker is what scales).
+
+Feedback events (``serve.events``): ``POST /events`` is written to the log on the live store by the ``Api``,
+then broadcast to every Ranker replica; requests carry the log's position, so a replica that started later or
+missed a broadcast reads the segments it lacks before answering.
 """
 from __future__ import annotations
 
@@ -30,7 +34,9 @@ from ray.serve.handle import DeploymentHandle
 from convfm.errors import ArtifactError
 from convfm.store import storage
 from convfm.store.registry import VERSION_RE, live_location, locate
+from convfm.store.event_log import events_location
 from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, SHUTDOWN_OPTIONS, ServeConfig
+from serve.events import EventWriter, LiveEvents, follow_log
 from serve.http import build_http_app, reload_outcome, unwrap, wrap
 from serve.scorer import ModelSlot, ServiceError, public_text
 
@@ -47,8 +53,10 @@ class Ranker:
     """Scores requests in batches with the model of this replica's ``ModelSlot``."""
 
     def __init__(self, model: str, version: Optional[str], max_batch_size: int, batch_wait_timeout_s: float,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", live_store: Optional[str] = None) -> None:
         self.slot = ModelSlot(model, device)
+        self.slot.live = LiveEvents(events_location(live_store) if live_store else None)
+        threading.Thread(target=self._read_events, name="convfm-events-read", daemon=True).start()
         for method in (self._recommend_batch, self._score_batch):
             method.set_max_batch_size(max_batch_size)
             method.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -68,14 +76,16 @@ class Ranker:
         while self.slot.current is None and self.slot.error is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
-    async def recommend(self, request: Any, want: Optional[str] = None) -> dict[str, Any]:
+    async def recommend(self, request: Any, want: Optional[str] = None, events: Optional[int] = None) -> dict[str, Any]:
         await self._first_load()
         self._follow(want)
+        await follow_log(self.slot.live, events)
         return await self._recommend_batch(request)
 
-    async def score(self, request: Any, want: Optional[str] = None) -> dict[str, Any]:
+    async def score(self, request: Any, want: Optional[str] = None, events: Optional[int] = None) -> dict[str, Any]:
         await self._first_load()
         self._follow(want)
+        await follow_log(self.slot.live, events)
         return await self._score_batch(request)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
@@ -134,6 +144,25 @@ class Ranker:
     def health(self) -> tuple[int, dict[str, Any]]:
         return self.slot.health()
 
+    # ------------------------------------------------------------------------------------------- events
+    def _read_events(self) -> None:
+        """At start: the whole log, so the first requests need not wait for it."""
+        try:
+            self.slot.live.catch_up()
+        except Exception as exc:  # noqa: BLE001 - requests catch up again (follow_log); the replica still serves
+            log.warning("reading the event log at start failed: %s", exc)
+
+    def apply_events(self, segment: str, records: list[dict[str, Any]]) -> bool:
+        """The ingress's broadcast after it wrote ``segment``."""
+        return self.slot.live.add(segment, records)
+
+    async def known_jobs(self, job_ids: list[str]) -> dict[str, Any]:
+        await self._first_load()
+        try:
+            return wrap(self.slot.require().known_jobs(job_ids))
+        except ServiceError as exc:
+            return wrap(exc)
+
     async def info(self) -> dict[str, Any]:
         await self._first_load()
         try:
@@ -151,6 +180,8 @@ class Api:
         self.ranker, self.settings = ranker, settings
         self.want: Optional[str] = settings.get("model_version")
         self._configured = False
+        self.events = EventWriter(settings.get("live_store"))
+        self._tasks: set[asyncio.Task] = set()
 
     def __serve_build_asgi_app__(self) -> Any:
         return build_http_app(self, api_key_digest=self.settings.get("api_key_digest"),
@@ -185,10 +216,46 @@ class Api:
             raise ServiceError(503, f"ranking replica unavailable ({type(exc).__name__}); retry") from None
 
     async def recommend(self, request: Any) -> dict[str, Any]:
-        return unwrap(await self._call("recommend", request, self.want))
+        result = unwrap(await self._call("recommend", request, self.want, await self.events.position()))
+        result = self.events.impression(result)
+        if self.events.due():
+            self._background(self._flush_impressions())
+        return result
 
     async def score(self, request: Any) -> dict[str, Any]:
-        return unwrap(await self._call("score", request, self.want))
+        return unwrap(await self._call("score", request, self.want, await self.events.position()))
+
+    async def post_events(self, events: list[Any]) -> dict[str, Any]:
+        """Stored first (the answer waits for the write), then told to every Ranker in the background: one
+        that misses it catches up from the log at its next request."""
+        try:
+            known = unwrap(await self._call("known_jobs", sorted({e.job_id for e in events}), timeout=5.0))
+        except ServiceError as exc:  # no replica can say: store the events anyway, known_job null
+            log.warning("known_jobs: %s; storing events unflagged", exc.detail)
+            known = None
+        await self._flush_impressions()  # the impressions these events may cite go first
+        body, appended = await self.events.append(events, known)
+        if appended.segment is not None:
+            self._background(self._tell_rankers(appended.segment, appended.records))
+        return body
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)  # a reference until it is done
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush_impressions(self) -> None:
+        """Impression records, best effort; their segment is told to the Rankers like any (which skip them)."""
+        appended = await self.events.flush()
+        if appended is not None and appended.segment is not None:
+            self._background(self._tell_rankers(appended.segment, []))
+
+    async def _tell_rankers(self, segment: str, records: list[dict[str, Any]]) -> None:
+        try:
+            await self.ranker.broadcast("apply_events", segment, records).results_async(
+                timeout_s=30.0, return_exceptions=True)
+        except Exception as exc:  # noqa: BLE001 - a replica that missed it reads the segment from the log
+            log.warning("broadcasting event segment %s: %r", segment, exc)
 
     async def job(self, job_id: str) -> dict[str, Any]:
         return unwrap(await self._call("job", job_id))
@@ -253,10 +320,10 @@ def build_app(config: ServeConfig, node_cpus: Optional[float] = None) -> Any:
     device = "cuda" if config.num_gpus > 0 else "cpu"
     logging_config = {"enable_access_log": config.access_log}
     node_cpus = largest_node_cpus() if node_cpus is None else node_cpus
-    ranker = Ranker.options(**config.ranker_options(node_cpus), logging_config=logging_config).bind(
-        model, version, config.max_batch_size, config.batch_wait_timeout_s, device)
     live = config.live_store or live_location(model)
     live = str(live) if storage.is_uri(live) else str(Path(live).expanduser().absolute())
+    ranker = Ranker.options(**config.ranker_options(node_cpus), logging_config=logging_config).bind(
+        model, version, config.max_batch_size, config.batch_wait_timeout_s, device, live)
     settings = {"model": model, "model_version": version, "live_store": live,
                 "api_key_digest": config.api_key_digest(),
                 "auth_all_endpoints": config.auth_all_endpoints, "max_body_bytes": config.max_body_bytes,

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import pathlib
 from typing import Annotated, Any, Optional, Protocol, Sequence
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, Security
@@ -27,9 +28,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from serve.config import LOOPBACK_HOSTS
 from serve.schemas import (
-    ErrorResponse, Health, Job, ModelInfo, RecommendRequest, RecommendResponse, ReloadRequest, ReloadResponse,
-    ScoreRequest, ScoreResponse, ValidationErrorResponse,
+    ErrorResponse, Event, EventsRequest, EventsResponse, Health, Job, ModelInfo, RecommendRequest, RecommendResponse,
+    ReloadRequest, ReloadResponse, ScoreRequest, ScoreResponse, ValidationErrorResponse,
 )
+from serve.events import EventWriter, LiveEvents, follow_log
 from serve.scorer import ModelSlot, ServiceError, public_text
 
 log = logging.getLogger(__name__)
@@ -38,12 +40,12 @@ API_KEY_HEADER = "X-API-Key"
 # tests/reliability check each response against it); a 5xx other than these is a bug.
 ERRORS: dict[int, tuple[Any, str]] = {
     401: (ErrorResponse, "missing API key"),
-    403: (ErrorResponse, "wrong API key, or admin endpoints disabled (no key configured)"),
+    403: (ErrorResponse, "wrong API key, or admin and writing endpoints disabled (no key configured)"),
     404: (ErrorResponse, "unknown job id"),
     409: (ReloadResponse, "reload failed on some replica; the old model keeps serving"),
     413: (ErrorResponse, "request body larger than max_body_bytes"),
     422: (ValidationErrorResponse, "invalid request: a one-line message and per-field errors"),
-    503: (ErrorResponse, "model not loaded yet, or a ranking replica is unavailable (retry)"),
+    503: (ErrorResponse, "model not loaded yet, a ranking replica or the event log is unavailable (retry)"),
     504: (ErrorResponse, "the ranking replica did not answer in request_timeout_s"),
 }
 
@@ -64,6 +66,7 @@ class Backend(Protocol):
     async def health(self) -> tuple[int, dict[str, Any]]: ...
     async def model_info(self) -> dict[str, Any]: ...
     async def reload(self, version: Optional[str]) -> tuple[int, dict[str, Any]]: ...
+    async def post_events(self, events: list[Event]) -> dict[str, Any]: ...
 
 
 class BodySizeLimit:
@@ -129,7 +132,8 @@ def _key_checker(digest: Optional[str]) -> Any:
     # No Annotated[...] here: with postponed annotations FastAPI could not resolve the local `header`.
     def check(key: Optional[str] = Security(header)) -> None:
         if digest is None:
-            raise HTTPException(403, "admin endpoints are disabled: start the service with an API key (api_key_env)")
+            raise HTTPException(403, "admin and writing endpoints are disabled: start the service with an API key "
+                                     "(api_key_env)")
         if not key:
             raise HTTPException(401, f"missing {API_KEY_HEADER} header", headers={"WWW-Authenticate": API_KEY_HEADER})
         if not hmac.compare_digest(hashlib.sha256(key.encode()).hexdigest(), digest):
@@ -213,6 +217,13 @@ def build_http_app(
         status, result = await backend.reload(body.version if body else None)
         return JSONResponse(ReloadResponse(**result).model_dump(), status_code=status)
 
+    @app.post("/events", response_model=EventsResponse, dependencies=[require_key],
+              responses=_responses(401, 403, 413, 422, 503))
+    async def events(body: EventsRequest) -> dict[str, Any]:
+        """Store feedback events in the append-only log (answered once stored); they count at once for
+        ``exclude_seen`` and the user's history. Duplicate event ids are ignored; unknown jobs are flagged."""
+        return await backend.post_events(body.events)
+
     return app
 
 
@@ -246,17 +257,27 @@ def reload_outcome(reports: list[dict[str, Any]], previous: Optional[str]) -> tu
 class LocalBackend:
     """Backend over a ``ModelSlot`` in this process (no Ray): each request scored on its own."""
 
-    def __init__(self, slot: ModelSlot) -> None:
+    def __init__(self, slot: ModelSlot, live_store: Optional[str | pathlib.Path] = None) -> None:
         self.slot = slot
+        self.events = EventWriter(live_store)  # None: POST /events answers 503
+        if slot is not None and live_store is not None:
+            slot.live = LiveEvents(self.events.root)
+            if slot.current is not None:
+                slot.current.live = slot.live
 
     async def _run(self, method: str, request: Any) -> dict[str, Any]:
         result = (await asyncio.to_thread(getattr(self.slot.require(), method), [request]))[0]
         return unwrap(wrap(result))
 
     async def recommend(self, request: RecommendRequest) -> dict[str, Any]:
-        return await self._run("recommend_many", request)
+        await follow_log(self.slot.live, await self.events.position())
+        result = self.events.impression(await self._run("recommend_many", request))
+        if self.events.due():
+            await self.events.flush()
+        return result
 
     async def score(self, request: ScoreRequest) -> dict[str, Any]:
+        await follow_log(self.slot.live, await self.events.position())
         return await self._run("score_many", request)
 
     async def job(self, job_id: str) -> dict[str, Any]:
@@ -271,3 +292,11 @@ class LocalBackend:
     async def reload(self, version: Optional[str]) -> tuple[int, dict[str, Any]]:
         previous = self.slot.current.version if self.slot.current else None
         return reload_outcome([await asyncio.to_thread(self.slot.load, version)], previous)
+
+    async def post_events(self, events: list[Event]) -> dict[str, Any]:
+        await self.events.flush()  # the impressions these events may cite go first
+        known = self.slot.current.known_jobs([e.job_id for e in events]) if self.slot.current else None
+        body, appended = await self.events.append(events, known)
+        if appended.segment is not None and self.slot.live is not None:
+            self.slot.live.add(appended.segment, appended.records)
+        return body

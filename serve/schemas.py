@@ -6,15 +6,19 @@ is reported instead of silently ignored. Ids may be strings or integers; both me
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+import datetime as dt
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
+from convfm.config import EVENTS
+from convfm.store.event_log import event_time
 from convfm.store.registry import VERSION_PATTERN
 
 MAX_K = 100
 MAX_JOB_IDS = 1000
 MAX_HISTORY = 200
+MAX_EVENTS = 1000
 
 
 def _id_text(value: Any) -> Any:
@@ -92,6 +96,25 @@ class ReloadRequest(Request):
         None, description="registry version such as v0002; omitted: the registry entry's latest")
 
 
+class Event(Request):
+    """One feedback event. ``event_id`` is the client's: an id already in the log is ignored (a retry)."""
+
+    event_id: Id = Field(examples=["e-7f3a9c"])
+    type: Literal[EVENTS]
+    user_id: Id = Field(examples=["u000001"])
+    job_id: Id = Field(examples=["j000012"])
+    timestamp: Annotated[dt.datetime, BeforeValidator(event_time)] = Field(
+        description="ISO-8601 (no zone: UTC) or epoch seconds; not before 1970, not more than a day ahead",
+        examples=["2026-12-02T12:00:00Z"])
+    impression_id: Optional[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
+        None, description="the impression_id of the /recommend response that showed the job")
+    model_version: Optional[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = None
+
+
+class EventsRequest(Request):
+    events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS, description=f"1..{MAX_EVENTS} events")
+
+
 # ------------------------------------------------------------------------------------------- responses
 class Interaction(BaseModel):
     user_field: str
@@ -132,9 +155,18 @@ class RecommendedJob(Job):
 class RecommendResponse(BaseModel):
     user_id: Optional[str]
     model_version: str
+    impression_id: str = Field(description="unique per response; send it back with the events it led to")
     cold_start: bool = Field(description="scored from the request's profile or history, not a known user's")
     fallback: Optional[str] = Field(None, description="'popular' when the user is unknown and has no profile")
     items: list[RecommendedJob]
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="events written to the log (acknowledged: stored before this answer)")
+    duplicates: list[str] = Field(description="event ids already in the log (or repeated in the body): ignored")
+    unknown_jobs: list[str] = Field(description="job ids the serving catalog does not know: stored, flagged")
+    segment: Optional[str] = Field(description="the log segment written; null when every event was a duplicate")
+    position: int = Field(description="segments in the log after this call")
 
 
 class JobScore(BaseModel):

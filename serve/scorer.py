@@ -17,12 +17,13 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from convfm.config import DataConfig
 from convfm.store.artifacts import LoadedModel, load_model_dir
 from convfm.errors import ArtifactError
 from convfm.features.base import concat_rows
@@ -34,6 +35,9 @@ from convfm.store.serving_data import DISPLAY_COLUMNS, SERVING_NAME, ServingData
 from convfm.store.storage import is_uri
 from convfm.features.text import clean_value
 from serve.schemas import Filters, RecommendRequest, ScoreRequest
+
+if TYPE_CHECKING:
+    from serve.events import LiveEvents
 
 log = logging.getLogger(__name__)
 FILTER_COLUMNS = ("location", "job_type", "experience_level")
@@ -115,6 +119,10 @@ class Scorer:
         self.popular = popular
         self.loaded_at = _now()
         self._time_lock = threading.Lock()  # ranking at request time moves the ranker's job sides
+        # logged events (serve.events, set by ModelSlot); the history takes the types the model's was built from
+        self.live: Optional["LiveEvents"] = None
+        self.positive_events = tuple(loaded.extra.get("data_config", {}).get(
+            "positive_events", DataConfig().positive_events))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "Scorer":
@@ -161,30 +169,40 @@ class Scorer:
             raise ServiceError(404, f"unknown job id {job_id!r}")
         return self.job_record(row)
 
+    def known_jobs(self, job_ids: Sequence[str]) -> dict[str, bool]:
+        """Whether each job id is in this model's catalog (events for other jobs are logged, flagged)."""
+        return {j: j in self.extractor.job_rows for j in job_ids}
+
+    def _live_seen(self, user_id: Optional[str]) -> list[int]:
+        """Catalog rows of the jobs the user has logged events for."""
+        return self.live.seen_rows(user_id, self.extractor.job_rows) if self.live is not None else []
+
     def _user(self, request: Any) -> tuple[bool, Optional[EncodedTable], np.ndarray]:
         """(known id?, user-side row, catalog rows of the user's past jobs, most recent first). A profile is
         encoded as given (cold start), a known id uses its catalog row, and the history is the request's or the
-        stored one (the training data's positives). An unknown id with neither profile nor history has no row
-        (popular fallback)."""
+        stored one (the training data's positives) after the user's logged positive events (``serve.events``).
+        An unknown id with neither profile nor history nor logged positives has no row (popular fallback)."""
         extractor, user_id, history = self.extractor, request.user_id, request.history
         known = user_id is not None and user_id in extractor.user_rows
+        length = max(extractor.history_length, 1)
+        live = self.live.positives(user_id, self.positive_events, length) if self.live and not history else []
         if request.profile is not None:
             profile = request.profile
             static = extractor.transform_users(pd.DataFrame({
                 "user_id": [user_id or ""], "skills": [";".join(profile.skills)], "location": [profile.location or ""],
                 "experience_level": [profile.experience_level or ""]}))
-        elif known or history:
+        elif known or history or live:
             static = extractor.user_catalog.take([extractor.user_rows.get(user_id, 0)])
         else:
             return False, None, np.zeros(0, dtype=np.int64)
-        length = max(extractor.history_length, 1)
-        if history:
-            recent = np.array([(history[::-1] + [""] * length)[:length]], dtype=object)
+        start, count, _ = extractor.history.states(np.array([user_id or ""]), np.array([np.iinfo(np.int64).max]))
+        recent = extractor.history.recent(start, count, length)  # (1, length) stored, most recent first
+        if history or live:
+            listed = history[::-1] if history else live + [j for j in recent[0] if j and j not in live]
+            recent = np.array([(listed + [""] * length)[:length]], dtype=object)
             table = extractor.user_side(static, np.array([user_id or ""]), recent=recent)
         else:
             table = extractor.user_side(static, np.array([user_id or ""]))
-            start, count, _ = extractor.history.states(np.array([user_id or ""]), np.array([np.iinfo(np.int64).max]))
-            recent = extractor.history.recent(start, count, length)
         rows = [extractor.job_rows.get(j, 0) for j in recent[0] if j]
         return known, table, np.array(rows, dtype=np.int64)
 
@@ -233,6 +251,8 @@ class Scorer:
                 seen = list(self.seen.get(request.user_id, ())) if known and request.exclude_seen else []
                 if request.exclude_seen and request.history:
                     seen += past.tolist()
+                if request.exclude_seen:
+                    seen += self._live_seen(request.user_id)
                 rows, logits = self.ranker.top_k(user, request.k, seen, mask, scores=scores[u])
                 items = [{**self.job_record(int(r)), "score": float(1 / (1 + np.exp(-l)))}
                          for r, l in zip(rows, logits)]
@@ -240,8 +260,7 @@ class Scorer:
                     for item, e in zip(items, self.ranker.explain(user, rows, history_rows=past)):
                         item.update(why=_why(self._cited(e)), explanation=e)
                 results[i] = {"user_id": request.user_id, "model_version": self.version,
-                              "cold_start": not known and (request.profile is not None or bool(request.history)),
-                              "fallback": None, "items": items}
+                              "cold_start": not known, "fallback": None, "items": items}
         return results
 
     def _cited(self, explanation: dict[str, Any]) -> dict[str, Any]:
@@ -255,6 +274,10 @@ class Scorer:
 
     def _popular(self, request: RecommendRequest, mask: Optional[np.ndarray]) -> dict[str, Any]:
         scores = self.popular if mask is None else np.where(mask, self.popular, -np.inf)
+        seen = self._live_seen(request.user_id) if request.exclude_seen else []
+        if seen:
+            scores = scores.copy()
+            scores[seen] = -np.inf
         order = np.argsort(-scores, kind="stable")[: request.k]
         items = [{**self.job_record(int(r)), "score": float(scores[r]), "why": "popular with other users"}
                  for r in order if np.isfinite(scores[r])]
@@ -271,7 +294,7 @@ class Scorer:
             rows = [job_rows.get(j) for j in request.job_ids]
             known, user, _ = self._user(request)
             results[i] = {"user_id": request.user_id, "model_version": self.version,
-                          "cold_start": not known and (request.profile is not None or bool(request.history)),
+                          "cold_start": not known and user is not None,
                           "fallback": None if user is not None else "popular",
                           "scores": [{"job_id": j, "score": None} for j in request.job_ids],
                           "unknown_job_ids": [j for j, r in zip(request.job_ids, rows) if r is None]}
@@ -333,6 +356,7 @@ class ModelSlot:
         self.last_reload: Optional[dict[str, Any]] = None
         self.gave_up: Optional[str] = None  # set when the first load failed every attempt: see check()
         self._lock = threading.Lock()
+        self.live: Optional["LiveEvents"] = None  # logged events, given to every Scorer loaded here
 
     def load_first(self, version: Optional[str], attempts: int = 4, backoff_s: float = 2.0) -> dict[str, Any]:
         """The first load, retried ``attempts`` times with doubling waits (storage hiccups pass); then give up."""
@@ -367,6 +391,7 @@ class ModelSlot:
                 self.last_reload = {"ok": False, "requested": version, "version": previous,
                                     "previous_version": previous, "error": public_text(error), "at": _now()}
                 return dict(self.last_reload)
+            scorer.live = self.live
             self.current, self.error = scorer, None
             self.last_reload = {"ok": True, "requested": version, "version": scorer.version,
                                 "previous_version": previous, "error": None, "at": _now(),

@@ -16,6 +16,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--data", metavar="DIR", help="job-market directory (jobs, users, interactions files)")
     group.add_argument("--table", metavar="SPEC", help="YAML spec of a generic labelled table (kind: table)")
+    parser.add_argument("--events", metavar="LOG", help="feedback event log (a live store's events/ folder, path "
+                        "or URI) read as interactions after the data's own (data.events)")
 
 
 def load_table_spec(path: str | Path) -> DataConfig:
@@ -44,9 +46,9 @@ def data_config(args: argparse.Namespace, config_path: Optional[str] = None) -> 
     if getattr(args, "table", None):
         return load_table_spec(args.table)
     config = config_file(config_path).load(DataConfig, "data") if config_path else DataConfig()
-    if getattr(args, "data", None):
-        config = DataConfig.from_dict({**config.to_dict(), "path": args.data})
-    return config
+    overrides = {key: value for key, value in (("path", getattr(args, "data", None)),
+                                               ("events", getattr(args, "events", None))) if value}
+    return DataConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
 
 
 def model_and_train_configs(config_path: Optional[str]) -> tuple[ModelConfig, TrainConfig]:

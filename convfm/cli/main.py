@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("convfm.cli.serve", "run the recommendation service (Ray Serve) until Ctrl-C"),
     "recommend": ("convfm.cli.recommend", "ask a running service for a user's top-k jobs"),
     "recommend-batch": ("convfm.cli.recommend_batch", "every user's top-k jobs, offline, on Ray Data, as Parquet"),
+    "report": ("convfm.cli.report", "click, save and apply rates per model version from the service's event log"),
     "demo": ("convfm.cli.demo", "end-to-end demo: synthesize, train, tune, serve, query"),
 }
 

@@ -26,6 +26,7 @@ from convfm.data.readers import (  # noqa: F401  (read_frame, resolve_path: re-e
 )
 from convfm.data.schema import DATETIME, ID, INTERACTIONS, JOBS, NUMBER, USERS, TableSchema
 from convfm.data.splitting import Splits, random_parts, split_examples  # noqa: F401  (re-exported)
+from convfm.store.event_log import interactions_frame
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def load_job_market(config: DataConfig) -> JobMarket:
     """Read and validate ``config.path``/{jobs, users (optional), interactions} with ``config.columns`` applied.
 
     No event column: every row is ``config.default_event``; no timestamp column: row order is time order (and
-    the market has no calendar).
+    the market has no calendar). ``config.events`` (an event log) adds its events after the file's rows.
     Interactions naming jobs (or users) absent from their table are kept, with a warning.
     """
     root = Path(config.path)
@@ -135,13 +136,18 @@ def load_job_market(config: DataConfig) -> JobMarket:
         if schema is USERS and not any(p.is_file() for p in candidates):
             logger.info("%s: no users file; users are known only by their interactions", root / name)
             continue
+        if schema is INTERACTIONS and config.events and not any(p.is_file() for p in candidates):
+            continue  # the event log alone
         frame, path, dated = _load_schema_table(root / name, schema, config.columns.get(schema.name, {}))
         tables[schema.name], source[schema.name] = frame, str(path)
         calendar = dated if schema is INTERACTIONS else calendar
+    if "interactions" in tables:
+        _set_events(tables["interactions"], source["interactions"], config)
+        if "timestamp" not in tables["interactions"].columns:
+            tables["interactions"]["timestamp"] = np.arange(len(tables["interactions"]), dtype=np.int64)
+    if config.events:
+        tables["interactions"], calendar = _with_event_log(tables.get("interactions"), calendar, source, config)
     interactions = tables["interactions"]
-    _set_events(interactions, source["interactions"], config)
-    if "timestamp" not in interactions.columns:
-        interactions["timestamp"] = np.arange(len(interactions), dtype=np.int64)
     for name, key in (("jobs", "job_id"), ("users", "user_id")):
         unknown = _index_in(interactions[key], tables[name][key]) < 0 if name in tables else None
         if unknown is not None and unknown.any():
@@ -150,6 +156,21 @@ def load_job_market(config: DataConfig) -> JobMarket:
                            pd.unique(interactions[key][unknown])[:3].tolist())
     return JobMarket(jobs=tables["jobs"], users=tables.get("users"), interactions=interactions, source=source,
                      calendar=calendar)
+
+
+def _with_event_log(interactions: Optional[pd.DataFrame], calendar: bool, source: dict[str, str],
+                    config: DataConfig) -> tuple[pd.DataFrame, bool]:
+    """The interactions with the event log's events after them; the log's times are date/times, so the file's
+    must be too (numbers or row order could not be put in one order with them)."""
+    events = interactions_frame(config.events)
+    if interactions is None:
+        source["interactions"] = str(config.events)
+        return events, True
+    if not calendar:
+        raise DataValidationError(f"{source['interactions']}: timestamps are numbers or row order; reading the "
+                                  f"event log {config.events} beside it needs date/times")
+    source["interactions"] = f"{source['interactions']} + {config.events}"
+    return pd.concat([interactions, events], ignore_index=True), True
 
 
 def _set_events(interactions: pd.DataFrame, path: str, config: DataConfig) -> None:

@@ -134,8 +134,10 @@ def read_text(path: str | Path) -> str:
         raise _error(path, exc) from None
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Write a small text file: atomically (temp + rename) on a local disk, one PUT on an object store."""
+def write_text(path: str | Path, text: str, durable: bool = False) -> None:
+    """Write a small text file: atomically (temp + rename) on a local disk, one PUT on an object store.
+    ``durable``: locally, fsync the file and its folder before returning, so an acknowledged write (an event
+    log segment) also survives a power cut, not only a killed process."""
     if not is_uri(path):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +147,16 @@ def write_text(path: str | Path, text: str) -> None:
         try:
             with tmp.open("x") as file:
                 file.write(text)
+                if durable:
+                    file.flush()
+                    os.fsync(file.fileno())
             os.replace(tmp, target)
+            if durable:
+                folder = os.open(target.parent, os.O_RDONLY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -159,14 +170,24 @@ def write_text(path: str | Path, text: str) -> None:
         raise _error(path, exc) from None
 
 
-def list_dirs(path: str | Path) -> list[str]:
-    """Names of the directories directly under ``path`` (sorted; [] when ``path`` does not exist)."""
+def _entries(path: str | Path, kind: pafs.FileType) -> list[str]:
+    """Names of the entries of type ``kind`` directly under ``path`` (sorted; [] when it does not exist)."""
     fs, inner = _fs(path)
     try:
         infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
     except OSError as exc:
         raise _error(path, exc) from None
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+    return sorted(i.base_name for i in infos if i.type == kind)
+
+
+def list_dirs(path: str | Path) -> list[str]:
+    """Names of the directories directly under ``path`` (sorted; [] when ``path`` does not exist)."""
+    return _entries(path, pafs.FileType.Directory)
+
+
+def list_files(path: str | Path) -> list[str]:
+    """Names of the files directly under ``path`` (sorted; [] when ``path`` does not exist)."""
+    return _entries(path, pafs.FileType.File)
 
 
 def _copy(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:

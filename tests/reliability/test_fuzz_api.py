@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -40,7 +43,9 @@ STATUSES: collections.Counter = collections.Counter()
 
 # The schema is loaded at import (schemathesis' lazy ``from_fixture`` breaks on pytest 9: ``Node._nodeid``); it
 # does not depend on the model, so the backend gets its loaded slot from the fixture below.
-BACKEND = LocalBackend(ModelSlot("model-not-loaded-yet"))
+# POST /events writes a real event log, in a temp folder (removed by the fixture below).
+LIVE_STORE = Path(tempfile.mkdtemp(prefix="convfm-fuzz-live-"))
+BACKEND = LocalBackend(ModelSlot("model-not-loaded-yet"), live_store=LIVE_STORE)
 schema = schemathesis.openapi.from_asgi("/openapi.json", build_http_app(  # its ASGI client's Host is "testserver"
     BACKEND, api_key_digest=hashlib.sha256(KEY.encode()).hexdigest(), auth_all=True, allowed_hosts=("testserver",)))
 
@@ -50,7 +55,8 @@ def loaded_model(tiny):
     slot = ModelSlot(tiny.entry)
     assert slot.load()["ok"]
     BACKEND.slot = slot
-    return slot
+    yield slot
+    shutil.rmtree(LIVE_STORE, ignore_errors=True)
 
 
 @schema.parametrize()

@@ -1,0 +1,216 @@
+"""The feedback event log: append-only, immutable JSON-lines segments under ``<live store>/events/``.
+
+Object stores cannot append, so every acknowledged batch of events is one new segment, written whole: a temp
+file, fsync and rename on a local disk, one PUT on an object store. A reader never sees half a segment, and a
+writer killed before the write returned never acknowledged its events. Names ``<ns since epoch, 19
+digits>-<8 hex>.jsonl`` sort in write order (the writer keeps them strictly increasing); reading the log walks
+the names in order, then each segment's lines.
+
+Event ids are unique in the log: ``EventLog.open`` rebuilds the set of ids from every segment, so a client
+retrying after a restart of the writer still gets its duplicate recognised. One writer per log (the service's
+single ingress replica); readers (serving replicas, ``convfm train``) may be many. Plain Python, no Ray.
+
+A record: ``event_id``, ``type`` (one of ``convfm.config.EVENTS``), ``user_id``, ``job_id``, ``timestamp``
+(ISO-8601 UTC), ``impression_id`` and ``model_version`` (or null), ``known_job`` (whether the serving catalog
+knew the job; null when it could not be asked) and ``received_at``. Impression records (``type:
+"impression"``, ``event_id`` the response's impression id, ``job_ids`` shown, ``user_id`` possibly null) are
+written beside them, best effort, for ``convfm report``; readers of events skip them (``is_event``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from convfm.config import EVENTS
+from convfm.errors import DataValidationError
+from convfm.jsonfile import parse_json
+from convfm.store import storage
+
+EVENTS_DIR = "events"
+SEGMENT_RE = re.compile(r"^(\d{19})-[0-9a-f]{8}\.jsonl$")
+REQUIRED = ("event_id", "type", "user_id", "job_id", "timestamp")
+IMPRESSION = "impression"
+OPTIONAL = ("impression_id", "model_version", "known_job", "received_at")
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+FUTURE_SLACK = dt.timedelta(days=1)  # client clocks drift; an event days ahead is a unit or typing mistake
+
+
+def parse_time(value: Any) -> dt.datetime:
+    """A time as an aware UTC datetime: ISO-8601 text (no zone: UTC) or epoch seconds, not before 1970.
+    ValueError says what is wrong (booleans, non-finite numbers and text that is not a date are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"must be an ISO-8601 date/time or epoch seconds, got {type(value).__name__}")
+    if isinstance(value, str):
+        try:
+            when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{value[:40]!r} is not an ISO-8601 date/time such as 2026-12-02T12:00:00Z") from None
+        when = when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+    elif not math.isfinite(value) or not 0 <= value < 2 ** 40:
+        raise ValueError(f"epoch seconds {value!r} out of range")
+    else:
+        when = EPOCH + dt.timedelta(seconds=value)
+    if when < EPOCH:
+        raise ValueError(f"{when.isoformat()} is before 1970-01-01")
+    return when
+
+
+def event_time(value: Any) -> dt.datetime:
+    """``parse_time`` for a new event, which also refuses a time more than a day ahead of now (epoch
+    milliseconds given as seconds land in the year 50000)."""
+    when = parse_time(value)
+    if when > dt.datetime.now(dt.timezone.utc) + FUTURE_SLACK:
+        raise ValueError(f"{when.isoformat()} is more than a day in the future (epoch milliseconds given as "
+                         f"seconds?)")
+    return when
+
+
+def micros(when: dt.datetime) -> int:
+    """Microseconds since the epoch: the order key of calendar timestamps (``convfm.data.readers``)."""
+    return (when - EPOCH) // dt.timedelta(microseconds=1)
+
+
+def iso(when: dt.datetime) -> str:
+    """The log's spelling of a time: ISO-8601 UTC with microseconds and a ``Z``."""
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def events_location(live_store: str | Path) -> str | Path:
+    """The event log of a live store (``convfm.store.registry.live_location``)."""
+    return storage.join(live_store, EVENTS_DIR)
+
+
+def list_segments(root: str | Path) -> list[str]:
+    """Segment names of the log at ``root``, oldest first (temp files and strangers ignored)."""
+    return [n for n in storage.list_files(root) if SEGMENT_RE.match(n)]
+
+
+def read_segment(root: str | Path, name: str) -> list[dict[str, Any]]:
+    """The records of one segment; DataValidationError naming the segment and line of a bad record."""
+    where = storage.join(root, name)
+    records = []
+    for number, line in enumerate(storage.read_text(where).splitlines(), start=1):
+        if line.strip():
+            records.append(check_record(line, f"{where}, line {number}"))
+    return records
+
+
+def check_record(line: str, where: str) -> dict[str, Any]:
+    """One JSON line of a segment as a record, or DataValidationError naming ``where`` and the field."""
+    record = parse_json(line, where, "event", DataValidationError)
+    impression = record.get("type") == IMPRESSION
+    required = ("event_id", "type", "timestamp") if impression else REQUIRED
+    missing = [k for k in required if not isinstance(record.get(k), str) or not record[k]]
+    if missing:
+        raise DataValidationError(f"{where}: missing or empty field(s) {missing}")
+    shown = record.get("job_ids")
+    if impression and not (isinstance(shown, list) and all(isinstance(j, str) for j in shown)):
+        raise DataValidationError(f"{where}: field 'job_ids': an impression needs a list of job ids")
+    if not impression and record["type"] not in EVENTS:
+        raise DataValidationError(f"{where}: field 'type': unknown event {record['type']!r}; allowed: "
+                                  f"{[*EVENTS, IMPRESSION]}")
+    try:
+        parse_time(record["timestamp"])
+    except ValueError as exc:
+        raise DataValidationError(f"{where}: field 'timestamp': {exc}") from None
+    return {**{k: None for k in OPTIONAL}, **record}
+
+
+def is_event(record: Mapping[str, Any]) -> bool:
+    """A user's event (not an impression record)."""
+    return record["type"] != IMPRESSION
+
+
+def read_log(root: str | Path, skip: Sequence[str] = ()) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """(segment name, records) of every segment not in ``skip``, oldest first."""
+    skipped = set(skip)
+    for name in list_segments(root):
+        if name not in skipped:
+            yield name, read_segment(root, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Appended:
+    """What one append did: the segment written (None when every event was a duplicate), the records in it,
+    the ids ignored as duplicates, and the log's position (its segment count) after it."""
+
+    segment: Optional[str]
+    records: list[dict[str, Any]]
+    duplicates: list[str]
+    position: int
+
+
+class EventLog:
+    """The writer of one event log: rebuilds the seen event ids on open, appends one segment per call."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = root
+        self._ids: set[str] = set()
+        self._segments = 0
+        self._last_ns = 0
+        self._lock = threading.Lock()  # one append at a time: the id check and the write go together
+
+    @classmethod
+    def open(cls, root: str | Path) -> "EventLog":
+        """The log at ``root`` (created on first append), with every event id already in it."""
+        log = cls(root)
+        for name, records in read_log(root):
+            log._ids.update(r["event_id"] for r in records)
+            log._segments += 1
+            log._last_ns = int(SEGMENT_RE.match(name).group(1))
+        return log
+
+    @property
+    def position(self) -> int:
+        """Segments in the log (this writer's and those found on open): readers compare theirs with it."""
+        return self._segments
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def append(self, records: Sequence[Mapping[str, Any]]) -> Appended:
+        """Write the records whose ``event_id`` is new (first one wins inside ``records``) as one segment and
+        return once it is stored; a storage failure raises StorageError and nothing counts as written."""
+        with self._lock:
+            fresh, duplicates, ids = [], [], set()
+            for record in records:
+                event_id = record["event_id"]
+                if event_id in self._ids or event_id in ids:
+                    duplicates.append(event_id)
+                else:
+                    ids.add(event_id)
+                    fresh.append(dict(record))
+            if not fresh:
+                return Appended(None, [], duplicates, self._segments)
+            self._last_ns = max(time.time_ns(), self._last_ns + 1)
+            name = f"{self._last_ns:019d}-{uuid.uuid4().hex[:8]}.jsonl"
+            text = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in fresh)
+            storage.write_text(storage.join(self.root, name), text, durable=True)
+            self._ids |= ids
+            self._segments += 1
+            return Appended(name, fresh, duplicates, self._segments)
+
+
+def interactions_frame(root: str | Path) -> pd.DataFrame:
+    """The log as an interactions table (``convfm.data.schema.INTERACTIONS``): user_id, job_id, event (the
+    event type: the data config's positive/negative events turn it into labels) and timestamp (int64
+    microseconds since the epoch, the order key of calendar data), in log order."""
+    records = [r for _, segment in read_log(root) for r in segment if is_event(r)]
+    if not records:
+        raise DataValidationError(f"{root}: the event log holds no events")
+    times = [micros(parse_time(r["timestamp"])) for r in records]
+    return pd.DataFrame({"user_id": pd.Series([r["user_id"] for r in records], dtype="str"),
+                         "job_id": pd.Series([r["job_id"] for r in records], dtype="str"),
+                         "event": pd.Series([r["type"] for r in records], dtype="str"),
+                         "timestamp": np.array(times, dtype=np.int64)})

@@ -1,0 +1,188 @@
+"""Feedback events in the service: the records ``POST /events`` writes, and ``LiveEvents``, the overlay of
+logged events that every ranking replica applies on top of whatever model version it serves.
+
+An event counts at once, before any retraining: every type (view, click, save, apply, dismiss) marks the job
+seen for ``exclude_seen`` (as every interaction of the training data does in ``serving.json``), and the types
+the model was trained to treat as positive (its data config's ``positive_events``, apply and save by default:
+the same events its history features were built from) are prepended to the user's stored history.
+
+Replicas learn of new segments two ways: the ingress broadcasts each one after writing it, and every request
+carries the ingress's log position (its segment count); a replica that holds fewer segments (started later,
+missed a broadcast) reads the ones it lacks before answering. Applying a segment twice changes nothing.
+Plain Python, no Ray.
+"""
+from __future__ import annotations
+
+import asyncio
+import bisect
+import datetime as dt
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from convfm.errors import DataValidationError, StorageError
+from convfm.store import event_log
+from serve.scorer import ServiceError
+
+log = logging.getLogger(__name__)
+IMPRESSION_FLUSH_S, IMPRESSION_BATCH = 2.0, 500  # impression records wait at most this long, or this many
+
+
+def event_records(events: Sequence[Any], known: Optional[Mapping[str, bool]]) -> list[dict[str, Any]]:
+    """Log records of validated ``serve.schemas.Event`` objects; ``known``: job id -> in the serving catalog
+    (None when no replica could say: the records then carry ``known_job: null``)."""
+    received = event_log.iso(dt.datetime.now(dt.timezone.utc))
+    return [{"event_id": e.event_id, "type": e.type, "user_id": e.user_id, "job_id": e.job_id,
+             "timestamp": event_log.iso(e.timestamp), "impression_id": e.impression_id,
+             "model_version": e.model_version, "known_job": None if known is None else bool(known.get(e.job_id)),
+             "received_at": received} for e in events]
+
+
+class EventWriter:
+    """The ingress's side of the log: opened on first use (reading every event id back), appends run off the
+    event loop, and a store that fails is a 503 (nothing acknowledged), never a 500."""
+
+    def __init__(self, live_store: Optional[str | Path]) -> None:
+        self.root = None if live_store is None else event_log.events_location(live_store)
+        self._log: Optional[event_log.EventLog] = None
+        self._opening = asyncio.Lock()
+        # writes in call order: impressions flushed before a body of events are in the log before those events
+        self._writing = asyncio.Lock()
+        self._impressions: list[dict[str, Any]] = []  # not yet written (best effort: lost if the process dies)
+        self._since = time.monotonic()
+
+    def impression(self, result: dict[str, Any]) -> dict[str, Any]:
+        """``result`` (a /recommend answer) with a fresh ``impression_id``; its impression record is buffered
+        for the log (``flush``)."""
+        result = {**result, "impression_id": uuid.uuid4().hex}
+        if self.root is not None:
+            if not self._impressions:
+                self._since = time.monotonic()
+            self._impressions.append({
+                "event_id": result["impression_id"], "type": event_log.IMPRESSION, "user_id": result["user_id"],
+                "job_ids": [i["job_id"] for i in result["items"]], "model_version": result["model_version"],
+                "timestamp": event_log.iso(dt.datetime.now(dt.timezone.utc)), "fallback": result.get("fallback")})
+        return result
+
+    def due(self, every_s: float = IMPRESSION_FLUSH_S, most: int = IMPRESSION_BATCH) -> bool:
+        """Whether buffered impressions should be written now (the oldest waited ``every_s``, or ``most``)."""
+        return bool(self._impressions) and (len(self._impressions) >= most or time.monotonic() - self._since >= every_s)
+
+    async def flush(self) -> Optional[event_log.Appended]:
+        """Write the buffered impressions as one segment; on a store failure they are dropped (logged)."""
+        async with self._writing:
+            pending, self._impressions = self._impressions, []
+            if not pending:
+                return None
+            try:
+                writer = await self._open()
+                return await self._storing(writer.append, pending)
+            except ServiceError:
+                log.warning("dropped %d impression record(s): the event log is unavailable", len(pending))
+                return None
+
+    async def _open(self) -> event_log.EventLog:
+        if self.root is None:
+            raise ServiceError(503, "no event log: this service was started without a live store")
+        async with self._opening:
+            if self._log is None:
+                self._log = await self._storing(event_log.EventLog.open, self.root)
+        return self._log
+
+    async def _storing(self, function: Any, *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(function, *args)
+        except (StorageError, DataValidationError, OSError) as exc:
+            log.warning("event log %s unavailable: %s", self.root, exc)
+            raise ServiceError(503, "event log unavailable; nothing was stored, retry") from None
+
+    async def position(self) -> Optional[int]:
+        """The log's segment count, for replicas to compare with theirs; None when there is no readable log."""
+        try:
+            return (await self._open()).position
+        except ServiceError:
+            return None
+
+    async def append(self, events: Sequence[Any],
+                     known: Optional[Mapping[str, bool]]) -> tuple[dict[str, Any], event_log.Appended]:
+        """Store ``events``; returns the ``EventsResponse`` body once the segment is written."""
+        writer = await self._open()
+        async with self._writing:
+            appended = await self._storing(writer.append, event_records(events, known))
+        unknown = sorted({r["job_id"] for r in appended.records if r["known_job"] is False})
+        body = {"accepted": len(appended.records), "duplicates": appended.duplicates, "unknown_jobs": unknown,
+                "segment": appended.segment, "position": appended.position}
+        return body, appended
+
+
+class LiveEvents:
+    """Events of the log applied to this process: per user, jobs seen and (time, type, job) in time order."""
+
+    def __init__(self, root: Optional[str | Path] = None) -> None:
+        self.root = root  # the log's folder, read when catching up; None: only what ``add`` is given
+        self._applied: set[str] = set()
+        self._seen: dict[str, set[str]] = {}
+        self._events: dict[str, list[tuple[str, str, str]]] = {}  # user -> (iso time, type, job), by time
+        self._lock = threading.Lock()
+        self._reading = threading.Lock()  # one catch-up at a time; others wait for it and then find nothing left
+
+    @property
+    def position(self) -> int:
+        """Segments applied here."""
+        return len(self._applied)
+
+    def behind(self, position: Optional[int]) -> bool:
+        return position is not None and self.root is not None and len(self._applied) < position
+
+    def add(self, segment: str, records: Sequence[Mapping[str, Any]]) -> bool:
+        """Apply one segment's records (False when it was applied already)."""
+        with self._lock:
+            if segment in self._applied:
+                return False
+            for r in filter(event_log.is_event, records):
+                self._seen.setdefault(r["user_id"], set()).add(r["job_id"])
+                # the log's ISO-8601 UTC text sorts in time order
+                bisect.insort(self._events.setdefault(r["user_id"], []), (r["timestamp"], r["type"], r["job_id"]))
+            self._applied.add(segment)
+            return True
+
+    def catch_up(self) -> int:
+        """Read and apply every segment of the log not applied yet; returns how many."""
+        if self.root is None:
+            return 0
+        with self._reading:
+            count = 0
+            for name, records in event_log.read_log(self.root, skip=list(self._applied)):
+                count += self.add(name, records)
+            if count:
+                log.info("applied %d event log segment(s) from %s", count, self.root)
+            return count
+
+    def seen_rows(self, user_id: Optional[str], rows: Mapping[str, int]) -> list[int]:
+        """``rows`` (job id -> catalog row) of the jobs ``user_id`` has any event for; other jobs are left out."""
+        jobs = self._seen.get(user_id, ()) if user_id is not None else ()
+        return sorted(rows[j] for j in jobs if j in rows)
+
+    def positives(self, user_id: Optional[str], types: Sequence[str], length: int) -> list[str]:
+        """The user's last ``length`` distinct jobs with an event of ``types``, most recent first."""
+        out: list[str] = []
+        for _, kind, job in reversed(self._events.get(user_id, []) if user_id is not None else []):
+            if kind in types and job not in out:
+                out.append(job)
+                if len(out) == length:
+                    break
+        return out
+
+
+async def follow_log(live: Optional[LiveEvents], position: Optional[int]) -> None:
+    """Before answering: read the segments this process lacks when the writer's ``position`` is ahead of it.
+    A log that cannot be read is logged and the answer goes on without those events (never a failed request)."""
+    if live is None or not live.behind(position):
+        return
+    try:
+        await asyncio.to_thread(live.catch_up)
+    except (StorageError, DataValidationError, OSError) as exc:
+        log.warning("event log %s: catching up failed: %s", live.root, exc)

@@ -1,0 +1,114 @@
+"""The feedback event log (``convfm.store.event_log``): segments in order, written whole, duplicate ids ignored
+across a reopen, bad records named by segment and line, the same on S3 (moto), and read as interactions."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from convfm.errors import DataValidationError, StorageError
+from convfm.store import event_log, storage
+from convfm.store.event_log import EventLog, event_time, interactions_frame, list_segments, read_log
+
+
+def record(event_id: str, kind: str = "click", user: str = "u1", job: str = "j1",
+           when: str = "2026-12-01T10:00:00.000000Z", **extra) -> dict:
+    return {"event_id": event_id, "type": kind, "user_id": user, "job_id": job, "timestamp": when, **extra}
+
+
+def test_segments_read_back_in_write_order(tmp_path):
+    log = EventLog.open(tmp_path)
+    for i in range(5):
+        assert log.append([record(f"e{i}a"), record(f"e{i}b")]).segment is not None
+    names = list_segments(tmp_path)
+    assert len(names) == 5 == log.position and names == sorted(names)
+    ids = [r["event_id"] for _, records in read_log(tmp_path) for r in records]
+    assert ids == [f"e{i}{s}" for i in range(5) for s in "ab"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # no temp files left beside them
+
+
+def test_duplicates_are_ignored_within_a_body_and_across_a_reopen(tmp_path):
+    first = EventLog.open(tmp_path).append([record("a"), record("b"), record("a")])
+    assert [r["event_id"] for r in first.records] == ["a", "b"] and first.duplicates == ["a"]
+    reopened = EventLog.open(tmp_path)  # a restarted writer rebuilds the ids from the log
+    assert len(reopened) == 2 and reopened.position == 1
+    again = reopened.append([record("b"), record("c")])
+    assert again.duplicates == ["b"] and [r["event_id"] for r in again.records] == ["c"]
+    nothing = reopened.append([record("a"), record("c")])
+    assert nothing.segment is None and nothing.position == 2 and len(list_segments(tmp_path)) == 2
+
+
+def test_a_failed_write_stores_nothing_and_keeps_the_ids_free(tmp_path, monkeypatch):
+    log = EventLog.open(tmp_path)
+
+    def broken(path, text, durable=False):
+        raise StorageError(f"{path}: disk on fire")
+
+    monkeypatch.setattr(storage, "write_text", broken)
+    with pytest.raises(StorageError, match="disk on fire"):
+        log.append([record("a")])
+    monkeypatch.undo()
+    assert list_segments(tmp_path) == [] and log.position == 0
+    assert log.append([record("a")]).records  # the retry is not taken for a duplicate
+
+
+def test_segment_names_keep_increasing_after_a_reopen(tmp_path):
+    log = EventLog.open(tmp_path)
+    log.append([record("a")])
+    future = f"{int(list_segments(tmp_path)[0][:19]) + 10**12:019d}-0123abcd.jsonl"  # a writer with a fast clock
+    storage.write_text(tmp_path / future, json.dumps(record("b")) + "\n")
+    log = EventLog.open(tmp_path)
+    name = log.append([record("c")]).segment
+    assert list_segments(tmp_path)[-1] == name and log.position == 3
+
+
+def test_bad_records_name_the_segment_line_and_field(tmp_path):
+    name = "0000000000000000001-00000000.jsonl"
+    good = json.dumps(record("a"))
+    for line, message in [("{not json", "event is not valid JSON"), ("[1]", "event must hold a JSON object"),
+                          (json.dumps(record("b", kind="buy")), "field 'type': unknown event 'buy'"),
+                          (json.dumps(record("b", when="yesterday")), "field 'timestamp'"),
+                          (json.dumps({"event_id": "b"}), r"missing or empty field\(s\) \['type'")]:
+        (tmp_path / name).write_text(f"{good}\n{line}\n")
+        with pytest.raises(DataValidationError, match=rf"{name}, line 2: {message}"):
+            EventLog.open(tmp_path)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("soon", "not an ISO-8601"), (True, "got bool"), (None, "got NoneType"), (1.7e12, "out of range"),
+    (float("nan"), "out of range"), (-1, "out of range"), ("1969-12-31T23:59:59Z", "before 1970"),
+    ("2999-01-01", "in the future"),
+])
+def test_event_times_refuse_nonsense(value, message):
+    with pytest.raises(ValueError, match=message):
+        event_time(value)
+
+
+def test_event_times_accept_iso_and_epoch_seconds():
+    assert event_time(1_700_000_000) == dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.timezone.utc)
+    assert event_time("2023-11-14T23:13:20+01:00") == event_time("2023-11-14T22:13:20Z") == event_time(
+        "2023-11-14 22:13:20")
+
+
+def test_the_log_reads_as_interactions(tmp_path):
+    EventLog.open(tmp_path).append([record("a", "apply", "u1", "j1", "2026-12-01T10:00:00.000000Z"),
+                                    record("b", "dismiss", "u2", "j2", "2026-12-01T11:00:00.000000Z")])
+    frame = interactions_frame(tmp_path)
+    assert frame[["user_id", "job_id", "event"]].values.tolist() == [["u1", "j1", "apply"], ["u2", "j2", "dismiss"]]
+    assert frame["timestamp"].tolist() == [event_log.micros(event_time(f"2026-12-01T1{h}:00:00Z")) for h in (0, 1)]
+    with pytest.raises(DataValidationError, match="holds no events"):
+        interactions_frame(tmp_path / "empty")
+
+
+@pytest.mark.timeout(120)
+def test_the_log_on_s3(s3_bucket):
+    root = s3_bucket("live/events")
+    log = EventLog.open(root)
+    log.append([record("a"), record("b")])
+    log.append([record("b"), record("c", kind="apply")])
+    reopened = EventLog.open(root)
+    assert reopened.position == 2 and len(reopened) == 3
+    assert reopened.append([record("a")]).segment is None
+    assert [r["event_id"] for _, rs in read_log(root) for r in rs] == ["a", "b", "c"]
+    assert interactions_frame(root)["event"].tolist() == ["click", "click", "apply"]
