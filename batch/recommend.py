@@ -5,7 +5,8 @@
 
 Bad input fails before any work: every Parquet file's schema is read first (a file without ``user_id``, or with
 user ids that are neither strings nor integers, is named), and the model is loaded once on the driver.
-The output is complete or absent: ``_SUCCESS.json`` (counts, model version, time) is written after every data
+Jobs the service's event log (``<live store>/events``) shows a user touched before ``at`` count as seen, as in
+the service. The output is complete or absent: ``_SUCCESS.json`` (counts, model version, time) is written after every data
 file; a local output is written to a staging folder beside ``out`` and renamed into place at the end, so a
 killed run leaves only a ``.NAME.staging-*`` folder.
 """
@@ -26,7 +27,8 @@ from convfm.errors import ConfigError
 from convfm.jsonfile import write_json_atomic
 from convfm.model.batch_ranking import BatchRanker
 from convfm.store import storage
-from convfm.store.registry import locate, model_identity, resolve
+from convfm.store.event_log import events_location, interactions_frame, list_segments
+from convfm.store.registry import live_location, locate, model_identity, resolve
 
 SUCCESS = "_SUCCESS.json"
 
@@ -65,8 +67,10 @@ def check_users(users: str) -> int:
 class Recommender:
     """A Ray Data actor: loads the model once, then ranks each batch of users."""
 
-    def __init__(self, model: str, at: int, k: int, exclude_seen: bool) -> None:
+    def __init__(self, model: str, at: int, k: int, exclude_seen: bool, events: Optional[str]) -> None:
         self.ranker = BatchRanker.load(resolve(model), at)
+        if events is not None:
+            self.ranker.add_seen(interactions_frame(events))
         self.k, self.exclude_seen = k, exclude_seen
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -93,6 +97,9 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
     located = locate(model, version)  # pinned: actors started later load this version, not a newer latest
     probe = BatchRanker.load(resolve(located), at)  # a broken model fails here, in one line
     at = probe.at
+    events = events_location(live_location(located))  # what the service logged counts as seen, as it does there
+    events = str(events) if exclude_seen and list_segments(events) else None
+    logged = probe.add_seen(interactions_frame(events)) if events is not None else 0
     del probe
     init_ray(address, quiet=True, packages=[batch_package])
     if workers is None:
@@ -105,7 +112,8 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
     else:
         source = ray.data.read_parquet(users, columns=["user_id"])
     source.map_batches(
-        Recommender, fn_constructor_kwargs={"model": str(located), "at": at, "k": k, "exclude_seen": exclude_seen},
+        Recommender, fn_constructor_kwargs={"model": str(located), "at": at, "k": k, "exclude_seen": exclude_seen,
+                               "events": events},
         batch_size=batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
     ).write_parquet(target)
     seconds = time.perf_counter() - started
@@ -113,6 +121,7 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
     table = written.to_table(columns=["user_id"])
     summary = {"users": n_users, "users_with_rows": len(pa.compute.unique(table["user_id"])),
                "rows": written.count_rows(), "k": k, "exclude_seen": exclude_seen, "at": at,
+               "event_log": events, "logged_pairs_seen": logged,
                "model": str(located), "model_version": model_identity(resolve(located))[1], "catalog_version": 0,
                "workers": workers, "seconds": round(seconds, 3),
                "users_per_s_per_worker": round(n_users / max(seconds, 1e-9) / workers, 2)}

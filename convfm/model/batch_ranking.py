@@ -2,7 +2,8 @@
 over blocks of users, with each user's seen jobs and the jobs not live at the run's time left out.
 
 Pure torch/pandas, so it is tested alone; ``batch/recommend.py`` runs it in Ray Data actors, one model per actor.
-The served catalog is the model's own (``catalog_version`` 0): live catalog changes are not applied here.
+Seen jobs are the model's (``serving.json``) plus, through ``add_seen``, the service's logged events. The catalog
+is the model's own (``catalog_version`` 0): live catalog changes are not applied here.
 """
 from __future__ import annotations
 
@@ -42,6 +43,18 @@ class BatchRanker:
                      for user, jobs in serving.seen.items()}
         self.popular = (serving.popularity.score(self.job_ids).astype(np.float64)
                         if serving.popularity is not None else None)
+
+    def add_seen(self, interactions: pd.DataFrame) -> int:
+        """Count (user_id, job_id) pairs of ``interactions`` (e.g. the service's event log) before ``at`` as seen,
+        as the service does for every logged event; returns how many pairs were added."""
+        rows = self.extractor.job_rows
+        before = interactions[interactions["timestamp"].to_numpy(np.int64) < self.at]
+        added = 0
+        for user, jobs in before.groupby("user_id")["job_id"]:
+            new = np.array([rows[j] for j in jobs.astype(str) if j in rows], dtype=np.int64)
+            self.seen[str(user)] = np.union1d(self.seen.get(str(user), np.zeros(0, np.int64)), new)
+            added += len(new)
+        return added
 
     @classmethod
     def load(cls, path: str | Path, at: Optional[int] = None) -> "BatchRanker":

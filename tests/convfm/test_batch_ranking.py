@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -61,3 +62,15 @@ def test_unknown_users_get_popular_jobs_and_seen_jobs_stay_with_include_seen(bat
     kept = batch.recommend([user], k=batch.ranker.n_jobs, exclude_seen=False)
     assert {batch.extractor.job_ids[r] for r in batch.seen[user] if batch.live[r]} <= set(kept["job_id"])
     assert batch.recommend([], k=5).empty
+
+
+def test_logged_events_before_the_run_time_count_as_seen(tiny, batch):
+    fresh = BatchRanker.load(resolve(tiny.entry), at=batch.at)
+    user = fresh.extractor.user_ids[5]
+    first = fresh.recommend([user], k=3)["job_id"].tolist()
+    later = pd.DataFrame({"user_id": [user], "job_id": [first[1]], "timestamp": [batch.at + 1]})
+    assert fresh.add_seen(later) == 0 and fresh.recommend([user], k=3)["job_id"].tolist() == first
+    logged = pd.DataFrame({"user_id": [user, user], "job_id": [first[0], "not-a-job"], "timestamp": [batch.at - 1] * 2})
+    assert fresh.add_seen(logged) == 1
+    now = fresh.recommend([user], k=3)["job_id"].tolist()
+    assert first[0] not in now and now[:2] == first[1:]
