@@ -159,14 +159,48 @@ def write_text(path: str | Path, text: str) -> None:
         raise _error(path, exc) from None
 
 
-def list_dirs(path: str | Path) -> list[str]:
-    """Names of the directories directly under ``path`` (sorted; [] when ``path`` does not exist)."""
+def write_new_text(path: str | Path, text: str) -> None:
+    """Create a small text file that must not exist yet; FileExistsError when it does (another writer got there).
+
+    Locally the refusal is atomic (a temp file hard-linked to ``path``). Object stores have no create-if-absent
+    here: ``path`` is checked before the PUT and read back after it, so a writer that raced another one on the
+    same key fails loudly when the other's PUT landed last; two PUTs that both finish before either read-back
+    cannot be told apart, so callers keep one writer per store and this only catches a second one."""
+    if not is_uri(path):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            with tmp.open("x") as file:
+                file.write(text)
+            os.link(tmp, target)  # fails if target exists: never replaces what another writer wrote
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    if exists(path):
+        raise FileExistsError(str(path))
+    write_text(path, text)
+    if read_text(path) != text:
+        raise FileExistsError(f"{path}: written by another writer at the same time")
+
+
+def _listed(path: str | Path, kind: pafs.FileType) -> list[str]:
     fs, inner = _fs(path)
     try:
         infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
     except OSError as exc:
         raise _error(path, exc) from None
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+    return sorted(i.base_name for i in infos if i.type == kind)
+
+
+def list_dirs(path: str | Path) -> list[str]:
+    """Names of the directories directly under ``path`` (sorted; [] when ``path`` does not exist)."""
+    return _listed(path, pafs.FileType.Directory)
+
+
+def list_files(path: str | Path) -> list[str]:
+    """Names of the files directly under ``path`` (sorted; [] when ``path`` does not exist)."""
+    return _listed(path, pafs.FileType.File)
 
 
 def _copy(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:
