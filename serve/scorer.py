@@ -18,13 +18,14 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from convfm.store.artifacts import LoadedModel, load_model_dir
+from convfm.store.live_catalog import LiveJobs
 from convfm.errors import ArtifactError
 from convfm.features.base import concat_rows
 from convfm.features.context import now_micros
@@ -124,6 +125,7 @@ class Scorer:
         self.popular = popular
         self.loaded_at = _now()
         self._time_lock = threading.Lock()  # ranking at request time moves the ranker's job sides
+        self.live = LiveJobs(self.n_jobs)  # live catalog applied on top (serve.live_catalog)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "Scorer":
@@ -156,6 +158,7 @@ class Scorer:
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "path": public_text(str(self.path)),
                 "loaded_at": self.loaded_at, "metrics": self.metrics, "jobs": self.n_jobs - 1,
+                "catalog_version": self.live.version,
                 "users": len(self.extractor.user_catalog) - 1,
                 "fields": [f.name for f in self.extractor.feature_map.fields]}
 
@@ -198,7 +201,8 @@ class Scorer:
         return known, table, np.array(rows, dtype=np.int64)
 
     def _mask(self, filters: Filters) -> Optional[np.ndarray]:
-        """(N,) bool of catalog rows passing every filter; None when there are no filters."""
+        """(N,) bool of catalog rows passing every filter and, unless ``include_expired``, not expired by the live
+        catalog; None when every row passes."""
         mask = None
         for column in FILTER_COLUMNS:
             value = getattr(filters, column)
@@ -214,7 +218,7 @@ class Scorer:
             with np.errstate(invalid="ignore"):
                 hit = self.salary_top >= filters.salary_min
             mask = hit if mask is None else mask & hit
-        return mask
+        return mask if filters.include_expired else self.live.unexpired(mask)
 
     # ---------------------------------------------------------------------------------------- recommend
     def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[Any]:
@@ -337,6 +341,7 @@ class ModelSlot:
         self.error: Optional[str] = None  # why the *first* load failed (later failures keep the old model)
         self.last_reload: Optional[dict[str, Any]] = None
         self.gave_up: Optional[str] = None  # set when the first load failed every attempt: see check()
+        self.prepare: Optional[Callable[[Scorer], None]] = None  # run on a new Scorer before it serves
         self._lock = threading.Lock()
 
     def load_first(self, version: Optional[str], attempts: int = 4, backoff_s: float = 2.0) -> dict[str, Any]:
@@ -364,6 +369,8 @@ class ModelSlot:
             started = time.perf_counter()
             try:
                 scorer = Scorer.load(resolve_model(self.model_path, version), self.device)
+                if self.prepare is not None:
+                    self.prepare(scorer)
             except Exception as exc:  # noqa: BLE001 - any failure of a new version must leave the old one serving
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning("model load failed (%s); still serving %s", error, previous)

@@ -23,6 +23,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
+
+from convfm.data.liveness import NEVER
 from convfm.errors import ArtifactError, StorageError
 from convfm.features.context import now_micros
 from convfm.jsonfile import parse_json
@@ -71,6 +74,23 @@ class Delta:
         if not isinstance(expire, dict) or not all(isinstance(t, int) for t in expire.values()):
             raise ArtifactError(f"{source}: expire must map job ids to times (integers)")
         return cls(doc["version"], doc["written_at"], tuple(upsert), expire)
+
+
+class LiveJobs:
+    """The live catalog's state in one Scorer: applied ``version``, ``expires`` (N,) int64 microseconds per
+    catalog row (``NEVER`` unless the live catalog set it) and ``lock`` (apply vs. reads)."""
+
+    def __init__(self, n_jobs: int) -> None:
+        self.version = 0
+        self.expires = np.full(n_jobs, NEVER, dtype=np.int64)
+        self.lock = threading.RLock()
+
+    def unexpired(self, mask: Optional[np.ndarray], now: Optional[int] = None) -> Optional[np.ndarray]:
+        """``mask`` (N,) bool (None: every row) and-ed with "not expired at ``now``"; None when nothing expires."""
+        if (self.expires == NEVER).all():
+            return mask
+        alive = self.expires > (now_micros() if now is None else now)
+        return alive if mask is None else mask & alive
 
 
 def delta_name(version: int) -> str:
