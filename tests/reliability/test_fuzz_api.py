@@ -20,6 +20,7 @@ from schemathesis.specs.openapi.checks import (
     content_type_conformance, response_headers_conformance, response_schema_conformance, status_code_conformance,
 )
 
+from convfm.store.live_catalog import CatalogStore
 from serve.http import LocalBackend, build_http_app
 from serve.scorer import ModelSlot
 
@@ -46,10 +47,10 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", build_http_app(  # its 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def loaded_model(tiny):
+def loaded_model(tiny, tmp_path_factory):
     slot = ModelSlot(tiny.entry)
     assert slot.load()["ok"]
-    BACKEND.slot = slot
+    BACKEND.slot, BACKEND.catalog = slot, CatalogStore(tmp_path_factory.mktemp("live"))  # POST /jobs writes here
     return slot
 
 

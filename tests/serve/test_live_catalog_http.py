@@ -16,7 +16,7 @@ from convfm.store.live_catalog import CatalogStore
 from serve.http import LocalBackend, build_http_app
 from serve.scorer import ModelSlot
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 KEY = "live-key-0123456789"
 AUTH = {"X-API-Key": KEY}
 ATLANTIS = {"user_id": None, "k": 5, "filters": {"location": "Atlantis"}}
