@@ -134,22 +134,25 @@ def read_text(path: str | Path) -> str:
         raise _error(path, exc) from None
 
 
+def _write_local(target: Path, text: str, new: bool) -> None:
+    """A temp file beside ``target``, then renamed over it, or (``new``) hard-linked to it: FileExistsError when
+    it exists, never replacing what another writer wrote. Either way no reader sees half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # not mkstemp: its files are private (0600), and a registry's ``latest`` or a served model's files must
+    # stay readable as the umask says; the .tmp suffix keeps a leftover out of every "*.json" glob
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with tmp.open("x") as file:
+            file.write(text)
+        (os.link if new else os.replace)(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write a small text file: atomically (temp + rename) on a local disk, one PUT on an object store."""
     if not is_uri(path):
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # not mkstemp: its files are private (0600), and a registry's ``latest`` or a served model's files must
-        # stay readable as the umask says; the .tmp suffix keeps a leftover out of every "*.json" glob
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
-            with tmp.open("x") as file:
-                file.write(text)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return
+        return _write_local(Path(path), text, new=False)
     fs, inner = _fs(path)
     try:
         fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)  # a no-op on object stores, needed on file://
@@ -162,21 +165,12 @@ def write_text(path: str | Path, text: str) -> None:
 def write_new_text(path: str | Path, text: str) -> None:
     """Create a small text file that must not exist yet; FileExistsError when it does (another writer got there).
 
-    Locally the refusal is atomic (a temp file hard-linked to ``path``). Object stores have no create-if-absent
+    Locally the refusal is atomic (``_write_local``). Object stores have no create-if-absent
     here: ``path`` is checked before the PUT and read back after it, so a writer that raced another one on the
     same key fails loudly when the other's PUT landed last; two PUTs that both finish before either read-back
     cannot be told apart, so callers keep one writer per store and this only catches a second one."""
     if not is_uri(path):
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
-            with tmp.open("x") as file:
-                file.write(text)
-            os.link(tmp, target)  # fails if target exists: never replaces what another writer wrote
-        finally:
-            tmp.unlink(missing_ok=True)
-        return
+        return _write_local(Path(path), text, new=True)
     if exists(path):
         raise FileExistsError(str(path))
     write_text(path, text)
