@@ -70,8 +70,7 @@ def _upsert(scorer: Any, jobs: list[dict[str, Any]]) -> None:
     live = scorer.live
     live.expires = _grown(live.expires, n, NEVER)
     live.expires[rows] = expires
-    scorer.popular = _grown(scorer.popular, n, 0.0)
-    scorer.popular[rows] = 0.0
+    scorer.popular = _grown(scorer.popular, n, 0.0)  # a replaced job keeps its popularity
     for column in DISPLAY_COLUMNS:
         values = scorer.columns.setdefault(column, [None] * before)
         values.extend([None] * (n - len(values)))
