@@ -9,6 +9,7 @@
     python benchmarks/serve_load.py --model models/NAME   # an existing registry entry instead of a fresh model
     python benchmarks/serve_load.py --smoke-test          # seconds: tiny numbers, checks that it runs
     python benchmarks/serve_load.py --duration 30 --rounds 3 --concurrency 8   # soak: see below
+    OMP_NUM_THREADS=1 python benchmarks/serve_load.py --explain   # what explanations cost (no Ray, ~2 min)
 
 ``--duration S`` is a soak check of the convfm Serve app alone: ``--rounds`` runs of S seconds each at a fixed
 concurrency on loopback, reporting per run the errors and the RSS of every Serve replica process (Ranker, Api)
@@ -263,6 +264,37 @@ def catalog_timing(model_path: str, n_jobs: int, repeats: int) -> dict[str, floa
             "same_top10": same, "threads": torch.get_num_threads()}
 
 
+def explain_timing(model_path: str, users: list[str], rounds: int) -> dict[str, float]:
+    """``recommend_many`` of one k=10 request at a time, with and without explanations, alternating per user
+    (a busy shared machine slows both alike) -> median ms of each."""
+    import torch
+
+    from convfm.store.registry import resolve
+    from serve.schemas import RecommendRequest
+    from serve.scorer import Scorer
+
+    scorer = Scorer.load(resolve(model_path))
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for user in users:
+            for explain in (False, True):
+                request = RecommendRequest(user_id=user, k=10, explain=explain)
+                times[explain].append(_timed(lambda: scorer.recommend_many([request])))
+    plain, explained = (float(np.median(times[e])) * 1000 for e in (False, True))
+    return {"jobs": scorer.n_jobs - 1, "requests": len(times[True]), "plain_ms": plain, "explained_ms": explained,
+            "threads": torch.get_num_threads()}
+
+
+def print_explain_timing(t: dict[str, float]) -> None:
+    print(f"\n### recommend_many, one k=10 request at a time, {t['jobs']:,}-job catalog, in process "
+          f"(torch threads: {t['threads']}, {t['requests']} requests each)\n")
+    print("| request | p50 ms | share of the request |\n|---|---:|---:|")
+    print(f"| explain: false | {t['plain_ms']:.1f} | |")
+    extra = t["explained_ms"] - t["plain_ms"]
+    print(f"| explain: true | {t['explained_ms']:.1f} | explanations {extra:.1f} ms, "
+          f"{extra / t['explained_ms']:.0%} |")
+
+
 def _timed(fn) -> float:
     started = time.perf_counter()
     fn()
@@ -284,6 +316,8 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=2, help="Ranker replicas in soak mode (default 2)")
     parser.add_argument("--max-rss-growth-mb", type=float, default=64.0,
                         help="soak: fail when a replica grows more than this from run 1 to the last (default 64)")
+    parser.add_argument("--explain", action="store_true", help="only the in-process cost of explanations: "
+                        "recommend_many with and without them (no Ray; a fresh model has 10,000 jobs)")
     parser.add_argument("--plain-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_server:
@@ -296,8 +330,9 @@ def main() -> int:
 
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="convfm-bench-"))
-    model = str(Path(args.model).absolute()) if args.model else str(build_model(
-        workdir, *((300, 200, 5_000) if args.smoke_test else (2_000, 1_000, 30_000))))
+    sizes = (300, 200, 5_000) if args.smoke_test else (3_000, 10_000, 30_000) if args.explain else \
+        (2_000, 1_000, 30_000)
+    model = str(Path(args.model).absolute()) if args.model else str(build_model(workdir, *sizes))
     print(f"model {model} ready after {time.perf_counter() - started:.0f}s", file=sys.stderr)
     from serve.scorer import ModelSlot
 
@@ -308,6 +343,9 @@ def main() -> int:
     del slot
     if args.duration is not None:
         return soak(model, args, bodies)
+    if args.explain:
+        print_explain_timing(explain_timing(model, users[:50], rounds=2 if args.smoke_test else 4))
+        return 0
 
     catalog = catalog_timing(model, args.catalog_jobs, repeats=3 if args.smoke_test else 6)
     results = {}

@@ -35,7 +35,7 @@ from convfm.errors import ArtifactError, ConvFMError
 from convfm.store.live_catalog import CatalogStore
 from convfm.store import storage
 from convfm.store.registry import VERSION_RE, live_location, locate
-from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, ServeConfig
+from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, SHUTDOWN_OPTIONS, ServeConfig
 from serve.http import build_http_app, reload_outcome, unwrap, wrap
 from serve.live_catalog import answer, catch_up, job_detail, write_jobs
 from serve.scorer import ModelSlot, ServiceError, public_text
@@ -268,25 +268,39 @@ def pinned_version(model: str, version: Optional[str]) -> Optional[str]:
     return found if VERSION_RE.match(found) else None
 
 
-def build_app(config: ServeConfig) -> Any:
+def largest_node_cpus() -> float:
+    """CPUs of the largest alive node of the Ray this process is connected to, else of this machine."""
+    import ray
+
+    if ray.is_initialized():
+        sizes = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+        if sizes:
+            return max(sizes)
+    return float(os.cpu_count() or 1)
+
+
+def build_app(config: ServeConfig, node_cpus: Optional[float] = None) -> Any:
     """The application graph for ``config`` (checks that the model path exists; reads the API key env var).
     Replicas are pinned to the version ``latest`` names now: one started later (autoscaling, a restart) must not
-    load a version published since, while the others keep this one."""
+    load a version published since, while the others keep this one. Replicas without a configured ``num_cpus``
+    are sized to ``node_cpus`` (default: the largest node, see ``largest_node_cpus``)."""
     model = config.model if storage.is_uri(config.model) else str(Path(config.model).expanduser().absolute())
     version = pinned_version(model, config.model_version)  # fails now, not inside a replica, on a wrong path
     device = "cuda" if config.num_gpus > 0 else "cpu"
     logging_config = {"enable_access_log": config.access_log}
+    node_cpus = largest_node_cpus() if node_cpus is None else node_cpus
     live = config.live_store or live_location(model)
     live = str(live) if storage.is_uri(live) else str(Path(live).expanduser().absolute())
-    ranker = Ranker.options(**config.ranker_options(), logging_config=logging_config).bind(
+    ranker = Ranker.options(**config.ranker_options(node_cpus), logging_config=logging_config).bind(
         model, version, config.max_batch_size, config.batch_wait_timeout_s, device, live)
     settings = {"model": model, "model_version": version, "live_store": live,
                 "api_key_digest": config.api_key_digest(),
                 "auth_all_endpoints": config.auth_all_endpoints, "max_body_bytes": config.max_body_bytes,
                 "request_timeout_s": config.request_timeout_s, "allowed_hosts": config.trusted_hosts()}
     # The ingress only forwards: let it hold as many requests as the Rankers can batch.
-    ingress_limit = config.max_ongoing_requests * (config.max_replicas if config.replicas == "auto" else config.replicas)
+    ingress_limit = config.max_ongoing_requests * config.most_replicas()
     return Api.options(ray_actor_options={"num_cpus": config.ingress_num_cpus}, logging_config=logging_config,
+                       **SHUTDOWN_OPTIONS,
                        max_ongoing_requests=ingress_limit,
                        user_config={"model_version": config.model_version}).bind(ranker, settings)
 

@@ -26,6 +26,9 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 _LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
 _HOST_NAME = re.compile(rf"^(\*|(\*\.)?{_LABEL}(\.{_LABEL})*|\[[0-9a-f:.]+\])$")
 _UNSPECIFIED = ("0.0.0.0", "::")
+# Stopping a replica waits for its requests at most this long (Serve's default, 20 s per replica, made a stop
+# under load exceed the controller's 30 s shutdown limit and take over a minute).
+SHUTDOWN_OPTIONS = {"graceful_shutdown_timeout_s": 5.0, "graceful_shutdown_wait_loop_s": 0.5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +43,14 @@ class ServeConfig(BaseConfig):
     min_replicas: int = 1
     max_replicas: int = 2
     target_ongoing_requests: float = 8.0
+    # Serve's defaults (30 s up, 600 s down) leave a load spike over before a replica is added, and the extra
+    # replica up for 10 minutes after it.
+    upscale_delay_s: float = 5.0
+    downscale_delay_s: float = 30.0
     max_ongoing_requests: int = 32
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.005
-    num_cpus: float = 1.0  # per ranking replica
+    num_cpus: Optional[float] = None  # per ranking replica; None: sized to the node (replica_cpus)
     num_gpus: float = 0.0
     ingress_num_cpus: float = 0.1
     api_key_env: Optional[str] = None  # name of the env var holding the API key; None: no key, /admin/* off
@@ -73,7 +80,11 @@ class ServeConfig(BaseConfig):
         check_int(self.max_ongoing_requests, "max_ongoing_requests", self.max_batch_size, 10_000,
                   low_from="max_batch_size")  # so batches can fill
         check_number(self.batch_wait_timeout_s, "batch_wait_timeout_s", 0, 1)
-        for name, high in (("num_cpus", 64), ("num_gpus", 8), ("ingress_num_cpus", 8)):
+        check_number(self.upscale_delay_s, "upscale_delay_s", 0, 3600)
+        check_number(self.downscale_delay_s, "downscale_delay_s", 0, 3600)
+        if self.num_cpus is not None:
+            check_number(self.num_cpus, "num_cpus", 0, 64)
+        for name, high in (("num_gpus", 8), ("ingress_num_cpus", 8)):
             check_number(getattr(self, name), name, 0, high)
         require(self.api_key_env is None or (isinstance(self.api_key_env, str)
                                              and bool(_ENV_NAME.match(self.api_key_env))),
@@ -102,16 +113,33 @@ class ServeConfig(BaseConfig):
             values[key] = value
         return cls.from_dict(values, source=source)
 
-    def ranker_options(self) -> dict[str, Any]:
-        """``Deployment.options`` of the ranking deployment."""
+    def most_replicas(self) -> int:
+        return self.max_replicas if self.replicas == "auto" else self.replicas
+
+    def replica_cpus(self, node_cpus: float) -> float:
+        """CPUs each ranking replica asks for: ``num_cpus``, else a share of the largest node such that the most
+        replicas there can be and the ingress fit on it (at most 1, at least 0.1). A replica asking for a whole CPU
+        that the node lacks stays STARTING forever (seen with 2 replicas + ingress on 2 cores)."""
+        if self.num_cpus is not None:
+            return self.num_cpus
+        share = (node_cpus - self.ingress_num_cpus) / self.most_replicas()
+        return max(0.1, min(1.0, int(share * 100) / 100))
+
+    def ranker_options(self, node_cpus: float) -> dict[str, Any]:
+        """``Deployment.options`` of the ranking deployment on a cluster whose largest node has ``node_cpus``."""
         options: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "ray_actor_options": {"num_cpus": self.replica_cpus(node_cpus), "num_gpus": self.num_gpus},
+            **SHUTDOWN_OPTIONS,
         }
         if self.replicas == "auto":
             options["autoscaling_config"] = {
                 "min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
                 "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s,
+                # Decide on the last 10 s of load, sampled every 2 s (Serve: 30 s and 10 s), so a replica is added
+                # while the load that asked for it still runs.
+                "look_back_period_s": 10.0, "metrics_interval_s": 2.0,
             }
         else:
             options["num_replicas"] = self.replicas
@@ -150,6 +178,8 @@ def _parse(key: str, text: str, default: Any) -> Any:
         return None
     if key == "replicas":
         return text if text == "auto" else _convert(key, text, int)
+    if key == "num_cpus":  # a number or null (sized to the node)
+        return _convert(key, text, float)
     if isinstance(default, tuple):  # a comma-separated list
         return tuple(item.strip() for item in text.split(","))
     if isinstance(default, bool):

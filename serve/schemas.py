@@ -83,6 +83,9 @@ class RecommendRequest(UserRequest):
     k: int = Field(10, ge=1, le=MAX_K, description=f"number of jobs, 1..{MAX_K}")
     filters: Filters = Field(default_factory=Filters)
     exclude_seen: bool = Field(True, description="drop jobs the user already interacted with")
+    explain: bool = Field(False, description="give each item its `why` and `explanation`; off by default as "
+                          "they cost 13-18% of a k=10 request on a 10k-job catalog (benchmarks/serve_load.py "
+                          "--explain), a share that grows as scoring gets faster")
 
 
 class ScoreRequest(UserRequest):

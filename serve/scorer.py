@@ -247,9 +247,11 @@ class Scorer:
                 if request.exclude_seen and request.history:
                     seen += past.tolist()
                 rows, logits = self.ranker.top_k(user, request.k, seen, mask, scores=scores[u])
-                explanations = [self._cited(e) for e in self.ranker.explain(user, rows, history_rows=past)]
-                items = [{**self.job_record(int(r)), "score": float(1 / (1 + np.exp(-l))), "why": _why(e),
-                          "explanation": e} for r, l, e in zip(rows, logits, explanations)]
+                items = [{**self.job_record(int(r)), "score": float(1 / (1 + np.exp(-l)))}
+                         for r, l in zip(rows, logits)]
+                if request.explain:
+                    for item, e in zip(items, self.ranker.explain(user, rows, history_rows=past)):
+                        item.update(why=_why(self._cited(e)), explanation=e)
                 results[i] = {"user_id": request.user_id, "model_version": self.version,
                               "cold_start": not known and (request.profile is not None or bool(request.history)),
                               "fallback": None, "items": items}
@@ -320,6 +322,8 @@ def _decoded_columns(extractor: Any) -> dict[str, list[Optional[str]]]:
 
 
 def _why(explanation: dict[str, Any]) -> str:
+    """The explanation in one line. Field pairs come last and only those ``CatalogRanker.explain`` kept: it
+    never credits a missing or catalog-wide constant field, so a job may have none."""
     parts = []
     similar = explanation.get("similar_to")
     if similar is not None and similar["similarity"] > 0:

@@ -132,10 +132,10 @@ def serve_stage(model_dir: Path, data: PreparedData) -> None:
         print(f"   {url} ready: {health.get('model')} {health.get('version')} ({time.perf_counter() - started:.1f}s)")
         user = str(data.frames["test"]["user_id"].iloc[0])
         queries = [
-            (f"known user {user}", {"user_id": user, "k": 5}),
+            (f"known user {user}", {"user_id": user, "k": 5, "explain": True}),
             ("cold-start profile: python, sql, docker in Chicago", {
                 "profile": {"skills": ["python", "sql", "docker"], "location": "Chicago",
-                            "experience_level": "mid"}, "k": 5}),
+                            "experience_level": "mid"}, "k": 5, "explain": True}),
             ("unknown user without a profile", {"user_id": "somebody-new", "k": 5}),
         ]
         for title, body in queries:

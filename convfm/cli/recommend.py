@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def request_body(args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {"k": args.k, "exclude_seen": not args.include_seen}
+    body: dict[str, Any] = {"k": args.k, "exclude_seen": not args.include_seen, "explain": True}  # the why column
     if args.user:
         body["user_id"] = args.user
     profile = {"skills": [s.strip() for s in (args.skills or "").split(",") if s.strip()],

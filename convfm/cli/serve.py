@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     from serve.app import build_app
 
-    application = build_app(config)  # checks the model path before starting anything
+    application = build_app(config, node_cpus=args.num_cpus)  # checks the model path before starting anything
     check_local_model(config)
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,  # never a
              configure_logging=False)  # cluster an earlier `ray start` recorded: Serve and Ray stop with this command

@@ -21,7 +21,7 @@ import pandas as pd
 
 from convfm.data.liveness import ALWAYS, MICROS_PER_DAY, NEVER
 from convfm.features.base import with_room
-from convfm.features.fields import PAD, UNK, EncodedTable, FieldSpec, Vocabulary
+from convfm.features.fields import PAD, UNK, EncodedTable, FieldSpec, Vocabulary, field_columns
 
 HISTORY_FIELDS = ("history_jobs", "history_companies", "history_locations", "history_skills", "history_text",
                   "activity")
@@ -203,13 +203,7 @@ class HistoryEncoder:
     def __init__(self, length: int, job_fields: Sequence[FieldSpec]) -> None:
         self.length = length
         self.specs = {f.name: f for f in job_fields}
-        # job field -> (kind, column): its index among fields of its kind, or a dense field's column slice
-        self.sources: dict[str, tuple[str, int | slice]] = {}
-        offset = 0
-        for kind in ("categorical", "multi", "dense"):
-            for i, f in enumerate(x for x in job_fields if x.kind == kind):
-                self.sources[f.name] = (kind, slice(offset, offset + f.width) if kind == "dense" else i)
-                offset += f.width if kind == "dense" else 0
+        self.sources = field_columns(job_fields)  # job field -> (kind, column) in the encoded catalog
 
     def fields(self) -> list[FieldSpec]:
         out = []

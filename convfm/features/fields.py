@@ -166,6 +166,18 @@ class FeatureMap:
         return cls.from_dict(read_json(path, "feature map", ArtifactError), source=str(path))
 
 
+def field_columns(fields: Sequence[FieldSpec]) -> dict[str, tuple[str, int | slice]]:
+    """Where each of ``fields`` (FeatureMap order) sits in their EncodedTable: field name -> (kind, its index
+    among the fields of its kind, or a dense field's column slice)."""
+    columns: dict[str, tuple[str, int | slice]] = {}
+    offset = 0
+    for kind in KINDS:
+        for i, f in enumerate(x for x in fields if x.kind == kind):
+            columns[f.name] = (kind, slice(offset, offset + f.width) if kind == "dense" else i)
+            offset += f.width if kind == "dense" else 0
+    return columns
+
+
 @dataclasses.dataclass
 class EncodedTable:
     """One side's encoded fields, grouped by kind in FeatureMap order.

@@ -208,7 +208,7 @@ def test_serve_import_path_and_args_match_the_code(manifests):
     assert config.model == app["args"]["model"] and config.num_gpus == 0
     deployments = {d["name"] for d in app.get("deployments", [])}
     assert deployments <= {"Api", "Ranker"}
-    # replicas fit the worker group: every Ranker replica needs num_cpus
+    # replicas fit the worker group: every Ranker replica needs replica_cpus of a pod
     group = cluster_spec(manifests["rayservice.yaml"])["workerGroupSpecs"][0]
     cpus = int(group["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"])
-    assert group["maxReplicas"] * cpus >= config.max_replicas * config.num_cpus + config.ingress_num_cpus
+    assert group["maxReplicas"] * cpus >= config.max_replicas * config.replica_cpus(cpus) + config.ingress_num_cpus

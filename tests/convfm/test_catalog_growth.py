@@ -91,3 +91,16 @@ def test_a_ranker_over_a_given_catalog_refuses_to_grow(served):
     ranker = CatalogRanker(model, extractor, jobs=jobs)
     with pytest.raises(ValueError, match="put_jobs: this ranker scores a catalog given at construction"):
         ranker.put_jobs(np.array([1]))
+
+
+def test_explanations_see_the_grown_catalog(served):
+    """Which job fields vary over the catalog (explain credits only those) is recomputed after put_jobs."""
+    model, extractor = served
+    ranker = CatalogRanker(model, extractor, time=T0)
+    ranker.explain(users_of(extractor, 1), [1, 2])  # caches the catalog's constant fields
+    company = [f.name for f in ranker.job_map.fields].index("company")
+    assert not ranker.constant_job_fields()[company]
+    put(extractor, ranker, new_jobs(extractor.job_ids[1:]), T0)  # every job now at the same company
+    assert ranker.constant_job_fields()[company]
+    np.testing.assert_array_equal(ranker.constant_job_fields(),
+                                  CatalogRanker(model, extractor, time=T0).constant_job_fields())

@@ -140,7 +140,7 @@ def test_versions_need_a_registry(tiny):
 
 def test_a_stranger_with_a_history_is_scored_from_it_and_the_why_cites_it(scorer, tiny):
     past = tiny.data.extractor.job_ids[1:3]
-    stranger = scorer.recommend_many([rec(user_id="stranger", history=past, k=5)])[0]
+    stranger = scorer.recommend_many([rec(user_id="stranger", history=past, k=5, explain=True)])[0]
     assert stranger["fallback"] is None and stranger["cold_start"] is True
     assert not {i["job_id"] for i in stranger["items"]} & set(past)  # the history counts as seen
     cited = [i["explanation"]["similar_to"] for i in stranger["items"]]
@@ -155,7 +155,7 @@ def test_a_stranger_with_a_history_is_scored_from_it_and_the_why_cites_it(scorer
 def test_a_known_user_is_scored_with_the_stored_history(scorer, tiny):
     extractor = tiny.data.extractor
     user = extractor.history.users[int(np.argmax(np.diff(extractor.history.offsets)))]  # the longest history
-    stored = scorer.recommend_many([rec(user_id=user, k=5, exclude_seen=False)])[0]
+    stored = scorer.recommend_many([rec(user_id=user, k=5, exclude_seen=False, explain=True)])[0]
     given = scorer.recommend_many([rec(user_id=user, k=5, exclude_seen=False, history=["nonexistent-job"])])[0]
     assert [i["score"] for i in stored["items"]] != [i["score"] for i in given["items"]]
     assert all(i["explanation"]["similar_to"] is not None for i in stored["items"])

@@ -63,10 +63,35 @@ def test_builder_args_arrive_as_strings():
     config = ServeConfig.from_args({"model": "m", "port": "9000", "replicas": "auto", "auth_all_endpoints": "false",
                                     "batch_wait_timeout_s": "0.01", "model_version": "null"})
     assert (config.port, config.replicas, config.auth_all_endpoints, config.batch_wait_timeout_s) == (9000, "auto", False, 0.01)
-    assert config.ranker_options()["autoscaling_config"]["max_replicas"] == 2
-    assert ServeConfig(replicas=3).ranker_options()["num_replicas"] == 3
+    assert config.ranker_options(2)["autoscaling_config"]["max_replicas"] == 2
+    assert ServeConfig(replicas=3).ranker_options(2)["num_replicas"] == 3
+    assert ServeConfig.from_args({"num_cpus": "0.5"}).num_cpus == 0.5
+    assert ServeConfig.from_args({"num_cpus": "null"}).num_cpus is None
     with pytest.raises(ConfigError, match="port: must be an integer"):
         ServeConfig.from_args({"port": "eighty"})
+
+
+@pytest.mark.parametrize("values,node_cpus,expected", [
+    ({"replicas": "auto", "max_replicas": 2}, 2, 0.95),  # both replicas and the 0.1-CPU ingress fit 2 cores
+    ({"replicas": "auto", "max_replicas": 4}, 2, 0.47),
+    ({"replicas": 1}, 2, 1.0), ({"replicas": "auto", "max_replicas": 2}, 16, 1.0),  # never more than one CPU
+    ({"replicas": 64}, 2, 0.1), ({"replicas": 2, "num_cpus": 1.5}, 2, 1.5),  # a configured size is kept
+])
+def test_replicas_are_sized_to_fit_the_node(values, node_cpus, expected):
+    config = ServeConfig(**values)
+    options = config.ranker_options(node_cpus)
+    assert options["ray_actor_options"]["num_cpus"] == expected
+    if config.num_cpus is None and expected > 0.1:
+        assert expected * config.most_replicas() + config.ingress_num_cpus <= node_cpus
+
+
+def test_autoscaling_reacts_within_seconds_and_replicas_stop_quickly():
+    options = ServeConfig(replicas="auto", upscale_delay_s=3, downscale_delay_s=20).ranker_options(2)
+    scaling = options["autoscaling_config"]
+    assert (scaling["upscale_delay_s"], scaling["downscale_delay_s"], scaling["look_back_period_s"]) == (3, 20, 10)
+    assert options["graceful_shutdown_timeout_s"] <= 5
+    with pytest.raises(ConfigError, match="downscale_delay_s: must be a number in"):
+        ServeConfig(downscale_delay_s=-1)
 
 
 def test_api_key_is_read_from_the_environment_and_only_its_digest_kept():
@@ -96,7 +121,7 @@ def test_cli_serve_and_recommend_arguments(tmp_path):
     assert (config.model, config.replicas, config.api_key_env, config.auth_all_endpoints) == ("models/x", "auto", "K", True)
     args = parser.parse_args(["recommend", "--skills", "python, sql", "--location", "Berlin", "-k", "3",
                               "--job-type", "contract"])
-    assert request_body(args) == {"k": 3, "exclude_seen": True, "filters": {"job_type": "contract"},
+    assert request_body(args) == {"k": 3, "exclude_seen": True, "explain": True, "filters": {"job_type": "contract"},
                                   "profile": {"skills": ["python", "sql"], "location": "Berlin"}}
     table = format_table({"model_version": "v0001", "fallback": "popular", "items": [
         {"job_id": "j1", "title": "Data Engineer", "company": "Acme", "location": "Remote", "score": 0.91,

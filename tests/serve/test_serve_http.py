@@ -72,7 +72,7 @@ def test_health_goes_ready_after_load(service):
 
 def test_recommend_for_a_known_user(service):
     user = busiest_user(service.data)
-    body = recommend(service, user_id=user, k=5)
+    body = recommend(service, user_id=user, k=5, explain=True)
     assert body["user_id"] == user and body["model_version"] == "v0001"
     assert body["fallback"] is None and body["cold_start"] is False
     items = body["items"]
@@ -95,7 +95,7 @@ def test_exclude_seen_excludes(service):
 
 
 def test_cold_start_profile(service):
-    body = recommend(service, profile={"skills": ["Python", "sql", "docker"], "location": "Remote"}, k=4)
+    body = recommend(service, profile={"skills": ["Python", "sql", "docker"], "location": "Remote"}, k=4, explain=True)
     assert body["cold_start"] is True and body["fallback"] is None and len(body["items"]) == 4
     for item in body["items"]:
         assert set(item["explanation"]["matching_skills"]) <= {"python", "sql", "docker"}
