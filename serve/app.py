@@ -16,6 +16,10 @@ that version and writes the event log (it is thin; the Ranker is what scales).
 Feedback events (``serve.events``): ``POST /events`` is written to the log on the live store by the ``Api``,
 then broadcast to every Ranker replica; requests carry the log's position, so a replica that started later or
 missed a broadcast reads the segments it lacks before answering.
+
+The live catalog (``POST /jobs``; ``serve.live_catalog``) follows the same pattern: the Api, its one writer,
+appends a numbered delta to the live store and tags every later request with that catalog version; a replica
+behind reads the deltas it lacks before it answers, and every model (re)load starts from the whole live catalog.
 """
 from __future__ import annotations
 
@@ -31,13 +35,15 @@ from ray import serve
 from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 
-from convfm.errors import ArtifactError
+from convfm.errors import ArtifactError, ConvFMError
+from convfm.store.live_catalog import CatalogStore
 from convfm.store import storage
 from convfm.store.registry import VERSION_RE, live_location, locate
 from convfm.store.event_log import events_location
 from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, SHUTDOWN_OPTIONS, ServeConfig
 from serve.events import EventWriter, LiveEvents, follow_log
 from serve.http import build_http_app, reload_outcome, unwrap, wrap
+from serve.live_catalog import answer, catch_up, job_detail, write_jobs
 from serve.scorer import ModelSlot, ServiceError, public_text
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,8 @@ class Ranker:
         self.slot = ModelSlot(model, device)
         self.slot.live = LiveEvents(events_location(live_store) if live_store else None)
         threading.Thread(target=self._read_events, name="convfm-events-read", daemon=True).start()
+        self.catalog = None if live_store is None else CatalogStore(live_store)
+        self.slot.prepare = lambda scorer: catch_up(scorer, self.catalog)  # a (re)loaded model: the whole live catalog
         for method in (self._recommend_batch, self._score_batch):
             method.set_max_batch_size(max_batch_size)
             method.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -76,17 +84,19 @@ class Ranker:
         while self.slot.current is None and self.slot.error is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
-    async def recommend(self, request: Any, want: Optional[str] = None, events: Optional[int] = None) -> dict[str, Any]:
+    async def recommend(self, request: Any, want: Optional[str] = None, events: Optional[int] = None,
+                        catalog: Optional[int] = None) -> dict[str, Any]:
         await self._first_load()
         self._follow(want)
         await follow_log(self.slot.live, events)
-        return await self._recommend_batch(request)
+        return await self._catch_up(catalog) or await self._recommend_batch(request)
 
-    async def score(self, request: Any, want: Optional[str] = None, events: Optional[int] = None) -> dict[str, Any]:
+    async def score(self, request: Any, want: Optional[str] = None, events: Optional[int] = None,
+                    catalog: Optional[int] = None) -> dict[str, Any]:
         await self._first_load()
         self._follow(want)
         await follow_log(self.slot.live, events)
-        return await self._score_batch(request)
+        return await self._catch_up(catalog) or await self._score_batch(request)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _recommend_batch(self, requests: list[Any]) -> list[dict[str, Any]]:
@@ -103,7 +113,7 @@ class Ranker:
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
         started = time.perf_counter()
         try:
-            results = getattr(self.slot.require(), method)(requests)
+            results = answer(self.slot.require(), method, requests)
         except ServiceError as exc:
             results = [exc] * len(requests)
         except Exception:  # noqa: BLE001 - one bad batch must not take the replica down
@@ -129,15 +139,29 @@ class Ranker:
         finally:
             self._following = None
 
+    # ----------------------------------------------------------------------------------- live catalog
+    async def _catch_up(self, catalog: Optional[int]) -> Optional[dict[str, Any]]:
+        """Apply the live catalog up to the ingress's version ``catalog`` before answering (a replica that lags,
+        restarted or started later reads the deltas it misses); a wrapped 503 when the store cannot be read."""
+        scorer = self.slot.current
+        if catalog is None or scorer is None or scorer.live_jobs.version >= catalog:
+            return None
+        try:
+            await asyncio.to_thread(catch_up, scorer, self.catalog, catalog)
+        except ConvFMError as exc:
+            log.warning("live catalog v%d not applied: %s", catalog, exc)
+            return wrap(ServiceError(503, f"live catalog version {catalog} is not readable yet; retry"))
+        return None
+
     async def reload(self, version: Optional[str]) -> dict[str, Any]:
         report = await asyncio.to_thread(self.slot.load, version)
         report["replica"] = serve.get_replica_context().replica_tag
         return report
 
-    async def job(self, job_id: str) -> dict[str, Any]:
+    async def job(self, job_id: str, catalog: Optional[int] = None) -> dict[str, Any]:
         await self._first_load()
         try:
-            return wrap(self.slot.require().job(job_id))
+            return await self._catch_up(catalog) or wrap(job_detail(self.slot.require(), job_id))
         except ServiceError as exc:
             return wrap(exc)
 
@@ -163,10 +187,10 @@ class Ranker:
         except ServiceError as exc:
             return wrap(exc)
 
-    async def info(self) -> dict[str, Any]:
+    async def info(self, catalog: Optional[int] = None) -> dict[str, Any]:
         await self._first_load()
         try:
-            return wrap({**self.slot.info(), "batching": dict(self.stats)})
+            return await self._catch_up(catalog) or wrap({**self.slot.info(), "batching": dict(self.stats)})
         except ServiceError as exc:
             return wrap(exc)
 
@@ -182,6 +206,13 @@ class Api:
         self._configured = False
         self.events = EventWriter(settings.get("live_store"))
         self._tasks: set[asyncio.Task] = set()
+        # The live catalog: this (single) replica is its one writer; requests carry the version it wants.
+        self.catalog = CatalogStore(settings["live_store"]) if settings.get("live_store") else None
+        self.catalog_want = 0
+        try:
+            self.catalog_want = self.catalog.latest() if self.catalog is not None else 0
+        except ConvFMError as exc:  # the replicas still read the latest when they load the model
+            log.warning("live catalog: cannot read its version at start-up: %s", exc)
 
     def __serve_build_asgi_app__(self) -> Any:
         return build_http_app(self, api_key_digest=self.settings.get("api_key_digest"),
@@ -216,14 +247,16 @@ class Api:
             raise ServiceError(503, f"ranking replica unavailable ({type(exc).__name__}); retry") from None
 
     async def recommend(self, request: Any) -> dict[str, Any]:
-        result = unwrap(await self._call("recommend", request, self.want, await self.events.position()))
+        result = unwrap(await self._call("recommend", request, self.want, await self.events.position(),
+                                         self.catalog_want))
         result = self.events.impression(result)
         if self.events.due():
             self._background(self._flush_impressions())
         return result
 
     async def score(self, request: Any) -> dict[str, Any]:
-        return unwrap(await self._call("score", request, self.want, await self.events.position()))
+        return unwrap(await self._call("score", request, self.want, await self.events.position(),
+                                       self.catalog_want))
 
     async def post_events(self, events: list[Any]) -> dict[str, Any]:
         """Stored first (the answer waits for the write), then told to every Ranker in the background: one
@@ -258,7 +291,13 @@ class Api:
             log.warning("broadcasting event segment %s: %r", segment, exc)
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        return unwrap(await self._call("job", job_id))
+        return unwrap(await self._call("job", job_id, self.catalog_want))
+
+    async def put_jobs(self, request: Any) -> dict[str, Any]:
+        """One live catalog version (written before this returns); later requests make replicas apply it."""
+        body = await asyncio.to_thread(write_jobs, self.catalog, request)
+        self.catalog_want = max(self.catalog_want, body["catalog_version"])
+        return body
 
     async def health(self) -> tuple[int, dict[str, Any]]:
         try:
@@ -267,7 +306,7 @@ class Api:
             return 503, {"status": "starting"}
 
     async def model_info(self) -> dict[str, Any]:
-        return unwrap(await self._call("info"))
+        return unwrap(await self._call("info", self.catalog_want))
 
     async def reload(self, version: Optional[str]) -> tuple[int, dict[str, Any]]:
         previous = self.want

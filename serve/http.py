@@ -28,10 +28,13 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from serve.config import LOOPBACK_HOSTS
 from serve.schemas import (
-    ErrorResponse, Event, EventsRequest, EventsResponse, Health, Job, ModelInfo, RecommendRequest, RecommendResponse,
-    ReloadRequest, ReloadResponse, ScoreRequest, ScoreResponse, ValidationErrorResponse,
+    ErrorResponse, Event, EventsRequest, EventsResponse, Health, JobDetail, JobsRequest, JobsResponse, ModelInfo,
+    RecommendRequest, RecommendResponse, ReloadRequest, ReloadResponse, ScoreRequest, ScoreResponse,
+    ValidationErrorResponse,
 )
+from convfm.store.live_catalog import CatalogStore
 from serve.events import EventWriter, LiveEvents, follow_log
+from serve.live_catalog import answer, catch_up, job_detail, write_jobs
 from serve.scorer import ModelSlot, ServiceError, public_text
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,7 @@ class Backend(Protocol):
     async def model_info(self) -> dict[str, Any]: ...
     async def reload(self, version: Optional[str]) -> tuple[int, dict[str, Any]]: ...
     async def post_events(self, events: list[Event]) -> dict[str, Any]: ...
+    async def put_jobs(self, request: JobsRequest) -> dict[str, Any]: ...
 
 
 class BodySizeLimit:
@@ -192,11 +196,19 @@ def build_http_app(
         """Scores of given jobs in request order; unknown job ids get null and are listed."""
         return await backend.score(request)
 
-    @app.get("/jobs/{job_id}", response_model=Job, dependencies=guarded,
+    @app.get("/jobs/{job_id}", response_model=JobDetail, dependencies=guarded,
              responses=_responses(*auth, 404, 422, 503, 504))
     async def job(job_id: Annotated[str, Path(min_length=1, max_length=200)]) -> dict[str, Any]:
-        """Metadata of one job of the serving model's catalog."""
+        """Metadata of one job of the serving catalog (the model's plus the live catalog's), with its expiry."""
         return await backend.job(job_id)
+
+    @app.post("/jobs", response_model=JobsResponse, dependencies=[require_key],
+              responses={**_responses(401, 403, 413, 422, 503, 504), 409: {
+                  "model": ErrorResponse, "description": "another writer took this catalog version; nothing kept"}})
+    async def put_jobs(body: JobsRequest) -> dict[str, Any]:
+        """Add, replace and expire jobs without retraining: one new live catalog version, which every replica
+        applies before its next answer."""
+        return await backend.put_jobs(body)
 
     @app.get("/healthz", response_model=Health,
              responses={503: {"model": Health, "description": "loading, starting, or the first load failed"}})
@@ -255,19 +267,28 @@ def reload_outcome(reports: list[dict[str, Any]], previous: Optional[str]) -> tu
 
 
 class LocalBackend:
-    """Backend over a ``ModelSlot`` in this process (no Ray): each request scored on its own."""
+    """Backend over a ``ModelSlot`` in this process (no Ray): each request scored on its own; with a
+    ``live_store``, events and catalog changes are written there and the slot's scorers follow both."""
 
     def __init__(self, slot: ModelSlot, live_store: Optional[str | pathlib.Path] = None) -> None:
         self.slot = slot
         self.events = EventWriter(live_store)  # None: POST /events answers 503
-        if slot is not None and live_store is not None:
+        self.catalog = None if live_store is None else CatalogStore(live_store)  # None: POST /jobs answers 503
+        if slot is not None and self.catalog is not None:
             slot.live = LiveEvents(self.events.root)
+            slot.prepare = lambda scorer: catch_up(scorer, self.catalog)
             if slot.current is not None:
                 slot.current.live = slot.live
+                catch_up(slot.current, self.catalog)
 
     async def _run(self, method: str, request: Any) -> dict[str, Any]:
-        result = (await asyncio.to_thread(getattr(self.slot.require(), method), [request]))[0]
+        result = (await asyncio.to_thread(answer, self.slot.require(), method, [request]))[0]
         return unwrap(wrap(result))
+
+    async def put_jobs(self, request: JobsRequest) -> dict[str, Any]:
+        body = await asyncio.to_thread(write_jobs, self.catalog, request)
+        await asyncio.to_thread(catch_up, self.slot.require(), self.catalog, body["catalog_version"])
+        return body
 
     async def recommend(self, request: RecommendRequest) -> dict[str, Any]:
         await follow_log(self.slot.live, await self.events.position())
@@ -281,7 +302,7 @@ class LocalBackend:
         return await self._run("score_many", request)
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        return self.slot.require().job(job_id)
+        return job_detail(self.slot.require(), job_id)
 
     async def health(self) -> tuple[int, dict[str, Any]]:
         return self.slot.health()

@@ -6,10 +6,13 @@ is reported instead of silently ignored. Ids may be strings or integers; both me
 """
 from __future__ import annotations
 
+import collections
 import datetime as dt
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator,
+)
 
 from convfm.config import EVENTS
 from convfm.store.event_log import event_time
@@ -61,6 +64,7 @@ class Filters(Request):
     job_type: Optional[ShortText] = None
     experience_level: Optional[ShortText] = None
     salary_min: Optional[Annotated[float, Field(ge=0, le=1e9)]] = None
+    include_expired: bool = Field(False, description="also jobs the live catalog has expired")
 
 
 class UserRequest(Request):
@@ -89,6 +93,68 @@ class RecommendRequest(UserRequest):
 
 class ScoreRequest(UserRequest):
     job_ids: list[Id] = Field(min_length=1, max_length=MAX_JOB_IDS, description=f"1..{MAX_JOB_IDS} job ids")
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """A naive UTC datetime (naive input is taken as UTC, as the jobs table's dates are) within 1970..2100."""
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    if not dt.datetime(1970, 1, 1) <= value < dt.datetime(2100, 1, 1):
+        raise ValueError("must be between 1970-01-01 and 2100-01-01")
+    return value
+
+
+def _iso_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError(f"a time must be an ISO 8601 string such as 2026-12-02T09:00:00Z, got {type(value).__name__}")
+    return value
+
+
+Time = Annotated[dt.datetime, BeforeValidator(_iso_text), Field(strict=False), AfterValidator(_utc)]
+Salary = Annotated[float, Field(ge=0, le=1e9)]
+
+
+class JobPosting(Request):
+    """A job to add or replace (every content field; one not given is missing). ``posted_at`` defaults to
+    the time it is written; ``expires_at`` (optional) takes it out of recommendations from then on."""
+
+    job_id: Id
+    title: Optional[Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]] = None
+    description: Optional[Annotated[str, StringConstraints(max_length=20_000)]] = None
+    skills: list[Skill] = Field(default_factory=list, max_length=100)
+    location: Optional[ShortText] = None
+    company: Optional[ShortText] = None
+    job_type: Optional[ShortText] = None
+    experience_level: Optional[ShortText] = None
+    salary_min: Optional[Salary] = None
+    salary_max: Optional[Salary] = None
+    posted_at: Optional[Time] = None
+    expires_at: Optional[Time] = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "JobPosting":
+        if self.salary_min is not None and self.salary_max is not None and self.salary_min > self.salary_max:
+            raise ValueError("salary_min is above salary_max")
+        if self.posted_at is not None and self.expires_at is not None and self.expires_at <= self.posted_at:
+            raise ValueError("expires_at must be after posted_at")
+        return self
+
+
+class JobsRequest(Request):
+    """``POST /jobs``: jobs to add or replace and job ids to expire now, written as one catalog version."""
+
+    upsert: list[JobPosting] = Field(default_factory=list, max_length=MAX_JOB_IDS)
+    expire: list[Id] = Field(default_factory=list, max_length=MAX_JOB_IDS)
+
+    @model_validator(mode="after")
+    def _one_change_per_id(self) -> "JobsRequest":
+        ids = [job.job_id for job in self.upsert]
+        if not ids and not self.expire:
+            raise ValueError("give jobs to upsert or job ids to expire")
+        repeated = sorted(i for i, n in collections.Counter(ids + self.expire).items() if n > 1)
+        if repeated:
+            raise ValueError(f"each job id once per request (upsert or expire), repeated: {repeated[:5]}")
+        return self
 
 
 class ReloadRequest(Request):
@@ -156,6 +222,7 @@ class RecommendResponse(BaseModel):
     user_id: Optional[str]
     model_version: str
     impression_id: str = Field(description="unique per response; send it back with the events it led to")
+    catalog_version: Optional[int] = Field(None, description="live catalog version the answer saw")
     cold_start: bool = Field(description="scored from the request's profile or history, not a known user's")
     fallback: Optional[str] = Field(None, description="'popular' when the user is unknown and has no profile")
     items: list[RecommendedJob]
@@ -169,6 +236,18 @@ class EventsResponse(BaseModel):
     position: int = Field(description="segments in the log after this call")
 
 
+class JobDetail(Job):
+    expires_at: Optional[str] = Field(None, description="when the live catalog expires it (UTC); null: never")
+    expired: bool = False
+    catalog_version: int = Field(description="live catalog version the answer saw")
+
+
+class JobsResponse(BaseModel):
+    catalog_version: int = Field(description="the catalog version this change created")
+    upserted: int
+    expired: int
+
+
 class JobScore(BaseModel):
     job_id: str
     score: Optional[float] = Field(description="None for job ids the catalog does not know")
@@ -177,6 +256,7 @@ class JobScore(BaseModel):
 class ScoreResponse(BaseModel):
     user_id: Optional[str]
     model_version: str
+    catalog_version: Optional[int] = Field(None, description="live catalog version the answer saw")
     cold_start: bool
     fallback: Optional[str] = None
     scores: list[JobScore] = Field(description="one per requested job id, in request order")
@@ -199,6 +279,7 @@ class ModelInfo(BaseModel):
     jobs: int
     users: int
     fields: list[str]
+    catalog_version: Optional[int] = None
     last_reload: Optional[dict[str, Any]] = None
     batching: Optional[dict[str, Any]] = None
 

@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ import torch
 
 from convfm.config import DataConfig
 from convfm.store.artifacts import LoadedModel, load_model_dir
+from convfm.store.live_catalog import LiveJobs
 from convfm.errors import ArtifactError
 from convfm.features.base import concat_rows
 from convfm.features.context import now_micros
@@ -123,6 +124,7 @@ class Scorer:
         self.live: Optional["LiveEvents"] = None
         self.positive_events = tuple(loaded.extra.get("data_config", {}).get(
             "positive_events", DataConfig().positive_events))
+        self.live_jobs = LiveJobs(self.n_jobs)  # live catalog applied on top (serve.live_catalog)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "Scorer":
@@ -155,6 +157,7 @@ class Scorer:
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "path": public_text(str(self.path)),
                 "loaded_at": self.loaded_at, "metrics": self.metrics, "jobs": self.n_jobs - 1,
+                "catalog_version": self.live_jobs.version,
                 "users": len(self.extractor.user_catalog) - 1,
                 "fields": [f.name for f in self.extractor.feature_map.fields]}
 
@@ -207,7 +210,8 @@ class Scorer:
         return known, table, np.array(rows, dtype=np.int64)
 
     def _mask(self, filters: Filters) -> Optional[np.ndarray]:
-        """(N,) bool of catalog rows passing every filter; None when there are no filters."""
+        """(N,) bool of catalog rows passing every filter and, unless ``include_expired``, not expired by the live
+        catalog; None when every row passes."""
         mask = None
         for column in FILTER_COLUMNS:
             value = getattr(filters, column)
@@ -223,7 +227,7 @@ class Scorer:
             with np.errstate(invalid="ignore"):
                 hit = self.salary_top >= filters.salary_min
             mask = hit if mask is None else mask & hit
-        return mask
+        return mask if filters.include_expired else self.live_jobs.unexpired(mask)
 
     # ---------------------------------------------------------------------------------------- recommend
     def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[Any]:
@@ -340,7 +344,8 @@ def _why(explanation: dict[str, Any]) -> str:
         parts.append(f"similar to a job you applied to: {similar.get('title') or similar['job_id']}")
     if explanation["matching_skills"]:
         parts.append("matching skills: " + ", ".join(explanation["matching_skills"][:5]))
-    parts += [f"same {vocab.replace('_', ' ')}: {', '.join(values)}" for vocab, values in explanation["matching"].items()]
+    parts += [f"same {vocab.replace('_', ' ')}: {', '.join(values)}"
+              for vocab, values in explanation["matching"].items()]
     parts += [f"{x['user_field']} x {x['job_field']} ({x['value']:+.3g})" for x in explanation["interactions"][:2]]
     return "; ".join(parts)
 
@@ -355,6 +360,7 @@ class ModelSlot:
         self.error: Optional[str] = None  # why the *first* load failed (later failures keep the old model)
         self.last_reload: Optional[dict[str, Any]] = None
         self.gave_up: Optional[str] = None  # set when the first load failed every attempt: see check()
+        self.prepare: Optional[Callable[[Scorer], None]] = None  # run on a new Scorer before it serves
         self._lock = threading.Lock()
         self.live: Optional["LiveEvents"] = None  # logged events, given to every Scorer loaded here
 
@@ -383,6 +389,8 @@ class ModelSlot:
             started = time.perf_counter()
             try:
                 scorer = Scorer.load(resolve_model(self.model_path, version), self.device)
+                if self.prepare is not None:
+                    self.prepare(scorer)
             except Exception as exc:  # noqa: BLE001 - any failure of a new version must leave the old one serving
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning("model load failed (%s); still serving %s", error, previous)

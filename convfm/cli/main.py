@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("convfm.cli.tune", "hyperparameter search with Ray Tune (ASHA); publishes the best model"),
     "evaluate": ("convfm.cli.evaluate", "evaluate a saved model on a data split, beside a popularity baseline"),
     "serve": ("convfm.cli.serve", "run the recommendation service (Ray Serve) until Ctrl-C"),
+    "catalog": ("convfm.cli.catalog", "'catalog push jobs.csv --url URL': add or replace a running service's jobs"),
     "recommend": ("convfm.cli.recommend", "ask a running service for a user's top-k jobs"),
     "recommend-batch": ("convfm.cli.recommend_batch", "every user's top-k jobs, offline, on Ray Data, as Parquet"),
     "report": ("convfm.cli.report", "click, save and apply rates per model version from the service's event log"),

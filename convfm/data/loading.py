@@ -96,6 +96,12 @@ def _load_schema_table(path: Path, schema: TableSchema,
     return out, path, calendar and any(source[c] in frame.columns for c in schema.of_kind(DATETIME))
 
 
+def read_jobs_file(path: str | Path) -> tuple[pd.DataFrame, Path]:
+    """One jobs table checked as training reads it (canonical column names), and the file read."""
+    frame, path, _ = _load_schema_table(Path(path), JOBS, {})
+    return frame, path
+
+
 def _check_expiry(jobs: pd.DataFrame, path: Path, source: Mapping[str, str]) -> None:
     """A job must expire after it is posted: its live window ``[posted_at, expires_at)`` is otherwise empty."""
     if "expires_at" not in jobs or "posted_at" not in jobs:

@@ -113,11 +113,30 @@ class RowIndex:
         self._index = pd.Index(list(first), dtype=object)
         self._rows = np.fromiter(first.values(), dtype=np.int64, count=len(first))
 
+    def add(self, ids: Sequence[str], start: int) -> None:
+        """Index new ids at rows ``start``, ``start + 1``, ... (ids already indexed keep their row)."""
+        new = {key: start + i for i, key in enumerate(ids) if key and key not in self.mapping}
+        self.mapping.update(new)
+        self._index = self._index.append(pd.Index(list(new), dtype=object))
+        self._rows = np.concatenate([self._rows, np.fromiter(new.values(), dtype=np.int64, count=len(new))])
+
     def rows(self, ids: np.ndarray) -> np.ndarray:
         if not len(self._rows):
             return np.full(len(ids), UNKNOWN_ROW, dtype=np.int64)
         position = self._index.get_indexer(ids)
         return np.where(position >= 0, self._rows[position], UNKNOWN_ROW).astype(np.int64)
+
+
+def with_room(buffer: Any, rows: int) -> Any:
+    """``buffer`` (a numpy array or torch tensor, rows first) if it holds ``rows`` rows, else a copy with room
+    for at least ``rows`` and twice as many as before: a table that grows k rows at a time copies O(total) rows
+    in all, not O(total) per step."""
+    if rows <= len(buffer):
+        return buffer
+    shape = (max(rows, 2 * len(buffer)), *buffer.shape[1:])
+    grown = buffer.new_empty(shape) if hasattr(buffer, "new_empty") else np.empty(shape, dtype=buffer.dtype)
+    grown[: len(buffer)] = buffer
+    return grown
 
 
 # ------------------------------------------------------------------------------------------- encoding

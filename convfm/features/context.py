@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from convfm.data.liveness import ALWAYS, MICROS_PER_DAY, NEVER
+from convfm.features.base import with_room
 from convfm.features.fields import PAD, UNK, EncodedTable, FieldSpec, Vocabulary, field_columns
 
 HISTORY_FIELDS = ("history_jobs", "history_companies", "history_locations", "history_skills", "history_text",
@@ -151,6 +152,14 @@ class RecencyEncoder:
         self.expiry = expiry
         self.n_age, self.n_exp = len(AGE_VOCAB) - 1, (len(EXPIRY_VOCAB) - 1 if expiry else 1)  # values from UNK
         self.table = self._combinations()
+        self._room = (self.posted, self.expires)  # posted/expires are views of these (see put)
+
+    def put(self, rows: np.ndarray, posted: np.ndarray, expires: np.ndarray) -> None:
+        """Set the windows of catalog ``rows`` (n,); rows past the end extend the catalog (buffers double)."""
+        n = max(len(self.posted), int(np.max(rows, initial=-1)) + 1)
+        room = tuple(with_room(buffer, n) for buffer in self._room)
+        room[0][rows], room[1][rows] = posted, expires
+        self._room, self.posted, self.expires = room, room[0][:n], room[1][:n]
 
     def fields(self) -> list[FieldSpec]:
         specs = [FieldSpec("job_age", "categorical", "job", "age", len(AGE_VOCAB))]

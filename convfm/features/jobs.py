@@ -21,7 +21,7 @@ from convfm.data.batching import ExampleSet
 from convfm.errors import ArtifactError, ConvFMError
 from convfm.features.base import (
     UNKNOWN_ROW, RowIndex, check_table, concat_rows, encode_fields, labels_of, read_artifact, require_frame,
-    table_arrays, table_from_arrays, write_artifact,
+    table_arrays, table_from_arrays, with_room, write_artifact,
 )
 from convfm.data.readers import order_key
 from convfm.data.liveness import ALWAYS, NEVER, JobWindows
@@ -84,6 +84,7 @@ class JobFeatureExtractor:
         self._recency: Optional[RecencyEncoder] = None
         self.vocabs: dict[str, Vocabulary] = {}
         self.job_catalog: Optional[EncodedTable] = None
+        self._job_room: Optional[EncodedTable] = None  # put_jobs's buffer: job_catalog is a view of it
         self.user_catalog: Optional[EncodedTable] = None
         self.job_ids: list[str] = []  # aligned with job_catalog rows; job_ids[0] == "" (the unknown row)
         self.user_ids: list[str] = []
@@ -217,6 +218,26 @@ class JobFeatureExtractor:
     def transform_jobs(self, jobs_df: pd.DataFrame) -> EncodedTable:
         """Job-side fields of each row; unseen values -> unknown (1), missing values/columns -> padding (0)."""
         return self._encode_side("job", jobs_df)
+
+    def put_jobs(self, jobs_df: pd.DataFrame, posted: np.ndarray, expires: np.ndarray) -> np.ndarray:
+        """Add or replace catalog jobs while a model serves (the live catalog): rows encoded as
+        ``transform_jobs`` does (an id outside the vocabulary reads the unknown slot, its content fields count),
+        written over the id's catalog row or appended; ``posted``/``expires`` (n,) int64 microseconds set the
+        recency windows. Returns the rows (n,). The catalog grows in a buffer that doubles when full."""
+        table, ids = self.transform_jobs(jobs_df), column_strings(jobs_df, "job_id").tolist()
+        start = len(self.job_ids)
+        new = [i for i in dict.fromkeys(ids) if i not in self.job_rows]
+        self._job_index.add(new, start)
+        rows, end = self._job_index.rows(np.array(ids, dtype=object)), start + len(new)
+        room = self._job_room if self._job_room is not None and self.job_catalog.cat.base is self._job_room.cat \
+            else self.job_catalog
+        room = EncodedTable(*(with_room(a, end) for a in room.arrays().values()))
+        for buffer, values in zip(room.arrays().values(), table.arrays().values()):
+            buffer[rows] = values
+        self._job_room, self.job_catalog, self.job_ids = room, room.take(slice(0, end)), self.job_ids + new
+        if self._recency is not None:
+            self._recency.put(rows, posted, expires)
+        return rows
 
     def transform_users(self, users_df: pd.DataFrame) -> EncodedTable:
         """User-side fields of each row, from the row itself (the cold-start path: profile, unknown id ok)."""

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from convfm.data.batching import FieldBatch, join_batches, table_tensors
+from convfm.features.base import with_room
 from convfm.features.context import HISTORY_FIELDS, now_micros
 from convfm.features.fields import PAD, UNK, EncodedTable, FeatureMap, FieldSpec, field_columns
 from convfm.model.network import ConvFM, Side
@@ -96,6 +97,8 @@ class CatalogRanker:
                      for a in range(0, self.n_jobs, 8192)]
             self.job_side = _zip_map(torch.cat, sides)
         self.job_width = max(t.shape[1:].numel() for t in _leaves(self.job_side))
+        self._own_jobs = jobs is not None
+        self._room = self.job_side  # job_side is a view of these buffers (put_jobs grows them)
 
     # ------------------------------------------------------------------------------------------ time
     def job_table(self, rows: np.ndarray, buckets: Optional[np.ndarray] = None) -> EncodedTable:
@@ -118,6 +121,26 @@ class CatalogRanker:
             side, index = self._side(self.job_table(changed), "job"), torch.as_tensor(changed, device=self.device)
             for old, new in zip(_leaves(self.job_side), _leaves(side)):
                 old[index] = new
+
+    def put_jobs(self, rows: np.ndarray) -> None:
+        """Take the extractor's catalog rows ``rows`` (n,) written by ``JobFeatureExtractor.put_jobs``
+        (replaced in place or appended) and compute the job sides of those rows only, at the precomputed time;
+        the side buffers double when full. Scores stay the model's exact logits over the grown catalog."""
+        if self._own_jobs:
+            raise ValueError("put_jobs: this ranker scores a catalog given at construction, not the extractor's")
+        rows = np.asarray(rows, dtype=np.int64)
+        self.jobs, n = self.extractor.job_catalog, len(self.extractor.job_catalog)
+        if self.recency is not None:
+            self.buckets = np.concatenate([self.buckets, np.zeros(n - len(self.buckets), np.int64)])
+            self.buckets[rows] = self.recency.rows(rows, self.time)
+        with torch.inference_mode():
+            side, index = self._side(self.job_table(rows), "job"), torch.as_tensor(rows, device=self.device)
+            self._room = _zip_map(lambda tensors: with_room(tensors[0], n), [self._room])
+            for buffer, new in zip(_leaves(self._room), _leaves(side)):
+                buffer[index] = new
+        self.n_jobs, self.job_side = n, _map(lambda t: t[:n], self._room)
+        for cached in ("_constant_static", "_compared"):  # explain's view of the catalog: recomputed when next used
+            self.__dict__.pop(cached, None)
 
     # ------------------------------------------------------------------------------------- side passes
     def _side_batch(self, table: EncodedTable, side: str) -> FieldBatch:
@@ -273,7 +296,7 @@ class CatalogRanker:
     @functools.cached_property
     def _constant_static(self) -> np.ndarray:
         """(Fs,) bool per static job field (the first Fs, those of ``self.jobs``): one value over rows 1..N-1.
-        Cached: a ranker holds one catalog."""
+        Cached until ``put_jobs`` changes the catalog."""
         fields = self.job_map.fields[: self.fj - (0 if self.recency is None else self.recency.table.cat.shape[1])]
         catalog = EncodedTable(self.jobs.cat[1:], self.jobs.multi[1:], self.jobs.dense[1:])  # views, no copy
         return np.array([(v == v[:1]).all() for v in _per_field(catalog, fields, self._layout["job"][0])],

@@ -134,33 +134,37 @@ def read_text(path: str | Path) -> str:
         raise _error(path, exc) from None
 
 
+def _write_local(target: Path, text: str, new: bool, durable: bool = False) -> None:
+    """A temp file beside ``target``, then renamed over it, or (``new``) hard-linked to it: FileExistsError when
+    it exists, never replacing what another writer wrote. Either way no reader sees half a file. ``durable``:
+    fsync the file and its folder before returning, so the write also survives a power cut."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # not mkstemp: its files are private (0600), and a registry's ``latest`` or a served model's files must
+    # stay readable as the umask says; the .tmp suffix keeps a leftover out of every "*.json" glob
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with tmp.open("x") as file:
+            file.write(text)
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
+        (os.link if new else os.replace)(tmp, target)
+        if durable:
+            folder = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_text(path: str | Path, text: str, durable: bool = False) -> None:
     """Write a small text file: atomically (temp + rename) on a local disk, one PUT on an object store.
     ``durable``: locally, fsync the file and its folder before returning, so an acknowledged write (an event
     log segment) also survives a power cut, not only a killed process."""
     if not is_uri(path):
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # not mkstemp: its files are private (0600), and a registry's ``latest`` or a served model's files must
-        # stay readable as the umask says; the .tmp suffix keeps a leftover out of every "*.json" glob
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
-            with tmp.open("x") as file:
-                file.write(text)
-                if durable:
-                    file.flush()
-                    os.fsync(file.fileno())
-            os.replace(tmp, target)
-            if durable:
-                folder = os.open(target.parent, os.O_RDONLY)
-                try:
-                    os.fsync(folder)
-                finally:
-                    os.close(folder)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return
+        return _write_local(Path(path), text, new=False, durable=durable)
     fs, inner = _fs(path)
     try:
         fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)  # a no-op on object stores, needed on file://
@@ -168,6 +172,22 @@ def write_text(path: str | Path, text: str, durable: bool = False) -> None:
             stream.write(text.encode())
     except OSError as exc:
         raise _error(path, exc) from None
+
+
+def write_new_text(path: str | Path, text: str) -> None:
+    """Create a small text file that must not exist yet; FileExistsError when it does (another writer got there).
+
+    Locally the refusal is atomic (``_write_local``). Object stores have no create-if-absent
+    here: ``path`` is checked before the PUT and read back after it, so a writer that raced another one on the
+    same key fails loudly when the other's PUT landed last; two PUTs that both finish before either read-back
+    cannot be told apart, so callers keep one writer per store and this only catches a second one."""
+    if not is_uri(path):
+        return _write_local(Path(path), text, new=True)
+    if exists(path):
+        raise FileExistsError(str(path))
+    write_text(path, text)
+    if read_text(path) != text:
+        raise FileExistsError(f"{path}: written by another writer at the same time")
 
 
 def _entries(path: str | Path, kind: pafs.FileType) -> list[str]:

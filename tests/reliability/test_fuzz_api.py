@@ -43,7 +43,7 @@ STATUSES: collections.Counter = collections.Counter()
 
 # The schema is loaded at import (schemathesis' lazy ``from_fixture`` breaks on pytest 9: ``Node._nodeid``); it
 # does not depend on the model, so the backend gets its loaded slot from the fixture below.
-# POST /events writes a real event log, in a temp folder (removed by the fixture below).
+# POST /events and POST /jobs write a real live store, in a temp folder (removed by the fixture below).
 LIVE_STORE = Path(tempfile.mkdtemp(prefix="convfm-fuzz-live-"))
 BACKEND = LocalBackend(ModelSlot("model-not-loaded-yet"), live_store=LIVE_STORE)
 schema = schemathesis.openapi.from_asgi("/openapi.json", build_http_app(  # its ASGI client's Host is "testserver"

@@ -1,0 +1,101 @@
+"""`convfm catalog push jobs.csv --url URL`: add or replace a running service's jobs without retraining.
+
+The file is checked as training reads a jobs table (errors name the file, row and column), then posted to
+``POST /jobs`` in chunks; each chunk becomes one live catalog version. A chunk the service refuses names the
+file's row and column; the chunks before it are kept (pushing the file again replaces them with the same jobs).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from convfm.errors import ConvFMError, DataValidationError
+from convfm.features.text import split_lists
+from convfm.store.live_catalog import CONTENT_FIELDS
+
+DEFAULT_KEY_ENV = "CONVFM_API_KEY"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    push = sub.add_parser("push", help="post a jobs file (.csv/.parquet) to a running service's POST /jobs",
+                          description="post a jobs file (.csv/.parquet) to a running service's POST /jobs")
+    push.add_argument("jobs", help="jobs table: job_id and any of the jobs columns (title, skills, location, ...)")
+    push.add_argument("--url", default="http://127.0.0.1:8000", help="service URL (default http://127.0.0.1:8000)")
+    push.add_argument("--api-key-env", metavar="VAR", default=DEFAULT_KEY_ENV,
+                      help=f"environment variable holding the service's API key (default {DEFAULT_KEY_ENV})")
+    push.add_argument("--chunk", type=int, default=100, help="jobs per request, 1..1000 (default 100)")
+
+
+def postings(jobs: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of a checked jobs table as ``POST /jobs`` postings (missing values left out)."""
+    out = []
+    for record in jobs.to_dict("records"):
+        job: dict[str, Any] = {"job_id": str(record["job_id"])}
+        for field in (*CONTENT_FIELDS, "posted_at", "expires_at"):
+            value = record.get(field)
+            if value is None or (not isinstance(value, str) and pd.isna(value)) or value == "":
+                continue
+            if field == "skills":
+                value = split_lists([value], lower=False)[0]
+            elif isinstance(value, pd.Timestamp):
+                value = value.isoformat()
+            job[field] = value
+        out.append(job)
+    return out
+
+
+def refusal(path: Path, response: Any, first_row: int) -> str:
+    """The service's 422 as 'file: row R, column C: message' (R 1-based in the file)."""
+    try:
+        detail = response.json()
+    except ValueError:
+        return f"{path}: the service answered {response.status_code}: {response.text[:200]}"
+    if response.status_code != 422:
+        hint = " (lower --chunk)" if response.status_code == 413 else ""
+        return f"{path}: the service answered {response.status_code}{hint}: {detail.get('detail', detail)}"
+    lines = []
+    for error in detail.get("detail", [])[:5]:
+        loc = error.get("loc", [])
+        if len(loc) >= 3 and loc[1] == "upsert" and str(loc[2]).isdigit():
+            where = f"row {first_row + int(loc[2]) + 1}"
+            if len(loc) > 3:
+                where += f", column {loc[3]!r}"
+            lines.append(f"{path}: {where}: {error.get('msg')}")
+    return "\n".join(lines) or f"{path}: refused: {detail.get('message')}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import requests
+
+    from convfm.data.loading import read_jobs_file
+
+    if not 1 <= args.chunk <= 1000:
+        raise ConvFMError(f"--chunk: must be an integer in [1, 1000], got {args.chunk}")
+    key: Optional[str] = os.environ.get(args.api_key_env)
+    if not key:
+        raise ConvFMError(f"--api-key-env: environment variable {args.api_key_env} is not set (POST /jobs needs "
+                          "the service's API key)")
+    jobs, path = read_jobs_file(args.jobs)
+    if "job_id" not in jobs.columns:
+        raise DataValidationError(f"{path}: missing required column 'job_id'")
+    items = postings(jobs)
+    url = f"{args.url.rstrip('/')}/jobs"
+    for start in range(0, len(items), args.chunk):
+        chunk = items[start : start + args.chunk]
+        try:
+            response = requests.post(url, json={"upsert": chunk}, headers={"X-API-Key": key}, timeout=120)
+        except requests.RequestException as exc:
+            raise ConvFMError(f"cannot reach {args.url}: {type(exc).__name__}; rows 1-{start} were pushed") from None
+        if response.status_code != 200:
+            kept = f"\nrows 1-{start} were pushed before it" if start else ""
+            raise ConvFMError(refusal(path, response, start) + kept)
+        body = response.json()
+        print(f"rows {start + 1}-{start + len(chunk)} of {len(items)}: catalog version {body['catalog_version']}",
+              flush=True)
+    print(f"pushed {len(items)} jobs from {path} to {args.url}")
+    return 0

@@ -1,0 +1,146 @@
+"""The live catalog: jobs added, changed and expired while a model serves, kept as numbered immutable deltas.
+
+``<live_store>/catalog/000001.json``, ``000002.json``, ...: catalog version N is deltas 1..N applied in order,
+on top of the serving model's own catalog (``convfm.store.registry.live_location`` says where the live store
+is). A delta upserts jobs (every content field, its posting time, an optional expiry) and expires ids. It is
+written once and never changed: locally through a temp file hard-linked into place, on an object store with one
+PUT (``storage.write_new_text``), so a reader never sees half a delta and a replica that lags reads the deltas
+it misses.
+
+One writer: the service's single ``Api`` replica. It serialises its writes with a lock and reads the latest
+number before each one, so concurrent ``POST /jobs`` calls never lose an update. A second writer (another
+process) that raced it for a number fails with ``CatalogConflict`` instead of overwriting: atomically on a
+local disk, by a check and a read-back on object stores (see ``write_new_text`` for what that cannot catch).
+Pure Python: no Ray, no model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from convfm.data.liveness import NEVER
+from convfm.errors import ArtifactError, StorageError
+from convfm.features.context import now_micros
+from convfm.jsonfile import parse_json
+from convfm.store import storage
+
+CATALOG = "catalog"  # <live_store>/catalog/
+FORMAT_VERSION = 1
+_DELTA = re.compile(r"^(\d{6,})\.json$")
+# What a job carries besides its id and times: the jobs table's content columns (convfm.data.schema.JOBS).
+CONTENT_FIELDS = ("title", "description", "skills", "location", "company", "salary_min", "salary_max", "job_type",
+                  "experience_level")
+
+
+class CatalogConflict(StorageError):
+    """Another writer wrote the catalog version this one was about to write; nothing of this change was kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Delta:
+    """One accepted change. ``upsert``: job records (``job_id``, ``CONTENT_FIELDS``, ``posted_at`` and
+    ``expires_at`` as int64 microseconds, ``expires_at`` None for never); ``expire``: job id -> microseconds."""
+
+    version: int
+    written_at: int
+    upsert: tuple[dict[str, Any], ...] = ()
+    expire: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    def to_text(self, writer: str) -> str:
+        return json.dumps({"format_version": FORMAT_VERSION, "version": self.version, "writer": writer,
+                           "written_at": self.written_at, "upsert": list(self.upsert),
+                           "expire": dict(self.expire)}, indent=1) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str, source: str | Path) -> "Delta":
+        """Parse one delta file; ArtifactError naming the file and the field when it is not one."""
+        doc = parse_json(text, source, "live catalog delta", ArtifactError)
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{source}: format_version {doc.get('format_version')!r}, this convfm reads "
+                                f"{FORMAT_VERSION}")
+        upsert, expire = doc.get("upsert"), doc.get("expire")
+        if not isinstance(doc.get("version"), int) or not isinstance(doc.get("written_at"), int):
+            raise ArtifactError(f"{source}: version and written_at must be integers")
+        if not isinstance(upsert, list) or not all(isinstance(j, dict) and isinstance(j.get("job_id"), str)
+                                                   and isinstance(j.get("posted_at"), int) for j in upsert):
+            raise ArtifactError(f"{source}: upsert must be a list of jobs with a job_id and a posted_at")
+        if not isinstance(expire, dict) or not all(isinstance(t, int) for t in expire.values()):
+            raise ArtifactError(f"{source}: expire must map job ids to times (integers)")
+        return cls(doc["version"], doc["written_at"], tuple(upsert), expire)
+
+
+class LiveJobs:
+    """The live catalog's state in one Scorer: applied ``version``, ``expires`` (N,) int64 microseconds per
+    catalog row (``NEVER`` unless the live catalog set it) and ``lock`` (apply vs. reads)."""
+
+    def __init__(self, n_jobs: int) -> None:
+        self.version = 0
+        self.expires = np.full(n_jobs, NEVER, dtype=np.int64)
+        self.lock = threading.RLock()
+
+    def unexpired(self, mask: Optional[np.ndarray], now: Optional[int] = None) -> Optional[np.ndarray]:
+        """``mask`` (N,) bool (None: every row) and-ed with "not expired at ``now``"; None when nothing expires."""
+        if (self.expires == NEVER).all():
+            return mask
+        alive = self.expires > (now_micros() if now is None else now)
+        return alive if mask is None else mask & alive
+
+
+def delta_name(version: int) -> str:
+    return f"{version:06d}.json"
+
+
+class CatalogStore:
+    """The deltas under ``<live_store>/catalog/`` (a local path or a storage URI): read by every replica,
+    appended to by the one writer (see the module docstring)."""
+
+    def __init__(self, live_store: str | Path) -> None:
+        self.root = storage.join(live_store, CATALOG)
+        self.writer = uuid.uuid4().hex  # recorded in each delta: who wrote it (and the read-back's proof)
+        self._lock = threading.Lock()
+
+    def latest(self) -> int:
+        """The newest catalog version on the store (0: no delta yet)."""
+        numbers = [int(m[1]) for m in map(_DELTA.match, storage.list_files(self.root)) if m]
+        return max(numbers, default=0)
+
+    def read(self, after: int = 0, upto: Optional[int] = None) -> list[Delta]:
+        """Deltas ``after + 1 .. upto`` (default: the latest), in order; ArtifactError for a missing or
+        invalid one (a replica must never skip a change)."""
+        upto = self.latest() if upto is None else upto
+        out = []
+        for version in range(after + 1, upto + 1):
+            path = storage.join(self.root, delta_name(version))
+            try:
+                text = storage.read_text(path)
+            except FileNotFoundError:
+                raise ArtifactError(f"{path}: live catalog version {version} is missing") from None
+            delta = Delta.from_text(text, path)
+            if delta.version != version:
+                raise ArtifactError(f"{path}: holds version {delta.version}, expected {version}")
+            out.append(delta)
+        return out
+
+    def append(self, upsert: Sequence[dict[str, Any]] = (), expire: Sequence[str] = (),
+               now: Optional[int] = None) -> Delta:
+        """Write the next version: ``upsert`` job records (``posted_at`` defaults to now), ``expire`` ids
+        (expired now). Returns the delta written; CatalogConflict when another writer took its number."""
+        now = now_micros() if now is None else int(now)
+        jobs = tuple({**job, "posted_at": now if job.get("posted_at") is None else int(job["posted_at"])}
+                     for job in upsert)
+        with self._lock:
+            delta = Delta(self.latest() + 1, now, jobs, {str(job_id): now for job_id in expire})
+            path = storage.join(self.root, delta_name(delta.version))
+            try:
+                storage.write_new_text(path, delta.to_text(self.writer))
+            except FileExistsError:
+                raise CatalogConflict(f"{path}: another writer wrote live catalog version {delta.version} "
+                                      "first; this change was not kept (run one writer: one Api replica)") from None
+        return delta

@@ -1,0 +1,133 @@
+"""The live catalog inside a serving process: the store's deltas (``convfm.store.live_catalog``) applied to a
+``Scorer``, plain Python (no Ray), so the Ray deployments and the in-process backend share it.
+
+Each Scorer carries a ``LiveJobs``: the catalog version it has applied, every row's expiry time, and the lock
+that keeps an apply from running while a batch reads the catalog. ``catch_up`` reads the deltas a scorer lacks
+and applies them: upserted jobs are encoded with the fitted extractor (an unknown id reads the unknown-id slot;
+its content fields count), their job sides computed alone and appended to the ranker's (or written over an id
+it already has); display columns, filter values, salaries and the popularity fallback follow (a new job has no
+interactions yet: popularity 0, last among equals). Expired jobs stay in the catalog (``GET /jobs/{id}`` shows
+them) but ``/recommend`` leaves them out unless ``filters.include_expired``. The model's own catalog keeps
+serving as trained: its jobs expire here only through the live catalog.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from convfm.data.liveness import NEVER
+from convfm.errors import StorageError
+from convfm.features.context import now_micros
+from convfm.features.text import clean_value
+from convfm.store.live_catalog import CONTENT_FIELDS, CatalogConflict, CatalogStore, Delta
+from convfm.store.serving_data import DISPLAY_COLUMNS, SALARY_COLUMNS
+from serve.scorer import FILTER_COLUMNS, ServiceError
+
+log = logging.getLogger(__name__)
+def catch_up(scorer: Any, store: Optional[CatalogStore], want: Optional[int] = None) -> None:
+    """Apply ``store``'s deltas after ``scorer.live_jobs.version`` up to ``want`` (None: the latest on the store).
+    Raises ArtifactError/StorageError when a delta cannot be read; the scorer then keeps its version."""
+    if store is None:
+        return
+    with scorer.live_jobs.lock:
+        if want is not None and scorer.live_jobs.version >= want:
+            return
+        for delta in store.read(after=scorer.live_jobs.version, upto=want):
+            apply_delta(scorer, delta)
+
+
+def apply_delta(scorer: Any, delta: Delta) -> None:
+    """One delta into ``scorer`` (under its lock): upserts, then expirations of ids it knows."""
+    with scorer.live_jobs.lock:
+        if delta.upsert:
+            _upsert(scorer, [dict(job) for job in delta.upsert])
+        rows = scorer.extractor.job_rows
+        known = [(rows[j], t) for j, t in delta.expire.items() if j in rows]
+        if known:
+            scorer.live_jobs.expires[[r for r, _ in known]] = [t for _, t in known]
+        if len(known) < len(delta.expire):
+            log.info("live catalog v%d expires %d id(s) this catalog does not hold", delta.version,
+                     len(delta.expire) - len(known))
+        scorer.live_jobs.version = delta.version
+
+
+def _upsert(scorer: Any, jobs: list[dict[str, Any]]) -> None:
+    frame = pd.DataFrame({"job_id": [j["job_id"] for j in jobs], **{
+        f: [";".join(j.get(f) or ()) if f == "skills" else j.get(f) for j in jobs] for f in CONTENT_FIELDS}})
+    for column in SALARY_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    text = [c for c in CONTENT_FIELDS if c not in SALARY_COLUMNS]
+    frame[text] = frame[text].fillna("")
+    posted = np.array([j["posted_at"] for j in jobs], dtype=np.int64)
+    expires = np.array([NEVER if j.get("expires_at") is None else j["expires_at"] for j in jobs], dtype=np.int64)
+    before = scorer.n_jobs
+    rows = scorer.extractor.put_jobs(frame, posted, expires)
+    scorer.ranker.put_jobs(rows)
+    n = scorer.n_jobs = scorer.ranker.n_jobs
+    live = scorer.live_jobs
+    live.expires = _grown(live.expires, n, NEVER)
+    live.expires[rows] = expires
+    scorer.popular = _grown(scorer.popular, n, 0.0)  # a replaced job keeps its popularity
+    for column in DISPLAY_COLUMNS:
+        values = scorer.columns.setdefault(column, [None] * before)
+        values.extend([None] * (n - len(values)))
+        given = frame[column].tolist()
+        for row, value in zip(rows.tolist(), given):
+            values[row] = None if value == "" or pd.isna(value) else value
+    for column in FILTER_COLUMNS:
+        old = scorer.filter_values.get(column, np.full(before, "", dtype=object))
+        scorer.filter_values[column] = _grown(old.astype(object), n, "")
+        scorer.filter_values[column][rows] = [clean_value(v) for v in frame[column]]
+    salary = frame[["salary_max", "salary_min"]].to_numpy(np.float64)
+    top = np.full(n, np.nan) if scorer.salary_top is None else _grown(scorer.salary_top, n, np.nan)
+    with np.errstate(invalid="ignore"):
+        top[rows] = np.fmax(salary[:, 0], salary[:, 1])
+    scorer.salary_top = top
+
+
+def _grown(values: np.ndarray, n: int, fill: Any) -> np.ndarray:
+    """``values`` (M,) extended to n rows with ``fill`` (a copy: readers may hold the old array)."""
+    return np.concatenate([values, np.full(n - len(values), fill, dtype=values.dtype)])
+
+
+# ---------------------------------------------------------------------------------------- service side
+def write_jobs(store: Optional[CatalogStore], request: Any) -> dict[str, Any]:
+    """``POST /jobs``: one delta with the request's upserts and expirations -> the response body. Raises
+    ServiceError: 409 when another writer took the version, 503 without a live store or when storage failed."""
+    if store is None:
+        raise ServiceError(503, "the live catalog is off: this service has no live store")
+    jobs = [{"job_id": job.job_id, **{f: getattr(job, f) for f in CONTENT_FIELDS},
+             "posted_at": _micros(job.posted_at), "expires_at": _micros(job.expires_at)} for job in request.upsert]
+    try:
+        delta = store.append(jobs, request.expire)
+    except CatalogConflict as exc:
+        raise ServiceError(409, str(exc)) from None
+    except (StorageError, OSError) as exc:
+        log.warning("live catalog write failed: %s", exc)
+        raise ServiceError(503, "the live store could not be written; nothing was kept, retry") from None
+    return {"catalog_version": delta.version, "upserted": len(delta.upsert), "expired": len(delta.expire)}
+
+
+def _micros(value: Any) -> Optional[int]:
+    return None if value is None else int(pd.Timestamp(value).value // 1000)
+
+
+def answer(scorer: Any, method: str, requests: Sequence[Any]) -> list[Any]:
+    """``scorer.<method>(requests)`` while no delta is applied, each result stamped with the catalog version."""
+    with scorer.live_jobs.lock:
+        results = getattr(scorer, method)(requests)
+        version = scorer.live_jobs.version
+    return [{**r, "catalog_version": version} if isinstance(r, dict) else r for r in results]
+
+
+def job_detail(scorer: Any, job_id: str) -> dict[str, Any]:
+    """``GET /jobs/{id}``: the job's display fields, its live expiry and the catalog version."""
+    with scorer.live_jobs.lock:
+        record = scorer.job(job_id)
+        expires = int(scorer.live_jobs.expires[scorer.extractor.job_rows[str(job_id)]])
+        version = scorer.live_jobs.version
+    return {**record, "expires_at": None if expires == NEVER else pd.Timestamp(expires * 1000).isoformat(),
+            "expired": expires <= now_micros(), "catalog_version": version}

@@ -1,0 +1,95 @@
+"""The live catalog's delta store: numbered immutable deltas on a local disk or S3 (moto), one writer that
+never loses a concurrent update, a second writer that raced it refused, a reopened store reading it all back."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from convfm.errors import ArtifactError
+from convfm.store import storage
+from convfm.store.live_catalog import CatalogConflict, CatalogStore, delta_name
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def job(job_id: str, **fields) -> dict:
+    return {"job_id": job_id, "title": f"title {job_id}", "skills": ["python"], **fields}
+
+
+@pytest.fixture(params=["local", "s3"])
+def live_store(request, tmp_path):
+    if request.param == "local":
+        return tmp_path / "live"
+    return request.getfixturevalue("s3_bucket")(f"live-{tmp_path.name}")
+
+
+def test_each_change_is_the_next_numbered_delta_and_a_reopened_store_reads_them(live_store):
+    store = CatalogStore(live_store)
+    assert store.latest() == 0 and store.read() == []
+    first = store.append([job("a"), job("b", posted_at=5, expires_at=99)], now=10)
+    second = store.append(expire=["a"], now=20)
+    assert (first.version, second.version) == (1, 2)
+    assert storage.list_files(storage.join(live_store, "catalog")) == [delta_name(1), delta_name(2)]
+    reopened = CatalogStore(live_store)
+    assert reopened.latest() == 2
+    deltas = reopened.read()
+    assert [d.version for d in deltas] == [1, 2]
+    assert deltas[0].upsert[0]["posted_at"] == 10 and deltas[0].upsert[1]["posted_at"] == 5  # default: now
+    assert deltas[0].upsert[1]["expires_at"] == 99 and deltas[1].expire == {"a": 20}
+    assert [d.version for d in reopened.read(after=1)] == [2] and reopened.read(after=2) == []
+    assert reopened.append([job("c")]).version == 3  # numbering goes on after a reopen
+
+
+def test_concurrent_appends_on_one_store_never_lose_an_update(tmp_path):
+    store = CatalogStore(tmp_path / "live")
+    threads = [threading.Thread(target=store.append, args=([job(f"j{i}")],)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    deltas = store.read()
+    assert [d.version for d in deltas] == list(range(1, 17))
+    assert sorted(d.upsert[0]["job_id"] for d in deltas) == sorted(f"j{i}" for i in range(16))
+
+
+def test_a_second_writer_that_raced_for_a_number_fails_instead_of_overwriting(live_store, monkeypatch):
+    one, other = CatalogStore(live_store), CatalogStore(live_store)
+    one.append([job("a")])
+    monkeypatch.setattr(other, "latest", lambda: 0)  # it read the latest number before `one` wrote
+    with pytest.raises(CatalogConflict, match=r"000001.json\S*: another writer wrote live catalog version 1 first"):
+        other.append([job("b")])
+    assert [d.upsert[0]["job_id"] for d in one.read()] == ["a"]  # what `one` wrote is intact
+
+
+def test_a_missing_or_broken_delta_is_an_error_naming_the_file(tmp_path):
+    store = CatalogStore(tmp_path / "live")
+    store.append([job("a")])
+    store.append([job("b")])
+    (tmp_path / "live" / "catalog" / delta_name(1)).unlink()
+    with pytest.raises(ArtifactError, match=r"000001.json: live catalog version 1 is missing"):
+        store.read()
+    (tmp_path / "live" / "catalog" / delta_name(1)).write_text('{"format_version": 1, "version": 1}')
+    with pytest.raises(ArtifactError, match=r"000001.json: version and written_at must be integers"):
+        store.read()
+    folder = tmp_path / "live" / "catalog"
+    (folder / delta_name(2)).replace(folder / delta_name(1))  # a delta under another number
+    with pytest.raises(ArtifactError, match=r"000001.json: holds version 2, expected 1"):
+        store.read(upto=1)
+    # no temp file is left behind by the atomic writes
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_on_s3_a_put_overwritten_before_the_read_back_is_a_conflict(s3_bucket, monkeypatch):
+    """Object stores have no create-if-absent here: the writer reads its delta back, and another writer's
+    PUT that landed after its own makes it fail rather than acknowledge a change that was lost."""
+    store = CatalogStore(s3_bucket("live-raced"))
+    put = storage.write_text
+
+    def raced(path, text):
+        put(path, text)
+        put(path, text.replace('"job_id": "mine"', '"job_id": "theirs"'))  # the other writer's PUT lands last
+
+    monkeypatch.setattr(storage, "write_text", raced)
+    with pytest.raises(CatalogConflict, match="another writer wrote live catalog version 1 first"):
+        store.append([job("mine")])

@@ -1,0 +1,130 @@
+"""``POST /jobs`` and the live catalog through the HTTP layer without Ray (LocalBackend): the key, strict
+validation with nothing written, new jobs recommended under a filter that matches them, updates and expiry
+reflected by ``GET /jobs/{id}``, expired jobs left out, and a restarted or reloaded model catching up."""
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import pytest
+
+with warnings.catch_warnings():  # starlette's note about its httpx-based TestClient
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from convfm.store.live_catalog import CatalogStore
+from serve.http import LocalBackend, build_http_app
+from serve.scorer import ModelSlot
+
+pytestmark = pytest.mark.timeout(300)
+KEY = "live-key-0123456789"
+AUTH = {"X-API-Key": KEY}
+ATLANTIS = {"user_id": None, "k": 5, "filters": {"location": "Atlantis"}}
+
+
+def posting(job_id: str, **fields) -> dict:
+    return {"job_id": job_id, "title": "Underwater Data Engineer", "description": "python and sql pipelines",
+            "skills": ["python", "sql"], "location": "Atlantis", "company": "Deep Co", "job_type": "full_time",
+            "experience_level": "senior", "salary_min": 70000, "salary_max": 90000, **fields}
+
+
+@pytest.fixture()
+def service(tiny, tmp_path):
+    """A fresh model slot and live store per test (the live catalog changes the scorer in place)."""
+    slot = ModelSlot(tiny.entry)
+    assert slot.load()["ok"]
+    store = CatalogStore(tmp_path / "live")
+    app = build_http_app(LocalBackend(slot, store.root.parent), api_key_digest=hashlib.sha256(KEY.encode()).hexdigest())
+    client = TestClient(app, base_url="http://localhost")
+    user = slot.current.extractor.user_ids[1]
+    return client, store, slot, {**ATLANTIS, "user_id": user}
+
+
+def test_writing_jobs_needs_the_api_key(service, tiny, tmp_path):
+    client, store, _, _ = service
+    body = {"upsert": [posting("n1")]}
+    assert client.post("/jobs", json=body).status_code == 401
+    assert client.post("/jobs", json=body, headers={"X-API-Key": KEY + "x"}).status_code == 403
+    slot = ModelSlot(tiny.entry)
+    slot.load()
+    keyless = TestClient(build_http_app(LocalBackend(slot, store.root.parent)), base_url="http://localhost")
+    response = keyless.post("/jobs", json=body, headers=AUTH)
+    assert response.status_code == 403 and "disabled" in response.json()["detail"]
+    assert store.latest() == 0
+
+
+@pytest.mark.parametrize("body, message", [
+    ({}, "give jobs to upsert or job ids to expire"),
+    ({"upsert": [{"title": "no id"}]}, "upsert.0.job_id: Field required"),
+    ({"upsert": [posting("n1", salary_min=9, salary_max=1)]}, "salary_min is above salary_max"),
+    ({"upsert": [posting("n1", salary_min="70000")]}, "upsert.0.salary_min: Input should be a valid number"),
+    ({"upsert": [posting("n1", posted_at="yesterday")]}, "upsert.0.posted_at: Input should be a valid datetime"),
+    ({"upsert": [posting("n1", posted_at=1700000000)]}, "a time must be an ISO 8601 string"),
+    ({"upsert": [posting("n1", expires_at="1960-01-01")]}, "must be between 1970-01-01 and 2100-01-01"),
+    ({"upsert": [posting("n1", posted_at="2026-12-02T10:00:00+02:00", expires_at="2026-12-02T08:00:00Z")]},
+     "expires_at must be after posted_at"),
+    ({"upsert": [posting("n1"), posting("n1")]}, "each job id once per request"),
+    ({"upsert": [posting("n1")], "expire": ["n1"]}, "each job id once per request"),
+    ({"upsert": [posting("n1", colour="red")]}, "upsert.0.colour: Extra inputs are not permitted"),
+    ({"expire": [""]}, "expire.0: Value should have at least 1 item"),
+])
+def test_a_malformed_change_is_422_and_writes_nothing(service, body, message):
+    client, store, _, _ = service
+    response = client.post("/jobs", json=body, headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["message"]
+    assert store.latest() == 0
+
+
+def test_a_new_job_is_recommended_under_a_matching_filter_and_get_follows_its_updates(service):
+    client, store, _, request = service
+    assert client.post("/recommend", json=request).json()["items"] == []  # nobody is in Atlantis yet
+    written = client.post("/jobs", json={"upsert": [posting("n1"), posting("n2", location="Lemuria")]},
+                          headers=AUTH)
+    assert written.status_code == 200 and written.json() == {"catalog_version": 1, "upserted": 2, "expired": 0}
+    answer = client.post("/recommend", json=request).json()
+    assert [i["job_id"] for i in answer["items"]] == ["n1"] and answer["catalog_version"] == 1
+    assert answer["items"][0]["title"] == "Underwater Data Engineer" and answer["items"][0]["score"] > 0
+    salary = client.post("/recommend", json={**request, "filters": {"salary_min": 85000, "location": "atlantis"}})
+    assert [i["job_id"] for i in salary.json()["items"]] == ["n1"]
+    job = client.get("/jobs/n1").json()
+    assert job["company"] == "Deep Co" and not job["expired"] and job["catalog_version"] == 1
+    client.post("/jobs", json={"upsert": [posting("n1", title="Reef Analyst", location="Lemuria")]}, headers=AUTH)
+    job = client.get("/jobs/n1").json()
+    assert job["title"] == "Reef Analyst" and job["location"] == "Lemuria" and job["catalog_version"] == 2
+    assert client.post("/recommend", json=request).json()["items"] == []  # it moved out of Atlantis
+    scored = client.post("/score", json={"user_id": request["user_id"], "job_ids": ["n1", "n2"]}).json()
+    assert scored["unknown_job_ids"] == [] and scored["catalog_version"] == 2
+    assert client.get("/model").json()["catalog_version"] == 2
+
+
+def test_expired_jobs_are_left_out_unless_asked_for(service):
+    client, store, _, request = service
+    client.post("/jobs", json={"upsert": [posting("n1"), posting("n2", expires_at="2025-01-01T00:00:00Z")]},
+                headers=AUTH)
+    assert [i["job_id"] for i in client.post("/recommend", json=request).json()["items"]] == ["n1"]
+    assert client.post("/jobs", json={"expire": ["n1"]}, headers=AUTH).json()["expired"] == 1
+    assert client.post("/recommend", json=request).json()["items"] == []
+    popular = client.post("/recommend", json={**request, "user_id": "nobody-knows-me"}).json()
+    assert popular["fallback"] == "popular" and popular["items"] == []
+    shown = client.post("/recommend", json={**request, "filters": {"location": "Atlantis", "include_expired": True}})
+    assert sorted(i["job_id"] for i in shown.json()["items"]) == ["n1", "n2"]
+    job = client.get("/jobs/n1").json()
+    assert job["expired"] and job["expires_at"] is not None
+    assert client.get("/jobs/n2").json()["expires_at"].startswith("2025-01-01T00:00:00")
+    client.post("/jobs", json={"upsert": [posting("n1")]}, headers=AUTH)  # posted again: live again
+    assert [i["job_id"] for i in client.post("/recommend", json=request).json()["items"]] == ["n1"]
+
+
+def test_a_restarted_process_and_a_reloaded_model_catch_up_from_the_store(service, tiny):
+    client, store, slot, request = service
+    client.post("/jobs", json={"upsert": [posting("n1"), posting("n2")]}, headers=AUTH)
+    client.post("/jobs", json={"expire": ["n2"]}, headers=AUTH)
+    assert slot.load()["ok"]  # a model reload starts from the model's catalog and re-applies the live one
+    assert [i["job_id"] for i in client.post("/recommend", json=request).json()["items"]] == ["n1"]
+    restarted = ModelSlot(tiny.entry)
+    assert restarted.load()["ok"]
+    again = TestClient(build_http_app(LocalBackend(restarted, store.root.parent)),
+                       base_url="http://localhost")
+    assert [i["job_id"] for i in again.post("/recommend", json=request).json()["items"]] == ["n1"]
+    assert again.get("/jobs/n2").json()["expired"] and again.get("/model").json()["catalog_version"] == 2
