@@ -34,7 +34,8 @@ from convfm.store.live_catalog import CatalogStore
 from convfm.store.serving_data import ServingData
 from serve.http import LocalBackend, build_http_app
 from serve.live_catalog import catch_up
-from serve.scorer import ModelSlot, Scorer
+from serve.model_slot import ModelSlot
+from serve.scorer import Scorer
 
 with warnings.catch_warnings():  # starlette's note about its httpx-based TestClient
     warnings.simplefilter("ignore")

@@ -113,7 +113,7 @@ def main() -> int:
         serve.run(build_app(config), name=APP_NAME, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url)
-        from serve.scorer import ModelSlot
+        from serve.model_slot import ModelSlot
 
         slot = ModelSlot(model)
         slot.load()

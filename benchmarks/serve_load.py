@@ -118,7 +118,7 @@ def plain_server(model: str, port: int) -> None:
     import uvicorn
 
     from serve.http import LocalBackend, build_http_app
-    from serve.scorer import ModelSlot
+    from serve.model_slot import ModelSlot
 
     slot = ModelSlot(model)
     report = slot.load()
@@ -334,7 +334,7 @@ def main() -> int:
         (2_000, 1_000, 30_000)
     model = str(Path(args.model).absolute()) if args.model else str(build_model(workdir, *sizes))
     print(f"model {model} ready after {time.perf_counter() - started:.0f}s", file=sys.stderr)
-    from serve.scorer import ModelSlot
+    from serve.model_slot import ModelSlot
 
     slot = ModelSlot(model)
     slot.load()

@@ -44,7 +44,8 @@ from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, SHUTDOWN_OPTIONS, Ser
 from serve.events import EventWriter, LiveEvents, follow_log
 from serve.http import build_http_app, reload_outcome, unwrap, wrap
 from serve.live_catalog import answer, catch_up, job_detail, write_jobs
-from serve.scorer import ModelSlot, ServiceError, public_text
+from serve.model_slot import ModelSlot
+from serve.scorer import ServiceError, public_text
 
 log = logging.getLogger(__name__)
 APP_NAME = "convfm"

@@ -35,7 +35,8 @@ from serve.schemas import (
 from convfm.store.live_catalog import CatalogStore
 from serve.events import EventWriter, LiveEvents, follow_log
 from serve.live_catalog import answer, catch_up, job_detail, write_jobs
-from serve.scorer import ModelSlot, ServiceError, public_text
+from serve.model_slot import ModelSlot
+from serve.scorer import ServiceError, public_text
 
 log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"

@@ -4,9 +4,7 @@
 seen jobs per user and a popularity fallback (from the model directory's ``serving.json``; see
 ``convfm.store.serving_data``). Its ``*_many`` methods take a list of requests and answer each in one batched pass;
 a request that cannot be answered gets a ``ServiceError`` in its slot, never an exception for the batch.
-
-``ModelSlot`` holds the serving ``Scorer`` and replaces it: a version that fails to load or validate leaves
-the current one serving and is reported.
+``serve.model_slot.ModelSlot`` holds the serving ``Scorer`` and replaces it.
 """
 from __future__ import annotations
 
@@ -15,9 +13,8 @@ import logging
 import math
 import re
 import threading
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,9 +28,8 @@ from convfm.features.base import concat_rows
 from convfm.features.context import now_micros
 from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
-from convfm.store.registry import model_identity, resolve as resolve_model
+from convfm.store.registry import model_identity
 from convfm.store.serving_data import DISPLAY_COLUMNS, SERVING_NAME, ServingData
-from convfm.store.storage import is_uri
 from convfm.features.text import clean_value
 from serve.schemas import Filters, RecommendRequest, ScoreRequest
 
@@ -46,7 +42,6 @@ DECODABLE = {"job_location": "location", "company": "company", "job_type": "job_
              "job_experience": "experience_level"}
 # Where a message names a location: a URI (scheme://..., with any query string) or an absolute path.
 _LOCATION = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]*|(?<![\w/.:~-])/[^\s'\":]+")
-LOAD_FAILED = "model failed to load (details in the service log)"
 
 
 class ServiceError(Exception):
@@ -57,7 +52,7 @@ class ServiceError(Exception):
         self.status, self.detail = status, detail
 
 
-def _now() -> str:
+def utc_now_text() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -118,7 +113,7 @@ class Scorer:
             popular = torch.sigmoid(self.ranker.score_all(nobody)[0]).cpu().numpy()
         popular[0] = -np.inf
         self.popular = popular
-        self.loaded_at = _now()
+        self.loaded_at = utc_now_text()
         self._time_lock = threading.Lock()  # ranking at request time moves the ranker's job sides
         # logged events (serve.events, set by ModelSlot); the history takes the types the model's was built from
         self.live: Optional["LiveEvents"] = None
@@ -348,77 +343,3 @@ def _why(explanation: dict[str, Any]) -> str:
               for vocab, values in explanation["matching"].items()]
     parts += [f"{x['user_field']} x {x['job_field']} ({x['value']:+.3g})" for x in explanation["interactions"][:2]]
     return "; ".join(parts)
-
-
-class ModelSlot:
-    """The serving Scorer of one process and its replacement; thread-safe, loads never raise."""
-
-    def __init__(self, model_path: str | Path, device: str = "cpu") -> None:
-        self.model_path = model_path if is_uri(model_path) else Path(model_path)  # a Path would mangle s3://
-        self.device = device
-        self.current: Optional[Scorer] = None
-        self.error: Optional[str] = None  # why the *first* load failed (later failures keep the old model)
-        self.last_reload: Optional[dict[str, Any]] = None
-        self.gave_up: Optional[str] = None  # set when the first load failed every attempt: see check()
-        self.prepare: Optional[Callable[[Scorer], None]] = None  # run on a new Scorer before it serves
-        self._lock = threading.Lock()
-        self.live: Optional["LiveEvents"] = None  # logged events, given to every Scorer loaded here
-
-    def load_first(self, version: Optional[str], attempts: int = 4, backoff_s: float = 2.0) -> dict[str, Any]:
-        """The first load, retried ``attempts`` times with doubling waits (storage hiccups pass); then give up."""
-        for attempt in range(attempts):
-            report = self.load(version)
-            if report["ok"] or self.current is not None:
-                return report
-            if attempt + 1 < attempts:
-                time.sleep(backoff_s * 2**attempt)
-        self.gave_up = f"no model after {attempts} attempts: {self.error}"
-        return report
-
-    def check(self) -> None:
-        """Serve's health check: raise once the first load gave up, so Serve replaces the replica."""
-        if self.current is None and self.gave_up:
-            raise RuntimeError(self.gave_up)
-
-    def load(self, version: Optional[str] = None) -> dict[str, Any]:
-        """Load + validate ``version`` (a registry version next to the configured model; None: the configured
-        path itself, following ``latest``; URIs are downloaded) and swap it in; on any failure keep serving
-        the current model."""
-        with self._lock:
-            previous = self.current.version if self.current is not None else None
-            started = time.perf_counter()
-            try:
-                scorer = Scorer.load(resolve_model(self.model_path, version), self.device)
-                if self.prepare is not None:
-                    self.prepare(scorer)
-            except Exception as exc:  # noqa: BLE001 - any failure of a new version must leave the old one serving
-                error = f"{type(exc).__name__}: {exc}"
-                log.warning("model load failed (%s); still serving %s", error, previous)
-                if self.current is None:
-                    self.error = error
-                self.last_reload = {"ok": False, "requested": version, "version": previous,
-                                    "previous_version": previous, "error": public_text(error), "at": _now()}
-                return dict(self.last_reload)
-            scorer.live = self.live
-            self.current, self.error = scorer, None
-            self.last_reload = {"ok": True, "requested": version, "version": scorer.version,
-                                "previous_version": previous, "error": None, "at": _now(),
-                                "seconds": round(time.perf_counter() - started, 3)}
-            return dict(self.last_reload)
-
-    def require(self) -> Scorer:
-        scorer = self.current
-        if scorer is None:
-            raise ServiceError(503, LOAD_FAILED if self.error else "model is loading")
-        return scorer
-
-    def health(self) -> tuple[int, dict[str, Any]]:
-        scorer = self.current
-        if scorer is not None:
-            return 200, {"status": "ok", "model": scorer.name, "version": scorer.version}
-        if self.error:
-            return 503, {"status": "failed", "error": LOAD_FAILED}  # /healthz is open to anyone
-        return 503, {"status": "loading"}
-
-    def info(self) -> dict[str, Any]:
-        return {**self.require().info(), "last_reload": self.last_reload}

@@ -21,7 +21,7 @@ import torch
 from convfm.store.artifacts import load_model_dir
 from convfm.features.jobs import load_extractor
 from convfm.store.registry import resolve
-from serve.scorer import ModelSlot
+from serve.model_slot import ModelSlot
 
 pytestmark = pytest.mark.timeout(240)
 MARKER = "UNPICKLED-MARKER"  # a crafted pickle creates this file when (and only when) it is unpickled

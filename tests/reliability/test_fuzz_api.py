@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from serve.http import LocalBackend, build_http_app
-from serve.scorer import ModelSlot
+from serve.model_slot import ModelSlot
 
 pytestmark = pytest.mark.timeout(240)
 KEY = "fuzz-key-0123456789abcdef"

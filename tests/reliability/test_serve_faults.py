@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 
 from serve.config import ServeConfig
 from serve.http import LocalBackend, build_http_app
-from serve.scorer import ModelSlot
+from serve.model_slot import ModelSlot
 from convfm.cli.serve import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

@@ -14,7 +14,7 @@ import uvicorn
 
 from convfm.cli.main import main
 from serve.http import LocalBackend, build_http_app
-from serve.scorer import ModelSlot
+from serve.model_slot import ModelSlot
 
 pytestmark = pytest.mark.timeout(300)
 KEY = "push-key-0123456789"

@@ -17,7 +17,7 @@ from convfm.store.event_log import events_location, list_segments, read_log
 from serve.events import LiveEvents
 from serve.http import LocalBackend, build_http_app
 from serve.schemas import Event, RecommendRequest
-from serve.scorer import ModelSlot
+from serve.model_slot import ModelSlot
 
 pytestmark = pytest.mark.timeout(120)
 KEY = "events-key-0123456789"

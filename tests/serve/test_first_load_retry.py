@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from serve import scorer as scorer_module
-from serve.scorer import ModelSlot
+from serve.model_slot import ModelSlot
 
 
 def flaky_load(monkeypatch, failures: int) -> list[int]:

@@ -11,7 +11,7 @@ with warnings.catch_warnings():  # starlette's note about its httpx-based TestCl
     from fastapi.testclient import TestClient
 
 from serve.http import LocalBackend, build_http_app
-from serve.scorer import ModelSlot
+from serve.model_slot import ModelSlot
 
 pytestmark = pytest.mark.timeout(60)
 KEY = "local-key-0123456789"

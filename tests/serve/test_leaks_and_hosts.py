@@ -16,7 +16,7 @@ with warnings.catch_warnings():  # starlette's note about its httpx-based TestCl
 from convfm.errors import ConfigError
 from serve.config import ServeConfig
 from serve.http import LocalBackend, build_http_app
-from serve.scorer import ModelSlot
+from serve.model_slot import ModelSlot
 
 pytestmark = pytest.mark.timeout(60)
 SIGNED = "?X-Amz-Signature=abcdef0123456789"

@@ -14,7 +14,7 @@ with warnings.catch_warnings():  # starlette's note about its httpx-based TestCl
 
 from convfm.store.live_catalog import CatalogStore
 from serve.http import LocalBackend, build_http_app
-from serve.scorer import ModelSlot
+from serve.model_slot import ModelSlot
 
 pytestmark = pytest.mark.timeout(300)
 KEY = "live-key-0123456789"

@@ -10,7 +10,8 @@ import torch
 from convfm.store.artifacts import save_model_dir
 from convfm.model.network import ConvFM
 from serve.schemas import RecommendRequest, ScoreRequest
-from serve.scorer import ModelSlot, Scorer, ServiceError
+from serve.model_slot import ModelSlot
+from serve.scorer import Scorer, ServiceError
 
 pytestmark = pytest.mark.timeout(120)
 
