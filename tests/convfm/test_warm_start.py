@@ -122,3 +122,17 @@ def test_a_field_the_new_data_lacks_is_refused_naming_the_fields():
     base = JobFeatureExtractor(text_dim=0, history_length=0).fit(jobs)
     with pytest.raises(ConfigError, match=r"warm start: this data gives the fields .* the published model has .*'company'"):
         JobFeatureExtractor(text_dim=0, history_length=0).fit(jobs.drop(columns="company"), base=base)
+
+
+def test_ray_and_tune_workers_are_never_started_fresh_for_a_warm_start(published_old):
+    from train.driver import loop_config  # tune builds its workers' config here too
+
+    with pytest.raises(ConfigError, match="init_from: models/x: this trainer was given no initial weights"):
+        loop_config(published_old.old, ModelConfig(), TrainConfig(init_from="models/x"))
+
+
+def test_resume_keeps_its_starting_model(tmp_path, capsys):
+    from convfm.cli.main import main
+
+    assert main(["train", "--resume", str(tmp_path / "run"), "--init-from", "models/x"]) == 2
+    assert "--resume: a resumed run keeps its directory, data and starting model" in capsys.readouterr().err
