@@ -111,17 +111,18 @@ def run_training(
             extractor = _check_resumable(run, train_config)
             data = prepare_data(data_config, extractor=extractor, base=None if extractor is not None else base)
         elif prepared is not None:
-            if prepared.config != data_config or warm is not None:
-                raise ConfigError("prepared: data was prepared from a different DataConfig than data_config, or "
-                                  "for a run with init_from (a warm start prepares its own data)")
+            if warm is not None:
+                raise ConfigError("prepared: a run with init_from prepares its own data (from the published extractor)")
+            if prepared.config != data_config:
+                raise ConfigError("prepared: data was prepared from a different DataConfig than data_config")
             data = prepared
         else:
             data = prepare_data(data_config, extractor_options=dict(extractor_options or {}), base=base)
         check_training_data(data, train_config)
         initial = None if warm is None else warm_model(warm, data.extractor.feature_map, train_config.seed)
         run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        if warm is not None:
-            run.update(init_from={**warm.record(), "replaced": notes})
+        if warm is not None:  # a resumed run keeps the record of its first start (what was replaced then)
+            run.setdefault("init_from", {**warm.record(), "replaced": notes})
         write_run(out, run)
 
         init_ray(address, quiet)
