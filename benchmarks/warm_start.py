@@ -16,6 +16,7 @@ run's best validation AUC.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,15 +34,17 @@ from convfm.training.in_process import fit_in_process, validate
 from convfm.training.warm_start import load_warm_start, warm_configs, warm_model
 
 
-def timed_fit(data: PreparedData, model: ConvFM, config: TrainConfig) -> list[dict[str, Any]]:
+def timed_fit(name: str, data: PreparedData, model: ConvFM, config: TrainConfig) -> list[dict[str, Any]]:
     """Validation AUC of ``model`` before training (epoch 0), then of each epoch of ``fit_in_process`` from it,
-    with the seconds since its first step (training + validation)."""
+    with the seconds since its first step (training + validation); a progress line per epoch on stderr."""
     rows = [{"epoch": 0, "auc": validate(model, data, config)["model"]["roc_auc"], "seconds": 0.0}]
     started = time.perf_counter()
 
     def record(epoch: dict[str, Any]) -> None:
         rows.append({"epoch": int(epoch["epoch"]) + 1, "auc": epoch["val_roc_auc"],
                      "seconds": time.perf_counter() - started})
+        print(f"{name}: epoch {rows[-1]['epoch']} val AUC {rows[-1]['auc']:.4f} at {rows[-1]['seconds']:.0f}s",
+              file=sys.stderr, flush=True)
 
     fit_in_process(data, model.config, config, on_epoch=record, initial=model)
     return rows
@@ -95,12 +98,12 @@ def main() -> None:
 
         data = prepare_data(DataConfig(path=str(root / "full"), **split))
         torch.manual_seed(args.seed)
-        scratch = timed_fit(data, ConvFM(model_config, data.extractor.feature_map), full_config)
+        scratch = timed_fit("from scratch", data, ConvFM(model_config, data.extractor.feature_map), full_config)
         warm = load_warm_start(str(root / "registry" / "m"))
         warm_data_config, _, notes = warm_configs(warm, DataConfig(path=str(root / "full"), **split), model_config)
         assert not notes, notes  # same configs: the comparison changes only the starting point
         warm_data = prepare_data(warm_data_config, base=warm.loaded.extractor)
-        warm_rows = timed_fit(warm_data, warm_model(warm, warm_data.extractor.feature_map, args.seed),
+        warm_rows = timed_fit("warm start", warm_data, warm_model(warm, warm_data.extractor.feature_map, args.seed),
                               TrainConfig(**{**full_config.to_dict(), "init_from": warm.location}))
     grown = {name: f"{len(old.extractor.vocabs[name])}->{len(v)}" for name, v in warm_data.extractor.vocabs.items()
              if name in ("user", "job", "skill")}
