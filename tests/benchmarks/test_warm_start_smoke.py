@@ -27,5 +27,5 @@ def test_tiny_run_prints_both_curves_and_when_each_reaches_the_scratch_best():
     assert aucs[0][0] != aucs[0][1]  # before any step the warm model is the published one, not a fresh one
     best = max(row[0] for row in aucs[1:])
     assert f"to reach the from-scratch best validation AUC {best:.4f}:" in lines
-    outcome = re.compile(r"^  (from scratch|warm start): (epoch [0-2], \d+\.\d s|not reached in 2 epochs)$")
+    outcome = re.compile(r"^  (from scratch|warm start): (epoch [0-2], \d+\.\d s \(\d+\.\d CPU s\)|not reached in 2 epochs)$")
     assert [outcome.match(line)[1] for line in lines[-2:]] == ["from scratch", "warm start"]
