@@ -53,6 +53,11 @@ class BaseConfig:
         except TypeError as exc:
             raise ConfigError(f"{where}{cls.__name__}: {exc}") from None
 
+    def changed_from(self, other: "BaseConfig") -> list[str]:
+        """The fields whose values differ from ``other``'s (a config of the same class)."""
+        theirs = other.to_dict()
+        return [name for name, value in self.to_dict().items() if theirs.get(name) != value]
+
     def save_json(self, path: str | Path) -> None:
         write_json_atomic(path, self.to_dict())
 
@@ -254,6 +259,9 @@ class TrainConfig(BaseConfig):
     ranking_k: int = 10
     keep_checkpoints: int = 2
     max_failures: int = 1
+    # warm start (convfm.training.warm_start): a published model to start from, a registry entry (its latest),
+    # one of its versions or a model directory; a run records the version it resolved to
+    init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         check_number(self.learning_rate, "learning_rate", 0, 1, low_open=True)
@@ -280,6 +288,8 @@ class TrainConfig(BaseConfig):
         check_int(self.ranking_k, "ranking_k", 1, 1000)
         check_int(self.keep_checkpoints, "keep_checkpoints", 1, 100)
         check_int(self.max_failures, "max_failures", 0, 100)
+        require(self.init_from is None or (isinstance(self.init_from, str) and bool(self.init_from.strip())),
+                "init_from", f"must be a model path or URI, got {self.init_from!r}")
 
     @property
     def early_stopping(self) -> tuple[str, str]:

@@ -79,6 +79,30 @@ def tiny(market_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> types.Si
                                  entry=root / "registry" / "tiny", root=root, market=market_dir)
 
 
+@pytest.fixture(scope="session")
+def published_old(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+    """A warm start's two markets: ``market_dir``'s market as it stood at 60% of its log (``older_part``), a
+    tiny model trained on it (1 epoch) published as ``registry/old`` v0001; ``old`` its prepared data, ``full``
+    the whole market (``market_dir``'s, written again)."""
+    from convfm.config import DataConfig, ModelConfig, TrainConfig
+    from convfm.data.prepare import prepare_data
+    from convfm.data.synth import older_part
+    from convfm.store.artifacts import save_model_dir
+    from convfm.store.registry import publish
+    from convfm.training.in_process import fit_in_process
+
+    root = tmp_path_factory.mktemp("warm")
+    market = generate_market(users=600, jobs=300, interactions=20_000, seed=0)
+    write_market(market, root / "full")
+    write_market(older_part(market, 0.6), root / "old")
+    old = prepare_data(DataConfig(path=str(root / "old")))
+    model_config = ModelConfig(embedding_dim=8, conv_filters=8, hidden_dims=(16, 8), dropout_rate=0.1)
+    model, history = fit_in_process(old, model_config, TrainConfig(num_epochs=1, batch_size=512, use_amp=False))
+    model_dir = save_model_dir(root / "export", model, old.extractor, metrics=history[-1])
+    publish(model_dir, root / "registry", "old")
+    return types.SimpleNamespace(old=old, model=model, entry=root / "registry" / "old", full=root / "full")
+
+
 def publish_broken(entry: Path, kind: str = "truncated") -> str:
     """Publish a copy of the latest version, then break it on disk; returns the new version name."""
     from convfm.store.registry import publish, resolve

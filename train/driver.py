@@ -28,7 +28,8 @@ from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
 from convfm.errors import ConfigError, ConvFMError
 from convfm.features.jobs import load_extractor
 from convfm.data.prepare import PreparedData, prepare_data
-from convfm.training.in_process import check_resumable_metric
+from convfm.training.in_process import check_initial_weights, check_resumable_metric
+from convfm.training.warm_start import load_warm_start, warm_configs, warm_model
 from convfm.store.storage import StagedDir
 from train.checks import check_sparse_gradients, check_training_data, check_unchanged
 from train.cluster import init_ray
@@ -88,29 +89,46 @@ def run_training(
     ``extractor_options`` go to the extractor fitted for a new run (a resumed run reuses its own);
     ``prepared`` is data the caller already prepared from ``data_config``. ``quiet`` keeps worker and
     controller logs off the terminal when this call starts Ray.
+    ``train_config.init_from`` starts from a published model (``convfm.training.warm_start``): its model config
+    and extractor fields replace the run's (logged, and recorded in run.json), its version is pinned in the
+    recorded train config, and its grown weights reach the workers through the object store.
     """
     started = time.perf_counter()
     data_config = as_config(data_config, DataConfig, "data")
     model_config = as_config(model_config, ModelConfig, "model")
     train_config = as_config(train_config, TrainConfig, "train")
+    warm = load_warm_start(train_config.init_from) if train_config.init_from else None
+    if warm is not None:
+        data_config, model_config, notes = warm_configs(warm, data_config, model_config)
+        for note in notes:
+            log.warning("warm start from %s: %s (the published model's)", warm.location, note)
+        train_config = dataclasses.replace(train_config, init_from=warm.location)
     check_sparse_gradients(model_config.sparse_embeddings, train_config.use_gpu, train_config.num_workers)
     with StagedDir(out_dir) as out:  # a URI run directory: written here, uploaded as it goes
         run = _run_identity(out, resume, data_config, model_config, storage_path)
+        base = None if warm is None else warm.loaded.extractor
         if resume:
-            data = prepare_data(data_config, extractor=_check_resumable(run, train_config))
+            extractor = _check_resumable(run, train_config)
+            data = prepare_data(data_config, extractor=extractor, base=None if extractor is not None else base)
         elif prepared is not None:
+            if warm is not None:
+                raise ConfigError("prepared: a run with init_from prepares its own data (from the published extractor)")
             if prepared.config != data_config:
                 raise ConfigError("prepared: data was prepared from a different DataConfig than data_config")
             data = prepared
         else:
-            data = prepare_data(data_config, extractor_options=dict(extractor_options or {}))
+            data = prepare_data(data_config, extractor_options=dict(extractor_options or {}), base=base)
         check_training_data(data, train_config)
+        initial = None if warm is None else warm_model(warm, data.extractor.feature_map, train_config.seed)
         run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if warm is not None:  # a resumed run keeps the record of its first start (what was replaced then)
+            run.setdefault("init_from", {**warm.record(), "replaced": notes})
         write_run(out, run)
 
         init_ray(address, quiet)
         progress = _progress_queue() if on_epoch is not None else None
-        trainer = build_trainer(loop_config(data, model_config, train_config, loop_options), train_config,
+        shared = loop_config(data, model_config, train_config, loop_options, initial)
+        trainer = build_trainer(shared, train_config,
                                 name=run["name"], storage_path=run["storage_path"],
                                 callbacks=[] if progress is None else [_ProgressCallback(progress)])
         with _relay_progress(progress, on_epoch):
@@ -131,13 +149,16 @@ def failure_summary(exc: BaseException) -> str:
 
 
 def loop_config(data: PreparedData, model_config: ModelConfig, train_config: TrainConfig,
-                options: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+                options: Optional[Mapping[str, Any]] = None, initial: Optional[torch.nn.Module] = None
+                ) -> dict[str, Any]:
     """The worker config: plain dicts plus object refs of the training data.
 
     The encoded side tables (user and job catalogs, ~100 MB for 100k users and 100k jobs) go into the
     object store once; workers on a node read that one copy zero-copy. Per rank only the shard's
-    (rows, labels) arrays are put, equal-length so DDP ranks step together.
+    (rows, labels) arrays are put, equal-length so DDP ranks step together. ``initial`` (a warm start's
+    model, ``warm_model``) goes in as its state dict, put once like the tables.
     """
+    check_initial_weights(train_config, initial is not None)
     world, train_set = train_config.num_workers, data.sets["train"]
     shards = [train_set.shard(rank, world, equal=True) for rank in range(world)]
     return {
@@ -146,6 +167,7 @@ def loop_config(data: PreparedData, model_config: ModelConfig, train_config: Tra
         "train_tables": [ray.put(train_set.tables)],
         "train_shards": [ray.put((shard.rows, shard.labels)) for shard in shards],
         "eval_bundle": [ray.put(data.for_split("valid"))],
+        "initial_state": [] if initial is None else [ray.put(initial.state_dict())],
         **dict(options or {}),
     }
 

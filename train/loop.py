@@ -6,6 +6,7 @@
   train_tables         [ObjectRef] the encoded side tables of the training set, put once, shared by all ranks
   train_shards         [ObjectRef] (rows, labels) per rank, all of equal length (so DDP ranks step together)
   eval_bundle          [ObjectRef] PreparedData.for_split("valid"), read by rank 0 only
+  initial_state        [] or [ObjectRef] a warm start's initial state dict (convfm.training.warm_start)
   crash_at_epoch       optional fault injection: rank 1 (rank 0 when alone) exits mid-epoch, once, ...
   crash_marker         ... the first time only (the file records that the crash happened)
 
@@ -57,7 +58,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_set = ExampleSet(ray.get(config["train_tables"][0]), *ray.get(config["train_shards"][rank]))
     bundle: Optional[PreparedData] = ray.get(config["eval_bundle"][0]) if rank == 0 else None
     torch.manual_seed(train_config.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
-    model, saved_state = _restore(ray.train.get_checkpoint(), model_config, feature_map)
+    initial = ray.get(config["initial_state"][0]) if config.get("initial_state") else None
+    model, saved_state = _restore(ray.train.get_checkpoint(), model_config, feature_map, initial)
     torch.manual_seed(train_config.seed + 7_919 * rank)  # per-rank dropout noise
     model = ray.train.torch.prepare_model(model)  # DDP when world_size > 1; moves to device
     state = TrainingState.create(model, train_config)
@@ -80,11 +82,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _report_with_checkpoint(record, model, state, bundle.extractor, train_config, data_config)
 
 
-def _restore(checkpoint: Optional[ray.train.Checkpoint], model_config: ModelConfig,
-             feature_map: FeatureMap) -> tuple[ConvFM, Optional[dict[str, Any]]]:
-    """A fresh model, or the checkpoint's model and train state (refusing one of a different model)."""
+def _restore(checkpoint: Optional[ray.train.Checkpoint], model_config: ModelConfig, feature_map: FeatureMap,
+             initial: Optional[dict[str, torch.Tensor]] = None) -> tuple[ConvFM, Optional[dict[str, Any]]]:
+    """The checkpoint's model and train state (refusing one of a different model), else a fresh model holding
+    ``initial`` (a warm start's weights) when given."""
     if checkpoint is None:
-        return ConvFM(model_config, feature_map), None
+        model = ConvFM(model_config, feature_map)
+        if initial is not None:
+            model.load_state_dict(initial)
+        return model, None
     with checkpoint.as_directory() as directory:
         loaded = load_model_dir(Path(directory) / MODEL_DIR)
         state = torch.load(Path(directory) / TRAIN_STATE, map_location="cpu", weights_only=True)

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: $RAY_ADDRESS if set, as in a `ray job submit` job; else a new local Ray)")
     parser.add_argument("--storage", metavar="PATH", help="checkpoint storage for Ray Train (shared path or "
                         "URI on multi-node clusters; default RUN/ray)")
+    parser.add_argument("--init-from", metavar="MODEL", help="warm start from a published model: a registry "
+                        "entry such as models/NAME (its latest), one of its versions, or a model directory, local or "
+                        "a URI; its vocabularies grow with the new ids, its model config is used (train.init_from)")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in RUN (a path or URI) from its latest "
                         "checkpoint (its data and model; --epochs etc. may change)")
 
@@ -42,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     flags = {"num_workers": args.workers, "use_gpu": args.gpu, "num_epochs": args.epochs,
              "batch_size": args.batch_size, "cpus_per_worker": args.cpus_per_worker,
-             "placement_strategy": args.placement}
+             "placement_strategy": args.placement, "init_from": args.init_from}
     return {key: value for key, value in flags.items() if value is not None}
 
 
@@ -51,9 +54,9 @@ def resolve_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, 
     if args.resume:
         from train.outputs import read_run  # Ray-free
 
-        if args.out or args.table:
-            raise ConfigError("--resume: a resumed run keeps its directory and data; drop --out/--table "
-                              "(--data may point at the same data's new location)")
+        if args.out or args.table or args.init_from:
+            raise ConfigError("--resume: a resumed run keeps its directory, data and starting model; drop "
+                              "--out/--table/--init-from (--data may point at the same data's new location)")
         out_dir = local_or_uri(args.resume)
         run = read_run(out_dir)
         data = DataConfig.from_dict(run["data"], source=f"{out_dir}/run.json [data]")
@@ -77,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     where = args.address or "local Ray"
     print(f"training ConvFM on {data.path} with {train.num_workers} {'GPU' if train.use_gpu else 'CPU'} "
-          f"worker(s) on {where}, up to {train.num_epochs} epochs -> {out_dir}", flush=True)
+          f"worker(s) on {where}, up to {train.num_epochs} epochs -> {out_dir}"
+          + (f", starting from {train.init_from}" if train.init_from else ""), flush=True)
     result = run_training(
         data, model, train, out_dir, address=args.address, resume=bool(args.resume),
         storage_path=args.storage, on_epoch=lambda record: print(format_epoch(record), flush=True),

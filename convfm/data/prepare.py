@@ -10,6 +10,7 @@ import pandas as pd
 
 from convfm.data.batching import ExampleSet
 from convfm.config import DataConfig
+from convfm.errors import ConfigError
 from convfm.data.liveness import JobWindows, job_windows
 from convfm.data.loading import build_examples, load_job_market, load_table, split_examples
 from convfm.features.context import UserHistory
@@ -87,15 +88,23 @@ def all_positives(data: PreparedData) -> pd.DataFrame:
 
 
 def prepare_data(
-    config: DataConfig, extractor: Any = None, extractor_options: Optional[dict[str, Any]] = None
+    config: DataConfig, extractor: Any = None, extractor_options: Optional[dict[str, Any]] = None,
+    base: Any = None,
 ) -> PreparedData:
     """Load, label, split and encode. Without ``extractor`` one is fitted on the training split only;
-    with one (a saved model's), it is used as is, so evaluation encodes exactly as training did."""
+    with one (a saved model's), it is used as is, so evaluation encodes exactly as training did. ``base``, a
+    published model's extractor (a warm start), fits the new one with its config, starting from its
+    vocabularies and statistics (``JobFeatureExtractor.fit``)."""
     options = dict(extractor_options or {})
+    if base is not None and (base.kind != config.kind or options):
+        raise ConfigError(f"warm start: the published extractor is of kind {base.kind!r} with its own options; "
+                          f"got data of kind {config.kind!r} and extractor options {sorted(options)}")
     if config.kind == "table":
         splits = load_table(config)
         frames = {name: getattr(splits, name) for name in SPLITS}
-        if extractor is None:
+        if extractor is None and base is not None:
+            extractor = TableFeatureExtractor(**base.get_config()).fit(frames["train"], base)
+        elif extractor is None:
             extractor = TableFeatureExtractor(
                 categorical=list(config.categorical), multi_valued=list(config.multi_valued),
                 numeric=list(config.numeric), separator=config.separator, **options,
@@ -109,7 +118,8 @@ def prepare_data(
     windows = job_windows(market.jobs, config.job_lifetime_days) if market.calendar else None
     if extractor is None:
         options = {"history_length": config.history_length, "recency": config.recency, **options}
-        extractor = JobFeatureExtractor(**options).fit(market.jobs, frames["train"], market.users, windows)
+        options = options if base is None else base.get_config()
+        extractor = JobFeatureExtractor(**options).fit(market.jobs, frames["train"], market.users, windows, base)
     # History features read every split's positives before each example's time (never its own label).
     extractor.history = UserHistory.from_frame(
         pd.concat([f.loc[f["label"] > 0, ["user_id", "job_id", "timestamp"]] for f in frames.values()]))

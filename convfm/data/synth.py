@@ -250,6 +250,20 @@ def write_market(market: SyntheticMarket, out_dir: str | Path, fmt: str = "csv")
     return written
 
 
+def older_part(market: SyntheticMarket, fraction: float) -> SyntheticMarket:
+    """The market as it stood at the ``fraction`` quantile of its interaction times: the interactions before
+    it, the jobs posted before it, their truth rows (users, oracle and meta as they are). What a model published
+    earlier was trained on (warm start: ``benchmarks/warm_start.py``)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    times = market.interactions["timestamp"].astype(str)
+    cut = times.sort_values().iloc[int(fraction * (len(times) - 1))]
+    interactions = market.interactions[times < cut].reset_index(drop=True)
+    jobs = market.jobs[market.jobs["posted_at"].astype(str) < cut].reset_index(drop=True)
+    truth = market.truth[market.truth["job_id"].isin(jobs["job_id"])].reset_index(drop=True)
+    return dataclasses.replace(market, jobs=jobs, interactions=interactions, truth=truth)
+
+
 def load_truth(directory: str | Path) -> Optional[pd.DataFrame]:
     """The truth frame (user_id, job_id, p_positive) of a written market; None when ``directory`` has no
     truth.csv / truth.parquet (real data)."""

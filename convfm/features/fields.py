@@ -11,7 +11,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from convfm.errors import ArtifactError
+from convfm.errors import ArtifactError, ConfigError
 from convfm.jsonfile import read_json, write_json_atomic
 
 FEATURE_MAP_VERSION = 1
@@ -37,6 +37,11 @@ class Vocabulary:
             if token:
                 counts[token] = counts.get(token, 0) + 1
         return cls([v for v, c in counts.items() if c >= min_freq])
+
+    def extended(self, values: Iterable[str]) -> "Vocabulary":
+        """This vocabulary's values at their indices, then those of ``values`` it lacks (in order): a warm start
+        keeps every published value's row and appends the new ones."""
+        return Vocabulary(self.values + [v for v in dict.fromkeys(values) if v and v not in self])
 
     def __len__(self) -> int:
         """Table size including the padding and unknown slots."""
@@ -142,6 +147,17 @@ class FeatureMap:
         grouped = [f.name for kind in KINDS for f in self.of_kind(kind)]
         position = {name: i for i, name in enumerate(grouped)}
         return [position[f.name] for f in self.fields]
+
+    def check_grown_from(self, published: "FeatureMap", source: str) -> None:
+        """This map must be ``published`` with vocabularies of the same size or larger (a warm start: the weights
+        of every field carry over, only vocabulary rows are added); ConfigError naming the first difference."""
+        names, before = [f.name for f in self.fields], [f.name for f in published.fields]
+        if names != before:
+            raise ConfigError(f"{source}: this data gives the fields {names}, the published model has {before}; "
+                              "a warm start needs the same fields (same columns in the data)")
+        for new, old in zip(self.fields, published.fields):
+            if dataclasses.replace(new, size=old.size) != old or new.size < old.size:
+                raise ConfigError(f"{source}: field {new.name!r} is {new} here, {old} in the published model")
 
     def to_dict(self) -> dict:
         return {"format_version": FEATURE_MAP_VERSION, "fields": [dataclasses.asdict(f) for f in self.fields]}

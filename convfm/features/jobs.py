@@ -10,7 +10,6 @@ Both save as JSON + NPZ (see ``convfm.features.base``) and ``load_extractor`` re
 from __future__ import annotations
 
 import functools
-from itertools import chain
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from convfm.data.batching import ExampleSet
-from convfm.errors import ArtifactError, ConvFMError
+from convfm.errors import ArtifactError, ConfigError, ConvFMError
 from convfm.features.base import (
     UNKNOWN_ROW, RowIndex, check_table, concat_rows, encode_fields, labels_of, read_artifact, require_frame,
     table_arrays, table_from_arrays, with_room, write_artifact,
@@ -126,24 +125,31 @@ class JobFeatureExtractor:
         interactions_df: Optional[pd.DataFrame] = None,
         users_df: Optional[pd.DataFrame] = None,
         windows: Optional[JobWindows] = None,
+        base: Optional["JobFeatureExtractor"] = None,
     ) -> "JobFeatureExtractor":
         """Fit on training data only: vocabularies, salary statistics, text model, catalogs.
 
         ``windows`` (the jobs' live windows, in ``jobs_df`` order; ``convfm.data.liveness``) enables the recency
-        fields when ``recency`` is on and some job has a ``posted_at``: without a calendar a job has no age."""
+        fields when ``recency`` is on and some job has a ``posted_at``: without a calendar a job has no age.
+        ``base``, a published extractor of the same config (a warm start), keeps its salary statistics and text
+        model (so the published dense weights keep their meaning; new values outside the old range just scale
+        further) and extends its vocabularies (``fit_vocabularies``); the fields must come out the same."""
         require_frame(jobs_df, "jobs", ["job_id"])
         if interactions_df is not None:
             require_frame(interactions_df, "interactions", ["user_id", "job_id"])
         if users_df is not None:
             require_frame(users_df, "users", ["user_id"])
+        if base is not None and base.get_config() != self.get_config():
+            raise ConfigError(f"warm start: extractor config {self.get_config()} differs from the published "
+                              f"{base.get_config()}")
         has_job = jobs_df.columns.__contains__
         has_user = (lambda c: False) if users_df is None else users_df.columns.__contains__
-        self._text_columns = tuple(c for c in FREE_TEXT_COLUMNS if has_job(c))
+        self._text_columns = tuple(c for c in FREE_TEXT_COLUMNS if has_job(c)) if base is None else base._text_columns
         text_skills = self.skills_from_text and bool(self._text_columns)
-        self.vocabs = fit_vocabularies(jobs_df, interactions_df, users_df, text_skills, self.min_freq)
-        self._salary = salary_stats(jobs_df)
-        self._text = None
-        if self._text_columns and self.text_dim > 0:
+        self.vocabs = fit_vocabularies(jobs_df, interactions_df, users_df, text_skills, self.min_freq,
+                                       None if base is None else base.vocabs)
+        self._salary, self._text = (base._salary, base._text) if base is not None else (salary_stats(jobs_df), None)
+        if base is None and self._text_columns and self.text_dim > 0:
             texts = joined_text(jobs_df, self._text_columns)
             self._text = TextEncoder.fit(texts, self.text_dim, self.max_text_features, self.seed)
         present = {
@@ -158,6 +164,8 @@ class JobFeatureExtractor:
         job = [self._spec(n) for n in JOB_FIELDS if present[n]]
         self._set_context(job, windows, "expires_at" in jobs_df.columns and jobs_df["expires_at"].notna().any())
         self._feature_map = FeatureMap(tuple(user + self._history_fields() + job + self._recency_fields()))
+        if base is not None:
+            self._feature_map.check_grown_from(base.feature_map, "warm start")
         self._matcher = SkillMatcher(self.vocabs["skill"].values) if text_skills else None
         self._fit_catalogs(jobs_df, interactions_df, users_df)
         return self

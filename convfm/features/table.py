@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from convfm.data.batching import ExampleSet
-from convfm.errors import ArtifactError, ConvFMError
+from convfm.errors import ArtifactError, ConfigError, ConvFMError
 from convfm.features.base import encode_fields, labels_of, read_artifact, require_frame, write_artifact
 from convfm.features.fields import EncodedTable, FeatureMap, FieldSpec, Vocabulary
 from convfm.features.text import column_strings, split_lists
@@ -68,9 +68,13 @@ class TableFeatureExtractor:
             raise ConvFMError("TableFeatureExtractor is not fitted: call fit() or load() first")
         return self._feature_map
 
-    def fit(self, df: pd.DataFrame) -> "TableFeatureExtractor":
-        """Vocabularies and numeric mean/std from the training rows only."""
+    def fit(self, df: pd.DataFrame, base: Optional["TableFeatureExtractor"] = None) -> "TableFeatureExtractor":
+        """Vocabularies and numeric mean/std from the training rows only. ``base``, a published extractor of the
+        same config (a warm start), keeps its numeric mean/std and extends each vocabulary with this data's."""
         require_frame(df, "table", self.categorical + self.multi_valued + self.numeric)
+        if base is not None and base.get_config() != self.get_config():
+            raise ConfigError(f"warm start: table config {self.get_config()} differs from the published "
+                              f"{base.get_config()}")
         self.vocabs = {c: Vocabulary.build(column_strings(df, c), self.min_freq) for c in self.categorical}
         for column in self.multi_valued:
             lists = self._lists(df, column)
@@ -81,6 +85,9 @@ class TableFeatureExtractor:
             values = values[np.isfinite(values)]
             std = float(values.std()) if len(values) > 1 else 0.0
             self._stats[column] = [float(values.mean()) if len(values) else 0.0, std if std > 0 else 1.0]
+        if base is not None:
+            self.vocabs = {c: base.vocabs[c].extended(v.values) for c, v in self.vocabs.items()}
+            self._stats = dict(base._stats)
         self._feature_map = self._build_feature_map()
         return self
 

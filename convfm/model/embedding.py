@@ -83,10 +83,12 @@ class FieldEmbedding(nn.Module):
 
     def __init__(self, feature_map: FeatureMap, dim: int, sparse: bool = False) -> None:
         super().__init__()
-        starts, total = {}, 0
+        self.spans: dict[str, tuple[int, int]] = {}  # vocabulary -> (first row, size) in the stacked table
+        total = 0
         for vocab, size in feature_map.vocab_sizes.items():
-            starts[vocab], total = total, total + size
+            self.spans[vocab], total = (total, size), total + size
         cat_fields, multi_fields = feature_map.of_kind("categorical"), feature_map.of_kind("multi")
+        starts = {vocab: start for vocab, (start, _) in self.spans.items()}
         self.register_buffer("cat_offsets", torch.tensor([starts[f.vocab] for f in cat_fields], dtype=torch.int64))
         self.register_buffer("multi_offsets", torch.tensor([starts[f.vocab] for f in multi_fields], dtype=torch.int64))
         self.table = nn.Embedding(max(total, 1), dim, sparse=sparse)
@@ -94,6 +96,18 @@ class FieldEmbedding(nn.Module):
         dense_widths = [f.width for f in feature_map.of_kind("dense")]
         self.dense_widths = dense_widths
         self.dense = nn.ModuleList(nn.Linear(w, dim, bias=False) for w in dense_widths)
+
+    @torch.no_grad()
+    def load_grown(self, published: "FieldEmbedding") -> None:
+        """Warm start: ``published``'s rows, each to its value's index here, and its dense projections. Each of its
+        vocabularies is the start of this one's (``Vocabulary.extended``), but stacked vocabularies start later
+        when one before them grew; the rows of new values keep their initialisation."""
+        for vocab, (start, size) in published.spans.items():
+            mine, room = self.spans[vocab]
+            if room < size:
+                raise ValueError(f"vocabulary {vocab!r}: {room} rows here, {size} in the published table")
+            self.table.weight[mine : mine + size] = published.table.weight[start : start + size]
+        self.dense.load_state_dict(published.dense.state_dict())
 
     def plan(self, cat: torch.Tensor, multi: torch.Tensor) -> LookupPlan:
         """cat (B, Fc), multi (B, Fm, L) local ids -> the batch's LookupPlan."""

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from convfm.config import ModelConfig
+from convfm.errors import ConfigError
 from convfm.features.fields import FeatureMap
 from convfm.model.embedding import FieldEmbedding, IdDropout, LookupPlan
 
@@ -219,6 +220,20 @@ class ConvFM(nn.Module):
         self.fm = FMInteraction()
         self.conv = FieldConv(dim, config.conv_filters, config.conv_kernel_size)
         self.deep = DeepHead(fields * dim + config.conv_filters, config.hidden_dims, config.dropout_rate)
+
+    def load_grown(self, published: "ConvFM") -> None:
+        """Warm start from ``published``, of the same config over the same fields with vocabularies that grew
+        (``FeatureMap.check_grown_from``): its vocabulary rows to the same values' indices
+        (``FieldEmbedding.load_grown``), every other parameter and buffer as is; new rows keep their init."""
+        changed = self.config.changed_from(published.config)
+        if changed:
+            raise ConfigError(f"warm start: model config field(s) {changed} differ from the published model's")
+        self.feature_map.check_grown_from(published.feature_map, "warm start")
+        tables = ("embedding.", "linear.")
+        rest = {k: v for k, v in published.state_dict().items() if not k.startswith(tables)}
+        self.load_state_dict({**self.state_dict(), **rest})
+        self.embedding.load_grown(published.embedding)
+        self.linear.load_grown(published.linear)
 
     def field_embeddings(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor,
                          plan: Optional[LookupPlan] = None) -> torch.Tensor:

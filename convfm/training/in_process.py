@@ -231,12 +231,15 @@ def fit_in_process(
     model_config: ModelConfig,
     train_config: TrainConfig,
     on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
+    initial: Optional[ConvFM] = None,
 ) -> tuple[ConvFM, list[dict[str, Any]]]:
     """Train on ``data.sets['train']`` with early stopping on ``early_stopping_metric``; return the model of
-    its best epoch + history."""
+    its best epoch + history. ``initial`` is the model to start from instead of a fresh one (a warm start:
+    ``convfm.training.warm_start.warm_model``; it is trained in place)."""
+    check_initial_weights(train_config, initial is not None)
     torch.manual_seed(train_config.seed)
     device = torch.device("cuda" if train_config.use_gpu and torch.cuda.is_available() else "cpu")
-    model = ConvFM(model_config, data.extractor.feature_map).to(device)
+    model = (ConvFM(model_config, data.extractor.feature_map) if initial is None else initial).to(device)
     state, best_weights = TrainingState.create(model, train_config), None
     for epoch in state.epochs(train_config.num_epochs):
         record = run_epoch(model, data.sets["train"], state, train_config, device, validation=data)
@@ -249,3 +252,10 @@ def fit_in_process(
     if best_weights is not None:
         model.load_state_dict(best_weights)
     return model.eval(), state.history
+
+
+def check_initial_weights(config: TrainConfig, given: bool) -> None:
+    """A run with ``init_from`` must be handed its initial weights (``warm_model``): a trainer never starts it
+    fresh silently. ``given``: whether the trainer got them."""
+    require(given or config.init_from is None, "init_from", f"{config.init_from}: this trainer was given no initial "
+            "weights; warm starts run through `convfm train` / train.driver.run_training or fit_in_process(initial=...)")
