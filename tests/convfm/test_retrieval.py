@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from convfm.features.context import MICROS_PER_DAY
 from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
@@ -86,6 +87,21 @@ def test_incremental_add_equals_an_index_rebuilt_with_the_same_projection(tiny):
     user = users_of(tiny.data.extractor, 2).take([1])
     rows, _ = index.top_k(user, 10, count=1201)
     assert set(rows) == set(full.top_k(user, 10)[0])  # the new rows compete like the old ones
+
+
+def test_moving_in_time_reindexes_the_jobs_whose_age_bucket_changed(tiny):
+    extractor = tiny.data.extractor
+    recency = extractor.recency_encoder
+    assert recency is not None, "the tiny market has job ages: this test needs them"
+    start = int(np.median(recency.posted))
+    later = start + 5 * MICROS_PER_DAY
+    index = RetrievalIndex(CatalogRanker(tiny.model, extractor, time=start), dims=6, fit_rows=100)
+    before = index.coords.clone()
+    changed = index.at(later)
+    rebuilt = RetrievalIndex(CatalogRanker(tiny.model, extractor, time=later), fit_rows=100,
+                             projection=index.projection)
+    assert 0 < len(changed) < len(index) and not torch.allclose(before[changed], index.coords[changed])
+    torch.testing.assert_close(index.coords, rebuilt.coords, atol=1e-5, rtol=0)
 
 
 def test_excluded_removed_and_masked_rows_are_never_returned(tiny, big):
