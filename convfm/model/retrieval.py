@@ -86,7 +86,7 @@ class RetrievalIndex:
     def add(self, rows: Iterable[int]) -> None:
         """Index catalog ``rows`` from the ranker's job sides: rows past the end extend the index (the ranker's
         catalog must hold them already), rows inside it are re-indexed (a job whose fields changed)."""
-        rows = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows, dtype=np.int64)
+        rows = np.asarray(rows if isinstance(rows, np.ndarray) else list(rows), dtype=np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.ranker.n_jobs):
             raise ValueError(f"rows must be catalog rows in [0, {self.ranker.n_jobs}): the ranker's catalog holds "
                              f"{self.ranker.n_jobs} rows; extend it before indexing, got rows up to {rows.max()}")
@@ -139,9 +139,9 @@ class RetrievalIndex:
 
     def candidates(self, users: EncodedTable, count: int, exclude: Optional[list[Iterable[int]]] = None,
                    candidate_mask: Optional[np.ndarray] = None) -> torch.Tensor:
-        """The ``count`` rows with the highest fitted logits per user -> (U, K), K = min(count, rows left);
-        blocked rows, each user's ``exclude`` rows and rows where ``candidate_mask`` (N,) is False are left out
-        (they come last, as -inf, when fewer than ``count`` remain)."""
+        """The ``count`` rows with the highest fitted logits per user -> (U, K). Blocked rows, each user's
+        ``exclude`` rows and rows where ``candidate_mask`` (N,) is False are left out before the top K, so K is
+        ``count`` unless fewer rows remain (then the fewest left to any of the users)."""
         weights = self.user_weights(users)  # (U, r + 1)
         with torch.inference_mode():
             approx = (self.coords @ weights[:, 1:].T).T  # (U, N); the intercept does not change the order
