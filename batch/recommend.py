@@ -6,9 +6,9 @@
 Bad input fails before any work: every Parquet file's schema is read first (a file without ``user_id``, or with
 user ids that are neither strings nor integers, is named), and the model is loaded once on the driver.
 Jobs the service's event log (``<live store>/events``) shows a user touched before ``at`` count as seen, as in
-the service. The output is complete or absent: ``_SUCCESS.json`` (counts, model version, time) is written after every data
-file; a local output is written to a staging folder beside ``out`` and renamed into place at the end, so a
-killed run leaves only a ``.NAME.staging-*`` folder.
+the service. The output is complete or absent: ``_SUCCESS.json`` (counts, model version, time) is written after
+every data file; a local output is written to a staging folder beside ``out`` and renamed into place at the end,
+so a killed run leaves only a ``.NAME.staging-*`` folder.
 """
 from __future__ import annotations
 
