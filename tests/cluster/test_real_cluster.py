@@ -152,7 +152,8 @@ def test_tune_job_publishes_to_the_shared_registry(tuned: Path) -> None:
 
 
 def test_batch_recommendations_job_writes_every_users_top_k(cluster: RealCluster, tuned: Path, market: Path) -> None:
-    command = adapt(documented(r"^ray job submit .* convfm recommend-batch "), cluster.shared, k=5)
+    command = adapt(documented(r"^ray job submit .* convfm recommend-batch "), cluster.shared)
+    command[command.index("-k") + 1] = "5"  # `adapt` writes long flags; -k has none
     out = Path(command[command.index("--out") + 1])
     cluster.run(command, timeout=JOB_TIMEOUT)
     summary = read_json(out / "_SUCCESS.json", "the batch summary")
