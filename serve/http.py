@@ -36,7 +36,7 @@ from convfm.store.live_catalog import CatalogStore
 from serve.events import EventWriter, LiveEvents, follow_log
 from serve.live_catalog import answer, catch_up, job_detail, write_jobs
 from serve.model_slot import ModelSlot
-from serve.scorer import ServiceError, public_text
+from serve.scorer import ServiceError
 
 log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"
