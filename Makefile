@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # Pin torch to the CPU 2.13.0 wheel when this machine has it on disk; elsewhere pip picks the normal wheel.
 TORCH_PIN := $(shell ls /opt/wheels/torch-2.13.0* >/dev/null 2>&1 && echo "torch==2.13.0")
 PYTEST_ARGS ?=
+# Two pytest workers (pytest-xdist): one holds the session's Ray and its shared runs, the other takes the tests
+# that start their own Ray or none (tests/conftest.py makes the work units). TEST_WORKERS=0 runs one process.
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test bench clean
 
@@ -21,7 +24,7 @@ demo: venv
 	$(VENV)/bin/convfm demo
 
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) benchmarks/train_throughput.py

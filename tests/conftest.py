@@ -30,6 +30,7 @@ import logging  # noqa: E402
 import shutil  # noqa: E402
 import types  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -161,3 +162,66 @@ def randomized(model, seed: int):
 def randomize():
     """``randomize(model, seed) -> model``: see ``randomized``."""
     return randomized
+
+
+
+
+# Test files with a test that uses the session's local Ray (``ray_local``, directly or through a fixture built on
+# it). Under pytest-xdist (``make test`` runs two workers) each such file goes to the same worker, so one worker
+# holds that Ray and the runs shared through it (a Ray Train run or a Tune search costs a minute: never twice);
+# the other worker takes every other file meanwhile. Collection refuses a file that uses ``ray_local`` and is not
+# listed here.
+SESSION_RAY_FILES = frozenset({
+    "tests/batch/test_recommend_batch.py",
+    "tests/reliability/test_serve_faults.py",
+    "tests/serve/test_events_serve.py",
+    "tests/serve/test_live_catalog_ray.py",
+    "tests/serve/test_serve_http.py",
+    "tests/train/test_data_shipping.py",
+    "tests/train/test_distributed.py",
+    "tests/train/test_early_stopping.py",
+    "tests/train/test_fault_tolerance.py",
+    "tests/train/test_ray_configs.py",
+    "tests/train/test_seed_pipeline.py",
+    "tests/train/test_storage_runs.py",
+    "tests/train/test_table_training.py",
+    "tests/train/test_warm_start_ray.py",
+    "tests/tune/test_search.py",
+    "tests/tune/test_storage_search.py",
+})
+
+
+def file_of(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Checks SESSION_RAY_FILES, and orders the files for the scheduler below (it hands them out in this order,
+    whole): the session-Ray files first, then those that start their own Ray (marked ``slow``), then the rest,
+    each in collection order."""
+    unlisted = sorted({file_of(item.nodeid) for item in items if "ray_local" in item.fixturenames}
+                      - SESSION_RAY_FILES)
+    if unlisted:
+        raise pytest.UsageError(f"tests/conftest.py: add {', '.join(unlisted)} to SESSION_RAY_FILES (a test there "
+                                "uses the session's Ray, so its file must run on the worker that holds it)")
+    slow_files = {file_of(item.nodeid) for item in items if item.get_closest_marker("slow")}
+
+    def rank(item: pytest.Item) -> int:
+        path = file_of(item.nodeid)
+        return 0 if path in SESSION_RAY_FILES else 1 if path in slow_files else 2
+
+    items.sort(key=rank)  # stable: collection order within each rank
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Work units for pytest-xdist: all of SESSION_RAY_FILES is one unit, every other test file one unit of its
+    own (module fixtures, such as the real cluster's, are built once), handed out in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SessionRayScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = file_of(nodeid)
+            return "session-ray" if path in SESSION_RAY_FILES else path
+
+    config.option.loadscopereorder = False  # keep the order above, not the largest unit first
+    return SessionRayScheduling(config, log)
