@@ -30,8 +30,9 @@ def pair(tiny) -> tuple[Scorer, Scorer]:
 def requests_of(tiny, **fields) -> list[RecommendRequest]:
     """Eight users of the training data, a cold-start profile and an id the model never saw with a history."""
     users = list(tiny.data.frames["train"]["user_id"].value_counts().index[:8])
+    history = list(tiny.data.extractor.job_ids[1:4])
     bodies = [{"user_id": u} for u in users] + [{"profile": {"skills": ["python", "sql"], "location": "remote"}},
-                                                {"user_id": "newcomer", "history": list(tiny.data.extractor.job_ids[1:4])}]
+                                                {"user_id": "newcomer", "history": history}]
     return [RecommendRequest.model_validate({"k": 10, **body, **fields}) for body in bodies]
 
 
