@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from convfm.features.fields import EncodedTable
 from convfm.data.liveness import ALWAYS
 from convfm.errors import ArtifactError
+from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
 from convfm.store.artifacts import LoadedModel, load_model_dir

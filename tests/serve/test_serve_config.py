@@ -29,7 +29,8 @@ def test_defaults_bind_loopback():
     ({"api_key_env": "not a name"}, "api_key_env"), ({"max_body_bytes": 10}, "max_body_bytes"),
     ({"min_replicas": 3, "max_replicas": 2}, "max_replicas"), ({"replica": 2}, "unknown key"),
     ({"retrieval_candidates": -1}, r"^retrieval_candidates: must be an integer in \[0, 1000000\], got -1$"),
-    ({"retrieval_candidates": 1_000_001}, "retrieval_candidates"), ({"retrieval_candidates": 2.5}, "retrieval_candidates"),
+    ({"retrieval_candidates": 1_000_001}, "retrieval_candidates"),
+    ({"retrieval_candidates": 2.5}, "retrieval_candidates"),
 ])
 def test_bad_values_name_the_field(values, field):
     with pytest.raises(ConfigError, match=field):
