@@ -67,8 +67,9 @@ def check_users(users: str) -> int:
 class Recommender:
     """A Ray Data actor: loads the model once, then ranks each batch of users."""
 
-    def __init__(self, model: str, at: int, k: int, exclude_seen: bool, events: Optional[str]) -> None:
-        self.ranker = BatchRanker.load(resolve(model), at)
+    def __init__(self, model: str, at: int, k: int, exclude_seen: bool, events: Optional[str],
+                 retrieval_candidates: int = 0) -> None:
+        self.ranker = BatchRanker.load(resolve(model), at, retrieval_candidates)  # the index is built here
         if events is not None:
             self.ranker.add_seen(interactions_frame(events))
         self.k, self.exclude_seen = k, exclude_seen
@@ -83,9 +84,11 @@ class Recommender:
 
 def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool = True,
                     at: Optional[int] = None, workers: Optional[int] = None, batch_size: int = 512,
-                    version: Optional[str] = None, address: Optional[str] = None) -> dict[str, Any]:
+                    version: Optional[str] = None, address: Optional[str] = None,
+                    retrieval_candidates: int = 0) -> dict[str, Any]:
     """Check the inputs, then start or join Ray (``train.cluster.init_ray``) and run; returns the
-    ``_SUCCESS.json`` document."""
+    ``_SUCCESS.json`` document. ``retrieval_candidates`` K > 0: each user's K retrieval candidates are ranked
+    exactly instead of the whole catalog (``BatchRanker``)."""
     import ray
 
     import batch as batch_package
@@ -95,7 +98,7 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
     if storage.exists(out):
         raise ConfigError(f"--out {out}: already exists; choose a new folder (outputs are never overwritten)")
     located = locate(model, version)  # pinned: actors started later load this version, not a newer latest
-    probe = BatchRanker.load(resolve(located), at)  # a broken model fails here, in one line
+    probe = BatchRanker.load(resolve(located), at)  # a broken model fails here, in one line (the index: in actors)
     at = probe.at
     events = events_location(live_location(located))  # what the service logged counts as seen, as it does there
     events = str(events) if exclude_seen and list_segments(events) else None
@@ -113,7 +116,7 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
         source = ray.data.read_parquet(users, columns=["user_id"])
     source.map_batches(
         Recommender, fn_constructor_kwargs={"model": str(located), "at": at, "k": k, "exclude_seen": exclude_seen,
-                               "events": events},
+                               "events": events, "retrieval_candidates": retrieval_candidates},
         batch_size=batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
     ).write_parquet(target)
     seconds = time.perf_counter() - started
@@ -121,6 +124,7 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
     table = written.to_table(columns=["user_id"])
     summary = {"users": n_users, "users_with_rows": len(pa.compute.unique(table["user_id"])),
                "rows": written.count_rows(), "k": k, "exclude_seen": exclude_seen, "at": at,
+               "retrieval_candidates": retrieval_candidates,
                "event_log": events, "logged_pairs_seen": logged,
                "model": str(located), "model_version": model_identity(resolve(located))[1], "catalog_version": 0,
                "workers": workers, "seconds": round(seconds, 3),

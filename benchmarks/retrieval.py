@@ -10,6 +10,13 @@ time and memory. Times are medians over the users.
     python benchmarks/retrieval.py --smoke-test --model DIR   # seconds: tiny sizes, checks that it runs
 
 Without ``--model`` it trains the default model of ``benchmarks/serve_load.py`` first (minutes).
+
+``--scorer-jobs N`` times the service's own path instead: ``Scorer.recommend_many`` one request at a time (k=10,
+no explanations) with ``retrieval_candidates`` K and, on the same Scorer with its index detached, the exact full
+scan, over a synthetic market of N jobs (extractor fitted, the default ConvFM untrained: a request costs the same
+whatever the weights), plain and with a ``job_type`` filter; recall@10 is the overlap of the two answers.
+
+    python benchmarks/retrieval.py --scorer-jobs 100000 --counts 1000 --threads 2
 """
 from __future__ import annotations
 
@@ -108,6 +115,53 @@ def load_model(path: str):
     return scorer.ranker.model, scorer.extractor
 
 
+def scorer_rows(args) -> None:
+    """The ``--scorer-jobs`` table (see the module docstring)."""
+    import copy
+
+    from convfm.config import ModelConfig
+    from convfm.data.liveness import job_windows
+    from convfm.data.synth import generate_market
+    from convfm.features.jobs import JobFeatureExtractor
+    from convfm.model.network import ConvFM
+    from convfm.store.artifacts import LoadedModel
+    from convfm.store.serving_data import ServingData
+    from serve.schemas import RecommendRequest
+    from serve.scorer import Scorer
+
+    market = generate_market(5000, args.scorer_jobs, 25_000, seed=args.seed)
+    extractor = JobFeatureExtractor().fit(market.jobs, market.interactions, market.users,
+                                          job_windows(market.jobs, 30.0))
+    torch.manual_seed(args.seed)
+    model = ConvFM(ModelConfig(), extractor.feature_map).eval()
+    job_type = market.jobs["job_type"].value_counts().index[0]
+    users = market.interactions["user_id"].drop_duplicates().iloc[: args.users].tolist()
+    print(f"\n### Scorer.recommend_many, one request at a time: {args.scorer_jobs:,} jobs, k=10, {len(users)} known "
+          f"users, torch threads {args.threads}\n")
+    print("| K | load s (job sides + index) | filter | exact ms | retrieve+rerank ms | speed-up | recall@10 |")
+    print("|---:|---:|---|---:|---:|---:|---:|", flush=True)
+    for count in args.counts:
+        started = time.perf_counter()
+        scorer = Scorer(LoadedModel(model, extractor, {}, {}, Path("synthetic/v0001")), ServingData.empty(), count)
+        load = time.perf_counter() - started
+        exact = copy.copy(scorer)
+        exact.index = None  # the same catalog, scanned in full
+        for label, filters in (("none", {}), (f"job_type={job_type}", {"job_type": job_type})):
+            requests = [RecommendRequest.model_validate({"user_id": u, "k": 10, "filters": filters}) for u in users]
+            times = {"exact": [], "retrieval": []}
+            answers = {"exact": [], "retrieval": []}
+            for request in requests:
+                for name, which in (("exact", exact), ("retrieval", scorer)):
+                    started = time.perf_counter()
+                    items = which.recommend_many([request])[0]["items"]
+                    times[name].append(time.perf_counter() - started)
+                    answers[name].append({i["job_id"] for i in items})
+            exact_ms, ms = (float(np.median(times[n][1:]) * 1000) for n in ("exact", "retrieval"))  # 1st: warm-up
+            recall = np.mean([len(a & b) / max(1, len(a)) for a, b in zip(answers["exact"], answers["retrieval"])])
+            print(f"| {count} | {load:.1f} | {label} | {exact_ms:.1f} | {ms:.1f} | {exact_ms / ms:.1f}x | "
+                  f"{recall:.3f} |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="registry entry or model dir (default: train serve_load's model)")
@@ -119,12 +173,17 @@ def main() -> int:
     parser.add_argument("--timed-users", type=int, default=5, help="users timed on the exact full scan")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scorer-jobs", type=int, help="time Scorer.recommend_many on a synthetic market of this "
+                        "many jobs instead (see the module docstring)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks that everything runs")
     args = parser.parse_args()
     if args.smoke_test:
         args.sizes, args.counts, args.users, args.fit_rows, args.dims = "500,2000", "50", 6, 200, 8
     args.counts = [int(c) for c in args.counts.split(",")]
     torch.set_num_threads(args.threads)
+    if args.scorer_jobs:
+        scorer_rows(args)
+        return 0
     if args.model is None:
         sys.path.insert(0, str(Path(__file__).parent))
         from serve_load import build_model

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, Union
 
 from convfm.config import BaseConfig
 from convfm.errors import ConfigError
+from convfm.model.retrieval import MAX_CANDIDATES
 from convfm.store.registry import VERSION_RE
 from convfm.validate import check_bool, check_int, check_number, check_text, is_integer, require
 
@@ -63,6 +64,9 @@ class ServeConfig(BaseConfig):
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     # Live catalog and event log (path or URI); None: ``live/`` in the model's registry entry (live_location).
     live_store: Optional[str] = None
+    # Candidates per request from the retrieval index (convfm.model.retrieval), re-ranked exactly; 0: exact full
+    # scan. docs/SERVING.md ("Catalogs beyond a full scan") has the measurements behind the default.
+    retrieval_candidates: int = 0
 
     def __post_init__(self) -> None:
         check_text(self.model, "model", "a non-empty path or URI")
@@ -101,6 +105,7 @@ class ServeConfig(BaseConfig):
                 f"'*.example.com', an IP, '[::1]'), got {self.allowed_hosts!r}")
         require(self.live_store is None or (isinstance(self.live_store, str) and bool(self.live_store.strip())),
                 "live_store", f"must be a non-empty path or URI, or null, got {self.live_store!r}")
+        check_int(self.retrieval_candidates, "retrieval_candidates", 0, MAX_CANDIDATES)
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any], source: str = "serve args") -> "ServeConfig":

@@ -5,9 +5,11 @@ Each Scorer carries a ``LiveJobs``: the catalog version it has applied, every ro
 that keeps an apply from running while a batch reads the catalog. ``catch_up`` reads the deltas a scorer lacks
 and applies them: upserted jobs are encoded with the fitted extractor (an unknown id reads the unknown-id slot;
 its content fields count), their job sides computed alone and appended to the ranker's (or written over an id
-it already has); display columns, filter values, salaries and the popularity fallback follow (a new job has no
-interactions yet: popularity 0, last among equals). Expired jobs stay in the catalog (``GET /jobs/{id}`` shows
-them) but ``/recommend`` leaves them out unless ``filters.include_expired``. The model's own catalog keeps
+it already has) and indexed when the scorer has a retrieval index; display columns, filter values, salaries and
+the popularity fallback follow (a new job has no interactions yet: popularity 0, last among equals). Expired
+jobs stay in the catalog (``GET /jobs/{id}`` shows them) but ``/recommend`` leaves them out unless
+``filters.include_expired``: an expiry is a time, checked per request in the filter mask (which the retrieval
+index applies before its candidate scan), so the index keeps expired rows. The model's own catalog keeps
 serving as trained: its jobs expire here only through the live catalog.
 """
 from __future__ import annotations
@@ -65,7 +67,7 @@ def _upsert(scorer: Any, jobs: list[dict[str, Any]]) -> None:
     expires = np.array([NEVER if j.get("expires_at") is None else j["expires_at"] for j in jobs], dtype=np.int64)
     before = scorer.n_jobs
     rows = scorer.extractor.put_jobs(frame, posted, expires)
-    scorer.ranker.put_jobs(rows)
+    scorer.put_jobs(rows)
     n = scorer.n_jobs = scorer.ranker.n_jobs
     live = scorer.live_jobs
     live.expires = _grown(live.expires, n, NEVER)

@@ -1,6 +1,7 @@
 """The scoring code under the service: plain Python and torch, no Ray, so it is tested on its own.
 
-``Scorer`` is one loaded model version: ``CatalogRanker`` (fast full-catalog path), job metadata for responses,
+``Scorer`` is one loaded model version: ``CatalogRanker`` (fast full-catalog path; with ``retrieval_candidates``
+a ``RetrievalIndex`` in front of it, for catalogs too large to scan per request), job metadata for responses,
 seen jobs per user and a popularity fallback (from the model directory's ``serving.json``; see
 ``convfm.store.serving_data``). Its ``*_many`` methods take a list of requests and answer each in one batched pass;
 a request that cannot be answered gets a ``ServiceError`` in its slot, never an exception for the batch.
@@ -28,6 +29,7 @@ from convfm.features.base import concat_rows
 from convfm.features.context import now_micros
 from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
+from convfm.model.retrieval import RetrievalIndex
 from convfm.store.registry import model_identity
 from convfm.store.serving_data import DISPLAY_COLUMNS, SERVING_NAME, ServingData
 from convfm.features.text import clean_value
@@ -83,9 +85,12 @@ def public_text(text: str) -> str:
 
 
 class Scorer:
-    """One loaded, validated model version and everything needed to answer requests with it."""
+    """One loaded, validated model version and everything needed to answer requests with it.
 
-    def __init__(self, loaded: LoadedModel, serving: ServingData) -> None:
+    ``retrieval_candidates`` K > 0 ranks each user's K best candidates of the index exactly instead of scanning
+    the whole catalog (``ServeConfig.retrieval_candidates``); the index is built here, at model load."""
+
+    def __init__(self, loaded: LoadedModel, serving: ServingData, retrieval_candidates: int = 0) -> None:
         extractor = loaded.extractor
         if getattr(extractor, "kind", None) != "jobs" or extractor.job_catalog is None:
             raise ArtifactError(f"{loaded.path}: serving needs a job-market model (JobFeatureExtractor)")
@@ -120,15 +125,17 @@ class Scorer:
         self.positive_events = tuple(loaded.extra.get("data_config", {}).get(
             "positive_events", DataConfig().positive_events))
         self.live_jobs = LiveJobs(self.n_jobs)  # live catalog applied on top (serve.live_catalog)
+        self.retrieval_candidates = retrieval_candidates
+        self.index = RetrievalIndex(self.ranker) if retrieval_candidates else None  # None: exact full scan
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "Scorer":
+    def load(cls, path: str | Path, device: str = "cpu", retrieval_candidates: int = 0) -> "Scorer":
         """Load a model directory (ArtifactError if anything is missing, tampered or inconsistent), validate."""
         loaded = load_model_dir(path, device=device)
         payload = loaded.extra.get(SERVING_NAME)
         source = str(Path(path) / f"{SERVING_NAME}.json")
         serving = ServingData.empty() if payload is None else ServingData.from_payload(payload, source)
-        scorer = cls(loaded, serving)
+        scorer = cls(loaded, serving, retrieval_candidates)
         scorer.validate()
         return scorer
 
@@ -147,6 +154,18 @@ class Scorer:
         gap = float((fast - full).abs().max())
         if gap > 1e-3:
             raise ArtifactError(f"{self.path}: fast ranking path differs from the model by {gap:.2e}")
+
+    # ---------------------------------------------------------------------------------------- catalog
+    def at(self, time: int) -> None:
+        """Move the job sides to ``time`` (job ages), and the index with them. Callers hold ``_time_lock``."""
+        (self.ranker if self.index is None else self.index).at(time)
+
+    def put_jobs(self, rows: np.ndarray) -> None:
+        """Job sides (and index entries) of the extractor's catalog ``rows`` the live catalog appended or
+        replaced (``serve.live_catalog``)."""
+        self.ranker.put_jobs(rows)
+        if self.index is not None:
+            self.index.add(rows)
 
     # -------------------------------------------------------------------------------------------- helpers
     def info(self) -> dict[str, Any]:
@@ -243,8 +262,9 @@ class Scorer:
         if not pending:
             return results
         with self._time_lock:  # job ages at request time
-            self.ranker.at(now_micros())
-            scores = self.ranker.score_all(concat_rows([p[2] for p in pending]))  # (U, N)
+            self.at(now_micros())
+            exact = self.index is None
+            scores = self.ranker.score_all(concat_rows([p[2] for p in pending])) if exact else None  # (U, N)
             for u, (i, known, user, past, mask) in enumerate(pending):
                 request = requests[i]
                 seen = list(self.seen.get(request.user_id, ())) if known and request.exclude_seen else []
@@ -252,7 +272,11 @@ class Scorer:
                     seen += past.tolist()
                 if request.exclude_seen:
                     seen += self._live_seen(request.user_id)
-                rows, logits = self.ranker.top_k(user, request.k, seen, mask, scores=scores[u])
+                if exact:
+                    rows, logits = self.ranker.top_k(user, request.k, seen, mask, scores=scores[u])
+                else:  # seen jobs and filters leave the candidates before the scan: K of them pass
+                    count = max(request.k, self.retrieval_candidates)
+                    rows, logits = self.index.top_k(user, request.k, count, seen, mask)
                 items = [{**self.job_record(int(r)), "score": float(1 / (1 + np.exp(-l)))}
                          for r, l in zip(rows, logits)]
                 if request.explain:
@@ -309,7 +333,7 @@ class Scorer:
             spans.append((i, [slot for slot, _ in hits], start))
         if pair_rows:
             with self._time_lock:
-                self.ranker.at(now_micros())
+                self.at(now_micros())
                 logits = self.ranker.score_pairs(concat_rows(users), np.array(user_index), np.array(pair_rows))
             probabilities = torch.sigmoid(logits).cpu().numpy()
             for i, slots, start in spans:

@@ -1,5 +1,7 @@
 """Top-k jobs for many users at once, offline (the daily "jobs for you" email): ``CatalogRanker``'s fast path
-over blocks of users, with each user's seen jobs and the jobs not live at the run's time left out.
+over blocks of users, with each user's seen jobs and the jobs not live at the run's time left out. With
+``retrieval_candidates`` K > 0, each user's K best candidates of a ``RetrievalIndex`` are ranked exactly instead
+(catalogs too large to scan per user; the same semantics as ``ServeConfig.retrieval_candidates``).
 
 Pure torch/pandas, so it is tested alone; ``batch/recommend.py`` runs it in Ray Data actors, one model per actor.
 Seen jobs are the model's (``serving.json``) plus, through ``add_seen``, the service's logged events. The catalog
@@ -16,7 +18,9 @@ import torch
 
 from convfm.data.liveness import ALWAYS
 from convfm.errors import ArtifactError
+from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
+from convfm.model.retrieval import RetrievalIndex
 from convfm.store.artifacts import LoadedModel, load_model_dir
 from convfm.store.registry import model_identity
 from convfm.store.serving_data import SERVING_NAME, ServingData
@@ -28,7 +32,8 @@ USERS_PER_BLOCK = 256  # a (256, 100k) float block is ~100 MB
 class BatchRanker:
     """One loaded model and the exclusions of a batch run at time ``at`` (int64 microseconds; default now)."""
 
-    def __init__(self, loaded: LoadedModel, serving: ServingData, at: Optional[int] = None) -> None:
+    def __init__(self, loaded: LoadedModel, serving: ServingData, at: Optional[int] = None,
+                 retrieval_candidates: int = 0) -> None:
         extractor = loaded.extractor
         if getattr(extractor, "kind", None) != "jobs" or extractor.job_catalog is None:
             raise ArtifactError(f"{loaded.path}: batch recommendations need a job-market model (JobFeatureExtractor)")
@@ -43,6 +48,8 @@ class BatchRanker:
                      for user, jobs in serving.seen.items()}
         self.popular = (serving.popularity.score(self.job_ids).astype(np.float64)
                         if serving.popularity is not None else None)
+        self.retrieval_candidates = retrieval_candidates
+        self.index = RetrievalIndex(self.ranker) if retrieval_candidates else None  # None: exact full scan
 
     def add_seen(self, interactions: pd.DataFrame) -> int:
         """Count (user_id, job_id) pairs of ``interactions`` (e.g. the service's event log) before ``at`` as seen,
@@ -57,13 +64,13 @@ class BatchRanker:
         return added
 
     @classmethod
-    def load(cls, path: str | Path, at: Optional[int] = None) -> "BatchRanker":
+    def load(cls, path: str | Path, at: Optional[int] = None, retrieval_candidates: int = 0) -> "BatchRanker":
         """A local model directory (ArtifactError if anything is missing or inconsistent)."""
         loaded = load_model_dir(path)
         payload = loaded.extra.get(SERVING_NAME)
         serving = ServingData.empty() if payload is None else ServingData.from_payload(
             payload, str(Path(path) / f"{SERVING_NAME}.json"))
-        return cls(loaded, serving, at)
+        return cls(loaded, serving, at, retrieval_candidates)
 
     def _live_rows(self) -> np.ndarray:
         """(N,) bool: catalog rows live at ``at`` (posted, not expired); row 0, the unknown job, never."""
@@ -95,6 +102,8 @@ class BatchRanker:
         extractor = self.extractor
         static = extractor.user_catalog.take(np.array([extractor.user_rows[u] for u in ids], dtype=np.int64))
         users = extractor.user_side(static, ids, times=np.full(len(ids), self.at, dtype=np.int64))  # history < at
+        if self.index is not None:
+            return self._retrieved(ids, users, k, exclude_seen)
         logits = self.ranker.score_all(users)  # (U, N), job ages at self.at
         blocked = np.repeat(~self.live[None], len(ids), axis=0)  # (U, N)
         if exclude_seen:
@@ -109,6 +118,18 @@ class BatchRanker:
                              "job_id": self.job_ids[rows.cpu().numpy()[keep]],
                              "score": torch.sigmoid(values).cpu().numpy()[keep].astype(np.float64),
                              "source": "model"})
+
+    def _retrieved(self, ids: np.ndarray, users: EncodedTable, k: int, exclude_seen: bool) -> pd.DataFrame:
+        """``_ranked`` through the index: per user, its candidates among the live, unseen jobs, ranked exactly."""
+        count, frames = max(k, self.retrieval_candidates), []
+        for u, user in enumerate(ids):
+            seen = self.seen.get(user, ()) if exclude_seen else ()
+            rows, logits = self.index.top_k(users.take([u]), k, count, seen, self.live)  # (k,) each, best first
+            scores = torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float64)
+            frames.append(pd.DataFrame({"user_id": np.full(len(rows), user, dtype=object),
+                                        "rank": np.arange(1, len(rows) + 1, dtype=np.int64),
+                                        "job_id": self.job_ids[rows], "score": scores, "source": "model"}))
+        return pd.concat(frames, ignore_index=True)
 
     def _popular(self, ids: np.ndarray, k: int) -> pd.DataFrame:
         scores = np.where(self.live, self.popular, -np.inf)

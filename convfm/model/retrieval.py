@@ -24,6 +24,8 @@ from convfm.model.ranking import CatalogRanker, _leaves
 
 # Rows per projection step when (re)indexing: (65536, d) float features stay ~100 MB with the default model.
 INDEX_CHUNK = 1 << 16
+MAX_CANDIDATES = 1_000_000  # the most a service or batch run may ask to re-rank per user
+DIMS = 32  # index dimensions r by default: recall@10 1.0 at 10k-1M jobs (benchmarks/retrieval.py)
 
 
 class Projection(NamedTuple):
@@ -44,9 +46,9 @@ def job_features(ranker: CatalogRanker, rows: torch.Tensor) -> torch.Tensor:
     return torch.cat([t[rows].reshape(len(rows), -1) for t in _leaves(ranker.job_side)], dim=1)
 
 
-def fit_projection(ranker: CatalogRanker, dims: int, rows: int = 20_000, seed: int = 0) -> Projection:
+def fit_projection(ranker: CatalogRanker, dims: Optional[int], rows: int = 20_000, seed: int = 0) -> Projection:
     """Top ``dims`` principal directions of the standardized job features of up to ``rows`` random catalog
-    rows (row 0, the unknown job, left out)."""
+    rows (row 0, the unknown job, left out); None: ``DIMS``, or fewer when the model or catalog has fewer."""
     if ranker.n_jobs < 2:
         raise ValueError("a retrieval index needs a catalog with at least one job besides row 0")
     generator = np.random.default_rng(seed)
@@ -55,6 +57,7 @@ def fit_projection(ranker: CatalogRanker, dims: int, rows: int = 20_000, seed: i
         x = job_features(ranker, torch.as_tensor(np.sort(sample), device=ranker.device))  # (S, d)
         mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
         _, _, vh = torch.linalg.svd((x - mean) / scale, full_matrices=False)  # vh (min(S, d), d)
+    dims = min(DIMS, vh.shape[0]) if dims is None else dims
     if not 1 <= dims <= vh.shape[0]:
         raise ValueError(f"dims must be in [1, {vh.shape[0]}] for this model and catalog, got {dims}")
     return Projection(mean, scale, vh[:dims].T.contiguous())
@@ -63,13 +66,13 @@ def fit_projection(ranker: CatalogRanker, dims: int, rows: int = 20_000, seed: i
 class RetrievalIndex:
     """Candidate rows for a user from a projection of the ranker's job sides (see the module docstring).
 
-    Built once per catalog load (``dims`` index dimensions, ``fit_rows`` rows whose exact logits fit each
-    user's weights); ``projection`` reuses one fitted before, so that an index built later indexes rows the
-    same way. ``add`` indexes rows the ranker's catalog gained or changed, ``remove`` blocks rows (expired
-    jobs) from every result; row 0 (unknown job) is never returned.
+    Built once per catalog load (``dims`` index dimensions, None: ``DIMS`` or as many as there are; ``fit_rows``
+    rows whose exact logits fit each user's weights); ``projection`` reuses one fitted before, so that an index
+    built later indexes rows the same way. ``add`` indexes rows the ranker's catalog gained or changed,
+    ``remove`` blocks rows (expired jobs) from every result; row 0 (unknown job) is never returned.
     """
 
-    def __init__(self, ranker: CatalogRanker, dims: int = 32, fit_rows: int = 2048, seed: int = 0,
+    def __init__(self, ranker: CatalogRanker, dims: Optional[int] = None, fit_rows: int = 2048, seed: int = 0,
                  projection: Optional[Projection] = None) -> None:
         self.ranker = ranker
         self.projection = fit_projection(ranker, dims, seed=seed) if projection is None else projection

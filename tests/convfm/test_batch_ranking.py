@@ -74,3 +74,31 @@ def test_logged_events_before_the_run_time_count_as_seen(tiny, batch):
     assert fresh.add_seen(logged) == 1
     now = fresh.recommend([user], k=3)["job_id"].tolist()
     assert first[0] not in now and now[:2] == first[1:]
+
+
+def test_with_a_retrieval_index_the_rows_are_the_exact_ones(tiny, batch):
+    """``retrieval_candidates`` 30 (of 300 jobs): the same rows as the full scan, seen and non-live jobs left out
+    before the candidate scan; unknown users keep the popular jobs."""
+    retrieval = BatchRanker.load(resolve(tiny.entry), at=batch.at, retrieval_candidates=30)
+    assert batch.index is None and len(retrieval.index) == batch.ranker.n_jobs
+    users = batch.extractor.user_ids[1:21] + ["stranger"]
+    for exclude_seen in (True, False):
+        want, got = batch.recommend(users, 10, exclude_seen), retrieval.recommend(users, 10, exclude_seen)
+        pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"))
+        np.testing.assert_allclose(got["score"], want["score"], rtol=1e-5)
+
+
+def test_the_ray_data_actor_and_the_cli_pass_retrieval_candidates_on(tiny, batch, capsys):
+    """No Ray: the actor class called as Ray Data would, and ``--retrieval-candidates`` refused before any work."""
+    from batch.recommend import Recommender
+    from convfm.cli.main import main
+
+    users = pd.DataFrame({"user_id": batch.extractor.user_ids[1:6]})
+    actor = Recommender(str(tiny.entry), batch.at, 5, True, None, retrieval_candidates=25)
+    assert actor.ranker.retrieval_candidates == 25 and actor.ranker.index is not None
+    pd.testing.assert_frame_equal(actor(users).drop(columns="score"),
+                                  batch.recommend(users["user_id"].tolist(), 5).drop(columns="score"))
+    for bad in ("-1", "1000001"):
+        assert main(["recommend-batch", "--model", str(tiny.entry), "--users", "none.parquet", "--out", "nowhere",
+                     "--retrieval-candidates", bad]) == 2
+        assert f"--retrieval-candidates: must be in [0, 1000000], got {bad}" in capsys.readouterr().err

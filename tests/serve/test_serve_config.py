@@ -28,13 +28,16 @@ def test_defaults_bind_loopback():
     ({"auth_all_endpoints": True}, "auth_all_endpoints"), ({"model_version": "latest"}, "model_version"),
     ({"api_key_env": "not a name"}, "api_key_env"), ({"max_body_bytes": 10}, "max_body_bytes"),
     ({"min_replicas": 3, "max_replicas": 2}, "max_replicas"), ({"replica": 2}, "unknown key"),
+    ({"retrieval_candidates": -1}, r"^retrieval_candidates: must be an integer in \[0, 1000000\], got -1$"),
+    ({"retrieval_candidates": 1_000_001}, "retrieval_candidates"),
+    ({"retrieval_candidates": 2.5}, "retrieval_candidates"),
 ])
 def test_bad_values_name_the_field(values, field):
     with pytest.raises(ConfigError, match=field):
         ServeConfig.from_dict(values)
 
 
-@pytest.mark.parametrize("field", ["port", "max_batch_size", "num_cpus", "request_timeout_s"])
+@pytest.mark.parametrize("field", ["port", "max_batch_size", "num_cpus", "request_timeout_s", "retrieval_candidates"])
 def test_booleans_are_not_numbers(field):
     with pytest.raises(ConfigError, match=rf"^{field}: must be (an integer|a number) in .*, got True$"):
         ServeConfig.from_dict({field: True})
@@ -67,6 +70,8 @@ def test_builder_args_arrive_as_strings():
     assert ServeConfig(replicas=3).ranker_options(2)["num_replicas"] == 3
     assert ServeConfig.from_args({"num_cpus": "0.5"}).num_cpus == 0.5
     assert ServeConfig.from_args({"num_cpus": "null"}).num_cpus is None
+    assert ServeConfig.from_args({"retrieval_candidates": "500"}).retrieval_candidates == 500
+    assert ServeConfig().retrieval_candidates == 0  # the exact full scan unless asked
     with pytest.raises(ConfigError, match="port: must be an integer"):
         ServeConfig.from_args({"port": "eighty"})
 
