@@ -17,6 +17,7 @@ from convfm.config import BaseConfig
 from convfm.errors import ConfigError
 from convfm.store.registry import VERSION_RE
 from convfm.validate import check_bool, check_int, check_number, check_text, is_integer, require
+from serve.traffic import check_traffic, parse_traffic
 
 DEFAULT_MODEL_ENV = "CONVFM_MODEL"
 DEFAULT_MODEL = "models/convfm"
@@ -63,6 +64,9 @@ class ServeConfig(BaseConfig):
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     # Live catalog and event log (path or URI); None: ``live/`` in the model's registry entry (live_location).
     live_store: Optional[str] = None
+    # A/B split between registry versions, e.g. {v0007: 0.9, v0008: 0.1}: users routed by a hash of their id
+    # (serve.traffic); every Ranker replica holds every version of it. Not combined with model_version.
+    traffic: Optional[dict[str, float]] = None
 
     def __post_init__(self) -> None:
         check_text(self.model, "model", "a non-empty path or URI")
@@ -101,6 +105,10 @@ class ServeConfig(BaseConfig):
                 f"'*.example.com', an IP, '[::1]'), got {self.allowed_hosts!r}")
         require(self.live_store is None or (isinstance(self.live_store, str) and bool(self.live_store.strip())),
                 "live_store", f"must be a non-empty path or URI, or null, got {self.live_store!r}")
+        if self.traffic is not None:
+            object.__setattr__(self, "traffic", check_traffic(self.traffic))
+            require(self.model_version is None, "traffic", "give traffic or model_version, not both (a split "
+                    "names its versions)")
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any], source: str = "serve args") -> "ServeConfig":
@@ -178,6 +186,8 @@ def _parse(key: str, text: str, default: Any) -> Any:
         return None
     if key == "replicas":
         return text if text == "auto" else _convert(key, text, int)
+    if key == "traffic":  # v0007=0.9,v0008=0.1
+        return parse_traffic(text)
     if key == "num_cpus":  # a number or null (sized to the node)
         return _convert(key, text, float)
     if isinstance(default, tuple):  # a comma-separated list
