@@ -1,6 +1,9 @@
-"""`convfm models promote ENTRY vNNNN` / `convfm models rollback ENTRY`: move a registry entry's promoted
-version (``latest``), recorded in its append-only ``promotions.jsonl``; with ``--url`` a running service is
-told to serve it to all traffic (``POST /admin/reload``, which also ends an A/B split)."""
+"""`convfm models publish|promote|rollback|list`: the registry from the command line.
+
+``publish RUN/best models/NAME`` adds a trained model as the entry's next version; ``promote ENTRY vNNNN`` and
+``rollback ENTRY`` move its promoted version (``latest``), recorded in its append-only ``promotions.jsonl``;
+with ``--url`` a running service is told to serve it to all traffic (``POST /admin/reload``, which also ends an
+A/B split)."""
 from __future__ import annotations
 
 import argparse
@@ -9,12 +12,17 @@ from typing import Any
 
 from convfm.cli.catalog import DEFAULT_KEY_ENV
 from convfm.errors import ConvFMError
-from convfm.store.registry import promote, promoted_stack, promotion_history, rollback, versions
+from convfm.store import storage
+from convfm.store.registry import promote, promoted_stack, promotion_history, publish, rollback, versions
 from convfm.store.storage import local_or_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    publish_help = "add a model directory (a run's best/) to a registry entry as its next version"
+    publish_command = sub.add_parser("publish", help=publish_help, description=publish_help)
+    publish_command.add_argument("model_dir", metavar="MODEL_DIR", help="a model directory, e.g. runs/NAME/best")
+    publish_command.add_argument("entry", metavar="ENTRY", help="registry entry: models/NAME or a URI")
     for name, help_line in (("promote", "make a version the entry's promoted one (latest) and record it"),
                             ("rollback", "go back to the version promoted before the current one"),
                             ("list", "the entry's versions, the promoted one and its promotion history")):
@@ -51,6 +59,10 @@ def tell_service(url: str, key_env: str, version: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     entry = local_or_uri(args.entry)
+    if args.action == "publish":  # `latest` moves too, unless the entry was ever promoted (registry docstring)
+        where = publish(args.model_dir, storage.parent(entry), storage.name(entry))
+        print(f"published {args.model_dir} as {where}")
+        return 0
     if args.action == "list":
         history = promotion_history(entry)
         stack = promoted_stack(history)

@@ -72,3 +72,13 @@ def test_the_commands(entry, capsys):
     assert main(["models", "promote", str(entry), "v0042"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "v0042: no such version" in err
+
+
+def test_publish_adds_a_version_and_moves_latest_only_before_the_first_promotion(entry, tmp_path, capsys):
+    model = tmp_path / "model"
+    assert main(["models", "publish", str(model), str(entry)]) == 0
+    assert capsys.readouterr().out.strip() == f"published {model} as {entry / 'v0003'}"
+    assert latest(entry) == "v0003"
+    promote(entry, "v0001")
+    assert main(["models", "publish", str(model), str(entry)]) == 0
+    assert (entry / "v0004").is_dir() and latest(entry) == "v0001"
