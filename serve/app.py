@@ -123,6 +123,10 @@ class Api:
             return None, ()
         return route(self.split, request.user_id), tuple(v for v in self.split if v != self.want)
 
+    def _version_of(self, user_id: str) -> Optional[str]:
+        """The version ``user_id`` is routed to now: what an event that names none records."""
+        return route(self.split, user_id) if self.split else self.want
+
     async def recommend(self, request: Any) -> dict[str, Any]:
         result = unwrap(await self._call("recommend", request, self.want, await self.events.position(),
                                          self.catalog_want, *self._routing(request)))
@@ -143,6 +147,8 @@ class Api:
         except ServiceError as exc:  # no replica can say: store the events anyway, known_job null
             log.warning("known_jobs: %s; storing events unflagged", exc.detail)
             known = None
+        events = [e if e.model_version else e.model_copy(update={"model_version": self._version_of(e.user_id)})
+                  for e in events]
         await self._flush_impressions()  # the impressions these events may cite go first
         body, appended = await self.events.append(events, known)
         if appended.segment is not None:

@@ -14,7 +14,7 @@ import pytest
 from convfm.cli.main import main
 from convfm.cli.serve import free_port
 from convfm.evaluation.feedback import feedback_report
-from convfm.store.event_log import events_location
+from convfm.store.event_log import events_location, is_event, read_log
 from convfm.store.registry import publish
 from serve.config import ServeConfig
 from serve.traffic import route
@@ -65,6 +65,8 @@ def test_a_split_routes_users_stably_and_the_report_compares_the_versions(tiny, 
                    "impression_id": impression}
                   for i, (version, user, impression, job) in enumerate(shown) if version == "v0002" or i % 4 == 0]
         assert client.post("/events", json={"events": clicks}).status_code == 200
+        logged = [r for _, segment in read_log(events_location(live)) for r in segment if is_event(r)]
+        assert [r["model_version"] for r in logged] == [route(split, r["user_id"]) for r in logged]  # filled in
         report = feedback_report(events_location(live))
         v1, v2 = report["versions"]["v0001"], report["versions"]["v0002"]
         assert v1["impressions"] == 12 + 1 and v2["impressions"] == 12  # the profile request's impression too
