@@ -5,13 +5,18 @@
     serve deploy serve/config.yaml                                   # against `ray start --head`
     convfm serve --model models/NAME                                 # the same, from the CLI
 
-``Ranker`` replicas each hold a ``ModelSlot``; the model loads in a background thread, so ``/healthz`` answers
+``Ranker`` replicas (``serve.ranker``) each hold a ``ModelSlot``; the model loads in a background thread, so ``/healthz`` answers
 503 until it is ready. ``@serve.batch`` gathers concurrent requests and scores them in one pass over the
 catalog. Model versions change through ``POST /admin/reload`` or the ``Api`` deployment's
 ``user_config: {model_version: vNNNN}`` (``serve deploy``): both broadcast a reload to every Ranker replica; a
 replica whose load fails keeps its model. The ingress then tags requests with the version it wants, so
 replicas started later (autoscaling, restarts) catch up in the background. Run one ``Api`` replica: it owns
 that version and writes the event log (it is thin; the Ranker is what scales).
+
+A/B splits (``traffic: {v0007: 0.9, v0008: 0.1}``, ``serve.traffic``): the Api routes each user by a hash of
+the user id and tags the request with that version; every Ranker replica holds every version of the split. The
+split changes like a version does: ``POST /admin/reload {"traffic": ...}`` or ``user_config: {traffic: ...}``
+broadcast it, and the Api routes by the new split only once every replica holds all of its versions.
 
 Feedback events (``serve.events``): ``POST /events`` is written to the log on the live store by the ``Api``,
 then broadcast to every Ranker replica; requests carry the log's position, so a replica that started later or
@@ -26,8 +31,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,165 +38,20 @@ from ray import serve
 from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 
-from convfm.errors import ArtifactError, ConvFMError
+from convfm.errors import ArtifactError, ConfigError, ConvFMError
 from convfm.store.live_catalog import CatalogStore
 from convfm.store import storage
 from convfm.store.registry import VERSION_RE, live_location, locate
-from convfm.store.event_log import events_location
 from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, SHUTDOWN_OPTIONS, ServeConfig
-from serve.events import EventWriter, LiveEvents, follow_log
-from serve.http import build_http_app, reload_outcome, unwrap, wrap
-from serve.live_catalog import answer, catch_up, job_detail, write_jobs
-from serve.model_slot import ModelSlot
+from serve.events import EventWriter
+from serve.http import build_http_app, reload_outcome, unwrap
+from serve.live_catalog import write_jobs
+from serve.ranker import Ranker
 from serve.scorer import ServiceError, public_text
+from serve.traffic import Split, check_traffic, check_versions_exist, control, route
 
 log = logging.getLogger(__name__)
 APP_NAME = "convfm"
-RETRY_FAILED_VERSION_S = 60.0
-# Serve routes to a new replica (a replacement, an autoscaled one) as soon as __init__ returns, while its model
-# still loads in the background: requests wait up to this long for that first load instead of failing 503.
-FIRST_LOAD_WAIT_S = 15.0
-
-
-@serve.deployment(name="Ranker")
-class Ranker:
-    """Scores requests in batches with the model of this replica's ``ModelSlot``."""
-
-    def __init__(self, model: str, version: Optional[str], max_batch_size: int, batch_wait_timeout_s: float,
-                 device: str = "cpu", live_store: Optional[str] = None) -> None:
-        self.slot = ModelSlot(model, device)
-        self.slot.live = LiveEvents(events_location(live_store) if live_store else None)
-        threading.Thread(target=self._read_events, name="convfm-events-read", daemon=True).start()
-        self.catalog = None if live_store is None else CatalogStore(live_store)
-        self.slot.prepare = lambda scorer: catch_up(scorer, self.catalog)  # a (re)loaded model: the whole live catalog
-        for method in (self._recommend_batch, self._score_batch):
-            method.set_max_batch_size(max_batch_size)
-            method.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.stats = {"batches": 0, "requests": 0, "largest_batch": 0, "compute_s": 0.0}
-        self._following: Optional[str] = None
-        self._failed: dict[str, float] = {}  # version -> time before which it is not retried
-        threading.Thread(target=self.slot.load_first, args=(version,), name="convfm-model-load", daemon=True).start()
-
-    def check_health(self) -> None:
-        """Called by Serve every few seconds: a replica that gave up loading is replaced, not routed to."""
-        self.slot.check()
-
-    # ------------------------------------------------------------------------------------------ scoring
-    async def _first_load(self) -> None:
-        """Wait (bounded) while this replica's first model load runs; after it, or on failure, go on."""
-        deadline = time.monotonic() + FIRST_LOAD_WAIT_S
-        while self.slot.current is None and self.slot.error is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-
-    async def recommend(self, request: Any, want: Optional[str] = None, events: Optional[int] = None,
-                        catalog: Optional[int] = None) -> dict[str, Any]:
-        await self._first_load()
-        self._follow(want)
-        await follow_log(self.slot.live, events)
-        return await self._catch_up(catalog) or await self._recommend_batch(request)
-
-    async def score(self, request: Any, want: Optional[str] = None, events: Optional[int] = None,
-                    catalog: Optional[int] = None) -> dict[str, Any]:
-        await self._first_load()
-        self._follow(want)
-        await follow_log(self.slot.live, events)
-        return await self._catch_up(catalog) or await self._score_batch(request)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _recommend_batch(self, requests: list[Any]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._run_batch, "recommend_many", requests)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _score_batch(self, requests: list[Any]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._run_batch, "score_many", requests)
-
-    def _run_batch(self, method: str, requests: list[Any]) -> list[dict[str, Any]]:
-        """Exactly one wrapped result per request (a length mismatch would hang @serve.batch callers)."""
-        self.stats["batches"] += 1
-        self.stats["requests"] += len(requests)
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
-        started = time.perf_counter()
-        try:
-            results = answer(self.slot.require(), method, requests)
-        except ServiceError as exc:
-            results = [exc] * len(requests)
-        except Exception:  # noqa: BLE001 - one bad batch must not take the replica down
-            log.exception("%s failed for a batch of %d", method, len(requests))
-            results = [ServiceError(500, "internal error while scoring")] * len(requests)
-        self.stats["compute_s"] += time.perf_counter() - started
-        return [wrap(r) for r in results]
-
-    # --------------------------------------------------------------------------------------- model state
-    def _follow(self, want: Optional[str]) -> None:
-        """Load the ingress's wanted version in the background; keep serving the current one meanwhile."""
-        current = self.slot.current
-        if (want is None or self._following is not None or (current is not None and current.version == want)
-                or time.monotonic() < self._failed.get(want, 0.0)):
-            return
-        self._following = want
-        threading.Thread(target=self._load_wanted, args=(want,), name="convfm-model-follow", daemon=True).start()
-
-    def _load_wanted(self, want: str) -> None:
-        try:
-            if not self.slot.load(want)["ok"]:
-                self._failed[want] = time.monotonic() + RETRY_FAILED_VERSION_S
-        finally:
-            self._following = None
-
-    # ----------------------------------------------------------------------------------- live catalog
-    async def _catch_up(self, catalog: Optional[int]) -> Optional[dict[str, Any]]:
-        """Apply the live catalog up to the ingress's version ``catalog`` before answering (a replica that lags,
-        restarted or started later reads the deltas it misses); a wrapped 503 when the store cannot be read."""
-        scorer = self.slot.current
-        if catalog is None or scorer is None or scorer.live_jobs.version >= catalog:
-            return None
-        try:
-            await asyncio.to_thread(catch_up, scorer, self.catalog, catalog)
-        except ConvFMError as exc:
-            log.warning("live catalog v%d not applied: %s", catalog, exc)
-            return wrap(ServiceError(503, f"live catalog version {catalog} is not readable yet; retry"))
-        return None
-
-    async def reload(self, version: Optional[str]) -> dict[str, Any]:
-        report = await asyncio.to_thread(self.slot.load, version)
-        report["replica"] = serve.get_replica_context().replica_tag
-        return report
-
-    async def job(self, job_id: str, catalog: Optional[int] = None) -> dict[str, Any]:
-        await self._first_load()
-        try:
-            return await self._catch_up(catalog) or wrap(job_detail(self.slot.require(), job_id))
-        except ServiceError as exc:
-            return wrap(exc)
-
-    def health(self) -> tuple[int, dict[str, Any]]:
-        return self.slot.health()
-
-    # ------------------------------------------------------------------------------------------- events
-    def _read_events(self) -> None:
-        """At start: the whole log, so the first requests need not wait for it."""
-        try:
-            self.slot.live.catch_up()
-        except Exception as exc:  # noqa: BLE001 - requests catch up again (follow_log); the replica still serves
-            log.warning("reading the event log at start failed: %s", exc)
-
-    def apply_events(self, segment: str, records: list[dict[str, Any]]) -> bool:
-        """The ingress's broadcast after it wrote ``segment``."""
-        return self.slot.live.add(segment, records)
-
-    async def known_jobs(self, job_ids: list[str]) -> dict[str, Any]:
-        await self._first_load()
-        try:
-            return wrap(self.slot.require().known_jobs(job_ids))
-        except ServiceError as exc:
-            return wrap(exc)
-
-    async def info(self, catalog: Optional[int] = None) -> dict[str, Any]:
-        await self._first_load()
-        try:
-            return await self._catch_up(catalog) or wrap({**self.slot.info(), "batching": dict(self.stats)})
-        except ServiceError as exc:
-            return wrap(exc)
 
 
 @serve.deployment(name="Api", num_replicas=1)
@@ -204,6 +62,7 @@ class Api:
     def __init__(self, ranker: DeploymentHandle, settings: dict[str, Any]) -> None:
         self.ranker, self.settings = ranker, settings
         self.want: Optional[str] = settings.get("model_version")
+        self.split: Optional[Split] = settings.get("traffic")  # with a split, ``want`` is its control version
         self._configured = False
         self.events = EventWriter(settings.get("live_store"))
         self._tasks: set[asyncio.Task] = set()
@@ -222,14 +81,25 @@ class Api:
                               allowed_hosts=self.settings["allowed_hosts"])
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """``user_config: {model_version: vNNNN}``; a change after start-up reloads every Ranker replica."""
-        version = (user_config or {}).get("model_version")
-        if not self._configured:
-            self._configured, self.want = True, version or self.want
+        """``user_config: {model_version: vNNNN}`` or ``{traffic: {vNNNN: weight, ...}}``; a change after
+        start-up reloads every Ranker replica (a bad split is refused and logged; the old one keeps serving)."""
+        version, traffic = (user_config or {}).get("model_version"), (user_config or {}).get("traffic")
+        if not self._configured:  # the replicas follow what the requests name
+            self._configured = True
+            if traffic is None:
+                self.want = version or self.want
+                return
+            try:
+                split = check_traffic(traffic, "user_config.traffic")
+                check_versions_exist(self.settings["model"], split, "user_config.traffic")
+            except ConfigError as exc:
+                log.warning("%s; serving %s", exc, self.split or self.want)
+                return
+            self.split, self.want = split, control(split)
             return
-        if version != self.want:
-            status, body = await self.reload(version)
-            log.warning("user_config reload to %s: %s", version, "ok" if status == 200 else body["error"])
+        if (traffic is not None and traffic != self.split) or (traffic is None and (version != self.want or self.split)):
+            status, body = await self.reload(version, traffic)
+            log.warning("user_config reload to %s: %s", traffic or version, "ok" if status == 200 else body["error"])
 
     async def _call(self, method: str, *args: Any, timeout: Optional[float] = None) -> Any:
         async def call() -> Any:
@@ -247,9 +117,19 @@ class Api:
             log.warning("%s failed: %s", method, type(exc).__name__)
             raise ServiceError(503, f"ranking replica unavailable ({type(exc).__name__}); retry") from None
 
+    def _routing(self, request: Any) -> tuple[Optional[str], tuple[str, ...]]:
+        """(the version this request's user is routed to, the split's other versions); (None, ()) without one."""
+        if self.split is None:
+            return None, ()
+        return route(self.split, request.user_id), tuple(v for v in self.split if v != self.want)
+
+    def _version_of(self, user_id: str) -> Optional[str]:
+        """The version ``user_id`` is routed to now: what an event that names none records."""
+        return route(self.split, user_id) if self.split else self.want
+
     async def recommend(self, request: Any) -> dict[str, Any]:
         result = unwrap(await self._call("recommend", request, self.want, await self.events.position(),
-                                         self.catalog_want))
+                                         self.catalog_want, *self._routing(request)))
         result = self.events.impression(result)
         if self.events.due():
             self._background(self._flush_impressions())
@@ -257,7 +137,7 @@ class Api:
 
     async def score(self, request: Any) -> dict[str, Any]:
         return unwrap(await self._call("score", request, self.want, await self.events.position(),
-                                       self.catalog_want))
+                                       self.catalog_want, *self._routing(request)))
 
     async def post_events(self, events: list[Any]) -> dict[str, Any]:
         """Stored first (the answer waits for the write), then told to every Ranker in the background: one
@@ -267,6 +147,8 @@ class Api:
         except ServiceError as exc:  # no replica can say: store the events anyway, known_job null
             log.warning("known_jobs: %s; storing events unflagged", exc.detail)
             known = None
+        events = [e if e.model_version else e.model_copy(update={"model_version": self._version_of(e.user_id)})
+                  for e in events]
         await self._flush_impressions()  # the impressions these events may cite go first
         body, appended = await self.events.append(events, known)
         if appended.segment is not None:
@@ -307,17 +189,28 @@ class Api:
             return 503, {"status": "starting"}
 
     async def model_info(self) -> dict[str, Any]:
-        return unwrap(await self._call("info", self.catalog_want))
+        return {**unwrap(await self._call("info", self.catalog_want)), "traffic": self.split}
 
-    async def reload(self, version: Optional[str]) -> tuple[int, dict[str, Any]]:
+    async def reload(self, version: Optional[str], traffic: Optional[dict[str, float]] = None
+                     ) -> tuple[int, dict[str, Any]]:
+        """One version for all traffic (None: the entry's ``latest``), or a ``traffic`` split; 200 once every
+        Ranker replica holds it, else 409 and the old version or split keeps serving."""
         previous = self.want
+        split, others = None, None
+        if traffic is not None:
+            try:
+                split = check_traffic(traffic)
+                await asyncio.to_thread(check_versions_exist, self.settings["model"], split)
+            except ConfigError as exc:
+                return reload_outcome([{"ok": False, "version": previous, "error": public_text(str(exc))}], previous)
+            version, others = control(split), [v for v in split if v != control(split)]
         if version is None:  # `latest`, read here once: replicas resolving it each could land on different ones
             try:
                 version = await asyncio.to_thread(pinned_version, self.settings["model"], None)
             except ArtifactError as exc:
                 log.warning("reload: %s", exc)
                 return reload_outcome([{"ok": False, "version": previous, "error": public_text(str(exc))}], previous)
-        response = self.ranker.broadcast("reload", version)
+        response = self.ranker.broadcast("reload", version, others)
         try:
             results = await response.results_async(timeout_s=600.0, return_exceptions=True)
         except TimeoutError:
@@ -328,8 +221,8 @@ class Api:
                    for r in results]
         status, body = reload_outcome(reports, previous)
         if status == 200:
-            self.want = body["version"]
-        return status, body
+            self.want, self.split = body["version"], split
+        return status, {**body, "traffic": self.split}
 
 
 def pinned_version(model: str, version: Optional[str]) -> Optional[str]:
@@ -357,14 +250,19 @@ def build_app(config: ServeConfig, node_cpus: Optional[float] = None) -> Any:
     are sized to ``node_cpus`` (default: the largest node, see ``largest_node_cpus``)."""
     model = config.model if storage.is_uri(config.model) else str(Path(config.model).expanduser().absolute())
     version = pinned_version(model, config.model_version)  # fails now, not inside a replica, on a wrong path
+    others: list[str] = []
+    if config.traffic is not None:
+        check_versions_exist(model, config.traffic)
+        version = control(config.traffic)
+        others = [v for v in config.traffic if v != version]
     device = "cuda" if config.num_gpus > 0 else "cpu"
     logging_config = {"enable_access_log": config.access_log}
     node_cpus = largest_node_cpus() if node_cpus is None else node_cpus
     live = config.live_store or live_location(model)
     live = str(live) if storage.is_uri(live) else str(Path(live).expanduser().absolute())
     ranker = Ranker.options(**config.ranker_options(node_cpus), logging_config=logging_config).bind(
-        model, version, config.max_batch_size, config.batch_wait_timeout_s, device, live)
-    settings = {"model": model, "model_version": version, "live_store": live,
+        model, version, config.max_batch_size, config.batch_wait_timeout_s, device, live, others)
+    settings = {"model": model, "model_version": version, "traffic": config.traffic, "live_store": live,
                 "api_key_digest": config.api_key_digest(),
                 "auth_all_endpoints": config.auth_all_endpoints, "max_body_bytes": config.max_body_bytes,
                 "request_timeout_s": config.request_timeout_s, "allowed_hosts": config.trusted_hosts()}
@@ -373,7 +271,8 @@ def build_app(config: ServeConfig, node_cpus: Optional[float] = None) -> Any:
     return Api.options(ray_actor_options={"num_cpus": config.ingress_num_cpus}, logging_config=logging_config,
                        **SHUTDOWN_OPTIONS,
                        max_ongoing_requests=ingress_limit,
-                       user_config={"model_version": config.model_version}).bind(ranker, settings)
+                       user_config={"model_version": config.model_version, "traffic": config.traffic}
+                       ).bind(ranker, settings)
 
 
 def app_builder(args: dict[str, Any]) -> Any:

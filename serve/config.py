@@ -18,6 +18,7 @@ from convfm.errors import ConfigError
 from convfm.model.retrieval import MAX_CANDIDATES
 from convfm.store.registry import VERSION_RE
 from convfm.validate import check_bool, check_int, check_number, check_text, is_integer, require
+from serve.traffic import check_traffic, parse_traffic
 
 DEFAULT_MODEL_ENV = "CONVFM_MODEL"
 DEFAULT_MODEL = "models/convfm"
@@ -67,6 +68,9 @@ class ServeConfig(BaseConfig):
     # Candidates per request from the retrieval index (convfm.model.retrieval), re-ranked exactly; 0: exact full
     # scan. docs/SERVING.md ("Catalogs beyond a full scan") has the measurements behind the default.
     retrieval_candidates: int = 0
+    # A/B split between registry versions, e.g. {v0007: 0.9, v0008: 0.1}: users routed by a hash of their id
+    # (serve.traffic); every Ranker replica holds every version of it. Not combined with model_version.
+    traffic: Optional[dict[str, float]] = None
 
     def __post_init__(self) -> None:
         check_text(self.model, "model", "a non-empty path or URI")
@@ -106,6 +110,10 @@ class ServeConfig(BaseConfig):
         require(self.live_store is None or (isinstance(self.live_store, str) and bool(self.live_store.strip())),
                 "live_store", f"must be a non-empty path or URI, or null, got {self.live_store!r}")
         check_int(self.retrieval_candidates, "retrieval_candidates", 0, MAX_CANDIDATES)
+        if self.traffic is not None:
+            object.__setattr__(self, "traffic", check_traffic(self.traffic))
+            require(self.model_version is None, "traffic", "give traffic or model_version, not both (a split "
+                    "names its versions)")
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any], source: str = "serve args") -> "ServeConfig":
@@ -183,6 +191,8 @@ def _parse(key: str, text: str, default: Any) -> Any:
         return None
     if key == "replicas":
         return text if text == "auto" else _convert(key, text, int)
+    if key == "traffic":  # v0007=0.9,v0008=0.1
+        return parse_traffic(text)
     if key == "num_cpus":  # a number or null (sized to the node)
         return _convert(key, text, float)
     if isinstance(default, tuple):  # a comma-separated list

@@ -69,7 +69,8 @@ class Backend(Protocol):
     async def job(self, job_id: str) -> dict[str, Any]: ...
     async def health(self) -> tuple[int, dict[str, Any]]: ...
     async def model_info(self) -> dict[str, Any]: ...
-    async def reload(self, version: Optional[str]) -> tuple[int, dict[str, Any]]: ...
+    async def reload(self, version: Optional[str],
+                     traffic: Optional[dict[str, float]] = None) -> tuple[int, dict[str, Any]]: ...
     async def post_events(self, events: list[Event]) -> dict[str, Any]: ...
     async def put_jobs(self, request: JobsRequest) -> dict[str, Any]: ...
 
@@ -226,8 +227,9 @@ def build_http_app(
     @app.post("/admin/reload", response_model=ReloadResponse, dependencies=[require_key],
               responses=_responses(401, 403, 409, 413, 422))
     async def reload(body: Optional[ReloadRequest] = None) -> JSONResponse:
-        """Load a registry version (default: latest) on every replica; on failure the old one keeps serving."""
-        status, result = await backend.reload(body.version if body else None)
+        """Load a registry version (default: latest), or hold an A/B ``traffic`` split, on every replica; on
+        failure the old version or split keeps serving."""
+        status, result = await backend.reload(body.version if body else None, body.traffic if body else None)
         return JSONResponse(ReloadResponse(**result).model_dump(), status_code=status)
 
     @app.post("/events", response_model=EventsResponse, dependencies=[require_key],
@@ -311,8 +313,12 @@ class LocalBackend:
     async def model_info(self) -> dict[str, Any]:
         return self.slot.info()
 
-    async def reload(self, version: Optional[str]) -> tuple[int, dict[str, Any]]:
+    async def reload(self, version: Optional[str],
+                     traffic: Optional[dict[str, float]] = None) -> tuple[int, dict[str, Any]]:
         previous = self.slot.current.version if self.slot.current else None
+        if traffic is not None:  # one model in this process: splits need the Serve app's Rankers
+            return reload_outcome([{"ok": False, "version": previous, "error": "traffic splits need the Ray Serve "
+                                    "app (convfm serve); this backend serves one version"}], previous)
         return reload_outcome([await asyncio.to_thread(self.slot.load, version)], previous)
 
     async def post_events(self, events: list[Event]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from convfm.store.registry import resolve as resolve_model
 from convfm.store.storage import is_uri
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LOAD_FAILED = "model failed to load (details in the service log)"
+RETRY_FAILED_S = 60.0  # a version that failed to load is not tried again in the background before this
 
 
 class ModelSlot:
@@ -93,3 +94,56 @@ class ModelSlot:
 
     def info(self) -> dict[str, Any]:
         return {**self.require().info(), "last_reload": self.last_reload}
+
+
+class VersionSlots:
+    """The other versions of a traffic split held by one replica, one ``ModelSlot`` each, beside its primary
+    slot (which serves the split's control version). They share the primary's event overlay and catalog step."""
+
+    def __init__(self, primary: ModelSlot) -> None:
+        self.primary = primary
+        self.slots: dict[str, ModelSlot] = {}
+        self._loading: set[str] = set()
+        self._failed: dict[str, float] = {}  # version -> time before which ``follow`` does not retry it
+        self._lock = threading.Lock()
+
+    def get(self, version: str) -> Optional[Scorer]:
+        slot = self.slots.get(version)
+        return slot.current if slot is not None else None
+
+    def scorers(self) -> list[Scorer]:
+        return [s.current for s in list(self.slots.values()) if s.current is not None]
+
+    def hold(self, versions: Sequence[str]) -> list[dict[str, Any]]:
+        """Load the ``versions`` not held yet (now, in this thread), then drop every other one; the load
+        reports. A version that fails is not held (the caller keeps its old split)."""
+        reports = [self._load(v) for v in versions if self.get(v) is None]
+        failed = {r["requested"] for r in reports if not r["ok"]}
+        with self._lock:
+            self.slots = {v: s for v, s in self.slots.items() if v in versions and v not in failed}
+        return reports
+
+    def follow(self, versions: Sequence[str]) -> None:
+        """Load the ``versions`` not held in the background (a replica that started after a split change)."""
+        for version in versions:
+            with self._lock:
+                if (self.get(version) is not None or version in self._loading
+                        or time.monotonic() < self._failed.get(version, 0.0)):
+                    continue
+                self._loading.add(version)
+            threading.Thread(target=self._load, args=(version,), name="convfm-variant-load", daemon=True).start()
+
+    def _load(self, version: str) -> dict[str, Any]:
+        slot = ModelSlot(self.primary.model_path, self.primary.device)
+        slot.live, slot.prepare = self.primary.live, self.primary.prepare
+        try:
+            report = slot.load(version)
+        finally:
+            with self._lock:
+                self._loading.discard(version)
+        with self._lock:
+            if report["ok"]:
+                self.slots[version] = slot
+            else:
+                self._failed[version] = time.monotonic() + RETRY_FAILED_S
+        return report

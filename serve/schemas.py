@@ -17,6 +17,7 @@ from pydantic import (
 from convfm.config import EVENTS
 from convfm.store.event_log import event_time
 from convfm.store.registry import VERSION_PATTERN
+from serve.traffic import check_traffic
 
 MAX_K = 100
 MAX_JOB_IDS = 1000
@@ -157,9 +158,23 @@ class JobsRequest(Request):
         return self
 
 
+Version = Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
+
+
 class ReloadRequest(Request):
-    version: Optional[Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]] = Field(
-        None, description="registry version such as v0002; omitted: the registry entry's latest")
+    version: Optional[Version] = Field(
+        None, description="registry version such as v0002; omitted (and no traffic): the registry entry's latest")
+    traffic: Optional[dict[Version, Annotated[float, Field(gt=0, le=1)]]] = Field(
+        None, examples=[{"v0007": 0.9, "v0008": 0.1}],
+        description="an A/B split instead of one version: users routed by a hash of their id; weights sum to 1")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "ReloadRequest":
+        if self.traffic is not None:
+            if self.version is not None:
+                raise ValueError("give version or traffic, not both")
+            check_traffic(self.traffic)  # a ConfigError is a ValueError: 422 naming the field
+        return self
 
 
 class Event(Request):
@@ -282,6 +297,7 @@ class ModelInfo(BaseModel):
     catalog_version: Optional[int] = None
     last_reload: Optional[dict[str, Any]] = None
     batching: Optional[dict[str, Any]] = None
+    traffic: Optional[dict[str, float]] = Field(None, description="the A/B split being served, if any")
 
 
 class ErrorResponse(BaseModel):
@@ -305,7 +321,8 @@ class ValidationErrorResponse(BaseModel):
 
 class ReloadResponse(BaseModel):
     ok: bool
-    version: Optional[str] = Field(description="the version serving after this call")
+    version: Optional[str] = Field(description="the version serving after this call (a split's control version)")
+    traffic: Optional[dict[str, float]] = Field(None, description="the A/B split serving after this call, if any")
     previous_version: Optional[str] = None
     error: Optional[str] = None
     replicas: list[dict[str, Any]] = Field(default_factory=list)

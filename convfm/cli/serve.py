@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="registry entry (models/NAME, follows `latest`), a version dir or a model dir; "
                         "local or a URI (s3://bucket/models/NAME: downloaded to the local cache)")
     parser.add_argument("--version", dest="model_version", metavar="vNNNN", help="registry version to serve")
+    parser.add_argument("--traffic", metavar="vNNNN=W,...",
+                        help="A/B split between registry versions, e.g. v0007=0.9,v0008=0.1 (weights sum to 1): "
+                        "each user is routed to one version by a hash of the user id; not with --version")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, help="HTTP port (default 8000)")
     parser.add_argument("--replicas", metavar="N|auto", help="ranking replicas, or 'auto' to autoscale (default 1)")
@@ -33,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def serve_config(args: argparse.Namespace) -> Any:
     from serve.config import ServeConfig
 
-    flags = {"model": args.model, "model_version": args.model_version, "host": args.host, "port": args.port,
+    flags = {"model": args.model, "model_version": args.model_version, "traffic": args.traffic,
+             "host": args.host, "port": args.port,
              "replicas": args.replicas, "api_key_env": args.api_key_env,
              "auth_all_endpoints": True if args.auth_all else None}
     overrides = {k: v for k, v in flags.items() if v is not None}
@@ -94,8 +98,10 @@ def check_local_model(config: Any) -> None:
     from convfm.store.artifacts import load_model_dir
     from convfm.store.registry import locate
 
-    if not storage.is_uri(config.model):
-        load_model_dir(locate(config.model, config.model_version))
+    if not storage.is_uri(config.model):  # under a split, its control version (build_app checked the others exist)
+        from serve.traffic import control
+
+        load_model_dir(locate(config.model, control(config.traffic) if config.traffic else config.model_version))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,10 +13,17 @@ manifest (an interrupted upload) is never listed or resolved, and its number is 
 under ``models/<hash of the entry URI>/<name>/<version>``), reuses a cached copy whose manifest matches the
 remote one and still verifies, and returns the local directory. Either way, a crash at any point never
 leaves ``latest`` naming a partial model.
+
+Promotion (``promote``, ``rollback``; ``convfm models``): once an entry has a promotion history
+(``promotions.jsonl``, one JSON record per line, only ever added to), ``latest`` means *the promoted version*:
+only ``promote`` and ``rollback`` move it, and ``publish`` adds versions without moving it, so a newly trained
+version can be tried on a share of traffic first. An entry never promoted keeps the old rule (publish moves it).
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -24,7 +31,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from convfm.store import storage
 from convfm.store.artifacts import MANIFEST, manifest_files, verify_model_dir
@@ -32,6 +39,7 @@ from convfm.errors import ArtifactError
 from convfm.jsonfile import parse_json
 
 LATEST = "latest"
+HISTORY = "promotions.jsonl"  # an entry's promotions and rollbacks, oldest first
 VERSION_PATTERN = r"^v(\d{4,})$"  # v0001, v0002, ...: the one definition, serve/ imports it
 VERSION_RE = re.compile(VERSION_PATTERN)
 STAGING_RE = re.compile(r"^\.(v\d{4,}|latest)\..+")  # publish's staging folder, write_text's temp pointer
@@ -61,7 +69,8 @@ def publish(model_dir: str | Path, registry: str | Path, name: str) -> str | Pat
     if storage.is_uri(root):
         target = storage.join(root, version)
         storage.upload_dir(model_dir, target, last=(MANIFEST,))
-        storage.write_text(storage.join(root, LATEST), version + "\n")
+        if not storage.exists(storage.join(root, HISTORY)):
+            storage.write_text(storage.join(root, LATEST), version + "\n")
         return target
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -77,7 +86,8 @@ def publish(model_dir: str | Path, registry: str | Path, name: str) -> str | Pat
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    storage.write_text(root / LATEST, version + "\n")  # temp file + rename
+    if not storage.exists(root / HISTORY):  # once promoted, only promote/rollback move `latest`
+        storage.write_text(root / LATEST, version + "\n")  # temp file + rename
     return root / version
 
 
@@ -156,6 +166,72 @@ def _version_of(path: str | Path, version: str) -> str | Path:
     if not storage.is_file(storage.join(target, MANIFEST)):
         raise ArtifactError(f"{target}: no such version; available: {versions(root)}")
     return target
+
+
+def promotion_history(entry: str | Path) -> list[dict[str, Any]]:
+    """The entry's promotion records, oldest first ([] when it was never promoted)."""
+    path = storage.join(entry, HISTORY)
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError:
+        return []
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            record = parse_json(line, f"{path} line {number}", "promotion record", ArtifactError)
+            if not isinstance(record, dict) or not VERSION_RE.match(str(record.get("version"))):
+                raise ArtifactError(f"{path} line {number}: not a promotion record with a version")
+            records.append(record)
+    return records
+
+
+def promoted_stack(records: list[dict[str, Any]]) -> list[str]:
+    """Promoted versions in force, oldest first: a promotion pushes its version (the first one also what
+    ``latest`` named before it), a rollback pops one; the last is the version promoted now."""
+    stack: list[str] = []
+    for record in records:
+        if record.get("action") == "rollback":
+            stack.pop()
+        else:
+            if not stack and record.get("previous") and record["previous"] != record["version"]:
+                stack.append(record["previous"])
+            stack.append(record["version"])
+    return stack
+
+
+def promote(entry: str | Path, version: str) -> dict[str, Any]:
+    """Make ``version`` the entry's promoted version: record it in the history, then point ``latest`` at it
+    (atomically). Returns the record; ArtifactError for an unknown version or a path that is no entry."""
+    if not storage.is_file(storage.join(entry, LATEST)):
+        raise ArtifactError(f"{entry}: not a registry entry (no latest); publish a model there first")
+    _version_of(entry, version)  # names the versions there when it does not exist
+    previous = storage.name(locate(entry))
+    return _record(entry, {"action": "promote", "version": version, "previous": previous})
+
+
+def rollback(entry: str | Path) -> dict[str, Any]:
+    """Point ``latest`` back at the version promoted before the current one, and record that."""
+    stack = promoted_stack(promotion_history(entry))
+    if len(stack) < 2:
+        raise ArtifactError(f"{storage.join(entry, HISTORY)}: no earlier promoted version to roll back to"
+                            + (f" (only {stack[0]} was promoted)" if stack else " (nothing was promoted)"))
+    _version_of(entry, stack[-2])
+    return _record(entry, {"action": "rollback", "version": stack[-2], "previous": stack[-1]})
+
+
+def _record(entry: str | Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Add ``record`` (with its time) to the history (the whole file rewritten atomically: object stores have
+    no append; one promoter per entry), then move ``latest``: a crash between leaves the history ahead, and
+    the next promote or rollback writes ``latest`` again."""
+    record = {**record, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    path = storage.join(entry, HISTORY)
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError:
+        text = ""
+    storage.write_text(path, text + json.dumps(record) + "\n", durable=True)
+    storage.write_text(storage.join(entry, LATEST), record["version"] + "\n", durable=True)
+    return record
 
 
 def resolve(path: str | Path, version: Optional[str] = None) -> Path:

@@ -1,0 +1,84 @@
+"""Promote and roll back (``convfm models``) on a tmp registry: ``latest`` moves, the history only grows,
+publish stops moving ``latest`` once an entry is promoted, and errors are one line naming the problem."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from convfm.cli.main import main
+from convfm.errors import ArtifactError
+from convfm.store.artifacts import ARTIFACT_VERSION, CORE_FILES
+from convfm.store.checksums import sha256_file
+from convfm.store.registry import HISTORY, locate, promote, promoted_stack, promotion_history, publish, rollback
+
+
+@pytest.fixture
+def entry(tmp_path):
+    """``registry/m`` with v0001 and v0002 published (latest: v0002), as plain publishes leave it; the model
+    files are placeholders with a valid manifest (promotion never loads a model)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in CORE_FILES:
+        (model / name).write_text(name)
+    files = {name: sha256_file(model / name) for name in CORE_FILES}
+    (model / "manifest.json").write_text(json.dumps({"version": ARTIFACT_VERSION, "files": files}))
+    publish(model, tmp_path / "registry", "m")
+    publish(model, tmp_path / "registry", "m")
+    return tmp_path / "registry" / "m"
+
+
+def latest(entry) -> str:
+    return (entry / "latest").read_text().strip()
+
+
+def test_promote_then_rollback(entry, tmp_path):
+    promote(entry, "v0001")
+    assert latest(entry) == "v0001" and locate(entry).name == "v0001"
+    publish(entry / "v0001", tmp_path / "registry", "m")  # v0003: published, not promoted
+    assert latest(entry) == "v0001"
+    promote(entry, "v0003")
+    assert latest(entry) == "v0003"
+    record = rollback(entry)
+    assert latest(entry) == "v0001" and (record["version"], record["previous"]) == ("v0001", "v0003")
+    history = promotion_history(entry)
+    assert [(r["action"], r["version"]) for r in history] == [
+        ("promote", "v0001"), ("promote", "v0003"), ("rollback", "v0001")]
+    assert promoted_stack(history) == ["v0002", "v0001"]  # the first promotion recorded what latest named
+    rollback(entry)  # back to what latest named before the first promotion
+    assert latest(entry) == "v0002"
+    with pytest.raises(ArtifactError, match=f"{HISTORY}: no earlier promoted version to roll back to "
+                                            r"\(only v0002 was promoted\)"):
+        rollback(entry)
+
+
+def test_errors_name_the_problem(entry, tmp_path):
+    with pytest.raises(ArtifactError, match=r"v0009: no such version; available: \['v0001', 'v0002'\]"):
+        promote(entry, "v0009")
+    with pytest.raises(ArtifactError, match=r"no earlier promoted version to roll back to \(nothing was promoted\)"):
+        rollback(entry)
+    with pytest.raises(ArtifactError, match="not a registry entry"):
+        promote(tmp_path / "nowhere", "v0001")
+    assert not (entry / HISTORY).exists() and latest(entry) == "v0002"
+
+
+def test_the_commands(entry, capsys):
+    assert main(["models", "promote", str(entry), "v0001"]) == 0
+    assert capsys.readouterr().out.strip() == f"{entry}: promote v0001 (was v0002)"
+    assert main(["models", "rollback", str(entry)]) == 0
+    assert latest(entry) == "v0002"
+    assert main(["models", "list", str(entry)]) == 0
+    assert "v0002  promoted" in capsys.readouterr().out
+    assert main(["models", "promote", str(entry), "v0042"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "v0042: no such version" in err
+
+
+def test_publish_adds_a_version_and_moves_latest_only_before_the_first_promotion(entry, tmp_path, capsys):
+    model = tmp_path / "model"
+    assert main(["models", "publish", str(model), str(entry)]) == 0
+    assert capsys.readouterr().out.strip() == f"published {model} as {entry / 'v0003'}"
+    assert latest(entry) == "v0003"
+    promote(entry, "v0001")
+    assert main(["models", "publish", str(model), str(entry)]) == 0
+    assert (entry / "v0004").is_dir() and latest(entry) == "v0001"
