@@ -25,9 +25,10 @@ RETRY_FAILED_S = 60.0  # a version that failed to load is not tried again in the
 class ModelSlot:
     """The serving Scorer of one process and its replacement; thread-safe, loads never raise."""
 
-    def __init__(self, model_path: str | Path, device: str = "cpu") -> None:
+    def __init__(self, model_path: str | Path, device: str = "cpu", retrieval_candidates: int = 0) -> None:
         self.model_path = model_path if is_uri(model_path) else Path(model_path)  # a Path would mangle s3://
         self.device = device
+        self.retrieval_candidates = retrieval_candidates  # ServeConfig.retrieval_candidates, for every Scorer
         self.current: Optional[Scorer] = None
         self.error: Optional[str] = None  # why the *first* load failed (later failures keep the old model)
         self.last_reload: Optional[dict[str, Any]] = None
@@ -60,7 +61,7 @@ class ModelSlot:
             previous = self.current.version if self.current is not None else None
             started = time.perf_counter()
             try:
-                scorer = Scorer.load(resolve_model(self.model_path, version), self.device)
+                scorer = Scorer.load(resolve_model(self.model_path, version), self.device, self.retrieval_candidates)
                 if self.prepare is not None:
                     self.prepare(scorer)
             except Exception as exc:  # noqa: BLE001 - any failure of a new version must leave the old one serving
@@ -134,7 +135,7 @@ class VersionSlots:
             threading.Thread(target=self._load, args=(version,), name="convfm-variant-load", daemon=True).start()
 
     def _load(self, version: str) -> dict[str, Any]:
-        slot = ModelSlot(self.primary.model_path, self.primary.device)
+        slot = ModelSlot(self.primary.model_path, self.primary.device, self.primary.retrieval_candidates)
         slot.live, slot.prepare = self.primary.live, self.primary.prepare
         try:
             report = slot.load(version)

@@ -36,8 +36,9 @@ class Ranker:
     """Scores requests in batches with the model of this replica's ``ModelSlot``."""
 
     def __init__(self, model: str, version: Optional[str], max_batch_size: int, batch_wait_timeout_s: float,
-                 device: str = "cpu", live_store: Optional[str] = None, variants: Sequence[str] = ()) -> None:
-        self.slot = ModelSlot(model, device)
+                 device: str = "cpu", live_store: Optional[str] = None, variants: Sequence[str] = (),
+                 retrieval_candidates: int = 0) -> None:
+        self.slot = ModelSlot(model, device, retrieval_candidates)
         self.slot.live = LiveEvents(events_location(live_store) if live_store else None)
         threading.Thread(target=self._read_events, name="convfm-events-read", daemon=True).start()
         self.catalog = None if live_store is None else CatalogStore(live_store)

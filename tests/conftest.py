@@ -174,6 +174,7 @@ def randomize():
 SESSION_RAY_FILES = frozenset({
     "tests/batch/test_recommend_batch.py",
     "tests/reliability/test_serve_faults.py",
+    "tests/serve/test_ab_serve.py",
     "tests/serve/test_events_serve.py",
     "tests/serve/test_live_catalog_ray.py",
     "tests/serve/test_serve_http.py",

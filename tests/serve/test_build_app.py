@@ -40,3 +40,21 @@ def test_the_api_key_never_travels_with_the_application(tiny, monkeypatch):
     shipped = cloudpickle.dumps(build_app(config))
     assert hashlib.sha256(key.encode()).hexdigest().encode() in shipped  # so the check below looks at the args
     assert b"s3cret" not in shipped and "s3cret" not in repr(config)
+
+
+def test_retrieval_candidates_reach_every_ranker_replica_and_each_version_it_loads(tiny):
+    """The field travels from the config to the Ranker's arguments, and a replica's slots (its primary and a
+    traffic split's other versions) load Scorers that build the index with it."""
+    from serve.app import build_app
+    from serve.model_slot import ModelSlot, VersionSlots
+
+    api = build_app(ServeConfig(model=str(tiny.entry), retrieval_candidates=40), node_cpus=2)._bound_deployment
+    ranker_args = api.init_args[0]._bound_deployment.init_args
+    assert ranker_args[0] == str(tiny.entry) and ranker_args[-1] == 40
+
+    primary = ModelSlot(tiny.entry, retrieval_candidates=40)
+    assert primary.load()["ok"] and primary.current.index is not None
+    assert primary.current.retrieval_candidates == 40
+    variants = VersionSlots(primary)
+    assert variants.hold(["v0001"])[0]["ok"] and variants.get("v0001").index is not None
+    assert ModelSlot(tiny.entry).retrieval_candidates == 0  # the default: the exact scan
