@@ -17,6 +17,8 @@ for key, value in {
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
     "RAY_DEDUP_LOGS": "0",
+    # Ray gives its dashboard 60 s to come up; a loaded CI box (two test workers, other Rays starting) needs more.
+    "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "180",
     # The S3 tests talk to moto's in-process server, which accepts any credentials: fake ones, set before Ray
     # starts so its workers inherit them, and no EC2 metadata lookups (seconds of timeouts without AWS).
     "AWS_ACCESS_KEY_ID": "convfm-test",
@@ -47,11 +49,20 @@ def market_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray (2 CPUs, dashboard on: Train's cleanup needs it) for the whole session."""
+    """One local Ray (2 CPUs, dashboard on: Train's cleanup needs it) for the whole session. A start that times
+    out (Ray waits 30 s for its raylet, whatever the load) is tried once more before the tests that need it fail."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
+    for attempt in (1, 2):
+        if ray.is_initialized():
+            break
+        try:
+            ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on a start-up timeout
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            logging.getLogger(__name__).warning("local Ray did not start (%s); trying once more", exc)
     yield ray
     ray.shutdown()
 
@@ -198,8 +209,9 @@ def file_of(nodeid: str) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Checks SESSION_RAY_FILES, and orders the files for the scheduler below (it hands them out in this order,
-    whole): the session-Ray files first, then those that start their own Ray (marked ``slow``), then the rest,
-    each in collection order."""
+    whole): the session-Ray files first, then the files without a ``slow`` test (the other worker runs them while
+    the session's Ray starts), then those that start their own Ray, each in collection order; whichever worker is
+    free takes the next."""
     unlisted = sorted({file_of(item.nodeid) for item in items if "ray_local" in item.fixturenames}
                       - SESSION_RAY_FILES)
     if unlisted:
@@ -209,7 +221,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     def rank(item: pytest.Item) -> int:
         path = file_of(item.nodeid)
-        return 0 if path in SESSION_RAY_FILES else 1 if path in slow_files else 2
+        return 0 if path in SESSION_RAY_FILES else 2 if path in slow_files else 1
 
     items.sort(key=rank)  # stable: collection order within each rank
 
