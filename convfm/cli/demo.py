@@ -5,6 +5,7 @@ the training stage; each prints its seconds, and the last line sums them up."""
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +18,9 @@ from convfm.data.prepare import PreparedData, prepare_data
 from convfm.data.synth import generate_market, write_market
 
 STAGES = 8
+# On the demo's one-node local Ray nothing can be preempted and no metrics exporter listens: each of these Ray
+# Train features starts one more actor process per Train run (and per Tune trial), CPU a 2-core machine lacks.
+LOCAL_RAY_TRAIN_ENV = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_TRAIN_METRICS_ENABLED")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     fields = ", ".join(f.name for f in data.extractor.feature_map.fields)
     print(f"   {data_dir}: examples {data.summary()}\n   fields: {fields}")
 
+    for name in LOCAL_RAY_TRAIN_ENV:  # set before Ray starts, so its processes see them too
+        os.environ.setdefault(name, "0")
     best_dir = train_stage(args, data, workdir, stage)
     model_dir = tune_stage(args, data, workdir, stage) if args.trials else best_dir
     from convfm.cli.demo_service import serve_and_query  # Ray Serve and HTTP from here on
