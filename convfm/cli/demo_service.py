@@ -134,7 +134,8 @@ def send_event(url: str, key: str, query: dict[str, Any], answer: dict[str, Any]
     print(f"\n   before the event\n{ranked(answer, {job: 'applied'})}")
     print(f"   after the event: the applied job is excluded (exclude_seen) and the apply joined {user}'s "
           f"history\n{ranked(after, {})}")
-    kept = [i["job_id"] for i in after["items"]]
-    moved = sum(1 for n, i in enumerate(answer["items"]) if n >= len(kept) or kept[n] != i["job_id"])
-    print(f"   {moved} of {len(answer['items'])} places changed; a dismiss would hide the job without adding to "
-          "the history")
+    was = {i["job_id"]: i["score"] for i in answer["items"]}
+    moved = [f"{i['job_id']} {was[i['job_id']]:.3f} -> {i['score']:.3f}" for i in after["items"] if i["job_id"] in was]
+    print(f"   {job} {'is gone' if job not in {i['job_id'] for i in after['items']} else 'is still listed'}; "
+          f"scores moved with the history: {', '.join(moved[:3]) or 'no job kept its place'}\n"
+          "   (a dismiss would only hide the job: it does not join the history)")
