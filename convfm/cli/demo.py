@@ -27,12 +27,12 @@ LOCAL_RAY_TRAIN_ENV = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_TRAIN_METRICS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="runs/demo", metavar="DIR", help="where data, runs and models go "
                         "(default runs/demo; a previous demo's is replaced, any other non-empty one refused)")
-    parser.add_argument("--users", type=int, default=6_000, help="synthetic users (default 6000)")
-    parser.add_argument("--jobs", type=int, default=6_000, help="synthetic jobs (default 6000)")
-    parser.add_argument("--interactions", type=int, default=30_000, help="synthetic interactions (default 30000)")
-    parser.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
+    parser.add_argument("--users", type=int, default=3_000, help="synthetic users (default 3000)")
+    parser.add_argument("--jobs", type=int, default=3_000, help="synthetic jobs (default 3000)")
+    parser.add_argument("--interactions", type=int, default=15_000, help="synthetic interactions (default 15000)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train CPU workers (default 2)")
-    parser.add_argument("--trials", type=int, default=4, help="Tune trials, 2 epochs each (default 4; 0 skips)")
+    parser.add_argument("--trials", type=int, default=2, help="Tune trials, run 2 at a time (default 2; 0 skips)")
     parser.add_argument("--trial-epochs", type=int, default=2, help="epochs per Tune trial, at most (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
