@@ -91,7 +91,7 @@ def serve_and_query(model_dir: Path, users: pd.DataFrame, test_users: pd.Series,
             print("   " + format_table(call(f"{url}/recommend", body), width=150).replace("\n", "\n   "))
 
         profile = users.set_index("user_id").loc[user]
-        stage(f"live catalog: a job is posted (POST /jobs) and recommended at once, without retraining")
+        stage("live catalog: a job is posted (POST /jobs) and recommended at once, without retraining")
         query = {"user_id": user, "k": 5, "filters": {"location": profile["location"],
                                                      "experience_level": profile["experience_level"]}}
         answer = post_job(url, key, query, suited_job(profile, dt.datetime.now(dt.timezone.utc)))
