@@ -30,6 +30,7 @@ from convfm.errors import ConfigError
 JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by the job supervisor on a submitted job's entrypoint
 ADDRESS_VAR = "RAY_ADDRESS"
 PROBE_TIMEOUT_S = 3.0
+STARTUP_CONCURRENCY_VAR = "RAY_worker_maximum_startup_concurrency"  # read by the raylet a local Ray starts
 
 
 def init_ray(address: Optional[str], quiet: bool, packages: Sequence[ModuleType] = ()) -> None:
@@ -42,6 +43,11 @@ def init_ray(address: Optional[str], quiet: bool, packages: Sequence[ModuleType]
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # reports return in ~0.5 s, not 2 s
     target = address or os.environ.get(ADDRESS_VAR) or "local"
     if target == "local":
+        # Train's and Tune's helper actors (controller, sync actor, cleaner, coordinator, each a process, most
+        # with 0 CPU) and Serve's outnumber 4x the default startup concurrency (the CPU count) on a small machine:
+        # raylet then warns of "worker processes ... started", a warning meant for runaway nested tasks. A
+        # concurrency of 8 keeps that warning for more than 32 processes (a user's own setting wins).
+        os.environ.setdefault(STARTUP_CONCURRENCY_VAR, str(max(8, os.cpu_count() or 1)))
         ray.init(address="local", include_dashboard=True, configure_logging=False, log_to_driver=not quiet)
         return
     check_reachable(target, "--address" if address else f"${ADDRESS_VAR}")

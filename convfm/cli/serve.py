@@ -75,7 +75,12 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_service(config: Any, application: Any) -> Iterator[tuple[str, dict[str, Any]]]:
     """Serve ``application`` (``serve.app.build_app(config)``) on the caller's Ray at config.host:port and yield
-    (url, health) once it is ready; on exit shut Serve and Ray down, however the block ends."""
+    (url, health) once it is ready; on exit shut Serve and Ray down, however the block ends.
+
+    The application is deleted (its replicas drain their requests) and then Ray is shut down, which ends Serve's
+    controller and proxy with it. ``serve.shutdown()`` is not called: in Ray 2.60 its call waits on the
+    controller until the controller kills itself, and the driver then prints "Task
+    ServeController.graceful_shutdown failed ... will be retried", a retry that never happens."""
     import ray
     from ray import serve
 
@@ -87,8 +92,10 @@ def running_service(config: Any, application: Any) -> Iterator[tuple[str, dict[s
         serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
         yield url, wait_ready(url)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        try:
+            serve.delete(APP_NAME)
+        finally:
+            ray.shutdown()
 
 
 def check_local_model(config: Any) -> None:

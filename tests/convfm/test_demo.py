@@ -1,8 +1,10 @@
 """`convfm demo` (what `make demo` runs) end to end on a tiny market, in its own process and its own local Ray:
-six stages in order, real HTTP answers, the closing how-to, and none of Ray's console noise it suppresses."""
+eight stages in order, real HTTP answers, a posted job recommended, an event changing the next answer, the
+closing how-to, and none of Ray's console noise it avoids."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -18,20 +20,20 @@ def test_tiny_demo_runs_every_stage_and_answers_http(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not the test session's
     done = subprocess.run(
         [sys.executable, "-m", "convfm.cli.main", "demo", "--workdir", str(tmp_path / "demo"), "--users", "300",
-         "--jobs", "200", "--interactions", "6000", "--epochs", "1", "--trials", "1"],
+         "--jobs", "200", "--interactions", "6000", "--epochs", "1", "--workers", "1", "--trials", "1",
+         "--trial-epochs", "1"],
         capture_output=True, text=True, timeout=400, env=env)
     out = done.stdout
     assert done.returncode == 0, (out[-3000:], done.stderr[-3000:])
-    positions = [out.index(f"== [{n}/6]") for n in range(1, 7)]
-    assert positions == sorted(positions)
-    assert "roc_auc" in out and "popularity" in out and "oracle" in out  # the evaluation table
-    assert out.count("POST /recommend") == 3 and "fallback: popular" in out and "model v0001" in out
+    check_tour(out)
     assert (tmp_path / "demo" / "models" / "convfm" / "v0001" / "manifest.json").is_file()
     assert f"convfm serve --model {tmp_path / 'demo' / 'models' / 'convfm'}" in out
     combined = out + done.stderr
     assert "Traceback" not in combined
     assert "Configuration for experiment" not in combined  # Tune's banner: the demo prints its own trial table
     assert "Started Serve in namespace" not in combined  # Serve's INFO lines: the stage prints its own ready line
+    assert "worker processes have been started" not in combined  # raylet's warning (train/cluster.py)
+    assert "graceful_shutdown" not in combined  # Serve's shutdown retry notice (convfm/cli/serve.py)
 
 
 @pytest.mark.timeout(60)
@@ -76,3 +78,58 @@ def test_demo_reuses_a_previous_demo_workdir_and_an_empty_one(tmp_path):
     (fresh / "stale").write_text("x")
     claim_workdir(link)  # judged and replaced through the link; the link itself stays
     assert link.is_symlink() and [p.name for p in fresh.iterdir()] == [MARKER]
+
+
+def test_the_demo_posting_is_a_valid_post_jobs_body_that_its_filter_matches():
+    """No Ray: the job the demo posts passes the API's own schema and suits the user it is written for."""
+    import datetime as dt
+
+    import pandas as pd
+
+    from convfm.cli.demo_service import NEW_JOB_ID, suited_job
+    from serve.schemas import JobsRequest
+
+    user = pd.Series({"user_id": "u1", "skills": "react;typescript;excel", "location": "Austin",
+                      "experience_level": "entry"})
+    job = suited_job(user, dt.datetime(2026, 12, 2, 9, tzinfo=dt.timezone.utc))
+    posted = JobsRequest.model_validate({"upsert": [job]}).upsert[0]
+    assert posted.job_id == NEW_JOB_ID and posted.location == "Austin" and posted.experience_level == "entry"
+    assert posted.title == "Junior Frontend Engineer" and posted.skills[:2] == ["react", "typescript"]
+    assert "excel" not in posted.skills  # only the skills of the cluster the user's skills point to
+    assert posted.expires_at - posted.posted_at == dt.timedelta(days=30)
+
+
+def test_stage_clock_times_each_stage_and_sums_them_up(capsys):
+    from convfm.cli.demo import STAGES, StageClock
+
+    stage = StageClock()
+    stage("first")
+    stage("second")
+    summary = stage.summary()
+    out = capsys.readouterr().out
+    assert f"== [1/{STAGES}] first" in out and f"== [2/{STAGES}] second" in out and out.count("s)\n") == 2
+    assert len(stage.seconds) == 2 and summary.startswith("demo finished in ") and "[1] 0s  [2] 0s" in summary
+
+
+def check_tour(out: str) -> None:
+    """The demo's stdout shows every stage in order, the posted job in the second answer, the event's effect."""
+    positions = [out.index(f"== [{n}/8]") for n in range(1, 9)]
+    assert positions == sorted(positions)
+    assert re.search(r"demo finished in \d+s: \[1\] \d+s .* \[8\] \d+s", out)  # the per-stage split
+    assert "roc_auc" in out and "popularity" in out and "oracle" in out  # the evaluation table
+    queries, live, feedback = out[positions[4]:positions[5]], out[positions[5]:positions[6]], out[positions[6]:]
+    assert queries.count("POST /recommend") == 3 and "fallback: popular" in queries and "model v0001" in queries
+
+    # the posted job: stored as catalog version 1, listed by GET /jobs/{id}, then in the next answer
+    assert "-> catalog version 1: 1 job added" in live and "GET /jobs/j-new-0001 -> " in live
+    before, after = live.split("POST /jobs (X-API-Key)")
+    assert "j-new-0001" not in before and re.search(r"j-new-0001 .*<- new", after)
+    assert re.search(r"the posted job is #\d for", live)
+
+    # the event: stored, and the next answer differs (the applied job is gone)
+    applied = re.search(r"apply: \S+ -> (\S+),", feedback).group(1)
+    assert "-> 1 event stored" in feedback
+    event_before, event_after = feedback.split("after the event")
+    assert applied in event_before and applied not in event_after.split(f"{applied} is gone")[0]
+    assert f"{applied} is gone; scores moved with the history" in feedback
+

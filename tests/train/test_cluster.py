@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -33,10 +34,19 @@ def recorded_init(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return calls
 
 
-def test_no_address_starts_a_new_local_ray_never_a_recorded_cluster(recorded_init):
+def test_no_address_starts_a_new_local_ray_never_a_recorded_cluster(recorded_init, monkeypatch):
+    monkeypatch.delenv(cluster.STARTUP_CONCURRENCY_VAR, raising=False)
     cluster.init_ray(None, quiet=True)
     assert recorded_init[0]["address"] == "local"
     assert recorded_init[0]["include_dashboard"] is True  # Train's cleanup needs the State API
+    # raylet's "worker processes have been started" warning waits for 4x this many processes, not 4x the cores
+    assert int(os.environ[cluster.STARTUP_CONCURRENCY_VAR]) >= 8
+
+
+def test_a_users_own_startup_concurrency_is_kept(recorded_init, monkeypatch):
+    monkeypatch.setenv(cluster.STARTUP_CONCURRENCY_VAR, "3")
+    cluster.init_ray(None, quiet=True)
+    assert os.environ[cluster.STARTUP_CONCURRENCY_VAR] == "3"
 
 
 def test_ray_address_of_a_submitted_job_is_joined_without_shipping_code_twice(recorded_init, monkeypatch):
