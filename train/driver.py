@@ -3,7 +3,8 @@
 Order matters: configs, the run directory and the data are all checked before Ray starts, so a bad field
 fails in a second with a message naming it, not after a cluster spins up. The extractor is fitted once,
 here, on the training split; workers receive their shard of the examples and (rank 0) the validation
-bundle through the object store, never the whole dataset.
+bundle through the object store, never the whole dataset. With ``prepare="distributed"`` (a table too large for
+the driver) the fit runs on Ray Data and the workers stream their shards (``train.prepare_distributed``).
 """
 from __future__ import annotations
 

@@ -72,6 +72,19 @@ def _encode(batch: pd.DataFrame, config: DataConfig, extractor: TableFeatureExtr
     return encode_batch(extractor, _typed(batch, config))
 
 
+def _labels(batch: pd.DataFrame) -> pd.DataFrame:
+    counts = batch["label"].value_counts()
+    return pd.DataFrame({"label": counts.index.astype(float), "count": counts.to_numpy()})
+
+
+def _label_counts(split: ray.data.Dataset) -> dict[float, int]:
+    """label -> rows, from per-batch counts summed here (no shuffle: a groupby would start one per partition)."""
+    total: dict[float, int] = {}
+    for row in split.map_batches(_labels, batch_format="pandas").iter_rows():
+        total[float(row["label"])] = total.get(float(row["label"]), 0) + int(row["count"])
+    return total
+
+
 def fit_extractor(train: ray.data.Dataset, config: DataConfig, extractor: TableFeatureExtractor,
                   base: Optional[TableFeatureExtractor] = None, batch_rows: int = BATCH_ROWS
                   ) -> tuple[TableFeatureExtractor, TableCounts]:
@@ -118,7 +131,7 @@ def prepare_distributed(config: DataConfig, extractor_options: Optional[Mapping[
             extractor, counts = fit_extractor(splits["train"], config, extractor, base, batch_rows)
             rows = counts.rows
         valid = typed_rows(splits["valid"], config, batch_rows)
-        valid_labels = {float(r["label"]): int(r["count()"]) for r in valid.groupby("label").count().iter_rows()}
+        valid_labels = _label_counts(valid)
         datasets = {"train": encode(splits["train"], config, extractor, batch_rows), "valid": valid}
     log.info("prepared on the cluster: %d training rows, vocabularies %s", rows,
              {name: len(v) for name, v in extractor.vocabs.items()})

@@ -35,13 +35,13 @@ def config_of(root: Path) -> DataConfig:
     return DataConfig(kind="table", path=str(root), label="clicked", **FIELDS)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_distributed_fit_and_encoding_equal_the_in_memory_path(ray_local, table_dir):
     from train.prepare_distributed import prepare_distributed
 
     config = config_of(table_dir)
     memory = prepare_data(config, extractor_options={"min_freq": 5})
-    cluster = prepare_distributed(config, {"min_freq": 5}, batch_rows=400)  # several batches, merged in order
+    cluster = prepare_distributed(config, {"min_freq": 5}, batch_rows=1000)  # several batches, merged in order
     want, got = memory.extractor, cluster.extractor
     assert {c: v.values for c, v in got.vocabs.items()} == {c: v.values for c, v in want.vocabs.items()}
     assert got.feature_map == want.feature_map and got.get_config() == want.get_config()
@@ -54,7 +54,7 @@ def test_distributed_fit_and_encoding_equal_the_in_memory_path(ray_local, table_
     from convfm.data.partitioned import split_files
 
     files = split_files(config)
-    with_memory_extractor = encode(read_split(files["train"], config), config, want, batch_rows=400)
+    with_memory_extractor = encode(read_split(files["train"], config), config, want, batch_rows=1000)
     joined = example_set_of(with_memory_extractor.iter_batches(batch_size=None, batch_format="numpy"), want)
     for name in ("cat", "multi", "dense"):
         np.testing.assert_array_equal(getattr(joined.tables[0], name), getattr(memory.sets["train"].tables[0], name))
@@ -78,7 +78,7 @@ def test_a_wrong_schema_fails_before_ray_reads_anything(table_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(360)
 def test_convfm_train_streams_a_table_prepared_on_the_cluster(ray_local, table_dir, tmp_path, capsys):
     from convfm.cli.main import main
 
