@@ -29,10 +29,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import pandas as pd
 import ray
 import ray.train
 import ray.train.torch
-import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -46,9 +46,9 @@ from convfm.model.network import ConvFM
 from convfm.data.partitioned import example_set_of
 from convfm.data.prepare import PreparedData
 from convfm.training.in_process import TrainingState, batch_per_rank, run_epoch
+from train.prepare_distributed import BATCH_ROWS
 
 log = logging.getLogger(__name__)
-BATCH_ROWS = 65_536  # rows per batch read from a streamed shard
 MODEL_DIR = "model"
 TRAIN_STATE = "train_state.pt"
 
