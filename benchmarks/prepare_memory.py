@@ -1,10 +1,11 @@
 """Driver peak RSS and wall time of data preparation, in memory against distributed (Ray Data), as data grows.
 
-Each (size, path) runs in a fresh process, so its peak RSS (``ru_maxrss``) is that path's alone:
+Each (size, path) runs in a fresh process, so its peak RSS (``ru_maxrss``) is that path's alone; beside it the
+peak private memory (USS, sampled every 0.2 s), which leaves out shared pages such as Ray's object store:
   memory       ``prepare_data``: the driver reads the table, fits and encodes every row
-  distributed  ``prepare_distributed`` + streaming the encoded training rows once (what the workers read);
-               the driver only merges counts. Ray's start-up is left out of the time, Ray's worker processes
-               out of the RSS (they are the cluster's memory, not the driver's).
+  distributed  ``prepare_distributed`` + the encoded training rows streamed once by a Ray task (as a training
+               worker reads them); the driver only merges counts. Ray's start-up is left out of the time, Ray's
+               worker processes out of the memory (they are the cluster's memory, not the driver's).
 The table is synthetic interactions with vocabularies that do not grow with the rows (20k job ids, 60
 skills...), so what grows is the data and nothing the model keeps.
 
@@ -18,10 +19,12 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -80,12 +83,28 @@ def measure(path: str, root: Path) -> dict:
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
+
+        @ray.remote(num_cpus=0.5)
+        def stream(dataset: ray.data.Dataset) -> int:  # a training worker's read of the encoded rows
+            return sum(len(b["label"]) for b in dataset.iter_batches(batch_size=BATCH_ROWS))
+
         started = time.perf_counter()
         data = prepare_distributed(config)
-        rows = sum(len(b["label"]) for b in data.datasets["train"].iter_batches(batch_size=BATCH_ROWS))
+        rows = ray.get(stream.remote(data.datasets["train"]))
     seconds = time.perf_counter() - started
     return {"path": path, "rows": rows, "seconds": round(seconds, 1),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "peak_uss_mib": round(PEAK_USS[0] / 2**20)}
+
+
+PEAK_USS = [0]
+
+
+def _sample_uss() -> None:
+    process = psutil.Process()
+    while True:
+        PEAK_USS[0] = max(PEAK_USS[0], process.memory_full_info().uss)
+        time.sleep(0.2)
 
 
 def main() -> None:
@@ -96,10 +115,12 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("PATH", "ROOT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        threading.Thread(target=_sample_uss, daemon=True).start()
         print(json.dumps(measure(args.child[0], Path(args.child[1]))))
         return
     results = []
-    print(f"{'rows':>11} {'path':<12} {'train MiB':>9} {'wall s':>8} {'driver peak RSS MiB':>20}", flush=True)
+    print(f"{'rows':>11} {'path':<12} {'train MiB':>9} {'wall s':>8} {'driver peak RSS MiB':>20} "
+          f"{'peak USS MiB':>13}", flush=True)
     for size in args.sizes:
         root = write_table(args.out / f"rows-{size}", size)
         on_disk = (root / "train.parquet").stat().st_size / 2**20
@@ -111,8 +132,8 @@ def main() -> None:
                 continue
             result = json.loads(child.stdout.strip().splitlines()[-1])
             results.append({"size": size, **result})
-            print(f"{size:>11,} {path:<12} {on_disk:>9.0f} {result['seconds']:>8.1f} {result['peak_rss_mib']:>20,}",
-                  flush=True)
+            print(f"{size:>11,} {path:<12} {on_disk:>9.0f} {result['seconds']:>8.1f} {result['peak_rss_mib']:>20,} "
+                  f"{result['peak_uss_mib']:>13,}", flush=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
 
 
