@@ -29,8 +29,11 @@ from convfm.features.table import TableFeatureExtractor
 
 PREPARATIONS = ("auto", "memory", "distributed")
 SPLIT_NAMES = ("train", "valid", "test")
-# Training files (on disk) from which "auto" prepares on the cluster. Measured crossover: see the README.
-DISTRIBUTED_FROM_BYTES = 2 << 30
+# Training files (on disk) from which "auto" prepares on the cluster. benchmarks/prepare_memory.py: the in-memory
+# driver peaked at ~70 bytes per byte of Parquet (4.3 GiB for 60 MiB, 5M rows), so 256 MiB of Parquet would need
+# ~18 GiB: past what a 24 GiB node can give one process. Below it the in-memory path is faster (no crossover in
+# time was seen on 2 cores); the crossover is memory.
+DISTRIBUTED_FROM_BYTES = 256 << 20
 ENCODED = ("cat", "multi", "dense")
 
 
@@ -70,10 +73,10 @@ def choose_preparation(config: DataConfig, requested: str = "auto") -> tuple[str
         return "distributed", "the training split is a folder of part files"
     size = sum(f.stat().st_size for f in files["train"])
     if size >= DISTRIBUTED_FROM_BYTES:
-        return "distributed", (f"training files hold {size / 2**30:.1f} GiB, at or above the "
-                               f"{DISTRIBUTED_FROM_BYTES / 2**30:.0f} GiB where it beats the in-memory path")
-    return "memory", (f"training files hold {size / 2**20:.0f} MiB, below the {DISTRIBUTED_FROM_BYTES / 2**30:.0f} "
-                      "GiB where distributed preparation starts to win")
+        return "distributed", (f"training files hold {size / 2**20:,.0f} MiB, at or above the "
+                               f"{DISTRIBUTED_FROM_BYTES >> 20} MiB where the in-memory driver would need ~18 GiB")
+    return "memory", (f"training files hold {size / 2**20:,.0f} MiB, below the {DISTRIBUTED_FROM_BYTES >> 20} MiB "
+                      "from which the driver's memory, not speed, decides (in-memory is faster below it)")
 
 
 # --------------------------------------------------------------------------------------------- schema
