@@ -29,11 +29,10 @@ from convfm.features.table import TableFeatureExtractor
 
 PREPARATIONS = ("auto", "memory", "distributed")
 SPLIT_NAMES = ("train", "valid", "test")
-# Training files (on disk) from which "auto" prepares on the cluster. benchmarks/prepare_memory.py: the in-memory
-# driver peaked at ~70 bytes per byte of Parquet (4.3 GiB for 60 MiB, 5M rows), so 256 MiB of Parquet would need
-# ~18 GiB: past what a 24 GiB node can give one process. Below it the in-memory path is faster (no crossover in
-# time was seen on 2 cores); the crossover is memory.
-DISTRIBUTED_FROM_BYTES = 256 << 20
+# Training files (on disk) from which "auto" prepares on the cluster. benchmarks/prepare_memory.py (README): the
+# in-memory path was faster at 2M rows (24 MiB of Parquet), the distributed one at 5M (60 MiB), and the in-memory
+# driver peaked at ~70 bytes per byte of Parquet (4.3 GiB at 5M rows) while the distributed driver stayed flat.
+DISTRIBUTED_FROM_BYTES = 64 << 20
 ENCODED = ("cat", "multi", "dense")
 
 
@@ -74,9 +73,10 @@ def choose_preparation(config: DataConfig, requested: str = "auto") -> tuple[str
     size = sum(f.stat().st_size for f in files["train"])
     if size >= DISTRIBUTED_FROM_BYTES:
         return "distributed", (f"training files hold {size / 2**20:,.0f} MiB, at or above the "
-                               f"{DISTRIBUTED_FROM_BYTES >> 20} MiB where the in-memory driver would need ~18 GiB")
+                               f"{DISTRIBUTED_FROM_BYTES >> 20} MiB from which it was faster and the in-memory "
+                               "driver's memory grows past ~4 GiB")
     return "memory", (f"training files hold {size / 2**20:,.0f} MiB, below the {DISTRIBUTED_FROM_BYTES >> 20} MiB "
-                      "from which the driver's memory, not speed, decides (in-memory is faster below it)")
+                      "under which the in-memory path is faster")
 
 
 # --------------------------------------------------------------------------------------------- schema
