@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from convfm.config import TrainConfig
 from convfm.errors import ConfigError
 from convfm.data.prepare import PreparedData
@@ -32,10 +34,18 @@ def check_unchanged(out_dir: str | Path, saved: Mapping[str, Any], current: Mapp
 
 def check_training_data(data: PreparedData, config: TrainConfig, workers_field: str = "num_workers") -> None:
     """Enough training examples for the workers, and both classes in validation (else AUC is undefined)."""
-    if len(data.sets["train"]) < config.num_workers:
-        raise ConfigError(f"{workers_field}: {config.num_workers} workers but only {len(data.sets['train'])} "
-                          "training examples")
     labels = data.sets["valid"].labels
-    if len(labels) == 0 or labels.min() == labels.max():
+    counts = dict(zip(*np.unique(labels, return_counts=True)))
+    check_split_sizes(len(data.sets["train"]), counts, config, workers_field)
+
+
+def check_split_sizes(train_rows: int, valid_labels: Mapping[float, int], config: TrainConfig,
+                      workers_field: str = "num_workers") -> None:
+    """``check_training_data`` from counts: training rows, and validation rows per label (data prepared on the
+    cluster is never in the driver)."""
+    if train_rows < config.num_workers:
+        raise ConfigError(f"{workers_field}: {config.num_workers} workers but only {train_rows} training examples")
+    present = [label for label, count in valid_labels.items() if count > 0]
+    if len(present) < 2:
         raise ConfigError("valid_fraction: the validation split needs positive and negative examples "
-                          f"(has {len(labels)} example(s)); raise data.valid_fraction or add data")
+                          f"(has {sum(valid_labels.values())} example(s)); raise data.valid_fraction or add data")

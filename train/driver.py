@@ -3,7 +3,8 @@
 Order matters: configs, the run directory and the data are all checked before Ray starts, so a bad field
 fails in a second with a message naming it, not after a cluster spins up. The extractor is fitted once,
 here, on the training split; workers receive their shard of the examples and (rank 0) the validation
-bundle through the object store, never the whole dataset.
+bundle through the object store, never the whole dataset. With ``prepare="distributed"`` (a table too large for
+the driver) the fit runs on Ray Data and the workers stream their shards (``train.prepare_distributed``).
 """
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ from convfm.data.prepare import PreparedData, prepare_data
 from convfm.training.in_process import check_initial_weights, check_resumable_metric
 from convfm.training.warm_start import load_warm_start, warm_configs, warm_model
 from convfm.store.storage import StagedDir
-from train.checks import check_sparse_gradients, check_training_data, check_unchanged
+from convfm.data.partitioned import check_schemas, choose_preparation, split_files
+from train.checks import check_sparse_gradients, check_split_sizes, check_training_data, check_unchanged
 from train.cluster import init_ray
 from train.loop import MODEL_DIR, TRAIN_STATE
+from train.prepare_distributed import DistributedData, prepare_distributed
 from train.outputs import RUN_FILE, export_model, plot_curves, read_run, write_metrics_csv, write_run
 from train.ray_configs import build_trainer
 
@@ -76,6 +79,7 @@ def run_training(
     extractor_options: Optional[Mapping[str, Any]] = None,
     prepared: Optional[PreparedData] = None,
     quiet: bool = True,
+    prepare: str = "memory",
 ) -> TrainingResult:
     """Train with ``TorchTrainer`` and write ``out_dir`` (best/, metrics.csv, curves.png, run.json): a local
     directory or a storage URI (``s3://...``, ``gs://...``; staged locally and uploaded, see ``train.outputs``).
@@ -92,6 +96,9 @@ def run_training(
     ``train_config.init_from`` starts from a published model (``convfm.training.warm_start``): its model config
     and extractor fields replace the run's (logged, and recorded in run.json), its version is pinned in the
     recorded train config, and its grown weights reach the workers through the object store.
+    ``prepare``: "memory" (``prepare_data`` here, shards through the object store), "distributed" (a table
+    fitted and encoded on Ray Data, ``train.prepare_distributed``; the workers stream their shards) or "auto"
+    (``choose_preparation``).
     """
     started = time.perf_counter()
     data_config = as_config(data_config, DataConfig, "data")
@@ -104,10 +111,22 @@ def run_training(
             log.warning("warm start from %s: %s (the published model's)", warm.location, note)
         train_config = dataclasses.replace(train_config, init_from=warm.location)
     check_sparse_gradients(model_config.sparse_embeddings, train_config.use_gpu, train_config.num_workers)
+    prepare, why = choose_preparation(data_config, prepare)
+    log.info("preparing data %s: %s", "on the cluster" if prepare == "distributed" else "in memory", why)
+    if prepare == "distributed":
+        if prepared is not None:
+            raise ConfigError("prepared: data prepared in memory cannot run on the distributed path")
+        check_schemas(split_files(data_config), data_config)  # before Ray starts
     with StagedDir(out_dir) as out:  # a URI run directory: written here, uploaded as it goes
         run = _run_identity(out, resume, data_config, model_config, storage_path)
         base = None if warm is None else warm.loaded.extractor
-        if resume:
+        if prepare == "distributed":
+            init_ray(address, quiet)
+            _check_room_for_data(train_config)
+            data = prepare_distributed(data_config, extractor_options, base,
+                                       extractor=_check_resumable(run, train_config) if resume else None)
+            check_split_sizes(data.train_rows, data.valid_labels, train_config)
+        elif resume:
             extractor = _check_resumable(run, train_config)
             data = prepare_data(data_config, extractor=extractor, base=None if extractor is not None else base)
         elif prepared is not None:
@@ -118,9 +137,11 @@ def run_training(
             data = prepared
         else:
             data = prepare_data(data_config, extractor_options=dict(extractor_options or {}), base=base)
-        check_training_data(data, train_config)
+        if prepare == "memory":
+            check_training_data(data, train_config)
         initial = None if warm is None else warm_model(warm, data.extractor.feature_map, train_config.seed)
-        run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   prepare={"path": prepare, "why": why})
         if warm is not None:  # a resumed run keeps the record of its first start (what was replaced then)
             run.setdefault("init_from", {**warm.record(), "replaced": notes})
         write_run(out, run)
@@ -130,7 +151,8 @@ def run_training(
         shared = loop_config(data, model_config, train_config, loop_options, initial)
         trainer = build_trainer(shared, train_config,
                                 name=run["name"], storage_path=run["storage_path"],
-                                callbacks=[] if progress is None else [_ProgressCallback(progress)])
+                                callbacks=[] if progress is None else [_ProgressCallback(progress)],
+                                datasets=getattr(data, "datasets", None))
         with _relay_progress(progress, on_epoch):
             try:
                 result = trainer.fit()
@@ -141,6 +163,17 @@ def run_training(
         return _finish(out, run, result, train_config, data, time.perf_counter() - started)
 
 
+def _check_room_for_data(config: TrainConfig) -> None:
+    """Workers streaming Ray Data need CPUs left for its read and encode tasks: with every CPU held by a
+    worker, the workers wait for data that no task can produce (a hang, not an error)."""
+    total = float(ray.cluster_resources().get("CPU", 0))
+    held = config.num_workers * config.cpus_per_worker
+    if total - held < 0.5:
+        raise ConfigError(f"cpus_per_worker: {config.num_workers} worker(s) x {config.cpus_per_worker} CPU take "
+                          f"{held:g} of the cluster's {total:g} CPUs; distributed preparation needs some left for "
+                          "Ray Data's tasks: lower num_workers or cpus_per_worker (e.g. 0.5)")
+
+
 def failure_summary(exc: BaseException) -> str:
     """The exception lines of Ray's multi-rank error report, e.g. "RuntimeError: ... Connection reset"."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -148,10 +181,13 @@ def failure_summary(exc: BaseException) -> str:
     return "; ".join(dict.fromkeys(causes[:3])) or (lines[0] if lines else type(exc).__name__)
 
 
-def loop_config(data: PreparedData, model_config: ModelConfig, train_config: TrainConfig,
+def loop_config(data: PreparedData | DistributedData, model_config: ModelConfig, train_config: TrainConfig,
                 options: Optional[Mapping[str, Any]] = None, initial: Optional[torch.nn.Module] = None
                 ) -> dict[str, Any]:
     """The worker config: plain dicts plus object refs of the training data.
+
+    Data prepared on the cluster (``DistributedData``) sends only the fitted extractor: the workers stream
+    their rows from the datasets given to the trainer (``train.loop``).
 
     The encoded side tables (user and job catalogs, ~100 MB for 100k users and 100k jobs) go into the
     object store once; workers on a node read that one copy zero-copy. Per rank only the shard's
@@ -159,15 +195,20 @@ def loop_config(data: PreparedData, model_config: ModelConfig, train_config: Tra
     model, ``warm_model``) goes in as its state dict, put once like the tables.
     """
     check_initial_weights(train_config, initial is not None)
+    common = {
+        "model": model_config.to_dict(), "train": train_config.to_dict(), "data": data.config.to_dict(),
+        "feature_map": data.extractor.feature_map.to_dict(),
+        "initial_state": [] if initial is None else [ray.put(initial.state_dict())],
+    }
+    if isinstance(data, DistributedData):
+        return {**common, "extractor": [ray.put(data.extractor)], **dict(options or {})}
     world, train_set = train_config.num_workers, data.sets["train"]
     shards = [train_set.shard(rank, world, equal=True) for rank in range(world)]
     return {
-        "model": model_config.to_dict(), "train": train_config.to_dict(), "data": data.config.to_dict(),
-        "feature_map": data.extractor.feature_map.to_dict(),
+        **common,
         "train_tables": [ray.put(train_set.tables)],
         "train_shards": [ray.put((shard.rows, shard.labels)) for shard in shards],
         "eval_bundle": [ray.put(data.for_split("valid"))],
-        "initial_state": [] if initial is None else [ray.put(initial.state_dict())],
         **dict(options or {}),
     }
 
@@ -282,15 +323,15 @@ def _relay_progress(progress: Optional[Queue], on_epoch: Optional[EpochCallback]
             progress.shutdown()
 
 
-def _finish(out: StagedDir, run: dict[str, Any], result: Any, config: TrainConfig, data: PreparedData,
-            wall_seconds: float) -> TrainingResult:
+def _finish(out: StagedDir, run: dict[str, Any], result: Any, config: TrainConfig,
+            data: PreparedData | DistributedData, wall_seconds: float) -> TrainingResult:
     metric, mode = config.early_stopping  # the best checkpoint is the stopper's best epoch
     scored = [(c, m) for c, m in result.best_checkpoints if not math.isnan(float(m.get(metric, math.nan)))]
     if not scored or result.checkpoint is None:
         raise TrainingError(f"run {run['name']} produced no checkpoint with a validation {metric}")
     best_checkpoint, best_metrics = (max if mode == "max" else min)(scored, key=lambda cm: float(cm[1][metric]))
     with best_checkpoint.as_directory() as directory:
-        export_model(Path(directory) / MODEL_DIR, out.local / "best", data)
+        export_model(Path(directory) / MODEL_DIR, out.local / "best", data if isinstance(data, PreparedData) else None)
     with result.checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / TRAIN_STATE, map_location="cpu", weights_only=True)
     history = state["history"]

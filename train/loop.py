@@ -6,6 +6,9 @@
   train_tables         [ObjectRef] the encoded side tables of the training set, put once, shared by all ranks
   train_shards         [ObjectRef] (rows, labels) per rank, all of equal length (so DDP ranks step together)
   eval_bundle          [ObjectRef] PreparedData.for_split("valid"), read by rank 0 only
+  extractor            [ObjectRef] instead of the three above, for data prepared on the cluster
+                       (train.prepare_distributed): each rank streams its equal shard of the ``train`` dataset
+                       with ray.train.get_dataset_shard, rank 0 the whole ``valid`` dataset
   initial_state        [] or [ObjectRef] a warm start's initial state dict (convfm.training.warm_start)
   crash_at_epoch       optional fault injection: rank 1 (rank 0 when alone) exits mid-epoch, once, ...
   crash_marker         ... the first time only (the file records that the crash happened)
@@ -26,6 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import pandas as pd
 import ray
 import ray.train
 import ray.train.torch
@@ -39,8 +43,10 @@ from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.errors import ArtifactError
 from convfm.features.fields import FeatureMap
 from convfm.model.network import ConvFM
+from convfm.data.partitioned import example_set_of
 from convfm.data.prepare import PreparedData
 from convfm.training.in_process import TrainingState, batch_per_rank, run_epoch
+from train.prepare_distributed import BATCH_ROWS
 
 log = logging.getLogger(__name__)
 MODEL_DIR = "model"
@@ -55,8 +61,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
 
-    train_set = ExampleSet(ray.get(config["train_tables"][0]), *ray.get(config["train_shards"][rank]))
-    bundle: Optional[PreparedData] = ray.get(config["eval_bundle"][0]) if rank == 0 else None
+    if "extractor" in config:
+        train_set, bundle = _streamed(data_config, ray.get(config["extractor"][0]), rank)
+    else:
+        train_set = ExampleSet(ray.get(config["train_tables"][0]), *ray.get(config["train_shards"][rank]))
+        bundle = ray.get(config["eval_bundle"][0]) if rank == 0 else None
     torch.manual_seed(train_config.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
     initial = ray.get(config["initial_state"][0]) if config.get("initial_state") else None
     model, saved_state = _restore(ray.train.get_checkpoint(), model_config, feature_map, initial)
@@ -80,6 +89,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report({"epoch": epoch, "rank": rank})
         else:
             _report_with_checkpoint(record, model, state, bundle.extractor, train_config, data_config)
+
+
+def _streamed(data_config: DataConfig, extractor: Any, rank: int) -> tuple[ExampleSet, Optional[PreparedData]]:
+    """This rank's training examples, read once from its Ray Data shard (encoded on the cluster), and on rank 0
+    the validation bundle the in-memory path would send: the valid rows encoded here by the same extractor."""
+    batches = ray.train.get_dataset_shard("train").iter_batches(batch_size=BATCH_ROWS, batch_format="numpy")
+    train_set = example_set_of(batches, extractor)
+    if rank != 0:
+        return train_set, None
+    valid = ray.train.get_dataset_shard("valid").iter_batches(batch_size=BATCH_ROWS, batch_format="pandas")
+    frame = pd.concat(list(valid), ignore_index=True)
+    return train_set, PreparedData(data_config, extractor, {"valid": extractor.example_set(frame)},
+                                   {"valid": frame}, catalog=None, truth=None)
 
 
 def _restore(checkpoint: Optional[ray.train.Checkpoint], model_config: ModelConfig, feature_map: FeatureMap,

@@ -75,13 +75,14 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def export_model(checkpoint_model_dir: Path, target: Path, data: PreparedData,
+def export_model(checkpoint_model_dir: Path, target: Path, data: Optional[PreparedData],
                  extra_json: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Path:
     """Write a checkpoint's model directory at ``target`` as a servable model: plus ``serving.json`` for
     job-market data (titles, seen jobs, popularity fallback; what ``convfm serve`` reads) and ``extra_json``
-    (tune.json...), through save_model_dir so the manifest covers them and ``target`` is swapped in whole."""
+    (tune.json...), through save_model_dir so the manifest covers them and ``target`` is swapped in whole.
+    ``data`` None: a table prepared on the cluster (nothing for serving.json)."""
     extra = dict(extra_json or {})
-    if data.config.kind == "jobs":
+    if data is not None and data.config.kind == "jobs":
         extra.update(serving_extra_json(data))
     loaded = load_model_dir(checkpoint_model_dir)
     return save_model_dir(target, loaded.model, loaded.extractor, metrics=loaded.metrics,

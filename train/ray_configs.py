@@ -22,17 +22,21 @@ def build_trainer(
     metric: Optional[str] = None,
     mode: Optional[str] = None,
     max_failures: Optional[int] = None,
+    datasets: Optional[Mapping[str, Any]] = None,
 ) -> TorchTrainer:
     """``train_loop_per_worker`` on ``config.num_workers`` workers, keeping the ``keep_checkpoints`` best by
     ``metric``/``mode`` (plus the latest); by default the early-stopping metric's, so the kept checkpoints hold
     the best epoch the stopper saw (tune passes its own). ``max_failures`` replaces ``config.max_failures``
-    (tune trials: 0).
+    (tune trials: 0). ``datasets`` (Ray Data, ``train.prepare_distributed``): ``train`` is split among the workers,
+    the others reach every worker whole.
 
     Same name + storage as an earlier attempt = Ray resumes it (latest checkpoint via get_checkpoint)."""
     default_metric, default_mode = config.early_stopping
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=dict(loop_config),
+        datasets=None if datasets is None else dict(datasets),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.num_workers, use_gpu=config.use_gpu,
             resources_per_worker={"CPU": config.cpus_per_worker}, placement_strategy=config.placement_strategy),

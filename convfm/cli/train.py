@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from convfm.cli.common import add_data_arguments, config_file, data_config, model_and_train_configs
+from convfm.data.partitioned import PREPARATIONS, choose_preparation
 from convfm.config import PLACEMENT_STRATEGIES, DataConfig, ModelConfig, TrainConfig
 from convfm.errors import ConfigError
 from convfm.store.storage import local_or_uri
@@ -38,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", metavar="MODEL", help="warm start from a published model: a registry "
                         "entry such as models/NAME (its latest), one of its versions, or a model directory, local or "
                         "a URI; its vocabularies grow with the new ids, its model config is used (train.init_from)")
+    parser.add_argument("--prepare", choices=PREPARATIONS, default="auto",
+                        help="where data is prepared: memory (the driver reads, fits and encodes, then ships shards), "
+                        "distributed (a table's train/valid/test files are fitted and encoded on Ray Data and the "
+                        "workers stream their shards; for data beyond the driver's memory), or auto (default: "
+                        "memory unless the table is large or stored as part files; the run prints which and why)")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in RUN (a path or URI) from its latest "
                         "checkpoint (its data and model; --epochs etc. may change)")
 
@@ -78,14 +84,17 @@ def run(args: argparse.Namespace) -> int:
 
     from train.driver import format_epoch, format_summary, run_training
 
+    prepare, why = choose_preparation(data, args.prepare)
     where = args.address or "local Ray"
     print(f"training ConvFM on {data.path} with {train.num_workers} {'GPU' if train.use_gpu else 'CPU'} "
           f"worker(s) on {where}, up to {train.num_epochs} epochs -> {out_dir}"
           + (f", starting from {train.init_from}" if train.init_from else ""), flush=True)
+    print(f"preparing data {'on the cluster (Ray Data)' if prepare == 'distributed' else 'in memory'}: {why}",
+          flush=True)
     result = run_training(
         data, model, train, out_dir, address=args.address, resume=bool(args.resume),
         storage_path=args.storage, on_epoch=lambda record: print(format_epoch(record), flush=True),
-        quiet=not args.debug,
+        quiet=not args.debug, prepare=prepare,
     )
     print(format_summary(result))
     print(f"\nNext: convfm evaluate --model {result.best_dir} --split test")

@@ -266,17 +266,27 @@ def load_table(config: DataConfig) -> Splits:
 
 def _read_labelled(path: Path, config: DataConfig) -> pd.DataFrame:
     frame, path = read_located(path)
-    if config.label not in frame.columns:
-        raise DataValidationError(f"{path}: missing label column {config.label!r}; "
-                                  f"columns in the file: {list(frame.columns)}")
+    check_columns(path, list(frame.columns), config)
+    return labelled_frame(frame, path, config)
+
+
+def check_columns(path: Path, columns: list[str], config: DataConfig) -> None:
+    """A labelled table's file must hold the label and every field column (extra columns are ignored)."""
+    if config.label not in columns:
+        raise DataValidationError(f"{path}: missing label column {config.label!r}; columns in the file: {columns}")
     fields = config.categorical + config.multi_valued + config.numeric
-    missing = [c for c in fields if c not in frame.columns]
+    missing = [c for c in fields if c not in columns]
     if missing:
-        raise DataValidationError(f"{path}: missing field column(s) {missing}; "
-                                  f"columns in the file: {list(frame.columns)}")
-    extras = [c for c in frame.columns if c not in fields and c != config.label]
+        raise DataValidationError(f"{path}: missing field column(s) {missing}; columns in the file: {columns}")
+    extras = [c for c in columns if c not in fields and c != config.label]
     if extras:
         logger.warning("%s: ignoring column(s) %s that are neither label nor a listed field", path, extras)
+
+
+def labelled_frame(frame: pd.DataFrame, path: Path, config: DataConfig) -> pd.DataFrame:
+    """The field columns of ``frame`` typed (categories as str, numbers as float64) plus a float32 ``label``:
+    a whole file's rows, or one batch of them in distributed preparation (row numbers then count in the batch).
+    """
     out = pd.DataFrame(index=frame.index)
     for column in config.categorical + config.multi_valued:
         out[column] = frame[column].astype("str").fillna("")

@@ -12,6 +12,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from convfm.errors import ArtifactError, ConfigError
+from convfm.features.counts import TableCounts
 from convfm.jsonfile import read_json, write_json_atomic
 
 FEATURE_MAP_VERSION = 1
@@ -32,11 +33,7 @@ class Vocabulary:
     @classmethod
     def build(cls, tokens: Iterable[str], min_freq: int = 1) -> "Vocabulary":
         """Values seen at least ``min_freq`` times, in first-seen order (empty strings skipped)."""
-        counts: dict[str, int] = {}
-        for token in tokens:
-            if token:
-                counts[token] = counts.get(token, 0) + 1
-        return cls([v for v, c in counts.items() if c >= min_freq])
+        return cls(TableCounts.of({"": tokens}, {}).kept("", min_freq))
 
     def extended(self, values: Iterable[str]) -> "Vocabulary":
         """This vocabulary's values at their indices, then those of ``values`` it lacks (in order): a warm start

@@ -13,6 +13,7 @@ import pandas as pd
 
 from convfm.data.batching import ExampleSet
 from convfm.errors import ArtifactError, ConfigError, ConvFMError
+from convfm.features.counts import TableCounts
 from convfm.features.base import encode_fields, labels_of, read_artifact, require_frame, write_artifact
 from convfm.features.fields import EncodedTable, FeatureMap, FieldSpec, Vocabulary
 from convfm.features.text import column_strings, split_lists
@@ -71,20 +72,23 @@ class TableFeatureExtractor:
     def fit(self, df: pd.DataFrame, base: Optional["TableFeatureExtractor"] = None) -> "TableFeatureExtractor":
         """Vocabularies and numeric mean/std from the training rows only. ``base``, a published extractor of the
         same config (a warm start), keeps its numeric mean/std and extends each vocabulary with this data's."""
+        return self.fit_counts(self.counts(df), base)
+
+    def counts(self, df: pd.DataFrame) -> TableCounts:
+        """What ``fit_counts`` needs from ``df`` (the whole training table or one batch of it)."""
         require_frame(df, "table", self.categorical + self.multi_valued + self.numeric)
+        tokens = {c: column_strings(df, c) for c in self.categorical}
+        tokens.update({c: (v for values in self._lists(df, c) for v in values) for c in self.multi_valued})
+        return TableCounts.of(tokens, {c: _numbers(df, c) for c in self.numeric}, len(df))
+
+    def fit_counts(self, counts: TableCounts, base: Optional["TableFeatureExtractor"] = None
+                   ) -> "TableFeatureExtractor":
+        """Fit from the counts of the training rows (``counts``, or batches' counts merged in row order)."""
         if base is not None and base.get_config() != self.get_config():
             raise ConfigError(f"warm start: table config {self.get_config()} differs from the published "
                               f"{base.get_config()}")
-        self.vocabs = {c: Vocabulary.build(column_strings(df, c), self.min_freq) for c in self.categorical}
-        for column in self.multi_valued:
-            lists = self._lists(df, column)
-            self.vocabs[column] = Vocabulary.build((v for values in lists for v in values), self.min_freq)
-        self._stats = {}
-        for column in self.numeric:
-            values = _numbers(df, column)
-            values = values[np.isfinite(values)]
-            std = float(values.std()) if len(values) > 1 else 0.0
-            self._stats[column] = [float(values.mean()) if len(values) else 0.0, std if std > 0 else 1.0]
+        self.vocabs = {c: Vocabulary(counts.kept(c, self.min_freq)) for c in self.categorical + self.multi_valued}
+        self._stats = {c: counts.moments[c].mean_std() for c in self.numeric}
         if base is not None:
             self.vocabs = {c: base.vocabs[c].extended(v.values) for c, v in self.vocabs.items()}
             self._stats = dict(base._stats)
