@@ -5,13 +5,14 @@ only and keeps encoded catalogs of the fitted users and jobs, so an example is t
 catalog is the *unknown* row (id = unknown index 1, every other field padding/missing): an id that was not
 fitted maps to it, so encoding never fails on new ids. ``TableFeatureExtractor`` encodes one generic table.
 
-Both save as JSON + NPZ (see ``convfm.features.base``) and ``load_extractor`` returns the right class.
+Both save as JSON + NPZ (see ``convfm.features.base``; the job extractor's files: ``job_artifact``) and
+``load_extractor`` returns the right class.
 """
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -19,8 +20,7 @@ import pandas as pd
 from convfm.data.batching import ExampleSet
 from convfm.errors import ArtifactError, ConfigError, ConvFMError
 from convfm.features.base import (
-    UNKNOWN_ROW, RowIndex, check_table, concat_rows, encode_fields, labels_of, read_artifact, require_frame,
-    table_arrays, table_from_arrays, with_room, write_artifact,
+    UNKNOWN_ROW, RowIndex, concat_rows, encode_fields, labels_of, read_artifact, require_frame, with_room,
 )
 from convfm.data.readers import order_key
 from convfm.data.liveness import ALWAYS, NEVER, JobWindows
@@ -31,10 +31,11 @@ from convfm.features.job_fields import (
     CATEGORICAL, FREE_TEXT_COLUMNS, ID_FIELDS, JOB_FIELDS, USER_FIELDS, fit_vocabularies, salary_features,
     salary_stats,
 )
+from convfm.features.job_artifact import JobArtifact
 from convfm.features.fields import PAD, UNK, EncodedTable, FeatureMap, FieldSpec, Vocabulary
 from convfm.features.table import TableFeatureExtractor
 from convfm.features.text import (
-    TFIDF_TOKEN_PATTERN, SkillMatcher, TextEncoder, category_values, column_strings, joined_text, split_lists,
+    SkillMatcher, TextEncoder, category_values, column_strings, joined_text, split_lists,
 )
 from convfm.validate import check_bool, check_int
 
@@ -47,7 +48,7 @@ def _times(df: pd.DataFrame, what: str) -> Optional[np.ndarray]:
     return order_key(df["timestamp"], Path(what), "timestamp")
 
 
-class JobFeatureExtractor:
+class JobFeatureExtractor(JobArtifact):
     """Users x jobs features; see the module docstring for the catalogs and their unknown row 0.
 
     Vocabularies: ``user``, ``job`` (the ids with a training example, ``min_freq`` does not apply to ids),
@@ -340,77 +341,6 @@ class JobFeatureExtractor:
         if field.name == "salary":
             return salary_features(df, self._salary)
         return self._text.transform(joined_text(df, self._text_columns))
-
-    # ------------------------------------------------------------------------------------------- save/load
-    def save(self, path: str | Path) -> Path:
-        """Write ``extractor.json``/``.npz`` into a directory, or ``<stem>.json``/``.npz`` for a file path."""
-        meta = {
-            "kind": self.kind, "config": self.get_config(),
-            "vocabularies": {name: v.values for name, v in self.vocabs.items()},
-            "text_columns": list(self._text_columns), "salary": self._salary,
-            "text": None if self._text is None else {"width": self._text.width, "token_pattern": TFIDF_TOKEN_PATTERN},
-            "feature_map": self.feature_map.to_dict(),
-            "expiry": self._recency is not None and self._recency.expiry,
-        }
-        arrays = {**table_arrays(self.job_catalog, "job_catalog"), **table_arrays(self.user_catalog, "user_catalog"),
-                  "job_ids": np.array(self.job_ids, dtype=str), "user_ids": np.array(self.user_ids, dtype=str)}
-        if self._history is not None:
-            arrays.update(self.history.latest(self.history_length).arrays("history"))
-        if self._recency is not None:
-            arrays.update({"job_posted": self._recency.posted, "job_expires": self._recency.expires})
-        if self._text is not None:
-            arrays.update(self._text.arrays("text"))
-        return write_artifact(path, meta, arrays)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "JobFeatureExtractor":
-        """Rebuild from ``save``'s files (a directory or the same file path); ArtifactError when unusable."""
-        return cls.from_artifact(*read_artifact(path, kind=cls.kind))
-
-    @classmethod
-    def from_artifact(cls, meta: dict, arrays: dict[str, np.ndarray], source: Path) -> "JobFeatureExtractor":
-        try:
-            self = cls(**meta["config"])
-            self.vocabs = {name: Vocabulary(values) for name, values in meta["vocabularies"].items()}
-            self._text_columns = tuple(meta["text_columns"])
-            salary = meta["salary"]
-            if salary is not None:
-                salary = {key: [float(salary[key][0]), float(salary[key][1])] for key in ("mean", "std")}
-            self._salary = salary
-            if meta["text"] is not None:
-                if meta["text"]["token_pattern"] != TFIDF_TOKEN_PATTERN:
-                    raise ArtifactError(f"{source}: saved with another TF-IDF token pattern")
-                self._text = TextEncoder.from_arrays(arrays, "text")
-            self._feature_map = FeatureMap.from_dict(meta["feature_map"], source=str(source))
-            names = {f.name for f in self._feature_map.fields}
-            job = [self._spec(n) for n in JOB_FIELDS if n in names]
-            windows = None
-            if "job_posted" in arrays:
-                windows = JobWindows(np.zeros(len(arrays["job_posted"]) - 1), arrays["job_posted"][1:],
-                                     arrays["job_expires"][1:])
-            self._set_context(job, windows, bool(meta["expiry"]))
-            if self._history is not None:
-                self.history = UserHistory.from_arrays(arrays, "history")
-            expected = ([self._spec(n) for n in USER_FIELDS if n in names] + self._history_fields() + job
-                        + self._recency_fields())
-            if self._feature_map != FeatureMap(tuple(expected)):
-                raise ArtifactError(f"{source}: feature map disagrees with the saved vocabularies/config")
-            if "job_skills" in {f.name for f in self._feature_map.fields} and self.skills_from_text \
-                    and self._text_columns:
-                self._matcher = SkillMatcher(self.vocabs["skill"].values)
-            self.job_catalog = table_from_arrays(arrays, "job_catalog")
-            self.user_catalog = table_from_arrays(arrays, "user_catalog")
-            check_table(self.job_catalog, self._static_fields("job"), "job_catalog")
-            check_table(self.user_catalog, self._static_fields("user"), "user_catalog")
-            self.job_ids, self.user_ids = arrays["job_ids"].tolist(), arrays["user_ids"].tolist()
-            if (len(self.job_ids), len(self.user_ids)) != (len(self.job_catalog), len(self.user_catalog)):
-                raise ArtifactError(f"{source}: catalog ids and rows disagree")
-        except ArtifactError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            raise ArtifactError(f"{source}: invalid extractor ({type(exc).__name__}: {exc})") from None
-        self._index_catalogs()
-        return self
 
 
 def load_extractor(path: str | Path) -> "JobFeatureExtractor | TableFeatureExtractor":
