@@ -1,4 +1,5 @@
-"""train.checks (Ray-free): what train and tune refuse before Ray starts, naming the field."""
+"""train.checks and the driver's other start-up checks (Ray-free): what train and tune refuse before any Ray
+work, naming the field."""
 from __future__ import annotations
 
 import pytest
@@ -27,3 +28,14 @@ def test_a_resume_with_changed_fields_names_them_and_lets_the_data_move():
         check_unchanged("runs/a", saved, changed, "run", "keeps them")
     with pytest.raises(ConfigError, match=r"tune field\(s\) \['seed'\] differ from the experiment's"):
         check_unchanged("out", {}, {"tune": {"seed": 1}}, "experiment", "a resumed search keeps its configs")
+
+
+def test_distributed_preparation_refuses_workers_that_leave_no_cpu_for_ray_data(monkeypatch):
+    """Streaming workers that hold every CPU would wait forever for Ray Data tasks that cannot be scheduled."""
+    from convfm.config import TrainConfig
+    from train import driver
+
+    monkeypatch.setattr(driver.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(ConfigError, match=r"cpus_per_worker: 2 worker\(s\) x 1(\.0)? CPU take 2 of the cluster's 2 CPUs"):
+        driver._check_room_for_data(TrainConfig(num_workers=2, cpus_per_worker=1.0))
+    driver._check_room_for_data(TrainConfig(num_workers=2, cpus_per_worker=0.5))  # one CPU left: fine
