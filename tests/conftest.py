@@ -196,7 +196,6 @@ SESSION_RAY_FILES = frozenset({
     "tests/train/test_prepare_distributed.py",
     "tests/train/test_ray_configs.py",
     "tests/train/test_seed_pipeline.py",
-    "tests/train/test_storage_runs.py",
     "tests/train/test_table_training.py",
     "tests/train/test_warm_start_ray.py",
     "tests/tune/test_search.py",

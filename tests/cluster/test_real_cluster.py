@@ -9,8 +9,8 @@ second node with 1 CPU; every process runs with the documented token setup (``RA
 ``~/.ray/auth_token`` from ``ray get-auth-token --generate``).
 
 One module-scoped cluster, the tests in the order a user works: data and a training run spread over both
-nodes (whose second node is lost mid-run), evaluation, a search, batch recommendations, the manifests'
-entrypoints, the service.
+nodes (whose second node is lost mid-run), evaluation, a search beside the training manifest's entrypoint, batch
+recommendations, the service. The tune manifest's entrypoint is checked against the documented search, not run.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from convfm.cli.main import main
 from convfm.cli.serve import free_port
 from convfm.jsonfile import read_json
 from real_cluster import RealCluster
@@ -139,16 +140,28 @@ def test_evaluate_job_reads_the_shared_run(cluster: RealCluster, spread_run: dic
 
 
 @pytest.fixture(scope="module")
-def tuned(cluster: RealCluster, market: Path) -> Path:
-    command = adapt(documented(r"^ray job submit .* convfm tune "), cluster.shared, samples=1, max_concurrent=1,
-                    epochs=1)
-    cluster.run(command, timeout=JOB_TIMEOUT)
-    return Path(command[command.index("--registry") + 1]) / "convfm"
+def side_by_side(cluster: RealCluster, market: Path) -> dict[str, Path]:
+    """The documented search, then the RayJob training manifest's entrypoint as KubeRay submits it (code from the
+    image, no --working-dir); the training run's best model is then published as the entry's second version
+    (`convfm models publish`, the daily loop's step)."""
+    tune = adapt(documented(r"^ray job submit .* convfm tune "), cluster.shared, samples=1, max_concurrent=1,
+                 epochs=1)
+    cluster.run(tune, timeout=JOB_TIMEOUT)
+    train = rayjob_entrypoint("rayjob-train.yaml", cluster.shared, epochs=1)
+    cluster.run(train, timeout=JOB_TIMEOUT)
+    entry = Path(tune[tune.index("--registry") + 1]) / "convfm"
+    run = Path(train[train.index("--out") + 1])
+    assert main(["models", "publish", str(run / "best"), str(entry)]) == 0
+    return {"entry": entry, "train": run}
+
+
+@pytest.fixture(scope="module")
+def tuned(side_by_side: dict[str, Path]) -> Path:
+    return side_by_side["entry"]
 
 
 def test_tune_job_publishes_to_the_shared_registry(tuned: Path) -> None:
-    assert (tuned / "latest").read_text().strip() == "v0001"
-    assert (tuned / "v0001" / "manifest.json").is_file()
+    assert (tuned / "v0001" / "manifest.json").is_file()  # the search's best (v0002 is the manifest run's)
 
 
 def test_batch_recommendations_job_writes_every_users_top_k(cluster: RealCluster, tuned: Path, market: Path) -> None:
@@ -159,7 +172,7 @@ def test_batch_recommendations_job_writes_every_users_top_k(cluster: RealCluster
     summary = read_json(out / "_SUCCESS.json", "the batch summary")
     users = sum(1 for _ in csv.DictReader(open(market / "users.csv")))
     assert summary["users"] == summary["users_with_rows"] == users and summary["workers"] == 2, summary
-    assert summary["rows"] == 5 * users and summary["model_version"] == "v0001", summary
+    assert summary["rows"] == 5 * users and summary["model_version"] == "v0002", summary  # the entry's latest
 
 
 def rayjob_entrypoint(manifest: str, shared: Path, **flags: Any) -> list[str]:
@@ -170,23 +183,30 @@ def rayjob_entrypoint(manifest: str, shared: Path, **flags: Any) -> list[str]:
     return ["ray", "job", "submit", "--", *adapt(entrypoint, shared, **flags)]
 
 
-@pytest.fixture(scope="module")
-def manifests_run(cluster: RealCluster, market: Path, tuned: Path) -> dict[str, Path]:
-    """Both entrypoints submitted at once (the cluster's 3 CPUs hold 2 training workers and 1 trial), as two
-    RayJobs would run side by side."""
-    train = rayjob_entrypoint("rayjob-train.yaml", cluster.shared, epochs=1)
-    tune = rayjob_entrypoint("rayjob-tune.yaml", cluster.shared, samples=1, max_concurrent=1, epochs=1)
-    jobs = {"rayjob-train.log": cluster.popen(train, "rayjob-train.log"),
-            "rayjob-tune.log": cluster.popen(tune, "rayjob-tune.log")}
-    for log_name, job in jobs.items():
-        assert job.wait(timeout=JOB_TIMEOUT) == 0, cluster.log_tail(log_name, 8000)
-    return {"train": Path(train[train.index("--out") + 1]), "registry": Path(tune[tune.index("--registry") + 1])}
+def test_rayjob_manifest_entrypoints_run(side_by_side: dict[str, Path]) -> None:
+    assert read_json(side_by_side["train"] / "run.json", "the run record")["status"] == "finished"
+    assert (side_by_side["entry"] / "latest").read_text().strip() == "v0002"  # published after the search's v0001
 
 
-def test_rayjob_manifest_entrypoints_run(manifests_run: dict[str, Path]) -> None:
-    assert read_json(manifests_run["train"] / "run.json", "the run record")["status"] == "finished"
-    entry = manifests_run["registry"] / "convfm"
-    assert (entry / "latest").read_text().strip() == "v0002"  # the docs' search published v0001
+def test_rayjob_tune_entrypoint_is_the_documented_search() -> None:
+    """The tune manifest's entrypoint is not submitted here (a search costs a minute of this box's 2 cores): it
+    must be the documented search, which is: the same flags but for the image's config path, its own run
+    directory, its sizes and one worker per trial spelled out (tests/cluster/test_kuberay.py parses it with the
+    CLI)."""
+    def flags(words: list[str]) -> dict[str, str]:
+        words = words[words.index("tune") + 1:]
+        return {w: (words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else "")
+                for i, w in enumerate(words) if w.startswith("--")}
+
+    shared = Path("/shared")
+    manifest = flags(rayjob_entrypoint("rayjob-tune.yaml", shared))
+    docs = flags(adapt(documented(r"^ray job submit .* convfm tune "), shared))
+    assert manifest.pop("--config") == str(REPO / docs.pop("--config"))
+    assert manifest.pop("--workers-per-trial") == "1"
+    assert manifest.pop("--out") != docs.pop("--out")  # its own run directory
+    for size in ("--samples", "--max-concurrent", "--epochs"):  # a laptop's search beside a cluster's
+        manifest.pop(size, None), docs.pop(size, None)
+    assert manifest == docs
 
 
 def _http(url: str, body: dict[str, Any] | None = None, timeout: float = 30) -> tuple[int, dict[str, Any]]:
@@ -214,7 +234,7 @@ def _wait_for(url: str, check: Any, timeout: float = 180) -> dict[str, Any]:
 
 
 def test_serve_deploy_serves_the_registry_and_reloads_on_user_config(
-        cluster: RealCluster, manifests_run: dict[str, Path], market: Path) -> None:
+        cluster: RealCluster, side_by_side: dict[str, Path], market: Path) -> None:
     command = documented(r"^serve deploy serve/config\.yaml")
     config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
     port = free_port()

@@ -8,7 +8,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_plateau_stops_before_max_epochs(ray_local, make_configs, tmp_path):
     from train.driver import run_training
 

@@ -1,36 +1,52 @@
-"""A worker killed mid-epoch is replaced and the run resumes from its last checkpoint; --resume continues a
-stopped run. Both must continue the epoch count: each epoch exactly once in metrics.csv.
+"""A worker killed mid-epoch is replaced and the run resumes from its last checkpoint; ``convfm evaluate`` reads
+the best model back; ``--resume`` continues the stopped run. Both continuations keep the epoch count: each epoch
+exactly once in metrics.csv.
 
-The --resume test continues the killed-worker run (one Ray Train fit fewer than training a run of its own:
-~12 s of worker start-up on a 2-core box); what the first test asserts about the files is read before that."""
+The run directory is an ``s3://`` URI (moto's S3 server): outputs and Ray's checkpoints live in the bucket, the
+replacement workers restore from it, and so does ``--resume``. One Ray Train run answers all three questions
+(a fit costs ~12 s of worker start-up on a 2-core box); the first test reads its files before the resume adds
+an epoch."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import types
+from typing import Iterator
 
 import pandas as pd
 import pytest
 
 from convfm.cli.main import main
+from convfm.store import storage
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def crashed_run(ray_local, make_configs, tmp_path_factory) -> types.SimpleNamespace:
-    """3 epochs on 2 workers with a cosine schedule; rank 1 dies in epoch 1 and the group is replaced once."""
+def crashed_run(ray_local, make_configs, s3_bucket, tmp_path_factory) -> Iterator[types.SimpleNamespace]:
+    """3 epochs on 2 workers with a cosine schedule, to ``s3://.../runs/crashed``; rank 1 dies in epoch 1 and
+    the group is replaced once. Models read from the bucket are cached under a temporary folder."""
     from train.driver import run_training
 
     tmp_path = tmp_path_factory.mktemp("crashed")
-    marker, run = tmp_path / "crashed.txt", tmp_path / "run"
-    result = run_training(
-        *make_configs(num_workers=2, num_epochs=3, lr_schedule="cosine", max_failures=1), run,
-        loop_options={"crash_at_epoch": 1, "crash_marker": str(marker)},
-    )
-    return types.SimpleNamespace(result=result, run=run, marker=marker.read_text(),
-                                 metrics=pd.read_csv(run / "metrics.csv"),
-                                 record=json.loads((run / "run.json").read_text()))
+    marker, uri = tmp_path / "crashed.txt", s3_bucket("runs/crashed")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+        result = run_training(
+            *make_configs(num_workers=2, num_epochs=3, lr_schedule="cosine", max_failures=1), uri,
+            loop_options={"crash_at_epoch": 1, "crash_marker": str(marker)},
+        )
+        yield types.SimpleNamespace(result=result, uri=uri, marker=marker.read_text(), tmp_path=tmp_path,
+                                    metrics=read_metrics(uri), record=read_record(uri))
+
+
+def read_metrics(uri: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(storage.read_text(storage.join(uri, "metrics.csv"))))
+
+
+def read_record(uri: str) -> dict:
+    return json.loads(storage.read_text(storage.join(uri, "run.json")))
 
 
 @pytest.mark.timeout(240)
@@ -52,23 +68,41 @@ def test_killed_worker_is_replaced_and_training_resumes_from_checkpoint(crashed_
 
 
 @pytest.mark.timeout(240)
+def test_outputs_and_checkpoints_are_in_the_bucket_and_evaluate_reads_the_best_model(crashed_run):
+    uri, result = crashed_run.uri, crashed_run.result
+    assert result.out_dir == uri and result.best_dir == storage.join(uri, "best")
+    record = crashed_run.record
+    assert record["status"] == "finished" and record["name"] == "crashed" and record["epochs_trained"] == 3
+    assert record["storage_path"] == storage.join(uri, "ray") and record["best_dir"] == result.best_dir
+    assert storage.is_file(storage.join(uri, "curves.png"))
+    assert [d for d in storage.list_dirs(storage.join(uri, "ray", "crashed")) if d.startswith("checkpoint_")]
+    assert not list(crashed_run.tmp_path.glob("**/run.json")), "a URI run writes nothing under the working tree"
+
+    report_path = crashed_run.tmp_path / "valid.json"
+    assert main(["evaluate", "--model", result.best_dir, "--split", "valid", "--out", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["model"]["roc_auc"] == pytest.approx(result.best_metrics["val_roc_auc"], abs=1e-9)
+
+
+@pytest.mark.timeout(240)
 def test_resume_continues_a_stopped_run(crashed_run, capsys):
-    run = crashed_run.run
+    uri = crashed_run.uri
     capsys.readouterr()
-    assert main(["train", "--resume", str(run), "--epochs", "4"]) == 0
+    assert main(["train", "--resume", uri, "--epochs", "4"]) == 0
     out = capsys.readouterr().out
     assert "epoch   4 " in out and "epoch   3 " not in out and "best epoch" in out  # only the new epoch ran
-    metrics = pd.read_csv(run / "metrics.csv")
+    assert f"convfm evaluate --model {storage.join(uri, 'best')}" in out
+    metrics = read_metrics(uri)
     assert metrics["epoch"].tolist() == [0, 1, 2, 3] and metrics["run_start_epoch"].tolist() == [0, 1, 1, 3]
-    saved = json.loads((run / "run.json").read_text())
+    saved = read_record(uri)
     assert saved["attempts"] == 2 and saved["train"]["num_epochs"] == 4 and saved["restarts"] == [1, 3]
 
     # nothing left to do: refused before Ray does any work, naming the field to change
-    assert main(["train", "--resume", str(run), "--epochs", "4"]) == 2
+    assert main(["train", "--resume", uri, "--epochs", "4"]) == 2
     assert "num_epochs: the run already trained 4 epoch(s)" in capsys.readouterr().err
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_without_restarts_a_crash_fails_the_run_with_a_clear_error(ray_local, make_configs, tmp_path):
     from train.driver import TrainingError, run_training
 

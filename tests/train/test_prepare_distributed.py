@@ -87,7 +87,7 @@ def test_convfm_train_streams_a_table_prepared_on_the_cluster(ray_local, table_d
                     f"multi_valued: {FIELDS['multi_valued']}\nnumeric: {FIELDS['numeric']}\n")
     config = tmp_path / "train.yaml"
     config.write_text("model: {embedding_dim: 16, conv_filters: 16, hidden_dims: [32, 16]}\n"
-                      "train: {batch_size: 128, learning_rate: 0.01, num_workers: 2, num_epochs: 3, "
+                      "train: {batch_size: 128, learning_rate: 0.03, num_workers: 2, num_epochs: 2, "
                       "cpus_per_worker: 0.5}\n")  # one of the 2 CPUs left for Ray Data's tasks
     run = tmp_path / "run"
     args = ["train", "--config", str(config), "--table", str(spec), "--out", str(run), "--prepare", "distributed"]

@@ -95,7 +95,7 @@ def seed_data(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_basic_training_runs_the_ray_train_pipeline(ray_local, seed_data, tmp_path, capsys):
     scope: dict = {}
     exec(textwrap.dedent(BASIC_TRAINING), scope)

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_generic_table_trains_and_evaluates(ray_local, tmp_path, capsys):
     config = tmp_path / "train.yaml"
     config.write_text(
