@@ -1,4 +1,4 @@
-"""One small search shared by the tests of tune/: 4 trials, at most 4 epochs, 2 at a time, run once per session
+"""One small search shared by the tests of tune/: 3 trials, at most 3 epochs, 2 at a time, run once per session
 through the `convfm tune` command (a search costs ~1 minute on a 2-core box)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 # Tiny models. One learning rate is far too small to learn anything in an epoch, so ASHA has a trial to stop:
-# with seed 2 the searcher proposes lr 0.03, 0.03, 1e-5, 0.03, and the third trial can only start after one of
+# with seed 2 the searcher proposes lr 0.03, 0.03, 1e-5, and the third trial can only start after one of
 # the first two finished, i.e. after a much better epoch-1 AUC is on ASHA's first rung.
 TINY_SPACE: dict[str, Any] = {
     "embedding_dim": {"type": "choice", "values": [8, 16]},
@@ -27,8 +27,8 @@ TINY_SPACE: dict[str, Any] = {
     "id_dropout": 0.5,
     "early_stopping_metric": "log_loss",
 }
-TINY_TUNE: dict[str, Any] = {"num_samples": 4, "max_concurrent": 2, "search_alg": "optuna", "seed": 2,
-                             "max_t": 4, "grace_period": 1, "reduction_factor": 2, "name": "tiny"}
+TINY_TUNE: dict[str, Any] = {"num_samples": 3, "max_concurrent": 2, "search_alg": "optuna", "seed": 2,
+                             "max_t": 3, "grace_period": 1, "reduction_factor": 2, "name": "tiny"}
 
 
 def write_config(path: Path, registry: Path, space: dict[str, Any] | None = None, **tune: Any) -> Path:
@@ -52,7 +52,7 @@ def search(ray_local, market_dir, tmp_path_factory) -> dict[str, Any]:
         code = main(["tune", "--config", str(config), "--data", str(market_dir), "--out", str(out_dir)])
     assert code == 0, output.getvalue()
     return {"config": config, "out_dir": out_dir, "registry": root / "models", "output": output.getvalue(),
-            "summary": json.loads((out_dir / "summary.json").read_text())}
+            "summary": json.loads((out_dir / "summary.json").read_text()), "max_t": TINY_TUNE["max_t"]}
 
 
 @pytest.fixture(scope="session")
