@@ -23,7 +23,7 @@ def test_search_to_s3_publishes_the_best_model_there(ray_local, market_dir, s3_b
 
     monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
     out, registry = s3_bucket("tune/tune-s3"), s3_bucket("models")
-    config = tune_yaml(tmp_path / "tune.yaml", registry, num_samples=2, max_t=2, seed=0,
+    config = tune_yaml(tmp_path / "tune.yaml", registry, num_samples=2, max_t=1, seed=0,
                        space={"learning_rate": {"type": "choice", "values": [0.03, 0.01]}, "batch_size": 256,
                               "embedding_dim": 8, "conv_filters": 8, "hidden_dims": [16]})
     output = io.StringIO()
