@@ -9,7 +9,7 @@ second node with 1 CPU; every process runs with the documented token setup (``RA
 ``~/.ray/auth_token`` from ``ray get-auth-token --generate``).
 
 One module-scoped cluster, the tests in the order a user works: data and a training run spread over both
-nodes (whose second node is lost mid-run), evaluation, a search beside the training manifest's entrypoint, batch
+nodes (whose second node is lost mid-run), evaluation, a search, the training manifest's entrypoint, batch
 recommendations, the service. The tune manifest's entrypoint is checked against the documented search, not run.
 """
 from __future__ import annotations
@@ -140,7 +140,7 @@ def test_evaluate_job_reads_the_shared_run(cluster: RealCluster, spread_run: dic
 
 
 @pytest.fixture(scope="module")
-def side_by_side(cluster: RealCluster, market: Path) -> dict[str, Path]:
+def search_and_manifest_run(cluster: RealCluster, market: Path) -> dict[str, Path]:
     """The documented search, then the RayJob training manifest's entrypoint as KubeRay submits it (code from the
     image, no --working-dir); the training run's best model is then published as the entry's second version
     (`convfm models publish`, the daily loop's step)."""
@@ -156,8 +156,8 @@ def side_by_side(cluster: RealCluster, market: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def tuned(side_by_side: dict[str, Path]) -> Path:
-    return side_by_side["entry"]
+def tuned(search_and_manifest_run: dict[str, Path]) -> Path:
+    return search_and_manifest_run["entry"]
 
 
 def test_tune_job_publishes_to_the_shared_registry(tuned: Path) -> None:
@@ -183,9 +183,10 @@ def rayjob_entrypoint(manifest: str, shared: Path, **flags: Any) -> list[str]:
     return ["ray", "job", "submit", "--", *adapt(entrypoint, shared, **flags)]
 
 
-def test_rayjob_manifest_entrypoints_run(side_by_side: dict[str, Path]) -> None:
-    assert read_json(side_by_side["train"] / "run.json", "the run record")["status"] == "finished"
-    assert (side_by_side["entry"] / "latest").read_text().strip() == "v0002"  # published after the search's v0001
+def test_rayjob_manifest_entrypoints_run(search_and_manifest_run: dict[str, Path]) -> None:
+    assert read_json(search_and_manifest_run["train"] / "run.json", "the run record")["status"] == "finished"
+    entry = search_and_manifest_run["entry"]
+    assert (entry / "latest").read_text().strip() == "v0002"  # published after the search's v0001
 
 
 def test_rayjob_tune_entrypoint_is_the_documented_search() -> None:
@@ -205,7 +206,8 @@ def test_rayjob_tune_entrypoint_is_the_documented_search() -> None:
     assert manifest.pop("--workers-per-trial") == "1"
     assert manifest.pop("--out") != docs.pop("--out")  # its own run directory
     for size in ("--samples", "--max-concurrent", "--epochs"):  # a laptop's search beside a cluster's
-        manifest.pop(size, None), docs.pop(size, None)
+        for flags_of in (manifest, docs):
+            flags_of.pop(size, None)
     assert manifest == docs
 
 
@@ -234,7 +236,7 @@ def _wait_for(url: str, check: Any, timeout: float = 180) -> dict[str, Any]:
 
 
 def test_serve_deploy_serves_the_registry_and_reloads_on_user_config(
-        cluster: RealCluster, side_by_side: dict[str, Path], market: Path) -> None:
+        cluster: RealCluster, search_and_manifest_run: dict[str, Path], market: Path) -> None:
     command = documented(r"^serve deploy serve/config\.yaml")
     config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
     port = free_port()
