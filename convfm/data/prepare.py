@@ -51,6 +51,9 @@ class PreparedData:
     # (job_id, timestamp) of every split's positives, for recent popularity at an event's time. Set by
     # for_split() (its copy keeps one frame); None means "derive from frames".
     positives: Optional[pd.DataFrame] = None
+    # Evaluation results that do not depend on the model (baselines, the oracle), by split and settings, so that
+    # validating every epoch computes them once (``convfm.evaluation.report``). Never copied or compared.
+    memo: dict[tuple, Any] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def summary(self) -> dict[str, int]:
         return {name: len(s) for name, s in self.sets.items()}

@@ -126,14 +126,17 @@ def _live_ranking(model: nn.Module, data: PreparedData, split: str, baseline: Po
         f"live), {protocol['events']} of {events.positives} positives, skipped {events.skipped}")
     if not len(events.times):
         return {"protocol": protocol}
-    scorers: dict[str, Scorer] = {"model": model_scorer(model, data, batch_size, device),
-                                  "popularity": popularity_scorer(baseline, catalog),
-                                  "recent_popularity": recent_popularity_scorer(all_positives(data), catalog)}
-    if data.windows is not None:
-        scorers["newest"] = newest_scorer(windows)
-    if data.oracle is not None:
-        scorers["oracle"] = oracle_scorer(data.oracle, catalog)
-    return {"protocol": protocol, **evaluate_live(events, windows, scorers, k)}
+    key = ("live", split, k, max_events, seed)
+    if key not in data.memo:  # the baselines' and the oracle's sections: once per split and settings
+        scorers: dict[str, Scorer] = {"popularity": popularity_scorer(baseline, catalog),
+                                      "recent_popularity": recent_popularity_scorer(all_positives(data), catalog)}
+        if data.windows is not None:
+            scorers["newest"] = newest_scorer(windows)
+        if data.oracle is not None:
+            scorers["oracle"] = oracle_scorer(data.oracle, catalog)
+        data.memo[key] = evaluate_live(events, windows, scorers, k)
+    model = evaluate_live(events, windows, {"model": model_scorer(model, data, batch_size, device)}, k)
+    return {"protocol": protocol, **model, **data.memo[key]}
 
 
 def evaluate_split(
@@ -181,7 +184,9 @@ def evaluate_split(
             report["popularity"].update(ranking_metrics(baseline.score(job_ids.ravel()).reshape(job_ids.shape), k))
             report["protocol"] = {"name": "sampled", "users": len(users), "description": (
                 f"last positive per user vs {job_ids.shape[1] - 1} sampled unseen jobs, {len(users)} users")}
-    report["oracle_auc"] = _oracle_auc(frame, data)
+    if ("oracle_auc", split) not in data.memo:
+        data.memo["oracle_auc", split] = _oracle_auc(frame, data)
+    report["oracle_auc"] = data.memo["oracle_auc", split]
     return report
 
 

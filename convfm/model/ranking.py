@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from convfm.data.batching import FieldBatch, join_batches, table_tensors
+from convfm.data.batching import FieldBatch, join_batches, table_tensors, used_list_length
 from convfm.features.base import with_room
 from convfm.features.context import HISTORY_FIELDS, now_micros
 from convfm.features.fields import PAD, UNK, EncodedTable, FeatureMap, FieldSpec, field_columns
@@ -27,6 +27,7 @@ from convfm.model.network import ConvFM, Side
 # default model on 10k jobs (2 cores): 0.59-0.82 us per pair at 1 << 18 against 1.11-1.15 at 1 << 22 for 50-400
 # users, 1.8 against 2.1 for one user; 1 << 17 and 1 << 19 were slower.
 ELEMENT_BUDGET = 1 << 18
+JOBS_PER_PASS = 8192  # job rows per side pass (catalog precompute, time moves)
 
 
 def _zip_map(fn: Callable[[list[torch.Tensor]], torch.Tensor], sides: list[Any]) -> Any:
@@ -53,12 +54,12 @@ def _map(fn: Callable[[torch.Tensor], torch.Tensor], side: Side) -> Side:
 
 
 def _zeros_side(feature_map: FeatureMap, rows: int, device: torch.device) -> FieldBatch:
-    """Inputs for one side with every field padding/zero: (rows, Fc), (rows, Fm, L), (rows, W)."""
+    """Inputs for one side with every field padding/zero: (rows, Fc), (rows, Fm, 1), (rows, W); lists of
+    length 1, which ``join_batches`` pads to the other side's."""
     multi = feature_map.of_kind("multi")
-    length = max((f.max_len for f in multi), default=0)
     return FieldBatch(
         torch.full((rows, len(feature_map.of_kind("categorical"))), PAD, dtype=torch.int64, device=device),
-        torch.full((rows, len(multi), length), PAD, dtype=torch.int64, device=device),
+        torch.full((rows, len(multi), 1), PAD, dtype=torch.int64, device=device),
         torch.zeros((rows, feature_map.dense_width), dtype=torch.float32, device=device),
     )
 
@@ -93,9 +94,7 @@ class CatalogRanker:
         self.time = now_micros() if time is None else int(time)
         self.buckets = None if self.recency is None else self.recency.rows(np.arange(self.n_jobs), self.time)
         with torch.inference_mode():
-            sides = [self._side(self.job_table(np.arange(a, min(a + 8192, self.n_jobs))), "job")
-                     for a in range(0, self.n_jobs, 8192)]
-            self.job_side = _zip_map(torch.cat, sides)
+            self.job_side = self._job_sides(np.arange(self.n_jobs))
         self.job_width = max(t.shape[1:].numel() for t in _leaves(self.job_side))
         self._own_jobs = jobs is not None
         self._room = self.job_side  # job_side is a view of these buffers (put_jobs grows them)
@@ -118,9 +117,45 @@ class CatalogRanker:
         if not len(changed):
             return
         with torch.inference_mode():
-            side, index = self._side(self.job_table(changed), "job"), torch.as_tensor(changed, device=self.device)
-            for old, new in zip(_leaves(self.job_side), _leaves(side)):
-                old[index] = new
+            self._write_rows(changed, self._side(self.job_table(changed), "job"))
+
+    def _job_sides(self, rows: np.ndarray, buckets: Optional[np.ndarray] = None) -> Side:
+        """Job sides (n, ...) of catalog ``rows`` (recency in ``buckets``), in passes of JOBS_PER_PASS rows."""
+        return _zip_map(torch.cat, [
+            self._side(self.job_table(rows[a : a + JOBS_PER_PASS],
+                                      None if buckets is None else buckets[a : a + JOBS_PER_PASS]), "job")
+            for a in range(0, len(rows), JOBS_PER_PASS)])
+
+    def _write_rows(self, rows: np.ndarray, side: Side) -> None:
+        """Overwrite the precomputed job sides of catalog ``rows`` (n,) with ``side`` (n, ...)."""
+        index = torch.as_tensor(rows, device=self.device)
+        for old, new in zip(_leaves(self.job_side), _leaves(side)):
+            old[index] = new
+
+    def _advance(self, times: np.ndarray) -> Iterator[None]:
+        """Move the precomputed job sides to each of ``times`` (ascending) in turn, yielding at each, as ``at``
+        does; the jobs whose bucket changes over a run of times (up to JOBS_PER_PASS of them) are computed in one
+        pass, not one small pass per time (the fixed cost of a pass dominates a few rows)."""
+        everything, position = np.arange(self.n_jobs), 0
+        while position < len(times):
+            moves, buckets, pending = [], self.buckets, 0  # moves: (time, changed rows, their buckets)
+            while position < len(times) and (pending < JOBS_PER_PASS or not moves):
+                later = self.recency.rows(everything, int(times[position]))
+                changed = np.flatnonzero(later != buckets)
+                moves.append((int(times[position]), changed, later[changed]))
+                buckets, pending, position = later, pending + len(changed), position + 1
+            with torch.inference_mode():
+                sides = self._job_sides(np.concatenate([m[1] for m in moves]),
+                                        np.concatenate([m[2] for m in moves])) if pending else None
+            offset = 0
+            for time, changed, new_buckets in moves:
+                if len(changed):
+                    with torch.inference_mode():
+                        self._write_rows(changed, _map(lambda t: t[offset : offset + len(changed)], sides))
+                    self.buckets[changed] = new_buckets
+                offset += len(changed)
+                self.time = time
+                yield
 
     def put_jobs(self, rows: np.ndarray) -> None:
         """Take the extractor's catalog rows ``rows`` (n,) written by ``JobFeatureExtractor.put_jobs``
@@ -134,18 +169,20 @@ class CatalogRanker:
             self.buckets = np.concatenate([self.buckets, np.zeros(n - len(self.buckets), np.int64)])
             self.buckets[rows] = self.recency.rows(rows, self.time)
         with torch.inference_mode():
-            side, index = self._side(self.job_table(rows), "job"), torch.as_tensor(rows, device=self.device)
+            side = self._side(self.job_table(rows), "job")
             self._room = _zip_map(lambda tensors: with_room(tensors[0], n), [self._room])
-            for buffer, new in zip(_leaves(self._room), _leaves(side)):
-                buffer[index] = new
-        self.n_jobs, self.job_side = n, _map(lambda t: t[:n], self._room)
+            self.n_jobs, self.job_side = n, _map(lambda t: t[:n], self._room)
+            self._write_rows(rows, side)
         for cached in ("_constant_static", "_compared"):  # explain's view of the catalog: recomputed when next used
             self.__dict__.pop(cached, None)
 
     # ------------------------------------------------------------------------------------- side passes
     def _side_batch(self, table: EncodedTable, side: str) -> FieldBatch:
         """Model inputs of ``table``'s rows with the other side's fields padding."""
-        own = table_tensors(table).to(self.device)
+        cat, multi, dense = table_tensors(table)
+        # Lists cut to the longest list in these rows (as training batches are): the padding past it would cost
+        # embedding lookups and changes nothing (``used_list_length``).
+        own = FieldBatch(cat, multi[:, :, :used_list_length(table.multi)], dense).to(self.device)
         other = _zeros_side(self.job_map if side == "user" else self.user_map, len(table), self.device)
         return join_batches([own, other] if side == "user" else [other, own])
 
@@ -169,18 +206,24 @@ class CatalogRanker:
         times = np.asarray(times, dtype=np.int64)
         order = np.argsort(times, kind="stable")
         distinct, starts = np.unique(times[order], return_index=True)
+        if not len(distinct):
+            return self._score_all(users, job_rows)
+        with torch.inference_mode():
+            user_side = self._side(users, "user")  # one pass: a user's side does not depend on the jobs' time
         out: Optional[torch.Tensor] = None
-        for time, group in zip(distinct, np.split(order, starts[1:])):
-            self.at(int(time))
-            scores = self._score_all(users.take(group), job_rows)
+        for group, _ in zip(np.split(order, starts[1:]), self._advance(distinct)):
+            index = torch.as_tensor(group, device=self.device)
+            scores = self._score_all(_map(lambda t: t[index], user_side), job_rows)
             if out is None:
                 out = scores.new_empty((len(times), scores.shape[1]))
-            out[torch.as_tensor(group, device=out.device)] = scores
-        return out if out is not None else self._score_all(users, job_rows)
+            out[index.to(out.device)] = scores
+        return out
 
-    def _score_all(self, users: EncodedTable, job_rows: Optional[np.ndarray]) -> torch.Tensor:
+    def _score_all(self, users: EncodedTable | Side, job_rows: Optional[np.ndarray]) -> torch.Tensor:
+        """Logits (U, N or len(job_rows)) of ``users`` (a table, or their user sides) at the precomputed time."""
         with torch.inference_mode():
-            u = _map(lambda t: t[:, None], self._side(users, "user"))
+            side = self._side(users, "user") if isinstance(users, EncodedTable) else users
+            u = _map(lambda t: t[:, None], side)
             rows = None if job_rows is None else torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
             total = self.n_jobs if rows is None else len(rows)
             step, out = self._chunk(len(users)), []
