@@ -128,8 +128,8 @@ class LiveJobs:
         alive = self.expires > (now_micros() if now is None else now)
         return alive if mask is None else mask & alive
 
-    def apply(self, delta: "Delta", extractor: Any, put_rows: Callable[[np.ndarray], None]) -> tuple[np.ndarray,
-                                                                                                   pd.DataFrame]:
+    def apply(self, delta: Delta, extractor: Any,
+              put_rows: Callable[[np.ndarray], None]) -> tuple[np.ndarray, pd.DataFrame]:
         """One delta, upserts first: their rows written into ``extractor``'s catalog (``put_jobs``: an id it
         holds is replaced, a new one appended), ``put_rows(rows)`` computing the model's side of them (ranker,
         index), their times recorded; then the expirations of ids the catalog holds. Returns the upserted rows
