@@ -6,9 +6,12 @@
 Bad input fails before any work: every Parquet file's schema is read first (a file without ``user_id``, or with
 user ids that are neither strings nor integers, is named), and the model is loaded once on the driver.
 Jobs the service's event log (``<live store>/events``) shows a user touched before ``at`` count as seen, as in
-the service. The output is complete or absent: ``_SUCCESS.json`` (counts, model version, time) is written after
-every data file; a local output is written to a staging folder beside ``out`` and renamed into place at the end,
-so a killed run leaves only a ``.NAME.staging-*`` folder.
+the service. The live catalog (``<live store>/catalog``: ``POST /jobs``, ``convfm catalog push``) is applied up to
+its latest version at the run's start, pinned on the driver like the model version so every actor ranks the same
+catalog; rows and ``_SUCCESS.json`` record that ``catalog_version``. The output is complete or absent:
+``_SUCCESS.json`` (counts, model and catalog version, time) is written after every data file; a local output is
+written to a staging folder beside ``out`` and renamed into place at the end, so a killed run leaves only a
+``.NAME.staging-*`` folder.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from convfm.jsonfile import write_json_atomic
 from convfm.model.batch_ranking import BatchRanker
 from convfm.store import storage
 from convfm.store.event_log import events_location, interactions_frame, list_segments
+from convfm.store.live_catalog import CatalogStore
 from convfm.store.registry import live_location, locate, model_identity, resolve
 
 SUCCESS = "_SUCCESS.json"
@@ -68,8 +72,10 @@ class Recommender:
     """A Ray Data actor: loads the model once, then ranks each batch of users."""
 
     def __init__(self, model: str, at: int, k: int, exclude_seen: bool, events: Optional[str],
-                 retrieval_candidates: int = 0) -> None:
-        self.ranker = BatchRanker.load(resolve(model), at, retrieval_candidates)  # the index is built here
+                 retrieval_candidates: int = 0, live_store: Optional[str] = None, catalog_version: int = 0) -> None:
+        catalog = None if live_store is None else CatalogStore(live_store)  # deltas 1..catalog_version applied
+        self.ranker = BatchRanker.load(resolve(model), at, retrieval_candidates, catalog,  # the index is built here
+                                       catalog_version)
         if events is not None:
             self.ranker.add_seen(interactions_frame(events))
         self.k, self.exclude_seen = k, exclude_seen
@@ -98,9 +104,13 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
     if storage.exists(out):
         raise ConfigError(f"--out {out}: already exists; choose a new folder (outputs are never overwritten)")
     located = locate(model, version)  # pinned: actors started later load this version, not a newer latest
-    probe = BatchRanker.load(resolve(located), at)  # a broken model fails here, in one line (the index: in actors)
+    live_store = live_location(located)
+    catalog = CatalogStore(live_store)
+    catalog_version = catalog.latest()  # pinned too: deltas written during the run wait for the next one
+    # a broken model or delta fails here, in one line (the index: in actors)
+    probe = BatchRanker.load(resolve(located), at, catalog=catalog, catalog_version=catalog_version)
     at = probe.at
-    events = events_location(live_location(located))  # what the service logged counts as seen, as it does there
+    events = events_location(live_store)  # what the service logged counts as seen, as it does there
     events = str(events) if exclude_seen and list_segments(events) else None
     logged = probe.add_seen(interactions_frame(events)) if events is not None else 0
     del probe
@@ -116,7 +126,8 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
         source = ray.data.read_parquet(users, columns=["user_id"])
     source.map_batches(
         Recommender, fn_constructor_kwargs={"model": str(located), "at": at, "k": k, "exclude_seen": exclude_seen,
-                               "events": events, "retrieval_candidates": retrieval_candidates},
+                               "events": events, "retrieval_candidates": retrieval_candidates,
+                               "live_store": str(live_store), "catalog_version": catalog_version},
         batch_size=batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
     ).write_parquet(target)
     seconds = time.perf_counter() - started
@@ -126,7 +137,8 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
                "rows": written.count_rows(), "k": k, "exclude_seen": exclude_seen, "at": at,
                "retrieval_candidates": retrieval_candidates,
                "event_log": events, "logged_pairs_seen": logged,
-               "model": str(located), "model_version": model_identity(resolve(located))[1], "catalog_version": 0,
+               "model": str(located), "model_version": model_identity(resolve(located))[1],
+               "catalog_version": catalog_version,
                "workers": workers, "seconds": round(seconds, 3),
                "users_per_s_per_worker": round(n_users / max(seconds, 1e-9) / workers, 2)}
     write_json_atomic(storage.join(target, SUCCESS), summary)

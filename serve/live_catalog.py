@@ -24,11 +24,13 @@ from convfm.data.liveness import NEVER
 from convfm.errors import StorageError
 from convfm.features.context import now_micros
 from convfm.features.text import clean_value
-from convfm.store.live_catalog import CONTENT_FIELDS, CatalogConflict, CatalogStore, Delta
-from convfm.store.serving_data import DISPLAY_COLUMNS, SALARY_COLUMNS
+from convfm.store.live_catalog import CONTENT_FIELDS, CatalogConflict, CatalogStore, Delta, grown
+from convfm.store.serving_data import DISPLAY_COLUMNS
 from serve.scorer import FILTER_COLUMNS, ServiceError
 
 log = logging.getLogger(__name__)
+
+
 def catch_up(scorer: Any, store: Optional[CatalogStore], want: Optional[int] = None) -> None:
     """Apply ``store``'s deltas after ``scorer.live_jobs.version`` up to ``want`` (None: the latest on the store).
     Raises ArtifactError/StorageError when a delta cannot be read; the scorer then keeps its version."""
@@ -42,37 +44,19 @@ def catch_up(scorer: Any, store: Optional[CatalogStore], want: Optional[int] = N
 
 
 def apply_delta(scorer: Any, delta: Delta) -> None:
-    """One delta into ``scorer`` (under its lock): upserts, then expirations of ids it knows."""
+    """One delta into ``scorer`` (under its lock): ``LiveJobs.apply``, then the upserted rows' display columns,
+    filter values, salaries and popularity (a new job's 0; a replaced job keeps its own)."""
     with scorer.live_jobs.lock:
-        if delta.upsert:
-            _upsert(scorer, [dict(job) for job in delta.upsert])
-        rows = scorer.extractor.job_rows
-        known = [(rows[j], t) for j, t in delta.expire.items() if j in rows]
-        if known:
-            scorer.live_jobs.expires[[r for r, _ in known]] = [t for _, t in known]
-        if len(known) < len(delta.expire):
-            log.info("live catalog v%d expires %d id(s) this catalog does not hold", delta.version,
-                     len(delta.expire) - len(known))
-        scorer.live_jobs.version = delta.version
+        before = scorer.n_jobs
+        rows, frame = scorer.live_jobs.apply(delta, scorer.extractor, scorer.put_jobs)
+        if len(rows):
+            _show_upserted(scorer, before, rows, frame)
 
 
-def _upsert(scorer: Any, jobs: list[dict[str, Any]]) -> None:
-    frame = pd.DataFrame({"job_id": [j["job_id"] for j in jobs], **{
-        f: [";".join(j.get(f) or ()) if f == "skills" else j.get(f) for j in jobs] for f in CONTENT_FIELDS}})
-    for column in SALARY_COLUMNS:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    text = [c for c in CONTENT_FIELDS if c not in SALARY_COLUMNS]
-    frame[text] = frame[text].fillna("")
-    posted = np.array([j["posted_at"] for j in jobs], dtype=np.int64)
-    expires = np.array([NEVER if j.get("expires_at") is None else j["expires_at"] for j in jobs], dtype=np.int64)
-    before = scorer.n_jobs
-    rows = scorer.extractor.put_jobs(frame, posted, expires)
-    scorer.put_jobs(rows)
+def _show_upserted(scorer: Any, before: int, rows: np.ndarray, frame: pd.DataFrame) -> None:
+    """The per-row data only a service keeps (``before``: its rows until this delta), for the upserted ``rows``."""
     n = scorer.n_jobs = scorer.ranker.n_jobs
-    live = scorer.live_jobs
-    live.expires = _grown(live.expires, n, NEVER)
-    live.expires[rows] = expires
-    scorer.popular = _grown(scorer.popular, n, 0.0)  # a replaced job keeps its popularity
+    scorer.popular = grown(scorer.popular, n, 0.0)
     for column in DISPLAY_COLUMNS:
         values = scorer.columns.setdefault(column, [None] * before)
         values.extend([None] * (n - len(values)))
@@ -81,18 +65,13 @@ def _upsert(scorer: Any, jobs: list[dict[str, Any]]) -> None:
             values[row] = None if value == "" or pd.isna(value) else value
     for column in FILTER_COLUMNS:
         old = scorer.filter_values.get(column, np.full(before, "", dtype=object))
-        scorer.filter_values[column] = _grown(old.astype(object), n, "")
+        scorer.filter_values[column] = grown(old.astype(object), n, "")
         scorer.filter_values[column][rows] = [clean_value(v) for v in frame[column]]
     salary = frame[["salary_max", "salary_min"]].to_numpy(np.float64)
-    top = np.full(n, np.nan) if scorer.salary_top is None else _grown(scorer.salary_top, n, np.nan)
+    top = np.full(n, np.nan) if scorer.salary_top is None else grown(scorer.salary_top, n, np.nan)
     with np.errstate(invalid="ignore"):
         top[rows] = np.fmax(salary[:, 0], salary[:, 1])
     scorer.salary_top = top
-
-
-def _grown(values: np.ndarray, n: int, fill: Any) -> np.ndarray:
-    """``values`` (M,) extended to n rows with ``fill`` (a copy: readers may hold the old array)."""
-    return np.concatenate([values, np.full(n - len(values), fill, dtype=values.dtype)])
 
 
 # ---------------------------------------------------------------------------------------- service side

@@ -5,7 +5,10 @@ over blocks of users, with each user's seen jobs and the jobs not live at the ru
 
 Pure torch/pandas, so it is tested alone; ``batch/recommend.py`` runs it in Ray Data actors, one model per actor.
 Seen jobs are the model's (``serving.json``) plus, through ``add_seen``, the service's logged events. The catalog
-is the model's own (``catalog_version`` 0): live catalog changes are not applied here.
+is the model's own plus, given a ``CatalogStore``, the live catalog's deltas up to one pinned version, applied
+as the service applies them (``LiveJobs.apply``): new jobs are ranked (popularity 0 in the fallback), upserted
+ones replace their rows, and a job is live at ``at`` when posted by then and not expired, by its training-data
+window or through the live catalog. The index, when there is one, is built after the deltas, so it holds them.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
 from convfm.store.artifacts import LoadedModel, load_model_dir
+from convfm.store.live_catalog import CatalogStore, LiveJobs, grown
 from convfm.store.registry import model_identity
 from convfm.store.serving_data import SERVING_NAME, ServingData
 
@@ -30,10 +34,14 @@ USERS_PER_BLOCK = 256  # a (256, 100k) float block is ~100 MB
 
 
 class BatchRanker:
-    """One loaded model and the exclusions of a batch run at time ``at`` (int64 microseconds; default now)."""
+    """One loaded model and the exclusions of a batch run at time ``at`` (int64 microseconds; default now).
+
+    ``catalog``: the live catalog whose deltas 1..``catalog_version`` (None: the latest now) are applied first;
+    a run pins the version on its driver so every actor ranks the same catalog."""
 
     def __init__(self, loaded: LoadedModel, serving: ServingData, at: Optional[int] = None,
-                 retrieval_candidates: int = 0) -> None:
+                 retrieval_candidates: int = 0, catalog: Optional[CatalogStore] = None,
+                 catalog_version: Optional[int] = None) -> None:
         extractor = loaded.extractor
         if getattr(extractor, "kind", None) != "jobs" or extractor.job_catalog is None:
             raise ArtifactError(f"{loaded.path}: batch recommendations need a job-market model (JobFeatureExtractor)")
@@ -41,13 +49,18 @@ class BatchRanker:
         self.ranker = CatalogRanker(loaded.model, extractor, time=at)
         self.at = self.ranker.time
         self.model_version = model_identity(Path(loaded.path))[1]
+        popular = (serving.popularity.score(np.array(extractor.job_ids, dtype=object)).astype(np.float64)
+                   if serving.popularity is not None else None)
+        self.live_jobs = LiveJobs(self.ranker.n_jobs)
+        for delta in catalog.read(upto=catalog_version) if catalog is not None else ():
+            self.live_jobs.apply(delta, extractor, self.ranker.put_jobs)
+        self.catalog_version = self.live_jobs.version
         self.job_ids = np.array(extractor.job_ids, dtype=object)  # (N,), aligned with the ranker's rows
+        self.popular = None if popular is None else grown(popular, self.ranker.n_jobs, 0.0)  # new jobs: 0
         self.live = self._live_rows()
         rows = extractor.job_rows
         self.seen = {user: np.array([rows[j] for j in jobs if j in rows], dtype=np.int64)
                      for user, jobs in serving.seen.items()}
-        self.popular = (serving.popularity.score(self.job_ids).astype(np.float64)
-                        if serving.popularity is not None else None)
         self.retrieval_candidates = retrieval_candidates
         self.index = RetrievalIndex(self.ranker) if retrieval_candidates else None  # None: exact full scan
 
@@ -64,20 +77,24 @@ class BatchRanker:
         return added
 
     @classmethod
-    def load(cls, path: str | Path, at: Optional[int] = None, retrieval_candidates: int = 0) -> "BatchRanker":
-        """A local model directory (ArtifactError if anything is missing or inconsistent)."""
+    def load(cls, path: str | Path, at: Optional[int] = None, retrieval_candidates: int = 0,
+             catalog: Optional[CatalogStore] = None, catalog_version: Optional[int] = None) -> "BatchRanker":
+        """A local model directory (ArtifactError if anything is missing or inconsistent, or a delta up to
+        ``catalog_version`` cannot be read)."""
         loaded = load_model_dir(path)
         payload = loaded.extra.get(SERVING_NAME)
         serving = ServingData.empty() if payload is None else ServingData.from_payload(
             payload, str(Path(path) / f"{SERVING_NAME}.json"))
-        return cls(loaded, serving, at, retrieval_candidates)
+        return cls(loaded, serving, at, retrieval_candidates, catalog, catalog_version)
 
     def _live_rows(self) -> np.ndarray:
-        """(N,) bool: catalog rows live at ``at`` (posted, not expired); row 0, the unknown job, never."""
+        """(N,) bool: catalog rows live at ``at`` (posted, not expired, by the model's windows and the live
+        catalog's); row 0, the unknown job, never."""
         recency = self.ranker.recency
-        live = np.ones(self.ranker.n_jobs, dtype=bool)
+        live = self.live_jobs.posted <= self.at
         if recency is not None:
-            live = ((recency.posted == ALWAYS) | (recency.posted <= self.at)) & (self.at < recency.expires)
+            live &= ((recency.posted == ALWAYS) | (recency.posted <= self.at)) & (self.at < recency.expires)
+        live = self.live_jobs.unexpired(live, now=self.at)
         live[0] = False
         return live
 
@@ -95,7 +112,7 @@ class BatchRanker:
         out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
             {c: pd.Series(dtype=t) for c, t in zip(OUTPUT_COLUMNS, (object, np.int64, object, np.float64, object,
                                                                      object, np.int64))})
-        out["model_version"], out["catalog_version"] = self.model_version, 0
+        out["model_version"], out["catalog_version"] = self.model_version, self.catalog_version
         return out[list(OUTPUT_COLUMNS)]
 
     def _ranked(self, ids: np.ndarray, k: int, exclude_seen: bool) -> pd.DataFrame:

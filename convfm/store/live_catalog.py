@@ -11,25 +11,33 @@ One writer: the service's single ``Api`` replica. It serialises its writes with 
 number before each one, so concurrent ``POST /jobs`` calls never lose an update. A second writer (another
 process) that raced it for a number fails with ``CatalogConflict`` instead of overwriting: atomically on a
 local disk, by a check and a read-back on object stores (see ``write_new_text`` for what that cannot catch).
-Pure Python: no Ray, no model.
+
+Readers: every service replica (``serve.live_catalog``) and every batch run (``convfm.model.batch_ranking``,
+pinned to the version at the run's start) apply the deltas through ``LiveJobs.apply``, one way for both. No
+Ray; the model's parts are passed in.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 
-from convfm.data.liveness import NEVER
+from convfm.data.liveness import ALWAYS, NEVER
 from convfm.errors import ArtifactError, StorageError
 from convfm.features.context import now_micros
 from convfm.jsonfile import parse_json
 from convfm.store import storage
+from convfm.store.serving_data import SALARY_COLUMNS
+
+log = logging.getLogger(__name__)
 
 CATALOG = "catalog"  # <live_store>/catalog/
 FORMAT_VERSION = 1
@@ -76,12 +84,40 @@ class Delta:
         return cls(doc["version"], doc["written_at"], tuple(upsert), expire)
 
 
+class UpsertedJobs(NamedTuple):
+    """A delta's upserts as ``JobFeatureExtractor.put_jobs`` takes them."""
+
+    frame: pd.DataFrame  # job_id and CONTENT_FIELDS (skills ";"-joined, salaries numeric, missing text "")
+    posted: np.ndarray  # (n,) int64 microseconds
+    expires: np.ndarray  # (n,) int64 microseconds, NEVER for none
+
+
+def upserted_jobs(upsert: Sequence[Mapping[str, Any]]) -> UpsertedJobs:
+    """Delta job records -> the jobs table the extractor encodes (the shape of the training jobs file)."""
+    frame = pd.DataFrame({"job_id": [j["job_id"] for j in upsert], **{
+        f: [";".join(j.get(f) or ()) if f == "skills" else j.get(f) for j in upsert] for f in CONTENT_FIELDS}})
+    for column in SALARY_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    text = [c for c in CONTENT_FIELDS if c not in SALARY_COLUMNS]
+    frame[text] = frame[text].fillna("")
+    posted = np.array([j["posted_at"] for j in upsert], dtype=np.int64)
+    expires = np.array([NEVER if j.get("expires_at") is None else j["expires_at"] for j in upsert], dtype=np.int64)
+    return UpsertedJobs(frame, posted, expires)
+
+
+def grown(values: np.ndarray, n: int, fill: Any) -> np.ndarray:
+    """``values`` (M,) extended to n rows with ``fill`` (a copy: readers may hold the old array)."""
+    return np.concatenate([values, np.full(n - len(values), fill, dtype=values.dtype)])
+
+
 class LiveJobs:
-    """The live catalog's state in one Scorer: applied ``version``, ``expires`` (N,) int64 microseconds per
-    catalog row (``NEVER`` unless the live catalog set it) and ``lock`` (apply vs. reads)."""
+    """The live catalog's state over one model's catalog (a service's Scorer, a batch run's ranker): applied
+    ``version``, ``posted``/``expires`` (N,) int64 microseconds per catalog row (``ALWAYS``/``NEVER`` unless the
+    live catalog set them) and ``lock`` (apply vs. reads)."""
 
     def __init__(self, n_jobs: int) -> None:
         self.version = 0
+        self.posted = np.full(n_jobs, ALWAYS, dtype=np.int64)
         self.expires = np.full(n_jobs, NEVER, dtype=np.int64)
         self.lock = threading.RLock()
 
@@ -91,6 +127,31 @@ class LiveJobs:
             return mask
         alive = self.expires > (now_micros() if now is None else now)
         return alive if mask is None else mask & alive
+
+    def apply(self, delta: Delta, extractor: Any,
+              put_rows: Callable[[np.ndarray], None]) -> tuple[np.ndarray, pd.DataFrame]:
+        """One delta, upserts first: their rows written into ``extractor``'s catalog (``put_jobs``: an id it
+        holds is replaced, a new one appended), ``put_rows(rows)`` computing the model's side of them (ranker,
+        index), their times recorded; then the expirations of ids the catalog holds. Returns the upserted rows
+        (n,) and their jobs frame, for what the caller keeps per row (display columns, popularity)."""
+        jobs = upserted_jobs(delta.upsert)
+        with self.lock:
+            rows = np.zeros(0, dtype=np.int64)
+            if delta.upsert:
+                rows = extractor.put_jobs(jobs.frame, jobs.posted, jobs.expires)
+                put_rows(rows)
+                n = len(extractor.job_ids)
+                self.posted, self.expires = grown(self.posted, n, ALWAYS), grown(self.expires, n, NEVER)
+                self.posted[rows], self.expires[rows] = jobs.posted, jobs.expires
+            known = extractor.job_rows
+            expired = [(known[j], t) for j, t in delta.expire.items() if j in known]
+            if expired:
+                self.expires[[r for r, _ in expired]] = [t for _, t in expired]
+            if len(expired) < len(delta.expire):
+                log.info("live catalog v%d expires %d id(s) this catalog does not hold", delta.version,
+                         len(delta.expire) - len(expired))
+            self.version = delta.version
+        return rows, jobs.frame
 
 
 def delta_name(version: int) -> str:

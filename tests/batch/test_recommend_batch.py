@@ -1,15 +1,19 @@
-"""`convfm recommend-batch` on the session's Ray: Ray Data actors write every user's top-k as Parquet; bad input
-fails before any work, naming the file and column; a failed run leaves nothing that looks complete."""
+"""`convfm recommend-batch` on the session's Ray: Ray Data actors write every user's top-k as Parquet, over the
+model's catalog and the live catalog's deltas; bad input fails before any work, naming the file and column; a
+failed run leaves nothing that looks complete."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
 
 from convfm.cli.main import main
 from convfm.model.batch_ranking import BatchRanker
-from convfm.store.registry import resolve
+from convfm.store.live_catalog import CatalogStore
+from convfm.store.registry import live_location, resolve
+from tests.convfm.test_batch_live_catalog import copy_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -27,18 +31,26 @@ def users_file(path, ids) -> str:
 
 
 def test_every_user_gets_k_jobs_written_as_parquet_with_a_success_marker(ray_local, tiny, tmp_path, at, capsys):
+    """Over the entry's live catalog: a user's best job expired through it, a copy of it posted under a new id."""
+    entry = tmp_path / "registry" / "tiny"
+    shutil.copytree(tiny.entry, entry, ignore=shutil.ignore_patterns("live"))
     ids = tiny.data.extractor.user_ids[1:121] + ["nobody"]
+    micros = int(pd.Timestamp(at).value // 1000)
+    best = BatchRanker.load(resolve(entry), at=micros).recommend(ids[:1], k=1)["job_id"].iloc[0]
+    store = CatalogStore(live_location(entry))
+    store.append([copy_of(tiny, best, "live-copy", posted_at=micros - 10)], [best], now=micros - 10)
     users = users_file(tmp_path / "users.parquet", ids)
-    code = main(["recommend-batch", "--model", str(tiny.entry), "--users", users, "-k", "5", "--out",
+    code = main(["recommend-batch", "--model", str(entry), "--users", users, "-k", "5", "--out",
                  str(tmp_path / "recs"), "--at", at, "--workers", "1", "--batch-size", "50"])
     assert code == 0, capsys.readouterr().err
     out = pd.read_parquet(tmp_path / "recs")
     assert out["user_id"].nunique() == len(ids) and (out.groupby("user_id").size() == 5).all()
     assert set(out["source"]) == {"model", "popular"} and set(out["model_version"]) == {"v0001"}
+    assert set(out["catalog_version"]) == {1} and "live-copy" in set(out["job_id"]) and best not in set(out["job_id"])
     summary = json.loads((tmp_path / "recs" / "_SUCCESS.json").read_text())
     assert (summary["users"], summary["rows"], summary["workers"]) == (len(ids), 5 * len(ids), 1)
-    assert not list(tmp_path.glob(".recs.staging-*"))
-    expected = BatchRanker.load(resolve(tiny.entry), at=summary["at"]).recommend(ids[:3], k=5)
+    assert summary["catalog_version"] == 1 and not list(tmp_path.glob(".recs.staging-*"))
+    expected = BatchRanker.load(resolve(entry), at=summary["at"], catalog=store).recommend(ids[:3], k=5)
     got = out.set_index(["user_id", "rank"]).loc[expected.set_index(["user_id", "rank"]).index]
     assert got["job_id"].tolist() == expected["job_id"].tolist()
     assert "users/s per worker" in capsys.readouterr().out
