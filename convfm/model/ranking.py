@@ -198,9 +198,10 @@ class CatalogRanker:
                   times: Optional[np.ndarray] = None) -> torch.Tensor:
         """Logits (U, N) of every user against every catalog job (or against ``job_rows``), at the precomputed
         time or, with recency fields, at each user's ``times`` (U,) int64 order keys. Users are scored in time
-        order, the precomputed job sides moved forward to each distinct time (``at``): only the jobs whose
-        bucket changes between consecutive times are recomputed, a few per hour. (Scoring a group of users at
-        its first time and correcting each user's changed pairs cost 7x more on 300 events spread over weeks.)"""
+        order, the precomputed job sides moved forward to each distinct time (``_advance``): only the jobs whose
+        bucket changes between consecutive times are recomputed, in a few large passes. (Scoring a group of
+        users at its first time and correcting each user's changed pairs cost 7x more on 300 events spread over
+        weeks.)"""
         if self.recency is None or times is None:
             return self._score_all(users, job_rows)
         times = np.asarray(times, dtype=np.int64)
