@@ -48,6 +48,26 @@ def market_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def table_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """configs/table_example.csv cut into the directory distributed preparation reads: train.parquet (typed, in
+    row groups), valid.csv (text: both readers), test.parquet, and its spec table.yaml (table_example.yaml with
+    ``path: .``). Written once per session; tests that need it elsewhere copy the folder."""
+    import pandas as pd
+    import yaml
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    text = pd.read_csv(configs / "table_example.csv", dtype=str)
+    typed = text.astype({"price": float, "hour": int})  # as Parquet holds them
+    root = tmp_path_factory.mktemp("table")
+    typed.iloc[:3000].to_parquet(root / "train.parquet", row_group_size=700)
+    text.iloc[3000:3500].to_csv(root / "valid.csv", index=False)
+    typed.iloc[3500:].to_parquet(root / "test.parquet")
+    spec = yaml.safe_load((configs / "table_example.yaml").read_text())
+    (root / "table.yaml").write_text(yaml.safe_dump({**spec, "path": "."}))
+    return root
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One local Ray (2 CPUs, dashboard on: Train's cleanup needs it) for the whole session. A start that times
     out (Ray waits 30 s for its raylet, whatever the load) is tried once more before the tests that need it fail."""

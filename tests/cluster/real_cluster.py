@@ -124,6 +124,21 @@ class RealCluster:
         return subprocess.Popen(list(command), cwd=cwd or self.repo, env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT)
 
+    def wait_noting_pids(self, job: subprocess.Popen, timeout: float) -> dict[str, set[int]]:
+        """Wait for a background command (killed past ``timeout``), noting every process each live node ran
+        meanwhile: node name -> pids, to tell which node a run's Ray workers were on after they are gone."""
+        pids: dict[str, set[int]] = {name: set() for name in self.alive_nodes()}
+        deadline = time.monotonic() + timeout
+        while job.poll() is None:
+            if time.monotonic() > deadline:
+                job.kill()
+                break
+            for name, seen in pids.items():
+                seen.update(p.pid for p in self.descendants(name))
+            time.sleep(0.5)
+        self._record()
+        return pids
+
     def descendants(self, name: str) -> list[psutil.Process]:
         try:
             return psutil.Process(self.nodes[name].pid).children(recursive=True)

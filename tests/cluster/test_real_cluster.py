@@ -9,8 +9,9 @@ second node with 1 CPU; every process runs with the documented token setup (``RA
 ``~/.ray/auth_token`` from ``ray get-auth-token --generate``).
 
 One module-scoped cluster, the tests in the order a user works: data and a training run spread over both
-nodes (whose second node is lost mid-run), evaluation, a search, the training manifest's entrypoint, batch
-recommendations, the service. The tune manifest's entrypoint is checked against the documented search, not run.
+nodes (whose second node is lost mid-run, a third joining once it is over), evaluation, a generic table trained
+with distributed preparation (Ray Data) over the two live nodes, a search, the training manifest's entrypoint,
+batch recommendations, the service. The tune manifest's entrypoint is checked against the documented search, not run.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import csv
 import json
 import re
 import shlex
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -87,7 +89,7 @@ def market(cluster: RealCluster) -> Path:
 def spread_run(cluster: RealCluster, market: Path) -> dict[str, Any]:
     """The documented training job, 2 workers with --placement SPREAD; node2's raylet is killed as soon as
     Ray Train registers the first checkpoint, and a new node joins once the job is over."""
-    command = adapt(documented(r"^ray job submit .* convfm train "), cluster.shared, workers=2, epochs=3,
+    command = adapt(documented(r"^ray job submit .* convfm train .*--data "), cluster.shared, workers=2, epochs=3,
                     placement="SPREAD")
     out = Path(command[command.index("--out") + 1])
     snapshot = out / "ray" / out.name / "checkpoint_manager_snapshot.json"
@@ -137,6 +139,35 @@ def test_evaluate_job_reads_the_shared_run(cluster: RealCluster, spread_run: dic
     cluster.run(command, timeout=JOB_TIMEOUT)
     report = read_json(best.with_name("best.eval_test.json"), "the evaluation report")
     assert 0.5 < report["model"]["roc_auc"] <= 1.0, report
+
+
+@pytest.fixture(scope="module")
+def table_run(cluster: RealCluster, table_splits: Path) -> dict[str, Any]:
+    """The documented training of a table prepared on the cluster (Ray Data), 1 epoch. Its table is written by
+    the test: tests/conftest.py's cut of configs/table_example.csv and its spec, copied where the command reads it."""
+    command = adapt(documented(r"^ray job submit .* convfm train .*--prepare distributed"), cluster.shared, epochs=1)
+    spec = Path(command[command.index("--table") + 1])
+    shutil.copytree(table_splits, spec.parent)
+    assert spec.is_file(), f"the documented spec {spec} is not the one tests/conftest.py writes"
+    job = cluster.popen(command, "train-table.log")
+    pids = cluster.wait_noting_pids(job, timeout=JOB_TIMEOUT)
+    log = cluster.log_tail("train-table.log", 10**6)
+    assert job.wait() == 0, log[-8000:]
+    return {"out": Path(command[command.index("--out") + 1]), "log": log, "pids": pids}
+
+
+def test_table_job_prepares_on_the_cluster_and_trains_on_both_nodes(table_run: dict[str, Any]) -> None:
+    out = table_run["out"]
+    assert "preparing data on the cluster (Ray Data): asked for (--prepare distributed)" in table_run["log"]
+    run = read_json(out / "run.json", "the run record")
+    assert run["status"] == "finished" and run["prepare"]["path"] == "distributed", run
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1 and int(float(rows[0]["world_size"])) == 2, rows
+    workers = {int(pid) for pid in rows[0]["worker_pids"].split(",")}
+    nodes = {name for name, pids in table_run["pids"].items() if workers & pids}
+    assert len(workers) == 2 and len(nodes) == 2, f"workers {workers} ran on {nodes}, not one per node"
+    assert (out / "best" / "manifest.json").is_file() and "best model:" in table_run["log"]
 
 
 @pytest.fixture(scope="module")

@@ -9,43 +9,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from convfm.cli.common import load_table_spec
 from convfm.config import DataConfig
 from convfm.data.partitioned import example_set_of
 from convfm.data.prepare import prepare_data
 from convfm.errors import DataValidationError
 
-REPO = Path(__file__).resolve().parents[2]
-FIELDS = {"categorical": ["device", "region", "ad_topic"], "multi_valued": ["interests"], "numeric": ["price", "hour"]}
-
-
-@pytest.fixture(scope="module")
-def table_dir(tmp_path_factory) -> Path:
-    """configs/table_example.csv cut into train/valid/test Parquet files (CSV for valid: both readers)."""
-    raw = pd.read_csv(REPO / "configs" / "table_example.csv", dtype=str)
-    raw["price"], raw["hour"] = raw["price"].astype(float), raw["hour"].astype(int)  # typed, as Parquet holds them
-    root = tmp_path_factory.mktemp("table")
-    raw.iloc[:3000].to_parquet(root / "train.parquet", row_group_size=700)
-    pd.read_csv(REPO / "configs" / "table_example.csv", dtype=str).iloc[3000:3500].to_csv(root / "valid.csv",
-                                                                                          index=False)
-    raw.iloc[3500:].to_parquet(root / "test.parquet")
-    return root
-
 
 def config_of(root: Path) -> DataConfig:
-    return DataConfig(kind="table", path=str(root), label="clicked", **FIELDS)
+    """The spec ``table_splits`` writes (configs/table_example.yaml's fields) on the files in ``root``."""
+    return load_table_spec(root / "table.yaml")
 
 
 @pytest.mark.timeout(180)
-def test_distributed_fit_and_encoding_equal_the_in_memory_path(ray_local, table_dir):
+def test_distributed_fit_and_encoding_equal_the_in_memory_path(ray_local, table_splits):
     from train.prepare_distributed import prepare_distributed
 
-    config = config_of(table_dir)
+    config = config_of(table_splits)
     memory = prepare_data(config, extractor_options={"min_freq": 5})
     cluster = prepare_distributed(config, {"min_freq": 5}, batch_rows=1000)  # several batches, merged in order
     want, got = memory.extractor, cluster.extractor
     assert {c: v.values for c, v in got.vocabs.items()} == {c: v.values for c, v in want.vocabs.items()}
     assert got.feature_map == want.feature_map and got.get_config() == want.get_config()
-    for column in FIELDS["numeric"]:
+    for column in config.numeric:
         np.testing.assert_allclose(got._stats[column], want._stats[column], rtol=1e-12)
     assert cluster.train_rows == len(memory.sets["train"]) == 3000
 
@@ -66,12 +52,12 @@ def test_distributed_fit_and_encoding_equal_the_in_memory_path(ray_local, table_
     assert cluster.valid_labels == memory.frames["valid"]["label"].value_counts().to_dict()
 
 
-def test_a_wrong_schema_fails_before_ray_reads_anything(table_dir, tmp_path):
+def test_a_wrong_schema_fails_before_ray_reads_anything(table_splits, tmp_path):
     from train.prepare_distributed import prepare_distributed
 
-    for name in ("train.parquet", "valid.csv", "test.parquet"):
-        (tmp_path / name).write_bytes((table_dir / name).read_bytes())
-    pd.read_parquet(table_dir / "test.parquet").drop(columns=["hour"]).to_parquet(tmp_path / "test.parquet")
+    for name in ("train.parquet", "valid.csv", "test.parquet", "table.yaml"):
+        (tmp_path / name).write_bytes((table_splits / name).read_bytes())
+    pd.read_parquet(table_splits / "test.parquet").drop(columns=["hour"]).to_parquet(tmp_path / "test.parquet")
     # no ray_local: the schema check runs before any Ray Data call (it would start a Ray of its own)
     with pytest.raises(DataValidationError, match=r"test\.parquet: missing field column\(s\) \['hour'\]"):
         prepare_distributed(config_of(tmp_path))
@@ -79,12 +65,10 @@ def test_a_wrong_schema_fails_before_ray_reads_anything(table_dir, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(360)
-def test_convfm_train_streams_a_table_prepared_on_the_cluster(ray_local, table_dir, tmp_path, capsys):
+def test_convfm_train_streams_a_table_prepared_on_the_cluster(ray_local, table_splits, tmp_path, capsys):
     from convfm.cli.main import main
 
-    spec = tmp_path / "table.yaml"
-    spec.write_text(f"kind: table\npath: {table_dir}\nlabel: clicked\ncategorical: {FIELDS['categorical']}\n"
-                    f"multi_valued: {FIELDS['multi_valued']}\nnumeric: {FIELDS['numeric']}\n")
+    spec = table_splits / "table.yaml"
     config = tmp_path / "train.yaml"
     config.write_text("model: {embedding_dim: 16, conv_filters: 16, hidden_dims: [32, 16]}\n"
                       "train: {batch_size: 128, learning_rate: 0.03, num_workers: 2, num_epochs: 2, "
