@@ -47,24 +47,37 @@ def market_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def table_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """configs/table_example.csv cut into the directory distributed preparation reads: train.parquet (typed, in
-    row groups), valid.csv (text: both readers), test.parquet, and its spec table.yaml (table_example.yaml with
-    ``path: .``). Written once per session; tests that need it elsewhere copy the folder."""
+def cut_table_example(root: Path, formats: dict[str, str]) -> Path:
+    """configs/table_example.csv cut into the folder distributed preparation reads: train (3,000 rows), valid and
+    test (500 each), each split as ``formats`` says ("parquet": typed, in 700-row groups; "csv": the text), and
+    the spec table.yaml (configs/table_example.yaml with ``path: .``). Returns ``root``."""
     import pandas as pd
     import yaml
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     text = pd.read_csv(configs / "table_example.csv", dtype=str)
     typed = text.astype({"price": float, "hour": int})  # as Parquet holds them
-    root = tmp_path_factory.mktemp("table")
-    typed.iloc[:3000].to_parquet(root / "train.parquet", row_group_size=700)
-    text.iloc[3000:3500].to_csv(root / "valid.csv", index=False)
-    typed.iloc[3500:].to_parquet(root / "test.parquet")
+    root.mkdir(parents=True, exist_ok=True)
+    for name, rows in {"train": slice(0, 3000), "valid": slice(3000, 3500), "test": slice(3500, None)}.items():
+        if formats[name] == "parquet":
+            typed.iloc[rows].to_parquet(root / f"{name}.parquet", row_group_size=700)
+        else:
+            text.iloc[rows].to_csv(root / f"{name}.csv", index=False)
     spec = yaml.safe_load((configs / "table_example.yaml").read_text())
     (root / "table.yaml").write_text(yaml.safe_dump({**spec, "path": "."}))
     return root
+
+
+@pytest.fixture(scope="session")
+def table_example():
+    """``table_example(root, formats) -> root``: ``cut_table_example``, for a table written where a test needs it."""
+    return cut_table_example
+
+
+@pytest.fixture(scope="session")
+def table_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``cut_table_example`` once per session: Parquet train and test, CSV valid (both readers)."""
+    return cut_table_example(tmp_path_factory.mktemp("table"), {"train": "parquet", "valid": "csv", "test": "parquet"})
 
 
 @pytest.fixture(scope="session")
