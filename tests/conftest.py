@@ -32,7 +32,7 @@ import logging  # noqa: E402
 import shutil  # noqa: E402
 import types  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Callable  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -69,7 +69,7 @@ def cut_table_example(root: Path, formats: dict[str, str]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def table_example():
+def table_example() -> Callable[[Path, dict[str, str]], Path]:
     """``table_example(root, formats) -> root``: ``cut_table_example``, for a table written where a test needs it."""
     return cut_table_example
 
@@ -77,7 +77,8 @@ def table_example():
 @pytest.fixture(scope="session")
 def table_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``cut_table_example`` once per session: Parquet train and test, CSV valid (both readers)."""
-    return cut_table_example(tmp_path_factory.mktemp("table"), {"train": "parquet", "valid": "csv", "test": "parquet"})
+    formats = {"train": "parquet", "valid": "csv", "test": "parquet"}
+    return cut_table_example(tmp_path_factory.mktemp("table"), formats)
 
 
 @pytest.fixture(scope="session")

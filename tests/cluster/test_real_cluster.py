@@ -144,8 +144,8 @@ def test_evaluate_job_reads_the_shared_run(cluster: RealCluster, spread_run: dic
 def table_run(cluster: RealCluster, table_example: Callable[[Path, dict[str, str]], Path]) -> dict[str, Any]:
     """The documented training of a table prepared on the cluster (Ray Data), 1 epoch. The test writes the table
     where the command reads it (tests/conftest.py's cut of configs/table_example.csv), as CSV: with Parquet, Ray
-    Data's reader started 12-20 worker processes at once on these 2 cores, twice starving a raylet until the
-    GCS declared its node dead (FAST_NODE_DEATH); tests/train/test_prepare_distributed.py reads Parquet."""
+    Data's reader had the raylet start up to 20 worker processes on these 2 cores, and twice a raylet starved
+    until the GCS declared its node dead (FAST_NODE_DEATH); tests/train/test_prepare_distributed.py reads Parquet."""
     command = adapt(documented(r"^ray job submit .* convfm train .*--prepare distributed"), cluster.shared, epochs=1)
     spec = Path(command[command.index("--table") + 1])
     table_example(spec.parent, dict.fromkeys(("train", "valid", "test"), "csv"))
