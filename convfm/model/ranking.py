@@ -109,15 +109,9 @@ class CatalogRanker:
 
     def at(self, time: int) -> None:
         """Move the precomputed job sides to ``time``: only jobs whose recency bucket changed are recomputed."""
-        if self.recency is None or int(time) == self.time:
-            return
-        buckets = self.recency.rows(np.arange(self.n_jobs), int(time))
-        changed = np.flatnonzero(buckets != self.buckets)
-        self.time, self.buckets = int(time), buckets
-        if not len(changed):
-            return
-        with torch.inference_mode():
-            self._write_rows(changed, self._side(self.job_table(changed), "job"))
+        if self.recency is not None and int(time) != self.time:
+            for _ in self._advance(np.array([int(time)], dtype=np.int64)):
+                pass
 
     def _job_sides(self, rows: np.ndarray, buckets: Optional[np.ndarray] = None) -> Side:
         """Job sides (n, ...) of catalog ``rows`` (recency in ``buckets``), in passes of JOBS_PER_PASS rows."""
@@ -152,6 +146,7 @@ class CatalogRanker:
                 if len(changed):
                     with torch.inference_mode():
                         self._write_rows(changed, _map(lambda t: t[offset : offset + len(changed)], sides))
+                    self.buckets = self.buckets.copy()  # a new array, as put_jobs makes: readers may hold the old
                     self.buckets[changed] = new_buckets
                 offset += len(changed)
                 self.time = time
