@@ -135,8 +135,8 @@ def _live_ranking(model: nn.Module, data: PreparedData, split: str, baseline: Po
         if data.oracle is not None:
             scorers["oracle"] = oracle_scorer(data.oracle, catalog)
         data.memo[key] = evaluate_live(events, windows, scorers, k)
-    model = evaluate_live(events, windows, {"model": model_scorer(model, data, batch_size, device)}, k)
-    return {"protocol": protocol, **model, **data.memo[key]}
+    ranked = evaluate_live(events, windows, {"model": model_scorer(model, data, batch_size, device)}, k)
+    return {"protocol": protocol, **ranked, **data.memo[key]}
 
 
 def evaluate_split(
