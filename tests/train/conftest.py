@@ -5,12 +5,17 @@ runs instead of training their own wherever one can answer the question.
 """
 from __future__ import annotations
 
+import io
+import json
+import types
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from convfm.config import DataConfig, ModelConfig, TrainConfig
+from convfm.store import storage
 
 TINY_MODEL = {"embedding_dim": 16, "conv_filters": 16, "hidden_dims": [32, 16]}
 # weight decay 0: at learning rate 0.01 the default 5 would shrink the weights 5% a step; these runs check the
@@ -39,9 +44,26 @@ def run_one_worker(ray_local, market_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def run_two_workers(ray_local, market_dir, tmp_path_factory):
-    """2 CPU workers (DDP on gloo) with sparse embedding gradients and a cosine schedule, 3 epochs."""
+def run_two_workers(ray_local, market_dir, s3_bucket, tmp_path_factory) -> types.SimpleNamespace:
+    """2 CPU workers (DDP on gloo) with sparse embedding gradients and a cosine schedule, 3 epochs, to
+    ``s3://.../runs/crashed`` (moto's S3 server): rank 1 dies in epoch 1 and the group is replaced once from the
+    checkpoint in the bucket. Its files are read here (``metrics``, ``record``, the last checkpoint downloaded to
+    ``checkpoint``), as tests/train/test_fault_tolerance.py later resumes the run; models read from the bucket
+    are cached under ``cache``."""
+    from ray.train import Result
+
     from train.driver import run_training
 
-    return run_training(*configs(market_dir, {"sparse_embeddings": True}, num_workers=2, lr_schedule="cosine"),
-                        tmp_path_factory.mktemp("runs") / "two")
+    tmp_path = tmp_path_factory.mktemp("two")
+    marker, uri, cache = tmp_path / "crashed.txt", s3_bucket("runs/crashed"), tmp_path / "cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(storage.CACHE_ENV, str(cache))
+        result = run_training(
+            *configs(market_dir, {"sparse_embeddings": True}, num_workers=2, lr_schedule="cosine", max_failures=1),
+            uri, loop_options={"crash_at_epoch": 1, "crash_marker": str(marker)})
+        record = json.loads(storage.read_text(storage.join(uri, "run.json")))
+        checkpoint = Result.from_path(storage.join(record["storage_path"], record["name"])).checkpoint
+        return types.SimpleNamespace(
+            result=result, uri=uri, cache=cache, tmp_path=tmp_path, marker=marker.read_text(), record=record,
+            metrics=pd.read_csv(io.StringIO(storage.read_text(storage.join(uri, "metrics.csv")))),
+            checkpoint=Path(checkpoint.to_directory(str(tmp_path / "checkpoint"))))

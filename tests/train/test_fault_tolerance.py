@@ -2,17 +2,15 @@
 the best model back; ``--resume`` continues the stopped run. Both continuations keep the epoch count: each epoch
 exactly once in metrics.csv.
 
-The run directory is an ``s3://`` URI (moto's S3 server): outputs and Ray's checkpoints live in the bucket, the
-replacement workers restore from it, and so does ``--resume``. One Ray Train run answers all three questions
-(a fit costs ~12 s of worker start-up on a 2-core box); the first test reads its files before the resume adds
-an epoch."""
+The run is the session's ``run_two_workers`` (tests/train/conftest.py), whose run directory is an ``s3://`` URI
+(moto's S3 server): outputs and Ray's checkpoints live in the bucket, the replacement workers restore from it,
+and so does ``--resume``. One Ray Train run answers these questions and tests/train/test_distributed.py's (a fit
+costs ~12 s of worker start-up on a 2-core box); its files were read before the resume adds an epoch."""
 from __future__ import annotations
 
 import io
 import json
 import math
-import types
-from typing import Iterator
 
 import pandas as pd
 import pytest
@@ -23,22 +21,11 @@ from convfm.store import storage
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def crashed_run(ray_local, make_configs, s3_bucket, tmp_path_factory) -> Iterator[types.SimpleNamespace]:
-    """3 epochs on 2 workers with a cosine schedule, to ``s3://.../runs/crashed``; rank 1 dies in epoch 1 and
-    the group is replaced once. Models read from the bucket are cached under a temporary folder."""
-    from train.driver import run_training
-
-    tmp_path = tmp_path_factory.mktemp("crashed")
-    marker, uri = tmp_path / "crashed.txt", s3_bucket("runs/crashed")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
-        result = run_training(
-            *make_configs(num_workers=2, num_epochs=3, lr_schedule="cosine", max_failures=1), uri,
-            loop_options={"crash_at_epoch": 1, "crash_marker": str(marker)},
-        )
-        yield types.SimpleNamespace(result=result, uri=uri, marker=marker.read_text(), tmp_path=tmp_path,
-                                    metrics=read_metrics(uri), record=read_record(uri))
+@pytest.fixture
+def crashed_run(run_two_workers, monkeypatch):
+    """run_two_workers, with models read from its bucket cached where its run cached them."""
+    monkeypatch.setenv(storage.CACHE_ENV, str(run_two_workers.cache))
+    return run_two_workers
 
 
 def read_metrics(uri: str) -> pd.DataFrame:
