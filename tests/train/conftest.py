@@ -6,7 +6,6 @@ runs instead of training their own wherever one can answer the question.
 from __future__ import annotations
 
 import io
-import json
 import types
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ def run_two_workers(ray_local, market_dir, s3_bucket, tmp_path_factory) -> types
     from ray.train import Result
 
     from train.driver import run_training
+    from train.outputs import read_run
 
     tmp_path = tmp_path_factory.mktemp("two")
     marker, uri, cache = tmp_path / "crashed.txt", s3_bucket("runs/crashed"), tmp_path / "cache"
@@ -61,9 +61,19 @@ def run_two_workers(ray_local, market_dir, s3_bucket, tmp_path_factory) -> types
         result = run_training(
             *configs(market_dir, {"sparse_embeddings": True}, num_workers=2, lr_schedule="cosine", max_failures=1),
             uri, loop_options={"crash_at_epoch": 1, "crash_marker": str(marker)})
-        record = json.loads(storage.read_text(storage.join(uri, "run.json")))
+        record = read_run(uri)
         checkpoint = Result.from_path(storage.join(record["storage_path"], record["name"])).checkpoint
         return types.SimpleNamespace(
             result=result, uri=uri, cache=cache, tmp_path=tmp_path, marker=marker.read_text(), record=record,
-            metrics=pd.read_csv(io.StringIO(storage.read_text(storage.join(uri, "metrics.csv")))),
-            checkpoint=Path(checkpoint.to_directory(str(tmp_path / "checkpoint"))))
+            metrics=read_metrics(uri), checkpoint=Path(checkpoint.to_directory(str(tmp_path / "checkpoint"))))
+
+
+def read_metrics(out_dir: str | Path) -> pd.DataFrame:
+    """A run directory's metrics.csv (a path or URI)."""
+    return pd.read_csv(io.StringIO(storage.read_text(storage.join(out_dir, "metrics.csv"))))
+
+
+@pytest.fixture(scope="session")
+def run_metrics():
+    """``run_metrics(out_dir) -> DataFrame``: see ``read_metrics``."""
+    return read_metrics

@@ -8,11 +8,9 @@ and so does ``--resume``. One Ray Train run answers these questions and tests/tr
 costs ~12 s of worker start-up on a 2-core box); its files were read before the resume adds an epoch."""
 from __future__ import annotations
 
-import io
 import json
 import math
 
-import pandas as pd
 import pytest
 
 from convfm.cli.main import main
@@ -26,14 +24,6 @@ def crashed_run(run_two_workers, monkeypatch):
     """run_two_workers, with models read from its bucket cached where its run cached them."""
     monkeypatch.setenv(storage.CACHE_ENV, str(run_two_workers.cache))
     return run_two_workers
-
-
-def read_metrics(uri: str) -> pd.DataFrame:
-    return pd.read_csv(io.StringIO(storage.read_text(storage.join(uri, "metrics.csv"))))
-
-
-def read_record(uri: str) -> dict:
-    return json.loads(storage.read_text(storage.join(uri, "run.json")))
 
 
 @pytest.mark.timeout(240)
@@ -72,16 +62,18 @@ def test_outputs_and_checkpoints_are_in_the_bucket_and_evaluate_reads_the_best_m
 
 
 @pytest.mark.timeout(240)
-def test_resume_continues_a_stopped_run(crashed_run, capsys):
+def test_resume_continues_a_stopped_run(crashed_run, run_metrics, capsys):
+    from train.outputs import read_run
+
     uri = crashed_run.uri
     capsys.readouterr()
     assert main(["train", "--resume", uri, "--epochs", "4"]) == 0
     out = capsys.readouterr().out
     assert "epoch   4 " in out and "epoch   3 " not in out and "best epoch" in out  # only the new epoch ran
     assert f"convfm evaluate --model {storage.join(uri, 'best')}" in out
-    metrics = read_metrics(uri)
+    metrics = run_metrics(uri)
     assert metrics["epoch"].tolist() == [0, 1, 2, 3] and metrics["run_start_epoch"].tolist() == [0, 1, 1, 3]
-    saved = read_record(uri)
+    saved = read_run(uri)
     assert saved["attempts"] == 2 and saved["train"]["num_epochs"] == 4 and saved["restarts"] == [1, 3]
 
     # nothing left to do: refused before Ray does any work, naming the field to change
