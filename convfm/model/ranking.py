@@ -132,24 +132,22 @@ class CatalogRanker:
         pass, not one small pass per time (the fixed cost of a pass dominates a few rows)."""
         everything, position = np.arange(self.n_jobs), 0
         while position < len(times):
-            moves, buckets, pending = [], self.buckets, 0  # moves: (time, changed rows, their buckets)
+            moves, buckets, pending = [], self.buckets, 0  # moves: (time, changed rows, every job's bucket then)
             while position < len(times) and (pending < JOBS_PER_PASS or not moves):
                 later = self.recency.rows(everything, int(times[position]))
                 changed = np.flatnonzero(later != buckets)
-                moves.append((int(times[position]), changed, later[changed]))
+                moves.append((int(times[position]), changed, later))
                 buckets, pending, position = later, pending + len(changed), position + 1
             with torch.inference_mode():
                 sides = self._job_sides(np.concatenate([m[1] for m in moves]),
-                                        np.concatenate([m[2] for m in moves])) if pending else None
+                                        np.concatenate([m[2][m[1]] for m in moves])) if pending else None
             offset = 0
-            for time, changed, new_buckets in moves:
+            for time, changed, later in moves:
                 if len(changed):
                     with torch.inference_mode():
                         self._write_rows(changed, _map(lambda t: t[offset : offset + len(changed)], sides))
-                    self.buckets = self.buckets.copy()  # a new array, as put_jobs makes: readers may hold the old
-                    self.buckets[changed] = new_buckets
                 offset += len(changed)
-                self.time = time
+                self.time, self.buckets = time, later  # a new array, as put_jobs makes: readers may hold the old
                 yield
 
     def put_jobs(self, rows: np.ndarray) -> None:
