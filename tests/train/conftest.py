@@ -35,21 +35,16 @@ def make_configs(market_dir):
 
 
 @pytest.fixture(scope="session")
-def run_one_worker(ray_local, market_dir, tmp_path_factory):
-    """1 CPU worker, dense embeddings, 3 epochs."""
-    from train.driver import run_training
-
-    return run_training(*configs(market_dir, num_workers=1), tmp_path_factory.mktemp("runs") / "one")
-
-
-@pytest.fixture(scope="session")
 def run_two_workers(ray_local, market_dir, s3_bucket, tmp_path_factory) -> types.SimpleNamespace:
     """2 CPU workers (DDP on gloo) with sparse embedding gradients and a cosine schedule, 3 epochs, to
     ``s3://.../runs/crashed`` (moto's S3 server): rank 1 dies in epoch 1 and the group is replaced once from the
     checkpoint in the bucket. Its files are read here (``metrics``, ``record``, the last checkpoint downloaded to
-    ``checkpoint``), as tests/train/test_fault_tolerance.py later resumes the run; models read from the bucket
-    are cached under ``cache``."""
+    ``checkpoint``, the best model to ``best``), as tests/train/test_fault_tolerance.py later resumes the run;
+    models read from the bucket are cached under ``cache``. The suite's only 1-worker Ray Train runs are
+    tests/train/test_seed_pipeline.py's and the crash without restarts in test_fault_tolerance.py."""
     from ray.train import Result
+
+    from convfm.store.registry import cached_copy
 
     from train.driver import run_training
     from train.outputs import read_run
@@ -65,7 +60,8 @@ def run_two_workers(ray_local, market_dir, s3_bucket, tmp_path_factory) -> types
         checkpoint = Result.from_path(storage.join(record["storage_path"], record["name"])).checkpoint
         return types.SimpleNamespace(
             result=result, uri=uri, cache=cache, tmp_path=tmp_path, marker=marker.read_text(), record=record,
-            metrics=read_metrics(uri), checkpoint=Path(checkpoint.to_directory(str(tmp_path / "checkpoint"))))
+            metrics=read_metrics(uri), checkpoint=Path(checkpoint.to_directory(str(tmp_path / "checkpoint"))),
+            best=cached_copy(result.best_dir))
 
 
 def read_metrics(out_dir: str | Path) -> pd.DataFrame:

@@ -5,6 +5,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -109,6 +110,8 @@ def test_basic_training_runs_the_ray_train_pipeline(ray_local, seed_data, tmp_pa
     assert loaded.model.config.embedding_dim == 64
     run = json.loads((Path(results["run_dir"]) / "run.json").read_text())
     assert run["train"]["batch_size"] == 32 and run["epochs_trained"] == 2
+    # the default single worker: this is the suite's 1-worker Ray Train run that completes
+    assert pd.read_csv(Path(results["run_dir"]) / "metrics.csv")["world_size"].tolist() == [1, 1]
     assert Path(results["model_path"]).resolve().is_relative_to((tmp_path / "runs").resolve())
 
 
