@@ -102,6 +102,35 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def serve_app(ray_local):
+    """``with serve_app(config) as url:`` runs ``serve.app.build_app(config)`` on the session's one Serve
+    instance (controller and HTTP proxy on 127.0.0.1, a free port; ``config.port`` is set to it) and deletes the
+    app afterwards. The modules that deploy the app take turns on it: a Serve start per module cost a controller
+    and a proxy each."""
+    import contextlib
+    import dataclasses
+
+    from ray import serve
+
+    from convfm.cli.serve import free_port
+    from serve.app import APP_NAME, build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+
+    @contextlib.contextmanager
+    def deployed(config):
+        serve.run(build_app(dataclasses.replace(config, port=port)), name=APP_NAME, route_prefix="/")
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            serve.delete(APP_NAME)
+
+    yield deployed
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
 def tiny(market_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
     """A tiny job-market model (2 epochs, small dims): data, model, model_dir (an export with serving.json and
     train_config.json) and the registry entry ``registry/tiny`` holding v0001."""

@@ -28,7 +28,6 @@ from schemathesis.specs.openapi.checks import (
 from serve.config import ServeConfig
 from serve.http import LocalBackend, build_http_app
 from serve.model_slot import ModelSlot
-from convfm.cli.serve import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 KEY = "faults-key-0123456789abcdef"
@@ -79,25 +78,16 @@ def all_replicas_loaded(client: httpx.Client) -> bool:
 
 
 @pytest.fixture(scope="module")
-def service(tiny, ray_local, tmp_path_factory):
-    from ray import serve
-
-    from serve.app import APP_NAME, build_app
-
+def service(tiny, serve_app, tmp_path_factory):
     registry = tmp_path_factory.mktemp("serve_faults") / "registry"
     shutil.copytree(tiny.registry, registry)
     os.environ[KEY_ENV] = KEY
-    port = free_port()
-    config = ServeConfig(model=str(registry / "tiny"), port=port, replicas=2, num_cpus=0.5, max_batch_size=8,
+    config = ServeConfig(model=str(registry / "tiny"), replicas=2, num_cpus=0.5, max_batch_size=8,
                          batch_wait_timeout_s=0.01, api_key_env=KEY_ENV, auth_all_endpoints=True)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=60)
-    wait_until(lambda: all_replicas_loaded(client), 120, "healthy")
-    yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}", client=client, entry=registry / "tiny",
-                                users=list(tiny.data.extractor.user_rows)[:50])
-    client.close()
-    serve.shutdown()
+    with serve_app(config) as url, httpx.Client(base_url=url, headers=HEADERS, timeout=60) as client:
+        wait_until(lambda: all_replicas_loaded(client), 120, "healthy")
+        yield types.SimpleNamespace(url=url, client=client, entry=registry / "tiny",
+                                    users=list(tiny.data.extractor.user_rows)[:50])
     os.environ.pop(KEY_ENV, None)
 
 

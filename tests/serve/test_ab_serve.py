@@ -4,7 +4,6 @@ a split changes at run time (a bad one is refused and the old one keeps serving)
 ``--url`` switch the running service to one version."""
 from __future__ import annotations
 
-import os
 import shutil
 import time
 
@@ -12,7 +11,6 @@ import httpx
 import pytest
 
 from convfm.cli.main import main
-from convfm.cli.serve import free_port
 from convfm.evaluation.feedback import feedback_report
 from convfm.store.event_log import events_location, is_event, read_log
 from convfm.store.registry import publish
@@ -24,24 +22,17 @@ KEY = "ab-e2e-key-0123456789"
 KEY_ENV = "CONVFM_TEST_AB_KEY"
 
 
-def test_a_split_routes_users_stably_and_the_report_compares_the_versions(tiny, ray_local, tmp_path, capsys):
-    from ray import serve
-
-    from serve.app import APP_NAME, build_app
-
+def test_a_split_routes_users_stably_and_the_report_compares_the_versions(tiny, serve_app, tmp_path, capsys,
+                                                                            monkeypatch):
     shutil.copytree(tiny.registry, tmp_path / "registry")
     entry = tmp_path / "registry" / "tiny"
     publish(tiny.model_dir, tmp_path / "registry", "tiny")  # v0002: the same model, a second version
     live = tmp_path / "live"
-    os.environ[KEY_ENV] = KEY
-    port = free_port()
+    monkeypatch.setenv(KEY_ENV, KEY)
     split = {"v0001": 0.5, "v0002": 0.5}
-    config = ServeConfig(model=str(entry), port=port, replicas=2, num_cpus=0.5, max_batch_size=8,
+    config = ServeConfig(model=str(entry), replicas=2, num_cpus=0.5, max_batch_size=8,
                          api_key_env=KEY_ENV, live_store=str(live), traffic=split)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": KEY}, timeout=60)
-    try:
+    with serve_app(config) as url, httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=60) as client:
         users = list(tiny.data.frames["train"]["user_id"].drop_duplicates()[:40])
         by_version = {v: [u for u in users if route(split, u) == v][:3] for v in split}
         assert all(len(found) == 3 for found in by_version.values())
@@ -86,7 +77,6 @@ def test_a_split_routes_users_stably_and_the_report_compares_the_versions(tiny, 
         assert reload({"traffic": {"v0001": 0.5, "v0002": 0.6}}).status_code == 422
         assert client.get("/model").json()["traffic"] == {"v0001": 0.2, "v0002": 0.8}  # the old split serves
 
-        url = f"http://127.0.0.1:{port}"
         assert main(["models", "promote", str(entry), "v0001"]) == 0
         assert main(["models", "promote", str(entry), "v0002", "--url", url, "--api-key-env", KEY_ENV]) == 0
         assert {answer(u)["model_version"] for u in users[:10]} == {"v0002"}
@@ -94,7 +84,3 @@ def test_a_split_routes_users_stably_and_the_report_compares_the_versions(tiny, 
         assert main(["models", "rollback", str(entry), "--url", url, "--api-key-env", KEY_ENV]) == 0
         assert {answer(u)["model_version"] for u in users[:10]} == {"v0001"}
         assert (entry / "latest").read_text().strip() == "v0001"
-    finally:
-        client.close()
-        serve.shutdown()
-        os.environ.pop(KEY_ENV, None)

@@ -19,7 +19,6 @@ import httpx
 import pytest
 import ray
 
-from convfm.cli.serve import free_port
 from convfm.store.event_log import events_location, is_event, read_log
 from serve.config import ServeConfig
 
@@ -50,24 +49,16 @@ def wait_until(predicate, timeout_s: float, what: str):
 
 
 @pytest.fixture(scope="module")
-def service(tiny, ray_local, tmp_path_factory):
-    from ray import serve
-
-    from serve.app import APP_NAME, build_app
-
+def service(tiny, serve_app, tmp_path_factory):
     root = tmp_path_factory.mktemp("live_serve")
     shutil.copytree(tiny.registry, root / "registry")
     os.environ[KEY_ENV] = KEY
-    port = free_port()
-    config = ServeConfig(model=str(root / "registry" / "tiny"), port=port, replicas=2, num_cpus=0.5,
-                         max_batch_size=8, api_key_env=KEY_ENV, live_store=str(root / "live"))
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    config = ServeConfig(model=str(root / "registry" / "tiny"), replicas=2, num_cpus=0.5, max_batch_size=8,
+                         api_key_env=KEY_ENV, live_store=str(root / "live"))
+    with serve_app(config) as url, httpx.Client(base_url=url, timeout=60) as client:
         healthy = lambda: all(client.get("/healthz").status_code == 200 for _ in range(8))  # noqa: E731
         wait_until(healthy, 120, "healthy")
         yield types.SimpleNamespace(client=client, healthy=healthy, live=root / "live")
-    serve.shutdown()
     os.environ.pop(KEY_ENV, None)
 
 

@@ -12,7 +12,6 @@ import pytest
 
 from convfm.store.registry import publish, resolve
 from serve.config import ServeConfig
-from convfm.cli.serve import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 API_KEY = "test-key-0123456789abcdef"
@@ -20,30 +19,21 @@ KEY_ENV = "CONVFM_TEST_SERVE_KEY"
 
 
 @pytest.fixture(scope="module")
-def service(tiny, ray_local, tmp_path_factory):
-    from ray import serve
-
-    from serve.app import APP_NAME, build_app
-
+def service(tiny, serve_app, tmp_path_factory):
     registry = tmp_path_factory.mktemp("serve_http") / "registry"
     shutil.copytree(tiny.registry, registry)  # reload tests publish into it
     os.environ[KEY_ENV] = API_KEY
-    port = free_port()
-    config = ServeConfig(model=str(registry / "tiny"), port=port, num_cpus=0.5, max_batch_size=8,
-                         batch_wait_timeout_s=0.05, api_key_env=KEY_ENV)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-    statuses, deadline = [], time.monotonic() + 90
-    while time.monotonic() < deadline:
-        response = client.get("/healthz")
-        statuses.append((response.status_code, response.json()))
-        if response.status_code == 200:
-            break
-        time.sleep(0.2)
-    yield types.SimpleNamespace(client=client, statuses=statuses, entry=registry / "tiny", data=tiny.data)
-    client.close()
-    serve.shutdown()
+    config = ServeConfig(model=str(registry / "tiny"), num_cpus=0.5, max_batch_size=8, batch_wait_timeout_s=0.05,
+                         api_key_env=KEY_ENV)
+    with serve_app(config) as url, httpx.Client(base_url=url, timeout=60) as client:
+        statuses, deadline = [], time.monotonic() + 90
+        while time.monotonic() < deadline:
+            response = client.get("/healthz")
+            statuses.append((response.status_code, response.json()))
+            if response.status_code == 200:
+                break
+            time.sleep(0.2)
+        yield types.SimpleNamespace(client=client, statuses=statuses, entry=registry / "tiny", data=tiny.data)
     os.environ.pop(KEY_ENV, None)
 
 
