@@ -16,7 +16,7 @@ class Built(Exception):
 
 
 class RecordingTrainer:
-    """Takes TorchTrainer's place: records what a path built, then stops that path at fit()."""
+    """Takes ConvFMTrainer's place: records what a path built, then stops that path at fit()."""
 
     def __init__(self, built: list[tuple[Any, dict[str, Any]]]) -> None:
         self.built = built
@@ -43,7 +43,7 @@ def test_train_and_tune_build_the_same_ray_configs(ray_local, make_configs, tmp_
     data_config, model_config, train_config = make_configs(
         num_workers=2, cpus_per_worker=0.5, placement_strategy="SPREAD", keep_checkpoints=3, max_failures=2)
     built: list[tuple[Any, dict[str, Any]]] = []
-    monkeypatch.setattr(ray_configs, "TorchTrainer", RecordingTrainer(built))
+    monkeypatch.setattr(ray_configs, "ConvFMTrainer", RecordingTrainer(built))
 
     with pytest.raises(Built):
         run_training(data_config, model_config, train_config, tmp_path / "run")
@@ -74,3 +74,25 @@ def test_train_and_tune_build_the_same_ray_configs(ray_local, make_configs, tmp_
     assert trial["run_config"].failure_config.max_failures == 0
     assert (run["run_config"].name, trial["run_config"].name) == ("run", "train-t1")
     assert [type(callback) for callback in trial["run_config"].callbacks] == [TrialReports]
+
+
+def test_the_trainer_starts_no_dataset_manager_without_datasets(make_configs, tmp_path):
+    """Ray 2.60 adds a DatasetsCallback (it starts a DatasetManager actor) to every TorchTrainer; ConvFMTrainer
+    keeps every default callback but that one, and keeps it when the run streams Ray Data datasets."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+
+    from train.ray_configs import build_trainer
+
+    config = make_configs(num_workers=1)[2]
+
+    def kinds(trainer) -> list[type]:
+        return [type(callback) for callback in trainer._create_default_callbacks()]
+
+    plain = build_trainer({}, config, name="plain", storage_path=str(tmp_path))
+    ray_default = kinds(super(type(plain), plain))  # what TorchTrainer itself would start
+    assert DatasetsCallback in ray_default
+    assert kinds(plain) == [kind for kind in ray_default if kind is not DatasetsCallback]
+    assert isinstance(plain, TorchTrainer)
+    streamed = build_trainer({}, config, name="streamed", storage_path=str(tmp_path), datasets={"train": lambda: None})
+    assert kinds(streamed) == kinds(super(type(streamed), streamed)) == ray_default
