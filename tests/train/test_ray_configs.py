@@ -94,5 +94,6 @@ def test_the_trainer_starts_no_dataset_manager_without_datasets(make_configs, tm
     assert DatasetsCallback in ray_default
     assert kinds(plain) == [kind for kind in ray_default if kind is not DatasetsCallback]
     assert isinstance(plain, TorchTrainer)
-    streamed = build_trainer({}, config, name="streamed", storage_path=str(tmp_path), datasets={"train": lambda: None})
+    streamed = build_trainer({}, config, name="streamed", storage_path=str(tmp_path),
+                             datasets={"train": lambda: None})
     assert kinds(streamed) == kinds(super(type(streamed), streamed)) == ray_default
