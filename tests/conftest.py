@@ -106,10 +106,11 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def serve_app(ray_local):
-    """``with serve_app(config) as url:`` runs ``serve.app.build_app(config)`` on the session's one Serve
-    instance (controller and HTTP proxy on 127.0.0.1, a free port; ``config.port`` is set to it) and deletes the
-    app afterwards. The modules that deploy the app take turns on it: a Serve start per module cost a controller
-    and a proxy each."""
+    """``with serve_app(config) as url:`` runs ``serve.app.build_app(config)`` on the session's Serve instance
+    (controller and HTTP proxy on 127.0.0.1, one free port; ``config.port`` is set to it) and deletes the app
+    afterwards. The modules that deploy the app run one after another and share the instance (a Serve start per
+    module cost a controller and a proxy each); ``pytest_runtest_teardown`` shuts it down after the last of them.
+    """
     import contextlib
     import dataclasses
 
@@ -119,10 +120,10 @@ def serve_app(ray_local):
     from serve.app import APP_NAME, build_app
 
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
 
     @contextlib.contextmanager
     def deployed(config):
+        serve.start(http_options={"host": "127.0.0.1", "port": port})  # joins the instance while it runs
         serve.run(build_app(dataclasses.replace(config, port=port)), name=APP_NAME, route_prefix="/")
         try:
             yield f"http://127.0.0.1:{port}"
@@ -130,7 +131,30 @@ def serve_app(ray_local):
             serve.delete(APP_NAME)
 
     yield deployed
-    serve.shutdown()
+
+
+SERVE_FILES = pytest.StashKey[frozenset]()  # the files with a test that uses serve_app (set at collection)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    """After the fixtures are finalized, stop what would idle until the session ends: the Serve instance when the
+    next test is not in a file that uses ``serve_app`` (a later one starts it again), and the session's Ray after
+    the last of SESSION_RAY_FILES (they run first and together, see ``pytest_collection_modifyitems``; an idle Ray
+    measured ~10% of a core, an idle Serve controller and proxy 5%, while this worker runs other tests)."""
+    yield
+    import ray
+
+    if not ray.is_initialized():  # the session's Ray failed to start, or is already stopped
+        return
+    after = None if nextitem is None else file_of(nextitem.nodeid)
+    serve_files = item.config.stash.get(SERVE_FILES, frozenset())
+    if file_of(item.nodeid) in serve_files and after not in serve_files:
+        from ray import serve
+
+        serve.shutdown()
+    if file_of(item.nodeid) in SESSION_RAY_FILES and after not in SESSION_RAY_FILES:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -282,6 +306,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(f"tests/conftest.py: add {', '.join(unlisted)} to SESSION_RAY_FILES (a test there "
                                 "uses the session's Ray, so its file must run on the worker that holds it)")
     slow_files = {file_of(item.nodeid) for item in items if item.get_closest_marker("slow")}
+    config.stash[SERVE_FILES] = frozenset(file_of(item.nodeid) for item in items if "serve_app" in item.fixturenames)
 
     def rank(item: pytest.Item) -> int:
         path = file_of(item.nodeid)
