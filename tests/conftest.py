@@ -86,8 +86,9 @@ def table_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray (2 CPUs, dashboard on: Train's cleanup needs it) for the whole session. A start that times
-    out (Ray waits 30 s for its raylet, whatever the load) is tried once more before the tests that need it fail."""
+    """One local Ray (2 CPUs, dashboard on: Train's cleanup needs it) for SESSION_RAY_FILES, stopped after the last
+    of them (``pytest_runtest_teardown``). A start that times out (Ray waits 30 s for its raylet, whatever the
+    load) is tried once more before the tests that need it fail."""
     import ray
 
     for attempt in (1, 2):

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import threading
 import time
@@ -81,14 +80,14 @@ def all_replicas_loaded(client: httpx.Client) -> bool:
 def service(tiny, serve_app, tmp_path_factory):
     registry = tmp_path_factory.mktemp("serve_faults") / "registry"
     shutil.copytree(tiny.registry, registry)
-    os.environ[KEY_ENV] = KEY
-    config = ServeConfig(model=str(registry / "tiny"), replicas=2, num_cpus=0.5, max_batch_size=8,
-                         batch_wait_timeout_s=0.01, api_key_env=KEY_ENV, auth_all_endpoints=True)
-    with serve_app(config) as url, httpx.Client(base_url=url, headers=HEADERS, timeout=60) as client:
-        wait_until(lambda: all_replicas_loaded(client), 120, "healthy")
-        yield types.SimpleNamespace(url=url, client=client, entry=registry / "tiny",
-                                    users=list(tiny.data.extractor.user_rows)[:50])
-    os.environ.pop(KEY_ENV, None)
+    with pytest.MonkeyPatch.context() as patch:  # the key's variable, removed again after the module
+        patch.setenv(KEY_ENV, KEY)
+        config = ServeConfig(model=str(registry / "tiny"), replicas=2, num_cpus=0.5, max_batch_size=8,
+                             batch_wait_timeout_s=0.01, api_key_env=KEY_ENV, auth_all_endpoints=True)
+        with serve_app(config) as url, httpx.Client(base_url=url, headers=HEADERS, timeout=60) as client:
+            wait_until(lambda: all_replicas_loaded(client), 120, "healthy")
+            yield types.SimpleNamespace(url=url, client=client, entry=registry / "tiny",
+                                        users=list(tiny.data.extractor.user_rows)[:50])
 
 
 def test_the_app_serves_the_schema_that_is_fuzzed(service):

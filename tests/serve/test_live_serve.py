@@ -10,7 +10,6 @@ in the order a day runs:
 One app serves both (starting one costs ~25 s on a 2-core box)."""
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import types
@@ -52,14 +51,14 @@ def wait_until(predicate, timeout_s: float, what: str):
 def service(tiny, serve_app, tmp_path_factory):
     root = tmp_path_factory.mktemp("live_serve")
     shutil.copytree(tiny.registry, root / "registry")
-    os.environ[KEY_ENV] = KEY
-    config = ServeConfig(model=str(root / "registry" / "tiny"), replicas=2, num_cpus=0.5, max_batch_size=8,
-                         api_key_env=KEY_ENV, live_store=str(root / "live"))
-    with serve_app(config) as url, httpx.Client(base_url=url, timeout=60) as client:
-        healthy = lambda: all(client.get("/healthz").status_code == 200 for _ in range(8))  # noqa: E731
-        wait_until(healthy, 120, "healthy")
-        yield types.SimpleNamespace(client=client, healthy=healthy, live=root / "live")
-    os.environ.pop(KEY_ENV, None)
+    with pytest.MonkeyPatch.context() as patch:  # the key's variable, removed again after the module
+        patch.setenv(KEY_ENV, KEY)
+        config = ServeConfig(model=str(root / "registry" / "tiny"), replicas=2, num_cpus=0.5, max_batch_size=8,
+                             api_key_env=KEY_ENV, live_store=str(root / "live"))
+        with serve_app(config) as url, httpx.Client(base_url=url, timeout=60) as client:
+            healthy = lambda: all(client.get("/healthz").status_code == 200 for _ in range(8))  # noqa: E731
+            wait_until(healthy, 120, "healthy")
+            yield types.SimpleNamespace(client=client, healthy=healthy, live=root / "live")
 
 
 def test_a_posted_job_is_recommended_on_every_replica_and_survives_a_replica_restart(service, tiny):

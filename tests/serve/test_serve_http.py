@@ -1,7 +1,6 @@
 """End to end over real HTTP: the Ray Serve app on 127.0.0.1 (a free port), one app for the whole module."""
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import types
@@ -22,19 +21,19 @@ KEY_ENV = "CONVFM_TEST_SERVE_KEY"
 def service(tiny, serve_app, tmp_path_factory):
     registry = tmp_path_factory.mktemp("serve_http") / "registry"
     shutil.copytree(tiny.registry, registry)  # reload tests publish into it
-    os.environ[KEY_ENV] = API_KEY
-    config = ServeConfig(model=str(registry / "tiny"), num_cpus=0.5, max_batch_size=8, batch_wait_timeout_s=0.05,
-                         api_key_env=KEY_ENV)
-    with serve_app(config) as url, httpx.Client(base_url=url, timeout=60) as client:
-        statuses, deadline = [], time.monotonic() + 90
-        while time.monotonic() < deadline:
-            response = client.get("/healthz")
-            statuses.append((response.status_code, response.json()))
-            if response.status_code == 200:
-                break
-            time.sleep(0.2)
-        yield types.SimpleNamespace(client=client, statuses=statuses, entry=registry / "tiny", data=tiny.data)
-    os.environ.pop(KEY_ENV, None)
+    with pytest.MonkeyPatch.context() as patch:  # the key's variable, removed again after the module
+        patch.setenv(KEY_ENV, API_KEY)
+        config = ServeConfig(model=str(registry / "tiny"), num_cpus=0.5, max_batch_size=8, batch_wait_timeout_s=0.05,
+                             api_key_env=KEY_ENV)
+        with serve_app(config) as url, httpx.Client(base_url=url, timeout=60) as client:
+            statuses, deadline = [], time.monotonic() + 90
+            while time.monotonic() < deadline:
+                response = client.get("/healthz")
+                statuses.append((response.status_code, response.json()))
+                if response.status_code == 200:
+                    break
+                time.sleep(0.2)
+            yield types.SimpleNamespace(client=client, statuses=statuses, entry=registry / "tiny", data=tiny.data)
 
 
 def seen_jobs(data, user: str) -> set[str]:
