@@ -1,4 +1,5 @@
-"""The per-worker ConvFM training loop that Ray Train's ``TorchTrainer`` runs on every rank.
+"""The ConvFM training loop: on every rank of Ray Train's ``TorchTrainer`` (``train_loop_per_worker``), or whole in
+a 1-worker Tune trial's own actor (``train_in_trial``).
 
 ``config`` is a plain dict built by ``train.driver.loop_config``:
   model, train, data   ModelConfig / TrainConfig / DataConfig as dicts (rebuilt and validated here)
@@ -16,12 +17,14 @@
 Each epoch is ``convfm.training.in_process.run_epoch``, the protocol the in-process trainer follows too: every rank trains
 on its shard (DDP averages gradients), rank 0 validates, its value of the early-stopping metric is broadcast
 so every rank schedules and stops together. Around it this loop adds only DDP, the shards, worker diagnostics in rank 0's
-record, and one ``ray.train.report`` per rank and epoch; rank 0 attaches a checkpoint:
+record, and one report per rank and epoch (``ray.train.report``, or ``ray.tune.report`` in a trial actor); rank 0
+attaches a checkpoint:
   model/           a complete model directory (save_model_dir: weights, configs, extractor, metrics)
   train_state.pt   TrainingState.state_dict(): epoch, optimizer, LR schedule, early stopping, history
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -33,6 +36,7 @@ import pandas as pd
 import ray
 import ray.train
 import ray.train.torch
+import ray.tune
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -53,13 +57,43 @@ MODEL_DIR = "model"
 TRAIN_STATE = "train_state.pt"
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopSession:
+    """Where the loop runs and how it reports: a rank of Ray Train's worker group, or a Tune trial's own actor
+    (a 1-worker trial needs no worker group: ``train_in_trial``)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    checkpoint: Optional[ray.train.Checkpoint | ray.tune.Checkpoint]  # the one to resume from, if any
+    prepare_model: Callable[[nn.Module], nn.Module]  # DDP wrapping and the move to ``device``
+    report: Callable[..., None]  # report(metrics, checkpoint=None)
+    checkpoint_type: type  # the Checkpoint class ``report`` takes
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One rank of a ``TorchTrainer`` run."""
+    context = ray.train.get_context()
+    _train(config, LoopSession(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device(),
+                               ray.train.get_checkpoint(), ray.train.torch.prepare_model, ray.train.report,
+                               ray.train.Checkpoint))
+
+
+def train_in_trial(config: dict[str, Any]) -> None:
+    """A whole 1-worker run inside the calling Tune trial actor: the same epochs, records and checkpoints as
+    ``train_loop_per_worker`` on one rank, without the controller, worker and helper actors a ``TorchTrainer``
+    starts for each trial. Tune keeps the checkpoints (its ``CheckpointConfig``) and hands the latest back
+    when it retries or resumes the trial."""
+    device = torch.device("cuda" if TrainConfig.from_dict(config["train"]).use_gpu else "cpu")
+    _train(config, LoopSession(0, 1, device, ray.tune.get_checkpoint(), lambda model: model.to(device),
+                               ray.tune.report, ray.tune.Checkpoint))
+
+
+def _train(config: dict[str, Any], session: LoopSession) -> None:
     model_config, train_config = ModelConfig.from_dict(config["model"]), TrainConfig.from_dict(config["train"])
     data_config = DataConfig.from_dict(config["data"])
     feature_map = FeatureMap.from_dict(config["feature_map"])
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world_size, device = session.rank, session.world_size, session.device
 
     if "extractor" in config:
         train_set, bundle = _streamed(data_config, ray.get(config["extractor"][0]), rank)
@@ -68,9 +102,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         bundle = ray.get(config["eval_bundle"][0]) if rank == 0 else None
     torch.manual_seed(train_config.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
     initial = ray.get(config["initial_state"][0]) if config.get("initial_state") else None
-    model, saved_state = _restore(ray.train.get_checkpoint(), model_config, feature_map, initial)
+    model, saved_state = _restore(session.checkpoint, model_config, feature_map, initial)
     torch.manual_seed(train_config.seed + 7_919 * rank)  # per-rank dropout noise
-    model = ray.train.torch.prepare_model(model)  # DDP when world_size > 1; moves to device
+    model = session.prepare_model(model)
     state = TrainingState.create(model, train_config)
     if saved_state is not None:
         state.load_state_dict(saved_state)
@@ -86,9 +120,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                            world_size=world_size, share_metric=share_metric, extras=diagnostics,
                            on_batch=_crash_hook(config, epoch, rank, world_size, steps))
         if record is None:
-            ray.train.report({"epoch": epoch, "rank": rank})
+            session.report({"epoch": epoch, "rank": rank})
         else:
-            _report_with_checkpoint(record, model, state, bundle.extractor, train_config, data_config)
+            _report_with_checkpoint(session, record, model, state, bundle.extractor, train_config, data_config)
 
 
 def _streamed(data_config: DataConfig, extractor: Any, rank: int) -> tuple[ExampleSet, Optional[PreparedData]]:
@@ -104,7 +138,7 @@ def _streamed(data_config: DataConfig, extractor: Any, rank: int) -> tuple[Examp
                                    {"valid": frame}, catalog=None, truth=None)
 
 
-def _restore(checkpoint: Optional[ray.train.Checkpoint], model_config: ModelConfig, feature_map: FeatureMap,
+def _restore(checkpoint: Optional[ray.train.Checkpoint | ray.tune.Checkpoint], model_config: ModelConfig, feature_map: FeatureMap,
              initial: Optional[dict[str, torch.Tensor]] = None) -> tuple[ConvFM, Optional[dict[str, Any]]]:
     """The checkpoint's model and train state (refusing one of a different model), else a fresh model holding
     ``initial`` (a warm start's weights) when given."""
@@ -151,13 +185,13 @@ def _worker_diagnostics(model: nn.Module, device: torch.device, world_size: int,
             "world_size": world_size, "torch_threads": torch.get_num_threads(), "run_start_epoch": start_epoch}
 
 
-def _report_with_checkpoint(record: dict[str, Any], model: nn.Module, state: TrainingState, extractor: Any,
-                            train_config: TrainConfig, data_config: DataConfig) -> None:
+def _report_with_checkpoint(session: LoopSession, record: dict[str, Any], model: nn.Module, state: TrainingState,
+                            extractor: Any, train_config: TrainConfig, data_config: DataConfig) -> None:
     with tempfile.TemporaryDirectory(prefix="convfm-ckpt-") as directory:
         save_model_dir(Path(directory) / MODEL_DIR, model, extractor, metrics=record,
                        extra_json={"train_config": train_config.to_dict(), "data_config": data_config.to_dict()})
         torch.save(state.state_dict(), Path(directory) / TRAIN_STATE)
-        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        session.report(record, checkpoint=session.checkpoint_type.from_directory(directory))
 
 
 def _crash_hook(config: dict[str, Any], epoch: int, rank: int, world_size: int,

@@ -1,6 +1,6 @@
 """The ``TorchTrainer`` of a run, built in one place for ``train.driver`` (one run) and ``tune.runner`` (one run
-per trial), so a training run and a tune trial with the same TrainConfig get the same workers, resources and
-checkpoint policy."""
+per multi-worker trial), so a training run and a tune trial with the same TrainConfig get the same workers,
+resources and checkpoint policy (1-worker trials keep theirs through Tune's ``CheckpointConfig``)."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
@@ -27,6 +27,15 @@ class ConvFMTrainer(TorchTrainer):
         return [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
 
 
+def checkpoint_policy(config: TrainConfig, metric: Optional[str] = None, mode: Optional[str] = None) -> dict[str, Any]:
+    """Keyword arguments of Ray Train's and Ray Tune's ``CheckpointConfig`` (two classes): keep the
+    ``keep_checkpoints`` best by ``metric``/``mode``, by default the early-stopping metric's, so the kept
+    checkpoints hold the best epoch the stopper saw (tune passes its own)."""
+    default_metric, default_mode = config.early_stopping
+    return {"num_to_keep": config.keep_checkpoints, "checkpoint_score_attribute": metric or default_metric,
+            "checkpoint_score_order": mode or default_mode}
+
+
 def build_trainer(
     loop_config: Mapping[str, Any],
     config: TrainConfig,
@@ -39,14 +48,12 @@ def build_trainer(
     max_failures: Optional[int] = None,
     datasets: Optional[Mapping[str, Any]] = None,
 ) -> ConvFMTrainer:
-    """``train_loop_per_worker`` on ``config.num_workers`` workers, keeping the ``keep_checkpoints`` best by
-    ``metric``/``mode`` (plus the latest); by default the early-stopping metric's, so the kept checkpoints hold
-    the best epoch the stopper saw (tune passes its own). ``max_failures`` replaces ``config.max_failures``
+    """``train_loop_per_worker`` on ``config.num_workers`` workers, keeping checkpoints by ``checkpoint_policy``
+    (plus the latest). ``max_failures`` replaces ``config.max_failures``
     (tune trials: 0). ``datasets`` (Ray Data, ``train.prepare_distributed``): ``train`` is split among the workers,
     the others reach every worker whole.
 
     Same name + storage as an earlier attempt = Ray resumes it (latest checkpoint via get_checkpoint)."""
-    default_metric, default_mode = config.early_stopping
     return ConvFMTrainer(
         train_loop_per_worker,
         train_loop_config=dict(loop_config),
@@ -57,9 +64,7 @@ def build_trainer(
             resources_per_worker={"CPU": config.cpus_per_worker}, placement_strategy=config.placement_strategy),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=list(callbacks),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=config.keep_checkpoints, checkpoint_score_attribute=metric or default_metric,
-                checkpoint_score_order=mode or default_mode),
+            checkpoint_config=ray.train.CheckpointConfig(**checkpoint_policy(config, metric, mode)),
             failure_config=ray.train.FailureConfig(
                 max_failures=config.max_failures if max_failures is None else max_failures)),
     )

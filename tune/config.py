@@ -17,7 +17,7 @@ from train.checks import check_sparse_gradients
 from tune.space import SearchSpace
 
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
-DRIVER_CPU = 0.01  # each trial's driver (it only waits on its TorchTrainer): a sliver, since {"cpu": 0} is refused
+DRIVER_CPU = 0.01  # a multi-worker trial's driver (it only waits on its TorchTrainer): a sliver; {"cpu": 0} is refused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +64,20 @@ class TuneConfig(BaseConfig):
         check_int(self.max_failures, "max_failures", 0, 100)
         require(isinstance(self.space, Mapping), "space", "must map field name -> spec")
         self.search_space().validate()  # the ranges themselves, against the configs' defaults
+
+    @property
+    def trains_in_trial(self) -> bool:
+        """A 1-worker trial trains in its own Tune actor (``train.loop.train_in_trial``); more workers need a
+        ``TorchTrainer`` (DDP) that the trial actor drives."""
+        return self.workers_per_trial == 1
+
+    def trial_resources(self) -> dict[str, float]:
+        """What Tune reserves for a trial's actor: the worker's CPUs (and GPU) plus the driver's sliver when it
+        trains there, else the sliver only (Ray Train places its workers itself). Either way a trial holds
+        ``workers_per_trial * cpus_per_worker + DRIVER_CPU`` CPUs, so ``trial_concurrency`` counts the same."""
+        if self.trains_in_trial:
+            return {"cpu": self.cpus_per_worker + DRIVER_CPU, "gpu": 1 if self.use_gpu else 0}
+        return {"cpu": DRIVER_CPU, "gpu": 0}
 
     def search_space(self) -> SearchSpace:
         return SearchSpace.from_overrides(self.space)

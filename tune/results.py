@@ -7,14 +7,16 @@ checkpoint found on disk, and the exported model.
   runs/tune-NAME/summary.json      best trial, its values and metrics, the published registry version
   runs/tune-NAME/best/             the best trial's best checkpoint as a model directory (+ serving.json,
                                    tune.json; written by train.outputs.export_model)
-  runs/tune-NAME/ray/tune-NAME/    Ray Tune's experiment state, one trial-<id>/ folder per trial
-  runs/tune-NAME/train/train-<id>/ each trial's Ray Train run and checkpoints
+  runs/tune-NAME/ray/tune-NAME/    Ray Tune's experiment state, one trial-<id>/ folder per trial (with its
+                                   checkpoints when the trial trained in its actor: 1 worker per trial)
+  runs/tune-NAME/train/train-<id>/ a multi-worker trial's Ray Train run and checkpoints
 
 The directory may be a storage URI (``s3://bucket/runs/tune-NAME``): Tune and Train write ``ray/`` and ``train/``
 there themselves, the files above are written to a local staging directory and uploaded (experiment.json last).
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -30,6 +32,7 @@ from convfm.validate import is_number
 from tune.space import format_params
 
 EXPERIMENT_FILE = "experiment.json"
+PROGRESS_FILE = "progress.csv"  # Tune's per-trial record of every reported result
 # How a trial ended: ran all max_t epochs; stopped by ASHA (fewer epochs, not by patience); stopped by the
 # run's own early stopping (train.patience); raised.
 COMPLETED, ASHA, PATIENCE, ERROR = "completed", "asha", "patience", "error"
@@ -70,6 +73,27 @@ def trial_row(trial_id: str, params: Mapping[str, Any], history: Sequence[Mappin
         "stopped_by_asha": ended == ASHA,
         "error": _error_line(error),
     }
+
+
+def trial_history(trial_dir: str | Path) -> list[dict[str, Any]]:
+    """A trial's per-epoch records as reported to Tune, from its progress.csv (local or a storage URI), one per
+    epoch: after a retry, the retried epochs' later records. Not Tune's ``Result.metrics_dataframe``: Ray 2.60
+    reads it from result.json, which a retried trial starts anew, so it would hold only the epochs since the
+    retry (progress.csv is appended to)."""
+    try:
+        text = storage.read_text(storage.join(trial_dir, PROGRESS_FILE))
+    except FileNotFoundError:  # the trial never reported
+        return []
+    frame = pd.read_csv(io.StringIO(text), dtype={"trial_id": str}) if text.strip() else pd.DataFrame()
+    if "epoch" not in frame:
+        return []
+    frame = frame.drop_duplicates("epoch", keep="last").sort_values("epoch", kind="stable")
+    records = frame.to_dict("records")
+    return [{key: value for key, value in record.items() if not _missing(value)} for record in records]
+
+
+def _missing(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _error_line(error: Optional[str]) -> str:

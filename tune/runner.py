@@ -1,14 +1,16 @@
-"""Hyperparameter search with Ray Tune: one function trainable per trial, each fitting its own TorchTrainer.
+"""Hyperparameter search with Ray Tune: one function trainable per trial. A 1-worker trial trains in its own
+actor (``train.loop.train_in_trial``); a trial with more workers fits its own TorchTrainer (DDP).
 
 Order matters, as in ``train.driver``: configs and the search space are validated, the run directory is
 claimed and the data is prepared (extractor fitted once, on the driver) before Ray starts. The prepared
 shards go to the object store once and reach every trial through ``tune.with_parameters``; a trial only
 adds its sampled ModelConfig / TrainConfig to the worker config built by ``train.driver.loop_config``.
 
-Resources: a trial's driver holds a 0.01-CPU sliver and its Train workers ``cpus_per_worker`` each, but
-Tune reserves only the sliver (Train V2 places its workers itself). So the number of trials running at once
-is capped here by what the cluster can hold, workers included: more would start trial drivers whose
-workers never get CPUs, and every trial would wait on the others forever.
+Resources (``TuneConfig.trial_resources``): a 1-worker trial's actor holds its worker's CPUs. A multi-worker
+trial's driver holds a 0.01-CPU sliver and its Train workers ``cpus_per_worker`` each, but Tune reserves only
+the sliver (Train V2 places its workers itself). So the number of trials running at once is capped here by
+what the cluster can hold, workers included: more would start trial drivers whose workers never get CPUs,
+and every trial would wait on the others forever.
 """
 from __future__ import annotations
 
@@ -41,10 +43,11 @@ from train.checks import check_training_data, check_unchanged
 from train.cluster import init_ray
 from train.driver import failure_summary, loop_config
 from train.outputs import export_model
-from train.ray_configs import build_trainer
+from train.loop import train_in_trial
+from train.ray_configs import build_trainer, checkpoint_policy
 from tune.config import DRIVER_CPU, TuneConfig
 from tune.results import (ASHA, EXPERIMENT_FILE, best_checkpoint_dir, fetch_checkpoints, plot_trials,
-                          read_experiment, trial_row, write_experiment)
+                          read_experiment, trial_history, trial_row, write_experiment)
 from tune.space import SearchSpace, format_params
 
 log = logging.getLogger(__name__)
@@ -79,13 +82,15 @@ def run_tune(
     prepared: Optional[PreparedData] = None,
     progress: bool = False,
     quiet: bool = True,
+    loop_options: Optional[Mapping[str, Any]] = None,
 ) -> TuneSummary:
     """Search, then write ``out_dir`` (trials.csv/png, summary.json, best/) and publish the best model to
     ``tune_config.registry/name``. Both may be storage URIs (``s3://...``): Tune and the trials' Train runs then
     keep their state under ``out_dir/ray`` and ``out_dir/train``, and the summary files are uploaded.
     ``model_config``/``train_config`` are the base every trial starts from.
     ``resume`` continues the interrupted experiment in ``out_dir`` (same configs). ``progress`` prints one
-    line per trial epoch; ``quiet`` keeps worker logs off the terminal when this call starts Ray."""
+    line per trial epoch; ``quiet`` keeps worker logs off the terminal when this call starts Ray.
+    ``loop_options`` adds keys to every trial's worker config, as ``run_training``'s do (``crash_at_epoch``...)."""
     started = time.perf_counter()
     data_config = as_config(data_config, DataConfig, "data")
     tune_config = as_config(tune_config, TuneConfig, "tune")
@@ -107,8 +112,9 @@ def run_tune(
         setup = {"model": base_model.to_dict(), "train": base_train.to_dict(), "space": space.to_dict(),
                  "storage": str(out.location("train")), "metric": tune_config.metric, "mode": tune_config.mode}
         trainable = ray_tune.with_resources(
-            ray_tune.with_parameters(run_trial, shared=loop_config(data, base_model, base_train), setup=setup),
-            {"cpu": DRIVER_CPU, "gpu": 0})
+            ray_tune.with_parameters(run_trial, shared=loop_config(data, base_model, base_train, loop_options),
+                                     setup=setup),
+            tune_config.trial_resources())
         experiment_path = out.location("ray", experiment["name"])
         if resume and ray_tune.Tuner.can_restore(str(experiment_path)):
             tuner = ray_tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_errored=True)
@@ -124,6 +130,8 @@ def run_tune(
                     trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
                 run_config=ray_tune.RunConfig(
                     name=experiment["name"], storage_path=str(out.location("ray")), verbose=0,
+                    checkpoint_config=ray_tune.CheckpointConfig(
+                        **checkpoint_policy(base_train, tune_config.metric, tune_config.mode)),
                     failure_config=ray_tune.FailureConfig(max_failures=tune_config.max_failures),
                     callbacks=[_ProgressPrinter(tune_config.metric)] if progress else None),
             )
@@ -133,10 +141,13 @@ def run_tune(
 
 
 def run_trial(config: dict[str, Any], shared: dict[str, Any], setup: dict[str, Any]) -> None:
-    """One trial (runs in its Tune actor): sampled config -> validated configs -> a TorchTrainer whose
-    epoch reports reach Tune through TuneReportCallback (one Tune iteration per epoch, so ASHA counts epochs).
-    Same name + storage when Tune retries the trial or ``--resume`` restarts it = Ray Train continues the
-    trial's run from its last checkpoint."""
+    """One trial (runs in its Tune actor): sampled config -> validated configs -> training that reports to Tune
+    once per epoch (one Tune iteration per epoch, so ASHA counts epochs). When Tune retries the trial or
+    ``--resume`` restarts it, training continues from the trial's last checkpoint.
+
+    One worker: the loop runs here (``train_in_trial``), its checkpoints kept by Tune. More: a TorchTrainer whose
+    reports reach Tune through TuneReportCallback; the same run name + storage on a retry = Ray Train resumes
+    the trial's run."""
     trial_id = ray_tune.get_context().get_trial_id()
     space = SearchSpace.from_overrides(setup["space"])
     try:
@@ -144,8 +155,12 @@ def run_trial(config: dict[str, Any], shared: dict[str, Any], setup: dict[str, A
                                      config)
     except ConfigError as exc:
         raise ConfigError(f"trial {trial_id}: sampled configuration refused: {exc}") from None
+    worker_config = {**shared, "model": model.to_dict(), "train": train.to_dict()}
+    if train.num_workers == 1:
+        train_in_trial(worker_config)
+        return
     trainer = build_trainer(
-        {**shared, "model": model.to_dict(), "train": train.to_dict()}, train,
+        worker_config, train,
         name=f"train-{trial_id}", storage_path=setup["storage"], callbacks=[TuneReportCallback()],
         metric=setup["metric"], mode=setup["mode"],
         # No worker-group restarts inside a trial: when Tune stops a trial (ASHA, or max_t reached) its
@@ -160,7 +175,19 @@ def run_trial(config: dict[str, Any], shared: dict[str, Any], setup: dict[str, A
 
 
 def trial_dirname(trial: Any) -> str:
-    return f"trial-{trial.trial_id}"
+    return trial_dirname_of(trial.trial_id)
+
+
+def trial_dirname_of(trial_id: str) -> str:
+    return f"trial-{trial_id}"
+
+
+def trial_checkpoints(out: StagedDir, experiment: str, trial_id: str, config: TuneConfig) -> str | Path:
+    """Where a trial's checkpoint_* folders are: its Tune trial folder when it trained in its actor, else its
+    Ray Train run."""
+    if config.trains_in_trial:
+        return out.location("ray", experiment, trial_dirname_of(trial_id))
+    return out.location("train", f"train-{trial_id}")
 
 
 def make_searcher(config: TuneConfig) -> Searcher:
@@ -301,8 +328,7 @@ def _finish(out: StagedDir, experiment: dict[str, Any], grid: Any, space: Search
     rows, histories, params = [], {}, {}
     for result in grid:
         trial_id = Path(result.path).name.removeprefix("trial-")
-        frame = result.metrics_dataframe
-        history = [] if frame is None else frame.to_dict("records")
+        history = trial_history(out.location("ray", experiment["name"], trial_dirname_of(trial_id)))
         try:
             params[trial_id] = space.decode(result.config)
         except ConfigError:
@@ -322,7 +348,8 @@ def _finish(out: StagedDir, experiment: dict[str, Any], grid: Any, space: Search
     best_trial = str(best["trial_id"])
     plot_trials(histories, params, config.metric, out.local / "trials.png", best_trial, config.max_t)
 
-    train_run = fetch_checkpoints(out.location("train", f"train-{best_trial}"), out.local / "train" / best_trial)
+    train_run = fetch_checkpoints(trial_checkpoints(out, experiment["name"], best_trial, config),
+                                  out.local / "checkpoints" / best_trial)
     checkpoint_dir, best_metrics = best_checkpoint_dir(train_run, config.metric, config.mode)
     extra = {"tune": {"experiment": experiment["name"], "trial_id": best_trial, "params": params[best_trial],
                       "metric": config.metric, "mode": config.mode}}

@@ -178,12 +178,15 @@ def test_table_job_prepares_on_the_cluster_and_trains_on_both_nodes(table_run: d
 @pytest.fixture(scope="module")
 def tuned(cluster: RealCluster, market: Path, spread_run: dict[str, Any]) -> Path:
     """The documented search, which publishes its best model as the shared registry entry's v0001; the spread
-    run's best model is then published as v0002 (`convfm models publish`, the daily loop's step)."""
+    run's best model is then published as v0002 (`convfm models publish`, the daily loop's step). Its trial has
+    2 workers: a TorchTrainer (DDP) per trial; 1-worker trials train in their Tune actor (tests/tune)."""
     tune = adapt(documented(r"^ray job submit .* convfm tune "), cluster.shared, samples=1, max_concurrent=1,
-                 epochs=1)
+                 epochs=1, workers_per_trial=2)
     cluster.run(tune, timeout=JOB_TIMEOUT)
     entry = Path(tune[tune.index("--registry") + 1]) / "convfm"
     assert (entry / "v0001" / "manifest.json").is_file()  # the search's best
+    assert int(read_json(entry / "v0001" / "metrics.json", "the best trial's metrics")["world_size"]) == 2
+    assert list((Path(tune[tune.index("--out") + 1]) / "train").glob("train-*/checkpoint_*/model"))
     assert main(["models", "publish", str(spread_run["out"] / "best"), str(entry)]) == 0
     return entry
 

@@ -1,5 +1,6 @@
 """train.driver and tune.runner build their TorchTrainer in one place (train.ray_configs): the same TrainConfig
-gives a training run and a tune trial the same workers, resources and checkpoint policy."""
+gives a training run and a multi-worker tune trial the same workers, resources and checkpoint policy; a
+1-worker trial trains in its Tune actor with the same checkpoint policy."""
 from __future__ import annotations
 
 import types
@@ -74,6 +75,49 @@ def test_train_and_tune_build_the_same_ray_configs(ray_local, make_configs, tmp_
     assert trial["run_config"].failure_config.max_failures == 0
     assert (run["run_config"].name, trial["run_config"].name) == ("run", "train-t1")
     assert [type(callback) for callback in trial["run_config"].callbacks] == [TrialReports]
+
+
+def test_a_one_worker_trial_trains_in_its_actor_with_the_runs_checkpoint_policy(ray_local, make_configs, tmp_path,
+                                                                                monkeypatch):
+    """No TorchTrainer for a 1-worker trial: the loop runs in the trial's actor (train.loop.train_in_trial), which
+    Tune gives the worker's CPUs, and Tune keeps its checkpoints as a run with the same TrainConfig keeps its own."""
+    import ray.tune
+
+    import tune.runner as runner
+    from train.ray_configs import checkpoint_policy
+    from tune.space import DEFAULT_SPACE, MODEL_FIELDS, SearchSpace
+
+    data_config, model_config, train_config = make_configs(num_workers=1, keep_checkpoints=2)
+    tuners: list[tuple[Any, dict[str, Any]]] = []
+
+    class RecordingTuner:
+        def __init__(self, trainable: Any, **configs: Any) -> None:
+            tuners.append((trainable, configs))
+
+        def fit(self) -> None:
+            raise Built
+
+    monkeypatch.setattr(ray.tune, "Tuner", RecordingTuner)
+    tune_config = {"num_samples": 1, "max_t": 2, "metric": "val_log_loss", "mode": "min",
+                   "cpus_per_worker": 0.5, "space": {"learning_rate": 0.01}}
+    with pytest.raises(Built):
+        runner.run_tune(data_config, model_config, train_config, tune_config, tmp_path / "tune")
+    ((trainable, configs),) = tuners
+    assert trainable._resources.required_resources == {"CPU": 0.51}  # the worker's 0.5 + the driver's sliver
+    assert vars(configs["run_config"].checkpoint_config) == vars(ray.tune.CheckpointConfig(
+        **checkpoint_policy(train_config, "val_log_loss", "min")))
+    assert configs["run_config"].checkpoint_config.num_to_keep == 2
+
+    fixed = {name: getattr(model_config if name in MODEL_FIELDS else train_config, name) for name in DEFAULT_SPACE}
+    setup = {"model": model_config.to_dict(), "train": train_config.to_dict(),
+             "space": SearchSpace.from_overrides(fixed).to_dict(), "storage": str(tmp_path / "train"),
+             "metric": "val_log_loss", "mode": "min"}
+    in_actor: list[dict[str, Any]] = []
+    monkeypatch.setattr(runner.ray_tune, "get_context", lambda: types.SimpleNamespace(get_trial_id=lambda: "t1"))
+    monkeypatch.setattr(runner, "train_in_trial", in_actor.append)
+    monkeypatch.setattr(runner, "build_trainer", None)  # calling it would fail the test
+    runner.run_trial({}, shared={"feature_map": "shared"}, setup=setup)
+    assert in_actor == [{"feature_map": "shared", "model": model_config.to_dict(), "train": train_config.to_dict()}]
 
 
 def test_the_trainer_starts_no_dataset_manager_without_datasets(make_configs, tmp_path):

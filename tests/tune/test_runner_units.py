@@ -5,7 +5,7 @@ import pytest
 
 from convfm.errors import ConfigError
 from tune.config import TuneConfig
-from tune.results import ASHA, COMPLETED, ERROR, PATIENCE, trial_row
+from tune.results import ASHA, COMPLETED, ERROR, PATIENCE, trial_history, trial_row
 from search_preview import suggest_configs
 from tune.runner import trial_concurrency
 
@@ -44,6 +44,19 @@ def test_concurrency_fits_workers_into_the_cluster():
         trial_concurrency(gpus, {"CPU": 16.0})
 
 
+def test_a_trial_reserves_its_workers_cpus_in_its_actor_only_when_it_trains_there():
+    """A 1-worker trial trains in its Tune actor, which holds the worker's CPUs (and GPU); a multi-worker
+    trial's actor holds the driver's sliver, its TorchTrainer places the workers. Both hold what
+    trial_concurrency counts per trial."""
+    one, two = TuneConfig(), TuneConfig(workers_per_trial=2, cpus_per_worker=0.5)
+    assert one.trains_in_trial and not two.trains_in_trial
+    assert one.trial_resources() == {"cpu": 1.0, "gpu": 0}
+    assert two.trial_resources() == {"cpu": 0.01, "gpu": 0}
+    gpu = TuneConfig(use_gpu=True, cpus_per_worker=3.99, space={"sparse_embeddings": False})
+    assert gpu.trial_resources() == {"cpu": 4.0, "gpu": 1}
+    assert trial_concurrency(gpu, {"CPU": 8.0, "GPU": 4.0}) == 2 == trial_concurrency(one, {"CPU": 2.0})
+
+
 def test_trial_outcomes():
     def history(aucs, stop_last=0):
         return [{"epoch": i, "val_roc_auc": a, "stop": int(stop_last and i == len(aucs) - 1)}
@@ -64,3 +77,13 @@ def test_concurrency_on_a_cluster_that_scales_up_from_zero():
     assert trial_concurrency(config, {"CPU": 4.0, "GPU": 0.0}, may_autoscale=True) == 3
     with pytest.raises(ConfigError, match="cluster has 4 CPU and 0 GPU"):
         trial_concurrency(config, {"CPU": 4.0, "GPU": 0.0})
+
+
+def test_trial_history_keeps_a_retried_epochs_last_record(tmp_path):
+    """progress.csv is appended to across a trial's retries: an epoch reported twice counts once, as retried."""
+    (tmp_path / "progress.csv").write_text("epoch,val_roc_auc,stop\n0,0.6,0\n1,0.62,0\n1,0.7,0\n2,,0\n")
+    history = trial_history(tmp_path)
+    assert [(r["epoch"], r.get("val_roc_auc")) for r in history] == [(0, 0.6), (1, 0.7), (2, None)]
+    row = trial_row("t", {}, history, None, "val_roc_auc", "max", 3)
+    assert (row["epochs"], row["best_epoch"], row["ended"]) == (3, 2, COMPLETED)
+    assert trial_history(tmp_path / "never-reported") == []
