@@ -289,7 +289,6 @@ SESSION_RAY_FILES = frozenset({
     "tests/train/test_warm_start_ray.py",
     "tests/tune/test_search.py",
     "tests/tune/test_storage_search.py",
-    "tests/tune/test_trial_retry.py",
 })
 
 

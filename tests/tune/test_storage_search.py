@@ -1,8 +1,10 @@
-"""`convfm tune --out s3://... --registry s3://...` against moto's S3 server: Tune's and the trials' Train state
-live in the bucket, the summary files are uploaded, and the best model is published to the S3 registry."""
+"""`convfm tune --out s3://... --registry s3://...` against moto's S3 server: Tune's state and the trial's
+checkpoints live in the bucket, the summary files are uploaded, and the best model is published to the S3
+registry. The trial's actor dies once mid-epoch: Tune retries it from its last checkpoint in the bucket."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -17,14 +19,18 @@ from convfm.store.registry import resolve, versions
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def test_search_to_s3_publishes_the_best_model_there(ray_local, market_dir, s3_bucket, tune_yaml, tmp_path,
-                                                     monkeypatch):
+def test_search_to_s3_resumes_a_crashed_trial_and_publishes_the_best_model_there(ray_local, market_dir, s3_bucket,
+                                                                                   tune_yaml, tmp_path, monkeypatch):
+    import tune.runner
     from convfm.cli.main import main
 
     monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+    marker = tmp_path / "crashed.txt"  # the command's search, with the trial's actor exiting halfway through epoch 1
+    monkeypatch.setattr(tune.runner, "run_tune", functools.partial(
+        tune.runner.run_tune, loop_options={"crash_at_epoch": 1, "crash_marker": str(marker)}))
     out, registry = s3_bucket("tune/tune-s3"), s3_bucket("models")
     # one trial: tests/tune/test_search.py checks which of several trials is published; this one, where it goes
-    config = tune_yaml(tmp_path / "tune.yaml", registry, num_samples=1, max_t=1, seed=0,
+    config = tune_yaml(tmp_path / "tune.yaml", registry, num_samples=1, max_t=2, seed=0, max_failures=1,
                        space={"learning_rate": {"type": "choice", "values": [0.03, 0.01]}, "batch_size": 256,
                               "embedding_dim": 8, "conv_filters": 8, "hidden_dims": [16]})
     output = io.StringIO()
@@ -44,6 +50,12 @@ def test_search_to_s3_publishes_the_best_model_there(ray_local, market_dir, s3_b
     trial_dir = storage.join(out, "ray", "tune-s3", f"trial-{trials['trial_id'][0]}")
     assert [name for name in storage.list_dirs(trial_dir) if name.startswith("checkpoint_")]
     assert storage.list_dirs(storage.join(out, "train")) == []
+    # it crashed once in epoch 1, and Tune's retry went on from epoch 0's checkpoint, not from scratch
+    assert marker.read_text().startswith("rank 0 ")
+    progress = pd.read_csv(io.StringIO(storage.read_text(storage.join(trial_dir, "progress.csv"))))
+    assert progress["epoch"].tolist() == [0, 1] and progress["run_start_epoch"].tolist() == [0, 1], progress
+    assert trials["epochs"].tolist() == [2] and trials["ended"].tolist() == ["completed"]
+    assert trials["error"].isna().all(), trials["error"]
     assert f"Next: convfm serve --model {storage.join(registry, 'tiny')}" in output.getvalue()
 
     entry = storage.join(registry, "tiny")
