@@ -280,7 +280,7 @@ class Scorer:
                 items = [{**self.job_record(int(r)), "score": float(1 / (1 + np.exp(-l)))}
                          for r, l in zip(rows, logits)]
                 if request.explain:
-                    for item, e in zip(items, self.ranker.explain(user, rows, history_rows=past)):
+                    for item, e in zip(items, self.ranker.explainer.explain(user, rows, history_rows=past)):
                         item.update(why=_why(self._cited(e)), explanation=e)
                 results[i] = {"user_id": request.user_id, "model_version": self.version,
                               "cold_start": not known, "fallback": None, "items": items}

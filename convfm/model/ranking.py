@@ -11,16 +11,16 @@ conv columns on, instead of the whole network.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from convfm.data.batching import FieldBatch, join_batches, table_tensors, used_list_length
 from convfm.features.base import with_room
-from convfm.features.context import HISTORY_FIELDS, now_micros
-from convfm.features.fields import PAD, UNK, EncodedTable, FeatureMap, FieldSpec, field_columns
+from convfm.features.context import now_micros
+from convfm.features.fields import PAD, EncodedTable, FeatureMap
+from convfm.model.explanations import Explainer
 from convfm.model.network import ConvFM, Side
 
 # Floats per intermediate (U, chunk, width) tensor: ~1 MB, so a combine step stays in cache. Measured with the
@@ -166,11 +166,10 @@ class CatalogRanker:
             self._room = _zip_map(lambda tensors: with_room(tensors[0], n), [self._room])
             self.n_jobs, self.job_side = n, _map(lambda t: t[:n], self._room)
             self._write_rows(rows, side)
-        for cached in ("_constant_static", "_compared"):  # explain's view of the catalog: recomputed when next used
-            self.__dict__.pop(cached, None)
+        self.__dict__.pop("explainer", None)  # its view of the catalog (constant fields): recomputed when next used
 
     # ------------------------------------------------------------------------------------- side passes
-    def _side_batch(self, table: EncodedTable, side: str) -> FieldBatch:
+    def side_batch(self, table: EncodedTable, side: str) -> FieldBatch:
         """Model inputs of ``table``'s rows with the other side's fields padding."""
         cat, multi, dense = table_tensors(table)
         # Lists cut to the longest list in these rows (as training batches are): the padding past it would cost
@@ -181,7 +180,7 @@ class CatalogRanker:
 
     def _side(self, table: EncodedTable, side: str) -> Side:
         """Everything of ``side`` ("user": once per request; "job": once per catalog) for ``table``'s rows."""
-        return self.split.side(*self._side_batch(table, side), left=side == "user")
+        return self.split.side(*self.side_batch(table, side), left=side == "user")
 
     def _chunk(self, users: int) -> int:
         """Jobs per combine step: the widest per-job piece (H1, C * Pm or D floats) times U within the budget."""
@@ -272,139 +271,7 @@ class CatalogRanker:
                     out[i, start : start + len(jobs.cat)] = self.model(*join_batches([user, jobs]))
         return out
 
-    # ------------------------------------------------------------------------------------------ explain
-    def explain(self, user: EncodedTable, job_rows: Sequence[int], top: int = 3,
-                history_rows: Sequence[int] = ()) -> list[dict[str, Any]]:
-        """Per job: the user x job field pairs with the largest FM interaction <e_i, e_j> (at most ``top``),
-        the shared values (skills, location, ...) of the user's fields and the job's that share a vocabulary,
-        and ``similar_to``: of the user's past jobs (catalog ``history_rows``), the one whose summed job-side
-        embeddings are closest in cosine, or None. ``user`` is one row.
-
-        Only informative fields are credited (no pair left: no interactions). A field whose value is missing
-        for this user or job says nothing about the pair (``_present``): no value or an unknown one (PAD/UNK:
-        a missing or unseen category, an id outside the vocabulary, no posting date), a list without a known
-        value (no skills, no history), a dense value equal to the side's encoding of nothing (no salary, no
-        text, the activity of a user without history). Nor is a job field with one value over the whole
-        catalog: it cannot tell this job from another."""
-        rows = np.asarray(job_rows, dtype=np.int64)
-        if not len(rows):
-            return []
-        jobs = self.job_table(rows)
-        with torch.inference_mode():
-            e_user = self.split.group(*self._side_batch(user, "user"), left=True)[0]  # (1, Fu, D)
-            e_jobs = self.split.group(*self._side_batch(jobs, "job"), left=False)[0]  # (m, Fj, D)
-            pairs = self.model.fm.pairs(e_user, e_jobs).flatten(1).cpu().numpy()  # (m, Fu*Fj)
-            similar = self._similar(e_jobs, np.asarray(history_rows, dtype=np.int64))
-        usable = self._informative(user, jobs).reshape(len(rows), -1)  # (m, Fu*Fj)
-        names_u = [f.name for f in self.user_map.fields]
-        names_j = [f.name for f in self.job_map.fields]
-        user_values = self._known_values(user, 0, "user")
-        vocabs, out = self.extractor.vocabs, []
-        for m in range(len(rows)):
-            candidates = np.flatnonzero(usable[m])
-            order = candidates[np.argsort(-pairs[m, candidates], kind="stable")[:top]]
-            chosen = [i for i in order if pairs[m, i] > 0] or list(order[:1])
-            interactions = [{"user_field": names_u[i // self.fj], "job_field": names_j[i % self.fj],
-                             "value": float(pairs[m, i])} for i in chosen]
-            job_values = self._known_values(jobs, m, "job")
-            shared = {vocab: [vocabs[vocab].decode(v) for v in ids if v in job_values.get(vocab, ())]
-                      for vocab, ids in user_values.items()}
-            out.append({"interactions": interactions, "matching_skills": shared.pop("skill", []),
-                        "matching": {vocab: v for vocab, v in shared.items() if v}, "similar_to": similar[m]})
-        return out
-
-    def _informative(self, user: EncodedTable, jobs: EncodedTable) -> np.ndarray:
-        """(m, Fu, Fj) bool: pairs of a field present for the user and one present for each of the m ``jobs``
-        that varies over the catalog (see ``explain``)."""
-        (user_columns, empty_user), (job_columns, empty_job) = self._layout["user"], self._layout["job"]
-        user_ok = _present(user, self.user_map.fields, user_columns, empty_user)  # (1, Fu)
-        job_ok = _present(jobs, self.job_map.fields, job_columns, empty_job) & ~self.constant_job_fields()
-        return user_ok[:, :, None] & job_ok[:, None, :]
-
     @functools.cached_property
-    def _layout(self) -> dict[str, tuple[dict[str, tuple[str, int | slice]], EncodedTable]]:
-        """Per side: where each field sits in its tables, and how the side encodes nothing (one row: the
-        unknown user without history; the unknown job, catalog row 0)."""
-        extractor = self.extractor
-        empty_user = extractor.user_side(extractor.user_catalog.take([0]), np.array([""], dtype=object))
-        return {"user": (field_columns(self.user_map.fields), empty_user),
-                "job": (field_columns(self.job_map.fields), self.job_table(np.array([0])))}
-
-    @functools.cached_property
-    def _constant_static(self) -> np.ndarray:
-        """(Fs,) bool per static job field (the first Fs, those of ``self.jobs``): one value over rows 1..N-1.
-        Cached until ``put_jobs`` changes the catalog."""
-        fields = self.job_map.fields[: self.fj - (0 if self.recency is None else self.recency.table.cat.shape[1])]
-        catalog = EncodedTable(self.jobs.cat[1:], self.jobs.multi[1:], self.jobs.dense[1:])  # views, no copy
-        return np.array([(v == v[:1]).all() for v in _per_field(catalog, fields, self._layout["job"][0])],
-                        dtype=bool)
-
-    def constant_job_fields(self) -> np.ndarray:
-        """(Fj,) bool: job fields with one encoded value over the whole catalog (row 0, the unknown job, aside).
-        Static fields are checked once per ranker; recency fields (the last ones, categorical) at the current
-        time, over the few bucket combinations the jobs are in (marking them costs ~N writes, no sort)."""
-        if self.recency is None:
-            return self._constant_static
-        used = np.zeros(len(self.recency.table), dtype=bool)
-        used[self.buckets[1:]] = True
-        recency = self.recency.table.cat[used]  # (combinations in use, Fr)
-        return np.concatenate([self._constant_static, (recency == recency[:1]).all(0)])
-
-    @functools.cached_property
-    def _compared(self) -> dict[str, list[tuple[str, int, str]]]:
-        """Per side: (kind, column, vocabulary) of the fields whose values explanations compare: categories and
-        lists in a vocabulary the extractor holds, ids and history aside; for jobs, only fields that vary over
-        the catalog (one value everywhere is no reason for this job)."""
-        vocabs, out = self.extractor.vocabs, {}
-        for side, fmap in (("user", self.user_map), ("job", self.job_map)):
-            keep = np.ones(len(fmap.fields), dtype=bool)
-            if side == "job":
-                keep[: len(self._constant_static)] = ~self._constant_static  # recency: not in vocabs anyway
-            columns = self._layout[side][0]
-            out[side] = [(*columns[f.name], f.vocab) for f, kept in zip(fmap.fields, keep)
-                         if kept and f.kind != "dense" and f.vocab not in ("user", "job") and f.vocab in vocabs
-                         and f.name not in HISTORY_FIELDS]
-        return out
-
-    def _known_values(self, table: EncodedTable, row: int, side: str) -> dict[str, list[int]]:
-        """Known value ids (above UNK) of one encoded row of ``side`` in its compared fields, per vocabulary, in
-        first-seen order."""
-        out: dict[str, list[int]] = {}
-        for kind, column, vocab in self._compared[side]:
-            ids = table.cat[row, column : column + 1] if kind == "categorical" else table.multi[row, column]
-            out.setdefault(vocab, []).extend(ids[ids > UNK].tolist())
-        return {vocab: list(dict.fromkeys(ids)) for vocab, ids in out.items()}
-
-    def _similar(self, e_jobs: torch.Tensor, history_rows: np.ndarray) -> list[Optional[dict[str, Any]]]:
-        """Per job of e_jobs (m, Fj, D): the history job (catalog row > 0) most similar to it, or None."""
-        history_rows = history_rows[history_rows > 0]
-        if not len(history_rows):
-            return [None] * len(e_jobs)
-        e_past = self.split.group(*self._side_batch(self.job_table(history_rows), "job"), left=False)[0]
-        cosine = nn.functional.normalize(e_jobs.sum(1), dim=1) @ nn.functional.normalize(e_past.sum(1), dim=1).T
-        best = cosine.argmax(1).cpu().numpy()  # (m,)
-        return [{"job_id": self.extractor.job_ids[int(history_rows[b])], "similarity": float(cosine[m, b])}
-                for m, b in enumerate(best)]
-
-
-def _per_field(table: EncodedTable, fields: Sequence[FieldSpec],
-               columns: dict[str, tuple[str, int | slice]]) -> list[np.ndarray]:
-    """Each of ``fields``' encoded values in ``table`` (laid out by ``columns``, from ``field_columns``):
-    (n, 1) categorical, (n, L) multi, (n, width) dense."""
-    groups = table.arrays()
-    out = []
-    for field in fields:
-        kind, column = columns[field.name]
-        values = groups[{"categorical": "cat", "multi": "multi", "dense": "dense"}[kind]][:, column]
-        out.append(values[:, None] if kind == "categorical" else values)
-    return out
-
-
-def _present(table: EncodedTable, fields: Sequence[FieldSpec], columns: dict[str, tuple[str, int | slice]],
-             empty: EncodedTable) -> np.ndarray:
-    """(n, F) bool: the field holds a value in that row of ``table``. Categories and lists need a known value
-    (above UNK); a dense field needs a value other than ``empty``'s (the side's encoding of nothing, one row)."""
-    out = []
-    for field, values, nothing in zip(fields, _per_field(table, fields, columns), _per_field(empty, fields, columns)):
-        out.append((values != nothing).any(1) if field.kind == "dense" else (values > UNK).any(1))
-    return np.stack(out, axis=1) if out else np.zeros((len(table), 0), dtype=bool)
+    def explainer(self) -> "Explainer":
+        """Explanations of this ranker's scores (``convfm.model.explanations``); made anew after ``put_jobs``."""
+        return Explainer(self)

@@ -97,10 +97,10 @@ def test_explanations_see_the_grown_catalog(served):
     """Which job fields vary over the catalog (explain credits only those) is recomputed after put_jobs."""
     model, extractor = served
     ranker = CatalogRanker(model, extractor, time=T0)
-    ranker.explain(users_of(extractor, 1), [1, 2])  # caches the catalog's constant fields
+    ranker.explainer.explain(users_of(extractor, 1), [1, 2])  # caches the catalog's constant fields
     company = [f.name for f in ranker.job_map.fields].index("company")
-    assert not ranker.constant_job_fields()[company]
+    assert not ranker.explainer.constant_job_fields()[company]
     put(extractor, ranker, new_jobs(extractor.job_ids[1:]), T0)  # every job now at the same company
-    assert ranker.constant_job_fields()[company]
-    np.testing.assert_array_equal(ranker.constant_job_fields(),
-                                  CatalogRanker(model, extractor, time=T0).constant_job_fields())
+    assert ranker.explainer.constant_job_fields()[company]
+    np.testing.assert_array_equal(ranker.explainer.constant_job_fields(),
+                                  CatalogRanker(model, extractor, time=T0).explainer.constant_job_fields())

@@ -65,7 +65,7 @@ def test_no_salary_no_history_and_unknown_ids_are_never_credited(market, tmp_pat
     assert ranker.job_table(np.arange(1, ranker.n_jobs)).dense[:, salary][:, 2].all()  # there, and always missing
     newcomer = profile_user(extractor)
     rows, _ = ranker.top_k(newcomer, 30)
-    pairs = credited(ranker.explain(newcomer, rows))
+    pairs = credited(ranker.explainer.explain(newcomer, rows))
     assert pairs and not {u for u, _ in pairs} & {*HISTORY_FIELDS, "user_id"}
     assert not {j for _, j in pairs} & {"salary", "job_type"}
     users = extractor.history.users[:20]
@@ -73,7 +73,7 @@ def test_no_salary_no_history_and_unknown_ids_are_never_credited(market, tmp_pat
     pairs = set()
     for i in range(len(users)):
         rows, _ = ranker.top_k(known.take([i]), 10)
-        pairs |= credited(ranker.explain(known.take([i]), rows))
+        pairs |= credited(ranker.explainer.explain(known.take([i]), rows))
     assert "activity" in {u for u, _ in pairs}  # a user with a history: the same boosted field counts
     assert not {j for _, j in pairs} & {"salary", "job_type"}
     # the service's one-line why says the same
@@ -89,7 +89,7 @@ def test_the_constant_job_field_rule(market):
     names = [f.name for f in base.job_map.fields]
 
     def constant(ranker: CatalogRanker) -> set[str]:
-        return {n for n, same in zip(names, ranker.constant_job_fields()) if same}
+        return {n for n, same in zip(names, ranker.explainer.constant_job_fields()) if same}
 
     assert {"salary", "job_type"} <= constant(base) and not {"job_id", "job_skills", "job_location"} & constant(base)
     jobs = base.job_table(np.arange(base.n_jobs))
@@ -98,7 +98,7 @@ def test_the_constant_job_field_rule(market):
     one_place = CatalogRanker(model, data.extractor, jobs=jobs)
     assert constant(one_place) == constant(base) | {"job_location"}
     user = profile_user(data.extractor)
-    explanations = one_place.explain(user, np.arange(1, 30))
+    explanations = one_place.explainer.explain(user, np.arange(1, 30))
     assert "job_location" not in {j for _, j in credited(explanations)}
     assert not any("location" in e["matching"] for e in explanations)  # "same location" holds for every job
 
@@ -107,9 +107,9 @@ def test_no_informative_pair_left_means_no_interactions_and_no_pair_in_the_why(m
     data, model = market
     base = CatalogRanker(model, data.extractor)
     clones = CatalogRanker(model, data.extractor, jobs=base.job_table(np.r_[0, np.ones(base.n_jobs - 1, dtype=int)]))
-    for e in clones.explain(profile_user(data.extractor), [1, 2, 3]):
+    for e in clones.explainer.explain(profile_user(data.extractor), [1, 2, 3]):
         assert e["interactions"] == [] and " x " not in _why(e)
-    assert clones.constant_job_fields().all()
+    assert clones.explainer.constant_job_fields().all()
 
 
 def test_explanations_only_when_asked(tiny):

@@ -104,7 +104,7 @@ def test_explain_names_user_job_pairs_and_matching_skills(tiny):
     ranker = CatalogRanker(tiny.model, extractor)
     user = users_of(extractor, 2).take([1])
     rows, _ = ranker.top_k(user, 5)
-    explanations = ranker.explain(user, rows)
+    explanations = ranker.explainer.explain(user, rows)
     assert len(explanations) == 5
     user_fields = {f.name for f in extractor.feature_map.of_side("user").fields}
     job_fields = {f.name for f in extractor.feature_map.of_side("job").fields}
