@@ -1,21 +1,17 @@
-"""Serving benchmark on loopback, in one run:
+"""Serving benchmark on loopback, in one run, with the targets of issue 15:
 
-1. a bounded load (fixed request count and concurrency; asyncio + httpx) on POST /recommend against
-   (a) a no-op Ray Serve endpoint (Serve's own overhead), (b) a plain FastAPI/uvicorn process calling the same
-   scorer (no Ray, no batching) and (c) the convfm Serve app (ingress -> batched Ranker);
+1. a bounded load (fixed request count; asyncio + httpx) on POST /recommend at concurrency 1 and at
+   ``--concurrency`` (16) against (a) a no-op Ray Serve endpoint (Serve's own overhead), (b) a plain
+   FastAPI/uvicorn process calling the same scorer (no Ray, no batching) and (c) the convfm Serve app
+   (ingress -> batched Ranker), over the model's 10,000-job catalog;
 2. ranking a 100k-job catalog for one user: the precomputed fast path vs the model's full forward.
 
-    python benchmarks/serve_load.py                       # ~2-3 minutes on 2 cores
+    python benchmarks/serve_load.py                       # ~4-5 minutes on 2 cores
     python benchmarks/serve_load.py --model models/NAME   # an existing registry entry instead of a fresh model
     python benchmarks/serve_load.py --smoke-test          # seconds: tiny numbers, checks that it runs
-    python benchmarks/serve_load.py --duration 30 --rounds 3 --concurrency 8   # soak: see below
     OMP_NUM_THREADS=1 python benchmarks/serve_load.py --explain   # what explanations cost (no Ray, ~2 min)
 
-``--duration S`` is a soak check of the convfm Serve app alone: ``--rounds`` runs of S seconds each at a fixed
-concurrency on loopback, reporting per run the errors and the RSS of every Serve replica process (Ranker, Api)
-before the first run and after each. It exits 1 on any error or when a replica's RSS grew by more than
-``--max-rss-growth-mb`` from the end of the first run (warm-up allocations) to the end of the last.
-
+The soak check (errors and replica memory over long runs) is ``benchmarks/serve_soak.py``.
 The client shares the machine with the servers, so absolute req/s mostly measure this box; compare rows.
 """
 from __future__ import annotations
@@ -34,6 +30,7 @@ import numpy as np
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
+NOOP, PLAIN, CONVFM = "Ray Serve no-op endpoint", "plain FastAPI/uvicorn + scorer", "Ray Serve convfm (batched Ranker)"
 
 
 def free_port() -> int:
@@ -157,78 +154,6 @@ def serve_targets(model: str, port: int, cpus: int):
     return serve, ray
 
 
-# ------------------------------------------------------------------------------------------- soak
-def replica_processes() -> dict[str, "psutil.Process"]:
-    """Serve replica processes on this machine by their Ray process title (works without the dashboard)."""
-    import psutil
-
-    found = {}
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        title = " ".join(process.info["cmdline"] or [])
-        if title.startswith("ray::ServeReplica:convfm:"):
-            name = title.split()[0].removeprefix("ray::ServeReplica:convfm:").split(".")[0]
-            found[f"{name} (pid {process.info['pid']})"] = process
-    return found
-
-
-def rss_mb(processes: dict) -> dict[str, float]:
-    import psutil
-
-    out = {}
-    for name, process in processes.items():
-        try:
-            out[name] = process.memory_info().rss / 2**20
-        except psutil.NoSuchProcess:
-            out[name] = float("nan")
-    return out
-
-
-def soak(model: str, args: argparse.Namespace, bodies: list[dict]) -> int:
-    """``--duration``: rounds of fixed-duration load on the convfm app; errors and replica RSS per round."""
-    import ray
-    from ray import serve
-
-    from serve.app import build_app
-    from serve.config import ServeConfig
-
-    port = free_port()
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        config = ServeConfig(model=model, port=port, replicas=args.replicas, num_cpus=min(1.0, args.cpus / (
-            args.replicas + 1)), max_batch_size=16, batch_wait_timeout_s=0.002)
-        serve.run(build_app(config), name="convfm", route_prefix="/")
-        base = f"http://127.0.0.1:{port}"
-        wait_healthy(base)
-        asyncio.run(load(base, bodies, 50, 4))  # warm-up: every replica scores a few batches
-        processes = replica_processes()
-        rows = [("before", None, rss_mb(processes))]
-        for n in range(1, args.rounds + 1):
-            result = asyncio.run(load(base, bodies, 10**9, args.concurrency, duration=args.duration, warmup=False))
-            rows.append((f"run {n}", result, rss_mb(processes)))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
-    names = list(processes)
-    print(f"\n### Soak: POST /recommend for {args.duration:.0f}s x {args.rounds} at concurrency {args.concurrency}, "
-          f"{args.replicas} Ranker replica(s), loopback\n")
-    print("| after | requests | req/s | p50 ms | p99 ms | errors | " + " | ".join(f"RSS MB {n}" for n in names) + " |")
-    print("|---|---:|---:|---:|---:|---:|" + "---:|" * len(names))
-    for label, r, rss in rows:
-        numbers = "| | | | | " if r is None else (f"| {r['requests']} | {r['req_s']:.0f} | {r['p50']:.1f} | "
-                                                   f"{r['p99']:.1f} | {r['errors']} ")
-        print(f"| {label} {numbers}| " + " | ".join(f"{rss[n]:.0f}" for n in names) + " |")
-    errors = sum(r["errors"] for _, r, _ in rows if r is not None)
-    growth = {n: rows[-1][2][n] - rows[1][2][n] for n in names}
-    worst = max(growth.values(), default=0.0)
-    print(f"\nerrors: {errors}; RSS growth from the end of run 1 to the end of run {args.rounds}: "
-          + ", ".join(f"{n} {g:+.1f} MB" for n, g in growth.items()))
-    if not names:
-        print("no Serve replica processes found (is this the machine running Ray?)")
-    return 1 if errors or worst > args.max_rss_growth_mb or not names else 0
-
-
 # ---------------------------------------------------------------------------------------- catalog
 def catalog_timing(model_path: str, n_jobs: int, repeats: int) -> dict[str, float]:
     """Top-10 over ``n_jobs`` jobs (the fitted catalog tiled) for one user: fast path vs full forward."""
@@ -245,7 +170,7 @@ def catalog_timing(model_path: str, n_jobs: int, repeats: int) -> dict[str, floa
     started = time.perf_counter()
     ranker = CatalogRanker(model, extractor, jobs=jobs)
     precompute = time.perf_counter() - started
-    user = extractor.user_catalog.take([1])
+    user = extractor.user_side(extractor.user_catalog.take([1]), np.array([extractor.user_ids[1]], dtype=object))
 
     def fast() -> np.ndarray:
         return ranker.top_k(user, 10)[0]
@@ -304,34 +229,26 @@ def _timed(fn) -> float:
 # ------------------------------------------------------------------------------------------- main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="registry entry or model dir (default: train a fresh one)")
-    parser.add_argument("--requests", type=int, default=2000, help="requests per target (default 2000)")
+    parser.add_argument("--model", help="registry entry or model dir (default: train a fresh one, 10,000 jobs)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per target at --concurrency (2000)")
+    parser.add_argument("--requests-one", type=int, default=300, help="requests per target one at a time (300)")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--catalog-jobs", type=int, default=100_000, help="catalog size to rank (default 100000)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs for the local Ray")
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks that everything runs")
-    parser.add_argument("--duration", type=float, metavar="S", help="soak mode: runs of S seconds on the convfm app "
-                        "only, errors and replica RSS per run (see the module docstring)")
-    parser.add_argument("--rounds", type=int, default=3, help="soak runs (default 3)")
-    parser.add_argument("--replicas", type=int, default=2, help="Ranker replicas in soak mode (default 2)")
-    parser.add_argument("--max-rss-growth-mb", type=float, default=64.0,
-                        help="soak: fail when a replica grows more than this from run 1 to the last (default 64)")
     parser.add_argument("--explain", action="store_true", help="only the in-process cost of explanations: "
-                        "recommend_many with and without them (no Ray; a fresh model has 10,000 jobs)")
+                        "recommend_many with and without them (no Ray)")
     parser.add_argument("--plain-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_server:
         plain_server(args.model, args.plain_server)
         return 0
     if args.smoke_test:
-        args.requests, args.concurrency, args.catalog_jobs = 100, 4, 5_000
-    if args.duration is not None and not 0 < args.duration <= 3600 or not 1 <= args.rounds <= 100:
-        parser.error("--duration must be in (0, 3600] seconds and --rounds in [1, 100]")
+        args.requests, args.requests_one, args.concurrency, args.catalog_jobs = 100, 20, 4, 5_000
 
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="convfm-bench-"))
-    sizes = (300, 200, 5_000) if args.smoke_test else (3_000, 10_000, 30_000) if args.explain else \
-        (2_000, 1_000, 30_000)
+    sizes = (300, 200, 5_000) if args.smoke_test else (3_000, 10_000, 30_000)
     model = str(Path(args.model).absolute()) if args.model else str(build_model(workdir, *sizes))
     print(f"model {model} ready after {time.perf_counter() - started:.0f}s", file=sys.stderr)
     from serve.model_slot import ModelSlot
@@ -339,23 +256,24 @@ def main() -> int:
     slot = ModelSlot(model)
     slot.load()
     users = list(slot.require().extractor.user_rows)[:200]
+    catalog_jobs = len(slot.require().extractor.job_catalog) - 1  # row 0 is the unknown job
     bodies = [{"user_id": u, "k": 10} for u in users]
     del slot
-    if args.duration is not None:
-        return soak(model, args, bodies)
     if args.explain:
         print_explain_timing(explain_timing(model, users[:50], rounds=2 if args.smoke_test else 4))
         return 0
 
     catalog = catalog_timing(model, args.catalog_jobs, repeats=3 if args.smoke_test else 6)
-    results = {}
+    levels = [(1, args.requests_one), (args.concurrency, args.requests)]
+    results: dict[tuple[str, int], dict[str, float]] = {}
     plain_port, serve_port = free_port(), free_port()
     plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(plain_port), "--model", model],
                              cwd=ROOT)
     try:
         wait_healthy(f"http://127.0.0.1:{plain_port}")
-        results["plain FastAPI/uvicorn + scorer"] = asyncio.run(
-            load(f"http://127.0.0.1:{plain_port}", bodies, args.requests, args.concurrency))
+        for concurrency, requests in levels:
+            results[PLAIN, concurrency] = asyncio.run(
+                load(f"http://127.0.0.1:{plain_port}", bodies, requests, concurrency))
     finally:
         plain.terminate()
         plain.wait(30)
@@ -363,18 +281,19 @@ def main() -> int:
     try:
         base = f"http://127.0.0.1:{serve_port}"
         wait_healthy(base)
-        results["Ray Serve no-op endpoint"] = asyncio.run(load(f"{base}/noop", bodies, args.requests, args.concurrency))
-        results["Ray Serve convfm (batched Ranker)"] = asyncio.run(load(base, bodies, args.requests, args.concurrency))
+        for concurrency, requests in levels:  # the two Serve targets back to back at each level
+            results[NOOP, concurrency] = asyncio.run(load(f"{base}/noop", bodies, requests, concurrency))
+            results[CONVFM, concurrency] = asyncio.run(load(base, bodies, requests, concurrency))
     finally:
         serve.shutdown()
         ray.shutdown()
 
-    print(f"\n### POST /recommend (k=10), {args.requests} requests at concurrency {args.concurrency}, loopback\n")
-    print("| target | requests | req/s | p50 ms | p95 ms | p99 ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
-        print(f"| {name} | {r['requests']} | {r['req_s']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} "
-              f"| {r['errors']} |")
+    print(f"\n### POST /recommend (k=10), {catalog_jobs:,}-job catalog, loopback (the client on the same cores)\n")
+    print("| target | concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for (name, concurrency), r in results.items():
+        print(f"| {name} | {concurrency} | {r['requests']} | {r['req_s']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} "
+              f"| {r['p99']:.1f} | {r['errors']} |")
     c = catalog
     print(f"\n### Top-10 over a {c['jobs']:,}-job catalog for one user (torch threads: {c['threads']})\n")
     print("| path | time | speedup |")
@@ -382,9 +301,30 @@ def main() -> int:
     print(f"| full forward (model over every pair) | {c['full_s'] * 1000:.0f} ms | 1.0x |")
     print(f"| fast path (job side precomputed) | {c['fast_s'] * 1000:.1f} ms | {c['full_s'] / c['fast_s']:.1f}x |")
     print(f"| job-side precompute, once per model load | {c['precompute_s']:.2f} s | |")
-    print(f"\nmax |fast - full| logit over the catalog: {c['max_abs_diff']:.1e}; same top-10: {c['same_top10']}; "
-          f"total run {time.perf_counter() - started:.0f}s")
+    print(f"\nmax |fast - full| logit over the catalog: {c['max_abs_diff']:.1e}; same top-10: {c['same_top10']}")
+    print_targets(results, args.concurrency, catalog_jobs, catalog)
+    print(f"\ntotal run {time.perf_counter() - started:.0f}s")
     return 0
+
+
+def print_targets(results: dict[tuple[str, int], dict[str, float]], concurrency: int, catalog_jobs: int,
+                  catalog: dict[str, float]) -> None:
+    """Issue 15's serving targets, each as measured in this run."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    extra = results[CONVFM, 1]["p50"] - results[NOOP, 1]["p50"]
+    ratio = results[CONVFM, concurrency]["req_s"] / results[NOOP, concurrency]["req_s"]
+    errors = sum(r["errors"] for (name, _), r in results.items() if name == CONVFM)
+    fast_ms = catalog["fast_s"] * 1000
+    print(f"\ntargets ({catalog_jobs:,}-job catalog for the load):")
+    print(f"- p50 one at a time: convfm {results[CONVFM, 1]['p50']:.1f} ms, no-op {results[NOOP, 1]['p50']:.1f} ms: "
+          f"{extra:+.1f} ms (at most +5 ms): {verdict(extra <= 5.0)}")
+    print(f"- req/s at concurrency {concurrency}: {ratio:.2f}x the no-op endpoint's (at least 0.7x): "
+          f"{verdict(ratio >= 0.7)}")
+    print(f"- errors: {errors} (0): {verdict(errors == 0)}")
+    print(f"- exact top-10 over {catalog['jobs']:,} jobs: {fast_ms:.1f} ms with {catalog['threads']} thread(s) "
+          f"(at most 25 ms): {verdict(fast_ms <= 25.0 and bool(catalog['same_top10']))}")
 
 
 if __name__ == "__main__":
