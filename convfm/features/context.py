@@ -68,6 +68,12 @@ class UserHistory:
         self.offsets = np.append(starts, len(order)).astype(np.int64)
         self._index = pd.Index(self.users)
         self.earlier = np.array([(earlier or {}).get(u, 0) for u in self.users], dtype=np.int64)
+        # (user, time) as one int64 key, ascending: user * width + the time's rank among the distinct event times
+        # (an event is before t exactly when its rank is below the count of distinct times before t)
+        self._stamps = np.unique(self.times)
+        self._width = np.int64(len(self._stamps) + 1)
+        user_of = np.repeat(np.arange(len(self.users), dtype=np.int64), np.diff(self.offsets))
+        self._keys = user_of * self._width + np.searchsorted(self._stamps, self.times)
 
     @classmethod
     def from_frame(cls, positives: pd.DataFrame) -> "UserHistory":
@@ -94,14 +100,9 @@ class UserHistory:
         start = np.where(known, self.offsets[np.maximum(position, 0)], 0)
         count = np.zeros(len(position), dtype=np.int64)
         if known.any():
-            # rank all times together so (user, time) fits one int64 key
-            stamps, inverse = np.unique(np.concatenate([self.times, np.asarray(times, np.int64)[known]]),
-                                        return_inverse=True)
-            width = np.int64(len(stamps) + 1)
-            user_of = np.repeat(np.arange(len(self.users), dtype=np.int64), np.diff(self.offsets))
-            keys = user_of * width + inverse[: len(self.times)]
-            query = position[known].astype(np.int64) * width + inverse[len(self.times):]
-            count[known] = np.searchsorted(keys, query, side="left") - start[known]
+            before = np.searchsorted(self._stamps, np.asarray(times, np.int64)[known], side="left")
+            query = position[known].astype(np.int64) * self._width + before
+            count[known] = np.searchsorted(self._keys, query, side="left") - start[known]
         earlier = self.earlier[np.maximum(position, 0)] if len(self.users) else 0
         total = count + np.where(count > 0, earlier, 0)
         return start.astype(np.int64), count, total

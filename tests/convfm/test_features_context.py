@@ -62,6 +62,22 @@ def test_history_counts_positives_strictly_before_t(market):
     assert len(set(state.tolist())) == 4
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_history_counts_equal_a_brute_force_count_with_tied_times(seed):
+    """states() against counting each query's user's events before t one by one: many events share a time, and
+    queries fall on event times, between them, before all and after all."""
+    rng = np.random.default_rng(seed)
+    users = rng.choice(["a", "b", "c", "d"], size=60)
+    times = rng.integers(0, 12, size=60) * 10  # 12 distinct times, many ties
+    history = UserHistory(users, rng.choice(["j1", "j2", "j3"], size=60), times)
+    query_users = rng.choice(["a", "b", "c", "d", "nobody"], size=200)
+    query_times = rng.integers(-5, 125, size=200)
+    query_times[:20] = times[:20]  # exactly on an event's time: that event is not before t
+    _, count, _ = history.states(query_users, query_times)
+    expected = [int(((users == u) & (times < t)).sum()) for u, t in zip(query_users, query_times)]
+    assert count.tolist() == expected
+
+
 def test_history_fields_share_the_job_vocabularies(fitted):
     names = [f.name for f in fitted.feature_map.fields]
     assert names.index("history_jobs") < names.index("job_id") < names.index("job_age")
