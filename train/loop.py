@@ -138,8 +138,9 @@ def _streamed(data_config: DataConfig, extractor: Any, rank: int) -> tuple[Examp
                                    {"valid": frame}, catalog=None, truth=None)
 
 
-def _restore(checkpoint: Optional[ray.train.Checkpoint | ray.tune.Checkpoint], model_config: ModelConfig, feature_map: FeatureMap,
-             initial: Optional[dict[str, torch.Tensor]] = None) -> tuple[ConvFM, Optional[dict[str, Any]]]:
+def _restore(checkpoint: Optional[ray.train.Checkpoint | ray.tune.Checkpoint], model_config: ModelConfig,
+             feature_map: FeatureMap, initial: Optional[dict[str, torch.Tensor]] = None
+             ) -> tuple[ConvFM, Optional[dict[str, Any]]]:
     """The checkpoint's model and train state (refusing one of a different model), else a fresh model holding
     ``initial`` (a warm start's weights) when given."""
     if checkpoint is None:

@@ -110,7 +110,8 @@ def run_tune(
         concurrency = trial_concurrency(tune_config, ray.cluster_resources(), may_autoscale=address is not None)
         space = tune_config.search_space()
         setup = {"model": base_model.to_dict(), "train": base_train.to_dict(), "space": space.to_dict(),
-                 "storage": str(out.location("train")), "metric": tune_config.metric, "mode": tune_config.mode}
+                 "storage": str(out.location("train")), "metric": tune_config.metric, "mode": tune_config.mode,
+                 "in_trial": tune_config.trains_in_trial}
         trainable = ray_tune.with_resources(
             ray_tune.with_parameters(run_trial, shared=loop_config(data, base_model, base_train, loop_options),
                                      setup=setup),
@@ -156,7 +157,7 @@ def run_trial(config: dict[str, Any], shared: dict[str, Any], setup: dict[str, A
     except ConfigError as exc:
         raise ConfigError(f"trial {trial_id}: sampled configuration refused: {exc}") from None
     worker_config = {**shared, "model": model.to_dict(), "train": train.to_dict()}
-    if train.num_workers == 1:
+    if setup["in_trial"]:
         train_in_trial(worker_config)
         return
     trainer = build_trainer(

@@ -97,8 +97,9 @@ class Explainer:
 
     def constant_job_fields(self) -> np.ndarray:
         """(Fj,) bool: job fields with one encoded value over the whole catalog (row 0, the unknown job, aside).
-        Static fields are checked once per explainer (per catalog); recency fields (the last ones, categorical) at the current
-        time, over the few bucket combinations the jobs are in (marking them costs ~N writes, no sort)."""
+        Static fields are checked once per explainer (per catalog); recency fields (the last ones, categorical)
+        at the current time, over the few bucket combinations the jobs are in (marking them costs ~N writes, no
+        sort)."""
         if self.ranker.recency is None:
             return self._constant_static
         used = np.zeros(len(self.ranker.recency.table), dtype=bool)

@@ -53,7 +53,8 @@ def test_train_and_tune_build_the_same_ray_configs(ray_local, make_configs, tmp_
     fixed = {name: getattr(model_config if name in MODEL_FIELDS else train_config, name) for name in DEFAULT_SPACE}
     setup = {"model": model_config.to_dict(), "train": train_config.to_dict(),
              "space": SearchSpace.from_overrides(fixed).to_dict(), "storage": str(tmp_path / "tune" / "train"),
-             "metric": train_config.early_stopping[0], "mode": train_config.early_stopping[1]}  # as the run's
+             "metric": train_config.early_stopping[0], "mode": train_config.early_stopping[1],  # as the run's
+             "in_trial": False}  # 2 workers per trial
     monkeypatch.setattr(runner.ray_tune, "get_context", lambda: types.SimpleNamespace(get_trial_id=lambda: "t1"))
     monkeypatch.setattr(runner, "TuneReportCallback", TrialReports)  # the real one needs a Tune session
     with pytest.raises(Built):
@@ -111,7 +112,7 @@ def test_a_one_worker_trial_trains_in_its_actor_with_the_runs_checkpoint_policy(
     fixed = {name: getattr(model_config if name in MODEL_FIELDS else train_config, name) for name in DEFAULT_SPACE}
     setup = {"model": model_config.to_dict(), "train": train_config.to_dict(),
              "space": SearchSpace.from_overrides(fixed).to_dict(), "storage": str(tmp_path / "train"),
-             "metric": "val_log_loss", "mode": "min"}
+             "metric": "val_log_loss", "mode": "min", "in_trial": True}
     in_actor: list[dict[str, Any]] = []
     monkeypatch.setattr(runner.ray_tune, "get_context", lambda: types.SimpleNamespace(get_trial_id=lambda: "t1"))
     monkeypatch.setattr(runner, "train_in_trial", in_actor.append)
