@@ -1,6 +1,6 @@
 """benchmarks/serve_load.py's 100k-catalog timing, in process on the session's tiny model (the script's HTTP load
 needs its own Ray and Serve and runs only in the benchmark): the user row it ranks must carry every user-side
-field, history included, or the fast path fails (it did from the history features until this test)."""
+field, history included, or the fast path fails; the top-10 must equal the full forward's."""
 from __future__ import annotations
 
 import importlib.util
