@@ -2,8 +2,9 @@
 
 1. a bounded load (fixed request count; asyncio + httpx) on POST /recommend at concurrency 1 and at
    ``--concurrency`` (16) against (a) a no-op Ray Serve endpoint (Serve's own overhead), (b) a plain
-   FastAPI/uvicorn process calling the same scorer (no Ray, no batching) and (c) the convfm Serve app
-   (ingress -> batched Ranker), over the model's 10,000-job catalog;
+   FastAPI/uvicorn process calling the same scorer (no Ray, no batching), (c) the convfm Serve app with one
+   replica (one deployment: HTTP and batched scoring in one process, the default) and (d) the app with two
+   (an ingress in front of 2 batched Ranker replicas), over the model's 10,000-job catalog;
 2. ranking a 100k-job catalog for one user: the precomputed fast path vs the model's full forward.
 
     python benchmarks/serve_load.py                       # ~4-5 minutes on 2 cores
@@ -30,7 +31,8 @@ import numpy as np
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
-NOOP, PLAIN, CONVFM = "Ray Serve no-op endpoint", "plain FastAPI/uvicorn + scorer", "Ray Serve convfm (batched Ranker)"
+NOOP, PLAIN = "Ray Serve no-op endpoint", "plain FastAPI/uvicorn + scorer"
+CONVFM, CONVFM_TWO = "Ray Serve convfm, 1 replica (one deployment)", "Ray Serve convfm, ingress -> 2 Ranker replicas"
 
 
 def free_port() -> int:
@@ -126,7 +128,7 @@ def plain_server(model: str, port: int) -> None:
 
 
 def serve_targets(model: str, port: int, cpus: int):
-    """Start Ray Serve with (a) a no-op app under /noop and (c) the convfm app under /."""
+    """Start Ray Serve with (a) a no-op app under /noop, (c) the convfm app under / and (d) under /two."""
     import ray
     from fastapi import FastAPI
     from ray import serve
@@ -149,8 +151,14 @@ def serve_targets(model: str, port: int, cpus: int):
     noop_app = serve.deployment(serve.ingress(noop)(), name="NoOp", ray_actor_options={"num_cpus": 0.1},
                                 logging_config={"enable_access_log": False})
     serve.run(noop_app.bind(), name="noop", route_prefix="/noop")
-    config = ServeConfig(model=model, port=port, num_cpus=1, max_batch_size=16, batch_wait_timeout_s=0.002)
+    # Both apps fit the CPUs beside the no-op (a replica that does not fit never starts); Ray gives each replica
+    # one torch thread whatever its fraction.
+    share = (cpus - 0.1) / 2
+    config = ServeConfig(model=model, port=port, num_cpus=share, max_batch_size=16, batch_wait_timeout_s=0.002)
     serve.run(build_app(config), name="convfm", route_prefix="/")
+    two = ServeConfig(model=model, port=port, replicas=2, num_cpus=(share - 0.1) / 2, max_batch_size=16,
+                      batch_wait_timeout_s=0.002)
+    serve.run(build_app(two), name="convfm-two", route_prefix="/two")
     return serve, ray
 
 
@@ -282,9 +290,11 @@ def main() -> int:
     try:
         base = f"http://127.0.0.1:{serve_port}"
         wait_healthy(base)
-        for concurrency, requests in levels:  # the two Serve targets back to back at each level
+        wait_healthy(f"{base}/two")
+        for concurrency, requests in levels:  # the Serve targets back to back at each level
             results[NOOP, concurrency] = asyncio.run(load(f"{base}/noop", bodies, requests, concurrency))
             results[CONVFM, concurrency] = asyncio.run(load(base, bodies, requests, concurrency))
+            results[CONVFM_TWO, concurrency] = asyncio.run(load(f"{base}/two", bodies, requests, concurrency))
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -316,9 +326,9 @@ def print_targets(results: dict[tuple[str, int], dict[str, float]], concurrency:
 
     extra = results[CONVFM, 1]["p50"] - results[NOOP, 1]["p50"]
     ratio = results[CONVFM, concurrency]["req_s"] / results[NOOP, concurrency]["req_s"]
-    errors = sum(r["errors"] for (name, _), r in results.items() if name == CONVFM)
+    errors = sum(r["errors"] for (name, _), r in results.items() if name in (CONVFM, CONVFM_TWO))
     fast_ms = catalog["fast_s"] * 1000
-    print(f"\ntargets ({catalog_jobs:,}-job catalog for the load):")
+    print(f"\ntargets ({catalog_jobs:,}-job catalog for the load; convfm with 1 replica):")
     print(f"- p50 one at a time: convfm {results[CONVFM, 1]['p50']:.1f} ms, no-op {results[NOOP, 1]['p50']:.1f} ms: "
           f"{extra:+.1f} ms (at most +5 ms): {verdict(extra <= 5.0)}")
     print(f"- req/s at concurrency {concurrency}: {ratio:.2f}x the no-op endpoint's (at least 0.7x): "

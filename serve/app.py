@@ -5,6 +5,9 @@
     serve deploy serve/config.yaml                                   # against `ray start --head`
     convfm serve --model models/NAME                                 # the same, from the CLI
 
+With one replica (the default) the ``Ranker`` runs inside the ``Api``'s process (``serve.in_process``): one
+deployment, no actor hop per request; everything below holds the same, with one replica to tell.
+
 ``Ranker`` replicas (``serve.ranker``) each hold a ``ModelSlot``; the model loads in a background thread, so ``/healthz`` answers
 503 until it is ready. ``@serve.batch`` gathers concurrent requests and scores them in one pass over the
 catalog. Model versions change through ``POST /admin/reload`` or the ``Api`` deployment's
@@ -45,6 +48,7 @@ from convfm.store.registry import VERSION_RE, live_location, locate
 from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, SHUTDOWN_OPTIONS, ServeConfig
 from serve.events import EventWriter
 from serve.http import build_http_app, reload_outcome, unwrap
+from serve.in_process import InProcess, LocalHandle
 from serve.live_catalog import write_jobs
 from serve.ranker import Ranker
 from serve.scorer import ServiceError, public_text
@@ -59,8 +63,10 @@ APP_NAME = "convfm"
 class Api:
     """HTTP ingress: validation, auth and limits (``serve.http``), then calls into ``Ranker``."""
 
-    def __init__(self, ranker: DeploymentHandle, settings: dict[str, Any]) -> None:
-        self.ranker, self.settings = ranker, settings
+    def __init__(self, ranker: DeploymentHandle | InProcess, settings: dict[str, Any]) -> None:
+        # One replica: the Ranker runs here, in this process (``serve.in_process``); else behind its handle.
+        self.ranker = ranker.start() if isinstance(ranker, InProcess) else ranker
+        self.settings = settings
         self.want: Optional[str] = settings.get("model_version")
         self.split: Optional[Split] = settings.get("traffic")  # with a split, ``want`` is its control version
         self._configured = False
@@ -73,6 +79,12 @@ class Api:
             self.catalog_want = self.catalog.latest() if self.catalog is not None else 0
         except ConvFMError as exc:  # the replicas still read the latest when they load the model
             log.warning("live catalog: cannot read its version at start-up: %s", exc)
+
+    def check_health(self) -> None:
+        """Called by Serve every few seconds: with the Ranker in this process, a replica whose model gave up
+        loading is replaced, as a Ranker replica would be."""
+        if isinstance(self.ranker, LocalHandle):
+            self.ranker.check_health()
 
     def __serve_build_asgi_app__(self) -> Any:
         return build_http_app(self, api_key_digest=self.settings.get("api_key_digest"),
@@ -260,20 +272,25 @@ def build_app(config: ServeConfig, node_cpus: Optional[float] = None) -> Any:
     node_cpus = largest_node_cpus() if node_cpus is None else node_cpus
     live = config.live_store or live_location(model)
     live = str(live) if storage.is_uri(live) else str(Path(live).expanduser().absolute())
-    ranker = Ranker.options(**config.ranker_options(node_cpus), logging_config=logging_config).bind(
-        model, version, config.max_batch_size, config.batch_wait_timeout_s, device, live, others,
-        config.retrieval_candidates)
+    ranker_args = (model, version, config.max_batch_size, config.batch_wait_timeout_s, device, live, others,
+                   config.retrieval_candidates)
     settings = {"model": model, "model_version": version, "traffic": config.traffic, "live_store": live,
                 "api_key_digest": config.api_key_digest(),
                 "auth_all_endpoints": config.auth_all_endpoints, "max_body_bytes": config.max_body_bytes,
                 "request_timeout_s": config.request_timeout_s, "allowed_hosts": config.trusted_hosts()}
-    # The ingress only forwards: let it hold as many requests as the Rankers can batch.
-    ingress_limit = config.max_ongoing_requests * config.most_replicas()
-    return Api.options(ray_actor_options={"num_cpus": config.ingress_num_cpus}, logging_config=logging_config,
-                       **SHUTDOWN_OPTIONS,
-                       max_ongoing_requests=ingress_limit,
-                       user_config={"model_version": config.model_version, "traffic": config.traffic}
-                       ).bind(ranker, settings)
+    api_options: dict[str, Any] = {"logging_config": logging_config, **SHUTDOWN_OPTIONS,
+                                   "user_config": {"model_version": config.model_version, "traffic": config.traffic}}
+    if config.replicas == 1:  # one deployment: HTTP and scoring in one replica, no hop between them
+        ranker: Any = InProcess(ranker_args)
+        ranker_options = config.ranker_options(node_cpus)
+        api_options.update(ray_actor_options=ranker_options["ray_actor_options"],
+                           max_ongoing_requests=ranker_options["max_ongoing_requests"])
+    else:
+        ranker = Ranker.options(**config.ranker_options(node_cpus), logging_config=logging_config).bind(*ranker_args)
+        # The ingress only forwards: let it hold as many requests as the Rankers can batch.
+        api_options.update(ray_actor_options={"num_cpus": config.ingress_num_cpus},
+                           max_ongoing_requests=config.max_ongoing_requests * config.most_replicas())
+    return Api.options(**api_options).bind(ranker, settings)
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -48,9 +48,11 @@ def test_retrieval_candidates_reach_every_ranker_replica_and_each_version_it_loa
     from serve.app import build_app
     from serve.model_slot import ModelSlot, VersionSlots
 
-    api = build_app(ServeConfig(model=str(tiny.entry), retrieval_candidates=40), node_cpus=2)._bound_deployment
-    ranker_args = api.init_args[0]._bound_deployment.init_args
-    assert ranker_args[0] == str(tiny.entry) and ranker_args[-1] == 40
+    one = build_app(ServeConfig(model=str(tiny.entry), retrieval_candidates=40), node_cpus=2)._bound_deployment
+    two = build_app(ServeConfig(model=str(tiny.entry), retrieval_candidates=40, replicas=2), node_cpus=2
+                    )._bound_deployment
+    for ranker_args in (one.init_args[0].args, two.init_args[0]._bound_deployment.init_args):
+        assert ranker_args[0] == str(tiny.entry) and ranker_args[-1] == 40
 
     primary = ModelSlot(tiny.entry, retrieval_candidates=40)
     assert primary.load()["ok"] and primary.current.index is not None
@@ -58,3 +60,18 @@ def test_retrieval_candidates_reach_every_ranker_replica_and_each_version_it_loa
     variants = VersionSlots(primary)
     assert variants.hold(["v0001"])[0]["ok"] and variants.get("v0001").index is not None
     assert ModelSlot(tiny.entry).retrieval_candidates == 0  # the default: the exact scan
+
+
+def test_one_replica_is_one_deployment_sized_as_the_ranker_more_are_an_ingress_and_rankers(tiny):
+    """One replica: the Api scores in its own process (``serve.in_process``) and asks for the ranking replica's
+    CPUs; two: a 0.1-CPU ingress in front of a Ranker deployment."""
+    from serve.app import build_app
+    from serve.in_process import InProcess
+
+    one = build_app(ServeConfig(model=str(tiny.entry)), node_cpus=2)._bound_deployment
+    assert isinstance(one.init_args[0], InProcess)
+    assert one.ray_actor_options["num_cpus"] == 1.0 and one.max_ongoing_requests == 32
+    two = build_app(ServeConfig(model=str(tiny.entry), replicas=2), node_cpus=2)._bound_deployment
+    ranker = two.init_args[0]._bound_deployment
+    assert ranker.name == "Ranker" and ranker.num_replicas == 2 and ranker.ray_actor_options["num_cpus"] == 0.95
+    assert two.ray_actor_options["num_cpus"] == 0.1 and two.max_ongoing_requests == 64

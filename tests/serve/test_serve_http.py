@@ -59,6 +59,17 @@ def test_health_goes_ready_after_load(service):
     assert "/recommend" in service.client.get("/openapi.json").json()["paths"]
 
 
+def test_one_replica_serves_http_and_scores_in_one_deployment(service):
+    """No Ranker deployment behind the ingress (serve.in_process); the model info still reports its batches."""
+    from ray import serve
+
+    from serve.app import APP_NAME
+
+    assert set(serve.status().applications[APP_NAME].deployments) == {"Api"}
+    recommend(service, user_id="no-such-user", k=1)
+    assert service.client.get("/model").json()["batching"]["requests"] >= 1
+
+
 def test_recommend_for_a_known_user(service):
     user = busiest_user(service.data)
     body = recommend(service, user_id=user, k=5, explain=True)

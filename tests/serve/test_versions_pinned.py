@@ -15,11 +15,13 @@ def test_the_app_pins_the_version_latest_had_when_it_was_built(tiny, tmp_path):
 
     entry = tmp_path / "registry" / "tiny"
     shutil.copytree(tiny.entry, entry)
-    app = build_app(ServeConfig(model=str(entry)))  # model_version null: the shipped default
+    app = build_app(ServeConfig(model=str(entry), replicas=2))  # model_version null: the shipped default
+    one = build_app(ServeConfig(model=str(entry)))  # one replica: the Ranker in the Api's process
     publish(tiny.model_dir, entry.parent, "tiny")  # v0002 becomes latest after the build
     ranker, settings = app._bound_deployment.init_args  # what every replica, early or late, is started with
     assert settings["model_version"] == "v0001"
     assert ranker._bound_deployment.init_args[1] == "v0001"
+    assert one._bound_deployment.init_args[0].args[1] == "v0001"  # and a restarted one-replica service
     assert build_app(ServeConfig(model=str(entry)))._bound_deployment.init_args[1]["model_version"] == "v0002"
     single = build_app(ServeConfig(model=str(tiny.model_dir)))  # a plain model directory has no versions
     assert single._bound_deployment.init_args[1]["model_version"] is None
