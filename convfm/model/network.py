@@ -64,7 +64,7 @@ class ConvSide(NamedTuple):
     """One field group's share of the conv features, per row; None where the group has no such position."""
 
     inside: Optional[torch.Tensor]  # (R, C) max after ReLU over the positions that see only this group
-    crossing: Optional[torch.Tensor]  # (R, C, Pm) pre-activations where the window crosses the cut (left: + bias)
+    crossing: Optional[torch.Tensor]  # (R, Pm, C) pre-activations where the window crosses the cut (left: + bias)
 
 
 class FieldConv(nn.Module):
@@ -92,18 +92,22 @@ class FieldConv(nn.Module):
         half = self.conv.kernel_size[0] // 2
         inside = [p for p in range(fields) if (p + half < cut if left else p - half >= cut)]
         crossing = [p for p in range(fields) if cut - half <= p < cut + half]
-        shares = positions[:, :, crossing] if crossing else None  # (R, C, Pm)
+        shares = positions[:, :, crossing].transpose(1, 2).contiguous() if crossing else None  # (R, Pm, C)
         if shares is not None and not left:
-            shares = shares - self.conv.bias[:, None]  # the left group carries the bias
+            shares = shares - self.conv.bias  # the left group carries the bias
         return ConvSide(torch.relu(positions[:, :, inside]).amax(2) if inside else None, shares)
 
     @staticmethod
     def combine(left: ConvSide, right: ConvSide) -> torch.Tensor:
-        """Two groups' sides, broadcast on their leading dims -> the conv features (..., C)."""
-        pieces = [t for t in (left.inside, right.inside) if t is not None]
-        if left.crossing is not None:
-            pieces.append(torch.relu(left.crossing + right.crossing).amax(-1))  # (..., C)
-        return functools.reduce(torch.maximum, pieces)
+        """Two groups' sides, broadcast on their leading dims -> the conv features (..., C). The max over the
+        crossing positions is taken before the ReLU (it commutes with max), and no ReLU is needed beside an
+        inside piece (already >= 0): a scan's widest tensors then take one pass each, not four."""
+        inside = [t for t in (left.inside, right.inside) if t is not None]
+        if left.crossing is None:
+            return functools.reduce(torch.maximum, inside)
+        sums = [a + b for a, b in zip(left.crossing.unbind(-2), right.crossing.unbind(-2))]  # Pm x (..., C)
+        crossing = functools.reduce(torch.maximum, sums)
+        return functools.reduce(torch.maximum, inside, crossing) if inside else torch.relu(crossing)
 
 
 class Affine(NamedTuple):
