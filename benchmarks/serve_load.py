@@ -98,6 +98,13 @@ async def load(url: str, bodies: list[dict], requests: int, concurrency: int,
             "errors": errors}
 
 
+def batching(url: str) -> dict[str, float]:
+    """The app's batching counters (``GET /model``): with one replica, every request's."""
+    import httpx
+
+    return httpx.get(f"{url}/model", timeout=30).json()["batching"]
+
+
 def wait_healthy(url: str, timeout_s: float = 180.0) -> None:
     import httpx
 
@@ -154,10 +161,9 @@ def serve_targets(model: str, port: int, cpus: int):
     # Both apps fit the CPUs beside the no-op (a replica that does not fit never starts); Ray gives each replica
     # one torch thread whatever its fraction.
     share = (cpus - 0.1) / 2
-    config = ServeConfig(model=model, port=port, num_cpus=share, max_batch_size=16, batch_wait_timeout_s=0.002)
+    config = ServeConfig(model=model, port=port, num_cpus=share, max_batch_size=16)
     serve.run(build_app(config), name="convfm", route_prefix="/")
-    two = ServeConfig(model=model, port=port, replicas=2, num_cpus=(share - 0.1) / 2, max_batch_size=16,
-                      batch_wait_timeout_s=0.002)
+    two = ServeConfig(model=model, port=port, replicas=2, num_cpus=(share - 0.1) / 2, max_batch_size=16)
     serve.run(build_app(two), name="convfm-two", route_prefix="/two")
     return serve, ray
 
@@ -287,13 +293,17 @@ def main() -> int:
         plain.terminate()
         plain.wait(30)
     serve, ray = serve_targets(model, serve_port, args.cpus)
+    batches: dict[int, dict[str, float]] = {}  # the one-replica app's batching counters, per load
     try:
         base = f"http://127.0.0.1:{serve_port}"
         wait_healthy(base)
         wait_healthy(f"{base}/two")
         for concurrency, requests in levels:  # the Serve targets back to back at each level
             results[NOOP, concurrency] = asyncio.run(load(f"{base}/noop", bodies, requests, concurrency))
+            before = batching(base)
             results[CONVFM, concurrency] = asyncio.run(load(base, bodies, requests, concurrency))
+            batches[concurrency] = {key: value - before[key] if key != "largest_batch" else value
+                                    for key, value in batching(base).items()}
             results[CONVFM_TWO, concurrency] = asyncio.run(load(f"{base}/two", bodies, requests, concurrency))
     finally:
         serve.shutdown()
@@ -305,6 +315,10 @@ def main() -> int:
     for (name, concurrency), r in results.items():
         print(f"| {name} | {concurrency} | {r['requests']} | {r['req_s']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} "
               f"| {r['p99']:.1f} | {r['errors']} |")
+    for concurrency, b in batches.items():
+        print(f"\nconvfm, 1 replica, concurrency {concurrency}: {b['requests']:.0f} requests (warm-up included) in "
+              f"{b['batches']:.0f} batches, {b['requests'] / max(1, b['batches']):.1f} per batch (largest so far "
+              f"{b['largest_batch']:.0f}); scoring {1000 * b['compute_s'] / max(1, b['requests']):.1f} ms per request")
     c = catalog
     print(f"\n### Top-10 over a {c['jobs']:,}-job catalog for one user (torch threads: {c['threads']})\n")
     print("| path | time | speedup |")

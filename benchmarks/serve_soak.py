@@ -61,7 +61,7 @@ def soak(model: str, args: argparse.Namespace, bodies: list[dict]) -> int:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = ServeConfig(model=model, port=port, replicas=args.replicas, num_cpus=min(1.0, args.cpus / (
-            args.replicas + 1)), max_batch_size=16, batch_wait_timeout_s=0.002)
+            args.replicas + 1)), max_batch_size=16)
         serve.run(build_app(config), name="convfm", route_prefix="/")
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base)

@@ -51,7 +51,9 @@ class ServeConfig(BaseConfig):
     downscale_delay_s: float = 30.0
     max_ongoing_requests: int = 32
     max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.005
+    # 0: a batch is the requests that queued while the previous one ran; a wait only delays a lone request
+    # (docs/SERVING.md, "Batching").
+    batch_wait_timeout_s: float = 0.0
     num_cpus: Optional[float] = None  # per ranking replica; None: sized to the node (replica_cpus)
     num_gpus: float = 0.0
     ingress_num_cpus: float = 0.1

@@ -102,11 +102,11 @@ class Ranker:
             return current
         return self.variants.get(routed)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _recommend_batch(self, items: list[tuple[Optional[str], Any]]) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._run_batch, "recommend_many", items)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _score_batch(self, items: list[tuple[Optional[str], Any]]) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._run_batch, "score_many", items)
 
