@@ -7,7 +7,7 @@
    (an ingress in front of 2 batched Ranker replicas), over the model's 10,000-job catalog;
 2. ranking a 100k-job catalog for one user: the precomputed fast path vs the model's full forward.
 
-    python benchmarks/serve_load.py                       # ~4-5 minutes on 2 cores
+    python benchmarks/serve_load.py                       # ~5-7 minutes on 2 cores
     python benchmarks/serve_load.py --model models/NAME   # an existing registry entry instead of a fresh model
     python benchmarks/serve_load.py --smoke-test          # seconds: tiny numbers, checks that it runs
     OMP_NUM_THREADS=1 python benchmarks/serve_load.py --explain   # what explanations cost (no Ray, ~2 min)
@@ -159,7 +159,7 @@ def serve_targets(model: str, port: int, cpus: int):
                                 logging_config={"enable_access_log": False})
     serve.run(noop_app.bind(), name="noop", route_prefix="/noop")
     # Both apps fit the CPUs beside the no-op (a replica that does not fit never starts); Ray gives each replica
-    # one torch thread whatever its fraction.
+    # one torch thread for any fraction under 2 CPUs.
     share = (cpus - 0.1) / 2
     config = ServeConfig(model=model, port=port, num_cpus=share, max_batch_size=16)
     serve.run(build_app(config), name="convfm", route_prefix="/")
