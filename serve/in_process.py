@@ -63,6 +63,8 @@ class LocalHandle:
         self.ranker = ranker
 
     def __getattr__(self, method: str) -> _Method:
+        if method.startswith("_"):  # copy, pickle and hasattr probes are not calls to the ranker
+            raise AttributeError(method)
         return _Method(getattr(self.ranker, method))
 
     def broadcast(self, method: str, *args: Any) -> _Broadcast:

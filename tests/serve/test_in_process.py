@@ -37,6 +37,9 @@ def test_calls_return_what_the_ranker_returns_sync_or_async():
         return await handle.health.remote(), await handle.recommend.remote({"user_id": "u1"}, "v0002")
 
     assert asyncio.run(calls()) == ((200, {"status": "ok"}), {"request": {"user_id": "u1"}, "want": "v0002"})
+    assert not hasattr(handle, "__deepcopy__") and not hasattr(handle, "_private")
+    with pytest.raises(AttributeError, match="no_such_method"):
+        handle.no_such_method
 
 
 def test_a_broadcast_reaches_the_one_replica_and_reports_failures_like_serve():
