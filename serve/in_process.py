@@ -1,7 +1,7 @@
 """The ``Ranker`` inside the ingress's own process, for a service of one replica.
 
 With one ranking replica, the hop from the ingress to a second deployment is pure cost: an actor call each way
-(~10 ms of a request on a loaded 2-core box, docs/SERVING.md). ``build_app`` then gives the ``Api`` an
+(5-14 ms of a lone request on the 2-core box, measured alternately: docs/SERVING.md, "Benchmark"). ``build_app`` then gives the ``Api`` an
 ``InProcess`` spec instead of a ``Ranker`` deployment; the ``Api`` builds the ranker from it when its replica
 starts and calls it through ``LocalHandle``, which answers the ``DeploymentHandle`` calls the ``Api`` makes
 (``handle.method.remote(...)``, ``handle.broadcast(...)``). Everything else (batching, the model slot, events,
