@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads (default: OMP_NUM_THREADS, else all cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--popularity-days", type=float, default=DataConfig.popularity_days,
+                        help="the job-popularity feature's window (data.popularity_days; 0: off)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train = TrainConfig(num_epochs=args.epochs, seed=args.seed)
@@ -75,7 +77,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         write_market(generate_market(args.users, args.jobs, args.interactions, seed=args.seed), workdir)
         for name, (history, recency) in variants.items():
+            popularity = args.popularity_days if recency and args.popularity_days else None
             config = DataConfig(path=workdir, seed=args.seed, split=args.split, recency=recency,
+                                popularity_days=popularity,
                                 **({} if history is None else {"history_length": history}))
             data = prepare_data(config)
             started = time.perf_counter()
@@ -89,6 +93,7 @@ def main() -> None:
             best = history_log[int(history_log[-1]["best_epoch"])]  # the epoch fit_in_process kept
             print(f"\n{name}: {args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed "
                   f"{args.seed}; default model; history_length {config.history_length}, recency {config.recency}, "
+                  f"popularity_days {config.popularity_days}, "
                   f"negative_ratio {config.negative_ratio}; batch {train.batch_size}, learning rate "
                   f"{train.learning_rate:g}; {len(history_log)} epochs in {seconds:.0f}s, best epoch "
                   f"{int(best['epoch']) + 1} by validation {train.early_stopping_metric} (val AUC "

@@ -124,6 +124,9 @@ class DataConfig(BaseConfig):
     # history_length positive jobs before it (0: no history fields) and the job's age (with a job calendar)
     history_length: int = 20
     recency: bool = True
+    # ... and the job's popularity: its positives in the popularity_days before it, in count buckets (needs
+    # recency; null: no popularity field)
+    popularity_days: Optional[float] = None
     split: str = "time"
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -165,6 +168,9 @@ class DataConfig(BaseConfig):
         check_int(self.negative_ratio, "negative_ratio", 0, 100)
         check_int(self.history_length, "history_length", 0, 200)
         check_bool(self.recency, "recency")
+        if self.popularity_days is not None:
+            check_number(self.popularity_days, "popularity_days", 0, 365, low_open=True)
+            require(self.recency, "popularity_days", "needs recency: true (both read the job's calendar)")
         if self.job_lifetime_days is not None:
             check_number(self.job_lifetime_days, "job_lifetime_days", 0, 3650, low_open=True)
         for name in ("valid_fraction", "test_fraction"):

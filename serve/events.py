@@ -4,7 +4,8 @@ logged events that every ranking replica applies on top of whatever model versio
 An event counts at once, before any retraining: every type (view, click, save, apply, dismiss) marks the job
 seen for ``exclude_seen`` (as every interaction of the training data does in ``serving.json``), and the types
 the model was trained to treat as positive (its data config's ``positive_events``, apply and save by default:
-the same events its history features were built from) are prepended to the user's stored history.
+the same events its history features were built from) are prepended to the user's stored history and counted
+in the jobs' popularity (when the model has that feature).
 
 Replicas learn of new segments two ways: the ingress broadcasts each one after writing it, and every request
 carries the ingress's log position (its segment count); a replica that holds fewer segments (started later,
@@ -22,6 +23,9 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
 
 from convfm.errors import DataValidationError, StorageError
 from convfm.store import event_log
@@ -126,6 +130,7 @@ class LiveEvents:
         self._applied: set[str] = set()
         self._seen: dict[str, set[str]] = {}
         self._events: dict[str, list[tuple[str, str, str]]] = {}  # user -> (iso time, type, job), by time
+        self._journal: list[tuple[str, int, str]] = []  # (job, time in microseconds, type), in the order applied
         self._lock = threading.Lock()
         self._reading = threading.Lock()  # one catch-up at a time; others wait for it and then find nothing left
 
@@ -146,6 +151,7 @@ class LiveEvents:
                 self._seen.setdefault(r["user_id"], set()).add(r["job_id"])
                 # the log's ISO-8601 UTC text sorts in time order
                 bisect.insort(self._events.setdefault(r["user_id"], []), (r["timestamp"], r["type"], r["job_id"]))
+                self._journal.append((r["job_id"], pd.Timestamp(r["timestamp"]).value // 1000, r["type"]))
             self._applied.add(segment)
             return True
 
@@ -165,6 +171,14 @@ class LiveEvents:
         """``rows`` (job id -> catalog row) of the jobs ``user_id`` has any event for; other jobs are left out."""
         jobs = self._seen.get(user_id, ()) if user_id is not None else ()
         return sorted(rows[j] for j in jobs if j in rows)
+
+    def applied_since(self, cursor: int, types: Sequence[str]) -> tuple[list[str], np.ndarray, int]:
+        """(jobs, times (n,) int64 microseconds, new cursor): the events of ``types`` applied after the first
+        ``cursor`` (a reader's count of those it has taken), for the jobs' popularity."""
+        with self._lock:
+            new, cursor = self._journal[cursor:], len(self._journal)
+        kept = [(job, time) for job, time, kind in new if kind in types]
+        return [job for job, _ in kept], np.array([time for _, time in kept], dtype=np.int64), cursor
 
     def positives(self, user_id: Optional[str], types: Sequence[str], length: int) -> list[str]:
         """The user's last ``length`` distinct jobs with an event of ``types``, most recent first."""

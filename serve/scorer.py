@@ -122,6 +122,7 @@ class Scorer:
         self._time_lock = threading.Lock()  # ranking at request time moves the ranker's job sides
         # logged events (serve.events, set by ModelSlot); the history takes the types the model's was built from
         self.live: Optional["LiveEvents"] = None
+        self._counted = 0  # events of ``live`` already counted in the jobs' popularity (``at``)
         self.positive_events = tuple(loaded.extra.get("data_config", {}).get(
             "positive_events", DataConfig().positive_events))
         self.live_jobs = LiveJobs(self.n_jobs)  # live catalog applied on top (serve.live_catalog)
@@ -157,7 +158,11 @@ class Scorer:
 
     # ---------------------------------------------------------------------------------------- catalog
     def at(self, time: int) -> None:
-        """Move the job sides to ``time`` (job ages), and the index with them. Callers hold ``_time_lock``."""
+        """Move the job sides to ``time`` (job ages, and popularity once the logged positives not counted yet
+        are), and the index with them. Callers hold ``_time_lock``."""
+        if self.live is not None and self.extractor.popularity is not None:
+            jobs, times, self._counted = self.live.applied_since(self._counted, self.positive_events)
+            self.extractor.add_positives(jobs, times)
         (self.ranker if self.index is None else self.index).at(time)
 
     def put_jobs(self, rows: np.ndarray) -> None:

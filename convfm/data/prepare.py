@@ -13,7 +13,6 @@ from convfm.config import DataConfig
 from convfm.errors import ConfigError
 from convfm.data.liveness import JobWindows, job_windows
 from convfm.data.loading import build_examples, load_job_market, load_table, split_examples
-from convfm.features.context import UserHistory
 from convfm.features.jobs import JobFeatureExtractor, TableFeatureExtractor
 from convfm.evaluation.metrics import PopularityBaseline
 from convfm.store.serving_data import DISPLAY_COLUMNS
@@ -120,11 +119,13 @@ def prepare_data(
     frames = {name: getattr(splits, name) for name in SPLITS}
     windows = job_windows(market.jobs, config.job_lifetime_days) if market.calendar else None
     if extractor is None:
-        options = {"history_length": config.history_length, "recency": config.recency, **options}
+        options = {"history_length": config.history_length, "recency": config.recency,
+                   "popularity_days": config.popularity_days, **options}
         options = options if base is None else base.get_config()
         extractor = JobFeatureExtractor(**options).fit(market.jobs, frames["train"], market.users, windows, base)
-    # History features read every split's positives before each example's time (never its own label).
-    extractor.history = UserHistory.from_frame(
+    # History and popularity features read every split's positives before each example's time (never its own
+    # label).
+    extractor.set_positives(
         pd.concat([f.loc[f["label"] > 0, ["user_id", "job_id", "timestamp"]] for f in frames.values()]))
     sets = {name: extractor.example_set(frame) for name, frame in frames.items()}
     log.info("prepared %s", {name: len(s) for name, s in sets.items()})

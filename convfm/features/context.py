@@ -5,7 +5,8 @@ Both are read *at* a time, so one example (a user and a job at t) sees only the 
   encoded by gathering those jobs' rows of the fitted job catalog (ids, companies, locations, skills, text)
   into multi-valued fields that share the job vocabularies, plus the user's activity (positives before t);
 - recency (job side): the job's age at t (and, when the jobs table has ``expires_at``, its days left) in
-  log-spaced day buckets.
+  log-spaced day buckets, and optionally its popularity: the positives it received in the ``window`` days
+  before t (``JobPopularity``), in log-spaced count buckets.
 
 A history depends only on (user, how many positives before t), so an ``ExampleSet`` holds one encoded row per
 distinct state, not per example; recency rows are the few bucket combinations. Buckets make a job's side
@@ -25,12 +26,13 @@ from convfm.features.fields import PAD, UNK, EncodedTable, FieldSpec, Vocabulary
 
 HISTORY_FIELDS = ("history_jobs", "history_companies", "history_locations", "history_skills", "history_text",
                   "activity")
-RECENCY_FIELDS = ("job_age", "job_expires_in")
+RECENCY_FIELDS = ("job_age", "job_expires_in", "job_popularity")
 # history field -> the job field whose catalog values it gathers (multi-valued history fields)
 HISTORY_SOURCES = {"history_jobs": "job_id", "history_companies": "company", "history_locations": "job_location",
                    "history_skills": "job_skills", "history_text": "text"}
 AGE_EDGES_DAYS = (1, 2, 4, 8, 15, 31, 61, 121)  # bucket i holds ages in [edge[i-1], edge[i]) days
 EXPIRY_EDGES_DAYS = (1, 3, 7, 15, 31)
+POPULARITY_EDGES = (1, 2, 4, 8, 16, 32, 64)  # bucket i holds counts in [edge[i-1], edge[i]) positives
 ACTIVITY_SCALE = float(np.log1p(100.0))  # log1p(positives before t) / this: ~1 for a hundred
 
 
@@ -42,6 +44,8 @@ def bucket_labels(edges: Sequence[int]) -> list[str]:
 
 AGE_VOCAB = Vocabulary(bucket_labels(AGE_EDGES_DAYS))
 EXPIRY_VOCAB = Vocabulary(["expired", *bucket_labels(EXPIRY_EDGES_DAYS)])
+POPULARITY_VOCAB = Vocabulary(["0", *[f"{a}-{b - 1}" if b - a > 1 else f"{a}" for a, b in
+                                      zip(POPULARITY_EDGES[:-1], POPULARITY_EDGES[1:])], f"{POPULARITY_EDGES[-1]}+"])
 
 
 def now_micros() -> int:
@@ -141,17 +145,84 @@ def _buckets(days: np.ndarray, edges: Sequence[int]) -> np.ndarray:
     return np.searchsorted(np.asarray(edges, dtype=np.float64), days, side="right")
 
 
+class _EventIndex:
+    """(row, time) events as one sorted int64 key: row * width + the time's rank among the distinct event times,
+    so "events of row r before t" is one binary search."""
+
+    def __init__(self, rows: np.ndarray, times: np.ndarray) -> None:
+        self.rows, self.times = rows, times
+        self._stamps = np.unique(times)
+        self._width = np.int64(len(self._stamps) + 1)
+        self._keys = np.sort(rows * self._width + np.searchsorted(self._stamps, times))
+
+    def before(self, rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+        query = rows * self._width + np.searchsorted(self._stamps, times, side="left")
+        return np.searchsorted(self._keys, query, side="left")
+
+
+class JobPopularity:
+    """How many positives each catalog job received in the ``window_days`` before t (strictly before: an
+    example never counts its own event), from (catalog row, time) events: the training data's positives (``set``),
+    then, while serving, the logged ones as they arrive (``add``). Added events go to a small second index,
+    merged into the first once it holds an eighth as many, so an event costs a re-sort of the small one."""
+
+    def __init__(self, window_days: float) -> None:
+        self.window = int(round(float(window_days) * MICROS_PER_DAY))
+        self.set(np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.concatenate([self._base.rows, self._added.rows])
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.concatenate([self._base.times, self._added.times])
+
+    def set(self, rows: np.ndarray, times: np.ndarray) -> None:
+        self._base = _EventIndex(np.asarray(rows, np.int64).ravel(), np.asarray(times, np.int64).ravel())
+        self._added = _EventIndex(np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    def add(self, rows: np.ndarray, times: np.ndarray) -> None:
+        rows = np.concatenate([self._added.rows, np.asarray(rows, np.int64).ravel()])
+        times = np.concatenate([self._added.times, np.asarray(times, np.int64).ravel()])
+        if len(rows) > max(1024, len(self._base.rows) // 8):
+            self.set(np.concatenate([self._base.rows, rows]), np.concatenate([self._base.times, times]))
+        else:
+            self._added = _EventIndex(rows, times)
+
+    def counts(self, rows: np.ndarray, times: np.ndarray | int) -> np.ndarray:
+        """Positives of catalog ``rows`` in [t - window, t), t scalar or per row -> int64, same shape."""
+        rows = np.asarray(rows, np.int64)
+        t = np.broadcast_to(np.asarray(times, np.int64), rows.shape)
+        out = np.zeros(rows.shape, np.int64)
+        for index in (self._base, self._added):
+            if len(index.rows):
+                out += index.before(rows, t) - index.before(rows, t - self.window)
+        return out
+
+    def recent(self, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, times) of the events in the window before ``end`` and after it: what serving from ``end``
+        on reads (the artifact keeps these, not the whole log)."""
+        rows, times = self.rows, self.times
+        kept = times >= end - self.window
+        return rows[kept], times[kept]
+
+
 class RecencyEncoder:
-    """Job age (and days to expiry) at t, per catalog row, as rows of a small table of bucket combinations.
+    """Job age (and days to expiry, and popularity) at t, per catalog row, as rows of a small table of bucket
+    combinations.
 
     ``posted``/``expires`` (N,) int64 microseconds aligned with the job catalog (``ALWAYS``: no posted_at,
-    ``NEVER``: no expiry); ``expiry`` says whether the field ``job_expires_in`` exists.
+    ``NEVER``: no expiry); ``expiry`` says whether the field ``job_expires_in`` exists; ``popularity`` (None:
+    no ``job_popularity`` field) counts each job's recent positives.
     """
 
-    def __init__(self, posted: np.ndarray, expires: np.ndarray, expiry: bool) -> None:
+    def __init__(self, posted: np.ndarray, expires: np.ndarray, expiry: bool,
+                 popularity: Optional[JobPopularity] = None) -> None:
         self.posted, self.expires = np.asarray(posted, np.int64), np.asarray(expires, np.int64)
-        self.expiry = expiry
+        self.expiry, self.popularity = expiry, popularity
         self.n_age, self.n_exp = len(AGE_VOCAB) - 1, (len(EXPIRY_VOCAB) - 1 if expiry else 1)  # values from UNK
+        self.n_pop = len(POPULARITY_VOCAB) - 1 if popularity is not None else 1
         self.table = self._combinations()
         self._room = (self.posted, self.expires)  # posted/expires are views of these (see put)
 
@@ -166,15 +237,20 @@ class RecencyEncoder:
         specs = [FieldSpec("job_age", "categorical", "job", "age", len(AGE_VOCAB))]
         if self.expiry:
             specs.append(FieldSpec("job_expires_in", "categorical", "job", "expires_in", len(EXPIRY_VOCAB)))
+        if self.popularity is not None:
+            specs.append(FieldSpec("job_popularity", "categorical", "job", "popularity", len(POPULARITY_VOCAB)))
         return specs
 
     def _combinations(self) -> EncodedTable:
-        """Every bucket combination: row r = (age index - 1) * n_exp + (expiry index - 1)."""
-        age = np.repeat(np.arange(UNK, UNK + self.n_age), self.n_exp)
-        columns = [age]
+        """Every bucket combination: row r = ((age index - 1) * n_exp + (expiry index - 1)) * n_pop
+        + (popularity index - 1)."""
+        index = np.arange(self.n_age * self.n_exp * self.n_pop)
+        columns = [UNK + index // (self.n_exp * self.n_pop)]
         if self.expiry:
-            columns.append(np.tile(np.arange(UNK, UNK + self.n_exp), self.n_age))
-        rows = len(age)
+            columns.append(UNK + index // self.n_pop % self.n_exp)
+        if self.popularity is not None:
+            columns.append(UNK + index % self.n_pop)
+        rows = len(index)
         return EncodedTable(np.stack(columns, axis=1).astype(np.int64), np.zeros((rows, 0, 0), np.int64),
                             np.zeros((rows, 0), np.float32))
 
@@ -190,6 +266,9 @@ class RecencyEncoder:
             left = (expires - t) / MICROS_PER_DAY
             bucket = np.where(left <= 0, 0, 1 + _buckets(np.maximum(left, 0), EXPIRY_EDGES_DAYS))
             index = index + np.where(expires == NEVER, 0, 1 + bucket)
+        if self.popularity is not None:
+            count = self.popularity.counts(job_rows, t)
+            index = index * self.n_pop + 1 + np.searchsorted(POPULARITY_EDGES, count, side="right")
         return index.astype(np.int64)
 
 

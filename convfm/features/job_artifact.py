@@ -1,5 +1,6 @@
 """``JobFeatureExtractor``'s artifact: JSON (config, vocabularies, feature map, text and salary settings) and
-NPZ (the encoded catalogs, their ids, the users' recent history, the jobs' windows, the TF-IDF weights), written
+NPZ (the encoded catalogs, their ids, the users' recent history, the jobs' windows and last window of
+positives, the TF-IDF weights), written
 and read back through ``convfm.features.base``; nothing is unpickled."""
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ class JobArtifact:
             arrays.update(self.history.latest(self.history_length).arrays("history"))
         if self._recency is not None:
             arrays.update({"job_posted": self._recency.posted, "job_expires": self._recency.expires})
+        if self.popularity is not None:  # the last window of positives: what serving after the data's end counts
+            rows, times = self.popularity.recent(int(self.popularity.times.max(initial=0)))
+            arrays.update({"popularity.rows": rows, "popularity.times": times})
         if self._text is not None:
             arrays.update(self._text.arrays("text"))
         return write_artifact(path, meta, arrays)
@@ -69,6 +73,8 @@ class JobArtifact:
             self._set_context(job, windows, bool(meta["expiry"]))
             if self._history is not None:
                 self.history = UserHistory.from_arrays(arrays, "history")
+            if self.popularity is not None:
+                self.popularity.set(arrays["popularity.rows"], arrays["popularity.times"])
             expected = ([self._spec(n) for n in USER_FIELDS if n in names] + self._history_fields() + job
                         + self._recency_fields())
             if self._feature_map != FeatureMap(tuple(expected)):

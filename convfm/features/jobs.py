@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,8 @@ from convfm.features.base import (
 from convfm.data.readers import order_key
 from convfm.data.liveness import ALWAYS, NEVER, JobWindows
 from convfm.features.context import (
-    HISTORY_FIELDS, RECENCY_FIELDS, HistoryEncoder, RecencyEncoder, UserHistory, history_states, now_micros,
+    HISTORY_FIELDS, RECENCY_FIELDS, HistoryEncoder, JobPopularity, RecencyEncoder, UserHistory, history_states,
+    now_micros,
 )
 from convfm.features.job_fields import (
     CATEGORICAL, FREE_TEXT_COLUMNS, ID_FIELDS, JOB_FIELDS, USER_FIELDS, fit_vocabularies, salary_features,
@@ -37,7 +38,7 @@ from convfm.features.table import TableFeatureExtractor
 from convfm.features.text import (
     SkillMatcher, TextEncoder, category_values, column_strings, joined_text, split_lists,
 )
-from convfm.validate import check_bool, check_int
+from convfm.validate import check_bool, check_int, check_number
 
 __all__ = ["JobFeatureExtractor", "TableFeatureExtractor", "RowIndex", "load_extractor", "UNKNOWN_ROW"]
 
@@ -70,6 +71,7 @@ class JobFeatureExtractor(JobArtifact):
         seed: int = 0,
         history_length: int = 20,
         recency: bool = True,
+        popularity_days: Optional[float] = None,
     ) -> None:
         self.max_skills, self.min_freq = check_int(max_skills, "max_skills", 1), check_int(min_freq, "min_freq", 1)
         self.text_dim = check_int(text_dim, "text_dim", 0)
@@ -78,6 +80,8 @@ class JobFeatureExtractor(JobArtifact):
         self.skills_from_text = check_bool(skills_from_text, "skills_from_text")
         self.history_length = check_int(history_length, "history_length", 0, 200)
         self.recency = check_bool(recency, "recency")
+        self.popularity_days = None if popularity_days is None else \
+            check_number(popularity_days, "popularity_days", 0, 365, low_open=True)
         # The positives that history features read (set by prepare_data; saved as each user's latest).
         self.history = UserHistory.empty()
         self._history: Optional[HistoryEncoder] = None
@@ -98,7 +102,8 @@ class JobFeatureExtractor(JobArtifact):
     def get_config(self) -> dict[str, Any]:
         return {"max_skills": self.max_skills, "min_freq": self.min_freq, "text_dim": self.text_dim,
                 "max_text_features": self.max_text_features, "skills_from_text": self.skills_from_text,
-                "seed": self.seed, "history_length": self.history_length, "recency": self.recency}
+                "seed": self.seed, "history_length": self.history_length, "recency": self.recency,
+                "popularity_days": self.popularity_days}
 
     @property
     def feature_map(self) -> FeatureMap:
@@ -189,8 +194,9 @@ class JobFeatureExtractor(JobArtifact):
         self._history = HistoryEncoder(self.history_length, job_fields) if self.history_length else None
         self._recency = None
         if self.recency and windows is not None and (windows.start != ALWAYS).any():
+            popularity = None if self.popularity_days is None else JobPopularity(self.popularity_days)
             self._recency = RecencyEncoder(np.concatenate([[ALWAYS], windows.start]),
-                                           np.concatenate([[NEVER], windows.end]), bool(expiry))
+                                           np.concatenate([[NEVER], windows.end]), bool(expiry), popularity)
 
     def _history_fields(self) -> list[FieldSpec]:
         return [] if self._history is None else self._history.fields()
@@ -308,6 +314,29 @@ class JobFeatureExtractor(JobArtifact):
             state, table = self.history_table(np.asarray(user_ids), times)
             return static.join(table.take(state))
         return static.join(self.encode_history(recent, (recent != "").sum(axis=1)))
+
+    def set_positives(self, positives: pd.DataFrame) -> None:
+        """What the context features read at a time: (user_id, job_id, timestamp) of every positive, all splits
+        (an example sees only those strictly before its time): the users' histories and the jobs' popularity."""
+        self.history = UserHistory.from_frame(positives)
+        popularity = self.popularity
+        if popularity is not None:
+            rows = self._job_index.rows(column_strings(positives, "job_id"))
+            known = rows != UNKNOWN_ROW  # a job outside the catalog is never ranked: its count is not kept
+            popularity.set(rows[known], positives["timestamp"].to_numpy(np.int64)[known])
+
+    def add_positives(self, job_ids: Sequence[str], times: np.ndarray) -> None:
+        """Count logged positives (serving's live events; ``times`` int64 microseconds) in the jobs' popularity
+        (the users' histories take them from the live overlay, ``serve.events``)."""
+        if self.popularity is not None and len(job_ids):
+            rows = self._job_index.rows(np.asarray(job_ids, dtype=object))
+            known = rows != UNKNOWN_ROW
+            self.popularity.add(rows[known], np.asarray(times, np.int64)[known])
+
+    @property
+    def popularity(self) -> Optional[JobPopularity]:
+        """The jobs' recent positives, or None without a ``job_popularity`` field."""
+        return None if self._recency is None else self._recency.popularity
 
     @property
     def recency_encoder(self) -> Optional[RecencyEncoder]:

@@ -1,0 +1,59 @@
+"""A model with the job-popularity feature in the Scorer (no Ray): logged positives count at once, in every
+later answer's scores, as the full forward at that time computes them; other event types do not."""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+import torch
+
+from convfm.config import DataConfig, ModelConfig
+from convfm.data.prepare import prepare_data
+from convfm.model.network import ConvFM
+from convfm.store.artifacts import save_model_dir
+from convfm.store.event_log import iso
+from convfm.store.serving_data import serving_extra_json
+from serve.events import LiveEvents
+from serve.schemas import ScoreRequest
+from serve.scorer import Scorer
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def model_dir(market_dir, tmp_path_factory, randomize):
+    data = prepare_data(DataConfig(path=str(market_dir), popularity_days=7))
+    model = randomize(ConvFM(ModelConfig(embedding_dim=4, conv_filters=3, hidden_dims=(6,)),
+                             data.extractor.feature_map), 11)
+    return save_model_dir(tmp_path_factory.mktemp("popular") / "model", model, data.extractor,
+                          extra_json={**serving_extra_json(data), "data_config": data.config.to_dict()})
+
+
+def records(kind: str, job: str, when: dt.datetime, n: int) -> list[dict]:
+    return [{"event_id": f"{kind}-{job}-{i}", "type": kind, "user_id": f"fan{i}", "job_id": job,
+             "timestamp": iso(when)} for i in range(n)]
+
+
+def test_logged_applies_move_a_jobs_popularity_and_score(model_dir):
+    scorer = Scorer.load(model_dir)
+    assert "job_popularity" in [f.name for f in scorer.extractor.feature_map.fields]
+    scorer.live = LiveEvents()
+    user = scorer.extractor.user_ids[1]
+    hot, viewed, quiet = scorer.extractor.job_ids[1:4]
+    request = ScoreRequest(user_id=user, job_ids=[hot, viewed, quiet])
+    before = [s["score"] for s in scorer.score_many([request])[0]["scores"]]
+    an_hour_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    scorer.live.add("segment-1", records("apply", hot, an_hour_ago, 6) + records("view", viewed, an_hour_ago, 6))
+    after = [s["score"] for s in scorer.score_many([request])[0]["scores"]]
+    assert after[0] != pytest.approx(before[0], abs=1e-6)  # six applies: the "4-7" bucket
+    assert after[1:] == pytest.approx(before[1:], abs=1e-6)  # views are not positives
+    rows = np.array([scorer.extractor.job_rows[j] for j in (hot, viewed, quiet)])
+    assert scorer.extractor.popularity.counts(rows, scorer.ranker.time).tolist() == [6, 0, 0]
+    extractor = scorer.extractor
+    users = extractor.user_side(extractor.user_catalog.take([1]), np.array([user]))
+    full = torch.sigmoid(scorer.ranker.full_scores(users, rows)[0]).numpy()
+    assert after == pytest.approx(full.tolist(), abs=1e-6)
+    scorer.live.add("segment-1", records("apply", hot, an_hour_ago, 6))  # a segment applied twice counts once
+    scorer.score_many([request])
+    assert scorer.extractor.popularity.counts(rows[:1], scorer.ranker.time).tolist() == [6]
