@@ -27,12 +27,13 @@ from convfm.data.synth import generate_market, write_market
 from convfm.training.in_process import fit_in_process
 
 
-VARIANTS = {  # ablation rows: (history_length, recency)
-    "static features": (0, False),
-    "+ history": (None, False),
-    "+ recency": (0, True),
-    "all three": (None, True),
+VARIANTS = {  # ablation rows: (history_length, recency, popularity)
+    "static features": (0, False, False),
+    "+ history": (None, False, False),
+    "+ recency": (0, True, False),
+    "all three": (None, True, False),
 }
+POPULAR = "all three + popularity"  # the row of --popularity-days N
 ABLATION_METRICS = ("hr@10", "ndcg@10", "mrr", "roc_auc")
 
 
@@ -68,24 +69,26 @@ def main() -> None:
                         help="torch threads (default: OMP_NUM_THREADS, else all cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--popularity-days", type=float, default=DataConfig.popularity_days,
-                        help="the job-popularity feature's window (data.popularity_days; 0: off)")
+                        help="also (with --ablation) or instead train with the job-popularity feature over this "
+                        "window (data.popularity_days)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train = TrainConfig(num_epochs=args.epochs, seed=args.seed)
-    variants = VARIANTS if args.ablation else {"all three": VARIANTS["all three"]}
+    variants = dict(VARIANTS) if args.ablation else {"all three": VARIANTS["all three"]}
+    if args.popularity_days:
+        variants = {**(variants if args.ablation else {}), POPULAR: (None, True, True)}
     reports: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as workdir:
         write_market(generate_market(args.users, args.jobs, args.interactions, seed=args.seed), workdir)
-        for name, (history, recency) in variants.items():
-            popularity = args.popularity_days if recency and args.popularity_days else None
+        for name, (history, recency, popular) in variants.items():
             config = DataConfig(path=workdir, seed=args.seed, split=args.split, recency=recency,
-                                popularity_days=popularity,
+                                popularity_days=args.popularity_days if popular else None,
                                 **({} if history is None else {"history_length": history}))
             data = prepare_data(config)
             started = time.perf_counter()
             model, history_log = fit_in_process(data, ModelConfig(), train)
             seconds = time.perf_counter() - started
-            protocols = ("live", "sampled") if name == "all three" else ("live",)
+            protocols = ("live", "sampled") if name == list(variants)[-1] else ("live",)
             by_protocol = {protocol: evaluate_split(model, data, "test", negatives=args.negatives, seed=args.seed,
                                                     protocol=protocol, max_events=args.max_events)
                            for protocol in protocols}

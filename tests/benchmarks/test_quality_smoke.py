@@ -1,5 +1,6 @@
 """benchmarks/quality.py runs end to end on a tiny market and prints, per protocol, its protocol line and the
-model / baselines / oracle table, then the ablation table (static features, + history, + recency, all three)."""
+model / baselines / oracle table, then the ablation table (static features, + history, + recency, all three, and
+all three + popularity with --popularity-days)."""
 from __future__ import annotations
 
 import subprocess
@@ -11,17 +12,18 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
 
 def test_tiny_run_prints_both_protocols_with_model_baselines_and_oracle():
     done = subprocess.run([sys.executable, str(SCRIPT), "--users", "200", "--jobs", "100", "--interactions", "3000",
-                           "--epochs", "1", "--negatives", "9", "--ablation"], capture_output=True, text=True,
+                           "--epochs", "1", "--negatives", "9", "--ablation", "--popularity-days", "7"], capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     headers = [line.split(":")[0] for line in lines if ": 200 users, 100 jobs, 3000 interactions" in line]
-    assert headers == ["static features", "+ history", "+ recency", "all three"]
+    assert headers == ["static features", "+ history", "+ recency", "all three", "all three + popularity"]
+    assert "popularity_days 7.0" in lines[[i for i, line in enumerate(lines) if line.startswith("all three + ")][0]]
     table = lines[lines.index("ablation (live protocol, test split):") + 1:]
     assert table[0] == "| method | hr@10 | ndcg@10 | mrr | roc_auc |"
     assert [row.split(" | ")[0][2:] for row in table[2:]] == [*headers, "popularity", "recent_popularity", "newest",
                                                                "oracle"]
-    lines = lines[max(i for i, line in enumerate(lines) if line.startswith("all three: ")):]  # the full model's
+    lines = lines[max(i for i, line in enumerate(lines) if line.startswith("all three + popularity: ")):]  # the last
     starts = [i for i, line in enumerate(lines) if line.startswith("protocol: ")]
     assert [lines[i].split(":")[1].strip() for i in starts] == ["live", "sampled"]
     for i in starts:

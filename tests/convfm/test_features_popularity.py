@@ -54,6 +54,9 @@ def test_counts_equal_a_brute_force_count_with_tied_times(seed):
     popularity.set(event_rows, event_times)
     rows, times = rng.integers(0, 7, 200), rng.integers(-4, 50, 200) * DAY // 4
     assert popularity.counts(rows, times).tolist() == brute_force(rows, times, event_rows, event_times, 3 * DAY)
+    for t in (-DAY, 0, 5 * DAY, 5 * DAY + 1, 9 * DAY, 20 * DAY):  # one time for every row (serving's path)
+        expected = brute_force(rows, np.full(len(rows), t), event_rows, event_times, 3 * DAY)
+        assert popularity.counts(rows, np.int64(t)).tolist() == expected
     half = len(event_rows) // 2  # adding later events gives what setting them all at once gives
     added = JobPopularity(window_days=3)
     added.set(event_rows[:half], event_times[:half])
