@@ -32,7 +32,7 @@ HISTORY_SOURCES = {"history_jobs": "job_id", "history_companies": "company", "hi
                    "history_skills": "job_skills", "history_text": "text"}
 AGE_EDGES_DAYS = (1, 2, 4, 8, 15, 31, 61, 121)  # bucket i holds ages in [edge[i-1], edge[i]) days
 EXPIRY_EDGES_DAYS = (1, 3, 7, 15, 31)
-POPULARITY_EDGES = (1, 2, 4, 8, 16, 32, 64)  # bucket i holds counts in [edge[i-1], edge[i]) positives
+POPULARITY_EDGES = tuple(2**i for i in range(10))  # bucket i holds counts in [edge[i-1], edge[i]): 0, 1, 2-3, ... 512+
 ACTIVITY_SCALE = float(np.log1p(100.0))  # log1p(positives before t) / this: ~1 for a hundred
 
 
@@ -191,14 +191,18 @@ class JobPopularity:
         return np.concatenate([self._base.times, self._added.times])
 
     def set(self, rows: np.ndarray, times: np.ndarray) -> None:
+        """The events of a snapshot (training data), replacing any; ``end`` is its last event's time."""
         self._base = _EventIndex(np.asarray(rows, np.int64).ravel(), np.asarray(times, np.int64).ravel())
         self._added = _EventIndex(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        self.end = int(self._base.times.max(initial=np.iinfo(np.int64).min))
 
     def add(self, rows: np.ndarray, times: np.ndarray) -> None:
         rows = np.concatenate([self._added.rows, np.asarray(rows, np.int64).ravel()])
         times = np.concatenate([self._added.times, np.asarray(times, np.int64).ravel()])
         if len(rows) > max(1024, len(self._base.rows) // 8):
+            end = self.end
             self.set(np.concatenate([self._base.rows, rows]), np.concatenate([self._base.times, times]))
+            self.end = end  # still the snapshot's
         else:
             self._added = _EventIndex(rows, times)
 

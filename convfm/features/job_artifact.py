@@ -1,7 +1,6 @@
 """``JobFeatureExtractor``'s artifact: JSON (config, vocabularies, feature map, text and salary settings) and
-NPZ (the encoded catalogs, their ids, the users' recent history, the jobs' windows and last window of
-positives, the TF-IDF weights), written
-and read back through ``convfm.features.base``; nothing is unpickled."""
+NPZ (the encoded catalogs, their ids, the users' recent history, the jobs' windows and last window of positives,
+the TF-IDF weights), written and read back through ``convfm.features.base``; nothing is unpickled."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,7 +37,7 @@ class JobArtifact:
         if self._recency is not None:
             arrays.update({"job_posted": self._recency.posted, "job_expires": self._recency.expires})
         if self.popularity is not None:  # the last window of positives: what serving after the data's end counts
-            rows, times = self.popularity.recent(int(self.popularity.times.max(initial=0)))
+            rows, times = self.popularity.recent(self.popularity.end)
             arrays.update({"popularity.rows": rows, "popularity.times": times})
         if self._text is not None:
             arrays.update(self._text.arrays("text"))

@@ -327,11 +327,12 @@ class JobFeatureExtractor(JobArtifact):
 
     def add_positives(self, job_ids: Sequence[str], times: np.ndarray) -> None:
         """Count logged positives (serving's live events; ``times`` int64 microseconds) in the jobs' popularity
-        (the users' histories take them from the live overlay, ``serve.events``)."""
+        (the users' histories take them from the live overlay, ``serve.events``). Events at or before the
+        training data's last positive are left out: a model trained with the event log counts them already."""
         if self.popularity is not None and len(job_ids):
-            rows = self._job_index.rows(np.asarray(job_ids, dtype=object))
-            known = rows != UNKNOWN_ROW
-            self.popularity.add(rows[known], np.asarray(times, np.int64)[known])
+            rows, times = self._job_index.rows(np.asarray(job_ids, dtype=object)), np.asarray(times, np.int64)
+            kept = (rows != UNKNOWN_ROW) & (times > self.popularity.end)
+            self.popularity.add(rows[kept], times[kept])
 
     @property
     def popularity(self) -> Optional[JobPopularity]:

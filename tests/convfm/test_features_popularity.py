@@ -10,7 +10,7 @@ import torch
 from convfm.config import DataConfig, ModelConfig
 from convfm.data.liveness import MICROS_PER_DAY, job_windows
 from convfm.errors import ConfigError
-from convfm.features.context import POPULARITY_VOCAB, JobPopularity
+from convfm.features.context import POPULARITY_EDGES, POPULARITY_VOCAB, JobPopularity
 from convfm.features.jobs import JobFeatureExtractor, load_extractor
 from convfm.model.network import ConvFM
 from convfm.model.ranking import CatalogRanker
@@ -82,10 +82,10 @@ def test_buckets_golden(fitted):
     # day 1: none before it; day 2: two on day 1; day 3.5: days 2-3 (day 1 left the 2-day window); day 5.5: none
     assert labels[:4] == ["0", "2-3", "2-3", "0"]
     assert labels[4:] == ["1", "0"]  # the unknown row keeps no events (the job outside the catalog is dropped)
-    counts = np.array([0, 1, 2, 3, 4, 7, 8, 63, 64, 1000])
-    buckets = np.searchsorted([1, 2, 4, 8, 16, 32, 64], counts, side="right")
+    counts = np.array([0, 1, 2, 3, 4, 7, 8, 63, 64, 511, 512, 10**6])
+    buckets = np.searchsorted(POPULARITY_EDGES, counts, side="right")
     assert [POPULARITY_VOCAB.values[b] for b in buckets] == ["0", "1", "2-3", "2-3", "4-7", "4-7", "8-15",
-                                                              "32-63", "64+", "64+"]
+                                                              "32-63", "64-127", "256-511", "512+", "512+"]
 
 
 def test_events_at_or_after_t_never_change_an_examples_features(fitted):
@@ -110,8 +110,11 @@ def test_artifact_keeps_the_last_window_and_live_positives_count(fitted, tmp_pat
     assert sorted(loaded.popularity.times.tolist()) == sorted(fitted.popularity.times.tolist())
     rows, t = np.array([1, 3]), np.int64(T0 + 4 * DAY)
     assert loaded.popularity.counts(rows, t).tolist() == fitted.popularity.counts(rows, t).tolist() == [3, 1]
-    loaded.add_positives(["j2", "j2", "nope"], np.array([T0 + 4 * DAY - 1, T0 + 3.5 * DAY, T0]).astype(np.int64))
-    assert loaded.popularity.counts(rows, t).tolist() == [3, 3]  # the job outside the catalog: not kept
+    assert loaded.popularity.end == fitted.popularity.end == T0 + 3 * DAY
+    times = np.array([T0 + 4 * DAY - 1, T0 + 3.5 * DAY, T0 + 3.5 * DAY, T0 + 3 * DAY]).astype(np.int64)
+    loaded.add_positives(["j2", "j2", "nope", "j2"], times)
+    # the job outside the catalog is not kept; an event at or before the data's last positive is the data's own
+    assert loaded.popularity.counts(rows, t).tolist() == [3, 3]
     old = JobPopularity(2)
     old.set(np.array([1, 1]), np.array([0, 10 * DAY]))
     assert old.recent(10 * DAY)[1].tolist() == [10 * DAY]  # older than the window before the end: dropped
