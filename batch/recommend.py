@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
+from convfm.data.liveness import ALWAYS, NEVER
 from convfm.errors import ConfigError
 from convfm.jsonfile import write_json_atomic
 from convfm.model.batch_ranking import BatchRanker
@@ -110,6 +111,9 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
     # a broken model or delta fails here, in one line (the index: in actors)
     probe = BatchRanker.load(resolve(located), at, catalog=catalog, catalog_version=catalog_version)
     at = probe.at
+    if not probe.live.any():
+        raise ConfigError(f"--at {_iso(at)}: no job of {located}'s catalog is live then (posted by then and not "
+                          f"expired{_catalog_dates(probe)}); pass an --at when its jobs were live")
     events = events_location(live_store)  # what the service logged counts as seen, as it does there
     events = str(events) if exclude_seen and list_segments(events) else None
     logged = probe.add_seen(interactions_frame(events)) if events is not None else 0
@@ -131,10 +135,14 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
         batch_size=batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
     ).write_parquet(target)
     seconds = time.perf_counter() - started
-    written = pads.dataset(target, format="parquet")
-    table = written.to_table(columns=["user_id"])
-    summary = {"users": n_users, "users_with_rows": len(pa.compute.unique(table["user_id"])),
-               "rows": written.count_rows(), "k": k, "exclude_seen": exclude_seen, "at": at,
+    rows = users_with_rows = 0
+    if storage.exists(target):  # Ray Data writes no file (and no folder) when no user got a row
+        written = pads.dataset(target, format="parquet")
+        rows = written.count_rows()
+        users_with_rows = len(pa.compute.unique(written.to_table(columns=["user_id"])["user_id"]))
+    elif not storage.is_uri(target):
+        Path(target).mkdir()
+    summary = {"users": n_users, "users_with_rows": users_with_rows, "rows": rows, "k": k, "exclude_seen": exclude_seen, "at": at,
                "retrieval_candidates": retrieval_candidates,
                "event_log": events, "logged_pairs_seen": logged,
                "model": str(located), "model_version": model_identity(resolve(located))[1],
@@ -145,6 +153,22 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
     if not storage.is_uri(out):
         Path(target).rename(out)
     return summary
+
+
+def _iso(micros: int) -> str:
+    return pd.Timestamp(int(micros), unit="us", tz="UTC").isoformat()
+
+
+def _catalog_dates(ranker: BatchRanker) -> str:
+    """"; the first posted at ..., the last expiring at ..." when the model knows its jobs' windows."""
+    recency = ranker.ranker.recency
+    if recency is None:
+        return ""
+    posted, expires = recency.posted[1:], recency.expires[1:]
+    posted, expires = posted[posted != ALWAYS], expires[expires != NEVER]
+    parts = ([f"the first posted at {_iso(posted.min())}"] if len(posted) else []) + \
+        ([f"the last expiring at {_iso(expires.max())}"] if len(expires) else [])
+    return "".join(f"; {part}" if i == 0 else f", {part}" for i, part in enumerate(parts))
 
 
 def _staging(out: Path) -> Path:

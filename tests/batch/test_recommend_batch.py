@@ -81,3 +81,21 @@ def test_a_run_that_fails_midway_leaves_no_output_that_looks_complete(ray_local,
     (tmp_path / "taken").mkdir()
     assert main(["recommend-batch", "--model", str(tiny.entry), "--users", users, "--out",
                  str(tmp_path / "taken")]) == 2
+
+
+def test_a_time_when_no_job_is_live_fails_before_any_work_naming_the_catalogs_dates(tiny, tmp_path, capsys):
+    users = users_file(tmp_path / "users.parquet", ["u000001"])
+    assert main(["recommend-batch", "--model", str(tiny.entry), "--users", users, "--out",
+                 str(tmp_path / "recs")]) == 2  # by default now, and every synthetic job has expired
+    message = capsys.readouterr().err
+    assert "no job of" in message and "is live then" in message and "the last expiring at 2024-" in message
+    assert not (tmp_path / "recs").exists() and not list(tmp_path.glob(".recs.staging-*"))
+
+
+def test_no_users_give_an_empty_output_marked_complete(ray_local, tiny, tmp_path, at):
+    users = users_file(tmp_path / "users.parquet", pd.Series([], dtype=str))
+    assert main(["recommend-batch", "--model", str(tiny.entry), "--users", users, "--out", str(tmp_path / "recs"),
+                 "--at", at, "--workers", "1"]) == 0
+    summary = json.loads((tmp_path / "recs" / "_SUCCESS.json").read_text())
+    assert (summary["users"], summary["users_with_rows"], summary["rows"]) == (0, 0, 0)
+    assert not list(tmp_path.glob(".recs.staging-*"))
