@@ -79,8 +79,12 @@ class ModelConfig(BaseConfig):
     # Training only: each user id, job id and history job id reads the unknown id's row with this probability,
     # so the model learns to score the ids it has never seen (most users and jobs of a later period)
     id_dropout: float = 0.5
+    # A learned logit term on the overlap of the user's and the job's skill lists (Jaccard, log1p(shared count)):
+    # a pair feature the per-side embeddings miss (README "Model quality"). Models saved before it have none.
+    skill_match: bool = True
 
     def __post_init__(self) -> None:
+        check_bool(self.skill_match, "skill_match")
         check_int(self.embedding_dim, "embedding_dim", 1, 1024)
         check_int(self.conv_filters, "conv_filters", 1, 1024)
         check_int(self.conv_kernel_size, "conv_kernel_size", 1, 15, odd=True)

@@ -38,7 +38,8 @@ def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float 
 
     Weight decay applies to dense parameters only (SparseAdam has none); with sparse embeddings this is the
     usual choice, since decaying every row on every step would defeat the sparse update. It skips the
-    parameters ``model.decay_exempt_parameters()`` names (scale-invariant ones, which it cannot regularize).
+    parameters ``model.decay_exempt_parameters()`` names (scale-invariant ones, which it cannot regularize, and
+    the skill-match term's two weights).
     """
     core = getattr(model, "module", model)  # unwrap DDP
     sparse_ids = {id(p) for p in core.sparse_parameters()}

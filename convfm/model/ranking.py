@@ -225,6 +225,16 @@ class CatalogRanker:
                 out.append(self.split.combine(u, _map(lambda t: t[index][None], self.job_side)))
             return torch.cat(out, dim=1) if out else torch.zeros((len(users), 0), device=self.device)
 
+    def skill_terms(self, user_side: Side, job_rows: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The skill-match part (U, N or len(job_rows)) of the logits of user sides against the precomputed job
+        sides; None when the model has no such term (``ModelConfig.skill_match``)."""
+        match = self.model.skill_match
+        if match is None:
+            return None
+        with torch.inference_mode():
+            jobs = self.job_side.skills if job_rows is None else self.job_side.skills[job_rows]  # (n, L)
+            return match.term(user_side.skills[:, None], jobs[None])
+
     def score_pairs(self, users: EncodedTable, user_index: np.ndarray, job_rows: np.ndarray) -> torch.Tensor:
         """Logits (P,) of pairs (users row ``user_index[p]``, catalog row ``job_rows[p]``): one pass for all."""
         with torch.inference_mode():

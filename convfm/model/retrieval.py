@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from convfm.features.fields import EncodedTable
+from convfm.model.network import Side
 from convfm.model.ranking import CatalogRanker, _leaves
 
 # Rows per projection step when (re)indexing: (65536, d) float features stay ~100 MB with the default model.
@@ -43,7 +44,8 @@ class Projection(NamedTuple):
 def job_features(ranker: CatalogRanker, rows: torch.Tensor) -> torch.Tensor:
     """The precomputed job sides of catalog ``rows`` (R,) flattened -> (R, d): every number of a job that its
     logit against any user depends on."""
-    return torch.cat([t[rows].reshape(len(rows), -1) for t in _leaves(ranker.job_side)], dim=1)
+    side = ranker.job_side._replace(skills=None)  # skill ids are not numbers (the skill term is added exactly)
+    return torch.cat([t[rows].reshape(len(rows), -1) for t in _leaves(side)], dim=1)
 
 
 def fit_projection(ranker: CatalogRanker, dims: Optional[int], rows: int = 20_000, seed: int = 0) -> Projection:
@@ -132,22 +134,33 @@ class RetrievalIndex:
     def user_weights(self, users: EncodedTable) -> torch.Tensor:
         """Per user, the least-squares fit of its exact logits on the fit rows' coordinates -> (U, r + 1),
         intercept first. A small ridge keeps the fit defined when coordinates are collinear."""
-        exact = self.ranker.score_all(users, job_rows=self.fit_rows)  # (U, M)
+        return self._fit(users)[0]
+
+    def _fit(self, users: EncodedTable) -> tuple[torch.Tensor, Side]:
+        """``user_weights`` and the users' sides. The skill-match part of the logits (a pair term no job
+        coordinate holds) is taken out of the fitted logits; ``candidates`` adds it back exactly."""
+        with torch.inference_mode():
+            side = self.ranker._side(users, "user")
+        exact = self.ranker._score_all(side, self.fit_rows)  # (U, M)
+        skill = self.ranker.skill_terms(side, torch.as_tensor(self.fit_rows, device=self.ranker.device))
+        exact = exact if skill is None else exact - skill
         with torch.inference_mode():
             z = self.coords[torch.as_tensor(self.fit_rows, device=self.coords.device)]  # (M, r)
             design = torch.cat([z.new_ones((len(z), 1)), z], dim=1)  # (M, r + 1)
             gram = design.T @ design  # (r + 1, r + 1)
             ridge = 1e-4 * gram.diagonal().mean() * torch.eye(len(gram), device=gram.device)
-            return torch.linalg.solve(gram + ridge, design.T @ exact.T).T  # (U, r + 1)
+            return torch.linalg.solve(gram + ridge, design.T @ exact.T).T, side  # (U, r + 1)
 
     def candidates(self, users: EncodedTable, count: int, exclude: Optional[list[Iterable[int]]] = None,
                    candidate_mask: Optional[np.ndarray] = None) -> torch.Tensor:
         """The ``count`` rows with the highest fitted logits per user -> (U, K). Blocked rows, each user's
         ``exclude`` rows and rows where ``candidate_mask`` (N,) is False are left out before the top K, so K is
         ``count`` unless fewer rows remain (then the fewest left to any of the users)."""
-        weights = self.user_weights(users)  # (U, r + 1)
+        weights, side = self._fit(users)  # (U, r + 1)
+        skill = self.ranker.skill_terms(side)  # (U, N) or None
         with torch.inference_mode():
             approx = (self.coords @ weights[:, 1:].T).T  # (U, N); the intercept does not change the order
+            approx = approx if skill is None else approx + skill[:, : len(approx[0])]
             blocked = self.blocked.clone()
             if candidate_mask is not None:
                 if len(candidate_mask) != len(self):

@@ -130,7 +130,9 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     path = Path(path)
     verify_model_dir(path)
     try:
-        config = ModelConfig.load_json(path / "model_config.json")
+        saved = read_json(path / "model_config.json", "ModelConfig file", ArtifactError)
+        # a model saved before the skill-match term existed has none
+        config = ModelConfig.from_dict({"skill_match": False, **saved}, source=str(path / "model_config.json"))
     except ConfigError as exc:
         raise ArtifactError(str(exc)) from None
     feature_map = FeatureMap.load(path / "feature_map.json")

@@ -297,10 +297,11 @@ def test_sparse_and_dense_modes_agree_on_the_penalty_and_its_gradients():
         assert torch.allclose(sparse_grad.to_dense(), getattr(dense_model, table).table.weight.grad, atol=1e-7)
 
 
-def test_weight_decay_skips_exactly_the_scale_invariant_layers():
+def test_weight_decay_skips_exactly_the_scale_invariant_layers_and_the_skill_match():
     torch.manual_seed(0)
     model = ConvFM(small_config(), feature_map())
     invariant = model.deep.scale_invariant_parameters()
+    skill = [model.skill_match.weight] if model.skill_match is not None else []
     in_dim = model.deep.mlp[0].in_features
     assert [tuple(p.shape) for p in invariant] == [(16, in_dim), (16,), (8, 16), (8,)]  # not the output layer
     head, x = model.deep.train(), torch.randn(32, in_dim)  # train mode: BatchNorm on the batch's statistics
@@ -315,8 +316,9 @@ def test_weight_decay_skips_exactly_the_scale_invariant_layers():
             p.mul_(3.0)  # BatchNorm undoes the scale (and shift) of the layer it follows
     assert torch.allclose(logits(), before, atol=1e-4)
     decayed, exempt = build_optimizer(model, 1e-2, weight_decay=0.5).optimizers[0].param_groups
-    assert [id(p) for p in exempt["params"]] == [id(p) for p in invariant] and exempt["weight_decay"] == 0.0
-    assert decayed["weight_decay"] == 0.5 and len(decayed["params"]) + len(invariant) == len(list(model.parameters()))
+    assert [id(p) for p in exempt["params"]] == [id(p) for p in invariant + skill] and exempt["weight_decay"] == 0.0
+    assert decayed["weight_decay"] == 0.5
+    assert len(decayed["params"]) + len(invariant + skill) == len(list(model.parameters()))
     assert len(build_optimizer(model, 1e-2).optimizers[0].param_groups) == 1  # no decay: one group, as saved before
 
 
