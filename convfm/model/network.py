@@ -353,6 +353,6 @@ class SplitLogit:
         conv = self.model.conv.combine(left.conv, right.conv)  # (..., C)
         deep = self.head.finish(left.deep + right.deep + self.head.partial(2, conv))  # (...)
         logits = left.linear + right.linear + self.model.fm.combine(left.fm, right.fm) + deep
-        if left.skills is not None:
+        if left.skills is not None and right.skills is not None:  # (ranking adds it from the catalog's lists)
             logits = logits + self.model.skill_match.term(left.skills, right.skills)
         return logits

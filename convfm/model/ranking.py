@@ -167,6 +167,7 @@ class CatalogRanker:
             self.n_jobs, self.job_side = n, _map(lambda t: t[:n], self._room)
             self._write_rows(rows, side)
         self.__dict__.pop("explainer", None)  # its view of the catalog (constant fields): recomputed when next used
+        self.__dict__.pop("_skills", None)  # the catalog's skill matrix, likewise
 
     # ------------------------------------------------------------------------------------- side passes
     def side_batch(self, table: EncodedTable, side: str) -> FieldBatch:
@@ -179,8 +180,10 @@ class CatalogRanker:
         return join_batches([own, other] if side == "user" else [other, own])
 
     def _side(self, table: EncodedTable, side: str) -> Side:
-        """Everything of ``side`` ("user": once per request; "job": once per catalog) for ``table``'s rows."""
-        return self.split.side(*self.side_batch(table, side), left=side == "user")
+        """Everything of ``side`` ("user": once per request; "job": once per catalog) for ``table``'s rows. Job
+        sides keep no skill ids: the skill term reads the catalog's lists (``skill_terms``)."""
+        own = self.split.side(*self.side_batch(table, side), left=side == "user")
+        return own if side == "user" else own._replace(skills=None)
 
     def _chunk(self, users: int) -> int:
         """Jobs per combine step: the widest per-job piece (H1, C * Pm or D floats) times U within the budget."""
@@ -216,24 +219,38 @@ class CatalogRanker:
         """Logits (U, N or len(job_rows)) of ``users`` (a table, or their user sides) at the precomputed time."""
         with torch.inference_mode():
             side = self._side(users, "user") if isinstance(users, EncodedTable) else users
-            u = _map(lambda t: t[:, None], side)
+            u = _map(lambda t: t[:, None], side._replace(skills=None))  # the skill term: once, below
             rows = None if job_rows is None else torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
             total = self.n_jobs if rows is None else len(rows)
             step, out = self._chunk(len(users)), []
             for start in range(0, total, step):
                 index = slice(start, start + step) if rows is None else rows[start : start + step]
                 out.append(self.split.combine(u, _map(lambda t: t[index][None], self.job_side)))
-            return torch.cat(out, dim=1) if out else torch.zeros((len(users), 0), device=self.device)
+            logits = torch.cat(out, dim=1) if out else torch.zeros((len(users), 0), device=self.device)
+            skill = self.skill_terms(side, rows) if total else None
+            return logits if skill is None else logits + skill
 
     def skill_terms(self, user_side: Side, job_rows: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-        """The skill-match part (U, N or len(job_rows)) of the logits of user sides against the precomputed job
-        sides; None when the model has no such term (``ModelConfig.skill_match``)."""
+        """The skill-match part (U, N or len(job_rows)) of the logits of user sides against the catalog's jobs;
+        None when the model has no such term (``ModelConfig.skill_match``)."""
         match = self.model.skill_match
         if match is None:
             return None
+        index, sizes = self._skills
         with torch.inference_mode():
-            jobs = self.job_side.skills if job_rows is None else self.job_side.skills[job_rows]  # (n, L)
-            return match.term(user_side.skills[:, None], jobs[None])
+            shared = match.shared_with(user_side.skills, index, self.n_jobs)  # (U, N)
+            if job_rows is not None:
+                shared, sizes = shared[:, job_rows], sizes[job_rows]
+            return match.value(shared, match.sizes(user_side.skills)[:, None], sizes[None])
+
+    @functools.cached_property
+    def _skills(self) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The catalog's inverted skill index and each job's list size (N,) (``SkillMatch.index``), read from
+        the encoded catalog (dropped by ``put_jobs``)."""
+        column = [f.name for f in self.job_map.of_kind("multi")].index("job_skills")
+        return self.model.skill_match.index(
+            torch.as_tensor(self.jobs.multi[a : a + JOBS_PER_PASS, column], device=self.device)  # (n, L)
+            for a in range(0, self.n_jobs, JOBS_PER_PASS))
 
     def score_pairs(self, users: EncodedTable, user_index: np.ndarray, job_rows: np.ndarray) -> torch.Tensor:
         """Logits (P,) of pairs (users row ``user_index[p]``, catalog row ``job_rows[p]``): one pass for all."""
@@ -241,7 +258,10 @@ class CatalogRanker:
             u = self._side(users, "user")
             ui = torch.as_tensor(user_index, dtype=torch.int64, device=self.device)
             ji = torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
-            return self.split.combine(_map(lambda t: t[ui], u), _map(lambda t: t[ji], self.job_side))
+            logits = self.split.combine(_map(lambda t: t[ui], u._replace(skills=None)),
+                                        _map(lambda t: t[ji], self.job_side))
+            skill = self.skill_terms(u)  # (U, N): one sparse product for the request's users
+            return logits if skill is None else logits + skill[ui, ji]
 
     def top_k(
         self,

@@ -4,6 +4,8 @@ Notation as in ``convfm.model.network``: B batch, Fm multi fields, L list length
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 from torch import nn
 
@@ -37,19 +39,52 @@ class SkillMatch(nn.Module):
         ids = multi[:, self.columns[0 if left else 1]]  # (R, L)
         return nn.functional.pad(ids, (0, self.length - ids.shape[1]))
 
-    def _shared(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Known ids of ``a`` found in ``b``: (..., L) lists broadcast on their leading dims -> (...)."""
-        if a.dim() == 3 and a.shape[1] == 1 and b.dim() == 3 and b.shape[0] == 1:  # users (U, 1) x jobs (1, n)
-            hot = torch.zeros(a.shape[0], self.vocab, dtype=torch.bool, device=a.device)
-            hot.scatter_(1, a[:, 0], a[:, 0] > UNK)  # (U, V): the user's known skills
-            return hot[:, b[0]].sum(-1)  # (U, n, L) -> (U, n)
-        return ((a[..., :, None] == b[..., None, :]) & (a > UNK)[..., :, None]).any(-1).sum(-1)
+    @staticmethod
+    def sizes(lists: torch.Tensor) -> torch.Tensor:
+        """Skills per list (unknown ones included), (..., L) -> (...) float."""
+        return (lists != PAD).sum(-1).float()
+
+    def value(self, shared: torch.Tensor, size_a: torch.Tensor, size_b: torch.Tensor) -> torch.Tensor:
+        """The term from shared counts and list sizes (broadcastable floats)."""
+        union = (size_a + size_b - shared).clamp(min=1)
+        return self.weight[0] * shared / union + self.weight[1] * torch.log1p(shared)
 
     def term(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """The logit term of user lists ``a`` and job lists ``b`` (..., L) -> (...)."""
-        shared = self._shared(a, b).float()
-        union = ((a != PAD).sum(-1) + (b != PAD).sum(-1)).float() - shared
-        return self.weight[0] * shared / union.clamp(min=1) + self.weight[1] * torch.log1p(shared)
+        """The logit term of user lists ``a`` and job lists ``b`` (..., L) broadcast on their leading dims ->
+        (...): for pairs and batches (every element compared); ``index`` and ``shared_with`` are the catalog's way."""
+        shared = ((a[..., :, None] == b[..., None, :]) & (a > UNK)[..., :, None]).any(-1).sum(-1).float()
+        return self.value(shared, self.sizes(a), self.sizes(b))
+
+    def index(self, chunks: Iterable[torch.Tensor]) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Job lists, in row chunks (n, L) -> an inverted index, (starts (V + 1,), job rows (nnz,)): the rows
+        of skill s are ``rows[starts[s]:starts[s + 1]]``, and the lists' sizes (N,). Built once per catalog, a
+        chunk at a time (a 1M x 50 id array would take 400 MB)."""
+        skills, rows, sizes, offset = [], [], [], 0
+        for lists in chunks:
+            ids = lists.sort(dim=1).values
+            known = (ids > UNK) & torch.cat([ids.new_ones((len(ids), 1), dtype=torch.bool),
+                                             ids[:, 1:] != ids[:, :-1]], dim=1)  # each known skill once per job
+            skills.append(ids[known])
+            rows.append((torch.arange(len(ids), device=ids.device)[:, None] + offset).expand_as(ids)[known])
+            sizes.append(self.sizes(lists))
+            offset += len(ids)
+        skills, rows = torch.cat(skills), torch.cat(rows)
+        order = torch.sort(skills, stable=True).indices
+        starts = torch.cat([skills.new_zeros(1), torch.bincount(skills, minlength=self.vocab).cumsum(0)])
+        return (starts, rows[order]), torch.cat(sizes)
+
+    @staticmethod
+    def shared_with(a: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor], jobs: int) -> torch.Tensor:
+        """Shared known skills of user lists ``a`` (U, L) with each of the ``jobs`` rows of an ``index`` -> (U,
+        N): each user reads the rows of its own skills, O(their jobs), not U x N x L comparisons."""
+        starts, rows = index
+        out = torch.zeros((len(a), jobs), device=a.device)
+        for u, ids in enumerate(a):
+            ids = torch.unique(ids[ids > UNK])
+            found = [rows[starts[s] : starts[s + 1]] for s in ids.tolist()]
+            if found:
+                out[u] = torch.bincount(torch.cat(found), minlength=jobs)[:jobs].float()
+        return out
 
     def forward(self, multi: torch.Tensor) -> torch.Tensor:
         """multi (B, Fm, L) -> (B,)."""
