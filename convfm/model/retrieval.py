@@ -10,7 +10,9 @@ features standardized and projected on their top r principal directions, z_j (r,
 user's logit as a linear function of z_j by least squares on the exact logits of M fixed rows (one small
 combine), scans Z @ w for the top K rows, and the ranker scores those K exactly. A fixed inner product
 <user vector, job vector> could only hold the FM term; the per-user fit also follows the MLP and conv parts
-around that user. ``benchmarks/retrieval.py`` measures recall@10 against the exact full ranking, per size.
+around that user. The skill-match term (a pair term, ``convfm.model.skill_match``) is no function of z_j: the
+fit leaves it out and the scan adds it exactly. ``benchmarks/retrieval.py`` measures recall@10 against the
+exact full ranking, per size.
 """
 from __future__ import annotations
 
@@ -132,8 +134,9 @@ class RetrievalIndex:
 
     # ------------------------------------------------------------------------------------------ query
     def user_weights(self, users: EncodedTable) -> torch.Tensor:
-        """Per user, the least-squares fit of its exact logits on the fit rows' coordinates -> (U, r + 1),
-        intercept first. A small ridge keeps the fit defined when coordinates are collinear."""
+        """Per user, the least-squares fit of its exact logits (less the skill-match term, which ``candidates``
+        adds back exactly) on the fit rows' coordinates -> (U, r + 1), intercept first. A small ridge keeps the
+        fit defined when coordinates are collinear."""
         return self._fit(users)[0]
 
     def _fit(self, users: EncodedTable) -> tuple[torch.Tensor, Side]:
