@@ -167,7 +167,7 @@ class CatalogRanker:
             self.n_jobs, self.job_side = n, _map(lambda t: t[:n], self._room)
             self._write_rows(rows, side)
         self.__dict__.pop("explainer", None)  # its view of the catalog (constant fields): recomputed when next used
-        self.__dict__.pop("_skills", None)  # the catalog's skill matrix, likewise
+        self.__dict__.pop("_skills", None)  # the catalog's inverted skill index, likewise
 
     # ------------------------------------------------------------------------------------- side passes
     def side_batch(self, table: EncodedTable, side: str) -> FieldBatch:
@@ -260,7 +260,7 @@ class CatalogRanker:
             ji = torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
             logits = self.split.combine(_map(lambda t: t[ui], u._replace(skills=None)),
                                         _map(lambda t: t[ji], self.job_side))
-            skill = self.skill_terms(u)  # (U, N): one sparse product for the request's users
+            skill = self.skill_terms(u)  # (U, N): one index read per user of the request
             return logits if skill is None else logits + skill[ui, ji]
 
     def top_k(

@@ -51,7 +51,8 @@ class SkillMatch(nn.Module):
 
     def term(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The logit term of user lists ``a`` and job lists ``b`` (..., L) broadcast on their leading dims ->
-        (...): for pairs and batches (every element compared); ``index`` and ``shared_with`` are the catalog's way."""
+        (...): for pairs and batches (every element compared). Whole catalogs go through ``index`` and
+        ``shared_with``."""
         shared = ((a[..., :, None] == b[..., None, :]) & (a > UNK)[..., :, None]).any(-1).sum(-1).float()
         return self.value(shared, self.sizes(a), self.sizes(b))
 
