@@ -142,7 +142,8 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
         users_with_rows = len(pa.compute.unique(written.to_table(columns=["user_id"])["user_id"]))
     elif not storage.is_uri(target):
         Path(target).mkdir()
-    summary = {"users": n_users, "users_with_rows": users_with_rows, "rows": rows, "k": k, "exclude_seen": exclude_seen, "at": at,
+    summary = {"users": n_users, "users_with_rows": users_with_rows, "rows": rows, "k": k,
+               "exclude_seen": exclude_seen, "at": at,
                "retrieval_candidates": retrieval_candidates,
                "event_log": events, "logged_pairs_seen": logged,
                "model": str(located), "model_version": model_identity(resolve(located))[1],

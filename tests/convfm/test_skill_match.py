@@ -37,9 +37,10 @@ def extractor():
     rng = np.random.default_rng(0)
     skills = [f"s{i}" for i in range(12)]
     pick = lambda n: ";".join(rng.choice(skills, size=n, replace=False))  # noqa: E731
-    jobs = pd.DataFrame({"job_id": [f"j{i}" for i in range(40)], "skills": [pick(rng.integers(1, 6)) for _ in range(40)],
-                         "company": [f"c{i % 5}" for i in range(40)]})
-    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(6)], "skills": [pick(rng.integers(0, 5)) for _ in range(6)]})
+    jobs = pd.DataFrame({"job_id": [f"j{i}" for i in range(40)], "company": [f"c{i % 5}" for i in range(40)],
+                         "skills": [pick(rng.integers(1, 6)) for _ in range(40)]})
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(6)],
+                          "skills": [pick(rng.integers(0, 5)) for _ in range(6)]})
     interactions = pd.DataFrame({"user_id": ["u0", "u1"], "job_id": ["j0", "j1"]})
     return JobFeatureExtractor(text_dim=0, history_length=0).fit(jobs, interactions, users)
 
