@@ -167,7 +167,11 @@ class CatalogRanker:
             self.n_jobs, self.job_side = n, _map(lambda t: t[:n], self._room)
             self._write_rows(rows, side)
         self.__dict__.pop("explainer", None)  # its view of the catalog (constant fields): recomputed when next used
-        self.__dict__.pop("_skills", None)  # the catalog's inverted skill index, likewise
+        skills = self.__dict__.pop("_skills", None)  # the catalog's inverted skill index: its rows now stale
+        if skills is not None:
+            stale = torch.unique(torch.cat([skills[2], torch.as_tensor(rows, device=self.device)]))
+            if len(stale) <= self.n_jobs // 8:  # past that, rebuilt when next used
+                self._skills = (*skills[:2], stale)
 
     # ------------------------------------------------------------------------------------- side passes
     def side_batch(self, table: EncodedTable, side: str) -> FieldBatch:
@@ -181,7 +185,7 @@ class CatalogRanker:
 
     def _side(self, table: EncodedTable, side: str) -> Side:
         """Everything of ``side`` ("user": once per request; "job": once per catalog) for ``table``'s rows. Job
-        sides keep no skill ids: the skill term reads the catalog's lists (``skill_terms``)."""
+        sides keep no skill ids: the skill term reads the catalog's lists (``add_skill_terms``)."""
         own = self.split.side(*self.side_batch(table, side), left=side == "user")
         return own if side == "user" else own._replace(skills=None)
 
@@ -215,8 +219,10 @@ class CatalogRanker:
             out[index.to(out.device)] = scores
         return out
 
-    def _score_all(self, users: EncodedTable | Side, job_rows: Optional[np.ndarray]) -> torch.Tensor:
-        """Logits (U, N or len(job_rows)) of ``users`` (a table, or their user sides) at the precomputed time."""
+    def _score_all(self, users: EncodedTable | Side, job_rows: Optional[np.ndarray],
+                   skill: bool = True) -> torch.Tensor:
+        """Logits (U, N or len(job_rows)) of ``users`` (a table, or their user sides) at the precomputed time;
+        without the skill-match part when not ``skill`` (the retrieval fit)."""
         with torch.inference_mode():
             side = self._side(users, "user") if isinstance(users, EncodedTable) else users
             u = _map(lambda t: t[:, None], side._replace(skills=None))  # the skill term: once, below
@@ -227,30 +233,47 @@ class CatalogRanker:
                 index = slice(start, start + step) if rows is None else rows[start : start + step]
                 out.append(self.split.combine(u, _map(lambda t: t[index][None], self.job_side)))
             logits = torch.cat(out, dim=1) if out else torch.zeros((len(users), 0), device=self.device)
-            skill = self.skill_terms(side, rows) if total else None
-            return logits if skill is None else logits + skill
+            return self.add_skill_terms(logits, side, rows) if skill and total else logits
 
-    def skill_terms(self, user_side: Side, job_rows: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-        """The skill-match part (U, N or len(job_rows)) of the logits of user sides against the catalog's jobs;
-        None when the model has no such term (``ModelConfig.skill_match``)."""
+    def add_skill_terms(self, logits: torch.Tensor, user_side: Side,
+                        job_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``logits`` (U, N' <= N, or len(job_rows)) of user sides against the catalog's first N' jobs (or
+        ``job_rows``) plus the skill-match part, in place; unchanged when the model has no such term
+        (``ModelConfig.skill_match``). The whole catalog reads the inverted skill index; a few rows compare
+        their lists directly, as do rows changed since the index was built."""
         match = self.model.skill_match
         if match is None:
-            return None
-        index, sizes = self._skills
+            return logits
         with torch.inference_mode():
-            shared = match.shared_with(user_side.skills, index, self.n_jobs)  # (U, N)
             if job_rows is not None:
-                shared, sizes = shared[:, job_rows], sizes[job_rows]
-            return match.value(shared, match.sizes(user_side.skills)[:, None], sizes[None])
+                return logits.add_(self._skill_pairs(user_side.skills, job_rows))
+            index, sizes, stale = self._skills
+            match.add_shared(logits, user_side.skills, index, sizes, skip=stale)
+            stale = stale[stale < logits.shape[1]]
+            if len(stale):
+                logits[:, stale] += self._skill_pairs(user_side.skills, stale)
+            return logits
+
+    def _skill_pairs(self, skills: torch.Tensor, job_rows: torch.Tensor) -> torch.Tensor:
+        """The skill term (U, K) of user skill lists (U, L) against catalog rows (K,), lists compared directly,
+        a block of users at a time."""
+        column = [f.name for f in self.job_map.of_kind("multi")].index("job_skills")
+        lists = self.jobs.multi[job_rows.cpu().numpy(), column]  # (K, L)
+        lists = torch.as_tensor(lists[:, : used_list_length(lists[:, None])], device=self.device)
+        users = max(1, ELEMENT_BUDGET // max(1, lists.numel() * skills.shape[1]))
+        return torch.cat([self.model.skill_match.term(skills[a : a + users, None], lists[None])
+                          for a in range(0, len(skills), users)]) if len(skills) else lists.new_zeros((0, len(lists)))
 
     @functools.cached_property
-    def _skills(self) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The catalog's inverted skill index and each job's list size (N,) (``SkillMatch.index``), read from
-        the encoded catalog (dropped by ``put_jobs``)."""
+    def _skills(self) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The catalog's inverted skill index, each job's list size (N,) (``SkillMatch.index``) and the rows
+        changed since it was built (``put_jobs``; the index's view of them is stale), read from the encoded
+        catalog."""
         column = [f.name for f in self.job_map.of_kind("multi")].index("job_skills")
-        return self.model.skill_match.index(
+        index, sizes = self.model.skill_match.index(
             torch.as_tensor(self.jobs.multi[a : a + JOBS_PER_PASS, column], device=self.device)  # (n, L)
             for a in range(0, self.n_jobs, JOBS_PER_PASS))
+        return index, sizes, torch.zeros(0, dtype=torch.int64, device=self.device)
 
     def score_pairs(self, users: EncodedTable, user_index: np.ndarray, job_rows: np.ndarray) -> torch.Tensor:
         """Logits (P,) of pairs (users row ``user_index[p]``, catalog row ``job_rows[p]``): one pass for all."""
@@ -260,8 +283,12 @@ class CatalogRanker:
             ji = torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
             logits = self.split.combine(_map(lambda t: t[ui], u._replace(skills=None)),
                                         _map(lambda t: t[ji], self.job_side))
-            skill = self.skill_terms(u)  # (U, N): one index read per user of the request
-            return logits if skill is None else logits + skill[ui, ji]
+            if self.model.skill_match is None:
+                return logits
+            column = [f.name for f in self.job_map.of_kind("multi")].index("job_skills")
+            lists = self.jobs.multi[np.asarray(job_rows), column]  # (P, L)
+            lists = torch.as_tensor(lists[:, : used_list_length(lists[:, None])], device=self.device)
+            return logits + self.model.skill_match.term(u.skills[ui], lists)
 
     def top_k(
         self,

@@ -144,9 +144,7 @@ class RetrievalIndex:
         coordinate holds) is taken out of the fitted logits; ``candidates`` adds it back exactly."""
         with torch.inference_mode():
             side = self.ranker._side(users, "user")
-        exact = self.ranker._score_all(side, self.fit_rows)  # (U, M)
-        skill = self.ranker.skill_terms(side, torch.as_tensor(self.fit_rows, device=self.ranker.device))
-        exact = exact if skill is None else exact - skill
+        exact = self.ranker._score_all(side, self.fit_rows, skill=False)  # (U, M)
         with torch.inference_mode():
             z = self.coords[torch.as_tensor(self.fit_rows, device=self.coords.device)]  # (M, r)
             design = torch.cat([z.new_ones((len(z), 1)), z], dim=1)  # (M, r + 1)
@@ -160,10 +158,9 @@ class RetrievalIndex:
         ``exclude`` rows and rows where ``candidate_mask`` (N,) is False are left out before the top K, so K is
         ``count`` unless fewer rows remain (then the fewest left to any of the users)."""
         weights, side = self._fit(users)  # (U, r + 1)
-        skill = self.ranker.skill_terms(side)  # (U, N) or None
         with torch.inference_mode():
             approx = (self.coords @ weights[:, 1:].T).T  # (U, N); the intercept does not change the order
-            approx = approx if skill is None else approx + skill[:, : len(approx[0])]
+            self.ranker.add_skill_terms(approx, side)  # exact: only the rows sharing a skill with the user
             blocked = self.blocked.clone()
             if candidate_mask is not None:
                 if len(candidate_mask) != len(self):

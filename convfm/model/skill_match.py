@@ -4,7 +4,7 @@ Notation as in ``convfm.model.network``: B batch, Fm multi fields, L list length
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -25,7 +25,6 @@ class SkillMatch(nn.Module):
         multi = feature_map.of_kind("multi")
         names = [f.name for f in multi]
         self.columns = tuple(names.index(n) for n in NAMES)  # in the (B, Fm, L) multi tensor
-        self.length = max(multi[i].max_len for i in self.columns)
         self.vocab = max(multi[i].size for i in self.columns)
         self.weight = nn.Parameter(torch.zeros(2))
 
@@ -35,9 +34,8 @@ class SkillMatch(nn.Module):
         return all(n in names for n in NAMES)
 
     def lists(self, multi: torch.Tensor, left: bool) -> torch.Tensor:
-        """multi (R, Fm, L) -> the user's (left) or the job's skill ids (R, max_len), padded to one length."""
-        ids = multi[:, self.columns[0 if left else 1]]  # (R, L)
-        return nn.functional.pad(ids, (0, self.length - ids.shape[1]))
+        """multi (R, Fm, L) -> the user's (left) or the job's skill ids (R, L)."""
+        return multi[:, self.columns[0 if left else 1]]
 
     @staticmethod
     def sizes(lists: torch.Tensor) -> torch.Tensor:
@@ -51,9 +49,12 @@ class SkillMatch(nn.Module):
 
     def term(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The logit term of user lists ``a`` and job lists ``b`` (..., L) broadcast on their leading dims ->
-        (...): for pairs and batches (every element compared). Whole catalogs go through ``index`` and
-        ``shared_with``."""
-        shared = ((a[..., :, None] == b[..., None, :]) & (a > UNK)[..., :, None]).any(-1).sum(-1).float()
+        (...): for pairs, batches and a few catalog rows (every element compared). Whole catalogs go through
+        ``index`` and ``add_shared``. A skill listed twice by the user counts once, as the index counts it."""
+        earlier = torch.ones(a.shape[-1], a.shape[-1], dtype=torch.bool, device=a.device).tril(-1)  # (L, L) j < i
+        first = ~((a[..., :, None] == a[..., None, :]) & earlier).any(-1)  # (..., L) first listing of its skill
+        known = (a > UNK) & first
+        shared = ((a[..., :, None] == b[..., None, :]) & known[..., :, None]).any(-1).sum(-1).float()
         return self.value(shared, self.sizes(a), self.sizes(b))
 
     def index(self, chunks: Iterable[torch.Tensor]) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -74,18 +75,24 @@ class SkillMatch(nn.Module):
         starts = torch.cat([skills.new_zeros(1), torch.bincount(skills, minlength=self.vocab).cumsum(0)])
         return (starts, rows[order]), torch.cat(sizes)
 
-    @staticmethod
-    def shared_with(a: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor], jobs: int) -> torch.Tensor:
-        """Shared known skills of user lists ``a`` (U, L) with each of the ``jobs`` rows of an ``index`` -> (U,
-        N): each user reads the rows of its own skills, O(their jobs), not U x N x L comparisons."""
+    def add_shared(self, logits: torch.Tensor, a: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor],
+                   sizes: torch.Tensor, skip: Optional[torch.Tensor] = None) -> None:
+        """Adds the term of user lists ``a`` (U, L) against the first N indexed rows to ``logits`` (U, N), in
+        place. Each user reads the rows of its own skills, O(their jobs), not U x N x L comparisons, and only the
+        rows sharing a skill are touched: the term is 0 elsewhere. Rows in ``skip`` (stale index rows) get
+        nothing here."""
         starts, rows = index
-        out = torch.zeros((len(a), jobs), device=a.device)
+        width, size_a = logits.shape[1], self.sizes(a)
         for u, ids in enumerate(a):
-            ids = torch.unique(ids[ids > UNK])
-            found = [rows[starts[s] : starts[s + 1]] for s in ids.tolist()]
-            if found:
-                out[u] = torch.bincount(torch.cat(found), minlength=jobs)[:jobs].float()
-        return out
+            ids = torch.unique(ids[ids > UNK]).tolist()
+            if not ids:
+                continue
+            counts = torch.bincount(torch.cat([rows[starts[s] : starts[s + 1]] for s in ids]), minlength=width)
+            counts = counts[:width]
+            if skip is not None:
+                counts[skip[skip < width]] = 0
+            hit = counts.nonzero().squeeze(1)
+            logits[u, hit] += self.value(counts[hit].float(), size_a[u], sizes[hit])
 
     def forward(self, multi: torch.Tensor) -> torch.Tensor:
         """multi (B, Fm, L) -> (B,)."""

@@ -30,6 +30,25 @@ def test_overlap_golden_and_both_paths_agree():
     torch.testing.assert_close(pairs, every.flatten())
     multi = torch.stack([users[[0, 1]], jobs[[0, 2]]], dim=1)  # (B, Fm, L): the forward's path
     torch.testing.assert_close(match(multi), torch.tensor([0.4, 0.5]))
+    twice = match.term(torch.tensor([[2, 2, 3, 0]]), torch.tensor([[2, 5, 0, 0]]))  # a skill listed twice
+    torch.testing.assert_close(twice, torch.tensor([0.25]))  # counts once: 1 shared of 3 + 2 - 1 listed
+
+
+def test_the_inverted_index_adds_the_term_only_where_a_skill_is_shared():
+    fields = (FieldSpec("user_skills", "multi", "user", "skill", 10, max_len=4),
+              FieldSpec("job_skills", "multi", "job", "skill", 10, max_len=4))
+    match = SkillMatch(FeatureMap(fields))
+    with torch.no_grad():
+        match.weight.copy_(torch.tensor([1.0, 2.0]))
+    jobs = torch.tensor([[0, 0, 0, 0], [3, 4, 5, 6], [1, 7, 0, 0], [2, 0, 0, 0], [2, 3, 3, 0]])
+    users = torch.tensor([[2, 3, 4, 0], [2, 1, 0, 0], [1, 1, 0, 0]])  # the last: only unknown skills
+    index, sizes = match.index([jobs[:2], jobs[2:]])  # built in chunks
+    logits = torch.full((3, 5), 0.5)
+    match.add_shared(logits, users, index, sizes, skip=torch.tensor([1]))
+    expected = 0.5 + match.term(users[:, None], jobs[None])
+    expected[:, 1] = 0.5  # a skipped (stale) row gets nothing
+    torch.testing.assert_close(logits, expected)
+    assert (logits[2] == 0.5).all()  # no known skill: nothing touched
 
 
 @pytest.fixture
@@ -57,6 +76,8 @@ def test_fast_ranking_equals_the_forward_with_the_skill_term(extractor, randomiz
     user_index, job_rows = np.repeat(np.arange(6), 5), np.tile([1, 7, 13, 22, 40], 6)
     torch.testing.assert_close(ranker.score_pairs(users, user_index, job_rows), full[user_index, job_rows],
                                atol=1e-5, rtol=0)
+    rows = np.array([3, 1, 17, 40])
+    torch.testing.assert_close(ranker.score_all(users, job_rows=rows), full[:, rows], atol=1e-5, rtol=0)
     without = ConvFM(ModelConfig(embedding_dim=4, conv_filters=3, hidden_dims=(6,), skill_match=False),
                      extractor.feature_map)
     without.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("skill_match")})
@@ -77,3 +98,23 @@ def test_a_model_saved_before_the_term_existed_loads_without_it(extractor, tmp_p
     loaded = load_model_dir(saved)
     assert loaded.model.config.skill_match is False and loaded.model.skill_match is None
     assert ConvFM(ModelConfig(), extractor.feature_map).skill_match is not None  # new models have the term
+
+
+def test_jobs_put_after_the_index_was_built_score_their_new_skills(extractor, randomize):
+    """The live catalog: rows replaced or appended after the inverted index was built are stale there and scored
+    from their new lists, so the fast path still equals the forward over the grown catalog."""
+    from convfm.data.liveness import NEVER
+
+    model = randomize(ConvFM(ModelConfig(embedding_dim=4, conv_filters=3, hidden_dims=(6,), skill_match=True),
+                             extractor.feature_map), 3)
+    with torch.no_grad():
+        model.skill_match.weight.copy_(torch.tensor([2.0, 1.0]))
+    ranker = CatalogRanker(model, extractor)
+    users = extractor.user_side(extractor.user_catalog.take(np.arange(1, 7)), np.array([f"u{i}" for i in range(6)]))
+    ranker.score_all(users)  # builds the index
+    jobs = pd.DataFrame({"job_id": ["j3", "new1", "new2"], "company": ["c1"] * 3,
+                         "skills": ["s0;s1;s2;s3", "s4;s5", "s0;s11"]})
+    rows = extractor.put_jobs(jobs, np.zeros(3, np.int64), np.full(3, NEVER, np.int64))
+    ranker.put_jobs(rows)
+    assert len(ranker._skills[2]) == 3  # kept, its three rows stale
+    torch.testing.assert_close(ranker.score_all(users), ranker.full_scores(users), atol=1e-5, rtol=0)
