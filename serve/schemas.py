@@ -212,6 +212,8 @@ class SimilarJob(BaseModel):
 class Explanation(BaseModel):
     interactions: list[Interaction] = Field(default_factory=list)
     matching_skills: list[str] = Field(default_factory=list)
+    skill_match: Optional[float] = Field(None, description="the skill-match term's part of the logit, when the "
+                                         "user and the job share a skill and the model has the term")
     matching: dict[str, list[str]] = Field(default_factory=dict)
     similar_to: Optional[SimilarJob] = Field(None, description="the most similar job in the user's history")
 

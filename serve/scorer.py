@@ -367,7 +367,9 @@ def _why(explanation: dict[str, Any]) -> str:
     if similar is not None and similar["similarity"] > 0:
         parts.append(f"similar to a job you applied to: {similar.get('title') or similar['job_id']}")
     if explanation["matching_skills"]:
-        parts.append("matching skills: " + ", ".join(explanation["matching_skills"][:5]))
+        term = explanation.get("skill_match")
+        parts.append("matching skills: " + ", ".join(explanation["matching_skills"][:5])
+                     + ("" if term is None else f" ({term:+.3g})"))
     parts += [f"same {vocab.replace('_', ' ')}: {', '.join(values)}"
               for vocab, values in explanation["matching"].items()]
     parts += [f"{x['user_field']} x {x['job_field']} ({x['value']:+.3g})" for x in explanation["interactions"][:2]]

@@ -31,7 +31,8 @@ class Explainer:
                 history_rows: Sequence[int] = ()) -> list[dict[str, Any]]:
         """Per job: the user x job field pairs with the largest FM interaction <e_i, e_j> (at most ``top``),
         the shared values (skills, location, ...) of the user's fields and the job's that share a vocabulary,
-        and ``similar_to``: of the user's past jobs (catalog ``history_rows``), the one whose summed job-side
+        ``skill_match``: the skill-match term's part of the logit when the two share a skill (else None), and
+        ``similar_to``: of the user's past jobs (catalog ``history_rows``), the one whose summed job-side
         embeddings are closest in cosine, or None. ``user`` is one row.
 
         Only informative fields are credited (no pair left: no interactions). A field whose value is missing
@@ -49,6 +50,7 @@ class Explainer:
             e_jobs = self.ranker.split.group(*self.ranker.side_batch(jobs, "job"), left=False)[0]  # (m, Fj, D)
             pairs = self.ranker.model.fm.pairs(e_user, e_jobs).flatten(1).cpu().numpy()  # (m, Fu*Fj)
             similar = self._similar(e_jobs, np.asarray(history_rows, dtype=np.int64))
+            skill_terms = self._skill_terms(user, rows)  # (m,) or None
         usable = self._informative(user, jobs).reshape(len(rows), -1)  # (m, Fu*Fj)
         names_u = [f.name for f in self.ranker.user_map.fields]
         names_j = [f.name for f in self.ranker.job_map.fields]
@@ -63,9 +65,20 @@ class Explainer:
             job_values = self._known_values(jobs, m, "job")
             shared = {vocab: [vocabs[vocab].decode(v) for v in ids if v in job_values.get(vocab, ())]
                       for vocab, ids in user_values.items()}
-            out.append({"interactions": interactions, "matching_skills": shared.pop("skill", []),
+            skills = shared.pop("skill", [])
+            out.append({"interactions": interactions, "matching_skills": skills,
+                        "skill_match": float(skill_terms[m]) if skill_terms is not None and skills else None,
                         "matching": {vocab: v for vocab, v in shared.items() if v}, "similar_to": similar[m]})
         return out
+
+    def _skill_terms(self, user: EncodedTable, rows: np.ndarray) -> Optional[np.ndarray]:
+        """The skill-match term of the logit (``ModelConfig.skill_match``) of one user against catalog ``rows``
+        (m,) -> (m,), or None without the term."""
+        if self.ranker.model.skill_match is None:
+            return None
+        column = [f.name for f in self.ranker.user_map.of_kind("multi")].index("user_skills")
+        skills = torch.as_tensor(user.multi[:1, column], device=self.ranker.device)  # (1, L)
+        return self.ranker.skill_pairs(skills, torch.as_tensor(rows))[0].cpu().numpy()
 
     def _informative(self, user: EncodedTable, jobs: EncodedTable) -> np.ndarray:
         """(m, Fu, Fj) bool: pairs of a field present for the user and one present for each of the m ``jobs``

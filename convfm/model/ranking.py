@@ -246,15 +246,15 @@ class CatalogRanker:
             return logits
         with torch.inference_mode():
             if job_rows is not None:
-                return logits.add_(self._skill_pairs(user_side.skills, job_rows))
+                return logits.add_(self.skill_pairs(user_side.skills, job_rows))
             index, sizes, stale = self._skills
             match.add_shared(logits, user_side.skills, index, sizes, skip=stale)
             stale = stale[stale < logits.shape[1]]
             if len(stale):
-                logits[:, stale] += self._skill_pairs(user_side.skills, stale)
+                logits[:, stale] += self.skill_pairs(user_side.skills, stale)
             return logits
 
-    def _skill_pairs(self, skills: torch.Tensor, job_rows: torch.Tensor) -> torch.Tensor:
+    def skill_pairs(self, skills: torch.Tensor, job_rows: torch.Tensor) -> torch.Tensor:
         """The skill term (U, K) of user skill lists (U, L) against catalog rows (K,), lists compared directly,
         a block of users at a time."""
         column = [f.name for f in self.job_map.of_kind("multi")].index("job_skills")

@@ -117,6 +117,14 @@ def test_explain_names_user_job_pairs_and_matching_skills(tiny):
         user_skills = {skill_names[i - 2] for i in user.multi[0, 0] if i > 1}
         job_skills = {skill_names[i - 2] for i in extractor.job_catalog.multi[row, 0] if i > 1}
         assert set(e["matching_skills"]) == user_skills & job_skills
+        # the skill-match term's part of the logit, cited only where a skill is shared
+        with torch.no_grad():
+            term = tiny.model.skill_match.term(torch.as_tensor(user.multi[:1, 0]),
+                                               torch.as_tensor(extractor.job_catalog.multi[row : row + 1, 0]))
+        if e["matching_skills"]:
+            assert e["skill_match"] == pytest.approx(float(term), abs=1e-6) and e["skill_match"] != 0
+        else:
+            assert e["skill_match"] is None and float(term) == 0
     # the reported value is the model's own pairwise FM term for that field pair
     names = [f.name for f in extractor.feature_map.fields]
     top = explanations[0]["interactions"][0]
