@@ -257,21 +257,28 @@ class CatalogRanker:
     def skill_pairs(self, skills: torch.Tensor, job_rows: torch.Tensor) -> torch.Tensor:
         """The skill term (U, K) of user skill lists (U, L) against catalog rows (K,), lists compared directly,
         a block of users at a time."""
-        column = [f.name for f in self.job_map.of_kind("multi")].index("job_skills")
-        lists = self.jobs.multi[job_rows.cpu().numpy(), column]  # (K, L)
-        lists = torch.as_tensor(lists[:, : used_list_length(lists[:, None])], device=self.device)
+        lists = self._job_skill_lists(job_rows.cpu().numpy())  # (K, L)
         users = max(1, ELEMENT_BUDGET // max(1, lists.numel() * skills.shape[1]))
         return torch.cat([self.model.skill_match.term(skills[a : a + users, None], lists[None])
                           for a in range(0, len(skills), users)]) if len(skills) else lists.new_zeros((0, len(lists)))
+
+    def _job_skill_lists(self, rows: np.ndarray) -> torch.Tensor:
+        """The skill ids of catalog ``rows`` (K,) -> (K, L), cut to the longest list among them."""
+        lists = self.jobs.multi[rows, self._skill_column]  # (K, max_len)
+        return torch.as_tensor(lists[:, : used_list_length(lists[:, None])], device=self.device)
+
+    @functools.cached_property
+    def _skill_column(self) -> int:
+        """The job_skills field's column in the job side's multi-valued fields."""
+        return [f.name for f in self.job_map.of_kind("multi")].index("job_skills")
 
     @functools.cached_property
     def _skills(self) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]:
         """The catalog's inverted skill index, each job's list size (N,) (``SkillMatch.index``) and the rows
         changed since it was built (``put_jobs``; the index's view of them is stale), read from the encoded
         catalog."""
-        column = [f.name for f in self.job_map.of_kind("multi")].index("job_skills")
         index, sizes = self.model.skill_match.index(
-            torch.as_tensor(self.jobs.multi[a : a + JOBS_PER_PASS, column], device=self.device)  # (n, L)
+            torch.as_tensor(self.jobs.multi[a : a + JOBS_PER_PASS, self._skill_column], device=self.device)  # (n, L)
             for a in range(0, self.n_jobs, JOBS_PER_PASS))
         return index, sizes, torch.zeros(0, dtype=torch.int64, device=self.device)
 
@@ -285,10 +292,7 @@ class CatalogRanker:
                                         _map(lambda t: t[ji], self.job_side))
             if self.model.skill_match is None:
                 return logits
-            column = [f.name for f in self.job_map.of_kind("multi")].index("job_skills")
-            lists = self.jobs.multi[np.asarray(job_rows), column]  # (P, L)
-            lists = torch.as_tensor(lists[:, : used_list_length(lists[:, None])], device=self.device)
-            return logits + self.model.skill_match.term(u.skills[ui], lists)
+            return logits + self.model.skill_match.term(u.skills[ui], self._job_skill_lists(np.asarray(job_rows)))
 
     def top_k(
         self,
