@@ -19,6 +19,7 @@ import tempfile
 import time
 
 import torch
+import yaml
 
 from convfm.config import SPLITS, DataConfig, ModelConfig, TrainConfig
 from convfm.evaluation.report import evaluate_split, format_report
@@ -71,8 +72,13 @@ def main() -> None:
     parser.add_argument("--popularity-days", type=float, default=DataConfig.popularity_days,
                         help="also (with --ablation) or instead train with the job-popularity feature over this "
                         "window (data.popularity_days)")
+    parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a ModelConfig field for every variant, a YAML value (repeatable; e.g. "
+                        "history_match=false)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    model_config = ModelConfig.from_dict({k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.model)},
+                                         source="--model")
     train = TrainConfig(num_epochs=args.epochs, seed=args.seed)
     variants = dict(VARIANTS) if args.ablation else {"all three": VARIANTS["all three"]}
     if args.popularity_days:
@@ -86,7 +92,7 @@ def main() -> None:
                                 **({} if history is None else {"history_length": history}))
             data = prepare_data(config)
             started = time.perf_counter()
-            model, history_log = fit_in_process(data, ModelConfig(), train)
+            model, history_log = fit_in_process(data, model_config, train)
             seconds = time.perf_counter() - started
             protocols = ("live", "sampled") if name == list(variants)[-1] else ("live",)
             by_protocol = {protocol: evaluate_split(model, data, "test", negatives=args.negatives, seed=args.seed,
@@ -95,7 +101,7 @@ def main() -> None:
             reports[name] = by_protocol["live"]
             best = history_log[int(history_log[-1]["best_epoch"])]  # the epoch fit_in_process kept
             print(f"\n{name}: {args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed "
-                  f"{args.seed}; default model; history_length {config.history_length}, recency {config.recency}, "
+                  f"{args.seed}; {'default model' if not args.model else 'model ' + ', '.join(args.model)}; history_length {config.history_length}, recency {config.recency}, "
                   f"popularity_days {config.popularity_days}, "
                   f"negative_ratio {config.negative_ratio}; batch {train.batch_size}, learning rate "
                   f"{train.learning_rate:g}; {len(history_log)} epochs in {seconds:.0f}s, best epoch "

@@ -82,9 +82,13 @@ class ModelConfig(BaseConfig):
     # A learned logit term on the overlap of the user's and the job's skill lists (Jaccard, log1p(shared count)):
     # a pair feature the per-side embeddings miss (README "Model quality"). Models saved before it have none.
     skill_match: bool = True
+    # Learned logit terms on what the user's recent jobs share with the job: the share of their skills, companies
+    # and locations the job has (and log1p of the count), with history fields. Models saved before it have none.
+    history_match: bool = True
 
     def __post_init__(self) -> None:
         check_bool(self.skill_match, "skill_match")
+        check_bool(self.history_match, "history_match")
         check_int(self.embedding_dim, "embedding_dim", 1, 1024)
         check_int(self.conv_filters, "conv_filters", 1, 1024)
         check_int(self.conv_kernel_size, "conv_kernel_size", 1, 15, odd=True)

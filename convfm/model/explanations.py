@@ -74,11 +74,11 @@ class Explainer:
     def _skill_terms(self, user: EncodedTable, rows: np.ndarray) -> Optional[np.ndarray]:
         """The skill-match term of the logit (``ModelConfig.skill_match``) of one user against catalog ``rows``
         (m,) -> (m,), or None without the term."""
-        if self.ranker.model.skill_match is None:
+        match = self.ranker.model.skill_match
+        if match is None:
             return None
-        column = [f.name for f in self.ranker.user_map.of_kind("multi")].index("user_skills")
-        skills = torch.as_tensor(user.multi[:1, column], device=self.ranker.device)  # (1, L)
-        return self.ranker.skill_pairs(skills, torch.as_tensor(rows))[0].cpu().numpy()
+        lists = self.ranker._side(user, "user").lists  # every pair's (1, L)
+        return self.ranker.pair_terms(lists, torch.as_tensor(rows), only=match)[0].cpu().numpy()
 
     def _informative(self, user: EncodedTable, jobs: EncodedTable) -> np.ndarray:
         """(m, Fu, Fj) bool: pairs of a field present for the user and one present for each of the m ``jobs``

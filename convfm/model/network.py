@@ -4,8 +4,8 @@ Notation: B batch, F fields (FeatureMap order), Fc/Fm/Fd categorical/multi/dense
 W total dense width, D embedding size, C conv filters;
 for a field axis cut in two groups: R rows of one group, Fg its fields, H1 width of the first MLP layer,
 Pm conv positions whose window crosses the cut.
-``forward`` returns logits; the sigmoid lives in the loss and in serving. ``SkillMatch`` adds a pair feature: the
-overlap of the user's and the job's skill lists. The field embedding (the table
+``forward`` returns logits; the sigmoid lives in the loss and in serving. ``PairMatch`` terms add pair features:
+what the user's skills, or the user's recent jobs, share with the job. The field embedding (the table
 lookups, and the L2 penalty of the rows a batch reads) is ``convfm.model.embedding``.
 
 Each part also says how its output splits over a field axis cut in two groups (``side`` / ``combine``;
@@ -25,7 +25,7 @@ from convfm.config import ModelConfig
 from convfm.errors import ConfigError
 from convfm.features.fields import FeatureMap
 from convfm.model.embedding import FieldEmbedding, IdDropout, LookupPlan
-from convfm.model.skill_match import SkillMatch
+from convfm.model.pair_match import HISTORY_PAIRS, SKILL_PAIRS, PairMatch
 
 
 class FMSide(NamedTuple):
@@ -210,7 +210,8 @@ class DeepHead(nn.Module):
 
 
 class ConvFM(nn.Module):
-    """logit = linear + FM + deep, over the fields of a FeatureMap (+ the skill match, ModelConfig.skill_match)."""
+    """logit = linear + FM + deep, over the fields of a FeatureMap (+ the pair-match terms: ModelConfig.skill_match,
+    history_match)."""
 
     def __init__(self, config: ModelConfig, feature_map: FeatureMap) -> None:
         super().__init__()
@@ -226,7 +227,12 @@ class ConvFM(nn.Module):
         self.fm = FMInteraction()
         self.conv = FieldConv(dim, config.conv_filters, config.conv_kernel_size)
         self.deep = DeepHead(fields * dim + config.conv_filters, config.hidden_dims, config.dropout_rate)
-        self.skill_match = SkillMatch(feature_map) if config.skill_match and SkillMatch.applies(feature_map) else None
+        self.skill_match = PairMatch.build(feature_map, SKILL_PAIRS, "jaccard") if config.skill_match else None
+        self.history_match = PairMatch.build(feature_map, HISTORY_PAIRS, "share") if config.history_match else None
+
+    def pair_matches(self) -> list[PairMatch]:
+        """The pair-match terms the model has (``ModelConfig.skill_match``, ``history_match``), in Side order."""
+        return [m for m in (self.skill_match, self.history_match) if m is not None]
 
     def load_grown(self, published: "ConvFM") -> None:
         """Warm start from ``published``, of the same config over the same fields with vocabularies that grew
@@ -279,8 +285,8 @@ class ConvFM(nn.Module):
         emb, first = (part.lookup(cat, multi, dense, plan, penalty) for part in (self.embedding, self.linear))
         logits = first.fields.sum(dim=(1, 2)) + self.bias + self.interaction_terms(
             emb.fields.index_select(1, self.field_order))  # E (B, F, D) in FeatureMap order
-        if self.skill_match is not None:
-            logits = logits + self.skill_match(multi)
+        for match in self.pair_matches():
+            logits = logits + match(cat, multi)
         return (logits, (emb.squares + first.squares) / len(cat)) if penalty else logits
 
     @torch.no_grad()
@@ -291,10 +297,9 @@ class ConvFM(nn.Module):
         return pairs - torch.diag_embed(torch.diagonal(pairs, dim1=1, dim2=2))
 
     def decay_exempt_parameters(self) -> list[nn.Parameter]:
-        """Parameters weight decay leaves alone: the deep head's scale-invariant ones, and the skill-match term's
-        two weights (decayed, they stayed at a fifth of their size; two numbers cannot overfit)."""
-        skill = [] if self.skill_match is None else [self.skill_match.weight]
-        return self.deep.scale_invariant_parameters() + skill
+        """Parameters weight decay leaves alone: the deep head's scale-invariant ones, and the pair-match terms'
+        few weights (decayed, the skill match's stayed at a fifth of their size; a few numbers cannot overfit)."""
+        return self.deep.scale_invariant_parameters() + [m.weight for m in self.pair_matches()]
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Parameters that receive sparse gradients (need SparseAdam); empty unless sparse_embeddings."""
@@ -315,7 +320,7 @@ class Side(NamedTuple):
     fm: FMSide
     conv: ConvSide
     deep: torch.Tensor  # (R, H1) share of the first MLP layer (the left group's include its bias)
-    skills: Optional[torch.Tensor] = None  # (R, L) the group's skill ids, with ModelConfig.skill_match
+    lists: Optional[tuple[torch.Tensor, ...]] = None  # (R, L) per pair of the pair-match terms: this group's lists
 
 
 class SplitLogit:
@@ -344,15 +349,18 @@ class SplitLogit:
         emb, weights = self.group(cat, multi, dense, left)  # (R, Fg, D), (R, Fg)
         linear = weights.sum(1) + self.model.bias if left else weights.sum(1)  # (R,)
         conv = self.model.conv.side(emb, self.cut, self.fields, left)
-        skills = None if self.model.skill_match is None else self.model.skill_match.lists(multi, left)
+        matches = self.model.pair_matches()
+        lists = tuple(t for m in matches for t in (m.user_lists(multi) if left else m.job_lists(cat, multi)))
         return Side(linear, self.model.fm.side(emb), conv, self.head.partial(0 if left else 1, emb.flatten(1)),
-                    skills)
+                    lists or None)
 
     def combine(self, left: Side, right: Side) -> torch.Tensor:
         """Sides broadcast on their leading dims ((U, 1) x (1, N), or (P,) x (P,)) -> logits (...)."""
         conv = self.model.conv.combine(left.conv, right.conv)  # (..., C)
         deep = self.head.finish(left.deep + right.deep + self.head.partial(2, conv))  # (...)
         logits = left.linear + right.linear + self.model.fm.combine(left.fm, right.fm) + deep
-        if left.skills is not None and right.skills is not None:  # (ranking adds it from the catalog's lists)
-            logits = logits + self.model.skill_match.term(left.skills, right.skills)
+        if left.lists is not None and right.lists is not None:  # (ranking adds them from the catalog's lists)
+            pairs = [(m, p) for m in self.model.pair_matches() for p in range(len(m.pairs))]
+            for (match, p), a, b in zip(pairs, left.lists, right.lists):
+                logits = logits + match.term(p, a, b)
         return logits

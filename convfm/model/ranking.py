@@ -19,9 +19,10 @@ import torch
 from convfm.data.batching import FieldBatch, join_batches, table_tensors, used_list_length
 from convfm.features.base import with_room
 from convfm.features.context import now_micros
-from convfm.features.fields import PAD, EncodedTable, FeatureMap
+from convfm.features.fields import PAD, EncodedTable, FeatureMap, field_columns
 from convfm.model.explanations import Explainer
 from convfm.model.network import ConvFM, Side
+from convfm.model.pair_match import PairMatch
 
 # Floats per intermediate (U, chunk, width) tensor: ~1 MB, so a combine step stays in cache. Measured with the
 # default model on 10k jobs (2 cores): 0.59-0.82 us per pair at 1 << 18 against 1.11-1.15 at 1 << 22 for 50-400
@@ -36,7 +37,8 @@ def _zip_map(fn: Callable[[list[torch.Tensor]], torch.Tensor], sides: list[Any])
     if first is None:
         return None
     if isinstance(first, tuple):
-        return type(first)(*(_zip_map(fn, list(parts)) for parts in zip(*sides)))
+        parts = (_zip_map(fn, list(parts)) for parts in zip(*sides))
+        return type(first)(*parts) if hasattr(first, "_fields") else tuple(parts)
     return fn(sides)
 
 
@@ -167,11 +169,11 @@ class CatalogRanker:
             self.n_jobs, self.job_side = n, _map(lambda t: t[:n], self._room)
             self._write_rows(rows, side)
         self.__dict__.pop("explainer", None)  # its view of the catalog (constant fields): recomputed when next used
-        skills = self.__dict__.pop("_skills", None)  # the catalog's inverted skill index: its rows now stale
-        if skills is not None:
-            stale = torch.unique(torch.cat([skills[2], torch.as_tensor(rows, device=self.device)]))
+        indexes = self.__dict__.pop("_match_index", None)  # the pair-match terms' inverted indexes: rows now stale
+        if indexes is not None:
+            stale = torch.unique(torch.cat([indexes[1], torch.as_tensor(rows, device=self.device)]))
             if len(stale) <= self.n_jobs // 8:  # past that, rebuilt when next used
-                self._skills = (*skills[:2], stale)
+                self._match_index = (indexes[0], stale)
 
     # ------------------------------------------------------------------------------------- side passes
     def side_batch(self, table: EncodedTable, side: str) -> FieldBatch:
@@ -185,9 +187,9 @@ class CatalogRanker:
 
     def _side(self, table: EncodedTable, side: str) -> Side:
         """Everything of ``side`` ("user": once per request; "job": once per catalog) for ``table``'s rows. Job
-        sides keep no skill ids: the skill term reads the catalog's lists (``add_skill_terms``)."""
+        sides keep no lists: the pair-match terms read the catalog's (``add_match_terms``)."""
         own = self.split.side(*self.side_batch(table, side), left=side == "user")
-        return own if side == "user" else own._replace(skills=None)
+        return own if side == "user" else own._replace(lists=None)
 
     def _chunk(self, users: int) -> int:
         """Jobs per combine step: the widest per-job piece (H1, C * Pm or D floats) times U within the budget."""
@@ -220,12 +222,12 @@ class CatalogRanker:
         return out
 
     def _score_all(self, users: EncodedTable | Side, job_rows: Optional[np.ndarray],
-                   skill: bool = True) -> torch.Tensor:
+                   pair_terms: bool = True) -> torch.Tensor:
         """Logits (U, N or len(job_rows)) of ``users`` (a table, or their user sides) at the precomputed time;
-        without the skill-match part when not ``skill`` (the retrieval fit)."""
+        without the pair-match terms when not ``pair_terms`` (the retrieval fit)."""
         with torch.inference_mode():
             side = self._side(users, "user") if isinstance(users, EncodedTable) else users
-            u = _map(lambda t: t[:, None], side._replace(skills=None))  # the skill term: once, below
+            u = _map(lambda t: t[:, None], side._replace(lists=None))  # the pair-match terms: once, below
             rows = None if job_rows is None else torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
             total = self.n_jobs if rows is None else len(rows)
             step, out = self._chunk(len(users)), []
@@ -233,54 +235,68 @@ class CatalogRanker:
                 index = slice(start, start + step) if rows is None else rows[start : start + step]
                 out.append(self.split.combine(u, _map(lambda t: t[index][None], self.job_side)))
             logits = torch.cat(out, dim=1) if out else torch.zeros((len(users), 0), device=self.device)
-            return self.add_skill_terms(logits, side, rows) if skill and total else logits
+            return self.add_match_terms(logits, side, rows) if pair_terms and total else logits
 
-    def add_skill_terms(self, logits: torch.Tensor, user_side: Side,
+    def add_match_terms(self, logits: torch.Tensor, user_side: Side,
                         job_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``logits`` (U, N' <= N, or len(job_rows)) of user sides against the catalog's first N' jobs (or
-        ``job_rows``) plus the skill-match part, in place; unchanged when the model has no such term
-        (``ModelConfig.skill_match``). The whole catalog reads the inverted skill index; a few rows compare
-        their lists directly, as do rows changed since the index was built."""
-        match = self.model.skill_match
-        if match is None:
+        ``job_rows``) plus the pair-match terms (``ConvFM.pair_matches``), in place. The whole catalog reads
+        each job field's inverted index; a few rows compare their lists directly, as do rows changed since the
+        indexes were built."""
+        if not self._match_pairs:
             return logits
         with torch.inference_mode():
             if job_rows is not None:
-                return logits.add_(self.skill_pairs(user_side.skills, job_rows))
-            index, sizes, stale = self._skills
-            match.add_shared(logits, user_side.skills, index, sizes, skip=stale)
+                return logits.add_(self.pair_terms(user_side.lists, job_rows))
+            indexes, stale = self._match_index
+            for (match, p), lists in zip(self._match_pairs, user_side.lists):
+                match.add_shared(p, logits, lists, *indexes[match.pairs[p].job], skip=stale)
             stale = stale[stale < logits.shape[1]]
             if len(stale):
-                logits[:, stale] += self.skill_pairs(user_side.skills, stale)
+                logits[:, stale] += self.pair_terms(user_side.lists, stale)
             return logits
 
-    def skill_pairs(self, skills: torch.Tensor, job_rows: torch.Tensor) -> torch.Tensor:
-        """The skill term (U, K) of user skill lists (U, L) against catalog rows (K,), lists compared directly,
-        a block of users at a time."""
-        lists = self._job_skill_lists(job_rows.cpu().numpy())  # (K, L)
-        users = max(1, ELEMENT_BUDGET // max(1, lists.numel() * skills.shape[1]))
-        return torch.cat([self.model.skill_match.term(skills[a : a + users, None], lists[None])
-                          for a in range(0, len(skills), users)]) if len(skills) else lists.new_zeros((0, len(lists)))
+    def pair_terms(self, lists: tuple[torch.Tensor, ...], job_rows: torch.Tensor,
+                   only: Optional[PairMatch] = None) -> torch.Tensor:
+        """The pair-match terms (U, K) (or those of the term ``only``) of user sides' ``lists`` (each (U, L))
+        against catalog rows (K,), lists compared directly, a block of users at a time."""
+        rows = job_rows.cpu().numpy()
+        out = torch.zeros((len(lists[0]), len(rows)), device=self.device)
+        for (match, p), a in zip(self._match_pairs, lists):
+            if only is not None and match is not only:
+                continue
+            b = self._job_lists(match.pairs[p].job, rows)  # (K, L)
+            users = max(1, ELEMENT_BUDGET // max(1, b.numel() * a.shape[1]))
+            for start in range(0, len(a), users):
+                out[start : start + users] += match.term(p, a[start : start + users, None], b[None])
+        return out
 
-    def _job_skill_lists(self, rows: np.ndarray) -> torch.Tensor:
-        """The skill ids of catalog ``rows`` (K,) -> (K, L), cut to the longest list among them."""
-        lists = self.jobs.multi[rows, self._skill_column]  # (K, max_len)
+    @functools.cached_property
+    def _match_pairs(self) -> list[tuple[PairMatch, int]]:
+        """(term, pair) of every pair of the model's pair-match terms, in the order of a Side's ``lists``."""
+        return [(m, p) for m in self.model.pair_matches() for p in range(len(m.pairs))]
+
+    def _job_lists(self, field: str, rows: np.ndarray) -> torch.Tensor:
+        """Job field ``field``'s ids in catalog ``rows`` (K,) -> (K, L) cut to the longest list among them, or
+        (K, 1) for a categorical field."""
+        kind, column = field_columns(self.job_map.fields)[field]
+        if kind == "categorical":
+            return torch.as_tensor(self.jobs.cat[rows, column : column + 1], device=self.device)
+        lists = self.jobs.multi[rows, column]  # (K, max_len)
         return torch.as_tensor(lists[:, : used_list_length(lists[:, None])], device=self.device)
 
     @functools.cached_property
-    def _skill_column(self) -> int:
-        """The job_skills field's column in the job side's multi-valued fields."""
-        return [f.name for f in self.job_map.of_kind("multi")].index("job_skills")
-
-    @functools.cached_property
-    def _skills(self) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """The catalog's inverted skill index, each job's list size (N,) (``SkillMatch.index``) and the rows
-        changed since it was built (``put_jobs``; the index's view of them is stale), read from the encoded
-        catalog."""
-        index, sizes = self.model.skill_match.index(
-            torch.as_tensor(self.jobs.multi[a : a + JOBS_PER_PASS, self._skill_column], device=self.device)  # (n, L)
-            for a in range(0, self.n_jobs, JOBS_PER_PASS))
-        return index, sizes, torch.zeros(0, dtype=torch.int64, device=self.device)
+    def _match_index(self) -> tuple[dict[str, tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]], torch.Tensor]:
+        """Per job field of a pair-match term, its inverted index and each job's list size (N,)
+        (``PairMatch.index``), read from the encoded catalog; and the rows changed since they were built
+        (``put_jobs``: the indexes' view of them is stale)."""
+        indexes = {}
+        for match, p in self._match_pairs:
+            field = match.pairs[p].job
+            if field not in indexes:
+                indexes[field] = match.index(self._job_lists(field, np.arange(a, min(a + JOBS_PER_PASS, self.n_jobs)))
+                                             for a in range(0, self.n_jobs, JOBS_PER_PASS))
+        return indexes, torch.zeros(0, dtype=torch.int64, device=self.device)
 
     def score_pairs(self, users: EncodedTable, user_index: np.ndarray, job_rows: np.ndarray) -> torch.Tensor:
         """Logits (P,) of pairs (users row ``user_index[p]``, catalog row ``job_rows[p]``): one pass for all."""
@@ -288,11 +304,11 @@ class CatalogRanker:
             u = self._side(users, "user")
             ui = torch.as_tensor(user_index, dtype=torch.int64, device=self.device)
             ji = torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
-            logits = self.split.combine(_map(lambda t: t[ui], u._replace(skills=None)),
+            logits = self.split.combine(_map(lambda t: t[ui], u._replace(lists=None)),
                                         _map(lambda t: t[ji], self.job_side))
-            if self.model.skill_match is None:
-                return logits
-            return logits + self.model.skill_match.term(u.skills[ui], self._job_skill_lists(np.asarray(job_rows)))
+            for (match, p), a in zip(self._match_pairs, u.lists or ()):
+                logits += match.term(p, a[ui], self._job_lists(match.pairs[p].job, np.asarray(job_rows)))
+            return logits
 
     def top_k(
         self,

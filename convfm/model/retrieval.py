@@ -10,8 +10,8 @@ features standardized and projected on their top r principal directions, z_j (r,
 user's logit as a linear function of z_j by least squares on the exact logits of M fixed rows (one small
 combine), scans Z @ w for the top K rows, and the ranker scores those K exactly. A fixed inner product
 <user vector, job vector> could only hold the FM term; the per-user fit also follows the MLP and conv parts
-around that user. The skill-match term (a pair term, ``convfm.model.skill_match``) is no function of z_j: the
-fit leaves it out and the scan adds it exactly. ``benchmarks/retrieval.py`` measures recall@10 against the
+around that user. The pair-match terms (``convfm.model.pair_match``) are no function of z_j: the fit leaves
+them out and the scan adds them exactly. ``benchmarks/retrieval.py`` measures recall@10 against the
 exact full ranking, per size.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Projection(NamedTuple):
 def job_features(ranker: CatalogRanker, rows: torch.Tensor) -> torch.Tensor:
     """The precomputed job sides of catalog ``rows`` (R,) flattened -> (R, d): every number of a job that its
     logit against any user depends on."""
-    side = ranker.job_side._replace(skills=None)  # skill ids are not numbers (the skill term is added exactly)
+    side = ranker.job_side._replace(lists=None)  # ids are not numbers (the pair-match terms are added exactly)
     return torch.cat([t[rows].reshape(len(rows), -1) for t in _leaves(side)], dim=1)
 
 
@@ -134,17 +134,17 @@ class RetrievalIndex:
 
     # ------------------------------------------------------------------------------------------ query
     def user_weights(self, users: EncodedTable) -> torch.Tensor:
-        """Per user, the least-squares fit of its exact logits (less the skill-match term, which ``candidates``
+        """Per user, the least-squares fit of its exact logits (less the pair-match terms, which ``candidates``
         adds back exactly) on the fit rows' coordinates -> (U, r + 1), intercept first. A small ridge keeps the
         fit defined when coordinates are collinear."""
         return self._fit(users)[0]
 
     def _fit(self, users: EncodedTable) -> tuple[torch.Tensor, Side]:
-        """``user_weights`` and the users' sides. The skill-match part of the logits (a pair term no job
-        coordinate holds) is taken out of the fitted logits; ``candidates`` adds it back exactly."""
+        """``user_weights`` and the users' sides. The pair-match terms of the logits (which no job
+        coordinate holds) are taken out of the fitted logits; ``candidates`` adds them back exactly."""
         with torch.inference_mode():
             side = self.ranker._side(users, "user")
-        exact = self.ranker._score_all(side, self.fit_rows, skill=False)  # (U, M)
+        exact = self.ranker._score_all(side, self.fit_rows, pair_terms=False)  # (U, M)
         with torch.inference_mode():
             z = self.coords[torch.as_tensor(self.fit_rows, device=self.coords.device)]  # (M, r)
             design = torch.cat([z.new_ones((len(z), 1)), z], dim=1)  # (M, r + 1)
@@ -160,7 +160,7 @@ class RetrievalIndex:
         weights, side = self._fit(users)  # (U, r + 1)
         with torch.inference_mode():
             approx = (self.coords @ weights[:, 1:].T).T  # (U, N); the intercept does not change the order
-            self.ranker.add_skill_terms(approx, side)  # exact: only the rows sharing a skill with the user
+            self.ranker.add_match_terms(approx, side)  # exact: only the rows sharing a value with the user
             blocked = self.blocked.clone()
             if candidate_mask is not None:
                 if len(candidate_mask) != len(self):

@@ -131,8 +131,9 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     verify_model_dir(path)
     try:
         saved = read_json(path / "model_config.json", "ModelConfig file", ArtifactError)
-        # a model saved before the skill-match term existed has none
-        config = ModelConfig.from_dict({"skill_match": False, **saved}, source=str(path / "model_config.json"))
+        # a model saved before the pair-match terms existed has none
+        config = ModelConfig.from_dict({"skill_match": False, "history_match": False, **saved},
+                                       source=str(path / "model_config.json"))
     except ConfigError as exc:
         raise ArtifactError(str(exc)) from None
     feature_map = FeatureMap.load(path / "feature_map.json")

@@ -119,8 +119,8 @@ def test_explain_names_user_job_pairs_and_matching_skills(tiny):
         assert set(e["matching_skills"]) == user_skills & job_skills
         # the skill-match term's part of the logit, cited only where a skill is shared
         with torch.no_grad():
-            term = tiny.model.skill_match.term(torch.as_tensor(user.multi[:1, 0]),
-                                               torch.as_tensor(extractor.job_catalog.multi[row : row + 1, 0]))
+            term = tiny.model.skill_match.term(0, torch.as_tensor(user.multi[:1, 0]),
+                                                  torch.as_tensor(extractor.job_catalog.multi[row : row + 1, 0]))
         if e["matching_skills"]:
             assert e["skill_match"] == pytest.approx(float(term), abs=1e-6) and e["skill_match"] != 0
         else:
