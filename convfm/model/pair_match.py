@@ -116,8 +116,8 @@ class PairMatch(nn.Module):
     def add_shared(self, pair: int, logits: torch.Tensor, a: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor],
                    sizes: torch.Tensor, skip: Optional[torch.Tensor] = None) -> None:
         """Adds pair ``pair``'s term of user lists ``a`` (U, L) against the first N indexed rows to ``logits``
-        (U, N), in place. Each user reads the rows of its own values, O(their jobs), not U x N x L comparisons,
-        and only the rows sharing a value are touched: the term is 0 elsewhere. Rows in ``skip`` (stale index
+        (U, N), in place. Each user reads the rows of its own values, O(their jobs), not U x N x L comparisons;
+        when those rows are few, only they are touched (the term is 0 elsewhere), else one dense pass adds it. Rows in ``skip`` (stale index
         rows) get nothing here."""
         starts, rows = index
         width, size_a = logits.shape[1], self.sizes(a)
@@ -126,9 +126,30 @@ class PairMatch(nn.Module):
             if not len(ids):
                 continue
             found = [rows[starts[v] : starts[v + 1]] for v in ids.tolist()]
-            weights = torch.repeat_interleave(repeats.float(), torch.tensor([len(f) for f in found], device=a.device))
+            lengths = [len(f) for f in found]
+            weights = torch.repeat_interleave(repeats.float(), torch.tensor(lengths, device=a.device))
             counts = torch.bincount(torch.cat(found), weights=weights, minlength=width)[:width]
-            if skip is not None:
+            if skip is not None and len(skip):
                 counts[skip[skip < width]] = 0
-            hit = counts.nonzero().squeeze(1)
-            logits[u, hit] += self.value(pair, counts[hit], size_a[u], sizes[hit])
+            if sum(lengths) * 4 > width:  # most jobs share a value: dense passes beat gathering the hits
+                n = min(width, len(sizes))  # rows past the index: none counted (all in skip)
+                logits[u, :n] += self.value(pair, counts[:n], size_a[u], sizes[:n])  # 0 where nothing is shared
+            else:
+                hit = counts.nonzero().squeeze(1)
+                logits[u].index_add_(0, hit, self.value(pair, counts[hit], size_a[u], sizes[hit]))
+
+    def add_shared_values(self, pair: int, logits: torch.Tensor, a: torch.Tensor, values: torch.Tensor,
+                          sizes: torch.Tensor, skip: Optional[torch.Tensor] = None) -> None:
+        """``add_shared`` for a categorical job field, read from its value per job (N,) instead of an index:
+        each user's count of every value (V,), gathered at the jobs' values, in dense passes over the jobs (one
+        value per job: a few values hold most jobs, so an index would touch most rows anyway)."""
+        width, size_a = min(logits.shape[1], len(values)), self.sizes(a)  # rows past the values: all in skip
+        values, sizes = values[:width], sizes[:width]
+        for u, ids in enumerate(a):
+            ids = ids[ids > UNK]
+            if not len(ids):
+                continue
+            shared = torch.bincount(ids, minlength=self.vocab).float()[values]  # (N,)
+            if skip is not None and len(skip):
+                shared[skip[skip < width]] = 0
+            logits[u, :width] += self.value(pair, shared, size_a[u], sizes)  # 0 where nothing is shared

@@ -250,7 +250,9 @@ class CatalogRanker:
                 return logits.add_(self.pair_terms(user_side.lists, job_rows))
             indexes, stale = self._match_index
             for (match, p), lists in zip(self._match_pairs, user_side.lists):
-                match.add_shared(p, logits, lists, *indexes[match.pairs[p].job], skip=stale)
+                index, sizes = indexes[match.pairs[p].job]
+                add = match.add_shared if match.pairs[p].job_kind == "multi" else match.add_shared_values
+                add(p, logits, lists, index, sizes, skip=stale)
             stale = stale[stale < logits.shape[1]]
             if len(stale):
                 logits[:, stale] += self.pair_terms(user_side.lists, stale)
@@ -286,14 +288,19 @@ class CatalogRanker:
         return torch.as_tensor(lists[:, : used_list_length(lists[:, None])], device=self.device)
 
     @functools.cached_property
-    def _match_index(self) -> tuple[dict[str, tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]], torch.Tensor]:
-        """Per job field of a pair-match term, its inverted index and each job's list size (N,)
-        (``PairMatch.index``), read from the encoded catalog; and the rows changed since they were built
-        (``put_jobs``: the indexes' view of them is stale)."""
-        indexes = {}
+    def _match_index(self) -> tuple[dict[str, Any], torch.Tensor]:
+        """Per job field of a pair-match term, its inverted index (a list field, ``PairMatch.index``) or its
+        value per job (N,) (a categorical field), and each job's list size (N,), read from the encoded catalog;
+        and the rows changed since they were built (``put_jobs``: the indexes' view of them is stale)."""
+        indexes: dict[str, Any] = {}
         for match, p in self._match_pairs:
-            field = match.pairs[p].job
-            if field not in indexes:
+            field, kind = match.pairs[p].job, match.pairs[p].job_kind
+            if field in indexes:
+                continue
+            if kind == "categorical":
+                values = self._job_lists(field, np.arange(self.n_jobs))[:, 0]  # (N,)
+                indexes[field] = (values, (values != PAD).float())
+            else:
                 indexes[field] = match.index(self._job_lists(field, np.arange(a, min(a + JOBS_PER_PASS, self.n_jobs)))
                                              for a in range(0, self.n_jobs, JOBS_PER_PASS))
         return indexes, torch.zeros(0, dtype=torch.int64, device=self.device)

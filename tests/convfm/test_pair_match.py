@@ -75,6 +75,13 @@ def test_the_inverted_index_adds_the_term_only_where_a_value_is_shared():
     expected[:, 1] = 0.5  # a skipped (stale) row gets nothing
     torch.testing.assert_close(logits, expected)
     assert (logits[2] == 0.5).all()  # no known skill: nothing touched
+    wide = torch.cat([jobs, torch.tensor([[9, 0, 0, 0]]).expand(40, 4)])  # few rows shared: the sparse path
+    index, sizes = match.index([wide])
+    logits = torch.full((3, 45), 0.5)
+    match.add_shared(0, logits, users, index, sizes, skip=torch.tensor([1]))
+    expected = 0.5 + match.term(0, users[:, None], wide[None])
+    expected[:, 1] = 0.5
+    torch.testing.assert_close(logits, expected)
 
 
 @pytest.fixture
