@@ -214,6 +214,9 @@ class Explanation(BaseModel):
     matching_skills: list[str] = Field(default_factory=list)
     skill_match: Optional[float] = Field(None, description="the skill-match term's part of the logit, when the "
                                          "user and the job share a skill and the model has the term")
+    history_match: Optional[float] = Field(None, description="the history-match terms' part of the logit, when "
+                                           "the job shares a skill, company or location with the user's recent "
+                                           "jobs and the model has the terms")
     matching: dict[str, list[str]] = Field(default_factory=dict)
     similar_to: Optional[SimilarJob] = Field(None, description="the most similar job in the user's history")
 

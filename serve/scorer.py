@@ -366,6 +366,8 @@ def _why(explanation: dict[str, Any]) -> str:
     similar = explanation.get("similar_to")
     if similar is not None and similar["similarity"] > 0:
         parts.append(f"similar to a job you applied to: {similar.get('title') or similar['job_id']}")
+    if explanation.get("history_match"):
+        parts.append(f"like your recent jobs ({explanation['history_match']:+.3g})")
     if explanation["matching_skills"]:
         term = explanation.get("skill_match")
         parts.append("matching skills: " + ", ".join(explanation["matching_skills"][:5])

@@ -31,7 +31,9 @@ class Explainer:
                 history_rows: Sequence[int] = ()) -> list[dict[str, Any]]:
         """Per job: the user x job field pairs with the largest FM interaction <e_i, e_j> (at most ``top``),
         the shared values (skills, location, ...) of the user's fields and the job's that share a vocabulary,
-        ``skill_match``: the skill-match term's part of the logit when the two share a skill (else None), and
+        ``skill_match``: the skill-match term's part of the logit when the two share a skill (else None),
+        ``history_match``: the history-match terms' part when the job shares a skill, company or location with the
+        user's recent jobs (else None), and
         ``similar_to``: of the user's past jobs (catalog ``history_rows``), the one whose summed job-side
         embeddings are closest in cosine, or None. ``user`` is one row.
 
@@ -50,7 +52,7 @@ class Explainer:
             e_jobs = self.ranker.split.group(*self.ranker.side_batch(jobs, "job"), left=False)[0]  # (m, Fj, D)
             pairs = self.ranker.model.fm.pairs(e_user, e_jobs).flatten(1).cpu().numpy()  # (m, Fu*Fj)
             similar = self._similar(e_jobs, np.asarray(history_rows, dtype=np.int64))
-            skill_terms = self._skill_terms(user, rows)  # (m,) or None
+            skill_terms, history_terms = self._pair_terms(user, rows)  # (m,) each, or None
         usable = self._informative(user, jobs).reshape(len(rows), -1)  # (m, Fu*Fj)
         names_u = [f.name for f in self.ranker.user_map.fields]
         names_j = [f.name for f in self.ranker.job_map.fields]
@@ -68,17 +70,23 @@ class Explainer:
             skills = shared.pop("skill", [])
             out.append({"interactions": interactions, "matching_skills": skills,
                         "skill_match": float(skill_terms[m]) if skill_terms is not None and skills else None,
+                        "history_match": _nonzero(history_terms, m),
                         "matching": {vocab: v for vocab, v in shared.items() if v}, "similar_to": similar[m]})
         return out
 
-    def _skill_terms(self, user: EncodedTable, rows: np.ndarray) -> Optional[np.ndarray]:
-        """The skill-match term of the logit (``ModelConfig.skill_match``) of one user against catalog ``rows``
-        (m,) -> (m,), or None without the term."""
-        match = self.ranker.model.skill_match
-        if match is None:
-            return None
+    def _pair_terms(self, user: EncodedTable, rows: np.ndarray) -> tuple[Optional[np.ndarray], ...]:
+        """The skill-match and the history-match terms of the logit (``ModelConfig.skill_match``,
+        ``history_match``) of one user against catalog ``rows`` (m,) -> (m,) each, None for a term the model
+        lacks; pairs whose job field is constant over the catalog left out (they tell no job from another)."""
+        model = self.ranker.model
+        if not model.pair_matches():
+            return None, None
         lists = self.ranker._side(user, "user").lists  # every pair's (1, L)
-        return self.ranker.pair_terms(lists, torch.as_tensor(rows), only=match)[0].cpu().numpy()
+        names = [f.name for f in self.ranker.job_map.fields]
+        constant = {n for n, c in zip(names, self.constant_job_fields()) if c}
+        return tuple(None if term is None else self.ranker.pair_terms(
+            lists, torch.as_tensor(rows), keep=lambda match, pair, term=term: match is term and pair.job not in constant
+        )[0].cpu().numpy() for term in (model.skill_match, model.history_match))
 
     def _informative(self, user: EncodedTable, jobs: EncodedTable) -> np.ndarray:
         """(m, Fu, Fj) bool: pairs of a field present for the user and one present for each of the m ``jobs``
@@ -156,6 +164,11 @@ class Explainer:
         best = cosine.argmax(1).cpu().numpy()  # (m,)
         return [{"job_id": self.ranker.extractor.job_ids[int(history_rows[b])], "similarity": float(cosine[m, b])}
                 for m, b in enumerate(best)]
+
+
+def _nonzero(terms: Optional[np.ndarray], row: int) -> Optional[float]:
+    """``terms[row]`` as a float, or None without terms or where it is 0 (nothing shared)."""
+    return None if terms is None or terms[row] == 0 else float(terms[row])
 
 
 def _per_field(table: EncodedTable, fields: Sequence[FieldSpec],

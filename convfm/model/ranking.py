@@ -22,7 +22,7 @@ from convfm.features.context import now_micros
 from convfm.features.fields import PAD, EncodedTable, FeatureMap, field_columns
 from convfm.model.explanations import Explainer
 from convfm.model.network import ConvFM, Side
-from convfm.model.pair_match import PairMatch
+from convfm.model.pair_match import Pair, PairMatch
 
 # Floats per intermediate (U, chunk, width) tensor: ~1 MB, so a combine step stays in cache. Measured with the
 # default model on 10k jobs (2 cores): 0.59-0.82 us per pair at 1 << 18 against 1.11-1.15 at 1 << 22 for 50-400
@@ -259,13 +259,13 @@ class CatalogRanker:
             return logits
 
     def pair_terms(self, lists: tuple[torch.Tensor, ...], job_rows: torch.Tensor,
-                   only: Optional[PairMatch] = None) -> torch.Tensor:
-        """The pair-match terms (U, K) (or those of the term ``only``) of user sides' ``lists`` (each (U, L))
-        against catalog rows (K,), lists compared directly, a block of users at a time."""
+                   keep: Optional[Callable[[PairMatch, Pair], bool]] = None) -> torch.Tensor:
+        """The pair-match terms (U, K) (those of the pairs ``keep`` accepts) of user sides' ``lists`` (each
+        (U, L)) against catalog rows (K,), lists compared directly, a block of users at a time."""
         rows = job_rows.cpu().numpy()
         out = torch.zeros((len(lists[0]), len(rows)), device=self.device)
         for (match, p), a in zip(self._match_pairs, lists):
-            if only is not None and match is not only:
+            if keep is not None and not keep(match, match.pairs[p]):
                 continue
             b = self._job_lists(match.pairs[p].job, rows)  # (K, L)
             users = max(1, ELEMENT_BUDGET // max(1, b.numel() * a.shape[1]))

@@ -111,6 +111,7 @@ def test_explain_names_user_job_pairs_and_matching_skills(tiny):
     skill_names = extractor.vocabs["skill"].values
     pairs = tiny.model.pairwise_interactions(
         *join_batches([table_tensors(user), table_tensors(ranker.job_table(rows[:1]))]))[0]
+    cited = 0
     for e, row in zip(explanations, rows):
         assert e["interactions"] and all(x["user_field"] in user_fields and x["job_field"] in job_fields
                                          for x in e["interactions"])
@@ -125,6 +126,15 @@ def test_explain_names_user_job_pairs_and_matching_skills(tiny):
             assert e["skill_match"] == pytest.approx(float(term), abs=1e-6) and e["skill_match"] != 0
         else:
             assert e["skill_match"] is None and float(term) == 0
+        # the history-match terms' part, from the model's forward over this (user, job) row
+        cat, multi, _ = join_batches([table_tensors(user), table_tensors(ranker.job_table(np.array([row])))])
+        with torch.no_grad():
+            history = float(tiny.model.history_match(cat, multi)[0])
+        assert (e["history_match"] is None) == (history == 0)
+        cited += e["history_match"] is not None
+        if history:
+            assert e["history_match"] == pytest.approx(history, abs=1e-6)
+    assert cited  # this user's recent jobs share something with its top jobs
     # the reported value is the model's own pairwise FM term for that field pair
     names = [f.name for f in extractor.feature_map.fields]
     top = explanations[0]["interactions"][0]
