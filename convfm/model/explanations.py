@@ -52,8 +52,9 @@ class Explainer:
             e_jobs = self.ranker.split.group(*self.ranker.side_batch(jobs, "job"), left=False)[0]  # (m, Fj, D)
             pairs = self.ranker.model.fm.pairs(e_user, e_jobs).flatten(1).cpu().numpy()  # (m, Fu*Fj)
             similar = self._similar(e_jobs, np.asarray(history_rows, dtype=np.int64))
-            skill_terms, history_terms = self._pair_terms(user, rows)  # (m,) each, or None
-        usable = self._informative(user, jobs).reshape(len(rows), -1)  # (m, Fu*Fj)
+            constant = self.constant_job_fields()  # (Fj,)
+            skill_terms, history_terms = self._pair_terms(user, rows, constant)  # (m,) each, or None
+        usable = self._informative(user, jobs, constant).reshape(len(rows), -1)  # (m, Fu*Fj)
         names_u = [f.name for f in self.ranker.user_map.fields]
         names_j = [f.name for f in self.ranker.job_map.fields]
         user_values = self._known_values(user, 0, "user")
@@ -74,26 +75,27 @@ class Explainer:
                         "matching": {vocab: v for vocab, v in shared.items() if v}, "similar_to": similar[m]})
         return out
 
-    def _pair_terms(self, user: EncodedTable, rows: np.ndarray) -> tuple[Optional[np.ndarray], ...]:
+    def _pair_terms(self, user: EncodedTable, rows: np.ndarray,
+                    constant: np.ndarray) -> tuple[Optional[np.ndarray], ...]:
         """The skill-match and the history-match terms of the logit (``ModelConfig.skill_match``,
         ``history_match``) of one user against catalog ``rows`` (m,) -> (m,) each, None for a term the model
-        lacks; pairs whose job field is constant over the catalog left out (they tell no job from another)."""
+        lacks; pairs whose job field is ``constant`` over the catalog (Fj,) left out (they tell no job from another)."""
         model = self.ranker.model
         if not model.pair_matches():
             return None, None
         lists = self.ranker._side(user, "user").lists  # every pair's (1, L)
         names = [f.name for f in self.ranker.job_map.fields]
-        constant = {n for n, c in zip(names, self.constant_job_fields()) if c}
+        fixed = {n for n, c in zip(names, constant) if c}
         return tuple(None if term is None else self.ranker.pair_terms(
-            lists, torch.as_tensor(rows), keep=lambda match, pair, term=term: match is term and pair.job not in constant
+            lists, torch.as_tensor(rows), keep=lambda match, pair, term=term: match is term and pair.job not in fixed
         )[0].cpu().numpy() for term in (model.skill_match, model.history_match))
 
-    def _informative(self, user: EncodedTable, jobs: EncodedTable) -> np.ndarray:
+    def _informative(self, user: EncodedTable, jobs: EncodedTable, constant: np.ndarray) -> np.ndarray:
         """(m, Fu, Fj) bool: pairs of a field present for the user and one present for each of the m ``jobs``
-        that varies over the catalog (see ``explain``)."""
+        that varies over the catalog (not ``constant`` (Fj,); see ``explain``)."""
         (user_columns, empty_user), (job_columns, empty_job) = self._layout["user"], self._layout["job"]
         user_ok = _present(user, self.ranker.user_map.fields, user_columns, empty_user)  # (1, Fu)
-        job_ok = _present(jobs, self.ranker.job_map.fields, job_columns, empty_job) & ~self.constant_job_fields()
+        job_ok = _present(jobs, self.ranker.job_map.fields, job_columns, empty_job) & ~constant
         return user_ok[:, :, None] & job_ok[:, None, :]
 
     @functools.cached_property
