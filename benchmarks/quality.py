@@ -25,6 +25,7 @@ from convfm.config import SPLITS, DataConfig, ModelConfig, TrainConfig
 from convfm.evaluation.report import evaluate_split, format_report
 from convfm.data.prepare import prepare_data
 from convfm.data.synth import generate_market, write_market
+from convfm.errors import ConfigError
 from convfm.training.in_process import fit_in_process
 
 
@@ -77,8 +78,13 @@ def main() -> None:
                         "history_match=false)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model_config = ModelConfig.from_dict({k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.model)},
-                                         source="--model")
+    if any("=" not in o for o in args.model):
+        parser.error(f"--model takes KEY=VALUE, got {[o for o in args.model if '=' not in o]}")
+    try:
+        model_config = ModelConfig.from_dict({k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.model)},
+                                             source="--model")
+    except ConfigError as exc:
+        parser.error(str(exc))
     train = TrainConfig(num_epochs=args.epochs, seed=args.seed)
     variants = dict(VARIANTS) if args.ablation else {"all three": VARIANTS["all three"]}
     if args.popularity_days:
@@ -101,7 +107,8 @@ def main() -> None:
             reports[name] = by_protocol["live"]
             best = history_log[int(history_log[-1]["best_epoch"])]  # the epoch fit_in_process kept
             print(f"\n{name}: {args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed "
-                  f"{args.seed}; {'default model' if not args.model else 'model ' + ', '.join(args.model)}; history_length {config.history_length}, recency {config.recency}, "
+                  f"{args.seed}; {'model ' + ', '.join(args.model) if args.model else 'default model'}; "
+                  f"history_length {config.history_length}, recency {config.recency}, "
                   f"popularity_days {config.popularity_days}, "
                   f"negative_ratio {config.negative_ratio}; batch {train.batch_size}, learning rate "
                   f"{train.learning_rate:g}; {len(history_log)} epochs in {seconds:.0f}s, best epoch "

@@ -79,16 +79,19 @@ class Explainer:
                     constant: np.ndarray) -> tuple[Optional[np.ndarray], ...]:
         """The skill-match and the history-match terms of the logit (``ModelConfig.skill_match``,
         ``history_match``) of one user against catalog ``rows`` (m,) -> (m,) each, None for a term the model
-        lacks; pairs whose job field is ``constant`` over the catalog (Fj,) left out (they tell no job from another)."""
+        lacks; pairs whose job field is ``constant`` over the catalog (Fj,) left out (they tell no job from
+        another)."""
         model = self.ranker.model
         if not model.pair_matches():
             return None, None
         lists = self.ranker._side(user, "user").lists  # every pair's (1, L)
-        names = [f.name for f in self.ranker.job_map.fields]
-        fixed = {n for n, c in zip(names, constant) if c}
-        return tuple(None if term is None else self.ranker.pair_terms(
-            lists, torch.as_tensor(rows), keep=lambda match, pair, term=term: match is term and pair.job not in fixed
-        )[0].cpu().numpy() for term in (model.skill_match, model.history_match))
+        fixed = {f.name for f, c in zip(self.ranker.job_map.fields, constant) if c}
+        out = []
+        for term in (model.skill_match, model.history_match):
+            keep = lambda match, pair, term=term: match is term and pair.job not in fixed  # noqa: E731
+            out.append(None if term is None else
+                       self.ranker.pair_terms(lists, torch.as_tensor(rows), keep=keep)[0].cpu().numpy())
+        return tuple(out)
 
     def _informative(self, user: EncodedTable, jobs: EncodedTable, constant: np.ndarray) -> np.ndarray:
         """(m, Fu, Fj) bool: pairs of a field present for the user and one present for each of the m ``jobs``

@@ -234,6 +234,10 @@ class ConvFM(nn.Module):
         """The pair-match terms the model has (``ModelConfig.skill_match``, ``history_match``), in Side order."""
         return [m for m in (self.skill_match, self.history_match) if m is not None]
 
+    def match_pairs(self) -> list[tuple[PairMatch, int]]:
+        """(term, pair index) of every pair of the pair-match terms, in the order of a Side's ``lists``."""
+        return [(m, p) for m in self.pair_matches() for p in range(len(m.pairs))]
+
     def load_grown(self, published: "ConvFM") -> None:
         """Warm start from ``published``, of the same config over the same fields with vocabularies that grew
         (``FeatureMap.check_grown_from``): its vocabulary rows to the same values' indices
@@ -360,7 +364,6 @@ class SplitLogit:
         deep = self.head.finish(left.deep + right.deep + self.head.partial(2, conv))  # (...)
         logits = left.linear + right.linear + self.model.fm.combine(left.fm, right.fm) + deep
         if left.lists is not None and right.lists is not None:  # (ranking adds them from the catalog's lists)
-            pairs = [(m, p) for m in self.model.pair_matches() for p in range(len(m.pairs))]
-            for (match, p), a, b in zip(pairs, left.lists, right.lists):
+            for (match, p), a, b in zip(self.model.match_pairs(), left.lists, right.lists):
                 logits = logits + match.term(p, a, b)
         return logits

@@ -117,8 +117,8 @@ class PairMatch(nn.Module):
                    sizes: torch.Tensor, skip: Optional[torch.Tensor] = None) -> None:
         """Adds pair ``pair``'s term of user lists ``a`` (U, L) against the first N indexed rows to ``logits``
         (U, N), in place. Each user reads the rows of its own values, O(their jobs), not U x N x L comparisons;
-        when those rows are few, only they are touched (the term is 0 elsewhere), else one dense pass adds it. Rows in ``skip`` (stale index
-        rows) get nothing here."""
+        when those rows are few, only they are touched (the term is 0 elsewhere), else one dense pass adds it.
+        Rows in ``skip`` (stale index rows) get nothing here."""
         starts, rows = index
         width, size_a = logits.shape[1], self.sizes(a)
         for u, ids in enumerate(a):

@@ -275,8 +275,8 @@ class CatalogRanker:
 
     @functools.cached_property
     def _match_pairs(self) -> list[tuple[PairMatch, int]]:
-        """(term, pair) of every pair of the model's pair-match terms, in the order of a Side's ``lists``."""
-        return [(m, p) for m in self.model.pair_matches() for p in range(len(m.pairs))]
+        """``ConvFM.match_pairs``, once per ranker."""
+        return self.model.match_pairs()
 
     def _job_lists(self, field: str, rows: np.ndarray) -> torch.Tensor:
         """Job field ``field``'s ids in catalog ``rows`` (K,) -> (K, L) cut to the longest list among them, or
