@@ -283,6 +283,7 @@ SESSION_RAY_FILES = frozenset({
     "tests/train/test_distributed.py",
     "tests/train/test_fault_tolerance.py",
     "tests/train/test_prepare_distributed.py",
+    "tests/train/test_prepare_market.py",
     "tests/train/test_ray_configs.py",
     "tests/train/test_seed_pipeline.py",
     "tests/train/test_table_training.py",

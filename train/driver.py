@@ -37,6 +37,7 @@ from train.checks import check_sparse_gradients, check_split_sizes, check_traini
 from train.cluster import init_ray
 from train.loop import MODEL_DIR, TRAIN_STATE
 from train.prepare_distributed import DistributedData, prepare_distributed
+from train.prepare_market import check_market, prepare_market_distributed
 from train.outputs import RUN_FILE, export_model, plot_curves, read_run, write_metrics_csv, write_run
 from train.ray_configs import build_trainer
 
@@ -116,15 +117,19 @@ def run_training(
     if prepare == "distributed":
         if prepared is not None:
             raise ConfigError("prepared: data prepared in memory cannot run on the distributed path")
-        check_schemas(split_files(data_config), data_config)  # before Ray starts
+        if data_config.kind == "jobs":
+            check_market(data_config)  # before Ray starts
+        else:
+            check_schemas(split_files(data_config), data_config)
     with StagedDir(out_dir) as out:  # a URI run directory: written here, uploaded as it goes
         run = _run_identity(out, resume, data_config, model_config, storage_path)
         base = None if warm is None else warm.loaded.extractor
         if prepare == "distributed":
             init_ray(address, quiet)
             _check_room_for_data(train_config)
-            data = prepare_distributed(data_config, extractor_options, base,
-                                       extractor=_check_resumable(run, train_config) if resume else None)
+            prepare_on_cluster = prepare_market_distributed if data_config.kind == "jobs" else prepare_distributed
+            data = prepare_on_cluster(data_config, extractor_options, base,
+                                      extractor=_check_resumable(run, train_config) if resume else None)
             check_split_sizes(data.train_rows, data.valid_labels, train_config)
         elif resume:
             extractor = _check_resumable(run, train_config)
@@ -201,7 +206,8 @@ def loop_config(data: PreparedData | DistributedData, model_config: ModelConfig,
         "initial_state": [] if initial is None else [ray.put(initial.state_dict())],
     }
     if isinstance(data, DistributedData):
-        return {**common, "extractor": [ray.put(data.extractor)], **dict(options or {})}
+        popularity = [] if data.popularity is None else [ray.put(data.popularity)]
+        return {**common, "extractor": [ray.put(data.extractor)], "popularity": popularity, **dict(options or {})}
     world, train_set = train_config.num_workers, data.sets["train"]
     shards = [train_set.shard(rank, world, equal=True) for rank in range(world)]
     return {
@@ -331,7 +337,10 @@ def _finish(out: StagedDir, run: dict[str, Any], result: Any, config: TrainConfi
         raise TrainingError(f"run {run['name']} produced no checkpoint with a validation {metric}")
     best_checkpoint, best_metrics = (max if mode == "max" else min)(scored, key=lambda cm: float(cm[1][metric]))
     with best_checkpoint.as_directory() as directory:
-        export_model(Path(directory) / MODEL_DIR, out.local / "best", data if isinstance(data, PreparedData) else None)
+        if isinstance(data, PreparedData):
+            export_model(Path(directory) / MODEL_DIR, out.local / "best", data)
+        else:
+            export_model(Path(directory) / MODEL_DIR, out.local / "best", None, data.extra_json)
     with result.checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / TRAIN_STATE, map_location="cpu", weights_only=True)
     history = state["history"]

@@ -8,8 +8,9 @@ a 1-worker Tune trial's own actor (``train_in_trial``).
   train_shards         [ObjectRef] (rows, labels) per rank, all of equal length (so DDP ranks step together)
   eval_bundle          [ObjectRef] PreparedData.for_split("valid"), read by rank 0 only
   extractor            [ObjectRef] instead of the three above, for data prepared on the cluster
-                       (train.prepare_distributed): each rank streams its equal shard of the ``train`` dataset
-                       with ray.train.get_dataset_shard, rank 0 the whole ``valid`` dataset
+                       (train.prepare_distributed, train.prepare_market): each rank streams its equal shard of the
+                       ``train`` dataset with ray.train.get_dataset_shard, rank 0 the whole ``valid`` dataset
+  popularity           [] or [ObjectRef] with ``extractor``: a job market's training-split PopularityBaseline
   initial_state        [] or [ObjectRef] a warm start's initial state dict (convfm.training.warm_start)
   crash_at_epoch       optional fault injection: rank 1 (rank 0 when alone) exits mid-epoch, once, ...
   crash_marker         ... the first time only (the file records that the crash happened)
@@ -32,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import pandas as pd
 import ray
 import ray.train
@@ -96,7 +98,8 @@ def _train(config: dict[str, Any], session: LoopSession) -> None:
     rank, world_size, device = session.rank, session.world_size, session.device
 
     if "extractor" in config:
-        train_set, bundle = _streamed(data_config, ray.get(config["extractor"][0]), rank)
+        popularity = ray.get(config["popularity"][0]) if config.get("popularity") else None
+        train_set, bundle = _streamed(data_config, ray.get(config["extractor"][0]), rank, popularity)
     else:
         train_set = ExampleSet(ray.get(config["train_tables"][0]), *ray.get(config["train_shards"][rank]))
         bundle = ray.get(config["eval_bundle"][0]) if rank == 0 else None
@@ -125,13 +128,22 @@ def _train(config: dict[str, Any], session: LoopSession) -> None:
             _report_with_checkpoint(session, record, model, state, bundle.extractor, train_config, data_config)
 
 
-def _streamed(data_config: DataConfig, extractor: Any, rank: int) -> tuple[ExampleSet, Optional[PreparedData]]:
+def _streamed(data_config: DataConfig, extractor: Any, rank: int, popularity: Any = None
+              ) -> tuple[ExampleSet, Optional[PreparedData]]:
     """This rank's training examples, read once from its Ray Data shard (encoded on the cluster), and on rank 0
-    the validation bundle the in-memory path would send: the valid rows encoded here by the same extractor."""
+    the validation bundle: a table's valid rows encoded here by the same extractor, or a job market's rows as
+    encoded on the cluster with their (user_id, job_id, label, timestamp) and the training split's ``popularity``
+    baseline (classification metrics only: ranking the live catalog needs the whole market, ``convfm evaluate``)."""
     batches = ray.train.get_dataset_shard("train").iter_batches(batch_size=BATCH_ROWS, batch_format="numpy")
     train_set = example_set_of(batches, extractor)
     if rank != 0:
         return train_set, None
+    if data_config.kind == "jobs":
+        parts = list(ray.train.get_dataset_shard("valid").iter_batches(batch_size=BATCH_ROWS, batch_format="numpy"))
+        frame = pd.DataFrame({c: np.concatenate([p[c] for p in parts]) if parts else [] for c in
+                              ("user_id", "job_id", "label", "timestamp")})
+        return train_set, PreparedData(data_config, extractor, {"valid": example_set_of(parts, extractor)},
+                                       {"valid": frame}, catalog=None, truth=None, popularity=popularity)
     valid = ray.train.get_dataset_shard("valid").iter_batches(batch_size=BATCH_ROWS, batch_format="pandas")
     frame = pd.concat(list(valid), ignore_index=True)
     return train_set, PreparedData(data_config, extractor, {"valid": extractor.example_set(frame)},

@@ -35,13 +35,18 @@ PATH = "path"  # the file column Ray Data adds (include_paths), for messages
 @dataclasses.dataclass
 class DistributedData:
     """The fitted extractor and the datasets the workers stream: ``train`` encoded (``encode_batch``'s
-    columns), ``valid`` typed rows (rank 0 encodes and evaluates them as the in-memory path does)."""
+    columns), ``valid`` typed rows (rank 0 encodes and evaluates them as the in-memory path does) or, for
+    job-market data, encoded rows with their (user_id, job_id, timestamp)."""
 
     config: DataConfig
-    extractor: TableFeatureExtractor
+    extractor: Any  # TableFeatureExtractor, or JobFeatureExtractor (train.prepare_market)
     datasets: dict[str, ray.data.Dataset]
     train_rows: int
     valid_labels: dict[float, int]  # label -> count in the validation split
+    # job-market data (train.prepare_market): the training split's baseline that validation reports beside the
+    # model, and what the exported model directory holds besides the model (serving.json)
+    popularity: Optional[Any] = None
+    extra_json: Optional[dict[str, Any]] = None
 
 
 def read_split(files: Sequence[Path], config: DataConfig) -> ray.data.Dataset:

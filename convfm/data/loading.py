@@ -123,8 +123,10 @@ def _check_unique(ids: pd.Series, path: Path, column: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the job market
-def load_job_market(config: DataConfig) -> JobMarket:
+def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
     """Read and validate ``config.path``/{jobs, users (optional), interactions} with ``config.columns`` applied.
+    ``interactions`` False reads the catalogs only (distributed preparation reads the log on the cluster): the
+    market's interactions are then empty and its calendar is taken as given.
 
     No event column: every row is ``config.default_event``; no timestamp column: row order is time order (and
     the market has no calendar). ``config.events`` (an event log) adds its events after the file's rows.
@@ -137,18 +139,23 @@ def load_job_market(config: DataConfig) -> JobMarket:
     source: dict[str, str] = {}
     calendar = False
     files = ((JOBS, config.jobs_file), (USERS, config.users_file), (INTERACTIONS, config.interactions_file))
-    for schema, name in files:
+    for schema, name in files[:None if interactions else 2]:
         candidates = [root / name, *(root / f"{name}{suffix}" for suffix in SUFFIXES)]
         if schema is USERS and not any(p.is_file() for p in candidates):
             logger.info("%s: no users file; users are known only by their interactions", root / name)
             continue
-        if schema is INTERACTIONS and config.events and not any(p.is_file() for p in candidates):
+        if schema is INTERACTIONS and config.events and not any(p.exists() for p in candidates):
             continue  # the event log alone
         frame, path, dated = _load_schema_table(root / name, schema, config.columns.get(schema.name, {}))
         tables[schema.name], source[schema.name] = frame, str(path)
         calendar = dated if schema is INTERACTIONS else calendar
+    if not interactions:
+        empty = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in
+                              (("user_id", object), ("job_id", object), ("event", object), ("timestamp", np.int64))})
+        return JobMarket(jobs=tables["jobs"], users=tables.get("users"), interactions=empty, source=source,
+                         calendar=True)
     if "interactions" in tables:
-        _set_events(tables["interactions"], source["interactions"], config)
+        set_events(tables["interactions"], source["interactions"], config)
         if "timestamp" not in tables["interactions"].columns:
             tables["interactions"]["timestamp"] = np.arange(len(tables["interactions"]), dtype=np.int64)
     if config.events:
@@ -179,7 +186,8 @@ def _with_event_log(interactions: Optional[pd.DataFrame], calendar: bool, source
     return pd.concat([interactions, events], ignore_index=True), True
 
 
-def _set_events(interactions: pd.DataFrame, path: str, config: DataConfig) -> None:
+def set_events(interactions: pd.DataFrame, path: str, config: DataConfig) -> None:
+    """The ``event`` column (in place) lower-cased and checked, or ``default_event`` without one."""
     if "event" not in interactions.columns:
         interactions["event"] = pd.Series(config.default_event, index=interactions.index, dtype="str")
         return

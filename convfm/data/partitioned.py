@@ -11,7 +11,7 @@ it to win (``DISTRIBUTED_FROM_BYTES``, from ``benchmarks/prepare_memory.py``) or
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ from convfm.data.batching import ExampleSet
 from convfm.data.loading import check_columns
 from convfm.data.readers import SUFFIXES
 from convfm.errors import ConfigError, DataValidationError
-from convfm.features.base import labels_of
+from convfm.features.base import empty_table, labels_of
 from convfm.features.fields import EncodedTable
 from convfm.features.table import TableFeatureExtractor
 
@@ -58,13 +58,16 @@ def choose_preparation(config: DataConfig, requested: str = "auto") -> tuple[str
     if requested not in PREPARATIONS:
         raise ConfigError(f"prepare: must be one of {PREPARATIONS}, got {requested!r}")
     if requested == "distributed":
-        split_files(config)  # refuses data the distributed path cannot read, before anything starts
+        if config.kind == "table":
+            split_files(config)  # refuses data the distributed path cannot read, before anything starts
         return "distributed", "asked for (--prepare distributed)"
     if requested == "memory":
         return "memory", "asked for (--prepare memory)"
     if config.kind != "table":
-        return "memory", ("job-market data: its extractor keeps per-user histories and the catalogs in the driver; "
-                          "distributed preparation covers generic tables")
+        if (Path(config.path) / config.interactions_file).is_dir() and config.events is None:
+            return "distributed", "the interactions are a folder of part files"
+        return "memory", ("job-market data in one interactions file: prepared in memory (pass --prepare distributed, "
+                          "or store the log as a folder of part files, for a log beyond the driver's memory)")
     if not Path(config.path).is_dir():
         return "memory", "one table file, split at random in memory"
     files = split_files(config)
@@ -117,17 +120,14 @@ def encode_batch(extractor: TableFeatureExtractor, frame: pd.DataFrame) -> dict[
     return {**columns, "label": labels_of(frame, "label", "table")}
 
 
-def example_set_of(batches: Iterable[Mapping[str, np.ndarray]], extractor: TableFeatureExtractor) -> ExampleSet:
-    """Encoded batches (``encode_batch``'s columns) joined into one ExampleSet, as ``extractor.example_set``
-    of the same rows would give."""
+def example_set_of(batches: Iterable[Mapping[str, np.ndarray]], extractor: Any) -> ExampleSet:
+    """Encoded batches (``encode_batch``'s columns, or whole job-market rows) joined into one ExampleSet of one
+    table, as ``extractor.example_set`` of the same rows would give (its sides joined)."""
     parts = list(batches)
     labels = np.concatenate([p["label"] for p in parts]).astype(np.float32) if parts else np.zeros(0, np.float32)
-    empty = extractor.transform(pd.DataFrame({c: pd.Series([], dtype=object) for c in _columns(extractor)}))
+    empty = empty_table(extractor.feature_map.fields)
     groups = [np.concatenate([p[name] for p in parts]) if parts and name in parts[0] else
               np.zeros((len(labels), *getattr(empty, name).shape[1:]), getattr(empty, name).dtype)
               for name in ENCODED]
     return ExampleSet([EncodedTable(*groups)], np.arange(len(labels), dtype=np.int64)[:, None], labels)
 
-
-def _columns(extractor: TableFeatureExtractor) -> tuple[str, ...]:
-    return extractor.categorical + extractor.multi_valued + extractor.numeric

@@ -45,8 +45,22 @@ def read_frame(path: str | Path, id_columns: Iterable[str] = ()) -> pd.DataFrame
     return frame
 
 
+def part_files(folder: Path) -> list[Path]:
+    """A folder's .parquet or .csv part files in name order; DataValidationError when there are none or they
+    mix formats."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not files or len({p.suffix.lower() for p in files}) > 1:
+        raise DataValidationError(f"{folder}: expected .parquet or .csv part files of one format, found "
+                                  f"{[p.name for p in files][:5] or 'none'}")
+    return files
+
+
 def read_located(path: str | Path, id_columns: Iterable[str] = ()) -> tuple[pd.DataFrame, Path]:
-    """``read_frame`` plus the file actually read (for messages)."""
+    """``read_frame`` plus the file actually read (for messages). A folder of part files (one format, read in
+    name order) is read as one table; rows in messages then count across the parts in that order."""
+    if Path(path).is_dir():
+        frames = [read_located(p, id_columns)[0] for p in part_files(Path(path))]
+        return pd.concat(frames, ignore_index=True), Path(path)
     path = resolve_path(path)
     if path.stat().st_size == 0:
         raise DataValidationError(f"{path}: file is empty (0 bytes)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional
+from typing import Optional, Protocol
 
 import numpy as np
 import pandas as pd
@@ -65,11 +65,12 @@ def split_examples(examples: pd.DataFrame, config: DataConfig, calendar: bool = 
         starts = global_starts(times, config, calendar)
         parts = np.searchsorted(np.asarray(starts), times, side="right").astype(np.int8)
     else:
-        parts = _per_user_parts(times, user_codes, config)
+        parts = per_user_parts(times, user_codes, config)
     return Splits(*(examples[parts == k].reset_index(drop=True) for k in range(3)), starts=starts)
 
 
-def _per_user_parts(times: np.ndarray, user_codes: np.ndarray, config: DataConfig) -> np.ndarray:
+def per_user_parts(times: np.ndarray, user_codes: np.ndarray, config: DataConfig) -> np.ndarray:
+    """Split "time": 0 train / 1 valid / 2 test per row, from each user's rows alone (``split_examples``)."""
     n = len(times)
     order = np.lexsort((np.arange(n), times, user_codes))
     sizes = np.bincount(user_codes, minlength=1) if n else np.zeros(0, np.int64)
@@ -89,32 +90,61 @@ def _split_counts(sizes: np.ndarray, fraction: float, room: np.ndarray) -> np.nd
     return np.minimum(counts, room)
 
 
-def global_starts(times: np.ndarray, config: DataConfig, calendar: bool = True) -> tuple[int, int]:
+class TimeOrder(Protocol):
+    """The examples' times as order statistics: all that ``global_starts`` reads (in memory: ``SortedTimes``;
+    on the cluster: ``train.prepare_market.DatasetTimes``)."""
+
+    n: int
+
+    def at(self, j: int) -> int:
+        """The j-th smallest time (0-based)."""
+
+    def below(self, t: int) -> int:
+        """How many times are earlier than ``t``."""
+
+
+class SortedTimes:
+    """``TimeOrder`` of times held in memory."""
+
+    def __init__(self, times: np.ndarray) -> None:
+        self.times = np.sort(np.asarray(times, dtype=np.int64))
+        self.n = len(self.times)
+
+    def at(self, j: int) -> int:
+        return int(self.times[j])
+
+    def below(self, t: int) -> int:
+        return int(np.searchsorted(self.times, t, side="left"))
+
+
+def global_starts(times: np.ndarray | TimeOrder, config: DataConfig, calendar: bool = True) -> tuple[int, int]:
     """(T1, T2) for split "global_time": train before T1, valid in [T1, T2), test at or after T2.
 
     ``config.test_start``/``valid_start`` fix them; otherwise T2 is the earliest time that leaves
-    round(n * test_fraction) of the n examples (times (n,)) at or after it (at least 1 when the fraction is
-    positive; ties at T2 all go to test), and T1 likewise for ``valid_fraction`` among the examples before T2.
-    A split left empty (valid or test only when its fraction is 0 and no date is given) is a ConfigError.
+    round(n * test_fraction) of the n examples (``times`` (n,), or their ``TimeOrder``) at or after it (at least
+    1 when the fraction is positive; ties at T2 all go to test), and T1 likewise for ``valid_fraction`` among the
+    examples before T2. A split left empty (valid or test only when its fraction is 0 and no date is given) is a
+    ConfigError.
     """
-    times = np.sort(np.asarray(times, dtype=np.int64))
+    order = times if hasattr(times, "below") else SortedTimes(times)
     for name in ("valid_start", "test_start"):
         if getattr(config, name) is not None and not calendar:
             raise ConfigError(f"{name}: needs date/time interaction timestamps; these are plain numbers or row "
                               f"order (use valid_fraction/test_fraction)", field=name)
-    if not len(times):
+    n = order.n
+    if not n:
         raise ConfigError("split: global_time: no examples to split", field="split")
-    n = len(times)
-    t2 = _micros(config.test_start) if config.test_start else _start_leaving(times, config.test_fraction, n)
+    t2 = _micros(config.test_start) if config.test_start else _start_leaving(order, n, config.test_fraction, n)
     if config.valid_start is None:
-        t1 = _start_leaving(times[times < t2], config.valid_fraction, n, empty=t2)
+        t1 = _start_leaving(order, order.below(t2), config.valid_fraction, n, empty=t2)
     else:
         t1 = _micros(config.valid_start)
         if t2 <= t1:
             raise ConfigError(f"test_start: the test period would start at {_show(t2, calendar)}, not after "
                               f"valid_start {config.valid_start}; set test_start", field="test_start")
-    counts = np.diff(np.searchsorted(times, [t1, t2]), prepend=0, append=n)
-    span = f"the examples run from {_show(times[0], calendar)} to {_show(times[-1], calendar)}"
+    before_t1, before_t2 = order.below(t1), order.below(t2)
+    counts = (before_t1, before_t2 - before_t1, n - before_t2)
+    span = f"the examples run from {_show(order.at(0), calendar)} to {_show(order.at(n - 1), calendar)}"
     wanted = (True, config.valid_fraction > 0 or config.valid_start is not None,
               config.test_fraction > 0 or config.test_start is not None)
     periods = (f"before {_show(t1, calendar)}", f"in [{_show(t1, calendar)}, {_show(t2, calendar)})",
@@ -128,15 +158,15 @@ def global_starts(times: np.ndarray, config: DataConfig, calendar: bool = True) 
     return int(t1), int(t2)
 
 
-def _start_leaving(sorted_times: np.ndarray, fraction: float, n: int, empty: Optional[int] = None) -> int:
-    """The earliest time with round(n * fraction) (>= 1 if fraction > 0) of ``sorted_times`` at or after it;
-    past the last time when the fraction is 0 (``empty`` when there are no times)."""
-    if not len(sorted_times):
+def _start_leaving(order: TimeOrder, count: int, fraction: float, n: int, empty: Optional[int] = None) -> int:
+    """The earliest time with round(n * fraction) (>= 1 if fraction > 0) of the ``count`` smallest times at or
+    after it; past the last of them when the fraction is 0 (``empty`` when ``count`` is 0)."""
+    if not count:
         return int(empty if empty is not None else 0)
     k = 0 if fraction <= 0 else max(1, int(round(n * fraction)))
     if k == 0:
-        return int(sorted_times[-1]) + 1
-    return int(sorted_times[max(len(sorted_times) - k, 0)])
+        return order.at(count - 1) + 1
+    return order.at(max(count - k, 0))
 
 
 def _micros(iso: str) -> int:

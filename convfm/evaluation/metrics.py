@@ -299,6 +299,13 @@ class PopularityBaseline:
         self._set(positive.mean(), job_ids, np.bincount(codes, positive), np.bincount(codes))
         return self
 
+    @classmethod
+    def from_counts(cls, prior: float, job_ids: Any, positives: Any, interactions: Any) -> "PopularityBaseline":
+        """Fitted from per-job counts (merged from batches on the cluster) and the global positive rate."""
+        baseline = cls()
+        baseline._set(prior, job_ids, positives, interactions)
+        return baseline
+
     def _set(self, prior: float, job_ids: Any, positives: Any, interactions: Any) -> None:
         self.prior = float(prior)
         self._index = pd.Index(as_str_ids(job_ids))

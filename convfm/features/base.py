@@ -159,10 +159,15 @@ def concat_rows(tables: Sequence[EncodedTable]) -> EncodedTable:
     return EncodedTable(*(np.concatenate([t.arrays()[k] for t in tables]) for k in ("cat", "multi", "dense")))
 
 
+def empty_table(fields: Sequence[FieldSpec]) -> EncodedTable:
+    """No rows of ``fields``: the per-row shapes they imply."""
+    shapes = {"categorical": lambda f: (0,), "multi": lambda f: (0, f.max_len), "dense": lambda f: (0, f.width)}
+    return encode_fields(fields, {f.name: np.zeros(shapes[f.kind](f)) for f in fields}, 0)
+
+
 def check_table(table: EncodedTable, fields: Sequence[FieldSpec], name: str) -> None:
     """A loaded table must have the per-row shapes its fields imply (ArtifactError otherwise)."""
-    shapes = {"categorical": lambda f: (0,), "multi": lambda f: (0, f.max_len), "dense": lambda f: (0, f.width)}
-    expected = encode_fields(fields, {f.name: np.zeros(shapes[f.kind](f)) for f in fields}, 0).arrays()
+    expected = empty_table(fields).arrays()
     for group, array in table.arrays().items():
         if array.shape[1:] != expected[group].shape[1:]:
             raise ArtifactError(f"{name}.{group}: shape {array.shape[1:]} does not match the feature map")

@@ -258,10 +258,13 @@ class JobFeatureExtractor(JobArtifact):
         """User-side fields of each row, from the row itself (the cold-start path: profile, unknown id ok)."""
         return self._encode_side("user", users_df)
 
-    def transform_interactions(self, interactions_df: pd.DataFrame) -> EncodedTable:
+    def transform_interactions(self, interactions_df: pd.DataFrame, recent: Optional[np.ndarray] = None,
+                               counts: Optional[np.ndarray] = None) -> EncodedTable:
         """Full rows (user fields, then job fields) looked up from the catalogs by ``user_id``/``job_id``, with
-        history and recency at each row's ``timestamp`` (see ``example_set``)."""
-        tables, rows = self._example_tables(interactions_df, "interactions", None)
+        history and recency at each row's ``timestamp`` (see ``example_set``). ``recent`` (n, history_length) job
+        ids, most recent first ("" padding), and ``counts`` (n,) give each row's history instead of
+        ``self.history`` (distributed preparation computes them beside each user's rows)."""
+        tables, rows = self._example_tables(interactions_df, "interactions", None, recent, counts)
         parts = [table.take(rows[:, s]) for s, table in enumerate(tables)]
         return functools.reduce(EncodedTable.join, parts)
 
@@ -274,12 +277,17 @@ class JobFeatureExtractor(JobArtifact):
         tables, rows = self._example_tables(examples_df, "examples", history)
         return ExampleSet(tables, rows, labels_of(examples_df, label, "examples"))
 
-    def _example_tables(self, df: pd.DataFrame, what: str,
-                        history: Optional[UserHistory]) -> tuple[list[EncodedTable], np.ndarray]:
+    def _example_tables(self, df: pd.DataFrame, what: str, history: Optional[UserHistory],
+                        recent: Optional[np.ndarray] = None, counts: Optional[np.ndarray] = None
+                        ) -> tuple[list[EncodedTable], np.ndarray]:
         users, jobs = self._catalog_rows(df, what)
         times = _times(df, what)
         tables, rows = [self.user_catalog], [users]
-        if self._history is not None:
+        if self._history is not None and recent is not None:
+            tables.append(self.encode_history(np.asarray(recent, dtype=object).reshape(len(df), -1),
+                                              np.asarray(counts, dtype=np.int64)))
+            rows.append(np.arange(len(df), dtype=np.int64))
+        elif self._history is not None:
             state, table = self.history_table(column_strings(df, "user_id"), times, history)
             tables.append(table)
             rows.append(state)

@@ -56,8 +56,13 @@ def serving_payload(data: Any, jobs: Optional[pd.DataFrame] = None) -> dict[str,
     frames = [f[["user_id", "job_id"]] for f in data.frames.values() if len(f)]
     seen = pd.concat(frames, ignore_index=True).drop_duplicates() if frames else pd.DataFrame(
         {"user_id": [], "job_id": []})
+    return payload_of(jobs, seen, data.popularity or PopularityBaseline().fit(data.frames["train"]))
+
+
+def payload_of(jobs: pd.DataFrame, seen: pd.DataFrame, popularity: PopularityBaseline) -> dict[str, Any]:
+    """The ``serving.json`` document from its parts: the catalog, (user_id, job_id) pairs to exclude, the
+    fallback baseline."""
     seen = seen.sort_values(["user_id", "job_id"], kind="stable")
-    popularity = data.popularity or PopularityBaseline().fit(data.frames["train"])
     return {
         "format_version": SERVING_FORMAT_VERSION,
         "jobs": jobs_metadata(jobs),

@@ -1,0 +1,220 @@
+"""The job market prepared one bucket of users at a time (Ray-free; ``train.prepare_market`` runs these pieces on
+Ray Data): an example, its split ("time") and its history read one user's rows only, so a bucket of users holds
+all it needs and no process ever holds the whole log.
+
+Layout: ``config.path`` holds the jobs (and optional users) file as the in-memory path reads them, and the
+interactions as one ``.parquet``/``.csv`` file or a folder of part files named like the file
+(``interactions/``). The driver keeps the catalogs (jobs, users): their size is the catalog's, not the log's.
+
+Per bucket (``bucket_examples``): the interactions become examples as ``build_examples`` makes them, negatives
+drawn from a generator seeded by (seed, bucket) (``USER_BUCKETS`` is fixed, so a run on any cluster draws the
+same ones); each example gets its history (the user's last ``history_length`` positives strictly before its
+time, as job ids, and how many there were) and, where it can be known from the bucket, its split. Encoding is
+then row by row (``JobFeatureExtractor.transform_interactions(recent=...)``), and fitting needs only per-batch
+summaries (``fit_summary``) and each user's latest positives (``latest_positives``), merged on the driver.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from convfm.config import DataConfig
+from convfm.data.loading import JobMarket, build_examples, set_events
+from convfm.data.readers import (
+    _id_strings, cell_error, first_true, is_calendar, order_key, part_files, resolve_path,
+)
+from convfm.data.splitting import per_user_parts
+from convfm.errors import ConfigError, DataValidationError
+from convfm.features.context import UserHistory
+
+USER_BUCKETS = 64  # users are hashed into this many buckets; each is prepared in one task
+BUCKET, PART = "bucket", "part"  # PART: 0 train, 1 valid, 2 test, -1 not yet known (global_time by fractions)
+HISTORY, HISTORY_COUNT = "history", "history_count"  # recent positive job ids (most recent first), their count
+EXAMPLE_COLUMNS = ("user_id", "job_id", "label", "timestamp")
+_READ = ("user_id", "job_id", "event", "timestamp")  # canonical columns read from the log
+
+
+def check_market_config(config: DataConfig) -> None:
+    """What the distributed path cannot prepare, refused before any work with the setting to change."""
+    if config.kind != "jobs":
+        raise ConfigError(f"kind: the job-market path prepares kind 'jobs', got {config.kind!r}")
+    refusals = {
+        "split": (config.split == "random", "split 'random' draws one permutation over all pairs; use 'time' "
+                                            "(per user) or 'global_time'"),
+        "popularity_days": (config.popularity_days is not None, "job popularity counts every user's positives per "
+                                                                "job; prepare in memory or set it to null"),
+        "events": (config.events is not None, "add the event log's events as part files of the interactions "
+                                              "folder instead"),
+        "negative_sampling": (config.negative_sampling == "popularity", "popularity sampling weighs every "
+                                                                        "user's events; use 'live' or 'uniform'"),
+    }
+    for field, (refused, why) in refusals.items():
+        if refused:
+            raise ConfigError(f"{field}: distributed preparation of job-market data: {why}", field=field)
+
+
+def interaction_files(config: DataConfig) -> list[Path]:
+    """The interactions' files in read order: a folder of part files (name order) or the one file."""
+    folder = Path(config.path) / config.interactions_file
+    return part_files(folder) if folder.is_dir() else [resolve_path(folder)]
+
+
+def log_columns(config: DataConfig) -> dict[str, str]:
+    """canonical -> the column name in the interactions files (``config.columns``)."""
+    mapping = config.columns.get("interactions", {})
+    return {c: str(mapping.get(c, c)) for c in _READ}
+
+
+def check_interaction_schemas(files: Iterable[Path], config: DataConfig) -> list[str]:
+    """Every file has the id and timestamp columns (an event column in all files or none), from Parquet footers
+    and CSV headers, before any work starts; DataValidationError naming the file and the column. Returns the
+    canonical columns the files hold."""
+    names, present = log_columns(config), None
+    for path in files:
+        columns = _file_columns(path)
+        missing = [names[c] for c in ("user_id", "job_id", "timestamp") if names[c] not in columns]
+        if missing:
+            why = " (distributed preparation orders events by it)" if names["timestamp"] in missing else ""
+            raise DataValidationError(f"{path}: missing column(s) {missing}{why}; columns in the file: {columns}")
+        has = [c for c in _READ if names[c] in columns]
+        if present is not None and has != present:
+            raise DataValidationError(f"{path}: column {names['event']!r} is in some interactions files and not "
+                                      "in others")
+        present = has
+        if path.suffix.lower() == ".parquet":
+            _check_scalar_types(path, names, has)
+    return list(present or [])
+
+
+def _file_columns(path: Path) -> list[str]:
+    if path.suffix.lower() == ".csv":
+        with path.open(encoding="utf-8-sig") as handle:
+            return [c.strip() for c in handle.readline().rstrip("\r\n").split(",")]
+    try:
+        return list(pq.read_schema(path).names)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DataValidationError(f"{path}: cannot read parquet schema ({exc})") from None
+
+
+def _check_scalar_types(path: Path, names: dict[str, str], canonical: list[str]) -> None:
+    schema = pq.read_schema(path)
+    for column in canonical:
+        kind = schema.field(names[column]).type
+        if pa.types.is_nested(kind) or pa.types.is_binary(kind):
+            raise DataValidationError(f"{path}: column {names[column]!r} has type {kind}; expected one scalar "
+                                      "value per row")
+
+
+def typed_interactions(batch: pd.DataFrame, path: Path, config: DataConfig) -> pd.DataFrame:
+    """A batch of the log with canonical, typed columns (user_id, job_id, event, timestamp as microseconds) and
+    its users' ``BUCKET``; DataValidationError naming the file, the column and the row within the batch."""
+    names = log_columns(config)
+    batch = batch.apply(_plain)
+    out = pd.DataFrame(index=batch.index)
+    for column in ("user_id", "job_id"):
+        ids = _id_strings(batch[names[column]])
+        if ids.isna().any():
+            raise cell_error(path, names[column], first_true(ids.isna()), "empty id (row within a batch)")
+        out[column] = ids.astype(object)
+    if names["event"] in batch.columns:
+        out["event"] = batch[names["event"]]
+    set_events(out, str(path), config)
+    times = batch[names["timestamp"]]
+    if len(times) and not is_calendar(times):
+        raise DataValidationError(f"{path}: column {names['timestamp']!r}: distributed preparation needs date/time "
+                                  f"timestamps (got numbers, e.g. {times.iloc[0]!r}): job liveness and the splits "
+                                  "are read on a calendar")
+    out["timestamp"] = order_key(times, path, names["timestamp"])
+    out[BUCKET] = user_buckets(out["user_id"].to_numpy())
+    return out.reset_index(drop=True)
+
+
+def _plain(values: pd.Series) -> pd.Series:
+    """Ray Data hands columns back arrow-backed: as the in-memory reader's numpy dtypes (text as objects,
+    missing as None) the typing reads them alike."""
+    if isinstance(values.dtype, pd.ArrowDtype) or isinstance(values.dtype, pd.StringDtype):
+        kind = getattr(values.dtype, "kind", "O")
+        if kind in "mMiufb" and not values.isna().any():
+            return pd.Series(values.to_numpy(), index=values.index)
+        return values.astype(object).where(values.notna(), None)
+    return values
+
+
+def user_buckets(user_ids: np.ndarray, buckets: int = USER_BUCKETS) -> np.ndarray:
+    """Each user's bucket: a fixed hash of the id (the same in every process and run)."""
+    hashed = pd.util.hash_array(np.asarray(user_ids, dtype=object).astype(str))
+    return (hashed % np.uint64(buckets)).astype(np.int64)
+
+
+def bucket_examples(interactions: pd.DataFrame, jobs: pd.DataFrame, config: DataConfig,
+                    starts: Optional[tuple[int, int]] = None) -> pd.DataFrame:
+    """One bucket's interactions (``typed_interactions`` rows, all of its users' events) -> its examples
+    (``EXAMPLE_COLUMNS``) with ``PART``, ``HISTORY`` and ``HISTORY_COUNT``. ``starts`` (T1, T2): where
+    "global_time" splits, when known before the examples exist (dates in the config); else PART is -1."""
+    bucket = int(interactions[BUCKET].iloc[0]) if len(interactions) else 0
+    events = interactions.sort_values(["user_id", "timestamp", "job_id", "event"], kind="stable")
+    market = JobMarket(jobs=jobs, users=None, interactions=events.reset_index(drop=True), calendar=True)
+    examples = build_examples(market, config, rng_seed=config.seed * 1_000_003 + bucket)
+    parts = split_parts(examples, config, starts)
+    return with_history(examples.assign(**{PART: parts}), config.history_length)
+
+
+def split_parts(examples: pd.DataFrame, config: DataConfig, starts: Optional[tuple[int, int]]) -> np.ndarray:
+    """0/1/2 per example: per user ("time", as ``split_examples``), at ``starts`` ("global_time"), or -1 when
+    "global_time" has no starts yet."""
+    if config.split == "time":
+        codes, _ = pd.factorize(examples["user_id"])
+        return per_user_parts(examples["timestamp"].to_numpy(np.int64), codes, config).astype(np.int8)
+    if starts is None:
+        return np.full(len(examples), -1, np.int8)
+    return np.searchsorted(np.asarray(starts), examples["timestamp"].to_numpy(np.int64), side="right").astype(np.int8)
+
+
+def with_history(examples: pd.DataFrame, length: int) -> pd.DataFrame:
+    """``examples`` plus each one's history from its users' positives in the frame (all of theirs)."""
+    positives = examples.loc[examples["label"] > 0, ["user_id", "job_id", "timestamp"]]
+    history = UserHistory.from_frame(positives)
+    start, count, total = history.states(examples["user_id"].to_numpy(), examples["timestamp"].to_numpy(np.int64))
+    recent = history.recent(start, count, length)
+    return examples.assign(**{HISTORY: list(recent.astype(str)), HISTORY_COUNT: total.astype(np.int64)})
+
+
+def fit_summary(examples: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """What fitting needs from a batch of examples, small and mergeable: per training user its first example's
+    time ("users"), per job its training positives and examples ("jobs"), and rows and positives per part
+    ("parts")."""
+    train = examples[examples[PART] == 0]
+    users = train.groupby("user_id", sort=False)["timestamp"].min().reset_index()
+    positive = (train["label"] > 0).astype(np.int64)
+    jobs = pd.DataFrame({"job_id": train["job_id"], "positives": positive, "examples": 1}).groupby(
+        "job_id", sort=False).sum().reset_index()
+    parts = pd.DataFrame({PART: examples[PART], "label": examples["label"].astype(float), "rows": 1}).groupby(
+        [PART, "label"]).sum().reset_index()
+    return {"users": users, "jobs": jobs, "parts": parts}
+
+
+def latest_positives(examples: pd.DataFrame, length: int) -> pd.DataFrame:
+    """A batch's positives cut to each user's last ``length`` (user_id, job_id, timestamp), with ``earlier``: that
+    user's positives dropped here, on the user's first row (0 on the others). Batches merge with
+    ``merge_latest``."""
+    positives = examples.loc[examples["label"] > 0, ["user_id", "job_id", "timestamp"]]
+    latest = UserHistory.from_frame(positives).latest(length)
+    arrays = latest.arrays("h")
+    earlier = np.zeros(len(latest), np.int64)
+    earlier[latest.offsets[:-1][np.diff(latest.offsets) > 0]] = arrays["h.earlier"][np.diff(latest.offsets) > 0]
+    return pd.DataFrame({"user_id": arrays["h.users"], "job_id": arrays["h.jobs"], "timestamp": arrays["h.times"],
+                         "earlier": earlier})
+
+
+def merge_latest(parts: Iterable[pd.DataFrame], length: int) -> UserHistory:
+    """Each user's last ``length`` positives over all batches (``latest_positives``), with the true count."""
+    rows = pd.concat(list(parts), ignore_index=True)
+    earlier = rows.groupby("user_id")["earlier"].sum()
+    merged = UserHistory(rows["user_id"].to_numpy(), rows["job_id"].to_numpy(), rows["timestamp"].to_numpy(np.int64),
+                         earlier.to_dict())
+    return merged.latest(length)

@@ -1,0 +1,146 @@
+"""The job market prepared bucket by bucket (convfm.data.market_parts), Ray-free: a bucket's examples do not depend
+on the order its rows arrive in, batches of latest positives merge into the users' true latest history, and bad
+logs or settings fail before any work, naming the file, the column or the setting. The whole path on Ray Data
+against the in-memory one: tests/train/test_prepare_market.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from convfm.config import DataConfig
+from convfm.data.liveness import job_windows
+from convfm.data.loading import load_job_market
+from convfm.data.market_parts import (
+    BUCKET, HISTORY, HISTORY_COUNT, PART, bucket_examples, check_interaction_schemas, check_market_config,
+    interaction_files, latest_positives, merge_latest, typed_interactions, user_buckets,
+)
+from convfm.data.splitting import SortedTimes, global_starts
+from convfm.errors import ConfigError, DataValidationError
+from convfm.features.context import UserHistory
+
+
+@pytest.fixture(scope="module")
+def market(market_dir: Path):
+    return load_job_market(DataConfig(path=str(market_dir)))
+
+
+def typed_log(market) -> pd.DataFrame:
+    log = market.interactions.copy()
+    log["timestamp"] = pd.to_datetime(log["timestamp"], unit="us")
+    return typed_interactions(log, Path("log.parquet"), DataConfig())
+
+
+def test_user_buckets_are_a_fixed_hash_of_the_id():
+    ids = np.array(["u1", "u2", "42", "user-000017"], dtype=object)
+    np.testing.assert_array_equal(user_buckets(ids), user_buckets(ids.copy()))
+    np.testing.assert_array_equal(user_buckets(ids, 1000), [int(h) % 1000 for h in pd.util.hash_array(ids)])
+    many = user_buckets(np.array([f"u{i}" for i in range(6400)], dtype=object))
+    assert many.min() >= 0 and many.max() < 64 and len(np.unique(many)) == 64
+
+
+def test_typed_log_reads_dates_as_the_in_memory_loader_does(market):
+    typed = typed_log(market)
+    np.testing.assert_array_equal(typed["timestamp"].to_numpy(), market.interactions["timestamp"].to_numpy())
+    assert (typed["event"] == market.interactions["event"]).all()
+    np.testing.assert_array_equal(typed[BUCKET], user_buckets(typed["user_id"].to_numpy()))
+
+
+def test_a_buckets_examples_do_not_depend_on_row_order(market):
+    typed = typed_log(market)
+    bucket = typed[typed[BUCKET] == 3]
+    config = DataConfig(negative_ratio=2)
+    first = bucket_examples(bucket, market.jobs, config)
+    again = bucket_examples(bucket.sample(frac=1.0, random_state=1), market.jobs, config)
+    pd.testing.assert_frame_equal(first.drop(columns=[HISTORY]), again.drop(columns=[HISTORY]))
+    assert [list(h) for h in first[HISTORY]] == [list(h) for h in again[HISTORY]]
+    assert set(first[PART]) == {0, 1, 2} and not first.duplicated(["user_id", "job_id"]).any()
+    # sampled negatives (pairs the user never touched): ratio per positive, each live at its positive's time
+    touched = set(zip(bucket["user_id"], bucket["job_id"]))
+    sampled = first[[pair not in touched for pair in zip(first["user_id"], first["job_id"])]]
+    positives = int((first["label"] > 0).sum())
+    assert (sampled["label"] == 0).all() and 0.95 * 2 * positives <= len(sampled) <= 2 * positives
+    windows = job_windows(market.jobs, config.job_lifetime_days)
+    live = sampled.merge(pd.DataFrame({"job_id": windows.job_ids, "start": windows.start, "end": windows.end}),
+                         on="job_id")
+    assert len(live) == len(sampled)
+    assert ((live["start"] <= live["timestamp"]) & (live["timestamp"] < live["end"])).all()
+
+
+def test_history_is_the_users_positives_strictly_before_each_example(market):
+    typed = typed_log(market)
+    examples = bucket_examples(typed[typed[BUCKET] == 5], market.jobs, DataConfig(negative_ratio=0,
+                                                                                   history_length=3))
+    positives = examples[examples["label"] > 0]
+    for row in examples.sample(40, random_state=0).itertuples():
+        mine = positives[(positives["user_id"] == row.user_id) & (positives["timestamp"] < row.timestamp)]
+        mine = mine.sort_values("timestamp", kind="stable")
+        assert getattr(row, HISTORY_COUNT) == len(mine)
+        want = mine["job_id"].tolist()[::-1][:3]
+        assert list(getattr(row, HISTORY)) == want + [""] * (3 - len(want))
+
+
+def test_latest_positives_merge_across_batches_into_the_users_latest_history():
+    rng = np.random.default_rng(0)
+    n = 400
+    examples = pd.DataFrame({"user_id": rng.choice([f"u{i}" for i in range(30)], n).astype(object),
+                             "job_id": rng.choice([f"j{i}" for i in range(50)], n).astype(object),
+                             "timestamp": rng.permutation(n).astype(np.int64) * 10,
+                             "label": rng.integers(0, 2, n).astype(np.float32)})
+    want = UserHistory.from_frame(examples[examples["label"] > 0]).latest(4)
+    got = merge_latest([latest_positives(part, 4) for part in (examples.iloc[i::7] for i in range(7))], 4)
+    for name in ("users", "jobs", "times", "earlier"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    assert want.earlier.sum() > 0  # some users had more than 4 positives
+
+
+def test_global_starts_read_the_same_from_an_order_as_from_times():
+    times = np.random.default_rng(1).integers(0, 1000, 5000)
+    config = DataConfig(split="global_time", valid_fraction=0.15, test_fraction=0.1)
+    assert global_starts(SortedTimes(times), config) == global_starts(times, config)
+    config = DataConfig(split="global_time", valid_fraction=0.0, test_fraction=0.1)
+    t1, t2 = global_starts(SortedTimes(times), config)
+    assert t1 == t2 == np.sort(times)[len(times) - 500]
+
+
+@pytest.mark.parametrize("field, value", [("split", "random"), ("popularity_days", 7.0), ("events", "log/"),
+                                          ("negative_sampling", "popularity")])
+def test_settings_the_distributed_path_cannot_prepare_are_refused(field, value):
+    with pytest.raises(ConfigError, match=f"{field}: distributed preparation of job-market data"):
+        check_market_config(DataConfig(**{field: value}))
+
+
+def test_a_log_without_timestamps_or_ids_fails_naming_the_file_and_column(tmp_path):
+    folder = tmp_path / "interactions"
+    folder.mkdir()
+    good = pd.DataFrame({"user_id": ["u1"], "job_id": ["j1"], "timestamp": pd.to_datetime(["2024-01-01"])})
+    good.to_parquet(folder / "part-0.parquet")
+    good.drop(columns=["timestamp"]).to_parquet(folder / "part-1.parquet")
+    config = DataConfig(path=str(tmp_path))
+    files = interaction_files(config)
+    assert [f.name for f in files] == ["part-0.parquet", "part-1.parquet"]
+    with pytest.raises(DataValidationError, match=r"part-1.parquet: missing column\(s\) \['timestamp'\]"):
+        check_interaction_schemas(files, config)
+    mapped = DataConfig(path=str(tmp_path), columns={"interactions": {"user_id": "member"}})
+    with pytest.raises(DataValidationError, match=r"part-0.parquet: missing column\(s\) \['member'\]"):
+        check_interaction_schemas(files[:1], mapped)
+    (folder / "part-2.csv").write_text("user_id,job_id,timestamp\nu1,j1,2024-01-01\n")
+    with pytest.raises(DataValidationError, match="part files of one format"):
+        interaction_files(config)
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("timestamp", "1700000000", "needs date/time timestamps"),
+    ("user_id", "", "column 'user_id', row 2: empty id"),
+    ("event", "bought", "column 'event', row 2: unknown event 'bought'"),
+])
+def test_a_bad_cell_names_the_file_the_column_and_the_row(column, value, message):
+    batch = pd.DataFrame({"user_id": ["u1", "u2"], "job_id": ["j1", "j2"], "event": ["view", "apply"],
+                          "timestamp": ["2024-01-01", "2024-01-02"]})
+    batch.loc[1, column] = value
+    if column == "timestamp":
+        batch["timestamp"] = ["1699990000", value]
+    with pytest.raises(DataValidationError, match=f"part-7.csv: .*{message}"):
+        typed_interactions(batch, Path("part-7.csv"), DataConfig())

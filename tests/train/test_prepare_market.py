@@ -1,0 +1,99 @@
+"""Job-market data prepared on Ray Data (train.prepare_market) equals the in-memory path on small data: the same
+vocabularies, the same encoded examples (history and recency included), the same split starts, the users' latest
+history and the popularity baseline. Negatives are drawn per user bucket, so the equality is checked without
+them here; tests/convfm/test_market_parts.py checks the drawn ones. `convfm train --prepare distributed` on a
+folder of part files runs on a 2-node `ray start` cluster in tests/cluster/test_real_cluster.py."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from convfm.config import DataConfig
+from convfm.data.batching import ExampleSet
+from convfm.data.partitioned import example_set_of
+from convfm.data.prepare import prepare_data
+from convfm.errors import DataValidationError
+from convfm.evaluation.metrics import PopularityBaseline
+
+
+def sorted_rows(examples: ExampleSet) -> np.ndarray:
+    """Every example as one float row (its sides joined, label last), sorted: the set of examples."""
+    table = functools.reduce(lambda a, b: a.join(b), [t.take(examples.rows[:, s])
+                                                      for s, t in enumerate(examples.tables)])
+    flat = np.concatenate([table.cat, table.multi.reshape(len(table), -1), table.dense,
+                           examples.labels[:, None]], axis=1).astype(np.float64)
+    return flat[np.lexsort(flat.T[::-1])]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("split", ["time", "global_time"])
+def test_distributed_market_equals_the_in_memory_path(ray_local, market_dir, split):
+    from train.prepare_market import prepare_market_distributed
+
+    config = DataConfig(path=str(market_dir), negative_ratio=0, split=split, valid_fraction=0.15)
+    memory = prepare_data(config)
+    cluster = prepare_market_distributed(config)
+    want, got = memory.extractor, cluster.extractor
+    assert {n: v.values for n, v in got.vocabs.items()} == {n: v.values for n, v in want.vocabs.items()}
+    assert got.feature_map == want.feature_map and got.get_config() == want.get_config()
+    assert got.user_ids == want.user_ids and got.job_ids == want.job_ids
+
+    train = example_set_of(cluster.datasets["train"].iter_batches(batch_size=None, batch_format="numpy"), got)
+    assert cluster.train_rows == len(train) == len(memory.sets["train"])
+    np.testing.assert_array_equal(sorted_rows(train), sorted_rows(memory.sets["train"]))
+
+    valid = list(cluster.datasets["valid"].iter_batches(batch_size=None, batch_format="numpy"))
+    frame = pd.DataFrame({c: np.concatenate([b[c] for b in valid]) for c in ("user_id", "job_id", "label",
+                                                                            "timestamp")})
+    columns = ["user_id", "job_id", "label", "timestamp"]
+    pd.testing.assert_frame_equal(frame.sort_values(columns).reset_index(drop=True),
+                                  memory.frames["valid"][columns].sort_values(columns).reset_index(drop=True),
+                                  check_dtype=False)
+    np.testing.assert_array_equal(sorted_rows(example_set_of(valid, got)), sorted_rows(memory.sets["valid"]))
+    assert cluster.valid_labels == memory.frames["valid"]["label"].value_counts().to_dict()
+
+    latest = want.history.latest(config.history_length)  # what the model artifact keeps
+    for name in ("users", "jobs", "times", "earlier"):
+        np.testing.assert_array_equal(getattr(got.history, name), getattr(latest, name))
+    jobs = memory.frames["train"]["job_id"].unique()
+    baseline = PopularityBaseline().fit(memory.frames["train"])
+    np.testing.assert_allclose(cluster.popularity.score(jobs), baseline.score(jobs), rtol=1e-12)
+    serving = cluster.extra_json["serving"]
+    assert serving["jobs"]["job_id"] == memory.jobs["job_id"].astype(str).tolist()
+    assert len(serving["seen"]["user_id"]) == len(got.history)
+
+
+@pytest.mark.timeout(120)
+def test_split_starts_found_by_histogram_passes_equal_the_sorted_times(ray_local, monkeypatch):
+    import ray.data
+
+    from train import prepare_market
+    from convfm.data.splitting import SortedTimes
+
+    monkeypatch.setattr(prepare_market, "HISTOGRAM_BINS", 8)  # several narrowing passes on few values
+    monkeypatch.setattr(prepare_market, "EXACT_BELOW", 20)
+    times = np.random.default_rng(3).integers(10**15, 10**15 + 10**9, 3000).astype(np.int64)
+    times[::7] = times[5]  # many ties
+    order = prepare_market.DatasetTimes(ray.data.from_numpy(times).rename_columns({"data": "timestamp"})
+                                        .repartition(5).materialize())
+    exact = SortedTimes(times)
+    assert order.n == exact.n == 3000
+    for j in (0, 1, 428, 1500, 2699, 2999):
+        assert order.at(j) == exact.at(j), j
+    for t in (int(times.min()), int(times[5]), int(np.median(times)), int(times.max()) + 1):
+        assert order.below(t) == exact.below(t)
+
+
+def test_a_log_missing_a_column_fails_before_ray_reads_anything(market_dir, tmp_path):
+    from train.prepare_market import prepare_market_distributed
+
+    for name in ("jobs.csv", "users.csv"):
+        (tmp_path / name).write_bytes((market_dir / name).read_bytes())
+    (tmp_path / "interactions").mkdir()
+    log = pd.read_csv(market_dir / "interactions.csv", dtype=str)
+    log.drop(columns=["job_id"]).to_parquet(tmp_path / "interactions" / "part-0.parquet")
+    with pytest.raises(DataValidationError, match=r"part-0.parquet: missing column\(s\) \['job_id'\]"):
+        prepare_market_distributed(DataConfig(path=str(tmp_path)))  # checked before any Ray Data call

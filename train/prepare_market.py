@@ -1,0 +1,249 @@
+"""Distributed preparation of job-market data on Ray Data (the pieces: ``convfm.data.market_parts``).
+
+Ray Data reads the interaction log; each batch is typed and its users hashed into buckets; one task per bucket
+(``groupby().map_groups``) makes its examples, splits and histories, materialized across the cluster's object
+stores (not the driver). The driver reads the catalogs (jobs, users), merges small per-batch summaries (the
+training users, per-job counts, split sizes, each user's latest positives), fits the extractor, and hands the
+trainer lazy datasets that encode rows as the workers stream them. "global_time" split by fractions finds its
+starts over the examples' times by histogram passes (``DatasetTimes``), exactly as in memory.
+
+The driver thus holds what the model artifact holds (catalogs, vocabularies, each user's last
+``history_length`` positives), never the log or the examples.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import ray
+import ray.data
+
+from convfm.config import DataConfig
+from convfm.data.liveness import job_windows
+from convfm.data.loading import load_job_market
+from convfm.data.market_parts import (
+    BUCKET, EXAMPLE_COLUMNS, HISTORY, HISTORY_COUNT, PART, bucket_examples, check_interaction_schemas,
+    check_market_config, fit_summary, interaction_files, latest_positives, log_columns, merge_latest, split_parts,
+    typed_interactions,
+)
+from convfm.data.splitting import _micros, global_starts
+from convfm.errors import ConfigError
+from convfm.evaluation.metrics import PopularityBaseline
+from convfm.features.jobs import JobFeatureExtractor
+from convfm.store.serving_data import DISPLAY_COLUMNS, SERVING_NAME, payload_of
+from train.prepare_distributed import BATCH_ROWS, PATH, DistributedData, _ordered
+
+log = logging.getLogger(__name__)
+HISTOGRAM_BINS = 4096
+EXACT_BELOW = 1 << 16  # a histogram bin holding at most this many times is read whole
+
+
+def check_market(config: DataConfig) -> list[Path]:
+    """Everything checkable before Ray starts: the config, the log's files and their columns."""
+    check_market_config(config)
+    files = interaction_files(config)
+    check_interaction_schemas(files, config)
+    return files
+
+
+def read_log(files: list[Path], config: DataConfig) -> ray.data.Dataset:
+    """The interaction log's rows as Ray Data reads them (file order), with a ``path`` column for messages."""
+    names = log_columns(config)
+    if files[0].suffix.lower() == ".parquet":
+        present = check_interaction_schemas(files[:1], config)
+        return ray.data.read_parquet([str(p) for p in files], columns=[names[c] for c in present],
+                                     include_paths=True)
+    present = check_interaction_schemas(files[:1], config)
+    columns = [names[c] for c in present]
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns,
+                                   strings_can_be_null=True)
+    return ray.data.read_csv([str(p) for p in files], convert_options=convert, include_paths=True)
+
+
+def _typed(batch: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
+    path = Path(str(batch[PATH].iloc[0])) if len(batch) else Path(config.path)
+    return typed_interactions(batch.drop(columns=[PATH]), path, config)
+
+
+def _examples(interactions: pd.DataFrame, jobs: pd.DataFrame, config: DataConfig,
+              starts: Optional[tuple[int, int]]) -> pd.DataFrame:
+    return bucket_examples(interactions, jobs, config, starts)
+
+
+def _set_parts(batch: pd.DataFrame, config: DataConfig, starts: tuple[int, int]) -> pd.DataFrame:
+    return batch.assign(**{PART: split_parts(batch, config, starts)})
+
+
+def _summaries(batch: pd.DataFrame, history_length: int) -> pd.DataFrame:
+    parts = fit_summary(batch)
+    if history_length:
+        parts["latest"] = latest_positives(batch, history_length)
+    return pd.DataFrame({name: [frame.to_json(orient="split")] for name, frame in parts.items()})
+
+
+def _encode(batch: pd.DataFrame, extractor: JobFeatureExtractor, part: int, with_frame: bool) -> dict[str, Any]:
+    rows = batch[batch[PART] == part].reset_index(drop=True)
+    recent = np.stack(rows[HISTORY].to_numpy()) if len(rows) and extractor.history_length else None
+    table = extractor.transform_interactions(rows[list(EXAMPLE_COLUMNS)], recent, rows[HISTORY_COUNT].to_numpy())
+    out: dict[str, Any] = {name: array for name, array in table.arrays().items() if np.prod(array.shape[1:])}
+    out["label"] = rows["label"].to_numpy(np.float32)
+    if with_frame:
+        out.update(user_id=rows["user_id"].to_numpy(object), job_id=rows["job_id"].to_numpy(object),
+                   timestamp=rows["timestamp"].to_numpy(np.int64))
+    return out
+
+
+class DatasetTimes:
+    """``TimeOrder`` of the examples' times on the cluster: counts and histograms by passes over the dataset."""
+
+    def __init__(self, times: ray.data.Dataset) -> None:
+        self.times = times
+        stats = times.map_batches(_extent, batch_format="numpy").to_pandas()
+        self.n = int(stats["n"].sum())
+        self.low, self.high = int(stats["low"].min()), int(stats["high"].max())
+
+    def below(self, t: int) -> int:
+        return int(self.times.map_batches(_below, batch_format="numpy", fn_kwargs={"t": t})
+                   .to_pandas()["n"].sum())
+
+    def at(self, j: int) -> int:
+        """Narrow [low, high] to the histogram bin holding the j-th time until a bin is small enough to read."""
+        low, high, before = self.low, self.high, 0  # before: times below ``low``
+        while True:
+            edges = _edges(low, high)
+            counts = self.times.map_batches(_histogram, batch_format="numpy", fn_kwargs={"edges": edges})
+            total = np.sum(np.stack(counts.to_pandas()["counts"].to_numpy()), axis=0)
+            cumulative = before + np.cumsum(total)
+            b = int(np.searchsorted(cumulative, j, side="right"))
+            bin_low, bin_high = int(edges[b]), int(edges[b + 1]) - 1
+            inside = int(total[b])
+            before = int(cumulative[b] - inside)
+            if inside <= EXACT_BELOW or bin_low == bin_high:
+                values = self.times.map_batches(_inside, batch_format="numpy",
+                                                fn_kwargs={"low": bin_low, "high": bin_high}).to_pandas()
+                return int(np.sort(values["timestamp"].to_numpy(np.int64))[j - before])
+            low, high = bin_low, bin_high
+
+
+def _edges(low: int, high: int) -> np.ndarray:
+    """Bin edges over [low, high] (integers, each bin [edges[i], edges[i + 1]))."""
+    width = max(1, -(-(high - low + 1) // HISTOGRAM_BINS))
+    return low + width * np.arange(-(-(high - low + 1) // width) + 1, dtype=np.int64)
+
+
+def _extent(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    t = batch["timestamp"]
+    return {"n": np.array([len(t)]), "low": np.array([t.min() if len(t) else np.iinfo(np.int64).max]),
+            "high": np.array([t.max() if len(t) else np.iinfo(np.int64).min])}
+
+
+def _below(batch: dict[str, np.ndarray], t: int) -> dict[str, np.ndarray]:
+    return {"n": np.array([int((batch["timestamp"] < t).sum())])}
+
+
+def _histogram(batch: dict[str, np.ndarray], edges: np.ndarray) -> dict[str, np.ndarray]:
+    t = batch["timestamp"]
+    t = t[(t >= edges[0]) & (t < edges[-1])]
+    counts = np.bincount(np.searchsorted(edges, t, side="right") - 1, minlength=len(edges) - 1)
+    return {"counts": counts[None, :]}
+
+
+def _inside(batch: dict[str, np.ndarray], low: int, high: int) -> dict[str, np.ndarray]:
+    t = batch["timestamp"]
+    return {"timestamp": t[(t >= low) & (t <= high)]}
+
+
+def _date_starts(config: DataConfig) -> Optional[tuple[int, int]]:
+    if config.split == "global_time" and config.valid_start and config.test_start:
+        return _micros(config.valid_start), _micros(config.test_start)
+    return None
+
+
+def prepare_market_distributed(config: DataConfig, extractor_options: Optional[Mapping[str, Any]] = None,
+                               base: Optional[JobFeatureExtractor] = None,
+                               extractor: Optional[JobFeatureExtractor] = None) -> DistributedData:
+    """Check the log's files (before any work), make the examples on the cluster, fit on the training split
+    (unless ``extractor``, a resumed run's, is given) and return the lazy datasets the workers stream, with the
+    popularity baseline validation compares against and ``serving.json``'s document. Ray must be running."""
+    files = check_market(config)
+    market = load_job_market(config, interactions=False)
+    windows = job_windows(market.jobs, config.job_lifetime_days)
+    starts = _date_starts(config)
+    with _ordered():
+        typed = read_log(files, config).map_batches(_typed, batch_format="pandas", batch_size=BATCH_ROWS,
+                                                    fn_kwargs={"config": config})
+        examples = typed.groupby(BUCKET).map_groups(
+            _examples, batch_format="pandas", fn_kwargs={"jobs": market.jobs, "config": config, "starts": starts},
+        ).materialize()
+        if config.split == "global_time" and starts is None:
+            starts = global_starts(DatasetTimes(examples.select_columns(["timestamp"]).materialize()), config)
+            examples = examples.map_batches(_set_parts, batch_format="pandas",
+                                            fn_kwargs={"config": config, "starts": starts}).materialize()
+        summary = _merged_summaries(examples, config.history_length)
+        parts = summary["parts"]
+        rows = {p: int(parts.loc[parts[PART] == p, "rows"].sum()) for p in (0, 1, 2)}
+        if not rows[0]:
+            raise ConfigError(f"{config.path}: the training split has no examples")
+        if extractor is None:
+            options = {"history_length": config.history_length, "recency": config.recency,
+                       "popularity_days": None, **dict(extractor_options or {})}
+            options = options if base is None else base.get_config()
+            extractor = JobFeatureExtractor(**options).fit(market.jobs, _training_ids(summary), market.users,
+                                                           windows, base)
+        if "latest" in summary:
+            extractor.history = summary["latest"]
+        train = examples.map_batches(_encode, batch_format="pandas", batch_size=BATCH_ROWS,
+                                     fn_kwargs={"extractor": extractor, "part": 0, "with_frame": False})
+        valid = examples.map_batches(_encode, batch_format="pandas", batch_size=BATCH_ROWS,
+                                     fn_kwargs={"extractor": extractor, "part": 1, "with_frame": True})
+    popularity = _popularity(summary)
+    valid_labels = {float(r["label"]): int(r["rows"]) for _, r in parts[parts[PART] == 1].iterrows()}
+    seen = (extractor.history.arrays("h") if "latest" in summary else {"h.users": [], "h.jobs": []})
+    serving = payload_of(market.jobs[[c for c in ("job_id", *DISPLAY_COLUMNS) if c in market.jobs.columns]],
+                         pd.DataFrame({"user_id": seen["h.users"], "job_id": seen["h.jobs"]}).drop_duplicates(),
+                         popularity)
+    log.info("prepared on the cluster: %d / %d / %d examples (train / valid / test), %d users, split starts %s",
+             rows[0], rows[1], rows[2], len(summary["users"]), starts)
+    return DistributedData(config, extractor, {"train": train, "valid": valid}, rows[0], valid_labels,
+                           popularity=popularity, extra_json={SERVING_NAME: serving})
+
+
+def _merged_summaries(examples: ray.data.Dataset, history_length: int) -> dict[str, Any]:
+    """The per-batch summaries merged: users by first training time, per-job and per-part sums, latest
+    positives."""
+    batches = examples.map_batches(_summaries, batch_format="pandas", batch_size=BATCH_ROWS,
+                                   fn_kwargs={"history_length": history_length}).to_pandas()
+    frames = {name: pd.concat([pd.read_json(io.StringIO(v), orient="split", dtype=False) for v in batches[name]],
+                              ignore_index=True) for name in batches.columns}
+    users = frames["users"].groupby("user_id", sort=False)["timestamp"].min().reset_index()
+    out: dict[str, Any] = {
+        "users": users.sort_values(["timestamp", "user_id"], kind="stable")["user_id"].astype(str).tolist(),
+        "jobs": frames["jobs"].astype({"job_id": str}).groupby("job_id", sort=False).sum().reset_index(),
+        "parts": frames["parts"].groupby([PART, "label"]).sum().reset_index(),
+    }
+    if history_length:
+        latest = frames["latest"].astype({"user_id": str, "job_id": str})
+        out["latest"] = merge_latest([latest], history_length)
+    return out
+
+
+def _training_ids(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """The ids with a training example, as the frame ``JobFeatureExtractor.fit`` reads them (the two id lists
+    padded to one length by repeating their first value: fitting reads which ids occur, in first-seen order)."""
+    users, jobs = summary["users"], summary["jobs"]["job_id"].tolist()
+    n = max(len(users), len(jobs))
+    return pd.DataFrame({"user_id": users + users[:1] * (n - len(users)), "job_id": jobs + jobs[:1] * (n - len(jobs))})
+
+
+def _popularity(summary: Mapping[str, Any]) -> PopularityBaseline:
+    jobs, parts = summary["jobs"], summary["parts"]
+    train = parts[parts[PART] == 0]
+    prior = float((train["label"] > 0).astype(float) @ train["rows"]) / float(train["rows"].sum())
+    return PopularityBaseline.from_counts(prior, jobs["job_id"].to_numpy(object), jobs["positives"].to_numpy(),
+                                          jobs["examples"].to_numpy())
