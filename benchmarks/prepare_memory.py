@@ -9,7 +9,12 @@ peak private memory (USS, sampled every 0.2 s), which leaves out shared pages su
 The table is synthetic interactions with vocabularies that do not grow with the rows (20k job ids, 60
 skills...), so what grows is the data and nothing the model keeps.
 
+``--kind market``: a synthetic job market (``convfm data synth``: 50k users, 20k jobs, the interactions as
+Parquet part files) prepared by ``prepare_data`` or ``train.prepare_market``. The users and jobs stay fixed as
+the log grows, so the catalogs and each user's latest history (what the model keeps) stay the same size.
+
     python benchmarks/prepare_memory.py --sizes 1000000 5000000 --out /tmp/prep-bench
+    python benchmarks/prepare_memory.py --kind market --sizes 1000000 5000000 --out /tmp/prep-bench
 """
 from __future__ import annotations
 
@@ -66,11 +71,26 @@ def write_table(root: Path, rows: int) -> Path:
     return root
 
 
-def measure(path: str, root: Path) -> dict:
+MARKET_USERS, MARKET_JOBS, MARKET_PARTS = 50_000, 20_000, 8
+
+
+def write_market_parts(root: Path, interactions: int) -> Path:
+    """A synthetic market whose interactions are Parquet part files (the parent writes it, once)."""
+    if (root / "interactions").is_dir():
+        return root
+    from convfm.data.synth import generate_market, write_market
+
+    market = generate_market(users=MARKET_USERS, jobs=MARKET_JOBS, interactions=interactions, seed=0)
+    write_market(market, root, fmt="parquet", parts=MARKET_PARTS)
+    return root
+
+
+def measure(path: str, root: Path, kind: str) -> dict:
     """Run in the child process: prepare, then report wall seconds and this process's peak RSS."""
     from convfm.config import DataConfig
 
-    config = DataConfig(kind="table", path=str(root), label="clicked", **FIELDS)
+    config = (DataConfig(kind="table", path=str(root), label="clicked", **FIELDS) if kind == "table" else
+              DataConfig(path=str(root)))
     if path == "memory":
         from convfm.data.prepare import prepare_data
 
@@ -80,6 +100,7 @@ def measure(path: str, root: Path) -> dict:
         import ray
 
         from train.prepare_distributed import BATCH_ROWS, prepare_distributed
+        from train.prepare_market import prepare_market_distributed
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -89,7 +110,7 @@ def measure(path: str, root: Path) -> dict:
             return sum(len(b["label"]) for b in dataset.iter_batches(batch_size=BATCH_ROWS))
 
         started = time.perf_counter()
-        data = prepare_distributed(config)
+        data = (prepare_distributed if kind == "table" else prepare_market_distributed)(config)
         rows = ray.get(stream.remote(data.datasets["train"]))
     seconds = time.perf_counter() - started
     return {"path": path, "rows": rows, "seconds": round(seconds, 1),
@@ -111,30 +132,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--paths", nargs="+", default=["memory", "distributed"])
+    parser.add_argument("--kind", choices=("table", "market"), default="table",
+                        help="a labelled table (rows), or a job market (interactions)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/convfm-prepare-bench"))
-    parser.add_argument("--child", nargs=2, metavar=("PATH", "ROOT"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("PATH", "ROOT", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         threading.Thread(target=_sample_uss, daemon=True).start()
-        print(json.dumps(measure(args.child[0], Path(args.child[1]))))
+        print(json.dumps(measure(args.child[0], Path(args.child[1]), args.child[2])))
         return
     results = []
-    print(f"{'rows':>11} {'path':<12} {'train MiB':>9} {'wall s':>8} {'driver peak RSS MiB':>20} "
-          f"{'peak USS MiB':>13}", flush=True)
+    print(f"{'rows' if args.kind == 'table' else 'interactions':>12} {'path':<12} {'data MiB':>9} {'wall s':>8} "
+          f"{'train examples':>14} {'driver peak RSS MiB':>20} {'peak USS MiB':>13}", flush=True)
     for size in args.sizes:
-        root = write_table(args.out / f"rows-{size}", size)
-        on_disk = (root / "train.parquet").stat().st_size / 2**20
+        if args.kind == "table":
+            root = write_table(args.out / f"rows-{size}", size)
+            on_disk = (root / "train.parquet").stat().st_size / 2**20
+        else:
+            root = write_market_parts(args.out / f"market-{size}", size)
+            on_disk = sum(p.stat().st_size for p in (root / "interactions").iterdir()) / 2**20
         for path in args.paths:
-            child = subprocess.run([sys.executable, __file__, "--child", path, str(root)], capture_output=True,
-                                   text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            child = subprocess.run([sys.executable, __file__, "--child", path, str(root), args.kind],
+                                   capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
             if child.returncode:
-                print(f"{size:>11,} {path:<12} failed: {child.stderr.strip().splitlines()[-1:]}", flush=True)
+                print(f"{size:>12,} {path:<12} failed: {child.stderr.strip().splitlines()[-1:]}", flush=True)
                 continue
             result = json.loads(child.stdout.strip().splitlines()[-1])
             results.append({"size": size, **result})
-            print(f"{size:>11,} {path:<12} {on_disk:>9.0f} {result['seconds']:>8.1f} {result['peak_rss_mib']:>20,} "
-                  f"{result['peak_uss_mib']:>13,}", flush=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+            print(f"{size:>12,} {path:<12} {on_disk:>9.0f} {result['seconds']:>8.1f} {result['rows']:>14,} "
+                  f"{result['peak_rss_mib']:>20,} {result['peak_uss_mib']:>13,}", flush=True)
+    (args.out / f"results-{args.kind}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

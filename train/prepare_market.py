@@ -32,7 +32,7 @@ from convfm.data.market_parts import (
     check_market_config, fit_summary, interaction_files, latest_positives, log_columns, merge_latest, split_parts,
     typed_interactions,
 )
-from convfm.data.splitting import _micros, global_starts
+from convfm.data.splitting import SortedTimes, _micros, global_starts
 from convfm.errors import ConfigError
 from convfm.evaluation.metrics import PopularityBaseline
 from convfm.features.jobs import JobFeatureExtractor
@@ -107,13 +107,23 @@ class DatasetTimes:
         stats = times.map_batches(_extent, batch_format="numpy").to_pandas()
         self.n = int(stats["n"].sum())
         self.low, self.high = int(stats["low"].min()), int(stats["high"].max())
+        self._few = None  # all the times, sorted, when there are few enough to read at once
+        if self.n <= EXACT_BELOW:
+            self._few = SortedTimes(self.times.to_pandas()["timestamp"].to_numpy(np.int64))
+        self._below: dict[int, int] = {}
 
     def below(self, t: int) -> int:
-        return int(self.times.map_batches(_below, batch_format="numpy", fn_kwargs={"t": t})
-                   .to_pandas()["n"].sum())
+        if self._few is not None:
+            return self._few.below(t)
+        if t not in self._below:
+            self._below[t] = int(self.times.map_batches(_below, batch_format="numpy", fn_kwargs={"t": t})
+                                 .to_pandas()["n"].sum())
+        return self._below[t]
 
     def at(self, j: int) -> int:
         """Narrow [low, high] to the histogram bin holding the j-th time until a bin is small enough to read."""
+        if self._few is not None:
+            return self._few.at(j)
         low, high, before = self.low, self.high, 0  # before: times below ``low``
         while True:
             edges = _edges(low, high)

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from convfm.config import DataConfig
+from convfm.errors import ConfigError
 from convfm.data.loading import load_job_market
 from convfm.data.market_stats import format_stats, market_stats
 from convfm.data.synth import generate_market, write_market
@@ -26,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"number of interactions (default {INTERACTIONS})")
     synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default 0)")
     synth.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format (default csv)")
+    synth.add_argument("--parts", type=int, default=None, metavar="N",
+                       help="write the interactions as N part files in a folder interactions/ (the layout "
+                            "`convfm train --prepare distributed` reads); default one file")
     stats = sub.add_parser("stats", help="print how a market directory (jobs, interactions) unfolds in time")
     stats.add_argument("--data", required=True, metavar="DIR", help="directory with jobs and interactions files")
     stats.add_argument("--positive-events", default="apply,save", metavar="E1,E2",
@@ -35,9 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "stats":
         return _stats(args)
+    if args.parts is not None and not 1 <= args.parts <= 10_000:
+        raise ConfigError(f"--parts: must be in [1, 10000], got {args.parts}")
     start = time.perf_counter()
     market = generate_market(users=args.users, jobs=args.jobs, interactions=args.interactions, seed=args.seed)
-    write_market(market, args.out, fmt=args.format)
+    write_market(market, args.out, fmt=args.format, parts=args.parts)
     print(f"wrote {args.users} users, {args.jobs} jobs, {len(market.interactions)} interactions to {args.out} "
           f"in {time.perf_counter() - start:.1f}s\n")
     print(format_stats(market.meta["stats"]))

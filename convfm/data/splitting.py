@@ -144,13 +144,13 @@ def global_starts(times: np.ndarray | TimeOrder, config: DataConfig, calendar: b
                               f"valid_start {config.valid_start}; set test_start", field="test_start")
     before_t1, before_t2 = order.below(t1), order.below(t2)
     counts = (before_t1, before_t2 - before_t1, n - before_t2)
-    span = f"the examples run from {_show(order.at(0), calendar)} to {_show(order.at(n - 1), calendar)}"
     wanted = (True, config.valid_fraction > 0 or config.valid_start is not None,
               config.test_fraction > 0 or config.test_start is not None)
     periods = (f"before {_show(t1, calendar)}", f"in [{_show(t1, calendar)}, {_show(t2, calendar)})",
                f"at or after {_show(t2, calendar)}")
     for name, count, want, period in zip(("train", "valid", "test"), counts, wanted, periods):
         if want and count == 0:
+            span = f"the examples run from {_show(order.at(0), calendar)} to {_show(order.at(n - 1), calendar)}"
             raise ConfigError(f"split: global_time: the {name} split is empty (no examples {period}); {span}",
                               field="split")
     logger.info("global_time split: train before %s, valid from %s, test from %s (%d / %d / %d examples)",

@@ -229,25 +229,41 @@ def _make_users(rng: np.random.Generator, n: int, cluster_p: np.ndarray, table: 
             "activity": rng.lognormal(0, 0.8, n)}
 
 
-def write_market(market: SyntheticMarket, out_dir: str | Path, fmt: str = "csv") -> dict[str, Path]:
-    """Write jobs, users, interactions, truth (.csv or .parquet), oracle.npz and meta.json; returns name -> path."""
+def write_market(market: SyntheticMarket, out_dir: str | Path, fmt: str = "csv",
+                 parts: Optional[int] = None) -> dict[str, Path]:
+    """Write jobs, users, interactions, truth (.csv or .parquet), oracle.npz and meta.json; returns name -> path.
+    ``parts``: the interactions as that many part files in a folder ``interactions/`` (the layout distributed
+    preparation reads), each a slice of the rows in order."""
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"fmt must be 'csv' or 'parquet', got {fmt!r}")
+    if parts is not None and not 1 <= parts <= 10_000:
+        raise ValueError(f"parts must be in [1, 10000], got {parts!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for name in ("jobs", "users", "interactions", "truth"):
         frame, path = getattr(market, name), out / f"{name}.{fmt}"
-        if fmt == "csv":
-            frame.to_csv(path, index=False, lineterminator="\n", float_format="%.6g")
-        else:
-            frame.to_parquet(path, index=False)
+        if name == "interactions" and parts is not None:
+            path.parent.joinpath(name).mkdir(exist_ok=True)
+            bounds = np.linspace(0, len(frame), parts + 1).astype(int)
+            for i in range(parts):
+                _write_frame(frame.iloc[bounds[i]:bounds[i + 1]], out / name / f"part-{i:05d}.{fmt}", fmt)
+            written[name] = out / name
+            continue
+        _write_frame(frame, path, fmt)
         written[name] = path
     written["oracle"] = out / "oracle.npz"
     market.oracle.save(written["oracle"])
     written["meta"] = out / "meta.json"
     write_json_atomic(written["meta"], market.meta)
     return written
+
+
+def _write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> None:
+    if fmt == "csv":
+        frame.to_csv(path, index=False, lineterminator="\n", float_format="%.6g")
+    else:
+        frame.to_parquet(path, index=False)
 
 
 def older_part(market: SyntheticMarket, fraction: float) -> SyntheticMarket:

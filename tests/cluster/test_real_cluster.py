@@ -9,9 +9,9 @@ second node with 1 CPU; every process runs with the documented token setup (``RA
 ``~/.ray/auth_token`` from ``ray get-auth-token --generate``).
 
 One module-scoped cluster, the tests in the order a user works: data and a training run spread over both
-nodes (whose second node is lost mid-run, a third joining once it is over), evaluation, a generic table trained
-with distributed preparation (Ray Data) over the two live nodes, a search, the training run published after it,
-batch recommendations, the service. The RayJob manifests' entrypoints are checked against the documented
+nodes (whose second node is lost mid-run, a third joining once it is over), evaluation, a generic table and the
+job market trained with distributed preparation (Ray Data) over the two live nodes, a search, the training run
+published after it, batch recommendations, the service. The RayJob manifests' entrypoints are checked against the documented
 commands, not run.
 """
 from __future__ import annotations
@@ -89,7 +89,8 @@ def market(cluster: RealCluster) -> Path:
 def spread_run(cluster: RealCluster, market: Path) -> dict[str, Any]:
     """The documented training job, 2 workers with --placement SPREAD; node2's raylet is killed as soon as
     Ray Train registers the first checkpoint, and a new node joins once the job is over."""
-    command = adapt(documented(r"^ray job submit .* convfm train .*--data "), cluster.shared, workers=2, epochs=2,
+    command = adapt(documented(r"^ray job submit .* convfm train .*--data (?!.*--prepare)"), cluster.shared, workers=2,
+                    epochs=2,
                     placement="SPREAD")  # epoch 0, node2 lost, epoch 1 resumed from epoch 0's checkpoint
     out = Path(command[command.index("--out") + 1])
     snapshot = out / "ray" / out.name / "checkpoint_manager_snapshot.json"
@@ -147,7 +148,8 @@ def table_run(cluster: RealCluster, table_example: Callable[[Path, dict[str, str
     where the command reads it (tests/conftest.py's cut of configs/table_example.csv), as CSV: with Parquet, Ray
     Data's reader had the raylet start up to 20 worker processes on these 2 cores, and twice a raylet starved
     until the GCS declared its node dead (FAST_NODE_DEATH); tests/train/test_prepare_distributed.py reads Parquet."""
-    command = adapt(documented(r"^ray job submit .* convfm train .*--prepare distributed"), cluster.shared, epochs=1,
+    command = adapt(documented(r"^ray job submit .* convfm train .*--table .*--prepare distributed"), cluster.shared,
+                    epochs=1,
                     batch_size=32)  # ~90 steps: the documented 1,024 takes 3 steps of these 3,000 rows, no learning
     spec = Path(command[command.index("--table") + 1])
     table_example(spec.parent, dict.fromkeys(("train", "valid", "test"), "csv"))
@@ -173,6 +175,34 @@ def test_table_job_prepares_on_the_cluster_and_trains_on_both_nodes(table_run: d
     # it learned from the streamed shards: chance 0.5; in process, this epoch measured 0.61 (the generator's 0.80)
     assert 0.55 < float(rows[0]["val_roc_auc"]) <= 1.0, rows
     assert (out / "best" / "manifest.json").is_file() and "best model:" in table_run["log"]
+
+
+@pytest.fixture(scope="module")
+def market_run(cluster: RealCluster, market: Path) -> dict[str, Any]:
+    """The documented training of the job market prepared on the cluster (Ray Data: examples, splits and
+    histories per user bucket), 1 epoch, its workers on both nodes."""
+    command = adapt(documented(r"^ray job submit .* convfm train .*--data .*--prepare distributed"), cluster.shared,
+                    epochs=1, batch_size=256)
+    job = cluster.popen(command, "train-market.log")
+    pids = cluster.wait_noting_pids(job, timeout=JOB_TIMEOUT)
+    log = cluster.log_tail("train-market.log", 10**6)
+    assert job.wait() == 0, log[-8000:]
+    return {"out": Path(command[command.index("--out") + 1]), "log": log, "pids": pids}
+
+
+def test_market_job_prepares_on_the_cluster_and_trains_on_both_nodes(market_run: dict[str, Any]) -> None:
+    out = market_run["out"]
+    assert "preparing data on the cluster (Ray Data): asked for (--prepare distributed)" in market_run["log"]
+    run = read_json(out / "run.json", "the run record")
+    assert run["status"] == "finished" and run["prepare"]["path"] == "distributed", run
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    workers = {int(pid) for pid in rows[0]["worker_pids"].split(",")}
+    nodes = {name for name, pids in market_run["pids"].items() if workers & pids}
+    assert len(workers) == 2 and len(nodes) == 2, f"workers {workers} ran on {nodes}, not one per node"
+    assert 0.55 < float(rows[0]["val_roc_auc"]) <= 1.0, rows  # it learned from the streamed shards
+    serving = read_json(out / "best" / "serving.json", "the serving data")
+    assert len(serving["jobs"]["job_id"]) == 300 and serving["seen"]["user_id"], serving.keys()
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +250,10 @@ MANIFEST_ONLY = {"rayjob-train.yaml": {}, "rayjob-tune.yaml": {"--workers-per-tr
 DOCS_ONLY = {"rayjob-train.yaml": {"--placement": "SPREAD"}, "rayjob-tune.yaml": {}}  # one worker per local node
 
 
-@pytest.mark.parametrize("manifest, pattern", [("rayjob-train.yaml", r"^ray job submit .* convfm train .*--data "),
-                                               ("rayjob-tune.yaml", r"^ray job submit .* convfm tune ")])
+@pytest.mark.parametrize("manifest, pattern", [
+    ("rayjob-train.yaml", r"^ray job submit .* convfm train .*--data (?!.*--prepare)"),
+    ("rayjob-tune.yaml", r"^ray job submit .* convfm tune "),
+])
 def test_rayjob_entrypoint_is_the_documented_command(manifest: str, pattern: str) -> None:
     """The manifests' entrypoints are not submitted here (each costs a minute or more of this box's 2 cores):
     each must be the documented command that runs above, which is: the same flags but for the image's config
