@@ -76,6 +76,11 @@ def _examples(interactions: pd.DataFrame, jobs: pd.DataFrame, config: DataConfig
     return bucket_examples(interactions, jobs, config, starts)
 
 
+def _windows_of(jobs: pd.DataFrame) -> pd.DataFrame:
+    """What making examples reads of the catalog (ids and live windows): each bucket's task receives it."""
+    return jobs[[c for c in ("job_id", "posted_at", "expires_at") if c in jobs.columns]]
+
+
 def _set_parts(batch: pd.DataFrame, config: DataConfig, starts: tuple[int, int]) -> pd.DataFrame:
     return batch.assign(**{PART: split_parts(batch, config, starts)})
 
@@ -189,7 +194,8 @@ def prepare_market_distributed(config: DataConfig, extractor_options: Optional[M
         typed = read_log(files, config).map_batches(_typed, batch_format="pandas", batch_size=BATCH_ROWS,
                                                     fn_kwargs={"config": config})
         examples = typed.groupby(BUCKET).map_groups(
-            _examples, batch_format="pandas", fn_kwargs={"jobs": market.jobs, "config": config, "starts": starts},
+            _examples, batch_format="pandas", fn_kwargs={"jobs": _windows_of(market.jobs), "config": config,
+                                                         "starts": starts},
         ).materialize()
         if config.split == "global_time" and starts is None:
             starts = global_starts(DatasetTimes(examples.select_columns(["timestamp"]).materialize()), config)
