@@ -6,7 +6,8 @@ file or a directory of such part files (read in name order). The in-memory path 
 too, so on small data both paths can be compared.
 
 Which path a run takes (``choose_preparation``): the in-memory one unless the data is a table too large for
-it to win (``DISTRIBUTED_FROM_BYTES``, from ``benchmarks/prepare_memory.py``) or stored as part files.
+it to win (``DISTRIBUTED_FROM_BYTES``, from ``benchmarks/prepare_memory.py``), a job-market log too large for
+the memory available here (``MEMORY_BYTES_PER_INTERACTION``), or stored as part files.
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from convfm.config import DataConfig
 from convfm.data.batching import ExampleSet
 from convfm.data.loading import check_columns
-from convfm.data.readers import SUFFIXES
+from convfm.data.readers import SUFFIXES, resolve_path
 from convfm.errors import ConfigError, DataValidationError
 from convfm.features.base import empty_table, labels_of
 from convfm.features.fields import EncodedTable
@@ -34,6 +36,10 @@ SPLIT_NAMES = ("train", "valid", "test")
 # driver peaked at ~70 bytes per byte of Parquet (4.3 GiB at 5M rows) while the distributed driver stayed flat.
 DISTRIBUTED_FROM_BYTES = 64 << 20
 ENCODED = ("cat", "multi", "dense")
+# The in-memory job-market path's driver peak per interaction (benchmarks/prepare_memory.py --kind market: 3.3 GiB
+# at 1M interactions, 16.3 GiB at 5M), and the bytes per row of a CSV log, to estimate its rows from its size.
+MEMORY_BYTES_PER_INTERACTION = 3_400
+CSV_BYTES_PER_ROW = 40
 
 
 def split_files(config: DataConfig) -> dict[str, list[Path]]:
@@ -64,10 +70,7 @@ def choose_preparation(config: DataConfig, requested: str = "auto") -> tuple[str
     if requested == "memory":
         return "memory", "asked for (--prepare memory)"
     if config.kind != "table":
-        if (Path(config.path) / config.interactions_file).is_dir() and config.events is None:
-            return "distributed", "the interactions are a folder of part files"
-        return "memory", ("job-market data in one interactions file: prepared in memory (pass --prepare distributed, "
-                          "or store the log as a folder of part files, for a log beyond the driver's memory)")
+        return _market_preparation(config)
     if not Path(config.path).is_dir():
         return "memory", "one table file, split at random in memory"
     files = split_files(config)
@@ -80,6 +83,28 @@ def choose_preparation(config: DataConfig, requested: str = "auto") -> tuple[str
                                "driver's memory grows past ~4 GiB")
     return "memory", (f"training files hold {size / 2**20:,.0f} MiB, below the {DISTRIBUTED_FROM_BYTES >> 20} MiB "
                       "under which the in-memory path is faster")
+
+
+def _market_preparation(config: DataConfig) -> tuple[str, str]:
+    """A job market goes to the cluster when its log is a folder of part files, or when the in-memory path would
+    need more than half of the memory available here (it is faster while it fits)."""
+    log = Path(config.path) / config.interactions_file
+    if config.events is not None:
+        return "memory", "an event log beside the files is read in memory"
+    if log.is_dir():
+        return "distributed", "the interactions are a folder of part files"
+    try:
+        path = resolve_path(log)
+        rows = (pq.ParquetFile(path).metadata.num_rows if path.suffix.lower() == ".parquet"
+                else path.stat().st_size // CSV_BYTES_PER_ROW)
+    except (DataValidationError, OSError, pa.ArrowInvalid):
+        return "memory", "one interactions file (the in-memory loader reports what is wrong with it)"
+    need, available = rows * MEMORY_BYTES_PER_INTERACTION, psutil.virtual_memory().available
+    estimate = f"~{rows:,} interactions would take ~{need / 2**30:.1f} GiB in the driver in memory"
+    if need > available / 2:
+        return "distributed", f"{estimate}, more than half of the {available / 2**30:.1f} GiB available"
+    return "memory", (f"{estimate}, within half of the {available / 2**30:.1f} GiB available: the in-memory path is "
+                      "faster")
 
 
 # --------------------------------------------------------------------------------------------- schema

@@ -161,6 +161,18 @@ def test_parquet_output_loads(tmp_path: Path) -> None:
     assert load_truth(tmp_path)["p_positive"].between(0, 1).all()
 
 
+def test_interactions_as_part_files_load_as_the_one_file(tmp_path: Path) -> None:
+    small = generate_market(users=50, jobs=40, interactions=300, seed=5)
+    written = write_market(small, tmp_path, fmt="parquet", parts=3)
+    parts = sorted(p.name for p in written["interactions"].iterdir())
+    assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    loaded = load_job_market(DataConfig(path=str(tmp_path)))  # the in-memory path reads the folder in name order
+    pd.testing.assert_frame_equal(loaded.interactions[["user_id", "job_id"]],
+                                  small.interactions[["user_id", "job_id"]].astype(str), check_dtype=False)
+    with pytest.raises(ValueError, match="parts must be in"):
+        write_market(small, tmp_path / "x", parts=0)
+
+
 def test_small_and_invalid_sizes() -> None:
     tiny = generate_market(users=10, jobs=4, interactions=5, seed=0)
     assert 1 <= len(tiny.interactions) <= 5 and not tiny.interactions.duplicated(["user_id", "job_id"]).any()

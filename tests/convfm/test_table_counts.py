@@ -2,6 +2,8 @@
 the batch encoding joins into the same examples (the Ray-free half of distributed preparation)."""
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from convfm.config import DataConfig
+from convfm.data import partitioned
 from convfm.data.loading import labelled_frame
 from convfm.data.partitioned import check_schemas, choose_preparation, encode_batch, example_set_of, split_files
 from convfm.errors import DataValidationError
@@ -82,9 +85,20 @@ def test_a_parquet_file_of_the_wrong_schema_is_named_with_its_column(tmp_path, r
         check_schemas(split_files(config), config)
 
 
-def test_the_preparation_path_and_its_reason(tmp_path, rows):
-    assert choose_preparation(DataConfig(path="data"))[0] == "memory"
-    assert "job-market" in choose_preparation(DataConfig(path="data"))[1]
+def test_the_preparation_path_and_its_reason(tmp_path, rows, monkeypatch):
+    (tmp_path / "market").mkdir()
+    (tmp_path / "market" / "interactions.csv").write_text("user_id,job_id,timestamp\n" + "u1,j1,2024-01-01\n" * 99)
+    market = DataConfig(path=str(tmp_path / "market"))
+    path, why = choose_preparation(market)
+    assert path == "memory" and "interactions would take ~0.0 GiB" in why and "in-memory path is faster" in why
+    monkeypatch.setattr(partitioned, "MEMORY_BYTES_PER_INTERACTION", 10**12)  # as if it could not fit here
+    path, why = choose_preparation(market)
+    assert path == "distributed" and "more than half of the" in why
+    (tmp_path / "market" / "interactions.csv").unlink()
+    (tmp_path / "market" / "interactions").mkdir()
+    assert choose_preparation(market) == ("distributed", "the interactions are a folder of part files")
+    assert choose_preparation(dataclasses.replace(market, events="log/"))[0] == "memory"  # refused distributed
+    assert choose_preparation(market, "memory")[0] == "memory"
     assert choose_preparation(table_config(REPO / "configs" / "table_example.csv")) == (
         "memory", "one table file, split at random in memory")
     for name in ("train", "valid", "test"):
