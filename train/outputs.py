@@ -80,7 +80,8 @@ def export_model(checkpoint_model_dir: Path, target: Path, data: Optional[Prepar
     """Write a checkpoint's model directory at ``target`` as a servable model: plus ``serving.json`` for
     job-market data (titles, seen jobs, popularity fallback; what ``convfm serve`` reads) and ``extra_json``
     (tune.json...), through save_model_dir so the manifest covers them and ``target`` is swapped in whole.
-    ``data`` None: a table prepared on the cluster (nothing for serving.json)."""
+    ``data`` None: data prepared on the cluster (a table has no serving.json; a job market's comes in
+    ``extra_json``, from ``train.prepare_market``)."""
     extra = dict(extra_json or {})
     if data is not None and data.config.kind == "jobs":
         extra.update(serving_extra_json(data))

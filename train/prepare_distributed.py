@@ -50,10 +50,15 @@ class DistributedData:
 
 
 def read_split(files: Sequence[Path], config: DataConfig) -> ray.data.Dataset:
-    """The split's rows as Ray Data reads them (in file order), with a ``path`` column for messages. CSV
-    columns are read as text, as the in-memory reader does, so both paths type values the same way."""
-    columns = [*config.categorical, *config.multi_valued, *config.numeric, config.label]
-    paths = [str(p) for p in files]
+    """The split's rows as Ray Data reads them (in file order), with a ``path`` column for messages."""
+    return read_files(files, [*config.categorical, *config.multi_valued, *config.numeric, config.label])
+
+
+def read_files(files: Sequence[Path], columns: Sequence[str]) -> ray.data.Dataset:
+    """``columns`` of Parquet or CSV ``files`` (one format) as Ray Data reads them, in file order, with a ``path``
+    column for messages. CSV columns are read as text, as the in-memory reader does, so both paths type values
+    the same way."""
+    columns, paths = list(columns), [str(p) for p in files]
     if files[0].suffix.lower() == ".parquet":
         return ray.data.read_parquet(paths, columns=columns, include_paths=True)
     convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns,
@@ -125,7 +130,7 @@ def prepare_distributed(config: DataConfig, extractor_options: Optional[Mapping[
     warm start's published extractor, as in ``prepare_data``. Ray must be running."""
     files = split_files(config)
     check_schemas(files, config)
-    with _ordered():
+    with ordered_datasets():
         splits = {name: read_split(paths, config) for name, paths in files.items()}
         if extractor is not None:
             rows = splits["train"].count()
@@ -144,7 +149,7 @@ def prepare_distributed(config: DataConfig, extractor_options: Optional[Mapping[
 
 
 @contextlib.contextmanager
-def _ordered() -> Iterator[None]:
+def ordered_datasets() -> Iterator[None]:
     """Datasets created inside keep their rows in file order (the fit needs it; it also makes the workers'
     shards the same from run to run): each dataset copies the context it was created in."""
     context = ray.data.DataContext.get_current()

@@ -12,6 +12,7 @@ The driver thus holds what the model artifact holds (catalogs, vocabularies, eac
 """
 from __future__ import annotations
 
+import copy
 import io
 import logging
 from pathlib import Path
@@ -19,8 +20,6 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import ray
 import ray.data
 
@@ -29,51 +28,42 @@ from convfm.data.liveness import job_windows
 from convfm.data.loading import load_job_market
 from convfm.data.market_parts import (
     BUCKET, EXAMPLE_COLUMNS, HISTORY, HISTORY_COUNT, PART, bucket_examples, check_interaction_schemas,
-    check_market_config, fit_summary, interaction_files, latest_positives, log_columns, merge_latest, split_parts,
-    typed_interactions,
+    check_market_config, fit_summary, history_rows, interaction_files, latest_positives, locate_error, log_columns,
+    merge_latest, split_parts, typed_interactions,
 )
-from convfm.data.splitting import SortedTimes, _micros, global_starts
-from convfm.errors import ConfigError
+from convfm.data.splitting import SortedTimes, global_starts, iso_micros
+from convfm.errors import ConfigError, DataValidationError
 from convfm.evaluation.metrics import PopularityBaseline
+from convfm.features.context import UserHistory
 from convfm.features.jobs import JobFeatureExtractor
-from convfm.store.serving_data import DISPLAY_COLUMNS, SERVING_NAME, payload_of
-from train.prepare_distributed import BATCH_ROWS, PATH, DistributedData, _ordered
+from convfm.store.serving_data import SERVING_NAME, display_jobs, payload_of
+from train.prepare_distributed import BATCH_ROWS, PATH, DistributedData, ordered_datasets, read_files
 
 log = logging.getLogger(__name__)
 HISTOGRAM_BINS = 4096
+COMPACT_EVERY = 32  # batch summaries merged into one after this many
 EXACT_BELOW = 1 << 16  # a histogram bin holding at most this many times is read whole
 
 
-def check_market(config: DataConfig) -> list[Path]:
-    """Everything checkable before Ray starts: the config, the log's files and their columns."""
+def check_market(config: DataConfig) -> tuple[list[Path], list[str]]:
+    """Everything checkable before Ray starts: the config, the log's files and their columns. Returns the files
+    and the canonical columns they hold."""
     check_market_config(config)
     files = interaction_files(config)
-    check_interaction_schemas(files, config)
-    return files
-
-
-def read_log(files: list[Path], config: DataConfig) -> ray.data.Dataset:
-    """The interaction log's rows as Ray Data reads them (file order), with a ``path`` column for messages."""
-    names = log_columns(config)
-    if files[0].suffix.lower() == ".parquet":
-        present = check_interaction_schemas(files[:1], config)
-        return ray.data.read_parquet([str(p) for p in files], columns=[names[c] for c in present],
-                                     include_paths=True)
-    present = check_interaction_schemas(files[:1], config)
-    columns = [names[c] for c in present]
-    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns,
-                                   strings_can_be_null=True)
-    return ray.data.read_csv([str(p) for p in files], convert_options=convert, include_paths=True)
+    return files, check_interaction_schemas(files, config)
 
 
 def _typed(batch: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
-    path = Path(str(batch[PATH].iloc[0])) if len(batch) else Path(config.path)
-    return typed_interactions(batch.drop(columns=[PATH]), path, config)
-
-
-def _examples(interactions: pd.DataFrame, jobs: pd.DataFrame, config: DataConfig,
-              starts: Optional[tuple[int, int]]) -> pd.DataFrame:
-    return bucket_examples(interactions, jobs, config, starts)
+    """A batch typed file by file (a batch can span files), an error naming its file's own row."""
+    if not len(batch):
+        return typed_interactions(batch.drop(columns=[PATH]), Path(config.path), config)
+    parts = []
+    for name, rows in batch.groupby(PATH, sort=False):
+        try:
+            parts.append(typed_interactions(rows.drop(columns=[PATH]), Path(str(name)), config))
+        except DataValidationError as error:
+            raise locate_error(Path(str(name)), config, error) from None
+    return pd.concat(parts, ignore_index=True)
 
 
 def _windows_of(jobs: pd.DataFrame) -> pd.DataFrame:
@@ -111,7 +101,7 @@ class DatasetTimes:
         self.times = times
         stats = times.map_batches(_extent, batch_format="numpy").to_pandas()
         self.n = int(stats["n"].sum())
-        self.low, self.high = int(stats["low"].min()), int(stats["high"].max())
+        self.low, self.high = (int(stats["low"].min()), int(stats["high"].max())) if self.n else (0, 0)
         self._few = None  # all the times, sorted, when there are few enough to read at once
         if self.n <= EXACT_BELOW:
             self._few = SortedTimes(self.times.to_pandas()["timestamp"].to_numpy(np.int64))
@@ -139,7 +129,9 @@ class DatasetTimes:
             bin_low, bin_high = int(edges[b]), int(edges[b + 1]) - 1
             inside = int(total[b])
             before = int(cumulative[b] - inside)
-            if inside <= EXACT_BELOW or bin_low == bin_high:
+            if bin_low == bin_high:  # one time, however many examples hold it
+                return bin_low
+            if inside <= EXACT_BELOW:
                 values = self.times.map_batches(_inside, batch_format="numpy",
                                                 fn_kwargs={"low": bin_low, "high": bin_high}).to_pandas()
                 return int(np.sort(values["timestamp"].to_numpy(np.int64))[j - before])
@@ -174,9 +166,30 @@ def _inside(batch: dict[str, np.ndarray], low: int, high: int) -> dict[str, np.n
     return {"timestamp": t[(t >= low) & (t <= high)]}
 
 
+def _check_extractor(config: DataConfig, options: Optional[Mapping[str, Any]], base: Optional[JobFeatureExtractor],
+                     extractor: Optional[JobFeatureExtractor]) -> None:
+    """The extractor settings ``prepare_data`` refuses, and those the rows' history columns cannot serve."""
+    options = dict(options or {})
+    if base is not None and options:
+        raise ConfigError(f"warm start: the published extractor has its own options; got extractor options "
+                          f"{sorted(options)}")
+    for given in (base, extractor):
+        if given is not None and given.kind != "jobs":
+            raise ConfigError(f"the extractor is of kind {given.kind!r}; this data is of kind 'jobs'")
+    settings = {**options, **(base.get_config() if base is not None else {}),
+                **(extractor.get_config() if extractor is not None else {})}
+    if settings.get("popularity_days") is not None:
+        raise ConfigError("popularity_days: distributed preparation of job-market data cannot count job "
+                          "popularity; prepare in memory", field="popularity_days")
+    length = settings.get("history_length", config.history_length)
+    if length != config.history_length:
+        raise ConfigError(f"history_length: the extractor keeps {length} positives, the data config "
+                          f"{config.history_length}; they must agree", field="history_length")
+
+
 def _date_starts(config: DataConfig) -> Optional[tuple[int, int]]:
     if config.split == "global_time" and config.valid_start and config.test_start:
-        return _micros(config.valid_start), _micros(config.test_start)
+        return iso_micros(config.valid_start), iso_micros(config.test_start)
     return None
 
 
@@ -186,16 +199,18 @@ def prepare_market_distributed(config: DataConfig, extractor_options: Optional[M
     """Check the log's files (before any work), make the examples on the cluster, fit on the training split
     (unless ``extractor``, a resumed run's, is given) and return the lazy datasets the workers stream, with the
     popularity baseline validation compares against and ``serving.json``'s document. Ray must be running."""
-    files = check_market(config)
+    files, present = check_market(config)
+    _check_extractor(config, extractor_options, base, extractor)
     market = load_job_market(config, interactions=False)
     windows = job_windows(market.jobs, config.job_lifetime_days)
     starts = _date_starts(config)
-    with _ordered():
-        typed = read_log(files, config).map_batches(_typed, batch_format="pandas", batch_size=BATCH_ROWS,
-                                                    fn_kwargs={"config": config})
+    with ordered_datasets():
+        names = log_columns(config)
+        typed = read_files(files, [names[c] for c in present]).map_batches(
+            _typed, batch_format="pandas", batch_size=BATCH_ROWS, fn_kwargs={"config": config})
         examples = typed.groupby(BUCKET).map_groups(
-            _examples, batch_format="pandas", fn_kwargs={"jobs": _windows_of(market.jobs), "config": config,
-                                                         "starts": starts},
+            bucket_examples, batch_format="pandas",
+            fn_kwargs={"jobs": _windows_of(market.jobs), "config": config, "starts": starts},
         ).materialize()
         if config.split == "global_time" and starts is None:
             starts = global_starts(DatasetTimes(examples.select_columns(["timestamp"]).materialize()), config)
@@ -212,16 +227,18 @@ def prepare_market_distributed(config: DataConfig, extractor_options: Optional[M
             options = options if base is None else base.get_config()
             extractor = JobFeatureExtractor(**options).fit(market.jobs, _training_ids(summary), market.users,
                                                            windows, base)
+        encoder = copy.copy(extractor)  # what encoding tasks receive: rows bring their own history
+        encoder.history = UserHistory.empty()
         if "latest" in summary:
             extractor.history = summary["latest"]
         train = examples.map_batches(_encode, batch_format="pandas", batch_size=BATCH_ROWS,
-                                     fn_kwargs={"extractor": extractor, "part": 0, "with_frame": False})
+                                     fn_kwargs={"extractor": encoder, "part": 0, "with_frame": False})
         valid = examples.map_batches(_encode, batch_format="pandas", batch_size=BATCH_ROWS,
-                                     fn_kwargs={"extractor": extractor, "part": 1, "with_frame": True})
+                                     fn_kwargs={"extractor": encoder, "part": 1, "with_frame": True})
     popularity = _popularity(summary)
     valid_labels = {float(r["label"]): int(r["rows"]) for _, r in parts[parts[PART] == 1].iterrows()}
     seen = (extractor.history.arrays("h") if "latest" in summary else {"h.users": [], "h.jobs": []})
-    serving = payload_of(market.jobs[[c for c in ("job_id", *DISPLAY_COLUMNS) if c in market.jobs.columns]],
+    serving = payload_of(display_jobs(market.jobs),
                          pd.DataFrame({"user_id": seen["h.users"], "job_id": seen["h.jobs"]}).drop_duplicates(),
                          popularity)
     log.info("prepared on the cluster: %d / %d / %d examples (train / valid / test), %d users, split starts %s",
@@ -231,22 +248,41 @@ def prepare_market_distributed(config: DataConfig, extractor_options: Optional[M
 
 
 def _merged_summaries(examples: ray.data.Dataset, history_length: int) -> dict[str, Any]:
-    """The per-batch summaries merged: users by first training time, per-job and per-part sums, latest
-    positives."""
+    """The per-batch summaries merged as they arrive (compacted every ``COMPACT_EVERY`` batches, so the driver
+    holds about one merged summary): users by first training time, per-job and per-part sums, latest positives."""
     batches = examples.map_batches(_summaries, batch_format="pandas", batch_size=BATCH_ROWS,
-                                   fn_kwargs={"history_length": history_length}).to_pandas()
-    frames = {name: pd.concat([pd.read_json(io.StringIO(v), orient="split", dtype=False) for v in batches[name]],
-                              ignore_index=True) for name in batches.columns}
-    users = frames["users"].groupby("user_id", sort=False)["timestamp"].min().reset_index()
+                                   fn_kwargs={"history_length": history_length})
+    pending: dict[str, list[pd.DataFrame]] = {}
+    for row in batches.iter_rows():
+        for name, text in row.items():
+            parts = pending.setdefault(name, [])
+            parts.append(pd.read_json(io.StringIO(text), orient="split", dtype=False))
+            if len(parts) >= COMPACT_EVERY:
+                pending[name] = [_compact(name, parts, history_length)]
+    frames = {name: _compact(name, parts, history_length) for name, parts in pending.items()}
     out: dict[str, Any] = {
-        "users": users.sort_values(["timestamp", "user_id"], kind="stable")["user_id"].astype(str).tolist(),
-        "jobs": frames["jobs"].astype({"job_id": str}).groupby("job_id", sort=False).sum().reset_index(),
-        "parts": frames["parts"].groupby([PART, "label"]).sum().reset_index(),
+        "users": frames["users"].sort_values(["timestamp", "user_id"], kind="stable")["user_id"].tolist(),
+        "jobs": frames["jobs"], "parts": frames["parts"],
     }
     if history_length:
-        latest = frames["latest"].astype({"user_id": str, "job_id": str})
-        out["latest"] = merge_latest([latest], history_length)
+        out["latest"] = merge_latest([frames["latest"]], history_length)
     return out
+
+
+def _compact(name: str, parts: list[pd.DataFrame], history_length: int) -> pd.DataFrame:
+    """Summaries of one kind (``fit_summary``'s, or "latest") merged into one."""
+    frame = pd.concat(parts, ignore_index=True)
+    if name == "users":
+        frame = frame.astype({"user_id": str, "timestamp": np.int64})
+        return frame.groupby("user_id", sort=False)["timestamp"].min().reset_index()
+    if name == "jobs":
+        frame = frame.astype({"job_id": str, "positives": np.int64, "examples": np.int64})
+        return frame.groupby("job_id", sort=False).sum().reset_index()
+    if name == "parts":
+        return frame.astype({PART: np.int64, "label": float, "rows": np.int64}).groupby(
+            [PART, "label"]).sum().reset_index()
+    frame = frame.astype({"user_id": str, "job_id": str, "timestamp": np.int64, "earlier": np.int64})
+    return history_rows(merge_latest([frame], history_length))
 
 
 def _training_ids(summary: Mapping[str, Any]) -> pd.DataFrame:

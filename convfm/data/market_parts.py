@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from convfm.config import DataConfig
 from convfm.data.loading import JobMarket, build_examples, set_events
 from convfm.data.readers import (
-    _id_strings, cell_error, first_true, is_calendar, order_key, part_files, resolve_path,
+    cell_error, first_true, id_strings, is_calendar, order_key, part_files, read_located, resolve_path,
 )
 from convfm.data.splitting import per_user_parts
 from convfm.errors import ConfigError, DataValidationError
@@ -74,10 +74,15 @@ def check_interaction_schemas(files: Iterable[Path], config: DataConfig) -> list
     """Every file has the id and timestamp columns (an event column in all files or none), from Parquet footers
     and CSV headers, before any work starts; DataValidationError naming the file and the column. Returns the
     canonical columns the files hold."""
+    mapping = config.columns.get("interactions", {})
+    unknown = sorted(set(mapping) - set(_READ))
+    if unknown:
+        raise ConfigError(f"columns.interactions: unknown canonical column(s) {unknown}; allowed: {list(_READ)}")
     names, present = log_columns(config), None
+    required = ("user_id", "job_id", "timestamp", *(("event",) if "event" in mapping else ()))
     for path in files:
         columns = _file_columns(path)
-        missing = [names[c] for c in ("user_id", "job_id", "timestamp") if names[c] not in columns]
+        missing = [names[c] for c in required if names[c] not in columns]
         if missing:
             why = " (distributed preparation orders events by it)" if names["timestamp"] in missing else ""
             raise DataValidationError(f"{path}: missing column(s) {missing}{why}; columns in the file: {columns}")
@@ -111,15 +116,16 @@ def _check_scalar_types(path: Path, names: dict[str, str], canonical: list[str])
 
 
 def typed_interactions(batch: pd.DataFrame, path: Path, config: DataConfig) -> pd.DataFrame:
-    """A batch of the log with canonical, typed columns (user_id, job_id, event, timestamp as microseconds) and
-    its users' ``BUCKET``; DataValidationError naming the file, the column and the row within the batch."""
+    """Rows of the log file ``path`` with canonical, typed columns (user_id, job_id, event, timestamp as
+    microseconds) and their users' ``BUCKET``; DataValidationError naming the file, the column and the row
+    (counted in ``batch``: ``locate_error`` re-reads the whole file for its own row numbers)."""
     names = log_columns(config)
     batch = batch.apply(_plain)
     out = pd.DataFrame(index=batch.index)
     for column in ("user_id", "job_id"):
-        ids = _id_strings(batch[names[column]])
+        ids = id_strings(batch[names[column]])
         if ids.isna().any():
-            raise cell_error(path, names[column], first_true(ids.isna()), "empty id (row within a batch)")
+            raise cell_error(path, names[column], first_true(ids.isna()), "empty id")
         out[column] = ids.astype(object)
     if names["event"] in batch.columns:
         out["event"] = batch[names["event"]]
@@ -132,6 +138,16 @@ def typed_interactions(batch: pd.DataFrame, path: Path, config: DataConfig) -> p
     out["timestamp"] = order_key(times, path, names["timestamp"])
     out[BUCKET] = user_buckets(out["user_id"].to_numpy())
     return out.reset_index(drop=True)
+
+
+def locate_error(path: Path, config: DataConfig, error: DataValidationError) -> DataValidationError:
+    """A batch's error with the row counted in its whole file: the file typed at once (in memory; a part file of
+    a log), or ``error`` itself when the file alone types cleanly."""
+    try:
+        typed_interactions(read_located(path)[0], path, config)
+    except DataValidationError as exact:
+        return exact
+    return error
 
 
 def _plain(values: pd.Series) -> pd.Series:
@@ -181,7 +197,8 @@ def with_history(examples: pd.DataFrame, length: int) -> pd.DataFrame:
     history = UserHistory.from_frame(positives)
     start, count, total = history.states(examples["user_id"].to_numpy(), examples["timestamp"].to_numpy(np.int64))
     recent = history.recent(start, count, length)
-    return examples.assign(**{HISTORY: list(recent.astype(str)), HISTORY_COUNT: total.astype(np.int64)})
+    # lists of str (Arrow list<string>): fixed-width text arrays would be typed by each bucket's longest id
+    return examples.assign(**{HISTORY: recent.tolist(), HISTORY_COUNT: total.astype(np.int64)})
 
 
 def fit_summary(examples: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -199,14 +216,19 @@ def fit_summary(examples: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def latest_positives(examples: pd.DataFrame, length: int) -> pd.DataFrame:
-    """A batch's positives cut to each user's last ``length`` (user_id, job_id, timestamp), with ``earlier``: that
-    user's positives dropped here, on the user's first row (0 on the others). Batches merge with
+    """A batch's positives cut to each user's last ``length`` (``history_rows``). Batches merge with
     ``merge_latest``."""
     positives = examples.loc[examples["label"] > 0, ["user_id", "job_id", "timestamp"]]
-    latest = UserHistory.from_frame(positives).latest(length)
-    arrays = latest.arrays("h")
-    earlier = np.zeros(len(latest), np.int64)
-    earlier[latest.offsets[:-1][np.diff(latest.offsets) > 0]] = arrays["h.earlier"][np.diff(latest.offsets) > 0]
+    return history_rows(UserHistory.from_frame(positives).latest(length))
+
+
+def history_rows(history: UserHistory) -> pd.DataFrame:
+    """(user_id, job_id, timestamp) rows of ``history`` with ``earlier``: the user's positives before the kept
+    ones, on the user's first row (0 on the others), so that rows of several histories add up."""
+    arrays = history.arrays("h")
+    earlier = np.zeros(len(history), np.int64)
+    kept = np.diff(history.offsets) > 0
+    earlier[history.offsets[:-1][kept]] = arrays["h.earlier"][kept]
     return pd.DataFrame({"user_id": arrays["h.users"], "job_id": arrays["h.jobs"], "timestamp": arrays["h.times"],
                          "earlier": earlier})
 

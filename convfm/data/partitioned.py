@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from convfm.config import DataConfig
 from convfm.data.batching import ExampleSet
 from convfm.data.loading import check_columns
+from convfm.data.market_parts import check_market_config
 from convfm.data.readers import SUFFIXES, resolve_path
 from convfm.errors import ConfigError, DataValidationError
 from convfm.features.base import empty_table, labels_of
@@ -89,8 +90,10 @@ def _market_preparation(config: DataConfig) -> tuple[str, str]:
     """A job market goes to the cluster when its log is a folder of part files, or when the in-memory path would
     need more than half of the memory available here (it is faster while it fits)."""
     log = Path(config.path) / config.interactions_file
-    if config.events is not None:
-        return "memory", "an event log beside the files is read in memory"
+    try:
+        check_market_config(config)
+    except ConfigError as exc:
+        return "memory", f"distributed preparation cannot take these settings ({exc})"
     if log.is_dir():
         return "distributed", "the interactions are a folder of part files"
     try:

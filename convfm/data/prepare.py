@@ -15,7 +15,7 @@ from convfm.data.liveness import JobWindows, job_windows
 from convfm.data.loading import build_examples, load_job_market, load_table, split_examples
 from convfm.features.jobs import JobFeatureExtractor, TableFeatureExtractor
 from convfm.evaluation.metrics import PopularityBaseline
-from convfm.store.serving_data import DISPLAY_COLUMNS
+from convfm.store.serving_data import display_jobs
 from convfm.data.synth import load_oracle, load_truth
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def prepare_data(
     sets = {name: extractor.example_set(frame) for name, frame in frames.items()}
     log.info("prepared %s", {name: len(s) for name, s in sets.items()})
     catalog = market.jobs["job_id"].to_numpy()
-    jobs = market.jobs[[c for c in ("job_id", *DISPLAY_COLUMNS) if c in market.jobs.columns]]
+    jobs = display_jobs(market.jobs)
     if windows is None:
         log.info("%s: interaction timestamps are numbers or row order, not date/times: job liveness is not "
                  "checked (windows=None)", market.source.get("interactions", config.path))

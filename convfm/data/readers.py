@@ -76,7 +76,7 @@ def read_located(path: str | Path, id_columns: Iterable[str] = ()) -> tuple[pd.D
     frame.columns = [str(c).strip() for c in frame.columns]
     for column in id_columns:
         if column in frame.columns:
-            frame[column] = _id_strings(frame[column])
+            frame[column] = id_strings(frame[column])
     return frame, path
 
 
@@ -133,7 +133,8 @@ def _check_tail(path: Path, n_columns: int) -> None:
                                   f"no final newline; the file looks truncated")
 
 
-def _id_strings(series: pd.Series) -> pd.Series:
+def id_strings(series: pd.Series) -> pd.Series:
+    """Ids as stripped strings (whole numbers without ".0"), empty values as NaN."""
     if series.dtype.kind == "f":  # an integer id column with gaps comes back from parquet as float
         whole = series.dropna()
         if (whole == np.floor(whole)).all():

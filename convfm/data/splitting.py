@@ -134,11 +134,11 @@ def global_starts(times: np.ndarray | TimeOrder, config: DataConfig, calendar: b
     n = order.n
     if not n:
         raise ConfigError("split: global_time: no examples to split", field="split")
-    t2 = _micros(config.test_start) if config.test_start else _start_leaving(order, n, config.test_fraction, n)
+    t2 = iso_micros(config.test_start) if config.test_start else _start_leaving(order, n, config.test_fraction, n)
     if config.valid_start is None:
         t1 = _start_leaving(order, order.below(t2), config.valid_fraction, n, empty=t2)
     else:
-        t1 = _micros(config.valid_start)
+        t1 = iso_micros(config.valid_start)
         if t2 <= t1:
             raise ConfigError(f"test_start: the test period would start at {_show(t2, calendar)}, not after "
                               f"valid_start {config.valid_start}; set test_start", field="test_start")
@@ -169,7 +169,7 @@ def _start_leaving(order: TimeOrder, count: int, fraction: float, n: int, empty:
     return order.at(max(count - k, 0))
 
 
-def _micros(iso: str) -> int:
+def iso_micros(iso: str) -> int:
     return int(np.datetime64(iso, "us").astype(np.int64))
 
 

@@ -43,6 +43,11 @@ def jobs_metadata(jobs: pd.DataFrame) -> dict[str, list]:
     return out
 
 
+def display_jobs(jobs: pd.DataFrame) -> pd.DataFrame:
+    """The catalog's ``job_id`` and display columns (what serving.json keeps of the jobs table)."""
+    return jobs[[c for c in ("job_id", *DISPLAY_COLUMNS) if c in jobs.columns]]
+
+
 def serving_payload(data: Any, jobs: Optional[pd.DataFrame] = None) -> dict[str, Any]:
     """The ``serving.json`` document of a job-market ``PreparedData``: jobs from ``jobs``, else the table
     ``prepare_data`` kept (``data.jobs``), else reloaded from its config (data prepared some other way)."""

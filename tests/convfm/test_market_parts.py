@@ -144,3 +144,28 @@ def test_a_bad_cell_names_the_file_the_column_and_the_row(column, value, message
         batch["timestamp"] = ["1699990000", value]
     with pytest.raises(DataValidationError, match=f"part-7.csv: .*{message}"):
         typed_interactions(batch, Path("part-7.csv"), DataConfig())
+
+
+def test_column_mappings_are_checked_as_the_in_memory_loader_checks_them(tmp_path):
+    (tmp_path / "interactions.csv").write_text("member,job_id,timestamp\nu1,j1,2024-01-01\n")
+    files = [tmp_path / "interactions.csv"]
+    with pytest.raises(ConfigError, match=r"columns.interactions: unknown canonical column\(s\) \['when'\]"):
+        check_interaction_schemas(files, DataConfig(columns={"interactions": {"when": "ts"}}))
+    mapped = {"user_id": "member", "event": "action"}  # an event column named but absent: not every row an apply
+    with pytest.raises(DataValidationError, match=r"interactions.csv: missing column\(s\) \['action'\]"):
+        check_interaction_schemas(files, DataConfig(columns={"interactions": mapped}))
+    assert check_interaction_schemas(files, DataConfig(columns={"interactions": {"user_id": "member"}})) == [
+        "user_id", "job_id", "timestamp"]
+
+
+def test_an_error_in_a_batch_names_the_row_of_its_file(tmp_path):
+    from convfm.data.market_parts import locate_error
+
+    path = tmp_path / "part-3.csv"
+    path.write_text("user_id,job_id,event,timestamp\nu1,j1,view,2024-01-01\nu2,j2,view,2024-01-02\n"
+                    "u3,j3,bought,2024-01-03\n")
+    batch = pd.read_csv(path, dtype=str).iloc[1:]  # the batch holds the file's rows 2 and 3
+    with pytest.raises(DataValidationError, match="row 2: unknown event") as caught:
+        typed_interactions(batch, path, DataConfig())
+    assert "part-3.csv: column 'event', row 3: unknown event 'bought'" in str(locate_error(path, DataConfig(),
+                                                                                            caught.value))

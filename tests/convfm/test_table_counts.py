@@ -3,7 +3,6 @@ the batch encoding joins into the same examples (the Ray-free half of distribute
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +96,8 @@ def test_the_preparation_path_and_its_reason(tmp_path, rows, monkeypatch):
     (tmp_path / "market" / "interactions.csv").unlink()
     (tmp_path / "market" / "interactions").mkdir()
     assert choose_preparation(market) == ("distributed", "the interactions are a folder of part files")
-    assert choose_preparation(dataclasses.replace(market, events="log/"))[0] == "memory"  # refused distributed
+    path, why = choose_preparation(dataclasses.replace(market, events="log/"))
+    assert path == "memory" and why.startswith("distributed preparation cannot take these settings (events:")
     assert choose_preparation(market, "memory")[0] == "memory"
     assert choose_preparation(table_config(REPO / "configs" / "table_example.csv")) == (
         "memory", "one table file, split at random in memory")

@@ -6,6 +6,7 @@ folder of part files runs on a 2-node `ray start` cluster in tests/cluster/test_
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,12 +29,28 @@ def sorted_rows(examples: ExampleSet) -> np.ndarray:
     return flat[np.lexsort(flat.T[::-1])]
 
 
+@pytest.fixture(scope="module")
+def uneven_market(market_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test market with every third job id and every fifth user id made longer: buckets then hold ids of
+    different lengths (a history column typed by its bucket's longest id would not concatenate)."""
+    out = tmp_path_factory.mktemp("uneven_market")
+    longer = {"job_id": lambda ids: ids.where(ids.str[1:].astype(int) % 3 > 0, ids + "-senior-role"),
+              "user_id": lambda ids: ids.where(ids.str[1:].astype(int) % 5 > 0, ids + "-x")}
+    for name in ("jobs", "users", "interactions"):
+        frame = pd.read_csv(market_dir / f"{name}.csv", dtype=str, keep_default_na=False)
+        for column, rename in longer.items():
+            if column in frame:
+                frame[column] = rename(frame[column])
+        frame.to_csv(out / f"{name}.csv", index=False)
+    return out
+
+
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("split", ["time", "global_time"])
-def test_distributed_market_equals_the_in_memory_path(ray_local, market_dir, split):
+def test_distributed_market_equals_the_in_memory_path(ray_local, uneven_market, split):
     from train.prepare_market import prepare_market_distributed
 
-    config = DataConfig(path=str(market_dir), negative_ratio=0, split=split, valid_fraction=0.15)
+    config = DataConfig(path=str(uneven_market), negative_ratio=0, split=split, valid_fraction=0.15)
     memory = prepare_data(config)
     cluster = prepare_market_distributed(config)
     want, got = memory.extractor, cluster.extractor
