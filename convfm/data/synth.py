@@ -244,7 +244,9 @@ def write_market(market: SyntheticMarket, out_dir: str | Path, fmt: str = "csv",
     for name in ("jobs", "users", "interactions", "truth"):
         frame, path = getattr(market, name), out / f"{name}.{fmt}"
         if name == "interactions" and parts is not None:
-            path.parent.joinpath(name).mkdir(exist_ok=True)
+            (out / name).mkdir(exist_ok=True)
+            for stale in (out / name).glob("part-*.*"):  # an earlier market's parts would be read with these
+                stale.unlink()
             bounds = np.linspace(0, len(frame), parts + 1).astype(int)
             for i in range(parts):
                 _write_frame(frame.iloc[bounds[i]:bounds[i + 1]], out / name / f"part-{i:05d}.{fmt}", fmt)

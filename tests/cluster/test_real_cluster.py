@@ -11,8 +11,8 @@ second node with 1 CPU; every process runs with the documented token setup (``RA
 One module-scoped cluster, the tests in the order a user works: data and a training run spread over both
 nodes (whose second node is lost mid-run, a third joining once it is over), evaluation, a generic table and the
 job market trained with distributed preparation (Ray Data) over the two live nodes, a search, the training run
-published after it, batch recommendations, the service. The RayJob manifests' entrypoints are checked against the documented
-commands, not run.
+published after it, batch recommendations, the service. The RayJob manifests' entrypoints are checked against
+the documented commands, not run.
 """
 from __future__ import annotations
 
@@ -144,64 +144,63 @@ def test_evaluate_job_reads_the_shared_run(cluster: RealCluster, spread_run: dic
 
 @pytest.fixture(scope="module")
 def table_run(cluster: RealCluster, table_example: Callable[[Path, dict[str, str]], Path]) -> dict[str, Any]:
-    """The documented training of a table prepared on the cluster (Ray Data), 1 epoch in batches of 32. The test writes the table
-    where the command reads it (tests/conftest.py's cut of configs/table_example.csv), as CSV: with Parquet, Ray
-    Data's reader had the raylet start up to 20 worker processes on these 2 cores, and twice a raylet starved
-    until the GCS declared its node dead (FAST_NODE_DEATH); tests/train/test_prepare_distributed.py reads Parquet."""
+    """The documented training of a table prepared on the cluster (Ray Data), 1 epoch in batches of 32. The test
+    writes the table where the command reads it (tests/conftest.py's cut of configs/table_example.csv), as CSV:
+    with Parquet, Ray Data's reader had the raylet start up to 20 worker processes on these 2 cores, and twice a
+    raylet starved until the GCS declared its node dead (FAST_NODE_DEATH); tests/train/test_prepare_distributed.py
+    reads Parquet."""
     command = adapt(documented(r"^ray job submit .* convfm train .*--table .*--prepare distributed"), cluster.shared,
-                    epochs=1,
-                    batch_size=32)  # ~90 steps: the documented 1,024 takes 3 steps of these 3,000 rows, no learning
+                    epochs=1, batch_size=32)  # ~90 steps: the documented 1,024 takes 3 steps of 3,000 rows, no learning
     spec = Path(command[command.index("--table") + 1])
     table_example(spec.parent, dict.fromkeys(("train", "valid", "test"), "csv"))
     assert spec.is_file(), f"the documented spec {spec} is not the table.yaml tests/conftest.py writes"
-    job = cluster.popen(command, "train-table.log")
+    return submitted(cluster, command, "train-table.log")
+
+
+def submitted(cluster: RealCluster, command: list[str], log_name: str) -> dict[str, Any]:
+    """Run a training job to its end, noting which node ran which process: its run directory, log and pids."""
+    job = cluster.popen(command, log_name)
     pids = cluster.wait_noting_pids(job, timeout=JOB_TIMEOUT)
-    log = cluster.log_tail("train-table.log", 10**6)
+    log = cluster.log_tail(log_name, 10**6)
     assert job.wait() == 0, log[-8000:]
     return {"out": Path(command[command.index("--out") + 1]), "log": log, "pids": pids}
 
 
-def test_table_job_prepares_on_the_cluster_and_trains_on_both_nodes(table_run: dict[str, Any]) -> None:
-    out = table_run["out"]
-    assert "preparing data on the cluster (Ray Data): asked for (--prepare distributed)" in table_run["log"]
-    run = read_json(out / "run.json", "the run record")
-    assert run["status"] == "finished" and run["prepare"]["path"] == "distributed", run
+def prepared_on_the_cluster(run: dict[str, Any]) -> dict[str, str]:
+    """The run prepared its data on the cluster, trained one epoch with one worker on each node, learned from the
+    streamed shards and wrote its best model: its metrics row."""
+    out = run["out"]
+    assert "preparing data on the cluster (Ray Data): asked for (--prepare distributed)" in run["log"]
+    record = read_json(out / "run.json", "the run record")
+    assert record["status"] == "finished" and record["prepare"]["path"] == "distributed", record
     with open(out / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 1 and int(float(rows[0]["world_size"])) == 2, rows
     workers = {int(pid) for pid in rows[0]["worker_pids"].split(",")}
-    nodes = {name for name, pids in table_run["pids"].items() if workers & pids}
+    nodes = {name for name, pids in run["pids"].items() if workers & pids}
     assert len(workers) == 2 and len(nodes) == 2, f"workers {workers} ran on {nodes}, not one per node"
-    # it learned from the streamed shards: chance 0.5; in process, this epoch measured 0.61 (the generator's 0.80)
+    # chance is 0.5; in process, the table's epoch measured 0.61 (the generator's 0.80)
     assert 0.55 < float(rows[0]["val_roc_auc"]) <= 1.0, rows
-    assert (out / "best" / "manifest.json").is_file() and "best model:" in table_run["log"]
+    assert (out / "best" / "manifest.json").is_file() and "best model:" in run["log"]
+    return rows[0]
+
+
+def test_table_job_prepares_on_the_cluster_and_trains_on_both_nodes(table_run: dict[str, Any]) -> None:
+    prepared_on_the_cluster(table_run)
 
 
 @pytest.fixture(scope="module")
 def market_run(cluster: RealCluster, market: Path) -> dict[str, Any]:
     """The documented training of the job market prepared on the cluster (Ray Data: examples, splits and
-    histories per user bucket), 1 epoch, its workers on both nodes."""
+    histories per user bucket), 1 epoch."""
     command = adapt(documented(r"^ray job submit .* convfm train .*--data .*--prepare distributed"), cluster.shared,
                     epochs=1, batch_size=256)
-    job = cluster.popen(command, "train-market.log")
-    pids = cluster.wait_noting_pids(job, timeout=JOB_TIMEOUT)
-    log = cluster.log_tail("train-market.log", 10**6)
-    assert job.wait() == 0, log[-8000:]
-    return {"out": Path(command[command.index("--out") + 1]), "log": log, "pids": pids}
+    return submitted(cluster, command, "train-market.log")
 
 
 def test_market_job_prepares_on_the_cluster_and_trains_on_both_nodes(market_run: dict[str, Any]) -> None:
-    out = market_run["out"]
-    assert "preparing data on the cluster (Ray Data): asked for (--prepare distributed)" in market_run["log"]
-    run = read_json(out / "run.json", "the run record")
-    assert run["status"] == "finished" and run["prepare"]["path"] == "distributed", run
-    with open(out / "metrics.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    workers = {int(pid) for pid in rows[0]["worker_pids"].split(",")}
-    nodes = {name for name, pids in market_run["pids"].items() if workers & pids}
-    assert len(workers) == 2 and len(nodes) == 2, f"workers {workers} ran on {nodes}, not one per node"
-    assert 0.55 < float(rows[0]["val_roc_auc"]) <= 1.0, rows  # it learned from the streamed shards
-    serving = read_json(out / "best" / "serving.json", "the serving data")
+    prepared_on_the_cluster(market_run)
+    serving = read_json(market_run["out"] / "best" / "serving.json", "the serving data")
     assert len(serving["jobs"]["job_id"]) == 300 and serving["seen"]["user_id"], serving.keys()
 
 
