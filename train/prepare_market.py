@@ -27,13 +27,14 @@ from convfm.config import DataConfig
 from convfm.data.liveness import job_windows
 from convfm.data.loading import load_job_market
 from convfm.data.market_parts import (
-    BUCKET, EXAMPLE_COLUMNS, HISTORY, HISTORY_COUNT, PART, bucket_examples, check_interaction_schemas,
+    BUCKET, EXAMPLE_COLUMNS, HISTORY, HISTORY_COUNT, PART, bucket_count, bucket_examples, check_interaction_schemas,
     check_market_config, fit_summary, history_rows, interaction_files, latest_positives, locate_error, log_columns,
     merge_latest, split_parts, typed_interactions,
 )
 from convfm.data.splitting import SortedTimes, global_starts, iso_micros
 from convfm.errors import ConfigError, DataValidationError
 from convfm.evaluation.metrics import PopularityBaseline
+from convfm.features.base import empty_table
 from convfm.features.context import UserHistory
 from convfm.features.jobs import JobFeatureExtractor
 from convfm.store.serving_data import SERVING_NAME, display_jobs, payload_of
@@ -53,14 +54,14 @@ def check_market(config: DataConfig) -> tuple[list[Path], list[str]]:
     return files, check_interaction_schemas(files, config)
 
 
-def _typed(batch: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
+def _typed(batch: pd.DataFrame, config: DataConfig, buckets: int) -> pd.DataFrame:
     """A batch typed file by file (a batch can span files), an error naming its file's own row."""
     if not len(batch):
-        return typed_interactions(batch.drop(columns=[PATH]), Path(config.path), config)
+        return typed_interactions(batch.drop(columns=[PATH]), Path(config.path), config, buckets)
     parts = []
     for name, rows in batch.groupby(PATH, sort=False):
         try:
-            parts.append(typed_interactions(rows.drop(columns=[PATH]), Path(str(name)), config))
+            parts.append(typed_interactions(rows.drop(columns=[PATH]), Path(str(name)), config, buckets))
         except DataValidationError as error:
             raise locate_error(Path(str(name)), config, error) from None
     return pd.concat(parts, ignore_index=True)
@@ -84,6 +85,13 @@ def _summaries(batch: pd.DataFrame, history_length: int) -> pd.DataFrame:
 
 def _encode(batch: pd.DataFrame, extractor: JobFeatureExtractor, part: int, with_frame: bool) -> dict[str, Any]:
     rows = batch[batch[PART] == part].reset_index(drop=True)
+    if not len(rows):  # none of this split here: empty columns of the shapes the others have
+        table = empty_table(extractor.feature_map.fields)
+        out = {name: a for name, a in table.arrays().items() if np.prod(a.shape[1:])}
+        out["label"] = np.zeros(0, np.float32)
+        if with_frame:
+            out.update(user_id=np.zeros(0, object), job_id=np.zeros(0, object), timestamp=np.zeros(0, np.int64))
+        return out
     recent = np.stack(rows[HISTORY].to_numpy()) if len(rows) and extractor.history_length else None
     table = extractor.transform_interactions(rows[list(EXAMPLE_COLUMNS)], recent, rows[HISTORY_COUNT].to_numpy())
     out: dict[str, Any] = {name: array for name, array in table.arrays().items() if np.prod(array.shape[1:])}
@@ -200,6 +208,7 @@ def prepare_market_distributed(config: DataConfig, extractor_options: Optional[M
     (unless ``extractor``, a resumed run's, is given) and return the lazy datasets the workers stream, with the
     popularity baseline validation compares against and ``serving.json``'s document. Ray must be running."""
     files, present = check_market(config)
+    buckets = bucket_count(files)
     _check_extractor(config, extractor_options, base, extractor)
     market = load_job_market(config, interactions=False)
     windows = job_windows(market.jobs, config.job_lifetime_days)
@@ -207,7 +216,7 @@ def prepare_market_distributed(config: DataConfig, extractor_options: Optional[M
     with ordered_datasets():
         names = log_columns(config)
         typed = read_files(files, [names[c] for c in present]).map_batches(
-            _typed, batch_format="pandas", batch_size=BATCH_ROWS, fn_kwargs={"config": config})
+            _typed, batch_format="pandas", batch_size=BATCH_ROWS, fn_kwargs={"config": config, "buckets": buckets})
         examples = typed.groupby(BUCKET).map_groups(
             bucket_examples, batch_format="pandas",
             fn_kwargs={"jobs": _windows_of(market.jobs), "config": config, "starts": starts},
@@ -241,8 +250,8 @@ def prepare_market_distributed(config: DataConfig, extractor_options: Optional[M
     serving = payload_of(display_jobs(market.jobs),
                          pd.DataFrame({"user_id": seen["h.users"], "job_id": seen["h.jobs"]}).drop_duplicates(),
                          popularity)
-    log.info("prepared on the cluster: %d / %d / %d examples (train / valid / test), %d users, split starts %s",
-             rows[0], rows[1], rows[2], len(summary["users"]), starts)
+    log.info("prepared on the cluster: %d / %d / %d examples (train / valid / test), %d training users in %d "
+             "buckets, split starts %s", rows[0], rows[1], rows[2], len(summary["users"]), buckets, starts)
     return DistributedData(config, extractor, {"train": train, "valid": valid}, rows[0], valid_labels,
                            popularity=popularity, extra_json={SERVING_NAME: serving})
 

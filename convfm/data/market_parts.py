@@ -7,9 +7,10 @@ interactions as one ``.parquet``/``.csv`` file or a folder of part files named l
 (``interactions/``). The driver keeps the catalogs (jobs, users): their size is the catalog's, not the log's.
 
 Per bucket (``bucket_examples``): the interactions become examples as ``build_examples`` makes them, negatives
-drawn from a generator seeded by (seed, bucket) (``USER_BUCKETS`` is fixed, so a run on any cluster draws the
-same ones); each example gets its history (the user's last ``history_length`` positives strictly before its
-time, as job ids, and how many there were) and, where it can be known from the bucket, its split. Encoding is
+drawn from a generator seeded by (seed, bucket) (the bucket count follows the log's size alone,
+``bucket_count``, so a run on any cluster draws the same ones); each example gets its history (the user's last
+``history_length`` positives strictly before its time, as job ids, and how many there were) and, where it can be
+known from the bucket, its split. Encoding is
 then row by row (``JobFeatureExtractor.transform_interactions(recent=...)``), and fitting needs only per-batch
 summaries (``fit_summary``) and each user's latest positives (``latest_positives``), merged on the driver.
 """
@@ -32,7 +33,9 @@ from convfm.data.splitting import per_user_parts
 from convfm.errors import ConfigError, DataValidationError
 from convfm.features.context import UserHistory
 
-USER_BUCKETS = 64  # users are hashed into this many buckets; each is prepared in one task
+# Users are hashed into buckets, each prepared in one task: at least MIN_BUCKETS, doubled until a bucket holds
+# about BUCKET_INTERACTIONS at most (a task's memory). CSV_BYTES_PER_ROW estimates a CSV log's rows from its size.
+MIN_BUCKETS, BUCKET_INTERACTIONS, CSV_BYTES_PER_ROW = 64, 1_000_000, 40
 BUCKET, PART = "bucket", "part"  # PART: 0 train, 1 valid, 2 test, -1 not yet known (global_time by fractions)
 HISTORY, HISTORY_COUNT = "history", "history_count"  # recent positive job ids (most recent first), their count
 EXAMPLE_COLUMNS = ("user_id", "job_id", "label", "timestamp")
@@ -62,6 +65,24 @@ def interaction_files(config: DataConfig) -> list[Path]:
     """The interactions' files in read order: a folder of part files (name order) or the one file."""
     folder = Path(config.path) / config.interactions_file
     return part_files(folder) if folder.is_dir() else [resolve_path(folder)]
+
+
+def log_rows(path: Path) -> int:
+    """A log file's rows: from the Parquet footer, or estimated from a CSV's size."""
+    if path.suffix.lower() == ".parquet":
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise DataValidationError(f"{path}: cannot read parquet metadata ({exc})") from None
+    return path.stat().st_size // CSV_BYTES_PER_ROW
+
+
+def bucket_count(files: Iterable[Path]) -> int:
+    """How many user buckets the log's size calls for (a power of two times ``MIN_BUCKETS``)."""
+    rows, buckets = sum(log_rows(p) for p in files), MIN_BUCKETS
+    while rows > buckets * BUCKET_INTERACTIONS:
+        buckets *= 2
+    return buckets
 
 
 def log_columns(config: DataConfig) -> dict[str, str]:
@@ -115,7 +136,8 @@ def _check_scalar_types(path: Path, names: dict[str, str], canonical: list[str])
                                       "value per row")
 
 
-def typed_interactions(batch: pd.DataFrame, path: Path, config: DataConfig) -> pd.DataFrame:
+def typed_interactions(batch: pd.DataFrame, path: Path, config: DataConfig, buckets: int = MIN_BUCKETS
+                       ) -> pd.DataFrame:
     """Rows of the log file ``path`` with canonical, typed columns (user_id, job_id, event, timestamp as
     microseconds) and their users' ``BUCKET``; DataValidationError naming the file, the column and the row
     (counted in ``batch``: ``locate_error`` re-reads the whole file for its own row numbers)."""
@@ -136,7 +158,7 @@ def typed_interactions(batch: pd.DataFrame, path: Path, config: DataConfig) -> p
                                   f"timestamps (got numbers, e.g. {times.iloc[0]!r}): job liveness and the splits "
                                   "are read on a calendar")
     out["timestamp"] = order_key(times, path, names["timestamp"])
-    out[BUCKET] = user_buckets(out["user_id"].to_numpy())
+    out[BUCKET] = user_buckets(out["user_id"].to_numpy(), buckets)
     return out.reset_index(drop=True)
 
 
@@ -161,7 +183,7 @@ def _plain(values: pd.Series) -> pd.Series:
     return values
 
 
-def user_buckets(user_ids: np.ndarray, buckets: int = USER_BUCKETS) -> np.ndarray:
+def user_buckets(user_ids: np.ndarray, buckets: int = MIN_BUCKETS) -> np.ndarray:
     """Each user's bucket: a fixed hash of the id (the same in every process and run)."""
     hashed = pd.util.hash_array(np.asarray(user_ids, dtype=object).astype(str))
     return (hashed % np.uint64(buckets)).astype(np.int64)

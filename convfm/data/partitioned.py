@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from convfm.config import DataConfig
 from convfm.data.batching import ExampleSet
 from convfm.data.loading import check_columns
-from convfm.data.market_parts import check_market_config
+from convfm.data.market_parts import check_market_config, log_rows
 from convfm.data.readers import SUFFIXES, resolve_path
 from convfm.errors import ConfigError, DataValidationError
 from convfm.features.base import empty_table, labels_of
@@ -38,9 +38,8 @@ SPLIT_NAMES = ("train", "valid", "test")
 DISTRIBUTED_FROM_BYTES = 64 << 20
 ENCODED = ("cat", "multi", "dense")
 # The in-memory job-market path's driver peak per interaction (benchmarks/prepare_memory.py --kind market: 3.3 GiB
-# at 1M interactions, 16.3 GiB at 5M), and the bytes per row of a CSV log, to estimate its rows from its size.
+# at 1M interactions, 16.3 GiB at 5M).
 MEMORY_BYTES_PER_INTERACTION = 3_400
-CSV_BYTES_PER_ROW = 40
 
 
 def split_files(config: DataConfig) -> dict[str, list[Path]]:
@@ -97,10 +96,8 @@ def _market_preparation(config: DataConfig) -> tuple[str, str]:
     if log.is_dir():
         return "distributed", "the interactions are a folder of part files"
     try:
-        path = resolve_path(log)
-        rows = (pq.ParquetFile(path).metadata.num_rows if path.suffix.lower() == ".parquet"
-                else path.stat().st_size // CSV_BYTES_PER_ROW)
-    except (DataValidationError, OSError, pa.ArrowInvalid):
+        rows = log_rows(resolve_path(log))
+    except (DataValidationError, OSError):
         return "memory", "one interactions file (the in-memory loader reports what is wrong with it)"
     need, available = rows * MEMORY_BYTES_PER_INTERACTION, psutil.virtual_memory().available
     estimate = f"~{rows:,} interactions would take ~{need / 2**30:.1f} GiB in the driver in memory"

@@ -169,3 +169,17 @@ def test_an_error_in_a_batch_names_the_row_of_its_file(tmp_path):
         typed_interactions(batch, path, DataConfig())
     assert "part-3.csv: column 'event', row 3: unknown event 'bought'" in str(locate_error(path, DataConfig(),
                                                                                             caught.value))
+
+
+def test_the_bucket_count_follows_the_logs_size_alone(tmp_path, monkeypatch):
+    from convfm.data import market_parts
+
+    rows = pd.DataFrame({"user_id": [f"u{i}" for i in range(1000)], "job_id": "j1",
+                         "timestamp": pd.to_datetime("2024-01-01")})
+    rows.to_parquet(tmp_path / "part-0.parquet")
+    rows.iloc[:300].to_parquet(tmp_path / "part-1.parquet")
+    files = [tmp_path / "part-0.parquet", tmp_path / "part-1.parquet"]
+    assert market_parts.log_rows(files[1]) == 300
+    assert market_parts.bucket_count(files) == 64
+    monkeypatch.setattr(market_parts, "BUCKET_INTERACTIONS", 5)  # 1,300 rows: 64 buckets of 5 hold 320
+    assert market_parts.bucket_count(files) == 64 * 8  # 512 * 5 = 2,560 >= 1,300 > 256 * 5

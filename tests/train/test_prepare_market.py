@@ -114,3 +114,21 @@ def test_a_log_missing_a_column_fails_before_ray_reads_anything(market_dir, tmp_
     log.drop(columns=["job_id"]).to_parquet(tmp_path / "interactions" / "part-0.parquet")
     with pytest.raises(DataValidationError, match=r"part-0.parquet: missing column\(s\) \['job_id'\]"):
         prepare_market_distributed(DataConfig(path=str(tmp_path)))  # checked before any Ray Data call
+
+
+def test_a_batch_without_rows_of_a_split_encodes_to_empty_columns_of_the_same_shapes(market_dir):
+    from convfm.data.market_parts import PART, bucket_examples, typed_interactions
+    from train.prepare_market import _encode
+
+    config = DataConfig(path=str(market_dir))
+    extractor = prepare_data(config).extractor
+    log = pd.read_csv(market_dir / "interactions.csv", dtype=str)
+    typed = typed_interactions(log, market_dir / "interactions.csv", config)
+    jobs = pd.read_csv(market_dir / "jobs.csv", dtype=str)[["job_id", "posted_at"]]
+    jobs["posted_at"] = pd.to_datetime(jobs["posted_at"])
+    examples = bucket_examples(typed[typed["bucket"] == 1], jobs, config)
+    full = _encode(examples, extractor, 0, True)
+    empty = _encode(examples.assign(**{PART: 2}), extractor, 0, True)  # no training rows in this batch
+    assert set(full) == set(empty) and len(full["label"]) > 0 and len(empty["label"]) == 0
+    for name in ("cat", "multi", "dense"):
+        assert empty[name].shape[1:] == full[name].shape[1:], name
