@@ -85,15 +85,11 @@ def _summaries(batch: pd.DataFrame, history_length: int) -> pd.DataFrame:
 
 def _encode(batch: pd.DataFrame, extractor: JobFeatureExtractor, part: int, with_frame: bool) -> dict[str, Any]:
     rows = batch[batch[PART] == part].reset_index(drop=True)
-    if not len(rows):  # none of this split here: empty columns of the shapes the others have
+    if len(rows):
+        recent = np.stack(rows[HISTORY].to_numpy()) if extractor.history_length else None
+        table = extractor.transform_interactions(rows[list(EXAMPLE_COLUMNS)], recent, rows[HISTORY_COUNT].to_numpy())
+    else:  # none of this split in the batch: empty columns of the shapes the other batches have
         table = empty_table(extractor.feature_map.fields)
-        out = {name: a for name, a in table.arrays().items() if np.prod(a.shape[1:])}
-        out["label"] = np.zeros(0, np.float32)
-        if with_frame:
-            out.update(user_id=np.zeros(0, object), job_id=np.zeros(0, object), timestamp=np.zeros(0, np.int64))
-        return out
-    recent = np.stack(rows[HISTORY].to_numpy()) if len(rows) and extractor.history_length else None
-    table = extractor.transform_interactions(rows[list(EXAMPLE_COLUMNS)], recent, rows[HISTORY_COUNT].to_numpy())
     out: dict[str, Any] = {name: array for name, array in table.arrays().items() if np.prod(array.shape[1:])}
     out["label"] = rows["label"].to_numpy(np.float32)
     if with_frame:
