@@ -144,7 +144,7 @@ def evaluate_split(
     data: PreparedData,
     split: str,
     batch_size: int = 4096,
-    device: torch.device | str = "cpu",
+    device: Optional[torch.device | str] = None,
     negatives: int = 99,
     k: int = 10,
     max_users: int = 5000,
@@ -154,11 +154,12 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """{"split", "protocol": {"name", "description", ...}, "model": {...}, "popularity": {...}, other methods'
     sections (live), "oracle_auc": float|None}. "model" and "popularity" hold the classification metrics of
-    the split's examples and the protocol's ranking metrics; the other methods only ranking metrics."""
+    the split's examples and the protocol's ranking metrics; the other methods only ranking metrics.
+    ``device``: where batches are scored; default the model's own (a GPU-trained model stays on its GPU)."""
     if protocol not in EVAL_PROTOCOLS:
         raise ValueError(f"protocol must be one of {EVAL_PROTOCOLS}, got {protocol!r}")
     check_int(max_events, "max_events", 1)
-    device = torch.device(device)
+    device = next(model.parameters()).device if device is None else torch.device(device)
     frame, examples = data.frames[split], data.sets[split]
     labels = examples.labels.astype(np.float64)
     model_probs = predict_proba(model, examples, batch_size, device)
