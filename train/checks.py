@@ -2,6 +2,7 @@
 validating a config never loads Ray)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -11,6 +12,8 @@ from convfm.config import TrainConfig
 from convfm.errors import ConfigError
 from convfm.data.prepare import PreparedData
 
+log = logging.getLogger(__name__)
+
 
 def check_sparse_gradients(sparse: bool, use_gpu: bool, num_workers: int, *, field: str = "sparse_embeddings",
                            workers_field: str = "num_workers") -> None:
@@ -19,6 +22,30 @@ def check_sparse_gradients(sparse: bool, use_gpu: bool, num_workers: int, *, fie
     if sparse and use_gpu and num_workers > 1:
         raise ConfigError(f"{field}: DDP cannot all-reduce sparse gradients over NCCL (GPU workers); set "
                           f"sparse_embeddings: false for use_gpu with {workers_field} > 1, or use CPU workers (gloo)")
+
+
+def check_workers_fit(config: TrainConfig, resources: Mapping[str, float], may_autoscale: bool) -> None:
+    """Refuse a worker group larger than the local Ray's CPUs or GPUs: Ray Train would wait for them forever,
+    silently (``convfm train --gpu`` on a machine without a GPU hung). ``resources``: ``ray.cluster_resources()``.
+    ``may_autoscale`` (a joined cluster): nodes may still come, so there it is a warning."""
+    cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+    need_cpus = config.num_workers * config.cpus_per_worker
+    short = []
+    if need_cpus > cpus + 1e-6:
+        short.append(f"{need_cpus:g} CPU (num_workers {config.num_workers} x cpus_per_worker "
+                     f"{config.cpus_per_worker:g}) but it has {cpus:g}")
+    if config.use_gpu and config.num_workers > gpus + 1e-6:
+        short.append(f"{config.num_workers} GPU(s) (use_gpu: one per worker) but it has {gpus:g}")
+    if not short:
+        return
+    if may_autoscale:
+        log.warning("the cluster cannot place the workers now (they need %s); waiting for the autoscaler to add "
+                    "nodes", "; ".join(short))
+        return
+    fix = ("drop --gpu (train.use_gpu), or join a cluster with GPU nodes (--address)" if config.use_gpu and
+           config.num_workers > gpus + 1e-6 else "lower --workers or --cpus-per-worker")
+    raise ConfigError(f"{'use_gpu' if 'GPU' in short[-1] else 'num_workers'}: the workers need "
+                      f"{'; '.join(short)} on this machine's Ray: {fix}")
 
 
 def check_unchanged(out_dir: str | Path, saved: Mapping[str, Any], current: Mapping[str, Mapping[str, Any]],

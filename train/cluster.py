@@ -55,6 +55,11 @@ def init_ray(address: Optional[str], quiet: bool, packages: Sequence[ModuleType]
              log_to_driver=not quiet)
 
 
+def joined_cluster(address: Optional[str]) -> bool:
+    """Whether ``init_ray(address)`` joins a cluster (which may autoscale) rather than starting a local Ray."""
+    return (address or os.environ.get(ADDRESS_VAR) or "local") != "local"
+
+
 def code_runtime_env(packages: Sequence[ModuleType]) -> dict[str, Any]:
     """The runtime env that ships ``packages`` to the cluster: nothing when the submitted job ships code."""
     job_env = submitted_job_runtime_env()

@@ -33,8 +33,9 @@ from convfm.training.in_process import check_initial_weights, check_resumable_me
 from convfm.training.warm_start import load_warm_start, warm_configs, warm_model
 from convfm.store.storage import StagedDir
 from convfm.data.partitioned import check_schemas, choose_preparation, split_files
-from train.checks import check_sparse_gradients, check_split_sizes, check_training_data, check_unchanged
-from train.cluster import init_ray
+from train.checks import (check_sparse_gradients, check_split_sizes, check_training_data, check_unchanged,
+                          check_workers_fit)
+from train.cluster import init_ray, joined_cluster
 from train.loop import MODEL_DIR, TRAIN_STATE
 from train.prepare_distributed import DistributedData, prepare_distributed
 from train.prepare_market import check_market, prepare_market_distributed
@@ -126,6 +127,7 @@ def run_training(
         base = None if warm is None else warm.loaded.extractor
         if prepare == "distributed":
             init_ray(address, quiet)
+            check_workers_fit(train_config, ray.cluster_resources(), joined_cluster(address))
             _check_room_for_data(train_config)
             prepare_on_cluster = prepare_market_distributed if data_config.kind == "jobs" else prepare_distributed
             data = prepare_on_cluster(data_config, extractor_options, base,
@@ -144,6 +146,8 @@ def run_training(
             data = prepare_data(data_config, extractor_options=dict(extractor_options or {}), base=base)
         if prepare == "memory":
             check_training_data(data, train_config)
+            init_ray(address, quiet)  # the distributed path started Ray and checked the workers before preparing
+            check_workers_fit(train_config, ray.cluster_resources(), joined_cluster(address))
         initial = None if warm is None else warm_model(warm, data.extractor.feature_map, train_config.seed)
         run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
                    prepare={"path": prepare, "why": why})
@@ -151,7 +155,6 @@ def run_training(
             run.setdefault("init_from", {**warm.record(), "replaced": notes})
         write_run(out, run)
 
-        init_ray(address, quiet)
         progress = _progress_queue() if on_epoch is not None else None
         shared = loop_config(data, model_config, train_config, loop_options, initial)
         trainer = build_trainer(shared, train_config,

@@ -2,11 +2,13 @@
 work, naming the field."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from convfm.config import DataConfig, ModelConfig
+from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.errors import ConfigError
-from train.checks import check_sparse_gradients, check_unchanged
+from train.checks import check_sparse_gradients, check_unchanged, check_workers_fit
 
 
 def test_sparse_gradients_are_refused_only_on_several_gpu_workers():
@@ -39,3 +41,20 @@ def test_distributed_preparation_refuses_workers_that_leave_no_cpu_for_ray_data(
     with pytest.raises(ConfigError, match=r"cpus_per_worker: 2 worker\(s\) x 1(\.0)? CPU take 2 of the cluster's 2 CPUs"):
         driver._check_room_for_data(TrainConfig(num_workers=2, cpus_per_worker=1.0))
     driver._check_room_for_data(TrainConfig(num_workers=2, cpus_per_worker=0.5))  # one CPU left: fine
+
+
+def test_workers_beyond_a_local_rays_cpus_or_gpus_are_refused_and_only_warned_of_on_a_cluster(caplog):
+    two_cpus = {"CPU": 2.0}
+    check_workers_fit(TrainConfig(num_workers=2), two_cpus, may_autoscale=False)
+    check_workers_fit(TrainConfig(num_workers=2, use_gpu=True), {"CPU": 4.0, "GPU": 2.0}, may_autoscale=False)
+    with pytest.raises(ConfigError, match=r"^num_workers: the workers need 3 CPU \(num_workers 3 x cpus_per_worker "
+                                          r"1\) but it has 2 on this machine's Ray: lower --workers"):
+        check_workers_fit(TrainConfig(num_workers=3), two_cpus, may_autoscale=False)
+    with pytest.raises(ConfigError, match=r"^use_gpu: the workers need 2 GPU\(s\) \(use_gpu: one per worker\) but it "
+                                          r"has 1 on this machine's Ray: drop --gpu"):
+        check_workers_fit(TrainConfig(num_workers=2, use_gpu=True), {"CPU": 8.0, "GPU": 1.0}, may_autoscale=False)
+    with pytest.raises(ConfigError, match=r"need 4 CPU .*; 2 GPU\(s\) .* has 0 .*: drop --gpu"):
+        check_workers_fit(TrainConfig(num_workers=2, cpus_per_worker=2, use_gpu=True), two_cpus, may_autoscale=False)
+    with caplog.at_level(logging.WARNING, logger="train.checks"):
+        check_workers_fit(TrainConfig(num_workers=2, use_gpu=True), two_cpus, may_autoscale=True)
+    assert "waiting for the autoscaler" in caplog.text and "2 GPU(s)" in caplog.text

@@ -142,3 +142,18 @@ def test_the_trainer_starts_no_dataset_manager_without_datasets(make_configs, tm
     streamed = build_trainer({}, config, name="streamed", storage_path=str(tmp_path),
                              datasets={"train": lambda: None})
     assert kinds(streamed) == kinds(super(type(streamed), streamed)) == ray_default
+
+
+def test_workers_the_local_ray_cannot_place_fail_before_the_run_starts(ray_local, make_configs, tmp_path):
+    """`convfm train --gpu` on a machine without a GPU waited forever for it; now it names what is missing."""
+    from convfm.errors import ConfigError
+    from train.driver import run_training
+
+    if ray.cluster_resources().get("GPU", 0):
+        pytest.skip("this machine's Ray has a GPU")
+    with pytest.raises(ConfigError, match=r"^use_gpu: the workers need 1 GPU\(s\) \(use_gpu: one per worker\) but "
+                                          r"it has 0 on this machine's Ray: drop --gpu"):
+        run_training(*make_configs(num_workers=1, use_gpu=True), str(tmp_path / "gpu"))
+    with pytest.raises(ConfigError, match=r"^num_workers: the workers need 3 CPU \(num_workers 3 x cpus_per_worker "
+                                          r"1\) but it has 2 on this machine's Ray: lower --workers"):
+        run_training(*make_configs(num_workers=3), str(tmp_path / "cpu"))
