@@ -75,13 +75,14 @@ MARKET_USERS, MARKET_JOBS, MARKET_PARTS = 50_000, 20_000, 8
 
 
 def write_market_parts(root: Path, interactions: int) -> Path:
-    """A synthetic market whose interactions are Parquet part files (the parent writes it, once)."""
+    """A synthetic market whose interactions are Parquet part files, written once by `convfm data synth` in its
+    own process (generating 20M interactions takes ~10 GB, which a parent holding it would keep from the
+    measured children)."""
     if (root / "interactions").is_dir():
         return root
-    from convfm.data.synth import generate_market, write_market
-
-    market = generate_market(users=MARKET_USERS, jobs=MARKET_JOBS, interactions=interactions, seed=0)
-    write_market(market, root, fmt="parquet", parts=MARKET_PARTS)
+    subprocess.run([sys.executable, "-m", "convfm.cli.main", "data", "synth", "--out", str(root), "--users",
+                    str(MARKET_USERS), "--jobs", str(MARKET_JOBS), "--interactions", str(interactions), "--seed", "0",
+                    "--format", "parquet", "--parts", str(MARKET_PARTS)], check=True, stdout=subprocess.DEVNULL)
     return root
 
 

@@ -55,6 +55,14 @@ def ablation_table(reports: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def overrides(options: list[str], flag: str) -> dict[str, object]:
+    """KEY=VALUE options -> {key: YAML value}; a malformed one is a ConfigError naming the flag."""
+    malformed = [o for o in options if "=" not in o]
+    if malformed:
+        raise ConfigError(f"{flag} takes KEY=VALUE, got {malformed}")
+    return {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in options)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=10_000)
@@ -76,16 +84,16 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                         help="override a ModelConfig field for every variant, a YAML value (repeatable; e.g. "
                         "history_match=false)")
+    parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a TrainConfig field, a YAML value (repeatable; e.g. lr_schedule=cosine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if any("=" not in o for o in args.model):
-        parser.error(f"--model takes KEY=VALUE, got {[o for o in args.model if '=' not in o]}")
     try:
-        model_config = ModelConfig.from_dict({k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.model)},
-                                             source="--model")
+        model_config = ModelConfig.from_dict(overrides(args.model, "--model"), source="--model")
+        train = TrainConfig.from_dict({"num_epochs": args.epochs, "seed": args.seed,
+                                       **overrides(args.train, "--train")}, source="--train")
     except ConfigError as exc:
         parser.error(str(exc))
-    train = TrainConfig(num_epochs=args.epochs, seed=args.seed)
     variants = dict(VARIANTS) if args.ablation else {"all three": VARIANTS["all three"]}
     if args.popularity_days:
         variants = {**(variants if args.ablation else {}), POPULAR: (None, True, True)}
@@ -108,6 +116,7 @@ def main() -> None:
             best = history_log[int(history_log[-1]["best_epoch"])]  # the epoch fit_in_process kept
             print(f"\n{name}: {args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed "
                   f"{args.seed}; {'model ' + ', '.join(args.model) if args.model else 'default model'}; "
+                  f"{'train ' + ', '.join(args.train) + '; ' if args.train else ''}"
                   f"history_length {config.history_length}, recency {config.recency}, "
                   f"popularity_days {config.popularity_days}, "
                   f"negative_ratio {config.negative_ratio}; batch {train.batch_size}, learning rate "
