@@ -30,22 +30,19 @@ def check_workers_fit(config: TrainConfig, resources: Mapping[str, float], may_a
     ``may_autoscale`` (a joined cluster): nodes may still come, so there it is a warning."""
     cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
     need_cpus = config.num_workers * config.cpus_per_worker
-    short = []
-    if need_cpus > cpus + 1e-6:
-        short.append(f"{need_cpus:g} CPU (num_workers {config.num_workers} x cpus_per_worker "
-                     f"{config.cpus_per_worker:g}) but it has {cpus:g}")
-    if config.use_gpu and config.num_workers > gpus + 1e-6:
-        short.append(f"{config.num_workers} GPU(s) (use_gpu: one per worker) but it has {gpus:g}")
+    few_cpus, few_gpus = need_cpus > cpus + 1e-6, config.use_gpu and config.num_workers > gpus + 1e-6
+    short = [f"{need_cpus:g} CPU (num_workers {config.num_workers} x cpus_per_worker {config.cpus_per_worker:g}) "
+             f"but it has {cpus:g}"] if few_cpus else []
+    short += [f"{config.num_workers} GPU(s) (use_gpu: one per worker) but it has {gpus:g}"] if few_gpus else []
     if not short:
         return
     if may_autoscale:
         log.warning("the cluster cannot place the workers now (they need %s); waiting for the autoscaler to add "
                     "nodes", "; ".join(short))
         return
-    fix = ("drop --gpu (train.use_gpu), or join a cluster with GPU nodes (--address)" if config.use_gpu and
-           config.num_workers > gpus + 1e-6 else "lower --workers or --cpus-per-worker")
-    raise ConfigError(f"{'use_gpu' if 'GPU' in short[-1] else 'num_workers'}: the workers need "
-                      f"{'; '.join(short)} on this machine's Ray: {fix}")
+    field, fix = (("use_gpu", "drop --gpu (train.use_gpu), or join a cluster with GPU nodes (--address)") if few_gpus
+                  else ("num_workers", "lower --workers or --cpus-per-worker"))
+    raise ConfigError(f"{field}: the workers need {'; '.join(short)} on this machine's Ray: {fix}")
 
 
 def check_unchanged(out_dir: str | Path, saved: Mapping[str, Any], current: Mapping[str, Mapping[str, Any]],
