@@ -284,9 +284,10 @@ class JobFeatureExtractor(JobArtifact):
         times = _times(df, what)
         tables, rows = [self.user_catalog], [users]
         if self._history is not None and recent is not None:
-            tables.append(self.encode_history(np.asarray(recent, dtype=object).reshape(len(df), -1),
-                                              np.asarray(counts, dtype=np.int64)))
-            rows.append(np.arange(len(df), dtype=np.int64))
+            state, table = self.given_history_table(np.asarray(recent, dtype=object).reshape(len(df), -1),
+                                                    np.asarray(counts, dtype=np.int64))
+            tables.append(table)
+            rows.append(state)
         elif self._history is not None:
             state, table = self.history_table(column_strings(df, "user_id"), times, history)
             tables.append(table)
@@ -305,11 +306,24 @@ class JobFeatureExtractor(JobArtifact):
         state, start, count, total = history_states(history, user_ids, times)
         return state, self.encode_history(history.recent(start, count, self.history_length), total)
 
+    def given_history_table(self, recent: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, EncodedTable]:
+        """``history_table`` for given histories: (state row of each row (n,), the distinct states encoded once)
+        of job-id lists ``recent`` (n, history_length) and positives before t ``counts`` (n,). A user's examples
+        between two of their positives share one state (a positive and its sampled negatives, at least)."""
+        key = np.concatenate([self._history_rows(recent), counts.astype(np.int64)[:, None]], axis=1)
+        distinct, state = np.unique(key, axis=0, return_inverse=True)
+        return state.reshape(-1).astype(np.int64), self._history.encode(self.job_catalog, distinct[:, :-1],
+                                                                        distinct[:, -1])
+
     def encode_history(self, recent: np.ndarray, counts: np.ndarray) -> EncodedTable:
         """History fields of job-id lists ``recent`` (R, history_length), most recent first ("" padding), and
         each row's positives before t ``counts`` (R,)."""
+        return self._history.encode(self.job_catalog, self._history_rows(recent), np.asarray(counts))
+
+    def _history_rows(self, recent: np.ndarray) -> np.ndarray:
+        """Job-id lists (R, history_length) -> their job-catalog rows, -1 for padding ("")."""
         rows = self._job_index.rows(recent.ravel()).reshape(recent.shape)
-        return self._history.encode(self.job_catalog, np.where(recent == "", -1, rows), np.asarray(counts))
+        return np.where(recent == "", -1, rows)
 
     def user_side(self, static: EncodedTable, user_ids: np.ndarray, times: Optional[np.ndarray] = None,
                   recent: Optional[np.ndarray] = None) -> EncodedTable:
