@@ -34,7 +34,6 @@ from convfm.data.market_parts import (
 from convfm.data.splitting import SortedTimes, global_starts, iso_micros
 from convfm.errors import ConfigError, DataValidationError
 from convfm.evaluation.metrics import PopularityBaseline
-from convfm.features.base import empty_table
 from convfm.features.context import UserHistory
 from convfm.features.jobs import JobFeatureExtractor
 from convfm.store.serving_data import SERVING_NAME, display_jobs, payload_of
@@ -85,12 +84,10 @@ def _summaries(batch: pd.DataFrame, history_length: int) -> pd.DataFrame:
 
 def _encode(batch: pd.DataFrame, extractor: JobFeatureExtractor, part: int, with_frame: bool) -> dict[str, Any]:
     rows = batch[batch[PART] == part].reset_index(drop=True)
-    if len(rows):
-        recent = np.stack(rows[HISTORY].to_numpy()) if extractor.history_length else None
-        table = extractor.transform_interactions(rows[list(EXAMPLE_COLUMNS)], recent, rows[HISTORY_COUNT].to_numpy())
-    else:  # none of this split in the batch: empty columns of the shapes the other batches have
-        table = empty_table(extractor.feature_map.fields)
-    out: dict[str, Any] = {name: array for name, array in table.arrays().items() if np.prod(array.shape[1:])}
+    length = extractor.history_length
+    recent = (np.stack(rows[HISTORY].to_numpy()) if length and len(rows) else  # none of this split: no lists
+              np.full((len(rows), length), "", dtype=object))
+    out = extractor.streamed_columns(rows[list(EXAMPLE_COLUMNS)], recent, rows[HISTORY_COUNT].to_numpy())
     out["label"] = rows["label"].to_numpy(np.float32)
     if with_frame:
         out.update(user_id=rows["user_id"].to_numpy(object), job_id=rows["job_id"].to_numpy(object),

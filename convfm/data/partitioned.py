@@ -146,10 +146,13 @@ def encode_batch(extractor: TableFeatureExtractor, frame: pd.DataFrame) -> dict[
 
 
 def example_set_of(batches: Iterable[Mapping[str, np.ndarray]], extractor: Any) -> ExampleSet:
-    """Encoded batches (``encode_batch``'s columns, or whole job-market rows) joined into one ExampleSet of one
-    table, as ``extractor.example_set`` of the same rows would give (its sides joined)."""
+    """Encoded batches joined into one ExampleSet, as ``extractor.example_set`` of the same rows would give:
+    ``encode_batch``'s columns (a table) as one table of rows; job-market examples' compact columns
+    (``JobFeatureExtractor.streamed_columns``) as rows of the extractor's catalogs and context tables."""
     parts = list(batches)
     labels = np.concatenate([p["label"] for p in parts]).astype(np.float32) if parts else np.zeros(0, np.float32)
+    if parts and "user_row" in parts[0]:
+        return extractor.streamed_set(parts, labels)
     empty = empty_table(extractor.feature_map.fields)
     groups = [np.concatenate([p[name] for p in parts]) if parts and name in parts[0] else
               np.zeros((len(labels), *getattr(empty, name).shape[1:]), getattr(empty, name).dtype)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,9 @@ from convfm.features.text import (
 from convfm.validate import check_bool, check_int, check_number
 
 __all__ = ["JobFeatureExtractor", "TableFeatureExtractor", "RowIndex", "load_extractor", "UNKNOWN_ROW"]
+
+STREAMED_COLUMNS = ("user_row", "job_row", "recency_row", "history_rows", "history_count")  # streamed_columns' keys
+
 
 def _times(df: pd.DataFrame, what: str) -> Optional[np.ndarray]:
     """The ``timestamp`` column as int64 order keys (dates: microseconds since the epoch); None without it."""
@@ -258,13 +261,10 @@ class JobFeatureExtractor(JobArtifact):
         """User-side fields of each row, from the row itself (the cold-start path: profile, unknown id ok)."""
         return self._encode_side("user", users_df)
 
-    def transform_interactions(self, interactions_df: pd.DataFrame, recent: Optional[np.ndarray] = None,
-                               counts: Optional[np.ndarray] = None) -> EncodedTable:
+    def transform_interactions(self, interactions_df: pd.DataFrame) -> EncodedTable:
         """Full rows (user fields, then job fields) looked up from the catalogs by ``user_id``/``job_id``, with
-        history and recency at each row's ``timestamp`` (see ``example_set``). ``recent`` (n, history_length) job
-        ids, most recent first ("" padding), and ``counts`` (n,) give each row's history instead of
-        ``self.history`` (distributed preparation computes them beside each user's rows)."""
-        tables, rows = self._example_tables(interactions_df, "interactions", None, recent, counts)
+        history and recency at each row's ``timestamp`` (see ``example_set``)."""
+        tables, rows = self._example_tables(interactions_df, "interactions", None)
         parts = [table.take(rows[:, s]) for s, table in enumerate(tables)]
         return functools.reduce(EncodedTable.join, parts)
 
@@ -277,18 +277,47 @@ class JobFeatureExtractor(JobArtifact):
         tables, rows = self._example_tables(examples_df, "examples", history)
         return ExampleSet(tables, rows, labels_of(examples_df, label, "examples"))
 
-    def _example_tables(self, df: pd.DataFrame, what: str, history: Optional[UserHistory],
-                        recent: Optional[np.ndarray] = None, counts: Optional[np.ndarray] = None
+    def streamed_columns(self, examples_df: pd.DataFrame, recent: np.ndarray, counts: np.ndarray
+                         ) -> dict[str, np.ndarray]:
+        """Examples as the compact columns distributed preparation streams to the workers (``streamed_set``
+        rebuilds their ExampleSet): the user's and the job's catalog rows, the recency row, and the history given
+        as job ids ``recent`` (n, history_length), most recent first ("" padding), kept as job-catalog rows (-1:
+        none), with its positives before t ``counts`` (n,). ~100 bytes an example, where encoded rows repeat
+        each history's lists (~2.6 KB)."""
+        users, jobs = self._catalog_rows(examples_df, "examples")
+        columns = {"user_row": users, "job_row": jobs}
+        if self._recency is not None:
+            times = _times(examples_df, "examples")
+            columns["recency_row"] = self._recency.rows(jobs, now_micros() if times is None else times)
+        if self._history is not None:
+            recent = np.asarray(recent, dtype=object).reshape(len(examples_df), self.history_length)
+            columns.update(history_rows=self._history_rows(recent).astype(np.int32),
+                           history_count=np.asarray(counts, dtype=np.int64))
+        return columns
+
+    def streamed_set(self, batches: Sequence[Mapping[str, np.ndarray]], labels: np.ndarray) -> ExampleSet:
+        """The ExampleSet of ``streamed_columns`` batches: the tables ``example_set`` builds, each distinct
+        history state (recent jobs, positives before t) encoded once."""
+        column = {name: np.concatenate([b[name] for b in batches]) for name in STREAMED_COLUMNS if name in batches[0]}
+        tables, rows = [self.user_catalog], [column["user_row"]]
+        if self._history is not None:
+            key = np.concatenate([column["history_rows"].astype(np.int64), column["history_count"][:, None]], axis=1)
+            distinct, state = np.unique(key, axis=0, return_inverse=True)
+            tables.append(self._history.encode(self.job_catalog, distinct[:, :-1], distinct[:, -1]))
+            rows.append(state.reshape(-1))
+        tables.append(self.job_catalog)
+        rows.append(column["job_row"])
+        if self._recency is not None:
+            tables.append(self._recency.table)
+            rows.append(column["recency_row"])
+        return ExampleSet(tables, np.stack(rows, axis=1).astype(np.int64), labels)
+
+    def _example_tables(self, df: pd.DataFrame, what: str, history: Optional[UserHistory]
                         ) -> tuple[list[EncodedTable], np.ndarray]:
         users, jobs = self._catalog_rows(df, what)
         times = _times(df, what)
         tables, rows = [self.user_catalog], [users]
-        if self._history is not None and recent is not None:
-            state, table = self.given_history_table(np.asarray(recent, dtype=object).reshape(len(df), -1),
-                                                    np.asarray(counts, dtype=np.int64))
-            tables.append(table)
-            rows.append(state)
-        elif self._history is not None:
+        if self._history is not None:
             state, table = self.history_table(column_strings(df, "user_id"), times, history)
             tables.append(table)
             rows.append(state)
@@ -305,15 +334,6 @@ class JobFeatureExtractor(JobArtifact):
         history = self.history if history is None else history
         state, start, count, total = history_states(history, user_ids, times)
         return state, self.encode_history(history.recent(start, count, self.history_length), total)
-
-    def given_history_table(self, recent: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, EncodedTable]:
-        """``history_table`` for given histories: (state row of each row (n,), the distinct states encoded once)
-        of job-id lists ``recent`` (n, history_length) and positives before t ``counts`` (n,). A user's examples
-        between two of their positives share one state (a positive and its sampled negatives, at least)."""
-        key = np.concatenate([self._history_rows(recent), counts.astype(np.int64)[:, None]], axis=1)
-        distinct, state = np.unique(key, axis=0, return_inverse=True)
-        return state.reshape(-1).astype(np.int64), self._history.encode(self.job_catalog, distinct[:, :-1],
-                                                                        distinct[:, -1])
 
     def encode_history(self, recent: np.ndarray, counts: np.ndarray) -> EncodedTable:
         """History fields of job-id lists ``recent`` (R, history_length), most recent first ("" padding), and

@@ -130,5 +130,6 @@ def test_a_batch_without_rows_of_a_split_encodes_to_empty_columns_of_the_same_sh
     full = _encode(examples, extractor, 0, True)
     empty = _encode(examples.assign(**{PART: 2}), extractor, 0, True)  # no training rows in this batch
     assert set(full) == set(empty) and len(full["label"]) > 0 and len(empty["label"]) == 0
-    for name in ("cat", "multi", "dense"):
-        assert empty[name].shape[1:] == full[name].shape[1:], name
+    assert {"user_row", "job_row", "recency_row", "history_rows", "history_count"} <= set(full)
+    for name, array in full.items():
+        assert empty[name].shape[1:] == array.shape[1:] and empty[name].dtype == array.dtype, name
