@@ -42,9 +42,6 @@ from convfm.validate import check_bool, check_int, check_number
 
 __all__ = ["JobFeatureExtractor", "TableFeatureExtractor", "RowIndex", "load_extractor", "UNKNOWN_ROW"]
 
-STREAMED_COLUMNS = ("user_row", "job_row", "recency_row", "history_rows", "history_count")  # streamed_columns' keys
-
-
 def _times(df: pd.DataFrame, what: str) -> Optional[np.ndarray]:
     """The ``timestamp`` column as int64 order keys (dates: microseconds since the epoch); None without it."""
     if "timestamp" not in df.columns:
@@ -296,15 +293,22 @@ class JobFeatureExtractor(JobArtifact):
         return columns
 
     def streamed_set(self, batches: Sequence[Mapping[str, np.ndarray]], labels: np.ndarray) -> ExampleSet:
-        """The ExampleSet of ``streamed_columns`` batches: the tables ``example_set`` builds, each distinct
-        history state (recent jobs, positives before t) encoded once."""
-        column = {name: np.concatenate([b[name] for b in batches]) for name in STREAMED_COLUMNS if name in batches[0]}
+        """The ExampleSet of ``streamed_columns`` batches: the tables ``example_set`` builds, each batch's distinct
+        history states (recent jobs, positives before t) encoded once (per batch, so the keys stay small; a
+        user's examples sit together in their bucket's batches)."""
+        column = {name: np.concatenate([b[name] for b in batches]) for name in ("user_row", "job_row", "recency_row")
+                  if name in batches[0]}
         tables, rows = [self.user_catalog], [column["user_row"]]
         if self._history is not None:
-            key = np.concatenate([column["history_rows"].astype(np.int64), column["history_count"][:, None]], axis=1)
-            distinct, state = np.unique(key, axis=0, return_inverse=True)
-            tables.append(self._history.encode(self.job_catalog, distinct[:, :-1], distinct[:, -1]))
-            rows.append(state.reshape(-1))
+            states, encoded, offset = [], [], 0
+            for batch in batches:
+                key = np.concatenate([batch["history_rows"].astype(np.int64), batch["history_count"][:, None]], axis=1)
+                distinct, state = np.unique(key, axis=0, return_inverse=True)
+                encoded.append(self._history.encode(self.job_catalog, distinct[:, :-1], distinct[:, -1]))
+                states.append(state.reshape(-1) + offset)
+                offset += len(distinct)
+            tables.append(concat_rows(encoded))
+            rows.append(np.concatenate(states))
         tables.append(self.job_catalog)
         rows.append(column["job_row"])
         if self._recency is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -116,9 +117,10 @@ def test_a_log_missing_a_column_fails_before_ray_reads_anything(market_dir, tmp_
         prepare_market_distributed(DataConfig(path=str(tmp_path)))  # checked before any Ray Data call
 
 
-def test_a_batch_without_rows_of_a_split_encodes_to_empty_columns_of_the_same_shapes(market_dir):
-    from convfm.data.market_parts import PART, bucket_examples, typed_interactions
-    from train.prepare_market import _encode
+@pytest.fixture(scope="module")
+def one_bucket(market_dir: Path) -> tuple[Any, pd.DataFrame]:
+    """The in-memory path's extractor (its history holds every positive) and bucket 1's examples."""
+    from convfm.data.market_parts import bucket_examples, typed_interactions
 
     config = DataConfig(path=str(market_dir))
     extractor = prepare_data(config).extractor
@@ -126,7 +128,29 @@ def test_a_batch_without_rows_of_a_split_encodes_to_empty_columns_of_the_same_sh
     typed = typed_interactions(log, market_dir / "interactions.csv", config)
     jobs = pd.read_csv(market_dir / "jobs.csv", dtype=str)[["job_id", "posted_at"]]
     jobs["posted_at"] = pd.to_datetime(jobs["posted_at"])
-    examples = bucket_examples(typed[typed["bucket"] == 1], jobs, config)
+    return extractor, bucket_examples(typed[typed["bucket"] == 1], jobs, config)
+
+
+def test_streamed_batches_rebuild_the_in_memory_examples(one_bucket):
+    """Compact columns encoded in three batches, joined on a worker, hold the examples the in-memory path
+    encodes from its own history (each batch's distinct histories encoded once, offsets across batches)."""
+    from convfm.data.market_parts import PART
+    from train.prepare_market import _encode
+
+    extractor, examples = one_bucket
+    rows = examples[examples[PART] == 0].reset_index(drop=True)
+    cuts = [0, len(rows) // 3, 2 * len(rows) // 3, len(rows)]
+    batches = [_encode(rows.iloc[a:b], extractor, 0, False) for a, b in zip(cuts[:-1], cuts[1:])]
+    streamed = example_set_of(batches, extractor)
+    assert len(streamed.tables[1]) < len(rows)  # history states shared by examples, encoded once
+    np.testing.assert_array_equal(sorted_rows(streamed), sorted_rows(extractor.example_set(rows)))
+
+
+def test_a_batch_without_rows_of_a_split_encodes_to_empty_columns_of_the_same_shapes(one_bucket):
+    from convfm.data.market_parts import PART
+    from train.prepare_market import _encode
+
+    extractor, examples = one_bucket
     full = _encode(examples, extractor, 0, True)
     empty = _encode(examples.assign(**{PART: 2}), extractor, 0, True)  # no training rows in this batch
     assert set(full) == set(empty) and len(full["label"]) > 0 and len(empty["label"]) == 0
