@@ -279,7 +279,7 @@ class JobFeatureExtractor(JobArtifact):
         """Examples as the compact columns distributed preparation streams to the workers (``streamed_set``
         rebuilds their ExampleSet): the user's and the job's catalog rows, the recency row, and the history given
         as job ids ``recent`` (n, history_length), most recent first ("" padding), kept as job-catalog rows (-1:
-        none), with its positives before t ``counts`` (n,). ~100 bytes an example, where encoded rows repeat
+        none), with its positives before t ``counts`` (n,). ~116 bytes an example, where encoded rows repeat
         each history's lists (~2.6 KB)."""
         users, jobs = self._catalog_rows(examples_df, "examples")
         columns = {"user_row": users, "job_row": jobs}
