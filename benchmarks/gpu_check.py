@@ -80,6 +80,12 @@ def metrics_of(run: Path) -> str:
     return ", ".join(f"{k} {float(v):.4g}" for k, v in keep.items())
 
 
+def hit_rates(report: dict[str, Any]) -> str:
+    """A test report's (``evaluate_split``, ``convfm evaluate``) model and popularity figures, one line."""
+    return (f"test HR@10 {report['model']['hr@10']:.4f}, AUC {report['model']['roc_auc']:.4f}; popularity HR@10 "
+            f"{report['popularity']['hr@10']:.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny market and one epoch")
@@ -108,25 +114,28 @@ def main() -> None:
     step("in-process CPU", fitted("cpu", False, False))
     step("in-process GPU, bf16 autocast", fitted("gpu", gpu, True))
     step("in-process GPU, fp32", fitted("gpu32", gpu, False))
-    step("GPU model ranks the live catalog",
-         lambda: (lambda r: f"test HR@10 {r['model']['hr@10']:.4f} vs popularity {r['popularity']['hr@10']:.4f}")(
-             evaluate_split(models["gpu"], data, "test", max_events=1000)))
+    step("GPU model ranks the live catalog", lambda: hit_rates(evaluate_split(models["gpu"], data, "test",
+                                                                             max_events=1000)))
     flag = ["--gpu"] if gpu else []
     base = ["train", "--config", "configs/train.yaml", "--data", str(market), "--workers", "1", *flag,
             "--epochs", str(epochs)]
     run_memory, run_streamed = workdir / "run-gpu", workdir / "run-gpu-distributed"
-    step("convfm train --gpu (memory)", lambda: command([*base, "--prepare", "memory", "--out", str(run_memory)],
-                                                         600) and metrics_of(run_memory))
-    step("convfm train --gpu --prepare distributed",
-         lambda: command([*base, "--prepare", "distributed", "--out", str(run_streamed)], 600)
-         and metrics_of(run_streamed))
+
+    def trained(prepare: str, run: Path) -> Callable[[], str]:
+        return lambda: (command([*base, "--prepare", prepare, "--out", str(run)], 600), metrics_of(run))[1]
+
+    def evaluated() -> str:
+        command(["evaluate", "--model", str(run_memory / "best"), "--data", str(market), "--max-events", "1000"],
+                600, env={"CUDA_VISIBLE_DEVICES": ""})
+        return hit_rates(json.loads((run_memory / "best.eval_test.json").read_text()))
+
+    step("convfm train --gpu (memory)", trained("memory", run_memory))
+    step("convfm train --gpu --prepare distributed", trained("distributed", run_streamed))
     step("convfm tune --gpu, 2 trials",
          lambda: command(["tune", "--config", "configs/tune.yaml", "--data", str(market), "--samples", "2",
                           "--max-concurrent", "1", "--epochs", str(epochs), *flag, "--out", str(workdir / "tune"),
                           "--registry", str(workdir / "models")], 600))
-    step("convfm evaluate, GPU-trained model, no GPU visible",
-         lambda: command(["evaluate", "--model", str(run_memory / "best"), "--data", str(market),
-                          "--max-events", "1000"], 600, env={"CUDA_VISIBLE_DEVICES": ""}))
+    step("convfm evaluate, GPU-trained model, no GPU visible", evaluated)
     width = max(len(r[0]) for r in RESULTS)
     print(f"\n{'step':<{width}}  status   seconds  detail")
     for name, status, seconds, detail in RESULTS:

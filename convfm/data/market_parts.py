@@ -10,9 +10,10 @@ Per bucket (``bucket_examples``): the interactions become examples as ``build_ex
 drawn from a generator seeded by (seed, bucket) (the bucket count follows the log's size alone,
 ``bucket_count``, so a run on any cluster draws the same ones); each example gets its history (the user's last
 ``history_length`` positives strictly before its time, as job ids, and how many there were) and, where it can be
-known from the bucket, its split. Encoding is
-then row by row into compact columns (``JobFeatureExtractor.streamed_columns``: catalog rows and the history's job
-rows, which each worker turns back into the in-memory path's tables), and fitting needs only per-batch summaries (``fit_summary``) and each user's latest positives (``latest_positives``), merged on the driver.
+known from the bucket, its split. Encoding is then row by row into compact columns
+(``JobFeatureExtractor.streamed_columns``: catalog rows and the history's job rows, which each worker turns back
+into the in-memory path's tables), and fitting needs only per-batch summaries (``fit_summary``) and each user's
+latest positives (``latest_positives``), merged on the driver.
 """
 from __future__ import annotations
 

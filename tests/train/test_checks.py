@@ -34,11 +34,11 @@ def test_a_resume_with_changed_fields_names_them_and_lets_the_data_move():
 
 def test_distributed_preparation_refuses_workers_that_leave_no_cpu_for_ray_data(monkeypatch):
     """Streaming workers that hold every CPU would wait forever for Ray Data tasks that cannot be scheduled."""
-    from convfm.config import TrainConfig
     from train import driver
 
     monkeypatch.setattr(driver.ray, "cluster_resources", lambda: {"CPU": 2.0})
-    with pytest.raises(ConfigError, match=r"cpus_per_worker: 2 worker\(s\) x 1(\.0)? CPU take 2 of the cluster's 2 CPUs"):
+    with pytest.raises(ConfigError,
+                       match=r"cpus_per_worker: 2 worker\(s\) x 1(\.0)? CPU take 2 of the cluster's 2 CPUs"):
         driver._check_room_for_data(TrainConfig(num_workers=2, cpus_per_worker=1.0))
     driver._check_room_for_data(TrainConfig(num_workers=2, cpus_per_worker=0.5))  # one CPU left: fine
 
