@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -99,10 +100,11 @@ async def load(url: str, bodies: list[dict], requests: int, concurrency: int,
 
 
 def batching(url: str) -> dict[str, float]:
-    """The app's batching counters (``GET /model``): with one replica, every request's."""
+    """The app's batching counters (``GET /model``: with one replica, every request's) and its torch threads."""
     import httpx
 
-    return httpx.get(f"{url}/model", timeout=30).json()["batching"]
+    info = httpx.get(f"{url}/model", timeout=30).json()
+    return {**info["batching"], "torch_threads": info["torch_threads"]}
 
 
 def wait_healthy(url: str, timeout_s: float = 180.0) -> None:
@@ -134,8 +136,9 @@ def plain_server(model: str, port: int) -> None:
                 access_log=False)
 
 
-def serve_targets(model: str, port: int, cpus: int):
-    """Start Ray Serve with (a) a no-op app under /noop, (c) the convfm app under / and (d) under /two."""
+def serve_targets(model: str, port: int, cpus: int, threads: Optional[int]):
+    """Start Ray Serve with (a) a no-op app under /noop, (c) the convfm app under / and (d) under /two; each
+    ranking replica with ``threads`` torch threads (None: the service's default)."""
     import ray
     from fastapi import FastAPI
     from ray import serve
@@ -158,12 +161,14 @@ def serve_targets(model: str, port: int, cpus: int):
     noop_app = serve.deployment(serve.ingress(noop)(), name="NoOp", ray_actor_options={"num_cpus": 0.1},
                                 logging_config={"enable_access_log": False})
     serve.run(noop_app.bind(), name="noop", route_prefix="/noop")
-    # Both apps fit the CPUs beside the no-op (a replica that does not fit never starts); Ray gives each replica
-    # one torch thread for any fraction under 2 CPUs.
+    # Both apps fit the CPUs beside the no-op (a replica that does not fit never starts); each replica's torch
+    # threads are the service's default (ServeConfig.replica_threads: 2 for one replica on 2 cores, 1 each for
+    # two) unless --torch-threads sets them.
     share = (cpus - 0.1) / 2
-    config = ServeConfig(model=model, port=port, num_cpus=share, max_batch_size=16)
+    config = ServeConfig(model=model, port=port, num_cpus=share, max_batch_size=16, torch_threads=threads)
     serve.run(build_app(config), name="convfm", route_prefix="/")
-    two = ServeConfig(model=model, port=port, replicas=2, num_cpus=(share - 0.1) / 2, max_batch_size=16)
+    two = ServeConfig(model=model, port=port, replicas=2, num_cpus=(share - 0.1) / 2, max_batch_size=16,
+                      torch_threads=threads)
     serve.run(build_app(two), name="convfm-two", route_prefix="/two")
     return serve, ray
 
@@ -250,6 +255,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--catalog-jobs", type=int, default=100_000, help="catalog size to rank (default 100000)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs for the local Ray")
+    parser.add_argument("--torch-threads", type=int, help="torch threads per convfm replica (default: the "
+                        "service's, ServeConfig.replica_threads)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks that everything runs")
     parser.add_argument("--explain", action="store_true", help="only the in-process cost of explanations: "
                         "recommend_many with and without them (no Ray)")
@@ -292,7 +299,7 @@ def main() -> int:
     finally:
         plain.terminate()
         plain.wait(30)
-    serve, ray = serve_targets(model, serve_port, args.cpus)
+    serve, ray = serve_targets(model, serve_port, args.cpus, args.torch_threads)
     batches: dict[int, dict[str, float]] = {}  # the one-replica app's batching counters, per load
     try:
         base = f"http://127.0.0.1:{serve_port}"
@@ -302,7 +309,7 @@ def main() -> int:
             results[NOOP, concurrency] = asyncio.run(load(f"{base}/noop", bodies, requests, concurrency))
             before = batching(base)
             results[CONVFM, concurrency] = asyncio.run(load(base, bodies, requests, concurrency))
-            batches[concurrency] = {key: value - before[key] if key != "largest_batch" else value
+            batches[concurrency] = {key: value - before[key] if key not in ("largest_batch", "torch_threads") else value
                                     for key, value in batching(base).items()}
             results[CONVFM_TWO, concurrency] = asyncio.run(load(f"{base}/two", bodies, requests, concurrency))
     finally:
@@ -318,7 +325,8 @@ def main() -> int:
     for concurrency, b in batches.items():
         print(f"\nconvfm, 1 replica, concurrency {concurrency}: {b['requests']:.0f} requests (warm-up included) in "
               f"{b['batches']:.0f} batches, {b['requests'] / max(1, b['batches']):.1f} per batch (largest so far "
-              f"{b['largest_batch']:.0f}); scoring {1000 * b['compute_s'] / max(1, b['requests']):.1f} ms per request")
+              f"{b['largest_batch']:.0f}); scoring {1000 * b['compute_s'] / max(1, b['requests']):.1f} ms per request "
+              f"with {b['torch_threads']:.0f} torch thread(s)")
     c = catalog
     print(f"\n### Top-10 over a {c['jobs']:,}-job catalog for one user (torch threads: {c['threads']})\n")
     print("| path | time | speedup |")

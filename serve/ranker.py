@@ -14,6 +14,7 @@ import time
 from itertools import groupby
 from typing import Any, Optional, Sequence
 
+import torch
 from ray import serve
 
 from convfm.errors import ConvFMError
@@ -37,7 +38,9 @@ class Ranker:
 
     def __init__(self, model: str, version: Optional[str], max_batch_size: int, batch_wait_timeout_s: float,
                  device: str = "cpu", live_store: Optional[str] = None, variants: Sequence[str] = (),
-                 retrieval_candidates: int = 0) -> None:
+                 retrieval_candidates: int = 0, threads: Optional[int] = None) -> None:
+        if threads is not None:  # ServeConfig.replica_threads: Ray leaves an actor of under 2 CPUs one thread
+            torch.set_num_threads(threads)
         self.slot = ModelSlot(model, device, retrieval_candidates)
         self.slot.live = LiveEvents(events_location(live_store) if live_store else None)
         threading.Thread(target=self._read_events, name="convfm-events-read", daemon=True).start()
@@ -223,7 +226,8 @@ class Ranker:
     async def info(self, catalog: Optional[int] = None) -> dict[str, Any]:
         await self._first_load()
         try:
-            return await self._catch_up(catalog) or wrap({**self.slot.info(), "batching": dict(self.stats)})
+            return await self._catch_up(catalog) or wrap({**self.slot.info(), "batching": dict(self.stats),
+                                                             "torch_threads": torch.get_num_threads()})
         except ServiceError as exc:
             return wrap(exc)
 

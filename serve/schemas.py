@@ -302,6 +302,7 @@ class ModelInfo(BaseModel):
     catalog_version: Optional[int] = None
     last_reload: Optional[dict[str, Any]] = None
     batching: Optional[dict[str, Any]] = None
+    torch_threads: Optional[int] = Field(None, description="torch threads of the replica that answered")
     traffic: Optional[dict[str, float]] = Field(None, description="the A/B split being served, if any")
 
 

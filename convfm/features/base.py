@@ -25,6 +25,7 @@ from convfm.jsonfile import read_json, write_json_atomic
 EXTRACTOR_VERSION = 1
 DEFAULT_STEM = "extractor"
 UNKNOWN_ROW = 0  # catalog row of ids that were not fitted
+FEW_IDS = 64  # lookups of at most this many ids skip pandas (a request's: its per-call overhead dominates)
 
 
 def _is_directory(path: Path) -> bool:
@@ -123,6 +124,8 @@ class RowIndex:
     def rows(self, ids: np.ndarray) -> np.ndarray:
         if not len(self._rows):
             return np.full(len(ids), UNKNOWN_ROW, dtype=np.int64)
+        if len(ids) <= FEW_IDS:
+            return np.fromiter((self.mapping.get(key, UNKNOWN_ROW) for key in ids), dtype=np.int64, count=len(ids))
         position = self._index.get_indexer(ids)
         return np.where(position >= 0, self._rows[position], UNKNOWN_ROW).astype(np.int64)
 

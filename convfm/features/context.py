@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from convfm.data.liveness import ALWAYS, MICROS_PER_DAY, NEVER
-from convfm.features.base import with_room
+from convfm.features.base import FEW_IDS, with_room
 from convfm.features.fields import PAD, UNK, EncodedTable, FieldSpec, Vocabulary, field_columns
 
 HISTORY_FIELDS = ("history_jobs", "history_companies", "history_locations", "history_skills", "history_text",
@@ -93,8 +93,14 @@ class UserHistory:
         return len(self.jobs)
 
     def _positions(self, user_ids: np.ndarray) -> np.ndarray:
-        return self._index.get_indexer(np.asarray(user_ids, dtype=object).astype(str)) if len(self.users) else \
-            np.full(len(user_ids), -1, dtype=np.int64)
+        """Each id's position in ``users``, -1 when unknown."""
+        ids = np.asarray(user_ids, dtype=object).astype(str)
+        if not len(self.users):
+            return np.full(len(ids), -1, dtype=np.int64)
+        if len(ids) > FEW_IDS:
+            return self._index.get_indexer(ids)
+        position = np.minimum(np.searchsorted(self.users, ids), len(self.users) - 1)  # users are sorted
+        return np.where(self.users[position] == ids, position, -1).astype(np.int64)
 
     def states(self, user_ids: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(start, count, total) per query (n,): the user's kept positives strictly before t are
