@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -136,9 +135,8 @@ def plain_server(model: str, port: int) -> None:
                 access_log=False)
 
 
-def serve_targets(model: str, port: int, cpus: int, threads: Optional[int]):
-    """Start Ray Serve with (a) a no-op app under /noop, (c) the convfm app under / and (d) under /two; each
-    ranking replica with ``threads`` torch threads (None: the service's default)."""
+def serve_targets(model: str, port: int, cpus: int):
+    """Start Ray Serve with (a) a no-op app under /noop, (c) the convfm app under / and (d) under /two."""
     import ray
     from fastapi import FastAPI
     from ray import serve
@@ -161,14 +159,12 @@ def serve_targets(model: str, port: int, cpus: int, threads: Optional[int]):
     noop_app = serve.deployment(serve.ingress(noop)(), name="NoOp", ray_actor_options={"num_cpus": 0.1},
                                 logging_config={"enable_access_log": False})
     serve.run(noop_app.bind(), name="noop", route_prefix="/noop")
-    # Both apps fit the CPUs beside the no-op (a replica that does not fit never starts); each replica's torch
-    # threads are the service's default (ServeConfig.replica_threads: 2 for one replica on 2 cores, 1 each for
-    # two) unless --torch-threads sets them.
+    # Both apps fit the CPUs beside the no-op (a replica that does not fit never starts); Ray gives each replica
+    # one torch thread for any fraction under 2 CPUs.
     share = (cpus - 0.1) / 2
-    config = ServeConfig(model=model, port=port, num_cpus=share, max_batch_size=16, torch_threads=threads)
+    config = ServeConfig(model=model, port=port, num_cpus=share, max_batch_size=16)
     serve.run(build_app(config), name="convfm", route_prefix="/")
-    two = ServeConfig(model=model, port=port, replicas=2, num_cpus=(share - 0.1) / 2, max_batch_size=16,
-                      torch_threads=threads)
+    two = ServeConfig(model=model, port=port, replicas=2, num_cpus=(share - 0.1) / 2, max_batch_size=16)
     serve.run(build_app(two), name="convfm-two", route_prefix="/two")
     return serve, ray
 
@@ -255,8 +251,6 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--catalog-jobs", type=int, default=100_000, help="catalog size to rank (default 100000)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs for the local Ray")
-    parser.add_argument("--torch-threads", type=int, help="torch threads per convfm replica (default: the "
-                        "service's, ServeConfig.replica_threads)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks that everything runs")
     parser.add_argument("--explain", action="store_true", help="only the in-process cost of explanations: "
                         "recommend_many with and without them (no Ray)")
@@ -299,7 +293,7 @@ def main() -> int:
     finally:
         plain.terminate()
         plain.wait(30)
-    serve, ray = serve_targets(model, serve_port, args.cpus, args.torch_threads)
+    serve, ray = serve_targets(model, serve_port, args.cpus)
     batches: dict[int, dict[str, float]] = {}  # the one-replica app's batching counters, per load
     try:
         base = f"http://127.0.0.1:{serve_port}"

@@ -55,9 +55,6 @@ class ServeConfig(BaseConfig):
     # (docs/SERVING.md, "Batching").
     batch_wait_timeout_s: float = 0.0
     num_cpus: Optional[float] = None  # per ranking replica; None: sized to the node (replica_cpus)
-    # torch threads per ranking replica; None: the node's cores shared among the most replicas (replica_threads).
-    # Ray gives an actor of under 2 CPUs one thread: a lone request on 2 cores then scans on one.
-    torch_threads: Optional[int] = None
     num_gpus: float = 0.0
     ingress_num_cpus: float = 0.1
     api_key_env: Optional[str] = None  # name of the env var holding the API key; None: no key, /admin/* off
@@ -97,8 +94,6 @@ class ServeConfig(BaseConfig):
         check_number(self.downscale_delay_s, "downscale_delay_s", 0, 3600)
         if self.num_cpus is not None:
             check_number(self.num_cpus, "num_cpus", 0, 64)
-        if self.torch_threads is not None:
-            check_int(self.torch_threads, "torch_threads", 1, 256)
         for name, high in (("num_gpus", 8), ("ingress_num_cpus", 8)):
             check_number(getattr(self, name), name, 0, high)
         require(self.api_key_env is None or (isinstance(self.api_key_env, str)
@@ -144,13 +139,6 @@ class ServeConfig(BaseConfig):
             return self.num_cpus
         share = (node_cpus - self.ingress_num_cpus) / self.most_replicas()
         return max(0.1, min(1.0, int(share * 100) / 100))
-
-    def replica_threads(self, node_cpus: float) -> int:
-        """Torch threads of each ranking replica: ``torch_threads``, else the node's whole cores over the most
-        replicas there can be (2 for one replica on 2 cores, 1 each for two)."""
-        if self.torch_threads is not None:
-            return self.torch_threads
-        return max(1, int(node_cpus // self.most_replicas()))
 
     def ranker_options(self, node_cpus: float) -> dict[str, Any]:
         """``Deployment.options`` of the ranking deployment on a cluster whose largest node has ``node_cpus``."""
@@ -209,8 +197,6 @@ def _parse(key: str, text: str, default: Any) -> Any:
         return parse_traffic(text)
     if key == "num_cpus":  # a number or null (sized to the node)
         return _convert(key, text, float)
-    if key == "torch_threads":  # an integer or null (sized to the node)
-        return _convert(key, text, int)
     if isinstance(default, tuple):  # a comma-separated list
         return tuple(item.strip() for item in text.split(","))
     if isinstance(default, bool):

@@ -38,9 +38,7 @@ class Ranker:
 
     def __init__(self, model: str, version: Optional[str], max_batch_size: int, batch_wait_timeout_s: float,
                  device: str = "cpu", live_store: Optional[str] = None, variants: Sequence[str] = (),
-                 retrieval_candidates: int = 0, threads: Optional[int] = None) -> None:
-        if threads is not None:  # ServeConfig.replica_threads: Ray leaves an actor of under 2 CPUs one thread
-            torch.set_num_threads(threads)
+                 retrieval_candidates: int = 0) -> None:
         self.slot = ModelSlot(model, device, retrieval_candidates)
         self.slot.live = LiveEvents(events_location(live_store) if live_store else None)
         threading.Thread(target=self._read_events, name="convfm-events-read", daemon=True).start()

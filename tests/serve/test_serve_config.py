@@ -31,15 +31,13 @@ def test_defaults_bind_loopback():
     ({"retrieval_candidates": -1}, r"^retrieval_candidates: must be an integer in \[0, 1000000\], got -1$"),
     ({"retrieval_candidates": 1_000_001}, "retrieval_candidates"),
     ({"retrieval_candidates": 2.5}, "retrieval_candidates"),
-    ({"torch_threads": 0}, r"^torch_threads: must be an integer in \[1, 256\], got 0$"),
 ])
 def test_bad_values_name_the_field(values, field):
     with pytest.raises(ConfigError, match=field):
         ServeConfig.from_dict(values)
 
 
-@pytest.mark.parametrize("field", ["port", "max_batch_size", "num_cpus", "request_timeout_s", "retrieval_candidates",
-                                   "torch_threads"])
+@pytest.mark.parametrize("field", ["port", "max_batch_size", "num_cpus", "request_timeout_s", "retrieval_candidates"])
 def test_booleans_are_not_numbers(field):
     with pytest.raises(ConfigError, match=rf"^{field}: must be (an integer|a number) in .*, got True$"):
         ServeConfig.from_dict({field: True})
@@ -74,8 +72,6 @@ def test_builder_args_arrive_as_strings():
     assert ServeConfig.from_args({"num_cpus": "null"}).num_cpus is None
     assert ServeConfig.from_args({"retrieval_candidates": "500"}).retrieval_candidates == 500
     assert ServeConfig().retrieval_candidates == 0  # the exact full scan unless asked
-    assert ServeConfig.from_args({"torch_threads": "3"}).torch_threads == 3
-    assert ServeConfig.from_args({"torch_threads": "null"}).torch_threads is None
     with pytest.raises(ConfigError, match="port: must be an integer"):
         ServeConfig.from_args({"port": "eighty"})
 
@@ -136,13 +132,3 @@ def test_cli_serve_and_recommend_arguments(tmp_path):
         {"job_id": "j1", "title": "Data Engineer", "company": "Acme", "location": "Remote", "score": 0.91,
          "why": "popular with other users"}]}, width=100)
     assert "Data Engineer" in table and "0.910" in table and "fallback: popular" in table
-
-
-@pytest.mark.parametrize("values,node_cpus,expected", [
-    ({"replicas": 1}, 2, 2), ({"replicas": 2}, 2, 1), ({"replicas": "auto", "max_replicas": 2}, 2, 1),
-    ({"replicas": 1}, 16, 16), ({"replicas": "auto", "max_replicas": 4}, 2, 1),  # never below one
-    ({"replicas": 1, "torch_threads": 1}, 2, 1), ({"replicas": 2, "torch_threads": 3}, 2, 3),  # a configured count
-])
-def test_replica_threads_share_the_node_cores_among_the_most_replicas(values, node_cpus, expected):
-    """Ray gives an actor of under 2 CPUs one torch thread; the ranking replicas take the cores they share."""
-    assert ServeConfig(**values).replica_threads(node_cpus) == expected

@@ -1,0 +1,144 @@
+"""What is left for the model to learn? Stacking probes of the trained default model on the quality market.
+
+Trains the default ConvFM on ``benchmarks/quality.py``'s market (same sizes, seed, split and 5 epochs) once per
+``--inits`` seed of its initial weights, then stacks the first model's logit with signals it does not see as
+such: a logistic regression fitted on the validation split, reported as test ROC-AUC. A signal whose stack beats
+the model alone is one a feature could add; one that does not is already in the logit, or carries nothing.
+
+- passed over: the user's logged events before t that were not positives (the jobs shown and passed over), with
+  their positives before t and the smoothed rate between them: how much a user applies, the user bias of the
+  synthetic truth (``benchmarks/observable_ceiling.py``: worth 0.006 there, with the truth's own probabilities);
+- residual bias: the same estimate from the model's own errors, sum(y - p) / (4 + sum p (1 - p)) over the
+  user's logged events before t (the observable ceiling's estimate, with the model in place of the truth);
+- location and level: users.csv's location equal to the job's (or a remote job), and the gap between the
+  two experience levels, the truth's two other user-job terms without a pair term in the model.
+
+With ``--inits`` above 1 it also reports each model's test ROC-AUC and that of their mean logit (an ensemble):
+the spread between initial weights, and what averaging it away is worth.
+
+    .venv/bin/python benchmarks/stacking_probe.py [--inits 4] [--threads 2] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss, roc_auc_score
+
+from convfm.config import DataConfig, ModelConfig, TrainConfig
+from convfm.data.prepare import PreparedData, prepare_data
+from convfm.data.synth import LEVELS, SyntheticMarket, generate_market, write_market
+from convfm.data.synth_vocab import REMOTE
+from convfm.training.epoch import predict_proba
+from convfm.training.in_process import fit_in_process
+
+SPLITS = ("valid", "test")
+
+
+def logits_of(data: PreparedData, init: int, epochs: int) -> dict[str, np.ndarray]:
+    """Split name (train, valid, test) -> logits of the default model trained with initial-weight seed ``init``."""
+    model, _ = fit_in_process(data, ModelConfig(), TrainConfig(num_epochs=epochs, seed=init))
+    out = {}
+    for split in ("train", *SPLITS):
+        p = np.clip(predict_proba(model, data.sets[split], 4096, torch.device("cpu")), 1e-7, 1 - 1e-7)
+        out[split] = np.log(p / (1 - p))
+    return out
+
+
+def before(events: pd.DataFrame, values: np.ndarray, examples: pd.DataFrame) -> np.ndarray:
+    """Per example: the sum of ``values`` over the events of its user strictly before its time. ``events`` has
+    user_id and timestamp (int64) columns, ``values`` (E, K) -> (N, K)."""
+    order = np.lexsort((events["timestamp"].to_numpy(), events["user_id"].to_numpy()))
+    users, times = events["user_id"].to_numpy()[order], events["timestamp"].to_numpy(np.int64)[order]
+    running = np.vstack([np.zeros((1, values.shape[1])), np.cumsum(values[order], axis=0)])
+    key = pd.Index(np.unique(users))
+    user_code, query_code = key.get_indexer(users), key.get_indexer(examples["user_id"].to_numpy())
+    span = np.int64(1) << 40
+    keys = user_code.astype(np.int64) * span + (times - times.min() + 1)
+    query_time = np.clip(examples["timestamp"].to_numpy(np.int64) - times.min() + 1, 0, span - 1)
+    end = np.searchsorted(keys, np.where(query_code >= 0, query_code * span + query_time, -1))
+    start = np.searchsorted(keys, np.where(query_code >= 0, query_code * span, -1))
+    return running[end] - running[start]
+
+
+def signals(market: SyntheticMarket, data: PreparedData, logits: dict[str, np.ndarray], workdir: Path
+            ) -> dict[str, dict[str, np.ndarray]]:
+    """Signal name -> split -> (N, K) columns of the examples of that split."""
+    log = market.interactions.assign(timestamp=pd.to_datetime(market.interactions["timestamp"])
+                                     .to_numpy("datetime64[us]").astype(np.int64))
+    positive = log["event"].isin(DataConfig().positive_events).to_numpy(float)
+    frames = {split: data.frames[split] for split in ("train", *SPLITS)}
+    # the model's errors on the user's logged events (the examples that are impressions, every split)
+    shown = pd.MultiIndex.from_frame(log[["user_id", "job_id"]]).unique()
+    logged = pd.concat([f.assign(p=1 / (1 + np.exp(-logits[s])))[pd.MultiIndex.from_frame(f[["user_id", "job_id"]])
+                                                                 .isin(shown)] for s, f in frames.items()])
+    errors = np.column_stack([logged["label"] - logged["p"], logged["p"] * (1 - logged["p"])])
+    users = pd.read_csv(workdir / "users.csv", dtype=str).set_index("user_id")
+    jobs = pd.read_csv(workdir / "jobs.csv", dtype=str).set_index("job_id")
+    level = {name: i for i, name in enumerate(LEVELS)}
+    out: dict[str, dict[str, np.ndarray]] = {"passed over": {}, "residual bias": {}, "location and level": {}}
+    for split in SPLITS:
+        f = frames[split]
+        counts = before(log, np.column_stack([positive, 1 - positive]), f)  # (N, 2): positives, passed over
+        out["passed over"][split] = np.column_stack([np.log1p(counts), (counts[:, 0] + 0.3) / (counts.sum(1) + 1),
+                                                     counts[:, 1] == 0])
+        residual, information = before(logged, errors, f).T
+        out["residual bias"][split] = np.column_stack([residual / (4 + information), residual])
+        u, j = users.reindex(f["user_id"]), jobs.reindex(f["job_id"])
+        home, where = u["location"].fillna("").to_numpy(), j["location"].fillna("").to_numpy()
+        gap = np.abs(u["experience_level"].map(level).fillna(1).to_numpy()
+                     - j["experience_level"].map(level).fillna(1).to_numpy())
+        out["location and level"][split] = np.column_stack([((home == where) & (home != "")) | (where == REMOTE),
+                                                            gap, gap == 0])
+    return out
+
+
+def stacked_auc(logit: dict[str, np.ndarray], extra: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> float:
+    """Test ROC-AUC of a logistic regression of [logit, extra] fitted on the validation split."""
+    x = {split: np.column_stack([logit[split], extra[split]]) for split in SPLITS}
+    fitted = LogisticRegression(C=10.0, max_iter=3000).fit(x["valid"], labels["valid"])
+    return roc_auc_score(labels["test"], fitted.predict_proba(x["test"])[:, 1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--interactions", type=int, default=50_000)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0, help="the market's and the split's seed")
+    parser.add_argument("--inits", type=int, default=1, help="models trained, initial-weight seeds 0..N-1")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    market = generate_market(args.users, args.jobs, args.interactions, seed=args.seed)
+    with tempfile.TemporaryDirectory() as workdir:
+        write_market(market, workdir)
+        data = prepare_data(DataConfig(path=workdir, seed=args.seed, split="global_time"))
+        runs = [logits_of(data, init, args.epochs) for init in range(args.inits)]
+        found = signals(market, data, runs[0], Path(workdir))
+    labels = {split: data.frames[split]["label"].to_numpy() for split in SPLITS}
+    print(f"{args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed {args.seed}; default model, "
+          f"{args.epochs} epochs, {args.threads} thread(s); split global_time; test examples {len(labels['test'])}\n")
+    print("| scorer | test ROC-AUC |\n|---|---:|")
+    print(f"| model (initial weights 0) | {roc_auc_score(labels['test'], runs[0]['test']):.4f} |")
+    for name, extra in found.items():
+        print(f"| model + {name} (stacked on valid) | {stacked_auc(runs[0], extra, labels):.4f} |")
+    every = {split: np.hstack([extra[split] for extra in found.values()]) for split in SPLITS}
+    print(f"| model + all three | {stacked_auc(runs[0], every, labels):.4f} |")
+    if args.inits > 1:
+        aucs = [roc_auc_score(labels["test"], run["test"]) for run in runs]
+        mean = np.mean([run["test"] for run in runs], axis=0)
+        print(f"\n{args.inits} initial-weight seeds: test ROC-AUC " + ", ".join(f"{a:.4f}" for a in aucs)
+              + f"; mean {np.mean(aucs):.4f}, standard deviation {np.std(aucs, ddof=1):.4f}")
+        print(f"their mean logit (an ensemble): ROC-AUC {roc_auc_score(labels['test'], mean):.4f}, "
+              f"log loss {log_loss(labels['test'], 1 / (1 + np.exp(-mean))):.4f}")
+
+
+if __name__ == "__main__":
+    main()
