@@ -15,12 +15,14 @@ piecewise constant in time: ranking recomputes a job's side only when its bucket
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from convfm.data.liveness import ALWAYS, MICROS_PER_DAY, NEVER
+from convfm.data.readers import order_key
 from convfm.features.base import FEW_IDS, with_room
 from convfm.features.fields import PAD, UNK, EncodedTable, FieldSpec, Vocabulary, field_columns
 
@@ -46,6 +48,13 @@ AGE_VOCAB = Vocabulary(bucket_labels(AGE_EDGES_DAYS))
 EXPIRY_VOCAB = Vocabulary(["expired", *bucket_labels(EXPIRY_EDGES_DAYS)])
 POPULARITY_VOCAB = Vocabulary(["0", *[f"{a}-{b - 1}" if b - a > 1 else f"{a}" for a, b in
                                       zip(POPULARITY_EDGES[:-1], POPULARITY_EDGES[1:])], f"{POPULARITY_EDGES[-1]}+"])
+
+
+def example_times(df: pd.DataFrame, what: str) -> Optional[np.ndarray]:
+    """The ``timestamp`` column as int64 order keys (dates: microseconds since the epoch); None without it."""
+    if "timestamp" not in df.columns:
+        return None
+    return order_key(df["timestamp"], Path(what), "timestamp")
 
 
 def now_micros() -> int:

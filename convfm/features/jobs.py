@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,17 +22,17 @@ from convfm.errors import ArtifactError, ConfigError, ConvFMError
 from convfm.features.base import (
     UNKNOWN_ROW, RowIndex, concat_rows, encode_fields, labels_of, read_artifact, require_frame, with_room,
 )
-from convfm.data.readers import order_key
 from convfm.data.liveness import ALWAYS, NEVER, JobWindows
 from convfm.features.context import (
-    HISTORY_FIELDS, RECENCY_FIELDS, HistoryEncoder, JobPopularity, RecencyEncoder, UserHistory, history_states,
-    now_micros,
+    HISTORY_FIELDS, RECENCY_FIELDS, HistoryEncoder, JobPopularity, RecencyEncoder, UserHistory, example_times,
+    history_states, now_micros,
 )
 from convfm.features.job_fields import (
     CATEGORICAL, FREE_TEXT_COLUMNS, ID_FIELDS, JOB_FIELDS, USER_FIELDS, fit_vocabularies, salary_features,
     salary_stats,
 )
 from convfm.features.job_artifact import JobArtifact
+from convfm.features.streamed import StreamedExamples
 from convfm.features.fields import PAD, UNK, EncodedTable, FeatureMap, FieldSpec, Vocabulary
 from convfm.features.table import TableFeatureExtractor
 from convfm.features.text import (
@@ -42,14 +42,7 @@ from convfm.validate import check_bool, check_int, check_number
 
 __all__ = ["JobFeatureExtractor", "TableFeatureExtractor", "RowIndex", "load_extractor", "UNKNOWN_ROW"]
 
-def _times(df: pd.DataFrame, what: str) -> Optional[np.ndarray]:
-    """The ``timestamp`` column as int64 order keys (dates: microseconds since the epoch); None without it."""
-    if "timestamp" not in df.columns:
-        return None
-    return order_key(df["timestamp"], Path(what), "timestamp")
-
-
-class JobFeatureExtractor(JobArtifact):
+class JobFeatureExtractor(JobArtifact, StreamedExamples):
     """Users x jobs features; see the module docstring for the catalogs and their unknown row 0.
 
     Vocabularies: ``user``, ``job`` (the ids with a training example, ``min_freq`` does not apply to ids),
@@ -274,52 +267,10 @@ class JobFeatureExtractor(JobArtifact):
         tables, rows = self._example_tables(examples_df, "examples", history)
         return ExampleSet(tables, rows, labels_of(examples_df, label, "examples"))
 
-    def streamed_columns(self, examples_df: pd.DataFrame, recent: np.ndarray, counts: np.ndarray
-                         ) -> dict[str, np.ndarray]:
-        """Examples as the compact columns distributed preparation streams to the workers (``streamed_set``
-        rebuilds their ExampleSet): the user's and the job's catalog rows, the recency row, and the history given
-        as job ids ``recent`` (n, history_length), most recent first ("" padding), kept as job-catalog rows (-1:
-        none), with its positives before t ``counts`` (n,). ~116 bytes an example, where encoded rows repeat
-        each history's lists (~2.6 KB)."""
-        users, jobs = self._catalog_rows(examples_df, "examples")
-        columns = {"user_row": users, "job_row": jobs}
-        if self._recency is not None:
-            times = _times(examples_df, "examples")
-            columns["recency_row"] = self._recency.rows(jobs, now_micros() if times is None else times)
-        if self._history is not None:
-            recent = np.asarray(recent, dtype=object).reshape(len(examples_df), self.history_length)
-            columns.update(history_rows=self._history_rows(recent).astype(np.int32),
-                           history_count=np.asarray(counts, dtype=np.int64))
-        return columns
-
-    def streamed_set(self, batches: Sequence[Mapping[str, np.ndarray]], labels: np.ndarray) -> ExampleSet:
-        """The ExampleSet of ``streamed_columns`` batches: the tables ``example_set`` builds, each batch's distinct
-        history states (recent jobs, positives before t) encoded once (per batch, so the keys stay small; a
-        user's examples sit together in their bucket's batches)."""
-        column = {name: np.concatenate([b[name] for b in batches]) for name in ("user_row", "job_row", "recency_row")
-                  if name in batches[0]}
-        tables, rows = [self.user_catalog], [column["user_row"]]
-        if self._history is not None:
-            states, encoded, offset = [], [], 0
-            for batch in batches:
-                key = np.concatenate([batch["history_rows"].astype(np.int64), batch["history_count"][:, None]], axis=1)
-                distinct, state = np.unique(key, axis=0, return_inverse=True)
-                encoded.append(self._history.encode(self.job_catalog, distinct[:, :-1], distinct[:, -1]))
-                states.append(state.reshape(-1) + offset)
-                offset += len(distinct)
-            tables.append(concat_rows(encoded))
-            rows.append(np.concatenate(states))
-        tables.append(self.job_catalog)
-        rows.append(column["job_row"])
-        if self._recency is not None:
-            tables.append(self._recency.table)
-            rows.append(column["recency_row"])
-        return ExampleSet(tables, np.stack(rows, axis=1).astype(np.int64), labels)
-
     def _example_tables(self, df: pd.DataFrame, what: str, history: Optional[UserHistory]
                         ) -> tuple[list[EncodedTable], np.ndarray]:
         users, jobs = self._catalog_rows(df, what)
-        times = _times(df, what)
+        times = example_times(df, what)
         tables, rows = [self.user_catalog], [users]
         if self._history is not None:
             state, table = self.history_table(column_strings(df, "user_id"), times, history)
