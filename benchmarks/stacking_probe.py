@@ -58,7 +58,7 @@ def before(events: pd.DataFrame, values: np.ndarray, examples: pd.DataFrame) -> 
     running = np.vstack([np.zeros((1, values.shape[1])), np.cumsum(values[order], axis=0)])
     key = pd.Index(np.unique(users))
     user_code, query_code = key.get_indexer(users), key.get_indexer(examples["user_id"].to_numpy())
-    span = np.int64(1) << 40
+    span = np.int64(times.max() - times.min() + 3)  # per user: event offsets 1..range+1, a query up to range+2
     keys = user_code.astype(np.int64) * span + (times - times.min() + 1)
     query_time = np.clip(examples["timestamp"].to_numpy(np.int64) - times.min() + 1, 0, span - 1)
     end = np.searchsorted(keys, np.where(query_code >= 0, query_code * span + query_time, -1))
