@@ -1,5 +1,6 @@
 """benchmarks/stacking_probe.py: per-user sums strictly before each example's time against a brute-force count,
-and an end-to-end run on a tiny market (one row per scorer, AUCs in [0, 1], the ensemble lines)."""
+golden skill overlaps, and an end-to-end run on a tiny market (one row per scorer, AUCs in [0, 1], the ensemble
+lines)."""
 from __future__ import annotations
 
 import importlib.util
@@ -35,6 +36,14 @@ def test_sums_before_each_example_match_a_brute_force_count():
     np.testing.assert_allclose(load_probe().before(events, values, examples), expected, atol=1e-9)
 
 
+def test_skill_overlap_golden():
+    users = pd.Series({"u1": "Python; SQL;docker", "u2": None})
+    jobs = pd.Series({"j1": "sql;python;Go;K8s", "j2": "excel"})
+    examples = pd.DataFrame({"user_id": ["u1", "u1", "u2", "stranger"], "job_id": ["j1", "j2", "j1", "j1"]})
+    np.testing.assert_allclose(load_probe().skill_overlap(examples, users, jobs),
+                               [[2 / 5, 2], [0, 0], [0, 0], [0, 0]])  # case and spaces do not matter
+
+
 def test_tiny_run_prints_a_row_per_scorer():
     done = subprocess.run([sys.executable, str(SCRIPT), "--users", "300", "--jobs", "200", "--interactions", "4000",
                            "--epochs", "1", "--inits", "2"], capture_output=True, text=True, timeout=240)
@@ -44,6 +53,6 @@ def test_tiny_run_prints_a_row_per_scorer():
     assert [r[0] for r in rows[1:]] == [
         "model (initial weights 0)", "model + passed over (stacked on valid)",
         "model + residual bias (stacked on valid)", "model + location and level (stacked on valid)",
-        "model + all three"]
+        "model + skill overlap (stacked on valid)", "model + all of them"]
     assert all(0.0 <= float(r[1]) <= 1.0 for r in rows[1:])
     assert "2 initial-weight seeds: test ROC-AUC" in done.stdout and "their mean logit (an ensemble)" in done.stdout
