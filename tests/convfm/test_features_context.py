@@ -184,3 +184,21 @@ def test_fast_ranking_is_exact_at_each_users_time(fitted, randomize):
     assert not torch.allclose(fast[0], CatalogRanker(model, fitted, time=T0).score_all(users)[0])  # time matters
     ranker.at(int(times[2]))  # moving the precomputed sides gives the same scores as building them there
     torch.testing.assert_close(ranker.score_all(users), CatalogRanker(model, fitted, time=int(times[2])).score_all(users))
+
+
+def test_request_sized_lookups_agree_with_the_bulk_path():
+    """At most FEW_IDS ids skip pandas (a dict for catalog rows, a binary search over the sorted users); both
+    paths give the same rows for known, unknown, empty and non-string ids."""
+    from convfm.features.base import FEW_IDS, UNKNOWN_ROW, RowIndex
+
+    rng = np.random.default_rng(0)
+    known = [f"u{i}" for i in rng.permutation(50)]
+    history = UserHistory(np.array(known), np.array([f"j{i}" for i in range(50)]), np.arange(50))
+    index = RowIndex(["", *known])
+    queries = np.array([*rng.choice(known, 20), "u999", "", "None", "u1 ", "U1", "a", "zzz", None], dtype=object)
+    bulk = np.concatenate([queries] * (FEW_IDS // len(queries) + 1))  # past FEW_IDS: the pandas path
+    assert len(queries) <= FEW_IDS < len(bulk)
+    np.testing.assert_array_equal(history._positions(queries), history._positions(bulk)[: len(queries)])
+    np.testing.assert_array_equal(index.rows(queries), index.rows(bulk)[: len(queries)])
+    assert (history._positions(queries)[20:] == -1).all() and (index.rows(queries)[20:] == UNKNOWN_ROW).all()
+    assert [history.users[p] for p in history._positions(queries[:20])] == list(queries[:20])
