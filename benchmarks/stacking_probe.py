@@ -15,8 +15,8 @@ the model alone is one a feature could add; one that does not is already in the 
 - skill overlap: the Jaccard overlap and the count of shared skills between the ``skills`` columns of users.csv
   and jobs.csv, the truth's largest term (what showed that the model needed its skill-match term).
 
-With ``--inits`` above 1 it also reports each model's test ROC-AUC and that of their mean logit (an ensemble):
-the spread between initial weights, and what averaging it away is worth.
+With ``--inits`` above 1 it also reports each model's test ROC-AUC and that of their mean logit (an ensemble),
+alone and stacked with every signal: the spread between initial weights, and what averaging it away is worth.
 
     .venv/bin/python benchmarks/stacking_probe.py [--inits 4] [--threads 2] [--seed 0]
 """
@@ -149,11 +149,12 @@ def main() -> None:
     print(f"| model + all of them | {stacked_auc(runs[0], every, labels):.4f} |")
     if args.inits > 1:
         aucs = [roc_auc_score(labels["test"], run["test"]) for run in runs]
-        mean = np.mean([run["test"] for run in runs], axis=0)
+        mean = {split: np.mean([run[split] for run in runs], axis=0) for split in SPLITS}
         print(f"\n{args.inits} initial-weight seeds: test ROC-AUC " + ", ".join(f"{a:.4f}" for a in aucs)
               + f"; mean {np.mean(aucs):.4f}, standard deviation {np.std(aucs, ddof=1):.4f}")
-        print(f"their mean logit (an ensemble): ROC-AUC {roc_auc_score(labels['test'], mean):.4f}, "
-              f"log loss {log_loss(labels['test'], 1 / (1 + np.exp(-mean))):.4f}")
+        print(f"their mean logit (an ensemble): ROC-AUC {roc_auc_score(labels['test'], mean['test']):.4f}, "
+              f"log loss {log_loss(labels['test'], 1 / (1 + np.exp(-mean['test']))):.4f}; stacked with all the "
+              f"signals: ROC-AUC {stacked_auc(mean, every, labels):.4f}")
 
 
 if __name__ == "__main__":

@@ -56,3 +56,4 @@ def test_tiny_run_prints_a_row_per_scorer():
         "model + skill overlap (stacked on valid)", "model + all of them"]
     assert all(0.0 <= float(r[1]) <= 1.0 for r in rows[1:])
     assert "2 initial-weight seeds: test ROC-AUC" in done.stdout and "their mean logit (an ensemble)" in done.stdout
+    assert 0.0 <= float(done.stdout.split("stacked with all the signals: ROC-AUC ")[1].split()[0]) <= 1.0
