@@ -6,7 +6,7 @@ epoch on the test split under the live protocol (each positive against every job
 never interacted with, at most ``--max-events`` positives) and, for comparison, the sampled protocol (each user's
 last positive against ``--negatives`` sampled unseen jobs). Each table is headed by its protocol line.
 
-    .venv/bin/python benchmarks/quality.py [--users 10000 --jobs 20000 --interactions 50000 --epochs 5
+    .venv/bin/python benchmarks/quality.py [--users 10000 --jobs 20000 --interactions 50000 --epochs 50
                                            --split global_time --seed 0]
 
 The default market is ``convfm data synth``'s; the default split is one calendar for everyone (train before T1,
@@ -69,7 +69,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--interactions", type=int, default=50_000)
     parser.add_argument("--split", choices=SPLITS, default="global_time", help="data split (default global_time)")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.num_epochs,
+                        help=f"most epochs (default {TrainConfig.num_epochs}, as TrainConfig: early stopping decides)")
     parser.add_argument("--negatives", type=int, default=99, help="sampled protocol: unseen jobs per held-out "
                         "positive")
     parser.add_argument("--max-events", type=int, default=5000, help="live protocol: positives ranked")
@@ -123,7 +124,8 @@ def main() -> None:
                   f"{train.learning_rate:g}; {len(history_log)} epochs in {seconds:.0f}s, best epoch "
                   f"{int(best['epoch']) + 1} by validation {train.early_stopping_metric} (val AUC "
                   f"{best['val_roc_auc']:.4f}, log loss {best['val_log_loss']:.4f}); split {args.split}, examples "
-                  f"{data.summary()}; test split", flush=True)
+                  f"{data.summary()}; test split; val AUC per epoch "
+                  f"{' '.join(format(h['val_roc_auc'], '.4f') for h in history_log)}", flush=True)
             for report in by_protocol.values():
                 print(f"\n{format_report(report)}", flush=True)
     if args.ablation:

@@ -18,6 +18,9 @@ def test_tiny_run_prints_both_protocols_with_model_baselines_and_oracle():
     lines = done.stdout.splitlines()
     headers = [line.split(":")[0] for line in lines if ": 200 users, 100 jobs, 3000 interactions" in line]
     assert headers == ["static features", "+ history", "+ recency", "all three", "all three + popularity"]
+    for line in (line for line in lines if ": 200 users, 100 jobs, 3000 interactions" in line):
+        curve = line.split("; val AUC per epoch ")[1].split()  # one validation AUC per epoch trained (1 here)
+        assert len(curve) == 1 and 0.0 <= float(curve[0]) <= 1.0
     assert "popularity_days 7.0" in lines[[i for i, line in enumerate(lines) if line.startswith("all three + ")][0]]
     table = lines[lines.index("ablation (live protocol, test split):") + 1:]
     assert table[0] == "| method | hr@10 | ndcg@10 | mrr | roc_auc |"
