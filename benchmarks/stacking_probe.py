@@ -15,14 +15,23 @@ the model alone is one a feature could add; one that does not is already in the 
 - skill overlap: the Jaccard overlap and the count of shared skills between the ``skills`` columns of users.csv
   and jobs.csv, the truth's largest term (what showed that the model needed its skill-match term).
 
+Then the generator's own formula with every latent input replaced by what the data shows (the observable
+ceiling's "all as observed" row), stacked whole and term by term: whether the model misses a piece of the
+formula's structure (one term lifts the stack) or learns every piece a little short (the whole formula lifts it,
+no single term does). Its nine static terms only (the history terms need the user's positives before t); terms
+constant as observed (the user bias, unobserved) are left out.
+
 With ``--inits`` above 1 it also reports each model's test ROC-AUC and that of their mean logit (an ensemble),
 alone and stacked with every signal: the spread between initial weights, and what averaging it away is worth.
 
-    .venv/bin/python benchmarks/stacking_probe.py [--inits 4] [--threads 2] [--seed 0]
+    .venv/bin/python benchmarks/stacking_probe.py [--inits 4] [--threads 2] [--seed 0] [--epochs 50]
+
+Models train as TrainConfig does: up to ``--epochs`` (50), early stopping on validation log loss decides.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,12 +44,18 @@ from sklearn.metrics import log_loss, roc_auc_score
 from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.data.prepare import PreparedData, prepare_data
 from convfm.data.synth import LEVELS, SyntheticMarket, generate_market, write_market
+from convfm.data.synth_oracle import FEATURES, base_logit
+from convfm.data.synth_time import EPOCH
 from convfm.data.synth_vocab import REMOTE
 from convfm.features.text import split_lists
 from convfm.training.epoch import predict_proba
 from convfm.training.in_process import fit_in_process
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark's observed inputs, not a copy
+from observable_ceiling import observable_parts, with_parts  # noqa: E402
+
 SPLITS = ("valid", "test")
+STATIC_TERMS = FEATURES[:9]  # the truth's terms before the history ones
 
 
 def logits_of(data: PreparedData, init: int, epochs: int) -> dict[str, np.ndarray]:
@@ -114,6 +129,24 @@ def skill_overlap(examples: pd.DataFrame, users: pd.Series, jobs: pd.Series) -> 
     return np.stack([shared / np.maximum(union, 1), shared], axis=1)
 
 
+def formula_terms(market: SyntheticMarket, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The generator's logit of each example of ``frame`` with every latent input replaced by what the data shows:
+    the whole formula (intercept and history terms included) and each static term unweighted -> (N,) each."""
+    observed = with_parts(market.oracle, list(observable_parts(market).values()))
+    times = frame["timestamp"].to_numpy(np.int64)
+    p = observed.score(frame["user_id"].to_numpy(), frame["job_id"].to_numpy()[:, None], times)[:, 0]
+    out = {"observable formula": np.log(p / (1 - p))}
+    u = pd.Index(observed.user_ids).get_indexer(frame["user_id"])
+    j = pd.Index(observed.job_ids).get_indexer(frame["job_id"])[:, None]
+    seconds = (times - EPOCH.astype("datetime64[us]").astype(np.int64)) / 1e6
+    for k, name in enumerate(STATIC_TERMS):
+        weights = np.zeros_like(observed.weights)
+        weights[k] = 1.0
+        out[name] = base_logit(observed.users, observed.jobs, weights, observed.freshness_days, observed.remote,
+                               u, j, seconds)[:, 0]
+    return out
+
+
 def stacked_auc(logit: dict[str, np.ndarray], extra: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> float:
     """Test ROC-AUC of a logistic regression of [logit, extra] fitted on the validation split."""
     x = {split: np.column_stack([logit[split], extra[split]]) for split in SPLITS}
@@ -126,7 +159,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--interactions", type=int, default=50_000)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.num_epochs, help="most epochs (early stopping "
+                        "decides)")
     parser.add_argument("--seed", type=int, default=0, help="the market's and the split's seed")
     parser.add_argument("--inits", type=int, default=1, help="models trained, initial-weight seeds 0..N-1")
     parser.add_argument("--threads", type=int, default=1)
@@ -138,15 +172,25 @@ def main() -> None:
         data = prepare_data(DataConfig(path=workdir, seed=args.seed, split="global_time"))
         runs = [logits_of(data, init, args.epochs) for init in range(args.inits)]
         found = signals(market, data, runs[0], Path(workdir))
+    terms = {split: formula_terms(market, data.frames[split]) for split in SPLITS}
     labels = {split: data.frames[split]["label"].to_numpy() for split in SPLITS}
     print(f"{args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed {args.seed}; default model, "
-          f"{args.epochs} epochs, {args.threads} thread(s); split global_time; test examples {len(labels['test'])}\n")
+          f"at most {args.epochs} epochs, {args.threads} thread(s); split global_time; test examples {len(labels['test'])}\n")
     print("| scorer | test ROC-AUC |\n|---|---:|")
     print(f"| model (initial weights 0) | {roc_auc_score(labels['test'], runs[0]['test']):.4f} |")
     for name, extra in found.items():
         print(f"| model + {name} (stacked on valid) | {stacked_auc(runs[0], extra, labels):.4f} |")
     every = {split: np.hstack([extra[split] for extra in found.values()]) for split in SPLITS}
     print(f"| model + all of them | {stacked_auc(runs[0], every, labels):.4f} |")
+    formula = {split: terms[split]["observable formula"] for split in SPLITS}
+    print(f"| the observable formula alone | {roc_auc_score(labels['test'], formula['test']):.4f} |")
+    print(f"| model + the observable formula | {stacked_auc(runs[0], formula, labels):.4f} |")
+    varying = [n for n in STATIC_TERMS if np.ptp(terms["valid"][n]) > 0 and np.ptp(terms["test"][n]) > 0]
+    for name in varying:
+        print(f"| model + formula term {name} | "
+              f"{stacked_auc(runs[0], {s: terms[s][name] for s in SPLITS}, labels):.4f} |")
+    every_term = {split: np.column_stack([terms[split][n] for n in varying]) for split in SPLITS}
+    print(f"| model + every formula term | {stacked_auc(runs[0], every_term, labels):.4f} |")
     if args.inits > 1:
         aucs = [roc_auc_score(labels["test"], run["test"]) for run in runs]
         mean = {split: np.mean([run[split] for run in runs], axis=0) for split in SPLITS}

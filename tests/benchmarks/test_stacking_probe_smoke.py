@@ -1,6 +1,6 @@
 """benchmarks/stacking_probe.py: per-user sums strictly before each example's time against a brute-force count,
-golden skill overlaps, and an end-to-end run on a tiny market (one row per scorer, AUCs in [0, 1], the ensemble
-lines)."""
+golden skill overlaps, the observable formula against its own terms, and an end-to-end run on a tiny market (one
+row per scorer, AUCs in [0, 1], the ensemble lines)."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from convfm.data.synth import generate_market
+from convfm.data.synth_time import EPOCH
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "stacking_probe.py"
 
@@ -44,16 +47,34 @@ def test_skill_overlap_golden():
                                [[2 / 5, 2], [0, 0], [0, 0], [0, 0]])  # case and spaces do not matter
 
 
+def test_formula_terms_weighted_by_the_truth_sum_to_the_observable_formula():
+    """Before anyone's first positive (no history term) the formula's logit is the intercept plus its weighted
+    static terms; with every input observed as is (a user's bias zeroed) the bias term is zero."""
+    probe = load_probe()
+    market = generate_market(200, 100, 2000, seed=3)
+    frame = market.interactions[["user_id", "job_id"]].iloc[:300].assign(
+        timestamp=np.int64(EPOCH.astype("datetime64[us]").astype(np.int64)) + np.arange(300))
+    terms = probe.formula_terms(market, frame)
+    weights = market.oracle.weights
+    summed = market.oracle.intercept + sum(weights[k] * terms[name] for k, name in enumerate(probe.STATIC_TERMS))
+    np.testing.assert_allclose(terms["observable formula"], summed, atol=1e-6)
+    assert not terms["user_bias"].any() and terms["skill_jaccard"].max() > 0
+
+
 def test_tiny_run_prints_a_row_per_scorer():
     done = subprocess.run([sys.executable, str(SCRIPT), "--users", "300", "--jobs", "200", "--interactions", "4000",
                            "--epochs", "1", "--inits", "2"], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.strip("| ").split(" | ") for line in done.stdout.splitlines() if line.startswith("| ")]
+    varying = [r[0].split()[-1] for r in rows if r[0].startswith("model + formula term ")]
+    assert "user_bias" not in varying and {"skill_jaccard", "freshness"} <= set(varying)  # bias: 0 as observed
     assert rows[0] == ["scorer", "test ROC-AUC"]
     assert [r[0] for r in rows[1:]] == [
         "model (initial weights 0)", "model + passed over (stacked on valid)",
         "model + residual bias (stacked on valid)", "model + location and level (stacked on valid)",
-        "model + skill overlap (stacked on valid)", "model + all of them"]
+        "model + skill overlap (stacked on valid)", "model + all of them", "the observable formula alone",
+        "model + the observable formula", *[f"model + formula term {t}" for t in varying],
+        "model + every formula term"]
     assert all(0.0 <= float(r[1]) <= 1.0 for r in rows[1:])
     assert "2 initial-weight seeds: test ROC-AUC" in done.stdout and "their mean logit (an ensemble)" in done.stdout
     assert 0.0 <= float(done.stdout.split("stacked with all the signals: ROC-AUC ")[1].split()[0]) <= 1.0
