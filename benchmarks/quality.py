@@ -69,8 +69,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--interactions", type=int, default=50_000)
     parser.add_argument("--split", choices=SPLITS, default="global_time", help="data split (default global_time)")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.num_epochs,
-                        help=f"most epochs (default {TrainConfig.num_epochs}, as TrainConfig: early stopping decides)")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.num_epochs, help=f"most epochs (default "
+                        f"{TrainConfig.num_epochs}, as TrainConfig: early stopping decides)")
     parser.add_argument("--negatives", type=int, default=99, help="sampled protocol: unseen jobs per held-out "
                         "positive")
     parser.add_argument("--max-events", type=int, default=5000, help="live protocol: positives ranked")

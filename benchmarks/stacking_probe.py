@@ -44,7 +44,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.data.prepare import PreparedData, prepare_data
 from convfm.data.synth import LEVELS, SyntheticMarket, generate_market, write_market
-from convfm.data.synth_oracle import FEATURES, base_logit
+from convfm.data.synth_oracle import FEATURES, MarketOracle, base_logit
 from convfm.data.synth_time import EPOCH
 from convfm.data.synth_vocab import REMOTE
 from convfm.features.text import split_lists
@@ -129,10 +129,14 @@ def skill_overlap(examples: pd.DataFrame, users: pd.Series, jobs: pd.Series) -> 
     return np.stack([shared / np.maximum(union, 1), shared], axis=1)
 
 
-def formula_terms(market: SyntheticMarket, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The generator's logit of each example of ``frame`` with every latent input replaced by what the data shows:
-    the whole formula (intercept and history terms included) and each static term unweighted -> (N,) each."""
-    observed = with_parts(market.oracle, list(observable_parts(market).values()))
+def observed_oracle(market: SyntheticMarket) -> MarketOracle:
+    """The market's oracle with every latent input replaced by what the data shows."""
+    return with_parts(market.oracle, list(observable_parts(market).values()))
+
+
+def formula_terms(observed: MarketOracle, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The logit of ``observed`` (an oracle) for each example of ``frame``: the whole formula (intercept and
+    history terms included) and each static term unweighted -> (N,) each."""
     times = frame["timestamp"].to_numpy(np.int64)
     p = observed.score(frame["user_id"].to_numpy(), frame["job_id"].to_numpy()[:, None], times)[:, 0]
     out = {"observable formula": np.log(p / (1 - p))}
@@ -172,10 +176,12 @@ def main() -> None:
         data = prepare_data(DataConfig(path=workdir, seed=args.seed, split="global_time"))
         runs = [logits_of(data, init, args.epochs) for init in range(args.inits)]
         found = signals(market, data, runs[0], Path(workdir))
-    terms = {split: formula_terms(market, data.frames[split]) for split in SPLITS}
+    observed = observed_oracle(market)
+    terms = {split: formula_terms(observed, data.frames[split]) for split in SPLITS}
     labels = {split: data.frames[split]["label"].to_numpy() for split in SPLITS}
     print(f"{args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed {args.seed}; default model, "
-          f"at most {args.epochs} epochs, {args.threads} thread(s); split global_time; test examples {len(labels['test'])}\n")
+          f"at most {args.epochs} epochs, {args.threads} thread(s); split global_time; test examples "
+          f"{len(labels['test'])}\n")
     print("| scorer | test ROC-AUC |\n|---|---:|")
     print(f"| model (initial weights 0) | {roc_auc_score(labels['test'], runs[0]['test']):.4f} |")
     for name, extra in found.items():

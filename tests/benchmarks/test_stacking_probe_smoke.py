@@ -54,7 +54,7 @@ def test_formula_terms_weighted_by_the_truth_sum_to_the_observable_formula():
     market = generate_market(200, 100, 2000, seed=3)
     frame = market.interactions[["user_id", "job_id"]].iloc[:300].assign(
         timestamp=np.int64(EPOCH.astype("datetime64[us]").astype(np.int64)) + np.arange(300))
-    terms = probe.formula_terms(market, frame)
+    terms = probe.formula_terms(probe.observed_oracle(market), frame)
     weights = market.oracle.weights
     summed = market.oracle.intercept + sum(weights[k] * terms[name] for k, name in enumerate(probe.STATIC_TERMS))
     np.testing.assert_allclose(terms["observable formula"], summed, atol=1e-6)
