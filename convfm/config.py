@@ -255,6 +255,9 @@ class TrainConfig(BaseConfig):
     weight_decay: float = 5.0
     # L2 on the embedding rows and first-order weights each batch reads (convfm.model.embedding), per example
     embedding_l2: float = 0.0
+    # validation, early stopping and the kept model use an exponential moving average of the weights with this
+    # decay per optimizer step (0: the raw weights); convfm.training.averaging, README "Model quality"
+    ema_decay: float = 0.99
     batch_size: int = 1024
     num_epochs: int = 50
     patience: int = 5
@@ -284,6 +287,7 @@ class TrainConfig(BaseConfig):
                 f"(AdamW scales the weights by 1 - learning_rate * weight_decay each step), got {self.weight_decay!r} "
                 f"with learning_rate {self.learning_rate!r}")
         check_number(self.embedding_l2, "embedding_l2", 0, 1)
+        check_number(self.ema_decay, "ema_decay", 0, 1, high_open=True)
         check_int(self.batch_size, "batch_size", 1, 1_048_576)
         check_int(self.num_epochs, "num_epochs", 1, 10_000)
         check_int(self.patience, "patience", 1, 10_000)

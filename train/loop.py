@@ -20,8 +20,10 @@ on its shard (DDP averages gradients), rank 0 validates, its value of the early-
 so every rank schedules and stops together. Around it this loop adds only DDP, the shards, worker diagnostics in rank 0's
 record, and one report per rank and epoch (``ray.train.report``, or ``ray.tune.report`` in a trial actor); rank 0
 attaches a checkpoint:
-  model/           a complete model directory (save_model_dir: weights, configs, extractor, metrics)
-  train_state.pt   TrainingState.state_dict(): epoch, optimizer, LR schedule, early stopping, history
+  model/           a complete model directory (save_model_dir: weights, configs, extractor, metrics) of the
+                   model validated (``TrainingState.kept_model``: the weight average with ``ema_decay``)
+  train_state.pt   TrainingState.state_dict(): epoch, optimizer, LR schedule, early stopping, history, the
+                   weight average, and then the trained weights (``TRAINING_WEIGHTS``), which resuming continues
 """
 from __future__ import annotations
 
@@ -51,12 +53,14 @@ from convfm.features.fields import FeatureMap
 from convfm.model.network import ConvFM
 from convfm.data.partitioned import example_set_of
 from convfm.data.prepare import PreparedData
+from convfm.training.averaging import unwrap
 from convfm.training.in_process import TrainingState, batch_per_rank, run_epoch
 from train.prepare_distributed import BATCH_ROWS
 
 log = logging.getLogger(__name__)
 MODEL_DIR = "model"
 TRAIN_STATE = "train_state.pt"
+TRAINING_WEIGHTS = "training_weights"  # train_state.pt's copy of the raw weights when model/ holds their average
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +171,8 @@ def _restore(checkpoint: Optional[ray.train.Checkpoint | ray.tune.Checkpoint], m
     if saved.config != model_config or saved.feature_map != feature_map:
         raise ArtifactError(f"{checkpoint.path}: checkpoint holds a different model config or feature map "
                             "than this run; start a new run instead of resuming")
+    if TRAINING_WEIGHTS in state:  # model/ holds the weight average: training goes on from the raw weights
+        saved.load_state_dict(state.pop(TRAINING_WEIGHTS))
     return saved.train(), state
 
 
@@ -201,9 +207,13 @@ def _worker_diagnostics(model: nn.Module, device: torch.device, world_size: int,
 def _report_with_checkpoint(session: LoopSession, record: dict[str, Any], model: nn.Module, state: TrainingState,
                             extractor: Any, train_config: TrainConfig, data_config: DataConfig) -> None:
     with tempfile.TemporaryDirectory(prefix="convfm-ckpt-") as directory:
-        save_model_dir(Path(directory) / MODEL_DIR, model, extractor, metrics=record,
+        kept = state.kept_model(model)
+        save_model_dir(Path(directory) / MODEL_DIR, kept, extractor, metrics=record,
                        extra_json={"train_config": train_config.to_dict(), "data_config": data_config.to_dict()})
-        torch.save(state.state_dict(), Path(directory) / TRAIN_STATE)
+        train_state = state.state_dict()
+        if kept is not unwrap(model):
+            train_state[TRAINING_WEIGHTS] = unwrap(model).state_dict()
+        torch.save(train_state, Path(directory) / TRAIN_STATE)
         session.report(record, checkpoint=session.checkpoint_type.from_directory(directory))
 
 

@@ -1,8 +1,8 @@
 """The epoch protocol every trainer follows, and in-process training (one worker, no Ray).
 
-``TrainingState`` (optimizer, LR schedule, early stopping, per-epoch history) is what a checkpoint needs
-besides the weights. ``run_epoch`` is one epoch of the protocol (train, validate and record, step stopper
-and schedule, append to history); the in-process loop below and the Ray Train loop (``train/loop.py``) both
+``TrainingState`` (optimizer, LR schedule, early stopping, per-epoch history, the weight average) is what a
+checkpoint needs besides the weights. ``run_epoch`` is one epoch of the protocol (train, validate and record, step
+stopper and schedule, append to history); the in-process loop below and the Ray Train loop (``train/loop.py``) both
 drive it through ``TrainingState.epochs``, so they stop, schedule and record epochs identically. The Ray
 loop only adds DDP, sharding, reporting and checkpoints around it.
 """
@@ -23,6 +23,7 @@ from convfm.jsonfile import to_plain
 from convfm.model.network import ConvFM
 from convfm.model.optim import CombinedOptimizer, LRSchedule, build_optimizer
 from convfm.data.prepare import PreparedData
+from convfm.training.averaging import WeightAverage, unwrap
 from convfm.training.epoch import train_epoch
 from convfm.validate import check_choice, require
 
@@ -110,20 +111,28 @@ def validate(model: nn.Module, data: PreparedData, config: TrainConfig, device: 
 
 @dataclasses.dataclass
 class TrainingState:
-    """Everything besides the weights that resuming a run needs: optimizer, schedule, stopper, history."""
+    """Everything besides the weights that resuming a run needs: optimizer, schedule, stopper, history, and the
+    weight average (``TrainConfig.ema_decay`` above 0), which is then the model validated and kept."""
 
     optimizer: CombinedOptimizer
     schedule: LRSchedule
     stopper: EarlyStopping
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     next_epoch: int = 0
+    average: Optional[WeightAverage] = None
 
     @classmethod
     def create(cls, model: nn.Module, config: TrainConfig) -> "TrainingState":
         optimizer = build_optimizer(model, config.learning_rate, config.weight_decay)
         schedule = LRSchedule(optimizer, config.lr_schedule, config.num_epochs, config.patience,
                               mode=config.early_stopping[1])
-        return cls(optimizer, schedule, EarlyStopping(config.patience, config.min_delta, config.early_stopping_metric))
+        average = WeightAverage.of(model, config.ema_decay) if config.ema_decay else None
+        return cls(optimizer, schedule, EarlyStopping(config.patience, config.min_delta, config.early_stopping_metric),
+                   average=average)
+
+    def kept_model(self, model: nn.Module) -> nn.Module:
+        """The model that validation scores and a checkpoint keeps: the weight average, else ``model`` itself."""
+        return unwrap(model) if self.average is None else self.average.model
 
     def end_epoch(self, epoch: int, value: float) -> bool:
         """Advance stopper and schedule after validating ``epoch`` (``value``: its validation value of the
@@ -156,6 +165,7 @@ class TrainingState:
             "stopper": {"metric": self.stopper.metric, "best": self.stopper.best,
                         "best_epoch": self.stopper.best_epoch, "bad_epochs": self.stopper.bad_epochs},
             "history": [to_plain(record) for record in self.history],
+            **({} if self.average is None else {"average": self.average.state_dict()}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -172,6 +182,8 @@ class TrainingState:
         self.stopper = dataclasses.replace(self.stopper, **state["stopper"])
         self.history = [dict(record) for record in state["history"]]
         self.next_epoch = int(state["next_epoch"])
+        if self.average is not None and "average" in state:  # else the average starts from the current weights
+            self.average.load_state_dict(state["average"])
 
 
 def check_resumable_metric(state: Mapping[str, Any], metric: str) -> None:
@@ -202,20 +214,23 @@ def run_epoch(
     """One epoch (``state.next_epoch``) of the protocol; returns its history record, or None on a rank
     without ``validation``.
 
-    Train this rank's ``examples`` in the epoch's seeded order; validate and record where ``validation``
-    is given (rank 0); ``share_metric`` makes every rank agree on rank 0's value of the early-stopping metric
-    (a DDP broadcast; NaN stands in on the other ranks), so each steps the same stopper and schedule and stops
-    at the same
-    epoch; ``extras`` adds the caller's keys to the record (worker diagnostics; it runs on every rank, so it
+    Train this rank's ``examples`` in the epoch's seeded order; validate (``state.kept_model``: the weight
+    average, its BatchNorm statistics refreshed on ``examples``) and record where ``validation`` is given
+    (rank 0); ``share_metric`` makes every rank agree on rank 0's value of the early-stopping metric (a DDP
+    broadcast; NaN stands in on the other ranks), so each steps the same stopper and schedule and stops at the
+    same epoch; ``extras`` adds the caller's keys to the record (worker diagnostics; it runs on every rank, so it
     may be a collective); then the best epoch and the stop decision, and the record joins the history.
     """
     epoch = state.next_epoch
-    stats = train_epoch(model, examples, state.optimizer, batch_per_rank(config, world_size), device,
+    batch_size = batch_per_rank(config, world_size)
+    stats = train_epoch(model, examples, state.optimizer, batch_size, device,
                         epoch_seed=epoch_seed(config.seed, epoch, rank), use_amp=config.use_amp, on_batch=on_batch,
-                        embedding_l2=config.embedding_l2)
+                        embedding_l2=config.embedding_l2, average=state.average)
     record = None
     if validation is not None:
-        record = epoch_record(epoch, stats, validate(model, validation, config, device))
+        if state.average is not None:
+            state.average.refresh_statistics(examples, batch_size, device, config.use_amp)
+        record = epoch_record(epoch, stats, validate(state.kept_model(model), validation, config, device))
         record["learning_rate"] = state.schedule.learning_rate  # the rate this epoch trained with
     state.end_epoch(epoch, share_metric(math.nan if record is None else record[config.early_stopping[0]]))
     added = extras()
@@ -234,8 +249,8 @@ def fit_in_process(
     initial: Optional[ConvFM] = None,
 ) -> tuple[ConvFM, list[dict[str, Any]]]:
     """Train on ``data.sets['train']`` with early stopping on ``early_stopping_metric``; return the model of
-    its best epoch + history. ``initial`` is the model to start from instead of a fresh one (a warm start:
-    ``convfm.training.warm_start.warm_model``; it is trained in place)."""
+    its best epoch (the weight average's, with ``ema_decay``) + history. ``initial`` is the model to start from
+    instead of a fresh one (a warm start: ``convfm.training.warm_start.warm_model``; it is trained in place)."""
     check_initial_weights(train_config, initial is not None)
     torch.manual_seed(train_config.seed)
     device = torch.device("cuda" if train_config.use_gpu and torch.cuda.is_available() else "cpu")
@@ -246,7 +261,7 @@ def fit_in_process(
         if on_epoch is not None and record is not None:
             on_epoch(record)
         if state.stopper.best_epoch == epoch:
-            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_weights = {k: v.detach().clone() for k, v in state.kept_model(model).state_dict().items()}
     if state.should_stop:
         log.info("early stop at epoch %d (best %d)", state.next_epoch - 1, state.stopper.best_epoch)
     if best_weights is not None:

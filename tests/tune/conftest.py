@@ -26,6 +26,7 @@ TINY_SPACE: dict[str, Any] = {
     "embedding_l2": 0.0,  # fixed, like weight_decay: more searched fields would change the proposals above
     "id_dropout": 0.5,
     "early_stopping_metric": "log_loss",
+    "ema_decay": 0.99,
 }
 TINY_TUNE: dict[str, Any] = {"num_samples": 3, "max_concurrent": 2, "search_alg": "optuna", "seed": 2,
                              "max_t": 3, "grace_period": 1, "reduction_factor": 2, "name": "tiny"}

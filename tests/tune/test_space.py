@@ -20,13 +20,14 @@ def test_default_space_covers_the_seed_table():
     space = SearchSpace.from_overrides({})
     assert set(space.params) == {"embedding_dim", "conv_filters", "conv_kernel_size", "dropout_rate", "hidden_dims",
                                  "learning_rate", "batch_size", "weight_decay", "sparse_embeddings", "embedding_l2",
-                                 "early_stopping_metric", "id_dropout"}
+                                 "early_stopping_metric", "id_dropout", "ema_decay"}
     assert space.params == DEFAULT_SPACE and not space.fixed
     assert (DEFAULT_SPACE["learning_rate"].low, DEFAULT_SPACE["learning_rate"].high) == (1e-4, 1e-2)
     assert set(DEFAULT_SPACE["conv_kernel_size"].values) == {1, 3, 5}
     assert 0.0 in DEFAULT_SPACE["embedding_l2"].values and 0.0 in DEFAULT_SPACE["weight_decay"].values
     assert set(DEFAULT_SPACE["early_stopping_metric"].values) == {"roc_auc", "log_loss"}
     assert {0.0, ModelConfig().id_dropout} <= set(DEFAULT_SPACE["id_dropout"].values)
+    assert {0.0, TrainConfig().ema_decay} <= set(DEFAULT_SPACE["ema_decay"].values)  # off, and the default
     space.validate()  # every default value builds a valid ModelConfig / TrainConfig
 
 
@@ -37,12 +38,12 @@ def test_overrides_decode_to_config_fields():
     assert space.fixed == {"weight_decay": 0.0}
     sampled = {"hidden_dims": "[32, 16]", "embedding_dim": 11, "conv_filters": 16, "conv_kernel_size": 3,
                "dropout_rate": 0.1, "learning_rate": 1e-3, "batch_size": 256, "sparse_embeddings": True,
-               "embedding_l2": 1e-4, "early_stopping_metric": "roc_auc", "id_dropout": 0.25}
+               "embedding_l2": 1e-4, "early_stopping_metric": "roc_auc", "id_dropout": 0.25, "ema_decay": 0.9}
     model, train = space.configs(ModelConfig(), TrainConfig(), sampled)
     assert model.hidden_dims == (32, 16) and model.embedding_dim == 11 and model.sparse_embeddings is True
     assert model.id_dropout == 0.25
     assert train.learning_rate == 1e-3 and train.weight_decay == 0.0 and train.batch_size == 256
-    assert train.embedding_l2 == 1e-4 and train.early_stopping_metric == "roc_auc"
+    assert train.embedding_l2 == 1e-4 and train.early_stopping_metric == "roc_auc" and train.ema_decay == 0.9
 
 
 def test_a_bad_sample_is_refused_naming_the_field():
@@ -50,7 +51,7 @@ def test_a_bad_sample_is_refused_naming_the_field():
     sampled = {"hidden_dims": "[64, 32]", "embedding_dim": 16, "conv_filters": 16, "conv_kernel_size": 4,
                "dropout_rate": 0.1, "learning_rate": 1e-3, "batch_size": 256, "weight_decay": 0.0,
                "sparse_embeddings": False, "embedding_l2": 0.0, "early_stopping_metric": "log_loss",
-               "id_dropout": 0.5}
+               "id_dropout": 0.5, "ema_decay": 0.99}
     with pytest.raises(ConfigError, match="conv_kernel_size: must be an odd integer"):
         space.configs(ModelConfig(), TrainConfig(), sampled)
 
@@ -136,7 +137,7 @@ def test_trials_run_with_tunes_cpus_per_worker_and_record_it():
     assert base.cpus_per_worker == 0.5 and base.placement_strategy == "SPREAD"
     sampled = {"hidden_dims": "[64, 32]", "embedding_dim": 16, "conv_filters": 16, "conv_kernel_size": 3,
                "dropout_rate": 0.1, "learning_rate": 1e-3, "weight_decay": 0.0, "sparse_embeddings": False,
-               "embedding_l2": 0.0, "early_stopping_metric": "log_loss", "id_dropout": 0.5}
+               "embedding_l2": 0.0, "early_stopping_metric": "log_loss", "id_dropout": 0.5, "ema_decay": 0.99}
     _, trial = config.search_space().configs(model, base, sampled)
     assert trial.cpus_per_worker == 0.5 and trial.batch_size == 256
 
