@@ -20,16 +20,25 @@ def prepared(market_dir):
     return prepare_data(DataConfig(path=str(market_dir)))
 
 
-def test_the_average_follows_decay_after_copying_the_first_step():
+def set_weight(model: nn.Linear, value: float) -> None:
+    with torch.no_grad():
+        model.weight.fill_(value)
+
+
+def test_the_average_follows_decay_after_a_warm_up():
     model = nn.Linear(2, 1, bias=False)
+    set_weight(model, 0.0)
     average = WeightAverage.of(model, decay=0.75)
     for value in (4.0, 8.0, 0.0):
-        with torch.no_grad():
-            model.weight.fill_(value)
+        set_weight(model, value)
         average.update(model)
-    # 4 (copied), then 0.75 * 4 + 0.25 * 8 = 5, then 0.75 * 5 + 0.25 * 0 = 3.75
-    assert average.model.weight.tolist() == [[3.75, 3.75]] and average.steps == 3
+    # decays 1/10, 2/11, 3/12 (below 0.75): 0.9 * 4 = 3.6, then 2/11 * 3.6 + 9/11 * 8 = 7.2, then 0.25 * 7.2 = 1.8
+    assert average.model.weight[0].tolist() == pytest.approx([1.8, 1.8]) and average.steps == 3
     assert model.weight.tolist() == [[0.0, 0.0]] and not average.model.weight.requires_grad
+    average.steps = 1_000  # past the warm-up: decay itself
+    set_weight(model, 10.0)
+    average.update(model)
+    assert average.decay_now == 0.75 and average.model.weight[0].tolist() == pytest.approx([0.75 * 1.8 + 2.5] * 2)
 
 
 def test_refreshed_statistics_are_the_averaged_weights_own(prepared):
