@@ -103,7 +103,7 @@ def validate(model: nn.Module, data: PreparedData, config: TrainConfig, device: 
              split: str = "valid") -> dict[str, Any]:
     """evaluate_split under the run's evaluation protocol (protocol, negatives, k, seed); the live protocol
     ranks at most ``eval_max_events`` positives so that validating every epoch stays cheap."""
-    core = getattr(model, "module", model)  # a DDP wrapper would sync buffers in forward: evaluate the module
+    core = unwrap(model)  # a DDP wrapper would sync buffers in forward: evaluate the module
     return evaluate_split(core, data, split, device=device, negatives=config.eval_negatives,
                           k=config.ranking_k, seed=config.seed, protocol=config.eval_protocol,
                           max_events=config.eval_max_events)
