@@ -121,7 +121,7 @@ def main() -> None:
                   f"history_length {config.history_length}, recency {config.recency}, "
                   f"popularity_days {config.popularity_days}, "
                   f"negative_ratio {config.negative_ratio}; batch {train.batch_size}, learning rate "
-                  f"{train.learning_rate:g}; {len(history_log)} epochs in {seconds:.0f}s, best epoch "
+                  f"{train.learning_rate:g}, ema_decay {train.ema_decay:g}; {len(history_log)} epochs in {seconds:.0f}s, best epoch "
                   f"{int(best['epoch']) + 1} by validation {train.early_stopping_metric} (val AUC "
                   f"{best['val_roc_auc']:.4f}, log loss {best['val_log_loss']:.4f}); split {args.split}, examples "
                   f"{data.summary()}; test split; val AUC per epoch "
