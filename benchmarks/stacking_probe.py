@@ -1,6 +1,6 @@
 """What is left for the model to learn? Stacking probes of the trained default model on the quality market.
 
-Trains the default ConvFM on ``benchmarks/quality.py``'s market (same sizes, seed, split and 5 epochs) once per
+Trains the default ConvFM on ``benchmarks/quality.py``'s market (same sizes, seed and split) once per
 ``--inits`` seed of its initial weights, then stacks the first model's logit with signals it does not see as
 such: a logistic regression fitted on the validation split, reported as test ROC-AUC. A signal whose stack beats
 the model alone is one a feature could add; one that does not is already in the logit, or carries nothing.
@@ -25,6 +25,7 @@ With ``--inits`` above 1 it also reports each model's test ROC-AUC and that of t
 alone and stacked with every signal: the spread between initial weights, and what averaging it away is worth.
 
     .venv/bin/python benchmarks/stacking_probe.py [--inits 4] [--threads 2] [--seed 0] [--epochs 50]
+        [--ema-decay 0.99]
 
 Models train as TrainConfig does: up to ``--epochs`` (50), early stopping on validation log loss decides.
 """
@@ -58,9 +59,10 @@ SPLITS = ("valid", "test")
 STATIC_TERMS = FEATURES[:9]  # the truth's terms before the history ones
 
 
-def logits_of(data: PreparedData, init: int, epochs: int) -> dict[str, np.ndarray]:
+def logits_of(data: PreparedData, init: int, epochs: int,
+              ema_decay: float = TrainConfig.ema_decay) -> dict[str, np.ndarray]:
     """Split name (train, valid, test) -> logits of the default model trained with initial-weight seed ``init``."""
-    model, _ = fit_in_process(data, ModelConfig(), TrainConfig(num_epochs=epochs, seed=init))
+    model, _ = fit_in_process(data, ModelConfig(), TrainConfig(num_epochs=epochs, seed=init, ema_decay=ema_decay))
     out = {}
     for split in ("train", *SPLITS):
         p = np.clip(predict_proba(model, data.sets[split], 4096, torch.device("cpu")), 1e-7, 1 - 1e-7)
@@ -168,20 +170,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the market's and the split's seed")
     parser.add_argument("--inits", type=int, default=1, help="models trained, initial-weight seeds 0..N-1")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay, help="the weight average's decay "
+                        f"(default {TrainConfig.ema_decay}; 0: the raw weights)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     market = generate_market(args.users, args.jobs, args.interactions, seed=args.seed)
     with tempfile.TemporaryDirectory() as workdir:
         write_market(market, workdir)
         data = prepare_data(DataConfig(path=workdir, seed=args.seed, split="global_time"))
-        runs = [logits_of(data, init, args.epochs) for init in range(args.inits)]
+        runs = [logits_of(data, init, args.epochs, args.ema_decay) for init in range(args.inits)]
         found = signals(market, data, runs[0], Path(workdir))
     observed = observed_oracle(market)
     terms = {split: formula_terms(observed, data.frames[split]) for split in SPLITS}
     labels = {split: data.frames[split]["label"].to_numpy() for split in SPLITS}
     print(f"{args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed {args.seed}; default model, "
-          f"at most {args.epochs} epochs, {args.threads} thread(s); split global_time; test examples "
-          f"{len(labels['test'])}\n")
+          f"at most {args.epochs} epochs, ema_decay {args.ema_decay:g}, {args.threads} thread(s); split global_time; "
+          f"test examples {len(labels['test'])}\n")
     print("| scorer | test ROC-AUC |\n|---|---:|")
     print(f"| model (initial weights 0) | {roc_auc_score(labels['test'], runs[0]['test']):.4f} |")
     for name, extra in found.items():
