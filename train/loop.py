@@ -112,7 +112,7 @@ def _train(config: dict[str, Any], session: LoopSession) -> None:
     model, saved_state = _restore(session.checkpoint, model_config, feature_map, initial)
     torch.manual_seed(train_config.seed + 7_919 * rank)  # per-rank dropout noise
     model = session.prepare_model(model)
-    state = TrainingState.create(model, train_config)
+    state = TrainingState.create(model, train_config, validates=bundle is not None)
     if saved_state is not None:
         state.load_state_dict(saved_state)
     start_epoch = state.next_epoch

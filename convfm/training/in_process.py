@@ -122,11 +122,12 @@ class TrainingState:
     average: Optional[WeightAverage] = None
 
     @classmethod
-    def create(cls, model: nn.Module, config: TrainConfig) -> "TrainingState":
+    def create(cls, model: nn.Module, config: TrainConfig, *, validates: bool = True) -> "TrainingState":
+        """``validates``: whether this rank validates (DDP rank 0); only that rank keeps the weight average."""
         optimizer = build_optimizer(model, config.learning_rate, config.weight_decay)
         schedule = LRSchedule(optimizer, config.lr_schedule, config.num_epochs, config.patience,
                               mode=config.early_stopping[1])
-        average = WeightAverage.of(model, config.ema_decay) if config.ema_decay else None
+        average = WeightAverage.of(model, config.ema_decay) if config.ema_decay and validates else None
         return cls(optimizer, schedule, EarlyStopping(config.patience, config.min_delta, config.early_stopping_metric),
                    average=average)
 

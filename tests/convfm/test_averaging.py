@@ -113,6 +113,18 @@ def test_a_resumed_state_continues_the_average(prepared, tmp_path):
     assert fresh.average.steps == 0
 
 
+def test_only_the_validating_rank_keeps_the_average(prepared):
+    torch.manual_seed(0)
+    model = ConvFM(SMALL, prepared.extractor.feature_map)
+    config = TrainConfig(ema_decay=0.9, num_epochs=1, batch_size=256)
+    other = TrainingState.create(model, config, validates=False)  # a DDP rank other than 0
+    assert other.average is None and other.kept_model(model) is model
+    assert run_epoch(model, prepared.sets["train"], other, config, torch.device("cpu"), validation=None) is None
+    rank0 = TrainingState.create(model, config)
+    other.load_state_dict(rank0.state_dict())  # resuming from rank 0's state, which carries an average
+    assert other.average is None and other.next_epoch == 0
+
+
 def test_ema_decay_must_stay_below_one():
     assert TrainConfig(ema_decay=0.0).ema_decay == 0.0
     with pytest.raises(ConfigError, match=r"ema_decay: must be a number in \[0, 1\), got 1"):
