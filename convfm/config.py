@@ -85,10 +85,15 @@ class ModelConfig(BaseConfig):
     # Learned logit terms on what the user's recent jobs share with the job: the share of their skills, companies
     # and locations the job has (and log1p of the count), with history fields. Models saved before it have none.
     history_match: bool = True
+    # Learned logit terms on whether the job is in the user's location and at their experience level (fields of
+    # one vocabulary on both sides): equality that low-rank embedding products learn only for frequent values.
+    # Models saved before it have none.
+    profile_match: bool = True
 
     def __post_init__(self) -> None:
         check_bool(self.skill_match, "skill_match")
         check_bool(self.history_match, "history_match")
+        check_bool(self.profile_match, "profile_match")
         check_int(self.embedding_dim, "embedding_dim", 1, 1024)
         check_int(self.conv_filters, "conv_filters", 1, 1024)
         check_int(self.conv_kernel_size, "conv_kernel_size", 1, 15, odd=True)

@@ -217,6 +217,9 @@ class Explanation(BaseModel):
     history_match: Optional[float] = Field(None, description="the history-match terms' part of the logit, when "
                                            "the job shares a skill, company or location with the user's recent "
                                            "jobs and the model has the terms")
+    profile_match: Optional[float] = Field(None, description="the profile-match terms' part of the logit, when "
+                                           "the job is in the user's location or at their experience level and "
+                                           "the model has the terms")
     matching: dict[str, list[str]] = Field(default_factory=dict)
     similar_to: Optional[SimilarJob] = Field(None, description="the most similar job in the user's history")
 

@@ -374,5 +374,7 @@ def _why(explanation: dict[str, Any]) -> str:
                      + ("" if term is None else f" ({term:+.3g})"))
     parts += [f"same {vocab.replace('_', ' ')}: {', '.join(values)}"
               for vocab, values in explanation["matching"].items()]
+    if explanation.get("profile_match"):
+        parts.append(f"your location or level ({explanation['profile_match']:+.3g})")
     parts += [f"{x['user_field']} x {x['job_field']} ({x['value']:+.3g})" for x in explanation["interactions"][:2]]
     return "; ".join(parts)

@@ -33,7 +33,8 @@ class Explainer:
         the shared values (skills, location, ...) of the user's fields and the job's that share a vocabulary,
         ``skill_match``: the skill-match term's part of the logit when the two share a skill (else None),
         ``history_match``: the history-match terms' part when the job shares a skill, company or location with the
-        user's recent jobs (else None), and
+        user's recent jobs (else None), ``profile_match``: the profile-match terms' part when the job is in the
+        user's location or at their experience level (else None), and
         ``similar_to``: of the user's past jobs (catalog ``history_rows``), the one whose summed job-side
         embeddings are closest in cosine, or None. ``user`` is one row.
 
@@ -53,7 +54,7 @@ class Explainer:
             pairs = self.ranker.model.fm.pairs(e_user, e_jobs).flatten(1).cpu().numpy()  # (m, Fu*Fj)
             similar = self._similar(e_jobs, np.asarray(history_rows, dtype=np.int64))
             constant = self.constant_job_fields()  # (Fj,)
-            skill_terms, history_terms = self._pair_terms(user, rows, constant)  # (m,) each, or None
+            skill_terms, history_terms, profile_terms = self._pair_terms(user, rows, constant)  # (m,) each, or None
         usable = self._informative(user, jobs, constant).reshape(len(rows), -1)  # (m, Fu*Fj)
         names_u = [f.name for f in self.ranker.user_map.fields]
         names_j = [f.name for f in self.ranker.job_map.fields]
@@ -71,23 +72,23 @@ class Explainer:
             skills = shared.pop("skill", [])
             out.append({"interactions": interactions, "matching_skills": skills,
                         "skill_match": float(skill_terms[m]) if skill_terms is not None and skills else None,
-                        "history_match": _nonzero(history_terms, m),
+                        "history_match": _nonzero(history_terms, m), "profile_match": _nonzero(profile_terms, m),
                         "matching": {vocab: v for vocab, v in shared.items() if v}, "similar_to": similar[m]})
         return out
 
     def _pair_terms(self, user: EncodedTable, rows: np.ndarray,
                     constant: np.ndarray) -> tuple[Optional[np.ndarray], ...]:
-        """The skill-match and the history-match terms of the logit (``ModelConfig.skill_match``,
-        ``history_match``) of one user against catalog ``rows`` (m,) -> (m,) each, None for a term the model
+        """The skill-, history- and profile-match terms of the logit (``ModelConfig.skill_match``,
+        ``history_match``, ``profile_match``) of one user against catalog ``rows`` (m,) -> (m,) each, None for a term the model
         lacks; pairs whose job field is ``constant`` over the catalog (Fj,) left out (they tell no job from
         another)."""
         model = self.ranker.model
         if not model.pair_matches():
-            return None, None
+            return None, None, None
         lists = self.ranker._side(user, "user").lists  # every pair's (1, L)
         fixed = {f.name for f, c in zip(self.ranker.job_map.fields, constant) if c}
         out = []
-        for term in (model.skill_match, model.history_match):
+        for term in (model.skill_match, model.history_match, model.profile_match):
             keep = lambda match, pair, term=term: match is term and pair.job not in fixed  # noqa: E731
             out.append(None if term is None else
                        self.ranker.pair_terms(lists, torch.as_tensor(rows), keep=keep)[0].cpu().numpy())

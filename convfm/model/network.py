@@ -25,7 +25,7 @@ from convfm.config import ModelConfig
 from convfm.errors import ConfigError
 from convfm.features.fields import FeatureMap
 from convfm.model.embedding import FieldEmbedding, IdDropout, LookupPlan
-from convfm.model.pair_match import HISTORY_PAIRS, SKILL_PAIRS, PairMatch
+from convfm.model.pair_match import HISTORY_PAIRS, PROFILE_PAIRS, SKILL_PAIRS, PairMatch
 
 
 class FMSide(NamedTuple):
@@ -229,10 +229,12 @@ class ConvFM(nn.Module):
         self.deep = DeepHead(fields * dim + config.conv_filters, config.hidden_dims, config.dropout_rate)
         self.skill_match = PairMatch.build(feature_map, SKILL_PAIRS, "jaccard") if config.skill_match else None
         self.history_match = PairMatch.build(feature_map, HISTORY_PAIRS, "share") if config.history_match else None
+        self.profile_match = PairMatch.build(feature_map, PROFILE_PAIRS, "jaccard") if config.profile_match else None
 
     def pair_matches(self) -> list[PairMatch]:
-        """The pair-match terms the model has (``ModelConfig.skill_match``, ``history_match``), in Side order."""
-        return [m for m in (self.skill_match, self.history_match) if m is not None]
+        """The pair-match terms the model has (``ModelConfig.skill_match``, ``history_match``, ``profile_match``), in
+        Side order."""
+        return [m for m in (self.skill_match, self.history_match, self.profile_match) if m is not None]
 
     def match_pairs(self) -> list[tuple[PairMatch, int]]:
         """(term, pair index) of every pair of the pair-match terms, in the order of a Side's ``lists``."""
@@ -354,7 +356,7 @@ class SplitLogit:
         linear = weights.sum(1) + self.model.bias if left else weights.sum(1)  # (R,)
         conv = self.model.conv.side(emb, self.cut, self.fields, left)
         matches = self.model.pair_matches()
-        lists = tuple(t for m in matches for t in (m.user_lists(multi) if left else m.job_lists(cat, multi)))
+        lists = tuple(t for m in matches for t in (m.user_lists(cat, multi) if left else m.job_lists(cat, multi)))
         return Side(linear, self.model.fm.side(emb), conv, self.head.partial(0 if left else 1, emb.flatten(1)),
                     lists or None)
 

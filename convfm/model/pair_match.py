@@ -1,6 +1,6 @@
-"""Pair-match terms: learned logit terms on what a user's list field and a job's field share (the skills the user
-lists; the skills, companies and locations of the user's recent jobs), pair features that pooled per-side
-embeddings miss.
+"""Pair-match terms: learned logit terms on what a user's field and a job's field share (the skills the user
+lists; the skills, companies and locations of the user's recent jobs; the user's own location and experience
+level), pair features that pooled per-side embeddings miss.
 
 Notation as in ``convfm.model.network``: B batch, Fc categorical / Fm multi fields, L list length, U users, N jobs.
 """
@@ -16,24 +16,26 @@ from convfm.features.fields import PAD, UNK, FeatureMap
 SKILL_PAIRS = (("user_skills", "job_skills"),)
 HISTORY_PAIRS = (("history_skills", "job_skills"), ("history_companies", "company"),
                  ("history_locations", "job_location"))
+PROFILE_PAIRS = (("user_location", "job_location"), ("user_experience", "job_experience"))
 OVERLAPS = ("jaccard", "share")
 
 
 class Pair(NamedTuple):
-    """A user list field and a job field over one vocabulary, and where the two sit in the model's inputs."""
+    """A user field and a job field over one vocabulary, and where the two sit in the model's inputs."""
 
     user: str
     job: str
-    user_column: int  # in the (B, Fm, L) multi tensor
-    job_kind: str  # "multi" or "categorical"
-    job_column: int  # in the multi tensor, or in the (B, Fc) cat tensor
+    user_kind: str  # "multi" or "categorical" (a list of one value)
+    user_column: int  # in the (B, Fm, L) multi tensor, or in the (B, Fc) cat tensor
+    job_kind: str
+    job_column: int
 
 
 class PairMatch(nn.Module):
     """sum over pairs p of w_p . [overlap, log1p(shared)]: ``shared`` counts the user's known entries (UNK never
     matches, PAD is no entry) found among the job's, with multiplicity (a company three recent jobs had counts
     three times). ``overlap`` is "jaccard", shared / (|a| + |b| - shared), at most 1 (a set the user states,
-    such as skills), or "share", shared / |a| (the share of the user's recent jobs' values the job has). Built
+    such as skills; for two single values, whether they are equal), or "share", shared / |a| (the share of the user's recent jobs' values the job has). Built
     over the pairs whose fields the feature map holds (``build``)."""
 
     def __init__(self, pairs: Sequence[Pair], overlap: str, vocab: int) -> None:
@@ -46,29 +48,28 @@ class PairMatch(nn.Module):
     @staticmethod
     def build(feature_map: FeatureMap, names: Sequence[tuple[str, str]], overlap: str) -> Optional["PairMatch"]:
         """The term over the pairs of ``names`` whose two fields ``feature_map`` holds, over one vocabulary
-        (user side multi-valued; job side multi-valued or categorical); None when no pair is there."""
-        multi = {f.name: (i, f) for i, f in enumerate(feature_map.of_kind("multi"))}
-        cat = {f.name: (i, f) for i, f in enumerate(feature_map.of_kind("categorical"))}
+        (each side multi-valued or categorical); None when no pair is there."""
+        fields = {kind: {f.name: (i, f) for i, f in enumerate(feature_map.of_kind(kind))}
+                  for kind in ("multi", "categorical")}
+        where = {name: (kind, *found[name]) for kind, found in fields.items() for name in found}
         pairs, vocab = [], 0
         for user, job in names:
-            if user not in multi or (job not in multi and job not in cat):
+            if user not in where or job not in where:
                 continue
-            (u, user_spec), kind = multi[user], "multi" if job in multi else "categorical"
-            j, job_spec = (multi if kind == "multi" else cat)[job]
+            (user_kind, u, user_spec), (job_kind, j, job_spec) = where[user], where[job]
             if user_spec.vocab != job_spec.vocab:
                 continue
-            pairs.append(Pair(user, job, u, kind, j))
+            pairs.append(Pair(user, job, user_kind, u, job_kind, j))
             vocab = max(vocab, user_spec.size, job_spec.size)
         return PairMatch(pairs, overlap, vocab) if pairs else None
 
-    def user_lists(self, multi: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """multi (R, Fm, L) -> each pair's user list (R, L)."""
-        return tuple(multi[:, p.user_column] for p in self.pairs)
+    def user_lists(self, cat: torch.Tensor, multi: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """cat (R, Fc), multi (R, Fm, L) -> each pair's user list: (R, L), or (R, 1) for a categorical field."""
+        return tuple(_list(cat, multi, p.user_kind, p.user_column) for p in self.pairs)
 
     def job_lists(self, cat: torch.Tensor, multi: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """cat (R, Fc), multi (R, Fm, L) -> each pair's job list: (R, L), or (R, 1) for a categorical field."""
-        return tuple(multi[:, p.job_column] if p.job_kind == "multi" else cat[:, p.job_column : p.job_column + 1]
-                     for p in self.pairs)
+        return tuple(_list(cat, multi, p.job_kind, p.job_column) for p in self.pairs)
 
     @staticmethod
     def sizes(lists: torch.Tensor) -> torch.Tensor:
@@ -92,7 +93,7 @@ class PairMatch(nn.Module):
 
     def forward(self, cat: torch.Tensor, multi: torch.Tensor) -> torch.Tensor:
         """cat (B, Fc), multi (B, Fm, L) -> (B,)."""
-        users, jobs = self.user_lists(multi), self.job_lists(cat, multi)
+        users, jobs = self.user_lists(cat, multi), self.job_lists(cat, multi)
         return sum(self.term(p, a, b) for p, (a, b) in enumerate(zip(users, jobs)))
 
     def index(self, chunks: Iterable[torch.Tensor]) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -153,3 +154,8 @@ class PairMatch(nn.Module):
             if skip is not None and len(skip):
                 shared[skip[skip < width]] = 0
             logits[u, :width] += self.value(pair, shared, size_a[u], sizes)  # 0 where nothing is shared
+
+
+def _list(cat: torch.Tensor, multi: torch.Tensor, kind: str, column: int) -> torch.Tensor:
+    """One field's values as lists: multi (R, Fm, L) -> (R, L), or cat (R, Fc) -> (R, 1)."""
+    return multi[:, column] if kind == "multi" else cat[:, column : column + 1]

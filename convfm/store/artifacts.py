@@ -132,8 +132,8 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     try:
         saved = read_json(path / "model_config.json", "ModelConfig file", ArtifactError)
         # a model saved before the pair-match terms existed has none
-        config = ModelConfig.from_dict({"skill_match": False, "history_match": False, **saved},
-                                       source=str(path / "model_config.json"))
+        before = {"skill_match": False, "history_match": False, "profile_match": False}
+        config = ModelConfig.from_dict({**before, **saved}, source=str(path / "model_config.json"))
     except ConfigError as exc:
         raise ArtifactError(str(exc)) from None
     feature_map = FeatureMap.load(path / "feature_map.json")

@@ -1,4 +1,4 @@
-"""The pair-match terms (ModelConfig.skill_match, history_match): golden overlap features, and the fast ranking
+"""The pair-match terms (ModelConfig.skill_match, history_match, profile_match): golden overlap features, and the fast ranking
 paths (every job for a batch of users, chosen rows and pairs, a catalog grown after the indexes were built) equal
 to the model's own forward."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ from convfm.config import ModelConfig
 from convfm.features.fields import FeatureMap, FieldSpec
 from convfm.features.jobs import JobFeatureExtractor
 from convfm.model.network import ConvFM
-from convfm.model.pair_match import HISTORY_PAIRS, SKILL_PAIRS, PairMatch
+from convfm.model.pair_match import HISTORY_PAIRS, PROFILE_PAIRS, SKILL_PAIRS, PairMatch
 from convfm.model.ranking import CatalogRanker
 
 
@@ -60,6 +60,27 @@ def test_history_shares_golden():
     multi = torch.stack([history_companies, history_skills, job_skills], dim=1)  # (B, Fm, L)
     expected = torch.tensor([1.0 * 1 / 2 + 2.0 * 2 / 3 + 0.5 * float(np.log1p(2)), 0.0, 0.0])
     torch.testing.assert_close(match(cat, multi), expected)
+
+
+def test_profile_match_golden():
+    """Two single values of one vocabulary (the user's location, the job's): 1 where they are equal and known."""
+    fields = (FieldSpec("user_location", "categorical", "user", "location", 6),
+              FieldSpec("user_experience", "categorical", "user", "experience_level", 4),
+              FieldSpec("job_location", "categorical", "job", "location", 6),
+              FieldSpec("job_experience", "categorical", "job", "experience_level", 4))
+    match = PairMatch.build(FeatureMap(fields), PROFILE_PAIRS, "jaccard")
+    assert [(p.user, p.user_kind, p.job, p.job_kind) for p in match.pairs] == [
+        ("user_location", "categorical", "job_location", "categorical"),
+        ("user_experience", "categorical", "job_experience", "categorical")]
+    with torch.no_grad():
+        match.weight.copy_(torch.tensor([1.0, 0.0, 0.0, 2.0]))  # location: equality; level: 2 log1p(shared)
+    cat = torch.tensor([[4, 2, 4, 2], [4, 3, 5, 2], [1, 0, 1, 0]])  # both equal; neither; unknown and padding
+    torch.testing.assert_close(match(cat, torch.zeros((3, 0, 1), dtype=torch.int64)),
+                               torch.tensor([1 + 2 * np.log(2), 0.0, 0.0], dtype=torch.float32))
+    users, jobs = match.user_lists(cat, cat[:, :0, None]), match.job_lists(cat, cat[:, :0, None])
+    assert [tuple(t.shape) for t in users + jobs] == [(3, 1)] * 4
+    every = match.term(0, users[0][:, None], jobs[0][None])  # the catalog path: 1 where the locations are equal
+    torch.testing.assert_close(every, torch.tensor([[1.0, 0, 0], [1, 0, 0], [0, 0, 0]]))
 
 
 def test_the_inverted_index_adds_the_term_only_where_a_value_is_shared():
@@ -126,12 +147,12 @@ def test_a_model_saved_before_the_term_existed_loads_without_it(extractor, tmp_p
     to_dict = ModelConfig.to_dict
     with monkeypatch.context() as patch:  # earlier releases wrote no skill_match / history_match key
         patch.setattr(ModelConfig, "to_dict", lambda self: {k: v for k, v in to_dict(self).items()
-                                                             if k not in ("skill_match", "history_match")})
+                                                             if not k.endswith("_match")})
         saved = save_model_dir(tmp_path / "old", model, extractor)
     assert "_match" not in (saved / "model_config.json").read_text()
     loaded = load_model_dir(saved)
     assert loaded.model.config.skill_match is False and loaded.model.skill_match is None
-    assert loaded.model.config.history_match is False
+    assert loaded.model.config.history_match is False and loaded.model.config.profile_match is False
     assert ConvFM(ModelConfig(), extractor.feature_map).skill_match is not None  # new models have the term
 
 
@@ -145,6 +166,7 @@ def test_every_pair_term_on_a_job_market_model_and_a_catalog_grown_after_the_ind
     loaded = load_model_dir(tiny.model_dir)
     model, extractor = randomize(loaded.model, 5), loaded.extractor
     assert [p.job for p in model.history_match.pairs] == ["job_skills", "company", "job_location"]
+    assert [p.job for p in model.profile_match.pairs] == ["job_location", "job_experience"]
     with torch.no_grad():
         for match in model.pair_matches():
             match.weight.mul_(10)  # large enough to move the ranking

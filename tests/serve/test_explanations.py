@@ -110,6 +110,7 @@ def test_no_informative_pair_left_means_no_interactions_and_no_pair_in_the_why(m
     for e in clones.explainer.explain(profile_user(data.extractor), [1, 2, 3]):
         assert e["interactions"] == [] and " x " not in _why(e)
         assert e["skill_match"] is None and e["history_match"] is None  # nor a pair term of a constant field
+        assert e["profile_match"] is None
     assert clones.explainer.constant_job_fields().all()
 
 

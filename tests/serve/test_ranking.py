@@ -102,16 +102,25 @@ def test_top_k_honours_exclusions_and_candidate_mask(tiny):
 def test_explain_names_user_job_pairs_and_matching_skills(tiny):
     extractor = tiny.data.extractor
     ranker = CatalogRanker(tiny.model, extractor)
-    user = users_of(extractor, 2).take([1])
+    users = users_of(extractor, 20)
+    location = [f.name for f in ranker.user_map.of_kind("categorical")].index("user_location")
+    history = [f.name for f in ranker.user_map.of_kind("multi")].index("history_companies")
+    known = (users.cat[:, location] > 1) & (users.multi[:, history] > 1).any(1)
+    user = users.take([np.flatnonzero(known)[0]])  # the first user with a known location and a history
     rows, _ = ranker.top_k(user, 5)
+    assert len(ranker.explainer.explain(user, rows)) == 5
+    jobs = ranker.job_table(np.arange(ranker.n_jobs))
+    local = jobs.cat[:, [f.name for f in ranker.job_map.of_kind("categorical")].index("job_location")]
+    rows = np.r_[rows, np.flatnonzero(local == user.cat[0, location])[:3]]  # + 3 jobs in the user's location
+    assert len(rows) > 5
     explanations = ranker.explainer.explain(user, rows)
-    assert len(explanations) == 5
     user_fields = {f.name for f in extractor.feature_map.of_side("user").fields}
     job_fields = {f.name for f in extractor.feature_map.of_side("job").fields}
     skill_names = extractor.vocabs["skill"].values
     pairs = tiny.model.pairwise_interactions(
         *join_batches([table_tensors(user), table_tensors(ranker.job_table(rows[:1]))]))[0]
-    cited = 0
+    cited = profiles = 0
+    categorical = [f.name for f in extractor.feature_map.of_kind("categorical")]
     for e, row in zip(explanations, rows):
         assert e["interactions"] and all(x["user_field"] in user_fields and x["job_field"] in job_fields
                                          for x in e["interactions"])
@@ -134,7 +143,14 @@ def test_explain_names_user_job_pairs_and_matching_skills(tiny):
         cited += e["history_match"] is not None
         if history:
             assert e["history_match"] == pytest.approx(history, abs=1e-6)
-    assert cited  # this user's recent jobs share something with its top jobs
+        with torch.no_grad():  # the profile-match terms' part: the job in the user's location or at their level
+            profile = float(tiny.model.profile_match(cat, multi)[0])
+        assert e["profile_match"] == (pytest.approx(profile, abs=1e-6) if profile else None)
+        same = [cat[0, categorical.index(f"user_{v}")] == cat[0, categorical.index(f"job_{v}")] > 1
+                for v in ("location", "experience")]  # known (past PAD/UNK) and equal
+        assert any(same) == (profile != 0)
+        profiles += any(same)
+    assert cited and profiles  # this user's recent jobs, and profile, share something with its top jobs
     # the reported value is the model's own pairwise FM term for that field pair
     names = [f.name for f in extractor.feature_map.fields]
     top = explanations[0]["interactions"][0]
