@@ -77,8 +77,9 @@ class ModelConfig(BaseConfig):
     hidden_dims: tuple[int, ...] = (128, 64, 32)
     sparse_embeddings: bool = False
     # Training only: each user id, job id and history job id reads the unknown id's row with this probability,
-    # so the model learns to score the ids it has never seen (most users and jobs of a later period)
-    id_dropout: float = 0.5
+    # so the model learns to score the ids it has never seen (most users and jobs of a later period); 0.8 rather
+    # than 0.5: lower validation and test log loss on the default synthetic market (two seeds; README quality)
+    id_dropout: float = 0.8
     # A learned logit term on the overlap of the user's and the job's skill lists (Jaccard, log1p(shared count)):
     # a pair feature the per-side embeddings miss (README "Model quality"). Models saved before it have none.
     skill_match: bool = True
