@@ -79,9 +79,9 @@ class Explainer:
     def _pair_terms(self, user: EncodedTable, rows: np.ndarray,
                     constant: np.ndarray) -> tuple[Optional[np.ndarray], ...]:
         """The skill-, history- and profile-match terms of the logit (``ModelConfig.skill_match``,
-        ``history_match``, ``profile_match``) of one user against catalog ``rows`` (m,) -> (m,) each, None for a term the model
-        lacks; pairs whose job field is ``constant`` over the catalog (Fj,) left out (they tell no job from
-        another)."""
+        ``history_match``, ``profile_match``) of one user against catalog ``rows`` (m,) -> (m,) each, None for a
+        term the model lacks; pairs whose job field is ``constant`` over the catalog (Fj,) left out (they tell no
+        job from another)."""
         model = self.ranker.model
         if not model.pair_matches():
             return None, None, None

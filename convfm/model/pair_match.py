@@ -35,8 +35,9 @@ class PairMatch(nn.Module):
     """sum over pairs p of w_p . [overlap, log1p(shared)]: ``shared`` counts the user's known entries (UNK never
     matches, PAD is no entry) found among the job's, with multiplicity (a company three recent jobs had counts
     three times). ``overlap`` is "jaccard", shared / (|a| + |b| - shared), at most 1 (a set the user states,
-    such as skills; for two single values, whether they are equal), or "share", shared / |a| (the share of the user's recent jobs' values the job has). Built
-    over the pairs whose fields the feature map holds (``build``)."""
+    such as skills; for two single values, whether they are equal), or "share", shared / |a| (the share of the
+    user's recent jobs' values the job has). Built over the pairs whose fields the feature map holds
+    (``build``)."""
 
     def __init__(self, pairs: Sequence[Pair], overlap: str, vocab: int) -> None:
         super().__init__()

@@ -1,6 +1,6 @@
-"""The pair-match terms (ModelConfig.skill_match, history_match, profile_match): golden overlap features, and the fast ranking
-paths (every job for a batch of users, chosen rows and pairs, a catalog grown after the indexes were built) equal
-to the model's own forward."""
+"""The pair-match terms (ModelConfig.skill_match, history_match, profile_match): golden overlap features, and the
+fast ranking paths (every job for a batch of users, chosen rows and pairs, a catalog grown after the indexes were
+built) equal to the model's own forward."""
 from __future__ import annotations
 
 import dataclasses

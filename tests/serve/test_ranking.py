@@ -104,8 +104,8 @@ def test_explain_names_user_job_pairs_and_matching_skills(tiny):
     ranker = CatalogRanker(tiny.model, extractor)
     users = users_of(extractor, 20)
     location = [f.name for f in ranker.user_map.of_kind("categorical")].index("user_location")
-    history = [f.name for f in ranker.user_map.of_kind("multi")].index("history_companies")
-    known = (users.cat[:, location] > 1) & (users.multi[:, history] > 1).any(1)
+    companies = [f.name for f in ranker.user_map.of_kind("multi")].index("history_companies")
+    known = (users.cat[:, location] > 1) & (users.multi[:, companies] > 1).any(1)
     user = users.take([np.flatnonzero(known)[0]])  # the first user with a known location and a history
     rows, _ = ranker.top_k(user, 5)
     assert len(ranker.explainer.explain(user, rows)) == 5
@@ -150,7 +150,7 @@ def test_explain_names_user_job_pairs_and_matching_skills(tiny):
                 for v in ("location", "experience")]  # known (past PAD/UNK) and equal
         assert any(same) == (profile != 0)
         profiles += any(same)
-    assert cited and profiles  # this user's recent jobs, and profile, share something with its top jobs
+    assert cited and profiles  # this user's recent jobs, and its profile, share something with these jobs
     # the reported value is the model's own pairwise FM term for that field pair
     names = [f.name for f in extractor.feature_map.fields]
     top = explanations[0]["interactions"][0]
