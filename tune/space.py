@@ -95,8 +95,8 @@ DEFAULT_SPACE: dict[str, ParamSpec] = {
     "conv_filters": ParamSpec("choice", (16, 32, 64, 128)),
     "conv_kernel_size": ParamSpec("choice", (1, 3, 5)),
     "dropout_rate": ParamSpec("uniform", low=0.0, high=0.5),
-    # how often training reads an id as unseen: 0.5 (the default) measured better AUC and log loss on the
-    # time-split markets, where most test users and jobs are new; data with few new ids may want less
+    # how often training reads an id as unseen: 0.8 (the default) measured better log loss than 0.5 and 0.9 on
+    # the time-split markets, where most test users and jobs are new; data with few new ids may want less
     "id_dropout": ParamSpec("choice", (0.0, 0.25, 0.5, 0.8)),
     "hidden_dims": ParamSpec("choice", ((128, 64, 32), (256, 128, 64), (64, 32))),
     "learning_rate": ParamSpec("loguniform", low=1e-4, high=1e-2),
