@@ -17,6 +17,7 @@ Ranking metrics are computed each epoch on ``--eval-max-events`` positives only 
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -38,10 +39,14 @@ DEFAULT_SETTINGS = "default;embedding_l2=0.001;weight_decay=0,early_stopping_met
 
 
 def parse_settings(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """"default;embedding_l2=0,patience=3" -> [(label, {field: value})]."""
+    """"default;embedding_l2=0,patience=3;hidden_dims=[64,32]" -> [(label, {field: value})]: a comma starts a new
+    field only where a ``name=`` follows it, so YAML lists keep theirs."""
     settings = []
     for label in (part.strip() for part in text.split(";") if part.strip()):
-        values = {} if label == "default" else dict(item.split("=", 1) for item in label.split(","))
+        items = re.split(r",(?=\s*\w+\s*=)", label)
+        if label != "default" and not all("=" in item for item in items):
+            raise SystemExit(f"--settings: {label!r} is not 'default' or 'field=value,field=value'")
+        values = {} if label == "default" else dict(item.split("=", 1) for item in items)
         settings.append((label, {key.strip(): yaml.safe_load(value) for key, value in values.items()}))
     return settings
 

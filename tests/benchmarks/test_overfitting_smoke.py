@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "overfitting.py"
 
 
@@ -25,3 +27,16 @@ def test_tiny_run_prints_a_row_per_setting_for_each_dataset():
         expected = 0.0 if best_epoch == epochs else (last / best - 1) * 100  # 2 epochs: the later one is the last
         assert 0 < best <= last and abs(float(rise.rstrip("%")) - expected) < 0.11
         assert 0.0 <= float(r[6]) <= 1.0 and 0.0 <= float(r[9]) <= 1.0  # best and kept AUC
+
+
+def test_settings_keep_the_commas_of_yaml_lists_and_name_a_malformed_one():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from overfitting import parse_settings
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert parse_settings("default; hidden_dims=[64,32],patience=3 ;id_dropout=0.8") == [
+        ("default", {}), ("hidden_dims=[64,32],patience=3", {"hidden_dims": [64, 32], "patience": 3}),
+        ("id_dropout=0.8", {"id_dropout": 0.8})]
+    with pytest.raises(SystemExit, match="'patience' is not 'default'"):
+        parse_settings("patience")
