@@ -85,12 +85,20 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                         help="override a ModelConfig field for every variant, a YAML value (repeatable; e.g. "
                         "history_match=false)")
+    parser.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a DataConfig field for every variant, a YAML value (repeatable; e.g. "
+                        "train_negative_ratio=4)")
     parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                         help="override a TrainConfig field, a YAML value (repeatable; e.g. lr_schedule=cosine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
         model_config = ModelConfig.from_dict(overrides(args.model, "--model"), source="--model")
+        data_options = overrides(args.data, "--data")
+        DataConfig.from_dict(data_options, source="--data")  # a bad key or value fails before the market is made
+        owned = sorted(set(data_options) & {"path", "seed", "split", "history_length", "recency", "popularity_days"})
+        if owned:
+            raise ConfigError(f"--data: {owned} are set by this benchmark's own flags or variants")
         train = TrainConfig.from_dict({"num_epochs": args.epochs, "seed": args.seed,
                                        **overrides(args.train, "--train")}, source="--train")
     except ConfigError as exc:
@@ -104,7 +112,7 @@ def main() -> None:
         for name, (history, recency, popular) in variants.items():
             config = DataConfig(path=workdir, seed=args.seed, split=args.split, recency=recency,
                                 popularity_days=args.popularity_days if popular else None,
-                                **({} if history is None else {"history_length": history}))
+                                **({} if history is None else {"history_length": history}), **data_options)
             data = prepare_data(config)
             started = time.perf_counter()
             model, history_log = fit_in_process(data, model_config, train)
@@ -119,8 +127,8 @@ def main() -> None:
                   f"{args.seed}; {'model ' + ', '.join(args.model) if args.model else 'default model'}; "
                   f"{'train ' + ', '.join(args.train) + '; ' if args.train else ''}"
                   f"history_length {config.history_length}, recency {config.recency}, "
-                  f"popularity_days {config.popularity_days}, "
-                  f"negative_ratio {config.negative_ratio}; batch {train.batch_size}, learning rate "
+                  f"popularity_days {config.popularity_days}, negative_ratio {config.negative_ratio}, "
+                  f"train_negative_ratio {config.train_negative_ratio}; batch {train.batch_size}, learning rate "
                   f"{train.learning_rate:g}, ema_decay {train.ema_decay:g}; {len(history_log)} epochs in "
                   f"{seconds:.0f}s, best epoch "
                   f"{int(best['epoch']) + 1} by validation {train.early_stopping_metric} (val AUC "

@@ -131,6 +131,10 @@ class DataConfig(BaseConfig):
     # sampled negatives per positive (how: negative_sampling): ranking the live catalog needs them, and a log
     # of positives only (views, applies) has no other negatives
     negative_ratio: int = 2
+    # sampled negatives per positive in the training split alone (null: negative_ratio; at least negative_ratio):
+    # the extra ones are a second draw kept only beside training examples, so validation and test, and every
+    # metric read on them, stay those of negative_ratio
+    train_negative_ratio: Optional[int] = None
     # how training negatives are drawn (convfm.data.negatives): jobs live at the positive's time, any catalog
     # job, or jobs in proportion to their interactions before the positive's time
     negative_sampling: str = "live"
@@ -182,6 +186,10 @@ class DataConfig(BaseConfig):
         require(not overlap, "negative_events", f"{sorted(overlap)} also listed as positive")
         check_choice(self.default_event, "default_event", EVENTS)
         check_int(self.negative_ratio, "negative_ratio", 0, 100)
+        if self.train_negative_ratio is not None:
+            check_int(self.train_negative_ratio, "train_negative_ratio", self.negative_ratio, 100,
+                      low_from="negative_ratio")
+            require(self.kind == "jobs", "train_negative_ratio", "only for kind jobs (a table brings its negatives)")
         check_int(self.history_length, "history_length", 0, 200)
         check_bool(self.recency, "recency")
         if self.popularity_days is not None:

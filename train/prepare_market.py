@@ -31,7 +31,7 @@ from convfm.data.market_parts import (
     check_market_config, fit_summary, history_rows, interaction_files, latest_positives, locate_error, log_columns,
     merge_latest, split_parts, typed_interactions,
 )
-from convfm.data.splitting import SortedTimes, global_starts, iso_micros
+from convfm.data.splitting import TRAIN_ONLY, SortedTimes, global_starts, iso_micros
 from convfm.errors import ConfigError, DataValidationError
 from convfm.evaluation.metrics import PopularityBaseline
 from convfm.features.context import UserHistory
@@ -69,6 +69,14 @@ def _typed(batch: pd.DataFrame, config: DataConfig, buckets: int) -> pd.DataFram
 def _windows_of(jobs: pd.DataFrame) -> pd.DataFrame:
     """What making examples reads of the catalog (ids and live windows): each bucket's task receives it."""
     return jobs[[c for c in ("job_id", "posted_at", "expires_at") if c in jobs.columns]]
+
+
+def _split_times(examples: ray.data.Dataset, config: DataConfig) -> ray.data.Dataset:
+    """The timestamps the split is made on: every example's but ``train_negative_ratio``'s extra negatives."""
+    if config.train_negative_ratio is None:
+        return examples.select_columns(["timestamp"])
+    return examples.map_batches(lambda batch: batch.loc[~batch[TRAIN_ONLY].astype(bool), ["timestamp"]],
+                                batch_format="pandas", batch_size=BATCH_ROWS)
 
 
 def _set_parts(batch: pd.DataFrame, config: DataConfig, starts: tuple[int, int]) -> pd.DataFrame:
@@ -215,7 +223,7 @@ def prepare_market_distributed(config: DataConfig, extractor_options: Optional[M
             fn_kwargs={"jobs": _windows_of(market.jobs), "config": config, "starts": starts},
         ).materialize()
         if config.split == "global_time" and starts is None:
-            starts = global_starts(DatasetTimes(examples.select_columns(["timestamp"]).materialize()), config)
+            starts = global_starts(DatasetTimes(_split_times(examples, config).materialize()), config)
             examples = examples.map_batches(_set_parts, batch_format="pandas",
                                             fn_kwargs={"config": config, "starts": starts}).materialize()
         summary = _merged_summaries(examples, config.history_length)

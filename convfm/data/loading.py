@@ -25,7 +25,7 @@ from convfm.data.readers import (  # noqa: F401  (read_frame, resolve_path: re-e
     to_datetimes, to_numbers,
 )
 from convfm.data.schema import DATETIME, ID, INTERACTIONS, JOBS, NUMBER, USERS, TableSchema
-from convfm.data.splitting import Splits, random_parts, split_examples  # noqa: F401  (re-exported)
+from convfm.data.splitting import TRAIN_ONLY, Splits, random_parts, split_examples  # noqa: F401  (re-exported)
 from convfm.store.event_log import interactions_frame
 
 logger = logging.getLogger(__name__)
@@ -211,7 +211,8 @@ def build_examples(market: JobMarket, config: DataConfig, rng_seed: Optional[int
     ``negative_ratio`` > 0, each positive adds that many catalog jobs the user never interacted with, as
     negatives at the positive's timestamp, drawn by ``config.negative_sampling`` (``convfm.data.negatives``;
     seeded by ``rng_seed``, default ``config.seed``). ``live`` needs a calendar: without one it samples
-    uniformly, with a warning.
+    uniformly, with a warning. With ``train_negative_ratio`` set, a boolean ``TRAIN_ONLY`` column marks the
+    second draw's negatives, which ``split_examples`` keeps beside training examples only.
     """
     inter = market.interactions
     user_codes, user_names = pd.factorize(inter["user_id"])
@@ -233,7 +234,10 @@ def build_examples(market: JobMarket, config: DataConfig, rng_seed: Optional[int
     last = order[np.r_[k[order][1:] != k[order][:-1], True]] if len(order) else order
     pair_keys, labels, times = k[last], cls[last].astype(np.float32), ts[last]
 
-    if config.negative_ratio > 0 and labels.any():
+    train_ratio = config.train_negative_ratio
+    extra_ratio = 0 if train_ratio is None else train_ratio - config.negative_ratio
+    train_only = np.zeros(len(pair_keys), bool)
+    if (config.negative_ratio > 0 or extra_ratio > 0) and labels.any():
         seed = config.seed if rng_seed is None else rng_seed
         method, windows = config.negative_sampling, None
         if method == "live" and not market.calendar:
@@ -243,21 +247,31 @@ def build_examples(market: JobMarket, config: DataConfig, rng_seed: Optional[int
         if method == "live":
             windows = job_windows(market.jobs, config.job_lifetime_days)
         events = (inter["timestamp"].to_numpy(np.int64), np.where(job_codes < len(catalog), job_codes, -1))
-        extra_keys, extra_times = sample_negatives(
-            pair_keys[labels == 1], times[labels == 1], np.sort(keys), len(catalog), n_jobs, config.negative_ratio,
-            seed, method=method, windows=windows, events=events)
-        pair_keys = np.concatenate([pair_keys, extra_keys])
-        times = np.concatenate([times, extra_times])
-        labels = np.concatenate([labels, np.zeros(len(extra_keys), np.float32)])
+        positive_keys, positive_times = pair_keys[labels == 1], times[labels == 1]
+        excluded = np.sort(keys)
+        # the first draw is negative_ratio's alone (the same with or without train_negative_ratio); the extra
+        # draw has its own stream and never repeats a pair of the first
+        for ratio, stream, only in ((config.negative_ratio, seed, False), (extra_ratio, [seed, 1], True)):
+            if ratio == 0:
+                continue
+            new_keys, new_times = sample_negatives(
+                positive_keys, positive_times, excluded, len(catalog), n_jobs, ratio, stream, method=method,
+                windows=windows, events=events)
+            excluded = np.sort(np.concatenate([excluded, new_keys]))
+            pair_keys = np.concatenate([pair_keys, new_keys])
+            times = np.concatenate([times, new_times])
+            labels = np.concatenate([labels, np.zeros(len(new_keys), np.float32)])
+            train_only = np.concatenate([train_only, np.full(len(new_keys), only)])
 
     users, jobs = pair_keys // n_jobs, pair_keys % n_jobs
     order = np.lexsort((jobs, users, times))
-    return pd.DataFrame({
+    examples = pd.DataFrame({
         "user_id": pd.Series(user_names.take(users[order]), dtype="str"),
         "job_id": pd.Series(job_names.take(jobs[order]), dtype="str"),
         "label": labels[order],
         "timestamp": times[order],
     })
+    return examples.assign(**{TRAIN_ONLY: train_only[order]}) if train_ratio is not None else examples
 
 
 # ------------------------------------------------------------------------------------------ generic tables

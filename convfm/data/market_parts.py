@@ -30,7 +30,7 @@ from convfm.data.loading import JobMarket, build_examples, set_events
 from convfm.data.readers import (
     cell_error, first_true, id_strings, is_calendar, order_key, part_files, read_located, resolve_path,
 )
-from convfm.data.splitting import per_user_parts
+from convfm.data.splitting import TRAIN_ONLY, per_user_parts, with_train_only
 from convfm.errors import ConfigError, DataValidationError
 from convfm.features.context import UserHistory
 
@@ -205,7 +205,16 @@ def bucket_examples(interactions: pd.DataFrame, jobs: pd.DataFrame, config: Data
 
 def split_parts(examples: pd.DataFrame, config: DataConfig, starts: Optional[tuple[int, int]]) -> np.ndarray:
     """0/1/2 per example: per user ("time", as ``split_examples``), at ``starts`` ("global_time"), or -1 when
-    "global_time" has no starts yet."""
+    "global_time" has no starts yet. ``TRAIN_ONLY`` rows take no part in the split and are 0 or -1 (dropped),
+    as ``split_examples`` decides."""
+    if TRAIN_ONLY in examples:
+        train_only = examples[TRAIN_ONLY].to_numpy(bool)
+        if config.split == "time":  # a bucket holds all of its users' rows
+            base = split_parts(examples[~train_only].drop(columns=TRAIN_ONLY), config, starts)
+            codes, _ = pd.factorize(examples["user_id"])
+            return with_train_only(base, codes, examples["timestamp"].to_numpy(np.int64), train_only)
+        parts = split_parts(examples.drop(columns=TRAIN_ONLY), config, starts)  # by time: as their positive's
+        return np.where(train_only & (parts != 0), np.int8(-1), parts).astype(np.int8)
     if config.split == "time":
         codes, _ = pd.factorize(examples["user_id"])
         return per_user_parts(examples["timestamp"].to_numpy(np.int64), codes, config).astype(np.int8)

@@ -32,8 +32,10 @@ class PreparedData:
     frames: dict[str, pd.DataFrame]
     catalog: Optional[np.ndarray]  # job ids rankable for evaluation (kind "jobs")
     truth: Optional[pd.DataFrame]  # (user_id, job_id, p_positive) of synthetic data
-    # Set by for_split(); None means "derive from frames" (all splits present).
-    seen: Optional[pd.DataFrame] = None  # (user_id, job_id) pairs, any split, that ranking must not sample
+    # (user_id, job_id) pairs, any split, that ranking must not sample: set by for_split(), and by prepare_data()
+    # when the training frame holds train_negative_ratio's extra negatives (unseen pairs); None means "derive
+    # from frames" (all splits present).
+    seen: Optional[pd.DataFrame] = None
     popularity: Optional[PopularityBaseline] = None  # fitted on the training split
     # The catalog's display columns (kind "jobs"; serving.json's titles), kept so exporting a model need not
     # re-read the market. None for table data and in for_split() copies (workers never need it).
@@ -65,10 +67,8 @@ class PreparedData:
         seen = popularity = truth = positives = None
         if "user_id" in frame and "job_id" in frame:
             users = frame["user_id"].unique()
-            seen = pd.concat(
-                [f.loc[f["user_id"].isin(users), ["user_id", "job_id"]] for f in self.frames.values()],
-                ignore_index=True,
-            ).drop_duplicates()
+            pairs = [self.seen] if self.seen is not None else [f[["user_id", "job_id"]] for f in self.frames.values()]
+            seen = pd.concat([f[f["user_id"].isin(users)] for f in pairs], ignore_index=True).drop_duplicates()
             popularity = self.popularity
             if popularity is None:
                 popularity = PopularityBaseline().fit(self.frames["train"])
@@ -116,6 +116,7 @@ def prepare_data(
 
     market = load_job_market(config)
     splits = split_examples(build_examples(market, config), config, calendar=market.calendar)
+    seen = None if splits.train_only is None else splits.seen_pairs().drop_duplicates(ignore_index=True)
     frames = {name: getattr(splits, name) for name in SPLITS}
     windows = job_windows(market.jobs, config.job_lifetime_days) if market.calendar else None
     if extractor is None:
@@ -135,4 +136,4 @@ def prepare_data(
         log.info("%s: interaction timestamps are numbers or row order, not date/times: job liveness is not "
                  "checked (windows=None)", market.source.get("interactions", config.path))
     return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path), jobs=jobs,
-                        windows=windows, split_starts=splits.starts, oracle=load_oracle(config.path))
+                        windows=windows, split_starts=splits.starts, oracle=load_oracle(config.path), seen=seen)

@@ -18,18 +18,27 @@ from convfm.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+TRAIN_ONLY = "train_only"  # examples column: a negative kept beside training examples only (train_negative_ratio)
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Splits:
     """Train/valid/test frames of examples (or table rows), each with a float32 ``label`` column.
 
     ``starts``: for split "global_time", the order keys (microseconds since the epoch with a calendar) at which
-    valid and test begin: train < starts[0] <= valid < starts[1] <= test."""
+    valid and test begin: train < starts[0] <= valid < starts[1] <= test. ``train_only``: which training rows
+    are ``train_negative_ratio``'s extra negatives (None: there are none), pairs no user has seen."""
 
     train: pd.DataFrame
     valid: pd.DataFrame
     test: pd.DataFrame
     starts: Optional[tuple[int, int]] = None
+    train_only: Optional[np.ndarray] = None
+
+    def seen_pairs(self) -> pd.DataFrame:
+        """(user_id, job_id) of every split's examples but the extra training negatives."""
+        train = self.train if self.train_only is None else self.train[~self.train_only]
+        return pd.concat([f[["user_id", "job_id"]] for f in (train, self.valid, self.test)], ignore_index=True)
 
 
 def random_parts(n: int, valid_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
@@ -49,7 +58,15 @@ def split_examples(examples: pd.DataFrame, config: DataConfig, calendar: bool = 
     ``valid_fraction`` before them to valid (at least one row each, at least one left in train); users with
     fewer than 3 rows stay in train. "global_time": see ``global_starts``. "random": a seeded split of the
     pairs. ``calendar``: the timestamps are date/times (needed for ``valid_start``/``test_start``).
+
+    Rows marked ``TRAIN_ONLY`` (``build_examples`` with ``train_negative_ratio``) take no part in the split, so
+    it is the one without them; each is kept, in train, when its user has a training example at its time (its
+    positive's), else dropped.
     """
+    train_only = None
+    if TRAIN_ONLY in examples:
+        train_only = examples[TRAIN_ONLY].to_numpy(bool)
+        examples = examples.drop(columns=TRAIN_ONLY)
     user_codes, _ = pd.factorize(examples["user_id"])
     job_codes, job_names = pd.factorize(examples["job_id"])
     keys = user_codes.astype(np.int64) * max(len(job_names), 1) + job_codes
@@ -57,16 +74,34 @@ def split_examples(examples: pd.DataFrame, config: DataConfig, calendar: bool = 
     if duplicated.any():  # only hand-made examples can repeat a pair; keep the last row of each
         logger.warning("split_examples: dropping %d repeated (user_id, job_id) row(s)", int(duplicated.sum()))
         examples, user_codes = examples[~duplicated], user_codes[~duplicated]
-    n, starts = len(examples), None
-    times = examples["timestamp"].to_numpy(np.int64)
+        train_only = None if train_only is None else train_only[~duplicated]
+    all_times = examples["timestamp"].to_numpy(np.int64)
+    base = np.ones(len(examples), bool) if train_only is None else ~train_only
+    times, codes, starts = all_times[base], user_codes[base], None
     if config.split == "random":
-        parts = random_parts(n, config.valid_fraction, config.test_fraction, config.seed)
+        parts = random_parts(len(times), config.valid_fraction, config.test_fraction, config.seed)
     elif config.split == "global_time":
         starts = global_starts(times, config, calendar)
         parts = np.searchsorted(np.asarray(starts), times, side="right").astype(np.int8)
     else:
-        parts = per_user_parts(times, user_codes, config)
-    return Splits(*(examples[parts == k].reset_index(drop=True) for k in range(3)), starts=starts)
+        parts = per_user_parts(times, codes, config)
+    if train_only is None:
+        return Splits(*(examples[parts == k].reset_index(drop=True) for k in range(3)), starts=starts)
+    parts = with_train_only(parts, user_codes, all_times, train_only)
+    return Splits(*(examples[parts == k].reset_index(drop=True) for k in range(3)), starts=starts,
+                  train_only=train_only[parts == 0])
+
+
+def with_train_only(base_parts: np.ndarray, user_codes: np.ndarray, times: np.ndarray,
+                    train_only: np.ndarray) -> np.ndarray:
+    """Parts of all rows from those of the rows not ``train_only`` (``base_parts``, in order): a ``train_only``
+    row is 0 (train) when its user has a training row at its time (its positive's), else -1 (dropped)."""
+    parts = np.full(len(times), -1, np.int8)
+    parts[~train_only] = base_parts
+    trained = parts == 0
+    at = pd.MultiIndex.from_arrays([user_codes[train_only], times[train_only]])
+    parts[train_only] = np.where(at.isin(pd.MultiIndex.from_arrays([user_codes[trained], times[trained]])), 0, -1)
+    return parts
 
 
 def per_user_parts(times: np.ndarray, user_codes: np.ndarray, config: DataConfig) -> np.ndarray:

@@ -4,7 +4,8 @@
 - ``jobs``: display metadata per catalog job (title, company, location, job type, level, salary range);
   the extractor keeps only encoded features, so titles and original spelling come from here;
 - ``seen``: every (user_id, job_id) pair with an example in any split, so ``exclude_seen`` can drop jobs a
-  user already interacted with (with ``negative_ratio`` > 0 this includes the sampled negatives);
+  user already interacted with (with ``negative_ratio`` > 0 this includes the sampled negatives, but never
+  ``train_negative_ratio``'s extra ones);
 - ``popularity``: the training split's ``PopularityBaseline``, for unknown users without a profile.
 
 Write it with ``save_model_dir(..., extra_json=serving_extra_json(data))`` so the manifest covers it.
@@ -59,8 +60,12 @@ def serving_payload(data: Any, jobs: Optional[pd.DataFrame] = None) -> dict[str,
     if jobs is None:
         jobs = load_job_market(config).jobs
     frames = [f[["user_id", "job_id"]] for f in data.frames.values() if len(f)]
-    seen = pd.concat(frames, ignore_index=True).drop_duplicates() if frames else pd.DataFrame(
-        {"user_id": [], "job_id": []})
+    if data.seen is not None:  # the extra training negatives left out
+        seen = data.seen.drop_duplicates()
+    elif frames:
+        seen = pd.concat(frames, ignore_index=True).drop_duplicates()
+    else:
+        seen = pd.DataFrame({"user_id": [], "job_id": []})
     return payload_of(jobs, seen, data.popularity or PopularityBaseline().fit(data.frames["train"]))
 
 

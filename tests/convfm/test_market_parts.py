@@ -17,7 +17,7 @@ from convfm.data.market_parts import (
     BUCKET, HISTORY, HISTORY_COUNT, PART, bucket_examples, check_interaction_schemas, check_market_config,
     interaction_files, latest_positives, merge_latest, typed_interactions, user_buckets,
 )
-from convfm.data.splitting import SortedTimes, global_starts
+from convfm.data.splitting import TRAIN_ONLY, SortedTimes, global_starts
 from convfm.errors import ConfigError, DataValidationError
 from convfm.features.context import UserHistory
 
@@ -67,6 +67,29 @@ def test_a_buckets_examples_do_not_depend_on_row_order(market):
                          on="job_id")
     assert len(live) == len(sampled)
     assert ((live["start"] <= live["timestamp"]) & (live["timestamp"] < live["end"])).all()
+
+
+@pytest.mark.parametrize("split", ["time", "global_time"])
+def test_a_buckets_extra_training_negatives_stay_beside_its_training_examples(market, split):
+    """train_negative_ratio in a bucket: the other rows (parts, history) are negative_ratio's; an extra negative
+    is in train (0) beside a training example of its user at its time, else dropped (-1)."""
+    bucket = typed_log(market).query(f"{BUCKET} == 3")
+    plain, more = DataConfig(split=split), DataConfig(split=split, train_negative_ratio=4)
+    starts = None
+    if split == "global_time":
+        starts = global_starts(SortedTimes(bucket_examples(bucket, market.jobs, plain)["timestamp"]), plain)
+    want = bucket_examples(bucket, market.jobs, plain, starts)
+    got = bucket_examples(bucket, market.jobs, more, starts)
+    extra = got[got[TRAIN_ONLY]]
+    pd.testing.assert_frame_equal(got[~got[TRAIN_ONLY]].drop(columns=TRAIN_ONLY).reset_index(drop=True),
+                                  want.reset_index(drop=True))
+    assert set(extra[PART]) == {0, -1} and (extra["label"] == 0).all()
+    trained = want[want[PART] == 0]
+    at = set(zip(extra["user_id"], extra["timestamp"]))
+    assert {p for p, part in zip(zip(extra["user_id"], extra["timestamp"]), extra[PART]) if part == 0} == \
+        at & set(zip(trained["user_id"], trained["timestamp"]))
+    if split == "global_time":
+        assert (bucket_examples(bucket, market.jobs, more)[PART] == -1).all()  # no starts yet: decided later
 
 
 def test_history_is_the_users_positives_strictly_before_each_example(market):

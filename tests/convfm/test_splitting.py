@@ -1,4 +1,5 @@
-"""convfm.data.splitting: the global_time split (train < T1 <= valid < T2 <= test) beside the per-user one."""
+"""convfm.data.splitting: the global_time split (train < T1 <= valid < T2 <= test) beside the per-user one, and
+the extra training negatives (train_negative_ratio) that leave every split but train as it was."""
 from __future__ import annotations
 
 import logging
@@ -9,10 +10,10 @@ import pandas as pd
 import pytest
 
 from convfm.config import DataConfig
-from convfm.data.liveness import MICROS_PER_DAY
+from convfm.data.liveness import MICROS_PER_DAY, job_windows
 from convfm.data.loading import build_examples, load_job_market
 from convfm.data.prepare import prepare_data
-from convfm.data.splitting import split_examples
+from convfm.data.splitting import TRAIN_ONLY, split_examples
 from convfm.errors import ConfigError
 
 DAY = MICROS_PER_DAY
@@ -116,3 +117,64 @@ def test_prepared_data_keeps_starts_and_drops_windows_without_a_calendar(tmp_pat
     t1, t2 = data.split_starts
     assert data.frames["valid"]["timestamp"].between(t1, t2 - 1).all()
     assert (data.frames["test"]["timestamp"] >= t2).all() and (data.frames["train"]["timestamp"] < t1).all()
+
+
+@pytest.mark.parametrize("split", ["time", "global_time", "random"])
+def test_train_negative_ratio_adds_unseen_live_negatives_to_training_alone(split: str) -> None:
+    """The extra draw leaves the split, validation and test as negative_ratio's; each extra negative is a live
+    pair no user touched, beside a training example of its user at its time, about 3 per training positive."""
+    from tests.convfm.test_negatives import dated_market
+
+    market = dated_market()
+    plain, more = DataConfig(split=split), DataConfig(split=split, train_negative_ratio=5)
+    examples = build_examples(market, more)
+    base = examples[~examples[TRAIN_ONLY]].drop(columns=TRAIN_ONLY).reset_index(drop=True)
+    pd.testing.assert_frame_equal(base, build_examples(market, plain))
+    want, got = split_examples(base, plain), split_examples(examples, more)
+    pd.testing.assert_frame_equal(got.valid, want.valid)
+    pd.testing.assert_frame_equal(got.test, want.test)
+    assert got.starts == want.starts and TRAIN_ONLY not in got.train
+    pd.testing.assert_frame_equal(got.train[~got.train_only].reset_index(drop=True), want.train)
+
+    extra = got.train[got.train_only]
+    touched = set(zip(market.interactions["user_id"], market.interactions["job_id"]))
+    pairs = list(zip(examples["user_id"], examples["job_id"]))
+    assert len(set(pairs)) == len(pairs) and not touched & set(zip(extra["user_id"], extra["job_id"]))
+    assert (extra["label"] == 0).all()
+    trained = set(zip(want.train["user_id"], want.train["timestamp"]))
+    assert set(zip(extra["user_id"], extra["timestamp"])) <= trained
+    dropped = examples[TRAIN_ONLY].sum() - len(extra)
+    assert dropped > 0 and 2.5 * (want.train["label"] > 0).sum() < len(extra) <= 3 * (examples["label"] > 0).sum()
+    windows = job_windows(market.jobs, more.job_lifetime_days)
+    codes = pd.Index(windows.job_ids).get_indexer(extra["job_id"])
+    assert windows.live(extra["timestamp"].to_numpy(), codes[:, None]).all()
+
+
+def test_extra_training_negatives_are_not_seen_pairs(market_dir: Path) -> None:
+    """Evaluation and serving exclude a user's seen jobs: the extra negatives are jobs never shown, so they
+    stay rankable (and the live protocol's candidates are negative_ratio's)."""
+    from convfm.store.serving_data import serving_payload
+
+    plain = prepare_data(DataConfig(path=str(market_dir)))
+    more = prepare_data(DataConfig(path=str(market_dir), train_negative_ratio=4))
+    pairs = pd.concat([f[["user_id", "job_id"]] for f in plain.frames.values()], ignore_index=True)
+    pd.testing.assert_frame_equal(more.seen.sort_values(["user_id", "job_id"], ignore_index=True),
+                                  pairs.sort_values(["user_id", "job_id"], ignore_index=True))
+    assert len(more.frames["train"]) > len(plain.frames["train"])
+    pd.testing.assert_frame_equal(more.frames["test"], plain.frames["test"])
+    for split in ("valid", "test"):
+        got, want = (d.for_split(split).seen.sort_values(["user_id", "job_id"], ignore_index=True)
+                     for d in (more, plain))
+        pd.testing.assert_frame_equal(got, want)
+    assert serving_payload(more)["seen"] == serving_payload(plain)["seen"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"negative_ratio": 3, "train_negative_ratio": 2},
+     r"train_negative_ratio: must be an integer in \[negative_ratio=3, 100\], got 2"),
+    ({"train_negative_ratio": 4.5}, "train_negative_ratio: must be an integer"),
+    ({"kind": "table", "categorical": ["a"], "train_negative_ratio": 4}, "train_negative_ratio: only for kind jobs"),
+])
+def test_train_negative_ratio_is_checked(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DataConfig(**options)

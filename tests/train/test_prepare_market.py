@@ -84,6 +84,27 @@ def test_distributed_market_equals_the_in_memory_path(ray_local, uneven_market, 
     assert len(serving["seen"]["user_id"]) == len(got.history)
 
 
+@pytest.mark.timeout(240)
+def test_extra_training_negatives_leave_the_distributed_split_alone(ray_local, market_dir):
+    """train_negative_ratio on the cluster: the split starts and validation are those without it; training
+    gains about as many extra negatives as in memory (drawn per bucket, so not the same ones)."""
+    from train.prepare_market import prepare_market_distributed
+
+    config = DataConfig(path=str(market_dir), negative_ratio=0, split="global_time")
+    more = DataConfig(**{**config.to_dict(), "train_negative_ratio": 2})
+    plain, memory, cluster = prepare_data(config), prepare_data(more), prepare_market_distributed(more)
+    assert memory.split_starts == plain.split_starts
+    valid = list(cluster.datasets["valid"].iter_batches(batch_size=None, batch_format="numpy"))
+    columns = ["user_id", "job_id", "label", "timestamp"]
+    frame = pd.DataFrame({c: np.concatenate([b[c] for b in valid]) for c in columns})
+    pd.testing.assert_frame_equal(frame.sort_values(columns).reset_index(drop=True),
+                                  plain.frames["valid"][columns].sort_values(columns).reset_index(drop=True),
+                                  check_dtype=False)
+    extra = len(memory.frames["train"]) - len(plain.frames["train"])
+    assert extra > (plain.frames["train"]["label"] > 0).sum()
+    assert abs(cluster.train_rows - len(plain.frames["train"]) - extra) <= 0.02 * extra
+
+
 @pytest.mark.timeout(120)
 def test_split_starts_found_by_histogram_passes_equal_the_sorted_times(ray_local, monkeypatch):
     import ray.data
