@@ -289,7 +289,7 @@ def _compact(name: str, parts: list[pd.DataFrame], history_length: int) -> pd.Da
         frame = frame.astype({"job_id": str, "positives": np.int64, "examples": np.int64})
         return frame.groupby("job_id", sort=False).sum().reset_index()
     if name == "parts":
-        return frame.astype({PART: np.int64, "label": float, "rows": np.int64}).groupby(
+        return frame.astype({PART: np.int64, "label": float, "rows": np.int64, "extra": np.int64}).groupby(
             [PART, "label"]).sum().reset_index()
     frame = frame.astype({"user_id": str, "job_id": str, "timestamp": np.int64, "earlier": np.int64})
     return history_rows(merge_latest([frame], history_length))
@@ -306,6 +306,7 @@ def _training_ids(summary: Mapping[str, Any]) -> pd.DataFrame:
 def _popularity(summary: Mapping[str, Any]) -> PopularityBaseline:
     jobs, parts = summary["jobs"], summary["parts"]
     train = parts[parts[PART] == 0]
-    prior = float((train["label"] > 0).astype(float) @ train["rows"]) / float(train["rows"].sum())
+    shown = train["rows"] - train["extra"]  # train_negative_ratio's extra negatives do not count
+    prior = float((train["label"] > 0).astype(float) @ train["rows"]) / float(shown.sum())
     return PopularityBaseline.from_counts(prior, jobs["job_id"].to_numpy(object), jobs["positives"].to_numpy(),
                                           jobs["examples"].to_numpy())

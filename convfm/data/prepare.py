@@ -116,7 +116,10 @@ def prepare_data(
 
     market = load_job_market(config)
     splits = split_examples(build_examples(market, config), config, calendar=market.calendar)
-    seen = None if splits.train_only is None else splits.seen_pairs().drop_duplicates(ignore_index=True)
+    seen = popularity = None
+    if splits.train_only is not None:  # the extra negatives were never shown: neither seen nor counted
+        seen = splits.seen_pairs().drop_duplicates(ignore_index=True)
+        popularity = PopularityBaseline().fit(splits.train[~splits.train_only])
     frames = {name: getattr(splits, name) for name in SPLITS}
     windows = job_windows(market.jobs, config.job_lifetime_days) if market.calendar else None
     if extractor is None:
@@ -136,4 +139,5 @@ def prepare_data(
         log.info("%s: interaction timestamps are numbers or row order, not date/times: job liveness is not "
                  "checked (windows=None)", market.source.get("interactions", config.path))
     return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path), jobs=jobs,
-                        windows=windows, split_starts=splits.starts, oracle=load_oracle(config.path), seen=seen)
+                        windows=windows, split_starts=splits.starts, oracle=load_oracle(config.path), seen=seen,
+                        popularity=popularity)

@@ -167,6 +167,7 @@ def test_extra_training_negatives_are_not_seen_pairs(market_dir: Path) -> None:
                      for d in (more, plain))
         pd.testing.assert_frame_equal(got, want)
     assert serving_payload(more)["seen"] == serving_payload(plain)["seen"]
+    assert serving_payload(more)["popularity"] == serving_payload(plain)["popularity"]  # of shown examples
 
 
 @pytest.mark.parametrize("options, message", [

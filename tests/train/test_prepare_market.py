@@ -103,6 +103,10 @@ def test_extra_training_negatives_leave_the_distributed_split_alone(ray_local, m
     extra = len(memory.frames["train"]) - len(plain.frames["train"])
     assert extra > (plain.frames["train"]["label"] > 0).sum()
     assert abs(cluster.train_rows - len(plain.frames["train"]) - extra) <= 0.02 * extra
+    jobs = memory.frames["train"]["job_id"].unique()  # the baseline counts shown examples only
+    want = PopularityBaseline().fit(plain.frames["train"]).score(jobs)
+    np.testing.assert_allclose(memory.popularity.score(jobs), want, rtol=1e-12)
+    np.testing.assert_allclose(cluster.popularity.score(jobs), want, rtol=1e-12)
 
 
 @pytest.mark.timeout(120)
