@@ -45,15 +45,20 @@ def test_tiny_run_prints_both_protocols_with_model_baselines_and_oracle():
     assert any(line.startswith("hr@10") for line in sampled)
 
 
-def test_model_overrides_reach_the_run_and_bad_ones_fail_before_any_work():
+def test_model_and_data_overrides_reach_the_run_and_bad_ones_fail_before_any_work():
     done = subprocess.run([sys.executable, str(SCRIPT), "--users", "200", "--jobs", "100", "--interactions", "3000",
                            "--epochs", "1", "--negatives", "9", "--model", "history_match=false", "--model",
-                           "embedding_dim=8"], capture_output=True, text=True, timeout=240)
+                           "embedding_dim=8", "--data", "train_negative_ratio=3"], capture_output=True, text=True,
+                          timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "; model history_match=false, embedding_dim=8; history_length 20" in done.stdout
-    for bad, message in (("bogus=1", "--model: unknown key(s) ['bogus'] for ModelConfig"),
-                         ("skill_match", "--model takes KEY=VALUE, got ['skill_match']"),
-                         ("embedding_dim=0", "embedding_dim")):
-        done = subprocess.run([sys.executable, str(SCRIPT), "--model", bad], capture_output=True, text=True,
+    assert "negative_ratio 2, train_negative_ratio 3;" in done.stdout
+    for flag, bad, message in (("--model", "bogus=1", "--model: unknown key(s) ['bogus'] for ModelConfig"),
+                               ("--model", "skill_match", "--model takes KEY=VALUE, got ['skill_match']"),
+                               ("--model", "embedding_dim=0", "embedding_dim"),
+                               ("--data", "train_negative_ratio=1", "train_negative_ratio: must be an integer in "
+                                "[negative_ratio=2, 100], got 1"),
+                               ("--data", "seed=3", "--data: ['seed'] are set by this benchmark's own flags")):
+        done = subprocess.run([sys.executable, str(SCRIPT), flag, bad], capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
