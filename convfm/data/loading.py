@@ -274,6 +274,16 @@ def build_examples(market: JobMarket, config: DataConfig, rng_seed: Optional[int
     return examples.assign(**{TRAIN_ONLY: train_only[order]}) if train_ratio is not None else examples
 
 
+def interacted_pairs(market: JobMarket, config: DataConfig) -> pd.DataFrame:
+    """(user_id, job_id) of every pair with a positive or negative event, unique: the jobs a user has seen, which
+    ranking never offers them again. Sampled negatives are not among them: those jobs were never shown."""
+    inter = market.interactions
+    kept = inter["event"].isin(config.positive_events + config.negative_events).to_numpy()
+    pairs = pd.DataFrame({"user_id": inter["user_id"].to_numpy()[kept].astype(str),
+                          "job_id": inter["job_id"].to_numpy()[kept].astype(str)})
+    return pairs.drop_duplicates(ignore_index=True)
+
+
 # ------------------------------------------------------------------------------------------ generic tables
 def load_table(config: DataConfig) -> Splits:
     """Load a labelled table: ``config.path`` is one file (split at random with the fractions) or a directory

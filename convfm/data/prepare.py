@@ -12,7 +12,7 @@ from convfm.data.batching import ExampleSet
 from convfm.config import DataConfig
 from convfm.errors import ConfigError
 from convfm.data.liveness import JobWindows, job_windows
-from convfm.data.loading import build_examples, load_job_market, load_table, split_examples
+from convfm.data.loading import build_examples, interacted_pairs, load_job_market, load_table, split_examples
 from convfm.features.jobs import JobFeatureExtractor, TableFeatureExtractor
 from convfm.evaluation.metrics import PopularityBaseline
 from convfm.store.serving_data import display_jobs
@@ -32,9 +32,9 @@ class PreparedData:
     frames: dict[str, pd.DataFrame]
     catalog: Optional[np.ndarray]  # job ids rankable for evaluation (kind "jobs")
     truth: Optional[pd.DataFrame]  # (user_id, job_id, p_positive) of synthetic data
-    # (user_id, job_id) pairs, any split, that ranking must not sample: set by for_split(), and by prepare_data()
-    # when the training frame holds train_negative_ratio's extra negatives (unseen pairs); None means "derive
-    # from frames" (all splits present).
+    # (user_id, job_id) pairs that ranking must not offer: kind "jobs", the interacted pairs of any split
+    # (``interacted_pairs``, never sampled negatives), those of one split's users after for_split(); None means
+    # "derive from frames" (tables: all their rows).
     seen: Optional[pd.DataFrame] = None
     popularity: Optional[PopularityBaseline] = None  # fitted on the training split
     # The catalog's display columns (kind "jobs"; serving.json's titles), kept so exporting a model need not
@@ -116,9 +116,8 @@ def prepare_data(
 
     market = load_job_market(config)
     splits = split_examples(build_examples(market, config), config, calendar=market.calendar)
-    seen = popularity = None
-    if splits.train_only is not None:  # the extra negatives were never shown: neither seen nor counted
-        seen = splits.seen_pairs().drop_duplicates(ignore_index=True)
+    popularity = None
+    if splits.train_only is not None:  # the extra negatives were never shown: the baseline does not count them
         popularity = PopularityBaseline().fit(splits.train[~splits.train_only])
     frames = {name: getattr(splits, name) for name in SPLITS}
     windows = job_windows(market.jobs, config.job_lifetime_days) if market.calendar else None
@@ -139,5 +138,5 @@ def prepare_data(
         log.info("%s: interaction timestamps are numbers or row order, not date/times: job liveness is not "
                  "checked (windows=None)", market.source.get("interactions", config.path))
     return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path), jobs=jobs,
-                        windows=windows, split_starts=splits.starts, oracle=load_oracle(config.path), seen=seen,
-                        popularity=popularity)
+                        windows=windows, split_starts=splits.starts, oracle=load_oracle(config.path),
+                        seen=interacted_pairs(market, config), popularity=popularity)

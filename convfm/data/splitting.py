@@ -27,18 +27,13 @@ class Splits:
 
     ``starts``: for split "global_time", the order keys (microseconds since the epoch with a calendar) at which
     valid and test begin: train < starts[0] <= valid < starts[1] <= test. ``train_only``: which training rows
-    are ``train_negative_ratio``'s extra negatives (None: there are none), pairs no user has seen."""
+    are ``train_negative_ratio``'s extra negatives (None: there are none)."""
 
     train: pd.DataFrame
     valid: pd.DataFrame
     test: pd.DataFrame
     starts: Optional[tuple[int, int]] = None
     train_only: Optional[np.ndarray] = None
-
-    def seen_pairs(self) -> pd.DataFrame:
-        """(user_id, job_id) of every split's examples but the extra training negatives."""
-        train = self.train if self.train_only is None else self.train[~self.train_only]
-        return pd.concat([f[["user_id", "job_id"]] for f in (train, self.valid, self.test)], ignore_index=True)
 
 
 def random_parts(n: int, valid_fraction: float, test_fraction: float, seed: int) -> np.ndarray:

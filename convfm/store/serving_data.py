@@ -3,9 +3,8 @@
 
 - ``jobs``: display metadata per catalog job (title, company, location, job type, level, salary range);
   the extractor keeps only encoded features, so titles and original spelling come from here;
-- ``seen``: every (user_id, job_id) pair with an example in any split, so ``exclude_seen`` can drop jobs a
-  user already interacted with (with ``negative_ratio`` > 0 this includes the sampled negatives, but never
-  ``train_negative_ratio``'s extra ones);
+- ``seen``: every (user_id, job_id) pair the user interacted with (``interacted_pairs``: never a sampled
+  negative, a job never shown), so ``exclude_seen`` can drop jobs a user already saw;
 - ``popularity``: the training split's ``PopularityBaseline``, for unknown users without a profile.
 
 Write it with ``save_model_dir(..., extra_json=serving_extra_json(data))`` so the manifest covers it.
@@ -60,7 +59,7 @@ def serving_payload(data: Any, jobs: Optional[pd.DataFrame] = None) -> dict[str,
     if jobs is None:
         jobs = load_job_market(config).jobs
     frames = [f[["user_id", "job_id"]] for f in data.frames.values() if len(f)]
-    if data.seen is not None:  # the extra training negatives left out
+    if data.seen is not None:  # the interacted pairs (sampled negatives left out)
         seen = data.seen.drop_duplicates()
     elif frames:
         seen = pd.concat(frames, ignore_index=True).drop_duplicates()

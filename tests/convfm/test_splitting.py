@@ -150,24 +150,29 @@ def test_train_negative_ratio_adds_unseen_live_negatives_to_training_alone(split
     assert windows.live(extra["timestamp"].to_numpy(), codes[:, None]).all()
 
 
-def test_extra_training_negatives_are_not_seen_pairs(market_dir: Path) -> None:
-    """Evaluation and serving exclude a user's seen jobs: the extra negatives are jobs never shown, so they
-    stay rankable (and the live protocol's candidates are negative_ratio's)."""
+def test_seen_pairs_are_the_interacted_ones_never_sampled_negatives(market_dir: Path) -> None:
+    """Evaluation and serving never offer a user their seen jobs: the jobs they interacted with, not the jobs
+    drawn as their negatives (never shown), with or without train_negative_ratio, whose baseline is unchanged."""
     from convfm.store.serving_data import serving_payload
 
     plain = prepare_data(DataConfig(path=str(market_dir)))
     more = prepare_data(DataConfig(path=str(market_dir), train_negative_ratio=4))
-    pairs = pd.concat([f[["user_id", "job_id"]] for f in plain.frames.values()], ignore_index=True)
-    pd.testing.assert_frame_equal(more.seen.sort_values(["user_id", "job_id"], ignore_index=True),
-                                  pairs.sort_values(["user_id", "job_id"], ignore_index=True))
+    log = pd.read_csv(market_dir / "interactions.csv", dtype=str)
+    kept = log[log["event"].isin(DataConfig.positive_events + DataConfig.negative_events)]
+    want = kept[["user_id", "job_id"]].drop_duplicates().sort_values(["user_id", "job_id"], ignore_index=True)
+    examples = pd.concat([f[["user_id", "job_id"]] for f in plain.frames.values()]).drop_duplicates()
+    assert len(examples) > len(want)  # the sampled negatives
+    for data in (plain, more):
+        pd.testing.assert_frame_equal(data.seen.sort_values(["user_id", "job_id"], ignore_index=True), want)
+        users = data.frames["test"]["user_id"].unique()
+        pd.testing.assert_frame_equal(data.for_split("test").seen.sort_values(["user_id", "job_id"], ignore_index=True),
+                                      want[want["user_id"].isin(users)].reset_index(drop=True))
     assert len(more.frames["train"]) > len(plain.frames["train"])
     pd.testing.assert_frame_equal(more.frames["test"], plain.frames["test"])
-    for split in ("valid", "test"):
-        got, want = (d.for_split(split).seen.sort_values(["user_id", "job_id"], ignore_index=True)
-                     for d in (more, plain))
-        pd.testing.assert_frame_equal(got, want)
-    assert serving_payload(more)["seen"] == serving_payload(plain)["seen"]
-    assert serving_payload(more)["popularity"] == serving_payload(plain)["popularity"]  # of shown examples
+    served = serving_payload(plain)
+    assert served["seen"] == serving_payload(more)["seen"]
+    assert served["seen"] == {"user_id": want["user_id"].tolist(), "job_id": want["job_id"].tolist()}
+    assert serving_payload(more)["popularity"] == served["popularity"]  # of shown examples
 
 
 @pytest.mark.parametrize("options, message", [
