@@ -86,8 +86,7 @@ def test_sampled_protocol_is_unchanged(model, data):
     report = evaluate_split(model, data, "test", protocol="sampled", negatives=20)
     assert report["protocol"]["name"] == "sampled" and "recent_popularity" not in report
     held_out = held_out_last_positive(data.frames["test"])
-    seen = pd.concat([f[["user_id", "job_id"]] for f in data.frames.values()], ignore_index=True).drop_duplicates()
-    users, job_ids, _ = sample_ranking_candidates(held_out, seen, data.catalog, 20, seed=0)
+    users, job_ids, _ = sample_ranking_candidates(held_out, data.seen, data.catalog, 20, seed=0)  # interacted
     times = held_out["timestamp"].to_numpy()
     expected = ranking_metrics(score_pairs(model, data, users, job_ids, 4096, torch.device("cpu"), times), 10)
     assert {key: report["model"][key] for key in expected} == expected
