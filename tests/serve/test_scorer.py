@@ -55,9 +55,10 @@ def test_scores_are_the_models_probabilities(scorer, tiny):
 
 def test_recommendations_skip_seen_jobs_and_honour_filters(scorer, tiny):
     user = tiny.data.frames["train"]["user_id"].value_counts().index[0]
-    seen = set(tiny.data.frames["train"].query("user_id == @user")["job_id"])
+    seen = set(tiny.data.seen.query("user_id == @user")["job_id"])  # interacted with: not sampled negatives
+    assert len(scorer.seen[user]) == len(seen) < len(tiny.data.frames["train"].query("user_id == @user"))
     items = scorer.recommend_many([rec(user_id=user, k=100)])[0]["items"]
-    assert len(items) == min(100, 300 - len(scorer.seen[user])) and not {i["job_id"] for i in items} & seen
+    assert len(items) == min(100, 300 - len(seen)) and not {i["job_id"] for i in items} & seen
     items = scorer.recommend_many([rec(user_id=user, k=100, filters={"experience_level": "Senior",
                                                                         "salary_min": 150000})])[0]["items"]
     assert items and all(i["experience_level"] == "senior" and i["salary_max"] >= 150000 for i in items)
