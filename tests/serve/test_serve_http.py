@@ -37,8 +37,8 @@ def service(tiny, serve_app, tmp_path_factory):
 
 
 def seen_jobs(data, user: str) -> set[str]:
-    frames = [f[f["user_id"] == user] for f in data.frames.values()]
-    return {job for f in frames for job in f["job_id"]}
+    """The jobs ``user`` interacted with (never their sampled negatives: those were not shown)."""
+    return set(data.seen.loc[data.seen["user_id"] == user, "job_id"])
 
 
 def busiest_user(data) -> str:
