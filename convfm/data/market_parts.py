@@ -238,12 +238,12 @@ def fit_summary(examples: pd.DataFrame) -> dict[str, pd.DataFrame]:
     time ("users"), per job its training positives and examples ("jobs"), and rows and positives per part
     ("parts"). ``TRAIN_ONLY`` rows count as rows (and as "extra" ones), never as a job's examples: the
     popularity baseline is that of ``negative_ratio``'s examples, as in memory."""
-    train = examples[examples[PART] == 0]
+    in_train = examples[PART] == 0
+    train = examples[in_train]
     users = train.groupby("user_id", sort=False)["timestamp"].min().reset_index()
     positive = (train["label"] > 0).astype(np.int64)
-    extra = examples[TRAIN_ONLY].astype(np.int64) if TRAIN_ONLY in examples else 0
-    jobs = pd.DataFrame({"job_id": train["job_id"], "positives": positive,
-                         "examples": 1 if TRAIN_ONLY not in train else 1 - train[TRAIN_ONLY].astype(np.int64)}
+    extra = examples[TRAIN_ONLY].astype(np.int64) if TRAIN_ONLY in examples else pd.Series(0, examples.index)
+    jobs = pd.DataFrame({"job_id": train["job_id"], "positives": positive, "examples": 1 - extra[in_train]}
                         ).groupby("job_id", sort=False).sum().reset_index()
     parts = pd.DataFrame({PART: examples[PART], "label": examples["label"].astype(float), "rows": 1,
                           "extra": extra}).groupby([PART, "label"]).sum().reset_index()

@@ -58,13 +58,11 @@ def serving_payload(data: Any, jobs: Optional[pd.DataFrame] = None) -> dict[str,
         jobs = getattr(data, "jobs", None)
     if jobs is None:
         jobs = load_job_market(config).jobs
-    frames = [f[["user_id", "job_id"]] for f in data.frames.values() if len(f)]
-    if data.seen is not None:  # the interacted pairs (sampled negatives left out)
-        seen = data.seen.drop_duplicates()
-    elif frames:
-        seen = pd.concat(frames, ignore_index=True).drop_duplicates()
-    else:
-        seen = pd.DataFrame({"user_id": [], "job_id": []})
+    seen = data.seen  # the interacted pairs (sampled negatives left out); None: every example's pair
+    if seen is None:
+        frames = [f[["user_id", "job_id"]] for f in data.frames.values() if len(f)]
+        seen = pd.concat(frames, ignore_index=True).drop_duplicates() if frames else pd.DataFrame(
+            {"user_id": [], "job_id": []})
     return payload_of(jobs, seen, data.popularity or PopularityBaseline().fit(data.frames["train"]))
 
 
