@@ -112,7 +112,8 @@ def _train(config: dict[str, Any], session: LoopSession) -> None:
     model, saved_state = _restore(session.checkpoint, model_config, feature_map, initial)
     torch.manual_seed(train_config.seed + 7_919 * rank)  # per-rank dropout noise
     model = session.prepare_model(model)
-    state = TrainingState.create(model, train_config, validates=bundle is not None)
+    state = TrainingState.create(model, train_config, _global_count(len(train_set), device, world_size),
+                                 validates=bundle is not None)
     if saved_state is not None:
         state.load_state_dict(saved_state)
     start_epoch = state.next_epoch
@@ -174,6 +175,15 @@ def _restore(checkpoint: Optional[ray.train.Checkpoint | ray.tune.Checkpoint], m
     if TRAINING_WEIGHTS in state:  # model/ holds the weight average: training goes on from the raw weights
         saved.load_state_dict(state.pop(TRAINING_WEIGHTS))
     return saved.train(), state
+
+
+def _global_count(count: int, device: torch.device, world_size: int) -> int:
+    """The sum of ``count`` over all ranks (a collective: every rank calls it), e.g. the run's training examples."""
+    if world_size == 1:
+        return count
+    total = torch.tensor([count], dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total[0])
 
 
 def _share_metric(value: float, device: torch.device, world_size: int) -> float:

@@ -122,9 +122,12 @@ class TrainingState:
     average: Optional[WeightAverage] = None
 
     @classmethod
-    def create(cls, model: nn.Module, config: TrainConfig, *, validates: bool = True) -> "TrainingState":
-        """``validates``: whether this rank validates (DDP rank 0); only that rank keeps the weight average."""
-        optimizer = build_optimizer(model, config.learning_rate, config.weight_decay)
+    def create(cls, model: nn.Module, config: TrainConfig, train_examples: int, *,
+               validates: bool = True) -> "TrainingState":
+        """``train_examples``: the run's training examples over all ranks (they set the weight decay:
+        ``TrainConfig.weight_decay_for``). ``validates``: whether this rank validates (DDP rank 0); only that rank
+        keeps the weight average."""
+        optimizer = build_optimizer(model, config.learning_rate, config.weight_decay_for(train_examples))
         schedule = LRSchedule(optimizer, config.lr_schedule, config.num_epochs, config.patience,
                               mode=config.early_stopping[1])
         average = WeightAverage.of(model, config.ema_decay) if config.ema_decay and validates else None
@@ -233,6 +236,7 @@ def run_epoch(
             state.average.refresh_statistics(examples, batch_size, device, config.use_amp)
         record = epoch_record(epoch, stats, validate(state.kept_model(model), validation, config, device))
         record["learning_rate"] = state.schedule.learning_rate  # the rate this epoch trained with
+        record["weight_decay"] = float(state.optimizer.param_groups[0]["weight_decay"])  # weight_decay_for's
     state.end_epoch(epoch, share_metric(math.nan if record is None else record[config.early_stopping[0]]))
     added = extras()
     if record is None:
@@ -256,7 +260,7 @@ def fit_in_process(
     torch.manual_seed(train_config.seed)
     device = torch.device("cuda" if train_config.use_gpu and torch.cuda.is_available() else "cpu")
     model = (ConvFM(model_config, data.extractor.feature_map) if initial is None else initial).to(device)
-    state, best_weights = TrainingState.create(model, train_config), None
+    state, best_weights = TrainingState.create(model, train_config, len(data.sets["train"])), None
     for epoch in state.epochs(train_config.num_epochs):
         record = run_epoch(model, data.sets["train"], state, train_config, device, validation=data)
         if on_epoch is not None and record is not None:

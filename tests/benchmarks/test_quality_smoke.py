@@ -21,7 +21,8 @@ def test_tiny_run_prints_both_protocols_with_model_baselines_and_oracle():
     for line in (line for line in lines if ": 200 users, 100 jobs, 3000 interactions" in line):
         curve = line.split("; val AUC per epoch ")[1].split()  # one validation AUC per epoch trained (1 here)
         assert len(curve) == 1 and 0.0 <= float(curve[0]) <= 1.0
-        assert "learning rate 0.004, ema_decay 0.99;" in line  # the kept model is the weight average
+        # the kept model is the weight average; a tiny market keeps the whole weight decay
+        assert "learning rate 0.004, weight decay 5 applied, ema_decay 0.99;" in line
     assert "popularity_days 7.0" in lines[[i for i, line in enumerate(lines) if line.startswith("all three + ")][0]]
     table = lines[lines.index("ablation (live protocol, test split):") + 1:]
     assert table[0] == "| method | hr@10 | ndcg@10 | mrr | roc_auc |"

@@ -74,7 +74,7 @@ def test_validation_and_the_kept_model_are_the_average(prepared):
 
     torch.manual_seed(config.seed)
     raw = ConvFM(SMALL, prepared.extractor.feature_map)
-    state = TrainingState.create(raw, config)
+    state = TrainingState.create(raw, config, 1000)
     record = run_epoch(raw, prepared.sets["train"], state, config, torch.device("cpu"), validation=prepared)
     assert state.kept_model(raw) is state.average.model and state.average.steps == len(prepared.sets["train"]) // 256
     raw_report = evaluate_split(raw.eval(), prepared, "valid")
@@ -84,7 +84,7 @@ def test_validation_and_the_kept_model_are_the_average(prepared):
     torch.manual_seed(config.seed)  # the same epoch without the average trains the raw weights identically
     alone = ConvFM(SMALL, prepared.extractor.feature_map)
     plain_config = TrainConfig(num_epochs=3, batch_size=256, ema_decay=0.0)
-    plain = TrainingState.create(alone, plain_config)
+    plain = TrainingState.create(alone, plain_config, 1000)
     for _ in range(2):  # the second epoch would differ if refreshing the statistics drew from the random stream
         run_epoch(alone, prepared.sets["train"], plain, plain_config, torch.device("cpu"), validation=prepared)
     assert plain.average is None and plain.kept_model(alone) is alone
@@ -96,20 +96,20 @@ def test_a_resumed_state_continues_the_average(prepared, tmp_path):
     torch.manual_seed(0)
     model = ConvFM(SMALL, prepared.extractor.feature_map)
     config = TrainConfig(ema_decay=0.9)
-    state = TrainingState.create(model, config)
+    state = TrainingState.create(model, config, 1000)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(1.0)
     state.average.update(model)
     torch.save(state.state_dict(), tmp_path / "state.pt")
-    resumed = TrainingState.create(ConvFM(SMALL, prepared.extractor.feature_map), config)
+    resumed = TrainingState.create(ConvFM(SMALL, prepared.extractor.feature_map), config, 1000)
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     assert resumed.average.steps == 1
     for name, weight in state.average.model.state_dict().items():
         assert torch.equal(resumed.average.model.state_dict()[name], weight), name
     # a state saved without an average (ema_decay 0, or before it existed) resumes with a fresh one
-    fresh = TrainingState.create(model, config)
-    fresh.load_state_dict(TrainingState.create(model, TrainConfig(ema_decay=0.0)).state_dict())
+    fresh = TrainingState.create(model, config, 1000)
+    fresh.load_state_dict(TrainingState.create(model, TrainConfig(ema_decay=0.0), 1000).state_dict())
     assert fresh.average.steps == 0
 
 
@@ -117,10 +117,10 @@ def test_only_the_validating_rank_keeps_the_average(prepared):
     torch.manual_seed(0)
     model = ConvFM(SMALL, prepared.extractor.feature_map)
     config = TrainConfig(ema_decay=0.9, num_epochs=1, batch_size=256)
-    other = TrainingState.create(model, config, validates=False)  # a DDP rank other than 0
+    other = TrainingState.create(model, config, 1000, validates=False)  # a DDP rank other than 0
     assert other.average is None and other.kept_model(model) is model
     assert run_epoch(model, prepared.sets["train"], other, config, torch.device("cpu"), validation=None) is None
-    rank0 = TrainingState.create(model, config)
+    rank0 = TrainingState.create(model, config, 1000)
     other.load_state_dict(rank0.state_dict())  # resuming from rank 0's state, which carries an average
     assert other.average is None and other.next_epoch == 0
 

@@ -21,6 +21,8 @@ from convfm.errors import ConfigError
     (TrainConfig, {"early_stopping_metric": "auc"},
      r"early_stopping_metric: must be one of \['roc_auc', 'log_loss'\], got 'auc'"),
     (TrainConfig, {"early_stopping_metric": True}, r"early_stopping_metric: must be one of .*, got True"),
+    (TrainConfig, {"weight_decay_examples": 0}, r"weight_decay_examples: must be an integer in \[1, "),
+    (TrainConfig, {"weight_decay_examples": 6e4}, r"weight_decay_examples: must be an integer .*, got 60000.0"),
     (DataConfig, {"kind": "graph"}, r"kind: must be one of \['jobs', 'table'\], got 'graph'"),
     (DataConfig, {"positive_events": ["applied"]}, r"positive_events: unknown event\(s\) \['applied'\]"),
     (DataConfig, {"negative_events": ["apply"]}, "also listed as positive"),
@@ -40,6 +42,13 @@ from convfm.errors import ConfigError
 def test_invalid_values_name_the_field(cls, values, match):
     with pytest.raises(ConfigError, match=match):
         cls.from_dict(values)
+
+
+def test_weight_decay_falls_in_proportion_beyond_weight_decay_examples():
+    config = TrainConfig(weight_decay=5.0, weight_decay_examples=60_000)
+    assert [config.weight_decay_for(n) for n in (10, 60_000, 120_000, 600_000)] == [5.0, 5.0, 2.5, 0.5]
+    assert TrainConfig(weight_decay=5.0, weight_decay_examples=None).weight_decay_for(10**9) == 5.0
+    assert TrainConfig(weight_decay=0.0).weight_decay_for(10**9) == 0.0
 
 
 def test_unknown_key_is_named():

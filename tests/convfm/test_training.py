@@ -55,18 +55,27 @@ def test_prediction_is_deterministic(prepared, trained):
     assert np.allclose(a, b, atol=1e-6)  # batch size does not change eval-mode scores
 
 
+def test_the_optimizer_decays_at_the_rate_of_the_training_set_size(prepared, trained):
+    model = ConvFM(ModelConfig(embedding_dim=4, conv_filters=4, hidden_dims=(8,)), prepared.extractor.feature_map)
+    config = TrainConfig(weight_decay=4.0, weight_decay_examples=1000)
+    decays = [TrainingState.create(model, config, n).optimizer.param_groups[0]["weight_decay"] for n in (500, 4000)]
+    assert decays == [4.0, 1.0]
+    _, history = trained  # weight_decay 0: the record says what the optimizer applied
+    assert {r["weight_decay"] for r in history} == {0.0}
+
+
 def test_epochs_run_from_next_epoch_until_num_epochs_or_an_early_stop(prepared):
     model = ConvFM(ModelConfig(embedding_dim=4, conv_filters=4, hidden_dims=(8,)), prepared.extractor.feature_map)
-    state = TrainingState.create(model, TrainConfig(num_epochs=6, patience=1))
+    state = TrainingState.create(model, TrainConfig(num_epochs=6, patience=1), 1000)
     state.next_epoch = 2  # as restored from a checkpoint
     seen = []
     for epoch in state.epochs(6):
         seen.append(epoch)
         state.end_epoch(epoch, 0.5)  # best at 2, no gain at 3: patience 1 stops there
     assert seen == [2, 3] and state.should_stop
-    assert list(TrainingState.create(model, TrainConfig()).epochs(0)) == []
+    assert list(TrainingState.create(model, TrainConfig(), 1000).epochs(0)) == []
     with pytest.raises(RuntimeError, match="epoch 0 ended without run_epoch"):
-        for _ in TrainingState.create(model, TrainConfig()).epochs(3):
+        for _ in TrainingState.create(model, TrainConfig(), 1000).epochs(3):
             pass
 
 
@@ -94,35 +103,35 @@ def small_model(data) -> ConvFM:
 def test_a_resumed_training_state_keeps_its_metric(prepared, tmp_path):
     model = small_model(prepared)
     config = TrainConfig(early_stopping_metric="log_loss", lr_schedule="plateau")
-    state = TrainingState.create(model, config)
+    state = TrainingState.create(model, config, 1000)
     state.end_epoch(0, 0.40)
     torch.save(state.state_dict(), tmp_path / "state.pt")
     saved = torch.load(tmp_path / "state.pt", weights_only=True)
-    resumed = TrainingState.create(model, config)
+    resumed = TrainingState.create(model, config, 1000)
     resumed.load_state_dict(saved)
     assert (resumed.stopper.metric, resumed.stopper.best, resumed.next_epoch) == ("log_loss", 0.40, 1)
     assert not resumed.end_epoch(1, 0.45) and resumed.stopper.bad_epochs == 1  # a higher loss is worse
     with pytest.raises(ConfigError, match="early_stopping_metric: the checkpoint's run stopped on 'log_loss', "
                                           "this run on 'roc_auc'"):
-        TrainingState.create(model, TrainConfig(early_stopping_metric="roc_auc", lr_schedule="plateau")
-                             ).load_state_dict(saved)
+        TrainingState.create(model, TrainConfig(early_stopping_metric="roc_auc", lr_schedule="plateau"),
+                             1000).load_state_dict(saved)
 
 
 def test_a_state_saved_before_the_metric_choice_resumes_on_auc_only(prepared):
     """Format 1: no metric in the stopper (it was AUC), one optimizer parameter group (weight decay 0)."""
     model = small_model(prepared)
     before = TrainConfig(early_stopping_metric="roc_auc", weight_decay=0.0)
-    old = TrainingState.create(model, before).state_dict()
+    old = TrainingState.create(model, before, 1000).state_dict()
     old["format_version"] = 1
     del old["stopper"]["metric"]
-    resumed = TrainingState.create(model, before)
+    resumed = TrainingState.create(model, before, 1000)
     resumed.load_state_dict(old)
     assert resumed.stopper.metric == "roc_auc" and resumed.stopper.best == float("-inf")
     with pytest.raises(ConfigError, match="stopped on 'roc_auc', this run on 'log_loss'"):
-        TrainingState.create(model, TrainConfig(weight_decay=0.0)).load_state_dict(old)
+        TrainingState.create(model, TrainConfig(weight_decay=0.0), 1000).load_state_dict(old)
     with pytest.raises(ConfigError, match=r"weight_decay: the checkpoint's optimizer has \[1\] parameter group\(s\), "
                                           r"this run's \[2\]"):
-        TrainingState.create(model, TrainConfig(early_stopping_metric="roc_auc")).load_state_dict(old)
+        TrainingState.create(model, TrainConfig(early_stopping_metric="roc_auc"), 1000).load_state_dict(old)
 
 
 def train_once(data, embedding_l2: float, learning_rate: float) -> tuple[ConvFM, dict[str, float]]:

@@ -54,7 +54,8 @@ def run_two_workers(ray_local, market_dir, s3_bucket, tmp_path_factory) -> types
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(storage.CACHE_ENV, str(cache))
         result = run_training(
-            *configs(market_dir, {"sparse_embeddings": True}, num_workers=2, lr_schedule="cosine", max_failures=1),
+            *configs(market_dir, {"sparse_embeddings": True}, num_workers=2, lr_schedule="cosine", max_failures=1,
+                     weight_decay=0.5, weight_decay_examples=100),  # a decay too small to matter, scaled
             uri, loop_options={"crash_at_epoch": 1, "crash_marker": str(marker)})
         record = read_run(uri)
         checkpoint = Result.from_path(storage.join(record["storage_path"], record["name"])).checkpoint

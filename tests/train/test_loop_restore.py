@@ -23,7 +23,7 @@ def test_a_checkpoint_keeps_the_average_and_resumes_from_the_raw_weights(market_
     config = TrainConfig(num_epochs=2, batch_size=256, ema_decay=0.9)
     torch.manual_seed(0)
     model = ConvFM(SMALL, data.extractor.feature_map)
-    state = TrainingState.create(model, config)
+    state = TrainingState.create(model, config, 1000)
     record = run_epoch(model, data.sets["train"], state, config, torch.device("cpu"), validation=data)
     kept: list[Path] = []
 
@@ -41,7 +41,7 @@ def test_a_checkpoint_keeps_the_average_and_resumes_from_the_raw_weights(market_
     assert TRAINING_WEIGHTS not in train_state and (kept[0] / TRAIN_STATE).exists()
     for name, weight in model.state_dict().items():
         assert torch.equal(restored.state_dict()[name], weight), name  # training goes on from the raw weights
-    resumed = TrainingState.create(restored, config)
+    resumed = TrainingState.create(restored, config, 1000)
     resumed.load_state_dict(train_state)
     assert resumed.average.steps == state.average.steps and resumed.next_epoch == 1
     for name, weight in state.average.model.state_dict().items():
