@@ -103,8 +103,8 @@ DEFAULT_SPACE: dict[str, ParamSpec] = {
     "hidden_dims": ParamSpec("choice", ((128, 64, 32), (256, 128, 64), (64, 32))),
     "learning_rate": ParamSpec("loguniform", low=1e-4, high=1e-2),
     "batch_size": ParamSpec("choice", (256, 512, 1024, 2048, 4096)),
-    # AdamW's decay per step is learning_rate * weight_decay: below ~1 it changed nothing measurable in the few
-    # hundred steps of the synthetic markets (benchmarks/overfitting.py), 5 is the default
+    # AdamW's decay per step is learning_rate * weight_decay (scaled down past weight_decay_examples): 5, the
+    # default, was best on the synthetic market, 1-2 on the 204k-row app log (benchmarks/overfitting.py)
     "weight_decay": ParamSpec("choice", (0.0, 1.0, 5.0, 10.0)),
     # log scale plus none (a log-uniform range cannot reach 0); on the synthetic markets 1e-3 changed nothing
     # and 1e-2 already cost AUC, so larger values are left out
