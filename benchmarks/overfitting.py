@@ -13,6 +13,8 @@ the run applied (``TrainConfig.weight_decay_for`` its training examples).
         --interactions 20000] [--apps-uses 100000] [--epochs N] [--patience N]
         [--settings "default;embedding_l2=0,patience=100"]
 
+(all three datasets by default)
+
 A setting is ``default`` or ``field=value,field=value`` (values read as YAML); settings are separated by ``;``.
 ``--epochs``/``--patience`` replace num_epochs/patience for every setting that does not set them itself.
 Ranking metrics are computed each epoch on ``--eval-max-events`` positives only (they are not reported here).
@@ -94,7 +96,7 @@ def print_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="table,market", help="comma-separated: table, market, apps")
+    parser.add_argument("--datasets", default="table,market,apps", help="comma-separated: table, market, apps")
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="';'-separated settings (see above)")
     parser.add_argument("--users", type=int, default=3000)
     parser.add_argument("--jobs", type=int, default=4000)
