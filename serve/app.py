@@ -273,7 +273,7 @@ def build_app(config: ServeConfig, node_cpus: Optional[float] = None) -> Any:
     live = config.live_store or live_location(model)
     live = str(live) if storage.is_uri(live) else str(Path(live).expanduser().absolute())
     ranker_args = (model, version, config.max_batch_size, config.batch_wait_timeout_s, device, live, others,
-                   config.retrieval_candidates)
+                   config.retrieval_candidates, config.score_cache_mib)
     settings = {"model": model, "model_version": version, "traffic": config.traffic, "live_store": live,
                 "api_key_digest": config.api_key_digest(),
                 "auth_all_endpoints": config.auth_all_endpoints, "max_body_bytes": config.max_body_bytes,

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, Union
 from convfm.config import BaseConfig
 from convfm.errors import ConfigError
 from convfm.model.retrieval import MAX_CANDIDATES
+from convfm.model.score_cache import DEFAULT_BUDGET_MIB
 from convfm.store.registry import VERSION_RE
 from convfm.validate import check_bool, check_int, check_number, check_text, is_integer, require
 from serve.traffic import check_traffic, parse_traffic
@@ -70,6 +71,9 @@ class ServeConfig(BaseConfig):
     # Candidates per request from the retrieval index (convfm.model.retrieval), re-ranked exactly; 0: exact full
     # scan. docs/SERVING.md ("Catalogs beyond a full scan") has the measurements behind the default.
     retrieval_candidates: int = 0
+    # MiB per ranking replica for each recent user's exact catalog scan, reused (kept exact) by their next request
+    # (convfm.model.score_cache); 0: none. Unused with retrieval_candidates.
+    score_cache_mib: int = DEFAULT_BUDGET_MIB
     # A/B split between registry versions, e.g. {v0007: 0.9, v0008: 0.1}: users routed by a hash of their id
     # (serve.traffic); every Ranker replica holds every version of it. Not combined with model_version.
     traffic: Optional[dict[str, float]] = None
@@ -112,6 +116,7 @@ class ServeConfig(BaseConfig):
         require(self.live_store is None or (isinstance(self.live_store, str) and bool(self.live_store.strip())),
                 "live_store", f"must be a non-empty path or URI, or null, got {self.live_store!r}")
         check_int(self.retrieval_candidates, "retrieval_candidates", 0, MAX_CANDIDATES)
+        check_int(self.score_cache_mib, "score_cache_mib", 0, 1 << 20)
         if self.traffic is not None:
             object.__setattr__(self, "traffic", check_traffic(self.traffic))
             require(self.model_version is None, "traffic", "give traffic or model_version, not both (a split "

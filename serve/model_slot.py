@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
+from convfm.model.score_cache import DEFAULT_BUDGET_MIB
 from convfm.store.registry import resolve as resolve_model
 from convfm.store.storage import is_uri
 from serve.scorer import Scorer, ServiceError, public_text, utc_now_text
@@ -25,10 +26,12 @@ RETRY_FAILED_S = 60.0  # a version that failed to load is not tried again in the
 class ModelSlot:
     """The serving Scorer of one process and its replacement; thread-safe, loads never raise."""
 
-    def __init__(self, model_path: str | Path, device: str = "cpu", retrieval_candidates: int = 0) -> None:
+    def __init__(self, model_path: str | Path, device: str = "cpu", retrieval_candidates: int = 0,
+                 score_cache_mib: int = DEFAULT_BUDGET_MIB) -> None:
         self.model_path = model_path if is_uri(model_path) else Path(model_path)  # a Path would mangle s3://
         self.device = device
         self.retrieval_candidates = retrieval_candidates  # ServeConfig.retrieval_candidates, for every Scorer
+        self.score_cache_mib = score_cache_mib  # ServeConfig.score_cache_mib, likewise
         self.current: Optional[Scorer] = None
         self.error: Optional[str] = None  # why the *first* load failed (later failures keep the old model)
         self.last_reload: Optional[dict[str, Any]] = None
@@ -61,7 +64,8 @@ class ModelSlot:
             previous = self.current.version if self.current is not None else None
             started = time.perf_counter()
             try:
-                scorer = Scorer.load(resolve_model(self.model_path, version), self.device, self.retrieval_candidates)
+                scorer = Scorer.load(resolve_model(self.model_path, version), self.device, self.retrieval_candidates,
+                                     self.score_cache_mib)
                 if self.prepare is not None:
                     self.prepare(scorer)
             except Exception as exc:  # noqa: BLE001 - any failure of a new version must leave the old one serving
@@ -135,7 +139,8 @@ class VersionSlots:
             threading.Thread(target=self._load, args=(version,), name="convfm-variant-load", daemon=True).start()
 
     def _load(self, version: str) -> dict[str, Any]:
-        slot = ModelSlot(self.primary.model_path, self.primary.device, self.primary.retrieval_candidates)
+        slot = ModelSlot(self.primary.model_path, self.primary.device, self.primary.retrieval_candidates,
+                         self.primary.score_cache_mib)
         slot.live, slot.prepare = self.primary.live, self.primary.prepare
         try:
             report = slot.load(version)

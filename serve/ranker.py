@@ -18,6 +18,7 @@ import torch
 from ray import serve
 
 from convfm.errors import ConvFMError
+from convfm.model.score_cache import DEFAULT_BUDGET_MIB
 from convfm.store.event_log import events_location
 from convfm.store.live_catalog import CatalogStore
 from serve.events import LiveEvents, follow_log
@@ -38,8 +39,8 @@ class Ranker:
 
     def __init__(self, model: str, version: Optional[str], max_batch_size: int, batch_wait_timeout_s: float,
                  device: str = "cpu", live_store: Optional[str] = None, variants: Sequence[str] = (),
-                 retrieval_candidates: int = 0) -> None:
-        self.slot = ModelSlot(model, device, retrieval_candidates)
+                 retrieval_candidates: int = 0, score_cache_mib: int = DEFAULT_BUDGET_MIB) -> None:
+        self.slot = ModelSlot(model, device, retrieval_candidates, score_cache_mib)
         self.slot.live = LiveEvents(events_location(live_store) if live_store else None)
         threading.Thread(target=self._read_events, name="convfm-events-read", daemon=True).start()
         self.catalog = None if live_store is None else CatalogStore(live_store)

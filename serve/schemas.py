@@ -303,6 +303,8 @@ class ModelInfo(BaseModel):
     users: int
     fields: list[str]
     catalog_version: Optional[int] = None
+    score_cache: Optional[dict[str, int]] = Field(None, description="the answering replica's kept scans: entries, "
+                                                  "budget_mib, hits, misses, rescored_rows")
     last_reload: Optional[dict[str, Any]] = None
     batching: Optional[dict[str, Any]] = None
     torch_threads: Optional[int] = Field(None, description="torch threads of the replica that answered")

@@ -30,6 +30,7 @@ from convfm.features.context import now_micros
 from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
+from convfm.model.score_cache import ScoreCache
 from convfm.store.registry import model_identity
 from convfm.store.serving_data import DISPLAY_COLUMNS, SERVING_NAME, ServingData
 from convfm.features.text import clean_value
@@ -88,9 +89,12 @@ class Scorer:
     """One loaded, validated model version and everything needed to answer requests with it.
 
     ``retrieval_candidates`` K > 0 ranks each user's K best candidates of the index exactly instead of scanning
-    the whole catalog (``ServeConfig.retrieval_candidates``); the index is built here, at model load."""
+    the whole catalog (``ServeConfig.retrieval_candidates``); the index is built here, at model load. The exact
+    scan keeps each recent user's scores for their next request within ``score_cache_mib``
+    (``convfm.model.score_cache``; 0 keeps none)."""
 
-    def __init__(self, loaded: LoadedModel, serving: ServingData, retrieval_candidates: int = 0) -> None:
+    def __init__(self, loaded: LoadedModel, serving: ServingData, retrieval_candidates: int = 0,
+                 score_cache_mib: int = 0) -> None:
         extractor = loaded.extractor
         if getattr(extractor, "kind", None) != "jobs" or extractor.job_catalog is None:
             raise ArtifactError(f"{loaded.path}: serving needs a job-market model (JobFeatureExtractor)")
@@ -128,15 +132,17 @@ class Scorer:
         self.live_jobs = LiveJobs(self.n_jobs)  # live catalog applied on top (serve.live_catalog)
         self.retrieval_candidates = retrieval_candidates
         self.index = RetrievalIndex(self.ranker) if retrieval_candidates else None  # None: exact full scan
+        self.cache = ScoreCache(self.ranker, score_cache_mib * 2**20 if self.index is None else 0)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", retrieval_candidates: int = 0) -> "Scorer":
+    def load(cls, path: str | Path, device: str = "cpu", retrieval_candidates: int = 0,
+             score_cache_mib: int = 0) -> "Scorer":
         """Load a model directory (ArtifactError if anything is missing, tampered or inconsistent), validate."""
         loaded = load_model_dir(path, device=device)
         payload = loaded.extra.get(SERVING_NAME)
         source = str(Path(path) / f"{SERVING_NAME}.json")
         serving = ServingData.empty() if payload is None else ServingData.from_payload(payload, source)
-        scorer = cls(loaded, serving, retrieval_candidates)
+        scorer = cls(loaded, serving, retrieval_candidates, score_cache_mib)
         scorer.validate()
         return scorer
 
@@ -176,7 +182,7 @@ class Scorer:
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "path": public_text(str(self.path)),
                 "loaded_at": self.loaded_at, "metrics": self.metrics, "jobs": self.n_jobs - 1,
-                "catalog_version": self.live_jobs.version,
+                "catalog_version": self.live_jobs.version, "score_cache": self.cache.info(),
                 "users": len(self.extractor.user_catalog) - 1,
                 "fields": [f.name for f in self.extractor.feature_map.fields]}
 
@@ -269,7 +275,7 @@ class Scorer:
         with self._time_lock:  # job ages at request time
             self.at(now_micros())
             exact = self.index is None
-            scores = self.ranker.score_all(concat_rows([p[2] for p in pending])) if exact else None  # (U, N)
+            scores = self.cache.scores(concat_rows([p[2] for p in pending])) if exact else None  # (U, N)
             for u, (i, known, user, past, mask) in enumerate(pending):
                 request = requests[i]
                 seen = list(self.seen.get(request.user_id, ())) if known and request.exclude_seen else []

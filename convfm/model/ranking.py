@@ -29,6 +29,7 @@ from convfm.model.pair_match import Pair, PairMatch
 # users, 1.8 against 2.1 for one user; 1 << 17 and 1 << 19 were slower.
 ELEMENT_BUDGET = 1 << 18
 JOBS_PER_PASS = 8192  # job rows per side pass (catalog precompute, time moves)
+CHANGES_KEPT = 256  # job-side changes ``changed_since`` can replay (older readers rescore everything)
 
 
 def _zip_map(fn: Callable[[list[torch.Tensor]], torch.Tensor], sides: list[Any]) -> Any:
@@ -78,6 +79,10 @@ class CatalogRanker:
     those at ``time`` (default now), ``at(t)`` recomputes just the jobs whose bucket differs at t, and scoring
     users at their own times corrects the few (user, job) pairs whose bucket differs from the precomputed one.
     Every score stays the model's exact logit at the user's time.
+
+    ``version`` counts the changes to the precomputed job sides (time moves, ``put_jobs``); ``changed_since``
+    names the rows a change touched, so scores kept from an earlier version are brought up to date exactly by
+    rescoring those rows alone (``convfm.model.score_cache``).
     """
 
     def __init__(self, model: ConvFM, extractor: Any, jobs: Optional[EncodedTable] = None,
@@ -100,6 +105,21 @@ class CatalogRanker:
         self.job_width = max(t.shape[1:].numel() for t in _leaves(self.job_side))
         self._own_jobs = jobs is not None
         self._room = self.job_side  # job_side is a view of these buffers (put_jobs grows them)
+        self.version, self._changes = 0, []  # _changes: (version, rows it changed), the last CHANGES_KEPT
+
+    # ---------------------------------------------------------------------------------------- changes
+    def _changed(self, rows: np.ndarray) -> None:
+        self.version += 1
+        self._changes = [*self._changes[-(CHANGES_KEPT - 1):], (self.version, np.asarray(rows, dtype=np.int64))]
+
+    def changed_since(self, version: int) -> Optional[np.ndarray]:
+        """Catalog rows whose job side changed after ``version`` (sorted, unique; rows appended since are among
+        them), or None when that is too long ago to replay."""
+        if version == self.version:
+            return np.zeros(0, dtype=np.int64)
+        if not self._changes or self._changes[0][0] > version + 1:
+            return None
+        return np.unique(np.concatenate([rows for v, rows in self._changes if v > version]))
 
     # ------------------------------------------------------------------------------------------ time
     def job_table(self, rows: np.ndarray, buckets: Optional[np.ndarray] = None) -> EncodedTable:
@@ -148,6 +168,7 @@ class CatalogRanker:
                 if len(changed):
                     with torch.inference_mode():
                         self._write_rows(changed, _map(lambda t: t[offset : offset + len(changed)], sides))
+                    self._changed(changed)
                 offset += len(changed)
                 self.time, self.buckets = time, later  # a new array, as put_jobs makes: readers may hold the old
                 yield
@@ -168,6 +189,7 @@ class CatalogRanker:
             self._room = _zip_map(lambda tensors: with_room(tensors[0], n), [self._room])
             self.n_jobs, self.job_side = n, _map(lambda t: t[:n], self._room)
             self._write_rows(rows, side)
+        self._changed(rows)
         self.__dict__.pop("explainer", None)  # its view of the catalog (constant fields): recomputed when next used
         indexes = self.__dict__.pop("_match_index", None)  # the pair-match terms' inverted indexes: rows now stale
         if indexes is not None:

@@ -43,16 +43,17 @@ def test_the_api_key_never_travels_with_the_application(tiny, monkeypatch):
 
 
 def test_retrieval_candidates_reach_every_ranker_replica_and_each_version_it_loads(tiny):
-    """The field travels from the config to the Ranker's arguments, and a replica's slots (its primary and a
-    traffic split's other versions) load Scorers that build the index with it."""
+    """The fields travel from the config to the Ranker's arguments, and a replica's slots (its primary and a
+    traffic split's other versions) load Scorers that build the index (or keep scans) with them."""
     from serve.app import build_app
     from serve.model_slot import ModelSlot, VersionSlots
 
-    one = build_app(ServeConfig(model=str(tiny.entry), retrieval_candidates=40), node_cpus=2)._bound_deployment
-    two = build_app(ServeConfig(model=str(tiny.entry), retrieval_candidates=40, replicas=2), node_cpus=2
-                    )._bound_deployment
+    one = build_app(ServeConfig(model=str(tiny.entry), retrieval_candidates=40, score_cache_mib=3),
+                    node_cpus=2)._bound_deployment
+    two = build_app(ServeConfig(model=str(tiny.entry), retrieval_candidates=40, score_cache_mib=3, replicas=2),
+                    node_cpus=2)._bound_deployment
     for ranker_args in (one.init_args[0].args, two.init_args[0]._bound_deployment.init_args):
-        assert ranker_args[0] == str(tiny.entry) and ranker_args[-1] == 40
+        assert ranker_args[0] == str(tiny.entry) and ranker_args[-2:] == (40, 3)
 
     primary = ModelSlot(tiny.entry, retrieval_candidates=40)
     assert primary.load()["ok"] and primary.current.index is not None
@@ -60,6 +61,12 @@ def test_retrieval_candidates_reach_every_ranker_replica_and_each_version_it_loa
     variants = VersionSlots(primary)
     assert variants.hold(["v0001"])[0]["ok"] and variants.get("v0001").index is not None
     assert ModelSlot(tiny.entry).retrieval_candidates == 0  # the default: the exact scan
+    kept = ModelSlot(tiny.entry, score_cache_mib=3)
+    assert kept.load()["ok"] and kept.current.cache.budget_bytes == 3 * 2**20
+    kept_variants = VersionSlots(kept)
+    assert kept_variants.hold(["v0001"])[0]["ok"] and kept_variants.get("v0001").cache.budget_bytes == 3 * 2**20
+    assert ModelSlot(tiny.entry).score_cache_mib == 64  # the service keeps scans by default
+    assert primary.current.cache.budget_bytes == 0  # not beside the retrieval index
 
 
 def test_one_replica_is_one_deployment_sized_as_the_ranker_more_are_an_ingress_and_rankers(tiny):

@@ -179,3 +179,22 @@ def test_history_is_validated_by_the_schema():
     with pytest.raises(ValueError, match="give user_id, profile or history"):
         rec(history=[])
     assert rec(history=["j1", 7]).history == ["j1", "7"]
+
+
+def test_kept_scans_answer_as_fresh_ones(scorer, tiny):
+    """A scorer that keeps users' scans (the service's default) answers every request as one that keeps none:
+    repeats are hits, a request with its own history is another entry, and moving time rescores changed rows."""
+    kept = Scorer.load(tiny.entry / "v0001", score_cache_mib=1)
+    users = list(tiny.data.frames["train"]["user_id"].unique()[:3])
+    history = list(tiny.data.extractor.job_ids[1:3])
+    requests = [rec(user_id=u, k=8) for u in users] + [rec(user_id=users[0], k=8, history=history),
+                                                        rec(user_id=users[1], k=3, filters={"job_type": "contract"})]
+    for _ in range(2):
+        for request in requests:
+            fresh, cached = scorer.recommend_many([request])[0], kept.recommend_many([request])[0]
+            assert [i["job_id"] for i in cached["items"]] == [i["job_id"] for i in fresh["items"]]
+            assert [i["score"] for i in cached["items"]] == pytest.approx([i["score"] for i in fresh["items"]],
+                                                                          abs=1e-6)
+    info = kept.info()["score_cache"]
+    assert info["entries"] == 4 and info["misses"] == 4 and info["hits"] == 6 and info["budget_mib"] == 1
+    assert scorer.info()["score_cache"]["entries"] == 0  # Scorer.load keeps none unless asked

@@ -31,6 +31,7 @@ def test_defaults_bind_loopback():
     ({"retrieval_candidates": -1}, r"^retrieval_candidates: must be an integer in \[0, 1000000\], got -1$"),
     ({"retrieval_candidates": 1_000_001}, "retrieval_candidates"),
     ({"retrieval_candidates": 2.5}, "retrieval_candidates"),
+    ({"score_cache_mib": -1}, r"^score_cache_mib: must be an integer in \[0, 1048576\], got -1$"),
 ])
 def test_bad_values_name_the_field(values, field):
     with pytest.raises(ConfigError, match=field):
@@ -72,6 +73,7 @@ def test_builder_args_arrive_as_strings():
     assert ServeConfig.from_args({"num_cpus": "null"}).num_cpus is None
     assert ServeConfig.from_args({"retrieval_candidates": "500"}).retrieval_candidates == 500
     assert ServeConfig().retrieval_candidates == 0  # the exact full scan unless asked
+    assert ServeConfig.from_args({"score_cache_mib": "0"}).score_cache_mib == 0
     with pytest.raises(ConfigError, match="port: must be an integer"):
         ServeConfig.from_args({"port": "eighty"})
 

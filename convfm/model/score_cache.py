@@ -1,0 +1,109 @@
+"""Each recent user's logits over the whole catalog, kept exact while the catalog changes.
+
+A feed is asked for again and again by the same user (reloads, the next page, another filter) while neither the
+user's inputs nor most of the catalog change. The scan is most of a request's cost, so ``ScoreCache`` keeps the
+last scores of each user's encoded row, keyed by that row's bytes: any change to the user (a logged positive in
+the history, another profile) is another key. The catalog side moves under the entries (job ages cross a day
+bucket, the live catalog puts jobs): the ranker's ``changed_since`` names the rows, and only those are rescored
+before an entry is used, so every score is the one a fresh scan would give. An entry older than the ranker's
+change log is scanned anew. Entries are evicted least recently used, within a byte budget (4 bytes per job).
+
+Notation as in ``convfm.model.network``: U users, N jobs.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from convfm.features.fields import EncodedTable
+from convfm.model.ranking import CatalogRanker
+
+DEFAULT_BUDGET_MIB = 64  # per serving replica: 1,600 users of a 10,000-job catalog, 160 of 100,000
+
+
+class _Entry(NamedTuple):
+    version: int  # the ranker's version the logits are exact at
+    logits: torch.Tensor  # (N then,)
+
+
+def user_key(users: EncodedTable, row: int) -> bytes:
+    """A digest of every encoded input of ``users`` row ``row`` (its shapes included)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (users.cat[row], users.multi[row], users.dense[row]):
+        part = np.ascontiguousarray(part)
+        digest.update(repr((part.dtype.str, part.shape)).encode())
+        digest.update(part.tobytes())
+    return digest.digest()
+
+
+class ScoreCache:
+    """``scores(users)`` = ``ranker.score_all(users)`` (ranker at its precomputed time), each user's catalog
+    scan kept for the next request of the same inputs (see the module docstring). ``budget_bytes`` 0 keeps
+    nothing. Not thread-safe: callers hold the lock under which the ranker's time moves."""
+
+    def __init__(self, ranker: CatalogRanker, budget_bytes: int) -> None:
+        if budget_bytes < 0:
+            raise ValueError(f"budget_bytes must be >= 0, got {budget_bytes}")
+        self.ranker, self.budget_bytes = ranker, int(budget_bytes)
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self.stats = {"hits": 0, "misses": 0, "rescored_rows": 0}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def info(self) -> dict[str, int]:
+        """Entries kept, the budget, and the counts of hits, misses and rows rescored for kept entries."""
+        return {"entries": len(self), "budget_mib": self.budget_bytes // 2**20, **self.stats}
+
+    def scores(self, users: EncodedTable) -> torch.Tensor:
+        """Logits (U, N) of every user against the whole catalog: kept rows brought up to date, the rest scanned
+        in one pass."""
+        ranker, n = self.ranker, self.ranker.n_jobs
+        keys = [user_key(users, i) for i in range(len(users))] if self.budget_bytes else []
+        out = torch.empty((len(users), n), device=ranker.device)
+        missed = []
+        for i, key in enumerate(keys):
+            logits = self._current(key, users, i)
+            if logits is None:
+                missed.append(i)
+            else:
+                out[i] = logits
+        missed = missed if keys else list(range(len(users)))
+        self.stats["hits"] += len(users) - len(missed)
+        self.stats["misses"] += len(missed)
+        if missed:
+            out[missed] = ranker.score_all(users.take(np.array(missed)))
+            for i in missed if keys else ():
+                self._keep(keys[i], _Entry(ranker.version, out[i].clone()))
+        return out
+
+    def _current(self, key: bytes, users: EncodedTable, row: int) -> torch.Tensor | None:
+        """The kept logits of ``key`` at the ranker's version (changed rows rescored), None when not kept."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        changed = self.ranker.changed_since(entry.version)
+        if changed is None:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        if not len(changed):
+            return entry.logits
+        logits = entry.logits
+        if len(logits) < self.ranker.n_jobs:  # the catalog grew: its new rows are among the changed ones
+            logits = torch.cat([logits, logits.new_empty(self.ranker.n_jobs - len(logits))])
+        logits[changed] = self.ranker.score_all(users.take(np.array([row])), changed)[0]
+        self.stats["rescored_rows"] += len(changed)
+        self._keep(key, _Entry(self.ranker.version, logits))
+        return logits
+
+    def _keep(self, key: bytes, entry: _Entry) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        row_bytes = 4 * max(1, self.ranker.n_jobs)
+        while self._entries and len(self._entries) * row_bytes > self.budget_bytes:
+            self._entries.popitem(last=False)
