@@ -49,9 +49,9 @@ def random_parts(n: int, valid_fraction: float, test_fraction: float, seed: int)
 def split_examples(examples: pd.DataFrame, config: DataConfig, calendar: bool = True) -> Splits:
     """Split examples by ``config.split``.
 
-    "time": per user in timestamp order, the last ``test_fraction`` of the rows go to test and the
-    ``valid_fraction`` before them to valid (at least one row each, at least one left in train); users with
-    fewer than 3 rows stay in train. "global_time": see ``global_starts``. "random": a seeded split of the
+    "time": per user in timestamp order, the last ``test_fraction`` of the user's moments (distinct timestamps:
+    all rows at one time go together) go to test and the ``valid_fraction`` before them to valid (at least one
+    each, at least one left in train); users with fewer than 3 moments stay in train. "global_time": see ``global_starts``. "random": a seeded split of the
     pairs. ``calendar``: the timestamps are date/times (needed for ``valid_start``/``test_start``).
 
     Rows marked ``TRAIN_ONLY`` (``build_examples`` with ``train_negative_ratio``) take no part in the split, so
@@ -100,17 +100,26 @@ def with_train_only(base_parts: np.ndarray, user_codes: np.ndarray, times: np.nd
 
 
 def per_user_parts(times: np.ndarray, user_codes: np.ndarray, config: DataConfig) -> np.ndarray:
-    """Split "time": 0 train / 1 valid / 2 test per row, from each user's rows alone (``split_examples``)."""
+    """Split "time": 0 train / 1 valid / 2 test per row, from each user's rows alone (``split_examples``).
+
+    The unit is a user's moment (a distinct timestamp), not a row: a positive and the negatives sampled at its
+    time are one event and go to one split. Split by rows, a user with a single apply had it in one split and its
+    two negatives in the others, so most validation and test positives had no negative of their own."""
     n = len(times)
-    order = np.lexsort((np.arange(n), times, user_codes))
-    sizes = np.bincount(user_codes, minlength=1) if n else np.zeros(0, np.int64)
-    starts = np.cumsum(sizes) - sizes
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n) - starts[user_codes[order]]
+    order = np.lexsort((times, user_codes))
+    users, at = user_codes[order], times[order]
+    new = np.ones(n, dtype=bool)
+    new[1:] = (users[1:] != users[:-1]) | (at[1:] != at[:-1])
+    moment = np.empty(n, dtype=np.int64)
+    moment[order] = np.cumsum(new) - 1  # each row's moment; moments numbered by user, then time
+    moment_user = users[new]
+    sizes = np.bincount(moment_user, minlength=1) if n else np.zeros(0, np.int64)  # moments per user
+    rank = np.arange(len(moment_user)) - (np.cumsum(sizes) - sizes)[moment_user]  # a moment's place in its user's
     n_test = np.where(sizes >= 3, _split_counts(sizes, config.test_fraction, sizes - 1), 0)
     n_valid = np.where(sizes >= 3, _split_counts(sizes, config.valid_fraction, sizes - 1 - n_test), 0)
-    size, test, valid = sizes[user_codes], n_test[user_codes], n_valid[user_codes]
-    return np.where(rank >= size - test, 2, np.where(rank >= size - test - valid, 1, 0))
+    size, test, valid = sizes[moment_user], n_test[moment_user], n_valid[moment_user]
+    parts = np.where(rank >= size - test, 2, np.where(rank >= size - test - valid, 1, 0))
+    return parts[moment]
 
 
 def _split_counts(sizes: np.ndarray, fraction: float, room: np.ndarray) -> np.ndarray:

@@ -85,9 +85,24 @@ def test_time_split_has_no_leakage() -> None:
     assert (first_test >= last_train[first_test.index]).all()
     assert (first_valid >= last_train[first_valid.index]).all()
     assert (first_test >= last_valid.reindex(first_test.index).fillna(-1)).all()
-    sizes = examples.groupby("user_id").size()
-    test_sizes = splits.test.groupby("user_id").size().reindex(sizes.index, fill_value=0)
-    assert (test_sizes == np.maximum(1, np.floor(sizes * 0.2 + 0.5))).all()
+    moments = examples.groupby("user_id")["timestamp"].nunique()  # a positive and its negatives are one moment
+    test_moments = splits.test.groupby("user_id")["timestamp"].nunique().reindex(moments.index, fill_value=0)
+    assert (test_moments == np.where(moments >= 3, np.maximum(1, np.floor(moments * 0.2 + 0.5)), 0)).all()
+    # no moment straddles two splits
+    placed = pd.concat([s.assign(part=name) for name, s in zip("tvs", (splits.train, splits.valid, splits.test))])
+    assert (placed.groupby(["user_id", "timestamp"])["part"].nunique() == 1).all()
+    assert (examples.groupby(["user_id", "timestamp"]).size() > 1).any()  # there are moments of several rows
+
+
+def test_time_split_keeps_a_positive_with_the_negatives_sampled_at_its_time() -> None:
+    """Real logs: most users have one or two events, each with its sampled negatives at the same time. Split by
+    row, one such user put the positive in one split and the negatives in the other two."""
+    rows = [("once", "a", 1.0, 5), ("once", "b", 0.0, 5), ("once", "c", 0.0, 5)]  # one apply, two negatives
+    rows += [("busy", f"p{t}", 1.0, t) for t in range(1, 6)] + [("busy", f"n{t}", 0.0, t) for t in range(1, 6)]
+    examples = pd.DataFrame(rows, columns=["user_id", "job_id", "label", "timestamp"])
+    splits = split_examples(examples, DataConfig(valid_fraction=0.2, test_fraction=0.2))
+    assert sorted(splits.train["job_id"]) == ["a", "b", "c", "n1", "n2", "n3", "p1", "p2", "p3"]
+    assert sorted(splits.valid["job_id"]) == ["n4", "p4"] and sorted(splits.test["job_id"]) == ["n5", "p5"]
 
 
 def test_time_split_small_users_stay_in_train() -> None:
