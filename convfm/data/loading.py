@@ -21,7 +21,7 @@ from convfm.errors import ConfigError, DataValidationError
 from convfm.data.liveness import job_windows
 from convfm.data.negatives import sample_negatives
 from convfm.data.readers import (  # noqa: F401  (read_frame, resolve_path: re-exported)
-    SUFFIXES, cell_error, first_true, is_calendar, order_key, read_frame, read_located, resolve_path,
+    SUFFIXES, cell_error, epoch_dates, first_true, is_calendar, order_key, read_frame, read_located, resolve_path,
     to_datetimes, to_numbers,
 )
 from convfm.data.schema import DATETIME, ID, INTERACTIONS, JOBS, NUMBER, USERS, TableSchema
@@ -80,6 +80,7 @@ def _load_schema_table(path: Path, schema: TableSchema,
         elif column.kind == NUMBER:
             out[name] = to_numbers(values, path, actual)
         elif column.kind == DATETIME:
+            values = epoch_dates(values, path, actual) if schema is INTERACTIONS else values
             out[name] = (order_key if schema is INTERACTIONS else to_datetimes)(values, path, actual)
             calendar = calendar and (schema is not INTERACTIONS or is_calendar(values))
         else:
@@ -149,6 +150,11 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
         frame, path, dated = _load_schema_table(root / name, schema, config.columns.get(schema.name, {}))
         tables[schema.name], source[schema.name] = frame, str(path)
         calendar = dated if schema is INTERACTIONS else calendar
+        if schema is INTERACTIONS and not dated:
+            logger.warning("%s: no date/time timestamps (%s): time is the row order or the numbers given, so job "
+                           "liveness and expiry, the jobs' age and global_time dates are not available; give ISO "
+                           "date/times or epoch seconds", path,
+                           "plain numbers" if "timestamp" in frame.columns else "no timestamp column")
     if not interactions:
         empty = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in
                               (("user_id", object), ("job_id", object), ("event", object), ("timestamp", np.int64))})

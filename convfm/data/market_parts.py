@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from convfm.config import DataConfig
 from convfm.data.loading import JobMarket, build_examples, set_events
 from convfm.data.readers import (
-    cell_error, first_true, id_strings, is_calendar, order_key, part_files, read_located, resolve_path,
+    cell_error, epoch_dates, first_true, id_strings, is_calendar, order_key, part_files, read_located, resolve_path,
 )
 from convfm.data.splitting import TRAIN_ONLY, per_user_parts, with_train_only
 from convfm.errors import ConfigError, DataValidationError
@@ -153,7 +153,7 @@ def typed_interactions(batch: pd.DataFrame, path: Path, config: DataConfig, buck
     if names["event"] in batch.columns:
         out["event"] = batch[names["event"]]
     set_events(out, str(path), config)
-    times = batch[names["timestamp"]]
+    times = epoch_dates(batch[names["timestamp"]], path, names["timestamp"])
     if len(times) and not is_calendar(times):
         raise DataValidationError(f"{path}: column {names['timestamp']!r}: distributed preparation needs date/time "
                                   f"timestamps (got numbers, e.g. {times.iloc[0]!r}): job liveness and the splits "

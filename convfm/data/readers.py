@@ -176,6 +176,28 @@ FIRST_DATE, LAST_DATE = pd.Timestamp("1970-01-01"), pd.Timestamp("2100-01-01")
 _EPOCH_RANGE = (0.0, float((LAST_DATE - FIRST_DATE).total_seconds()))
 
 
+EPOCH_SECONDS_FROM = 1e8  # 1973-03-03: interaction timestamps that are all numbers from here to LAST_DATE are dates
+_EPOCH_MILLIS = (1e11, _EPOCH_RANGE[1] * 1000)  # 1973-03-03 to 2100 in milliseconds
+
+
+def epoch_dates(series: pd.Series, path: Path, column: str) -> pd.Series:
+    """Interaction timestamps as a file gives them, with epoch seconds made dates: numbers that all fall from
+    1973-03-03 to 2100-01-01 as seconds become datetime64 (a log exported as epoch seconds keeps its calendar);
+    other numbers stay plain order, and numbers that all read as epoch milliseconds are refused."""
+    if series.dtype.kind in "mMb" or not len(series) or not _looks_numeric(series):
+        return series
+    values = pd.to_numeric(series, errors="coerce")
+    if values.isna().any():
+        return series  # order_key names the bad row
+    low, high = float(values.min()), float(values.max())
+    if EPOCH_SECONDS_FROM <= low and high <= _EPOCH_RANGE[1]:
+        return pd.to_datetime(values, unit="s")
+    if _EPOCH_MILLIS[0] <= low and high <= _EPOCH_MILLIS[1]:
+        raise cell_error(path, column, 0, f"{series.iloc[0]!r} looks like epoch milliseconds: give epoch "
+                                          "seconds or ISO date/times")
+    return series
+
+
 def is_calendar(series: pd.Series) -> bool:
     """Whether ``order_key`` reads ``series`` as date/times (microseconds since the epoch) rather than as plain
     order numbers: a datetime column, or text that is not mostly numbers."""

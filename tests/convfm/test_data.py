@@ -182,6 +182,26 @@ def test_market_knows_whether_timestamps_are_dates(tmp_path: Path) -> None:
     assert not load_job_market(DataConfig(path=str(rows))).calendar
 
 
+def test_epoch_second_timestamps_are_dates_and_milliseconds_are_refused(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A log exported as epoch seconds keeps its calendar (job liveness, ages); plain numbers stay order, with a
+    warning that says what is lost; epoch milliseconds would pass as plain order, so they are refused."""
+    seconds = write_market(tmp_path / "s",
+                           interactions="user_id,job_id,timestamp\nu1,j1,1704103200\nu2,j2,1704189600\n")
+    market = load_job_market(DataConfig(path=str(seconds)))
+    assert market.calendar
+    assert market.interactions["timestamp"].tolist() == [int(pd.Timestamp(t).value // 1000) for t in
+                                                         ("2024-01-01T10:00:00", "2024-01-02T10:00:00")]
+    numbers = write_market(tmp_path / "n", interactions="user_id,job_id,timestamp\nu1,j1,5\nu2,j2,1704189600\n")
+    with caplog.at_level("WARNING"):
+        assert not load_job_market(DataConfig(path=str(numbers))).calendar
+    assert "no date/time timestamps (plain numbers)" in caplog.text and "job liveness and expiry" in caplog.text
+    millis = write_market(tmp_path / "ms", interactions="user_id,job_id,timestamp\nu1,j1,1704103200000\n")
+    with pytest.raises(DataValidationError, match=r"interactions.csv: column 'timestamp', row 1: '?1704103200000'? "
+                                                  r"looks like epoch milliseconds: give epoch seconds or ISO"):
+        load_job_market(DataConfig(path=str(millis)))
+
+
 def test_loaded_market_types(tmp_path: Path) -> None:
     market = load_job_market(DataConfig(path=str(write_market(tmp_path))))
     jobs = market.jobs

@@ -155,7 +155,7 @@ def test_a_log_without_timestamps_or_ids_fails_naming_the_file_and_column(tmp_pa
 
 
 @pytest.mark.parametrize("column, value, message", [
-    ("timestamp", "1700000000", "needs date/time timestamps"),
+    ("timestamp", "6", "needs date/time timestamps"),
     ("user_id", "", "column 'user_id', row 2: empty id"),
     ("event", "bought", "column 'event', row 2: unknown event 'bought'"),
 ])
@@ -164,9 +164,15 @@ def test_a_bad_cell_names_the_file_the_column_and_the_row(column, value, message
                           "timestamp": ["2024-01-01", "2024-01-02"]})
     batch.loc[1, column] = value
     if column == "timestamp":
-        batch["timestamp"] = ["1699990000", value]
+        batch["timestamp"] = ["5", value]  # plain order numbers (epoch seconds would be dates)
     with pytest.raises(DataValidationError, match=f"part-7.csv: .*{message}"):
         typed_interactions(batch, Path("part-7.csv"), DataConfig())
+
+
+def test_epoch_seconds_are_dates_as_the_in_memory_loader_reads_them():
+    batch = pd.DataFrame({"user_id": ["u1"], "job_id": ["j1"], "event": ["apply"], "timestamp": ["1704103200"]})
+    typed = typed_interactions(batch, Path("part-7.csv"), DataConfig())
+    assert typed["timestamp"].tolist() == [pd.Timestamp("2024-01-01T10:00:00").value // 1000]
 
 
 def test_column_mappings_are_checked_as_the_in_memory_loader_checks_them(tmp_path):
