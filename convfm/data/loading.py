@@ -26,6 +26,7 @@ from convfm.data.readers import (  # noqa: F401  (read_frame, resolve_path: re-e
 )
 from convfm.data.schema import DATETIME, ID, INTERACTIONS, JOBS, NUMBER, USERS, TableSchema
 from convfm.data.splitting import TRAIN_ONLY, Splits, random_parts, split_examples  # noqa: F401  (re-exported)
+from convfm.features.text import column_strings
 from convfm.store.event_log import interactions_frame
 
 logger = logging.getLogger(__name__)
@@ -327,7 +328,7 @@ def labelled_frame(frame: pd.DataFrame, path: Path, config: DataConfig) -> pd.Da
     """
     out = pd.DataFrame(index=frame.index)
     for column in config.categorical + config.multi_valued:
-        out[column] = frame[column].astype("str").fillna("")
+        out[column] = column_strings(frame, column)  # a NaN-holding float column of ids: 184.0 is "184", NaN ""
     for column in config.numeric:
         out[column] = to_numbers(frame[column], path, column, allow_missing=False)
     raw = frame[config.label]

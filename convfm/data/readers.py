@@ -160,6 +160,10 @@ def to_numbers(series: pd.Series, path: Path, column: str, allow_missing: bool =
     if bad.any():
         i = first_true(bad)
         raise cell_error(path, column, i, f"{series.iloc[i]!r} is not a number")
+    infinite = np.isinf(values.to_numpy())
+    if infinite.any():  # standardised, it would turn the column's mean and spread into inf or NaN
+        i = first_true(infinite)
+        raise cell_error(path, column, i, f"{series.iloc[i]!r} is not a finite number")
     if not allow_missing and values.isna().any():
         raise cell_error(path, column, first_true(values.isna()), "missing value in a numeric column")
     return values

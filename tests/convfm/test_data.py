@@ -146,11 +146,11 @@ def test_bad_posted_at_empty_event_and_missing_mapped_column(tmp_path: Path) -> 
     ("interactions", "user_id,job_id,timestamp\nu1,j1,5\nu1,j2,1e20\n",  # int64 would wrap to garbage
      r"interactions\.csv: column 'timestamp', row 2: '1e20' is out of range for a timestamp"),
     ("interactions", "user_id,job_id,timestamp\nu1,j1,5\nu2,j1,6\nu1,j2,inf\n",
-     r"interactions\.csv: column 'timestamp', row 3: 'inf' is out of range for a timestamp"),
+     r"interactions\.csv: column 'timestamp', row 3: 'inf' is not a finite number"),
     ("interactions", "user_id,job_id,timestamp\nu1,j1,5\nu1,j2,-inf\n",
-     r"interactions\.csv: column 'timestamp', row 2: '-inf' is out of range for a timestamp"),
-    ("jobs", "job_id,posted_at\nj1,1704067200\nj2,inf\n", r"jobs\.csv: column 'posted_at', row 2: 'inf' is out "
-     r"of range: epoch seconds"),
+     r"interactions\.csv: column 'timestamp', row 2: '-inf' is not a finite number"),
+    ("jobs", "job_id,posted_at\nj1,1704067200\nj2,inf\n", r"jobs\.csv: column 'posted_at', row 2: 'inf' is not "
+     r"a finite number"),
     ("jobs", "job_id,posted_at\nj1,2024-01-01\nj2,2300-01-01\n", r"jobs\.csv: column 'posted_at', row 2: "
      r"'2300-01-01' is out of range"),  # past pandas' nanosecond limit (2262): no OutOfBoundsDatetime traceback
 ])
@@ -331,3 +331,17 @@ def test_table_errors(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text("color,price,label\nred,1,1\nblue,,0\n")
     with pytest.raises(DataValidationError, match=r"t\.csv: column 'price', row 2: missing value"):
         load_table(table_config(tmp_path / "t.csv", categorical=("color",), multi_valued=()))
+    (tmp_path / "t.csv").write_text("color,price,label\nred,1,1\nblue,inf,0\n")
+    with pytest.raises(DataValidationError, match=r"t\.csv: column 'price', row 2: 'inf' is not a finite number"):
+        load_table(table_config(tmp_path / "t.csv", categorical=("color",), multi_valued=()))
+
+
+def test_table_ids_through_a_nan_holding_float_column_match_the_integer_ones(tmp_path: Path) -> None:
+    """One missing id makes pandas write the column as floats (184.0): those are still id 184."""
+    clean = pd.DataFrame({"item": [184, 7, 7, 184], "label": [1, 0, 1, 0]})
+    for name in ("train", "valid"):
+        clean.to_parquet(tmp_path / f"{name}.parquet")
+    pd.DataFrame({"item": [184.0, np.nan, 7.0], "label": [1, 0, 0]}).to_parquet(tmp_path / "test.parquet")
+    splits = load_table(table_config(tmp_path, categorical=("item",), multi_valued=(), numeric=()))
+    assert splits.train["item"].tolist() == ["184", "7", "7", "184"]
+    assert splits.test["item"].tolist() == ["184", "", "7"]
