@@ -102,6 +102,8 @@ def prepare_data(
         raise ConfigError(f"warm start: the published extractor is of kind {base.kind!r} with its own options; "
                           f"got data of kind {config.kind!r} and extractor options {sorted(options)}")
     if config.kind == "table":
+        if extractor is not None:
+            _check_table_fields(config, extractor)
         splits = load_table(config)
         frames = {name: getattr(splits, name) for name in SPLITS}
         if extractor is None and base is not None:
@@ -140,3 +142,18 @@ def prepare_data(
     return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path), jobs=jobs,
                         windows=windows, split_starts=splits.starts, oracle=load_oracle(config.path),
                         seen=interacted_pairs(market, config), popularity=popularity)
+
+
+def _check_table_fields(config: DataConfig, extractor: Any) -> None:
+    """A table read for a fitted extractor must list the fields it was fitted on, each of its kind: an omitted
+    field would be encoded as missing in every row, and the model would score nonsense without a word."""
+    if getattr(extractor, "kind", None) != "table":
+        raise ConfigError(f"the model's extractor is of kind {getattr(extractor, 'kind', None)!r}; the data is a "
+                          "table")
+    for kind, fitted in (("categorical", extractor.categorical), ("multi_valued", extractor.multi_valued),
+                         ("numeric", extractor.numeric)):
+        listed = list(getattr(config, kind))
+        if sorted(listed) != sorted(fitted):
+            missing, extra = sorted(set(fitted) - set(listed)), sorted(set(listed) - set(fitted))
+            raise ConfigError(f"{kind}: the model was trained on {kind} fields {list(fitted)}; the table spec lists "
+                              f"{listed} (missing {missing}, not in the model {extra})", field=kind)

@@ -345,3 +345,18 @@ def test_table_ids_through_a_nan_holding_float_column_match_the_integer_ones(tmp
     splits = load_table(table_config(tmp_path, categorical=("item",), multi_valued=(), numeric=()))
     assert splits.train["item"].tolist() == ["184", "7", "7", "184"]
     assert splits.test["item"].tolist() == ["184", "", "7"]
+
+
+def test_a_table_read_for_a_fitted_extractor_must_list_its_fields(tmp_path: Path) -> None:
+    """Evaluating a model on a spec without one of its fields would encode that field as missing everywhere."""
+    from convfm.data.prepare import prepare_data
+
+    header, body = TABLE.split("\n", 1)
+    (tmp_path / "t.csv").write_text(header + "\n" + body * 3)
+    fitted = prepare_data(table_config(tmp_path / "t.csv")).extractor
+    again = prepare_data(table_config(tmp_path / "t.csv", categorical=("size", "color")), extractor=fitted)
+    assert len(again.frames["train"]) > 0  # the same fields in another order
+    with pytest.raises(ConfigError, match=r"categorical: the model was trained on categorical fields \['color', "
+                                          r"'size'\]; the table spec lists \['size'\] \(missing \['color'\], not in "
+                                          r"the model \[\]\)"):
+        prepare_data(table_config(tmp_path / "t.csv", categorical=("size",)), extractor=fitted)
