@@ -23,6 +23,7 @@ import ray.data
 from convfm.config import DataConfig
 from convfm.data.loading import labelled_frame
 from convfm.data.partitioned import check_schemas, encode_batch, split_files
+from convfm.data.readers import TEXT_SUFFIXES, csv_separator
 from convfm.errors import ConfigError
 from convfm.features.counts import TableCounts
 from convfm.features.table import TableFeatureExtractor
@@ -63,13 +64,14 @@ def read_files(files: Sequence[Path], columns: Sequence[str]) -> ray.data.Datase
         return ray.data.read_parquet(paths, columns=columns, include_paths=True)
     convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns,
                                    strings_can_be_null=True)
-    return ray.data.read_csv(paths, convert_options=convert, include_paths=True)
+    parse = pacsv.ParseOptions(delimiter=csv_separator(files[0]))
+    return ray.data.read_csv(paths, convert_options=convert, parse_options=parse, include_paths=True)
 
 
 def _typed(batch: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
     path = Path(str(batch[PATH].iloc[0])) if len(batch) else Path(config.path)
     raw = batch.drop(columns=[PATH])
-    if path.suffix.lower() == ".csv":  # pandas reads a missing CSV cell as NaN, pyarrow as null (None)
+    if path.suffix.lower() in TEXT_SUFFIXES:  # pandas reads a missing CSV cell as NaN, pyarrow as null (None)
         raw = raw.astype(object).where(raw.notna(), float("nan"))
     return labelled_frame(raw, path, config)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from convfm.config import DataConfig, ModelConfig, TrainConfig
+from convfm.errors import ConfigError
 from convfm.yamlfile import ConfigFile
 
 # Sections a config file may hold: one YAML can carry every stage (configs/tune.yaml has tune + space too).
@@ -21,12 +22,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_table_spec(path: str | Path) -> DataConfig:
-    """A table spec: DataConfig keys at top level (or under `data:`); `kind` defaults to table and a
-    relative `path` is relative to the spec file."""
+    """A table spec: DataConfig keys at top level (or under `data:`); `kind` defaults to table, `split` to random
+    (the only split of a table), and a relative `path` is relative to the spec file."""
     spec = ConfigFile(path)
     section = "data" if isinstance(spec.document.get("data"), dict) else None
-    values = {"kind": "table", **(spec.document["data"] if section else spec.document)}
+    values = {"kind": "table", "split": "random", **(spec.document["data"] if section else spec.document)}
     config = spec.build(DataConfig, values, section)
+    if config.kind == "table" and config.split != "random":
+        raise ConfigError(f"{path}: split: a table is split at random (one file, by valid_fraction/test_fraction) "
+                          f"or by its train/valid/test files; got {config.split!r}", field="split")
     data_path = Path(config.path)
     if not data_path.is_absolute():
         values["path"] = str(Path(path).parent / data_path)

@@ -31,7 +31,8 @@ from convfm.store.event_log import interactions_frame
 
 logger = logging.getLogger(__name__)
 
-_LABELS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
+_WORD_LABELS = {"false": 0.0, "true": 1.0}
+_NUMBER_LABELS = {0.0: 0.0, 1.0: 1.0, -1.0: 0.0}  # -1/1 is the libSVM/libFM convention of CTR benchmarks
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -151,23 +152,24 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
         frame, path, dated = _load_schema_table(root / name, schema, config.columns.get(schema.name, {}))
         tables[schema.name], source[schema.name] = frame, str(path)
         calendar = dated if schema is INTERACTIONS else calendar
-        if schema is INTERACTIONS and not dated:
-            logger.warning("%s: no date/time timestamps (%s): time is the row order or the numbers given, so job "
-                           "liveness and expiry, the jobs' age and global_time dates are not available; give ISO "
-                           "date/times or epoch seconds", path,
-                           "plain numbers" if "timestamp" in frame.columns else "no timestamp column")
     if not interactions:
         empty = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in
                               (("user_id", object), ("job_id", object), ("event", object), ("timestamp", np.int64))})
         return JobMarket(jobs=tables["jobs"], users=tables.get("users"), interactions=empty, source=source,
                          calendar=True)
+    timed = "interactions" in tables and "timestamp" in tables["interactions"].columns
     if "interactions" in tables:
         set_events(tables["interactions"], source["interactions"], config)
-        if "timestamp" not in tables["interactions"].columns:
+        if not timed:
             tables["interactions"]["timestamp"] = np.arange(len(tables["interactions"]), dtype=np.int64)
     if config.events:
         tables["interactions"], calendar = _with_event_log(tables.get("interactions"), calendar, source, config)
     interactions = tables["interactions"]
+    if not calendar:
+        logger.warning("%s: no date/time timestamps (%s): time is the row order or the numbers given, so job "
+                       "liveness and expiry, the jobs' age and global_time dates are not available; give ISO "
+                       "date/times or epoch seconds", source["interactions"],
+                       "plain numbers" if timed else "no timestamp column")
     for name, key in (("jobs", "job_id"), ("users", "user_id")):
         unknown = _index_in(interactions[key], tables[name][key]) < 0 if name in tables else None
         if unknown is not None and unknown.any():
@@ -332,10 +334,11 @@ def labelled_frame(frame: pd.DataFrame, path: Path, config: DataConfig) -> pd.Da
     for column in config.numeric:
         out[column] = to_numbers(frame[column], path, column, allow_missing=False)
     raw = frame[config.label]
-    labels = raw.astype("str").str.strip().str.lower().map(_LABELS)
+    text = raw.astype("str").str.strip().str.lower()
+    labels = text.map(_WORD_LABELS).fillna(pd.to_numeric(text, errors="coerce").map(_NUMBER_LABELS))
     if labels.isna().any():
         i = first_true(labels.isna())
-        what = "missing label" if pd.isna(raw.iloc[i]) else f"label {raw.iloc[i]!r} is not binary"
-        raise cell_error(path, config.label, i, f"{what}; expected 0/1 or true/false")
+        what = "missing label" if pd.isna(raw.iloc[i]) else f"label {str(raw.iloc[i])!r} is not binary"
+        raise cell_error(path, config.label, i, f"{what}; expected 0/1, -1/1 or true/false")
     out["label"] = labels.astype(np.float32)
     return out.reset_index(drop=True)

@@ -1,7 +1,7 @@
 """A labelled table stored as files per split, prepared batch by batch (Ray-free; ``train.prepare_distributed``
 runs these pieces on Ray Data).
 
-Layout: ``config.path`` is a directory holding ``train``, ``valid`` and ``test``, each one ``.parquet``/``.csv``
+Layout: ``config.path`` is a directory holding ``train``, ``valid`` and ``test``, each one ``.parquet``/``.csv``/``.tsv``
 file or a directory of such part files (read in name order). The in-memory path reads the single-file layout
 too, so on small data both paths can be compared.
 
@@ -24,7 +24,7 @@ from convfm.config import DataConfig
 from convfm.data.batching import ExampleSet
 from convfm.data.loading import check_columns
 from convfm.data.market_parts import check_market_config, log_rows
-from convfm.data.readers import SUFFIXES, resolve_path
+from convfm.data.readers import SUFFIXES, TEXT_SUFFIXES, header_names, resolve_path
 from convfm.errors import ConfigError, DataValidationError
 from convfm.features.base import empty_table, labels_of
 from convfm.features.fields import EncodedTable
@@ -54,7 +54,8 @@ def split_files(config: DataConfig) -> dict[str, list[Path]]:
         if not files and (root / name).is_dir():
             files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
         if not files:
-            raise DataValidationError(f"{root}: no {name}.parquet, {name}.csv or {name}/ folder of part files")
+            raise DataValidationError(f"{root}: no {name}.parquet, {name}.csv, {name}.tsv or {name}/ folder of part "
+                                      "files")
         out[name] = files[:1] if files[0].parent == root else files
     return out
 
@@ -119,9 +120,8 @@ def check_schemas(files: Mapping[str, Iterable[Path]], config: DataConfig) -> No
     CSV: the header), before any work starts; DataValidationError naming the file and the column."""
     for paths in files.values():
         for path in paths:
-            if path.suffix.lower() == ".csv":
-                with path.open(encoding="utf-8-sig") as handle:
-                    check_columns(path, [c.strip() for c in handle.readline().rstrip("\r\n").split(",")], config)
+            if path.suffix.lower() in TEXT_SUFFIXES:
+                check_columns(path, header_names(path), config)
                 continue
             try:
                 schema = pq.read_schema(path)

@@ -16,11 +16,13 @@ import pandas as pd
 
 from convfm.errors import DataValidationError
 
-SUFFIXES = (".csv", ".parquet")
+SUFFIXES = (".csv", ".tsv", ".parquet")
+TEXT_SUFFIXES = (".csv", ".tsv")  # delimited text: columns read as strings, separator from csv_separator
 
 
 def resolve_path(path: str | Path) -> Path:
-    """``path`` itself if it ends in .csv/.parquet, else the first of ``path``.csv, ``path``.parquet that exists."""
+    """``path`` itself if it ends in .csv/.tsv/.parquet, else the first of ``path``.csv, .tsv, .parquet that
+    exists."""
     path = Path(path)
     if path.suffix.lower() in SUFFIXES:
         if not path.is_file():
@@ -31,14 +33,14 @@ def resolve_path(path: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     if path.is_file():
-        raise DataValidationError(f"{path}: unsupported file type; expected a .csv or .parquet file")
-    raise DataValidationError(f"{path}: file not found (tried {path}.csv and {path}.parquet)")
+        raise DataValidationError(f"{path}: unsupported file type; expected a .csv, .tsv or .parquet file")
+    raise DataValidationError(f"{path}: file not found (tried {path}.csv, {path}.tsv and {path}.parquet)")
 
 
 def read_frame(path: str | Path, id_columns: Iterable[str] = ()) -> pd.DataFrame:
-    """Read a .csv or .parquet file (a path without suffix tries NAME.csv, then NAME.parquet).
+    """Read a .csv, .tsv or .parquet file (a path without suffix tries NAME.csv, NAME.tsv, then NAME.parquet).
 
-    CSV columns are read as strings (typing is the schema's job, so nothing is lost to inference); parquet keeps
+    CSV columns (any ``csv_separator``) are read as strings (typing is the schema's job, so nothing is lost to inference); parquet keeps
     its types. ``id_columns`` that exist become stripped strings with empty values as NaN.
     """
     frame, _ = read_located(path, id_columns)
@@ -46,11 +48,11 @@ def read_frame(path: str | Path, id_columns: Iterable[str] = ()) -> pd.DataFrame
 
 
 def part_files(folder: Path) -> list[Path]:
-    """A folder's .parquet or .csv part files in name order; DataValidationError when there are none or they
-    mix formats."""
+    """A folder's .parquet, .csv or .tsv part files in name order; DataValidationError when there are none or
+    they mix formats."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
     if not files or len({p.suffix.lower() for p in files}) > 1:
-        raise DataValidationError(f"{folder}: expected .parquet or .csv part files of one format, found "
+        raise DataValidationError(f"{folder}: expected .parquet, .csv or .tsv part files of one format, found "
                                   f"{[p.name for p in files][:5] or 'none'}")
     return files
 
@@ -74,15 +76,40 @@ def read_located(path: str | Path, id_columns: Iterable[str] = ()) -> tuple[pd.D
     if len(frame) == 0:
         raise DataValidationError(f"{path}: no data rows (columns: {list(frame.columns)})")
     frame.columns = [str(c).strip() for c in frame.columns]
+    repeated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+    if repeated:  # names that differ only by surrounding spaces
+        raise DataValidationError(f"{path}: column name(s) {repeated} appear more than once in the header")
     for column in id_columns:
         if column in frame.columns:
             frame[column] = id_strings(frame[column])
     return frame, path
 
 
+def csv_separator(path: Path) -> str:
+    """A delimited text file's separator: a tab for .tsv; for .csv a comma, unless its header holds none and
+    does hold tabs or semicolons (files exported as TSV or by a European spreadsheet, named .csv)."""
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        header = handle.readline()
+    if "," in header:
+        return ","
+    return "\t" if "\t" in header else (";" if ";" in header else ",")
+
+
+def header_names(path: Path) -> list[str]:
+    """A delimited text file's column names, stripped, as written (pandas would rename repeats to NAME.1)."""
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+        return [c.strip() for c in next(csv.reader(handle, delimiter=csv_separator(path)), [])]
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
+    names = header_names(path)
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:
+        raise DataValidationError(f"{path}: column name(s) {repeated} appear more than once in the header")
     try:
-        frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig")
+        frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig", sep=csv_separator(path))
     except UnicodeDecodeError:
         raise DataValidationError(_utf8_error(path)) from None
     except pd.errors.EmptyDataError:
@@ -126,7 +153,7 @@ def _check_tail(path: Path, n_columns: int) -> None:
     last = tail.rsplit(b"\n", 1)[-1]
     if b'"' in last or not last.strip():
         return
-    n_fields = len(next(csv.reader([last.decode("utf-8", "replace")])))
+    n_fields = len(next(csv.reader([last.decode("utf-8", "replace")], delimiter=csv_separator(path))))
     if n_fields < n_columns:
         line = path.read_bytes().count(b"\n") + 1
         raise DataValidationError(f"{path}: malformed CSV: line {line} has {n_fields} of {n_columns} fields and "

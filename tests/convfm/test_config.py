@@ -115,6 +115,10 @@ def test_table_spec_errors_name_file_section_line_and_key(tmp_path):
         load_table_spec(spec)
     spec.write_text("data:\n  path: t.csv\n  numeric: [price]\n")
     assert load_table_spec(spec).path == str(tmp_path / "t.csv")
+    assert load_table_spec(spec).split == "random"  # what a table is split by, also in the saved config
+    spec.write_text("path: t.csv\nnumeric: [price]\nsplit: time\n")
+    with pytest.raises(ConfigError, match=r"spec\.yaml: split: a table is split at random .*; got 'time'"):
+        load_table_spec(spec)
 
 
 def test_a_corrupt_config_json_names_its_file(tmp_path):

@@ -62,8 +62,26 @@ def test_read_frame_csv_parquet_and_suffixless(tmp_path: Path) -> None:
     assert frame["job_id"].tolist() == ["12", "13"] and frame["n"].dtype == np.float64
 
 
+def test_tab_and_semicolon_separated_files_are_read(tmp_path: Path) -> None:
+    """Public CTR logs (Frappe) come tab-separated; European spreadsheets export semicolons, often as .csv."""
+    (tmp_path / "t.tsv").write_text("label\tuser\titem\n1\tu1\ta, b\n0\tu2\tc\n")
+    (tmp_path / "tabs.csv").write_text("label\tuser\n1\tu1\n")
+    (tmp_path / "semi.csv").write_text("label;user\n1;u1\n")
+    assert read_frame(tmp_path / "t").to_dict("list") == {"label": ["1", "0"], "user": ["u1", "u2"],
+                                                          "item": ["a, b", "c"]}
+    for name in ("tabs.csv", "semi.csv"):
+        assert read_frame(tmp_path / name).to_dict("list") == {"label": ["1"], "user": ["u1"]}
+
+
+def test_a_column_name_twice_in_a_header_is_refused(tmp_path: Path) -> None:
+    """pandas would read the second as ``city.1`` and a spec naming ``city`` the first, without a word."""
+    (tmp_path / "d.csv").write_text("label,city, city\n1,a,b\n")
+    with pytest.raises(DataValidationError, match=r"d\.csv: column name\(s\) \['city'\] appear more than once"):
+        read_frame(tmp_path / "d.csv")
+
+
 def test_read_frame_missing_file_names_tried_paths(tmp_path: Path) -> None:
-    tried = r"nothere: file not found \(tried .*nothere\.csv and .*nothere\.parquet"
+    tried = r"nothere: file not found \(tried .*nothere\.csv, .*nothere\.tsv and .*nothere\.parquet"
     with pytest.raises(DataValidationError, match=tried):
         read_frame(tmp_path / "nothere")
     with pytest.raises(DataValidationError, match=r"nothere\.csv: file not found"):
@@ -319,7 +337,7 @@ def test_table_directory_and_renamed_label(tmp_path: Path) -> None:
 def test_table_errors(tmp_path: Path) -> None:
     config = table_config(BAD / "table_bad_label.csv", multi_valued=())
     with pytest.raises(DataValidationError, match=r"table_bad_label\.csv: column 'label', row 3: label '2' "
-                                                  r"is not binary; expected 0/1 or true/false"):
+                                                  r"is not binary; expected 0/1, -1/1 or true/false"):
         load_table(config)
     with pytest.raises(DataValidationError, match=r"table_bad_label\.csv: missing field column\(s\) \['tags'\]"):
         load_table(table_config(BAD / "table_bad_label.csv"))
@@ -334,6 +352,16 @@ def test_table_errors(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text("color,price,label\nred,1,1\nblue,inf,0\n")
     with pytest.raises(DataValidationError, match=r"t\.csv: column 'price', row 2: 'inf' is not a finite number"):
         load_table(table_config(tmp_path / "t.csv", categorical=("color",), multi_valued=()))
+
+
+def test_table_labels_in_every_binary_spelling(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("label,color\n1,a\n-1,b\n1.00,a\n0.0,b\n TRUE ,a\nfalse,b\n")
+    splits = load_table(table_config(tmp_path / "t.csv", categorical=("color",), multi_valued=(), numeric=(),
+                                     valid_fraction=0.0, test_fraction=0.0))
+    assert splits.train["label"].tolist() == [1, 0, 1, 0, 1, 0]
+    pd.DataFrame({"label": np.array([1, -1, 2]), "color": ["a", "b", "c"]}).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(DataValidationError, match=r"t\.parquet: column 'label', row 3: label '2' is not binary"):
+        load_table(table_config(tmp_path / "t.parquet", categorical=("color",), multi_valued=(), numeric=()))
 
 
 def test_table_ids_through_a_nan_holding_float_column_match_the_integer_ones(tmp_path: Path) -> None:
