@@ -1,9 +1,9 @@
 """A labelled table stored as files per split, prepared batch by batch (Ray-free; ``train.prepare_distributed``
 runs these pieces on Ray Data).
 
-Layout: ``config.path`` is a directory holding ``train``, ``valid`` and ``test``, each one ``.parquet``/``.csv``/``.tsv``
-file or a directory of such part files (read in name order). The in-memory path reads the single-file layout
-too, so on small data both paths can be compared.
+Layout: ``config.path`` is a directory holding ``train``, ``valid`` and ``test``, each one
+``.parquet``/``.csv``/``.tsv`` file or a directory of such part files (read in name order). The in-memory path
+reads the single-file layout too, so on small data both paths can be compared.
 
 Which path a run takes (``choose_preparation``): the in-memory one unless the data is a table too large for
 it to win (``DISTRIBUTED_FROM_BYTES``, from ``benchmarks/prepare_memory.py``), a job-market log too large for

@@ -40,8 +40,8 @@ def resolve_path(path: str | Path) -> Path:
 def read_frame(path: str | Path, id_columns: Iterable[str] = ()) -> pd.DataFrame:
     """Read a .csv, .tsv or .parquet file (a path without suffix tries NAME.csv, NAME.tsv, then NAME.parquet).
 
-    CSV columns (any ``csv_separator``) are read as strings (typing is the schema's job, so nothing is lost to inference); parquet keeps
-    its types. ``id_columns`` that exist become stripped strings with empty values as NaN.
+    CSV columns (any ``csv_separator``) are read as strings (typing is the schema's job, so nothing is lost to
+    inference); parquet keeps its types. ``id_columns`` that exist become stripped strings with empty values as NaN.
     """
     frame, _ = read_located(path, id_columns)
     return frame

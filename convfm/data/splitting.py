@@ -52,7 +52,8 @@ def split_examples(examples: pd.DataFrame, config: DataConfig, calendar: bool = 
     "time": per user in timestamp order, the last ``test_fraction`` of the user's moments (distinct timestamps:
     all rows at one time go together) go to test and the ``valid_fraction`` before them to valid (at least one
     each, at least one left in train); users with fewer than 3 moments stay in train. "global_time": see
-    ``global_starts``. "random": a seeded split of the pairs. ``calendar``: the timestamps are date/times (needed for ``valid_start``/``test_start``).
+    ``global_starts``. "random": a seeded split of the pairs. ``calendar``: the timestamps are date/times (needed
+    for ``valid_start``/``test_start``).
 
     Rows marked ``TRAIN_ONLY`` (``build_examples`` with ``train_negative_ratio``) take no part in the split, so
     it is the one without them; each is kept, in train, when its user has a training example at its time (its
