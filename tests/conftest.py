@@ -52,7 +52,7 @@ def market_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def cut_table_example(root: Path, formats: dict[str, str]) -> Path:
     """configs/table_example.csv cut into the folder distributed preparation reads: train (3,000 rows), valid and
-    test (500 each), each split as ``formats`` says ("parquet": typed, in 700-row groups; "csv": the text), and
+    test (500 each), each split as ``formats`` says ("parquet": typed, in 700-row groups; "csv"/"tsv": the text), and
     the spec table.yaml (configs/table_example.yaml with ``path: .``). Returns ``root``."""
     import pandas as pd
     import yaml
@@ -65,7 +65,8 @@ def cut_table_example(root: Path, formats: dict[str, str]) -> Path:
         if formats[name] == "parquet":
             typed.iloc[rows].to_parquet(root / f"{name}.parquet", row_group_size=700)
         else:
-            text.iloc[rows].to_csv(root / f"{name}.csv", index=False)
+            text.iloc[rows].to_csv(root / f"{name}.{formats[name]}", index=False,
+                                   sep="\t" if formats[name] == "tsv" else ",")
     spec = yaml.safe_load((configs / "table_example.yaml").read_text())
     (root / "table.yaml").write_text(yaml.safe_dump({**spec, "path": "."}))
     return root
@@ -79,8 +80,8 @@ def table_example() -> Callable[[Path, dict[str, str]], Path]:
 
 @pytest.fixture(scope="session")
 def table_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``cut_table_example`` once per session: Parquet train and test, CSV valid (both readers)."""
-    formats = {"train": "parquet", "valid": "csv", "test": "parquet"}
+    """``cut_table_example`` once per session: Parquet train, CSV valid, TSV test (every reader)."""
+    formats = {"train": "parquet", "valid": "csv", "test": "tsv"}
     return cut_table_example(tmp_path_factory.mktemp("table"), formats)
 
 

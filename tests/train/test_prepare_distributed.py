@@ -37,7 +37,7 @@ def test_distributed_fit_and_encoding_equal_the_in_memory_path(ray_local, table_
     assert cluster.train_rows == len(memory.sets["train"]) == 3000
 
     # encoding in map_batches, with the in-memory extractor so the arrays must match exactly
-    from train.prepare_distributed import encode, read_split
+    from train.prepare_distributed import encode, read_split, typed_rows
     from convfm.data.partitioned import split_files
 
     files = split_files(config)
@@ -47,18 +47,21 @@ def test_distributed_fit_and_encoding_equal_the_in_memory_path(ray_local, table_
         np.testing.assert_array_equal(getattr(joined.tables[0], name), getattr(memory.sets["train"].tables[0], name))
     np.testing.assert_array_equal(joined.labels, memory.sets["train"].labels)
 
-    valid = pd.concat(list(cluster.datasets["valid"].iter_batches(batch_size=None, batch_format="pandas")))
-    # CSV typed alike (Ray Data hands strings back arrow-backed: same values, another pandas dtype)
-    pd.testing.assert_frame_equal(valid.reset_index(drop=True), memory.frames["valid"], check_dtype=False)
+    test = typed_rows(read_split(files["test"], config), config, batch_rows=1000)  # as evaluation reads it
+    for name, dataset in (("valid", cluster.datasets["valid"]), ("test", test)):
+        # CSV and TSV typed alike (Ray Data hands strings back arrow-backed: same values, another pandas dtype)
+        read = pd.concat(list(dataset.iter_batches(batch_size=None, batch_format="pandas")))
+        pd.testing.assert_frame_equal(read.reset_index(drop=True), memory.frames[name], check_dtype=False)
     assert cluster.valid_labels == memory.frames["valid"]["label"].value_counts().to_dict()
 
 
 def test_a_wrong_schema_fails_before_ray_reads_anything(table_splits, tmp_path):
     from train.prepare_distributed import prepare_distributed
 
-    for name in ("train.parquet", "valid.csv", "test.parquet", "table.yaml"):
+    for name in ("train.parquet", "valid.csv", "test.tsv", "table.yaml"):
         (tmp_path / name).write_bytes((table_splits / name).read_bytes())
-    pd.read_parquet(table_splits / "test.parquet").drop(columns=["hour"]).to_parquet(tmp_path / "test.parquet")
+    (tmp_path / "test.tsv").unlink()
+    pd.read_csv(table_splits / "test.tsv", sep="\t").drop(columns=["hour"]).to_parquet(tmp_path / "test.parquet")
     # no ray_local: the schema check runs before any Ray Data call (it would start a Ray of its own)
     with pytest.raises(DataValidationError, match=r"test\.parquet: missing field column\(s\) \['hour'\]"):
         prepare_distributed(config_of(tmp_path))
