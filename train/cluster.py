@@ -15,6 +15,7 @@ a plain driver on a cluster whose nodes run another convfm checkout still runs i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from pathlib import Path
@@ -38,6 +39,8 @@ def init_ray(address: Optional[str], quiet: bool, packages: Sequence[ModuleType]
 
     The dashboard stays on for a local Ray: Ray Train's cleanup queries the State API through it, and
     without it a stopped Tune trial's workers are never freed."""
+    if quiet:
+        quiet_ray_data()
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # reports return in ~0.5 s, not 2 s
@@ -53,6 +56,17 @@ def init_ray(address: Optional[str], quiet: bool, packages: Sequence[ModuleType]
     check_reachable(target, "--address" if address else f"${ADDRESS_VAR}")
     ray.init(address=target, runtime_env=code_runtime_env([convfm, train_package, *packages]),
              log_to_driver=not quiet)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's console lines off: its progress reports and, when a batch function fails, a stack trace of the
+    error the CLI then prints in one line (``convfm.cli.main.user_error``). Its session log file
+    (``ray-data.log``) keeps everything; ``--debug`` leaves the console as Ray Data sets it."""
+    import ray.data  # noqa: F401 - Ray Data configures its loggers on import
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.CRITICAL + 1)
 
 
 def joined_cluster(address: Optional[str]) -> bool:

@@ -153,10 +153,13 @@ def prepare_distributed(config: DataConfig, extractor_options: Optional[Mapping[
 @contextlib.contextmanager
 def ordered_datasets() -> Iterator[None]:
     """Datasets created inside keep their rows in file order (the fit needs it; it also makes the workers'
-    shards the same from run to run): each dataset copies the context it was created in."""
+    shards the same from run to run) and fail with a batch function's own exception, a bad cell's one-line
+    DataValidationError, not Ray Data's UserCodeException, which loses it on the way to the driver. Each dataset
+    copies the context it was created in."""
     context = ray.data.DataContext.get_current()
-    before, context.execution_options.preserve_order = context.execution_options.preserve_order, True
+    before = context.execution_options.preserve_order, context.raise_original_map_exception
+    context.execution_options.preserve_order, context.raise_original_map_exception = True, True
     try:
         yield
     finally:
-        context.execution_options.preserve_order = before
+        context.execution_options.preserve_order, context.raise_original_map_exception = before

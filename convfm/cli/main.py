@@ -44,6 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_error(exc: BaseException) -> ConvFMError | None:
+    """The ConvFMError that ``exc`` is or wraps, else None. Ray re-raises a task's exception as a RayTaskError
+    (its ``cause``: the original), and Ray Data wraps a UDF's in a UserCodeException (its ``__cause__``): bad data
+    found on a worker gets the same one line as bad data found in the driver."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        inner = getattr(current, "cause", None)
+        if isinstance(inner, BaseException):
+            current = inner
+        elif isinstance(current, ConvFMError):
+            return current
+        else:
+            current = current.__cause__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,10 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int | None] = args.run
     try:
         return int(run(args) or 0)
-    except ConvFMError as exc:
-        if args.debug:
+    except Exception as exc:  # noqa: BLE001 - only a ConvFMError (or one a Ray task raised) is answered here
+        error = user_error(exc)
+        if error is None or args.debug:
             raise
-        print(f"convfm {args.command}: error: {exc}", file=sys.stderr)
+        # Ray Data appends retry advice to a task's error message, after a newline: the error's own line is first
+        text = str(error) if error is exc else str(error).split("\n", 1)[0]
+        print(f"convfm {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"convfm {args.command}: interrupted", file=sys.stderr)

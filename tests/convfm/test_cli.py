@@ -94,3 +94,23 @@ def test_evaluate_writes_its_report_beside_the_published_version_not_into_it(tin
     load_model_dir(version)  # still exactly what was published
     report = tmp_path / "models" / "jobs" / "v0001.eval_test.json"
     assert report.is_file() and f"report written to {report}" in capsys.readouterr().out
+
+
+def test_bad_data_found_in_a_ray_task_is_answered_as_in_the_driver():
+    """Distributed preparation finds bad cells on workers: Ray wraps the error twice, the CLI still prints its
+    one line (and anything else stays a traceback)."""
+    from ray.data.exceptions import UserCodeException
+    from ray.exceptions import RayTaskError
+
+    from convfm.cli.main import user_error
+    from convfm.errors import DataValidationError
+
+    bad = DataValidationError("train.csv: column 'label', row 3: label '2' is not binary")
+    try:
+        raise UserCodeException("UDF failed to process a data block") from bad
+    except UserCodeException as exc:
+        wrapped = exc
+    task = RayTaskError("MapBatches(_typed)", "Traceback ...", wrapped)
+    assert user_error(task) is bad and user_error(task.as_instanceof_cause()) is bad and user_error(bad) is bad
+    assert user_error(RayTaskError("f", "Traceback ...", ValueError("a bug"))) is None
+    assert user_error(RuntimeError("a bug")) is None

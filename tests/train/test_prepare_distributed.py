@@ -66,3 +66,22 @@ def test_a_wrong_schema_fails_before_ray_reads_anything(table_splits, tmp_path):
     with pytest.raises(DataValidationError, match=r"test\.parquet: missing field column\(s\) \['hour'\]"):
         prepare_distributed(config_of(tmp_path))
 
+
+
+@pytest.mark.timeout(180)
+def test_a_bad_cell_found_on_a_worker_reaches_the_cli_as_its_one_line(ray_local, table_splits, tmp_path):
+    """Ray Data raises the batch function's own error (not a UserCodeException, which drops it on the way to the
+    driver), so the CLI prints the cell's message."""
+    from convfm.cli.main import user_error
+    from train.prepare_distributed import prepare_distributed
+
+    for name in ("valid.csv", "test.tsv", "table.yaml"):
+        (tmp_path / name).write_bytes((table_splits / name).read_bytes())
+    train = pd.read_parquet(table_splits / "train.parquet")
+    train.loc[4, "clicked"] = "2"
+    train.to_parquet(tmp_path / "train.parquet")
+    with pytest.raises(Exception) as failure:
+        prepare_distributed(config_of(tmp_path), batch_rows=1000)
+    error = user_error(failure.value)
+    assert isinstance(error, DataValidationError)
+    assert "train.parquet: column 'clicked', row 5: label '2' is not binary" in str(error)
