@@ -18,6 +18,18 @@ def _json_default(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else str(value)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None: JSON has no such numbers, and strict parsers (other
+    languages', ``jq``) refuse the ``NaN`` Python would write."""
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
+
+
 def to_plain(document: Any) -> Any:
     """``document`` as it reads back from a file: tuples as lists, numpy scalars as numbers."""
     return json.loads(json.dumps(document, default=_json_default))
@@ -25,8 +37,9 @@ def to_plain(document: Any) -> Any:
 
 def write_json_atomic(path: str | Path, document: Mapping[str, Any]) -> None:
     """An interrupted writer never leaves half a file: ``storage.write_text`` (locally a temp file beside
-    ``path``, then a rename; on an object store one PUT)."""
-    storage.write_text(path, json.dumps(dict(document), indent=2, default=_json_default) + "\n")
+    ``path``, then a rename; on an object store one PUT). NaN and infinities are written as null."""
+    storage.write_text(path, json.dumps(_finite(dict(document)), indent=2, default=_json_default,
+                                        allow_nan=False) + "\n")
 
 
 def read_json(path: str | Path, what: str, error: Type[ConvFMError] = ConfigError) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from convfm.config import EVAL_PROTOCOLS
+from convfm.data.liveness import ALWAYS
 from convfm.data.prepare import PreparedData, all_positives
 from convfm.data.synth import oracle_auc
 from convfm.evaluation.live import (
@@ -130,7 +131,7 @@ def _live_ranking(model: nn.Module, data: PreparedData, split: str, baseline: Po
     if key not in data.memo:  # the baselines' and the oracle's sections: once per split and settings
         scorers: dict[str, Scorer] = {"popularity": popularity_scorer(baseline, catalog),
                                       "recent_popularity": recent_popularity_scorer(all_positives(data), catalog)}
-        if data.windows is not None:
+        if data.windows is not None and (data.windows.start != ALWAYS).any():  # without posting dates: no order
             scorers["newest"] = newest_scorer(windows)
         if data.oracle is not None:
             scorers["oracle"] = oracle_scorer(data.oracle, catalog)
@@ -210,7 +211,7 @@ def _oracle_auc(frame: pd.DataFrame, data: PreparedData) -> Optional[float]:
 
 
 def _cell(value: Any) -> str:
-    if value is None:
+    if value is None or (isinstance(value, (float, np.floating)) and not np.isfinite(value)):
         return "-"
     return str(value) if isinstance(value, (int, np.integer)) else f"{float(value):.4f}"
 

@@ -75,6 +75,21 @@ def test_format_report_prints_the_protocol_then_one_column_per_method(live_repor
     assert rows["events"] == ["50"] * 5
 
 
+def test_without_posting_dates_there_is_no_newest_first_baseline(model, data):
+    """Every job equally new ranks in catalog order: a column of zeros that reads like a measured baseline."""
+    from convfm.data.liveness import ALWAYS, JobWindows
+
+    undated = JobWindows(data.windows.job_ids, np.full(len(data.windows.start), ALWAYS), data.windows.end)
+    report = evaluate_split(model, dataclasses.replace(data, windows=undated), "test", max_events=50)  # a new memo
+    assert "newest" not in report and "popularity" in report and "model" in report
+
+
+def test_a_metric_that_cannot_be_computed_prints_as_a_dash():
+    table = format_report({"model": {"roc_auc": float("nan"), "hr@10": 0.25, "events": 3}}).splitlines()
+    assert table[2].split() == ["roc_auc", "-"] and table[3].split() == ["hr@10", "0.2500"]
+    assert table[4].split() == ["events", "3"]
+
+
 def test_a_validation_copy_reports_the_same(model, data, live_report):
     copy = data.for_split("test")
     assert copy.oracle is data.oracle and copy.positives is not None

@@ -84,6 +84,14 @@ def test_json_files_keep_numpy_scalars_as_numbers(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as readable as any other written file
 
 
+def test_json_files_are_strict_json_nan_and_infinities_as_null(tmp_path):
+    """A report with a metric that cannot be computed (NaN) must still parse in jq, JavaScript or Go."""
+    path = tmp_path / "doc.json"
+    write_json_atomic(path, {"auc": float("nan"), "best": [np.float32("inf"), 1.5], "deep": {"x": -np.inf}})
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+    assert read_json(path, "a document") == {"auc": None, "best": [None, 1.5], "deep": {"x": None}}
+
+
 @pytest.mark.parametrize("text, message", [
     (None, r"doc\.json: test record not found"),
     ('{"auc": ', r"doc\.json: test record is not valid JSON \(Expecting value: line 1"),
