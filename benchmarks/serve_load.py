@@ -33,6 +33,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
 NOOP, PLAIN = "Ray Serve no-op endpoint", "plain FastAPI/uvicorn + scorer"
 CONVFM, CONVFM_TWO = "Ray Serve convfm, 1 replica (one deployment)", "Ray Serve convfm, ingress -> 2 Ranker replicas"
+RETURNING = "Ray Serve convfm, 1 replica, returning users (scans kept)"
 
 
 def free_port() -> int:
@@ -64,9 +65,10 @@ def build_model(workdir: Path, users: int, jobs: int, interactions: int) -> Path
 
 # ------------------------------------------------------------------------------------------- load
 async def load(url: str, bodies: list[dict], requests: int, concurrency: int,
-               duration: float | None = None, warmup: bool = True) -> dict[str, float]:
+               duration: float | None = None, warmup: bool = True, warm_body: dict | None = None) -> dict[str, float]:
     """``requests`` POSTs by ``concurrency`` workers (with ``duration``: as many as fit in that many seconds,
-    at most ``requests``) -> req/s, latency percentiles (ms), errors."""
+    at most ``requests``), after 50 uncounted ones of ``warm_body`` (default the first body) -> req/s, latency
+    percentiles (ms), errors."""
     import httpx
 
     latencies: list[float] = []
@@ -88,7 +90,7 @@ async def load(url: str, bodies: list[dict], requests: int, concurrency: int,
                 errors += not ok
 
         for _ in range(min(50, requests) if warmup else 0):  # warm-up, not counted
-            await client.post("/recommend", json=bodies[0])
+            await client.post("/recommend", json=warm_body or bodies[0])
         started = time.perf_counter()
         deadline = None if duration is None else started + duration
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -99,11 +101,14 @@ async def load(url: str, bodies: list[dict], requests: int, concurrency: int,
 
 
 def batching(url: str) -> dict[str, float]:
-    """The app's batching counters (``GET /model``: with one replica, every request's) and its torch threads."""
+    """The app's batching and kept-scan counters (``GET /model``: with one replica, every request's) and its torch
+    threads."""
     import httpx
 
     info = httpx.get(f"{url}/model", timeout=30).json()
-    return {**info["batching"], "torch_threads": info["torch_threads"]}
+    cache = info["score_cache"]
+    return {**info["batching"], "torch_threads": info["torch_threads"], "cache_hits": cache["hits"],
+            "cache_misses": cache["misses"]}
 
 
 def wait_healthy(url: str, timeout_s: float = 180.0) -> None:
@@ -267,20 +272,32 @@ def main() -> int:
     sizes = (300, 200, 5_000) if args.smoke_test else (3_000, 10_000, 30_000)
     model = str(Path(args.model).absolute()) if args.model else str(build_model(workdir, *sizes))
     print(f"model {model} ready after {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    from convfm.model.score_cache import DEFAULT_BUDGET_MIB
     from serve.model_slot import ModelSlot
 
     slot = ModelSlot(model)
     slot.load()
-    users = list(slot.require().extractor.user_rows)[:200]
+    users = list(slot.require().extractor.user_rows)
     catalog_jobs = len(slot.require().extractor.job_catalog) - 1  # row 0 is the unknown job
-    bodies = [{"user_id": u, "k": 10} for u in users]
     del slot
     if args.explain:
         print_explain_timing(explain_timing(model, users[:50], rounds=2 if args.smoke_test else 4))
         return 0
+    levels = [(1, args.requests_one), (args.concurrency, args.requests)]
+    # Each level's requests are of users no target was asked about before (the service keeps each user's scan
+    # for their next request, convfm.model.score_cache); the warm-up asks for a user of neither level.
+    warm, offset, level_bodies = {"user_id": users[-1], "k": 10}, 0, {}
+    for concurrency, requests in levels:
+        level_bodies[concurrency] = [{"user_id": users[(offset + i) % (len(users) - 1)], "k": 10}
+                                     for i in range(requests)]
+        offset += requests
+    if offset > len(users) - 1:
+        print(f"warning: {offset} requests over {len(users) - 1} users: some users repeat, and their kept scans "
+              "answer them", file=sys.stderr)
+    # the returning users' run asks again for users of the level just run, as many as the cache surely holds
+    returning = max(1, DEFAULT_BUDGET_MIB * 2**20 // (4 * (catalog_jobs + 1)) // 2)
 
     catalog = catalog_timing(model, args.catalog_jobs, repeats=3 if args.smoke_test else 6)
-    levels = [(1, args.requests_one), (args.concurrency, args.requests)]
     results: dict[tuple[str, int], dict[str, float]] = {}
     plain_port, serve_port = free_port(), free_port()
     plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(plain_port), "--model", model],
@@ -289,23 +306,31 @@ def main() -> int:
         wait_healthy(f"http://127.0.0.1:{plain_port}")
         for concurrency, requests in levels:
             results[PLAIN, concurrency] = asyncio.run(
-                load(f"http://127.0.0.1:{plain_port}", bodies, requests, concurrency))
+                load(f"http://127.0.0.1:{plain_port}", level_bodies[concurrency], requests, concurrency,
+                     warm_body=warm))
     finally:
         plain.terminate()
         plain.wait(30)
     serve, ray = serve_targets(model, serve_port, args.cpus)
     batches: dict[int, dict[str, float]] = {}  # the one-replica app's batching counters, per load
+    kept: dict[int, dict[str, float]] = {}  # the same, over its returning users' load
     try:
         base = f"http://127.0.0.1:{serve_port}"
         wait_healthy(base)
         wait_healthy(f"{base}/two")
         for concurrency, requests in levels:  # the Serve targets back to back at each level
-            results[NOOP, concurrency] = asyncio.run(load(f"{base}/noop", bodies, requests, concurrency))
+            bodies = level_bodies[concurrency]
+            results[NOOP, concurrency] = asyncio.run(load(f"{base}/noop", bodies, requests, concurrency,
+                                                          warm_body=warm))
             before = batching(base)
-            results[CONVFM, concurrency] = asyncio.run(load(base, bodies, requests, concurrency))
-            batches[concurrency] = {key: value - before[key] if key not in ("largest_batch", "torch_threads") else value
-                                    for key, value in batching(base).items()}
-            results[CONVFM_TWO, concurrency] = asyncio.run(load(f"{base}/two", bodies, requests, concurrency))
+            results[CONVFM, concurrency] = asyncio.run(load(base, bodies, requests, concurrency, warm_body=warm))
+            batches[concurrency] = counters_since(before, batching(base))
+            before = batching(base)
+            results[RETURNING, concurrency] = asyncio.run(load(base, bodies[-returning:], requests, concurrency,
+                                                               warm_body=warm))
+            kept[concurrency] = counters_since(before, batching(base))
+            results[CONVFM_TWO, concurrency] = asyncio.run(load(f"{base}/two", bodies, requests, concurrency,
+                                                                warm_body=warm))
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -320,7 +345,13 @@ def main() -> int:
         print(f"\nconvfm, 1 replica, concurrency {concurrency}: {b['requests']:.0f} requests (warm-up included) in "
               f"{b['batches']:.0f} batches, {b['requests'] / max(1, b['batches']):.1f} per batch (largest so far "
               f"{b['largest_batch']:.0f}); scoring {1000 * b['compute_s'] / max(1, b['requests']):.1f} ms per request "
-              f"with {b['torch_threads']:.0f} torch thread(s)")
+              f"with {b['torch_threads']:.0f} torch thread(s); kept scans: {b['cache_hits']:.0f} hits, "
+              f"{b['cache_misses']:.0f} misses")
+    for concurrency, b in kept.items():
+        print(f"\nreturning users, concurrency {concurrency}: {b['requests']:.0f} requests (warm-up included) of "
+              f"{min(returning, len(level_bodies[concurrency]))} users, kept scans {b['cache_hits']:.0f} hits, "
+              f"{b['cache_misses']:.0f} misses; scoring {1000 * b['compute_s'] / max(1, b['requests']):.1f} ms "
+              "per request")
     c = catalog
     print(f"\n### Top-10 over a {c['jobs']:,}-job catalog for one user (torch threads: {c['threads']})\n")
     print("| path | time | speedup |")
@@ -332,6 +363,12 @@ def main() -> int:
     print_targets(results, args.concurrency, catalog_jobs, catalog)
     print(f"\ntotal run {time.perf_counter() - started:.0f}s")
     return 0
+
+
+def counters_since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The counters' growth between two ``batching`` reads (the largest batch and the threads as they are)."""
+    return {key: value - before[key] if key not in ("largest_batch", "torch_threads") else value
+            for key, value in after.items()}
 
 
 def print_targets(results: dict[tuple[str, int], dict[str, float]], concurrency: int, catalog_jobs: int,
@@ -350,6 +387,10 @@ def print_targets(results: dict[tuple[str, int], dict[str, float]], concurrency:
     print(f"- req/s at concurrency {concurrency}: {ratio:.2f}x the no-op endpoint's (at least 0.7x): "
           f"{verdict(ratio >= 0.7)}")
     print(f"- errors: {errors} (0): {verdict(errors == 0)}")
+    back = results[RETURNING, 1]["p50"] - results[NOOP, 1]["p50"]
+    back_ratio = results[RETURNING, concurrency]["req_s"] / results[NOOP, concurrency]["req_s"]
+    print(f"- (beside the targets) returning users, their scans kept: p50 {back:+.1f} ms over the no-op's, "
+          f"{back_ratio:.2f}x its req/s at concurrency {concurrency}")
     print(f"- exact top-10 over {catalog['jobs']:,} jobs: {fast_ms:.1f} ms with {catalog['threads']} thread(s) "
           f"(at most 25 ms): {verdict(fast_ms <= 25.0 and bool(catalog['same_top10']))}")
 

@@ -80,7 +80,8 @@ def test_without_posting_dates_there_is_no_newest_first_baseline(model, data):
     from convfm.data.liveness import ALWAYS, JobWindows
 
     undated = JobWindows(data.windows.job_ids, np.full(len(data.windows.start), ALWAYS), data.windows.end)
-    report = evaluate_split(model, dataclasses.replace(data, windows=undated), "test", max_events=50)  # a new memo
+    undated_data = dataclasses.replace(data, windows=undated)  # with a memo of its own
+    report = evaluate_split(model, undated_data, "test", max_events=50)
     assert "newest" not in report and "popularity" in report and "model" in report
 
 
