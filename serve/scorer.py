@@ -366,21 +366,26 @@ def _decoded_columns(extractor: Any) -> dict[str, list[Optional[str]]]:
 
 
 def _why(explanation: dict[str, Any]) -> str:
-    """The explanation in one line. Field pairs come last and only those ``CatalogRanker.explain`` kept: it
-    never credits a missing or catalog-wide constant field, so a job may have none."""
+    """The explanation in one line: only what raised the job's score (a term that lowered it is no reason, and
+    stays in ``explanation``). Field pairs come last and only those ``CatalogRanker.explain`` kept: it never
+    credits a missing or catalog-wide constant field, so a job may have none."""
+    def raised(term: Optional[float]) -> bool:
+        return term is not None and term > 0
+
     parts = []
     similar = explanation.get("similar_to")
     if similar is not None and similar["similarity"] > 0:
         parts.append(f"similar to a job you applied to: {similar.get('title') or similar['job_id']}")
-    if explanation.get("history_match"):
+    if raised(explanation.get("history_match")):
         parts.append(f"like your recent jobs ({explanation['history_match']:+.3g})")
     if explanation["matching_skills"]:
         term = explanation.get("skill_match")
         parts.append("matching skills: " + ", ".join(explanation["matching_skills"][:5])
-                     + ("" if term is None else f" ({term:+.3g})"))
+                     + (f" ({term:+.3g})" if raised(term) else ""))
     parts += [f"same {vocab.replace('_', ' ')}: {', '.join(values)}"
               for vocab, values in explanation["matching"].items()]
-    if explanation.get("profile_match"):
+    if raised(explanation.get("profile_match")):
         parts.append(f"your location or level ({explanation['profile_match']:+.3g})")
-    parts += [f"{x['user_field']} x {x['job_field']} ({x['value']:+.3g})" for x in explanation["interactions"][:2]]
+    parts += [f"{x['user_field'].replace('_', ' ')} x {x['job_field'].replace('_', ' ')} ({x['value']:+.3g})"
+              for x in explanation["interactions"][:2] if raised(x["value"])]
     return "; ".join(parts)

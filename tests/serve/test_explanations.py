@@ -122,3 +122,15 @@ def test_explanations_only_when_asked(tiny):
     assert [i["job_id"] for i in plain["items"]] == [i["job_id"] for i in explained["items"]]
     assert not any("why" in i or "explanation" in i for i in plain["items"])
     assert all(i["why"] and "interactions" in i["explanation"] for i in explained["items"])
+
+
+def test_the_why_cites_only_what_raised_the_score():
+    """A term that lowered the score is no reason to recommend the job ("like your recent jobs (-0.0189)")."""
+    lowered = {"similar_to": None, "history_match": -0.0189, "matching_skills": ["sql"], "skill_match": -0.2,
+               "matching": {}, "profile_match": -0.1,
+               "interactions": [{"user_field": "user_id", "job_field": "job_text", "value": -0.3}]}
+    assert _why(lowered) == "matching skills: sql"
+    raised = {**lowered, "history_match": 0.4, "skill_match": 0.25, "profile_match": 0.1,
+              "interactions": [{"user_field": "user_id", "job_field": "job_text", "value": 0.3}]}
+    assert _why(raised) == ("like your recent jobs (+0.4); matching skills: sql (+0.25); your location or level "
+                            "(+0.1); user id x job text (+0.3)")
