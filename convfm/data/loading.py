@@ -196,7 +196,17 @@ def _with_event_log(interactions: Optional[pd.DataFrame], calendar: bool, source
 
 
 def set_events(interactions: pd.DataFrame, path: str, config: DataConfig) -> None:
-    """The ``event`` column (in place) lower-cased and checked, or ``default_event`` without one."""
+    """The ``event`` column (in place) lower-cased and checked; without one, from a binary ``label`` column (1:
+    ``default_event``, 0: the first of ``negative_events``: a click log's impressions), else ``default_event``."""
+    if "event" not in interactions.columns and "label" in interactions.columns:
+        if not config.negative_events:
+            raise ConfigError("negative_events: a label column's 0 rows need a negative event; none is listed",
+                              field="negative_events")
+        column = config.columns.get("interactions", {}).get("label", "label")
+        labels = binary_labels(interactions["label"], Path(path), column)
+        interactions["event"] = np.where(labels > 0, config.default_event, config.negative_events[0])
+        interactions.drop(columns="label", inplace=True)
+        return
     if "event" not in interactions.columns:
         interactions["event"] = pd.Series(config.default_event, index=interactions.index, dtype="str")
         return
@@ -333,12 +343,16 @@ def labelled_frame(frame: pd.DataFrame, path: Path, config: DataConfig) -> pd.Da
         out[column] = column_strings(frame, column)  # a NaN-holding float column of ids: 184.0 is "184", NaN ""
     for column in config.numeric:
         out[column] = to_numbers(frame[column], path, column, allow_missing=False)
-    raw = frame[config.label]
+    out["label"] = binary_labels(frame[config.label], path, config.label).astype(np.float32)
+    return out.reset_index(drop=True)
+
+
+def binary_labels(raw: pd.Series, path: Path, column: str) -> pd.Series:
+    """0/1, -1/1, 1.0 or true/false (any case) as 0.0/1.0; a missing or other value names its row."""
     text = raw.astype("str").str.strip().str.lower()
     labels = text.map(_WORD_LABELS).fillna(pd.to_numeric(text, errors="coerce").map(_NUMBER_LABELS))
     if labels.isna().any():
         i = first_true(labels.isna())
         what = "missing label" if pd.isna(raw.iloc[i]) else f"label {str(raw.iloc[i])!r} is not binary"
-        raise cell_error(path, config.label, i, f"{what}; expected 0/1, -1/1 or true/false")
-    out["label"] = labels.astype(np.float32)
-    return out.reset_index(drop=True)
+        raise cell_error(path, column, i, f"{what}; expected 0/1, -1/1 or true/false")
+    return labels

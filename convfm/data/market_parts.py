@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from convfm.config import DataConfig
 from convfm.data.loading import JobMarket, build_examples, set_events
 from convfm.data.readers import (
-    cell_error, epoch_dates, first_true, id_strings, is_calendar, order_key, part_files, read_located, resolve_path,
+    TEXT_SUFFIXES, cell_error, epoch_dates, first_true, header_names, id_strings, is_calendar, order_key, part_files,
+    read_located, resolve_path,
 )
 from convfm.data.splitting import TRAIN_ONLY, per_user_parts, with_train_only
 from convfm.errors import ConfigError, DataValidationError
@@ -40,7 +41,7 @@ MIN_BUCKETS, BUCKET_INTERACTIONS, CSV_BYTES_PER_ROW = 64, 1_000_000, 40
 BUCKET, PART = "bucket", "part"  # PART: 0 train, 1 valid, 2 test, -1 not yet known (global_time by fractions)
 HISTORY, HISTORY_COUNT = "history", "history_count"  # recent positive job ids (most recent first), their count
 EXAMPLE_COLUMNS = ("user_id", "job_id", "label", "timestamp")
-_READ = ("user_id", "job_id", "event", "timestamp")  # canonical columns read from the log
+_READ = ("user_id", "job_id", "event", "label", "timestamp")  # canonical columns read from the log
 
 
 def check_market_config(config: DataConfig) -> None:
@@ -119,9 +120,8 @@ def check_interaction_schemas(files: Iterable[Path], config: DataConfig) -> list
 
 
 def _file_columns(path: Path) -> list[str]:
-    if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8-sig") as handle:
-            return [c.strip() for c in handle.readline().rstrip("\r\n").split(",")]
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        return header_names(path)
     try:
         return list(pq.read_schema(path).names)
     except (OSError, pa.ArrowInvalid) as exc:
@@ -150,8 +150,9 @@ def typed_interactions(batch: pd.DataFrame, path: Path, config: DataConfig, buck
         if ids.isna().any():
             raise cell_error(path, names[column], first_true(ids.isna()), "empty id")
         out[column] = ids.astype(object)
-    if names["event"] in batch.columns:
-        out["event"] = batch[names["event"]]
+    for column in ("event", "label"):
+        if names[column] in batch.columns:
+            out[column] = batch[names[column]]
     set_events(out, str(path), config)
     times = epoch_dates(batch[names["timestamp"]], path, names["timestamp"])
     if len(times) and not is_calendar(times):

@@ -220,6 +220,23 @@ def test_epoch_second_timestamps_are_dates_and_milliseconds_are_refused(tmp_path
         load_job_market(DataConfig(path=str(millis)))
 
 
+def test_a_click_logs_binary_label_gives_the_events(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A log of impressions with a 0/1 label (no event column): 1 is default_event, 0 an impression (view);
+    every row counted as an apply, as before, made every impression a positive."""
+    log = "user_id,job_id,clicked,timestamp\nu1,j1,1,2024-01-01\nu1,j2,0,2024-01-02\nu2,j1,-1,2024-01-03\n"
+    root = write_market(tmp_path / "m", interactions=log)
+    with caplog.at_level("WARNING"):
+        market = load_job_market(DataConfig(path=str(root), columns={"interactions": {"label": "clicked"}}))
+    assert market.interactions["event"].tolist() == ["apply", "view", "view"]
+    assert "label" not in market.interactions.columns and "ignoring extra" not in caplog.text
+    bad = write_market(tmp_path / "b", interactions="user_id,job_id,label\nu1,j1,1\nu1,j2,yes\n")
+    with pytest.raises(DataValidationError, match=r"interactions\.csv: column 'label', row 2: label 'yes' is not "
+                                                  r"binary"):
+        load_job_market(DataConfig(path=str(bad)))
+    both = write_market(tmp_path / "e", interactions="user_id,job_id,event,label\nu1,j1,view,1\n")
+    assert load_job_market(DataConfig(path=str(both))).interactions["event"].tolist() == ["view"]  # events win
+
+
 def test_loaded_market_types(tmp_path: Path) -> None:
     market = load_job_market(DataConfig(path=str(write_market(tmp_path))))
     jobs = market.jobs

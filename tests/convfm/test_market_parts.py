@@ -169,6 +169,13 @@ def test_a_bad_cell_names_the_file_the_column_and_the_row(column, value, message
         typed_interactions(batch, Path("part-7.csv"), DataConfig())
 
 
+def test_a_binary_label_gives_the_events_as_the_in_memory_loader_reads_it():
+    batch = pd.DataFrame({"user_id": ["u1", "u2"], "job_id": ["j1", "j2"], "label": ["1", "0"],
+                          "timestamp": ["2024-01-01", "2024-01-02"]})
+    typed = typed_interactions(batch, Path("part-7.csv"), DataConfig())
+    assert typed["event"].tolist() == ["apply", "view"] and "label" not in typed.columns
+
+
 def test_epoch_seconds_are_dates_as_the_in_memory_loader_reads_them():
     batch = pd.DataFrame({"user_id": ["u1"], "job_id": ["j1"], "event": ["apply"], "timestamp": ["1704103200"]})
     typed = typed_interactions(batch, Path("part-7.csv"), DataConfig())
