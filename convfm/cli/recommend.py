@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import unicodedata
 from typing import Any
 
 from convfm.errors import ConvFMError
@@ -38,18 +39,29 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
+def _columns(text: str) -> int:
+    """Terminal columns ``text`` takes: East Asian wide and full-width characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _columns(text))
+
+
 def format_table(result: dict[str, Any], width: int = 0) -> str:
-    """Rank, title, company, location, score, why; the why column is cut to the terminal width."""
+    """Rank, job id, title, company, location, score, why; the why column is cut to the terminal width. Columns
+    are aligned by display width (a Japanese company name takes two columns a character)."""
     width = width or shutil.get_terminal_size((140, 20)).columns
-    rows = [(str(n), i.get("title") or i["job_id"], i.get("company") or "", i.get("location") or "",
+    rows = [(str(n), i["job_id"], i.get("title") or "", i.get("company") or "", i.get("location") or "",
              f"{i['score']:.3f}", i.get("why") or "") for n, i in enumerate(result["items"], 1)]
-    header = ("#", "title", "company", "location", "score", "why")
-    widths = [max(len(r[c]) for r in rows + [header]) for c in range(5)]
-    room = max(20, width - sum(widths) - 2 * 5)
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths + [0])).rstrip()]
+    header = ("#", "job", "title", "company", "location", "score", "why")
+    fixed = len(header) - 1
+    widths = [max(_columns(r[c]) for r in rows + [header]) for c in range(fixed)]
+    room = max(20, width - sum(widths) - 2 * fixed)
+    lines = ["  ".join(_pad(h, w) for h, w in zip(header, widths + [0])).rstrip()]
     for row in rows:
-        why = row[5] if len(row[5]) <= room else row[5][: room - 3] + "..."
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + why)
+        why = row[fixed] if len(row[fixed]) <= room else row[fixed][: room - 3] + "..."
+        lines.append("  ".join(_pad(c, w) for c, w in zip(row[:fixed], widths)) + "  " + why)
     notes = [f"model {result['model_version']}"]
     if result.get("fallback"):
         notes.append(f"fallback: {result['fallback']} (user unknown, no profile)")

@@ -134,3 +134,10 @@ def test_cli_serve_and_recommend_arguments(tmp_path):
         {"job_id": "j1", "title": "Data Engineer", "company": "Acme", "location": "Remote", "score": 0.91,
          "why": "popular with other users"}]}, width=100)
     assert "Data Engineer" in table and "0.910" in table and "fallback: popular" in table
+    lines = format_table({"model_version": "v0001", "items": [
+        {"job_id": "j1", "title": "Engineer", "company": "東京商事", "location": "Tokyo", "score": 0.5, "why": ""},
+        {"job_id": "j22", "title": "Engineer", "company": "Acme", "location": "Tokyo", "score": 0.4, "why": ""}]},
+        width=100).splitlines()
+    assert lines[0].split() == ["#", "job", "title", "company", "location", "score", "why"]
+    assert lines[1].index("Tokyo") - lines[1].index("東京商事") == lines[2].index("Tokyo") - lines[2].index("Acme") - 4
+    assert lines[1].split()[1] == "j1" and lines[2].split()[1] == "j22"  # same titles, told apart by their id
