@@ -9,8 +9,8 @@ it already has) and indexed when the scorer has a retrieval index; display colum
 the popularity fallback follow (a new job has no interactions yet: popularity 0, last among equals). Expired
 jobs stay in the catalog (``GET /jobs/{id}`` shows them) but ``/recommend`` leaves them out unless
 ``filters.include_expired``: an expiry is a time, checked per request in the filter mask (which the retrieval
-index applies before its candidate scan), so the index keeps expired rows. The model's own catalog keeps
-serving as trained: its jobs expire here only through the live catalog.
+index applies before its candidate scan), so the index keeps expired rows. The model's own jobs start with
+their training data's expiry (``Scorer``), unless all had expired when it loaded.
 """
 from __future__ import annotations
 

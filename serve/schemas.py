@@ -303,6 +303,8 @@ class ModelInfo(BaseModel):
     users: int
     fields: list[str]
     catalog_version: Optional[int] = None
+    model_jobs_expire: Optional[bool] = Field(None, description="whether the model's own jobs leave /recommend at "
+                                              "their training data's expiry (false: all had expired at load)")
     score_cache: Optional[dict[str, int]] = Field(None, description="the answering replica's kept scans: entries, "
                                                   "budget_mib, hits, misses, rescored_rows")
     last_reload: Optional[dict[str, Any]] = None

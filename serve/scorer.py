@@ -130,9 +130,26 @@ class Scorer:
         self.positive_events = tuple(loaded.extra.get("data_config", {}).get(
             "positive_events", DataConfig().positive_events))
         self.live_jobs = LiveJobs(self.n_jobs)  # live catalog applied on top (serve.live_catalog)
+        self.model_jobs_expire = self._expire_model_jobs(now_micros())
         self.retrieval_candidates = retrieval_candidates
         self.index = RetrievalIndex(self.ranker) if retrieval_candidates else None  # None: exact full scan
         self.cache = ScoreCache(self.ranker, score_cache_mib * 2**20 if self.index is None else 0)
+
+    def _expire_model_jobs(self, now: int) -> bool:
+        """Give the model's own jobs their training data's expiry (``expires_at``, else ``job_lifetime_days``
+        after ``posted_at``), so ``/recommend`` leaves them out once it passes, as it does for jobs expired
+        through ``POST /jobs``. Unless every one of them has expired by ``now`` (an old log replayed, a demo
+        market): the catalog then serves as trained, with a warning. Whether the expiry applies."""
+        recency = self.ranker.recency
+        if recency is None:  # no job calendar
+            return False
+        expires = recency.expires[: self.n_jobs]
+        if not (expires[1:] > now).any():
+            log.warning("%s: every job of the model's catalog expired by its training data (an old log?); serving "
+                        "them as trained (expire jobs through POST /jobs)", self.path)
+            return False
+        self.live_jobs.expires[: len(expires)] = expires
+        return True
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", retrieval_candidates: int = 0,
@@ -183,6 +200,7 @@ class Scorer:
         return {"name": self.name, "version": self.version, "path": public_text(str(self.path)),
                 "loaded_at": self.loaded_at, "metrics": self.metrics, "jobs": self.n_jobs - 1,
                 "catalog_version": self.live_jobs.version, "score_cache": self.cache.info(),
+                "model_jobs_expire": self.model_jobs_expire,
                 "users": len(self.extractor.user_catalog) - 1,
                 "fields": [f.name for f in self.extractor.feature_map.fields]}
 

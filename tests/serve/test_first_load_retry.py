@@ -12,11 +12,11 @@ def flaky_load(monkeypatch, failures: int) -> list[int]:
     """Scorer.load raising OSError (a storage hiccup) ``failures`` times, then loading for real."""
     real, calls = scorer_module.Scorer.load.__func__, []
 
-    def load(cls, path, device="cpu", retrieval_candidates=0):
+    def load(cls, path, *args, **kwargs):
         calls.append(1)
         if len(calls) <= failures:
             raise OSError("transient: connection reset by the storage")
-        return real(cls, path, device, retrieval_candidates)
+        return real(cls, path, *args, **kwargs)
 
     monkeypatch.setattr(scorer_module.Scorer, "load", classmethod(load))
     return calls
