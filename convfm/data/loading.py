@@ -21,7 +21,8 @@ from convfm.errors import ConfigError, DataValidationError
 from convfm.data.liveness import job_windows
 from convfm.data.negatives import sample_negatives
 from convfm.data.readers import (  # noqa: F401  (read_frame, resolve_path: re-exported)
-    SUFFIXES, cell_error, epoch_dates, first_true, is_calendar, order_key, read_frame, read_located, resolve_path,
+    SUFFIXES, binary_labels, cell_error, epoch_dates, first_true, is_calendar, order_key, read_frame, read_located,
+    resolve_path,
     to_datetimes, to_numbers,
 )
 from convfm.data.schema import DATETIME, ID, INTERACTIONS, JOBS, NUMBER, USERS, TableSchema
@@ -31,8 +32,6 @@ from convfm.store.event_log import interactions_frame
 
 logger = logging.getLogger(__name__)
 
-_WORD_LABELS = {"false": 0.0, "true": 1.0}
-_NUMBER_LABELS = {0.0: 0.0, 1.0: 1.0, -1.0: 0.0}  # -1/1 is the libSVM/libFM convention of CTR benchmarks
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -345,14 +344,3 @@ def labelled_frame(frame: pd.DataFrame, path: Path, config: DataConfig) -> pd.Da
         out[column] = to_numbers(frame[column], path, column, allow_missing=False)
     out["label"] = binary_labels(frame[config.label], path, config.label).astype(np.float32)
     return out.reset_index(drop=True)
-
-
-def binary_labels(raw: pd.Series, path: Path, column: str) -> pd.Series:
-    """0/1, -1/1, 1.0 or true/false (any case) as 0.0/1.0; a missing or other value names its row."""
-    text = raw.astype("str").str.strip().str.lower()
-    labels = text.map(_WORD_LABELS).fillna(pd.to_numeric(text, errors="coerce").map(_NUMBER_LABELS))
-    if labels.isna().any():
-        i = first_true(labels.isna())
-        what = "missing label" if pd.isna(raw.iloc[i]) else f"label {str(raw.iloc[i])!r} is not binary"
-        raise cell_error(path, column, i, f"{what}; expected 0/1, -1/1 or true/false")
-    return labels

@@ -181,6 +181,24 @@ def cell_error(path: Path, column: str, row: int, message: str) -> DataValidatio
 
 
 # ------------------------------------------------------------------------------------------ typed columns
+_WORD_LABELS = {"false": 0.0, "true": 1.0}
+_NUMBER_LABELS = {0.0: 0.0, 1.0: 1.0, -1.0: 0.0}  # -1/1 is the libSVM/libFM convention of CTR benchmarks
+
+
+def binary_labels(raw: pd.Series, path: Path, column: str) -> pd.Series:
+    """0/1, -1/1, 1.0 or true/false (any case) as float 0.0/1.0; a missing or other value names its row."""
+    if raw.dtype.kind in "iuf":  # typed (parquet, an encoded frame): no text to parse
+        labels = raw.astype(np.float64).map(_NUMBER_LABELS)
+    else:
+        text = raw.astype("str").str.strip().str.lower()
+        labels = text.map(_WORD_LABELS).fillna(pd.to_numeric(text, errors="coerce").map(_NUMBER_LABELS))
+    if labels.isna().any():
+        i = first_true(labels.isna())
+        what = "missing label" if pd.isna(raw.iloc[i]) else f"label {str(raw.iloc[i])!r} is not binary"
+        raise cell_error(path, column, i, f"{what}; expected 0/1, -1/1 or true/false")
+    return labels.astype(np.float64)
+
+
 def to_numbers(series: pd.Series, path: Path, column: str, allow_missing: bool = True) -> pd.Series:
     values = pd.to_numeric(series, errors="coerce").astype("float64")
     bad = values.isna() & series.notna()

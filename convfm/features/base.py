@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from convfm.data.readers import binary_labels
 from convfm.store.checksums import sha256_file
 from convfm.errors import ArtifactError, DataValidationError
 from convfm.features.fields import EncodedTable, FieldSpec
@@ -188,13 +189,8 @@ def require_frame(df: Any, what: str, columns: Sequence[str] = ()) -> pd.DataFra
 
 
 def labels_of(df: pd.DataFrame, column: str, what: str) -> np.ndarray:
-    """``df[column]`` as float32 labels; DataValidationError naming the first (1-based) non-numeric row."""
+    """``df[column]`` as float32 0/1 labels (0/1, -1/1, true/false, as the loaders read them: a frame passed to
+    the Python API directly is read the same way); DataValidationError naming the first bad row."""
     require_frame(df, what, [column])
-    labels = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = np.flatnonzero(~np.isfinite(labels))
-    if len(bad):
-        raise DataValidationError(
-            f"{what}: column {column!r} row {bad[0] + 1}: label {df[column].iloc[bad[0]]!r} is not a number"
-        )
-    return labels.astype(np.float32)
+    return binary_labels(df[column].reset_index(drop=True), Path(what), column).to_numpy(np.float32)
 

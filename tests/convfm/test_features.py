@@ -251,8 +251,13 @@ def test_unknown_ids_in_examples_use_the_unknown_rows(fitted):
 def test_example_set_refuses_missing_columns_and_bad_labels(fitted):
     with pytest.raises(DataValidationError, match=r"missing required column\(s\) \['job_id'\]"):
         fitted.example_set(pd.DataFrame({"user_id": ["u1"], "label": [1]}))
-    with pytest.raises(DataValidationError, match="column 'label' row 2"):
+    with pytest.raises(DataValidationError, match="examples: column 'label', row 2: label 'x' is not binary"):
         fitted.example_set(pd.DataFrame({"user_id": ["u1", "u2"], "job_id": ["j1", "j2"], "label": [1, "x"]}))
+    with pytest.raises(DataValidationError, match="column 'label', row 1: label '0.5' is not binary"):
+        fitted.example_set(pd.DataFrame({"user_id": ["u1"], "job_id": ["j1"], "label": [0.5]}))
+    labels = fitted.example_set(pd.DataFrame({"user_id": ["u1"] * 3, "job_id": ["j1"] * 3,
+                                              "label": [-1, 1, 0]})).labels
+    assert labels.tolist() == [0.0, 1.0, 0.0]  # -1/1 as the loaders read it, not a target of -1
 
 
 def test_transform_is_deterministic(jobs, interactions, users):
