@@ -71,5 +71,7 @@ def check_split_sizes(train_rows: int, valid_labels: Mapping[float, int], config
         raise ConfigError(f"{workers_field}: {config.num_workers} workers but only {train_rows} training examples")
     present = [label for label, count in valid_labels.items() if count > 0]
     if len(present) < 2:
+        which = {1.0: ", all positive", 0.0: ", all negative"}.get(float(present[0]), "") if present else ""
         raise ConfigError("valid_fraction: the validation split needs positive and negative examples "
-                          f"(has {sum(valid_labels.values())} example(s)); raise data.valid_fraction or add data")
+                          f"(has {sum(valid_labels.values())} example(s){which}); raise data.valid_fraction, "
+                          "give the valid file of a train/valid/test directory both classes, or add data")

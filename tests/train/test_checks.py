@@ -8,7 +8,7 @@ import pytest
 
 from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.errors import ConfigError
-from train.checks import check_sparse_gradients, check_unchanged, check_workers_fit
+from train.checks import check_sparse_gradients, check_split_sizes, check_unchanged, check_workers_fit
 
 
 def test_sparse_gradients_are_refused_only_on_several_gpu_workers():
@@ -58,3 +58,12 @@ def test_workers_beyond_a_local_rays_cpus_or_gpus_are_refused_and_only_warned_of
     with caplog.at_level(logging.WARNING, logger="train.checks"):
         check_workers_fit(TrainConfig(num_workers=2, use_gpu=True), two_cpus, may_autoscale=True)
     assert "waiting for the autoscaler" in caplog.text and "2 GPU(s)" in caplog.text
+
+
+def test_a_validation_split_of_one_class_says_which_and_what_to_do():
+    with pytest.raises(ConfigError, match=r"needs positive and negative examples \(has 4 example\(s\), all "
+                                          r"positive\); raise data.valid_fraction, give the valid file"):
+        check_split_sizes(100, {1.0: 4, 0.0: 0}, TrainConfig())
+    with pytest.raises(ConfigError, match=r"\(has 0 example\(s\)\)"):
+        check_split_sizes(100, {}, TrainConfig())
+    check_split_sizes(100, {1.0: 4, 0.0: 1}, TrainConfig())
