@@ -306,8 +306,8 @@ class Scorer:
                 else:  # seen jobs and filters leave the candidates before the scan: K of them pass
                     count = max(request.k, self.retrieval_candidates)
                     rows, logits = self.index.top_k(user, request.k, count, seen, mask)
-                items = [{**self.job_record(int(r)), "score": float(1 / (1 + np.exp(-l)))}
-                         for r, l in zip(rows, logits)]
+                probabilities = torch.sigmoid(torch.as_tensor(logits, dtype=torch.float64)).tolist()  # no overflow
+                items = [{**self.job_record(int(r)), "score": p} for r, p in zip(rows, probabilities)]
                 if request.explain:
                     for item, e in zip(items, self.ranker.explainer.explain(user, rows, history_rows=past)):
                         item.update(why=_why(self._cited(e)), explanation=e)
