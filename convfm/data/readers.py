@@ -273,7 +273,11 @@ def to_datetimes(series: pd.Series, path: Path, column: str) -> pd.Series:
     with warnings.catch_warnings():  # "could not infer format": fine, rows are then parsed one by one
         warnings.simplefilter("ignore", UserWarning)
         parsed = pd.to_datetime(series, errors="coerce", utc=True)
-        if (parsed.isna() & series.notna()).any():  # the inferred format did not fit every row
+        if (parsed.isna() & series.notna()).any():  # the format inferred from the first row did not fit every row
+            # 02/01/2025 then 13/01/2025: the file is day-first. Row by row ("mixed") would read the first as
+            # February and the second as January, silently.
+            parsed = pd.to_datetime(series, errors="coerce", utc=True, dayfirst=True)
+        if (parsed.isna() & series.notna()).any():  # several formats in one column
             parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
     bad = parsed.isna() & series.notna()
     if bad.any():

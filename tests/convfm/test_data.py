@@ -192,6 +192,15 @@ def test_expires_at_is_loaded_and_mapped(tmp_path: Path) -> None:
         load_job_market(config)
 
 
+def test_day_first_dates_are_read_day_first_throughout(tmp_path: Path) -> None:
+    """02/01 first looks month-first; 13/01 then proves the file day-first. Read row by row, the first would
+    have been 1 February and the second 13 January: the log's order scrambled without a word."""
+    log = "user_id,job_id,timestamp\nu1,j1,02/01/2025 10:00\nu1,j2,13/01/2025 09:30\n"
+    market = load_job_market(DataConfig(path=str(write_market(tmp_path, interactions=log))))
+    assert market.interactions["timestamp"].tolist() == [int(pd.Timestamp(t).value // 1000) for t in
+                                                         ("2025-01-02T10:00", "2025-01-13T09:30")]
+
+
 def test_market_knows_whether_timestamps_are_dates(tmp_path: Path) -> None:
     assert load_job_market(DataConfig(path=str(write_market(tmp_path / "dates")))).calendar
     numbers = write_market(tmp_path / "numbers", interactions="user_id,job_id,timestamp\nu1,j1,5\nu2,j2,6\n")
