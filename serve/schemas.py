@@ -248,6 +248,8 @@ class RecommendResponse(BaseModel):
     catalog_version: Optional[int] = Field(None, description="live catalog version the answer saw")
     cold_start: bool = Field(description="scored from the request's profile or history, not a known user's")
     fallback: Optional[str] = Field(None, description="'popular' when the user is unknown and has no profile")
+    unknown_history: list[str] = Field(default_factory=list, description="job ids of the request's history the "
+                                       "catalog does not know: they count as unknown jobs, without their fields")
     items: list[RecommendedJob]
 
 

@@ -312,7 +312,8 @@ class Scorer:
                     for item, e in zip(items, self.ranker.explainer.explain(user, rows, history_rows=past)):
                         item.update(why=_why(self._cited(e)), explanation=e)
                 results[i] = {"user_id": request.user_id, "model_version": self.version,
-                              "cold_start": not known, "fallback": None, "items": items}
+                              "cold_start": not known, "fallback": None, "items": items,
+                              "unknown_history": self._unknown(request.history)}
         return results
 
     def _cited(self, explanation: dict[str, Any]) -> dict[str, Any]:
@@ -323,6 +324,9 @@ class Scorer:
             titles = self.columns.get("title")
             similar["title"] = titles[row] if titles is not None and row is not None else None
         return explanation
+
+    def _unknown(self, job_ids: Optional[Sequence[str]]) -> list[str]:
+        return [j for j in job_ids or () if j not in self.extractor.job_rows]
 
     def _popular(self, request: RecommendRequest, mask: Optional[np.ndarray]) -> dict[str, Any]:
         scores = self.popular if mask is None else np.where(mask, self.popular, -np.inf)

@@ -223,3 +223,10 @@ def test_the_models_jobs_leave_recommendations_at_their_training_datas_expiry(ti
     assert any(served.ranker.recency.expires[served.extractor.job_rows[i["job_id"]]] <= now for i in everything)
     monkeypatch.setattr(scorer_module, "now_micros", lambda: int(expires.max()) + 1)
     assert not Scorer.load(tiny.entry / "v0001").model_jobs_expire  # all expired at load: as trained
+
+
+def test_history_ids_the_catalog_does_not_know_are_named(scorer, tiny):
+    known = tiny.data.extractor.job_ids[1]
+    result = scorer.recommend_many([rec(user_id="stranger", history=["gone-123", known], k=3)])[0]
+    assert result["cold_start"] and result["unknown_history"] == ["gone-123"] and len(result["items"]) == 3
+    assert scorer.recommend_many([rec(user_id="stranger", history=[known], k=3)])[0]["unknown_history"] == []
