@@ -66,7 +66,19 @@ def check_users(users: str) -> int:
         if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type) or pa.types.is_integer(id_type)):
             raise ConfigError(f"{file}: column 'user_id' has type {id_type}; user ids are strings or integers")
         rows += part.count_rows()
+    _check_distinct(users, dataset)
     return rows
+
+
+def _check_distinct(users: str, dataset: pads.Dataset) -> None:
+    """Each user once: a user listed twice would get their rows written twice (12 and "12" are one user)."""
+    ids = pa.chunked_array([pa.compute.cast(batch.column(0), pa.string())
+                            for batch in dataset.to_batches(columns=["user_id"])], type=pa.string())
+    counts = pa.compute.value_counts(ids)
+    repeated = pa.compute.filter(counts.field("values"), pa.compute.greater(counts.field("counts"), 1))
+    if len(repeated):
+        raise ConfigError(f"--users {users}: {len(repeated)} user id(s) appear more than once (e.g. "
+                          f"{repeated[: 3].to_pylist()}); list each user once")
 
 
 class Recommender:

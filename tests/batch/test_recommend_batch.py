@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from convfm.cli.main import main
+from convfm.errors import ConfigError
 from convfm.model.batch_ranking import BatchRanker
 from convfm.store.live_catalog import CatalogStore
 from convfm.store.registry import live_location, resolve
@@ -69,6 +70,20 @@ def test_a_file_without_user_ids_fails_before_any_work_naming_file_and_column(ra
     assert main(["recommend-batch", "--model", str(tiny.entry), "--users", str(folder), "--out",
                  str(tmp_path / "recs")]) == 2
     assert not (tmp_path / "recs").exists() and not list(tmp_path.glob(".recs.staging-*"))
+
+
+def test_a_user_listed_twice_fails_before_any_work(tmp_path):
+    """Their rows would be written twice, and the summary would count them twice; 12 and "12" are one user."""
+    from batch.recommend import check_users
+
+    folder = tmp_path / "users"
+    folder.mkdir()
+    pd.DataFrame({"user_id": [12, 13]}).to_parquet(folder / "a.parquet")
+    pd.DataFrame({"user_id": ["12"]}).to_parquet(folder / "b.parquet")
+    with pytest.raises(ConfigError, match=r"1 user id\(s\) appear more than once \(e.g. \['12'\]\); list each"):
+        check_users(str(folder))
+    (folder / "b.parquet").unlink()
+    assert check_users(str(folder)) == 2
 
 
 def test_a_run_that_fails_midway_leaves_no_output_that_looks_complete(ray_local, tiny, tmp_path, at):
