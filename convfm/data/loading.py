@@ -195,15 +195,16 @@ def _with_event_log(interactions: Optional[pd.DataFrame], calendar: bool, source
 
 
 def set_events(interactions: pd.DataFrame, path: str, config: DataConfig) -> None:
-    """The ``event`` column (in place) lower-cased and checked; without one, from a binary ``label`` column (1:
-    ``default_event``, 0: the first of ``negative_events``: a click log's impressions), else ``default_event``."""
+    """The ``event`` column (in place) lower-cased and checked; without one, from a binary ``label`` column (1: the
+    first of ``positive_events``, 0: the first of ``negative_events``: a click log's impressions), else
+    ``default_event``."""
     if "event" not in interactions.columns and "label" in interactions.columns:
         if not config.negative_events:
             raise ConfigError("negative_events: a label column's 0 rows need a negative event; none is listed",
                               field="negative_events")
         column = config.columns.get("interactions", {}).get("label", "label")
         labels = binary_labels(interactions["label"], Path(path), column)
-        interactions["event"] = np.where(labels > 0, config.default_event, config.negative_events[0])
+        interactions["event"] = np.where(labels > 0, config.positive_events[0], config.negative_events[0])
         interactions.drop(columns="label", inplace=True)
         return
     if "event" not in interactions.columns:

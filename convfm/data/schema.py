@@ -78,6 +78,6 @@ INTERACTIONS = TableSchema("interactions", (
     Column("user_id", ID, required=True),
     Column("job_id", ID, required=True),
     Column("event", CATEGORY),
-    Column("label", CATEGORY),  # without an event column: 1 is default_event, 0 the first of negative_events
+    Column("label", CATEGORY),  # without an event column: 1 the first of positive_events, 0 of negative_events
     Column("timestamp", DATETIME),
 ))

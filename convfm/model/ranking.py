@@ -29,7 +29,9 @@ from convfm.model.pair_match import Pair, PairMatch
 # users, 1.8 against 2.1 for one user; 1 << 17 and 1 << 19 were slower.
 ELEMENT_BUDGET = 1 << 18
 JOBS_PER_PASS = 8192  # job rows per side pass (catalog precompute, time moves)
-CHANGES_KEPT = 256  # job-side changes ``changed_since`` can replay (older readers rescore everything)
+# Job-side changes ``changed_since`` can replay (older readers rescore everything): the last CHANGES_KEPT, and no
+# more rows in all than the catalog has (past that a full scan costs less than replaying them).
+CHANGES_KEPT = 256
 
 
 def _zip_map(fn: Callable[[list[torch.Tensor]], torch.Tensor], sides: list[Any]) -> Any:
@@ -110,7 +112,11 @@ class CatalogRanker:
     # ---------------------------------------------------------------------------------------- changes
     def _changed(self, rows: np.ndarray) -> None:
         self.version += 1
-        self._changes = [*self._changes[-(CHANGES_KEPT - 1):], (self.version, np.asarray(rows, dtype=np.int64))]
+        changes = (self._changes + [(self.version, np.asarray(rows, dtype=np.int64))])[-CHANGES_KEPT:]
+        total = sum(len(r) for _, r in changes)
+        while len(changes) > 1 and total > self.n_jobs:
+            total -= len(changes.pop(0)[1])
+        self._changes = changes
 
     def changed_since(self, version: int) -> Optional[np.ndarray]:
         """Catalog rows whose job side changed after ``version`` (sorted, unique; rows appended since are among

@@ -87,7 +87,7 @@ class ScoreCache:
         if entry is None:
             return None
         changed = self.ranker.changed_since(entry.version)
-        if changed is None:
+        if changed is None or len(changed) > self.ranker.n_jobs // 4:  # a scan of all costs less than many rows
             del self._entries[key]
             return None
         self._entries.move_to_end(key)

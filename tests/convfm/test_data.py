@@ -230,7 +230,7 @@ def test_epoch_second_timestamps_are_dates_and_milliseconds_are_refused(tmp_path
 
 
 def test_a_click_logs_binary_label_gives_the_events(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A log of impressions with a 0/1 label (no event column): 1 is default_event, 0 an impression (view);
+    """A log of impressions with a 0/1 label (no event column): 1 a positive event, 0 an impression (view);
     every row counted as an apply, as before, made every impression a positive."""
     log = "user_id,job_id,clicked,timestamp\nu1,j1,1,2024-01-01\nu1,j2,0,2024-01-02\nu2,j1,-1,2024-01-03\n"
     root = write_market(tmp_path / "m", interactions=log)
@@ -242,6 +242,9 @@ def test_a_click_logs_binary_label_gives_the_events(tmp_path: Path, caplog: pyte
     with pytest.raises(DataValidationError, match=r"interactions\.csv: column 'label', row 2: label 'yes' is not "
                                                   r"binary"):
         load_job_market(DataConfig(path=str(bad)))
+    clicks = DataConfig(path=str(root), columns={"interactions": {"label": "clicked"}}, positive_events=("click",),
+                        negative_events=("view",))
+    assert load_job_market(clicks).interactions["event"].tolist() == ["click", "view", "view"]  # still positives
     both = write_market(tmp_path / "e", interactions="user_id,job_id,event,label\nu1,j1,view,1\n")
     assert load_job_market(DataConfig(path=str(both))).interactions["event"].tolist() == ["view"]  # events win
 

@@ -105,8 +105,26 @@ def test_an_entry_older_than_the_change_log_is_scanned_anew(served, monkeypatch)
     cache = ScoreCache(ranker, 1 << 20)
     user = users_of(extractor, [1])
     cache.scores(user)
-    for day in (20, 60, 200):  # three changes: the first falls out of a log of two
-        ranker.at(T0 + day * MICROS_PER_DAY)
-    assert ranker.version == 3 and ranker.changed_since(0) is None and ranker.changed_since(1) is not None
+    ranker.at(T0 + 200 * MICROS_PER_DAY)  # a real move first, so the scores differ
+    for rows in ([1], [2]):  # two more (logged as changes; the sides stay): the first falls out of a log of two
+        ranker._changed(np.array(rows))
+    assert ranker.version == 3 and ranker.changed_since(0) is None and ranker.changed_since(1).tolist() == [1, 2]
     torch.testing.assert_close(cache.scores(user), ranker.score_all(user), atol=0, rtol=0)
+    assert cache.stats == {"hits": 0, "misses": 2, "rescored_rows": 0}
+
+
+def test_the_change_log_holds_no_more_rows_than_the_catalog(served):
+    """Past a catalog's worth of rows a fresh scan costs less than replaying them: older changes are dropped (and
+    a kept scan that would rescore over a quarter of the catalog is scanned anew)."""
+    model, extractor = served
+    ranker = CatalogRanker(model, extractor, time=T0)
+    everything = np.arange(ranker.n_jobs)
+    ranker._changed(everything[:5])
+    ranker._changed(everything)
+    assert ranker.changed_since(0) is None and len(ranker.changed_since(1)) == ranker.n_jobs
+    cache = ScoreCache(ranker, 1 << 20)
+    user = users_of(extractor, [1])
+    cache.scores(user)
+    ranker._changed(everything[: ranker.n_jobs // 2])
+    cache.scores(user)
     assert cache.stats == {"hits": 0, "misses": 2, "rescored_rows": 0}
