@@ -270,15 +270,12 @@ def to_datetimes(series: pd.Series, path: Path, column: str) -> pd.Series:
             raise cell_error(path, column, i, f"{series.iloc[i]!r} is out of range: epoch seconds must be in "
                                               f"[0, {_EPOCH_RANGE[1]:.0f}] ({_date_range()})")
         return pd.to_datetime(seconds, unit="s")
+    dayfirst = _day_first(series, path, column)
     with warnings.catch_warnings():  # "could not infer format": fine, rows are then parsed one by one
         warnings.simplefilter("ignore", UserWarning)
-        parsed = pd.to_datetime(series, errors="coerce", utc=True)
+        parsed = pd.to_datetime(series, errors="coerce", utc=True, dayfirst=dayfirst)
         if (parsed.isna() & series.notna()).any():  # the format inferred from the first row did not fit every row
-            # 02/01/2025 then 13/01/2025: the file is day-first. Row by row ("mixed") would read the first as
-            # February and the second as January, silently.
-            parsed = pd.to_datetime(series, errors="coerce", utc=True, dayfirst=True)
-        if (parsed.isna() & series.notna()).any():  # several formats in one column
-            parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
+            parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed", dayfirst=dayfirst)
     bad = parsed.isna() & series.notna()
     if bad.any():
         i = first_true(bad)
@@ -289,6 +286,29 @@ def to_datetimes(series: pd.Series, path: Path, column: str) -> pd.Series:
         i = first_true(outside)
         raise cell_error(path, column, i, f"{series.iloc[i]!r} is out of range ({_date_range()})")
     return parsed
+
+
+_NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b")  # 02/01/2025, 2.1.25; not ISO
+
+
+def _day_first(series: pd.Series, path: Path, column: str) -> bool:
+    """Whether a column of numeric dates (02/01/2025) is day-first, read from the whole column: a first number
+    above 12 makes it day-first, a second one month-first (both: refused). Row by row, 02/01/2025 then
+    13/01/2025 would read as February, then January, silently. Undecided (every number up to 12): month-first,
+    pandas' reading."""
+    values = series.dropna()
+    if series.dtype.kind in "mM" or not len(values) or not _NUMERIC_DATE.match(str(values.iloc[0])):
+        return False  # ISO and other formats pay nothing here
+    parts = values.astype(str).str.extract(_NUMERIC_DATE)
+    if parts.empty or parts[0].isna().any():  # not a column of numeric dates throughout
+        return False
+    first, second = parts[0].astype(int), parts[1].astype(int)
+    if (first > 12).any() and (second > 12).any():
+        i = series.index.get_loc(second[second > 12].index[0])
+        other = series.loc[first[first > 12].index[0]]
+        raise cell_error(path, column, i, f"{series.iloc[i]!r} is month-first, while {other!r} is day-first; write "
+                                          "the dates one way (ISO: 2025-01-13)")
+    return bool((first > 12).any())
 
 
 def _date_range() -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from convfm.config import DataConfig
 from convfm.data.loading import build_examples, load_job_market, load_table, read_frame
+from convfm.data.readers import to_datetimes
 from convfm.errors import ConfigError, DataValidationError
 
 BAD = Path(__file__).resolve().parents[1] / "data" / "bad"
@@ -199,6 +200,16 @@ def test_day_first_dates_are_read_day_first_throughout(tmp_path: Path) -> None:
     market = load_job_market(DataConfig(path=str(write_market(tmp_path, interactions=log))))
     assert market.interactions["timestamp"].tolist() == [int(pd.Timestamp(t).value // 1000) for t in
                                                          ("2025-01-02T10:00", "2025-01-13T09:30")]
+    path = Path("x.csv")
+    mixed = to_datetimes(pd.Series(["02/01/2025", "13/01/2025 10:00"]), path, "t")  # two formats, one order
+    assert mixed.tolist() == [pd.Timestamp("2025-01-02"), pd.Timestamp("2025-01-13T10:00")]
+    assert to_datetimes(pd.Series(["02/01/2025", "12/25/2025"]), path, "t").tolist() == [
+        pd.Timestamp("2025-02-01"), pd.Timestamp("2025-12-25")]  # month-first throughout
+    with pytest.raises(DataValidationError, match=r"row 2: '01/25/2025' is month-first, while '13/01/2025' is "
+                                                  r"day-first"):
+        to_datetimes(pd.Series(["13/01/2025", "01/25/2025"]), path, "t")
+    with pytest.raises(DataValidationError, match=r"row 3: cannot parse '2025-13-01'"):  # ISO is never day-first
+        to_datetimes(pd.Series(["2025-01-02", "2025-03-04", "2025-13-01"]), path, "t")
 
 
 def test_market_knows_whether_timestamps_are_dates(tmp_path: Path) -> None:
