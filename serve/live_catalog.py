@@ -9,8 +9,8 @@ it already has) and indexed when the scorer has a retrieval index; display colum
 the popularity fallback follow (a new job has no interactions yet: popularity 0, last among equals). Expired
 jobs stay in the catalog (``GET /jobs/{id}`` shows them) but ``/recommend`` leaves them out unless
 ``filters.include_expired``: an expiry is a time, checked per request in the filter mask (which the retrieval
-index applies before its candidate scan), so the index keeps expired rows. The model's own jobs start with
-their training data's expiry (``Scorer``), unless all had expired when it loaded.
+index applies before its candidate scan), so the index keeps expired rows. The model's own jobs also expire at
+their training data's expiry (``Scorer.model_alive``), until a delta replaces them.
 """
 from __future__ import annotations
 
@@ -106,9 +106,10 @@ def answer(scorer: Any, method: str, requests: Sequence[Any]) -> list[Any]:
 
 def job_detail(scorer: Any, job_id: str) -> dict[str, Any]:
     """``GET /jobs/{id}``: the job's display fields, its live expiry and the catalog version."""
+    now = now_micros()
     with scorer.live_jobs.lock:
         record = scorer.job(job_id)
-        expires = int(scorer.live_jobs.expires[scorer.extractor.job_rows[str(job_id)]])
+        expires = scorer.expires(scorer.extractor.job_rows[str(job_id)], now)
         version = scorer.live_jobs.version
     return {**record, "expires_at": None if expires == NEVER else pd.Timestamp(expires * 1000).isoformat(),
-            "expired": expires <= now_micros(), "catalog_version": version}
+            "expired": expires <= now, "catalog_version": version}

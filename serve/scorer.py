@@ -31,6 +31,7 @@ from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
 from convfm.model.score_cache import ScoreCache
+from convfm.data.liveness import NEVER
 from convfm.store.registry import model_identity
 from convfm.store.serving_data import DISPLAY_COLUMNS, SERVING_NAME, ServingData
 from convfm.features.text import clean_value
@@ -130,26 +131,31 @@ class Scorer:
         self.positive_events = tuple(loaded.extra.get("data_config", {}).get(
             "positive_events", DataConfig().positive_events))
         self.live_jobs = LiveJobs(self.n_jobs)  # live catalog applied on top (serve.live_catalog)
-        self.model_jobs_expire = self._expire_model_jobs(now_micros())
+        recency = self.ranker.recency  # the model's jobs expire too, at their training data's expiry (model_alive)
+        self.model_expires = None if recency is None else recency.expires[: self.n_jobs].copy()
         self.retrieval_candidates = retrieval_candidates
         self.index = RetrievalIndex(self.ranker) if retrieval_candidates else None  # None: exact full scan
         self.cache = ScoreCache(self.ranker, score_cache_mib * 2**20 if self.index is None else 0)
 
-    def _expire_model_jobs(self, now: int) -> bool:
-        """Give the model's own jobs their training data's expiry (``expires_at``, else ``job_lifetime_days``
-        after ``posted_at``), so ``/recommend`` leaves them out once it passes, as it does for jobs expired
-        through ``POST /jobs``. Unless every one of them has expired by ``now`` (an old log replayed, a demo
-        market): the catalog then serves as trained, with a warning. Whether the expiry applies."""
-        recency = self.ranker.recency
-        if recency is None:  # no job calendar
-            return False
-        expires = recency.expires[: self.n_jobs]
-        if not (expires[1:] > now).any():
-            log.warning("%s: every job of the model's catalog expired by its training data (an old log?); serving "
-                        "them as trained (expire jobs through POST /jobs)", self.path)
-            return False
-        self.live_jobs.expires[: len(expires)] = expires
-        return True
+    def model_alive(self, now: int) -> Optional[np.ndarray]:
+        """(N,) bool: the model's own jobs not past their training data's expiry (``expires_at``, else
+        ``job_lifetime_days`` after ``posted_at``) at ``now``, every row the live catalog added or replaced True;
+        None when that expiry does not apply: no job calendar, or every one of the model's jobs has expired (an
+        old log replayed, the 2024 demo market, a model far older than its jobs), which then serve as trained."""
+        if not self.model_expiry_applies(now):
+            return None
+        alive = self.model_expires > now
+        return np.concatenate([alive, np.ones(len(self.extractor.job_ids) - len(alive), dtype=bool)])
+
+    def model_expiry_applies(self, now: int) -> bool:
+        return self.model_expires is not None and bool((self.model_expires[1:] > now).any())
+
+    def expires(self, row: int, now: int) -> int:
+        """Catalog row ``row``'s expiry as ``/recommend`` applies it at ``now`` (``NEVER``: none)."""
+        live, model = int(self.live_jobs.expires[row]), self.model_expires
+        if model is not None and row < len(model) and self.model_expiry_applies(now):
+            return min(live, int(model[row]))
+        return live
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", retrieval_candidates: int = 0,
@@ -192,6 +198,9 @@ class Scorer:
         """Job sides (and index entries) of the extractor's catalog ``rows`` the live catalog appended or
         replaced (``serve.live_catalog``)."""
         self.ranker.put_jobs(rows)
+        if self.model_expires is not None:  # the live catalog now sets these jobs' expiry
+            rows = np.asarray(rows, dtype=np.int64)
+            self.model_expires[rows[rows < len(self.model_expires)]] = NEVER
         if self.index is not None:
             self.index.add(rows)
 
@@ -200,7 +209,7 @@ class Scorer:
         return {"name": self.name, "version": self.version, "path": public_text(str(self.path)),
                 "loaded_at": self.loaded_at, "metrics": self.metrics, "jobs": self.n_jobs - 1,
                 "catalog_version": self.live_jobs.version, "score_cache": self.cache.info(),
-                "model_jobs_expire": self.model_jobs_expire,
+                "model_jobs_expire": self.model_expiry_applies(now_micros()),
                 "users": len(self.extractor.user_catalog) - 1,
                 "fields": [f.name for f in self.extractor.feature_map.fields]}
 
@@ -253,8 +262,8 @@ class Scorer:
         return known, table, np.array(rows, dtype=np.int64)
 
     def _mask(self, filters: Filters) -> Optional[np.ndarray]:
-        """(N,) bool of catalog rows passing every filter and, unless ``include_expired``, not expired by the live
-        catalog; None when every row passes."""
+        """(N,) bool of catalog rows passing every filter and, unless ``include_expired``, not expired (by the live
+        catalog, or by the training data: ``model_alive``); None when every row passes."""
         mask = None
         for column in FILTER_COLUMNS:
             value = getattr(filters, column)
@@ -270,7 +279,13 @@ class Scorer:
             with np.errstate(invalid="ignore"):
                 hit = self.salary_top >= filters.salary_min
             mask = hit if mask is None else mask & hit
-        return mask if filters.include_expired else self.live_jobs.unexpired(mask)
+        if filters.include_expired:
+            return mask
+        now = now_micros()
+        alive = self.model_alive(now)
+        if alive is not None:
+            mask = alive if mask is None else mask & alive
+        return self.live_jobs.unexpired(mask, now)
 
     # ---------------------------------------------------------------------------------------- recommend
     def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[Any]:

@@ -201,28 +201,37 @@ def test_kept_scans_answer_as_fresh_ones(scorer, tiny):
 
 
 def test_the_models_jobs_leave_recommendations_at_their_training_datas_expiry(tiny, monkeypatch):
-    """A daily-trained model's jobs expire while it serves: past their data's expires_at they are not recommended,
-    and GET /jobs/{id} says so. A catalog that had all expired at load (an old log) serves as trained."""
+    """A daily-trained model's jobs expire while it serves: past their data's expiry they are not recommended,
+    and GET /jobs/{id} says so; a job the live catalog replaces takes its expiry from there. Once every one has
+    expired (an old log), the catalog serves as trained: the rule reads the request's time, so every replica,
+    whenever it loaded, answers alike."""
+    from convfm.data.liveness import NEVER
     from serve import scorer as scorer_module
     from serve.live_catalog import job_detail
-    from convfm.store import live_catalog
 
-    expires = Scorer.load(tiny.entry / "v0001").ranker.recency.expires[1:]
-    now = int(np.median(expires[expires < np.iinfo(np.int64).max]))  # half the dated jobs expired by then
-    for module in (scorer_module, live_catalog):
-        monkeypatch.setattr(module, "now_micros", lambda: now)
     served = Scorer.load(tiny.entry / "v0001")
-    assert served.model_jobs_expire and served.info()["model_jobs_expire"]
+    expires = served.ranker.recency.expires[1: served.n_jobs]
+    assert (expires < NEVER).all()  # every job of the tiny market has a window
+    now = int(np.median(expires))  # half the jobs expired by then
+    monkeypatch.setattr(scorer_module, "now_micros", lambda: now)
+    monkeypatch.setattr("serve.live_catalog.now_micros", lambda: now)
+    assert served.info()["model_jobs_expire"]
     user = tiny.data.frames["train"]["user_id"].iloc[0]
     items = served.recommend_many([rec(user_id=user, k=100)])[0]["items"]
     rows = [served.extractor.job_rows[i["job_id"]] for i in items]
     assert 0 < len(items) < 100 and (served.ranker.recency.expires[rows] > now).all()  # only live ones
-    gone = served.extractor.job_ids[1 + int(np.argmin(expires))]
-    assert job_detail(served, gone)["expired"] and job_detail(served, gone)["expires_at"] is not None
+    gone = int(1 + np.argmin(expires))
+    detail = job_detail(served, served.extractor.job_ids[gone])
+    assert detail["expired"] and detail["expires_at"] is not None
     everything = served.recommend_many([rec(user_id=user, k=100, filters={"include_expired": True})])[0]["items"]
     assert any(served.ranker.recency.expires[served.extractor.job_rows[i["job_id"]]] <= now for i in everything)
-    monkeypatch.setattr(scorer_module, "now_micros", lambda: int(expires.max()) + 1)
-    assert not Scorer.load(tiny.entry / "v0001").model_jobs_expire  # all expired at load: as trained
+    later = int(expires.max()) + 1
+    monkeypatch.setattr(scorer_module, "now_micros", lambda: later)
+    assert not served.info()["model_jobs_expire"]
+    assert len(served.recommend_many([rec(user_id=user, k=100)])[0]["items"]) == 100  # as trained
+    monkeypatch.setattr(scorer_module, "now_micros", lambda: now)
+    served.put_jobs(np.array([gone]))  # the live catalog replaced it (no expiry given there)
+    assert not job_detail(served, served.extractor.job_ids[gone])["expired"]
 
 
 def test_history_ids_the_catalog_does_not_know_are_named(scorer, tiny):
