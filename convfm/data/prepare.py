@@ -139,9 +139,29 @@ def prepare_data(
     if windows is None:
         log.info("%s: interaction timestamps are numbers or row order, not date/times: job liveness is not "
                  "checked (windows=None)", market.source.get("interactions", config.path))
-    return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=load_truth(config.path), jobs=jobs,
-                        windows=windows, split_starts=splits.starts, oracle=load_oracle(config.path),
-                        seen=interacted_pairs(market, config), popularity=popularity)
+    oracle, truth = _ground_truth(config.path, catalog, frames)
+    return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=truth, jobs=jobs, windows=windows,
+                        split_starts=splits.starts, oracle=oracle, seen=interacted_pairs(market, config),
+                        popularity=popularity)
+
+
+def _ground_truth(path: str, catalog: np.ndarray, frames: dict[str, pd.DataFrame]) -> tuple[Optional[Any], Any]:
+    """A synthetic market's (oracle, truth.csv) when the oracle knows every catalog job and every user of the
+    examples, else (None, None) with a warning: a market grown past what was generated (the service's event log,
+    jobs posted live) has no ground truth for the new ones, and an oracle column over part of it would mislead.
+    Real data: (None, None)."""
+    oracle = load_oracle(path)
+    if oracle is None:
+        return None, load_truth(path)
+    users = pd.unique(pd.concat([f["user_id"] for f in frames.values()]))
+    new_jobs = int((~pd.Index(catalog.astype(str)).isin(oracle.job_ids.astype(str))).sum())
+    new_users = int((~pd.Index(users.astype(str)).isin(oracle.user_ids.astype(str))).sum())
+    if new_jobs or new_users:
+        log.warning("%s/oracle.npz: no oracle column: the data holds %d job(s) and %d user(s) the synthetic market "
+                    "did not generate (an event log's, jobs posted live), which it has no truth for", path,
+                    new_jobs, new_users)
+        return None, None
+    return oracle, load_truth(path)
 
 
 def _check_table_fields(config: DataConfig, extractor: Any) -> None:

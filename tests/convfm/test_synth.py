@@ -178,3 +178,22 @@ def test_small_and_invalid_sizes() -> None:
     assert 1 <= len(tiny.interactions) <= 5 and not tiny.interactions.duplicated(["user_id", "job_id"]).any()
     with pytest.raises(ValueError, match=r"users: must be an integer >= 1, got 0"):
         generate_market(users=0, jobs=10, interactions=10)
+
+
+def test_a_market_grown_past_what_was_generated_has_no_oracle(tmp_path: Path, caplog) -> None:
+    """Day 2 of the daily loop: the event log names a job posted live and a new user. The oracle has no truth for
+    them (it raised "unknown job id" inside validation), so the data gets no oracle column, with a warning."""
+    from convfm.data.prepare import prepare_data
+
+    write_market(generate_market(users=200, jobs=150, interactions=2_000, seed=1), tmp_path)
+    assert prepare_data(DataConfig(path=str(tmp_path))).oracle is not None
+    jobs = pd.read_csv(tmp_path / "jobs.csv", dtype=str)
+    new_job = jobs.iloc[[0]].assign(job_id="j-new-0001")
+    pd.concat([jobs, new_job]).to_csv(tmp_path / "jobs.csv", index=False)
+    log = pd.read_csv(tmp_path / "interactions.csv", dtype=str)
+    applied = log.iloc[[-1]].assign(job_id="j-new-0001", user_id="u-new", event="apply")
+    pd.concat([log, applied]).to_csv(tmp_path / "interactions.csv", index=False)
+    with caplog.at_level("WARNING"):
+        grown = prepare_data(DataConfig(path=str(tmp_path)))
+    assert grown.oracle is None and grown.truth is None
+    assert "no oracle column: the data holds 1 job(s) and 1 user(s) the synthetic market did not" in caplog.text
