@@ -36,15 +36,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                  help=f"environment variable holding the service's API key (default {DEFAULT_KEY_ENV})")
 
 
-def tell_service(url: str, key_env: str, version: str) -> dict[str, Any]:
+def service_key(key_env: str) -> str:
+    """The service's API key from ``key_env``; checked before the registry moves, so a missing key changes
+    nothing."""
+    key = os.environ.get(key_env)
+    if not key:
+        raise ConvFMError(f"--api-key-env: environment variable {key_env} is not set (POST /admin/reload needs "
+                          "the service's API key); the registry was not changed")
+    return key
+
+
+def tell_service(url: str, key: str, version: str) -> dict[str, Any]:
     """``POST /admin/reload {"version": ...}``: every replica serves ``version`` to all users, or the service
     keeps what it serves and this raises ConvFMError with its reason."""
     import requests
 
-    key = os.environ.get(key_env)
-    if not key:
-        raise ConvFMError(f"--api-key-env: environment variable {key_env} is not set (POST /admin/reload needs "
-                          "the service's API key)")
     try:
         response = requests.post(f"{url.rstrip('/')}/admin/reload", json={"version": version},
                                  headers={"X-API-Key": key}, timeout=600)
@@ -71,9 +77,10 @@ def run(args: argparse.Namespace) -> int:
         for record in history:
             print(f"{record.get('at')}  {record.get('action')} {record['version']} (was {record.get('previous')})")
         return 0
+    key = service_key(args.api_key_env) if args.url else None
     record = promote(entry, args.version) if args.action == "promote" else rollback(entry)
     print(f"{args.entry}: {record['action']} {record['version']} (was {record['previous']})")
-    if args.url:
-        tell_service(args.url, args.api_key_env, record["version"])
+    if key is not None:
+        tell_service(args.url, key, record["version"])
         print(f"{args.url}: serving {record['version']} to all traffic")
     return 0

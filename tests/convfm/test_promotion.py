@@ -82,3 +82,12 @@ def test_publish_adds_a_version_and_moves_latest_only_before_the_first_promotion
     promote(entry, "v0001")
     assert main(["models", "publish", str(model), str(entry)]) == 0
     assert (entry / "v0004").is_dir() and latest(entry) == "v0001"
+
+
+def test_telling_a_service_without_its_key_changes_nothing(entry, capsys, monkeypatch):
+    """The key is checked before the registry moves: a refusal must leave the registry as it was."""
+    monkeypatch.delenv("CONVFM_API_KEY", raising=False)
+    assert main(["models", "promote", str(entry), "v0001", "--url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "environment variable CONVFM_API_KEY is not set" in err and "the registry was not changed" in err
+    assert latest(entry) == "v0002" and promotion_history(entry) == []
