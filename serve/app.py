@@ -80,6 +80,10 @@ class Api:
         except ConvFMError as exc:  # the replicas still read the latest when they load the model
             log.warning("live catalog: cannot read its version at start-up: %s", exc)
 
+    async def __del__(self) -> None:
+        """Serve awaits this when it stops the replica (SIGTERM, a redeploy): buffered impressions are written."""
+        await self.events.close()
+
     def check_health(self) -> None:
         """Called by Serve every few seconds: with the Ranker in this process, a replica whose model gave up
         loading is replaced, as a Ranker replica would be."""

@@ -57,6 +57,7 @@ class EventWriter:
         self._writing = asyncio.Lock()
         self._impressions: list[dict[str, Any]] = []  # not yet written (best effort: lost if the process dies)
         self._since = time.monotonic()
+        self._timer: Optional[asyncio.Task] = None  # writes the buffer IMPRESSION_FLUSH_S after its first record
 
     def impression(self, result: dict[str, Any]) -> dict[str, Any]:
         """``result`` (a /recommend answer) with a fresh ``impression_id``; its impression record is buffered
@@ -65,11 +66,33 @@ class EventWriter:
         if self.root is not None:
             if not self._impressions:
                 self._since = time.monotonic()
+                self._arm_timer()
             self._impressions.append({
                 "event_id": result["impression_id"], "type": event_log.IMPRESSION, "user_id": result["user_id"],
                 "job_ids": [i["job_id"] for i in result["items"]], "model_version": result["model_version"],
                 "timestamp": event_log.iso(dt.datetime.now(dt.timezone.utc)), "fallback": result.get("fallback")})
         return result
+
+    def _arm_timer(self) -> None:
+        """Write the buffer ``IMPRESSION_FLUSH_S`` from now even if no request comes to do it (an idle service
+        kept its last impressions until the next request, and lost them at shutdown)."""
+        if self._timer is not None and not self._timer.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside an event loop (tests): requests and close() still write it
+            return
+        self._timer = loop.create_task(self._flush_after(IMPRESSION_FLUSH_S))
+
+    async def _flush_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self.flush()
+
+    async def close(self) -> None:
+        """Write what is buffered (the service is stopping) and stop the timer."""
+        if self._timer is not None and not self._timer.done() and self._timer is not asyncio.current_task():
+            self._timer.cancel()
+        await self.flush()
 
     def due(self, every_s: float = IMPRESSION_FLUSH_S, most: int = IMPRESSION_BATCH) -> bool:
         """Whether buffered impressions should be written now (the oldest waited ``every_s``, or ``most``)."""

@@ -158,3 +158,28 @@ def test_impressions_are_logged_before_the_events_that_cite_them(tiny, tmp_path)
     assert records[0]["job_ids"] == [i["job_id"] for i in answers[0]["items"]]
     row = feedback_report(events_location(tmp_path))["versions"]["v0001"]
     assert row["impressions"] == 3 and row["click"]["impressions_with"] == 1
+
+
+def test_an_idle_service_writes_its_impressions_and_so_does_a_stopping_one(tmp_path, monkeypatch):
+    """The buffer is written IMPRESSION_FLUSH_S after its first record though no request comes to do it, and at
+    close (Serve stops the Api): before, an idle service kept them until the next request, and a SIGTERM lost
+    them."""
+    import asyncio
+
+    from serve import events as events_module
+    from serve.events import EventWriter
+
+    monkeypatch.setattr(events_module, "IMPRESSION_FLUSH_S", 0.05)
+    answer = {"user_id": "u1", "model_version": "v0001", "items": [{"job_id": "j1"}]}
+
+    async def scenario() -> list[int]:
+        writer = EventWriter(tmp_path)
+        writer.impression(answer)
+        await asyncio.sleep(0.5)  # idle: the timer writes it
+        counts = [len(logged(tmp_path))]
+        writer.impression(answer)
+        await writer.close()  # stopping: written at once
+        counts.append(len(logged(tmp_path)))
+        return counts
+
+    assert asyncio.run(scenario()) == [1, 2]
