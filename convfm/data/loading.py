@@ -163,6 +163,7 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
             tables["interactions"]["timestamp"] = np.arange(len(tables["interactions"]), dtype=np.int64)
     if config.events:
         tables["interactions"], calendar = _with_event_log(tables.get("interactions"), calendar, source, config)
+        tables["jobs"] = _with_live_jobs(tables["jobs"], source, config)
     interactions = tables["interactions"]
     if not calendar:
         logger.warning("%s: no date/time timestamps (%s): time is the row order or the numbers given, so job "
@@ -177,6 +178,23 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
                            pd.unique(interactions[key][unknown])[:3].tolist())
     return JobMarket(jobs=tables["jobs"], users=tables.get("users"), interactions=interactions, source=source,
                      calendar=calendar)
+
+
+def _with_live_jobs(jobs: pd.DataFrame, source: dict[str, str], config: DataConfig) -> pd.DataFrame:
+    """The jobs table with the live catalog beside the event log (``<live store>/catalog/``, what the service's
+    ``POST /jobs`` wrote) applied: events on jobs posted live then train with those jobs' fields."""
+    from convfm.store import storage
+    from convfm.store.live_catalog import CatalogStore, jobs_after  # it reads loaded tables: imports this module
+
+    store = CatalogStore(storage.parent(config.events))
+    deltas = store.read()
+    if not deltas:
+        return jobs
+    jobs, counts = jobs_after(jobs, deltas)
+    source["jobs"] = f"{source['jobs']} + {store.root}"
+    logger.info("%s: live catalog v%d applied to the jobs: %d added, %d replaced, %d expired", store.root,
+                deltas[-1].version, counts["added"], counts["replaced"], counts["expired"])
+    return jobs
 
 
 def _with_event_log(interactions: Optional[pd.DataFrame], calendar: bool, source: dict[str, str],

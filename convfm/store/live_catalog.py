@@ -105,6 +105,36 @@ def upserted_jobs(upsert: Sequence[Mapping[str, Any]]) -> UpsertedJobs:
     return UpsertedJobs(frame, posted, expires)
 
 
+def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """A loaded jobs table (canonical columns, ``posted_at``/``expires_at`` datetimes) as ``deltas`` left it,
+    in order: an upsert replaces the job of its id or is appended, an expiry sets ``expires_at``. Training on
+    the service's event log reads it, so the jobs posted live carry their fields, not the unknown job's. Returns
+    the table and counts (added, replaced, expired)."""
+    table = jobs.set_index("job_id", drop=False)
+    counts = {"added": 0, "replaced": 0, "expired": 0}
+    for delta in deltas:
+        if delta.upsert:
+            new = upserted_jobs(delta.upsert)
+            frame = new.frame.assign(posted_at=_datetimes(new.posted), expires_at=_datetimes(new.expires))
+            frame = frame.set_index("job_id", drop=False).reindex(columns=table.columns)
+            known = frame.index.isin(table.index)
+            counts["replaced"] += int(known.sum())
+            counts["added"] += int((~known).sum())
+            table = pd.concat([table.drop(index=frame.index[known]), frame])
+        hit = [j for j in delta.expire if j in table.index]
+        if hit and "expires_at" in table.columns:
+            times = _datetimes(np.array([delta.expire[j] for j in hit], dtype=np.int64)).to_numpy()
+            table.loc[hit, "expires_at"] = times
+            counts["expired"] += len(hit)
+    return table.reset_index(drop=True), counts
+
+
+def _datetimes(micros: np.ndarray) -> pd.Series:
+    """int64 microseconds -> naive UTC datetimes, ``NEVER`` (no expiry) -> NaT."""
+    values = np.asarray(micros, dtype=np.int64)
+    return pd.Series(np.where(values == NEVER, np.datetime64("NaT"), values.astype("datetime64[us]")))
+
+
 def grown(values: np.ndarray, n: int, fill: Any) -> np.ndarray:
     """``values`` (M,) extended to n rows with ``fill`` (a copy: readers may hold the old array)."""
     return np.concatenate([values, np.full(n - len(values), fill, dtype=values.dtype)])

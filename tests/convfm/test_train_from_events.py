@@ -84,3 +84,32 @@ def test_train_flag_and_a_model_trained_from_the_log(market):
     model, history = fit_in_process(data, ModelConfig(embedding_dim=8, conv_filters=8, hidden_dims=(16,)),
                                     TrainConfig(num_epochs=1, batch_size=256, eval_negatives=10, use_amp=False))
     assert len(data.frames["train"]) > 1000 and np.isfinite(history[-1]["val_roc_auc"])
+
+
+def test_jobs_posted_live_train_with_their_fields(market, tmp_path):
+    """Day 2: users applied to jobs posted through POST /jobs. The live catalog beside the event log is applied
+    to the jobs table (added, replaced, expired), so those events train with the jobs' fields, not as unknown
+    jobs."""
+    from convfm.store.live_catalog import CatalogStore
+
+    root, _, _, _ = market
+    live = tmp_path / "live"
+    first = pd.read_csv(root / "jobs.csv", dtype=str).iloc[0]
+    posted = int(pd.Timestamp("2024-03-01").value // 1000)
+    store = CatalogStore(live)
+    store.append(upsert=[{"job_id": "j-new", "title": "Data Engineer", "skills": ["python", "sql"],
+                          "location": "Berlin", "posted_at": posted}], now=posted)
+    store.append(upsert=[{"job_id": first["job_id"], "title": "Renamed", "posted_at": posted}],
+                 expire=["j000002"], now=posted + 1)
+    EventLog.open(live / "events").append([{"event_id": "a1", "type": "apply", "user_id": "u-new",
+                                           "job_id": "j-new", "timestamp": iso(parse_time("2024-03-02"))}])
+    loaded = load_job_market(DataConfig(path=str(root), events=str(live / "events")))
+    jobs = loaded.jobs.set_index("job_id")
+    assert jobs.loc["j-new", "title"] == "Data Engineer" and jobs.loc["j-new", "skills"] == "python;sql"
+    assert jobs.loc["j-new", "posted_at"] == pd.Timestamp("2024-03-01")
+    assert jobs.loc[first["job_id"], "title"] == "Renamed" and jobs.index.is_unique
+    assert jobs.loc["j000002", "expires_at"] == pd.Timestamp("2024-03-01") + pd.Timedelta(microseconds=1)
+    assert len(jobs) == len(pd.read_csv(root / "jobs.csv")) + 1
+    assert "catalog" in loaded.source["jobs"]
+    data = prepare_data(DataConfig(path=str(root), events=str(live / "events")))  # it crashed on the oracle
+    assert data.oracle is None and "j-new" in set(data.catalog)
