@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     key = service_key(args.api_key_env) if args.url else None
     record = promote(entry, args.version) if args.action == "promote" else rollback(entry)
-    print(f"{args.entry}: {record['action']} {record['version']} (was {record['previous']})")
+    was = "it was latest already" if record["previous"] == record["version"] else f"was {record['previous']}"
+    print(f"{args.entry}: {record['action']} {record['version']} ({was})")
     if key is not None:
         tell_service(args.url, key, record["version"])
         print(f"{args.url}: serving {record['version']} to all traffic")

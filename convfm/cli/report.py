@@ -10,7 +10,7 @@ from convfm.store.storage import local_or_uri
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", required=True, metavar="LOG", help="the event log: a live store's events/ "
-                        "folder (models/NAME/live/events by default), local or a URI")
+                        "folder (the service writes models/NAME/live/events), local or a URI")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from convfm.errors import DataValidationError
-from convfm.store.event_log import IMPRESSION, read_log
+from convfm.store.event_log import IMPRESSION, list_segments, read_log
 
 RATED = ("click", "save", "apply")
 Z95 = 1.959963984540054
@@ -53,6 +53,9 @@ def feedback_report(root: str | Path) -> dict[str, Any]:
             else:
                 events.append(r)
     if not shown:
+        if not list_segments(root):
+            raise DataValidationError(f"{root}: no event log there (no segment files); the service writes it in "
+                                      "its live store: models/NAME/live/events")
         raise DataValidationError(f"{root}: the event log holds no impression records (the service writes one "
                                   f"per /recommend answer)")
     for version in sorted(set(shown.values())):

@@ -214,7 +214,8 @@ def rollback(entry: str | Path) -> dict[str, Any]:
     stack = promoted_stack(promotion_history(entry))
     if len(stack) < 2:
         raise ArtifactError(f"{storage.join(entry, HISTORY)}: no earlier promoted version to roll back to"
-                            + (f" (only {stack[0]} was promoted)" if stack else " (nothing was promoted)"))
+                            + (f" ({stack[0]} is the earliest promotion in force)" if stack
+                               else " (nothing was promoted)"))
     _version_of(entry, stack[-2])
     return _record(entry, {"action": "rollback", "version": stack[-2], "previous": stack[-1]})
 

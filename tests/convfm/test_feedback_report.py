@@ -70,3 +70,5 @@ def test_a_log_without_impressions_is_named(tmp_path):
     with pytest.raises(DataValidationError, match="holds no impression records"):
         feedback_report(tmp_path)
     assert main(["report", "--events", str(tmp_path / "nowhere")]) == 2
+    with pytest.raises(DataValidationError, match=r"nowhere: no event log there \(no segment files\)"):
+        feedback_report(tmp_path / "nowhere")

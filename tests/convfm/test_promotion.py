@@ -48,7 +48,7 @@ def test_promote_then_rollback(entry, tmp_path):
     rollback(entry)  # back to what latest named before the first promotion
     assert latest(entry) == "v0002"
     with pytest.raises(ArtifactError, match=f"{HISTORY}: no earlier promoted version to roll back to "
-                                            r"\(only v0002 was promoted\)"):
+                                            r"\(v0002 is the earliest promotion in force\)"):
         rollback(entry)
 
 
@@ -65,6 +65,9 @@ def test_errors_name_the_problem(entry, tmp_path):
 def test_the_commands(entry, capsys):
     assert main(["models", "promote", str(entry), "v0001"]) == 0
     assert capsys.readouterr().out.strip() == f"{entry}: promote v0001 (was v0002)"
+    assert main(["models", "promote", str(entry), "v0001"]) == 0
+    assert capsys.readouterr().out.strip() == f"{entry}: promote v0001 (it was latest already)"
+    assert main(["models", "rollback", str(entry)]) == 0
     assert main(["models", "rollback", str(entry)]) == 0
     assert latest(entry) == "v0002"
     assert main(["models", "list", str(entry)]) == 0
