@@ -81,9 +81,13 @@ def metrics_of(run: Path) -> str:
 
 
 def hit_rates(report: dict[str, Any]) -> str:
-    """A test report's (``evaluate_split``, ``convfm evaluate``) model and popularity figures, one line."""
-    return (f"test HR@10 {report['model']['hr@10']:.4f}, AUC {report['model']['roc_auc']:.4f}; popularity HR@10 "
-            f"{report['popularity']['hr@10']:.4f}")
+    """A test report's (``evaluate_split``, ``convfm evaluate``) model and popularity figures, one line; a metric
+    that could not be computed (null in the JSON report) shows as "-"."""
+    def shown(value: Any) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    return (f"test HR@10 {shown(report['model']['hr@10'])}, AUC {shown(report['model']['roc_auc'])}; popularity "
+            f"HR@10 {shown(report['popularity']['hr@10'])}")
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from convfm.config import DataConfig
 from convfm.data.loading import labelled_frame
 from convfm.data.partitioned import check_schemas, encode_batch, split_files
 from convfm.data.readers import TEXT_SUFFIXES, csv_separator
-from convfm.errors import ConfigError
+from convfm.errors import ConfigError, DataValidationError
 from convfm.features.counts import TableCounts
 from convfm.features.table import TableFeatureExtractor
 
@@ -64,7 +64,11 @@ def read_files(files: Sequence[Path], columns: Sequence[str]) -> ray.data.Datase
         return ray.data.read_parquet(paths, columns=columns, include_paths=True)
     convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns,
                                    strings_can_be_null=True)
-    parse = pacsv.ParseOptions(delimiter=csv_separator(files[0]))
+    separators = {csv_separator(p) for p in files}
+    if len(separators) > 1:  # one parse option for all: pyarrow would fail on the others without naming them
+        raise DataValidationError(f"{files[0].parent}: the text files use different separators "
+                                  f"{sorted(separators)}; write them one way")
+    parse = pacsv.ParseOptions(delimiter=separators.pop())
     return ray.data.read_csv(paths, convert_options=convert, parse_options=parse, include_paths=True)
 
 

@@ -111,8 +111,9 @@ def check_interaction_schemas(files: Iterable[Path], config: DataConfig) -> list
             raise DataValidationError(f"{path}: missing column(s) {missing}{why}; columns in the file: {columns}")
         has = [c for c in _READ if names[c] in columns]
         if present is not None and has != present:
-            raise DataValidationError(f"{path}: column {names['event']!r} is in some interactions files and not "
-                                      "in others")
+            differ = sorted(names[c] for c in set(has) ^ set(present))
+            raise DataValidationError(f"{path}: column(s) {differ} are in some interactions files and not in "
+                                      "others")
         present = has
         if path.suffix.lower() == ".parquet":
             _check_scalar_types(path, names, has)

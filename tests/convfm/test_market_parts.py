@@ -182,6 +182,14 @@ def test_epoch_seconds_are_dates_as_the_in_memory_loader_reads_them():
     assert typed["timestamp"].tolist() == [pd.Timestamp("2024-01-01T10:00:00").value // 1000]
 
 
+def test_interaction_files_must_agree_on_their_columns_naming_the_one_that_differs(tmp_path):
+    (tmp_path / "part-0.csv").write_text("user_id,job_id,label,timestamp\nu1,j1,1,2024-01-01\n")
+    (tmp_path / "part-1.csv").write_text("user_id,job_id,timestamp\nu1,j2,2024-01-02\n")
+    with pytest.raises(DataValidationError, match=r"part-1.csv: column\(s\) \['label'\] are in some interactions "
+                                                  r"files and not in others"):
+        check_interaction_schemas(sorted(tmp_path.iterdir()), DataConfig())
+
+
 def test_column_mappings_are_checked_as_the_in_memory_loader_checks_them(tmp_path):
     (tmp_path / "interactions.csv").write_text("member,job_id,timestamp\nu1,j1,2024-01-01\n")
     files = [tmp_path / "interactions.csv"]

@@ -85,3 +85,12 @@ def test_a_bad_cell_found_on_a_worker_reaches_the_cli_as_its_one_line(ray_local,
     error = user_error(failure.value)
     assert isinstance(error, DataValidationError)
     assert "train.parquet: column 'clicked', row 5: label '2' is not binary" in str(error)
+
+
+def test_text_parts_with_different_separators_are_refused_naming_them(tmp_path):
+    from train.prepare_distributed import read_files
+
+    (tmp_path / "part-0.csv").write_text("label,color\n1,red\n")
+    (tmp_path / "part-1.csv").write_text("label;color\n0;blue\n")
+    with pytest.raises(DataValidationError, match=r"the text files use different separators \[',', ';'\]"):
+        read_files(sorted(tmp_path.iterdir()), ["label", "color"])  # before any Ray Data call
