@@ -132,7 +132,8 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
 
     No event column: every row is ``config.default_event``; no timestamp column: row order is time order (and
     the market has no calendar). ``config.events`` (an event log) adds its events after the file's rows.
-    Interactions naming jobs (or users) absent from their table are kept, with a warning.
+    Interactions naming jobs (or users) absent from their table are kept, with a warning; when not one names a
+    job of the jobs table, the ids are written two ways and loading stops.
     """
     root = Path(config.path)
     if not root.is_dir():
@@ -172,6 +173,11 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
                        "plain numbers" if timed else "no timestamp column")
     for name, key in (("jobs", "job_id"), ("users", "user_id")):
         unknown = _index_in(interactions[key], tables[name][key]) < 0 if name in tables else None
+        if key == "job_id" and unknown is not None and len(unknown) and unknown.all():  # written two ways
+            raise DataValidationError(
+                f"{source['interactions']}: column {key!r}: no interaction names a {key} of {source[name]} (e.g. "
+                f"{interactions[key].iloc[0]!r} there, {tables[name][key].iloc[0]!r} in {source[name]}); the ids "
+                "must be written the same way in both files (leading zeros, prefixes)")
         if unknown is not None and unknown.any():
             logger.warning("%s: %d interaction(s) name %s(s) absent from %s (e.g. %s); their features will be "
                            "unknown", source["interactions"], int(unknown.sum()), key, source[name],

@@ -260,6 +260,16 @@ def test_a_click_logs_binary_label_gives_the_events(tmp_path: Path, caplog: pyte
     assert load_job_market(DataConfig(path=str(both))).interactions["event"].tolist() == ["view"]  # events win
 
 
+def test_job_ids_written_two_ways_are_refused(tmp_path: Path) -> None:
+    """Not one interaction names a job of the jobs file: the ids are written differently ("00121" and "121"), and
+    training would go on with no job features at all."""
+    jobs = "job_id,title\n00121,Data Engineer\n00122,Nurse\n"
+    root = write_market(tmp_path, jobs=jobs, users=None, interactions="user_id,job_id\nu1,121\nu2,122\n")
+    with pytest.raises(DataValidationError, match=r"interactions.csv: column 'job_id': no interaction names a job_id "
+                                                  r"of .*jobs.csv \(e.g. '121' there, '00121' in"):
+        load_job_market(DataConfig(path=str(root)))
+
+
 def test_loaded_market_types(tmp_path: Path) -> None:
     market = load_job_market(DataConfig(path=str(write_market(tmp_path))))
     jobs = market.jobs
