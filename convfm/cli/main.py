@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("convfm.cli.train", "train ConvFM with Ray Train on local CPU workers, GPUs or a cluster"),
     "tune": ("convfm.cli.tune", "hyperparameter search with Ray Tune (ASHA); publishes the best model"),
     "evaluate": ("convfm.cli.evaluate", "evaluate a saved model on a data split, beside a popularity baseline"),
+    "predict": ("convfm.cli.predict", "a table model's click probability for each row of a file"),
     "serve": ("convfm.cli.serve", "run the recommendation service (Ray Serve) until Ctrl-C"),
     "catalog": ("convfm.cli.catalog", "'catalog push jobs.csv --url URL': add or replace a running service's jobs"),
     "recommend": ("convfm.cli.recommend", "ask a running service for a user's top-k jobs"),
