@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from convfm.errors import ConfigError
 
 BATCH = 4096
@@ -24,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from convfm.config import DataConfig
     from convfm.data.loading import check_fields, typed_fields
     from convfm.data.readers import read_located

@@ -62,22 +62,22 @@ class ScoreCache:
     def scores(self, users: EncodedTable) -> torch.Tensor:
         """Logits (U, N) of every user against the whole catalog: kept rows brought up to date, the rest scanned
         in one pass."""
-        ranker, n = self.ranker, self.ranker.n_jobs
-        keys = [user_key(users, i) for i in range(len(users))] if self.budget_bytes else []
-        out = torch.empty((len(users), n), device=ranker.device)
-        missed = []
-        for i, key in enumerate(keys):
-            logits = self._current(key, users, i)
-            if logits is None:
-                missed.append(i)
-            else:
-                out[i] = logits
-        missed = missed if keys else list(range(len(users)))
+        ranker = self.ranker
+        if not self.budget_bytes:  # nothing is kept
+            self.stats["misses"] += len(users)
+            return ranker.score_all(users)
+        keys = [user_key(users, i) for i in range(len(users))]
+        kept = [self._current(key, users, i) for i, key in enumerate(keys)]
+        missed = [i for i, logits in enumerate(kept) if logits is None]
         self.stats["hits"] += len(users) - len(missed)
         self.stats["misses"] += len(missed)
+        out = torch.empty((len(users), ranker.n_jobs), device=ranker.device)
+        for i, logits in enumerate(kept):
+            if logits is not None:
+                out[i] = logits
         if missed:
             out[missed] = ranker.score_all(users.take(np.array(missed)))
-            for i in missed if keys else ():
+            for i in missed:
                 self._keep(keys[i], _Entry(ranker.version, out[i].clone()))
         return out
 
