@@ -76,9 +76,7 @@ def read_located(path: str | Path, id_columns: Iterable[str] = ()) -> tuple[pd.D
     if len(frame) == 0:
         raise DataValidationError(f"{path}: no data rows (columns: {list(frame.columns)})")
     frame.columns = [str(c).strip() for c in frame.columns]
-    repeated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
-    if repeated:  # names that differ only by surrounding spaces
-        raise DataValidationError(f"{path}: column name(s) {repeated} appear more than once in the header")
+    _refuse_repeated(path, list(frame.columns))  # names that differed only by surrounding spaces
     for column in id_columns:
         if column in frame.columns:
             frame[column] = id_strings(frame[column])
@@ -97,6 +95,13 @@ def csv_separator(path: Path) -> str:
     return "\t" if "\t" in header else (";" if ";" in header else ",")
 
 
+def _refuse_repeated(path: Path, names: list[str]) -> None:
+    """A column name twice in one header: a spec naming it would read one of the two without a word."""
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:
+        raise DataValidationError(f"{path}: column name(s) {repeated} appear more than once in the header")
+
+
 def header_names(path: Path) -> list[str]:
     """A delimited text file's column names, stripped, as written (pandas would rename repeats to NAME.1)."""
     with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
@@ -104,10 +109,7 @@ def header_names(path: Path) -> list[str]:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    names = header_names(path)
-    repeated = sorted({c for c in names if names.count(c) > 1})
-    if repeated:
-        raise DataValidationError(f"{path}: column name(s) {repeated} appear more than once in the header")
+    _refuse_repeated(path, header_names(path))  # before pandas renames a repeat to NAME.1
     try:
         frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig", sep=csv_separator(path))
     except UnicodeDecodeError:
