@@ -155,7 +155,7 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
     elif not storage.is_uri(target):
         Path(target).mkdir()
     summary = {"users": n_users, "users_with_rows": users_with_rows, "rows": rows, "k": k,
-               "exclude_seen": exclude_seen, "at": at,
+               "exclude_seen": exclude_seen, "at": _iso(at), "at_micros": at,
                "retrieval_candidates": retrieval_candidates,
                "event_log": events, "logged_pairs_seen": logged,
                "model": str(located), "model_version": model_identity(resolve(located))[1],

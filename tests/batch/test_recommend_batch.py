@@ -51,7 +51,8 @@ def test_every_user_gets_k_jobs_written_as_parquet_with_a_success_marker(ray_loc
     summary = json.loads((tmp_path / "recs" / "_SUCCESS.json").read_text())
     assert (summary["users"], summary["rows"], summary["workers"]) == (len(ids), 5 * len(ids), 1)
     assert summary["catalog_version"] == 1 and not list(tmp_path.glob(".recs.staging-*"))
-    expected = BatchRanker.load(resolve(entry), at=summary["at"], catalog=store).recommend(ids[:3], k=5)
+    assert pd.Timestamp(summary["at"]) == pd.Timestamp(summary["at_micros"], unit="us", tz="UTC")
+    expected = BatchRanker.load(resolve(entry), at=summary["at_micros"], catalog=store).recommend(ids[:3], k=5)
     got = out.set_index(["user_id", "rank"]).loc[expected.set_index(["user_id", "rank"]).index]
     assert got["job_id"].tolist() == expected["job_id"].tolist()
     assert "users/s per worker" in capsys.readouterr().out
