@@ -125,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` shuts down as cleanly as Ctrl-C
     try:
         with running_service(config, application) as (url, health):
-            print(f"convfm serving {health.get('model')} {health.get('version')} at {url}  (API docs: {url}/docs)")
+            split = "" if not config.traffic else " (traffic split: " + ", ".join(
+                f"{version} {weight * 100:g}%" for version, weight in config.traffic.items()) + ")"
+            print(f"convfm serving {health.get('model')} {health.get('version')}{split} at {url}  "
+                  f"(API docs: {url}/docs)")
             if config.host not in ("127.0.0.1", "localhost", "::1"):
                 print(f"warning: bound to {config.host}: reachable from other machines", flush=True)
             print("Ctrl-C to stop", flush=True)
