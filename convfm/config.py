@@ -125,6 +125,9 @@ class DataConfig(BaseConfig):
     events: Optional[str] = None
     # canonical name -> name in the user's file, per table: {"jobs": {"job_id": "id"}}
     columns: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
+    # kind "jobs": a job board's own columns beyond the canonical ones, as fields: {jobs: {industry: category,
+    # tags: list}, users: {discipline: category}} (convfm.features.extra_fields)
+    extra_columns: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
     positive_events: tuple[str, ...] = ("apply", "save")
     negative_events: tuple[str, ...] = ("view", "click", "dismiss")
     default_event: str = "apply"
@@ -214,6 +217,11 @@ class DataConfig(BaseConfig):
             require(table in ("jobs", "users", "interactions"), f"columns.{table}",
                     f"unknown table {table!r}; allowed: jobs, users, interactions")
             require(isinstance(mapping, Mapping), f"columns.{table}", "must map canonical -> actual name")
+        from convfm.features.extra_fields import check_extra_columns  # pandas: only once a data config is made
+
+        object.__setattr__(self, "extra_columns", check_extra_columns(self.extra_columns, self.columns))
+        require(not self.extra_columns or self.kind == "jobs", "extra_columns",
+                "only for kind jobs (a table lists its fields in categorical, multi_valued, numeric)")
 
 
 def _iso_date(value: Any, field: str) -> Optional[str]:

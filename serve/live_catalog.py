@@ -81,7 +81,8 @@ def write_jobs(store: Optional[CatalogStore], request: Any) -> dict[str, Any]:
     if store is None:
         raise ServiceError(503, "the live catalog is off: this service has no live store")
     jobs = [{"job_id": job.job_id, **{f: getattr(job, f) for f in CONTENT_FIELDS},
-             "posted_at": _micros(job.posted_at), "expires_at": _micros(job.expires_at)} for job in request.upsert]
+             "posted_at": _micros(job.posted_at), "expires_at": _micros(job.expires_at),
+             **({"extra": job.extra} if job.extra else {})} for job in request.upsert]
     try:
         delta = store.append(jobs, request.expire)
     except CatalogConflict as exc:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
     AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator,
 )
 
 from convfm.config import EVENTS
+from convfm.data.schema import JOBS, USERS
 from convfm.store.event_log import event_time
 from convfm.store.registry import VERSION_PATTERN
 from serve.traffic import check_traffic
@@ -37,6 +38,11 @@ def _id_text(value: Any) -> Any:
 Id = Annotated[str, BeforeValidator(_id_text), StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
 Skill = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+# The model's extra columns (``DataConfig.extra_columns``) by their names in the data files: a value, or a list
+# for a list column; names the model was not trained with are kept (the live catalog) and read by none.
+ExtraValues = Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=200)],
+                             Union[ShortText, Annotated[list[Skill], Field(max_length=100)]]],
+                        Field(max_length=50)]
 
 
 class Request(BaseModel):
@@ -49,12 +55,21 @@ class Profile(Request):
     skills: list[Skill] = Field(default_factory=list, max_length=100, examples=[["python", "sql"]])
     location: Optional[ShortText] = Field(None, examples=["Berlin"])
     experience_level: Optional[ShortText] = Field(None, examples=["senior"])
+    extra: ExtraValues = Field(default_factory=dict, examples=[{"industry": "finance"}],
+                               description="values of the model's extra user columns, by column name")
 
     @model_validator(mode="after")
     def _not_empty(self) -> "Profile":
-        if not self.skills and not self.location and not self.experience_level:
-            raise ValueError("profile needs at least one of skills, location, experience_level")
+        _no_canonical(self.extra, USERS.names, "profile")
+        if not self.skills and not self.location and not self.experience_level and not any(self.extra.values()):
+            raise ValueError("profile needs at least one of skills, location, experience_level, extra")
         return self
+
+
+def _no_canonical(extra: dict[str, Any], canonical: tuple[str, ...], what: str) -> None:
+    taken = sorted(set(extra) & set(canonical))
+    if taken:
+        raise ValueError(f"extra: {taken} are {what} fields of their own; give them as such")
 
 
 class Filters(Request):
@@ -129,11 +144,14 @@ class JobPosting(Request):
     experience_level: Optional[ShortText] = None
     salary_min: Optional[Salary] = None
     salary_max: Optional[Salary] = None
+    extra: ExtraValues = Field(default_factory=dict, description="values of the model's extra job columns "
+                               "(data.extra_columns), by column name; a list for a list column")
     posted_at: Optional[Time] = None
     expires_at: Optional[Time] = None
 
     @model_validator(mode="after")
     def _ordered(self) -> "JobPosting":
+        _no_canonical(self.extra, JOBS.names, "job")
         if self.salary_min is not None and self.salary_max is not None and self.salary_min > self.salary_max:
             raise ValueError("salary_min is above salary_max")
         if self.posted_at is not None and self.expires_at is not None and self.expires_at <= self.posted_at:

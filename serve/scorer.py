@@ -27,6 +27,7 @@ from convfm.store.live_catalog import LiveJobs
 from convfm.errors import ArtifactError
 from convfm.features.base import concat_rows
 from convfm.features.context import now_micros
+from convfm.features.extra_fields import PREFIX as EXTRA_VOCAB
 from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
@@ -243,9 +244,10 @@ class Scorer:
         live = self.live.positives(user_id, self.positive_events, length) if self.live and not history else []
         if request.profile is not None:
             profile = request.profile
+            extra = {name: [";".join(v) if isinstance(v, list) else v] for name, v in profile.extra.items()}
             static = extractor.transform_users(pd.DataFrame({
-                "user_id": [user_id or ""], "skills": [";".join(profile.skills)], "location": [profile.location or ""],
-                "experience_level": [profile.experience_level or ""]}))
+                **extra, "user_id": [user_id or ""], "skills": [";".join(profile.skills)],
+                "location": [profile.location or ""], "experience_level": [profile.experience_level or ""]}))
         elif known or history or live:
             static = extractor.user_catalog.take([extractor.user_rows.get(user_id, 0)])
         else:
@@ -419,10 +421,10 @@ def _why(explanation: dict[str, Any]) -> str:
         term = explanation.get("skill_match")
         parts.append("matching skills: " + ", ".join(explanation["matching_skills"][:5])
                      + (f" ({term:+.3g})" if raised(term) else ""))
-    parts += [f"same {vocab.replace('_', ' ')}: {', '.join(values)}"
+    parts += [f"same {vocab.removeprefix(EXTRA_VOCAB).replace('_', ' ')}: {', '.join(values)}"
               for vocab, values in explanation["matching"].items()]
     if raised(explanation.get("profile_match")):
-        parts.append(f"your location or level ({explanation['profile_match']:+.3g})")
+        parts.append(f"fits your profile ({explanation['profile_match']:+.3g})")
     parts += [f"{x['user_field'].replace('_', ' ')} x {x['job_field'].replace('_', ' ')} ({x['value']:+.3g})"
               for x in explanation["interactions"][:2] if raised(x["value"])]
     return "; ".join(parts)

@@ -184,6 +184,41 @@ def tiny(market_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> types.Si
 
 
 @pytest.fixture(scope="session")
+def extra_board(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+    """A job board with its own columns (``data.extra_columns``: jobs ``Industry`` and ``tags``, users
+    ``industry``) on a small synthetic market, a tiny model trained on it (1 epoch) published as
+    ``registry/board``; ``extra`` the declaration."""
+    import numpy as np
+    import pandas as pd
+
+    from convfm.config import DataConfig, ModelConfig, TrainConfig
+    from convfm.data.prepare import prepare_data
+    from convfm.store.artifacts import save_model_dir
+    from convfm.store.registry import publish
+    from convfm.store.serving_data import serving_extra_json
+    from convfm.training.in_process import fit_in_process
+
+    root = tmp_path_factory.mktemp("board")
+    write_market(generate_market(users=300, jobs=200, interactions=3000, seed=0), root / "data")
+    jobs, users = pd.read_csv(root / "data" / "jobs.csv"), pd.read_csv(root / "data" / "users.csv")
+    rng = np.random.default_rng(0)
+    jobs["Industry"] = rng.choice(["IT", "Finance", "Health", None], size=len(jobs))
+    jobs["tags"] = ["remote;python" if i % 2 else "onsite" for i in range(len(jobs))]
+    users["industry"] = rng.choice(["it", " Finance ", "health"], size=len(users))
+    jobs.to_csv(root / "data" / "jobs.csv", index=False)
+    users.to_csv(root / "data" / "users.csv", index=False)
+    extra = {"jobs": {"Industry": "category", "tags": "list"}, "users": {"industry": "category"}}
+    data = prepare_data(DataConfig(path=str(root / "data"), extra_columns=extra))
+    model, history = fit_in_process(data, ModelConfig(embedding_dim=8, conv_filters=8, hidden_dims=(16, 8)),
+                                    TrainConfig(num_epochs=1, batch_size=256, eval_negatives=20, use_amp=False))
+    export = save_model_dir(root / "export", model, data.extractor, metrics=history[-1],
+                            extra_json={**serving_extra_json(data), "data_config": data.config.to_dict()})
+    publish(export, root / "registry", "board")
+    return types.SimpleNamespace(root=root / "data", data=data, model=model, entry=root / "registry" / "board",
+                                 extra=extra)
+
+
+@pytest.fixture(scope="session")
 def published_old(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
     """A warm start's two markets: ``market_dir``'s market as it stood at 60% of its log (``older_part``), a
     tiny model trained on it (1 epoch) published as ``registry/old`` v0001; ``old`` its prepared data, ``full``

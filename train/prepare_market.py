@@ -25,7 +25,8 @@ import ray.data
 
 from convfm.config import DataConfig
 from convfm.data.liveness import job_windows
-from convfm.data.loading import load_job_market
+from convfm.data.loading import load_job_market, require_extra_columns
+from convfm.features.extra_fields import check_warm_start_columns
 from convfm.data.market_parts import (
     BUCKET, EXAMPLE_COLUMNS, HISTORY, HISTORY_COUNT, PART, bucket_count, bucket_examples, check_interaction_schemas,
     check_market_config, fit_summary, history_rows, interaction_files, latest_positives, locate_error, log_columns,
@@ -190,6 +191,8 @@ def _check_extractor(config: DataConfig, options: Optional[Mapping[str, Any]], b
     if settings.get("popularity_days") is not None:
         raise ConfigError("popularity_days: distributed preparation of job-market data cannot count job "
                           "popularity; prepare in memory", field="popularity_days")
+    if base is not None:
+        check_warm_start_columns(config.extra_columns, base.extra_columns)
     length = settings.get("history_length", config.history_length)
     if length != config.history_length:
         raise ConfigError(f"history_length: the extractor keeps {length} positives, the data config "
@@ -212,6 +215,9 @@ def prepare_market_distributed(config: DataConfig, extractor_options: Optional[M
     buckets = bucket_count(files)
     _check_extractor(config, extractor_options, base, extractor)
     market = load_job_market(config, interactions=False)
+    fitted = extractor if extractor is not None else base
+    if fitted is not None:
+        require_extra_columns(market, fitted.extra_columns, "the model")
     windows = job_windows(market.jobs, config.job_lifetime_days)
     starts = _date_starts(config)
     with ordered_datasets():
@@ -233,7 +239,7 @@ def prepare_market_distributed(config: DataConfig, extractor_options: Optional[M
             raise ConfigError(f"{config.path}: the training split has no examples")
         if extractor is None:
             options = {"history_length": config.history_length, "recency": config.recency,
-                       "popularity_days": None, **dict(extractor_options or {})}
+                       "popularity_days": None, "extra_columns": config.extra_columns, **dict(extractor_options or {})}
             options = options if base is None else base.get_config()
             extractor = JobFeatureExtractor(**options).fit(market.jobs, _training_ids(summary), market.users,
                                                            windows, base)

@@ -13,8 +13,9 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from convfm.data.schema import JOBS
 from convfm.errors import ConvFMError, DataValidationError
-from convfm.features.text import split_lists
+from convfm.features.text import column_strings, split_lists
 from convfm.store.live_catalog import CONTENT_FIELDS
 
 DEFAULT_KEY_ENV = "CONVFM_API_KEY"
@@ -32,10 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def postings(jobs: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows of a checked jobs table as ``POST /jobs`` postings (missing values left out)."""
+    """Rows of a checked jobs table as ``POST /jobs`` postings (missing values left out); the other columns
+    go as ``extra`` values, as text, for a model trained with them (``data.extra_columns``)."""
     out = []
-    for record in jobs.to_dict("records"):
+    extra = {c: column_strings(jobs, c) for c in jobs.columns if c not in JOBS.names}
+    for i, record in enumerate(jobs.to_dict("records")):
         job: dict[str, Any] = {"job_id": str(record["job_id"])}
+        values = {name: column[i] for name, column in extra.items() if column[i]}
+        if values:
+            job["extra"] = values
         for field in (*CONTENT_FIELDS, "posted_at", "expires_at"):
             value = record.get(field)
             if value is None or (not isinstance(value, str) and pd.isna(value)) or value == "":

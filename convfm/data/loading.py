@@ -55,10 +55,12 @@ def _index_in(values: pd.Series, unique: pd.Series) -> np.ndarray:
     return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _load_schema_table(path: Path, schema: TableSchema,
-                       mapping: Mapping[str, str]) -> tuple[pd.DataFrame, Path, bool]:
+def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, str],
+                       extra: Mapping[str, str] = {}, keep_all: bool = False) -> tuple[pd.DataFrame, Path, bool]:
     """Read one table, rename to canonical columns, type them by kind; a table's own id must be unique.
-    The flag says whether every date/time column read holds calendar dates (``readers.is_calendar``)."""
+    ``extra`` (``DataConfig.extra_columns`` of this table) names more columns the file must have, kept as
+    strings ("" when missing); the other columns are kept as read, with a warning unless ``keep_all``. The flag
+    says whether every date/time column read holds calendar dates (``readers.is_calendar``)."""
     unknown = sorted(set(mapping) - set(schema.names))
     if unknown:
         raise ConfigError(f"columns.{schema.name}: unknown canonical column(s) {unknown}; "
@@ -88,10 +90,17 @@ def _load_schema_table(path: Path, schema: TableSchema,
             out[name] = values.astype("str").fillna("")
     if schema is not INTERACTIONS:
         _check_unique(out[schema.names[0]], path, source[schema.names[0]])
-    extras = [c for c in frame.columns if c not in set(source.values())]
+    absent = [c for c in extra if c not in frame.columns]
+    if absent:
+        raise DataValidationError(f"{path}: missing column(s) {absent} listed in extra_columns.{schema.name}; "
+                                  f"columns in the file: {list(frame.columns)}")
+    for column in extra:
+        out[column] = column_strings(frame, column)
+    extras = [c for c in frame.columns if c not in set(source.values()) and c not in extra]
+    if extras and not keep_all:
+        logger.warning("%s: ignoring extra column(s) %s (known %s columns: %s; data.extra_columns makes a "
+                       "column a feature)", path, extras, schema.name, list(schema.names))
     if extras:
-        logger.warning("%s: ignoring extra column(s) %s (known %s columns: %s)",
-                       path, extras, schema.name, list(schema.names))
         out = pd.concat([out, frame[[c for c in extras if c not in out.columns]]], axis=1)
     if schema is JOBS:
         _check_expiry(out, path, source)
@@ -99,8 +108,8 @@ def _load_schema_table(path: Path, schema: TableSchema,
 
 
 def read_jobs_file(path: str | Path) -> tuple[pd.DataFrame, Path]:
-    """One jobs table checked as training reads it (canonical column names), and the file read."""
-    frame, path, _ = _load_schema_table(Path(path), JOBS, {})
+    """One jobs table checked as training reads it (canonical column names; the others kept), and the file read."""
+    frame, path, _ = _load_schema_table(Path(path), JOBS, {}, keep_all=True)
     return frame, path
 
 
@@ -144,12 +153,16 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
     files = ((JOBS, config.jobs_file), (USERS, config.users_file), (INTERACTIONS, config.interactions_file))
     for schema, name in files[:None if interactions else 2]:
         candidates = [root / name, *(root / f"{name}{suffix}" for suffix in SUFFIXES)]
+        if schema is USERS and not any(p.is_file() for p in candidates) and config.extra_columns.get("users"):
+            raise DataValidationError(f"{root / name}: no users file, but extra_columns.users lists "
+                                      f"{list(config.extra_columns['users'])}")
         if schema is USERS and not any(p.is_file() for p in candidates):
             logger.info("%s: no users file; users are known only by their interactions", root / name)
             continue
         if schema is INTERACTIONS and config.events and not any(p.exists() for p in candidates):
             continue  # the event log alone
-        frame, path, dated = _load_schema_table(root / name, schema, config.columns.get(schema.name, {}))
+        frame, path, dated = _load_schema_table(root / name, schema, config.columns.get(schema.name, {}),
+                                                config.extra_columns.get(schema.name, {}))
         tables[schema.name], source[schema.name] = frame, str(path)
         calendar = dated if schema is INTERACTIONS else calendar
     if not interactions:
@@ -184,6 +197,17 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
                            pd.unique(interactions[key][unknown])[:3].tolist())
     return JobMarket(jobs=tables["jobs"], users=tables.get("users"), interactions=interactions, source=source,
                      calendar=calendar)
+
+
+def require_extra_columns(market: JobMarket, columns: Mapping[str, Mapping[str, str]], whose: str) -> None:
+    """DataValidationError unless the market's tables have ``columns`` (an extractor's ``extra_columns``):
+    without them a fitted model would read every value as missing."""
+    for table, declared in columns.items():
+        frame = getattr(market, table)
+        missing = [c for c in declared if frame is None or c not in frame.columns]
+        if missing:
+            raise DataValidationError(f"{market.source.get(table, f'the {table} table')}: missing column(s) "
+                                      f"{missing}, which {whose} reads (its extra_columns.{table})")
 
 
 def _with_live_jobs(jobs: pd.DataFrame, source: dict[str, str], config: DataConfig) -> pd.DataFrame:

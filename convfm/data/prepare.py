@@ -12,7 +12,10 @@ from convfm.data.batching import ExampleSet
 from convfm.config import DataConfig
 from convfm.errors import ConfigError
 from convfm.data.liveness import JobWindows, job_windows
-from convfm.data.loading import build_examples, interacted_pairs, load_job_market, load_table, split_examples
+from convfm.data.loading import (
+    build_examples, interacted_pairs, load_job_market, load_table, require_extra_columns, split_examples,
+)
+from convfm.features.extra_fields import check_warm_start_columns
 from convfm.features.jobs import JobFeatureExtractor, TableFeatureExtractor
 from convfm.evaluation.metrics import PopularityBaseline
 from convfm.store.serving_data import display_jobs
@@ -117,6 +120,11 @@ def prepare_data(
         return PreparedData(config, extractor, sets, frames, catalog=None, truth=None)
 
     market = load_job_market(config)
+    fitted = extractor if extractor is not None else base
+    if base is not None:
+        check_warm_start_columns(config.extra_columns, base.extra_columns)
+    if fitted is not None:
+        require_extra_columns(market, getattr(fitted, "extra_columns", {}), "the model")
     splits = split_examples(build_examples(market, config), config, calendar=market.calendar)
     popularity = None
     if splits.train_only is not None:  # the extra negatives were never shown: the baseline does not count them
@@ -125,7 +133,7 @@ def prepare_data(
     windows = job_windows(market.jobs, config.job_lifetime_days) if market.calendar else None
     if extractor is None:
         options = {"history_length": config.history_length, "recency": config.recency,
-                   "popularity_days": config.popularity_days, **options}
+                   "popularity_days": config.popularity_days, "extra_columns": config.extra_columns, **options}
         options = options if base is None else base.get_config()
         extractor = JobFeatureExtractor(**options).fit(market.jobs, frames["train"], market.users, windows, base)
     # History and popularity features read every split's positives before each example's time (never its own

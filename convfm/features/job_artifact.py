@@ -13,7 +13,6 @@ from convfm.errors import ArtifactError
 from convfm.features.base import check_table, read_artifact, table_arrays, table_from_arrays, write_artifact
 from convfm.features.context import UserHistory
 from convfm.features.fields import FeatureMap, Vocabulary
-from convfm.features.job_fields import JOB_FIELDS, USER_FIELDS
 from convfm.features.text import TFIDF_TOKEN_PATTERN, SkillMatcher, TextEncoder
 
 
@@ -64,7 +63,7 @@ class JobArtifact:
                 self._text = TextEncoder.from_arrays(arrays, "text")
             self._feature_map = FeatureMap.from_dict(meta["feature_map"], source=str(source))
             names = {f.name for f in self._feature_map.fields}
-            job = [self._spec(n) for n in JOB_FIELDS if n in names]
+            job = [self._spec(n) for n in self._field_names("job") if n in names]
             windows = None
             if "job_posted" in arrays:
                 windows = JobWindows(np.zeros(len(arrays["job_posted"]) - 1), arrays["job_posted"][1:],
@@ -74,7 +73,7 @@ class JobArtifact:
                 self.history = UserHistory.from_arrays(arrays, "history")
             if self.popularity is not None:
                 self.popularity.set(arrays["popularity.rows"], arrays["popularity.times"])
-            expected = ([self._spec(n) for n in USER_FIELDS if n in names] + self._history_fields() + job
+            expected = ([self._spec(n) for n in self._field_names("user") if n in names] + self._history_fields() + job
                         + self._recency_fields())
             if self._feature_map != FeatureMap(tuple(expected)):
                 raise ArtifactError(f"{source}: feature map disagrees with the saved vocabularies/config")

@@ -70,13 +70,15 @@ def _trained(ids: Iterable[str], interactions_df: Optional[pd.DataFrame], column
 def fit_vocabularies(
     jobs_df: pd.DataFrame, interactions_df: Optional[pd.DataFrame], users_df: Optional[pd.DataFrame],
     text_skills: bool, min_freq: int, base: Optional[Mapping[str, Vocabulary]] = None,
+    extra: Mapping[str, Vocabulary] = {},
 ) -> dict[str, Vocabulary]:
     """Every vocabulary of the job market's fields (see ``JobFeatureExtractor``), from training data.
 
     With ``interactions_df``, the id vocabularies hold only the ids that have a training example: any other
     id's row would never be trained, so it reads the unknown row, which ``ModelConfig.id_dropout`` trains.
     With ``base`` (a published extractor's vocabularies: a warm start) each vocabulary is the published one
-    extended by the values these rules admit from this data (``min_freq`` counted in this data alone)."""
+    extended by the values these rules admit from this data (``min_freq`` counted in this data alone).
+    ``extra``: the extra columns' vocabularies (``convfm.features.extra_fields``), extended the same way."""
     users = users_df if users_df is not None else pd.DataFrame()
     vocabs = {
         "user": Vocabulary.build(_trained(chain(column_strings(users_df, "user_id"),
@@ -93,7 +95,7 @@ def fit_vocabularies(
         frame = users if field.startswith("user_") else jobs_df
         if column in frame.columns:
             values.setdefault(vocab, []).extend(category_values(frame, column))
-    vocabs.update({vocab: Vocabulary.build(v, min_freq) for vocab, v in values.items()})
+    vocabs.update({vocab: Vocabulary.build(v, min_freq) for vocab, v in values.items()}, **extra)
     if base is None:
         return vocabs
     return {name: base[name].extended(v.values) if name in base else v for name, v in vocabs.items()}

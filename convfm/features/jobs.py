@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from convfm.data.batching import ExampleSet
 from convfm.errors import ArtifactError, ConfigError, ConvFMError
+from convfm.features.extra_fields import ExtraFields, check_extra_columns
 from convfm.features.base import (
     UNKNOWN_ROW, RowIndex, concat_rows, encode_fields, labels_of, read_artifact, require_frame, with_room,
 )
@@ -47,7 +48,7 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
 
     Vocabularies: ``user``, ``job`` (the ids with a training example, ``min_freq`` does not apply to ids),
     ``skill`` (user and job skills), ``location`` and ``experience_level`` (shared by both sides), ``company``,
-    ``job_type``.
+    ``job_type``, and ``extra_<slug>`` per declared extra column (``convfm.features.extra_fields``).
     Categories and skills are lower-cased with single spaces. A job's skills are its ``skills`` column then the
     known skills found in title + description; unknown skills go last and the list is cut at ``max_skills``.
     """
@@ -65,6 +66,7 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
         history_length: int = 20,
         recency: bool = True,
         popularity_days: Optional[float] = None,
+        extra_columns: Optional[Mapping[str, Mapping[str, str]]] = None,
     ) -> None:
         self.max_skills, self.min_freq = check_int(max_skills, "max_skills", 1), check_int(min_freq, "min_freq", 1)
         self.text_dim = check_int(text_dim, "text_dim", 0)
@@ -75,6 +77,8 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
         self.recency = check_bool(recency, "recency")
         self.popularity_days = None if popularity_days is None else \
             check_number(popularity_days, "popularity_days", 0, 365, low_open=True)
+        self.extra_columns = check_extra_columns(extra_columns)
+        self._extra = ExtraFields(self.extra_columns, self.max_skills)
         # The positives that history features read (set by prepare_data; saved as each user's latest).
         self.history = UserHistory.empty()
         self._history: Optional[HistoryEncoder] = None
@@ -96,7 +100,7 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
         return {"max_skills": self.max_skills, "min_freq": self.min_freq, "text_dim": self.text_dim,
                 "max_text_features": self.max_text_features, "skills_from_text": self.skills_from_text,
                 "seed": self.seed, "history_length": self.history_length, "recency": self.recency,
-                "popularity_days": self.popularity_days}
+                "popularity_days": self.popularity_days, "extra_columns": self.extra_columns}
 
     @property
     def feature_map(self) -> FeatureMap:
@@ -145,8 +149,9 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
         has_user = (lambda c: False) if users_df is None else users_df.columns.__contains__
         self._text_columns = tuple(c for c in FREE_TEXT_COLUMNS if has_job(c)) if base is None else base._text_columns
         text_skills = self.skills_from_text and bool(self._text_columns)
+        extra = self._extra.fit_vocabularies({"jobs": jobs_df, "users": users_df}, self.min_freq)
         self.vocabs = fit_vocabularies(jobs_df, interactions_df, users_df, text_skills, self.min_freq,
-                                       None if base is None else base.vocabs)
+                                       None if base is None else base.vocabs, extra)
         self._salary, self._text = (base._salary, base._text) if base is not None else (salary_stats(jobs_df), None)
         if base is None and self._text_columns and self.text_dim > 0:
             texts = joined_text(jobs_df, self._text_columns)
@@ -158,9 +163,10 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
             "company": has_job("company"), "job_type": has_job("job_type"),
             "job_experience": has_job("experience_level"),
             "salary": self._salary is not None, "text": self._text is not None,
+            **self._extra.present({"jobs": jobs_df, "users": users_df}),
         }
-        user = [self._spec(n) for n in USER_FIELDS if present[n]]
-        job = [self._spec(n) for n in JOB_FIELDS if present[n]]
+        user = [self._spec(n) for n in self._field_names("user") if present[n]]
+        job = [self._spec(n) for n in self._field_names("job") if present[n]]
         self._set_context(job, windows, "expires_at" in jobs_df.columns and jobs_df["expires_at"].notna().any())
         self._feature_map = FeatureMap(tuple(user + self._history_fields() + job + self._recency_fields()))
         if base is not None:
@@ -169,7 +175,13 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
         self._fit_catalogs(jobs_df, interactions_df, users_df)
         return self
 
+    def _field_names(self, side: str) -> list[str]:
+        """The static fields ``side`` may have, in feature-map order: the built-in ones, then the extra ones."""
+        return [*(USER_FIELDS if side == "user" else JOB_FIELDS), *self._extra.names(side)]
+
     def _spec(self, name: str) -> FieldSpec:
+        if name in self._extra.by_field:
+            return self._extra.spec(name, self.vocabs)
         side = "user" if name in USER_FIELDS else "job"
         if name in CATEGORICAL:
             vocab = CATEGORICAL[name][1]
@@ -353,6 +365,8 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
         return encode_fields(fields, {f.name: self._encode_field(f, df) for f in fields}, len(df))
 
     def _encode_field(self, field: FieldSpec, df: pd.DataFrame) -> np.ndarray:
+        if field.name in self._extra.by_field:
+            return self._extra.encode(field, df, self.vocabs)
         if field.name in ID_FIELDS:  # a missing id is an unknown id, not padding
             ids = self.vocabs[CATEGORICAL[field.name][1]].lookup(column_strings(df, field.name))
             return np.where(ids == PAD, UNK, ids)

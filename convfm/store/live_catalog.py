@@ -54,7 +54,8 @@ class CatalogConflict(StorageError):
 @dataclasses.dataclass(frozen=True)
 class Delta:
     """One accepted change. ``upsert``: job records (``job_id``, ``CONTENT_FIELDS``, ``posted_at`` and
-    ``expires_at`` as int64 microseconds, ``expires_at`` None for never); ``expire``: job id -> microseconds."""
+    ``expires_at`` as int64 microseconds, ``expires_at`` None for never; ``extra``, when given: the values of
+    extra columns by name, ``DataConfig.extra_columns``); ``expire``: job id -> microseconds."""
 
     version: int
     written_at: int
@@ -79,6 +80,8 @@ class Delta:
         if not isinstance(upsert, list) or not all(isinstance(j, dict) and isinstance(j.get("job_id"), str)
                                                    and isinstance(j.get("posted_at"), int) for j in upsert):
             raise ArtifactError(f"{source}: upsert must be a list of jobs with a job_id and a posted_at")
+        if not all(isinstance(j.get("extra", {}), dict) for j in upsert):
+            raise ArtifactError(f"{source}: a job's extra must map column names to values")
         if not isinstance(expire, dict) or not all(isinstance(t, int) for t in expire.values()):
             raise ArtifactError(f"{source}: expire must map job ids to times (integers)")
         return cls(doc["version"], doc["written_at"], tuple(upsert), expire)
@@ -93,9 +96,14 @@ class UpsertedJobs(NamedTuple):
 
 
 def upserted_jobs(upsert: Sequence[Mapping[str, Any]]) -> UpsertedJobs:
-    """Delta job records -> the jobs table the extractor encodes (the shape of the training jobs file)."""
+    """Delta job records -> the jobs table the extractor encodes (the shape of the training jobs file; extra
+    columns as the files hold them, lists ``;``-joined, "" where a job has none)."""
+    extra = list(dict.fromkeys(name for j in upsert for name in j.get("extra", {})))
     frame = pd.DataFrame({"job_id": [j["job_id"] for j in upsert], **{
         f: [";".join(j.get(f) or ()) if f == "skills" else j.get(f) for j in upsert] for f in CONTENT_FIELDS}})
+    for name in extra:
+        values = [j.get("extra", {}).get(name) for j in upsert]
+        frame[name] = [";".join(v) if isinstance(v, list) else (v or "") for v in values]
     for column in SALARY_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     text = [c for c in CONTENT_FIELDS if c not in SALARY_COLUMNS]

@@ -132,5 +132,5 @@ def test_the_why_cites_only_what_raised_the_score():
     assert _why(lowered) == "matching skills: sql"
     raised = {**lowered, "history_match": 0.4, "skill_match": 0.25, "profile_match": 0.1,
               "interactions": [{"user_field": "user_id", "job_field": "job_text", "value": 0.3}]}
-    assert _why(raised) == ("like your recent jobs (+0.4); matching skills: sql (+0.25); your location or level "
+    assert _why(raised) == ("like your recent jobs (+0.4); matching skills: sql (+0.25); fits your profile "
                             "(+0.1); user id x job text (+0.3)")

@@ -158,7 +158,7 @@ def test_the_why_cites_the_profile_match_only_where_the_job_is_in_the_users_loca
     city = scorer.extractor.vocabs["location"].values[0]
     local = scorer.recommend_many([rec(profile={"location": city}, k=5, explain=True, filters={"location": city})])[0]
     assert local["items"] and all(i["location"].lower() == city and i["explanation"]["profile_match"] is not None
-                                  and "your location or level (" in i["why"] for i in local["items"])
+                                  and "fits your profile (" in i["why"] for i in local["items"])
     nowhere = scorer.recommend_many([rec(profile={"skills": ["python"]}, k=5, explain=True)])[0]  # no location
     assert nowhere["items"] and all(i["explanation"]["profile_match"] is None and "your location" not in i["why"]
                                     for i in nowhere["items"])

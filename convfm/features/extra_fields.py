@@ -1,0 +1,146 @@
+"""A job board's own columns beyond the canonical schema (``DataConfig.extra_columns``): an industry, a career
+level, a discipline, tags. Each declared column becomes a field of its side, ``job_<slug>`` or ``user_<slug>``
+(``slug("Career Level")`` is ``career_level``), over its own vocabulary ``extra_<slug>``. A column declared for
+both users and jobs (one slug) shares one vocabulary (the two sides' embeddings of a value are one row) and,
+with ``model.profile_match``, gets a pair-match term on whether the two values agree (``shared_pairs``), as
+location and level do.
+
+Kinds: ``category`` (one value per row, normalised as the canonical categories are) and ``list``
+(``;``-separated values). Numbers are left to the user to bucket into categories.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+
+from convfm.data.schema import JOBS, USERS
+from convfm.errors import ConfigError
+from convfm.features.context import HISTORY_FIELDS, RECENCY_FIELDS
+from convfm.features.fields import FeatureMap, FieldSpec, Vocabulary
+from convfm.features.job_fields import JOB_FIELDS, USER_FIELDS
+from convfm.features.text import category_values, column_strings, split_lists
+
+KINDS = ("category", "list")
+SIDES = {"jobs": "job", "users": "user"}  # table -> field side
+PREFIX = "extra_"  # vocabulary names: extra_<slug>
+
+
+def slug(column: str) -> str:
+    """A column name as a field name part: ``"Career Level"`` -> ``career_level``."""
+    return re.sub(r"[^0-9a-z]+", "_", column.lower()).strip("_")
+
+
+def check_extra_columns(value: Any, mapping: Optional[Mapping[str, Mapping[str, str]]] = None,
+                        field: str = "extra_columns") -> dict[str, dict[str, str]]:
+    """``{jobs: {column: kind}, users: {column: kind}}`` checked -> the same as plain dicts (tables in
+    ``SIDES``, kinds in ``KINDS``, no column the table reads as a canonical one (by name or through
+    ``mapping``, ``DataConfig.columns``), no field name ``<side>_<slug>`` that another field has); ConfigError
+    naming the entry otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{field}: must map a table (jobs, users) to {{column: kind}}, got {value!r}", field=field)
+    canonical = {table: {*schema.names, *(str(v) for v in ((mapping or {}).get(table) or {}).values())}
+                 for table, schema in (("jobs", JOBS), ("users", USERS))}
+    reserved, taken = set(USER_FIELDS + JOB_FIELDS + HISTORY_FIELDS + RECENCY_FIELDS), {}
+    out: dict[str, dict[str, str]] = {}
+    for table, columns in value.items():
+        where = f"{field}.{table}"
+        if table not in SIDES:
+            raise ConfigError(f"{where}: unknown table {table!r}; allowed: {list(SIDES)}", field=where)
+        if not isinstance(columns, Mapping):
+            raise ConfigError(f"{where}: must map column -> kind ({', '.join(KINDS)}), got {columns!r}", field=where)
+        for column, kind in columns.items():
+            entry = f"{where}.{column}"
+            if not isinstance(column, str) or not slug(column) or len(column) > 200:
+                raise ConfigError(f"{entry}: a column name needs a letter or digit (at most 200 characters)",
+                                  field=entry)
+            if kind not in KINDS:
+                raise ConfigError(f"{entry}: kind must be one of {list(KINDS)}, got {kind!r}", field=entry)
+            if column in canonical[table]:
+                raise ConfigError(f"{entry}: {column!r} is read as a canonical {table} column; list only the "
+                                  "other columns", field=entry)
+            name = f"{SIDES[table]}_{slug(column)}"
+            if name in reserved or name in taken:
+                owner = "a built-in field" if name in reserved else f"column {taken[name]!r}"
+                raise ConfigError(f"{entry}: its field name {name} is {owner}'s; rename the column in the file",
+                                  field=entry)
+            taken[name] = column
+        out[table] = {str(c): str(k) for c, k in columns.items()}
+    kinds: dict[str, tuple[str, str]] = {}
+    for table, columns in out.items():
+        for column, kind in columns.items():
+            other = kinds.setdefault(slug(column), (column, kind))
+            if other[1] != kind:
+                raise ConfigError(f"{field}: {other[0]!r} ({other[1]}) and {column!r} ({kind}) share one "
+                                  "vocabulary, users' and jobs' alike, so they must be of one kind", field=field)
+    return out
+
+
+def check_warm_start_columns(declared: Mapping[str, Any], published: Mapping[str, Any]) -> None:
+    """A warm start keeps the published model's fields: a data config that declares other extra columns is
+    refused (declaring none takes the published ones)."""
+    if declared and dict(declared) != dict(published):
+        raise ConfigError(f"warm start: extra_columns {dict(declared)} differ from the published model's "
+                          f"{dict(published)}", field="extra_columns")
+
+
+class ExtraFields:
+    """The declared extra columns of one extractor (``check_extra_columns``' output): their field specs,
+    vocabularies and encoding."""
+
+    def __init__(self, columns: Mapping[str, Mapping[str, str]], max_len: int) -> None:
+        self.columns, self.max_len = {t: dict(c) for t, c in columns.items()}, max_len
+        self.by_field = {f"{SIDES[table]}_{slug(column)}": (table, column, kind)
+                         for table, declared in self.columns.items() for column, kind in declared.items()}
+
+    def names(self, side: str) -> list[str]:
+        """Field names of ``side`` ("user" or "job"), in declaration order."""
+        return [name for name, (table, _, _) in self.by_field.items() if SIDES[table] == side]
+
+    def spec(self, name: str, vocabs: Mapping[str, Vocabulary]) -> FieldSpec:
+        table, column, kind = self.by_field[name]
+        side, vocab = SIDES[table], PREFIX + slug(column)
+        if kind == "category":
+            return FieldSpec(name, "categorical", side, vocab, len(vocabs[vocab]))
+        return FieldSpec(name, "multi", side, vocab, len(vocabs[vocab]), max_len=self.max_len)
+
+    def present(self, frames: Mapping[str, Optional[pd.DataFrame]]) -> dict[str, bool]:
+        """Field name -> whether its table was given (a declared column must be in its file: loading checks)."""
+        return {name: frames.get(table) is not None and column in frames[table].columns
+                for name, (table, column, _) in self.by_field.items()}
+
+    def fit_vocabularies(self, frames: Mapping[str, Optional[pd.DataFrame]], min_freq: int) -> dict[str, Vocabulary]:
+        """``extra_<column>`` over the training tables' values (both sides' for a shared column)."""
+        values: dict[str, list[str]] = {}
+        for table, column, kind in self.by_field.values():
+            frame = frames.get(table)
+            if frame is None or column not in frame.columns:
+                continue
+            found = values.setdefault(PREFIX + slug(column), [])
+            if kind == "category":
+                found.extend(category_values(frame, column))
+            else:
+                found.extend(v for row in split_lists(column_strings(frame, column)) for v in row)
+        return {vocab: Vocabulary.build(v, min_freq) for vocab, v in values.items()}
+
+    def encode(self, field: FieldSpec, df: pd.DataFrame, vocabs: Mapping[str, Vocabulary]) -> np.ndarray:
+        """Codes of ``field`` for ``df``'s rows: (n,) for a category, (n, max_len) for a list; a missing column or
+        value is padding, an unseen value unknown."""
+        _, column, kind = self.by_field[field.name]
+        if kind == "category":
+            return vocabs[field.vocab].lookup(category_values(df, column))
+        return vocabs[field.vocab].lookup_lists(split_lists(column_strings(df, column)), self.max_len)
+
+
+def shared_pairs(feature_map: FeatureMap) -> tuple[tuple[str, str], ...]:
+    """(user field, job field) of every extra column declared for both sides: the profile-match pairs beyond
+    location and level (``convfm.model.pair_match``)."""
+    def extra(field: FieldSpec) -> bool:
+        return field.vocab == f"{PREFIX}{field.name.split('_', 1)[-1]}"
+
+    job = {f.vocab: f.name for f in feature_map.of_side("job").fields if extra(f)}
+    return tuple((f.name, job[f.vocab]) for f in feature_map.of_side("user").fields if extra(f) and f.vocab in job)

@@ -1,0 +1,106 @@
+"""A job board's own columns (``data.extra_columns``): checked config, loading, fields over shared vocabularies,
+the profile-match pair they add, an exact fast path, the artifact round trip, the live catalog and warm starts."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from convfm.config import DataConfig
+from convfm.data.prepare import prepare_data
+from convfm.data.synth import generate_market, write_market
+from convfm.errors import ConfigError, DataValidationError
+from convfm.features.fields import PAD, UNK, field_columns
+from convfm.features.jobs import load_extractor
+from convfm.model.ranking import CatalogRanker
+from convfm.store.live_catalog import Delta, jobs_after, upserted_jobs
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"jobs": {"location": "category"}}, "extra_columns.jobs.location: 'location' is read as a canonical jobs"),
+    ({"jobs": {"Type": "category"}}, "its field name job_type is a built-in field's"),
+    ({"jobs": {"Level": "category", "level ": "category"}}, "its field name job_level is column 'Level''s"),
+    ({"jobs": {"salary band": "number"}}, "kind must be one of ['category', 'list'], got 'number'"),
+    ({"events": {"x": "category"}}, "extra_columns.events: unknown table 'events'"),
+    ({"jobs": {"--": "category"}}, "a column name needs a letter or digit"),
+    ({"jobs": {"tags": "list"}, "users": {"Tags": "category"}}, "'tags' (list) and 'Tags' (category) share one"),
+])
+def test_a_bad_declaration_is_refused_naming_the_entry(extra, message):
+    with pytest.raises(ConfigError) as error:
+        DataConfig(extra_columns=extra)
+    assert message in str(error.value)
+
+
+def test_a_column_the_mapping_reads_as_canonical_is_not_an_extra_one():
+    with pytest.raises(ConfigError, match="'City' is read as a canonical jobs column"):
+        DataConfig(columns={"jobs": {"location": "City"}}, extra_columns={"jobs": {"City": "category"}})
+    with pytest.raises(ConfigError, match="only for kind jobs"):
+        DataConfig(kind="table", categorical=("a",), extra_columns={"jobs": {"x": "category"}})
+
+
+def test_a_declared_column_missing_from_its_file_is_named(extra_board, tmp_path):
+    with pytest.raises(DataValidationError, match=r"jobs.csv: missing column\(s\) \['sector'\] listed in "
+                                                  r"extra_columns.jobs"):
+        prepare_data(DataConfig(path=str(extra_board.root), extra_columns={"jobs": {"sector": "category"}}))
+    write_market(generate_market(users=50, jobs=30, interactions=300, seed=1), tmp_path)
+    (tmp_path / "users.csv").unlink()
+    with pytest.raises(DataValidationError, match=r"no users file, but extra_columns.users lists \['industry'\]"):
+        prepare_data(DataConfig(path=str(tmp_path), extra_columns={"users": {"industry": "category"}}))
+
+
+def test_each_column_is_a_field_and_a_shared_name_shares_its_vocabulary(extra_board):
+    extractor = extra_board.data.extractor
+    fields = {f.name: f for f in extractor.feature_map.fields}
+    assert (fields["user_industry"].side, fields["job_industry"].side) == ("user", "job")
+    assert fields["user_industry"].vocab == fields["job_industry"].vocab == "extra_industry"
+    assert fields["job_tags"].kind == "multi" and fields["job_tags"].vocab == "extra_tags"
+    assert set(extractor.vocabs["extra_industry"].values) >= {"it", "finance", "health"}  # normalised as categories
+    encoded = extractor.transform_jobs(pd.DataFrame({"job_id": ["a", "b", "c"], "Industry": ["IT", "", "Mining"],
+                                                     "tags": ["python;remote", "", "new"]}))
+    column = field_columns(extractor.feature_map.of_side("job").fields)["job_industry"][1]
+    vocab = extractor.vocabs["extra_industry"]
+    assert encoded.cat[:, column].tolist() == [vocab.index("it"), PAD, UNK]  # missing is padding, unseen unknown
+    tags = field_columns(extractor.feature_map.of_side("job").fields)["job_tags"][1]
+    assert sorted(encoded.multi[0, tags][encoded.multi[0, tags] != PAD].tolist()) == sorted(
+        extractor.vocabs["extra_tags"].lookup(["python", "remote"]).tolist())
+    assert [(p.user, p.job) for p in extra_board.model.profile_match.pairs][-1] == ("user_industry", "job_industry")
+
+
+def test_the_fast_path_stays_exact_and_the_extractor_round_trips(extra_board, tmp_path):
+    extractor = extra_board.data.extractor
+    ranker = CatalogRanker(extra_board.model, extractor)
+    users = extractor.user_side(extractor.user_catalog.take([1, 2, 3]),
+                                np.array(extractor.user_ids[1:4], dtype=object))
+    assert float((ranker.score_all(users) - ranker.full_scores(users)).abs().max()) < 1e-5
+    extractor.save(tmp_path / "extractor")
+    loaded = load_extractor(tmp_path / "extractor")
+    assert loaded.feature_map == extractor.feature_map and loaded.extra_columns == extra_board.extra
+    assert np.array_equal(loaded.job_catalog.cat, extractor.job_catalog.cat)
+
+
+def test_live_jobs_carry_their_extra_values_into_encoding_and_training_tables(extra_board):
+    upsert = [{"job_id": "live-1", "title": "Analyst", "posted_at": 1, "extra": {"Industry": "Finance",
+                                                                              "tags": ["remote", "onsite"]}},
+              {"job_id": "live-2", "posted_at": 1}]
+    frame = upserted_jobs(upsert).frame
+    assert frame["Industry"].tolist() == ["Finance", ""] and frame["tags"].tolist() == ["remote;onsite", ""]
+    extractor = extra_board.data.extractor
+    column = field_columns(extractor.feature_map.of_side("job").fields)["job_industry"][1]
+    assert extractor.transform_jobs(frame).cat[:, column].tolist() == [extractor.vocabs["extra_industry"].index(
+        "finance"), PAD]
+    jobs = pd.read_csv(extra_board.root / "jobs.csv").assign(posted_at=pd.NaT, expires_at=pd.NaT)
+    table, counts = jobs_after(jobs, [Delta(1, 1, tuple(upsert))])
+    assert counts["added"] == 2 and table.set_index("job_id").loc["live-1", "Industry"] == "Finance"
+
+
+def test_a_warm_start_keeps_the_published_columns_and_a_model_needs_its_columns(extra_board, tmp_path):
+    with pytest.raises(ConfigError, match="warm start: extra_columns .* differ from the published model's"):
+        prepare_data(DataConfig(path=str(extra_board.root), extra_columns={"jobs": {"tags": "list"}}),
+                     base=extra_board.data.extractor)
+    jobs = pd.read_csv(extra_board.root / "jobs.csv").drop(columns=["Industry"])
+    write_market(generate_market(users=300, jobs=200, interactions=3000, seed=0), tmp_path)
+    users = pd.read_csv(extra_board.root / "users.csv")
+    jobs.to_csv(tmp_path / "jobs.csv", index=False)
+    users.to_csv(tmp_path / "users.csv", index=False)
+    with pytest.raises(DataValidationError, match=r"missing column\(s\) \['Industry'\], which the model reads"):
+        prepare_data(DataConfig(path=str(tmp_path)), extractor=extra_board.data.extractor)

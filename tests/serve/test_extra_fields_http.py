@@ -1,0 +1,82 @@
+"""A model trained with extra columns (``data.extra_columns``) served without Ray (LocalBackend): ``POST /jobs``
+carries their values into the new jobs' encoding, a cold-start profile gives the user's, and ``extra`` never
+overrides a field of its own."""
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import pandas as pd
+import pytest
+
+with warnings.catch_warnings():  # starlette's note about its httpx-based TestClient
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from convfm.cli.catalog import postings
+from convfm.features.fields import PAD, field_columns
+from convfm.store.live_catalog import CatalogStore
+from serve.http import LocalBackend, build_http_app
+from serve.model_slot import ModelSlot
+
+pytestmark = pytest.mark.timeout(300)
+KEY = "extra-key-0123456789"
+AUTH = {"X-API-Key": KEY}
+
+
+@pytest.fixture()
+def service(extra_board, tmp_path):
+    slot = ModelSlot(extra_board.entry)
+    assert slot.load()["ok"]
+    store = CatalogStore(tmp_path / "live")
+    app = build_http_app(LocalBackend(slot, store.root.parent), api_key_digest=hashlib.sha256(KEY.encode()).hexdigest())
+    return TestClient(app, base_url="http://localhost"), slot
+
+
+def test_a_posted_job_is_encoded_with_its_extra_values(service):
+    client, slot = service
+    body = {"upsert": [{"job_id": "n1", "title": "Analyst", "extra": {"Industry": "Finance", "tags": ["remote"]}},
+                       {"job_id": "n2", "title": "Analyst"}]}
+    assert client.post("/jobs", json=body, headers=AUTH).status_code == 200
+    assert client.post("/recommend", json={"user_id": "nobody", "k": 1}).status_code == 200  # applies the delta
+    extractor = slot.current.extractor
+    columns = field_columns(extractor.feature_map.of_side("job").fields)
+    rows = [extractor.job_rows["n1"], extractor.job_rows["n2"]]
+    assert extractor.job_catalog.cat[rows, columns["job_industry"][1]].tolist() == [
+        extractor.vocabs["extra_industry"].index("finance"), PAD]
+    assert extractor.job_catalog.multi[rows[0], columns["job_tags"][1], 0] == extractor.vocabs["extra_tags"].index(
+        "remote")
+
+
+def test_a_profile_gives_the_users_extra_values_and_they_change_the_score(service, extra_board):
+    client, _ = service
+    job = extra_board.data.extractor.job_ids[1]
+    profile = {"skills": ["python"], "location": "Berlin"}
+    scores = {}
+    for industry in ("it", "finance", None):
+        body = {"profile": {**profile, **({"extra": {"industry": industry}} if industry else {})}, "job_ids": [job]}
+        response = client.post("/score", json=body)
+        assert response.status_code == 200, response.text
+        scores[industry] = response.json()["scores"][0]["score"]
+    assert len(set(scores.values())) == 3
+    only_extra = client.post("/recommend", json={"profile": {"extra": {"industry": "it"}}, "k": 3})
+    assert only_extra.status_code == 200 and only_extra.json()["cold_start"]
+
+
+@pytest.mark.parametrize("path, body, message", [
+    ("/recommend", {"profile": {"skills": ["sql"], "extra": {"location": "Paris"}}},
+     "extra: ['location'] are profile fields of their own"),
+    ("/jobs", {"upsert": [{"job_id": "n1", "extra": {"skills": "sql"}}]}, "extra: ['skills'] are job fields"),
+    ("/jobs", {"upsert": [{"job_id": "n1", "extra": {"Industry": 3}}]}, "upsert.0.extra.Industry"),
+])
+def test_extra_values_are_checked(service, path, body, message):
+    client, _ = service
+    response = client.post(path, json=body, headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["message"]
+
+
+def test_catalog_push_sends_the_files_other_columns_as_extra_values():
+    jobs = pd.DataFrame({"job_id": ["a", "b"], "title": ["x", "y"], "Industry": ["IT", None], "level": [3.0, None]})
+    assert postings(jobs) == [{"job_id": "a", "extra": {"Industry": "IT", "level": "3"}, "title": "x"},
+                              {"job_id": "b", "title": "y"}]
