@@ -159,7 +159,8 @@ class Api:
         """Stored first (the answer waits for the write), then told to every Ranker in the background: one
         that misses it catches up from the log at its next request."""
         try:
-            known = unwrap(await self._call("known_jobs", sorted({e.job_id for e in events}), timeout=5.0))
+            known = unwrap(await self._call("known_jobs", sorted({e.job_id for e in events}), self.catalog_want,
+                                            timeout=5.0))
         except ServiceError as exc:  # no replica can say: store the events anyway, known_job null
             log.warning("known_jobs: %s; storing events unflagged", exc.detail)
             known = None
@@ -194,7 +195,13 @@ class Api:
 
     async def put_jobs(self, request: Any) -> dict[str, Any]:
         """One live catalog version (written before this returns); later requests make replicas apply it."""
-        body = await asyncio.to_thread(write_jobs, self.catalog, request)
+        known = None
+        if request.expire:
+            try:
+                known = unwrap(await self._call("known_jobs", request.expire, self.catalog_want, timeout=5.0))
+            except ServiceError as exc:  # no replica can say: every expiry is written
+                log.warning("known_jobs: %s; writing every expiry", exc.detail)
+        body = await asyncio.to_thread(write_jobs, self.catalog, request, known)
         self.catalog_want = max(self.catalog_want, body["catalog_version"])
         return body
 
@@ -210,7 +217,13 @@ class Api:
     async def reload(self, version: Optional[str], traffic: Optional[dict[str, float]] = None
                      ) -> tuple[int, dict[str, Any]]:
         """One version for all traffic (None: the entry's ``latest``), or a ``traffic`` split; 200 once every
-        Ranker replica holds it, else 409 and the old version or split keeps serving."""
+        Ranker replica holds it, else 409 and the old version or split keeps serving (``traffic``: the split
+        serving after the call, either way)."""
+        status, body = await self._reload(version, traffic)
+        return status, {**body, "traffic": self.split}
+
+    async def _reload(self, version: Optional[str], traffic: Optional[dict[str, float]]
+                      ) -> tuple[int, dict[str, Any]]:
         previous = self.want
         split, others = None, None
         if traffic is not None:
@@ -238,7 +251,7 @@ class Api:
         status, body = reload_outcome(reports, previous)
         if status == 200:
             self.want, self.split = body["version"], split
-        return status, {**body, "traffic": self.split}
+        return status, body
 
 
 def pinned_version(model: str, version: Optional[str]) -> Optional[str]:

@@ -289,7 +289,8 @@ class LocalBackend:
         return unwrap(wrap(result))
 
     async def put_jobs(self, request: JobsRequest) -> dict[str, Any]:
-        body = await asyncio.to_thread(write_jobs, self.catalog, request)
+        known = self.slot.current.known_jobs(request.expire) if self.slot.current and request.expire else None
+        body = await asyncio.to_thread(write_jobs, self.catalog, request, known)
         await asyncio.to_thread(catch_up, self.slot.require(), self.catalog, body["catalog_version"])
         return body
 

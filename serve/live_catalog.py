@@ -15,7 +15,7 @@ their training data's expiry (``Scorer.model_alive``), until a delta replaces th
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -75,22 +75,30 @@ def _show_upserted(scorer: Any, before: int, rows: np.ndarray, frame: pd.DataFra
 
 
 # ---------------------------------------------------------------------------------------- service side
-def write_jobs(store: Optional[CatalogStore], request: Any) -> dict[str, Any]:
-    """``POST /jobs``: one delta with the request's upserts and expirations -> the response body. Raises
-    ServiceError: 409 when another writer took the version, 503 without a live store or when storage failed."""
+def write_jobs(store: Optional[CatalogStore], request: Any, known: Optional[Mapping[str, bool]] = None
+               ) -> dict[str, Any]:
+    """``POST /jobs``: one delta with the request's upserts and expirations -> the response body; ``known``
+    (id -> whether the serving catalog holds it; None: unknown, all kept) leaves out expirations of ids it does
+    not hold, which the body lists. Raises ServiceError: 409 when another writer took the version, 503 without a
+    live store or when storage failed."""
     if store is None:
         raise ServiceError(503, "the live catalog is off: this service has no live store")
+    unknown = [j for j in request.expire if known is not None and not known.get(j, False)]
+    expire = [j for j in request.expire if j not in set(unknown)]
+    if not request.upsert and not expire:
+        return {"catalog_version": store.latest(), "upserted": 0, "expired": 0, "unknown_expire": unknown}
     jobs = [{"job_id": job.job_id, **{f: getattr(job, f) for f in CONTENT_FIELDS},
              "posted_at": _micros(job.posted_at), "expires_at": _micros(job.expires_at),
              **({"extra": job.extra} if job.extra else {})} for job in request.upsert]
     try:
-        delta = store.append(jobs, request.expire)
+        delta = store.append(jobs, expire)
     except CatalogConflict as exc:
         raise ServiceError(409, str(exc)) from None
     except (StorageError, OSError) as exc:
         log.warning("live catalog write failed: %s", exc)
         raise ServiceError(503, "the live store could not be written; nothing was kept, retry") from None
-    return {"catalog_version": delta.version, "upserted": len(delta.upsert), "expired": len(delta.expire)}
+    return {"catalog_version": delta.version, "upserted": len(delta.upsert), "expired": len(delta.expire),
+            "unknown_expire": unknown}
 
 
 def _micros(value: Any) -> Optional[int]:
@@ -112,5 +120,5 @@ def job_detail(scorer: Any, job_id: str) -> dict[str, Any]:
         record = scorer.job(job_id)
         expires = scorer.expires(scorer.extractor.job_rows[str(job_id)], now)
         version = scorer.live_jobs.version
-    return {**record, "expires_at": None if expires == NEVER else pd.Timestamp(expires * 1000).isoformat(),
+    return {**record, "expires_at": None if expires == NEVER else pd.Timestamp(expires * 1000, tz="UTC").isoformat(),
             "expired": expires <= now, "catalog_version": version}

@@ -25,7 +25,7 @@ from serve.events import LiveEvents, follow_log
 from serve.http import wrap
 from serve.live_catalog import answer, catch_up, job_detail
 from serve.model_slot import RETRY_FAILED_S, ModelSlot, VersionSlots
-from serve.scorer import Scorer, ServiceError
+from serve.scorer import Scorer, ServiceError, utc_now_text
 
 log = logging.getLogger(__name__)
 # Serve routes to a new replica (a replacement, an autoscaled one) as soon as __init__ returns, while its model
@@ -190,6 +190,8 @@ class Ranker:
             if failed is not None:
                 report = {**report, "ok": False, "error": f"{failed['requested']}: {failed['error']}"}
             report["held"] = sorted({report["version"], *self.variants.slots}, key=str)
+        if others is not None:  # a split: /model's last_reload tells of it, also when no load was needed
+            self.slot.last_reload = {**report, "at": utc_now_text()}
         report["replica"] = serve.get_replica_context().replica_tag
         return report
 
@@ -215,10 +217,12 @@ class Ranker:
         """The ingress's broadcast after it wrote ``segment``."""
         return self.slot.live.add(segment, records)
 
-    async def known_jobs(self, job_ids: list[str]) -> dict[str, Any]:
+    async def known_jobs(self, job_ids: list[str], catalog: Optional[int] = None) -> dict[str, Any]:
+        """Whether the serving catalog holds each id, the live catalog applied up to ``catalog`` first (a job
+        posted a moment before its first event is known)."""
         await self._first_load()
         try:
-            return wrap(self.slot.require().known_jobs(job_ids))
+            return await self._catch_up(catalog) or wrap(self.slot.require().known_jobs(job_ids))
         except ServiceError as exc:
             return wrap(exc)
 

@@ -27,17 +27,23 @@ MAX_EVENTS = 1000
 
 
 def _id_text(value: Any) -> Any:
-    """Ids are strings; an integer id is its decimal string; anything else is refused."""
+    """Ids are strings, stripped; an integer id is its decimal string; anything else is refused."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
         raise ValueError(f"an id must be a string or an integer, got {type(value).__name__}")
-    return value
+    return value.strip()
 
 
-Id = Annotated[str, BeforeValidator(_id_text), StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-ShortText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
-Skill = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+def _stripped(value: Any) -> Any:
+    """Strings stripped before their length is checked: pydantic's ``strip_whitespace`` strips after
+    ``min_length``, so "   " passed as a non-empty id and was stored as ""."""
+    return value.strip() if isinstance(value, str) else value
+
+
+Id = Annotated[str, BeforeValidator(_id_text), StringConstraints(min_length=1, max_length=200)]
+ShortText = Annotated[str, BeforeValidator(_stripped), StringConstraints(max_length=200)]
+Skill = Annotated[str, BeforeValidator(_stripped), StringConstraints(min_length=1, max_length=100)]
 # The model's extra columns (``DataConfig.extra_columns``) by their names in the data files: a value, or a list
 # for a list column; names the model was not trained with are kept (the live catalog) and read by none.
 ExtraValues = Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=200)],
@@ -114,7 +120,10 @@ class ScoreRequest(UserRequest):
 def _utc(value: dt.datetime) -> dt.datetime:
     """A naive UTC datetime (naive input is taken as UTC, as the jobs table's dates are) within 1970..2100."""
     if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        try:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        except OverflowError:  # a zone offset past year 1 or 9999
+            raise ValueError("must be between 1970-01-01 and 2100-01-01") from None
     if not dt.datetime(1970, 1, 1) <= value < dt.datetime(2100, 1, 1):
         raise ValueError("must be between 1970-01-01 and 2100-01-01")
     return value
@@ -286,9 +295,12 @@ class JobDetail(Job):
 
 
 class JobsResponse(BaseModel):
-    catalog_version: int = Field(description="the catalog version this change created")
+    catalog_version: int = Field(description="the catalog version this change created (the latest one when it "
+                                             "changed nothing: every id to expire unknown)")
     upserted: int
     expired: int
+    unknown_expire: list[str] = Field(default_factory=list, description="ids to expire that the serving catalog "
+                                      "does not hold: nothing written for them")
 
 
 class JobScore(BaseModel):

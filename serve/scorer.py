@@ -134,6 +134,8 @@ class Scorer:
         self.live_jobs = LiveJobs(self.n_jobs)  # live catalog applied on top (serve.live_catalog)
         recency = self.ranker.recency  # the model's jobs expire too, at their training data's expiry (model_alive)
         self.model_expires = None if recency is None else recency.expires[: self.n_jobs].copy()
+        # the model's rows the live catalog has replaced: their expiry is the live catalog's alone
+        self.model_replaced = np.zeros(self.n_jobs, dtype=bool)
         self.retrieval_candidates = retrieval_candidates
         self.index = RetrievalIndex(self.ranker) if retrieval_candidates else None  # None: exact full scan
         self.cache = ScoreCache(self.ranker, score_cache_mib * 2**20 if self.index is None else 0)
@@ -145,16 +147,19 @@ class Scorer:
         old log replayed, the 2024 demo market, a model far older than its jobs), which then serve as trained."""
         if not self.model_expiry_applies(now):
             return None
-        alive = self.model_expires > now
+        alive = (self.model_expires > now) | self.model_replaced
         return np.concatenate([alive, np.ones(len(self.extractor.job_ids) - len(alive), dtype=bool)])
 
     def model_expiry_applies(self, now: int) -> bool:
-        return self.model_expires is not None and bool((self.model_expires[1:] > now).any())
+        """Whether some job of the model's own, not replaced by the live catalog, is alive at ``now``."""
+        return self.model_expires is not None and bool(
+            (self.model_expires[1:] > now)[~self.model_replaced[1:]].any())
 
     def expires(self, row: int, now: int) -> int:
         """Catalog row ``row``'s expiry as ``/recommend`` applies it at ``now`` (``NEVER``: none)."""
         live, model = int(self.live_jobs.expires[row]), self.model_expires
-        if model is not None and row < len(model) and self.model_expiry_applies(now):
+        if model is not None and row < len(model) and not self.model_replaced[row] \
+                and self.model_expiry_applies(now):
             return min(live, int(model[row]))
         return live
 
@@ -199,9 +204,8 @@ class Scorer:
         """Job sides (and index entries) of the extractor's catalog ``rows`` the live catalog appended or
         replaced (``serve.live_catalog``)."""
         self.ranker.put_jobs(rows)
-        if self.model_expires is not None:  # the live catalog now sets these jobs' expiry
-            rows = np.asarray(rows, dtype=np.int64)
-            self.model_expires[rows[rows < len(self.model_expires)]] = NEVER
+        rows = np.asarray(rows, dtype=np.int64)
+        self.model_replaced[rows[rows < len(self.model_replaced)]] = True  # the live catalog sets their expiry
         if self.index is not None:
             self.index.add(rows)
 
@@ -314,8 +318,8 @@ class Scorer:
             for u, (i, known, user, past, mask) in enumerate(pending):
                 request = requests[i]
                 seen = list(self.seen.get(request.user_id, ())) if known and request.exclude_seen else []
-                if request.exclude_seen and request.history:
-                    seen += past.tolist()
+                if request.exclude_seen and request.history:  # all of it: ``past`` keeps the last history_length
+                    seen += [self.extractor.job_rows.get(j, 0) for j in request.history]
                 if request.exclude_seen:
                     seen += self._live_seen(request.user_id)
                 if exact:

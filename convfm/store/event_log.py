@@ -43,6 +43,7 @@ REQUIRED = ("event_id", "type", "user_id", "job_id", "timestamp")
 IMPRESSION = "impression"
 OPTIONAL = ("impression_id", "model_version", "known_job", "received_at")
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+YEAR_10000 = 253_402_300_800  # epoch seconds past the last datetime
 FUTURE_SLACK = dt.timedelta(days=1)  # client clocks drift; an event days ahead is a unit or typing mistake
 
 
@@ -56,8 +57,11 @@ def parse_time(value: Any) -> dt.datetime:
             when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             raise ValueError(f"{value[:40]!r} is not an ISO-8601 date/time such as 2026-12-02T12:00:00Z") from None
-        when = when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
-    elif not math.isfinite(value) or not 0 <= value < 2 ** 40:
+        try:
+            when = when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+        except OverflowError:  # a zone offset past year 1 or 9999
+            raise ValueError(f"{value[:40]!r} is out of range") from None
+    elif not math.isfinite(value) or not 0 <= value < YEAR_10000:
         raise ValueError(f"epoch seconds {value!r} out of range")
     else:
         when = EPOCH + dt.timedelta(seconds=value)
@@ -181,7 +185,8 @@ class EventLog:
 
     def append(self, records: Sequence[Mapping[str, Any]]) -> Appended:
         """Write the records whose ``event_id`` is new (first one wins inside ``records``) as one segment and
-        return once it is stored; a storage failure raises StorageError and nothing counts as written."""
+        return once it is stored; a storage failure raises StorageError and nothing counts as written, as does a
+        record this log's readers would refuse (DataValidationError)."""
         with self._lock:
             fresh, duplicates, ids = [], [], set()
             for record in records:
@@ -193,9 +198,12 @@ class EventLog:
                     fresh.append(dict(record))
             if not fresh:
                 return Appended(None, [], duplicates, self._segments)
+            lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in fresh]
+            for number, line in enumerate(lines, start=1):  # what readers would refuse is never written
+                check_record(line, f"{self.root}: record {number} to append")
             self._last_ns = max(time.time_ns(), self._last_ns + 1)
             name = f"{self._last_ns:019d}-{uuid.uuid4().hex[:8]}.jsonl"
-            text = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in fresh)
+            text = "".join(line + "\n" for line in lines)
             storage.write_text(storage.join(self.root, name), text, durable=True)
             self._ids |= ids
             self._segments += 1

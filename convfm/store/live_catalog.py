@@ -172,10 +172,14 @@ class LiveJobs:
         holds is replaced, a new one appended), ``put_rows(rows)`` computing the model's side of them (ranker,
         index), their times recorded; then the expirations of ids the catalog holds. Returns the upserted rows
         (n,) and their jobs frame, for what the caller keeps per row (display columns, popularity)."""
-        jobs = upserted_jobs(delta.upsert)
+        upsert = [job for job in delta.upsert if job["job_id"].strip()]
+        if len(upsert) < len(delta.upsert):  # written before the service refused blank ids: row 0 is no job's
+            log.warning("live catalog v%d: %d job(s) with a blank id left out", delta.version,
+                        len(delta.upsert) - len(upsert))
+        jobs = upserted_jobs(upsert)
         with self.lock:
             rows = np.zeros(0, dtype=np.int64)
-            if delta.upsert:
+            if upsert:
                 rows = extractor.put_jobs(jobs.frame, jobs.posted, jobs.expires)
                 put_rows(rows)
                 n = len(extractor.job_ids)
@@ -232,6 +236,8 @@ class CatalogStore:
         """Write the next version: ``upsert`` job records (``posted_at`` defaults to now), ``expire`` ids
         (expired now). Returns the delta written; CatalogConflict when another writer took its number."""
         now = now_micros() if now is None else int(now)
+        if any(not str(job["job_id"]).strip() for job in upsert) or any(not str(j).strip() for j in expire):
+            raise ValueError("a live catalog job id must not be blank")
         jobs = tuple({**job, "posted_at": now if job.get("posted_at") is None else int(job["posted_at"])}
                      for job in upsert)
         with self._lock:

@@ -71,9 +71,12 @@ def test_a_split_routes_users_stably_and_the_report_compares_the_versions(tiny, 
         changed = reload({"traffic": {"v0001": 0.2, "v0002": 0.8}})
         assert changed.status_code == 200 and changed.json()["traffic"] == {"v0001": 0.2, "v0002": 0.8}
         assert changed.json()["version"] == "v0002"  # the new control
+        last = client.get("/model").json()["last_reload"]  # a split that loaded nothing new is still told of
+        assert last["ok"] and last["held"] == ["v0001", "v0002"] and last["requested"] == "v0002"
         assert all(answer(u)["model_version"] == route({"v0001": 0.2, "v0002": 0.8}, u) for u in users[:10])
         refused = reload({"traffic": {"v0001": 0.5, "v0003": 0.5}})
         assert refused.status_code == 409 and "v0003: no such version" in refused.json()["error"]
+        assert refused.json()["traffic"] == {"v0001": 0.2, "v0002": 0.8}  # the split serving after the call
         assert reload({"traffic": {"v0001": 0.5, "v0002": 0.6}}).status_code == 422
         assert client.get("/model").json()["traffic"] == {"v0001": 0.2, "v0002": 0.8}  # the old split serves
 

@@ -61,6 +61,9 @@ def test_writing_needs_the_api_key(tiny, tmp_path):
     ({"type": "purchase"}, "events.1.type"), ({"timestamp": 1.7e12}, "events.1.timestamp"),
     ({"timestamp": "last tuesday"}, "events.1.timestamp"), ({"timestamp": True}, "events.1.timestamp"),
     ({"user_id": ""}, "events.1.user_id"), ({"job_id": None}, "events.1.job_id"), ({"extra": 1}, "events.1.extra"),
+    ({"event_id": "   "}, "events.1.event_id"), ({"user_id": " \t"}, "events.1.user_id"),  # stored as "" before
+    ({"timestamp": 549755813888}, "events.1.timestamp"), ({"timestamp": "0001-01-01T00:00:00+05:00"},
+                                                          "events.1.timestamp"),  # overflowed: 500 before
 ])
 def test_a_malformed_event_is_422_and_nothing_is_written(tiny, tmp_path, bad, field):
     body = {"events": [event("good", "j000001"), {**event("bad", "j000002"), **bad}]}

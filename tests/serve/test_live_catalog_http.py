@@ -12,7 +12,7 @@ with warnings.catch_warnings():  # starlette's note about its httpx-based TestCl
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from convfm.store.live_catalog import CatalogStore
+from convfm.store.live_catalog import CatalogStore, Delta
 from serve.http import LocalBackend, build_http_app
 from serve.model_slot import ModelSlot
 
@@ -67,6 +67,8 @@ def test_writing_jobs_needs_the_api_key(service, tiny, tmp_path):
     ({"upsert": [posting("n1")], "expire": ["n1"]}, "each job id once per request"),
     ({"upsert": [posting("n1", colour="red")]}, "upsert.0.colour: Extra inputs are not permitted"),
     ({"expire": [""]}, "expire.0: Value should have at least 1 item"),
+    ({"upsert": [posting("   ")]}, "upsert.0.job_id: Value should have at least 1 item"),  # was 200, then 500s
+    ({"upsert": [posting("n1", posted_at="0001-01-01T00:00:00+05:00")]}, "must be between 1970-01-01 and 2100"),
 ])
 def test_a_malformed_change_is_422_and_writes_nothing(service, body, message):
     client, store, _, _ = service
@@ -81,7 +83,8 @@ def test_a_new_job_is_recommended_under_a_matching_filter_and_get_follows_its_up
     assert client.post("/recommend", json=request).json()["items"] == []  # nobody is in Atlantis yet
     written = client.post("/jobs", json={"upsert": [posting("n1"), posting("n2", location="Lemuria")]},
                           headers=AUTH)
-    assert written.status_code == 200 and written.json() == {"catalog_version": 1, "upserted": 2, "expired": 0}
+    assert written.status_code == 200 and written.json() == {"catalog_version": 1, "upserted": 2, "expired": 0,
+                                                        "unknown_expire": []}
     answer = client.post("/recommend", json=request).json()
     assert [i["job_id"] for i in answer["items"]] == ["n1"] and answer["catalog_version"] == 1
     assert answer["items"][0]["title"] == "Underwater Data Engineer" and answer["items"][0]["score"] > 0
@@ -128,3 +131,40 @@ def test_a_restarted_process_and_a_reloaded_model_catch_up_from_the_store(servic
                        base_url="http://localhost")
     assert [i["job_id"] for i in again.post("/recommend", json=request).json()["items"]] == ["n1"]
     assert again.get("/jobs/n2").json()["expired"] and again.get("/model").json()["catalog_version"] == 2
+
+
+def test_replacing_one_model_job_leaves_the_others_served_when_all_had_expired(service, tiny):
+    client, _, slot, request = service
+    assert client.get("/model").json()["model_jobs_expire"] is False  # the 2024 market: served as trained
+    ask = {"user_id": request["user_id"], "k": 10}
+    before = client.post("/recommend", json=ask).json()["items"]
+    job = tiny.data.extractor.job_ids[1]
+    client.post("/jobs", json={"upsert": [posting(job)]}, headers=AUTH)
+    after = client.post("/recommend", json=ask).json()["items"]
+    assert len(before) == len(after) == 10  # it had turned the model's expiry on: only live rows were left
+    assert client.get("/model").json()["model_jobs_expire"] is False
+
+
+def test_expiring_ids_the_catalog_does_not_hold_writes_nothing_for_them(service, tiny):
+    client, store, _, _ = service
+    job = tiny.data.extractor.job_ids[1]
+    body = client.post("/jobs", json={"expire": [job, "no-such-job"]}, headers=AUTH).json()
+    assert body == {"catalog_version": 1, "upserted": 0, "expired": 1, "unknown_expire": ["no-such-job"]}
+    assert client.post("/jobs", json={"expire": ["no-such-job"]}, headers=AUTH).json()["catalog_version"] == 1
+    assert store.latest() == 1 and list(store.read()[0].expire) == [job]
+    assert client.get(f"/jobs/{job}").json()["expires_at"].endswith("+00:00")
+
+
+def test_a_blank_job_id_in_an_older_delta_is_left_out(tiny, tmp_path):
+    store = CatalogStore(tmp_path / "live")
+    store.root.mkdir(parents=True)
+    (store.root / "000001.json").write_text(Delta(1, 1, ({"job_id": "", "title": "blank", "posted_at": 1},
+                                                         {"job_id": "n1", "title": "x", "posted_at": 1})).to_text("old"))
+    with pytest.raises(ValueError, match="must not be blank"):
+        store.append([{"job_id": " ", "posted_at": 1}])
+    slot = ModelSlot(tiny.entry)
+    assert slot.load()["ok"]
+    client = TestClient(build_http_app(LocalBackend(slot, store.root.parent)), base_url="http://localhost")
+    answer = client.post("/recommend", json={"user_id": slot.current.extractor.user_ids[1], "k": 5})
+    assert answer.status_code == 200 and len(answer.json()["items"]) == 5  # 500 for every model answer before
+    assert "n1" in slot.current.extractor.job_rows and "" not in slot.current.extractor.job_ids[1:]

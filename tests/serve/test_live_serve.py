@@ -68,6 +68,11 @@ def test_a_posted_job_is_recommended_on_every_replica_and_survives_a_replica_res
     assert client.post("/jobs", json={"upsert": [JOB]}).status_code == 401
     written = client.post("/jobs", json={"upsert": [JOB]}, headers=WITH_KEY)
     assert written.status_code == 200 and written.json()["catalog_version"] == 1
+    event = {"event_id": "fresh", "type": "click", "user_id": "fresh-user", "job_id": "live-1",
+             "timestamp": time.time()}  # before any replica answered a request of version 1
+    assert client.post("/events", json={"events": [event]}, headers=WITH_KEY).json()["unknown_jobs"] == []
+    nothing = client.post("/jobs", json={"expire": ["no-such-job"]}, headers=WITH_KEY).json()
+    assert nothing == {"catalog_version": 1, "upserted": 0, "expired": 0, "unknown_expire": ["no-such-job"]}
     for _ in range(8):  # requests spread over both replicas: each applies version 1 before it answers
         answer = client.post("/recommend", json=ask).json()
         assert [i["job_id"] for i in answer["items"]] == ["live-1"] and answer["catalog_version"] == 1
@@ -110,9 +115,9 @@ def test_acknowledged_events_survive_killed_replicas_and_count_on_the_new_ones(s
                and service.healthy(), 180, "replaced")
 
     logged = [r for _, segment in read_log(events_location(service.live)) for r in segment]
-    records = [r for r in logged if is_event(r)]
+    records = [r for r in logged if is_event(r) and r["user_id"] == user]
     assert [r["event_id"] for r in records] == [f"e{i}" for i in range(N)] + ["odd"]
-    first_event = next(n for n, r in enumerate(logged) if is_event(r))
+    first_event = next(n for n, r in enumerate(logged) if is_event(r) and r["user_id"] == user)
     assert any(r["type"] == "impression" and r["job_ids"] == shown for r in logged[:first_event])  # flushed first
     assert [r["known_job"] for r in records] == [True] * N + [False]
     for _ in range(10):  # both new replicas: they read the log they never received a broadcast of

@@ -154,6 +154,14 @@ def test_a_stranger_with_a_history_is_scored_from_it_and_the_why_cites_it(scorer
     assert popular["fallback"] == "popular"
 
 
+def test_every_history_job_counts_as_seen_not_only_the_last_history_length(scorer, tiny):
+    top = [i["job_id"] for i in scorer.recommend_many([rec(user_id="stranger", history=["x"], k=60)])[0]["items"]]
+    history = top[:50]  # more than the 20 the features read
+    assert scorer.extractor.history_length < len(history)
+    answer = scorer.recommend_many([rec(user_id="stranger", history=history, k=100)])[0]
+    assert not {i["job_id"] for i in answer["items"]} & set(history)
+
+
 def test_the_why_cites_the_profile_match_only_where_the_job_is_in_the_users_location(scorer, tiny):
     city = scorer.extractor.vocabs["location"].values[0]
     local = scorer.recommend_many([rec(profile={"location": city}, k=5, explain=True, filters={"location": city})])[0]
