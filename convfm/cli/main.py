@@ -24,7 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "catalog": ("convfm.cli.catalog", "'catalog push jobs.csv --url URL': add or replace a running service's jobs"),
     "recommend": ("convfm.cli.recommend", "ask a running service for a user's top-k jobs"),
     "recommend-batch": ("convfm.cli.recommend_batch", "every user's top-k jobs, offline, on Ray Data, as Parquet"),
-    "models": ("convfm.cli.models", "'models promote ENTRY vNNNN' / 'models rollback ENTRY': the promoted version"),
+    "models": ("convfm.cli.models", "the registry: publish a model as a version, promote / roll back the served one, list"),
     "report": ("convfm.cli.report", "click, save and apply rates per model version from the service's event log"),
     "demo": ("convfm.cli.demo", "end-to-end demo: synthesize, train, tune, serve, query"),
 }

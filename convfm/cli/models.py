@@ -13,7 +13,9 @@ from typing import Any
 from convfm.cli.catalog import DEFAULT_KEY_ENV
 from convfm.errors import ConvFMError
 from convfm.store import storage
-from convfm.store.registry import promote, promoted_stack, promotion_history, publish, rollback, versions
+from convfm.store.registry import (
+    latest_note, promote, promoted_stack, promotion_history, publish, rollback, versions,
+)
 from convfm.store.storage import local_or_uri
 
 
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     entry = local_or_uri(args.entry)
     if args.action == "publish":  # `latest` moves too, unless the entry was ever promoted (registry docstring)
         where = publish(args.model_dir, storage.parent(entry), storage.name(entry))
-        print(f"published {args.model_dir} as {where}")
+        print(f"published {args.model_dir} as {where} ({latest_note(where)})")
         return 0
     if args.action == "list":
         history = promotion_history(entry)

@@ -41,9 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "a URI; its vocabularies grow with the new ids, its model config is used (train.init_from)")
     parser.add_argument("--prepare", choices=PREPARATIONS, default="auto",
                         help="where data is prepared: memory (the driver reads, fits and encodes, then ships shards), "
-                        "distributed (a table's train/valid/test files are fitted and encoded on Ray Data and the "
-                        "workers stream their shards; for data beyond the driver's memory), or auto (default: "
-                        "memory unless the table is large or stored as part files; the run prints which and why)")
+                        "distributed (a table's train/valid/test files, or a job market's interaction log, are "
+                        "split, fitted and encoded on Ray Data and the workers stream their shards; for data beyond "
+                        "the driver's memory), or auto (default: memory unless the table or the interaction log is "
+                        "large or stored as part files; the run prints which and why)")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in RUN (a path or URI) from its latest "
                         "checkpoint (its data and model; --epochs etc. may change)")
 

@@ -14,6 +14,7 @@ from convfm.cli.common import add_data_arguments, config_file, data_config, mode
 from convfm.config import DataConfig, ModelConfig, TrainConfig
 from convfm.errors import ConfigError
 from convfm.store.storage import join, local_or_uri, parent
+from convfm.store.registry import latest_note
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
           f"{int(best['best_epoch'])}; {int(summary.trials['stopped_by_asha'].sum())} of {len(summary.trials)} "
           f"trial(s) stopped by ASHA; {summary.concurrency} at a time; wall time {summary.wall_seconds:.1f}s")
     entry = parent(summary.model_dir)
-    print(f"published: {summary.model_dir}  (latest of {entry})")
+    print(f"published: {summary.model_dir}  ({latest_note(summary.model_dir)})")
     print(f"table: {join(out_dir, 'trials.csv')}  plot: {join(out_dir, 'trials.png')}  "
           f"summary: {join(out_dir, 'summary.json')}")
     print(f"\nNext: convfm serve --model {entry}")

@@ -91,6 +91,17 @@ def publish(model_dir: str | Path, registry: str | Path, name: str) -> str | Pat
     return root / version
 
 
+def latest_note(published: str | Path) -> str:
+    """What a publish did to its entry's ``latest``, for the commands that publish: "latest of ENTRY", or, for an
+    entry with a promotion history (``latest`` stays), the promote command that would serve this version."""
+    entry, version = storage.parent(published), storage.name(published)
+    if not storage.exists(storage.join(entry, HISTORY)):
+        return f"latest of {entry}"
+    current = storage.read_text(storage.join(entry, LATEST)).strip()
+    return (f"{entry}'s latest stays {current}: the entry has a promotion history; `convfm models promote "
+            f"{entry} {version}` serves this version")
+
+
 def _remove_stale_staging(root: Path) -> None:
     """Delete what killed publishes left in an entry: ``.vNNNN.*`` staging folders and ``.latest.*`` temp files
     untouched for ``STALE_AFTER_S`` (a younger one may belong to a publish still running)."""

@@ -80,11 +80,14 @@ def test_the_commands(entry, capsys):
 def test_publish_adds_a_version_and_moves_latest_only_before_the_first_promotion(entry, tmp_path, capsys):
     model = tmp_path / "model"
     assert main(["models", "publish", str(model), str(entry)]) == 0
-    assert capsys.readouterr().out.strip() == f"published {model} as {entry / 'v0003'}"
+    assert capsys.readouterr().out.strip() == f"published {model} as {entry / 'v0003'} (latest of {entry})"
     assert latest(entry) == "v0003"
     promote(entry, "v0001")
     assert main(["models", "publish", str(model), str(entry)]) == 0
     assert (entry / "v0004").is_dir() and latest(entry) == "v0001"
+    assert capsys.readouterr().out.strip().endswith(f"({entry}'s latest stays v0001: the entry has a promotion "
+                                                    f"history; `convfm models promote {entry} v0004` serves this "
+                                                    "version)")
 
 
 def test_telling_a_service_without_its_key_changes_nothing(entry, capsys, monkeypatch):

@@ -5,8 +5,10 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+import yaml
 
 from convfm.config import ModelConfig, TrainConfig
 from convfm.errors import ConfigError
@@ -29,6 +31,12 @@ def test_default_space_covers_the_seed_table():
     assert {0.0, ModelConfig().id_dropout} <= set(DEFAULT_SPACE["id_dropout"].values)
     assert {0.0, TrainConfig().ema_decay} <= set(DEFAULT_SPACE["ema_decay"].values)  # off, and the default
     space.validate()  # every default value builds a valid ModelConfig / TrainConfig
+
+
+def test_the_shipped_tune_yaml_lists_the_default_space_entry_for_entry():
+    """configs/tune.yaml says its `space:` shows the defaults: a default left out would be searched unseen."""
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "tune.yaml").read_text())["space"]
+    assert SearchSpace.from_overrides(shipped).params == DEFAULT_SPACE and set(shipped) == set(DEFAULT_SPACE)
 
 
 def test_overrides_decode_to_config_fields():
