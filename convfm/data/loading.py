@@ -59,7 +59,7 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
                        extra: Mapping[str, str] = {}, keep_all: bool = False) -> tuple[pd.DataFrame, Path, bool]:
     """Read one table, rename to canonical columns, type them by kind; a table's own id must be unique.
     ``extra`` (``DataConfig.extra_columns`` of this table) names more columns the file must have, kept as
-    strings ("" when missing); the other columns are kept as read, with a warning unless ``keep_all``. The flag
+    strings ("" when missing) or, of kind number, as numbers (refused when a cell is not one); the other columns are kept as read, with a warning unless ``keep_all``. The flag
     says whether every date/time column read holds calendar dates (``readers.is_calendar``)."""
     unknown = sorted(set(mapping) - set(schema.names))
     if unknown:
@@ -94,8 +94,8 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
     if absent:
         raise DataValidationError(f"{path}: missing column(s) {absent} listed in extra_columns.{schema.name}; "
                                   f"columns in the file: {list(frame.columns)}")
-    for column in extra:
-        out[column] = column_strings(frame, column)
+    for column, kind in extra.items():
+        out[column] = to_numbers(frame[column], path, column) if kind == "number" else column_strings(frame, column)
     extras = [c for c in frame.columns if c not in set(source.values()) and c not in extra]
     if extras and not keep_all:
         logger.warning("%s: ignoring extra column(s) %s (known %s columns: %s; data.extra_columns makes a "

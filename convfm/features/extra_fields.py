@@ -5,8 +5,9 @@ both users and jobs (one slug) shares one vocabulary (the two sides' embeddings 
 with ``model.profile_match``, gets a pair-match term on whether the two values agree (``shared_pairs``), as
 location and level do.
 
-Kinds: ``category`` (one value per row, normalised as the canonical categories are) and ``list``
-(``;``-separated values). Numbers are left to the user to bucket into categories.
+Kinds: ``category`` (one value per row, normalised as the canonical categories are), ``list`` (``;``-separated
+values) and ``number``: a dense field of two values, the number standardised by the training table's mean and
+spread (clipped to +-5 spreads) and a missing flag. A number has no vocabulary, so no pair-match term.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from convfm.features.fields import FeatureMap, FieldSpec, Vocabulary
 from convfm.features.job_fields import JOB_FIELDS, USER_FIELDS
 from convfm.features.text import category_values, column_strings, split_lists
 
-KINDS = ("category", "list")
+KINDS = ("category", "list", "number")
+CLIP = 5.0  # standardised numbers are clipped to +-CLIP: one outlier row must not dominate its field
 SIDES = {"jobs": "job", "users": "user"}  # table -> field side
 PREFIX = "extra_"  # vocabulary names: extra_<slug>
 
@@ -94,6 +96,7 @@ class ExtraFields:
 
     def __init__(self, columns: Mapping[str, Mapping[str, str]], max_len: int) -> None:
         self.columns, self.max_len = {t: dict(c) for t, c in columns.items()}, max_len
+        self.stats: dict[str, list[float]] = {}  # number field -> [mean, spread] of its training values
         self.by_field = {f"{SIDES[table]}_{slug(column)}": (table, column, kind)
                          for table, declared in self.columns.items() for column, kind in declared.items()}
 
@@ -106,6 +109,8 @@ class ExtraFields:
         side, vocab = SIDES[table], PREFIX + slug(column)
         if kind == "category":
             return FieldSpec(name, "categorical", side, vocab, len(vocabs[vocab]))
+        if kind == "number":
+            return FieldSpec(name, "dense", side, width=2)
         return FieldSpec(name, "multi", side, vocab, len(vocabs[vocab]), max_len=self.max_len)
 
     def present(self, frames: Mapping[str, Optional[pd.DataFrame]]) -> dict[str, bool]:
@@ -118,7 +123,7 @@ class ExtraFields:
         values: dict[str, list[str]] = {}
         for table, column, kind in self.by_field.values():
             frame = frames.get(table)
-            if frame is None or column not in frame.columns:
+            if frame is None or column not in frame.columns or kind == "number":
                 continue
             found = values.setdefault(PREFIX + slug(column), [])
             if kind == "category":
@@ -127,13 +132,36 @@ class ExtraFields:
                 found.extend(v for row in split_lists(column_strings(frame, column)) for v in row)
         return {vocab: Vocabulary.build(v, min_freq) for vocab, v in values.items()}
 
+    def fit_stats(self, frames: Mapping[str, Optional[pd.DataFrame]]) -> None:
+        """Each number field's mean and spread over its training table's values (0 and 1 without any)."""
+        for name, (table, column, kind) in self.by_field.items():
+            if kind == "number":
+                values = _numbers(frames.get(table), column)
+                values = values[np.isfinite(values)]
+                spread = float(values.std()) if len(values) > 1 else 0.0
+                self.stats[name] = [float(values.mean()) if len(values) else 0.0, spread if spread > 0 else 1.0]
+
     def encode(self, field: FieldSpec, df: pd.DataFrame, vocabs: Mapping[str, Vocabulary]) -> np.ndarray:
-        """Codes of ``field`` for ``df``'s rows: (n,) for a category, (n, max_len) for a list; a missing column or
-        value is padding, an unseen value unknown."""
+        """Codes of ``field`` for ``df``'s rows: (n,) for a category, (n, max_len) for a list, (n, 2) floats for a
+        number; a missing column or value is padding (a number: 0 and the missing flag), an unseen value
+        unknown."""
         _, column, kind = self.by_field[field.name]
+        if kind == "number":
+            values = _numbers(df, column)
+            missing = ~np.isfinite(values)
+            mean, spread = self.stats[field.name]
+            scaled = np.where(missing, 0.0, np.clip((np.nan_to_num(values) - mean) / spread, -CLIP, CLIP))
+            return np.stack([scaled, missing], axis=1).astype(np.float32)
         if kind == "category":
             return vocabs[field.vocab].lookup(category_values(df, column))
         return vocabs[field.vocab].lookup_lists(split_lists(column_strings(df, column)), self.max_len)
+
+
+def _numbers(df: Optional[pd.DataFrame], column: str) -> np.ndarray:
+    """``df[column]`` as float64, NaN where missing or not a number (serving gives numbers as text)."""
+    if df is None or column not in df.columns:
+        return np.full(0 if df is None else len(df), np.nan)
+    return pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def shared_pairs(feature_map: FeatureMap) -> tuple[tuple[str, str], ...]:

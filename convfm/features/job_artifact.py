@@ -28,6 +28,7 @@ class JobArtifact:
             "text": None if self._text is None else {"width": self._text.width, "token_pattern": TFIDF_TOKEN_PATTERN},
             "feature_map": self.feature_map.to_dict(),
             "expiry": self._recency is not None and self._recency.expiry,
+            "extra_stats": self._extra.stats,
         }
         arrays = {**table_arrays(self.job_catalog, "job_catalog"), **table_arrays(self.user_catalog, "user_catalog"),
                   "job_ids": np.array(self.job_ids, dtype=str), "user_ids": np.array(self.user_ids, dtype=str)}
@@ -53,6 +54,7 @@ class JobArtifact:
             self = cls(**meta["config"])
             self.vocabs = {name: Vocabulary(values) for name, values in meta["vocabularies"].items()}
             self._text_columns = tuple(meta["text_columns"])
+            self._extra.stats = {name: [float(v) for v in pair] for name, pair in meta.get("extra_stats", {}).items()}
             salary = meta["salary"]
             if salary is not None:
                 salary = {key: [float(salary[key][0]), float(salary[key][1])] for key in ("mean", "std")}
@@ -62,6 +64,10 @@ class JobArtifact:
                     raise ArtifactError(f"{source}: saved with another TF-IDF token pattern")
                 self._text = TextEncoder.from_arrays(arrays, "text")
             self._feature_map = FeatureMap.from_dict(meta["feature_map"], source=str(source))
+            unscaled = [f.name for f in self._feature_map.fields if f.kind == "dense" and f.name in
+                        self._extra.by_field and f.name not in self._extra.stats]
+            if unscaled:
+                raise ArtifactError(f"{source}: no statistics for number field(s) {unscaled}")
             names = {f.name for f in self._feature_map.fields}
             job = [self._spec(n) for n in self._field_names("job") if n in names]
             windows = None

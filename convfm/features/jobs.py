@@ -150,6 +150,10 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
         self._text_columns = tuple(c for c in FREE_TEXT_COLUMNS if has_job(c)) if base is None else base._text_columns
         text_skills = self.skills_from_text and bool(self._text_columns)
         extra = self._extra.fit_vocabularies({"jobs": jobs_df, "users": users_df}, self.min_freq)
+        if base is None:
+            self._extra.fit_stats({"jobs": jobs_df, "users": users_df})
+        else:  # as the salary statistics: the published dense weights keep their meaning
+            self._extra.stats = dict(base._extra.stats)
         self.vocabs = fit_vocabularies(jobs_df, interactions_df, users_df, text_skills, self.min_freq,
                                        None if base is None else base.vocabs, extra)
         self._salary, self._text = (base._salary, base._text) if base is not None else (salary_stats(jobs_df), None)

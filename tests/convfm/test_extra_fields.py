@@ -20,7 +20,7 @@ from convfm.store.live_catalog import Delta, jobs_after, upserted_jobs
     ({"jobs": {"location": "category"}}, "extra_columns.jobs.location: 'location' is read as a canonical jobs"),
     ({"jobs": {"Type": "category"}}, "its field name job_type is a built-in field's"),
     ({"jobs": {"Level": "category", "level ": "category"}}, "its field name job_level is column 'Level''s"),
-    ({"jobs": {"salary band": "number"}}, "kind must be one of ['category', 'list'], got 'number'"),
+    ({"jobs": {"salary band": "float"}}, "kind must be one of ['category', 'list', 'number'], got 'float'"),
     ({"events": {"x": "category"}}, "extra_columns.events: unknown table 'events'"),
     ({"jobs": {"--": "category"}}, "a column name needs a letter or digit"),
     ({"jobs": {"tags": "list"}, "users": {"Tags": "category"}}, "'tags' (list) and 'Tags' (category) share one"),
@@ -46,6 +46,25 @@ def test_a_declared_column_missing_from_its_file_is_named(extra_board, tmp_path)
     (tmp_path / "users.csv").unlink()
     with pytest.raises(DataValidationError, match=r"no users file, but extra_columns.users lists \['industry'\]"):
         prepare_data(DataConfig(path=str(tmp_path), extra_columns={"users": {"industry": "category"}}))
+
+
+def test_a_number_is_standardised_with_a_missing_flag_and_a_bad_cell_is_refused(extra_board, tmp_path):
+    extractor = extra_board.data.extractor
+    spec = {f.name: f for f in extractor.feature_map.fields}["user_years"]
+    assert (spec.kind, spec.width) == ("dense", 2)
+    years = pd.read_csv(extra_board.root / "users.csv")["years"]
+    mean, spread = extractor._extra.stats["user_years"]
+    assert mean == pytest.approx(years.mean()) and spread == pytest.approx(years.std(ddof=0))
+    encoded = extractor.transform_users(pd.DataFrame({"user_id": ["a", "b", "c"], "years": ["10", "", "1e9"]}))
+    columns = field_columns(extractor.feature_map.of_side("user").fields)["user_years"][1]
+    assert encoded.dense[:, columns].tolist() == [[pytest.approx((10 - mean) / spread), 0.0], [0.0, 1.0], [5.0, 0.0]]
+    for name in ("jobs.csv", "interactions.csv"):
+        (tmp_path / name).write_text((extra_board.root / name).read_text())
+    users = pd.read_csv(extra_board.root / "users.csv").astype({"years": object})
+    users.loc[3, "years"] = "ten"
+    users.to_csv(tmp_path / "users.csv", index=False)
+    with pytest.raises(DataValidationError, match=r"users.csv: column 'years', row 4: 'ten' is not a number"):
+        prepare_data(DataConfig(path=str(tmp_path), extra_columns=extra_board.extra))
 
 
 def test_each_column_is_a_field_and_a_shared_name_shares_its_vocabulary(extra_board):
@@ -75,6 +94,8 @@ def test_the_fast_path_stays_exact_and_the_extractor_round_trips(extra_board, tm
     extractor.save(tmp_path / "extractor")
     loaded = load_extractor(tmp_path / "extractor")
     assert loaded.feature_map == extractor.feature_map and loaded.extra_columns == extra_board.extra
+    assert loaded._extra.stats == extractor._extra.stats and np.array_equal(loaded.user_catalog.dense,
+                                                                            extractor.user_catalog.dense)
     assert np.array_equal(loaded.job_catalog.cat, extractor.job_catalog.cat)
 
 

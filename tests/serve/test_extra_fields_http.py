@@ -53,12 +53,12 @@ def test_a_profile_gives_the_users_extra_values_and_they_change_the_score(servic
     job = extra_board.data.extractor.job_ids[1]
     profile = {"skills": ["python"], "location": "Berlin"}
     scores = {}
-    for industry in ("it", "finance", None):
-        body = {"profile": {**profile, **({"extra": {"industry": industry}} if industry else {})}, "job_ids": [job]}
+    for extra in ({"industry": "it"}, {"industry": "finance"}, {}, {"years": "3"}, {"years": "25"}):
+        body = {"profile": {**profile, "extra": extra}, "job_ids": [job]}
         response = client.post("/score", json=body)
         assert response.status_code == 200, response.text
-        scores[industry] = response.json()["scores"][0]["score"]
-    assert len(set(scores.values())) == 3
+        scores[str(extra)] = response.json()["scores"][0]["score"]
+    assert len(set(scores.values())) == 5
     only_extra = client.post("/recommend", json={"profile": {"extra": {"industry": "it"}}, "k": 3})
     assert only_extra.status_code == 200 and only_extra.json()["cold_start"]
 
