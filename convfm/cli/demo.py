@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     for name in LOCAL_RAY_TRAIN_ENV:  # set before Ray starts, so its processes see them too
         os.environ.setdefault(name, "0")
     best_dir = train_stage(args, data, workdir, stage)
-    model_dir = tune_stage(args, data, workdir, stage) if args.trials else best_dir
+    model_dir = better_model(best_dir, tune_stage(args, data, workdir, stage)) if args.trials else best_dir
     from convfm.cli.demo_service import serve_and_query  # Ray Serve and HTTP from here on
 
     serve_and_query(model_dir, market.users, data.frames["test"]["user_id"], stage)
@@ -151,6 +151,27 @@ def tune_stage(args: argparse.Namespace, data: PreparedData, workdir: Path, stag
     print(format_trials(summary.trials, tune_config.metric, summary.best_trial))
     print(f"   published {summary.model_dir}")
     return summary.model_dir
+
+
+def better_model(trained: Path, tuned: Path) -> Path:
+    """The model to serve: the tuned one (published) unless stage 2's validates better (validation ROC-AUC), which
+    is then published as the entry's next version: a 2-trial search of short trials often loses to it."""
+    from convfm.errors import ArtifactError
+    from convfm.jsonfile import read_json
+    from convfm.store.registry import publish
+
+    def auc(path: Path) -> float:
+        value = read_json(path / "metrics.json", "a model's metrics", ArtifactError).get("val_roc_auc")
+        return float("nan") if value is None else float(value)
+
+    trained_auc, tuned_auc = auc(trained), auc(tuned)
+    if not trained_auc > tuned_auc:  # NaN (no AUC) keeps the tuned model
+        print(f"   serving the tuned model (validation ROC-AUC {tuned_auc:.4f}; stage 2's {trained_auc:.4f})")
+        return tuned
+    published = Path(publish(trained, tuned.parent.parent, tuned.parent.name))
+    print(f"   stage 2's model validates better (ROC-AUC {trained_auc:.4f} against the tuned {tuned_auc:.4f}): "
+          f"published as {published.name} (latest) and served")
+    return published
 
 
 SIZE_FIELDS = ("embedding_dim", "conv_filters", "conv_kernel_size", "hidden_dims", "batch_size")

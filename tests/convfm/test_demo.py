@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -118,7 +119,8 @@ def check_tour(out: str) -> None:
     assert re.search(r"demo finished in \d+s: \[1\] \d+s .* \[8\] \d+s", out)  # the per-stage split
     assert "roc_auc" in out and "popularity" in out and "oracle" in out  # the evaluation table
     queries, live, feedback = out[positions[4]:positions[5]], out[positions[5]:positions[6]], out[positions[6]:]
-    assert queries.count("POST /recommend") == 3 and "fallback: popular" in queries and "model v0001" in queries
+    assert queries.count("POST /recommend") == 3 and "fallback: popular" in queries
+    assert re.search(r"model v000[12]", queries)  # v0002: stage 2's, when it validated better than the tuned
 
     # the posted job: stored as catalog version 1, listed by GET /jobs/{id}, then in the next answer
     assert "-> catalog version 1: 1 job added" in live and "GET /jobs/j-new-0001 -> " in live
@@ -133,3 +135,20 @@ def check_tour(out: str) -> None:
     assert applied in event_before and applied not in event_after.split(f"{applied} is gone")[0]
     assert f"{applied} is gone; scores moved with the history" in feedback
 
+
+
+def test_the_demo_serves_stage_twos_model_when_it_validates_better_than_the_tuned_one(tiny, tmp_path, capsys):
+    from convfm.cli.demo import better_model
+    from convfm.store.artifacts import save_model_dir
+    from convfm.store.registry import publish
+
+    def model(name: str, auc: float) -> Path:
+        return save_model_dir(tmp_path / name, tiny.model, tiny.data.extractor, metrics={"val_roc_auc": auc})
+
+    tuned = Path(publish(model("tuned", 0.70), tmp_path / "models", "convfm"))
+    served = better_model(model("trained", 0.80), tuned)
+    assert served == tmp_path / "models" / "convfm" / "v0002"
+    assert (tmp_path / "models" / "convfm" / "latest").read_text().strip() == "v0002"
+    assert "stage 2's model validates better (ROC-AUC 0.8000 against the tuned 0.7000)" in capsys.readouterr().out
+    assert better_model(model("worse", 0.60), served) == served  # the tuned one stays when it is as good or better
+    assert "serving the tuned model" in capsys.readouterr().out
