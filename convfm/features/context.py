@@ -24,7 +24,7 @@ import pandas as pd
 from convfm.data.liveness import ALWAYS, MICROS_PER_DAY, NEVER
 from convfm.data.readers import order_key
 from convfm.features.base import FEW_IDS, with_room
-from convfm.features.fields import PAD, UNK, EncodedTable, FieldSpec, Vocabulary, field_columns
+from convfm.features.fields import EXTRA_VOCAB, PAD, UNK, EncodedTable, FieldSpec, Vocabulary, field_columns
 
 HISTORY_FIELDS = ("history_jobs", "history_companies", "history_locations", "history_skills", "history_text",
                   "activity")
@@ -32,10 +32,17 @@ RECENCY_FIELDS = ("job_age", "job_expires_in", "job_popularity")
 # history field -> the job field whose catalog values it gathers (multi-valued history fields)
 HISTORY_SOURCES = {"history_jobs": "job_id", "history_companies": "company", "history_locations": "job_location",
                    "history_skills": "job_skills", "history_text": "text"}
+# ... and, after those, history_<slug> per extra job column of a category or list (job_<slug>, EXTRA_VOCAB)
+HISTORY_PREFIX = "history_"
 AGE_EDGES_DAYS = (1, 2, 4, 8, 15, 31, 61, 121)  # bucket i holds ages in [edge[i-1], edge[i]) days
 EXPIRY_EDGES_DAYS = (1, 3, 7, 15, 31)
 POPULARITY_EDGES = tuple(2**i for i in range(10))  # bucket i holds counts in [edge[i-1], edge[i]): 0, 1, 2-3, ... 512+
 ACTIVITY_SCALE = float(np.log1p(100.0))  # log1p(positives before t) / this: ~1 for a hundred
+
+
+def is_history_field(name: str) -> bool:
+    """Whether ``name`` is a history field (built-in or of an extra column): read at an example's time."""
+    return name in HISTORY_FIELDS or name.startswith(HISTORY_PREFIX)
 
 
 def bucket_labels(edges: Sequence[int]) -> list[str]:
@@ -319,8 +326,16 @@ class HistoryEncoder:
         self.length = length
         self.specs = {f.name: f for f in job_fields}
         self.sources = field_columns(job_fields)  # job field -> (kind, column) in the encoded catalog
+        self.extra = {HISTORY_PREFIX + f.name.removeprefix("job_"): f.name for f in job_fields
+                      if f.vocab.startswith(EXTRA_VOCAB) and f.kind != "dense"}  # history field -> job field
+
+    def source(self, name: str) -> str:
+        """The job field history field ``name`` gathers."""
+        return self.extra.get(name) or HISTORY_SOURCES[name]
 
     def fields(self) -> list[FieldSpec]:
+        """The built-in history fields the job fields allow, the activity count, then one per extra job column of
+        a category or list (the values of the user's recent jobs, most frequent first)."""
         out = []
         for name in HISTORY_FIELDS:
             source = HISTORY_SOURCES.get(name)
@@ -332,6 +347,9 @@ class HistoryEncoder:
                     out.append(FieldSpec(name, "dense", "user", width=spec.width))
                 else:
                     out.append(FieldSpec(name, "multi", "user", spec.vocab, spec.size, max_len=self.length))
+        for name, source in self.extra.items():
+            spec = self.specs[source]
+            out.append(FieldSpec(name, "multi", "user", spec.vocab, spec.size, max_len=self.length))
         return out
 
     def encode(self, catalog: EncodedTable, rows: np.ndarray, counts: np.ndarray) -> EncodedTable:
@@ -344,7 +362,7 @@ class HistoryEncoder:
             if spec.name == "activity":
                 dense.append(np.stack([np.log1p(counts) / ACTIVITY_SCALE, counts == 0], axis=1))
                 continue
-            kind, column = self.sources[HISTORY_SOURCES[spec.name]]
+            kind, column = self.sources[self.source(spec.name)]
             if kind == "categorical":
                 multi.append(np.where(present, catalog.cat[safe, column], PAD))  # (R, length)
             elif kind == "multi":

@@ -19,15 +19,15 @@ import pandas as pd
 
 from convfm.data.schema import JOBS, USERS
 from convfm.errors import ConfigError
-from convfm.features.context import HISTORY_FIELDS, RECENCY_FIELDS
-from convfm.features.fields import FeatureMap, FieldSpec, Vocabulary
+from convfm.features.context import HISTORY_FIELDS, HISTORY_PREFIX, RECENCY_FIELDS
+from convfm.features.fields import EXTRA_VOCAB, FeatureMap, FieldSpec, Vocabulary
 from convfm.features.job_fields import JOB_FIELDS, USER_FIELDS
 from convfm.features.text import category_values, column_strings, split_lists
 
 KINDS = ("category", "list", "number")
 CLIP = 5.0  # standardised numbers are clipped to +-CLIP: one outlier row must not dominate its field
 SIDES = {"jobs": "job", "users": "user"}  # table -> field side
-PREFIX = "extra_"  # vocabulary names: extra_<slug>
+PREFIX = EXTRA_VOCAB  # vocabulary names: extra_<slug>
 
 
 def slug(column: str) -> str:
@@ -47,7 +47,9 @@ def check_extra_columns(value: Any, mapping: Optional[Mapping[str, Mapping[str, 
         raise ConfigError(f"{field}: must map a table (jobs, users) to {{column: kind}}, got {value!r}", field=field)
     canonical = {table: {*schema.names, *(str(v) for v in ((mapping or {}).get(table) or {}).values())}
                  for table, schema in (("jobs", JOBS), ("users", USERS))}
-    reserved, taken = set(USER_FIELDS + JOB_FIELDS + HISTORY_FIELDS + RECENCY_FIELDS), {}
+    reserved = {*USER_FIELDS, *JOB_FIELDS, *HISTORY_FIELDS, *RECENCY_FIELDS,  # and job_<x> of each history_<x>:
+                *(f"job_{h.removeprefix(HISTORY_PREFIX)}" for h in HISTORY_FIELDS if h.startswith(HISTORY_PREFIX))}
+    taken: dict[str, str] = {}
     out: dict[str, dict[str, str]] = {}
     for table, columns in value.items():
         where = f"{field}.{table}"
@@ -164,11 +166,20 @@ def _numbers(df: Optional[pd.DataFrame], column: str) -> np.ndarray:
     return pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
+def history_pairs(feature_map: FeatureMap) -> tuple[tuple[str, str], ...]:
+    """(history field, job field) of every extra job column the user's recent jobs are gathered over: the
+    history-match pairs beyond skills, companies and locations (``convfm.model.pair_match``)."""
+    names = {f.name for f in feature_map.fields}
+    return tuple((HISTORY_PREFIX + f.name.removeprefix("job_"), f.name) for f in feature_map.of_side("job").fields
+                 if f.vocab.startswith(PREFIX) and HISTORY_PREFIX + f.name.removeprefix("job_") in names)
+
+
 def shared_pairs(feature_map: FeatureMap) -> tuple[tuple[str, str], ...]:
     """(user field, job field) of every extra column declared for both sides: the profile-match pairs beyond
     location and level (``convfm.model.pair_match``)."""
-    def extra(field: FieldSpec) -> bool:
-        return field.vocab == f"{PREFIX}{field.name.split('_', 1)[-1]}"
+    def extra(field: FieldSpec) -> bool:  # user_<slug> or job_<slug> over extra_<slug> (not history_<slug>)
+        side, _, rest = field.name.partition("_")
+        return side == field.side and field.vocab == PREFIX + rest
 
     job = {f.vocab: f.name for f in feature_map.of_side("job").fields if extra(f)}
     return tuple((f.name, job[f.vocab]) for f in feature_map.of_side("user").fields if extra(f) and f.vocab in job)

@@ -19,6 +19,8 @@ FEATURE_MAP_VERSION = 1
 KINDS = ("categorical", "multi", "dense")
 SIDES = ("user", "job", "row")
 PAD, UNK = 0, 1
+# vocabularies of a job board's own columns (convfm.features.extra_fields): extra_<slug>, shared by both sides
+EXTRA_VOCAB = "extra_"
 
 
 class Vocabulary:

@@ -25,8 +25,8 @@ from convfm.features.base import (
 )
 from convfm.data.liveness import ALWAYS, NEVER, JobWindows
 from convfm.features.context import (
-    HISTORY_FIELDS, RECENCY_FIELDS, HistoryEncoder, JobPopularity, RecencyEncoder, UserHistory, example_times,
-    history_states, now_micros,
+    RECENCY_FIELDS, HistoryEncoder, JobPopularity, RecencyEncoder, UserHistory, example_times,
+    history_states, is_history_field, now_micros,
 )
 from convfm.features.job_fields import (
     CATEGORICAL, FREE_TEXT_COLUMNS, ID_FIELDS, JOB_FIELDS, USER_FIELDS, fit_vocabularies, salary_features,
@@ -215,8 +215,8 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
 
     def _static_fields(self, side: str) -> tuple[FieldSpec, ...]:
         """The fields of ``side`` that describe the user or job alone (not history or recency at a time)."""
-        context = HISTORY_FIELDS + RECENCY_FIELDS
-        return tuple(f for f in self.feature_map.of_side(side).fields if f.name not in context)
+        return tuple(f for f in self.feature_map.of_side(side).fields
+                     if not is_history_field(f.name) and f.name not in RECENCY_FIELDS)
 
     def _fit_catalogs(
         self, jobs_df: pd.DataFrame, interactions_df: Optional[pd.DataFrame], users_df: Optional[pd.DataFrame]

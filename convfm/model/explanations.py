@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from convfm.features.context import HISTORY_FIELDS
+from convfm.features.context import is_history_field
 from convfm.features.fields import UNK, EncodedTable, FieldSpec, field_columns
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ class Explainer:
             columns = self._layout[side][0]
             out[side] = [(*columns[f.name], f.vocab) for f, kept in zip(fmap.fields, keep)
                          if kept and f.kind != "dense" and f.vocab not in ("user", "job") and f.vocab in vocabs
-                         and f.name not in HISTORY_FIELDS]
+                         and not is_history_field(f.name)]
         return out
 
     def _known_values(self, table: EncodedTable, row: int, side: str) -> dict[str, list[int]]:

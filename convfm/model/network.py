@@ -23,7 +23,7 @@ from torch import nn
 
 from convfm.config import ModelConfig
 from convfm.errors import ConfigError
-from convfm.features.extra_fields import shared_pairs
+from convfm.features.extra_fields import history_pairs, shared_pairs
 from convfm.features.fields import FeatureMap
 from convfm.model.embedding import FieldEmbedding, IdDropout, LookupPlan
 from convfm.model.pair_match import HISTORY_PAIRS, PROFILE_PAIRS, SKILL_PAIRS, PairMatch
@@ -234,7 +234,8 @@ class ConvFM(nn.Module):
         self.conv = FieldConv(dim, config.conv_filters, config.conv_kernel_size)
         self.deep = DeepHead(fields * dim + config.conv_filters, config.hidden_dims, config.dropout_rate)
         self.skill_match = PairMatch.build(feature_map, SKILL_PAIRS, "jaccard") if config.skill_match else None
-        self.history_match = PairMatch.build(feature_map, HISTORY_PAIRS, "share") if config.history_match else None
+        self.history_match = PairMatch.build(feature_map, HISTORY_PAIRS + history_pairs(feature_map), "share") \
+            if config.history_match else None
         self.profile_match = PairMatch.build(feature_map, PROFILE_PAIRS + shared_pairs(feature_map), "jaccard") \
             if config.profile_match else None
 

@@ -19,6 +19,7 @@ from convfm.store.live_catalog import Delta, jobs_after, upserted_jobs
 @pytest.mark.parametrize("extra, message", [
     ({"jobs": {"location": "category"}}, "extra_columns.jobs.location: 'location' is read as a canonical jobs"),
     ({"jobs": {"Type": "category"}}, "its field name job_type is a built-in field's"),
+    ({"jobs": {"Companies": "list"}}, "its field name job_companies is a built-in field's"),  # history_companies
     ({"jobs": {"Level": "category", "level ": "category"}}, "its field name job_level is column 'Level''s"),
     ({"jobs": {"salary band": "float"}}, "kind must be one of ['category', 'list', 'number'], got 'float'"),
     ({"events": {"x": "category"}}, "extra_columns.events: unknown table 'events'"),
@@ -83,6 +84,27 @@ def test_each_column_is_a_field_and_a_shared_name_shares_its_vocabulary(extra_bo
     assert sorted(encoded.multi[0, tags][encoded.multi[0, tags] != PAD].tolist()) == sorted(
         extractor.vocabs["extra_tags"].lookup(["python", "remote"]).tolist())
     assert [(p.user, p.job) for p in extra_board.model.profile_match.pairs][-1] == ("user_industry", "job_industry")
+
+
+def test_a_users_recent_jobs_give_their_extra_values_as_history_with_a_history_match_term(extra_board):
+    extractor = extra_board.data.extractor
+    jobs = pd.read_csv(extra_board.root / "jobs.csv").set_index("job_id")
+    recent = [j for j in extractor.job_ids[1:] if isinstance(jobs.loc[j, "Industry"], str)][:3]
+    recent = [recent[0], recent[1], recent[0]]  # most recent first; the first one's industry counts twice
+    encoded = extractor.encode_history(np.array([recent + [""] * (extractor.history_length - 3)], dtype=object),
+                                       np.array([3]))
+    columns = field_columns([f for f in extractor.feature_map.fields if f.side == "user" and f.kind == "multi"
+                             and f.name.startswith("history_")])
+    industries = encoded.multi[0, columns["history_industry"][1]]
+    vocab = extractor.vocabs["extra_industry"]
+    expected = list(dict.fromkeys(vocab.index(jobs.loc[j, "Industry"].lower()) for j in recent))
+    assert industries[industries != PAD].tolist()[: len(expected)] == expected
+    tags = encoded.multi[0, columns["history_tags"][1]]
+    assert set(tags[tags != PAD].tolist()) <= set(extractor.vocabs["extra_tags"].lookup(["remote", "python",
+                                                                                          "onsite"]).tolist())
+    pairs = [(p.user, p.job) for p in extra_board.model.history_match.pairs]
+    assert ("history_industry", "job_industry") in pairs and ("history_tags", "job_tags") in pairs
+    assert "history_industry" not in [p.user for p in extra_board.model.profile_match.pairs]
 
 
 def test_the_fast_path_stays_exact_and_the_extractor_round_trips(extra_board, tmp_path):

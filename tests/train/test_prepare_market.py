@@ -85,6 +85,23 @@ def test_distributed_market_equals_the_in_memory_path(ray_local, uneven_market, 
 
 
 @pytest.mark.timeout(240)
+def test_extra_columns_are_prepared_on_the_cluster_as_in_memory(ray_local, extra_board):
+    from train.prepare_market import prepare_market_distributed
+
+    config = DataConfig(path=str(extra_board.root), negative_ratio=0, extra_columns=extra_board.extra)
+    memory, cluster = prepare_data(config), prepare_market_distributed(config)
+    want, got = memory.extractor, cluster.extractor
+    assert {"job_industry", "job_tags", "user_years", "history_industry"} <= {f.name for f in got.feature_map.fields}
+    assert got.feature_map == want.feature_map and got._extra.stats == want._extra.stats
+    assert {n: v.values for n, v in got.vocabs.items()} == {n: v.values for n, v in want.vocabs.items()}
+    for table in ("job_catalog", "user_catalog"):
+        for name, array in getattr(want, table).arrays().items():
+            np.testing.assert_array_equal(getattr(got, table).arrays()[name], array)
+    train = example_set_of(cluster.datasets["train"].iter_batches(batch_size=None, batch_format="numpy"), got)
+    np.testing.assert_array_equal(sorted_rows(train), sorted_rows(memory.sets["train"]))
+
+
+@pytest.mark.timeout(240)
 def test_extra_training_negatives_leave_the_distributed_split_alone(ray_local, market_dir):
     """train_negative_ratio on the cluster: the split starts and validation are those without it; training
     gains about as many extra negatives as in memory (drawn per bucket, so not the same ones)."""
