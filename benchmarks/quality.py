@@ -7,17 +7,22 @@ never interacted with, at most ``--max-events`` positives) and, for comparison, 
 last positive against ``--negatives`` sampled unseen jobs). Each table is headed by its protocol line.
 
     .venv/bin/python benchmarks/quality.py [--users 10000 --jobs 20000 --interactions 50000 --epochs 50
-                                           --split global_time --seed 0]
+                                           --split global_time --seed 0] [--cluster-column]
 
 The default market is ``convfm data synth``'s; the default split is one calendar for everyone (train before T1,
-validation up to T2, test after), how a deployed model meets the future.
+validation up to T2, test after), how a deployed model meets the future. ``--cluster-column`` writes each job's
+and each user's latent skill cluster (which the truth reads and the files otherwise do not show) as a
+``cluster`` column, declared in ``extra_columns``: what a board's own category (a discipline) is worth.
 """
 from __future__ import annotations
 
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 import yaml
 
@@ -55,6 +60,18 @@ def ablation_table(reports: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def write_clusters(market: Path) -> dict[str, dict[str, str]]:
+    """Each job's and user's latent skill cluster (oracle.npz) as a ``cluster`` column of jobs.csv and users.csv
+    -> the ``extra_columns`` that declares it."""
+    oracle = np.load(market / "oracle.npz")
+    for table, side in (("jobs", "job"), ("users", "user")):
+        frame = pd.read_csv(market / f"{table}.csv", dtype=str, keep_default_na=False)
+        cluster = dict(zip(oracle[f"{side}_ids"].tolist(), oracle[f"{side}_cluster"].tolist()))
+        frame["cluster"] = [f"c{cluster[i]}" for i in frame[f"{side}_id"]]
+        frame.to_csv(market / f"{table}.csv", index=False)
+    return {"jobs": {"cluster": "category"}, "users": {"cluster": "category"}}
+
+
 def overrides(options: list[str], flag: str) -> dict[str, object]:
     """KEY=VALUE options -> {key: YAML value}; a malformed one is a ConfigError naming the flag."""
     malformed = [o for o in options if "=" not in o]
@@ -79,6 +96,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads (default: OMP_NUM_THREADS, else all cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cluster-column", action="store_true", help="write the jobs' and users' latent skill "
+                        "cluster as an extra column `cluster` (data.extra_columns) of both files")
     parser.add_argument("--popularity-days", type=float, default=DataConfig.popularity_days,
                         help="also (with --ablation) or instead train with the job-popularity feature over this "
                         "window (data.popularity_days)")
@@ -96,7 +115,8 @@ def main() -> None:
         model_config = ModelConfig.from_dict(overrides(args.model, "--model"), source="--model")
         data_options = overrides(args.data, "--data")
         DataConfig.from_dict(data_options, source="--data")  # a bad key or value fails before the market is made
-        owned = sorted(set(data_options) & {"path", "seed", "split", "history_length", "recency", "popularity_days"})
+        owned = sorted(set(data_options) & {"path", "seed", "split", "history_length", "recency", "popularity_days",
+                                            *(["extra_columns"] if args.cluster_column else [])})
         if owned:
             raise ConfigError(f"--data: {owned} are set by this benchmark's own flags or variants")
         train = TrainConfig.from_dict({"num_epochs": args.epochs, "seed": args.seed,
@@ -109,6 +129,8 @@ def main() -> None:
     reports: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as workdir:
         write_market(generate_market(args.users, args.jobs, args.interactions, seed=args.seed), workdir)
+        if args.cluster_column:
+            data_options["extra_columns"] = write_clusters(Path(workdir))
         for name, (history, recency, popular) in variants.items():
             config = DataConfig(path=workdir, seed=args.seed, split=args.split, recency=recency,
                                 popularity_days=args.popularity_days if popular else None,
@@ -123,7 +145,7 @@ def main() -> None:
                            for protocol in protocols}
             reports[name] = by_protocol["live"]
             best = history_log[int(history_log[-1]["best_epoch"])]  # the epoch fit_in_process kept
-            print(f"\n{name}: {args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed "
+            print(f"\n{name}{' + cluster column' if args.cluster_column else ''}: {args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed "
                   f"{args.seed}; {'model ' + ', '.join(args.model) if args.model else 'default model'}; "
                   f"{'train ' + ', '.join(args.train) + '; ' if args.train else ''}"
                   f"history_length {config.history_length}, recency {config.recency}, "
