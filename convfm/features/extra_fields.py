@@ -3,7 +3,8 @@ level, a discipline, tags. Each declared column becomes a field of its side, ``j
 (``slug("Career Level")`` is ``career_level``), over its own vocabulary ``extra_<slug>``. A column declared for
 both users and jobs (one slug) shares one vocabulary (the two sides' embeddings of a value are one row) and,
 with ``model.profile_match``, gets a pair-match term on whether the two values agree (``shared_pairs``), as
-location and level do.
+location and level do. A job category or list is also gathered over each user's recent jobs (``history_<slug>``,
+``convfm.features.context``), with a history-match term (``history_pairs``).
 
 Kinds: ``category`` (one value per row, normalised as the canonical categories are), ``list`` (``;``-separated
 values) and ``number``: a dense field of two values, the number standardised by the training table's mean and
