@@ -98,8 +98,9 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
         out[column] = to_numbers(frame[column], path, column) if kind == "number" else column_strings(frame, column)
     extras = [c for c in frame.columns if c not in set(source.values()) and c not in extra]
     if extras and not keep_all:
-        logger.warning("%s: ignoring extra column(s) %s (known %s columns: %s; data.extra_columns makes a "
-                       "column a feature)", path, extras, schema.name, list(schema.names))
+        hint = "; data.extra_columns makes a column a feature" if schema is not INTERACTIONS else ""
+        logger.warning("%s: ignoring extra column(s) %s (known %s columns: %s%s)", path, extras, schema.name,
+                       list(schema.names), hint)
     if extras:
         out = pd.concat([out, frame[[c for c in extras if c not in out.columns]]], axis=1)
     if schema is JOBS:
@@ -161,6 +162,10 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
             continue
         if schema is INTERACTIONS and config.events and not any(p.exists() for p in candidates):
             continue  # the event log alone
+        if not any(p.exists() for p in candidates):
+            others = sorted(p.stem for p in root.iterdir() if p.suffix.lower() in SUFFIXES) if root.is_dir() else []
+            raise DataValidationError(f"{root / name}: file not found (tried .csv, .tsv and .parquet); "
+                                      f"data.{schema.name}_file names another file of {root} (there: {others})")
         frame, path, dated = _load_schema_table(root / name, schema, config.columns.get(schema.name, {}),
                                                 config.extra_columns.get(schema.name, {}))
         tables[schema.name], source[schema.name] = frame, str(path)
