@@ -7,6 +7,7 @@ methods that use it: it costs ~2 s per process, and every Ray Train controller a
 """
 from __future__ import annotations
 
+import html
 import re
 from typing import Any, Iterable, Optional, Sequence
 
@@ -48,12 +49,21 @@ def split_lists(values: Iterable[str], separator: str = ";", lower: bool = True)
     return [list(dict.fromkeys(t for t in map(clean, v.split(separator)) if t)) for v in values]
 
 
+_TAG = re.compile(r"<[^<>]{0,200}>")  # an HTML tag (<p>, <li class="x">, </ul>)
+
+
+def plain_text(text: str) -> str:
+    """Job text as a reader sees it: HTML tags dropped and entities decoded (job boards export descriptions as
+    HTML: ``nbsp``, ``li`` and ``amp`` would be words of every job); text without them is left as it is."""
+    return html.unescape(_TAG.sub(" ", text)) if "<" in text or "&" in text else text
+
+
 def joined_text(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
-    """The given text columns joined with a space per row (missing columns/values are empty)."""
+    """The given text columns joined with a space per row (missing columns/values are empty), as plain text."""
     parts = [column_strings(df, c) for c in columns]
     if not parts:
         return [""] * len(df)
-    return [" ".join(row) for row in zip(*parts)]
+    return [plain_text(" ".join(row)) for row in zip(*parts)]
 
 
 class SkillMatcher:

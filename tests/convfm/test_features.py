@@ -387,3 +387,15 @@ def test_table_extractor_refuses_bad_options_and_missing_columns(table):
         TableFeatureExtractor(["color"], ["color"])
     with pytest.raises(DataValidationError, match=r"missing required column\(s\) \['size'\]"):
         TableFeatureExtractor(["size"]).fit(table)
+
+
+def test_html_job_text_is_read_as_plain_text():
+    from convfm.features.text import plain_text
+
+    assert plain_text("<p>SQL&nbsp;&amp; <b>Python</b></p><li>R&amp;D</li>").split() == ["SQL", "&", "Python", "R&D"]
+    assert plain_text("AT&T, x < y") == "AT&T, x < y"  # no tag, no entity: as written
+    jobs = pd.DataFrame({"job_id": ["a", "b", "c"], "description": ["<ul><li>python</li></ul>&nbsp;",
+                                                                    "<p>sql and python</p>", "&lt;b&gt;cooking"]})
+    extractor = JobFeatureExtractor(history_length=0, text_dim=2).fit(jobs)
+    assert {"python", "sql", "cooking"} <= set(extractor._text.terms.tolist())
+    assert not {"nbsp", "li", "ul", "lt", "gt"} & set(extractor._text.terms.tolist())
