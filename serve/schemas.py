@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import math
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
@@ -44,10 +45,25 @@ def _stripped(value: Any) -> Any:
 Id = Annotated[str, BeforeValidator(_id_text), StringConstraints(min_length=1, max_length=200)]
 ShortText = Annotated[str, BeforeValidator(_stripped), StringConstraints(max_length=200)]
 Skill = Annotated[str, BeforeValidator(_stripped), StringConstraints(min_length=1, max_length=100)]
-# The model's extra columns (``DataConfig.extra_columns``) by their names in the data files: a value, or a list
-# for a list column; names the model was not trained with are kept (the live catalog) and read by none.
+
+
+def _extra_value(value: Any) -> Any:
+    """An extra column's value: text, a list of text, or a finite number (kept as its text: "3", "2.5")."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError("a number must be finite")
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    if not isinstance(value, (str, list)):
+        raise ValueError(f"a value must be text, a number or a list of text, got {type(value).__name__}")
+    return value
+
+
+# The model's extra columns (``DataConfig.extra_columns``) by their names in the data files (case and
+# punctuation aside): a value, or a list for a list column. A job's names no model reads are kept (the live
+# catalog outlives models); a profile's are refused (the Scorer).
 ExtraValues = Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=200)],
-                             Union[ShortText, Annotated[list[Skill], Field(max_length=100)]]],
+                             Annotated[Union[ShortText, Annotated[list[Skill], Field(max_length=100)]],
+                                       BeforeValidator(_extra_value)]],
                         Field(max_length=50)]
 
 

@@ -27,7 +27,7 @@ from convfm.store.live_catalog import LiveJobs
 from convfm.errors import ArtifactError
 from convfm.features.base import concat_rows
 from convfm.features.context import now_micros
-from convfm.features.extra_fields import PREFIX as EXTRA_VOCAB
+from convfm.features.extra_fields import PREFIX as EXTRA_VOCAB, slug
 from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
@@ -248,6 +248,11 @@ class Scorer:
         live = self.live.positives(user_id, self.positive_events, length) if self.live and not history else []
         if request.profile is not None:
             profile = request.profile
+            read = {slug(c): c for c in extractor.extra_columns.get("users", {})}
+            unread = [name for name in profile.extra if slug(name) not in read]
+            if unread:  # a typo or another model's column: scoring on without it would hide the mistake
+                raise ServiceError(422, f"profile.extra: this model reads no user column {unread}; it reads "
+                                        f"{sorted(read.values())} (case and punctuation aside)")
             extra = {name: [";".join(v) if isinstance(v, list) else v] for name, v in profile.extra.items()}
             static = extractor.transform_users(pd.DataFrame({
                 **extra, "user_id": [user_id or ""], "skills": [";".join(profile.skills)],

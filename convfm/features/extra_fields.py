@@ -149,6 +149,7 @@ class ExtraFields:
         number; a missing column or value is padding (a number: 0 and the missing flag), an unseen value
         unknown."""
         _, column, kind = self.by_field[field.name]
+        column = _matching(df, column)
         if kind == "number":
             values = _numbers(df, column)
             missing = ~np.isfinite(values)
@@ -158,6 +159,13 @@ class ExtraFields:
         if kind == "category":
             return vocabs[field.vocab].lookup(category_values(df, column))
         return vocabs[field.vocab].lookup_lists(split_lists(column_strings(df, column)), self.max_len)
+
+
+def _matching(df: pd.DataFrame, column: str) -> str:
+    """``column``, or the column of ``df`` of the same slug (a service's ``extra`` keys: "state" for "State")."""
+    if column in df.columns:
+        return column
+    return next((c for c in df.columns if isinstance(c, str) and slug(c) == slug(column)), column)
 
 
 def _numbers(df: Optional[pd.DataFrame], column: str) -> np.ndarray:

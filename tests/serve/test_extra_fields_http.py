@@ -35,8 +35,8 @@ def service(extra_board, tmp_path):
 
 def test_a_posted_job_is_encoded_with_its_extra_values(service):
     client, slot = service
-    body = {"upsert": [{"job_id": "n1", "title": "Analyst", "extra": {"Industry": "Finance", "tags": ["remote"]}},
-                       {"job_id": "n2", "title": "Analyst"}]}
+    body = {"upsert": [{"job_id": "n1", "title": "Analyst", "extra": {"industry": "Finance", "tags": ["remote"]}},
+                       {"job_id": "n2", "title": "Analyst"}]}  # "industry": the file's "Industry", case aside
     assert client.post("/jobs", json=body, headers=AUTH).status_code == 200
     assert client.post("/recommend", json={"user_id": "nobody", "k": 1}).status_code == 200  # applies the delta
     extractor = slot.current.extractor
@@ -59,6 +59,10 @@ def test_a_profile_gives_the_users_extra_values_and_they_change_the_score(servic
         assert response.status_code == 200, response.text
         scores[str(extra)] = response.json()["scores"][0]["score"]
     assert len(set(scores.values())) == 5
+    same = {"INDUSTRY": "it", "Years": 3}  # keys as the file names them, case and punctuation aside; a JSON number
+    body = {"profile": {**profile, "extra": same}, "job_ids": [job]}
+    twin = {"profile": {**profile, "extra": {"industry": "it", "years": "3"}}, "job_ids": [job]}
+    assert client.post("/score", json=body).json()["scores"] == client.post("/score", json=twin).json()["scores"]
     only_extra = client.post("/recommend", json={"profile": {"extra": {"industry": "it"}}, "k": 3})
     assert only_extra.status_code == 200 and only_extra.json()["cold_start"]
 
@@ -67,7 +71,10 @@ def test_a_profile_gives_the_users_extra_values_and_they_change_the_score(servic
     ("/recommend", {"profile": {"skills": ["sql"], "extra": {"location": "Paris"}}},
      "extra: ['location'] are profile fields of their own"),
     ("/jobs", {"upsert": [{"job_id": "n1", "extra": {"skills": "sql"}}]}, "extra: ['skills'] are job fields"),
-    ("/jobs", {"upsert": [{"job_id": "n1", "extra": {"Industry": 3}}]}, "upsert.0.extra.Industry"),
+    ("/jobs", {"upsert": [{"job_id": "n1", "extra": {"Industry": {"a": 1}}}]},
+     "upsert.0.extra.Industry: Value error, a value must be text, a number or a list of text, got dict"),
+    ("/recommend", {"profile": {"skills": ["sql"], "extra": {"sector": "it"}}},
+     "profile.extra: this model reads no user column ['sector']; it reads ['industry', 'years']"),
 ])
 def test_extra_values_are_checked(service, path, body, message):
     client, _ = service
