@@ -161,6 +161,11 @@ class ExtraFields:
         return vocabs[field.vocab].lookup_lists(split_lists(column_strings(df, column)), self.max_len)
 
 
+def is_extra_number(field: FieldSpec) -> bool:
+    """Whether ``field`` is an extra column of kind number (the only dense fields named ``<side>_<slug>``)."""
+    return field.kind == "dense" and field.name.startswith(f"{field.side}_")
+
+
 def _matching(df: pd.DataFrame, column: str) -> str:
     """``column``, or the column of ``df`` of the same slug (a service's ``extra`` keys: "state" for "State")."""
     if column in df.columns:

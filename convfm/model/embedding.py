@@ -15,6 +15,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
+from convfm.features.extra_fields import is_extra_number
 from convfm.features.fields import PAD, UNK, FeatureMap
 from convfm.features.job_fields import ID_FIELDS
 
@@ -96,6 +97,9 @@ class FieldEmbedding(nn.Module):
         dense_widths = [f.width for f in feature_map.of_kind("dense")]
         self.dense_widths = dense_widths
         self.dense = nn.ModuleList(nn.Linear(w, dim, bias=False) for w in dense_widths)
+        for field, layer in zip(feature_map.of_kind("dense"), self.dense):
+            if is_extra_number(field):  # as the table's rows: at Linear's default (~0.7 for 2 inputs) three noise
+                nn.init.normal_(layer.weight, std=0.01)  # numbers cost 0.03 ROC-AUC on a real-shaped log
 
     @torch.no_grad()
     def load_grown(self, published: "FieldEmbedding") -> None:
