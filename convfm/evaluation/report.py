@@ -170,7 +170,9 @@ def evaluate_split(
         baseline = data.popularity
         if baseline is None:
             baseline = PopularityBaseline().fit(data.frames["train"])
-        report["popularity"] = classification_metrics(labels, baseline.score(frame["job_id"].to_numpy()))
+        # a popularity score ranks (ROC-AUC) but is no probability: its log loss or accuracy would mean nothing
+        popular = classification_metrics(labels, baseline.score(frame["job_id"].to_numpy()))
+        report["popularity"] = {key: popular[key] for key in ("roc_auc", "positive_rate", "count") if key in popular}
     if data.catalog is not None and protocol == "live":
         for name, section in _live_ranking(model, data, split, baseline, k, max_events, seed, batch_size,
                                            device).items():

@@ -57,6 +57,7 @@ def test_live_report_names_its_protocol_and_every_method(live_report, data):
         assert 0 <= section["hr@10"] <= 1 and 0 < section["mrr"] <= 1 and 0 < section["coverage@10"] <= 1
         assert section["ndcg@10"] <= section["hr@10"] and section["events"] == 50
     assert "roc_auc" in live_report["model"] and "roc_auc" in live_report["popularity"]
+    assert not {"log_loss", "accuracy"} & set(live_report["popularity"])  # a popularity score is no probability
     assert live_report["oracle_auc"] is not None
 
 
