@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from convfm.cli.common import data_config
 from convfm.config import DataConfig
 from convfm.errors import ConfigError
 from convfm.data.loading import load_job_market
@@ -31,9 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="write the interactions as N part files in a folder interactions/ (the layout "
                             "`convfm train --prepare distributed` reads); default one file")
     stats = sub.add_parser("stats", help="print how a market directory (jobs, interactions) unfolds in time")
-    stats.add_argument("--data", required=True, metavar="DIR", help="directory with jobs and interactions files")
-    stats.add_argument("--positive-events", default="apply,save", metavar="E1,E2",
-                       help="comma-separated events that count as positives (default apply,save)")
+    stats.add_argument("--data", metavar="DIR", help="directory with jobs and interactions files (overrides the "
+                       "config's data.path)")
+    stats.add_argument("--config", metavar="YAML", help="a config whose data section reads the files (column "
+                       "mapping, file names, events, job lifetime), as training does")
+    stats.add_argument("--positive-events", default=None, metavar="E1,E2",
+                       help="comma-separated events that count as positives (default the config's, else apply,save)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,9 +55,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    positives = tuple(e.strip() for e in args.positive_events.split(",") if e.strip())
-    negatives = tuple(e for e in DataConfig.negative_events if e not in positives)
-    config = DataConfig(path=args.data, positive_events=positives, negative_events=negatives)
+    if not args.data and not args.config:
+        raise ConfigError("data stats: give --data DIR or --config YAML (its data section)")
+    config = data_config(args, args.config)
+    if args.positive_events is not None:
+        positives = tuple(e.strip() for e in args.positive_events.split(",") if e.strip())
+        negatives = tuple(e for e in config.negative_events if e not in positives)
+        config = DataConfig.from_dict({**config.to_dict(), "positive_events": positives,
+                                       "negative_events": negatives})
     market = load_job_market(config)
     print(format_stats(market_stats(market.jobs, market.interactions, config.positive_events,
                                     config.job_lifetime_days)))

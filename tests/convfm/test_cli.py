@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from convfm.cli.main import SUBCOMMANDS, build_parser, main
@@ -35,6 +36,15 @@ def test_data_synth_writes_a_market(tmp_path, capsys):
     assert re.search(r"^last-tenth positives on jobs posted in it +\d+\.\d%$", out, re.M)
     assert main(["data", "stats", "--data", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == out.split("\n\n", 1)[1].strip()  # the same table from the files
+    export = tmp_path / "export"  # a real log's names: read through a config's data section, as training does
+    export.mkdir()
+    pd.read_csv(tmp_path / "jobs.csv").rename(columns={"job_id": "JobID"}).to_csv(export / "jobs.csv", index=False)
+    pd.read_csv(tmp_path / "interactions.csv").rename(columns={"job_id": "JobID"}).to_csv(export / "apps.csv",
+                                                                                          index=False)
+    (tmp_path / "real.yaml").write_text(f"data:\n  path: {export}\n  interactions_file: apps\n  columns: "
+                                        "{jobs: {job_id: JobID}, interactions: {job_id: JobID}}\n")
+    assert main(["data", "stats", "--config", str(tmp_path / "real.yaml")]) == 0
+    assert capsys.readouterr().out.strip() == out.split("\n\n", 1)[1].strip()
 
 
 def test_errors_are_one_line_without_traceback(tmp_path):
