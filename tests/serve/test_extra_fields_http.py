@@ -3,21 +3,11 @@ carries their values into the new jobs' encoding, a cold-start profile gives the
 overrides a field of its own."""
 from __future__ import annotations
 
-import hashlib
-import warnings
-
 import pandas as pd
 import pytest
 
-with warnings.catch_warnings():  # starlette's note about its httpx-based TestClient
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
-
 from convfm.cli.catalog import postings
 from convfm.features.fields import PAD, field_columns
-from convfm.store.live_catalog import CatalogStore
-from serve.http import LocalBackend, build_http_app
-from serve.model_slot import ModelSlot
 
 pytestmark = pytest.mark.timeout(300)
 KEY = "extra-key-0123456789"
@@ -25,12 +15,9 @@ AUTH = {"X-API-Key": KEY}
 
 
 @pytest.fixture()
-def service(extra_board, tmp_path):
-    slot = ModelSlot(extra_board.entry)
-    assert slot.load()["ok"]
-    store = CatalogStore(tmp_path / "live")
-    app = build_http_app(LocalBackend(slot, store.root.parent), api_key_digest=hashlib.sha256(KEY.encode()).hexdigest())
-    return TestClient(app, base_url="http://localhost"), slot
+def service(extra_board, tmp_path, local_service):
+    started = local_service(extra_board.entry, tmp_path, KEY)
+    return started.client, started.slot
 
 
 def test_a_posted_job_is_encoded_with_its_extra_values(service):

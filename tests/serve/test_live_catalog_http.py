@@ -3,7 +3,6 @@ validation with nothing written, new jobs recommended under a filter that matche
 reflected by ``GET /jobs/{id}``, expired jobs left out, and a restarted or reloaded model catching up."""
 from __future__ import annotations
 
-import hashlib
 import warnings
 
 import pytest
@@ -29,15 +28,11 @@ def posting(job_id: str, **fields) -> dict:
 
 
 @pytest.fixture()
-def service(tiny, tmp_path):
+def service(tiny, tmp_path, local_service):
     """A fresh model slot and live store per test (the live catalog changes the scorer in place)."""
-    slot = ModelSlot(tiny.entry)
-    assert slot.load()["ok"]
-    store = CatalogStore(tmp_path / "live")
-    app = build_http_app(LocalBackend(slot, store.root.parent), api_key_digest=hashlib.sha256(KEY.encode()).hexdigest())
-    client = TestClient(app, base_url="http://localhost")
-    user = slot.current.extractor.user_ids[1]
-    return client, store, slot, {**ATLANTIS, "user_id": user}
+    started = local_service(tiny.entry, tmp_path, KEY)
+    user = started.slot.current.extractor.user_ids[1]
+    return started.client, started.store, started.slot, {**ATLANTIS, "user_id": user}
 
 
 def test_writing_jobs_needs_the_api_key(service, tiny, tmp_path):
