@@ -111,10 +111,7 @@ def header_names(path: Path) -> list[str]:
 def _read_csv(path: Path) -> pd.DataFrame:
     _refuse_repeated(path, header_names(path))  # before pandas renames a repeat to NAME.1
     try:
-        # only an empty cell is missing: "None" (no degree) or "NA" (a code) is a value in a text or category
-        # column; number, date and label columns read such words as missing (``tokens_missing``)
-        frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig", sep=csv_separator(path), keep_default_na=False,
-                            na_values=[""])
+        frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig", sep=csv_separator(path))
     except UnicodeDecodeError:
         raise DataValidationError(_utf8_error(path)) from None
     except pd.errors.EmptyDataError:
@@ -186,26 +183,12 @@ def cell_error(path: Path, column: str, row: int, message: str) -> DataValidatio
 
 
 # ------------------------------------------------------------------------------------------ typed columns
-# Words that mean "no value" in a number, date or label cell (pandas' defaults): a text cell keeps them as text.
-MISSING_WORDS = frozenset({"na", "n/a", "nan", "-nan", "null", "none", "nil", "#n/a", "<na>", "n.a."})
-
-
-def tokens_missing(series: pd.Series) -> pd.Series:
-    """``series`` with cells that only say "no value" (``MISSING_WORDS``, any case, or blank) made NaN; typed
-    columns as they are."""
-    if series.dtype != object and not isinstance(series.dtype, pd.StringDtype):
-        return series
-    text = series.astype("string").str.strip().str.lower()
-    return series.mask(text.isin(MISSING_WORDS) | (text == ""))
-
-
 _WORD_LABELS = {"false": 0.0, "true": 1.0}
 _NUMBER_LABELS = {0.0: 0.0, 1.0: 1.0, -1.0: 0.0}  # -1/1 is the libSVM/libFM convention of CTR benchmarks
 
 
 def binary_labels(raw: pd.Series, path: Path, column: str) -> pd.Series:
     """0/1, -1/1, 1.0 or true/false (any case) as float 0.0/1.0; a missing or other value names its row."""
-    raw = tokens_missing(raw)
     if raw.dtype.kind in "iuf":  # typed (parquet, an encoded frame): no text to parse
         labels = raw.astype(np.float64).map(_NUMBER_LABELS)
     else:
@@ -219,7 +202,6 @@ def binary_labels(raw: pd.Series, path: Path, column: str) -> pd.Series:
 
 
 def to_numbers(series: pd.Series, path: Path, column: str, allow_missing: bool = True) -> pd.Series:
-    series = tokens_missing(series)
     values = pd.to_numeric(series, errors="coerce").astype("float64")
     bad = values.isna() & series.notna()
     if bad.any():
@@ -253,7 +235,6 @@ def epoch_dates(series: pd.Series, path: Path, column: str) -> pd.Series:
     """Interaction timestamps as a file gives them, with epoch seconds made dates: numbers that all fall from
     1973-03-03 to 2100-01-01 as seconds become datetime64 (a log exported as epoch seconds keeps its calendar);
     other numbers stay plain order, and numbers that all read as epoch milliseconds are refused."""
-    series = tokens_missing(series)
     if series.dtype.kind in "mMb" or not len(series) or not _looks_numeric(series):
         return series
     values = pd.to_numeric(series, errors="coerce")
@@ -282,7 +263,6 @@ def _refuse_booleans(series: pd.Series, path: Path, column: str, what: str) -> N
 
 def to_datetimes(series: pd.Series, path: Path, column: str) -> pd.Series:
     """Numbers as epoch seconds, else date/time text; unparseable or out-of-range values name their row."""
-    series = tokens_missing(series)
     _refuse_booleans(series, path, column, "dates")
     if series.dtype.kind not in "mM" and _looks_numeric(series):  # epoch seconds
         seconds = to_numbers(series, path, column)
@@ -340,7 +320,6 @@ def _date_range() -> str:
 def order_key(series: pd.Series, path: Path, column: str) -> np.ndarray:
     """int64 order key: whole numbers as given, fractional numbers x 1e6, dates (``is_calendar``) as
     microseconds since the epoch."""
-    series = tokens_missing(series)
     if series.isna().any():
         raise cell_error(path, column, first_true(series.isna()), "empty timestamp")
     _refuse_booleans(series, path, column, "timestamps")

@@ -307,18 +307,6 @@ def test_extra_columns_kept_and_warned(tmp_path: Path, caplog: pytest.LogCapture
     assert market.jobs["internal_code"].tolist() == ["X1", "X2", "X3"]
 
 
-def test_missing_words_are_values_in_text_and_missing_in_numbers_and_dates(tmp_path: Path) -> None:
-    write_market(tmp_path, jobs="job_id,title,location,salary_min,posted_at\nj1,Nurse,NA,NA,null\n"
-                                "j2,Cook,None,35000,2024-03-11\nj3,Dev,,N/A,\n",
-                 users="user_id,location\nNA,None\nu2,\n", interactions="user_id,job_id,event\nNA,j1,apply\n")
-    market = load_job_market(DataConfig(path=str(tmp_path)))
-    assert market.jobs["location"].tolist() == ["NA", "None", ""]  # a state code, a literal value, missing
-    assert market.jobs["salary_min"].isna().tolist() == [True, False, True]
-    assert market.jobs["posted_at"].isna().tolist() == [True, False, True]
-    assert market.users["user_id"].tolist() == ["NA", "u2"] and market.users["location"].tolist() == ["None", ""]
-    assert market.interactions["user_id"].tolist() == ["NA"]  # an id, not an empty one
-
-
 def test_a_missing_file_names_the_setting_that_points_elsewhere(tmp_path: Path) -> None:
     write_market(tmp_path, names=("jobs.csv", "users.csv", "apps.csv"))
     with pytest.raises(DataValidationError, match=r"interactions: file not found \(tried .csv, .tsv and .parquet\); "
