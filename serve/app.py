@@ -199,8 +199,8 @@ class Api:
         if request.expire:
             try:
                 known = unwrap(await self._call("known_jobs", request.expire, self.catalog_want, timeout=5.0))
-            except ServiceError as exc:  # no replica can say: every expiry is written
-                log.warning("known_jobs: %s; writing every expiry", exc.detail)
+            except ServiceError as exc:  # no replica can say: unknown_expire stays empty
+                log.warning("known_jobs: %s; expiries not checked", exc.detail)
         body = await asyncio.to_thread(write_jobs, self.catalog, request, known)
         self.catalog_want = max(self.catalog_want, body["catalog_version"])
         return body

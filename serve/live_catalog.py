@@ -77,21 +77,19 @@ def _show_upserted(scorer: Any, before: int, rows: np.ndarray, frame: pd.DataFra
 # ---------------------------------------------------------------------------------------- service side
 def write_jobs(store: Optional[CatalogStore], request: Any, known: Optional[Mapping[str, bool]] = None
                ) -> dict[str, Any]:
-    """``POST /jobs``: one delta with the request's upserts and expirations -> the response body; ``known``
-    (id -> whether the serving catalog holds it; None: unknown, all kept) leaves out expirations of ids it does
-    not hold, which the body lists. Raises ServiceError: 409 when another writer took the version, 503 without a
-    live store or when storage failed."""
+    """``POST /jobs``: one delta with the request's upserts and expirations -> the response body, which lists the
+    ids to expire that ``known`` (id -> whether the serving catalog holds it; None: not asked) says the serving
+    catalog does not hold. They are written all the same: another version's catalog, or the next model's, may
+    hold them. Raises ServiceError: 409 when another writer took the version, 503 without a live store or when
+    storage failed."""
     if store is None:
         raise ServiceError(503, "the live catalog is off: this service has no live store")
     unknown = [j for j in request.expire if known is not None and not known.get(j, False)]
-    expire = [j for j in request.expire if j not in set(unknown)]
-    if not request.upsert and not expire:
-        return {"catalog_version": store.latest(), "upserted": 0, "expired": 0, "unknown_expire": unknown}
     jobs = [{"job_id": job.job_id, **{f: getattr(job, f) for f in CONTENT_FIELDS},
              "posted_at": _micros(job.posted_at), "expires_at": _micros(job.expires_at),
              **({"extra": job.extra} if job.extra else {})} for job in request.upsert]
     try:
-        delta = store.append(jobs, expire)
+        delta = store.append(jobs, request.expire)
     except CatalogConflict as exc:
         raise ServiceError(409, str(exc)) from None
     except (StorageError, OSError) as exc:

@@ -311,12 +311,12 @@ class JobDetail(Job):
 
 
 class JobsResponse(BaseModel):
-    catalog_version: int = Field(description="the catalog version this change created (the latest one when it "
-                                             "changed nothing: every id to expire unknown)")
+    catalog_version: int = Field(description="the catalog version this change created")
     upserted: int
     expired: int
-    unknown_expire: list[str] = Field(default_factory=list, description="ids to expire that the serving catalog "
-                                      "does not hold: nothing written for them")
+    unknown_expire: list[str] = Field(default_factory=list, description="ids to expire that the serving model's "
+                                      "catalog does not hold (written all the same: another version or the next "
+                                      "model may hold them)")
 
 
 class JobScore(BaseModel):
@@ -350,6 +350,8 @@ class ModelInfo(BaseModel):
     jobs: int
     users: int
     fields: list[str]
+    extra_columns: dict[str, dict[str, str]] = Field(default_factory=dict, description="the board's own columns "
+                                                     "the model reads, per table (data.extra_columns)")
     catalog_version: Optional[int] = None
     model_jobs_expire: Optional[bool] = Field(None, description="whether the model's own jobs leave /recommend at "
                                               "their training data's expiry (false: all had expired at load)")

@@ -216,7 +216,8 @@ class Scorer:
                 "catalog_version": self.live_jobs.version, "score_cache": self.cache.info(),
                 "model_jobs_expire": self.model_expiry_applies(now_micros()),
                 "users": len(self.extractor.user_catalog) - 1,
-                "fields": [f.name for f in self.extractor.feature_map.fields]}
+                "fields": [f.name for f in self.extractor.feature_map.fields],
+                "extra_columns": getattr(self.extractor, "extra_columns", {})}
 
     def job_record(self, row: int) -> dict[str, Any]:
         record = {"job_id": self.extractor.job_ids[row]}

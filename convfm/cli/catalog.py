@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 
 from convfm.data.schema import JOBS
 from convfm.errors import ConvFMError, DataValidationError
+from convfm.features.extra_fields import slug
 from convfm.features.text import column_strings, split_lists
 from convfm.store.live_catalog import CONTENT_FIELDS
 
@@ -32,11 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     push.add_argument("--chunk", type=int, default=100, help="jobs per request, 1..1000 (default 100)")
 
 
-def postings(jobs: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows of a checked jobs table as ``POST /jobs`` postings (missing values left out); the other columns
-    go as ``extra`` values, as text, for a model trained with them (``data.extra_columns``)."""
+def postings(jobs: pd.DataFrame, extra_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Rows of a checked jobs table as ``POST /jobs`` postings (missing values left out); the file's columns
+    among ``extra_columns`` (the serving model's, case and punctuation aside) go as ``extra`` values, as text."""
     out = []
-    extra = {c: column_strings(jobs, c) for c in jobs.columns if c not in JOBS.names}
+    wanted = {slug(c) for c in extra_columns}
+    extra = {c: column_strings(jobs, c) for c in jobs.columns if c not in JOBS.names and slug(c) in wanted}
     for i, record in enumerate(jobs.to_dict("records")):
         job: dict[str, Any] = {"job_id": str(record["job_id"])}
         values = {name: column[i] for name, column in extra.items() if column[i]}
@@ -53,6 +55,23 @@ def postings(jobs: pd.DataFrame) -> list[dict[str, Any]]:
             job[field] = value
         out.append(job)
     return out
+
+
+def model_job_columns(url: str, key: str, path: Path, jobs: pd.DataFrame) -> list[str]:
+    """The serving model's extra job columns (``GET /model``); the file's other columns are named once, as not
+    sent. [] when the service cannot say (its model then reads none of them)."""
+    import requests
+
+    try:
+        response = requests.get(f"{url.rstrip('/')}/model", headers={"X-API-Key": key}, timeout=60)
+        columns = list(response.json().get("extra_columns", {}).get("jobs", {})) if response.status_code == 200 else []
+    except (requests.RequestException, ValueError, AttributeError):
+        columns = []
+    wanted = {slug(c) for c in columns}
+    unread = [c for c in jobs.columns if c not in JOBS.names and slug(c) not in wanted]
+    if unread:
+        print(f"{path}: not sent, the serving model reads no such column: {unread}", flush=True)
+    return columns
 
 
 def refusal(path: Path, response: Any, first_row: int) -> str:
@@ -89,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     jobs, path = read_jobs_file(args.jobs)
     if "job_id" not in jobs.columns:
         raise DataValidationError(f"{path}: missing required column 'job_id'")
-    items = postings(jobs)
+    items = postings(jobs, model_job_columns(args.url, key, path, jobs))
     url = f"{args.url.rstrip('/')}/jobs"
     for start in range(0, len(items), args.chunk):
         chunk = items[start : start + args.chunk]

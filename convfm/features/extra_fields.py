@@ -163,14 +163,17 @@ class ExtraFields:
 
 def is_extra_number(field: FieldSpec) -> bool:
     """Whether ``field`` is an extra column of kind number (the only dense fields named ``<side>_<slug>``)."""
-    return field.kind == "dense" and field.name.startswith(f"{field.side}_")
+    return field.kind == "dense" and field.side in SIDES.values() and field.name.startswith(f"{field.side}_")
 
 
 def _matching(df: pd.DataFrame, column: str) -> str:
-    """``column``, or the column of ``df`` of the same slug (a service's ``extra`` keys: "state" for "State")."""
+    """``column``, or the column of ``df`` of the same slug (a service's ``extra`` keys: "state" for "State"),
+    never a canonical one (an extra "Company" is not the built-in company)."""
     if column in df.columns:
         return column
-    return next((c for c in df.columns if isinstance(c, str) and slug(c) == slug(column)), column)
+    canonical = {*JOBS.names, *USERS.names}
+    return next((c for c in df.columns if isinstance(c, str) and c not in canonical and slug(c) == slug(column)),
+                column)
 
 
 def _numbers(df: Optional[pd.DataFrame], column: str) -> np.ndarray:

@@ -49,13 +49,16 @@ def split_lists(values: Iterable[str], separator: str = ";", lower: bool = True)
     return [list(dict.fromkeys(t for t in map(clean, v.split(separator)) if t)) for v in values]
 
 
-_TAG = re.compile(r"<[^<>]{0,200}>")  # an HTML tag (<p>, <li class="x">, </ul>)
+_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]{0,200})?/?>")  # <p>, <li class="x">, </ul>, <br/>; not "<3"
+_ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")  # &amp; &#39; &nbsp;
 
 
 def plain_text(text: str) -> str:
     """Job text as a reader sees it: HTML tags dropped and entities decoded (job boards export descriptions as
     HTML: ``nbsp``, ``li`` and ``amp`` would be words of every job); text without them is left as it is."""
-    return html.unescape(_TAG.sub(" ", text)) if "<" in text or "&" in text else text
+    if "<" not in text and "&" not in text:
+        return text
+    return _ENTITY.sub(lambda m: html.unescape(m.group(0)), _TAG.sub(" ", text))
 
 
 def joined_text(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:

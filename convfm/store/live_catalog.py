@@ -31,8 +31,10 @@ import numpy as np
 import pandas as pd
 
 from convfm.data.liveness import ALWAYS, NEVER
+from convfm.data.schema import JOBS
 from convfm.errors import ArtifactError, StorageError
 from convfm.features.context import now_micros
+from convfm.features.extra_fields import slug
 from convfm.jsonfile import parse_json
 from convfm.store import storage
 from convfm.store.serving_data import SALARY_COLUMNS
@@ -95,15 +97,24 @@ class UpsertedJobs(NamedTuple):
     expires: np.ndarray  # (n,) int64 microseconds, NEVER for none
 
 
-def upserted_jobs(upsert: Sequence[Mapping[str, Any]]) -> UpsertedJobs:
+def upserted_jobs(upsert: Sequence[Mapping[str, Any]], version: Optional[int] = None) -> UpsertedJobs:
     """Delta job records -> the jobs table the extractor encodes (the shape of the training jobs file; extra
-    columns as the files hold them, lists ``;``-joined, "" where a job has none)."""
-    extra = list(dict.fromkeys(name for j in upsert for name in j.get("extra", {})))
+    values one column per name, case and punctuation aside, named as first written, lists ``;``-joined, ""
+    where a job has none). Jobs with a blank id, written before the service refused them, are left out (row 0
+    is no job's)."""
+    kept = [j for j in upsert if str(j["job_id"]).strip()]
+    if len(kept) < len(upsert):
+        log.warning("live catalog v%s: %d job(s) with a blank id left out", version, len(upsert) - len(kept))
+    upsert = kept
+    names: dict[str, str] = {}  # slug -> the column, as the first job named it
+    for job in upsert:
+        for name in job.get("extra", {}):
+            names.setdefault(slug(name), name)
     frame = pd.DataFrame({"job_id": [j["job_id"] for j in upsert], **{
         f: [";".join(j.get(f) or ()) if f == "skills" else j.get(f) for j in upsert] for f in CONTENT_FIELDS}})
-    for name in extra:
-        values = [j.get("extra", {}).get(name) for j in upsert]
-        frame[name] = [";".join(v) if isinstance(v, list) else (v or "") for v in values]
+    for key, column in names.items():
+        values = [next((v for n, v in j.get("extra", {}).items() if slug(n) == key), None) for j in upsert]
+        frame[column] = [";".join(v) if isinstance(v, list) else (v or "") for v in values]
     for column in SALARY_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     text = [c for c in CONTENT_FIELDS if c not in SALARY_COLUMNS]
@@ -121,8 +132,11 @@ def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta]) -> tuple[pd.DataFram
     table = jobs.set_index("job_id", drop=False)
     counts = {"added": 0, "replaced": 0, "expired": 0}
     for delta in deltas:
-        if delta.upsert:
-            new = upserted_jobs(delta.upsert)
+        new = upserted_jobs(delta.upsert, delta.version)
+        if len(new.frame):
+            columns = {slug(c): c for c in table.columns if c not in JOBS.names}  # extra keys, case aside
+            new = new._replace(frame=new.frame.rename(columns=lambda c: c if c in JOBS.names
+                                                      else columns.get(slug(c), c)))
             frame = new.frame.assign(posted_at=_datetimes(new.posted), expires_at=_datetimes(new.expires))
             frame = frame.set_index("job_id", drop=False).reindex(columns=table.columns)
             known = frame.index.isin(table.index)
@@ -172,14 +186,10 @@ class LiveJobs:
         holds is replaced, a new one appended), ``put_rows(rows)`` computing the model's side of them (ranker,
         index), their times recorded; then the expirations of ids the catalog holds. Returns the upserted rows
         (n,) and their jobs frame, for what the caller keeps per row (display columns, popularity)."""
-        upsert = [job for job in delta.upsert if job["job_id"].strip()]
-        if len(upsert) < len(delta.upsert):  # written before the service refused blank ids: row 0 is no job's
-            log.warning("live catalog v%d: %d job(s) with a blank id left out", delta.version,
-                        len(delta.upsert) - len(upsert))
-        jobs = upserted_jobs(upsert)
+        jobs = upserted_jobs(delta.upsert, delta.version)
         with self.lock:
             rows = np.zeros(0, dtype=np.int64)
-            if upsert:
+            if len(jobs.frame):
                 rows = extractor.put_jobs(jobs.frame, jobs.posted, jobs.expires)
                 put_rows(rows)
                 n = len(extractor.job_ids)

@@ -132,18 +132,22 @@ def test_the_fast_path_stays_exact_and_the_extractor_round_trips(extra_board, tm
 
 
 def test_live_jobs_carry_their_extra_values_into_encoding_and_training_tables(extra_board):
-    upsert = [{"job_id": "live-1", "title": "Analyst", "posted_at": 1, "extra": {"Industry": "Finance",
+    upsert = [{"job_id": "live-1", "title": "Analyst", "posted_at": 1, "extra": {"industry": "Finance",
                                                                               "tags": ["remote", "onsite"]}},
-              {"job_id": "live-2", "posted_at": 1}]
+              {"job_id": "live-2", "posted_at": 1}, {"job_id": " ", "posted_at": 1},  # a blank id: left out
+              {"job_id": "live-3", "posted_at": 1, "extra": {"INDUSTRY": "IT"}}]  # keys: case and punctuation aside
     frame = upserted_jobs(upsert).frame
-    assert frame["Industry"].tolist() == ["Finance", ""] and frame["tags"].tolist() == ["remote;onsite", ""]
+    assert frame["job_id"].tolist() == ["live-1", "live-2", "live-3"]
+    assert frame["industry"].tolist() == ["Finance", "", "IT"] and frame["tags"].tolist() == ["remote;onsite", "", ""]
     extractor = extra_board.data.extractor
     column = field_columns(extractor.feature_map.of_side("job").fields)["job_industry"][1]
-    assert extractor.transform_jobs(frame).cat[:, column].tolist() == [extractor.vocabs["extra_industry"].index(
-        "finance"), PAD]
+    industry = extractor.vocabs["extra_industry"]
+    assert extractor.transform_jobs(frame).cat[:, column].tolist() == [industry.index("finance"), PAD,
+                                                                       industry.index("it")]
     jobs = pd.read_csv(extra_board.root / "jobs.csv").assign(posted_at=pd.NaT, expires_at=pd.NaT)
     table, counts = jobs_after(jobs, [Delta(1, 1, tuple(upsert))])
-    assert counts["added"] == 2 and table.set_index("job_id").loc["live-1", "Industry"] == "Finance"
+    assert counts["added"] == 3 and "" not in table["job_id"].tolist()  # the file's "Industry", not "industry":
+    assert table.set_index("job_id").loc[["live-1", "live-3"], "Industry"].tolist() == ["Finance", "IT"]
 
 
 def test_a_warm_start_keeps_the_published_columns_and_a_model_needs_its_columns(extra_board, tmp_path):

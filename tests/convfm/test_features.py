@@ -394,6 +394,7 @@ def test_html_job_text_is_read_as_plain_text():
 
     assert plain_text("<p>SQL&nbsp;&amp; <b>Python</b></p><li>R&amp;D</li>").split() == ["SQL", "&", "Python", "R&D"]
     assert plain_text("AT&T, x < y") == "AT&T, x < y"  # no tag, no entity: as written
+    assert plain_text("<3 years of python, teams of >10; &notice") == "<3 years of python, teams of >10; &notice"
     jobs = pd.DataFrame({"job_id": ["a", "b", "c"], "description": ["<ul><li>python</li></ul>&nbsp;",
                                                                     "<p>sql and python</p>", "&lt;b&gt;cooking"]})
     extractor = JobFeatureExtractor(history_length=0, text_dim=2).fit(jobs)

@@ -70,7 +70,11 @@ def test_extra_values_are_checked(service, path, body, message):
     assert message in response.json()["message"]
 
 
-def test_catalog_push_sends_the_files_other_columns_as_extra_values():
-    jobs = pd.DataFrame({"job_id": ["a", "b"], "title": ["x", "y"], "Industry": ["IT", None], "level": [3.0, None]})
-    assert postings(jobs) == [{"job_id": "a", "extra": {"Industry": "IT", "level": "3"}, "title": "x"},
-                              {"job_id": "b", "title": "y"}]
+def test_catalog_push_sends_the_models_extra_columns_and_no_others(service):
+    client, _ = service
+    columns = client.get("/model").json()["extra_columns"]["jobs"]
+    assert columns == {"Industry": "category", "tags": "list"}
+    jobs = pd.DataFrame({"job_id": ["a", "b"], "title": ["x", "y"], "industry": ["IT", None], "Tags": [None, "r"],
+                         "Requirements": ["x" * 5000, ""]})  # not the model's: not sent (it would be a 422)
+    assert postings(jobs, list(columns)) == [{"job_id": "a", "extra": {"industry": "IT"}, "title": "x"},
+                                             {"job_id": "b", "extra": {"Tags": "r"}, "title": "y"}]
