@@ -249,12 +249,7 @@ class Scorer:
         live = self.live.positives(user_id, self.positive_events, length) if self.live and not history else []
         if request.profile is not None:
             profile = request.profile
-            read = {slug(c): c for c in extractor.extra_columns.get("users", {})}
-            unread = [name for name in profile.extra if slug(name) not in read]
-            if unread:  # a typo or another model's column: scoring on without it would hide the mistake
-                raise ServiceError(422, f"profile.extra: this model reads no user column {unread}; it reads "
-                                        f"{sorted(read.values())} (case and punctuation aside)")
-            extra = {name: [";".join(v) if isinstance(v, list) else v] for name, v in profile.extra.items()}
+            extra = _profile_extra(extractor.extra_columns.get("users", {}), profile.extra)
             static = extractor.transform_users(pd.DataFrame({
                 **extra, "user_id": [user_id or ""], "skills": [";".join(profile.skills)],
                 "location": [profile.location or ""], "experience_level": [profile.experience_level or ""]}))
@@ -412,6 +407,31 @@ def _decoded_columns(extractor: Any) -> dict[str, list[Optional[str]]]:
             decode = extractor.vocabs[field.vocab].decode
             out[column] = [decode(x) for x in extractor.job_catalog.cat[:, i].tolist()]
     return out
+
+
+def _profile_extra(columns: dict[str, str], extra: dict[str, Any]) -> dict[str, list[str]]:
+    """A profile's ``extra`` values as one-row frame columns. ServiceError 422 for a column the model does not read
+    (a typo or another model's: scoring on without it would hide the mistake) or a value its kind cannot take
+    (a list for a category, text that is no number)."""
+    kinds = {slug(column): (column, kind) for column, kind in columns.items()}
+    unread = [name for name in extra if slug(name) not in kinds]
+    if unread:
+        raise ServiceError(422, f"profile.extra: this model reads no user column {unread}; it reads "
+                                f"{sorted(c for c, _ in kinds.values())} (case and punctuation aside)")
+    for name, value in extra.items():
+        kind = kinds[slug(name)][1]
+        if kind != "list" and isinstance(value, list):
+            raise ServiceError(422, f"profile.extra.{name}: a {kind} column takes one value, not a list")
+        if kind == "number" and not _is_number(value):
+            raise ServiceError(422, f"profile.extra.{name}: {value!r} is not a number")
+    return {name: [";".join(v) if isinstance(v, list) else v] for name, v in extra.items()}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _why(explanation: dict[str, Any]) -> str:

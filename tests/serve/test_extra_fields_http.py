@@ -62,6 +62,10 @@ def test_a_profile_gives_the_users_extra_values_and_they_change_the_score(servic
      "upsert.0.extra.Industry: Value error, a value must be text, a number or a list of text, got dict"),
     ("/recommend", {"profile": {"skills": ["sql"], "extra": {"sector": "it"}}},
      "profile.extra: this model reads no user column ['sector']; it reads ['industry', 'years']"),
+    ("/recommend", {"profile": {"extra": {"industry": ["it", "health"]}}},
+     "profile.extra.industry: a category column takes one value, not a list"),
+    ("/score", {"profile": {"extra": {"Years": "ten"}}, "job_ids": ["j000001"]},
+     "profile.extra.Years: 'ten' is not a number"),
 ])
 def test_extra_values_are_checked(service, path, body, message):
     client, _ = service
