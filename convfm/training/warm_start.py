@@ -64,7 +64,7 @@ def warm_configs(warm: WarmStart, data: DataConfig, model: ModelConfig) -> tuple
     extractor = warm.loaded.extractor  # of another kind than ``data``: prepare_data refuses it
     if extractor.kind == "jobs":
         fields = {"history_length": extractor.history_length, "recency": extractor.recency,
-                  "popularity_days": extractor.popularity_days}
+                  "popularity_days": extractor.popularity_days, "extra_columns": extractor.extra_columns}
     else:
         fields = {name: getattr(extractor, name) for name in TABLE_FIELDS}
     published_data = DataConfig.from_dict({**data.to_dict(), **fields}, source=f"{warm.location} extractor")

@@ -136,3 +136,15 @@ def test_resume_keeps_its_starting_model(tmp_path, capsys):
 
     assert main(["train", "--resume", str(tmp_path / "run"), "--init-from", "models/x"]) == 2
     assert "--resume: a resumed run keeps its directory, data and starting model" in capsys.readouterr().err
+
+
+def test_a_warm_start_takes_the_published_extra_columns_and_trains_on_them(extra_board):
+    start = load_warm_start(str(extra_board.entry))
+    data_config, model_config, notes = warm_configs(start, DataConfig(path=str(extra_board.root)), ModelConfig())
+    assert data_config.extra_columns == extra_board.extra  # recorded beside the checkpoints, read at loading
+    assert any(n.startswith("data.extra_columns: {} -> ") for n in notes)
+    data = prepare_data(data_config, base=start.loaded.extractor)
+    assert data.extractor.feature_map == start.loaded.extractor.feature_map
+    config = TrainConfig(num_epochs=1, batch_size=256, use_amp=False, init_from=start.location)
+    _, history = fit_in_process(data, model_config, config, initial=warm_model(start, data.extractor.feature_map, 0))
+    assert np.isfinite(history[-1]["train_loss"]) and history[-1]["val_roc_auc"] > 0.5
