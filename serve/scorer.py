@@ -27,8 +27,8 @@ from convfm.store.live_catalog import LiveJobs
 from convfm.errors import ArtifactError
 from convfm.features.base import concat_rows
 from convfm.features.context import now_micros
-from convfm.features.extra_fields import PREFIX as EXTRA_VOCAB, slug
-from convfm.features.fields import EncodedTable
+from convfm.features.extra_fields import slug
+from convfm.features.fields import EXTRA_VOCAB, EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
 from convfm.model.score_cache import ScoreCache

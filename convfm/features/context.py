@@ -40,6 +40,11 @@ POPULARITY_EDGES = tuple(2**i for i in range(10))  # bucket i holds counts in [e
 ACTIVITY_SCALE = float(np.log1p(100.0))  # log1p(positives before t) / this: ~1 for a hundred
 
 
+def history_field_of(job_field: str) -> str:
+    """The history field that gathers extra job field ``job_field`` over a user's recent jobs: job_x -> history_x."""
+    return HISTORY_PREFIX + job_field.removeprefix("job_")
+
+
 def is_history_field(name: str) -> bool:
     """Whether ``name`` is a history field (built-in or of an extra column): read at an example's time."""
     return name in HISTORY_FIELDS or name.startswith(HISTORY_PREFIX)
@@ -326,7 +331,7 @@ class HistoryEncoder:
         self.length = length
         self.specs = {f.name: f for f in job_fields}
         self.sources = field_columns(job_fields)  # job field -> (kind, column) in the encoded catalog
-        self.extra = {HISTORY_PREFIX + f.name.removeprefix("job_"): f.name for f in job_fields
+        self.extra = {history_field_of(f.name): f.name for f in job_fields
                       if f.vocab.startswith(EXTRA_VOCAB) and f.kind != "dense"}  # history field -> job field
 
     def source(self, name: str) -> str:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from convfm.data.schema import JOBS, USERS
 from convfm.errors import ConfigError
-from convfm.features.context import HISTORY_FIELDS, HISTORY_PREFIX, RECENCY_FIELDS
+from convfm.features.context import HISTORY_FIELDS, HISTORY_PREFIX, RECENCY_FIELDS, history_field_of
 from convfm.features.fields import EXTRA_VOCAB, FeatureMap, FieldSpec, Vocabulary
 from convfm.features.job_fields import JOB_FIELDS, USER_FIELDS
 from convfm.features.text import category_values, column_strings, split_lists
@@ -28,7 +28,6 @@ from convfm.features.text import category_values, column_strings, split_lists
 KINDS = ("category", "list", "number")
 CLIP = 5.0  # standardised numbers are clipped to +-CLIP: one outlier row must not dominate its field
 SIDES = {"jobs": "job", "users": "user"}  # table -> field side
-PREFIX = EXTRA_VOCAB  # vocabulary names: extra_<slug>
 
 
 def slug(column: str) -> str:
@@ -109,7 +108,7 @@ class ExtraFields:
 
     def spec(self, name: str, vocabs: Mapping[str, Vocabulary]) -> FieldSpec:
         table, column, kind = self.by_field[name]
-        side, vocab = SIDES[table], PREFIX + slug(column)
+        side, vocab = SIDES[table], EXTRA_VOCAB + slug(column)
         if kind == "category":
             return FieldSpec(name, "categorical", side, vocab, len(vocabs[vocab]))
         if kind == "number":
@@ -128,7 +127,7 @@ class ExtraFields:
             frame = frames.get(table)
             if frame is None or column not in frame.columns or kind == "number":
                 continue
-            found = values.setdefault(PREFIX + slug(column), [])
+            found = values.setdefault(EXTRA_VOCAB + slug(column), [])
             if kind == "category":
                 found.extend(category_values(frame, column))
             else:
@@ -187,8 +186,8 @@ def history_pairs(feature_map: FeatureMap) -> tuple[tuple[str, str], ...]:
     """(history field, job field) of every extra job column the user's recent jobs are gathered over: the
     history-match pairs beyond skills, companies and locations (``convfm.model.pair_match``)."""
     names = {f.name for f in feature_map.fields}
-    return tuple((HISTORY_PREFIX + f.name.removeprefix("job_"), f.name) for f in feature_map.of_side("job").fields
-                 if f.vocab.startswith(PREFIX) and HISTORY_PREFIX + f.name.removeprefix("job_") in names)
+    return tuple((history_field_of(f.name), f.name) for f in feature_map.of_side("job").fields
+                 if f.vocab.startswith(EXTRA_VOCAB) and history_field_of(f.name) in names)
 
 
 def shared_pairs(feature_map: FeatureMap) -> tuple[tuple[str, str], ...]:
@@ -196,7 +195,7 @@ def shared_pairs(feature_map: FeatureMap) -> tuple[tuple[str, str], ...]:
     location and level (``convfm.model.pair_match``)."""
     def extra(field: FieldSpec) -> bool:  # user_<slug> or job_<slug> over extra_<slug> (not history_<slug>)
         side, _, rest = field.name.partition("_")
-        return side == field.side and field.vocab == PREFIX + rest
+        return side == field.side and field.vocab == EXTRA_VOCAB + rest
 
     job = {f.vocab: f.name for f in feature_map.of_side("job").fields if extra(f)}
     return tuple((f.name, job[f.vocab]) for f in feature_map.of_side("user").fields if extra(f) and f.vocab in job)
