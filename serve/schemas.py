@@ -44,6 +44,7 @@ def _stripped(value: Any) -> Any:
 
 Id = Annotated[str, BeforeValidator(_id_text), StringConstraints(min_length=1, max_length=200)]
 ShortText = Annotated[str, BeforeValidator(_stripped), StringConstraints(max_length=200)]
+TEXT_CHARS = 20_000  # a job's description, or an extra text column's value
 Skill = Annotated[str, BeforeValidator(_stripped), StringConstraints(min_length=1, max_length=100)]
 
 
@@ -59,10 +60,12 @@ def _extra_value(value: Any) -> Any:
 
 
 # The model's extra columns (``DataConfig.extra_columns``) by their names in the data files (case and
-# punctuation aside): a value, or a list for a list column. A job's names no model reads are kept (the live
+# punctuation aside): a value (up to a description's length: a text column's), or a list for a list column. A job's names no model reads are kept (the live
 # catalog outlives models); a profile's are refused (the Scorer).
 ExtraValues = Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=200)],
-                             Annotated[Union[ShortText, Annotated[list[Skill], Field(max_length=100)]],
+                             Annotated[Union[Annotated[str, BeforeValidator(_stripped),
+                                                       StringConstraints(max_length=TEXT_CHARS)],
+                                             Annotated[list[Skill], Field(max_length=100)]],
                                        BeforeValidator(_extra_value)]],
                         Field(max_length=50)]
 
@@ -161,7 +164,7 @@ class JobPosting(Request):
 
     job_id: Id
     title: Optional[Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]] = None
-    description: Optional[Annotated[str, StringConstraints(max_length=20_000)]] = None
+    description: Optional[Annotated[str, StringConstraints(max_length=TEXT_CHARS)]] = None
     skills: list[Skill] = Field(default_factory=list, max_length=100)
     location: Optional[ShortText] = None
     company: Optional[ShortText] = None

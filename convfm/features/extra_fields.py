@@ -7,8 +7,10 @@ location and level do. A job category or list is also gathered over each user's 
 ``convfm.features.context``), with a history-match term (``history_pairs``).
 
 Kinds: ``category`` (one value per row, normalised as the canonical categories are), ``list`` (``;``-separated
-values) and ``number``: a dense field of two values, the number standardised by the training table's mean and
-spread (clipped to +-5 spreads) and a missing flag. A number has no vocabulary, so no pair-match term.
+values), ``number``: a dense field of two values, the number standardised by the training table's mean and
+spread (clipped to +-5 spreads) and a missing flag (no vocabulary, so no pair-match term), and, for jobs only,
+``text``: free text such as requirements or benefits, read with the title and description (the TF-IDF text
+field and the skills found in text) rather than as a field of its own.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from convfm.features.fields import EXTRA_VOCAB, FeatureMap, FieldSpec, Vocabular
 from convfm.features.job_fields import JOB_FIELDS, USER_FIELDS
 from convfm.features.text import category_values, column_strings, split_lists
 
-KINDS = ("category", "list", "number")
+KINDS = ("category", "list", "number", "text")
 CLIP = 5.0  # standardised numbers are clipped to +-CLIP: one outlier row must not dominate its field
 SIDES = {"jobs": "job", "users": "user"}  # table -> field side
 
@@ -64,6 +66,9 @@ def check_extra_columns(value: Any, mapping: Optional[Mapping[str, Mapping[str, 
                                   field=entry)
             if kind not in KINDS:
                 raise ConfigError(f"{entry}: kind must be one of {list(KINDS)}, got {kind!r}", field=entry)
+            if kind == "text" and table != "jobs":
+                raise ConfigError(f"{entry}: kind text is for job columns (read with the job's title and "
+                                  "description); a user has no text field", field=entry)
             if column in canonical[table]:
                 raise ConfigError(f"{entry}: {column!r} is read as a canonical {table} column; list only the "
                                   "other columns", field=entry)
@@ -100,7 +105,10 @@ class ExtraFields:
         self.columns, self.max_len = {t: dict(c) for t, c in columns.items()}, max_len
         self.stats: dict[str, list[float]] = {}  # number field -> [mean, spread] of its training values
         self.by_field = {f"{SIDES[table]}_{slug(column)}": (table, column, kind)
-                         for table, declared in self.columns.items() for column, kind in declared.items()}
+                         for table, declared in self.columns.items() for column, kind in declared.items()
+                         if kind != "text"}
+        # job columns read as text beside the title and description: no field of their own
+        self.text_columns = tuple(c for c, kind in self.columns.get("jobs", {}).items() if kind == "text")
 
     def names(self, side: str) -> list[str]:
         """Field names of ``side`` ("user" or "job"), in declaration order."""
@@ -148,7 +156,7 @@ class ExtraFields:
         number; a missing column or value is padding (a number: 0 and the missing flag), an unseen value
         unknown."""
         _, column, kind = self.by_field[field.name]
-        column = _matching(df, column)
+        column = matching_column(df, column)
         if kind == "number":
             values = _numbers(df, column)
             missing = ~np.isfinite(values)
@@ -165,7 +173,7 @@ def is_extra_number(field: FieldSpec) -> bool:
     return field.kind == "dense" and field.side in SIDES.values() and field.name.startswith(f"{field.side}_")
 
 
-def _matching(df: pd.DataFrame, column: str) -> str:
+def matching_column(df: pd.DataFrame, column: str) -> str:
     """``column``, or the column of ``df`` of the same slug (a service's ``extra`` keys: "state" for "State"),
     never a canonical one (an extra "Company" is not the built-in company)."""
     if column in df.columns:

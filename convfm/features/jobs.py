@@ -19,7 +19,7 @@ import pandas as pd
 
 from convfm.data.batching import ExampleSet
 from convfm.errors import ArtifactError, ConfigError, ConvFMError
-from convfm.features.extra_fields import ExtraFields, check_extra_columns
+from convfm.features.extra_fields import ExtraFields, check_extra_columns, matching_column
 from convfm.features.base import (
     UNKNOWN_ROW, RowIndex, concat_rows, encode_fields, labels_of, read_artifact, require_frame, with_room,
 )
@@ -147,7 +147,8 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
                               f"{base.get_config()}")
         has_job = jobs_df.columns.__contains__
         has_user = (lambda c: False) if users_df is None else users_df.columns.__contains__
-        self._text_columns = tuple(c for c in FREE_TEXT_COLUMNS if has_job(c)) if base is None else base._text_columns
+        self._text_columns = (*(c for c in FREE_TEXT_COLUMNS if has_job(c)), *self._extra.text_columns) \
+            if base is None else base._text_columns
         text_skills = self.skills_from_text and bool(self._text_columns)
         extra = self._extra.fit_vocabularies({"jobs": jobs_df, "users": users_df}, self.min_freq)
         if base is None:
@@ -158,7 +159,7 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
                                        None if base is None else base.vocabs, extra)
         self._salary, self._text = (base._salary, base._text) if base is not None else (salary_stats(jobs_df), None)
         if base is None and self._text_columns and self.text_dim > 0:
-            texts = joined_text(jobs_df, self._text_columns)
+            texts = self._texts(jobs_df)
             self._text = TextEncoder.fit(texts, self.text_dim, self.max_text_features, self.seed)
         present = {
             "user_id": True, "user_skills": has_user("skills"), "user_location": has_user("location"),
@@ -380,12 +381,17 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
         if field.kind == "multi":
             lists = split_lists(column_strings(df, "skills"))
             if field.side == "job" and self._matcher is not None:
-                found = self._matcher.find_all(joined_text(df, self._text_columns))
+                found = self._matcher.find_all(self._texts(df))
                 lists = [list(dict.fromkeys(a + b)) for a, b in zip(lists, found)]
             return self.vocabs["skill"].lookup_lists(lists, self.max_skills)
         if field.name == "salary":
             return salary_features(df, self._salary)
-        return self._text.transform(joined_text(df, self._text_columns))
+        return self._text.transform(self._texts(df))
+
+    def _texts(self, df: pd.DataFrame) -> list[str]:
+        """Each job's text: its title, description and extra text columns (a service's ``extra`` keys matched
+        case and punctuation aside) joined."""
+        return joined_text(df, [matching_column(df, c) for c in self._text_columns])
 
 
 def load_extractor(path: str | Path) -> "JobFeatureExtractor | TableFeatureExtractor":

@@ -22,7 +22,8 @@ from convfm.store.live_catalog import Delta, jobs_after, upserted_jobs
     ({"jobs": {"Type": "category"}}, "its field name job_type is a built-in field's"),
     ({"jobs": {"Companies": "list"}}, "its field name job_companies is a built-in field's"),  # history_companies
     ({"jobs": {"Level": "category", "level ": "category"}}, "its field name job_level is column 'Level''s"),
-    ({"jobs": {"salary band": "float"}}, "kind must be one of ['category', 'list', 'number'], got 'float'"),
+    ({"jobs": {"salary band": "float"}}, "kind must be one of ['category', 'list', 'number', 'text'], got 'float'"),
+    ({"users": {"Summary": "text"}}, "extra_columns.users.Summary: kind text is for job columns"),
     ({"events": {"x": "category"}}, "extra_columns.events: unknown table 'events'"),
     ({"jobs": {"--": "category"}}, "a column name needs a letter or digit"),
     ({"jobs": {"tags": "list"}, "users": {"Tags": "category"}}, "'tags' (list) and 'Tags' (category) share one"),
@@ -94,6 +95,33 @@ def test_each_column_is_a_field_and_a_shared_name_shares_its_vocabulary(extra_bo
     assert sorted(encoded.multi[0, tags][encoded.multi[0, tags] != PAD].tolist()) == sorted(
         extractor.vocabs["extra_tags"].lookup(["python", "remote"]).tolist())
     assert [(p.user, p.job) for p in extra_board.model.profile_match.pairs][-1] == ("user_industry", "job_industry")
+
+
+def test_a_text_column_is_read_with_the_title_and_description_not_as_a_field(extra_board, tmp_path):
+    extractor = extra_board.data.extractor
+    assert extractor._text_columns == ("title", "description", "Requirements")
+    assert not [f.name for f in extractor.feature_map.fields if "requirements" in f.name]
+    skills = extractor.vocabs["skill"]
+    skill = next(v for v in skills.values[2:] if " " not in v)
+    columns = field_columns(extractor.feature_map.of_side("job").fields)
+    dense = columns["text"][1]
+
+    def encoded(**extra: str) -> tuple[list[int], np.ndarray]:
+        table = extractor.transform_jobs(pd.DataFrame({"job_id": ["x"], "title": ["Clerk"], **{k: [v] for k, v in
+                                                                                                extra.items()}}))
+        found = table.multi[0, columns["job_skills"][1]]
+        return found[found != PAD].tolist(), table.dense[0, dense]
+
+    plain_skills, plain_text = encoded()
+    html = f"<p>Must know <b>{skill.upper()}</b></p>"
+    for key in ("Requirements", "requirements"):  # a service's extra key, case aside
+        found, text = encoded(**{key: html})
+        assert skills.index(skill) in found and skills.index(skill) not in plain_skills
+        assert not np.allclose(text, plain_text)
+    extractor.save(tmp_path / "extractor")
+    loaded = load_extractor(tmp_path / "extractor")
+    frame = pd.DataFrame({"job_id": ["x"], "Requirements": [html]})
+    assert np.array_equal(loaded.transform_jobs(frame).dense, extractor.transform_jobs(frame).dense)
 
 
 def test_a_users_recent_jobs_give_their_extra_values_as_history_with_a_history_match_term(extra_board):

@@ -22,7 +22,9 @@ def service(extra_board, tmp_path, local_service):
 
 def test_a_posted_job_is_encoded_with_its_extra_values(service):
     client, slot = service
-    body = {"upsert": [{"job_id": "n1", "title": "Analyst", "extra": {"industry": "Finance", "tags": ["remote"]}},
+    skill = next(v for v in slot.current.extractor.vocabs["skill"].values[2:] if " " not in v)
+    body = {"upsert": [{"job_id": "n1", "title": "Analyst", "extra": {"industry": "Finance", "tags": ["remote"],
+                                                                       "REQUIREMENTS": f"<li>{skill}</li>"}},
                        {"job_id": "n2", "title": "Analyst"}]}  # "industry": the file's "Industry", case aside
     assert client.post("/jobs", json=body, headers=AUTH).status_code == 200
     assert client.post("/recommend", json={"user_id": "nobody", "k": 1}).status_code == 200  # applies the delta
@@ -33,6 +35,8 @@ def test_a_posted_job_is_encoded_with_its_extra_values(service):
         extractor.vocabs["extra_industry"].index("finance"), PAD]
     assert extractor.job_catalog.multi[rows[0], columns["job_tags"][1], 0] == extractor.vocabs["extra_tags"].index(
         "remote")
+    found = extractor.job_catalog.multi[rows, columns["job_skills"][1]]  # a skill named in the text column alone
+    assert extractor.vocabs["skill"].index(skill) in found[0] and extractor.vocabs["skill"].index(skill) not in found[1]
 
 
 def test_a_profile_gives_the_users_extra_values_and_they_change_the_score(service, extra_board):
@@ -76,9 +80,13 @@ def test_extra_values_are_checked(service, path, body, message):
 
 def test_catalog_push_sends_the_models_extra_columns_and_no_others(service):
     client, _ = service
+    long_text = " ".join(["SQL"] * 1250)  # a text column's value: up to a description's length
     columns = client.get("/model").json()["extra_columns"]["jobs"]
-    assert columns == {"Industry": "category", "tags": "list"}
+    assert columns == {"Industry": "category", "tags": "list", "Requirements": "text"}
     jobs = pd.DataFrame({"job_id": ["a", "b"], "title": ["x", "y"], "industry": ["IT", None], "Tags": [None, "r"],
-                         "Requirements": ["x" * 5000, ""]})  # not the model's: not sent (it would be a 422)
-    assert postings(jobs, list(columns)) == [{"job_id": "a", "extra": {"industry": "IT"}, "title": "x"},
-                                             {"job_id": "b", "extra": {"Tags": "r"}, "title": "y"}]
+                         "requirements": [long_text, ""],
+                         "Benefits": ["x" * 5000, ""]})  # not the model's: not sent (it would be a 422)
+    sent = postings(jobs, list(columns))
+    assert sent == [{"job_id": "a", "extra": {"industry": "IT", "requirements": long_text}, "title": "x"},
+                    {"job_id": "b", "extra": {"Tags": "r"}, "title": "y"}]
+    assert client.post("/jobs", json={"upsert": sent}, headers=AUTH).status_code == 200
