@@ -116,7 +116,8 @@ def job_detail(scorer: Any, job_id: str) -> dict[str, Any]:
     now = now_micros()
     with scorer.live_jobs.lock:
         record = scorer.job(job_id)
-        expires = scorer.expires(scorer.extractor.job_rows[str(job_id)], now)
+        row = scorer.extractor.job_rows[str(job_id)]
+        expires, expired = scorer.expires(row, now), scorer.expired(row, now)
         version = scorer.live_jobs.version
     return {**record, "expires_at": None if expires == NEVER else pd.Timestamp(expires * 1000, tz="UTC").isoformat(),
-            "expired": expires <= now, "catalog_version": version}
+            "expired": expired, "catalog_version": version}

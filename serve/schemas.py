@@ -358,6 +358,9 @@ class ModelInfo(BaseModel):
     catalog_version: Optional[int] = None
     model_jobs_expire: Optional[bool] = Field(None, description="whether the model's own jobs leave /recommend at "
                                               "their training data's expiry (false: all had expired at load)")
+    model_time: Optional[str] = Field(None, description="when every one of the model's jobs had expired (a "
+                                      "replayed log): the end of its training data, the time its jobs' ages and "
+                                      "expiry are read at; null: now")
     score_cache: Optional[dict[str, int]] = Field(None, description="the answering replica's kept scans: entries, "
                                                   "budget_mib, hits, misses, rescored_rows")
     last_reload: Optional[dict[str, Any]] = None

@@ -134,26 +134,38 @@ class Scorer:
         self.live_jobs = LiveJobs(self.n_jobs)  # live catalog applied on top (serve.live_catalog)
         recency = self.ranker.recency  # the model's jobs expire too, at their training data's expiry (model_alive)
         self.model_expires = None if recency is None else recency.expires[: self.n_jobs].copy()
+        history_times = extractor.history.times
+        self.data_end = int(history_times.max()) if recency is not None and len(history_times) else None
         # the model's rows the live catalog has replaced: their expiry is the live catalog's alone
         self.model_replaced = np.zeros(self.n_jobs, dtype=bool)
         self.retrieval_candidates = retrieval_candidates
         self.index = RetrievalIndex(self.ranker) if retrieval_candidates else None  # None: exact full scan
         self.cache = ScoreCache(self.ranker, score_cache_mib * 2**20 if self.index is None else 0)
 
+    def model_time(self, now: int) -> int:
+        """The time the model's jobs are read at (their ages, and which have expired): ``now`` while one of them
+        is live by its training data's expiry; once every one has expired (an old log replayed, the 2024 demo
+        market), the end of its training data, the catalog as it stood then. Read at ``now`` instead, every job of
+        such a model is 121+ days old and expired alike, and its top 10 are other jobs (docs/SERVING.md). A live
+        catalog job posted later reads as new."""
+        if self.data_end is None or self.model_expires is None or (self.model_expires[1:] > now).any():
+            return now
+        return min(now, self.data_end)
+
     def model_alive(self, now: int) -> Optional[np.ndarray]:
         """(N,) bool: the model's own jobs not past their training data's expiry (``expires_at``, else
-        ``job_lifetime_days`` after ``posted_at``) at ``now``, every row the live catalog added or replaced True;
-        None when that expiry does not apply: no job calendar, or every one of the model's jobs has expired (an
-        old log replayed, the 2024 demo market, a model far older than its jobs), which then serve as trained."""
+        ``job_lifetime_days`` after ``posted_at``) at ``model_time(now)``, every row the live catalog added or
+        replaced True; None when that expiry does not apply (``model_expiry_applies``)."""
         if not self.model_expiry_applies(now):
             return None
-        alive = (self.model_expires > now) | self.model_replaced
+        alive = (self.model_expires > self.model_time(now)) | self.model_replaced
         return np.concatenate([alive, np.ones(len(self.extractor.job_ids) - len(alive), dtype=bool)])
 
     def model_expiry_applies(self, now: int) -> bool:
-        """Whether some job of the model's own, not replaced by the live catalog, is alive at ``now``."""
+        """Whether some job of the model's own, not replaced by the live catalog, is alive at ``model_time(now)``
+        (not so: no job calendar, or none alive even at the data's end; the jobs then serve as trained)."""
         return self.model_expires is not None and bool(
-            (self.model_expires[1:] > now)[~self.model_replaced[1:]].any())
+            (self.model_expires[1:] > self.model_time(now))[~self.model_replaced[1:]].any())
 
     def expires(self, row: int, now: int) -> int:
         """Catalog row ``row``'s expiry as ``/recommend`` applies it at ``now`` (``NEVER``: none)."""
@@ -162,6 +174,15 @@ class Scorer:
                 and self.model_expiry_applies(now):
             return min(live, int(model[row]))
         return live
+
+    def expired(self, row: int, now: int) -> bool:
+        """Whether catalog row ``row`` is out of ``/recommend`` at ``now``: past its live catalog expiry, or past
+        the model's own at ``model_time(now)``."""
+        if int(self.live_jobs.expires[row]) <= now:
+            return True
+        model = self.model_expires
+        return bool(model is not None and row < len(model) and not self.model_replaced[row]
+                    and self.model_expiry_applies(now) and model[row] <= self.model_time(now))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", retrieval_candidates: int = 0,
@@ -195,10 +216,12 @@ class Scorer:
     def at(self, time: int) -> None:
         """Move the job sides to ``time`` (job ages, and popularity once the logged positives not counted yet
         are), and the index with them. Callers hold ``_time_lock``."""
+        recount = False
         if self.live is not None and self.extractor.popularity is not None:
             jobs, times, self._counted = self.live.applied_since(self._counted, self.positive_events)
-            self.extractor.add_positives(jobs, times)
-        (self.ranker if self.index is None else self.index).at(time)
+            self.extractor.add_positives(jobs, times, before=time)  # (``model_time``: a replayed log's end)
+            recount = bool(len(jobs))  # (a replayed log's time stands still)
+        (self.ranker if self.index is None else self.index).at(time, recount)
 
     def put_jobs(self, rows: np.ndarray) -> None:
         """Job sides (and index entries) of the extractor's catalog ``rows`` the live catalog appended or
@@ -214,10 +237,16 @@ class Scorer:
         return {"name": self.name, "version": self.version, "path": public_text(str(self.path)),
                 "loaded_at": self.loaded_at, "metrics": self.metrics, "jobs": self.n_jobs - 1,
                 "catalog_version": self.live_jobs.version, "score_cache": self.cache.info(),
-                "model_jobs_expire": self.model_expiry_applies(now_micros()),
+                "model_jobs_expire": self.model_expiry_applies(now_micros()), "model_time": self._model_time_text(),
                 "users": len(self.extractor.user_catalog) - 1,
                 "fields": [f.name for f in self.extractor.feature_map.fields],
                 "extra_columns": getattr(self.extractor, "extra_columns", {})}
+
+    def _model_time_text(self) -> Optional[str]:
+        """``model_time`` as ISO text when it is not now (a replayed log: its data's end), else None."""
+        now = now_micros()
+        at = self.model_time(now)
+        return None if at == now else pd.Timestamp(at * 1000, tz="UTC").isoformat()
 
     def job_record(self, row: int) -> dict[str, Any]:
         record = {"job_id": self.extractor.job_ids[row]}
@@ -313,7 +342,7 @@ class Scorer:
         if not pending:
             return results
         with self._time_lock:  # job ages at request time
-            self.at(now_micros())
+            self.at(self.model_time(now_micros()))
             exact = self.index is None
             scores = self.cache.scores(concat_rows([p[2] for p in pending])) if exact else None  # (U, N)
             for u, (i, known, user, past, mask) in enumerate(pending):
@@ -388,7 +417,7 @@ class Scorer:
             spans.append((i, [slot for slot, _ in hits], start))
         if pair_rows:
             with self._time_lock:
-                self.at(now_micros())
+                self.at(self.model_time(now_micros()))
                 logits = self.ranker.score_pairs(concat_rows(users), np.array(user_index), np.array(pair_rows))
             probabilities = torch.sigmoid(logits).cpu().numpy()
             for i, slots, start in spans:

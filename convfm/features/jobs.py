@@ -339,14 +339,17 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
             known = rows != UNKNOWN_ROW  # a job outside the catalog is never ranked: its count is not kept
             popularity.set(rows[known], positives["timestamp"].to_numpy(np.int64)[known])
 
-    def add_positives(self, job_ids: Sequence[str], times: np.ndarray) -> None:
+    def add_positives(self, job_ids: Sequence[str], times: np.ndarray, before: Optional[int] = None) -> None:
         """Count logged positives (serving's live events; ``times`` int64 microseconds) in the jobs' popularity
-        (the users' histories take them from the live overlay, ``serve.events``). Events at or before the
-        training data's last positive are left out: a model trained with the event log counts them already."""
+        (the users' histories take them from the live overlay, ``serve.events``), each counted as of ``before``
+        - 1 at the latest (a replayed log read at its data's end: what users do now is its latest news). Events
+        at or before the training data's last positive are left out: a model trained with the event log counts
+        them already."""
         if self.popularity is not None and len(job_ids):
             rows, times = self._job_index.rows(np.asarray(job_ids, dtype=object)), np.asarray(times, np.int64)
             kept = (rows != UNKNOWN_ROW) & (times > self.popularity.end)
-            self.popularity.add(rows[kept], times[kept])
+            times = times[kept] if before is None else np.minimum(times[kept], before - 1)
+            self.popularity.add(rows[kept], times)
 
     @property
     def popularity(self) -> Optional[JobPopularity]:

@@ -135,9 +135,10 @@ class CatalogRanker:
         buckets = self.buckets[rows] if buckets is None else buckets
         return self.jobs.take(rows).join(self.recency.table.take(buckets))
 
-    def at(self, time: int) -> None:
-        """Move the precomputed job sides to ``time``: only jobs whose recency bucket changed are recomputed."""
-        if self.recency is not None and int(time) != self.time:
+    def at(self, time: int, recount: bool = False) -> None:
+        """Move the precomputed job sides to ``time``: only jobs whose recency bucket changed are recomputed
+        (``recount``: popularity counts may have changed, so look even when the time has not)."""
+        if self.recency is not None and (recount or int(time) != self.time):
             for _ in self._advance(np.array([int(time)], dtype=np.int64)):
                 pass
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -57,9 +58,10 @@ def test_recommendations_skip_seen_jobs_and_honour_filters(scorer, tiny):
     user = tiny.data.frames["train"]["user_id"].value_counts().index[0]
     seen = set(tiny.data.seen.query("user_id == @user")["job_id"])  # interacted with: not sampled negatives
     assert len(scorer.seen[user]) == len(seen) < len(tiny.data.frames["train"].query("user_id == @user"))
-    items = scorer.recommend_many([rec(user_id=user, k=100)])[0]["items"]
+    everything = {"include_expired": True}  # (the 2024 market: read at its data's end, many jobs had closed)
+    items = scorer.recommend_many([rec(user_id=user, k=100, filters=everything)])[0]["items"]
     assert len(items) == min(100, 300 - len(seen)) and not {i["job_id"] for i in items} & seen
-    items = scorer.recommend_many([rec(user_id=user, k=100, filters={"experience_level": "Senior",
+    items = scorer.recommend_many([rec(user_id=user, k=100, filters={**everything, "experience_level": "Senior",
                                                                         "salary_min": 150000})])[0]["items"]
     assert items and all(i["experience_level"] == "senior" and i["salary_max"] >= 150000 for i in items)
 
@@ -211,8 +213,9 @@ def test_kept_scans_answer_as_fresh_ones(scorer, tiny):
 def test_the_models_jobs_leave_recommendations_at_their_training_datas_expiry(tiny, monkeypatch):
     """A daily-trained model's jobs expire while it serves: past their data's expiry they are not recommended,
     and GET /jobs/{id} says so; a job the live catalog replaces takes its expiry from there. Once every one has
-    expired (an old log), the catalog serves as trained: the rule reads the request's time, so every replica,
-    whenever it loaded, answers alike."""
+    expired (an old log), they are read at the end of the model's data: its jobs' ages and expiry as they stood
+    then (``model_time``). The rule reads the request's time, so every replica, whenever it loaded, answers
+    alike."""
     from convfm.data.liveness import NEVER
     from serve import scorer as scorer_module
     from serve.live_catalog import job_detail
@@ -233,10 +236,20 @@ def test_the_models_jobs_leave_recommendations_at_their_training_datas_expiry(ti
     assert detail["expired"] and detail["expires_at"] is not None
     everything = served.recommend_many([rec(user_id=user, k=100, filters={"include_expired": True})])[0]["items"]
     assert any(served.ranker.recency.expires[served.extractor.job_rows[i["job_id"]]] <= now for i in everything)
+    assert served.info()["model_time"] is None  # now
     later = int(expires.max()) + 1
     monkeypatch.setattr(scorer_module, "now_micros", lambda: later)
-    assert not served.info()["model_jobs_expire"]
-    assert len(served.recommend_many([rec(user_id=user, k=100)])[0]["items"]) == 100  # as trained
+    monkeypatch.setattr("serve.live_catalog.now_micros", lambda: later)
+    end = served.data_end
+    assert end < later and served.model_time(later) == end and served.info()["model_jobs_expire"]
+    assert served.info()["model_time"] == pd.Timestamp(end * 1000, tz="UTC").isoformat()
+    items = served.recommend_many([rec(user_id=user, k=100)])[0]["items"]
+    rows = [served.extractor.job_rows[i["job_id"]] for i in items]
+    open_then = (expires > end).sum() - len(set(served.seen[user]) & set(np.flatnonzero(expires > end) + 1))
+    assert len(items) == min(100, open_then) and (served.ranker.recency.expires[rows] > end).all()  # open at the data's end
+    assert served.ranker.time == end  # ages read then, not 0-for-all "121d+"
+    assert not job_detail(served, items[0]["job_id"])["expired"]
+    assert job_detail(served, served.extractor.job_ids[gone])["expired"]  # closed before the data's end
     monkeypatch.setattr(scorer_module, "now_micros", lambda: now)
     served.put_jobs(np.array([gone]))  # the live catalog replaced it (no expiry given there)
     assert not job_detail(served, served.extractor.job_ids[gone])["expired"]
