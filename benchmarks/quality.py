@@ -8,11 +8,14 @@ last positive against ``--negatives`` sampled unseen jobs). Each table is headed
 
     .venv/bin/python benchmarks/quality.py [--users 10000 --jobs 20000 --interactions 50000 --epochs 50
                                            --split global_time --seed 0] [--cluster-column]
+                                           [--user-skills column|text|none]
 
 The default market is ``convfm data synth``'s; the default split is one calendar for everyone (train before T1,
 validation up to T2, test after), how a deployed model meets the future. ``--cluster-column`` writes each job's
 and each user's latent skill cluster (which the truth reads and the files otherwise do not show) as a
 ``cluster`` column, declared in ``extra_columns``: what a board's own category (a discipline) is worth.
+``--user-skills text`` replaces the users' ``skills`` column by a ``summary`` sentence naming them, declared as a
+users text column (a board with resumes and no skills column); ``none`` drops it.
 """
 from __future__ import annotations
 
@@ -72,6 +75,16 @@ def write_clusters(market: Path) -> dict[str, dict[str, str]]:
     return {"jobs": {"cluster": "category"}, "users": {"cluster": "category"}}
 
 
+def rewrite_user_skills(market: Path, how: str) -> dict[str, dict[str, str]]:
+    """users.csv's ``skills`` column as a ``summary`` sentence naming them (``how`` "text"), or dropped ("none")
+    -> the ``extra_columns`` that declares the summary."""
+    users = pd.read_csv(market / "users.csv", dtype=str, keep_default_na=False)
+    if how == "text":
+        users["summary"] = [f"I have worked with {', '.join(s.split(';'))}." if s else "" for s in users["skills"]]
+    users.drop(columns=["skills"]).to_csv(market / "users.csv", index=False)
+    return {"users": {"summary": "text"}} if how == "text" else {}
+
+
 def overrides(options: list[str], flag: str) -> dict[str, object]:
     """KEY=VALUE options -> {key: YAML value}; a malformed one is a ConfigError naming the flag."""
     malformed = [o for o in options if "=" not in o]
@@ -98,6 +111,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cluster-column", action="store_true", help="write the jobs' and users' latent skill "
                         "cluster as an extra column `cluster` (data.extra_columns) of both files")
+    parser.add_argument("--user-skills", choices=("column", "text", "none"), default="column",
+                        help="users' skills as the file's column (default), as a summary sentence declared a text "
+                        "column (data.extra_columns), or none")
     parser.add_argument("--popularity-days", type=float, default=DataConfig.popularity_days,
                         help="also (with --ablation) or instead train with the job-popularity feature over this "
                         "window (data.popularity_days)")
@@ -116,7 +132,8 @@ def main() -> None:
         data_options = overrides(args.data, "--data")
         DataConfig.from_dict(data_options, source="--data")  # a bad key or value fails before the market is made
         owned = sorted(set(data_options) & {"path", "seed", "split", "history_length", "recency", "popularity_days",
-                                            *(["extra_columns"] if args.cluster_column else [])})
+                                            *(["extra_columns"] if args.cluster_column or args.user_skills != "column"
+                                              else [])})
         if owned:
             raise ConfigError(f"--data: {owned} are set by this benchmark's own flags or variants")
         train = TrainConfig.from_dict({"num_epochs": args.epochs, "seed": args.seed,
@@ -131,6 +148,10 @@ def main() -> None:
         write_market(generate_market(args.users, args.jobs, args.interactions, seed=args.seed), workdir)
         if args.cluster_column:
             data_options["extra_columns"] = write_clusters(Path(workdir))
+        if args.user_skills != "column":
+            declared = rewrite_user_skills(Path(workdir), args.user_skills)
+            extra = data_options.get("extra_columns", {})
+            data_options["extra_columns"] = {**extra, "users": {**extra.get("users", {}), **declared.get("users", {})}}
         for name, (history, recency, popular) in variants.items():
             config = DataConfig(path=workdir, seed=args.seed, split=args.split, recency=recency,
                                 popularity_days=args.popularity_days if popular else None,
@@ -145,7 +166,8 @@ def main() -> None:
                            for protocol in protocols}
             reports[name] = by_protocol["live"]
             best = history_log[int(history_log[-1]["best_epoch"])]  # the epoch fit_in_process kept
-            print(f"\n{name}{' + cluster column' if args.cluster_column else ''}: {args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed "
+            print(f"\n{name}{' + cluster column' if args.cluster_column else ''}"
+                  f"{'' if args.user_skills == 'column' else f'; user skills: {args.user_skills}'}: {args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed "
                   f"{args.seed}; {'model ' + ', '.join(args.model) if args.model else 'default model'}; "
                   f"{'train ' + ', '.join(args.train) + '; ' if args.train else ''}"
                   f"history_length {config.history_length}, recency {config.recency}, "

@@ -186,7 +186,8 @@ def tiny(market_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> types.Si
 @pytest.fixture(scope="session")
 def extra_board(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
     """A job board with its own columns (``data.extra_columns``: jobs ``Industry``, ``tags`` and ``Requirements``,
-    HTML text naming the next job's skills; users ``industry`` and ``years``, a number) on a small synthetic market, a tiny model trained on it (1 epoch) published as
+    HTML text naming the next job's skills; users ``industry``, ``years``, a number, and ``Headline``, text naming
+    their first skill) on a small synthetic market, a tiny model trained on it (1 epoch) published as
     ``registry/board``; ``extra`` the declaration."""
     import numpy as np
     import pandas as pd
@@ -208,10 +209,11 @@ def extra_board(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespa
     jobs["Requirements"] = [f"<ul><li>{skills.replace(';', ', ')}</li></ul>" for skills in following]
     users["industry"] = rng.choice(["it", " Finance ", "health"], size=len(users))
     users["years"] = np.where(rng.random(len(users)) < 0.2, np.nan, rng.integers(0, 30, size=len(users)))
+    users["Headline"] = [f"Senior {skills.split(';')[0]} person" for skills in users["skills"].fillna("")]
     jobs.to_csv(root / "data" / "jobs.csv", index=False)
     users.to_csv(root / "data" / "users.csv", index=False)
     extra = {"jobs": {"Industry": "category", "tags": "list", "Requirements": "text"},
-             "users": {"industry": "category", "years": "number"}}
+             "users": {"industry": "category", "years": "number", "Headline": "text"}}
     data = prepare_data(DataConfig(path=str(root / "data"), extra_columns=extra))
     model, history = fit_in_process(data, ModelConfig(embedding_dim=8, conv_filters=8, hidden_dims=(16, 8)),
                                     TrainConfig(num_epochs=1, batch_size=256, eval_negatives=20, use_amp=False))

@@ -8,9 +8,10 @@ location and level do. A job category or list is also gathered over each user's 
 
 Kinds: ``category`` (one value per row, normalised as the canonical categories are), ``list`` (``;``-separated
 values), ``number``: a dense field of two values, the number standardised by the training table's mean and
-spread (clipped to +-5 spreads) and a missing flag (no vocabulary, so no pair-match term), and, for jobs only,
-``text``: free text such as requirements or benefits, read with the title and description (the TF-IDF text
-field and the skills found in text) rather than as a field of its own.
+spread (clipped to +-5 spreads) and a missing flag (no vocabulary, so no pair-match term), and ``text``: free
+text, no field of its own. A job's (requirements, benefits) is read with its title and description: the TF-IDF
+text field and the skills found in text. A user's (a headline, a resume) gives the skills found in it, which
+join the user's ``skills`` (and the skill-match term): boards with resumes seldom have a skills column.
 """
 from __future__ import annotations
 
@@ -66,9 +67,6 @@ def check_extra_columns(value: Any, mapping: Optional[Mapping[str, Mapping[str, 
                                   field=entry)
             if kind not in KINDS:
                 raise ConfigError(f"{entry}: kind must be one of {list(KINDS)}, got {kind!r}", field=entry)
-            if kind == "text" and table != "jobs":
-                raise ConfigError(f"{entry}: kind text is for job columns (read with the job's title and "
-                                  "description); a user has no text field", field=entry)
             if column in canonical[table]:
                 raise ConfigError(f"{entry}: {column!r} is read as a canonical {table} column; list only the "
                                   "other columns", field=entry)
@@ -107,8 +105,9 @@ class ExtraFields:
         self.by_field = {f"{SIDES[table]}_{slug(column)}": (table, column, kind)
                          for table, declared in self.columns.items() for column, kind in declared.items()
                          if kind != "text"}
-        # job columns read as text beside the title and description: no field of their own
-        self.text_columns = tuple(c for c, kind in self.columns.get("jobs", {}).items() if kind == "text")
+        # columns read as text (a job's beside its title and description, a user's for skills): no field of their own
+        self.text_columns = {table: tuple(c for c, kind in self.columns.get(table, {}).items() if kind == "text")
+                             for table in SIDES}
 
     def names(self, side: str) -> list[str]:
         """Field names of ``side`` ("user" or "job"), in declaration order."""

@@ -83,8 +83,8 @@ class JobArtifact:
                         + self._recency_fields())
             if self._feature_map != FeatureMap(tuple(expected)):
                 raise ArtifactError(f"{source}: feature map disagrees with the saved vocabularies/config")
-            if "job_skills" in {f.name for f in self._feature_map.fields} and self.skills_from_text \
-                    and self._text_columns:
+            if "skill" in self.vocabs and self.skills_from_text \
+                    and (self._text_columns or self._extra.text_columns["users"]):
                 self._matcher = SkillMatcher(self.vocabs["skill"].values)
             self.job_catalog = table_from_arrays(arrays, "job_catalog")
             self.user_catalog = table_from_arrays(arrays, "user_catalog")

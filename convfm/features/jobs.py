@@ -147,22 +147,25 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
                               f"{base.get_config()}")
         has_job = jobs_df.columns.__contains__
         has_user = (lambda c: False) if users_df is None else users_df.columns.__contains__
-        self._text_columns = (*(c for c in FREE_TEXT_COLUMNS if has_job(c)), *self._extra.text_columns) \
+        self._text_columns = (*(c for c in FREE_TEXT_COLUMNS if has_job(c)), *self._extra.text_columns["jobs"]) \
             if base is None else base._text_columns
         text_skills = self.skills_from_text and bool(self._text_columns)
+        user_text_skills = self.skills_from_text and bool(self._extra.text_columns["users"])
         extra = self._extra.fit_vocabularies({"jobs": jobs_df, "users": users_df}, self.min_freq)
         if base is None:
             self._extra.fit_stats({"jobs": jobs_df, "users": users_df})
         else:  # as the salary statistics: the published dense weights keep their meaning
             self._extra.stats = dict(base._extra.stats)
-        self.vocabs = fit_vocabularies(jobs_df, interactions_df, users_df, text_skills, self.min_freq,
+        self.vocabs = fit_vocabularies(jobs_df, interactions_df, users_df, text_skills or user_text_skills,
+                                       self.min_freq,
                                        None if base is None else base.vocabs, extra)
         self._salary, self._text = (base._salary, base._text) if base is not None else (salary_stats(jobs_df), None)
         if base is None and self._text_columns and self.text_dim > 0:
-            texts = self._texts(jobs_df)
+            texts = self._texts(jobs_df, self._text_columns)
             self._text = TextEncoder.fit(texts, self.text_dim, self.max_text_features, self.seed)
         present = {
-            "user_id": True, "user_skills": has_user("skills"), "user_location": has_user("location"),
+            "user_id": True, "user_skills": has_user("skills") or user_text_skills,
+            "user_location": has_user("location"),
             "user_experience": has_user("experience_level"), "job_id": True,
             "job_skills": has_job("skills") or text_skills, "job_location": has_job("location"),
             "company": has_job("company"), "job_type": has_job("job_type"),
@@ -176,7 +179,7 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
         self._feature_map = FeatureMap(tuple(user + self._history_fields() + job + self._recency_fields()))
         if base is not None:
             self._feature_map.check_grown_from(base.feature_map, "warm start")
-        self._matcher = SkillMatcher(self.vocabs["skill"].values) if text_skills else None
+        self._matcher = SkillMatcher(self.vocabs["skill"].values) if text_skills or user_text_skills else None
         self._fit_catalogs(jobs_df, interactions_df, users_df)
         return self
 
@@ -383,18 +386,20 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
             return self.vocabs[vocab].lookup(category_values(df, column))
         if field.kind == "multi":
             lists = split_lists(column_strings(df, "skills"))
-            if field.side == "job" and self._matcher is not None:
-                found = self._matcher.find_all(self._texts(df))
+            columns = self._text_columns if field.side == "job" else self._extra.text_columns["users"]
+            if self._matcher is not None and columns:
+                found = self._matcher.find_all(self._texts(df, columns))
                 lists = [list(dict.fromkeys(a + b)) for a, b in zip(lists, found)]
             return self.vocabs["skill"].lookup_lists(lists, self.max_skills)
         if field.name == "salary":
             return salary_features(df, self._salary)
-        return self._text.transform(self._texts(df))
+        return self._text.transform(self._texts(df, self._text_columns))
 
-    def _texts(self, df: pd.DataFrame) -> list[str]:
-        """Each job's text: its title, description and extra text columns (a service's ``extra`` keys matched
-        case and punctuation aside) joined."""
-        return joined_text(df, [matching_column(df, c) for c in self._text_columns])
+    @staticmethod
+    def _texts(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+        """Each row's text ``columns`` (a job's title, description and extra text columns, or a user's extra text
+        columns; a service's ``extra`` keys matched case and punctuation aside) joined."""
+        return joined_text(df, [matching_column(df, c) for c in columns])
 
 
 def load_extractor(path: str | Path) -> "JobFeatureExtractor | TableFeatureExtractor":

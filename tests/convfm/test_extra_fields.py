@@ -23,7 +23,6 @@ from convfm.store.live_catalog import Delta, jobs_after, upserted_jobs
     ({"jobs": {"Companies": "list"}}, "its field name job_companies is a built-in field's"),  # history_companies
     ({"jobs": {"Level": "category", "level ": "category"}}, "its field name job_level is column 'Level''s"),
     ({"jobs": {"salary band": "float"}}, "kind must be one of ['category', 'list', 'number', 'text'], got 'float'"),
-    ({"users": {"Summary": "text"}}, "extra_columns.users.Summary: kind text is for job columns"),
     ({"events": {"x": "category"}}, "extra_columns.events: unknown table 'events'"),
     ({"jobs": {"--": "category"}}, "a column name needs a letter or digit"),
     ({"jobs": {"tags": "list"}, "users": {"Tags": "category"}}, "'tags' (list) and 'Tags' (category) share one"),
@@ -122,6 +121,30 @@ def test_a_text_column_is_read_with_the_title_and_description_not_as_a_field(ext
     loaded = load_extractor(tmp_path / "extractor")
     frame = pd.DataFrame({"job_id": ["x"], "Requirements": [html]})
     assert np.array_equal(loaded.transform_jobs(frame).dense, extractor.transform_jobs(frame).dense)
+
+
+def test_a_users_text_column_gives_the_skills_found_in_it(extra_board, tmp_path):
+    extractor = extra_board.data.extractor
+    assert not [f.name for f in extractor.feature_map.fields if "headline" in f.name]
+    skills = extractor.vocabs["skill"]
+    skill = next(v for v in skills.values[2:] if " " not in v)
+    column = field_columns(extractor.feature_map.of_side("user").fields)["user_skills"][1]
+
+    def found(frame: pd.DataFrame) -> list[int]:
+        lists = extractor.transform_users(frame).multi[0, column]
+        return lists[lists != PAD].tolist()
+
+    assert found(pd.DataFrame({"user_id": ["x"], "Headline": [f"<b>{skill.upper()}</b> and more"]})) == [
+        skills.index(skill)]
+    assert found(pd.DataFrame({"user_id": ["x"], "headline": [skill]})) == [skills.index(skill)]  # a service's key
+    other = next(v for v in skills.values[2:] if v != skill)
+    assert sorted(found(pd.DataFrame({"user_id": ["x"], "skills": [other], "Headline": [skill]}))) == sorted(
+        skills.lookup([skill, other]).tolist())  # joined to the skills column
+    assert found(pd.DataFrame({"user_id": ["x"], "Headline": ["nothing known"]})) == []
+    extractor.save(tmp_path / "extractor")
+    frame = pd.DataFrame({"user_id": ["x"], "Headline": [skill]})
+    assert np.array_equal(load_extractor(tmp_path / "extractor").transform_users(frame).multi,
+                          extractor.transform_users(frame).multi)
 
 
 def test_a_users_recent_jobs_give_their_extra_values_as_history_with_a_history_match_term(extra_board):

@@ -58,6 +58,16 @@ def test_a_profile_gives_the_users_extra_values_and_they_change_the_score(servic
     assert only_extra.status_code == 200 and only_extra.json()["cold_start"]
 
 
+def test_a_profiles_text_gives_its_skills(service, extra_board):
+    client, slot = service
+    skill = next(v for v in slot.current.extractor.vocabs["skill"].values[2:] if " " not in v)
+    job = extra_board.data.extractor.job_ids[1]
+    scores = [client.post("/score", json={"profile": profile, "job_ids": [job]}).json()["scores"]
+              for profile in ({"location": "Berlin", "extra": {"headline": f"I write {skill} daily"}},
+                              {"location": "Berlin", "skills": [skill]}, {"location": "Berlin"})]
+    assert scores[0] == scores[1] != scores[2]
+
+
 @pytest.mark.parametrize("path, body, message", [
     ("/recommend", {"profile": {"skills": ["sql"], "extra": {"location": "Paris"}}},
      "extra: ['location'] are profile fields of their own"),
@@ -65,7 +75,7 @@ def test_a_profile_gives_the_users_extra_values_and_they_change_the_score(servic
     ("/jobs", {"upsert": [{"job_id": "n1", "extra": {"Industry": {"a": 1}}}]},
      "upsert.0.extra.Industry: Value error, a value must be text, a number or a list of text, got dict"),
     ("/recommend", {"profile": {"skills": ["sql"], "extra": {"sector": "it"}}},
-     "profile.extra: this model reads no user column ['sector']; it reads ['industry', 'years']"),
+     "profile.extra: this model reads no user column ['sector']; it reads ['Headline', 'industry', 'years']"),
     ("/recommend", {"profile": {"extra": {"industry": ["it", "health"]}}},
      "profile.extra.industry: a category column takes one value, not a list"),
     ("/score", {"profile": {"extra": {"Years": "ten"}}, "job_ids": ["j000001"]},
