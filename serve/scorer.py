@@ -32,7 +32,7 @@ from convfm.features.fields import EXTRA_VOCAB, EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
 from convfm.model.score_cache import ScoreCache
-from convfm.data.liveness import NEVER
+from convfm.data.liveness import ALWAYS, NEVER
 from convfm.store.registry import model_identity
 from convfm.store.serving_data import DISPLAY_COLUMNS, SERVING_NAME, ServingData
 from convfm.features.text import clean_value
@@ -134,8 +134,7 @@ class Scorer:
         self.live_jobs = LiveJobs(self.n_jobs)  # live catalog applied on top (serve.live_catalog)
         recency = self.ranker.recency  # the model's jobs expire too, at their training data's expiry (model_alive)
         self.model_expires = None if recency is None else recency.expires[: self.n_jobs].copy()
-        history_times = extractor.history.times
-        self.data_end = int(history_times.max()) if recency is not None and len(history_times) else None
+        self.data_end = _data_end(extractor.history.times, None if recency is None else recency.posted)
         # the model's rows the live catalog has replaced: their expiry is the live catalog's alone
         self.model_replaced = np.zeros(self.n_jobs, dtype=bool)
         self.retrieval_candidates = retrieval_candidates
@@ -424,6 +423,15 @@ class Scorer:
                 for offset, slot in enumerate(slots):
                     results[i]["scores"][slot]["score"] = float(probabilities[start + offset])
         return results
+
+
+def _data_end(positives: np.ndarray, posted: Optional[np.ndarray]) -> Optional[int]:
+    """When a model's training data ends (``Scorer.model_time``): its last positive (the users' histories it
+    keeps), else, without history features, its last job posting; None without a job calendar."""
+    if posted is None:
+        return None
+    posted = posted[posted != ALWAYS]
+    return int(positives.max()) if len(positives) else (int(posted.max()) if len(posted) else None)
 
 
 def _decoded_columns(extractor: Any) -> dict[str, list[Optional[str]]]:

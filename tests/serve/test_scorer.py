@@ -255,6 +255,17 @@ def test_the_models_jobs_leave_recommendations_at_their_training_datas_expiry(ti
     assert not job_detail(served, served.extractor.job_ids[gone])["expired"]
 
 
+def test_a_models_data_end_is_its_last_positive_else_its_last_posting():
+    from convfm.data.liveness import ALWAYS
+    from serve.scorer import _data_end
+
+    posted = np.array([ALWAYS, 5, 9], dtype=np.int64)
+    assert _data_end(np.array([3, 7], dtype=np.int64), posted) == 7
+    assert _data_end(np.zeros(0, dtype=np.int64), posted) == 9  # no history features kept
+    assert _data_end(np.array([3], dtype=np.int64), None) is None  # no job calendar: ranked at now
+    assert _data_end(np.zeros(0, dtype=np.int64), np.array([ALWAYS], dtype=np.int64)) is None
+
+
 def test_history_ids_the_catalog_does_not_know_are_named(scorer, tiny):
     known = tiny.data.extractor.job_ids[1]
     result = scorer.recommend_many([rec(user_id="stranger", history=["gone-123", known], k=3)])[0]
