@@ -60,6 +60,7 @@ class TrainingResult:
     stopped_early: bool
     wall_seconds: float
     restarts: list[int]  # epochs at which a worker group started from a checkpoint (failures, --resume)
+    split_periods: Optional[str] = None  # split "global_time": where train, valid and test start (one line)
 
     @property
     def validation_metrics(self) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def run_training(
             check_workers_fit(train_config, ray.cluster_resources(), joined_cluster(address))
         initial = None if warm is None else warm_model(warm, data.extractor.feature_map, train_config.seed)
         run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                   prepare={"path": prepare, "why": why})
+                   prepare={"path": prepare, "why": why}, split_periods=data.split_periods)
         if warm is not None:  # a resumed run keeps the record of its first start (what was replaced then)
             run.setdefault("init_from", {**warm.record(), "replaced": notes})
         write_run(out, run)
@@ -360,7 +361,7 @@ def _finish(out: StagedDir, run: dict[str, Any], result: Any, config: TrainConfi
     )
     write_run(out, run, "best", "metrics.csv", "curves.png")  # uploads (URI runs) with run.json last
     return TrainingResult(out.target, best_dir, int(best_metrics["epoch"]), best_metrics, history, stopped_early,
-                          wall_seconds, restarts)
+                          wall_seconds, restarts, run.get("split_periods"))
 
 
 def format_epoch(record: Mapping[str, Any]) -> str:
@@ -381,6 +382,7 @@ def format_summary(result: TrainingResult) -> str:
         + (f"  oracle {best['oracle_roc_auc']:.4f}" if "oracle_roc_auc" in best else ""),
         f"stopped early: {'yes' if result.stopped_early else 'no'}; resumed at epoch(s): "
         f"{', '.join(str(e + 1) for e in result.restarts) or 'none'}; wall time {result.wall_seconds:.1f}s",
+        *([result.split_periods] if result.split_periods else []),
         f"best model: {result.best_dir}",
         f"metrics: {storage.join(result.out_dir, 'metrics.csv')}  curves: {storage.join(result.out_dir, 'curves.png')}",
     ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -193,9 +193,16 @@ def global_starts(times: np.ndarray | TimeOrder, config: DataConfig, calendar: b
             span = f"the examples run from {_show(order.at(0), calendar)} to {_show(order.at(n - 1), calendar)}"
             raise ConfigError(f"split: global_time: the {name} split is empty (no examples {period}); {span}",
                               field="split")
-    logger.info("global_time split: train before %s, valid from %s, test from %s (%d / %d / %d examples)",
-                _show(t1, calendar), _show(t1, calendar), _show(t2, calendar), *counts)
+    logger.info("%s", describe_starts((t1, t2), counts, calendar))
     return int(t1), int(t2)
+
+
+def describe_starts(starts: tuple[int, int], counts: Sequence[int], calendar: bool = True) -> str:
+    """The global_time split as one line for people: where each period starts, and its examples (train, valid,
+    test); ``convfm train`` prints it, as a real log's test period is what its figures mean."""
+    t1, t2 = (_show(t, calendar) for t in starts)
+    return (f"global_time split: train before {t1}, valid from {t1}, test from {t2} "
+            f"({counts[0]:,} / {counts[1]:,} / {counts[2]:,} examples)")
 
 
 def _start_leaving(order: TimeOrder, count: int, fraction: float, n: int, empty: Optional[int] = None) -> int:

@@ -36,6 +36,20 @@ def test_default_starts_leave_the_fractions_after_them() -> None:
     assert splits.valid["timestamp"].max() < 80 <= splits.test["timestamp"].min()
 
 
+def test_the_periods_read_as_one_line_for_people(market_dir) -> None:
+    from convfm.data.prepare import prepare_data
+    from convfm.data.splitting import describe_starts
+
+    assert describe_starts((70, 80), (7000, 10, 20), calendar=False) == (
+        "global_time split: train before 70, valid from 70, test from 80 (7,000 / 10 / 20 examples)")
+    data = prepare_data(DataConfig(path=str(market_dir), split="global_time"))
+    t1, t2 = (pd.Timestamp(t, unit="us").isoformat() for t in data.split_starts)
+    counts = data.summary()
+    assert data.split_periods == (f"global_time split: train before {t1}, valid from {t1}, test from {t2} "
+                                  f"({counts['train']:,} / {counts['valid']:,} / {counts['test']:,} examples)")
+    assert prepare_data(DataConfig(path=str(market_dir))).split_periods is None  # per-user split: no dates
+
+
 def test_ties_at_a_start_all_go_to_the_later_split() -> None:
     splits = split_examples(examples_at([1, 2, 3, 4, 5, 5, 5, 5, 6, 7]),
                             DataConfig(split="global_time", valid_fraction=0.1, test_fraction=0.1), calendar=False)

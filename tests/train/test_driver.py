@@ -1,0 +1,21 @@
+"""train.driver's printed summary (Ray-free): what ``convfm train`` ends with."""
+from __future__ import annotations
+
+import pytest
+
+from train.driver import TrainingResult, format_summary
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def result(split_periods):
+    best = {"epoch": 2, "val_loss": 0.31, "val_roc_auc": 0.8, "popularity_roc_auc": 0.6}
+    return TrainingResult("runs/x", "runs/x/best", 2, best, [{}] * 4, False, 12.5, [], split_periods)
+
+
+def test_the_summary_names_the_global_time_periods_when_there_are_some():
+    periods = "global_time split: train before 2012-05-20T00:00:00, valid from ... (1 / 2 / 3 examples)"
+    lines = format_summary(result(periods)).splitlines()
+    assert lines[0].startswith("best epoch 3 of 4: val_loss 0.3100  val_auc 0.8000  popularity 0.6000")
+    assert periods in lines and lines.index(periods) == lines.index("best model: runs/x/best") - 1
+    assert not [line for line in format_summary(result(None)).splitlines() if "split" in line]
