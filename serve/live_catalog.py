@@ -118,6 +118,6 @@ def job_detail(scorer: Any, job_id: str) -> dict[str, Any]:
         record = scorer.job(job_id)
         row = scorer.extractor.job_rows[str(job_id)]
         expires, expired = scorer.expires(row, now), scorer.expired(row, now)
-        version = scorer.live_jobs.version
+        version, extra = scorer.live_jobs.version, scorer.extractor.job_extra_values(row)
     return {**record, "expires_at": None if expires == NEVER else pd.Timestamp(expires * 1000, tz="UTC").isoformat(),
-            "expired": expired, "catalog_version": version}
+            "expired": expired, "extra": extra, "catalog_version": version}

@@ -309,6 +309,9 @@ class EventsResponse(BaseModel):
 
 class JobDetail(Job):
     expires_at: Optional[str] = Field(None, description="when the live catalog expires it (UTC); null: never")
+    extra: dict[str, Any] = Field(default_factory=dict, description="what the model reads of the board's own "
+                                  "columns (data.extra_columns): normalised values, null where missing or unknown "
+                                  "to it; text columns are not kept")
     expired: bool = False
     catalog_version: int = Field(description="live catalog version the answer saw")
 

@@ -24,7 +24,7 @@ import pandas as pd
 from convfm.data.schema import JOBS, USERS
 from convfm.errors import ConfigError
 from convfm.features.context import HISTORY_FIELDS, HISTORY_PREFIX, RECENCY_FIELDS, history_field_of
-from convfm.features.fields import EXTRA_VOCAB, FeatureMap, FieldSpec, Vocabulary
+from convfm.features.fields import EXTRA_VOCAB, UNK, EncodedTable, FeatureMap, FieldSpec, Vocabulary, field_columns
 from convfm.features.job_fields import JOB_FIELDS, USER_FIELDS
 from convfm.features.text import category_values, column_strings, split_lists
 
@@ -165,6 +165,30 @@ class ExtraFields:
         if kind == "category":
             return vocabs[field.vocab].lookup(category_values(df, column))
         return vocabs[field.vocab].lookup_lists(split_lists(column_strings(df, column)), self.max_len)
+
+
+    def decode(self, fields: tuple[FieldSpec, ...], table: EncodedTable, row: int,
+               vocabs: Mapping[str, Vocabulary]) -> dict[str, Any]:
+        """What a model reads of one encoded row's extra columns (``fields``: its side's fields, ``table``'s
+        layout), by column name: a category's normalised value, a list's values, a number (clipped at 5
+        spreads); None where missing or unknown to the vocabulary (a list leaves those out). Text columns have
+        no field: they are not kept."""
+        where = field_columns(fields)
+        out: dict[str, Any] = {}
+        for field in fields:
+            if field.name not in self.by_field:
+                continue
+            _, column, kind = self.by_field[field.name]
+            at = where[field.name][1]
+            if kind == "number":
+                scaled, missing = table.dense[row, at].tolist()
+                mean, spread = self.stats[field.name]
+                out[column] = None if missing else round(scaled * spread + mean, 6)
+            elif kind == "category":
+                out[column] = vocabs[field.vocab].decode(int(table.cat[row, at]))
+            else:
+                out[column] = [vocabs[field.vocab].decode(int(i)) for i in table.multi[row, at] if i > UNK]
+        return out
 
 
 def is_extra_number(field: FieldSpec) -> bool:

@@ -242,6 +242,10 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
     def _index_catalogs(self) -> None:
         self._job_index, self._user_index = RowIndex(self.job_ids), RowIndex(self.user_ids)
 
+    def job_extra_values(self, row: int) -> dict[str, Any]:
+        """What the model reads of job catalog ``row``'s extra columns (``ExtraFields.decode``)."""
+        return self._extra.decode(self._static_fields("job"), self.job_catalog, row, self.vocabs)
+
     # ------------------------------------------------------------------------------------------ transform
     def transform_jobs(self, jobs_df: pd.DataFrame) -> EncodedTable:
         """Job-side fields of each row; unseen values -> unknown (1), missing values/columns -> padding (0)."""

@@ -123,6 +123,18 @@ def test_a_text_column_is_read_with_the_title_and_description_not_as_a_field(ext
     assert np.array_equal(loaded.transform_jobs(frame).dense, extractor.transform_jobs(frame).dense)
 
 
+def test_an_encoded_row_decodes_to_what_the_model_reads(extra_board):
+    extractor = extra_board.data.extractor
+    users = pd.read_csv(extra_board.root / "users.csv").set_index("user_id")
+    for user in extractor.user_ids[1:30]:
+        read = extractor._extra.decode(extractor._static_fields("user"), extractor.user_catalog,
+                                       extractor.user_rows[user], extractor.vocabs)
+        years = users.loc[user, "years"]
+        assert read["industry"] == users.loc[user, "industry"].strip().lower()
+        assert read["years"] is None if np.isnan(years) else read["years"] == pytest.approx(years, abs=1e-4)
+        assert "Headline" not in read  # text: not kept
+
+
 def test_a_users_text_column_gives_the_skills_found_in_it(extra_board, tmp_path):
     extractor = extra_board.data.extractor
     assert not [f.name for f in extractor.feature_map.fields if "headline" in f.name]

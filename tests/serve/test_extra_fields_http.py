@@ -35,6 +35,8 @@ def test_a_posted_job_is_encoded_with_its_extra_values(service):
         extractor.vocabs["extra_industry"].index("finance"), PAD]
     assert extractor.job_catalog.multi[rows[0], columns["job_tags"][1], 0] == extractor.vocabs["extra_tags"].index(
         "remote")
+    assert client.get("/jobs/n1").json()["extra"] == {"Industry": "finance", "tags": ["remote"]}  # as read
+    assert client.get("/jobs/n2").json()["extra"] == {"Industry": None, "tags": []}
     found = extractor.job_catalog.multi[rows, columns["job_skills"][1]]  # a skill named in the text column alone
     assert extractor.vocabs["skill"].index(skill) in found[0] and extractor.vocabs["skill"].index(skill) not in found[1]
 
