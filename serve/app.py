@@ -195,13 +195,19 @@ class Api:
 
     async def put_jobs(self, request: Any) -> dict[str, Any]:
         """One live catalog version (written before this returns); later requests make replicas apply it."""
-        known = None
+        known = columns = None
         if request.expire:
             try:
                 known = unwrap(await self._call("known_jobs", request.expire, self.catalog_want, timeout=5.0))
             except ServiceError as exc:  # no replica can say: unknown_expire stays empty
                 log.warning("known_jobs: %s; expiries not checked", exc.detail)
-        body = await asyncio.to_thread(write_jobs, self.catalog, request, known)
+        if any(job.extra for job in request.upsert):
+            try:
+                info = unwrap(await self._call("info", self.catalog_want, timeout=5.0))
+                columns = info.get("extra_columns", {}).get("jobs", {})
+            except ServiceError as exc:  # no replica can say: extra values not checked
+                log.warning("model info: %s; extra values not checked", exc.detail)
+        body = await asyncio.to_thread(write_jobs, self.catalog, request, known, columns)
         self.catalog_want = max(self.catalog_want, body["catalog_version"])
         return body
 

@@ -289,11 +289,13 @@ class LocalBackend:
         return unwrap(wrap(result))
 
     async def put_jobs(self, request: JobsRequest) -> dict[str, Any]:
-        known = None
+        known = columns = None
+        if self.slot.current is not None:
+            columns = self.slot.current.extractor.extra_columns.get("jobs", {})
         if self.slot.current is not None and request.expire:  # after the deltas another writer may have added
             await asyncio.to_thread(catch_up, self.slot.current, self.catalog)
             known = self.slot.current.known_jobs(request.expire)
-        body = await asyncio.to_thread(write_jobs, self.catalog, request, known)
+        body = await asyncio.to_thread(write_jobs, self.catalog, request, known, columns)
         await asyncio.to_thread(catch_up, self.slot.require(), self.catalog, body["catalog_version"])
         return body
 

@@ -26,7 +26,7 @@ from convfm.features.context import now_micros
 from convfm.features.text import clean_value
 from convfm.store.live_catalog import CONTENT_FIELDS, CatalogConflict, CatalogStore, Delta, grown
 from convfm.store.serving_data import DISPLAY_COLUMNS
-from serve.scorer import FILTER_COLUMNS, ServiceError
+from serve.scorer import FILTER_COLUMNS, ServiceError, unread_extra
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +75,19 @@ def _show_upserted(scorer: Any, before: int, rows: np.ndarray, frame: pd.DataFra
 
 
 # ---------------------------------------------------------------------------------------- service side
-def write_jobs(store: Optional[CatalogStore], request: Any, known: Optional[Mapping[str, bool]] = None
-               ) -> dict[str, Any]:
+def write_jobs(store: Optional[CatalogStore], request: Any, known: Optional[Mapping[str, bool]] = None,
+               columns: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
     """``POST /jobs``: one delta with the request's upserts and expirations -> the response body, which lists the
     ids to expire that ``known`` (id -> whether the serving catalog holds it; None: not asked) says the serving
-    catalog does not hold. They are written all the same: another version's catalog, or the next model's, may
-    hold them. Raises ServiceError: 409 when another writer took the version, 503 without a live store or when
+    catalog does not hold, and the ``extra`` keys that none of ``columns`` (the serving model's extra job
+    columns; None: not asked) reads. Both are written all the same: another version's catalog, or the next
+    model's, may hold or read them. Raises ServiceError: 422 for an extra value of a kind its model column
+    cannot take (nothing written), 409 when another writer took the version, 503 without a live store or when
     storage failed."""
     if store is None:
         raise ServiceError(503, "the live catalog is off: this service has no live store")
+    unread = list(dict.fromkeys(key for i, job in enumerate(request.upsert) if columns is not None
+                                for key in unread_extra(columns, job.extra, f"upsert.{i}.extra")))
     unknown = [j for j in request.expire if known is not None and not known.get(j, False)]
     jobs = [{"job_id": job.job_id, **{f: getattr(job, f) for f in CONTENT_FIELDS},
              "posted_at": _micros(job.posted_at), "expires_at": _micros(job.expires_at),
@@ -96,7 +100,7 @@ def write_jobs(store: Optional[CatalogStore], request: Any, known: Optional[Mapp
         log.warning("live catalog write failed: %s", exc)
         raise ServiceError(503, "the live store could not be written; nothing was kept, retry") from None
     return {"catalog_version": delta.version, "upserted": len(delta.upsert), "expired": len(delta.expire),
-            "unknown_expire": unknown}
+            "unknown_expire": unknown, "unread_extra": unread}
 
 
 def _micros(value: Any) -> Optional[int]:

@@ -323,6 +323,8 @@ class JobsResponse(BaseModel):
     unknown_expire: list[str] = Field(default_factory=list, description="ids to expire that the serving model's "
                                       "catalog does not hold (written all the same: another version or the next "
                                       "model may hold them)")
+    unread_extra: list[str] = Field(default_factory=list, description="extra keys the serving model reads no "
+                                    "column for (kept all the same: another version or the next model may)")
 
 
 class JobScore(BaseModel):

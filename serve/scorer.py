@@ -15,7 +15,7 @@ import math
 import re
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -448,20 +448,27 @@ def _decoded_columns(extractor: Any) -> dict[str, list[Optional[str]]]:
 
 def _profile_extra(columns: dict[str, str], extra: dict[str, Any]) -> dict[str, list[str]]:
     """A profile's ``extra`` values as one-row frame columns. ServiceError 422 for a column the model does not read
-    (a typo or another model's: scoring on without it would hide the mistake) or a value its kind cannot take
-    (a list for a category, text that is no number)."""
-    kinds = {slug(column): (column, kind) for column, kind in columns.items()}
-    unread = [name for name in extra if slug(name) not in kinds]
+    (a typo or another model's: scoring on without it would hide the mistake) or a value its kind cannot take."""
+    unread = unread_extra(columns, extra, "profile.extra")
     if unread:
         raise ServiceError(422, f"profile.extra: this model reads no user column {unread}; it reads "
-                                f"{sorted(c for c, _ in kinds.values())} (case and punctuation aside)")
-    for name, value in extra.items():
-        kind = kinds[slug(name)][1]
-        if kind != "list" and isinstance(value, list):
-            raise ServiceError(422, f"profile.extra.{name}: a {kind} column takes one value, not a list")
-        if kind == "number" and not _is_number(value):
-            raise ServiceError(422, f"profile.extra.{name}: {value!r} is not a number")
+                                f"{sorted(columns)} (case and punctuation aside)")
     return {name: [";".join(v) if isinstance(v, list) else v] for name, v in extra.items()}
+
+
+def unread_extra(columns: Mapping[str, str], extra: Mapping[str, Any], where: str) -> list[str]:
+    """The keys of ``extra`` (a profile's or a posted job's values) that match none of ``columns`` (a model's
+    ``extra_columns`` of that table, case and punctuation aside). ServiceError 422 naming ``where`` and the key
+    for a value its column's kind cannot take: a list for a category, number or text column, or text that is
+    no number for a number column (read as missing, it would hide the mistake)."""
+    kinds = {slug(column): kind for column, kind in columns.items()}
+    for name, value in extra.items():
+        kind = kinds.get(slug(name))
+        if kind not in (None, "list") and isinstance(value, list):
+            raise ServiceError(422, f"{where}.{name}: a {kind} column takes one value, not a list")
+        if kind == "number" and not _is_number(value):
+            raise ServiceError(422, f"{where}.{name}: {value!r} is not a number")
+    return [name for name in extra if slug(name) not in kinds]
 
 
 def _is_number(text: str) -> bool:

@@ -60,6 +60,17 @@ def test_a_profile_gives_the_users_extra_values_and_they_change_the_score(servic
     assert only_extra.status_code == 200 and only_extra.json()["cold_start"]
 
 
+def test_a_posted_jobs_keys_no_model_column_reads_are_kept_and_named(service):
+    client, slot = service
+    body = {"upsert": [{"job_id": "n1", "extra": {"industry": "IT", "Benefits": "gym", "sector": "x"}},
+                       {"job_id": "n2", "extra": {"benefits": "pool"}}]}
+    response = client.post("/jobs", json=body, headers=AUTH)
+    assert response.status_code == 200 and response.json()["unread_extra"] == ["Benefits", "sector", "benefits"]
+    refused = {"upsert": [{"job_id": "n3", "extra": {"tags": "a", "Industry": ["x"]}}]}
+    assert client.post("/jobs", json=refused, headers=AUTH).status_code == 422
+    assert client.get("/model").json()["catalog_version"] == response.json()["catalog_version"]  # nothing written
+
+
 def test_a_profiles_text_gives_its_skills(service, extra_board):
     client, slot = service
     skill = next(v for v in slot.current.extractor.vocabs["skill"].values[2:] if " " not in v)
@@ -80,6 +91,10 @@ def test_a_profiles_text_gives_its_skills(service, extra_board):
      "profile.extra: this model reads no user column ['sector']; it reads ['Headline', 'industry', 'years']"),
     ("/recommend", {"profile": {"extra": {"industry": ["it", "health"]}}},
      "profile.extra.industry: a category column takes one value, not a list"),
+    ("/jobs", {"upsert": [{"job_id": "n1"}, {"job_id": "n2", "extra": {"INDUSTRY": ["it", "health"]}}]},
+     "upsert.1.extra.INDUSTRY: a category column takes one value, not a list"),
+    ("/jobs", {"upsert": [{"job_id": "n1", "extra": {"requirements": ["sql"]}}]},
+     "upsert.0.extra.requirements: a text column takes one value, not a list"),
     ("/score", {"profile": {"extra": {"Years": "ten"}}, "job_ids": ["j000001"]},
      "profile.extra.Years: 'ten' is not a number"),
 ])

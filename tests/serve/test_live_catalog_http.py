@@ -79,7 +79,7 @@ def test_a_new_job_is_recommended_under_a_matching_filter_and_get_follows_its_up
     written = client.post("/jobs", json={"upsert": [posting("n1"), posting("n2", location="Lemuria")]},
                           headers=AUTH)
     assert written.status_code == 200 and written.json() == {"catalog_version": 1, "upserted": 2, "expired": 0,
-                                                        "unknown_expire": []}
+                                                        "unknown_expire": [], "unread_extra": []}
     answer = client.post("/recommend", json=request).json()
     assert [i["job_id"] for i in answer["items"]] == ["n1"] and answer["catalog_version"] == 1
     assert answer["items"][0]["title"] == "Underwater Data Engineer" and answer["items"][0]["score"] > 0
@@ -145,7 +145,7 @@ def test_expiring_ids_the_catalog_does_not_hold_lists_them_and_writes_them_all(s
     client, store, _, _ = service
     job = tiny.data.extractor.job_ids[1]
     body = client.post("/jobs", json={"expire": [job, "no-such-job"]}, headers=AUTH).json()
-    assert body == {"catalog_version": 1, "upserted": 0, "expired": 2, "unknown_expire": ["no-such-job"]}
+    assert body == {"catalog_version": 1, "upserted": 0, "expired": 2, "unknown_expire": ["no-such-job"], "unread_extra": []}
     assert store.latest() == 1 and sorted(store.read()[0].expire) == sorted([job, "no-such-job"])
     assert client.get(f"/jobs/{job}").json()["expires_at"].endswith("+00:00")
 
