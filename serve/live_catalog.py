@@ -10,7 +10,7 @@ the popularity fallback follow (a new job has no interactions yet: popularity 0,
 jobs stay in the catalog (``GET /jobs/{id}`` shows them) but ``/recommend`` leaves them out unless
 ``filters.include_expired``: an expiry is a time, checked per request in the filter mask (which the retrieval
 index applies before its candidate scan), so the index keeps expired rows. The model's own jobs also expire at
-their training data's expiry (``Scorer.model_alive``), until a delta replaces them.
+their training data's expiry (``serve.model_jobs``), until a delta replaces them.
 """
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ def _stripped(value: Any) -> Any:
 
 
 Id = Annotated[str, BeforeValidator(_id_text), StringConstraints(min_length=1, max_length=200)]
-ShortText = Annotated[str, BeforeValidator(_stripped), StringConstraints(max_length=200)]
+SHORT_TEXT = 200  # characters of a short value: a location, a company, an extra column's value but a text one's
+ShortText = Annotated[str, BeforeValidator(_stripped), StringConstraints(max_length=SHORT_TEXT)]
 TEXT_CHARS = 20_000  # a job's description, or an extra text column's value
 Skill = Annotated[str, BeforeValidator(_stripped), StringConstraints(min_length=1, max_length=100)]
 
@@ -60,7 +61,8 @@ def _extra_value(value: Any) -> Any:
 
 
 # The model's extra columns (``DataConfig.extra_columns``) by their names in the data files (case and
-# punctuation aside): a value (up to a description's length: a text column's), or a list for a list column. A job's names no model reads are kept (the live
+# punctuation aside): a value (up to a description's length for a text column, SHORT_TEXT for the others: the
+# Scorer checks the kinds), or a list for a list column. A job's names no model reads are kept (the live
 # catalog outlives models); a profile's are refused (the Scorer).
 ExtraValues = Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=200)],
                              Annotated[Union[Annotated[str, BeforeValidator(_stripped),
@@ -308,7 +310,9 @@ class EventsResponse(BaseModel):
 
 
 class JobDetail(Job):
-    expires_at: Optional[str] = Field(None, description="when the live catalog expires it (UTC); null: never")
+    expires_at: Optional[str] = Field(None, description="when it leaves /recommend (UTC): the live catalog's "
+                                      "expiry, or the model's data's (a replayed log's on its clock, GET /model's "
+                                      "model_time); null: never")
     extra: dict[str, Any] = Field(default_factory=dict, description="what the model reads of the board's own "
                                   "columns (data.extra_columns): normalised values, null where missing or unknown "
                                   "to it; text columns are not kept")
@@ -362,7 +366,9 @@ class ModelInfo(BaseModel):
                                                      "the model reads, per table (data.extra_columns)")
     catalog_version: Optional[int] = None
     model_jobs_expire: Optional[bool] = Field(None, description="whether the model's own jobs leave /recommend at "
-                                              "their training data's expiry (false: all had expired at load)")
+                                              "their training data's expiry, read at model_time (false: no job "
+                                              "calendar, none open even then, or all replaced by the live "
+                                              "catalog)")
     model_time: Optional[str] = Field(None, description="when every one of the model's jobs had expired (a "
                                       "replayed log): the end of its training data, the time its jobs' ages and "
                                       "expiry are read at; null: now")

@@ -32,11 +32,12 @@ from convfm.features.fields import EXTRA_VOCAB, EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
 from convfm.model.score_cache import ScoreCache
-from convfm.data.liveness import ALWAYS, NEVER
+from convfm.data.liveness import NEVER
 from convfm.store.registry import model_identity
 from convfm.store.serving_data import DISPLAY_COLUMNS, SERVING_NAME, ServingData
 from convfm.features.text import clean_value
-from serve.schemas import Filters, RecommendRequest, ScoreRequest
+from serve.model_jobs import ModelJobs
+from serve.schemas import SHORT_TEXT, Filters, RecommendRequest, ScoreRequest
 
 if TYPE_CHECKING:
     from serve.events import LiveEvents
@@ -102,7 +103,11 @@ class Scorer:
             raise ArtifactError(f"{loaded.path}: serving needs a job-market model (JobFeatureExtractor)")
         self.extractor, self.path, self.metrics = extractor, loaded.path, _plain(loaded.metrics)
         self.name, self.version = model_identity(loaded.path)
-        self.ranker = CatalogRanker(loaded.model, extractor)
+        popularity = extractor.popularity
+        self.model_jobs = ModelJobs(getattr(extractor, "recency_encoder", None), extractor.history.times,
+                                    len(extractor.job_catalog), None if popularity is None else popularity.end)
+        # built at the time its jobs are read (a replayed log's end): the first request recomputes nothing
+        self.ranker = CatalogRanker(loaded.model, extractor, time=self.model_jobs.time(now_micros()))
         self.n_jobs = self.ranker.n_jobs
         meta = serving.jobs.set_index("job_id").reindex(pd.Index(extractor.job_ids, dtype=object))
         for column, values in _decoded_columns(extractor).items():
@@ -132,56 +137,20 @@ class Scorer:
         self.positive_events = tuple(loaded.extra.get("data_config", {}).get(
             "positive_events", DataConfig().positive_events))
         self.live_jobs = LiveJobs(self.n_jobs)  # live catalog applied on top (serve.live_catalog)
-        recency = self.ranker.recency  # the model's jobs expire too, at their training data's expiry (model_alive)
-        self.model_expires = None if recency is None else recency.expires[: self.n_jobs].copy()
-        self.data_end = _data_end(extractor.history.times, None if recency is None else recency.posted)
-        # the model's rows the live catalog has replaced: their expiry is the live catalog's alone
-        self.model_replaced = np.zeros(self.n_jobs, dtype=bool)
         self.retrieval_candidates = retrieval_candidates
         self.index = RetrievalIndex(self.ranker) if retrieval_candidates else None  # None: exact full scan
         self.cache = ScoreCache(self.ranker, score_cache_mib * 2**20 if self.index is None else 0)
 
-    def model_time(self, now: int) -> int:
-        """The time the model's jobs are read at (their ages, and which have expired): ``now`` while one of them
-        is live by its training data's expiry; once every one has expired (an old log replayed, the 2024 demo
-        market), the end of its training data, the catalog as it stood then. Read at ``now`` instead, every job of
-        such a model is 121+ days old and expired alike, and its top 10 are other jobs (docs/SERVING.md). A live
-        catalog job posted later reads as new."""
-        if self.data_end is None or self.model_expires is None or (self.model_expires[1:] > now).any():
-            return now
-        return min(now, self.data_end)
-
-    def model_alive(self, now: int) -> Optional[np.ndarray]:
-        """(N,) bool: the model's own jobs not past their training data's expiry (``expires_at``, else
-        ``job_lifetime_days`` after ``posted_at``) at ``model_time(now)``, every row the live catalog added or
-        replaced True; None when that expiry does not apply (``model_expiry_applies``)."""
-        if not self.model_expiry_applies(now):
-            return None
-        alive = (self.model_expires > self.model_time(now)) | self.model_replaced
-        return np.concatenate([alive, np.ones(len(self.extractor.job_ids) - len(alive), dtype=bool)])
-
-    def model_expiry_applies(self, now: int) -> bool:
-        """Whether some job of the model's own, not replaced by the live catalog, is alive at ``model_time(now)``
-        (not so: no job calendar, or none alive even at the data's end; the jobs then serve as trained)."""
-        return self.model_expires is not None and bool(
-            (self.model_expires[1:] > self.model_time(now))[~self.model_replaced[1:]].any())
-
     def expires(self, row: int, now: int) -> int:
         """Catalog row ``row``'s expiry as ``/recommend`` applies it at ``now`` (``NEVER``: none)."""
-        live, model = int(self.live_jobs.expires[row]), self.model_expires
-        if model is not None and row < len(model) and not self.model_replaced[row] \
-                and self.model_expiry_applies(now):
-            return min(live, int(model[row]))
-        return live
+        live, model = int(self.live_jobs.expires[row]), self.model_jobs.expiry(row, now)
+        return live if model is None else min(live, model)
 
     def expired(self, row: int, now: int) -> bool:
         """Whether catalog row ``row`` is out of ``/recommend`` at ``now``: past its live catalog expiry, or past
-        the model's own at ``model_time(now)``."""
-        if int(self.live_jobs.expires[row]) <= now:
-            return True
-        model = self.model_expires
-        return bool(model is not None and row < len(model) and not self.model_replaced[row]
-                    and self.model_expiry_applies(now) and model[row] <= self.model_time(now))
+        the model's own at ``ModelJobs.time(now)``."""
+        model = self.model_jobs.expiry(row, now)
+        return int(self.live_jobs.expires[row]) <= now or (model is not None and model <= self.model_jobs.time(now))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", retrieval_candidates: int = 0,
@@ -215,19 +184,18 @@ class Scorer:
     def at(self, time: int) -> None:
         """Move the job sides to ``time`` (job ages, and popularity once the logged positives not counted yet
         are), and the index with them. Callers hold ``_time_lock``."""
-        recount = False
         if self.live is not None and self.extractor.popularity is not None:
             jobs, times, self._counted = self.live.applied_since(self._counted, self.positive_events)
-            self.extractor.add_positives(jobs, times, before=time)  # (``model_time``: a replayed log's end)
-            recount = bool(len(jobs))  # (a replayed log's time stands still)
-        (self.ranker if self.index is None else self.index).at(time, recount)
+            self.extractor.add_positives(jobs, times)
+        (self.ranker if self.index is None else self.index).at(time)
 
     def put_jobs(self, rows: np.ndarray) -> None:
         """Job sides (and index entries) of the extractor's catalog ``rows`` the live catalog appended or
         replaced (``serve.live_catalog``)."""
         self.ranker.put_jobs(rows)
         rows = np.asarray(rows, dtype=np.int64)
-        self.model_replaced[rows[rows < len(self.model_replaced)]] = True  # the live catalog sets their expiry
+        replaced = self.model_jobs.replaced
+        replaced[rows[rows < len(replaced)]] = True  # the live catalog sets their expiry
         if self.index is not None:
             self.index.add(rows)
 
@@ -236,15 +204,16 @@ class Scorer:
         return {"name": self.name, "version": self.version, "path": public_text(str(self.path)),
                 "loaded_at": self.loaded_at, "metrics": self.metrics, "jobs": self.n_jobs - 1,
                 "catalog_version": self.live_jobs.version, "score_cache": self.cache.info(),
-                "model_jobs_expire": self.model_expiry_applies(now_micros()), "model_time": self._model_time_text(),
+                "model_jobs_expire": self.model_jobs.expiry_applies(now_micros()),
+                "model_time": self._model_time_text(),
                 "users": len(self.extractor.user_catalog) - 1,
                 "fields": [f.name for f in self.extractor.feature_map.fields],
                 "extra_columns": getattr(self.extractor, "extra_columns", {})}
 
     def _model_time_text(self) -> Optional[str]:
-        """``model_time`` as ISO text when it is not now (a replayed log: its data's end), else None."""
+        """``ModelJobs.time`` as ISO text when it is not now (a replayed log: its data's end), else None."""
         now = now_micros()
-        at = self.model_time(now)
+        at = self.model_jobs.time(now)
         return None if at == now else pd.Timestamp(at * 1000, tz="UTC").isoformat()
 
     def job_record(self, row: int) -> dict[str, Any]:
@@ -298,7 +267,7 @@ class Scorer:
 
     def _mask(self, filters: Filters) -> Optional[np.ndarray]:
         """(N,) bool of catalog rows passing every filter and, unless ``include_expired``, not expired (by the live
-        catalog, or by the training data: ``model_alive``); None when every row passes."""
+        catalog, or by the training data: ``ModelJobs.alive``); None when every row passes."""
         mask = None
         for column in FILTER_COLUMNS:
             value = getattr(filters, column)
@@ -317,7 +286,7 @@ class Scorer:
         if filters.include_expired:
             return mask
         now = now_micros()
-        alive = self.model_alive(now)
+        alive = self.model_jobs.alive(now, len(self.extractor.job_ids))
         if alive is not None:
             mask = alive if mask is None else mask & alive
         return self.live_jobs.unexpired(mask, now)
@@ -341,7 +310,7 @@ class Scorer:
         if not pending:
             return results
         with self._time_lock:  # job ages at request time
-            self.at(self.model_time(now_micros()))
+            self.at(self.model_jobs.time(now_micros()))
             exact = self.index is None
             scores = self.cache.scores(concat_rows([p[2] for p in pending])) if exact else None  # (U, N)
             for u, (i, known, user, past, mask) in enumerate(pending):
@@ -416,22 +385,13 @@ class Scorer:
             spans.append((i, [slot for slot, _ in hits], start))
         if pair_rows:
             with self._time_lock:
-                self.at(self.model_time(now_micros()))
+                self.at(self.model_jobs.time(now_micros()))
                 logits = self.ranker.score_pairs(concat_rows(users), np.array(user_index), np.array(pair_rows))
             probabilities = torch.sigmoid(logits).cpu().numpy()
             for i, slots, start in spans:
                 for offset, slot in enumerate(slots):
                     results[i]["scores"][slot]["score"] = float(probabilities[start + offset])
         return results
-
-
-def _data_end(positives: np.ndarray, posted: Optional[np.ndarray]) -> Optional[int]:
-    """When a model's training data ends (``Scorer.model_time``): its last positive (the users' histories it
-    keeps), else, without history features, its last job posting; None without a job calendar."""
-    if posted is None:
-        return None
-    posted = posted[posted != ALWAYS]
-    return int(positives.max()) if len(positives) else (int(posted.max()) if len(posted) else None)
 
 
 def _decoded_columns(extractor: Any) -> dict[str, list[Optional[str]]]:
@@ -459,13 +419,16 @@ def _profile_extra(columns: dict[str, str], extra: dict[str, Any]) -> dict[str, 
 def unread_extra(columns: Mapping[str, str], extra: Mapping[str, Any], where: str) -> list[str]:
     """The keys of ``extra`` (a profile's or a posted job's values) that match none of ``columns`` (a model's
     ``extra_columns`` of that table, case and punctuation aside). ServiceError 422 naming ``where`` and the key
-    for a value its column's kind cannot take: a list for a category, number or text column, or text that is
-    no number for a number column (read as missing, it would hide the mistake)."""
+    for a value its column's kind cannot take: a list for a category, number or text column, text that is no
+    number for a number column (read as missing, it would hide the mistake), or more than 200 characters but
+    for a text column (the schema lets any value be as long as a description)."""
     kinds = {slug(column): kind for column, kind in columns.items()}
     for name, value in extra.items():
         kind = kinds.get(slug(name))
         if kind not in (None, "list") and isinstance(value, list):
             raise ServiceError(422, f"{where}.{name}: a {kind} column takes one value, not a list")
+        if kind not in (None, "text") and isinstance(value, str) and len(value) > SHORT_TEXT:
+            raise ServiceError(422, f"{where}.{name}: a {kind} value takes at most {SHORT_TEXT} characters")
         if kind == "number" and not _is_number(value):
             raise ServiceError(422, f"{where}.{name}: {value!r} is not a number")
     return [name for name in extra if slug(name) not in kinds]

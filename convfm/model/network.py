@@ -68,8 +68,8 @@ class ConvSide(NamedTuple):
 
     inside: Optional[torch.Tensor]  # (R, C) max after ReLU over the positions that see only this group
     crossing: Optional[tuple[torch.Tensor, ...]]  # Pm x (R, C) pre-activations where the window crosses the cut
-    # (left: + bias), one contiguous tensor per position: a scan reads each in one stream (a strided (R, Pm, C)
-    # view cost the 100k-job scan's conv step ~25%)
+    # (left: + bias), one contiguous tensor per position: a scan reads each in one stream (over a strided
+    # (R, Pm, C) view the conv step of a 100k-job scan took ~25% longer, docs/SERVING.md)
 
 
 class FieldConv(nn.Module):

@@ -26,7 +26,9 @@ from convfm.model.pair_match import Pair, PairMatch
 
 # Floats per intermediate (U, chunk, width) tensor: ~1 MB, so a combine step stays in cache. Measured with the
 # default model on 10k jobs (2 cores): 0.59-0.82 us per pair at 1 << 18 against 1.11-1.15 at 1 << 22 for 50-400
-# users, 1.8 against 2.1 for one user; 1 << 17 and 1 << 19 were slower.
+# users, 1.8 against 2.1 for one user; 1 << 17 and 1 << 19 were slower. Since the conv shares are one (R, C)
+# tensor per position (their width C, not Pm x C) a step holds twice the jobs: 4,096 for one user; the 100k
+# top-10 took 24.4 ms at 1 << 18 against 26.3 at 1 << 17 and 23.7 at 1 << 19 (2 threads, one probe).
 ELEMENT_BUDGET = 1 << 18
 JOBS_PER_PASS = 8192  # job rows per side pass (catalog precompute, time moves)
 # Job-side changes ``changed_since`` can replay (older readers rescore everything): the last CHANGES_KEPT, and no
@@ -135,10 +137,9 @@ class CatalogRanker:
         buckets = self.buckets[rows] if buckets is None else buckets
         return self.jobs.take(rows).join(self.recency.table.take(buckets))
 
-    def at(self, time: int, recount: bool = False) -> None:
-        """Move the precomputed job sides to ``time``: only jobs whose recency bucket changed are recomputed
-        (``recount``: popularity counts may have changed, so look even when the time has not)."""
-        if self.recency is not None and (recount or int(time) != self.time):
+    def at(self, time: int) -> None:
+        """Move the precomputed job sides to ``time``: only jobs whose recency bucket changed are recomputed."""
+        if self.recency is not None and int(time) != self.time:
             for _ in self._advance(np.array([int(time)], dtype=np.int64)):
                 pass
 
@@ -221,7 +222,7 @@ class CatalogRanker:
         return own if side == "user" else own._replace(lists=None)
 
     def _chunk(self, users: int) -> int:
-        """Jobs per combine step: the widest per-job piece (H1, C * Pm or D floats) times U within the budget."""
+        """Jobs per combine step: the widest per-job piece (H1, C or D floats) times U within the budget."""
         return max(1, ELEMENT_BUDGET // max(1, users * self.job_width))
 
     def score_all(self, users: EncodedTable, job_rows: Optional[np.ndarray] = None,

@@ -111,11 +111,11 @@ class RetrievalIndex:
                 index = torch.as_tensor(rows[start : start + INDEX_CHUNK], device=self.ranker.device)
                 self.coords[index] = self.projection(job_features(self.ranker, index))
 
-    def at(self, time: int, recount: bool = False) -> np.ndarray:
+    def at(self, time: int) -> np.ndarray:
         """Move the ranker to ``time`` (``CatalogRanker.at``) and re-index the jobs whose recency bucket changed
         -> those rows. Query through this, not the ranker, so the index follows the job ages."""
         before = None if self.ranker.buckets is None else self.ranker.buckets.copy()
-        self.ranker.at(time, recount)
+        self.ranker.at(time)
         changed = np.zeros(0, dtype=np.int64) if before is None else np.flatnonzero(before != self.ranker.buckets)
         self.add(changed)
         return changed

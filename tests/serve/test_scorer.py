@@ -240,24 +240,27 @@ def test_the_models_jobs_leave_recommendations_at_their_training_datas_expiry(ti
     later = int(expires.max()) + 1
     monkeypatch.setattr(scorer_module, "now_micros", lambda: later)
     monkeypatch.setattr("serve.live_catalog.now_micros", lambda: later)
-    end = served.data_end
-    assert end < later and served.model_time(later) == end and served.info()["model_jobs_expire"]
+    end = served.model_jobs.data_end
+    assert end < later and served.model_jobs.time(later) == end and served.info()["model_jobs_expire"]
     assert served.info()["model_time"] == pd.Timestamp(end * 1000, tz="UTC").isoformat()
     items = served.recommend_many([rec(user_id=user, k=100)])[0]["items"]
     rows = [served.extractor.job_rows[i["job_id"]] for i in items]
     open_then = (expires > end).sum() - len(set(served.seen[user]) & set(np.flatnonzero(expires > end) + 1))
-    assert len(items) == min(100, open_then) and (served.ranker.recency.expires[rows] > end).all()  # open at the data's end
+    assert len(items) == min(100, open_then)
+    assert (served.ranker.recency.expires[rows] > end).all()  # open at the data's end
     assert served.ranker.time == end  # ages read then, not 0-for-all "121d+"
     assert not job_detail(served, items[0]["job_id"])["expired"]
     assert job_detail(served, served.extractor.job_ids[gone])["expired"]  # closed before the data's end
     monkeypatch.setattr(scorer_module, "now_micros", lambda: now)
     served.put_jobs(np.array([gone]))  # the live catalog replaced it (no expiry given there)
     assert not job_detail(served, served.extractor.job_ids[gone])["expired"]
+    served.put_jobs(np.arange(1, served.n_jobs))  # the live catalog replaced them all: its clock, now, holds
+    assert served.model_jobs.time(later) == later and not served.model_jobs.expiry_applies(later)
 
 
 def test_a_models_data_end_is_its_last_positive_else_its_last_posting():
     from convfm.data.liveness import ALWAYS
-    from serve.scorer import _data_end
+    from serve.model_jobs import data_end as _data_end
 
     posted = np.array([ALWAYS, 5, 9], dtype=np.int64)
     assert _data_end(np.array([3, 7], dtype=np.int64), posted) == 7

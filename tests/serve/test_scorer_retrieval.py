@@ -62,7 +62,7 @@ def test_filters_that_leave_few_jobs_still_give_k_valid_results(tiny, pair):
     passing = {exact.extractor.job_ids[r] for r in np.flatnonzero(exact.filter_values["location"] == location)}
     assert 20 <= len(passing) <= 150, len(passing)
     every = {"exclude_seen": False}  # jobs seen would leave fewer than k for the heaviest users, and jobs closed
-    kept = {"include_expired": True}  # at the data's end (the 2024 market is read then: Scorer.model_time) too
+    kept = {"include_expired": True}  # at the data's end (the 2024 market is read then: ModelJobs.time) too
     answers = assert_same_answers(exact, retrieval, requests_of(tiny, k=20, filters={"location": location, **kept},
                                                                 **every))
     unfiltered = [[i["job_id"] for i in r["items"]]
