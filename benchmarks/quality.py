@@ -166,8 +166,9 @@ def main() -> None:
                            for protocol in protocols}
             reports[name] = by_protocol["live"]
             best = history_log[int(history_log[-1]["best_epoch"])]  # the epoch fit_in_process kept
-            print(f"\n{name}{' + cluster column' if args.cluster_column else ''}"
-                  f"{'' if args.user_skills == 'column' else f'; user skills: {args.user_skills}'}: {args.users} users, {args.jobs} jobs, {args.interactions} interactions, seed "
+            skills = '' if args.user_skills == 'column' else f'; user skills: {args.user_skills}'
+            print(f"\n{name}{' + cluster column' if args.cluster_column else ''}{skills}: {args.users} users, "
+                  f"{args.jobs} jobs, {args.interactions} interactions, seed "
                   f"{args.seed}; {'model ' + ', '.join(args.model) if args.model else 'default model'}; "
                   f"{'train ' + ', '.join(args.train) + '; ' if args.train else ''}"
                   f"history_length {config.history_length}, recency {config.recency}, "

@@ -71,7 +71,7 @@ def check_extra_columns(value: Any, mapping: Optional[Mapping[str, Mapping[str, 
                 raise ConfigError(f"{entry}: {column!r} is read as a canonical {table} column; list only the "
                                   "other columns", field=entry)
             name = f"{SIDES[table]}_{slug(column)}"
-            if name in reserved or name in taken:
+            if (name in reserved and kind != "text") or name in taken:  # (text has no field: only one slug each)
                 owner = "a built-in field" if name in reserved else f"column {taken[name]!r}"
                 raise ConfigError(f"{entry}: its field name {name} is {owner}'s; rename the column in the file",
                                   field=entry)
@@ -79,7 +79,7 @@ def check_extra_columns(value: Any, mapping: Optional[Mapping[str, Mapping[str, 
         out[table] = {str(c): str(k) for c, k in columns.items()}
     kinds: dict[str, tuple[str, str]] = {}
     for table, columns in out.items():
-        for column, kind in columns.items():
+        for column, kind in ((c, k) for c, k in columns.items() if k != "text"):  # text has no vocabulary
             other = kinds.setdefault(slug(column), (column, kind))
             if other[1] != kind:
                 raise ConfigError(f"{field}: {other[0]!r} ({other[1]}) and {column!r} ({kind}) share one "
@@ -165,7 +165,6 @@ class ExtraFields:
         if kind == "category":
             return vocabs[field.vocab].lookup(category_values(df, column))
         return vocabs[field.vocab].lookup_lists(split_lists(column_strings(df, column)), self.max_len)
-
 
     def decode(self, fields: tuple[FieldSpec, ...], table: EncodedTable, row: int,
                vocabs: Mapping[str, Vocabulary]) -> dict[str, Any]:

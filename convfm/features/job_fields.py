@@ -3,11 +3,12 @@ statistics are fitted (training data only)."""
 from __future__ import annotations
 
 from itertools import chain
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from convfm.errors import ConfigError
 from convfm.features.fields import Vocabulary
 from convfm.features.text import category_values, column_strings, split_lists
 
@@ -57,6 +58,21 @@ def salary_features(df: pd.DataFrame, stats: dict[str, list[float]]) -> np.ndarr
     scaled = (logs - np.array(stats["mean"])) / np.array(stats["std"])
     scaled[missing] = 0.0
     return np.concatenate([scaled, missing.any(axis=1, keepdims=True)], axis=1).astype(np.float32)
+
+
+def text_skill_sides(skills_from_text: bool, job_texts: Sequence[str], user_texts: Sequence[str],
+                     skills_column: bool) -> tuple[bool, bool]:
+    """(find skills in jobs' text?, in users' text?). Text is searched for the skills the files' ``skills``
+    columns name (their vocabulary): without such a column there is nothing to find, and ``job_skills`` and
+    ``user_skills`` would be fields of padding alone. A user text column is read for nothing else, so declaring
+    one that can find none is a ConfigError naming it."""
+    searched = skills_from_text and skills_column
+    if user_texts and not searched:
+        why = "skills_from_text is off" if not skills_from_text else "neither the jobs nor the users file has a " \
+            "skills column, whose values are what text is searched for"
+        raise ConfigError(f"extra_columns.users: text column(s) {list(user_texts)} give the skills found in them, "
+                          f"but {why}", field="extra_columns")
+    return searched and bool(job_texts), searched and bool(user_texts)
 
 
 def _trained(ids: Iterable[str], interactions_df: Optional[pd.DataFrame], column: str) -> Iterable[str]:

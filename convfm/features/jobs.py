@@ -30,7 +30,7 @@ from convfm.features.context import (
 )
 from convfm.features.job_fields import (
     CATEGORICAL, FREE_TEXT_COLUMNS, ID_FIELDS, JOB_FIELDS, USER_FIELDS, fit_vocabularies, salary_features,
-    salary_stats,
+    salary_stats, text_skill_sides,
 )
 from convfm.features.job_artifact import JobArtifact
 from convfm.features.streamed import StreamedExamples
@@ -147,18 +147,18 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
                               f"{base.get_config()}")
         has_job = jobs_df.columns.__contains__
         has_user = (lambda c: False) if users_df is None else users_df.columns.__contains__
-        self._text_columns = (*(c for c in FREE_TEXT_COLUMNS if has_job(c)), *self._extra.text_columns["jobs"]) \
-            if base is None else base._text_columns
-        text_skills = self.skills_from_text and bool(self._text_columns)
-        user_text_skills = self.skills_from_text and bool(self._extra.text_columns["users"])
+        self._text_columns = base._text_columns if base is not None else (
+            *(c for c in FREE_TEXT_COLUMNS if has_job(c)), *self._extra.text_columns["jobs"])
+        text_skills, user_text_skills = text_skill_sides(self.skills_from_text, self._text_columns,
+                                                         self._extra.text_columns["users"],
+                                                         has_job("skills") or has_user("skills"))
         extra = self._extra.fit_vocabularies({"jobs": jobs_df, "users": users_df}, self.min_freq)
         if base is None:
             self._extra.fit_stats({"jobs": jobs_df, "users": users_df})
         else:  # as the salary statistics: the published dense weights keep their meaning
             self._extra.stats = dict(base._extra.stats)
         self.vocabs = fit_vocabularies(jobs_df, interactions_df, users_df, text_skills or user_text_skills,
-                                       self.min_freq,
-                                       None if base is None else base.vocabs, extra)
+                                       self.min_freq, None if base is None else base.vocabs, extra)
         self._salary, self._text = (base._salary, base._text) if base is not None else (salary_stats(jobs_df), None)
         if base is None and self._text_columns and self.text_dim > 0:
             texts = self._texts(jobs_df, self._text_columns)
@@ -346,17 +346,14 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
             known = rows != UNKNOWN_ROW  # a job outside the catalog is never ranked: its count is not kept
             popularity.set(rows[known], positives["timestamp"].to_numpy(np.int64)[known])
 
-    def add_positives(self, job_ids: Sequence[str], times: np.ndarray, before: Optional[int] = None) -> None:
+    def add_positives(self, job_ids: Sequence[str], times: np.ndarray) -> None:
         """Count logged positives (serving's live events; ``times`` int64 microseconds) in the jobs' popularity
-        (the users' histories take them from the live overlay, ``serve.events``), each counted as of ``before``
-        - 1 at the latest (a replayed log read at its data's end: what users do now is its latest news). Events
-        at or before the training data's last positive are left out: a model trained with the event log counts
-        them already."""
+        (the users' histories take them from the live overlay, ``serve.events``). Events at or before the
+        training data's last positive are left out: a model trained with the event log counts them already."""
         if self.popularity is not None and len(job_ids):
             rows, times = self._job_index.rows(np.asarray(job_ids, dtype=object)), np.asarray(times, np.int64)
             kept = (rows != UNKNOWN_ROW) & (times > self.popularity.end)
-            times = times[kept] if before is None else np.minimum(times[kept], before - 1)
-            self.popularity.add(rows[kept], times)
+            self.popularity.add(rows[kept], times[kept])
 
     @property
     def popularity(self) -> Optional[JobPopularity]:
@@ -402,8 +399,8 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
     @staticmethod
     def _texts(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
         """Each row's text ``columns`` (a job's title, description and extra text columns, or a user's extra text
-        columns; a service's ``extra`` keys matched case and punctuation aside) joined."""
-        return joined_text(df, [matching_column(df, c) for c in columns])
+        columns; an extra one matched to a service's ``extra`` key case and punctuation aside) joined."""
+        return joined_text(df, [c if c in FREE_TEXT_COLUMNS else matching_column(df, c) for c in columns])
 
 
 def load_extractor(path: str | Path) -> "JobFeatureExtractor | TableFeatureExtractor":

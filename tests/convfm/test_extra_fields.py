@@ -33,6 +33,13 @@ def test_a_bad_declaration_is_refused_naming_the_entry(extra, message):
     assert message in str(error.value)
 
 
+def test_a_text_column_has_no_field_name_or_vocabulary_to_clash():
+    declared = {"jobs": {"Text": "text", "Skills": "text"}, "users": {"text": "category"}}  # other kinds, one slug
+    assert DataConfig(extra_columns=declared).extra_columns == declared
+    with pytest.raises(ConfigError, match="its field name job_notes is column 'Notes''s"):
+        DataConfig(extra_columns={"jobs": {"Notes": "text", "notes": "category"}})  # one slug, one column
+
+
 def test_a_column_the_mapping_reads_as_canonical_is_not_an_extra_one():
     with pytest.raises(ConfigError, match="'City' is read as a canonical jobs column"):
         DataConfig(columns={"jobs": {"location": "City"}}, extra_columns={"jobs": {"City": "category"}})
@@ -121,6 +128,22 @@ def test_a_text_column_is_read_with_the_title_and_description_not_as_a_field(ext
     loaded = load_extractor(tmp_path / "extractor")
     frame = pd.DataFrame({"job_id": ["x"], "Requirements": [html]})
     assert np.array_equal(loaded.transform_jobs(frame).dense, extractor.transform_jobs(frame).dense)
+
+
+def test_text_is_searched_for_the_skills_columns_values_and_without_them_a_user_text_is_refused():
+    from convfm.features.jobs import JobFeatureExtractor
+
+    jobs = pd.DataFrame({"job_id": ["a", "b"], "title": ["SQL analyst", "Cook"], "Requirements": ["python", ""]})
+    users = pd.DataFrame({"user_id": ["u"], "Headline": ["python and sql"]})
+    fitted = JobFeatureExtractor(extra_columns={"jobs": {"Requirements": "text"}}).fit(jobs, users_df=users)
+    assert fitted._text_columns == ("title", "Requirements") and "skill" not in fitted.vocabs  # nothing to find
+    assert not {"job_skills", "user_skills"} & {f.name for f in fitted.feature_map.fields}  # no padding-only field
+    with pytest.raises(ConfigError, match=r"extra_columns.users: text column\(s\) \['Headline'\] give the skills "
+                                          r"found in them, but neither the jobs nor the users file has a skills"):
+        JobFeatureExtractor(extra_columns={"users": {"Headline": "text"}}).fit(jobs, users_df=users)
+    with pytest.raises(ConfigError, match="skills_from_text is off"):
+        JobFeatureExtractor(skills_from_text=False, extra_columns={"users": {"Headline": "text"}}).fit(
+            jobs.assign(skills="sql"), users_df=users)
 
 
 def test_an_encoded_row_decodes_to_what_the_model_reads(extra_board):

@@ -95,6 +95,10 @@ def test_a_profiles_text_gives_its_skills(service, extra_board):
      "upsert.1.extra.INDUSTRY: a category column takes one value, not a list"),
     ("/jobs", {"upsert": [{"job_id": "n1", "extra": {"requirements": ["sql"]}}]},
      "upsert.0.extra.requirements: a text column takes one value, not a list"),
+    ("/jobs", {"upsert": [{"job_id": "n1", "extra": {"Industry": "x" * 201}}]},
+     "upsert.0.extra.Industry: a category value takes at most 200 characters"),
+    ("/recommend", {"profile": {"extra": {"industry": "x" * 201}}},
+     "profile.extra.industry: a category value takes at most 200 characters"),
     ("/score", {"profile": {"extra": {"Years": "ten"}}, "job_ids": ["j000001"]},
      "profile.extra.Years: 'ten' is not a number"),
 ])
