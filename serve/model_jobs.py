@@ -29,20 +29,32 @@ class ModelJobs:
         self.expires = None if recency is None else recency.expires[:n_jobs].copy()
         self.data_end = data_end(history_times, None if recency is None else recency.posted, popularity_end)
         self.replaced = np.zeros(n_jobs, dtype=bool)  # rows the live catalog replaced: its expiry alone holds
+        self._last = self._last_expiry()
+
+    def replace(self, rows: np.ndarray) -> None:
+        """The live catalog replaced these catalog ``rows`` (those past the model's own are ignored)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self.replaced[rows[rows < len(self.replaced)]] = True
+        self._last = self._last_expiry()
+
+    def _last_expiry(self) -> Optional[int]:
+        """The latest expiry among the model's jobs the live catalog has not replaced; None when none is left (or
+        no calendar). Kept, so that the clock costs nothing per request on a million-job catalog."""
+        own = None if self.expires is None else self.expires[1:][~self.replaced[1:]]
+        return None if own is None or not len(own) else int(own.max())
 
     def time(self, now: int) -> int:
         """When the model's jobs are read (their ages, and which have closed): ``now`` while one of them not
         replaced by the live catalog is open by its training data, or when the live catalog replaced them all;
         once every one has closed, the end of that data."""
-        if self.data_end is None or self.expires is None:
+        if self.data_end is None or self._last is None or self._last > now:
             return now
-        own = self.expires[1:][~self.replaced[1:]]
-        return now if not len(own) or (own > now).any() else min(now, self.data_end)
+        return min(now, self.data_end)
 
     def expiry_applies(self, now: int) -> bool:
         """Whether some job of the model's own, not replaced by the live catalog, is open at ``time(now)`` (not so:
         no job calendar, or none open even at the data's end; the jobs then serve as trained)."""
-        return self.expires is not None and bool((self.expires[1:] > self.time(now))[~self.replaced[1:]].any())
+        return self._last is not None and self._last > self.time(now)
 
     def alive(self, now: int, rows: int) -> Optional[np.ndarray]:
         """(rows,) bool over the catalog: the model's jobs open at ``time(now)``, every row the live catalog added

@@ -194,8 +194,7 @@ class Scorer:
         replaced (``serve.live_catalog``)."""
         self.ranker.put_jobs(rows)
         rows = np.asarray(rows, dtype=np.int64)
-        replaced = self.model_jobs.replaced
-        replaced[rows[rows < len(replaced)]] = True  # the live catalog sets their expiry
+        self.model_jobs.replace(rows)  # the live catalog sets their expiry
         if self.index is not None:
             self.index.add(rows)
 
