@@ -17,7 +17,7 @@ from pydantic import (
 
 from convfm.config import EVENTS
 from convfm.data.schema import JOBS, USERS
-from convfm.store.event_log import event_time
+from convfm.store.event_log import FUTURE_SLACK, event_time
 from convfm.store.registry import VERSION_PATTERN
 from serve.traffic import check_traffic
 
@@ -50,7 +50,10 @@ Skill = Annotated[str, BeforeValidator(_stripped), StringConstraints(min_length=
 
 
 def _extra_value(value: Any) -> Any:
-    """An extra column's value: text, a list of text, or a finite number (kept as its text: "3", "2.5")."""
+    """An extra column's value: text (at most TEXT_CHARS characters, HTML included), a list of text, or a finite
+    number (kept as its text: "3", "2.5")."""
+    if isinstance(value, str) and len(value) > TEXT_CHARS:
+        raise ValueError(f"a value takes at most {TEXT_CHARS} characters (HTML included), got {len(value)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise ValueError("a number must be finite")
@@ -186,6 +189,10 @@ class JobPosting(Request):
             raise ValueError("salary_min is above salary_max")
         if self.posted_at is not None and self.expires_at is not None and self.expires_at <= self.posted_at:
             raise ValueError("expires_at must be after posted_at")
+        latest = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + FUTURE_SLACK  # (times here: naive UTC)
+        if self.posted_at is not None and self.posted_at > latest:
+            raise ValueError(f"posted_at {self.posted_at.isoformat()} is more than a day ahead: post a scheduled "
+                             "job when it opens (a live job counts as posted from its posted_at on)")
         return self
 
 

@@ -60,18 +60,24 @@ def salary_features(df: pd.DataFrame, stats: dict[str, list[float]]) -> np.ndarr
     return np.concatenate([scaled, missing.any(axis=1, keepdims=True)], axis=1).astype(np.float32)
 
 
+def names_skills(df: Optional[pd.DataFrame]) -> bool:
+    """Whether ``df`` has a ``skills`` column naming at least one skill."""
+    return df is not None and "skills" in df.columns and bool((column_strings(df, "skills") != "").any())
+
+
 def text_skill_sides(skills_from_text: bool, job_texts: Sequence[str], user_texts: Sequence[str],
-                     skills_column: bool) -> tuple[bool, bool]:
+                     skills_named: bool) -> tuple[bool, bool]:
     """(find skills in jobs' text?, in users' text?). Text is searched for the skills the files' ``skills``
-    columns name (their vocabulary): without such a column there is nothing to find, and ``job_skills`` and
-    ``user_skills`` would be fields of padding alone. A user text column is read for nothing else, so declaring
-    one that can find none is a ConfigError naming it."""
-    searched = skills_from_text and skills_column
+    columns name (their vocabulary; ``skills_named``: some cell names one): without any there is nothing to find,
+    and ``job_skills`` and ``user_skills`` would be fields of padding alone. A user text column is read for
+    nothing else, so declaring one that can find none is a ConfigError naming it and the way out."""
+    searched = skills_from_text and skills_named
     if user_texts and not searched:
-        why = "skills_from_text is off" if not skills_from_text else "neither the jobs nor the users file has a " \
-            "skills column, whose values are what text is searched for"
+        why = "skills_from_text is off" if not skills_from_text else "no skills column of the jobs or users " \
+            "file names a skill, and text is searched for those"
         raise ConfigError(f"extra_columns.users: text column(s) {list(user_texts)} give the skills found in them, "
-                          f"but {why}", field="extra_columns")
+                          f"but {why}: add a ';'-separated skills column to the jobs or users file, or drop them "
+                          "from data.extra_columns.users", field="extra_columns")
     return searched and bool(job_texts), searched and bool(user_texts)
 
 

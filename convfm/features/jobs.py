@@ -30,7 +30,7 @@ from convfm.features.context import (
 )
 from convfm.features.job_fields import (
     CATEGORICAL, FREE_TEXT_COLUMNS, ID_FIELDS, JOB_FIELDS, USER_FIELDS, fit_vocabularies, salary_features,
-    salary_stats, text_skill_sides,
+    names_skills, salary_stats, text_skill_sides,
 )
 from convfm.features.job_artifact import JobArtifact
 from convfm.features.streamed import StreamedExamples
@@ -151,7 +151,7 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
             *(c for c in FREE_TEXT_COLUMNS if has_job(c)), *self._extra.text_columns["jobs"])
         text_skills, user_text_skills = text_skill_sides(self.skills_from_text, self._text_columns,
                                                          self._extra.text_columns["users"],
-                                                         has_job("skills") or has_user("skills"))
+                                                         names_skills(jobs_df) or names_skills(users_df))
         extra = self._extra.fit_vocabularies({"jobs": jobs_df, "users": users_df}, self.min_freq)
         if base is None:
             self._extra.fit_stats({"jobs": jobs_df, "users": users_df})

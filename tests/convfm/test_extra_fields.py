@@ -138,9 +138,11 @@ def test_text_is_searched_for_the_skills_columns_values_and_without_them_a_user_
     fitted = JobFeatureExtractor(extra_columns={"jobs": {"Requirements": "text"}}).fit(jobs, users_df=users)
     assert fitted._text_columns == ("title", "Requirements") and "skill" not in fitted.vocabs  # nothing to find
     assert not {"job_skills", "user_skills"} & {f.name for f in fitted.feature_map.fields}  # no padding-only field
-    with pytest.raises(ConfigError, match=r"extra_columns.users: text column\(s\) \['Headline'\] give the skills "
-                                          r"found in them, but neither the jobs nor the users file has a skills"):
-        JobFeatureExtractor(extra_columns={"users": {"Headline": "text"}}).fit(jobs, users_df=users)
+    for empty in (jobs, jobs.assign(skills="")):  # no skills column, or one that names none
+        with pytest.raises(ConfigError, match=r"extra_columns.users: text column\(s\) \['Headline'\] give the "
+                                              r"skills found in them, but no skills column .* names a skill, .*: add "
+                                              r"a ';'-separated skills column to the jobs or users file, or drop"):
+            JobFeatureExtractor(extra_columns={"users": {"Headline": "text"}}).fit(empty, users_df=users)
     with pytest.raises(ConfigError, match="skills_from_text is off"):
         JobFeatureExtractor(skills_from_text=False, extra_columns={"users": {"Headline": "text"}}).fit(
             jobs.assign(skills="sql"), users_df=users)
