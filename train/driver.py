@@ -33,6 +33,7 @@ from convfm.training.in_process import check_initial_weights, check_resumable_me
 from convfm.training.warm_start import load_warm_start, warm_configs, warm_model
 from convfm.store.storage import StagedDir
 from convfm.data.partitioned import check_schemas, choose_preparation, split_files
+from convfm.data.splitting import describe_periods
 from train.checks import (check_sparse_gradients, check_split_sizes, check_training_data, check_unchanged,
                           check_workers_fit)
 from train.cluster import init_ray, joined_cluster
@@ -60,7 +61,7 @@ class TrainingResult:
     stopped_early: bool
     wall_seconds: float
     restarts: list[int]  # epochs at which a worker group started from a checkpoint (failures, --resume)
-    split_periods: Optional[str] = None  # split "global_time": where train, valid and test start (one line)
+    split_periods: Optional[dict[str, Any]] = None  # split "global_time": where valid and test start, examples
 
     @property
     def validation_metrics(self) -> dict[str, Any]:
@@ -382,7 +383,7 @@ def format_summary(result: TrainingResult) -> str:
         + (f"  oracle {best['oracle_roc_auc']:.4f}" if "oracle_roc_auc" in best else ""),
         f"stopped early: {'yes' if result.stopped_early else 'no'}; resumed at epoch(s): "
         f"{', '.join(str(e + 1) for e in result.restarts) or 'none'}; wall time {result.wall_seconds:.1f}s",
-        *([result.split_periods] if result.split_periods else []),
+        *([describe_periods(result.split_periods)] if result.split_periods else []),
         f"best model: {result.best_dir}",
         f"metrics: {storage.join(result.out_dir, 'metrics.csv')}  curves: {storage.join(result.out_dir, 'curves.png')}",
     ]

@@ -48,7 +48,7 @@ class DistributedData:
     # model, and what the exported model directory holds besides the model (serving.json)
     popularity: Optional[Any] = None
     extra_json: Optional[dict[str, Any]] = None
-    split_periods: Optional[str] = None  # split "global_time": its periods (``PreparedData.split_periods``)
+    split_periods: Optional[dict[str, Any]] = None  # split "global_time": its periods (as PreparedData's)
 
 
 def read_split(files: Sequence[Path], config: DataConfig) -> ray.data.Dataset:

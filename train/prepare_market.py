@@ -32,7 +32,7 @@ from convfm.data.market_parts import (
     check_market_config, fit_summary, history_rows, interaction_files, latest_positives, locate_error, log_columns,
     merge_latest, split_parts, typed_interactions,
 )
-from convfm.data.splitting import TRAIN_ONLY, SortedTimes, describe_starts, global_starts, iso_micros
+from convfm.data.splitting import TRAIN_ONLY, SortedTimes, global_starts, iso_micros, split_periods
 from convfm.errors import ConfigError, DataValidationError
 from convfm.evaluation.metrics import PopularityBaseline
 from convfm.features.context import UserHistory
@@ -259,7 +259,7 @@ def prepare_market_distributed(config: DataConfig, extractor_options: Optional[M
                          popularity)
     log.info("prepared on the cluster: %d / %d / %d examples (train / valid / test), %d training users in %d "
              "buckets, split starts %s", rows[0], rows[1], rows[2], len(summary["users"]), buckets, starts)
-    periods = describe_starts(starts, [rows[p] for p in (0, 1, 2)]) if config.split == "global_time" else None
+    periods = split_periods(starts, [rows[p] for p in (0, 1, 2)]) if config.split == "global_time" else None
     return DistributedData(config, extractor, {"train": train, "valid": valid}, rows[0], valid_labels,
                            popularity=popularity, extra_json={SERVING_NAME: serving}, split_periods=periods)
 

@@ -12,7 +12,7 @@ from convfm.data.batching import ExampleSet
 from convfm.config import DataConfig
 from convfm.errors import ConfigError
 from convfm.data.liveness import JobWindows, job_windows
-from convfm.data.splitting import describe_starts
+from convfm.data.splitting import split_periods
 from convfm.data.loading import (
     build_examples, interacted_pairs, load_job_market, load_table, require_extra_columns, split_examples,
 )
@@ -64,13 +64,13 @@ class PreparedData:
         return {name: len(s) for name, s in self.sets.items()}
 
     @property
-    def split_periods(self) -> Optional[str]:
-        """Split "global_time": its periods as one line (``describe_starts``); None for the other splits."""
+    def split_periods(self) -> Optional[dict[str, Any]]:
+        """Split "global_time": its periods (``convfm.data.splitting.split_periods``); None for the other splits."""
         if self.split_starts is None:
             return None
         counts = self.summary()
-        return describe_starts(self.split_starts, [counts.get(s, 0) for s in ("train", "valid", "test")],
-                               calendar=self.windows is not None)
+        return split_periods(self.split_starts, [counts.get(s, 0) for s in ("train", "valid", "test")],
+                             calendar=self.windows is not None)
 
     def for_split(self, split: str) -> "PreparedData":
         """Only what evaluating ``split`` needs: its examples and frame, the popularity baseline fitted on

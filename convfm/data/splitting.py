@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional, Protocol, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -193,16 +193,23 @@ def global_starts(times: np.ndarray | TimeOrder, config: DataConfig, calendar: b
             span = f"the examples run from {_show(order.at(0), calendar)} to {_show(order.at(n - 1), calendar)}"
             raise ConfigError(f"split: global_time: the {name} split is empty (no examples {period}); {span}",
                               field="split")
-    logger.info("%s", describe_starts((t1, t2), counts, calendar))
+    logger.info("%s", describe_periods(split_periods((t1, t2), counts, calendar)))
     return int(t1), int(t2)
 
 
-def describe_starts(starts: tuple[int, int], counts: Sequence[int], calendar: bool = True) -> str:
-    """The global_time split as one line for people: where each period starts, and its examples (train, valid,
-    test); ``convfm train`` prints it, as a real log's test period is what its figures mean."""
+def split_periods(starts: tuple[int, int], counts: Sequence[int], calendar: bool = True) -> dict[str, Any]:
+    """The global_time split's periods as data (``run.json``): where valid and test start (ISO, or the order
+    key's number without a calendar; train is everything before ``valid_from``) and each split's examples."""
     t1, t2 = (_show(t, calendar) for t in starts)
+    return {"valid_from": t1, "test_from": t2, "examples": dict(zip(("train", "valid", "test"), map(int, counts)))}
+
+
+def describe_periods(periods: Mapping[str, Any]) -> str:
+    """``split_periods`` as one line for people; ``convfm train`` prints it, as a real log's test period is what
+    its figures mean."""
+    t1, t2, n = periods["valid_from"], periods["test_from"], periods["examples"]
     return (f"global_time split: train before {t1}, valid from {t1}, test from {t2} "
-            f"({counts[0]:,} / {counts[1]:,} / {counts[2]:,} examples)")
+            f"({n['train']:,} / {n['valid']:,} / {n['test']:,} examples)")
 
 
 def _start_leaving(order: TimeOrder, count: int, fraction: float, n: int, empty: Optional[int] = None) -> int:

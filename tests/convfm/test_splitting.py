@@ -38,15 +38,15 @@ def test_default_starts_leave_the_fractions_after_them() -> None:
 
 def test_the_periods_read_as_one_line_for_people(market_dir) -> None:
     from convfm.data.prepare import prepare_data
-    from convfm.data.splitting import describe_starts
+    from convfm.data.splitting import describe_periods, split_periods
 
-    assert describe_starts((70, 80), (7000, 10, 20), calendar=False) == (
+    periods = split_periods((70, 80), (7000, 10, 20), calendar=False)
+    assert periods == {"valid_from": "70", "test_from": "80", "examples": {"train": 7000, "valid": 10, "test": 20}}
+    assert describe_periods(periods) == (
         "global_time split: train before 70, valid from 70, test from 80 (7,000 / 10 / 20 examples)")
     data = prepare_data(DataConfig(path=str(market_dir), split="global_time"))
     t1, t2 = (pd.Timestamp(t, unit="us").isoformat() for t in data.split_starts)
-    counts = data.summary()
-    assert data.split_periods == (f"global_time split: train before {t1}, valid from {t1}, test from {t2} "
-                                  f"({counts['train']:,} / {counts['valid']:,} / {counts['test']:,} examples)")
+    assert data.split_periods == {"valid_from": t1, "test_from": t2, "examples": data.summary()}
     assert prepare_data(DataConfig(path=str(market_dir))).split_periods is None  # per-user split: no dates
 
 
