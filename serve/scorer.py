@@ -441,9 +441,10 @@ def _is_number(text: str) -> bool:
 
 
 def _why(explanation: dict[str, Any]) -> str:
-    """The explanation in one line: only what raised the job's score (a term that lowered it is no reason, and
-    stays in ``explanation``). Field pairs come last and only those ``CatalogRanker.explain`` kept: it never
-    credits a missing or catalog-wide constant field, so a job may have none."""
+    """The explanation in one line: what the user and job share, as facts, and the terms that raised the job's
+    score (a term that lowered it is no reason, and stays in ``explanation``). Field pairs come last and only
+    those ``CatalogRanker.explain`` kept: it never credits a missing or catalog-wide constant field, so a job may
+    have none."""
     def raised(term: Optional[float]) -> bool:
         return term is not None and term > 0
 

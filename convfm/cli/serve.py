@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="HTTP port (default 8000)")
     parser.add_argument("--replicas", metavar="N|auto", help="ranking replicas, or 'auto' to autoscale (default 1)")
     parser.add_argument("--api-key-env", metavar="VAR",
-                        help="environment variable holding the API key (enables /admin/*)")
+                        help="environment variable holding the API key: /admin/*, POST /jobs and POST /events need it")
     parser.add_argument("--auth-all", action="store_true", help="require the API key on every endpoint")
     parser.add_argument("--config", metavar="YAML", help="YAML file whose `serve:` section sets ServeConfig fields")
     parser.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
