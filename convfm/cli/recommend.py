@@ -17,6 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skills", help="cold-start profile: comma-separated skills")
     parser.add_argument("--location", help="cold-start profile: location")
     parser.add_argument("--experience", help="cold-start profile: experience level")
+    parser.add_argument("--extra", action="append", default=[], metavar="COLUMN=VALUE",
+                        help="cold-start profile: a value of one of the model's extra user columns (data."
+                        "extra_columns; GET /model lists them), e.g. --extra \"Headline=python developer\" "
+                        "(repeatable; a list column takes ';'-separated values)")
     parser.add_argument("--filter-location", help="only jobs in this location")
     parser.add_argument("--job-type", help="only jobs of this type (full_time, contract, ...)")
     parser.add_argument("--salary-min", type=float, help="only jobs whose salary range reaches this")
@@ -29,14 +33,22 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
     if args.user:
         body["user_id"] = args.user
     profile = {"skills": [s.strip() for s in (args.skills or "").split(",") if s.strip()],
-               "location": args.location, "experience_level": args.experience}
-    if profile["skills"] or args.location or args.experience:
+               "location": args.location, "experience_level": args.experience, "extra": _extra(args.extra)}
+    if any(profile.values()):
         body["profile"] = {key: value for key, value in profile.items() if value}
     filters = {"location": args.filter_location, "job_type": args.job_type, "salary_min": args.salary_min}
     body["filters"] = {key: value for key, value in filters.items() if value is not None}
     if "user_id" not in body and "profile" not in body:
-        raise ConvFMError("give --user or a profile (--skills/--location/--experience)")
+        raise ConvFMError("give --user or a profile (--skills/--location/--experience/--extra)")
     return body
+
+
+def _extra(options: list[str]) -> dict[str, str]:
+    """``--extra COLUMN=VALUE`` options -> ``profile.extra``; ConvFMError naming a malformed one."""
+    malformed = [o for o in options if "=" not in o or not o.split("=", 1)[0].strip()]
+    if malformed:
+        raise ConvFMError(f"--extra takes COLUMN=VALUE, got {malformed}")
+    return {key.strip(): value.strip() for key, value in (o.split("=", 1) for o in options)}
 
 
 def _columns(text: str) -> int:

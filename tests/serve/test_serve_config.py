@@ -10,7 +10,7 @@ import yaml
 from convfm.cli.main import build_parser
 from convfm.cli.recommend import format_table, request_body
 from convfm.cli.serve import serve_config
-from convfm.errors import ConfigError
+from convfm.errors import ConfigError, ConvFMError
 from serve.config import ServeConfig
 
 pytestmark = pytest.mark.timeout(60)
@@ -130,6 +130,10 @@ def test_cli_serve_and_recommend_arguments(tmp_path):
                               "--job-type", "contract"])
     assert request_body(args) == {"k": 3, "exclude_seen": True, "explain": True, "filters": {"job_type": "contract"},
                                   "profile": {"skills": ["python", "sql"], "location": "Berlin"}}
+    args = parser.parse_args(["recommend", "--extra", "Headline=python developer", "--extra", " industry = it "])
+    assert request_body(args)["profile"] == {"extra": {"Headline": "python developer", "industry": "it"}}
+    with pytest.raises(ConvFMError, match=r"--extra takes COLUMN=VALUE, got \['Headline'\]"):
+        request_body(parser.parse_args(["recommend", "--extra", "Headline"]))
     table = format_table({"model_version": "v0001", "fallback": "popular", "items": [
         {"job_id": "j1", "title": "Data Engineer", "company": "Acme", "location": "Remote", "score": 0.91,
          "why": "popular with other users"}]}, width=100)
