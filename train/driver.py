@@ -34,6 +34,7 @@ from convfm.training.warm_start import load_warm_start, warm_configs, warm_model
 from convfm.store.storage import StagedDir
 from convfm.data.partitioned import check_schemas, choose_preparation, split_files
 from convfm.data.splitting import describe_periods
+from convfm.features.extra_fields import describe_summary
 from train.checks import (check_sparse_gradients, check_split_sizes, check_training_data, check_unchanged,
                           check_workers_fit)
 from train.cluster import init_ray, joined_cluster
@@ -62,6 +63,7 @@ class TrainingResult:
     wall_seconds: float
     restarts: list[int]  # epochs at which a worker group started from a checkpoint (failures, --resume)
     split_periods: Optional[dict[str, Any]] = None  # split "global_time": where valid and test start, examples
+    columns_read: Optional[dict[str, Any]] = None  # data.extra_columns: what the fitted catalogs hold of each
 
     @property
     def validation_metrics(self) -> dict[str, Any]:
@@ -152,7 +154,9 @@ def run_training(
             check_workers_fit(train_config, ray.cluster_resources(), joined_cluster(address))
         initial = None if warm is None else warm_model(warm, data.extractor.feature_map, train_config.seed)
         run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                   prepare={"path": prepare, "why": why}, split_periods=data.split_periods)
+                   prepare={"path": prepare, "why": why}, split_periods=data.split_periods,
+                   columns_read=data.extractor.extra_summary() if getattr(data.extractor, "extra_columns", {})
+                   else None)
         if warm is not None:  # a resumed run keeps the record of its first start (what was replaced then)
             run.setdefault("init_from", {**warm.record(), "replaced": notes})
         write_run(out, run)
@@ -362,7 +366,7 @@ def _finish(out: StagedDir, run: dict[str, Any], result: Any, config: TrainConfi
     )
     write_run(out, run, "best", "metrics.csv", "curves.png")  # uploads (URI runs) with run.json last
     return TrainingResult(out.target, best_dir, int(best_metrics["epoch"]), best_metrics, history, stopped_early,
-                          wall_seconds, restarts, run.get("split_periods"))
+                          wall_seconds, restarts, run.get("split_periods"), run.get("columns_read"))
 
 
 def format_epoch(record: Mapping[str, Any]) -> str:
@@ -384,6 +388,7 @@ def format_summary(result: TrainingResult) -> str:
         f"stopped early: {'yes' if result.stopped_early else 'no'}; resumed at epoch(s): "
         f"{', '.join(str(e + 1) for e in result.restarts) or 'none'}; wall time {result.wall_seconds:.1f}s",
         *([describe_periods(result.split_periods)] if result.split_periods else []),
+        *([describe_summary(result.columns_read)] if result.columns_read else []),
         f"best model: {result.best_dir}",
         f"metrics: {storage.join(result.out_dir, 'metrics.csv')}  curves: {storage.join(result.out_dir, 'curves.png')}",
     ]

@@ -190,6 +190,44 @@ class ExtraFields:
         return out
 
 
+    def summary(self, sides: Mapping[str, tuple[tuple[FieldSpec, ...], EncodedTable]],
+                vocabs: Mapping[str, Vocabulary]) -> dict[str, dict[str, Any]]:
+        """What fitted catalogs hold of each declared column, by ``<table>.<column>`` (``sides``: each side's static
+        fields and catalog): its kind, its vocabulary's values (a category or list) and the share of rows with no
+        known value (missing, or unseen in training). A text column has no field: where one is declared, the
+        share of that side's rows with a skill stands for it (``<table>.skills``), text included."""
+        out: dict[str, dict[str, Any]] = {}
+        for side, (fields, table) in sides.items():
+            where, rows = field_columns(fields), slice(1, None)  # catalog row 0 is the unknown row
+            texts = [c for t, cs in self.text_columns.items() if SIDES[t] == side for c in cs]
+            for field in fields:
+                at = where[field.name][1]
+                if field.name == f"{side}_skills" and texts:
+                    key, entry = f"{side}s.skills", {"kind": f"skills, text {texts} included"}
+                    empty = (table.multi[rows, at] <= UNK).all(axis=1)
+                elif field.name in self.by_field:
+                    table_name, column, kind = self.by_field[field.name]
+                    key, entry = f"{table_name}.{column}", {"kind": kind}
+                    if kind == "number":
+                        empty = table.dense[rows, at][:, 1] > 0  # the missing flag
+                    else:
+                        entry["values"] = len(vocabs[field.vocab].values)
+                        empty = table.cat[rows, at] <= UNK if kind == "category" else \
+                            (table.multi[rows, at] <= UNK).all(axis=1)
+                else:
+                    continue
+                out[key] = {**entry, "without_value": round(float(empty.mean()), 4) if len(empty) else 0.0}
+        return out
+
+
+def describe_summary(summary: Mapping[str, Mapping[str, Any]]) -> str:
+    """``ExtraFields.summary`` as one line for people: ``convfm train`` prints it, so that a column that holds
+    nothing (a skills vocabulary text finds no word of, a category missing everywhere) shows."""
+    parts = [f"{key} ({entry['kind']}" + (f", {entry['values']:,} values" if "values" in entry else "")
+             + f"): {entry['without_value']:.0%} of rows without a value" for key, entry in summary.items()]
+    return "columns read: " + "; ".join(parts)
+
+
 def is_extra_number(field: FieldSpec) -> bool:
     """Whether ``field`` is an extra column of kind number (the only dense fields named ``<side>_<slug>``)."""
     return field.kind == "dense" and field.side in SIDES.values() and field.name.startswith(f"{field.side}_")

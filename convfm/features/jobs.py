@@ -242,6 +242,11 @@ class JobFeatureExtractor(JobArtifact, StreamedExamples):
     def _index_catalogs(self) -> None:
         self._job_index, self._user_index = RowIndex(self.job_ids), RowIndex(self.user_ids)
 
+    def extra_summary(self) -> dict[str, dict[str, Any]]:
+        """What the fitted catalogs hold of the declared extra columns (``ExtraFields.summary``)."""
+        return self._extra.summary({side: (self._static_fields(side), getattr(self, f"{side}_catalog"))
+                                    for side in ("user", "job")}, self.vocabs)
+
     def job_extra_values(self, row: int) -> dict[str, Any]:
         """What the model reads of job catalog ``row``'s extra columns (``ExtraFields.decode``)."""
         return self._extra.decode(self._static_fields("job"), self.job_catalog, row, self.vocabs)

@@ -148,6 +148,19 @@ def test_text_is_searched_for_the_skills_columns_values_and_without_them_a_user_
             jobs.assign(skills="sql"), users_df=users)
 
 
+def test_the_fitted_catalogs_say_what_each_column_holds(extra_board):
+    extractor = extra_board.data.extractor
+    read = extractor.extra_summary()
+    jobs, users = (pd.read_csv(extra_board.root / f"{t}.csv") for t in ("jobs", "users"))
+    assert read["jobs.Industry"] == {"kind": "category", "values": len(extractor.vocabs["extra_industry"].values),
+                                     "without_value": pytest.approx(jobs["Industry"].isna().mean(), abs=1e-4)}
+    assert read["users.years"] == {"kind": "number", "without_value": pytest.approx(users["years"].isna().mean(),
+                                                                                     abs=1e-4)}
+    assert read["jobs.tags"]["without_value"] == 0.0 and "jobs.Requirements" not in read  # text: no field
+    assert read["users.skills"]["kind"] == "skills, text ['Headline'] included"
+    assert read["jobs.skills"]["kind"] == "skills, text ['Requirements'] included"
+
+
 def test_an_encoded_row_decodes_to_what_the_model_reads(extra_board):
     extractor = extra_board.data.extractor
     users = pd.read_csv(extra_board.root / "users.csv").set_index("user_id")

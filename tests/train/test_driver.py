@@ -8,9 +8,9 @@ from train.driver import TrainingResult, format_summary
 pytestmark = pytest.mark.timeout(60)
 
 
-def result(split_periods):
+def result(split_periods, columns_read=None):
     best = {"epoch": 2, "val_loss": 0.31, "val_roc_auc": 0.8, "popularity_roc_auc": 0.6}
-    return TrainingResult("runs/x", "runs/x/best", 2, best, [{}] * 4, False, 12.5, [], split_periods)
+    return TrainingResult("runs/x", "runs/x/best", 2, best, [{}] * 4, False, 12.5, [], split_periods, columns_read)
 
 
 def test_the_summary_names_the_global_time_periods_when_there_are_some():
@@ -22,3 +22,14 @@ def test_the_summary_names_the_global_time_periods_when_there_are_some():
     assert lines[0].startswith("best epoch 3 of 4: val_loss 0.3100  val_auc 0.8000  popularity 0.6000")
     assert line in lines and lines.index(line) == lines.index("best model: runs/x/best") - 1
     assert not [line for line in format_summary(result(None)).splitlines() if "split" in line]
+
+
+def test_the_summary_says_what_each_extra_column_held():
+    read = {"users.skills": {"kind": "skills, text ['Headline'] included", "without_value": 0.125},
+            "jobs.Industry": {"kind": "category", "values": 1200, "without_value": 0.0},
+            "users.years": {"kind": "number", "without_value": 1.0}}
+    assert format_summary(result(None, read)).splitlines()[2] == (
+        "columns read: users.skills (skills, text ['Headline'] included): 12% of rows without a value; "
+        "jobs.Industry (category, 1,200 values): 0% of rows without a value; users.years (number): 100% of rows "
+        "without a value")
+    assert not [line for line in format_summary(result(None)).splitlines() if "columns read" in line]
