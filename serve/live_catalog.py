@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from convfm.data.liveness import NEVER
+from convfm.data.liveness import ALWAYS, NEVER
 from convfm.errors import StorageError
 from convfm.features.context import now_micros
 from convfm.features.text import clean_value
@@ -123,5 +123,12 @@ def job_detail(scorer: Any, job_id: str) -> dict[str, Any]:
         row = scorer.extractor.job_rows[str(job_id)]
         expires, expired = scorer.expires(row, now), scorer.expired(row, now)
         version, extra = scorer.live_jobs.version, scorer.extractor.job_extra_values(row)
-    return {**record, "expires_at": None if expires == NEVER else pd.Timestamp(expires * 1000, tz="UTC").isoformat(),
-            "expired": expired, "extra": extra, "catalog_version": version}
+        recency = scorer.ranker.recency  # every row's posting time, the live catalog's included (put_jobs)
+        posted = int(recency.posted[row]) if recency is not None else int(scorer.live_jobs.posted[row])
+    return {**record, "posted_at": None if posted == ALWAYS else _iso(posted),
+            "expires_at": None if expires == NEVER else _iso(expires), "expired": expired, "extra": extra,
+            "catalog_version": version}
+
+
+def _iso(micros: int) -> str:
+    return pd.Timestamp(micros * 1000, tz="UTC").isoformat()

@@ -317,6 +317,7 @@ class EventsResponse(BaseModel):
 
 
 class JobDetail(Job):
+    posted_at: Optional[str] = Field(None, description="when it was posted (UTC); null: no posting date")
     expires_at: Optional[str] = Field(None, description="when it leaves /recommend (UTC): the live catalog's "
                                       "expiry, or the model's data's (a replayed log's on its clock, GET /model's "
                                       "model_time); null: never")

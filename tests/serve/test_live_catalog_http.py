@@ -87,9 +87,12 @@ def test_a_new_job_is_recommended_under_a_matching_filter_and_get_follows_its_up
     assert [i["job_id"] for i in salary.json()["items"]] == ["n1"]
     job = client.get("/jobs/n1").json()
     assert job["company"] == "Deep Co" and not job["expired"] and job["catalog_version"] == 1
-    client.post("/jobs", json={"upsert": [posting("n1", title="Reef Analyst", location="Lemuria")]}, headers=AUTH)
+    posted = "2024-03-20T08:00:00+00:00"
+    client.post("/jobs", json={"upsert": [posting("n1", title="Reef Analyst", location="Lemuria", posted_at=posted)]},
+                headers=AUTH)
     job = client.get("/jobs/n1").json()
     assert job["title"] == "Reef Analyst" and job["location"] == "Lemuria" and job["catalog_version"] == 2
+    assert job["posted_at"] == posted  # as written; a model job shows its file's date
     assert client.post("/recommend", json=request).json()["items"] == []  # it moved out of Atlantis
     scored = client.post("/score", json={"user_id": request["user_id"], "job_ids": ["n1", "n2"]}).json()
     assert scored["unknown_job_ids"] == [] and scored["catalog_version"] == 2
