@@ -27,6 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
 from convfm.data.liveness import ALWAYS, NEVER
+from convfm.data.splitting import micros_iso
 from convfm.errors import ConfigError
 from convfm.jsonfile import write_json_atomic
 from convfm.model.batch_ranking import BatchRanker
@@ -124,7 +125,7 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
     probe = BatchRanker.load(resolve(located), at, catalog=catalog, catalog_version=catalog_version)
     at = probe.at
     if not probe.live.any():
-        raise ConfigError(f"--at {_iso(at)}: no job of {located}'s catalog is live then (posted by then and not "
+        raise ConfigError(f"--at {micros_iso(at)}: no job of {located}'s catalog is live then (posted by then and not "
                           f"expired{_catalog_dates(probe)}); pass an --at when its jobs were live")
     events = events_location(live_store)  # what the service logged counts as seen, as it does there
     events = str(events) if exclude_seen and list_segments(events) else None
@@ -155,7 +156,7 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
     elif not storage.is_uri(target):
         Path(target).mkdir()
     summary = {"users": n_users, "users_with_rows": users_with_rows, "rows": rows, "k": k,
-               "exclude_seen": exclude_seen, "at": _iso(at), "at_micros": at,
+               "exclude_seen": exclude_seen, "at": micros_iso(at), "at_micros": at,
                "retrieval_candidates": retrieval_candidates,
                "event_log": events, "logged_pairs_seen": logged,
                "model": str(located), "model_version": model_identity(resolve(located))[1],
@@ -168,10 +169,6 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
     return summary
 
 
-def _iso(micros: int) -> str:
-    return pd.Timestamp(int(micros), unit="us", tz="UTC").isoformat()
-
-
 def _catalog_dates(ranker: BatchRanker) -> str:
     """"; the first posted at ..., the last expiring at ..." when the model knows its jobs' windows."""
     recency = ranker.ranker.recency
@@ -179,8 +176,8 @@ def _catalog_dates(ranker: BatchRanker) -> str:
         return ""
     posted, expires = recency.posted[1:], recency.expires[1:]
     posted, expires = posted[posted != ALWAYS], expires[expires != NEVER]
-    parts = ([f"the first posted at {_iso(posted.min())}"] if len(posted) else []) + \
-        ([f"the last expiring at {_iso(expires.max())}"] if len(expires) else [])
+    parts = ([f"the first posted at {micros_iso(posted.min())}"] if len(posted) else []) + \
+        ([f"the last expiring at {micros_iso(expires.max())}"] if len(expires) else [])
     return "".join(f"; {part}" if i == 0 else f", {part}" for i, part in enumerate(parts))
 
 

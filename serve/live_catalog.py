@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from convfm.data.liveness import ALWAYS, NEVER
+from convfm.data.splitting import micros_iso
 from convfm.errors import StorageError
 from convfm.features.context import now_micros
 from convfm.features.text import clean_value
@@ -125,10 +126,7 @@ def job_detail(scorer: Any, job_id: str) -> dict[str, Any]:
         version, extra = scorer.live_jobs.version, scorer.extractor.job_extra_values(row)
         recency = scorer.ranker.recency  # every row's posting time, the live catalog's included (put_jobs)
         posted = int(recency.posted[row]) if recency is not None else int(scorer.live_jobs.posted[row])
-    return {**record, "posted_at": None if posted == ALWAYS else _iso(posted),
-            "expires_at": None if expires == NEVER else _iso(expires), "expired": expired, "extra": extra,
+    return {**record, "posted_at": None if posted == ALWAYS else micros_iso(posted),
+            "expires_at": None if expires == NEVER else micros_iso(expires), "expired": expired, "extra": extra,
             "catalog_version": version}
 
-
-def _iso(micros: int) -> str:
-    return pd.Timestamp(micros * 1000, tz="UTC").isoformat()

@@ -33,6 +33,7 @@ from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
 from convfm.model.score_cache import ScoreCache
 from convfm.data.liveness import NEVER
+from convfm.data.splitting import micros_iso
 from convfm.store.registry import model_identity
 from convfm.store.serving_data import DISPLAY_COLUMNS, SERVING_NAME, ServingData
 from convfm.features.text import clean_value
@@ -213,7 +214,7 @@ class Scorer:
         """``ModelJobs.time`` as ISO text when it is not now (a replayed log: its data's end), else None."""
         now = now_micros()
         at = self.model_jobs.time(now)
-        return None if at == now else pd.Timestamp(at * 1000, tz="UTC").isoformat()
+        return None if at == now else micros_iso(at)
 
     def job_record(self, row: int) -> dict[str, Any]:
         record = {"job_id": self.extractor.job_ids[row]}

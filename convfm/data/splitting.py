@@ -227,6 +227,11 @@ def iso_micros(iso: str) -> int:
     return int(np.datetime64(iso, "us").astype(np.int64))
 
 
+def micros_iso(micros: int) -> str:
+    """``iso_micros``' inverse for people and JSON: microseconds since the epoch -> ISO-8601 UTC with its zone."""
+    return pd.Timestamp(int(micros), unit="us", tz="UTC").isoformat()
+
+
 def _show(key: int, calendar: bool) -> str:
     """An order key as an ISO date/time when it is one, else the number."""
     return pd.Timestamp(int(key), unit="us").isoformat() if calendar else str(int(key))

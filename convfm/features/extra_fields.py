@@ -189,7 +189,6 @@ class ExtraFields:
                 out[column] = [vocabs[field.vocab].decode(int(i)) for i in table.multi[row, at] if i > UNK]
         return out
 
-
     def summary(self, sides: Mapping[str, tuple[tuple[FieldSpec, ...], EncodedTable]],
                 vocabs: Mapping[str, Vocabulary]) -> dict[str, dict[str, Any]]:
         """What fitted catalogs hold of each declared column, by ``<table>.<column>`` (``sides``: each side's static
