@@ -25,9 +25,9 @@ from convfm.features.base import (
 )
 from convfm.data.liveness import ALWAYS, NEVER, JobWindows
 from convfm.features.context import (
-    RECENCY_FIELDS, HistoryEncoder, JobPopularity, RecencyEncoder, UserHistory, example_times,
-    history_states, is_history_field, now_micros,
+    RECENCY_FIELDS, HistoryEncoder, UserHistory, example_times, history_states, is_history_field, now_micros,
 )
+from convfm.features.recency import JobPopularity, RecencyEncoder
 from convfm.features.job_fields import (
     CATEGORICAL, FREE_TEXT_COLUMNS, ID_FIELDS, JOB_FIELDS, USER_FIELDS, fit_vocabularies, salary_features,
     names_skills, salary_stats, text_skill_sides,

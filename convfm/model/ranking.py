@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from convfm.data.batching import FieldBatch, join_batches, table_tensors, used_list_length
+from convfm.data.liveness import NEVER
 from convfm.features.base import with_room
 from convfm.features.context import now_micros
 from convfm.features.fields import PAD, EncodedTable, FeatureMap, field_columns
@@ -104,6 +105,7 @@ class CatalogRanker:
         self.n_jobs = len(self.jobs)
         self.time = now_micros() if time is None else int(time)
         self.buckets = None if self.recency is None else self.recency.rows(np.arange(self.n_jobs), self.time)
+        self.steady = self._steady(np.arange(self.n_jobs), self.time)
         with torch.inference_mode():
             self.job_side = self._job_sides(np.arange(self.n_jobs))
         self.job_width = max(t.shape[1:].numel() for t in _leaves(self.job_side))
@@ -137,11 +139,18 @@ class CatalogRanker:
         buckets = self.buckets[rows] if buckets is None else buckets
         return self.jobs.take(rows).join(self.recency.table.take(buckets))
 
-    def at(self, time: int) -> None:
-        """Move the precomputed job sides to ``time``: only jobs whose recency bucket changed are recomputed."""
-        if self.recency is not None and int(time) != self.time:
-            for _ in self._advance(np.array([int(time)], dtype=np.int64)):
-                pass
+    def at(self, time: int) -> np.ndarray:
+        """Move the precomputed job sides to ``time`` -> the rows recomputed: only jobs whose recency bucket
+        changed, and none (no pass over the catalog) while ``time`` is within the steady span of the last move."""
+        moved = [] if self.recency is None else list(self._advance(np.array([int(time)], dtype=np.int64)))
+        return moved[0] if moved else np.zeros(0, dtype=np.int64)
+
+    def _steady(self, rows: np.ndarray, time: int) -> tuple[int, int, int]:
+        """(``time``, the first time its buckets of ``rows`` may change, the recency's ``changes`` then): the
+        span over which a move reads nothing, until the jobs' popularity takes new positives."""
+        if self.recency is None:
+            return time, NEVER, 0
+        return time, self.recency.steady_until(rows, time), self.recency.changes
 
     def _job_sides(self, rows: np.ndarray, buckets: Optional[np.ndarray] = None) -> Side:
         """Job sides (n, ...) of catalog ``rows`` (recency in ``buckets``), in passes of JOBS_PER_PASS rows."""
@@ -156,30 +165,36 @@ class CatalogRanker:
         for old, new in zip(_leaves(self.job_side), _leaves(side)):
             old[index] = new
 
-    def _advance(self, times: np.ndarray) -> Iterator[None]:
-        """Move the precomputed job sides to each of ``times`` (ascending) in turn, yielding at each, as ``at``
-        does; the jobs whose bucket changes over a run of times (up to JOBS_PER_PASS of them) are computed in one
-        pass, not one small pass per time (the fixed cost of a pass dominates a few rows)."""
-        everything, position = np.arange(self.n_jobs), 0
+    def _advance(self, times: np.ndarray) -> Iterator[np.ndarray]:
+        """Move the precomputed job sides to each of ``times`` (ascending) in turn, yielding the rows recomputed
+        at each, as ``at`` does; the jobs whose bucket changes over a run of times (up to JOBS_PER_PASS of them)
+        are computed in one pass, not one small pass per time (the fixed cost of a pass dominates a few rows). A
+        time within the steady span of the last one read (``RecencyEncoder.steady_until``) reads nothing."""
+        everything, position, none = np.arange(self.n_jobs), 0, np.zeros(0, dtype=np.int64)
         while position < len(times):
-            moves, buckets, pending = [], self.buckets, 0  # moves: (time, changed rows, every job's bucket then)
+            moves, buckets, pending, steady = [], self.buckets, 0, self.steady
             while position < len(times) and (pending < JOBS_PER_PASS or not moves):
-                later = self.recency.rows(everything, int(times[position]))
-                changed = np.flatnonzero(later != buckets)
-                moves.append((int(times[position]), changed, later))
-                buckets, pending, position = later, pending + len(changed), position + 1
+                time = int(times[position])
+                changed = none
+                if not (steady[0] <= time < steady[1] and steady[2] == self.recency.changes):
+                    later = self.recency.rows(everything, time)  # moves: (time, changed rows, buckets, span)
+                    changed, buckets = np.flatnonzero(later != buckets), later
+                    steady = self._steady(everything, time)
+                moves.append((time, changed, buckets, steady))
+                pending, position = pending + len(changed), position + 1
             with torch.inference_mode():
                 sides = self._job_sides(np.concatenate([m[1] for m in moves]),
                                         np.concatenate([m[2][m[1]] for m in moves])) if pending else None
             offset = 0
-            for time, changed, later in moves:
+            for time, changed, later, steady in moves:
                 if len(changed):
                     with torch.inference_mode():
                         self._write_rows(changed, _map(lambda t: t[offset : offset + len(changed)], sides))
                     self._changed(changed)
                 offset += len(changed)
-                self.time, self.buckets = time, later  # a new array, as put_jobs makes: readers may hold the old
-                yield
+                # buckets: a new array, as put_jobs makes (readers may hold the old)
+                self.time, self.buckets, self.steady = time, later, steady
+                yield changed
 
     def put_jobs(self, rows: np.ndarray) -> None:
         """Take the extractor's catalog rows ``rows`` (n,) written by ``JobFeatureExtractor.put_jobs``
@@ -192,6 +207,8 @@ class CatalogRanker:
         if self.recency is not None:
             self.buckets = np.concatenate([self.buckets, np.zeros(n - len(self.buckets), np.int64)])
             self.buckets[rows] = self.recency.rows(rows, self.time)
+            since, until, changes = self.steady
+            self.steady = (since, min(until, self.recency.steady_until(rows, self.time)), changes)
         with torch.inference_mode():
             side = self._side(self.job_table(rows), "job")
             self._room = _zip_map(lambda tensors: with_room(tensors[0], n), [self._room])

@@ -114,9 +114,7 @@ class RetrievalIndex:
     def at(self, time: int) -> np.ndarray:
         """Move the ranker to ``time`` (``CatalogRanker.at``) and re-index the jobs whose recency bucket changed
         -> those rows. Query through this, not the ranker, so the index follows the job ages."""
-        before = None if self.ranker.buckets is None else self.ranker.buckets.copy()
-        self.ranker.at(time)
-        changed = np.zeros(0, dtype=np.int64) if before is None else np.flatnonzero(before != self.ranker.buckets)
+        changed = self.ranker.at(time)
         self.add(changed)
         return changed
 

@@ -1,4 +1,4 @@
-"""The job-popularity feature (convfm.features.context.JobPopularity): positives in the window strictly before
+"""The job-popularity feature (convfm.features.recency.JobPopularity): positives in the window strictly before
 t, golden buckets, no leakage from later events, the artifact's last window, live positives, exact ranking."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from convfm.config import DataConfig, ModelConfig
 from convfm.data.liveness import MICROS_PER_DAY, job_windows
 from convfm.errors import ConfigError
-from convfm.features.context import POPULARITY_EDGES, POPULARITY_VOCAB, JobPopularity
+from convfm.features.context import POPULARITY_EDGES, POPULARITY_VOCAB
+from convfm.features.recency import JobPopularity
 from convfm.features.jobs import JobFeatureExtractor, load_extractor
 from convfm.model.network import ConvFM
 from convfm.model.ranking import CatalogRanker

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from convfm.features.context import MICROS_PER_DAY
+from convfm.data.liveness import MICROS_PER_DAY
 from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex

@@ -1,0 +1,213 @@
+"""Job-side time features: a job's age at t, its days to expiry, and its popularity (positives in the window
+before t), as buckets (see ``convfm.features.context``). A job's side is piecewise constant in time, so ranking
+recomputes it only when a bucket changes, and ``RecencyEncoder.steady_until`` says when that can next happen.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from convfm.data.liveness import ALWAYS, MICROS_PER_DAY, NEVER
+from convfm.features.base import with_room
+from convfm.features.context import (AGE_EDGES_DAYS, AGE_VOCAB, EXPIRY_EDGES_DAYS, EXPIRY_VOCAB, POPULARITY_EDGES,
+                                     POPULARITY_VOCAB)
+from convfm.features.fields import UNK, EncodedTable, FieldSpec
+
+
+def _buckets(days: np.ndarray, edges: Sequence[int]) -> np.ndarray:
+    """Bucket position (0-based) of each day count."""
+    return np.searchsorted(np.asarray(edges, dtype=np.float64), days, side="right")
+
+
+class _EventIndex:
+    """(row, time) events as one sorted int64 key: row * width + the time's rank among the distinct event times,
+    so "events of row r before t" is one binary search."""
+
+    def __init__(self, rows: np.ndarray, times: np.ndarray) -> None:
+        self.rows, self.times = rows, times
+        self._stamps = np.unique(times)
+        self._width = np.int64(len(self._stamps) + 1)
+        self._keys = np.sort(rows * self._width + np.searchsorted(self._stamps, times))
+        order = np.argsort(times, kind="stable")
+        self._by_time, self._rows_by_time = times[order], rows[order]
+
+    def between(self, rows: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """Events of each of ``rows`` with start <= time < end (arrays of one shape)."""
+        before = lambda t: np.searchsorted(  # noqa: E731
+            self._keys, rows * self._width + np.searchsorted(self._stamps, t, side="left"), side="left")
+        return before(end) - before(start)
+
+    def between_at(self, rows: np.ndarray, start: int, end: int) -> np.ndarray:
+        """``between`` for one interval: a count of the events in it per row (O(events in it + rows)), not a
+        search per row."""
+        low, high = np.searchsorted(self._by_time, [start, end], side="left")
+        inside = self._rows_by_time[low:high]
+        counts = np.bincount(inside, minlength=int(rows.max(initial=0)) + 1)
+        return counts[rows]
+
+    def steady_until(self, t: int, window: int) -> int:
+        """The first time after ``t`` at which some row's count in [t - window, t) may change: an event at or
+        after t enters the window just after its time, one at or after t - window leaves it ``window`` later."""
+        entering, leaving = np.searchsorted(self._by_time, [t, t - window], side="left")
+        soon = [int(self._by_time[entering]) + 1] if entering < len(self._by_time) else []
+        soon += [int(self._by_time[leaving]) + window + 1] if leaving < len(self._by_time) else []
+        return min(soon, default=NEVER)
+
+
+class JobPopularity:
+    """How many positives each catalog job received in the ``window_days`` before t (strictly before: an
+    example never counts its own event), from (catalog row, time) events: the training data's positives (``set``),
+    then, while serving, the logged ones as they arrive (``add``). Added events go to a small second index,
+    merged into the first once it holds an eighth as many, so an event costs a re-sort of the small one."""
+
+    def __init__(self, window_days: float) -> None:
+        self.window = int(round(float(window_days) * MICROS_PER_DAY))
+        self.changes = 0  # counts ``set`` and ``add``: a reader's counts stay true while it stays
+        self.set(np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.concatenate([self._base.rows, self._added.rows])
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.concatenate([self._base.times, self._added.times])
+
+    def set(self, rows: np.ndarray, times: np.ndarray) -> None:
+        """The events of a snapshot (training data), replacing any; ``end`` is its last event's time."""
+        self._base = _EventIndex(np.asarray(rows, np.int64).ravel(), np.asarray(times, np.int64).ravel())
+        self._added = _EventIndex(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        self.end = int(self._base.times.max(initial=np.iinfo(np.int64).min))
+        self.changes += 1
+
+    def add(self, rows: np.ndarray, times: np.ndarray) -> None:
+        rows = np.concatenate([self._added.rows, np.asarray(rows, np.int64).ravel()])
+        times = np.concatenate([self._added.times, np.asarray(times, np.int64).ravel()])
+        if len(rows) > max(1024, len(self._base.rows) // 8):
+            end = self.end
+            self.set(np.concatenate([self._base.rows, rows]), np.concatenate([self._base.times, times]))
+            self.end = end  # still the snapshot's
+        else:
+            self._added = _EventIndex(rows, times)
+            self.changes += 1
+
+    def counts(self, rows: np.ndarray, times: np.ndarray | int) -> np.ndarray:
+        """Positives of catalog ``rows`` in [t - window, t), t scalar or per row -> int64, same shape."""
+        rows, times = np.asarray(rows, np.int64), np.asarray(times, np.int64)
+        out = np.zeros(rows.shape, np.int64)
+        for index in (self._base, self._added):
+            if not len(index.rows):
+                continue
+            if times.ndim == 0:  # the whole catalog at one time (serving): count the window's events
+                out += index.between_at(rows, int(times) - self.window, int(times))
+            else:
+                t = np.broadcast_to(times, rows.shape)
+                out += index.between(rows, t - self.window, t)
+        return out
+
+    def steady_until(self, t: int) -> int:
+        """The first time after ``t`` at which some job's count may differ from its count at t (NEVER: none)."""
+        return min(self._base.steady_until(t, self.window), self._added.steady_until(t, self.window))
+
+    def recent(self, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, times) of the events in the window before ``end`` and after it: what serving from ``end``
+        on reads (the artifact keeps these, not the whole log)."""
+        rows, times = self.rows, self.times
+        kept = times >= end - self.window
+        return rows[kept], times[kept]
+
+
+class RecencyEncoder:
+    """Job age (and days to expiry, and popularity) at t, per catalog row, as rows of a small table of bucket
+    combinations.
+
+    ``posted``/``expires`` (N,) int64 microseconds aligned with the job catalog (``ALWAYS``: no posted_at,
+    ``NEVER``: no expiry); ``expiry`` says whether the field ``job_expires_in`` exists; ``popularity`` (None:
+    no ``job_popularity`` field) counts each job's recent positives.
+    """
+
+    def __init__(self, posted: np.ndarray, expires: np.ndarray, expiry: bool,
+                 popularity: Optional[JobPopularity] = None) -> None:
+        self.posted, self.expires = np.asarray(posted, np.int64), np.asarray(expires, np.int64)
+        self.expiry, self.popularity = expiry, popularity
+        self.n_age, self.n_exp = len(AGE_VOCAB) - 1, (len(EXPIRY_VOCAB) - 1 if expiry else 1)  # values from UNK
+        self.n_pop = len(POPULARITY_VOCAB) - 1 if popularity is not None else 1
+        self.table = self._combinations()
+        self._room = (self.posted, self.expires)  # posted/expires are views of these (see put)
+
+    def put(self, rows: np.ndarray, posted: np.ndarray, expires: np.ndarray) -> None:
+        """Set the windows of catalog ``rows`` (n,); rows past the end extend the catalog (buffers double)."""
+        n = max(len(self.posted), int(np.max(rows, initial=-1)) + 1)
+        room = tuple(with_room(buffer, n) for buffer in self._room)
+        room[0][rows], room[1][rows] = posted, expires
+        self._room, self.posted, self.expires = room, room[0][:n], room[1][:n]
+
+    def fields(self) -> list[FieldSpec]:
+        specs = [FieldSpec("job_age", "categorical", "job", "age", len(AGE_VOCAB))]
+        if self.expiry:
+            specs.append(FieldSpec("job_expires_in", "categorical", "job", "expires_in", len(EXPIRY_VOCAB)))
+        if self.popularity is not None:
+            specs.append(FieldSpec("job_popularity", "categorical", "job", "popularity", len(POPULARITY_VOCAB)))
+        return specs
+
+    def _combinations(self) -> EncodedTable:
+        """Every bucket combination: row r = ((age index - 1) * n_exp + (expiry index - 1)) * n_pop
+        + (popularity index - 1)."""
+        index = np.arange(self.n_age * self.n_exp * self.n_pop)
+        columns = [UNK + index // (self.n_exp * self.n_pop)]
+        if self.expiry:
+            columns.append(UNK + index // self.n_pop % self.n_exp)
+        if self.popularity is not None:
+            columns.append(UNK + index % self.n_pop)
+        rows = len(index)
+        return EncodedTable(np.stack(columns, axis=1).astype(np.int64), np.zeros((rows, 0, 0), np.int64),
+                            np.zeros((rows, 0), np.float32))
+
+    def rows(self, job_rows: np.ndarray, times: np.ndarray | int) -> np.ndarray:
+        """Recency-table row of catalog rows ``job_rows`` at ``times`` (scalar or per job) -> same shape."""
+        job_rows = np.asarray(job_rows, dtype=np.int64)
+        t = np.asarray(times, dtype=np.int64)
+        posted, expires = self.posted[job_rows], self.expires[job_rows]
+        age_days = np.maximum(t - posted, 0) / MICROS_PER_DAY  # a job shown before its posting counts as new
+        age = np.where(posted == ALWAYS, UNK, UNK + 1 + _buckets(age_days, AGE_EDGES_DAYS))
+        index = (age - UNK) * self.n_exp
+        if self.expiry:
+            left = (expires - t) / MICROS_PER_DAY
+            bucket = np.where(left <= 0, 0, 1 + _buckets(np.maximum(left, 0), EXPIRY_EDGES_DAYS))
+            index = index + np.where(expires == NEVER, 0, 1 + bucket)
+        if self.popularity is not None:
+            count = self.popularity.counts(job_rows, t)
+            index = index * self.n_pop + 1 + np.searchsorted(POPULARITY_EDGES, count, side="right")
+        return index.astype(np.int64)
+
+    @property
+    def changes(self) -> int:
+        """Counts the changes to the jobs' popularity (``JobPopularity.changes``): a reader's steady span holds
+        while this stays."""
+        return 0 if self.popularity is None else self.popularity.changes
+
+    def steady_until(self, job_rows: np.ndarray, t: int) -> int:
+        """The first time after ``t`` at which the bucket of one of ``job_rows`` may differ from its bucket at t
+        (NEVER: none can): its age reaching the next day edge, its days left falling below one, a positive
+        entering or leaving its popularity window. Ranking recomputes nothing before then."""
+        job_rows, t = np.asarray(job_rows, dtype=np.int64), int(t)
+        soon = [NEVER]
+        posted = self.posted[job_rows]
+        posted = posted[posted != ALWAYS]
+        edges = np.asarray(AGE_EDGES_DAYS, dtype=np.int64) * MICROS_PER_DAY
+        if len(posted):
+            edge = np.searchsorted(edges, np.maximum(t - posted, 0), side="right")  # the next edge of each age
+            growing = edge < len(edges)
+            soon.append(int((posted[growing] + edges[edge[growing]]).min(initial=NEVER)))
+        if self.expiry:
+            expires = self.expires[job_rows]
+            expires = expires[(expires != NEVER) & (expires > t)]
+            edges = np.asarray(EXPIRY_EDGES_DAYS, dtype=np.int64) * MICROS_PER_DAY
+            if len(expires):
+                left = np.searchsorted(edges, expires - t, side="right")  # edges at or below the time left
+                below = np.where(left > 0, expires - edges[np.maximum(left - 1, 0)] + 1, expires)
+                soon.append(int(below.min()))
+        if self.popularity is not None:
+            soon.append(self.popularity.steady_until(t))
+        return min(soon)

@@ -1,0 +1,91 @@
+"""RecencyEncoder.steady_until (convfm.features.recency): no job's bucket changes before it, one does at it, and
+the catalog ranker reads nothing over a steady span yet stays the model's exact logit."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from convfm.config import ModelConfig
+from convfm.data.liveness import ALWAYS, MICROS_PER_DAY, NEVER, job_windows
+from convfm.features.jobs import JobFeatureExtractor
+from convfm.features.recency import JobPopularity, RecencyEncoder
+from convfm.model.network import ConvFM
+from convfm.model.ranking import CatalogRanker
+
+DAY = MICROS_PER_DAY
+T0 = pd.Timestamp("2024-03-01").value // 1000  # microseconds
+
+
+def market(seed: int, popular: bool, n: int = 60) -> RecencyEncoder:
+    """Jobs posted over 40 days (a few undated), most closing 1-40 days later, and (``popular``) positives over
+    those days."""
+    rng = np.random.default_rng(seed)
+    posted = T0 + rng.integers(0, 40 * DAY, n)
+    expires = np.where(rng.random(n) < 0.8, posted + rng.integers(DAY // 2, 40 * DAY, n), NEVER)
+    posted[rng.random(n) < 0.1] = ALWAYS
+    popularity = JobPopularity(window_days=3)
+    popularity.set(rng.integers(0, n, 300), T0 + rng.integers(0, 60 * DAY, 300))
+    return RecencyEncoder(posted, expires, expiry=True, popularity=popularity if popular else None)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("popular", [False, True])
+def test_no_bucket_changes_before_steady_until(seed, popular):
+    recency, rows = market(seed, popular), np.arange(60)
+    rng = np.random.default_rng(seed + 10)
+    t, spans, tight = T0 - 2 * DAY, 0, 0
+    while t < T0 + 100 * DAY:
+        until = recency.steady_until(rows, t)
+        assert until > t
+        if until == NEVER:
+            break
+        now = recency.rows(rows, t)
+        inside = np.unique(np.concatenate([[t, until - 1], rng.integers(t, until, 5)]))
+        for later in inside:  # the span's ends and a few times within it
+            np.testing.assert_array_equal(recency.rows(rows, int(later)), now)
+        # ages and days left: the bound is the change itself; a positive entering or leaving a window may leave
+        # its count's bucket as it was
+        tight += int((recency.rows(rows, until) != now).any())
+        t, spans = until, spans + 1
+    assert spans > 100 and (tight == spans if not popular else tight > spans // 4)
+
+
+def test_steady_until_of_one_job_golden():
+    recency = RecencyEncoder(np.array([T0]), np.array([T0 + 10 * DAY]), expiry=True)
+    # age edges 1, 2, 4, 8, 15 days; days left fall below 7, 3 and 1 one microsecond after 3, 7 and 9 days
+    marks = [recency.steady_until(np.array([0]), T0 + k * DAY) - T0 for k in (0, 1, 2, 3, 4, 8, 10)]
+    assert marks == [DAY, 2 * DAY, 3 * DAY + 1, 3 * DAY + 1, 7 * DAY + 1, 9 * DAY + 1, 15 * DAY]
+    assert RecencyEncoder(np.array([ALWAYS]), np.array([NEVER]), expiry=True).steady_until(np.array([0]), T0) == NEVER
+
+
+def test_ranker_reads_nothing_within_a_steady_span_and_stays_exact(randomize, monkeypatch):
+    jobs = pd.DataFrame({"job_id": [f"j{i}" for i in range(6)],
+                         "skills": ["python", "go", "python;sql", "css", "sql", "go;docker"],
+                         "posted_at": pd.to_datetime((T0 + np.arange(6) * DAY) * 1000)})
+    positives = pd.DataFrame({"user_id": ["u1", "u2", "u1"], "job_id": ["j0", "j0", "j2"],
+                              "timestamp": T0 + np.array([1, 2, 2]) * DAY})
+    extractor = JobFeatureExtractor(text_dim=0, history_length=2, popularity_days=2).fit(
+        jobs, positives, None, job_windows(jobs, default_lifetime_days=30.0))
+    extractor.set_positives(positives)
+    model = randomize(ConvFM(ModelConfig(embedding_dim=4, conv_filters=3, hidden_dims=(6,)),
+                             extractor.feature_map), 3)
+    users = extractor.user_side(extractor.user_catalog.take([1, 0]), np.array(["u1", ""]))
+    start = int(T0 + 6.5 * DAY)
+    ranker = CatalogRanker(model, extractor, time=start)
+    assert ranker.steady[1] == int(T0 + 7 * DAY)  # ages reach edges (the positives left the window on day 4)
+    reads = []
+    monkeypatch.setattr(ranker.recency, "rows", lambda *a, real=ranker.recency.rows: reads.append(1) or real(*a))
+    for hour in (1, 6, 11):  # within the span: nothing read, the time moves, the scores stay exact
+        t = start + hour * DAY // 24
+        assert len(ranker.at(t)) == 0 and ranker.time == t and not reads
+        reference = CatalogRanker(model, extractor, time=t).full_scores(users)
+        torch.testing.assert_close(ranker.score_all(users), reference, atol=1e-5, rtol=0)
+        reads.clear()  # the reference rankers read
+    assert ranker.at(int(T0 + 7 * DAY)).tolist() == [4, 6]  # the span's end: j3 turns 4 days old, j5 2 days
+    extractor.add_positives(["j5"], np.array([T0 + 7 * DAY - 1]))  # popularity moved: the span no longer holds
+    assert ranker.at(int(T0 + 7 * DAY) + 1).tolist() == [6] and len(reads) == 2
+    torch.testing.assert_close(ranker.score_all(users),
+                               CatalogRanker(model, extractor, time=int(T0 + 7 * DAY) + 1).full_scores(users),
+                               atol=1e-5, rtol=0)
