@@ -6,9 +6,9 @@ after ``posted_at``), and leave ``/recommend``. A model whose jobs have all clos
 the 2024 synthetic demo market) is read at the end of its training data instead: its catalog as it stood then,
 ages and closings alike. Read at now, each of its jobs was 121+ days old and closed alike (docs/SERVING.md,
 "Live catalog"). A job the live catalog replaced takes its expiry from there, and once it has replaced every
-one the clock is now again. The clock stands still at the data's end: a live catalog job posted meanwhile reads
-as new for as long as it lives (its expiry still holds, in real time), and logged positives, later than it,
-leave popularity as the log left it.
+one the clock is now again. Only the model's own jobs are held at the data's end (``hold``): the live catalog's
+follow the clock (their ages, expiry and logged positives in real time), while the held jobs' popularity stays
+as the log left it.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from convfm.data.liveness import ALWAYS
+from convfm.data.liveness import ALWAYS, NEVER
 
 
 class ModelJobs:
@@ -26,6 +26,7 @@ class ModelJobs:
 
     def __init__(self, recency: Optional[Any], history_times: np.ndarray, n_jobs: int,
                  popularity_end: Optional[int] = None) -> None:
+        self.recency = recency
         self.expires = None if recency is None else recency.expires[:n_jobs].copy()
         self.data_end = data_end(history_times, None if recency is None else recency.posted, popularity_end)
         self.replaced = np.zeros(n_jobs, dtype=bool)  # rows the live catalog replaced: its expiry alone holds
@@ -50,6 +51,15 @@ class ModelJobs:
         if self.data_end is None or self._last is None or self._last > now:
             return now
         return min(now, self.data_end)
+
+    def hold(self, now: int) -> None:
+        """Have the job calendar read the model's jobs not replaced by the live catalog at ``time(now)`` while
+        that is not now (``RecencyEncoder.hold``; its other rows follow the clock), else none held; costs nothing
+        while that stays."""
+        at = self.time(now)
+        held = NEVER if at == now else at
+        if self.recency is not None and held != self.recency.hold_time:
+            self.recency.hold(np.flatnonzero(~self.replaced), held)
 
     def expiry_applies(self, now: int) -> bool:
         """Whether some job of the model's own, not replaced by the live catalog, is open at ``time(now)`` (not so:

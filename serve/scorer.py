@@ -107,8 +107,9 @@ class Scorer:
         popularity = extractor.popularity
         self.model_jobs = ModelJobs(getattr(extractor, "recency_encoder", None), extractor.history.times,
                                     len(extractor.job_catalog), None if popularity is None else popularity.end)
-        # built at the time its jobs are read (a replayed log's end): the first request recomputes nothing
-        self.ranker = CatalogRanker(loaded.model, extractor, time=self.model_jobs.time(now_micros()))
+        now = now_micros()
+        self.model_jobs.hold(now)  # its jobs held at a replayed log's end first: the first request reads nothing
+        self.ranker = CatalogRanker(loaded.model, extractor, time=now)
         self.n_jobs = self.ranker.n_jobs
         meta = serving.jobs.set_index("job_id").reindex(pd.Index(extractor.job_ids, dtype=object))
         for column, values in _decoded_columns(extractor).items():
@@ -135,9 +136,9 @@ class Scorer:
         # logged events (serve.events, set by ModelSlot); the history takes the types the model's was built from
         self.live: Optional["LiveEvents"] = None
         self._counted = 0  # events of ``live`` already counted in the jobs' popularity (``at``)
-        self.positive_events = tuple(loaded.extra.get("data_config", {}).get(
-            "positive_events", DataConfig().positive_events))
-        self.live_jobs = LiveJobs(self.n_jobs)  # live catalog applied on top (serve.live_catalog)
+        data_config = loaded.extra.get("data_config", {})
+        self.positive_events = tuple(data_config.get("positive_events", DataConfig().positive_events))
+        self.live_jobs = LiveJobs.of_model(self.n_jobs, data_config)  # live catalog on top (serve.live_catalog)
         self.retrieval_candidates = retrieval_candidates
         self.index = RetrievalIndex(self.ranker) if retrieval_candidates else None  # None: exact full scan
         self.cache = ScoreCache(self.ranker, score_cache_mib * 2**20 if self.index is None else 0)
@@ -182,13 +183,15 @@ class Scorer:
             raise ArtifactError(f"{self.path}: fast ranking path differs from the model by {gap:.2e}")
 
     # ---------------------------------------------------------------------------------------- catalog
-    def at(self, time: int) -> None:
-        """Move the job sides to ``time`` (job ages, and popularity once the logged positives not counted yet
-        are), and the index with them. Callers hold ``_time_lock``."""
+    def at(self, now: int) -> None:
+        """Move the job sides to ``now`` (job ages, and popularity once the logged positives not counted yet
+        are), the model's own jobs held at ``ModelJobs.time``, and the index with them. Callers hold
+        ``_time_lock``."""
         if self.live is not None and self.extractor.popularity is not None:
             jobs, times, self._counted = self.live.applied_since(self._counted, self.positive_events)
             self.extractor.add_positives(jobs, times)
-        (self.ranker if self.index is None else self.index).at(time)
+        self.model_jobs.hold(now)
+        (self.ranker if self.index is None else self.index).at(now)
 
     def put_jobs(self, rows: np.ndarray) -> None:
         """Job sides (and index entries) of the extractor's catalog ``rows`` the live catalog appended or
@@ -310,7 +313,7 @@ class Scorer:
         if not pending:
             return results
         with self._time_lock:  # job ages at request time
-            self.at(self.model_jobs.time(now_micros()))
+            self.at(now_micros())
             exact = self.index is None
             scores = self.cache.scores(concat_rows([p[2] for p in pending])) if exact else None  # (U, N)
             for u, (i, known, user, past, mask) in enumerate(pending):
@@ -385,7 +388,7 @@ class Scorer:
             spans.append((i, [slot for slot, _ in hits], start))
         if pair_rows:
             with self._time_lock:
-                self.at(self.model_jobs.time(now_micros()))
+                self.at(now_micros())
                 logits = self.ranker.score_pairs(concat_rows(users), np.array(user_index), np.array(pair_rows))
             probabilities = torch.sigmoid(logits).cpu().numpy()
             for i, slots, start in spans:

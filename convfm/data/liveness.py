@@ -61,14 +61,21 @@ class JobWindows:
         return np.where(start == ALWAYS, np.nan, age)
 
 
+def lifetime_ends(start: np.ndarray, lifetime_days: Optional[float]) -> np.ndarray:
+    """Ends (n,) of jobs posted at ``start`` (n,) that give no expiry: ``lifetime_days`` later; ``NEVER`` when
+    that is None, or for a job without posted_at."""
+    start = np.asarray(start, dtype=np.int64)
+    if lifetime_days is None:
+        return np.full(len(start), NEVER, np.int64)
+    lifetime = np.int64(round(lifetime_days * MICROS_PER_DAY))
+    return np.where(start == ALWAYS, NEVER, start + lifetime)
+
+
 def job_windows(jobs: pd.DataFrame, default_lifetime_days: Optional[float]) -> JobWindows:
     """The windows of a validated jobs table (``job_id``, optional ``posted_at`` and ``expires_at``)."""
     n = len(jobs)
     start = to_micros(jobs["posted_at"]) if "posted_at" in jobs else np.full(n, ALWAYS, np.int64)
-    end = np.full(n, NEVER, np.int64)
-    if default_lifetime_days is not None:
-        lifetime = np.int64(round(default_lifetime_days * MICROS_PER_DAY))
-        end = np.where(start == ALWAYS, NEVER, start + lifetime)
+    end = lifetime_ends(start, default_lifetime_days)
     if "expires_at" in jobs:
         given = to_micros(jobs["expires_at"])
         end = np.where(given == ALWAYS, end, given)  # NaT: the default lifetime

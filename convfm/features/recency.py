@@ -124,7 +124,8 @@ class RecencyEncoder:
 
     ``posted``/``expires`` (N,) int64 microseconds aligned with the job catalog (``ALWAYS``: no posted_at,
     ``NEVER``: no expiry); ``expiry`` says whether the field ``job_expires_in`` exists; ``popularity`` (None:
-    no ``job_popularity`` field) counts each job's recent positives.
+    no ``job_popularity`` field) counts each job's recent positives. Rows ``hold`` names are read at its time at
+    the latest, whatever time is asked (a replayed log's own jobs, while the live catalog's follow the clock).
     """
 
     def __init__(self, posted: np.ndarray, expires: np.ndarray, expiry: bool,
@@ -134,14 +135,31 @@ class RecencyEncoder:
         self.n_age, self.n_exp = len(AGE_VOCAB) - 1, (len(EXPIRY_VOCAB) - 1 if expiry else 1)  # values from UNK
         self.n_pop = len(POPULARITY_VOCAB) - 1 if popularity is not None else 1
         self.table = self._combinations()
-        self._room = (self.posted, self.expires)  # posted/expires are views of these (see put)
+        self.held, self.hold_time, self._holds = np.zeros(len(self.posted), dtype=bool), NEVER, 0
+        self._room = (self.posted, self.expires, self.held)  # posted/expires/held are views of these (see put)
 
     def put(self, rows: np.ndarray, posted: np.ndarray, expires: np.ndarray) -> None:
-        """Set the windows of catalog ``rows`` (n,); rows past the end extend the catalog (buffers double)."""
+        """Set the windows of catalog ``rows`` (n,), no longer held; rows past the end extend the catalog
+        (buffers double)."""
         n = max(len(self.posted), int(np.max(rows, initial=-1)) + 1)
         room = tuple(with_room(buffer, n) for buffer in self._room)
-        room[0][rows], room[1][rows] = posted, expires
-        self._room, self.posted, self.expires = room, room[0][:n], room[1][:n]
+        room[0][rows], room[1][rows], room[2][rows] = posted, expires, False
+        self._room, (self.posted, self.expires, self.held) = room, (buffer[:n] for buffer in room)
+
+    def hold(self, rows: np.ndarray, time: int) -> None:
+        """Read catalog ``rows`` (n,) at ``time`` at the latest, every other row at the time asked; ``NEVER``
+        releases every row. ``changes`` counts it: a ranker reads the buckets again."""
+        self.held[:] = False
+        if time != NEVER:
+            self.held[rows] = True
+        self.hold_time, self._holds = int(time), self._holds + 1
+
+    def _read_times(self, job_rows: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """(the time each of ``job_rows`` is read at, for ``t``; the rows held before t, or None when none is)."""
+        held = self.held[job_rows] & (t > self.hold_time) if self.hold_time != NEVER else None
+        if held is None or not held.any():
+            return t, None
+        return np.where(held, self.hold_time, t), held
 
     def fields(self) -> list[FieldSpec]:
         specs = [FieldSpec("job_age", "categorical", "job", "age", len(AGE_VOCAB))]
@@ -167,7 +185,8 @@ class RecencyEncoder:
     def rows(self, job_rows: np.ndarray, times: np.ndarray | int) -> np.ndarray:
         """Recency-table row of catalog rows ``job_rows`` at ``times`` (scalar or per job) -> same shape."""
         job_rows = np.asarray(job_rows, dtype=np.int64)
-        t = np.asarray(times, dtype=np.int64)
+        asked = np.asarray(times, dtype=np.int64)
+        t, held = self._read_times(job_rows, asked)
         posted, expires = self.posted[job_rows], self.expires[job_rows]
         age_days = np.maximum(t - posted, 0) / MICROS_PER_DAY  # a job shown before its posting counts as new
         age = np.where(posted == ALWAYS, UNK, UNK + 1 + _buckets(age_days, AGE_EDGES_DAYS))
@@ -177,21 +196,28 @@ class RecencyEncoder:
             bucket = np.where(left <= 0, 0, 1 + _buckets(np.maximum(left, 0), EXPIRY_EDGES_DAYS))
             index = index + np.where(expires == NEVER, 0, 1 + bucket)
         if self.popularity is not None:
-            count = self.popularity.counts(job_rows, t)
+            if held is not None and asked.ndim == 0:  # two counts over the whole catalog, not a search per row
+                count = np.where(held, self.popularity.counts(job_rows, self.hold_time),
+                                 self.popularity.counts(job_rows, asked))
+            else:
+                count = self.popularity.counts(job_rows, t)
             index = index * self.n_pop + 1 + np.searchsorted(POPULARITY_EDGES, count, side="right")
         return index.astype(np.int64)
 
     @property
     def changes(self) -> int:
-        """Counts the changes to the jobs' popularity (``JobPopularity.changes``): a reader's steady span holds
-        while this stays."""
-        return 0 if self.popularity is None else self.popularity.changes
+        """Counts the changes to the jobs' popularity (``JobPopularity.changes``) and holds: a reader's steady
+        span holds while this stays."""
+        return self._holds + (0 if self.popularity is None else self.popularity.changes)
 
     def steady_until(self, job_rows: np.ndarray, t: int) -> int:
         """The first time after ``t`` at which the bucket of one of ``job_rows`` may differ from its bucket at t
         (NEVER: none can): its age reaching the next day edge, its days left falling below one, a positive
-        entering or leaving its popularity window. Ranking recomputes nothing before then."""
+        entering or leaving its popularity window. Ranking recomputes nothing before then. Rows held before t
+        change no more."""
         job_rows, t = np.asarray(job_rows, dtype=np.int64), int(t)
+        held = self._read_times(job_rows, np.asarray(t))[1]
+        job_rows = job_rows if held is None else job_rows[~held]
         soon = [NEVER]
         posted = self.posted[job_rows]
         posted = posted[posted != ALWAYS]
@@ -208,6 +234,6 @@ class RecencyEncoder:
                 left = np.searchsorted(edges, expires - t, side="right")  # edges at or below the time left
                 below = np.where(left > 0, expires - edges[np.maximum(left - 1, 0)] + 1, expires)
                 soon.append(int(below.min()))
-        if self.popularity is not None:
+        if self.popularity is not None and len(job_rows):
             soon.append(self.popularity.steady_until(t))
         return min(soon)

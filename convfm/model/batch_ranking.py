@@ -51,7 +51,7 @@ class BatchRanker:
         self.model_version = model_identity(Path(loaded.path))[1]
         popular = (serving.popularity.score(np.array(extractor.job_ids, dtype=object)).astype(np.float64)
                    if serving.popularity is not None else None)
-        self.live_jobs = LiveJobs(self.ranker.n_jobs)
+        self.live_jobs = LiveJobs.of_model(self.ranker.n_jobs, loaded.extra.get("data_config", {}))
         for delta in catalog.read(upto=catalog_version) if catalog is not None else ():
             self.live_jobs.apply(delta, extractor, self.ranker.put_jobs)
         self.catalog_version = self.live_jobs.version

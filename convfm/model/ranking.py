@@ -72,6 +72,21 @@ def _zeros_side(feature_map: FeatureMap, rows: int, device: torch.device) -> Fie
     )
 
 
+def best_first(logits: torch.Tensor, k: int, rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` highest of ``logits`` (n,) of catalog ``rows`` (n,; None: the positions) -> (rows, logits), best
+    first; equal logits go to the lower row, so a full scan and a rerank of candidates agree on two copies of one
+    job."""
+    k = min(k, len(logits))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64), logits.new_zeros(0).cpu().numpy()
+    threshold = torch.topk(logits, k).values[-1]
+    tied = torch.nonzero(logits >= threshold).flatten()  # the k best, and any tied with the k-th
+    values = logits[tied].cpu().numpy()
+    keys = tied.cpu().numpy() if rows is None else rows[tied.cpu().numpy()]
+    order = np.lexsort((keys, -values))[:k]
+    return keys[order], values[order]
+
+
 class CatalogRanker:
     """Scores users against a whole job catalog with the job side precomputed (see the module docstring).
 
@@ -385,8 +400,7 @@ class CatalogRanker:
             blocked |= ~torch.as_tensor(np.asarray(candidate_mask, dtype=bool), device=logits.device)
         available = int((~blocked).sum())
         logits[blocked] = -torch.inf
-        values, rows = torch.topk(logits, min(k, available))
-        return rows.cpu().numpy(), values.cpu().numpy()
+        return best_first(logits, min(k, available))
 
     # ---------------------------------------------------------------------------------------- reference
     def full_scores(self, users: EncodedTable, job_rows: Optional[np.ndarray] = None, chunk: int = 8192) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 
 from convfm.features.fields import EncodedTable
 from convfm.model.network import Side
-from convfm.model.ranking import CatalogRanker, _leaves
+from convfm.model.ranking import CatalogRanker, _leaves, best_first
 
 # Rows per projection step when (re)indexing: (65536, d) float features stay ~100 MB with the default model.
 INDEX_CHUNK = 1 << 16
@@ -179,6 +179,4 @@ class RetrievalIndex:
         if count < k:
             raise ValueError(f"count ({count}) must be at least k ({k}): the rerank picks k of the candidates")
         rows = self.candidates(user, count, [exclude], candidate_mask)[0].cpu().numpy()  # (K,)
-        logits = self.ranker.score_all(user, job_rows=rows)[0]  # (K,)
-        values, best = torch.topk(logits, min(k, len(rows)))
-        return rows[best.cpu().numpy()], values.cpu().numpy()
+        return best_first(self.ranker.score_all(user, job_rows=rows)[0], k, rows)  # (K,) logits

@@ -30,7 +30,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from convfm.data.liveness import ALWAYS, NEVER
+from convfm.config import DataConfig
+from convfm.data.liveness import ALWAYS, NEVER, lifetime_ends
 from convfm.data.schema import JOBS
 from convfm.errors import ArtifactError, StorageError
 from convfm.features.context import now_micros
@@ -165,13 +166,21 @@ def grown(values: np.ndarray, n: int, fill: Any) -> np.ndarray:
 class LiveJobs:
     """The live catalog's state over one model's catalog (a service's Scorer, a batch run's ranker): applied
     ``version``, ``posted``/``expires`` (N,) int64 microseconds per catalog row (``ALWAYS``/``NEVER`` unless the
-    live catalog set them) and ``lock`` (apply vs. reads)."""
+    live catalog set them) and ``lock`` (apply vs. reads). A job posted without ``expires_at`` closes
+    ``lifetime_days`` after its posting, as the model's training data read such a job (its data config's
+    ``job_lifetime_days``; None: never)."""
 
-    def __init__(self, n_jobs: int) -> None:
-        self.version = 0
+    def __init__(self, n_jobs: int, lifetime_days: Optional[float] = None) -> None:
+        self.version, self.lifetime_days = 0, lifetime_days
         self.posted = np.full(n_jobs, ALWAYS, dtype=np.int64)
         self.expires = np.full(n_jobs, NEVER, dtype=np.int64)
         self.lock = threading.RLock()
+
+    @classmethod
+    def of_model(cls, n_jobs: int, data_config: Mapping[str, Any]) -> "LiveJobs":
+        """Over a model's catalog of ``n_jobs`` rows, live jobs closing as its ``data_config`` (its saved
+        ``data_config.json``; empty: the defaults) read the jobs it trained on."""
+        return cls(n_jobs, data_config.get("job_lifetime_days", DataConfig().job_lifetime_days))
 
     def unexpired(self, mask: Optional[np.ndarray], now: Optional[int] = None) -> Optional[np.ndarray]:
         """``mask`` (N,) bool (None: every row) and-ed with "not expired at ``now``"; None when nothing expires."""
@@ -187,6 +196,8 @@ class LiveJobs:
         index), their times recorded; then the expirations of ids the catalog holds. Returns the upserted rows
         (n,) and their jobs frame, for what the caller keeps per row (display columns, popularity)."""
         jobs = upserted_jobs(delta.upsert, delta.version)
+        jobs = jobs._replace(expires=np.where(jobs.expires == NEVER, lifetime_ends(jobs.posted, self.lifetime_days),
+                                              jobs.expires))
         with self.lock:
             rows = np.zeros(0, dtype=np.int64)
             if len(jobs.frame):

@@ -133,3 +133,15 @@ def test_bad_arguments_name_the_problem(big):
         index.top_k(user, 10, candidate_mask=np.ones(3, dtype=bool))
     with pytest.raises(ValueError, match="dims must be in"):
         RetrievalIndex(ranker, dims=100_000)
+
+
+def test_best_first_gives_equal_logits_to_the_lower_row():
+    """Two copies of one job score alike: the full scan and the rerank of candidates both put the lower row first,
+    and a tie at the k-th place goes to it too."""
+    from convfm.model.ranking import best_first
+
+    logits = torch.tensor([1.0, 3.0, 2.0, 3.0, 2.0, 0.5])
+    rows, values = best_first(logits, 3)
+    assert rows.tolist() == [1, 3, 2] and values.tolist() == [3.0, 3.0, 2.0]
+    assert best_first(logits, 3, np.array([10, 9, 8, 7, 6, 5]))[0].tolist() == [7, 9, 6]  # catalog rows decide
+    assert best_first(logits, 0)[0].tolist() == [] and best_first(logits, 10)[0].tolist() == [1, 3, 2, 4, 0, 5]

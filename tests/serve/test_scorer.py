@@ -248,7 +248,9 @@ def test_the_models_jobs_leave_recommendations_at_their_training_datas_expiry(ti
     open_then = (expires > end).sum() - len(set(served.seen[user]) & set(np.flatnonzero(expires > end) + 1))
     assert len(items) == min(100, open_then)
     assert (served.ranker.recency.expires[rows] > end).all()  # open at the data's end
-    assert served.ranker.time == end  # ages read then, not 0-for-all "121d+"
+    recency = served.ranker.recency  # ages read then, not 0-for-all "121d+"; the clock itself moves on
+    assert served.ranker.time == later and recency.hold_time == end
+    np.testing.assert_array_equal(served.ranker.buckets, recency.rows(np.arange(served.n_jobs), end))
     assert not job_detail(served, items[0]["job_id"])["expired"]
     assert job_detail(served, served.extractor.job_ids[gone])["expired"]  # closed before the data's end
     monkeypatch.setattr(scorer_module, "now_micros", lambda: now)
@@ -256,6 +258,46 @@ def test_the_models_jobs_leave_recommendations_at_their_training_datas_expiry(ti
     assert not job_detail(served, served.extractor.job_ids[gone])["expired"]
     served.put_jobs(np.arange(1, served.n_jobs))  # the live catalog replaced them all: its clock, now, holds
     assert served.model_jobs.time(later) == later and not served.model_jobs.expiry_applies(later)
+
+
+def test_live_jobs_follow_the_clock_and_close_after_the_lifetime_while_a_replayed_log_is_held(tiny, monkeypatch):
+    """Under a replayed log's clock (every model job closed by now) a job the live catalog posts without an
+    expiry closes ``job_lifetime_days`` after its posting, as training reads such a job; its age is read at now
+    and grows with it, while the model's jobs stay at the data's end. Scores stay the model's exact logits."""
+    from convfm.data.liveness import MICROS_PER_DAY as DAY
+    from convfm.model.ranking import CatalogRanker
+    from convfm.store.live_catalog import Delta
+    from serve import scorer as scorer_module
+    from serve.live_catalog import apply_delta, job_detail
+
+    served = Scorer.load(tiny.entry / "v0001")
+    recency, n = served.ranker.recency, served.n_jobs
+    later = int(recency.expires[1:n].max()) + 30 * DAY
+    clock = {"now": later}
+    monkeypatch.setattr(scorer_module, "now_micros", lambda: clock["now"])
+    monkeypatch.setattr("serve.live_catalog.now_micros", lambda: clock["now"])
+    end = served.model_jobs.data_end
+    posted, user = later - 3 * DAY, tiny.data.frames["train"]["user_id"].iloc[0]
+    apply_delta(served, Delta(1, later, ({"job_id": "fresh", "title": "data engineer", "skills": ["python"],
+                                          "job_type": "internship-only-here", "posted_at": posted},)))
+    only_fresh = rec(user_id=user, k=5, filters={"job_type": "internship-only-here"})
+    row = served.extractor.job_rows["fresh"]
+    assert job_detail(served, "fresh")["expires_at"] == pd.Timestamp((posted + 30 * DAY) * 1000, tz="UTC").isoformat()
+    users = served.extractor.user_side(served.extractor.user_catalog.take([served.extractor.user_rows[user]]),
+                                       np.array([user], dtype=object))
+    held = np.arange(n)
+    for days in (0, 2, 26):  # 3, 5 and 29 days old: "2-4d", "4-8d", "15-31d"
+        clock["now"] = later + days * DAY
+        ids = [i["job_id"] for i in served.recommend_many([only_fresh])[0]["items"]]
+        assert ids == ["fresh"] and served.ranker.time == clock["now"]
+        assert served.ranker.buckets[row] == recency.rows(np.array([row]), clock["now"])[0]
+        assert served.ranker.buckets[row] != recency.rows(np.array([row]), end)[0]  # not read at the data's end
+        np.testing.assert_array_equal(served.ranker.buckets[held], recency.rows(held, end))
+        reference = CatalogRanker(served.ranker.model, served.extractor, time=clock["now"]).full_scores(users)
+        torch.testing.assert_close(served.ranker.score_all(users), reference, atol=1e-5, rtol=0)
+    clock["now"] = posted + 30 * DAY
+    assert job_detail(served, "fresh")["expired"]
+    assert served.recommend_many([only_fresh])[0]["items"] == []
 
 
 def test_a_models_data_end_is_its_last_positive_else_its_last_posting():

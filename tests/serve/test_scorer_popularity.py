@@ -65,8 +65,8 @@ def test_logged_applies_move_a_jobs_popularity_and_score(model_dir, monkeypatch)
 
 
 def test_a_replayed_logs_popularity_stays_as_the_log_left_it(model_dir):
-    """Read at its data's end (every job of the 2024 market closed by now), the model's popularity window is the
-    log's last days: positives logged now, later than it, do not enter it (nor pile up in it for ever)."""
+    """Held at its data's end (every job of the 2024 market closed by now), the model's jobs' popularity window is
+    the log's last days: positives logged now, later than it, do not enter it (nor pile up in it for ever)."""
     scorer = Scorer.load(model_dir)
     end = scorer.model_jobs.data_end
     assert scorer.model_jobs.time(int(dt.datetime.now(dt.timezone.utc).timestamp() * 1e6)) == end
@@ -78,5 +78,5 @@ def test_a_replayed_logs_popularity_stays_as_the_log_left_it(model_dir):
     an_hour_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
     counted = scorer.extractor.popularity.counts(np.array([1]), end)
     scorer.live.add("segment-1", records("apply", hot, an_hour_ago, 6))
-    assert scorer.score_many([request])[0]["scores"] == before and scorer.ranker.time == end
+    assert scorer.score_many([request])[0]["scores"] == before and scorer.ranker.recency.hold_time == end
     assert (scorer.extractor.popularity.counts(np.array([1]), end) == counted).all()
