@@ -15,6 +15,10 @@ from convfm.features.context import (AGE_EDGES_DAYS, AGE_VOCAB, EXPIRY_EDGES_DAY
 from convfm.features.fields import UNK, EncodedTable, FieldSpec
 
 
+FEW_ROWS = 4096  # up to this many rows, counts at one time search per row rather than count the whole window
+TOUCHED_KEPT = 64  # logged-positive changes a reader can catch up on row by row (older: it reads every row)
+
+
 def _buckets(days: np.ndarray, edges: Sequence[int]) -> np.ndarray:
     """Bucket position (0-based) of each day count."""
     return np.searchsorted(np.asarray(edges, dtype=np.float64), days, side="right")
@@ -59,11 +63,13 @@ class JobPopularity:
     """How many positives each catalog job received in the ``window_days`` before t (strictly before: an
     example never counts its own event), from (catalog row, time) events: the training data's positives (``set``),
     then, while serving, the logged ones as they arrive (``add``). Added events go to a small second index,
-    merged into the first once it holds an eighth as many, so an event costs a re-sort of the small one."""
+    merged into the first once it holds an eighth as many, so an event costs a re-sort of the small one.
+    ``changes`` counts ``set`` and ``add``: a reader's counts stay true while it stays, and ``touched_since``
+    names the rows that logged positives changed since."""
 
     def __init__(self, window_days: float) -> None:
         self.window = int(round(float(window_days) * MICROS_PER_DAY))
-        self.changes = 0  # counts ``set`` and ``add``: a reader's counts stay true while it stays
+        self.changes, self._touched = 0, []  # _touched: (changes, rows an add counted), the last TOUCHED_KEPT
         self.set(np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     @property
@@ -76,21 +82,35 @@ class JobPopularity:
 
     def set(self, rows: np.ndarray, times: np.ndarray) -> None:
         """The events of a snapshot (training data), replacing any; ``end`` is its last event's time."""
-        self._base = _EventIndex(np.asarray(rows, np.int64).ravel(), np.asarray(times, np.int64).ravel())
-        self._added = _EventIndex(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        self._index(np.asarray(rows, np.int64).ravel(), np.asarray(times, np.int64).ravel())
         self.end = int(self._base.times.max(initial=np.iinfo(np.int64).min))
-        self.changes += 1
+        self.changes, self._touched = self.changes + 1, []
+
+    def _index(self, rows: np.ndarray, times: np.ndarray) -> None:
+        self._base = _EventIndex(rows, times)
+        self._added = _EventIndex(np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def add(self, rows: np.ndarray, times: np.ndarray) -> None:
-        rows = np.concatenate([self._added.rows, np.asarray(rows, np.int64).ravel()])
+        """Logged positives, counted from now on (``end`` stays the snapshot's)."""
+        new = np.asarray(rows, np.int64).ravel()
+        if not len(new):
+            return
+        rows = np.concatenate([self._added.rows, new])
         times = np.concatenate([self._added.times, np.asarray(times, np.int64).ravel()])
         if len(rows) > max(1024, len(self._base.rows) // 8):
-            end = self.end
-            self.set(np.concatenate([self._base.rows, rows]), np.concatenate([self._base.times, times]))
-            self.end = end  # still the snapshot's
+            self._index(np.concatenate([self._base.rows, rows]), np.concatenate([self._base.times, times]))
         else:
             self._added = _EventIndex(rows, times)
-            self.changes += 1
+        self.changes += 1
+        self._touched = (self._touched + [(self.changes, np.unique(new))])[-TOUCHED_KEPT:]
+
+    def touched_since(self, changes: int) -> Optional[np.ndarray]:
+        """The rows (sorted) whose counts ``add`` changed after a reader's ``changes``; None when that is not
+        known (a snapshot set since, or too long ago): every row may have."""
+        kept = [rows for change, rows in self._touched if change > changes]
+        if len(kept) != self.changes - changes:
+            return None
+        return np.unique(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
 
     def counts(self, rows: np.ndarray, times: np.ndarray | int) -> np.ndarray:
         """Positives of catalog ``rows`` in [t - window, t), t scalar or per row -> int64, same shape."""
@@ -99,7 +119,7 @@ class JobPopularity:
         for index in (self._base, self._added):
             if not len(index.rows):
                 continue
-            if times.ndim == 0:  # the whole catalog at one time (serving): count the window's events
+            if times.ndim == 0 and len(rows) > FEW_ROWS:  # a catalog at one time (serving): count the window
                 out += index.between_at(rows, int(times) - self.window, int(times))
             else:
                 t = np.broadcast_to(times, rows.shape)
@@ -205,10 +225,17 @@ class RecencyEncoder:
         return index.astype(np.int64)
 
     @property
-    def changes(self) -> int:
-        """Counts the changes to the jobs' popularity (``JobPopularity.changes``) and holds: a reader's steady
-        span holds while this stays."""
-        return self._holds + (0 if self.popularity is None else self.popularity.changes)
+    def changes(self) -> tuple[int, int]:
+        """(holds, changes to the jobs' popularity: ``JobPopularity.changes``): a reader's steady span holds
+        while this stays."""
+        return self._holds, 0 if self.popularity is None else self.popularity.changes
+
+    def touched_since(self, changes: tuple[int, int]) -> Optional[np.ndarray]:
+        """The rows whose buckets may have changed since a reader's ``changes`` at the same time (the rows of
+        logged positives); None: every row may have (a hold, a new snapshot)."""
+        if changes[0] != self._holds:
+            return None
+        return np.zeros(0, np.int64) if self.popularity is None else self.popularity.touched_since(changes[1])
 
     def steady_until(self, job_rows: np.ndarray, t: int) -> int:
         """The first time after ``t`` at which the bucket of one of ``job_rows`` may differ from its bucket at t

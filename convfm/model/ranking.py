@@ -160,11 +160,11 @@ class CatalogRanker:
         moved = [] if self.recency is None else list(self._advance(np.array([int(time)], dtype=np.int64)))
         return moved[0] if moved else np.zeros(0, dtype=np.int64)
 
-    def _steady(self, rows: np.ndarray, time: int) -> tuple[int, int, int]:
+    def _steady(self, rows: np.ndarray, time: int) -> tuple[int, int, Any]:
         """(``time``, the first time its buckets of ``rows`` may change, the recency's ``changes`` then): the
-        span over which a move reads nothing, until the jobs' popularity takes new positives."""
+        span over which a move reads nothing but the jobs that new positives touched."""
         if self.recency is None:
-            return time, NEVER, 0
+            return time, NEVER, None
         return time, self.recency.steady_until(rows, time), self.recency.changes
 
     def _job_sides(self, rows: np.ndarray, buckets: Optional[np.ndarray] = None) -> Side:
@@ -184,17 +184,25 @@ class CatalogRanker:
         """Move the precomputed job sides to each of ``times`` (ascending) in turn, yielding the rows recomputed
         at each, as ``at`` does; the jobs whose bucket changes over a run of times (up to JOBS_PER_PASS of them)
         are computed in one pass, not one small pass per time (the fixed cost of a pass dominates a few rows). A
-        time within the steady span of the last one read (``RecencyEncoder.steady_until``) reads nothing."""
+        time within the steady span of the last one read (``RecencyEncoder.steady_until``) reads nothing, or the
+        jobs of the positives logged since alone."""
         everything, position, none = np.arange(self.n_jobs), 0, np.zeros(0, dtype=np.int64)
         while position < len(times):
             moves, buckets, pending, steady = [], self.buckets, 0, self.steady
             while position < len(times) and (pending < JOBS_PER_PASS or not moves):
                 time = int(times[position])
                 changed = none
-                if not (steady[0] <= time < steady[1] and steady[2] == self.recency.changes):
-                    later = self.recency.rows(everything, time)  # moves: (time, changed rows, buckets, span)
+                touched = self.recency.touched_since(steady[2]) if steady[0] <= time < steady[1] else None
+                if touched is None:  # every job read (moves: (time, changed rows, buckets, span))
+                    later = self.recency.rows(everything, time)
                     changed, buckets = np.flatnonzero(later != buckets), later
                     steady = self._steady(everything, time)
+                elif len(touched):  # within the span, logged positives: only their jobs read
+                    later = buckets.copy()
+                    later[touched] = self.recency.rows(touched, time)
+                    changed, buckets = touched[later[touched] != buckets[touched]], later
+                    until = min(steady[1], self.recency.popularity.steady_until(time))
+                    steady = (time, until, self.recency.changes)
                 moves.append((time, changed, buckets, steady))
                 pending, position = pending + len(changed), position + 1
             with torch.inference_mode():

@@ -76,7 +76,8 @@ def test_ranker_reads_nothing_within_a_steady_span_and_stays_exact(randomize, mo
     ranker = CatalogRanker(model, extractor, time=start)
     assert ranker.steady[1] == int(T0 + 7 * DAY)  # ages reach edges (the positives left the window on day 4)
     reads = []
-    monkeypatch.setattr(ranker.recency, "rows", lambda *a, real=ranker.recency.rows: reads.append(1) or real(*a))
+    real = ranker.recency.rows
+    monkeypatch.setattr(ranker.recency, "rows", lambda rows, t: reads.append(len(rows)) or real(rows, t))
     for hour in (1, 6, 11):  # within the span: nothing read, the time moves, the scores stay exact
         t = start + hour * DAY // 24
         assert len(ranker.at(t)) == 0 and ranker.time == t and not reads
@@ -84,8 +85,9 @@ def test_ranker_reads_nothing_within_a_steady_span_and_stays_exact(randomize, mo
         torch.testing.assert_close(ranker.score_all(users), reference, atol=1e-5, rtol=0)
         reads.clear()  # the reference rankers read
     assert ranker.at(int(T0 + 7 * DAY)).tolist() == [4, 6]  # the span's end: j3 turns 4 days old, j5 2 days
-    extractor.add_positives(["j5"], np.array([T0 + 7 * DAY - 1]))  # popularity moved: the span no longer holds
-    assert ranker.at(int(T0 + 7 * DAY) + 1).tolist() == [6] and len(reads) == 2
+    assert reads == [7]  # every row read
+    extractor.add_positives(["j5"], np.array([T0 + 7 * DAY - 1]))  # a logged positive: j5's count moved
+    assert ranker.at(int(T0 + 7 * DAY) + 1).tolist() == [6] and reads == [7, 1]  # its row alone read
     torch.testing.assert_close(ranker.score_all(users),
                                CatalogRanker(model, extractor, time=int(T0 + 7 * DAY) + 1).full_scores(users),
                                atol=1e-5, rtol=0)
