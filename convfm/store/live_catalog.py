@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from convfm.config import DataConfig
-from convfm.data.liveness import ALWAYS, NEVER, lifetime_ends
+from convfm.data.liveness import ALWAYS, NEVER, lifetime_ends, to_micros
 from convfm.data.schema import JOBS
 from convfm.errors import ArtifactError, StorageError
 from convfm.features.context import now_micros
@@ -57,8 +57,10 @@ class CatalogConflict(StorageError):
 @dataclasses.dataclass(frozen=True)
 class Delta:
     """One accepted change. ``upsert``: job records (``job_id``, ``CONTENT_FIELDS``, ``posted_at`` and
-    ``expires_at`` as int64 microseconds, ``expires_at`` None for never; ``extra``, when given: the values of
-    extra columns by name, ``DataConfig.extra_columns``); ``expire``: job id -> microseconds."""
+    ``expires_at`` as int64 microseconds or None: no posting time given (the job keeps the one it has, a new one
+    is posted at ``written_at``), no expiry given (``job_lifetime_days`` after its posting); ``extra``, when
+    given: the values of extra columns by name, ``DataConfig.extra_columns``); ``expire``: job id ->
+    microseconds."""
 
     version: int
     written_at: int
@@ -81,8 +83,10 @@ class Delta:
         if not isinstance(doc.get("version"), int) or not isinstance(doc.get("written_at"), int):
             raise ArtifactError(f"{source}: version and written_at must be integers")
         if not isinstance(upsert, list) or not all(isinstance(j, dict) and isinstance(j.get("job_id"), str)
-                                                   and isinstance(j.get("posted_at"), int) for j in upsert):
-            raise ArtifactError(f"{source}: upsert must be a list of jobs with a job_id and a posted_at")
+                                                   and isinstance(j.get("posted_at"), (int, type(None)))
+                                                   for j in upsert):
+            raise ArtifactError(f"{source}: upsert must be a list of jobs with a job_id and a posted_at (an "
+                                "integer, or null)")
         if not all(isinstance(j.get("extra", {}), dict) for j in upsert):
             raise ArtifactError(f"{source}: a job's extra must map column names to values")
         if not isinstance(expire, dict) or not all(isinstance(t, int) for t in expire.values()):
@@ -94,8 +98,16 @@ class UpsertedJobs(NamedTuple):
     """A delta's upserts as ``JobFeatureExtractor.put_jobs`` takes them."""
 
     frame: pd.DataFrame  # job_id and CONTENT_FIELDS (skills ";"-joined, salaries numeric, missing text "")
-    posted: np.ndarray  # (n,) int64 microseconds
+    posted: np.ndarray  # (n,) int64 microseconds (where not dated: a placeholder)
     expires: np.ndarray  # (n,) int64 microseconds, NEVER for none
+    dated: np.ndarray  # (n,) bool: whether the upsert gave its posting time
+
+    def dated_at(self, held: Mapping[str, int], written_at: int) -> "UpsertedJobs":
+        """These jobs with the posting times their upserts left out: the one a job had (``held``: job id ->
+        microseconds, ``ALWAYS`` for a job without one), or ``written_at`` for a job new to the catalog."""
+        ids = self.frame["job_id"].tolist()
+        posted = [int(p) if d else held.get(i, written_at) for i, p, d in zip(ids, self.posted, self.dated)]
+        return self._replace(posted=np.array(posted, dtype=np.int64), dated=np.ones(len(ids), dtype=bool))
 
 
 def upserted_jobs(upsert: Sequence[Mapping[str, Any]], version: Optional[int] = None) -> UpsertedJobs:
@@ -120,9 +132,10 @@ def upserted_jobs(upsert: Sequence[Mapping[str, Any]], version: Optional[int] = 
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     text = [c for c in CONTENT_FIELDS if c not in SALARY_COLUMNS]
     frame[text] = frame[text].fillna("")
-    posted = np.array([j["posted_at"] for j in upsert], dtype=np.int64)
+    dated = np.array([j.get("posted_at") is not None for j in upsert], dtype=bool)
+    posted = np.array([j["posted_at"] if d else ALWAYS for j, d in zip(upsert, dated)], dtype=np.int64)
     expires = np.array([NEVER if j.get("expires_at") is None else j["expires_at"] for j in upsert], dtype=np.int64)
-    return UpsertedJobs(frame, posted, expires)
+    return UpsertedJobs(frame, posted, expires, dated)
 
 
 def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta]) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -134,6 +147,9 @@ def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta]) -> tuple[pd.DataFram
     counts = {"added": 0, "replaced": 0, "expired": 0}
     for delta in deltas:
         new = upserted_jobs(delta.upsert, delta.version)
+        undated = [j for j, d in zip(new.frame["job_id"], new.dated) if not d and j in table.index]
+        held = dict(zip(undated, to_micros(table.loc[undated, "posted_at"]) if "posted_at" in table else []))
+        new = new.dated_at(held, delta.written_at)
         if len(new.frame):
             columns = {slug(c): c for c in table.columns if c not in JOBS.names}  # extra keys, case aside
             new = new._replace(frame=new.frame.rename(columns=lambda c: c if c in JOBS.names
@@ -153,9 +169,10 @@ def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta]) -> tuple[pd.DataFram
 
 
 def _datetimes(micros: np.ndarray) -> pd.Series:
-    """int64 microseconds -> naive UTC datetimes, ``NEVER`` (no expiry) -> NaT."""
+    """int64 microseconds -> naive UTC datetimes; ``NEVER`` (no expiry) and ``ALWAYS`` (no posting time) -> NaT."""
     values = np.asarray(micros, dtype=np.int64)
-    return pd.Series(np.where(values == NEVER, np.datetime64("NaT"), values.astype("datetime64[us]")))
+    return pd.Series(np.where((values == NEVER) | (values == ALWAYS), np.datetime64("NaT"),
+                              values.astype("datetime64[us]")))
 
 
 def grown(values: np.ndarray, n: int, fill: Any) -> np.ndarray:
@@ -196,6 +213,11 @@ class LiveJobs:
         index), their times recorded; then the expirations of ids the catalog holds. Returns the upserted rows
         (n,) and their jobs frame, for what the caller keeps per row (display columns, popularity)."""
         jobs = upserted_jobs(delta.upsert, delta.version)
+        recency = getattr(extractor, "recency_encoder", None)
+        posted = self.posted if recency is None else recency.posted  # every row's: the model's and the live ones
+        rows = extractor.job_rows
+        jobs = jobs.dated_at({j: int(posted[rows[j]]) for j, d in zip(jobs.frame["job_id"], jobs.dated)
+                              if not d and j in rows}, delta.written_at)
         jobs = jobs._replace(expires=np.where(jobs.expires == NEVER, lifetime_ends(jobs.posted, self.lifetime_days),
                                               jobs.expires))
         with self.lock:
@@ -254,12 +276,12 @@ class CatalogStore:
 
     def append(self, upsert: Sequence[dict[str, Any]] = (), expire: Sequence[str] = (),
                now: Optional[int] = None) -> Delta:
-        """Write the next version: ``upsert`` job records (``posted_at`` defaults to now), ``expire`` ids
-        (expired now). Returns the delta written; CatalogConflict when another writer took its number."""
+        """Write the next version: ``upsert`` job records (``posted_at`` None: the job's own, or now for a
+        new job: ``UpsertedJobs.dated_at``), ``expire`` ids (expired now). Returns the delta written; CatalogConflict when another writer took its number."""
         now = now_micros() if now is None else int(now)
         if any(not str(job["job_id"]).strip() for job in upsert) or any(not str(j).strip() for j in expire):
             raise ValueError("a live catalog job id must not be blank")
-        jobs = tuple({**job, "posted_at": now if job.get("posted_at") is None else int(job["posted_at"])}
+        jobs = tuple({**job, "posted_at": None if job.get("posted_at") is None else int(job["posted_at"])}
                      for job in upsert)
         with self._lock:
             delta = Delta(self.latest() + 1, now, jobs, {str(job_id): now for job_id in expire})

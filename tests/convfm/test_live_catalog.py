@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import pandas as pd
 import pytest
 
 from convfm.errors import ArtifactError
 from convfm.store import storage
-from convfm.store.live_catalog import CatalogConflict, CatalogStore, delta_name
+from convfm.store.live_catalog import CatalogConflict, CatalogStore, Delta, delta_name
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,7 +36,7 @@ def test_each_change_is_the_next_numbered_delta_and_a_reopened_store_reads_them(
     assert reopened.latest() == 2
     deltas = reopened.read()
     assert [d.version for d in deltas] == [1, 2]
-    assert deltas[0].upsert[0]["posted_at"] == 10 and deltas[0].upsert[1]["posted_at"] == 5  # default: now
+    assert deltas[0].upsert[0]["posted_at"] is None and deltas[0].upsert[1]["posted_at"] == 5  # None: not given
     assert deltas[0].upsert[1]["expires_at"] == 99 and deltas[1].expire == {"a": 20}
     assert [d.version for d in reopened.read(after=1)] == [2] and reopened.read(after=2) == []
     assert reopened.append([job("c")]).version == 3  # numbering goes on after a reopen
@@ -93,3 +94,17 @@ def test_on_s3_a_put_overwritten_before_the_read_back_is_a_conflict(s3_bucket, m
     monkeypatch.setattr(storage, "write_text", raced)
     with pytest.raises(CatalogConflict, match="another writer wrote live catalog version 1 first"):
         store.append([job("mine")])
+
+
+def test_training_reads_an_undated_upsert_at_the_jobs_own_posting_and_a_new_job_at_the_deltas_time():
+    from convfm.store.live_catalog import jobs_after
+
+    posted = pd.Timestamp("2026-11-01")
+    jobs = pd.DataFrame({"job_id": ["a", "b"], "title": ["x", "y"], "posted_at": [posted, pd.NaT],
+                         "expires_at": [pd.NaT, pd.NaT]})
+    written = pd.Timestamp("2026-12-01").value // 1000
+    upsert = tuple(job(j, title="edited", posted_at=None) for j in ("a", "b", "c"))
+    table = jobs_after(jobs, [Delta(1, written, upsert)])[0].set_index("job_id")
+    assert table["title"].tolist() == ["edited"] * 3
+    assert table.loc["a", "posted_at"] == posted and pd.isna(table.loc["b", "posted_at"])  # kept: none
+    assert table.loc["c", "posted_at"] == pd.Timestamp("2026-12-01")  # new: posted when written

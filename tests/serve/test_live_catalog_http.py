@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 
+import pandas as pd
 import pytest
 
 with warnings.catch_warnings():  # starlette's note about its httpx-based TestClient
@@ -101,8 +102,8 @@ def test_a_new_job_is_recommended_under_a_matching_filter_and_get_follows_its_up
 
 def test_expired_jobs_are_left_out_unless_asked_for(service):
     client, store, _, request = service
-    client.post("/jobs", json={"upsert": [posting("n1"), posting("n2", expires_at="2025-01-01T00:00:00Z")]},
-                headers=AUTH)
+    expired = posting("n2", posted_at="2024-12-01T00:00:00Z", expires_at="2025-01-01T00:00:00Z")
+    client.post("/jobs", json={"upsert": [posting("n1"), expired]}, headers=AUTH)
     assert [i["job_id"] for i in client.post("/recommend", json=request).json()["items"]] == ["n1"]
     assert client.post("/jobs", json={"expire": ["n1"]}, headers=AUTH).json()["expired"] == 1
     assert client.post("/recommend", json=request).json()["items"] == []
@@ -167,3 +168,26 @@ def test_a_blank_job_id_in_an_older_delta_is_left_out(tiny, tmp_path):
     answer = client.post("/recommend", json={"user_id": slot.current.extractor.user_ids[1], "k": 5})
     assert answer.status_code == 200 and len(answer.json()["items"]) == 5  # 500 for every model answer before
     assert "n1" in slot.current.extractor.job_rows and "" not in slot.current.extractor.job_ids[1:]
+
+
+def test_an_upsert_without_posted_at_keeps_the_jobs_posting_and_closes_a_lifetime_after_it(service):
+    """A salary edit (or a daily re-sync of the board's file) leaves a job's age and closing as they were: without
+    ``posted_at`` a job the catalog holds keeps its posting time, the model's own jobs included; a new job is
+    posted when written. Without ``expires_at`` it closes ``job_lifetime_days`` (30) after its posting."""
+    client, _, slot, _ = service
+    now = pd.Timestamp.now(tz="UTC")
+    ten_days_ago = (now - pd.Timedelta(days=10)).floor("s")
+    client.post("/jobs", json={"upsert": [posting("n1", posted_at=ten_days_ago.isoformat()), posting("n2")]},
+                headers=AUTH)
+    model_job = slot.current.extractor.job_ids[1]
+    before = client.get(f"/jobs/{model_job}", headers=AUTH).json()
+    client.post("/jobs", json={"upsert": [posting("n1", salary_max=120000), posting(model_job)]}, headers=AUTH)
+    edited = client.get("/jobs/n1", headers=AUTH).json()
+    assert edited["salary_max"] == 120000 and pd.Timestamp(edited["posted_at"]) == ten_days_ago
+    assert pd.Timestamp(edited["expires_at"]) == ten_days_ago + pd.Timedelta(days=30)
+    assert client.get(f"/jobs/{model_job}", headers=AUTH).json()["posted_at"] == before["posted_at"]
+    new = client.get("/jobs/n2", headers=AUTH).json()
+    assert abs(pd.Timestamp(new["posted_at"]) - now) < pd.Timedelta(minutes=5)
+    past = posting("n3", expires_at=(now - pd.Timedelta(days=1)).isoformat())
+    refused = client.post("/jobs", json={"upsert": [past]}, headers=AUTH)
+    assert refused.status_code == 422 and "is past and no posted_at is given" in refused.text
