@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             response = requests.post(url, json={"upsert": chunk}, headers={"X-API-Key": key}, timeout=120)
         except requests.RequestException as exc:
-            raise ConvFMError(f"cannot reach {args.url}: {type(exc).__name__}; rows 1-{start} were pushed") from None
+            pushed = f"rows 1-{start} were pushed" if start else "no row was pushed"
+            raise ConvFMError(f"cannot reach {args.url}: {type(exc).__name__}; {pushed}") from None
         if response.status_code != 200:
             kept = f"\nrows 1-{start} were pushed before it" if start else ""
             raise ConvFMError(refusal(path, response, start) + kept)

@@ -75,8 +75,8 @@ def event_time(value: Any) -> dt.datetime:
     milliseconds given as seconds land in the year 50000)."""
     when = parse_time(value)
     if when > dt.datetime.now(dt.timezone.utc) + FUTURE_SLACK:
-        raise ValueError(f"{when.isoformat()} is more than a day in the future (epoch milliseconds given as "
-                         f"seconds?)")
+        hint = "" if isinstance(value, str) else " (epoch milliseconds given as seconds?)"
+        raise ValueError(f"{when.isoformat()} is more than a day in the future{hint}")
     return when
 
 
