@@ -381,7 +381,8 @@ def format_epoch(record: Mapping[str, Any]) -> str:
 def format_summary(result: TrainingResult) -> str:
     best = result.best_metrics
     lines = [
-        f"best epoch {result.best_epoch + 1} of {len(result.history)}: val_loss {best['val_loss']:.4f}  "
+        f"best epoch {result.best_epoch + 1} of {len(result.history)} ({result.best_epoch} in run.json and "
+        f"metrics.csv, which count from 0): val_loss {best['val_loss']:.4f}  "
         f"val_auc {best['val_roc_auc']:.4f}"
         + (f"  popularity {best['popularity_roc_auc']:.4f}" if "popularity_roc_auc" in best else "")
         + (f"  oracle {best['oracle_roc_auc']:.4f}" if "oracle_roc_auc" in best else ""),

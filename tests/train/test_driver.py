@@ -19,7 +19,8 @@ def test_the_summary_names_the_global_time_periods_when_there_are_some():
     line = "global_time split: train before 2012-05-20T00:00:00, valid from 2012-05-20T00:00:00, test from " \
            "2012-06-01T00:00:00 (1,000 / 2 / 3 examples)"
     lines = format_summary(result(periods)).splitlines()
-    assert lines[0].startswith("best epoch 3 of 4: val_loss 0.3100  val_auc 0.8000  popularity 0.6000")
+    assert lines[0].startswith("best epoch 3 of 4 (2 in run.json and metrics.csv, which count from 0): "
+                               "val_loss 0.3100  val_auc 0.8000  popularity 0.6000")
     assert line in lines and lines.index(line) == lines.index("best model: runs/x/best") - 1
     assert not [line for line in format_summary(result(None)).splitlines() if "split" in line]
 
