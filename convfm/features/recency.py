@@ -1,6 +1,7 @@
 """Job-side time features: a job's age at t, its days to expiry, and its popularity (positives in the window
 before t), as buckets (see ``convfm.features.context``). A job's side is piecewise constant in time, so ranking
-recomputes it only when a bucket changes, and ``RecencyEncoder.steady_until`` says when that can next happen.
+recomputes it only when a bucket changes: ``RecencyEncoder.next_changes`` says when a job's age or days left can
+next change, ``JobPopularity.moved`` which jobs' counts events moved.
 """
 from __future__ import annotations
 
@@ -50,13 +51,10 @@ class _EventIndex:
         counts = np.bincount(inside, minlength=int(rows.max(initial=0)) + 1)
         return counts[rows]
 
-    def steady_until(self, t: int, window: int) -> int:
-        """The first time after ``t`` at which some row's count in [t - window, t) may change: an event at or
-        after t enters the window just after its time, one at or after t - window leaves it ``window`` later."""
-        entering, leaving = np.searchsorted(self._by_time, [t, t - window], side="left")
-        soon = [int(self._by_time[entering]) + 1] if entering < len(self._by_time) else []
-        soon += [int(self._by_time[leaving]) + window + 1] if leaving < len(self._by_time) else []
-        return min(soon, default=NEVER)
+    def rows_between(self, start: int, end: int) -> np.ndarray:
+        """The rows of the events with start <= time < end (repeats kept)."""
+        low, high = np.searchsorted(self._by_time, [start, end], side="left")
+        return self._rows_by_time[low:high]
 
 
 class JobPopularity:
@@ -126,9 +124,12 @@ class JobPopularity:
                 out += index.between(rows, t - self.window, t)
         return out
 
-    def steady_until(self, t: int) -> int:
-        """The first time after ``t`` at which some job's count may differ from its count at t (NEVER: none)."""
-        return min(self._base.steady_until(t, self.window), self._added.steady_until(t, self.window))
+    def moved(self, start: int, end: int) -> np.ndarray:
+        """The rows (sorted) whose count may differ between times ``start`` <= ``end``: those of the events that
+        entered the window ([start, end)) or left it ([start - window, end - window)) in between."""
+        parts = [index.rows_between(a, b) for index in (self._base, self._added)
+                 for a, b in ((start, end), (start - self.window, end - self.window))]
+        return np.unique(np.concatenate(parts))
 
     def recent(self, end: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows, times) of the events in the window before ``end`` and after it: what serving from ``end``
@@ -237,30 +238,26 @@ class RecencyEncoder:
             return None
         return np.zeros(0, np.int64) if self.popularity is None else self.popularity.touched_since(changes[1])
 
-    def steady_until(self, job_rows: np.ndarray, t: int) -> int:
-        """The first time after ``t`` at which the bucket of one of ``job_rows`` may differ from its bucket at t
-        (NEVER: none can): its age reaching the next day edge, its days left falling below one, a positive
-        entering or leaving its popularity window. Ranking recomputes nothing before then. Rows held before t
-        change no more."""
+    def next_changes(self, job_rows: np.ndarray, t: int) -> np.ndarray:
+        """Per row of ``job_rows`` (n,), the first time after ``t`` at which its age or days-left bucket may differ
+        from the one at t -> (n,) int64, ``NEVER`` where none can: its age reaching the next day edge, its days
+        left falling below one. Popularity moves with the events instead (``JobPopularity.moved``); a row held
+        before t moves no more."""
         job_rows, t = np.asarray(job_rows, dtype=np.int64), int(t)
-        held = self._read_times(job_rows, np.asarray(t))[1]
-        job_rows = job_rows if held is None else job_rows[~held]
-        soon = [NEVER]
+        out = np.full(len(job_rows), NEVER, dtype=np.int64)
         posted = self.posted[job_rows]
-        posted = posted[posted != ALWAYS]
+        dated = posted != ALWAYS
         edges = np.asarray(AGE_EDGES_DAYS, dtype=np.int64) * MICROS_PER_DAY
-        if len(posted):
-            edge = np.searchsorted(edges, np.maximum(t - posted, 0), side="right")  # the next edge of each age
-            growing = edge < len(edges)
-            soon.append(int((posted[growing] + edges[edge[growing]]).min(initial=NEVER)))
+        edge = np.searchsorted(edges, np.maximum(t - posted[dated], 0), side="right")  # the next edge of each age
+        out[dated] = np.where(edge < len(edges), posted[dated] + edges[np.minimum(edge, len(edges) - 1)], NEVER)
         if self.expiry:
             expires = self.expires[job_rows]
-            expires = expires[(expires != NEVER) & (expires > t)]
+            open_ = (expires != NEVER) & (expires > t)
             edges = np.asarray(EXPIRY_EDGES_DAYS, dtype=np.int64) * MICROS_PER_DAY
-            if len(expires):
-                left = np.searchsorted(edges, expires - t, side="right")  # edges at or below the time left
-                below = np.where(left > 0, expires - edges[np.maximum(left - 1, 0)] + 1, expires)
-                soon.append(int(below.min()))
-        if self.popularity is not None and len(job_rows):
-            soon.append(self.popularity.steady_until(t))
-        return min(soon)
+            left = np.searchsorted(edges, expires[open_] - t, side="right")  # edges at or below the time left
+            below = np.where(left > 0, expires[open_] - edges[np.maximum(left - 1, 0)] + 1, expires[open_])
+            out[open_] = np.minimum(out[open_], below)
+        held = self._read_times(job_rows, np.asarray(t))[1]
+        if held is not None:
+            out[held] = NEVER
+        return out

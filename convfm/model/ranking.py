@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from convfm.data.batching import FieldBatch, join_batches, table_tensors, used_list_length
-from convfm.data.liveness import NEVER
 from convfm.features.base import with_room
 from convfm.features.context import now_micros
 from convfm.features.fields import PAD, EncodedTable, FeatureMap, field_columns
+from convfm.model import job_clock
 from convfm.model.explanations import Explainer
 from convfm.model.network import ConvFM, Side
 from convfm.model.pair_match import Pair, PairMatch
@@ -119,8 +119,8 @@ class CatalogRanker:
         self.jobs = extractor.job_catalog if jobs is None else jobs
         self.n_jobs = len(self.jobs)
         self.time = now_micros() if time is None else int(time)
-        self.buckets = None if self.recency is None else self.recency.rows(np.arange(self.n_jobs), self.time)
-        self.steady = self._steady(np.arange(self.n_jobs), self.time)
+        self._clock = None if self.recency is None else job_clock.read_all(self.recency, self.n_jobs, self.time)
+        self.buckets = None if self._clock is None else self._clock.buckets
         with torch.inference_mode():
             self.job_side = self._job_sides(np.arange(self.n_jobs))
         self.job_width = max(t.shape[1:].numel() for t in _leaves(self.job_side))
@@ -156,16 +156,9 @@ class CatalogRanker:
 
     def at(self, time: int) -> np.ndarray:
         """Move the precomputed job sides to ``time`` -> the rows recomputed: only jobs whose recency bucket
-        changed, and none (no pass over the catalog) while ``time`` is within the steady span of the last move."""
+        changed, found without a pass over the catalog (``convfm.model.job_clock``)."""
         moved = [] if self.recency is None else list(self._advance(np.array([int(time)], dtype=np.int64)))
         return moved[0] if moved else np.zeros(0, dtype=np.int64)
-
-    def _steady(self, rows: np.ndarray, time: int) -> tuple[int, int, Any]:
-        """(``time``, the first time its buckets of ``rows`` may change, the recency's ``changes`` then): the
-        span over which a move reads nothing but the jobs that new positives touched."""
-        if self.recency is None:
-            return time, NEVER, None
-        return time, self.recency.steady_until(rows, time), self.recency.changes
 
     def _job_sides(self, rows: np.ndarray, buckets: Optional[np.ndarray] = None) -> Side:
         """Job sides (n, ...) of catalog ``rows`` (recency in ``buckets``), in passes of JOBS_PER_PASS rows."""
@@ -183,40 +176,25 @@ class CatalogRanker:
     def _advance(self, times: np.ndarray) -> Iterator[np.ndarray]:
         """Move the precomputed job sides to each of ``times`` (ascending) in turn, yielding the rows recomputed
         at each, as ``at`` does; the jobs whose bucket changes over a run of times (up to JOBS_PER_PASS of them)
-        are computed in one pass, not one small pass per time (the fixed cost of a pass dominates a few rows). A
-        time within the steady span of the last one read (``RecencyEncoder.steady_until``) reads nothing, or the
-        jobs of the positives logged since alone."""
-        everything, position, none = np.arange(self.n_jobs), 0, np.zeros(0, dtype=np.int64)
+        are computed in one pass, not one small pass per time (the fixed cost of a pass dominates a few rows)."""
+        position, clock = 0, self._clock
         while position < len(times):
-            moves, buckets, pending, steady = [], self.buckets, 0, self.steady
+            moves, pending = [], 0  # moves: (changed rows, clock state after)
             while position < len(times) and (pending < JOBS_PER_PASS or not moves):
-                time = int(times[position])
-                changed = none
-                touched = self.recency.touched_since(steady[2]) if steady[0] <= time < steady[1] else None
-                if touched is None:  # every job read (moves: (time, changed rows, buckets, span))
-                    later = self.recency.rows(everything, time)
-                    changed, buckets = np.flatnonzero(later != buckets), later
-                    steady = self._steady(everything, time)
-                elif len(touched):  # within the span, logged positives: only their jobs read
-                    later = buckets.copy()
-                    later[touched] = self.recency.rows(touched, time)
-                    changed, buckets = touched[later[touched] != buckets[touched]], later
-                    until = min(steady[1], self.recency.popularity.steady_until(time))
-                    steady = (time, until, self.recency.changes)
-                moves.append((time, changed, buckets, steady))
+                changed, clock = job_clock.step(self.recency, clock, int(times[position]))
+                moves.append((changed, clock))
                 pending, position = pending + len(changed), position + 1
             with torch.inference_mode():
-                sides = self._job_sides(np.concatenate([m[1] for m in moves]),
-                                        np.concatenate([m[2][m[1]] for m in moves])) if pending else None
+                sides = self._job_sides(np.concatenate([m[0] for m in moves]),
+                                        np.concatenate([m[1].buckets[m[0]] for m in moves])) if pending else None
             offset = 0
-            for time, changed, later, steady in moves:
+            for changed, state in moves:
                 if len(changed):
                     with torch.inference_mode():
                         self._write_rows(changed, _map(lambda t: t[offset : offset + len(changed)], sides))
                     self._changed(changed)
                 offset += len(changed)
-                # buckets: a new array, as put_jobs makes (readers may hold the old)
-                self.time, self.buckets, self.steady = time, later, steady
+                self._clock, self.time, self.buckets = state, state.time, state.buckets
                 yield changed
 
     def put_jobs(self, rows: np.ndarray) -> None:
@@ -228,10 +206,8 @@ class CatalogRanker:
         rows = np.asarray(rows, dtype=np.int64)
         self.jobs, n = self.extractor.job_catalog, len(self.extractor.job_catalog)
         if self.recency is not None:
-            self.buckets = np.concatenate([self.buckets, np.zeros(n - len(self.buckets), np.int64)])
-            self.buckets[rows] = self.recency.rows(rows, self.time)
-            since, until, changes = self.steady
-            self.steady = (since, min(until, self.recency.steady_until(rows, self.time)), changes)
+            self._clock = job_clock.put_rows(self.recency, self._clock, rows, n)
+            self.buckets = self._clock.buckets
         with torch.inference_mode():
             side = self._side(self.job_table(rows), "job")
             self._room = _zip_map(lambda tensors: with_room(tensors[0], n), [self._room])

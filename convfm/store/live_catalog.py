@@ -277,7 +277,8 @@ class CatalogStore:
     def append(self, upsert: Sequence[dict[str, Any]] = (), expire: Sequence[str] = (),
                now: Optional[int] = None) -> Delta:
         """Write the next version: ``upsert`` job records (``posted_at`` None: the job's own, or now for a
-        new job: ``UpsertedJobs.dated_at``), ``expire`` ids (expired now). Returns the delta written; CatalogConflict when another writer took its number."""
+        new job: ``UpsertedJobs.dated_at``), ``expire`` ids (expired now). Returns the delta written;
+        CatalogConflict when another writer took its number."""
         now = now_micros() if now is None else int(now)
         if any(not str(job["job_id"]).strip() for job in upsert) or any(not str(j).strip() for j in expire):
             raise ValueError("a live catalog job id must not be blank")
