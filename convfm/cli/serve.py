@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import signal
 import socket
 import time
@@ -72,6 +73,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class _OwnStartNotice(logging.Filter):
+    """Drops Serve's "Connecting to existing Serve app ... New http_options will not be applied": ``serve.run``
+    says it after our own ``serve.start``, which did apply the host and port."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Connecting to existing Serve app")
+
+
 @contextlib.contextmanager
 def running_service(config: Any, application: Any) -> Iterator[tuple[str, dict[str, Any]]]:
     """Serve ``application`` (``serve.app.build_app(config)``) on the caller's Ray at config.host:port and yield
@@ -87,6 +96,7 @@ def running_service(config: Any, application: Any) -> Iterator[tuple[str, dict[s
     from serve.app import APP_NAME
 
     url = config.local_url()  # an allowed Host header, also when bound to 0.0.0.0
+    logging.getLogger("ray.serve").addFilter(_OwnStartNotice())
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)

@@ -42,3 +42,4 @@ def test_serve_command_answers_and_stops_cleanly_on_sigterm(tiny):
     assert process.returncode == 0, err[-3000:]
     assert "stopped: Serve and Ray shut down" in out
     assert "Traceback" not in err
+    assert "Connecting to existing Serve app" not in out + err  # its own start applied the port: no notice
