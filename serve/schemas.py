@@ -165,8 +165,9 @@ Salary = Annotated[float, Field(ge=0, le=1e9)]
 
 class JobPosting(Request):
     """A job to add or replace (every content field; one not given is missing). Without ``posted_at`` a job
-    the catalog holds keeps its posting time, and a new one is posted when written; ``expires_at`` (optional)
-    takes it out of recommendations from then on, else it closes ``job_lifetime_days`` after its posting."""
+    the catalog holds keeps its posting time and, without ``expires_at``, its expiry; a new one is posted when
+    written. ``expires_at`` takes it out of recommendations from then on, else it closes ``job_lifetime_days``
+    after its posting."""
 
     job_id: Id
     title: Optional[Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]] = None
@@ -190,11 +191,7 @@ class JobPosting(Request):
             raise ValueError("salary_min is above salary_max")
         if self.posted_at is not None and self.expires_at is not None and self.expires_at <= self.posted_at:
             raise ValueError("expires_at must be after posted_at")
-        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)  # (times here: naive UTC)
-        if self.posted_at is None and self.expires_at is not None and self.expires_at <= now:
-            raise ValueError(f"expires_at {self.expires_at.isoformat()} is past and no posted_at is given: a new "
-                             "job would be posted now, after it closed; to close a job, list its id in expire")
-        latest = now + FUTURE_SLACK
+        latest = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + FUTURE_SLACK  # (times here: naive UTC)
         if self.posted_at is not None and self.posted_at > latest:
             raise ValueError(f"posted_at {self.posted_at.isoformat()} is more than a day ahead: post a scheduled "
                              "job when it opens (a live job counts as posted from its posted_at on)")

@@ -2,7 +2,7 @@
 
 ``<live_store>/catalog/000001.json``, ``000002.json``, ...: catalog version N is deltas 1..N applied in order,
 on top of the serving model's own catalog (``convfm.store.registry.live_location`` says where the live store
-is). A delta upserts jobs (every content field, its posting time, an optional expiry) and expires ids. It is
+is). A delta upserts jobs (every content field, an optional posting time and expiry) and expires ids. It is
 written once and never changed: locally through a temp file hard-linked into place, on an object store with one
 PUT (``storage.write_new_text``), so a reader never sees half a delta and a replica that lags reads the deltas
 it misses.
@@ -43,7 +43,8 @@ from convfm.store.serving_data import SALARY_COLUMNS
 log = logging.getLogger(__name__)
 
 CATALOG = "catalog"  # <live_store>/catalog/
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: an upsert's posted_at may be null (not given); version 1 deltas read the same
+READ_VERSIONS = (1, 2)
 _DELTA = re.compile(r"^(\d{6,})\.json$")
 # What a job carries besides its id and times: the jobs table's content columns (convfm.data.schema.JOBS).
 CONTENT_FIELDS = ("title", "description", "skills", "location", "company", "salary_min", "salary_max", "job_type",
@@ -76,9 +77,9 @@ class Delta:
     def from_text(cls, text: str, source: str | Path) -> "Delta":
         """Parse one delta file; ArtifactError naming the file and the field when it is not one."""
         doc = parse_json(text, source, "live catalog delta", ArtifactError)
-        if doc.get("format_version") != FORMAT_VERSION:
+        if doc.get("format_version") not in READ_VERSIONS:
             raise ArtifactError(f"{source}: format_version {doc.get('format_version')!r}, this convfm reads "
-                                f"{FORMAT_VERSION}")
+                                f"{', '.join(map(str, READ_VERSIONS))}")
         upsert, expire = doc.get("upsert"), doc.get("expire")
         if not isinstance(doc.get("version"), int) or not isinstance(doc.get("written_at"), int):
             raise ArtifactError(f"{source}: version and written_at must be integers")
@@ -102,12 +103,22 @@ class UpsertedJobs(NamedTuple):
     expires: np.ndarray  # (n,) int64 microseconds, NEVER for none
     dated: np.ndarray  # (n,) bool: whether the upsert gave its posting time
 
-    def dated_at(self, held: Mapping[str, int], written_at: int) -> "UpsertedJobs":
-        """These jobs with the posting times their upserts left out: the one a job had (``held``: job id ->
-        microseconds, ``ALWAYS`` for a job without one), or ``written_at`` for a job new to the catalog."""
-        ids = self.frame["job_id"].tolist()
-        posted = [int(p) if d else held.get(i, written_at) for i, p, d in zip(ids, self.posted, self.dated)]
-        return self._replace(posted=np.array(posted, dtype=np.int64), dated=np.ones(len(ids), dtype=bool))
+    def dated_at(self, held: Mapping[str, tuple[int, int]], written_at: int) -> "UpsertedJobs":
+        """These jobs with the times their upserts left out. An undated upsert of a job the catalog holds
+        (``held``: job id -> its (posting, expiry) in microseconds, ``ALWAYS``/``NEVER`` for none) is an edit: it
+        keeps the job's posting time and, unless it gives one, its expiry. A new job is posted at ``written_at``
+        (without a posting time when it closed before then). ``NEVER`` is left where an expiry is still to come
+        from the job's lifetime."""
+        posted, expires = self.posted.copy(), self.expires.copy()
+        for i, job_id in enumerate(self.frame["job_id"]):
+            if self.dated[i]:
+                continue
+            if job_id in held:
+                posted[i] = held[job_id][0]
+                expires[i] = held[job_id][1] if expires[i] == NEVER else expires[i]
+            else:
+                posted[i] = written_at if expires[i] > written_at else ALWAYS
+        return self._replace(posted=posted, expires=expires, dated=np.ones(len(posted), dtype=bool))
 
 
 def upserted_jobs(upsert: Sequence[Mapping[str, Any]], version: Optional[int] = None) -> UpsertedJobs:
@@ -148,8 +159,10 @@ def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta]) -> tuple[pd.DataFram
     for delta in deltas:
         new = upserted_jobs(delta.upsert, delta.version)
         undated = [j for j, d in zip(new.frame["job_id"], new.dated) if not d and j in table.index]
-        held = dict(zip(undated, to_micros(table.loc[undated, "posted_at"]) if "posted_at" in table else []))
-        new = new.dated_at(held, delta.written_at)
+        times = [to_micros(table.loc[undated, c]) if c in table else np.full(len(undated), ALWAYS)
+                 for c in ("posted_at", "expires_at")]
+        new = new.dated_at({j: (p, NEVER if e == ALWAYS else e) for j, p, e in zip(undated, *times)},
+                           delta.written_at)
         if len(new.frame):
             columns = {slug(c): c for c in table.columns if c not in JOBS.names}  # extra keys, case aside
             new = new._replace(frame=new.frame.rename(columns=lambda c: c if c in JOBS.names
@@ -206,6 +219,13 @@ class LiveJobs:
         alive = self.expires > (now_micros() if now is None else now)
         return alive if mask is None else mask & alive
 
+    def _times(self, recency: Any, row: int) -> tuple[int, int]:
+        """A catalog row's (posting, expiry) as served: the calendar's (the model's data, or the live catalog's
+        upserts), closed sooner by an ``expire``."""
+        if recency is None:
+            return int(self.posted[row]), int(self.expires[row])
+        return int(recency.posted[row]), min(int(recency.expires[row]), int(self.expires[row]))
+
     def apply(self, delta: Delta, extractor: Any,
               put_rows: Callable[[np.ndarray], None]) -> tuple[np.ndarray, pd.DataFrame]:
         """One delta, upserts first: their rows written into ``extractor``'s catalog (``put_jobs``: an id it
@@ -214,10 +234,9 @@ class LiveJobs:
         (n,) and their jobs frame, for what the caller keeps per row (display columns, popularity)."""
         jobs = upserted_jobs(delta.upsert, delta.version)
         recency = getattr(extractor, "recency_encoder", None)
-        posted = self.posted if recency is None else recency.posted  # every row's: the model's and the live ones
         rows = extractor.job_rows
-        jobs = jobs.dated_at({j: int(posted[rows[j]]) for j, d in zip(jobs.frame["job_id"], jobs.dated)
-                              if not d and j in rows}, delta.written_at)
+        held = {j: rows[j] for j, d in zip(jobs.frame["job_id"], jobs.dated) if not d and j in rows}
+        jobs = jobs.dated_at({j: self._times(recency, row) for j, row in held.items()}, delta.written_at)
         jobs = jobs._replace(expires=np.where(jobs.expires == NEVER, lifetime_ends(jobs.posted, self.lifetime_days),
                                               jobs.expires))
         with self.lock:

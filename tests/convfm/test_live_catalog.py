@@ -99,12 +99,13 @@ def test_on_s3_a_put_overwritten_before_the_read_back_is_a_conflict(s3_bucket, m
 def test_training_reads_an_undated_upsert_at_the_jobs_own_posting_and_a_new_job_at_the_deltas_time():
     from convfm.store.live_catalog import jobs_after
 
-    posted = pd.Timestamp("2026-11-01")
+    posted, closes = pd.Timestamp("2026-11-01"), pd.Timestamp("2026-12-20")
     jobs = pd.DataFrame({"job_id": ["a", "b"], "title": ["x", "y"], "posted_at": [posted, pd.NaT],
-                         "expires_at": [pd.NaT, pd.NaT]})
+                         "expires_at": [closes, pd.NaT]})
     written = pd.Timestamp("2026-12-01").value // 1000
     upsert = tuple(job(j, title="edited", posted_at=None) for j in ("a", "b", "c"))
     table = jobs_after(jobs, [Delta(1, written, upsert)])[0].set_index("job_id")
     assert table["title"].tolist() == ["edited"] * 3
-    assert table.loc["a", "posted_at"] == posted and pd.isna(table.loc["b", "posted_at"])  # kept: none
+    assert (table.loc["a", "posted_at"], table.loc["a", "expires_at"]) == (posted, closes)  # an edit: kept
+    assert pd.isna(table.loc["b", "posted_at"]) and pd.isna(table.loc["b", "expires_at"])  # kept: none
     assert table.loc["c", "posted_at"] == pd.Timestamp("2026-12-01")  # new: posted when written

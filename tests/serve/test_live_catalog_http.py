@@ -114,7 +114,8 @@ def test_expired_jobs_are_left_out_unless_asked_for(service):
     job = client.get("/jobs/n1").json()
     assert job["expired"] and job["expires_at"] is not None
     assert client.get("/jobs/n2").json()["expires_at"].startswith("2025-01-01T00:00:00")
-    client.post("/jobs", json={"upsert": [posting("n1")]}, headers=AUTH)  # posted again: live again
+    again = posting("n1", posted_at=pd.Timestamp.now(tz="UTC").isoformat())  # posted again: live again
+    client.post("/jobs", json={"upsert": [again]}, headers=AUTH)
     assert [i["job_id"] for i in client.post("/recommend", json=request).json()["items"]] == ["n1"]
 
 
@@ -170,10 +171,11 @@ def test_a_blank_job_id_in_an_older_delta_is_left_out(tiny, tmp_path):
     assert "n1" in slot.current.extractor.job_rows and "" not in slot.current.extractor.job_ids[1:]
 
 
-def test_an_upsert_without_posted_at_keeps_the_jobs_posting_and_closes_a_lifetime_after_it(service):
+def test_an_undated_upsert_is_an_edit_that_keeps_the_jobs_posting_and_expiry(service):
     """A salary edit (or a daily re-sync of the board's file) leaves a job's age and closing as they were: without
-    ``posted_at`` a job the catalog holds keeps its posting time, the model's own jobs included; a new job is
-    posted when written. Without ``expires_at`` it closes ``job_lifetime_days`` (30) after its posting."""
+    ``posted_at`` a job the catalog holds keeps its posting time and, without ``expires_at``, its expiry (an
+    ``expire`` included), the model's own jobs too; a new job is posted when written and closes
+    ``job_lifetime_days`` (30) after it."""
     client, _, slot, _ = service
     now = pd.Timestamp.now(tz="UTC")
     ten_days_ago = (now - pd.Timedelta(days=10)).floor("s")
@@ -185,9 +187,15 @@ def test_an_upsert_without_posted_at_keeps_the_jobs_posting_and_closes_a_lifetim
     edited = client.get("/jobs/n1", headers=AUTH).json()
     assert edited["salary_max"] == 120000 and pd.Timestamp(edited["posted_at"]) == ten_days_ago
     assert pd.Timestamp(edited["expires_at"]) == ten_days_ago + pd.Timedelta(days=30)
-    assert client.get(f"/jobs/{model_job}", headers=AUTH).json()["posted_at"] == before["posted_at"]
+    after = client.get(f"/jobs/{model_job}", headers=AUTH).json()
+    assert (after["posted_at"], after["expires_at"]) == (before["posted_at"], before["expires_at"])
     new = client.get("/jobs/n2", headers=AUTH).json()
     assert abs(pd.Timestamp(new["posted_at"]) - now) < pd.Timedelta(minutes=5)
-    past = posting("n3", expires_at=(now - pd.Timedelta(days=1)).isoformat())
-    refused = client.post("/jobs", json={"upsert": [past]}, headers=AUTH)
-    assert refused.status_code == 422 and "is past and no posted_at is given" in refused.text
+    assert pd.Timestamp(new["expires_at"]) - pd.Timestamp(new["posted_at"]) == pd.Timedelta(days=30)
+    client.post("/jobs", json={"expire": ["n1"]}, headers=AUTH)
+    client.post("/jobs", json={"upsert": [posting("n1")]}, headers=AUTH)  # the re-sync leaves it closed
+    assert client.get("/jobs/n1", headers=AUTH).json()["expired"]
+    closed = posting("n3", expires_at=(now - pd.Timedelta(days=1)).isoformat())  # an export's closed job
+    assert client.post("/jobs", json={"upsert": [closed]}, headers=AUTH).status_code == 200
+    detail = client.get("/jobs/n3", headers=AUTH).json()
+    assert detail["expired"] and detail["posted_at"] is None  # no posting after its close
