@@ -33,7 +33,9 @@ class ModelJobs:
         self._last = self._last_expiry()
 
     def replace(self, rows: np.ndarray) -> None:
-        """The live catalog replaced these catalog ``rows`` (those past the model's own are ignored)."""
+        """The live catalog replaced these catalog ``rows`` (those past the model's own are ignored). They are no
+        longer held: ``RecencyEncoder.put``, which wrote them, released them (``hold`` re-holds only when its time
+        changes)."""
         rows = np.asarray(rows, dtype=np.int64)
         self.replaced[rows[rows < len(self.replaced)]] = True
         self._last = self._last_expiry()

@@ -81,6 +81,9 @@ class _OwnStartNotice(logging.Filter):
         return not record.getMessage().startswith("Connecting to existing Serve app")
 
 
+OWN_START_NOTICE = _OwnStartNotice()
+
+
 @contextlib.contextmanager
 def running_service(config: Any, application: Any) -> Iterator[tuple[str, dict[str, Any]]]:
     """Serve ``application`` (``serve.app.build_app(config)``) on the caller's Ray at config.host:port and yield
@@ -96,7 +99,7 @@ def running_service(config: Any, application: Any) -> Iterator[tuple[str, dict[s
     from serve.app import APP_NAME
 
     url = config.local_url()  # an allowed Host header, also when bound to 0.0.0.0
-    logging.getLogger("ray.serve").addFilter(_OwnStartNotice())
+    logging.getLogger("ray.serve").addFilter(OWN_START_NOTICE)  # one filter, however many services start
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)

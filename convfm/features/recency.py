@@ -62,8 +62,8 @@ class JobPopularity:
     example never counts its own event), from (catalog row, time) events: the training data's positives (``set``),
     then, while serving, the logged ones as they arrive (``add``). Added events go to a small second index,
     merged into the first once it holds an eighth as many, so an event costs a re-sort of the small one.
-    ``changes`` counts ``set`` and ``add``: a reader's counts stay true while it stays, and ``touched_since``
-    names the rows that logged positives changed since."""
+    ``changes`` counts ``set`` and ``add``, and ``touched_since`` names the rows whose counts an ``add`` changed
+    since a reader's count (time moves them too: ``moved``)."""
 
     def __init__(self, window_days: float) -> None:
         self.window = int(round(float(window_days) * MICROS_PER_DAY))
@@ -227,8 +227,8 @@ class RecencyEncoder:
 
     @property
     def changes(self) -> tuple[int, int]:
-        """(holds, changes to the jobs' popularity: ``JobPopularity.changes``): a reader's steady span holds
-        while this stays."""
+        """(holds, changes to the jobs' popularity: ``JobPopularity.changes``): what a reader must catch up on
+        beyond time itself (``touched_since``)."""
         return self._holds, 0 if self.popularity is None else self.popularity.changes
 
     def touched_since(self, changes: tuple[int, int]) -> Optional[np.ndarray]:
@@ -241,7 +241,7 @@ class RecencyEncoder:
     def next_changes(self, job_rows: np.ndarray, t: int) -> np.ndarray:
         """Per row of ``job_rows`` (n,), the first time after ``t`` at which its age or days-left bucket may differ
         from the one at t -> (n,) int64, ``NEVER`` where none can: its age reaching the next day edge, its days
-        left falling below one. Popularity moves with the events instead (``JobPopularity.moved``); a row held
+        left falling below the next edge (31, 15, 7, 3, 1) or to 0. Popularity moves with the events instead (``JobPopularity.moved``); a row held
         before t moves no more."""
         job_rows, t = np.asarray(job_rows, dtype=np.int64), int(t)
         out = np.full(len(job_rows), NEVER, dtype=np.int64)

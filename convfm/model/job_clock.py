@@ -4,8 +4,8 @@ A job's side depends on time only through its recency bucket (``convfm.features.
 left change at known times (``RecencyEncoder.next_changes``), its popularity when an event enters or leaves its
 window (``JobPopularity.moved``) or a positive is logged (``touched_since``). A ``ClockState`` keeps every job's
 bucket and its next age or days-left change, so a move to a later time reads the jobs due by then and those the
-events moved, not the whole catalog. Reading every job costs 5.6 ms at 100k jobs and 68 ms at 1M (one thread);
-a serving replica moves at every request.
+events moved, not the whole catalog. Reading every job's bucket and next change costs 10.6 ms at 100k jobs and
+127 ms at 1M (one thread); a serving replica moves at every request.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ FULL_READ_SHARE, FULL_READ_ROWS = 4, 1024
 class ClockState:
     """Every catalog job's recency bucket at ``time`` (``buckets`` (N,) rows of the recency table), its next age
     or days-left change (``next`` (N,), ``NEVER`` for none), their earliest (``soonest``) and the recency's
-    ``changes`` read (holds, logged positives). Never changed in place: readers may hold the arrays."""
+    ``changes`` read then (``seen``: holds, logged positives). Never changed in place: readers may hold the
+    arrays."""
 
     time: int
     buckets: np.ndarray

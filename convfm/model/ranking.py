@@ -24,6 +24,7 @@ from convfm.model import job_clock
 from convfm.model.explanations import Explainer
 from convfm.model.network import ConvFM, Side
 from convfm.model.pair_match import Pair, PairMatch
+from convfm.model.top_k import best_first
 
 # Floats per intermediate (U, chunk, width) tensor: ~1 MB, so a combine step stays in cache. Measured with the
 # default model on 10k jobs (2 cores): 0.59-0.82 us per pair at 1 << 18 against 1.11-1.15 at 1 << 22 for 50-400
@@ -32,6 +33,7 @@ from convfm.model.pair_match import Pair, PairMatch
 # top-10 took 24.4 ms at 1 << 18 against 26.3 at 1 << 17 and 23.7 at 1 << 19 (2 threads, one probe).
 ELEMENT_BUDGET = 1 << 18
 JOBS_PER_PASS = 8192  # job rows per side pass (catalog precompute, time moves)
+MOVE_ELEMENTS = 1 << 23  # a pass plans moves while their clock states (two (N,) arrays each) stay within this
 # Job-side changes ``changed_since`` can replay (older readers rescore everything): the last CHANGES_KEPT, and no
 # more rows in all than the catalog has (past that a full scan costs less than replaying them).
 CHANGES_KEPT = 256
@@ -72,21 +74,6 @@ def _zeros_side(feature_map: FeatureMap, rows: int, device: torch.device) -> Fie
     )
 
 
-def best_first(logits: torch.Tensor, k: int, rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` highest of ``logits`` (n,) of catalog ``rows`` (n,; None: the positions) -> (rows, logits), best
-    first; equal logits go to the lower row, so a full scan and a rerank of candidates agree on two copies of one
-    job."""
-    k = min(k, len(logits))
-    if k == 0:
-        return np.zeros(0, dtype=np.int64), logits.new_zeros(0).cpu().numpy()
-    threshold = torch.topk(logits, k).values[-1]
-    tied = torch.nonzero(logits >= threshold).flatten()  # the k best, and any tied with the k-th
-    values = logits[tied].cpu().numpy()
-    keys = tied.cpu().numpy() if rows is None else rows[tied.cpu().numpy()]
-    order = np.lexsort((keys, -values))[:k]
-    return keys[order], values[order]
-
-
 class CatalogRanker:
     """Scores users against a whole job catalog with the job side precomputed (see the module docstring).
 
@@ -118,15 +105,24 @@ class CatalogRanker:
         self.recency = getattr(extractor, "recency_encoder", None) if jobs is None else None
         self.jobs = extractor.job_catalog if jobs is None else jobs
         self.n_jobs = len(self.jobs)
-        self.time = now_micros() if time is None else int(time)
-        self._clock = None if self.recency is None else job_clock.read_all(self.recency, self.n_jobs, self.time)
-        self.buckets = None if self._clock is None else self._clock.buckets
+        self._time = now_micros() if time is None else int(time)  # the clock's, with recency fields
+        self._clock = None if self.recency is None else job_clock.read_all(self.recency, self.n_jobs, self._time)
         with torch.inference_mode():
             self.job_side = self._job_sides(np.arange(self.n_jobs))
         self.job_width = max(t.shape[1:].numel() for t in _leaves(self.job_side))
         self._own_jobs = jobs is not None
         self._room = self.job_side  # job_side is a view of these buffers (put_jobs grows them)
         self.version, self._changes = 0, []  # _changes: (version, rows it changed), the last CHANGES_KEPT
+
+    @property
+    def time(self) -> int:
+        """The time the precomputed job sides are at."""
+        return self._time if self._clock is None else self._clock.time
+
+    @property
+    def buckets(self) -> Optional[np.ndarray]:
+        """(N,) every job's recency-table row at ``time``; None without recency fields."""
+        return None if self._clock is None else self._clock.buckets
 
     # ---------------------------------------------------------------------------------------- changes
     def _changed(self, rows: np.ndarray) -> None:
@@ -180,7 +176,8 @@ class CatalogRanker:
         position, clock = 0, self._clock
         while position < len(times):
             moves, pending = [], 0  # moves: (changed rows, clock state after)
-            while position < len(times) and (pending < JOBS_PER_PASS or not moves):
+            while position < len(times) and (pending < JOBS_PER_PASS and len(moves) * self.n_jobs < MOVE_ELEMENTS
+                                              or not moves):
                 changed, clock = job_clock.step(self.recency, clock, int(times[position]))
                 moves.append((changed, clock))
                 pending, position = pending + len(changed), position + 1
@@ -194,7 +191,7 @@ class CatalogRanker:
                         self._write_rows(changed, _map(lambda t: t[offset : offset + len(changed)], sides))
                     self._changed(changed)
                 offset += len(changed)
-                self._clock, self.time, self.buckets = state, state.time, state.buckets
+                self._clock = state
                 yield changed
 
     def put_jobs(self, rows: np.ndarray) -> None:
@@ -207,7 +204,6 @@ class CatalogRanker:
         self.jobs, n = self.extractor.job_catalog, len(self.extractor.job_catalog)
         if self.recency is not None:
             self._clock = job_clock.put_rows(self.recency, self._clock, rows, n)
-            self.buckets = self._clock.buckets
         with torch.inference_mode():
             side = self._side(self.job_table(rows), "job")
             self._room = _zip_map(lambda tensors: with_room(tensors[0], n), [self._room])

@@ -23,7 +23,8 @@ import torch
 
 from convfm.features.fields import EncodedTable
 from convfm.model.network import Side
-from convfm.model.ranking import CatalogRanker, _leaves, best_first
+from convfm.model.ranking import CatalogRanker, _leaves
+from convfm.model.top_k import best_first
 
 # Rows per projection step when (re)indexing: (65536, d) float features stay ~100 MB with the default model.
 INDEX_CHUNK = 1 << 16

@@ -138,7 +138,7 @@ def test_bad_arguments_name_the_problem(big):
 def test_best_first_gives_equal_logits_to_the_lower_row():
     """Two copies of one job score alike: the full scan and the rerank of candidates both put the lower row first,
     and a tie at the k-th place goes to it too."""
-    from convfm.model.ranking import best_first
+    from convfm.model.top_k import best_first
 
     logits = torch.tensor([1.0, 3.0, 2.0, 3.0, 2.0, 0.5])
     rows, values = best_first(logits, 3)
