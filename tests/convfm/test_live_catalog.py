@@ -2,6 +2,7 @@
 never loses a concurrent update, a second writer that raced it refused, a reopened store reading it all back."""
 from __future__ import annotations
 
+import json
 import threading
 
 import pandas as pd
@@ -109,3 +110,11 @@ def test_training_reads_an_undated_upsert_at_the_jobs_own_posting_and_a_new_job_
     assert (table.loc["a", "posted_at"], table.loc["a", "expires_at"]) == (posted, closes)  # an edit: kept
     assert pd.isna(table.loc["b", "posted_at"]) and pd.isna(table.loc["b", "expires_at"])  # kept: none
     assert table.loc["c", "posted_at"] == pd.Timestamp("2026-12-01")  # new: posted when written
+
+
+def test_a_version_1_delta_still_reads_and_an_unknown_format_is_named():
+    old = {"format_version": 1, "version": 1, "writer": "old", "written_at": 5,
+           "upsert": [job("a", posted_at=3, expires_at=None)], "expire": {}}
+    assert Delta.from_text(json.dumps(old), "000001.json").upsert[0]["posted_at"] == 3
+    with pytest.raises(ArtifactError, match=r"000001.json: format_version 3, this convfm reads 1, 2"):
+        Delta.from_text(json.dumps({**old, "format_version": 3}), "000001.json")
