@@ -50,14 +50,14 @@ def step(recency: Any, state: ClockState, time: int) -> tuple[np.ndarray, ClockS
     touched = recency.touched_since(state.seen) if time >= state.time else None
     if touched is None:
         return _read_every_job(recency, state, time)
-    parts = [touched]
+    parts = [touched] if len(touched) else []
     if time >= state.soonest:
         parts.append(np.flatnonzero(state.next <= time))
     if recency.popularity is not None and time > state.time:
         parts.append(recency.popularity.moved(state.time, time))
-    rows = np.unique(np.concatenate(parts))
-    if not len(rows):
-        return rows, dataclasses.replace(state, time=time, seen=recency.changes)
+    rows = np.unique(np.concatenate(parts)) if parts else touched
+    if not len(rows):  # most moves: nothing due (a request's move costs microseconds)
+        return rows, ClockState(time, state.buckets, state.next, state.soonest, recency.changes)
     if len(rows) > max(n // FULL_READ_SHARE, FULL_READ_ROWS):
         return _read_every_job(recency, state, time)
     buckets, following = state.buckets.copy(), state.next.copy()

@@ -24,6 +24,7 @@ from convfm.model import job_clock
 from convfm.model.explanations import Explainer
 from convfm.model.network import ConvFM, Side
 from convfm.model.pair_match import Pair, PairMatch
+from convfm.model.sides import leaves, map_side, zip_map
 from convfm.model.top_k import best_first
 
 # Floats per intermediate (U, chunk, width) tensor: ~1 MB, so a combine step stays in cache. Measured with the
@@ -37,30 +38,6 @@ MOVE_ELEMENTS = 1 << 23  # a pass plans moves while their clock states (two (N,)
 # Job-side changes ``changed_since`` can replay (older readers rescore everything): the last CHANGES_KEPT, and no
 # more rows in all than the catalog has (past that a full scan costs less than replaying them).
 CHANGES_KEPT = 256
-
-
-def _zip_map(fn: Callable[[list[torch.Tensor]], torch.Tensor], sides: list[Any]) -> Any:
-    """``fn`` over the matching tensors of several Sides (nested NamedTuples of tensors or None) -> one Side."""
-    first = sides[0]
-    if first is None:
-        return None
-    if isinstance(first, tuple):
-        parts = (_zip_map(fn, list(parts)) for parts in zip(*sides))
-        return type(first)(*parts) if hasattr(first, "_fields") else tuple(parts)
-    return fn(sides)
-
-
-def _leaves(side: Any) -> Iterator[torch.Tensor]:
-    """The tensors of a Side."""
-    for part in side:
-        if isinstance(part, tuple):
-            yield from _leaves(part)
-        elif part is not None:
-            yield part
-
-
-def _map(fn: Callable[[torch.Tensor], torch.Tensor], side: Side) -> Side:
-    return _zip_map(lambda tensors: fn(tensors[0]), [side])
 
 
 def _zeros_side(feature_map: FeatureMap, rows: int, device: torch.device) -> FieldBatch:
@@ -109,7 +86,7 @@ class CatalogRanker:
         self._clock = None if self.recency is None else job_clock.read_all(self.recency, self.n_jobs, self._time)
         with torch.inference_mode():
             self.job_side = self._job_sides(np.arange(self.n_jobs))
-        self.job_width = max(t.shape[1:].numel() for t in _leaves(self.job_side))
+        self.job_width = max(t.shape[1:].numel() for t in leaves(self.job_side))
         self._own_jobs = jobs is not None
         self._room = self.job_side  # job_side is a view of these buffers (put_jobs grows them)
         self.version, self._changes = 0, []  # _changes: (version, rows it changed), the last CHANGES_KEPT
@@ -153,12 +130,17 @@ class CatalogRanker:
     def at(self, time: int) -> np.ndarray:
         """Move the precomputed job sides to ``time`` -> the rows recomputed: only jobs whose recency bucket
         changed, found without a pass over the catalog (``convfm.model.job_clock``)."""
-        moved = [] if self.recency is None else list(self._advance(np.array([int(time)], dtype=np.int64)))
-        return moved[0] if moved else np.zeros(0, dtype=np.int64)
+        if self.recency is None:
+            return np.zeros(0, dtype=np.int64)
+        changed, state = job_clock.step(self.recency, self._clock, int(time))
+        if len(changed):  # job sides to recompute, as for a batch of times
+            return next(self._advance(np.array([int(time)], dtype=np.int64), planned=(changed, state)))
+        self._clock = state  # most moves: the clock's alone
+        return changed
 
     def _job_sides(self, rows: np.ndarray, buckets: Optional[np.ndarray] = None) -> Side:
         """Job sides (n, ...) of catalog ``rows`` (recency in ``buckets``), in passes of JOBS_PER_PASS rows."""
-        return _zip_map(torch.cat, [
+        return zip_map(torch.cat, [
             self._side(self.job_table(rows[a : a + JOBS_PER_PASS],
                                       None if buckets is None else buckets[a : a + JOBS_PER_PASS]), "job")
             for a in range(0, len(rows), JOBS_PER_PASS)])
@@ -166,19 +148,23 @@ class CatalogRanker:
     def _write_rows(self, rows: np.ndarray, side: Side) -> None:
         """Overwrite the precomputed job sides of catalog ``rows`` (n,) with ``side`` (n, ...)."""
         index = torch.as_tensor(rows, device=self.device)
-        for old, new in zip(_leaves(self.job_side), _leaves(side)):
+        for old, new in zip(leaves(self.job_side), leaves(side)):
             old[index] = new
 
-    def _advance(self, times: np.ndarray) -> Iterator[np.ndarray]:
+    def _advance(self, times: np.ndarray, planned: Optional[tuple[np.ndarray, Any]] = None) -> Iterator[np.ndarray]:
         """Move the precomputed job sides to each of ``times`` (ascending) in turn, yielding the rows recomputed
         at each, as ``at`` does; the jobs whose bucket changes over a run of times (up to JOBS_PER_PASS of them)
-        are computed in one pass, not one small pass per time (the fixed cost of a pass dominates a few rows)."""
+        are computed in one pass, not one small pass per time (the fixed cost of a pass dominates a few rows).
+        ``planned``: the first time's ``job_clock.step``, already taken."""
         position, clock = 0, self._clock
         while position < len(times):
             moves, pending = [], 0  # moves: (changed rows, clock state after)
             while position < len(times) and (pending < JOBS_PER_PASS and len(moves) * self.n_jobs < MOVE_ELEMENTS
                                               or not moves):
-                changed, clock = job_clock.step(self.recency, clock, int(times[position]))
+                if planned is None:
+                    changed, clock = job_clock.step(self.recency, clock, int(times[position]))
+                else:
+                    (changed, clock), planned = planned, None
                 moves.append((changed, clock))
                 pending, position = pending + len(changed), position + 1
             with torch.inference_mode():
@@ -188,7 +174,7 @@ class CatalogRanker:
             for changed, state in moves:
                 if len(changed):
                     with torch.inference_mode():
-                        self._write_rows(changed, _map(lambda t: t[offset : offset + len(changed)], sides))
+                        self._write_rows(changed, map_side(lambda t: t[offset : offset + len(changed)], sides))
                     self._changed(changed)
                 offset += len(changed)
                 self._clock = state
@@ -206,8 +192,8 @@ class CatalogRanker:
             self._clock = job_clock.put_rows(self.recency, self._clock, rows, n)
         with torch.inference_mode():
             side = self._side(self.job_table(rows), "job")
-            self._room = _zip_map(lambda tensors: with_room(tensors[0], n), [self._room])
-            self.n_jobs, self.job_side = n, _map(lambda t: t[:n], self._room)
+            self._room = zip_map(lambda tensors: with_room(tensors[0], n), [self._room])
+            self.n_jobs, self.job_side = n, map_side(lambda t: t[:n], self._room)
             self._write_rows(rows, side)
         self._changed(rows)
         self.__dict__.pop("explainer", None)  # its view of the catalog (constant fields): recomputed when next used
@@ -257,7 +243,7 @@ class CatalogRanker:
         out: Optional[torch.Tensor] = None
         for group, _ in zip(np.split(order, starts[1:]), self._advance(distinct)):
             index = torch.as_tensor(group, device=self.device)
-            scores = self._score_all(_map(lambda t: t[index], user_side), job_rows)
+            scores = self._score_all(map_side(lambda t: t[index], user_side), job_rows)
             if out is None:
                 out = scores.new_empty((len(times), scores.shape[1]))
             out[index.to(out.device)] = scores
@@ -269,13 +255,13 @@ class CatalogRanker:
         without the pair-match terms when not ``pair_terms`` (the retrieval fit)."""
         with torch.inference_mode():
             side = self._side(users, "user") if isinstance(users, EncodedTable) else users
-            u = _map(lambda t: t[:, None], side._replace(lists=None))  # the pair-match terms: once, below
+            u = map_side(lambda t: t[:, None], side._replace(lists=None))  # the pair-match terms: once, below
             rows = None if job_rows is None else torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
             total = self.n_jobs if rows is None else len(rows)
             step, out = self._chunk(len(users)), []
             for start in range(0, total, step):
                 index = slice(start, start + step) if rows is None else rows[start : start + step]
-                out.append(self.split.combine(u, _map(lambda t: t[index][None], self.job_side)))
+                out.append(self.split.combine(u, map_side(lambda t: t[index][None], self.job_side)))
             logits = torch.cat(out, dim=1) if out else torch.zeros((len(users), 0), device=self.device)
             return self.add_match_terms(logits, side, rows) if pair_terms and total else logits
 
@@ -353,8 +339,8 @@ class CatalogRanker:
             u = self._side(users, "user")
             ui = torch.as_tensor(user_index, dtype=torch.int64, device=self.device)
             ji = torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
-            logits = self.split.combine(_map(lambda t: t[ui], u._replace(lists=None)),
-                                        _map(lambda t: t[ji], self.job_side))
+            logits = self.split.combine(map_side(lambda t: t[ui], u._replace(lists=None)),
+                                        map_side(lambda t: t[ji], self.job_side))
             for (match, p), a in zip(self._match_pairs, u.lists or ()):
                 logits += match.term(p, a[ui], self._job_lists(match.pairs[p].job, np.asarray(job_rows)))
             return logits

@@ -23,7 +23,8 @@ import torch
 
 from convfm.features.fields import EncodedTable
 from convfm.model.network import Side
-from convfm.model.ranking import CatalogRanker, _leaves
+from convfm.model.ranking import CatalogRanker
+from convfm.model.sides import leaves
 from convfm.model.top_k import best_first
 
 # Rows per projection step when (re)indexing: (65536, d) float features stay ~100 MB with the default model.
@@ -48,7 +49,7 @@ def job_features(ranker: CatalogRanker, rows: torch.Tensor) -> torch.Tensor:
     """The precomputed job sides of catalog ``rows`` (R,) flattened -> (R, d): every number of a job that its
     logit against any user depends on."""
     side = ranker.job_side._replace(lists=None)  # ids are not numbers (the pair-match terms are added exactly)
-    return torch.cat([t[rows].reshape(len(rows), -1) for t in _leaves(side)], dim=1)
+    return torch.cat([t[rows].reshape(len(rows), -1) for t in leaves(side)], dim=1)
 
 
 def fit_projection(ranker: CatalogRanker, dims: Optional[int], rows: int = 20_000, seed: int = 0) -> Projection:

@@ -14,8 +14,11 @@ def best_first(logits: torch.Tensor, k: int, rows: Optional[np.ndarray] = None) 
     k = min(k, len(logits))
     if k == 0:
         return np.zeros(0, dtype=np.int64), logits.new_zeros(0).cpu().numpy()
-    threshold = torch.topk(logits, k).values[-1]
-    tied = torch.nonzero(logits >= threshold).flatten()  # the k best, and any tied with the k-th
+    top = torch.topk(logits, min(k + 1, len(logits)))  # one past k: a tie at the k-th place shows
+    values, positions = top.values.cpu().numpy(), top.indices.cpu().numpy()
+    if (np.diff(values) < 0).all():  # no two equal: their order is the logits' own
+        return (positions[:k] if rows is None else rows[positions[:k]]), values[:k]
+    tied = torch.nonzero(logits >= float(values[k - 1])).flatten()  # the k best, and any tied with the k-th
     values = logits[tied].cpu().numpy()
     keys = tied.cpu().numpy() if rows is None else rows[tied.cpu().numpy()]
     order = np.lexsort((keys, -values))[:k]
