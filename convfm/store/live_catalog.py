@@ -59,7 +59,8 @@ class CatalogConflict(StorageError):
 class Delta:
     """One accepted change. ``upsert``: job records (``job_id``, ``CONTENT_FIELDS``, ``posted_at`` and
     ``expires_at`` as int64 microseconds or None: no posting time given (the job keeps the one it has, a new one
-    is posted at ``written_at``), no expiry given (``job_lifetime_days`` after its posting); ``extra``, when
+    is posted at ``written_at``), no expiry given (an undated edit keeps the job's, else ``job_lifetime_days``
+    after its posting: ``UpsertedJobs.dated_at``, ``LiveJobs.apply``); ``extra``, when
     given: the values of extra columns by name, ``DataConfig.extra_columns``); ``expire``: job id ->
     microseconds."""
 
