@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from convfm.data.liveness import ALWAYS
 from convfm.errors import DataValidationError, StorageError
 from convfm.store import event_log
 from serve.scorer import ServiceError
@@ -35,14 +36,24 @@ log = logging.getLogger(__name__)
 IMPRESSION_FLUSH_S, IMPRESSION_BATCH = 2.0, 500  # impression records wait at most this long, or this many
 
 
-def event_records(events: Sequence[Any], known: Optional[Mapping[str, bool]]) -> list[dict[str, Any]]:
-    """Log records of validated ``serve.schemas.Event`` objects; ``known``: job id -> in the serving catalog
-    (None when no replica could say: the records then carry ``known_job: null``)."""
+def event_records(events: Sequence[Any], known: Optional[Mapping[str, Optional[int]]]) -> list[dict[str, Any]]:
+    """Log records of validated ``serve.schemas.Event`` objects; ``known``: job id -> its posting time in the
+    serving catalog, None for a job it does not hold (``Scorer.known_jobs``; ``known`` None when no replica could
+    say: the records then carry ``known_job: null``)."""
     received = event_log.iso(dt.datetime.now(dt.timezone.utc))
     return [{"event_id": e.event_id, "type": e.type, "user_id": e.user_id, "job_id": e.job_id,
              "timestamp": event_log.iso(e.timestamp), "impression_id": e.impression_id,
-             "model_version": e.model_version, "known_job": None if known is None else bool(known.get(e.job_id)),
+             "model_version": e.model_version,
+             "known_job": None if known is None else known.get(e.job_id) is not None,
              "received_at": received} for e in events]
+
+
+def before_posting(events: Sequence[Any], known: Optional[Mapping[str, Optional[int]]]) -> list[str]:
+    """The ids of ``events`` dated before their job's posting: evaluation and training read the job as not live
+    then, and leave such an event out."""
+    posted = {} if known is None else known
+    return [e.event_id for e in events
+            if posted.get(e.job_id) not in (None, ALWAYS) and event_log.micros(e.timestamp) < posted[e.job_id]]
 
 
 class EventWriter:
@@ -134,14 +145,16 @@ class EventWriter:
             return None
 
     async def append(self, events: Sequence[Any],
-                     known: Optional[Mapping[str, bool]]) -> tuple[dict[str, Any], event_log.Appended]:
+                     known: Optional[Mapping[str, Optional[int]]]) -> tuple[dict[str, Any], event_log.Appended]:
         """Store ``events``; returns the ``EventsResponse`` body once the segment is written."""
         writer = await self._open()
         async with self._writing:
             appended = await self._storing(writer.append, event_records(events, known))
         unknown = sorted({r["job_id"] for r in appended.records if r["known_job"] is False})
+        stored = {r["event_id"] for r in appended.records}
+        early = [i for i in before_posting(events, known) if i in stored]
         body = {"accepted": len(appended.records), "duplicates": appended.duplicates, "unknown_jobs": unknown,
-                "segment": appended.segment, "position": appended.position}
+                "before_posting": early, "segment": appended.segment, "position": appended.position}
         return body, appended
 
 

@@ -76,11 +76,11 @@ def _show_upserted(scorer: Any, before: int, rows: np.ndarray, frame: pd.DataFra
 
 
 # ---------------------------------------------------------------------------------------- service side
-def write_jobs(store: Optional[CatalogStore], request: Any, known: Optional[Mapping[str, bool]] = None,
+def write_jobs(store: Optional[CatalogStore], request: Any, known: Optional[Mapping[str, Optional[int]]] = None,
                columns: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
     """``POST /jobs``: one delta with the request's upserts and expirations -> the response body, which lists the
-    ids to expire that ``known`` (id -> whether the serving catalog holds it; None: not asked) says the serving
-    catalog does not hold, and the ``extra`` keys that none of ``columns`` (the serving model's extra job
+    ids to expire that the serving catalog does not hold (``known``: ``Scorer.known_jobs``, None for such an id;
+    None: not asked), and the ``extra`` keys that none of ``columns`` (the serving model's extra job
     columns; None: not asked) reads. Both are written all the same: another version's catalog, or the next
     model's, may hold or read them. Raises ServiceError: 422 for an extra value of a kind its model column
     cannot take (nothing written), 409 when another writer took the version, 503 without a live store or when
@@ -89,7 +89,7 @@ def write_jobs(store: Optional[CatalogStore], request: Any, known: Optional[Mapp
         raise ServiceError(503, "the live catalog is off: this service has no live store")
     unread = list(dict.fromkeys(key for i, job in enumerate(request.upsert) if columns is not None
                                 for key in unread_extra(columns, job.extra, f"upsert.{i}.extra")))
-    unknown = [j for j in request.expire if known is not None and not known.get(j, False)]
+    unknown = [j for j in request.expire if known is not None and known.get(j) is None]
     jobs = [{"job_id": job.job_id, **{f: getattr(job, f) for f in CONTENT_FIELDS},
              "posted_at": _micros(job.posted_at), "expires_at": _micros(job.expires_at),
              **({"extra": job.extra} if job.extra else {})} for job in request.upsert]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 
+import pandas as pd
 import pytest
 
 with warnings.catch_warnings():  # starlette's note about its httpx-based TestClient
@@ -84,7 +85,8 @@ def test_duplicates_are_ignored_and_unknown_jobs_stored_flagged(tiny, tmp_path):
                                                event("e1", "j000001")]}, headers=HEADERS).json()
     assert first["accepted"] == 2 and first["duplicates"] == ["e1"] and first["unknown_jobs"] == ["no-such-job"]
     again = c.post("/events", json={"events": [event("e2", "no-such-job", "click")]}, headers=HEADERS).json()
-    assert again == {"accepted": 0, "duplicates": ["e2"], "unknown_jobs": [], "segment": None, "position": 1}
+    assert again == {"accepted": 0, "duplicates": ["e2"], "unknown_jobs": [], "before_posting": [],
+                     "segment": None, "position": 1}
     records = logged(tmp_path)
     assert [(r["event_id"], r["known_job"]) for r in records] == [("e1", True), ("e2", False)]
     assert records[0]["timestamp"] == "2026-12-01T12:00:00.000000Z" and records[0]["received_at"]
@@ -186,3 +188,15 @@ def test_an_idle_service_writes_its_impressions_and_so_does_a_stopping_one(tmp_p
         return counts
 
     assert asyncio.run(scenario()) == [1, 2]
+
+
+def test_an_event_dated_before_its_jobs_posting_is_stored_and_named(tiny, tmp_path):
+    """Training and evaluation read a job as not live before its posting and leave such an event out: the answer
+    says which events those are, so a board whose clocks disagree finds out at once."""
+    c = client(tmp_path, tiny=tiny)
+    jobs = pd.read_csv(tiny.market / "jobs.csv").dropna(subset=["posted_at"]).iloc[0]
+    posted = pd.Timestamp(jobs["posted_at"], tz="UTC")
+    early = {**event("early", jobs["job_id"]), "timestamp": (posted - pd.Timedelta(days=2)).isoformat()}
+    later = {**event("later", jobs["job_id"]), "timestamp": (posted + pd.Timedelta(days=2)).isoformat()}
+    body = c.post("/events", json={"events": [early, later, event("x", "no-such-job")]}, headers=HEADERS).json()
+    assert body["accepted"] == 3 and body["before_posting"] == ["early"] and body["unknown_jobs"] == ["no-such-job"]
