@@ -59,8 +59,8 @@ class CatalogConflict(StorageError):
 class Delta:
     """One accepted change. ``upsert``: job records (``job_id``, ``CONTENT_FIELDS``, ``posted_at`` and
     ``expires_at`` as int64 microseconds or None: no posting time given (the job keeps the one it has, a new one
-    is posted at ``written_at``), no expiry given (an undated edit keeps the job's, else ``job_lifetime_days``
-    after its posting: ``UpsertedJobs.dated_at``, ``LiveJobs.apply``); ``extra``, when
+    is posted at ``written_at``), no expiry given (an update of a job's posting keeps its expiry, else
+    ``job_lifetime_days`` after the posting: ``UpsertedJobs.dated_at``, ``LiveJobs.apply``); ``extra``, when
     given: the values of extra columns by name, ``DataConfig.extra_columns``); ``expire``: job id ->
     microseconds."""
 
@@ -105,19 +105,18 @@ class UpsertedJobs(NamedTuple):
     dated: np.ndarray  # (n,) bool: whether the upsert gave its posting time
 
     def dated_at(self, held: Mapping[str, tuple[int, int]], written_at: int) -> "UpsertedJobs":
-        """These jobs with the times their upserts left out. An undated upsert of a job the catalog holds
-        (``held``: job id -> its (posting, expiry) in microseconds, ``ALWAYS``/``NEVER`` for none) is an edit: it
-        keeps the job's posting time and, unless it gives one, its expiry. A new job is posted at ``written_at``
-        (without a posting time when it closed before then). ``NEVER`` is left where an expiry is still to come
-        from the job's lifetime."""
+        """These jobs with the times their upserts left out. An upsert of a job the catalog holds (``held``: job
+        id -> its (posting, expiry) in microseconds, ``ALWAYS``/``NEVER`` for none) without a posting time, or
+        with the one it has, updates that posting: it keeps the posting time and, unless it gives one, the expiry
+        (a daily re-sync of a board's file leaves a job closed by ``expire`` closed). A new job without a posting
+        time is posted at ``written_at`` (has none when it closed before then). ``NEVER`` is left where an expiry
+        is still to come from the job's lifetime."""
         posted, expires = self.posted.copy(), self.expires.copy()
         for i, job_id in enumerate(self.frame["job_id"]):
-            if self.dated[i]:
-                continue
-            if job_id in held:
+            if job_id in held and (not self.dated[i] or posted[i] == held[job_id][0]):
                 posted[i] = held[job_id][0]
                 expires[i] = held[job_id][1] if expires[i] == NEVER else expires[i]
-            else:
+            elif not self.dated[i]:
                 posted[i] = written_at if expires[i] > written_at else ALWAYS
         return self._replace(posted=posted, expires=expires, dated=np.ones(len(posted), dtype=bool))
 
@@ -159,10 +158,10 @@ def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta]) -> tuple[pd.DataFram
     counts = {"added": 0, "replaced": 0, "expired": 0}
     for delta in deltas:
         new = upserted_jobs(delta.upsert, delta.version)
-        undated = [j for j, d in zip(new.frame["job_id"], new.dated) if not d and j in table.index]
-        times = [to_micros(table.loc[undated, c]) if c in table else np.full(len(undated), ALWAYS)
+        held = [j for j in new.frame["job_id"] if j in table.index]
+        times = [to_micros(table.loc[held, c]) if c in table else np.full(len(held), ALWAYS)
                  for c in ("posted_at", "expires_at")]
-        new = new.dated_at({j: (p, NEVER if e == ALWAYS else e) for j, p, e in zip(undated, *times)},
+        new = new.dated_at({j: (p, NEVER if e == ALWAYS else e) for j, p, e in zip(held, *times)},
                            delta.written_at)
         if len(new.frame):
             columns = {slug(c): c for c in table.columns if c not in JOBS.names}  # extra keys, case aside
@@ -236,8 +235,8 @@ class LiveJobs:
         jobs = upserted_jobs(delta.upsert, delta.version)
         recency = getattr(extractor, "recency_encoder", None)
         rows = extractor.job_rows
-        held = {j: rows[j] for j, d in zip(jobs.frame["job_id"], jobs.dated) if not d and j in rows}
-        jobs = jobs.dated_at({j: self._times(recency, row) for j, row in held.items()}, delta.written_at)
+        held = {j: self._times(recency, rows[j]) for j in jobs.frame["job_id"] if j in rows}
+        jobs = jobs.dated_at(held, delta.written_at)
         jobs = jobs._replace(expires=np.where(jobs.expires == NEVER, lifetime_ends(jobs.posted, self.lifetime_days),
                                               jobs.expires))
         with self.lock:

@@ -97,7 +97,7 @@ def test_on_s3_a_put_overwritten_before_the_read_back_is_a_conflict(s3_bucket, m
         store.append([job("mine")])
 
 
-def test_training_reads_an_undated_upsert_at_the_jobs_own_posting_and_a_new_job_at_the_deltas_time():
+def test_training_reads_an_update_at_the_jobs_own_posting_and_a_new_job_at_the_deltas_time():
     from convfm.store.live_catalog import jobs_after
 
     posted, closes = pd.Timestamp("2026-11-01"), pd.Timestamp("2026-12-20")
@@ -105,7 +105,8 @@ def test_training_reads_an_undated_upsert_at_the_jobs_own_posting_and_a_new_job_
                          "expires_at": [closes, pd.NaT]})
     written = pd.Timestamp("2026-12-01").value // 1000
     upsert = tuple(job(j, title="edited", posted_at=None) for j in ("a", "b", "c"))
-    table = jobs_after(jobs, [Delta(1, written, upsert)])[0].set_index("job_id")
+    resync = (job("a", title="edited", posted_at=posted.value // 1000),)  # its own posting time: kept expiry
+    table = jobs_after(jobs, [Delta(1, written, upsert), Delta(2, written, resync)])[0].set_index("job_id")
     assert table["title"].tolist() == ["edited"] * 3
     assert (table.loc["a", "posted_at"], table.loc["a", "expires_at"]) == (posted, closes)  # an edit: kept
     assert pd.isna(table.loc["b", "posted_at"]) and pd.isna(table.loc["b", "expires_at"])  # kept: none

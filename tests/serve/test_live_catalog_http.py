@@ -171,11 +171,11 @@ def test_a_blank_job_id_in_an_older_delta_is_left_out(tiny, tmp_path):
     assert "n1" in slot.current.extractor.job_rows and "" not in slot.current.extractor.job_ids[1:]
 
 
-def test_an_undated_upsert_is_an_edit_that_keeps_the_jobs_posting_and_expiry(service):
-    """A salary edit (or a daily re-sync of the board's file) leaves a job's age and closing as they were: without
-    ``posted_at`` a job the catalog holds keeps its posting time and, without ``expires_at``, its expiry (an
-    ``expire`` included), the model's own jobs too; a new job is posted when written and closes
-    ``job_lifetime_days`` (30) after it."""
+def test_an_upsert_of_a_jobs_own_posting_keeps_its_posting_time_and_expiry(service):
+    """A salary change (or a daily re-sync of the board's file) leaves a job's age and closing as they were:
+    without ``posted_at``, or with the one it has, a job the catalog holds keeps its posting time and, without
+    ``expires_at``, its expiry (an ``expire`` included), the model's own jobs too; a new job is posted when
+    written and closes ``job_lifetime_days`` (30) after it."""
     client, _, slot, _ = service
     now = pd.Timestamp.now(tz="UTC")
     ten_days_ago = (now - pd.Timedelta(days=10)).floor("s")
@@ -193,8 +193,9 @@ def test_an_undated_upsert_is_an_edit_that_keeps_the_jobs_posting_and_expiry(ser
     assert abs(pd.Timestamp(new["posted_at"]) - now) < pd.Timedelta(minutes=5)
     assert pd.Timestamp(new["expires_at"]) - pd.Timestamp(new["posted_at"]) == pd.Timedelta(days=30)
     client.post("/jobs", json={"expire": ["n1"]}, headers=AUTH)
-    client.post("/jobs", json={"upsert": [posting("n1")]}, headers=AUTH)  # the re-sync leaves it closed
-    assert client.get("/jobs/n1", headers=AUTH).json()["expired"]
+    for again in (posting("n1"), posting("n1", posted_at=ten_days_ago.isoformat())):  # a re-sync, with or
+        client.post("/jobs", json={"upsert": [again]}, headers=AUTH)  # without the posting time it has
+        assert client.get("/jobs/n1", headers=AUTH).json()["expired"]  # leaves it closed
     closed = posting("n3", expires_at=(now - pd.Timedelta(days=1)).isoformat())  # an export's closed job
     assert client.post("/jobs", json={"upsert": [closed]}, headers=AUTH).status_code == 200
     detail = client.get("/jobs/n3", headers=AUTH).json()
