@@ -13,10 +13,12 @@ from typing import Any, Optional, Sequence
 
 import pandas as pd
 
+from convfm.data.readers import cell_error, first_true
 from convfm.data.schema import JOBS
 from convfm.errors import ConvFMError, DataValidationError
 from convfm.features.extra_fields import slug
 from convfm.features.text import column_strings, split_lists
+from convfm.store.event_log import FUTURE_SLACK
 from convfm.store.live_catalog import CONTENT_FIELDS
 
 DEFAULT_KEY_ENV = "CONVFM_API_KEY"
@@ -55,6 +57,19 @@ def postings(jobs: pd.DataFrame, extra_columns: Sequence[str] = ()) -> list[dict
             job[field] = value
         out.append(job)
     return out
+
+
+def check_not_ahead(jobs: pd.DataFrame, path: Path) -> None:
+    """The service refuses a posting more than a day ahead (``POST /jobs``): said here, naming the row, before
+    any row is sent."""
+    if "posted_at" not in jobs.columns:
+        return
+    latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_SLACK
+    ahead = (jobs["posted_at"] > latest).to_numpy()  # NaT compares False
+    if ahead.any():
+        i = first_true(ahead)
+        raise cell_error(path, "posted_at", i, f"posted_at {jobs['posted_at'].iloc[i]} is more than a day ahead: "
+                         "post a scheduled job when it opens (the service refuses it)")
 
 
 def model_job_columns(url: str, key: str, path: Path, jobs: pd.DataFrame) -> list[str]:
@@ -108,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     jobs, path = read_jobs_file(args.jobs)
     if "job_id" not in jobs.columns:
         raise DataValidationError(f"{path}: missing required column 'job_id'")
+    check_not_ahead(jobs, path)
     items = postings(jobs, model_job_columns(args.url, key, path, jobs))
     url = f"{args.url.rstrip('/')}/jobs"
     for start in range(0, len(items), args.chunk):

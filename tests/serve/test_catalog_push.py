@@ -69,6 +69,14 @@ def test_a_bad_cell_in_the_file_names_file_row_and_column_before_anything_is_sen
     assert requests.get(f"{url}/jobs/p0", timeout=10).status_code == 404
 
 
+def test_a_posting_the_service_would_refuse_is_named_before_anything_is_sent(url, tmp_path, capsys):
+    ahead = (pd.Timestamp.now() + pd.Timedelta(days=20)).strftime("%Y-%m-%dT%H:%M:%S")
+    assert push(jobs_file(tmp_path / "jobs.csv", cells={("posted_at", 3): ahead}), url) == 2
+    err = capsys.readouterr().err
+    assert "jobs.csv: column 'posted_at', row 4: posted_at " in err and "more than a day ahead" in err
+    assert requests.get(f"{url}/jobs/p0", timeout=10).status_code == 404
+
+
 def test_a_row_the_service_refuses_is_named_and_earlier_chunks_are_reported(url, tmp_path, capsys):
     path = jobs_file(tmp_path / "jobs.csv", cells={("title", 3): "x" * 600})
     assert push(path, url, "--chunk", "2") == 2
