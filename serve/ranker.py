@@ -218,8 +218,8 @@ class Ranker:
         return self.slot.live.add(segment, records)
 
     async def known_jobs(self, job_ids: list[str], catalog: Optional[int] = None) -> dict[str, Any]:
-        """Whether the serving catalog holds each id, the live catalog applied up to ``catalog`` first (a job
-        posted a moment before its first event is known)."""
+        """Each id's posting time in the serving catalog, None for an id it does not hold (``Scorer.known_jobs``),
+        the live catalog applied up to ``catalog`` first (a job posted a moment before its first event is known)."""
         await self._first_load()
         try:
             return await self._catch_up(catalog) or wrap(self.slot.require().known_jobs(job_ids))

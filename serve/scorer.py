@@ -233,9 +233,10 @@ class Scorer:
     def known_jobs(self, job_ids: Sequence[str]) -> dict[str, Optional[int]]:
         """Each job id's posting time (int64 microseconds, ``ALWAYS`` for none) when it is in this model's catalog,
         else None (events for other jobs are logged, flagged; an event before its job's posting is named)."""
-        rows, recency = self.extractor.job_rows, self.ranker.recency
-        posted = self.live_jobs.posted if recency is None else recency.posted
-        return {j: int(posted[rows[j]]) if j in rows else None for j in job_ids}
+        with self.live_jobs.lock:  # an apply registers a job's id before its times
+            rows, recency = self.extractor.job_rows, self.ranker.recency
+            posted = self.live_jobs.posted if recency is None else recency.posted
+            return {j: int(posted[rows[j]]) if j in rows else None for j in job_ids}
 
     def _live_seen(self, user_id: Optional[str]) -> list[int]:
         """Catalog rows of the jobs the user has logged events for."""

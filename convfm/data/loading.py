@@ -225,7 +225,7 @@ def _with_live_jobs(jobs: pd.DataFrame, source: dict[str, str], config: DataConf
     deltas = store.read()
     if not deltas:
         return jobs
-    jobs, counts = jobs_after(jobs, deltas)
+    jobs, counts = jobs_after(jobs, deltas, config.job_lifetime_days)
     source["jobs"] = f"{source['jobs']} + {store.root}"
     logger.info("%s: live catalog v%d applied to the jobs: %d added, %d replaced, %d expired", store.root,
                 deltas[-1].version, counts["added"], counts["replaced"], counts["expired"])

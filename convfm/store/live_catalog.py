@@ -149,11 +149,13 @@ def upserted_jobs(upsert: Sequence[Mapping[str, Any]], version: Optional[int] = 
     return UpsertedJobs(frame, posted, expires, dated)
 
 
-def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta]) -> tuple[pd.DataFrame, dict[str, int]]:
+def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta],
+               lifetime_days: Optional[float] = None) -> tuple[pd.DataFrame, dict[str, int]]:
     """A loaded jobs table (canonical columns, ``posted_at``/``expires_at`` datetimes) as ``deltas`` left it,
-    in order: an upsert replaces the job of its id or is appended, an expiry sets ``expires_at``. Training on
-    the service's event log reads it, so the jobs posted live carry their fields, not the unknown job's. Returns
-    the table and counts (added, replaced, expired)."""
+    in order: an upsert replaces the job of its id or is appended, an expiry sets ``expires_at`` unless the job
+    closed sooner (its own, or ``lifetime_days`` after its posting: as served). Training on the service's event
+    log reads it, so the jobs posted live carry their fields, not the unknown job's. Returns the table and counts
+    (added, replaced, expired)."""
     table = jobs.set_index("job_id", drop=False)
     counts = {"added": 0, "replaced": 0, "expired": 0}
     for delta in deltas:
@@ -174,9 +176,12 @@ def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta]) -> tuple[pd.DataFram
             counts["added"] += int((~known).sum())
             table = pd.concat([table.drop(index=frame.index[known]), frame])
         hit = [j for j in delta.expire if j in table.index]
-        if hit and "expires_at" in table.columns:
-            times = _datetimes(np.array([delta.expire[j] for j in hit], dtype=np.int64)).to_numpy()
-            table.loc[hit, "expires_at"] = times
+        if hit and "expires_at" in table.columns:  # closed then, unless it closed sooner (as served)
+            given = to_micros(table.loc[hit, "expires_at"])
+            posted = to_micros(table.loc[hit, "posted_at"]) if "posted_at" in table else np.full(len(hit), ALWAYS)
+            ends = np.where(given == ALWAYS, lifetime_ends(posted, lifetime_days), given)
+            closes = np.minimum(ends, np.array([delta.expire[j] for j in hit], dtype=np.int64))
+            table.loc[hit, "expires_at"] = _datetimes(closes).to_numpy()
             counts["expired"] += len(hit)
     return table.reset_index(drop=True), counts
 

@@ -119,3 +119,17 @@ def test_a_version_1_delta_still_reads_and_an_unknown_format_is_named():
     assert Delta.from_text(json.dumps(old), "000001.json").upsert[0]["posted_at"] == 3
     with pytest.raises(ArtifactError, match=r"000001.json: format_version 3, this convfm reads 1, 2"):
         Delta.from_text(json.dumps({**old, "format_version": 3}), "000001.json")
+
+
+def test_training_reads_an_expire_as_served_a_job_that_closed_sooner_stays_closed_then():
+    from convfm.store.live_catalog import jobs_after
+
+    day = pd.Timedelta(days=1)
+    t0 = pd.Timestamp("2026-10-01")
+    jobs = pd.DataFrame({"job_id": ["lifetime", "dated", "open"], "title": ["x", "y", "z"],
+                         "posted_at": [t0, t0, t0], "expires_at": [pd.NaT, t0 + 10 * day, pd.NaT]})
+    late = (t0 + 45 * day).value // 1000  # a clean-up expires them all on day 45
+    table = jobs_after(jobs, [Delta(1, late, (), {j: late for j in ("lifetime", "dated")}),
+                              Delta(2, late, (), {"open": (t0 + 5 * day).value // 1000})], 30.0)[0]
+    closes = table.set_index("job_id")["expires_at"]
+    assert closes.tolist() == [t0 + 30 * day, t0 + 10 * day, t0 + 5 * day]  # each at its first close
