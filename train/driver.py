@@ -64,6 +64,7 @@ class TrainingResult:
     restarts: list[int]  # epochs at which a worker group started from a checkpoint (failures, --resume)
     split_periods: Optional[dict[str, Any]] = None  # split "global_time": where valid and test start, examples
     columns_read: Optional[dict[str, Any]] = None  # data.extra_columns: what the fitted catalogs hold of each
+    live_catalog: Optional[dict[str, Any]] = None  # data.events: the live catalog applied to the jobs table
 
     @property
     def validation_metrics(self) -> dict[str, Any]:
@@ -155,6 +156,7 @@ def run_training(
         initial = None if warm is None else warm_model(warm, data.extractor.feature_map, train_config.seed)
         run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
                    prepare={"path": prepare, "why": why}, split_periods=data.split_periods,
+                   live_catalog=data.live_catalog,
                    columns_read=data.extractor.extra_summary() if getattr(data.extractor, "extra_columns", {})
                    else None)
         if warm is not None:  # a resumed run keeps the record of its first start (what was replaced then)
@@ -366,7 +368,14 @@ def _finish(out: StagedDir, run: dict[str, Any], result: Any, config: TrainConfi
     )
     write_run(out, run, "best", "metrics.csv", "curves.png")  # uploads (URI runs) with run.json last
     return TrainingResult(out.target, best_dir, int(best_metrics["epoch"]), best_metrics, history, stopped_early,
-                          wall_seconds, restarts, run.get("split_periods"), run.get("columns_read"))
+                          wall_seconds, restarts, run.get("split_periods"), run.get("columns_read"),
+                          run.get("live_catalog"))
+
+
+def describe_live_catalog(live: Mapping[str, Any]) -> str:
+    """What the jobs table took from the service's live catalog (``--events``), as one line."""
+    return (f"live catalog v{live['version']} ({live['store']}) applied to the jobs: {live['added']} added, "
+            f"{live['replaced']} replaced, {live['expired']} expired")
 
 
 def format_epoch(record: Mapping[str, Any]) -> str:
@@ -390,6 +399,7 @@ def format_summary(result: TrainingResult) -> str:
         f"{', '.join(str(e + 1) for e in result.restarts) or 'none'}; wall time {result.wall_seconds:.1f}s",
         *([describe_periods(result.split_periods)] if result.split_periods else []),
         *([describe_summary(result.columns_read)] if result.columns_read else []),
+        *([describe_live_catalog(result.live_catalog)] if result.live_catalog else []),
         f"best model: {result.best_dir}",
         f"metrics: {storage.join(result.out_dir, 'metrics.csv')}  curves: {storage.join(result.out_dir, 'curves.png')}",
     ]

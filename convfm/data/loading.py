@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,8 @@ class JobMarket:
     interactions: pd.DataFrame
     source: Mapping[str, str] = dataclasses.field(default_factory=dict)
     calendar: bool = False
+    # the live catalog applied to ``jobs`` (``config.events``): its store, version and added/replaced/expired
+    live_catalog: Optional[Mapping[str, Any]] = None
 
 
 # ------------------------------------------------------------------------------------------ schema tables
@@ -180,9 +182,10 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
         set_events(tables["interactions"], source["interactions"], config)
         if not timed:
             tables["interactions"]["timestamp"] = np.arange(len(tables["interactions"]), dtype=np.int64)
+    live = None
     if config.events:
         tables["interactions"], calendar = _with_event_log(tables.get("interactions"), calendar, source, config)
-        tables["jobs"] = _with_live_jobs(tables["jobs"], source, config)
+        tables["jobs"], live = _with_live_jobs(tables["jobs"], source, config)
     interactions = tables["interactions"]
     if not calendar:
         logger.warning("%s: no date/time timestamps (%s): time is the row order or the numbers given, so job "
@@ -201,7 +204,7 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
                            "unknown", source["interactions"], int(unknown.sum()), key, source[name],
                            pd.unique(interactions[key][unknown])[:3].tolist())
     return JobMarket(jobs=tables["jobs"], users=tables.get("users"), interactions=interactions, source=source,
-                     calendar=calendar)
+                     calendar=calendar, live_catalog=live)
 
 
 def require_extra_columns(market: JobMarket, columns: Mapping[str, Mapping[str, str]], whose: str) -> None:
@@ -215,21 +218,21 @@ def require_extra_columns(market: JobMarket, columns: Mapping[str, Mapping[str, 
                                       f"{missing}, which {whose} reads (its extra_columns.{table})")
 
 
-def _with_live_jobs(jobs: pd.DataFrame, source: dict[str, str], config: DataConfig) -> pd.DataFrame:
+def _with_live_jobs(jobs: pd.DataFrame, source: dict[str, str],
+                    config: DataConfig) -> tuple[pd.DataFrame, Optional[dict[str, Any]]]:
     """The jobs table with the live catalog beside the event log (``<live store>/catalog/``, what the service's
-    ``POST /jobs`` wrote) applied: events on jobs posted live then train with those jobs' fields."""
+    ``POST /jobs`` wrote) applied, so events on jobs posted live train with those jobs' fields; and what was
+    applied (store, version, added, replaced, expired), None when the store holds no delta."""
     from convfm.store import storage
     from convfm.store.live_catalog import CatalogStore, jobs_after  # it reads loaded tables: imports this module
 
     store = CatalogStore(storage.parent(config.events))
     deltas = store.read()
     if not deltas:
-        return jobs
+        return jobs, None
     jobs, counts = jobs_after(jobs, deltas, config.job_lifetime_days)
     source["jobs"] = f"{source['jobs']} + {store.root}"
-    logger.info("%s: live catalog v%d applied to the jobs: %d added, %d replaced, %d expired", store.root,
-                deltas[-1].version, counts["added"], counts["replaced"], counts["expired"])
-    return jobs
+    return jobs, {"store": str(store.root), "version": deltas[-1].version, **counts}
 
 
 def _with_event_log(interactions: Optional[pd.DataFrame], calendar: bool, source: dict[str, str],

@@ -50,6 +50,8 @@ class PreparedData:
     # Split "global_time": where valid and test start (T1, T2), int64 order keys (microseconds since the epoch
     # with a calendar); kept by for_split().
     split_starts: Optional[tuple[int, int]] = None
+    # The live catalog applied to the jobs table (``JobMarket.live_catalog``); None without one.
+    live_catalog: Optional[dict[str, Any]] = None
     # Synthetic data's exact oracle: ``score(user_ids (U,), job_ids (U, W), times (U,) int64 us) -> (U, W)``
     # true probabilities (``convfm.data.synth.load_oracle``); None for real data. Kept by for_split().
     oracle: Optional[Any] = None
@@ -160,7 +162,8 @@ def prepare_data(
     oracle, truth = _ground_truth(config.path, catalog, frames)
     return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=truth, jobs=jobs, windows=windows,
                         split_starts=splits.starts, oracle=oracle, seen=interacted_pairs(market, config),
-                        popularity=popularity)
+                        popularity=popularity,
+                        live_catalog=None if market.live_catalog is None else dict(market.live_catalog))
 
 
 def _ground_truth(path: str, catalog: np.ndarray, frames: dict[str, pd.DataFrame]) -> tuple[Optional[Any], Any]:

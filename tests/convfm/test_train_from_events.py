@@ -113,5 +113,7 @@ def test_jobs_posted_live_train_with_their_fields(market, tmp_path):
     assert jobs.loc["j000002", "expires_at"] == min(own, expired)  # closed then, or sooner by its own expiry
     assert len(jobs) == len(pd.read_csv(root / "jobs.csv")) + 1
     assert "catalog" in loaded.source["jobs"]
+    assert {k: loaded.live_catalog[k] for k in ("version", "added", "replaced", "expired")} == {
+        "version": 2, "added": 1, "replaced": 1, "expired": 1}
     data = prepare_data(DataConfig(path=str(root), events=str(live / "events")))  # it crashed on the oracle
-    assert data.oracle is None and "j-new" in set(data.catalog)
+    assert data.oracle is None and "j-new" in set(data.catalog) and data.live_catalog["version"] == 2

@@ -8,9 +8,10 @@ from train.driver import TrainingResult, format_summary
 pytestmark = pytest.mark.timeout(60)
 
 
-def result(split_periods, columns_read=None):
+def result(split_periods, columns_read=None, live_catalog=None):
     best = {"epoch": 2, "val_loss": 0.31, "val_roc_auc": 0.8, "popularity_roc_auc": 0.6}
-    return TrainingResult("runs/x", "runs/x/best", 2, best, [{}] * 4, False, 12.5, [], split_periods, columns_read)
+    return TrainingResult("runs/x", "runs/x/best", 2, best, [{}] * 4, False, 12.5, [], split_periods, columns_read,
+                          live_catalog)
 
 
 def test_the_summary_names_the_global_time_periods_when_there_are_some():
@@ -34,3 +35,10 @@ def test_the_summary_says_what_each_extra_column_held():
         "jobs.Industry (category, 1,200 values): 0% of rows without a value; users.years (number): 100% of rows "
         "without a value")
     assert not [line for line in format_summary(result(None)).splitlines() if "columns read" in line]
+
+
+def test_the_summary_says_what_the_jobs_took_from_the_live_catalog():
+    live = {"store": "models/convfm/live", "version": 24, "added": 6, "replaced": 2, "expired": 1}
+    assert ("live catalog v24 (models/convfm/live) applied to the jobs: 6 added, 2 replaced, 1 expired"
+            in format_summary(result(None, live_catalog=live)).splitlines())
+    assert not [line for line in format_summary(result(None)).splitlines() if "live catalog" in line]
