@@ -49,6 +49,7 @@ class DistributedData:
     popularity: Optional[Any] = None
     extra_json: Optional[dict[str, Any]] = None
     split_periods: Optional[dict[str, Any]] = None  # split "global_time": its periods (as PreparedData's)
+    live_catalog: Optional[dict[str, Any]] = None  # always None: an event log is prepared in memory
 
 
 def read_split(files: Sequence[Path], config: DataConfig) -> ray.data.Dataset:
