@@ -241,8 +241,8 @@ class RecencyEncoder:
     def next_changes(self, job_rows: np.ndarray, t: int) -> np.ndarray:
         """Per row of ``job_rows`` (n,), the first time after ``t`` at which its age or days-left bucket may differ
         from the one at t -> (n,) int64, ``NEVER`` where none can: its age reaching the next day edge, its days
-        left falling below the next edge (31, 15, 7, 3, 1) or to 0. Popularity moves with the events instead (``JobPopularity.moved``); a row held
-        before t moves no more."""
+        left falling below the next edge (31, 15, 7, 3, 1) or to 0. Popularity moves with the events instead
+        (``JobPopularity.moved``); a row held before t moves no more."""
         job_rows, t = np.asarray(job_rows, dtype=np.int64), int(t)
         out = np.full(len(job_rows), NEVER, dtype=np.int64)
         posted = self.posted[job_rows]
