@@ -27,12 +27,15 @@ from convfm.model.pair_match import Pair, PairMatch
 from convfm.model.sides import leaves, map_side, zip_map
 from convfm.model.top_k import best_first
 
-# Floats per intermediate (U, chunk, width) tensor: ~1 MB, so a combine step stays in cache. Measured with the
-# default model on 10k jobs (2 cores): 0.59-0.82 us per pair at 1 << 18 against 1.11-1.15 at 1 << 22 for 50-400
-# users, 1.8 against 2.1 for one user; 1 << 17 and 1 << 19 were slower. Since the conv shares are one (R, C)
-# tensor per position (their width C, not Pm x C) a step holds twice the jobs: 4,096 for one user; the 100k
-# top-10 took 24.4 ms at 1 << 18 against 26.3 at 1 << 17 and 23.7 at 1 << 19 (2 threads, one probe).
+# Floats per intermediate (U, chunk, width) tensor of several users: ~1 MB, so a combine step stays in cache while
+# it reuses each job row for every user. Measured with the default model on 10k jobs (2 cores): 0.59-0.82 us per
+# pair at 1 << 18 against 1.11-1.15 at 1 << 22 for 50-400 users; 1 << 17 and 1 << 19 were slower.
 ELEMENT_BUDGET = 1 << 18
+# One user's scan reuses no job row, so a cache-sized step only adds per-op overhead and smaller ops to split over
+# threads: 65,536 jobs a step took the 10k scan from 3.46 to 2.79 ms (1 thread) and 2.54 to 1.48 ms (2 threads), the
+# 100k scan from 43.2 to 34.4 and 26.8 to 18.5 ms (interleaved runs, default model, 2026-12-06; without the
+# pair-match terms). From two users on the budget above stays as fast or faster (2^22 elements: up to 2x slower).
+ONE_USER_JOBS = 1 << 16
 JOBS_PER_PASS = 8192  # job rows per side pass (catalog precompute, time moves)
 MOVE_ELEMENTS = 1 << 23  # a pass plans moves while their clock states (two (N,) arrays each) stay within this
 # Job-side changes ``changed_since`` can replay (older readers rescore everything): the last CHANGES_KEPT, and no
@@ -220,8 +223,9 @@ class CatalogRanker:
         return own if side == "user" else own._replace(lists=None)
 
     def _chunk(self, users: int) -> int:
-        """Jobs per combine step: the widest per-job piece (H1, C or D floats) times U within the budget."""
-        return max(1, ELEMENT_BUDGET // max(1, users * self.job_width))
+        """Jobs per combine step: the widest per-job piece (H1, C or D floats) times U within the budget, or
+        ``ONE_USER_JOBS`` for one user."""
+        return ONE_USER_JOBS if users == 1 else max(1, ELEMENT_BUDGET // max(1, users * self.job_width))
 
     def score_all(self, users: EncodedTable, job_rows: Optional[np.ndarray] = None,
                   times: Optional[np.ndarray] = None) -> torch.Tensor:
