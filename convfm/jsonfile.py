@@ -35,6 +35,11 @@ def to_plain(document: Any) -> Any:
     return json.loads(json.dumps(document, default=_json_default))
 
 
+def finite_plain(document: Any) -> Any:
+    """``to_plain`` with every NaN or infinite float as None: what a JSON reply may carry."""
+    return to_plain(_finite(document))
+
+
 def write_json_atomic(path: str | Path, document: Mapping[str, Any]) -> None:
     """An interrupted writer never leaves half a file: ``storage.write_text`` (locally a temp file beside
     ``path``, then a rename; on an object store one PUT). NaN and infinities are written as null."""

@@ -51,7 +51,7 @@ from serve.http import build_http_app, reload_outcome, unwrap
 from serve.in_process import InProcess, LocalHandle
 from serve.live_catalog import write_jobs
 from serve.ranker import Ranker
-from serve.scorer import ServiceError, public_text
+from serve.replies import ServiceError, public_text
 from serve.traffic import Split, check_traffic, check_versions_exist, control, route
 
 log = logging.getLogger(__name__)

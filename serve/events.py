@@ -30,7 +30,7 @@ import pandas as pd
 from convfm.data.liveness import ALWAYS
 from convfm.errors import DataValidationError, StorageError
 from convfm.store import event_log
-from serve.scorer import ServiceError
+from serve.replies import ServiceError
 
 log = logging.getLogger(__name__)
 IMPRESSION_FLUSH_S, IMPRESSION_BATCH = 2.0, 500  # impression records wait at most this long, or this many

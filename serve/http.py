@@ -27,16 +27,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from serve.config import LOOPBACK_HOSTS
-from serve.schemas import (
-    ErrorResponse, Event, EventsRequest, EventsResponse, Health, JobDetail, JobsRequest, JobsResponse, ModelInfo,
-    RecommendRequest, RecommendResponse, ReloadRequest, ReloadResponse, ScoreRequest, ScoreResponse,
-    ValidationErrorResponse,
+from serve.responses import (
+    ErrorResponse, EventsResponse, Health, JobDetail, JobsResponse, ModelInfo, RecommendResponse, ReloadResponse,
+    ScoreResponse, ValidationErrorResponse,
 )
+from serve.schemas import Event, EventsRequest, JobsRequest, RecommendRequest, ReloadRequest, ScoreRequest
 from convfm.store.live_catalog import CatalogStore
 from serve.events import EventWriter, LiveEvents, follow_log
 from serve.live_catalog import answer, catch_up, job_detail, write_jobs
 from serve.model_slot import ModelSlot
-from serve.scorer import ServiceError
+from serve.replies import ServiceError
 
 log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"

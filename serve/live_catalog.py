@@ -27,7 +27,9 @@ from convfm.features.context import now_micros
 from convfm.features.text import clean_value
 from convfm.store.live_catalog import CONTENT_FIELDS, CatalogConflict, CatalogStore, Delta, grown
 from convfm.store.serving_data import DISPLAY_COLUMNS
-from serve.scorer import FILTER_COLUMNS, ServiceError, unread_extra
+from serve.extra_values import unread_extra
+from serve.replies import ServiceError
+from serve.scorer import FILTER_COLUMNS
 
 log = logging.getLogger(__name__)
 

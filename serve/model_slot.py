@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 from convfm.model.score_cache import DEFAULT_BUDGET_MIB
 from convfm.store.registry import resolve as resolve_model
 from convfm.store.storage import is_uri
-from serve.scorer import Scorer, ServiceError, public_text, utc_now_text
+from serve.replies import ServiceError, public_text, utc_now_text
+from serve.scorer import Scorer
 
 if TYPE_CHECKING:
     from serve.events import LiveEvents

@@ -25,7 +25,8 @@ from serve.events import LiveEvents, follow_log
 from serve.http import wrap
 from serve.live_catalog import answer, catch_up, job_detail
 from serve.model_slot import RETRY_FAILED_S, ModelSlot, VersionSlots
-from serve.scorer import Scorer, ServiceError, utc_now_text
+from serve.replies import ServiceError, utc_now_text
+from serve.scorer import Scorer
 
 log = logging.getLogger(__name__)
 # Serve routes to a new replica (a replacement, an autoscaled one) as soon as __init__ returns, while its model

@@ -9,13 +9,10 @@ a request that cannot be answered gets a ``ServiceError`` in its slot, never an 
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import math
-import re
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,20 +22,21 @@ from convfm.config import DataConfig
 from convfm.store.artifacts import LoadedModel, load_model_dir
 from convfm.store.live_catalog import LiveJobs
 from convfm.errors import ArtifactError
+from convfm.jsonfile import finite_plain
 from convfm.features.base import concat_rows
 from convfm.features.context import now_micros
-from convfm.features.extra_fields import slug
-from convfm.features.fields import EXTRA_VOCAB, EncodedTable
+from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
 from convfm.model.score_cache import ScoreCache
-from convfm.data.liveness import NEVER
 from convfm.data.splitting import micros_iso
 from convfm.store.registry import model_identity
 from convfm.store.serving_data import DISPLAY_COLUMNS, SERVING_NAME, ServingData
 from convfm.features.text import clean_value
 from serve.model_jobs import ModelJobs
-from serve.schemas import SHORT_TEXT, Filters, RecommendRequest, ScoreRequest
+from serve.extra_values import profile_extra
+from serve.replies import ServiceError, public_text, utc_now_text, why_line
+from serve.schemas import Filters, RecommendRequest, ScoreRequest
 
 if TYPE_CHECKING:
     from serve.events import LiveEvents
@@ -47,46 +45,6 @@ log = logging.getLogger(__name__)
 FILTER_COLUMNS = ("location", "job_type", "experience_level")
 DECODABLE = {"job_location": "location", "company": "company", "job_type": "job_type",
              "job_experience": "experience_level"}
-# Where a message names a location: a URI (scheme://..., with any query string) or an absolute path.
-_LOCATION = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]*|(?<![\w/.:~-])/[^\s'\":]+")
-
-
-class ServiceError(Exception):
-    """An answer that is not a result: HTTP status + one-line detail (404 unknown job, 503 not loaded...)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
-
-
-def utc_now_text() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe copy: non-finite floats -> None (JSON has no NaN), numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def public_text(text: str) -> str:
-    """``text`` for a client: every URI or absolute path cut to its last two parts (``NAME/v0002``,
-    ``v0002/weights.pt``), without scheme, host, query string or the folders above. The log keeps the original."""
-    def cut(match: re.Match) -> str:
-        location, end = re.fullmatch(r"(.*?)([:,;.)]*)", match[0]).groups()  # sentence punctuation stays
-        path = location.split("?", 1)[0].split("#", 1)[0]
-        path = path.split("://", 1)[1] if "://" in path else path
-        parts = [p for p in path.split("/") if p][1 if "://" in location else 0:]  # a URI's host goes
-        return ("/".join(parts[-2:]) or "(location)") + end
-
-    return _LOCATION.sub(cut, text)
 
 
 class Scorer:
@@ -102,7 +60,7 @@ class Scorer:
         extractor = loaded.extractor
         if getattr(extractor, "kind", None) != "jobs" or extractor.job_catalog is None:
             raise ArtifactError(f"{loaded.path}: serving needs a job-market model (JobFeatureExtractor)")
-        self.extractor, self.path, self.metrics = extractor, loaded.path, _plain(loaded.metrics)
+        self.extractor, self.path, self.metrics = extractor, loaded.path, finite_plain(loaded.metrics)
         self.name, self.version = model_identity(loaded.path)
         popularity = extractor.popularity
         self.model_jobs = ModelJobs(getattr(extractor, "recency_encoder", None), extractor.history.times,
@@ -253,7 +211,7 @@ class Scorer:
         live = self.live.positives(user_id, self.positive_events, length) if self.live and not history else []
         if request.profile is not None:
             profile = request.profile
-            extra = _profile_extra(extractor.extra_columns.get("users", {}), profile.extra)
+            extra = profile_extra(extractor.extra_columns.get("users", {}), profile.extra)
             static = extractor.transform_users(pd.DataFrame({
                 **extra, "user_id": [user_id or ""], "skills": [";".join(profile.skills)],
                 "location": [profile.location or ""], "experience_level": [profile.experience_level or ""]}))
@@ -336,7 +294,7 @@ class Scorer:
                 items = [{**self.job_record(int(r)), "score": p} for r, p in zip(rows, probabilities)]
                 if request.explain:
                     for item, e in zip(items, self.ranker.explainer.explain(user, rows, history_rows=past)):
-                        item.update(why=_why(self._cited(e)), explanation=e)
+                        item.update(why=why_line(self._cited(e)), explanation=e)
                 results[i] = {"user_id": request.user_id, "model_version": self.version,
                               "cold_start": not known, "fallback": None, "items": items,
                               "unknown_history": self._unknown(request.history)}
@@ -411,65 +369,3 @@ def _decoded_columns(extractor: Any) -> dict[str, list[Optional[str]]]:
             decode = extractor.vocabs[field.vocab].decode
             out[column] = [decode(x) for x in extractor.job_catalog.cat[:, i].tolist()]
     return out
-
-
-def _profile_extra(columns: dict[str, str], extra: dict[str, Any]) -> dict[str, list[str]]:
-    """A profile's ``extra`` values as one-row frame columns. ServiceError 422 for a column the model does not read
-    (a typo or another model's: scoring on without it would hide the mistake) or a value its kind cannot take."""
-    unread = unread_extra(columns, extra, "profile.extra")
-    if unread:
-        raise ServiceError(422, f"profile.extra: this model reads no user column {unread}; it reads "
-                                f"{sorted(columns)} (case and punctuation aside)")
-    return {name: [";".join(v) if isinstance(v, list) else v] for name, v in extra.items()}
-
-
-def unread_extra(columns: Mapping[str, str], extra: Mapping[str, Any], where: str) -> list[str]:
-    """The keys of ``extra`` (a profile's or a posted job's values) that match none of ``columns`` (a model's
-    ``extra_columns`` of that table, case and punctuation aside). ServiceError 422 naming ``where`` and the key
-    for a value its column's kind cannot take: a list for a category, number or text column, text that is no
-    number for a number column (read as missing, it would hide the mistake), or more than 200 characters but
-    for a text column (the schema lets any value be as long as a description)."""
-    kinds = {slug(column): kind for column, kind in columns.items()}
-    for name, value in extra.items():
-        kind = kinds.get(slug(name))
-        if kind not in (None, "list") and isinstance(value, list):
-            raise ServiceError(422, f"{where}.{name}: a {kind} column takes one value, not a list")
-        if kind not in (None, "text") and isinstance(value, str) and len(value) > SHORT_TEXT:
-            raise ServiceError(422, f"{where}.{name}: a {kind} value takes at most {SHORT_TEXT} characters")
-        if kind == "number" and not _is_number(value):
-            raise ServiceError(422, f"{where}.{name}: {value!r} is not a number")
-    return [name for name in extra if slug(name) not in kinds]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
-
-
-def _why(explanation: dict[str, Any]) -> str:
-    """The explanation in one line: what the user and job share, as facts, and the terms that raised the job's
-    score (a term that lowered it is no reason, and stays in ``explanation``). Field pairs come last and only
-    those ``CatalogRanker.explain`` kept: it never credits a missing or catalog-wide constant field, so a job may
-    have none."""
-    def raised(term: Optional[float]) -> bool:
-        return term is not None and term > 0
-
-    parts = []
-    similar = explanation.get("similar_to")
-    if similar is not None and similar["similarity"] > 0:
-        parts.append(f"similar to a job you applied to: {similar.get('title') or similar['job_id']}")
-    if raised(explanation.get("history_match")):
-        parts.append(f"like your recent jobs ({explanation['history_match']:+.3g})")
-    if explanation["matching_skills"]:
-        term = explanation.get("skill_match")
-        parts.append("matching skills: " + ", ".join(explanation["matching_skills"][:5])
-                     + (f" ({term:+.3g})" if raised(term) else ""))
-    parts += [f"same {vocab.removeprefix(EXTRA_VOCAB).replace('_', ' ')}: {', '.join(values)}"
-              for vocab, values in explanation["matching"].items()]
-    if raised(explanation.get("profile_match")):
-        parts.append(f"fits your profile ({explanation['profile_match']:+.3g})")
-    parts += [f"{x['user_field'].replace('_', ' ')} x {x['job_field'].replace('_', ' ')} ({x['value']:+.3g})"
-              for x in explanation["interactions"][:2] if raised(x["value"])]
-    return "; ".join(parts)

@@ -17,7 +17,8 @@ from convfm.model.network import ConvFM
 from convfm.model.ranking import CatalogRanker
 from convfm.store.artifacts import save_model_dir
 from serve.schemas import RecommendRequest
-from serve.scorer import Scorer, _why
+from serve.replies import why_line
+from serve.scorer import Scorer
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -108,7 +109,7 @@ def test_no_informative_pair_left_means_no_interactions_and_no_pair_in_the_why(m
     base = CatalogRanker(model, data.extractor)
     clones = CatalogRanker(model, data.extractor, jobs=base.job_table(np.r_[0, np.ones(base.n_jobs - 1, dtype=int)]))
     for e in clones.explainer.explain(profile_user(data.extractor), [1, 2, 3]):
-        assert e["interactions"] == [] and " x " not in _why(e)
+        assert e["interactions"] == [] and " x " not in why_line(e)
         assert e["skill_match"] is None and e["history_match"] is None  # nor a pair term of a constant field
         assert e["profile_match"] is None
     assert clones.explainer.constant_job_fields().all()
@@ -129,8 +130,8 @@ def test_the_why_cites_only_what_raised_the_score():
     lowered = {"similar_to": None, "history_match": -0.0189, "matching_skills": ["sql"], "skill_match": -0.2,
                "matching": {}, "profile_match": -0.1,
                "interactions": [{"user_field": "user_id", "job_field": "job_text", "value": -0.3}]}
-    assert _why(lowered) == "matching skills: sql"
+    assert why_line(lowered) == "matching skills: sql"
     raised = {**lowered, "history_match": 0.4, "skill_match": 0.25, "profile_match": 0.1,
               "interactions": [{"user_field": "user_id", "job_field": "job_text", "value": 0.3}]}
-    assert _why(raised) == ("like your recent jobs (+0.4); matching skills: sql (+0.25); fits your profile "
+    assert why_line(raised) == ("like your recent jobs (+0.4); matching skills: sql (+0.25); fits your profile "
                             "(+0.1); user id x job text (+0.3)")

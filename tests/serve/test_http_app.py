@@ -91,7 +91,7 @@ def test_undecodable_bodies_are_422_not_an_undocumented_400(tmp_path, body, mess
 
 def test_service_422_has_the_validation_error_shape():
     """A request the model cannot honour (a filter on a column it lacks) answers like any other 422."""
-    from serve.scorer import ServiceError
+    from serve.replies import ServiceError
 
     class NoLocation(LocalBackend):
         async def recommend(self, request):

@@ -12,7 +12,8 @@ from convfm.store.artifacts import save_model_dir
 from convfm.model.network import ConvFM
 from serve.schemas import RecommendRequest, ScoreRequest
 from serve.model_slot import ModelSlot
-from serve.scorer import Scorer, ServiceError
+from serve.replies import ServiceError
+from serve.scorer import Scorer
 
 pytestmark = pytest.mark.timeout(120)
 
