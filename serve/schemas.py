@@ -18,7 +18,7 @@ from pydantic import (
 
 from convfm.config import EVENTS
 from convfm.data.schema import JOBS, USERS
-from convfm.store.event_log import FUTURE_SLACK, event_time
+from convfm.store.event_log import FUTURE_SLACK, event_time, parse_time
 from convfm.store.registry import VERSION_PATTERN
 from serve.traffic import check_traffic
 
@@ -154,13 +154,9 @@ def _utc(value: dt.datetime) -> dt.datetime:
     return value
 
 
-def _iso_text(value: Any) -> Any:
-    if not isinstance(value, str):
-        raise ValueError(f"a time must be an ISO 8601 string such as 2026-12-02T09:00:00Z, got {type(value).__name__}")
-    return value
-
-
-Time = Annotated[dt.datetime, BeforeValidator(_iso_text), Field(strict=False), AfterValidator(_utc)]
+# ISO-8601 text (no zone: UTC) or epoch seconds, as for events and in the files (not pydantic's own reading of
+# numbers, which takes large ones as milliseconds)
+Time = Annotated[dt.datetime, BeforeValidator(parse_time), Field(strict=False), AfterValidator(_utc)]
 Salary = Annotated[float, Field(ge=0, le=1e9)]
 
 
@@ -182,8 +178,8 @@ class JobPosting(Request):
     salary_max: Optional[Salary] = None
     extra: ExtraValues = Field(default_factory=dict, description="values of the model's extra job columns "
                                "(data.extra_columns), by column name; a list for a list column")
-    posted_at: Optional[Time] = None
-    expires_at: Optional[Time] = None
+    posted_at: Optional[Time] = Field(None, description="ISO-8601 (no zone: UTC) or epoch seconds; at most a day ahead")
+    expires_at: Optional[Time] = Field(None, description="ISO-8601 (no zone: UTC) or epoch seconds")
 
     @model_validator(mode="after")
     def _ordered(self) -> "JobPosting":

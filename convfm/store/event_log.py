@@ -62,7 +62,9 @@ def parse_time(value: Any) -> dt.datetime:
         except OverflowError:  # a zone offset past year 1 or 9999
             raise ValueError(f"{value[:40]!r} is out of range") from None
     elif not math.isfinite(value) or not 0 <= value < YEAR_10000:
-        raise ValueError(f"epoch seconds {value!r} out of range")
+        milliseconds = math.isfinite(value) and 0 <= value / 1000 < YEAR_10000
+        hint = " (epoch milliseconds given as seconds?)" if milliseconds else ""
+        raise ValueError(f"epoch seconds {value!r} out of range{hint}")
     else:
         when = EPOCH + dt.timedelta(seconds=value)
     if when < EPOCH:
