@@ -125,11 +125,16 @@ def upserted_jobs(upsert: Sequence[Mapping[str, Any]], version: Optional[int] = 
     """Delta job records -> the jobs table the extractor encodes (the shape of the training jobs file; extra
     values one column per name, case and punctuation aside, named as first written, lists ``;``-joined, ""
     where a job has none). Jobs with a blank id, written before the service refused them, are left out (row 0
-    is no job's)."""
+    is no job's); of an id upserted twice (a hand-written delta: the service refuses it) the last is read, by
+    serving and training alike."""
     kept = [j for j in upsert if str(j["job_id"]).strip()]
     if len(kept) < len(upsert):
         log.warning("live catalog v%s: %d job(s) with a blank id left out", version, len(upsert) - len(kept))
-    upsert = kept
+    last = {str(j["job_id"]): i for i, j in enumerate(kept)}
+    if len(last) < len(kept):
+        log.warning("live catalog v%s: %d repeated upsert(s) of a job id: the last of each read", version,
+                    len(kept) - len(last))
+    upsert = [kept[i] for i in sorted(last.values())]
     names: dict[str, str] = {}  # slug -> the column, as the first job named it
     for job in upsert:
         for name in job.get("extra", {}):

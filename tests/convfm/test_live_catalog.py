@@ -133,3 +133,16 @@ def test_training_reads_an_expire_as_served_a_job_that_closed_sooner_stays_close
                               Delta(2, late, (), {"open": (t0 + 5 * day).value // 1000})], 30.0)[0]
     closes = table.set_index("job_id")["expires_at"]
     assert closes.tolist() == [t0 + 30 * day, t0 + 10 * day, t0 + 5 * day]  # each at its first close
+
+
+def test_an_id_upserted_twice_in_one_delta_reads_as_its_last_upsert(caplog):
+    from convfm.store.live_catalog import jobs_after, upserted_jobs
+
+    twice = (job("a", title="first", posted_at=None), job("b", posted_at=None), job("a", title="last", posted_at=None))
+    assert upserted_jobs(twice, 7).frame[["job_id", "title"]].values.tolist() == [["b", "title b"], ["a", "last"]]
+    assert "live catalog v7: 1 repeated upsert(s) of a job id: the last of each read" in caplog.text
+    jobs = pd.DataFrame({"job_id": ["z"], "title": ["x"], "posted_at": [pd.NaT], "expires_at": [pd.NaT]})
+    written = pd.Timestamp("2026-12-01").value // 1000
+    table, counts = jobs_after(jobs, [Delta(1, written, twice), Delta(2, written, (), {"a": written})])
+    assert table["job_id"].tolist() == ["z", "b", "a"] and table["title"].tolist()[-1] == "last"
+    assert counts == {"added": 2, "replaced": 0, "expired": 1}  # (two rows of "a" made its expire fail)
