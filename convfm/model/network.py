@@ -54,7 +54,10 @@ class FMInteraction(nn.Module):
 
     @staticmethod
     def combine(left: FMSide, right: FMSide) -> torch.Tensor:
-        """Two groups' sides, broadcast on their leading dims -> the FM term (...)."""
+        """Two groups' sides, broadcast on their leading dims -> the FM term (...). One left row against n right
+        rows ((1, D), (n, D)) takes the cross pairs as one matrix-vector product: no (n, D) temporary."""
+        if left.total.dim() == right.total.dim() == 2 and len(left.total) == 1:
+            return torch.addmv(right.within, right.total, left.total[0]) + left.within  # (n,)
         return left.within + right.within + (left.total * right.total).sum(-1)
 
     @staticmethod
@@ -156,9 +159,14 @@ class HeadSplit:
     def __init__(self, first: Affine, widths: Sequence[int], rest: list[Union[Affine, nn.Module]]) -> None:
         self.blocks, self.bias, self.rest = first.weight.split(list(widths), dim=1), first.bias, rest
 
-    def partial(self, block: int, x: torch.Tensor) -> torch.Tensor:
-        """x (..., width of ``block``) -> its share of the first layer (..., H1); block 0 carries the bias."""
-        share = x @ self.blocks[block].T
+    def partial(self, block: int, x: torch.Tensor, onto: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (..., width of ``block``) -> its share of the first layer (..., H1), plus ``onto`` (broadcast to that
+        shape) when given; block 0 carries the bias."""
+        if onto is not None and x.dim() == onto.dim() == 2 and len(onto) == len(x):
+            share = torch.addmm(onto, x, self.blocks[block].T)  # one pass: no fresh product to add onto
+        else:
+            share = x @ self.blocks[block].T
+            share = share if onto is None else share.add_(onto)
         return share + self.bias if block == 0 else share
 
     def finish(self, first: torch.Tensor) -> torch.Tensor:
@@ -370,11 +378,11 @@ class SplitLogit:
                     lists or None)
 
     def combine(self, left: Side, right: Side) -> torch.Tensor:
-        """Sides broadcast on their leading dims ((U, 1) x (1, N), or (P,) x (P,)) -> logits (...)."""
+        """Sides broadcast on their leading dims ((U, 1) x (1, N), (1,) x (N,) for one user, or (P,) x (P,))
+        -> logits (...)."""
         conv = self.model.conv.combine(left.conv, right.conv)  # (..., C)
-        first = self.head.partial(2, conv)  # (..., H1), fresh: the sides add in place
+        first = self.head.partial(2, conv, onto=right.deep)  # (..., H1), fresh: the left side adds in place
         first += left.deep
-        first += right.deep
         logits = self.head.finish(first)  # (...)
         logits += left.linear
         logits += right.linear

@@ -259,14 +259,19 @@ class CatalogRanker:
         without the pair-match terms when not ``pair_terms`` (the retrieval fit)."""
         with torch.inference_mode():
             side = self._side(users, "user") if isinstance(users, EncodedTable) else users
-            u = map_side(lambda t: t[:, None], side._replace(lists=None))  # the pair-match terms: once, below
+            # One user's side (1, ...) broadcasts over the jobs' (n, ...) rows as it is; several users' (U, 1, ...)
+            # over (1, n, ...). (One user as (1, 1, ...) against (1, n, ...) made the 10k scan ~1 ms slower.)
+            n_users = len(side.linear)
+            one = n_users == 1
+            u = side._replace(lists=None) if one else map_side(lambda t: t[:, None], side._replace(lists=None))
             rows = None if job_rows is None else torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
             total = self.n_jobs if rows is None else len(rows)
-            step, out = self._chunk(len(users)), []
+            step, out = self._chunk(n_users), []
             for start in range(0, total, step):
                 index = slice(start, start + step) if rows is None else rows[start : start + step]
-                out.append(self.split.combine(u, map_side(lambda t: t[index][None], self.job_side)))
-            logits = torch.cat(out, dim=1) if out else torch.zeros((len(users), 0), device=self.device)
+                jobs = map_side(lambda t: t[index] if one else t[index][None], self.job_side)
+                out.append(self.split.combine(u, jobs).view(n_users, -1))
+            logits = torch.cat(out, dim=1) if out else torch.zeros((n_users, 0), device=self.device)
             return self.add_match_terms(logits, side, rows) if pair_terms and total else logits
 
     def add_match_terms(self, logits: torch.Tensor, user_side: Side,

@@ -31,6 +31,10 @@ def test_fast_path_equals_forward_on_random_models(tiny, randomize, kernel):
     assert fast.shape == (5, len(extractor.job_catalog))
     assert full.abs().max() > 1.0  # the check is not vacuous
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=0)
+    rows = np.array([3, 1, 3, 40])
+    for i in range(len(full)):  # one user: its side broadcast over the jobs' rows as they are (2-D, not 3-D)
+        torch.testing.assert_close(ranker.score_all(users.take([i])), full[i : i + 1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(ranker.score_all(users.take([i]), rows), full[i : i + 1, rows], atol=1e-5, rtol=0)
 
 
 def test_fast_path_follows_a_deep_head_with_an_extra_hidden_layer(tiny, randomize):
