@@ -31,11 +31,11 @@ from convfm.model.top_k import best_first
 # it reuses each job row for every user. Measured with the default model on 10k jobs (2 cores): 0.59-0.82 us per
 # pair at 1 << 18 against 1.11-1.15 at 1 << 22 for 50-400 users; 1 << 17 and 1 << 19 were slower.
 ELEMENT_BUDGET = 1 << 18
-# One user's scan reuses no job row, so a cache-sized step only adds per-op overhead and smaller ops to split over
-# threads: 65,536 jobs a step took the 10k scan from 3.46 to 2.79 ms (1 thread) and 2.54 to 1.48 ms (2 threads), the
-# 100k scan from 43.2 to 34.4 and 26.8 to 18.5 ms (interleaved runs, default model, 2026-12-06; without the
-# pair-match terms). From two users on the budget above stays as fast or faster (2^22 elements: up to 2x slower).
-ONE_USER_JOBS = 1 << 16
+# One user's scan (its side broadcast over the jobs' rows in 2-D) reuses no job row: a step of 16,384 jobs keeps
+# the 100k scan as fast as 4,096 (17.1 against 17.7 ms with 2 threads, 32.1 both with 1; 65,536: 17.9 and 38.1) and
+# scans 10k jobs in one step (2.79 against 2.89 ms, 1 thread; 1.54 against 1.70, 2 threads; without the pair-match
+# terms, medians of 60 users, default model, 2026-12-06).
+ONE_USER_JOBS = 1 << 14
 JOBS_PER_PASS = 8192  # job rows per side pass (catalog precompute, time moves)
 MOVE_ELEMENTS = 1 << 23  # a pass plans moves while their clock states (two (N,) arrays each) stay within this
 # Job-side changes ``changed_since`` can replay (older readers rescore everything): the last CHANGES_KEPT, and no
