@@ -13,7 +13,7 @@ import math
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator,
 )
 
 from convfm.config import EVENTS
@@ -154,9 +154,10 @@ def _utc(value: dt.datetime) -> dt.datetime:
     return value
 
 
-# ISO-8601 text (no zone: UTC) or epoch seconds, as for events and in the files (not pydantic's own reading of
-# numbers, which takes large ones as milliseconds)
-Time = Annotated[dt.datetime, BeforeValidator(parse_time), Field(strict=False), AfterValidator(_utc)]
+# ISO-8601 text (no zone: UTC) or epoch seconds, as in the files (not pydantic's own reading of numbers, which takes
+# large ones as milliseconds); the OpenAPI schema says both
+EPOCH_OR_ISO = WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0}]})
+Time = Annotated[dt.datetime, BeforeValidator(parse_time), Field(strict=False), AfterValidator(_utc), EPOCH_OR_ISO]
 Salary = Annotated[float, Field(ge=0, le=1e9)]
 
 
@@ -238,7 +239,7 @@ class Event(Request):
     type: Literal[EVENTS]
     user_id: Id = Field(examples=["u000001"])
     job_id: Id = Field(examples=["j000012"])
-    timestamp: Annotated[dt.datetime, BeforeValidator(event_time)] = Field(
+    timestamp: Annotated[dt.datetime, BeforeValidator(event_time), EPOCH_OR_ISO] = Field(
         description="ISO-8601 (no zone: UTC) or epoch seconds; not before 1970, not more than a day ahead",
         examples=["2026-12-02T12:00:00Z"])
     impression_id: Optional[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(

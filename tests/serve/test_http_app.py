@@ -113,3 +113,11 @@ def test_every_error_status_is_in_the_schema():
     assert declared[("POST", "/recommend")] >= {"200", "401", "403", "413", "422", "503", "504"}
     assert declared[("POST", "/admin/reload")] >= {"200", "401", "403", "409", "413", "422"}
     assert declared[("GET", "/healthz")] == {"200", "503"}
+
+
+def test_the_schema_says_times_are_iso_text_or_epoch_seconds():
+    schemas = build_http_app(LocalBackend(None)).openapi()["components"]["schemas"]
+    either = [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0}]
+    assert schemas["Event"]["properties"]["timestamp"]["anyOf"] == either
+    for field in ("posted_at", "expires_at"):  # optional: null too
+        assert schemas["JobPosting"]["properties"][field]["anyOf"] == [*either, {"type": "null"}]
