@@ -190,7 +190,8 @@ def test_users_sharing_a_time_are_scored_in_steps_sized_by_their_count(fitted, r
     """A day-granular log puts many events at one time: their user sides go through in one group, whose steps are
     sized by its users (they were sized by the 5 fields of a side: 51 times too large at 256 users, 3x slower)."""
     model = randomize(ConvFM(ModelConfig(embedding_dim=4, conv_filters=3, hidden_dims=(6,)), fitted.feature_map), 5)
-    users = fitted.user_side(fitted.user_catalog.take([1, 2, 0, 1, 2, 0, 1]), np.array(["u1", "u2", ""] * 2 + ["u1"]))
+    rows, ids = [1, 2, 0, 1, 2, 0, 1], np.array(["u1", "u2", ""] * 2 + ["u1"])
+    users = fitted.user_side(fitted.user_catalog.take(rows), ids)
     ranker = CatalogRanker(model, fitted, time=T0)
     asked = []
     chunk = CatalogRanker._chunk
