@@ -31,11 +31,11 @@ from convfm.model.top_k import best_first
 # it reuses each job row for every user. Measured with the default model on 10k jobs (2 cores): 0.59-0.82 us per
 # pair at 1 << 18 against 1.11-1.15 at 1 << 22 for 50-400 users; 1 << 17 and 1 << 19 were slower.
 ELEMENT_BUDGET = 1 << 18
-# One user's scan (its side broadcast over the jobs' rows in 2-D) reuses no job row: a step of 16,384 jobs keeps
-# the 100k scan as fast as 4,096 (17.1 against 17.7 ms with 2 threads, 32.1 both with 1; 65,536: 17.9 and 38.1) and
-# scans 10k jobs in one step (2.79 against 2.89 ms, 1 thread; 1.54 against 1.70, 2 threads; without the pair-match
-# terms, medians of 60 users, default model, 2026-12-06).
-ONE_USER_JOBS = 1 << 14
+# One user's scan (its side broadcast over the jobs' rows in 2-D) reuses no job row: with the default model (64
+# floats per job piece) a step of 16,384 jobs (2^20 elements) keeps the 100k scan as fast as 4,096 (17.1 against
+# 17.7 ms with 2 threads, 32.1 both with 1; 65,536: 17.9 and 38.1) and scans 10k jobs in one step (2.79 against
+# 2.89 ms, 1 thread; 1.54 against 1.70, 2 threads; without the pair-match terms, medians of 60 users, 2026-12-06).
+ONE_USER_ELEMENTS = 1 << 20
 JOBS_PER_PASS = 8192  # job rows per side pass (catalog precompute, time moves)
 MOVE_ELEMENTS = 1 << 23  # a pass plans moves while their clock states (two (N,) arrays each) stay within this
 # Job-side changes ``changed_since`` can replay (older readers rescore everything): the last CHANGES_KEPT, and no
@@ -223,9 +223,10 @@ class CatalogRanker:
         return own if side == "user" else own._replace(lists=None)
 
     def _chunk(self, users: int) -> int:
-        """Jobs per combine step: the widest per-job piece (H1, C or D floats) times U within the budget, or
-        ``ONE_USER_JOBS`` for one user."""
-        return ONE_USER_JOBS if users == 1 else max(1, ELEMENT_BUDGET // max(1, users * self.job_width))
+        """Jobs per combine step: the widest per-job piece (H1, C or D floats) times U within the budget
+        (``ONE_USER_ELEMENTS`` for one user)."""
+        budget = ONE_USER_ELEMENTS if users == 1 else ELEMENT_BUDGET
+        return max(1, budget // max(1, users * self.job_width))
 
     def score_all(self, users: EncodedTable, job_rows: Optional[np.ndarray] = None,
                   times: Optional[np.ndarray] = None) -> torch.Tensor:
@@ -270,7 +271,8 @@ class CatalogRanker:
             for start in range(0, total, step):
                 index = slice(start, start + step) if rows is None else rows[start : start + step]
                 jobs = map_side(lambda t: t[index] if one else t[index][None], self.job_side)
-                out.append(self.split.combine(u, jobs).view(n_users, -1))
+                scores = self.split.combine(u, jobs)  # (n,) for one user, else (U, n)
+                out.append(scores.view(n_users, scores.shape[-1]))
             logits = torch.cat(out, dim=1) if out else torch.zeros((n_users, 0), device=self.device)
             return self.add_match_terms(logits, side, rows) if pair_terms and total else logits
 

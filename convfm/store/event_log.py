@@ -61,10 +61,10 @@ def parse_time(value: Any) -> dt.datetime:
             when = when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
         except OverflowError:  # a zone offset past year 1 or 9999
             raise ValueError(f"{value[:40]!r} is out of range") from None
-    elif not math.isfinite(value) or not 0 <= value < YEAR_10000:
-        milliseconds = math.isfinite(value) and 0 <= value / 1000 < YEAR_10000
-        hint = " (epoch milliseconds given as seconds?)" if milliseconds else ""
-        raise ValueError(f"epoch seconds {value!r} out of range{hint}")
+    elif not 0 <= _as_float(value) < YEAR_10000:  # (NaN compares False)
+        hint = " (epoch milliseconds given as seconds?)" if 0 <= _as_float(value) / 1000 < YEAR_10000 else ""
+        shown = str(value) if len(str(value)) <= 24 else str(value)[:20] + "..."
+        raise ValueError(f"epoch seconds {shown} out of range{hint}")
     else:
         when = EPOCH + dt.timedelta(seconds=value)
     if when < EPOCH:
@@ -72,13 +72,19 @@ def parse_time(value: Any) -> dt.datetime:
     return when
 
 
+def _as_float(value: int | float) -> float:
+    """A JSON number as a float; an integer past float range (JSON allows any digits) as infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def event_time(value: Any) -> dt.datetime:
-    """``parse_time`` for a new event, which also refuses a time more than a day ahead of now (epoch
-    milliseconds given as seconds land in the year 50000)."""
-    when = parse_time(value)
+    """``parse_time`` for a new event, which also refuses a time more than a day ahead of now."""
+    when = parse_time(value)  # (epoch milliseconds given as seconds are out of its range: named there)
     if when > dt.datetime.now(dt.timezone.utc) + FUTURE_SLACK:
-        hint = "" if isinstance(value, str) else " (epoch milliseconds given as seconds?)"
-        raise ValueError(f"{when.isoformat()} is more than a day in the future{hint}")
+        raise ValueError(f"{when.isoformat()} is more than a day in the future")
     return when
 
 

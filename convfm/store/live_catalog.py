@@ -126,11 +126,11 @@ def upserted_jobs(upsert: Sequence[Mapping[str, Any]], version: Optional[int] = 
     values one column per name, case and punctuation aside, named as first written, lists ``;``-joined, ""
     where a job has none). Jobs with a blank id, written before the service refused them, are left out (row 0
     is no job's); of an id upserted twice (a hand-written delta: the service refuses it) the last is read, by
-    serving and training alike."""
+    serving and training alike (ids as the service writes them: text, outer spaces cut)."""
     kept = [j for j in upsert if str(j["job_id"]).strip()]
     if len(kept) < len(upsert):
         log.warning("live catalog v%s: %d job(s) with a blank id left out", version, len(upsert) - len(kept))
-    last = {str(j["job_id"]): i for i, j in enumerate(kept)}
+    last = {str(j["job_id"]).strip(): i for i, j in enumerate(kept)}
     if len(last) < len(kept):
         log.warning("live catalog v%s: %d repeated upsert(s) of a job id: the last of each read", version,
                     len(kept) - len(last))
@@ -139,7 +139,7 @@ def upserted_jobs(upsert: Sequence[Mapping[str, Any]], version: Optional[int] = 
     for job in upsert:
         for name in job.get("extra", {}):
             names.setdefault(slug(name), name)
-    frame = pd.DataFrame({"job_id": [j["job_id"] for j in upsert], **{
+    frame = pd.DataFrame({"job_id": [str(j["job_id"]).strip() for j in upsert], **{
         f: [";".join(j.get(f) or ()) if f == "skills" else j.get(f) for j in upsert] for f in CONTENT_FIELDS}})
     for key, column in names.items():
         values = [next((v for n, v in j.get("extra", {}).items() if slug(n) == key), None) for j in upsert]

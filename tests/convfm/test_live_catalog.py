@@ -138,7 +138,8 @@ def test_training_reads_an_expire_as_served_a_job_that_closed_sooner_stays_close
 def test_an_id_upserted_twice_in_one_delta_reads_as_its_last_upsert(caplog):
     from convfm.store.live_catalog import jobs_after, upserted_jobs
 
-    twice = (job("a", title="first", posted_at=None), job("b", posted_at=None), job("a", title="last", posted_at=None))
+    twice = tuple(job(j, posted_at=None, **fields) for j, fields in
+                  (("a", {"title": "first"}), ("b", {}), (" a ", {"title": "last"})))  # " a ": as "a" in serving
     assert upserted_jobs(twice, 7).frame[["job_id", "title"]].values.tolist() == [["b", "title b"], ["a", "last"]]
     assert "live catalog v7: 1 repeated upsert(s) of a job id: the last of each read" in caplog.text
     jobs = pd.DataFrame({"job_id": ["z"], "title": ["x"], "posted_at": [pd.NaT], "expires_at": [pd.NaT]})

@@ -60,6 +60,7 @@ def test_writing_needs_the_api_key(tiny, tmp_path):
 
 @pytest.mark.parametrize("bad, field", [
     ({"type": "purchase"}, "events.1.type"), ({"timestamp": 1.7e12}, "events.1.timestamp"),
+    ({"timestamp": 10**400}, "events.1.timestamp"),  # past float range: was a 500
     ({"timestamp": "last tuesday"}, "events.1.timestamp"), ({"timestamp": True}, "events.1.timestamp"),
     ({"user_id": ""}, "events.1.user_id"), ({"job_id": None}, "events.1.job_id"), ({"extra": 1}, "events.1.extra"),
     ({"event_id": "   "}, "events.1.event_id"), ({"user_id": " \t"}, "events.1.user_id"),  # stored as "" before

@@ -57,6 +57,7 @@ def test_writing_jobs_needs_the_api_key(service, tiny, tmp_path):
     ({"upsert": [posting("n1", posted_at="yesterday")]}, "posted_at: Value error, 'yesterday' is not an ISO-8601"),
     ({"upsert": [posting("n1", posted_at=1_700_000_000_000)]}, "out of range (epoch milliseconds given as seconds?)"),
     ({"upsert": [posting("n1", posted_at=True)]}, "must be an ISO-8601 date/time or epoch seconds, got bool"),
+    ({"upsert": [posting("n1", expires_at=10**400)]}, "epoch seconds 10000000000000000000... out of range"),  # was 500
     ({"upsert": [posting("n1", expires_at="1960-01-01")]}, "1960-01-01T00:00:00+00:00 is before 1970-01-01"),
     ({"upsert": [posting("n1", expires_at="2100-01-01")]}, "must be between 1970-01-01 and 2100-01-01"),
     ({"upsert": [posting("n1", posted_at="2026-12-02T10:00:00+02:00", expires_at="2026-12-02T08:00:00Z")]},

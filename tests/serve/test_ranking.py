@@ -37,6 +37,21 @@ def test_fast_path_equals_forward_on_random_models(tiny, randomize, kernel):
         torch.testing.assert_close(ranker.score_all(users.take([i]), rows), full[i : i + 1, rows], atol=1e-5, rtol=0)
 
 
+def test_one_user_in_steps_of_any_size_and_no_user_at_all(tiny, randomize, monkeypatch):
+    extractor = tiny.data.extractor
+    model = ConvFM(ModelConfig(embedding_dim=6, conv_filters=5, hidden_dims=(12, 7)), extractor.feature_map)
+    ranker = CatalogRanker(randomize(model, seed=3), extractor)
+    users = users_of(extractor, 2)
+    full = ranker.full_scores(users)
+    assert ranker.n_jobs % 8  # steps of 8 jobs end with a shorter one
+    for elements in (1, 8 * ranker.job_width, 1 << 20):  # steps of 1 job, of 8, the whole catalog in one
+        monkeypatch.setattr("convfm.model.ranking.ONE_USER_ELEMENTS", elements)
+        torch.testing.assert_close(ranker.score_all(users.take([1])), full[1:2], atol=1e-5, rtol=0)
+    nobody = users.take(np.arange(0))
+    assert ranker.score_all(nobody).shape == (0, ranker.n_jobs)
+    assert ranker.score_all(nobody, np.array([3, 1])).shape == (0, 2)
+
+
 def test_fast_path_follows_a_deep_head_with_an_extra_hidden_layer(tiny, randomize):
     """A DeepHead edited to LayerNorm after each BatchNorm: the ranker's split runs the new layer too."""
     extractor = tiny.data.extractor
