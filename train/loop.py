@@ -110,7 +110,6 @@ def _train(config: dict[str, Any], session: LoopSession) -> None:
     torch.manual_seed(train_config.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
     initial = ray.get(config["initial_state"][0]) if config.get("initial_state") else None
     model, saved_state = _restore(session.checkpoint, model_config, feature_map, initial)
-    torch.manual_seed(train_config.seed + 7_919 * rank)  # per-rank dropout noise
     model = session.prepare_model(model)
     state = TrainingState.create(model, train_config, _global_count(len(train_set), device, world_size),
                                  validates=bundle is not None)

@@ -72,7 +72,7 @@ class EarlyStopping:
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """Shuffle seed of one epoch on one rank (rank 0 matches the in-process loop)."""
+    """Shuffle and dropout seed of one epoch on one rank (rank 0 matches the in-process loop)."""
     return seed * 100_003 + epoch + 7_919 * rank
 
 
@@ -227,6 +227,9 @@ def run_epoch(
     """
     epoch = state.next_epoch
     batch_size = batch_per_rank(config, world_size)
+    # dropout and id-dropout noise seeded per epoch and rank, as the shuffle is: a resumed run trains its next
+    # epoch exactly as the uninterrupted run did (torch's RNG state is not in the checkpoint)
+    torch.manual_seed(epoch_seed(config.seed, epoch, rank))
     stats = train_epoch(model, examples, state.optimizer, batch_size, device,
                         epoch_seed=epoch_seed(config.seed, epoch, rank), use_amp=config.use_amp, on_batch=on_batch,
                         embedding_l2=config.embedding_l2, average=state.average)

@@ -117,6 +117,35 @@ def test_a_resumed_training_state_keeps_its_metric(prepared, tmp_path):
                              1000).load_state_dict(saved)
 
 
+def test_a_resumed_run_trains_its_next_epoch_exactly_as_the_uninterrupted_run(prepared, tmp_path):
+    """Shuffle order and dropout noise are seeded per epoch: resuming from epoch 0's weights and state (as a
+    checkpoint holds them, through torch.save) gives epoch 1 bit for bit, dropout and id dropout on."""
+    from convfm.training.in_process import run_epoch
+
+    config = TrainConfig(batch_size=128, ema_decay=0.9)
+    model_config = ModelConfig(embedding_dim=4, conv_filters=4, hidden_dims=(8,), dropout_rate=0.3, id_dropout=0.5)
+
+    def fresh() -> tuple[ConvFM, TrainingState]:
+        torch.manual_seed(config.seed)
+        model = ConvFM(model_config, prepared.extractor.feature_map)
+        return model, TrainingState.create(model, config, len(prepared.sets["train"]))
+
+    model, state = fresh()
+    run_epoch(model, prepared.sets["train"], state, config, torch.device("cpu"), validation=prepared)
+    torch.save({"weights": model.state_dict(), "state": state.state_dict()}, tmp_path / "checkpoint.pt")
+    torch.rand(1000)  # a resumed process's RNG is wherever its start left it
+    run_epoch(model, prepared.sets["train"], state, config, torch.device("cpu"), validation=prepared)
+
+    resumed, resumed_state = fresh()
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    resumed.load_state_dict(saved["weights"])
+    resumed_state.load_state_dict(saved["state"])
+    run_epoch(resumed, prepared.sets["train"], resumed_state, config, torch.device("cpu"), validation=prepared)
+    assert resumed_state.history[-1]["train_loss"] == state.history[-1]["train_loss"]
+    for name, weight in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], weight), name
+
+
 def test_a_state_saved_before_the_metric_choice_resumes_on_auc_only(prepared):
     """Format 1: no metric in the stopper (it was AUC), one optimizer parameter group (weight decay 0)."""
     model = small_model(prepared)
