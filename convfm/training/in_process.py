@@ -229,9 +229,10 @@ def run_epoch(
     batch_size = batch_per_rank(config, world_size)
     # dropout and id-dropout noise seeded per epoch and rank, as the shuffle is: a resumed run trains its next
     # epoch exactly as the uninterrupted run did (torch's RNG state is not in the checkpoint)
-    torch.manual_seed(epoch_seed(config.seed, epoch, rank))
+    seed = epoch_seed(config.seed, epoch, rank)
+    torch.manual_seed(seed)
     stats = train_epoch(model, examples, state.optimizer, batch_size, device,
-                        epoch_seed=epoch_seed(config.seed, epoch, rank), use_amp=config.use_amp, on_batch=on_batch,
+                        epoch_seed=seed, use_amp=config.use_amp, on_batch=on_batch,
                         embedding_l2=config.embedding_l2, average=state.average)
     record = None
     if validation is not None:
