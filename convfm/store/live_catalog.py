@@ -160,9 +160,11 @@ def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta],
     in order: an upsert replaces the job of its id or is appended, an expiry sets ``expires_at`` unless the job
     closed sooner (its own, or ``lifetime_days`` after its posting: as served). Training on the service's event
     log reads it, so the jobs posted live carry their fields, not the unknown job's. Returns the table and counts
-    (added, replaced, expired)."""
+    of distinct jobs: added (not in ``jobs``), replaced (in ``jobs``, upserted again) and expired (once or more)."""
     table = jobs.set_index("job_id", drop=False)
-    counts = {"added": 0, "replaced": 0, "expired": 0}
+    before = set(table.index)
+    upserted: set[str] = set()
+    expired: set[str] = set()
     for delta in deltas:
         new = upserted_jobs(delta.upsert, delta.version)
         held = [j for j in new.frame["job_id"] if j in table.index]
@@ -177,8 +179,7 @@ def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta],
             frame = new.frame.assign(posted_at=_datetimes(new.posted), expires_at=_datetimes(new.expires))
             frame = frame.set_index("job_id", drop=False).reindex(columns=table.columns)
             known = frame.index.isin(table.index)
-            counts["replaced"] += int(known.sum())
-            counts["added"] += int((~known).sum())
+            upserted.update(frame.index)
             table = pd.concat([table.drop(index=frame.index[known]), frame])
         hit = [j for j in delta.expire if j in table.index]
         if hit and "expires_at" in table.columns:  # closed then, unless it closed sooner (as served)
@@ -187,7 +188,8 @@ def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta],
             ends = np.where(given == ALWAYS, lifetime_ends(posted, lifetime_days), given)
             closes = np.minimum(ends, np.array([delta.expire[j] for j in hit], dtype=np.int64))
             table.loc[hit, "expires_at"] = _datetimes(closes).to_numpy()
-            counts["expired"] += len(hit)
+            expired.update(hit)
+    counts = {"added": len(upserted - before), "replaced": len(upserted & before), "expired": len(expired)}
     return table.reset_index(drop=True), counts
 
 

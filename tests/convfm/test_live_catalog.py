@@ -106,8 +106,11 @@ def test_training_reads_an_update_at_the_jobs_own_posting_and_a_new_job_at_the_d
     written = pd.Timestamp("2026-12-01").value // 1000
     upsert = tuple(job(j, title="edited", posted_at=None) for j in ("a", "b", "c"))
     resync = (job("a", title="edited", posted_at=posted.value // 1000),)  # its own posting time: kept expiry
-    table = jobs_after(jobs, [Delta(1, written, upsert), Delta(2, written, resync)])[0].set_index("job_id")
-    assert table["title"].tolist() == ["edited"] * 3
+    table, counts = jobs_after(jobs, [Delta(1, written, upsert), Delta(2, written, resync),
+                                      Delta(3, written, (job("c", posted_at=None),))])
+    assert counts == {"added": 1, "replaced": 2, "expired": 0}  # distinct jobs: "a" twice and "c" again count once
+    table = table.set_index("job_id")
+    assert table["title"].tolist() == ["edited", "edited", "title c"]
     assert (table.loc["a", "posted_at"], table.loc["a", "expires_at"]) == (posted, closes)  # an edit: kept
     assert pd.isna(table.loc["b", "posted_at"]) and pd.isna(table.loc["b", "expires_at"])  # kept: none
     assert table.loc["c", "posted_at"] == pd.Timestamp("2026-12-01")  # new: posted when written
