@@ -142,19 +142,23 @@ class PairMatch(nn.Module):
 
     def add_shared_values(self, pair: int, logits: torch.Tensor, a: torch.Tensor, values: torch.Tensor,
                           sizes: torch.Tensor, skip: Optional[torch.Tensor] = None) -> None:
-        """``add_shared`` for a categorical job field, read from its value per job (N,) instead of an index:
-        each user's count of every value (V,), gathered at the jobs' values, in dense passes over the jobs (one
-        value per job: a few values hold most jobs, so an index would touch most rows anyway)."""
+        """``add_shared`` for a categorical job field, read from its value per job (N,) instead of an index (one
+        value per job: a few values hold most jobs, so an index would touch most rows anyway). A job's term
+        depends on its value alone (a list of one: size 1; a job with none shares nothing, term 0), so each
+        user's term per value (V,) is gathered at the jobs' values: two passes over the jobs, not seven (the
+        four categorical pairs of a 10k scan: ~0.3 -> ~0.1 ms). ``sizes`` is unused (kept for ``add_shared``'s
+        signature)."""
         width, size_a = min(logits.shape[1], len(values)), self.sizes(a)  # rows past the values: all in skip
-        values, sizes = values[:width], sizes[:width]
+        values = values[:width]
         for u, ids in enumerate(a):
             ids = ids[ids > UNK]
             if not len(ids):
                 continue
-            shared = torch.bincount(ids, minlength=self.vocab).float()[values]  # (N,)
+            shared = torch.bincount(ids, minlength=self.vocab).float()  # (V,)
+            term = self.value(pair, shared, size_a[u], shared.new_ones(()))[values]  # (N,), 0 where nothing is shared
             if skip is not None and len(skip):
-                shared[skip[skip < width]] = 0
-            logits[u, :width] += self.value(pair, shared, size_a[u], sizes)  # 0 where nothing is shared
+                term[skip[skip < width]] = 0
+            logits[u, :width] += term
 
 
 def _list(cat: torch.Tensor, multi: torch.Tensor, kind: str, column: int) -> torch.Tensor:
