@@ -12,17 +12,13 @@ import dataclasses
 import logging
 import math
 import re
-import threading
 import time
-from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import ray
 import ray.train
 import torch
-from ray.util.queue import Empty, Queue
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from convfm.store import storage
 from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
@@ -41,11 +37,11 @@ from train.cluster import init_ray, joined_cluster
 from train.loop import MODEL_DIR, TRAIN_STATE
 from train.prepare_distributed import DistributedData, prepare_distributed
 from train.prepare_market import check_market, prepare_market_distributed
+from train.progress import EpochCallback, ProgressCallback, progress_queue, relay_progress
 from train.outputs import RUN_FILE, export_model, plot_curves, read_run, write_metrics_csv, write_run
 from train.ray_configs import build_trainer
 
 log = logging.getLogger(__name__)
-EpochCallback = Callable[[dict[str, Any]], None]
 
 
 class TrainingError(ConvFMError):
@@ -163,13 +159,13 @@ def run_training(
             run.setdefault("init_from", {**warm.record(), "replaced": notes})
         write_run(out, run)
 
-        progress = _progress_queue() if on_epoch is not None else None
+        progress = progress_queue() if on_epoch is not None else None
         shared = loop_config(data, model_config, train_config, loop_options, initial)
         trainer = build_trainer(shared, train_config,
                                 name=run["name"], storage_path=run["storage_path"],
-                                callbacks=[] if progress is None else [_ProgressCallback(progress)],
+                                callbacks=[] if progress is None else [ProgressCallback(progress)],
                                 datasets=getattr(data, "datasets", None))
-        with _relay_progress(progress, on_epoch):
+        with relay_progress(progress, on_epoch):
             try:
                 result = trainer.fit()
             except ray.train.TrainingFailedError as exc:
@@ -277,67 +273,6 @@ def _check_resumable(run: Mapping[str, Any], train_config: TrainConfig) -> Any:
         raise ConfigError(f"patience: the run stopped early after {bad} epoch(s) without improvement; "
                           f"raise patience above {bad} to continue")
     return extractor
-
-
-def _progress_queue() -> Queue:
-    """The epoch-progress queue, on the driver's own node: a queue actor placed on a worker node would die
-    with that node (a lost spot instance) and take the driver down with it."""
-    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
-
-
-class _ProgressCallback(ray.train.UserCallback):
-    """Runs in the Train controller: forwards rank 0's epoch metrics to the driver through a Ray queue."""
-
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        if metrics and "val_roc_auc" in metrics[0]:
-            try:
-                self.queue.put_nowait(dict(metrics[0]))
-            except Exception:  # progress lines are a courtesy: losing them must not fail the run
-                log.warning("could not forward epoch progress to the driver", exc_info=True)
-
-
-@contextmanager
-def _relay_progress(progress: Optional[Queue], on_epoch: Optional[EpochCallback]) -> Iterator[None]:
-    """Call ``on_epoch`` on the driver for each epoch the controller forwards, while fit() blocks."""
-    if progress is None or on_epoch is None:
-        yield
-        return
-    done = threading.Event()
-
-    def drain(block: bool) -> None:
-        while True:
-            try:
-                record = progress.get(block=block, timeout=0.2 if block else None)
-            except Empty:
-                return
-            except ray.exceptions.RayError:  # the queue actor is gone: training goes on without progress lines
-                if not done.is_set():
-                    log.warning("epoch progress unavailable: its queue actor died")
-                done.set()
-                return
-            try:
-                on_epoch(record)
-            except Exception:  # a printing error must not kill training
-                log.exception("on_epoch callback failed")
-
-    def relay() -> None:
-        while not done.is_set():
-            drain(block=True)
-
-    thread = threading.Thread(target=relay, name="convfm-progress", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join(timeout=5)
-        drain(block=False)
-        with suppress(ray.exceptions.RayError):
-            progress.shutdown()
 
 
 def _finish(out: StagedDir, run: dict[str, Any], result: Any, config: TrainConfig,
