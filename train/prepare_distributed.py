@@ -21,7 +21,7 @@ import ray
 import ray.data
 
 from convfm.config import DataConfig
-from convfm.data.loading import labelled_frame
+from convfm.data.labelled import labelled_frame
 from convfm.data.partitioned import check_schemas, encode_batch, split_files
 from convfm.data.readers import TEXT_SUFFIXES, csv_separator
 from convfm.errors import ConfigError, DataValidationError

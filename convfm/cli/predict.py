@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from convfm.config import DataConfig
-    from convfm.data.loading import check_fields, typed_fields
+    from convfm.data.labelled import check_fields, typed_fields
     from convfm.data.readers import read_located
     from convfm.errors import ArtifactError
     from convfm.store.artifacts import load_model_dir

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from convfm.config import DataConfig
 from convfm.data.batching import ExampleSet
-from convfm.data.loading import check_columns
+from convfm.data.labelled import check_columns
 from convfm.data.market_parts import check_market_config, log_rows
 from convfm.data.readers import SUFFIXES, TEXT_SUFFIXES, header_names, resolve_path
 from convfm.errors import ConfigError, DataValidationError

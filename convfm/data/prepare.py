@@ -14,8 +14,9 @@ from convfm.errors import ConfigError
 from convfm.data.liveness import JobWindows, job_windows
 from convfm.data.splitting import split_periods
 from convfm.data.loading import (
-    build_examples, interacted_pairs, load_job_market, load_table, require_extra_columns, split_examples,
+    build_examples, interacted_pairs, load_job_market, require_extra_columns, split_examples,
 )
+from convfm.data.labelled import load_table
 from convfm.features.extra_fields import check_warm_start_columns
 from convfm.features.jobs import JobFeatureExtractor, TableFeatureExtractor
 from convfm.evaluation.metrics import PopularityBaseline

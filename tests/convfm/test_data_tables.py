@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from convfm.config import DataConfig
-from convfm.data.loading import load_table
+from convfm.data.labelled import load_table
 from convfm.errors import ConfigError, DataValidationError
 
 BAD = Path(__file__).resolve().parents[1] / "data" / "bad"

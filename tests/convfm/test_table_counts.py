@@ -13,7 +13,7 @@ import pytest
 
 from convfm.config import DataConfig
 from convfm.data import partitioned
-from convfm.data.loading import labelled_frame
+from convfm.data.labelled import labelled_frame
 from convfm.data.partitioned import check_schemas, choose_preparation, encode_batch, example_set_of, split_files
 from convfm.errors import DataValidationError
 from convfm.features.counts import Moments, TableCounts, merge_in_order
