@@ -116,12 +116,15 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": response.body})
 
 
-def _validation_response(exc: RequestValidationError) -> JSONResponse:
-    """422 with per-field errors (no echo of the input: it may be huge) and a one-line summary."""
+def _validation_response(exc: RequestValidationError, content_type: str = "application/json") -> JSONResponse:
+    """422 with per-field errors (no echo of the input: it may be huge) and a one-line summary; a body sent as
+    another ``content_type`` than JSON is named as such (FastAPI reads it as no object at all)."""
     detail = [{"loc": [_text(p) for p in e.get("loc", ())], "msg": _text(e.get("msg", "")), "type": e.get("type", "")}
               for e in exc.errors()]
     if any(d["type"] == "json_invalid" for d in detail):
         message = "body is not valid JSON"
+    elif "json" not in content_type.lower() and any(d["loc"] == ["body"] for d in detail):
+        message = f"body must be JSON sent as Content-Type: application/json, got {_text(content_type)[:80] or 'none'!r}"
     else:
         message = "; ".join(f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in detail[:5])
     return JSONResponse({"message": message, "detail": detail}, status_code=422)
@@ -163,8 +166,8 @@ def build_http_app(
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)  # outermost
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_response(exc)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(exc, request.headers.get("content-type", ""))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
@@ -198,11 +201,12 @@ def build_http_app(
         """Scores of given jobs in request order; unknown job ids get null and are listed."""
         return await backend.score(request)
 
-    @app.get("/jobs/{job_id}", response_model=JobDetail, dependencies=guarded,
+    @app.get("/jobs/{job_id:path}", response_model=JobDetail, dependencies=guarded,
              responses=_responses(*auth, 404, 422, 503, 504))
     async def job(job_id: Annotated[str, Path(min_length=1, max_length=200)]) -> dict[str, Any]:
-        """Metadata of one job of the serving catalog (the model's plus the live catalog's), with its expiry."""
-        return await backend.job(job_id)
+        """Metadata of one job of the serving catalog (the model's plus the live catalog's), with its expiry. An
+        id may hold "/" (``/jobs/a%2Fb`` or ``/jobs/a/b``); outer spaces are cut, as in request bodies."""
+        return await backend.job(job_id.strip())
 
     @app.post("/jobs", response_model=JobsResponse, dependencies=[require_key],
               responses={**_responses(401, 403, 413, 422, 503, 504), 409: {
@@ -212,6 +216,7 @@ def build_http_app(
         applies before its next answer."""
         return await backend.put_jobs(body)
 
+    @app.head("/healthz", include_in_schema=False)  # load balancers' checks may send HEAD
     @app.get("/healthz", response_model=Health,
              responses={503: {"model": Health, "description": "loading, starting, or the first load failed"}})
     async def healthz() -> JSONResponse:

@@ -28,26 +28,49 @@ MAX_HISTORY = 200
 MAX_EVENTS = 1000
 
 
+def _unicode(value: str) -> str:
+    """``value`` when it can be written as UTF-8, else ValueError. JSON can carry a lone UTF-16 surrogate
+    (``"\\ud800"``) that no UTF-8 file or Arrow string holds: pydantic's own check is skipped behind a
+    BeforeValidator, and a job id holding one was stored, then failed every later read of the live catalog."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode text: a lone surrogate (U+{ord(value[exc.start]):04X}) at character "
+                         f"{exc.start + 1}") from None
+    return value
+
+
 def _id_text(value: Any) -> Any:
     """Ids are strings, stripped; an integer id is its decimal string; anything else is refused."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
         raise ValueError(f"an id must be a string or an integer, got {type(value).__name__}")
-    return value.strip()
+    return _unicode(value).strip()
 
 
 def _stripped(value: Any) -> Any:
     """Strings stripped before their length is checked: pydantic's ``strip_whitespace`` strips after
     ``min_length``, so "   " passed as a non-empty id and was stored as ""."""
-    return value.strip() if isinstance(value, str) else value
+    return _unicode(value).strip() if isinstance(value, str) else value
+
+
+def _skill(value: Any) -> Any:
+    """A skill is ``_stripped`` text without ";", which separates skills in the data files and the live catalog
+    (``"a;b"`` was stored as two skills)."""
+    value = _stripped(value)
+    if isinstance(value, str) and ";" in value:
+        raise ValueError(f"a skill cannot contain ';' (it separates skills), got {value[:50]!r}: give each as its own")
+    return value
 
 
 Id = Annotated[str, BeforeValidator(_id_text), StringConstraints(min_length=1, max_length=200)]
 SHORT_TEXT = 200  # characters of a short value: a location, a company, an extra column's value but a text one's
 ShortText = Annotated[str, BeforeValidator(_stripped), StringConstraints(max_length=SHORT_TEXT)]
+# A filter's value: a blank one matched no job, an empty answer that looked like a real one
+FilterValue = Annotated[str, BeforeValidator(_stripped), StringConstraints(min_length=1, max_length=SHORT_TEXT)]
 TEXT_CHARS = 20_000  # a job's description, or an extra text column's value
-Skill = Annotated[str, BeforeValidator(_stripped), StringConstraints(min_length=1, max_length=100)]
+Skill = Annotated[str, BeforeValidator(_skill), StringConstraints(min_length=1, max_length=100)]
 
 
 def _extra_value(value: Any) -> Any:
@@ -107,9 +130,9 @@ class Filters(Request):
     """Only jobs matching every given filter (case-insensitive); salary_min keeps jobs whose salary range
     reaches it (salary_max, else salary_min, >= salary_min; jobs without a salary are dropped)."""
 
-    location: Optional[ShortText] = None
-    job_type: Optional[ShortText] = None
-    experience_level: Optional[ShortText] = None
+    location: Optional[FilterValue] = None
+    job_type: Optional[FilterValue] = None
+    experience_level: Optional[FilterValue] = None
     salary_min: Optional[Annotated[float, Field(ge=0, le=1e9)]] = None
     include_expired: bool = Field(False, description="also jobs the live catalog has expired")
 

@@ -118,6 +118,15 @@ def read_segment(root: str | Path, name: str) -> list[dict[str, Any]]:
     return records
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (no lone UTF-16 surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_record(line: str, where: str) -> dict[str, Any]:
     """One JSON line of a segment as a record, or DataValidationError naming ``where`` and the field."""
     record = parse_json(line, where, "event", DataValidationError)
@@ -209,6 +218,8 @@ class EventLog:
             lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in fresh]
             for number, line in enumerate(lines, start=1):  # what readers would refuse is never written
                 check_record(line, f"{self.root}: record {number} to append")
+                if not line.isascii() and not _utf8(line):  # a lone surrogate failed the write after the checks
+                    raise DataValidationError(f"{self.root}: record {number} to append: not valid Unicode text")
             self._last_ns = max(time.time_ns(), self._last_ns + 1)
             name = f"{self._last_ns:019d}-{uuid.uuid4().hex[:8]}.jsonl"
             text = "".join(line + "\n" for line in lines)

@@ -53,6 +53,15 @@ def test_a_failed_write_stores_nothing_and_keeps_the_ids_free(tmp_path, monkeypa
     assert log.append([record("a")]).records  # the retry is not taken for a duplicate
 
 
+def test_a_record_that_is_not_valid_unicode_is_refused_and_nothing_is_written(tmp_path):
+    """A lone UTF-16 surrogate (JSON can carry one) passed the record checks and failed the write itself."""
+    log = EventLog.open(tmp_path)
+    with pytest.raises(DataValidationError, match="record 2 to append: not valid Unicode text"):
+        log.append([record("a", user="ü"), record("b", user="u\ud800")])
+    assert list_segments(tmp_path) == [] and log.position == 0
+    assert [r["user_id"] for r in log.append([record("a", user="ü")]).records] == ["ü"]
+
+
 def test_segment_names_keep_increasing_after_a_reopen(tmp_path):
     log = EventLog.open(tmp_path)
     log.append([record("a")])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 
 import pytest
@@ -87,6 +88,44 @@ def test_undecodable_bodies_are_422_not_an_undocumented_400(tmp_path, body, mess
                                                 headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert response.json()["message"].startswith(message) and response.json()["detail"][0]["loc"] == ["body"]
+
+
+@pytest.mark.parametrize("path, body, message", [
+    ("/recommend", {"user_id": "\ud800"}, "user_id: Value error, not valid Unicode text: a lone surrogate (U+D800)"),
+    ("/recommend", {"history": ["j1", "j\udc00"]}, "history.1: Value error, not valid Unicode text"),
+    ("/recommend", {"profile": {"skills": ["\ud800"]}}, "profile.skills.0: Value error, not valid Unicode text"),
+    ("/recommend", {"profile": {"skills": ["python;sql"]}}, "profile.skills.0: Value error, a skill cannot contain ';'"),
+    ("/recommend", {"user_id": "u", "filters": {"location": "\ud800"}}, "filters.location: Value error, not valid"),
+    ("/score", {"user_id": "u", "job_ids": ["\ud800"]}, "job_ids.0: Value error, not valid Unicode text"),
+    ("/events", {"events": [{"event_id": "e1", "type": "click", "user_id": "\udc00", "job_id": "j1",
+                             "timestamp": "2026-12-06T01:00:00Z"}]}, "events.0.user_id: Value error, not valid Unicode"),
+])
+def test_text_that_is_not_valid_unicode_is_422_not_500(slot, path, body, message):
+    """A lone UTF-16 surrogate, which JSON can carry and no UTF-8 file holds: /recommend and /score failed to
+    write the answer (500), after the impression was buffered (the next flush then failed, dropping the valid
+    impressions beside it); /events answered 500."""
+    escaped = json.dumps(body).encode()  # "\\ud800" as JSON text: httpx's json= cannot encode the str itself
+    keyed = client(slot, api_key_digest=hashlib.sha256(KEY.encode()).hexdigest())  # /events takes writes
+    response = keyed.post(path, content=escaped, headers={"content-type": "application/json", "X-API-Key": KEY})
+    assert response.status_code == 422, response.text
+    assert response.json()["message"].startswith(message), response.json()["message"]
+
+
+def test_a_body_sent_as_another_content_type_is_named(slot):
+    response = client(slot).post("/recommend", content=b"user_id=u", headers={"content-type": "text/plain"})
+    assert response.status_code == 422
+    assert response.json()["message"] == "body must be JSON sent as Content-Type: application/json, got 'text/plain'"
+    blank = client(slot).post("/recommend", json={"user_id": "u", "filters": {"location": "  "}})  # matched nothing
+    assert blank.status_code == 422 and blank.json()["message"].startswith("filters.location: ")
+
+
+def test_health_answers_head_and_job_ids_may_hold_a_slash(slot):
+    c = client(slot)
+    assert c.head("/healthz").status_code == 200  # load balancers' health checks may send HEAD
+    job_id = slot.current.extractor.job_ids[1]
+    assert c.get(f"/jobs/%20{job_id}").json()["job_id"] == job_id  # outer spaces cut, as in bodies
+    missing = c.get("/jobs/a%2Fb")  # the route's own 404 was {"detail": "Not Found"}
+    assert missing.status_code == 404 and missing.json()["detail"] == "unknown job id 'a/b'"
 
 
 def test_service_422_has_the_validation_error_shape():

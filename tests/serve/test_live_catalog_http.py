@@ -3,6 +3,7 @@ validation with nothing written, new jobs recommended under a filter that matche
 reflected by ``GET /jobs/{id}``, expired jobs left out, and a restarted or reloaded model catching up."""
 from __future__ import annotations
 
+import json
 import warnings
 
 import pandas as pd
@@ -68,10 +69,22 @@ def test_writing_jobs_needs_the_api_key(service, tiny, tmp_path):
     ({"expire": [""]}, "expire.0: Value should have at least 1 item"),
     ({"upsert": [posting("   ")]}, "upsert.0.job_id: Value should have at least 1 item"),  # was 200, then 500s
     ({"upsert": [posting("n1", posted_at="0001-01-01T00:00:00+05:00")]}, "'0001-01-01T00:00:00+05:00' is out of range"),
+    # A lone UTF-16 surrogate: stored before, it failed every later read of the live catalog (all 500s, no restart)
+    ({"upsert": [posting("sur-2\udc00")]},
+     "upsert.0.job_id: Value error, not valid Unicode text: a lone surrogate (U+DC00) at character 6"),
+    ({"upsert": [posting("n1", location="Berlin\ud800")]}, "upsert.0.location: Value error, not valid Unicode text"),
+    ({"upsert": [posting("n1", skills=["python", "\ud800"])]}, "upsert.0.skills.1: Value error, not valid Unicode"),
+    ({"upsert": [posting("n1", company="\udfff co")]}, "upsert.0.company: Value error, not valid Unicode text"),
+    ({"upsert": [posting("n1", extra={"industry": "fin\ud800"})]}, "not valid Unicode text"),
+    ({"upsert": [posting("n1", extra={"tags": ["ok", "\ud800"]})]}, "not valid Unicode text"),
+    ({"expire": ["x\ud800"]}, "expire.0: Value error, not valid Unicode text"),
+    ({"upsert": [posting("n1", skills=["python;sql"])]},  # was stored as two skills
+     "upsert.0.skills.0: Value error, a skill cannot contain ';' (it separates skills), got 'python;sql'"),
 ])
 def test_a_malformed_change_is_422_and_writes_nothing(service, body, message):
     client, store, _, _ = service
-    response = client.post("/jobs", json=body, headers=AUTH)
+    escaped = json.dumps(body).encode()  # ASCII JSON text: httpx's json= cannot encode a lone surrogate
+    response = client.post("/jobs", content=escaped, headers={**AUTH, "content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert message in response.json()["message"]
     assert store.latest() == 0
@@ -166,6 +179,13 @@ def test_expiring_ids_the_catalog_does_not_hold_lists_them_and_writes_them_all(s
                     "unread_extra": []}
     assert store.latest() == 1 and sorted(store.read()[0].expire) == sorted([job, "no-such-job"])
     assert client.get(f"/jobs/{job}").json()["expires_at"].endswith("+00:00")
+
+
+def test_a_job_id_holding_a_slash_is_read_back(service):
+    """``GET /jobs/{id}`` routed "ats/42" nowhere (the router's own 404), so such a posted job was write-only."""
+    client, _, _, _ = service
+    assert client.post("/jobs", json={"upsert": [posting("ats/42")]}, headers=AUTH).status_code == 200
+    assert client.get("/jobs/ats%2F42").json()["job_id"] == "ats/42" == client.get("/jobs/ats/42").json()["job_id"]
 
 
 def test_a_blank_job_id_in_an_older_delta_is_left_out(tiny, tmp_path):
