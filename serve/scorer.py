@@ -231,7 +231,7 @@ class Scorer:
         return known, table, np.array(rows, dtype=np.int64)
 
     def _mask(self, filters: Filters) -> Optional[np.ndarray]:
-        """(N,) bool of catalog rows passing every filter and, unless ``include_expired``, not expired (by the live
+        """(N,) bool of catalog rows passing every filter and, unless ``include_expired``, open (by the live
         catalog, or by the training data: ``ModelJobs.alive``); None when every row passes."""
         mask = None
         for column in FILTER_COLUMNS:
@@ -254,7 +254,7 @@ class Scorer:
         alive = self.model_jobs.alive(now, len(self.extractor.job_ids))
         if alive is not None:
             mask = alive if mask is None else mask & alive
-        return self.live_jobs.unexpired(mask, now)
+        return self.live_jobs.open_at(mask, now)
 
     # ---------------------------------------------------------------------------------------- recommend
     def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[Any]:

@@ -94,7 +94,7 @@ class BatchRanker:
         live = self.live_jobs.posted <= self.at
         if recency is not None:
             live &= ((recency.posted == ALWAYS) | (recency.posted <= self.at)) & (self.at < recency.expires)
-        live = self.live_jobs.unexpired(live, now=self.at)
+        live = self.live_jobs.open_at(live, now=self.at)
         live[0] = False
         return live
 

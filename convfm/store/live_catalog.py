@@ -224,11 +224,14 @@ class LiveJobs:
         ``data_config.json``; empty: the defaults) read the jobs it trained on."""
         return cls(n_jobs, data_config.get("job_lifetime_days", DataConfig().job_lifetime_days))
 
-    def unexpired(self, mask: Optional[np.ndarray], now: Optional[int] = None) -> Optional[np.ndarray]:
-        """``mask`` (N,) bool (None: every row) and-ed with "not expired at ``now``"; None when nothing expires."""
-        if (self.expires == NEVER).all():
+    def open_at(self, mask: Optional[np.ndarray], now: Optional[int] = None) -> Optional[np.ndarray]:
+        """``mask`` (N,) bool (None: every row) and-ed with "posted and not expired at ``now``"; None when every
+        row is. A job upserted with a ``posted_at`` ahead (the service takes up to a day) opens then: it was
+        recommended from its upsert on."""
+        now = now_micros() if now is None else now
+        if (self.expires == NEVER).all() and not (self.posted > now).any():
             return mask
-        alive = self.expires > (now_micros() if now is None else now)
+        alive = (self.expires > now) & (self.posted <= now)
         return alive if mask is None else mask & alive
 
     def _times(self, recency: Any, row: int) -> tuple[int, int]:

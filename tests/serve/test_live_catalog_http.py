@@ -181,6 +181,18 @@ def test_expiring_ids_the_catalog_does_not_hold_lists_them_and_writes_them_all(s
     assert client.get(f"/jobs/{job}").json()["expires_at"].endswith("+00:00")
 
 
+def test_a_job_posted_ahead_is_recommended_once_it_opens(service):
+    """The service takes a ``posted_at`` up to a day ahead; such a job was recommended from its upsert on."""
+    client, _, _, request = service
+    ahead = (pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=2)).isoformat()
+    written = client.post("/jobs", json={"upsert": [posting("n1"), posting("n2", posted_at=ahead)]}, headers=AUTH)
+    assert written.status_code == 200
+    assert [i["job_id"] for i in client.post("/recommend", json=request).json()["items"]] == ["n1"]
+    shown = client.post("/recommend", json={**request, "filters": {**request["filters"], "include_expired": True}})
+    assert sorted(i["job_id"] for i in shown.json()["items"]) == ["n1", "n2"]
+    assert client.get("/jobs/n2").json()["posted_at"] == pd.Timestamp(ahead).isoformat()
+
+
 def test_a_job_id_holding_a_slash_is_read_back(service):
     """``GET /jobs/{id}`` routed "ats/42" nowhere (the router's own 404), so such a posted job was write-only."""
     client, _, _, _ = service
