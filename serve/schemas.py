@@ -133,7 +133,7 @@ class Filters(Request):
     location: Optional[FilterValue] = None
     job_type: Optional[FilterValue] = None
     experience_level: Optional[FilterValue] = None
-    salary_min: Optional[Annotated[float, Field(ge=0, le=1e9)]] = None
+    salary_min: Optional[Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]] = None
     include_expired: bool = Field(False, description="also jobs the live catalog has expired")
 
 
@@ -181,7 +181,7 @@ def _utc(value: dt.datetime) -> dt.datetime:
 # large ones as milliseconds); the OpenAPI schema says both
 EPOCH_OR_ISO = WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0}]})
 Time = Annotated[dt.datetime, BeforeValidator(parse_time), Field(strict=False), AfterValidator(_utc), EPOCH_OR_ISO]
-Salary = Annotated[float, Field(ge=0, le=1e9)]
+Salary = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]  # NaN read "less than or equal to 1e9"
 
 
 class JobPosting(Request):
@@ -265,9 +265,11 @@ class Event(Request):
     timestamp: Annotated[dt.datetime, BeforeValidator(event_time), EPOCH_OR_ISO] = Field(
         description="ISO-8601 (no zone: UTC) or epoch seconds; not before 1970, not more than a day ahead",
         examples=["2026-12-02T12:00:00Z"])
-    impression_id: Optional[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
+    impression_id: Optional[Annotated[str, BeforeValidator(_stripped),
+                                      StringConstraints(min_length=1, max_length=64)]] = Field(
         None, description="the impression_id of the /recommend response that showed the job")
-    model_version: Optional[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = None
+    model_version: Optional[Annotated[str, BeforeValidator(_stripped),  # "   " was stored as a version
+                                      StringConstraints(min_length=1, max_length=64)]] = None
 
 
 class EventsRequest(Request):

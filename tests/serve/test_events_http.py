@@ -66,6 +66,7 @@ def test_writing_needs_the_api_key(tiny, tmp_path):
     ({"event_id": "   "}, "events.1.event_id"), ({"user_id": " \t"}, "events.1.user_id"),  # stored as "" before
     ({"timestamp": 549755813888}, "events.1.timestamp"), ({"timestamp": "0001-01-01T00:00:00+05:00"},
                                                           "events.1.timestamp"),  # overflowed: 500 before
+    ({"model_version": "   "}, "events.1.model_version"), ({"impression_id": " "}, "events.1.impression_id"),  # stored
 ])
 def test_a_malformed_event_is_422_and_nothing_is_written(tiny, tmp_path, bad, field):
     body = {"events": [event("good", "j000001"), {**event("bad", "j000002"), **bad}]}

@@ -117,6 +117,9 @@ def test_a_body_sent_as_another_content_type_is_named(slot):
     assert response.json()["message"] == "body must be JSON sent as Content-Type: application/json, got 'text/plain'"
     blank = client(slot).post("/recommend", json={"user_id": "u", "filters": {"location": "  "}})  # matched nothing
     assert blank.status_code == 422 and blank.json()["message"].startswith("filters.location: ")
+    nan = client(slot).post("/recommend", content=b'{"user_id": "u", "filters": {"salary_min": NaN}}',
+                            headers={"content-type": "application/json"})
+    assert nan.json()["message"] == "filters.salary_min: Input should be a finite number"  # read "<= 1e9" before
 
 
 def test_health_answers_head_and_job_ids_may_hold_a_slash(slot):
