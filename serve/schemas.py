@@ -51,7 +51,8 @@ def _id_text(value: Any) -> Any:
 
 def _stripped(value: Any) -> Any:
     """Strings stripped before their length is checked: pydantic's ``strip_whitespace`` strips after
-    ``min_length``, so "   " passed as a non-empty id and was stored as ""."""
+    ``min_length``, so "   " passed as a non-empty id and was stored as "". (A BeforeValidator goes after the
+    StringConstraints it precedes: written before them, their errors read "Value should have at least 1 item".)"""
     return _unicode(value).strip() if isinstance(value, str) else value
 
 
@@ -64,13 +65,13 @@ def _skill(value: Any) -> Any:
     return value
 
 
-Id = Annotated[str, BeforeValidator(_id_text), StringConstraints(min_length=1, max_length=200)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200), BeforeValidator(_id_text)]
 SHORT_TEXT = 200  # characters of a short value: a location, a company, an extra column's value but a text one's
-ShortText = Annotated[str, BeforeValidator(_stripped), StringConstraints(max_length=SHORT_TEXT)]
+ShortText = Annotated[str, StringConstraints(max_length=SHORT_TEXT), BeforeValidator(_stripped)]
 # A filter's value: a blank one matched no job, an empty answer that looked like a real one
-FilterValue = Annotated[str, BeforeValidator(_stripped), StringConstraints(min_length=1, max_length=SHORT_TEXT)]
+FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=SHORT_TEXT), BeforeValidator(_stripped)]
 TEXT_CHARS = 20_000  # a job's description, or an extra text column's value
-Skill = Annotated[str, BeforeValidator(_skill), StringConstraints(min_length=1, max_length=100)]
+Skill = Annotated[str, StringConstraints(min_length=1, max_length=100), BeforeValidator(_skill)]
 
 
 def _extra_value(value: Any) -> Any:
@@ -92,8 +93,8 @@ def _extra_value(value: Any) -> Any:
 # Scorer checks the kinds), or a list for a list column. A job's names no model reads are kept (the live
 # catalog outlives models); a profile's are refused (the Scorer).
 ExtraValues = Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=200)],
-                             Annotated[Union[Annotated[str, BeforeValidator(_stripped),
-                                                       StringConstraints(max_length=TEXT_CHARS)],
+                             Annotated[Union[Annotated[str, StringConstraints(max_length=TEXT_CHARS),
+                                                       BeforeValidator(_stripped)],
                                              Annotated[list[Skill], Field(max_length=100)]],
                                        BeforeValidator(_extra_value)]],
                         Field(max_length=50)]
@@ -265,11 +266,11 @@ class Event(Request):
     timestamp: Annotated[dt.datetime, BeforeValidator(event_time), EPOCH_OR_ISO] = Field(
         description="ISO-8601 (no zone: UTC) or epoch seconds; not before 1970, not more than a day ahead",
         examples=["2026-12-02T12:00:00Z"])
-    impression_id: Optional[Annotated[str, BeforeValidator(_stripped),
-                                      StringConstraints(min_length=1, max_length=64)]] = Field(
+    impression_id: Optional[Annotated[str, StringConstraints(min_length=1, max_length=64),
+                                      BeforeValidator(_stripped)]] = Field(
         None, description="the impression_id of the /recommend response that showed the job")
-    model_version: Optional[Annotated[str, BeforeValidator(_stripped),  # "   " was stored as a version
-                                      StringConstraints(min_length=1, max_length=64)]] = None
+    model_version: Optional[Annotated[str, StringConstraints(min_length=1, max_length=64),
+                                      BeforeValidator(_stripped)]] = None  # "   " was stored as a version
 
 
 class EventsRequest(Request):
