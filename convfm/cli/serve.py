@@ -10,6 +10,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, Iterator
 
 from convfm.cli.common import config_file
@@ -124,6 +125,26 @@ def check_local_model(config: Any) -> None:
         load_model_dir(locate(config.model, control(config.traffic) if config.traffic else config.model_version))
 
 
+def check_live_catalog(config: Any) -> None:
+    """The live catalog's deltas read as a replica applies them, before Ray starts: one that cannot be (written by
+    hand, or before the service refused text that is not valid Unicode) fails naming its file; the service would
+    say only that the model failed to load."""
+    from convfm.errors import ArtifactError
+    from convfm.store import storage
+    from convfm.store.live_catalog import CatalogStore, delta_name, upserted_jobs
+    from convfm.store.registry import live_location
+
+    model = config.model if storage.is_uri(config.model) else Path(config.model).expanduser()
+    live = config.live_store or live_location(model)
+    store = CatalogStore(live if storage.is_uri(live) else Path(live).expanduser())
+    for delta in store.read():
+        try:
+            upserted_jobs(delta.upsert, delta.version)
+        except Exception as exc:  # noqa: BLE001 - whatever a replica's apply would raise, named here
+            raise ArtifactError(f"{storage.join(store.root, delta_name(delta.version))}: live catalog v{delta.version} "
+                                f"cannot be applied: {type(exc).__name__}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     config = serve_config(args)
     import ray
@@ -132,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
     application = build_app(config, node_cpus=args.num_cpus)  # checks the model path before starting anything
     check_local_model(config)
+    check_live_catalog(config)
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,  # never a
              configure_logging=False)  # cluster an earlier `ray start` recorded: Serve and Ray stop with this command
     previous = signal.getsignal(signal.SIGTERM)

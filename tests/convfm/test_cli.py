@@ -3,6 +3,7 @@
 One error runs as users run it, in a fresh `python -m convfm.cli.main` process; the others call ``main`` in
 this process (a fresh interpreter costs seconds of torch imports each and tests nothing more)."""
 import re
+import shutil
 import subprocess
 import sys
 
@@ -89,6 +90,23 @@ def test_tune_and_serve_config_errors_name_the_line_and_misspelt_sections(tmp_pa
     assert main(["serve", "--model", str(tmp_path), "--config", str(serve_yaml)]) == 2
     err = capsys.readouterr().err
     assert "unknown section(s) ['serv']" in err, err
+
+
+def test_serve_names_a_live_catalog_delta_it_cannot_apply_before_starting_ray(tiny, tmp_path, capsys):
+    """A delta holding a lone surrogate (written before the service refused one) failed every replica's load; the
+    command said only "the model failed to load"."""
+    from convfm.store.live_catalog import CatalogStore
+
+    entry = tmp_path / "entry"
+    shutil.copytree(tiny.entry, entry)
+    store = CatalogStore(entry / "live")
+    store.append(upsert=[{"job_id": "ok-1", "posted_at": None}])
+    (store.root / "000002.json").write_text(  # as the service wrote it: the surrogate escaped, valid JSON
+        (store.root / "000001.json").read_text().replace('"ok-1"', '"bad-\\udc00"').replace('"version": 1',
+                                                                                            '"version": 2'))
+    assert main(["serve", "--model", str(entry)]) != 0
+    err = capsys.readouterr().err
+    assert f"{store.root / '000002.json'}: live catalog v2 cannot be applied: UnicodeEncodeError" in err, err
 
 
 def test_evaluate_writes_its_report_beside_the_published_version_not_into_it(tiny, tmp_path, capsys):
