@@ -19,13 +19,14 @@ import pyarrow.compute as pc
 
 from convfm.config import EVENTS, DataConfig
 from convfm.errors import ConfigError, DataValidationError
+from convfm.data.cells import list_cells, refuse_nested
 from convfm.data.liveness import job_windows
 from convfm.data.negatives import sample_negatives
 from convfm.data.readers import (  # noqa: F401  (read_frame: re-exported)
-    SUFFIXES, binary_labels, cell_error, epoch_dates, first_true, is_calendar, order_key, read_frame, read_located,
-    to_datetimes, to_numbers,
+    SUFFIXES, binary_labels, cell_error, epoch_dates, first_true, id_strings, is_calendar, order_key, read_frame,
+    read_located, to_datetimes, to_numbers,
 )
-from convfm.data.schema import DATETIME, ID, INTERACTIONS, JOBS, NUMBER, USERS, TableSchema
+from convfm.data.schema import DATETIME, ID, INTERACTIONS, JOBS, LIST, NUMBER, USERS, TableSchema
 from convfm.data.splitting import TRAIN_ONLY, split_examples  # noqa: F401  (split_examples: re-exported)
 from convfm.features.text import column_strings
 from convfm.store.event_log import interactions_frame
@@ -68,7 +69,7 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
         raise ConfigError(f"columns.{schema.name}: unknown canonical column(s) {unknown}; "
                           f"allowed: {list(schema.names)}")
     source = {c: str(mapping.get(c, c)) for c in schema.names}
-    frame, path = read_located(path, [source[c] for c in schema.of_kind(ID)])
+    frame, path = read_located(path)
     for name in schema.names:  # a required column, or one the mapping names explicitly, must exist
         if source[name] not in frame.columns and (name in schema.required or name in mapping):
             mapped = f" (canonical {name!r})" if source[name] != name else ""
@@ -78,6 +79,11 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
     calendar = True
     for column in (c for c in schema.columns if source[c.name] in frame.columns):
         name, actual, values = column.name, source[column.name], frame[source[column.name]]
+        if column.kind == LIST:
+            values = list_cells(values, path, actual)
+        else:
+            refuse_nested(values, path, actual)
+        values = id_strings(values) if column.kind == ID else values
         if column.kind == ID and values.isna().any():
             raise cell_error(path, actual, first_true(values.isna()), "empty id")
         if column.kind == ID:
@@ -97,7 +103,10 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
         raise DataValidationError(f"{path}: missing column(s) {absent} listed in extra_columns.{schema.name}; "
                                   f"columns in the file: {list(frame.columns)}")
     for column, kind in extra.items():
-        out[column] = to_numbers(frame[column], path, column) if kind == "number" else column_strings(frame, column)
+        values = list_cells(frame[column], path, column) if kind == "list" else frame[column]
+        refuse_nested(values, path, column, "a list" if kind == "list" else "one value")
+        out[column] = to_numbers(values, path, column) if kind == "number" else column_strings(
+            values.to_frame(), column)
     extras = [c for c in frame.columns if c not in set(source.values()) and c not in extra]
     if extras and not keep_all:
         hint = "; data.extra_columns makes a column a feature" if schema is not INTERACTIONS else ""
