@@ -29,8 +29,8 @@ from convfm.data.loading import load_job_market, require_extra_columns
 from convfm.features.extra_fields import check_warm_start_columns
 from convfm.data.market_parts import (
     BUCKET, EXAMPLE_COLUMNS, HISTORY, HISTORY_COUNT, PART, bucket_count, bucket_examples, check_interaction_schemas,
-    check_market_config, fit_summary, history_rows, interaction_files, latest_positives, locate_error, log_columns,
-    merge_latest, split_parts, typed_interactions,
+    check_market_config, file_columns, fit_summary, history_rows, interaction_files, latest_positives, locate_error,
+    log_columns, merge_latest, split_parts, typed_interactions,
 )
 from convfm.data.splitting import TRAIN_ONLY, SortedTimes, global_starts, iso_micros, split_periods
 from convfm.errors import ConfigError, DataValidationError
@@ -221,7 +221,7 @@ def prepare_market_distributed(config: DataConfig, extractor_options: Optional[M
     windows = job_windows(market.jobs, config.job_lifetime_days)
     starts = _date_starts(config)
     with ordered_datasets():
-        names = log_columns(config)
+        names = log_columns(config, file_columns(files[0]), files[0])
         typed = read_files(files, [names[c] for c in present]).map_batches(
             _typed, batch_format="pandas", batch_size=BATCH_ROWS, fn_kwargs={"config": config, "buckets": buckets})
         examples = typed.groupby(BUCKET).map_groups(

@@ -24,7 +24,7 @@ from convfm.data.liveness import job_windows
 from convfm.data.negatives import sample_negatives
 from convfm.data.readers import (  # noqa: F401  (read_frame: re-exported)
     SUFFIXES, binary_labels, cell_error, epoch_dates, first_true, id_strings, is_calendar, order_key, read_frame,
-    read_located, to_datetimes, to_numbers,
+    read_located, resolve_columns, to_datetimes, to_numbers,
 )
 from convfm.data.schema import DATETIME, ID, INTERACTIONS, JOBS, LIST, NUMBER, USERS, TableSchema
 from convfm.data.splitting import TRAIN_ONLY, split_examples  # noqa: F401  (split_examples: re-exported)
@@ -68,8 +68,8 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
     if unknown:
         raise ConfigError(f"columns.{schema.name}: unknown canonical column(s) {unknown}; "
                           f"allowed: {list(schema.names)}")
-    source = {c: str(mapping.get(c, c)) for c in schema.names}
     frame, path = read_located(path)
+    source = resolve_columns(path, frame.columns, {c: str(mapping.get(c, c)) for c in schema.names})
     for name in schema.names:  # a required column, or one the mapping names explicitly, must exist
         if source[name] not in frame.columns and (name in schema.required or name in mapping):
             mapped = f" (canonical {name!r})" if source[name] != name else ""

@@ -29,7 +29,7 @@ from convfm.config import DataConfig
 from convfm.data.loading import JobMarket, build_examples, set_events
 from convfm.data.readers import (
     TEXT_SUFFIXES, cell_error, epoch_dates, first_true, header_names, id_strings, is_calendar, order_key, part_files,
-    read_located, resolve_path,
+    read_located, resolve_columns, resolve_path,
 )
 from convfm.data.splitting import TRAIN_ONLY, per_user_parts, with_train_only
 from convfm.errors import ConfigError, DataValidationError
@@ -87,10 +87,13 @@ def bucket_count(files: Iterable[Path]) -> int:
     return buckets
 
 
-def log_columns(config: DataConfig) -> dict[str, str]:
-    """canonical -> the column name in the interactions files (``config.columns``)."""
+def log_columns(config: DataConfig, columns: Optional[Iterable[str]] = None, path: Path = Path(".")
+                ) -> dict[str, str]:
+    """canonical -> the column name in the interactions files (``config.columns``); given a file's ``columns``,
+    the one they hold apart from case (``readers.resolve_columns``), as the in-memory loader reads them."""
     mapping = config.columns.get("interactions", {})
-    return {c: str(mapping.get(c, c)) for c in _READ}
+    names = {c: str(mapping.get(c, c)) for c in _READ}
+    return names if columns is None else resolve_columns(path, columns, names)
 
 
 def check_interaction_schemas(files: Iterable[Path], config: DataConfig) -> list[str]:
@@ -101,10 +104,11 @@ def check_interaction_schemas(files: Iterable[Path], config: DataConfig) -> list
     unknown = sorted(set(mapping) - set(_READ))
     if unknown:
         raise ConfigError(f"columns.interactions: unknown canonical column(s) {unknown}; allowed: {list(_READ)}")
-    names, present = log_columns(config), None
+    present, first = None, None
     required = ("user_id", "job_id", "timestamp", *(("event",) if "event" in mapping else ()))
     for path in files:
-        columns = _file_columns(path)
+        columns = file_columns(path)
+        names = log_columns(config, columns, path)
         missing = [names[c] for c in required if names[c] not in columns]
         if missing:
             why = " (distributed preparation orders events by it)" if names["timestamp"] in missing else ""
@@ -114,13 +118,18 @@ def check_interaction_schemas(files: Iterable[Path], config: DataConfig) -> list
             differ = sorted(names[c] for c in set(has) ^ set(present))
             raise DataValidationError(f"{path}: column(s) {differ} are in some interactions files and not in "
                                       "others")
-        present = has
+        spelt = sorted({names[c] for c in has} - set(first[1] if first else [names[c] for c in has]))
+        if spelt:  # Ray Data reads one list of columns from every file
+            raise DataValidationError(f"{path}: column(s) {spelt} are spelt {first[1]} in {first[0]}; write the "
+                                      "header one way in every interactions file")
+        present, first = has, first or (path, [names[c] for c in has])
         if path.suffix.lower() == ".parquet":
             _check_scalar_types(path, names, has)
     return list(present or [])
 
 
-def _file_columns(path: Path) -> list[str]:
+def file_columns(path: Path) -> list[str]:
+    """A log file's column names: a text file's header, a Parquet file's schema."""
     if path.suffix.lower() in TEXT_SUFFIXES:
         return header_names(path)
     try:
@@ -143,7 +152,7 @@ def typed_interactions(batch: pd.DataFrame, path: Path, config: DataConfig, buck
     """Rows of the log file ``path`` with canonical, typed columns (user_id, job_id, event, timestamp as
     microseconds) and their users' ``BUCKET``; DataValidationError naming the file, the column and the row
     (counted in ``batch``: ``locate_error`` re-reads the whole file for its own row numbers)."""
-    names = log_columns(config)
+    names = log_columns(config, batch.columns, path)
     batch = batch.apply(_plain)
     out = pd.DataFrame(index=batch.index)
     for column in ("user_id", "job_id"):

@@ -9,7 +9,7 @@ import csv
 import re
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -100,6 +100,22 @@ def _refuse_repeated(path: Path, names: list[str]) -> None:
     repeated = sorted({c for c in names if names.count(c) > 1})
     if repeated:
         raise DataValidationError(f"{path}: column name(s) {repeated} appear more than once in the header")
+
+
+def resolve_columns(path: Path, columns: Iterable[str], wanted: Mapping[str, str]) -> dict[str, str]:
+    """canonical -> the file's column for it: the name ``wanted`` gives, else the one header equal to it apart
+    from case (``Event``, ``Job_ID``: an export's spelling that, ignored, made every row a positive). A file
+    holding two spellings of one name is refused, naming both."""
+    spellings: dict[str, list[str]] = {}
+    for column in columns:
+        spellings.setdefault(str(column).strip().casefold(), []).append(str(column))
+    out = {}
+    for canonical, name in wanted.items():
+        found = spellings.get(name.casefold(), [])
+        if len(found) > 1:
+            raise DataValidationError(f"{path}: columns {found} are one name apart from case ({name!r}); keep one")
+        out[canonical] = found[0] if found else name
+    return out
 
 
 def header_names(path: Path) -> list[str]:

@@ -227,3 +227,20 @@ def test_the_bucket_count_follows_the_logs_size_alone(tmp_path, monkeypatch):
     assert market_parts.bucket_count(files) == 64
     monkeypatch.setattr(market_parts, "BUCKET_INTERACTIONS", 5)  # 1,300 rows: 64 buckets of 5 hold 320
     assert market_parts.bucket_count(files) == 64 * 8  # 512 * 5 = 2,560 >= 1,300 > 256 * 5
+
+
+def test_a_canonical_column_in_another_case_is_read_as_the_in_memory_loader_reads_it(tmp_path):
+    """``Event``/``Timestamp`` are the event and the time on the cluster too (ignored, every row was an apply);
+    files must spell the header one way, as Ray Data reads one list of columns."""
+    log = "User_ID,job_id,Event,Timestamp\nu1,j1,view,2024-01-01\nu2,j2,apply,2024-01-02\n"
+    (tmp_path / "part-0.csv").write_text(log)
+    files = [tmp_path / "part-0.csv"]
+    assert check_interaction_schemas(files, DataConfig()) == ["user_id", "job_id", "event", "timestamp"]
+    batch = pd.read_csv(files[0], dtype=str)
+    typed = typed_interactions(batch, files[0], DataConfig())
+    assert typed["event"].tolist() == ["view", "apply"] and typed["user_id"].tolist() == ["u1", "u2"]
+    assert typed["timestamp"].tolist() == [pd.Timestamp(d).value // 1000 for d in ("2024-01-01", "2024-01-02")]
+    (tmp_path / "part-1.csv").write_text("user_id,job_id,event,timestamp\nu1,j3,view,2024-01-03\n")
+    with pytest.raises(DataValidationError, match=r"part-1.csv: column\(s\) \['event', 'timestamp', 'user_id'\] are "
+                                                  r"spelt \['User_ID', 'job_id', 'Event', 'Timestamp'\] in .*part-0"):
+        check_interaction_schemas(sorted(tmp_path.iterdir()), DataConfig())
