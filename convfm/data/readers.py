@@ -14,6 +14,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from convfm.data.date_formats import number_date_guess
 from convfm.errors import DataValidationError
 
 SUFFIXES = (".csv", ".tsv", ".parquet")
@@ -244,6 +245,7 @@ _EPOCH_RANGE = (0.0, float((LAST_DATE - FIRST_DATE).total_seconds()))
 
 
 EPOCH_SECONDS_FROM = 1e8  # 1973-03-03: interaction timestamps that are all numbers from here to LAST_DATE are dates
+_EPOCH_SECONDS_DATE = "1973-03-03"  # job dates as numbers must be epoch seconds from here on
 _EPOCH_MILLIS = (1e11, _EPOCH_RANGE[1] * 1000)  # 1973-03-03 to 2100 in milliseconds
 
 
@@ -278,10 +280,18 @@ def _refuse_booleans(series: pd.Series, path: Path, column: str, what: str) -> N
 
 
 def to_datetimes(series: pd.Series, path: Path, column: str) -> pd.Series:
-    """Numbers as epoch seconds, else date/time text; unparseable or out-of-range values name their row."""
+    """Numbers as epoch seconds (from 1973-03-03: a smaller one is a YYYYMMDD date or a spreadsheet's day count,
+    refused), else date/time text; unparseable or out-of-range values name their row."""
     _refuse_booleans(series, path, column, "dates")
     if series.dtype.kind not in "mM" and _looks_numeric(series):  # epoch seconds
         seconds = to_numbers(series, path, column)
+        early = (seconds < EPOCH_SECONDS_FROM).to_numpy()
+        if early.any():  # a job's date before 1973 as a number: a YYYYMMDD date, a spreadsheet's day count
+            i = first_true(early)
+            guess = number_date_guess(float(seconds.iloc[i]))
+            raise cell_error(path, column, i, f"{str(series.iloc[i])!r} is no date: as epoch seconds it is before "
+                                              f"{_EPOCH_SECONDS_DATE}{f'; it looks like {guess}' if guess else ''}; "
+                                              "write ISO dates (2024-03-02) or epoch seconds")
         outside = (seconds < _EPOCH_RANGE[0]) | (seconds > _EPOCH_RANGE[1])
         if outside.any():
             i = first_true(outside)
