@@ -21,9 +21,12 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import pandas as pd
 import ray
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray.data
 
 from convfm.config import DataConfig
+from convfm.data.date_formats import DateOrder, date_order
 from convfm.data.liveness import job_windows
 from convfm.data.loading import load_job_market, require_extra_columns
 from convfm.features.extra_fields import check_warm_start_columns
@@ -54,17 +57,45 @@ def check_market(config: DataConfig) -> tuple[list[Path], list[str]]:
     return files, check_interaction_schemas(files, config)
 
 
-def _typed(batch: pd.DataFrame, config: DataConfig, buckets: int) -> pd.DataFrame:
-    """A batch typed file by file (a batch can span files), an error naming its file's own row."""
+def _typed(batch: pd.DataFrame, config: DataConfig, buckets: int, dayfirst: bool) -> pd.DataFrame:
+    """A batch typed file by file (a batch can span files), an error naming its file's own row; numeric dates
+    are read as the whole market's (``dayfirst``), never as one batch alone would prove."""
     if not len(batch):
-        return typed_interactions(batch.drop(columns=[PATH]), Path(config.path), config, buckets)
+        return typed_interactions(batch.drop(columns=[PATH]), Path(config.path), config, buckets, dayfirst)
     parts = []
     for name, rows in batch.groupby(PATH, sort=False):
         try:
-            parts.append(typed_interactions(rows.drop(columns=[PATH]), Path(str(name)), config, buckets))
+            parts.append(typed_interactions(rows.drop(columns=[PATH]), Path(str(name)), config, buckets, dayfirst))
         except DataValidationError as error:
-            raise locate_error(Path(str(name)), config, error) from None
+            raise locate_error(Path(str(name)), config, error, dayfirst) from None
     return pd.concat(parts, ignore_index=True)
+
+
+def _log_dates(files: list[Path], column: str) -> list[DateOrder]:
+    """What the log's numeric timestamps (02/01/2025) prove of day-first or month-first, per file, from one pass
+    over its timestamp column (none for Parquet's typed timestamps): with the catalogs' dates, the market is read
+    one way, as in memory. Typed batch by batch, a file whose days are all up to 12 was read month-first."""
+    if all(p.suffix.lower() == ".parquet" and not pa.types.is_string(pq.read_schema(p).field(column).type)
+           for p in files):
+        return []
+    proofs = read_files(files, [column]).map_batches(
+        _date_proofs, batch_format="pandas", batch_size=BATCH_ROWS, fn_kwargs={"column": column}).to_pandas()
+    orders = []
+    for where, rows in proofs.groupby("where", sort=False):
+        day, month = (next((v for v in rows[k] if v), None) for k in ("day", "month"))
+        orders.append(DateOrder(str(where), bool(rows["numeric"].any()), *((None, v) if v else None
+                                                                           for v in (day, month))))
+    return orders
+
+
+def _date_proofs(batch: pd.DataFrame, column: str) -> pd.DataFrame:
+    out = []
+    for name, rows in batch.groupby(PATH, sort=False):
+        order = date_order(rows[column].astype(object).where(rows[column].notna(), None), Path(str(name)), column,
+                           rows=False)
+        out.append({"where": order.where, "numeric": order.numeric, "day": (order.day_first or (0, ""))[1],
+                    "month": (order.month_first or (0, ""))[1]})
+    return pd.DataFrame(out, columns=["where", "numeric", "day", "month"])
 
 
 def _windows_of(jobs: pd.DataFrame) -> pd.DataFrame:
@@ -214,16 +245,17 @@ def prepare_market_distributed(config: DataConfig, extractor_options: Optional[M
     files, present = check_market(config)
     buckets = bucket_count(files)
     _check_extractor(config, extractor_options, base, extractor)
-    market = load_job_market(config, interactions=False)
+    names = log_columns(config, file_columns(files[0]), files[0])
+    market = load_job_market(config, interactions=False, log_dates=_log_dates(files, names["timestamp"]))
     fitted = extractor if extractor is not None else base
     if fitted is not None:
         require_extra_columns(market, fitted.extra_columns, "the model")
     windows = job_windows(market.jobs, config.job_lifetime_days)
     starts = _date_starts(config)
     with ordered_datasets():
-        names = log_columns(config, file_columns(files[0]), files[0])
         typed = read_files(files, [names[c] for c in present]).map_batches(
-            _typed, batch_format="pandas", batch_size=BATCH_ROWS, fn_kwargs={"config": config, "buckets": buckets})
+            _typed, batch_format="pandas", batch_size=BATCH_ROWS,
+            fn_kwargs={"config": config, "buckets": buckets, "dayfirst": market.day_first})
         examples = typed.groupby(BUCKET).map_groups(
             bucket_examples, batch_format="pandas",
             fn_kwargs={"jobs": _windows_of(market.jobs), "config": config, "starts": starts},

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from convfm.config import EVENTS, DataConfig
 from convfm.errors import ConfigError, DataValidationError
 from convfm.data.cells import list_cells, refuse_nested
+from convfm.data.date_formats import DateOrder, date_order, decide_day_first
 from convfm.data.liveness import job_windows
 from convfm.data.negatives import sample_negatives
 from convfm.data.readers import (  # noqa: F401  (read_frame: re-exported)
@@ -49,6 +50,7 @@ class JobMarket:
     calendar: bool = False
     # the live catalog applied to ``jobs`` (``config.events``): its store, version and added/replaced/expired
     live_catalog: Optional[Mapping[str, Any]] = None
+    day_first: bool = False  # numeric dates (02/01/2025) were read day-first, in every file
 
 
 # ------------------------------------------------------------------------------------------ schema tables
@@ -58,12 +60,24 @@ def _index_in(values: pd.Series, unique: pd.Series) -> np.ndarray:
     return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, str],
-                       extra: Mapping[str, str] = {}, keep_all: bool = False) -> tuple[pd.DataFrame, Path, bool]:
-    """Read one table, rename to canonical columns, type them by kind; a table's own id must be unique.
-    ``extra`` (``DataConfig.extra_columns`` of this table) names more columns the file must have, kept as
-    strings ("" when missing) or, of kind number, as numbers (refused when a cell is not one); the other columns are kept as read, with a warning unless ``keep_all``. The flag
-    says whether every date/time column read holds calendar dates (``readers.is_calendar``)."""
+@dataclasses.dataclass(frozen=True)
+class _Read:
+    """One table's file as read, before typing: its frame, the file, and canonical -> its column there."""
+
+    frame: pd.DataFrame
+    path: Path
+    source: dict[str, str]
+    schema: TableSchema
+
+    def date_orders(self) -> list[DateOrder]:
+        """What its date columns' numeric dates (02/01/2025) prove of day-first or month-first."""
+        return [date_order(self.frame[self.source[c]], self.path, self.source[c]) for c in
+                self.schema.of_kind(DATETIME) if self.source[c] in self.frame.columns]
+
+
+def _read_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, str]) -> _Read:
+    """Read one table and find its canonical columns (``DataConfig.columns``, case aside); a required or mapped
+    column must be there."""
     unknown = sorted(set(mapping) - set(schema.names))
     if unknown:
         raise ConfigError(f"columns.{schema.name}: unknown canonical column(s) {unknown}; "
@@ -75,6 +89,20 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
             mapped = f" (canonical {name!r})" if source[name] != name else ""
             raise DataValidationError(f"{path}: missing {'required ' * (name in schema.required)}column "
                                       f"{source[name]!r}{mapped}; columns in the file: {list(frame.columns)}")
+    return _Read(frame, path, source, schema)
+
+
+def _load_schema_table(read: _Read, extra: Mapping[str, str] = {}, keep_all: bool = False,
+                       dayfirst: Optional[bool] = None) -> tuple[pd.DataFrame, Path, bool]:
+    """Type a table read by ``_read_schema_table`` by kind, renamed to canonical columns; its own id must be
+    unique. ``extra`` (``DataConfig.extra_columns`` of this table) names more columns the file must have, kept
+    as strings ("" when missing) or, of kind number, as numbers (refused when a cell is not one); the other
+    columns are kept as read, with a warning unless ``keep_all``. Numeric dates are read ``dayfirst`` (the
+    market's reading; None: as this table proves). The flag says whether every date/time column read holds
+    calendar dates (``readers.is_calendar``)."""
+    frame, path, source, schema = read.frame, read.path, read.source, read.schema
+    if dayfirst is None:
+        dayfirst = decide_day_first(read.date_orders())
     out = pd.DataFrame(index=frame.index)
     calendar = True
     for column in (c for c in schema.columns if source[c.name] in frame.columns):
@@ -92,7 +120,7 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
             out[name] = to_numbers(values, path, actual)
         elif column.kind == DATETIME:
             values = epoch_dates(values, path, actual) if schema is INTERACTIONS else values
-            out[name] = (order_key if schema is INTERACTIONS else to_datetimes)(values, path, actual)
+            out[name] = (order_key if schema is INTERACTIONS else to_datetimes)(values, path, actual, dayfirst)
             calendar = calendar and (schema is not INTERACTIONS or is_calendar(values))
         else:
             out[name] = values.astype("str").fillna("")
@@ -121,7 +149,7 @@ def _load_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, st
 
 def read_jobs_file(path: str | Path) -> tuple[pd.DataFrame, Path]:
     """One jobs table checked as training reads it (canonical column names; the others kept), and the file read."""
-    frame, path, _ = _load_schema_table(Path(path), JOBS, {}, keep_all=True)
+    frame, path, _ = _load_schema_table(_read_schema_table(Path(path), JOBS, {}), keep_all=True)
     return frame, path
 
 
@@ -146,10 +174,13 @@ def _check_unique(ids: pd.Series, path: Path, column: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the job market
-def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
+def load_job_market(config: DataConfig, interactions: bool = True, log_dates: Iterable[DateOrder] = ()
+                    ) -> JobMarket:
     """Read and validate ``config.path``/{jobs, users (optional), interactions} with ``config.columns`` applied.
     ``interactions`` False reads the catalogs only (distributed preparation reads the log on the cluster): the
-    market's interactions are then empty and its calendar is taken as given.
+    market's interactions are then empty and its calendar is taken as given. Numeric dates (02/01/2025) are read
+    one way in every file (``JobMarket.day_first``), decided on all of them and ``log_dates`` (what the
+    cluster found in the log's).
 
     No event column: every row is ``config.default_event``; no timestamp column: row order is time order (and
     the market has no calendar). ``config.events`` (an event log) adds its events after the file's rows.
@@ -161,7 +192,7 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
         raise DataValidationError(f"{root}: data directory not found")
     tables: dict[str, pd.DataFrame] = {}
     source: dict[str, str] = {}
-    calendar = False
+    calendar, read = False, []
     files = ((JOBS, config.jobs_file), (USERS, config.users_file), (INTERACTIONS, config.interactions_file))
     for schema, name in files[:None if interactions else 2]:
         candidates = [root / name, *(root / f"{name}{suffix}" for suffix in SUFFIXES)]
@@ -177,15 +208,18 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
             others = sorted(p.stem for p in root.iterdir() if p.suffix.lower() in SUFFIXES) if root.is_dir() else []
             raise DataValidationError(f"{root / name}: file not found (tried .csv, .tsv and .parquet); "
                                       f"data.{schema.name}_file names another file of {root} (there: {others})")
-        frame, path, dated = _load_schema_table(root / name, schema, config.columns.get(schema.name, {}),
-                                                config.extra_columns.get(schema.name, {}))
-        tables[schema.name], source[schema.name] = frame, str(path)
-        calendar = dated if schema is INTERACTIONS else calendar
+        read.append(_read_schema_table(root / name, schema, config.columns.get(schema.name, {})))
+    dayfirst = decide_day_first([*(o for table in read for o in table.date_orders()), *log_dates])  # one for all
+    for table in read:
+        frame, path, dated = _load_schema_table(table, config.extra_columns.get(table.schema.name, {}),
+                                                dayfirst=dayfirst)
+        tables[table.schema.name], source[table.schema.name] = frame, str(path)
+        calendar = dated if table.schema is INTERACTIONS else calendar
     if not interactions:
         empty = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in
                               (("user_id", object), ("job_id", object), ("event", object), ("timestamp", np.int64))})
         return JobMarket(jobs=tables["jobs"], users=tables.get("users"), interactions=empty, source=source,
-                         calendar=True)
+                         calendar=True, day_first=dayfirst)
     timed = "interactions" in tables and "timestamp" in tables["interactions"].columns
     if "interactions" in tables:
         set_events(tables["interactions"], source["interactions"], config)
@@ -213,7 +247,7 @@ def load_job_market(config: DataConfig, interactions: bool = True) -> JobMarket:
                            "unknown", source["interactions"], int(unknown.sum()), key, source[name],
                            pd.unique(interactions[key][unknown])[:3].tolist())
     return JobMarket(jobs=tables["jobs"], users=tables.get("users"), interactions=interactions, source=source,
-                     calendar=calendar, live_catalog=live)
+                     calendar=calendar, live_catalog=live, day_first=dayfirst)
 
 
 def require_extra_columns(market: JobMarket, columns: Mapping[str, Mapping[str, str]], whose: str) -> None:

@@ -147,11 +147,12 @@ def _check_scalar_types(path: Path, names: dict[str, str], canonical: list[str])
                                       "value per row")
 
 
-def typed_interactions(batch: pd.DataFrame, path: Path, config: DataConfig, buckets: int = MIN_BUCKETS
-                       ) -> pd.DataFrame:
+def typed_interactions(batch: pd.DataFrame, path: Path, config: DataConfig, buckets: int = MIN_BUCKETS,
+                       dayfirst: Optional[bool] = None) -> pd.DataFrame:
     """Rows of the log file ``path`` with canonical, typed columns (user_id, job_id, event, timestamp as
     microseconds) and their users' ``BUCKET``; DataValidationError naming the file, the column and the row
-    (counted in ``batch``: ``locate_error`` re-reads the whole file for its own row numbers)."""
+    (counted in ``batch``: ``locate_error`` re-reads the whole file for its own row numbers). Numeric dates are
+    read ``dayfirst``: the market's reading (``JobMarket.day_first``); None: as this batch alone proves."""
     names = log_columns(config, batch.columns, path)
     batch = batch.apply(_plain)
     out = pd.DataFrame(index=batch.index)
@@ -169,16 +170,17 @@ def typed_interactions(batch: pd.DataFrame, path: Path, config: DataConfig, buck
         raise DataValidationError(f"{path}: column {names['timestamp']!r}: distributed preparation needs date/time "
                                   f"timestamps (got numbers, e.g. {times.iloc[0]!r}): job liveness and the splits "
                                   "are read on a calendar")
-    out["timestamp"] = order_key(times, path, names["timestamp"])
+    out["timestamp"] = order_key(times, path, names["timestamp"], dayfirst)
     out[BUCKET] = user_buckets(out["user_id"].to_numpy(), buckets)
     return out.reset_index(drop=True)
 
 
-def locate_error(path: Path, config: DataConfig, error: DataValidationError) -> DataValidationError:
+def locate_error(path: Path, config: DataConfig, error: DataValidationError, dayfirst: Optional[bool] = None
+                 ) -> DataValidationError:
     """A batch's error with the row counted in its whole file: the file typed at once (in memory; a part file of
     a log), or ``error`` itself when the file alone types cleanly."""
     try:
-        typed_interactions(read_located(path)[0], path, config)
+        typed_interactions(read_located(path)[0], path, config, dayfirst=dayfirst)
     except DataValidationError as exact:
         return exact
     return error

@@ -9,12 +9,12 @@ import csv
 import re
 import warnings
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 import pandas as pd
 
-from convfm.data.date_formats import number_date_guess
+from convfm.data.date_formats import date_order, decide_day_first, number_date_guess, numeric_dates
 from convfm.errors import DataValidationError
 
 SUFFIXES = (".csv", ".tsv", ".parquet")
@@ -279,9 +279,11 @@ def _refuse_booleans(series: pd.Series, path: Path, column: str, what: str) -> N
         raise cell_error(path, column, first_true(series.notna()), f"booleans are not {what}")
 
 
-def to_datetimes(series: pd.Series, path: Path, column: str) -> pd.Series:
+def to_datetimes(series: pd.Series, path: Path, column: str, dayfirst: Optional[bool] = None) -> pd.Series:
     """Numbers as epoch seconds (from 1973-03-03: a smaller one is a YYYYMMDD date or a spreadsheet's day count,
-    refused), else date/time text; unparseable or out-of-range values name their row."""
+    refused), else date/time text; unparseable or out-of-range values name their row. Numeric dates (02/01/2025)
+    are read ``dayfirst`` (the market's reading, ``date_formats.decide_day_first``), by default as this column
+    alone proves."""
     _refuse_booleans(series, path, column, "dates")
     if series.dtype.kind not in "mM" and _looks_numeric(series):  # epoch seconds
         seconds = to_numbers(series, path, column)
@@ -298,12 +300,8 @@ def to_datetimes(series: pd.Series, path: Path, column: str) -> pd.Series:
             raise cell_error(path, column, i, f"{series.iloc[i]!r} is out of range: epoch seconds must be in "
                                               f"[0, {_EPOCH_RANGE[1]:.0f}] ({_date_range()})")
         return pd.to_datetime(seconds, unit="s")
-    dayfirst = _day_first(series, path, column)
-    with warnings.catch_warnings():  # "could not infer format": fine, rows are then parsed one by one
-        warnings.simplefilter("ignore", UserWarning)
-        parsed = pd.to_datetime(series, errors="coerce", utc=True, dayfirst=dayfirst)
-        if (parsed.isna() & series.notna()).any():  # the format inferred from the first row did not fit every row
-            parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed", dayfirst=dayfirst)
+    parsed = _parsed_dates(series, decide_day_first([date_order(series, path, column)]) if dayfirst is None
+                           else dayfirst)
     bad = parsed.isna() & series.notna()
     if bad.any():
         i = first_true(bad)
@@ -316,36 +314,33 @@ def to_datetimes(series: pd.Series, path: Path, column: str) -> pd.Series:
     return parsed
 
 
-_NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b")  # 02/01/2025, 2.1.25; not ISO
+def _parsed_dates(series: pd.Series, dayfirst: bool) -> pd.Series:
+    """Date/time text as UTC (NaT where unparseable): numeric dates (02/01/2025) in the given order, the others
+    (ISO, RFC 2822) on their own, as ``dayfirst`` would turn ISO's 2025-03-02 into 3 February."""
+    numeric = numeric_dates(series)
+    parsed = pd.Series(pd.NaT, index=series.index, dtype="datetime64[us, UTC]")
+    for rows, first in ((numeric, dayfirst), (~numeric, False)):
+        if rows.any():
+            parsed[rows] = _parsed_text(series[rows], first).astype("datetime64[us, UTC]")
+    return parsed
 
 
-def _day_first(series: pd.Series, path: Path, column: str) -> bool:
-    """Whether a column of numeric dates (02/01/2025) is day-first, read from the whole column: a first number
-    above 12 makes it day-first, a second one month-first (both: refused). Row by row, 02/01/2025 then
-    13/01/2025 would read as February, then January, silently. Undecided (every number up to 12): month-first,
-    pandas' reading."""
-    values = series.dropna()
-    if series.dtype.kind in "mM" or not len(values) or not _NUMERIC_DATE.match(str(values.iloc[0])):
-        return False  # ISO and other formats pay nothing here
-    parts = values.astype(str).str.extract(_NUMERIC_DATE)
-    if parts.empty or parts[0].isna().any():  # not a column of numeric dates throughout
-        return False
-    first, second = parts[0].astype(int), parts[1].astype(int)
-    if (first > 12).any() and (second > 12).any():
-        i = series.index.get_loc(second[second > 12].index[0])
-        other = series.loc[first[first > 12].index[0]]
-        raise cell_error(path, column, i, f"{series.iloc[i]!r} is month-first, while {other!r} is day-first; write "
-                                          "the dates one way (ISO: 2025-01-13)")
-    return bool((first > 12).any())
+def _parsed_text(series: pd.Series, dayfirst: bool) -> pd.Series:
+    with warnings.catch_warnings():  # "could not infer format": fine, rows are then parsed one by one
+        warnings.simplefilter("ignore", UserWarning)
+        parsed = pd.to_datetime(series, errors="coerce", utc=True, dayfirst=dayfirst)
+        if (parsed.isna() & series.notna()).any():  # the format inferred from the first row did not fit every row
+            parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed", dayfirst=dayfirst)
+    return parsed
 
 
 def _date_range() -> str:
     return f"dates must be between {FIRST_DATE.date()} and {LAST_DATE.date()}"
 
 
-def order_key(series: pd.Series, path: Path, column: str) -> np.ndarray:
+def order_key(series: pd.Series, path: Path, column: str, dayfirst: Optional[bool] = None) -> np.ndarray:
     """int64 order key: whole numbers as given, fractional numbers x 1e6, dates (``is_calendar``) as
-    microseconds since the epoch."""
+    microseconds since the epoch (numeric dates read as ``to_datetimes`` reads them)."""
     if series.isna().any():
         raise cell_error(path, column, first_true(series.isna()), "empty timestamp")
     _refuse_booleans(series, path, column, "timestamps")
@@ -360,4 +355,4 @@ def order_key(series: pd.Series, path: Path, column: str) -> np.ndarray:
             i = first_true(outside)
             raise cell_error(path, column, i, f"{series.iloc[i]!r} is out of range for a timestamp")
         return scaled.astype(np.int64)
-    return to_datetimes(series, path, column).to_numpy().astype("datetime64[us]").astype(np.int64)
+    return to_datetimes(series, path, column, dayfirst).to_numpy().astype("datetime64[us]").astype(np.int64)

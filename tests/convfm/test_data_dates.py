@@ -39,3 +39,38 @@ def test_job_dates_as_epoch_seconds_and_typed_numbers(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError, match=r"jobs\.parquet: column 'expires_at', row 1: '20240302' is no "
                                                   r"date.*YYYYMMDD date \(2024-03-02\)"):
         load_job_market(DataConfig(path=str(typed)))
+
+
+def test_numeric_dates_are_read_one_way_across_the_market(tmp_path: Path) -> None:
+    """Jobs prove day-first (a day above 12); the log's days are all up to 12. Decided per column, the log read
+    month-first: 08/03/2024 became 3 August, the timeline months long and no job live at its interactions."""
+    jobs = "job_id,posted_at\nj1,25/02/2024\nj2,02/03/2024\n"
+    log = "user_id,job_id,timestamp\nu1,j1,08/03/2024 22:29\nu2,j2,03/04/2024 10:00\n"
+    market = load_job_market(DataConfig(path=str(write_market(tmp_path / "m", jobs=jobs, users=None,
+                                                              interactions=log))))
+    assert market.jobs["posted_at"].tolist() == [pd.Timestamp("2024-02-25"), pd.Timestamp("2024-03-02")]
+    assert market.interactions["timestamp"].tolist() == [pd.Timestamp(t).value // 1000 for t in
+                                                         ("2024-03-08T22:29", "2024-04-03T10:00")]
+    us = "user_id,job_id,timestamp\nu1,j1,03/25/2024 22:29\nu2,j2,04/03/2024 10:00\n"
+    root = write_market(tmp_path / "x", jobs=jobs, users=None, interactions=us)
+    with pytest.raises(DataValidationError, match=r"jobs\.csv: column 'posted_at', row 1: '25/02/2024' is day-first, "
+                                                  r"while .*interactions\.csv: column 'timestamp', row 1: "
+                                                  r"'03/25/2024 22:29' is month-first; write the dates one way"):
+        load_job_market(DataConfig(path=str(root)))
+
+
+def test_numeric_dates_among_iso_ones_are_read_as_all_of_them_prove(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """An ISO first value used to skip the check: pandas then read 02/01 month-first and 13/01 day-first, and
+    ``dayfirst`` would have turned ISO's 2024-03-02 into 3 February. Each row is read as its form says."""
+    log = ("user_id,job_id,timestamp\nu1,j1,2024-03-02 10:00\nu1,j2,02/01/2024 10:00:00\n"
+           "u2,j1,13/01/2024 09:00:00\nu2,j2,2024-01-05T08:00\n")
+    market = load_job_market(DataConfig(path=str(write_market(tmp_path / "m", users=None, interactions=log))))
+    assert market.interactions["timestamp"].tolist() == [pd.Timestamp(t).value // 1000 for t in (
+        "2024-03-02T10:00", "2024-01-02T10:00", "2024-01-13T09:00", "2024-01-05T08:00")]
+    ambiguous = "user_id,job_id,timestamp\nu1,j1,2024-03-02\nu1,j2,02/01/2024\n"
+    with caplog.at_level("WARNING"):
+        market = load_job_market(DataConfig(path=str(write_market(tmp_path / "a", users=None,
+                                                                  interactions=ambiguous))))
+    assert market.interactions["timestamp"].tolist()[1] == pd.Timestamp("2024-02-01").value // 1000
+    assert "no numeric date has a day above 12" in caplog.text and "interactions.csv: column 'timestamp'" in caplog.text

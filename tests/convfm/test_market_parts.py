@@ -244,3 +244,27 @@ def test_a_canonical_column_in_another_case_is_read_as_the_in_memory_loader_read
     with pytest.raises(DataValidationError, match=r"part-1.csv: column\(s\) \['event', 'timestamp', 'user_id'\] are "
                                                   r"spelt \['User_ID', 'job_id', 'Event', 'Timestamp'\] in .*part-0"):
         check_interaction_schemas(sorted(tmp_path.iterdir()), DataConfig())
+
+
+def test_numeric_dates_are_typed_as_the_whole_market_reads_them(tmp_path):
+    """A part file whose days are all up to 12, typed on its own, was read month-first while the rest of the log
+    proved day-first: each batch now reads the market's one reading (``JobMarket.day_first``)."""
+    from convfm.data.date_formats import DateOrder
+
+    batch = pd.DataFrame({"user_id": ["u1"], "job_id": ["j1"], "timestamp": ["08/03/2024 22:29"]})
+    alone = typed_interactions(batch, Path("part-1.csv"), DataConfig())
+    market = typed_interactions(batch, Path("part-1.csv"), DataConfig(), dayfirst=True)
+    assert alone["timestamp"].tolist() == [pd.Timestamp("2024-08-03T22:29").value // 1000]
+    assert market["timestamp"].tolist() == [pd.Timestamp("2024-03-08T22:29").value // 1000]
+    (tmp_path / "jobs.csv").write_text("job_id,posted_at\nj1,02/03/2024\n")
+    proof = DateOrder("part-0.csv: column 'timestamp'", True, day_first=(None, "25/03/2024 10:00"))
+    config = DataConfig(path=str(tmp_path))
+    assert not load_job_market(config, interactions=False).day_first
+    catalogs = load_job_market(config, interactions=False, log_dates=[proof])
+    assert catalogs.day_first and catalogs.jobs["posted_at"].tolist() == [pd.Timestamp("2024-03-02")]
+    against = DateOrder("part-0.csv: column 'timestamp'", True, month_first=(None, "03/25/2024 10:00"))
+    (tmp_path / "jobs.csv").write_text("job_id,posted_at\nj1,25/02/2024\n")
+    with pytest.raises(DataValidationError, match=r"jobs.csv: column 'posted_at', row 1: '25/02/2024' is day-first, "
+                                                  r"while part-0.csv: column 'timestamp': '03/25/2024 10:00' is "
+                                                  r"month-first"):
+        load_job_market(config, interactions=False, log_dates=[against])

@@ -200,3 +200,15 @@ def test_a_batch_without_rows_of_a_split_encodes_to_empty_columns_of_the_same_sh
     assert {"user_row", "job_row", "recency_row", "history_rows", "history_count"} <= set(full)
     for name, array in full.items():
         assert empty[name].shape[1:] == array.shape[1:] and empty[name].dtype == array.dtype, name
+
+
+def test_the_logs_numeric_dates_are_read_from_every_part_file(ray_local, tmp_path):
+    """The cluster's pass over the log's timestamps finds what each file proves (part-1's days are all up to 12),
+    so the market's one reading covers files typed batch by batch."""
+    from train.prepare_market import _log_dates
+
+    (tmp_path / "part-0.csv").write_text("user_id,job_id,timestamp\nu1,j1,25/03/2024 10:00\nu1,j2,2024-03-01\n")
+    (tmp_path / "part-1.csv").write_text("user_id,job_id,timestamp\nu2,j1,08/03/2024 22:29\n")
+    orders = {Path(o.where.split(":")[0]).name: o for o in _log_dates(sorted(tmp_path.iterdir()), "timestamp")}
+    assert orders["part-0.csv"].day_first == (None, "25/03/2024 10:00") and not orders["part-0.csv"].month_first
+    assert orders["part-1.csv"].numeric and not orders["part-1.csv"].day_first
