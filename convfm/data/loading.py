@@ -2,8 +2,8 @@
 ``convfm.data.labelled``).
 
 Every problem with an input file raises ``DataValidationError`` naming the file, the column and the first bad
-1-based data row (the header is not counted; reading and column typing live in ``convfm.data.readers``). Everything is
-vectorised pandas/numpy.
+1-based data row (the header is not counted; reading and column typing live in ``convfm.data.readers``, one table
+file read by its schema in ``convfm.data.schema_tables``). Everything is vectorised pandas/numpy.
 """
 from __future__ import annotations
 
@@ -19,17 +19,13 @@ import pyarrow.compute as pc
 
 from convfm.config import EVENTS, DataConfig
 from convfm.errors import ConfigError, DataValidationError
-from convfm.data.cells import list_cells, refuse_nested
-from convfm.data.date_formats import DateOrder, date_order, decide_day_first
+from convfm.data.date_formats import DateOrder, decide_day_first
 from convfm.data.liveness import job_windows
 from convfm.data.negatives import sample_negatives
-from convfm.data.readers import (  # noqa: F401  (read_frame: re-exported)
-    SUFFIXES, binary_labels, cell_error, epoch_dates, first_true, id_strings, is_calendar, order_key, read_frame,
-    read_located, resolve_columns, to_datetimes, to_numbers,
-)
-from convfm.data.schema import DATETIME, ID, INTERACTIONS, JOBS, LIST, NUMBER, USERS, TableSchema
+from convfm.data.readers import SUFFIXES, binary_labels, cell_error, first_true, read_frame  # noqa: F401  (read_frame)
+from convfm.data.schema import INTERACTIONS, JOBS, USERS
+from convfm.data.schema_tables import read_jobs_file, read_schema_table, type_schema_table  # noqa: F401
 from convfm.data.splitting import TRAIN_ONLY, split_examples  # noqa: F401  (split_examples: re-exported)
-from convfm.features.text import column_strings
 from convfm.store.event_log import interactions_frame
 
 logger = logging.getLogger(__name__)
@@ -53,124 +49,11 @@ class JobMarket:
     day_first: bool = False  # numeric dates (02/01/2025) were read day-first, in every file
 
 
-# ------------------------------------------------------------------------------------------ schema tables
+# ------------------------------------------------------------------------------------------ ids
 def _index_in(values: pd.Series, unique: pd.Series) -> np.ndarray:
     """Position of each value in ``unique``, -1 when absent (pyarrow: pandas loops in Python on arrow strings)."""
     found = pc.index_in(pa.array(values.array), value_set=pa.array(unique.array))
     return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Read:
-    """One table's file as read, before typing: its frame, the file, and canonical -> its column there."""
-
-    frame: pd.DataFrame
-    path: Path
-    source: dict[str, str]
-    schema: TableSchema
-
-    def date_orders(self) -> list[DateOrder]:
-        """What its date columns' numeric dates (02/01/2025) prove of day-first or month-first."""
-        return [date_order(self.frame[self.source[c]], self.path, self.source[c]) for c in
-                self.schema.of_kind(DATETIME) if self.source[c] in self.frame.columns]
-
-
-def _read_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, str]) -> _Read:
-    """Read one table and find its canonical columns (``DataConfig.columns``, case aside); a required or mapped
-    column must be there."""
-    unknown = sorted(set(mapping) - set(schema.names))
-    if unknown:
-        raise ConfigError(f"columns.{schema.name}: unknown canonical column(s) {unknown}; "
-                          f"allowed: {list(schema.names)}")
-    frame, path = read_located(path)
-    source = resolve_columns(path, frame.columns, {c: str(mapping.get(c, c)) for c in schema.names})
-    for name in schema.names:  # a required column, or one the mapping names explicitly, must exist
-        if source[name] not in frame.columns and (name in schema.required or name in mapping):
-            mapped = f" (canonical {name!r})" if source[name] != name else ""
-            raise DataValidationError(f"{path}: missing {'required ' * (name in schema.required)}column "
-                                      f"{source[name]!r}{mapped}; columns in the file: {list(frame.columns)}")
-    return _Read(frame, path, source, schema)
-
-
-def _load_schema_table(read: _Read, extra: Mapping[str, str] = {}, keep_all: bool = False,
-                       dayfirst: Optional[bool] = None) -> tuple[pd.DataFrame, Path, bool]:
-    """Type a table read by ``_read_schema_table`` by kind, renamed to canonical columns; its own id must be
-    unique. ``extra`` (``DataConfig.extra_columns`` of this table) names more columns the file must have, kept
-    as strings ("" when missing) or, of kind number, as numbers (refused when a cell is not one); the other
-    columns are kept as read, with a warning unless ``keep_all``. Numeric dates are read ``dayfirst`` (the
-    market's reading; None: as this table proves). The flag says whether every date/time column read holds
-    calendar dates (``readers.is_calendar``)."""
-    frame, path, source, schema = read.frame, read.path, read.source, read.schema
-    if dayfirst is None:
-        dayfirst = decide_day_first(read.date_orders())
-    out = pd.DataFrame(index=frame.index)
-    calendar = True
-    for column in (c for c in schema.columns if source[c.name] in frame.columns):
-        name, actual, values = column.name, source[column.name], frame[source[column.name]]
-        if column.kind == LIST:
-            values = list_cells(values, path, actual)
-        else:
-            refuse_nested(values, path, actual)
-        values = id_strings(values) if column.kind == ID else values
-        if column.kind == ID and values.isna().any():
-            raise cell_error(path, actual, first_true(values.isna()), "empty id")
-        if column.kind == ID:
-            out[name] = values
-        elif column.kind == NUMBER:
-            out[name] = to_numbers(values, path, actual)
-        elif column.kind == DATETIME:
-            values = epoch_dates(values, path, actual) if schema is INTERACTIONS else values
-            out[name] = (order_key if schema is INTERACTIONS else to_datetimes)(values, path, actual, dayfirst)
-            calendar = calendar and (schema is not INTERACTIONS or is_calendar(values))
-        else:
-            out[name] = values.astype("str").fillna("")
-    if schema is not INTERACTIONS:
-        _check_unique(out[schema.names[0]], path, source[schema.names[0]])
-    absent = [c for c in extra if c not in frame.columns]
-    if absent:
-        raise DataValidationError(f"{path}: missing column(s) {absent} listed in extra_columns.{schema.name}; "
-                                  f"columns in the file: {list(frame.columns)}")
-    for column, kind in extra.items():
-        values = list_cells(frame[column], path, column) if kind == "list" else frame[column]
-        refuse_nested(values, path, column, "a list" if kind == "list" else "one value")
-        out[column] = to_numbers(values, path, column) if kind == "number" else column_strings(
-            values.to_frame(), column)
-    extras = [c for c in frame.columns if c not in set(source.values()) and c not in extra]
-    if extras and not keep_all:
-        hint = "; data.extra_columns makes a column a feature" if schema is not INTERACTIONS else ""
-        logger.warning("%s: ignoring extra column(s) %s (known %s columns: %s%s)", path, extras, schema.name,
-                       list(schema.names), hint)
-    if extras:
-        out = pd.concat([out, frame[[c for c in extras if c not in out.columns]]], axis=1)
-    if schema is JOBS:
-        _check_expiry(out, path, source)
-    return out, path, calendar and any(source[c] in frame.columns for c in schema.of_kind(DATETIME))
-
-
-def read_jobs_file(path: str | Path) -> tuple[pd.DataFrame, Path]:
-    """One jobs table checked as training reads it (canonical column names; the others kept), and the file read."""
-    frame, path, _ = _load_schema_table(_read_schema_table(Path(path), JOBS, {}), keep_all=True)
-    return frame, path
-
-
-def _check_expiry(jobs: pd.DataFrame, path: Path, source: Mapping[str, str]) -> None:
-    """A job must expire after it is posted: its live window ``[posted_at, expires_at)`` is otherwise empty."""
-    if "expires_at" not in jobs or "posted_at" not in jobs:
-        return
-    bad = (jobs["expires_at"] <= jobs["posted_at"]).to_numpy()  # NaT compares False
-    if bad.any():
-        i = first_true(bad)
-        raise cell_error(path, source["expires_at"], i, f"expires_at {jobs['expires_at'].iloc[i]} is not after "
-                                                        f"{source['posted_at']} {jobs['posted_at'].iloc[i]}")
-
-
-def _check_unique(ids: pd.Series, path: Path, column: str) -> None:
-    duplicated = ids.duplicated()
-    if duplicated.any():
-        later = first_true(duplicated)
-        earlier = first_true(ids.to_numpy() == ids.iloc[later])
-        raise DataValidationError(f"{path}: column {column!r}: duplicate id {ids.iloc[later]!r} in rows "
-                                  f"{earlier + 1} and {later + 1}")
 
 
 # ------------------------------------------------------------------------------------------ the job market
@@ -208,10 +91,10 @@ def load_job_market(config: DataConfig, interactions: bool = True, log_dates: It
             others = sorted(p.stem for p in root.iterdir() if p.suffix.lower() in SUFFIXES) if root.is_dir() else []
             raise DataValidationError(f"{root / name}: file not found (tried .csv, .tsv and .parquet); "
                                       f"data.{schema.name}_file names another file of {root} (there: {others})")
-        read.append(_read_schema_table(root / name, schema, config.columns.get(schema.name, {})))
+        read.append(read_schema_table(root / name, schema, config.columns.get(schema.name, {})))
     dayfirst = decide_day_first([*(o for table in read for o in table.date_orders()), *log_dates])  # one for all
     for table in read:
-        frame, path, dated = _load_schema_table(table, config.extra_columns.get(table.schema.name, {}),
+        frame, path, dated = type_schema_table(table, config.extra_columns.get(table.schema.name, {}),
                                                 dayfirst=dayfirst)
         tables[table.schema.name], source[table.schema.name] = frame, str(path)
         calendar = dated if table.schema is INTERACTIONS else calendar
