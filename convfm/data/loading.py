@@ -68,7 +68,7 @@ def load_job_market(config: DataConfig, interactions: bool = True, log_dates: It
     No event column: every row is ``config.default_event``; no timestamp column: row order is time order (and
     the market has no calendar). ``config.events`` (an event log) adds its events after the file's rows.
     Interactions naming jobs (or users) absent from their table are kept, with a warning; when not one names a
-    job of the jobs table, the ids are written two ways and loading stops.
+    job of the jobs table (or a user of the users table), the ids are written two ways and loading stops.
     """
     root = Path(config.path)
     if not root.is_dir():
@@ -120,7 +120,8 @@ def load_job_market(config: DataConfig, interactions: bool = True, log_dates: It
                        "plain numbers" if timed else "no timestamp column")
     for name, key in (("jobs", "job_id"), ("users", "user_id")):
         unknown = _index_in(interactions[key], tables[name][key]) < 0 if name in tables else None
-        if key == "job_id" and unknown is not None and len(unknown) and unknown.all():  # written two ways
+        # not one id known: written two ways (an event log's new users may all be absent from the users file)
+        if unknown is not None and len(unknown) and unknown.all() and (key == "job_id" or not config.events):
             raise DataValidationError(
                 f"{source['interactions']}: column {key!r}: no interaction names a {key} of {source[name]} (e.g. "
                 f"{interactions[key].iloc[0]!r} there, {tables[name][key].iloc[0]!r} in {source[name]}); the ids "

@@ -271,6 +271,17 @@ def test_job_ids_written_two_ways_are_refused(tmp_path: Path) -> None:
         load_job_market(DataConfig(path=str(root)))
 
 
+def test_user_ids_written_two_ways_are_refused(tmp_path: Path) -> None:
+    """As for jobs: not one interaction's user in users.csv (``0`` against ``u000000``) left every user feature
+    unknown with a warning only."""
+    users = "user_id,skills\n0,python\n1,sql\n"
+    root = write_market(tmp_path, users=users)
+    with pytest.raises(DataValidationError, match=r"interactions.csv: column 'user_id': no interaction names a "
+                                                  r"user_id of .*users.csv \(e.g. 'u1' there, '0' in .*users.csv\); "
+                                                  r"the ids must be written the same way"):
+        load_job_market(DataConfig(path=str(root)))
+
+
 def test_loaded_market_types(tmp_path: Path) -> None:
     market = load_job_market(DataConfig(path=str(write_market(tmp_path))))
     jobs = market.jobs
