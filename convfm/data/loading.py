@@ -22,7 +22,9 @@ from convfm.errors import ConfigError, DataValidationError
 from convfm.data.date_formats import DateOrder, decide_day_first
 from convfm.data.liveness import job_windows
 from convfm.data.negatives import sample_negatives
-from convfm.data.readers import SUFFIXES, binary_labels, cell_error, first_true, read_frame  # noqa: F401  (read_frame)
+from convfm.data.readers import (  # noqa: F401  (read_frame: re-exported)
+    READ_SUFFIXES, binary_labels, cell_error, file_suffix, first_true, read_frame, unread_note,
+)
 from convfm.data.schema import INTERACTIONS, JOBS, USERS
 from convfm.data.schema_tables import read_jobs_file, read_schema_table, type_schema_table  # noqa: F401
 from convfm.data.splitting import TRAIN_ONLY, split_examples  # noqa: F401  (split_examples: re-exported)
@@ -78,7 +80,7 @@ def load_job_market(config: DataConfig, interactions: bool = True, log_dates: It
     calendar, read = False, []
     files = ((JOBS, config.jobs_file), (USERS, config.users_file), (INTERACTIONS, config.interactions_file))
     for schema, name in files[:None if interactions else 2]:
-        candidates = [root / name, *(root / f"{name}{suffix}" for suffix in SUFFIXES)]
+        candidates = [root / name, *(root / f"{name}{suffix}" for suffix in READ_SUFFIXES)]
         if schema is USERS and not any(p.is_file() for p in candidates) and config.extra_columns.get("users"):
             raise DataValidationError(f"{root / name}: no users file, but extra_columns.users lists "
                                       f"{list(config.extra_columns['users'])}")
@@ -87,8 +89,11 @@ def load_job_market(config: DataConfig, interactions: bool = True, log_dates: It
             continue
         if schema is INTERACTIONS and config.events and not any(p.exists() for p in candidates):
             continue  # the event log alone
+        if not any(p.exists() for p in candidates) and unread_note(root / name):  # interactions.jsonl, .xlsx
+            raise DataValidationError(f"{root / name}: file not found (tried .csv, .tsv and .parquet, and .csv.gz, "
+                                      f".tsv.gz){unread_note(root / name)}")
         if not any(p.exists() for p in candidates):
-            others = sorted(p.stem for p in root.iterdir() if p.suffix.lower() in SUFFIXES) if root.is_dir() else []
+            others = sorted(p.name[:-len(file_suffix(p))] for p in root.iterdir() if file_suffix(p) in READ_SUFFIXES)
             raise DataValidationError(f"{root / name}: file not found (tried .csv, .tsv and .parquet); "
                                       f"data.{schema.name}_file names another file of {root} (there: {others})")
         read.append(read_schema_table(root / name, schema, config.columns.get(schema.name, {})))

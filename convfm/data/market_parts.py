@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from convfm.config import DataConfig
 from convfm.data.loading import JobMarket, build_examples, set_events
 from convfm.data.readers import (
-    TEXT_SUFFIXES, cell_error, epoch_dates, first_true, header_names, id_strings, is_calendar, order_key, part_files,
+    cell_error, epoch_dates, first_true, header_names, id_strings, is_calendar, is_text, order_key, part_files,
     read_located, resolve_columns, resolve_path,
 )
 from convfm.data.splitting import TRAIN_ONLY, per_user_parts, with_train_only
@@ -130,7 +130,7 @@ def check_interaction_schemas(files: Iterable[Path], config: DataConfig) -> list
 
 def file_columns(path: Path) -> list[str]:
     """A log file's column names: a text file's header, a Parquet file's schema."""
-    if path.suffix.lower() in TEXT_SUFFIXES:
+    if is_text(path):
         return header_names(path)
     try:
         return list(pq.read_schema(path).names)

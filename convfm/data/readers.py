@@ -6,10 +6,12 @@ Every problem raises ``DataValidationError`` naming the file, the column and the
 from __future__ import annotations
 
 import csv
+import gzip
 import re
 import warnings
+import zlib
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import IO, Iterable, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -19,23 +21,46 @@ from convfm.errors import DataValidationError
 
 SUFFIXES = (".csv", ".tsv", ".parquet")
 TEXT_SUFFIXES = (".csv", ".tsv")  # delimited text: columns read as strings, separator from csv_separator
+GZIP_SUFFIXES = (".csv.gz", ".tsv.gz")  # delimited text compressed with gzip, as exports often come
+READ_SUFFIXES = SUFFIXES + GZIP_SUFFIXES
+
+
+def file_suffix(path: Path) -> str:
+    """A file's format as its name gives it, lower case: ``.csv.gz`` for ``log.CSV.GZ``, else its suffix."""
+    name = path.name.lower()
+    return next((s for s in GZIP_SUFFIXES if name.endswith(s)), path.suffix.lower())
+
+
+def is_text(path: Path) -> bool:
+    """Whether ``path`` is delimited text (.csv, .tsv, either gzip-compressed), not Parquet."""
+    return file_suffix(path) in TEXT_SUFFIXES + GZIP_SUFFIXES
 
 
 def resolve_path(path: str | Path) -> Path:
-    """``path`` itself if it ends in .csv/.tsv/.parquet, else the first of ``path``.csv, .tsv, .parquet that
-    exists."""
+    """``path`` itself if it ends in .csv/.tsv/.parquet (or .csv.gz/.tsv.gz), else the first of ``path``.csv,
+    .tsv, .parquet, .csv.gz, .tsv.gz that exists."""
     path = Path(path)
-    if path.suffix.lower() in SUFFIXES:
+    if file_suffix(path) in READ_SUFFIXES:
         if not path.is_file():
             raise DataValidationError(f"{path}: file not found")
         return path
-    for suffix in SUFFIXES:
+    for suffix in READ_SUFFIXES:
         candidate = path.with_name(path.name + suffix)
         if candidate.is_file():
             return candidate
     if path.is_file():
         raise DataValidationError(f"{path}: unsupported file type; expected a .csv, .tsv or .parquet file")
-    raise DataValidationError(f"{path}: file not found (tried {path}.csv, {path}.tsv and {path}.parquet)")
+    raise DataValidationError(f"{path}: file not found (tried {path}.csv, {path}.tsv and {path}.parquet, and "
+                              f".csv.gz, .tsv.gz){unread_note(path)}")
+
+
+def unread_note(path: Path) -> str:
+    """``"; NAME.jsonl is there, ..."``: a file named like the one looked for in a format not read, else ""."""
+    there = sorted(p.name for p in path.parent.glob(f"{path.name}.*") if p.is_file()) if path.parent.is_dir() else []
+    if not there:
+        return ""
+    return (f"; {there} {'is' if len(there) == 1 else 'are'} there, in a format not read: write it as .csv, .tsv or "
+            ".parquet (.csv.gz and .tsv.gz are read too)")
 
 
 def read_frame(path: str | Path, id_columns: Iterable[str] = ()) -> pd.DataFrame:
@@ -51,8 +76,8 @@ def read_frame(path: str | Path, id_columns: Iterable[str] = ()) -> pd.DataFrame
 def part_files(folder: Path) -> list[Path]:
     """A folder's .parquet, .csv or .tsv part files in name order; DataValidationError when there are none or
     they mix formats."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
-    if not files or len({p.suffix.lower() for p in files}) > 1:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and file_suffix(p) in READ_SUFFIXES)
+    if not files or len({file_suffix(p) for p in files}) > 1:
         raise DataValidationError(f"{folder}: expected .parquet, .csv or .tsv part files of one format, found "
                                   f"{[p.name for p in files][:5] or 'none'}")
     return files
@@ -87,9 +112,9 @@ def read_located(path: str | Path, id_columns: Iterable[str] = ()) -> tuple[pd.D
 def csv_separator(path: Path) -> str:
     """A delimited text file's separator: a tab for .tsv; for .csv a comma, unless its header holds none and
     does hold tabs or semicolons (files exported as TSV or by a European spreadsheet, named .csv)."""
-    if path.suffix.lower() == ".tsv":
+    if file_suffix(path) in (".tsv", ".tsv.gz"):
         return "\t"
-    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+    with _open_text(path) as handle:
         header = handle.readline()
     if "," in header:
         return ","
@@ -121,13 +146,20 @@ def resolve_columns(path: Path, columns: Iterable[str], wanted: Mapping[str, str
 
 def header_names(path: Path) -> list[str]:
     """A delimited text file's column names, stripped, as written (pandas would rename repeats to NAME.1)."""
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+    with _open_text(path) as handle:
         return [c.strip() for c in next(csv.reader(handle, delimiter=csv_separator(path)), [])]
 
 
+def _open_text(path: Path) -> IO[str]:
+    """A delimited text file opened for its first lines (gzip-compressed or not), undecodable bytes replaced."""
+    if file_suffix(path) in GZIP_SUFFIXES:
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    return path.open(encoding="utf-8-sig", errors="replace", newline="")
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
-    _refuse_repeated(path, header_names(path))  # before pandas renames a repeat to NAME.1
     try:
+        _refuse_repeated(path, header_names(path))  # before pandas renames a repeat to NAME.1
         frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig", sep=csv_separator(path))
     except UnicodeDecodeError:
         raise DataValidationError(_utf8_error(path)) from None
@@ -135,12 +167,17 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise DataValidationError(f"{path}: file is empty (no header, no rows)") from None
     except pd.errors.ParserError as exc:
         raise DataValidationError(f"{path}: malformed CSV: {_parser_detail(exc)}") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # cut off, or not gzip at all
+        raise DataValidationError(f"{path}: cannot decompress ({type(exc).__name__}: {exc}); the file looks "
+                                  "truncated or is not gzip") from None
+    if file_suffix(path) in GZIP_SUFFIXES:
+        return frame  # a cut-off gzip stream fails to decompress: no tail to check
     _check_tail(path, frame.shape[1])
     return frame
 
 
 def _utf8_error(path: Path) -> str:
-    data = path.read_bytes()
+    data = gzip.decompress(path.read_bytes()) if file_suffix(path) in GZIP_SUFFIXES else path.read_bytes()
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:

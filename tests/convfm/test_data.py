@@ -372,31 +372,3 @@ def test_boolean_time_columns_are_refused(tmp_path: Path, table: str, column: st
                                                   rf"booleans are not (timestamps|dates)"):
         load_job_market(DataConfig(path=str(tmp_path)))
 
-
-@pytest.mark.parametrize("table, header", [
-    ("interactions", "User_ID,JOB_ID,Event,Timestamp"),
-    ("jobs", "Job_ID,Title,Skills,Posted_At"),
-])
-def test_a_canonical_column_in_another_case_is_read_as_that_column(tmp_path: Path, table: str, header: str) -> None:
-    """``Event``/``Timestamp`` ignored as extra made every row the default event (a positive) in row order;
-    ``Posted_At`` ignored lost the jobs' liveness: a header equal to a canonical name apart from case is it."""
-    body = INTERACTIONS.split("\n", 1)[1] if table == "interactions" else (
-        "j1,Backend Engineer,python;sql,2024-01-05\nj2,Nurse,patient care,2024-02-01\nj3,Cook,,2024-03-11\n")
-    root = write_market(tmp_path / "m", **{table: " {} \n{}".format(header.replace(",", " , "), body)})
-    market = load_job_market(DataConfig(path=str(root)))
-    exact = load_job_market(DataConfig(path=str(write_market(tmp_path / "x", **{table: f"{header.lower()}\n{body}"}))))
-    frame, expected = getattr(market, table), getattr(exact, table)
-    pd.testing.assert_frame_equal(frame, expected)
-    if table == "interactions":
-        assert frame["event"].tolist() == ["view", "apply", "dismiss", "save", "click", "view"] and market.calendar
-    else:
-        assert frame["posted_at"].tolist() == [pd.Timestamp(d) for d in ("2024-01-05", "2024-02-01", "2024-03-11")]
-
-
-def test_a_binary_label_in_another_case_and_two_spellings_of_one_column(tmp_path: Path) -> None:
-    root = write_market(tmp_path / "l", interactions="user_id,job_id,Label\nu1,j1,1\nu2,j2,0\n")
-    assert load_job_market(DataConfig(path=str(root))).interactions["event"].tolist() == ["apply", "view"]
-    both = write_market(tmp_path / "b", interactions="user_id,job_id,event,Event\nu1,j1,view,apply\n")
-    with pytest.raises(DataValidationError, match=r"interactions.csv: columns \['event', 'Event'\] are one name apart "
-                                                  r"from case \('event'\); keep one"):
-        load_job_market(DataConfig(path=str(both)))

@@ -212,3 +212,21 @@ def test_the_logs_numeric_dates_are_read_from_every_part_file(ray_local, tmp_pat
     orders = {Path(o.where.split(":")[0]).name: o for o in _log_dates(sorted(tmp_path.iterdir()), "timestamp")}
     assert orders["part-0.csv"].day_first == (None, "25/03/2024 10:00") and not orders["part-0.csv"].month_first
     assert orders["part-1.csv"].numeric and not orders["part-1.csv"].day_first
+
+
+def test_gzip_compressed_part_files_are_read_on_the_cluster(ray_local, tmp_path):
+    """A folder of .csv.gz parts is a log of part files, its header checked and its rows read by Ray Data."""
+    import gzip
+
+    from convfm.data.market_parts import check_interaction_schemas, interaction_files
+    from train.prepare_distributed import read_files
+
+    folder = tmp_path / "interactions"
+    folder.mkdir()
+    for k, day in enumerate(("25/03/2024 10:00", "08/03/2024 22:29")):
+        (folder / f"part-{k}.csv.gz").write_bytes(gzip.compress(f"user_id,job_id,timestamp\nu{k},j1,{day}\n".encode()))
+    config = DataConfig(path=str(tmp_path))
+    files = interaction_files(config)
+    assert check_interaction_schemas(files, config) == ["user_id", "job_id", "timestamp"]
+    rows = read_files(files, ["user_id", "timestamp"]).to_pandas()
+    assert rows["timestamp"].tolist() == ["25/03/2024 10:00", "08/03/2024 22:29"]
