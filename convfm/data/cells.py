@@ -2,8 +2,10 @@
 
 Spark, pandas and BigQuery write tags and skills as ``list<string>``: read from Parquet, such a cell is a numpy
 array, which ``astype(str)`` would turn into its repr (``"['python' 'sql']"``, newline included) and the
-``;`` split into one junk skill. A list column's items are joined with ``;`` (its CSV form). Any other column
-refuses a non-scalar cell, naming the file, the column and the row.
+``;`` split into one junk skill. A list column's items are joined with ``;`` (its CSV form), and JSON array
+text (``["python", "sql"]``, a common export of the same lists) is read as its items; a column whose values hold
+``,`` or ``|`` and never ``;`` is read as written, with a warning. Any other column refuses a non-scalar cell,
+naming the file, the column and the row.
 """
 from __future__ import annotations
 
@@ -42,13 +44,38 @@ def refuse_nested(series: pd.Series, path: Path, column: str, kind: str = "one v
 
 def list_cells(series: pd.Series, path: Path, column: str) -> pd.Series:
     """A list column's cells as ``;``-separated text (missing stays missing): a list or array cell's items
-    joined; a mapping is refused."""
+    joined, JSON array text read as its items; a mapping is refused."""
     nested = _nested_mask(series)
     if nested.any():
         series = series.copy()
         for i in np.flatnonzero(nested):
             series.iloc[i] = _joined(series.iloc[i], path, column, i)
+    text = _stripped(series)
+    arrays = text.str.startswith("[") & text.str.endswith("]")
+    if arrays.any():  # ["python", "sql"]: a JSON export of the same list
+        series = series.astype(object).copy()
+        for i in np.flatnonzero(arrays.to_numpy(bool)):
+            series.iloc[i] = _json_items(text.iloc[i], path, column, i)
+        text = _stripped(series)
+    _warn_other_separator(text[text != ""], path, column)
     return series
+
+
+def _stripped(series: pd.Series) -> pd.Series:
+    return series.astype("str").str.strip().fillna("")
+
+
+def _warn_other_separator(text: pd.Series, path: Path, column: str) -> None:
+    """Most values holding ``,`` or ``|`` and none ``;``: each row's whole list would be one value."""
+    if not len(text) or text.str.contains(SEPARATOR, regex=False).any():
+        return
+    for other in (",", "|"):
+        share = float(text.str.contains(other, regex=False).mean())
+        if share > 0.5:
+            logger.warning("%s: column %r: %.0f%% of its values hold %r and none ';' (e.g. %r): ';' separates a "
+                           "list's values, so each of those rows reads as one value; write 'a;b'", path, column,
+                           100 * share, other, text[text.str.contains(other, regex=False)].iloc[0])
+            return
 
 
 def _joined(value: Any, path: Path, column: str, row: int) -> str:
@@ -61,6 +88,15 @@ def _joined(value: Any, path: Path, column: str, row: int) -> str:
         if item is not None and not (isinstance(item, float) and np.isnan(item)):
             items.append(str(item).strip())
     return SEPARATOR.join(items)
+
+
+def _json_items(text: str, path: Path, column: str, row: int) -> str:
+    """``["a", "b"]`` -> ``a;b``; text that only looks like an array (``[remote]``) is kept as written."""
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return text
+    return _joined(items, path, column, row) if isinstance(items, list) else text
 
 
 def _shown(value: Any) -> str:

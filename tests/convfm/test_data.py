@@ -371,4 +371,3 @@ def test_boolean_time_columns_are_refused(tmp_path: Path, table: str, column: st
     with pytest.raises(DataValidationError, match=rf"{table}\.parquet: column '{column}', row {row}: "
                                                   rf"booleans are not (timestamps|dates)"):
         load_job_market(DataConfig(path=str(tmp_path)))
-

@@ -59,3 +59,19 @@ def test_an_interaction_cell_holding_a_list_is_refused(tmp_path: Path) -> None:
     log.to_parquet(root / "interactions.parquet")
     with pytest.raises(DataValidationError, match=r"interactions.parquet: column 'job_id', row 2: holds a ndarray"):
         load_job_market(DataConfig(path=str(root)))
+
+
+def test_skills_as_json_arrays_are_read_and_other_separators_warned(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """["python", "sql"] became one skill, the whole text; "python, sql" still is one (a comma can be part of a
+    skill), but the file is named with what separates skills."""
+    jobs = 'job_id,skills\nj1,"[""python"", ""SQL""]"\nj2,[remote]\nj3,"[]"\n'
+    root = write_market(tmp_path / "j", jobs=jobs, users=None, interactions="user_id,job_id\nu1,j1\n")
+    assert load_job_market(DataConfig(path=str(root))).jobs["skills"].tolist() == ["python;SQL", "[remote]", ""]
+    commas = "user_id,skills\nu1,\"python, sql\"\nu2,\"patient care, bls\"\nu3,figma\n"
+    root = write_market(tmp_path / "c", users=commas)
+    with caplog.at_level("WARNING"):
+        market = load_job_market(DataConfig(path=str(root)))
+    assert market.users["skills"].tolist() == ["python, sql", "patient care, bls", "figma"]
+    assert "users.csv: column 'skills': 67% of its values hold ',' and none ';'" in caplog.text
+    assert "';' separates a list's values" in caplog.text
