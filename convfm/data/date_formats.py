@@ -36,6 +36,23 @@ def number_date_guess(value: float) -> Optional[str]:
     return None
 
 
+def warn_epoch_outliers(values: pd.Series, seconds: tuple[float, float], path: Path, column: str) -> None:
+    """Timestamps mostly epoch seconds (in ``seconds``) but not all (a few 0 placeholders) are read as plain
+    order, the calendar lost: a warning names the first value outside and how many are inside."""
+    inside = ((values >= seconds[0]) & (values <= seconds[1])).to_numpy()
+    if inside.mean() >= 0.5:
+        i = int(np.flatnonzero(~inside)[0])
+        logger.warning("%s: column %r, row %d: %r is not epoch seconds (from 1973-03-03 to 2100-01-01), while %d of "
+                       "the %d values are: the column is read as plain order numbers, without dates; fix or drop the "
+                       "%d row(s) outside", path, column, i + 1, _plain(values.iloc[i]), int(inside.sum()),
+                       len(inside), int((~inside).sum()))
+
+
+def _plain(number: float) -> str:
+    """12.0 as '12', 12.5 as '12.5' (not the numpy repr)."""
+    return str(int(number)) if float(number).is_integer() else str(float(number))
+
+
 # 02/01/2025, 2.1.25, 02-01-2025 10:00; not ISO (2025-01-02)
 NUMERIC_DATE = r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b"
 

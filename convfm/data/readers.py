@@ -16,7 +16,9 @@ from typing import IO, Iterable, Mapping, Optional
 import numpy as np
 import pandas as pd
 
-from convfm.data.date_formats import date_order, decide_day_first, number_date_guess, numeric_dates
+from convfm.data.date_formats import (
+    date_order, decide_day_first, number_date_guess, numeric_dates, warn_epoch_outliers,
+)
 from convfm.errors import DataValidationError
 
 SUFFIXES = (".csv", ".tsv", ".parquet")
@@ -301,6 +303,7 @@ def epoch_dates(series: pd.Series, path: Path, column: str) -> pd.Series:
     if _EPOCH_MILLIS[0] <= low and high <= _EPOCH_MILLIS[1]:
         raise cell_error(path, column, 0, f"{series.iloc[0]!r} looks like epoch milliseconds: give epoch "
                                           "seconds or ISO date/times")
+    warn_epoch_outliers(values, (EPOCH_SECONDS_FROM, _EPOCH_RANGE[1]), path, column)
     return series
 
 

@@ -74,3 +74,15 @@ def test_numeric_dates_among_iso_ones_are_read_as_all_of_them_prove(tmp_path: Pa
                                                                   interactions=ambiguous))))
     assert market.interactions["timestamp"].tolist()[1] == pd.Timestamp("2024-02-01").value // 1000
     assert "no numeric date has a day above 12" in caplog.text and "interactions.csv: column 'timestamp'" in caplog.text
+
+
+def test_a_few_numbers_outside_epoch_seconds_are_named_when_the_calendar_is_lost(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A 0 placeholder in an epoch-seconds log makes it plain order (no liveness, ages, dates): the warning
+    now names the row and the value that did it, not the column alone."""
+    log = "user_id,job_id,timestamp\nu1,j1,1704103200\nu2,j2,0\nu1,j2,1704189600\n"
+    with caplog.at_level("WARNING"):
+        market = load_job_market(DataConfig(path=str(write_market(tmp_path, interactions=log))))
+    assert not market.calendar
+    assert ("interactions.csv: column 'timestamp', row 2: '0' is not epoch seconds (from 1973-03-03 to 2100-01-01), "
+            "while 2 of the 3 values are: the column is read as plain order numbers") in caplog.text
