@@ -55,6 +55,7 @@ def _plain(number: float) -> str:
 
 # 02/01/2025, 2.1.25, 02-01-2025 10:00; not ISO (2025-01-02)
 NUMERIC_DATE = r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b"
+_NUMERIC_PARTS = r"^\s*(?P<first>\d{1,2})[/.-](?P<second>\d{1,2})[/.-]\d{2,4}\b"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +87,10 @@ def date_order(series: pd.Series, path: Path, column: str, rows: bool = True) ->
     numeric = numeric_dates(series)
     if not numeric.any():
         return DateOrder(where)
-    parts = series[numeric].astype(str).str.extract(NUMERIC_DATE).astype(int)
+    parts = pc.extract_regex(pa.array(series[numeric].astype("str")), _NUMERIC_PARTS)  # C speed, as above
+    first, second = (parts.field(k).to_numpy(zero_copy_only=False).astype(int) for k in ("first", "second"))
     at = np.flatnonzero(numeric)
-    day = np.flatnonzero((parts[0] > 12).to_numpy())
-    month = np.flatnonzero((parts[1] > 12).to_numpy())
+    day, month = np.flatnonzero(first > 12), np.flatnonzero(second > 12)
     order = DateOrder(where, True, *((int(at[k[0]]) if rows else None, str(series.iloc[at[k[0]]])) if len(k) else
                                      None for k in (day, month)))
     if rows and order.day_first and order.month_first:
