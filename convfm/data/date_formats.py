@@ -1,6 +1,7 @@
-"""How date text and date numbers are written, read apart from the values' parsing (``convfm.data.readers``):
-what a number that is no epoch second looks like, and (``day_first_evidence``) whether numeric dates are
-day-first (02/01/2025 as 2 January) or month-first.
+"""How exports write dates, read apart from the values' parsing (``convfm.data.readers``): what a number that
+is no epoch second looks like (``number_date_guess``, ``warn_epoch_outliers``), and whether numeric dates are
+day-first (02/01/2025 as 2 January) or month-first: what each column proves (``date_order``), decided once for
+a whole market (``decide_day_first``), so one export is never read two ways.
 """
 from __future__ import annotations
 
