@@ -198,6 +198,9 @@ def set_events(interactions: pd.DataFrame, path: str, config: DataConfig) -> Non
     if "event" not in interactions.columns:
         interactions["event"] = pd.Series(config.default_event, index=interactions.index, dtype="str")
         return
+    if "label" in interactions.columns:  # the event decides; a label beside it was dropped without a word
+        logger.warning("%s: both an event and a label column: the event column decides each row, the label is "
+                       "ignored (drop one of the two columns)", path)
     events = interactions["event"].str.strip().str.lower()
     bad = ~events.isin(EVENTS)
     if bad.any():

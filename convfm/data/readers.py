@@ -301,7 +301,7 @@ def epoch_dates(series: pd.Series, path: Path, column: str) -> pd.Series:
     if EPOCH_SECONDS_FROM <= low and high <= _EPOCH_RANGE[1]:
         return pd.to_datetime(values, unit="s")
     if _EPOCH_MILLIS[0] <= low and high <= _EPOCH_MILLIS[1]:
-        raise cell_error(path, column, 0, f"{series.iloc[0]!r} looks like epoch milliseconds: give epoch "
+        raise cell_error(path, column, 0, f"{str(series.iloc[0])!r} looks like epoch milliseconds: give epoch "
                                           "seconds or ISO date/times")
     warn_epoch_outliers(values, (EPOCH_SECONDS_FROM, _EPOCH_RANGE[1]), path, column)
     return series
