@@ -99,6 +99,8 @@ def write_jobs(store: Optional[CatalogStore], request: Any, known: Optional[Mapp
         delta = store.append(jobs, request.expire)
     except CatalogConflict as exc:
         raise ServiceError(409, str(exc)) from None
+    except ValueError as exc:  # what the request's validation lets through and the store still refuses
+        raise ServiceError(422, f"upsert: {exc}") from None
     except (StorageError, OSError) as exc:
         log.warning("live catalog write failed: %s", exc)
         raise ServiceError(503, "the live store could not be written; nothing was kept, retry") from None

@@ -318,6 +318,10 @@ class CatalogStore:
             raise ValueError("a live catalog job id must not be blank")
         jobs = tuple({**job, "posted_at": None if job.get("posted_at") is None else int(job["posted_at"])}
                      for job in upsert)
+        try:  # read as every replica will apply it: a delta they cannot read is never written
+            upserted_jobs(jobs)
+        except (ValueError, TypeError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
+            raise ValueError(f"these jobs cannot be read back as a catalog: {type(exc).__name__}: {exc}") from None
         with self._lock:
             delta = Delta(self.latest() + 1, now, jobs, {str(job_id): now for job_id in expire})
             path = storage.join(self.root, delta_name(delta.version))

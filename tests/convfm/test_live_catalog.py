@@ -43,6 +43,14 @@ def test_each_change_is_the_next_numbered_delta_and_a_reopened_store_reads_them(
     assert reopened.append([job("c")]).version == 3  # numbering goes on after a reopen
 
 
+def test_jobs_the_replicas_could_not_read_back_are_never_written(tmp_path):
+    """A lone surrogate in a job id was written (json escapes it), then failed every replica's apply, for good."""
+    store = CatalogStore(tmp_path / "live")
+    with pytest.raises(ValueError, match="cannot be read back as a catalog: UnicodeEncodeError"):
+        store.append([job("ok"), job("bad-\udc00")])
+    assert store.latest() == 0 and store.append([job("ok")]).version == 1
+
+
 def test_concurrent_appends_on_one_store_never_lose_an_update(tmp_path):
     store = CatalogStore(tmp_path / "live")
     threads = [threading.Thread(target=store.append, args=([job(f"j{i}")],)) for i in range(16)]
