@@ -75,8 +75,16 @@ def numeric_dates(series: pd.Series) -> np.ndarray:
     """Which cells are numeric dates (``NUMERIC_DATE``), at C speed (pyarrow): ISO columns pay one scan."""
     if series.dtype.kind in "mMiufb" or not len(series):
         return np.zeros(len(series), bool)
-    text = pa.array(series.astype("str"), from_pandas=True)  # numbers as text never match; missing stay null
+    text = _arrow_text(series)  # numbers as text never match; missing stay null
     return pc.match_substring_regex(text, NUMERIC_DATE).fill_null(False).to_numpy(zero_copy_only=False)
+
+
+def _arrow_text(series: pd.Series) -> pa.Array:
+    """``series`` as one arrow string array: a column pandas holds in several arrow chunks (a Parquet file of
+    several row groups, part files concatenated, a CSV past ~262k rows) comes as a ChunkedArray, which has no
+    ``field`` for ``extract_regex``'s parts (it crashed the loader)."""
+    text = pa.array(series.astype("str"), from_pandas=True)
+    return text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
 
 
 def date_order(series: pd.Series, path: Path, column: str, rows: bool = True) -> DateOrder:
@@ -88,7 +96,7 @@ def date_order(series: pd.Series, path: Path, column: str, rows: bool = True) ->
     numeric = numeric_dates(series)
     if not numeric.any():
         return DateOrder(where)
-    parts = pc.extract_regex(pa.array(series[numeric].astype("str")), _NUMERIC_PARTS)  # C speed, as above
+    parts = pc.extract_regex(_arrow_text(series[numeric]), _NUMERIC_PARTS)  # C speed, as above
     first, second = (parts.field(k).to_numpy(zero_copy_only=False).astype(int) for k in ("first", "second"))
     at = np.flatnonzero(numeric)
     day, month = np.flatnonzero(first > 12), np.flatnonzero(second > 12)

@@ -59,6 +59,19 @@ def test_numeric_dates_are_read_one_way_across_the_market(tmp_path: Path) -> Non
         load_job_market(DataConfig(path=str(root)))
 
 
+def test_numeric_dates_in_a_column_of_several_arrow_chunks(tmp_path: Path) -> None:
+    """A Parquet file of several row groups (as part files concatenated, or a CSV past ~262k rows) gives pandas a
+    column of several arrow chunks: reading its day and month numbers crashed with a bare AttributeError."""
+    root = write_market(tmp_path, users=None, interactions="")
+    (root / "interactions.csv").unlink()
+    pd.DataFrame({"user_id": ["u1"] * 4, "job_id": ["j1", "j2"] * 2,
+                  "timestamp": ["13/03/2024 10:00", "02/03/2024 10:00", "14/03/2024 10:00", "05/03/2024 10:00"]}
+                 ).to_parquet(root / "interactions.parquet", row_group_size=2)
+    market = load_job_market(DataConfig(path=str(root)))
+    assert market.day_first and market.interactions["timestamp"].tolist() == [pd.Timestamp(t).value // 1000 for t in (
+        "2024-03-13T10:00", "2024-03-02T10:00", "2024-03-14T10:00", "2024-03-05T10:00")]
+
+
 def test_numeric_dates_among_iso_ones_are_read_as_all_of_them_prove(tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """An ISO first value used to skip the check: pandas then read 02/01 month-first and 13/01 day-first, and
