@@ -38,7 +38,7 @@ def refuse_nested(series: pd.Series, path: Path, column: str, kind: str = "one v
     nested = _nested_mask(series)
     if nested.any():
         i = first_true(nested)
-        raise cell_error(path, column, i, f"holds a {type(series.iloc[i]).__name__} ({_shown(series.iloc[i])}); "
+        raise cell_error(path, column, i, f"holds a {_kind(series.iloc[i])} ({_shown(series.iloc[i])}); "
                                           f"expected {kind} per row")
 
 
@@ -46,19 +46,24 @@ def list_cells(series: pd.Series, path: Path, column: str) -> pd.Series:
     """A list column's cells as ``;``-separated text (missing stays missing): a list or array cell's items
     joined, JSON array text read as its items; a mapping is refused."""
     nested = _nested_mask(series)
-    if nested.any():
-        series = series.copy()
-        for i in np.flatnonzero(nested):
-            series.iloc[i] = _joined(series.iloc[i], path, column, i)
+    if nested.any():  # one assignment of all the joined cells: a cell at a time took 16 s for 1M rows
+        rows = np.flatnonzero(nested)
+        series = _replaced(series, rows, [_joined(v, path, column, i) for i, v in zip(rows, series.iloc[rows])])
     text = _stripped(series)
     arrays = text.str.startswith("[") & text.str.endswith("]")
     if arrays.any():  # ["python", "sql"]: a JSON export of the same list
-        series = series.astype(object).copy()
-        for i in np.flatnonzero(arrays.to_numpy(bool)):
-            series.iloc[i] = _json_items(text.iloc[i], path, column, i)
+        rows = np.flatnonzero(arrays.to_numpy(bool))
+        series = _replaced(series, rows, [_json_items(t, path, column, i) for i, t in zip(rows, text.iloc[rows])])
         text = _stripped(series)
     _warn_other_separator(text[text != ""], path, column)
     return series
+
+
+def _replaced(series: pd.Series, rows: np.ndarray, values: list[str]) -> pd.Series:
+    """``series`` (a copy, of objects) with ``values`` at positions ``rows``."""
+    out = series.to_numpy(dtype=object, copy=True)
+    out[rows] = values
+    return pd.Series(out, index=series.index, name=series.name)
 
 
 def _stripped(series: pd.Series) -> pd.Series:
@@ -97,6 +102,11 @@ def _json_items(text: str, path: Path, column: str, row: int) -> str:
     except ValueError:
         return text
     return _joined(items, path, column, row) if isinstance(items, list) else text
+
+
+def _kind(value: Any) -> str:
+    """What a nested cell is, as its file wrote it: a Parquet list reads back as a numpy array."""
+    return "mapping" if isinstance(value, dict) else "list"
 
 
 def _shown(value: Any) -> str:

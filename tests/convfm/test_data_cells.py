@@ -35,9 +35,9 @@ def test_parquet_list_cells_are_read_as_their_items(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("table, column, cell, shown", [
-    ("jobs", "title", ["Backend", "Engineer"], r'holds a ndarray \(\["Backend", "Engineer"\]\); expected one value'),
-    ("jobs", "job_id", ["j2", "j9"], r'holds a ndarray \(\["j2", "j9"\]\); expected one value'),
-    ("users", "location", ["Boston", "Denver", "Miami", "Austin"], r'holds a ndarray \(\["Boston", "Denver", "Miami", '
+    ("jobs", "title", ["Backend", "Engineer"], r'holds a list \(\["Backend", "Engineer"\]\); expected one value'),
+    ("jobs", "job_id", ["j2", "j9"], r'holds a list \(\["j2", "j9"\]\); expected one value'),
+    ("users", "location", ["Boston", "Denver", "Miami", "Austin"], r'holds a list \(\["Boston", "Denver", "Miami", '
                                                                    r'\.\.\.\]\)'),
 ])
 def test_a_list_cell_in_a_column_of_one_value_is_refused(tmp_path: Path, table: str, column: str, cell: list,
@@ -57,7 +57,7 @@ def test_an_interaction_cell_holding_a_list_is_refused(tmp_path: Path) -> None:
     (root / "interactions.csv").unlink()
     log = pd.DataFrame({"user_id": ["u1", "u2"], "job_id": pd.Series([None, ["j1", "j2"]], dtype=object)})
     log.to_parquet(root / "interactions.parquet")
-    with pytest.raises(DataValidationError, match=r"interactions.parquet: column 'job_id', row 2: holds a ndarray"):
+    with pytest.raises(DataValidationError, match=r"interactions.parquet: column 'job_id', row 2: holds a list"):
         load_job_market(DataConfig(path=str(root)))
 
 
