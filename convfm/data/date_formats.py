@@ -109,17 +109,18 @@ def date_order(series: pd.Series, path: Path, column: str, rows: bool = True) ->
     return order
 
 
-def decide_day_first(orders: Iterable[DateOrder]) -> bool:
+def decide_day_first(orders: Iterable[DateOrder], warn: bool = True) -> bool:
     """One reading for the numeric dates of a whole market (jobs' dates and the interactions' times): day-first
     when a column proves it and none proves month-first; columns proving both ways are refused, naming one of
-    each. Undecided (no number above 12 anywhere): month-first, pandas' reading, with a warning."""
+    each. Undecided (no number above 12 anywhere): month-first, pandas' reading, with a warning unless not
+    ``warn`` (a frame scored at request time, whose few dates seldom tell: the warning came with every call)."""
     orders = [o for o in orders if o.numeric]
     day = next((o for o in orders if o.day_first), None)
     month = next((o for o in orders if o.month_first), None)
     if day is not None and month is not None:
         raise DataValidationError(f"{_at(day, day.day_first)} is day-first, while {_at(month, month.month_first)} is "
                                   "month-first; write the dates one way in every file (ISO: 2025-01-13)")
-    if orders and day is None and month is None:
+    if warn and orders and day is None and month is None:
         logger.warning("%s: no numeric date has a day above 12, so day and month cannot be told apart: read "
                        "month-first (01/02/2025 is 2 January); write ISO dates (2025-01-02) if they are day-first",
                        "; ".join(o.where for o in orders))

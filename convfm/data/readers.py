@@ -340,7 +340,7 @@ def to_datetimes(series: pd.Series, path: Path, column: str, dayfirst: Optional[
             raise cell_error(path, column, i, f"{series.iloc[i]!r} is out of range: epoch seconds must be in "
                                               f"[0, {_EPOCH_RANGE[1]:.0f}] ({_date_range()})")
         return pd.to_datetime(seconds, unit="s")
-    parsed = _parsed_dates(series, decide_day_first([date_order(series, path, column)]) if dayfirst is None
+    parsed = _parsed_dates(series, decide_day_first([date_order(series, path, column)], warn=False) if dayfirst is None
                            else dayfirst)
     bad = parsed.isna() & series.notna()
     if bad.any():

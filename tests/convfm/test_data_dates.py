@@ -9,6 +9,7 @@ import pytest
 
 from convfm.config import DataConfig
 from convfm.data.loading import load_job_market
+from convfm.data.readers import order_key
 from convfm.errors import DataValidationError
 from tests.convfm.test_data import write_market
 
@@ -87,6 +88,11 @@ def test_numeric_dates_among_iso_ones_are_read_as_all_of_them_prove(tmp_path: Pa
                                                                   interactions=ambiguous))))
     assert market.interactions["timestamp"].tolist()[1] == pd.Timestamp("2024-02-01").value // 1000
     assert "no numeric date has a day above 12" in caplog.text and "interactions.csv: column 'timestamp'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a frame scored at request time: read the same way, without a warning a call
+        assert order_key(pd.Series(["02/01/2024"]), Path("request"), "timestamp")[0] == market.interactions[
+            "timestamp"].tolist()[1]
+    assert "day above 12" not in caplog.text
 
 
 def test_a_few_numbers_outside_epoch_seconds_are_named_when_the_calendar_is_lost(
