@@ -73,10 +73,11 @@ def _typed(batch: pd.DataFrame, config: DataConfig, buckets: int, dayfirst: bool
 
 def _log_dates(files: list[Path], column: str) -> list[DateOrder]:
     """What the log's numeric timestamps (02/01/2025) prove of day-first or month-first, per file, from one pass
-    over its timestamp column (none for Parquet's typed timestamps): with the catalogs' dates, the market is read
-    one way, as in memory. Typed batch by batch, a file whose days are all up to 12 was read month-first."""
-    if all(p.suffix.lower() == ".parquet" and not pa.types.is_string(pq.read_schema(p).field(column).type)
-           for p in files):
+    over its timestamp column (none when every file is Parquet with typed timestamps: dates, date/times or
+    numbers): with the catalogs' dates, the market is read one way, as in memory. Typed batch by batch, a file
+    whose days are all up to 12 was read month-first. Text is any other type: pandas 3 and Polars write
+    ``large_string``, a categorical ``dictionary<string>``, not only ``string``."""
+    if all(p.suffix.lower() == ".parquet" and _typed_time(pq.read_schema(p).field(column).type) for p in files):
         return []
     proofs = read_files(files, [column]).map_batches(
         _date_proofs, batch_format="pandas", batch_size=BATCH_ROWS, fn_kwargs={"column": column}).to_pandas()
@@ -86,6 +87,12 @@ def _log_dates(files: list[Path], column: str) -> list[DateOrder]:
         orders.append(DateOrder(str(where), bool(rows["numeric"].any()), *((None, v) if v else None
                                                                            for v in (day, month))))
     return orders
+
+
+def _typed_time(kind: pa.DataType) -> bool:
+    """A Parquet timestamp column whose values are no text: nothing in it is a numeric date (02/01/2025)."""
+    return any(test(kind) for test in (pa.types.is_timestamp, pa.types.is_date, pa.types.is_integer,
+                                       pa.types.is_floating))
 
 
 def _date_proofs(batch: pd.DataFrame, column: str) -> pd.DataFrame:

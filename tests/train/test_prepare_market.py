@@ -214,6 +214,32 @@ def test_the_logs_numeric_dates_are_read_from_every_part_file(ray_local, tmp_pat
     assert orders["part-1.csv"].numeric and not orders["part-1.csv"].day_first
 
 
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("kind", ["large_string", "dictionary"])
+def test_a_parquet_log_of_date_text_in_any_string_type_is_read_as_its_dates_prove(ray_local, tmp_path, kind):
+    """pandas 3 and Polars write text as large_string, a categorical as dictionary<string>: the pass over the log's
+    dates took only ``string`` for text, so 08/03/2024 beside 25/03/2024 was read 3 August on the cluster. Typed
+    timestamps still need no pass."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from convfm.data.date_formats import decide_day_first
+    from train.prepare_distributed import read_files
+    from train.prepare_market import _log_dates, _typed
+
+    text = pa.array(["08/03/2024 10:00", "25/03/2024 10:00"])
+    column = text.dictionary_encode() if kind == "dictionary" else text.cast(getattr(pa, kind)())
+    path = tmp_path / "interactions.parquet"
+    pq.write_table(pa.table({"user_id": ["u1", "u2"], "job_id": ["j1", "j2"], "timestamp": column}), path)
+    dayfirst = decide_day_first(_log_dates([path], "timestamp"))
+    batch = read_files([path], ["user_id", "job_id", "timestamp"]).to_pandas()
+    typed = _typed(batch, DataConfig(path=str(tmp_path)), 64, dayfirst)
+    assert dayfirst and pd.to_datetime(typed["timestamp"], unit="us").tolist() == [
+        pd.Timestamp("2024-03-08 10:00"), pd.Timestamp("2024-03-25 10:00")]
+    pq.write_table(pa.table({"timestamp": pa.array([pd.Timestamp("2024-03-08")], pa.timestamp("us"))}), path)
+    assert _log_dates([path], "timestamp") == []
+
+
 def test_gzip_compressed_part_files_are_read_on_the_cluster(ray_local, tmp_path):
     """A folder of .csv.gz parts is a log of part files, its header checked and its rows read by Ray Data."""
     import gzip
