@@ -70,7 +70,9 @@ def load_job_market(config: DataConfig, interactions: bool = True, log_dates: It
     No event column: every row is ``config.default_event``; no timestamp column: row order is time order (and
     the market has no calendar). ``config.events`` (an event log) adds its events after the file's rows.
     Interactions naming jobs (or users) absent from their table are kept, with a warning; when not one names a
-    job of the jobs table (or a user of the users table), the ids are written two ways and loading stops.
+    job of the jobs table, the ids are written two ways and loading stops. When not one names a user of the users
+    table, loading stops only if some ids are the same written another way (``_id_keys``); else a users file of
+    new sign-ups' profiles is read, with a warning that every user feature is unknown.
     """
     root = Path(config.path)
     if not root.is_dir():
@@ -125,18 +127,47 @@ def load_job_market(config: DataConfig, interactions: bool = True, log_dates: It
                        "plain numbers" if timed else "no timestamp column")
     for name, key in (("jobs", "job_id"), ("users", "user_id")):
         unknown = _index_in(interactions[key], tables[name][key]) < 0 if name in tables else None
-        # not one id known: written two ways (an event log's new users may all be absent from the users file)
-        if unknown is not None and len(unknown) and unknown.all() and (key == "job_id" or not config.events):
+        none_known = unknown is not None and len(unknown) > 0 and unknown.all()
+        # a users file may profile new sign-ups only (none in the log yet): refused only when the ids are the same
+        # ones written another way; an event log's new users may all be absent from the users file
+        pair = (interactions[key].iloc[0], tables[name][key].iloc[0]) if key == "job_id" else (
+            _same_ids_written_apart(interactions[key], tables[name][key]) if none_known and not config.events
+            else None)
+        if none_known and pair is not None:
             raise DataValidationError(
                 f"{source['interactions']}: column {key!r}: no interaction names a {key} of {source[name]} (e.g. "
-                f"{interactions[key].iloc[0]!r} there, {tables[name][key].iloc[0]!r} in {source[name]}); the ids "
-                "must be written the same way in both files (leading zeros, prefixes)")
-        if unknown is not None and unknown.any():
+                f"{pair[0]!r} there, {pair[1]!r} in {source[name]}); the ids must be written the same way in both "
+                "files (leading zeros, prefixes)")
+        if none_known and key == "user_id":
+            logger.warning("%s: not one user of the log has a profile in %s (e.g. %r there, %r in %s), so every "
+                           "user feature is unknown; fine if that file profiles only users with no interactions "
+                           "yet", source["interactions"], source[name], interactions[key].iloc[0],
+                           tables[name][key].iloc[0], source[name])
+        elif unknown is not None and unknown.any():
             logger.warning("%s: %d interaction(s) name %s(s) absent from %s (e.g. %s); their features will be "
                            "unknown", source["interactions"], int(unknown.sum()), key, source[name],
                            pd.unique(interactions[key][unknown])[:3].tolist())
     return JobMarket(jobs=tables["jobs"], users=tables.get("users"), interactions=interactions, source=source,
                      calendar=calendar, live_catalog=live, day_first=dayfirst)
+
+
+def _id_keys(ids: pd.Series) -> pd.Series:
+    """Ids as they read written another way: case-folded, spaces, '_' and '-' dropped, each run of digits read as
+    a number (``U-000121`` and ``u121`` alike)."""
+    text = ids.astype("str").str.casefold().str.replace(r"[\s_-]+", "", regex=True)
+    return text.str.replace(r"(?<!\d)0+(?=\d)", "", regex=True)
+
+
+def _same_ids_written_apart(ids: pd.Series, known: pd.Series) -> Optional[tuple[str, str]]:
+    """An id of ``ids`` and one of ``known`` that are equal apart from how they are written (``_id_keys``), or
+    None: ids that are not the same ones written two ways."""
+    ids, known = pd.Series(pd.unique(ids), dtype="str"), pd.Series(pd.unique(known), dtype="str")
+    keys, known_keys = _id_keys(ids), _id_keys(known)
+    hit = keys.isin(known_keys).to_numpy()
+    if not hit.any():
+        return None
+    i = first_true(hit)
+    return ids.iloc[i], known.iloc[first_true((known_keys == keys.iloc[i]).to_numpy())]
 
 
 def require_extra_columns(market: JobMarket, columns: Mapping[str, Mapping[str, str]], whose: str) -> None:

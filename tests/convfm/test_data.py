@@ -275,14 +275,27 @@ def test_job_ids_written_two_ways_are_refused(tmp_path: Path) -> None:
 
 
 def test_user_ids_written_two_ways_are_refused(tmp_path: Path) -> None:
-    """As for jobs: not one interaction's user in users.csv (``0`` against ``u000000``) left every user feature
-    unknown with a warning only."""
-    users = "user_id,skills\n0,python\n1,sql\n"
+    """As for jobs: not one interaction's user in users.csv, the same ids written another way (``U-002`` against
+    ``u2``), left every user feature unknown with a warning only."""
+    users = "user_id,skills\nU-002,python\nU_0003,sql\n"
     root = write_market(tmp_path, users=users)
     with pytest.raises(DataValidationError, match=r"interactions.csv: column 'user_id': no interaction names a "
-                                                  r"user_id of .*users.csv \(e.g. 'u1' there, '0' in .*users.csv\); "
-                                                  r"the ids must be written the same way"):
+                                                  r"user_id of .*users.csv \(e.g. 'u2' there, 'U-002' in "
+                                                  r".*users.csv\); the ids must be written the same way"):
         load_job_market(DataConfig(path=str(root)))
+
+
+@pytest.mark.parametrize("ids", ["n00000\nn00001", "zzz"])
+def test_a_users_file_of_new_sign_ups_only_loads_with_a_warning(tmp_path: Path, ids: str,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A users file profiling users with no interactions yet (cold-start profiles) holds none of the log's users,
+    yet its ids are not the log's written another way: it loads, saying every user feature is unknown."""
+    users = "user_id,skills\n" + "".join(f"{i},python\n" for i in ids.split("\n"))
+    with caplog.at_level(logging.WARNING):
+        market = load_job_market(DataConfig(path=str(write_market(tmp_path, users=users))))
+    assert market.users["user_id"].tolist() == ids.split("\n") and len(market.interactions) == 6
+    assert ("not one user of the log has a profile in" in caplog.text and "users.csv (e.g. 'u1' there" in caplog.text
+            and "so every user feature is unknown" in caplog.text)
 
 
 def test_loaded_market_types(tmp_path: Path) -> None:
