@@ -98,7 +98,8 @@ def load_job_market(config: DataConfig, interactions: bool = True, log_dates: It
             others = sorted(p.name[:-len(file_suffix(p))] for p in root.iterdir() if file_suffix(p) in READ_SUFFIXES)
             raise DataValidationError(f"{root / name}: file not found (tried .csv, .tsv and .parquet); "
                                       f"data.{schema.name}_file names another file of {root} (there: {others})")
-        read.append(read_schema_table(root / name, schema, config.columns.get(schema.name, {})))
+        read.append(read_schema_table(root / name, schema, config.columns.get(schema.name, {}),
+                                      config.extra_columns.get(schema.name, {})))
     dayfirst = decide_day_first([*(o for table in read for o in table.date_orders()), *log_dates])  # one for all
     for table in read:
         frame, path, dated = type_schema_table(table, config.extra_columns.get(table.schema.name, {}),

@@ -130,19 +130,25 @@ def _refuse_repeated(path: Path, names: list[str]) -> None:
         raise DataValidationError(f"{path}: column name(s) {repeated} appear more than once in the header")
 
 
-def resolve_columns(path: Path, columns: Iterable[str], wanted: Mapping[str, str]) -> dict[str, str]:
+def resolve_columns(path: Path, columns: Iterable[str], wanted: Mapping[str, str], extra: Iterable[str] = ()
+                    ) -> dict[str, str]:
     """canonical -> the file's column for it: the name ``wanted`` gives, else the one header equal to it apart
-    from case (``Event``, ``Job_ID``: an export's spelling that, ignored, made every row a positive). A file
-    holding two spellings of one name is refused, naming both."""
+    from case (``Event``, ``Job_ID``: an export's spelling that, ignored, made every row a positive). The exact
+    name wins over other spellings (``title`` beside a display copy ``Title``, left to the extra-column warning);
+    a column declared in ``extra`` (``DataConfig.extra_columns`` of the table) is never taken as a canonical one.
+    A file holding two spellings of one name, neither exact, is refused, naming both."""
+    declared = {str(c) for c in extra}
     spellings: dict[str, list[str]] = {}
     for column in columns:
-        spellings.setdefault(str(column).strip().casefold(), []).append(str(column))
+        if str(column).strip() not in declared:
+            spellings.setdefault(str(column).strip().casefold(), []).append(str(column))
     out = {}
     for canonical, name in wanted.items():
         found = spellings.get(name.casefold(), [])
-        if len(found) > 1:
+        exact = [c for c in found if c.strip() == name]
+        if len(found) > 1 and not exact:
             raise DataValidationError(f"{path}: columns {found} are one name apart from case ({name!r}); keep one")
-        out[canonical] = found[0] if found else name
+        out[canonical] = (exact or found or [name])[0]
     return out
 
 

@@ -39,15 +39,16 @@ class TableRead:
                 self.schema.of_kind(DATETIME) if self.source[c] in self.frame.columns]
 
 
-def read_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, str]) -> TableRead:
-    """Read one table and find its canonical columns (``DataConfig.columns``, case aside); a required or mapped
-    column must be there."""
+def read_schema_table(path: Path, schema: TableSchema, mapping: Mapping[str, str], extra: Mapping[str, str] = {}
+                      ) -> TableRead:
+    """Read one table and find its canonical columns (``DataConfig.columns``, case aside; never a column ``extra``,
+    its ``DataConfig.extra_columns``, declares); a required or mapped column must be there."""
     unknown = sorted(set(mapping) - set(schema.names))
     if unknown:
         raise ConfigError(f"columns.{schema.name}: unknown canonical column(s) {unknown}; "
                           f"allowed: {list(schema.names)}")
     frame, path = read_located(path)
-    source = resolve_columns(path, frame.columns, {c: str(mapping.get(c, c)) for c in schema.names})
+    source = resolve_columns(path, frame.columns, {c: str(mapping.get(c, c)) for c in schema.names}, extra)
     for name in schema.names:  # a required column, or one the mapping names explicitly, must exist
         if source[name] not in frame.columns and (name in schema.required or name in mapping):
             mapped = f" (canonical {name!r})" if source[name] != name else ""

@@ -10,6 +10,7 @@ import pytest
 
 from convfm.config import DataConfig
 from convfm.data.loading import load_job_market
+from convfm.data.market_parts import check_interaction_schemas, file_columns, log_columns
 from convfm.errors import DataValidationError
 from tests.convfm.test_data import INTERACTIONS, JOBS, write_market
 
@@ -37,10 +38,40 @@ def test_a_canonical_column_in_another_case_is_read_as_that_column(tmp_path: Pat
 def test_a_binary_label_in_another_case_and_two_spellings_of_one_column(tmp_path: Path) -> None:
     root = write_market(tmp_path / "l", interactions="user_id,job_id,Label\nu1,j1,1\nu2,j2,0\n")
     assert load_job_market(DataConfig(path=str(root))).interactions["event"].tolist() == ["apply", "view"]
-    both = write_market(tmp_path / "b", interactions="user_id,job_id,event,Event\nu1,j1,view,apply\n")
-    with pytest.raises(DataValidationError, match=r"interactions.csv: columns \['event', 'Event'\] are one name apart "
+    both = write_market(tmp_path / "b", interactions="user_id,job_id,Event,EVENT\nu1,j1,view,apply\n")
+    with pytest.raises(DataValidationError, match=r"interactions.csv: columns \['Event', 'EVENT'\] are one name apart "
                                                   r"from case \('event'\); keep one"):
         load_job_market(DataConfig(path=str(both)))
+
+
+def test_the_exact_name_wins_over_another_spelling(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A jobs file with ``title`` and a display copy ``Title`` loaded before case-folding (``Title`` ignored); it
+    was then refused as two spellings. The exact name is read, the other left to the extra-column warning, on
+    both preparation paths' header checks."""
+    jobs = "job_id,title,Title\nj1,Backend Engineer,BACKEND\nj2,Nurse,NURSE\nj3,Data Scientist,DS\n"
+    jobs += "j4,Cook,COOK\nj5,Designer,DESIGNER\n"
+    root = write_market(tmp_path / "t", jobs=jobs)
+    with caplog.at_level("WARNING"):
+        market = load_job_market(DataConfig(path=str(root)))
+    assert market.jobs["title"].tolist()[:2] == ["Backend Engineer", "Nurse"]
+    assert "ignoring extra column(s) ['Title']" in caplog.text
+    log = write_market(tmp_path / "l", interactions="user_id,job_id,event,Event,timestamp\n"
+                       "u1,j1,view,apply,2024-05-01\nu2,j2,save,view,2024-05-02\n")
+    assert load_job_market(DataConfig(path=str(log))).interactions["event"].tolist() == ["view", "save"]
+    files = [log / "interactions.csv"]
+    assert check_interaction_schemas(files, DataConfig(path=str(log))) == ["user_id", "job_id", "event", "timestamp"]
+    assert log_columns(DataConfig(path=str(log)), file_columns(files[0]), files[0])["event"] == "event"
+
+
+def test_a_column_declared_extra_is_not_read_as_a_canonical_one(tmp_path: Path) -> None:
+    """``extra_columns: {jobs: {Company: category}}`` (how a capitalised header was made a feature before
+    case-folding) made ``Company`` both the canonical ``company`` and the extra column: one column, two features."""
+    lines = JOBS.replace("job_id,title,", "job_id,Company,title,").splitlines()
+    jobs = "\n".join([lines[0]] + [line.replace(",", ",Acme,", 1) for line in lines[1:]]) + "\n"
+    root = write_market(tmp_path, jobs=jobs)
+    config = DataConfig(path=str(root), extra_columns={"jobs": {"Company": "category"}})
+    jobs_read = load_job_market(config).jobs
+    assert "company" not in jobs_read.columns and jobs_read["Company"].tolist() == ["Acme"] * 5
 
 
 def test_gzip_compressed_text_is_read_and_other_formats_are_named(tmp_path: Path) -> None:
