@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 from convfm.config import DataConfig
 from convfm.data.loading import JobMarket, build_examples, set_events
 from convfm.data.readers import (
-    cell_error, epoch_dates, first_true, header_names, id_strings, is_calendar, is_text, order_key, part_files,
-    read_located, resolve_columns, resolve_path,
+    GZIP_SUFFIXES, cell_error, epoch_dates, file_suffix, first_true, header_names, id_strings, is_calendar, is_text,
+    order_key, part_files, read_located, resolve_columns, resolve_path,
 )
 from convfm.data.splitting import TRAIN_ONLY, per_user_parts, with_train_only
 from convfm.errors import ConfigError, DataValidationError
@@ -70,13 +70,27 @@ def interaction_files(config: DataConfig) -> list[Path]:
 
 
 def log_rows(path: Path) -> int:
-    """A log file's rows: from the Parquet footer, or estimated from a CSV's size."""
+    """A log file's rows: from the Parquet footer, or estimated from a CSV's size (a gzip file's uncompressed
+    size: its compressed one gave 4-10 times too few rows)."""
     if path.suffix.lower() == ".parquet":
         try:
             return int(pq.ParquetFile(path).metadata.num_rows)
         except (OSError, pa.ArrowInvalid) as exc:
             raise DataValidationError(f"{path}: cannot read parquet metadata ({exc})") from None
-    return path.stat().st_size // CSV_BYTES_PER_ROW
+    size = path.stat().st_size
+    if file_suffix(path) in GZIP_SUFFIXES:
+        with path.open("rb") as handle:
+            handle.seek(max(size - 4, 0))
+            size = gzip_size(int.from_bytes(handle.read(4), "little"), size)
+    return size // CSV_BYTES_PER_ROW
+
+
+def gzip_size(isize: int, compressed: int) -> int:
+    """A gzip file's uncompressed size from its trailer's ISIZE (the size mod 2**32): the first such size not
+    below the ``compressed`` one (text does not compress to more than it was)."""
+    while isize < compressed:
+        isize += 1 << 32
+    return isize
 
 
 def bucket_count(files: Iterable[Path]) -> int:

@@ -229,6 +229,23 @@ def test_the_bucket_count_follows_the_logs_size_alone(tmp_path, monkeypatch):
     assert market_parts.bucket_count(files) == 64 * 8  # 512 * 5 = 2,560 >= 1,300 > 256 * 5
 
 
+def test_a_gzip_logs_rows_are_estimated_from_its_uncompressed_size(tmp_path):
+    """A .csv.gz log's rows were estimated from its compressed size (4-10 times too few: the auto path kept too
+    large a log in memory, with too few buckets); its gzip trailer gives the size it holds."""
+    import gzip
+
+    from convfm.data import market_parts
+
+    text = "".join(f"u{i:06d},j{i % 97:06d},apply,2024-01-{1 + i % 28:02d}T10:00:00\n" for i in range(5000))
+    (tmp_path / "log.csv").write_text(text)
+    (tmp_path / "log.csv.gz").write_bytes(gzip.compress(text.encode()))
+    plain = market_parts.log_rows(tmp_path / "log.csv")
+    assert plain == len(text) // market_parts.CSV_BYTES_PER_ROW
+    assert market_parts.log_rows(tmp_path / "log.csv.gz") == plain
+    # ISIZE is the size mod 2**32: 100 in a 5 GiB file means 8 GiB + 100 (4 GiB + 100 is less than the file)
+    assert market_parts.gzip_size(100, 20) == 100 and market_parts.gzip_size(100, 5 << 30) == (2 << 32) + 100
+
+
 def test_a_canonical_column_in_another_case_is_read_as_the_in_memory_loader_reads_it(tmp_path):
     """``Event``/``Timestamp`` are the event and the time on the cluster too (ignored, every row was an apply);
     files must spell the header one way, as Ray Data reads one list of columns."""
