@@ -28,6 +28,7 @@ from convfm.data.prepare import PreparedData, prepare_data
 from convfm.training.in_process import check_initial_weights, check_resumable_metric
 from convfm.training.warm_start import load_warm_start, warm_configs, warm_model
 from convfm.store.storage import StagedDir
+from convfm.store.artifacts import MANIFEST
 from convfm.data.partitioned import check_schemas, choose_preparation, split_files
 from convfm.data.splitting import describe_periods
 from convfm.features.extra_fields import describe_summary
@@ -123,6 +124,8 @@ def run_training(
             check_market(data_config)  # before Ray starts
         else:
             check_schemas(split_files(data_config), data_config)
+    if not resume:
+        _check_new_run_dir(out_dir)
     with StagedDir(out_dir) as out:  # a URI run directory: written here, uploaded as it goes
         run = _run_identity(out, resume, data_config, model_config, storage_path)
         base = None if warm is None else warm.loaded.extractor
@@ -224,6 +227,20 @@ def loop_config(data: PreparedData | DistributedData, model_config: ModelConfig,
         "eval_bundle": [ray.put(data.for_split("valid"))],
         **dict(options or {}),
     }
+
+
+def _check_new_run_dir(out_dir: str | Path) -> None:
+    """A new run's directory is neither a file nor a model directory or inside one: a run written into a
+    published version (``--out models/NAME/v0001``) made the model unloadable (``best/`` is no file of its
+    manifest)."""
+    target = str(out_dir)
+    if not storage.is_uri(target) and Path(target).expanduser().is_file():
+        raise ConfigError(f"--out {out_dir}: a file, not a directory; choose another --out")
+    for where in (target, storage.parent(target)):
+        if storage.exists(storage.join(where, MANIFEST)):
+            inside = "" if where == target else f"inside the model directory {where}: "
+            raise ConfigError(f"--out {out_dir}: {inside or 'a model directory: '}a run written there would make the "
+                              "model unloadable (it holds only its manifest's files); choose another --out")
 
 
 def _run_identity(out: StagedDir, resume: bool, data_config: DataConfig, model_config: ModelConfig,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from convfm.cli.common import data_config
 from convfm.config import DataConfig
@@ -45,13 +46,31 @@ def run(args: argparse.Namespace) -> int:
         return _stats(args)
     if args.parts is not None and not 1 <= args.parts <= 10_000:
         raise ConfigError(f"--parts: must be in [1, 10000], got {args.parts}")
+    _check_new_market_dir(Path(args.out))
     start = time.perf_counter()
     market = generate_market(users=args.users, jobs=args.jobs, interactions=args.interactions, seed=args.seed)
+    if args.parts is not None and args.parts > len(market.interactions):  # empty parts: refused by the reader
+        raise ConfigError(f"--parts: {args.parts} parts of {len(market.interactions)} interactions would leave "
+                          "some empty; give at most as many parts as interactions")
     write_market(market, args.out, fmt=args.format, parts=args.parts)
     print(f"wrote {args.users} users, {args.jobs} jobs, {len(market.interactions)} interactions to {args.out} "
           f"in {time.perf_counter() - start:.1f}s\n")
     print(format_stats(market.meta["stats"]))
     return 0
+
+
+MARKET_FILES = ("jobs", "users", "interactions", "truth", "oracle", "meta")  # what write_market writes, by stem
+
+
+def _check_new_market_dir(out: Path) -> None:
+    """``--out`` holds no market already: one written over it was replaced without a word (models trained on it
+    no longer matched their data), and in another format mixed with it (the old CSVs read, the new truth)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file, not a directory")
+    there = sorted(p.name for p in out.iterdir() if p.name.split(".")[0] in MARKET_FILES) if out.is_dir() else []
+    if there:
+        raise ConfigError(f"--out {out}: already holds a market ({', '.join(there[:4])}); choose another --out, or "
+                          "remove those files to replace it")
 
 
 def _stats(args: argparse.Namespace) -> int:

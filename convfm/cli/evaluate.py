@@ -7,7 +7,7 @@ from pathlib import Path
 from convfm.store.artifacts import load_model_dir
 from convfm.cli.common import add_data_arguments, load_table_spec
 from convfm.config import EVAL_PROTOCOLS, DataConfig, TrainConfig
-from convfm.errors import ArtifactError
+from convfm.errors import ArtifactError, ConfigError
 from convfm.evaluation.report import evaluate_split, format_report
 from convfm.jsonfile import write_json_atomic
 
@@ -44,20 +44,33 @@ def saved_data_config(model_dir: Path, args: argparse.Namespace) -> DataConfig:
     return config
 
 
+def _check_report_path(out: Path, model_dir: Path) -> None:
+    """The report's path is a file outside the model directory, which holds exactly its manifest's files (a
+    report written in it made every later load refuse the model)."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: a directory; give the report's file path")
+    if out.expanduser().resolve().is_relative_to(model_dir.expanduser().resolve()):
+        raise ConfigError(f"--out {out}: inside the model directory {model_dir}, which must hold only its own files; "
+                          "write the report beside it")
+
+
 def run(args: argparse.Namespace) -> int:
     if not exists(args.model):  # the error a mistyped --model has always given
         raise ArtifactError(f"{args.model}: model directory not found")
+    if args.negatives is not None and args.negatives < 1:
+        raise ConfigError(f"--negatives: must be at least 1, got {args.negatives}")
     model_dir = resolve(args.model)  # entry -> latest, version, model dir; a URI is downloaded to the cache
+    out = Path(args.out) if args.out else model_dir.with_name(f"{model_dir.name}.eval_{args.split}.json")
+    _check_report_path(out, model_dir)  # before the evaluation, not after it
     loaded = load_model_dir(model_dir)
     train_config = TrainConfig.from_dict(loaded.extra.get("train_config", {}))
     data = prepare_data(saved_data_config(model_dir, args), extractor=loaded.extractor)
     report = evaluate_split(
         loaded.model, data, args.split,
-        negatives=args.negatives or train_config.eval_negatives, k=train_config.ranking_k, seed=train_config.seed,
+        negatives=args.negatives if args.negatives is not None else train_config.eval_negatives,
+        k=train_config.ranking_k, seed=train_config.seed,
         protocol=args.protocol or train_config.eval_protocol, max_events=args.max_events,
     )
-    # a model directory holds exactly its manifest's files (anything else is refused on load): never write in it
-    out = Path(args.out) if args.out else model_dir.with_name(f"{model_dir.name}.eval_{args.split}.json")
     write_json_atomic(out, report)
     print(format_report(report))
     print(f"report written to {out}")

@@ -46,6 +46,11 @@ def test_data_synth_writes_a_market(tmp_path, capsys):
                                         "{jobs: {job_id: JobID}, interactions: {job_id: JobID}}\n")
     assert main(["data", "stats", "--config", str(tmp_path / "real.yaml")]) == 0
     assert capsys.readouterr().out.strip() == out.split("\n\n", 1)[1].strip()
+    again = ["data", "synth", "--users", "50", "--jobs", "200", "--interactions", "500"]
+    assert main([*again, "--out", str(tmp_path), "--format", "parquet"]) == 2  # replaced it, or mixed the two
+    assert "already holds a market (interactions.csv, jobs.csv, meta.json, oracle.npz)" in capsys.readouterr().err
+    assert main([*again, "--out", str(tmp_path / "parts"), "--parts", "600"]) == 2  # empty parts, refused on read
+    assert re.search(r"--parts: 600 parts of 4\d\d interactions would leave some empty", capsys.readouterr().err)
 
 
 def test_errors_are_one_line_without_traceback(tmp_path):
@@ -122,6 +127,14 @@ def test_evaluate_writes_its_report_beside_the_published_version_not_into_it(tin
     load_model_dir(version)  # still exactly what was published
     report = tmp_path / "models" / "jobs" / "v0001.eval_test.json"
     assert report.is_file() and f"report written to {report}" in capsys.readouterr().out
+    for argv, message in [  # refused before the evaluation runs: a report in the model, a directory, no negatives
+        (["--out", str(version / "x.json")], f"--out {version / 'x.json'}: inside the model directory {version}"),
+        (["--out", str(tmp_path)], f"--out {tmp_path}: a directory; give the report's file path"),  # was a traceback
+        (["--protocol", "sampled", "--negatives", "0"], "--negatives: must be at least 1, got 0"),  # read as 99
+    ]:
+        assert main(["evaluate", "--model", str(version), *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in version.iterdir()) == before
 
 
 def test_bad_data_found_in_a_ray_task_is_answered_as_in_the_driver():

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 SCRIPT = textwrap.dedent("""
-    import contextlib, io, json, sys
+    import contextlib, io, json, os, sys
     import ray
     from convfm.cli.main import main
     from convfm.errors import ConfigError
@@ -24,8 +24,15 @@ SCRIPT = textwrap.dedent("""
     open(bad_yaml, "w").write("train:\\n  num_workers: 1\\n  learning_rat: 0.01\\n")
     negative_yaml = tmp + "/negative.yaml"
     open(negative_yaml, "w").write("train:\\n  learning_rate: -0.1\\n")
+    model_dir = tmp + "/model"  # a published model's directory: a run written in it made it unloadable
+    os.makedirs(model_dir)
+    open(model_dir + "/manifest.json", "w").write("{}")
+    open(tmp + "/afile", "w").write("x")
     results = {}
     for name, argv in {
+        "into_model": ["train", "--data", market, "--out", model_dir],
+        "inside_model": ["train", "--data", market, "--out", model_dir + "/run"],
+        "out_file": ["train", "--data", market, "--out", tmp + "/afile"],
         "zero_workers": ["train", "--data", market, "--workers", "0", "--out", tmp + "/a"],
         "negative_lr": ["train", "--config", negative_yaml, "--data", market, "--out", tmp + "/b"],
         "unknown_field": ["train", "--config", bad_yaml, "--data", market, "--out", tmp + "/c"],
@@ -54,6 +61,9 @@ def test_bad_configs_fail_before_ray_starts_naming_the_field(market_dir, tmp_pat
         "negative_lr": "learning_rate: must be a number in (0, 1], got -0.1",
         "unknown_field": "unknown key(s) ['learning_rat'] for TrainConfig",
         "api_zero_workers": "num_workers: must be an integer in [1, 1024], got 0",
+        "into_model": "/model: a model directory: a run written there would make the model unloadable",
+        "inside_model": "/model/run: inside the model directory",
+        "out_file": "/afile: a file, not a directory; choose another --out",  # a FileExistsError traceback
     }
     for name, fragment in expected.items():
         assert results[name]["code"] == 2 and fragment in results[name]["message"], results[name]
