@@ -103,14 +103,75 @@ def _parse(path: Path) -> tuple[Optional[yaml.Node], Any]:
         raise ConfigError(f"{path}: is a directory, not a config file") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
-    loader = yaml.SafeLoader(text)
+    except OSError as exc:  # permissions, a dangling mount...: one line, not a traceback
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    loader = _Loader(text)
     try:
         root = loader.get_single_node()
         return root, (loader.construct_document(root) if root is not None else None) or {}
+    except _NodeError as exc:
+        keys = _key_path(root, exc.node) or []
+        section = f" [{keys.pop(0)}]" if len(keys) > 1 else ""
+        key = f" {'.'.join(keys)}:" if keys else ""
+        raise ConfigError(f"{path}{section} line {exc.node.start_mark.line + 1}:{key} {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {_problem(exc)}") from None
     finally:
         loader.dispose()
+
+
+class _NodeError(yaml.constructor.ConstructorError):
+    """A value YAML parsed but cannot build, with its node, so the message can name the key it belongs to."""
+
+    def __init__(self, node: yaml.Node, problem: str) -> None:
+        super().__init__(None, None, problem, node.start_mark)
+        self.node = node
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (YAML would keep the last one silently, and
+    errors would name the first one's line) and turns an impossible date into an error naming its key."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[str, int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key.start_mark.line + 1
+            if key.value in seen:
+                raise _NodeError(key, f"key written twice, at lines {seen[key.value]} and {line} (YAML would keep "
+                                      f"only the last): keep one")
+            seen[key.value] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as exc:  # 2024-13-45 has the shape of a date, so PyYAML builds one and fails
+            raise _NodeError(node, f"not a valid date: {node.value} ({exc})") from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+
+
+def _key_path(node: Optional[yaml.Node], target: yaml.Node, keys: tuple[str, ...] = ()) -> Optional[list[str]]:
+    """The keys leading to ``target`` (a key or a value node) in the tree under ``node``; None when absent."""
+    if node is target:
+        return list(keys)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = keys + (str(key.value),) if isinstance(key, yaml.ScalarNode) else keys
+            if key is target:
+                return list(path)
+            found = _key_path(value, target, path)
+            if found is not None:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found = _key_path(item, target, keys)
+            if found is not None:
+                return found
+    return None
 
 
 def _problem(exc: yaml.YAMLError) -> str:

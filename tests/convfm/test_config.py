@@ -139,3 +139,41 @@ def test_global_time_dates_from_yaml_are_canonical_iso_strings(tmp_path):
     data.save_json(tmp_path / "d.json")
     assert DataConfig.load_json(tmp_path / "d.json") == data
     assert DataConfig().negative_sampling == "live" and DataConfig().split == "time"
+
+
+def test_an_impossible_yaml_date_names_file_section_line_and_key(tmp_path):
+    """2024-13-45 has a date's shape, so PyYAML builds a date and its ValueError escaped as a traceback."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  split: global_time\n  valid_start: 2024-13-45\n")
+    with pytest.raises(ConfigError, match=r"^\S*c\.yaml \[data\] line 3: valid_start: not a valid date: 2024-13-45 "
+                                          r"\(month must be in 1\.\.12\)$"):
+        load_yaml_config(path, "data", DataConfig)
+
+
+def test_an_unreadable_config_file_is_one_line(tmp_path, monkeypatch):
+    """Root reads any file, so the PermissionError is made by hand."""
+    import pathlib
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {}\n")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "read_text", refuse)
+    with pytest.raises(ConfigError, match=r"c\.yaml: cannot read config file: Permission denied$"):
+        load_yaml_config(path, "train", TrainConfig)
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
+    """YAML keeps the last one silently, and a later error named the first one's line."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rate: 0.01\n  batch_size: 64\n  learning_rate: -1\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml \[train\] line 4: learning_rate: key written twice, at lines 2 "
+                                          r"and 4 \(YAML would keep only the last\): keep one$"):
+        load_yaml_config(path, "train", TrainConfig)
+    path.write_text("serve: {}\nserve: {}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml line 2: serve: key written twice, at lines 1 and 2"):
+        load_yaml_config(path, "train", TrainConfig)
+    path.write_text("base: &b {num_epochs: 2}\ntrain:\n  <<: *b\n  num_epochs: 3\n")  # a merge key may be overridden
+    assert load_yaml_config(path, "train", TrainConfig).num_epochs == 3
