@@ -202,7 +202,7 @@ class DataConfig(BaseConfig):
             check_number(self.job_lifetime_days, "job_lifetime_days", 0, 3650, low_open=True)
         for name in ("valid_fraction", "test_fraction"):
             check_number(getattr(self, name), name, 0, 0.5, high_open=True)
-        check_int(self.seed, "seed")
+        check_int(self.seed, "seed", 0)  # numpy's generators refuse a negative seed (after Ray started)
         for name in ("categorical", "multi_valued", "numeric"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.kind == "table":
@@ -266,6 +266,12 @@ PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 EVAL_PROTOCOLS = ("live", "sampled")  # ranking protocols of convfm.evaluation.report
 # validation metric early stopping follows -> its direction; a run's history records it as val_<metric>
 EARLY_STOPPING_METRICS = {"roc_auc": "max", "log_loss": "min"}
+# what every epoch reports of the model on the validation split (convfm.training.in_process.epoch_record), as
+# val_<name>, that a search may rank trials on -> its direction; kind jobs adds the ranking metrics val_mrr and
+# val_<name>@<ranking_k> of RANKING_AT_K
+VALIDATION_METRICS = {"loss": "min", "log_loss": "min", "roc_auc": "max", "accuracy": "max", "precision": "max",
+                      "recall": "max", "f1": "max", "mrr": "max"}
+RANKING_AT_K = ("hr", "ndcg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,7 +331,7 @@ class TrainConfig(BaseConfig):
         check_choice(self.early_stopping_metric, "early_stopping_metric", tuple(EARLY_STOPPING_METRICS))
         check_number(self.min_delta, "min_delta", 0, 1)
         check_choice(self.lr_schedule, "lr_schedule", ("none", "cosine", "plateau"))
-        check_int(self.seed, "seed")
+        check_int(self.seed, "seed", 0)
         check_int(self.num_workers, "num_workers", 1, 1024)
         check_number(self.cpus_per_worker, "cpus_per_worker", 0, 1024, low_open=True)
         check_choice(self.placement_strategy, "placement_strategy", PLACEMENT_STRATEGIES)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
-from convfm.config import BaseConfig, ModelConfig, TrainConfig
+from convfm.config import RANKING_AT_K, VALIDATION_METRICS, BaseConfig, ModelConfig, TrainConfig
 from convfm.errors import ConfigError
 from convfm.validate import check_bool, check_choice, check_int, check_number, check_text, require
 from train.checks import check_sparse_gradients
@@ -50,14 +50,17 @@ class TuneConfig(BaseConfig):
         check_int(self.max_t, "max_t", 1, 10_000)
         check_int(self.grace_period, "grace_period", 1, self.max_t, high_from="max_t")
         check_number(self.reduction_factor, "reduction_factor", 1, 100, low_open=True)
-        require(isinstance(self.metric, str) and self.metric.startswith("val_"), "metric",
-                f"must be a validation metric reported each epoch (val_roc_auc, val_loss, val_ndcg@10...), "
-                f"got {self.metric!r}")
+        direction = metric_direction(self.metric)
+        require(direction is not None, "metric", f"must be a validation metric each epoch reports: "
+                f"{', '.join('val_' + name for name in VALIDATION_METRICS)}, or val_<hr|ndcg>@<train.ranking_k> "
+                f"(kind jobs), got {self.metric!r}")
         check_choice(self.mode, "mode", ("max", "min"))
+        require(self.mode == direction, "mode", f"must be {direction!r} for {self.metric} "
+                f"({'lower' if direction == 'min' else 'higher'} is better), got {self.mode!r}")
         check_int(self.workers_per_trial, "workers_per_trial", 1, 1024)
         check_number(self.cpus_per_worker, "cpus_per_worker", 0, 256, low_open=True)
         check_bool(self.use_gpu, "use_gpu")
-        check_int(self.seed, "seed")
+        check_int(self.seed, "seed", 0)
         check_text(self.registry, "registry", "a non-empty path or URI")
         require(isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) is not None,
                 "name", f"use letters, digits, '.', '_' and '-' (a registry folder name), got {self.name!r}")
@@ -86,6 +89,9 @@ class TuneConfig(BaseConfig):
         """The configs every trial starts from: the space's fixed values applied, and epochs, workers, CPUs
         per worker and GPU from this section (so each trial's recorded TrainConfig is what it ran with).
         ConfigError (naming ``space.<field>``) when the space does not fit them."""
+        at_k = re.fullmatch(r"val_[a-z]+@(\d+)", self.metric)
+        require(at_k is None or int(at_k.group(1)) == train.ranking_k, "metric",
+                f"each epoch reports ranking metrics at train.ranking_k={train.ranking_k}, got {self.metric!r}")
         space = self.search_space()
         space.validate(model, train)
         model, train = space.apply(model, train, space.fixed)
@@ -98,3 +104,14 @@ class TuneConfig(BaseConfig):
                                self.use_gpu, self.workers_per_trial, field="space.sparse_embeddings",
                                workers_field="workers_per_trial")
         return model, train
+
+
+def metric_direction(metric: Any) -> Optional[str]:
+    """"max" or "min" for a validation metric each epoch reports (``val_roc_auc``, ``val_ndcg@10``); None for
+    anything else (``val_auc``), which Ray Tune would only refuse once the first trial reports."""
+    if not isinstance(metric, str) or not metric.startswith("val_"):
+        return None
+    name, _, k = metric[4:].partition("@")
+    if k:
+        return "max" if name in RANKING_AT_K and k.isdigit() and int(k) >= 1 else None
+    return VALIDATION_METRICS.get(name)

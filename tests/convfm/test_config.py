@@ -111,7 +111,7 @@ def test_table_spec_errors_name_file_section_line_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"spec\.yaml line 3: valid_fraction: must be a number in \[0, 0\.5\)"):
         load_table_spec(spec)
     spec.write_text("data:\n  path: t.csv\n  categorical: [color]\n  seed: yes\n")
-    with pytest.raises(ConfigError, match=r"spec\.yaml \[data\] line 4: seed: must be an integer, got True"):
+    with pytest.raises(ConfigError, match=r"spec\.yaml \[data\] line 4: seed: must be an integer >= 0, got True"):
         load_table_spec(spec)
     spec.write_text("data:\n  path: t.csv\n  numeric: [price]\n")
     assert load_table_spec(spec).path == str(tmp_path / "t.csv")
@@ -177,3 +177,13 @@ def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
         load_yaml_config(path, "train", TrainConfig)
     path.write_text("base: &b {num_epochs: 2}\ntrain:\n  <<: *b\n  num_epochs: 3\n")  # a merge key may be overridden
     assert load_yaml_config(path, "train", TrainConfig).num_epochs == 3
+
+
+@pytest.mark.parametrize("cls", [DataConfig, TrainConfig])
+def test_a_negative_seed_is_refused_before_ray_starts(tmp_path, cls):
+    """numpy's generators refuse it, but only once the workers draw negatives or shuffle."""
+    section = "data" if cls is DataConfig else "train"
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{section}:\n  seed: -1\n")
+    with pytest.raises(ConfigError, match=rf"c\.yaml \[{section}\] line 2: seed: must be an integer >= 0, got -1$"):
+        load_yaml_config(path, section, cls)

@@ -118,14 +118,29 @@ def test_invalid_space_never_starts_ray(tmp_path, tune_yaml):
     ("grace_period", 5, r"grace_period: must be an integer in \[1, max_t=4\]"),
     ("reduction_factor", 1, r"reduction_factor: must be a number in \(1, 100\]"),
     ("metric", "roc_auc", r"metric: must be a validation metric"),
+    ("metric", "val_auc", r"metric: must be a validation metric each epoch reports: val_loss, val_log_loss, "
+                          r"val_roc_auc, .*, got 'val_auc'$"),
+    ("metric", "val_ndcg@x", r"metric: must be a validation metric .*, got 'val_ndcg@x'$"),
+    ("mode", "max", r"mode: must be 'min' for val_log_loss \(lower is better\), got 'max'$"),
+    ("seed", -1, r"seed: must be an integer >= 0, got -1$"),
     ("name", "my model", r"name: use letters, digits"),
     ("cpus_per_worker", 0, r"cpus_per_worker: must be a number in \(0, 256\]"),
     ("num_samples", True, r"num_samples: must be an integer in \[1, 10000\], got True"),
     ("reduction_factor", True, r"reduction_factor: must be a number in \(1, 100\], got True"),
 ])
 def test_tune_config_names_the_bad_field(field, value, message):
+    extra = {"metric": "val_log_loss"} if field == "mode" else {}
     with pytest.raises(ConfigError, match=message):
-        TuneConfig.from_dict({"max_t": 4, field: value})
+        TuneConfig.from_dict({"max_t": 4, **extra, field: value})
+
+
+def test_tune_metric_is_one_the_trainer_reports():
+    """A typo (val_auc) failed in Ray Tune only once the first trial reported, with a traceback."""
+    for metric, mode in (("val_loss", "min"), ("val_f1", "max"), ("val_mrr", "max"), ("val_hr@10", "max")):
+        TuneConfig(metric=metric, mode=mode).trial_base(ModelConfig(), TrainConfig())
+    with pytest.raises(ConfigError, match=r"^metric: each epoch reports ranking metrics at train.ranking_k=10, "
+                                          r"got 'val_ndcg@5'$"):
+        TuneConfig(metric="val_ndcg@5").trial_base(ModelConfig(), TrainConfig())
 
 
 def test_sparse_embeddings_with_multi_gpu_trials_is_refused():
