@@ -13,7 +13,8 @@ from typing import Any, Mapping, Optional, Type, TypeVar
 
 from convfm.errors import ConfigError
 from convfm.jsonfile import read_json, to_plain, write_json_atomic
-from convfm.validate import check_bool, check_choice, check_int, check_int_list, check_number, require
+from convfm.validate import (check_bool, check_choice, check_int, check_int_list, check_list, check_number,
+                             require)
 from convfm.yamlfile import ConfigFile
 
 T = TypeVar("T", bound="BaseConfig")
@@ -180,7 +181,7 @@ class DataConfig(BaseConfig):
             require(self.test_start > self.valid_start, "test_start",
                     f"must be after valid_start {self.valid_start}, got {self.test_start}")
         for name in ("positive_events", "negative_events"):
-            events = tuple(getattr(self, name))
+            events = check_list(getattr(self, name), name, "events")
             object.__setattr__(self, name, events)
             bad = [e for e in events if e not in EVENTS]
             require(not bad, name, f"unknown event(s) {bad}; allowed: {list(EVENTS)}")
@@ -204,7 +205,7 @@ class DataConfig(BaseConfig):
             check_number(getattr(self, name), name, 0, 0.5, high_open=True)
         check_int(self.seed, "seed", 0)  # numpy's generators refuse a negative seed (after Ray started)
         for name in ("categorical", "multi_valued", "numeric"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+            object.__setattr__(self, name, check_list(getattr(self, name), name, "column names"))
         if self.kind == "table":
             fields = self.categorical + self.multi_valued + self.numeric
             require(bool(fields), "categorical",

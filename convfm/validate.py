@@ -39,7 +39,7 @@ def check_int(value: Any, field: str, low: Optional[int] = None, high: Optional[
     ok = is_integer(value) and _within(value, low, high) and (not odd or value % 2 == 1)
     kind = "an odd integer" if odd else "an integer"
     require(ok, field, f"must be {kind}{_range(low, high, low_from=low_from, high_from=high_from)}, "
-                       f"got {value!r}")
+                       f"got {value!r}{_as_text(value, integer=True)}")
     return int(value)
 
 
@@ -48,7 +48,7 @@ def check_number(value: Any, field: str, low: Optional[float] = None, high: Opti
     """``value`` as a float when it is a finite number in the interval (closed unless ``*_open``)."""
     ok = is_number(value) and _within(value, low, high, low_open, high_open)
     kind = "a number" if low is not None or high is not None else "a finite number"
-    require(ok, field, f"must be {kind}{_range(low, high, low_open, high_open)}, got {value!r}")
+    require(ok, field, f"must be {kind}{_range(low, high, low_open, high_open)}, got {value!r}{_as_text(value)}")
     return float(value)
 
 
@@ -58,6 +58,13 @@ def check_int_list(values: Any, field: str, low: int, high: int) -> tuple[int, .
         is_integer(v) and _within(v, low, high) for v in values)
     require(ok, field, f"must be a non-empty list of integers{_range(low, high)}, got {values!r}")
     return tuple(int(v) for v in values)
+
+
+def check_list(values: Any, field: str, what: str) -> tuple[Any, ...]:
+    """A list (or tuple) as a tuple; a single string is refused rather than read as its characters."""
+    one = f" (write [{values}] for one)" if isinstance(values, str) else ""
+    require(isinstance(values, (list, tuple)), field, f"must be a list of {what}{one}, got {values!r}")
+    return tuple(values)
 
 
 def check_choice(value: Any, field: str, choices: Sequence[Any]) -> Any:
@@ -76,6 +83,26 @@ def check_text(value: Any, field: str, what: str) -> str:
     """``value`` when it is a string with something besides blanks; ``what`` says what it should name."""
     require(isinstance(value, str) and bool(value.strip()), field, f"must be {what}, got {value!r}")
     return value
+
+
+def _as_text(value: Any, integer: bool = False) -> str:
+    """A hint when ``value`` is a string holding a number: YAML 1.1 reads ``1e-3`` (no dot) and ``1.0e3`` (no
+    sign) as text, so a number written that way reaches the check as a string."""
+    try:
+        number = float(value) if isinstance(value, str) else math.nan
+    except ValueError:
+        return ""
+    if not math.isfinite(number) or (integer and not number.is_integer()):
+        return ""
+    if integer:
+        fix = str(int(number))
+    else:
+        mantissa, e, exponent = value.strip().lower().partition("e")
+        mantissa = mantissa if "." in mantissa else mantissa + ".0"
+        fix = mantissa + (e + (exponent if exponent[:1] in "+-" else "+" + exponent) if e else "")
+    if fix == value.strip():  # a number YAML would read, so it was quoted
+        return " (a number in quotes is text: write it without quotes)"
+    return f" (YAML reads {value} as text: write {fix})"
 
 
 def _within(value: Any, low: Optional[float], high: Optional[float], low_open: bool = False,

@@ -187,3 +187,30 @@ def test_a_negative_seed_is_refused_before_ray_starts(tmp_path, cls):
     path.write_text(f"{section}:\n  seed: -1\n")
     with pytest.raises(ConfigError, match=rf"c\.yaml \[{section}\] line 2: seed: must be an integer >= 0, got -1$"):
         load_yaml_config(path, section, cls)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("train:\n  learning_rate: 1e-3\n",
+     r"line 2: learning_rate: must be a number in \(0, 1\], got '1e-3' \(YAML reads 1e-3 as text: write 1\.0e-3\)$"),
+    ("train:\n  min_delta: 1.0e3\n", r"got '1\.0e3' \(YAML reads 1\.0e3 as text: write 1\.0e\+3\)$"),
+    ("train:\n  batch_size: 1e3\n",
+     r"batch_size: must be an integer .*, got '1e3' \(YAML reads 1e3 as text: write 1000\)$"),
+    ("train:\n  ema_decay: '0.9'\n", r"got '0\.9' \(a number in quotes is text: write it without quotes\)$"),
+    ("train:\n  batch_size: '0.5'\n", r"batch_size: must be an integer in \[1, 1048576\], got '0\.5'$"),
+])
+def test_a_number_yaml_reads_as_text_says_how_to_write_it(tmp_path, text, match):
+    """YAML 1.1 wants a dot and a signed exponent (1.0e-3): 1e-3 is a string, and the message showed a number."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_yaml_config(path, "train", TrainConfig)
+
+
+@pytest.mark.parametrize("field", ["positive_events", "negative_events", "categorical"])
+def test_a_string_where_a_list_is_meant_is_refused(tmp_path, field):
+    """It read as its characters: "unknown event(s) ['a', 'p', 'p', 'l', 'y']"."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data:\n  {field}: apply\n")
+    with pytest.raises(ConfigError, match=rf"c\.yaml \[data\] line 2: {field}: must be a list of (events|column names) "
+                                          r"\(write \[apply\] for one\), got 'apply'$"):
+        load_yaml_config(path, "data", DataConfig)
