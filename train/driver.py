@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional
 import ray
 import ray.train
 import torch
+from ray.train import Result
 
 from convfm.store import storage
 from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
@@ -128,17 +129,18 @@ def run_training(
         _check_new_run_dir(out_dir)
     with StagedDir(out_dir) as out:  # a URI run directory: written here, uploaded as it goes
         run = _run_identity(out, resume, data_config, model_config, storage_path)
+        over = False  # a resumed run whose training is over: only its export is left
         base = None if warm is None else warm.loaded.extractor
         if prepare == "distributed":
             init_ray(address, quiet)
             check_workers_fit(train_config, ray.cluster_resources(), joined_cluster(address))
             _check_room_for_data(train_config)
             prepare_on_cluster = prepare_market_distributed if data_config.kind == "jobs" else prepare_distributed
-            data = prepare_on_cluster(data_config, extractor_options, base,
-                                      extractor=_check_resumable(run, train_config) if resume else None)
+            extractor, over = _check_resumable(run, train_config) if resume else (None, False)
+            data = prepare_on_cluster(data_config, extractor_options, base, extractor=extractor)
             check_split_sizes(data.train_rows, data.valid_labels, train_config)
         elif resume:
-            extractor = _check_resumable(run, train_config)
+            extractor, over = _check_resumable(run, train_config)
             data = prepare_data(data_config, extractor=extractor, base=None if extractor is not None else base)
         elif prepared is not None:
             if warm is not None:
@@ -162,6 +164,9 @@ def run_training(
             run.setdefault("init_from", {**warm.record(), "replaced": notes})
         write_run(out, run)
 
+        if over:  # stopped after its last epoch, before the export (a SIGTERM): export its best checkpoint
+            return _finish(out, run, Result.from_path(str(storage.join(run["storage_path"], run["name"]))),
+                           train_config, data, time.perf_counter() - started)
         progress = progress_queue() if on_epoch is not None else None
         shared = loop_config(data, model_config, train_config, loop_options, initial)
         trainer = build_trainer(shared, train_config,
@@ -265,31 +270,32 @@ def _run_identity(out: StagedDir, resume: bool, data_config: DataConfig, model_c
 
 
 def _latest_checkpoint(run: Mapping[str, Any]) -> Optional[ray.train.Checkpoint]:
-    from ray.train import Result
-
     try:
         return Result.from_path(str(storage.join(run["storage_path"], run["name"]))).checkpoint
     except (FileNotFoundError, RuntimeError, ValueError):
         return None
 
 
-def _check_resumable(run: Mapping[str, Any], train_config: TrainConfig) -> Any:
-    """The extractor of the run's latest checkpoint (so data encodes as before); refuses a finished run, or
-    one that stopped on another early-stopping metric."""
+def _check_resumable(run: Mapping[str, Any], train_config: TrainConfig) -> tuple[Any, bool]:
+    """(the extractor of the run's latest checkpoint, so data encodes as before; whether its training is over,
+    its epochs or its patience used up, with its model not exported: a run stopped between its last epoch and
+    the export, which is then all that is left to do). Refuses a finished run, or one that stopped on another
+    early-stopping metric."""
     checkpoint = _latest_checkpoint(run)
     if checkpoint is None:
-        return None  # nothing was checkpointed: the run starts over
+        return None, False  # nothing was checkpointed: the run starts over
     with checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / TRAIN_STATE, map_location="cpu", weights_only=True)
         extractor = load_extractor(Path(directory) / MODEL_DIR)
     check_resumable_metric(state, train_config.early_stopping_metric)
     done, bad = int(state["next_epoch"]), int(state["stopper"]["bad_epochs"])
-    if done >= train_config.num_epochs:
+    exported = run.get("status") == "finished"
+    if done >= train_config.num_epochs and exported:
         raise ConfigError(f"num_epochs: the run already trained {done} epoch(s); pass --epochs > {done} to continue")
-    if bad >= train_config.patience:
+    if bad >= train_config.patience and exported:
         raise ConfigError(f"patience: the run stopped early after {bad} epoch(s) without improvement; "
                           f"raise patience above {bad} to continue")
-    return extractor
+    return extractor, done >= train_config.num_epochs or bad >= train_config.patience
 
 
 def _finish(out: StagedDir, run: dict[str, Any], result: Any, config: TrainConfig,

@@ -80,6 +80,16 @@ def test_resume_continues_a_stopped_run(crashed_run, run_metrics, capsys):
     assert main(["train", "--resume", uri, "--epochs", "4"]) == 2
     assert "num_epochs: the run already trained 4 epoch(s)" in capsys.readouterr().err
 
+    # stopped after its last epoch, before the export (a SIGTERM): the resume exports it, training nothing. It was
+    # refused ("already trained"), and only more epochs gave the run a model.
+    fs, root = storage._fs(storage.join(uri, "best"))  # the bucket's filesystem (moto's endpoint)
+    fs.delete_dir(root)
+    storage.write_text(storage.join(uri, "run.json"), json.dumps({**saved, "status": "running"}))
+    assert main(["train", "--resume", uri, "--epochs", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   " not in out and "best epoch" in out and storage.is_file(storage.join(uri, "best", "manifest.json"))
+    assert read_run(uri)["status"] == "finished" and run_metrics(uri)["epoch"].tolist() == [0, 1, 2, 3]
+
 
 @pytest.mark.timeout(240)
 def test_without_restarts_a_crash_fails_the_run_with_a_clear_error(ray_local, make_configs, tmp_path):
