@@ -81,7 +81,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     key = service_key(args.api_key_env) if args.url else None
     record = promote(entry, args.version) if args.action == "promote" else rollback(entry)
-    was = "it was latest already" if record["previous"] == record["version"] else f"was {record['previous']}"
+    if record["previous"] == record["version"]:
+        was = "it was latest already"
+    elif record["previous"] is None and record["action"] == "promote":
+        was = "there was no latest" if record.get("latest_was") is None else \
+            f"latest named no version: {record['latest_was']!r}"
+    else:
+        was = f"was {record['previous']}"
     print(f"{args.entry}: {record['action']} {record['version']} ({was})")
     if key is not None:
         tell_service(args.url, key, record["version"])

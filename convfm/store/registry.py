@@ -97,9 +97,11 @@ def latest_note(published: str | Path) -> str:
     entry, version = storage.parent(published), storage.name(published)
     if not storage.exists(storage.join(entry, HISTORY)):
         return f"latest of {entry}"
-    current = storage.read_text(storage.join(entry, LATEST)).strip()
-    return (f"{entry}'s latest stays {current}: the entry has a promotion history; `convfm models promote "
-            f"{entry} {version}` serves this version")
+    try:
+        stays = f"{entry}'s latest stays {storage.read_text(storage.join(entry, LATEST)).strip()}"
+    except FileNotFoundError:  # a hand-deleted pointer: publish never writes one into a promoted entry
+        stays = f"{entry} has no latest"
+    return f"{stays}: the entry has a promotion history; `convfm models promote {entry} {version}` serves this version"
 
 
 def _remove_stale_staging(root: Path) -> None:
@@ -164,10 +166,16 @@ def model_identity(path: Path) -> tuple[str, str]:
     return path.name, f"sha-{digest}"
 
 
+def is_entry(path: str | Path) -> bool:
+    """Whether ``path`` is a registry entry: it has a ``latest`` or a promotion history (whose ``latest`` was
+    lost; ``promote`` writes it again)."""
+    return storage.is_file(storage.join(path, LATEST)) or storage.is_file(storage.join(path, HISTORY))
+
+
 def _version_of(path: str | Path, version: str) -> str | Path:
     if not isinstance(version, str) or not VERSION_RE.match(version):
         raise ArtifactError(f"version {version!r}: must look like v0001")
-    if storage.is_file(storage.join(path, LATEST)):
+    if is_entry(path):
         root = path
     elif VERSION_RE.match(storage.name(path)):
         root = storage.parent(path)
@@ -213,11 +221,17 @@ def promoted_stack(records: list[dict[str, Any]]) -> list[str]:
 def promote(entry: str | Path, version: str) -> dict[str, Any]:
     """Make ``version`` the entry's promoted version: record it in the history, then point ``latest`` at it
     (atomically). Returns the record; ArtifactError for an unknown version or a path that is no entry."""
-    if not storage.is_file(storage.join(entry, LATEST)):
+    if not is_entry(entry):
         raise ArtifactError(f"{entry}: not a registry entry (no latest); publish a model there first")
     _version_of(entry, version)  # names the versions there when it does not exist
-    previous = storage.name(locate(entry))
-    return _record(entry, {"action": "promote", "version": version, "previous": previous})
+    try:  # not locate(): promote is how a `latest` naming no version gets repaired
+        named = storage.read_text(storage.join(entry, LATEST)).strip()
+    except FileNotFoundError:
+        named = None
+    record = {"action": "promote", "version": version, "previous": named if named in versions(entry) else None}
+    if record["previous"] is None:  # what `latest` said instead of a version (None: there was no latest)
+        record["latest_was"] = named if named is None else named[:100]
+    return _record(entry, record)
 
 
 def rollback(entry: str | Path) -> dict[str, Any]:

@@ -97,3 +97,24 @@ def test_telling_a_service_without_its_key_changes_nothing(entry, capsys, monkey
     err = capsys.readouterr().err
     assert "environment variable CONVFM_API_KEY is not set" in err and "the registry was not changed" in err
     assert latest(entry) == "v0002" and promotion_history(entry) == []
+
+
+def test_publish_into_a_promoted_entry_whose_latest_is_gone_says_so_and_promote_repairs_it(entry, tmp_path, capsys):
+    promote(entry, "v0001")
+    (entry / "latest").unlink()
+    assert main(["models", "publish", str(tmp_path / "model"), str(entry)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"({entry} has no latest: the entry has a promotion history; "
+                                                    f"`convfm models promote {entry} v0003` serves this version)")
+    assert not (entry / "latest").exists()
+    assert main(["models", "promote", str(entry), "v0003"]) == 0
+    assert capsys.readouterr().out.strip() == f"{entry}: promote v0003 (there was no latest)"
+    assert latest(entry) == "v0003" and promoted_stack(promotion_history(entry)) == ["v0002", "v0001", "v0003"]
+
+
+def test_promote_repairs_a_latest_naming_no_version(entry, capsys):
+    (entry / "latest").write_text("garbage\n")
+    assert main(["models", "promote", str(entry), "v0001"]) == 0
+    assert capsys.readouterr().out.strip() == f"{entry}: promote v0001 (latest named no version: 'garbage')"
+    record = promotion_history(entry)[-1]
+    assert (record["previous"], record["latest_was"]) == (None, "garbage") and latest(entry) == "v0001"
+    assert promoted_stack(promotion_history(entry)) == ["v0001"]  # nothing to roll back to
