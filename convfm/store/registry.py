@@ -220,10 +220,10 @@ def promoted_stack(records: list[dict[str, Any]]) -> list[str]:
 
 def promote(entry: str | Path, version: str) -> dict[str, Any]:
     """Make ``version`` the entry's promoted version: record it in the history, then point ``latest`` at it
-    (atomically). Returns the record; ArtifactError for an unknown version or a path that is no entry."""
+    (atomically). Returns the record; ArtifactError for an unknown or broken version or a path that is no entry."""
     if not is_entry(entry):
         raise ArtifactError(f"{entry}: not a registry entry (no latest); publish a model there first")
-    _version_of(entry, version)  # names the versions there when it does not exist
+    _verified(_version_of(entry, version))  # names the versions there when it does not exist
     try:  # not locate(): promote is how a `latest` naming no version gets repaired
         named = storage.read_text(storage.join(entry, LATEST)).strip()
     except FileNotFoundError:
@@ -241,8 +241,17 @@ def rollback(entry: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{storage.join(entry, HISTORY)}: no earlier promoted version to roll back to"
                             + (f" ({stack[0]} is the earliest promotion in force)" if stack
                                else " (nothing was promoted)"))
-    _version_of(entry, stack[-2])
+    _verified(_version_of(entry, stack[-2]))
     return _record(entry, {"action": "rollback", "version": stack[-2], "previous": stack[-1]})
+
+
+def _verified(version_dir: str | Path) -> None:
+    """Check a version as loading it would (manifest, file list, checksums) before ``latest`` may name it; a
+    URI version is checked through its verified cached copy."""
+    if storage.is_uri(version_dir):
+        cached_copy(str(version_dir))
+    else:
+        verify_model_dir(version_dir)
 
 
 def _record(entry: str | Path, record: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@ publish stops moving ``latest`` once an entry is promoted, and errors are one li
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -118,3 +119,19 @@ def test_promote_repairs_a_latest_naming_no_version(entry, capsys):
     record = promotion_history(entry)[-1]
     assert (record["previous"], record["latest_was"]) == (None, "garbage") and latest(entry) == "v0001"
     assert promoted_stack(promotion_history(entry)) == ["v0001"]  # nothing to roll back to
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda v: (v / "weights.pt").unlink(), r"weights.pt: listed in the manifest but missing"),
+    (lambda v: (v / "manifest.json").write_text('{"version": 1, "files": {'), r"manifest.json"),
+], ids=["weights missing", "manifest torn"])
+def test_promote_and_rollback_refuse_a_broken_version(entry, capsys, damage, message):
+    promote(entry, "v0001")
+    promote(entry, "v0002")  # a rollback would go back to v0001
+    damage(entry / "v0001")
+    assert main(["models", "promote", str(entry), "v0001"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(entry / "v0001") in err and re.search(message, err)
+    with pytest.raises(ArtifactError, match=message):
+        rollback(entry)
+    assert latest(entry) == "v0002" and len(promotion_history(entry)) == 2
