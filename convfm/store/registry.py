@@ -194,12 +194,16 @@ def promotion_history(entry: str | Path) -> list[dict[str, Any]]:
         text = storage.read_text(path)
     except FileNotFoundError:
         return []
-    records = []
+    records: list[dict[str, Any]] = []
+    stack: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             record = parse_json(line, f"{path} line {number}", "promotion record", ArtifactError)
             if not isinstance(record, dict) or not VERSION_RE.match(str(record.get("version"))):
                 raise ArtifactError(f"{path} line {number}: not a promotion record with a version")
+            if not _apply(stack, record):
+                raise ArtifactError(f"{path} line {number}: a rollback with no promotion in force before it "
+                                    "(a hand-edited or merged history?)")
             records.append(record)
     return records
 
@@ -208,14 +212,23 @@ def promoted_stack(records: list[dict[str, Any]]) -> list[str]:
     """Promoted versions in force, oldest first: a promotion pushes its version (the first one also what
     ``latest`` named before it), a rollback pops one; the last is the version promoted now."""
     stack: list[str] = []
-    for record in records:
-        if record.get("action") == "rollback":
-            stack.pop()
-        else:
-            if not stack and record.get("previous") and record["previous"] != record["version"]:
-                stack.append(record["previous"])
-            stack.append(record["version"])
+    for number, record in enumerate(records, 1):
+        if not _apply(stack, record):
+            raise ArtifactError(f"promotion record {number}: a rollback with no promotion in force before it")
     return stack
+
+
+def _apply(stack: list[str], record: dict[str, Any]) -> bool:
+    """One step of ``promoted_stack()``; False for a rollback with nothing to pop."""
+    if record.get("action") == "rollback":
+        if not stack:
+            return False
+        stack.pop()
+        return True
+    if not stack and record.get("previous") and record["previous"] != record["version"]:
+        stack.append(record["previous"])
+    stack.append(record["version"])
+    return True
 
 
 def promote(entry: str | Path, version: str) -> dict[str, Any]:
@@ -223,6 +236,7 @@ def promote(entry: str | Path, version: str) -> dict[str, Any]:
     (atomically). Returns the record; ArtifactError for an unknown or broken version or a path that is no entry."""
     if not is_entry(entry):
         raise ArtifactError(f"{entry}: not a registry entry (no latest); publish a model there first")
+    promotion_history(entry)  # a history list and rollback cannot read is refused, not added to
     _verified(_version_of(entry, version))  # names the versions there when it does not exist
     try:  # not locate(): promote is how a `latest` naming no version gets repaired
         named = storage.read_text(storage.join(entry, LATEST)).strip()
@@ -264,6 +278,8 @@ def _record(entry: str | Path, record: dict[str, Any]) -> dict[str, Any]:
         text = storage.read_text(path)
     except FileNotFoundError:
         text = ""
+    if text and not text.endswith("\n"):  # a hand-edited last line: the new record starts a line of its own
+        text += "\n"
     storage.write_text(path, text + json.dumps(record) + "\n", durable=True)
     storage.write_text(storage.join(entry, LATEST), record["version"] + "\n", durable=True)
     return record

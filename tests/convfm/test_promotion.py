@@ -135,3 +135,24 @@ def test_promote_and_rollback_refuse_a_broken_version(entry, capsys, damage, mes
     with pytest.raises(ArtifactError, match=message):
         rollback(entry)
     assert latest(entry) == "v0002" and len(promotion_history(entry)) == 2
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"action": "promote", "vers', r"line 2: promotion record is not valid JSON"),
+    ('{"action": "rollback", "version": "v0002", "previous": "v0001"}', r"line 2: a rollback with no promotion"),
+], ids=["torn last line", "rollback first"])
+def test_a_history_list_cannot_read_is_refused_not_added_to(entry, capsys, line, message):
+    (entry / HISTORY).write_text(f"\n{line}\n")
+    before = (entry / HISTORY).read_text()
+    for command in (["promote", str(entry), "v0001"], ["rollback", str(entry)], ["list", str(entry)]):
+        assert main(["models", *command]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and re.search(f"{re.escape(str(entry / HISTORY))} {message}", err)
+    assert (entry / HISTORY).read_text() == before and latest(entry) == "v0002"
+
+
+def test_promote_after_a_last_line_without_newline(entry):
+    promote(entry, "v0001")
+    (entry / HISTORY).write_text((entry / HISTORY).read_text().rstrip("\n"))
+    promote(entry, "v0002")
+    assert [r["version"] for r in promotion_history(entry)] == ["v0001", "v0002"]
