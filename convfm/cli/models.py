@@ -14,7 +14,7 @@ from convfm.cli.catalog import DEFAULT_KEY_ENV
 from convfm.errors import ConvFMError
 from convfm.store import storage
 from convfm.store.registry import (
-    latest_note, promote, promoted_stack, promotion_history, publish, rollback, versions,
+    LATEST, latest_note, promote, promoted_stack, promotion_history, publish, require_entry, rollback, versions,
 )
 from convfm.store.storage import local_or_uri
 
@@ -72,10 +72,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"published {args.model_dir} as {where} ({latest_note(where)})")
         return 0
     if args.action == "list":
+        require_entry(entry)
         history = promotion_history(entry)
         stack = promoted_stack(history)
+        if stack:
+            marked, mark = stack[-1], "promoted"
+        else:  # never promoted: latest is the last publish
+            pointer = storage.join(entry, LATEST)
+            marked, mark = (storage.read_text(pointer).strip() if storage.is_file(pointer) else None), "latest"
         for version in versions(entry):
-            print(f"{version}{'  promoted' if stack and stack[-1] == version else ''}")
+            print(f"{version}{f'  {mark}' if version == marked else ''}")
         for record in history:
             print(f"{record.get('at')}  {record.get('action')} {record['version']} (was {record.get('previous')})")
         return 0

@@ -172,6 +172,12 @@ def is_entry(path: str | Path) -> bool:
     return storage.is_file(storage.join(path, LATEST)) or storage.is_file(storage.join(path, HISTORY))
 
 
+def require_entry(path: str | Path) -> None:
+    """ArtifactError unless ``path`` is a registry entry (``is_entry()``)."""
+    if not is_entry(path):
+        raise ArtifactError(f"{path}: not a registry entry (no latest); publish a model there first")
+
+
 def _version_of(path: str | Path, version: str) -> str | Path:
     if not isinstance(version, str) or not VERSION_RE.match(version):
         raise ArtifactError(f"version {version!r}: must look like v0001")
@@ -234,8 +240,7 @@ def _apply(stack: list[str], record: dict[str, Any]) -> bool:
 def promote(entry: str | Path, version: str) -> dict[str, Any]:
     """Make ``version`` the entry's promoted version: record it in the history, then point ``latest`` at it
     (atomically). Returns the record; ArtifactError for an unknown or broken version or a path that is no entry."""
-    if not is_entry(entry):
-        raise ArtifactError(f"{entry}: not a registry entry (no latest); publish a model there first")
+    require_entry(entry)
     promotion_history(entry)  # a history list and rollback cannot read is refused, not added to
     _verified(_version_of(entry, version))  # names the versions there when it does not exist
     try:  # not locate(): promote is how a `latest` naming no version gets repaired

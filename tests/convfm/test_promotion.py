@@ -156,3 +156,11 @@ def test_promote_after_a_last_line_without_newline(entry):
     (entry / HISTORY).write_text((entry / HISTORY).read_text().rstrip("\n"))
     promote(entry, "v0002")
     assert [r["version"] for r in promotion_history(entry)] == ["v0001", "v0002"]
+
+
+def test_list_marks_latest_and_refuses_what_is_no_entry(entry, tmp_path, capsys):
+    assert main(["models", "list", str(entry)]) == 0
+    assert capsys.readouterr().out.split("\n") == ["v0001", "v0002  latest", ""]  # never promoted
+    assert main(["models", "list", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'nope'}: not a registry entry" in err
