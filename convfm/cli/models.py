@@ -65,6 +65,16 @@ def tell_service(url: str, key: str, version: str) -> dict[str, Any]:
     return body
 
 
+def was_latest(record: dict[str, Any]) -> str:
+    """What ``latest`` named before a promotion record: "was vNNNN", or what promote found instead of a version."""
+    if record.get("previous") is not None:
+        return f"was {record['previous']}"
+    if "latest_was" not in record:  # a record written before promote recorded what it found
+        return "was None"
+    return "there was no latest" if record["latest_was"] is None else \
+        f"latest named no version: {record['latest_was']!r}"
+
+
 def run(args: argparse.Namespace) -> int:
     entry = local_or_uri(args.entry)
     if args.action == "publish":  # `latest` moves too, unless the entry was ever promoted (registry docstring)
@@ -83,17 +93,11 @@ def run(args: argparse.Namespace) -> int:
         for version in versions(entry):
             print(f"{version}{f'  {mark}' if version == marked else ''}")
         for record in history:
-            print(f"{record.get('at')}  {record.get('action')} {record['version']} (was {record.get('previous')})")
+            print(f"{record.get('at')}  {record.get('action')} {record['version']} ({was_latest(record)})")
         return 0
     key = service_key(args.api_key_env) if args.url else None
     record = promote(entry, args.version) if args.action == "promote" else rollback(entry)
-    if record["previous"] == record["version"]:
-        was = "it was latest already"
-    elif record["previous"] is None and record["action"] == "promote":
-        was = "there was no latest" if record.get("latest_was") is None else \
-            f"latest named no version: {record['latest_was']!r}"
-    else:
-        was = f"was {record['previous']}"
+    was = "it was latest already" if record["previous"] == record["version"] else was_latest(record)
     print(f"{args.entry}: {record['action']} {record['version']} ({was})")
     if key is not None:
         tell_service(args.url, key, record["version"])

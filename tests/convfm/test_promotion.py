@@ -119,6 +119,8 @@ def test_promote_repairs_a_latest_naming_no_version(entry, capsys):
     record = promotion_history(entry)[-1]
     assert (record["previous"], record["latest_was"]) == (None, "garbage") and latest(entry) == "v0001"
     assert promoted_stack(promotion_history(entry)) == ["v0001"]  # nothing to roll back to
+    assert main(["models", "list", str(entry)]) == 0
+    assert capsys.readouterr().out.strip().endswith("promote v0001 (latest named no version: 'garbage')")
 
 
 @pytest.mark.parametrize("damage, message", [
