@@ -20,7 +20,7 @@ from convfm.errors import ArtifactError, StorageError
 from convfm.jsonfile import read_json, write_json_atomic
 from convfm.model.network import ConvFM
 from convfm.data.prepare import prepare_data
-from convfm.store.registry import LATEST, publish, resolve, versions
+from convfm.store.registry import LATEST, promote, publish, resolve, versions
 from convfm.training.epoch import predict_proba
 
 
@@ -144,6 +144,19 @@ def test_registry_on_a_file_uri_publishes_resolves_and_caches(saved, tmp_path, c
     weights = local / "weights.pt"
     weights.write_bytes(weights.read_bytes()[:100])  # a damaged cached copy is downloaded again
     assert resolve(entry) == local and digests(local)["weights.pt"] == digests(out)["weights.pt"]
+
+
+def test_promote_on_a_file_uri_verifies_the_version_first(saved, tmp_path):
+    _, _, out = saved
+    registry = f"file://{tmp_path}/registry"
+    publish(out, registry, "jobs")
+    publish(out, registry, "jobs")
+    entry = storage.join(registry, "jobs")
+    (tmp_path / "registry" / "jobs" / "v0001" / "weights.pt").write_bytes(b"torn")
+    with pytest.raises(ArtifactError, match=re.escape(f"{entry}/v0001/weights.pt: checksum mismatch")):
+        promote(entry, "v0001")
+    assert storage.read_text(storage.join(entry, LATEST)) == "v0002\n"
+    assert promote(entry, "v0002")["previous"] == "v0002"
 
 
 def test_a_copy_another_process_put_in_place_is_kept(saved, tmp_path, monkeypatch):
