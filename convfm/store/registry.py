@@ -18,6 +18,8 @@ Promotion (``promote``, ``rollback``; ``convfm models``): once an entry has a pr
 (``promotions.jsonl``, one JSON record per line, only ever added to), ``latest`` means *the promoted version*:
 only ``promote`` and ``rollback`` move it, and ``publish`` adds versions without moving it, so a newly trained
 version can be tried on a share of traffic first. An entry never promoted keeps the old rule (publish moves it).
+Both verify the version first and refuse a history they cannot read (naming its line) before writing anything;
+promote also repairs a ``latest`` that is missing or names no version.
 """
 from __future__ import annotations
 
