@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional, Sequence
@@ -34,11 +36,14 @@ PROBE_TIMEOUT_S = 3.0
 STARTUP_CONCURRENCY_VAR = "RAY_worker_maximum_startup_concurrency"  # read by the raylet a local Ray starts
 
 
-def init_ray(address: Optional[str], quiet: bool, packages: Sequence[ModuleType] = ()) -> None:
+def init_ray(address: Optional[str], quiet: bool, packages: Sequence[ModuleType] = (),
+             sigterm_interrupts: bool = False) -> None:
     """Join the caller's Ray, the cluster at ``address`` (or $RAY_ADDRESS), or start a local one.
 
     The dashboard stays on for a local Ray: Ray Train's cleanup queries the State API through it, and
-    without it a stopped Tune trial's workers are never freed."""
+    without it a stopped Tune trial's workers are never freed. ``sigterm_interrupts`` (the CLI): a SIGTERM then
+    interrupts as Ctrl-C does; Ray's own handler, set as it connects, aborted the process (exit 134, a C++
+    stack dump) while the workers went on for seconds."""
     if quiet:
         quiet_ray_data()
     if ray.is_initialized():
@@ -52,10 +57,12 @@ def init_ray(address: Optional[str], quiet: bool, packages: Sequence[ModuleType]
         # concurrency of 8 keeps that warning for more than 32 processes (a user's own setting wins).
         os.environ.setdefault(STARTUP_CONCURRENCY_VAR, str(max(8, os.cpu_count() or 1)))
         ray.init(address="local", include_dashboard=True, configure_logging=False, log_to_driver=not quiet)
-        return
-    check_reachable(target, "--address" if address else f"${ADDRESS_VAR}")
-    ray.init(address=target, runtime_env=code_runtime_env([convfm, train_package, *packages]),
-             log_to_driver=not quiet)
+    else:
+        check_reachable(target, "--address" if address else f"${ADDRESS_VAR}")
+        ray.init(address=target, runtime_env=code_runtime_env([convfm, train_package, *packages]),
+                 log_to_driver=not quiet)
+    if sigterm_interrupts and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # after ray.init: its handler replaces ours
 
 
 def quiet_ray_data() -> None:

@@ -85,6 +85,7 @@ def run_training(
     prepared: Optional[PreparedData] = None,
     quiet: bool = True,
     prepare: str = "memory",
+    sigterm_interrupts: bool = False,
 ) -> TrainingResult:
     """Train with ``TorchTrainer`` and write ``out_dir`` (best/, metrics.csv, curves.png, run.json): a local
     directory or a storage URI (``s3://...``, ``gs://...``; staged locally and uploaded, see ``train.outputs``).
@@ -103,7 +104,8 @@ def run_training(
     recorded train config, and its grown weights reach the workers through the object store.
     ``prepare``: "memory" (``prepare_data`` here, shards through the object store), "distributed" (a table
     fitted and encoded on Ray Data, ``train.prepare_distributed``; the workers stream their shards) or "auto"
-    (``choose_preparation``).
+    (``choose_preparation``). ``sigterm_interrupts`` (the CLI): a SIGTERM to this process interrupts the run as
+    Ctrl-C does (``init_ray``), leaving it to ``resume``.
     """
     started = time.perf_counter()
     data_config = as_config(data_config, DataConfig, "data")
@@ -132,7 +134,7 @@ def run_training(
         over = False  # a resumed run whose training is over: only its export is left
         base = None if warm is None else warm.loaded.extractor
         if prepare == "distributed":
-            init_ray(address, quiet)
+            init_ray(address, quiet, sigterm_interrupts=sigterm_interrupts)
             check_workers_fit(train_config, ray.cluster_resources(), joined_cluster(address))
             _check_room_for_data(train_config)
             prepare_on_cluster = prepare_market_distributed if data_config.kind == "jobs" else prepare_distributed
@@ -152,7 +154,8 @@ def run_training(
             data = prepare_data(data_config, extractor_options=dict(extractor_options or {}), base=base)
         if prepare == "memory":
             check_training_data(data, train_config)
-            init_ray(address, quiet)  # the distributed path started Ray and checked the workers before preparing
+            # (the distributed path started Ray and checked the workers before preparing)
+            init_ray(address, quiet, sigterm_interrupts=sigterm_interrupts)
             check_workers_fit(train_config, ray.cluster_resources(), joined_cluster(address))
         initial = None if warm is None else warm_model(warm, data.extractor.feature_map, train_config.seed)
         run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),

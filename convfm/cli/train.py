@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         data, model, train, out_dir, address=args.address, resume=bool(args.resume),
         storage_path=args.storage, on_epoch=lambda record: print(format_epoch(record), flush=True),
         quiet=not args.debug, prepare=args.prepare,  # the driver decides as above and records why in run.json
+        sigterm_interrupts=True,  # `kill` stops it as Ctrl-C does: "interrupted", exit 130, resumable
     )
     print(format_summary(result))
     print(f"\nNext: convfm evaluate --model {result.best_dir} --split test")
