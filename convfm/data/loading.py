@@ -76,7 +76,8 @@ def load_job_market(config: DataConfig, interactions: bool = True, log_dates: It
     """
     root = Path(config.path)
     if not root.is_dir():
-        raise DataValidationError(f"{root}: data directory not found")
+        raise DataValidationError(f"{root}: a file, not a data directory (the folder holding jobs, users and "
+                                  "interactions)" if root.is_file() else f"{root}: data directory not found")
     tables: dict[str, pd.DataFrame] = {}
     source: dict[str, str] = {}
     calendar, read = False, []

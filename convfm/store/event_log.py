@@ -233,6 +233,8 @@ def interactions_frame(root: str | Path) -> pd.DataFrame:
     """The log as an interactions table (``convfm.data.schema.INTERACTIONS``): user_id, job_id, event (the
     event type: the data config's positive/negative events turn it into labels) and timestamp (int64
     microseconds since the epoch, the order key of calendar data), in log order."""
+    if not storage.exists(root):  # a mistyped --events read as "holds no events"
+        raise DataValidationError(f"{root}: event log not found (a service's live store holds it in events/)")
     records = [r for _, segment in read_log(root) for r in segment if is_event(r)]
     if not records:
         raise DataValidationError(f"{root}: the event log holds no events")

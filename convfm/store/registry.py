@@ -66,6 +66,11 @@ def publish(model_dir: str | Path, registry: str | Path, name: str) -> str | Pat
         raise ArtifactError(f"model name {name!r}: use letters, digits, '.', '_' and '-'")
     verify_model_dir(model_dir)
     root = storage.join(registry, name)
+    if not is_entry(root) and storage.exists(root):  # the registry root given for an entry (`models`)
+        entries = [d for d in storage.list_dirs(root) if is_entry(storage.join(root, d))]
+        if entries:
+            raise ArtifactError(f"{root}: holds registry entries ({', '.join(sorted(entries)[:3])}), so it is no "
+                                f"entry itself: publish into one, {storage.join(root, 'NAME')}")
     existing = _version_dirs(root)  # partial uploads included: their number is never reused
     version = f"v{(int(existing[-1][1:]) + 1 if existing else 1):04d}"
     if storage.is_uri(root):

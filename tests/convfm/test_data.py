@@ -132,6 +132,9 @@ def test_market_validation_errors_name_file_column_row(tmp_path: Path, fixture: 
 def test_missing_directory_and_bad_numeric_timestamp(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError, match="data directory not found"):
         load_job_market(DataConfig(path=str(tmp_path / "nope")))
+    (tmp_path / "jobs.csv").write_text("job_id\nj1\n")  # --data jobs.csv: read as "data directory not found"
+    with pytest.raises(DataValidationError, match=r"jobs\.csv: a file, not a data directory"):
+        load_job_market(DataConfig(path=str(tmp_path / "jobs.csv")))
     write_market(tmp_path, interactions="user_id,job_id,timestamp\nu1,j1,5\nu1,j2,6\nu2,j1,late\n")
     with pytest.raises(DataValidationError, match=r"column 'timestamp', row 3: 'late' is not a number"):
         load_job_market(DataConfig(path=str(tmp_path)))

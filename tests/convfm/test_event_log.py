@@ -108,8 +108,11 @@ def test_the_log_reads_as_interactions(tmp_path):
     frame = interactions_frame(tmp_path)
     assert frame[["user_id", "job_id", "event"]].values.tolist() == [["u1", "j1", "apply"], ["u2", "j2", "dismiss"]]
     assert frame["timestamp"].tolist() == [event_log.micros(event_time(f"2026-12-01T1{h}:00:00Z")) for h in (0, 1)]
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataValidationError, match="holds no events"):
         interactions_frame(tmp_path / "empty")
+    with pytest.raises(DataValidationError, match="nope: event log not found"):  # read as "holds no events"
+        interactions_frame(tmp_path / "nope")
 
 
 @pytest.mark.timeout(120)

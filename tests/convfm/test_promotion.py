@@ -112,6 +112,14 @@ def test_publish_into_a_promoted_entry_whose_latest_is_gone_says_so_and_promote_
     assert latest(entry) == "v0003" and promoted_stack(promotion_history(entry)) == ["v0002", "v0001", "v0003"]
 
 
+def test_publishing_into_the_registry_root_is_refused(entry):
+    """`models publish runs/r1/best models` made the registry root an entry beside its entries."""
+    with pytest.raises(ArtifactError, match=r"registry: holds registry entries \(m\), so it is no entry itself: "
+                                            r"publish into one"):
+        publish(entry / "v0001", entry.parent.parent, "registry")
+    assert not (entry.parent / "latest").exists() and not (entry.parent / "v0001").exists()
+
+
 def test_promote_repairs_a_latest_naming_no_version(entry, capsys):
     (entry / "latest").write_text("garbage\n")
     assert main(["models", "promote", str(entry), "v0001"]) == 0
