@@ -40,7 +40,10 @@ def saved_data_config(model_dir: Path, args: argparse.Namespace) -> DataConfig:
         return load_table_spec(args.table)
     config = DataConfig.load_json(model_dir / "data_config.json")
     if args.data:
-        config = DataConfig.from_dict({**config.to_dict(), "path": args.data})
+        return DataConfig.from_dict({**config.to_dict(), "path": args.data})
+    if not Path(config.path).expanduser().exists():  # a relative path read from another directory than training's
+        raise ConfigError(f"{config.path}: data directory not found (the path {model_dir / 'data_config.json'} "
+                          "saved at training, relative to where it ran); give --data DIR")
     return config
 
 

@@ -10,9 +10,20 @@ from typing import Any
 from convfm.errors import ConvFMError
 
 
+def _k(text: str) -> int:
+    """-k checked here (the service would refuse it too, but without one a bad -k read "cannot reach")."""
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in 1..100, got {text!r}") from None
+    if not 1 <= k <= 100:
+        raise argparse.ArgumentTypeError(f"must be an integer in 1..100, got {k}")
+    return k
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", metavar="ID", help="user id (unknown ids get popular jobs unless a profile is given)")
-    parser.add_argument("-k", type=int, default=10, help="number of jobs, 1..100 (default 10)")
+    parser.add_argument("-k", type=_k, default=10, help="number of jobs, 1..100 (default 10)")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="service URL (default http://127.0.0.1:8000)")
     parser.add_argument("--skills", help="cold-start profile: comma-separated skills")
     parser.add_argument("--location", help="cold-start profile: location")

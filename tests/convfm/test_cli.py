@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from convfm.cli.main import SUBCOMMANDS, build_parser, main
-from convfm.errors import ConvFMError
+from convfm.errors import ConfigError, ConvFMError
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -135,6 +135,30 @@ def test_evaluate_writes_its_report_beside_the_published_version_not_into_it(tin
         assert main(["evaluate", "--model", str(version), *argv]) == 2
         assert message in capsys.readouterr().err
     assert sorted(p.name for p in version.iterdir()) == before
+
+
+def test_evaluate_names_a_saved_data_path_that_is_not_there_and_recommend_checks_k(tiny, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """The saved data path is relative to where training ran: from elsewhere it read "data directory not found"
+    without saying where the path came from. ``recommend -k 0`` read "cannot reach" without a service."""
+    import argparse
+    import json
+
+    from convfm.cli.evaluate import saved_data_config
+
+    model = tmp_path / "model"
+    model.mkdir()
+    saved = json.loads((tiny.model_dir / "data_config.json").read_text())
+    (model / "data_config.json").write_text(json.dumps({**saved, "path": "data/market"}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^data/market: data directory not found \(the path .*data_config\.json "
+                                          r"saved at training, relative to where it ran\); give --data DIR$"):
+        saved_data_config(model, argparse.Namespace(table=None, data=None))
+    given = saved_data_config(model, argparse.Namespace(table=None, data=str(tiny.market)))
+    assert given.path == str(tiny.market)
+    with pytest.raises(SystemExit):
+        main(["recommend", "-k", "0"])
+    assert "argument -k: must be an integer in 1..100, got 0" in capsys.readouterr().err
 
 
 def test_bad_data_found_in_a_ray_task_is_answered_as_in_the_driver():
