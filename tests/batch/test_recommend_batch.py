@@ -85,6 +85,9 @@ def test_a_user_listed_twice_fails_before_any_work(tmp_path):
         check_users(str(folder))
     (folder / "b.parquet").unlink()
     assert check_users(str(folder)) == 2
+    header = tmp_path / "header.csv"  # a CSV of its header alone: no users, as an empty Parquet file (it read
+    header.write_text("user_id\n")  # "column 'user_id' has type null")
+    assert check_users(str(header)) == 0
 
 
 def test_a_run_that_fails_midway_leaves_no_output_that_looks_complete(ray_local, tiny, tmp_path, at):
