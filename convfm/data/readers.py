@@ -264,8 +264,10 @@ def binary_labels(raw: pd.Series, path: Path, column: str) -> pd.Series:
 
 
 def to_numbers(series: pd.Series, path: Path, column: str, allow_missing: bool = True) -> pd.Series:
+    """Numbers as float64; a blank text cell is missing, as CSV's empty cell is (a Parquet "" was refused)."""
     values = pd.to_numeric(series, errors="coerce").astype("float64")
     bad = values.isna() & series.notna()
+    bad[bad] = series[bad].astype("str").str.strip().ne("")
     if bad.any():
         i = first_true(bad)
         raise cell_error(path, column, i, f"{series.iloc[i]!r} is not a number")

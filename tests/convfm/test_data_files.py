@@ -95,3 +95,16 @@ def test_gzip_compressed_text_is_read_and_other_formats_are_named(tmp_path: Path
                                                   r"\['interactions.jsonl'\] is there, in a format not read: "
                                                   r"write it as .csv, .tsv or .parquet"):
         load_job_market(DataConfig(path=str(root)))
+
+
+def test_a_blank_number_in_parquet_text_is_missing_as_in_csv(tmp_path: Path) -> None:
+    """A Parquet text column holding "" (a database export's empty salary) was refused ("'' is not a number")
+    where the same file as CSV read the cell as missing."""
+    root = write_market(tmp_path, users=None)
+    (root / "jobs.csv").unlink()
+    pd.DataFrame({"job_id": ["j1", "j2", "j3"], "salary_min": ["50000", "", " "]}).to_parquet(root / "jobs.parquet")
+    salaries = load_job_market(DataConfig(path=str(root))).jobs["salary_min"]
+    assert salaries.iloc[0] == 50000 and salaries.iloc[1:].isna().all()
+    pd.DataFrame({"job_id": ["j1", "j2"], "salary_min": ["50000", "50k"]}).to_parquet(root / "jobs.parquet")
+    with pytest.raises(DataValidationError, match=r"jobs\.parquet: column 'salary_min', row 2: '50k' is not a number"):
+        load_job_market(DataConfig(path=str(root)))
