@@ -124,7 +124,8 @@ def _validation_response(exc: RequestValidationError, content_type: str = "appli
     if any(d["type"] == "json_invalid" for d in detail):
         message = "body is not valid JSON"
     elif "json" not in content_type.lower() and any(d["loc"] == ["body"] for d in detail):
-        message = f"body must be JSON sent as Content-Type: application/json, got {_text(content_type)[:80] or 'none'!r}"
+        got = _text(content_type)[:80] or "none"
+        message = f"body must be JSON sent as Content-Type: application/json, got {got!r}"
     else:
         message = "; ".join(f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in detail[:5])
     return JSONResponse({"message": message, "detail": detail}, status_code=422)

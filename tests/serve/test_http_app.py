@@ -94,11 +94,13 @@ def test_undecodable_bodies_are_422_not_an_undocumented_400(tmp_path, body, mess
     ("/recommend", {"user_id": "\ud800"}, "user_id: Value error, not valid Unicode text: a lone surrogate (U+D800)"),
     ("/recommend", {"history": ["j1", "j\udc00"]}, "history.1: Value error, not valid Unicode text"),
     ("/recommend", {"profile": {"skills": ["\ud800"]}}, "profile.skills.0: Value error, not valid Unicode text"),
-    ("/recommend", {"profile": {"skills": ["python;sql"]}}, "profile.skills.0: Value error, a skill cannot contain ';'"),
+    ("/recommend", {"profile": {"skills": ["python;sql"]}},
+     "profile.skills.0: Value error, a skill cannot contain ';'"),
     ("/recommend", {"user_id": "u", "filters": {"location": "\ud800"}}, "filters.location: Value error, not valid"),
     ("/score", {"user_id": "u", "job_ids": ["\ud800"]}, "job_ids.0: Value error, not valid Unicode text"),
     ("/events", {"events": [{"event_id": "e1", "type": "click", "user_id": "\udc00", "job_id": "j1",
-                             "timestamp": "2026-12-06T01:00:00Z"}]}, "events.0.user_id: Value error, not valid Unicode"),
+                             "timestamp": "2026-12-06T01:00:00Z"}]},
+     "events.0.user_id: Value error, not valid Unicode"),
 ])
 def test_text_that_is_not_valid_unicode_is_422_not_500(slot, path, body, message):
     """A lone UTF-16 surrogate, which JSON can carry and no UTF-8 file holds: /recommend and /score failed to
