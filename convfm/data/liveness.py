@@ -1,6 +1,6 @@
 """When a job can be shown: its live window ``posted_at <= t < expires_at``.
 
-Times are int64 microseconds since the Unix epoch, the order key that ``convfm.data.readers.order_key`` gives
+Times are int64 microseconds since the Unix epoch, the order key that ``convfm.data.date_columns.order_key`` gives
 date/time timestamps. A job without ``expires_at`` lives ``default_lifetime_days`` after ``posted_at`` (or
 forever when that is None); a job without ``posted_at`` has been live since always. Training negatives, the
 live-catalog evaluation and the served catalog all ask this one question through ``JobWindows``.

@@ -27,9 +27,10 @@ import pyarrow.parquet as pq
 
 from convfm.config import DataConfig
 from convfm.data.loading import JobMarket, build_examples, set_events
+from convfm.data.date_columns import epoch_dates, is_calendar, order_key
 from convfm.data.readers import (
-    GZIP_SUFFIXES, cell_error, epoch_dates, file_suffix, first_true, header_names, id_strings, is_calendar, is_text,
-    order_key, part_files, read_located, resolve_columns, resolve_path,
+    GZIP_SUFFIXES, cell_error, file_suffix, first_true, header_names, id_strings, is_text, part_files, read_located,
+    resolve_columns, resolve_path,
 )
 from convfm.data.splitting import TRAIN_ONLY, per_user_parts, with_train_only
 from convfm.errors import ConfigError, DataValidationError

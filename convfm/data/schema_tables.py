@@ -13,10 +13,8 @@ import pandas as pd
 
 from convfm.data.cells import list_cells, refuse_nested
 from convfm.data.date_formats import DateOrder, date_order, decide_day_first
-from convfm.data.readers import (
-    cell_error, epoch_dates, first_true, id_strings, is_calendar, order_key, read_located, resolve_columns,
-    to_datetimes, to_numbers,
-)
+from convfm.data.date_columns import epoch_dates, is_calendar, order_key, to_datetimes
+from convfm.data.readers import cell_error, first_true, id_strings, read_located, resolve_columns, to_numbers
 from convfm.data.schema import DATETIME, ID, INTERACTIONS, JOBS, LIST, NUMBER, TableSchema
 from convfm.errors import ConfigError, DataValidationError
 from convfm.features.text import column_strings
@@ -64,7 +62,7 @@ def type_schema_table(read: TableRead, extra: Mapping[str, str] = {}, keep_all: 
     as strings ("" when missing) or, of kind number, as numbers (refused when a cell is not one); the other
     columns are kept as read, with a warning unless ``keep_all``. Numeric dates are read ``dayfirst`` (the
     market's reading; None: as this table proves). The flag says whether every date/time column read holds
-    calendar dates (``readers.is_calendar``)."""
+    calendar dates (``date_columns.is_calendar``)."""
     frame, path, source, schema = read.frame, read.path, read.source, read.schema
     if dayfirst is None:
         dayfirst = decide_day_first(read.date_orders())

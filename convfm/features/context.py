@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from convfm.data.readers import order_key
+from convfm.data.date_columns import order_key
 from convfm.features.base import FEW_IDS
 from convfm.features.fields import EXTRA_VOCAB, PAD, EncodedTable, FieldSpec, Vocabulary, field_columns
 

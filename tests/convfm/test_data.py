@@ -12,7 +12,7 @@ import pytest
 
 from convfm.config import DataConfig
 from convfm.data.loading import build_examples, load_job_market, read_frame
-from convfm.data.readers import to_datetimes
+from convfm.data.date_columns import to_datetimes
 from convfm.errors import ConfigError, DataValidationError
 
 BAD = Path(__file__).resolve().parents[1] / "data" / "bad"

@@ -9,7 +9,7 @@ import pytest
 
 from convfm.config import DataConfig
 from convfm.data.loading import load_job_market
-from convfm.data.readers import order_key
+from convfm.data.date_columns import order_key
 from convfm.errors import DataValidationError
 from tests.convfm.test_data import write_market
 

@@ -13,7 +13,7 @@ from convfm.config import DataConfig
 from convfm.data.liveness import job_windows
 from convfm.data.loading import build_examples, load_job_market, split_examples
 from convfm.data.market_stats import market_stats
-from convfm.data.readers import order_key
+from convfm.data.date_columns import order_key
 from convfm.data.synth import (
     CLUSTERS, MarketShape, SyntheticMarket, generate_market, load_oracle, load_truth, oracle_auc, write_market,
 )
