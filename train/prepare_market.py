@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 import ray.data
 
 from convfm.config import DataConfig
-from convfm.data.date_formats import DateOrder, date_order
+from convfm.data.date_formats import DateOrder, date_order, numeric_dates
+from convfm.data.readers import csv_separator
 from convfm.data.liveness import job_windows
 from convfm.data.loading import load_job_market, require_extra_columns
 from convfm.features.extra_fields import check_warm_start_columns
@@ -74,11 +75,14 @@ def _typed(batch: pd.DataFrame, config: DataConfig, buckets: int, dayfirst: bool
 def _log_dates(files: list[Path], column: str) -> list[DateOrder]:
     """What the log's numeric timestamps (02/01/2025) prove of day-first or month-first, per file, from one pass
     over its timestamp column (none when every file is Parquet with typed timestamps: dates, date/times or
-    numbers): with the catalogs' dates, the market is read one way, as in memory. Typed batch by batch, a file
+    numbers, or no file's first 2,000 timestamps hold a numeric date): with the catalogs' dates, the market is
+    read one way, as in memory. Typed batch by batch, a file
     whose days are all up to 12 was read month-first. Text is any other type: pandas 3 and Polars write
     ``large_string``, a categorical ``dictionary<string>``, not only ``string``."""
     if all(p.suffix.lower() == ".parquet" and _typed_time(pq.read_schema(p).field(column).type) for p in files):
         return []
+    if not any(numeric_dates(_head(path, column)).any() for path in files):  # ISO text: no second read of the log
+        return []  # (a numeric date further on meets the batches' own check, typed_interactions)
     proofs = read_files(files, [column]).map_batches(
         _date_proofs, batch_format="pandas", batch_size=BATCH_ROWS, fn_kwargs={"column": column}).to_pandas()
     orders = []
@@ -87,6 +91,15 @@ def _log_dates(files: list[Path], column: str) -> list[DateOrder]:
         orders.append(DateOrder(str(where), bool(rows["numeric"].any()), *((None, v) if v else None
                                                                            for v in (day, month))))
     return orders
+
+
+def _head(path: Path, column: str, rows: int = 2000) -> pd.Series:
+    """The first ``rows`` values of a log file's timestamp ``column``, as text."""
+    if path.suffix.lower() == ".parquet":
+        first = next(pq.ParquetFile(path).iter_batches(batch_size=rows, columns=[column]), None)
+        return pd.Series([], dtype=object) if first is None else first.column(0).to_pandas().astype(object)
+    return pd.read_csv(path, usecols=[column], nrows=rows, dtype=str, sep=csv_separator(path),
+                       encoding="utf-8-sig")[column]
 
 
 def _typed_time(kind: pa.DataType) -> bool:

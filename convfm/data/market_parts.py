@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from convfm.config import DataConfig
 from convfm.data.loading import JobMarket, build_examples, set_events
 from convfm.data.date_columns import epoch_dates, is_calendar, order_key
+from convfm.data.date_formats import date_order
 from convfm.data.readers import (
     GZIP_SUFFIXES, cell_error, file_suffix, first_true, header_names, id_strings, is_text, part_files, read_located,
     resolve_columns, resolve_path,
@@ -185,6 +186,14 @@ def typed_interactions(batch: pd.DataFrame, path: Path, config: DataConfig, buck
         raise DataValidationError(f"{path}: column {names['timestamp']!r}: distributed preparation needs date/time "
                                   f"timestamps (got numbers, e.g. {times.iloc[0]!r}): job liveness and the splits "
                                   "are read on a calendar")
+    if dayfirst is not None:  # the market's reading, decided on what it saw: a batch proving the other way fails
+        proof = date_order(times, path, names["timestamp"], rows=False)
+        against = proof.month_first if dayfirst else proof.day_first
+        if against:
+            read, other = ("day", "month") if dayfirst else ("month", "day")
+            raise DataValidationError(f"{path}: column {names['timestamp']!r}: {against[1]!r} is {other}-first, while "
+                                      f"the market's numeric dates were read {read}-first; write the dates one way "
+                                      "(ISO: 2025-01-13)")
     out["timestamp"] = order_key(times, path, names["timestamp"], dayfirst)
     out[BUCKET] = user_buckets(out["user_id"].to_numpy(), buckets)
     return out.reset_index(drop=True)

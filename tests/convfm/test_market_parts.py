@@ -271,6 +271,10 @@ def test_numeric_dates_are_typed_as_the_whole_market_reads_them(tmp_path):
     batch = pd.DataFrame({"user_id": ["u1"], "job_id": ["j1"], "timestamp": ["08/03/2024 22:29"]})
     alone = typed_interactions(batch, Path("part-1.csv"), DataConfig())
     market = typed_interactions(batch, Path("part-1.csv"), DataConfig(), dayfirst=True)
+    later = pd.DataFrame({"user_id": ["u1"], "job_id": ["j1"], "timestamp": ["25/03/2024 10:00"]})
+    with pytest.raises(DataValidationError, match=r"part-9\.csv: column 'timestamp': '25/03/2024 10:00' is day-first, "
+                                                  r"while the market's numeric dates were read month-first"):
+        typed_interactions(later, Path("part-9.csv"), DataConfig(), dayfirst=False)  # a batch past the head sample
     assert alone["timestamp"].tolist() == [pd.Timestamp("2024-08-03T22:29").value // 1000]
     assert market["timestamp"].tolist() == [pd.Timestamp("2024-03-08T22:29").value // 1000]
     (tmp_path / "jobs.csv").write_text("job_id,posted_at\nj1,02/03/2024\n")

@@ -214,6 +214,16 @@ def test_the_logs_numeric_dates_are_read_from_every_part_file(ray_local, tmp_pat
     assert orders["part-1.csv"].numeric and not orders["part-1.csv"].day_first
 
 
+def test_a_log_whose_files_begin_with_iso_dates_is_not_read_twice(tmp_path):
+    """The pass over the log's timestamps read a whole text log a second time; when no file's head holds a
+    numeric date it is skipped (no Ray), and each batch checks that it agrees with the market's reading."""
+    from train.prepare_market import _log_dates
+
+    (tmp_path / "part-0.csv").write_text("user_id,job_id,timestamp\nu1,j1,2024-03-25 10:00\n")
+    pd.DataFrame({"timestamp": ["2024-03-08"]}).to_parquet(tmp_path / "part-1.parquet")
+    assert _log_dates(sorted(tmp_path.iterdir()), "timestamp") == []
+
+
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("kind", ["large_string", "dictionary"])
 def test_a_parquet_log_of_date_text_in_any_string_type_is_read_as_its_dates_prove(ray_local, tmp_path, kind):
