@@ -85,6 +85,16 @@ def check_text(value: Any, field: str, what: str) -> str:
     return value
 
 
+def lone_surrogate(text: str) -> Optional[int]:
+    """Where ``text`` holds a lone UTF-16 surrogate (0-based; JSON can escape one, no UTF-8 file holds it), or
+    None: text that can be written as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
 def _as_text(value: Any, integer: bool = False) -> str:
     """A hint when ``value`` is a string holding a number: YAML 1.1 reads ``1e-3`` (no dot) and ``1.0e3`` (no
     sign) as text, so a number written that way reaches the check as a string."""

@@ -20,6 +20,7 @@ from convfm.config import EVENTS
 from convfm.data.schema import JOBS, USERS
 from convfm.store.event_log import FUTURE_SLACK, event_time, parse_time
 from convfm.store.registry import VERSION_PATTERN
+from convfm.validate import lone_surrogate
 from serve.traffic import check_traffic
 
 MAX_K = 100
@@ -32,11 +33,9 @@ def _unicode(value: str) -> str:
     """``value`` when it can be written as UTF-8, else ValueError. JSON can carry a lone UTF-16 surrogate
     (``"\\ud800"``) that no UTF-8 file or Arrow string holds: pydantic's own check is skipped behind a
     BeforeValidator, and a job id holding one was stored, then failed every later read of the live catalog."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"not valid Unicode text: a lone surrogate (U+{ord(value[exc.start]):04X}) at character "
-                         f"{exc.start + 1}") from None
+    at = lone_surrogate(value)
+    if at is not None:
+        raise ValueError(f"not valid Unicode text: a lone surrogate (U+{ord(value[at]):04X}) at character {at + 1}")
     return value
 
 

@@ -36,6 +36,7 @@ from convfm.config import EVENTS
 from convfm.errors import DataValidationError
 from convfm.jsonfile import parse_json
 from convfm.store import storage
+from convfm.validate import lone_surrogate
 
 EVENTS_DIR = "events"
 SEGMENT_RE = re.compile(r"^(\d{19})-[0-9a-f]{8}\.jsonl$")
@@ -116,15 +117,6 @@ def read_segment(root: str | Path, name: str) -> list[dict[str, Any]]:
         if line.strip():
             records.append(check_record(line, f"{where}, line {number}"))
     return records
-
-
-def _utf8(text: str) -> bool:
-    """Whether ``text`` can be written as UTF-8 (no lone UTF-16 surrogate)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def check_record(line: str, where: str) -> dict[str, Any]:
@@ -218,7 +210,7 @@ class EventLog:
             lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in fresh]
             for number, line in enumerate(lines, start=1):  # what readers would refuse is never written
                 check_record(line, f"{self.root}: record {number} to append")
-                if not line.isascii() and not _utf8(line):  # a lone surrogate failed the write after the checks
+                if not line.isascii() and lone_surrogate(line) is not None:  # it failed the write after the checks
                     raise DataValidationError(f"{self.root}: record {number} to append: not valid Unicode text")
             self._last_ns = max(time.time_ns(), self._last_ns + 1)
             name = f"{self._last_ns:019d}-{uuid.uuid4().hex[:8]}.jsonl"
