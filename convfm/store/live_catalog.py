@@ -215,6 +215,7 @@ class LiveJobs:
     def __init__(self, n_jobs: int, lifetime_days: Optional[float] = None) -> None:
         self.version, self.lifetime_days = 0, lifetime_days
         self.posted = np.full(n_jobs, ALWAYS, dtype=np.int64)
+        self.last_posted = ALWAYS  # at least the latest of ``posted``: no row is scheduled once the clock passes it
         self.expires = np.full(n_jobs, NEVER, dtype=np.int64)
         self.lock = threading.RLock()
 
@@ -229,7 +230,7 @@ class LiveJobs:
         row is. A job upserted with a ``posted_at`` ahead (the service takes up to a day) opens then: it was
         recommended from its upsert on."""
         now = now_micros() if now is None else now
-        if (self.expires == NEVER).all() and not (self.posted > now).any():
+        if (self.expires == NEVER).all() and self.last_posted <= now:  # not a second pass over the rows
             return mask
         alive = (self.expires > now) & (self.posted <= now)
         return alive if mask is None else mask & alive
@@ -262,6 +263,7 @@ class LiveJobs:
                 n = len(extractor.job_ids)
                 self.posted, self.expires = grown(self.posted, n, ALWAYS), grown(self.expires, n, NEVER)
                 self.posted[rows], self.expires[rows] = jobs.posted, jobs.expires
+                self.last_posted = max(self.last_posted, int(jobs.posted.max()))
             known = extractor.job_rows
             expired = [(known[j], t) for j, t in delta.expire.items() if j in known]
             if expired:
