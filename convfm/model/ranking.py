@@ -289,9 +289,10 @@ class CatalogRanker:
                 return logits.add_(self.pair_terms(user_side.lists, job_rows))
             indexes, stale = self._match_index
             for (match, p), lists in zip(self._match_pairs, user_side.lists):
-                index, sizes = indexes[match.pairs[p].job]
-                add = match.add_shared if match.pairs[p].job_kind == "multi" else match.add_shared_values
-                add(p, logits, lists, index, sizes, skip=stale)
+                if match.pairs[p].job_kind == "multi":
+                    match.add_shared(p, logits, lists, *indexes[match.pairs[p].job], skip=stale)
+                else:
+                    match.add_shared_values(p, logits, lists, indexes[match.pairs[p].job], skip=stale)
             stale = stale[stale < logits.shape[1]]
             if len(stale):
                 logits[:, stale] += self.pair_terms(user_side.lists, stale)
@@ -328,17 +329,16 @@ class CatalogRanker:
 
     @functools.cached_property
     def _match_index(self) -> tuple[dict[str, Any], torch.Tensor]:
-        """Per job field of a pair-match term, its inverted index (a list field, ``PairMatch.index``) or its
-        value per job (N,) (a categorical field), and each job's list size (N,), read from the encoded catalog;
-        and the rows changed since they were built (``put_jobs``: the indexes' view of them is stale)."""
+        """Per job field of a pair-match term, its inverted index and each job's list size (N,) (a list field,
+        ``PairMatch.index``) or its value per job (N,) (a categorical field), read from the encoded catalog; and
+        the rows changed since they were built (``put_jobs``: the indexes' view of them is stale)."""
         indexes: dict[str, Any] = {}
         for match, p in self._match_pairs:
             field, kind = match.pairs[p].job, match.pairs[p].job_kind
             if field in indexes:
                 continue
             if kind == "categorical":
-                values = self._job_lists(field, np.arange(self.n_jobs))[:, 0]  # (N,)
-                indexes[field] = (values, (values != PAD).float())
+                indexes[field] = self._job_lists(field, np.arange(self.n_jobs))[:, 0]  # (N,)
             else:
                 indexes[field] = match.index(self._job_lists(field, np.arange(a, min(a + JOBS_PER_PASS, self.n_jobs)))
                                              for a in range(0, self.n_jobs, JOBS_PER_PASS))

@@ -116,16 +116,15 @@ def test_a_categorical_job_field_adds_each_jobs_term_by_its_value(overlap):
         match.weight.copy_(torch.tensor([1.5, 0.75]))
     jobs = torch.tensor([[2], [3], [0], [1], [3], [2], [5]])  # PAD at row 2, UNK at row 3
     users = torch.tensor([[2, 2, 3], [5, 1, 0], [1, 1, 0]])  # 2 twice; 5 and unknown; unknown only
-    index, sizes = match.index([jobs])
     logits = torch.full((3, 7), 0.5)
-    match.add_shared_values(0, logits, users, jobs[:, 0], sizes, skip=torch.tensor([1]))
+    match.add_shared_values(0, logits, users, jobs[:, 0], skip=torch.tensor([1]))
     expected = 0.5 + match.term(0, users[:, None], jobs[None])
     expected[:, 1] = 0.5  # a skipped (stale) row gets nothing
     torch.testing.assert_close(logits, expected)
     assert (logits[:, 2:4] == 0.5).all() and (logits[2] == 0.5).all()  # no value, an unknown one; no known value
     assert logits[0, 0] == logits[0, 5] > logits[0, 4] > 0.5 and logits[1, 6] > 0.5  # 2 (twice) above 3 (once)
     short = torch.full((3, 4), 0.5)  # the logits cover the first 4 jobs only
-    match.add_shared_values(0, short, users, jobs[:, 0], sizes)
+    match.add_shared_values(0, short, users, jobs[:, 0])
     torch.testing.assert_close(short, 0.5 + match.term(0, users[:, None], jobs[None, :4]))
 
 
