@@ -28,6 +28,7 @@ from convfm.features.context import now_micros
 from convfm.features.fields import EncodedTable
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
+from convfm.model.open_rows import rows_worth_a_view
 from convfm.model.score_cache import ScoreCache
 from convfm.data.splitting import micros_iso
 from convfm.store.registry import model_identity
@@ -230,9 +231,14 @@ class Scorer:
         rows = [extractor.job_rows.get(j, 0) for j in recent[0] if j]
         return known, table, np.array(rows, dtype=np.int64)
 
-    def _mask(self, filters: Filters) -> Optional[np.ndarray]:
-        """(N,) bool of catalog rows passing every filter and, unless ``include_expired``, open (by the live
-        catalog, or by the training data: ``ModelJobs.alive``); None when every row passes."""
+    def _open(self, now: int) -> Optional[np.ndarray]:
+        """(N,) bool of the catalog rows open at ``now`` (by the live catalog, or by the training data:
+        ``ModelJobs.alive``); None when every row is."""
+        return self.live_jobs.open_at(self.model_jobs.alive(now, len(self.extractor.job_ids)), now)
+
+    def _mask(self, filters: Filters, open_rows: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """(N,) bool of catalog rows passing every filter and, unless ``include_expired``, in ``open_rows``
+        (``_open``); None when every row passes."""
         mask = None
         for column in FILTER_COLUMNS:
             value = getattr(filters, column)
@@ -248,23 +254,20 @@ class Scorer:
             with np.errstate(invalid="ignore"):
                 hit = self.salary_top >= filters.salary_min
             mask = hit if mask is None else mask & hit
-        if filters.include_expired:
+        if filters.include_expired or open_rows is None:
             return mask
-        now = now_micros()
-        alive = self.model_jobs.alive(now, len(self.extractor.job_ids))
-        if alive is not None:
-            mask = alive if mask is None else mask & alive
-        return self.live_jobs.open_at(mask, now)
+        return open_rows if mask is None else mask & open_rows
 
     # ---------------------------------------------------------------------------------------- recommend
     def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[Any]:
         """One result dict (or ServiceError) per request; all model-scored users in one catalog pass."""
         results: list[Any] = [None] * len(requests)
         pending = []  # (request index, known, user row, past job rows, mask)
+        open_rows = self._open(now_micros())
         for i, request in enumerate(requests):
             try:
                 known, user, past = self._user(request)
-                mask = self._mask(request.filters)
+                mask = self._mask(request.filters, open_rows)
             except ServiceError as exc:
                 results[i] = exc
                 continue
@@ -277,7 +280,10 @@ class Scorer:
         with self._time_lock:  # job ages at request time
             self.at(now_micros())
             exact = self.index is None
-            scores = self.cache.scores(concat_rows([p[2] for p in pending])) if exact else None  # (U, N)
+            # Every request's jobs are open ones, unless one asks for expired jobs too: then the whole catalog.
+            rows = None if any(requests[p[0]].filters.include_expired for p in pending) else rows_worth_a_view(
+                open_rows)
+            scores = self.cache.scores(concat_rows([p[2] for p in pending]), rows) if exact else None  # (U, N)
             for u, (i, known, user, past, mask) in enumerate(pending):
                 request = requests[i]
                 seen = list(self.seen.get(request.user_id, ())) if known and request.exclude_seen else []

@@ -11,7 +11,7 @@ conv columns on, instead of the whole network.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -19,11 +19,12 @@ import torch
 from convfm.data.batching import FieldBatch, join_batches, table_tensors, used_list_length
 from convfm.features.base import with_room
 from convfm.features.context import now_micros
-from convfm.features.fields import PAD, EncodedTable, FeatureMap, field_columns
+from convfm.features.fields import PAD, EncodedTable, FeatureMap
 from convfm.model import job_clock
 from convfm.model.explanations import Explainer
+from convfm.model.catalog_match import CatalogMatchTerms
 from convfm.model.network import ConvFM, Side
-from convfm.model.pair_match import Pair, PairMatch
+from convfm.model.open_rows import RowView
 from convfm.model.sides import leaves, map_side, zip_map
 from convfm.model.top_k import best_first
 
@@ -54,7 +55,7 @@ def _zeros_side(feature_map: FeatureMap, rows: int, device: torch.device) -> Fie
     )
 
 
-class CatalogRanker:
+class CatalogRanker(CatalogMatchTerms):
     """Scores users against a whole job catalog with the job side precomputed (see the module docstring).
 
     ``model`` must be a ConvFM in eval mode (it is switched to eval); ``extractor`` a fitted
@@ -93,6 +94,7 @@ class CatalogRanker:
         self._own_jobs = jobs is not None
         self._room = self.job_side  # job_side is a view of these buffers (put_jobs grows them)
         self.version, self._changes = 0, []  # _changes: (version, rows it changed), the last CHANGES_KEPT
+        self._view: Optional[RowView] = None  # the rows last scanned with ``kept`` (the jobs open now)
 
     @property
     def time(self) -> int:
@@ -229,35 +231,37 @@ class CatalogRanker:
         return max(1, budget // max(1, users * self.job_width))
 
     def score_all(self, users: EncodedTable, job_rows: Optional[np.ndarray] = None,
-                  times: Optional[np.ndarray] = None) -> torch.Tensor:
+                  times: Optional[np.ndarray] = None, kept: bool = False) -> torch.Tensor:
         """Logits (U, N) of every user against every catalog job (or against ``job_rows``), at the precomputed
-        time or, with recency fields, at each user's ``times`` (U,) int64 order keys. Users are scored in time
+        time or, with recency fields, at each user's ``times`` (U,) int64 order keys. ``kept``: ``job_rows``
+        (sorted, unique) are asked for again and again (the jobs open now): their job sides are scanned from a
+        contiguous copy kept between calls (``convfm.model.open_rows``). Users are scored in time
         order, the precomputed job sides moved forward to each distinct time (``_advance``): only the jobs whose
         bucket changes between consecutive times are recomputed, in a few large passes. (Scoring a group of
         users at its first time and correcting each user's changed pairs cost 7x more on 300 events spread over
         weeks.)"""
         if self.recency is None or times is None:
-            return self._score_all(users, job_rows)
+            return self._score_all(users, job_rows, kept=kept)
         times = np.asarray(times, dtype=np.int64)
         order = np.argsort(times, kind="stable")
         distinct, starts = np.unique(times[order], return_index=True)
         if not len(distinct):
-            return self._score_all(users, job_rows)
+            return self._score_all(users, job_rows, kept=kept)
         with torch.inference_mode():
             user_side = self._side(users, "user")  # one pass: a user's side does not depend on the jobs' time
         out: Optional[torch.Tensor] = None
         for group, _ in zip(np.split(order, starts[1:]), self._advance(distinct)):
             index = torch.as_tensor(group, device=self.device)
-            scores = self._score_all(map_side(lambda t: t[index], user_side), job_rows)
+            scores = self._score_all(map_side(lambda t: t[index], user_side), job_rows, kept=kept)
             if out is None:
                 out = scores.new_empty((len(times), scores.shape[1]))
             out[index.to(out.device)] = scores
         return out
 
     def _score_all(self, users: EncodedTable | Side, job_rows: Optional[np.ndarray],
-                   pair_terms: bool = True) -> torch.Tensor:
+                   pair_terms: bool = True, kept: bool = False) -> torch.Tensor:
         """Logits (U, N or len(job_rows)) of ``users`` (a table, or their user sides) at the precomputed time;
-        without the pair-match terms when not ``pair_terms`` (the retrieval fit)."""
+        without the pair-match terms when not ``pair_terms`` (the retrieval fit); ``kept`` as in ``score_all``."""
         with torch.inference_mode():
             side = self._side(users, "user") if isinstance(users, EncodedTable) else users
             # One user's side (1, ...) broadcasts over the jobs' (n, ...) rows as it is; several users' (U, 1, ...)
@@ -266,83 +270,29 @@ class CatalogRanker:
             one = n_users == 1
             u = side._replace(lists=None) if one else map_side(lambda t: t[:, None], side._replace(lists=None))
             rows = None if job_rows is None else torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
+            source, gather = self.job_side, rows
+            if kept and rows is not None:  # the view's rows are contiguous: no gather
+                source, gather = self._kept_view(np.asarray(job_rows, dtype=np.int64)), None
             total = self.n_jobs if rows is None else len(rows)
             step, out = self._chunk(n_users), []
             for start in range(0, total, step):
-                index = slice(start, start + step) if rows is None else rows[start : start + step]
-                jobs = map_side(lambda t: t[index] if one else t[index][None], self.job_side)
+                index = slice(start, start + step) if gather is None else gather[start : start + step]
+                jobs = map_side(lambda t: t[index] if one else t[index][None], source)
                 scores = self.split.combine(u, jobs)  # (n,) for one user, else (U, n)
                 out.append(scores.view(n_users, scores.shape[-1]))
             logits = torch.cat(out, dim=1) if out else torch.zeros((n_users, 0), device=self.device)
-            return self.add_match_terms(logits, side, rows) if pair_terms and total else logits
+            if not (pair_terms and total and self._match_pairs):
+                return logits
+            if gather is None and rows is not None:  # the whole catalog's inverted indexes, then the view's rows
+                return logits.add_(self.add_match_terms(logits.new_zeros((n_users, self.n_jobs)), side)[:, rows])
+            return self.add_match_terms(logits, side, rows)
 
-    def add_match_terms(self, logits: torch.Tensor, user_side: Side,
-                        job_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``logits`` (U, N' <= N, or len(job_rows)) of user sides against the catalog's first N' jobs (or
-        ``job_rows``) plus the pair-match terms (``ConvFM.pair_matches``), in place. The whole catalog reads
-        each job field's inverted index; a few rows compare their lists directly, as do rows changed since the
-        indexes were built."""
-        if not self._match_pairs:
-            return logits
-        with torch.inference_mode():
-            if job_rows is not None:
-                return logits.add_(self.pair_terms(user_side.lists, job_rows))
-            indexes, stale = self._match_index
-            for (match, p), lists in zip(self._match_pairs, user_side.lists):
-                if match.pairs[p].job_kind == "multi":
-                    match.add_shared(p, logits, lists, *indexes[match.pairs[p].job], skip=stale)
-                else:
-                    match.add_shared_values(p, logits, lists, indexes[match.pairs[p].job], skip=stale)
-            stale = stale[stale < logits.shape[1]]
-            if len(stale):
-                logits[:, stale] += self.pair_terms(user_side.lists, stale)
-            return logits
-
-    def pair_terms(self, lists: tuple[torch.Tensor, ...], job_rows: torch.Tensor,
-                   keep: Optional[Callable[[PairMatch, Pair], bool]] = None) -> torch.Tensor:
-        """The pair-match terms (U, K) (those of the pairs ``keep`` accepts) of user sides' ``lists`` (each
-        (U, L)) against catalog rows (K,), lists compared directly, a block of users at a time."""
-        rows = job_rows.cpu().numpy()
-        out = torch.zeros((len(lists[0]), len(rows)), device=self.device)
-        for (match, p), a in zip(self._match_pairs, lists):
-            if keep is not None and not keep(match, match.pairs[p]):
-                continue
-            b = self._job_lists(match.pairs[p].job, rows)  # (K, L)
-            users = max(1, ELEMENT_BUDGET // max(1, b.numel() * a.shape[1]))
-            for start in range(0, len(a), users):
-                out[start : start + users] += match.term(p, a[start : start + users, None], b[None])
-        return out
-
-    @functools.cached_property
-    def _match_pairs(self) -> list[tuple[PairMatch, int]]:
-        """``ConvFM.match_pairs``, once per ranker."""
-        return self.model.match_pairs()
-
-    def _job_lists(self, field: str, rows: np.ndarray) -> torch.Tensor:
-        """Job field ``field``'s ids in catalog ``rows`` (K,) -> (K, L) cut to the longest list among them, or
-        (K, 1) for a categorical field."""
-        kind, column = field_columns(self.job_map.fields)[field]
-        if kind == "categorical":
-            return torch.as_tensor(self.jobs.cat[rows, column : column + 1], device=self.device)
-        lists = self.jobs.multi[rows, column]  # (K, max_len)
-        return torch.as_tensor(lists[:, : used_list_length(lists[:, None])], device=self.device)
-
-    @functools.cached_property
-    def _match_index(self) -> tuple[dict[str, Any], torch.Tensor]:
-        """Per job field of a pair-match term, its inverted index and each job's list size (N,) (a list field,
-        ``PairMatch.index``) or its value per job (N,) (a categorical field), read from the encoded catalog; and
-        the rows changed since they were built (``put_jobs``: the indexes' view of them is stale)."""
-        indexes: dict[str, Any] = {}
-        for match, p in self._match_pairs:
-            field, kind = match.pairs[p].job, match.pairs[p].job_kind
-            if field in indexes:
-                continue
-            if kind == "categorical":
-                indexes[field] = self._job_lists(field, np.arange(self.n_jobs))[:, 0]  # (N,)
-            else:
-                indexes[field] = match.index(self._job_lists(field, np.arange(a, min(a + JOBS_PER_PASS, self.n_jobs)))
-                                             for a in range(0, self.n_jobs, JOBS_PER_PASS))
-        return indexes, torch.zeros(0, dtype=torch.int64, device=self.device)
+    def _kept_view(self, rows: np.ndarray) -> Side:
+        """Job sides (n, ...) of catalog ``rows``, from the view kept since the last call with these rows."""
+        view = self._view
+        if view is None or not view.serves(rows) or not view.catch_up(self):
+            view = self._view = RowView(self, rows)
+        return view.job_side
 
     def score_pairs(self, users: EncodedTable, user_index: np.ndarray, job_rows: np.ndarray) -> torch.Tensor:
         """Logits (P,) of pairs (users row ``user_index[p]``, catalog row ``job_rows[p]``): one pass for all."""
@@ -377,6 +327,8 @@ class CatalogRanker:
             blocked |= ~torch.as_tensor(np.asarray(candidate_mask, dtype=bool), device=logits.device)
         available = int((~blocked).sum())
         logits[blocked] = -torch.inf
+        if torch.isnan(logits).any():  # ``scores`` of some rows only (a scan of the open jobs) and a wider mask
+            raise ValueError("top_k: the scores given leave out rows the candidate mask allows")
         return best_first(logits, min(k, available))
 
     # ---------------------------------------------------------------------------------------- reference

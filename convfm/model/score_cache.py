@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ DEFAULT_BUDGET_MIB = 64  # per serving replica: 1,600 users of a 10,000-job cata
 
 class _Entry(NamedTuple):
     version: int  # the ranker's version the logits are exact at
-    logits: torch.Tensor  # (N then,)
+    logits: torch.Tensor  # (N then,); NaN where not scored (a scan of the open jobs alone)
 
 
 def user_key(users: EncodedTable, row: int) -> bytes:
@@ -59,15 +59,16 @@ class ScoreCache:
         """Entries kept, the budget, and the counts of hits, misses and rows rescored for kept entries."""
         return {"entries": len(self), "budget_mib": self.budget_bytes // 2**20, **self.stats}
 
-    def scores(self, users: EncodedTable) -> torch.Tensor:
-        """Logits (U, N) of every user against the whole catalog: kept rows brought up to date, the rest scanned
-        in one pass."""
+    def scores(self, users: EncodedTable, rows: Optional[np.ndarray] = None) -> torch.Tensor:
+        """Logits (U, N) of every user against the whole catalog, or at least against catalog ``rows`` (sorted,
+        unique: the jobs open now, scanned through the ranker's kept view) with NaN at rows never scored: kept
+        rows brought up to date, the rest scanned in one pass."""
         ranker = self.ranker
         if not self.budget_bytes:  # nothing is kept
             self.stats["misses"] += len(users)
-            return ranker.score_all(users)
+            return self._scan(users, rows)
         keys = [user_key(users, i) for i in range(len(users))]
-        kept = [self._current(key, users, i) for i, key in enumerate(keys)]
+        kept = [self._current(key, users, i, rows) for i, key in enumerate(keys)]
         missed = [i for i, logits in enumerate(kept) if logits is None]
         self.stats["hits"] += len(users) - len(missed)
         self.stats["misses"] += len(missed)
@@ -76,28 +77,43 @@ class ScoreCache:
             if logits is not None:
                 out[i] = logits
         if missed:
-            out[missed] = ranker.score_all(users.take(np.array(missed)))
+            out[missed] = self._scan(users.take(np.array(missed)), rows)
             for i in missed:
                 self._keep(keys[i], _Entry(ranker.version, out[i].clone()))
         return out
 
-    def _current(self, key: bytes, users: EncodedTable, row: int) -> torch.Tensor | None:
-        """The kept logits of ``key`` at the ranker's version (changed rows rescored), None when not kept."""
+    def _scan(self, users: EncodedTable, rows: Optional[np.ndarray]) -> torch.Tensor:
+        """Fresh logits (U, N): the whole catalog, or ``rows`` alone (NaN elsewhere)."""
+        if rows is None:
+            return self.ranker.score_all(users)
+        out = torch.full((len(users), self.ranker.n_jobs), torch.nan, device=self.ranker.device)
+        out[:, torch.as_tensor(rows, device=out.device)] = self.ranker.score_all(users, rows, kept=True)
+        return out
+
+    def _current(self, key: bytes, users: EncodedTable, row: int, rows: Optional[np.ndarray]) -> torch.Tensor | None:
+        """The kept logits of ``key`` at the ranker's version, exact at least at ``rows`` (default all), None
+        when not kept: rows changed since are forgotten (NaN), and those of ``rows`` not scored are scored."""
         entry = self._entries.get(key)
         if entry is None:
             return None
         changed = self.ranker.changed_since(entry.version)
-        if changed is None or len(changed) > self.ranker.n_jobs // 4:  # a scan of all costs less than many rows
+        if changed is None:
             del self._entries[key]
             return None
-        self._entries.move_to_end(key)
-        if not len(changed):
-            return entry.logits
         logits = entry.logits
         if len(logits) < self.ranker.n_jobs:  # the catalog grew: its new rows are among the changed ones
             logits = torch.cat([logits, logits.new_empty(self.ranker.n_jobs - len(logits))])
-        logits[changed] = self.ranker.score_all(users.take(np.array([row])), changed)[0]
-        self.stats["rescored_rows"] += len(changed)
+        logits[torch.as_tensor(changed, device=logits.device)] = torch.nan
+        wanted = logits if rows is None else logits[torch.as_tensor(rows, device=logits.device)]
+        missing = torch.isnan(wanted).nonzero()[:, 0].cpu().numpy()
+        if rows is not None:
+            missing = rows[missing]
+        if len(missing) > len(wanted) // 4:  # a scan of all costs less than many rows
+            del self._entries[key]
+            return None
+        if len(missing):
+            logits[missing] = self.ranker.score_all(users.take(np.array([row])), missing)[0]
+            self.stats["rescored_rows"] += len(missing)
         self._keep(key, _Entry(self.ranker.version, logits))
         return logits
 

@@ -128,3 +128,32 @@ def test_the_change_log_holds_no_more_rows_than_the_catalog(served):
     ranker._changed(everything[: ranker.n_jobs // 2])
     cache.scores(user)
     assert cache.stats == {"hits": 0, "misses": 2, "rescored_rows": 0}
+
+
+def test_a_scan_of_the_open_rows_is_kept_rescored_where_it_changed_and_widened_when_asked(served):
+    """With ``rows`` (the jobs open now) a miss scans those alone (NaN elsewhere); a later change is rescored only
+    where it touches them, and a request for the whole catalog (``include_expired``) scans it anew."""
+    model, extractor = served
+    ranker = CatalogRanker(model, extractor, time=T0)
+    cache = ScoreCache(ranker, 1 << 20)
+    users = users_of(extractor, [1, 2])
+    rows = np.arange(1, ranker.n_jobs, 2)
+    first = cache.scores(users, rows)
+    torch.testing.assert_close(first[:, rows], ranker.score_all(users)[:, rows], atol=1e-6, rtol=0)
+    closed = np.setdiff1d(np.arange(ranker.n_jobs), rows)
+    assert torch.isnan(first[:, closed]).all()
+    torch.testing.assert_close(cache.scores(users, rows), first, atol=0, rtol=0, equal_nan=True)
+    assert cache.stats == {"hits": 2, "misses": 2, "rescored_rows": 0}
+
+    ranker.at(T0 + 3 * MICROS_PER_DAY)
+    moved = ranker.changed_since(0)
+    assert 0 < len(np.intersect1d(moved, rows)) < len(moved)
+    later = cache.scores(users, rows)
+    torch.testing.assert_close(later[:, rows], ranker.score_all(users)[:, rows], atol=1e-6, rtol=0)
+    assert cache.stats["rescored_rows"] == 2 * len(np.intersect1d(moved, rows))  # not the closed rows moved
+
+    everything = cache.scores(users)  # over a quarter of the catalog never scored: scanned anew
+    torch.testing.assert_close(everything, ranker.score_all(users), atol=1e-6, rtol=0)
+    assert cache.stats["misses"] == 4
+    off = ScoreCache(ranker, 0)
+    torch.testing.assert_close(off.scores(users, rows)[:, rows], everything[:, rows], atol=1e-6, rtol=0)

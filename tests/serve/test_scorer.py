@@ -317,3 +317,34 @@ def test_history_ids_the_catalog_does_not_know_are_named(scorer, tiny):
     result = scorer.recommend_many([rec(user_id="stranger", history=["gone-123", known], k=3)])[0]
     assert result["cold_start"] and result["unknown_history"] == ["gone-123"] and len(result["items"]) == 3
     assert scorer.recommend_many([rec(user_id="stranger", history=[known], k=3)])[0]["unknown_history"] == []
+
+
+def test_a_catalog_mostly_closed_is_answered_from_its_open_jobs_alone_as_from_the_whole(tiny, monkeypatch):
+    """Half the model's jobs closed: the scorer scans the open ones (``convfm.model.open_rows``), with kept
+    scans or none, and answers every request, filters, expired jobs and batches included, as a full scan does."""
+    from serve import scorer as scorer_module
+
+    probe = Scorer.load(tiny.entry / "v0001")
+    expires = probe.ranker.recency.expires[1: probe.n_jobs]
+    now = int(np.median(expires))
+    monkeypatch.setattr(scorer_module, "now_micros", lambda: now)
+    monkeypatch.setattr("serve.live_catalog.now_micros", lambda: now)
+    users = list(tiny.data.frames["train"]["user_id"].unique()[:3])
+    requests = [rec(user_id=users[0], k=20), rec(user_id=users[1], k=5, filters={"job_type": "contract"}),
+                rec(user_id=users[2], k=20, filters={"include_expired": True}), rec(user_id=users[0], k=20)]
+
+    def answers(view: bool, mib: int) -> list:
+        monkeypatch.setattr("convfm.model.open_rows.OPEN_SHARE_FOR_VIEW", 0.75 if view else 0.0)
+        served = Scorer.load(tiny.entry / "v0001", score_cache_mib=mib)
+        out = [served.recommend_many([r])[0] for r in requests] + served.recommend_many(requests[:2])
+        out += served.recommend_many(requests)  # one request asks for expired jobs: the whole catalog for all
+        return [[(i["job_id"], i["score"]) for i in a["items"]] for a in out], served.ranker._view
+
+    full, no_view = answers(view=False, mib=1)
+    assert no_view is None
+    for mib in (0, 1):
+        got, view = answers(view=True, mib=mib)
+        assert view is not None and 0 < len(view.rows) < 0.75 * probe.n_jobs
+        assert [[j for j, _ in items] for items in got] == [[j for j, _ in items] for items in full]
+        assert [s for items in got for _, s in items] == pytest.approx([s for items in full for _, s in items],
+                                                                       abs=1e-6)
