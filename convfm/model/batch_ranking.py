@@ -22,6 +22,7 @@ import torch
 from convfm.data.liveness import ALWAYS
 from convfm.errors import ArtifactError
 from convfm.features.fields import EncodedTable
+from convfm.model.open_rows import rows_worth_a_view
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
 from convfm.store.artifacts import LoadedModel, load_model_dir
@@ -121,18 +122,24 @@ class BatchRanker:
         users = extractor.user_side(static, ids, times=np.full(len(ids), self.at, dtype=np.int64))  # history < at
         if self.index is not None:
             return self._retrieved(ids, users, k, exclude_seen)
-        logits = self.ranker.score_all(users)  # (U, N), job ages at self.at
-        blocked = np.repeat(~self.live[None], len(ids), axis=0)  # (U, N)
+        # Mostly closed catalogs (a live catalog's old jobs): the open rows alone, from the ranker's kept view.
+        open_rows = rows_worth_a_view(self.live)
+        scanned = np.arange(self.ranker.n_jobs) if open_rows is None else open_rows  # (M,)
+        logits = self.ranker.score_all(users, open_rows, kept=True)  # (U, M), job ages at self.at
+        blocked = np.repeat(~self.live[None, scanned], len(ids), axis=0)  # (U, M)
         if exclude_seen:
+            position = np.full(self.ranker.n_jobs, -1, dtype=np.int64)
+            position[scanned] = np.arange(len(scanned))
             for u, user in enumerate(ids):
-                blocked[u, self.seen.get(user, ())] = True
+                seen = position[np.asarray(self.seen.get(user, ()), dtype=np.int64)]
+                blocked[u, seen[seen >= 0]] = True
         logits = logits.masked_fill(torch.as_tensor(blocked, device=logits.device), -torch.inf)
         values, rows = torch.topk(logits, min(k, logits.shape[1]), dim=1)  # (U, k)
         keep = torch.isfinite(values).cpu().numpy()
         ranks = np.broadcast_to(np.arange(1, values.shape[1] + 1), keep.shape)
         users = np.broadcast_to(ids[:, None], keep.shape)
         return pd.DataFrame({"user_id": users[keep], "rank": ranks[keep].astype(np.int64),
-                             "job_id": self.job_ids[rows.cpu().numpy()[keep]],
+                             "job_id": self.job_ids[scanned[rows.cpu().numpy()[keep]]],
                              "score": torch.sigmoid(values).cpu().numpy()[keep].astype(np.float64),
                              "source": "model"})
 

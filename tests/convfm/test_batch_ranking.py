@@ -25,6 +25,7 @@ def test_top_k_per_user_equals_the_fast_path_without_seen_or_expired_jobs(batch)
     users = extractor.user_ids[1:41]
     out = batch.recommend(users, k=7)
     assert 50 < batch.live.sum() < len(batch.live) - 1
+    assert np.array_equal(batch.ranker._view.rows, np.flatnonzero(batch.live))  # the live jobs alone scanned
     assert list(out.columns) == list(OUTPUT_COLUMNS) and set(out["source"]) == {"model"}
     assert (out.groupby("user_id").size() == 7).all() and out["user_id"].nunique() == 40
     assert set(out["model_version"]) == {"v0001"} and set(out["catalog_version"]) == {0}
