@@ -5,7 +5,9 @@
    FastAPI/uvicorn process calling the same scorer (no Ray, no batching), (c) the convfm Serve app with one
    replica (one deployment: HTTP and batched scoring in one process, the default) and (d) the app with two
    (an ingress in front of 2 batched Ranker replicas), over the model's 10,000-job catalog;
-2. ranking a 100k-job catalog for one user: the precomputed fast path vs the model's full forward.
+2. ranking a 100k-job catalog for one user: the precomputed fast path vs the model's full forward;
+3. one new user's request in process, scanning the jobs open at its time (the service's way) or all of them
+   (``benchmarks/serve_inprocess.py``, as 2).
 
     python benchmarks/serve_load.py                       # ~5-7 minutes on 2 cores
     python benchmarks/serve_load.py --model models/NAME   # an existing registry entry instead of a fresh model
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from serve_inprocess import catalog_timing, explain_timing, open_timing, print_explain_timing  # beside this script
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,79 +177,6 @@ def serve_targets(model: str, port: int, cpus: int):
     return serve, ray
 
 
-# ---------------------------------------------------------------------------------------- catalog
-def catalog_timing(model_path: str, n_jobs: int, repeats: int) -> dict[str, float]:
-    """Top-10 over ``n_jobs`` jobs (the fitted catalog tiled) for one user: fast path vs full forward."""
-    import torch
-
-    from convfm.model.ranking import CatalogRanker
-    from convfm.store.registry import resolve
-    from serve.scorer import Scorer
-
-    scorer = Scorer.load(resolve(model_path))
-    extractor, model = scorer.extractor, scorer.ranker.model
-    rows = np.concatenate([[0], np.random.default_rng(0).integers(1, len(extractor.job_catalog), size=n_jobs)])
-    jobs = scorer.ranker.job_table(rows)  # every job-side field, recency now included
-    started = time.perf_counter()
-    ranker = CatalogRanker(model, extractor, jobs=jobs)
-    precompute = time.perf_counter() - started
-    user = extractor.user_side(extractor.user_catalog.take([1]), np.array([extractor.user_ids[1]], dtype=object))
-
-    def fast() -> np.ndarray:
-        return ranker.top_k(user, 10)[0]
-
-    def full() -> np.ndarray:
-        scores = ranker.full_scores(user)[0]
-        scores[0] = -torch.inf
-        return torch.topk(scores, 10).indices.numpy()
-
-    fast()  # warm-up
-    fast_s = min(_timed(fast) for _ in range(repeats))
-    full_s = min(_timed(full) for _ in range(max(1, repeats // 3)))
-    gap = float((ranker.score_all(user) - ranker.full_scores(user)).abs().max())
-    # compared as catalog rows: a tiled row's copies score alike, and either path may take either copy
-    same = bool(np.array_equal(np.sort(rows[fast()]), np.sort(rows[full()])))
-    return {"jobs": n_jobs, "precompute_s": precompute, "fast_s": fast_s, "full_s": full_s, "max_abs_diff": gap,
-            "same_top10": same, "threads": torch.get_num_threads()}
-
-
-def explain_timing(model_path: str, users: list[str], rounds: int) -> dict[str, float]:
-    """``recommend_many`` of one k=10 request at a time, with and without explanations, alternating per user
-    (a busy shared machine slows both alike) -> median ms of each."""
-    import torch
-
-    from convfm.store.registry import resolve
-    from serve.schemas import RecommendRequest
-    from serve.scorer import Scorer
-
-    scorer = Scorer.load(resolve(model_path))
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(rounds):
-        for user in users:
-            for explain in (False, True):
-                request = RecommendRequest(user_id=user, k=10, explain=explain)
-                times[explain].append(_timed(lambda: scorer.recommend_many([request])))
-    plain, explained = (float(np.median(times[e])) * 1000 for e in (False, True))
-    return {"jobs": scorer.n_jobs - 1, "requests": len(times[True]), "plain_ms": plain, "explained_ms": explained,
-            "threads": torch.get_num_threads()}
-
-
-def print_explain_timing(t: dict[str, float]) -> None:
-    print(f"\n### recommend_many, one k=10 request at a time, {t['jobs']:,}-job catalog, in process "
-          f"(torch threads: {t['threads']}, {t['requests']} requests each)\n")
-    print("| request | p50 ms | share of the request |\n|---|---:|---:|")
-    print(f"| explain: false | {t['plain_ms']:.1f} | |")
-    extra = t["explained_ms"] - t["plain_ms"]
-    print(f"| explain: true | {t['explained_ms']:.1f} | explanations {extra:.1f} ms, "
-          f"{extra / t['explained_ms']:.0%} |")
-
-
-def _timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
 # ------------------------------------------------------------------------------------------- main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -298,6 +228,8 @@ def main() -> int:
     returning = max(1, DEFAULT_BUDGET_MIB * 2**20 // (4 * (catalog_jobs + 1)) // 2)
 
     catalog = catalog_timing(model, args.catalog_jobs, repeats=3 if args.smoke_test else 6)
+    # users of neither level nor the warm-up: every request of a level stays a new user's
+    scan = open_timing(model, users[offset: offset + 60] if offset + 60 < len(users) else users[-61:-1])
     results: dict[tuple[str, int], dict[str, float]] = {}
     plain_port, serve_port = free_port(), free_port()
     plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(plain_port), "--model", model],
@@ -336,6 +268,9 @@ def main() -> int:
         ray.shutdown()
 
     print(f"\n### POST /recommend (k=10), {catalog_jobs:,}-job catalog, loopback (the client on the same cores)\n")
+    print(f"{scan['open']:,} of the {scan['jobs']:,} jobs open at the requests' time; one new user's request in "
+          f"process, one torch thread: {scan['open_ms']:.1f} ms scanning the open jobs (the service's way), "
+          f"{scan['whole_ms']:.1f} ms scanning the whole catalog\n")
     print("| target | concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for (name, concurrency), r in results.items():
