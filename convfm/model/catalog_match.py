@@ -26,18 +26,19 @@ INDEX_ROWS = 8192  # job rows read per pass while building an inverted index
 class CatalogMatchTerms:
     """The pair-match terms of ``CatalogRanker`` (its ``model``, ``jobs``, ``job_map``, ``n_jobs``, ``device``)."""
 
-    def add_match_terms(self, logits: torch.Tensor, user_side: Side,
-                        job_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``logits`` (U, N' <= N, or len(job_rows)) of user sides against the catalog's first N' jobs (or
-        ``job_rows``) plus the pair-match terms (``ConvFM.pair_matches``), in place. The whole catalog reads
-        each job field's inverted index; a few rows compare their lists directly, as do rows changed since the
-        indexes were built."""
+    def add_match_terms(self, logits: torch.Tensor, user_side: Side, job_rows: Optional[torch.Tensor] = None,
+                        view: Optional[Any] = None) -> torch.Tensor:
+        """``logits`` (U, N' <= N, or len(job_rows), or the rows of ``view``, a ``RowView``) of user sides against
+        the catalog's first N' jobs (or ``job_rows``, or the view's rows) plus the pair-match terms
+        (``ConvFM.pair_matches``), in place. The whole catalog, or a view, reads each job field's inverted index
+        (its own for a view); a few rows compare their lists directly, as do rows changed since the indexes were
+        built."""
         if not self._match_pairs:
             return logits
         with torch.inference_mode():
             if job_rows is not None:
                 return logits.add_(self.pair_terms(user_side.lists, job_rows))
-            indexes, stale = self._match_index
+            indexes, stale = self._match_index if view is None else view.match_index(self)
             for (match, p), lists in zip(self._match_pairs, user_side.lists):
                 if match.pairs[p].job_kind == "multi":
                     match.add_shared(p, logits, lists, *indexes[match.pairs[p].job], skip=stale)
@@ -45,7 +46,8 @@ class CatalogMatchTerms:
                     match.add_shared_values(p, logits, lists, indexes[match.pairs[p].job], skip=stale)
             stale = stale[stale < logits.shape[1]]
             if len(stale):
-                logits[:, stale] += self.pair_terms(user_side.lists, stale)
+                rows = stale if view is None else torch.as_tensor(view.rows, device=stale.device)[stale]
+                logits[:, stale] += self.pair_terms(user_side.lists, rows)
             return logits
 
     def pair_terms(self, lists: tuple[torch.Tensor, ...], job_rows: torch.Tensor,
@@ -79,17 +81,22 @@ class CatalogMatchTerms:
 
     @functools.cached_property
     def _match_index(self) -> tuple[dict[str, Any], torch.Tensor]:
-        """Per job field of a pair-match term, its inverted index and each job's list size (N,) (a list field,
-        ``PairMatch.index``) or its value per job (N,) (a categorical field), read from the encoded catalog; and
-        the rows changed since they were built (``put_jobs``: the indexes' view of them is stale)."""
+        """``match_indexes`` of the whole catalog, and the rows changed since they were built (``put_jobs``:
+        the indexes' view of them is stale)."""
+        return self.match_indexes(np.arange(self.n_jobs)), torch.zeros(0, dtype=torch.int64, device=self.device)
+
+    def match_indexes(self, rows: np.ndarray) -> dict[str, Any]:
+        """Per job field of a pair-match term, over catalog ``rows`` (n,) (positions in ``rows``): its inverted
+        index and each job's list size (n,) (a list field, ``PairMatch.index``) or its value per job (n,) (a
+        categorical field), read from the encoded catalog."""
         indexes: dict[str, Any] = {}
         for match, p in self._match_pairs:
             field, kind = match.pairs[p].job, match.pairs[p].job_kind
             if field in indexes:
                 continue
             if kind == "categorical":
-                indexes[field] = self._job_lists(field, np.arange(self.n_jobs))[:, 0]  # (N,)
+                indexes[field] = self._job_lists(field, rows)[:, 0]  # (n,)
             else:
-                indexes[field] = match.index(self._job_lists(field, np.arange(a, min(a + INDEX_ROWS, self.n_jobs)))
-                                             for a in range(0, self.n_jobs, INDEX_ROWS))
-        return indexes, torch.zeros(0, dtype=torch.int64, device=self.device)
+                indexes[field] = match.index(self._job_lists(field, rows[a : a + INDEX_ROWS])
+                                             for a in range(0, len(rows), INDEX_ROWS))
+        return indexes

@@ -41,6 +41,15 @@ class RowView:
         index = torch.as_tensor(self.rows, device=ranker.device)
         self.job_side: Side = map_side(lambda t: t[index].contiguous(), ranker.job_side)
         self.version = ranker.version
+        self._index: Optional[tuple[dict[str, Any], torch.Tensor]] = None  # built at its first use
+
+    def match_index(self, ranker: Any) -> tuple[dict[str, Any], torch.Tensor]:
+        """The pair-match terms' inverted indexes over this view's rows (``CatalogMatchTerms.match_indexes``)
+        and the positions patched since they were built (scored from their lists directly: a replaced job's
+        lists may differ)."""
+        if self._index is None:
+            self._index = ranker.match_indexes(self.rows), torch.zeros(0, dtype=torch.int64, device=ranker.device)
+        return self._index
 
     def serves(self, rows: np.ndarray) -> bool:
         """Whether this view holds exactly ``rows``."""
@@ -62,5 +71,8 @@ class RowView:
             target = torch.as_tensor(positions[inside], device=ranker.device)
             for mine, theirs in zip(leaves(self.job_side), leaves(ranker.job_side)):
                 mine[target] = theirs[source]
+            if self._index is not None:  # past an eighth of the view stale, built anew at its next use
+                stale = torch.unique(torch.cat([self._index[1], target]))
+                self._index = None if len(stale) > len(self.rows) // 8 else (self._index[0], stale)
         self.version = ranker.version
         return True

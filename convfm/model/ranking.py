@@ -270,9 +270,10 @@ class CatalogRanker(CatalogMatchTerms):
             one = n_users == 1
             u = side._replace(lists=None) if one else map_side(lambda t: t[:, None], side._replace(lists=None))
             rows = None if job_rows is None else torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
-            source, gather = self.job_side, rows
+            source, gather, view = self.job_side, rows, None
             if kept and rows is not None:  # the view's rows are contiguous: no gather
-                source, gather = self._kept_view(np.asarray(job_rows, dtype=np.int64)), None
+                view = self._kept_view(np.asarray(job_rows, dtype=np.int64))
+                source, gather = view.job_side, None
             total = self.n_jobs if rows is None else len(rows)
             step, out = self._chunk(n_users), []
             for start in range(0, total, step):
@@ -281,18 +282,18 @@ class CatalogRanker(CatalogMatchTerms):
                 scores = self.split.combine(u, jobs)  # (n,) for one user, else (U, n)
                 out.append(scores.view(n_users, scores.shape[-1]))
             logits = torch.cat(out, dim=1) if out else torch.zeros((n_users, 0), device=self.device)
-            if not (pair_terms and total and self._match_pairs):
+            if not (pair_terms and total):
                 return logits
-            if gather is None and rows is not None:  # the whole catalog's inverted indexes, then the view's rows
-                return logits.add_(self.add_match_terms(logits.new_zeros((n_users, self.n_jobs)), side)[:, rows])
+            if view is not None:
+                return self.add_match_terms(logits, side, view=view)
             return self.add_match_terms(logits, side, rows)
 
-    def _kept_view(self, rows: np.ndarray) -> Side:
-        """Job sides (n, ...) of catalog ``rows``, from the view kept since the last call with these rows."""
+    def _kept_view(self, rows: np.ndarray) -> RowView:
+        """The view of catalog ``rows`` kept since the last call with these rows, brought up to date."""
         view = self._view
         if view is None or not view.serves(rows) or not view.catch_up(self):
             view = self._view = RowView(self, rows)
-        return view.job_side
+        return view
 
     def score_pairs(self, users: EncodedTable, user_index: np.ndarray, job_rows: np.ndarray) -> torch.Tensor:
         """Logits (P,) of pairs (users row ``user_index[p]``, catalog row ``job_rows[p]``): one pass for all."""
