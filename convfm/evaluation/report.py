@@ -108,7 +108,7 @@ def model_scorer(model: nn.Module, data: PreparedData, batch_size: int, device: 
         ids = as_str_ids(users)
         rows = np.array([extractor.user_rows.get(u, UNKNOWN_ROW) for u in ids], dtype=np.int64)
         table = extractor.user_side(extractor.user_catalog.take(rows), np.asarray(ids), times)  # history before t
-        return ranker.score_all(table, job_rows[codes], times).float().cpu().numpy()  # (e, M)
+        return ranker.score_all(table, job_rows[codes], times, kept=True).float().cpu().numpy()  # (e, M)
 
     return score
 

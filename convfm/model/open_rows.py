@@ -34,7 +34,7 @@ def rows_worth_a_view(mask: Optional[np.ndarray]) -> Optional[np.ndarray]:
 
 
 class RowView:
-    """Job sides (n, ...) of catalog ``rows`` (n,) sorted unique, exact at the ranker's ``version``."""
+    """Job sides (n, ...) of catalog ``rows`` (n,), exact at the ranker's ``version``."""
 
     def __init__(self, ranker: Any, rows: np.ndarray) -> None:
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -63,12 +63,10 @@ class RowView:
         changed = ranker.changed_since(self.version)
         if changed is None or len(changed) > len(self.rows) // 4:
             return False
-        positions = np.searchsorted(self.rows, changed)
-        inside = positions < len(self.rows)
-        inside[inside] = self.rows[positions[inside]] == changed[inside]
-        if inside.any():
-            source = torch.as_tensor(changed[inside], device=ranker.device)
-            target = torch.as_tensor(positions[inside], device=ranker.device)
+        positions = np.flatnonzero(np.isin(self.rows, changed))
+        if len(positions):
+            source = torch.as_tensor(self.rows[positions], device=ranker.device)
+            target = torch.as_tensor(positions, device=ranker.device)
             for mine, theirs in zip(leaves(self.job_side), leaves(ranker.job_side)):
                 mine[target] = theirs[source]
             if self._index is not None:  # past an eighth of the view stale, built anew at its next use

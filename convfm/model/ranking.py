@@ -234,7 +234,7 @@ class CatalogRanker(CatalogMatchTerms):
                   times: Optional[np.ndarray] = None, kept: bool = False) -> torch.Tensor:
         """Logits (U, N) of every user against every catalog job (or against ``job_rows``), at the precomputed
         time or, with recency fields, at each user's ``times`` (U,) int64 order keys. ``kept``: ``job_rows``
-        (sorted, unique) are asked for again and again (the jobs open now): their job sides are scanned from a
+        are asked for again and again (the jobs open now): their job sides are scanned from a
         contiguous copy kept between calls (``convfm.model.open_rows``). Users are scored in time
         order, the precomputed job sides moved forward to each distinct time (``_advance``): only the jobs whose
         bucket changes between consecutive times are recomputed, in a few large passes. (Scoring a group of
