@@ -15,16 +15,14 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import ray
 import ray.data
 
 from convfm.config import DataConfig
 from convfm.data.labelled import labelled_frame
 from convfm.data.partitioned import check_schemas, encode_batch, split_files
-from convfm.data.readers import TEXT_SUFFIXES, csv_separator
-from convfm.errors import ConfigError, DataValidationError
+from convfm.data.readers import TEXT_SUFFIXES, arrow_csv_options
+from convfm.errors import ConfigError
 from convfm.features.counts import TableCounts
 from convfm.features.table import TableFeatureExtractor
 
@@ -64,14 +62,7 @@ def read_files(files: Sequence[Path], columns: Sequence[str]) -> ray.data.Datase
     columns, paths = list(columns), [str(p) for p in files]
     if files[0].suffix.lower() == ".parquet":
         return ray.data.read_parquet(paths, columns=columns, include_paths=True)
-    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns,
-                                   strings_can_be_null=True)
-    separators = {csv_separator(p) for p in files}
-    if len(separators) > 1:  # one parse option for all: pyarrow would fail on the others without naming them
-        raise DataValidationError(f"{files[0].parent}: the text files use different separators "
-                                  f"{sorted(separators)}; write them one way")
-    parse = pacsv.ParseOptions(delimiter=separators.pop())
-    return ray.data.read_csv(paths, convert_options=convert, parse_options=parse, include_paths=True)
+    return ray.data.read_csv(paths, include_paths=True, **arrow_csv_options(files, columns))
 
 
 def _typed(batch: pd.DataFrame, config: DataConfig) -> pd.DataFrame:

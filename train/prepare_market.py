@@ -27,7 +27,7 @@ import ray.data
 
 from convfm.config import DataConfig
 from convfm.data.date_formats import DateOrder, date_order, numeric_dates
-from convfm.data.readers import csv_separator
+from convfm.data.readers import pandas_csv_options
 from convfm.data.liveness import job_windows
 from convfm.data.loading import load_job_market, require_extra_columns
 from convfm.features.extra_fields import check_warm_start_columns
@@ -98,8 +98,7 @@ def _head(path: Path, column: str, rows: int = 2000) -> pd.Series:
     if path.suffix.lower() == ".parquet":
         first = next(pq.ParquetFile(path).iter_batches(batch_size=rows, columns=[column]), None)
         return pd.Series([], dtype=object) if first is None else first.column(0).to_pandas().astype(object)
-    return pd.read_csv(path, usecols=[column], nrows=rows, dtype=str, sep=csv_separator(path),
-                       encoding="utf-8-sig")[column]
+    return pd.read_csv(path, usecols=[column], nrows=rows, **pandas_csv_options(path))[column]
 
 
 def _typed_time(kind: pa.DataType) -> bool:

@@ -11,10 +11,12 @@ import gzip
 import re
 import zlib
 from pathlib import Path
-from typing import IO, Iterable, Mapping
+from typing import IO, Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from convfm.errors import DataValidationError
 
@@ -22,6 +24,7 @@ SUFFIXES = (".csv", ".tsv", ".parquet")
 TEXT_SUFFIXES = (".csv", ".tsv")  # delimited text: columns read as strings, separator from csv_separator
 GZIP_SUFFIXES = (".csv.gz", ".tsv.gz")  # delimited text compressed with gzip, as exports often come
 READ_SUFFIXES = SUFFIXES + GZIP_SUFFIXES
+_SEP_LINE = re.compile(r"sep=(\\t|.)")  # Excel's first line naming the separator: sep=; sep=, sep=| or a tab
 
 
 def file_suffix(path: Path) -> str:
@@ -109,8 +112,12 @@ def read_located(path: str | Path, id_columns: Iterable[str] = ()) -> tuple[pd.D
 
 
 def csv_separator(path: Path) -> str:
-    """A delimited text file's separator: a tab for .tsv; for .csv a comma, unless its header holds none and
-    does hold tabs or semicolons (files exported as TSV or by a European spreadsheet, named .csv)."""
+    """A delimited text file's separator: the one its Excel ``sep=`` line names (``sep_line``); else a tab for
+    .tsv; for .csv a comma, unless its header holds none and does hold tabs or semicolons (files exported as TSV
+    or by a European spreadsheet, named .csv)."""
+    named = sep_line(path)
+    if named is not None:
+        return named
     if file_suffix(path) in (".tsv", ".tsv.gz"):
         return "\t"
     with _open_text(path) as handle:
@@ -118,6 +125,41 @@ def csv_separator(path: Path) -> str:
     if "," in header:
         return ","
     return "\t" if "\t" in header else (";" if ";" in header else ",")
+
+
+def sep_line(path: Path) -> Optional[str]:
+    """The separator a text file's first line names (``sep=;``, as Excel writes a CSV for a locale whose
+    separator is not its own; ``sep=\\t`` is a tab), else None. Such a line precedes the header."""
+    with _open_text(path) as handle:
+        first = handle.readline().rstrip("\r\n")
+    found = _SEP_LINE.fullmatch(first)
+    return None if found is None else ("\t" if found.group(1) == "\\t" else found.group(1))
+
+
+def pandas_csv_options(path: Path) -> dict[str, Any]:
+    """``pd.read_csv`` options reading a text file as ``_read_csv`` does: text columns, its separator, past its
+    ``sep=`` line."""
+    return {"dtype": str, "encoding": "utf-8-sig", "sep": csv_separator(path),
+            "skiprows": 1 if sep_line(path) is not None else None}
+
+
+def arrow_csv_options(files: Sequence[Path], columns: Sequence[str]) -> dict[str, Any]:
+    """pyarrow's CSV options reading ``columns`` of the text ``files`` (Ray Data parses them all alike) as the
+    in-memory reader does: as text, with the one separator they share, past the ``sep=`` line all or none have."""
+    separators = {csv_separator(p) for p in files}
+    if len(separators) > 1:  # one parse option for all: pyarrow would fail on the others without naming them
+        raise DataValidationError(f"{files[0].parent}: the text files use different separators "
+                                  f"{sorted(separators)}; write them one way")
+    named = {p: sep_line(p) for p in files}
+    with_line = [p for p in files if named[p] is not None]
+    without = [p for p in files if named[p] is None]
+    if with_line and without:  # one skip_rows for all: one file's header would be skipped or read as data
+        raise DataValidationError(f"{without[0]}: line 1 is the header, while {with_line[0]} starts with a "
+                                  f"'sep={named[with_line[0]]}' line; write every file of one table one way")
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=list(columns),
+                                   strings_can_be_null=True)
+    return {"read_options": pacsv.ReadOptions(use_threads=False, skip_rows=1 if with_line else 0),
+            "parse_options": pacsv.ParseOptions(delimiter=separators.pop()), "convert_options": convert}
 
 
 def _refuse_repeated(path: Path, names: list[str]) -> None:
@@ -152,6 +194,8 @@ def resolve_columns(path: Path, columns: Iterable[str], wanted: Mapping[str, str
 def header_names(path: Path) -> list[str]:
     """A delimited text file's column names, stripped, as written (pandas would rename repeats to NAME.1)."""
     with _open_text(path) as handle:
+        if sep_line(path) is not None:
+            handle.readline()
         return [c.strip() for c in next(csv.reader(handle, delimiter=csv_separator(path)), [])]
 
 
@@ -165,7 +209,7 @@ def _open_text(path: Path) -> IO[str]:
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
         _refuse_repeated(path, header_names(path))  # before pandas renames a repeat to NAME.1
-        frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig", sep=csv_separator(path))
+        frame = pd.read_csv(path, **pandas_csv_options(path))
     except UnicodeDecodeError:
         raise DataValidationError(_utf8_error(path)) from None
     except pd.errors.EmptyDataError:

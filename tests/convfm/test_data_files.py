@@ -3,14 +3,17 @@ canonical columns in another case, gzip-compressed text, formats that are not re
 from __future__ import annotations
 
 import gzip
+import io
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.csv as pacsv
 import pytest
 
 from convfm.config import DataConfig
 from convfm.data.loading import load_job_market
 from convfm.data.market_parts import check_interaction_schemas, file_columns, log_columns
+from convfm.data.readers import arrow_csv_options
 from convfm.errors import DataValidationError
 from tests.convfm.test_data import INTERACTIONS, JOBS, write_market
 
@@ -108,3 +111,34 @@ def test_a_blank_number_in_parquet_text_is_missing_as_in_csv(tmp_path: Path) -> 
     pd.DataFrame({"job_id": ["j1", "j2"], "salary_min": ["50000", "50k"]}).to_parquet(root / "jobs.parquet")
     with pytest.raises(DataValidationError, match=r"jobs\.parquet: column 'salary_min', row 2: '50k' is not a number"):
         load_job_market(DataConfig(path=str(root)))
+
+
+def excel_csv(text: str, sep: str) -> str:
+    """``text`` (a CSV) as Excel saves it for a locale whose separator is ``sep``: its ``sep=`` line first."""
+    return f"sep={sep}\n" + pd.read_csv(io.StringIO(text), dtype=str).to_csv(sep=sep, index=False)
+
+
+@pytest.mark.parametrize("sep", [";", ",", "\t", "|"])
+def test_an_excel_sep_line_names_the_separator(tmp_path: Path, sep: str) -> None:
+    """Excel's ``sep=;`` first line was read as the header ("missing required column 'user_id'; columns in the
+    file: ['sep=', 'Unnamed: 1']"): it is skipped and its separator used, gzip-compressed too."""
+    root = write_market(tmp_path / "excel", users=None, interactions="\ufeff" + excel_csv(INTERACTIONS, sep))
+    (root / "jobs.csv").unlink()
+    (root / "jobs.csv.gz").write_bytes(gzip.compress(excel_csv(JOBS, sep).encode()))
+    market = load_job_market(DataConfig(path=str(root)))
+    plain = load_job_market(DataConfig(path=str(write_market(tmp_path / "plain", users=None))))
+    pd.testing.assert_frame_equal(market.jobs, plain.jobs)
+    pd.testing.assert_frame_equal(market.interactions, plain.interactions)
+    assert file_columns(root / "interactions.csv") == ["user_id", "job_id", "event", "timestamp"]
+    options = arrow_csv_options([root / "interactions.csv", root / "jobs.csv.gz"], ["job_id"])
+    assert pacsv.read_csv(root / "jobs.csv.gz", **options).column("job_id").to_pylist() == plain.jobs["job_id"].tolist()
+
+
+def test_files_read_together_must_agree_on_a_sep_line(tmp_path: Path) -> None:
+    """Ray Data parses every file of a split with one set of options: a part file without the ``sep=`` line
+    of the others would lose its header (or keep theirs as data), so it is refused, naming both files."""
+    (tmp_path / "a.csv").write_text(excel_csv(INTERACTIONS, ";"))
+    (tmp_path / "b.csv").write_text(INTERACTIONS.replace(",", ";"))
+    with pytest.raises(DataValidationError, match=r"b\.csv: line 1 is the header, while .*a\.csv starts with a "
+                                                  r"'sep=;' line; write every file of one table one way"):
+        arrow_csv_options([tmp_path / "a.csv", tmp_path / "b.csv"], ["user_id"])
