@@ -15,7 +15,7 @@ from convfm.data.loading import load_job_market
 from convfm.data.market_parts import check_interaction_schemas, file_columns, log_columns
 from convfm.data.readers import arrow_csv_options
 from convfm.errors import DataValidationError
-from tests.convfm.test_data import INTERACTIONS, JOBS, write_market
+from tests.convfm.test_data import INTERACTIONS, JOBS, USERS, write_market
 
 
 @pytest.mark.parametrize("table, header", [
@@ -142,3 +142,21 @@ def test_files_read_together_must_agree_on_a_sep_line(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError, match=r"b\.csv: line 1 is the header, while .*a\.csv starts with a "
                                                   r"'sep=;' line; write every file of one table one way"):
         arrow_csv_options([tmp_path / "a.csv", tmp_path / "b.csv"], ["user_id"])
+
+
+def test_a_mysql_null_marker_is_a_missing_cell(tmp_path: Path) -> None:
+    """MySQL's exports write NULL as ``\\N``: a location read as the category ``\\n``, a salary was refused as no
+    number. A whole cell ``\\N`` is missing, as an empty one is, in every column (TSV too, and on Ray Data's
+    reading); inside longer text it stays text."""
+    row, users = "j2,Nurse,patient care,Denver,,,2024-02-01", USERS.replace(",", "\t")
+    null = write_market(tmp_path / "null", jobs=JOBS.replace(row, r"j2,Nurse \N shift,\N,\N,\N,\N,\N"),
+                        users=users.replace("\tentry", "\t\\N"), names=("jobs.csv", "users.tsv", "interactions.csv"))
+    empty = write_market(tmp_path / "empty", jobs=JOBS.replace(row, r"j2,Nurse \N shift,,,,,"),
+                         users=users.replace("\tentry", "\t"), names=("jobs.csv", "users.tsv", "interactions.csv"))
+    market, expected = (load_job_market(DataConfig(path=str(root))) for root in (null, empty))
+    pd.testing.assert_frame_equal(market.jobs, expected.jobs)
+    pd.testing.assert_frame_equal(market.users, expected.users)
+    assert market.jobs["title"].iloc[1] == r"Nurse \N shift" and market.jobs["location"].iloc[1] == ""
+    options = arrow_csv_options([null / "jobs.csv"], ["title", "location", "salary_min"])
+    cells = pacsv.read_csv(null / "jobs.csv", **options).slice(1, 1).to_pylist()[0]
+    assert cells == {"title": r"Nurse \N shift", "location": None, "salary_min": None}
