@@ -23,7 +23,7 @@ from convfm.data.date_formats import DateOrder, decide_day_first
 from convfm.data.liveness import job_windows
 from convfm.data.negatives import sample_negatives
 from convfm.data.readers import (  # noqa: F401  (read_frame: re-exported)
-    READ_SUFFIXES, binary_labels, cell_error, file_suffix, first_true, read_frame, unread_note,
+    READ_SUFFIXES, binary_labels, cell_error, file_suffix, first_true, read_frame, suffixed_files, unread_note,
 )
 from convfm.data.schema import INTERACTIONS, JOBS, USERS
 from convfm.data.schema_tables import read_jobs_file, read_schema_table, type_schema_table  # noqa: F401
@@ -83,7 +83,7 @@ def load_job_market(config: DataConfig, interactions: bool = True, log_dates: It
     calendar, read = False, []
     files = ((JOBS, config.jobs_file), (USERS, config.users_file), (INTERACTIONS, config.interactions_file))
     for schema, name in files[:None if interactions else 2]:
-        candidates = [root / name, *(root / f"{name}{suffix}" for suffix in READ_SUFFIXES)]
+        candidates = [root / name, *suffixed_files(root / name)]
         if schema is USERS and not any(p.is_file() for p in candidates) and config.extra_columns.get("users"):
             raise DataValidationError(f"{root / name}: no users file, but extra_columns.users lists "
                                       f"{list(config.extra_columns['users'])}")

@@ -24,7 +24,7 @@ from convfm.config import DataConfig
 from convfm.data.batching import ExampleSet
 from convfm.data.labelled import check_columns
 from convfm.data.market_parts import check_market_config, log_rows
-from convfm.data.readers import SUFFIXES, TEXT_SUFFIXES, header_names, resolve_path
+from convfm.data.readers import SUFFIXES, TEXT_SUFFIXES, file_suffix, header_names, resolve_path, suffixed_files
 from convfm.errors import ConfigError, DataValidationError
 from convfm.features.base import empty_table, labels_of
 from convfm.features.fields import EncodedTable
@@ -50,7 +50,7 @@ def split_files(config: DataConfig) -> dict[str, list[Path]]:
                           f"files or folders; got {root} (kind {config.kind!r})")
     out = {}
     for name in SPLIT_NAMES:
-        files = [root / f"{name}{suffix}" for suffix in SUFFIXES if (root / f"{name}{suffix}").is_file()]
+        files = [p for p in suffixed_files(root / name) if file_suffix(p) in SUFFIXES]
         if not files and (root / name).is_dir():
             files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
         if not files:

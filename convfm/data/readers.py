@@ -41,20 +41,34 @@ def is_text(path: Path) -> bool:
 
 def resolve_path(path: str | Path) -> Path:
     """``path`` itself if it ends in .csv/.tsv/.parquet (or .csv.gz/.tsv.gz), else the first of ``path``.csv,
-    .tsv, .parquet, .csv.gz, .tsv.gz that exists."""
+    .tsv, .parquet, .csv.gz, .tsv.gz that exists, its suffix in any case (``suffixed_files``)."""
     path = Path(path)
     if file_suffix(path) in READ_SUFFIXES:
         if not path.is_file():
             raise DataValidationError(f"{path}: file not found")
         return path
-    for suffix in READ_SUFFIXES:
-        candidate = path.with_name(path.name + suffix)
-        if candidate.is_file():
-            return candidate
+    found = suffixed_files(path)
+    if found:
+        return found[0]
     if path.is_file():
         raise DataValidationError(f"{path}: unsupported file type; expected a .csv, .tsv or .parquet file")
     raise DataValidationError(f"{path}: file not found (tried {path}.csv, {path}.tsv and {path}.parquet, and "
                               f".csv.gz, .tsv.gz){unread_note(path)}")
+
+
+def suffixed_files(path: Path) -> list[Path]:
+    """The files ``path`` names plus a read suffix in any case (Windows tools write ``interactions.CSV``,
+    ``jobs.CSV.GZ``), in ``READ_SUFFIXES`` order; two one case apart are refused, naming both."""
+    found: dict[str, list[Path]] = {}
+    for other in path.parent.iterdir() if path.parent.is_dir() else ():
+        suffix = other.name[len(path.name):].lower()
+        if other.name.startswith(path.name) and suffix in READ_SUFFIXES and other.is_file():
+            found.setdefault(suffix, []).append(other)
+    for paths in found.values():
+        if len(paths) > 1:
+            raise DataValidationError(f"{path}: files {sorted(p.name for p in paths)} differ only in the case of "
+                                      "their suffix; keep one")
+    return [found[suffix][0] for suffix in READ_SUFFIXES if suffix in found]
 
 
 def unread_note(path: Path) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from convfm.config import DataConfig
 from convfm.data.loading import load_job_market
-from convfm.data.market_parts import check_interaction_schemas, file_columns, log_columns
+from convfm.data.market_parts import check_interaction_schemas, file_columns, interaction_files, log_columns
 from convfm.data.readers import arrow_csv_options
 from convfm.errors import DataValidationError
 from tests.convfm.test_data import INTERACTIONS, JOBS, USERS, write_market
@@ -160,3 +160,24 @@ def test_a_mysql_null_marker_is_a_missing_cell(tmp_path: Path) -> None:
     options = arrow_csv_options([null / "jobs.csv"], ["title", "location", "salary_min"])
     cells = pacsv.read_csv(null / "jobs.csv", **options).slice(1, 1).to_pylist()[0]
     assert cells == {"title": r"Nurse \N shift", "location": None, "salary_min": None}
+
+
+def test_a_suffix_in_another_case_is_found(tmp_path: Path) -> None:
+    """Windows tools write ``interactions.CSV``, ``jobs.CSV.GZ``, ``users.Parquet``: each was "file not found"
+    (or "in a format not read"). A suffix is matched in any case, on both paths; two files one case apart are
+    refused, naming both."""
+    root = write_market(tmp_path / "upper", users=None, names=("jobs.csv", "users.csv", "interactions.CSV"))
+    (root / "jobs.CSV.GZ").write_bytes(gzip.compress((root / "jobs.csv").read_bytes()))
+    (root / "jobs.csv").unlink()
+    pd.read_csv(io.StringIO(USERS), dtype=str).to_parquet(root / "users.Parquet")
+    market = load_job_market(DataConfig(path=str(root)))
+    plain = load_job_market(DataConfig(path=str(write_market(tmp_path / "plain"))))
+    for table in ("jobs", "users", "interactions"):
+        pd.testing.assert_frame_equal(getattr(market, table), getattr(plain, table))
+    assert [Path(market.source[t]).name for t in ("jobs", "users")] == ["jobs.CSV.GZ", "users.Parquet"]
+    assert interaction_files(DataConfig(path=str(root))) == [root / "interactions.CSV"]
+    (root / "interactions.csv").write_text(INTERACTIONS)
+    with pytest.raises(DataValidationError, match=r"upper/interactions: files \['interactions.CSV', "
+                                                  r"'interactions.csv'\] differ only in the case of their suffix; "
+                                                  r"keep one"):
+        load_job_market(DataConfig(path=str(root)))

@@ -112,3 +112,12 @@ def test_the_preparation_path_and_its_reason(tmp_path, rows, monkeypatch):
     assert choose_preparation(table_config(tmp_path)) == ("distributed", "the training split is a folder of part files")
     with pytest.raises(Exception, match="prepare: must be one of"):
         choose_preparation(table_config(tmp_path), "fast")
+
+
+def test_split_files_with_a_suffix_in_another_case_are_found(tmp_path, rows):
+    """``train.CSV`` and ``valid.Parquet`` (Windows tools) were "no train.parquet, train.csv, ..."."""
+    rows.to_csv(tmp_path / "train.CSV", index=False)
+    rows.to_parquet(tmp_path / "valid.Parquet")
+    rows.to_parquet(tmp_path / "test.parquet")
+    assert split_files(table_config(tmp_path)) == {
+        "train": [tmp_path / "train.CSV"], "valid": [tmp_path / "valid.Parquet"], "test": [tmp_path / "test.parquet"]}
