@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Mapping, Optional
 
+import numpy as np
 import pandas as pd
 
 from convfm.data.cells import list_cells, refuse_nested
@@ -107,6 +108,7 @@ def type_schema_table(read: TableRead, extra: Mapping[str, str] = {}, keep_all: 
         out = pd.concat([out, frame[[c for c in extras if c not in out.columns]]], axis=1)
     if schema is JOBS:
         _check_expiry(out, path, source)
+        _check_salaries(out, path, source)
     return out, path, calendar and any(source[c] in frame.columns for c in schema.of_kind(DATETIME))
 
 
@@ -125,6 +127,19 @@ def _check_expiry(jobs: pd.DataFrame, path: Path, source: Mapping[str, str]) -> 
         i = first_true(bad)
         raise cell_error(path, source["expires_at"], i, f"expires_at {jobs['expires_at'].iloc[i]} is not after "
                                                         f"{source['posted_at']} {jobs['posted_at'].iloc[i]}")
+
+
+def _check_salaries(jobs: pd.DataFrame, path: Path, source: Mapping[str, str]) -> None:
+    """``salary_min`` above ``salary_max`` (columns swapped in the export, or mapped the wrong way round) would
+    read as a range; one of the two missing is fine (NaN compares False)."""
+    if "salary_min" not in jobs or "salary_max" not in jobs:
+        return
+    bad = (jobs["salary_min"] > jobs["salary_max"]).to_numpy()
+    if bad.any():
+        i = first_true(bad)
+        low, high = (np.format_float_positional(jobs[c].iloc[i], trim="-") for c in ("salary_min", "salary_max"))
+        raise cell_error(path, source["salary_min"], i, f"{source['salary_min']} {low} is above "
+                                                        f"{source['salary_max']} {high}; are the two columns swapped?")
 
 
 def _check_unique(ids: pd.Series, path: Path, column: str) -> None:
