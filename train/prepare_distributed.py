@@ -21,7 +21,7 @@ import ray.data
 from convfm.config import DataConfig
 from convfm.data.labelled import labelled_frame
 from convfm.data.partitioned import check_schemas, encode_batch, split_files
-from convfm.data.readers import TEXT_SUFFIXES, arrow_csv_options
+from convfm.data.readers import GZIP_SUFFIXES, TEXT_SUFFIXES, arrow_csv_options, file_suffix
 from convfm.errors import ConfigError
 from convfm.features.counts import TableCounts
 from convfm.features.table import TableFeatureExtractor
@@ -62,7 +62,10 @@ def read_files(files: Sequence[Path], columns: Sequence[str]) -> ray.data.Datase
     columns, paths = list(columns), [str(p) for p in files]
     if files[0].suffix.lower() == ".parquet":
         return ray.data.read_parquet(paths, columns=columns, include_paths=True)
-    return ray.data.read_csv(paths, include_paths=True, **arrow_csv_options(files, columns))
+    # Ray Data infers gzip from a lower-case ".gz" only: interactions.CSV.GZ would be parsed compressed
+    stream = {"compression": "gzip"} if file_suffix(files[0]) in GZIP_SUFFIXES else None
+    return ray.data.read_csv(paths, include_paths=True, arrow_open_stream_args=stream,
+                             **arrow_csv_options(files, columns))
 
 
 def _typed(batch: pd.DataFrame, config: DataConfig) -> pd.DataFrame:

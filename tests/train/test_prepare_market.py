@@ -251,7 +251,8 @@ def test_a_parquet_log_of_date_text_in_any_string_type_is_read_as_its_dates_prov
 
 
 def test_gzip_compressed_part_files_are_read_on_the_cluster(ray_local, tmp_path):
-    """A folder of .csv.gz parts is a log of part files, its header checked and its rows read by Ray Data."""
+    """A folder of .csv.gz parts is a log of part files, its header checked and its rows read by Ray Data; one
+    named .CSV.GZ (Windows tools) too, which Ray Data alone would parse compressed."""
     import gzip
 
     from convfm.data.market_parts import check_interaction_schemas, interaction_files
@@ -259,8 +260,9 @@ def test_gzip_compressed_part_files_are_read_on_the_cluster(ray_local, tmp_path)
 
     folder = tmp_path / "interactions"
     folder.mkdir()
-    for k, day in enumerate(("25/03/2024 10:00", "08/03/2024 22:29")):
-        (folder / f"part-{k}.csv.gz").write_bytes(gzip.compress(f"user_id,job_id,timestamp\nu{k},j1,{day}\n".encode()))
+    for k, (day, suffix) in enumerate((("25/03/2024 10:00", "csv.gz"), ("08/03/2024 22:29", "CSV.GZ"))):
+        text = f"user_id,job_id,timestamp\nu{k},j1,{day}\n"
+        (folder / f"part-{k}.{suffix}").write_bytes(gzip.compress(text.encode()))
     config = DataConfig(path=str(tmp_path))
     files = interaction_files(config)
     assert check_interaction_schemas(files, config) == ["user_id", "job_id", "timestamp"]
