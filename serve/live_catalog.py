@@ -80,13 +80,13 @@ def _show_upserted(scorer: Any, before: int, rows: np.ndarray, frame: pd.DataFra
 # ---------------------------------------------------------------------------------------- service side
 def write_jobs(store: Optional[CatalogStore], request: Any, known: Optional[Mapping[str, Optional[int]]] = None,
                columns: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
-    """``POST /jobs``: one delta with the request's upserts and expirations -> the response body, which lists the
-    ids to expire that the serving catalog does not hold (``known``: ``Scorer.known_jobs``, None for such an id;
-    None: not asked), and the ``extra`` keys that none of ``columns`` (the serving model's extra job
-    columns; None: not asked) reads. Both are written all the same: another version's catalog, or the next
-    model's, may hold or read them. Raises ServiceError: 422 for an extra value of a kind its model column
-    cannot take (nothing written), 409 when another writer took the version, 503 without a live store or when
-    storage failed."""
+    """``POST /jobs``: one delta with the request's upserts and expirations -> the response body, which counts
+    the expired ids the serving catalog holds and lists those it does not (``known``: ``Scorer.known_jobs``,
+    None for such an id; None: not asked, every id counted), and the ``extra`` keys that none of ``columns``
+    (the serving model's extra job columns; None: not asked) reads. Both are written all the same: another
+    version's catalog, or the next model's, may hold or read them. Raises ServiceError: 422 for an extra value
+    of a kind its model column cannot take (nothing written), 409 when another writer took the version, 503
+    without a live store or when storage failed."""
     if store is None:
         raise ServiceError(503, "the live catalog is off: this service has no live store")
     unread = list(dict.fromkeys(key for i, job in enumerate(request.upsert) if columns is not None
@@ -104,7 +104,8 @@ def write_jobs(store: Optional[CatalogStore], request: Any, known: Optional[Mapp
     except (StorageError, OSError) as exc:
         log.warning("live catalog write failed: %s", exc)
         raise ServiceError(503, "the live store could not be written; nothing was kept, retry") from None
-    return {"catalog_version": delta.version, "upserted": len(delta.upsert), "expired": len(delta.expire),
+    expired = len(delta.expire) - len(unknown)  # an id the catalog does not hold expired nothing (yet)
+    return {"catalog_version": delta.version, "upserted": len(delta.upsert), "expired": expired,
             "unknown_expire": unknown, "unread_extra": unread}
 
 

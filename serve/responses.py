@@ -87,7 +87,7 @@ class JobDetail(Job):
 class JobsResponse(BaseModel):
     catalog_version: int = Field(description="the catalog version this change created")
     upserted: int
-    expired: int
+    expired: int = Field(description="ids expired that the serving model's catalog holds (not unknown_expire)")
     unknown_expire: list[str] = Field(default_factory=list, description="ids to expire that the serving model's "
                                       "catalog does not hold (written all the same: another version or the next "
                                       "model may hold them)")

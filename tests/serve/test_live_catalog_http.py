@@ -175,10 +175,19 @@ def test_expiring_ids_the_catalog_does_not_hold_lists_them_and_writes_them_all(s
     client, store, _, _ = service
     job = tiny.data.extractor.job_ids[1]
     body = client.post("/jobs", json={"expire": [job, "no-such-job"]}, headers=AUTH).json()
-    assert body == {"catalog_version": 1, "upserted": 0, "expired": 2, "unknown_expire": ["no-such-job"],
+    assert body == {"catalog_version": 1, "upserted": 0, "expired": 1, "unknown_expire": ["no-such-job"],
                     "unread_extra": []}
     assert store.latest() == 1 and sorted(store.read()[0].expire) == sorted([job, "no-such-job"])
     assert client.get(f"/jobs/{job}").json()["expires_at"].endswith("+00:00")
+
+
+def test_expired_counts_only_the_ids_the_catalog_holds(service):
+    """``expired`` counted every id given, so ids that expired nothing read as expirations."""
+    client, store, _, _ = service
+    body = client.post("/jobs", json={"expire": ["nope-1", "nope-2"]}, headers=AUTH).json()
+    assert body == {"catalog_version": 1, "upserted": 0, "expired": 0, "unknown_expire": ["nope-1", "nope-2"],
+                    "unread_extra": []}
+    assert sorted(store.read()[0].expire) == ["nope-1", "nope-2"]  # written all the same
 
 
 def test_a_job_posted_ahead_is_recommended_once_it_opens(service):
