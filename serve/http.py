@@ -6,8 +6,9 @@ rebinding); bodies over ``max_body_bytes`` get 413 before they are parsed; ``/ad
 the ``X-API-Key`` header matching the configured key (401 missing, 403 wrong, 403 when no key is configured:
 admin is then off); with ``auth_all`` every endpoint but ``/healthz`` and the docs needs it. Only the key's
 SHA-256 is held here. Bad input is 422 with a one-line ``message`` plus per-field ``detail``, also for bodies
-that are not JSON at all (non-UTF-8 bytes, absurd nesting). Every status an endpoint can answer is declared in
-its OpenAPI ``responses`` with a body model; ``tests/reliability/test_fuzz_api.py`` holds the app to that.
+that are not JSON at all (non-UTF-8 bytes, absurd nesting) or give a key twice in one object
+(``serve.json_body``). Every status an endpoint can answer is declared in its OpenAPI ``responses`` with a body
+model; ``tests/reliability/test_fuzz_api.py`` holds the app to that.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from serve.responses import (
 from serve.schemas import Event, EventsRequest, JobsRequest, RecommendRequest, ReloadRequest, ScoreRequest
 from convfm.store.live_catalog import CatalogStore
 from serve.events import EventWriter, LiveEvents, follow_log
+from serve.json_body import DuplicateKey, StrictJsonRoute
 from serve.live_catalog import answer, catch_up, job_detail, write_jobs
 from serve.model_slot import ModelSlot
 from serve.replies import ServiceError
@@ -163,6 +165,7 @@ def build_http_app(
     auth = (401, 403) if auth_all else ()
     app = FastAPI(title="convfm recommendations", version="1",
                   description="ConvFM job recommendations: top-k for a user or profile, scores, model admin.")
+    app.router.route_class = StrictJsonRoute  # a key given twice in a body is a 422, not "the last one wins"
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)  # outermost
 
@@ -175,6 +178,10 @@ def build_http_app(
         # FastAPI answers 400 "error parsing the body" for JSON that json.loads rejects with a ValueError other
         # than JSONDecodeError: bytes that are not UTF-8, integers over 4300 digits (and RecursionError for
         # nesting thousands deep). That is bad input like any other: 422 with a message.
+        if exc.status_code == 400 and isinstance(exc.__cause__, DuplicateKey):
+            cause = exc.__cause__
+            return _validation_response(RequestValidationError([{"loc": cause.loc, "msg": str(cause),
+                                                                 "type": "value_error"}]))
         if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
             cause = exc.__cause__
             reason = ("not valid UTF-8" if isinstance(cause, UnicodeDecodeError) else

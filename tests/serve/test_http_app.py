@@ -90,6 +90,37 @@ def test_undecodable_bodies_are_422_not_an_undocumented_400(tmp_path, body, mess
     assert response.json()["message"].startswith(message) and response.json()["detail"][0]["loc"] == ["body"]
 
 
+EVENT = b'{"event_id": "e1", "type": "click", "user_id": "u", "job_id": "j1", "timestamp": 1764979200}'
+
+
+@pytest.mark.parametrize("path, body, message, loc", [
+    ("/recommend", b'{"user_id": "u000010", "user_id": "u000011"}', "body: key 'user_id' given twice", ["body"]),
+    ("/recommend", b'{"user_id": "u", "filters": {"location": "Berlin", "job_type": "x", "location": "Paris"}}',
+     "filters: key 'location' given twice", ["body", "filters"]),
+    ("/recommend", b'{"profile": {"skills": ["a"], "extra": {"tags": [{"k": 1, "k": 2}]}}}',
+     "profile.extra.tags.0: key 'k' given twice", ["body", "profile", "extra", "tags", "0"]),
+    ("/score", b'{"user_id": "u", "job_ids": ["j1"], "job_ids": ["j2"]}', "body: key 'job_ids' given twice", ["body"]),
+    ("/events", b'{"events": [' + EVENT + b", " + EVENT[:-1] + b', "type": "apply"}]}',
+     "events.1: key 'type' given twice", ["body", "events", "1"]),
+    ("/jobs", b'{"expire": ["j1"], "upsert": [{"job_id": "n1", "title": "a", "title": "b"}]}',
+     "upsert.0: key 'title' given twice", ["body", "upsert", "0"]),
+    ("/admin/reload", b'{"version": "v0001", "version": "v0002"}', "body: key 'version' given twice", ["body"]),
+], ids=["recommend", "nested", "deep", "score", "events", "jobs", "reload"])
+def test_a_key_given_twice_in_a_body_is_422_naming_it(slot, path, body, message, loc):
+    """json.loads keeps the last of two equal keys, so {"user_id": "a", "user_id": "b"} answered for "b"; requests
+    are strict: the same key twice in one object is refused, wherever it is."""
+    keyed = client(slot, api_key_digest=hashlib.sha256(KEY.encode()).hexdigest())
+    response = keyed.post(path, content=body, headers={"content-type": "application/json", "X-API-Key": KEY})
+    assert response.status_code == 422, response.text
+    assert response.json() == {"message": message, "detail": [{"loc": loc, "msg": message.split(": ", 1)[1],
+                                                                "type": "value_error"}]}
+
+
+def test_equal_keys_in_different_objects_are_fine(slot):
+    body = {"user_id": "u", "profile": {"location": "Berlin"}, "filters": {"location": "Berlin"}}
+    assert client(slot).post("/recommend", json=body).status_code == 200
+
+
 @pytest.mark.parametrize("path, body, message", [
     ("/recommend", {"user_id": "\ud800"}, "user_id: Value error, not valid Unicode text: a lone surrogate (U+D800)"),
     ("/recommend", {"history": ["j1", "j\udc00"]}, "history.1: Value error, not valid Unicode text"),

@@ -140,6 +140,12 @@ def test_bad_bodies_are_422_with_a_useful_message(service, path, body, field):
     assert field in response.json()["message"]
 
 
+def test_a_key_given_twice_is_422(service):
+    response = service.client.post("/recommend", content=b'{"user_id": "u000010", "user_id": "u000011"}',
+                                   headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["message"] == "body: key 'user_id' given twice"
+
+
 def test_body_over_the_limit_is_413(service):
     response = service.client.post("/score", content=b" " * 300_000, headers={"content-type": "application/json"})
     assert response.status_code == 413
