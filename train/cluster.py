@@ -14,6 +14,7 @@ a plain driver on a cluster whose nodes run another convfm checkout still runs i
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import socket
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import ray
 
@@ -63,6 +64,32 @@ def init_ray(address: Optional[str], quiet: bool, packages: Sequence[ModuleType]
                  log_to_driver=not quiet)
     if sigterm_interrupts and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # after ray.init: its handler replaces ours
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c(enabled: bool = True) -> Iterator[None]:
+    """Within the block, SIGTERM does whatever Ctrl-C does at that moment. For ``Tuner.fit()``: Tune sets its own
+    SIGINT handler there (stop the trials, save the search's state, return; a second signal interrupts at once),
+    while the SIGTERM that ``init_ray`` sets would break out of Tune's loop unsaved. After the block both signals
+    get back the handlers they had: Tune leaves its SIGINT handler set when no signal came, and a Ctrl-C after
+    the search (during the export) then did nothing."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _as_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
+def _as_ctrl_c(signum: int, frame: Any) -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):  # SIGINT ignored (a process started in the background) or its default
+        raise KeyboardInterrupt
+    handler(signum, frame)
 
 
 def quiet_ray_data() -> None:

@@ -40,7 +40,7 @@ from convfm.store import storage
 from convfm.store.registry import publish
 from convfm.store.storage import StagedDir
 from train.checks import check_training_data, check_unchanged
-from train.cluster import init_ray
+from train.cluster import init_ray, sigterm_as_ctrl_c
 from train.driver import failure_summary, loop_config
 from train.outputs import export_model
 from train.loop import train_in_trial
@@ -56,6 +56,10 @@ _NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"  # "0": Tune's legacy console reporter
 
 class TuneError(ConvFMError):
     """The search ended without any trial that reported the metric."""
+
+
+class SearchInterrupted(TuneError):
+    """Ctrl-C (or, with ``sigterm_interrupts``, SIGTERM) stopped the search; Tune saved it for ``--resume``."""
 
 
 @dataclasses.dataclass
@@ -83,6 +87,7 @@ def run_tune(
     progress: bool = False,
     quiet: bool = True,
     loop_options: Optional[Mapping[str, Any]] = None,
+    sigterm_interrupts: bool = False,
 ) -> TuneSummary:
     """Search, then write ``out_dir`` (trials.csv/png, summary.json, best/) and publish the best model to
     ``tune_config.registry/name``. Both may be storage URIs (``s3://...``): Tune and the trials' Train runs then
@@ -90,7 +95,9 @@ def run_tune(
     ``model_config``/``train_config`` are the base every trial starts from.
     ``resume`` continues the interrupted experiment in ``out_dir`` (same configs). ``progress`` prints one
     line per trial epoch; ``quiet`` keeps worker logs off the terminal when this call starts Ray.
-    ``loop_options`` adds keys to every trial's worker config, as ``run_training``'s do (``crash_at_epoch``...)."""
+    ``loop_options`` adds keys to every trial's worker config, as ``run_training``'s do (``crash_at_epoch``...).
+    ``sigterm_interrupts`` (the CLI): a SIGTERM to this process stops the search as Ctrl-C does (Tune saves its
+    state; SearchInterrupted), or, outside ``Tuner.fit()``, interrupts (KeyboardInterrupt)."""
     started = time.perf_counter()
     data_config = as_config(data_config, DataConfig, "data")
     tune_config = as_config(tune_config, TuneConfig, "tune")
@@ -105,7 +112,7 @@ def run_tune(
         check_training_data(data, base_train, workers_field="workers_per_trial")
         write_experiment(out, {**experiment, "status": "running"})
 
-        init_ray(address, quiet, packages=[tune_package])
+        init_ray(address, quiet, packages=[tune_package], sigterm_interrupts=sigterm_interrupts)
         _pin_state_api_address()
         concurrency = trial_concurrency(tune_config, ray.cluster_resources(), may_autoscale=address is not None)
         space = tune_config.search_space()
@@ -136,7 +143,8 @@ def run_tune(
                     failure_config=ray_tune.FailureConfig(max_failures=tune_config.max_failures),
                     callbacks=[_ProgressPrinter(tune_config.metric)] if progress else None),
             )
-        with _ray_tune_output(quiet=progress):  # our printer shows the trials; Ray's banner would repeat them
+        # our printer shows the trials (Ray's banner would repeat them); SIGTERM then stops as Ctrl-C does
+        with _ray_tune_output(quiet=progress), sigterm_as_ctrl_c(sigterm_interrupts):
             grid = tuner.fit()
         return _finish(out, experiment, grid, space, tune_config, data, concurrency, started)
 
@@ -324,7 +332,7 @@ def _finish(out: StagedDir, experiment: dict[str, Any], grid: Any, space: Search
     done = grid.num_terminated + grid.num_errors
     if len(grid) < config.num_samples or done < len(grid):  # Ctrl-C: Tune saved its state and returned
         write_experiment(out, {**experiment, "status": "interrupted"})
-        raise TuneError(f"search interrupted with {done} of {config.num_samples} trial(s) finished; "
+        raise SearchInterrupted(f"search interrupted with {done} of {config.num_samples} trial(s) finished; "
                         f"continue it with: convfm tune --resume {out.target}")
     rows, histories, params = [], {}, {}
     for result in grid:

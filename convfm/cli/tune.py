@@ -6,6 +6,7 @@ or a bad ``space:`` entry fails in a second with a message naming it. The Ray si
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -101,13 +102,17 @@ def run(args: argparse.Namespace) -> int:
     data, model, train, tune, out_dir = resolve_configs(args)  # fails here, before Ray, on a bad field
 
     from tune.results import format_trials
-    from tune.runner import run_tune
+    from tune.runner import SearchInterrupted, run_tune
 
     print(f"{'resuming' if args.resume else 'searching'} {tune.num_samples} trial(s) ({tune.search_alg}, "
           f"ASHA on {tune.metric}, up to {tune.max_t} epochs each, {tune.workers_per_trial} "
           f"{'GPU' if tune.use_gpu else 'CPU'} worker(s) per trial) on {data.path} -> {out_dir}", flush=True)
-    summary = run_tune(data, model, train, tune, out_dir, resume=bool(args.resume), address=args.address,
-                       progress=True, quiet=not args.debug)
+    try:  # `kill` stops it as Ctrl-C does: Tune saves the search, exit 130, resumable
+        summary = run_tune(data, model, train, tune, out_dir, resume=bool(args.resume), address=args.address,
+                           progress=True, quiet=not args.debug, sigterm_interrupts=True)
+    except SearchInterrupted as exc:  # an interrupted command, not an error: the line says how to go on
+        print(f"convfm tune: {exc}", file=sys.stderr)
+        return 130
     best = summary.trials.set_index("trial_id").loc[summary.best_trial]
     print(f"\n{format_trials(summary.trials, tune.metric, summary.best_trial)}\n")
     print(f"best trial {summary.best_trial}: {tune.metric} {best[f'best_{tune.metric}']:.4f} at epoch "

@@ -116,3 +116,20 @@ def test_convfm_train_with_a_dead_address_exits_2_with_one_line(market_dir, tmp_
         r"Connection refused; start it with `ray start --head`, pass the right address, or leave out --address "
         r"for a local Ray", done.stderr.strip().splitlines()[-1]), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_sigterm_as_ctrl_c_calls_the_sigint_handler_of_the_moment_and_restores_both():
+    """Within ``Tuner.fit()`` Tune's SIGINT handler stops the search gracefully; SIGTERM then does the same."""
+    import signal
+
+    calls = []
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with cluster.sigterm_as_ctrl_c():
+        signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))  # as Tune sets its own
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # SIGINT ignored (a background process): still interrupts
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs between bytecodes of the main thread
+    assert calls == [signal.SIGTERM]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

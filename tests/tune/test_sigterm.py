@@ -1,0 +1,49 @@
+"""`convfm tune` stopped with SIGTERM (`kill`, a scheduler's stop) as users run it, in a process with its own
+local Ray: it stops as Ctrl-C does (Tune saves the search's state), says how to resume, and exits 130."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_stops_the_search_as_ctrl_c_does_and_leaves_it_resumable(market_dir, tmp_path, tune_yaml):
+    """Ray's own SIGTERM handler, set as the driver connects, aborted the process (exit 134 and a C++ stack
+    dump), leaving experiment.json "running" and Tune's state as last saved in passing."""
+    config = tune_yaml(tmp_path / "tune.yaml", tmp_path / "models", num_samples=4, max_t=2, grace_period=2)
+    out = tmp_path / "search"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, as a user's command
+    process = subprocess.Popen(
+        [sys.executable, "-m", "convfm.cli.main", "tune", "--config", str(config), "--data", str(market_dir),
+         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        for line in process.stdout:  # blocks until a trial's first epoch is reported; the timeout bounds it
+            lines.append(line)
+            if re.match(r"trial \S+  epoch   1 ", line):
+                break
+        assert lines and lines[-1].startswith("trial "), (lines, process.poll())
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"convfm tune: search interrupted with [0-3] of 4 trial\(s\) finished; continue it with: "
+                        rf"convfm tune --resume {re.escape(str(out))}", last), err
+    assert "Aborted" not in err, err
+    assert json.loads((out / "experiment.json").read_text())["status"] == "interrupted"
+    resumed = subprocess.run([sys.executable, "-m", "convfm.cli.main", "tune", "--resume", str(out)],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert pd.read_csv(out / "trials.csv")["epochs"].tolist() == [2] * 4  # the stopped trials trained on
