@@ -302,6 +302,16 @@ def randomized(model, seed: int):
     return model.eval()
 
 
+@pytest.fixture()
+def served(tiny, randomize):
+    """A fresh copy of the tiny model, (model, extractor): its extractor may be changed in place (the live catalog),
+    its weights large and random so that every part of a score matters."""
+    from convfm.store.artifacts import load_model_dir
+
+    loaded = load_model_dir(tiny.model_dir)
+    return randomize(loaded.model, seed=5), loaded.extractor
+
+
 @pytest.fixture(scope="session")
 def randomize():
     """``randomize(model, seed) -> model``: see ``randomized``."""

@@ -11,7 +11,6 @@ import torch
 from convfm.data.liveness import MICROS_PER_DAY, NEVER
 from convfm.features.fields import UNK
 from convfm.model.ranking import CatalogRanker
-from convfm.store.artifacts import load_model_dir
 
 pytestmark = pytest.mark.timeout(120)
 T0 = int(pd.Timestamp("2024-04-01").value // 1000)
@@ -26,13 +25,6 @@ def new_jobs(ids: list[str], seed: int = 0) -> pd.DataFrame:
         "company": ["North Labs"] * len(ids), "salary_min": rng.uniform(3e4, 6e4, len(ids)),
         "salary_max": rng.uniform(6e4, 9e4, len(ids)), "job_type": ["full_time"] * len(ids),
         "experience_level": ["senior"] * len(ids)})
-
-
-@pytest.fixture()
-def served(tiny, randomize):
-    """A fresh copy of the tiny model (its extractor is changed in place) with large random weights."""
-    loaded = load_model_dir(tiny.model_dir)
-    return randomize(loaded.model, seed=3), loaded.extractor
 
 
 def users_of(extractor, n: int = 4):

@@ -10,17 +10,9 @@ import torch
 from convfm.data.liveness import MICROS_PER_DAY, NEVER
 from convfm.model.open_rows import OPEN_SHARE_FOR_VIEW, rows_worth_a_view
 from convfm.model.ranking import CatalogRanker
-from convfm.store.artifacts import load_model_dir
 
 pytestmark = pytest.mark.timeout(120)
 T0 = int(pd.Timestamp("2024-04-01").value // 1000)
-
-
-@pytest.fixture()
-def served(tiny, randomize):
-    """A fresh copy of the tiny model (its extractor is changed in place) with large random weights."""
-    loaded = load_model_dir(tiny.model_dir)
-    return randomize(loaded.model, seed=7), loaded.extractor
 
 
 def users_of(extractor, rows):

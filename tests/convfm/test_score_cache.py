@@ -11,17 +11,9 @@ from convfm.data.liveness import MICROS_PER_DAY, NEVER
 from convfm.model import ranking
 from convfm.model.ranking import CatalogRanker
 from convfm.model.score_cache import ScoreCache, user_key
-from convfm.store.artifacts import load_model_dir
 
 pytestmark = pytest.mark.timeout(120)
 T0 = int(pd.Timestamp("2024-04-01").value // 1000)
-
-
-@pytest.fixture()
-def served(tiny, randomize):
-    """A fresh copy of the tiny model (its extractor is changed in place) with large random weights."""
-    loaded = load_model_dir(tiny.model_dir)
-    return randomize(loaded.model, seed=5), loaded.extractor
 
 
 def users_of(extractor, rows):
