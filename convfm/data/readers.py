@@ -24,7 +24,10 @@ SUFFIXES = (".csv", ".tsv", ".parquet")
 TEXT_SUFFIXES = (".csv", ".tsv")  # delimited text: columns read as strings, separator from csv_separator
 GZIP_SUFFIXES = (".csv.gz", ".tsv.gz")  # delimited text compressed with gzip, as exports often come
 READ_SUFFIXES = SUFFIXES + GZIP_SUFFIXES
-NULL_MARKERS = ("\\N",)  # a whole cell meaning missing, besides pandas' NA spellings: MySQL's NULL in exports
+# A whole text cell meaning missing, on both paths (pandas in memory, pyarrow under Ray Data), so one list: pandas'
+# default NA spellings (pyarrow's lack None and <NA>: a "none" category on one path only) and MySQL's NULL, \\N.
+MISSING_CELLS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+                 "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null", "\\N")
 _SEP_LINE = re.compile(r"sep=(\\t|.)")  # Excel's first line naming the separator: sep=; sep=, sep=| or a tab
 
 
@@ -153,15 +156,16 @@ def sep_line(path: Path) -> Optional[str]:
 
 def pandas_csv_options(path: Path) -> dict[str, Any]:
     """``pd.read_csv`` options reading a text file as ``_read_csv`` does: text columns, its separator, past its
-    ``sep=`` line, ``NULL_MARKERS`` missing."""
-    return {"dtype": str, "encoding": "utf-8-sig", "sep": csv_separator(path), "na_values": list(NULL_MARKERS),
-            "skiprows": 1 if sep_line(path) is not None else None}
+    ``sep=`` line, ``MISSING_CELLS`` (only) missing."""
+    return {"dtype": str, "encoding": "utf-8-sig", "sep": csv_separator(path),
+            "skiprows": 1 if sep_line(path) is not None else None, "keep_default_na": False,
+            "na_values": list(MISSING_CELLS)}
 
 
 def arrow_csv_options(files: Sequence[Path], columns: Sequence[str]) -> dict[str, Any]:
     """pyarrow's CSV options reading ``columns`` of the text ``files`` (Ray Data parses them all alike) as the
     in-memory reader does: as text, with the one separator they share, past the ``sep=`` line all or none have,
-    ``NULL_MARKERS`` missing."""
+    ``MISSING_CELLS`` (only) missing."""
     separators = {csv_separator(p) for p in files}
     if len(separators) > 1:  # one parse option for all: pyarrow would fail on the others without naming them
         raise DataValidationError(f"{files[0].parent}: the text files use different separators "
@@ -174,7 +178,7 @@ def arrow_csv_options(files: Sequence[Path], columns: Sequence[str]) -> dict[str
                                   f"'sep={named[with_line[0]]}' line; write every file of one table one way")
     convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=list(columns),
                                    strings_can_be_null=True,
-                                   null_values=[*pacsv.ConvertOptions().null_values, *NULL_MARKERS])
+                                   null_values=list(MISSING_CELLS))
     return {"read_options": pacsv.ReadOptions(use_threads=False, skip_rows=1 if with_line else 0),
             "parse_options": pacsv.ParseOptions(delimiter=separators.pop()), "convert_options": convert}
 

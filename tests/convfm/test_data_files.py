@@ -9,11 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.csv as pacsv
 import pytest
+from pandas._libs.parsers import STR_NA_VALUES
 
 from convfm.config import DataConfig
 from convfm.data.loading import load_job_market
 from convfm.data.market_parts import check_interaction_schemas, file_columns, interaction_files, log_columns
-from convfm.data.readers import arrow_csv_options
+from convfm.data.readers import arrow_csv_options, pandas_csv_options
 from convfm.errors import DataValidationError
 from tests.convfm.test_data import INTERACTIONS, JOBS, USERS, write_market
 
@@ -160,6 +161,20 @@ def test_a_mysql_null_marker_is_a_missing_cell(tmp_path: Path) -> None:
     options = arrow_csv_options([null / "jobs.csv"], ["title", "location", "salary_min"])
     cells = pacsv.read_csv(null / "jobs.csv", **options).slice(1, 1).to_pylist()[0]
     assert cells == {"title": r"Nurse \N shift", "location": None, "salary_min": None}
+
+
+def test_both_readers_take_the_same_cells_as_missing(tmp_path: Path) -> None:
+    """pyarrow's default null spellings (Ray Data's reading) lack pandas' ``None`` and ``<NA>``: a ``None`` cell
+    was the category "none" on the distributed path and missing in memory. Both readers take one list: every
+    spelling pandas reads as missing, and ``\\N``, is missing on both; another case or longer text stays text."""
+    spellings, kept = [*sorted(STR_NA_VALUES), "\\N"], ["none", "NONE", "None of these", "n.a.", "Nan"]
+    cells, path = spellings + kept, tmp_path / "cells.csv"
+    path.write_text("row,value\n" + "".join(f"{row},{cell}\n" for row, cell in enumerate(cells)))
+    in_memory = pd.read_csv(path, **pandas_csv_options(path))["value"]
+    distributed = pacsv.read_csv(path, **arrow_csv_options([path], ["value"])).column("value").to_pylist()
+    assert dict(zip(cells, in_memory.isna())) == dict(zip(cells, [cell is None for cell in distributed]))
+    assert in_memory.isna().tolist() == [True] * len(spellings) + [False] * len(kept)
+    assert distributed[len(spellings):] == kept == in_memory.iloc[len(spellings):].tolist()
 
 
 def test_a_suffix_in_another_case_is_found(tmp_path: Path) -> None:
