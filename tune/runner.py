@@ -21,12 +21,13 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import pandas as pd
 import ray
 import ray.train
 from ray import tune as ray_tune
+from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
@@ -327,13 +328,31 @@ def _sampled(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
+def saved_statuses(grid: ray_tune.ResultGrid) -> list[str]:
+    """Each trial's status in the experiment state Tune saved as ``fit()`` returned, which ``Tuner.restore``
+    reads. Not ``grid``'s own: on Ctrl-C Tune saves its state, then stops the running trials and marks them
+    TERMINATED in memory, as if they had finished."""
+    saved = ray_tune.ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem)
+    return [trial.status for trial in saved.trials]
+
+
+def search_progress(statuses: Sequence[str], num_samples: int) -> tuple[int, bool]:
+    """(trials finished, whether the search ended) from the trials' saved ``statuses``. A finished trial is
+    TERMINATED (it ran its epochs, or ASHA or patience stopped it): a resume skips it. The search ended when
+    all ``num_samples`` trials are TERMINATED or ERROR; else a resume trains the PENDING, RUNNING and PAUSED
+    trials and those not sampled yet, and retries the ERROR ones (``resume_errored``)."""
+    finished = sum(status == Trial.TERMINATED for status in statuses)
+    failed = sum(status == Trial.ERROR for status in statuses)
+    return finished, len(statuses) == num_samples == finished + failed
+
+
 def _finish(out: StagedDir, experiment: dict[str, Any], grid: Any, space: SearchSpace, config: TuneConfig,
             data: PreparedData, concurrency: int, started: float) -> TuneSummary:
-    done = grid.num_terminated + grid.num_errors
-    if len(grid) < config.num_samples or done < len(grid):  # Ctrl-C: Tune saved its state and returned
+    finished, ended = search_progress(saved_statuses(grid), config.num_samples)
+    if not ended:  # Ctrl-C: Tune saved its state and returned
         write_experiment(out, {**experiment, "status": "interrupted"})
-        raise SearchInterrupted(f"search interrupted with {done} of {config.num_samples} trial(s) finished; "
-                        f"continue it with: convfm tune --resume {out.target}")
+        raise SearchInterrupted(f"search interrupted with {finished} of {config.num_samples} trial(s) finished; "
+                                f"continue it with: convfm tune --resume {out.target}")
     rows, histories, params = [], {}, {}
     for result in grid:
         trial_id = Path(result.path).name.removeprefix("trial-")

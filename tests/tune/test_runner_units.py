@@ -7,7 +7,7 @@ from convfm.errors import ConfigError
 from tune.config import TuneConfig
 from tune.results import ASHA, COMPLETED, ERROR, PATIENCE, trial_history, trial_row
 from search_preview import suggest_configs
-from tune.runner import trial_concurrency
+from tune.runner import search_progress, trial_concurrency
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,6 +70,16 @@ def test_trial_outcomes():
     assert patience["ended"] == PATIENCE and not patience["stopped_by_asha"]
     failed = trial_row("d", {}, [], "Traceback...\n  ...\nConfigError: trial d: bad\n", "val_roc_auc", "max", 4)
     assert failed["ended"] == ERROR and failed["error"] == "ConfigError: trial d: bad" and failed["epochs"] == 0
+
+
+def test_only_trials_a_resume_skips_count_as_finished():
+    """On Ctrl-C Tune saves the running trials as RUNNING, then marks them TERMINATED in memory: counted from
+    memory, "2 of 4 trial(s) finished" named 2 trials the resume trained again. The saved statuses count."""
+    assert search_progress(["TERMINATED", "RUNNING", "RUNNING", "PENDING"], 4) == (1, False)
+    assert search_progress(["RUNNING", "RUNNING"], 4) == (0, False)  # 2 trials not sampled yet
+    assert search_progress(["TERMINATED", "ERROR", "PAUSED", "TERMINATED"], 4) == (2, False)
+    assert search_progress(["TERMINATED", "ERROR", "TERMINATED", "TERMINATED"], 4) == (3, True)  # ERROR: ended
+    assert search_progress([], 4) == (0, False)
 
 
 def test_concurrency_on_a_cluster_that_scales_up_from_zero():

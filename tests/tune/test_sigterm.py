@@ -33,7 +33,7 @@ def test_sigterm_stops_the_search_as_ctrl_c_does_and_leaves_it_resumable(market_
                 break
         assert lines and lines[-1].startswith("trial "), (lines, process.poll())
         process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=90)
+        out_before, err = process.communicate(timeout=90)
     finally:
         if process.poll() is None:
             process.kill()
@@ -47,3 +47,9 @@ def test_sigterm_stops_the_search_as_ctrl_c_does_and_leaves_it_resumable(market_
                              capture_output=True, text=True, env=env, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert pd.read_csv(out / "trials.csv")["epochs"].tolist() == [2] * 4  # the stopped trials trained on
+    # N counts what the resume skips, the trials done before the signal; it trains the others, stopped ones too
+    finished = int(re.search(r"interrupted with (\d) of 4", last).group(1))
+    trained = set(re.findall(r"^trial (\S+)  (?:epoch|done)", resumed.stdout, flags=re.MULTILINE))
+    done_before = set(re.findall(r"^trial (\S+)  done$", "".join(lines) + out_before, flags=re.MULTILINE))
+    assert (finished, len(trained)) == (len(done_before), 4 - len(done_before)), (last, resumed.stdout)
+    assert not trained & done_before, resumed.stdout
