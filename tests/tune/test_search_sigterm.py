@@ -3,14 +3,14 @@ local Ray: it stops as Ctrl-C does (Tune saves the search's state), says how to 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
+
+from tests.train.test_sigterm import USER_ENV, sigterm_once
 
 pytestmark = pytest.mark.slow
 
@@ -21,35 +21,22 @@ def test_sigterm_stops_the_search_as_ctrl_c_does_and_leaves_it_resumable(market_
     dump), leaving experiment.json "running" and Tune's state as last saved in passing."""
     config = tune_yaml(tmp_path / "tune.yaml", tmp_path / "models", num_samples=4, max_t=2, grace_period=2)
     out = tmp_path / "search"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, as a user's command
-    process = subprocess.Popen(
-        [sys.executable, "-m", "convfm.cli.main", "tune", "--config", str(config), "--data", str(market_dir),
-         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        lines = []
-        for line in process.stdout:  # blocks until a trial's first epoch is reported; the timeout bounds it
-            lines.append(line)
-            if re.match(r"trial \S+  epoch   1 ", line):
-                break
-        assert lines and lines[-1].startswith("trial "), (lines, process.poll())
-        process.send_signal(signal.SIGTERM)
-        out_before, err = process.communicate(timeout=90)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, err
+    stopped = sigterm_once(["tune", "--config", str(config), "--data", str(market_dir), "--out", str(out)],
+                           r"trial \S+  epoch   1 ")  # a trial's first epoch reported
+    err = stopped.stderr
+    assert stopped.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert re.fullmatch(rf"convfm tune: search interrupted with [0-3] of 4 trial\(s\) finished; continue it with: "
                         rf"convfm tune --resume {re.escape(str(out))}", last), err
     assert "Aborted" not in err, err
     assert json.loads((out / "experiment.json").read_text())["status"] == "interrupted"
     resumed = subprocess.run([sys.executable, "-m", "convfm.cli.main", "tune", "--resume", str(out)],
-                             capture_output=True, text=True, env=env, timeout=120)
+                             capture_output=True, text=True, env=USER_ENV, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert pd.read_csv(out / "trials.csv")["epochs"].tolist() == [2] * 4  # the stopped trials trained on
     # N counts what the resume skips, the trials done before the signal; it trains the others, stopped ones too
     finished = int(re.search(r"interrupted with (\d) of 4", last).group(1))
     trained = set(re.findall(r"^trial (\S+)  (?:epoch|done)", resumed.stdout, flags=re.MULTILINE))
-    done_before = set(re.findall(r"^trial (\S+)  done$", "".join(lines) + out_before, flags=re.MULTILINE))
+    done_before = set(re.findall(r"^trial (\S+)  done$", stopped.stdout, flags=re.MULTILINE))
     assert (finished, len(trained)) == (len(done_before), 4 - len(done_before)), (last, resumed.stdout)
     assert not trained & done_before, resumed.stdout
