@@ -37,7 +37,7 @@ class RowView:
     """Job sides (n, ...) of catalog ``rows`` (n,), exact at the ranker's ``version``."""
 
     def __init__(self, ranker: Any, rows: np.ndarray) -> None:
-        self.rows = np.asarray(rows, dtype=np.int64)
+        self.rows = np.array(rows, dtype=np.int64)  # a copy: ``serves`` compares the caller's next rows to it
         index = torch.as_tensor(self.rows, device=ranker.device)
         self.job_side: Side = map_side(lambda t: t[index].contiguous(), ranker.job_side)
         self.version = ranker.version
@@ -57,20 +57,24 @@ class RowView:
 
     def catch_up(self, ranker: Any) -> bool:
         """Copy the job sides changed since this view's version into it -> False when the ranker cannot name
-        them (its change log is shorter) or they are over a quarter of the view: gather anew then."""
+        them (its change log is shorter) or they are over a quarter of the view: gather anew then. Rows whose
+        lists may have changed (``put_jobs``) are scored from their lists until the indexes are built anew."""
         if self.version == ranker.version:
             return True
         changed = ranker.changed_since(self.version)
-        if changed is None or len(changed) > len(self.rows) // 4:
+        if changed is None:
             return False
         positions = np.flatnonzero(np.isin(self.rows, changed))
+        if len(positions) > len(self.rows) // 4:
+            return False
         if len(positions):
             source = torch.as_tensor(self.rows[positions], device=ranker.device)
             target = torch.as_tensor(positions, device=ranker.device)
             for mine, theirs in zip(leaves(self.job_side), leaves(ranker.job_side)):
                 mine[target] = theirs[source]
-            if self._index is not None:  # past an eighth of the view stale, built anew at its next use
-                stale = torch.unique(torch.cat([self._index[1], target]))
+            relisted = np.flatnonzero(np.isin(self.rows, ranker.changed_since(self.version, lists=True)))
+            if self._index is not None and len(relisted):  # past an eighth of the view stale, built anew when used
+                stale = torch.unique(torch.cat([self._index[1], torch.as_tensor(relisted, device=ranker.device)]))
                 self._index = None if len(stale) > len(self.rows) // 8 else (self._index[0], stale)
         self.version = ranker.version
         return True

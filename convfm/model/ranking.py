@@ -93,7 +93,8 @@ class CatalogRanker(CatalogMatchTerms):
         self.job_width = max(t.shape[1:].numel() for t in leaves(self.job_side))
         self._own_jobs = jobs is not None
         self._room = self.job_side  # job_side is a view of these buffers (put_jobs grows them)
-        self.version, self._changes = 0, []  # _changes: (version, rows it changed), the last CHANGES_KEPT
+        # _changes: (version, rows it changed, whether their lists changed too: put_jobs), the last CHANGES_KEPT
+        self.version, self._changes = 0, []
         self._view: Optional[RowView] = None  # the rows last scanned with ``kept`` (the jobs open now)
 
     @property
@@ -107,22 +108,24 @@ class CatalogRanker(CatalogMatchTerms):
         return None if self._clock is None else self._clock.buckets
 
     # ---------------------------------------------------------------------------------------- changes
-    def _changed(self, rows: np.ndarray) -> None:
+    def _changed(self, rows: np.ndarray, lists: bool = False) -> None:
         self.version += 1
-        changes = (self._changes + [(self.version, np.asarray(rows, dtype=np.int64))])[-CHANGES_KEPT:]
-        total = sum(len(r) for _, r in changes)
+        changes = (self._changes + [(self.version, np.asarray(rows, dtype=np.int64), lists)])[-CHANGES_KEPT:]
+        total = sum(len(r) for _, r, _ in changes)
         while len(changes) > 1 and total > self.n_jobs:
             total -= len(changes.pop(0)[1])
         self._changes = changes
 
-    def changed_since(self, version: int) -> Optional[np.ndarray]:
+    def changed_since(self, version: int, lists: bool = False) -> Optional[np.ndarray]:
         """Catalog rows whose job side changed after ``version`` (sorted, unique; rows appended since are among
-        them), or None when that is too long ago to replay."""
+        them), or None when that is too long ago to replay; with ``lists``, only the rows whose list fields may
+        have changed too (``put_jobs``; time moving changes ages and popularity, not lists)."""
         if version == self.version:
             return np.zeros(0, dtype=np.int64)
         if not self._changes or self._changes[0][0] > version + 1:
             return None
-        return np.unique(np.concatenate([rows for v, rows in self._changes if v > version]))
+        return np.unique(np.concatenate([np.zeros(0, dtype=np.int64)] + [
+            rows for v, rows, relisted in self._changes if v > version and (relisted or not lists)]))
 
     # ------------------------------------------------------------------------------------------ time
     def job_table(self, rows: np.ndarray, buckets: Optional[np.ndarray] = None) -> EncodedTable:
@@ -200,7 +203,7 @@ class CatalogRanker(CatalogMatchTerms):
             self._room = zip_map(lambda tensors: with_room(tensors[0], n), [self._room])
             self.n_jobs, self.job_side = n, map_side(lambda t: t[:n], self._room)
             self._write_rows(rows, side)
-        self._changed(rows)
+        self._changed(rows, lists=True)
         self.__dict__.pop("explainer", None)  # its view of the catalog (constant fields): recomputed when next used
         indexes = self.__dict__.pop("_match_index", None)  # the pair-match terms' inverted indexes: rows now stale
         if indexes is not None:

@@ -64,10 +64,24 @@ def test_the_view_follows_time_and_replaced_jobs(served):
     torch.testing.assert_close(ranker.score_all(users, rows, kept=True), fresh.score_all(users)[:, rows],
                                atol=1e-6, rtol=0)
     assert ranker._view is view  # one row changed: copied into the kept view
+    assert view.match_index(ranker)[1].tolist() == [3]  # its lists changed: compared directly, not indexed
 
-    moved = ranker.at(T0 + 3 * MICROS_PER_DAY)  # jobs cross a day bucket: their job sides change
-    assert 0 < len(moved)
-    later = CatalogRanker(model, extractor, time=T0 + 3 * MICROS_PER_DAY)
+    moved = ranker.at(T0 + MICROS_PER_DAY)  # jobs cross a day bucket: their job sides change
+    assert 0 < len(np.intersect1d(moved, rows)) <= len(rows) // 4  # patched into the view, not gathered anew
+    later = CatalogRanker(model, extractor, time=T0 + MICROS_PER_DAY)
     torch.testing.assert_close(ranker.score_all(users, rows, kept=True), later.score_all(users)[:, rows],
                                atol=1e-6, rtol=0)
-    assert ranker._view.version == ranker.version
+    assert ranker._view is view and view.version == ranker.version
+    assert view.match_index(ranker)[1].tolist() == [3]  # ages moved, lists did not: no more rows compared directly
+
+
+def test_the_view_keeps_its_own_copy_of_the_rows(served):
+    model, extractor = served
+    ranker = CatalogRanker(model, extractor, time=T0)
+    users = users_of(extractor, [1])
+    rows = np.arange(1, 40)
+    first = ranker.score_all(users, rows, kept=True)
+    rows[:] = np.arange(41, 80)  # a caller reusing its buffer for other rows
+    torch.testing.assert_close(ranker.score_all(users, rows, kept=True), ranker.score_all(users)[:, rows],
+                               atol=1e-6, rtol=0)
+    assert not torch.equal(first, ranker.score_all(users, rows, kept=True))
