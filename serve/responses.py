@@ -124,6 +124,8 @@ class ModelInfo(BaseModel):
     loaded_at: str
     metrics: dict[str, Any]
     jobs: int
+    open_jobs: Optional[int] = Field(None, description="the catalog's jobs open now, the ones a request ranks "
+                                     "(the rest expired, or posted ahead)")
     users: int
     fields: list[str]
     extra_columns: dict[str, dict[str, str]] = Field(default_factory=dict, description="the board's own columns "

@@ -165,12 +165,18 @@ class Scorer:
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "path": public_text(str(self.path)),
                 "loaded_at": self.loaded_at, "metrics": self.metrics, "jobs": self.n_jobs - 1,
+                "open_jobs": self._open_count(),
                 "catalog_version": self.live_jobs.version, "score_cache": self.cache.info(),
                 "model_jobs_expire": self.model_jobs.expiry_applies(now_micros()),
                 "model_time": self._model_time_text(),
                 "users": len(self.extractor.user_catalog) - 1,
                 "fields": [f.name for f in self.extractor.feature_map.fields],
                 "extra_columns": getattr(self.extractor, "extra_columns", {})}
+
+    def _open_count(self) -> int:
+        """The catalog's jobs open now: those a request ranks (and scans, ``convfm.model.open_rows``)."""
+        open_rows = self._open(now_micros())
+        return self.n_jobs - 1 if open_rows is None else int(open_rows[1:].sum())
 
     def _model_time_text(self) -> Optional[str]:
         """``ModelJobs.time`` as ISO text when it is not now (a replayed log: its data's end), else None."""

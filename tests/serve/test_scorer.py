@@ -232,6 +232,7 @@ def test_the_models_jobs_leave_recommendations_at_their_training_datas_expiry(ti
     items = served.recommend_many([rec(user_id=user, k=100)])[0]["items"]
     rows = [served.extractor.job_rows[i["job_id"]] for i in items]
     assert 0 < len(items) < 100 and (served.ranker.recency.expires[rows] > now).all()  # only live ones
+    assert served.info()["open_jobs"] == (expires > now).sum() < served.info()["jobs"]  # GET /model tells
     gone = int(1 + np.argmin(expires))
     detail = job_detail(served, served.extractor.job_ids[gone])
     assert detail["expired"] and detail["expires_at"] is not None
