@@ -237,12 +237,11 @@ class CatalogRanker(CatalogMatchTerms):
                   times: Optional[np.ndarray] = None, kept: bool = False) -> torch.Tensor:
         """Logits (U, N) of every user against every catalog job (or against ``job_rows``), at the precomputed
         time or, with recency fields, at each user's ``times`` (U,) int64 order keys. ``kept``: ``job_rows``
-        are asked for again and again (the jobs open now): their job sides are scanned from a
-        contiguous copy kept between calls (``convfm.model.open_rows``). Users are scored in time
-        order, the precomputed job sides moved forward to each distinct time (``_advance``): only the jobs whose
-        bucket changes between consecutive times are recomputed, in a few large passes. (Scoring a group of
-        users at its first time and correcting each user's changed pairs cost 7x more on 300 events spread over
-        weeks.)"""
+        are asked for again and again (the jobs open now): their job sides are scanned from a contiguous copy
+        kept between calls (``convfm.model.open_rows``). Users are scored in time order, the precomputed job
+        sides moved forward to each distinct time (``_advance``): only the jobs whose bucket changes between
+        consecutive times are recomputed, in a few large passes. (Scoring a group of users at its first time and
+        correcting each user's changed pairs cost 7x more on 300 events spread over weeks.)"""
         if self.recency is None or times is None:
             return self._score_all(users, job_rows, kept=kept)
         times = np.asarray(times, dtype=np.int64)
