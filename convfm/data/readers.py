@@ -28,7 +28,9 @@ READ_SUFFIXES = SUFFIXES + GZIP_SUFFIXES
 # default NA spellings (pyarrow's lack None and <NA>: a "none" category on one path only) and MySQL's NULL, \\N.
 MISSING_CELLS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
                  "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null", "\\N")
-_SEP_LINE = re.compile(r"sep=(\\t|.)")  # Excel's first line naming the separator: sep=; sep=, sep=| or a tab
+# Excel's first line naming the separator: sep=; sep=, sep=| or a tab (\t), in any case, quoted or padded with the
+# separator itself (a file saved again by Excel: sep=;;;)
+_SEP_LINE = re.compile(r'"?sep=(\\t|.)"?(?:\1)*', re.IGNORECASE)
 
 
 def file_suffix(path: Path) -> str:
@@ -60,17 +62,18 @@ def resolve_path(path: str | Path) -> Path:
 
 
 def suffixed_files(path: Path) -> list[Path]:
-    """The files ``path`` names plus a read suffix in any case (Windows tools write ``interactions.CSV``,
-    ``jobs.CSV.GZ``), in ``READ_SUFFIXES`` order; two one case apart are refused, naming both."""
+    """The files ``path`` names plus a read suffix, the whole name in any case (Windows tools write
+    ``interactions.CSV``, ``Jobs.csv``; macOS and Windows disks found those by any case already), in
+    ``READ_SUFFIXES`` order; two one case apart are refused, naming both."""
     found: dict[str, list[Path]] = {}
+    stem = path.name.lower()
     for other in path.parent.iterdir() if path.parent.is_dir() else ():
-        suffix = other.name[len(path.name):].lower()
-        if other.name.startswith(path.name) and suffix in READ_SUFFIXES and other.is_file():
-            found.setdefault(suffix, []).append(other)
+        name = other.name.lower()
+        if name.startswith(stem) and name[len(stem):] in READ_SUFFIXES and other.is_file():
+            found.setdefault(name[len(stem):], []).append(other)
     for paths in found.values():
         if len(paths) > 1:
-            raise DataValidationError(f"{path}: files {sorted(p.name for p in paths)} differ only in the case of "
-                                      "their suffix; keep one")
+            raise DataValidationError(f"{path}: files {sorted(p.name for p in paths)} differ only in case; keep one")
     return [found[suffix][0] for suffix in READ_SUFFIXES if suffix in found]
 
 
@@ -149,9 +152,16 @@ def sep_line(path: Path) -> Optional[str]:
     """The separator a text file's first line names (``sep=;``, as Excel writes a CSV for a locale whose
     separator is not its own; ``sep=\\t`` is a tab), else None. Such a line precedes the header."""
     with _open_text(path) as handle:
-        first = handle.readline().rstrip("\r\n")
+        first, header = handle.readline().rstrip("\r\n").strip(" "), handle.readline()  # a tab may be the separator
     found = _SEP_LINE.fullmatch(first)
-    return None if found is None else ("\t" if found.group(1) == "\\t" else found.group(1))
+    if found is None:
+        return None
+    named = "\t" if found.group(1) == "\\t" else found.group(1)
+    held = [c for c in (",", ";", "\t", "|") if c in header]
+    if named not in header and held:  # read with it, the file would be one column named like the whole header
+        raise DataValidationError(f"{path}: line 1 ({first!r}) names the separator {named!r}, but the header on line "
+                                  f"2 holds none and holds {held[0]!r}; fix or remove line 1")
+    return named
 
 
 def pandas_csv_options(path: Path) -> dict[str, Any]:

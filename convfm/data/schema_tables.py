@@ -139,7 +139,8 @@ def _check_salaries(jobs: pd.DataFrame, path: Path, source: Mapping[str, str]) -
         i = first_true(bad)
         low, high = (np.format_float_positional(jobs[c].iloc[i], trim="-") for c in ("salary_min", "salary_max"))
         raise cell_error(path, source["salary_min"], i, f"{source['salary_min']} {low} is above "
-                                                        f"{source['salary_max']} {high}; are the two columns swapped?")
+                                                        f"{source['salary_max']} {high}; are the two columns swapped, "
+                                                        "or is an unknown salary written as 0 (leave it empty)?")
 
 
 def _check_unique(ids: pd.Series, path: Path, column: str) -> None:

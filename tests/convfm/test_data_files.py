@@ -135,6 +135,24 @@ def test_an_excel_sep_line_names_the_separator(tmp_path: Path, sep: str) -> None
     assert pacsv.read_csv(root / "jobs.csv.gz", **options).column("job_id").to_pylist() == plain.jobs["job_id"].tolist()
 
 
+@pytest.mark.parametrize("line", ["SEP=;", "sep=; ", '"sep=;"', "sep=;;;", "Sep=;;"])
+def test_a_sep_line_as_other_tools_write_it(tmp_path: Path, line: str) -> None:
+    """Upper case, quoted, padded with the separator (a file Excel saved again) or with a trailing space: each
+    was read as the header ("missing required column ... ['sep=', '']")."""
+    root = write_market(tmp_path / "m", users=None, interactions=excel_csv(INTERACTIONS, ";").replace("sep=;", line))
+    plain = load_job_market(DataConfig(path=str(write_market(tmp_path / "plain", users=None))))
+    pd.testing.assert_frame_equal(load_job_market(DataConfig(path=str(root))).interactions, plain.interactions)
+
+
+def test_a_sep_line_naming_another_separator_than_the_headers_is_named(tmp_path: Path) -> None:
+    """``sep=,`` above a header written with ``;`` read the file as one column named like the whole header."""
+    root = write_market(tmp_path / "m", users=None, interactions="sep=,\n" + INTERACTIONS.replace(",", ";"))
+    with pytest.raises(DataValidationError, match=r"interactions\.csv: line 1 \('sep=,'\) names the separator ',', "
+                                                  r"but the header on line 2 holds none and holds ';'; fix or "
+                                                  r"remove line 1"):
+        load_job_market(DataConfig(path=str(root)))
+
+
 def test_files_read_together_must_agree_on_a_sep_line(tmp_path: Path) -> None:
     """Ray Data parses every file of a split with one set of options: a part file without the ``sep=`` line
     of the others would lose its header (or keep theirs as data), so it is refused, naming both files."""
@@ -191,10 +209,13 @@ def test_a_suffix_in_another_case_is_found(tmp_path: Path) -> None:
         pd.testing.assert_frame_equal(getattr(market, table), getattr(plain, table))
     assert [Path(market.source[t]).name for t in ("jobs", "users")] == ["jobs.CSV.GZ", "users.Parquet"]
     assert interaction_files(DataConfig(path=str(root))) == [root / "interactions.CSV"]
+    capital = write_market(tmp_path / "capital", names=("Jobs.csv", "USERS.csv", "Interactions.Csv"))
+    for table in ("jobs", "users", "interactions"):  # the whole name in any case, as macOS and Windows find it
+        pd.testing.assert_frame_equal(getattr(load_job_market(DataConfig(path=str(capital))), table),
+                                      getattr(plain, table))
     (root / "interactions.csv").write_text(INTERACTIONS)
     with pytest.raises(DataValidationError, match=r"upper/interactions: files \['interactions.CSV', "
-                                                  r"'interactions.csv'\] differ only in the case of their suffix; "
-                                                  r"keep one"):
+                                                  r"'interactions.csv'\] differ only in case; keep one"):
         load_job_market(DataConfig(path=str(root)))
 
 
@@ -204,7 +225,8 @@ def test_a_salary_min_above_its_max_is_refused(tmp_path: Path) -> None:
     or both equal, stays valid."""
     swapped = write_market(tmp_path / "swapped", jobs=JOBS.replace("Miami,30000,35000", "Miami,35000,30000.5"))
     with pytest.raises(DataValidationError, match=r"jobs\.csv: column 'salary_min', row 4: salary_min 35000 is above "
-                                                  r"salary_max 30000\.5; are the two columns swapped\?"):
+                                                  r"salary_max 30000\.5; are the two columns swapped, or is an unknown salary "
+                                                  r"written as 0 \(leave it empty\)\?"):
         load_job_market(DataConfig(path=str(swapped)))
     mapped = write_market(tmp_path / "mapped", jobs=JOBS.replace("salary_min,salary_max", "pay_to,pay_from"))
     with pytest.raises(DataValidationError, match=r"column 'pay_from', row 1: pay_from 120000 is above pay_to 90000"):
