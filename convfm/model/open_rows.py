@@ -5,7 +5,9 @@ ranks only the jobs open at its time: 3,029 of the serving benchmark's 10,001, a
 only grow. A scan over the whole catalog pays for every closed row; gathering the open rows out of the job sides
 at each request costs about what it saves (strided reads of every piece). ``RowView`` gathers them once and is
 patched in place when the job sides of some of its rows change (a job's age crosses a day bucket, ``put_jobs``
-replaces it), so repeated requests scan a dense (n, ...) block of the open jobs alone.
+replaces it), so repeated requests scan a dense (n, ...) block of the open jobs alone. As jobs open and close
+(a few a minute on a large board) the view keeps up without gathering anew: a job that opens is appended, one
+that closes stays in the block, scanned and left out of the answer, until either kind is an eighth of the rows.
 
 Notation as in ``convfm.model.network``: N catalog jobs, n rows of the view.
 """
@@ -16,8 +18,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from convfm.features.base import with_room
 from convfm.model.network import Side
-from convfm.model.sides import leaves, map_side
+from convfm.model.sides import leaves, map_side, zip_map
 
 # A view pays for itself while it leaves out enough of the catalog: past this share of open rows the full scan
 # (no copy, no gather) is kept. Measured on the 10k benchmark catalog, one user, one thread: 3,029 open rows
@@ -39,9 +42,49 @@ class RowView:
     def __init__(self, ranker: Any, rows: np.ndarray) -> None:
         self.rows = np.array(rows, dtype=np.int64)  # a copy: ``serves`` compares the caller's next rows to it
         index = torch.as_tensor(self.rows, device=ranker.device)
-        self.job_side: Side = map_side(lambda t: t[index].contiguous(), ranker.job_side)
+        self._room: Side = map_side(lambda t: t[index].contiguous(), ranker.job_side)  # appends double it
+        self.job_side: Side = self._room  # (n, ...): the first n rows of the room
         self.version = ranker.version
         self._index: Optional[tuple[dict[str, Any], torch.Tensor]] = None  # built at its first use
+        self._position: Optional[np.ndarray] = None  # (N,) catalog row -> row of the view, -1 when absent
+
+    def cover(self, ranker: Any, rows: np.ndarray) -> Optional[np.ndarray | slice]:
+        """Where catalog ``rows`` are in this view (a slice of all when it holds exactly them), appending those
+        it lacks -> None when the rows it lacks, or those it holds that are not asked for, are over an eighth
+        of ``rows``: gather anew then. Call after ``catch_up``."""
+        if self.serves(rows):
+            return slice(None)
+        if self._position is None or len(self._position) < ranker.n_jobs:  # the catalog grew since
+            self._position = np.full(ranker.n_jobs, -1, dtype=np.int64)
+            self._position[self.rows] = np.arange(len(self.rows))
+        at = self._position[rows]
+        missing = np.unique(rows[at < 0])  # (rows may repeat: the live evaluation's unknown jobs)
+        if len(missing) > len(rows) // 8 or len(self.rows) + len(missing) - len(rows) > len(rows) // 8:
+            return None
+        if len(missing):
+            self._append(ranker, missing)
+            at = self._position[rows]
+        return at
+
+    def _append(self, ranker: Any, rows: np.ndarray) -> None:
+        """Add catalog ``rows`` (k,), absent from the view, at its end; scored from their lists until the
+        pair-match indexes are built anew (they index the rows before)."""
+        n, k = len(self.rows), len(rows)
+        self._room = zip_map(lambda tensors: with_room(tensors[0], n + k), [self._room])
+        source = torch.as_tensor(rows, device=ranker.device)
+        for mine, theirs in zip(leaves(self._room), leaves(ranker.job_side)):
+            mine[n : n + k] = theirs[source]
+        self.job_side = map_side(lambda t: t[: n + k], self._room)
+        self.rows = np.concatenate([self.rows, rows])
+        self._position[rows] = np.arange(n, n + k)
+        self._mark_stale(ranker, np.arange(n, n + k))
+
+    def _mark_stale(self, ranker: Any, positions: np.ndarray) -> None:
+        """Rows of the view whose lists the pair-match indexes do not hold as they are; past an eighth of the
+        view, the indexes are built anew at their next use."""
+        if self._index is not None and len(positions):
+            stale = torch.unique(torch.cat([self._index[1], torch.as_tensor(positions, device=ranker.device)]))
+            self._index = None if len(stale) > len(self.rows) // 8 else (self._index[0], stale)
 
     def match_index(self, ranker: Any) -> tuple[dict[str, Any], torch.Tensor]:
         """The pair-match terms' inverted indexes over this view's rows (``CatalogMatchTerms.match_indexes``)
@@ -72,9 +115,6 @@ class RowView:
             target = torch.as_tensor(positions, device=ranker.device)
             for mine, theirs in zip(leaves(self.job_side), leaves(ranker.job_side)):
                 mine[target] = theirs[source]
-            relisted = np.flatnonzero(np.isin(self.rows, ranker.changed_since(self.version, lists=True)))
-            if self._index is not None and len(relisted):  # past an eighth of the view stale, built anew when used
-                stale = torch.unique(torch.cat([self._index[1], torch.as_tensor(relisted, device=ranker.device)]))
-                self._index = None if len(stale) > len(self.rows) // 8 else (self._index[0], stale)
+            self._mark_stale(ranker, np.flatnonzero(np.isin(self.rows, ranker.changed_since(self.version, lists=True))))
         self.version = ranker.version
         return True

@@ -272,11 +272,10 @@ class CatalogRanker(CatalogMatchTerms):
             one = n_users == 1
             u = side._replace(lists=None) if one else map_side(lambda t: t[:, None], side._replace(lists=None))
             rows = None if job_rows is None else torch.as_tensor(job_rows, dtype=torch.int64, device=self.device)
-            source, gather, view = self.job_side, rows, None
+            source, gather, view, total = self.job_side, rows, None, self.n_jobs if rows is None else len(rows)
             if kept and rows is not None:  # the view's rows are contiguous: no gather
-                view = self._kept_view(np.asarray(job_rows, dtype=np.int64))
-                source, gather = view.job_side, None
-            total = self.n_jobs if rows is None else len(rows)
+                view, wanted = self._kept_view(np.asarray(job_rows, dtype=np.int64))
+                source, gather, total = view.job_side, None, len(view.rows)
             step, out = self._chunk(n_users), []
             for start in range(0, total, step):
                 index = slice(start, start + step) if gather is None else gather[start : start + step]
@@ -284,18 +283,20 @@ class CatalogRanker(CatalogMatchTerms):
                 scores = self.split.combine(u, jobs)  # (n,) for one user, else (U, n)
                 out.append(scores.view(n_users, scores.shape[-1]))
             logits = torch.cat(out, dim=1) if out else torch.zeros((n_users, 0), device=self.device)
-            if not (pair_terms and total):
-                return logits
-            if view is not None:
-                return self.add_match_terms(logits, side, view=view)
-            return self.add_match_terms(logits, side, rows)
+            if view is not None:  # the view's rows, then those asked for
+                logits = self.add_match_terms(logits, side, view=view) if pair_terms and total else logits
+                return logits[:, wanted]
+            return self.add_match_terms(logits, side, rows) if pair_terms and total else logits
 
-    def _kept_view(self, rows: np.ndarray) -> RowView:
-        """The view of catalog ``rows`` kept since the last call with these rows, brought up to date."""
+    def _kept_view(self, rows: np.ndarray) -> tuple[RowView, np.ndarray | slice]:
+        """The view kept since the last call, brought up to date and holding catalog ``rows`` (else one gathered
+        anew), and where those rows are in it."""
         view = self._view
-        if view is None or not view.serves(rows) or not view.catch_up(self):
-            view = self._view = RowView(self, rows)
-        return view
+        wanted = view.cover(self, rows) if view is not None and view.catch_up(self) else None
+        if wanted is None:
+            view, wanted = RowView(self, rows), slice(None)
+            self._view = view
+        return view, wanted
 
     def score_pairs(self, users: EncodedTable, user_index: np.ndarray, job_rows: np.ndarray) -> torch.Tensor:
         """Logits (P,) of pairs (users row ``user_index[p]``, catalog row ``job_rows[p]``): one pass for all."""

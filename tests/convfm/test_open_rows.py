@@ -41,9 +41,31 @@ def test_a_kept_view_scores_its_rows_as_the_whole_catalog_does(served, n_users):
     view = ranker._view
     torch.testing.assert_close(ranker.score_all(users, rows, kept=True), whole, atol=1e-6, rtol=0)
     assert ranker._view is view  # kept, not gathered again
-    other = rows[1:]
-    torch.testing.assert_close(ranker.score_all(users, other, kept=True), whole[:, 1:], atol=1e-6, rtol=0)
+    other = rows + 1  # other rows altogether: gathered anew
+    torch.testing.assert_close(ranker.score_all(users, other, kept=True), ranker.score_all(users)[:, other],
+                               atol=1e-6, rtol=0)
     assert ranker._view is not view and ranker._view.serves(other)
+
+
+def test_jobs_opening_and_closing_keep_the_view_until_an_eighth_of_it_changed(served):
+    """A job that opens is appended to the kept view (its pair-match terms from its lists), one that closes
+    stays in it, scanned and left out of the answer; past an eighth of the rows asked for, it is gathered anew."""
+    model, extractor = served
+    ranker = CatalogRanker(model, extractor, time=T0)
+    users = users_of(extractor, [1, 2])
+    whole = ranker.score_all(users)
+    rows = np.arange(1, 161)
+    ranker.score_all(users, rows, kept=True)
+    view = ranker._view
+    for changed in (np.r_[rows[3:], 200, 201, 202], np.r_[rows[5:], 200, 201, 202, 210, 211], rows[10:]):
+        torch.testing.assert_close(ranker.score_all(users, changed, kept=True), whole[:, changed], atol=1e-6,
+                                   rtol=0)
+        assert ranker._view is view  # 5 of 160 closed, 3 opened; then 5 more each: still the same view
+    assert len(view.rows) == 165 and set(view.rows) == set(rows) | {200, 201, 202, 210, 211}
+    assert view.match_index(ranker)[1].tolist() == [160, 161, 162, 163, 164]  # the appended rows
+    fewer = rows[30:]  # 35 of 130 asked for are in the view and closed: over an eighth
+    torch.testing.assert_close(ranker.score_all(users, fewer, kept=True), whole[:, fewer], atol=1e-6, rtol=0)
+    assert ranker._view is not view and ranker._view.serves(fewer)
 
 
 def test_the_view_follows_time_and_replaced_jobs(served):
