@@ -88,8 +88,8 @@ class RowView:
 
     def match_index(self, ranker: Any) -> tuple[dict[str, Any], torch.Tensor]:
         """The pair-match terms' inverted indexes over this view's rows (``CatalogMatchTerms.match_indexes``)
-        and the positions patched since they were built (scored from their lists directly: a replaced job's
-        lists may differ)."""
+        and the positions they do not hold as they are, scored from their lists directly: jobs replaced since
+        (their lists may differ) and jobs appended."""
         if self._index is None:
             self._index = ranker.match_indexes(self.rows), torch.zeros(0, dtype=torch.int64, device=ranker.device)
         return self._index
@@ -115,6 +115,7 @@ class RowView:
             target = torch.as_tensor(positions, device=ranker.device)
             for mine, theirs in zip(leaves(self.job_side), leaves(ranker.job_side)):
                 mine[target] = theirs[source]
-            self._mark_stale(ranker, np.flatnonzero(np.isin(self.rows, ranker.changed_since(self.version, lists=True))))
+            relisted = ranker.changed_since(self.version, lists=True)
+            self._mark_stale(ranker, np.flatnonzero(np.isin(self.rows, relisted)))
         self.version = ranker.version
         return True
