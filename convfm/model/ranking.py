@@ -336,7 +336,8 @@ class CatalogRanker(CatalogMatchTerms):
         return best_first(logits, min(k, available))
 
     # ---------------------------------------------------------------------------------------- reference
-    def full_scores(self, users: EncodedTable, job_rows: Optional[np.ndarray] = None, chunk: int = 8192) -> torch.Tensor:
+    def full_scores(self, users: EncodedTable, job_rows: Optional[np.ndarray] = None,
+                    chunk: int = 8192) -> torch.Tensor:
         """Reference: the model's own forward over every (user, job) pair -> (U, N). Slow; for tests/benchmarks."""
         rows = np.arange(self.n_jobs) if job_rows is None else np.asarray(job_rows)
         user_tensors = table_tensors(users).to(self.device)

@@ -225,13 +225,14 @@ def test_a_salary_min_above_its_max_is_refused(tmp_path: Path) -> None:
     or both equal, stays valid."""
     swapped = write_market(tmp_path / "swapped", jobs=JOBS.replace("Miami,30000,35000", "Miami,35000,30000.5"))
     with pytest.raises(DataValidationError, match=r"jobs\.csv: column 'salary_min', row 4: salary_min 35000 is above "
-                                                  r"salary_max 30000\.5; are the two columns swapped, or is an unknown salary "
-                                                  r"written as 0 \(leave it empty\)\?"):
+                                                  r"salary_max 30000\.5; are the two columns swapped, or is an "
+                                                  r"unknown salary written as 0 \(leave it empty\)\?"):
         load_job_market(DataConfig(path=str(swapped)))
     mapped = write_market(tmp_path / "mapped", jobs=JOBS.replace("salary_min,salary_max", "pay_to,pay_from"))
     with pytest.raises(DataValidationError, match=r"column 'pay_from', row 1: pay_from 120000 is above pay_to 90000"):
         load_job_market(DataConfig(path=str(mapped), columns={"jobs": {"salary_min": "pay_from",
                                                                        "salary_max": "pay_to"}}))
     one = JOBS.replace("Denver,,,", "Denver,60000,,").replace("Remote,70000,90000", "Remote,,90000")
-    jobs = load_job_market(DataConfig(path=str(write_market(tmp_path / "one", jobs=one.replace("35000", "30000"))))).jobs
+    one = write_market(tmp_path / "one", jobs=one.replace("35000", "30000"))
+    jobs = load_job_market(DataConfig(path=str(one))).jobs
     assert jobs["salary_min"].tolist()[1:4] == [60000, 100000, 30000] and jobs["salary_max"].iloc[3] == 30000
