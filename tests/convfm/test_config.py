@@ -1,8 +1,17 @@
 """Configs validate on construction and name the bad field; YAML and JSON round trips."""
+from pathlib import Path
+
 import pytest
 
 from convfm.config import DataConfig, ModelConfig, TrainConfig, load_yaml_config
 from convfm.errors import ConfigError
+
+
+def refuses(path: Path, text: str, section: str, cls: type, match: str) -> None:
+    """``text`` written to ``path`` and ``section`` loaded as ``cls``: a ConfigError matching ``match``."""
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_yaml_config(path, section, cls)
 
 
 @pytest.mark.parametrize("cls, values, match", [
@@ -69,9 +78,8 @@ def test_yaml_sections_and_json_round_trip(tmp_path):
 
 def test_yaml_errors_name_the_file_and_section(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("train:\n  lr: 0.1\n")
-    with pytest.raises(ConfigError, match=r"c.yaml \[train\] line 2: unknown key\(s\) \['lr'\]"):
-        load_yaml_config(path, "train", TrainConfig)
+    refuses(path, "train:\n  lr: 0.1\n", "train", TrainConfig,
+            r"c.yaml \[train\] line 2: unknown key\(s\) \['lr'\]")
     with pytest.raises(ConfigError, match="config file not found"):
         load_yaml_config(tmp_path / "missing.yaml", "train", TrainConfig)
 
@@ -91,16 +99,13 @@ def test_booleans_are_refused_where_numbers_are_meant(cls, field, value):
 
 def test_train_yaml_errors_name_file_section_line_and_key(tmp_path):
     path = tmp_path / "train.yaml"
-    path.write_text("model:\n  embedding_dim: 16\ntrain:\n  num_epochs: 3\n  batch_size: yes\n")
-    with pytest.raises(ConfigError, match=r"train\.yaml \[train\] line 5: batch_size: must be an integer in "
-                                          r"\[1, 1048576\], got True"):
-        load_yaml_config(path, "train", TrainConfig)
-    path.write_text("data:\n  columns:\n    jobs: {job_id: id}\n    job: {job_id: id}\n")
-    with pytest.raises(ConfigError, match=r"train\.yaml \[data\] line 4: columns\.job: unknown table 'job'"):
-        load_yaml_config(path, "data", DataConfig)
-    path.write_text("model: [16]\n")
-    with pytest.raises(ConfigError, match=r"train\.yaml line 1: section 'model' must be a mapping, got list"):
-        load_yaml_config(path, "model", ModelConfig)
+    refuses(path, "model:\n  embedding_dim: 16\ntrain:\n  num_epochs: 3\n  batch_size: yes\n", "train", TrainConfig,
+            r"train\.yaml \[train\] line 5: batch_size: must be an integer in "
+            r"\[1, 1048576\], got True")
+    refuses(path, "data:\n  columns:\n    jobs: {job_id: id}\n    job: {job_id: id}\n", "data", DataConfig,
+            r"train\.yaml \[data\] line 4: columns\.job: unknown table 'job'")
+    refuses(path, "model: [16]\n", "model", ModelConfig,
+            r"train\.yaml line 1: section 'model' must be a mapping, got list")
 
 
 def test_table_spec_errors_name_file_section_line_and_key(tmp_path):
@@ -144,10 +149,9 @@ def test_global_time_dates_from_yaml_are_canonical_iso_strings(tmp_path):
 def test_an_impossible_yaml_date_names_file_section_line_and_key(tmp_path):
     """2024-13-45 has a date's shape, so PyYAML builds a date and its ValueError escaped as a traceback."""
     path = tmp_path / "c.yaml"
-    path.write_text("data:\n  split: global_time\n  valid_start: 2024-13-45\n")
-    with pytest.raises(ConfigError, match=r"^\S*c\.yaml \[data\] line 3: valid_start: not a valid date: 2024-13-45 "
-                                          r"\(month must be in 1\.\.12\)$"):
-        load_yaml_config(path, "data", DataConfig)
+    refuses(path, "data:\n  split: global_time\n  valid_start: 2024-13-45\n", "data", DataConfig,
+            r"^\S*c\.yaml \[data\] line 3: valid_start: not a valid date: 2024-13-45 "
+            r"\(month must be in 1\.\.12\)$")
 
 
 def test_an_unreadable_config_file_is_one_line(tmp_path, monkeypatch):
@@ -168,13 +172,11 @@ def test_an_unreadable_config_file_is_one_line(tmp_path, monkeypatch):
 def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
     """YAML keeps the last one silently, and a later error named the first one's line."""
     path = tmp_path / "c.yaml"
-    path.write_text("train:\n  learning_rate: 0.01\n  batch_size: 64\n  learning_rate: -1\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml \[train\] line 4: learning_rate: key written twice, at lines 2 "
-                                          r"and 4 \(YAML would keep only the last\): keep one$"):
-        load_yaml_config(path, "train", TrainConfig)
-    path.write_text("serve: {}\nserve: {}\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml line 2: serve: key written twice, at lines 1 and 2"):
-        load_yaml_config(path, "train", TrainConfig)
+    refuses(path, "train:\n  learning_rate: 0.01\n  batch_size: 64\n  learning_rate: -1\n", "train", TrainConfig,
+            r"c\.yaml \[train\] line 4: learning_rate: key written twice, at lines 2 "
+            r"and 4 \(YAML would keep only the last\): keep one$")
+    refuses(path, "serve: {}\nserve: {}\n", "train", TrainConfig,
+            r"c\.yaml line 2: serve: key written twice, at lines 1 and 2")
     path.write_text("base: &b {num_epochs: 2}\ntrain:\n  <<: *b\n  num_epochs: 3\n")  # a merge key may be overridden
     assert load_yaml_config(path, "train", TrainConfig).num_epochs == 3
 
@@ -184,9 +186,8 @@ def test_a_negative_seed_is_refused_before_ray_starts(tmp_path, cls):
     """numpy's generators refuse it, but only once the workers draw negatives or shuffle."""
     section = "data" if cls is DataConfig else "train"
     path = tmp_path / "c.yaml"
-    path.write_text(f"{section}:\n  seed: -1\n")
-    with pytest.raises(ConfigError, match=rf"c\.yaml \[{section}\] line 2: seed: must be an integer >= 0, got -1$"):
-        load_yaml_config(path, section, cls)
+    refuses(path, f"{section}:\n  seed: -1\n", section, cls,
+            rf"c\.yaml \[{section}\] line 2: seed: must be an integer >= 0, got -1$")
 
 
 @pytest.mark.parametrize("text, match", [
@@ -201,16 +202,14 @@ def test_a_negative_seed_is_refused_before_ray_starts(tmp_path, cls):
 def test_a_number_yaml_reads_as_text_says_how_to_write_it(tmp_path, text, match):
     """YAML 1.1 wants a dot and a signed exponent (1.0e-3): 1e-3 is a string, and the message showed a number."""
     path = tmp_path / "c.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=match):
-        load_yaml_config(path, "train", TrainConfig)
+    refuses(path, text, "train", TrainConfig,
+            match)
 
 
 @pytest.mark.parametrize("field", ["positive_events", "negative_events", "categorical"])
 def test_a_string_where_a_list_is_meant_is_refused(tmp_path, field):
     """It read as its characters: "unknown event(s) ['a', 'p', 'p', 'l', 'y']"."""
     path = tmp_path / "c.yaml"
-    path.write_text(f"data:\n  {field}: apply\n")
-    with pytest.raises(ConfigError, match=rf"c\.yaml \[data\] line 2: {field}: must be a list of (events|column names) "
-                                          r"\(write \[apply\] for one\), got 'apply'$"):
-        load_yaml_config(path, "data", DataConfig)
+    refuses(path, f"data:\n  {field}: apply\n", "data", DataConfig,
+            rf"c\.yaml \[data\] line 2: {field}: must be a list of (events|column names) "
+            r"\(write \[apply\] for one\), got 'apply'$")
