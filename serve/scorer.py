@@ -175,8 +175,8 @@ class Scorer:
 
     def _open_count(self) -> int:
         """The catalog's jobs open now: those a request ranks (and scans, ``convfm.model.open_rows``)."""
-        open_rows = self._open(now_micros())
-        return self.n_jobs - 1 if open_rows is None else int(open_rows[1:].sum())
+        open_now = self._open(now_micros())
+        return self.n_jobs - 1 if open_now is None else int(open_now[1:].sum())
 
     def _model_time_text(self) -> Optional[str]:
         """``ModelJobs.time`` as ISO text when it is not now (a replayed log: its data's end), else None."""
@@ -242,8 +242,8 @@ class Scorer:
         ``ModelJobs.alive``); None when every row is."""
         return self.live_jobs.open_at(self.model_jobs.alive(now, len(self.extractor.job_ids)), now)
 
-    def _mask(self, filters: Filters, open_rows: Optional[np.ndarray]) -> Optional[np.ndarray]:
-        """(N,) bool of catalog rows passing every filter and, unless ``include_expired``, in ``open_rows``
+    def _mask(self, filters: Filters, open_now: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """(N,) bool of catalog rows passing every filter and, unless ``include_expired``, in ``open_now``
         (``_open``); None when every row passes."""
         mask = None
         for column in FILTER_COLUMNS:
@@ -260,20 +260,20 @@ class Scorer:
             with np.errstate(invalid="ignore"):
                 hit = self.salary_top >= filters.salary_min
             mask = hit if mask is None else mask & hit
-        if filters.include_expired or open_rows is None:
+        if filters.include_expired or open_now is None:
             return mask
-        return open_rows if mask is None else mask & open_rows
+        return open_now if mask is None else mask & open_now
 
     # ---------------------------------------------------------------------------------------- recommend
     def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[Any]:
         """One result dict (or ServiceError) per request; all model-scored users in one catalog pass."""
         results: list[Any] = [None] * len(requests)
         pending = []  # (request index, known, user row, past job rows, mask)
-        open_rows = self._open(now_micros())
+        open_now = self._open(now_micros())
         for i, request in enumerate(requests):
             try:
                 known, user, past = self._user(request)
-                mask = self._mask(request.filters, open_rows)
+                mask = self._mask(request.filters, open_now)
             except ServiceError as exc:
                 results[i] = exc
                 continue
@@ -287,8 +287,8 @@ class Scorer:
             self.at(now_micros())
             exact = self.index is None
             # Every request's jobs are open ones, unless one asks for expired jobs too: then the whole catalog.
-            rows = None if any(requests[p[0]].filters.include_expired for p in pending) else rows_worth_a_view(
-                open_rows)
+            expired_too = any(requests[p[0]].filters.include_expired for p in pending)
+            rows = None if expired_too else rows_worth_a_view(open_now)
             scores = self.cache.scores(concat_rows([p[2] for p in pending]), rows) if exact else None  # (U, N)
             for u, (i, known, user, past, mask) in enumerate(pending):
                 request = requests[i]

@@ -126,13 +126,11 @@ class BatchRanker:
         open_rows = rows_worth_a_view(self.live)
         scanned = np.arange(self.ranker.n_jobs) if open_rows is None else open_rows  # (M,)
         logits = self.ranker.score_all(users, open_rows, kept=True)  # (U, M), job ages at self.at
-        blocked = np.repeat(~self.live[None, scanned], len(ids), axis=0)  # (U, M)
+        blocked = np.repeat(~self.live[None], len(ids), axis=0)  # (U, N)
         if exclude_seen:
-            position = np.full(self.ranker.n_jobs, -1, dtype=np.int64)
-            position[scanned] = np.arange(len(scanned))
             for u, user in enumerate(ids):
-                seen = position[np.asarray(self.seen.get(user, ()), dtype=np.int64)]
-                blocked[u, seen[seen >= 0]] = True
+                blocked[u, self.seen.get(user, ())] = True
+        blocked = blocked[:, scanned]  # (U, M)
         logits = logits.masked_fill(torch.as_tensor(blocked, device=logits.device), -torch.inf)
         values, rows = torch.topk(logits, min(k, logits.shape[1]), dim=1)  # (U, k)
         keep = torch.isfinite(values).cpu().numpy()
