@@ -9,7 +9,13 @@ no other job is, then asks ``/recommend`` with that location as filter until one
   encoding, job sides of the new rows only, metadata), measured on a second Scorer that follows the store;
 - POST -> recommend: wall time from sending ``POST /jobs`` to a ``/recommend`` answer holding a new job.
 
+With ``--catch-up N``, instead: what a replica that starts (autoscaling, a restart, a model reload) and a
+training run on the event log pay for a live catalog of N small deltas (``--new`` jobs each, one model job
+expired each, as a board posting job by job writes them): a fresh Scorer applying them folded into runs
+(``LiveJobs.apply``, the service's way) against one at a time, and ``jobs_after`` folded against one at a time.
+
     .venv/bin/python benchmarks/live_catalog.py [--jobs 100000 --new 1000 --rounds 5 --users 5000 --seed 0]
+    .venv/bin/python benchmarks/live_catalog.py --jobs 10000 --new 2 --catch-up 2000
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from convfm.store.artifacts import LoadedModel
 from convfm.store.live_catalog import CatalogStore
 from convfm.store.serving_data import ServingData
 from serve.http import LocalBackend, build_http_app
-from serve.live_catalog import catch_up
+from serve.live_catalog import apply_deltas, catch_up
 from serve.model_slot import ModelSlot
 from serve.scorer import Scorer
 
@@ -67,6 +73,48 @@ def postings(template: pd.DataFrame, round_: int) -> list[dict]:
     return out
 
 
+def catch_up_timing(args: argparse.Namespace) -> None:
+    """``--catch-up``: deltas applied folded and one at a time, by a fresh Scorer and by ``jobs_after``."""
+    from convfm.store.live_catalog import jobs_after
+
+    market = generate_market(args.users, args.jobs + args.new * args.catch_up, args.users * 5, seed=args.seed)
+    jobs, spare = market.jobs.iloc[: args.jobs], market.jobs.iloc[args.jobs :]
+    interactions = market.interactions[market.interactions["job_id"].isin(set(jobs["job_id"]))]
+    extractor = JobFeatureExtractor().fit(jobs, interactions, market.users, job_windows(jobs, 30.0))
+    torch.manual_seed(args.seed)
+    model = ConvFM(ModelConfig(), extractor.feature_map).eval()
+    table = jobs.assign(posted_at=pd.to_datetime(jobs["posted_at"]), expires_at=pd.to_datetime(jobs["expires_at"]))
+    with tempfile.TemporaryDirectory() as workdir:
+        work = Path(workdir)
+        store = CatalogStore(work / "live")
+        for i in range(args.catch_up):
+            store.append(postings(spare.iloc[i * args.new : (i + 1) * args.new], i), [jobs["job_id"].iloc[i]])
+        deltas = store.read()
+        print(f"\n{args.catch_up:,} deltas of {args.new} new jobs and 1 expired, over {args.jobs:,} jobs; default "
+              f"ConvFM, untrained; torch threads {torch.get_num_threads()}\n")
+        print("| what | folded s | one at a time s | ratio |")
+        print("|---|---:|---:|---:|")
+        walls = []
+        for fold in (True, False):
+            scorer = scorer_of(model, extractor, work)
+            started = time.perf_counter()
+            for run in [deltas] if fold else [[d] for d in deltas]:
+                apply_deltas(scorer, run)
+            walls.append(time.perf_counter() - started)
+            assert scorer.live_jobs.version == args.catch_up
+        print(f"| a fresh replica applies them | {walls[0]:.2f} | {walls[1]:.2f} | {walls[1] / walls[0]:.0f}x |")
+        started = time.perf_counter()
+        folded, _ = jobs_after(table, deltas, 30.0)
+        walls = [time.perf_counter() - started]
+        started = time.perf_counter()
+        for delta in deltas:
+            table, _ = jobs_after(table, [delta], 30.0)
+        walls.append(time.perf_counter() - started)
+        assert folded["job_id"].tolist() == table["job_id"].tolist()
+        print(f"| training reads them into the jobs table | {walls[0]:.2f} | {walls[1]:.2f} | "
+              f"{walls[1] / walls[0]:.0f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100_000, help="jobs in the served catalog")
@@ -74,7 +122,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--catch-up", type=int, metavar="N", help="time catching up on N deltas of --new jobs")
     args = parser.parse_args()
+    if args.catch_up:
+        catch_up_timing(args)
+        return
     started = time.perf_counter()
     market = generate_market(args.users, args.jobs + args.new, args.users * 5, seed=args.seed)
     jobs, spare = market.jobs.iloc[: args.jobs], market.jobs.iloc[args.jobs :]

@@ -42,16 +42,15 @@ def catch_up(scorer: Any, store: Optional[CatalogStore], want: Optional[int] = N
     with scorer.live_jobs.lock:
         if want is not None and scorer.live_jobs.version >= want:
             return
-        for delta in store.read(after=scorer.live_jobs.version, upto=want):
-            apply_delta(scorer, delta)
+        apply_deltas(scorer, store.read(after=scorer.live_jobs.version, upto=want))
 
 
-def apply_delta(scorer: Any, delta: Delta) -> None:
-    """One delta into ``scorer`` (under its lock): ``LiveJobs.apply``, then the upserted rows' display columns,
+def apply_deltas(scorer: Any, deltas: Sequence[Delta]) -> None:
+    """Deltas into ``scorer`` (under its lock): ``LiveJobs.apply``, then the upserted rows' display columns,
     filter values, salaries and popularity (a new job's 0; a replaced job keeps its own)."""
     with scorer.live_jobs.lock:
         before = scorer.n_jobs
-        rows, frame = scorer.live_jobs.apply(delta, scorer.extractor, scorer.put_jobs)
+        rows, frame = scorer.live_jobs.apply(deltas, scorer.extractor, scorer.put_jobs)
         if len(rows):
             _show_upserted(scorer, before, rows, frame)
 

@@ -20,7 +20,7 @@ import torch
 
 from convfm.config import DataConfig
 from convfm.store.artifacts import LoadedModel, load_model_dir
-from convfm.store.live_catalog import LiveJobs
+from convfm.store.live_jobs import LiveJobs
 from convfm.errors import ArtifactError
 from convfm.jsonfile import finite_plain
 from convfm.features.base import concat_rows

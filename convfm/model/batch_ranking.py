@@ -26,7 +26,8 @@ from convfm.model.open_rows import rows_worth_a_view
 from convfm.model.ranking import CatalogRanker
 from convfm.model.retrieval import RetrievalIndex
 from convfm.store.artifacts import LoadedModel, load_model_dir
-from convfm.store.live_catalog import CatalogStore, LiveJobs, grown
+from convfm.store.live_catalog import CatalogStore, grown
+from convfm.store.live_jobs import LiveJobs
 from convfm.store.registry import model_identity
 from convfm.store.serving_data import SERVING_NAME, ServingData
 
@@ -53,8 +54,8 @@ class BatchRanker:
         popular = (serving.popularity.score(np.array(extractor.job_ids, dtype=object)).astype(np.float64)
                    if serving.popularity is not None else None)
         self.live_jobs = LiveJobs.of_model(self.ranker.n_jobs, loaded.extra.get("data_config", {}))
-        for delta in catalog.read(upto=catalog_version) if catalog is not None else ():
-            self.live_jobs.apply(delta, extractor, self.ranker.put_jobs)
+        if catalog is not None:
+            self.live_jobs.apply(catalog.read(upto=catalog_version), extractor, self.ranker.put_jobs)
         self.catalog_version = self.live_jobs.version
         self.job_ids = np.array(extractor.job_ids, dtype=object)  # (N,), aligned with the ranker's rows
         self.popular = None if popular is None else grown(popular, self.ranker.n_jobs, 0.0)  # new jobs: 0

@@ -13,8 +13,8 @@ process) that raced it for a number fails with ``CatalogConflict`` instead of ov
 local disk, by a check and a read-back on object stores (see ``write_new_text`` for what that cannot catch).
 
 Readers: every service replica (``serve.live_catalog``) and every batch run (``convfm.model.batch_ranking``,
-pinned to the version at the run's start) apply the deltas through ``LiveJobs.apply``, one way for both. No
-Ray; the model's parts are passed in.
+pinned to the version at the run's start) apply the deltas through ``convfm.store.live_jobs.LiveJobs``, one way
+for both. No Ray; the model's parts are passed in.
 """
 from __future__ import annotations
 
@@ -25,12 +25,11 @@ import re
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from convfm.config import DataConfig
 from convfm.data.liveness import ALWAYS, NEVER, lifetime_ends, to_micros
 from convfm.data.schema import JOBS
 from convfm.errors import ArtifactError, StorageError
@@ -60,7 +59,7 @@ class Delta:
     """One accepted change. ``upsert``: job records (``job_id``, ``CONTENT_FIELDS``, ``posted_at`` and
     ``expires_at`` as int64 microseconds or None: no posting time given (the job keeps the one it has, a new one
     is posted at ``written_at``), no expiry given (an update of a job's posting keeps its expiry, else
-    ``job_lifetime_days`` after the posting: ``UpsertedJobs.dated_at``, ``LiveJobs.apply``); ``extra``, when
+    ``job_lifetime_days`` after the posting: ``dated_times``, ``LiveJobs.apply``); ``extra``, when
     given: the values of extra columns by name, ``DataConfig.extra_columns``); ``expire``: job id ->
     microseconds."""
 
@@ -105,28 +104,40 @@ class UpsertedJobs(NamedTuple):
     dated: np.ndarray  # (n,) bool: whether the upsert gave its posting time
 
     def dated_at(self, held: Mapping[str, tuple[int, int]], written_at: int) -> "UpsertedJobs":
-        """These jobs with the times their upserts left out. An upsert of a job the catalog holds (``held``: job
-        id -> its (posting, expiry) in microseconds, ``ALWAYS``/``NEVER`` for none) without a posting time, or
-        with the one it has, updates that posting: it keeps the posting time and, unless it gives one, the expiry
-        (a daily re-sync of a board's file leaves a job closed by ``expire`` closed). A new job without a posting
-        time is posted at ``written_at`` (has none when it closed before then). ``NEVER`` is left where an expiry
-        is still to come from the job's lifetime."""
-        posted, expires = self.posted.copy(), self.expires.copy()
-        for i, job_id in enumerate(self.frame["job_id"]):
-            if job_id in held and (not self.dated[i] or posted[i] == held[job_id][0]):
-                posted[i] = held[job_id][0]
-                expires[i] = held[job_id][1] if expires[i] == NEVER else expires[i]
-            elif not self.dated[i]:
-                posted[i] = written_at if expires[i] > written_at else ALWAYS
+        """These jobs with the times their upserts left out (``dated_times``)."""
+        posted, expires = dated_times(self.frame["job_id"].tolist(), self.posted, self.expires, self.dated, held,
+                                      written_at)
         return self._replace(posted=posted, expires=expires, dated=np.ones(len(posted), dtype=bool))
 
 
+def dated_times(ids: Sequence[str], posted: np.ndarray, expires: np.ndarray, dated: np.ndarray,
+                held: Mapping[str, tuple[int, int]], written_at: int) -> tuple[np.ndarray, np.ndarray]:
+    """Upserted jobs' (posting, expiry) with what their upserts left out. An upsert of a job the catalog holds
+    (``held``: job id -> its (posting, expiry) in microseconds, ``ALWAYS``/``NEVER`` for none) without a posting
+    time, or with the one it has, updates that posting: it keeps the posting time and, unless it gives one, the
+    expiry (a daily re-sync of a board's file leaves a job closed by ``expire`` closed). A new job without a
+    posting time is posted at ``written_at`` (has none when it closed before then). ``NEVER`` is left where an
+    expiry is still to come from the job's lifetime."""
+    posted, expires = posted.copy(), expires.copy()
+    for i, job_id in enumerate(ids):
+        if job_id in held and (not dated[i] or posted[i] == held[job_id][0]):
+            posted[i] = held[job_id][0]
+            expires[i] = held[job_id][1] if expires[i] == NEVER else expires[i]
+        elif not dated[i]:
+            posted[i] = written_at if expires[i] > written_at else ALWAYS
+    return posted, expires
+
+
 def upserted_jobs(upsert: Sequence[Mapping[str, Any]], version: Optional[int] = None) -> UpsertedJobs:
-    """Delta job records -> the jobs table the extractor encodes (the shape of the training jobs file; extra
-    values one column per name, case and punctuation aside, named as first written, lists ``;``-joined, ""
-    where a job has none). Jobs with a blank id, written before the service refused them, are left out (row 0
-    is no job's); of an id upserted twice (a hand-written delta: the service refuses it) the last is read, by
-    serving and training alike (ids as the service writes them: text, outer spaces cut)."""
+    """Delta job records -> the jobs table the extractor encodes (``kept_upserts``, ``upsert_frame``)."""
+    upsert = kept_upserts(upsert, version)
+    return UpsertedJobs(upsert_frame(upsert), *upsert_times(upsert))
+
+
+def kept_upserts(upsert: Sequence[Mapping[str, Any]], version: Optional[int] = None) -> list[Mapping[str, Any]]:
+    """The records of a delta that are read: jobs with a blank id, written before the service refused them, are
+    left out (row 0 is no job's); of an id upserted twice (a hand-written delta: the service refuses it) the last
+    is read, by serving and training alike (ids as the service writes them: text, outer spaces cut)."""
     kept = [j for j in upsert if str(j["job_id"]).strip()]
     if len(kept) < len(upsert):
         log.warning("live catalog v%s: %d job(s) with a blank id left out", version, len(upsert) - len(kept))
@@ -134,7 +145,20 @@ def upserted_jobs(upsert: Sequence[Mapping[str, Any]], version: Optional[int] = 
     if len(last) < len(kept):
         log.warning("live catalog v%s: %d repeated upsert(s) of a job id: the last of each read", version,
                     len(kept) - len(last))
-    upsert = [kept[i] for i in sorted(last.values())]
+    return [kept[i] for i in sorted(last.values())]
+
+
+def upsert_times(upsert: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(posted, expires, dated) of ``UpsertedJobs`` for kept records."""
+    dated = np.array([j.get("posted_at") is not None for j in upsert], dtype=bool)
+    posted = np.array([j["posted_at"] if d else ALWAYS for j, d in zip(upsert, dated)], dtype=np.int64)
+    expires = np.array([NEVER if j.get("expires_at") is None else j["expires_at"] for j in upsert], dtype=np.int64)
+    return posted, expires, dated
+
+
+def upsert_frame(upsert: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Kept records -> the shape of the training jobs file: extra values one column per name, case and
+    punctuation aside, named as first written, lists ``;``-joined, "" where a job has none)."""
     names: dict[str, str] = {}  # slug -> the column, as the first job named it
     for job in upsert:
         for name in job.get("extra", {}):
@@ -143,54 +167,62 @@ def upserted_jobs(upsert: Sequence[Mapping[str, Any]], version: Optional[int] = 
         f: [";".join(j.get(f) or ()) if f == "skills" else j.get(f) for j in upsert] for f in CONTENT_FIELDS}})
     for key, column in names.items():
         values = [next((v for n, v in j.get("extra", {}).items() if slug(n) == key), None) for j in upsert]
-        frame[column] = [";".join(v) if isinstance(v, list) else (v or "") for v in values]
+        frame[column] = [";".join(v) if isinstance(v, list) else ("" if v is None else v) for v in values]
     for column in SALARY_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     text = [c for c in CONTENT_FIELDS if c not in SALARY_COLUMNS]
     frame[text] = frame[text].fillna("")
-    dated = np.array([j.get("posted_at") is not None for j in upsert], dtype=bool)
-    posted = np.array([j["posted_at"] if d else ALWAYS for j, d in zip(upsert, dated)], dtype=np.int64)
-    expires = np.array([NEVER if j.get("expires_at") is None else j["expires_at"] for j in upsert], dtype=np.int64)
-    return UpsertedJobs(frame, posted, expires, dated)
+    return frame
 
 
 def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta],
                lifetime_days: Optional[float] = None) -> tuple[pd.DataFrame, dict[str, int]]:
     """A loaded jobs table (canonical columns, ``posted_at``/``expires_at`` datetimes) as ``deltas`` left it,
-    in order: an upsert replaces the job of its id or is appended, an expiry sets ``expires_at`` unless the job
-    closed sooner (its own, or ``lifetime_days`` after its posting: as served). Training on the service's event
-    log reads it, so the jobs posted live carry their fields, not the unknown job's. Returns the table and counts
-    of distinct jobs: added (not in ``jobs``), replaced (in ``jobs``, upserted again) and expired (once or more)."""
+    in order: an upsert replaces the job of its id (moved to the end) or is appended, an expiry sets
+    ``expires_at`` unless the job closed sooner (its own, or ``lifetime_days`` after its posting: as served).
+    Training on the service's event log reads it, so the jobs posted live carry their fields, not the unknown
+    job's. The deltas are folded first (times per id, the last upsert of each), so the table is built once.
+    Returns the table and counts of distinct jobs: added (not in ``jobs``), replaced (in ``jobs``, upserted
+    again) and expired (once or more)."""
     table = jobs.set_index("job_id", drop=False)
-    before = set(table.index)
-    upserted: set[str] = set()
+    kept = {c: c in table.columns for c in ("posted_at", "expires_at")}  # a time the table lacks reads as none
+    times = {c: dict(zip(table.index, to_micros(table[c]) if kept[c] else np.full(len(table), ALWAYS)))
+             for c in kept}  # job id -> microseconds, ALWAYS for none (NaT), as the table holds them
+    upserted: dict[str, Mapping[str, Any]] = {}  # id -> its last upsert, in the order of last upserts
     expired: set[str] = set()
     for delta in deltas:
-        new = upserted_jobs(delta.upsert, delta.version)
-        held = [j for j in new.frame["job_id"] if j in table.index]
-        times = [to_micros(table.loc[held, c]) if c in table else np.full(len(held), ALWAYS)
-                 for c in ("posted_at", "expires_at")]
-        new = new.dated_at({j: (p, NEVER if e == ALWAYS else e) for j, p, e in zip(held, *times)},
-                           delta.written_at)
-        if len(new.frame):
-            columns = {slug(c): c for c in table.columns if c not in JOBS.names}  # extra keys, case aside
-            new = new._replace(frame=new.frame.rename(columns=lambda c: c if c in JOBS.names
-                                                      else columns.get(slug(c), c)))
-            frame = new.frame.assign(posted_at=_datetimes(new.posted), expires_at=_datetimes(new.expires))
-            frame = frame.set_index("job_id", drop=False).reindex(columns=table.columns)
-            known = frame.index.isin(table.index)
-            upserted.update(frame.index)
-            table = pd.concat([table.drop(index=frame.index[known]), frame])
-        hit = [j for j in delta.expire if j in table.index]
-        if hit and "expires_at" in table.columns:  # closed then, unless it closed sooner (as served)
-            given = to_micros(table.loc[hit, "expires_at"])
-            posted = to_micros(table.loc[hit, "posted_at"]) if "posted_at" in table else np.full(len(hit), ALWAYS)
+        records = kept_upserts(delta.upsert, delta.version)
+        ids = [str(j["job_id"]).strip() for j in records]
+        held = {j: (times["posted_at"][j], NEVER if times["expires_at"][j] == ALWAYS else times["expires_at"][j])
+                for j in ids if j in times["posted_at"]}
+        posted, expires = dated_times(ids, *upsert_times(records), held, delta.written_at)
+        for job_id, record, *values in zip(ids, records, posted.tolist(), expires.tolist()):
+            upserted.pop(job_id, None)
+            upserted[job_id] = record
+            for column, value in zip(kept, values):
+                times[column][job_id] = value if kept[column] and value != NEVER else ALWAYS
+        hit = [j for j in delta.expire if j in times["posted_at"]]
+        if hit and kept["expires_at"]:  # closed then, unless it closed sooner (as served)
+            given = np.array([times["expires_at"][j] for j in hit], dtype=np.int64)
+            posted = np.array([times["posted_at"][j] for j in hit], dtype=np.int64)
             ends = np.where(given == ALWAYS, lifetime_ends(posted, lifetime_days), given)
             closes = np.minimum(ends, np.array([delta.expire[j] for j in hit], dtype=np.int64))
-            table.loc[hit, "expires_at"] = _datetimes(closes).to_numpy()
+            times["expires_at"].update((j, ALWAYS if t == NEVER else t) for j, t in zip(hit, closes.tolist()))
             expired.update(hit)
-    counts = {"added": len(upserted - before), "replaced": len(upserted & before), "expired": len(expired)}
-    return table.reset_index(drop=True), counts
+    frame = upsert_frame(list(upserted.values()))
+    columns = {slug(c): c for c in table.columns if c not in JOBS.names}  # extra keys, case aside
+    frame = frame.rename(columns=lambda c: c if c in JOBS.names else columns.get(slug(c), c))
+    frame = frame.set_index("job_id", drop=False).reindex(columns=table.columns)
+    stayed = table[~table.index.isin(list(upserted))].copy()
+    closed = [j for j in stayed.index if j in expired]
+    if closed:
+        stayed.loc[closed, "expires_at"] = _datetimes(np.array([times["expires_at"][j] for j in closed])).to_numpy()
+    for column in (c for c in kept if kept[c]):
+        frame[column] = _datetimes(np.array([times[column][j] for j in frame.index], dtype=np.int64)).to_numpy()
+    before = set(table.index)
+    counts = {"added": len(upserted.keys() - before), "replaced": len(upserted.keys() & before),
+              "expired": len(expired)}
+    return pd.concat([stayed, frame]).reset_index(drop=True), counts
 
 
 def _datetimes(micros: np.ndarray) -> pd.Series:
@@ -203,76 +235,6 @@ def _datetimes(micros: np.ndarray) -> pd.Series:
 def grown(values: np.ndarray, n: int, fill: Any) -> np.ndarray:
     """``values`` (M,) extended to n rows with ``fill`` (a copy: readers may hold the old array)."""
     return np.concatenate([values, np.full(n - len(values), fill, dtype=values.dtype)])
-
-
-class LiveJobs:
-    """The live catalog's state over one model's catalog (a service's Scorer, a batch run's ranker): applied
-    ``version``, ``posted``/``expires`` (N,) int64 microseconds per catalog row (``ALWAYS``/``NEVER`` unless the
-    live catalog set them) and ``lock`` (apply vs. reads). A job posted without ``expires_at`` closes
-    ``lifetime_days`` after its posting, as the model's training data read such a job (its data config's
-    ``job_lifetime_days``; None: never)."""
-
-    def __init__(self, n_jobs: int, lifetime_days: Optional[float] = None) -> None:
-        self.version, self.lifetime_days = 0, lifetime_days
-        self.posted = np.full(n_jobs, ALWAYS, dtype=np.int64)
-        self.last_posted = ALWAYS  # at least the latest of ``posted``: no row is scheduled once the clock passes it
-        self.expires = np.full(n_jobs, NEVER, dtype=np.int64)
-        self.lock = threading.RLock()
-
-    @classmethod
-    def of_model(cls, n_jobs: int, data_config: Mapping[str, Any]) -> "LiveJobs":
-        """Over a model's catalog of ``n_jobs`` rows, live jobs closing as its ``data_config`` (its saved
-        ``data_config.json``; empty: the defaults) read the jobs it trained on."""
-        return cls(n_jobs, data_config.get("job_lifetime_days", DataConfig().job_lifetime_days))
-
-    def open_at(self, mask: Optional[np.ndarray], now: Optional[int] = None) -> Optional[np.ndarray]:
-        """``mask`` (N,) bool (None: every row) and-ed with "posted and not expired at ``now``"; None when every
-        row is. A job upserted with a ``posted_at`` ahead (the service takes up to a day) opens then: it was
-        recommended from its upsert on."""
-        now = now_micros() if now is None else now
-        if (self.expires == NEVER).all() and self.last_posted <= now:  # not a second pass over the rows
-            return mask
-        alive = (self.expires > now) & (self.posted <= now)
-        return alive if mask is None else mask & alive
-
-    def _times(self, recency: Any, row: int) -> tuple[int, int]:
-        """A catalog row's (posting, expiry) as served: the calendar's (the model's data, or the live catalog's
-        upserts), closed sooner by an ``expire``."""
-        if recency is None:
-            return int(self.posted[row]), int(self.expires[row])
-        return int(recency.posted[row]), min(int(recency.expires[row]), int(self.expires[row]))
-
-    def apply(self, delta: Delta, extractor: Any,
-              put_rows: Callable[[np.ndarray], None]) -> tuple[np.ndarray, pd.DataFrame]:
-        """One delta, upserts first: their rows written into ``extractor``'s catalog (``put_jobs``: an id it
-        holds is replaced, a new one appended), ``put_rows(rows)`` computing the model's side of them (ranker,
-        index), their times recorded; then the expirations of ids the catalog holds. Returns the upserted rows
-        (n,) and their jobs frame, for what the caller keeps per row (display columns, popularity)."""
-        jobs = upserted_jobs(delta.upsert, delta.version)
-        recency = getattr(extractor, "recency_encoder", None)
-        rows = extractor.job_rows
-        held = {j: self._times(recency, rows[j]) for j in jobs.frame["job_id"] if j in rows}
-        jobs = jobs.dated_at(held, delta.written_at)
-        jobs = jobs._replace(expires=np.where(jobs.expires == NEVER, lifetime_ends(jobs.posted, self.lifetime_days),
-                                              jobs.expires))
-        with self.lock:
-            rows = np.zeros(0, dtype=np.int64)
-            if len(jobs.frame):
-                rows = extractor.put_jobs(jobs.frame, jobs.posted, jobs.expires)
-                put_rows(rows)
-                n = len(extractor.job_ids)
-                self.posted, self.expires = grown(self.posted, n, ALWAYS), grown(self.expires, n, NEVER)
-                self.posted[rows], self.expires[rows] = jobs.posted, jobs.expires
-                self.last_posted = max(self.last_posted, int(jobs.posted.max()))
-            known = extractor.job_rows
-            expired = [(known[j], t) for j, t in delta.expire.items() if j in known]
-            if expired:
-                self.expires[[r for r, _ in expired]] = [t for _, t in expired]
-            if len(expired) < len(delta.expire):
-                log.info("live catalog v%d expires %d id(s) this catalog does not hold", delta.version,
-                         len(delta.expire) - len(expired))
-            self.version = delta.version
-        return rows, jobs.frame
 
 
 def delta_name(version: int) -> str:

@@ -240,6 +240,8 @@ def test_live_jobs_carry_their_extra_values_into_encoding_and_training_tables(ex
     frame = upserted_jobs(upsert).frame
     assert frame["job_id"].tolist() == ["live-1", "live-2", "live-3"]
     assert frame["industry"].tolist() == ["Finance", "", "IT"] and frame["tags"].tolist() == ["remote;onsite", "", ""]
+    zero = upserted_jobs([{"job_id": "a", "extra": {"openings": 0}}, {"job_id": "b", "extra": {"openings": None}}])
+    assert zero.frame["openings"].tolist() == [0, ""]  # a number's 0 is a value, not a missing one
     extractor = extra_board.data.extractor
     column = field_columns(extractor.feature_map.of_side("job").fields)["job_industry"][1]
     industry = extractor.vocabs["extra_industry"]

@@ -124,6 +124,18 @@ def test_training_reads_an_update_at_the_jobs_own_posting_and_a_new_job_at_the_d
     assert table.loc["c", "posted_at"] == pd.Timestamp("2026-12-01")  # new: posted when written
 
 
+def test_training_reads_a_job_posted_again_at_its_new_posting_with_no_expiry_of_the_old_one():
+    from convfm.store.live_catalog import jobs_after
+
+    posted, closes = pd.Timestamp("2026-11-01"), pd.Timestamp("2026-11-20")
+    jobs = pd.DataFrame({"job_id": ["a"], "title": ["x"], "posted_at": [posted], "expires_at": [closes]})
+    again = pd.Timestamp("2026-12-01").value // 1000
+    table, counts = jobs_after(jobs, [Delta(1, again, (job("a", title="edit", posted_at=None),)),
+                                      Delta(2, again, (job("a", title="again", posted_at=again),))])
+    assert counts == {"added": 0, "replaced": 1, "expired": 0}
+    assert table["posted_at"].tolist() == [pd.Timestamp("2026-12-01")] and table["expires_at"].isna().all()
+
+
 def test_a_version_1_delta_still_reads_and_an_unknown_format_is_named():
     old = {"format_version": 1, "version": 1, "writer": "old", "written_at": 5,
            "upsert": [job("a", posted_at=3, expires_at=None)], "expire": {}}

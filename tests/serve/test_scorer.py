@@ -270,7 +270,7 @@ def test_live_jobs_follow_the_clock_and_close_after_the_lifetime_while_a_replaye
     from convfm.model.ranking import CatalogRanker
     from convfm.store.live_catalog import Delta
     from serve import scorer as scorer_module
-    from serve.live_catalog import apply_delta, job_detail
+    from serve.live_catalog import apply_deltas, job_detail
 
     served = Scorer.load(tiny.entry / "v0001")
     recency, n = served.ranker.recency, served.n_jobs
@@ -280,8 +280,8 @@ def test_live_jobs_follow_the_clock_and_close_after_the_lifetime_while_a_replaye
     monkeypatch.setattr("serve.live_catalog.now_micros", lambda: clock["now"])
     end = served.model_jobs.data_end
     posted, user = later - 3 * DAY, tiny.data.frames["train"]["user_id"].iloc[0]
-    apply_delta(served, Delta(1, later, ({"job_id": "fresh", "title": "data engineer", "skills": ["python"],
-                                          "job_type": "internship-only-here", "posted_at": posted},)))
+    apply_deltas(served, [Delta(1, later, ({"job_id": "fresh", "title": "data engineer", "skills": ["python"],
+                                           "job_type": "internship-only-here", "posted_at": posted},))])
     only_fresh = rec(user_id=user, k=5, filters={"job_type": "internship-only-here"})
     row = served.extractor.job_rows["fresh"]
     assert job_detail(served, "fresh")["expires_at"] == pd.Timestamp((posted + 30 * DAY) * 1000, tz="UTC").isoformat()

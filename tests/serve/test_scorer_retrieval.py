@@ -9,7 +9,7 @@ import pytest
 
 from convfm.features.context import now_micros
 from convfm.store.live_catalog import CONTENT_FIELDS, Delta
-from serve.live_catalog import apply_delta
+from serve.live_catalog import apply_deltas
 from serve.schemas import RecommendRequest
 from serve.scorer import Scorer
 
@@ -92,7 +92,7 @@ def test_posted_and_expired_jobs_through_the_live_catalog(tiny):
     copies = tuple({"job_id": f"copy-{j}", **_content(frame.loc[j]), "posted_at": now, "expires_at": None}
                    for j in best[:3])
     for scorer in (exact, retrieval):
-        apply_delta(scorer, Delta(1, now, upsert=copies, expire={j: now - 1 for j in best[3:6]}))
+        apply_deltas(scorer, [Delta(1, now, upsert=copies, expire={j: now - 1 for j in best[3:6]})])
     assert len(retrieval.index) == retrieval.n_jobs == 304
     answers = assert_same_answers(exact, retrieval, requests)
     assert {c["job_id"] for c in copies} & set(answers[0]) and not set(best[3:6]) & set(answers[0])
