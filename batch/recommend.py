@@ -27,6 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
 from convfm.data.liveness import ALWAYS, NEVER
+from convfm.data.readers import is_text_type, plain_schema
 from convfm.data.splitting import micros_iso
 from convfm.errors import ConfigError
 from convfm.jsonfile import write_json_atomic
@@ -66,7 +67,7 @@ def check_users(users: str) -> int:
         id_type = schema.field("user_id").type
         if pa.types.is_null(id_type) and not part.count_rows():  # a CSV header alone: no users, as an empty
             continue  # Parquet file (it read "has type null")
-        if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type) or pa.types.is_integer(id_type)):
+        if not (is_text_type(id_type) or pa.types.is_integer(id_type)):
             raise ConfigError(f"{file}: column 'user_id' has type {id_type}; user ids are strings or integers")
         rows += part.count_rows()
     _check_distinct(users, dataset)
@@ -142,7 +143,9 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
         source = ray.data.read_csv(users, convert_options=pacsv.ConvertOptions(
             include_columns=["user_id"], column_types={"user_id": pa.string()}))
     else:
-        source = ray.data.read_parquet(users, columns=["user_id"])
+        dataset = pads.dataset(users, format="parquet")
+        schemas = [pads.dataset(f, format="parquet", filesystem=dataset.filesystem).schema for f in dataset.files]
+        source = ray.data.read_parquet(users, columns=["user_id"], schema=plain_schema(schemas, ["user_id"]))
     source.map_batches(
         Recommender, fn_constructor_kwargs={"model": str(located), "at": at, "k": k, "exclude_seen": exclude_seen,
                                "events": events, "retrieval_candidates": retrieval_candidates,

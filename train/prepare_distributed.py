@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import pandas as pd
+import pyarrow.parquet as pq
 import ray
 import ray.data
 
 from convfm.config import DataConfig
 from convfm.data.labelled import labelled_frame
 from convfm.data.partitioned import check_schemas, encode_batch, split_files
-from convfm.data.readers import GZIP_SUFFIXES, TEXT_SUFFIXES, arrow_csv_options, file_suffix
+from convfm.data.readers import GZIP_SUFFIXES, TEXT_SUFFIXES, arrow_csv_options, file_suffix, plain_schema
 from convfm.errors import ConfigError
 from convfm.features.counts import TableCounts
 from convfm.features.table import TableFeatureExtractor
@@ -58,10 +59,11 @@ def read_split(files: Sequence[Path], config: DataConfig) -> ray.data.Dataset:
 def read_files(files: Sequence[Path], columns: Sequence[str]) -> ray.data.Dataset:
     """``columns`` of Parquet or CSV ``files`` (one format) as Ray Data reads them, in file order, with a ``path``
     column for messages. CSV columns are read as text, as the in-memory reader does, so both paths type values
-    the same way."""
+    the same way; Parquet's view types as plain text (``plain_schema``)."""
     columns, paths = list(columns), [str(p) for p in files]
     if files[0].suffix.lower() == ".parquet":
-        return ray.data.read_parquet(paths, columns=columns, include_paths=True)
+        schema = plain_schema([pq.read_schema(p) for p in paths], columns)
+        return ray.data.read_parquet(paths, columns=columns, include_paths=True, schema=schema)
     # Ray Data infers gzip from a lower-case ".gz" only: interactions.CSV.GZ would be parsed compressed
     stream = {"compression": "gzip"} if file_suffix(files[0]) in GZIP_SUFFIXES else None
     return ray.data.read_csv(paths, include_paths=True, arrow_open_stream_args=stream,

@@ -158,7 +158,8 @@ def _check_scalar_types(path: Path, names: dict[str, str], canonical: list[str])
     schema = pq.read_schema(path)
     for column in canonical:
         kind = schema.field(names[column]).type
-        if pa.types.is_nested(kind) or pa.types.is_binary(kind):
+        if pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or \
+                pa.types.is_binary_view(kind):
             raise DataValidationError(f"{path}: column {names[column]!r} has type {kind}; expected one scalar "
                                       "value per row")
 

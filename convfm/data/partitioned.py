@@ -24,7 +24,8 @@ from convfm.config import DataConfig
 from convfm.data.batching import ExampleSet
 from convfm.data.labelled import check_columns
 from convfm.data.market_parts import check_market_config, log_rows
-from convfm.data.readers import SUFFIXES, TEXT_SUFFIXES, file_suffix, header_names, resolve_path, suffixed_files
+from convfm.data.readers import (SUFFIXES, TEXT_SUFFIXES, file_suffix, header_names, is_text_type, resolve_path,
+                                 suffixed_files)
 from convfm.errors import ConfigError, DataValidationError
 from convfm.features.base import empty_table, labels_of
 from convfm.features.fields import EncodedTable
@@ -109,10 +110,9 @@ def _market_preparation(config: DataConfig) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------------------------- schema
-_SCALAR = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_floating,
-           pa.types.is_boolean, pa.types.is_dictionary, pa.types.is_null)
-_NUMBER = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal, pa.types.is_string,
-           pa.types.is_large_string, pa.types.is_null)
+_SCALAR = (is_text_type, pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_dictionary,
+           pa.types.is_null)
+_NUMBER = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal, is_text_type, pa.types.is_null)
 
 
 def check_schemas(files: Mapping[str, Iterable[Path]], config: DataConfig) -> None:

@@ -356,3 +356,25 @@ def looks_numeric(series: pd.Series) -> bool:
     """Whether most of the first 1000 non-empty values are numbers (to_numeric is slow on failing strings)."""
     head = series.dropna().iloc[:1000]
     return len(head) > 0 and pd.to_numeric(head, errors="coerce").notna().mean() >= 0.5
+
+
+def is_text_type(kind: pa.DataType) -> bool:
+    """Arrow's text types: ``string``, ``large_string`` (pandas 3, Polars) and ``string_view`` (Polars' and
+    DuckDB's newer writers)."""
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
+def plain_schema(schemas: Sequence[pa.Schema], columns: Sequence[str]) -> Optional[pa.Schema]:
+    """A schema to read ``columns`` of Parquet files of ``schemas`` with, where a file stores one as
+    ``string_view`` or ``binary_view``: that column as ``large_string`` / ``large_binary``, the others as the first
+    file has them; None when no file stores a view. Ray Data cannot move a block of a view type between processes
+    ("Unhandled Arrow array type") nor pandas hold one, so the scan casts them (``ray.data.read_parquet(schema=)``)."""
+    plain = {pa.types.is_string_view: pa.large_string(), pa.types.is_binary_view: pa.large_binary()}
+
+    def viewed(column: str) -> Optional[pa.DataType]:
+        kinds = [s.field(column).type for s in schemas if column in s.names]
+        return next((kind for test, kind in plain.items() for k in kinds if test(k)), None)
+
+    if not any(viewed(c) for c in columns):
+        return None
+    return pa.schema([(c, viewed(c) or next(s.field(c).type for s in schemas if c in s.names)) for c in columns])

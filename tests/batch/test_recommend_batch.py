@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from convfm.cli.main import main
@@ -26,8 +27,11 @@ def at(tiny) -> str:
     return pd.Timestamp(int(posted), unit="us").isoformat()
 
 
-def users_file(path, ids) -> str:
-    pd.DataFrame({"user_id": ids}).to_parquet(path)
+def users_file(path, ids, kind: str = "string") -> str:
+    """Users as Parquet, their ids of Arrow type ``kind`` (Polars and DuckDB write ``string_view``)."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"user_id": pa.array(ids, getattr(pa, kind)())}), path)
     return str(path)
 
 
@@ -40,7 +44,10 @@ def test_every_user_gets_k_jobs_written_as_parquet_with_a_success_marker(ray_loc
     best = BatchRanker.load(resolve(entry), at=micros).recommend(ids[:1], k=1)["job_id"].iloc[0]
     store = CatalogStore(live_location(entry))
     store.append([copy_of(tiny, best, "live-copy", posted_at=micros - 10)], [best], now=micros - 10)
-    users = users_file(tmp_path / "users.parquet", ids)
+    users = users_file(tmp_path / "users.parquet", ids, "string_view")  # a type pandas cannot hold
+    from batch.recommend import check_users
+
+    assert check_users(users) == len(ids)
     code = main(["recommend-batch", "--model", str(entry), "--users", users, "-k", "5", "--out",
                  str(tmp_path / "recs"), "--at", at, "--workers", "1", "--batch-size", "50"])
     assert code == 0, capsys.readouterr().err

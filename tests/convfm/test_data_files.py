@@ -236,3 +236,15 @@ def test_a_salary_min_above_its_max_is_refused(tmp_path: Path) -> None:
     one = write_market(tmp_path / "one", jobs=one.replace("35000", "30000"))
     jobs = load_job_market(DataConfig(path=str(one))).jobs
     assert jobs["salary_min"].tolist()[1:4] == [60000, 100000, 30000] and jobs["salary_max"].iloc[3] == 30000
+
+
+def test_parquet_view_types_are_read_as_plain_text_and_a_file_without_them_as_it_is():
+    import pyarrow as pa
+
+    from convfm.data.readers import plain_schema
+
+    viewed = pa.schema([("user_id", pa.string_view()), ("n", pa.int32()), ("blob", pa.binary_view())])
+    plain = pa.schema([("user_id", pa.string()), ("n", pa.int64()), ("blob", pa.binary())])
+    assert plain_schema([plain], ["user_id", "n"]) is None
+    assert plain_schema([plain, viewed], ["user_id", "n", "blob"]) == pa.schema(
+        [("user_id", pa.large_string()), ("n", pa.int64()), ("blob", pa.large_binary())])

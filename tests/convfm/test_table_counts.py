@@ -15,6 +15,7 @@ from convfm.config import DataConfig
 from convfm.data import partitioned
 from convfm.data.labelled import labelled_frame
 from convfm.data.partitioned import check_schemas, choose_preparation, encode_batch, example_set_of, split_files
+from convfm.data.readers import is_text_type
 from convfm.errors import DataValidationError
 from convfm.features.counts import Moments, TableCounts, merge_in_order
 from convfm.features.jobs import TableFeatureExtractor
@@ -74,6 +75,11 @@ def test_a_parquet_file_of_the_wrong_schema_is_named_with_its_column(tmp_path, r
         rows.rename(columns={"label": "clicked"}).to_parquet(tmp_path / f"{name}.parquet")
     config = table_config(tmp_path)
     check_schemas(split_files(config), config)  # the right schema passes
+    table = pa.Table.from_pandas(rows.rename(columns={"label": "clicked"}), preserve_index=False)
+    views = pa.schema([pa.field(f.name, pa.string_view()) if is_text_type(f.type) else f for f in table.schema])
+    assert pa.string_view() in views.types
+    pq.write_table(table.cast(views), tmp_path / "valid.parquet")
+    check_schemas(split_files(config), config)  # text as string_view (Polars, DuckDB) passes too
     bad = pa.table({**{c: rows[c] for c in ("device", "region", "interests", "hour")}, "clicked": rows["label"],
                     "price": pa.array([[1.0]] * len(rows)), "ad_topic": rows["ad_topic"]})
     pq.write_table(bad, tmp_path / "valid.parquet")
