@@ -359,8 +359,8 @@ def looks_numeric(series: pd.Series) -> bool:
 
 
 def is_text_type(kind: pa.DataType) -> bool:
-    """Arrow's text types: ``string``, ``large_string`` (pandas 3, Polars) and ``string_view`` (Polars' and
-    DuckDB's newer writers)."""
+    """Arrow's text types: ``string``, ``large_string`` (pandas 3, Polars) and ``string_view`` (Arrow's newer
+    view layout, which writers may store)."""
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
 
 

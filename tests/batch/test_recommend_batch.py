@@ -28,7 +28,7 @@ def at(tiny) -> str:
 
 
 def users_file(path, ids, kind: str = "string") -> str:
-    """Users as Parquet, their ids of Arrow type ``kind`` (Polars and DuckDB write ``string_view``)."""
+    """Users as Parquet, their ids of Arrow type ``kind`` (``string_view``: Arrow's view layout)."""
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"user_id": pa.array(ids, getattr(pa, kind)())}), path)
