@@ -249,11 +249,19 @@ class CatalogStore:
         self.root = storage.join(live_store, CATALOG)
         self.writer = uuid.uuid4().hex  # recorded in each delta: who wrote it (and the read-back's proof)
         self._lock = threading.Lock()
+        self._seen = 0  # the newest version this object has seen on the store
 
     def latest(self) -> int:
-        """The newest catalog version on the store (0: no delta yet)."""
-        numbers = [int(m[1]) for m in map(_DELTA.match, storage.list_files(self.root)) if m]
-        return max(numbers, default=0)
+        """The newest catalog version on the store (0: no delta yet). The deltas are listed once; later calls
+        look for the numbers after the newest seen, one existence check each, so what a change costs the writer
+        does not grow with the catalog's history (an object store's listing pages through every key)."""
+        seen = self._seen
+        if seen == 0:
+            seen = max((int(m[1]) for m in map(_DELTA.match, storage.list_files(self.root)) if m), default=0)
+        while storage.exists(storage.join(self.root, delta_name(seen + 1))):
+            seen += 1
+        self._seen = max(self._seen, seen)
+        return seen
 
     def read(self, after: int = 0, upto: Optional[int] = None) -> list[Delta]:
         """Deltas ``after + 1 .. upto`` (default: the latest), in order; ArtifactError for a missing or
@@ -294,4 +302,5 @@ class CatalogStore:
             except FileExistsError:
                 raise CatalogConflict(f"{path}: another writer wrote live catalog version {delta.version} "
                                       "first; this change was not kept (run one writer: one Api replica)") from None
+            self._seen = max(self._seen, delta.version)
         return delta

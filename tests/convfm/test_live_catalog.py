@@ -43,6 +43,19 @@ def test_each_change_is_the_next_numbered_delta_and_a_reopened_store_reads_them(
     assert reopened.append([job("c")]).version == 3  # numbering goes on after a reopen
 
 
+def test_the_store_is_listed_once_then_new_numbers_are_looked_for(live_store, monkeypatch):
+    """A writer's change costs one existence check, not a listing of every delta the catalog has had; another
+    writer's deltas are found all the same."""
+    store, other = CatalogStore(live_store), CatalogStore(live_store)
+    listings = []
+    monkeypatch.setattr(storage, "list_files", lambda path, real=storage.list_files: listings.append(path) or real(path))
+    for i in range(5):
+        store.append([job(f"j{i}")])
+    assert len(listings) == 1 and store.latest() == 5
+    assert other.append([job("x")]).version == 6 and store.latest() == 6 and len(listings) == 2
+    assert store.append([job("y")]).version == 7 and [d.version for d in other.read(after=5)] == [6, 7]
+
+
 def test_jobs_the_replicas_could_not_read_back_are_never_written(tmp_path):
     """A lone surrogate in a job id was written (json escapes it), then failed every replica's apply, for good."""
     store = CatalogStore(tmp_path / "live")
