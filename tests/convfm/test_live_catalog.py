@@ -56,6 +56,21 @@ def test_the_store_is_listed_once_then_new_numbers_are_looked_for(live_store, mo
     assert store.append([job("y")]).version == 7 and [d.version for d in other.read(after=5)] == [6, 7]
 
 
+def test_a_long_catalog_is_fetched_many_deltas_at_once_in_order_and_a_missing_one_is_named(live_store):
+    from convfm.store.live_catalog import READERS
+
+    store = CatalogStore(live_store)
+    for i in range(2 * READERS + 5):
+        store.append([job(f"j{i}")], now=i)
+    deltas = CatalogStore(live_store).read()
+    assert [d.version for d in deltas] == list(range(1, 2 * READERS + 6))
+    assert [d.upsert[0]["job_id"] for d in deltas] == [f"j{i}" for i in range(2 * READERS + 5)]
+    filesystem, inner = storage._fs(storage.join(live_store, "catalog", delta_name(30)))
+    filesystem.delete_file(inner)
+    with pytest.raises(ArtifactError, match=r"000030.json\S*: live catalog version 30 is missing"):
+        store.read()
+
+
 def test_jobs_the_replicas_could_not_read_back_are_never_written(tmp_path):
     """A lone surrogate in a job id was written (json escapes it), then failed every replica's apply, for good."""
     store = CatalogStore(tmp_path / "live")
