@@ -146,11 +146,11 @@ def is_event(record: Mapping[str, Any]) -> bool:
 
 
 def read_log(root: str | Path, skip: Sequence[str] = ()) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """(segment name, records) of every segment not in ``skip``, oldest first."""
+    """(segment name, records) of every segment not in ``skip``, oldest first; many are fetched at once
+    (``storage.fetched``: one request each on an object store)."""
     skipped = set(skip)
-    for name in list_segments(root):
-        if name not in skipped:
-            yield name, read_segment(root, name)
+    names = [name for name in list_segments(root) if name not in skipped]
+    yield from zip(names, storage.fetched(lambda name: read_segment(root, name), names))
 
 
 @dataclasses.dataclass(frozen=True)

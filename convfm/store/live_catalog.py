@@ -18,7 +18,6 @@ for both. No Ray; the model's parts are passed in.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -46,7 +45,6 @@ CATALOG = "catalog"  # <live_store>/catalog/
 FORMAT_VERSION = 2  # 2: an upsert's posted_at may be null (not given); version 1 deltas read the same
 READ_VERSIONS = (1, 2)
 _DELTA = re.compile(r"^(\d{6,})\.json$")
-READERS = 16  # threads fetching deltas at once
 # What a job carries besides its id and times: the jobs table's content columns (convfm.data.schema.JOBS).
 CONTENT_FIELDS = ("title", "description", "skills", "location", "company", "salary_min", "salary_max", "job_type",
                   "experience_level")
@@ -267,14 +265,10 @@ class CatalogStore:
 
     def read(self, after: int = 0, upto: Optional[int] = None) -> list[Delta]:
         """Deltas ``after + 1 .. upto`` (default: the latest), in order; ArtifactError for a missing or
-        invalid one (a replica must never skip a change). Many are fetched by ``READERS`` threads at once: a
-        replica that starts reads the whole catalog, one request per delta on an object store."""
+        invalid one (a replica must never skip a change). A replica that starts reads the whole catalog: many
+        deltas are fetched at once (``storage.fetched``: one request each on an object store)."""
         upto = self.latest() if upto is None else upto
-        versions = range(after + 1, upto + 1)
-        if len(versions) < 2 * READERS:
-            return [self._read_one(v) for v in versions]
-        with concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="catalog-read") as pool:
-            return list(pool.map(self._read_one, versions))
+        return list(storage.fetched(self._read_one, range(after + 1, upto + 1)))
 
     def _read_one(self, version: int) -> Delta:
         path = storage.join(self.root, delta_name(version))

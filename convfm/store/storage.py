@@ -11,6 +11,7 @@ local directory and mirror them to a URI.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 import re
@@ -18,7 +19,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
 import pyarrow
 import pyarrow.fs as pafs
@@ -29,6 +30,8 @@ CACHE_ENV = "CONVFM_CACHE"
 GCS_RETRY_ENV, GCS_RETRY_DEFAULT_S = "CONVFM_GCS_RETRY_S", 30.0
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _CHUNK = 1 << 20
+FETCH_THREADS, FETCH_WINDOW = 16, 256  # ``fetched``: reads at once, results held at most
+T, R = TypeVar("T"), TypeVar("R")
 
 
 def is_uri(path: str | Path) -> bool:
@@ -132,6 +135,18 @@ def read_text(path: str | Path) -> str:
         if _info(path).type == pafs.FileType.NotFound:
             raise FileNotFoundError(str(path)) from None
         raise _error(path, exc) from None
+
+
+def fetched(read: Callable[[T], R], items: Sequence[T], threads: int = FETCH_THREADS) -> Iterator[R]:
+    """``read(item)`` for every item, in order, up to ``threads`` at a time: many small files of a log, one
+    request each on an object store, fetched concurrently. At most ``FETCH_WINDOW`` results wait unread; the
+    first error is raised where its item falls."""
+    if len(items) < 2 * threads:
+        yield from map(read, items)
+        return
+    with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="fetch") as pool:
+        for start in range(0, len(items), FETCH_WINDOW):
+            yield from pool.map(read, items[start:start + FETCH_WINDOW])
 
 
 def _write_local(target: Path, text: str, new: bool, durable: bool = False) -> None:

@@ -57,14 +57,12 @@ def test_the_store_is_listed_once_then_new_numbers_are_looked_for(live_store, mo
 
 
 def test_a_long_catalog_is_fetched_many_deltas_at_once_in_order_and_a_missing_one_is_named(live_store):
-    from convfm.store.live_catalog import READERS
-
     store = CatalogStore(live_store)
-    for i in range(2 * READERS + 5):
+    for i in range(2 * storage.FETCH_THREADS + 5):
         store.append([job(f"j{i}")], now=i)
     deltas = CatalogStore(live_store).read()
-    assert [d.version for d in deltas] == list(range(1, 2 * READERS + 6))
-    assert [d.upsert[0]["job_id"] for d in deltas] == [f"j{i}" for i in range(2 * READERS + 5)]
+    assert [d.version for d in deltas] == list(range(1, 2 * storage.FETCH_THREADS + 6))
+    assert [d.upsert[0]["job_id"] for d in deltas] == [f"j{i}" for i in range(2 * storage.FETCH_THREADS + 5)]
     filesystem, inner = storage._fs(storage.join(live_store, "catalog", delta_name(30)))
     filesystem.delete_file(inner)
     with pytest.raises(ArtifactError, match=r"000030.json\S*: live catalog version 30 is missing"):

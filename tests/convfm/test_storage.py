@@ -332,3 +332,25 @@ def test_unreachable_gcs_fails_fast_with_the_uri_in_the_error(monkeypatch):
     with pytest.raises(StorageError, match="gs://convfm-no-such-bucket/models/convfm"):
         storage.read_text(storage.join(uri, LATEST))
     assert time.perf_counter() - started < 30
+
+
+def test_fetched_reads_many_at_once_and_gives_them_back_in_order(monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(storage, "FETCH_WINDOW", 50)  # four windows
+    threads = set()
+
+    def read(i: int) -> int:
+        threads.add(threading.get_ident())
+        time.sleep(0.001 * (i % 3))  # finishing out of order
+        if i == 170:
+            raise FileNotFoundError(f"item {i}")
+        return 2 * i
+
+    got = []
+    with pytest.raises(FileNotFoundError, match="item 170"):
+        for value in storage.fetched(read, range(200)):
+            got.append(value)
+    assert got == [2 * i for i in range(170)] and len(threads) > 1
+    assert list(storage.fetched(read, range(10))) == [2 * i for i in range(10)]  # few: read in this thread
