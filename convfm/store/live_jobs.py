@@ -66,7 +66,7 @@ class LiveJobs:
         starts after thousands of small deltas encodes each job once, not each delta apart. Returns the upserted
         rows (n,) and their jobs frame (a row may repeat), for what the caller keeps per row (display columns,
         popularity)."""
-        rows, frames = [np.zeros(0, dtype=np.int64)], [upsert_frame(())]
+        rows, frames = [np.zeros(0, dtype=np.int64)], []
         with self.lock:
             for run in delta_runs(deltas, FOLDED_UPSERTS):
                 fold = _Fold(self, extractor)
@@ -74,9 +74,9 @@ class LiveJobs:
                     fold.add(delta)
                 run_rows, frame = fold.put(put_rows)
                 rows.append(run_rows)
-                frames.append(frame)
+                frames += [frame] if len(frame) else []
                 self.version = run[-1].version
-        return np.concatenate(rows), pd.concat(frames, ignore_index=True)
+        return np.concatenate(rows), pd.concat(frames, ignore_index=True) if frames else upsert_frame(())
 
 
 FOLDED_UPSERTS = 10_000  # at most this many upserts are folded into one put (a bigger delta goes alone)
