@@ -148,7 +148,7 @@ class Api:
                                          self.catalog_want, *self._routing(request)))
         result = self.events.impression(result)
         if self.events.due():
-            self._background(self._flush_impressions())
+            self._background(self.events.flush())
         return result
 
     async def score(self, request: Any) -> dict[str, Any]:
@@ -166,7 +166,7 @@ class Api:
             known = None
         events = [e if e.model_version else e.model_copy(update={"model_version": self._version_of(e.user_id)})
                   for e in events]
-        await self._flush_impressions()  # the impressions these events may cite go first
+        await self.events.flush()  # the impressions these events may cite go first
         body, appended = await self.events.append(events, known)
         if appended.segment is not None:
             self._background(self._tell_rankers(appended.segment, appended.records))
@@ -176,12 +176,6 @@ class Api:
         task = asyncio.create_task(work)
         self._tasks.add(task)  # a reference until it is done
         task.add_done_callback(self._tasks.discard)
-
-    async def _flush_impressions(self) -> None:
-        """Impression records, best effort; their segment is told to the Rankers like any (which skip them)."""
-        appended = await self.events.flush()
-        if appended is not None and appended.segment is not None:
-            self._background(self._tell_rankers(appended.segment, []))
 
     async def _tell_rankers(self, segment: str, records: list[dict[str, Any]]) -> None:
         try:

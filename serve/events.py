@@ -63,6 +63,8 @@ class EventWriter:
     def __init__(self, live_store: Optional[str | Path]) -> None:
         self.root = None if live_store is None else event_log.events_location(live_store)
         self._log: Optional[event_log.EventLog] = None
+        self._shown = None if self.root is None else event_log.EventLog(event_log.impressions_location(self.root),
+                                                                         dedupe=False)
         self._opening = asyncio.Lock()
         # writes in call order: impressions flushed before a body of events are in the log before those events
         self._writing = asyncio.Lock()
@@ -110,14 +112,14 @@ class EventWriter:
         return bool(self._impressions) and (len(self._impressions) >= most or time.monotonic() - self._since >= every_s)
 
     async def flush(self) -> Optional[event_log.Appended]:
-        """Write the buffered impressions as one segment; on a store failure they are dropped (logged)."""
+        """Write the buffered impressions as one segment of the impression log; on a store failure they are
+        dropped (logged)."""
         async with self._writing:
             pending, self._impressions = self._impressions, []
-            if not pending:
+            if not pending or self._shown is None:
                 return None
             try:
-                writer = await self._open()
-                return await self._storing(writer.append, pending)
+                return await self._storing(self._shown.append, pending)
             except ServiceError:
                 log.warning("dropped %d impression record(s): the event log is unavailable", len(pending))
                 return None

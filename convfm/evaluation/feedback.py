@@ -6,16 +6,18 @@ click (save, apply) event citing their ``impression_id``: a proportion of indepe
 interval is Wilson's score interval, and the difference between two versions gets Newcombe's hybrid score
 interval (method 10 of Newcombe 1998), which stays inside [-1, 1] and behaves at rates near 0, unlike the
 normal approximation. Events without an impression id, or citing one the log lacks (impression records are
-best effort), are counted apart and left out of the rates.
+best effort), are counted apart and left out of the rates. Impressions are read from the impression log beside
+the event log (``<live store>/impressions/``) and from the event log itself (where services wrote them before).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
 
 from convfm.errors import DataValidationError
-from convfm.store.event_log import IMPRESSION, list_segments, read_log
+from convfm.store.event_log import IMPRESSION, impressions_location, list_segments, read_log
 
 RATED = ("click", "save", "apply")
 Z95 = 1.959963984540054
@@ -46,7 +48,8 @@ def feedback_report(root: str | Path) -> dict[str, Any]:
     versions: dict[str, dict[str, Any]] = {}
     shown: dict[str, str] = {}  # impression id -> version
     events = []
-    for _, records in read_log(root):
+    impressions = impressions_location(root)  # (a log written before that existed holds them among the events)
+    for _, records in itertools.chain(read_log(root), read_log(impressions)):
         for r in records:
             if r["type"] == IMPRESSION:
                 shown[r["event_id"]] = str(r.get("model_version"))
@@ -56,8 +59,8 @@ def feedback_report(root: str | Path) -> dict[str, Any]:
         if not list_segments(root):
             raise DataValidationError(f"{root}: no event log there (no segment files); the service writes it in "
                                       "its live store: models/NAME/live/events")
-        raise DataValidationError(f"{root}: the event log holds no impression records (the service writes one "
-                                  f"per /recommend answer)")
+        raise DataValidationError(f"{root}: neither the event log nor {impressions} holds impression records (the "
+                                  "service writes one per /recommend answer)")
     for version in sorted(set(shown.values())):
         versions[version] = {"impressions": 0, **{kind: set() for kind in RATED}}
     for version in shown.values():

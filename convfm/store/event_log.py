@@ -14,7 +14,10 @@ A record: ``event_id``, ``type`` (one of ``convfm.config.EVENTS``), ``user_id``,
 (ISO-8601 UTC), ``impression_id`` and ``model_version`` (or null), ``known_job`` (whether the serving catalog
 knew the job; null when it could not be asked) and ``received_at``. Impression records (``type:
 "impression"``, ``event_id`` the response's impression id, ``job_ids`` shown, ``user_id`` possibly null) are
-written beside them, best effort, for ``convfm report``; readers of events skip them (``is_event``).
+written beside them, best effort, for ``convfm report``, in a log of their own (``<live store>/impressions/``,
+the same segments): one per answer would otherwise make every reader of the events (each replica at start, the
+writer rebuilding its ids) read, and the writer keep, a record per request served. Logs written before hold them
+among the events; readers of events skip them (``is_event``).
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from convfm.jsonfile import parse_json
 from convfm.store import storage
 from convfm.validate import lone_surrogate
 
-EVENTS_DIR = "events"
+EVENTS_DIR, IMPRESSIONS_DIR = "events", "impressions"
 SEGMENT_RE = re.compile(r"^(\d{19})-[0-9a-f]{8}\.jsonl$")
 REQUIRED = ("event_id", "type", "user_id", "job_id", "timestamp")
 IMPRESSION = "impression"
@@ -104,6 +107,11 @@ def events_location(live_store: str | Path) -> str | Path:
     return storage.join(live_store, EVENTS_DIR)
 
 
+def impressions_location(events: str | Path) -> str | Path:
+    """The impression log beside the event log at ``events`` (``<live store>/impressions/``)."""
+    return storage.join(storage.parent(events), IMPRESSIONS_DIR)
+
+
 def list_segments(root: str | Path) -> list[str]:
     """Segment names of the log at ``root``, oldest first (temp files and strangers ignored)."""
     return [n for n in storage.list_files(root) if SEGMENT_RE.match(n)]
@@ -165,10 +173,12 @@ class Appended:
 
 
 class EventLog:
-    """The writer of one event log: rebuilds the seen event ids on open, appends one segment per call."""
+    """The writer of one event log: rebuilds the seen event ids on open, appends one segment per call. With
+    ``dedupe=False`` (the impression log, whose ids the service draws) it keeps no ids and needs no ``open``."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, dedupe: bool = True) -> None:
         self.root = root
+        self.dedupe = dedupe
         self._ids: set[str] = set()
         self._segments = 0
         self._last_ns = 0
@@ -179,7 +189,7 @@ class EventLog:
         """The log at ``root`` (created on first append), with every event id already in it."""
         log = cls(root)
         for name, records in read_log(root):
-            log._ids.update(r["event_id"] for r in records)
+            log._ids.update(r["event_id"] for r in records if is_event(r))
             log._segments += 1
             log._last_ns = int(SEGMENT_RE.match(name).group(1))
         return log
@@ -200,7 +210,7 @@ class EventLog:
             fresh, duplicates, ids = [], [], set()
             for record in records:
                 event_id = record["event_id"]
-                if event_id in self._ids or event_id in ids:
+                if self.dedupe and (event_id in self._ids or event_id in ids):
                     duplicates.append(event_id)
                 else:
                     ids.add(event_id)
@@ -216,7 +226,7 @@ class EventLog:
             name = f"{self._last_ns:019d}-{uuid.uuid4().hex[:8]}.jsonl"
             text = "".join(line + "\n" for line in lines)
             storage.write_text(storage.join(self.root, name), text, durable=True)
-            self._ids |= ids
+            self._ids |= ids if self.dedupe else set()
             self._segments += 1
             return Appended(name, fresh, duplicates, self._segments)
 

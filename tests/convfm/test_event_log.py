@@ -126,3 +126,18 @@ def test_the_log_on_s3(s3_bucket):
     assert reopened.append([record("a")]).segment is None
     assert [r["event_id"] for _, rs in read_log(root) for r in rs] == ["a", "b", "c"]
     assert interactions_frame(root)["event"].tolist() == ["click", "click", "apply"]
+
+
+def test_the_writer_keeps_the_ids_of_events_alone_and_the_impression_log_keeps_none(tmp_path):
+    """One impression record per answer: a writer that kept their ids grew by one per request served."""
+    from convfm.store.event_log import IMPRESSION, EventLog
+
+    shown = {"type": IMPRESSION, "user_id": None, "job_ids": ["j1"], "timestamp": "2026-12-01T00:00:00Z"}
+    click = {"type": "click", "user_id": "u1", "job_id": "j1", "timestamp": "2026-12-01T00:00:00Z"}
+    mixed = EventLog.open(tmp_path / "events")  # as services wrote logs before: impressions among the events
+    mixed.append([{**shown, "event_id": "imp1"}, {**click, "event_id": "e1"}])
+    assert len(EventLog.open(tmp_path / "events")) == 1
+    impressions = EventLog(tmp_path / "impressions", dedupe=False)
+    for _ in range(3):
+        assert len(impressions.append([{**shown, "event_id": "imp2"}]).records) == 1
+    assert len(impressions) == 0 and impressions.position == 3

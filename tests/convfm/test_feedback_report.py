@@ -65,9 +65,21 @@ def test_the_command(log, capsys):
     assert json.loads(capsys.readouterr().out)["versions"]["v0002"]["impressions"] == 50
 
 
+def test_impressions_are_read_from_the_log_beside_the_events_as_the_service_writes_them(tmp_path):
+    from convfm.store.event_log import impressions_location
+
+    events = tmp_path / "events"
+    EventLog(impressions_location(events), dedupe=False).append([impression(i, "v0001") for i in range(20)])
+    EventLog(impressions_location(events), dedupe=False).append([impression(i, "v0002") for i in range(20, 30)])
+    EventLog.open(events).append([event(f"c{i}", "click", f"imp{i}") for i in (0, 1, 25)])
+    report = feedback_report(events)
+    assert report["versions"]["v0001"]["impressions"] == 20 and report["versions"]["v0002"]["impressions"] == 10
+    assert report["versions"]["v0002"]["click"]["impressions_with"] == 1 and report["events_without_impression"] == 0
+
+
 def test_a_log_without_impressions_is_named(tmp_path):
     EventLog.open(tmp_path).append([event("e", "click", None)])
-    with pytest.raises(DataValidationError, match="holds no impression records"):
+    with pytest.raises(DataValidationError, match=r"neither the event log nor \S+impressions holds impression records"):
         feedback_report(tmp_path)
     assert main(["report", "--events", str(tmp_path / "nowhere")]) == 2
     with pytest.raises(DataValidationError, match=r"nowhere: no event log there \(no segment files\)"):

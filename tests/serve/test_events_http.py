@@ -14,7 +14,7 @@ with warnings.catch_warnings():  # starlette's note about its httpx-based TestCl
     from fastapi.testclient import TestClient
 
 from convfm.config import EVENTS
-from convfm.store.event_log import events_location, list_segments, read_log
+from convfm.store.event_log import events_location, impressions_location, list_segments, read_log
 from serve.events import LiveEvents
 from serve.http import LocalBackend, build_http_app
 from serve.schemas import Event, RecommendRequest
@@ -39,8 +39,13 @@ def event(event_id: str, job: str, kind: str = "apply", user: str = "u-live", **
     return {"event_id": event_id, "type": kind, "user_id": user, "job_id": job, "timestamp": NOW, **extra}
 
 
-def logged(live_store) -> list[dict]:
-    return [r for _, records in read_log(events_location(live_store)) for r in records]
+def logged(live_store, log=events_location) -> list[dict]:
+    return [r for _, records in read_log(log(live_store)) for r in records]
+
+
+def shown(live_store) -> list[dict]:
+    """The impression log's records."""
+    return logged(live_store, lambda store: impressions_location(events_location(store)))
 
 
 def test_the_schema_offers_the_data_schemas_events():
@@ -155,14 +160,17 @@ def test_impressions_are_logged_before_the_events_that_cite_them(tiny, tmp_path)
 
     c = client(tmp_path, tiny=tiny)
     answers = [c.post("/recommend", json={"user_id": "u000001", "k": 3}).json() for _ in range(3)]
-    assert not logged(tmp_path)  # buffered: written after IMPRESSION_FLUSH_S, IMPRESSION_BATCH, or before events
+    assert not shown(tmp_path)  # buffered: written after IMPRESSION_FLUSH_S, IMPRESSION_BATCH, or before events
     job = answers[0]["items"][0]["job_id"]
     body = {"events": [event("click-1", job, "click", "u000001", impression_id=answers[0]["impression_id"])]}
-    assert c.post("/events", json=body, headers=HEADERS).json()["accepted"] == 1
-    records = logged(tmp_path)
-    assert [r["type"] for r in records] == ["impression"] * 3 + ["click"]
-    assert [r["event_id"] for r in records[:3]] == [a["impression_id"] for a in answers]
+    response = c.post("/events", json=body, headers=HEADERS).json()
+    assert response["accepted"] == 1 and response["position"] == 1  # the event log holds the events alone
+    records = shown(tmp_path)
+    assert [r["type"] for r in records] == ["impression"] * 3 and [r["type"] for r in logged(tmp_path)] == ["click"]
+    assert [r["event_id"] for r in records] == [a["impression_id"] for a in answers]
     assert records[0]["job_ids"] == [i["job_id"] for i in answers[0]["items"]]
+    [written] = list_segments(impressions_location(events_location(tmp_path)))
+    assert written < list_segments(events_location(tmp_path))[0]  # names sort in write order, across the logs
     row = feedback_report(events_location(tmp_path))["versions"]["v0001"]
     assert row["impressions"] == 3 and row["click"]["impressions_with"] == 1
 
@@ -183,10 +191,10 @@ def test_an_idle_service_writes_its_impressions_and_so_does_a_stopping_one(tmp_p
         writer = EventWriter(tmp_path)
         writer.impression(answer)
         await asyncio.sleep(0.5)  # idle: the timer writes it
-        counts = [len(logged(tmp_path))]
+        counts = [len(shown(tmp_path))]
         writer.impression(answer)
         await writer.close()  # stopping: written at once
-        counts.append(len(logged(tmp_path)))
+        counts.append(len(shown(tmp_path)))
         return counts
 
     assert asyncio.run(scenario()) == [1, 2]

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import ray
 
-from convfm.store.event_log import events_location, is_event, read_log
+from convfm.store.event_log import events_location, impressions_location, read_log
 from serve.config import ServeConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -116,11 +116,13 @@ def test_acknowledged_events_survive_killed_replicas_and_count_on_the_new_ones(s
     wait_until(lambda: len(set(replicas("Ranker")) - set(killed)) == 2 and len(replicas("Api")) == 1
                and service.healthy(), 180, "replaced")
 
-    logged = [r for _, segment in read_log(events_location(service.live)) for r in segment]
-    records = [r for r in logged if is_event(r) and r["user_id"] == user]
+    segments = list(read_log(events_location(service.live)))
+    records = [r for _, segment in segments for r in segment if r["user_id"] == user]
     assert [r["event_id"] for r in records] == [f"e{i}" for i in range(N)] + ["odd"]
-    first_event = next(n for n, r in enumerate(logged) if is_event(r) and r["user_id"] == user)
-    assert any(r["type"] == "impression" and r["job_ids"] == shown for r in logged[:first_event])  # flushed first
+    first_event = next(name for name, segment in segments if any(r["user_id"] == user for r in segment))
+    impressions = read_log(impressions_location(events_location(service.live)))
+    assert any(name < first_event and any(r["job_ids"] == shown for r in segment)
+               for name, segment in impressions)  # written first (segment names sort in write order)
     assert [r["known_job"] for r in records] == [True] * N + [False]
     for _ in range(10):  # both new replicas: they read the log they never received a broadcast of
         assert not set(shown) & set(top(20))
