@@ -48,7 +48,8 @@ def test_the_store_is_listed_once_then_new_numbers_are_looked_for(live_store, mo
     writer's deltas are found all the same."""
     store, other = CatalogStore(live_store), CatalogStore(live_store)
     listings = []
-    monkeypatch.setattr(storage, "list_files", lambda path, real=storage.list_files: listings.append(path) or real(path))
+    real = storage.list_files
+    monkeypatch.setattr(storage, "list_files", lambda path: listings.append(path) or real(path))
     for i in range(5):
         store.append([job(f"j{i}")])
     assert len(listings) == 1 and store.latest() == 5
