@@ -377,4 +377,5 @@ def plain_schema(schemas: Sequence[pa.Schema], columns: Sequence[str]) -> Option
 
     if not any(viewed(c) for c in columns):
         return None
-    return pa.schema([(c, viewed(c) or next(s.field(c).type for s in schemas if c in s.names)) for c in columns])
+    kinds = {c: viewed(c) or next((s.field(c).type for s in schemas if c in s.names), None) for c in columns}
+    return pa.schema([(c, kind) for c, kind in kinds.items() if kind is not None])

@@ -45,6 +45,9 @@ CATALOG = "catalog"  # <live_store>/catalog/
 FORMAT_VERSION = 2  # 2: an upsert's posted_at may be null (not given); version 1 deltas read the same
 READ_VERSIONS = (1, 2)
 _DELTA = re.compile(r"^(\d{6,})\.json$")
+BUNDLE = 1000  # deltas per bundle: a replica that starts reads one file per this many deltas
+BUNDLES = "bundles"  # <live_store>/catalog/bundles/<first>-<last>.json
+_BUNDLE = re.compile(r"^(\d{6,})-(\d{6,})\.json$")
 # What a job carries besides its id and times: the jobs table's content columns (convfm.data.schema.JOBS).
 CONTENT_FIELDS = ("title", "description", "skills", "location", "company", "salary_min", "salary_max", "job_type",
                   "experience_level")
@@ -90,9 +93,35 @@ class Delta:
                                 "integer, or null)")
         if not all(isinstance(j.get("extra", {}), dict) for j in upsert):
             raise ArtifactError(f"{source}: a job's extra must map column names to values")
+        if (wrong := misfit_field(upsert)) is not None:
+            raise ArtifactError(f"{source}: {wrong}")
         if not isinstance(expire, dict) or not all(isinstance(t, int) for t in expire.values()):
             raise ArtifactError(f"{source}: expire must map job ids to times (integers)")
         return cls(doc["version"], doc["written_at"], tuple(upsert), expire)
+
+
+def misfit_field(upsert: Sequence[Mapping[str, Any]]) -> Optional[str]:
+    """What is wrong with the first content field of ``upsert`` that the service would have refused (text, a
+    list of skills, a number or an expiry of the wrong type), or None: a hand-written delta is refused whole when
+    it is read, never half applied."""
+    for number, job in enumerate(upsert):
+        where = f"upsert {number} ({str(job.get('job_id'))[:40]!r})"
+        for field in CONTENT_FIELDS:
+            value = job.get(field)
+            if value is None:
+                continue
+            if field == "skills":
+                fits = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            elif field in SALARY_COLUMNS:
+                fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:
+                fits = isinstance(value, str)
+            if not fits:
+                kind = "a list of text" if field == "skills" else "a number" if field in SALARY_COLUMNS else "text"
+                return f"{where}: field {field!r} must be {kind}, got {value!r:.40}"
+        if not isinstance(job.get("expires_at"), (int, type(None))) or isinstance(job.get("expires_at"), bool):
+            return f"{where}: expires_at must be an integer or null"
+    return None
 
 
 class UpsertedJobs(NamedTuple):
@@ -265,10 +294,57 @@ class CatalogStore:
 
     def read(self, after: int = 0, upto: Optional[int] = None) -> list[Delta]:
         """Deltas ``after + 1 .. upto`` (default: the latest), in order; ArtifactError for a missing or
-        invalid one (a replica must never skip a change). A replica that starts reads the whole catalog: many
-        deltas are fetched at once (``storage.fetched``: one request each on an object store)."""
+        invalid one (a replica must never skip a change). A replica that starts reads the whole catalog: each
+        whole block of ``BUNDLE`` deltas from its bundle (one file), the rest delta by delta, many files at once
+        (``storage.fetched``: one request each on an object store)."""
         upto = self.latest() if upto is None else upto
-        return list(storage.fetched(self._read_one, range(after + 1, upto + 1)))
+        bundled = self._bundled(after, upto)
+        parts, version = [], after + 1
+        while version <= upto:
+            parts.append((version, version in bundled))
+            version += BUNDLE if version in bundled else 1
+        return [delta for part in storage.fetched(self._read_part, parts) for delta in part]
+
+    def _bundle_path(self, first: int) -> str | Path:
+        return storage.join(self.root, BUNDLES, f"{first:06d}-{first + BUNDLE - 1:06d}.json")
+
+    def _bundled(self, after: int, upto: int) -> set[int]:
+        """First versions of the bundles within ``after + 1 .. upto``."""
+        if upto - after < BUNDLE:
+            return set()
+        names = map(_BUNDLE.match, storage.list_files(storage.join(self.root, BUNDLES)))
+        return {int(m[1]) for m in names if m and int(m[2]) == int(m[1]) + BUNDLE - 1
+                and after < int(m[1]) and int(m[2]) <= upto}
+
+    def _read_part(self, part: tuple[int, bool]) -> list[Delta]:
+        """One delta, or a bundle's (one unreadable is logged and its deltas read one by one: they stay the
+        record)."""
+        first, bundle = part
+        if not bundle:
+            return [self._read_one(first)]
+        path = self._bundle_path(first)
+        try:
+            doc = parse_json(storage.read_text(path), path, "live catalog bundle", ArtifactError)
+            deltas = [Delta.from_text(text, path) for text in doc["deltas"]]
+            if [d.version for d in deltas] != list(range(first, first + BUNDLE)):
+                raise ArtifactError(f"{path}: does not hold versions {first}..{first + BUNDLE - 1} in order")
+            return deltas
+        except (ArtifactError, OSError, KeyError, TypeError) as exc:
+            log.warning("live catalog bundle %s unreadable (%s); reading its deltas one by one", path, exc)
+            return [self._read_one(version) for version in range(first, first + BUNDLE)]
+
+    def _write_bundle(self, first: int) -> None:
+        """Bundle deltas ``first .. first + BUNDLE - 1`` into one file, best effort (the deltas stay the record)."""
+        texts = storage.fetched(lambda v: storage.read_text(storage.join(self.root, delta_name(v))),
+                                range(first, first + BUNDLE))
+        try:
+            doc = {"format_version": 1, "first": first, "last": first + BUNDLE - 1, "deltas": list(texts)}
+            storage.write_new_text(self._bundle_path(first), json.dumps(doc) + "\n")
+        except FileExistsError:
+            pass
+        except (StorageError, OSError) as exc:
+            log.warning("live catalog: bundling versions %d..%d failed (%s); readers read them one by one",
+                        first, first + BUNDLE - 1, exc)
 
     def _read_one(self, version: int) -> Delta:
         path = storage.join(self.root, delta_name(version))
@@ -292,6 +368,8 @@ class CatalogStore:
         jobs = tuple({**job, "posted_at": None if job.get("posted_at") is None else int(job["posted_at"])}
                      for job in upsert)
         try:  # read as every replica will apply it: a delta they cannot read is never written
+            if (wrong := misfit_field(jobs)) is not None:
+                raise TypeError(wrong)
             upserted_jobs(jobs)
         except (ValueError, TypeError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
             raise ValueError(f"these jobs cannot be read back as a catalog: {type(exc).__name__}: {exc}") from None
@@ -304,4 +382,6 @@ class CatalogStore:
                 raise CatalogConflict(f"{path}: another writer wrote live catalog version {delta.version} "
                                       "first; this change was not kept (run one writer: one Api replica)") from None
             self._seen = max(self._seen, delta.version)
+        if delta.version % BUNDLE == 0:
+            self._write_bundle(delta.version - BUNDLE + 1)
         return delta

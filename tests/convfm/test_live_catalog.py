@@ -117,6 +117,48 @@ def test_a_missing_or_broken_delta_is_an_error_naming_the_file(tmp_path):
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
+def test_a_job_field_of_the_wrong_type_is_never_written_and_a_hand_written_one_is_refused_when_read(tmp_path):
+    """A delta is applied whole or not at all: one the service would have refused (a number for a location) is
+    named when read, before any replica applies it."""
+    store = CatalogStore(tmp_path / "live")
+    with pytest.raises(ValueError, match=r"upsert 1 \('b'\): field 'location' must be text, got 5"):
+        store.append([job("a"), job("b", location=5)])
+    with pytest.raises(ValueError, match=r"field 'skills' must be a list of text"):
+        store.append([job("a", skills="python")])
+    with pytest.raises(ValueError, match=r"field 'salary_min' must be a number, got True"):
+        store.append([job("a", salary_min=True)])
+    assert store.latest() == 0
+    store.append([job("a", salary_min=40000, location=None)])
+    path = tmp_path / "live" / "catalog" / delta_name(2)
+    path.write_text(json.dumps({"format_version": 2, "version": 2, "written_at": 1, "expire": {},
+                                "upsert": [job("c", expires_at="tomorrow")]}))
+    with pytest.raises(ArtifactError, match=r"000002.json: upsert 0 \('c'\): expires_at must be an integer or null"):
+        store.read()
+
+
+def test_a_replica_reads_each_whole_block_of_deltas_from_its_bundle(tmp_path, monkeypatch):
+    """Every ``BUNDLE``-th change also writes the block's deltas as one file; a reader takes whole blocks in its
+    range from their bundles and the rest delta by delta, and reads the deltas of a bundle it cannot read."""
+    from convfm.store import live_catalog
+
+    monkeypatch.setattr(live_catalog, "BUNDLE", 5)
+    store = CatalogStore(tmp_path / "live")
+    for i in range(12):
+        store.append([job(f"j{i}")], expire=[f"j{i - 1}"] if i else [], now=i)
+    bundles = tmp_path / "live" / "catalog" / "bundles"
+    assert sorted(p.name for p in bundles.iterdir()) == ["000001-000005.json", "000006-000010.json"]
+    real, reads = storage.read_text, []
+    monkeypatch.setattr(storage, "read_text", lambda path: reads.append(storage.name(path)) or real(path))
+    every = CatalogStore(tmp_path / "live").read()
+    assert [d.version for d in every] == list(range(1, 13)) and every[6].upsert[0]["job_id"] == "j6"
+    assert every[6] == CatalogStore(tmp_path / "live")._read_one(7) and len(reads) == 2 + 2 + 1
+    reads.clear()
+    assert [d.version for d in store.read(after=3, upto=11)] == list(range(4, 12))
+    assert sorted(reads) == sorted([delta_name(4), delta_name(5), "000006-000010.json", delta_name(11)])
+    (bundles / "000006-000010.json").write_text("{broken")
+    assert [d.version for d in store.read()] == list(range(1, 13))  # from the deltas, with a warning
+
+
 def test_on_s3_a_put_overwritten_before_the_read_back_is_a_conflict(s3_bucket, monkeypatch):
     """Object stores have no create-if-absent here: the writer reads its delta back, and another writer's
     PUT that landed after its own makes it fail rather than acknowledge a change that was lost."""
