@@ -210,7 +210,8 @@ def jobs_after(jobs: pd.DataFrame, deltas: Sequence[Delta],
     in order: an upsert replaces the job of its id (moved to the end) or is appended, an expiry sets
     ``expires_at`` unless the job closed sooner (its own, or ``lifetime_days`` after its posting: as served).
     Training on the service's event log reads it, so the jobs posted live carry their fields, not the unknown
-    job's. The deltas are folded first (times per id, the last upsert of each), so the table is built once.
+    job's. The deltas are folded first (times per id, the last upsert of each), so the table is built once (an
+    extra column's value a job's upsert lacks reads "", as beside a job that has one, or NaN: both missing).
     Returns the table and counts of distinct jobs: added (not in ``jobs``), replaced (in ``jobs``, upserted
     again) and expired (once or more)."""
     table = jobs.set_index("job_id", drop=False)
