@@ -1,4 +1,5 @@
-"""`convfm catalog push jobs.csv --url URL`: add or replace a running service's jobs without retraining.
+"""`convfm catalog push jobs.csv --url URL`: add or replace a running service's jobs without retraining;
+`convfm catalog bundle LIVE_STORE`: write the bundles a live catalog's whole blocks of deltas lack.
 
 The file is checked as training reads a jobs table (errors name the file, row and column), then posted to
 ``POST /jobs`` in chunks; each chunk becomes one live catalog version. A chunk the service refuses names the
@@ -33,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     push.add_argument("--api-key-env", metavar="VAR", default=DEFAULT_KEY_ENV,
                       help=f"environment variable holding the service's API key (default {DEFAULT_KEY_ENV})")
     push.add_argument("--chunk", type=int, default=100, help="jobs per request, 1..1000 (default 100)")
+    bundle = sub.add_parser("bundle", help="write the bundles a live catalog's whole blocks of 1,000 deltas lack "
+                            "(a store written before bundles existed), so a starting replica reads one file per block",
+                            description="write the bundles a live catalog's whole blocks of 1,000 deltas lack")
+    bundle.add_argument("live_store", help="the live store (models/NAME/live, or a storage URI)")
 
 
 def postings(jobs: pd.DataFrame, extra_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -110,6 +115,8 @@ def refusal(path: Path, response: Any, first_row: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "bundle":
+        return bundle(args.live_store)
     import requests
 
     from convfm.data.loading import read_jobs_file
@@ -141,3 +148,14 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
     print(f"pushed {len(items)} jobs from {path} to {args.url}")
     return 0
+
+
+def bundle(live_store: str) -> int:
+    from convfm.store.live_catalog import CatalogStore
+    from convfm.store.storage import local_or_uri
+
+    store = CatalogStore(local_or_uri(live_store))
+    written, failed = store.bundle_missing()
+    print(f"{store.root}: {store.latest()} deltas; wrote {len(written)} bundle(s)"
+          + (f"; {len(failed)} could not be written (logged)" if failed else ""))
+    return 1 if failed else 0

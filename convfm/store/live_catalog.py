@@ -334,8 +334,9 @@ class CatalogStore:
             log.warning("live catalog bundle %s unreadable (%s); reading its deltas one by one", path, exc)
             return [self._read_one(version) for version in range(first, first + BUNDLE)]
 
-    def _write_bundle(self, first: int) -> None:
-        """Bundle deltas ``first .. first + BUNDLE - 1`` into one file, best effort (the deltas stay the record)."""
+    def _write_bundle(self, first: int) -> bool:
+        """Bundle deltas ``first .. first + BUNDLE - 1`` into one file, best effort (the deltas stay the record);
+        False when it could not be written."""
         texts = storage.fetched(lambda v: storage.read_text(storage.join(self.root, delta_name(v))),
                                 range(first, first + BUNDLE))
         try:
@@ -346,6 +347,17 @@ class CatalogStore:
         except (StorageError, OSError) as exc:
             log.warning("live catalog: bundling versions %d..%d failed (%s); readers read them one by one",
                         first, first + BUNDLE - 1, exc)
+            return False
+        return True
+
+    def bundle_missing(self) -> tuple[list[int], list[int]]:
+        """Write the bundles the store's whole blocks lack (a store written before bundles existed): the first
+        versions of the blocks bundled and of those that could not be."""
+        latest = self.latest()
+        have = self._bundled(0, latest)
+        missing = [first for first in range(1, latest - BUNDLE + 2, BUNDLE) if first not in have]
+        done = [first for first in missing if self._write_bundle(first)]
+        return done, [first for first in missing if first not in done]
 
     def _read_one(self, version: int) -> Delta:
         path = storage.join(self.root, delta_name(version))

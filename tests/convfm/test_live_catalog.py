@@ -159,6 +159,27 @@ def test_a_replica_reads_each_whole_block_of_deltas_from_its_bundle(tmp_path, mo
     assert [d.version for d in store.read()] == list(range(1, 13))  # from the deltas, with a warning
 
 
+def test_the_bundles_a_store_lacks_are_written_by_the_command(tmp_path, monkeypatch, capsys):
+    """A live catalog written before bundles existed gets them from ``convfm catalog bundle``."""
+    import shutil
+
+    from convfm.cli.main import main
+    from convfm.store import live_catalog
+
+    monkeypatch.setattr(live_catalog, "BUNDLE", 5)
+    store = CatalogStore(tmp_path / "live")
+    for i in range(12):
+        store.append([job(f"j{i}")], now=i)
+    bundles = tmp_path / "live" / "catalog" / "bundles"
+    (bundles / "000006-000010.json").unlink()
+    shutil.copy(bundles / "000001-000005.json", tmp_path / "kept.json")
+    assert main(["catalog", "bundle", str(tmp_path / "live")]) == 0
+    assert "12 deltas; wrote 1 bundle(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in bundles.iterdir()) == ["000001-000005.json", "000006-000010.json"]
+    assert (bundles / "000001-000005.json").read_text() == (tmp_path / "kept.json").read_text()
+    assert [d.version for d in store.read()] == list(range(1, 13))
+
+
 def test_on_s3_a_put_overwritten_before_the_read_back_is_a_conflict(s3_bucket, monkeypatch):
     """Object stores have no create-if-absent here: the writer reads its delta back, and another writer's
     PUT that landed after its own makes it fail rather than acknowledge a change that was lost."""
