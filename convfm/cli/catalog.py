@@ -155,6 +155,9 @@ def bundle(live_store: str) -> int:
     from convfm.store.storage import local_or_uri
 
     store = CatalogStore(local_or_uri(live_store))
+    if store.latest() == 0:
+        raise ConvFMError(f"{store.root}: no live catalog delta there (a service writes them in its live store: "
+                          "models/NAME/live)")
     written, failed = store.bundle_missing()
     print(f"{store.root}: {store.latest()} deltas; wrote {len(written)} bundle(s)"
           + (f"; {len(failed)} could not be written (logged)" if failed else ""))
