@@ -45,8 +45,9 @@ def users_format(users: str) -> str:
     return "csv" if str(users).split("?", 1)[0].endswith(".csv") else "parquet"
 
 
-def check_users(users: str) -> int:
-    """Rows of the users dataset; ConfigError naming the file and column if a file cannot feed the run."""
+def check_users(users: str) -> tuple[int, Optional[pa.Schema]]:
+    """Rows of the users dataset and the schema to scan it with (``plain_schema``: None but for Parquet's view
+    types); ConfigError naming the file and column if a file cannot feed the run."""
     kind = users_format(users)
     try:
         dataset = pads.dataset(users, format=kind)
@@ -55,11 +56,12 @@ def check_users(users: str) -> int:
         raise ConfigError(f"--users {users}: not a readable {kind} file or folder ({exc})") from None
     if not files:
         raise ConfigError(f"--users {users}: no {kind} files")
-    rows = 0
+    rows, schemas = 0, []
     for file in files:
         try:
             part = pads.dataset(file, format=kind, filesystem=dataset.filesystem)
             schema = part.schema
+            schemas.append(schema)
         except (OSError, pa.ArrowInvalid) as exc:
             raise ConfigError(f"{file}: not a readable {kind} file ({exc})") from None
         if "user_id" not in schema.names:
@@ -71,7 +73,7 @@ def check_users(users: str) -> int:
             raise ConfigError(f"{file}: column 'user_id' has type {id_type}; user ids are strings or integers")
         rows += part.count_rows()
     _check_distinct(users, dataset)
-    return rows
+    return rows, plain_schema(schemas, ["user_id"]) if kind == "parquet" else None
 
 
 def _check_distinct(users: str, dataset: pads.Dataset) -> None:
@@ -117,7 +119,7 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
     import batch as batch_package
     from train.cluster import init_ray
 
-    n_users = check_users(users)
+    n_users, scan_schema = check_users(users)
     if storage.exists(out):
         raise ConfigError(f"--out {out}: already exists; choose a new folder (outputs are never overwritten)")
     located = locate(model, version)  # pinned: actors started later load this version, not a newer latest
@@ -143,9 +145,7 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
         source = ray.data.read_csv(users, convert_options=pacsv.ConvertOptions(
             include_columns=["user_id"], column_types={"user_id": pa.string()}))
     else:
-        dataset = pads.dataset(users, format="parquet")
-        schemas = [pads.dataset(f, format="parquet", filesystem=dataset.filesystem).schema for f in dataset.files]
-        source = ray.data.read_parquet(users, columns=["user_id"], schema=plain_schema(schemas, ["user_id"]))
+        source = ray.data.read_parquet(users, columns=["user_id"], schema=scan_schema)
     source.map_batches(
         Recommender, fn_constructor_kwargs={"model": str(located), "at": at, "k": k, "exclude_seen": exclude_seen,
                                "events": events, "retrieval_candidates": retrieval_candidates,

@@ -47,7 +47,7 @@ def test_every_user_gets_k_jobs_written_as_parquet_with_a_success_marker(ray_loc
     users = users_file(tmp_path / "users.parquet", ids, "string_view")  # a type pandas cannot hold
     from batch.recommend import check_users
 
-    assert check_users(users) == len(ids)
+    assert check_users(users) == (len(ids), pa.schema([("user_id", pa.large_string())]))
     code = main(["recommend-batch", "--model", str(entry), "--users", users, "-k", "5", "--out",
                  str(tmp_path / "recs"), "--at", at, "--workers", "1", "--batch-size", "50"])
     assert code == 0, capsys.readouterr().err
@@ -91,10 +91,10 @@ def test_a_user_listed_twice_fails_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"1 user id\(s\) appear more than once \(e.g. \['12'\]\); list each"):
         check_users(str(folder))
     (folder / "b.parquet").unlink()
-    assert check_users(str(folder)) == 2
+    assert check_users(str(folder)) == (2, None)
     header = tmp_path / "header.csv"  # a CSV of its header alone: no users, as an empty Parquet file (it read
     header.write_text("user_id\n")  # "column 'user_id' has type null")
-    assert check_users(str(header)) == 0
+    assert check_users(str(header)) == (0, None)
 
 
 def test_a_run_that_fails_midway_leaves_no_output_that_looks_complete(ray_local, tiny, tmp_path, at):
