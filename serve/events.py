@@ -66,7 +66,7 @@ class EventWriter:
         self._shown = None if self.root is None else event_log.EventLog(event_log.impressions_location(self.root),
                                                                          dedupe=False)
         self._opening = asyncio.Lock()
-        # writes in call order: impressions flushed before a body of events are in the log before those events
+        # writes in call order: impressions flushed before a body of events are stored before those events
         self._writing = asyncio.Lock()
         self._impressions: list[dict[str, Any]] = []  # not yet written (best effort: lost if the process dies)
         self._since = time.monotonic()
