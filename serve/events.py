@@ -57,8 +57,9 @@ def before_posting(events: Sequence[Any], known: Optional[Mapping[str, Optional[
 
 
 class EventWriter:
-    """The ingress's side of the log: opened on first use (reading every event id back), appends run off the
-    event loop, and a store that fails is a 503 (nothing acknowledged), never a 500."""
+    """The ingress's side of the event log (opened on first use, reading every event id back) and of the
+    impression log beside it: appends run off the event loop, and a store that fails is a 503 (nothing
+    acknowledged), never a 500."""
 
     def __init__(self, live_store: Optional[str | Path]) -> None:
         self.root = None if live_store is None else event_log.events_location(live_store)
@@ -111,18 +112,17 @@ class EventWriter:
         """Whether buffered impressions should be written now (the oldest waited ``every_s``, or ``most``)."""
         return bool(self._impressions) and (len(self._impressions) >= most or time.monotonic() - self._since >= every_s)
 
-    async def flush(self) -> Optional[event_log.Appended]:
+    async def flush(self) -> None:
         """Write the buffered impressions as one segment of the impression log; on a store failure they are
         dropped (logged)."""
         async with self._writing:
             pending, self._impressions = self._impressions, []
             if not pending or self._shown is None:
-                return None
+                return
             try:
-                return await self._storing(self._shown.append, pending)
+                await self._storing(self._shown.append, pending)
             except ServiceError:
-                log.warning("dropped %d impression record(s): the event log is unavailable", len(pending))
-                return None
+                log.warning("dropped %d impression record(s): the impression log is unavailable", len(pending))
 
     async def _open(self) -> event_log.EventLog:
         if self.root is None:

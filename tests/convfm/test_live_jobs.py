@@ -69,7 +69,7 @@ def test_a_folded_run_of_deltas_leaves_what_applying_them_one_by_one_does(tiny, 
     for name in ("posted", "expires"):
         np.testing.assert_array_equal(getattr(live_a, name), getattr(live_b, name), err_msg=name)
         np.testing.assert_array_equal(getattr(jobs_a.recency_encoder, name), getattr(jobs_b.recency_encoder, name))
-    assert (live_a.version, live_a.last_posted) == (live_b.version, live_b.last_posted) == (60, live_a.last_posted)
+    assert live_a.version == live_b.version == 60 and live_a.last_posted == live_b.last_posted
     for when in (at, at + 2 * DAY):
         np.testing.assert_array_equal(live_a.open_at(None, when), live_b.open_at(None, when))
     users = extractor.user_side(extractor.user_catalog.take(np.arange(1, 6)), np.array(extractor.user_ids[1:6]))
