@@ -1,5 +1,6 @@
 """`convfm catalog push jobs.csv --url URL`: add or replace a running service's jobs without retraining;
-`convfm catalog bundle LIVE_STORE`: write the bundles a live catalog's whole blocks of deltas lack.
+`convfm catalog bundle LIVE_STORE`: write the bundles a live store's whole blocks (of catalog deltas, of event and
+impression log segments) lack.
 
 The file is checked as training reads a jobs table (errors name the file, row and column), then posted to
 ``POST /jobs`` in chunks; each chunk becomes one live catalog version. A chunk the service refuses names the
@@ -34,9 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     push.add_argument("--api-key-env", metavar="VAR", default=DEFAULT_KEY_ENV,
                       help=f"environment variable holding the service's API key (default {DEFAULT_KEY_ENV})")
     push.add_argument("--chunk", type=int, default=100, help="jobs per request, 1..1000 (default 100)")
-    bundle = sub.add_parser("bundle", help="write the bundles a live catalog's whole blocks of 1,000 deltas lack "
-                            "(a store written before bundles existed), so a starting replica reads one file per block",
-                            description="write the bundles a live catalog's whole blocks of 1,000 deltas lack")
+    bundle = sub.add_parser("bundle", help="write the bundles a live store's whole blocks of 1,000 catalog deltas or "
+                            "event log segments lack (a store written before bundles existed), so a starting replica "
+                            "reads one file per block",
+                            description="write the bundles a live store's whole blocks of 1,000 catalog deltas, "
+                            "event log segments or impression log segments lack")
     bundle.add_argument("live_store", help="the live store (models/NAME/live, or a storage URI)")
 
 
@@ -151,14 +154,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def bundle(live_store: str) -> int:
+    from convfm.store import event_log
     from convfm.store.live_catalog import CatalogStore
     from convfm.store.storage import local_or_uri
 
-    store = CatalogStore(local_or_uri(live_store))
-    if store.latest() == 0:
-        raise ConvFMError(f"{store.root}: no live catalog delta there (a service writes them in its live store: "
-                          "models/NAME/live)")
-    written, failed = store.bundle_missing()
-    print(f"{store.root}: {store.latest()} deltas; wrote {len(written)} bundle(s)"
-          + (f"; {len(failed)} could not be written (logged)" if failed else ""))
-    return 1 if failed else 0
+    root = local_or_uri(live_store)
+    store = CatalogStore(root)
+    events = event_log.events_location(root)
+    logs = [events, event_log.impressions_location(events)]
+    if store.latest() == 0 and not any(event_log.list_segments(where) for where in logs):
+        raise ConvFMError(f"{root}: no live catalog delta and no event log segment there (a service writes them "
+                          "in its live store: models/NAME/live)")
+    failures = 0
+    if store.latest():
+        written, failed = store.bundle_missing()
+        failures += len(failed)
+        print(f"{store.root}: {store.latest()} deltas; wrote {len(written)} bundle(s)"
+              + (f"; {len(failed)} could not be written (logged)" if failed else ""))
+    for where in logs:
+        segments, wrote, failed = event_log.bundle_missing(where)
+        failures += failed
+        if segments:
+            print(f"{where}: {segments} segments; wrote {wrote} bundle(s)"
+                  + (f"; {failed} could not be written (logged)" if failed else ""))
+    return 1 if failures else 0

@@ -7,7 +7,13 @@ digits>-<8 hex>.jsonl`` sort in write order (the writer keeps them strictly incr
 the names in order, then each segment's lines.
 
 Event ids are unique in the log: ``EventLog.open`` rebuilds the set of ids from every segment, so a client
-retrying after a restart of the writer still gets its duplicate recognised. One writer per log (the service's
+retrying after a restart of the writer still gets its duplicate recognised.
+
+Every ``BUNDLE``-th segment the writer also copies its block of ``BUNDLE`` segments (by their place in the listing)
+into one bundle file, ``bundles/<first>--<last>.json`` (their names without ``.jsonl``): a reader that wants many
+segments of a block (a replica that starts, training, ``convfm report``) fetches one file instead of a thousand.
+The segments stay the record: a bundle that cannot be read, or does not hold exactly the block's segments, is
+logged and its segments read one by one. One writer per log (the service's
 single ingress replica); readers (serving replicas, ``convfm train``) may be many. Plain Python, no Ray.
 
 A record: ``event_id``, ``type`` (one of ``convfm.config.EVENTS``), ``user_id``, ``job_id``, ``timestamp``
@@ -24,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import math
 import re
 import threading
@@ -36,13 +43,18 @@ import numpy as np
 import pandas as pd
 
 from convfm.config import EVENTS
-from convfm.errors import DataValidationError
+from convfm.errors import DataValidationError, StorageError
 from convfm.jsonfile import parse_json
 from convfm.store import storage
 from convfm.validate import lone_surrogate
 
+log = logging.getLogger(__name__)
+
 EVENTS_DIR, IMPRESSIONS_DIR = "events", "impressions"
 SEGMENT_RE = re.compile(r"^(\d{19})-[0-9a-f]{8}\.jsonl$")
+BUNDLE, BUNDLES_DIR = 1000, "bundles"  # segments per bundle; <log>/bundles/<first>--<last>.json
+BUNDLE_RE = re.compile(r"^(\d{19}-[0-9a-f]{8})--(\d{19}-[0-9a-f]{8})\.json$")
+SUFFIX = ".jsonl"
 REQUIRED = ("event_id", "type", "user_id", "job_id", "timestamp")
 IMPRESSION = "impression"
 OPTIONAL = ("impression_id", "model_version", "known_job", "received_at")
@@ -120,11 +132,13 @@ def list_segments(root: str | Path) -> list[str]:
 def read_segment(root: str | Path, name: str) -> list[dict[str, Any]]:
     """The records of one segment; DataValidationError naming the segment and line of a bad record."""
     where = storage.join(root, name)
-    records = []
-    for number, line in enumerate(storage.read_text(where).splitlines(), start=1):
-        if line.strip():
-            records.append(check_record(line, f"{where}, line {number}"))
-    return records
+    return parse_segment(storage.read_text(where), str(where))
+
+
+def parse_segment(text: str, where: str) -> list[dict[str, Any]]:
+    """A segment's text as records; DataValidationError naming ``where``, the line and the field."""
+    return [check_record(line, f"{where}, line {number}")
+            for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 def check_record(line: str, where: str) -> dict[str, Any]:
@@ -154,11 +168,85 @@ def is_event(record: Mapping[str, Any]) -> bool:
 
 
 def read_log(root: str | Path, skip: Sequence[str] = ()) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """(segment name, records) of every segment not in ``skip``, oldest first; many are fetched at once
+    """(segment name, records) of every segment not in ``skip``, oldest first. A block with two or more of them
+    is read from its bundle (one file), the rest segment by segment; many files are fetched at once
     (``storage.fetched``: one request each on an object store)."""
     skipped = set(skip)
-    names = [name for name in list_segments(root) if name not in skipped]
-    yield from zip(names, storage.fetched(lambda name: read_segment(root, name), names))
+    names = list_segments(root)
+    wanted = [name for name in names if name not in skipped]
+    bundles = bundle_names(root) if len(wanted) > 1 else {}
+    parts: list[tuple[Optional[str], list[str]]] = []  # (bundle or None, the wanted segments it gives)
+    start = 0
+    while start < len(names):
+        block = names[start:start + BUNDLE]
+        bundle = bundles.get((_stem(block[0]), _stem(block[-1]))) if len(block) == BUNDLE else None
+        here = [name for name in block if name not in skipped] if bundle else []
+        if len(here) > 1:
+            parts.append((bundle, here))
+            start += BUNDLE
+        else:
+            parts += [(None, [names[start]])] if names[start] not in skipped else []
+            start += 1
+    for part in storage.fetched(lambda part: _read_part(root, *part), parts):
+        yield from part
+
+
+def _stem(segment: str) -> str:
+    return segment[:-len(SUFFIX)]
+
+
+def bundle_names(root: str | Path) -> dict[tuple[str, str], str]:
+    """(first segment, last segment) without ``.jsonl`` -> bundle file name, for the bundles of the log at
+    ``root``."""
+    found = map(BUNDLE_RE.match, storage.list_files(storage.join(root, BUNDLES_DIR)))
+    return {(m[1], m[2]): m[0] for m in found if m}
+
+
+def _read_part(root: str | Path, bundle: Optional[str], names: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The wanted segments ``names`` of one part: a lone segment, or a bundle's (read one by one, with a
+    warning, when the bundle is unreadable or not what its name says)."""
+    if bundle is None:
+        return [(names[0], read_segment(root, names[0]))]
+    where = storage.join(root, BUNDLES_DIR, bundle)
+    try:
+        doc = parse_json(storage.read_text(where), where, "event log bundle", DataValidationError)
+        texts = dict(doc["segments"])
+        first, last = BUNDLE_RE.match(bundle).groups()
+        if (len(texts) != BUNDLE or min(texts) != first + SUFFIX or max(texts) != last + SUFFIX
+                or any(name not in texts for name in names)):
+            raise DataValidationError(f"{where}: does not hold the {BUNDLE} segments {first} .. {last}")
+        return [(name, parse_segment(texts[name], f"{where}, segment {name}")) for name in names]
+    except (DataValidationError, StorageError, OSError, KeyError, TypeError, ValueError) as exc:
+        log.warning("event log bundle %s unreadable (%s); reading its segments one by one", where, exc)
+        return [(name, read_segment(root, name)) for name in names]
+
+
+def write_bundle(root: str | Path, names: Sequence[str]) -> bool:
+    """Copy the block of segments ``names`` (``BUNDLE`` of them, in order) into one bundle, best effort (the
+    segments stay the record); False when it could not be written."""
+    texts = storage.fetched(lambda name: storage.read_text(storage.join(root, name)), names)
+    where = storage.join(root, BUNDLES_DIR, f"{_stem(names[0])}--{_stem(names[-1])}.json")
+    try:
+        doc = {"format_version": 1, "segments": [[name, text] for name, text in zip(names, texts)]}
+        storage.write_new_text(where, json.dumps(doc, ensure_ascii=False) + "\n")
+    except FileExistsError:
+        pass
+    except (StorageError, OSError) as exc:
+        log.warning("event log: bundling %s .. %s failed (%s); readers read them one by one", names[0], names[-1],
+                    exc)
+        return False
+    return True
+
+
+def bundle_missing(root: str | Path) -> tuple[int, int, int]:
+    """Write the bundles the log's whole blocks lack (a log written before bundles existed, or a bundle whose
+    write failed) -> (segments, bundles written, bundles that could not be)."""
+    names = list_segments(root)
+    have = bundle_names(root)
+    blocks = [names[start:start + BUNDLE] for start in range(0, len(names) - BUNDLE + 1, BUNDLE)]
+    missing = [block for block in blocks if (_stem(block[0]), _stem(block[-1])) not in have]
+    written = sum(write_bundle(root, block) for block in missing)
+    return len(names), written, len(missing) - written
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,17 +270,25 @@ class EventLog:
         self._ids: set[str] = set()
         self._segments = 0
         self._last_ns = 0
+        self._block: Optional[list[str]] = None  # the segments after the last whole block (None: not listed yet)
         self._lock = threading.Lock()  # one append at a time: the id check and the write go together
 
     @classmethod
     def open(cls, root: str | Path) -> "EventLog":
         """The log at ``root`` (created on first append), with every event id already in it."""
-        log = cls(root)
+        writer, names = cls(root), []
         for name, records in read_log(root):
-            log._ids.update(r["event_id"] for r in records if is_event(r))
-            log._segments += 1
-            log._last_ns = int(SEGMENT_RE.match(name).group(1))
-        return log
+            writer._ids.update(r["event_id"] for r in records if is_event(r))
+            names.append(name)
+        writer._found(names)
+        return writer
+
+    def _found(self, names: list[str]) -> None:
+        """Take the log's segments ``names`` as this writer's start: its position and the open block."""
+        self._segments = len(names)
+        self._block = names[len(names) - len(names) % BUNDLE:]
+        if names:
+            self._last_ns = max(self._last_ns, int(SEGMENT_RE.match(names[-1]).group(1)))
 
     @property
     def position(self) -> int:
@@ -207,6 +303,8 @@ class EventLog:
         return once it is stored; a storage failure raises StorageError and nothing counts as written, as does a
         record this log's readers would refuse (DataValidationError)."""
         with self._lock:
+            if self._block is None:  # a writer that was not opened (the impression log): list the log once
+                self._found(list_segments(self.root))
             fresh, duplicates, ids = [], [], set()
             for record in records:
                 event_id = record["event_id"]
@@ -228,7 +326,12 @@ class EventLog:
             storage.write_text(storage.join(self.root, name), text, durable=True)
             self._ids |= ids if self.dedupe else set()
             self._segments += 1
-            return Appended(name, fresh, duplicates, self._segments)
+            self._block.append(name)
+            block, self._block = (self._block, []) if len(self._block) == BUNDLE else (None, self._block)
+            appended = Appended(name, fresh, duplicates, self._segments)
+        if block is not None:
+            write_bundle(self.root, block)
+        return appended
 
 
 def interactions_frame(root: str | Path) -> pd.DataFrame:

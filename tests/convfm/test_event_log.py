@@ -141,3 +141,82 @@ def test_the_writer_keeps_the_ids_of_events_alone_and_the_impression_log_keeps_n
     for _ in range(3):
         assert len(impressions.append([{**shown, "event_id": "imp2"}]).records) == 1
     assert len(impressions) == 0 and impressions.position == 3
+
+
+def _bundled_log(root, monkeypatch, segments: int) -> list[str]:
+    """A log of ``segments`` segments of two events each, bundled every 5."""
+    monkeypatch.setattr(event_log, "BUNDLE", 5)
+    log = EventLog.open(root)
+    for i in range(segments):
+        log.append([record(f"e{i}a", user=f"u{i}"), record(f"e{i}b", job=f"j{i}")])
+    return list_segments(root)
+
+
+def test_a_reader_takes_each_whole_block_of_segments_from_its_bundle(tmp_path, monkeypatch, caplog):
+    """Every ``BUNDLE``-th segment also writes its block as one file; a reader takes a block it wants two or more
+    segments of from its bundle, the rest segment by segment, and reads the segments of a bundle it cannot read."""
+    names = _bundled_log(tmp_path, monkeypatch, 12)
+    bundles = tmp_path / "bundles"
+    assert sorted(p.name for p in bundles.iterdir()) == [f"{names[0][:-6]}--{names[4][:-6]}.json",
+                                                         f"{names[5][:-6]}--{names[9][:-6]}.json"]
+    one_by_one = [(name, event_log.read_segment(tmp_path, name)) for name in names]
+    real, reads = storage.read_text, []
+    monkeypatch.setattr(storage, "read_text", lambda path: reads.append(storage.name(path)) or real(path))
+    assert list(read_log(tmp_path)) == one_by_one and len(reads) == 2 + 2
+    reads.clear()
+    assert list(read_log(tmp_path, skip=names[:3])) == one_by_one[3:]  # two of the first block: its bundle
+    assert reads[0].endswith(".json") and len(reads) == 4
+    reads.clear()
+    assert list(read_log(tmp_path, skip=names[:4] + names[6:])) == [one_by_one[4], one_by_one[5]]
+    assert reads == [names[4], names[5]]  # one wanted segment per block: no bundle
+    first = sorted(bundles.iterdir())[0]
+    for broken in ("{broken", json.dumps({"format_version": 1, "segments": [[names[0], "{}"]]})):
+        first.write_text(broken)
+        assert list(read_log(tmp_path)) == one_by_one  # from the segments, with a warning
+    assert f"event log bundle {first} unreadable" in caplog.text
+
+
+def test_a_reopened_writer_and_the_impression_writer_bundle_the_same_blocks(tmp_path, monkeypatch):
+    """The blocks are counted over the whole log: a writer opened mid-block, or one never opened (the impression
+    log's), ends the block where a writer that wrote it all would."""
+    names = _bundled_log(tmp_path / "a", monkeypatch, 3)
+    log = EventLog.open(tmp_path / "a")
+    log.append([record("x")])
+    assert not (tmp_path / "a" / "bundles").exists()
+    log.append([record("y")])
+    last = list_segments(tmp_path / "a")[-1]
+    assert [p.name for p in (tmp_path / "a" / "bundles").iterdir()] == [f"{names[0][:-6]}--{last[:-6]}.json"]
+    shown = {"type": event_log.IMPRESSION, "user_id": None, "job_ids": ["j1"], "timestamp": "2026-12-01T00:00:00Z"}
+    for i in range(3):
+        EventLog(tmp_path / "imp", dedupe=False).append([{**shown, "event_id": f"i{i}"}])
+    impressions = EventLog(tmp_path / "imp", dedupe=False)
+    for i in range(7):
+        impressions.append([{**shown, "event_id": f"j{i}"}])
+    assert impressions.position == 10 and len(list((tmp_path / "imp" / "bundles").iterdir())) == 2
+    ids = [r["event_id"] for _, rs in read_log(tmp_path / "imp") for r in rs]
+    assert ids == [f"i{i}" for i in range(3)] + [f"j{i}" for i in range(7)]
+
+
+def test_the_bundles_a_log_lacks_are_written_by_the_command(tmp_path, monkeypatch, capsys, caplog):
+    """A live store's logs written before bundles existed get theirs from ``convfm catalog bundle``; a bad record
+    in a bundled segment is still named by its segment and line."""
+    from convfm.cli.main import main
+
+    live = tmp_path / "live"
+    events = live / "events"
+    monkeypatch.setattr(event_log, "BUNDLE", 5)
+    for i in range(11):  # as a writer before bundles wrote them
+        storage.write_text(events / f"{1_000 + i:019d}-0000000{i % 10}.jsonl", json.dumps(record(f"e{i}")) + "\n")
+    assert main(["catalog", "bundle", str(live)]) == 0
+    assert f"{events}: 11 segments; wrote 2 bundle(s)" in capsys.readouterr().out
+    assert len(list((events / "bundles").iterdir())) == 2
+    assert main(["catalog", "bundle", str(live)]) == 0 and "wrote 0 bundle(s)" in capsys.readouterr().out
+    assert [r["event_id"] for _, rs in read_log(events) for r in rs] == [f"e{i}" for i in range(11)]
+    bad = events / f"{1_006:019d}-00000006.jsonl"
+    bad.write_text(json.dumps(record("e6", when="yesterday")) + "\n")
+    (events / "bundles").rename(tmp_path / "kept")
+    assert main(["catalog", "bundle", str(live)]) == 0
+    with pytest.raises(DataValidationError, match=f"{bad}, line 1: field 'timestamp'"):
+        list(read_log(events))
+    assert main(["catalog", "bundle", str(tmp_path / "nowhere")]) == 2
+    assert "no live catalog delta and no event log segment there" in capsys.readouterr().err

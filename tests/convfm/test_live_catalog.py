@@ -179,7 +179,7 @@ def test_the_bundles_a_store_lacks_are_written_by_the_command(tmp_path, monkeypa
     assert (bundles / "000001-000005.json").read_text() == (tmp_path / "kept.json").read_text()
     assert [d.version for d in store.read()] == list(range(1, 13))
     assert main(["catalog", "bundle", str(tmp_path / "nowhere")]) == 2
-    assert "nowhere/catalog: no live catalog delta there" in capsys.readouterr().err
+    assert "nowhere: no live catalog delta and no event log segment there" in capsys.readouterr().err
 
 
 def test_on_s3_a_put_overwritten_before_the_read_back_is_a_conflict(s3_bucket, monkeypatch):
