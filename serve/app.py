@@ -46,7 +46,7 @@ from convfm.store.live_catalog import CatalogStore
 from convfm.store import storage
 from convfm.store.registry import VERSION_RE, live_location, locate
 from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, SHUTDOWN_OPTIONS, ServeConfig
-from serve.events import EventWriter
+from serve.events import DEDUPE_DAYS, EventWriter
 from serve.http import build_http_app, reload_outcome, unwrap
 from serve.in_process import InProcess, LocalHandle
 from serve.live_catalog import write_jobs
@@ -70,7 +70,7 @@ class Api:
         self.want: Optional[str] = settings.get("model_version")
         self.split: Optional[Split] = settings.get("traffic")  # with a split, ``want`` is its control version
         self._configured = False
-        self.events = EventWriter(settings.get("live_store"))
+        self.events = EventWriter(settings.get("live_store"), settings.get("event_dedupe_days", DEDUPE_DAYS))
         self._tasks: set[asyncio.Task] = set()
         # The live catalog: this (single) replica is its one writer; requests carry the version it wants.
         self.catalog = CatalogStore(settings["live_store"]) if settings.get("live_store") else None
@@ -292,6 +292,7 @@ def build_app(config: ServeConfig, node_cpus: Optional[float] = None) -> Any:
     ranker_args = (model, version, config.max_batch_size, config.batch_wait_timeout_s, device, live, others,
                    config.retrieval_candidates, config.score_cache_mib)
     settings = {"model": model, "model_version": version, "traffic": config.traffic, "live_store": live,
+                "event_dedupe_days": config.event_dedupe_days,
                 "api_key_digest": config.api_key_digest(),
                 "auth_all_endpoints": config.auth_all_endpoints, "max_body_bytes": config.max_body_bytes,
                 "request_timeout_s": config.request_timeout_s, "allowed_hosts": config.trusted_hosts()}

@@ -19,6 +19,7 @@ from convfm.model.retrieval import MAX_CANDIDATES
 from convfm.model.score_cache import DEFAULT_BUDGET_MIB
 from convfm.store.registry import VERSION_RE
 from convfm.validate import check_bool, check_int, check_number, check_text, is_integer, require
+from serve.events import DEDUPE_DAYS
 from serve.traffic import check_traffic, parse_traffic
 
 DEFAULT_MODEL_ENV = "CONVFM_MODEL"
@@ -68,6 +69,10 @@ class ServeConfig(BaseConfig):
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     # Live catalog and event log (path or URI); None: ``live/`` in the model's registry entry (live_location).
     live_store: Optional[str] = None
+    # Days a stored event id is recognised when a client sends it again (a retry): the Api holds, and reads back
+    # when it starts, the ids of that many days of events; a retry later than that is stored again. None: every
+    # id of the log (the Api's memory and start then grow with the log).
+    event_dedupe_days: Optional[float] = DEDUPE_DAYS
     # Candidates per request from the retrieval index (convfm.model.retrieval), re-ranked exactly; 0: exact full
     # scan. docs/SERVING.md ("Catalogs beyond a full scan") has the measurements behind the default.
     retrieval_candidates: int = 0
@@ -115,6 +120,8 @@ class ServeConfig(BaseConfig):
                 f"'*.example.com', an IP, '[::1]'), got {self.allowed_hosts!r}")
         require(self.live_store is None or (isinstance(self.live_store, str) and bool(self.live_store.strip())),
                 "live_store", f"must be a non-empty path or URI, or null, got {self.live_store!r}")
+        if self.event_dedupe_days is not None:
+            check_number(self.event_dedupe_days, "event_dedupe_days", 0, 3650, low_open=True)
         check_int(self.retrieval_candidates, "retrieval_candidates", 0, MAX_CANDIDATES)
         check_int(self.score_cache_mib, "score_cache_mib", 0, 1 << 20)
         if self.traffic is not None:

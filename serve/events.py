@@ -34,6 +34,7 @@ from serve.replies import ServiceError
 
 log = logging.getLogger(__name__)
 IMPRESSION_FLUSH_S, IMPRESSION_BATCH = 2.0, 500  # impression records wait at most this long, or this many
+DEDUPE_DAYS = 7.0  # ``ServeConfig.event_dedupe_days``: how long a stored event id is recognised in a retry
 
 
 def event_records(events: Sequence[Any], known: Optional[Mapping[str, Optional[int]]]) -> list[dict[str, Any]]:
@@ -57,12 +58,13 @@ def before_posting(events: Sequence[Any], known: Optional[Mapping[str, Optional[
 
 
 class EventWriter:
-    """The ingress's side of the event log (opened on first use, reading every event id back) and of the
-    impression log beside it: appends run off the event loop, and a store that fails is a 503 (nothing
-    acknowledged), never a 500."""
+    """The ingress's side of the event log (opened on first use, reading back the event ids of the last
+    ``dedupe_days``; None: every one) and of the impression log beside it: appends run off the event loop, and a
+    store that fails is a 503 (nothing acknowledged), never a 500."""
 
-    def __init__(self, live_store: Optional[str | Path]) -> None:
+    def __init__(self, live_store: Optional[str | Path], dedupe_days: Optional[float] = DEDUPE_DAYS) -> None:
         self.root = None if live_store is None else event_log.events_location(live_store)
+        self.window_s = None if dedupe_days is None else dedupe_days * 86_400.0
         self._log: Optional[event_log.EventLog] = None
         self._shown = None if self.root is None else event_log.EventLog(event_log.impressions_location(self.root),
                                                                          dedupe=False)
@@ -129,7 +131,7 @@ class EventWriter:
             raise ServiceError(503, "no event log: this service was started without a live store")
         async with self._opening:
             if self._log is None:
-                self._log = await self._storing(event_log.EventLog.open, self.root)
+                self._log = await self._storing(event_log.EventLog.open, self.root, self.window_s)
         return self._log
 
     async def _storing(self, function: Any, *args: Any) -> Any:

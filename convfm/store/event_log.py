@@ -6,8 +6,11 @@ writer killed before the write returned never acknowledged its events. Names ``<
 digits>-<8 hex>.jsonl`` sort in write order (the writer keeps them strictly increasing); reading the log walks
 the names in order, then each segment's lines.
 
-Event ids are unique in the log: ``EventLog.open`` rebuilds the set of ids from every segment, so a client
-retrying after a restart of the writer still gets its duplicate recognised.
+An event id is stored once: ``EventLog.open`` rebuilds the set of ids from the log, so a client retrying after a
+restart of the writer still gets its duplicate recognised. With a dedupe window (the service's
+``event_dedupe_days``) the writer holds, and reads back on open, only the ids of the segments written within it:
+its memory and its start follow the window, not the log, and a retry later than the window is stored again
+(``interactions_frame`` keeps an id's first record).
 
 Every ``BUNDLE``-th segment the writer also copies its block of ``BUNDLE`` segments (by their place in the listing)
 into one bundle file, ``bundles/<first>--<last>.json`` (their names without ``.jsonl``): a reader that wants many
@@ -27,6 +30,7 @@ among the events; readers of events skip them (``is_event``).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import json
@@ -167,12 +171,13 @@ def is_event(record: Mapping[str, Any]) -> bool:
     return record["type"] != IMPRESSION
 
 
-def read_log(root: str | Path, skip: Sequence[str] = ()) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """(segment name, records) of every segment not in ``skip``, oldest first. A block with two or more of them
-    is read from its bundle (one file), the rest segment by segment; many files are fetched at once
-    (``storage.fetched``: one request each on an object store)."""
+def read_log(root: str | Path, skip: Sequence[str] = (),
+             names: Optional[list[str]] = None) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """(segment name, records) of every segment not in ``skip``, oldest first (``names``: the log's segments,
+    when listed already). A block with two or more of them is read from its bundle (one file), the rest segment
+    by segment; many files are fetched at once (``storage.fetched``: one request each on an object store)."""
     skipped = set(skip)
-    names = list_segments(root)
+    names = list_segments(root) if names is None else names
     wanted = [name for name in names if name not in skipped]
     bundles = bundle_names(root) if len(wanted) > 1 else {}
     parts: list[tuple[Optional[str], list[str]]] = []  # (bundle or None, the wanted segments it gives)
@@ -193,6 +198,11 @@ def read_log(root: str | Path, skip: Sequence[str] = ()) -> Iterator[tuple[str, 
 
 def _stem(segment: str) -> str:
     return segment[:-len(SUFFIX)]
+
+
+def written_ns(segment: str) -> int:
+    """When a segment was written: its name's nanoseconds since the epoch."""
+    return int(segment[:19])
 
 
 def bundle_names(root: str | Path) -> dict[tuple[str, str], str]:
@@ -262,26 +272,51 @@ class Appended:
 
 class EventLog:
     """The writer of one event log: rebuilds the seen event ids on open, appends one segment per call. With
-    ``dedupe=False`` (the impression log, whose ids the service draws) it keeps no ids and needs no ``open``."""
+    ``dedupe=False`` (the impression log, whose ids the service draws) it keeps no ids and needs no ``open``.
+    With ``window_s`` it holds the ids of the segments written in the last ``window_s`` seconds alone."""
 
-    def __init__(self, root: str | Path, dedupe: bool = True) -> None:
+    def __init__(self, root: str | Path, dedupe: bool = True, window_s: Optional[float] = None) -> None:
+        if window_s is not None and not window_s > 0:
+            raise ValueError(f"the dedupe window must be positive seconds or None, got {window_s!r}")
         self.root = root
         self.dedupe = dedupe
-        self._ids: set[str] = set()
+        self.window_ns = None if window_s is None else int(window_s * 1e9)
+        self._ids: dict[str, int] = {}  # event id -> when the segment that holds it was written (ns)
+        self._held: collections.deque[tuple[int, list[str]]] = collections.deque()  # with a window: per segment
         self._segments = 0
         self._last_ns = 0
         self._block: Optional[list[str]] = None  # the segments after the last whole block (None: not listed yet)
         self._lock = threading.Lock()  # one append at a time: the id check and the write go together
 
     @classmethod
-    def open(cls, root: str | Path) -> "EventLog":
-        """The log at ``root`` (created on first append), with every event id already in it."""
-        writer, names = cls(root), []
-        for name, records in read_log(root):
-            writer._ids.update(r["event_id"] for r in records if is_event(r))
-            names.append(name)
+    def open(cls, root: str | Path, window_s: Optional[float] = None) -> "EventLog":
+        """The log at ``root`` (created on first append), with every event id already in it, or those of the
+        segments written in the last ``window_s`` seconds (the older ones are not read)."""
+        writer, names = cls(root, window_s=window_s), list_segments(root)
+        since = writer._since(time.time_ns())
+        for name, records in read_log(root, skip=[n for n in names if written_ns(n) < since], names=names):
+            writer._hold(written_ns(name), [r["event_id"] for r in records if is_event(r)])
         writer._found(names)
         return writer
+
+    def _since(self, now_ns: int) -> int:
+        """The oldest segment time whose ids are held (0: all)."""
+        return 0 if self.window_ns is None else now_ns - self.window_ns
+
+    def _hold(self, written: int, ids: list[str]) -> None:
+        for event_id in ids:
+            self._ids[event_id] = written
+        if self.window_ns is not None:
+            self._held.append((written, ids))
+
+    def _forget_old(self, now_ns: int) -> None:
+        """Drop the ids of the segments written before the window (an id stored again since is kept)."""
+        since = self._since(now_ns)
+        while self._held and self._held[0][0] < since:
+            written, ids = self._held.popleft()
+            for event_id in ids:
+                if self._ids.get(event_id) == written:
+                    del self._ids[event_id]
 
     def _found(self, names: list[str]) -> None:
         """Take the log's segments ``names`` as this writer's start: its position and the open block."""
@@ -305,6 +340,7 @@ class EventLog:
         with self._lock:
             if self._block is None:  # a writer that was not opened (the impression log): list the log once
                 self._found(list_segments(self.root))
+            self._forget_old(time.time_ns())
             fresh, duplicates, ids = [], [], set()
             for record in records:
                 event_id = record["event_id"]
@@ -324,7 +360,8 @@ class EventLog:
             name = f"{self._last_ns:019d}-{uuid.uuid4().hex[:8]}.jsonl"
             text = "".join(line + "\n" for line in lines)
             storage.write_text(storage.join(self.root, name), text, durable=True)
-            self._ids |= ids if self.dedupe else set()
+            if self.dedupe:
+                self._hold(self._last_ns, list(ids))
             self._segments += 1
             self._block.append(name)
             block, self._block = (self._block, []) if len(self._block) == BUNDLE else (None, self._block)
@@ -340,7 +377,9 @@ def interactions_frame(root: str | Path) -> pd.DataFrame:
     microseconds since the epoch, the order key of calendar data), in log order."""
     if not storage.exists(root):  # a mistyped --events read as "holds no events"
         raise DataValidationError(f"{root}: event log not found (a service's live store holds it in events/)")
-    records = [r for _, segment in read_log(root) for r in segment if is_event(r)]
+    ids: set[str] = set()  # a retry stored again after the writer's dedupe window counts once
+    records = [r for _, segment in read_log(root) for r in segment
+               if is_event(r) and not (r["event_id"] in ids or ids.add(r["event_id"]))]
     if not records:
         raise DataValidationError(f"{root}: the event log holds no events")
     times = [micros(parse_time(r["timestamp"])) for r in records]

@@ -220,3 +220,45 @@ def test_the_bundles_a_log_lacks_are_written_by_the_command(tmp_path, monkeypatc
         list(read_log(events))
     assert main(["catalog", "bundle", str(tmp_path / "nowhere")]) == 2
     assert "no live catalog delta and no event log segment there" in capsys.readouterr().err
+
+
+def test_with_a_dedupe_window_the_writer_holds_and_reads_back_only_its_ids(tmp_path, monkeypatch):
+    """An id is a duplicate while its segment is younger than the window; the writer reads back only those
+    segments when it opens, forgets ids as they age out, and a retry after the window is stored again (training
+    counts it once)."""
+    day, now = 86_400 * 10**9, time_ns_at("2026-12-10")
+    for age_days, event in ((9, "old"), (8, "older-retried"), (1, "recent")):
+        storage.write_text(tmp_path / f"{now - age_days * day:019d}-0000000{age_days}.jsonl",
+                           json.dumps(record(event)) + "\n")
+    monkeypatch.setattr(event_log.time, "time_ns", lambda: now)
+    real, reads = storage.read_text, []
+    monkeypatch.setattr(storage, "read_text", lambda path: reads.append(storage.name(path)) or real(path))
+    log = EventLog.open(tmp_path, window_s=7 * 86_400)
+    assert len(log) == 1 and log.position == 3 and reads == [list_segments(tmp_path)[-1]]
+    again = log.append([record("old"), record("recent"), record("new")])
+    assert [r["event_id"] for r in again.records] == ["old", "new"] and again.duplicates == ["recent"]
+    assert len(EventLog.open(tmp_path)) == 4  # without a window: every id of the log
+    monkeypatch.setattr(event_log.time, "time_ns", lambda: now + 6 * day + 1)  # "recent" is 7 days old now
+    later = log.append([record("recent"), record("new")])
+    assert [r["event_id"] for r in later.records] == ["recent"] and later.duplicates == ["new"]
+    assert sorted(log._ids) == ["new", "old", "recent"]  # the first "old" and "recent" segments are forgotten
+    assert interactions_frame(tmp_path)["event"].tolist() == ["click"] * 4  # old, older-retried, recent, new
+    with pytest.raises(ValueError, match="dedupe window must be positive"):
+        EventLog(tmp_path, window_s=0)
+
+
+def test_an_id_stored_twice_stays_held_until_its_last_segment_ages_out(tmp_path, monkeypatch):
+    """A log can hold an id twice (a retry stored after a shorter window); its older segment aging out must not
+    free the id that the newer one still holds."""
+    day, now = 86_400 * 10**9, time_ns_at("2026-12-10")
+    for age_days in (6, 1):
+        storage.write_text(tmp_path / f"{now - age_days * day:019d}-0000000{age_days}.jsonl",
+                           json.dumps(record("twice")) + "\n")
+    monkeypatch.setattr(event_log.time, "time_ns", lambda: now)
+    log = EventLog.open(tmp_path, window_s=7 * 86_400)
+    monkeypatch.setattr(event_log.time, "time_ns", lambda: now + 2 * day)  # the 6-day-old segment is out
+    assert log.append([record("twice")]).duplicates == ["twice"]
+
+
+def time_ns_at(day: str) -> int:
+    return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc).timestamp()) * 10**9

@@ -210,3 +210,19 @@ def test_an_event_dated_before_its_jobs_posting_is_stored_and_named(tiny, tmp_pa
     later = {**event("later", jobs["job_id"]), "timestamp": (posted + pd.Timedelta(days=2)).isoformat()}
     body = c.post("/events", json={"events": [early, later, event("x", "no-such-job")]}, headers=HEADERS).json()
     assert body["accepted"] == 3 and body["before_posting"] == ["early"] and body["unknown_jobs"] == ["no-such-job"]
+
+
+def test_the_api_recognises_retries_within_its_dedupe_window(tiny, tmp_path):
+    """``event_dedupe_days`` reaches the Api's writer: the ids of that window are held, no older ones."""
+    import asyncio
+
+    from serve.app import build_app
+    from serve.config import ServeConfig
+    from serve.events import EventWriter
+
+    settings = build_app(ServeConfig(model=str(tiny.entry), event_dedupe_days=2.5))._bound_deployment.init_args[1]
+    assert settings["event_dedupe_days"] == 2.5
+    writer = EventWriter(tmp_path, settings["event_dedupe_days"])
+    assert asyncio.run(writer.position()) == 0 and writer._log.window_ns == 2.5 * 86_400 * 10**9
+    unlimited = EventWriter(tmp_path, None)  # None: every id of the log
+    assert asyncio.run(unlimited.position()) == 0 and unlimited._log.window_ns is None

@@ -32,6 +32,8 @@ def test_defaults_bind_loopback():
     ({"retrieval_candidates": 1_000_001}, "retrieval_candidates"),
     ({"retrieval_candidates": 2.5}, "retrieval_candidates"),
     ({"score_cache_mib": -1}, r"^score_cache_mib: must be an integer in \[0, 1048576\], got -1$"),
+    ({"event_dedupe_days": 0}, r"^event_dedupe_days: must be a number in \(0, 3650\], got 0$"),
+    ({"event_dedupe_days": "week"}, "event_dedupe_days"),
 ])
 def test_bad_values_name_the_field(values, field):
     with pytest.raises(ConfigError, match=field):
@@ -74,6 +76,8 @@ def test_builder_args_arrive_as_strings():
     assert ServeConfig.from_args({"retrieval_candidates": "500"}).retrieval_candidates == 500
     assert ServeConfig().retrieval_candidates == 0  # the exact full scan unless asked
     assert ServeConfig.from_args({"score_cache_mib": "0"}).score_cache_mib == 0
+    assert ServeConfig.from_args({"event_dedupe_days": "1.5"}).event_dedupe_days == 1.5
+    assert ServeConfig.from_args({"event_dedupe_days": "null"}).event_dedupe_days is None
     with pytest.raises(ConfigError, match="port: must be an integer"):
         ServeConfig.from_args({"port": "eighty"})
 
