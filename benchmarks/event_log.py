@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from convfm.store import event_log, storage
+from convfm.store import event_log, log_bundles, storage
 from convfm.store.event_log import EventLog
 from serve.events import LiveEvents
 
@@ -62,23 +62,23 @@ def main() -> None:
         write_log(root, args.segments, args.events)
         wrote = time.perf_counter() - started
         started = time.perf_counter()
-        segments, bundles, failed = event_log.bundle_missing(root)
+        done = event_log.bundle_missing(root)
         bundling = time.perf_counter() - started
-        assert failed == 0 and len(event_log.list_segments(root)) == args.segments
+        assert done["segments"] == args.segments and done[log_bundles.WRITTEN] == args.segments // log_bundles.BUNDLE
         print(f"{args.segments:,} segments of {args.events} event(s) written in {wrote:.1f} s; "
-              f"{bundles} bundles of {event_log.BUNDLE} written in {bundling:.2f} s\n")
+              f"{done[log_bundles.WRITTEN]} bundles of {log_bundles.BUNDLE} written in {bundling:.2f} s\n")
         real_read = storage.read_text
         rows = []
         for delay in (0.0, args.delay_ms):
             storage.read_text = (lambda path, d=delay: time.sleep(d / 1000) or real_read(path)) if delay else real_read
             for bundled in (True, False):
                 if not bundled:
-                    (root / event_log.BUNDLES_DIR).rename(Path(tmp) / "aside")
+                    (root / log_bundles.BUNDLES_DIR).rename(Path(tmp) / "aside")
                 opened = median_s(lambda: EventLog.open(root), args.repeats)
                 start = median_s(lambda: LiveEvents(root).catch_up(), args.repeats)
                 assert len(EventLog.open(root)) == args.segments * args.events
                 if not bundled:
-                    (Path(tmp) / "aside").rename(root / event_log.BUNDLES_DIR)
+                    (Path(tmp) / "aside").rename(root / log_bundles.BUNDLES_DIR)
                 rows.append((delay, bundled, opened, start))
         storage.read_text = real_read
     print("| reads | files | open (Api) s | replica start s |")

@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
 def bundle(live_store: str) -> int:
     from convfm.store import event_log
+    from convfm.store.log_bundles import FAILED, LARGE, WRITTEN
     from convfm.store.live_catalog import CatalogStore
     from convfm.store.storage import local_or_uri
 
@@ -172,9 +173,10 @@ def bundle(live_store: str) -> int:
         print(f"{store.root}: {store.latest()} deltas; wrote {len(written)} bundle(s)"
               + (f"; {len(failed)} could not be written (logged)" if failed else ""))
     for where in logs:
-        segments, wrote, failed = event_log.bundle_missing(where)
-        failures += failed
-        if segments:
-            print(f"{where}: {segments} segments; wrote {wrote} bundle(s)"
-                  + (f"; {failed} could not be written (logged)" if failed else ""))
+        done = event_log.bundle_missing(where)
+        failures += done[FAILED]
+        if done["segments"]:
+            print(f"{where}: {done['segments']} segments; wrote {done[WRITTEN]} bundle(s)"
+                  + (f"; {done[LARGE]} block(s) too large, left as segments" if done[LARGE] else "")
+                  + (f"; {done[FAILED]} could not be written (logged)" if done[FAILED] else ""))
     return 1 if failures else 0

@@ -12,11 +12,8 @@ restart of the writer still gets its duplicate recognised. With a dedupe window 
 its memory and its start follow the window, not the log, and a retry later than the window is stored again
 (``interactions_frame`` keeps an id's first record).
 
-Every ``BUNDLE``-th segment the writer also copies its block of ``BUNDLE`` segments (by their place in the listing)
-into one bundle file, ``bundles/<first>--<last>.json`` (their names without ``.jsonl``): a reader that wants many
-segments of a block (a replica that starts, training, ``convfm report``) fetches one file instead of a thousand.
-The segments stay the record: a bundle that cannot be read, or does not hold exactly the block's segments, is
-logged and its segments read one by one. One writer per log (the service's
+Every 1,000th segment the writer also copies its block of segments into one bundle file, which readers that want
+many of them fetch instead (``convfm.store.log_bundles``). One writer per log (the service's
 single ingress replica); readers (serving replicas, ``convfm train``) may be many. Plain Python, no Ray.
 
 A record: ``event_id``, ``type`` (one of ``convfm.config.EVENTS``), ``user_id``, ``job_id``, ``timestamp``
@@ -49,16 +46,13 @@ import pandas as pd
 from convfm.config import EVENTS
 from convfm.errors import DataValidationError, StorageError
 from convfm.jsonfile import parse_json
-from convfm.store import storage
+from convfm.store import log_bundles, storage
 from convfm.validate import lone_surrogate
 
 log = logging.getLogger(__name__)
 
 EVENTS_DIR, IMPRESSIONS_DIR = "events", "impressions"
 SEGMENT_RE = re.compile(r"^(\d{19})-[0-9a-f]{8}\.jsonl$")
-BUNDLE, BUNDLES_DIR = 1000, "bundles"  # segments per bundle; <log>/bundles/<first>--<last>.json
-BUNDLE_RE = re.compile(r"^(\d{19}-[0-9a-f]{8})--(\d{19}-[0-9a-f]{8})\.json$")
-SUFFIX = ".jsonl"
 REQUIRED = ("event_id", "type", "user_id", "job_id", "timestamp")
 IMPRESSION = "impression"
 OPTIONAL = ("impression_id", "model_version", "known_job", "received_at")
@@ -176,28 +170,9 @@ def read_log(root: str | Path, skip: Sequence[str] = (),
     """(segment name, records) of every segment not in ``skip``, oldest first (``names``: the log's segments,
     when listed already). A block with two or more of them is read from its bundle (one file), the rest segment
     by segment; many files are fetched at once (``storage.fetched``: one request each on an object store)."""
-    skipped = set(skip)
     names = list_segments(root) if names is None else names
-    wanted = [name for name in names if name not in skipped]
-    bundles = bundle_names(root) if len(wanted) > 1 else {}
-    parts: list[tuple[Optional[str], list[str]]] = []  # (bundle or None, the wanted segments it gives)
-    start = 0
-    while start < len(names):
-        block = names[start:start + BUNDLE]
-        bundle = bundles.get((_stem(block[0]), _stem(block[-1]))) if len(block) == BUNDLE else None
-        here = [name for name in block if name not in skipped] if bundle else []
-        if len(here) > 1:
-            parts.append((bundle, here))
-            start += BUNDLE
-        else:
-            parts += [(None, [names[start]])] if names[start] not in skipped else []
-            start += 1
-    for part in storage.fetched(lambda part: _read_part(root, *part), parts):
+    for part in storage.fetched(lambda part: _read_part(root, *part), log_bundles.plan(root, names, set(skip))):
         yield from part
-
-
-def _stem(segment: str) -> str:
-    return segment[:-len(SUFFIX)]
 
 
 def written_ns(segment: str) -> int:
@@ -205,58 +180,23 @@ def written_ns(segment: str) -> int:
     return int(segment[:19])
 
 
-def bundle_names(root: str | Path) -> dict[tuple[str, str], str]:
-    """(first segment, last segment) without ``.jsonl`` -> bundle file name, for the bundles of the log at
-    ``root``."""
-    found = map(BUNDLE_RE.match, storage.list_files(storage.join(root, BUNDLES_DIR)))
-    return {(m[1], m[2]): m[0] for m in found if m}
-
-
 def _read_part(root: str | Path, bundle: Optional[str], names: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
     """The wanted segments ``names`` of one part: a lone segment, or a bundle's (read one by one, with a
-    warning, when the bundle is unreadable or not what its name says)."""
-    if bundle is None:
-        return [(names[0], read_segment(root, names[0]))]
-    where = storage.join(root, BUNDLES_DIR, bundle)
-    try:
-        doc = parse_json(storage.read_text(where), where, "event log bundle", DataValidationError)
-        texts = dict(doc["segments"])
-        first, last = BUNDLE_RE.match(bundle).groups()
-        if (len(texts) != BUNDLE or min(texts) != first + SUFFIX or max(texts) != last + SUFFIX
-                or any(name not in texts for name in names)):
-            raise DataValidationError(f"{where}: does not hold the {BUNDLE} segments {first} .. {last}")
-        return [(name, parse_segment(texts[name], f"{where}, segment {name}")) for name in names]
-    except (DataValidationError, StorageError, OSError, KeyError, TypeError, ValueError) as exc:
-        log.warning("event log bundle %s unreadable (%s); reading its segments one by one", where, exc)
-        return [(name, read_segment(root, name)) for name in names]
+    warning, when the bundle is unreadable or not the block its name says)."""
+    if bundle is not None:
+        where = storage.join(root, log_bundles.BUNDLES_DIR, bundle)
+        try:
+            texts = log_bundles.bundle_texts(root, bundle)
+            return [(name, parse_segment(texts[name], f"{where}, segment {name}")) for name in names]
+        except (DataValidationError, StorageError, OSError, KeyError) as exc:
+            log.warning("event log bundle %s unreadable (%s); reading its segments one by one", where, exc)
+    return [(name, read_segment(root, name)) for name in names]
 
 
-def write_bundle(root: str | Path, names: Sequence[str]) -> bool:
-    """Copy the block of segments ``names`` (``BUNDLE`` of them, in order) into one bundle, best effort (the
-    segments stay the record); False when it could not be written."""
-    texts = storage.fetched(lambda name: storage.read_text(storage.join(root, name)), names)
-    where = storage.join(root, BUNDLES_DIR, f"{_stem(names[0])}--{_stem(names[-1])}.json")
-    try:
-        doc = {"format_version": 1, "segments": [[name, text] for name, text in zip(names, texts)]}
-        storage.write_new_text(where, json.dumps(doc, ensure_ascii=False) + "\n")
-    except FileExistsError:
-        pass
-    except (StorageError, OSError) as exc:
-        log.warning("event log: bundling %s .. %s failed (%s); readers read them one by one", names[0], names[-1],
-                    exc)
-        return False
-    return True
-
-
-def bundle_missing(root: str | Path) -> tuple[int, int, int]:
-    """Write the bundles the log's whole blocks lack (a log written before bundles existed, or a bundle whose
-    write failed) -> (segments, bundles written, bundles that could not be)."""
+def bundle_missing(root: str | Path) -> dict[str, int]:
+    """``log_bundles.bundle_missing`` over the log at ``root``, with its segment count under ``"segments"``."""
     names = list_segments(root)
-    have = bundle_names(root)
-    blocks = [names[start:start + BUNDLE] for start in range(0, len(names) - BUNDLE + 1, BUNDLE)]
-    missing = [block for block in blocks if (_stem(block[0]), _stem(block[-1])) not in have]
-    written = sum(write_bundle(root, block) for block in missing)
-    return len(names), written, len(missing) - written
+    return {"segments": len(names), **log_bundles.bundle_missing(root, names)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,8 +221,11 @@ class EventLog:
         self.root = root
         self.dedupe = dedupe
         self.window_ns = None if window_s is None else int(window_s * 1e9)
+        if self.window_ns is not None and self.window_ns < 1:
+            raise ValueError(f"the dedupe window must be at least a nanosecond, got {window_s!r} s")
         self._ids: dict[str, int] = {}  # event id -> when the segment that holds it was written (ns)
-        self._held: collections.deque[tuple[int, list[str]]] = collections.deque()  # with a window: per segment
+        # with a window: the held ids, oldest first (each once: a held id is never stored again)
+        self._order: collections.deque[str] = collections.deque()
         self._segments = 0
         self._last_ns = 0
         self._block: Optional[list[str]] = None  # the segments after the last whole block (None: not listed yet)
@@ -295,7 +238,10 @@ class EventLog:
         writer, names = cls(root, window_s=window_s), list_segments(root)
         since = writer._since(time.time_ns())
         for name, records in read_log(root, skip=[n for n in names if written_ns(n) < since], names=names):
-            writer._hold(written_ns(name), [r["event_id"] for r in records if is_event(r)])
+            written = written_ns(name)
+            writer._ids.update((r["event_id"], written) for r in records if is_event(r))
+        if writer.window_ns is not None:  # by the last segment holding each (a log can hold an id twice)
+            writer._order.extend(sorted(writer._ids, key=writer._ids.__getitem__))
         writer._found(names)
         return writer
 
@@ -303,25 +249,16 @@ class EventLog:
         """The oldest segment time whose ids are held (0: all)."""
         return 0 if self.window_ns is None else now_ns - self.window_ns
 
-    def _hold(self, written: int, ids: list[str]) -> None:
-        for event_id in ids:
-            self._ids[event_id] = written
-        if self.window_ns is not None:
-            self._held.append((written, ids))
-
     def _forget_old(self, now_ns: int) -> None:
-        """Drop the ids of the segments written before the window (an id stored again since is kept)."""
+        """Drop the ids whose segments were written before the window."""
         since = self._since(now_ns)
-        while self._held and self._held[0][0] < since:
-            written, ids = self._held.popleft()
-            for event_id in ids:
-                if self._ids.get(event_id) == written:
-                    del self._ids[event_id]
+        while self._order and self._ids[self._order[0]] < since:
+            del self._ids[self._order.popleft()]
 
     def _found(self, names: list[str]) -> None:
         """Take the log's segments ``names`` as this writer's start: its position and the open block."""
         self._segments = len(names)
-        self._block = names[len(names) - len(names) % BUNDLE:]
+        self._block = names[len(names) - len(names) % log_bundles.BUNDLE:]
         if names:
             self._last_ns = max(self._last_ns, int(SEGMENT_RE.match(names[-1]).group(1)))
 
@@ -361,13 +298,15 @@ class EventLog:
             text = "".join(line + "\n" for line in lines)
             storage.write_text(storage.join(self.root, name), text, durable=True)
             if self.dedupe:
-                self._hold(self._last_ns, list(ids))
+                self._ids.update((event_id, self._last_ns) for event_id in ids)
+                self._order.extend(ids if self.window_ns is not None else ())
             self._segments += 1
             self._block.append(name)
-            block, self._block = (self._block, []) if len(self._block) == BUNDLE else (None, self._block)
+            full = len(self._block) == log_bundles.BUNDLE
+            block, self._block = (self._block, []) if full else (None, self._block)
             appended = Appended(name, fresh, duplicates, self._segments)
         if block is not None:
-            write_bundle(self.root, block)
+            log_bundles.write_bundle(self.root, block)
         return appended
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from convfm.errors import DataValidationError, StorageError
-from convfm.store import event_log, storage
+from convfm.store import event_log, log_bundles, storage
 from convfm.store.event_log import EventLog, event_time, interactions_frame, list_segments, read_log
 
 
@@ -145,7 +145,7 @@ def test_the_writer_keeps_the_ids_of_events_alone_and_the_impression_log_keeps_n
 
 def _bundled_log(root, monkeypatch, segments: int) -> list[str]:
     """A log of ``segments`` segments of two events each, bundled every 5."""
-    monkeypatch.setattr(event_log, "BUNDLE", 5)
+    monkeypatch.setattr(log_bundles, "BUNDLE", 5)
     log = EventLog.open(root)
     for i in range(segments):
         log.append([record(f"e{i}a", user=f"u{i}"), record(f"e{i}b", job=f"j{i}")])
@@ -170,10 +170,17 @@ def test_a_reader_takes_each_whole_block_of_segments_from_its_bundle(tmp_path, m
     assert list(read_log(tmp_path, skip=names[:4] + names[6:])) == [one_by_one[4], one_by_one[5]]
     assert reads == [names[4], names[5]]  # one wanted segment per block: no bundle
     first = sorted(bundles.iterdir())[0]
-    for broken in ("{broken", json.dumps({"format_version": 1, "segments": [[names[0], "{}"]]})):
-        first.write_text(broken)
+    kept = json.loads(first.read_text())["segments"]
+    for broken in ([[names[0], "{}"]], [[n, None] for n, _ in kept], [[n, 3] for n, _ in kept],
+                   [[n, [t]] for n, t in kept], kept[:2] + kept[1:4], kept[:2] + kept[1:2] + kept[3:],
+                   kept[1:] + kept[:1], [kept] * 5, "{broken"):
+        first.write_text(broken if isinstance(broken, str) else json.dumps({"format_version": 1, "segments": broken}))
+        caplog.clear()
         assert list(read_log(tmp_path)) == one_by_one  # from the segments, with a warning
-    assert f"event log bundle {first} unreadable" in caplog.text
+        assert f"event log bundle {first} unreadable" in caplog.text
+        assert ("not valid JSON" if broken == "{broken" else "does not hold the 5 segments") in caplog.text
+    assert event_log.bundle_missing(tmp_path) == {"segments": 12, "written": 1, "large": 0, "failed": 0}
+    assert json.loads(first.read_text())["segments"] == kept  # a bundle that is not its block is written again
 
 
 def test_a_reopened_writer_and_the_impression_writer_bundle_the_same_blocks(tmp_path, monkeypatch):
@@ -204,7 +211,7 @@ def test_the_bundles_a_log_lacks_are_written_by_the_command(tmp_path, monkeypatc
 
     live = tmp_path / "live"
     events = live / "events"
-    monkeypatch.setattr(event_log, "BUNDLE", 5)
+    monkeypatch.setattr(log_bundles, "BUNDLE", 5)
     for i in range(11):  # as a writer before bundles wrote them
         storage.write_text(events / f"{1_000 + i:019d}-0000000{i % 10}.jsonl", json.dumps(record(f"e{i}")) + "\n")
     assert main(["catalog", "bundle", str(live)]) == 0
@@ -262,3 +269,24 @@ def test_an_id_stored_twice_stays_held_until_its_last_segment_ages_out(tmp_path,
 
 def time_ns_at(day: str) -> int:
     return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc).timestamp()) * 10**9
+
+
+def test_a_bundle_that_cannot_be_written_never_fails_the_append(tmp_path, monkeypatch, caplog):
+    """The 1,000th append writes the bundle best effort: a segment of the block that cannot be read (not UTF-8)
+    or a failed write leave the segments as the record and the append acknowledged; a block of more text than
+    ``MAX_BYTES`` is left as segments."""
+    monkeypatch.setattr(log_bundles, "BUNDLE", 3)
+    log = EventLog.open(tmp_path)
+    log.append([record("a")])
+    (tmp_path / list_segments(tmp_path)[0]).write_bytes(b"\xff\xfe not text\n")
+    log.append([record("b")])
+    assert log.append([record("c")]).segment is not None and log.position == 3
+    assert not (tmp_path / "bundles").exists() and "bundling" in caplog.text
+    monkeypatch.setattr(log_bundles, "MAX_BYTES", 200)
+    for i in range(3):
+        log.append([record(f"d{i}")])  # ~170 bytes each: over 200 together
+    assert not (tmp_path / "bundles").exists() and log.position == 6
+    assert event_log.bundle_missing(tmp_path) == {"segments": 6, "written": 0, "large": 1, "failed": 1}
+    monkeypatch.setattr(log_bundles, "MAX_BYTES", 10_000)
+    (tmp_path / list_segments(tmp_path)[0]).write_text(json.dumps(record("a")) + "\n")
+    assert event_log.bundle_missing(tmp_path) == {"segments": 6, "written": 2, "large": 0, "failed": 0}
