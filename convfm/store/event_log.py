@@ -9,8 +9,8 @@ the names in order, then each segment's lines.
 An event id is stored once: ``EventLog.open`` rebuilds the set of ids from the log, so a client retrying after a
 restart of the writer still gets its duplicate recognised. With a dedupe window (the service's
 ``event_dedupe_days``) the writer holds, and reads back on open, only the ids of the segments written within it:
-its memory and its start follow the window, not the log, and a retry later than the window is stored again
-(``interactions_frame`` keeps an id's first record).
+its memory and what it reads at start follow the window, not the log, and a retry later than the window is stored
+again (``interactions_frame`` keeps an id's first record).
 
 Every 1,000th segment the writer also copies its block of segments into one bundle file, which readers that want
 many of them fetch instead (``convfm.store.log_bundles``). One writer per log (the service's
@@ -216,13 +216,12 @@ class EventLog:
     With ``window_s`` it holds the ids of the segments written in the last ``window_s`` seconds alone."""
 
     def __init__(self, root: str | Path, dedupe: bool = True, window_s: Optional[float] = None) -> None:
-        if window_s is not None and not window_s > 0:
-            raise ValueError(f"the dedupe window must be positive seconds or None, got {window_s!r}")
+        if window_s is not None and not (math.isfinite(window_s) and window_s * 1e9 >= 1):
+            raise ValueError(f"the dedupe window must be positive seconds (a nanosecond or more) or None, got "
+                             f"{window_s!r}")
         self.root = root
         self.dedupe = dedupe
         self.window_ns = None if window_s is None else int(window_s * 1e9)
-        if self.window_ns is not None and self.window_ns < 1:
-            raise ValueError(f"the dedupe window must be at least a nanosecond, got {window_s!r} s")
         self._ids: dict[str, int] = {}  # event id -> when the segment that holds it was written (ns)
         # with a window: the held ids, oldest first (each once: a held id is never stored again)
         self._order: collections.deque[str] = collections.deque()
@@ -260,7 +259,7 @@ class EventLog:
         self._segments = len(names)
         self._block = names[len(names) - len(names) % log_bundles.BUNDLE:]
         if names:
-            self._last_ns = max(self._last_ns, int(SEGMENT_RE.match(names[-1]).group(1)))
+            self._last_ns = max(self._last_ns, written_ns(names[-1]))
 
     @property
     def position(self) -> int:
@@ -299,7 +298,8 @@ class EventLog:
             storage.write_text(storage.join(self.root, name), text, durable=True)
             if self.dedupe:
                 self._ids.update((event_id, self._last_ns) for event_id in ids)
-                self._order.extend(ids if self.window_ns is not None else ())
+                if self.window_ns is not None:
+                    self._order.extend(ids)
             self._segments += 1
             self._block.append(name)
             full = len(self._block) == log_bundles.BUNDLE

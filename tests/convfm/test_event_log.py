@@ -250,8 +250,9 @@ def test_with_a_dedupe_window_the_writer_holds_and_reads_back_only_its_ids(tmp_p
     assert [r["event_id"] for r in later.records] == ["recent"] and later.duplicates == ["new"]
     assert sorted(log._ids) == ["new", "old", "recent"]  # the first "old" and "recent" segments are forgotten
     assert interactions_frame(tmp_path)["event"].tolist() == ["click"] * 4  # old, older-retried, recent, new
-    with pytest.raises(ValueError, match="dedupe window must be positive"):
-        EventLog(tmp_path, window_s=0)
+    for bad in (0, -1.0, 1e-12, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="dedupe window must be positive seconds"):
+            EventLog(tmp_path, window_s=bad)
 
 
 def test_an_id_stored_twice_stays_held_until_its_last_segment_ages_out(tmp_path, monkeypatch):
