@@ -207,7 +207,7 @@ class LiveEvents:
             return 0
         with self._reading:
             count = 0
-            for name, records in event_log.read_log(self.root, skip=list(self._applied)):
+            for name, records in event_log.read_log(self.root, skip=self._applied):
                 count += self.add(name, records)
             if count:
                 log.info("applied %d event log segment(s) from %s", count, self.root)
