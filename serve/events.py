@@ -35,6 +35,7 @@ from serve.replies import ServiceError
 
 log = logging.getLogger(__name__)
 IMPRESSION_FLUSH_S, IMPRESSION_BATCH = 2.0, 500  # impression records wait at most this long, or this many
+CLOSE_SETTLE_S = 2.0  # a stopping Api waits this long for each log's bundle writes in flight
 DEDUPE_DAYS = 7.0  # ``ServeConfig.event_dedupe_days``: how long a stored event id is recognised in a retry
 
 
@@ -106,10 +107,14 @@ class EventWriter:
         await self.flush()
 
     async def close(self) -> None:
-        """Write what is buffered (the service is stopping) and stop the timer."""
+        """Write what is buffered (the service is stopping), stop the timer, and give bundle writes in flight a
+        moment to finish (``EventLog.settle``)."""
         if self._timer is not None and not self._timer.done() and self._timer is not asyncio.current_task():
             self._timer.cancel()
         await self.flush()
+        for writer in (self._log, self._shown):
+            if writer is not None:
+                await asyncio.to_thread(writer.settle, CLOSE_SETTLE_S)
 
     def due(self, every_s: float = IMPRESSION_FLUSH_S, most: int = IMPRESSION_BATCH) -> bool:
         """Whether buffered impressions should be written now (the oldest waited ``every_s``, or ``most``)."""

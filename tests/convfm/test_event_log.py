@@ -149,6 +149,7 @@ def _bundled_log(root, monkeypatch, segments: int) -> list[str]:
     log = EventLog.open(root)
     for i in range(segments):
         log.append([record(f"e{i}a", user=f"u{i}"), record(f"e{i}b", job=f"j{i}")])
+    log.settle()  # the bundles are written in the background
     return list_segments(root)
 
 
@@ -191,6 +192,7 @@ def test_a_reopened_writer_and_the_impression_writer_bundle_the_same_blocks(tmp_
     log.append([record("x")])
     assert not (tmp_path / "a" / "bundles").exists()
     log.append([record("y")])
+    log.settle()
     last = list_segments(tmp_path / "a")[-1]
     assert [p.name for p in (tmp_path / "a" / "bundles").iterdir()] == [f"{names[0][:-6]}--{last[:-6]}.json"]
     shown = {"type": event_log.IMPRESSION, "user_id": None, "job_ids": ["j1"], "timestamp": "2026-12-01T00:00:00Z"}
@@ -199,6 +201,7 @@ def test_a_reopened_writer_and_the_impression_writer_bundle_the_same_blocks(tmp_
     impressions = EventLog(tmp_path / "imp", dedupe=False)
     for i in range(7):
         impressions.append([{**shown, "event_id": f"j{i}"}])
+    impressions.settle()
     assert impressions.position == 10 and len(list((tmp_path / "imp" / "bundles").iterdir())) == 2
     ids = [r["event_id"] for _, rs in read_log(tmp_path / "imp") for r in rs]
     assert ids == [f"i{i}" for i in range(3)] + [f"j{i}" for i in range(7)]
@@ -282,12 +285,30 @@ def test_a_bundle_that_cannot_be_written_never_fails_the_append(tmp_path, monkey
     (tmp_path / list_segments(tmp_path)[0]).write_bytes(b"\xff\xfe not text\n")
     log.append([record("b")])
     assert log.append([record("c")]).segment is not None and log.position == 3
+    log.settle()
     assert not (tmp_path / "bundles").exists() and "bundling" in caplog.text
     monkeypatch.setattr(log_bundles, "MAX_BYTES", 200)
     for i in range(3):
         log.append([record(f"d{i}")])  # ~170 bytes each: over 200 together
+    log.settle()
     assert not (tmp_path / "bundles").exists() and log.position == 6
     assert event_log.bundle_missing(tmp_path) == {"segments": 6, "written": 0, "large": 1, "failed": 1}
     monkeypatch.setattr(log_bundles, "MAX_BYTES", 10_000)
     (tmp_path / list_segments(tmp_path)[0]).write_text(json.dumps(record("a")) + "\n")
     assert event_log.bundle_missing(tmp_path) == {"segments": 6, "written": 2, "large": 0, "failed": 0}
+
+
+def test_the_append_does_not_wait_for_its_bundle(tmp_path, monkeypatch):
+    """The 1,000th append returns while its bundle is still being written (in a thread of its own)."""
+    import threading
+
+    monkeypatch.setattr(log_bundles, "BUNDLE", 2)
+    release, real = threading.Event(), log_bundles.write_bundle
+    monkeypatch.setattr(log_bundles, "write_bundle", lambda *args: release.wait(30) and real(*args))
+    log = EventLog.open(tmp_path)
+    log.append([record("a")])
+    assert log.append([record("b")]).position == 2 and log.append([record("c")]).position == 3
+    assert not (tmp_path / "bundles").exists()  # still waiting
+    release.set()
+    log.settle()
+    assert len(list((tmp_path / "bundles").iterdir())) == 1
