@@ -318,46 +318,53 @@ class CatalogStore:
                 and after < int(m[1]) and int(m[2]) <= upto}
 
     def _read_part(self, part: tuple[int, bool]) -> list[Delta]:
-        """One delta, or a bundle's (one unreadable is logged and its deltas read one by one: they stay the
-        record)."""
+        """One delta, or a bundle's (one unreadable: its deltas one by one, they stay the record)."""
         first, bundle = part
-        if not bundle:
-            return [self._read_one(first)]
+        found = self._bundle_deltas(first, "reading its deltas one by one") if bundle else None
+        return found or [self._read_one(version) for version in range(first, first + (BUNDLE if bundle else 1))]
+
+    def _bundle_deltas(self, first: int, then: str) -> Optional[list[Delta]]:
+        """The deltas of the bundle from ``first``; None (logged, with what happens ``then``) when it cannot be
+        read or does not hold versions ``first .. first + BUNDLE - 1`` in order."""
         path = self._bundle_path(first)
         try:
-            doc = parse_json(storage.read_text(path), path, "live catalog bundle", ArtifactError)
-            deltas = [Delta.from_text(text, path) for text in doc["deltas"]]
+            deltas = [Delta.from_text(text, path) for text in
+                      parse_json(storage.read_text(path), path, "live catalog bundle", ArtifactError)["deltas"]]
             if [d.version for d in deltas] != list(range(first, first + BUNDLE)):
                 raise ArtifactError(f"{path}: does not hold versions {first}..{first + BUNDLE - 1} in order")
             return deltas
         except (ArtifactError, OSError, KeyError, TypeError) as exc:
-            log.warning("live catalog bundle %s unreadable (%s); reading its deltas one by one", path, exc)
-            return [self._read_one(version) for version in range(first, first + BUNDLE)]
+            log.warning("live catalog bundle %s unreadable (%s); %s", path, exc, then)
+            return None
 
-    def _write_bundle(self, first: int) -> bool:
-        """Bundle deltas ``first .. first + BUNDLE - 1`` into one file, best effort (the deltas stay the record);
-        False when it could not be written."""
+    def _write_bundle(self, first: int, replace: bool = False) -> bool:
+        """Bundle deltas ``first .. first + BUNDLE - 1`` into one file (``replace``: over one there), best effort
+        (the deltas stay the record); False when it could not be written."""
         texts = storage.fetched(lambda v: storage.read_text(storage.join(self.root, delta_name(v))),
                                 range(first, first + BUNDLE))
         try:
             doc = {"format_version": 1, "first": first, "last": first + BUNDLE - 1, "deltas": list(texts)}
-            storage.write_new_text(self._bundle_path(first), json.dumps(doc) + "\n")
+            write = storage.write_text if replace else storage.write_new_text
+            write(self._bundle_path(first), json.dumps(doc) + "\n")
         except FileExistsError:
             pass
-        except (StorageError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - best effort: a delta that cannot be read, a failed write
             log.warning("live catalog: bundling versions %d..%d failed (%s); readers read them one by one",
                         first, first + BUNDLE - 1, exc)
             return False
         return True
 
     def bundle_missing(self) -> tuple[list[int], list[int]]:
-        """Write the bundles the store's whole blocks lack (a store written before bundles existed): the first
-        versions of the blocks bundled and of those that could not be."""
+        """Write the bundles the store's whole blocks lack (a store written before bundles existed), and again
+        those that cannot be read: the first versions of the blocks bundled and of those that could not be."""
         latest = self.latest()
         have = self._bundled(0, latest)
-        missing = [first for first in range(1, latest - BUNDLE + 2, BUNDLE) if first not in have]
-        done = [first for first in missing if self._write_bundle(first)]
-        return done, [first for first in missing if first not in done]
+        done: list[int] = []
+        failed: list[int] = []
+        for first in range(1, latest - BUNDLE + 2, BUNDLE):
+            if first not in have or self._bundle_deltas(first, "writing it again") is None:
+                (done if self._write_bundle(first, replace=first in have) else failed).append(first)
+        return done, failed
 
     def _read_one(self, version: int) -> Delta:
         path = storage.join(self.root, delta_name(version))

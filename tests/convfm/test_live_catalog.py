@@ -178,8 +178,26 @@ def test_the_bundles_a_store_lacks_are_written_by_the_command(tmp_path, monkeypa
     assert sorted(p.name for p in bundles.iterdir()) == ["000001-000005.json", "000006-000010.json"]
     assert (bundles / "000001-000005.json").read_text() == (tmp_path / "kept.json").read_text()
     assert [d.version for d in store.read()] == list(range(1, 13))
+    (bundles / "000001-000005.json").write_text('{"deltas": [null]}')  # cut short, or written by hand
+    assert main(["catalog", "bundle", str(tmp_path / "live")]) == 0
+    assert "12 deltas; wrote 1 bundle(s)" in capsys.readouterr().out
+    assert (bundles / "000001-000005.json").read_text() == (tmp_path / "kept.json").read_text()
     assert main(["catalog", "bundle", str(tmp_path / "nowhere")]) == 2
     assert "nowhere: no live catalog delta and no event log segment there" in capsys.readouterr().err
+
+
+def test_a_bundle_that_cannot_be_written_never_fails_the_change(tmp_path, monkeypatch, caplog):
+    """The 1,000th change writes its bundle best effort: a delta of the block that cannot be read leaves the
+    change written and acknowledged, and no bundle."""
+    from convfm.store import live_catalog
+
+    monkeypatch.setattr(live_catalog, "BUNDLE", 3)
+    store = CatalogStore(tmp_path / "live")
+    store.append([job("j0")], now=0)
+    (tmp_path / "live" / "catalog" / delta_name(1)).write_bytes(b"\xff\xfe")
+    store.append([job("j1")], now=1)
+    assert store.append([job("j2")], now=2).version == 3 and store.latest() == 3
+    assert not (tmp_path / "live" / "catalog" / "bundles").exists() and "bundling versions 1..3 failed" in caplog.text
 
 
 def test_on_s3_a_put_overwritten_before_the_read_back_is_a_conflict(s3_bucket, monkeypatch):
