@@ -67,20 +67,22 @@ def main() -> None:
         assert done["segments"] == args.segments and done[log_bundles.WRITTEN] == args.segments // log_bundles.BUNDLE
         print(f"{args.segments:,} segments of {args.events} event(s) written in {wrote:.1f} s; "
               f"{done[log_bundles.WRITTEN]} bundles of {log_bundles.BUNDLE} written in {bundling:.2f} s\n")
-        real_read = storage.read_text
-        rows = []
-        for delay in (0.0, args.delay_ms):
-            storage.read_text = (lambda path, d=delay: time.sleep(d / 1000) or real_read(path)) if delay else real_read
-            for bundled in (True, False):
-                if not bundled:
-                    (root / log_bundles.BUNDLES_DIR).rename(Path(tmp) / "aside")
-                opened = median_s(lambda: EventLog.open(root), args.repeats)
-                start = median_s(lambda: LiveEvents(root).catch_up(), args.repeats)
-                assert len(EventLog.open(root)) == args.segments * args.events
-                if not bundled:
-                    (Path(tmp) / "aside").rename(root / log_bundles.BUNDLES_DIR)
-                rows.append((delay, bundled, opened, start))
-        storage.read_text = real_read
+        real_read, rows = storage.read_text, []
+        try:
+            for delay in (0.0, args.delay_ms):
+                slowed = lambda path, d=delay: time.sleep(d / 1000) or real_read(path)  # noqa: E731
+                storage.read_text = slowed if delay else real_read
+                for bundled in (True, False):
+                    if not bundled:
+                        (root / log_bundles.BUNDLES_DIR).rename(Path(tmp) / "aside")
+                    opened = median_s(lambda: EventLog.open(root), args.repeats)
+                    start = median_s(lambda: LiveEvents(root).catch_up(), args.repeats)
+                    assert len(EventLog.open(root)) == args.segments * args.events
+                    if not bundled:
+                        (Path(tmp) / "aside").rename(root / log_bundles.BUNDLES_DIR)
+                    rows.append((delay, bundled, opened, start))
+        finally:
+            storage.read_text = real_read  # the slowed reads never outlive the measurement
     print("| reads | files | open (Api) s | replica start s |")
     print("|---|---|---:|---:|")
     for delay, bundled, opened, start in rows:
