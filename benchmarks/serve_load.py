@@ -30,11 +30,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fastapi import Request  # at module level: the no-op's annotation is resolved here (postponed annotations)
 from serve_inprocess import catalog_timing, explain_timing, open_timing, print_explain_timing  # beside this script
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
 NOOP, PLAIN = "Ray Serve no-op endpoint", "plain FastAPI/uvicorn + scorer"
+NOOP_BODY = "Ray Serve no-op endpoint that reads its body"
 CONVFM, CONVFM_TWO = "Ray Serve convfm, 1 replica (one deployment)", "Ray Serve convfm, ingress -> 2 Ranker replicas"
 RETURNING = "Ray Serve convfm, 1 replica, returning users (scans kept)"
 
@@ -74,7 +76,10 @@ async def load(url: str, bodies: list[dict], requests: int, concurrency: int,
     percentiles (ms), errors."""
     import httpx
 
+    from serve.timing import parse
+
     latencies: list[float] = []
+    spans: list[dict[str, float]] = []  # each answer's Server-Timing (ms) and what the client waited beyond it
     errors, issued = 0, 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
@@ -91,6 +96,9 @@ async def load(url: str, bodies: list[dict], requests: int, concurrency: int,
                     ok = False
                 latencies.append(time.perf_counter() - start)
                 errors += not ok
+                if ok and "server-timing" in response.headers:
+                    timed = parse(response.headers["server-timing"])
+                    spans.append({**timed, "outside": latencies[-1] * 1000 - timed["total"]})
 
         for _ in range(min(50, requests) if warmup else 0):  # warm-up, not counted
             await client.post("/recommend", json=warm_body or bodies[0])
@@ -99,8 +107,10 @@ async def load(url: str, bodies: list[dict], requests: int, concurrency: int,
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     q = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
+    medians = {f"{name}_p50": float(np.median([s.get(name, 0.0) for s in spans]))
+               for name in ("read", "score", "total", "outside")} if spans else {}
     return {"requests": len(latencies), "req_s": len(latencies) / elapsed, "p50": q[0], "p95": q[1], "p99": q[2],
-            "errors": errors}
+            "errors": errors, **medians}
 
 
 def batching(url: str) -> dict[str, float]:
@@ -156,6 +166,11 @@ def serve_targets(model: str, port: int, cpus: int):
 
     @noop.post("/recommend")
     async def recommend() -> dict:
+        return {"items": []}
+
+    @noop.post("/body/recommend")
+    async def recommend_reading_body(request: Request) -> dict:
+        await request.body()  # as any endpoint of a JSON body must: behind Serve's proxy, a call back to it
         return {"items": []}
 
     @noop.get("/healthz")
@@ -254,6 +269,8 @@ def main() -> int:
             bodies = level_bodies[concurrency]
             results[NOOP, concurrency] = asyncio.run(load(f"{base}/noop", bodies, requests, concurrency,
                                                           warm_body=warm))
+            results[NOOP_BODY, concurrency] = asyncio.run(load(f"{base}/noop/body", bodies, requests, concurrency,
+                                                               warm_body=warm))
             before = batching(base)
             results[CONVFM, concurrency] = asyncio.run(load(base, bodies, requests, concurrency, warm_body=warm))
             batches[concurrency] = counters_since(before, batching(base))
@@ -276,6 +293,15 @@ def main() -> int:
     for (name, concurrency), r in results.items():
         print(f"| {name} | {concurrency} | {r['requests']} | {r['req_s']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} "
               f"| {r['p99']:.1f} | {r['errors']} |")
+    print("\nWhere an answer's time went (medians over the answers of each row; `total`, `read` and `score` are "
+          "the serving process's Server-Timing, `outside` what the client waited beyond `total`: Serve's proxy and "
+          "the way there and back):\n")
+    print("| target | concurrency | p50 ms | total | read the body | score | outside |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for (name, concurrency), r in results.items():
+        if "total_p50" in r:
+            print(f"| {name} | {concurrency} | {r['p50']:.1f} | {r['total_p50']:.1f} | {r['read_p50']:.1f} | "
+                  f"{r['score_p50']:.1f} | {r['outside_p50']:.1f} |")
     for concurrency, b in batches.items():
         print(f"\nconvfm, 1 replica, concurrency {concurrency}: {b['requests']:.0f} requests (warm-up included) in "
               f"{b['batches']:.0f} batches, {b['requests'] / max(1, b['batches']):.1f} per batch (largest so far "
@@ -325,6 +351,10 @@ def print_targets(results: dict[tuple[str, int], dict[str, float]], concurrency:
     print(f"- errors: {errors} (0): {verdict(errors == 0)}")
     back = results[RETURNING, 1]["p50"] - results[NOOP, 1]["p50"]
     back_ratio = results[RETURNING, concurrency]["req_s"] / results[NOOP, concurrency]["req_s"]
+    body = results[CONVFM, 1]["p50"] - results[NOOP_BODY, 1]["p50"]
+    body_ratio = results[CONVFM, concurrency]["req_s"] / results[NOOP_BODY, concurrency]["req_s"]
+    print(f"- (beside the targets) against the no-op endpoint that reads its body: p50 {body:+.1f} ms, "
+          f"{body_ratio:.2f}x its req/s at concurrency {concurrency}")
     print(f"- (beside the targets) returning users, their scans kept: p50 {back:+.1f} ms over the no-op's, "
           f"{back_ratio:.2f}x its req/s at concurrency {concurrency}")
     print(f"- exact top-10 over {catalog['jobs']:,} jobs: {fast_ms:.1f} ms with {catalog['threads']} thread(s) "

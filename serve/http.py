@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import logging
 import pathlib
+import time
 from typing import Annotated, Any, Optional, Protocol, Sequence
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, Security
@@ -39,6 +40,8 @@ from serve.json_body import DuplicateKey, StrictJsonRoute
 from serve.live_catalog import answer, catch_up, job_detail, write_jobs
 from serve.model_slot import ModelSlot
 from serve.replies import ServiceError
+from serve import timing
+from serve.timing import ServerTiming
 
 log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"
@@ -167,7 +170,8 @@ def build_http_app(
                   description="ConvFM job recommendations: top-k for a user or profile, scores, model admin.")
     app.router.route_class = StrictJsonRoute  # a key given twice in a body is a 422, not "the last one wins"
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)  # outermost
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
+    app.add_middleware(ServerTiming)  # outermost: times everything, parses nothing
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -256,7 +260,10 @@ def build_http_app(
 
 
 def unwrap(result: dict[str, Any]) -> Any:
-    """Backend results travel as {"ok": value} or {"error": {"status", "detail"}} (picklable, no exceptions)."""
+    """Backend results travel as {"ok": value} or {"error": {"status", "detail"}} (picklable, no exceptions), a
+    scored one with its batch's scoring time ("score_s", for the answer's Server-Timing)."""
+    if "score_s" in result:
+        timing.add("score", result["score_s"])
     if "error" in result:
         raise ServiceError(result["error"]["status"], result["error"]["detail"])
     return result["ok"]
@@ -298,8 +305,9 @@ class LocalBackend:
                 catch_up(slot.current, self.catalog)
 
     async def _run(self, method: str, request: Any) -> dict[str, Any]:
+        started = time.perf_counter()
         result = (await asyncio.to_thread(answer, self.slot.require(), method, [request]))[0]
-        return unwrap(wrap(result))
+        return unwrap({**wrap(result), "score_s": time.perf_counter() - started})
 
     async def put_jobs(self, request: JobsRequest) -> dict[str, Any]:
         known = columns = None

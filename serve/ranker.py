@@ -127,8 +127,9 @@ class Ranker:
             results_of = self._score_group(method, routed or None, [items[i][1] for i in rows])
             for i, result in zip(rows, results_of):
                 results[i] = result
-        self.stats["compute_s"] += time.perf_counter() - started
-        return [wrap(r) for r in results]
+        elapsed = time.perf_counter() - started
+        self.stats["compute_s"] += elapsed
+        return [{**wrap(r), "score_s": elapsed} for r in results]
 
     def _score_group(self, method: str, routed: Optional[str], requests: list[Any]) -> list[Any]:
         try:

@@ -196,3 +196,20 @@ def test_the_schema_says_times_are_iso_text_or_epoch_seconds():
     assert schemas["Event"]["properties"]["timestamp"]["anyOf"] == either
     for field in ("posted_at", "expires_at"):  # optional: null too
         assert schemas["JobPosting"]["properties"][field]["anyOf"] == [*either, {"type": "null"}]
+
+
+def test_answers_say_where_the_time_went(slot):
+    """Server-Timing: the body's read, the batch's scoring (only on answers that scored) and the total, each
+    within the total."""
+    from serve.timing import parse
+
+    c = client(slot)
+    scored = parse(c.post("/recommend", json={"user_id": "someone", "k": 2}).headers["server-timing"])
+    assert list(scored) == ["read", "score", "total"] and 0 < scored["score"] <= scored["total"]
+    assert 0 <= scored["read"] <= scored["total"]
+    assert list(parse(c.post("/score", json={"user_id": "u", "job_ids": ["j000001"]}).headers["server-timing"])) == [
+        "read", "score", "total"]
+    invalid = c.post("/recommend", json={"user_id": "someone", "k": 0})
+    assert invalid.status_code == 422 and list(parse(invalid.headers["server-timing"])) == ["read", "total"]
+    assert list(parse(c.get("/healthz").headers["server-timing"])) == ["total"]
+    assert client(slot).get("/healthz", headers={"Host": "evil.example"}).headers["server-timing"].startswith("total;")

@@ -73,6 +73,16 @@ def test_one_replica_serves_http_and_scores_in_one_deployment(service):
     assert info["torch_threads"] == 1  # num_cpus 0.5 (and the tests' OMP_NUM_THREADS)
 
 
+def test_answers_carry_server_timing_through_serve(service):
+    """Behind Serve's proxy the answer still says how long the replica read, scored and took in all."""
+    from serve.timing import parse
+
+    response = service.client.post("/recommend", json={"user_id": busiest_user(service.data), "k": 3})
+    spans = parse(response.headers["server-timing"])
+    assert response.status_code == 200 and list(spans) == ["read", "score", "total"]
+    assert 0 < spans["score"] <= spans["total"] and 0 <= spans["read"] <= spans["total"]
+
+
 def test_recommend_for_a_known_user(service):
     user = busiest_user(service.data)
     body = recommend(service, user_id=user, k=5, explain=True)
