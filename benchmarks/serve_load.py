@@ -154,7 +154,9 @@ def plain_server(model: str, port: int) -> None:
 
 
 def serve_targets(model: str, port: int, cpus: int):
-    """Start Ray Serve with (a) a no-op app under /noop, (c) the convfm app under / and (d) under /two."""
+    """Start Ray Serve with (a) a no-op app under /noop and one that reads its body under /noop-body (as many
+    requests in flight as convfm's ingress, 32; the plain no-op keeps Serve's default of 5, as when issue 15 was
+    measured), (c) the convfm app under / and (d) under /two."""
     import ray
     from fastapi import FastAPI
     from ray import serve
@@ -162,13 +164,13 @@ def serve_targets(model: str, port: int, cpus: int):
     from serve.app import build_app
     from serve.config import ServeConfig
 
-    noop = FastAPI()
+    noop, noop_body = FastAPI(), FastAPI()
 
     @noop.post("/recommend")
     async def recommend() -> dict:
         return {"items": []}
 
-    @noop.post("/body/recommend")
+    @noop_body.post("/recommend")
     async def recommend_reading_body(request: Request) -> dict:
         await request.body()  # as any endpoint of a JSON body must: behind Serve's proxy, a call back to it
         return {"items": []}
@@ -182,9 +184,12 @@ def serve_targets(model: str, port: int, cpus: int):
     noop_app = serve.deployment(serve.ingress(noop)(), name="NoOp", ray_actor_options={"num_cpus": 0.1},
                                 logging_config={"enable_access_log": False})
     serve.run(noop_app.bind(), name="noop", route_prefix="/noop")
-    # Both apps fit the CPUs beside the no-op (a replica that does not fit never starts); Ray gives each replica
+    body_app = serve.deployment(serve.ingress(noop_body)(), name="NoOpBody", ray_actor_options={"num_cpus": 0.1},
+                                max_ongoing_requests=32, logging_config={"enable_access_log": False})
+    serve.run(body_app.bind(), name="noop-body", route_prefix="/noop-body")
+    # Both apps fit the CPUs beside the no-ops (a replica that does not fit never starts); Ray gives each replica
     # one torch thread for any fraction under 2 CPUs.
-    share = (cpus - 0.1) / 2
+    share = (cpus - 0.2) / 2
     config = ServeConfig(model=model, port=port, num_cpus=share, max_batch_size=16)
     serve.run(build_app(config), name="convfm", route_prefix="/")
     two = ServeConfig(model=model, port=port, replicas=2, num_cpus=(share - 0.1) / 2, max_batch_size=16)
@@ -269,7 +274,7 @@ def main() -> int:
             bodies = level_bodies[concurrency]
             results[NOOP, concurrency] = asyncio.run(load(f"{base}/noop", bodies, requests, concurrency,
                                                           warm_body=warm))
-            results[NOOP_BODY, concurrency] = asyncio.run(load(f"{base}/noop/body", bodies, requests, concurrency,
+            results[NOOP_BODY, concurrency] = asyncio.run(load(f"{base}/noop-body", bodies, requests, concurrency,
                                                                warm_body=warm))
             before = batching(base)
             results[CONVFM, concurrency] = asyncio.run(load(base, bodies, requests, concurrency, warm_body=warm))
