@@ -46,7 +46,7 @@ from convfm.store.live_catalog import CatalogStore
 from convfm.store import storage
 from convfm.store.registry import VERSION_RE, live_location, locate
 from serve.config import DEFAULT_MODEL, DEFAULT_MODEL_ENV, SHUTDOWN_OPTIONS, ServeConfig
-from serve.events import DEDUPE_DAYS, EventWriter
+from serve.events import CLOSE_SETTLE_S, DEDUPE_DAYS, EventWriter
 from serve.http import build_http_app, reload_outcome, unwrap
 from serve.in_process import InProcess, LocalHandle
 from serve.live_catalog import write_jobs
@@ -81,8 +81,11 @@ class Api:
             log.warning("live catalog: cannot read its version at start-up: %s", exc)
 
     async def __del__(self) -> None:
-        """Serve awaits this when it stops the replica (SIGTERM, a redeploy): buffered impressions are written."""
+        """Serve awaits this when it stops the replica (SIGTERM, a redeploy): buffered impressions are written,
+        and the logs' and the live catalog's bundle writes in flight get a moment to finish."""
         await self.events.close()
+        if self.catalog is not None:
+            await asyncio.to_thread(self.catalog.settle, CLOSE_SETTLE_S)
 
     def check_health(self) -> None:
         """Called by Serve every few seconds: with the Ranker in this process, a replica whose model gave up

@@ -280,6 +280,7 @@ class CatalogStore:
         self.writer = uuid.uuid4().hex  # recorded in each delta: who wrote it (and the read-back's proof)
         self._lock = threading.Lock()
         self._seen = 0  # the newest version this object has seen on the store
+        self._bundling: list[threading.Thread] = []  # bundle writes in flight (``settle``)
 
     def latest(self) -> int:
         """The newest catalog version on the store (0: no delta yet). The deltas are listed once; later calls
@@ -402,6 +403,15 @@ class CatalogStore:
                 raise CatalogConflict(f"{path}: another writer wrote live catalog version {delta.version} "
                                       "first; this change was not kept (run one writer: one Api replica)") from None
             self._seen = max(self._seen, delta.version)
-        if delta.version % BUNDLE == 0:
-            self._write_bundle(delta.version - BUNDLE + 1)
+        if delta.version % BUNDLE == 0:  # in a thread: the change that completes a block does not wait for it
+            thread = threading.Thread(target=self._write_bundle, args=(delta.version - BUNDLE + 1,), daemon=True,
+                                      name="convfm-catalog-bundle")
+            thread.start()
+            self._bundling = [t for t in self._bundling if t.is_alive()] + [thread]
         return delta
+
+    def settle(self, timeout_s: Optional[float] = None) -> None:
+        """Wait for the bundle writes in flight (a writer that stops, tests); one cut short is written by
+        ``convfm catalog bundle``, and its deltas read one by one meanwhile."""
+        for thread in list(self._bundling):
+            thread.join(timeout_s)

@@ -145,6 +145,7 @@ def test_a_replica_reads_each_whole_block_of_deltas_from_its_bundle(tmp_path, mo
     store = CatalogStore(tmp_path / "live")
     for i in range(12):
         store.append([job(f"j{i}")], expire=[f"j{i - 1}"] if i else [], now=i)
+    store.settle()
     bundles = tmp_path / "live" / "catalog" / "bundles"
     assert sorted(p.name for p in bundles.iterdir()) == ["000001-000005.json", "000006-000010.json"]
     real, reads = storage.read_text, []
@@ -197,7 +198,28 @@ def test_a_bundle_that_cannot_be_written_never_fails_the_change(tmp_path, monkey
     (tmp_path / "live" / "catalog" / delta_name(1)).write_bytes(b"\xff\xfe")
     store.append([job("j1")], now=1)
     assert store.append([job("j2")], now=2).version == 3 and store.latest() == 3
+    store.settle()
     assert not (tmp_path / "live" / "catalog" / "bundles").exists() and "bundling versions 1..3 failed" in caplog.text
+
+
+def test_the_change_that_completes_a_block_does_not_wait_for_its_bundle(tmp_path, monkeypatch):
+    """The bundle is written in a thread of its own: the 1,000th ``POST /jobs`` answers without reading the
+    block's deltas back (1,000 reads on an object store); ``settle`` waits for it."""
+    from convfm.store import live_catalog
+
+    monkeypatch.setattr(live_catalog, "BUNDLE", 3)
+    store = CatalogStore(tmp_path / "live")
+    for i in range(2):
+        store.append([job(f"j{i}")], now=i)
+    release, write = threading.Event(), live_catalog.CatalogStore._write_bundle
+    monkeypatch.setattr(live_catalog.CatalogStore, "_write_bundle",
+                        lambda self, first, replace=False: release.wait(5) and write(self, first, replace))
+    assert store.append([job("j2")], now=2).version == 3 and not release.is_set()
+    bundles = tmp_path / "live" / "catalog" / "bundles"
+    assert not bundles.exists()
+    release.set()
+    store.settle(30)
+    assert [p.name for p in bundles.iterdir()] == ["000001-000003.json"]
 
 
 def test_on_s3_a_put_overwritten_before_the_read_back_is_a_conflict(s3_bucket, monkeypatch):
