@@ -105,17 +105,40 @@ class Ranker:
             return current
         return self.variants.get(routed)
 
-    # A batch is scored on the event loop, not in a thread: the requests that arrive meanwhile wait, unparsed, and
-    # all join the next batch. Scored in a thread, the scan and the loop took turns at the GIL and each request
-    # crawled to the queue alone: at concurrency 16, 1.2 requests a batch and ~12 ms of scoring per request
-    # against ~4 and ~7 inline (docs/SERVING.md, "Batching").
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _recommend_batch(self, items: list[tuple[Optional[str], Any]]) -> list[dict[str, Any]]:
-        return self._run_batch("recommend_many", items)
+        return await self._batch("recommend_many", items)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _score_batch(self, items: list[tuple[Optional[str], Any]]) -> list[dict[str, Any]]:
-        return self._run_batch("score_many", items)
+        return await self._batch("score_many", items)
+
+    async def _batch(self, method: str, items: list[tuple[Optional[str], Any]]) -> list[dict[str, Any]]:
+        """Score a batch on the event loop: the requests that arrive meanwhile wait, unparsed, and all join the
+        next batch. Scored in a thread, the scan and the loop took turns at the GIL and each request crawled to the
+        queue alone (at concurrency 16, 1.2 requests a batch and ~12 ms of scoring per request against ~4 and ~7
+        here; docs/SERVING.md, "Batching"). While a live-catalog catch-up holds a model (it reads the store and
+        applies the deltas under the model's lock: seconds on an object store), the batch is scored in a thread
+        instead, as before: the loop must not wait for it (health checks, request bodies and timeouts run on it)."""
+        held = self._hold_models()
+        if held is None:
+            return await asyncio.to_thread(self._run_batch, method, items)
+        try:  # held while it scores (``answer`` takes the locks again: they are re-entrant)
+            return self._run_batch(method, items)
+        finally:
+            for lock in held:
+                lock.release()
+
+    def _hold_models(self) -> Optional[list[Any]]:
+        """Every model's live-catalog lock, each taken without waiting; None (none kept) when one is held."""
+        held: list[Any] = []
+        for scorer in {id(s): s for s in (self.slot.current, *self.variants.scorers()) if s is not None}.values():
+            if not scorer.live_jobs.lock.acquire(blocking=False):
+                for lock in held:
+                    lock.release()
+                return None
+            held.append(scorer.live_jobs.lock)
+        return held
 
     def _run_batch(self, method: str, items: list[tuple[Optional[str], Any]]) -> list[dict[str, Any]]:
         """Exactly one wrapped result per (version, request), in order (a length mismatch would hang
