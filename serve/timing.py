@@ -5,10 +5,12 @@ by browsers' developer tools, kept by load balancers' logs, read by ``benchmarks
 
 - ``read``: from the request's arrival in this process until its whole body is here. Behind Ray Serve's proxy
   that is a call back to the proxy, which sent the request without its body.
-- ``score``: the model's work on the batch that held the request (the Ranker's thread; a batch's requests share
-  it), and only on answers that scored.
+- ``score``: the model's work on the batch that held the request (a batch's requests share it), on every answer
+  a batch gave (a 503 or 422 it found too).
 - ``total``: from arrival until the answer starts. The rest of what a client waits is the way to this process and
   back (Serve's proxy, the network).
+
+A 500 has no header: Starlette answers an unhandled error outside every middleware.
 """
 from __future__ import annotations
 

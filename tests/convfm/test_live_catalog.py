@@ -171,6 +171,7 @@ def test_the_bundles_a_store_lacks_are_written_by_the_command(tmp_path, monkeypa
     store = CatalogStore(tmp_path / "live")
     for i in range(12):
         store.append([job(f"j{i}")], now=i)
+    store.settle()  # the bundles are written in a thread of their own
     bundles = tmp_path / "live" / "catalog" / "bundles"
     (bundles / "000006-000010.json").unlink()
     shutil.copy(bundles / "000001-000005.json", tmp_path / "kept.json")
