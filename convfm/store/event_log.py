@@ -47,6 +47,7 @@ from convfm.config import EVENTS
 from convfm.errors import DataValidationError, StorageError
 from convfm.jsonfile import parse_json
 from convfm.store import log_bundles, storage
+from convfm.store.background import BackgroundWrites
 from convfm.validate import lone_surrogate
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ class EventLog:
         self._last_ns = 0
         self._block: Optional[list[str]] = None  # the segments after the last whole block (None: not listed yet)
         self._lock = threading.Lock()  # one append at a time: the id check and the write go together
-        self._bundling: list[threading.Thread] = []  # bundle writes in flight (``settle``)
+        self._bundling = BackgroundWrites("convfm-event-bundle")
 
     @classmethod
     def open(cls, root: str | Path, window_s: Optional[float] = None) -> "EventLog":
@@ -309,17 +310,13 @@ class EventLog:
             block, self._block = (self._block, []) if full else (None, self._block)
             appended = Appended(name, fresh, duplicates, self._segments)
         if block is not None:  # in the background: the append (and every one queued behind it) does not wait
-            self._bundling = [t for t in self._bundling if t.is_alive()]
-            self._bundling.append(threading.Thread(target=log_bundles.write_bundle, args=(self.root, block),
-                                                   name="convfm-event-bundle", daemon=True))
-            self._bundling[-1].start()
+            self._bundling.start(log_bundles.write_bundle, self.root, block)
         return appended
 
     def settle(self, timeout_s: Optional[float] = None) -> None:
         """Wait for the bundle writes in flight (a writer that stops, tests); one cut short is written again by
         ``convfm catalog bundle``, and its segments read meanwhile."""
-        for thread in self._bundling:
-            thread.join(timeout_s)
+        self._bundling.settle(timeout_s)
 
 
 def interactions_frame(root: str | Path) -> pd.DataFrame:

@@ -37,6 +37,7 @@ from convfm.features.context import now_micros
 from convfm.features.extra_fields import slug
 from convfm.jsonfile import parse_json
 from convfm.store import storage
+from convfm.store.background import BackgroundWrites
 from convfm.store.serving_data import SALARY_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,7 @@ class CatalogStore:
         self.writer = uuid.uuid4().hex  # recorded in each delta: who wrote it (and the read-back's proof)
         self._lock = threading.Lock()
         self._seen = 0  # the newest version this object has seen on the store
-        self._bundling: list[threading.Thread] = []  # bundle writes in flight (``settle``)
+        self._bundling = BackgroundWrites("convfm-catalog-bundle")
 
     def latest(self) -> int:
         """The newest catalog version on the store (0: no delta yet). The deltas are listed once; later calls
@@ -404,14 +405,10 @@ class CatalogStore:
                                       "first; this change was not kept (run one writer: one Api replica)") from None
             self._seen = max(self._seen, delta.version)
         if delta.version % BUNDLE == 0:  # in a thread: the change that completes a block does not wait for it
-            thread = threading.Thread(target=self._write_bundle, args=(delta.version - BUNDLE + 1,), daemon=True,
-                                      name="convfm-catalog-bundle")
-            thread.start()
-            self._bundling = [t for t in self._bundling if t.is_alive()] + [thread]
+            self._bundling.start(self._write_bundle, delta.version - BUNDLE + 1)
         return delta
 
     def settle(self, timeout_s: Optional[float] = None) -> None:
         """Wait for the bundle writes in flight (a writer that stops, tests); one cut short is written by
         ``convfm catalog bundle``, and its deltas read one by one meanwhile."""
-        for thread in list(self._bundling):
-            thread.join(timeout_s)
+        self._bundling.settle(timeout_s)
