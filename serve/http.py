@@ -41,7 +41,6 @@ from serve.live_catalog import answer, catch_up, job_detail, write_jobs
 from serve.model_slot import ModelSlot
 from serve.replies import ServiceError
 from serve import timing
-from serve.timing import ServerTiming
 
 log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"
@@ -171,7 +170,7 @@ def build_http_app(
     app.router.route_class = StrictJsonRoute  # a key given twice in a body is a 422, not "the last one wins"
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
-    app.add_middleware(ServerTiming)  # outermost: times everything, parses nothing
+    app.add_middleware(timing.ServerTiming)  # outermost: times everything, parses nothing
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
