@@ -11,10 +11,9 @@ from serve.ranker import Ranker
 
 
 def fake_ranker(*scorers) -> types.SimpleNamespace:
-    """What ``Ranker._batch`` reads of a replica: its models and ``_run_batch`` (which notes its thread)."""
+    """What ``Ranker._batch`` reads of a replica: its models (each test gives it a ``_run_batch``)."""
     ranker = types.SimpleNamespace(slot=types.SimpleNamespace(current=scorers[0]), threads=[],
                                    variants=types.SimpleNamespace(scorers=lambda: list(scorers[1:])))
-    ranker._run_batch = lambda method, items: ranker.threads.append(threading.current_thread()) or [method] * len(items)
     ranker._hold_models = lambda: Ranker.func_or_class._hold_models(ranker)
     return ranker
 
