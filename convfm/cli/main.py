@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -28,6 +29,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("convfm.cli.report", "click, save and apply rates per model version from the service's event log"),
     "demo": ("convfm.cli.demo", "end-to-end demo: synthesize, train, tune, serve, query"),
 }
+
+
+# commands that start a local Ray unless they join a cluster (--address, $RAY_ADDRESS); `serve` always starts one
+LOCAL_RAY_COMMANDS = frozenset({"serve", "train", "tune", "recommend-batch", "demo"})
+
+
+def starts_local_ray(args: argparse.Namespace) -> bool:
+    if args.command not in LOCAL_RAY_COMMANDS:
+        return False
+    return args.command == "serve" or not (getattr(args, "address", None) or os.environ.get("RAY_ADDRESS"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,10 +75,22 @@ def user_error(exc: BaseException) -> ConvFMError | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line's exit code. Run as a program (``argv`` None), a command that starts a local Ray runs in a
+    session of its own (``convfm.cli.own_session``), so that a SIGTERM to the caller's process group stops it as
+    cleanly as one to its pid; called with ``argv`` (tests, scripts), everything runs in this process."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if argv is None and starts_local_ray(args):
+        from convfm.cli.own_session import run_in_own_session
+
+        return run_in_own_session(lambda: run_command(args))
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``args.run(args)``'s exit code: a ConvFMError (or one a Ray task raised) as one line and 2, Ctrl-C as 130."""
     run: Callable[[argparse.Namespace], int | None] = args.run
     try:
         return int(run(args) or 0)

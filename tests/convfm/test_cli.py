@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from convfm.cli.main import SUBCOMMANDS, build_parser, main
+from convfm.cli.main import SUBCOMMANDS, build_parser, main, starts_local_ray
 from convfm.errors import ConfigError, ConvFMError
 
 
@@ -24,6 +24,17 @@ def test_every_subcommand_has_help(capsys):
             build_parser().parse_args([name, "--help"])
         assert exit_info.value.code == 0
         assert "usage: convfm " + name in capsys.readouterr().out
+
+
+def test_commands_that_start_a_local_ray_are_the_ones_run_in_a_session_of_their_own(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    parse = build_parser().parse_args
+    assert starts_local_ray(parse(["serve", "--model", "m"])) and starts_local_ray(parse(["train", "--data", "d"]))
+    assert not starts_local_ray(parse(["train", "--data", "d", "--address", "auto"]))  # joins a cluster
+    assert not starts_local_ray(parse(["data", "synth", "--out", "x"]))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a `ray job submit` entrypoint joins its cluster
+    assert not starts_local_ray(parse(["tune", "--config", "c.yaml"]))
+    assert starts_local_ray(parse(["serve", "--model", "m"]))  # its own Ray always
 
 
 def test_data_synth_writes_a_market(tmp_path, capsys):
