@@ -10,19 +10,19 @@ daemons with SIGINT blocked.
 So on Linux the command forks. The child leaves the group (``setsid``) and runs the command; the parent stays
 where the caller put it, holds nothing but the child's pid, passes SIGINT and SIGTERM on to the child (SIGHUP
 as SIGTERM: a closed terminal stops the service cleanly) and exits with the child's status. Killed outright, the
-parent leaves the child a SIGTERM (Linux's parent-death signal), so nothing outlives it.
+parent leaves the child a SIGTERM (a thread of the child watches for it), so nothing outlives it.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable
 
 PASSED_ON = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_CHECK_S = 0.25  # how soon the command learns that its parent was killed outright
 
 
 def run_in_own_session(command: Callable[[], int]) -> int:
@@ -60,10 +60,14 @@ def run_in_own_session(command: Callable[[], int]) -> int:
     return code if code >= 0 else 128 - code
 
 
-def die_with_parent(parent: int) -> None:
-    """A SIGTERM to this process when ``parent`` ends, even by SIGKILL; at once if it already has."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:
+def die_with_parent(parent: int, every_s: float = PARENT_CHECK_S) -> None:
+    """One SIGTERM to this process once ``parent`` has ended, even by SIGKILL (checked every ``every_s`` by a
+    daemon thread). Not Linux's parent-death signal: that one comes again each time the orphan's new parent
+    thread exits (a subreaper's), and a second SIGTERM would cut the clean stop short."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
         os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="convfm-parent-watch", daemon=True).start()
