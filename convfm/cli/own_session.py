@@ -62,8 +62,9 @@ def run_in_own_session(command: Callable[[], int]) -> int:
 
 def die_with_parent(parent: int, every_s: float = PARENT_CHECK_S) -> None:
     """One SIGTERM to this process once ``parent`` has ended, even by SIGKILL (checked every ``every_s`` by a
-    daemon thread). Not Linux's parent-death signal: that one comes again each time the orphan's new parent
-    thread exits (a subreaper's), and a second SIGTERM would cut the clean stop short."""
+    daemon thread). Not Linux's parent-death signal: a killed parent's threads exit one by one, the orphan is
+    handed to each in turn and signalled at each exit (torch's native threads: two SIGTERMs seen), and a second
+    SIGTERM cuts the clean stop short."""
 
     def watch() -> None:
         while os.getppid() == parent:
