@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from convfm.cli.common import config_file
-from convfm.errors import ConvFMError
+from convfm.errors import ConfigError, ConvFMError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +74,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def check_port_free(host: str, port: int) -> None:
+    """ConfigError naming the address when ``host:port`` cannot be listened on (another process holds it, or the
+    host is not this machine's): checked before Ray starts, as Serve's proxy would fail with a traceback from
+    inside an actor. SO_REUSEADDR as the server sets it: a port a closed server left in TIME_WAIT is free."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"port: cannot listen on {host}:{port}: {exc.strerror or exc} (another process "
+                              f"holds it? choose another with --port)", field="port") from None
+
+
 class _OwnStartNotice(logging.Filter):
     """Drops Serve's "Connecting to existing Serve app ... New http_options will not be applied": ``serve.run``
     says it after our own ``serve.start``, which did apply the host and port."""
@@ -102,7 +115,13 @@ def running_service(config: Any, application: Any) -> Iterator[tuple[str, dict[s
     url = config.local_url()  # an allowed Host header, also when bound to 0.0.0.0
     logging.getLogger("ray.serve").addFilter(OWN_START_NOTICE)  # one filter, however many services start
     try:
-        serve.start(http_options={"host": config.host, "port": config.port})
+        try:
+            serve.start(http_options={"host": config.host, "port": config.port})
+        except Exception as exc:  # noqa: BLE001 - the port taken since check_port_free: one line, not a traceback
+            if "Failed to bind" not in str(exc):
+                raise
+            raise ConfigError(f"port: cannot listen on {config.host}:{config.port} (taken while Ray started? choose "
+                              f"another with --port)", field="port") from None
         serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
         yield url, wait_ready(url)
     finally:
@@ -154,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
     application = build_app(config, node_cpus=args.num_cpus)  # checks the model path before starting anything
     check_local_model(config)
     check_live_catalog(config)
+    check_port_free(config.host, config.port)
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,  # never a
              configure_logging=False)  # cluster an earlier `ray start` recorded: Serve and Ray stop with this command
     previous = signal.getsignal(signal.SIGTERM)

@@ -4,6 +4,7 @@ One error runs as users run it, in a fresh `python -m convfm.cli.main` process; 
 this process (a fresh interpreter costs seconds of torch imports each and tests nothing more)."""
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -106,6 +107,17 @@ def test_tune_and_serve_config_errors_name_the_line_and_misspelt_sections(tmp_pa
     assert main(["serve", "--model", str(tmp_path), "--config", str(serve_yaml)]) == 2
     err = capsys.readouterr().err
     assert "unknown section(s) ['serv']" in err, err
+
+
+def test_serve_names_a_port_another_process_listens_on_before_starting_ray(tiny, capsys):
+    """Serve's proxy failed to bind inside an actor: a traceback and exit 1."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["serve", "--model", str(tiny.entry), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"convfm serve: error: port: cannot listen on 127.0.0.1:{port}: Address already in use" in err, err
 
 
 def test_serve_names_a_live_catalog_delta_it_cannot_apply_before_starting_ray(tiny, tmp_path, capsys):
