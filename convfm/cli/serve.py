@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import signal
@@ -75,16 +76,18 @@ def free_port() -> int:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """ConfigError naming the address when ``host:port`` cannot be listened on (another process holds it, or the
-    host is not this machine's): checked before Ray starts, as Serve's proxy would fail with a traceback from
+    """ConfigError naming the address when ``host:port`` cannot be listened on (another process listens there, or
+    the host is not this machine's): checked before Ray starts, as Serve's proxy would fail with a traceback from
     inside an actor. SO_REUSEADDR as the server sets it: a port a closed server left in TIME_WAIT is free."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"port: cannot listen on {host}:{port}: {exc.strerror or exc} (another process "
-                              f"holds it? choose another with --port)", field="port") from None
+            taken = exc.errno == errno.EADDRINUSE
+            hint = "another process listens there: choose another --port" if taken else "check --host"
+            raise ConfigError(f"{'port' if taken else 'host'}: cannot listen on {host}:{port}: "
+                              f"{exc.strerror or exc} ({hint})", field="port" if taken else "host") from None
 
 
 class _OwnStartNotice(logging.Filter):

@@ -118,6 +118,7 @@ def test_serve_names_a_port_another_process_listens_on_before_starting_ray(tiny,
         assert main(["serve", "--model", str(tiny.entry), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"convfm serve: error: port: cannot listen on 127.0.0.1:{port}: Address already in use" in err, err
+    assert "choose another --port" in err, err
 
 
 def test_serve_names_a_live_catalog_delta_it_cannot_apply_before_starting_ray(tiny, tmp_path, capsys):
