@@ -29,6 +29,7 @@ import ray
 
 import convfm
 import train as train_package
+from convfm.cli.own_session import stop_once
 from convfm.errors import ConfigError
 
 JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by the job supervisor on a submitted job's entrypoint
@@ -63,7 +64,8 @@ def init_ray(address: Optional[str], quiet: bool, packages: Sequence[ModuleType]
         ray.init(address=target, runtime_env=code_runtime_env([convfm, train_package, *packages]),
                  log_to_driver=not quiet)
     if sigterm_interrupts and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # after ray.init: its handler replaces ours
+        # after ray.init: its handler replaces ours; once: `pkill -f` reaches both processes of `run_in_own_session`
+        signal.signal(signal.SIGTERM, stop_once(signal.default_int_handler))
 
 
 @contextlib.contextmanager
@@ -77,7 +79,7 @@ def sigterm_as_ctrl_c(enabled: bool = True) -> Iterator[None]:
         yield
         return
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _as_ctrl_c)
+    signal.signal(signal.SIGTERM, stop_once(_as_ctrl_c))
     try:
         yield
     finally:

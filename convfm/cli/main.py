@@ -38,7 +38,8 @@ LOCAL_RAY_COMMANDS = frozenset({"serve", "train", "tune", "recommend-batch", "de
 def starts_local_ray(args: argparse.Namespace) -> bool:
     if args.command not in LOCAL_RAY_COMMANDS:
         return False
-    return args.command == "serve" or not (getattr(args, "address", None) or os.environ.get("RAY_ADDRESS"))
+    address = getattr(args, "address", None) or os.environ.get("RAY_ADDRESS") or "local"  # as init_ray reads it
+    return args.command == "serve" or address == "local"
 
 
 def build_parser() -> argparse.ArgumentParser:

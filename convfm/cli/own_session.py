@@ -1,28 +1,36 @@
 """Run a command that starts its own local Ray in a session of its own, behind a process that passes signals on.
 
 Ray's local daemons (GCS server, raylet, log monitor, dashboard agent) are the driver's children, in the
-caller's process group. A SIGTERM sent to that group (`timeout`, Slurm's `scancel`, `kill -- -PGID`, a script's
-`kill 0`, supervisord's ``stopasgroup``) reached them as it reached the driver: the GCS stopped first, and
-`convfm serve`'s clean stop (deleting the app, so that its replicas write what they buffered) waited 60 s for it
-until Ray aborted the process; `convfm train` took 12 s instead of 4. Ctrl-C was never a problem: Ray starts its
-daemons with SIGINT blocked.
+caller's process group. A SIGTERM sent to that group (`timeout`, `kill -- -PGID`, a script's `kill 0`,
+supervisord's ``stopasgroup``) reached them as it reached the driver: the GCS stopped first, and `convfm serve`'s
+clean stop (deleting the app, so that its replicas write what they buffered) waited 60 s for it until Ray aborted
+the process; `convfm train` took 12 s instead of 4. Ctrl-C was never a problem: Ray starts its daemons with
+SIGINT blocked. Senders that signal every process of a cgroup (systemd's default ``KillMode``, Slurm's
+proctrack/cgroup) still reach the daemons: no process group keeps them out.
 
 So on Linux the command forks. The child leaves the group (``setsid``) and runs the command; the parent stays
-where the caller put it, holds nothing but the child's pid, passes SIGINT and SIGTERM on to the child (SIGHUP
-as SIGTERM: a closed terminal stops the service cleanly) and exits with the child's status. Killed outright, the
-parent leaves the child a SIGTERM (a thread of the child watches for it), so nothing outlives it.
+where the caller put it and exits with the child's status. It passes SIGINT and SIGTERM on to the child (SIGHUP
+as SIGTERM: a closed terminal stops the service cleanly), and Ctrl-Z's SIGTSTP as a SIGSTOP, before it stops
+itself (the child's orphaned group would discard a SIGTSTP); SIGCONT follows. A pipe tells the child when the
+parent has passed a stop on, and its end (EOF) when the parent is gone: killed outright before any stop, the
+parent leaves the child one SIGTERM; killed after one (a SIGKILL to the group after a grace period, as
+``timeout -k`` sends), the child's whole session gets a SIGKILL, as the group did before.
+
+With two processes of the same command line, ``pkill -f`` and ``killall`` signal both: ``stop_once`` is the
+commands' SIGTERM handler, so the copy the parent passes on is ignored.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
-import time
 from typing import Any, Callable
 
-PASSED_ON = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
-PARENT_CHECK_S = 0.25  # how soon the command learns that its parent was killed outright
+PASSED_ON = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM,
+             signal.SIGTSTP: signal.SIGSTOP, signal.SIGCONT: signal.SIGCONT}
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # what the child hears of as a stop in progress
 
 
 def run_in_own_session(command: Callable[[], int]) -> int:
@@ -34,41 +42,66 @@ def run_in_own_session(command: Callable[[], int]) -> int:
         return command()
     sys.stdout.flush()  # nothing buffered is printed twice
     sys.stderr.flush()
-    parent = os.getpid()
+    told, tell = os.pipe()  # parent -> child: a byte per stop passed on; EOF once the parent is gone
     before = signal.pthread_sigmask(signal.SIG_BLOCK, set(PASSED_ON))  # none lost between the fork and the handlers
     child = os.fork()
     if child == 0:
+        os.close(tell)
         os.setsid()
-        die_with_parent(parent)
+        watch_parent(told)
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
         return command()
+    os.close(told)
     previous = {signum: signal.getsignal(signum) for signum in PASSED_ON}
 
     def pass_on(signum: int, frame: Any) -> None:
-        os.kill(child, PASSED_ON[signum])
+        if signum in STOPS:
+            with contextlib.suppress(BrokenPipeError):  # the child has just ended
+                os.write(tell, b"s")
+        os.kill(child, PASSED_ON[signum])  # not reaped before the handlers are restored: the pid is still its
+        if signum == signal.SIGTSTP:
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:  # ignored (started in the background by a script): the child ignores it too
             signal.signal(signum, pass_on)
     signal.pthread_sigmask(signal.SIG_SETMASK, before)
     try:
-        _, status = os.waitpid(child, 0)  # a signal runs pass_on and the wait goes on (PEP 475)
+        os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)  # its end, the pid still held; signals run pass_on
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    _, status = os.waitpid(child, 0)
+    os.close(tell)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
 
 
-def die_with_parent(parent: int, every_s: float = PARENT_CHECK_S) -> None:
-    """One SIGTERM to this process once ``parent`` has ended, even by SIGKILL (checked every ``every_s`` by a
-    daemon thread). Not Linux's parent-death signal: a killed parent's threads exit one by one, the orphan is
-    handed to each in turn and signalled at each exit (torch's native threads: two SIGTERMs seen), and a second
-    SIGTERM cuts the clean stop short."""
+def watch_parent(told: int) -> None:
+    """A daemon thread that reads the parent's pipe until its end: then one SIGTERM to this process, or, when a
+    stop had been passed on, a SIGKILL to its session (Ray's daemons with it). Not Linux's parent-death signal:
+    a killed parent's threads exit one by one, the orphan is handed to each in turn and signalled at each exit
+    (torch's native threads: two SIGTERMs seen), and a second SIGTERM cut the clean stop short."""
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(every_s)
+        stopping = False
+        while chunk := os.read(told, 64):
+            stopping = True if b"s" in chunk else stopping
+        if stopping:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="convfm-parent-watch", daemon=True).start()
+
+
+def stop_once(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
+    """A SIGTERM handler that calls ``handler`` for the first SIGTERM and ignores the later ones: ``pkill -f``,
+    ``killall`` and cgroup-wide senders signal both processes of ``run_in_own_session``, and the copy the parent
+    passes on would cut the clean stop short. A second Ctrl-C still interrupts it."""
+
+    def first(signum: int, frame: Any) -> Any:
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to change
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return handler(signum, frame)
+
+    return first
