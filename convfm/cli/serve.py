@@ -8,6 +8,8 @@ import json
 import logging
 import signal
 import socket
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from convfm.cli.common import config_file
+from convfm.cli.own_session import stop_once
 from convfm.errors import ConfigError, ConvFMError
 
 
@@ -129,9 +132,57 @@ def running_service(config: Any, application: Any) -> Iterator[tuple[str, dict[s
         yield url, wait_ready(url)
     finally:
         try:
-            serve.delete(APP_NAME)
+            delete_app_while_ray_lives(APP_NAME)
         finally:
             ray.shutdown()
+
+
+def delete_app_while_ray_lives(name: str) -> None:
+    """``serve.delete(name)`` (its replicas drain and write what they buffered), given up if this process's own
+    raylet, GCS server or Serve controller ends meanwhile. A SIGTERM sent to every process of a cgroup
+    (systemd's default ``KillMode``) reaches the GCS and the raylet as it reaches the driver: the delete waited
+    on them 60 s, until Ray aborted the process; it now ends as the raylet does (~15 s)."""
+    import psutil  # Ray's own dependency
+    from ray import serve
+
+    daemons = [p for p in psutil.Process().children(recursive=True) if ray_daemon(p)]  # a cluster's: none here
+    finished, failed = threading.Event(), []
+
+    def delete() -> None:
+        try:
+            serve.delete(name)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            failed.append(exc)
+        finally:
+            finished.set()
+
+    threading.Thread(target=delete, name="convfm-serve-delete", daemon=True).start()
+    while not finished.wait(0.1):
+        if any(map(ended, daemons)):
+            print(f"Ray's raylet, GCS server or Serve controller stopped (was every process signalled?): {name}'s "
+                  f"replicas could not be drained", file=sys.stderr, flush=True)
+            return
+    if failed:
+        raise failed[0]
+
+
+def ray_daemon(process: Any) -> bool:
+    """A psutil process that is this Ray's raylet, GCS server or Serve controller."""
+    import psutil
+
+    try:
+        return process.name() in ("raylet", "gcs_server") or process.cmdline()[:1] == ["ray::ServeController"]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def ended(process: Any) -> bool:
+    import psutil
+
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def check_local_model(config: Any) -> None:
@@ -180,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,  # never a
              configure_logging=False)  # cluster an earlier `ray start` recorded: Serve and Ray stop with this command
     previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` shuts down as cleanly as Ctrl-C
+    signal.signal(signal.SIGTERM, stop_once(signal.default_int_handler))  # `kill` shuts down as cleanly as Ctrl-C
     try:
         with running_service(config, application) as (url, health):
             split = "" if not config.traffic else " (traffic split: " + ", ".join(

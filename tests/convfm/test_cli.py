@@ -7,8 +7,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pandas as pd
+import psutil
 import pytest
 
 from convfm.cli.main import SUBCOMMANDS, build_parser, main, starts_local_ray
@@ -32,6 +35,7 @@ def test_commands_that_start_a_local_ray_are_the_ones_run_in_a_session_of_their_
     parse = build_parser().parse_args
     assert starts_local_ray(parse(["serve", "--model", "m"])) and starts_local_ray(parse(["train", "--data", "d"]))
     assert not starts_local_ray(parse(["train", "--data", "d", "--address", "auto"]))  # joins a cluster
+    assert starts_local_ray(parse(["train", "--data", "d", "--address", "local"]))  # as init_ray reads it
     assert not starts_local_ray(parse(["data", "synth", "--out", "x"]))
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a `ray job submit` entrypoint joins its cluster
     assert not starts_local_ray(parse(["tune", "--config", "c.yaml"]))
@@ -119,6 +123,48 @@ def test_serve_names_a_port_another_process_listens_on_before_starting_ray(tiny,
     err = capsys.readouterr().err
     assert f"convfm serve: error: port: cannot listen on 127.0.0.1:{port}: Address already in use" in err, err
     assert "choose another --port" in err, err
+
+
+class FakeDaemon:
+    """A psutil process stand-in: Ray's raylet, running until ``end`` is set."""
+
+    def __init__(self) -> None:
+        self.end = threading.Event()
+
+    def name(self) -> str:
+        return "raylet"
+
+    def cmdline(self) -> list[str]:
+        return ["raylet"]
+
+    def status(self) -> str:
+        return psutil.STATUS_ZOMBIE if self.end.is_set() else psutil.STATUS_SLEEPING
+
+
+@pytest.mark.timeout(60)
+def test_the_stop_gives_up_deleting_the_app_once_rays_raylet_has_ended(monkeypatch, capsys):
+    """A SIGTERM to every process of a cgroup (systemd's default) reached Ray's daemons too: ``serve.delete`` then
+    waited 60 s until Ray aborted the process."""
+    from ray import serve
+
+    from convfm.cli.serve import delete_app_while_ray_lives
+
+    daemon, never = FakeDaemon(), threading.Event()
+    monkeypatch.setattr(psutil.Process, "children", lambda self, recursive=False: [daemon])
+    monkeypatch.setattr(serve, "delete", lambda name: never.wait(30))
+    threading.Timer(0.3, daemon.end.set).start()
+    started = time.monotonic()
+    delete_app_while_ray_lives("convfm")
+    assert time.monotonic() - started < 5
+    assert "convfm's replicas could not be drained" in capsys.readouterr().err
+    never.set()
+
+    def refused(name: str) -> None:
+        raise RuntimeError("no such app")
+
+    monkeypatch.setattr(serve, "delete", refused)  # a delete that fails, Ray alive: its error, as before
+    with pytest.raises(RuntimeError, match="no such app"):
+        delete_app_while_ray_lives("convfm")
 
 
 def test_serve_names_a_live_catalog_delta_it_cannot_apply_before_starting_ray(tiny, tmp_path, capsys):
