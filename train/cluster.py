@@ -29,8 +29,8 @@ import ray
 
 import convfm
 import train as train_package
-from convfm.cli.own_session import stop_once
 from convfm.errors import ConfigError
+from convfm.signals import stop_once
 
 JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by the job supervisor on a submitted job's entrypoint
 ADDRESS_VAR = "RAY_ADDRESS"

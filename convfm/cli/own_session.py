@@ -16,8 +16,8 @@ parent has passed a stop on, and its end (EOF) when the parent is gone: killed o
 parent leaves the child one SIGTERM; killed after one (a SIGKILL to the group after a grace period, as
 ``timeout -k`` sends), the child's whole session gets a SIGKILL, as the group did before.
 
-With two processes of the same command line, ``pkill -f`` and ``killall`` signal both: ``stop_once`` is the
-commands' SIGTERM handler, so the copy the parent passes on is ignored.
+With two processes of the same command line, ``pkill -f`` and ``killall`` signal both: ``convfm.signals.stop_once``
+is the commands' SIGTERM handler, so the copy the parent passes on is ignored.
 """
 from __future__ import annotations
 
@@ -94,16 +94,3 @@ def watch_parent(told: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="convfm-parent-watch", daemon=True).start()
-
-
-def stop_once(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
-    """A SIGTERM handler that calls ``handler`` for the first SIGTERM and ignores the later ones: ``pkill -f``,
-    ``killall`` and cgroup-wide senders signal both processes of ``run_in_own_session``, and the copy the parent
-    passes on would cut the clean stop short. A second Ctrl-C still interrupts it."""
-
-    def first(signum: int, frame: Any) -> Any:
-        with contextlib.suppress(ValueError):  # not the main thread: nothing to change
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        return handler(signum, frame)
-
-    return first

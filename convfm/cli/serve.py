@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from convfm.cli.common import config_file
-from convfm.cli.own_session import stop_once
 from convfm.errors import ConfigError, ConvFMError
+from convfm.signals import stop_once
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

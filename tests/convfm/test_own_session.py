@@ -13,8 +13,6 @@ import time
 
 import pytest
 
-from convfm.cli.own_session import stop_once
-
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork is Linux-only")
 
 COMMAND = textwrap.dedent("""
@@ -128,18 +126,6 @@ def test_ctrl_z_stops_the_command_and_fg_continues_it(start):
     os.killpg(process.pid, signal.SIGTERM)
     out, err = process.communicate(timeout=30)
     assert out.split() == [str(int(signal.SIGTERM))] and process.returncode == 7, err
-
-
-def test_stop_once_calls_the_handler_for_the_first_sigterm_and_ignores_the_rest():
-    calls, before = [], signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, stop_once(lambda signum, frame: calls.append(signum)))
-    try:
-        for _ in range(3):
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.05)
-        assert calls == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGTERM, before)
 
 
 def alive(pid: int) -> bool:
