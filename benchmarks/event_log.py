@@ -11,6 +11,10 @@ with the bundles and with the segments alone (the bundles folder moved aside), o
 ``--delay-ms`` added to every file read (a stand-in for an object store's latency per GET; files are fetched 16
 at a time either way).
 
+A second table is a replica serving a model trained on the log's first ``--trained`` share of segments (its
+``LogMark``): the overlay cut at the mark against one holding every event, local disk, bundles kept: its start
+(median), the events it holds and the memory they take (``tracemalloc``, what stays allocated after the start).
+
     .venv/bin/python benchmarks/event_log.py [--segments 20000 --events 1 --delay-ms 20 --repeats 3]
 """
 from __future__ import annotations
@@ -20,11 +24,14 @@ import json
 import statistics
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Callable
 
+from convfm.config import EVENTS
 from convfm.store import event_log, log_bundles, storage
 from convfm.store.event_log import EventLog
+from convfm.store.log_mark import LogMark
 from serve.events import LiveEvents
 
 
@@ -38,6 +45,25 @@ def write_log(root: Path, segments: int, events: int) -> None:
                              "model_version": "v0001", "known_job": True,
                              "received_at": "2026-12-01T10:00:00.100000Z"}) for e in range(events)]
         storage.write_text(root / f"{start + s:019d}-{s % 16**8:08x}.jsonl", "\n".join(lines) + "\n")
+
+
+def overlay_rows(root: Path, trained: float, repeats: int) -> list[tuple[str, float, int, float]]:
+    """(overlay, replica start s, events held, MiB held) uncut and cut at the mark of a model trained on the
+    first ``trained`` share of the log's segments."""
+    names = event_log.list_segments(root)
+    count = max(1, int(len(names) * trained))
+    rows = []
+    for label, mark in (("every event", None), (f"cut at segment {count:,}", LogMark(names[count - 1], count,
+                                                                                      frozenset(EVENTS)))):
+        start = median_s(lambda: LiveEvents(root, mark).catch_up(), repeats)
+        tracemalloc.start()
+        live = LiveEvents(root, mark)
+        live.catch_up()
+        held = tracemalloc.get_traced_memory()[0] / 2**20
+        tracemalloc.stop()
+        assert live.position == len(names)
+        rows.append((label, start, live.held, held))
+    return rows
 
 
 def median_s(work: Callable[[], object], repeats: int) -> float:
@@ -55,6 +81,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1, help="events per segment (default 1)")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="added to every read in the delayed rows")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--trained", type=float, default=0.9, help="share of the segments the served model was "
+                        "trained on (the overlay table; default 0.9)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="convfm-event-log-") as tmp:
         root = Path(tmp) / "events"
@@ -83,6 +111,7 @@ def main() -> None:
                     rows.append((delay, bundled, opened, start))
         finally:
             storage.read_text = real_read  # the slowed reads never outlive the measurement
+        overlays = overlay_rows(root, args.trained, args.repeats)
     print("| reads | files | open (Api) s | replica start s |")
     print("|---|---|---:|---:|")
     for delay, bundled, opened, start in rows:
@@ -92,6 +121,13 @@ def main() -> None:
         with_b, without = [r for r in rows if r[0] == delay]
         print(f"{'local disk' if not delay else f'+{delay:g} ms'}: open {without[2] / with_b[2]:.1f}x faster with "
               f"bundles, replica start {without[3] / with_b[3]:.1f}x")
+    print(f"\nA replica serving a model trained on {args.trained:.0%} of the log (local disk, bundles):\n")
+    print("| overlay | replica start s | events held | MiB held |")
+    print("|---|---:|---:|---:|")
+    for label, start, held, mib in overlays:
+        print(f"| {label} | {start:.2f} | {held:,} | {mib:.1f} |")
+    (_, every_s, _, every_mib), (_, cut_s, _, cut_mib) = overlays
+    print(f"cut overlay: start {every_s / cut_s:.1f}x faster, {every_mib / max(cut_mib, 1e-9):.1f}x less memory")
 
 
 if __name__ == "__main__":

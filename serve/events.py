@@ -28,9 +28,11 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from convfm.config import EVENTS
 from convfm.data.liveness import ALWAYS
 from convfm.errors import DataValidationError, StorageError
 from convfm.store import event_log
+from convfm.store.log_mark import LogMark
 from serve.replies import ServiceError
 
 log = logging.getLogger(__name__)
@@ -169,54 +171,110 @@ class EventWriter:
 
 
 class LiveEvents:
-    """Events of the log applied to this process: per user, jobs seen and (time, type, job) in time order. Every
-    replica holds them all, so each event is one tuple, shared by its user's list and the journal, of interned
-    strings (a replica's memory grows with the log: ~440 bytes an event, ~620 with a tuple each and strings of
-    their own; docs/SERVING.md)."""
+    """Events of the log applied to this process: per user, jobs seen and (time, type, job) in time order. Each
+    event is one tuple, shared by its user's list and the journal, of interned strings (~440 bytes an event;
+    docs/SERVING.md). With a ``mark`` (``LogMark``: what the served models were trained on), the segments up to
+    it are counted, not held: only the seen marks of event types the models' data left out are kept of them.
+    The cut applies once a listing of the log shows the mark's segment (another log, or a shortened one: every
+    event is kept, with a warning)."""
 
-    def __init__(self, root: Optional[str | Path] = None) -> None:
+    def __init__(self, root: Optional[str | Path] = None, mark: Optional[LogMark] = None) -> None:
         self.root = root  # the log's folder, read when catching up; None: only what ``add`` is given
-        self._applied: set[str] = set()
+        self.mark = mark
+        self._cut: Optional[str] = None  # mark's last segment, once the log was seen to hold it
+        self._cut_count = 0  # the log's segments up to ``_cut``
+        self._cut_read = False  # its segments read for the seen marks of the types left out of the models' data
+        self._applied: set[str] = set()  # segments applied (after ``_cut``)
         self._seen: dict[str, set[str]] = {}
         # user -> (time in microseconds, type, job), by time; the journal: the same tuples in the order applied
         self._events: dict[str, list[tuple[int, str, str]]] = {}
         self._journal: list[tuple[int, str, str]] = []
         self._lock = threading.Lock()
         self._reading = threading.Lock()  # one catch-up at a time; others wait for it and then find nothing left
+        self.forward: Optional["LiveEvents"] = None  # an overlay being built to replace this one: gets every add
 
     @property
     def position(self) -> int:
-        """Segments applied here."""
-        return len(self._applied)
+        """Segments applied here (those up to the cut included)."""
+        return self._cut_count + len(self._applied)
+
+    @property
+    def cut(self) -> Optional[str]:
+        """The last segment left out (the served models' own), None while every event is held."""
+        return self._cut
+
+    @property
+    def held(self) -> int:
+        """Events held (in the journal)."""
+        return len(self._journal)
 
     def behind(self, position: Optional[int]) -> bool:
-        return position is not None and self.root is not None and len(self._applied) < position
+        return position is not None and self.root is not None and self.position < position
 
     def add(self, segment: str, records: Sequence[Mapping[str, Any]]) -> bool:
-        """Apply one segment's records (False when it was applied already)."""
+        """Apply one segment's records (False when it was applied already, or is the models' own)."""
         with self._lock:
-            if segment in self._applied:
-                return False
-            for r in filter(event_log.is_event, records):
-                user, job = sys.intern(r["user_id"]), sys.intern(r["job_id"])
-                self._seen.setdefault(user, set()).add(job)
-                event = (pd.Timestamp(r["timestamp"]).value // 1000, sys.intern(r["type"]), job)
-                bisect.insort(self._events.setdefault(user, []), event)
-                self._journal.append(event)
-            self._applied.add(segment)
-            return True
+            fresh = self._add(segment, records)
+        following = self.forward
+        if following is not None:
+            following.add(segment, records)
+        return fresh
+
+    def _add(self, segment: str, records: Sequence[Mapping[str, Any]]) -> bool:
+        if self._cut is not None and segment <= self._cut:
+            self._seen_only(records)
+            return False
+        if segment in self._applied:
+            return False
+        for r in filter(event_log.is_event, records):
+            user, job = sys.intern(r["user_id"]), sys.intern(r["job_id"])
+            self._seen.setdefault(user, set()).add(job)
+            event = (pd.Timestamp(r["timestamp"]).value // 1000, sys.intern(r["type"]), job)
+            bisect.insort(self._events.setdefault(user, []), event)
+            self._journal.append(event)
+        self._applied.add(segment)
+        return True
+
+    def _seen_only(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """The seen marks of a segment up to the cut: only its event types the models' seen pairs lack."""
+        for r in records:
+            if event_log.is_event(r) and r["type"] not in self.mark.seen_types:
+                self._seen.setdefault(sys.intern(r["user_id"]), set()).add(sys.intern(r["job_id"]))
 
     def catch_up(self) -> int:
         """Read and apply every segment of the log not applied yet; returns how many."""
         if self.root is None:
             return 0
         with self._reading:
+            names = event_log.list_segments(self.root)
+            if self.mark is not None and self._cut is None:
+                self._place_cut(names)
+            after = bisect.bisect_right(names, self._cut) if self._cut is not None else 0
+            if self._cut is not None and not self._cut_read:
+                if set(EVENTS) - self.mark.seen_types:
+                    for _, records in event_log.read_log(self.root, names=names[:after]):
+                        with self._lock:
+                            self._seen_only(records)
+                self._cut_read = True
             count = 0
-            for name, records in event_log.read_log(self.root, skip=self._applied):
+            for name, records in event_log.read_log(self.root, skip=self._applied, names=names[after:]):
                 count += self.add(name, records)
             if count:
                 log.info("applied %d event log segment(s) from %s", count, self.root)
             return count
+
+    def _place_cut(self, names: list[str]) -> None:
+        """Leave out the segments up to the mark from now on, if the log holds the mark's segment."""
+        last = self.mark.last_segment
+        at = bisect.bisect_left(names, last)
+        if at == len(names) or names[at] != last:
+            log.warning("event log %s does not hold segment %s, the last one the served model was trained on "
+                        "(another log, or one shortened): every logged event is held", self.root, last)
+            self.mark = None
+            return
+        with self._lock:
+            self._cut, self._cut_count = last, at + 1
+            self._applied = {name for name in self._applied if name > last}  # their events stay: harmless
 
     def seen_rows(self, user_id: Optional[str], rows: Mapping[str, int]) -> list[int]:
         """``rows`` (job id -> catalog row) of the jobs ``user_id`` has any event for; other jobs are left out."""

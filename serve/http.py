@@ -35,7 +35,8 @@ from serve.responses import (
 )
 from serve.schemas import Event, EventsRequest, JobsRequest, RecommendRequest, ReloadRequest, ScoreRequest
 from convfm.store.live_catalog import CatalogStore
-from serve.events import EventWriter, LiveEvents, follow_log
+from serve.event_overlay import EventOverlay
+from serve.events import EventWriter
 from serve.json_body import DuplicateKey, StrictJsonRoute
 from serve.live_catalog import answer, catch_up, job_detail, write_jobs
 from serve.model_slot import ModelSlot
@@ -297,10 +298,11 @@ class LocalBackend:
         self.events = EventWriter(live_store)  # None: POST /events answers 503
         self.catalog = None if live_store is None else CatalogStore(live_store)  # None: POST /jobs answers 503
         if slot is not None and self.catalog is not None:
-            slot.live = LiveEvents(self.events.root)
+            slot.overlay = EventOverlay(self.events.root)
+            slot.overlay.served = lambda: [slot.current] if slot.current is not None else []
             slot.prepare = lambda scorer: catch_up(scorer, self.catalog)
             if slot.current is not None:
-                slot.current.live = slot.live
+                slot.overlay.admit(slot.current)
                 catch_up(slot.current, self.catalog)
 
     async def _run(self, method: str, request: Any) -> dict[str, Any]:
@@ -320,15 +322,19 @@ class LocalBackend:
         return body
 
     async def recommend(self, request: RecommendRequest) -> dict[str, Any]:
-        await follow_log(self.slot.live, await self.events.position())
+        await self._follow_events()
         result = self.events.impression(await self._run("recommend_many", request))
         if self.events.due():
             await self.events.flush()
         return result
 
     async def score(self, request: ScoreRequest) -> dict[str, Any]:
-        await follow_log(self.slot.live, await self.events.position())
+        await self._follow_events()
         return await self._run("score_many", request)
+
+    async def _follow_events(self) -> None:
+        if self.slot.overlay is not None:
+            await self.slot.overlay.follow(await self.events.position())
 
     async def job(self, job_id: str) -> dict[str, Any]:
         return job_detail(self.slot.require(), job_id)
@@ -351,6 +357,6 @@ class LocalBackend:
         await self.events.flush()  # the impressions these events may cite go first
         known = self.slot.current.known_jobs([e.job_id for e in events]) if self.slot.current else None
         body, appended = await self.events.append(events, known)
-        if appended.segment is not None and self.slot.live is not None:
-            self.slot.live.add(appended.segment, appended.records)
+        if appended.segment is not None and self.slot.overlay is not None:
+            self.slot.overlay.live.add(appended.segment, appended.records)
         return body

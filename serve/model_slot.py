@@ -17,7 +17,7 @@ from serve.replies import ServiceError, public_text, utc_now_text
 from serve.scorer import Scorer
 
 if TYPE_CHECKING:
-    from serve.events import LiveEvents
+    from serve.event_overlay import EventOverlay
 
 log = logging.getLogger(__name__)
 LOAD_FAILED = "model failed to load (details in the service log)"
@@ -39,7 +39,7 @@ class ModelSlot:
         self.gave_up: Optional[str] = None  # set when the first load failed every attempt: see check()
         self.prepare: Optional[Callable[[Scorer], None]] = None  # run on a new Scorer before it serves
         self._lock = threading.Lock()
-        self.live: Optional["LiveEvents"] = None  # logged events, given to every Scorer loaded here
+        self.overlay: Optional["EventOverlay"] = None  # logged events: admits every Scorer loaded here
 
     def load_first(self, version: Optional[str], attempts: int = 4, backoff_s: float = 2.0) -> dict[str, Any]:
         """The first load, retried ``attempts`` times with doubling waits (storage hiccups pass); then give up."""
@@ -69,6 +69,8 @@ class ModelSlot:
                                      self.score_cache_mib)
                 if self.prepare is not None:
                     self.prepare(scorer)
+                if self.overlay is not None:
+                    self.overlay.admit(scorer, self.current)
             except Exception as exc:  # noqa: BLE001 - any failure of a new version must leave the old one serving
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning("model load failed (%s); still serving %s", error, previous)
@@ -77,7 +79,6 @@ class ModelSlot:
                 self.last_reload = {"ok": False, "requested": version, "version": previous,
                                     "previous_version": previous, "error": public_text(error), "at": utc_now_text()}
                 return dict(self.last_reload)
-            scorer.live = self.live
             self.current, self.error = scorer, None
             self.last_reload = {"ok": True, "requested": version, "version": scorer.version,
                                 "previous_version": previous, "error": None, "at": utc_now_text(),
@@ -99,7 +100,8 @@ class ModelSlot:
         return 503, {"status": "loading"}
 
     def info(self) -> dict[str, Any]:
-        return {**self.require().info(), "last_reload": self.last_reload}
+        events = {} if self.overlay is None else {"events": self.overlay.info()}
+        return {**self.require().info(), "last_reload": self.last_reload, **events}
 
 
 class VersionSlots:
@@ -126,7 +128,10 @@ class VersionSlots:
         reports = [self._load(v) for v in versions if self.get(v) is None]
         failed = {r["requested"] for r in reports if not r["ok"]}
         with self._lock:
+            dropped = set(self.slots) - set(versions)
             self.slots = {v: s for v, s in self.slots.items() if v in versions and v not in failed}
+        if dropped and self.primary.overlay is not None:
+            self.primary.overlay.settle()  # the overlay may now leave out more of the log
         return reports
 
     def follow(self, versions: Sequence[str]) -> None:
@@ -142,7 +147,7 @@ class VersionSlots:
     def _load(self, version: str) -> dict[str, Any]:
         slot = ModelSlot(self.primary.model_path, self.primary.device, self.primary.retrieval_candidates,
                          self.primary.score_cache_mib)
-        slot.live, slot.prepare = self.primary.live, self.primary.prepare
+        slot.overlay, slot.prepare = self.primary.overlay, self.primary.prepare
         try:
             report = slot.load(version)
         finally:

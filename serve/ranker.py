@@ -21,7 +21,7 @@ from convfm.errors import ConvFMError
 from convfm.model.score_cache import DEFAULT_BUDGET_MIB
 from convfm.store.event_log import events_location
 from convfm.store.live_catalog import CatalogStore
-from serve.events import LiveEvents, follow_log
+from serve.event_overlay import EventOverlay
 from serve.http import wrap
 from serve.live_catalog import answer, catch_up, job_detail
 from serve.model_slot import RETRY_FAILED_S, ModelSlot, VersionSlots
@@ -42,8 +42,8 @@ class Ranker:
                  device: str = "cpu", live_store: Optional[str] = None, variants: Sequence[str] = (),
                  retrieval_candidates: int = 0, score_cache_mib: int = DEFAULT_BUDGET_MIB) -> None:
         self.slot = ModelSlot(model, device, retrieval_candidates, score_cache_mib)
-        self.slot.live = LiveEvents(events_location(live_store) if live_store else None)
-        threading.Thread(target=self._read_events, name="convfm-events-read", daemon=True).start()
+        self.slot.overlay = EventOverlay(events_location(live_store) if live_store else None)
+        self.slot.overlay.served = lambda: [s for s in (self.slot.current, *self.variants.scorers()) if s is not None]
         self.catalog = None if live_store is None else CatalogStore(live_store)
         self.slot.prepare = lambda scorer: catch_up(scorer, self.catalog)  # a (re)loaded model: the whole live catalog
         self.variants = VersionSlots(self.slot)  # a traffic split's versions other than the primary's
@@ -85,7 +85,7 @@ class Ranker:
         self._follow(want)
         self.variants.follow(others)
         routed = None if routed == want else routed
-        await follow_log(self.slot.live, events)
+        await self.slot.overlay.follow(events)
         return (await self._catch_up(catalog) or await self._await_version(routed)
                 or await batch((routed, request)))
 
@@ -235,16 +235,9 @@ class Ranker:
         return self.slot.health()
 
     # ------------------------------------------------------------------------------------------- events
-    def _read_events(self) -> None:
-        """At start: the whole log, so the first requests need not wait for it."""
-        try:
-            self.slot.live.catch_up()
-        except Exception as exc:  # noqa: BLE001 - requests catch up again (follow_log); the replica still serves
-            log.warning("reading the event log at start failed: %s", exc)
-
     def apply_events(self, segment: str, records: list[dict[str, Any]]) -> bool:
         """The ingress's broadcast after it wrote ``segment``."""
-        return self.slot.live.add(segment, records)
+        return self.slot.overlay.live.add(segment, records)
 
     async def known_jobs(self, job_ids: list[str], catalog: Optional[int] = None) -> dict[str, Any]:
         """Each id's posting time in the serving catalog, None for an id it does not hold (``Scorer.known_jobs``),

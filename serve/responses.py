@@ -141,6 +141,10 @@ class ModelInfo(BaseModel):
     score_cache: Optional[dict[str, int]] = Field(None, description="the answering replica's kept scans: entries, "
                                                   "budget_mib, hits, misses, rescored_rows")
     last_reload: Optional[dict[str, Any]] = None
+    events: Optional[dict[str, Any]] = Field(None, description="the answering replica's overlay of logged events: "
+                                             "segments applied, held (events in memory), cut_at (the last segment "
+                                             "left out: the served models were trained on the log up to it; null: "
+                                             "every event held)")
     batching: Optional[dict[str, Any]] = None
     torch_threads: Optional[int] = Field(None, description="torch threads of the replica that answered")
     traffic: Optional[dict[str, float]] = Field(None, description="the A/B split being served, if any")

@@ -95,6 +95,7 @@ class Scorer:
         # logged events (serve.events, set by ModelSlot); the history takes the types the model's was built from
         self.live: Optional["LiveEvents"] = None
         self._counted = 0  # events of ``live`` already counted in the jobs' popularity (``at``)
+        self.event_mark = serving.event_log  # the event log's segments its data held: ``live`` may leave them out
         data_config = loaded.extra.get("data_config", {})
         self.positive_events = tuple(data_config.get("positive_events", DataConfig().positive_events))
         self.live_jobs = LiveJobs.of_model(self.n_jobs, data_config)  # live catalog on top (serve.live_catalog)
@@ -151,6 +152,14 @@ class Scorer:
             self.extractor.add_positives(jobs, times)
         self.model_jobs.hold(now)
         (self.ranker if self.index is None else self.index).at(now)
+
+    def follow_events(self, live: Optional["LiveEvents"]) -> None:
+        """Read logged events from ``live`` from now on: the positives counted from another overlay are
+        dropped from the jobs' popularity, and ``live``'s counted at the next ``at``."""
+        with self._time_lock:
+            if self._counted and self.extractor.popularity is not None:
+                self.extractor.popularity.reset()
+            self.live, self._counted = live, 0
 
     def put_jobs(self, rows: np.ndarray) -> None:
         """Job sides (and index entries) of the extractor's catalog ``rows`` the live catalog appended or

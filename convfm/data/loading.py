@@ -28,7 +28,8 @@ from convfm.data.readers import (  # noqa: F401  (read_frame: re-exported)
 from convfm.data.schema import INTERACTIONS, JOBS, USERS
 from convfm.data.schema_tables import read_jobs_file, read_schema_table, type_schema_table  # noqa: F401
 from convfm.data.splitting import TRAIN_ONLY, split_examples  # noqa: F401  (split_examples: re-exported)
-from convfm.store.event_log import interactions_frame
+from convfm.store import storage
+from convfm.store.event_log import interactions_frame, list_segments
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class JobMarket:
     calendar: bool = False
     # the live catalog applied to ``jobs`` (``config.events``): its store, version and added/replaced/expired
     live_catalog: Optional[Mapping[str, Any]] = None
+    # the event log read as interactions (``config.events``): its path, last segment and segment count
+    event_log: Optional[Mapping[str, Any]] = None
     day_first: bool = False  # numeric dates (02/01/2025) were read day-first, in every file
 
 
@@ -117,9 +120,10 @@ def load_job_market(config: DataConfig, interactions: bool = True, log_dates: It
         set_events(tables["interactions"], source["interactions"], config)
         if not timed:
             tables["interactions"]["timestamp"] = np.arange(len(tables["interactions"]), dtype=np.int64)
-    live = None
+    live = read_log = None
     if config.events:
-        tables["interactions"], calendar = _with_event_log(tables.get("interactions"), calendar, source, config)
+        tables["interactions"], calendar, read_log = _with_event_log(tables.get("interactions"), calendar, source,
+                                                                     config)
         tables["jobs"], live = _with_live_jobs(tables["jobs"], source, config)
     interactions = tables["interactions"]
     if not calendar:
@@ -150,7 +154,7 @@ def load_job_market(config: DataConfig, interactions: bool = True, log_dates: It
                            "unknown", source["interactions"], int(unknown.sum()), key, source[name],
                            pd.unique(interactions[key][unknown])[:3].tolist())
     return JobMarket(jobs=tables["jobs"], users=tables.get("users"), interactions=interactions, source=source,
-                     calendar=calendar, live_catalog=live, day_first=dayfirst)
+                     calendar=calendar, live_catalog=live, event_log=read_log, day_first=dayfirst)
 
 
 def _id_keys(ids: pd.Series) -> pd.Series:
@@ -188,7 +192,6 @@ def _with_live_jobs(jobs: pd.DataFrame, source: dict[str, str],
     """The jobs table with the live catalog beside the event log (``<live store>/catalog/``, what the service's
     ``POST /jobs`` wrote) applied, so events on jobs posted live train with those jobs' fields; and what was
     applied (store, version, added, replaced, expired), None when the store holds no delta."""
-    from convfm.store import storage
     from convfm.store.live_catalog import CatalogStore, jobs_after  # it reads loaded tables: imports this module
 
     store = CatalogStore(storage.parent(config.events))
@@ -201,18 +204,21 @@ def _with_live_jobs(jobs: pd.DataFrame, source: dict[str, str],
 
 
 def _with_event_log(interactions: Optional[pd.DataFrame], calendar: bool, source: dict[str, str],
-                    config: DataConfig) -> tuple[pd.DataFrame, bool]:
-    """The interactions with the event log's events after them; the log's times are date/times, so the file's
-    must be too (numbers or row order could not be put in one order with them)."""
-    events = interactions_frame(config.events)
+                    config: DataConfig) -> tuple[pd.DataFrame, bool, Optional[dict[str, Any]]]:
+    """The interactions with the event log's events after them, and what was read of the log (its last segment
+    and segment count: ``JobMarket.event_log``); the log's times are date/times, so the file's must be too
+    (numbers or row order could not be put in one order with them)."""
+    names = list_segments(config.events) if storage.exists(config.events) else None
+    events = interactions_frame(config.events, names)
+    read = {"log": str(config.events), "last_segment": names[-1], "segments": len(names)} if names else None
     if interactions is None:
         source["interactions"] = str(config.events)
-        return events, True
+        return events, True, read
     if not calendar:
         raise DataValidationError(f"{source['interactions']}: timestamps are numbers or row order; reading the "
                                   f"event log {config.events} beside it needs date/times")
     source["interactions"] = f"{source['interactions']} + {config.events}"
-    return pd.concat([interactions, events], ignore_index=True), True
+    return pd.concat([interactions, events], ignore_index=True), True, read
 
 
 def set_events(interactions: pd.DataFrame, path: str, config: DataConfig) -> None:

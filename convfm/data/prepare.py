@@ -53,6 +53,8 @@ class PreparedData:
     split_starts: Optional[tuple[int, int]] = None
     # The live catalog applied to the jobs table (``JobMarket.live_catalog``); None without one.
     live_catalog: Optional[dict[str, Any]] = None
+    # The event log read as interactions (``JobMarket.event_log``: path, last segment, segment count); None without.
+    event_log: Optional[dict[str, Any]] = None
     # Synthetic data's exact oracle: ``score(user_ids (U,), job_ids (U, W), times (U,) int64 us) -> (U, W)``
     # true probabilities (``convfm.data.synth.load_oracle``); None for real data. Kept by for_split().
     oracle: Optional[Any] = None
@@ -164,7 +166,8 @@ def prepare_data(
     return PreparedData(config, extractor, sets, frames, catalog=catalog, truth=truth, jobs=jobs, windows=windows,
                         split_starts=splits.starts, oracle=oracle, seen=interacted_pairs(market, config),
                         popularity=popularity,
-                        live_catalog=None if market.live_catalog is None else dict(market.live_catalog))
+                        live_catalog=None if market.live_catalog is None else dict(market.live_catalog),
+                        event_log=None if market.event_log is None else dict(market.event_log))
 
 
 def _ground_truth(path: str, catalog: np.ndarray, frames: dict[str, pd.DataFrame]) -> tuple[Optional[Any], Any]:

@@ -81,7 +81,15 @@ class JobPopularity:
     def set(self, rows: np.ndarray, times: np.ndarray) -> None:
         """The events of a snapshot (training data), replacing any; ``end`` is its last event's time."""
         self._index(np.asarray(rows, np.int64).ravel(), np.asarray(times, np.int64).ravel())
+        self._snapshot = self._base
         self.end = int(self._base.times.max(initial=np.iinfo(np.int64).min))
+        self.changes, self._touched = self.changes + 1, []
+
+    def reset(self) -> None:
+        """Back to the snapshot: every ``add`` since is dropped (serving counts the logged positives again from
+        an overlay that holds other events: ``serve.events``)."""
+        self._base = self._snapshot
+        self._added = _EventIndex(np.zeros(0, np.int64), np.zeros(0, np.int64))
         self.changes, self._touched = self.changes + 1, []
 
     def _index(self, rows: np.ndarray, times: np.ndarray) -> None:

@@ -319,14 +319,15 @@ class EventLog:
         self._bundling.settle(timeout_s)
 
 
-def interactions_frame(root: str | Path) -> pd.DataFrame:
+def interactions_frame(root: str | Path, names: Optional[list[str]] = None) -> pd.DataFrame:
     """The log as an interactions table (``convfm.data.schema.INTERACTIONS``): user_id, job_id, event (the
     event type: the data config's positive/negative events turn it into labels) and timestamp (int64
-    microseconds since the epoch, the order key of calendar data), in log order."""
+    microseconds since the epoch, the order key of calendar data), in log order; ``names``: the segments to read
+    (listed already), else every one."""
     if not storage.exists(root):  # a mistyped --events read as "holds no events"
         raise DataValidationError(f"{root}: event log not found (a service's live store holds it in events/)")
     ids: set[str] = set()  # a retry stored again after the writer's dedupe window counts once
-    records = [r for _, segment in read_log(root) for r in segment
+    records = [r for _, segment in read_log(root, names=names) for r in segment
                if is_event(r) and not (r["event_id"] in ids or ids.add(r["event_id"]))]
     if not records:
         raise DataValidationError(f"{root}: the event log holds no events")

@@ -5,7 +5,8 @@
   the extractor keeps only encoded features, so titles and original spelling come from here;
 - ``seen``: every (user_id, job_id) pair the user interacted with (``interacted_pairs``: never a sampled
   negative, a job never shown), so ``exclude_seen`` can drop jobs a user already saw;
-- ``popularity``: the training split's ``PopularityBaseline``, for unknown users without a profile.
+- ``popularity``: the training split's ``PopularityBaseline``, for unknown users without a profile;
+- ``event_log`` (when trained with ``--events``): the ``LogMark`` of the service's event log the data held.
 
 Write it with ``save_model_dir(..., extra_json=serving_extra_json(data))`` so the manifest covers it.
 """
@@ -22,6 +23,7 @@ from convfm.data.loading import load_job_market
 from convfm.errors import ArtifactError, ConfigError
 from convfm.evaluation.metrics import PopularityBaseline
 from convfm.features.text import column_strings
+from convfm.store.log_mark import LogMark
 
 SERVING_NAME = "serving"  # -> serving.json in the model directory
 SERVING_FORMAT_VERSION = 1
@@ -63,18 +65,23 @@ def serving_payload(data: Any, jobs: Optional[pd.DataFrame] = None) -> dict[str,
         frames = [f[["user_id", "job_id"]] for f in data.frames.values() if len(f)]
         seen = pd.concat(frames, ignore_index=True).drop_duplicates() if frames else pd.DataFrame(
             {"user_id": [], "job_id": []})
-    return payload_of(jobs, seen, data.popularity or PopularityBaseline().fit(data.frames["train"]))
+    read = getattr(data, "event_log", None)
+    mark = None if read is None else LogMark(read["last_segment"], read["segments"],
+                                             frozenset(config.positive_events + config.negative_events))
+    return payload_of(jobs, seen, data.popularity or PopularityBaseline().fit(data.frames["train"]), mark)
 
 
-def payload_of(jobs: pd.DataFrame, seen: pd.DataFrame, popularity: PopularityBaseline) -> dict[str, Any]:
+def payload_of(jobs: pd.DataFrame, seen: pd.DataFrame, popularity: PopularityBaseline,
+               mark: Optional[LogMark] = None) -> dict[str, Any]:
     """The ``serving.json`` document from its parts: the catalog, (user_id, job_id) pairs to exclude, the
-    fallback baseline."""
+    fallback baseline, and how much of the service's event log the data held (``LogMark``)."""
     seen = seen.sort_values(["user_id", "job_id"], kind="stable")
     return {
         "format_version": SERVING_FORMAT_VERSION,
         "jobs": jobs_metadata(jobs),
         "seen": {"user_id": seen["user_id"].astype(str).tolist(), "job_id": seen["job_id"].astype(str).tolist()},
         "popularity": popularity.to_dict(),
+        **({} if mark is None else {"event_log": mark.to_dict()}),
     }
 
 
@@ -90,6 +97,7 @@ class ServingData:
     jobs: pd.DataFrame
     seen: dict[str, np.ndarray]
     popularity: Optional[PopularityBaseline]
+    event_log: Optional[LogMark] = None  # the event log's segments the training data held (None: none)
 
     @classmethod
     def empty(cls) -> "ServingData":
@@ -113,8 +121,9 @@ class ServingData:
             seen = {str(user): group.to_numpy(dtype=object) for user, group in pairs.groupby("user_id")["job_id"]}
             popularity = payload.get("popularity")
             baseline = PopularityBaseline.from_dict(popularity) if popularity else None
+            mark = LogMark.from_dict(payload["event_log"], source) if "event_log" in payload else None
         except ArtifactError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{source}: invalid serving data ({type(exc).__name__}: {exc})") from None
-        return cls(jobs.drop_duplicates("job_id"), seen, baseline)
+        return cls(jobs.drop_duplicates("job_id"), seen, baseline, mark)

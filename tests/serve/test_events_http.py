@@ -15,7 +15,7 @@ with warnings.catch_warnings():  # starlette's note about its httpx-based TestCl
 
 from convfm.config import EVENTS
 from convfm.store.event_log import events_location, impressions_location, list_segments, read_log
-from serve.events import LiveEvents
+from serve.event_overlay import EventOverlay
 from serve.http import LocalBackend, build_http_app
 from serve.schemas import Event, RecommendRequest
 from serve.model_slot import ModelSlot
@@ -133,18 +133,20 @@ def test_positive_events_change_the_history_and_the_scores(tiny):
     request = RecommendRequest(user_id=user, k=5, exclude_seen=False)
     jobs = tiny.data.extractor.job_ids[1:60:7]
     before = scorer.score_many([_score(user, jobs)])[0]["scores"]
-    slot.live = scorer.live = LiveEvents()
+    slot.overlay = EventOverlay(None)
+    slot.overlay.admit(scorer)
+    live = slot.overlay.live
     views = [{"user_id": user, "job_id": j, "type": "view", "timestamp": NOW} for j in jobs[:3]]
-    slot.live.add("s1", views)  # not positive: seen, but no history
+    live.add("s1", views)  # not positive: seen, but no history
     assert scorer.score_many([_score(user, jobs)])[0]["scores"] == before
     applies = [{"user_id": user, "job_id": j, "type": "apply", "timestamp": NOW} for j in jobs[:3]]
-    slot.live.add("s2", applies)
+    live.add("s2", applies)
     after = scorer.score_many([_score(user, jobs)])[0]["scores"]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(after, before)) > 1e-4
     _, _, past = scorer._user(request)
     # the logged positives come first, most recent first (equal times: the log's order, reversed)
     assert [tiny.data.extractor.job_ids[r] for r in past[:3]] == sorted(jobs[:3], reverse=True)
-    assert slot.load("v0001")["ok"] and slot.current.live is slot.live  # a reload keeps the overlay
+    assert slot.load("v0001")["ok"] and slot.current.live is live  # a reload keeps the overlay
     reloaded = slot.current.score_many([_score(user, jobs)])[0]["scores"]
     assert [s["score"] for s in reloaded] == pytest.approx([s["score"] for s in after])
 

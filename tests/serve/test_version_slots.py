@@ -6,7 +6,7 @@ import shutil
 import time
 
 from convfm.store.registry import publish
-from serve.events import LiveEvents
+from serve.event_overlay import EventOverlay
 from serve.model_slot import ModelSlot, VersionSlots
 
 
@@ -16,7 +16,7 @@ def test_split_versions_are_held_beside_the_primary(tiny, tmp_path, break_versio
     publish(tiny.model_dir, tmp_path / "registry", "tiny")  # v0002
     broken = break_version(entry)  # v0003, truncated weights
     primary = ModelSlot(entry)
-    primary.live = LiveEvents()
+    primary.overlay = EventOverlay(None)
     assert primary.load("v0001")["ok"]
     variants = VersionSlots(primary)
 
@@ -32,4 +32,4 @@ def test_split_versions_are_held_beside_the_primary(tiny, tmp_path, break_versio
     while variants.get("v0002") is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert variants.get("v0002").version == "v0002"
-    assert variants.get("v0002").live is primary.live  # the same event overlay as the primary
+    assert variants.get("v0002").live is primary.overlay.live  # the same event overlay as the primary
