@@ -6,7 +6,7 @@
 Bad input fails before any work: every Parquet file's schema is read first (a file without ``user_id``, or with
 user ids that are neither strings nor integers, is named), and the model is loaded once on the driver.
 Jobs the service's event log (``<live store>/events``) shows a user touched before ``at`` count as seen, as in
-the service. The live catalog (``<live store>/catalog``: ``POST /jobs``, ``convfm catalog push``) is applied up to
+the service (each actor reads the segments after those the model was trained on, ``BatchRanker.add_logged``). The live catalog (``<live store>/catalog``: ``POST /jobs``, ``convfm catalog push``) is applied up to
 its latest version at the run's start, pinned on the driver like the model version so every actor ranks the same
 catalog; rows and ``_SUCCESS.json`` record that ``catalog_version``. The output is complete or absent:
 ``_SUCCESS.json`` (counts, model and catalog version, time) is written after every data file; a local output is
@@ -33,7 +33,7 @@ from convfm.errors import ConfigError
 from convfm.jsonfile import write_json_atomic
 from convfm.model.batch_ranking import BatchRanker
 from convfm.store import storage
-from convfm.store.event_log import events_location, interactions_frame, list_segments
+from convfm.store.event_log import events_location, list_segments
 from convfm.store.live_catalog import CatalogStore
 from convfm.store.registry import live_location, locate, model_identity, resolve
 
@@ -96,7 +96,7 @@ class Recommender:
         self.ranker = BatchRanker.load(resolve(model), at, retrieval_candidates, catalog,  # the index is built here
                                        catalog_version)
         if events is not None:
-            self.ranker.add_seen(interactions_frame(events))
+            self.ranker.add_logged(events)
         self.k, self.exclude_seen = k, exclude_seen
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -134,7 +134,7 @@ def recommend_batch(model: str, users: str, out: str, k: int, exclude_seen: bool
                           f"expired{_catalog_dates(probe)}); pass an --at when its jobs were live")
     events = events_location(live_store)  # what the service logged counts as seen, as it does there
     events = str(events) if exclude_seen and list_segments(events) else None
-    logged = probe.add_seen(interactions_frame(events)) if events is not None else 0
+    logged = probe.add_logged(events) if events is not None else 0
     del probe
     init_ray(address, quiet=True, packages=[batch_package])
     if workers is None:

@@ -32,7 +32,7 @@ from convfm.config import EVENTS
 from convfm.data.liveness import ALWAYS
 from convfm.errors import DataValidationError, StorageError
 from convfm.store import event_log
-from convfm.store.log_mark import LogMark
+from convfm.store.log_mark import LogMark, segments_through
 from serve.replies import ServiceError
 
 log = logging.getLogger(__name__)
@@ -265,15 +265,14 @@ class LiveEvents:
 
     def _place_cut(self, names: list[str]) -> None:
         """Leave out the segments up to the mark from now on, if the log holds the mark's segment."""
-        last = self.mark.last_segment
-        at = bisect.bisect_left(names, last)
-        if at == len(names) or names[at] != last:
+        last, covered = self.mark.last_segment, segments_through(names, self.mark)
+        if covered is None:
             log.warning("event log %s does not hold segment %s, the last one the served model was trained on "
                         "(another log, or one shortened): every logged event is held", self.root, last)
             self.mark = None
             return
         with self._lock:
-            self._cut, self._cut_count = last, at + 1
+            self._cut, self._cut_count = last, covered
             self._applied = {name for name in self._applied if name > last}  # their events stay: harmless
 
     def seen_rows(self, user_id: Optional[str], rows: Mapping[str, int]) -> list[int]:

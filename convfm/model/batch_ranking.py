@@ -1,14 +1,15 @@
-"""Top-k jobs for many users at once, offline (the daily "jobs for you" email): ``CatalogRanker``'s fast path
-over blocks of users, with each user's seen jobs and the jobs not live at the run's time left out. With
+"""Top-k jobs for many users at once, offline (the daily "jobs for you" email): ``CatalogRanker``'s fast path over
+blocks of users, with each user's seen jobs and the jobs not live at the run's time left out. With
 ``retrieval_candidates`` K > 0, each user's K best candidates of a ``RetrievalIndex`` are ranked exactly instead
 (catalogs too large to scan per user; the same semantics as ``ServeConfig.retrieval_candidates``).
 
 Pure torch/pandas, so it is tested alone; ``batch/recommend.py`` runs it in Ray Data actors, one model per actor.
-Seen jobs are the model's (``serving.json``) plus, through ``add_seen``, the service's logged events. The catalog
-is the model's own plus, given a ``CatalogStore``, the live catalog's deltas up to one pinned version, applied
-as the service applies them (``LiveJobs.apply``): new jobs are ranked (popularity 0 in the fallback), upserted
-ones replace their rows, and a job is live at ``at`` when posted by then and not expired, by its training-data
-window or through the live catalog. The index, when there is one, is built after the deltas, so it holds them.
+Seen jobs are the model's (``serving.json``) plus, through ``add_logged``, the service's logged events after those
+its data held (``LogMark``). The catalog is the model's own plus, given a ``CatalogStore``, the live catalog's
+deltas up to one pinned version, applied as the service applies them (``LiveJobs.apply``): new jobs are ranked
+(popularity 0 in the fallback), upserted ones replace their rows, and a job is live at ``at`` when posted by then
+and not expired, by its training-data window or through the live catalog. The index, when there is one, is built
+after the deltas, so it holds them.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from convfm.store.artifacts import LoadedModel, load_model_dir
 from convfm.store.live_catalog import CatalogStore, grown
 from convfm.store.live_jobs import LiveJobs
 from convfm.store.registry import model_identity
+from convfm.store.event_log import interactions_frame, list_segments
+from convfm.store.log_mark import seen_segments
 from convfm.store.serving_data import SERVING_NAME, ServingData
 
 OUTPUT_COLUMNS = ("user_id", "rank", "job_id", "score", "source", "model_version", "catalog_version")
@@ -63,6 +66,7 @@ class BatchRanker:
         rows = extractor.job_rows
         self.seen = {user: np.array([rows[j] for j in jobs if j in rows], dtype=np.int64)
                      for user, jobs in serving.seen.items()}
+        self.event_mark = serving.event_log  # the event log's segments its seen pairs hold (``add_seen``)
         self.retrieval_candidates = retrieval_candidates
         self.index = RetrievalIndex(self.ranker) if retrieval_candidates else None  # None: exact full scan
 
@@ -77,6 +81,12 @@ class BatchRanker:
             self.seen[str(user)] = np.union1d(self.seen.get(str(user), np.zeros(0, np.int64)), new)
             added += len(new)
         return added
+
+    def add_logged(self, log: str | Path) -> int:
+        """``add_seen`` of the event log at ``log``: its segments after those the model's seen pairs hold
+        (``convfm.store.log_mark.seen_segments``); returns how many pairs were added."""
+        names = seen_segments(list_segments(log), self.event_mark)
+        return self.add_seen(interactions_frame(log, names)) if names else 0
 
     @classmethod
     def load(cls, path: str | Path, at: Optional[int] = None, retrieval_candidates: int = 0,

@@ -10,6 +10,7 @@ seen marks of the types the model's data left out. Plain Python.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from typing import Any, Mapping, Optional, Sequence
 
@@ -59,3 +60,18 @@ def common_mark(marks: Sequence[Optional[LogMark]]) -> Optional[LogMark]:
     first = min(marks, key=lambda m: m.last_segment)
     types = frozenset.intersection(*(m.seen_types for m in marks))
     return LogMark(first.last_segment, first.segments, types)
+
+
+def segments_through(names: Sequence[str], mark: LogMark) -> Optional[int]:
+    """How many of a log's segments (``names``, in order) the mark covers: those up to its last segment; None
+    when the log does not hold that segment (another log, or one shortened)."""
+    at = bisect.bisect_left(names, mark.last_segment)
+    return at + 1 if at < len(names) and names[at] == mark.last_segment else None
+
+
+def seen_segments(names: list[str], mark: Optional[LogMark]) -> list[str]:
+    """The segments a reader of the log's seen pairs must read beside a model marked ``mark`` (``names``, in
+    order): those after the mark when the model's seen pairs hold every event type and the log holds the mark's
+    segment, else all of them."""
+    covered = None if mark is None or mark.seen_types != frozenset(EVENTS) else segments_through(names, mark)
+    return names if covered is None else names[covered:]

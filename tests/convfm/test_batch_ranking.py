@@ -8,6 +8,7 @@ import torch
 
 from convfm.model.batch_ranking import OUTPUT_COLUMNS, BatchRanker
 from convfm.store.registry import resolve
+from tests.serve.test_event_overlay import board  # noqa: F401 - the fixture: a market logged as events, 2 models
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,6 +76,21 @@ def test_logged_events_before_the_run_time_count_as_seen(tiny, batch):
     assert fresh.add_seen(logged) == 1
     now = fresh.recommend([user], k=3)["job_id"].tolist()
     assert first[0] not in now and now[:2] == first[1:]
+
+
+def test_the_event_log_is_read_after_what_the_models_seen_pairs_hold(board, monkeypatch):
+    import convfm.model.batch_ranking as batch_ranking
+
+    read, real = [], batch_ranking.interactions_frame
+    monkeypatch.setattr(batch_ranking, "interactions_frame", lambda log, names: read.append(names) or real(log, names))
+    marked, plain = (BatchRanker.load(resolve(board.entry, v), at=int(pd.Timestamp.now("UTC").value // 1000))
+                     for v in ("v0002", "v0001"))
+    assert marked.add_logged(board.log) == len(board.later) < plain.add_logged(board.log)
+    assert read == [board.names[board.trained:], board.names]  # the later segments; all for a model without a mark
+    for user, job in board.later:  # the same seen jobs either way: the model's own, then the log's
+        assert marked.extractor.job_rows[job] in marked.seen[user]
+        ids = [{model.extractor.job_ids[r] for r in model.seen[user]} for model in (marked, plain)]
+        assert ids[0] == ids[1]
 
 
 def test_with_a_retrieval_index_the_rows_are_the_exact_ones(tiny, batch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import shutil
 import types
 
@@ -18,7 +19,7 @@ from convfm.data.prepare import prepare_data
 from convfm.data.synth import generate_market, write_market
 from convfm.store.artifacts import save_model_dir
 from convfm.store.event_log import EventLog, iso, list_segments, parse_time, read_segment
-from convfm.store.log_mark import LogMark, common_mark
+from convfm.store.log_mark import LogMark
 from convfm.store.registry import publish
 from convfm.store.serving_data import serving_extra_json
 from convfm.training.in_process import fit_in_process
@@ -156,6 +157,7 @@ def test_a_log_without_the_marks_segment_keeps_every_event(board, tmp_path, capl
     shutil.copytree(board.log, other)
     (other / board.mark).unlink()  # not the log the model read
     live = LiveEvents(other, LogMark(board.mark, board.trained, frozenset(EVENTS)))
+    caplog.set_level(logging.WARNING, logger="serve.events")  # a Ray test run before may have changed its level
     held = len(board.rows) - sum(r["type"] != "impression" for r in read_segment(board.log, board.mark)) + 12
     assert live.catch_up() == board.trained + 1 and live.cut is None and live.held == held
     assert f"does not hold segment {board.mark}" in caplog.text
@@ -166,15 +168,6 @@ def test_adds_reach_the_overlay_being_built():
     old.forward = new
     record = {"type": "apply", "user_id": "u", "job_id": "j", "timestamp": "2026-12-01T00:00:00.000000Z"}
     assert old.add("s1", [record]) and new.position == 1 and new.positives("u", ("apply",), 5) == ["j"]
-
-
-def test_the_common_mark_covers_every_version():
-    early, late = LogMark("1" * 19 + "-00000000.jsonl", 1, frozenset(EVENTS)), LogMark("2" * 19 + "-00000000.jsonl", 2,
-                                                                                        frozenset({"apply"}))
-    both = common_mark([early, late])
-    assert both.last_segment == early.last_segment and both.seen_types == {"apply"}
-    assert both.covers(early) and both.covers(late) and not late.covers(early) and not early.covers(late)
-    assert common_mark([early, None]) is None and common_mark([]) is None and not early.covers(None)
 
 
 def test_the_service_reports_its_overlay_and_counts_a_posted_event_at_once(board, tmp_path):
