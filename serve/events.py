@@ -31,7 +31,7 @@ import pandas as pd
 from convfm.config import EVENTS
 from convfm.data.liveness import ALWAYS
 from convfm.errors import DataValidationError, StorageError
-from convfm.store import event_log
+from convfm.store import event_log, log_bundles
 from convfm.store.log_mark import LogMark, segments_through
 from serve.replies import ServiceError
 
@@ -54,8 +54,8 @@ def event_records(events: Sequence[Any], known: Optional[Mapping[str, Optional[i
 
 
 def before_posting(events: Sequence[Any], known: Optional[Mapping[str, Optional[int]]]) -> list[str]:
-    """The ids of ``events`` dated before their job's posting: evaluation and training read the job as not live
-    then, and leave such an event out."""
+    """The ids of ``events`` dated before their job's posting: evaluation skips such an event (it ranks the jobs
+    live then), and training reads the job as just posted."""
     posted = {} if known is None else known
     return [e.event_id for e in events
             if posted.get(e.job_id) not in (None, ALWAYS) and event_log.micros(e.timestamp) < posted[e.job_id]]
@@ -256,8 +256,14 @@ class LiveEvents:
                         with self._lock:
                             self._seen_only(records)
                 self._cut_read = True
+            # from the start of the bundle block the cut falls in (blocks count from the log's first segment), so
+            # that block's later segments come from its bundle; the segments before the cut are skipped
+            start = after - after % log_bundles.BUNDLE
+            first = after < len(names) and names[after] not in self._applied  # later reads skip only the applied
+            skip = self._applied | set(names[start:after]) if first and start < after else self._applied
+            start = start if first else after
             count = 0
-            for name, records in event_log.read_log(self.root, skip=self._applied, names=names[after:]):
+            for name, records in event_log.read_log(self.root, skip=skip, names=names[start:]):
                 count += self.add(name, records)
             if count:
                 log.info("applied %d event log segment(s) from %s", count, self.root)

@@ -299,7 +299,6 @@ class LocalBackend:
         self.catalog = None if live_store is None else CatalogStore(live_store)  # None: POST /jobs answers 503
         if slot is not None and self.catalog is not None:
             slot.overlay = EventOverlay(self.events.root)
-            slot.overlay.served = lambda: [slot.current] if slot.current is not None else []
             slot.prepare = lambda scorer: catch_up(scorer, self.catalog)
             if slot.current is not None:
                 slot.overlay.admit(slot.current)

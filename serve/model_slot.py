@@ -128,10 +128,10 @@ class VersionSlots:
         reports = [self._load(v) for v in versions if self.get(v) is None]
         failed = {r["requested"] for r in reports if not r["ok"]}
         with self._lock:
-            dropped = set(self.slots) - set(versions)
+            dropped = [s.current for v, s in self.slots.items() if v not in versions and s.current is not None]
             self.slots = {v: s for v, s in self.slots.items() if v in versions and v not in failed}
         if dropped and self.primary.overlay is not None:
-            self.primary.overlay.settle()  # the overlay may now leave out more of the log
+            self.primary.overlay.release(dropped)  # the overlay may now leave out more of the log
         return reports
 
     def follow(self, versions: Sequence[str]) -> None:

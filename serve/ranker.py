@@ -43,7 +43,6 @@ class Ranker:
                  retrieval_candidates: int = 0, score_cache_mib: int = DEFAULT_BUDGET_MIB) -> None:
         self.slot = ModelSlot(model, device, retrieval_candidates, score_cache_mib)
         self.slot.overlay = EventOverlay(events_location(live_store) if live_store else None)
-        self.slot.overlay.served = lambda: [s for s in (self.slot.current, *self.variants.scorers()) if s is not None]
         self.catalog = None if live_store is None else CatalogStore(live_store)
         self.slot.prepare = lambda scorer: catch_up(scorer, self.catalog)  # a (re)loaded model: the whole live catalog
         self.variants = VersionSlots(self.slot)  # a traffic split's versions other than the primary's

@@ -67,7 +67,8 @@ class EventsResponse(BaseModel):
     duplicates: list[str] = Field(description="event ids already in the log (or repeated in the body): ignored")
     unknown_jobs: list[str] = Field(description="job ids the serving catalog does not know: stored, flagged")
     before_posting: list[str] = Field(default_factory=list, description="ids of events dated before their job's "
-                                      "posting: stored, but training and evaluation read the job as not live then")
+                                      "posting: stored; evaluation skips them (the job not live then), training "
+                                      "reads the job as just posted")
     segment: Optional[str] = Field(description="the log segment written; null when every event was a duplicate")
     position: int = Field(description="segments in the log after this call")
 

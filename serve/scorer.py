@@ -82,6 +82,9 @@ class Scorer:
         rows = extractor.job_rows
         self.seen = {user: np.array([rows[j] for j in jobs if j in rows], dtype=np.int64)
                      for user, jobs in serving.seen.items()}
+        # the seen pairs on jobs its catalog lacks: the live catalog may post them later (``_seen_rows``)
+        self.seen_elsewhere = {user: rest for user, jobs in serving.seen.items()
+                               if (rest := [j for j in jobs if j not in rows])}
         if serving.popularity is not None:
             popular = serving.popularity.score(np.array(extractor.job_ids, dtype=object)).astype(np.float64)
         else:  # no serving.json: the model's own scores for a user it knows nothing about
@@ -147,19 +150,24 @@ class Scorer:
         """Move the job sides to ``now`` (job ages, and popularity once the logged positives not counted yet
         are), the model's own jobs held at ``ModelJobs.time``, and the index with them. Callers hold
         ``_time_lock``."""
-        if self.live is not None and self.extractor.popularity is not None:
-            jobs, times, self._counted = self.live.applied_since(self._counted, self.positive_events)
-            self.extractor.add_positives(jobs, times)
+        self._count_logged()
         self.model_jobs.hold(now)
         (self.ranker if self.index is None else self.index).at(now)
 
     def follow_events(self, live: Optional["LiveEvents"]) -> None:
         """Read logged events from ``live`` from now on: the positives counted from another overlay are
-        dropped from the jobs' popularity, and ``live``'s counted at the next ``at``."""
+        dropped from the jobs' popularity, and ``live``'s counted."""
         with self._time_lock:
             if self._counted and self.extractor.popularity is not None:
                 self.extractor.popularity.reset()
             self.live, self._counted = live, 0
+            self._count_logged()  # here (a load's thread), not in the next request
+
+    def _count_logged(self) -> None:
+        """Count the positives ``live`` applied since the last count in the jobs' popularity."""
+        if self.live is not None and self.extractor.popularity is not None:
+            jobs, times, self._counted = self.live.applied_since(self._counted, self.positive_events)
+            self.extractor.add_positives(jobs, times)
 
     def put_jobs(self, rows: np.ndarray) -> None:
         """Job sides (and index entries) of the extractor's catalog ``rows`` the live catalog appended or
@@ -212,30 +220,39 @@ class Scorer:
             posted = self.live_jobs.posted if recency is None else recency.posted
             return {j: int(posted[rows[j]]) if j in rows else None for j in job_ids}
 
-    def _live_seen(self, user_id: Optional[str]) -> list[int]:
-        """Catalog rows of the jobs the user has logged events for."""
-        return self.live.seen_rows(user_id, self.extractor.job_rows) if self.live is not None else []
+    def _seen_rows(self, user_id: Optional[str]) -> list[int]:
+        """Catalog rows of the jobs the user has interacted with: in the model's data (any user it holds pairs
+        of, also one missing from its user catalog; a job the live catalog posted since included) and in the
+        logged events (``live``)."""
+        if user_id is None:
+            return []
+        rows = self.extractor.job_rows
+        seen = self.seen.get(user_id, np.zeros(0, np.int64)).tolist()
+        seen += [rows[j] for j in self.seen_elsewhere.get(user_id, ()) if j in rows]
+        return seen + (self.live.seen_rows(user_id, rows) if self.live is not None else [])
 
     def _user(self, request: Any) -> tuple[bool, Optional[EncodedTable], np.ndarray]:
         """(known id?, user-side row, catalog rows of the user's past jobs, most recent first). A profile is
         encoded as given (cold start), a known id uses its catalog row, and the history is the request's or the
-        stored one (the training data's positives) after the user's logged positive events (``serve.events``).
-        An unknown id with neither profile nor history nor logged positives has no row (popular fallback)."""
+        stored one (the training data's positives, also of a user its user catalog lacks: one seen only after the
+        training split) after the user's logged positive events (``serve.events``). An unknown id with neither
+        profile nor history (given, stored or logged) has no row (popular fallback)."""
         extractor, user_id, history = self.extractor, request.user_id, request.history
         known = user_id is not None and user_id in extractor.user_rows
         length = max(extractor.history_length, 1)
         live = self.live.positives(user_id, self.positive_events, length) if self.live and not history else []
+        start, count, _ = extractor.history.states(np.array([user_id or ""]), np.array([np.iinfo(np.int64).max]))
+        stored = user_id is not None and bool(count[0])
         if request.profile is not None:
             profile = request.profile
             extra = profile_extra(extractor.extra_columns.get("users", {}), profile.extra)
             static = extractor.transform_users(pd.DataFrame({
                 **extra, "user_id": [user_id or ""], "skills": [";".join(profile.skills)],
                 "location": [profile.location or ""], "experience_level": [profile.experience_level or ""]}))
-        elif known or history or live:
+        elif known or history or live or stored:
             static = extractor.user_catalog.take([extractor.user_rows.get(user_id, 0)])
         else:
             return False, None, np.zeros(0, dtype=np.int64)
-        start, count, _ = extractor.history.states(np.array([user_id or ""]), np.array([np.iinfo(np.int64).max]))
         recent = extractor.history.recent(start, count, length)  # (1, length) stored, most recent first
         if history or live:
             listed = history[::-1] if history else live + [j for j in recent[0] if j and j not in live]
@@ -301,11 +318,9 @@ class Scorer:
             scores = self.cache.scores(concat_rows([p[2] for p in pending]), rows) if exact else None  # (U, N)
             for u, (i, known, user, past, mask) in enumerate(pending):
                 request = requests[i]
-                seen = list(self.seen.get(request.user_id, ())) if known and request.exclude_seen else []
+                seen = self._seen_rows(request.user_id) if request.exclude_seen else []
                 if request.exclude_seen and request.history:  # all of it: ``past`` keeps the last history_length
                     seen += [self.extractor.job_rows.get(j, 0) for j in request.history]
-                if request.exclude_seen:
-                    seen += self._live_seen(request.user_id)
                 if exact:
                     rows, logits = self.ranker.top_k(user, request.k, seen, mask, scores=scores[u])
                 else:  # seen jobs and filters leave the candidates before the scan: K of them pass
@@ -335,7 +350,7 @@ class Scorer:
 
     def _popular(self, request: RecommendRequest, mask: Optional[np.ndarray]) -> dict[str, Any]:
         scores = self.popular if mask is None else np.where(mask, self.popular, -np.inf)
-        seen = self._live_seen(request.user_id) if request.exclude_seen else []
+        seen = self._seen_rows(request.user_id) if request.exclude_seen else []
         if seen:
             scores = scores.copy()
             scores[seen] = -np.inf

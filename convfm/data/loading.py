@@ -32,6 +32,7 @@ from convfm.store import storage
 from convfm.store.event_log import interactions_frame, list_segments
 
 logger = logging.getLogger(__name__)
+ALL = object()  # read every event log segment / live catalog delta (not what an earlier read took)
 
 
 
@@ -62,9 +63,12 @@ def _index_in(values: pd.Series, unique: pd.Series) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ the job market
-def load_job_market(config: DataConfig, interactions: bool = True, log_dates: Iterable[DateOrder] = ()
-                    ) -> JobMarket:
+def load_job_market(config: DataConfig, interactions: bool = True, log_dates: Iterable[DateOrder] = (),
+                    read_before: Optional[Mapping[str, Any]] = None) -> JobMarket:
     """Read and validate ``config.path``/{jobs, users (optional), interactions} with ``config.columns`` applied.
+    ``read_before``: what a resumed run's first start read beside ``config.events`` (its run.json's
+    ``event_log`` and ``live_catalog``, each present or not): the log is read up to that segment and the live
+    catalog up to that version, so the run goes on with the data it started with.
     ``interactions`` False reads the catalogs only (distributed preparation reads the log on the cluster): the
     market's interactions are then empty and its calendar is taken as given. Numeric dates (02/01/2025) are read
     one way in every file (``JobMarket.day_first``), decided on all of them and ``log_dates`` (what the
@@ -122,9 +126,10 @@ def load_job_market(config: DataConfig, interactions: bool = True, log_dates: It
             tables["interactions"]["timestamp"] = np.arange(len(tables["interactions"]), dtype=np.int64)
     live = read_log = None
     if config.events:
+        pinned = read_before or {}
         tables["interactions"], calendar, read_log = _with_event_log(tables.get("interactions"), calendar, source,
-                                                                     config)
-        tables["jobs"], live = _with_live_jobs(tables["jobs"], source, config)
+                                                                     config, pinned.get("event_log", ALL))
+        tables["jobs"], live = _with_live_jobs(tables["jobs"], source, config, pinned.get("live_catalog", ALL))
     interactions = tables["interactions"]
     if not calendar:
         logger.warning("%s: no date/time timestamps (%s): time is the row order or the numbers given, so job "
@@ -187,15 +192,16 @@ def require_extra_columns(market: JobMarket, columns: Mapping[str, Mapping[str, 
                                       f"{missing}, which {whose} reads (its extra_columns.{table})")
 
 
-def _with_live_jobs(jobs: pd.DataFrame, source: dict[str, str],
-                    config: DataConfig) -> tuple[pd.DataFrame, Optional[dict[str, Any]]]:
+def _with_live_jobs(jobs: pd.DataFrame, source: dict[str, str], config: DataConfig,
+                    before: Any = None) -> tuple[pd.DataFrame, Optional[dict[str, Any]]]:
     """The jobs table with the live catalog beside the event log (``<live store>/catalog/``, what the service's
     ``POST /jobs`` wrote) applied, so events on jobs posted live train with those jobs' fields; and what was
-    applied (store, version, added, replaced, expired), None when the store holds no delta."""
+    applied (store, version, added, replaced, expired), None when the store holds no delta. ``before``: what an
+    earlier read applied (its record, None for nothing): the deltas up to its version alone; ``ALL``: every one."""
     from convfm.store.live_catalog import CatalogStore, jobs_after  # it reads loaded tables: imports this module
 
     store = CatalogStore(storage.parent(config.events))
-    deltas = store.read()
+    deltas = store.read(upto=None if before is ALL else (before or {}).get("version", 0))
     if not deltas:
         return jobs, None
     jobs, counts = jobs_after(jobs, deltas, config.job_lifetime_days)
@@ -204,11 +210,19 @@ def _with_live_jobs(jobs: pd.DataFrame, source: dict[str, str],
 
 
 def _with_event_log(interactions: Optional[pd.DataFrame], calendar: bool, source: dict[str, str],
-                    config: DataConfig) -> tuple[pd.DataFrame, bool, Optional[dict[str, Any]]]:
+                    config: DataConfig, before: Any = None) -> tuple[pd.DataFrame, bool, Optional[dict[str, Any]]]:
     """The interactions with the event log's events after them, and what was read of the log (its last segment
     and segment count: ``JobMarket.event_log``); the log's times are date/times, so the file's must be too
-    (numbers or row order could not be put in one order with them)."""
+    (numbers or row order could not be put in one order with them). ``before``: what an earlier read took (its
+    record): the segments up to its last one alone; ``ALL``: every one."""
     names = list_segments(config.events) if storage.exists(config.events) else None
+    if names and before is not ALL and before is not None:
+        last = before["last_segment"]
+        if last not in names:
+            raise DataValidationError(f"{config.events}: the run first read this log up to segment {last}, which "
+                                      f"it no longer holds: the resumed run cannot read the same events (start a "
+                                      f"new run)")
+        names = names[: names.index(last) + 1]
     events = interactions_frame(config.events, names)
     read = {"log": str(config.events), "last_segment": names[-1], "segments": len(names)} if names else None
     if interactions is None:

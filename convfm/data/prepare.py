@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -109,12 +109,13 @@ def all_positives(data: PreparedData) -> pd.DataFrame:
 
 def prepare_data(
     config: DataConfig, extractor: Any = None, extractor_options: Optional[dict[str, Any]] = None,
-    base: Any = None,
+    base: Any = None, read_before: Optional[Mapping[str, Any]] = None,
 ) -> PreparedData:
     """Load, label, split and encode. Without ``extractor`` one is fitted on the training split only;
     with one (a saved model's), it is used as is, so evaluation encodes exactly as training did. ``base``, a
     published model's extractor (a warm start), fits the new one with its config, starting from its
-    vocabularies and statistics (``JobFeatureExtractor.fit``)."""
+    vocabularies and statistics (``JobFeatureExtractor.fit``). ``read_before``: a resumed run's record of the
+    event log and live catalog its first start read (``load_job_market``)."""
     options = dict(extractor_options or {})
     if base is not None and (base.kind != config.kind or options):
         raise ConfigError(f"warm start: the published extractor is of kind {base.kind!r} with its own options; "
@@ -134,7 +135,7 @@ def prepare_data(
         sets = {name: extractor.example_set(frame) for name, frame in frames.items()}
         return PreparedData(config, extractor, sets, frames, catalog=None, truth=None)
 
-    market = load_job_market(config)
+    market = load_job_market(config, read_before=read_before)
     fitted = extractor if extractor is not None else base
     if base is not None:
         check_warm_start_columns(config.extra_columns, base.extra_columns)

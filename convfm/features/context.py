@@ -233,7 +233,7 @@ class HistoryEncoder:
 def _frequent(values: np.ndarray, length: int) -> np.ndarray:
     """values (R, J, S) ids (PAD = none), jobs most recent first -> (R, length): each row's most frequent
     non-padding ids, ties broken by first appearance (so the most recent jobs' values win)."""
-    flat = values.reshape(len(values), -1)
+    flat = values.reshape(len(values), int(np.prod(values.shape[1:])))  # -1 is ambiguous with no rows
     out = np.zeros((len(values), length), dtype=np.int64)
     for r, row in enumerate(flat):
         row = row[row != PAD]

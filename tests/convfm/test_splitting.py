@@ -50,6 +50,14 @@ def test_the_periods_read_as_one_line_for_people(market_dir) -> None:
     assert prepare_data(DataConfig(path=str(market_dir))).split_periods is None  # per-user split: no dates
 
 
+def test_the_daily_loops_served_version_config_prepares_with_no_test_split(market_dir) -> None:
+    """docs/DAILY_LOOP.md: global time, test_fraction 0, a small valid share; history features on (the default)
+    made the empty test split fail its encoding (a reshape of no rows)."""
+    data = prepare_data(DataConfig(path=str(market_dir), split="global_time", valid_fraction=0.05, test_fraction=0))
+    assert data.summary()["test"] == 0 and len(data.sets["test"]) == 0 and data.summary()["valid"] > 0
+    assert data.extractor.history_length == 20
+
+
 def test_ties_at_a_start_all_go_to_the_later_split() -> None:
     splits = split_examples(examples_at([1, 2, 3, 4, 5, 5, 5, 5, 6, 7]),
                             DataConfig(split="global_time", valid_fraction=0.1, test_fraction=0.1), calendar=False)

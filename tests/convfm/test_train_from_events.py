@@ -117,3 +117,27 @@ def test_jobs_posted_live_train_with_their_fields(market, tmp_path):
         "version": 2, "added": 1, "replaced": 1, "expired": 1}
     data = prepare_data(DataConfig(path=str(root), events=str(live / "events")))  # it crashed on the oracle
     assert data.oracle is None and "j-new" in set(data.catalog) and data.live_catalog["version"] == 2
+
+
+def test_a_resumed_run_reads_the_log_and_the_live_catalog_its_first_start_read(market, tmp_path):
+    from convfm.store.live_catalog import CatalogStore
+
+    _, jobs_only, log, _ = market
+    shutil.copytree(log, tmp_path / "live" / "events")
+    config = DataConfig(path=str(jobs_only), events=str(tmp_path / "live" / "events"))
+    store = CatalogStore(tmp_path / "live")
+    store.append(upsert=[{"job_id": "j-first", "title": "Data Engineer", "skills": ["sql"], "location": "Berlin"}])
+    first = load_job_market(config)
+    EventLog.open(config.events).append([{"event_id": "after", "type": "apply", "user_id": "u-late",
+                                          "job_id": "j-first", "timestamp": "2030-01-01T00:00:00.000000Z"}])
+    store.append(upsert=[{"job_id": "j-second", "title": "Analyst", "skills": ["excel"], "location": "Paris"}])
+    read = {"event_log": first.event_log, "live_catalog": first.live_catalog}
+    again = load_job_market(config, read_before=read)
+    assert (again.event_log, again.live_catalog) == (first.event_log, first.live_catalog)
+    assert len(again.interactions) == len(first.interactions) and "j-second" not in set(again.jobs["job_id"])
+    now = load_job_market(config)  # a new run reads everything
+    assert len(now.interactions) == len(first.interactions) + 1 and "j-second" in set(now.jobs["job_id"])
+    assert load_job_market(config, read_before={"live_catalog": None}).live_catalog is None  # it held no delta
+    (tmp_path / "live" / "events" / first.event_log["last_segment"]).unlink()
+    with pytest.raises(DataValidationError, match="up to segment .* which it no longer holds: the resumed run"):
+        load_job_market(config, read_before=read)

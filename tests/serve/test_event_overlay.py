@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import shutil
+import time
 import types
 
 import numpy as np
@@ -30,6 +32,7 @@ from serve.schemas import RecommendRequest
 
 pytestmark = pytest.mark.timeout(300)
 NOW = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+UNPOSTED = "j-posted-later"
 
 
 def _train(config: DataConfig, out):
@@ -42,8 +45,10 @@ def _train(config: DataConfig, out):
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
-    """A market logged as 6 segments of events; ``board/v0001`` trained on its files (no mark), ``v0002`` on the
-    log (marked at segment 6); then 2 later segments of applies (``later``: user, job), after both trainings."""
+    """A market logged as segments of events, then one of ``newcomers`` (users who applied to 3 jobs each after
+    every other event; the first also viewed ``UNPOSTED``, a job no catalog holds yet); ``board/v0001`` trained on
+    the files (no mark), ``v0002`` on the log (marked at its last segment), ``v0003`` on the log split by global
+    time (the newcomers are not in its user catalog); then 2 later segments of applies (``later``: user, job)."""
     root = tmp_path_factory.mktemp("overlay_board")
     write_market(generate_market(users=120, jobs=80, interactions=3000, seed=1), root / "files")
     (root / "jobs_only").mkdir()
@@ -56,10 +61,18 @@ def board(tmp_path_factory):
         writer.append([{"event_id": f"e{start + i}", "type": r["event"], "user_id": r["user_id"],
                         "job_id": r["job_id"], "timestamp": iso(parse_time(r["timestamp"]))}
                        for i, r in enumerate(rows[start:start + 500])])
-    registry = root / "registry"
+    last, jobs = max(parse_time(r["timestamp"]) for r in rows), sorted({r["job_id"] for r in rows})
+    newcomers = {f"newcomer{u}": [jobs[(u * 7 + k * 3) % len(jobs)] for k in range(3)] for u in range(3)}
+    writer.append([{"event_id": f"new-{user}-{k}", "type": "apply", "user_id": user, "job_id": job,
+                    "timestamp": iso(last + dt.timedelta(hours=1 + k))}
+                   for user, applied in newcomers.items() for k, job in enumerate(applied)]
+                  + [{"event_id": "unposted", "type": "view", "user_id": "newcomer0", "job_id": UNPOSTED,
+                      "timestamp": iso(last + dt.timedelta(hours=5))}])
+    registry, logged = root / "registry", {"path": str(root / "jobs_only"), "events": str(log), "popularity_days": 30}
     publish(_train(DataConfig(path=str(root / "files"), popularity_days=30), root / "plain"), registry, "board")
-    publish(_train(DataConfig(path=str(root / "jobs_only"), events=str(log), popularity_days=30), root / "marked"),
-            registry, "board")
+    publish(_train(DataConfig(**logged), root / "marked"), registry, "board")
+    publish(_train(DataConfig(**logged, split="global_time", valid_fraction=0.05, test_fraction=0.05),
+                   root / "by_time"), registry, "board")
     positives = [r for r in rows if r["event"] in ("apply", "save")]
     later = [(r["user_id"], positives[-1 - i]["job_id"]) for i, r in enumerate(positives[:12])]
     for start in (0, 6):
@@ -67,7 +80,8 @@ def board(tmp_path_factory):
                         "timestamp": iso(NOW)} for i, (user, job) in enumerate(later[start:start + 6])])
     names = list_segments(log)
     return types.SimpleNamespace(log=log, entry=registry / "board", rows=rows, later=later, writer=writer,
-                                 names=names, mark=names[-3], trained=len(names) - 2)
+                                 names=names, mark=names[-3], trained=len(names) - 2, newcomers=newcomers,
+                                 logged=len(rows) + 10)
 
 
 def _slot(board) -> ModelSlot:
@@ -93,13 +107,12 @@ def test_a_model_trained_on_the_log_records_its_last_segment(board):
 
 def test_the_overlay_holds_the_events_after_the_mark_and_the_model_the_rest(board):
     slot = _slot(board)
-    slot.overlay.served = lambda: [slot.current] if slot.current else []
     assert slot.load("v0002")["ok"]
     assert slot.info()["events"] == {"segments": board.trained + 2, "held": 12, "cut_at": board.mark}
     scorer, (user, job) = slot.current, board.later[0]
     trained = {r["job_id"] for r in board.rows if r["user_id"] == user}
     trained_positives = [r["job_id"] for r in board.rows if r["user_id"] == user and r["event"] in ("apply", "save")]
-    assert {scorer.extractor.job_ids[r] for r in scorer._live_seen(user)} == {job}  # the overlay: the later one
+    assert {scorer.extractor.job_ids[r] for r in scorer.live.seen_rows(user, scorer.extractor.job_rows)} == {job}  # the overlay: the later one
     assert trained <= {scorer.extractor.job_ids[r] for r in scorer.seen[user]}  # the model: the trained ones
     _, _, past = scorer._user(RecommendRequest(user_id=user))
     history = [scorer.extractor.job_ids[r] for r in past]
@@ -118,10 +131,9 @@ def test_the_overlay_holds_the_events_after_the_mark_and_the_model_the_rest(boar
 
 def test_a_version_without_the_mark_makes_the_overlay_hold_every_event_again(board):
     slot = _slot(board)
-    slot.overlay.served = lambda: [slot.current] if slot.current else []
     assert slot.load("v0002")["ok"] and slot.info()["events"]["held"] == 12
     assert slot.load("v0001")["ok"]  # a rollback to a model trained on the files alone
-    assert slot.info()["events"] == {"segments": board.trained + 2, "held": len(board.rows) + 12, "cut_at": None}
+    assert slot.info()["events"] == {"segments": board.trained + 2, "held": board.logged + 12, "cut_at": None}
     assert slot.current.live is slot.overlay.live
     assert slot.load("v0002")["ok"] and slot.info()["events"] == {"segments": board.trained + 2, "held": 12, "cut_at": board.mark}
 
@@ -129,7 +141,6 @@ def test_a_version_without_the_mark_makes_the_overlay_hold_every_event_again(boa
 def test_split_versions_share_one_overlay_and_count_each_logged_positive_once(board):
     slot = _slot(board)
     variants = VersionSlots(slot)
-    slot.overlay.served = lambda: [s for s in (slot.current, *variants.scorers()) if s is not None]
     assert slot.load("v0002")["ok"]
     jobs = sorted({job for _, job in board.later})
     expected = np.array([sum(logged == j for _, logged in board.later) for j in jobs])  # the training data is years old
@@ -141,6 +152,83 @@ def test_split_versions_share_one_overlay_and_count_each_logged_positive_once(bo
     variants.hold([])  # the split ends: cut again
     assert slot.info()["events"] == {"segments": board.trained + 2, "held": 12, "cut_at": board.mark}
     assert _counts(slot.current, jobs).tolist() == expected.tolist()
+
+
+def test_users_and_jobs_the_models_catalogs_lack_keep_what_its_data_holds(board, tmp_path):
+    from convfm.store.live_catalog import CatalogStore
+    from serve.live_catalog import catch_up
+
+    slot = _slot(board)
+    assert slot.load("v0003")["ok"] and slot.info()["events"]["cut_at"] == board.mark
+    scorer, user = slot.current, "newcomer0"
+    assert user not in scorer.extractor.user_rows  # seen only after the training split
+
+    def ranked(**request) -> tuple[dict, set[str]]:
+        answer = scorer.recommend_many([RecommendRequest(user_id=user, k=100, filters={"include_expired": True},
+                                                         **request)])[0]
+        return answer, {i["job_id"] for i in answer["items"]}
+
+    answer, jobs = ranked()
+    assert answer["fallback"] is None and answer["cold_start"]  # scored from its stored history, not the popular
+    assert not jobs & set(board.newcomers[user])  # nor offered the jobs it applied to
+    store = CatalogStore(tmp_path / "live")  # the job it viewed before any catalog held it, posted now
+    store.append(upsert=[{"job_id": UNPOSTED, "title": "Data Engineer", "skills": ["python"], "location": "Berlin"}])
+    catch_up(scorer, store)
+    assert UNPOSTED not in ranked()[1] and UNPOSTED in ranked(exclude_seen=False)[1]
+
+
+def test_a_model_admitted_while_another_load_cuts_the_overlay_moves_with_it(board):
+    from convfm.store.registry import resolve
+    from serve.scorer import Scorer
+
+    overlay = EventOverlay(board.log)
+    plain, marked = (Scorer.load(resolve(board.entry, v)) for v in ("v0001", "v0002"))
+    overlay.admit(marked)  # admitted, not yet published by its slot, when another load needs every event
+    assert overlay.info()["cut_at"] == board.mark
+    overlay.admit(plain)
+    assert overlay.info()["cut_at"] is None and marked.live is plain.live is overlay.live
+    overlay.release([plain])
+    assert overlay.info()["cut_at"] == board.mark and marked.live is overlay.live
+    assert plain.live is not overlay.live
+
+
+def test_a_reload_keeps_the_overlay_when_the_new_one_cannot_be_read(board, monkeypatch):
+    from convfm.errors import StorageError
+    from convfm.store import event_log
+
+    slot = _slot(board)
+    assert slot.load("v0001")["ok"]
+    every = slot.info()["events"]
+    listing = event_log.list_segments
+    monkeypatch.setattr(event_log, "list_segments", lambda root: (_ for _ in ()).throw(StorageError("offline")))
+    assert slot.load("v0002")["ok"] and slot.info()["events"] == every  # the old one holds what v0002 needs
+    assert slot.current.live is slot.overlay.live
+    monkeypatch.setattr(event_log, "list_segments", listing)
+    old = slot.overlay.live
+    assert slot.load("v0002")["ok"] and slot.info()["events"]["cut_at"] == board.mark  # cut at the next load
+    record = {"type": "apply", "user_id": "late", "job_id": board.later[0][1], "timestamp": iso(NOW)}
+    old.add(f"{time.time_ns():019d}-00000000.jsonl", [record])  # a broadcast that took the old overlay
+    assert slot.overlay.live.positives("late", ("apply",), 5) == [board.later[0][1]]
+
+
+def test_after_the_cut_the_log_is_read_from_its_bundles(tmp_path, monkeypatch):
+    from convfm.store import event_log, log_bundles, storage
+
+    root, start = tmp_path / "events", time.time_ns()
+    names = [f"{start + s:019d}-{s:08x}.jsonl" for s in range(2100)]
+    for s, name in enumerate(names):
+        storage.write_text(root / name, json.dumps({"event_id": f"e{s}", "type": "view", "user_id": f"u{s % 50}",
+                                                    "job_id": f"j{s % 70}", "timestamp": iso(NOW)}) + "\n")
+    assert event_log.bundle_missing(root)[log_bundles.WRITTEN] == 2
+    reads = {"segments": 0, "bundles": 0}
+    segment, bundle = event_log.read_segment, log_bundles.bundle_texts
+    monkeypatch.setattr(event_log, "read_segment", lambda *a: reads.update(segments=reads["segments"] + 1)
+                        or segment(*a))
+    monkeypatch.setattr(log_bundles, "bundle_texts", lambda *a: reads.update(bundles=reads["bundles"] + 1)
+                        or bundle(*a))
+    live = LiveEvents(root, LogMark(names[1049], 1050, frozenset(EVENTS)))
+    assert live.catch_up() == 1050 and live.position == 2100
+    assert reads == {"segments": 100, "bundles": 1}  # the cut's block from its bundle, the 100 after it alone
 
 
 def test_types_the_models_data_left_out_keep_their_seen_marks(board):
@@ -158,7 +246,7 @@ def test_a_log_without_the_marks_segment_keeps_every_event(board, tmp_path, capl
     (other / board.mark).unlink()  # not the log the model read
     live = LiveEvents(other, LogMark(board.mark, board.trained, frozenset(EVENTS)))
     caplog.set_level(logging.WARNING, logger="serve.events")  # a Ray test run before may have changed its level
-    held = len(board.rows) - sum(r["type"] != "impression" for r in read_segment(board.log, board.mark)) + 12
+    held = board.logged - len(read_segment(board.log, board.mark)) + 12
     assert live.catch_up() == board.trained + 1 and live.cut is None and live.held == held
     assert f"does not hold segment {board.mark}" in caplog.text
 
