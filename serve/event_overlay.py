@@ -49,9 +49,15 @@ class EventOverlay:
             if replacing is not None:
                 self._followers.discard(replacing)
             self._followers.add(scorer)
-            self._cut()
-            if scorer.live is not self.live:
-                scorer.follow_events(self.live)
+            try:
+                self._cut()
+                if scorer.live is not self.live:
+                    scorer.follow_events(self.live)
+            except BaseException:  # the load fails: ``replacing`` serves on, as a follower
+                self._followers.discard(scorer)
+                if replacing is not None:
+                    self._followers.add(replacing)
+                raise
 
     def release(self, scorers: Iterable["Scorer"]) -> None:
         """``scorers`` stopped serving (a split's versions dropped): the overlay may leave out more of the log."""
@@ -83,14 +89,18 @@ class EventOverlay:
             return
         old, fresh = self.live, LiveEvents(self.root, wanted)
         old.forward = fresh  # what the old overlay is given from now on, also after the swap
+        moved: list["Scorer"] = []
         try:
             if not self._read(fresh) and self._mark is not UNSET and (self._mark is None or self._mark.covers(wanted)):
                 old.forward = None  # the old overlay holds what the models need: keep it, cut at the next load
                 return
             for scorer in followers:
                 scorer.follow_events(fresh)
+                moved.append(scorer)
         except BaseException:
             old.forward = None
+            for scorer in moved:  # back on the overlay that goes on being fed
+                scorer.follow_events(old)
             raise
         self.live, self._mark = fresh, wanted
         log.info("event overlay cut at %s: %d event(s) held (%d before)",

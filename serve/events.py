@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Container, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -259,9 +259,7 @@ class LiveEvents:
             # from the start of the bundle block the cut falls in (blocks count from the log's first segment), so
             # that block's later segments come from its bundle; the segments before the cut are skipped
             start = after - after % log_bundles.BUNDLE
-            first = after < len(names) and names[after] not in self._applied  # later reads skip only the applied
-            skip = self._applied | set(names[start:after]) if first and start < after else self._applied
-            start = start if first else after
+            skip = _Either(self._applied, frozenset(names[start:after]))
             count = 0
             for name, records in event_log.read_log(self.root, skip=skip, names=names[start:]):
                 count += self.add(name, records)
@@ -303,6 +301,16 @@ class LiveEvents:
                 if len(out) == length:
                     break
         return out
+
+
+class _Either:
+    """Membership in either of two sets, neither copied (the applied segments grow while a catch-up reads)."""
+
+    def __init__(self, first: Container[str], second: Container[str]) -> None:
+        self.first, self.second = first, second
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.first or name in self.second
 
 
 async def follow_log(live: Optional[LiveEvents], position: Optional[int]) -> None:

@@ -300,9 +300,9 @@ class LocalBackend:
         if slot is not None and self.catalog is not None:
             slot.overlay = EventOverlay(self.events.root)
             slot.prepare = lambda scorer: catch_up(scorer, self.catalog)
-            if slot.current is not None:
-                slot.overlay.admit(slot.current)
+            if slot.current is not None:  # as ``ModelSlot.load``: the live catalog first, then the events on it
                 catch_up(slot.current, self.catalog)
+                slot.overlay.admit(slot.current)
 
     async def _run(self, method: str, request: Any) -> dict[str, Any]:
         started = time.perf_counter()

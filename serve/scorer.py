@@ -10,6 +10,7 @@ a request that cannot be answered gets a ``ServiceError`` in its slot, never an 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -82,9 +83,10 @@ class Scorer:
         rows = extractor.job_rows
         self.seen = {user: np.array([rows[j] for j in jobs if j in rows], dtype=np.int64)
                      for user, jobs in serving.seen.items()}
-        # the seen pairs on jobs its catalog lacks: the live catalog may post them later (``_seen_rows``)
+        # the seen pairs on jobs its catalog lacks (ids interned: one string a job): the live catalog may post
+        # them later (``_seen_rows``)
         self.seen_elsewhere = {user: rest for user, jobs in serving.seen.items()
-                               if (rest := [j for j in jobs if j not in rows])}
+                               if (rest := [sys.intern(str(j)) for j in jobs if j not in rows])}
         if serving.popularity is not None:
             popular = serving.popularity.score(np.array(extractor.job_ids, dtype=object)).astype(np.float64)
         else:  # no serving.json: the model's own scores for a user it knows nothing about
@@ -157,7 +159,7 @@ class Scorer:
     def follow_events(self, live: Optional["LiveEvents"]) -> None:
         """Read logged events from ``live`` from now on: the positives counted from another overlay are
         dropped from the jobs' popularity, and ``live``'s counted."""
-        with self._time_lock:
+        with self.live_jobs.lock, self._time_lock:  # as scoring takes them; a batch meanwhile runs in a thread
             if self._counted and self.extractor.popularity is not None:
                 self.extractor.popularity.reset()
             self.live, self._counted = live, 0

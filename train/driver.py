@@ -25,7 +25,7 @@ from convfm.store import storage
 from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
 from convfm.errors import ConfigError, ConvFMError
 from convfm.features.jobs import load_extractor
-from convfm.data.prepare import PreparedData, prepare_data
+from convfm.data.prepare import PreparedData, data_reads, first_reads, prepare_data
 from convfm.training.in_process import check_initial_weights, check_resumable_metric
 from convfm.training.warm_start import load_warm_start, warm_configs, warm_model
 from convfm.store.storage import StagedDir
@@ -143,9 +143,8 @@ def run_training(
             check_split_sizes(data.train_rows, data.valid_labels, train_config)
         elif resume:
             extractor, over = _check_resumable(run, train_config)
-            first_read = {key: run[key] for key in ("event_log", "live_catalog") if key in run}  # the same data
             data = prepare_data(data_config, extractor=extractor, base=None if extractor is not None else base,
-                                read_before=first_read)
+                                read_before=first_reads(run, data_config, f"run {out.target}"))  # the same data
         elif prepared is not None:
             if warm is not None:
                 raise ConfigError("prepared: a run with init_from prepares its own data (from the published extractor)")
@@ -162,7 +161,7 @@ def run_training(
         initial = None if warm is None else warm_model(warm, data.extractor.feature_map, train_config.seed)
         run.update(status="running", train=train_config.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
                    prepare={"path": prepare, "why": why}, split_periods=data.split_periods,
-                   live_catalog=data.live_catalog, event_log=getattr(data, "event_log", None),
+                   **data_reads(data),
                    columns_read=data.extractor.extra_summary() if getattr(data.extractor, "extra_columns", {})
                    else None)
         if warm is not None:  # a resumed run keeps the record of its first start (what was replaced then)

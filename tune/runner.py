@@ -36,7 +36,7 @@ import tune as tune_package
 from convfm.config import DataConfig, ModelConfig, TrainConfig, as_config
 from convfm.errors import ConfigError, ConvFMError
 from convfm.jsonfile import write_json_atomic
-from convfm.data.prepare import PreparedData, prepare_data
+from convfm.data.prepare import PreparedData, data_reads, first_reads, prepare_data
 from convfm.store import storage
 from convfm.store.registry import publish
 from convfm.store.storage import StagedDir
@@ -109,8 +109,10 @@ def run_tune(
         experiment = _experiment(out, resume, data_config, base_model, base_train, tune_config)
         if prepared is not None and prepared.config != data_config:
             raise ConfigError("prepared: data was prepared from a different DataConfig than data_config")
-        data = prepared or prepare_data(data_config)
+        read_before = first_reads(experiment, data_config, f"search {out.target}") if resume else None
+        data = prepared or prepare_data(data_config, read_before=read_before)  # a resume: what its start read
         check_training_data(data, base_train, workers_field="workers_per_trial")
+        experiment = {**experiment, **data_reads(data)}
         write_experiment(out, {**experiment, "status": "running"})
 
         init_ray(address, quiet, packages=[tune_package], sigterm_interrupts=sigterm_interrupts)

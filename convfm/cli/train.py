@@ -99,6 +99,6 @@ def run(args: argparse.Namespace) -> int:
         sigterm_interrupts=True,  # `kill` stops it as Ctrl-C does: "interrupted", exit 130, resumable
     )
     print(format_summary(result))
-    held_out = (result.split_periods or {}).get("examples", {}).get("test", 1)  # none: test_fraction 0
+    held_out = (result.split_periods or {}).get("examples", {}).get("test", data.test_fraction)  # 0: none held out
     print(f"\nNext: convfm evaluate --model {result.best_dir} --split {'test' if held_out else 'valid'}")
     return 0

@@ -107,6 +107,25 @@ def all_positives(data: PreparedData) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def data_reads(data: Any) -> dict[str, Any]:
+    """What preparing ``data`` read beside ``config.events`` (the event log's record and the live catalog's), for a
+    run's record: a resume passes it back (``first_reads``) to read the same."""
+    return {"event_log": getattr(data, "event_log", None), "live_catalog": getattr(data, "live_catalog", None)}
+
+
+def first_reads(record: Mapping[str, Any], config: DataConfig, what: str) -> Optional[dict[str, Any]]:
+    """``read_before`` for a resumed ``what`` (a run, a search) whose ``record`` (run.json, experiment.json) kept
+    ``data_reads`` at its first start; None (read everything) without ``config.events``, or, with a warning, for a
+    record written before they were kept."""
+    if not config.events:
+        return None
+    if "event_log" not in record:
+        log.warning("%s was started before its reads of the event log were recorded: the resume reads the whole log "
+                    "and live catalog again, so its model's mark may name events its checkpoints never saw", what)
+        return None
+    return {key: record.get(key) for key in ("event_log", "live_catalog")}
+
+
 def prepare_data(
     config: DataConfig, extractor: Any = None, extractor_options: Optional[dict[str, Any]] = None,
     base: Any = None, read_before: Optional[Mapping[str, Any]] = None,

@@ -111,11 +111,13 @@ class BatchRanker:
         return live
 
     def recommend(self, user_ids: Sequence[str], k: int, exclude_seen: bool = True) -> pd.DataFrame:
-        """OUTPUT_COLUMNS rows, k per user (fewer when fewer jobs are left), best first. Known users are ranked
-        by the model (``source`` "model", score a probability); unknown ones get the training split's popular
-        jobs (``source`` "popular"), or no rows when the model has no popularity data."""
+        """OUTPUT_COLUMNS rows, k per user (fewer when fewer jobs are left), best first. Known users, and users
+        its user catalog lacks with a stored history before ``at`` (seen only after the training split), are
+        ranked by the model (``source`` "model", score a probability), as the service does; the others get the
+        training split's popular jobs (``source`` "popular"), or no rows when the model has no popularity data."""
         ids = np.array([str(u) for u in user_ids], dtype=object)
-        known = np.array([u in self.extractor.user_rows for u in ids], dtype=bool)
+        _, stored, _ = self.extractor.history.states(ids, np.full(len(ids), self.at, dtype=np.int64))
+        known = np.array([u in self.extractor.user_rows for u in ids], dtype=bool) | (stored > 0)
         frames = [self._ranked(ids[known][a : a + USERS_PER_BLOCK], k, exclude_seen)
                   for a in range(0, int(known.sum()), USERS_PER_BLOCK)]
         if (~known).any() and self.popular is not None:
@@ -129,7 +131,7 @@ class BatchRanker:
 
     def _ranked(self, ids: np.ndarray, k: int, exclude_seen: bool) -> pd.DataFrame:
         extractor = self.extractor
-        static = extractor.user_catalog.take(np.array([extractor.user_rows[u] for u in ids], dtype=np.int64))
+        static = extractor.user_catalog.take(np.array([extractor.user_rows.get(u, 0) for u in ids], dtype=np.int64))
         users = extractor.user_side(static, ids, times=np.full(len(ids), self.at, dtype=np.int64))  # history < at
         if self.index is not None:
             return self._retrieved(ids, users, k, exclude_seen)

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Collection, Iterator, Mapping, Optional, Sequence
+from typing import Any, Container, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -166,14 +166,14 @@ def is_event(record: Mapping[str, Any]) -> bool:
     return record["type"] != IMPRESSION
 
 
-def read_log(root: str | Path, skip: Collection[str] = (),
+def read_log(root: str | Path, skip: Container[str] = (),
              names: Optional[list[str]] = None) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """(segment name, records) of every segment not in ``skip`` (a set is read as it is, not copied), oldest first
-    (``names``: the log's segments, when listed already). A block with two or more of them is read from its
-    bundle (one file), the rest segment by segment; many files are fetched at once (``storage.fetched``: one
-    request each on an object store)."""
+    """(segment name, records) of every segment not in ``skip`` (a list or tuple is made a set; anything else, a
+    set, is asked as it is, not copied), oldest first (``names``: the log's segments, when listed already). A
+    block with two or more of them is read from its bundle (one file), the rest segment by segment; many files
+    are fetched at once (``storage.fetched``: one request each on an object store)."""
     names = list_segments(root) if names is None else names
-    skipped = skip if isinstance(skip, (set, frozenset)) else set(skip)
+    skipped = set(skip) if isinstance(skip, (list, tuple)) else skip
     for part in storage.fetched(lambda part: _read_part(root, *part), log_bundles.plan(root, names, skipped)):
         yield from part
 

@@ -15,7 +15,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Container, Optional, Sequence
 
 from convfm.errors import DataValidationError, StorageError
 from convfm.jsonfile import parse_json
@@ -39,7 +39,7 @@ def bundle_names(root: str | Path) -> dict[str, tuple[str, str]]:
     return {m[1] + SUFFIX: (m[2] + SUFFIX, m[0]) for m in found if m}
 
 
-def plan(root: str | Path, names: list[str], skipped: set[str]) -> list[tuple[Optional[str], list[str]]]:
+def plan(root: str | Path, names: list[str], skipped: Container[str]) -> list[tuple[Optional[str], list[str]]]:
     """How to read the segments of ``names`` (the log's, in order) not in ``skipped``: (bundle, the wanted
     segments it gives) for each block with two or more of them and a bundle, else (None, [segment])."""
     wanted = [name for name in names if name not in skipped]

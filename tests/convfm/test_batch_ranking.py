@@ -93,6 +93,16 @@ def test_the_event_log_is_read_after_what_the_models_seen_pairs_hold(board, monk
         assert ids[0] == ids[1]
 
 
+def test_users_the_user_catalog_lacks_are_ranked_from_their_stored_history(board):
+    ranker = BatchRanker.load(resolve(board.entry, "v0003"), at=board.after)  # split by global time: held out
+    user, applied = next(iter(board.newcomers.items()))
+    assert user not in ranker.extractor.user_rows
+    out = ranker.recommend([user, "nobody"], k=100)
+    ranked = out[out.user_id == user]
+    assert set(ranked["source"]) == {"model"} and not set(ranked["job_id"]) & set(applied)
+    assert set(out[out.user_id == "nobody"]["source"]) <= {"popular"}
+
+
 def test_with_a_retrieval_index_the_rows_are_the_exact_ones(tiny, batch):
     """``retrieval_candidates`` 30 (of 300 jobs): the same rows as the full scan, seen and non-live jobs left out
     before the candidate scan; unknown users keep the popular jobs."""

@@ -2,7 +2,9 @@
 the data directory's own interactions, event types turned into labels by the data config (dismiss negative)."""
 from __future__ import annotations
 
+import logging
 import shutil
+import types
 
 import numpy as np
 import pandas as pd
@@ -141,3 +143,15 @@ def test_a_resumed_run_reads_the_log_and_the_live_catalog_its_first_start_read(m
     (tmp_path / "live" / "events" / first.event_log["last_segment"]).unlink()
     with pytest.raises(DataValidationError, match="up to segment .* which it no longer holds: the resumed run"):
         load_job_market(config, read_before=read)
+
+
+def test_what_a_resume_pins_comes_from_its_record(caplog):
+    from convfm.data.prepare import data_reads, first_reads
+
+    caplog.set_level(logging.WARNING, logger="convfm.data.prepare")  # a Ray test run before may have changed it
+    config, read = DataConfig(events="live/events"), {"last_segment": "x", "segments": 3}
+    record = {**data_reads(types.SimpleNamespace(event_log=read, live_catalog=None)), "status": "running"}
+    assert first_reads(record, config, "run r") == {"event_log": read, "live_catalog": None}
+    assert first_reads(record, DataConfig(), "run r") is None  # no event log: nothing to pin
+    assert first_reads({"live_catalog": None}, config, "run old") is None  # written before reads were kept
+    assert "run old was started before its reads of the event log were recorded" in caplog.text

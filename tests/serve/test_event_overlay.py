@@ -81,7 +81,8 @@ def board(tmp_path_factory):
     names = list_segments(log)
     return types.SimpleNamespace(log=log, entry=registry / "board", rows=rows, later=later, writer=writer,
                                  names=names, mark=names[-3], trained=len(names) - 2, newcomers=newcomers,
-                                 logged=len(rows) + 10)
+                                 logged=len(rows) + 10,  # ``after``: a time when the newcomers' events are past
+                                 after=int(pd.Timestamp(last + dt.timedelta(hours=6)).value // 1000))
 
 
 def _slot(board) -> ModelSlot:
@@ -192,6 +193,38 @@ def test_a_model_admitted_while_another_load_cuts_the_overlay_moves_with_it(boar
     assert plain.live is not overlay.live
 
 
+def test_a_failed_admission_leaves_the_serving_model_following(board):
+    from convfm.store.registry import resolve
+    from serve.scorer import Scorer
+
+    overlay = EventOverlay(board.log)
+    serving, failing, later = (Scorer.load(resolve(board.entry, v)) for v in ("v0001", "v0002", "v0002"))
+    overlay.admit(serving)
+    failing.follow_events = lambda live: (_ for _ in ()).throw(MemoryError("a re-index"))
+    with pytest.raises(MemoryError):
+        overlay.admit(failing, replacing=serving)  # the reload fails: v0001 serves on
+    overlay.admit(later)  # a split's other version, trained on the log: v0001 still needs every event
+    assert overlay.info()["cut_at"] is None and serving.live is later.live is overlay.live
+    overlay.release([serving])
+    assert overlay.info()["cut_at"] == board.mark and later.live is overlay.live
+
+
+def test_the_local_service_counts_logged_positives_on_jobs_posted_live(board, tmp_path):
+    from convfm.store.live_catalog import CatalogStore
+    from serve.http import LocalBackend
+
+    shutil.copytree(board.log.parent, tmp_path / "live")
+    CatalogStore(tmp_path / "live").append(upsert=[{"job_id": "j-live", "title": "Data Engineer",
+                                                    "skills": ["python"], "location": "Berlin"}])
+    EventLog.open(tmp_path / "live" / "events").append([
+        {"event_id": f"live-{i}", "type": "apply", "user_id": f"u-{i}", "job_id": "j-live", "timestamp": iso(NOW)}
+        for i in range(3)])
+    slot = ModelSlot(board.entry)
+    assert slot.load("v0002")["ok"]
+    LocalBackend(slot, tmp_path / "live")  # the live catalog first, then the events on its jobs
+    assert _counts(slot.current, ["j-live"]).tolist() == [3]
+
+
 def test_a_reload_keeps_the_overlay_when_the_new_one_cannot_be_read(board, monkeypatch):
     from convfm.errors import StorageError
     from convfm.store import event_log
@@ -229,6 +262,9 @@ def test_after_the_cut_the_log_is_read_from_its_bundles(tmp_path, monkeypatch):
     live = LiveEvents(root, LogMark(names[1049], 1050, frozenset(EVENTS)))
     assert live.catch_up() == 1050 and live.position == 2100
     assert reads == {"segments": 100, "bundles": 1}  # the cut's block from its bundle, the 100 after it alone
+    again, reads["segments"] = LiveEvents(root, LogMark(names[1049], 1050, frozenset(EVENTS))), 0
+    again.add(names[1050], [])  # a broadcast before the first read (or a read cut short): the block stays whole
+    assert again.catch_up() == 1049 and reads == {"segments": 100, "bundles": 2}
 
 
 def test_types_the_models_data_left_out_keep_their_seen_marks(board):
