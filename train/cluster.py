@@ -52,6 +52,19 @@ def init_ray(address: Optional[str], quiet: bool, packages: Sequence[ModuleType]
         return
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # reports return in ~0.5 s, not 2 s
     target = address or os.environ.get(ADDRESS_VAR) or "local"
+    try:
+        _connect(target, address, quiet, packages)
+    except SystemExit as exc:  # Ray's handler while it starts: sys.exit(SIGTERM), an exit 15 without a word
+        if sigterm_interrupts and exc.code == signal.SIGTERM:
+            raise KeyboardInterrupt from None
+        raise
+    if sigterm_interrupts and threading.current_thread() is threading.main_thread():
+        # after ray.init: its handler replaces ours; once: `pkill -f` reaches both processes of `run_in_own_session`
+        signal.signal(signal.SIGTERM, stop_once(signal.default_int_handler))
+
+
+def _connect(target: str, address: Optional[str], quiet: bool, packages: Sequence[ModuleType]) -> None:
+    """``ray.init`` of a local Ray or of the cluster at ``target``."""
     if target == "local":
         # Train's and Tune's helper actors (controller, sync actor, cleaner, coordinator, each a process, most
         # with 0 CPU) and Serve's outnumber 4x the default startup concurrency (the CPU count) on a small machine:
@@ -63,9 +76,6 @@ def init_ray(address: Optional[str], quiet: bool, packages: Sequence[ModuleType]
         check_reachable(target, "--address" if address else f"${ADDRESS_VAR}")
         ray.init(address=target, runtime_env=code_runtime_env([convfm, train_package, *packages]),
                  log_to_driver=not quiet)
-    if sigterm_interrupts and threading.current_thread() is threading.main_thread():
-        # after ray.init: its handler replaces ours; once: `pkill -f` reaches both processes of `run_in_own_session`
-        signal.signal(signal.SIGTERM, stop_once(signal.default_int_handler))
 
 
 @contextlib.contextmanager

@@ -43,6 +43,23 @@ def test_no_address_starts_a_new_local_ray_never_a_recorded_cluster(recorded_ini
     assert int(os.environ[cluster.STARTUP_CONCURRENCY_VAR]) >= 8
 
 
+def test_a_sigterm_while_ray_starts_interrupts_as_after_it(monkeypatch):
+    """Ray's own handler, set inside ``ray.init``, turned a SIGTERM there into ``sys.exit(15)``: an exit 15 without
+    a word. The CLI (``sigterm_interrupts``) now reads it as the interrupt it is; other callers keep Ray's exit."""
+    import signal
+
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.delenv(cluster.ADDRESS_VAR, raising=False)
+    monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: sys.exit(signal.SIGTERM))
+    with pytest.raises(KeyboardInterrupt):
+        cluster.init_ray(None, quiet=False, sigterm_interrupts=True)
+    with pytest.raises(SystemExit):
+        cluster.init_ray(None, quiet=False)
+    monkeypatch.setattr(cluster.ray, "init", lambda **kwargs: sys.exit(3))
+    with pytest.raises(SystemExit):
+        cluster.init_ray(None, quiet=False, sigterm_interrupts=True)
+
+
 def test_a_users_own_startup_concurrency_is_kept(recorded_init, monkeypatch):
     monkeypatch.setenv(cluster.STARTUP_CONCURRENCY_VAR, "3")
     cluster.init_ray(None, quiet=True)
