@@ -121,7 +121,7 @@ class BatchRanker:
         frames = [self._ranked(ids[known][a : a + USERS_PER_BLOCK], k, exclude_seen)
                   for a in range(0, int(known.sum()), USERS_PER_BLOCK)]
         if (~known).any() and self.popular is not None:
-            frames.append(self._popular(ids[~known], k))
+            frames.append(self._popular(ids[~known], k, exclude_seen))
         frames = [f for f in frames if len(f)]
         out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
             {c: pd.Series(dtype=t) for c, t in zip(OUTPUT_COLUMNS, (object, np.int64, object, np.float64, object,
@@ -166,11 +166,16 @@ class BatchRanker:
                                         "job_id": self.job_ids[rows], "score": scores, "source": "model"}))
         return pd.concat(frames, ignore_index=True)
 
-    def _popular(self, ids: np.ndarray, k: int) -> pd.DataFrame:
+    def _popular(self, ids: np.ndarray, k: int, exclude_seen: bool) -> pd.DataFrame:
+        """The popular live jobs, best first, k a user: one list, less each user's seen jobs (in the model's seen
+        pairs or the log's: a user who only viewed or dismissed) with ``exclude_seen``."""
         scores = np.where(self.live, self.popular, -np.inf)
-        order = np.argsort(-scores, kind="stable")[:k]
+        seen = {u: self.seen[u] for u in ids if exclude_seen and len(self.seen.get(u, ()))}
+        order = np.argsort(-scores, kind="stable")[: k + max(map(len, seen.values()), default=0)]
         order = order[np.isfinite(scores[order])]
-        return pd.DataFrame({"user_id": np.repeat(ids, len(order)),
-                             "rank": np.tile(np.arange(1, len(order) + 1, dtype=np.int64), len(ids)),
-                             "job_id": np.tile(self.job_ids[order], len(ids)),
-                             "score": np.tile(scores[order], len(ids)), "source": "popular"})
+        lists = [order[~np.isin(order, seen[u])][:k] if u in seen else order[:k] for u in ids]
+        rows = np.concatenate(lists) if lists else np.zeros(0, np.int64)
+        return pd.DataFrame({"user_id": np.repeat(ids, [len(r) for r in lists]),
+                             "rank": np.concatenate([np.arange(1, len(r) + 1, dtype=np.int64) for r in lists]
+                                                    or [np.zeros(0, np.int64)]),
+                             "job_id": self.job_ids[rows], "score": scores[rows], "source": "popular"})

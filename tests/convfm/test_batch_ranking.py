@@ -66,6 +66,20 @@ def test_unknown_users_get_popular_jobs_and_seen_jobs_stay_with_include_seen(bat
     assert batch.recommend([], k=5).empty
 
 
+def test_an_unknown_user_with_logged_events_gets_popular_jobs_without_them(tiny, batch):
+    fresh = BatchRanker.load(resolve(tiny.entry), at=batch.at)
+    first = fresh.recommend(["nobody"], k=3)["job_id"].tolist()
+    viewed = pd.DataFrame({"user_id": ["viewer"], "job_id": [first[0]], "timestamp": [batch.at - 1]})
+    assert fresh.add_seen(viewed) == 1  # a view: seen, no positive, so no history to rank it by
+    out = fresh.recommend(["viewer", "nobody"], k=3)
+    assert set(out["source"]) == {"popular"}
+    viewer = out[out.user_id == "viewer"]["job_id"].tolist()
+    assert viewer[:2] == first[1:] and first[0] not in viewer and len(viewer) == 3  # the next popular one after
+    assert out[out.user_id == "nobody"]["job_id"].tolist() == first
+    kept = fresh.recommend(["viewer"], k=3, exclude_seen=False)["job_id"].tolist()
+    assert kept == first
+
+
 def test_logged_events_before_the_run_time_count_as_seen(tiny, batch):
     fresh = BatchRanker.load(resolve(tiny.entry), at=batch.at)
     user = fresh.extractor.user_ids[5]
