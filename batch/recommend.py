@@ -4,14 +4,14 @@
     -> write_parquet
 
 Bad input fails before any work: every Parquet file's schema is read first (a file without ``user_id``, or with
-user ids that are neither strings nor integers, is named), and the model is loaded once on the driver.
-Jobs the service's event log (``<live store>/events``) shows a user touched before ``at`` count as seen, as in
-the service (each actor reads the segments after those the model was trained on, ``BatchRanker.add_logged``). The live catalog (``<live store>/catalog``: ``POST /jobs``, ``convfm catalog push``) is applied up to
-its latest version at the run's start, pinned on the driver like the model version so every actor ranks the same
-catalog; rows and ``_SUCCESS.json`` record that ``catalog_version``. The output is complete or absent:
-``_SUCCESS.json`` (counts, model and catalog version, time) is written after every data file; a local output is
-written to a staging folder beside ``out`` and renamed into place at the end, so a killed run leaves only a
-``.NAME.staging-*`` folder.
+user ids that are neither strings nor integers, is named), and the model is loaded once on the driver. Jobs the
+service's event log (``<live store>/events``) shows a user touched before ``at`` count as seen, as in the service
+(each actor reads the segments after those the model was trained on, ``BatchRanker.add_logged``). The live catalog
+(``<live store>/catalog``: ``POST /jobs``, ``convfm catalog push``) is applied up to its latest version at the
+run's start, pinned on the driver like the model version so every actor ranks the same catalog; rows and
+``_SUCCESS.json`` record that ``catalog_version``. The output is complete or absent: ``_SUCCESS.json`` (counts,
+model and catalog version, time) is written after every data file; a local output is written to a staging folder
+beside ``out`` and renamed into place at the end, so a killed run leaves only a ``.NAME.staging-*`` folder.
 """
 from __future__ import annotations
 

@@ -269,7 +269,8 @@ class LiveEvents:
 
     def _place_cut(self, names: list[str]) -> None:
         """Leave out the segments up to the mark from now on, if the log holds the mark's segment."""
-        last, covered = self.mark.last_segment, segments_through(names, self.mark)
+        last = self.mark.last_segment
+        covered = segments_through(names, last)
         if covered is None:
             log.warning("event log %s does not hold segment %s, the last one the served model was trained on "
                         "(another log, or one shortened): every logged event is held", self.root, last)

@@ -30,6 +30,7 @@ from convfm.data.schema_tables import read_jobs_file, read_schema_table, type_sc
 from convfm.data.splitting import TRAIN_ONLY, split_examples  # noqa: F401  (split_examples: re-exported)
 from convfm.store import storage
 from convfm.store.event_log import interactions_frame, list_segments
+from convfm.store.log_mark import segments_through
 
 logger = logging.getLogger(__name__)
 ALL = object()  # read every event log segment / live catalog delta (not what an earlier read took)
@@ -218,11 +219,12 @@ def _with_event_log(interactions: Optional[pd.DataFrame], calendar: bool, source
     names = list_segments(config.events) if storage.exists(config.events) else None
     if names and before is not ALL and before is not None:
         last = before["last_segment"]
-        if last not in names:
+        covered = segments_through(names, last)
+        if covered is None:
             raise DataValidationError(f"{config.events}: the run first read this log up to segment {last}, which "
                                       f"it no longer holds: the resumed run cannot read the same events (start a "
                                       f"new run)")
-        names = names[: names.index(last) + 1]
+        names = names[:covered]
     events = interactions_frame(config.events, names)
     read = {"log": str(config.events), "last_segment": names[-1], "segments": len(names)} if names else None
     if interactions is None:

@@ -66,7 +66,7 @@ class BatchRanker:
         rows = extractor.job_rows
         self.seen = {user: np.array([rows[j] for j in jobs if j in rows], dtype=np.int64)
                      for user, jobs in serving.seen.items()}
-        self.event_mark = serving.event_log  # the event log's segments its seen pairs hold (``add_seen``)
+        self.event_mark = serving.event_log  # the event log's segments its seen pairs hold (``add_logged``)
         self.retrieval_candidates = retrieval_candidates
         self.index = RetrievalIndex(self.ranker) if retrieval_candidates else None  # None: exact full scan
 

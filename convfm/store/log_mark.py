@@ -62,16 +62,17 @@ def common_mark(marks: Sequence[Optional[LogMark]]) -> Optional[LogMark]:
     return LogMark(first.last_segment, first.segments, types)
 
 
-def segments_through(names: Sequence[str], mark: LogMark) -> Optional[int]:
-    """How many of a log's segments (``names``, in order) the mark covers: those up to its last segment; None
-    when the log does not hold that segment (another log, or one shortened)."""
-    at = bisect.bisect_left(names, mark.last_segment)
-    return at + 1 if at < len(names) and names[at] == mark.last_segment else None
+def segments_through(names: Sequence[str], last: str) -> Optional[int]:
+    """How many of a log's segments (``names``, in order) come up to segment ``last`` (a mark's, a run's first
+    read) included; None when the log does not hold it (another log, or one shortened)."""
+    at = bisect.bisect_left(names, last)
+    return at + 1 if at < len(names) and names[at] == last else None
 
 
 def seen_segments(names: list[str], mark: Optional[LogMark]) -> list[str]:
     """The segments a reader of the log's seen pairs must read beside a model marked ``mark`` (``names``, in
     order): those after the mark when the model's seen pairs hold every event type and the log holds the mark's
     segment, else all of them."""
-    covered = None if mark is None or mark.seen_types != frozenset(EVENTS) else segments_through(names, mark)
+    every_type = mark is not None and mark.seen_types == frozenset(EVENTS)
+    covered = segments_through(names, mark.last_segment) if every_type else None
     return names if covered is None else names[covered:]

@@ -34,8 +34,8 @@ def test_a_mark_round_trips_and_a_bad_one_names_its_field():
 
 
 def test_readers_of_seen_pairs_skip_what_the_model_holds():
-    assert segments_through(NAMES, LogMark(NAMES[2], 3, EVERY)) == 3
-    assert segments_through(NAMES[:2] + NAMES[3:], LogMark(NAMES[2], 3, EVERY)) is None  # not this log
+    assert segments_through(NAMES, NAMES[2]) == 3
+    assert segments_through(NAMES[:2] + NAMES[3:], NAMES[2]) is None  # not this log
     assert seen_segments(NAMES, LogMark(NAMES[2], 3, EVERY)) == NAMES[3:]
     assert seen_segments(NAMES, LogMark(NAMES[4], 5, EVERY)) == []
     assert seen_segments(NAMES, LogMark(NAMES[2], 3, frozenset({"apply"}))) == NAMES  # its seen pairs lack views

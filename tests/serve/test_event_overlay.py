@@ -113,7 +113,8 @@ def test_the_overlay_holds_the_events_after_the_mark_and_the_model_the_rest(boar
     scorer, (user, job) = slot.current, board.later[0]
     trained = {r["job_id"] for r in board.rows if r["user_id"] == user}
     trained_positives = [r["job_id"] for r in board.rows if r["user_id"] == user and r["event"] in ("apply", "save")]
-    assert {scorer.extractor.job_ids[r] for r in scorer.live.seen_rows(user, scorer.extractor.job_rows)} == {job}  # the overlay: the later one
+    logged = scorer.live.seen_rows(user, scorer.extractor.job_rows)
+    assert {scorer.extractor.job_ids[r] for r in logged} == {job}  # the overlay: the later one
     assert trained <= {scorer.extractor.job_ids[r] for r in scorer.seen[user]}  # the model: the trained ones
     _, _, past = scorer._user(RecommendRequest(user_id=user))
     history = [scorer.extractor.job_ids[r] for r in past]
@@ -124,7 +125,8 @@ def test_the_overlay_holds_the_events_after_the_mark_and_the_model_the_rest(boar
     board.writer.append([{"event_id": "one-more", "type": "view", "user_id": user, "job_id": board.rows[0]["job_id"],
                           "timestamp": iso(NOW)}])
     try:
-        assert slot.overlay.live.behind(board.trained + 3) and slot.overlay.live.catch_up() == 1  # only the new segment is read
+        live = slot.overlay.live
+        assert live.behind(board.trained + 3) and live.catch_up() == 1  # only the new segment is read
         assert slot.info()["events"] == {"segments": board.trained + 3, "held": 13, "cut_at": board.mark}
     finally:
         (board.log / list_segments(board.log)[-1]).unlink()
@@ -136,7 +138,8 @@ def test_a_version_without_the_mark_makes_the_overlay_hold_every_event_again(boa
     assert slot.load("v0001")["ok"]  # a rollback to a model trained on the files alone
     assert slot.info()["events"] == {"segments": board.trained + 2, "held": board.logged + 12, "cut_at": None}
     assert slot.current.live is slot.overlay.live
-    assert slot.load("v0002")["ok"] and slot.info()["events"] == {"segments": board.trained + 2, "held": 12, "cut_at": board.mark}
+    assert slot.load("v0002")["ok"]
+    assert slot.info()["events"] == {"segments": board.trained + 2, "held": 12, "cut_at": board.mark}
 
 
 def test_split_versions_share_one_overlay_and_count_each_logged_positive_once(board):
