@@ -4,7 +4,8 @@
    ``--concurrency`` (16) against (a) a no-op Ray Serve endpoint (Serve's own overhead), (b) a plain
    FastAPI/uvicorn process calling the same scorer (no Ray, no batching), (c) the convfm Serve app with one
    replica (one deployment: HTTP and batched scoring in one process, the default) and (d) the app with two
-   (an ingress in front of 2 batched Ranker replicas), over the model's 10,000-job catalog;
+   (an ingress in front of 2 batched Ranker replicas), over the model's 10,000-job catalog; the Serve targets
+   behind each proxy in turn (``--proxy``: Serve's own, then HAProxy; rows marked ``[haproxy]``);
 2. ranking a 100k-job catalog for one user: the precomputed fast path vs the model's full forward;
 3. one new user's request in process, scanning the jobs open at its time (the service's way) or all of them
    (``benchmarks/serve_inprocess.py``, as 2).
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,18 +33,16 @@ import numpy as np
 from fastapi import Request  # at module level: the no-op's annotation is resolved here (postponed annotations)
 from serve_inprocess import catalog_timing, explain_timing, open_timing, print_explain_timing  # beside this script
 
+from convfm.cli.serve import free_port
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ENVIRON = dict(os.environ)  # Ray's environment before a proxy's settings (``serve_targets``)
 ROOT = Path(__file__).resolve().parents[1]
 NOOP, PLAIN = "Ray Serve no-op endpoint", "plain FastAPI/uvicorn + scorer"
 NOOP_BODY = "Ray Serve no-op endpoint that reads its body"
 CONVFM, CONVFM_TWO = "Ray Serve convfm, 1 replica (one deployment)", "Ray Serve convfm, ingress -> 2 Ranker replicas"
 RETURNING = "Ray Serve convfm, 1 replica, returning users (scans kept)"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+NAMES = (NOOP, NOOP_BODY, CONVFM, CONVFM_TWO, RETURNING)  # the Serve targets' rows, marked per proxy (``label``)
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -153,16 +151,23 @@ def plain_server(model: str, port: int) -> None:
                 access_log=False)
 
 
-def serve_targets(model: str, port: int, cpus: int):
-    """Start Ray Serve with (a) a no-op app under /noop and one that reads its body under /noop-body (as many
-    requests in flight as convfm's ingress, 32; the plain no-op keeps Serve's default of 5, as when issue 15 was
-    measured), (c) the convfm app under / and (d) under /two."""
+def serve_targets(model: str, port: int, cpus: int, proxy: str):
+    """Start Ray Serve behind ``proxy`` (``serve.proxy``: Ray reads it from its environment as it starts) with
+    (a) a no-op app under /noop and one that reads its body under /noop-body (as many requests in flight as
+    convfm's ingress, 32; the plain no-op keeps Serve's default of 5, as when issue 15 was measured), (c) the
+    convfm app under / and (d) under /two."""
     import ray
     from fastapi import FastAPI
     from ray import serve
 
     from serve.app import build_app
     from serve.config import ServeConfig
+    from serve.proxy import ray_environment
+
+    for name in [k for k in os.environ if k not in ENVIRON]:  # the previous proxy's
+        del os.environ[name]
+    os.environ.update(ENVIRON)
+    os.environ.update(ray_environment(proxy, free_port))
 
     noop, noop_body = FastAPI(), FastAPI()
 
@@ -190,11 +195,52 @@ def serve_targets(model: str, port: int, cpus: int):
     # Both apps fit the CPUs beside the no-ops (a replica that does not fit never starts); Ray gives each replica
     # one torch thread for any fraction under 2 CPUs.
     share = (cpus - 0.2) / 2
-    config = ServeConfig(model=model, port=port, num_cpus=share, max_batch_size=16)
+    config = ServeConfig(model=model, port=port, num_cpus=share, max_batch_size=16, proxy=proxy)
     serve.run(build_app(config), name="convfm", route_prefix="/")
-    two = ServeConfig(model=model, port=port, replicas=2, num_cpus=(share - 0.1) / 2, max_batch_size=16)
+    two = ServeConfig(model=model, port=port, replicas=2, num_cpus=(share - 0.1) / 2, max_batch_size=16,
+                      proxy=proxy)
     serve.run(build_app(two), name="convfm-two", route_prefix="/two")
     return serve, ray
+
+
+def label(proxy: str) -> str:
+    """A row name's mark of the proxy: none for Serve's own (the rows of every earlier run)."""
+    return "" if proxy == "serve" else f" [{proxy}]"
+
+
+def serve_rows(model: str, port: int, cpus: int, proxy: str, levels: list[tuple[int, int]],
+               level_bodies: dict[int, list[dict]], warm: dict, returning: int,
+               results: dict[tuple[str, int], dict[str, float]]) -> tuple[dict, dict]:
+    """The Serve targets behind ``proxy``, back to back at each level, into ``results`` -> the one-replica app's
+    batching counters per level, over its new users' load and over its returning users'."""
+    serve, ray = serve_targets(model, port, cpus, proxy)
+    batches: dict[int, dict[str, float]] = {}
+    kept: dict[int, dict[str, float]] = {}
+    mark = label(proxy)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_healthy(base)
+        wait_healthy(f"{base}/two")
+        for concurrency, requests in levels:
+            bodies = level_bodies[concurrency]
+            results[NOOP + mark, concurrency] = asyncio.run(load(f"{base}/noop", bodies, requests, concurrency,
+                                                                 warm_body=warm))
+            results[NOOP_BODY + mark, concurrency] = asyncio.run(load(f"{base}/noop-body", bodies, requests,
+                                                                      concurrency, warm_body=warm))
+            before = batching(base)
+            results[CONVFM + mark, concurrency] = asyncio.run(load(base, bodies, requests, concurrency,
+                                                                   warm_body=warm))
+            batches[concurrency] = counters_since(before, batching(base))
+            before = batching(base)
+            results[RETURNING + mark, concurrency] = asyncio.run(load(base, bodies[-returning:], requests,
+                                                                      concurrency, warm_body=warm))
+            kept[concurrency] = counters_since(before, batching(base))
+            results[CONVFM_TWO + mark, concurrency] = asyncio.run(load(f"{base}/two", bodies, requests, concurrency,
+                                                                       warm_body=warm))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return batches, kept
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -206,6 +252,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--catalog-jobs", type=int, default=100_000, help="catalog size to rank (default 100000)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs for the local Ray")
+    parser.add_argument("--proxy", choices=("serve", "haproxy", "both"), default="both",
+                        help="the HTTP proxy of the Serve targets (serve.proxy); both: each in turn (default)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks that everything runs")
     parser.add_argument("--explain", action="store_true", help="only the in-process cost of explanations: "
                         "recommend_many with and without them (no Ray)")
@@ -251,7 +299,7 @@ def main() -> int:
     # users of neither level nor the warm-up: every request of a level stays a new user's
     scan = open_timing(model, users[offset: offset + 60] if offset + 60 < len(users) else users[-61:-1])
     results: dict[tuple[str, int], dict[str, float]] = {}
-    plain_port, serve_port = free_port(), free_port()
+    plain_port = free_port()
     plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(plain_port), "--model", model],
                              cwd=ROOT)
     try:
@@ -263,32 +311,12 @@ def main() -> int:
     finally:
         plain.terminate()
         plain.wait(30)
-    serve, ray = serve_targets(model, serve_port, args.cpus)
-    batches: dict[int, dict[str, float]] = {}  # the one-replica app's batching counters, per load
-    kept: dict[int, dict[str, float]] = {}  # the same, over its returning users' load
-    try:
-        base = f"http://127.0.0.1:{serve_port}"
-        wait_healthy(base)
-        wait_healthy(f"{base}/two")
-        for concurrency, requests in levels:  # the Serve targets back to back at each level
-            bodies = level_bodies[concurrency]
-            results[NOOP, concurrency] = asyncio.run(load(f"{base}/noop", bodies, requests, concurrency,
-                                                          warm_body=warm))
-            results[NOOP_BODY, concurrency] = asyncio.run(load(f"{base}/noop-body", bodies, requests, concurrency,
-                                                               warm_body=warm))
-            before = batching(base)
-            results[CONVFM, concurrency] = asyncio.run(load(base, bodies, requests, concurrency, warm_body=warm))
-            batches[concurrency] = counters_since(before, batching(base))
-            before = batching(base)
-            results[RETURNING, concurrency] = asyncio.run(load(base, bodies[-returning:], requests, concurrency,
-                                                               warm_body=warm))
-            kept[concurrency] = counters_since(before, batching(base))
-            results[CONVFM_TWO, concurrency] = asyncio.run(load(f"{base}/two", bodies, requests, concurrency,
-                                                                warm_body=warm))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
+    batches: dict[str, dict[int, dict[str, float]]] = {}  # per proxy, the one-replica app's counters per load
+    kept: dict[str, dict[int, dict[str, float]]] = {}  # the same, over its returning users' load
+    proxies = ("serve", "haproxy") if args.proxy == "both" else (args.proxy,)
+    for proxy in proxies:
+        batches[proxy], kept[proxy] = serve_rows(model, free_port(), args.cpus, proxy, levels, level_bodies, warm,
+                                                 returning, results)
     print(f"\n### POST /recommend (k=10), {catalog_jobs:,}-job catalog, loopback (the client on the same cores)\n")
     print(f"{scan['open']:,} of the {scan['jobs']:,} jobs open at the requests' time; one new user's request in "
           f"process, one torch thread: {scan['open_ms']:.1f} ms scanning the open jobs (the service's way), "
@@ -307,16 +335,16 @@ def main() -> int:
         if "total_p50" in r:
             print(f"| {name} | {concurrency} | {r['p50']:.1f} | {r['total_p50']:.1f} | {r['read_p50']:.1f} | "
                   f"{r['score_p50']:.1f} | {r['outside_p50']:.1f} |")
-    for concurrency, b in batches.items():
-        print(f"\nconvfm, 1 replica, concurrency {concurrency}: {b['requests']:.0f} requests (warm-up included) in "
-              f"{b['batches']:.0f} batches, {b['requests'] / max(1, b['batches']):.1f} per batch (largest so far "
-              f"{b['largest_batch']:.0f}); scoring {1000 * b['compute_s'] / max(1, b['requests']):.1f} ms per request "
+    for proxy, concurrency, b in ((p, c, b) for p in batches for c, b in batches[p].items()):
+        print(f"\nconvfm{label(proxy)}, 1 replica, concurrency {concurrency}: {b['requests']:.0f} requests (warm-up "
+              f"included) in {b['batches']:.0f} batches, {b['requests'] / max(1, b['batches']):.1f} per batch "
+              f"(largest so far {b['largest_batch']:.0f}); scoring {1000 * b['compute_s'] / max(1, b['requests']):.1f} ms per request "
               f"with {b['torch_threads']:.0f} torch thread(s); kept scans: {b['cache_hits']:.0f} hits, "
               f"{b['cache_misses']:.0f} misses")
-    for concurrency, b in kept.items():
-        print(f"\nreturning users, concurrency {concurrency}: {b['requests']:.0f} requests (warm-up included) of "
-              f"{min(returning, len(level_bodies[concurrency]))} users, kept scans {b['cache_hits']:.0f} hits, "
-              f"{b['cache_misses']:.0f} misses; scoring {1000 * b['compute_s'] / max(1, b['requests']):.1f} ms "
+    for proxy, concurrency, b in ((p, c, b) for p in kept for c, b in kept[p].items()):
+        print(f"\nreturning users{label(proxy)}, concurrency {concurrency}: {b['requests']:.0f} requests (warm-up "
+              f"included) of {min(returning, len(level_bodies[concurrency]))} users, kept scans "
+              f"{b['cache_hits']:.0f} hits, {b['cache_misses']:.0f} misses; scoring {1000 * b['compute_s'] / max(1, b['requests']):.1f} ms "
               "per request")
     c = catalog
     print(f"\n### Top-10 over a {c['jobs']:,}-job catalog for one user (torch threads: {c['threads']})\n")
@@ -326,7 +354,8 @@ def main() -> int:
     print(f"| fast path (job side precomputed) | {c['fast_s'] * 1000:.1f} ms | {c['full_s'] / c['fast_s']:.1f}x |")
     print(f"| job-side precompute, once per model load | {c['precompute_s']:.2f} s | |")
     print(f"\nmax |fast - full| logit over the catalog: {c['max_abs_diff']:.1e}; same top-10: {c['same_top10']}")
-    print_targets(results, args.concurrency, catalog_jobs, scan["open"], catalog)
+    for proxy in proxies:
+        print_targets(results, args.concurrency, catalog_jobs, scan["open"], catalog, proxy)
     print(f"\ntotal run {time.perf_counter() - started:.0f}s")
     return 0
 
@@ -338,17 +367,22 @@ def counters_since(before: dict[str, float], after: dict[str, float]) -> dict[st
 
 
 def print_targets(results: dict[tuple[str, int], dict[str, float]], concurrency: int, catalog_jobs: int,
-                  open_jobs: int, catalog: dict[str, float]) -> None:
-    """Issue 15's serving targets, each as measured in this run."""
+                  open_jobs: int, catalog: dict[str, float], proxy: str) -> None:
+    """Issue 15's serving targets behind ``proxy``, each as measured in this run against the no-op behind the
+    same proxy (and, behind HAProxy, beside them, against the no-op behind Serve's own when it ran)."""
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
+
+    mark = label(proxy)
+    NOOP, NOOP_BODY, CONVFM, CONVFM_TWO, RETURNING = (name + mark for name in NAMES)  # noqa: N806
 
     extra = results[CONVFM, 1]["p50"] - results[NOOP, 1]["p50"]
     ratio = results[CONVFM, concurrency]["req_s"] / results[NOOP, concurrency]["req_s"]
     errors = sum(r["errors"] for (name, _), r in results.items() if name in (CONVFM, CONVFM_TWO))
     fast_ms = catalog["fast_s"] * 1000
-    print(f"\ntargets ({catalog_jobs:,}-job catalog for the load, {open_jobs:,} of its jobs open at the requests' "
-          "time and scanned; convfm with 1 replica):")
+    front = "Serve's own proxy" if proxy == "serve" else "HAProxy"
+    print(f"\ntargets behind {front} ({catalog_jobs:,}-job catalog for the load, {open_jobs:,} of its jobs "
+          "open at the requests' time and scanned; convfm with 1 replica):")
     print(f"- p50 one at a time: convfm {results[CONVFM, 1]['p50']:.1f} ms, no-op {results[NOOP, 1]['p50']:.1f} ms: "
           f"{extra:+.1f} ms (at most +5 ms): {verdict(extra <= 5.0)}")
     print(f"- req/s at concurrency {concurrency}: {ratio:.2f}x the no-op endpoint's (at least 0.7x): "
@@ -362,6 +396,11 @@ def print_targets(results: dict[tuple[str, int], dict[str, float]], concurrency:
           f"{body_ratio:.2f}x its req/s at concurrency {concurrency}")
     print(f"- (beside the targets) returning users, their scans kept: p50 {back:+.1f} ms over the no-op's, "
           f"{back_ratio:.2f}x its req/s at concurrency {concurrency}")
+    if mark and (NAMES[0], 1) in results:
+        own = results[CONVFM, 1]["p50"] - results[NAMES[0], 1]["p50"]
+        own_ratio = results[CONVFM, concurrency]["req_s"] / results[NAMES[0], concurrency]["req_s"]
+        print(f"- (beside the targets) against the no-op endpoint behind Serve's own proxy: p50 {own:+.1f} ms, "
+              f"{own_ratio:.2f}x its req/s at concurrency {concurrency}")
     print(f"- exact top-10 over {catalog['jobs']:,} jobs: {fast_ms:.1f} ms with {catalog['threads']} thread(s) "
           f"(at most 25 ms): {verdict(fast_ms <= 25.0 and bool(catalog['same_top10']))}")
 

@@ -50,6 +50,7 @@ from serve.events import CLOSE_SETTLE_S, DEDUPE_DAYS, EventWriter
 from serve.http import build_http_app, reload_outcome, unwrap
 from serve.in_process import InProcess, LocalHandle
 from serve.live_catalog import write_jobs
+from serve.proxy import check_proxy
 from serve.ranker import Ranker
 from serve.replies import ServiceError, public_text
 from serve.traffic import Split, check_traffic, check_versions_exist, control, route
@@ -280,6 +281,7 @@ def build_app(config: ServeConfig, node_cpus: Optional[float] = None) -> Any:
     Replicas are pinned to the version ``latest`` names now: one started later (autoscaling, a restart) must not
     load a version published since, while the others keep this one. Replicas without a configured ``num_cpus``
     are sized to ``node_cpus`` (default: the largest node, see ``largest_node_cpus``)."""
+    check_proxy(config.proxy)
     model = config.model if storage.is_uri(config.model) else str(Path(config.model).expanduser().absolute())
     version = pinned_version(model, config.model_version)  # fails now, not inside a replica, on a wrong path
     others: list[str] = []

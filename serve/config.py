@@ -20,6 +20,7 @@ from convfm.model.score_cache import DEFAULT_BUDGET_MIB
 from convfm.store.registry import VERSION_RE
 from convfm.validate import check_bool, check_int, check_number, check_text, is_integer, require
 from serve.events import DEDUPE_DAYS
+from serve.proxy import PROXIES
 from serve.traffic import check_traffic, parse_traffic
 
 DEFAULT_MODEL_ENV = "CONVFM_MODEL"
@@ -82,6 +83,9 @@ class ServeConfig(BaseConfig):
     # A/B split between registry versions, e.g. {v0007: 0.9, v0008: 0.1}: users routed by a hash of their id
     # (serve.traffic); every Ranker replica holds every version of it. Not combined with model_version.
     traffic: Optional[dict[str, float]] = None
+    # The HTTP proxy: Serve's own (a Python actor) or HAProxy, Ray's high-throughput mode (serve.proxy; set in Ray's
+    # environment when it starts: `convfm serve` does it for the Ray it starts).
+    proxy: str = "serve"
 
     def __post_init__(self) -> None:
         check_text(self.model, "model", "a non-empty path or URI")
@@ -124,6 +128,7 @@ class ServeConfig(BaseConfig):
             check_number(self.event_dedupe_days, "event_dedupe_days", 0, 3650, low_open=True)
         check_int(self.retrieval_candidates, "retrieval_candidates", 0, MAX_CANDIDATES)
         check_int(self.score_cache_mib, "score_cache_mib", 0, 1 << 20)
+        require(self.proxy in PROXIES, "proxy", f"must be one of {', '.join(PROXIES)}, got {self.proxy!r}")
         if self.traffic is not None:
             object.__setattr__(self, "traffic", check_traffic(self.traffic))
             require(self.model_version is None, "traffic", "give traffic or model_version, not both (a split "

@@ -25,6 +25,7 @@ from serve.event_overlay import EventOverlay
 from serve.http import wrap
 from serve.live_catalog import answer, catch_up, job_detail
 from serve.model_slot import RETRY_FAILED_S, ModelSlot, VersionSlots
+from serve.proxy import proxy_in_effect
 from serve.replies import ServiceError, utc_now_text
 from serve.scorer import Scorer
 
@@ -251,7 +252,8 @@ class Ranker:
         await self._first_load()
         try:
             return await self._catch_up(catalog) or wrap({**self.slot.info(), "batching": dict(self.stats),
-                                                             "torch_threads": torch.get_num_threads()})
+                                                             "torch_threads": torch.get_num_threads(),
+                                                             "proxy": proxy_in_effect()})
         except ServiceError as exc:
             return wrap(exc)
 

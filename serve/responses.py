@@ -148,6 +148,7 @@ class ModelInfo(BaseModel):
                                              "every event held)")
     batching: Optional[dict[str, Any]] = None
     torch_threads: Optional[int] = Field(None, description="torch threads of the replica that answered")
+    proxy: Optional[str] = Field(None, description="the HTTP proxy in front: serve (Ray Serve's own) or haproxy")
     traffic: Optional[dict[str, float]] = Field(None, description="the A/B split being served, if any")
 
 

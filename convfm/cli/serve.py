@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -220,6 +221,9 @@ def check_live_catalog(config: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = serve_config(args)
+    from serve.proxy import ray_environment
+
+    os.environ.update(ray_environment(config.proxy, free_port))  # read by the Ray started below, and its proxy
     import ray
 
     from serve.app import build_app

@@ -34,6 +34,7 @@ def test_defaults_bind_loopback():
     ({"score_cache_mib": -1}, r"^score_cache_mib: must be an integer in \[0, 1048576\], got -1$"),
     ({"event_dedupe_days": 0}, r"^event_dedupe_days: must be a number in \(0, 3650\], got 0$"),
     ({"event_dedupe_days": "week"}, "event_dedupe_days"),
+    ({"proxy": "nginx"}, r"^proxy: must be one of serve, haproxy, got 'nginx'$"),
 ])
 def test_bad_values_name_the_field(values, field):
     with pytest.raises(ConfigError, match=field):
