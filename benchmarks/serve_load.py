@@ -338,13 +338,15 @@ def main() -> int:
     for proxy, concurrency, b in ((p, c, b) for p in batches for c, b in batches[p].items()):
         print(f"\nconvfm{label(proxy)}, 1 replica, concurrency {concurrency}: {b['requests']:.0f} requests (warm-up "
               f"included) in {b['batches']:.0f} batches, {b['requests'] / max(1, b['batches']):.1f} per batch "
-              f"(largest so far {b['largest_batch']:.0f}); scoring {1000 * b['compute_s'] / max(1, b['requests']):.1f} ms per request "
+              f"(largest so far {b['largest_batch']:.0f}); scoring "
+              f"{1000 * b['compute_s'] / max(1, b['requests']):.1f} ms per request "
               f"with {b['torch_threads']:.0f} torch thread(s); kept scans: {b['cache_hits']:.0f} hits, "
               f"{b['cache_misses']:.0f} misses")
     for proxy, concurrency, b in ((p, c, b) for p in kept for c, b in kept[p].items()):
         print(f"\nreturning users{label(proxy)}, concurrency {concurrency}: {b['requests']:.0f} requests (warm-up "
               f"included) of {min(returning, len(level_bodies[concurrency]))} users, kept scans "
-              f"{b['cache_hits']:.0f} hits, {b['cache_misses']:.0f} misses; scoring {1000 * b['compute_s'] / max(1, b['requests']):.1f} ms "
+              f"{b['cache_hits']:.0f} hits, {b['cache_misses']:.0f} misses; scoring "
+              f"{1000 * b['compute_s'] / max(1, b['requests']):.1f} ms "
               "per request")
     c = catalog
     print(f"\n### Top-10 over a {c['jobs']:,}-job catalog for one user (torch threads: {c['threads']})\n")
