@@ -221,7 +221,7 @@ def check_live_catalog(config: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = serve_config(args)
-    from serve.proxy import ray_environment
+    from serve.proxy import METRICS_PORT_VAR, STATS_PORT_VAR, ray_environment
 
     os.environ.update(ray_environment(config.proxy, free_port))  # read by the Ray started below, and its proxy
     import ray
@@ -242,6 +242,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{version} {weight * 100:g}%" for version, weight in config.traffic.items()) + ")"
             print(f"convfm serving {health.get('model')} {health.get('version')}{split} at {url}  "
                   f"(API docs: {url}/docs)")
+            if config.proxy == "haproxy":
+                print(f"HAProxy in front; its stats page (port {os.environ[STATS_PORT_VAR]}) and metrics (port "
+                      f"{os.environ[METRICS_PORT_VAR]}) listen on every interface")
             if config.host not in ("127.0.0.1", "localhost", "::1"):
                 print(f"warning: bound to {config.host}: reachable from other machines", flush=True)
             print("Ctrl-C to stop", flush=True)

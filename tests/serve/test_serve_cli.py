@@ -37,6 +37,8 @@ def test_serve_command_answers_and_stops_cleanly_on_a_sigterm_to_its_process_gro
             if line.startswith("Ctrl-C to stop"):
                 break
         assert any(f"at http://127.0.0.1:{port}" in line for line in started), (started, process.poll())
+        notice = [line for line in started if line.startswith("HAProxy in front; its stats page (port ")]
+        assert len(notice) == (proxy == "haproxy"), started
         request = urllib.request.Request(f"http://127.0.0.1:{port}/recommend", method="POST",
                                          data=json.dumps({"user_id": "somebody-new", "k": 3}).encode(),
                                          headers={"Content-Type": "application/json"})
