@@ -4,6 +4,7 @@
     python benchmarks/serve_autoscale.py                  # ~2-3 minutes on 2 cores
     python benchmarks/serve_autoscale.py --model models/NAME
     python benchmarks/serve_autoscale.py --smoke-test     # short phases: checks that it runs
+    python benchmarks/serve_autoscale.py --proxy haproxy  # HAProxy in front (docs/SERVING.md, "Proxy")
 
 Phases: ``--idle-s`` seconds idle, ``--load-s`` seconds of POST /recommend at ``--concurrency``, then
 ``--cool-s`` seconds idle. Every second the table records the Ranker's replicas by state (``serve.status()``)
@@ -91,10 +92,15 @@ def main() -> int:
     parser.add_argument("--idle-s", type=float, default=5.0)
     parser.add_argument("--load-s", type=float, default=40.0)
     parser.add_argument("--cool-s", type=float, default=50.0, help="idle after the load (downscale delay is 30 s)")
+    parser.add_argument("--proxy", choices=("serve", "haproxy"), default="serve",
+                        help="the HTTP proxy in front (serve.proxy; default Serve's own)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny model, short phases")
     args = parser.parse_args()
     if args.smoke_test:
         args.concurrency, args.idle_s, args.load_s, args.cool_s = 8, 2.0, 6.0, 3.0
+    from serve.proxy import ray_environment
+
+    os.environ.update(ray_environment(args.proxy, free_port))  # read by the Ray started below
 
     import ray
     from ray import serve
@@ -106,7 +112,8 @@ def main() -> int:
     model = str(Path(args.model).absolute()) if args.model else str(build_model(
         workdir, *((300, 200, 5_000) if args.smoke_test else (2_000, 1_000, 30_000))))
     port = free_port()
-    config = ServeConfig(model=model, port=port, replicas="auto", min_replicas=1, max_replicas=args.max_replicas)
+    config = ServeConfig(model=model, port=port, replicas="auto", min_replicas=1, max_replicas=args.max_replicas,
+                         proxy=args.proxy)
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -127,7 +134,7 @@ def main() -> int:
 
     cpus = config.replica_cpus(args.cpus)
     print(f"\n### Autoscaling: replicas auto (1..{args.max_replicas}, {cpus} CPU each on a {args.cpus}-CPU node), "
-          f"concurrency {args.concurrency} for {args.load_s:.0f}s\n")
+          f"concurrency {args.concurrency} for {args.load_s:.0f}s, behind {args.proxy}'s proxy\n")
     print("| t (s) | phase | running | starting | other states | answered/s | errors |")
     print("|---|---|---:|---:|---|---:|---:|")
     for span in spans(rows):
