@@ -98,10 +98,13 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke_test:
         args.concurrency, args.idle_s, args.load_s, args.cool_s = 8, 2.0, 6.0, 3.0
-    from serve.proxy import ray_environment
+    from convfm.cli.serve import proxy_environment
 
-    os.environ.update(ray_environment(args.proxy, free_port))  # read by the Ray started below
+    with proxy_environment(args.proxy):  # read by the Ray started below, and checked by its ingress
+        return run(args)
 
+
+def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 

@@ -33,16 +33,14 @@ import numpy as np
 from fastapi import Request  # at module level: the no-op's annotation is resolved here (postponed annotations)
 from serve_inprocess import catalog_timing, explain_timing, open_timing, print_explain_timing  # beside this script
 
-from convfm.cli.serve import free_port
+from convfm.cli.serve import free_port, proxy_environment
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-ENVIRON = dict(os.environ)  # Ray's environment before a proxy's settings (``serve_targets``)
 ROOT = Path(__file__).resolve().parents[1]
 NOOP, PLAIN = "Ray Serve no-op endpoint", "plain FastAPI/uvicorn + scorer"
 NOOP_BODY = "Ray Serve no-op endpoint that reads its body"
 CONVFM, CONVFM_TWO = "Ray Serve convfm, 1 replica (one deployment)", "Ray Serve convfm, ingress -> 2 Ranker replicas"
 RETURNING = "Ray Serve convfm, 1 replica, returning users (scans kept)"
-NAMES = (NOOP, NOOP_BODY, CONVFM, CONVFM_TWO, RETURNING)  # the Serve targets' rows, marked per proxy (``label``)
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -162,12 +160,6 @@ def serve_targets(model: str, port: int, cpus: int, proxy: str):
 
     from serve.app import build_app
     from serve.config import ServeConfig
-    from serve.proxy import ray_environment
-
-    for name in [k for k in os.environ if k not in ENVIRON]:  # the previous proxy's
-        del os.environ[name]
-    os.environ.update(ENVIRON)
-    os.environ.update(ray_environment(proxy, free_port))
 
     noop, noop_body = FastAPI(), FastAPI()
 
@@ -213,33 +205,32 @@ def serve_rows(model: str, port: int, cpus: int, proxy: str, levels: list[tuple[
                results: dict[tuple[str, int], dict[str, float]]) -> tuple[dict, dict]:
     """The Serve targets behind ``proxy``, back to back at each level, into ``results`` -> the one-replica app's
     batching counters per level, over its new users' load and over its returning users'."""
-    serve, ray = serve_targets(model, port, cpus, proxy)
     batches: dict[int, dict[str, float]] = {}
     kept: dict[int, dict[str, float]] = {}
-    mark = label(proxy)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_healthy(base)
-        wait_healthy(f"{base}/two")
-        for concurrency, requests in levels:
-            bodies = level_bodies[concurrency]
-            results[NOOP + mark, concurrency] = asyncio.run(load(f"{base}/noop", bodies, requests, concurrency,
-                                                                 warm_body=warm))
-            results[NOOP_BODY + mark, concurrency] = asyncio.run(load(f"{base}/noop-body", bodies, requests,
-                                                                      concurrency, warm_body=warm))
-            before = batching(base)
-            results[CONVFM + mark, concurrency] = asyncio.run(load(base, bodies, requests, concurrency,
-                                                                   warm_body=warm))
-            batches[concurrency] = counters_since(before, batching(base))
-            before = batching(base)
-            results[RETURNING + mark, concurrency] = asyncio.run(load(base, bodies[-returning:], requests,
-                                                                      concurrency, warm_body=warm))
-            kept[concurrency] = counters_since(before, batching(base))
-            results[CONVFM_TWO + mark, concurrency] = asyncio.run(load(f"{base}/two", bodies, requests, concurrency,
-                                                                       warm_body=warm))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    base, row = f"http://127.0.0.1:{port}", lambda name: name + label(proxy)
+    with proxy_environment(proxy):  # Ray reads it as it starts; HAProxy's directory lasts until Ray stops
+        serve, ray = serve_targets(model, port, cpus, proxy)
+        try:
+            wait_healthy(base)
+            wait_healthy(f"{base}/two")
+            for concurrency, requests in levels:
+                bodies = level_bodies[concurrency]
+
+                def run(url: str, asked: list[dict]) -> dict[str, float]:
+                    return asyncio.run(load(url, asked, requests, concurrency, warm_body=warm))
+
+                results[row(NOOP), concurrency] = run(f"{base}/noop", bodies)
+                results[row(NOOP_BODY), concurrency] = run(f"{base}/noop-body", bodies)
+                before = batching(base)
+                results[row(CONVFM), concurrency] = run(base, bodies)
+                batches[concurrency] = counters_since(before, batching(base))
+                before = batching(base)
+                results[row(RETURNING), concurrency] = run(base, bodies[-returning:])
+                kept[concurrency] = counters_since(before, batching(base))
+                results[row(CONVFM_TWO), concurrency] = run(f"{base}/two", bodies)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
     return batches, kept
 
 
@@ -375,34 +366,28 @@ def print_targets(results: dict[tuple[str, int], dict[str, float]], concurrency:
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    mark = label(proxy)
-    NOOP, NOOP_BODY, CONVFM, CONVFM_TWO, RETURNING = (name + mark for name in NAMES)  # noqa: N806
-
-    extra = results[CONVFM, 1]["p50"] - results[NOOP, 1]["p50"]
-    ratio = results[CONVFM, concurrency]["req_s"] / results[NOOP, concurrency]["req_s"]
-    errors = sum(r["errors"] for (name, _), r in results.items() if name in (CONVFM, CONVFM_TWO))
+    noop, noop_body, convfm, returning = (name + label(proxy) for name in (NOOP, NOOP_BODY, CONVFM, RETURNING))
+    extra = results[convfm, 1]["p50"] - results[noop, 1]["p50"]
+    ratio = results[convfm, concurrency]["req_s"] / results[noop, concurrency]["req_s"]
+    errors = sum(r["errors"] for (name, _), r in results.items()
+                 if name in (convfm, CONVFM_TWO + label(proxy)))
     fast_ms = catalog["fast_s"] * 1000
     front = "Serve's own proxy" if proxy == "serve" else "HAProxy"
     print(f"\ntargets behind {front} ({catalog_jobs:,}-job catalog for the load, {open_jobs:,} of its jobs "
           "open at the requests' time and scanned; convfm with 1 replica):")
-    print(f"- p50 one at a time: convfm {results[CONVFM, 1]['p50']:.1f} ms, no-op {results[NOOP, 1]['p50']:.1f} ms: "
+    print(f"- p50 one at a time: convfm {results[convfm, 1]['p50']:.1f} ms, no-op {results[noop, 1]['p50']:.1f} ms: "
           f"{extra:+.1f} ms (at most +5 ms): {verdict(extra <= 5.0)}")
     print(f"- req/s at concurrency {concurrency}: {ratio:.2f}x the no-op endpoint's (at least 0.7x): "
           f"{verdict(ratio >= 0.7)}")
     print(f"- errors: {errors} (0): {verdict(errors == 0)}")
-    back = results[RETURNING, 1]["p50"] - results[NOOP, 1]["p50"]
-    back_ratio = results[RETURNING, concurrency]["req_s"] / results[NOOP, concurrency]["req_s"]
-    body = results[CONVFM, 1]["p50"] - results[NOOP_BODY, 1]["p50"]
-    body_ratio = results[CONVFM, concurrency]["req_s"] / results[NOOP_BODY, concurrency]["req_s"]
-    print(f"- (beside the targets) against the no-op endpoint that reads its body: p50 {body:+.1f} ms, "
-          f"{body_ratio:.2f}x its req/s at concurrency {concurrency}")
-    print(f"- (beside the targets) returning users, their scans kept: p50 {back:+.1f} ms over the no-op's, "
-          f"{back_ratio:.2f}x its req/s at concurrency {concurrency}")
-    if mark and (NAMES[0], 1) in results:
-        own = results[CONVFM, 1]["p50"] - results[NAMES[0], 1]["p50"]
-        own_ratio = results[CONVFM, concurrency]["req_s"] / results[NAMES[0], concurrency]["req_s"]
-        print(f"- (beside the targets) against the no-op endpoint behind Serve's own proxy: p50 {own:+.1f} ms, "
-              f"{own_ratio:.2f}x its req/s at concurrency {concurrency}")
+    beside = [("against the no-op endpoint that reads its body", noop_body, convfm),
+              ("returning users, their scans kept, against the no-op", noop, returning)]
+    if proxy != "serve" and (NOOP, 1) in results:
+        beside.append(("against the no-op endpoint behind Serve's own proxy", NOOP, convfm))
+    for what, against, target in beside:
+        print(f"- (beside the targets) {what}: p50 {results[target, 1]['p50'] - results[against, 1]['p50']:+.1f} ms, "
+              f"{results[target, concurrency]['req_s'] / results[against, concurrency]['req_s']:.2f}x its req/s at "
+              f"concurrency {concurrency}")
     print(f"- exact top-10 over {catalog['jobs']:,} jobs: {fast_ms:.1f} ms with {catalog['threads']} thread(s) "
           f"(at most 25 ms): {verdict(fast_ms <= 25.0 and bool(catalog['same_top10']))}")
 

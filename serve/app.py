@@ -65,6 +65,7 @@ class Api:
     """HTTP ingress: validation, auth and limits (``serve.http``), then calls into ``Ranker``."""
 
     def __init__(self, ranker: DeploymentHandle | InProcess, settings: dict[str, Any]) -> None:
+        check_proxy(settings.get("proxy", "serve"))  # here: Ray's environment is this process's, not the builder's
         # One replica: the Ranker runs here, in this process (``serve.in_process``); else behind its handle.
         self.ranker = ranker.start() if isinstance(ranker, InProcess) else ranker
         self.settings = settings
@@ -281,7 +282,6 @@ def build_app(config: ServeConfig, node_cpus: Optional[float] = None) -> Any:
     Replicas are pinned to the version ``latest`` names now: one started later (autoscaling, a restart) must not
     load a version published since, while the others keep this one. Replicas without a configured ``num_cpus``
     are sized to ``node_cpus`` (default: the largest node, see ``largest_node_cpus``)."""
-    check_proxy(config.proxy)
     model = config.model if storage.is_uri(config.model) else str(Path(config.model).expanduser().absolute())
     version = pinned_version(model, config.model_version)  # fails now, not inside a replica, on a wrong path
     others: list[str] = []
@@ -300,7 +300,8 @@ def build_app(config: ServeConfig, node_cpus: Optional[float] = None) -> Any:
                 "event_dedupe_days": config.event_dedupe_days,
                 "api_key_digest": config.api_key_digest(),
                 "auth_all_endpoints": config.auth_all_endpoints, "max_body_bytes": config.max_body_bytes,
-                "request_timeout_s": config.request_timeout_s, "allowed_hosts": config.trusted_hosts()}
+                "request_timeout_s": config.request_timeout_s, "allowed_hosts": config.trusted_hosts(),
+                "proxy": config.proxy}
     api_options: dict[str, Any] = {"logging_config": logging_config, **SHUTDOWN_OPTIONS,
                                    "user_config": {"model_version": config.model_version, "traffic": config.traffic}}
     if config.replicas == 1:  # one deployment: HTTP and scoring in one replica, no hop between them

@@ -7,9 +7,11 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -38,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auth-all", action="store_true", help="require the API key on every endpoint")
     parser.add_argument("--config", metavar="YAML", help="YAML file whose `serve:` section sets ServeConfig fields")
     parser.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
+    parser.add_argument("--proxy", choices=("serve", "haproxy"), help="HTTP proxy in front: Serve's own (default) or "
+                        "HAProxy, Ray's high-throughput mode (its stats page listens on every interface)")
 
 
 def serve_config(args: argparse.Namespace) -> Any:
@@ -45,7 +49,7 @@ def serve_config(args: argparse.Namespace) -> Any:
 
     flags = {"model": args.model, "model_version": args.model_version, "traffic": args.traffic,
              "host": args.host, "port": args.port,
-             "replicas": args.replicas, "api_key_env": args.api_key_env,
+             "replicas": args.replicas, "api_key_env": args.api_key_env, "proxy": args.proxy,
              "auth_all_endpoints": True if args.auth_all else None}
     overrides = {k: v for k, v in flags.items() if v is not None}
     if not args.config:
@@ -219,11 +223,53 @@ def check_live_catalog(config: Any) -> None:
                                 f"cannot be applied: {type(exc).__name__}: {exc}") from None
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on every interface a moment ago (each held until all are chosen)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("0.0.0.0", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+@contextlib.contextmanager
+def proxy_environment(proxy: str) -> Iterator[None]:
+    """Within the block, ``os.environ`` holds what a Ray started in it needs to serve behind ``proxy``
+    (``serve.proxy.ray_environment``); HAProxy's ports are checked first, naming the variable of one that cannot
+    be listened on. After it the environment is as before and HAProxy's private directory is gone."""
+    from serve.proxy import PORT_VARS, check_haproxy_installed, ray_environment
+
+    before, private = dict(os.environ), None
+    try:
+        if proxy == "haproxy":
+            check_haproxy_installed()
+            # short, under /tmp: HAProxy takes a log socket's path of at most 97 bytes, and Ray adds a 56-character
+            # node id (/tmp/convfm-XXXXXXXX/<node id>/metrics.sock: 90)
+            private = Path(tempfile.mkdtemp(prefix="convfm-", dir="/tmp" if os.path.isdir("/tmp") else None))
+        os.environ.update(ray_environment(proxy, free_ports, private))
+        for name in PORT_VARS if proxy == "haproxy" else ():
+            value = os.environ[name]
+            try:
+                check_port_free("0.0.0.0", int(value))
+            except (ValueError, ConfigError) as exc:
+                reason = str(exc).split(": ", 1)[-1] if isinstance(exc, ConfigError) else "not a port number"
+                raise ConfigError(f"{name}={value}: HAProxy cannot listen there: {reason}", field=name) from None
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> int:
     config = serve_config(args)
-    from serve.proxy import METRICS_PORT_VAR, STATS_PORT_VAR, ray_environment
+    with proxy_environment(config.proxy):  # read by the Ray started below, and its proxy
+        return serve_until_stopped(config, args)
 
-    os.environ.update(ray_environment(config.proxy, free_port))  # read by the Ray started below, and its proxy
+
+def serve_until_stopped(config: Any, args: argparse.Namespace) -> int:
+    """``convfm serve``'s checks, then its own Ray and the service until a Ctrl-C or a SIGTERM."""
     import ray
 
     from serve.app import build_app
@@ -243,6 +289,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"convfm serving {health.get('model')} {health.get('version')}{split} at {url}  "
                   f"(API docs: {url}/docs)")
             if config.proxy == "haproxy":
+                from serve.proxy import METRICS_PORT_VAR, STATS_PORT_VAR
+
                 print(f"HAProxy in front; its stats page (port {os.environ[STATS_PORT_VAR]}) and metrics (port "
                       f"{os.environ[METRICS_PORT_VAR]}) listen on every interface")
             if config.host not in ("127.0.0.1", "localhost", "::1"):

@@ -8,7 +8,7 @@ import cloudpickle
 import pytest
 
 from convfm.store import storage
-from convfm.errors import ArtifactError, ConfigError
+from convfm.errors import ArtifactError
 from serve.config import ServeConfig
 
 
@@ -19,16 +19,6 @@ def test_a_wrong_model_or_version_fails_at_start_up(tiny, tmp_path):
         build_app(ServeConfig(model=str(tmp_path / "missing")))
     with pytest.raises(ArtifactError, match=r"v0009: no such version; available: \['v0001'\]"):
         build_app(ServeConfig(model=str(tiny.entry), model_version="v0009"))
-
-
-def test_haproxy_is_refused_where_rays_environment_would_put_serves_own_proxy_in_front(tiny, monkeypatch):
-    from serve.app import build_app
-
-    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
-    with pytest.raises(ConfigError, match=r"^proxy: haproxy needs RAY_SERVE_ENABLE_HA_PROXY=1 in Ray's environment"):
-        build_app(ServeConfig(model=str(tiny.entry), proxy="haproxy"))
-    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    assert build_app(ServeConfig(model=str(tiny.entry), proxy="haproxy")) is not None
 
 
 def test_a_uri_model_is_checked_not_downloaded(tiny, tmp_path, monkeypatch):

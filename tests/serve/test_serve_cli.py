@@ -39,6 +39,10 @@ def test_serve_command_answers_and_stops_cleanly_on_a_sigterm_to_its_process_gro
         assert any(f"at http://127.0.0.1:{port}" in line for line in started), (started, process.poll())
         notice = [line for line in started if line.startswith("HAProxy in front; its stats page (port ")]
         assert len(notice) == (proxy == "haproxy"), started
+        if notice:  # HAProxy's own page answers at the port it names (not Ray's fixed 8404)
+            stats = int(notice[0].split("(port ")[1].split(")")[0])
+            with urllib.request.urlopen(f"http://127.0.0.1:{stats}/stats", timeout=30) as response:
+                assert response.status == 200 and b"HAProxy" in response.read()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/recommend", method="POST",
                                          data=json.dumps({"user_id": "somebody-new", "k": 3}).encode(),
                                          headers={"Content-Type": "application/json"})
