@@ -10,7 +10,7 @@
 3. one new user's request in process, scanning the jobs open at its time (the service's way) or all of them
    (``benchmarks/serve_inprocess.py``, as 2).
 
-    python benchmarks/serve_load.py                       # ~5-7 minutes on 2 cores
+    python benchmarks/serve_load.py                       # ~5-7 minutes on 2 cores (4-5 with --model)
     python benchmarks/serve_load.py --model models/NAME   # an existing registry entry instead of a fresh model
     python benchmarks/serve_load.py --smoke-test          # seconds: tiny numbers, checks that it runs
     OMP_NUM_THREADS=1 python benchmarks/serve_load.py --explain   # what explanations cost (no Ray, ~2 min)
@@ -149,7 +149,7 @@ def plain_server(model: str, port: int) -> None:
                 access_log=False)
 
 
-def serve_targets(model: str, port: int, cpus: int, proxy: str):
+def serve_targets(model: str, port: int, cpus: int, proxy: str) -> None:
     """Start Ray Serve behind ``proxy`` (``serve.proxy``: Ray reads it from its environment as it starts) with
     (a) a no-op app under /noop and one that reads its body under /noop-body (as many requests in flight as
     convfm's ingress, 32; the plain no-op keeps Serve's default of 5, as when issue 15 was measured), (c) the
@@ -192,7 +192,6 @@ def serve_targets(model: str, port: int, cpus: int, proxy: str):
     two = ServeConfig(model=model, port=port, replicas=2, num_cpus=(share - 0.1) / 2, max_batch_size=16,
                       proxy=proxy)
     serve.run(build_app(two), name="convfm-two", route_prefix="/two")
-    return serve, ray
 
 
 def label(proxy: str) -> str:
@@ -208,9 +207,12 @@ def serve_rows(model: str, port: int, cpus: int, proxy: str, levels: list[tuple[
     batches: dict[int, dict[str, float]] = {}
     kept: dict[int, dict[str, float]] = {}
     base, row = f"http://127.0.0.1:{port}", lambda name: name + label(proxy)
-    with proxy_environment(proxy):  # Ray reads it as it starts; HAProxy's directory lasts until Ray stops
-        serve, ray = serve_targets(model, port, cpus, proxy)
+    import ray
+    from ray import serve
+
+    with proxy_environment(proxy, port):  # Ray reads it as it starts; HAProxy's directory lasts until Ray stops
         try:
+            serve_targets(model, port, cpus, proxy)
             wait_healthy(base)
             wait_healthy(f"{base}/two")
             for concurrency, requests in levels:
@@ -229,8 +231,9 @@ def serve_rows(model: str, port: int, cpus: int, proxy: str, levels: list[tuple[
                 kept[concurrency] = counters_since(before, batching(base))
                 results[row(CONVFM_TWO), concurrency] = run(f"{base}/two", bodies)
         finally:
-            serve.shutdown()
-            ray.shutdown()
+            if ray.is_initialized():
+                serve.shutdown()
+                ray.shutdown()
     return batches, kept
 
 

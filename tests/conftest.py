@@ -30,6 +30,10 @@ for key, value in {
     "AWS_EC2_METADATA_DISABLED": "true",
 }.items():
     os.environ.setdefault(key, value)
+# The session's Ray serves behind Serve's own proxy (ServeConfig's default), whatever the shell exported
+# (serve.proxy: the ingress refuses another).
+os.environ.update({"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+                   "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"})
 
 import logging  # noqa: E402
 import shutil  # noqa: E402

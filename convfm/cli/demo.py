@@ -103,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
 
     for name in LOCAL_RAY_TRAIN_ENV:  # set before Ray starts, so its processes see them too
         os.environ.setdefault(name, "0")
+    from convfm.cli.serve import free_ports
+    from serve.proxy import ray_environment
+
+    os.environ.update(ray_environment("serve", free_ports))  # Serve's own proxy, as `convfm serve`'s default
     best_dir = train_stage(args, data, workdir, stage)
     model_dir = better_model(best_dir, tune_stage(args, data, workdir, stage)) if args.trials else best_dir
     from convfm.cli.demo_service import serve_and_query  # Ray Serve and HTTP from here on

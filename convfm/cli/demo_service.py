@@ -71,14 +71,11 @@ def serve_and_query(model_dir: Path, users: pd.DataFrame, test_users: pd.Series,
     from convfm.cli.serve import free_port, running_service
     from serve.app import build_app
     from serve.config import ServeConfig
-    from serve.proxy import proxy_in_effect
 
     stage(f"serve {model_dir} with Ray Serve on 127.0.0.1 and ask it for recommendations")
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the stage prints its own ready line
     key = os.environ.setdefault(KEY_ENV, secrets.token_urlsafe(24))  # the service keeps only its SHA-256
-    # behind whichever proxy the Ray of the earlier stages runs (an exported RAY_SERVE_ENABLE_HA_PROXY: HAProxy)
-    config = ServeConfig(model=str(model_dir), port=free_port(), num_cpus=0.5, api_key_env=KEY_ENV,
-                         proxy=proxy_in_effect())
+    config = ServeConfig(model=str(model_dir), port=free_port(), num_cpus=0.5, api_key_env=KEY_ENV)
     with running_service(config, build_app(config)) as (url, health):  # on the Ray that trained the model
         print(f"   {url} ready: {health.get('model')} {health.get('version')}")
         user = str(test_users.iloc[0])

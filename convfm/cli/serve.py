@@ -17,11 +17,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from convfm.cli.common import config_file
 from convfm.errors import ConfigError, ConvFMError
 from convfm.signals import stop_once
+from serve.proxy import PROXIES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auth-all", action="store_true", help="require the API key on every endpoint")
     parser.add_argument("--config", metavar="YAML", help="YAML file whose `serve:` section sets ServeConfig fields")
     parser.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
-    parser.add_argument("--proxy", choices=("serve", "haproxy"), help="HTTP proxy in front: Serve's own (default) or "
+    parser.add_argument("--proxy", choices=PROXIES, help="HTTP proxy in front: Serve's own (default) or "
                         "HAProxy, Ray's high-throughput mode (its stats page listens on every interface)")
 
 
@@ -233,38 +234,64 @@ def free_ports(count: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def proxy_environment(proxy: str) -> Iterator[None]:
+def proxy_environment(proxy: str, service_port: Optional[int] = None) -> Iterator[None]:
     """Within the block, ``os.environ`` holds what a Ray started in it needs to serve behind ``proxy``
-    (``serve.proxy.ray_environment``); HAProxy's ports are checked first, naming the variable of one that cannot
-    be listened on. After it the environment is as before and HAProxy's private directory is gone."""
-    from serve.proxy import PORT_VARS, check_haproxy_installed, ray_environment
+    (``serve.proxy.ray_environment``); HAProxy's ports are checked first (free on every interface, apart from each
+    other and from ``service_port``), naming the variable of one that is not. After it the variables it set are as
+    before, and HAProxy's private directory is gone."""
+    from serve.proxy import check_haproxy_installed, ray_environment
 
-    before, private = dict(os.environ), None
+    before, private, changed = dict(os.environ), None, {}
     try:
         if proxy == "haproxy":
             check_haproxy_installed()
             # short, under /tmp: HAProxy takes a log socket's path of at most 97 bytes, and Ray adds a 56-character
             # node id (/tmp/convfm-XXXXXXXX/<node id>/metrics.sock: 90)
             private = Path(tempfile.mkdtemp(prefix="convfm-", dir="/tmp" if os.path.isdir("/tmp") else None))
-        os.environ.update(ray_environment(proxy, free_ports, private))
-        for name in PORT_VARS if proxy == "haproxy" else ():
-            value = os.environ[name]
-            try:
-                check_port_free("0.0.0.0", int(value))
-            except (ValueError, ConfigError) as exc:
-                reason = str(exc).split(": ", 1)[-1] if isinstance(exc, ConfigError) else "not a port number"
-                raise ConfigError(f"{name}={value}: HAProxy cannot listen there: {reason}", field=name) from None
+        changed = ray_environment(proxy, free_ports, private)
+        os.environ.update(changed)
+        if proxy == "haproxy":
+            check_haproxy_ports(service_port)
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(before)
-        if private is not None:
-            shutil.rmtree(private, ignore_errors=True)
+        try:
+            if private is not None:
+                shutil.rmtree(private, ignore_errors=True)
+        finally:
+            for name in changed:  # only what it set: another thread's writes stay
+                if name in before:
+                    os.environ[name] = before[name]
+                else:
+                    os.environ.pop(name, None)
+
+
+def check_haproxy_ports(service_port: Optional[int]) -> None:
+    """ConfigError naming the variable when HAProxy's stats or metrics port (``os.environ``) is not a port, is the
+    other's or the service's, or cannot be listened on on every interface: HAProxy would not start, and the service
+    would wait for it in silence."""
+    from serve.proxy import PORT_VARS
+
+    seen = {} if service_port is None else {service_port: "the service's --port"}
+    for name in PORT_VARS:
+        value = os.environ[name]
+        port = int(value) if value.strip().isdigit() else -1
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"{name}={value}: HAProxy cannot listen there: not a port number (1-65535)", field=name)
+        if port in seen:
+            raise ConfigError(f"{name}={value}: HAProxy cannot listen there: it is {seen[port]}", field=name)
+        seen[port] = name
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError as exc:
+                raise ConfigError(f"{name}={value}: HAProxy cannot listen there: {exc.strerror or exc} (choose "
+                                  f"another value for {name})", field=name) from None
 
 
 def run(args: argparse.Namespace) -> int:
     config = serve_config(args)
-    with proxy_environment(config.proxy):  # read by the Ray started below, and its proxy
+    with proxy_environment(config.proxy, config.port):  # read by the Ray started below, and its proxy
         return serve_until_stopped(config, args)
 
 

