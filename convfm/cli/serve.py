@@ -321,7 +321,8 @@ def serve_until_stopped(config: Any, args: argparse.Namespace) -> int:
                 print(f"HAProxy in front; its stats page (port {os.environ[STATS_PORT_VAR]}) and metrics (port "
                       f"{os.environ[METRICS_PORT_VAR]}) listen on every interface")
             if config.host not in ("127.0.0.1", "localhost", "::1"):
-                print(f"warning: bound to {config.host}: reachable from other machines", flush=True)
+                past = ", as is the replica's own port (30000-31000) past HAProxy" if config.proxy == "haproxy" else ""
+                print(f"warning: bound to {config.host}: reachable from other machines{past}", flush=True)
             print("Ctrl-C to stop", flush=True)
             while True:
                 time.sleep(1.0)
