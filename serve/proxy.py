@@ -2,7 +2,7 @@
 
 In HAProxy mode (Ray 2.60's high-throughput mode) HAProxy sends each request straight to the ingress replica's
 own HTTP server: no hop through a Python actor, and no call back to it for the request's body, which the replica
-otherwise fetches from the proxy (2-2.5 ms one at a time, tens of ms under load; docs/SERVING.md, "Proxy").
+otherwise fetches from the proxy (2-2.6 ms one at a time, tens of ms under load; docs/SERVING.md, "Proxy").
 
 Ray picks the proxy from its processes' environment when it starts, not per application: ``convfm serve`` starts
 its own Ray and sets ``ray_environment(config.proxy, ...)`` first; on a cluster the switch goes in the environment

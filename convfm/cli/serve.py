@@ -78,25 +78,32 @@ def wait_ready(url: str, timeout_s: float = 300.0) -> dict[str, Any]:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port that was free (on every interface, so on 127.0.0.1 too) a moment ago."""
+    return free_ports(1)[0]
 
 
-def check_port_free(host: str, port: int) -> None:
-    """ConfigError naming the address when ``host:port`` cannot be listened on (another process listens there, or
-    the host is not this machine's): checked before Ray starts, as Serve's proxy would fail with a traceback from
-    inside an actor. SO_REUSEADDR as the server sets it: a port a closed server left in TIME_WAIT is free."""
+def bind_error(host: str, port: int) -> Optional[OSError]:
+    """Why ``host:port`` cannot be listened on now, or None. SO_REUSEADDR as a server sets it: a port a closed
+    server left in TIME_WAIT is free."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
-            taken = exc.errno == errno.EADDRINUSE
-            hint = "another process listens there: choose another --port" if taken else "check --host"
-            raise ConfigError(f"{'port' if taken else 'host'}: cannot listen on {host}:{port}: "
-                              f"{exc.strerror or exc} ({hint})", field="port" if taken else "host") from None
+            return exc
+    return None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """ConfigError naming the address when ``host:port`` cannot be listened on (another process listens there, or
+    the host is not this machine's): checked before Ray starts, as Serve's proxy would fail with a traceback from
+    inside an actor."""
+    exc = bind_error(host, port)
+    if exc is not None:
+        taken = exc.errno == errno.EADDRINUSE
+        hint = "another process listens there: choose another --port" if taken else "check --host"
+        raise ConfigError(f"{'port' if taken else 'host'}: cannot listen on {host}:{port}: "
+                          f"{exc.strerror or exc} ({hint})", field="port" if taken else "host")
 
 
 class _OwnStartNotice(logging.Filter):
@@ -280,13 +287,10 @@ def check_haproxy_ports(service_port: Optional[int]) -> None:
         if port in seen:
             raise ConfigError(f"{name}={value}: HAProxy cannot listen there: it is {seen[port]}", field=name)
         seen[port] = name
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("0.0.0.0", port))
-            except OSError as exc:
-                raise ConfigError(f"{name}={value}: HAProxy cannot listen there: {exc.strerror or exc} (choose "
-                                  f"another value for {name})", field=name) from None
+        exc = bind_error("0.0.0.0", port)
+        if exc is not None:
+            raise ConfigError(f"{name}={value}: HAProxy cannot listen there: {exc.strerror or exc} (choose another "
+                              f"value for {name})", field=name)
 
 
 def run(args: argparse.Namespace) -> int:
